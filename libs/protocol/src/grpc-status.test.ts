@@ -1,0 +1,49 @@
+import { status as GrpcCode } from '@grpc/grpc-js';
+import { describe, expect, it } from 'vitest';
+import { KilnError, registerErrorClass } from './errors.js';
+import { fromGrpcError, grpcCodeFor, toGrpcStatus } from './grpc-status.js';
+
+class VertexFailed extends KilnError {
+  constructor(message: string, readonly digest: string) {
+    super('VERTEX_FAILED', message, { details: { digest } });
+  }
+}
+registerErrorClass('VERTEX_FAILED', (m, d) => new VertexFailed(m, String(d.digest)));
+
+describe('gRPC status mapping', () => {
+  it('round-trips a registered typed error with its details', () => {
+    const st = toGrpcStatus(new VertexFailed('exit code 2', 'sha256:abc'));
+    expect(st.code).toBe(GrpcCode.UNKNOWN);
+    const back = fromGrpcError({ ...st, message: st.details });
+    expect(back).toBeInstanceOf(VertexFailed);
+    expect((back as VertexFailed).digest).toBe('sha256:abc');
+    expect(back.message).toBe('exit code 2');
+  });
+
+  it('keeps code, retryable and mixed detail types for unregistered codes', () => {
+    const err = new KilnError('STORE_UNAVAILABLE', 'store down', {
+      retryable: true,
+      details: { attempts: 3, bucket: 'b', fatal: false },
+    });
+    const st = toGrpcStatus(err);
+    expect(st.code).toBe(GrpcCode.UNAVAILABLE);
+    const back = fromGrpcError(st);
+    expect(back.code).toBe('STORE_UNAVAILABLE');
+    expect(back.retryable).toBe(true);
+    expect(back.details).toEqual({ attempts: 3, bucket: 'b', fatal: false });
+  });
+
+  it('maps codes by convention', () => {
+    expect(grpcCodeFor(new KilnError('BLOB_NOT_FOUND', 'x'))).toBe(GrpcCode.NOT_FOUND);
+    expect(grpcCodeFor(new KilnError('LLB_CYCLE', 'x'))).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(grpcCodeFor(new KilnError('CANCELED', 'x'))).toBe(GrpcCode.CANCELLED);
+  });
+
+  it('wraps plain errors and statuses without Kiln details', () => {
+    const st = toGrpcStatus(new Error('boom'));
+    expect(st.code).toBe(GrpcCode.INTERNAL);
+    const back = fromGrpcError({ code: GrpcCode.UNAVAILABLE, details: 'conn refused' });
+    expect(back.code).toBe('UNAVAILABLE');
+    expect(back.retryable).toBe(true);
+  });
+});

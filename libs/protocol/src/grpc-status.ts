@@ -1,0 +1,92 @@
+/**
+ * The one place where typed errors become gRPC statuses and back. The status code is chosen from
+ * the error (see {@link grpcCodeFor}); the full error (code, message, retryable, details) travels
+ * as a binary `kiln.errors.v1.ErrorDetail` in the trailer `kiln-error-bin`, so the client rebuilds
+ * the same class with {@link fromGrpcError}.
+ */
+import { Metadata, status as GrpcCode } from '@grpc/grpc-js';
+import type { ServiceError, StatusObject } from '@grpc/grpc-js';
+import { kiln } from './gen/protocol.js';
+import { KilnError, asKilnError, reviveError } from './errors.js';
+import type { ErrorDetails } from './errors.js';
+
+const ErrorDetail = kiln.errors.v1.ErrorDetail;
+
+export const ERROR_TRAILER = 'kiln-error-bin';
+
+/** Explicit status codes for well-known error codes; others follow the suffix rules below. */
+const explicit = new Map<string, GrpcCode>([
+  ['CANCELED', GrpcCode.CANCELLED],
+  ['DEADLINE_EXCEEDED', GrpcCode.DEADLINE_EXCEEDED],
+  ['UNAUTHENTICATED', GrpcCode.UNAUTHENTICATED],
+  ['PERMISSION_DENIED', GrpcCode.PERMISSION_DENIED],
+  ['INTERNAL', GrpcCode.INTERNAL],
+]);
+
+/** The gRPC status code for a typed error. */
+export function grpcCodeFor(err: KilnError): GrpcCode {
+  const c = explicit.get(err.code);
+  if (c !== undefined) return c;
+  if (err.code.endsWith('_NOT_FOUND')) return GrpcCode.NOT_FOUND;
+  if (err.code.endsWith('_EXISTS')) return GrpcCode.ALREADY_EXISTS;
+  if (err.code.endsWith('_UNAVAILABLE') || err.retryable) return GrpcCode.UNAVAILABLE;
+  if (err.code.endsWith('_CANCELED')) return GrpcCode.CANCELLED;
+  if (err.code.startsWith('LLB_') || err.code.startsWith('DOCKERFILE_') || err.code.endsWith('_INVALID'))
+    return GrpcCode.INVALID_ARGUMENT;
+  return GrpcCode.UNKNOWN;
+}
+
+function encodeDetails(details: ErrorDetails): Record<string, kiln.errors.v1.IDetailValue> {
+  const out: Record<string, kiln.errors.v1.IDetailValue> = {};
+  for (const [k, v] of Object.entries(details)) {
+    if (v === undefined) continue;
+    if (typeof v === 'string') out[k] = { str: v };
+    else if (typeof v === 'number') out[k] = { num: v };
+    else out[k] = { flag: v };
+  }
+  return out;
+}
+
+function decodeDetails(d: Record<string, kiln.errors.v1.IDetailValue> | null | undefined): ErrorDetails {
+  const out: ErrorDetails = {};
+  for (const [k, v] of Object.entries(d ?? {})) {
+    if (v.str != null) out[k] = v.str;
+    else if (v.num != null) out[k] = v.num;
+    else if (v.flag != null) out[k] = v.flag;
+  }
+  return out;
+}
+
+/** Converts anything thrown into the status object a grpc-js handler passes to its callback. */
+export function toGrpcStatus(thrown: unknown): Partial<StatusObject> & { code: GrpcCode } {
+  const err = asKilnError(thrown);
+  const metadata = new Metadata();
+  const bytes = ErrorDetail.encode({
+    code: err.code,
+    message: err.message,
+    retryable: err.retryable,
+    details: encodeDetails(err.details),
+  }).finish();
+  metadata.set(ERROR_TRAILER, Buffer.from(bytes));
+  return { code: grpcCodeFor(err), details: err.message, metadata };
+}
+
+/** Rebuilds the typed error from a failed call; errors without Kiln details keep their status. */
+export function fromGrpcError(e: unknown): KilnError {
+  const se = e as Partial<ServiceError>;
+  const raw = se.metadata instanceof Metadata ? se.metadata.get(ERROR_TRAILER)[0] : undefined;
+  if (raw instanceof Buffer) {
+    try {
+      const d = ErrorDetail.decode(raw);
+      return reviveError(d.code, d.message, decodeDetails(d.details), d.retryable);
+    } catch (cause) {
+      return new KilnError('INTERNAL', `undecodable error detail: ${se.details ?? ''}`, { cause });
+    }
+  }
+  const code = typeof se.code === 'number' ? se.code : GrpcCode.UNKNOWN;
+  const name = GrpcCode[code] ?? 'UNKNOWN';
+  return new KilnError(name === 'CANCELLED' ? 'CANCELED' : name, se.details ?? String(e), {
+    cause: e,
+    retryable: code === GrpcCode.UNAVAILABLE,
+  });
+}
