@@ -1,0 +1,350 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { pipeline } from 'node:stream';
+import type { Readable } from 'node:stream';
+import { Client, CopyDestinationOptions, CopySourceOptions } from 'minio';
+import type { BlobInfo, BlobSource, BlobStore, GetOptions, PutOptions } from './blob-store.js';
+import { DigestingStream, digestHex, parseDigest } from './digest.js';
+import type { Digest } from './digest.js';
+import {
+  BlobNotFoundError,
+  DigestMismatchError,
+  InvalidBlobError,
+  StoreUnavailableError,
+} from './errors.js';
+import { rangeOf } from './fs-blob-store.js';
+import { emptyStream, fixedParts, sourceChunks } from './source.js';
+
+const HEX_RE = /^[0-9a-f]{64}$/;
+const MIB = 1024 * 1024;
+/** S3's limit for a single CopyObject; larger blobs are copied with multipart part-copies. */
+const MAX_SINGLE_COPY = 5 * 1024 * MIB;
+
+export interface S3BlobStoreOptions {
+  /** `http(s)://host[:port]` of the S3 API. */
+  endpoint: string;
+  accessKey: string;
+  secretKey: string;
+  bucket: string;
+  /** Key prefix, e.g. `kiln/`; blobs live at `<prefix>blobs/sha256/<hex>`. Default ''. */
+  prefix?: string;
+  region?: string;
+  /** Multipart part size in bytes (S3 minimum 5 MiB); blobs up to one part use a single PUT. Default 16 MiB. */
+  partSize?: number;
+  /** Parts uploaded in parallel per put. Default 4. */
+  concurrency?: number;
+  /**
+   * Told about a cleanup step that failed after a put had already failed (an abort of a multipart
+   * upload, which some servers such as s3rver do not implement, or removal of a temp object). The
+   * blob is invisible either way; this is for telemetry. Default: ignored.
+   */
+  onCleanupError?: (err: unknown, key: string) => void;
+}
+
+interface S3LikeError {
+  code?: string;
+  message?: string;
+}
+
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  'ENOTFOUND',
+  'SlowDown',
+  'ServiceUnavailable',
+  'InternalError',
+  'RequestTimeout',
+]);
+
+function errCode(err: unknown): string | undefined {
+  if (typeof err !== 'object' || err === null) return undefined;
+  const code = (err as S3LikeError).code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+function isNotFound(err: unknown): boolean {
+  const code = errCode(err);
+  return code === 'NotFound' || code === 'NoSuchKey';
+}
+
+function toStoreError(what: string, err: unknown): Error {
+  if (
+    err instanceof InvalidBlobError ||
+    err instanceof DigestMismatchError ||
+    err instanceof BlobNotFoundError
+  ) {
+    return err;
+  }
+  const code = errCode(err);
+  const msg = err instanceof Error ? err.message : String(err);
+  return new StoreUnavailableError(`s3 store: ${what}: ${msg}`, {
+    cause: err,
+    retryable: code === undefined || NETWORK_CODES.has(code),
+    details: { s3code: code },
+  });
+}
+
+function clientFor(opts: S3BlobStoreOptions): Client {
+  const url = new URL(opts.endpoint);
+  const useSSL = url.protocol === 'https:';
+  return new Client({
+    endPoint: url.hostname,
+    port: url.port === '' ? (useSSL ? 443 : 80) : Number(url.port),
+    useSSL,
+    accessKey: opts.accessKey,
+    secretKey: opts.secretKey,
+    region: opts.region ?? 'us-east-1',
+    pathStyle: true,
+  });
+}
+
+/**
+ * A {@link BlobStore} on any S3-compatible service, through the `minio` client.
+ *
+ * Atomicity: a blob that fits in one part is hashed in memory and written with one PUT. A larger
+ * blob is a multipart upload whose parts go up in parallel while the whole is hashed; the upload
+ * is completed only after the digest checks out, and an object appears on S3 only on completion.
+ * When the digest is known in advance the upload targets the final key; otherwise it targets a
+ * temp key (`<prefix>uploads/<uuid>`) that is copied to the final key and removed. A failed put
+ * aborts its multipart upload (best effort) and never completes it, so nothing becomes visible.
+ */
+export class S3BlobStore implements BlobStore {
+  readonly bucket: string;
+  readonly prefix: string;
+  readonly client: Client;
+  private readonly partSize: number;
+  private readonly concurrency: number;
+  private readonly onCleanupError: (err: unknown, key: string) => void;
+
+  constructor(opts: S3BlobStoreOptions) {
+    this.bucket = opts.bucket;
+    this.prefix = opts.prefix ?? '';
+    this.client = clientFor(opts);
+    this.partSize = opts.partSize ?? 16 * MIB;
+    this.concurrency = Math.max(1, opts.concurrency ?? 4);
+    this.onCleanupError = opts.onCleanupError ?? (() => undefined);
+  }
+
+  /** Object key of a blob. */
+  keyOf(digest: Digest): string {
+    return `${this.prefix}blobs/sha256/${digestHex(parseDigest(digest))}`;
+  }
+
+  /** Creates the bucket if it does not exist. */
+  async ensureBucket(): Promise<void> {
+    try {
+      if (!(await this.client.bucketExists(this.bucket))) await this.client.makeBucket(this.bucket);
+    } catch (err) {
+      throw toStoreError('ensure bucket', err);
+    }
+  }
+
+  async put(
+    expected: Digest | undefined,
+    source: BlobSource,
+    opts: PutOptions = {},
+  ): Promise<BlobInfo> {
+    if (expected !== undefined) parseDigest(expected);
+    const meta: Record<string, string> = opts.mediaType ? { 'Content-Type': opts.mediaType } : {};
+    const parts = fixedParts(sourceChunks(source), this.partSize)[Symbol.asyncIterator]();
+    const first = await parts.next();
+    const firstPart = first.done ? Buffer.alloc(0) : first.value;
+    const second =
+      firstPart.length === this.partSize
+        ? await parts.next()
+        : { done: true as const, value: undefined };
+
+    if (second.done) {
+      // Fits in one part: verify in memory, then one PUT makes it visible whole.
+      const digest: Digest = `sha256:${createHash('sha256').update(firstPart).digest('hex')}`;
+      this.check(expected, digest, opts.size, firstPart.length);
+      try {
+        await this.client.putObject(
+          this.bucket,
+          this.keyOf(digest),
+          firstPart,
+          firstPart.length,
+          meta,
+        );
+      } catch (err) {
+        throw toStoreError('put', err);
+      }
+      return { digest, size: firstPart.length };
+    }
+    return this.putMultipart(expected, firstPart, second.value, parts, opts, meta);
+  }
+
+  private check(
+    expected: Digest | undefined,
+    digest: Digest,
+    expectedSize: number | undefined,
+    size: number,
+  ): void {
+    if (expected !== undefined && digest !== expected) {
+      throw new DigestMismatchError(expected, digest, { details: { size } });
+    }
+    if (expectedSize !== undefined && size !== expectedSize) {
+      throw new InvalidBlobError(`size mismatch: expected ${expectedSize} bytes, got ${size}`, {
+        details: { digest, expected: expectedSize, actual: size },
+      });
+    }
+  }
+
+  private async putMultipart(
+    expected: Digest | undefined,
+    part1: Buffer,
+    part2: Buffer,
+    rest: AsyncIterator<Buffer>,
+    opts: PutOptions,
+    meta: Record<string, string>,
+  ): Promise<BlobInfo> {
+    const key =
+      expected !== undefined ? this.keyOf(expected) : `${this.prefix}uploads/${randomUUID()}`;
+    let uploadId: string;
+    try {
+      uploadId = await this.client.initiateNewMultipartUpload(this.bucket, key, meta);
+    } catch (err) {
+      throw toStoreError('initiate multipart upload', err);
+    }
+    const hash = createHash('sha256');
+    let size = 0;
+    const etags: { part: number; etag: string }[] = [];
+    const inflight = new Set<Promise<void>>();
+    let failure: Error | undefined;
+    const upload = (partNumber: number, payload: Buffer): void => {
+      const p = this.client
+        .uploadPart(
+          { bucketName: this.bucket, objectName: key, uploadID: uploadId, partNumber, headers: {} },
+          payload,
+        )
+        .then(
+          (res) => {
+            etags.push({ part: partNumber, etag: res.etag });
+          },
+          (err: unknown) => {
+            failure ??= toStoreError(`upload part ${partNumber}`, err);
+          },
+        )
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+    };
+    try {
+      let partNumber = 0;
+      let next: IteratorResult<Buffer> = { done: false, value: part1 };
+      const queued = [part2];
+      while (!next.done) {
+        const payload = next.value;
+        hash.update(payload);
+        size += payload.length;
+        upload(++partNumber, payload);
+        while (inflight.size >= this.concurrency) await Promise.race(inflight);
+        if (failure !== undefined) throw failure;
+        const q = queued.shift();
+        next = q !== undefined ? { done: false, value: q } : await rest.next();
+      }
+      await Promise.all(inflight);
+      if (failure !== undefined) throw failure;
+      const digest: Digest = `sha256:${hash.digest('hex')}`;
+      this.check(expected, digest, opts.size, size);
+      etags.sort((a, b) => a.part - b.part);
+      try {
+        await this.client.completeMultipartUpload(this.bucket, key, uploadId, etags);
+      } catch (err) {
+        throw toStoreError('complete multipart upload', err);
+      }
+      if (expected === undefined) await this.promote(key, digest, size);
+      return { digest, size };
+    } catch (err) {
+      await Promise.allSettled(inflight);
+      await this.client
+        .abortMultipartUpload(this.bucket, key, uploadId)
+        .catch((abortErr: unknown) => {
+          this.onCleanupError(abortErr, key);
+        });
+      throw err;
+    }
+  }
+
+  /** Copies a completed temp object to its blob key, then removes the temp object. */
+  private async promote(tmpKey: string, digest: Digest, size: number): Promise<void> {
+    const finalKey = this.keyOf(digest);
+    try {
+      const src = new CopySourceOptions({ Bucket: this.bucket, Object: tmpKey });
+      const dst = new CopyDestinationOptions({ Bucket: this.bucket, Object: finalKey });
+      if (size <= MAX_SINGLE_COPY) await this.client.copyObject(src, dst);
+      else await this.client.composeObject(dst, [src]);
+    } catch (err) {
+      await this.removeQuietly(tmpKey);
+      throw toStoreError('copy to blob key', err);
+    }
+    await this.removeQuietly(tmpKey);
+  }
+
+  private async removeQuietly(key: string): Promise<void> {
+    await this.client.removeObject(this.bucket, key).catch((err: unknown) => {
+      this.onCleanupError(err, key);
+    });
+  }
+
+  async get(digest: Digest, opts: GetOptions = {}): Promise<Readable> {
+    const key = this.keyOf(digest);
+    const info = await this.stat(digest);
+    if (info === undefined) throw new BlobNotFoundError(digest);
+    const { start, end, full } = rangeOf(digest, info.size, opts);
+    let body: Readable;
+    try {
+      if (full) body = await this.client.getObject(this.bucket, key);
+      else if (end < start) return emptyStream();
+      else body = await this.client.getPartialObject(this.bucket, key, start, end - start + 1);
+    } catch (err) {
+      if (isNotFound(err)) throw new BlobNotFoundError(digest, { cause: err });
+      throw toStoreError('get', err);
+    }
+    if (!full) return body;
+    return pipeline(body, new DigestingStream(digest, info.size), () => undefined);
+  }
+
+  async stat(digest: Digest): Promise<{ size: number } | undefined> {
+    try {
+      const st = await this.client.statObject(this.bucket, this.keyOf(digest));
+      return { size: st.size };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw toStoreError('stat', err);
+    }
+  }
+
+  async has(digest: Digest): Promise<boolean> {
+    return (await this.stat(digest)) !== undefined;
+  }
+
+  async delete(digest: Digest): Promise<boolean> {
+    const existed = await this.has(digest);
+    if (!existed) return false;
+    try {
+      await this.client.removeObject(this.bucket, this.keyOf(digest));
+    } catch (err) {
+      throw toStoreError('delete', err);
+    }
+    return true;
+  }
+
+  async *list(): AsyncIterable<BlobInfo> {
+    const dir = `${this.prefix}blobs/sha256/`;
+    try {
+      for await (const item of this.client.listObjectsV2(this.bucket, dir, true) as AsyncIterable<{
+        name?: string;
+        size?: number;
+      }>) {
+        const hex = item.name?.slice(dir.length) ?? '';
+        if (HEX_RE.test(hex)) yield { digest: `sha256:${hex}`, size: item.size ?? 0 };
+      }
+    } catch (err) {
+      throw toStoreError('list', err);
+    }
+  }
+}
