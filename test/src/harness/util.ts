@@ -1,0 +1,116 @@
+// Small helpers shared by the harness: free ports, polling, binaries, temp dirs.
+
+import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { delimiter, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const SETUP_HINT = 'run `bash scripts/setup.sh` as root to install and prepare it';
+
+/** The repository root (this file is test/src/harness/util.ts, or test/dist/harness/util.js). */
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+/** A TCP port that was free on 127.0.0.1 a moment ago (callers retry when they lose a race). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolvePort(port));
+    });
+  });
+}
+
+export interface WaitOptions {
+  timeoutMs?: number;
+  intervalMs?: number;
+  /** Checked between polls: a string aborts the wait with that message (e.g. "process exited"). */
+  abort?: () => string | undefined;
+}
+
+/** Polls `check` until it returns a value other than undefined/false, or fails after a timeout. */
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined | false> | T | undefined | false,
+  opts: WaitOptions = {},
+): Promise<T> {
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  const intervalMs = opts.intervalMs ?? 25;
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    const aborted = opts.abort?.();
+    if (aborted !== undefined) throw new Error(`${what}: ${aborted}`);
+    try {
+      const v = await check();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) {
+      const detail = lastError instanceof Error ? ` (last error: ${lastError.message})` : '';
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+const EXTRA_BIN_DIRS = [
+  '/usr/local/sbin',
+  '/usr/local/bin',
+  '/usr/sbin',
+  '/usr/bin',
+  '/sbin',
+  '/bin',
+];
+
+/** Absolute path of an executable on PATH (plus the sbin dirs), or undefined. */
+export function whichBinary(name: string): string | undefined {
+  const dirs = [...(process.env.PATH ?? '').split(delimiter).filter(Boolean), ...EXTRA_BIN_DIRS];
+  for (const d of dirs) {
+    const p = join(d, name);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** Like whichBinary, but fails with a message that says how to install it. */
+export function requireBinary(name: string): string {
+  const p = whichBinary(name);
+  if (!p) throw new Error(`${name} not found; ${SETUP_HINT}`);
+  return p;
+}
+
+const tempDirs = new Set<string>();
+let tempHookInstalled = false;
+
+/**
+ * A fresh temp directory (/tmp/kiln-test-<prefix>-XXXXXX) and its remover. Directories not removed
+ * by then are removed when the process exits.
+ */
+export function makeTempDir(prefix: string): { dir: string; remove: () => void } {
+  if (!tempHookInstalled) {
+    tempHookInstalled = true;
+    process.on('exit', () => {
+      for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
+    });
+  }
+  const dir = mkdtempSync(join(tmpdir(), `kiln-test-${prefix}-`));
+  tempDirs.add(dir);
+  return {
+    dir,
+    remove: () => {
+      rmSync(dir, { recursive: true, force: true });
+      tempDirs.delete(dir);
+    },
+  };
+}
