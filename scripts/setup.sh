@@ -207,7 +207,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 5. fixture images
 if [ "${KILN_SETUP_SKIP_FIXTURES:-0}" != "1" ]; then
-  node scripts/fixtures/build-busybox.mjs --out fixtures/out/busybox-oci >&2
+  node scripts/fixtures/build-busybox.mjs --out fixtures/out/busybox-oci >/dev/null
 fi
 
 log "ok (native $NATIVE_ARCH, foreign $FOREIGN_ARCH through $QEMU_NAME)"
