@@ -13,13 +13,15 @@ import { startRegistry } from './registry.js';
 import type { RegistryHandle } from './registry.js';
 import { startS3 } from './s3.js';
 import type { S3ServerHandle } from './s3.js';
-import { SETUP_HINT, whichBinary } from './util.js';
+import { SETUP_HINT, sweepStaleTempDirs, whichBinary } from './util.js';
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const missing = ['nats-server', 'docker-registry'].filter((b) => !whichBinary(b));
   if (missing.length > 0) {
     throw new Error(`kiln test harness: ${missing.join(', ')} not installed; ${SETUP_HINT}`);
   }
+
+  sweepStaleTempDirs();
 
   let nats: NatsServerHandle | undefined;
   let registry: RegistryHandle | undefined;

@@ -50,7 +50,10 @@ server.run().then(
   (addr) => process.stdout.write(JSON.stringify({ port: addr.port }) + '\\n'),
   (err) => { console.error(err); process.exit(1); },
 );
-const shutdown = () => server.close().finally(() => process.exit(0));
+const shutdown = () => {
+  setTimeout(() => process.exit(0), 2000).unref(); // do not wait long for keep-alive clients
+  server.close().finally(() => process.exit(0));
+};
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
 `;

@@ -1,6 +1,6 @@
 // Small helpers shared by the harness: free ports, polling, binaries, temp dirs.
 
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
@@ -94,8 +94,8 @@ const tempDirs = new Set<string>();
 let tempHookInstalled = false;
 
 /**
- * A fresh temp directory (/tmp/kiln-test-<prefix>-XXXXXX) and its remover. Directories not removed
- * by then are removed when the process exits.
+ * A fresh temp directory (/tmp/kiln-test-<prefix>-<pid>-XXXXXX) and its remover. Directories not
+ * removed by then are removed when the process exits (and by sweepStaleTempDirs() after a SIGKILL).
  */
 export function makeTempDir(prefix: string): { dir: string; remove: () => void } {
   if (!tempHookInstalled) {
@@ -104,7 +104,7 @@ export function makeTempDir(prefix: string): { dir: string; remove: () => void }
       for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
     });
   }
-  const dir = mkdtempSync(join(tmpdir(), `kiln-test-${prefix}-`));
+  const dir = mkdtempSync(join(tmpdir(), `kiln-test-${prefix}-${process.pid}-`));
   tempDirs.add(dir);
   return {
     dir,
@@ -113,4 +113,28 @@ export function makeTempDir(prefix: string): { dir: string; remove: () => void }
       tempDirs.delete(dir);
     },
   };
+}
+
+/** Removes /tmp/kiln-test-*-<pid>-* directories whose process is gone (left by a killed run). */
+export function sweepStaleTempDirs(): void {
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^kiln-test-.+-(\d+)-[A-Za-z0-9]{6}$/.exec(name);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    rmSync(join(tmpdir(), name), { recursive: true, force: true });
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
