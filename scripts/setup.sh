@@ -133,8 +133,11 @@ if [ "$(id -u)" -eq 0 ]; then
         if [ ! -d "/sys/fs/cgroup/$ctl" ] || ! mountpoint -q "/sys/fs/cgroup/$ctl"; then
           log "mounting the $ctl cgroup controller as v1 (hybrid cgroups; crun needs it)"
           mkdir -p "/sys/fs/cgroup/$ctl"
-          mount -t cgroup -o "$ctl" cgroup "/sys/fs/cgroup/$ctl"
-          fixed=1
+          if mount -t cgroup -o "$ctl" cgroup "/sys/fs/cgroup/$ctl"; then
+            fixed=1
+          else
+            log "could not mount $ctl as cgroup v1"
+          fi
         fi
       done
     fi
