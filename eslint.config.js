@@ -5,7 +5,15 @@ import importX from 'eslint-plugin-import-x';
 
 export default tseslint.config(
   {
-    ignores: ['**/node_modules/**', '**/dist/**', '**/src/gen/**', 'eslint.config.js', '**/*.mjs', '**/bin/*.js'],
+    ignores: [
+      '**/node_modules/**',
+      '**/dist/**',
+      '**/src/gen/**',
+      'eslint.config.js',
+      'vitest.config.ts',
+      '**/*.mjs',
+      '**/bin/*.js',
+    ],
   },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,

@@ -49,7 +49,7 @@ function compareUtf8Source() {
 export function generate(outDir) {
   mkdirSync(outDir, { recursive: true });
   const jsPath = join(outDir, 'protocol.js');
-  const flags = ['-t', 'static-module', '-w', 'es6', '--force-long', '--no-verify', '--no-delimited', '--no-service', '--no-typeurl', '-p', protoDir];
+  const flags = ['-t', 'static-module', '-w', 'es6', '--no-verify', '--no-delimited', '--no-service', '--no-typeurl', '-p', protoDir];
   const tmp = mkdtempSync(join(tmpdir(), 'kiln-gen-'));
   let dts;
   try {
@@ -69,7 +69,8 @@ export function generate(outDir) {
   js = HEADER + js;
   writeFileSync(jsPath, js);
 
-  const json = run(pbjs, ['-t', 'json', '-p', protoDir, ...protos]);
+  // --keep-case: reflection needs the original field names (BuildKit's JSON uses them).
+  const json = run(pbjs, ['-t', 'json', '--keep-case', '-p', protoDir, ...protos]);
   const descriptor = JSON.stringify(JSON.parse(json), null, 2);
   writeFileSync(
     join(outDir, 'descriptor.ts'),

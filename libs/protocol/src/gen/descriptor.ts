@@ -60,12 +60,12 @@ const raw = {
                       "type": "string",
                       "id": 3
                     },
-                    "frontendAttrs": {
+                    "frontend_attrs": {
                       "keyType": "string",
                       "type": "string",
                       "id": 4
                     },
-                    "frontendInputs": {
+                    "frontend_inputs": {
                       "keyType": "string",
                       "type": "pb.Definition",
                       "id": 5
@@ -75,31 +75,31 @@ const raw = {
                       "type": "ExportEntry",
                       "id": 6
                     },
-                    "cacheImports": {
+                    "cache_imports": {
                       "rule": "repeated",
                       "type": "CacheOptionsEntry",
                       "id": 7
                     },
-                    "cacheExports": {
+                    "cache_exports": {
                       "rule": "repeated",
                       "type": "CacheOptionsEntry",
                       "id": 8
                     },
-                    "sessionId": {
+                    "session_id": {
                       "type": "string",
                       "id": 9
                     },
-                    "localDirs": {
+                    "local_dirs": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 10
                     },
-                    "secretIds": {
+                    "secret_ids": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 11
                     },
-                    "sshIds": {
+                    "ssh_ids": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 12
@@ -134,7 +134,7 @@ const raw = {
                 },
                 "SolveResponse": {
                   "fields": {
-                    "exporterResponse": {
+                    "exporter_response": {
                       "keyType": "string",
                       "type": "string",
                       "id": 1
@@ -147,7 +147,7 @@ const raw = {
                       "type": "string",
                       "id": 1
                     },
-                    "sinceSeq": {
+                    "since_seq": {
                       "type": "uint64",
                       "id": 2
                     }
@@ -200,11 +200,11 @@ const raw = {
                       "type": "bool",
                       "id": 4
                     },
-                    "startedUnixNano": {
+                    "started_unix_nano": {
                       "type": "int64",
                       "id": 5
                     },
-                    "completedUnixNano": {
+                    "completed_unix_nano": {
                       "type": "int64",
                       "id": 6
                     },
@@ -212,11 +212,11 @@ const raw = {
                       "type": "string",
                       "id": 7
                     },
-                    "progressGroup": {
+                    "progress_group": {
                       "type": "pb.ProgressGroup",
                       "id": 8
                     },
-                    "workerId": {
+                    "worker_id": {
                       "type": "string",
                       "id": 9
                     }
@@ -244,15 +244,15 @@ const raw = {
                       "type": "int64",
                       "id": 5
                     },
-                    "timestampUnixNano": {
+                    "timestamp_unix_nano": {
                       "type": "int64",
                       "id": 6
                     },
-                    "startedUnixNano": {
+                    "started_unix_nano": {
                       "type": "int64",
                       "id": 7
                     },
-                    "completedUnixNano": {
+                    "completed_unix_nano": {
                       "type": "int64",
                       "id": 8
                     }
@@ -264,7 +264,7 @@ const raw = {
                       "type": "string",
                       "id": 1
                     },
-                    "timestampUnixNano": {
+                    "timestamp_unix_nano": {
                       "type": "int64",
                       "id": 2
                     },
@@ -346,7 +346,7 @@ const raw = {
                       "type": "pb.Platform",
                       "id": 3
                     },
-                    "emulatedPlatforms": {
+                    "emulated_platforms": {
                       "rule": "repeated",
                       "type": "pb.Platform",
                       "id": 4
@@ -355,15 +355,15 @@ const raw = {
                       "type": "int32",
                       "id": 5
                     },
-                    "busySlots": {
+                    "busy_slots": {
                       "type": "int32",
                       "id": 6
                     },
-                    "freeDiskBytes": {
+                    "free_disk_bytes": {
                       "type": "int64",
                       "id": 7
                     },
-                    "lastHeartbeatUnixNano": {
+                    "last_heartbeat_unix_nano": {
                       "type": "int64",
                       "id": 8
                     }
@@ -397,7 +397,7 @@ const raw = {
                       "type": "bool",
                       "id": 2
                     },
-                    "inUse": {
+                    "in_use": {
                       "type": "bool",
                       "id": 3
                     },
@@ -410,15 +410,15 @@ const raw = {
                       "type": "string",
                       "id": 5
                     },
-                    "createdAtUnixNano": {
+                    "created_at_unix_nano": {
                       "type": "int64",
                       "id": 6
                     },
-                    "lastUsedAtUnixNano": {
+                    "last_used_at_unix_nano": {
                       "type": "int64",
                       "id": 7
                     },
-                    "usageCount": {
+                    "usage_count": {
                       "type": "int64",
                       "id": 8
                     },
@@ -426,7 +426,7 @@ const raw = {
                       "type": "string",
                       "id": 9
                     },
-                    "recordType": {
+                    "record_type": {
                       "type": "string",
                       "id": 10
                     },
@@ -447,11 +447,11 @@ const raw = {
                       "type": "bool",
                       "id": 2
                     },
-                    "keepDurationSeconds": {
+                    "keep_duration_seconds": {
                       "type": "int64",
                       "id": 3
                     },
-                    "keepBytes": {
+                    "keep_bytes": {
                       "type": "int64",
                       "id": 4
                     }
@@ -473,12 +473,12 @@ const raw = {
                     "msg": {
                       "oneof": [
                         "hello",
-                        "manifestRequest",
+                        "manifest_request",
                         "manifest",
-                        "fileRequest",
-                        "fileChunk",
-                        "secretRequest",
-                        "secretResponse",
+                        "file_request",
+                        "file_chunk",
+                        "secret_request",
+                        "secret_response",
                         "ssh",
                         "error"
                       ]
@@ -493,7 +493,7 @@ const raw = {
                       "type": "SessionHello",
                       "id": 2
                     },
-                    "manifestRequest": {
+                    "manifest_request": {
                       "type": "ContextManifestRequest",
                       "id": 3
                     },
@@ -501,19 +501,19 @@ const raw = {
                       "type": "ContextManifest",
                       "id": 4
                     },
-                    "fileRequest": {
+                    "file_request": {
                       "type": "ContextFileRequest",
                       "id": 5
                     },
-                    "fileChunk": {
+                    "file_chunk": {
                       "type": "ContextFileChunk",
                       "id": 6
                     },
-                    "secretRequest": {
+                    "secret_request": {
                       "type": "SecretRequest",
                       "id": 7
                     },
-                    "secretResponse": {
+                    "secret_response": {
                       "type": "SecretResponse",
                       "id": 8
                     },
@@ -529,21 +529,21 @@ const raw = {
                 },
                 "SessionHello": {
                   "fields": {
-                    "sessionId": {
+                    "session_id": {
                       "type": "string",
                       "id": 1
                     },
-                    "localDirs": {
+                    "local_dirs": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 2
                     },
-                    "secretIds": {
+                    "secret_ids": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 3
                     },
-                    "sshIds": {
+                    "ssh_ids": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 4
@@ -556,17 +556,17 @@ const raw = {
                       "type": "string",
                       "id": 1
                     },
-                    "includePatterns": {
+                    "include_patterns": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 2
                     },
-                    "excludePatterns": {
+                    "exclude_patterns": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 3
                     },
-                    "followPaths": {
+                    "follow_paths": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 4
@@ -652,7 +652,7 @@ const raw = {
                       "type": "bytes",
                       "id": 1
                     },
-                    "notFound": {
+                    "not_found": {
                       "type": "bool",
                       "id": 2
                     }
@@ -754,15 +754,15 @@ const raw = {
               "nested": {
                 "Task": {
                   "fields": {
-                    "taskId": {
+                    "task_id": {
                       "type": "string",
                       "id": 1
                     },
-                    "buildId": {
+                    "build_id": {
                       "type": "string",
                       "id": 2
                     },
-                    "vertexDigest": {
+                    "vertex_digest": {
                       "type": "string",
                       "id": 3
                     },
@@ -779,11 +779,11 @@ const raw = {
                       "type": "ResolvedInput",
                       "id": 6
                     },
-                    "cacheKey": {
+                    "cache_key": {
                       "type": "string",
                       "id": 7
                     },
-                    "attemptToken": {
+                    "attempt_token": {
                       "type": "string",
                       "id": 8
                     },
@@ -795,11 +795,11 @@ const raw = {
                       "type": "pb.Platform",
                       "id": 10
                     },
-                    "sessionId": {
+                    "session_id": {
                       "type": "string",
                       "id": 11
                     },
-                    "preferredWorker": {
+                    "preferred_worker": {
                       "type": "string",
                       "id": 12
                     }
@@ -807,7 +807,7 @@ const raw = {
                 },
                 "ResolvedInput": {
                   "fields": {
-                    "resultId": {
+                    "result_id": {
                       "type": "string",
                       "id": 1
                     },
@@ -816,7 +816,7 @@ const raw = {
                       "type": "LayerRef",
                       "id": 2
                     },
-                    "holderWorker": {
+                    "holder_worker": {
                       "type": "string",
                       "id": 3
                     }
@@ -828,7 +828,7 @@ const raw = {
                       "type": "string",
                       "id": 1
                     },
-                    "diffId": {
+                    "diff_id": {
                       "type": "string",
                       "id": 2
                     },
@@ -836,7 +836,7 @@ const raw = {
                       "type": "int64",
                       "id": 3
                     },
-                    "mediaType": {
+                    "media_type": {
                       "type": "string",
                       "id": 4
                     }
@@ -844,15 +844,15 @@ const raw = {
                 },
                 "TaskResult": {
                   "fields": {
-                    "taskId": {
+                    "task_id": {
                       "type": "string",
                       "id": 1
                     },
-                    "attemptToken": {
+                    "attempt_token": {
                       "type": "string",
                       "id": 2
                     },
-                    "workerId": {
+                    "worker_id": {
                       "type": "string",
                       "id": 3
                     },
@@ -865,11 +865,11 @@ const raw = {
                       "type": "kiln.worker.v1.TaskError",
                       "id": 5
                     },
-                    "startedUnixNano": {
+                    "started_unix_nano": {
                       "type": "int64",
                       "id": 6
                     },
-                    "completedUnixNano": {
+                    "completed_unix_nano": {
                       "type": "int64",
                       "id": 7
                     },
@@ -881,7 +881,7 @@ const raw = {
                 },
                 "OutputResult": {
                   "fields": {
-                    "resultId": {
+                    "result_id": {
                       "type": "string",
                       "id": 1
                     },
@@ -906,11 +906,11 @@ const raw = {
                       "type": "bool",
                       "id": 3
                     },
-                    "exitCode": {
+                    "exit_code": {
                       "type": "int32",
                       "id": 4
                     },
-                    "outputTail": {
+                    "output_tail": {
                       "rule": "repeated",
                       "type": "string",
                       "id": 5
@@ -1061,7 +1061,7 @@ const raw = {
               "type": "string",
               "id": 4
             },
-            "proxyEnv": {
+            "proxy_env": {
               "type": "ProxyEnv",
               "id": 5
             },
@@ -1339,7 +1339,7 @@ const raw = {
         },
         "OpMetadata": {
           "fields": {
-            "ignoreCache": {
+            "ignore_cache": {
               "type": "bool",
               "id": 1
             },
@@ -1348,7 +1348,7 @@ const raw = {
               "type": "string",
               "id": 2
             },
-            "exportCache": {
+            "export_cache": {
               "type": "ExportCache",
               "id": 4
             },
@@ -1357,7 +1357,7 @@ const raw = {
               "type": "bool",
               "id": 5
             },
-            "progressGroup": {
+            "progress_group": {
               "type": "ProgressGroup",
               "id": 6
             }
@@ -1469,23 +1469,23 @@ const raw = {
         },
         "ProxyEnv": {
           "fields": {
-            "httpProxy": {
+            "http_proxy": {
               "type": "string",
               "id": 1
             },
-            "httpsProxy": {
+            "https_proxy": {
               "type": "string",
               "id": 2
             },
-            "ftpProxy": {
+            "ftp_proxy": {
               "type": "string",
               "id": 3
             },
-            "noProxy": {
+            "no_proxy": {
               "type": "string",
               "id": 4
             },
-            "allProxy": {
+            "all_proxy": {
               "type": "string",
               "id": 5
             }
@@ -1620,12 +1620,12 @@ const raw = {
               "type": "int64",
               "id": 11
             },
-            "includePatterns": {
+            "include_patterns": {
               "rule": "repeated",
               "type": "string",
               "id": 12
             },
-            "excludePatterns": {
+            "exclude_patterns": {
               "rule": "repeated",
               "type": "string",
               "id": 13

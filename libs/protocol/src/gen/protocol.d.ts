@@ -95,13 +95,13 @@ export namespace kiln {
 
             interface IStatusRequest {
                 ref?: (string|null);
-                sinceSeq?: (Long|null);
+                sinceSeq?: (number|Long|null);
             }
 
             class StatusRequest implements IStatusRequest {
                 constructor(properties?: kiln.control.v1.IStatusRequest);
                 public ref: string;
-                public sinceSeq: Long;
+                public sinceSeq: (number|Long);
                 public static create(properties?: kiln.control.v1.IStatusRequest): kiln.control.v1.StatusRequest;
                 public static encode(message: kiln.control.v1.IStatusRequest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.StatusRequest;
@@ -111,7 +111,7 @@ export namespace kiln {
             }
 
             interface IStatusResponse {
-                seq?: (Long|null);
+                seq?: (number|Long|null);
                 vertexes?: (kiln.control.v1.IVertex[]|null);
                 statuses?: (kiln.control.v1.IVertexStatus[]|null);
                 logs?: (kiln.control.v1.IVertexLog[]|null);
@@ -120,7 +120,7 @@ export namespace kiln {
 
             class StatusResponse implements IStatusResponse {
                 constructor(properties?: kiln.control.v1.IStatusResponse);
-                public seq: Long;
+                public seq: (number|Long);
                 public vertexes: kiln.control.v1.IVertex[];
                 public statuses: kiln.control.v1.IVertexStatus[];
                 public logs: kiln.control.v1.IVertexLog[];
@@ -138,8 +138,8 @@ export namespace kiln {
                 inputs?: (string[]|null);
                 name?: (string|null);
                 cached?: (boolean|null);
-                startedUnixNano?: (Long|null);
-                completedUnixNano?: (Long|null);
+                startedUnixNano?: (number|Long|null);
+                completedUnixNano?: (number|Long|null);
                 error?: (string|null);
                 progressGroup?: (pb.IProgressGroup|null);
                 workerId?: (string|null);
@@ -151,8 +151,8 @@ export namespace kiln {
                 public inputs: string[];
                 public name: string;
                 public cached: boolean;
-                public startedUnixNano: Long;
-                public completedUnixNano: Long;
+                public startedUnixNano: (number|Long);
+                public completedUnixNano: (number|Long);
                 public error: string;
                 public progressGroup?: (pb.IProgressGroup|null);
                 public workerId: string;
@@ -168,11 +168,11 @@ export namespace kiln {
                 id?: (string|null);
                 vertex?: (string|null);
                 name?: (string|null);
-                current?: (Long|null);
-                total?: (Long|null);
-                timestampUnixNano?: (Long|null);
-                startedUnixNano?: (Long|null);
-                completedUnixNano?: (Long|null);
+                current?: (number|Long|null);
+                total?: (number|Long|null);
+                timestampUnixNano?: (number|Long|null);
+                startedUnixNano?: (number|Long|null);
+                completedUnixNano?: (number|Long|null);
             }
 
             class VertexStatus implements IVertexStatus {
@@ -180,11 +180,11 @@ export namespace kiln {
                 public id: string;
                 public vertex: string;
                 public name: string;
-                public current: Long;
-                public total: Long;
-                public timestampUnixNano: Long;
-                public startedUnixNano: Long;
-                public completedUnixNano: Long;
+                public current: (number|Long);
+                public total: (number|Long);
+                public timestampUnixNano: (number|Long);
+                public startedUnixNano: (number|Long);
+                public completedUnixNano: (number|Long);
                 public static create(properties?: kiln.control.v1.IVertexStatus): kiln.control.v1.VertexStatus;
                 public static encode(message: kiln.control.v1.IVertexStatus, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.VertexStatus;
@@ -195,16 +195,16 @@ export namespace kiln {
 
             interface IVertexLog {
                 vertex?: (string|null);
-                timestampUnixNano?: (Long|null);
-                stream?: (Long|null);
+                timestampUnixNano?: (number|Long|null);
+                stream?: (number|Long|null);
                 msg?: (Uint8Array|null);
             }
 
             class VertexLog implements IVertexLog {
                 constructor(properties?: kiln.control.v1.IVertexLog);
                 public vertex: string;
-                public timestampUnixNano: Long;
-                public stream: Long;
+                public timestampUnixNano: (number|Long);
+                public stream: (number|Long);
                 public msg: Uint8Array;
                 public static create(properties?: kiln.control.v1.IVertexLog): kiln.control.v1.VertexLog;
                 public static encode(message: kiln.control.v1.IVertexLog, writer?: $protobuf.Writer): $protobuf.Writer;
@@ -216,7 +216,7 @@ export namespace kiln {
 
             interface IVertexWarning {
                 vertex?: (string|null);
-                level?: (Long|null);
+                level?: (number|Long|null);
                 short?: (Uint8Array|null);
                 detail?: (Uint8Array[]|null);
                 url?: (string|null);
@@ -227,7 +227,7 @@ export namespace kiln {
             class VertexWarning implements IVertexWarning {
                 constructor(properties?: kiln.control.v1.IVertexWarning);
                 public vertex: string;
-                public level: Long;
+                public level: (number|Long);
                 public short: Uint8Array;
                 public detail: Uint8Array[];
                 public url: string;
@@ -278,8 +278,8 @@ export namespace kiln {
                 emulatedPlatforms?: (pb.IPlatform[]|null);
                 slots?: (number|null);
                 busySlots?: (number|null);
-                freeDiskBytes?: (Long|null);
-                lastHeartbeatUnixNano?: (Long|null);
+                freeDiskBytes?: (number|Long|null);
+                lastHeartbeatUnixNano?: (number|Long|null);
             }
 
             class WorkerRecord implements IWorkerRecord {
@@ -290,8 +290,8 @@ export namespace kiln {
                 public emulatedPlatforms: pb.IPlatform[];
                 public slots: number;
                 public busySlots: number;
-                public freeDiskBytes: Long;
-                public lastHeartbeatUnixNano: Long;
+                public freeDiskBytes: (number|Long);
+                public lastHeartbeatUnixNano: (number|Long);
                 public static create(properties?: kiln.control.v1.IWorkerRecord): kiln.control.v1.WorkerRecord;
                 public static encode(message: kiln.control.v1.IWorkerRecord, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.WorkerRecord;
@@ -334,11 +334,11 @@ export namespace kiln {
                 id?: (string|null);
                 mutable?: (boolean|null);
                 inUse?: (boolean|null);
-                size?: (Long|null);
+                size?: (number|Long|null);
                 parents?: (string[]|null);
-                createdAtUnixNano?: (Long|null);
-                lastUsedAtUnixNano?: (Long|null);
-                usageCount?: (Long|null);
+                createdAtUnixNano?: (number|Long|null);
+                lastUsedAtUnixNano?: (number|Long|null);
+                usageCount?: (number|Long|null);
                 description?: (string|null);
                 recordType?: (string|null);
                 shared?: (boolean|null);
@@ -349,11 +349,11 @@ export namespace kiln {
                 public id: string;
                 public mutable: boolean;
                 public inUse: boolean;
-                public size: Long;
+                public size: (number|Long);
                 public parents: string[];
-                public createdAtUnixNano: Long;
-                public lastUsedAtUnixNano: Long;
-                public usageCount: Long;
+                public createdAtUnixNano: (number|Long);
+                public lastUsedAtUnixNano: (number|Long);
+                public usageCount: (number|Long);
                 public description: string;
                 public recordType: string;
                 public shared: boolean;
@@ -368,16 +368,16 @@ export namespace kiln {
             interface IPruneRequest {
                 filter?: (string[]|null);
                 all?: (boolean|null);
-                keepDurationSeconds?: (Long|null);
-                keepBytes?: (Long|null);
+                keepDurationSeconds?: (number|Long|null);
+                keepBytes?: (number|Long|null);
             }
 
             class PruneRequest implements IPruneRequest {
                 constructor(properties?: kiln.control.v1.IPruneRequest);
                 public filter: string[];
                 public all: boolean;
-                public keepDurationSeconds: Long;
-                public keepBytes: Long;
+                public keepDurationSeconds: (number|Long);
+                public keepBytes: (number|Long);
                 public static create(properties?: kiln.control.v1.IPruneRequest): kiln.control.v1.PruneRequest;
                 public static encode(message: kiln.control.v1.IPruneRequest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.PruneRequest;
@@ -415,7 +415,7 @@ export namespace kiln {
             }
 
             interface ISessionMessage {
-                id?: (Long|null);
+                id?: (number|Long|null);
                 hello?: (kiln.control.v1.ISessionHello|null);
                 manifestRequest?: (kiln.control.v1.IContextManifestRequest|null);
                 manifest?: (kiln.control.v1.IContextManifest|null);
@@ -429,7 +429,7 @@ export namespace kiln {
 
             class SessionMessage implements ISessionMessage {
                 constructor(properties?: kiln.control.v1.ISessionMessage);
-                public id: Long;
+                public id: (number|Long);
                 public hello?: (kiln.control.v1.ISessionHello|null);
                 public manifestRequest?: (kiln.control.v1.IContextManifestRequest|null);
                 public manifest?: (kiln.control.v1.IContextManifest|null);
@@ -510,7 +510,7 @@ export namespace kiln {
                 mode?: (number|null);
                 uid?: (number|null);
                 gid?: (number|null);
-                size?: (Long|null);
+                size?: (number|Long|null);
                 digest?: (string|null);
                 linkname?: (string|null);
             }
@@ -521,7 +521,7 @@ export namespace kiln {
                 public mode: number;
                 public uid: number;
                 public gid: number;
-                public size: Long;
+                public size: (number|Long);
                 public digest: string;
                 public linkname: string;
                 public static create(properties?: kiln.control.v1.IContextEntry): kiln.control.v1.ContextEntry;
@@ -600,7 +600,7 @@ export namespace kiln {
 
             interface ISshFrame {
                 id?: (string|null);
-                stream?: (Long|null);
+                stream?: (number|Long|null);
                 data?: (Uint8Array|null);
                 close?: (boolean|null);
             }
@@ -608,7 +608,7 @@ export namespace kiln {
             class SshFrame implements ISshFrame {
                 constructor(properties?: kiln.control.v1.ISshFrame);
                 public id: string;
-                public stream: Long;
+                public stream: (number|Long);
                 public data: Uint8Array;
                 public close: boolean;
                 public static create(properties?: kiln.control.v1.ISshFrame): kiln.control.v1.SshFrame;
@@ -748,7 +748,7 @@ export namespace kiln {
             interface ILayerRef {
                 digest?: (string|null);
                 diffId?: (string|null);
-                size?: (Long|null);
+                size?: (number|Long|null);
                 mediaType?: (string|null);
             }
 
@@ -756,7 +756,7 @@ export namespace kiln {
                 constructor(properties?: kiln.worker.v1.ILayerRef);
                 public digest: string;
                 public diffId: string;
-                public size: Long;
+                public size: (number|Long);
                 public mediaType: string;
                 public static create(properties?: kiln.worker.v1.ILayerRef): kiln.worker.v1.LayerRef;
                 public static encode(message: kiln.worker.v1.ILayerRef, writer?: $protobuf.Writer): $protobuf.Writer;
@@ -772,8 +772,8 @@ export namespace kiln {
                 workerId?: (string|null);
                 outputs?: (kiln.worker.v1.IOutputResult[]|null);
                 error?: (kiln.worker.v1.ITaskError|null);
-                startedUnixNano?: (Long|null);
-                completedUnixNano?: (Long|null);
+                startedUnixNano?: (number|Long|null);
+                completedUnixNano?: (number|Long|null);
                 cached?: (boolean|null);
             }
 
@@ -784,8 +784,8 @@ export namespace kiln {
                 public workerId: string;
                 public outputs: kiln.worker.v1.IOutputResult[];
                 public error?: (kiln.worker.v1.ITaskError|null);
-                public startedUnixNano: Long;
-                public completedUnixNano: Long;
+                public startedUnixNano: (number|Long);
+                public completedUnixNano: (number|Long);
                 public cached: boolean;
                 public static create(properties?: kiln.worker.v1.ITaskResult): kiln.worker.v1.TaskResult;
                 public static encode(message: kiln.worker.v1.ITaskResult, writer?: $protobuf.Writer): $protobuf.Writer;
@@ -897,13 +897,13 @@ export namespace pb {
 
     interface IInput {
         digest?: (string|null);
-        index?: (Long|null);
+        index?: (number|Long|null);
     }
 
     class Input implements IInput {
         constructor(properties?: pb.IInput);
         public digest: string;
-        public index: Long;
+        public index: (number|Long);
         public static create(properties?: pb.IInput): pb.Input;
         public static encode(message: pb.IInput, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.Input;
@@ -989,15 +989,15 @@ export namespace pb {
 
     interface IUlimit {
         Name?: (string|null);
-        Soft?: (Long|null);
-        Hard?: (Long|null);
+        Soft?: (number|Long|null);
+        Hard?: (number|Long|null);
     }
 
     class Ulimit implements IUlimit {
         constructor(properties?: pb.IUlimit);
         public Name: string;
-        public Soft: Long;
-        public Hard: Long;
+        public Soft: (number|Long);
+        public Hard: (number|Long);
         public static create(properties?: pb.IUlimit): pb.Ulimit;
         public static encode(message: pb.IUlimit, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.Ulimit;
@@ -1037,10 +1037,10 @@ export namespace pb {
     }
 
     interface IMount {
-        input?: (Long|null);
+        input?: (number|Long|null);
         selector?: (string|null);
         dest?: (string|null);
-        output?: (Long|null);
+        output?: (number|Long|null);
         readonly?: (boolean|null);
         mountType?: (pb.MountType|null);
         TmpfsOpt?: (pb.ITmpfsOpt|null);
@@ -1053,10 +1053,10 @@ export namespace pb {
 
     class Mount implements IMount {
         constructor(properties?: pb.IMount);
-        public input: Long;
+        public input: (number|Long);
         public selector: string;
         public dest: string;
-        public output: Long;
+        public output: (number|Long);
         public readonly: boolean;
         public mountType: pb.MountType;
         public TmpfsOpt?: (pb.ITmpfsOpt|null);
@@ -1088,12 +1088,12 @@ export namespace pb {
     }
 
     interface ITmpfsOpt {
-        size?: (Long|null);
+        size?: (number|Long|null);
     }
 
     class TmpfsOpt implements ITmpfsOpt {
         constructor(properties?: pb.ITmpfsOpt);
-        public size: Long;
+        public size: (number|Long);
         public static create(properties?: pb.ITmpfsOpt): pb.TmpfsOpt;
         public static encode(message: pb.ITmpfsOpt, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.TmpfsOpt;
@@ -1189,7 +1189,7 @@ export namespace pb {
     }
 
     interface IBuildOp {
-        builder?: (Long|null);
+        builder?: (number|Long|null);
         inputs?: ({ [k: string]: pb.IBuildInput }|null);
         def?: (pb.IDefinition|null);
         attrs?: ({ [k: string]: string }|null);
@@ -1197,7 +1197,7 @@ export namespace pb {
 
     class BuildOp implements IBuildOp {
         constructor(properties?: pb.IBuildOp);
-        public builder: Long;
+        public builder: (number|Long);
         public inputs: { [k: string]: pb.IBuildInput };
         public def?: (pb.IDefinition|null);
         public attrs: { [k: string]: string };
@@ -1210,12 +1210,12 @@ export namespace pb {
     }
 
     interface IBuildInput {
-        input?: (Long|null);
+        input?: (number|Long|null);
     }
 
     class BuildInput implements IBuildInput {
         constructor(properties?: pb.IBuildInput);
-        public input: Long;
+        public input: (number|Long);
         public static create(properties?: pb.IBuildInput): pb.BuildInput;
         public static encode(message: pb.IBuildInput, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.BuildInput;
@@ -1458,9 +1458,9 @@ export namespace pb {
     }
 
     interface IFileAction {
-        input?: (Long|null);
-        secondaryInput?: (Long|null);
-        output?: (Long|null);
+        input?: (number|Long|null);
+        secondaryInput?: (number|Long|null);
+        output?: (number|Long|null);
         copy?: (pb.IFileActionCopy|null);
         mkfile?: (pb.IFileActionMkFile|null);
         mkdir?: (pb.IFileActionMkDir|null);
@@ -1470,9 +1470,9 @@ export namespace pb {
 
     class FileAction implements IFileAction {
         constructor(properties?: pb.IFileAction);
-        public input: Long;
-        public secondaryInput: Long;
-        public output: Long;
+        public input: (number|Long);
+        public secondaryInput: (number|Long);
+        public output: (number|Long);
         public copy?: (pb.IFileActionCopy|null);
         public mkfile?: (pb.IFileActionMkFile|null);
         public mkdir?: (pb.IFileActionMkDir|null);
@@ -1498,7 +1498,7 @@ export namespace pb {
         createDestPath?: (boolean|null);
         allowWildcard?: (boolean|null);
         allowEmptyWildcard?: (boolean|null);
-        timestamp?: (Long|null);
+        timestamp?: (number|Long|null);
         includePatterns?: (string[]|null);
         excludePatterns?: (string[]|null);
         alwaysReplaceExistingDestPaths?: (boolean|null);
@@ -1516,7 +1516,7 @@ export namespace pb {
         public createDestPath: boolean;
         public allowWildcard: boolean;
         public allowEmptyWildcard: boolean;
-        public timestamp: Long;
+        public timestamp: (number|Long);
         public includePatterns: string[];
         public excludePatterns: string[];
         public alwaysReplaceExistingDestPaths: boolean;
@@ -1533,7 +1533,7 @@ export namespace pb {
         mode?: (number|null);
         data?: (Uint8Array|null);
         owner?: (pb.IChownOpt|null);
-        timestamp?: (Long|null);
+        timestamp?: (number|Long|null);
     }
 
     class FileActionMkFile implements IFileActionMkFile {
@@ -1542,7 +1542,7 @@ export namespace pb {
         public mode: number;
         public data: Uint8Array;
         public owner?: (pb.IChownOpt|null);
-        public timestamp: Long;
+        public timestamp: (number|Long);
         public static create(properties?: pb.IFileActionMkFile): pb.FileActionMkFile;
         public static encode(message: pb.IFileActionMkFile, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.FileActionMkFile;
@@ -1556,7 +1556,7 @@ export namespace pb {
         mode?: (number|null);
         makeParents?: (boolean|null);
         owner?: (pb.IChownOpt|null);
-        timestamp?: (Long|null);
+        timestamp?: (number|Long|null);
     }
 
     class FileActionMkDir implements IFileActionMkDir {
@@ -1565,7 +1565,7 @@ export namespace pb {
         public mode: number;
         public makeParents: boolean;
         public owner?: (pb.IChownOpt|null);
-        public timestamp: Long;
+        public timestamp: (number|Long);
         public static create(properties?: pb.IFileActionMkDir): pb.FileActionMkDir;
         public static encode(message: pb.IFileActionMkDir, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.FileActionMkDir;
@@ -1597,7 +1597,7 @@ export namespace pb {
         oldpath?: (string|null);
         newpath?: (string|null);
         owner?: (pb.IChownOpt|null);
-        timestamp?: (Long|null);
+        timestamp?: (number|Long|null);
     }
 
     class FileActionSymlink implements IFileActionSymlink {
@@ -1605,7 +1605,7 @@ export namespace pb {
         public oldpath: string;
         public newpath: string;
         public owner?: (pb.IChownOpt|null);
-        public timestamp: Long;
+        public timestamp: (number|Long);
         public static create(properties?: pb.IFileActionSymlink): pb.FileActionSymlink;
         public static encode(message: pb.IFileActionSymlink, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.FileActionSymlink;
@@ -1651,13 +1651,13 @@ export namespace pb {
 
     interface INamedUserOpt {
         name?: (string|null);
-        input?: (Long|null);
+        input?: (number|Long|null);
     }
 
     class NamedUserOpt implements INamedUserOpt {
         constructor(properties?: pb.INamedUserOpt);
         public name: string;
-        public input: Long;
+        public input: (number|Long);
         public static create(properties?: pb.INamedUserOpt): pb.NamedUserOpt;
         public static encode(message: pb.INamedUserOpt, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.NamedUserOpt;
@@ -1667,12 +1667,12 @@ export namespace pb {
     }
 
     interface IMergeInput {
-        input?: (Long|null);
+        input?: (number|Long|null);
     }
 
     class MergeInput implements IMergeInput {
         constructor(properties?: pb.IMergeInput);
-        public input: Long;
+        public input: (number|Long);
         public static create(properties?: pb.IMergeInput): pb.MergeInput;
         public static encode(message: pb.IMergeInput, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.MergeInput;
@@ -1697,12 +1697,12 @@ export namespace pb {
     }
 
     interface ILowerDiffInput {
-        input?: (Long|null);
+        input?: (number|Long|null);
     }
 
     class LowerDiffInput implements ILowerDiffInput {
         constructor(properties?: pb.ILowerDiffInput);
-        public input: Long;
+        public input: (number|Long);
         public static create(properties?: pb.ILowerDiffInput): pb.LowerDiffInput;
         public static encode(message: pb.ILowerDiffInput, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.LowerDiffInput;
@@ -1712,12 +1712,12 @@ export namespace pb {
     }
 
     interface IUpperDiffInput {
-        input?: (Long|null);
+        input?: (number|Long|null);
     }
 
     class UpperDiffInput implements IUpperDiffInput {
         constructor(properties?: pb.IUpperDiffInput);
-        public input: Long;
+        public input: (number|Long);
         public static create(properties?: pb.IUpperDiffInput): pb.UpperDiffInput;
         public static encode(message: pb.IUpperDiffInput, writer?: $protobuf.Writer): $protobuf.Writer;
         public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): pb.UpperDiffInput;
