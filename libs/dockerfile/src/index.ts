@@ -19,5 +19,6 @@ export { parse, dumpAst, DEFAULT_ESCAPE_TOKEN, MAX_LINE_BYTES } from './parser/p
 export type { ParseResult, ParseWarning } from './parser/parser.js';
 export { Node } from './parser/node.js';
 export type { Heredoc } from './parser/node.js';
-export type { Directive } from './parser/directives.js';
+export { detectSyntax, parseDirective } from './parser/directives.js';
+export type { Directive, DetectedDirective } from './parser/directives.js';
 export { parseHeredoc, chompHeredocContent } from './parser/heredoc.js';

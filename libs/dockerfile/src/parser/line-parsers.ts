@@ -2,6 +2,7 @@
  * BuildKit's line parsers (`line_parsers.go`): each turns the arguments of one instruction into the
  * linked list of argument nodes, per the instruction's syntax.
  */
+import { goJsonParse } from '../go/json.js';
 import { goQuote } from '../go/quote.js';
 import { goSplit } from '../go/regexp.js';
 import { isSpace, trimLeftSpace } from '../go/unicode.js';
@@ -200,12 +201,9 @@ class NotJsonArray extends Error {}
 function parseJSON(input: string): LineParseResult {
   const rest = trimLeftSpace(input);
   if (!rest.startsWith('[')) throw new NotJsonArray('not a JSON array');
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(rest);
-  } catch (err) {
-    throw new NotJsonArray(err instanceof Error ? err.message : String(err));
-  }
+  const decoded = goJsonParse(rest);
+  if (!decoded.ok) throw new NotJsonArray(decoded.error);
+  const parsed = decoded.value;
   if (!Array.isArray(parsed)) throw new NotJsonArray('not a JSON array');
   let top: Node | undefined;
   let prev: Node | undefined;

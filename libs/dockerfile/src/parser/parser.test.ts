@@ -239,3 +239,24 @@ describe('instructions', () => {
     expect(dumpAst('RUN --x=\\"y\\" z\n')).toBe('(run ["--x=\\"y\\""] "z")');
   });
 });
+
+describe('JSON form edge cases, as Go encoding/json', () => {
+  it('falls back to the shell form when a number overflows float64', () => {
+    expect(dumpAst('CMD ["a", 1e999]\n')).toBe('(cmd "[\\"a\\", 1e999]")');
+  });
+
+  it('rejects other non-string elements', () => {
+    expect(parseError('CMD ["a", 1e9]\n').message).toContain('arrays must be comprised of strings only');
+  });
+
+  it('falls back to the shell form beyond 10000 nested arrays', () => {
+    const deep = '['.repeat(10001) + ']'.repeat(10001);
+    expect(dumpAst(`CMD ${deep}\n`)).toBe(`(cmd "${deep}")`);
+    const ok = '['.repeat(10000) + ']'.repeat(10000);
+    expect(() => parse(`CMD ${ok}\n`)).toThrow('arrays must be comprised of strings only');
+  });
+
+  it('replaces lone surrogate escapes with U+FFFD', () => {
+    expect(dumpAst('CMD ["\\ud800x"]\n')).toBe('(cmd "\ufffdx")');
+  });
+});
