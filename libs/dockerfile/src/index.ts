@@ -15,7 +15,7 @@ export { ShellExpansionError, DOCKERFILE_EXPANSION } from './shell/shell-error.j
 export { emptyEnv, envFromList, envFromMap } from './shell/env.js';
 export type { EnvGetter, EnvLike } from './shell/env.js';
 
-export { parse, dumpAst, DEFAULT_ESCAPE_TOKEN, MAX_LINE_BYTES } from './parser/parser.js';
+export { parse, dumpAst, formatWarnings, DEFAULT_ESCAPE_TOKEN, MAX_LINE_BYTES } from './parser/parser.js';
 export type { ParseResult, ParseWarning } from './parser/parser.js';
 export { Node } from './parser/node.js';
 export type { Heredoc } from './parser/node.js';

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DockerfileError } from '../dockerfile-error.js';
 import { encodeUtf8 } from '../go/utf8.js';
 import { parseWords } from './line-parsers.js';
-import { dumpAst, parse } from './parser.js';
+import { dumpAst, formatWarnings, parse } from './parser.js';
 
 function parseError(text: string | Uint8Array): DockerfileError {
   try {
@@ -258,5 +258,16 @@ describe('JSON form edge cases, as Go encoding/json', () => {
 
   it('replaces lone surrogate escapes with U+FFFD', () => {
     expect(dumpAst('CMD ["\\ud800x"]\n')).toBe('(cmd "\ufffdx")');
+  });
+});
+
+describe('formatWarnings', () => {
+  it('prints like PrintWarnings', () => {
+    expect(formatWarnings([])).toBe('');
+    const { warnings } = parse('FROM a\nRUN b \\\n\n c\n');
+    expect(formatWarnings(warnings)).toBe(
+      '[WARNING]: Empty continuation line found in: RUN b  c\n' +
+        '[WARNING]: Empty continuation lines will become errors in a future release.\n',
+    );
   });
 });

@@ -315,3 +315,14 @@ export function parse(input: string | Uint8Array): ParseResult {
 export function dumpAst(input: string | Uint8Array): string {
   return parse(input).ast.dump();
 }
+
+/**
+ * BuildKit's `PrintWarnings`: one `[WARNING]: ...` line per warning, then the deprecation notice;
+ * empty when there is nothing to report.
+ */
+export function formatWarnings(warnings: readonly ParseWarning[]): string {
+  if (warnings.length === 0) return '';
+  let out = '';
+  for (const w of warnings) out += `[WARNING]: ${w.short}\n`;
+  return out + '[WARNING]: Empty continuation lines will become errors in a future release.\n';
+}
