@@ -1,1 +1,17 @@
-export {};
+/**
+ * Kiln benchmarks. `npm run bench` runs them all; `npm run bench -- llb` runs the named ones.
+ * Each prints a table with ratios against a baseline measured in the same run.
+ */
+import { cpus } from 'node:os';
+import { runLlbBench } from './llb-bench.js';
+
+const benches: Record<string, () => unknown> = {
+  llb: () => runLlbBench(),
+};
+
+const only = process.argv.slice(2);
+console.log(`kiln bench ${new Date().toISOString()} on ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, node ${process.version}`);
+for (const [name, run] of Object.entries(benches)) {
+  if (only.length && !only.includes(name)) continue;
+  await run();
+}
