@@ -15,4 +15,16 @@ npm run lint
 step "gen:check"
 npm run gen:check
 step "test"
-npx vitest run "$@"
+report="$(mktemp -t kiln-vitest-XXXXXX.json)"
+trap 'rm -f "$report"' EXIT
+set +e
+npx vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@"
+rc=$?
+set -e
+# One plain closing line that any CI reader understands: "N passed, N failed[, N skipped]".
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const skipped = r.numPendingTests + r.numTodoTests;
+  console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed` + (skipped ? `, ${skipped} skipped` : ""));
+' "$report" || echo "0 passed, 1 failed"
+exit "$rc"
