@@ -1,0 +1,167 @@
+/**
+ * Content checksums of paths inside a directory tree: what a cache key uses for inputs read through
+ * selectors (BuildKit's cache/contenthash), so that `COPY package.json .` is keyed by that file
+ * alone, not by the whole context.
+ *
+ * What counts: each entry's type, permission bits (and setuid/setgid/sticky), uid, gid, symlink
+ * target and, for regular files, the sha256 of the content; directories hash their sorted children.
+ * Modification times never count. Paths are resolved inside the root (symlinks in the selector
+ * never lead outside it).
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { lstat, readdir, readlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { posix } from 'node:path';
+import { KilnError } from '@kiln/protocol';
+
+export interface ChecksumOptions {
+  /** Treat the selector's last components as filepath.Match wildcards. */
+  wildcard?: boolean;
+  /** Follow a symlink at the selector itself (not below it). */
+  followLinks?: boolean;
+  /** Keep only entries (relative to the selected path) for which this returns true. */
+  filter?: (relPath: string, isDir: boolean) => boolean;
+}
+
+export class ChecksumError extends KilnError {
+  constructor(message: string, path: string, cause?: unknown) {
+    super('CHECKSUM_FAILED', message, { cause, details: { path } });
+  }
+}
+
+const h = (...parts: (string | Buffer)[]): string => {
+  const hash = createHash('sha256');
+  for (const p of parts) {
+    hash.update(p);
+    hash.update('\0');
+  }
+  return hash.digest('hex');
+};
+
+function header(kind: string, st: Stats): string {
+  return `${kind} ${(st.mode & 0o7777).toString(8)} ${st.uid} ${st.gid}`;
+}
+
+async function fileDigest(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Resolves `rel` inside `root`, following symlinks within the root; `..` never climbs above it. */
+export async function resolveInside(root: string, rel: string, followFinal: boolean): Promise<string> {
+  const parts = posix.normalize(`/${rel}`).split('/').filter(Boolean);
+  let cur = '/';
+  let hops = 0;
+  for (let i = 0; i < parts.length; i++) {
+    const next = posix.join(cur, parts[i]!);
+    let st: Stats;
+    try {
+      st = await lstat(root + next);
+    } catch {
+      return next; // missing: the caller reports it
+    }
+    const last = i === parts.length - 1;
+    if (st.isSymbolicLink() && (!last || followFinal)) {
+      if (++hops > 255) throw new ChecksumError(`too many symlinks resolving ${rel}`, rel);
+      const target = await readlink(root + next);
+      const rest = parts.slice(i + 1);
+      const base = target.startsWith('/') ? '/' : cur;
+      const joined = posix.normalize(posix.join(base, target)).split('/').filter(Boolean);
+      parts.splice(0, parts.length, ...joined, ...rest);
+      cur = '/';
+      i = -1;
+      continue;
+    }
+    cur = next;
+  }
+  return cur;
+}
+
+async function entryDigest(root: string, abs: string, rel: string, opts: ChecksumOptions): Promise<string | undefined> {
+  let st: Stats;
+  try {
+    st = await lstat(root + abs);
+  } catch (cause) {
+    throw new ChecksumError(`${abs}: not found`, abs, cause);
+  }
+  if (st.isDirectory()) {
+    const names = (await readdir(root + abs)).sort();
+    const children: string[] = [];
+    for (const name of names) {
+      const childRel = rel ? `${rel}/${name}` : name;
+      const d = await entryDigest(root, posix.join(abs, name), childRel, opts);
+      if (d !== undefined) children.push(name, d);
+    }
+    if (rel && opts.filter && !opts.filter(rel, true) && children.length === 0) return undefined;
+    return h(header('dir', st), ...children);
+  }
+  if (rel && opts.filter && !opts.filter(rel, false)) return undefined;
+  if (st.isSymbolicLink()) return h(header('link', st), await readlink(root + abs));
+  if (st.isFile()) return h(header('file', st), await fileDigest(root + abs));
+  return h(header(st.isFIFO() ? 'fifo' : st.isSocket() ? 'sock' : 'dev', st), String(st.rdev));
+}
+
+function globToRegExp(glob: string): RegExp {
+  let re = '^';
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i]!;
+    if (c === '*') re += '[^/]*';
+    else if (c === '?') re += '[^/]';
+    else if (c === '[') {
+      const end = glob.indexOf(']', i + 1);
+      if (end < 0) throw new ChecksumError(`bad pattern ${glob}`, glob);
+      let cls = glob.slice(i + 1, end);
+      if (cls.startsWith('^')) cls = `!${cls.slice(1)}`;
+      re += `[${cls.startsWith('!') ? `^${cls.slice(1)}` : cls}]`;
+      i = end;
+    } else if (c === '\\' && i + 1 < glob.length) re += `\\${glob[++i]!}`;
+    else re += c.replace(/[.+^${}()|\\]/g, '\\$&');
+  }
+  return new RegExp(`${re}$`);
+}
+
+async function expandWildcard(root: string, pattern: string): Promise<string[]> {
+  const parts = posix.normalize(`/${pattern}`).split('/').filter(Boolean);
+  let paths = ['/'];
+  for (const part of parts) {
+    const next: string[] = [];
+    const isGlob = /[*?[]/.test(part);
+    for (const p of paths) {
+      const dir = await resolveInside(root, p, true);
+      if (!isGlob) {
+        next.push(posix.join(p, part));
+        continue;
+      }
+      let names: string[];
+      try {
+        names = await readdir(root + dir);
+      } catch {
+        continue;
+      }
+      const re = globToRegExp(part);
+      for (const n of names.sort()) if (re.test(n)) next.push(posix.join(p, n));
+    }
+    paths = next;
+  }
+  return paths;
+}
+
+/** The checksum of `selector` (a path, or a wildcard pattern) inside `root`. */
+export async function checksum(root: string, selector: string, opts: ChecksumOptions = {}): Promise<string> {
+  const sel = selector === '' ? '/' : selector;
+  if (opts.wildcard && /[*?[]/.test(sel)) {
+    const matches = await expandWildcard(root, sel);
+    const parts: string[] = [];
+    for (const m of matches) {
+      const abs = await resolveInside(root, m, opts.followLinks ?? false);
+      const d = await entryDigest(root, abs, '', opts);
+      if (d !== undefined) parts.push(m, d);
+    }
+    return `sha256:${h('wildcard', ...parts)}`;
+  }
+  const abs = await resolveInside(root, sel, opts.followLinks ?? false);
+  const d = await entryDigest(root, abs, '', opts);
+  return `sha256:${d ?? h('empty')}`;
+}
