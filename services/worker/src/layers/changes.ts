@@ -1,0 +1,190 @@
+import type { BigIntStats } from 'node:fs';
+import { open, readdir, readlink } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/**
+ * One filesystem change, in the order a layer writes it. `unchanged-link` is an unchanged file
+ * that shares its inode with a changed one: it is written as a hardlink so the link survives.
+ */
+export interface Change {
+  /** Path relative to the tree root, `/`-separated, no leading slash. */
+  path: string;
+  kind: 'add' | 'modify' | 'delete' | 'opaque' | 'unchanged-link';
+  /** lstat of the path in the new tree (not for delete/opaque). */
+  stat?: BigIntStats;
+}
+
+const S_IFMT = 0o170000n;
+const S_IFCHR = 0o020000n;
+
+/** Byte-wise order, as Go's sort.Strings (BuildKit/containerd walk order), not UTF-16 order. */
+export function compareNames(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+async function sortedNames(dir: string): Promise<string[]> {
+  return (await readdir(dir)).sort(compareNames);
+}
+
+async function lstatMaybe(path: string): Promise<BigIntStats | undefined> {
+  try {
+    return await lstat(path, { bigint: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw err;
+  }
+}
+
+function rel(parent: string, name: string): string {
+  return parent === '' ? name : `${parent}/${name}`;
+}
+
+/**
+ * Changes from `base` to `next`, found by walking both trees (the copying snapshotter, or any two
+ * directories). Follows continuity's `fs.Changes`: directories count as modified only when their
+ * mode or owner changed (their parents are written anyway when a child changes); files when
+ * type, mode, owner, size, symlink target or mtime differ, comparing contents when both mtimes
+ * have zero nanoseconds (a copy that truncated them).
+ */
+export async function compareChanges(base: string | undefined, next: string): Promise<Change[]> {
+  const out: Change[] = [];
+  await compareDir(base, next, '', base !== undefined, out);
+  return out;
+}
+
+async function compareDir(
+  base: string | undefined,
+  next: string,
+  dir: string,
+  baseHas: boolean,
+  out: Change[],
+): Promise<void> {
+  const nextNames = await sortedNames(join(next, dir));
+  let baseNames: string[] = [];
+  if (baseHas && base !== undefined) {
+    const bst = await lstatMaybe(join(base, dir));
+    if (bst?.isDirectory()) baseNames = await sortedNames(join(base, dir));
+  }
+  const names = [...new Set([...nextNames, ...baseNames])].sort(compareNames);
+  const inNext = new Set(nextNames);
+  const inBase = new Set(baseNames);
+  for (const name of names) {
+    const p = rel(dir, name);
+    if (!inNext.has(name)) {
+      out.push({ path: p, kind: 'delete' });
+      continue;
+    }
+    const ns = await lstat(join(next, p), { bigint: true });
+    const bs = inBase.has(name) && base !== undefined ? await lstatMaybe(join(base, p)) : undefined;
+    if (bs === undefined) {
+      out.push({ path: p, kind: 'add', stat: ns });
+      if (ns.isDirectory()) await compareDir(base, next, p, false, out);
+      continue;
+    }
+    if ((bs.mode & S_IFMT) !== (ns.mode & S_IFMT)) {
+      out.push({ path: p, kind: 'modify', stat: ns });
+      if (ns.isDirectory()) await compareDir(base, next, p, false, out);
+      continue;
+    }
+    if (ns.isDirectory()) {
+      if (bs.mode !== ns.mode || bs.uid !== ns.uid || bs.gid !== ns.gid)
+        out.push({ path: p, kind: 'modify', stat: ns });
+      await compareDir(base, next, p, true, out);
+      continue;
+    }
+    if (!(await sameFile(bs, ns, join(base!, p), join(next, p))))
+      out.push({ path: p, kind: 'modify', stat: ns });
+    else if (ns.isFile() && ns.nlink > 1n) out.push({ path: p, kind: 'unchanged-link', stat: ns });
+  }
+}
+
+async function sameFile(a: BigIntStats, b: BigIntStats, pa: string, pb: string): Promise<boolean> {
+  if (a.mode !== b.mode || a.uid !== b.uid || a.gid !== b.gid || a.rdev !== b.rdev) return false;
+  if (a.size !== b.size) return false;
+  if (a.isSymbolicLink()) return (await readlink(pa)) === (await readlink(pb));
+  const sa = a.mtimeNs / 1_000_000_000n;
+  const sb = b.mtimeNs / 1_000_000_000n;
+  if (sa !== sb) return false;
+  const na = a.mtimeNs % 1_000_000_000n;
+  const nb = b.mtimeNs % 1_000_000_000n;
+  if (na === 0n && nb === 0n) {
+    if (a.size === 0n || !a.isFile()) return true;
+    return sameContent(pa, pb);
+  }
+  return na === nb;
+}
+
+async function sameContent(pa: string, pb: string): Promise<boolean> {
+  const [fa, fb] = await Promise.all([open(pa, 'r'), open(pb, 'r')]);
+  try {
+    const size = 64 * 1024;
+    const ba = Buffer.alloc(size);
+    const bb = Buffer.alloc(size);
+    for (;;) {
+      const [ra, rb] = await Promise.all([fa.read(ba, 0, size), fb.read(bb, 0, size)]);
+      if (ra.bytesRead !== rb.bytesRead) return false;
+      if (ra.bytesRead === 0) return true;
+      if (!ba.subarray(0, ra.bytesRead).equals(bb.subarray(0, rb.bytesRead))) return false;
+    }
+  } finally {
+    await Promise.all([fa.close(), fb.close()]);
+  }
+}
+
+/** An overlayfs whiteout: a character device 0/0. */
+export function isWhiteout(st: BigIntStats): boolean {
+  return (st.mode & S_IFMT) === S_IFCHR && st.rdev === 0n;
+}
+
+/**
+ * Changes recorded in an overlayfs upper directory, against `lower` (the parent snapshot's
+ * merged, read-only view, or undefined for a snapshot without parent).
+ *
+ * Whiteouts (char devices 0/0) become deletes when the lower has the path. Opaque directories
+ * (`trusted.overlay.opaque=y`, which node cannot read without a native addon) are recognised by
+ * structure: in a non-opaque merged directory a lower entry can only be hidden by an upper entry
+ * or a whiteout of the same name, so a lower child with neither means the upper directory is
+ * opaque. Where every lower child is covered the merged view is the same either way, so the layer
+ * is too. The snapshotter must mount without `redirect_dir` and `metacopy`, as BuildKit's overlay
+ * differ requires.
+ */
+export async function overlayChanges(upper: string, lower: string | undefined): Promise<Change[]> {
+  const out: Change[] = [];
+  await overlayDir(upper, lower, '', lower !== undefined, out);
+  return out;
+}
+
+async function overlayDir(
+  upper: string,
+  lower: string | undefined,
+  dir: string,
+  lowerHas: boolean,
+  out: Change[],
+): Promise<void> {
+  for (const name of await sortedNames(join(upper, dir))) {
+    const p = rel(dir, name);
+    const us = await lstat(join(upper, p), { bigint: true });
+    const ls = lowerHas && lower !== undefined ? await lstatMaybe(join(lower, p)) : undefined;
+    if (isWhiteout(us)) {
+      if (ls !== undefined) out.push({ path: p, kind: 'delete' });
+      continue;
+    }
+    out.push({ path: p, kind: ls === undefined ? 'add' : 'modify', stat: us });
+    if (!us.isDirectory()) continue;
+    if (ls?.isDirectory()) {
+      const opaque = await looksOpaque(join(upper, p), join(lower!, p));
+      if (opaque) out.push({ path: p, kind: 'opaque' });
+      await overlayDir(upper, lower, p, !opaque, out);
+    } else {
+      await overlayDir(upper, lower, p, false, out);
+    }
+  }
+}
+
+async function looksOpaque(upperDir: string, lowerDir: string): Promise<boolean> {
+  const upperNames = new Set(await readdir(upperDir));
+  for (const n of await readdir(lowerDir)) if (!upperNames.has(n)) return true;
+  return false;
+}

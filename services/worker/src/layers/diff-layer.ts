@@ -1,0 +1,335 @@
+import type { BigIntStats } from 'node:fs';
+import { createReadStream } from 'node:fs';
+import { lstat, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream';
+import type { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { KilnError } from '@kiln/protocol';
+import { DigestingStream } from '@kiln/store';
+import type { BlobStore, Digest } from '@kiln/store';
+import * as tar from 'tar-stream';
+import { compareChanges, overlayChanges } from './changes.js';
+import type { Change } from './changes.js';
+import { MediaTypes, compressor } from './compression.js';
+import type { Compression } from './compression.js';
+import { LayerError, LayerErrorCode } from './errors.js';
+
+/** What to diff. */
+export type DiffSource =
+  | {
+      kind: 'overlay';
+      /** The snapshot's overlayfs upper directory. */
+      upperDir: string;
+      /** The parent's merged read-only view (a single lowerdir is its own view); omit for a base snapshot. */
+      lowerDir?: string;
+    }
+  | {
+      kind: 'compare';
+      /** The parent tree; omit to diff against an empty tree. */
+      baseDir?: string;
+      /** The new tree. */
+      newDir: string;
+    };
+
+export interface DiffOptions {
+  /** Default `gzip`. `zstd` needs node's zlib zstd or the `zstd` command. */
+  compression?: Compression;
+  /** Compression level (gzip 1-9, zstd 1-19); default the codec's default. */
+  level?: number;
+  /**
+   * SOURCE_DATE_EPOCH in seconds: mtimes later than it are clamped to it, as BuildKit's
+   * `rewrite-timestamp=true` does. Without it, mtimes are kept (whole seconds).
+   */
+  sourceDateEpoch?: number;
+  /** Docker media types instead of OCI ones. Default false. */
+  dockerMediaTypes?: boolean;
+}
+
+export interface LayerDescriptor {
+  /** sha256 of the uncompressed tar (the image config's `rootfs.diff_ids`). */
+  diffID: Digest;
+  /** sha256 of the blob as stored (compressed). */
+  digest: Digest;
+  /** Size of the blob as stored. */
+  size: number;
+  mediaType: string;
+  /** Size of the uncompressed tar. */
+  uncompressedSize: number;
+}
+
+export interface LayerStream {
+  /** The layer blob; read it to the end, exactly once. */
+  stream: Readable;
+  /** Resolves once `stream` has been read to the end; rejects if producing the layer failed. */
+  done: Promise<LayerDescriptor>;
+  mediaType: string;
+}
+
+const EMPTY = Buffer.alloc(0);
+const WHITEOUT_PREFIX = '.wh.';
+const WHITEOUT_OPAQUE = '.wh..wh..opq';
+
+/** The media type a layer produced with these options has. */
+export function layerMediaType(opts: DiffOptions = {}): string {
+  return MediaTypes[opts.dockerMediaTypes ? 'docker' : 'oci'][opts.compression ?? 'gzip'];
+}
+
+/**
+ * Produces an OCI layer (image-spec `layer.md`) from a snapshot, streamed.
+ *
+ * Deletions become `.wh.<name>`, opaque directories `.wh..wh..opq` right after the directory's
+ * own entry, files sharing an inode become one file plus hardlink entries, and the parents of
+ * every change are included. The output is deterministic: entries in byte-wise path order, no
+ * user/group names, no atime/ctime, whiteouts stamped with `sourceDateEpoch` (or 0), mtimes kept
+ * or clamped; the same tree change yields the same bytes. Extended attributes are not recorded
+ * (node cannot read them without a native addon); sockets are skipped as in BuildKit.
+ *
+ * Throws a {@link LayerError} (`LAYER_UNSUPPORTED_COMPRESSION`) at once when the codec is not
+ * available; later failures (unreadable tree) error `stream` and reject `done`.
+ */
+export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStream {
+  const compression = opts.compression ?? 'gzip';
+  const mediaType = layerMediaType(opts);
+  // First, so that an unavailable codec throws before anything starts.
+  const comp = compressor(compression, opts.level);
+  const pack = tar.pack();
+  const diffHasher = new DigestingStream();
+  const blobHasher = new DigestingStream();
+  const stream = pipeline(
+    pack as unknown as Readable,
+    diffHasher,
+    comp,
+    blobHasher,
+    () => undefined,
+  );
+  const done = (async (): Promise<LayerDescriptor> => {
+    await finished(stream);
+    return {
+      diffID: diffHasher.digest,
+      digest: blobHasher.digest,
+      size: blobHasher.size,
+      mediaType,
+      uncompressedSize: diffHasher.size,
+    };
+  })();
+  done.catch(() => undefined);
+
+  void (async () => {
+    try {
+      const root = source.kind === 'overlay' ? source.upperDir : source.newDir;
+      const changes =
+        source.kind === 'overlay'
+          ? await overlayChanges(source.upperDir, source.lowerDir)
+          : await compareChanges(source.baseDir, source.newDir);
+      await new TarWriter(pack, root, opts.sourceDateEpoch).write(changes);
+      pack.finalize();
+    } catch (err) {
+      const e =
+        err instanceof KilnError
+          ? err
+          : new LayerError(
+              LayerErrorCode.Io,
+              `producing layer: ${err instanceof Error ? err.message : String(err)}`,
+              {
+                cause: err,
+              },
+            );
+      pack.destroy(e);
+      stream.destroy(e);
+    }
+  })();
+  return { stream, done, mediaType };
+}
+
+/** Diffs `source` straight into `store` and returns the layer's descriptor. */
+export async function writeLayer(
+  store: BlobStore,
+  source: DiffSource,
+  opts: DiffOptions = {},
+): Promise<LayerDescriptor> {
+  const layer = diffLayer(source, opts);
+  const [stored, desc] = await Promise.all([
+    store.put(undefined, layer.stream, { mediaType: layer.mediaType }),
+    layer.done,
+  ]);
+  if (stored.digest !== desc.digest || stored.size !== desc.size) {
+    throw new LayerError(LayerErrorCode.Io, 'store and layer writer disagree on the blob', {
+      details: { stored: stored.digest, produced: desc.digest },
+    });
+  }
+  return desc;
+}
+
+type Header = tar.Header;
+
+class TarWriter {
+  private readonly emittedDirs = new Set<string>();
+  private readonly inodeSource = new Map<string, string>();
+  private readonly inodeRefs = new Map<string, string[]>();
+  private readonly whiteoutTime: Date;
+
+  constructor(
+    private readonly pack: tar.Pack,
+    private readonly root: string,
+    private readonly sourceDateEpoch: number | undefined,
+  ) {
+    this.whiteoutTime = new Date((sourceDateEpoch ?? 0) * 1000);
+  }
+
+  async write(changes: Change[]): Promise<void> {
+    for (const ch of changes) {
+      switch (ch.kind) {
+        case 'delete': {
+          await this.includeParents(ch.path);
+          const slash = ch.path.lastIndexOf('/');
+          const name = `${ch.path.slice(0, slash + 1)}${WHITEOUT_PREFIX}${ch.path.slice(slash + 1)}`;
+          await this.entry(this.whiteoutHeader(name));
+          break;
+        }
+        case 'opaque':
+          await this.includeParents(`${ch.path}/${WHITEOUT_OPAQUE}`);
+          await this.entry(this.whiteoutHeader(`${ch.path}/${WHITEOUT_OPAQUE}`));
+          break;
+        default:
+          await this.file(ch.path, ch.stat!, ch.kind === 'unchanged-link');
+      }
+    }
+  }
+
+  private whiteoutHeader(name: string): Header {
+    return {
+      name,
+      type: 'file',
+      size: 0,
+      mode: 0,
+      uid: 0,
+      gid: 0,
+      uname: '',
+      gname: '',
+      mtime: this.whiteoutTime,
+      linkname: '',
+      devmajor: 0,
+      devminor: 0,
+    };
+  }
+
+  private async file(path: string, st: BigIntStats, unchanged: boolean): Promise<void> {
+    let links: string[] = [];
+    if (st.isFile() && st.nlink > 1n) {
+      const key = `${st.dev}:${st.ino}`;
+      const src = this.inodeSource.get(key);
+      if (src !== undefined) {
+        const h = await this.header(path, st);
+        await this.includeParents(path);
+        if (h !== undefined) await this.entry({ ...h, type: 'link', linkname: src, size: 0 });
+        return;
+      }
+      if (unchanged) {
+        this.inodeRefs.set(key, [...(this.inodeRefs.get(key) ?? []), path]);
+        return;
+      }
+      this.inodeSource.set(key, path);
+      links = this.inodeRefs.get(key) ?? [];
+      this.inodeRefs.delete(key);
+    } else if (unchanged) {
+      return;
+    }
+    if (st.isDirectory() && this.emittedDirs.has(path)) return;
+    const header = await this.header(path, st);
+    if (header === undefined) return;
+    await this.includeParents(path);
+    if (header.type === 'file' && header.size > 0) {
+      await this.entry(header, join(this.root, path));
+    } else {
+      await this.entry(header);
+    }
+    if (st.isDirectory()) this.emittedDirs.add(path);
+    for (const extra of links) {
+      await this.includeParents(extra);
+      await this.entry({ ...header, name: extra, type: 'link', linkname: path, size: 0 });
+    }
+  }
+
+  /** Writes the directories above `path` that are not in the layer yet. */
+  private async includeParents(path: string): Promise<void> {
+    const parts = path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const dir = parts.slice(0, i).join('/');
+      if (this.emittedDirs.has(dir)) continue;
+      const st = await lstat(join(this.root, dir), { bigint: true });
+      const header = await this.header(dir, st);
+      if (header === undefined || header.type !== 'directory') {
+        throw new LayerError(LayerErrorCode.Io, 'parent of a change is not a directory', {
+          entry: dir,
+        });
+      }
+      await this.entry(header);
+      this.emittedDirs.add(dir);
+    }
+  }
+
+  private mtime(st: BigIntStats): Date {
+    let sec = Number(st.mtimeNs / 1_000_000_000n);
+    if (this.sourceDateEpoch !== undefined && sec > this.sourceDateEpoch)
+      sec = this.sourceDateEpoch;
+    return new Date(sec * 1000);
+  }
+
+  private async header(path: string, st: BigIntStats): Promise<Header | undefined> {
+    const base = {
+      name: path,
+      mode: Number(st.mode & 0o7777n),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      uname: '',
+      gname: '',
+      mtime: this.mtime(st),
+      size: 0,
+      linkname: '',
+      devmajor: 0,
+      devminor: 0,
+    };
+    if (st.isFile()) return { ...base, type: 'file', size: Number(st.size) };
+    if (st.isDirectory()) return { ...base, name: `${path}/`, type: 'directory' };
+    if (st.isSymbolicLink())
+      return { ...base, type: 'symlink', linkname: await readlink(join(this.root, path)) };
+    if (st.isFIFO()) return { ...base, type: 'fifo' };
+    if (st.isCharacterDevice() || st.isBlockDevice()) {
+      const rdev = st.rdev;
+      return {
+        ...base,
+        type: st.isCharacterDevice() ? 'character-device' : 'block-device',
+        devmajor: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)),
+        devminor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)),
+      };
+    }
+    // Sockets and unknown types are not representable in a layer.
+    return undefined;
+  }
+
+  private async entry(header: Header, file?: string): Promise<void> {
+    if (file === undefined) {
+      await new Promise<void>((resolve, reject) => {
+        // An explicit empty body: a `file` entry without one waits for writes that never come.
+        this.pack.entry(header, EMPTY, (err) => (err ? reject(err) : resolve()));
+      });
+      return;
+    }
+    let sink: ReturnType<tar.Pack['entry']> | undefined;
+    const written = new Promise<void>((resolve, reject) => {
+      sink = this.pack.entry(header, (err) => (err ? reject(err) : resolve()));
+    });
+    const input = createReadStream(file);
+    try {
+      for await (const chunk of input) {
+        if (!sink!.write(chunk as Buffer))
+          await new Promise<void>((r) => sink!.once('drain', () => r()));
+      }
+    } finally {
+      input.destroy();
+    }
+    sink!.end(null);
+    await written;
+  }
+}
