@@ -1,0 +1,369 @@
+/**
+ * Test-only helpers for the registry and image-source tests (not exported from the package):
+ * extra real `docker-registry` processes with token or htpasswd auth, a small token server that
+ * signs real JWTs for the registry's `auth.token` backend, and a fault-injecting HTTP proxy.
+ *
+ * The workspace harness (`test/src/harness`) starts the shared registry; @kiln/worker cannot
+ * depend on @kiln/test (test depends on the services), so the process guard is repeated here.
+ */
+import { execFile, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { X509Certificate, createPrivateKey, randomUUID, sign } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, request as httpRequest } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+
+export async function tempDir(prefix: string): Promise<{ dir: string; remove: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), `kiln-registry-${prefix}-`));
+  return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** Polls `check` until it returns true; fails after `timeoutMs` with `what`. */
+export async function waitUntil(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}${last instanceof Error ? ` (last error: ${last.message})` : ''}`);
+    }
+    await delay(25);
+  }
+}
+
+// The child dies with this process: the guard shell kills it when its stdin (a pipe from us) closes.
+const GUARD = `
+exec 3<&0 </dev/null
+"$@" 3<&- &
+c=$!
+trap 'kill -TERM "$c" 2>/dev/null' TERM INT HUP
+{ while read -r _ <&3; do :; done; kill -TERM "$c" 2>/dev/null; } &
+w=$!
+exec 3<&-
+wait "$c"; rc=$?
+kill "$w" 2>/dev/null
+exit "$rc"
+`;
+
+interface Guarded {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<void>;
+  stop: () => Promise<void>;
+}
+
+function spawnGuarded(cmd: string, args: string[]): Guarded {
+  const child = spawn('/bin/sh', ['-c', GUARD, 'kiln-guard', cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  let out = '';
+  const onData = (b: Buffer): void => {
+    out = (out + b.toString('utf8')).slice(-65536);
+  };
+  child.stdout?.on('data', onData);
+  child.stderr?.on('data', onData);
+  child.stdin?.on('error', () => undefined); // EPIPE once the guard is gone
+  let done = false;
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()).on('error', () => resolve())).then(() => {
+    done = true;
+  });
+  const killGroup = (sig: NodeJS.Signals): void => {
+    if (child.pid === undefined || done) return;
+    try {
+      process.kill(-child.pid, sig);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    }
+  };
+  process.once('exit', () => killGroup('SIGKILL'));
+  return {
+    child,
+    output: () => out,
+    exited,
+    stop: async () => {
+      killGroup('SIGTERM');
+      const t = delay(10_000).then(() => 'timeout' as const);
+      if ((await Promise.race([exited, t])) === 'timeout') killGroup('SIGKILL');
+      await exited;
+      child.stdin?.destroy();
+    },
+  };
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const addr = srv.address();
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  if (addr === null || typeof addr === 'string') throw new Error('no port');
+  return addr.port;
+}
+
+export type RegistryAuthConfig =
+  | { token: { realm: string; service: string; issuer: string; rootCertBundle: string } }
+  | { htpasswd: { realm: string; path: string } };
+
+export interface TestRegistry {
+  /** 127.0.0.1:PORT */
+  addr: string;
+  url: string;
+  output: () => string;
+  stop: () => Promise<void>;
+}
+
+/** Starts Debian's docker-registry (CNCF distribution 2.8) on a free loopback port with `auth`. */
+export async function startAuthRegistry(auth: RegistryAuthConfig): Promise<TestRegistry> {
+  const tmp = await tempDir('reg');
+  const port = await freePort();
+  const authYaml =
+    'token' in auth
+      ? [
+          'auth:',
+          '  token:',
+          `    realm: ${JSON.stringify(auth.token.realm)}`,
+          `    service: ${JSON.stringify(auth.token.service)}`,
+          `    issuer: ${JSON.stringify(auth.token.issuer)}`,
+          `    rootcertbundle: ${JSON.stringify(auth.token.rootCertBundle)}`,
+        ]
+      : ['auth:', '  htpasswd:', `    realm: ${JSON.stringify(auth.htpasswd.realm)}`, `    path: ${JSON.stringify(auth.htpasswd.path)}`];
+  const config = [
+    'version: 0.1',
+    'log:',
+    '  level: info',
+    '  accesslog:',
+    '    disabled: true',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${JSON.stringify(join(tmp.dir, 'storage'))}`,
+    '  delete:',
+    '    enabled: true',
+    '  maintenance:',
+    '    uploadpurging:',
+    '      enabled: false',
+    'http:',
+    `  addr: 127.0.0.1:${port}`,
+    '  secret: kiln-test-auth-registry',
+    ...authYaml,
+    '',
+  ].join('\n');
+  const configPath = join(tmp.dir, 'config.yml');
+  await writeFile(configPath, config);
+  const proc = spawnGuarded('docker-registry', ['serve', configPath]);
+  const url = `http://127.0.0.1:${port}`;
+  let exited = false;
+  void proc.exited.then(() => {
+    exited = true;
+  });
+  try {
+    await waitUntil(`docker-registry on ${url}`, async () => {
+      if (exited) throw new Error(`docker-registry exited: ${proc.output()}`);
+      const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(2_000) });
+      await res.arrayBuffer();
+      return res.status === 401;
+    });
+  } catch (err) {
+    await proc.stop();
+    await tmp.remove();
+    throw err;
+  }
+  return {
+    addr: `127.0.0.1:${port}`,
+    url,
+    output: proc.output,
+    stop: async () => {
+      await proc.stop();
+      await tmp.remove();
+    },
+  };
+}
+
+export interface TokenServerOptions {
+  service: string;
+  issuer: string;
+  users: Record<string, string>;
+  /** Grant anonymous `pull` (default false: anonymous requests get 401). */
+  anonymousPull?: boolean;
+}
+
+export interface TokenRequestLog {
+  account: string | undefined;
+  authenticated: boolean;
+  scopes: string[];
+}
+
+export interface TokenServer {
+  realm: string;
+  /** PEM of the signing certificate: the registry's rootcertbundle. */
+  certPath: string;
+  requests: TokenRequestLog[];
+  stop: () => Promise<void>;
+}
+
+function b64url(b: Buffer | string): string {
+  return Buffer.from(b).toString('base64url');
+}
+
+/**
+ * A token server for the registry's `auth.token` backend (docker's token auth spec): checks Basic
+ * credentials against `users`, grants the scopes asked for (anonymous: `pull` only, when allowed),
+ * and signs RS256 JWTs whose `x5c` header carries a self-signed certificate made by `openssl`.
+ */
+export async function startTokenServer(opts: TokenServerOptions): Promise<TokenServer> {
+  const tmp = await tempDir('token');
+  const keyPath = join(tmp.dir, 'key.pem');
+  const certPath = join(tmp.dir, 'cert.pem');
+  await execFileAsync('openssl', [
+    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyPath, '-out', certPath,
+    '-subj', '/CN=kiln-test-token-issuer', '-days', '2',
+  ]);
+  const key = createPrivateKey(await readFile(keyPath));
+  const certDer = new X509Certificate(await readFile(certPath)).raw.toString('base64');
+  const requests: TokenRequestLog[] = [];
+
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
+    const url = new URL(req.url ?? '/', 'http://token');
+    const scopes = url.searchParams.getAll('scope');
+    let user: string | undefined;
+    const authz = req.headers.authorization;
+    if (authz?.startsWith('Basic ')) {
+      const decoded = Buffer.from(authz.slice(6), 'base64').toString('utf8');
+      const colon = decoded.indexOf(':');
+      const name = decoded.slice(0, colon);
+      if (colon > 0 && opts.users[name] === decoded.slice(colon + 1)) user = name;
+      else {
+        requests.push({ account: url.searchParams.get('account') ?? undefined, authenticated: false, scopes });
+        res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"bad credentials"}');
+        return;
+      }
+    }
+    requests.push({ account: url.searchParams.get('account') ?? undefined, authenticated: user !== undefined, scopes });
+    if (user === undefined && !opts.anonymousPull) {
+      res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"authentication required"}');
+      return;
+    }
+    const access = scopes.flatMap((s) => {
+      const [type, name, actions] = s.split(':');
+      if (type !== 'repository' || name === undefined || actions === undefined) return [];
+      const granted = actions.split(',').filter((a) => user !== undefined || a === 'pull');
+      return [{ type, name, actions: granted }];
+    });
+    const now = Math.floor(Date.now() / 1000);
+    const header = { typ: 'JWT', alg: 'RS256', x5c: [certDer] };
+    const claims = {
+      iss: opts.issuer,
+      sub: user ?? '',
+      aud: opts.service,
+      exp: now + 300,
+      nbf: now - 10,
+      iat: now,
+      jti: randomUUID(),
+      access,
+    };
+    const signingInput = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
+    const sig = sign('sha256', Buffer.from(signingInput), key);
+    const token = `${signingInput}.${b64url(sig)}`;
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token, expires_in: 300 }));
+  };
+  const server = createServer(handler);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const addr = server.address();
+  if (addr === null || typeof addr === 'string') throw new Error('token server: no address');
+  return {
+    realm: `http://127.0.0.1:${addr.port}/token`,
+    certPath,
+    requests,
+    stop: async () => {
+      await closeServer(server);
+      await tmp.remove();
+    },
+  };
+}
+
+async function closeServer(server: Server): Promise<void> {
+  server.closeAllConnections();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+}
+
+/** What the proxy does with one request. */
+export type Fault =
+  | { kind: 'status'; status: number }
+  /** Destroys the client connection without an answer (a connection reset). */
+  | { kind: 'reset' }
+  /** Forwards, but flips one byte of the response body. */
+  | { kind: 'corrupt' }
+  /** Forwards, but answers with `body` instead (headers kept, length fixed). */
+  | { kind: 'replace'; body: Buffer };
+
+export interface FaultProxy {
+  /** 127.0.0.1:PORT: use it as the registry host in references. */
+  addr: string;
+  /** Every request seen, in order: `METHOD /path`. */
+  log: string[];
+  stop: () => Promise<void>;
+}
+
+/**
+ * A fault-injecting HTTP proxy in front of a real registry (not a registry mock): every request is
+ * forwarded to `target` unchanged (Host included, so upload Locations point back at the proxy)
+ * unless `fault` returns something for it.
+ */
+export async function startFaultProxy(
+  target: string,
+  fault: (method: string, path: string) => Fault | undefined = () => undefined,
+): Promise<FaultProxy> {
+  const [thost, tport] = target.split(':');
+  const log: string[] = [];
+  const server = createServer((req, res) => {
+    const method = req.method ?? 'GET';
+    const path = req.url ?? '/';
+    log.push(`${method} ${path.split('?')[0]}`);
+    const f = fault(method, path);
+    if (f?.kind === 'reset') {
+      req.socket.destroy();
+      return;
+    }
+    if (f?.kind === 'status') {
+      req.resume();
+      res.writeHead(f.status, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}');
+      return;
+    }
+    const up = httpRequest(
+      { host: thost, port: Number(tport), method, path, headers: req.headers },
+      (upRes) => {
+        if (f === undefined) {
+          res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+          upRes.pipe(res);
+          return;
+        }
+        const chunks: Buffer[] = [];
+        upRes.on('data', (c: Buffer) => chunks.push(c));
+        upRes.on('end', () => {
+          let body: Buffer = Buffer.concat(chunks);
+          if (f.kind === 'corrupt' && body.length > 0) {
+            body = Buffer.from(body);
+            const i = Math.floor(body.length / 2);
+            body[i] = body[i]! ^ 0xff;
+          } else if (f.kind === 'replace') {
+            body = f.body;
+          }
+          res.writeHead(upRes.statusCode ?? 502, { ...upRes.headers, 'content-length': String(body.length) });
+          res.end(body);
+        });
+      },
+    );
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const addr = server.address();
+  if (addr === null || typeof addr === 'string') throw new Error('proxy: no address');
+  return { addr: `127.0.0.1:${addr.port}`, log, stop: () => closeServer(server) };
+}
