@@ -1,0 +1,27 @@
+export { detectArchive, detectCompression, unpackArchive } from './archive.js';
+export type { ArchiveCompression, UnpackOptions } from './archive.js';
+export { copyPath, resolveWildcards } from './copy-tree.js';
+export type { CopyOptions } from './copy-tree.js';
+export { FsError, FsErrorCode, errnoOf } from './errors.js';
+export { goMatch, hasWildcards, isValidPattern, splitWildcards } from './match.js';
+export {
+  applyMeta,
+  lstatOrUndefined,
+  mkdirAll,
+  mkdirAllResolved,
+  mkdirOne,
+  removeInRoot,
+  setTimes,
+  writeFileInRoot,
+} from './ops.js';
+export type { CreateMeta, Owner } from './ops.js';
+export {
+  EMPTY_MATCH_INFO,
+  Pattern,
+  PatternMatcher,
+  cleanPattern,
+  matchesOrParentMatches,
+} from './patterns.js';
+export type { MatchInfo } from './patterns.js';
+export { MAX_SYMLINKS, cleanRootPath, displayPath, resolveInRoot, resolveRel } from './resolve.js';
+export type { ResolveOptions } from './resolve.js';
