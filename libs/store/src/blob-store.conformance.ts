@@ -1,12 +1,12 @@
 /**
  * The one conformance suite every {@link BlobStore} backend runs (BullMQ style): call
- * `blobStoreConformance(name, factory)` from a backend's `*.test.ts`. Not part of the public entry,
- * since it imports vitest.
+ * `blobStoreConformance(name, factory)` from a backend's `*.test.ts`. Exported through
+ * `@kiln/store/testing`, not the main entry, since it imports vitest.
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { BlobSource, BlobStore } from './blob-store.js';
+import type { BlobStore } from './blob-store.js';
 import { sha256Digest } from './digest.js';
 import type { Digest } from './digest.js';
 import { BlobNotFoundError, DigestMismatchError, InvalidBlobError } from './errors.js';
@@ -333,5 +333,3 @@ export function blobStoreConformance(
     });
   });
 }
-
-export type { BlobSource };

@@ -1,6 +1,7 @@
-import { chmod, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { blobStoreConformance } from './blob-store.conformance.js';
 import { FsBlobStore } from './fs-blob-store.js';
 
@@ -27,4 +28,41 @@ blobStoreConformance('FsBlobStore', async () => {
       await rm(root, { recursive: true, force: true });
     },
   };
+});
+
+describe('FsBlobStore specifics', () => {
+  it('never lists temp files left by a crashed put, and removes stale ones', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'kiln-fs-store-'));
+    try {
+      const store = new FsBlobStore({ root });
+      const kept = await store.put(undefined, Buffer.from('kept'));
+      const dir = join(root, 'blobs', 'sha256');
+      await writeFile(join(dir, '.tmp-crashed'), 'partial');
+      await writeFile(join(dir, '.tmp-recent'), 'in flight');
+      const old = new Date(Date.now() - 2 * 3600_000);
+      await utimes(join(dir, '.tmp-crashed'), old, old);
+      const listed = [];
+      for await (const b of store.list()) listed.push(b);
+      expect(listed).toEqual([kept]);
+      expect(await store.removeStaleTemps(3600_000)).toBe(1);
+      expect((await readdir(dir)).sort()).toEqual([
+        '.tmp-recent',
+        kept.digest.slice('sha256:'.length),
+      ]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('stores blobs read-only in the OCI layout', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'kiln-fs-store-'));
+    try {
+      const store = new FsBlobStore({ root });
+      const { digest } = await store.put(undefined, Buffer.from('layout'));
+      const st = await stat(join(root, 'blobs', 'sha256', digest.slice('sha256:'.length)));
+      expect(st.mode & 0o777).toBe(0o444);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
 });

@@ -1,5 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
 import { blobStoreConformance } from './blob-store.conformance.js';
+import { sha256Digest } from './digest.js';
+import { StoreUnavailableError } from './errors.js';
 import { S3BlobStore } from './s3-blob-store.js';
 
 /**
@@ -48,4 +51,30 @@ blobStoreConformance('S3BlobStore', async () => {
       for (const k of await rawKeys()) await store.client.removeObject(cfg.bucket, prefix + k);
     },
   };
+});
+
+describe('S3BlobStore specifics', () => {
+  it('reports an unreachable endpoint as a retryable StoreUnavailableError', async () => {
+    const store = new S3BlobStore({
+      endpoint: 'http://127.0.0.1:1',
+      accessKey: 'x',
+      secretKey: 'y',
+      bucket: 'kiln-test',
+    });
+    const err = await store.put(undefined, Buffer.from('nowhere')).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect((err as StoreUnavailableError).retryable).toBe(true);
+    await expect(store.stat(sha256Digest('x'))).rejects.toBeInstanceOf(StoreUnavailableError);
+  });
+
+  it('names the backend failure when the bucket does not exist', async () => {
+    const cfg = s3Config();
+    const store = new S3BlobStore({ ...cfg, bucket: `missing-${randomUUID().slice(0, 8)}` });
+    const err = await store
+      .put(undefined, Buffer.alloc(11 * 1024 * 1024, 1))
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect((err as StoreUnavailableError).details.s3code).toBe('NoSuchBucket');
+    expect((err as StoreUnavailableError).retryable).toBe(false);
+  });
 });

@@ -104,10 +104,14 @@ export async function applyLayer(
     await feeding;
     current = undefined;
     // Directory mtimes last: creating their children changed them.
-    for (const d of dirs.reverse()) await utimes(d.path, d.mtime, d.mtime);
+    // A later entry may have replaced or removed a directory: only stamp what is still one.
+    for (const d of dirs.reverse()) {
+      if ((await lstatOrUndefined(d.path))?.isDirectory()) await utimes(d.path, d.mtime, d.mtime);
+    }
   } catch (err) {
     extract.destroy();
     tarStream.destroy();
+    source.destroy();
     await Promise.allSettled([feeding]);
     throw toLayerError(err, current);
   }

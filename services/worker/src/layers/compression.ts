@@ -60,8 +60,13 @@ export function zstdSupport(): 'zlib' | 'cli' | undefined {
 
 /** Runs the zstd CLI as a transform stream: stdin in, stdout out; a non-zero exit errors the stream. */
 function zstdProcess(args: string[]): Duplex {
+  // ZSTD_CLEVEL / ZSTD_NBTHREADS would change the output: the same layer must give the same bytes.
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !k.startsWith('ZSTD_')),
+  );
   const child = spawn(zstdBinary ?? 'zstd', [...args, '-q', '-c', '--no-progress'], {
     stdio: ['pipe', 'pipe', 'pipe'],
+    env,
   });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => {

@@ -30,9 +30,15 @@ describe('applyLayer against hostile layers', () => {
   });
 
   /** Applies `entries` and expects LAYER_UNSAFE naming `entry`, with the outside untouched. */
-  async function expectUnsafe(entries: TarEntry[], entry: string, opts?: ApplyOptions): Promise<LayerError> {
+  async function expectUnsafe(
+    entries: TarEntry[],
+    entry: string,
+    opts?: ApplyOptions,
+  ): Promise<LayerError> {
     const data = await buildTar(entries);
-    const err = await applyLayer(Readable.from([gzipSync(data)]), root, opts).catch((e: unknown) => e);
+    const err = await applyLayer(Readable.from([gzipSync(data)]), root, opts).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(LayerError);
     const le = err as LayerError;
     expect(le.code).toBe('LAYER_UNSAFE');
@@ -130,10 +136,7 @@ describe('applyLayer against hostile layers', () => {
 
   it('rejects whiteouts that would delete outside', async () => {
     await expectUnsafe(
-      [
-        { name: 'w', type: 'symlink', linkname: outside },
-        { name: 'w/.wh.sentinel' },
-      ],
+      [{ name: 'w', type: 'symlink', linkname: outside }, { name: 'w/.wh.sentinel' }],
       'w/.wh.sentinel',
     );
     await expectUnsafe([{ name: '.wh...' }], '.wh...');
@@ -141,9 +144,14 @@ describe('applyLayer against hostile layers', () => {
   });
 
   it('rejects device files unless allowed', async () => {
-    await expectUnsafe([{ name: 'null', type: 'character-device', devmajor: 1, devminor: 3 }], 'null');
+    await expectUnsafe(
+      [{ name: 'null', type: 'character-device', devmajor: 1, devminor: 3 }],
+      'null',
+    );
     await expectUnsafe([{ name: 'sda', type: 'block-device', devmajor: 8, devminor: 0 }], 'sda');
-    const data = await buildTar([{ name: 'null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 }]);
+    const data = await buildTar([
+      { name: 'null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
+    ]);
     await applyLayer(Readable.from([data]), root, { allowDevices: true });
     const st = await lstat(join(root, 'null'));
     expect(st.isCharacterDevice()).toBe(true);
@@ -175,11 +183,15 @@ describe('applyLayer against hostile layers', () => {
     await applyLayer(Readable.from([data]), root);
     expect(await readFile(join(root, 'usr/lib/libc.so'), 'utf8')).toBe('elf');
     expect(await readFile(join(root, 'usr/lib/via-dotdot'), 'utf8')).toBe('ok');
-    expect((await lstat(join(root, 'hl'))).ino).toBe((await lstat(join(root, 'usr/lib/libc.so'))).ino);
+    expect((await lstat(join(root, 'hl'))).ino).toBe(
+      (await lstat(join(root, 'usr/lib/libc.so'))).ino,
+    );
   });
 
   it('reports a malformed archive as LAYER_INVALID', async () => {
-    const err = await applyLayer(Readable.from([Buffer.alloc(1024, 7)]), root).catch((e: unknown) => e);
+    const err = await applyLayer(Readable.from([Buffer.alloc(1024, 7)]), root).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(LayerError);
     expect((err as LayerError).code).toBe('LAYER_INVALID');
     const missing = await applyLayer(
