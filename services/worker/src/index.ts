@@ -1,1 +1,3 @@
 export * from './layers/index.js';
+export * from './registry/index.js';
+export * from './sources/image/index.js';

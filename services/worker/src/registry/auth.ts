@@ -30,25 +30,29 @@ export interface AuthChallenge {
 export function parseChallenges(header: string | null): AuthChallenge[] {
   if (header === null) return [];
   const out: AuthChallenge[] = [];
-  const re = /\s*([A-Za-z][\w-]*)(?:\s+|$)/y;
-  const param = /\s*([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?/y;
+  const schemeRe = /[ \t,]*([A-Za-z][\w-]*)[ \t]*/y;
+  const paramRe = /([\w-]+)[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))[ \t]*,?[ \t]*/y;
+  // A token68 credential (`Negotiate abc==`): only directly after the scheme, before a comma or the end.
+  const token68Re = /[\w.~+/-]+=*[ \t]*(?:,|$)/y;
   let i = 0;
   while (i < header.length) {
-    re.lastIndex = i;
-    const m = re.exec(header);
+    schemeRe.lastIndex = i;
+    const m = schemeRe.exec(header);
     if (m === null) break;
+    i = schemeRe.lastIndex;
     const scheme = m[1]!.toLowerCase();
-    i = re.lastIndex;
     const params: Record<string, string> = {};
+    token68Re.lastIndex = i;
+    paramRe.lastIndex = i;
+    if (!paramRe.test(header) && token68Re.test(header)) i = token68Re.lastIndex;
     for (;;) {
-      param.lastIndex = i;
-      const p = param.exec(header);
-      // A bare word followed by a space (no `=`) starts the next challenge.
-      if (p === null) break;
-      params[p[1]!.toLowerCase()] = p[2] !== undefined ? p[2].replace(/\\(.)/g, '$1') : (p[3] ?? '');
-      i = param.lastIndex;
+      paramRe.lastIndex = i;
+      const p = paramRe.exec(header);
+      if (p === null) break; // a bare word: the next challenge's scheme
+      params[p[1]!.toLowerCase()] =
+        p[2] !== undefined ? p[2].replace(/\\(.)/g, '$1') : (p[3] ?? '');
+      i = paramRe.lastIndex;
     }
-    while (i < header.length && (header[i] === ',' || header[i] === ' ')) i++;
     if (scheme === 'bearer' || scheme === 'basic') out.push({ scheme, params });
   }
   return out;
@@ -76,7 +80,9 @@ const DOCKER_HUB_ALIASES = ['docker.io', 'index.docker.io', 'registry-1.docker.i
  * `credHelpers`) are not run. A missing file means no credentials; a malformed one is a
  * {@link RegistryAuthError} when a host is looked up, naming the file.
  */
-export function dockerConfigCredentials(path = join(homedir(), '.docker', 'config.json')): CredentialsProvider {
+export function dockerConfigCredentials(
+  path = join(homedir(), '.docker', 'config.json'),
+): CredentialsProvider {
   let loaded: Map<string, RegistryCredentials> | undefined;
   const load = (host: string): Map<string, RegistryCredentials> => {
     if (loaded !== undefined) return loaded;
@@ -84,8 +90,13 @@ export function dockerConfigCredentials(path = join(homedir(), '.docker', 'confi
     try {
       text = readFileSync(path, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return (loaded = new Map<string, RegistryCredentials>());
-      throw new RegistryAuthError(host, `reading docker config ${path}: ${(err as Error).message}`, { cause: err });
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+        return (loaded = new Map<string, RegistryCredentials>());
+      throw new RegistryAuthError(
+        host,
+        `reading docker config ${path}: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
     let doc: DockerConfigFile;
     try {
@@ -100,7 +111,10 @@ export function dockerConfigCredentials(path = join(homedir(), '.docker', 'confi
         const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
         const colon = decoded.indexOf(':');
         if (colon <= 0) {
-          throw new RegistryAuthError(host, `docker config ${path}: auths[${JSON.stringify(key)}].auth is not base64 user:password`);
+          throw new RegistryAuthError(
+            host,
+            `docker config ${path}: auths[${JSON.stringify(key)}].auth is not base64 user:password`,
+          );
         }
         creds = { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
       } else if (typeof entry.username === 'string' && typeof entry.password === 'string') {
@@ -173,7 +187,11 @@ export class Authorizer {
     if (ch === undefined) return undefined;
     if (ch.scheme === 'basic') {
       const c = await this.opts.credentials(host);
-      if (c === undefined) throw new RegistryAuthError(host, `${host} requires basic auth and no credentials are configured`);
+      if (c === undefined)
+        throw new RegistryAuthError(
+          host,
+          `${host} requires basic auth and no credentials are configured`,
+        );
       return basicAuthorization(c);
     }
     return (await this.token(host, ch, scopes)).header;
@@ -183,9 +201,15 @@ export class Authorizer {
    * Records the challenge of a 401 answer. Returns whether retrying with credentials can help
    * (false when the same kind of credentials was already sent and refused).
    */
-  handleUnauthorized(host: string, res: Response, scopes: readonly string[], sent: string | undefined): boolean {
+  handleUnauthorized(
+    host: string,
+    res: Response,
+    scopes: readonly string[],
+    sent: string | undefined,
+  ): boolean {
     const challenges = parseChallenges(res.headers.get('www-authenticate'));
-    const ch = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
+    const ch =
+      challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
     if (ch === undefined) return false;
     const prev = this.challenges.get(host);
     this.challenges.set(host, ch);
@@ -195,7 +219,9 @@ export class Authorizer {
       const key = tokenKey(host, ch, scopes);
       const cached = this.tokens.get(key);
       this.tokens.delete(key);
-      return cached !== undefined || prev?.scheme !== 'bearer' || prev.params.realm !== ch.params.realm;
+      return (
+        cached !== undefined || prev?.scheme !== 'bearer' || prev.params.realm !== ch.params.realm
+      );
     }
     return prev?.scheme !== 'basic';
   }
@@ -204,12 +230,19 @@ export class Authorizer {
     const key = tokenKey(host, ch, scopes);
     const cached = this.tokens.get(key);
     if (cached !== undefined) {
-      return cached.then((t) => (t.expiresAt - EXPIRY_MARGIN_MS > Date.now() ? t : this.refresh(key, host, ch, scopes)));
+      return cached.then((t) =>
+        t.expiresAt - EXPIRY_MARGIN_MS > Date.now() ? t : this.refresh(key, host, ch, scopes),
+      );
     }
     return this.refresh(key, host, ch, scopes);
   }
 
-  private refresh(key: string, host: string, ch: AuthChallenge, scopes: readonly string[]): Promise<CachedToken> {
+  private refresh(
+    key: string,
+    host: string,
+    ch: AuthChallenge,
+    scopes: readonly string[],
+  ): Promise<CachedToken> {
     const p = this.fetchBearer(host, ch, scopes);
     this.tokens.set(key, p);
     p.catch(() => {
@@ -219,18 +252,26 @@ export class Authorizer {
   }
 
   /** GET <realm>?service=&scope=... with Basic credentials when there are any (Docker's token flow). */
-  private async fetchBearer(host: string, ch: AuthChallenge, scopes: readonly string[]): Promise<CachedToken> {
+  private async fetchBearer(
+    host: string,
+    ch: AuthChallenge,
+    scopes: readonly string[],
+  ): Promise<CachedToken> {
     const realm = ch.params.realm;
-    if (realm === undefined || realm === '') throw new RegistryAuthError(host, `${host}: bearer challenge without realm`);
+    if (realm === undefined || realm === '')
+      throw new RegistryAuthError(host, `${host}: bearer challenge without realm`);
     let url: URL;
     try {
       url = new URL(realm);
     } catch (err) {
-      throw new RegistryAuthError(host, `${host}: invalid token realm ${JSON.stringify(realm)}`, { cause: err });
+      throw new RegistryAuthError(host, `${host}: invalid token realm ${JSON.stringify(realm)}`, {
+        cause: err,
+      });
     }
     if (ch.params.service !== undefined) url.searchParams.set('service', ch.params.service);
     const wanted = new Set(scopes);
-    if (ch.params.scope !== undefined) for (const s of ch.params.scope.split(' ')) if (s !== '') wanted.add(s);
+    if (ch.params.scope !== undefined)
+      for (const s of ch.params.scope.split(' ')) if (s !== '') wanted.add(s);
     for (const s of [...wanted].sort()) url.searchParams.append('scope', s);
     const creds = await this.opts.credentials(host);
     const headers: Record<string, string> = {};
@@ -248,9 +289,13 @@ export class Authorizer {
       );
     }
     if (!res.ok) {
-      throw new RegistryAuthError(host, `${host}: token server ${url.origin} answered HTTP ${res.status}: ${body.slice(0, 200)}`, {
-        details: { status: res.status },
-      });
+      throw new RegistryAuthError(
+        host,
+        `${host}: token server ${url.origin} answered HTTP ${res.status}: ${body.slice(0, 200)}`,
+        {
+          details: { status: res.status },
+        },
+      );
     }
     let doc: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
@@ -259,8 +304,12 @@ export class Authorizer {
       throw new RegistryAuthError(host, `${host}: token response is not JSON`, { cause: err });
     }
     const token = typeof doc.token === 'string' && doc.token !== '' ? doc.token : doc.access_token;
-    if (typeof token !== 'string' || token === '') throw new RegistryAuthError(host, `${host}: token response without a token`);
-    const lifetime = typeof doc.expires_in === 'number' && doc.expires_in > 0 ? doc.expires_in : DEFAULT_TOKEN_LIFETIME_S;
+    if (typeof token !== 'string' || token === '')
+      throw new RegistryAuthError(host, `${host}: token response without a token`);
+    const lifetime =
+      typeof doc.expires_in === 'number' && doc.expires_in > 0
+        ? doc.expires_in
+        : DEFAULT_TOKEN_LIFETIME_S;
     return { header: `Bearer ${token}`, expiresAt: Date.now() + lifetime * 1000 };
   }
 }

@@ -15,7 +15,10 @@ import type { FaultProxy } from './test-support.js';
 
 function env(name: string): string {
   const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set: run through vitest from the repo root (the harness global setup sets it)`);
+  if (!v)
+    throw new Error(
+      `${name} is not set: run through vitest from the repo root (the harness global setup sets it)`,
+    );
   return v;
 }
 
@@ -63,22 +66,35 @@ describe('RegistryClient against the real registry', () => {
     const m = await client.fetchManifest(r.ref, r.descriptor);
     expect(sha256Digest(m.bytes)).toBe(r.descriptor.digest);
     expect(m.bytes.length).toBe(r.descriptor.size);
-    expect(tree.indexDoc.manifests.map((d) => d.platform?.architecture).sort()).toEqual(['amd64', 'arm64']);
+    expect(tree.indexDoc.manifests.map((d) => d.platform?.architecture).sort()).toEqual([
+      'amd64',
+      'arm64',
+    ]);
   });
 
   it('resolves a digest reference', async () => {
     const ref = parseImageReference(FIXTURE);
     const amd = tree.manifests.find((m) => m.desc.platform?.architecture === 'amd64')!;
     const r = await client.resolve(`${ref.domain}/${ref.path}@${amd.desc.digest}`);
-    expect(r.descriptor).toEqual({ mediaType: MediaType.ociManifest, digest: amd.desc.digest, size: amd.desc.size });
+    expect(r.descriptor).toEqual({
+      mediaType: MediaType.ociManifest,
+      digest: amd.desc.digest,
+      size: amd.desc.size,
+    });
   });
 
   it('reports a missing tag and a missing repository as ImageNotFoundError', async () => {
-    await expect(client.resolve(`${REGISTRY}/busybox:no-such-tag`)).rejects.toBeInstanceOf(ImageNotFoundError);
-    await expect(client.resolve(`${REGISTRY}/no/such/repo:latest`)).rejects.toBeInstanceOf(ImageNotFoundError);
+    await expect(client.resolve(`${REGISTRY}/busybox:no-such-tag`)).rejects.toBeInstanceOf(
+      ImageNotFoundError,
+    );
+    await expect(client.resolve(`${REGISTRY}/no/such/repo:latest`)).rejects.toBeInstanceOf(
+      ImageNotFoundError,
+    );
     const repo = parseImageReference(FIXTURE);
     const missing: Digest = `sha256:${'0'.repeat(64)}`;
-    await expect(client.fetchBlob(repo, { digest: missing, size: 1 })).rejects.toBeInstanceOf(ImageNotFoundError);
+    await expect(client.fetchBlob(repo, { digest: missing, size: 1 })).rejects.toBeInstanceOf(
+      ImageNotFoundError,
+    );
   });
 
   it('streams a blob verified against its digest', async () => {
@@ -104,11 +120,16 @@ describe('RegistryClient through a fault-injecting proxy', () => {
     proxies.push(p);
     return p;
   };
-  const repoVia = (p: FaultProxy): Repository => ({ domain: p.addr, path: parseImageReference(FIXTURE).path });
+  const repoVia = (p: FaultProxy): Repository => ({
+    domain: p.addr,
+    path: parseImageReference(FIXTURE).path,
+  });
 
   it('fails a corrupted blob stream with DigestMismatchError', async () => {
     const layer = tree.manifests[0]!.doc.layers[0]!;
-    const p = await proxy((m, path) => (m === 'GET' && path.includes(`/blobs/${layer.digest}`) ? { kind: 'corrupt' } : undefined));
+    const p = await proxy((m, path) =>
+      m === 'GET' && path.includes(`/blobs/${layer.digest}`) ? { kind: 'corrupt' } : undefined,
+    );
     const err = await readAll(await client.fetchBlob(repoVia(p), layer)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(DigestMismatchError);
     expect((err as DigestMismatchError).expected).toBe(layer.digest);
@@ -116,23 +137,35 @@ describe('RegistryClient through a fault-injecting proxy', () => {
 
   it('refuses a tampered manifest with DigestMismatchError', async () => {
     const m = tree.manifests[0]!;
-    const tampered = Buffer.from(m.bytes.toString('utf8').replace('"schemaVersion":2', '"schemaVersion": 2'));
+    const tampered = Buffer.from(
+      m.bytes.toString('utf8').replace('"schemaVersion":2', '"schemaVersion": 2'),
+    );
     expect(tampered.equals(m.bytes)).toBe(false);
     const p = await proxy((method, path) =>
-      method === 'GET' && path.includes(`/manifests/${m.desc.digest}`) ? { kind: 'replace', body: tampered } : undefined,
+      method === 'GET' && path.includes(`/manifests/${m.desc.digest}`)
+        ? { kind: 'replace', body: tampered }
+        : undefined,
     );
-    await expect(client.fetchManifest(repoVia(p), m.desc)).rejects.toBeInstanceOf(DigestMismatchError);
+    await expect(client.fetchManifest(repoVia(p), m.desc)).rejects.toBeInstanceOf(
+      DigestMismatchError,
+    );
   });
 
   it('falls back to GET when HEAD is refused, and refuses a manifest that is not JSON', async () => {
     // HEAD is refused (as some registries do), so resolve falls back to GET, which serves garbage.
     const noHead = await proxy((method, path) => {
-      if (method === 'HEAD' && path.endsWith('/manifests/latest')) return { kind: 'status', status: 405 };
-      return method === 'GET' && path.endsWith('/manifests/latest') ? { kind: 'replace', body: Buffer.from('not json') } : undefined;
+      if (method === 'HEAD' && path.endsWith('/manifests/latest'))
+        return { kind: 'status', status: 405 };
+      return method === 'GET' && path.endsWith('/manifests/latest')
+        ? { kind: 'replace', body: Buffer.from('not json') }
+        : undefined;
     });
     const ref = `${noHead.addr}/${parseImageReference(FIXTURE).path}:latest`;
     await expect(client.resolve(ref)).rejects.toBeInstanceOf(ManifestInvalidError);
-    expect(noHead.log).toEqual(['HEAD /v2/busybox/manifests/latest', 'GET /v2/busybox/manifests/latest']);
+    expect(noHead.log).toEqual([
+      'HEAD /v2/busybox/manifests/latest',
+      'GET /v2/busybox/manifests/latest',
+    ]);
   });
 
   it('retries 5xx answers and connection resets, then succeeds', async () => {
@@ -167,7 +200,10 @@ describe('RegistryClient push', () => {
     tree = await fixtureTree();
   });
 
-  async function copyImage(dest: Repository, opts: { chunked?: boolean; mountFrom?: string[] }): Promise<string[]> {
+  async function copyImage(
+    dest: Repository,
+    opts: { chunked?: boolean; mountFrom?: string[] },
+  ): Promise<string[]> {
     const outcomes: string[] = [];
     for (const m of tree.manifests) {
       for (const b of [m.doc.config, ...m.doc.layers]) {
@@ -202,7 +238,9 @@ describe('RegistryClient push', () => {
     const chunky = new RegistryClient({ dockerConfig: false, uploadChunkBytes: 64 * 1024 });
     const layer = tree.manifests[0]!.doc.layers[0]!;
     expect(layer.size).toBeGreaterThan(3 * 64 * 1024);
-    const r = await chunky.pushBlob(dest, layer, () => client.fetchBlob(src, layer), { chunked: true });
+    const r = await chunky.pushBlob(dest, layer, () => client.fetchBlob(src, layer), {
+      chunked: true,
+    });
     expect(r.outcome).toBe('uploaded');
     const bytes = await readAll(await client.fetchBlob(dest, layer));
     expect(createHash('sha256').update(bytes).digest('hex')).toBe(layer.digest.slice(7));
@@ -220,7 +258,9 @@ describe('RegistryClient push', () => {
     const dest: Repository = { domain: REGISTRY, path: `kiln-test/push-bad-${Date.now()}` };
     const data = Buffer.from('hello kiln');
     const wrong = { digest: sha256Digest(Buffer.from('something else')), size: data.length };
-    await expect(client.pushBlob(dest, wrong, () => Readable.from([data]))).rejects.toBeInstanceOf(DigestMismatchError);
+    await expect(client.pushBlob(dest, wrong, () => Readable.from([data]))).rejects.toBeInstanceOf(
+      DigestMismatchError,
+    );
     expect(await client.statBlob(dest, wrong.digest)).toBeUndefined();
     expect(await client.statBlob(dest, sha256Digest(data))).toBeUndefined();
   });
@@ -231,8 +271,12 @@ describe('RegistryClient push', () => {
     for (const m of tree.manifests) {
       const layer = m.doc.layers[0]!;
       const config = m.doc.config;
-      await client.pushBlob(dest, layer, () => client.fetchBlob(src, layer), { mountFrom: [src.path] });
-      await client.pushBlob(dest, config, () => client.fetchBlob(src, config), { mountFrom: [src.path] });
+      await client.pushBlob(dest, layer, () => client.fetchBlob(src, layer), {
+        mountFrom: [src.path],
+      });
+      await client.pushBlob(dest, config, () => client.fetchBlob(src, config), {
+        mountFrom: [src.path],
+      });
       const docker = {
         schemaVersion: 2,
         mediaType: MediaType.dockerManifest,
@@ -240,23 +284,41 @@ describe('RegistryClient push', () => {
         layers: [{ mediaType: MediaType.dockerLayerGzip, size: layer.size, digest: layer.digest }],
       };
       const bytes = Buffer.from(JSON.stringify(docker));
-      const digest = await client.pushManifest(dest, sha256Digest(bytes), bytes, MediaType.dockerManifest);
-      children.push({ mediaType: MediaType.dockerManifest, digest, size: bytes.length, platform: m.desc.platform! });
+      const digest = await client.pushManifest(
+        dest,
+        sha256Digest(bytes),
+        bytes,
+        MediaType.dockerManifest,
+      );
+      children.push({
+        mediaType: MediaType.dockerManifest,
+        digest,
+        size: bytes.length,
+        platform: m.desc.platform!,
+      });
     }
-    const list = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.dockerManifestList, manifests: children }));
+    const list = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaType.dockerManifestList,
+        manifests: children,
+      }),
+    );
     await client.pushManifest(dest, 'latest', list, MediaType.dockerManifestList);
     const r = await client.resolve(formatReference({ ...dest, tag: 'latest' }));
     expect(r.descriptor.mediaType).toBe(MediaType.dockerManifestList);
     const top = await client.fetchManifest(dest, r.descriptor);
     expect(top.document.kind).toBe('index');
     const child = await client.fetchManifest(dest, children[0]!);
-    expect(child.document.kind === 'manifest' && child.document.manifest.layers[0]!.mediaType).toBe(MediaType.dockerLayerGzip);
+    expect(child.document.kind === 'manifest' && child.document.manifest.layers[0]!.mediaType).toBe(
+      MediaType.dockerLayerGzip,
+    );
   });
 
   it('refuses to push a manifest that is not one', async () => {
     const dest: Repository = { domain: REGISTRY, path: 'kiln-test/invalid' };
-    await expect(client.pushManifest(dest, 'x', Buffer.from('{"schemaVersion":1}'), MediaType.ociManifest)).rejects.toBeInstanceOf(
-      ManifestInvalidError,
-    );
+    await expect(
+      client.pushManifest(dest, 'x', Buffer.from('{"schemaVersion":1}'), MediaType.ociManifest),
+    ).rejects.toBeInstanceOf(ManifestInvalidError);
   });
 });

@@ -3,7 +3,13 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { KilnError } from '@kiln/protocol';
 import { parseImageReference } from '@kiln/llb';
 import type { ImageReference } from '@kiln/llb';
-import { DigestingStream, DigestMismatchError, InvalidBlobError, isDigest, sha256Digest } from '@kiln/store';
+import {
+  DigestingStream,
+  DigestMismatchError,
+  InvalidBlobError,
+  isDigest,
+  sha256Digest,
+} from '@kiln/store';
 import type { Digest } from '@kiln/store';
 import { Authorizer, chainCredentials, dockerConfigCredentials } from './auth.js';
 import type { CredentialsProvider } from './auth.js';
@@ -69,7 +75,9 @@ const DEFAULT_USER_AGENT = 'kiln-worker/0.1';
 /** Parses `docker-image://ref`, `ref` or an ImageReference into an ImageReference. */
 export function toReference(ref: string | ImageReference): ImageReference {
   if (typeof ref !== 'string') return ref;
-  return parseImageReference(ref.startsWith('docker-image://') ? ref.slice('docker-image://'.length) : ref);
+  return parseImageReference(
+    ref.startsWith('docker-image://') ? ref.slice('docker-image://'.length) : ref,
+  );
 }
 
 export function formatReference(r: ImageReference): string {
@@ -84,19 +92,23 @@ function pushScopes(repo: Repository): string[] {
   return [`repository:${repo.path}:pull,push`];
 }
 
-
 function wrapBodyError(err: unknown, what: string): Error {
   if (err instanceof KilnError) return err;
-  return new RegistryUnavailableError(`${what}: download interrupted: ${err instanceof Error ? err.message : String(err)}`, {
-    cause: err,
-  });
+  return new RegistryUnavailableError(
+    `${what}: download interrupted: ${err instanceof Error ? err.message : String(err)}`,
+    {
+      cause: err,
+    },
+  );
 }
 
 async function readLimited(res: Response, limit: number, what: string): Promise<Buffer> {
   const declared = Number(res.headers.get('content-length') ?? NaN);
   if (Number.isFinite(declared) && declared > limit) {
     await res.body?.cancel();
-    throw new ManifestInvalidError(`${what}: ${declared} bytes is more than the ${limit} byte limit`);
+    throw new ManifestInvalidError(
+      `${what}: ${declared} bytes is more than the ${limit} byte limit`,
+    );
   }
   const chunks: Buffer[] = [];
   let n = 0;
@@ -121,11 +133,15 @@ async function readLimited(res: Response, limit: number, what: string): Promise<
 
 function verifyBytes(bytes: Buffer, desc: Pick<Descriptor, 'digest' | 'size'>, what: string): void {
   const actual = sha256Digest(bytes);
-  if (actual !== desc.digest) throw new DigestMismatchError(desc.digest, actual, { details: { what } });
+  if (actual !== desc.digest)
+    throw new DigestMismatchError(desc.digest, actual, { details: { what } });
   if (bytes.length !== desc.size) {
-    throw new InvalidBlobError(`${what}: size mismatch: expected ${desc.size} bytes, got ${bytes.length}`, {
-      details: { digest: desc.digest, expected: desc.size, actual: bytes.length },
-    });
+    throw new InvalidBlobError(
+      `${what}: size mismatch: expected ${desc.size} bytes, got ${bytes.length}`,
+      {
+        details: { digest: desc.digest, expected: desc.size, actual: bytes.length },
+      },
+    );
   }
 }
 
@@ -152,7 +168,8 @@ export class RegistryClient {
     const userAgent = opts.userAgent ?? DEFAULT_USER_AGENT;
     const authorizer = new Authorizer({
       credentials,
-      fetchToken: (url, headers) => fetch(url, { headers: { 'user-agent': userAgent, ...headers } }),
+      fetchToken: (url, headers) =>
+        fetch(url, { headers: { 'user-agent': userAgent, ...headers } }),
     });
     this.transport = new Transport({
       authorizer,
@@ -199,12 +216,28 @@ export class RegistryClient {
     const mediaType = head.headers.get('content-type')?.split(';')[0]?.trim();
     const headerDigest = head.headers.get('docker-content-digest') ?? undefined;
     const size = Number(head.headers.get('content-length') ?? NaN);
-    const digest = ref.digest ?? (headerDigest !== undefined && isDigest(headerDigest) ? headerDigest : undefined);
-    if (head.ok && digest !== undefined && mediaType !== undefined && mediaType !== '' && Number.isSafeInteger(size) && size > 0) {
+    const digest =
+      ref.digest ??
+      (headerDigest !== undefined && isDigest(headerDigest) ? headerDigest : undefined);
+    if (
+      head.ok &&
+      digest !== undefined &&
+      mediaType !== undefined &&
+      mediaType !== '' &&
+      Number.isSafeInteger(size) &&
+      size > 0
+    ) {
       return { ref: { ...ref, digest }, descriptor: { mediaType, digest, size } };
     }
     // HEAD was not informative enough: GET the manifest and hash it ourselves.
-    const res = await this.send({ repo: ref, method: 'GET', url, scopes: [pullScope(ref)], what, headers: { accept: MANIFEST_ACCEPT } });
+    const res = await this.send({
+      repo: ref,
+      method: 'GET',
+      url,
+      scopes: [pullScope(ref)],
+      what,
+      headers: { accept: MANIFEST_ACCEPT },
+    });
     const bytes = await readLimited(res, this.maxManifestBytes, what);
     const actual = sha256Digest(bytes);
     if (ref.digest !== undefined && actual !== ref.digest) {
@@ -212,14 +245,19 @@ export class RegistryClient {
     }
     const doc = parseManifest(bytes, res.headers.get('content-type') ?? undefined, what);
     const mt = doc.kind === 'index' ? doc.index.mediaType : doc.manifest.mediaType;
-    return { ref: { ...ref, digest: actual }, descriptor: { mediaType: mt, digest: actual, size: bytes.length } };
+    return {
+      ref: { ...ref, digest: actual },
+      descriptor: { mediaType: mt, digest: actual, size: bytes.length },
+    };
   }
 
   /** Fetches a manifest or index by descriptor, verifies its digest and size, and parses it. */
   async fetchManifest(repo: Repository, desc: Descriptor): Promise<FetchedManifest> {
     const what = `${repo.domain}/${repo.path}@${desc.digest}`;
     if (desc.size > this.maxManifestBytes) {
-      throw new ManifestInvalidError(`${what}: ${desc.size} bytes is more than the ${this.maxManifestBytes} byte limit`);
+      throw new ManifestInvalidError(
+        `${what}: ${desc.size} bytes is more than the ${this.maxManifestBytes} byte limit`,
+      );
     }
     const res = await this.send({
       repo,
@@ -232,9 +270,15 @@ export class RegistryClient {
     const bytes = await readLimited(res, this.maxManifestBytes, what);
     verifyBytes(bytes, desc, what);
     const document = parseManifest(bytes, desc.mediaType, what);
-    const docType = document.kind === 'index' ? document.index.mediaType : document.manifest.mediaType;
-    if (docType !== desc.mediaType && (desc.mediaType.includes('manifest') || desc.mediaType.includes('index'))) {
-      throw new ManifestInvalidError(`${what}: descriptor says ${desc.mediaType}, document is ${docType}`);
+    const docType =
+      document.kind === 'index' ? document.index.mediaType : document.manifest.mediaType;
+    if (
+      docType !== desc.mediaType &&
+      (desc.mediaType.includes('manifest') || desc.mediaType.includes('index'))
+    ) {
+      throw new ManifestInvalidError(
+        `${what}: descriptor says ${desc.mediaType}, document is ${docType}`,
+      );
     }
     return { descriptor: desc, bytes, document };
   }
@@ -246,8 +290,15 @@ export class RegistryClient {
    */
   async fetchBlob(repo: Repository, desc: Pick<Descriptor, 'digest' | 'size'>): Promise<Readable> {
     const what = `${repo.domain}/${repo.path}@${desc.digest}`;
-    const res = await this.send({ repo, method: 'GET', url: this.url(repo, `blobs/${desc.digest}`), scopes: [pullScope(repo)], what });
-    if (res.body === null) throw new RegistryRequestError(res.status, `${what}: response without a body`);
+    const res = await this.send({
+      repo,
+      method: 'GET',
+      url: this.url(repo, `blobs/${desc.digest}`),
+      scopes: [pullScope(repo)],
+      what,
+    });
+    if (res.body === null)
+      throw new RegistryRequestError(res.status, `${what}: response without a body`);
     const body = Readable.fromWeb(res.body as WebReadableStream<Uint8Array>);
     const verifier = new DigestingStream(desc.digest, desc.size);
     body.on('error', (err) => verifier.destroy(wrapBodyError(err, what)));
@@ -258,19 +309,43 @@ export class RegistryClient {
   }
 
   /** Reads a (small) blob whole, verified; for image configs. */
-  async readBlob(repo: Repository, desc: Pick<Descriptor, 'digest' | 'size'>, limit = this.maxManifestBytes): Promise<Buffer> {
+  async readBlob(
+    repo: Repository,
+    desc: Pick<Descriptor, 'digest' | 'size'>,
+    limit = this.maxManifestBytes,
+  ): Promise<Buffer> {
     const what = `${repo.domain}/${repo.path}@${desc.digest}`;
-    if (desc.size > limit) throw new ManifestInvalidError(`${what}: ${desc.size} bytes is more than the ${limit} byte limit`);
-    const res = await this.send({ repo, method: 'GET', url: this.url(repo, `blobs/${desc.digest}`), scopes: [pullScope(repo)], what });
+    if (desc.size > limit)
+      throw new ManifestInvalidError(
+        `${what}: ${desc.size} bytes is more than the ${limit} byte limit`,
+      );
+    const res = await this.send({
+      repo,
+      method: 'GET',
+      url: this.url(repo, `blobs/${desc.digest}`),
+      scopes: [pullScope(repo)],
+      what,
+    });
     const bytes = await readLimited(res, limit, what);
     verifyBytes(bytes, desc, what);
     return bytes;
   }
 
   /** The size of a blob in the repository, or undefined when it is not there. */
-  async statBlob(repo: Repository, digest: Digest, scopes = [pullScope(repo)]): Promise<number | undefined> {
+  async statBlob(
+    repo: Repository,
+    digest: Digest,
+    scopes = [pullScope(repo)],
+  ): Promise<number | undefined> {
     const what = `${repo.domain}/${repo.path}@${digest}`;
-    const res = await this.send({ repo, method: 'HEAD', url: this.url(repo, `blobs/${digest}`), scopes, what, passStatuses: [404] });
+    const res = await this.send({
+      repo,
+      method: 'HEAD',
+      url: this.url(repo, `blobs/${digest}`),
+      scopes,
+      what,
+      passStatuses: [404],
+    });
     await res.body?.cancel();
     if (res.status === 404) return undefined;
     return Number(res.headers.get('content-length') ?? 0);
@@ -282,18 +357,31 @@ export class RegistryClient {
    * registry verifies the digest; the upload is also hashed here and refused before the final
    * PUT when it does not match `desc`.
    */
-  async pushBlob(repo: Repository, desc: Pick<Descriptor, 'digest' | 'size'>, source: BlobUploadSource, opts: PushBlobOptions = {}): Promise<PushBlobResult> {
+  async pushBlob(
+    repo: Repository,
+    desc: Pick<Descriptor, 'digest' | 'size'>,
+    source: BlobUploadSource,
+    opts: PushBlobOptions = {},
+  ): Promise<PushBlobResult> {
     const what = `${repo.domain}/${repo.path}@${desc.digest}`;
     const mountFrom = (opts.mountFrom ?? []).filter((r) => r !== repo.path);
     const scopes = [...pushScopes(repo), ...mountFrom.map((r) => `repository:${r}:pull`)];
-    if ((await this.statBlob(repo, desc.digest, scopes)) !== undefined) return { outcome: 'exists' };
+    if ((await this.statBlob(repo, desc.digest, scopes)) !== undefined)
+      return { outcome: 'exists' };
 
     let location: URL | undefined;
     for (const from of mountFrom) {
       const url = this.url(repo, 'blobs/uploads/');
       url.searchParams.set('mount', desc.digest);
       url.searchParams.set('from', from);
-      const res = await this.send({ repo, method: 'POST', url, scopes, what, headers: { 'content-length': '0' } });
+      const res = await this.send({
+        repo,
+        method: 'POST',
+        url,
+        scopes,
+        what,
+        headers: { 'content-length': '0' },
+      });
       await res.body?.cancel();
       if (res.status === 201) return { outcome: 'mounted' };
       // 202: the registry could not mount and opened an upload session instead.
@@ -302,12 +390,20 @@ export class RegistryClient {
     }
     if (location === undefined) {
       const url = this.url(repo, 'blobs/uploads/');
-      const res = await this.send({ repo, method: 'POST', url, scopes, what, headers: { 'content-length': '0' } });
+      const res = await this.send({
+        repo,
+        method: 'POST',
+        url,
+        scopes,
+        what,
+        headers: { 'content-length': '0' },
+      });
       await res.body?.cancel();
       location = this.uploadLocation(res, url, what);
     }
 
-    const open = async (): Promise<Readable> => (Buffer.isBuffer(source) ? Readable.from([source]) : await source());
+    const open = async (): Promise<Readable> =>
+      Buffer.isBuffer(source) ? Readable.from([source]) : await source();
     if (!opts.chunked) {
       // One PUT with the whole body, streamed (re-opened if the transport retries), hashed on the
       // way: a source that does not match `desc` aborts the PUT, so the registry never commits it.
@@ -321,7 +417,9 @@ export class RegistryClient {
         url: put,
         scopes,
         what,
-        body: Buffer.isBuffer(source) ? source : async () => (await open()).pipe(new DigestingStream(desc.digest, desc.size)),
+        body: Buffer.isBuffer(source)
+          ? source
+          : async () => (await open()).pipe(new DigestingStream(desc.digest, desc.size)),
         headers,
       });
       await res.body?.cancel();
@@ -353,7 +451,11 @@ export class RegistryClient {
         },
       });
       await res.body?.cancel();
-      if (res.status !== 202) throw new RegistryRequestError(res.status, `${what}: chunk upload answered HTTP ${res.status}`);
+      if (res.status !== 202)
+        throw new RegistryRequestError(
+          res.status,
+          `${what}: chunk upload answered HTTP ${res.status}`,
+        );
       location = this.uploadLocation(res, location!, what);
       offset += chunk.length;
     };
@@ -365,17 +467,30 @@ export class RegistryClient {
     await flush();
     const put = new URL(location);
     put.searchParams.set('digest', desc.digest);
-    const res = await this.send({ repo, method: 'PUT', url: put, scopes, what, headers: { 'content-length': '0' } });
+    const res = await this.send({
+      repo,
+      method: 'PUT',
+      url: put,
+      scopes,
+      what,
+      headers: { 'content-length': '0' },
+    });
     await res.body?.cancel();
     this.checkPushedDigest(res, desc.digest, what);
     return { outcome: 'uploaded' };
   }
 
   /** Uploads a manifest or index under `reference` (a tag, or its digest); returns its digest. */
-  async pushManifest(repo: Repository, reference: string, bytes: Buffer, mediaType: string): Promise<Digest> {
+  async pushManifest(
+    repo: Repository,
+    reference: string,
+    bytes: Buffer,
+    mediaType: string,
+  ): Promise<Digest> {
     const digest = sha256Digest(bytes);
     const what = `${repo.domain}/${repo.path}:${reference}`;
-    if (isDigest(reference) && reference !== digest) throw new DigestMismatchError(reference, digest, { details: { what } });
+    if (isDigest(reference) && reference !== digest)
+      throw new DigestMismatchError(reference, digest, { details: { what } });
     parseManifest(bytes, mediaType, what);
     const res = await this.send({
       repo,
@@ -394,14 +509,22 @@ export class RegistryClient {
   private uploadLocation(res: Response, base: URL, what: string): URL {
     const loc = res.headers.get('location');
     if (res.status !== 202 || loc === null) {
-      throw new RegistryRequestError(res.status, `${what}: upload session: HTTP ${res.status} without Location`);
+      throw new RegistryRequestError(
+        res.status,
+        `${what}: upload session: HTTP ${res.status} without Location`,
+      );
     }
     return new URL(loc, base);
   }
 
   private checkPushedDigest(res: Response, digest: Digest, what: string): void {
-    if (res.status !== 201) throw new RegistryRequestError(res.status, `${what}: push answered HTTP ${res.status}, expected 201`);
+    if (res.status !== 201)
+      throw new RegistryRequestError(
+        res.status,
+        `${what}: push answered HTTP ${res.status}, expected 201`,
+      );
     const got = res.headers.get('docker-content-digest');
-    if (got !== null && got !== digest) throw new DigestMismatchError(digest, got, { details: { what } });
+    if (got !== null && got !== digest)
+      throw new DigestMismatchError(digest, got, { details: { what } });
   }
 }

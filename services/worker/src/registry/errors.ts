@@ -57,7 +57,12 @@ export class PlatformNotFoundError extends KilnError {
   static readonly CODE = 'REGISTRY_PLATFORM_NOT_FOUND';
   readonly platform: string;
   readonly available: readonly string[];
-  constructor(ref: string, platform: string, available: readonly string[], opts: KilnErrorOptions = {}) {
+  constructor(
+    ref: string,
+    platform: string,
+    available: readonly string[],
+    opts: KilnErrorOptions = {},
+  ) {
     super(
       PlatformNotFoundError.CODE,
       `${ref}: no image for platform ${platform} (available: ${available.length > 0 ? available.join(', ') : 'none'})`,
@@ -82,14 +87,28 @@ registerErrorClass(
   RegistryUnavailableError.CODE,
   (m, d, r) => new RegistryUnavailableError(m, { details: d, retryable: r }),
 );
-registerErrorClass(ImageNotFoundError.CODE, (m, d) => new ImageNotFoundError(str(d, 'ref'), m, { details: d }));
-registerErrorClass(RegistryAuthError.CODE, (m, d) => new RegistryAuthError(str(d, 'host'), m, { details: d }));
-registerErrorClass(ManifestInvalidError.CODE, (m, d) => new ManifestInvalidError(m, { details: d }));
+registerErrorClass(
+  ImageNotFoundError.CODE,
+  (m, d) => new ImageNotFoundError(str(d, 'ref'), m, { details: d }),
+);
+registerErrorClass(
+  RegistryAuthError.CODE,
+  (m, d) => new RegistryAuthError(str(d, 'host'), m, { details: d }),
+);
+registerErrorClass(
+  ManifestInvalidError.CODE,
+  (m, d) => new ManifestInvalidError(m, { details: d }),
+);
 registerErrorClass(PlatformNotFoundError.CODE, (_m, d) => {
   const available = str(d, 'available');
-  return new PlatformNotFoundError(str(d, 'ref'), str(d, 'platform'), available === '' ? [] : available.split(','), {
-    details: d,
-  });
+  return new PlatformNotFoundError(
+    str(d, 'ref'),
+    str(d, 'platform'),
+    available === '' ? [] : available.split(','),
+    {
+      details: d,
+    },
+  );
 });
 registerErrorClass(RegistryRequestError.CODE, (m, d) => {
   const status = typeof d.status === 'number' ? d.status : 0;

@@ -10,7 +10,8 @@ function splitHostPort(host: string): { hostname: string; port: string | undefin
     return { hostname: host.slice(1, end), port: rest.startsWith(':') ? rest.slice(1) : undefined };
   }
   const colon = host.lastIndexOf(':');
-  if (colon >= 0 && host.indexOf(':') === colon) return { hostname: host.slice(0, colon), port: host.slice(colon + 1) };
+  if (colon >= 0 && host.indexOf(':') === colon)
+    return { hostname: host.slice(0, colon), port: host.slice(colon + 1) };
   return { hostname: host, port: undefined };
 }
 
@@ -31,6 +32,9 @@ export function isLoopbackHost(host: string): boolean {
 export function registryBaseUrl(host: string, insecure: ReadonlySet<string>): URL {
   const h = host.toLowerCase();
   const endpoint = h === 'docker.io' || h === 'index.docker.io' ? DOCKER_HUB_ENDPOINT : h;
-  const plain = isLoopbackHost(endpoint) || insecure.has(endpoint) || insecure.has(splitHostPort(endpoint).hostname);
+  const plain =
+    isLoopbackHost(endpoint) ||
+    insecure.has(endpoint) ||
+    insecure.has(splitHostPort(endpoint).hostname);
   return new URL(`${plain ? 'http' : 'https'}://${endpoint}`);
 }

@@ -1,4 +1,10 @@
-export { Authorizer, basicAuthorization, chainCredentials, dockerConfigCredentials, parseChallenges } from './auth.js';
+export {
+  Authorizer,
+  basicAuthorization,
+  chainCredentials,
+  dockerConfigCredentials,
+  parseChallenges,
+} from './auth.js';
 export type { AuthChallenge, CredentialsProvider, RegistryCredentials } from './auth.js';
 export { RegistryClient, formatReference, toReference } from './client.js';
 export type {
@@ -30,5 +36,16 @@ export {
   parseImageConfig,
   parseManifest,
 } from './manifest.js';
-export type { Descriptor, ImageConfig, ImageIndex, ImageManifest, ManifestDocument } from './manifest.js';
-export { canonicalPlatform, platformKey, platformMatches, selectPlatform } from './platform-match.js';
+export type {
+  Descriptor,
+  ImageConfig,
+  ImageIndex,
+  ImageManifest,
+  ManifestDocument,
+} from './manifest.js';
+export {
+  canonicalPlatform,
+  platformKey,
+  platformMatches,
+  selectPlatform,
+} from './platform-match.js';

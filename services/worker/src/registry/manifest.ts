@@ -133,10 +133,14 @@ function parsePlatformField(v: unknown, what: string): Platform | undefined {
   if (!isObject(v) || typeof v.os !== 'string' || typeof v.architecture !== 'string') {
     throw new ManifestInvalidError(`${what}: platform needs os and architecture`);
   }
-  const p: { -readonly [K in keyof Platform]: Platform[K] } = { os: v.os, architecture: v.architecture };
+  const p: { -readonly [K in keyof Platform]: Platform[K] } = {
+    os: v.os,
+    architecture: v.architecture,
+  };
   if (typeof v.variant === 'string' && v.variant !== '') p.variant = v.variant;
   if (typeof v['os.version'] === 'string' && v['os.version'] !== '') p.osVersion = v['os.version'];
-  if (Array.isArray(v['os.features'])) p.osFeatures = v['os.features'].filter((f): f is string => typeof f === 'string');
+  if (Array.isArray(v['os.features']))
+    p.osFeatures = v['os.features'].filter((f): f is string => typeof f === 'string');
   return p;
 }
 
@@ -148,7 +152,9 @@ export function parseDescriptor(v: unknown, what: string): Descriptor {
     throw new ManifestInvalidError(`${what}: descriptor without mediaType`);
   }
   if (typeof digest !== 'string' || !isDigest(digest)) {
-    throw new ManifestInvalidError(`${what}: unsupported or invalid digest ${JSON.stringify(digest)}`);
+    throw new ManifestInvalidError(
+      `${what}: unsupported or invalid digest ${JSON.stringify(digest)}`,
+    );
   }
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
     throw new ManifestInvalidError(`${what}: invalid size ${JSON.stringify(size)}`);
@@ -162,14 +168,19 @@ export function parseDescriptor(v: unknown, what: string): Descriptor {
 }
 
 /** A parsed manifest document: an index (multi-platform) or an image manifest. */
-export type ManifestDocument = { kind: 'index'; index: ImageIndex } | { kind: 'manifest'; manifest: ImageManifest };
+export type ManifestDocument =
+  { kind: 'index'; index: ImageIndex } | { kind: 'manifest'; manifest: ImageManifest };
 
 /**
  * Parses manifest bytes. The media type comes from the document's own `mediaType` when present,
  * else from the response's Content-Type (`headerType`); a disagreement between the two is invalid,
  * as in containerd. Docker schema 1 is refused.
  */
-export function parseManifest(bytes: Buffer, headerType: string | undefined, what: string): ManifestDocument {
+export function parseManifest(
+  bytes: Buffer,
+  headerType: string | undefined,
+  what: string,
+): ManifestDocument {
   const doc = parseJson(bytes, what);
   if (doc.schemaVersion !== 2) {
     throw new ManifestInvalidError(
@@ -179,7 +190,11 @@ export function parseManifest(bytes: Buffer, headerType: string | undefined, wha
   const docType = typeof doc.mediaType === 'string' ? doc.mediaType : undefined;
   const header = headerType?.split(';')[0]?.trim();
   let mediaType = docType;
-  if (mediaType === undefined && header !== undefined && (isIndexMediaType(header) || isManifestMediaType(header))) {
+  if (
+    mediaType === undefined &&
+    header !== undefined &&
+    (isIndexMediaType(header) || isManifestMediaType(header))
+  ) {
     mediaType = header;
   }
   if (mediaType === undefined) {
@@ -189,19 +204,23 @@ export function parseManifest(bytes: Buffer, headerType: string | undefined, wha
     else throw new ManifestInvalidError(`${what}: cannot tell the document's media type`);
   }
   if (isIndexMediaType(mediaType)) {
-    if (!Array.isArray(doc.manifests)) throw new ManifestInvalidError(`${what}: index without manifests`);
+    if (!Array.isArray(doc.manifests))
+      throw new ManifestInvalidError(`${what}: index without manifests`);
     const manifests = doc.manifests.map((m, i) => parseDescriptor(m, `${what} manifests[${i}]`));
     const index: ImageIndex = { schemaVersion: 2, mediaType, manifests };
     if (isObject(doc.annotations)) index.annotations = doc.annotations as Record<string, string>;
     return { kind: 'index', index };
   }
   if (isManifestMediaType(mediaType)) {
-    if (!Array.isArray(doc.layers)) throw new ManifestInvalidError(`${what}: manifest without layers`);
+    if (!Array.isArray(doc.layers))
+      throw new ManifestInvalidError(`${what}: manifest without layers`);
     const config = parseDescriptor(doc.config, `${what} config`);
     const layers = doc.layers.map((l, i) => parseDescriptor(l, `${what} layers[${i}]`));
     for (const [i, l] of layers.entries()) {
       if (!isLayerMediaType(l.mediaType)) {
-        throw new ManifestInvalidError(`${what}: layers[${i}] has unsupported media type ${l.mediaType}`);
+        throw new ManifestInvalidError(
+          `${what}: layers[${i}] has unsupported media type ${l.mediaType}`,
+        );
       }
     }
     const manifest: ImageManifest = { schemaVersion: 2, mediaType, config, layers };

@@ -31,7 +31,10 @@ export function platformMatches(want: Platform, have: Platform): boolean {
 
 /** Attestation manifests (BuildKit provenance/SBOM) are listed as `unknown/unknown` and are never images. */
 function isAttestation(d: Descriptor): boolean {
-  return d.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest' || d.platform?.os === 'unknown';
+  return (
+    d.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest' ||
+    d.platform?.os === 'unknown'
+  );
 }
 
 /**
@@ -44,7 +47,8 @@ export function selectPlatform(
   want: Platform,
 ): { match: Descriptor } | { match: undefined; available: string[] } {
   for (const m of manifests) {
-    if (m.platform !== undefined && !isAttestation(m) && platformMatches(want, m.platform)) return { match: m };
+    if (m.platform !== undefined && !isAttestation(m) && platformMatches(want, m.platform))
+      return { match: m };
   }
   const available = manifests
     .filter((m) => m.platform !== undefined && !isAttestation(m))

@@ -19,13 +19,19 @@ import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
 
-export async function tempDir(prefix: string): Promise<{ dir: string; remove: () => Promise<void> }> {
+export async function tempDir(
+  prefix: string,
+): Promise<{ dir: string; remove: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), `kiln-registry-${prefix}-`));
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }
 
 /** Polls `check` until it returns true; fails after `timeoutMs` with `what`. */
-export async function waitUntil(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
+export async function waitUntil(
+  what: string,
+  check: () => Promise<boolean> | boolean,
+  timeoutMs = 30_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -35,7 +41,9 @@ export async function waitUntil(what: string, check: () => Promise<boolean> | bo
       last = err;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}${last instanceof Error ? ` (last error: ${last.message})` : ''}`);
+      throw new Error(
+        `timed out waiting for ${what}${last instanceof Error ? ` (last error: ${last.message})` : ''}`,
+      );
     }
     await delay(25);
   }
@@ -63,7 +71,10 @@ interface Guarded {
 }
 
 function spawnGuarded(cmd: string, args: string[]): Guarded {
-  const child = spawn('/bin/sh', ['-c', GUARD, 'kiln-guard', cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  const child = spawn('/bin/sh', ['-c', GUARD, 'kiln-guard', cmd, ...args], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
   let out = '';
   const onData = (b: Buffer): void => {
     out = (out + b.toString('utf8')).slice(-65536);
@@ -72,7 +83,9 @@ function spawnGuarded(cmd: string, args: string[]): Guarded {
   child.stderr?.on('data', onData);
   child.stdin?.on('error', () => undefined); // EPIPE once the guard is gone
   let done = false;
-  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()).on('error', () => resolve())).then(() => {
+  const exited = new Promise<void>((resolve) =>
+    child.on('exit', () => resolve()).on('error', () => resolve()),
+  ).then(() => {
     done = true;
   });
   const killGroup = (sig: NodeJS.Signals): void => {
@@ -133,7 +146,12 @@ export async function startAuthRegistry(auth: RegistryAuthConfig): Promise<TestR
           `    issuer: ${JSON.stringify(auth.token.issuer)}`,
           `    rootcertbundle: ${JSON.stringify(auth.token.rootCertBundle)}`,
         ]
-      : ['auth:', '  htpasswd:', `    realm: ${JSON.stringify(auth.htpasswd.realm)}`, `    path: ${JSON.stringify(auth.htpasswd.path)}`];
+      : [
+          'auth:',
+          '  htpasswd:',
+          `    realm: ${JSON.stringify(auth.htpasswd.realm)}`,
+          `    path: ${JSON.stringify(auth.htpasswd.path)}`,
+        ];
   const config = [
     'version: 0.1',
     'log:',
@@ -221,8 +239,19 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
   const keyPath = join(tmp.dir, 'key.pem');
   const certPath = join(tmp.dir, 'cert.pem');
   await execFileAsync('openssl', [
-    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyPath, '-out', certPath,
-    '-subj', '/CN=kiln-test-token-issuer', '-days', '2',
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    keyPath,
+    '-out',
+    certPath,
+    '-subj',
+    '/CN=kiln-test-token-issuer',
+    '-days',
+    '2',
   ]);
   const key = createPrivateKey(await readFile(keyPath));
   const certDer = new X509Certificate(await readFile(certPath)).raw.toString('base64');
@@ -239,14 +268,26 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
       const name = decoded.slice(0, colon);
       if (colon > 0 && opts.users[name] === decoded.slice(colon + 1)) user = name;
       else {
-        requests.push({ account: url.searchParams.get('account') ?? undefined, authenticated: false, scopes });
-        res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"bad credentials"}');
+        requests.push({
+          account: url.searchParams.get('account') ?? undefined,
+          authenticated: false,
+          scopes,
+        });
+        res
+          .writeHead(401, { 'content-type': 'application/json' })
+          .end('{"details":"bad credentials"}');
         return;
       }
     }
-    requests.push({ account: url.searchParams.get('account') ?? undefined, authenticated: user !== undefined, scopes });
+    requests.push({
+      account: url.searchParams.get('account') ?? undefined,
+      authenticated: user !== undefined,
+      scopes,
+    });
     if (user === undefined && !opts.anonymousPull) {
-      res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"authentication required"}');
+      res
+        .writeHead(401, { 'content-type': 'application/json' })
+        .end('{"details":"authentication required"}');
       return;
     }
     const access = scopes.flatMap((s) => {
@@ -270,7 +311,9 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
     const signingInput = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
     const sig = sign('sha256', Buffer.from(signingInput), key);
     const token = `${signingInput}.${b64url(sig)}`;
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token, expires_in: 300 }));
+    res
+      .writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ token, expires_in: 300 }));
   };
   const server = createServer(handler);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -300,7 +343,9 @@ export type Fault =
   /** Forwards, but flips one byte of the response body. */
   | { kind: 'corrupt' }
   /** Forwards, but answers with `body` instead (headers kept, length fixed). */
-  | { kind: 'replace'; body: Buffer };
+  | { kind: 'replace'; body: Buffer }
+  /** Forwards once `until` resolves (a request held in flight). */
+  | { kind: 'hold'; until: Promise<void> };
 
 export interface FaultProxy {
   /** 127.0.0.1:PORT: use it as the registry host in references. */
@@ -332,35 +377,48 @@ export async function startFaultProxy(
     }
     if (f?.kind === 'status') {
       req.resume();
-      res.writeHead(f.status, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}');
+      res
+        .writeHead(f.status, { 'content-type': 'application/json' })
+        .end('{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}');
       return;
     }
-    const up = httpRequest(
-      { host: thost, port: Number(tport), method, path, headers: req.headers },
-      (upRes) => {
-        if (f === undefined) {
-          res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-          upRes.pipe(res);
-          return;
-        }
-        const chunks: Buffer[] = [];
-        upRes.on('data', (c: Buffer) => chunks.push(c));
-        upRes.on('end', () => {
-          let body: Buffer = Buffer.concat(chunks);
-          if (f.kind === 'corrupt' && body.length > 0) {
-            body = Buffer.from(body);
-            const i = Math.floor(body.length / 2);
-            body[i] = body[i]! ^ 0xff;
-          } else if (f.kind === 'replace') {
-            body = f.body;
+    if (f?.kind === 'hold') {
+      req.pause();
+      void f.until.then(() => forward(undefined));
+      return;
+    }
+    forward(f);
+    function forward(f: Exclude<Fault, { kind: 'hold' }> | undefined): void {
+      const up = httpRequest(
+        { host: thost, port: Number(tport), method, path, headers: req.headers },
+        (upRes) => {
+          if (f === undefined) {
+            res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+            upRes.pipe(res);
+            return;
           }
-          res.writeHead(upRes.statusCode ?? 502, { ...upRes.headers, 'content-length': String(body.length) });
-          res.end(body);
-        });
-      },
-    );
-    up.on('error', () => res.destroy());
-    req.pipe(up);
+          const chunks: Buffer[] = [];
+          upRes.on('data', (c: Buffer) => chunks.push(c));
+          upRes.on('end', () => {
+            let body: Buffer = Buffer.concat(chunks);
+            if (f.kind === 'corrupt' && body.length > 0) {
+              body = Buffer.from(body);
+              const i = Math.floor(body.length / 2);
+              body[i] = body[i]! ^ 0xff;
+            } else if (f.kind === 'replace') {
+              body = f.body;
+            }
+            res.writeHead(upRes.statusCode ?? 502, {
+              ...upRes.headers,
+              'content-length': String(body.length),
+            });
+            res.end(body);
+          });
+        },
+      );
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    }
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const addr = server.address();

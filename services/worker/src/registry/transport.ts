@@ -41,7 +41,10 @@ const MAX_AUTH_ROUNDS = 3;
 
 /** A Node fetch failure below HTTP (refused, reset, DNS, TLS): fetch rejects with a TypeError. */
 function isNetworkError(err: unknown): boolean {
-  return err instanceof TypeError || (err instanceof Error && 'code' in err && typeof err.code === 'string');
+  return (
+    err instanceof TypeError ||
+    (err instanceof Error && 'code' in err && typeof err.code === 'string')
+  );
 }
 
 function kilnCause(err: unknown): KilnError | undefined {
@@ -102,7 +105,10 @@ export class Transport {
         const own = kilnCause(err);
         if (own !== undefined) throw own;
         if (!isNetworkError(err)) throw err;
-        lastErr = new RegistryUnavailableError(`${req.what}: ${req.method} ${req.url.origin}: ${describe(err)}`, { cause: err });
+        lastErr = new RegistryUnavailableError(
+          `${req.what}: ${req.method} ${req.url.origin}: ${describe(err)}`,
+          { cause: err },
+        );
         continue;
       }
       if (res.status === 429 || res.status >= 500) {
@@ -119,18 +125,28 @@ export class Transport {
   }
 
   private async check(req: RegistryRequest, res: Response): Promise<Response> {
-    if (res.ok || (res.status >= 300 && res.status < 400) || req.passStatuses?.includes(res.status)) return res;
+    if (res.ok || (res.status >= 300 && res.status < 400) || req.passStatuses?.includes(res.status))
+      return res;
     const summary = await errorSummary(res);
     const suffix = summary.text ? `: ${summary.text}` : '';
     if (res.status === 401 || res.status === 403) {
-      throw new RegistryAuthError(req.host, `${req.what}: access denied by ${req.host} (HTTP ${res.status})${suffix}`, {
-        details: { status: res.status },
-      });
+      throw new RegistryAuthError(
+        req.host,
+        `${req.what}: access denied by ${req.host} (HTTP ${res.status})${suffix}`,
+        {
+          details: { status: res.status },
+        },
+      );
     }
-    if (res.status === 404) throw new ImageNotFoundError(req.what, `${req.what}: not found${suffix}`);
-    throw new RegistryRequestError(res.status, `${req.what}: ${req.method} answered HTTP ${res.status}${suffix}`, {
-      details: { codes: summary.codes.join(',') },
-    });
+    if (res.status === 404)
+      throw new ImageNotFoundError(req.what, `${req.what}: not found${suffix}`);
+    throw new RegistryRequestError(
+      res.status,
+      `${req.what}: ${req.method} answered HTTP ${res.status}${suffix}`,
+      {
+        details: { codes: summary.codes.join(',') },
+      },
+    );
   }
 
   /** One attempt: auth rounds and redirects. */
@@ -139,19 +155,28 @@ export class Transport {
       const authorization = await this.opts.authorizer.authorization(req.host, req.scopes);
       const res = await this.sendFollowing(req, authorization);
       if (res.status !== 401 || round >= MAX_AUTH_ROUNDS) return res;
-      const retry = this.opts.authorizer.handleUnauthorized(req.host, res, req.scopes, authorization);
+      const retry = this.opts.authorizer.handleUnauthorized(
+        req.host,
+        res,
+        req.scopes,
+        authorization,
+      );
       if (!retry) return res;
       await res.body?.cancel();
     }
   }
 
-  private async sendFollowing(req: RegistryRequest, authorization: string | undefined): Promise<Response> {
+  private async sendFollowing(
+    req: RegistryRequest,
+    authorization: string | undefined,
+  ): Promise<Response> {
     let url = req.url;
     let method = req.method;
     for (let hop = 0; ; hop++) {
       const headers: Record<string, string> = { 'user-agent': this.opts.userAgent, ...req.headers };
       // Credentials go to the registry's own origin only, never to a redirect target (blob CDNs).
-      if (authorization !== undefined && url.origin === req.url.origin) headers.authorization = authorization;
+      if (authorization !== undefined && url.origin === req.url.origin)
+        headers.authorization = authorization;
       const init: RequestInit & { duplex?: 'half' } = { method, headers, redirect: 'manual' };
       if (req.body !== undefined && method !== 'GET' && method !== 'HEAD') {
         if (Buffer.isBuffer(req.body)) {
@@ -163,7 +188,8 @@ export class Transport {
       }
       const res = await fetch(url, init);
       const location = res.headers.get('location');
-      if (res.status < 300 || res.status >= 400 || res.status === 304 || location === null) return res;
+      if (res.status < 300 || res.status >= 400 || res.status === 304 || location === null)
+        return res;
       // Upload endpoints answer 201/202 with Location: those are not redirects and returned above.
       if (hop >= MAX_REDIRECTS) return res;
       await res.body?.cancel();

@@ -1,0 +1,302 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { parseImageReference } from '@kiln/llb';
+import { sha256Digest } from '@kiln/store';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dockerConfigCredentials, parseChallenges } from './auth.js';
+import { RegistryClient } from './client.js';
+import type { Repository } from './client.js';
+import { RegistryAuthError } from './errors.js';
+import { startAuthRegistry, startTokenServer, tempDir, waitUntil } from './test-support.js';
+import type { TestRegistry, TokenServer } from './test-support.js';
+
+describe('parseChallenges', () => {
+  it('parses bearer challenges with quoted parameters', () => {
+    expect(
+      parseChallenges(
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull"',
+      ),
+    ).toEqual([
+      {
+        scheme: 'bearer',
+        params: {
+          realm: 'https://auth.docker.io/token',
+          service: 'registry.docker.io',
+          scope: 'repository:library/busybox:pull',
+        },
+      },
+    ]);
+  });
+  it('parses several challenges, unquoted values and escapes, and drops unknown schemes', () => {
+    expect(
+      parseChallenges(
+        'Negotiate abc, Basic realm=reg, Bearer realm="http://x/t?a=\\"b\\"", error="invalid_token"',
+      ),
+    ).toEqual([
+      { scheme: 'basic', params: { realm: 'reg' } },
+      { scheme: 'bearer', params: { realm: 'http://x/t?a="b"', error: 'invalid_token' } },
+    ]);
+    expect(parseChallenges(null)).toEqual([]);
+  });
+});
+
+describe('dockerConfigCredentials', () => {
+  it('reads base64 auth and username/password entries; Docker Hub keys serve docker.io', async () => {
+    const tmp = await tempDir('dockercfg');
+    try {
+      const path = join(tmp.dir, 'config.json');
+      await writeFile(
+        path,
+        JSON.stringify({
+          auths: {
+            'https://index.docker.io/v1/': {
+              auth: Buffer.from('hubuser:hub:pass').toString('base64'),
+            },
+            'http://127.0.0.1:5000': { username: 'local', password: 'secret' },
+            'ghcr.io': {},
+          },
+        }),
+      );
+      const creds = dockerConfigCredentials(path);
+      expect(await creds('docker.io')).toEqual({ username: 'hubuser', password: 'hub:pass' });
+      expect(await creds('registry-1.docker.io')).toEqual({
+        username: 'hubuser',
+        password: 'hub:pass',
+      });
+      expect(await creds('127.0.0.1:5000')).toEqual({ username: 'local', password: 'secret' });
+      expect(await creds('ghcr.io')).toBeUndefined();
+      expect(
+        await dockerConfigCredentials(join(tmp.dir, 'missing.json'))('docker.io'),
+      ).toBeUndefined();
+      await writeFile(join(tmp.dir, 'bad.json'), '{');
+      expect(() => dockerConfigCredentials(join(tmp.dir, 'bad.json'))('x')).toThrow(
+        RegistryAuthError,
+      );
+    } finally {
+      await tmp.remove();
+    }
+  });
+});
+
+function env(name: string): string {
+  const v = process.env[name];
+  if (!v)
+    throw new Error(
+      `${name} is not set: run through vitest from the repo root (the harness global setup sets it)`,
+    );
+  return v;
+}
+
+const FIXTURE = parseImageReference(env('KILN_TEST_FIXTURE_IMAGE'));
+const plain = new RegistryClient({ dockerConfig: false });
+
+/** Copies the fixture's amd64 manifest (config + layer) to `dest` with `client`; returns the manifest digest. */
+async function copyAmd64(client: RegistryClient, dest: Repository, tag: string): Promise<string> {
+  const { descriptor } = await plain.resolve(FIXTURE);
+  const top = await plain.fetchManifest(FIXTURE, descriptor);
+  if (top.document.kind !== 'index') throw new Error('fixture is not an index');
+  const desc = top.document.index.manifests.find((m) => m.platform?.architecture === 'amd64')!;
+  const m = await plain.fetchManifest(FIXTURE, desc);
+  if (m.document.kind !== 'manifest') throw new Error('nested index');
+  for (const b of [m.document.manifest.config, ...m.document.manifest.layers]) {
+    await client.pushBlob(dest, b, () => plain.fetchBlob(FIXTURE, b));
+  }
+  return client.pushManifest(dest, tag, m.bytes, desc.mediaType);
+}
+
+describe('bearer token auth against a real token-auth registry', () => {
+  let tokens: TokenServer;
+  let registry: TestRegistry;
+  const users = { alice: 'wonderland' };
+  beforeAll(async () => {
+    tokens = await startTokenServer({
+      service: 'kiln-test',
+      issuer: 'kiln-test-issuer',
+      users,
+      anonymousPull: false,
+    });
+    registry = await startAuthRegistry({
+      token: {
+        realm: tokens.realm,
+        service: 'kiln-test',
+        issuer: 'kiln-test-issuer',
+        rootCertBundle: tokens.certPath,
+      },
+    });
+  });
+  afterAll(async () => {
+    await registry?.stop();
+    await tokens?.stop();
+  });
+
+  it('pushes and pulls with credentials from the callback, reusing one token per scope', async () => {
+    const client = new RegistryClient({
+      dockerConfig: false,
+      credentials: (host) =>
+        host === registry.addr ? { username: 'alice', password: 'wonderland' } : undefined,
+    });
+    const dest: Repository = { domain: registry.addr, path: 'team/busybox' };
+    const before = tokens.requests.length;
+    const digest = await copyAmd64(client, dest, 'v1');
+    const pushTokens = tokens.requests.slice(before);
+    expect(pushTokens.length).toBeGreaterThan(0);
+    expect(pushTokens.every((r) => r.authenticated && r.account === 'alice')).toBe(true);
+    expect(pushTokens.some((r) => r.scopes.includes('repository:team/busybox:pull,push'))).toBe(
+      true,
+    );
+    // Several blobs and a manifest went up, but the token for the push scope was fetched once.
+    expect(
+      pushTokens.filter((r) => r.scopes.includes('repository:team/busybox:pull,push')),
+    ).toHaveLength(1);
+
+    const r = await client.resolve(`${registry.addr}/team/busybox:v1`);
+    expect(r.descriptor.digest).toBe(digest);
+    const m = await client.fetchManifest(dest, r.descriptor);
+    if (m.document.kind !== 'manifest') throw new Error('expected a manifest');
+    const layer = m.document.manifest.layers[0]!;
+    const chunks: Buffer[] = [];
+    for await (const c of await client.fetchBlob(dest, layer)) chunks.push(c as Buffer);
+    expect(sha256Digest(Buffer.concat(chunks))).toBe(layer.digest);
+  });
+
+  it('reads credentials from a docker config.json by default', async () => {
+    const tmp = await tempDir('dockercfg');
+    try {
+      const path = join(tmp.dir, 'config.json');
+      await writeFile(
+        path,
+        JSON.stringify({
+          auths: { [registry.addr]: { auth: Buffer.from('alice:wonderland').toString('base64') } },
+        }),
+      );
+      const client = new RegistryClient({ dockerConfig: path });
+      await copyAmd64(
+        new RegistryClient({ dockerConfig: path }),
+        { domain: registry.addr, path: 'team/cfg' },
+        'latest',
+      );
+      const r = await client.resolve(`${registry.addr}/team/cfg:latest`);
+      expect(r.ref.digest).toBe(r.descriptor.digest);
+    } finally {
+      await tmp.remove();
+    }
+  });
+
+  it('fails with RegistryAuthError without credentials or with a wrong password', async () => {
+    await copyAmd64(
+      new RegistryClient({
+        dockerConfig: false,
+        credentials: () => ({ username: 'alice', password: 'wonderland' }),
+      }),
+      { domain: registry.addr, path: 'team/private' },
+      'latest',
+    );
+    const anonymous = new RegistryClient({ dockerConfig: false });
+    await expect(anonymous.resolve(`${registry.addr}/team/private:latest`)).rejects.toBeInstanceOf(
+      RegistryAuthError,
+    );
+    const wrong = new RegistryClient({
+      dockerConfig: false,
+      credentials: () => ({ username: 'alice', password: 'nope' }),
+    });
+    const err = await wrong
+      .resolve(`${registry.addr}/team/private:latest`)
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RegistryAuthError);
+    expect((err as RegistryAuthError).message).toContain('alice');
+    expect((err as RegistryAuthError).retryable).toBe(false);
+  });
+
+  it('gets an anonymous pull token when the token server allows anonymous pulls', async () => {
+    const anonTokens = await startTokenServer({
+      service: 'kiln-anon',
+      issuer: 'kiln-anon-issuer',
+      users,
+      anonymousPull: true,
+    });
+    const reg = await startAuthRegistry({
+      token: {
+        realm: anonTokens.realm,
+        service: 'kiln-anon',
+        issuer: 'kiln-anon-issuer',
+        rootCertBundle: anonTokens.certPath,
+      },
+    });
+    try {
+      const alice = new RegistryClient({
+        dockerConfig: false,
+        credentials: () => ({ username: 'alice', password: 'wonderland' }),
+      });
+      const digest = await copyAmd64(alice, { domain: reg.addr, path: 'public/busybox' }, 'latest');
+      const anonymous = new RegistryClient({ dockerConfig: false });
+      const before = anonTokens.requests.length;
+      const r = await anonymous.resolve(`${reg.addr}/public/busybox:latest`);
+      expect(r.descriptor.digest).toBe(digest);
+      expect(anonTokens.requests.slice(before)).toEqual([
+        { account: undefined, authenticated: false, scopes: ['repository:public/busybox:pull'] },
+      ]);
+      // Anonymous push is refused: the token carries pull only.
+      const blob = Buffer.from('anonymous push');
+      await expect(
+        anonymous.pushBlob(
+          { domain: reg.addr, path: 'public/busybox' },
+          { digest: sha256Digest(blob), size: blob.length },
+          () => Readable.from([blob]),
+        ),
+      ).rejects.toBeInstanceOf(RegistryAuthError);
+    } finally {
+      await reg.stop();
+      await anonTokens.stop();
+    }
+  });
+});
+
+describe('basic auth against a real htpasswd registry', () => {
+  let registry: TestRegistry;
+  let password = '';
+  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  beforeAll(async () => {
+    tmp = await tempDir('htpasswd');
+    // The registry provisions a missing htpasswd file with user `docker` and a random password it
+    // logs: a real bcrypt entry without an htpasswd tool or bcrypt library.
+    registry = await startAuthRegistry({
+      htpasswd: { realm: 'kiln-basic', path: join(tmp.dir, 'htpasswd') },
+    });
+    await waitUntil('the provisioned password in the registry log', () =>
+      /password=(\S+) user=docker/.test(registry.output()),
+    );
+    password = /password=(\S+) user=docker/.exec(registry.output())![1]!;
+  });
+  afterAll(async () => {
+    await registry?.stop();
+    await tmp?.remove();
+  });
+
+  it('pushes and pulls with Basic credentials', async () => {
+    const client = new RegistryClient({
+      dockerConfig: false,
+      credentials: () => ({ username: 'docker', password }),
+    });
+    const digest = await copyAmd64(
+      client,
+      { domain: registry.addr, path: 'basic/busybox' },
+      'latest',
+    );
+    const r = await client.resolve(`${registry.addr}/basic/busybox:latest`);
+    expect(r.descriptor.digest).toBe(digest);
+  });
+
+  it('fails with RegistryAuthError without credentials or with a wrong password', async () => {
+    await expect(
+      new RegistryClient({ dockerConfig: false }).resolve(`${registry.addr}/basic/busybox:latest`),
+    ).rejects.toBeInstanceOf(RegistryAuthError);
+    const wrong = new RegistryClient({
+      dockerConfig: false,
+      credentials: () => ({ username: 'docker', password: 'wrong' }),
+    });
+    await expect(wrong.resolve(`${registry.addr}/basic/busybox:latest`)).rejects.toBeInstanceOf(
+      RegistryAuthError,
+    );
+  });
+});

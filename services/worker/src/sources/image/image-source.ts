@@ -1,0 +1,255 @@
+import type { ImageReference, Platform } from '@kiln/llb';
+import { KilnError } from '@kiln/protocol';
+import { DigestMismatchError } from '@kiln/store';
+import type { BlobStore, Digest } from '@kiln/store';
+import { applyLayer } from '../../layers/index.js';
+import type { ApplyOptions } from '../../layers/index.js';
+import {
+  ManifestInvalidError,
+  PlatformNotFoundError,
+  formatReference,
+  parseImageConfig,
+  platformKey,
+  platformMatches,
+  selectPlatform,
+  toReference,
+} from '../../registry/index.js';
+import type {
+  Descriptor,
+  ImageConfig,
+  ImageManifest,
+  RegistryClient,
+  Repository,
+} from '../../registry/index.js';
+
+/** One layer of a pulled image, in application order. */
+export interface ImageLayer {
+  /** Digest of the blob as stored (compressed). */
+  digest: Digest;
+  /** Digest of the uncompressed tar, from the image config's `rootfs.diff_ids`. */
+  diffID: Digest;
+  size: number;
+  mediaType: string;
+}
+
+/** An image resolved for one platform (and, after {@link ImageSource.pull}, with its blobs in the store). */
+export interface ResolvedImage {
+  /** The reference with the digest of what it resolved to (the index for multi-platform images). */
+  ref: string;
+  /** Digest the reference resolved to: the index, or the manifest for single-platform images. */
+  digest: Digest;
+  manifestDigest: Digest;
+  manifest: ImageManifest;
+  configDigest: Digest;
+  config: ImageConfig;
+  layers: ImageLayer[];
+  /** The platform of the image, from its config. */
+  platform: Platform;
+}
+
+export interface ImageSourceOptions {
+  client: RegistryClient;
+  /** The local content cache: layers, manifests and configs are kept here by digest. */
+  store: BlobStore;
+  /** Layer downloads in parallel per pull (default 4). */
+  concurrency?: number;
+  /** Attempts per blob when a download breaks off (retryable errors only; default 3). */
+  blobAttempts?: number;
+}
+
+/**
+ * In-flight blob fetches per store, shared by every ImageSource of the process: two pulls that
+ * need the same blob at the same time download it once.
+ */
+const inflight = new WeakMap<BlobStore, Map<Digest, Promise<void>>>();
+
+function inflightFor(store: BlobStore): Map<Digest, Promise<void>> {
+  let m = inflight.get(store);
+  if (m === undefined) {
+    m = new Map();
+    inflight.set(store, m);
+  }
+  return m;
+}
+
+/** Runs `fn` over `items` with at most `limit` at a time; rejects with the first error after all settle. */
+async function forEachLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  let firstErr: unknown;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    while (next < items.length && !failed) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (err) {
+        if (!failed) firstErr = err;
+        failed = true;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failed) throw firstErr;
+}
+
+/**
+ * The `docker-image://` source: resolves an image reference for a platform, fetches the blobs the
+ * local store lacks (verified; a bad blob is never stored), and unpacks layers into a directory.
+ * Safe for concurrent use.
+ */
+export class ImageSource {
+  private readonly client: RegistryClient;
+  private readonly store: BlobStore;
+  private readonly concurrency: number;
+  private readonly blobAttempts: number;
+
+  constructor(opts: ImageSourceOptions) {
+    this.client = opts.client;
+    this.store = opts.store;
+    this.concurrency = opts.concurrency ?? 4;
+    this.blobAttempts = opts.blobAttempts ?? 3;
+  }
+
+  /**
+   * Resolves `identifier` (`docker-image://<ref>` or a plain reference) for `platform`: the
+   * platform's manifest and its config, without downloading layers. Manifests and the config are
+   * put in the store.
+   */
+  async resolve(identifier: string | ImageReference, platform: Platform): Promise<ResolvedImage> {
+    const ref = toReference(identifier);
+    const resolved = await this.client.resolve(ref);
+    const top = await this.client.fetchManifest(ref, resolved.descriptor);
+    await this.store.put(top.descriptor.digest, top.bytes, {
+      size: top.bytes.length,
+      mediaType: top.descriptor.mediaType,
+    });
+    const name = formatReference(resolved.ref);
+
+    let manifestDesc: Descriptor;
+    let manifest: ImageManifest;
+    if (top.document.kind === 'index') {
+      const sel = selectPlatform(top.document.index.manifests, platform);
+      if (sel.match === undefined)
+        throw new PlatformNotFoundError(name, platformKey(platform), sel.available);
+      const m = await this.client.fetchManifest(ref, sel.match);
+      if (m.document.kind !== 'manifest') {
+        throw new ManifestInvalidError(
+          `${name}: nested index for ${platformKey(platform)} is not supported`,
+        );
+      }
+      await this.store.put(m.descriptor.digest, m.bytes, {
+        size: m.bytes.length,
+        mediaType: m.descriptor.mediaType,
+      });
+      manifestDesc = sel.match;
+      manifest = m.document.manifest;
+    } else {
+      manifestDesc = resolved.descriptor;
+      manifest = top.document.manifest;
+    }
+
+    const configBytes = await this.configBytes(ref, manifest.config);
+    const config = parseImageConfig(configBytes, `${name} config`, manifest.layers.length);
+    const imagePlatform: Platform = {
+      os: config.os,
+      architecture: config.architecture,
+      ...(config.variant !== undefined && config.variant !== '' ? { variant: config.variant } : {}),
+    };
+    // A single-platform image must still be for the platform asked for (containerd checks the config too).
+    if (!platformMatches(platform, imagePlatform)) {
+      throw new PlatformNotFoundError(name, platformKey(platform), [platformKey(imagePlatform)]);
+    }
+    const layers = manifest.layers.map((l, i) => ({
+      digest: l.digest,
+      diffID: config.rootfs.diff_ids[i]!,
+      size: l.size,
+      mediaType: l.mediaType,
+    }));
+    return {
+      ref: name,
+      digest: resolved.descriptor.digest,
+      manifestDigest: manifestDesc.digest,
+      manifest,
+      configDigest: manifest.config.digest,
+      config,
+      layers,
+      platform: imagePlatform,
+    };
+  }
+
+  /**
+   * Resolves the image and makes sure every layer blob is in the store, downloading only those
+   * missing. Concurrent pulls needing the same blob share one download.
+   */
+  async pull(identifier: string | ImageReference, platform: Platform): Promise<ResolvedImage> {
+    const img = await this.resolve(identifier, platform);
+    const repo = toReference(identifier);
+    await forEachLimit(img.layers, this.concurrency, (l) => this.ensureBlob(repo, l));
+    return img;
+  }
+
+  /**
+   * Applies `layers` in order onto `rootDir` (gzip, zstd and uncompressed layers; whiteouts and
+   * opaque directories) from the store, and checks each layer's uncompressed digest against its
+   * diffID. On error `rootDir` holds a partial tree: apply into a fresh directory and discard it.
+   */
+  async unpack(
+    layers: readonly ImageLayer[],
+    rootDir: string,
+    opts: ApplyOptions = {},
+  ): Promise<void> {
+    for (const layer of layers) {
+      const stream = await this.store.get(layer.digest);
+      const res = await applyLayer(stream, rootDir, opts);
+      if (res.diffID !== layer.diffID) {
+        throw new DigestMismatchError(layer.diffID, res.diffID, {
+          details: { what: `diffID of layer ${layer.digest}` },
+        });
+      }
+    }
+  }
+
+  private async configBytes(repo: Repository, desc: Descriptor): Promise<Buffer> {
+    if (await this.store.has(desc.digest)) {
+      const chunks: Buffer[] = [];
+      for await (const c of await this.store.get(desc.digest)) chunks.push(c as Buffer);
+      return Buffer.concat(chunks);
+    }
+    const bytes = await this.client.readBlob(repo, desc);
+    await this.store.put(desc.digest, bytes, { size: bytes.length, mediaType: desc.mediaType });
+    return bytes;
+  }
+
+  /** Downloads a blob into the store unless it is there; shares in-flight downloads. */
+  private ensureBlob(repo: Repository, layer: ImageLayer): Promise<void> {
+    const map = inflightFor(this.store);
+    const running = map.get(layer.digest);
+    if (running !== undefined) return running;
+    const p = (async () => {
+      if ((await this.store.stat(layer.digest))?.size === layer.size) return;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const body = await this.client.fetchBlob(repo, layer);
+          await this.store.put(layer.digest, body, {
+            size: layer.size,
+            mediaType: layer.mediaType,
+          });
+          return;
+        } catch (err) {
+          if (!(err instanceof KilnError && err.retryable) || attempt >= this.blobAttempts)
+            throw err;
+        }
+      }
+    })();
+    map.set(layer.digest, p);
+    const clear = (): void => {
+      if (map.get(layer.digest) === p) map.delete(layer.digest);
+    };
+    p.then(clear, clear);
+    return p;
+  }
+}
