@@ -1,0 +1,22 @@
+export { OciRuntime } from './oci-runtime.js';
+export type { OciRuntimeOptions, RuntimeName } from './oci-runtime.js';
+export { ExecError, RuntimeError, RuntimeErrorCode } from './errors.js';
+export { DEFAULT_HOSTNAME, DEFAULT_PATH, hostsFile, resolvConf } from './hosts.js';
+export { ALL_CAPABILITIES, DEFAULT_CAPABILITIES, generateSpec, withDefaultPath } from './spec.js';
+export type { OciSpec, OciMount } from './spec.js';
+export { resolveUser } from './user.js';
+export type { ResolvedUser } from './user.js';
+export { rootPath } from './root-path.js';
+export { mountStubsCleaner } from './mount-stubs.js';
+export type {
+  ContainerMount,
+  HostEntry,
+  NetworkMode,
+  OutputStream,
+  ProcessSpec,
+  RunOptions,
+  RunResult,
+  RunSpec,
+  SecurityMode,
+  Ulimit,
+} from './types.js';

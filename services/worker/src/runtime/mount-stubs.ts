@@ -1,0 +1,62 @@
+import { lstat, readdir, rmdir, unlink, utimes } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { rootPath } from './root-path.js';
+
+/**
+ * Records which mount targets do not exist in `rootfs` before a run (the runtime creates them as
+ * empty files or directories), and returns a function that removes those that are still empty
+ * afterwards, restoring their parent's timestamps, as BuildKit's `MountStubsCleaner`. With
+ * `recursive`, missing parents are removed too. Call the cleaner while the rootfs is still mounted.
+ */
+export async function mountStubsCleaner(
+  rootfs: string,
+  destinations: readonly string[],
+  recursive: boolean,
+): Promise<() => Promise<void>> {
+  const paths: string[] = [];
+  for (const d of ['/etc/resolv.conf', '/etc/hosts', ...destinations]) {
+    const p = join('/', d);
+    if (p === '/') continue;
+    let real = await rootPath(rootfs, p);
+    for (;;) {
+      if (await exists(real)) break;
+      paths.push(real);
+      if (!recursive) break;
+      const next = dirname(real);
+      if (next === real || next === rootfs || !next.startsWith(`${rootfs}/`)) break;
+      real = next;
+    }
+  }
+  return async () => {
+    for (const p of paths) {
+      let st;
+      try {
+        st = await lstat(p);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw err;
+      }
+      if (st.isDirectory()) {
+        if ((await readdir(p)).length !== 0) continue;
+      } else if (!st.isFile() || st.size !== 0) {
+        continue;
+      }
+      const parent = dirname(p);
+      const pst = await lstat(parent);
+      if (st.isDirectory()) await rmdir(p);
+      else await unlink(p);
+      await utimes(parent, pst.atime, pst.mtime);
+    }
+  };
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await lstat(p);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    throw err;
+  }
+}

@@ -1,0 +1,284 @@
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { ExecError, RuntimeError, RuntimeErrorCode } from './errors.js';
+import { hostsFile, resolvConf } from './hosts.js';
+import { mountStubsCleaner } from './mount-stubs.js';
+import { rootPath } from './root-path.js';
+import { boundingCapabilities, generateSpec, hostDevices } from './spec.js';
+import type { OciSpec } from './spec.js';
+import { LineTail } from './tail.js';
+import type { RunOptions, RunResult, RunSpec } from './types.js';
+import { resolveUser } from './user.js';
+
+const execFileP = promisify(execFile);
+
+export type RuntimeName = 'crun' | 'runc';
+
+export interface OciRuntimeOptions {
+  /** Bundles and the runtime's own state live here (`bundles/`, `<runtime>-state/`). */
+  stateDir: string;
+  /** `auto` (default): crun when a probe container runs, else runc. */
+  runtime?: RuntimeName | 'auto';
+  /** The runtime's executable; default its name on PATH. */
+  binary?: string;
+}
+
+/** A static executable that runs `true` when called so (busybox-static). */
+const PROBE_BINARY = '/bin/busybox';
+
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 };
+
+/**
+ * Runs processes in containers with crun or runc: one bundle per run under the state dir, a unique
+ * container id, `<runtime> run` in the foreground with stdout/stderr piped. The caller owns the
+ * rootfs (a mounted snapshot); the runtime creates the working directory in it and removes the
+ * mount stubs it made afterwards. A run that is aborted or times out is killed and deleted before
+ * the call returns. Safe to use concurrently.
+ */
+export class OciRuntime {
+  private hostCaps: string[] | undefined;
+
+  private constructor(
+    readonly name: RuntimeName,
+    private readonly binary: string,
+    private readonly stateDir: string,
+  ) {}
+
+  /** The runtime's global flags (its state root), shared by every command. */
+  private get rootArgs(): string[] {
+    return ['--root', join(this.stateDir, `${this.name}-state`)];
+  }
+
+  static async open(opts: OciRuntimeOptions): Promise<OciRuntime> {
+    await mkdir(join(opts.stateDir, 'bundles'), { recursive: true });
+    const wanted = opts.runtime ?? 'auto';
+    const candidates: RuntimeName[] = wanted === 'auto' ? ['crun', 'runc'] : [wanted];
+    const failures: string[] = [];
+    for (const name of candidates) {
+      const rt = new OciRuntime(name, wanted === 'auto' ? name : (opts.binary ?? name), opts.stateDir);
+      const err = await rt.probe();
+      if (err === undefined) return rt;
+      failures.push(`${name}: ${err}`);
+    }
+    throw new RuntimeError(RuntimeErrorCode.Unavailable, `no usable OCI runtime (${failures.join('; ')})`);
+  }
+
+  /**
+   * Runs `true` of a static busybox (the machine setup installs busybox-static) in a throwaway
+   * bundle; undefined when it works, else the runtime's first error line.
+   */
+  private async probe(): Promise<string | undefined> {
+    const bundle = await mkdtemp(join(this.stateDir, 'bundles', 'probe-'));
+    const id = `kiln-probe-${randomBytes(6).toString('hex')}`;
+    const spec = {
+      ociVersion: '1.0.2',
+      process: { terminal: false, user: { uid: 0, gid: 0 }, args: ['/true'], env: ['PATH=/'], cwd: '/' },
+      root: { path: join(bundle, 'rootfs'), readonly: false },
+      mounts: [{ destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] }],
+      linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }] },
+    };
+    try {
+      await mkdir(join(bundle, 'rootfs', 'proc'), { recursive: true });
+      await mkdir(join(bundle, 'rootfs', 'dev'));
+      await copyFile(PROBE_BINARY, join(bundle, 'rootfs', 'true'), constants.COPYFILE_FICLONE);
+      await chmod(join(bundle, 'rootfs', 'true'), 0o755);
+      await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
+      await execFileP(this.binary, [...this.rootArgs, 'run', '--bundle', bundle, id], { timeout: 30_000 });
+      return undefined;
+    } catch (err) {
+      await this.delete(id);
+      const e = err as { stderr?: string; message: string };
+      return (e.stderr?.trim() || e.message).split('\n')[0];
+    } finally {
+      await rm(bundle, { recursive: true, force: true });
+    }
+  }
+
+  /** Ids of the containers the runtime knows in this state dir (normally none between runs). */
+  async list(): Promise<string[]> {
+    const { stdout } = await execFileP(this.binary, [...this.rootArgs, 'list', '-q']);
+    return stdout.split('\n').filter((l) => l.trim() !== '');
+  }
+
+  /** Force-deletes a container; a missing one is not an error. */
+  private async delete(id: string): Promise<void> {
+    try {
+      await execFileP(this.binary, [...this.rootArgs, 'delete', '-f', id]);
+    } catch (err) {
+      const msg = (err as { stderr?: string }).stderr ?? '';
+      if (!/not exist|not found|no such/i.test(msg)) {
+        throw new RuntimeError(RuntimeErrorCode.Io, `deleting container ${id}: ${msg.trim()}`, { cause: err });
+      }
+    }
+  }
+
+  /**
+   * Runs `spec` to completion. Resolves with the exit code when it is valid (0 unless
+   * `validExitCodes` says otherwise); rejects with {@link ExecError} for another exit code, with
+   * {@link RuntimeError} when the container cannot start or the run is aborted.
+   */
+  async run(spec: RunSpec, opts: RunOptions = {}): Promise<RunResult> {
+    opts.signal?.throwIfAborted();
+    const id = `kiln-${randomBytes(8).toString('hex')}`;
+    const bundle = join(this.stateDir, 'bundles', id);
+    await mkdir(bundle, { recursive: true });
+    try {
+      const config = await this.prepare(id, bundle, spec);
+      const cleanStubs = spec.readonlyRootfs
+        ? () => Promise.resolve()
+        : await mountStubsCleaner(
+            spec.rootfs,
+            (spec.mounts ?? []).map((m) => m.destination),
+            spec.removeMountStubsRecursive ?? false,
+          );
+      await writeFile(join(bundle, 'config.json'), JSON.stringify(config));
+      try {
+        return await this.start(id, bundle, spec, opts);
+      } finally {
+        await cleanStubs();
+      }
+    } finally {
+      await rm(bundle, { recursive: true, force: true });
+    }
+  }
+
+  private async prepare(id: string, bundle: string, spec: RunSpec): Promise<OciSpec> {
+    const user = await resolveUser(spec.rootfs, spec.user);
+    const cwd = spec.cwd === undefined || spec.cwd === '' ? '/' : spec.cwd;
+    if (!spec.readonlyRootfs) await mkdir(await rootPath(spec.rootfs, cwd), { recursive: true, mode: 0o755 });
+    const network = spec.network ?? 'sandbox';
+    const security = spec.security ?? 'sandbox';
+    const hostname = spec.hostname === undefined || spec.hostname === '' ? undefined : spec.hostname;
+    await writeFile(join(bundle, 'resolv.conf'), await resolvConf(network === 'none' ? 'none' : 'host'));
+    await writeFile(join(bundle, 'hosts'), hostsFile(hostname ?? 'buildkitsandbox', spec.extraHosts));
+    const input: Parameters<typeof generateSpec>[0] = {
+      id,
+      rootfs: spec.rootfs,
+      readonlyRootfs: spec.readonlyRootfs ?? false,
+      args: spec.args,
+      env: spec.env ?? [],
+      cwd,
+      user,
+      hostname,
+      network,
+      security,
+      ulimits: spec.ulimits ?? [],
+      cgroupParent: spec.cgroupParent,
+      resolvConf: join(bundle, 'resolv.conf'),
+      hosts: join(bundle, 'hosts'),
+      mounts: spec.mounts ?? [],
+    };
+    this.hostCaps ??= await boundingCapabilities();
+    input.hostCapabilities = this.hostCaps;
+    if (security === 'insecure') input.devices = await hostDevices();
+    return generateSpec(input);
+  }
+
+  private start(id: string, bundle: string, spec: RunSpec, opts: RunOptions): Promise<RunResult> {
+    const tail = new LineTail(opts.tailLines ?? 20);
+    const logFile = join(bundle, 'runtime.log');
+    const logArgs = this.name === 'crun' ? [`--log=file:${logFile}`] : ['--log', logFile, '--log-format', 'json'];
+    const child = spawn(this.binary, [...this.rootArgs, ...logArgs, 'run', '--bundle', bundle, id], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout.on('data', (c: Buffer) => {
+      tail.push(c);
+      opts.onOutput?.('stdout', c);
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      tail.push(c);
+      opts.onOutput?.('stderr', c);
+    });
+
+    let aborted: 'signal' | 'timeout' | undefined;
+    let killing: Promise<void> | undefined;
+    let exited = false;
+    const kill = (why: 'signal' | 'timeout'): void => {
+      if (aborted !== undefined || exited) return;
+      aborted = why;
+      killing = (async () => {
+        // The container may not exist yet: retry until it is killed or the run is over.
+        while (!exited) {
+          try {
+            await execFileP(this.binary, [...this.rootArgs, 'kill', id, 'KILL']);
+            return;
+          } catch {
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        }
+      })();
+    };
+    const onAbort = (): void => kill('signal');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => kill('timeout'), opts.timeoutMs);
+
+    return new Promise<RunResult>((resolve, reject) => {
+      child.on('error', (err) => {
+        exited = true;
+        reject(new RuntimeError(RuntimeErrorCode.StartFailed, `spawning ${this.binary}: ${err.message}`, { cause: err }));
+      });
+      child.on('close', (code, signal) => {
+        exited = true;
+        opts.signal?.removeEventListener('abort', onAbort);
+        if (timer !== undefined) clearTimeout(timer);
+        const exitCode = code ?? 128 + (signal === null ? 0 : (SIGNALS[signal] ?? 0));
+        void (async () => {
+          await killing;
+          if (aborted !== undefined) {
+            await this.delete(id);
+            const why = aborted === 'timeout' ? `timed out after ${opts.timeoutMs ?? 0} ms` : 'aborted';
+            throw new RuntimeError(RuntimeErrorCode.Aborted, `process ${JSON.stringify(spec.args.join(' '))} ${why}`, {
+              cause: opts.signal?.reason,
+              details: { containerId: id },
+            });
+          }
+          const valid = spec.validExitCodes ?? [0];
+          if (valid.includes(exitCode)) return { containerId: id, exitCode, tail: tail.toString() };
+          const runtimeErr = exitCode === 0 ? '' : await this.runtimeFailure(logFile);
+          if (runtimeErr !== '') {
+            await this.delete(id);
+            throw new RuntimeError(RuntimeErrorCode.StartFailed, `${this.name}: ${runtimeErr}`, {
+              details: { containerId: id },
+            });
+          }
+          throw new ExecError(
+            `process ${JSON.stringify(spec.args.join(' '))} did not complete successfully: exit code: ${exitCode}`,
+            exitCode,
+            tail.toString(),
+            { details: { containerId: id } },
+          );
+        })().then(resolve, reject);
+      });
+    });
+  }
+
+  /** The runtime's own error, from its log file; empty when it logged none (the process failed). */
+  private async runtimeFailure(logFile: string): Promise<string> {
+    let text: string;
+    try {
+      text = await readFile(logFile, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+      throw err;
+    }
+    const msgs: string[] = [];
+    for (const line of text.split('\n')) {
+      if (line.trim() === '') continue;
+      if (this.name === 'runc') {
+        try {
+          const j = JSON.parse(line) as { level?: string; msg?: string };
+          if (j.level === 'error' || j.level === 'fatal') msgs.push(j.msg ?? line);
+        } catch {
+          msgs.push(line);
+        }
+      } else {
+        msgs.push(line);
+      }
+    }
+    return msgs.join('; ');
+  }
+}

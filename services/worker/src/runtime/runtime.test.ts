@@ -1,0 +1,212 @@
+import { createServer } from 'node:http';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { lstat, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_PATH, ExecError, OciRuntime, RuntimeError } from './index.js';
+import type { RunOptions, RunSpec } from './index.js';
+import { makeBusyboxRootfs } from './test-rootfs.js';
+
+let root: string;
+let rootfs: string;
+let rt: OciRuntime;
+let server: Server;
+let port: number;
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'kiln-rt-'));
+  rootfs = await makeBusyboxRootfs(join(root, 'rootfs'));
+  rt = await OciRuntime.open({ stateDir: join(root, 'state') });
+  server = createServer((_req, res) => res.end('hello from host\n'));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  port = (server.address() as AddressInfo).port;
+});
+
+afterAll(async () => {
+  await new Promise((resolve) => server.close(resolve));
+  await rm(root, { recursive: true, force: true });
+});
+
+/** Runs `sh -c script` in the busybox rootfs and returns stdout. */
+async function sh(script: string, extra: Partial<RunSpec> = {}, opts: RunOptions = {}): Promise<string> {
+  const chunks: Buffer[] = [];
+  await rt.run(
+    { rootfs, args: ['/bin/sh', '-c', script], ...extra },
+    {
+      ...opts,
+      onOutput: (stream, c) => {
+        if (stream === 'stdout') chunks.push(c);
+        opts.onOutput?.(stream, c);
+      },
+    },
+  );
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+describe('OciRuntime', () => {
+  it('picks crun here and streams output', async () => {
+    expect(rt.name).toBe('crun');
+    const seen: string[] = [];
+    const res = await rt.run(
+      { rootfs, args: ['echo', 'hi'] },
+      { onOutput: (s, c) => seen.push(`${s}:${c.toString()}`) },
+    );
+    expect(res.exitCode).toBe(0);
+    expect(seen.join('')).toBe('stdout:hi\n');
+    expect(res.containerId).toMatch(/^kiln-[0-9a-f]{16}$/);
+  });
+
+  it('fails with ExecError carrying the exit code and the tail of the output', async () => {
+    const err = await rt
+      .run({ rootfs, args: ['/bin/sh', '-c', 'for i in $(seq 1 50); do echo line $i; done; echo oops >&2; exit 3'] })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(err).toBeInstanceOf(ExecError);
+    const e = err as ExecError;
+    expect(e.code).toBe('EXEC_FAILED');
+    expect(e.exitCode).toBe(3);
+    expect(e.message).toContain('exit code: 3');
+    const lines = e.tail.split('\n');
+    expect(lines).toHaveLength(20);
+    expect(lines.at(-1)).toBe('oops');
+    expect(lines).toContain('line 50');
+    expect(lines).not.toContain('line 1');
+    // a valid non-zero exit code is a success
+    expect((await rt.run({ rootfs, args: ['/bin/sh', '-c', 'exit 3'], validExitCodes: [0, 3] })).exitCode).toBe(3);
+  });
+
+  it('reports a runtime failure (missing executable) as RUNTIME_START_FAILED', async () => {
+    await expect(rt.run({ rootfs, args: ['/no/such/binary'] })).rejects.toMatchObject({
+      code: 'RUNTIME_START_FAILED',
+    });
+  });
+
+  it('resolves users and groups against the rootfs', async () => {
+    // busybox `id` lists getgroups(): the supplementary groups from /etc/group memberships
+    expect(await sh('id; id -G', { user: 'kiln' })).toBe('uid=1000(kiln) gid=1000(kiln) groups=50(staff)\n1000 50\n');
+    expect(await sh('id -u; id -g; id -G', { user: '1000' })).toBe('1000\n1000\n1000 50\n');
+    // an explicit group: no supplementary groups (runc's GetExecUser)
+    expect(await sh('id -u; id -g; id -G', { user: 'kiln:staff' })).toBe('1000\n50\n50\n');
+    expect(await sh('id -u; id -g', { user: '4242:4343' })).toBe('4242\n4343\n');
+    expect(await sh('id -u; id -g', { user: '4242' })).toBe('4242\n0\n');
+    expect(await sh('id -u; id -g', { user: 'nobody' })).toBe('65534\n65534\n');
+    expect(await sh('id -u; id -g')).toBe('0\n0\n');
+    await expect(sh('id', { user: 'nosuchuser' })).rejects.toMatchObject({ code: 'RUNTIME_USER_NOT_FOUND' });
+    await expect(sh('id', { user: 'kiln:nosuchgroup' })).rejects.toBeInstanceOf(RuntimeError);
+  });
+
+  it('creates the working directory and sets env with a default PATH', async () => {
+    expect(await sh('pwd', { cwd: '/work/deep/dir' })).toBe('/work/deep/dir\n');
+    expect((await lstat(join(rootfs, 'work/deep/dir'))).isDirectory()).toBe(true);
+    const env = (await sh('env', { env: ['FOO=bar baz'] })).split('\n');
+    expect(env).toContain('FOO=bar baz');
+    expect(env).toContain(`PATH=${DEFAULT_PATH}`);
+    expect((await sh('echo $PATH', { env: ['PATH=/bin'] })).trim()).toBe('/bin');
+  });
+
+  it('sets the hostname and writes /etc/hosts, then removes the stubs it created', async () => {
+    expect(await sh('hostname')).toBe('buildkitsandbox\n');
+    expect(await sh('hostname; cat /etc/hosts', { hostname: 'box1', extraHosts: [{ host: 'db', ip: '10.1.2.3' }] })).toBe(
+      'box1\n127.0.0.1\tlocalhost box1\n::1\tlocalhost ip6-localhost ip6-loopback\n10.1.2.3\tdb\n',
+    );
+    // the rootfs had no /etc/hosts nor /etc/resolv.conf: the empty mount targets are gone again
+    await expect(lstat(join(rootfs, 'etc/hosts'))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(lstat(join(rootfs, 'etc/resolv.conf'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('network none has only lo and cannot reach the host; host network can', async () => {
+    const links = await sh('ip -o link', { network: 'none' });
+    expect(links.trim().split('\n').map((l) => l.split(':')[1]?.trim())).toEqual(['lo']);
+    const url = `http://127.0.0.1:${port}/`;
+    const err = await sh(`wget -q -O - ${url}`, { network: 'none' }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ExecError);
+    expect((err as ExecError).exitCode).toBe(1);
+    expect((err as ExecError).tail).toContain("can't connect to remote host");
+    expect(await sh(`wget -q -O - ${url}`, { network: 'host' })).toBe('hello from host\n');
+    // the default (sandbox) network is the host's for now
+    expect(await sh(`wget -q -O - ${url}`)).toBe('hello from host\n');
+  });
+
+  it('mounts tmpfs with a size, read-only and read-write binds, and removes new mount points', async () => {
+    const hostDir = join(root, 'bind-src');
+    await mkdir(hostDir, { recursive: true });
+    await writeFile(join(hostDir, 'f'), 'from host');
+    const out = await sh(
+      'grep " /scratch " /proc/mounts; cat /mnt/deep/ro/f; touch /mnt/deep/ro/x 2>/dev/null && echo ro-writable; echo new > /rw/g; echo done',
+      {
+        removeMountStubsRecursive: true,
+        mounts: [
+          { type: 'tmpfs', destination: '/scratch', size: 8 * 1024 * 1024 },
+          { type: 'bind', source: hostDir, destination: '/mnt/deep/ro', readonly: true },
+          { type: 'bind', source: hostDir, destination: '/rw' },
+        ],
+      },
+    );
+    expect(out).toMatch(/^tmpfs \/scratch tmpfs rw,nosuid,nodev,relatime,size=8192k/);
+    expect(out).not.toContain('ro-writable');
+    expect(out).toContain('from host');
+    expect(out.trim().endsWith('done')).toBe(true);
+    expect(await readFile(join(hostDir, 'g'), 'utf8')).toBe('new\n');
+    for (const p of ['scratch', 'mnt', 'rw']) {
+      await expect(lstat(join(rootfs, p))).rejects.toMatchObject({ code: 'ENOENT' });
+    }
+  });
+
+  it('drops capabilities in the sandbox and grants them all when insecure', async () => {
+    const capEff = (s: string): bigint => BigInt(`0x${/CapEff:\s*([0-9a-f]+)/.exec(s)![1]!}`);
+    const sandbox = capEff(await sh('cat /proc/self/status'));
+    const insecure = capEff(await sh('cat /proc/self/status', { security: 'insecure' }));
+    expect(sandbox).toBe(0xa80425fbn); // containerd's default set
+    expect(insecure & (1n << 21n)).toBe(1n << 21n); // CAP_SYS_ADMIN
+    expect(await sh('grep " /sys " /proc/mounts | cut -d" " -f4 | cut -d, -f1')).toBe('ro\n');
+    expect(await sh('grep " /sys " /proc/mounts | cut -d" " -f4 | cut -d, -f1', { security: 'insecure' })).toBe('rw\n');
+  });
+
+  it('applies ulimits', async () => {
+    expect(await sh('ulimit -n', { ulimits: [{ name: 'nofile', soft: 512, hard: 1024 }] })).toBe('512\n');
+  });
+
+  it('runs an arm64 rootfs through binfmt', async () => {
+    const arm = await makeBusyboxRootfs(join(root, 'rootfs-arm64'), 'arm64');
+    const chunks: Buffer[] = [];
+    await rt.run({ rootfs: arm, args: ['uname', '-m'] }, { onOutput: (_s, c) => chunks.push(c) });
+    expect(Buffer.concat(chunks).toString()).toBe('aarch64\n');
+  });
+
+  it('kills an aborted run promptly and leaves no container behind', async () => {
+    const ac = new AbortController();
+    let started!: () => void;
+    const isStarted = new Promise<void>((r) => (started = r));
+    const run = rt.run(
+      { rootfs, args: ['/bin/sh', '-c', 'echo started; exec sleep 1000'] },
+      {
+        signal: ac.signal,
+        onOutput: (_s, c) => {
+          if (c.toString().includes('started')) started();
+        },
+      },
+    );
+    const settled = run.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    await isStarted;
+    expect(await rt.list()).toHaveLength(1);
+    ac.abort();
+    const err = await settled;
+    expect(err).toMatchObject({ code: 'RUNTIME_ABORTED' });
+    expect(await rt.list()).toEqual([]);
+    // a timeout does the same
+    await expect(rt.run({ rootfs, args: ['sleep', '1000'] }, { timeoutMs: 200 })).rejects.toMatchObject({
+      code: 'RUNTIME_ABORTED',
+    });
+    expect(await rt.list()).toEqual([]);
+  });
+});
