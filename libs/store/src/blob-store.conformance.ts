@@ -132,6 +132,24 @@ export function blobStoreConformance(
         expect((await readAll(await store.get(empty.digest))).length).toBe(0);
       });
 
+      it('answers a put of a blob it already has without reading the source', async () => {
+        const data = pattern(5000, 'exists');
+        const first = await store.put(undefined, data);
+        let read = false;
+        const source = new Readable({
+          read() {
+            read = true;
+            this.push(null);
+          },
+        });
+        expect(await store.put(first.digest, source)).toEqual(first);
+        expect(read).toBe(false);
+        expect(source.destroyed).toBe(true);
+        await expect(store.put(first.digest, Buffer.alloc(0), { size: 1 })).rejects.toBeInstanceOf(
+          InvalidBlobError,
+        );
+      });
+
       it('is idempotent for identical content', async () => {
         const data = pattern(5000, 'idem');
         const a = await store.put(undefined, data);

@@ -14,7 +14,7 @@ import {
   InvalidBlobError,
   StoreUnavailableError,
 } from './errors.js';
-import { emptyStream, sourceChunks } from './source.js';
+import { discardSource, emptyStream, sourceChunks } from './source.js';
 
 const HEX_RE = /^[0-9a-f]{64}$/;
 const TMP_PREFIX = '.tmp-';
@@ -62,7 +62,21 @@ export class FsBlobStore implements BlobStore {
     source: BlobSource,
     opts: PutOptions = {},
   ): Promise<BlobInfo> {
-    if (expected !== undefined) parseDigest(expected);
+    if (expected !== undefined) {
+      const existing = await this.stat(parseDigest(expected));
+      if (existing !== undefined) {
+        if (opts.size !== undefined && opts.size !== existing.size) {
+          throw new InvalidBlobError(
+            `size mismatch: expected ${opts.size} bytes, stored blob has ${existing.size}`,
+            {
+              details: { digest: expected, expected: opts.size, actual: existing.size },
+            },
+          );
+        }
+        discardSource(source);
+        return { digest: expected, size: existing.size };
+      }
+    }
     try {
       await mkdir(this.dir, { recursive: true });
     } catch (err) {

@@ -12,7 +12,7 @@ import {
   StoreUnavailableError,
 } from './errors.js';
 import { rangeOf } from './fs-blob-store.js';
-import { emptyStream, fixedParts, sourceChunks } from './source.js';
+import { discardSource, emptyStream, fixedParts, sourceChunks } from './source.js';
 
 const HEX_RE = /^[0-9a-f]{64}$/;
 const MIB = 1024 * 1024;
@@ -148,7 +148,21 @@ export class S3BlobStore implements BlobStore {
     source: BlobSource,
     opts: PutOptions = {},
   ): Promise<BlobInfo> {
-    if (expected !== undefined) parseDigest(expected);
+    if (expected !== undefined) {
+      const existing = await this.stat(parseDigest(expected));
+      if (existing !== undefined) {
+        if (opts.size !== undefined && opts.size !== existing.size) {
+          throw new InvalidBlobError(
+            `size mismatch: expected ${opts.size} bytes, stored blob has ${existing.size}`,
+            {
+              details: { digest: expected, expected: opts.size, actual: existing.size },
+            },
+          );
+        }
+        discardSource(source);
+        return { digest: expected, size: existing.size };
+      }
+    }
     const meta: Record<string, string> = opts.mediaType ? { 'Content-Type': opts.mediaType } : {};
     const parts = fixedParts(sourceChunks(source), this.partSize)[Symbol.asyncIterator]();
     const first = await parts.next();

@@ -51,3 +51,8 @@ async function* nothing(): AsyncGenerator<Buffer> {}
 export function emptyStream(): Readable {
   return Readable.from(nothing());
 }
+
+/** Releases a source that will not be read (an HTTP download, a file stream). */
+export function discardSource(source: BlobSource): void {
+  if (source instanceof Readable) source.destroy();
+}
