@@ -72,9 +72,11 @@ export async function mkdirAllResolved(
       throw new FsError(FsErrorCode.Conflict, 'not a directory', { path: displayPath(root, cur) });
     }
     await mkdir(cur, { mode: 0o700 });
-    await applyMeta(cur, meta);
+    await applyMeta(cur, { mode: meta.mode, owner: meta.owner });
     created.push(cur);
   }
+  // Times last: creating a child changes its parent's mtime.
+  if (meta.time !== undefined) for (const c of [...created].reverse()) await applyMeta(c, { time: meta.time });
   return created;
 }
 
