@@ -76,7 +76,8 @@ export async function mkdirAllResolved(
     created.push(cur);
   }
   // Times last: creating a child changes its parent's mtime.
-  if (meta.time !== undefined) for (const c of [...created].reverse()) await applyMeta(c, { time: meta.time });
+  if (meta.time !== undefined)
+    for (const c of [...created].reverse()) await applyMeta(c, { time: meta.time });
   return created;
 }
 
