@@ -67,6 +67,33 @@ describe('S3BlobStore specifics', () => {
     await expect(store.stat(sha256Digest('x'))).rejects.toBeInstanceOf(StoreUnavailableError);
   });
 
+  it('never lists temp uploads left by a crash, and removes stale ones', async () => {
+    const cfg = s3Config();
+    const prefix = `specifics/${randomUUID()}/`;
+    const store = new S3BlobStore({ ...cfg, prefix });
+    const kept = await store.put(undefined, Buffer.from('kept'));
+    await store.client.putObject(cfg.bucket, `${prefix}uploads/crashed`, Buffer.from('partial'));
+    try {
+      const listed = [];
+      for await (const b of store.list()) listed.push(b);
+      expect(listed).toEqual([kept]);
+      expect(await store.removeStaleUploads(3600_000)).toBe(0);
+      expect(await store.removeStaleUploads(0)).toBe(1);
+      const keys: string[] = [];
+      for await (const item of store.client.listObjectsV2(
+        cfg.bucket,
+        prefix,
+        true,
+      ) as AsyncIterable<{ name: string }>) {
+        keys.push(item.name.slice(prefix.length));
+      }
+      expect(keys).toEqual([`blobs/sha256/${kept.digest.slice('sha256:'.length)}`]);
+    } finally {
+      await store.delete(kept.digest);
+      await store.client.removeObject(cfg.bucket, `${prefix}uploads/crashed`);
+    }
+  });
+
   it('names the backend failure when the bucket does not exist', async () => {
     const cfg = s3Config();
     const store = new S3BlobStore({ ...cfg, bucket: `missing-${randomUUID().slice(0, 8)}` });

@@ -347,6 +347,38 @@ export class S3BlobStore implements BlobStore {
     return true;
   }
 
+  /**
+   * Removes temp objects (`<prefix>uploads/`) older than `olderThanMs`: left by a process that died
+   * between completing an upload and copying it to its blob key. Incomplete multipart uploads are
+   * not objects; a bucket lifecycle rule (AbortIncompleteMultipartUpload) reclaims those.
+   */
+  async removeStaleUploads(olderThanMs = 24 * 3600_000): Promise<number> {
+    const cutoff = Date.now() - olderThanMs;
+    const stale: string[] = [];
+    try {
+      for await (const item of this.client.listObjectsV2(
+        this.bucket,
+        `${this.prefix}uploads/`,
+        true,
+      ) as AsyncIterable<{
+        name?: string;
+        lastModified?: Date;
+      }>) {
+        if (
+          item.name !== undefined &&
+          item.lastModified !== undefined &&
+          item.lastModified.getTime() <= cutoff
+        ) {
+          stale.push(item.name);
+        }
+      }
+      for (const key of stale) await this.client.removeObject(this.bucket, key);
+    } catch (err) {
+      throw toStoreError('remove stale uploads', err);
+    }
+    return stale.length;
+  }
+
   async *list(): AsyncIterable<BlobInfo> {
     const dir = `${this.prefix}blobs/sha256/`;
     try {

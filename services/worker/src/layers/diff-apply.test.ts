@@ -64,6 +64,7 @@ async function mutate(dir: string): Promise<void> {
   await writeFile(join(dir, 'setuid'), 'suid');
   await chmod(join(dir, 'setuid'), 0o4755);
   await writeFile(join(dir, 'empty'), '');
+  await writeFile(join(dir, 'héllo-世界.txt'), 'a name that needs a PAX record');
   await mkdir(join(dir, LONG.split('/')[0]!));
   await writeFile(join(dir, LONG), 'long name');
   await exec('mkfifo', [join(dir, 'fifo')]);
