@@ -152,6 +152,24 @@ describe('bearer token auth against a real token-auth registry', () => {
 
     const r = await client.resolve(`${registry.addr}/team/busybox:v1`);
     expect(r.descriptor.digest).toBe(digest);
+
+    // A cross-repo mount asks for push on the target and pull on the source in one token.
+    const layerDesc = (await client.fetchManifest(dest, r.descriptor)).document;
+    if (layerDesc.kind !== 'manifest') throw new Error('expected a manifest');
+    const mountTokens = tokens.requests.length;
+    const mounted = await client.pushBlob(
+      { domain: registry.addr, path: 'team/other' },
+      layerDesc.manifest.layers[0]!,
+      Buffer.alloc(0),
+      {
+        mountFrom: ['team/busybox'],
+      },
+    );
+    expect(mounted.outcome).toBe('mounted');
+    expect(tokens.requests.slice(mountTokens).map((t) => t.scopes)).toContainEqual([
+      'repository:team/busybox:pull',
+      'repository:team/other:pull,push',
+    ]);
     const m = await client.fetchManifest(dest, r.descriptor);
     if (m.document.kind !== 'manifest') throw new Error('expected a manifest');
     const layer = m.document.manifest.layers[0]!;

@@ -254,6 +254,17 @@ describe('RegistryClient push', () => {
     expect(r.descriptor.digest).toBe(tree.index.digest);
   });
 
+  it('uploads when a cross-repo mount is not possible (the source repository lacks the blob)', async () => {
+    const dest: Repository = { domain: REGISTRY, path: `kiln-test/push-nomount-${Date.now()}` };
+    const data = Buffer.from(`a blob only here ${Date.now()}`);
+    const desc = { digest: sha256Digest(data), size: data.length };
+    const r = await client.pushBlob(dest, desc, () => Readable.from([data]), {
+      mountFrom: [src.path],
+    });
+    expect(r.outcome).toBe('uploaded');
+    expect(await client.statBlob(dest, desc.digest)).toBe(data.length);
+  });
+
   it('refuses a blob whose bytes do not match the descriptor, and the registry keeps nothing', async () => {
     const dest: Repository = { domain: REGISTRY, path: `kiln-test/push-bad-${Date.now()}` };
     const data = Buffer.from('hello kiln');
