@@ -2,3 +2,4 @@ export * from './layers/index.js';
 export * from './ops/file/index.js';
 export * from './registry/index.js';
 export * from './sources/image/index.js';
+export * from './tasks/index.js';

@@ -1,0 +1,157 @@
+// Names, the fencing rules, and compare-and-set against the harness's real nats-server.
+import { randomUUID } from 'node:crypto';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Bus } from './bus.js';
+import { ensureTaskConsumer, openBus } from './bus.js';
+import {
+  formatPlatform,
+  parsePlatform,
+  taskConsumerName,
+  taskKey,
+  taskSubject,
+} from './subjects.js';
+import type { TaskRecord } from './task-record.js';
+import {
+  casRecord,
+  claimRule,
+  completeRule,
+  createRecord,
+  errorRule,
+  getRecord,
+  isCurrentAttempt,
+  leaveRule,
+  joinRule,
+  redispatchRule,
+  releaseRule,
+} from './task-record.js';
+
+function record(): TaskRecord {
+  return redispatchRule(
+    {
+      v: 1,
+      taskId: 't1',
+      cacheKey: `sha256:${randomUUID().replace(/-/g, '')}`,
+      platform: 'linux/amd64',
+      attempt: 0,
+      attemptToken: '',
+      state: 'queued',
+      builds: ['b1'],
+      task: '',
+      createdAt: 0,
+      dispatchedAt: 0,
+    },
+    'native',
+    undefined,
+  );
+}
+
+describe('names', () => {
+  it('builds platform subjects and consumers that never overlap', () => {
+    expect(taskSubject({ os: 'linux', arch: 'amd64' })).toBe('kiln.task.linux.amd64');
+    expect(taskSubject({ os: 'linux', arch: 'arm64', variant: 'v8' })).toBe(
+      'kiln.task.linux.arm64',
+    );
+    expect(taskSubject({ os: 'linux', arch: 'arm', variant: 'v7' })).toBe('kiln.task.linux.arm.v7');
+    expect(taskSubject({ os: 'linux', arch: 'arm64' }, true)).toBe(
+      'kiln.task.linux.arm64.emulated',
+    );
+    expect(taskConsumerName({ os: 'linux', arch: 'arm', variant: 'v7' }, true)).toBe(
+      'kiln-task-linux-arm-v7-emu',
+    );
+    expect(formatPlatform(parsePlatform('Linux/ARM64/v8'))).toBe('linux/arm64');
+    expect(() => parsePlatform('linux')).toThrow(/invalid platform/);
+    expect(() => taskSubject({ os: 'linux', arch: 'amd64.x' })).toThrow(/invalid/);
+  });
+
+  it('maps cache keys to valid KV keys', () => {
+    expect(taskKey('sha256:abc123')).toBe('sha256.abc123');
+    expect(taskKey('weird key:with spaces')).toMatch(/^b64\.[A-Za-z0-9_-]+$/);
+  });
+});
+
+describe('fencing rules', () => {
+  it('lets only the current token claim, and only its holder report', () => {
+    const r = record();
+    expect(claimRule(r, 'old-token', 'w1', false)).toBeUndefined();
+    const claimed = claimRule(r, r.attemptToken, 'w1', false);
+    expect(claimed).toMatchObject({ state: 'running', holder: 'w1' });
+    if (!claimed) throw new Error('unreachable');
+    expect(claimRule(claimed, r.attemptToken, 'w2', false)).toBeUndefined();
+    expect(completeRule(claimed, r.attemptToken, 'w2', 'x')).toBeUndefined();
+    expect(completeRule(claimed, r.attemptToken, 'w1', 'x')).toMatchObject({
+      state: 'done',
+      result: 'x',
+    });
+    // Presumed dead: a new attempt makes the old holder's token stale.
+    const again = redispatchRule(claimed, 'native', undefined);
+    expect(again.attempt).toBe(2);
+    expect(again.attemptToken).not.toBe(r.attemptToken);
+    expect(isCurrentAttempt(again, r.attemptToken)).toBe(false);
+    expect(completeRule(again, r.attemptToken, 'w1', 'late')).toBeUndefined();
+    expect(
+      errorRule(
+        again,
+        r.attemptToken,
+        'w1',
+        { code: 'X', message: 'x', retryable: true },
+        undefined,
+      ),
+    ).toBeUndefined();
+    expect(releaseRule(again, r.attemptToken, 'w1')).toBeUndefined();
+  });
+
+  it('cancels only when the last build leaves', () => {
+    const r = joinRule(record(), 'b2');
+    if (!r) throw new Error('unreachable');
+    const one = leaveRule(r, 'b1');
+    expect(one).toMatchObject({ state: 'queued', builds: ['b2'] });
+    if (!one) throw new Error('unreachable');
+    expect(leaveRule(one, 'b2')).toMatchObject({ state: 'cancelled', builds: [] });
+  });
+});
+
+describe('on a real nats-server', () => {
+  let nc: NatsConnection;
+  let bus: Bus;
+  beforeAll(async () => {
+    const url = process.env.KILN_TEST_NATS_URL;
+    if (!url) throw new Error('KILN_TEST_NATS_URL not set (run through vitest from the repo root)');
+    nc = await connect({ servers: url });
+    bus = await openBus(nc);
+  });
+  afterAll(async () => {
+    await nc?.close();
+  });
+
+  it('creates a record once (dedup) and refuses a stale compare-and-set', async () => {
+    const r = record();
+    const key = taskKey(r.cacheKey);
+    expect(await createRecord(bus.tasks, key, r)).toBeGreaterThan(0);
+    expect(await createRecord(bus.tasks, key, record())).toBe(false);
+    const stored = await getRecord(bus.tasks, key);
+    if (!stored) throw new Error('record missing');
+    const claimed = await casRecord(bus.tasks, key, (x) =>
+      claimRule(x, r.attemptToken, 'w1', false),
+    );
+    expect(claimed.applied).toBe(true);
+    // A writer still holding the old revision re-reads, and its rule then refuses.
+    const late = await casRecord(
+      bus.tasks,
+      key,
+      (x) => claimRule(x, r.attemptToken, 'w2', false),
+      stored,
+    );
+    expect(late.applied).toBe(false);
+    expect(late.record?.holder).toBe('w1');
+  });
+
+  it('creates the platform consumers idempotently', async () => {
+    const a = await ensureTaskConsumer(bus, { os: 'linux', arch: 'riscv64' }, false);
+    const b = await ensureTaskConsumer(bus, { os: 'linux', arch: 'riscv64' }, false);
+    const c = await ensureTaskConsumer(bus, { os: 'linux', arch: 'riscv64' }, true);
+    expect(a.name).toBe(b.name);
+    expect(c.config.filter_subject).toBe('kiln.task.linux.riscv64.emulated');
+  });
+});

@@ -1,0 +1,124 @@
+/**
+ * Opening the task bus: the `KILN_TASKS` work-queue stream, the per-platform durable pull
+ * consumers and the two KV buckets. Creation is idempotent and done by whichever side comes
+ * first (scheduler or worker); an existing stream or bucket is used as it is.
+ */
+import type { ConsumerInfo, JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import {
+  AckPolicy,
+  DeliverPolicy,
+  DiscardPolicy,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+} from '@nats-io/jetstream';
+import type { KV } from '@nats-io/kv';
+import { Kvm } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { nanos } from '@nats-io/transport-node';
+import type { Platform } from './subjects.js';
+import {
+  TASK_STREAM,
+  TASKS_BUCKET,
+  WORKERS_BUCKET,
+  taskConsumerName,
+  taskSubject,
+} from './subjects.js';
+
+export interface BusOptions {
+  /** How long task records (results included) are kept after their last change. Default 24 h. */
+  recordTtlMs?: number;
+  /** Queue consumer ack wait; holders extend it with `working()`. Default 10 s. */
+  ackWaitMs?: number;
+  /**
+   * Deliveries of one queue message before the server gives up (a safety net for messages whose
+   * every holder died; the scheduler deletes such messages). Default 5.
+   */
+  maxDeliver?: number;
+}
+
+export interface CompiledBusOptions {
+  recordTtlMs: number;
+  ackWaitMs: number;
+  maxDeliver: number;
+}
+
+export function compileBusOptions(o: BusOptions = {}): CompiledBusOptions {
+  return {
+    recordTtlMs: o.recordTtlMs ?? 24 * 3600_000,
+    ackWaitMs: o.ackWaitMs ?? 10_000,
+    maxDeliver: o.maxDeliver ?? 5,
+  };
+}
+
+/** Handles to everything on the bus, for one connection. */
+export interface Bus {
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
+  /** `kiln_tasks`: dedup and fencing records, key = {@link taskKey}(cache key). */
+  readonly tasks: KV;
+  /** `kiln_workers`: registrations, key = worker id. */
+  readonly workers: KV;
+  readonly options: CompiledBusOptions;
+}
+
+/** Creates (or opens) the stream and buckets. */
+export async function openBus(nc: NatsConnection, opts: BusOptions = {}): Promise<Bus> {
+  const options = compileBusOptions(opts);
+  const jsm = await jetstreamManager(nc);
+  const js = jetstream(nc);
+  try {
+    await jsm.streams.info(TASK_STREAM);
+  } catch {
+    try {
+      await jsm.streams.add({
+        name: TASK_STREAM,
+        subjects: ['kiln.task.>'],
+        retention: RetentionPolicy.Workqueue,
+        storage: StorageType.File,
+        discard: DiscardPolicy.Old,
+        max_age: nanos(options.recordTtlMs),
+      });
+    } catch (err) {
+      // Another process created it meanwhile: fine if it exists now.
+      await jsm.streams.info(TASK_STREAM).catch(() => {
+        throw err;
+      });
+    }
+  }
+  const kvm = new Kvm(js);
+  const tasks = await kvm.create(TASKS_BUCKET, { history: 1, ttl: options.recordTtlMs });
+  const workers = await kvm.create(WORKERS_BUCKET, { history: 1 });
+  return { nc, js, jsm, tasks, workers, options };
+}
+
+/** Creates (or finds) the durable pull consumer of a platform queue. */
+export async function ensureTaskConsumer(
+  bus: Bus,
+  platform: Platform,
+  emulated: boolean,
+): Promise<ConsumerInfo> {
+  const name = taskConsumerName(platform, emulated);
+  try {
+    return await bus.jsm.consumers.info(TASK_STREAM, name);
+  } catch {
+    try {
+      return await bus.jsm.consumers.add(TASK_STREAM, {
+        durable_name: name,
+        filter_subject: taskSubject(platform, emulated),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: nanos(bus.options.ackWaitMs),
+        max_deliver: bus.options.maxDeliver,
+        max_ack_pending: -1,
+        max_waiting: 4096,
+      });
+    } catch (err) {
+      return bus.jsm.consumers.info(TASK_STREAM, name).catch(() => {
+        throw err;
+      });
+    }
+  }
+}

@@ -1,0 +1,13 @@
+/**
+ * @kiln/bus: the task bus the scheduler and the workers share over NATS JetStream. Subject and
+ * bucket names, message codecs, task records with the attempt-fencing rules, worker registrations.
+ */
+export * from './subjects.js';
+export * from './codec.js';
+export * from './task-record.js';
+export * from './worker-info.js';
+export * from './bus.js';
+export * from './retry.js';
+export * from './progress.js';
+export * from './watch.js';
+export * from './offer.js';

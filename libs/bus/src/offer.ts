@@ -1,0 +1,15 @@
+/**
+ * Offers (delay scheduling). The scheduler sends a task to `kiln.offer.<workerId>` as a core
+ * request: the body is the encoded Task (with its attempt token), the header
+ * {@link OFFER_WAIT_HEADER} says how long the worker may hold the offer waiting for a free slot.
+ * The worker claims the attempt in `kiln_tasks` (compare-and-set) before it replies `accepted`;
+ * it replies `declined` when it cannot run the task in time. No reply (or no responders) counts
+ * as declined. A late accept is harmless: whoever claims the token first runs it, the other copy
+ * is stale.
+ */
+export const OFFER_WAIT_HEADER = 'Kiln-Offer-Wait-Ms';
+
+export interface OfferReply {
+  accepted: boolean;
+  reason?: 'busy' | 'draining' | 'stale' | 'platform';
+}

@@ -1,0 +1,242 @@
+// TaskConsumer against a real nats-server (a fresh one for this file), driven through the bus
+// primitives the scheduler uses: no scheduler, no mocks.
+import type { Bus, TaskInit } from '@kiln/bus';
+import {
+  casRecord,
+  decodeResult,
+  encodeTask,
+  fromBase64,
+  leaveRule,
+  OFFER_WAIT_HEADER,
+  offerSubject,
+  openBus,
+  TASK_STREAM,
+  taskKey,
+} from '@kiln/bus';
+import { connect, headers } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { sleepExecutor } from './sleep-executor.js';
+import type { ConsumerEvent, RunTask } from './task-consumer.js';
+import { TaskConsumer } from './task-consumer.js';
+import type { NatsHandle } from './testing.js';
+import { enqueueRaw, loadHarness, recordOf, testTask, until } from './testing.js';
+
+let nats: NatsHandle;
+let nc: NatsConnection;
+let bus: Bus;
+const consumers: TaskConsumer[] = [];
+
+beforeAll(async () => {
+  const h = await loadHarness();
+  nats = await h.startNats();
+  nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  bus = await openBus(nc);
+});
+
+afterEach(async () => {
+  await Promise.all(consumers.splice(0).map((c) => c.close()));
+});
+
+afterAll(async () => {
+  await nc?.close();
+  await nats?.stop();
+});
+
+async function worker(
+  id: string,
+  platforms: string[],
+  o: { slots?: number; runTask?: RunTask; events?: ConsumerEvent[] } = {},
+): Promise<TaskConsumer> {
+  const wnc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  const c = new TaskConsumer({
+    nc: wnc,
+    id,
+    platforms: platforms.map((p) => {
+      const [os = '', arch = '', variant] = p.split('/');
+      return { os, arch, variant, emulated: false };
+    }),
+    slots: o.slots ?? 1,
+    heartbeatMs: 200,
+    keepaliveMs: 100,
+    runTask: o.runTask ?? sleepExecutor,
+    onEvent: (e) => o.events?.push(e),
+  });
+  const close = c.close.bind(c);
+  c.close = async () => {
+    await close();
+    await wnc.close();
+  };
+  await c.start();
+  consumers.push(c);
+  return c;
+}
+
+async function done(task: TaskInit) {
+  const rec = await until('task record done', async () => {
+    const r = await recordOf(bus, task.cacheKey ?? '');
+    return r && (r.state === 'done' || r.state === 'errored') ? r : undefined;
+  });
+  return { rec, result: decodeResult(fromBase64(rec.result ?? '')) };
+}
+
+async function streamMessages(): Promise<number> {
+  return (await bus.jsm.streams.info(TASK_STREAM)).state.messages;
+}
+
+describe('TaskConsumer', () => {
+  it('registers with its platforms and heartbeats', async () => {
+    const c = await worker('reg-1', ['linux/arm64/v8', 'linux/amd64']);
+    const first = await until('registration', async () =>
+      (await bus.workers.get(c.id))?.json<{ seq: number; platforms: unknown[] }>(),
+    );
+    expect(first.platforms).toEqual([
+      { os: 'linux', arch: 'arm64', emulated: false },
+      { os: 'linux', arch: 'amd64', emulated: false },
+    ]);
+    await until(
+      'a later heartbeat',
+      async () => ((await bus.workers.get(c.id))?.json<{ seq: number }>().seq ?? 0) > first.seq,
+    );
+  });
+
+  it('runs only the tasks of its platforms, and reports the result under its token', async () => {
+    const amd = await worker('route-amd64', ['linux/amd64']);
+    const arm = await worker('route-arm64', ['linux/arm64']);
+    const tasks = [
+      ...Array.from({ length: 4 }, () => testTask({ platform: 'linux/amd64' })),
+      ...Array.from({ length: 4 }, () => testTask({ platform: 'linux/arm64' })),
+    ];
+    const recs = await Promise.all(tasks.map((t) => enqueueRaw(bus, t)));
+    for (const [i, t] of tasks.entries()) {
+      const { rec, result } = await done(t);
+      expect(rec.state).toBe('done');
+      expect(result.attemptToken).toBe(recs[i]?.attemptToken);
+      expect(result.workerId).toBe(t.platform?.Architecture === 'amd64' ? amd.id : arm.id);
+      expect(result.outputs[0]?.resultId).toBe(`res-${t.cacheKey}`);
+    }
+    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
+  it('drops a queue copy whose token is not current, without running it', async () => {
+    const ran: string[] = [];
+    const events: ConsumerEvent[] = [];
+    await worker('stale-1', ['linux/amd64'], {
+      events,
+      runTask: (t, s, p) => {
+        ran.push(t.attemptToken);
+        return sleepExecutor(t, s, p);
+      },
+    });
+    const t = testTask();
+    const rec = await enqueueRaw(bus, t);
+    await done(t);
+    // A duplicate of an attempt that is already done (an ack that was lost, a re-dispatch).
+    await bus.js.publish(
+      'kiln.task.linux.amd64',
+      encodeTask({ ...t, attemptToken: rec.attemptToken, attempt: 1 }),
+    );
+    await until('the stale copy to be dropped', () =>
+      events.some((e) => e.type === 'stale' && e.why === 'claim'),
+    );
+    expect(ran).toEqual([rec.attemptToken]);
+    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
+  it('accepts an offer when it has a free slot and declines when busy past the wait', async () => {
+    const c = await worker('offer-1', ['linux/amd64']);
+    const t1 = testTask({ sleepMs: 1_500 });
+    // Record only (no queue message): an offered attempt.
+    const rec1 = await enqueueRaw(bus, t1, { offer: true });
+    const r1 = await nc.request(
+      offerSubject(c.id),
+      encodeTask({ ...t1, attemptToken: rec1.attemptToken, attempt: 1 }),
+      {
+        timeout: 5_000,
+        headers: waitHeader(50),
+      },
+    );
+    expect(r1.json()).toEqual({ accepted: true });
+    expect((await recordOf(bus, t1.cacheKey ?? ''))?.holder).toBe(c.id);
+    const t2 = testTask();
+    const rec2 = await enqueueRaw(bus, t2, { offer: true });
+    const r2 = await nc.request(
+      offerSubject(c.id),
+      encodeTask({ ...t2, attemptToken: rec2.attemptToken, attempt: 1 }),
+      {
+        timeout: 5_000,
+        headers: waitHeader(50),
+      },
+    );
+    expect(r2.json()).toEqual({ accepted: false, reason: 'busy' });
+    expect((await recordOf(bus, t2.cacheKey ?? ''))?.state).toBe('queued');
+    await done(t1);
+  });
+
+  it('aborts a running task whose record is cancelled, and reports nothing', async () => {
+    const events: ConsumerEvent[] = [];
+    let aborted = false;
+    await worker('cancel-1', ['linux/amd64'], {
+      events,
+      runTask: async (t, s, p) => {
+        const out = await sleepExecutor(t, s, p);
+        aborted = s.aborted;
+        return out;
+      },
+    });
+    const t = testTask({ sleepMs: 30_000 });
+    await enqueueRaw(bus, t);
+    await until(
+      'the claim',
+      async () => (await recordOf(bus, t.cacheKey ?? ''))?.state === 'running',
+    );
+    await casRecord(bus.tasks, taskKey(t.cacheKey ?? ''), (r) => leaveRule(r, 'b1'));
+    await until('the stale event', () =>
+      events.some((e) => e.type === 'stale' && e.why === 'keepalive'),
+    );
+    expect(aborted).toBe(true);
+    expect((await recordOf(bus, t.cacheKey ?? ''))?.state).toBe('cancelled');
+    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
+  it('drain finishes the task it holds and takes no new one', async () => {
+    const events: ConsumerEvent[] = [];
+    const c = await worker('drain-1', ['linux/amd64'], { events });
+    const t1 = testTask({ sleepMs: 800 });
+    await enqueueRaw(bus, t1);
+    await until('the claim', async () => (await recordOf(bus, t1.cacheKey ?? ''))?.holder === c.id);
+    const draining = c.drain();
+    const t2 = testTask();
+    await enqueueRaw(bus, t2);
+    await draining;
+    expect((await recordOf(bus, t1.cacheKey ?? ''))?.state).toBe('done');
+    expect((await recordOf(bus, t2.cacheKey ?? ''))?.state).toBe('queued');
+    expect(
+      events.filter((e) => e.type === 'claimed').map((e) => (e as { taskId: string }).taskId),
+    ).toEqual([t1.taskId]);
+    expect(await bus.workers.get(c.id).then((e) => e?.operation)).not.toBe('PUT');
+    // The new task is still on the queue for another worker.
+    const other = await worker('drain-2', ['linux/amd64']);
+    const { result } = await done(t2);
+    expect(result.workerId).toBe(other.id);
+  });
+
+  it('hands back a task that outlives the drain timeout', async () => {
+    const events: ConsumerEvent[] = [];
+    const c = await worker('handback-1', ['linux/amd64'], { events });
+    const t = testTask({ sleepMs: 30_000 });
+    await enqueueRaw(bus, t);
+    await until('the claim', async () => (await recordOf(bus, t.cacheKey ?? ''))?.holder === c.id);
+    await c.drain(100);
+    const rec = await recordOf(bus, t.cacheKey ?? '');
+    expect(rec).toMatchObject({ state: 'queued', placement: 'released' });
+    expect(events.some((e) => e.type === 'handed-back')).toBe(true);
+    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+});
+
+function waitHeader(ms: number) {
+  const h = headers();
+  h.set(OFFER_WAIT_HEADER, String(ms));
+  return h;
+}

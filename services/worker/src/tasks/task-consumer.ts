@@ -1,0 +1,672 @@
+/**
+ * TaskConsumer: the worker's side of the task bus. It registers the worker in `kiln_workers` and
+ * heartbeats, accepts offers for tasks whose inputs it holds, pulls its platforms' queues, claims
+ * each attempt in `kiln_tasks` (compare-and-set on the attempt token) before running it through the
+ * injected {@link RunTask}, keeps the claim alive, and reports the result under its token.
+ *
+ * Contract:
+ * - At most `slots` tasks run at once. A pull is outstanding only for a free slot, so a busy
+ *   worker never hoards queue messages that another worker could run.
+ * - A task runs only after its claim succeeded; a copy whose token is not current (re-dispatched,
+ *   cancelled, done elsewhere) is acknowledged and dropped without running.
+ * - While a task runs, the claim is re-checked on every keepalive: when the attempt stops being
+ *   this worker's (cancelled, or re-dispatched because the worker was presumed dead), the task's
+ *   signal aborts and its result, if any, is discarded (the record's compare-and-set refuses it).
+ * - `drain()` takes no new task, declines offers, finishes the running ones (or, after
+ *   `drainTimeoutMs`, aborts them and hands their attempts back), then deregisters.
+ */
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import type {
+  Bus,
+  BusOptions,
+  OfferReply,
+  Task,
+  TaskErrorInit,
+  TaskProgress,
+  TaskResultInit,
+  WorkerInfo,
+  WorkerPlatform,
+} from '@kiln/bus';
+import {
+  HELD_RESULTS_LIMIT,
+  TASK_STREAM,
+  OFFER_WAIT_HEADER,
+  assertWorkerId,
+  casRecord,
+  claimRule,
+  completeRule,
+  decodeTask,
+  encodeJson,
+  encodeResult,
+  ensureTaskConsumer,
+  errorRule,
+  formatPlatform,
+  getRecord,
+  isCurrentAttempt,
+  normalizePlatform,
+  offerSubject,
+  openBus,
+  pause,
+  progressSubject,
+  putWorkerInfo,
+  releaseRule,
+  retrying,
+  taskErrorToRecord,
+  taskKey,
+  toBase64,
+} from '@kiln/bus';
+import { KilnError, toLong } from '@kiln/protocol';
+import type { Consumer, JsMsg } from '@nats-io/jetstream';
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+
+/** What a task run produced: outputs, or an error (a thrown error is converted). */
+export interface TaskOutcome {
+  outputs?: NonNullable<TaskResultInit['outputs']>;
+  cached?: boolean;
+  error?: TaskErrorInit;
+}
+
+export interface ProgressUpdate {
+  stage?: string;
+  lines?: string[];
+  current?: number;
+  total?: number;
+}
+
+/**
+ * Runs one task. It must stop promptly when `signal` aborts (cancelled, or the attempt was taken
+ * away); what it returns after that is discarded. A thrown KilnError keeps its code and
+ * `retryable`; any other thrown error is reported as retryable `TASK_FAILED`.
+ */
+export type RunTask = (
+  task: Task,
+  signal: AbortSignal,
+  progress: (p: ProgressUpdate) => void,
+) => Promise<TaskOutcome>;
+
+export type ConsumerEvent =
+  | { type: 'registered'; workerId: string }
+  | { type: 'claimed'; taskId: string; cacheKey: string; attempt: number; via: 'offer' | 'queue' }
+  | { type: 'completed'; taskId: string; attempt: number; ok: boolean }
+  | { type: 'stale'; taskId: string; attempt: number; why: 'claim' | 'keepalive' | 'report' }
+  | { type: 'offer-declined'; taskId: string; reason: NonNullable<OfferReply['reason']> }
+  | { type: 'handed-back'; taskId: string; attempt: number }
+  | { type: 'drained'; workerId: string }
+  | { type: 'error'; where: string; error: unknown };
+
+export interface TaskConsumerOptions {
+  /** A connection with reconnects enabled (`maxReconnectAttempts: -1`). Not closed here. */
+  nc: NatsConnection;
+  /** Worker id (`[A-Za-z0-9_-]`); default `<hostname>-<random>`. */
+  id?: string;
+  platforms: WorkerPlatform[];
+  labels?: Record<string, string>;
+  /** Tasks run at once. Default 1. */
+  slots?: number;
+  runTask: RunTask;
+  bus?: BusOptions;
+  /** Registration refresh. Default 1 s (the scheduler presumes death after 3 s by default). */
+  heartbeatMs?: number;
+  /** `working()` and claim re-check of a running task. Default 1 s. */
+  keepaliveMs?: number;
+  /** How long `drain()` lets running tasks finish before handing them back. Default 60 s. */
+  drainTimeoutMs?: number;
+  /** Free disk for the registration. Default: unknown (0). */
+  freeDiskBytes?: () => number;
+  /** Result ids held locally besides the ones this consumer produced. */
+  heldResults?: () => readonly string[];
+  onEvent?: (e: ConsumerEvent) => void;
+}
+
+interface Running {
+  task: Task;
+  key: string;
+  abort: AbortController;
+  /** Why the signal aborted: the attempt moved on, or the worker hands it back (drain). */
+  why?: 'stale' | 'handback';
+  done: Promise<void>;
+}
+
+interface SlotWaiter {
+  kind: 'offer' | 'pull';
+  /** true: the slot is granted (and counted); false: woken for the stop, nothing counted. */
+  grant: (ok: boolean) => void;
+}
+
+export class TaskConsumer {
+  readonly id: string;
+  readonly #o: Required<Omit<TaskConsumerOptions, 'nc' | 'bus' | 'id' | 'heldResults'>> & {
+    heldResults?: () => readonly string[];
+  };
+  readonly #nc: NatsConnection;
+  #bus!: Bus;
+  readonly #running = new Map<string, Running>();
+  /** Slots granted (running or claiming). */
+  #busy = 0;
+  /** Pulls outstanding (each for a free slot). */
+  #reserved = 0;
+  readonly #waiters: SlotWaiter[] = [];
+  readonly #held: string[] = [];
+  readonly #stop = new AbortController();
+  readonly #pullers: Promise<void>[] = [];
+  #offerSub: Subscription | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #seq = 0;
+  readonly #startedAt = Date.now();
+  #draining = false;
+  #closed = false;
+
+  constructor(opts: TaskConsumerOptions) {
+    this.id = assertWorkerId(
+      opts.id ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${randomBytes(3).toString('hex')}`,
+    );
+    if (opts.platforms.length === 0)
+      throw new KilnError('WORKER_NO_PLATFORM', 'a worker needs at least one platform');
+    this.#nc = opts.nc;
+    this.#o = {
+      platforms: opts.platforms.map((p) => ({ ...normalizePlatform(p), emulated: p.emulated })),
+      labels: opts.labels ?? {},
+      slots: Math.max(1, opts.slots ?? 1),
+      runTask: opts.runTask,
+      heartbeatMs: opts.heartbeatMs ?? 1_000,
+      keepaliveMs: opts.keepaliveMs ?? 1_000,
+      drainTimeoutMs: opts.drainTimeoutMs ?? 60_000,
+      freeDiskBytes: opts.freeDiskBytes ?? (() => 0),
+      heldResults: opts.heldResults,
+      onEvent: opts.onEvent ?? (() => undefined),
+    };
+    this.#busOptions = opts.bus;
+  }
+
+  readonly #busOptions: BusOptions | undefined;
+
+  /** Registers, starts heartbeating, listening for offers and pulling the platform queues. */
+  async start(): Promise<void> {
+    this.#bus = await openBus(this.#nc, this.#busOptions);
+    const queues = this.#o.platforms.map((p) => ({ p, emulated: p.emulated }));
+    const consumers = [];
+    for (const q of queues) {
+      const info = await ensureTaskConsumer(this.#bus, q.p, q.emulated);
+      consumers.push({ ...q, name: info.name });
+    }
+    await this.#beat();
+    this.#heartbeat = setInterval(() => void this.#beat(), this.#o.heartbeatMs);
+    this.#offerSub = this.#nc.subscribe(offerSubject(this.id), {
+      callback: (err, msg) => {
+        if (!err) this.#onOffer(msg);
+      },
+    });
+    void (async () => {
+      for await (const s of this.#nc.status()) {
+        if (s.type === 'reconnect' && !this.#closed) void this.#beat();
+      }
+    })();
+    this.#o.onEvent({ type: 'registered', workerId: this.id });
+    for (const c of consumers) {
+      for (let i = 0; i < this.#o.slots; i++)
+        this.#pullers.push(this.#pullLoop(c.name, c.p, c.emulated));
+    }
+  }
+
+  /** Tasks running now. */
+  get runningCount(): number {
+    return this.#running.size;
+  }
+
+  /** Records result ids this worker now holds (placement prefers it for tasks that use them). */
+  addHeld(resultIds: readonly string[]): void {
+    for (const id of resultIds) {
+      const i = this.#held.indexOf(id);
+      if (i >= 0) this.#held.splice(i, 1);
+      this.#held.push(id);
+    }
+    if (this.#held.length > HELD_RESULTS_LIMIT)
+      this.#held.splice(0, this.#held.length - HELD_RESULTS_LIMIT);
+  }
+
+  /**
+   * Takes no new task, finishes (or after the timeout hands back) the running ones, deregisters.
+   * Idempotent. The connection stays open.
+   */
+  async drain(timeoutMs = this.#o.drainTimeoutMs): Promise<void> {
+    if (this.#closed) return;
+    if (!this.#draining) {
+      this.#draining = true;
+      await this.#beat();
+      this.#stop.abort();
+      this.#wakePullers();
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timeout'>(
+      (r) => (timer = setTimeout(() => r('timeout'), timeoutMs)),
+    );
+    const finished = Promise.all([...this.#running.values()].map((r) => r.done));
+    const first = await Promise.race([finished, timedOut]);
+    clearTimeout(timer);
+    if (first === 'timeout') {
+      for (const r of this.#running.values()) {
+        r.why ??= 'handback';
+        r.abort.abort();
+      }
+    }
+    await Promise.all([...this.#running.values()].map((r) => r.done));
+    await Promise.all(this.#pullers);
+    await this.#shutdown();
+    this.#o.onEvent({ type: 'drained', workerId: this.id });
+  }
+
+  /**
+   * Stops at once without handing anything back (tests; a crash looks like this too): the
+   * scheduler re-dispatches this worker's attempts once its heartbeat is missed.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#draining = true;
+    this.#stop.abort();
+    for (const r of this.#running.values()) {
+      r.why ??= 'stale';
+      r.abort.abort();
+    }
+    this.#wakePullers();
+    await Promise.allSettled([...this.#running.values()].map((r) => r.done));
+    await Promise.allSettled(this.#pullers);
+    this.#closed = true;
+    clearInterval(this.#heartbeat);
+    this.#offerSub?.unsubscribe();
+  }
+
+  async #shutdown(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#heartbeat);
+    this.#offerSub?.unsubscribe();
+    await retrying(() => this.#bus.workers.delete(this.id), { timeoutMs: 5_000 }).catch(
+      (error: unknown) => this.#o.onEvent({ type: 'error', where: 'deregister', error }),
+    );
+  }
+
+  #info(): WorkerInfo {
+    return {
+      v: 1,
+      id: this.id,
+      platforms: this.#o.platforms,
+      labels: this.#o.labels,
+      slots: this.#o.slots,
+      freeSlots: Math.max(0, this.#o.slots - this.#busy),
+      freeDiskBytes: this.#o.freeDiskBytes(),
+      held: this.#heldSummary(),
+      draining: this.#draining,
+      startedAt: this.#startedAt,
+      heartbeatAt: Date.now(),
+      seq: ++this.#seq,
+    };
+  }
+
+  #heldSummary(): string[] {
+    const extra = this.#o.heldResults?.() ?? [];
+    const all = [...extra.filter((x) => !this.#held.includes(x)), ...this.#held];
+    return all.slice(-HELD_RESULTS_LIMIT);
+  }
+
+  async #beat(): Promise<void> {
+    if (this.#closed) return;
+    try {
+      await putWorkerInfo(this.#bus.workers, this.#info());
+    } catch (error) {
+      this.#o.onEvent({ type: 'error', where: 'heartbeat', error });
+    }
+  }
+
+  // ---- slots ----
+
+  #free(): number {
+    return this.#o.slots - this.#busy - this.#reserved;
+  }
+
+  #pump(): void {
+    // Offers first: they carry affinity; pulls take what is left.
+    for (const kind of ['offer', 'pull'] as const) {
+      for (let i = 0; i < this.#waiters.length && this.#free() > 0;) {
+        const w = this.#waiters[i];
+        if (w?.kind !== kind) {
+          i++;
+          continue;
+        }
+        this.#waiters.splice(i, 1);
+        if (kind === 'offer') this.#busy++;
+        else this.#reserved++;
+        w.grant(true);
+      }
+    }
+  }
+
+  #wakePullers(): void {
+    for (let i = this.#waiters.length - 1; i >= 0; i--) {
+      const w = this.#waiters[i];
+      if (w?.kind !== 'pull') continue;
+      this.#waiters.splice(i, 1);
+      w.grant(false);
+    }
+  }
+
+  #releaseSlot(): void {
+    this.#busy--;
+    this.#pump();
+  }
+
+  /** Resolves true when a pull may be outstanding (a slot is reserved), false on stop. */
+  #reservePull(): Promise<boolean> {
+    if (this.#stop.signal.aborted) return Promise.resolve(false);
+    if (this.#free() > 0 && !this.#waiters.some((w) => w.kind === 'offer')) {
+      this.#reserved++;
+      return Promise.resolve(true);
+    }
+    return new Promise((resolve) => {
+      this.#waiters.push({
+        kind: 'pull',
+        grant: (ok) => {
+          if (ok && this.#stop.signal.aborted) {
+            this.#reserved--;
+            ok = false;
+          }
+          resolve(ok);
+        },
+      });
+    });
+  }
+
+  // ---- queue ----
+
+  async #pullLoop(
+    consumerName: string,
+    platform: WorkerPlatform,
+    emulated: boolean,
+  ): Promise<void> {
+    const signal = this.#stop.signal;
+    let consumer: Consumer | undefined;
+    while (!signal.aborted) {
+      if (!(await this.#reservePull())) break;
+      let msg: JsMsg | null = null;
+      try {
+        consumer ??= await this.#bus.js.consumers.get(TASK_STREAM, consumerName);
+        msg = await consumer.next({ expires: 1_000 });
+      } catch (error) {
+        this.#reserved--;
+        this.#pump();
+        if (signal.aborted) break;
+        this.#o.onEvent({ type: 'error', where: 'pull', error });
+        // The consumer may be gone (a fresh server): recreate it, then retry.
+        consumer = undefined;
+        await ensureTaskConsumer(this.#bus, platform, emulated).catch(() => undefined);
+        await pause(250, signal);
+        continue;
+      }
+      this.#reserved--;
+      if (!msg) {
+        this.#pump();
+        continue;
+      }
+      if (this.#draining || this.#busy >= this.#o.slots) {
+        // Draining, or an offer took the slot this pull was for: hand the message back now.
+        msg.nak();
+        this.#pump();
+        continue;
+      }
+      this.#busy++;
+      void this.#claimAndRun(decodeTaskSafe(msg), msg, 'queue');
+    }
+  }
+
+  // ---- offers ----
+
+  #onOffer(msg: Msg): void {
+    const reply = (r: OfferReply): void => {
+      msg.respond(encodeJson(r));
+    };
+    const task = decodeTaskSafe(msg);
+    if (!task) return reply({ accepted: false, reason: 'stale' });
+    if (this.#draining) return this.#decline(task, reply, 'draining');
+    if (!this.#supports(task)) return this.#decline(task, reply, 'platform');
+    const waitMs = Number(msg.headers?.get(OFFER_WAIT_HEADER) || '0');
+    const take = (): void => void this.#claimAndRun(task, undefined, 'offer', reply);
+    if (this.#busy < this.#o.slots) {
+      this.#busy++;
+      take();
+      return;
+    }
+    if (waitMs <= 0) return this.#decline(task, reply, 'busy');
+    // Delay scheduling on our side: hold the offer until a slot frees or the wait is over.
+    let granted = false;
+    const w: SlotWaiter = {
+      kind: 'offer',
+      grant: () => {
+        granted = true;
+        clearTimeout(timer);
+        if (this.#draining) {
+          this.#releaseSlot();
+          this.#decline(task, reply, 'draining');
+        } else take();
+      },
+    };
+    const timer = setTimeout(() => {
+      if (granted) return;
+      const i = this.#waiters.indexOf(w);
+      if (i >= 0) this.#waiters.splice(i, 1);
+      this.#decline(task, reply, 'busy');
+    }, waitMs);
+    this.#waiters.push(w);
+  }
+
+  #decline(
+    task: Task,
+    reply: (r: OfferReply) => void,
+    reason: NonNullable<OfferReply['reason']>,
+  ): void {
+    this.#o.onEvent({ type: 'offer-declined', taskId: task.taskId, reason });
+    reply({ accepted: false, reason });
+  }
+
+  #supports(task: Task): boolean {
+    const p = task.platform;
+    if (!p?.OS || !p.Architecture) return false;
+    try {
+      const want = formatPlatform({
+        os: p.OS,
+        arch: p.Architecture,
+        variant: p.Variant || undefined,
+      });
+      return this.#o.platforms.some((wp) => formatPlatform(wp) === want);
+    } catch {
+      return false;
+    }
+  }
+
+  #emulatedFor(task: Task): boolean {
+    const p = task.platform;
+    const want = formatPlatform({
+      os: p?.OS ?? '',
+      arch: p?.Architecture ?? '',
+      variant: p?.Variant || undefined,
+    });
+    return !this.#o.platforms.some((wp) => !wp.emulated && formatPlatform(wp) === want);
+  }
+
+  // ---- running ----
+
+  /** Holds one slot (already counted in #busy) for the whole claim-run-report cycle. */
+  async #claimAndRun(
+    task: Task | undefined,
+    msg: JsMsg | undefined,
+    via: 'offer' | 'queue',
+    reply?: (r: OfferReply) => void,
+  ): Promise<void> {
+    let running: Running | undefined;
+    try {
+      if (!task || !this.#supports(task)) {
+        // Undecodable, or on a queue we should not consume: never run it; drop the copy.
+        msg?.term();
+        reply?.({ accepted: false, reason: task ? 'platform' : 'stale' });
+        return;
+      }
+      const key = taskKey(task.cacheKey);
+      const claim = await retrying(
+        () =>
+          casRecord(this.#bus.tasks, key, (r) =>
+            claimRule(r, task.attemptToken, this.id, this.#emulatedFor(task)),
+          ),
+        { timeoutMs: 30_000 },
+      );
+      if (!claim.applied) {
+        this.#o.onEvent({
+          type: 'stale',
+          taskId: task.taskId,
+          attempt: task.attempt,
+          why: 'claim',
+        });
+        msg?.ack();
+        reply?.({ accepted: false, reason: 'stale' });
+        return;
+      }
+      reply?.({ accepted: true });
+      this.#o.onEvent({
+        type: 'claimed',
+        taskId: task.taskId,
+        cacheKey: task.cacheKey,
+        attempt: task.attempt,
+        via,
+      });
+      let finish!: () => void;
+      running = {
+        task,
+        key,
+        abort: new AbortController(),
+        done: new Promise<void>((r) => (finish = r)),
+      };
+      this.#running.set(task.attemptToken, running);
+      try {
+        await this.#run(running, msg);
+      } finally {
+        finish();
+      }
+    } catch (error) {
+      this.#o.onEvent({ type: 'error', where: 'task', error });
+      reply?.({ accepted: false, reason: 'stale' });
+    } finally {
+      if (running) this.#running.delete(running.task.attemptToken);
+      this.#releaseSlot();
+    }
+  }
+
+  async #run(r: Running, msg: JsMsg | undefined): Promise<void> {
+    const { task, key } = r;
+    const token = task.attemptToken;
+    const keepalive = setInterval(() => {
+      msg?.working();
+      getRecord(this.#bus.tasks, key).then(
+        (s) => {
+          if (!s || !isCurrentAttempt(s.record, token) || s.record.holder !== this.id) {
+            r.why ??= 'stale';
+            r.abort.abort();
+          }
+        },
+        // NATS away: keep running; the scheduler decides whether we are presumed dead.
+        () => undefined,
+      );
+    }, this.#o.keepaliveMs);
+    const started = Date.now();
+    let outcome: TaskOutcome;
+    try {
+      outcome = await this.#o.runTask(task, r.abort.signal, (p) => this.#progress(key, task, p));
+    } catch (err) {
+      outcome = { error: errorOf(err) };
+    } finally {
+      clearInterval(keepalive);
+    }
+    if (r.why === 'handback') {
+      await retrying(
+        () => casRecord(this.#bus.tasks, key, (rec) => releaseRule(rec, token, this.id)),
+        { timeoutMs: 10_000 },
+      );
+      msg?.ack(); // the scheduler re-dispatches under a new token
+      this.#o.onEvent({ type: 'handed-back', taskId: task.taskId, attempt: task.attempt });
+      return;
+    }
+    if (r.why === 'stale') {
+      msg?.ack();
+      this.#o.onEvent({
+        type: 'stale',
+        taskId: task.taskId,
+        attempt: task.attempt,
+        why: 'keepalive',
+      });
+      return;
+    }
+    const result: TaskResultInit = {
+      taskId: task.taskId,
+      attemptToken: token,
+      workerId: this.id,
+      outputs: outcome.outputs ?? [],
+      cached: outcome.cached ?? false,
+      startedUnixNano: toLong(BigInt(started) * 1_000_000n),
+      completedUnixNano: toLong(BigInt(Date.now()) * 1_000_000n),
+      ...(outcome.error ? { error: outcome.error } : {}),
+    };
+    const encoded = toBase64(encodeResult(result));
+    const out = await retrying(
+      () =>
+        casRecord(this.#bus.tasks, key, (rec) =>
+          outcome.error
+            ? errorRule(rec, token, this.id, taskErrorToRecord(outcome.error), encoded)
+            : completeRule(rec, token, this.id, encoded),
+        ),
+      { timeoutMs: 60_000 },
+    );
+    msg?.ack();
+    if (!out.applied) {
+      this.#o.onEvent({ type: 'stale', taskId: task.taskId, attempt: task.attempt, why: 'report' });
+      return;
+    }
+    if (!outcome.error)
+      this.addHeld((outcome.outputs ?? []).map((o) => o.resultId ?? '').filter(Boolean));
+    this.#o.onEvent({
+      type: 'completed',
+      taskId: task.taskId,
+      attempt: task.attempt,
+      ok: !outcome.error,
+    });
+  }
+
+  #progress(key: string, task: Task, p: ProgressUpdate): void {
+    const ev: TaskProgress = {
+      taskId: task.taskId,
+      attemptToken: task.attemptToken,
+      workerId: this.id,
+      ...p,
+      at: Date.now(),
+    };
+    try {
+      this.#nc.publish(progressSubject(key), encodeJson(ev));
+    } catch (error) {
+      this.#o.onEvent({ type: 'error', where: 'progress', error });
+    }
+  }
+}
+
+function decodeTaskSafe(msg: { data: Uint8Array }): Task | undefined {
+  try {
+    const t = decodeTask(msg.data);
+    return t.cacheKey && t.attemptToken ? t : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function errorOf(err: unknown): TaskErrorInit {
+  if (err instanceof KilnError)
+    return { code: err.code, message: err.message, retryable: err.retryable };
+  return {
+    code: 'TASK_FAILED',
+    message: err instanceof Error ? err.message : String(err),
+    retryable: true,
+  };
+}
