@@ -1,0 +1,125 @@
+/**
+ * Pluggable frontends (BuildKit's gateway frontends, in process): a frontend turns a source
+ * (a Dockerfile, or anything else) plus options into one LLB Definition and image config per
+ * platform. Frontends are registered by name; `dockerfile.v0` is registered by default.
+ */
+import { parsePlatform } from '@kiln/llb';
+import type { Definition, Platform } from '@kiln/llb';
+import { convertDockerfile, marshalResult } from './convert/convert.js';
+import type { ConvertOptions, MetaResolver } from './convert/convert.js';
+import { imageConfigToJson } from './convert/image-config.js';
+import type { ImageConfig } from './convert/image-config.js';
+import { readDockerignore } from './dockerignore.js';
+import { DockerfileError } from './dockerfile-error.js';
+
+/** What a frontend is given. */
+export interface FrontendInputs {
+  /** The Dockerfile (or other source) bytes. */
+  dockerfile: string | Uint8Array;
+  /** The content of the ignore file chosen for it (see selectDockerignore), if any. */
+  dockerignore?: string | Uint8Array;
+  /**
+   * Frontend attributes as BuildKit names them: `build-arg:K`, `target`, `platform`
+   * (comma-separated), `filename`, `no-cache` (empty: all stages, or stage names), `label:K`,
+   * `context` (the context's source name), `multi-platform`.
+   */
+  opts: Readonly<Record<string, string>>;
+  /** Image config lookup for base images. */
+  metaResolver?: MetaResolver;
+  /** The client session that serves the context (makes its source stable across marshals). */
+  sessionId?: string;
+  /** The platform RUN executes on; the host's by default. */
+  buildPlatform?: Platform;
+}
+
+/** One platform's result. */
+export interface FrontendPlatformResult {
+  platform: Platform;
+  definition: Definition;
+  imageConfig: ImageConfig;
+  /** `imageConfig` as Go's encoding/json writes it (what BuildKit exports). */
+  imageConfigJson: string;
+}
+
+export interface FrontendResult {
+  platforms: FrontendPlatformResult[];
+}
+
+/** A frontend: stateless, safe to call concurrently. */
+export interface Frontend {
+  readonly name: string;
+  solve(inputs: FrontendInputs): Promise<FrontendResult>;
+}
+
+const registry = new Map<string, Frontend>();
+
+/** Registers (or replaces) a frontend under its name. */
+export function registerFrontend(frontend: Frontend): void {
+  registry.set(frontend.name, frontend);
+}
+
+/** The frontend registered under `name`, or undefined. */
+export function getFrontend(name: string): Frontend | undefined {
+  return registry.get(name);
+}
+
+/** The names of the registered frontends, sorted. */
+export function listFrontends(): string[] {
+  return [...registry.keys()].sort();
+}
+
+function badOption(message: string): DockerfileError {
+  return new DockerfileError(message, { startLine: 0 });
+}
+
+/** Reads BuildKit's frontend attributes into conversion options. */
+export function convertOptionsFromAttrs(attrs: Readonly<Record<string, string>>): ConvertOptions {
+  const buildArgs: Record<string, string> = {};
+  const labels: Record<string, string> = {};
+  const opts: ConvertOptions = { buildArgs, labels };
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith('build-arg:')) buildArgs[k.slice('build-arg:'.length)] = v;
+    else if (k.startsWith('label:')) labels[k.slice('label:'.length)] = v;
+  }
+  if (attrs.target) opts.target = attrs.target;
+  if (attrs.platform) {
+    try {
+      opts.targetPlatforms = attrs.platform.split(',').map((p) => parsePlatform(p.trim()));
+    } catch (err) {
+      throw badOption(`invalid platform ${JSON.stringify(attrs.platform)}: ${(err as Error).message}`);
+    }
+  }
+  if (attrs.context) opts.contextName = attrs.context;
+  if ('no-cache' in attrs) {
+    const v = attrs['no-cache'];
+    opts.ignoreCache = v === '' ? true : v.split(',').map((s) => s.trim()).filter(Boolean);
+  }
+  if (attrs['multi-platform'] !== undefined) opts.multiPlatform = attrs['multi-platform'] === 'true';
+  return opts;
+}
+
+/** The Dockerfile frontend (`dockerfile.v0`). */
+export const dockerfileFrontend: Frontend = {
+  name: 'dockerfile.v0',
+  async solve(inputs: FrontendInputs): Promise<FrontendResult> {
+    const opts = convertOptionsFromAttrs(inputs.opts);
+    if (inputs.metaResolver) opts.metaResolver = inputs.metaResolver;
+    if (inputs.sessionId) opts.sessionId = inputs.sessionId;
+    if (inputs.buildPlatform) opts.buildPlatform = inputs.buildPlatform;
+    if (inputs.dockerignore !== undefined) opts.dockerignore = readDockerignore(inputs.dockerignore);
+    const targets = opts.targetPlatforms?.length ? opts.targetPlatforms : [undefined];
+    const results = await Promise.all(
+      targets.map((p) => convertDockerfile(inputs.dockerfile, { ...opts, ...(p ? { targetPlatform: p } : {}) })),
+    );
+    return {
+      platforms: results.map((r) => ({
+        platform: r.platform,
+        definition: marshalResult(r),
+        imageConfig: r.imageConfig,
+        imageConfigJson: imageConfigToJson(r.imageConfig),
+      })),
+    };
+  },
+};
+
+registerFrontend(dockerfileFrontend);
