@@ -1,4 +1,5 @@
 export * from './layers/index.js';
+export * from './ops/exec/index.js';
 export * from './ops/file/index.js';
 export * from './registry/index.js';
 export * from './sources/image/index.js';

@@ -14,6 +14,9 @@ export async function mountStubsCleaner(
   recursive: boolean,
 ): Promise<() => Promise<void>> {
   const paths: string[] = [];
+  // The parents of the stubs as they were before the run: their timestamps are put back after the
+  // stubs are removed when nothing else in them changed, so a run leaves no trace of its mounts.
+  const parents = new Map<string, { atime: number; mtime: number; names: string[] } | undefined>();
   for (const d of ['/etc/resolv.conf', '/etc/hosts', ...destinations]) {
     const p = join('/', d);
     if (p === '/') continue;
@@ -21,6 +24,8 @@ export async function mountStubsCleaner(
     for (;;) {
       if (await exists(real)) break;
       paths.push(real);
+      const parent = dirname(real);
+      if (!parents.has(parent)) parents.set(parent, await dirState(parent));
       if (!recursive) break;
       const next = dirname(real);
       if (next === real || next === rootfs || !next.startsWith(`${rootfs}/`)) break;
@@ -45,9 +50,27 @@ export async function mountStubsCleaner(
       const pst = await lstat(parent);
       if (st.isDirectory()) await rmdir(p);
       else await unlink(p);
-      await utimes(parent, pst.atime, pst.mtime);
+      const before = parents.get(parent);
+      const names = (await readdir(parent)).sort();
+      if (before !== undefined && names.length === before.names.length && names.every((n, i) => n === before.names[i])) {
+        await utimes(parent, before.atime, before.mtime);
+      } else {
+        await utimes(parent, pst.atime, pst.mtime);
+      }
     }
   };
+}
+
+async function dirState(dir: string): Promise<{ atime: number; mtime: number; names: string[] } | undefined> {
+  try {
+    const st = await lstat(dir);
+    if (!st.isDirectory()) return undefined;
+    return { atime: st.atimeMs / 1000, mtime: st.mtimeMs / 1000, names: (await readdir(dir)).sort() };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw err;
+  }
 }
 
 async function exists(p: string): Promise<boolean> {
