@@ -4,10 +4,12 @@
  * read with zlib; bzip2, xz and zstd through the system `bzip2`, `xz` and `zstd` commands (Node 20
  * has no decoder for them and no npm dependency is needed).
  *
- * Unpacking follows moby's `chrootarchive.Untar`: the destination directory acts as the root
- * (everything is resolved with {@link resolveInRoot} inside it, as in a chroot); entry names with
- * `..` that climb out, hardlinks to outside, and relative symlinks pointing out of the destination
- * are rejected with {@link FsErrorCode.Unsafe}; absolute names are taken relative to it.
+ * Unpacking follows BuildKit's `applyRootArchive` / moby's `chrootarchive.Untar`: the destination
+ * directory acts as the root (every entry is resolved with {@link resolveInRoot} inside it, as in
+ * a chroot, so a symlink from the archive or already in place never leads a write out of it);
+ * entry names and hardlink targets that climb out with `..` are rejected with
+ * {@link FsErrorCode.Unsafe}; absolute names are taken relative to the destination. Symlinks are
+ * created with their target text as given (it is only data until something follows it).
  */
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
@@ -251,20 +253,6 @@ async function unpackEntry(
       });
     }
   }
-  if (type === 'symlink') {
-    const target = header.linkname ?? '';
-    if (!target.startsWith('/')) {
-      const joined = posix.normalize(posix.join(posix.dirname(rel), target));
-      if (joined === '..' || joined.startsWith('../')) {
-        throw new FsError(
-          FsErrorCode.Unsafe,
-          `symlink points outside the destination (${target})`,
-          { path: name },
-        );
-      }
-    }
-  }
-
   const existing = await lstatOrUndefined(path);
   if (existing !== undefined && !(existing.isDirectory() && type === 'directory')) {
     if (linkTarget === path) return false;

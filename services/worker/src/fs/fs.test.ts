@@ -22,7 +22,14 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { copyPath, resolveWildcards } from './copy-tree.js';
 import { detectArchive, unpackArchive } from './archive.js';
 import { FsError, FsErrorCode } from './errors.js';
-import { mkdirAll, removeInRoot, writeFileInRoot } from './ops.js';
+import {
+  chmodInRoot,
+  lchownInRoot,
+  mkdirAll,
+  removeInRoot,
+  utimesInRoot,
+  writeFileInRoot,
+} from './ops.js';
 import { resolveInRoot } from './resolve.js';
 
 const exec = promisify(execFile);
@@ -141,6 +148,40 @@ describe('root-confined operations', () => {
     expect((await lstat(join(root, 'evil'))).isSymbolicLink()).toBe(true);
   });
 });
+
+describe('metadata operations', () => {
+  it('change the link itself or its in-root target, never anything outside', async () => {
+    const t = new Date('2019-05-06T07:08:09Z');
+    await writeFile(join(root, 'f'), '');
+    await symlink('/f', join(root, 'lf'));
+    await symlink(join(base, 'outside', 'sentinel'), join(root, 'out'));
+    await lchownInRoot(root, '/lf', { uid: 3, gid: 4 });
+    await utimesInRoot(root, '/lf', t, t);
+    const lf = await lstat(join(root, 'lf'));
+    expect([lf.uid, lf.gid, lf.mtime.getTime()]).toEqual([3, 4, t.getTime()]);
+    expect((await lstat(join(root, 'f'))).uid).toBe(0);
+    await lchownInRoot(root, '/lf', { uid: 5, gid: 6 }, { followFinal: true });
+    await utimesInRoot(root, '/lf', t, t, { followFinal: true });
+    await chmodInRoot(root, '/lf', 0o4700);
+    expect(await meta(join(root, 'f'))).toEqual([0o4700, 5, 6, t.getTime()]);
+    // `out` names a host file: followed inside the root it does not exist.
+    for (const op of [
+      () => chmodInRoot(root, '/out', 0o777),
+      () => lchownInRoot(root, '/out', { uid: 1, gid: 1 }, { followFinal: true }),
+      () => utimesInRoot(root, '/out', t, t, { followFinal: true }),
+    ]) {
+      await expect(op()).rejects.toMatchObject({ code: FsErrorCode.NotFound });
+    }
+    const sentinel = await lstat(join(base, 'outside', 'sentinel'));
+    expect(sentinel.mode & 0o777).not.toBe(0o777);
+    expect(sentinel.mtime.getTime()).not.toBe(t.getTime());
+  });
+});
+
+async function meta(p: string): Promise<[number, number, number, number]> {
+  const st = await lstat(p);
+  return [st.mode & 0o7777, st.uid, st.gid, st.mtime.getTime()];
+}
 
 describe('copyPath', () => {
   it('preserves modes, owners, times, symlinks and hardlinks', async () => {

@@ -6,15 +6,18 @@ export { FsError, FsErrorCode, errnoOf } from './errors.js';
 export { goMatch, hasWildcards, isValidPattern, splitWildcards } from './match.js';
 export {
   applyMeta,
+  chmodInRoot,
+  lchownInRoot,
   lstatOrUndefined,
   mkdirAll,
   mkdirAllResolved,
   mkdirOne,
   removeInRoot,
   setTimes,
+  utimesInRoot,
   writeFileInRoot,
 } from './ops.js';
-export type { CreateMeta, Owner } from './ops.js';
+export type { CreateMeta, EntryOptions, Owner } from './ops.js';
 export {
   EMPTY_MATCH_INFO,
   Pattern,

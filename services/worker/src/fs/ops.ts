@@ -167,3 +167,54 @@ export async function setTimes(
 ): Promise<void> {
   await lutimes(hostPath, atime, mtime);
 }
+
+/** Options of the single-entry metadata operations below. */
+export interface EntryOptions {
+  /** Act on what a final symlink points to (resolved inside the root) rather than on the link. Default false. */
+  followFinal?: boolean;
+}
+
+async function existingInRoot(root: string, path: string, followFinal: boolean): Promise<string> {
+  const host = await resolveInRoot(root, path, { followFinal });
+  if ((await lstatOrUndefined(host)) === undefined) {
+    throw new FsError(FsErrorCode.NotFound, 'no such file or directory', {
+      path: cleanRootPath(path),
+    });
+  }
+  return host;
+}
+
+/** Changes the owner of a path inside `root` (the link itself unless `followFinal`). Returns the host path. */
+export async function lchownInRoot(
+  root: string,
+  path: string,
+  owner: Owner,
+  opts: EntryOptions = {},
+): Promise<string> {
+  const host = await existingInRoot(root, path, opts.followFinal ?? false);
+  await lchown(host, owner.uid, owner.gid);
+  return host;
+}
+
+/**
+ * Changes the mode of a path inside `root`. Linux symlinks have no mode of their own, so a final
+ * symlink is always followed, inside the root. Returns the host path changed.
+ */
+export async function chmodInRoot(root: string, path: string, mode: number): Promise<string> {
+  const host = await existingInRoot(root, path, true);
+  await chmod(host, mode & 0o7777);
+  return host;
+}
+
+/** Sets atime and mtime of a path inside `root` (the link itself unless `followFinal`). Returns the host path. */
+export async function utimesInRoot(
+  root: string,
+  path: string,
+  atime: Date | number,
+  mtime: Date | number,
+  opts: EntryOptions = {},
+): Promise<string> {
+  const host = await existingInRoot(root, path, opts.followFinal ?? false);
+  await lutimes(host, atime, mtime);
+  return host;
+}
