@@ -1,0 +1,109 @@
+/**
+ * The worker engine: everything one machine needs to solve LLB graphs (BuildKit's OCI worker).
+ * It owns, under one state dir: the content store (`content/`), snapshots (`snapshots/`), the OCI
+ * runtime's bundles and cache mounts (`exec/`), the local cache index (`cache-index.jsonl`) and
+ * scratch space (`tmp/`). Executors are plugged in by op kind; the local solver drives them.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { LoadedDefinition } from '@kiln/llb';
+import { FsBlobStore } from '@kiln/store';
+import type { BlobStore } from '@kiln/store';
+import { checksum } from '../cache/contenthash.js';
+import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
+import { readSnapshot } from '../ops/snapshots.js';
+import type { SnapshotEnv } from '../ops/snapshots.js';
+import { RegistryClient } from '../registry/index.js';
+import type { RegistryClientOptions } from '../registry/index.js';
+import { OciRuntime } from '../runtime/index.js';
+import type { RuntimeName } from '../runtime/index.js';
+import { openSnapshotter } from '../snapshot/index.js';
+import type { Snapshotter } from '../snapshot/index.js';
+import { ImageMetadataResolver, ImageSource } from '../sources/image/index.js';
+import { CacheIndex } from '../solver/cache-index.js';
+import { LocalSolver } from '../solver/solver.js';
+import type { SolveOptions, SolveResult } from '../solver/solver.js';
+import { PatternMatcher } from '../fs/patterns.js';
+import { ExecExecutor } from './executors/exec.js';
+import { FileExecutor } from './executors/file.js';
+import { SourceExecutor } from './executors/source.js';
+
+export interface EngineOptions {
+  /** Everything the engine keeps lives here. */
+  stateDir: string;
+  snapshotter?: 'auto' | 'overlayfs' | 'native';
+  runtime?: RuntimeName | 'auto';
+  registry?: RegistryClientOptions;
+  /** The content store; default a filesystem store under `<stateDir>/content`. */
+  store?: BlobStore;
+  /** Execs run at once; default the number of CPUs. */
+  parallelism?: number;
+}
+
+export class Engine {
+  private constructor(
+    readonly stateDir: string,
+    readonly store: BlobStore,
+    readonly snapshotter: Snapshotter,
+    readonly runtime: OciRuntime,
+    readonly images: ImageSource,
+    readonly metadata: ImageMetadataResolver,
+    private readonly solver: LocalSolver,
+    private readonly env: SnapshotEnv,
+  ) {}
+
+  static async open(o: EngineOptions): Promise<Engine> {
+    const tmpDir = join(o.stateDir, 'tmp');
+    await rm(tmpDir, { recursive: true, force: true });
+    await mkdir(tmpDir, { recursive: true });
+    const store = o.store ?? new FsBlobStore({ root: join(o.stateDir, 'content') });
+    const snapshotter = await openSnapshotter({ root: join(o.stateDir, 'snapshots'), backend: o.snapshotter ?? 'auto' });
+    const runtime = await OciRuntime.open({ stateDir: join(o.stateDir, 'exec'), runtime: o.runtime ?? 'auto' });
+    const client = new RegistryClient(o.registry ?? {});
+    const images = new ImageSource({ client, store });
+    const metadata = new ImageMetadataResolver(images);
+    const env: SnapshotEnv = { snapshotter, tmpDir };
+    const index = await CacheIndex.open(join(o.stateDir, 'cache-index.jsonl'));
+    const solver = new LocalSolver({
+      executors: {
+        source: new SourceExecutor(env, images, store),
+        exec: new ExecExecutor({ snapshotter, runtime, stateDir: join(o.stateDir, 'exec') }),
+        file: new FileExecutor(env),
+        merge: new MergeExecutor(env),
+        diff: new DiffExecutor(env),
+      },
+      index,
+      read: (snap, fn) => readSnapshot(env, snap, fn),
+      checksum: (dir, dep) => {
+        const inc = dep.includePatterns.length ? new PatternMatcher(dep.includePatterns) : undefined;
+        const exc = dep.excludePatterns.length ? new PatternMatcher(dep.excludePatterns) : undefined;
+        const filter =
+          inc || exc
+            ? (rel: string): boolean => !exc?.matchesOrParentMatches(rel) && (!inc || inc.matchesOrParentMatches(rel))
+            : undefined;
+        return Promise.all(
+          dep.selectors.map((sel) =>
+            checksum(dir, sel, { wildcard: dep.wildcard, followLinks: dep.followLinks, ...(filter ? { filter } : {}) }),
+          ),
+        ).then((parts) => parts.join(','));
+      },
+      exists: (s) =>
+        snapshotter.stat(s).then(
+          () => true,
+          () => false,
+        ),
+      ...(o.parallelism !== undefined ? { parallelism: o.parallelism } : {}),
+    });
+    return new Engine(o.stateDir, store, snapshotter, runtime, images, metadata, solver, env);
+  }
+
+  /** Solves a marshaled Definition (or a loaded one) on this machine. */
+  solve(definition: Uint8Array | LoadedDefinition, opts: SolveOptions = {}): Promise<SolveResult> {
+    return this.solver.solve(definition, opts);
+  }
+
+  /** Shows a result snapshot (or the empty tree) as a read-only directory for the duration of `fn`. */
+  read<T>(snapshot: string | undefined, fn: (dir: string) => Promise<T>): Promise<T> {
+    return readSnapshot(this.env, snapshot, fn);
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * SourceOp executor: `docker-image://` (pulled through the registry client into the local blob
+ * store, each layer committed as a snapshot named by its OCI chain ID so images share layers) and
+ * `local://` (the session's directory, filtered). `git://` and `http(s)://` are not served yet:
+ * they fail with a typed SOURCE_UNSUPPORTED error naming the identifier.
+ */
+import { createHash } from 'node:crypto';
+import { KilnError } from '@kiln/protocol';
+import type { pb } from '@kiln/protocol';
+import type { Platform } from '@kiln/llb';
+import { applyLayer } from '../../layers/index.js';
+import type { BlobStore } from '@kiln/store';
+import { buildSnapshot } from '../../ops/snapshots.js';
+import type { SnapshotEnv } from '../../ops/snapshots.js';
+import type { ImageSource, ResolvedImage } from '../../sources/image/index.js';
+import { copyLocal, localDir, localPin, localSpec } from '../../sources/local/local-source.js';
+import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
+
+export class UnsupportedSourceError extends KilnError {
+  constructor(identifier: string) {
+    super('SOURCE_UNSUPPORTED', `source ${identifier} is not supported by this worker yet`, { details: { identifier } });
+  }
+}
+
+function platformOf(p: pb.IPlatform | null | undefined): Platform {
+  const out: { os: string; architecture: string; variant?: string } = {
+    os: p?.OS || 'linux',
+    architecture: p?.Architecture || 'amd64',
+  };
+  if (p?.Variant) out.variant = p.Variant;
+  return out;
+}
+
+export class SourceExecutor implements OpExecutor {
+  private readonly resolved = new Map<string, Promise<ResolvedImage>>();
+  private readonly layerBuilds = new Map<string, Promise<string>>();
+
+  constructor(
+    private readonly env: SnapshotEnv,
+    private readonly images: ImageSource,
+    private readonly store: BlobStore,
+  ) {}
+
+  private resolveImage(op: pb.IOp): Promise<ResolvedImage> {
+    const id = op.source!.identifier!;
+    const platform = platformOf(op.platform);
+    const k = `${id}|${platform.os}/${platform.architecture}/${platform.variant ?? ''}`;
+    let p = this.resolved.get(k);
+    if (!p) {
+      p = this.images.resolve(id, platform);
+      // A failed resolve is retried by the next build rather than cached.
+      p.catch(() => this.resolved.delete(k));
+      this.resolved.set(k, p);
+    }
+    return p;
+  }
+
+  async pin(ctx: ExecutorContext): Promise<string> {
+    const id = ctx.op.source?.identifier ?? '';
+    if (id.startsWith('docker-image://')) return (await this.resolveImage(ctx.op)).manifestDigest;
+    if (id.startsWith('local://')) {
+      const spec = localSpec(ctx.op.source!);
+      return localPin(spec, await localDir(spec, ctx.session.localDirs));
+    }
+    throw new UnsupportedSourceError(id);
+  }
+
+  async exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
+    const id = ctx.op.source?.identifier ?? '';
+    if (id.startsWith('docker-image://')) {
+      const img = await this.images.pull(id, platformOf(ctx.op.platform));
+      let parent: string | undefined;
+      let chain = '';
+      for (const layer of img.layers) {
+        chain = chain === '' ? layer.diffID : `sha256:${createHash('sha256').update(`${chain} ${layer.diffID}`).digest('hex')}`;
+        parent = await this.layerSnapshot(`layer-${chain.slice('sha256:'.length)}`, parent, layer.digest);
+      }
+      return [parent];
+    }
+    if (id.startsWith('local://')) {
+      const spec = localSpec(ctx.op.source!);
+      const dir = await localDir(spec, ctx.session.localDirs);
+      return [await buildSnapshot(this.env, undefined, (dest) => copyLocal(spec, dir, dest))];
+    }
+    throw new UnsupportedSourceError(id);
+  }
+
+  /** The committed snapshot of one layer on `parent`, built once per chain ID. */
+  private layerSnapshot(name: string, parent: string | undefined, digest: string): Promise<string> {
+    let p = this.layerBuilds.get(name);
+    if (!p) {
+      p = (async () => {
+        const exists = await this.env.snapshotter.stat(name).then(
+          () => true,
+          () => false,
+        );
+        if (exists) return name;
+        return buildSnapshot(
+          this.env,
+          parent,
+          async (dir) => {
+            await applyLayer(await this.store.get(digest as `sha256:${string}`), dir);
+          },
+          name,
+        );
+      })();
+      p.catch(() => this.layerBuilds.delete(name));
+      this.layerBuilds.set(name, p);
+    }
+    return p;
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * Helpers the op executors share for working with committed snapshots as directories.
+ * Ownership: every helper releases what it mounts or prepares, also when `fn` throws.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { applyLayer, diffLayer } from '../layers/index.js';
+import { mountTemp } from '../snapshot/mount.js';
+import type { Snapshotter } from '../snapshot/types.js';
+
+export interface SnapshotEnv {
+  readonly snapshotter: Snapshotter;
+  /** Scratch space for mount points and temp dirs. */
+  readonly tmpDir: string;
+}
+
+export function newSnapshotName(prefix = 'r'): string {
+  return `${prefix}-${randomUUID()}`;
+}
+
+/**
+ * Prepares a writable snapshot on `parent` (or empty), shows it to `fn` as a directory, then
+ * commits it and returns the committed name. On failure nothing is left behind.
+ */
+export async function buildSnapshot(
+  env: SnapshotEnv,
+  parent: string | undefined,
+  fn: (dir: string) => Promise<void>,
+  name: string = newSnapshotName(),
+): Promise<string> {
+  const key = newSnapshotName('a');
+  const mounts = await env.snapshotter.prepare(key, parent);
+  let committed = false;
+  try {
+    const m = await mountTemp(mounts, join(env.tmpDir, 'mnt'));
+    try {
+      await fn(m.path);
+    } finally {
+      await m.release();
+    }
+    await env.snapshotter.commit(name, key);
+    committed = true;
+    return name;
+  } finally {
+    if (!committed) await env.snapshotter.remove(key).catch(() => undefined);
+  }
+}
+
+/** Shows a committed snapshot (or the empty tree) read-only to `fn`. */
+export async function readSnapshot<T>(env: SnapshotEnv, snapshot: string | undefined, fn: (dir: string) => Promise<T>): Promise<T> {
+  if (snapshot === undefined) {
+    await mkdir(env.tmpDir, { recursive: true });
+    const empty = await mkdtemp(join(env.tmpDir, 'empty-'));
+    try {
+      return await fn(empty);
+    } finally {
+      await rm(empty, { recursive: true, force: true });
+    }
+  }
+  const key = newSnapshotName('v');
+  const mounts = await env.snapshotter.view(key, snapshot);
+  try {
+    const m = await mountTemp(mounts, join(env.tmpDir, 'mnt'));
+    try {
+      return await fn(m.path);
+    } finally {
+      await m.release();
+    }
+  } finally {
+    await env.snapshotter.remove(key).catch(() => undefined);
+  }
+}
+
+/** The committed snapshots that make up `name`, base first, `name` last. */
+export async function snapshotChain(env: SnapshotEnv, name: string): Promise<string[]> {
+  return [...(await env.snapshotter.parentChain(name))].reverse().concat(name);
+}
+
+/**
+ * Applies the changes of each snapshot in `chain` (each relative to its parent, whiteouts
+ * included) onto `dir`, in order: the layer semantics of BuildKit's merge.
+ */
+export async function applyChain(env: SnapshotEnv, chain: readonly string[], dir: string): Promise<void> {
+  for (const s of chain) {
+    const handle = await env.snapshotter.diffSource(s);
+    try {
+      const layer = diffLayer(handle.source, { compression: 'none' });
+      await applyLayer(layer.stream, dir);
+      await layer.done;
+    } finally {
+      await handle.release();
+    }
+  }
+}
