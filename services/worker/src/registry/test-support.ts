@@ -344,6 +344,8 @@ export type Fault =
   | { kind: 'corrupt' }
   /** Forwards, but answers with `body` instead (headers kept, length fixed). */
   | { kind: 'replace'; body: Buffer }
+  /** Forwards the headers and half the body, then drops the connection (a download broken off). */
+  | { kind: 'truncate' }
   /** Forwards once `until` resolves (a request held in flight). */
   | { kind: 'hold'; until: Promise<void> };
 
@@ -401,6 +403,11 @@ export async function startFaultProxy(
           upRes.on('data', (c: Buffer) => chunks.push(c));
           upRes.on('end', () => {
             let body: Buffer = Buffer.concat(chunks);
+            if (f.kind === 'truncate') {
+              res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+              res.write(body.subarray(0, Math.floor(body.length / 2)), () => res.destroy());
+              return;
+            }
             if (f.kind === 'corrupt' && body.length > 0) {
               body = Buffer.from(body);
               const i = Math.floor(body.length / 2);

@@ -10,6 +10,7 @@ import {
   MediaType,
   PlatformNotFoundError,
   RegistryClient,
+  RegistryUnavailableError,
 } from '../../registry/index.js';
 import type { Repository } from '../../registry/index.js';
 import { startFaultProxy, tempDir, waitUntil } from '../../registry/test-support.js';
@@ -151,6 +152,89 @@ describe('ImageSource', () => {
       new ImageSource({ client, store }).pull(`${p.addr}/busybox:latest`, AMD64),
     ).rejects.toBeInstanceOf(DigestMismatchError);
     expect(await listStore(store)).toEqual([good.digest]);
+  });
+
+  it('retries a download that breaks off, and gives up with a retryable error after blobAttempts', async () => {
+    const layer = (
+      await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, AMD64)
+    ).layers[0]!;
+    let broken = 0;
+    const flaky = await proxy((m, path) =>
+      m === 'GET' && path.includes(`/blobs/${layer.digest}`) && broken++ < 1
+        ? { kind: 'truncate' }
+        : undefined,
+    );
+    const store = await newStore();
+    const img = await new ImageSource({ client, store }).pull(
+      `${flaky.addr}/busybox:latest`,
+      AMD64,
+    );
+    expect(await store.stat(img.layers[0]!.digest)).toEqual({ size: layer.size });
+    expect(flaky.log.filter((l) => l === `GET /v2/busybox/blobs/${layer.digest}`)).toHaveLength(2);
+
+    const dead = await proxy((m, path) =>
+      m === 'GET' && path.includes(`/blobs/${layer.digest}`) ? { kind: 'truncate' } : undefined,
+    );
+    const store2 = await newStore();
+    const err = await new ImageSource({ client, store: store2, blobAttempts: 2 })
+      .pull(`${dead.addr}/busybox:latest`, AMD64)
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RegistryUnavailableError);
+    expect(dead.log.filter((l) => l === `GET /v2/busybox/blobs/${layer.digest}`)).toHaveLength(2);
+    expect(await store2.has(layer.digest)).toBe(false);
+  });
+
+  it('pulls an image with Docker media types (manifest list, v2 schema 2, rootfs.diff.tar.gzip)', async () => {
+    const base = await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, ARM64);
+    const fixtureRepo = parseImageReference(FIXTURE);
+    const repo: Repository = { domain: REGISTRY, path: 'kiln-test/docker-media-types' };
+    const layer = base.manifest.layers[0]!;
+    const config = base.manifest.config;
+    for (const b of [layer, config])
+      await client.pushBlob(repo, b, Buffer.alloc(0), { mountFrom: [fixtureRepo.path] });
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaType.dockerManifest,
+        config: { mediaType: MediaType.dockerConfig, size: config.size, digest: config.digest },
+        layers: [{ mediaType: MediaType.dockerLayerGzip, size: layer.size, digest: layer.digest }],
+      }),
+    );
+    const manifestDigest = await client.pushManifest(
+      repo,
+      sha256Digest(manifest),
+      manifest,
+      MediaType.dockerManifest,
+    );
+    const list = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaType.dockerManifestList,
+        manifests: [
+          {
+            mediaType: MediaType.dockerManifest,
+            size: manifest.length,
+            digest: manifestDigest,
+            platform: { architecture: 'arm64', os: 'linux', variant: 'v8' },
+          },
+        ],
+      }),
+    );
+    await client.pushManifest(repo, 'latest', list, MediaType.dockerManifestList);
+    const src = new ImageSource({ client, store: await newStore() });
+    const img = await src.pull(`${REGISTRY}/${repo.path}:latest`, ARM64);
+    expect(img.manifestDigest).toBe(manifestDigest);
+    expect(img.layers).toEqual([
+      {
+        digest: layer.digest,
+        diffID: base.layers[0]!.diffID,
+        size: layer.size,
+        mediaType: MediaType.dockerLayerGzip,
+      },
+    ]);
+    const root = await newDir('rootfs-docker');
+    await src.unpack(img.layers, root);
+    expect((await readFile(join(root, 'bin/busybox'))).readUInt16LE(18)).toBe(0xb7); // aarch64
   });
 
   it('skips blobs already in the store and shares concurrent downloads of the same blob', async () => {
