@@ -214,6 +214,20 @@ describe('copyPath', () => {
     expect([sub.mode & 0o7777, sub.mtime.getTime()]).toEqual([0o711, t.getTime()]);
   });
 
+  it('copies devices and fifos', async () => {
+    const src = join(base, 'src');
+    await mkdir(src);
+    await exec('mknod', [join(src, 'null'), 'c', '1', '3']);
+    await exec('mkfifo', [join(src, 'fifo')]);
+    await copyPath(src, '/', root, '/dev/', { copyDirContents: true });
+    const dev = await lstat(join(root, 'dev/null'));
+    expect([dev.isCharacterDevice(), dev.rdev]).toEqual([
+      true,
+      (await lstat(join(src, 'null'))).rdev,
+    ]);
+    expect((await lstat(join(root, 'dev/fifo'))).isFIFO()).toBe(true);
+  });
+
   it('never writes through a symlink in the destination tree', async () => {
     const src = join(base, 'src');
     await mkdir(join(src, 'outside'), { recursive: true });
@@ -265,15 +279,17 @@ describe('archives', () => {
     await exec('tar', ['-C', src, '-czf', join(src, 'a.tgz'), 'content']);
     await exec('tar', ['-C', src, '-cjf', join(src, 'a.tbz'), 'content']);
     await exec('tar', ['-C', src, '-cJf', join(src, 'a.txz'), 'content']);
+    await exec('tar', ['-C', src, '--zstd', '-cf', join(src, 'a.tzst'), 'content']);
     await writeFile(join(src, 'plain.gz'), Buffer.from([0x1f, 0x8b, 0x08, 0, 1, 2, 3]));
     expect(await detectArchive(join(src, 'a.tar'))).toBe('none');
     expect(await detectArchive(join(src, 'a.tgz'))).toBe('gzip');
     expect(await detectArchive(join(src, 'a.tbz'))).toBe('bzip2');
     expect(await detectArchive(join(src, 'a.txz'))).toBe('xz');
+    expect(await detectArchive(join(src, 'a.tzst'))).toBe('zstd');
     expect(await detectArchive(join(src, 'content/f'))).toBeUndefined();
     expect(await detectArchive(join(src, 'plain.gz'))).toBeUndefined();
     expect(await detectArchive(join(src, 'content'))).toBeUndefined();
-    for (const f of ['a.tar', 'a.tgz', 'a.tbz', 'a.txz']) {
+    for (const f of ['a.tar', 'a.tgz', 'a.tbz', 'a.txz', 'a.tzst']) {
       const dest = join(root, f);
       await mkdir(dest);
       await unpackArchive(join(src, f), (await detectArchive(join(src, f)))!, dest);
