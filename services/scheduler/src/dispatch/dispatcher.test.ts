@@ -1,0 +1,307 @@
+// The Dispatcher against a real nats-server (fresh for this file) and real worker processes
+// (the worker's task CLI with its sleep executor). No mocks; waits are on conditions.
+import { TASK_STREAM, getRecord, taskKey } from '@kiln/bus';
+import type { TaskInit } from '@kiln/bus';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Dispatcher } from './dispatcher.js';
+import type { DispatcherOptions } from './dispatcher.js';
+import type { DispatchEvent } from './events.js';
+import { DispatcherClosedError, TaskCancelledError } from './errors.js';
+import type { Harness, NatsHandle, WorkerProcess } from './testing.js';
+import { bundleWorkerCli, loadHarness, spawnWorker, testTask, until } from './testing.js';
+
+let h: Harness;
+let nats: NatsHandle;
+let cli: string;
+let tmp: { dir: string; remove: () => void };
+let nc: NatsConnection;
+let d: Dispatcher;
+const events: DispatchEvent[] = [];
+const workers: WorkerProcess[] = [];
+const dispatchers: Dispatcher[] = [];
+const conns: NatsConnection[] = [];
+
+const DISPATCH: Omit<DispatcherOptions, 'nc'> = {
+  affinityDelayMs: 200,
+  heartbeatTimeoutMs: 1_500,
+  maxAttempts: 3,
+  monitorIntervalMs: 100,
+};
+
+beforeAll(async () => {
+  h = await loadHarness();
+  tmp = h.makeTempDir('dispatch');
+  [nats, cli] = await Promise.all([h.startNats(), bundleWorkerCli(h, tmp.dir)]);
+  nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  d = await Dispatcher.start({ nc, ...DISPATCH, onEvent: (e) => events.push(e) });
+});
+
+afterEach(async () => {
+  await Promise.all(workers.splice(0).map((w) => w.proc.stop(5_000)));
+  await Promise.all(dispatchers.splice(0).map((x) => x.close()));
+  await Promise.all(conns.splice(0).map((c) => c.close()));
+});
+
+afterAll(async () => {
+  await d?.close();
+  await nc?.close();
+  await nats?.stop();
+  tmp?.remove();
+});
+
+async function worker(
+  id: string,
+  platforms = 'linux/amd64',
+  slots = 1,
+  url = nats.url,
+  disp = d,
+): Promise<WorkerProcess> {
+  const w = await spawnWorker(h, cli, url, { id, platforms, slots });
+  workers.push(w);
+  await until(`dispatcher to see ${id}`, () => disp.liveWorkers().some((x) => x.id === id));
+  return w;
+}
+
+async function record(t: TaskInit, dispatcher = d) {
+  return (await getRecord(dispatcher.bus.tasks, taskKey(t.cacheKey ?? '')))?.record;
+}
+
+async function streamMessages(dispatcher = d): Promise<number> {
+  return (await dispatcher.bus.jsm.streams.info(TASK_STREAM)).state.messages;
+}
+
+describe('Dispatcher', () => {
+  it('routes by platform: arm64 never on amd64 and vice versa, native before emulated', async () => {
+    const [amd, arm, emu] = await Promise.all([
+      worker('route-amd64', 'linux/amd64', 2),
+      worker('route-arm64', 'linux/arm64', 2),
+      worker('route-emu', 'linux/arm64=emulated', 2),
+    ]);
+    const tasks = [
+      ...Array.from({ length: 6 }, () => testTask({ platform: 'linux/amd64' })),
+      ...Array.from({ length: 6 }, () => testTask({ platform: 'linux/arm64/v8' })),
+    ];
+    const results = await Promise.all(tasks.map((t) => d.submit(t)));
+    for (const [i, t] of tasks.entries()) {
+      expect(results[i]?.workerId).toBe(t.platform?.Architecture === 'amd64' ? amd.id : arm.id);
+    }
+    expect(emu.events.some((e) => e.type === 'claimed')).toBe(false);
+    // With no native arm64 worker left, the emulated one runs arm64 tasks, and says so.
+    await arm.proc.stop(5_000);
+    await until(
+      'the native arm64 worker to be gone',
+      () => !d.liveWorkers().some((w) => w.id === arm.id),
+    );
+    const t = testTask({ platform: 'linux/arm64' });
+    expect((await d.submit(t)).workerId).toBe(emu.id);
+    expect(await record(t)).toMatchObject({ holder: emu.id, emulated: true });
+  });
+
+  it('runs a key once for concurrent submits from two builds; later submits get the stored result', async () => {
+    const w = await worker('dedup-1', 'linux/amd64', 2);
+    const t = testTask({ sleepMs: 300 });
+    const [a, b] = await Promise.all([
+      d.submit(t, { buildId: 'x' }),
+      d.submit({ ...t, taskId: 'other', buildId: 'y' }),
+    ]);
+    expect(a.attemptToken).toBe(b.attemptToken);
+    expect(a.outputs[0]?.resultId).toBe(`res-${t.cacheKey}`);
+    expect(w.events.filter((e) => e.type === 'claimed').length).toBe(1);
+    expect((await record(t))?.builds.sort()).toEqual(['x', 'y']);
+    // A second dispatcher (another scheduler instance) asking later gets the stored result.
+    const d2 = await Dispatcher.start({ nc, ...DISPATCH });
+    dispatchers.push(d2);
+    const c = await d2.submit({ ...t, buildId: 'z' });
+    expect(c.attemptToken).toBe(a.attemptToken);
+    expect(w.events.filter((e) => e.type === 'claimed').length).toBe(1);
+  });
+
+  it('offers a task to the worker that holds its inputs first', async () => {
+    const [a, b] = await Promise.all([worker('aff-a'), worker('aff-b')]);
+    // Preferred worker given by the caller.
+    const r1 = await d.submit(testTask(), { preferredWorkers: [b.id] });
+    expect(r1.workerId).toBe(b.id);
+    const r2 = await d.submit(testTask(), { preferredWorkers: [a.id] });
+    expect(r2.workerId).toBe(a.id);
+    // Holder found through the registration's summary of held results.
+    const producer = await d.submit(testTask({ output: 'aff-result-1' }), {
+      preferredWorkers: [b.id],
+    });
+    expect(producer.workerId).toBe(b.id);
+    await until('b to advertise the result', () =>
+      d
+        .liveWorkers()
+        .find((w) => w.id === b.id)
+        ?.held.includes('aff-result-1'),
+    );
+    for (let i = 0; i < 4; i++) {
+      const t = testTask({ inputs: ['aff-result-1'] });
+      expect((await d.submit(t)).workerId).toBe(b.id);
+      expect(b.claimed(t.taskId ?? '')).toBe(true);
+      expect(b.events.find((e) => e.type === 'claimed' && e.taskId === t.taskId)?.via).toBe(
+        'offer',
+      );
+    }
+  });
+
+  it('releases the task to the platform queue when the holder is busy past the delay, or absent', async () => {
+    const [a, b] = await Promise.all([worker('delay-a'), worker('delay-b')]);
+    const long = testTask({ sleepMs: 4_000 });
+    const longDone = d.submit(long, { preferredWorkers: [a.id] });
+    await until('a to run the long task', () => a.claimed(long.taskId ?? ''));
+    const t = testTask();
+    const r = await d.submit(t, { preferredWorkers: [a.id] });
+    expect(r.workerId).toBe(b.id);
+    expect((await record(long))?.state).toBe('running'); // a was busy all along
+    expect(
+      a.events.some(
+        (e) => e.type === 'offer-declined' && e.taskId === t.taskId && e.reason === 'busy',
+      ),
+    ).toBe(true);
+    expect((await longDone).workerId).toBe(a.id);
+    // Absent: a worker killed a moment ago still looks alive to placement; nobody answers.
+    const ghost = await worker('delay-ghost');
+    ghost.proc.kill('SIGKILL');
+    await ghost.proc.exited;
+    const t2 = testTask();
+    const r2 = await d.submit(t2, { preferredWorkers: [ghost.id] });
+    expect([a.id, b.id]).toContain(r2.workerId);
+  });
+
+  it('re-runs the task of a worker killed with SIGKILL mid-task on another worker', async () => {
+    const [k, l] = await Promise.all([worker('kill-k'), worker('kill-l')]);
+    const t = testTask({ sleepMs: 2_000 });
+    const done = d.submit(t, { preferredWorkers: [k.id] });
+    await until('k to run the task', () => k.claimed(t.taskId ?? ''));
+    k.proc.kill('SIGKILL');
+    await k.proc.exited;
+    const r = await done;
+    expect(r.workerId).toBe(l.id);
+    expect(await record(t)).toMatchObject({ state: 'done', attempt: 2, holder: l.id });
+    expect(
+      events.some(
+        (e) => e.type === 'redispatched' && e.taskId === t.taskId && e.reason === 'holder-lost',
+      ),
+    ).toBe(true);
+    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
+  it('fails a task that keeps failing after maxAttempts and leaves no message in the stream', async () => {
+    const w = await worker('poison-1');
+    const t = testTask({ fail: 'retryable' });
+    const err = await d.submit(t).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({
+      code: 'TEST_FAIL',
+      details: { attempts: 3, vertexDigest: t.vertexDigest },
+    });
+    expect(await record(t)).toMatchObject({ state: 'failed', attempt: 3 });
+    expect(w.events.filter((e) => e.type === 'claimed' && e.taskId === t.taskId).length).toBe(3);
+    // A non-retryable error fails at once.
+    const fatal = testTask({ fail: 'fatal' });
+    await expect(d.submit(fatal)).rejects.toMatchObject({ code: 'TEST_FATAL' });
+    expect((await record(fatal))?.attempt).toBe(1);
+    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
+  it('discards the late result of a worker presumed dead', async () => {
+    const s = await worker('late-s');
+    const t = testTask({ sleepMs: 1_000 });
+    const done = d.submit(t);
+    await until('s to run the task', () => s.claimed(t.taskId ?? ''));
+    const firstToken = (await record(t))?.attemptToken;
+    s.proc.kill('SIGSTOP'); // frozen: no heartbeat, no keepalive, its task "finishes" later
+    const u = await worker('late-u');
+    const r = await done;
+    expect(r.workerId).toBe(u.id);
+    const accepted = await record(t);
+    s.proc.kill('SIGCONT');
+    await until('s to find its attempt stale', () =>
+      s.events.some((e) => e.type === 'stale' && e.taskId === t.taskId),
+    );
+    const after = await record(t);
+    expect(after).toEqual(accepted);
+    expect(after?.attemptToken).not.toBe(firstToken);
+    expect(after?.holder).toBe(u.id);
+  });
+
+  it('cancels a build: its own tasks stop, tasks shared with another build complete', async () => {
+    const w = await worker('cancel-w', 'linux/amd64', 2);
+    const own = testTask({ sleepMs: 30_000 });
+    const shared = testTask({ sleepMs: 800 });
+    const pOwn = d.submit(own, { buildId: 'x' });
+    const pSharedX = d.submit(shared, { buildId: 'x' });
+    const pSharedY = d.submit(shared, { buildId: 'y' });
+    await until(
+      'both tasks to run',
+      () => w.claimed(own.taskId ?? '') && w.claimed(shared.taskId ?? ''),
+    );
+    d.cancel('x');
+    await expect(pOwn).rejects.toBeInstanceOf(TaskCancelledError);
+    await expect(pSharedX).rejects.toBeInstanceOf(TaskCancelledError);
+    expect((await pSharedY).workerId).toBe(w.id);
+    await until(
+      'the own task to be cancelled',
+      async () => (await record(own))?.state === 'cancelled',
+    );
+    await until('the worker to stop it', () =>
+      w.events.some((e) => e.type === 'stale' && e.taskId === own.taskId),
+    );
+  });
+
+  it('survives a scheduler restart: a new dispatcher picks up the running task', async () => {
+    const w = await worker('restart-s');
+    const c1 = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+    conns.push(c1);
+    const d1 = await Dispatcher.start({ nc: c1, ...DISPATCH });
+    const t = testTask({ sleepMs: 800 });
+    const first = d1.submit(t);
+    await until('the task to run', () => w.claimed(t.taskId ?? ''));
+    await d1.close();
+    await expect(first).rejects.toBeInstanceOf(DispatcherClosedError);
+    const d2 = await Dispatcher.start({ nc: c1, ...DISPATCH });
+    dispatchers.push(d2);
+    const r = await d2.submit(t);
+    expect(r.workerId).toBe(w.id);
+    expect(w.events.filter((e) => e.type === 'claimed').length).toBe(1);
+  });
+});
+
+describe('Dispatcher across a nats-server restart', () => {
+  it('reconnects and completes every task', async () => {
+    const store = h.makeTempDir('dispatch-restart');
+    let server = await h.startNats({ storeDir: store.dir });
+    const c = await connect({
+      servers: server.url,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 100,
+    });
+    conns.push(c);
+    try {
+      const dr = await Dispatcher.start({ nc: c, ...DISPATCH });
+      dispatchers.push(dr);
+      const w = await worker('nrestart-w', 'linux/amd64', 2, server.url, dr);
+      const tasks = Array.from({ length: 6 }, () => testTask({ sleepMs: 700 }));
+      const all = Promise.all(tasks.map((t) => dr.submit(t)));
+      await until('a task to run', () => w.events.some((e) => e.type === 'claimed'));
+      const port = server.port;
+      await server.stop();
+      server = await h.startNats({ port, storeDir: store.dir });
+      const results = await all;
+      expect(results.map((r) => r.outputs[0]?.resultId)).toEqual(
+        tasks.map((t) => `res-${t.cacheKey}`),
+      );
+      await until('the queue to be empty', async () => (await streamMessages(dr)) === 0);
+    } finally {
+      await Promise.all(workers.splice(0).map((x) => x.proc.stop(5_000)));
+      await Promise.all(dispatchers.splice(0).map((x) => x.close()));
+      await Promise.all(conns.splice(0).map((x) => x.close()));
+      await server.stop();
+      store.remove();
+    }
+  });
+});

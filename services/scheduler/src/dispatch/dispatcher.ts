@@ -1,0 +1,694 @@
+/**
+ * The dispatch core of the distributed scheduler: it turns "run this task" into a result, once per
+ * cache key across every build, on a worker of the task's platform, preferably the one that holds
+ * its inputs, surviving worker deaths, nats-server restarts and its own restart.
+ *
+ * State lives on the bus, not here: the `kiln_tasks` record of a key (see `@kiln/bus`
+ * task-record.ts) is the truth, changed only by compare-and-set; this class keeps an in-memory
+ * entry per key it waits for, fed by a watch of the bucket, and a live view of the workers. A new
+ * Dispatcher (after a restart) that is asked for a key picks up the record: a stored result is
+ * returned, a running attempt is waited for, a queued one is re-dispatched.
+ *
+ * Concurrency: every action on one key runs in order on that key's chain; actions on different
+ * keys run concurrently.
+ */
+import { randomUUID } from 'node:crypto';
+import type {
+  Bus,
+  BusOptions,
+  Placement,
+  Platform,
+  StoredRecord,
+  TaskInit,
+  TaskProgress,
+  TaskRecord,
+  TaskResult,
+} from '@kiln/bus';
+import {
+  MAX_DELIVERIES_ADVISORY,
+  OFFER_WAIT_HEADER,
+  PROGRESS_SUBJECT_PREFIX,
+  TASK_STREAM,
+  casRecord,
+  createRecord,
+  decodeJson,
+  decodeResult,
+  decodeTask,
+  encodeTask,
+  failRule,
+  formatPlatform,
+  fromBase64,
+  getRecord,
+  joinRule,
+  leaveRule,
+  offerSubject,
+  openBus,
+  parsePlatform,
+  redispatchRule,
+  replaceRule,
+  retrying,
+  taskKey,
+  taskSubject,
+  toBase64,
+  watchLoop,
+} from '@kiln/bus';
+import type { OfferReply } from '@kiln/bus';
+import { reviveError } from '@kiln/protocol';
+import { KvWatchInclude } from '@nats-io/kv';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { headers } from '@nats-io/transport-node';
+import {
+  DispatcherClosedError,
+  NoWorkerError,
+  TaskCancelledError,
+  TaskFailedError,
+} from './errors.js';
+import type { DispatchEvent } from './events.js';
+import { planPlacement } from './placement.js';
+import { WorkerTable } from './worker-table.js';
+
+export interface DispatcherOptions {
+  /** A connection with reconnects enabled (`maxReconnectAttempts: -1`). Not closed by close(). */
+  nc: NatsConnection;
+  bus?: BusOptions;
+  /** How long the worker holding a task's inputs may take to claim it. Default 100 ms. */
+  affinityDelayMs?: number;
+  /** A worker unheard of this long is presumed dead and its tasks re-dispatched. Default 3 s. */
+  heartbeatTimeoutMs?: number;
+  /** Attempts of one task (worker deaths and retryable errors count). Default 3. */
+  maxAttempts?: number;
+  /** How often holders and queued tasks are checked. Default 250 ms. */
+  monitorIntervalMs?: number;
+  /** A task no live worker can run fails after this long. Default 30 s. */
+  noWorkerTimeoutMs?: number;
+  /** Typed events (libraries do not log). */
+  onEvent?: (e: DispatchEvent) => void;
+}
+
+interface CompiledOptions {
+  affinityDelayMs: number;
+  heartbeatTimeoutMs: number;
+  maxAttempts: number;
+  monitorIntervalMs: number;
+  noWorkerTimeoutMs: number;
+  onEvent: (e: DispatchEvent) => void;
+}
+
+export interface SubmitOptions {
+  /** Workers to offer the task to first (e.g. the ones that produced its inputs). */
+  preferredWorkers?: readonly string[];
+  /** The build waiting; default: the task's build_id. Cancel with {@link Dispatcher.cancel}. */
+  buildId?: string;
+  /** Aborting stops this build's wait (and the task, if no other build waits for it). */
+  signal?: AbortSignal;
+  onProgress?: (p: TaskProgress) => void;
+}
+
+interface Waiter {
+  buildId: string;
+  resolve: (r: TaskResult) => void;
+  reject: (e: Error) => void;
+  onProgress?: (p: TaskProgress) => void;
+}
+
+interface Entry {
+  key: string;
+  cacheKey: string;
+  platform: Platform;
+  /** The task without attempt fields (from this submit, or from the adopted record). */
+  task: TaskInit;
+  preferred: readonly string[];
+  waiters: Waiter[];
+  stored?: StoredRecord;
+  chain: Promise<void>;
+  noWorkerSince?: number;
+  /** Token of an attempt whose re-dispatch is already on the chain (monitor dedup). */
+  pendingFor?: string;
+}
+
+export class Dispatcher {
+  readonly #bus: Bus;
+  readonly #o: CompiledOptions;
+  readonly #entries = new Map<string, Entry>();
+  readonly #workers: WorkerTable;
+  readonly #abort = new AbortController();
+  readonly #subs: Subscription[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #connected = true;
+
+  private constructor(bus: Bus, o: CompiledOptions) {
+    this.#bus = bus;
+    this.#o = o;
+    this.#workers = new WorkerTable(o.heartbeatTimeoutMs);
+  }
+
+  /** Opens the bus, starts watching workers and task records, and the monitor. */
+  static async start(opts: DispatcherOptions): Promise<Dispatcher> {
+    const bus = await openBus(opts.nc, opts.bus);
+    const d = new Dispatcher(bus, {
+      affinityDelayMs: opts.affinityDelayMs ?? 100,
+      heartbeatTimeoutMs: opts.heartbeatTimeoutMs ?? 3_000,
+      maxAttempts: opts.maxAttempts ?? 3,
+      monitorIntervalMs: opts.monitorIntervalMs ?? 250,
+      noWorkerTimeoutMs: opts.noWorkerTimeoutMs ?? 30_000,
+      onEvent: opts.onEvent ?? (() => undefined),
+    });
+    await d.#startWatches();
+    return d;
+  }
+
+  /** The bus handles (stream, buckets) this dispatcher uses. */
+  get bus(): Bus {
+    return this.#bus;
+  }
+
+  /** Workers alive now, as last registered. */
+  liveWorkers(): ReturnType<WorkerTable['alive']> {
+    return this.#workers.alive();
+  }
+
+  /**
+   * Runs a task (once per cache key) and resolves with the accepted result. A second submit of
+   * a key that is pending joins it; a key already done returns the stored result. Rejects with
+   * {@link TaskFailedError} (or the task's own error code), {@link TaskCancelledError},
+   * {@link NoWorkerError} or {@link DispatcherClosedError}.
+   */
+  submit(task: TaskInit, opts: SubmitOptions = {}): Promise<TaskResult> {
+    if (this.#abort.signal.aborted) return Promise.reject(new DispatcherClosedError());
+    const cacheKey = task.cacheKey ?? '';
+    const key = taskKey(cacheKey);
+    if (!task.platform?.OS || !task.platform.Architecture) {
+      return Promise.reject(
+        new TaskFailedError(
+          'task has no platform',
+          { cacheKey },
+          { code: 'DISPATCH_INVALID_TASK' },
+        ),
+      );
+    }
+    const platform = parsePlatform(
+      [task.platform.OS, task.platform.Architecture, task.platform.Variant]
+        .filter(Boolean)
+        .join('/'),
+    );
+    const buildId = opts.buildId ?? task.buildId ?? '';
+    return new Promise<TaskResult>((resolve, reject) => {
+      const waiter: Waiter = { buildId, resolve, reject, onProgress: opts.onProgress };
+      if (opts.signal) {
+        const signal = opts.signal;
+        if (signal.aborted) return reject(new TaskCancelledError('aborted', { cacheKey }));
+        const onAbort = (): void => this.#leave(key, waiter, 'aborted');
+        signal.addEventListener('abort', onAbort, { once: true });
+        const done = (): void => signal.removeEventListener('abort', onAbort);
+        waiter.resolve = (r) => (done(), resolve(r));
+        waiter.reject = (e) => (done(), reject(e));
+      }
+      let entry = this.#entries.get(key);
+      if (entry) {
+        entry.waiters.push(waiter);
+        const e = entry;
+        this.#enqueue(e, () => this.#joinBuild(e, buildId));
+        return;
+      }
+      const { attemptToken: _t, attempt: _a, ...clean } = task;
+      entry = {
+        key,
+        cacheKey,
+        platform,
+        task: { ...clean, taskId: task.taskId || randomUUID() },
+        preferred: opts.preferredWorkers ?? [],
+        waiters: [waiter],
+        chain: Promise.resolve(),
+      };
+      this.#entries.set(key, entry);
+      const e = entry;
+      this.#enqueue(e, () => this.#begin(e, buildId));
+    });
+  }
+
+  /** Stops waiting for a build's tasks; tasks no other build waits for are cancelled. */
+  cancel(buildId: string): void {
+    for (const e of [...this.#entries.values()]) {
+      for (const w of e.waiters.filter((x) => x.buildId === buildId))
+        this.#leave(e.key, w, 'cancelled');
+    }
+  }
+
+  /**
+   * Stops watching and monitoring. Pending submits reject with {@link DispatcherClosedError};
+   * task records stay, so a new Dispatcher can pick them up.
+   */
+  async close(): Promise<void> {
+    if (this.#abort.signal.aborted) return;
+    this.#abort.abort();
+    clearInterval(this.#timer);
+    for (const s of this.#subs) s.unsubscribe();
+    const chains = [...this.#entries.values()].map((e) => e.chain);
+    for (const e of this.#entries.values())
+      for (const w of e.waiters) w.reject(new DispatcherClosedError());
+    this.#entries.clear();
+    await Promise.allSettled(chains);
+  }
+
+  // ---- internals ----
+
+  async #startWatches(): Promise<void> {
+    const signal = this.#abort.signal;
+    const onError = (where: string) => (error: unknown) =>
+      this.#o.onEvent({ type: 'error', where, error });
+    await watchLoop({
+      nc: this.#bus.nc,
+      kv: this.#bus.workers,
+      watch: {},
+      signal,
+      onEntry: (e) => this.#workers.apply(e),
+      onOpen: (reopened) => reopened && this.#workers.refreshAll(),
+      onError: onError('workers-watch'),
+    });
+    await watchLoop({
+      nc: this.#bus.nc,
+      kv: this.#bus.tasks,
+      watch: { include: KvWatchInclude.UpdatesOnly },
+      signal,
+      onEntry: (e) => {
+        const entry = this.#entries.get(e.key);
+        if (!entry || e.operation !== 'PUT' || e.length === 0) return;
+        this.#observe(entry, { record: decodeJson<TaskRecord>(e.value), revision: e.revision });
+      },
+      // Updates may have been missed while the watch was down: re-read every pending record.
+      onOpen: (reopened) => {
+        if (reopened)
+          for (const e of this.#entries.values()) this.#enqueue(e, () => this.#reread(e));
+      },
+      onError: onError('tasks-watch'),
+    });
+    this.#subs.push(
+      this.#bus.nc.subscribe(`${PROGRESS_SUBJECT_PREFIX}.>`, {
+        callback: (err, msg) => {
+          if (err) return;
+          const key = msg.subject.slice(PROGRESS_SUBJECT_PREFIX.length + 1);
+          const entry = this.#entries.get(key);
+          if (!entry) return;
+          const p = decodeJson<TaskProgress>(msg.data);
+          if (p.attemptToken !== entry.stored?.record.attemptToken) return;
+          for (const w of entry.waiters) w.onProgress?.(p);
+        },
+      }),
+      this.#bus.nc.subscribe(MAX_DELIVERIES_ADVISORY, {
+        callback: (err, msg) => {
+          if (err) return;
+          const a = decodeJson<{ stream_seq: number; consumer: string }>(msg.data);
+          this.#bus.jsm.streams.deleteMessage(TASK_STREAM, a.stream_seq, false).then(
+            () =>
+              this.#o.onEvent({
+                type: 'stale-message-deleted',
+                seq: a.stream_seq,
+                consumer: a.consumer,
+              }),
+            onError('delete-max-delivered'),
+          );
+        },
+      }),
+    );
+    void (async () => {
+      for await (const s of this.#bus.nc.status()) {
+        if (s.type === 'disconnect') this.#connected = false;
+        if (s.type === 'reconnect') {
+          this.#connected = true;
+          // Nobody's heartbeats arrived while we were away: restart every worker's clock.
+          this.#workers.refreshAll();
+        }
+      }
+    })();
+    this.#timer = setInterval(() => this.#monitor(), this.#o.monitorIntervalMs);
+    this.#timer.unref();
+  }
+
+  #enqueue(e: Entry, fn: () => Promise<void>): void {
+    e.chain = e.chain.then(fn).catch((error: unknown) => {
+      if (this.#abort.signal.aborted) return;
+      this.#o.onEvent({ type: 'error', where: 'task', error });
+      // A bus call failed for good (e.g. NATS away for longer than the retry window): re-read
+      // and react again on the next monitor tick rather than leave the entry stuck.
+      e.pendingFor = undefined;
+    });
+  }
+
+  /** First action on a new entry: create the record (dedup point) or pick up the existing one. */
+  async #begin(e: Entry, buildId: string): Promise<void> {
+    const plan = this.#plan(e);
+    const now = Date.now();
+    const base: TaskRecord = {
+      v: 1,
+      taskId: e.task.taskId ?? '',
+      cacheKey: e.cacheKey,
+      platform: formatPlatform(e.platform),
+      attempt: 0,
+      attemptToken: '',
+      state: 'queued',
+      builds: [buildId],
+      task: toBase64(encodeTask(e.task)),
+      createdAt: now,
+      dispatchedAt: now,
+    };
+    const first = redispatchRule(base, plan.placement, plan.offerTo);
+    const revision = await this.#retry(() => createRecord(this.#bus.tasks, e.key, first));
+    if (revision !== false) {
+      this.#setStored(e, { record: first, revision });
+      await this.#deliver(e, first);
+      return;
+    }
+    // The key exists: another submit (another build, another scheduler instance) was first.
+    const found = await this.#retry(() => getRecord(this.#bus.tasks, e.key));
+    if (!found) return this.#begin(e, buildId); // deleted meanwhile (TTL): start over
+    this.#adoptTask(e, found.record);
+    const r = found.record;
+    if (r.state === 'failed' || r.state === 'cancelled') {
+      // A previous run ended without a result: this submit starts a new series of attempts.
+      const out = await this.#cas(
+        e,
+        (cur) =>
+          cur.state === 'failed' || cur.state === 'cancelled'
+            ? redispatchRule(
+                { ...cur, attempt: 0, builds: [buildId] },
+                plan.placement,
+                plan.offerTo,
+              )
+            : undefined,
+        found,
+      );
+      if (out.applied && out.record) return this.#deliver(e, out.record);
+      return this.#react(e);
+    }
+    this.#setStored(e, found);
+    if (r.state !== 'done') await this.#joinBuild(e, buildId);
+    if (r.state === 'queued') {
+      // Queued by someone else, maybe a scheduler that died before (or while) placing it:
+      // place it again under a new token; any older copy becomes stale.
+      return this.#redispatch(e, r.attemptToken, 'adopted', false);
+    }
+    return this.#react(e);
+  }
+
+  /** Decodes the adopted record's task so that re-dispatches publish the original task. */
+  #adoptTask(e: Entry, r: TaskRecord): void {
+    const t = decodeTask(fromBase64(r.task));
+    t.attemptToken = '';
+    t.attempt = 0;
+    e.task = t;
+  }
+
+  async #joinBuild(e: Entry, buildId: string): Promise<void> {
+    const r = e.stored?.record;
+    if (!r || r.builds.includes(buildId) || r.state === 'done') return;
+    await this.#cas(e, (cur) => (cur.state === 'done' ? undefined : joinRule(cur, buildId)));
+  }
+
+  #observe(e: Entry, s: StoredRecord): void {
+    if (e.stored && s.revision <= e.stored.revision) return;
+    this.#setStored(e, s);
+    this.#enqueue(e, () => this.#react(e));
+  }
+
+  #setStored(e: Entry, s: StoredRecord): void {
+    if (!e.stored || s.revision > e.stored.revision) e.stored = s;
+  }
+
+  async #reread(e: Entry): Promise<void> {
+    const s = await this.#retry(() => getRecord(this.#bus.tasks, e.key));
+    if (s) this.#setStored(e, s);
+    await this.#react(e);
+  }
+
+  /** Acts on the entry's latest record. */
+  async #react(e: Entry): Promise<void> {
+    const r = e.stored?.record;
+    if (!r || this.#entries.get(e.key) !== e) return;
+    switch (r.state) {
+      case 'done': {
+        const result = decodeResult(fromBase64(r.result ?? ''));
+        this.#o.onEvent({
+          type: 'completed',
+          taskId: r.taskId,
+          worker: r.holder ?? '',
+          attempt: r.attempt,
+        });
+        return this.#settle(e, (w) => w.resolve(result));
+      }
+      case 'failed': {
+        const err = r.error ?? {
+          code: 'DISPATCH_TASK_FAILED',
+          message: 'task failed',
+          retryable: false,
+        };
+        this.#o.onEvent({ type: 'failed', taskId: r.taskId, code: err.code, attempts: r.attempt });
+        const details = {
+          cacheKey: r.cacheKey,
+          taskId: r.taskId,
+          vertexDigest: e.task.vertexDigest ?? '',
+          attempts: r.attempt,
+        };
+        const error =
+          err.code === 'DISPATCH_NO_WORKER'
+            ? new NoWorkerError(r.platform, this.#o.noWorkerTimeoutMs)
+            : reviveError(
+                err.code,
+                err.message,
+                { ...details, ...(err.exitCode ? { exitCode: err.exitCode } : {}) },
+                err.retryable,
+              );
+        return this.#settle(e, (w) => w.reject(error));
+      }
+      case 'cancelled':
+        return this.#settle(e, (w) =>
+          w.reject(new TaskCancelledError('task cancelled', { cacheKey: r.cacheKey })),
+        );
+      case 'errored':
+        if (r.error?.retryable && r.attempt < this.#o.maxAttempts) {
+          return this.#redispatch(e, r.attemptToken, 'retry', true);
+        }
+        await this.#cas(e, (cur) =>
+          cur.attemptToken === r.attemptToken && cur.state === 'errored'
+            ? failRule(
+                cur,
+                cur.error ?? {
+                  code: 'DISPATCH_TASK_FAILED',
+                  message: 'task failed',
+                  retryable: false,
+                },
+              )
+            : undefined,
+        );
+        return this.#react(e);
+      case 'queued':
+        if (r.placement === 'released')
+          return this.#redispatch(e, r.attemptToken, 'released', false);
+        return;
+      case 'running':
+        return;
+    }
+  }
+
+  #settle(e: Entry, fn: (w: Waiter) => void): void {
+    this.#entries.delete(e.key);
+    for (const w of e.waiters) fn(w);
+    e.waiters = [];
+  }
+
+  #plan(e: Entry): { placement: Placement; offerTo?: string; capable: boolean } {
+    const p = planPlacement(e.task, e.platform, e.preferred, this.#workers.alive());
+    return p.offerTo
+      ? { placement: 'offer', offerTo: p.offerTo, capable: p.capable }
+      : { placement: p.queue, capable: p.capable };
+  }
+
+  /** Starts a new attempt (fresh token) of the attempt `token`, unless it moved on meanwhile. */
+  async #redispatch(
+    e: Entry,
+    token: string,
+    reason: 'holder-lost' | 'retry' | 'adopted' | 'released',
+    count: boolean,
+  ): Promise<void> {
+    const plan = this.#plan(e);
+    const out = await this.#cas(e, (cur) => {
+      if (
+        cur.attemptToken !== token ||
+        (cur.state !== 'running' && cur.state !== 'queued' && cur.state !== 'errored')
+      )
+        return undefined;
+      if (count && cur.attempt >= this.#o.maxAttempts) {
+        const last = cur.error ?? {
+          code: 'DISPATCH_WORKER_LOST',
+          message: `worker ${cur.holder ?? '?'} was lost while running the task`,
+          retryable: true,
+        };
+        return failRule(cur, {
+          ...last,
+          message: `${last.message} (after ${cur.attempt} attempts)`,
+        });
+      }
+      return redispatchRule(cur, plan.placement, plan.offerTo, { countAttempt: count });
+    });
+    e.pendingFor = undefined;
+    if (!out.applied || !out.record) return this.#react(e);
+    if (out.record.state === 'failed') return this.#react(e);
+    this.#o.onEvent({
+      type: 'redispatched',
+      taskId: out.record.taskId,
+      attempt: out.record.attempt,
+      reason,
+    });
+    await this.#deliver(e, out.record);
+  }
+
+  /** Places the record's current attempt: an offer first if planned, then the platform queue. */
+  async #deliver(e: Entry, r: TaskRecord): Promise<void> {
+    const task = encodeTask({
+      ...e.task,
+      taskId: r.taskId,
+      attemptToken: r.attemptToken,
+      attempt: r.attempt,
+    });
+    if (r.placement === 'offer' && r.offeredTo) {
+      this.#o.onEvent({
+        type: 'dispatched',
+        taskId: r.taskId,
+        cacheKey: r.cacheKey,
+        attempt: r.attempt,
+        placement: 'offer',
+        worker: r.offeredTo,
+      });
+      const reply = await this.#offer(r.offeredTo, task);
+      if (reply.accepted) return;
+      this.#o.onEvent({
+        type: 'offer-declined',
+        taskId: r.taskId,
+        worker: r.offeredTo,
+        reason: reply.reason ?? 'timeout',
+      });
+      const plan = this.#plan({ ...e, preferred: [] });
+      const queue = plan.placement === 'emulated' ? 'emulated' : 'native';
+      const out = await this.#cas(e, (cur) => replaceRule(cur, r.attemptToken, queue));
+      if (!out.applied) return; // claimed meanwhile (a late accept), or moved on
+      return this.#publish(e, r, task, queue);
+    }
+    return this.#publish(e, r, task, r.placement === 'emulated' ? 'emulated' : 'native');
+  }
+
+  async #publish(
+    e: Entry,
+    r: TaskRecord,
+    task: Uint8Array,
+    queue: 'native' | 'emulated',
+  ): Promise<void> {
+    this.#o.onEvent({
+      type: 'dispatched',
+      taskId: r.taskId,
+      cacheKey: r.cacheKey,
+      attempt: r.attempt,
+      placement: queue,
+    });
+    await this.#retry(() =>
+      this.#bus.js.publish(taskSubject(e.platform, queue === 'emulated'), task),
+    );
+  }
+
+  async #offer(workerId: string, task: Uint8Array): Promise<OfferReply> {
+    const h = headers();
+    h.set(OFFER_WAIT_HEADER, String(this.#o.affinityDelayMs));
+    try {
+      const msg = await this.#bus.nc.request(offerSubject(workerId), task, {
+        timeout: this.#o.affinityDelayMs + 250,
+        headers: h,
+      });
+      return decodeJson<OfferReply>(msg.data);
+    } catch {
+      // Timeout or no responders (the worker is gone): declined.
+      return { accepted: false };
+    }
+  }
+
+  #leave(key: string, waiter: Waiter, why: 'aborted' | 'cancelled'): void {
+    const e = this.#entries.get(key);
+    if (!e || !e.waiters.includes(waiter)) return;
+    e.waiters = e.waiters.filter((w) => w !== waiter);
+    waiter.reject(
+      new TaskCancelledError(`build ${waiter.buildId} ${why}`, { cacheKey: e.cacheKey }),
+    );
+    if (e.waiters.some((w) => w.buildId === waiter.buildId)) return;
+    if (e.waiters.length === 0) this.#entries.delete(key);
+    this.#enqueue(e, async () => {
+      await this.#cas(e, (cur) => leaveRule(cur, waiter.buildId));
+    });
+  }
+
+  async #cas(e: Entry, change: (r: TaskRecord) => TaskRecord | undefined, known?: StoredRecord) {
+    const out = await this.#retry(() =>
+      casRecord(this.#bus.tasks, e.key, change, known ?? e.stored),
+    );
+    if (out.record) this.#setStored(e, { record: out.record, revision: out.revision });
+    return out;
+  }
+
+  #retry<T>(fn: () => Promise<T>): Promise<T> {
+    return retrying(fn, { signal: this.#abort.signal, timeoutMs: 60_000 });
+  }
+
+  #monitor(): void {
+    if (!this.#connected || this.#abort.signal.aborted) return;
+    const now = Date.now();
+    for (const e of this.#entries.values()) {
+      const r = e.stored?.record;
+      if (!r || e.pendingFor === r.attemptToken) continue;
+      if (r.state === 'running' && r.holder && !this.#workers.isAlive(r.holder, now)) {
+        e.pendingFor = r.attemptToken;
+        this.#enqueue(e, () => this.#redispatch(e, r.attemptToken, 'holder-lost', true));
+        continue;
+      }
+      if (r.state !== 'queued') {
+        e.noWorkerSince = undefined;
+        continue;
+      }
+      const plan = planPlacement(e.task, e.platform, [], this.#workers.alive(now));
+      if (!plan.capable) {
+        e.noWorkerSince ??= now;
+        if (now - e.noWorkerSince >= this.#o.noWorkerTimeoutMs) {
+          e.pendingFor = r.attemptToken;
+          this.#enqueue(e, async () => {
+            await this.#cas(e, (cur) =>
+              cur.attemptToken === r.attemptToken && cur.state === 'queued'
+                ? failRule(cur, {
+                    code: 'DISPATCH_NO_WORKER',
+                    message: `no worker for platform ${r.platform}`,
+                    retryable: true,
+                  })
+                : undefined,
+            );
+            e.pendingFor = undefined;
+            await this.#react(e);
+          });
+        }
+        continue;
+      }
+      e.noWorkerSince = undefined;
+      if (r.placement === 'native' && plan.queue === 'emulated') {
+        // Only emulated workers are left for this platform: put a copy on their queue (same
+        // token; whichever copy is claimed first runs, the other is stale).
+        e.pendingFor = r.attemptToken;
+        this.#enqueue(e, async () => {
+          const out = await this.#cas(e, (cur) => replaceRule(cur, r.attemptToken, 'emulated'));
+          e.pendingFor = undefined;
+          if (out.applied && out.record) {
+            const task = encodeTask({
+              ...e.task,
+              taskId: r.taskId,
+              attemptToken: r.attemptToken,
+              attempt: r.attempt,
+            });
+            await this.#publish(e, out.record, task, 'emulated');
+          }
+        });
+      }
+    }
+  }
+}

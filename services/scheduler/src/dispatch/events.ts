@@ -1,0 +1,23 @@
+/** Typed events of the dispatcher (it does not log; the service's logger subscribes). */
+import type { Placement } from '@kiln/bus';
+
+export type DispatchEvent =
+  | {
+      type: 'dispatched';
+      taskId: string;
+      cacheKey: string;
+      attempt: number;
+      placement: Placement;
+      worker?: string;
+    }
+  | { type: 'offer-declined'; taskId: string; worker: string; reason: string }
+  | {
+      type: 'redispatched';
+      taskId: string;
+      attempt: number;
+      reason: 'holder-lost' | 'retry' | 'adopted' | 'released';
+    }
+  | { type: 'completed'; taskId: string; worker: string; attempt: number }
+  | { type: 'failed'; taskId: string; code: string; attempts: number }
+  | { type: 'stale-message-deleted'; seq: number; consumer: string }
+  | { type: 'error'; where: string; error: unknown };
