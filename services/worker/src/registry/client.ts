@@ -17,7 +17,7 @@ import { ManifestInvalidError, RegistryRequestError, RegistryUnavailableError } 
 import { registryBaseUrl } from './hosts.js';
 import { MANIFEST_ACCEPT, parseManifest } from './manifest.js';
 import type { Descriptor, ManifestDocument } from './manifest.js';
-import { Transport } from './transport.js';
+import { Transport, getWithRetries } from './transport.js';
 import type { RegistryRequest } from './transport.js';
 
 export interface RegistryClientOptions {
@@ -169,7 +169,15 @@ export class RegistryClient {
     const authorizer = new Authorizer({
       credentials,
       fetchToken: (url, headers) =>
-        fetch(url, { headers: { 'user-agent': userAgent, ...headers } }),
+        getWithRetries(
+          url,
+          { 'user-agent': userAgent, ...headers },
+          {
+            maxAttempts: opts.maxAttempts ?? 4,
+            retryBaseDelayMs: opts.retryBaseDelayMs ?? 200,
+            what: `token server ${url.origin}`,
+          },
+        ),
     });
     this.transport = new Transport({
       authorizer,

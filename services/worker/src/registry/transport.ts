@@ -81,6 +81,41 @@ async function errorSummary(res: Response): Promise<{ codes: string[]; text: str
 }
 
 /**
+ * A plain GET with the same bounded retries as registry requests (connection failures, 5xx, 429),
+ * for token servers. The last 5xx answer is returned as it is; a connection that never succeeds
+ * is a {@link RegistryUnavailableError}.
+ */
+export async function getWithRetries(
+  url: URL,
+  headers: Record<string, string>,
+  opts: { maxAttempts: number; retryBaseDelayMs: number; what: string },
+): Promise<Response> {
+  let lastErr: Error | undefined;
+  for (let attempt = 1; attempt <= opts.maxAttempts; attempt++) {
+    if (attempt > 1) {
+      const base = opts.retryBaseDelayMs * 2 ** (attempt - 2);
+      await delay(base / 2 + Math.random() * base);
+    }
+    let res: Response;
+    try {
+      res = await fetch(url, { headers });
+    } catch (err) {
+      if (!isNetworkError(err)) throw err;
+      lastErr = new RegistryUnavailableError(`${opts.what}: GET ${url.origin}: ${describe(err)}`, {
+        cause: err,
+      });
+      continue;
+    }
+    if ((res.status === 429 || res.status >= 500) && attempt < opts.maxAttempts) {
+      await res.body?.cancel();
+      continue;
+    }
+    return res;
+  }
+  throw lastErr ?? new RegistryUnavailableError(`${opts.what}: no attempt made`);
+}
+
+/**
  * Sends registry requests: bearer/basic auth through the {@link Authorizer} (a 401 is answered
  * once with credentials), redirects followed by hand so that credentials never leave the
  * registry's origin, and bounded retries with exponential backoff for connection failures, 5xx

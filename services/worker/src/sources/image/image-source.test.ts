@@ -237,6 +237,35 @@ describe('ImageSource', () => {
     expect((await readFile(join(root, 'bin/busybox'))).readUInt16LE(18)).toBe(0xb7); // aarch64
   });
 
+  it('judges index entries without a platform by their config, as containerd does', async () => {
+    const fixtureRepo = parseImageReference(FIXTURE);
+    const amd = await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, AMD64);
+    const arm = await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, ARM64);
+    const repo: Repository = { domain: REGISTRY, path: 'kiln-test/unlabelled-index' };
+    const entries = [];
+    for (const img of [amd, arm]) {
+      for (const b of [img.manifest.config, ...img.manifest.layers]) {
+        await client.pushBlob(repo, b, Buffer.alloc(0), { mountFrom: [fixtureRepo.path] });
+      }
+      const m = Buffer.from(JSON.stringify(img.manifest));
+      const digest = await client.pushManifest(repo, sha256Digest(m), m, MediaType.ociManifest);
+      entries.push({ mediaType: MediaType.ociManifest, digest, size: m.length });
+    }
+    const index = Buffer.from(
+      JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: entries }),
+    );
+    await client.pushManifest(repo, 'latest', index, MediaType.ociIndex);
+    const src = new ImageSource({ client, store: await newStore() });
+    const got = await src.resolve(`${REGISTRY}/${repo.path}:latest`, ARM64);
+    expect(got.config.architecture).toBe('arm64');
+    expect(got.manifestDigest).toBe(entries[1]!.digest);
+    const err = await src
+      .resolve(`${REGISTRY}/${repo.path}:latest`, { os: 'linux', architecture: 'riscv64' })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PlatformNotFoundError);
+    expect((err as PlatformNotFoundError).available).toEqual(['linux/amd64', 'linux/arm64']);
+  });
+
   it('skips blobs already in the store and shares concurrent downloads of the same blob', async () => {
     const layer = (
       await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, AMD64)

@@ -8,6 +8,7 @@ import {
   ManifestInvalidError,
   PlatformNotFoundError,
   formatReference,
+  isManifestMediaType,
   parseImageConfig,
   platformKey,
   platformMatches,
@@ -129,40 +130,69 @@ export class ImageSource {
     });
     const name = formatReference(resolved.ref);
 
-    let manifestDesc: Descriptor;
-    let manifest: ImageManifest;
+    let candidates: Descriptor[];
+    let available: string[] = [];
     if (top.document.kind === 'index') {
       const sel = selectPlatform(top.document.index.manifests, platform);
-      if (sel.match === undefined)
-        throw new PlatformNotFoundError(name, platformKey(platform), sel.available);
-      const m = await this.client.fetchManifest(ref, sel.match);
-      if (m.document.kind !== 'manifest') {
-        throw new ManifestInvalidError(
-          `${name}: nested index for ${platformKey(platform)} is not supported`,
-        );
+      // As in containerd, entries without a platform are candidates too, judged by their config.
+      const unlabelled = top.document.index.manifests.filter(
+        (m) => m.platform === undefined && isManifestMediaType(m.mediaType),
+      );
+      if (sel.match === undefined) available = sel.available;
+      candidates = sel.match !== undefined ? [sel.match] : unlabelled;
+      if (candidates.length === 0) {
+        throw new PlatformNotFoundError(name, platformKey(platform), available);
       }
-      await this.store.put(m.descriptor.digest, m.bytes, {
-        size: m.bytes.length,
-        mediaType: m.descriptor.mediaType,
-      });
-      manifestDesc = sel.match;
-      manifest = m.document.manifest;
     } else {
-      manifestDesc = resolved.descriptor;
-      manifest = top.document.manifest;
+      candidates = [resolved.descriptor];
     }
 
-    const configBytes = await this.configBytes(ref, manifest.config);
-    const config = parseImageConfig(configBytes, `${name} config`, manifest.layers.length);
-    const imagePlatform: Platform = {
-      os: config.os,
-      architecture: config.architecture,
-      ...(config.variant !== undefined && config.variant !== '' ? { variant: config.variant } : {}),
-    };
-    // A single-platform image must still be for the platform asked for (containerd checks the config too).
-    if (!platformMatches(platform, imagePlatform)) {
-      throw new PlatformNotFoundError(name, platformKey(platform), [platformKey(imagePlatform)]);
+    for (const desc of candidates) {
+      let manifest: ImageManifest;
+      let fetched: Buffer | undefined;
+      if (top.document.kind === 'manifest') {
+        manifest = top.document.manifest;
+      } else {
+        const m = await this.client.fetchManifest(ref, desc);
+        if (m.document.kind !== 'manifest') {
+          throw new ManifestInvalidError(`${name}: nested index ${desc.digest} is not supported`);
+        }
+        manifest = m.document.manifest;
+        fetched = m.bytes;
+      }
+      const configBytes = await this.configBytes(ref, manifest.config);
+      const config = parseImageConfig(configBytes, `${name} config`, manifest.layers.length);
+      const imagePlatform: Platform = {
+        os: config.os,
+        architecture: config.architecture,
+        ...(config.variant !== undefined && config.variant !== ''
+          ? { variant: config.variant }
+          : {}),
+      };
+      // The config has the last word, also for a single-platform image (containerd checks it too).
+      if (!platformMatches(platform, imagePlatform)) {
+        available.push(platformKey(imagePlatform));
+        continue;
+      }
+      if (fetched !== undefined) {
+        await this.store.put(desc.digest, fetched, {
+          size: fetched.length,
+          mediaType: desc.mediaType,
+        });
+      }
+      return this.finish(name, resolved.descriptor.digest, desc, manifest, config, imagePlatform);
     }
+    throw new PlatformNotFoundError(name, platformKey(platform), [...new Set(available)]);
+  }
+
+  private finish(
+    name: string,
+    digest: Digest,
+    manifestDesc: Descriptor,
+    manifest: ImageManifest,
+    config: ImageConfig,
+    imagePlatform: Platform,
+  ): ResolvedImage {
     const layers = manifest.layers.map((l, i) => ({
       digest: l.digest,
       diffID: config.rootfs.diff_ids[i]!,
@@ -171,7 +201,7 @@ export class ImageSource {
     }));
     return {
       ref: name,
-      digest: resolved.descriptor.digest,
+      digest,
       manifestDigest: manifestDesc.digest,
       manifest,
       configDigest: manifest.config.digest,
