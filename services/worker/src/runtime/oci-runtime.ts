@@ -153,8 +153,11 @@ export class OciRuntime {
     const network = spec.network ?? 'sandbox';
     const security = spec.security ?? 'sandbox';
     const hostname = spec.hostname === undefined || spec.hostname === '' ? undefined : spec.hostname;
-    await writeFile(join(bundle, 'resolv.conf'), await resolvConf(network === 'none' ? 'none' : 'host'));
-    await writeFile(join(bundle, 'hosts'), hostsFile(hostname ?? 'buildkitsandbox', spec.extraHosts));
+    const [resolv] = await Promise.all([
+      resolvConf(network === 'none' ? 'none' : 'host'),
+      writeFile(join(bundle, 'hosts'), hostsFile(hostname ?? 'buildkitsandbox', spec.extraHosts)),
+    ]);
+    await writeFile(join(bundle, 'resolv.conf'), resolv);
     const input: Parameters<typeof generateSpec>[0] = {
       id,
       rootfs: spec.rootfs,

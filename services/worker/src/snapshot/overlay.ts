@@ -143,6 +143,12 @@ export class OverlaySnapshotter extends BaseSnapshotter {
     });
   }
 
+  /**
+   * Both trees mounted read-only and compared (`compare` kind). The upper dir alone (see
+   * {@link upperDir}) is cheaper to diff, but telling an opaque directory from a partly changed
+   * one needs its `trusted.overlay.opaque` xattr, which node cannot read without a native addon;
+   * comparing the merged views is always right.
+   */
   async diffSource(key: string): Promise<DiffSourceHandle> {
     const rec = this.record(key);
     if (rec.kind === 'view') {
@@ -150,28 +156,26 @@ export class OverlaySnapshotter extends BaseSnapshotter {
         details: { key },
       });
     }
-    const lease = this.acquire(key);
-    const upperDir = join(this.dirOf(rec), 'fs');
-    if (rec.parent === undefined) {
-      return { source: { kind: 'overlay', upperDir }, release: () => Promise.resolve(lease.release()) };
-    }
-    const parentLease = this.acquire(rec.parent);
+    const leases = [this.acquire(key)];
+    const mounted: Array<() => Promise<void>> = [];
+    const release = async (): Promise<void> => {
+      try {
+        for (const r of mounted.reverse()) await r();
+      } finally {
+        for (const l of leases) l.release();
+      }
+    };
     try {
-      const view = await mountTemp(await this.mounts(rec.parent), join(this.root, 'tmp'));
-      return {
-        source: { kind: 'overlay', upperDir, lowerDir: view.path },
-        release: async () => {
-          try {
-            await view.release();
-          } finally {
-            parentLease.release();
-            lease.release();
-          }
-        },
-      };
+      const tmp = join(this.root, 'tmp');
+      const next = await mountTemp(await this.mountsOf(key, { ...rec, kind: 'committed' }), tmp);
+      mounted.push(next.release);
+      if (rec.parent === undefined) return { source: { kind: 'compare', newDir: next.path }, release };
+      leases.push(this.acquire(rec.parent));
+      const base = await mountTemp(await this.mounts(rec.parent), tmp);
+      mounted.push(base.release);
+      return { source: { kind: 'compare', baseDir: base.path, newDir: next.path }, release };
     } catch (err) {
-      parentLease.release();
-      lease.release();
+      await release();
       throw err;
     }
   }

@@ -2,8 +2,9 @@ import { mkdtemp, readFile, readdir, rm, unlink, writeFile, lstat, mkdir, link, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { diffLayer } from '../layers/index.js';
-import { readAll, tarNames } from '../layers/test-util.js';
+import { Readable } from 'node:stream';
+import { applyLayer, diffLayer } from '../layers/index.js';
+import { exec, readAll, snapshotTree, tarNames } from '../layers/test-util.js';
 import { CopySnapshotter, OverlaySnapshotter, SnapshotError, mountTemp, openSnapshotter } from './index.js';
 import type { Snapshotter } from './index.js';
 import { gunzipSync } from 'node:zlib';
@@ -105,6 +106,35 @@ describe.each(backends)('snapshotter conformance: $name', (backend) => {
     } finally {
       await h.release();
     }
+  });
+
+  it('diffs a replaced directory so that the layer applies back to the same tree', async () => {
+    await s.prepare('opq-w', 'child');
+    await withMounted(s, 'opq-w', tmp, async (d) => {
+      await rm(join(d, 'dir'), { recursive: true });
+      await mkdir(join(d, 'dir'));
+      await writeFile(join(d, 'dir', 'new'), 'N');
+      await mkdir(join(d, 'sub'));
+    });
+    await s.commit('opq', 'opq-w');
+    const h = await s.diffSource('opq');
+    let data: Buffer;
+    try {
+      const layer = diffLayer(h.source, { compression: 'gzip' });
+      data = await readAll(layer.stream);
+      await layer.done;
+    } finally {
+      await h.release();
+    }
+    const target = join(root, `apply-${backend.name}`);
+    await mkdir(target);
+    await withMounted(s, 'child', tmp, (d) => exec('cp', ['-a', `${d}/.`, `${target}/`]));
+    await applyLayer(Readable.from([data]), target);
+    await withMounted(s, 'opq', tmp, async (d) => {
+      expect(await snapshotTree(target)).toEqual(await snapshotTree(d));
+      expect(await names(join(d, 'dir'))).toEqual(['new']);
+    });
+    await s.remove('opq');
   });
 
   it('builds a grandchild on a committed child', async () => {

@@ -83,10 +83,13 @@ export interface Snapshotter {
   acquire(key: string): SnapshotLease;
   /** Leases currently held on `key`. */
   refCount(key: string): number;
-  /** The overlay upper dir of a snapshot; undefined for a copying backend (use {@link diffSource}). */
+  /**
+   * The overlay upper dir of a snapshot (its own changes, whiteouts included); undefined for a
+   * copying backend. Opaque directories are marked by an xattr there: see {@link diffSource}.
+   */
   upperDir(key: string): Promise<string | undefined>;
   /** The committed ancestors of `key`, nearest first. */
   parentChain(key: string): Promise<string[]>;
-  /** What to feed to the layer differ to diff `key` against its parent. */
+  /** What to feed to the layer differ to diff `key` against its parent; always correct. */
   diffSource(key: string): Promise<DiffSourceHandle>;
 }
