@@ -1,7 +1,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ExecError, RuntimeError, RuntimeErrorCode } from './errors.js';
@@ -61,7 +61,10 @@ export class OciRuntime {
     for (const name of candidates) {
       const rt = new OciRuntime(name, wanted === 'auto' ? name : (opts.binary ?? name), opts.stateDir);
       const err = await rt.probe();
-      if (err === undefined) return rt;
+      if (err === undefined) {
+        await rt.sweep();
+        return rt;
+      }
       failures.push(`${name}: ${err}`);
     }
     throw new RuntimeError(RuntimeErrorCode.Unavailable, `no usable OCI runtime (${failures.join('; ')})`);
@@ -95,6 +98,21 @@ export class OciRuntime {
       return (e.stderr?.trim() || e.message).split('\n')[0];
     } finally {
       await rm(bundle, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Removes what a previous process left in this state dir (it died mid-run): its containers are
+   * killed and deleted, its bundles removed. One runtime instance owns a state dir.
+   */
+  private async sweep(): Promise<void> {
+    for (const id of await this.list()) {
+      await execFileP(this.binary, [...this.rootArgs, 'kill', id, 'KILL']).catch(() => undefined);
+      await this.delete(id);
+    }
+    const bundles = join(this.stateDir, 'bundles');
+    for (const name of await readdir(bundles)) {
+      if (!name.startsWith('probe-')) await rm(join(bundles, name), { recursive: true, force: true });
     }
   }
 

@@ -209,4 +209,23 @@ describe('OciRuntime', () => {
     });
     expect(await rt.list()).toEqual([]);
   });
+
+  it('sweeps the containers and bundles a dead process left in its state dir', async () => {
+    const stateDir = join(root, 'state-sweep');
+    const first = await OciRuntime.open({ stateDir });
+    let started!: () => void;
+    const isStarted = new Promise<void>((r) => (started = r));
+    const orphan = first
+      .run({ rootfs, args: ['/bin/sh', '-c', 'echo started; exec sleep 1000'] }, { onOutput: () => started() })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    await isStarted;
+    expect(await first.list()).toHaveLength(1);
+    // a new instance on the same dir (as after a worker restart) kills and deletes it
+    const second = await OciRuntime.open({ stateDir });
+    expect(await second.list()).toEqual([]);
+    expect(await orphan).toMatchObject({ code: 'EXEC_FAILED', exitCode: 137 });
+  });
 });

@@ -2,6 +2,7 @@ import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SnapshotError, SnapshotErrorCode } from './errors.js';
 import { readMetadata, writeMetadata } from './metadata.js';
+import { unmountUnder } from './mount.js';
 import type { MetadataFile, SnapshotRecord } from './metadata.js';
 import type {
   DiffSourceHandle,
@@ -47,6 +48,9 @@ export abstract class BaseSnapshotter implements Snapshotter {
       }
       this.meta = m;
     }
+    // Mount points a dead process left under tmp/ (views mounted for diffs, flattening).
+    await unmountUnder(join(this.root, 'tmp'));
+    await rm(join(this.root, 'tmp'), { recursive: true, force: true });
     const ids = new Set(Object.values(this.meta.snapshots).map((r) => String(r.id)));
     for (const name of await readdir(this.snapshotsDir)) {
       if (!ids.has(name)) await rm(join(this.snapshotsDir, name), { recursive: true, force: true });

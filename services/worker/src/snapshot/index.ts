@@ -9,7 +9,7 @@ export type { CopySnapshotterOptions } from './copy.js';
 export { OverlaySnapshotter } from './overlay.js';
 export type { OverlaySnapshotterOptions } from './overlay.js';
 export { SnapshotError, SnapshotErrorCode } from './errors.js';
-export { detectOverlay, mountAll, mountTemp, unmount } from './mount.js';
+export { detectOverlay, mountAll, mountTemp, unmount, unmountUnder } from './mount.js';
 export type {
   DiffSourceHandle,
   MountSpec,

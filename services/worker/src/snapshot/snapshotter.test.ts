@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Readable } from 'node:stream';
 import { applyLayer, diffLayer } from '../layers/index.js';
 import { exec, readAll, snapshotTree, tarNames } from '../layers/test-util.js';
-import { CopySnapshotter, OverlaySnapshotter, SnapshotError, mountTemp, openSnapshotter } from './index.js';
+import { CopySnapshotter, OverlaySnapshotter, SnapshotError, mountAll, mountTemp, openSnapshotter } from './index.js';
 import type { Snapshotter } from './index.js';
 import { gunzipSync } from 'node:zlib';
 
@@ -226,6 +226,20 @@ describe('overlay snapshotter: long chains', () => {
     });
     for (let i = 6; i >= 0; i--) await again.remove(`c${i}`);
     expect(await readdir(join(root, 'state', 'snapshots'))).toEqual([]);
+  });
+
+  it('unmounts what a dead process left mounted under its tmp dir', async () => {
+    const state = join(root, 'state-stale');
+    const s = await OverlaySnapshotter.open({ root: state });
+    await s.prepare('w');
+    await s.commit('c', 'w');
+    const stale = join(state, 'tmp', 'm-stale');
+    await mkdir(stale, { recursive: true });
+    await mountAll(await s.mounts('c'), stale);
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).toContain(stale);
+    await OverlaySnapshotter.open({ root: state });
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toContain(stale);
+    await expect(stat(stale)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('openSnapshotter picks overlayfs here', async () => {
