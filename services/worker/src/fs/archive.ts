@@ -23,7 +23,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import * as tar from 'tar-stream';
-import { FsError, FsErrorCode } from './errors.js';
+import { FsError, FsErrorCode, errnoOf } from './errors.js';
 import { lstatOrUndefined, mkdirAllResolved } from './ops.js';
 import type { Owner } from './ops.js';
 import { resolveInRoot } from './resolve.js';
@@ -150,9 +150,31 @@ export async function detectArchive(hostPath: string): Promise<ArchiveCompressio
     return undefined;
   } finally {
     d.close();
-    await d.done.catch(() => undefined);
+    await helperResult(d, compression);
   }
   return isTarHeader(block.subarray(0, 512)) ? compression : undefined;
+}
+
+/**
+ * Waits for a decompression helper. A missing command is an error (a .tar.xz must not be copied
+ * as a plain file because `xz` is not installed); a helper failing on bad data only means the
+ * file is not an archive, which the caller sees from the data it got.
+ */
+async function helperResult(d: Decompressed, compression: ArchiveCompression): Promise<void> {
+  try {
+    await d.done;
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT' && compression !== 'none' && compression !== 'gzip') {
+      throw new FsError(
+        FsErrorCode.BadArchive,
+        `cannot read ${compression} data: the ${TOOLS[compression]} command is not installed`,
+        {
+          cause: err,
+        },
+      );
+    }
+    if (!(err instanceof FsError)) throw err;
+  }
 }
 
 export interface UnpackOptions {

@@ -289,6 +289,16 @@ describe('archives', () => {
     expect(await detectArchive(join(src, 'content/f'))).toBeUndefined();
     expect(await detectArchive(join(src, 'plain.gz'))).toBeUndefined();
     expect(await detectArchive(join(src, 'content'))).toBeUndefined();
+    // Without the xz command an .xz archive is an error, not silently a plain file.
+    const path = process.env.PATH;
+    process.env.PATH = join(base, 'no-such-bin');
+    try {
+      await expect(detectArchive(join(src, 'a.txz'))).rejects.toMatchObject({
+        code: FsErrorCode.BadArchive,
+      });
+    } finally {
+      process.env.PATH = path;
+    }
     for (const f of ['a.tar', 'a.tgz', 'a.tbz', 'a.txz', 'a.tzst']) {
       const dest = join(root, f);
       await mkdir(dest);
