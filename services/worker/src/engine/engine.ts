@@ -24,6 +24,9 @@ import { CacheIndex } from '../solver/cache-index.js';
 import { LocalSolver } from '../solver/solver.js';
 import type { SolveOptions, SolveResult } from '../solver/solver.js';
 import { PatternMatcher } from '../fs/patterns.js';
+import { buildImage, exportImageTarballFile, exportLocal, exportTarFile } from '../exporters/export.js';
+import type { BuiltImage } from '../exporters/export.js';
+import { LayerCache } from '../exporters/layers.js';
 import { ExecExecutor } from './executors/exec.js';
 import { FileExecutor } from './executors/file.js';
 import { SourceExecutor } from './executors/source.js';
@@ -40,6 +43,12 @@ export interface EngineOptions {
   parallelism?: number;
 }
 
+/** Where a result goes (BuildKit's `--output`). */
+export type ExportSpec =
+  | { type: 'local'; dest: string }
+  | { type: 'tar'; dest: string }
+  | { type: 'oci' | 'docker'; dest: string; config: Record<string, unknown>; names?: string[] };
+
 export class Engine {
   private constructor(
     readonly stateDir: string,
@@ -50,6 +59,7 @@ export class Engine {
     readonly metadata: ImageMetadataResolver,
     private readonly solver: LocalSolver,
     private readonly env: SnapshotEnv,
+    readonly layers: LayerCache,
   ) {}
 
   static async open(o: EngineOptions): Promise<Engine> {
@@ -64,9 +74,10 @@ export class Engine {
     const metadata = new ImageMetadataResolver(images);
     const env: SnapshotEnv = { snapshotter, tmpDir };
     const index = await CacheIndex.open(join(o.stateDir, 'cache-index.jsonl'));
+    const layers = await LayerCache.open(join(o.stateDir, 'layers.json'));
     const solver = new LocalSolver({
       executors: {
-        source: new SourceExecutor(env, images, store),
+        source: new SourceExecutor(env, images, store, layers),
         exec: new ExecExecutor({ snapshotter, runtime, stateDir: join(o.stateDir, 'exec') }),
         file: new FileExecutor(env),
         merge: new MergeExecutor(env),
@@ -94,12 +105,32 @@ export class Engine {
         ),
       ...(o.parallelism !== undefined ? { parallelism: o.parallelism } : {}),
     });
-    return new Engine(o.stateDir, store, snapshotter, runtime, images, metadata, solver, env);
+    return new Engine(o.stateDir, store, snapshotter, runtime, images, metadata, solver, env, layers);
   }
 
   /** Solves a marshaled Definition (or a loaded one) on this machine. */
   solve(definition: Uint8Array | LoadedDefinition, opts: SolveOptions = {}): Promise<SolveResult> {
     return this.solver.solve(definition, opts);
+  }
+
+  /** The image (config, manifest, layers in the store) whose filesystem is `snapshot`. */
+  buildImage(snapshot: string | undefined, config: Record<string, unknown>): Promise<BuiltImage> {
+    return buildImage(this.env, this.store, this.layers, snapshot, { config });
+  }
+
+  /** Writes a result where `spec` says. */
+  async export(snapshot: string | undefined, spec: ExportSpec): Promise<void> {
+    switch (spec.type) {
+      case 'local':
+        return exportLocal(this.env, snapshot, spec.dest);
+      case 'tar':
+        return exportTarFile(this.env, snapshot, spec.dest);
+      case 'oci':
+      case 'docker': {
+        const img = await this.buildImage(snapshot, spec.config);
+        return exportImageTarballFile(this.store, img, spec.type, spec.names ?? [], spec.dest);
+      }
+    }
   }
 
   /** Shows a result snapshot (or the empty tree) as a read-only directory for the duration of `fn`. */

@@ -12,6 +12,7 @@ import { applyLayer } from '../../layers/index.js';
 import type { BlobStore } from '@kiln/store';
 import { buildSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
+import type { LayerCache } from '../../exporters/layers.js';
 import type { ImageSource, ResolvedImage } from '../../sources/image/index.js';
 import { copyLocal, localDir, localPin, localSpec } from '../../sources/local/local-source.js';
 import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
@@ -39,6 +40,7 @@ export class SourceExecutor implements OpExecutor {
     private readonly env: SnapshotEnv,
     private readonly images: ImageSource,
     private readonly store: BlobStore,
+    private readonly layers?: LayerCache,
   ) {}
 
   private resolveImage(op: pb.IOp): Promise<ResolvedImage> {
@@ -74,6 +76,10 @@ export class SourceExecutor implements OpExecutor {
       for (const layer of img.layers) {
         chain = chain === '' ? layer.diffID : `sha256:${createHash('sha256').update(`${chain} ${layer.diffID}`).digest('hex')}`;
         parent = await this.layerSnapshot(`layer-${chain.slice('sha256:'.length)}`, parent, layer.digest);
+        // Exporting an image built on this one reuses the registry's blob for this layer.
+        if (this.layers && !this.layers.get(parent)) {
+          await this.layers.set(parent, { digest: layer.digest, diffID: layer.diffID, size: layer.size, mediaType: layer.mediaType });
+        }
       }
       return [parent];
     }

@@ -1,0 +1,173 @@
+/**
+ * Exporters: turn a result into what the user asked for (BuildKit's `--output`).
+ * - `local`: the result's files copied into a directory.
+ * - `tar`: the result's files as one tar stream (deterministic, like a layer against nothing).
+ * - `oci` / `docker`: an image tarball (OCI image layout, or Docker's `docker load` format with
+ *   manifest.json), with the image config from the frontend; `name` tags it.
+ * Files written to a destination appear whole or not at all (a temp name, then rename).
+ */
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Readable, Writable } from 'node:stream';
+import tar from 'tar-stream';
+import type { BlobStore } from '@kiln/store';
+import { copyPath } from '../fs/index.js';
+import { diffLayer } from '../layers/index.js';
+import { readSnapshot } from '../ops/snapshots.js';
+import type { SnapshotEnv } from '../ops/snapshots.js';
+import type { LayerCache, LayerRecord } from './layers.js';
+
+export interface ImageConfigInput {
+  /** The OCI image config the frontend produced; rootfs is filled in here. */
+  config: Record<string, unknown>;
+  /** Tag(s) for the image: `name:tag` references. */
+  names?: string[];
+}
+
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
+const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+
+const digestOf = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** Writes `produce`'s output to `dest` atomically. */
+async function atomicFile(dest: string, produce: (out: Writable) => Promise<void>): Promise<void> {
+  await mkdir(dirname(dest), { recursive: true });
+  const tmp = `${dest}.kiln-tmp-${process.pid}-${Date.now()}`;
+  try {
+    const out = createWriteStream(tmp);
+    await produce(out);
+    await rename(tmp, dest);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+export async function exportLocal(env: SnapshotEnv, snapshot: string | undefined, dest: string): Promise<void> {
+  await mkdir(dest, { recursive: true });
+  await readSnapshot(env, snapshot, (dir) => copyPath(dir, '/', dest, '/', { copyDirContents: true }));
+}
+
+/** The result's files as a tar stream written to `out`. */
+export async function exportTar(env: SnapshotEnv, snapshot: string | undefined, out: Writable): Promise<void> {
+  await readSnapshot(env, snapshot, async (dir) => {
+    const layer = diffLayer({ kind: 'compare', newDir: dir }, { compression: 'none' });
+    await Promise.all([pipeline(layer.stream, out), layer.done]);
+  });
+}
+
+export async function exportTarFile(env: SnapshotEnv, snapshot: string | undefined, dest: string): Promise<void> {
+  await atomicFile(dest, (out) => exportTar(env, snapshot, out));
+}
+
+export interface BuiltImage {
+  manifest: Buffer;
+  manifestDigest: string;
+  config: Buffer;
+  configDigest: string;
+  layers: LayerRecord[];
+}
+
+/** Assembles the config and manifest of an image whose filesystem is `snapshot`. */
+export async function buildImage(
+  env: SnapshotEnv,
+  store: BlobStore,
+  layers: LayerCache,
+  snapshot: string | undefined,
+  img: ImageConfigInput,
+): Promise<BuiltImage> {
+  const recs = await layers.chainLayers(env, store, snapshot);
+  const config = { ...img.config, rootfs: { type: 'layers', diff_ids: recs.map((l) => l.diffID) } } as Record<string, unknown>;
+  const history = Array.isArray(config.history) ? (config.history as { empty_layer?: boolean }[]) : [];
+  const nonEmpty = history.filter((h) => !h.empty_layer).length;
+  // Keep history consistent with the layers (BuildKit does the same when they disagree).
+  if (nonEmpty < recs.length) {
+    config.history = [...history, ...Array.from({ length: recs.length - nonEmpty }, () => ({ created_by: 'kiln', comment: 'layer' }))];
+  }
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: { mediaType: OCI_CONFIG, digest: digestOf(configBytes), size: configBytes.length },
+    layers: recs.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+  };
+  const manifestBytes = Buffer.from(JSON.stringify(manifest));
+  return {
+    manifest: manifestBytes,
+    manifestDigest: digestOf(manifestBytes),
+    config: configBytes,
+    configDigest: digestOf(configBytes),
+    layers: recs,
+  };
+}
+
+async function addBlob(pack: tar.Pack, name: string, data: Buffer | Readable, size: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const entry = pack.entry({ name, size, mode: 0o644, mtime: new Date(0) }, (err) => (err ? reject(err) : resolve()));
+    if (Buffer.isBuffer(data)) entry.end(data);
+    else data.on('error', reject).pipe(entry);
+  });
+}
+
+/**
+ * Writes an image tarball: `oci` (OCI image layout) or `docker` (also manifest.json, loadable by
+ * `docker load`). Blobs are written once each, in a fixed order, so the same image gives the same
+ * bytes.
+ */
+export async function exportImageTarball(
+  store: BlobStore,
+  image: BuiltImage,
+  format: 'oci' | 'docker',
+  names: string[],
+  out: Writable,
+): Promise<void> {
+  const pack = tar.pack();
+  const done = pipeline(pack, out);
+  const blob = (d: string): string => `blobs/sha256/${d.slice('sha256:'.length)}`;
+  const desc = { mediaType: OCI_MANIFEST, digest: image.manifestDigest, size: image.manifest.length };
+  const index = {
+    schemaVersion: 2,
+    mediaType: OCI_INDEX,
+    manifests: (names.length ? names : ['']).map((n) =>
+      n ? { ...desc, annotations: { 'io.containerd.image.name': n, 'org.opencontainers.image.ref.name': n.split(':').pop() } } : desc,
+    ),
+  };
+  try {
+    await addBlob(pack, 'oci-layout', Buffer.from('{"imageLayoutVersion":"1.0.0"}'), 30);
+    const indexBytes = Buffer.from(JSON.stringify(index));
+    await addBlob(pack, 'index.json', indexBytes, indexBytes.length);
+    if (format === 'docker') {
+      const m = Buffer.from(
+        JSON.stringify([{ Config: blob(image.configDigest), RepoTags: names, Layers: image.layers.map((l) => blob(l.digest)) }]),
+      );
+      await addBlob(pack, 'manifest.json', m, m.length);
+    }
+    await addBlob(pack, blob(image.manifestDigest), image.manifest, image.manifest.length);
+    await addBlob(pack, blob(image.configDigest), image.config, image.config.length);
+    const seen = new Set<string>();
+    for (const l of image.layers) {
+      if (seen.has(l.digest)) continue;
+      seen.add(l.digest);
+      await addBlob(pack, blob(l.digest), await store.get(l.digest as `sha256:${string}`), l.size);
+    }
+    pack.finalize();
+  } catch (err) {
+    pack.destroy(err as Error);
+  }
+  await done;
+}
+
+export async function exportImageTarballFile(
+  store: BlobStore,
+  image: BuiltImage,
+  format: 'oci' | 'docker',
+  names: string[],
+  dest: string,
+): Promise<void> {
+  await atomicFile(dest, (out) => exportImageTarball(store, image, format, names, out));
+}
+
