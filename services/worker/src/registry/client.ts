@@ -1,4 +1,4 @@
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { KilnError } from '@kiln/protocol';
 import { parseImageReference } from '@kiln/llb';
@@ -53,6 +53,15 @@ export interface FetchedManifest {
   /** The exact bytes, verified against the descriptor's digest. */
   bytes: Buffer;
   document: ManifestDocument;
+}
+
+export interface FetchBlobOptions {
+  /**
+   * Hash the stream and fail it on a mismatch (default true). Set false only when the consumer
+   * verifies the same digest and size itself, e.g. `BlobStore.put(digest, stream, {size})`, to
+   * hash once instead of twice.
+   */
+  verify?: boolean;
 }
 
 /** A blob to upload: its bytes, or a function opening them afresh (called once per attempt). */
@@ -296,7 +305,11 @@ export class RegistryClient {
    * (or `InvalidBlobError` for a size mismatch) instead of ending when the bytes are wrong, and
    * with a retryable `RegistryUnavailableError` when the connection breaks.
    */
-  async fetchBlob(repo: Repository, desc: Pick<Descriptor, 'digest' | 'size'>): Promise<Readable> {
+  async fetchBlob(
+    repo: Repository,
+    desc: Pick<Descriptor, 'digest' | 'size'>,
+    opts: FetchBlobOptions = {},
+  ): Promise<Readable> {
     const what = `${repo.domain}/${repo.path}@${desc.digest}`;
     const res = await this.send({
       repo,
@@ -308,6 +321,14 @@ export class RegistryClient {
     if (res.body === null)
       throw new RegistryRequestError(res.status, `${what}: response without a body`);
     const body = Readable.fromWeb(res.body as WebReadableStream<Uint8Array>);
+    if (opts.verify === false) {
+      const out = new PassThrough();
+      body.on('error', (err) => out.destroy(wrapBodyError(err, what)));
+      out.on('close', () => {
+        if (!body.destroyed) body.destroy();
+      });
+      return body.pipe(out);
+    }
     const verifier = new DigestingStream(desc.digest, desc.size);
     body.on('error', (err) => verifier.destroy(wrapBodyError(err, what)));
     verifier.on('close', () => {

@@ -9,6 +9,7 @@ export type { AuthChallenge, CredentialsProvider, RegistryCredentials } from './
 export { RegistryClient, formatReference, toReference } from './client.js';
 export type {
   BlobUploadSource,
+  FetchBlobOptions,
   FetchedManifest,
   PushBlobOptions,
   PushBlobResult,
