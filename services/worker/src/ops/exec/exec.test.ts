@@ -140,6 +140,21 @@ describe('runExec', () => {
     await snapshotter.remove(out);
   });
 
+  it('never writes into a read-only input, not even a mount point', async () => {
+    const o = op('true', [
+      rootMount(-1),
+      { input: 1, dest: '/ro', output: -1, readonly: true },
+      { dest: '/ro/nested', mountType: pb.MountType.TMPFS },
+    ]);
+    await expect(run(o, ['busybox', 'data'])).rejects.toMatchObject({ code: 'RUNTIME_START_FAILED' });
+    const m = await mountTemp(await snapshotter.mounts('data'), join(root, 'mnt'));
+    try {
+      expect((await readdir(m.path)).sort()).toEqual(['sub', 'top']);
+    } finally {
+      await m.release();
+    }
+  });
+
   it('keeps a cache mount across runs and out of the output', async () => {
     const cache: pb.IMount = {
       input: -1,

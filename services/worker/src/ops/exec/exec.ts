@@ -128,10 +128,12 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
     return opts.inputs[idx];
   };
 
-  /** Mounts snapshot `specs` on the host (unless they are a plain directory) and returns its path. */
+  /**
+   * Mounts snapshot `specs` on the host and returns the path. A writable plain directory is used
+   * as is; a read-only one is really mounted read-only, so that nothing (the runtime creating a
+   * mount point, above all) can write into a committed snapshot through it.
+   */
   const hostPath = async (specs: MountSpec[]): Promise<{ path: string; readonly: boolean }> => {
-    const only = specs.length === 1 ? specs[0] : undefined;
-    if (only?.type === 'bind') return { path: only.source, readonly: only.options.includes('ro') };
     const m = await mountTemp(specs, join(tmpRoot, 'mnt'));
     cleanups.push(() => m.release());
     return { path: m.path, readonly: m.readonly };
