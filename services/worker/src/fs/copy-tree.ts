@@ -115,6 +115,8 @@ export async function copyPath(
   dst: string,
   opts: CopyOptions = {},
 ): Promise<void> {
+  // Patterns are compiled first: a malformed one fails before anything is written.
+  const copier = new TreeCopier(srcRoot, dstRoot, opts);
   const parentMeta = { mode: opts.parentMode ?? 0o755, owner: opts.owner, time: opts.time };
   // A destination ending in `/` (or `/.`) is a directory: create it; otherwise create its parent.
   const dstIsDir = dst.endsWith('/') || dst.endsWith('/.') || cleanRootPath(dst) === '/';
@@ -146,7 +148,6 @@ export async function copyPath(
       : posix.dirname(dstHost);
   await mkdirAllResolved(dstRoot, target, parentMeta);
 
-  const copier = new TreeCopier(srcRoot, dstRoot, opts);
   await copier.copyEntry(srcHost, '', dstHost, false, EMPTY_MATCH_INFO, EMPTY_MATCH_INFO, []);
 }
 

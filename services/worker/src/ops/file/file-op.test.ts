@@ -298,6 +298,19 @@ describe('copy', () => {
     expect(await readlink(join(out, 't/sub/soft'))).toBe('../a.txt');
   });
 
+  it('a malformed pattern is FILEOP_BAD_PATTERN', async () => {
+    const bad = await failure([
+      act(
+        { copy: cp('/src', '/new/dir/', { excludePatterns: ['a[b'], createDestPath: true }) },
+        0,
+        1,
+      ),
+    ]);
+    expect([bad.code, bad.actionIndex]).toEqual([FileOpErrorCode.BadPattern, 0]);
+    const badWildcard = await failure([act({ rm: { path: '/src/[', allowWildcard: true } }, 1)]);
+    expect(badWildcard.code).toBe(FileOpErrorCode.BadPattern);
+  });
+
   it('include and exclude patterns, relative to the copied source', async () => {
     await mkdir(join(in1, 'src/sub/deep'), { recursive: true });
     await writeFile(join(in1, 'src/sub/deep/d.md'), 'D');
