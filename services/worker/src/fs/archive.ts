@@ -222,7 +222,8 @@ export async function unpackArchive(
     if (err instanceof FsError) throw err;
     throw new FsError(
       FsErrorCode.BadArchive,
-      `unpacking archive: ${err instanceof Error ? err.message : String(err)}`,
+      // Node's system errors name host paths after ", "; the entry is reported in details.
+      `unpacking archive: ${(err instanceof Error ? err.message : String(err)).split(', ')[0]}`,
       {
         cause: err,
         ...(current !== undefined ? { details: { entry: current } } : {}),
