@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { KilnError } from '@kiln/protocol';
+import { registerBuild } from './commands/build.js';
 import { registerDebug } from './commands/debug.js';
 import { FormattedError } from './formatted-error.js';
 
@@ -10,6 +11,7 @@ export function program(): Command {
     .version('0.1.0')
     .showHelpAfterError()
     .exitOverride();
+  registerBuild(p);
   registerDebug(p);
   return p;
 }

@@ -1,0 +1,106 @@
+/**
+ * Parsing of `kiln build` flags in docker buildx's syntax: `--secret id=X,src=FILE|env=VAR`,
+ * `--ssh default[=SOCK]`, `--output type=local,dest=DIR`, `--build-arg K[=V]`.
+ */
+import { readFile } from 'node:fs/promises';
+import { KilnError } from '@kiln/protocol';
+
+export class BuildOptionError extends KilnError {
+  constructor(message: string) {
+    super('BUILD_OPTION_INVALID', message);
+  }
+}
+
+/** `a=b,c=d` (csv; a value may be quoted) into a map; bare words map to ''. */
+export function parseCsvKv(s: string, flag: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const field of s.split(',')) {
+    if (field === '') continue;
+    const i = field.indexOf('=');
+    const k = (i < 0 ? field : field.slice(0, i)).trim().toLowerCase();
+    let v = i < 0 ? '' : field.slice(i + 1);
+    if (/^".*"$/.test(v)) v = v.slice(1, -1);
+    if (!k) throw new BuildOptionError(`${flag} ${JSON.stringify(s)}: empty key`);
+    out.set(k, v);
+  }
+  return out;
+}
+
+export interface SecretSource {
+  id: string;
+  read(): Promise<Uint8Array>;
+}
+
+export function parseSecret(s: string, env: NodeJS.ProcessEnv): SecretSource {
+  const kv = parseCsvKv(s, '--secret');
+  const id = kv.get('id');
+  if (!id) throw new BuildOptionError(`--secret ${JSON.stringify(s)}: id= is required`);
+  const type = kv.get('type');
+  const src = kv.get('src') ?? kv.get('source');
+  const envName = kv.get('env');
+  if (type === 'env' || (envName !== undefined && src === undefined)) {
+    const name = envName ?? src ?? id;
+    return {
+      id,
+      read: () => {
+        const v = env[name];
+        if (v === undefined) return Promise.reject(new BuildOptionError(`secret ${id}: environment variable ${name} is not set`));
+        return Promise.resolve(Buffer.from(v));
+      },
+    };
+  }
+  const file = src ?? id;
+  return {
+    id,
+    read: async () => {
+      try {
+        return await readFile(file);
+      } catch (cause) {
+        throw new BuildOptionError(`secret ${id}: cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`);
+      }
+    },
+  };
+}
+
+export interface SshSource {
+  id: string;
+  socket: string;
+}
+
+export function parseSsh(s: string, env: NodeJS.ProcessEnv): SshSource {
+  const [id, rest] = s.includes('=') ? [s.slice(0, s.indexOf('=')), s.slice(s.indexOf('=') + 1)] : [s, ''];
+  if (!id) throw new BuildOptionError(`--ssh ${JSON.stringify(s)}: an id is required (e.g. default)`);
+  const socket = rest || env.SSH_AUTH_SOCK;
+  if (!socket) throw new BuildOptionError(`--ssh ${id}: no socket given and SSH_AUTH_SOCK is not set`);
+  if (socket.includes(',')) throw new BuildOptionError(`--ssh ${id}: only one agent socket is supported, not key files`);
+  return { id, socket };
+}
+
+export type OutputSpec =
+  | { type: 'local'; dest: string }
+  | { type: 'tar'; dest: string }
+  | { type: 'oci' | 'docker'; dest: string; name?: string };
+
+export function parseOutput(s: string): OutputSpec {
+  // `--output DIR` is short for type=local,dest=DIR, as in buildx; `-` is a tar on stdout there.
+  if (!s.includes('=')) return { type: 'local', dest: s };
+  const kv = parseCsvKv(s, '--output');
+  const type = kv.get('type') ?? 'local';
+  const dest = kv.get('dest');
+  if (!dest) throw new BuildOptionError(`--output ${JSON.stringify(s)}: dest= is required`);
+  if (type === 'local' || type === 'tar') return { type, dest };
+  if (type === 'oci' || type === 'docker') {
+    const name = kv.get('name');
+    return name ? { type, dest, name } : { type, dest };
+  }
+  throw new BuildOptionError(`--output type=${type} is not supported (local, tar, oci, docker)`);
+}
+
+/** `K=V`, or `K` alone to take the value from the environment (skipped when unset), as docker does. */
+export function parseBuildArg(s: string, env: NodeJS.ProcessEnv): [string, string] | undefined {
+  const i = s.indexOf('=');
+  if (i === 0) throw new BuildOptionError(`--build-arg ${JSON.stringify(s)}: empty name`);
+  if (i > 0) return [s.slice(0, i), s.slice(i + 1)];
+  const v = env[s];
+  return v === undefined ? undefined : [s, v];
+}
