@@ -4,6 +4,8 @@ import { constants } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { BridgeNetwork } from './bridge.js';
+import type { BridgeAttachment, BridgeOptions } from './bridge.js';
 import { ExecError, RuntimeError, RuntimeErrorCode } from './errors.js';
 import { hostsFile, resolvConf } from './hosts.js';
 import { mountStubsCleaner } from './mount-stubs.js';
@@ -25,6 +27,13 @@ export interface OciRuntimeOptions {
   runtime?: RuntimeName | 'auto';
   /** The runtime's executable; default its name on PATH. */
   binary?: string;
+  /**
+   * What the `sandbox` network is. `auto` (default): a bridged, NATed namespace per container when
+   * the bridge can be set up (iproute2, iptables), else the host's network (see `sandboxNetwork`).
+   * `bridge`: the bridge or fail. `host`: the host's network, as BuildKit's `--oci-worker-net=host`.
+   */
+  sandboxNetwork?: 'auto' | 'bridge' | 'host';
+  bridge?: BridgeOptions;
 }
 
 /** A static executable that runs `true` when called so (busybox-static). */
@@ -41,6 +50,11 @@ const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGA
  */
 export class OciRuntime {
   private hostCaps: string[] | undefined;
+  private bridge: BridgeNetwork | undefined;
+  /** What the `sandbox` network mode gives here: `bridge` or `host`. */
+  sandboxNetwork: 'bridge' | 'host' = 'host';
+  /** Why `auto` fell back to the host network, if it did. */
+  sandboxFallbackReason: string | undefined;
 
   private constructor(
     readonly name: RuntimeName,
@@ -63,11 +77,24 @@ export class OciRuntime {
       const err = await rt.probe();
       if (err === undefined) {
         await rt.sweep();
+        await rt.setupSandboxNetwork(opts);
         return rt;
       }
       failures.push(`${name}: ${err}`);
     }
     throw new RuntimeError(RuntimeErrorCode.Unavailable, `no usable OCI runtime (${failures.join('; ')})`);
+  }
+
+  private async setupSandboxNetwork(opts: OciRuntimeOptions): Promise<void> {
+    const mode = opts.sandboxNetwork ?? 'auto';
+    if (mode === 'host') return;
+    try {
+      this.bridge = await BridgeNetwork.setup(opts.bridge);
+      this.sandboxNetwork = 'bridge';
+    } catch (err) {
+      if (mode === 'bridge') throw err;
+      this.sandboxFallbackReason = (err as Error).message;
+    }
   }
 
   /**
@@ -112,7 +139,9 @@ export class OciRuntime {
     }
     const bundles = join(this.stateDir, 'bundles');
     for (const name of await readdir(bundles)) {
-      if (!name.startsWith('probe-')) await rm(join(bundles, name), { recursive: true, force: true });
+      if (name.startsWith('probe-')) continue;
+      await BridgeNetwork.detach(name).catch(() => undefined);
+      await rm(join(bundles, name), { recursive: true, force: true });
     }
   }
 
@@ -153,11 +182,17 @@ export class OciRuntime {
             (spec.mounts ?? []).map((m) => m.destination),
             spec.removeMountStubsRecursive ?? false,
           );
-      await writeFile(join(bundle, 'config.json'), JSON.stringify(config));
+      let attachment: BridgeAttachment | undefined;
+      if ((spec.network ?? 'sandbox') === 'sandbox' && this.bridge !== undefined) {
+        attachment = await this.bridge.attach(id);
+        config.linux.namespaces.push({ type: 'network', path: attachment.nsPath });
+      }
       try {
+        await writeFile(join(bundle, 'config.json'), JSON.stringify(config));
         return await this.start(id, bundle, spec, opts);
       } finally {
         await cleanStubs();
+        await attachment?.release();
       }
     } finally {
       await rm(bundle, { recursive: true, force: true });
@@ -172,7 +207,7 @@ export class OciRuntime {
     const security = spec.security ?? 'sandbox';
     const hostname = spec.hostname === undefined || spec.hostname === '' ? undefined : spec.hostname;
     const [resolv] = await Promise.all([
-      resolvConf(network === 'none' ? 'none' : 'host'),
+      resolvConf(network === 'host' || (network === 'sandbox' && this.bridge === undefined) ? 'host' : 'none'),
       writeFile(join(bundle, 'hosts'), hostsFile(hostname ?? 'buildkitsandbox', spec.extraHosts)),
     ]);
     await writeFile(join(bundle, 'resolv.conf'), resolv);

@@ -130,8 +130,29 @@ describe('OciRuntime', () => {
     expect((err as ExecError).exitCode).toBe(1);
     expect((err as ExecError).tail).toContain("can't connect to remote host");
     expect(await sh(`wget -q -O - ${url}`, { network: 'host' })).toBe('hello from host\n');
-    // the default (sandbox) network is the host's for now
-    expect(await sh(`wget -q -O - ${url}`)).toBe('hello from host\n');
+  });
+
+  it('puts the sandbox network on a NATed bridge: own eth0, reaches the host through the gateway', async () => {
+    expect(rt.sandboxNetwork).toBe('bridge');
+    const links = await sh('ip -o link');
+    expect(links.trim().split('\n').map((l) => l.split(':')[1]?.trim().replace(/@.*/, ''))).toEqual(['lo', 'eth0']);
+    const gw = createServer((_req, res) => res.end('hello via bridge\n'));
+    await new Promise<void>((resolve) => gw.listen(0, '10.89.0.1', resolve));
+    try {
+      const gwPort = (gw.address() as AddressInfo).port;
+      expect(await sh(`wget -q -O - http://10.89.0.1:${gwPort}/`)).toBe('hello via bridge\n');
+      expect(await sh('ip -4 -o addr show dev eth0')).toMatch(/inet 10\.89\.\d+\.\d+\/16/);
+      // the host's loopback is not the container's
+      await expect(sh(`wget -q -O - http://127.0.0.1:${port}/`)).rejects.toBeInstanceOf(ExecError);
+      // two containers at once get different addresses
+      const [a, b] = await Promise.all([
+        sh('ip -4 -o addr show dev eth0 | awk \'{print $4}\''),
+        sh('ip -4 -o addr show dev eth0 | awk \'{print $4}\''),
+      ]);
+      expect(a).not.toBe(b);
+    } finally {
+      await new Promise((resolve) => gw.close(resolve));
+    }
   });
 
   it('mounts tmpfs with a size, read-only and read-write binds, and removes new mount points', async () => {

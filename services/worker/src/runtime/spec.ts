@@ -140,6 +140,8 @@ export interface SpecInput {
   resolvConf: string;
   hosts: string;
   mounts: ContainerMount[];
+  /** The network namespace to join for the `sandbox` network; without it, the host's network. */
+  netnsPath?: string;
   /** Host devices for the insecure mode (see {@link hostDevices}). */
   devices?: OciDevice[];
   /** Capabilities this process may grant (its bounding set); the insecure mode grants all of them. */
@@ -190,8 +192,9 @@ export function generateSpec(i: SpecInput): OciSpec {
     }
   }
 
-  const namespaces: Array<{ type: string }> = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
+  const namespaces: Array<{ type: string; path?: string }> = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
   if (i.network === 'none') namespaces.push({ type: 'network' });
+  else if (i.network === 'sandbox' && i.netnsPath !== undefined) namespaces.push({ type: 'network', path: i.netnsPath });
 
   const spec: OciSpec = {
     ociVersion: '1.0.2',

@@ -1,7 +1,7 @@
 /**
  * Network of a container. `none`: a new network namespace with only `lo`. `host`: the host's.
- * `sandbox` (BuildKit's default): currently the host's network, as BuildKit's OCI worker with
- * `--oci-worker-net=host` (a bridged, NATed namespace per container is not implemented yet).
+ * `sandbox` (BuildKit's default): a namespace of its own on a NATed bridge, or the host's network
+ * where the runtime was configured so or the bridge cannot be set up (see `OciRuntime.sandboxNetwork`).
  */
 export type NetworkMode = 'sandbox' | 'host' | 'none';
 

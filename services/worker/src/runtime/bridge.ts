@@ -1,0 +1,208 @@
+import { spawn, execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, open, readFile, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { RuntimeError, RuntimeErrorCode } from './errors.js';
+
+const execFileP = promisify(execFile);
+
+export interface BridgeOptions {
+  /** Bridge device name. Default `kiln0`. */
+  name?: string;
+  /** An IPv4 /16 as `a.b.0.0/16`; the bridge takes `a.b.0.1`. Default `10.89.0.0/16`. */
+  subnet?: string;
+  /** Where addresses are leased (shared by every worker process on the machine). Default `/run/kiln/ipam`. */
+  ipamDir?: string;
+}
+
+/** A container's network namespace on the bridge; `release` deletes it and frees the address. */
+export interface BridgeAttachment {
+  /** Path of the network namespace (for the OCI spec). */
+  nsPath: string;
+  ip: string;
+  gateway: string;
+  release(): Promise<void>;
+}
+
+async function run(cmd: string, args: string[], input?: string): Promise<void> {
+  if (input === undefined) {
+    try {
+      await execFileP(cmd, args);
+      return;
+    } catch (err) {
+      const msg = (err as { stderr?: string }).stderr?.trim() ?? (err as Error).message;
+      throw new Error(`${cmd} ${args.join(' ')}: ${msg}`, { cause: err });
+    }
+  }
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('error', reject);
+    child.on('close', (code) =>
+      code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')}: ${stderr.trim() || `exit ${code}`}`)),
+    );
+    child.stdin.end(input);
+  });
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * BuildKit's default (`sandbox`) network, done with iproute2 and iptables instead of CNI: a Linux
+ * bridge with NAT to the outside, and per container a network namespace with a veth pair, an
+ * address from the bridge's /16, `lo` up and a default route. Addresses are leased with one file
+ * per address (created exclusively, holding the owner's pid), so workers in several processes
+ * share the bridge; a lease whose process is gone is taken over.
+ */
+export class BridgeNetwork {
+  readonly name: string;
+  readonly gateway: string;
+  private readonly prefix: string;
+  private readonly ipamDir: string;
+
+  private constructor(opts: BridgeOptions) {
+    this.name = opts.name ?? 'kiln0';
+    const subnet = opts.subnet ?? '10.89.0.0/16';
+    const m = /^(\d+)\.(\d+)\.0\.0\/16$/.exec(subnet);
+    if (m === null) throw new RuntimeError(RuntimeErrorCode.Io, `bridge subnet must be a.b.0.0/16, got ${subnet}`);
+    this.prefix = `${m[1]!}.${m[2]!}`;
+    this.gateway = `${this.prefix}.0.1`;
+    this.ipamDir = join(opts.ipamDir ?? '/run/kiln/ipam', `${this.prefix}.0.0-16`);
+  }
+
+  /** Creates the bridge, its address, forwarding and the NAT rule when missing (idempotent). */
+  static async setup(opts: BridgeOptions = {}): Promise<BridgeNetwork> {
+    const b = new BridgeNetwork(opts);
+    try {
+      await mkdir(b.ipamDir, { recursive: true, mode: 0o700 });
+      const exists = await execFileP('ip', ['link', 'show', b.name]).then(
+        () => true,
+        () => false,
+      );
+      if (!exists) {
+        await run('ip', ['link', 'add', b.name, 'type', 'bridge']).catch(async (err: unknown) => {
+          // another process may have created it in the meantime
+          const now = await execFileP('ip', ['link', 'show', b.name]).then(
+            () => true,
+            () => false,
+          );
+          if (!now) throw err;
+        });
+      }
+      const addrs = (await execFileP('ip', ['-o', '-4', 'addr', 'show', 'dev', b.name])).stdout;
+      if (!addrs.includes(` ${b.gateway}/16 `)) {
+        await run('ip', ['addr', 'add', `${b.gateway}/16`, 'dev', b.name]).catch((err: unknown) => {
+          if (!/File exists/.test((err as Error).message)) throw err;
+        });
+      }
+      await run('ip', ['link', 'set', b.name, 'up']);
+      if ((await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8')).trim() !== '1') {
+        await writeFile('/proc/sys/net/ipv4/ip_forward', '1\n');
+      }
+      const subnet = `${b.prefix}.0.0/16`;
+      await ensureRule(['-t', 'nat', 'POSTROUTING', '-s', subnet, '!', '-o', b.name, '-j', 'MASQUERADE']);
+      await ensureRule(['-t', 'filter', 'FORWARD', '-i', b.name, '-j', 'ACCEPT']);
+      await ensureRule(['-t', 'filter', 'FORWARD', '-o', b.name, '-j', 'ACCEPT']);
+    } catch (err) {
+      throw new RuntimeError(RuntimeErrorCode.Io, `setting up bridge ${b.name}: ${(err as Error).message}`, { cause: err });
+    }
+    return b;
+  }
+
+  /** A new network namespace `kiln-<id>` on the bridge. */
+  async attach(id: string): Promise<BridgeAttachment> {
+    const ip = await this.lease();
+    const ns = `kiln-${id}`;
+    const veth = `vk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
+    try {
+      await run('ip', ['-b', '-'], [
+        `netns add ${ns}`,
+        `link add ${veth} type veth peer name eth0 netns ${ns}`,
+        `link set ${veth} master ${this.name} up`,
+        '',
+      ].join('\n'));
+      await run('ip', ['-n', ns, '-b', '-'], [
+        `addr add ${ip}/16 dev eth0`,
+        'link set eth0 up',
+        'link set lo up',
+        `route add default via ${this.gateway}`,
+        '',
+      ].join('\n'));
+    } catch (err) {
+      await BridgeNetwork.detach(id);
+      await this.unlease(ip);
+      throw new RuntimeError(RuntimeErrorCode.Io, `attaching ${id} to bridge ${this.name}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    return {
+      nsPath: `/run/netns/${ns}`,
+      ip,
+      gateway: this.gateway,
+      release: async () => {
+        await BridgeNetwork.detach(id);
+        await this.unlease(ip);
+      },
+    };
+  }
+
+  /** Deletes container `id`'s namespace (its veth goes with it); a missing one is fine. */
+  static async detach(id: string): Promise<void> {
+    await execFileP('ip', ['netns', 'del', `kiln-${id}`]).catch((err: unknown) => {
+      const msg = (err as { stderr?: string }).stderr ?? '';
+      if (!/No such file|not exist/i.test(msg)) throw err;
+    });
+  }
+
+  private async lease(): Promise<string> {
+    const total = 256 * 256 - 3; // .0.2 .. .255.254
+    const start = Math.floor(Math.random() * total);
+    for (let n = 0; n < total; n++) {
+      const k = ((start + n) % total) + 2;
+      const ip = `${this.prefix}.${Math.floor(k / 256)}.${k % 256}`;
+      if (k % 256 === 0 || k % 256 === 255) continue;
+      const file = join(this.ipamDir, ip);
+      for (let attempt = 0; attempt < 2; attempt++) {
+        try {
+          const fh = await open(file, 'wx');
+          await fh.writeFile(String(process.pid));
+          await fh.close();
+          return ip;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          const owner = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+          // a lease whose process is gone is taken over (once); a fresh one may not be written yet
+          if (!(Number.isInteger(owner) && owner > 0 && !pidAlive(owner))) break;
+          await unlink(file).catch(() => undefined);
+        }
+      }
+    }
+    throw new RuntimeError(RuntimeErrorCode.Io, `no free address on bridge ${this.name}`);
+  }
+
+  private async unlease(ip: string): Promise<void> {
+    await unlink(join(this.ipamDir, ip)).catch((err: unknown) => {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    });
+  }
+}
+
+/** Appends an iptables rule unless it is there (`-C` first). */
+async function ensureRule(spec: string[]): Promise<void> {
+  const [tflag, table, chain, ...rule] = spec;
+  const args = [tflag!, table!];
+  const present = await execFileP('iptables', [...args, '-C', chain!, ...rule]).then(
+    () => true,
+    () => false,
+  );
+  if (!present) await run('iptables', ['-w', ...args, '-A', chain!, ...rule]);
+}
