@@ -28,8 +28,8 @@ export interface Inspected {
   /** The op the definition evaluates to. */
   final: InspectedOp;
   ofKind(kind: OpKind): InspectedOp[];
-  /** The one op whose step name contains `fragment`; throws when there is not exactly one. */
-  named(fragment: string): InspectedOp;
+  /** The one op (of `kind`, if given) whose step name contains `fragment`; throws unless exactly one. */
+  named(fragment: string, kind?: OpKind): InspectedOp;
   byDigest(digest: string): InspectedOp;
   execs(): pb.IExecOp[];
 }
@@ -90,8 +90,8 @@ export function inspect(result: ConvertResult, definition: Definition): Inspecte
     ops,
     final: byDigest(loaded.result.digest),
     ofKind: (kind) => ops.filter((o) => o.kind === kind),
-    named(fragment) {
-      const found = ops.filter((o) => o.name.includes(fragment));
+    named(fragment, kind) {
+      const found = ops.filter((o) => o.name.includes(fragment) && (kind === undefined || o.kind === kind));
       if (found.length !== 1) throw new Error(`${found.length} ops named like ${JSON.stringify(fragment)}: ${ops.map((o) => o.name).join(' | ')}`);
       return found[0]!;
     },
