@@ -39,9 +39,9 @@ export interface BlobInfo {
 export interface BlobStore {
   /**
    * Stores `source`. With `expected`, the content must hash to it, else `DigestMismatchError` and
-   * nothing is stored. Reads the source whole, except when `expected` is already stored: then it
-   * resolves at once without reading it (a Readable source is destroyed), as containerd's
-   * content store answers "already exists". Idempotent for identical content.
+   * nothing is stored. Reads the source whole, except when `expected` is already stored with the
+   * given `size`: then it resolves at once without reading it (a Readable source is destroyed),
+   * as containerd's content store answers "already exists". Idempotent for identical content.
    */
   put(expected: Digest | undefined, source: BlobSource, opts?: PutOptions): Promise<BlobInfo>;
   /** Opens a blob for reading; throws `BlobNotFoundError` when absent. */

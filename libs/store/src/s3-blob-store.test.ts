@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { blobStoreConformance } from './blob-store.conformance.js';
 import { sha256Digest } from './digest.js';
@@ -91,6 +93,37 @@ describe('S3BlobStore specifics', () => {
     } finally {
       await store.delete(kept.digest);
       await store.client.removeObject(cfg.bucket, `${prefix}uploads/crashed`);
+    }
+  });
+
+  it('resends an idempotent request whose connection dropped (a stale keep-alive socket)', async () => {
+    let requests = 0;
+    const server = createServer((req, res) => {
+      requests++;
+      if (requests === 1) {
+        req.socket.destroy();
+        return;
+      }
+      res.writeHead(200, {
+        'Content-Length': '5',
+        ETag: '"0123456789abcdef"',
+        'Last-Modified': new Date().toUTCString(),
+      });
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const store = new S3BlobStore({
+        endpoint: `http://127.0.0.1:${port}`,
+        accessKey: 'x',
+        secretKey: 'y',
+        bucket: 'kiln-test',
+      });
+      expect(await store.stat(sha256Digest('five!'))).toEqual({ size: 5 });
+      expect(requests).toBe(2);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
     }
   });
 
