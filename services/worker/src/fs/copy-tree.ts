@@ -15,10 +15,12 @@ import {
   copyFile,
   lchown,
   link,
+  lstat,
   lutimes,
   mkdir,
   readdir,
   readlink,
+  realpath,
   rm,
   symlink,
 } from 'node:fs/promises';
@@ -342,4 +344,19 @@ class TreeCopier {
     const t = this.opts.time;
     await lutimes(target, t ?? st.atime, t ?? st.mtime);
   }
+}
+
+/**
+ * Makes directory `to` a full copy of directory `from`: its contents (as {@link copyPath} with
+ * `copyDirContents`) and the root directory's own owner (when running as root), mode and times.
+ * Used to make a mutable copy of a snapshot when no copy-on-write is available.
+ */
+export async function cloneTree(from: string, to: string): Promise<void> {
+  const src = await realpath(from);
+  const dst = await realpath(to);
+  await copyPath(src, '/', dst, '/', { copyDirContents: true });
+  const st = await lstat(src);
+  if (process.getuid?.() === 0) await lchown(dst, st.uid, st.gid);
+  await chmod(dst, st.mode & 0o7777);
+  await lutimes(dst, st.atime, st.mtime);
 }

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { copyPath, resolveWildcards } from './copy-tree.js';
+import { cloneTree, copyPath, resolveWildcards } from './copy-tree.js';
 import { detectArchive, unpackArchive } from './archive.js';
 import { FsError, FsErrorCode } from './errors.js';
 import {
@@ -212,6 +212,19 @@ describe('copyPath', () => {
     expect(await readlink(join(root, 'out/dangling'))).toBe('/nowhere');
     const sub = await lstat(join(root, 'out/sub'));
     expect([sub.mode & 0o7777, sub.mtime.getTime()]).toEqual([0o711, t.getTime()]);
+  });
+
+  it("cloneTree copies the root directory's own metadata too", async () => {
+    const src = join(base, 'src');
+    await mkdir(join(src, 'd'), { recursive: true });
+    await writeFile(join(src, 'd/f'), 'f');
+    await lchown(src, 5, 6);
+    await chmod(src, 0o711);
+    const t = new Date('2018-01-01T00:00:00Z');
+    await utimes(src, t, t);
+    await cloneTree(src, root);
+    expect(await meta(root)).toEqual([0o711, 5, 6, t.getTime()]);
+    expect(await readFile(join(root, 'd/f'), 'utf8')).toBe('f');
   });
 
   it('copies devices and fifos', async () => {

@@ -1,6 +1,6 @@
 export { detectArchive, detectCompression, unpackArchive } from './archive.js';
 export type { ArchiveCompression, UnpackOptions } from './archive.js';
-export { copyPath, resolveWildcards } from './copy-tree.js';
+export { cloneTree, copyPath, resolveWildcards } from './copy-tree.js';
 export type { CopyOptions } from './copy-tree.js';
 export { FsError, FsErrorCode, errnoOf } from './errors.js';
 export { goMatch, hasWildcards, isValidPattern, splitWildcards } from './match.js';
