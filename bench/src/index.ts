@@ -3,14 +3,18 @@
  * Each prints a table with ratios against a baseline measured in the same run.
  */
 import { cpus } from 'node:os';
+import { runDispatchBench } from './dispatch-bench.js';
 import { runLlbBench } from './llb-bench.js';
 
 const benches: Record<string, () => unknown> = {
   llb: () => runLlbBench(),
+  dispatch: () => runDispatchBench(),
 };
 
 const only = process.argv.slice(2);
-console.log(`kiln bench ${new Date().toISOString()} on ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, node ${process.version}`);
+console.log(
+  `kiln bench ${new Date().toISOString()} on ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, node ${process.version}`,
+);
 for (const [name, run] of Object.entries(benches)) {
   if (only.length && !only.includes(name)) continue;
   await run();

@@ -64,6 +64,13 @@ async function worker(
   return w;
 }
 
+/** Waits until the worker's stdout has caught up with its report of `t` (pipes lag NATS). */
+async function reported(w: WorkerProcess, t: TaskInit): Promise<void> {
+  await until(`${w.id} to report ${t.taskId}`, () =>
+    w.events.some((e) => e.type === 'completed' && e.taskId === t.taskId),
+  );
+}
+
 async function record(t: TaskInit, dispatcher = d) {
   return (await getRecord(dispatcher.bus.tasks, taskKey(t.cacheKey ?? '')))?.record;
 }
@@ -108,6 +115,7 @@ describe('Dispatcher', () => {
     ]);
     expect(a.attemptToken).toBe(b.attemptToken);
     expect(a.outputs[0]?.resultId).toBe(`res-${t.cacheKey}`);
+    await reported(w, t);
     expect(w.events.filter((e) => e.type === 'claimed').length).toBe(1);
     expect((await record(t))?.builds.sort()).toEqual(['x', 'y']);
     // A second dispatcher (another scheduler instance) asking later gets the stored result.
@@ -139,7 +147,7 @@ describe('Dispatcher', () => {
     for (let i = 0; i < 4; i++) {
       const t = testTask({ inputs: ['aff-result-1'] });
       expect((await d.submit(t)).workerId).toBe(b.id);
-      expect(b.claimed(t.taskId ?? '')).toBe(true);
+      await reported(b, t);
       expect(b.events.find((e) => e.type === 'claimed' && e.taskId === t.taskId)?.via).toBe(
         'offer',
       );
@@ -200,6 +208,10 @@ describe('Dispatcher', () => {
       details: { attempts: 3, vertexDigest: t.vertexDigest },
     });
     expect(await record(t)).toMatchObject({ state: 'failed', attempt: 3 });
+    await until(
+      'three reports',
+      () => w.events.filter((e) => e.type === 'completed' && e.taskId === t.taskId).length === 3,
+    );
     expect(w.events.filter((e) => e.type === 'claimed' && e.taskId === t.taskId).length).toBe(3);
     // A non-retryable error fails at once.
     const fatal = testTask({ fail: 'fatal' });
@@ -267,6 +279,7 @@ describe('Dispatcher', () => {
     dispatchers.push(d2);
     const r = await d2.submit(t);
     expect(r.workerId).toBe(w.id);
+    await reported(w, t);
     expect(w.events.filter((e) => e.type === 'claimed').length).toBe(1);
   });
 });

@@ -81,6 +81,8 @@ export interface DispatcherOptions {
   monitorIntervalMs?: number;
   /** A task no live worker can run fails after this long. Default 30 s. */
   noWorkerTimeoutMs?: number;
+  /** Offer tasks to the holders of their inputs first. Default true (false: benchmarks). */
+  affinity?: boolean;
   /** Typed events (libraries do not log). */
   onEvent?: (e: DispatchEvent) => void;
 }
@@ -91,6 +93,7 @@ interface CompiledOptions {
   maxAttempts: number;
   monitorIntervalMs: number;
   noWorkerTimeoutMs: number;
+  affinity: boolean;
   onEvent: (e: DispatchEvent) => void;
 }
 
@@ -151,6 +154,7 @@ export class Dispatcher {
       maxAttempts: opts.maxAttempts ?? 3,
       monitorIntervalMs: opts.monitorIntervalMs ?? 250,
       noWorkerTimeoutMs: opts.noWorkerTimeoutMs ?? 30_000,
+      affinity: opts.affinity ?? true,
       onEvent: opts.onEvent ?? (() => undefined),
     });
     await d.#startWatches();
@@ -296,17 +300,10 @@ export class Dispatcher {
       }),
       this.#bus.nc.subscribe(MAX_DELIVERIES_ADVISORY, {
         callback: (err, msg) => {
-          if (err) return;
-          const a = decodeJson<{ stream_seq: number; consumer: string }>(msg.data);
-          this.#bus.jsm.streams.deleteMessage(TASK_STREAM, a.stream_seq, false).then(
-            () =>
-              this.#o.onEvent({
-                type: 'stale-message-deleted',
-                seq: a.stream_seq,
-                consumer: a.consumer,
-              }),
-            onError('delete-max-delivered'),
-          );
+          if (!err)
+            void this.#onMaxDeliveries(
+              decodeJson<{ stream_seq: number; consumer: string }>(msg.data),
+            );
         },
       }),
     );
@@ -322,6 +319,27 @@ export class Dispatcher {
     })();
     this.#timer = setInterval(() => this.#monitor(), this.#o.monitorIntervalMs);
     this.#timer.unref();
+  }
+
+  /**
+   * A queue message reached MaxDeliver (every holder died, or it was handed back too often): the
+   * server keeps it but never delivers it again. Delete it, and if it carried the live attempt
+   * of a task we wait for, place that attempt again.
+   */
+  async #onMaxDeliveries(a: { stream_seq: number; consumer: string }): Promise<void> {
+    try {
+      const m = await this.#bus.jsm.streams.getMessage(TASK_STREAM, { seq: a.stream_seq });
+      const task = m ? decodeTask(m.data) : undefined;
+      await this.#bus.jsm.streams.deleteMessage(TASK_STREAM, a.stream_seq, false);
+      this.#o.onEvent({ type: 'stale-message-deleted', seq: a.stream_seq, consumer: a.consumer });
+      const e = task?.cacheKey ? this.#entries.get(taskKey(task.cacheKey)) : undefined;
+      const r = e?.stored?.record;
+      if (e && task && r?.state === 'queued' && r.attemptToken === task.attemptToken) {
+        this.#enqueue(e, () => this.#redispatch(e, task.attemptToken, 'adopted', false));
+      }
+    } catch (error) {
+      this.#o.onEvent({ type: 'error', where: 'max-deliveries', error });
+    }
   }
 
   #enqueue(e: Entry, fn: () => Promise<void>): void {
@@ -497,9 +515,9 @@ export class Dispatcher {
 
   #plan(e: Entry): { placement: Placement; offerTo?: string; capable: boolean } {
     const p = planPlacement(e.task, e.platform, e.preferred, this.#workers.alive());
-    return p.offerTo
-      ? { placement: 'offer', offerTo: p.offerTo, capable: p.capable }
-      : { placement: p.queue, capable: p.capable };
+    if (p.offerTo && this.#o.affinity)
+      return { placement: 'offer', offerTo: p.offerTo, capable: p.capable };
+    return { placement: p.queue, capable: p.capable };
   }
 
   /** Starts a new attempt (fresh token) of the attempt `token`, unless it moved on meanwhile. */
@@ -637,6 +655,8 @@ export class Dispatcher {
   #monitor(): void {
     if (!this.#connected || this.#abort.signal.aborted) return;
     const now = Date.now();
+    const live = this.#workers.alive(now);
+    const plans = new Map<string, ReturnType<typeof planPlacement>>();
     for (const e of this.#entries.values()) {
       const r = e.stored?.record;
       if (!r || e.pendingFor === r.attemptToken) continue;
@@ -649,7 +669,12 @@ export class Dispatcher {
         e.noWorkerSince = undefined;
         continue;
       }
-      const plan = planPlacement(e.task, e.platform, [], this.#workers.alive(now));
+      const pk = e.stored?.record.platform ?? '';
+      let plan = plans.get(pk);
+      if (!plan) {
+        plan = planPlacement({}, e.platform, [], live);
+        plans.set(pk, plan);
+      }
       if (!plan.capable) {
         e.noWorkerSince ??= now;
         if (now - e.noWorkerSince >= this.#o.noWorkerTimeoutMs) {

@@ -19,6 +19,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type {
   Bus,
+  StoredRecord,
   BusOptions,
   OfferReply,
   Task,
@@ -203,10 +204,7 @@ export class TaskConsumer {
       }
     })();
     this.#o.onEvent({ type: 'registered', workerId: this.id });
-    for (const c of consumers) {
-      for (let i = 0; i < this.#o.slots; i++)
-        this.#pullers.push(this.#pullLoop(c.name, c.p, c.emulated));
-    }
+    for (const c of consumers) this.#pullers.push(this.#pullLoop(c.name, c.p, c.emulated));
   }
 
   /** Tasks running now. */
@@ -324,19 +322,27 @@ export class TaskConsumer {
   }
 
   #pump(): void {
-    // Offers first: they carry affinity; pulls take what is left.
-    for (const kind of ['offer', 'pull'] as const) {
-      for (let i = 0; i < this.#waiters.length && this.#free() > 0;) {
-        const w = this.#waiters[i];
-        if (w?.kind !== kind) {
-          i++;
-          continue;
-        }
-        this.#waiters.splice(i, 1);
-        if (kind === 'offer') this.#busy++;
-        else this.#reserved++;
-        w.grant(true);
+    // Offers first: they carry affinity, and they may take a slot an idle pull has reserved (a
+    // message that then arrives for that pull is handed back). Pulls take what is left.
+    for (let i = 0; i < this.#waiters.length && this.#busy < this.#o.slots;) {
+      const w = this.#waiters[i];
+      if (w?.kind !== 'offer') {
+        i++;
+        continue;
       }
+      this.#waiters.splice(i, 1);
+      this.#busy++;
+      w.grant(true);
+    }
+    for (let i = 0; i < this.#waiters.length && this.#free() > 0;) {
+      const w = this.#waiters[i];
+      if (w?.kind !== 'pull') {
+        i++;
+        continue;
+      }
+      this.#waiters.splice(i, 1);
+      this.#reserved++;
+      w.grant(true);
     }
   }
 
@@ -386,34 +392,36 @@ export class TaskConsumer {
     let consumer: Consumer | undefined;
     while (!signal.aborted) {
       if (!(await this.#reservePull())) break;
-      let msg: JsMsg | null = null;
+      // One pull for every free slot: a single subscription per batch, not per message.
+      const extra = Math.max(0, this.#free());
+      this.#reserved += extra;
+      let asked = 1 + extra;
       try {
         consumer ??= await this.#bus.js.consumers.get(TASK_STREAM, consumerName);
-        msg = await consumer.next({ expires: 1_000 });
+        const batch = await consumer.fetch({ max_messages: asked, expires: 1_000 });
+        for await (const msg of batch) {
+          asked--;
+          this.#reserved--;
+          if (this.#draining || this.#busy >= this.#o.slots) {
+            // Draining, or an offer took the slot this pull was for: hand the message back now.
+            msg.nak();
+            continue;
+          }
+          this.#busy++;
+          void this.#claimAndRun(decodeTaskSafe(msg), msg, 'queue');
+        }
       } catch (error) {
-        this.#reserved--;
+        if (!signal.aborted) {
+          this.#o.onEvent({ type: 'error', where: 'pull', error });
+          // The consumer may be gone (a fresh server): recreate it, then retry.
+          consumer = undefined;
+          await ensureTaskConsumer(this.#bus, platform, emulated).catch(() => undefined);
+          await pause(250, signal);
+        }
+      } finally {
+        this.#reserved -= asked;
         this.#pump();
-        if (signal.aborted) break;
-        this.#o.onEvent({ type: 'error', where: 'pull', error });
-        // The consumer may be gone (a fresh server): recreate it, then retry.
-        consumer = undefined;
-        await ensureTaskConsumer(this.#bus, platform, emulated).catch(() => undefined);
-        await pause(250, signal);
-        continue;
       }
-      this.#reserved--;
-      if (!msg) {
-        this.#pump();
-        continue;
-      }
-      if (this.#draining || this.#busy >= this.#o.slots) {
-        // Draining, or an offer took the slot this pull was for: hand the message back now.
-        msg.nak();
-        this.#pump();
-        continue;
-      }
-      this.#busy++;
-      void this.#claimAndRun(decodeTaskSafe(msg), msg, 'queue');
     }
   }
 
@@ -544,7 +552,11 @@ export class TaskConsumer {
       };
       this.#running.set(task.attemptToken, running);
       try {
-        await this.#run(running, msg);
+        await this.#run(
+          running,
+          msg,
+          claim.record ? { record: claim.record, revision: claim.revision } : undefined,
+        );
       } finally {
         finish();
       }
@@ -557,7 +569,7 @@ export class TaskConsumer {
     }
   }
 
-  async #run(r: Running, msg: JsMsg | undefined): Promise<void> {
+  async #run(r: Running, msg: JsMsg | undefined, claimed: StoredRecord | undefined): Promise<void> {
     const { task, key } = r;
     const token = task.attemptToken;
     const keepalive = setInterval(() => {
@@ -614,10 +626,14 @@ export class TaskConsumer {
     const encoded = toBase64(encodeResult(result));
     const out = await retrying(
       () =>
-        casRecord(this.#bus.tasks, key, (rec) =>
-          outcome.error
-            ? errorRule(rec, token, this.id, taskErrorToRecord(outcome.error), encoded)
-            : completeRule(rec, token, this.id, encoded),
+        casRecord(
+          this.#bus.tasks,
+          key,
+          (rec) =>
+            outcome.error
+              ? errorRule(rec, token, this.id, taskErrorToRecord(outcome.error), encoded)
+              : completeRule(rec, token, this.id, encoded),
+          claimed,
         ),
       { timeoutMs: 60_000 },
     );
