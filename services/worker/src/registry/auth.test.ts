@@ -8,7 +8,13 @@ import { dockerConfigCredentials, parseChallenges } from './auth.js';
 import { RegistryClient } from './client.js';
 import type { Repository } from './client.js';
 import { RegistryAuthError } from './errors.js';
-import { startAuthRegistry, startTokenServer, tempDir, waitUntil } from './test-support.js';
+import {
+  startAuthRegistry,
+  startFaultProxy,
+  startTokenServer,
+  tempDir,
+  waitUntil,
+} from './test-support.js';
 import type { TestRegistry, TokenServer } from './test-support.js';
 
 describe('parseChallenges', () => {
@@ -303,6 +309,39 @@ describe('basic auth against a real htpasswd registry', () => {
     );
     const r = await client.resolve(`${registry.addr}/basic/busybox:latest`);
     expect(r.descriptor.digest).toBe(digest);
+  });
+
+  it('never sends credentials to a redirect target on another origin', async () => {
+    const client = new RegistryClient({
+      dockerConfig: false,
+      credentials: () => ({ username: 'docker', password }),
+    });
+    await copyAmd64(client, { domain: registry.addr, path: 'basic/redirected' }, 'latest');
+    // "cdn": a proxy in front of the unauthenticated shared registry, which has the same blobs.
+    const cdn = await startFaultProxy(env('KILN_TEST_REGISTRY'));
+    const front = await startFaultProxy(registry.addr, (m, path) => {
+      const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(path);
+      return m === 'GET' && blob
+        ? { kind: 'redirect', location: `http://${cdn.addr}/v2/${FIXTURE.path}/blobs/${blob[1]}` }
+        : undefined;
+    });
+    try {
+      const repo: Repository = { domain: front.addr, path: 'basic/redirected' };
+      const r = await client.resolve({ ...repo, tag: 'latest' });
+      const m = await client.fetchManifest(repo, r.descriptor);
+      if (m.document.kind !== 'manifest') throw new Error('expected a manifest');
+      const layer = m.document.manifest.layers[0]!;
+      const chunks: Buffer[] = [];
+      for await (const c of await client.fetchBlob(repo, layer)) chunks.push(c as Buffer);
+      expect(sha256Digest(Buffer.concat(chunks))).toBe(layer.digest);
+      const blobAt = front.log.indexOf(`GET /v2/basic/redirected/blobs/${layer.digest}`);
+      expect(front.authorizations[blobAt]).toMatch(/^Basic /);
+      expect(cdn.log).toEqual([`GET /v2/${FIXTURE.path}/blobs/${layer.digest}`]);
+      expect(cdn.authorizations).toEqual([undefined]);
+    } finally {
+      await front.stop();
+      await cdn.stop();
+    }
   });
 
   it('fails with RegistryAuthError without credentials or with a wrong password', async () => {

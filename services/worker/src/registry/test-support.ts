@@ -346,6 +346,8 @@ export type Fault =
   | { kind: 'replace'; body: Buffer }
   /** Forwards the headers and half the body, then drops the connection (a download broken off). */
   | { kind: 'truncate' }
+  /** Answers `307 Temporary Redirect` to `location` (a blob CDN, say). */
+  | { kind: 'redirect'; location: string }
   /** Forwards once `until` resolves (a request held in flight). */
   | { kind: 'hold'; until: Promise<void> };
 
@@ -354,6 +356,8 @@ export interface FaultProxy {
   addr: string;
   /** Every request seen, in order: `METHOD /path`. */
   log: string[];
+  /** The Authorization header of each request in `log` (same order), if it had one. */
+  authorizations: (string | undefined)[];
   stop: () => Promise<void>;
 }
 
@@ -368,11 +372,18 @@ export async function startFaultProxy(
 ): Promise<FaultProxy> {
   const [thost, tport] = target.split(':');
   const log: string[] = [];
+  const authorizations: (string | undefined)[] = [];
   const server = createServer((req, res) => {
     const method = req.method ?? 'GET';
     const path = req.url ?? '/';
     log.push(`${method} ${path.split('?')[0]}`);
+    authorizations.push(req.headers.authorization);
     const f = fault(method, path);
+    if (f?.kind === 'redirect') {
+      req.resume();
+      res.writeHead(307, { location: f.location }).end();
+      return;
+    }
     if (f?.kind === 'reset') {
       req.socket.destroy();
       return;
@@ -390,7 +401,7 @@ export async function startFaultProxy(
       return;
     }
     forward(f);
-    function forward(f: Exclude<Fault, { kind: 'hold' }> | undefined): void {
+    function forward(f: Exclude<Fault, { kind: 'hold' | 'redirect' }> | undefined): void {
       const up = httpRequest(
         { host: thost, port: Number(tport), method, path, headers: req.headers },
         (upRes) => {
@@ -430,5 +441,5 @@ export async function startFaultProxy(
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const addr = server.address();
   if (addr === null || typeof addr === 'string') throw new Error('proxy: no address');
-  return { addr: `127.0.0.1:${addr.port}`, log, stop: () => closeServer(server) };
+  return { addr: `127.0.0.1:${addr.port}`, log, authorizations, stop: () => closeServer(server) };
 }
