@@ -48,8 +48,15 @@ export async function mountStubsCleaner(
       }
       const parent = dirname(p);
       const pst = await lstat(parent);
-      if (st.isDirectory()) await rmdir(p);
-      else await unlink(p);
+      try {
+        if (st.isDirectory()) await rmdir(p);
+        else await unlink(p);
+      } catch (err) {
+        // another run on the same tree removed it first, or the process filled it meanwhile
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' || code === 'ENOTEMPTY' || code === 'EBUSY') continue;
+        throw err;
+      }
       const before = parents.get(parent);
       const names = (await readdir(parent)).sort();
       if (before !== undefined && names.length === before.names.length && names.every((n, i) => n === before.names[i])) {

@@ -2,7 +2,7 @@ import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { promisify } from 'node:util';
 import { BridgeNetwork } from './bridge.js';
 import type { BridgeAttachment, BridgeOptions } from './bridge.js';
@@ -201,7 +201,7 @@ export class OciRuntime {
 
   private async prepare(id: string, bundle: string, spec: RunSpec): Promise<OciSpec> {
     const user = await resolveUser(spec.rootfs, spec.user);
-    const cwd = spec.cwd === undefined || spec.cwd === '' ? '/' : spec.cwd;
+    const cwd = posix.join('/', spec.cwd ?? '');
     if (!spec.readonlyRootfs) await mkdir(await rootPath(spec.rootfs, cwd), { recursive: true, mode: 0o755 });
     const network = spec.network ?? 'sandbox';
     const security = spec.security ?? 'sandbox';

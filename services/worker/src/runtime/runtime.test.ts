@@ -231,6 +231,16 @@ describe('OciRuntime', () => {
     expect(await rt.list()).toEqual([]);
   });
 
+  it('runs under runc when asked', async () => {
+    const runc = await OciRuntime.open({ stateDir: join(root, 'state-runc'), runtime: 'runc' });
+    expect(runc.name).toBe('runc');
+    const chunks: Buffer[] = [];
+    await runc.run({ rootfs, args: ['/bin/sh', '-c', 'id -u; hostname'], user: 'kiln', cwd: 'rel/dir' }, { onOutput: (_s, c) => chunks.push(c) });
+    expect(Buffer.concat(chunks).toString()).toBe('1000\nbuildkitsandbox\n');
+    await expect(runc.run({ rootfs, args: ['/bin/sh', '-c', 'exit 7'] })).rejects.toMatchObject({ exitCode: 7 });
+    expect(await runc.list()).toEqual([]);
+  });
+
   it('sweeps the containers and bundles a dead process left in its state dir', async () => {
     const stateDir = join(root, 'state-sweep');
     const first = await OciRuntime.open({ stateDir });

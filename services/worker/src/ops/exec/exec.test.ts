@@ -155,6 +155,26 @@ describe('runExec', () => {
     }
   });
 
+  it('cleans up everything when aborted', async () => {
+    const before = (await snapshotter.list()).map((i) => i.key);
+    const ac = new AbortController();
+    const settled = runExec(env, {
+      op: op('echo started; exec sleep 1000', [rootMount(), { input: 1, dest: '/rw', output: 1 }]),
+      inputs: ['busybox', 'data'],
+      signal: ac.signal,
+      onOutput: (_s, c) => {
+        if (c.toString().includes('started')) ac.abort();
+      },
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(await settled).toMatchObject({ code: 'RUNTIME_ABORTED' });
+    expect((await snapshotter.list()).map((i) => i.key)).toEqual(before);
+    expect(await env.runtime.list()).toEqual([]);
+    expect(await readdir(join(root, 'worker', 'exec', 'mnt'))).toEqual([]);
+  });
+
   it('keeps a cache mount across runs and out of the output', async () => {
     const cache: pb.IMount = {
       input: -1,
