@@ -13,7 +13,7 @@ import {
   symlink,
   utimes,
 } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
@@ -229,7 +229,10 @@ async function applyEntry(
         entry: name,
       });
   }
-  ctx.unpacked.add(path);
+  // The path and the directories above it (some created implicitly) belong to this layer: a
+  // later opaque whiteout above them must keep them.
+  for (let p = path; p.length > root.length && !ctx.unpacked.has(p); p = dirname(p))
+    ctx.unpacked.add(p);
 
   if (type === 'link') return consumed; // shares the target's inode and metadata
   if (ctx.chown) await lchown(path, header.uid ?? 0, header.gid ?? 0);
@@ -270,7 +273,11 @@ async function resolveHardlinkTarget(
   return target;
 }
 
-/** Removes everything under `dir` that this layer did not create (an opaque whiteout). */
+/**
+ * Removes everything under `dir` that this layer did not create (an opaque whiteout that comes
+ * after some of the directory's new content). `unpacked` holds every path this layer wrote and
+ * their parents.
+ */
 async function removeOpaque(dir: string, unpacked: Set<string>): Promise<void> {
   for (const name of await readdir(dir)) {
     const p = join(dir, name);

@@ -7,7 +7,7 @@ import { applyLayer } from './apply-layer.js';
 import { zstdSupport } from './compression.js';
 import { diffLayer, writeLayer } from './diff-layer.js';
 import type { DiffOptions, DiffSource } from './diff-layer.js';
-import { exec, readAll, snapshotTree, tarNames, tempDir } from './test-util.js';
+import { buildTar, exec, readAll, snapshotTree, tarNames, tempDir } from './test-util.js';
 
 const T0 = new Date(1_600_000_000_000);
 const T1 = new Date(1_650_000_000_000);
@@ -298,7 +298,6 @@ describe('diffLayer + applyLayer', () => {
   });
 
   it('applies an opaque whiteout that comes after the directory content of its own layer', async () => {
-    const { buildTar } = await import('./test-util.js');
     const target = join(work, 'apply-opq-late');
     await mkdir(join(target, 'd/sub'), { recursive: true });
     await writeFile(join(target, 'd/old'), 'old');
@@ -307,12 +306,16 @@ describe('diffLayer + applyLayer', () => {
       { name: 'd/', type: 'directory' },
       { name: 'd/sub/', type: 'directory' },
       { name: 'd/sub/new', content: 'new' },
+      { name: 'd/implicit/deeper/file', content: 'parents not in the layer' },
       { name: 'd/.wh..wh..opq' },
       { name: 'keep-going', content: 'k' },
     ]);
     await applyLayer(Readable.from([data]), target);
     expect(Object.keys(await snapshotTree(target)).sort()).toEqual([
       'd',
+      'd/implicit',
+      'd/implicit/deeper',
+      'd/implicit/deeper/file',
       'd/sub',
       'd/sub/new',
       'keep-going',

@@ -1,0 +1,85 @@
+import { describe, expect, it } from 'vitest';
+import { parseDefinition } from '@kiln/llb';
+import { benchConvert, generateDockerfile } from './bench-convert.js';
+import { convertOptionsFromAttrs, getFrontend, listFrontends, registerFrontend } from './frontend.js';
+import type { Frontend } from './frontend.js';
+import { parse } from './parser/parser.js';
+import { fixedResolver } from './test-support/llb-inspect.js';
+
+describe('frontend registry', () => {
+  it('has dockerfile.v0 by default and takes new frontends by name', async () => {
+    expect(listFrontends()).toContain('dockerfile.v0');
+    const echo: Frontend = {
+      name: 'test.echo.v0',
+      solve: (inputs) => Promise.resolve({ platforms: [{ platform: { os: 'linux', architecture: 'amd64' }, definition: undefined as never, imageConfig: { architecture: String(inputs.opts.arch), os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] } }, imageConfigJson: '' }] }),
+    };
+    registerFrontend(echo);
+    expect(getFrontend('test.echo.v0')).toBe(echo);
+    expect(getFrontend('nope')).toBeUndefined();
+    const res = await getFrontend('test.echo.v0')!.solve({ dockerfile: '', opts: { arch: 'x' } });
+    expect(res.platforms[0]!.imageConfig.architecture).toBe('x');
+  });
+
+  it('reads BuildKit’s frontend attributes', () => {
+    expect(
+      convertOptionsFromAttrs({
+        'build-arg:A': '1',
+        'build-arg:B': '',
+        target: 'final',
+        platform: 'linux/amd64, linux/arm64/v8',
+        filename: 'Dockerfile',
+        'no-cache': 'a,b',
+        'label:l': 'v',
+        context: 'ctx',
+      }),
+    ).toEqual({
+      buildArgs: { A: '1', B: '' },
+      labels: { l: 'v' },
+      target: 'final',
+      targetPlatforms: [
+        { os: 'linux', architecture: 'amd64' },
+        { os: 'linux', architecture: 'arm64' },
+      ],
+      ignoreCache: ['a', 'b'],
+      contextName: 'ctx',
+    });
+    expect(convertOptionsFromAttrs({ 'no-cache': '' }).ignoreCache).toBe(true);
+    expect(() => convertOptionsFromAttrs({ platform: 'linux/' })).toThrow('invalid platform "linux/"');
+  });
+
+  it('dockerfile.v0 solves per platform: definitions, configs, .dockerignore, no-cache', async () => {
+    const fe = getFrontend('dockerfile.v0')!;
+    const res = await fe.solve({
+      dockerfile: Buffer.from('FROM busybox AS a\nARG TARGETARCH\nRUN echo $TARGETARCH $V\nCOPY . /src\nFROM a AS b\nRUN echo b\n'),
+      dockerignore: '# comment\nnode_modules\n!node_modules/keep\n',
+      opts: { platform: 'linux/amd64,linux/arm64', 'build-arg:V': 'v1', target: 'a', 'no-cache': '', 'label:x': 'y' },
+      metaResolver: fixedResolver(),
+      sessionId: 's1',
+    });
+    expect(res.platforms.map((p) => p.platform.architecture)).toEqual(['amd64', 'arm64']);
+    for (const p of res.platforms) {
+      const loaded = parseDefinition(p.definition.toBytes());
+      const ops = loaded.order.map((d) => ({ op: loaded.ops.get(d)!.op, md: loaded.ops.get(d)!.metadata }));
+      const run = ops.find((o) => o.op.exec)!;
+      expect(run.op.exec!.meta!.args).toEqual(['/bin/sh', '-c', `echo $TARGETARCH $V`]);
+      expect(run.op.exec!.meta!.env).toContain(`TARGETARCH=${p.platform.architecture}`);
+      expect(run.md?.ignoreCache).toBe(true);
+      expect(run.md?.description?.['llb.customname']).toBe(`[linux/${p.platform.architecture} a 2/3] RUN echo ${p.platform.architecture} $V`);
+      const ctx = ops.find((o) => o.op.source?.identifier === 'local://context')!;
+      expect(ctx.op.source!.attrs).toEqual({ 'local.excludepatterns': '["node_modules","!node_modules/keep"]', 'local.session': 's1', 'local.sharedkeyhint': 'context' });
+      expect(p.imageConfig.config.Labels).toEqual({ x: 'y' });
+      expect(JSON.parse(p.imageConfigJson)).toMatchObject({ architecture: p.platform.architecture, os: 'linux' });
+      expect(ops.some((o) => o.op.exec?.meta?.args?.includes('echo b'))).toBe(false);
+    }
+  });
+});
+
+describe('benchConvert', () => {
+  it('generates a 500-instruction Dockerfile and times parse and conversion', () => {
+    expect(parse(generateDockerfile(500)).ast.children).toHaveLength(500);
+    const r = benchConvert();
+    expect(r.instructions).toBe(500);
+    expect(Number.isFinite(r.parseMs) && r.parseMs >= 0).toBe(true);
+    expect(Number.isFinite(r.convertMs) && r.convertMs >= 0).toBe(true);
+  });
+});
