@@ -190,6 +190,18 @@ describe('OciRuntime', () => {
     expect(await sh('grep " /sys " /proc/mounts | cut -d" " -f4 | cut -d, -f1', { security: 'insecure' })).toBe('rw\n');
   });
 
+  it('gives the container the usual /dev and kernel filesystems', async () => {
+    const out = await sh('ls /dev; echo ---; cut -d" " -f2,3 /proc/mounts');
+    const [devs, mounts] = out.split('---\n');
+    for (const d of ['full', 'null', 'random', 'tty', 'urandom', 'zero', 'pts', 'shm', 'mqueue']) {
+      expect(devs!.split('\n')).toContain(d);
+    }
+    for (const m of ['/proc proc', '/dev tmpfs', '/dev/pts devpts', '/dev/shm tmpfs', '/dev/mqueue mqueue', '/sys sysfs']) {
+      expect(mounts!.split('\n')).toContain(m);
+    }
+    expect(await sh('echo x > /dev/null && head -c 4 /dev/zero | wc -c')).toBe('4\n');
+  });
+
   it('applies ulimits', async () => {
     expect(await sh('ulimit -n', { ulimits: [{ name: 'nofile', soft: 512, hard: 1024 }] })).toBe('512\n');
   });

@@ -228,6 +228,26 @@ describe('overlay snapshotter: long chains', () => {
     expect(await readdir(join(root, 'state', 'snapshots'))).toEqual([]);
   });
 
+  it('mounts a chain whose absolute lowerdir option would not fit one page, with relative paths', async () => {
+    const state = join(root, `state-${'long'.repeat(30)}`);
+    const s = await OverlaySnapshotter.open({ root: state });
+    let parent: string | undefined;
+    for (let i = 0; i < 40; i++) {
+      await s.prepare(`lw${i}`, parent);
+      await writeFile(join((await s.upperDir(`lw${i}`))!, `f${i}`), String(i));
+      await s.commit(`lc${i}`, `lw${i}`);
+      parent = `lc${i}`;
+    }
+    const [spec] = await s.mounts('lc39');
+    expect(spec!.cwd).toBe(join(state, 'snapshots'));
+    expect(spec!.options.join(',').length).toBeLessThan(4096);
+    expect(spec!.options.find((o) => o.startsWith('lowerdir='))!.split(':')).toHaveLength(40);
+    await withMounted(s, 'lc39', join(root, 'mnt'), async (d) => {
+      expect(await names(d)).toHaveLength(40);
+      expect(await readFile(join(d, 'f0'), 'utf8')).toBe('0');
+    });
+  });
+
   it('unmounts what a dead process left mounted under its tmp dir', async () => {
     const state = join(root, 'state-stale');
     const s = await OverlaySnapshotter.open({ root: state });
