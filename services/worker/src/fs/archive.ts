@@ -92,6 +92,9 @@ async function openDecompressed(
       });
     });
   });
+  // Observed by the caller later; this keeps an early failure (a missing command) from being
+  // reported as an unhandled rejection meanwhile.
+  done.catch(() => undefined);
   return {
     stream: child.stdout,
     done,
