@@ -13,3 +13,12 @@ export interface OfferReply {
   accepted: boolean;
   reason?: 'busy' | 'draining' | 'stale' | 'platform';
 }
+
+/**
+ * Every copy of a task (queue message or offer) carries the record of its attempt as written by
+ * the scheduler (without the `task` field, which the body already is) and that record's revision,
+ * so that the claim is a single compare-and-set: no read first. When the record changed since
+ * (a build joined), the compare-and-set fails and the claimer reads it and tries again.
+ */
+export const RECORD_HEADER = 'Kiln-Record';
+export const RECORD_REV_HEADER = 'Kiln-Record-Rev';

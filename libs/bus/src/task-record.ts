@@ -15,8 +15,10 @@
 import { randomUUID } from 'node:crypto';
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
-import type { TaskErrorInit } from './codec.js';
-import { decodeJson, encodeJson } from './codec.js';
+import { workerpb } from '@kiln/protocol';
+import type { Task, TaskErrorInit } from './codec.js';
+import { decodeJson, encodeJson, encodeTask, toBase64 } from './codec.js';
+import { RECORD_HEADER, RECORD_REV_HEADER } from './offer.js';
 
 /**
  * - `queued`: attempt `attempt` is offered or on a queue under `attemptToken`, not yet claimed.
@@ -282,5 +284,33 @@ export async function casRecord(
       if (!isWrongRevision(err) || i > 100) throw err;
     }
     cur = await getRecord(kv, key);
+  }
+}
+
+/** The headers of a task copy ({@link RECORD_HEADER}): the record minus its task, and revision. */
+export function recordHeaderValues(r: TaskRecord, revision: number): [string, string][] {
+  const { task: _task, ...rest } = r;
+  return [
+    [RECORD_HEADER, JSON.stringify(rest)],
+    [RECORD_REV_HEADER, String(revision)],
+  ];
+}
+
+/** The record a task copy was sent with, or undefined when the headers are absent or bad. */
+export function recordFromHeaders(
+  get: (name: string) => string,
+  task: Task,
+): StoredRecord | undefined {
+  const json = get(RECORD_HEADER);
+  const revision = Number(get(RECORD_REV_HEADER));
+  if (!json || !Number.isSafeInteger(revision) || revision <= 0) return undefined;
+  try {
+    const rest = JSON.parse(json) as Omit<TaskRecord, 'task'>;
+    if (rest.attemptToken !== task.attemptToken || rest.cacheKey !== task.cacheKey)
+      return undefined;
+    const clean = workerpb.Task.create({ ...task, attemptToken: '', attempt: 0 });
+    return { record: { ...rest, task: toBase64(encodeTask(clean)) }, revision };
+  } catch {
+    return undefined;
   }
 }

@@ -44,6 +44,7 @@ import {
   offerSubject,
   openBus,
   parsePlatform,
+  recordHeaderValues,
   redispatchRule,
   replaceRule,
   retrying,
@@ -373,7 +374,7 @@ export class Dispatcher {
     const revision = await this.#retry(() => createRecord(this.#bus.tasks, e.key, first));
     if (revision !== false) {
       this.#setStored(e, { record: first, revision });
-      await this.#deliver(e, first);
+      await this.#deliver(e, first, revision);
       return;
     }
     // The key exists: another submit (another build, another scheduler instance) was first.
@@ -395,7 +396,7 @@ export class Dispatcher {
             : undefined,
         found,
       );
-      if (out.applied && out.record) return this.#deliver(e, out.record);
+      if (out.applied && out.record) return this.#deliver(e, out.record, out.revision);
       return this.#react(e);
     }
     this.#setStored(e, found);
@@ -556,11 +557,11 @@ export class Dispatcher {
       attempt: out.record.attempt,
       reason,
     });
-    await this.#deliver(e, out.record);
+    await this.#deliver(e, out.record, out.revision);
   }
 
   /** Places the record's current attempt: an offer first if planned, then the platform queue. */
-  async #deliver(e: Entry, r: TaskRecord): Promise<void> {
+  async #deliver(e: Entry, r: TaskRecord, revision: number): Promise<void> {
     const task = encodeTask({
       ...e.task,
       taskId: r.taskId,
@@ -576,7 +577,7 @@ export class Dispatcher {
         placement: 'offer',
         worker: r.offeredTo,
       });
-      const reply = await this.#offer(r.offeredTo, task);
+      const reply = await this.#offer(r.offeredTo, task, r, revision);
       if (reply.accepted) return;
       this.#o.onEvent({
         type: 'offer-declined',
@@ -587,15 +588,16 @@ export class Dispatcher {
       const plan = this.#plan({ ...e, preferred: [] });
       const queue = plan.placement === 'emulated' ? 'emulated' : 'native';
       const out = await this.#cas(e, (cur) => replaceRule(cur, r.attemptToken, queue));
-      if (!out.applied) return; // claimed meanwhile (a late accept), or moved on
-      return this.#publish(e, r, task, queue);
+      if (!out.applied || !out.record) return; // claimed meanwhile (a late accept), or moved on
+      return this.#publish(e, out.record, out.revision, task, queue);
     }
-    return this.#publish(e, r, task, r.placement === 'emulated' ? 'emulated' : 'native');
+    return this.#publish(e, r, revision, task, r.placement === 'emulated' ? 'emulated' : 'native');
   }
 
   async #publish(
     e: Entry,
     r: TaskRecord,
+    revision: number,
     task: Uint8Array,
     queue: 'native' | 'emulated',
   ): Promise<void> {
@@ -606,14 +608,22 @@ export class Dispatcher {
       attempt: r.attempt,
       placement: queue,
     });
+    const h = headers();
+    for (const [k, v] of recordHeaderValues(r, revision)) h.set(k, v);
     await this.#retry(() =>
-      this.#bus.js.publish(taskSubject(e.platform, queue === 'emulated'), task),
+      this.#bus.js.publish(taskSubject(e.platform, queue === 'emulated'), task, { headers: h }),
     );
   }
 
-  async #offer(workerId: string, task: Uint8Array): Promise<OfferReply> {
+  async #offer(
+    workerId: string,
+    task: Uint8Array,
+    r: TaskRecord,
+    revision: number,
+  ): Promise<OfferReply> {
     const h = headers();
     h.set(OFFER_WAIT_HEADER, String(this.#o.affinityDelayMs));
+    for (const [k, v] of recordHeaderValues(r, revision)) h.set(k, v);
     try {
       const msg = await this.#bus.nc.request(offerSubject(workerId), task, {
         timeout: this.#o.affinityDelayMs + 250,
@@ -710,7 +720,7 @@ export class Dispatcher {
               attemptToken: r.attemptToken,
               attempt: r.attempt,
             });
-            await this.#publish(e, out.record, task, 'emulated');
+            await this.#publish(e, out.record, out.revision, task, 'emulated');
           }
         });
       }

@@ -51,6 +51,7 @@ import {
   pause,
   progressSubject,
   putWorkerInfo,
+  recordFromHeaders,
   releaseRule,
   retrying,
   taskErrorToRecord,
@@ -408,7 +409,8 @@ export class TaskConsumer {
             continue;
           }
           this.#busy++;
-          void this.#claimAndRun(decodeTaskSafe(msg), msg, 'queue');
+          const task = decodeTaskSafe(msg);
+          void this.#claimAndRun(task, msg, 'queue', undefined, knownRecord(msg, task));
         }
       } catch (error) {
         if (!signal.aborted) {
@@ -436,7 +438,8 @@ export class TaskConsumer {
     if (this.#draining) return this.#decline(task, reply, 'draining');
     if (!this.#supports(task)) return this.#decline(task, reply, 'platform');
     const waitMs = Number(msg.headers?.get(OFFER_WAIT_HEADER) || '0');
-    const take = (): void => void this.#claimAndRun(task, undefined, 'offer', reply);
+    const known = knownRecord(msg, task);
+    const take = (): void => void this.#claimAndRun(task, undefined, 'offer', reply, known);
     if (this.#busy < this.#o.slots) {
       this.#busy++;
       take();
@@ -507,6 +510,7 @@ export class TaskConsumer {
     msg: JsMsg | undefined,
     via: 'offer' | 'queue',
     reply?: (r: OfferReply) => void,
+    known?: StoredRecord,
   ): Promise<void> {
     let running: Running | undefined;
     try {
@@ -519,8 +523,11 @@ export class TaskConsumer {
       const key = taskKey(task.cacheKey);
       const claim = await retrying(
         () =>
-          casRecord(this.#bus.tasks, key, (r) =>
-            claimRule(r, task.attemptToken, this.id, this.#emulatedFor(task)),
+          casRecord(
+            this.#bus.tasks,
+            key,
+            (r) => claimRule(r, task.attemptToken, this.id, this.#emulatedFor(task)),
+            known,
           ),
         { timeoutMs: 30_000 },
       );
@@ -666,6 +673,15 @@ export class TaskConsumer {
       this.#o.onEvent({ type: 'error', where: 'progress', error });
     }
   }
+}
+
+/** The record the task copy was sent with (saves the read before the claim). */
+function knownRecord(
+  msg: { headers?: { get(k: string): string } },
+  task: Task | undefined,
+): StoredRecord | undefined {
+  const h = msg.headers;
+  return task && h ? recordFromHeaders((k) => h.get(k), task) : undefined;
 }
 
 function decodeTaskSafe(msg: { data: Uint8Array }): Task | undefined {
