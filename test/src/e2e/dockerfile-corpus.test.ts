@@ -1,0 +1,204 @@
+/**
+ * The Dockerfile corpus, built end to end with `kiln build` (the CLI's own entry point) on real
+ * containers, against the fixture busybox image in the harness's registry. Each case is a
+ * directory of test/corpus: a Dockerfile, its context, and expect.json saying what the output
+ * tree and image config must hold (or which error, on which line).
+ */
+import { execFile } from 'node:child_process';
+import { cp, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import type { Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { gunzipSync } from 'node:zlib';
+import { main } from '@kiln/cli';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+
+const run = promisify(execFile);
+const corpusDir = resolve(dirname(fileURLToPath(import.meta.url)), '../../corpus');
+const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
+
+interface FileExpect {
+  absent?: boolean;
+  type?: 'file' | 'dir' | 'symlink';
+  content?: string;
+  mode?: string;
+  uid?: number;
+  gid?: number;
+  target?: string;
+}
+
+interface CaseExpect {
+  buildArgs?: Record<string, string>;
+  target?: string;
+  platform?: string;
+  secrets?: Record<string, string>;
+  ssh?: boolean;
+  generate?: { dir: string; count: number };
+  files?: Record<string, FileExpect>;
+  config?: Record<string, unknown>;
+  author?: string;
+  absentEverywhere?: string[];
+  layerWhiteouts?: string[];
+  error?: { match: string; line?: number };
+}
+
+let work: string;
+let sshServer: Server | undefined;
+let sshSock: string;
+
+beforeAll(async () => {
+  if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  work = await mkdtemp(join(tmpdir(), 'kiln-corpus-'));
+  process.env.KILN_STATE_DIR = join(work, 'state');
+  // A stand-in ssh agent: a unix socket that answers; RUN --mount=type=ssh must see a socket.
+  sshSock = join(work, 'agent.sock');
+  sshServer = createServer((c) => c.end());
+  await new Promise<void>((r) => sshServer!.listen(sshSock, r));
+});
+afterAll(async () => {
+  await new Promise<void>((r) => (sshServer ? sshServer.close(() => r()) : r()));
+  delete process.env.KILN_STATE_DIR;
+  await rm(work, { recursive: true, force: true });
+});
+
+async function kiln(args: string[]): Promise<{ code: number; stderr: string }> {
+  const err: string[] = [];
+  const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+    err.push(Buffer.from(chunk).toString());
+    return true;
+  });
+  try {
+    const code = await main(['node', 'kiln', ...args]);
+    return { code, stderr: err.join('') };
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+async function walkFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await walkFiles(p)));
+    else if (e.isFile()) out.push(p);
+  }
+  return out;
+}
+
+interface OciImage {
+  config: { architecture: string; os: string; author?: string; config: Record<string, unknown> };
+  layers: Buffer[];
+}
+
+async function readOci(tarFile: string, into: string): Promise<OciImage> {
+  await mkdir(into, { recursive: true });
+  await run('tar', ['-xf', tarFile, '-C', into]);
+  const blob = (d: string): Promise<Buffer> => readFile(join(into, 'blobs/sha256', d.slice('sha256:'.length)));
+  const index = JSON.parse(await readFile(join(into, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+  const manifest = JSON.parse((await blob(index.manifests[0]!.digest)).toString()) as {
+    config: { digest: string };
+    layers: { digest: string }[];
+  };
+  const config = JSON.parse((await blob(manifest.config.digest)).toString()) as OciImage['config'];
+  const layers = await Promise.all(manifest.layers.map(async (l) => gunzipSync(await blob(l.digest))));
+  return { config, layers };
+}
+
+/** Entry names of an uncompressed tar (ustar headers; PAX long names are not needed here). */
+function tarNames(tar: Buffer): string[] {
+  const names: string[] = [];
+  for (let off = 0; off + 512 <= tar.length; ) {
+    const h = tar.subarray(off, off + 512);
+    if (h.every((b) => b === 0)) break;
+    const name = h.subarray(0, 100).toString().replace(/\0.*$/s, '');
+    const prefix = h.subarray(345, 500).toString().replace(/\0.*$/s, '');
+    const size = parseInt(h.subarray(124, 136).toString().replace(/\0.*$/s, '').trim() || '0', 8);
+    names.push(prefix ? `${prefix}/${name}` : name);
+    off += 512 + Math.ceil(size / 512) * 512;
+  }
+  return names;
+}
+
+const cases = (await readdir(corpusDir, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name).sort();
+
+describe('Dockerfile corpus, built with kiln build', () => {
+  it('has at least 15 cases', () => {
+    expect(cases.length).toBeGreaterThanOrEqual(15);
+  });
+
+  for (const name of cases) {
+    it(name, async () => {
+      const exp = JSON.parse(await readFile(join(corpusDir, name, 'expect.json'), 'utf8')) as CaseExpect;
+      const ctx = join(work, name, 'ctx');
+      const out = join(work, name, 'out');
+      await cp(join(corpusDir, name), ctx, { recursive: true });
+      await rm(join(ctx, 'expect.json'));
+      if (exp.generate) {
+        await mkdir(join(ctx, exp.generate.dir), { recursive: true });
+        for (let i = 0; i < exp.generate.count; i++) {
+          const sub = join(ctx, exp.generate.dir, `d${i % 20}`);
+          await mkdir(sub, { recursive: true });
+          await writeFile(join(sub, `f${i}.txt`), `file ${i}\n`);
+        }
+      }
+      const args = ['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`];
+      for (const [k, v] of Object.entries(exp.buildArgs ?? {})) args.push('--build-arg', `${k}=${v}`);
+      if (exp.target) args.push('--target', exp.target);
+      if (exp.platform) args.push('--platform', exp.platform);
+      for (const [id, value] of Object.entries(exp.secrets ?? {})) {
+        const f = join(work, name, `secret-${id}`);
+        await writeFile(f, value);
+        args.push('--secret', `id=${id},src=${f}`);
+      }
+      if (exp.ssh) args.push('--ssh', `default=${sshSock}`);
+      args.push('-o', `type=local,dest=${join(out, 'rootfs')}`, '-o', `type=oci,dest=${join(out, 'image.tar')}`);
+
+      const res = await kiln(args);
+      if (exp.error) {
+        expect(res.code, res.stderr).toBe(1);
+        expect(res.stderr).toContain(exp.error.match);
+        if (exp.error.line) expect(res.stderr).toContain(`>>>`);
+        if (exp.error.line) expect(res.stderr).toMatch(new RegExp(`^\\s*${exp.error.line} \\| >>>`, 'm'));
+        return;
+      }
+      expect(res.code, res.stderr).toBe(0);
+
+      const rootfs = join(out, 'rootfs');
+      for (const [path, fe] of Object.entries(exp.files ?? {})) {
+        const p = join(rootfs, path);
+        if (fe.absent) {
+          await expect(lstat(p), `${path} should be absent`).rejects.toThrow();
+          continue;
+        }
+        const st = await lstat(p);
+        if (fe.type === 'dir') expect(st.isDirectory(), path).toBe(true);
+        if (fe.type === 'symlink') expect(st.isSymbolicLink(), path).toBe(true);
+        if (fe.type === 'file' || fe.content !== undefined) expect(st.isFile(), path).toBe(true);
+        if (fe.content !== undefined) expect(await readFile(p, 'utf8'), path).toBe(fe.content);
+        if (fe.mode !== undefined) expect((st.mode & 0o7777).toString(8).padStart(4, '0'), path).toBe(fe.mode);
+        if (fe.uid !== undefined) expect(st.uid, path).toBe(fe.uid);
+        if (fe.gid !== undefined) expect(st.gid, path).toBe(fe.gid);
+        if (fe.target !== undefined) expect(await readlink(p), path).toBe(fe.target);
+      }
+
+      const img = await readOci(join(out, 'image.tar'), join(out, 'oci'));
+      for (const [k, v] of Object.entries(exp.config ?? {})) {
+        const actual = k === 'architecture' || k === 'os' ? img.config[k] : img.config.config[k];
+        expect(actual, `config ${k}`).toEqual(v);
+      }
+      if (exp.author) expect(img.config.author).toBe(exp.author);
+      for (const wh of exp.layerWhiteouts ?? []) {
+        expect(img.layers.some((l) => tarNames(l).includes(wh)), `a layer has ${wh}`).toBe(true);
+      }
+      for (const secret of exp.absentEverywhere ?? []) {
+        for (const f of await walkFiles(rootfs)) expect((await readFile(f)).includes(secret), f).toBe(false);
+        for (const l of img.layers) expect(l.includes(secret), 'layer').toBe(false);
+        expect(JSON.stringify(img.config).includes(secret)).toBe(false);
+        expect(res.stderr.includes(secret)).toBe(false);
+      }
+    }, 180_000);
+  }
+});
