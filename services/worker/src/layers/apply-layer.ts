@@ -62,9 +62,10 @@ interface PendingDir {
  *
  * Safety: every entry is resolved inside `rootDir` (see `resolveDirInRoot`); names with `..` or a
  * leading `/`, paths through a symlink that leaves the root, hardlinks whose target is outside or
- * missing, and devices (unless allowed) fail with a {@link LayerError} naming the entry, before
- * anything is written for that entry. Nothing is ever written outside `rootDir`. On failure the
- * root holds a partial layer: callers apply into a fresh snapshot and discard it on error.
+ * missing, and devices (unless allowed) fail with a {@link LayerError} naming the entry; nothing
+ * is ever written outside `rootDir`. A source that errors (a `BlobStore` read whose digest does
+ * not verify) fails the apply with its error. On failure the root holds a partial layer: callers
+ * apply into a fresh snapshot and discard it on error.
  * `rootDir` must not be modified by anyone else during the apply. Extended attributes in PAX
  * records are not applied (node has no xattr API).
  */

@@ -1,7 +1,17 @@
-import { chmod, chown, link, mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  link,
+  mkdir,
+  readFile,
+  rm,
+  symlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { FsBlobStore } from '@kiln/store';
+import { DigestMismatchError, FsBlobStore } from '@kiln/store';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyLayer } from './apply-layer.js';
 import { zstdSupport } from './compression.js';
@@ -247,6 +257,26 @@ describe('diffLayer + applyLayer', () => {
     const res = await applyLayer(await store.get(desc.digest), target);
     expect(res.diffID).toBe(desc.diffID);
     expect(await snapshotTree(target)).toEqual(await snapshotTree(next));
+  });
+
+  it('fails an apply from a blob whose stored bytes are corrupt', async () => {
+    const store = new FsBlobStore({ root: join(work, 'store-corrupt') });
+    const desc = await writeLayer(
+      store,
+      { kind: 'compare', newDir: next },
+      { compression: 'none' },
+    );
+    const path = store.pathOf(desc.digest);
+    const bytes = await readFile(path);
+    const at = bytes.indexOf('version 2, longer');
+    expect(at).toBeGreaterThan(0);
+    bytes[at] = 'V'.charCodeAt(0); // same size, valid tar: only the digest can tell
+    await chmod(path, 0o644);
+    await writeFile(path, bytes);
+    const target = join(work, 'apply-corrupt');
+    await mkdir(target);
+    const err = await applyLayer(await store.get(desc.digest), target).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DigestMismatchError);
   });
 
   it('diffs an overlayfs upper directory: whiteouts, opaque dirs, and applies back exactly', async () => {
