@@ -1002,7 +1002,6 @@ function dispatchWorkdir(d: DispatchState, path: string, commit: boolean, opt: D
     d.state = d.state.file(mkdir(wd, 0o755, { makeParents: true, ...(user ? { chown: user } : {}) }), {
       customName: prefixCommand(d, uppercaseCmd(processCmdEnv(opt.shlex, code, env)), d.prefixPlatform, d.platform ?? opt.targetPlatform, env),
       platform: d.platform ?? opt.targetPlatform,
-      ...(d.ignoreCache ? { ignoreCache: true } : {}),
     });
     withLayer = true;
   }
