@@ -21,6 +21,7 @@ import { openSnapshotter } from '../snapshot/index.js';
 import type { Snapshotter } from '../snapshot/index.js';
 import { ImageMetadataResolver, ImageSource } from '../sources/image/index.js';
 import { CacheIndex } from '../solver/cache-index.js';
+import { KvFile } from '../solver/kv-file.js';
 import { LocalSolver } from '../solver/solver.js';
 import type { SolveOptions, SolveResult } from '../solver/solver.js';
 import { PatternMatcher } from '../fs/patterns.js';
@@ -75,6 +76,7 @@ export class Engine {
     const env: SnapshotEnv = { snapshotter, tmpDir };
     const index = await CacheIndex.open(join(o.stateDir, 'cache-index.jsonl'));
     const layers = await LayerCache.open(join(o.stateDir, 'layers.json'));
+    const checksumMemo = await KvFile.open(join(o.stateDir, 'checksums.jsonl'));
     const solver = new LocalSolver({
       executors: {
         source: new SourceExecutor(env, images, store, layers),
@@ -84,6 +86,7 @@ export class Engine {
         diff: new DiffExecutor(env),
       },
       index,
+      checksumMemo,
       read: (snap, fn) => readSnapshot(env, snap, fn),
       checksum: (dir, dep) => {
         const inc = dep.includePatterns.length ? new PatternMatcher(dep.includePatterns) : undefined;

@@ -68,6 +68,11 @@ export interface SolverOptions {
   exists: (snapshot: string) => Promise<boolean>;
   /** How many execs run at once; default: the number of CPUs. */
   parallelism?: number;
+  /**
+   * Remembers content checksums of committed snapshots (immutable, so a checksum never changes);
+   * without it they are recomputed every solve.
+   */
+  checksumMemo?: { get(k: string): string | undefined; set(k: string, v: string): Promise<void> };
 }
 
 export interface SolveOptions {
@@ -230,7 +235,14 @@ export class LocalSolver {
       specs.map(async (spec, i) => {
         const dep: DepKey = { inputKey: inputKeys[i]!, selectors: spec.selectors };
         if (spec.contentBased) {
-          dep.contentDigest = await this.o.read(ctx.inputs[i], (dir) => this.o.checksum(dir, spec));
+          const snap = ctx.inputs[i];
+          const memoKey = snap === undefined ? undefined : `${snap} ${JSON.stringify(spec)}`;
+          const known = memoKey === undefined ? undefined : this.o.checksumMemo?.get(memoKey);
+          if (known !== undefined) dep.contentDigest = known;
+          else {
+            dep.contentDigest = await this.o.read(snap, (dir) => this.o.checksum(dir, spec));
+            if (memoKey !== undefined) await this.o.checksumMemo?.set(memoKey, dep.contentDigest);
+          }
         }
         return dep;
       }),

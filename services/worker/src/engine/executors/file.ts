@@ -5,7 +5,7 @@
  * it. The output target is committed; the others are removed.
  */
 import { join } from 'node:path';
-import { copyPath } from '../../fs/index.js';
+import { cloneTree } from '../../fs/index.js';
 import { executeFileOp } from '../../ops/file/index.js';
 import { newSnapshotName, readSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
@@ -35,7 +35,7 @@ export class FileExecutor implements OpExecutor {
           const m = await mountTemp(mounts, join(env.tmpDir, 'mnt'));
           targets.set(m.path, { key, release: m.release });
           if (from !== undefined && parent === undefined) {
-            await copyPath(from, '/', m.path, '/', { copyDirContents: true });
+            await cloneTree(from, m.path);
           }
           return m.path;
         };
