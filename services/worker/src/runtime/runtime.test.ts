@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { lstat, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -200,6 +200,23 @@ describe('OciRuntime', () => {
       expect(mounts!.split('\n')).toContain(m);
     }
     expect(await sh('echo x > /dev/null && head -c 4 /dev/zero | wc -c')).toBe('4\n');
+  });
+
+  it('puts the container under the cgroup parent', async () => {
+    const parent = `kiln-test-${process.pid}`;
+    try {
+      const out = await sh('cat /proc/self/cgroup', { cgroupParent: parent });
+      const lines = out.trim().split('\n');
+      expect(lines.length).toBeGreaterThan(0);
+      for (const l of lines) expect(l).toMatch(new RegExp(`:/${parent}/kiln/kiln-[0-9a-f]{16}$`));
+    } finally {
+      // the runtime removes the container's cgroup; the parents are the caller's
+      for (const hier of await readdir('/sys/fs/cgroup')) {
+        const dir = join('/sys/fs/cgroup', hier, parent);
+        await rmdir(join(dir, 'kiln')).catch(() => undefined);
+        await rmdir(dir).catch(() => undefined);
+      }
+    }
   });
 
   it('applies ulimits', async () => {
