@@ -5,10 +5,12 @@
 import { cpus } from 'node:os';
 import { runDispatchBench } from './dispatch-bench.js';
 import { runLlbBench } from './llb-bench.js';
+import { runWorkerBench } from './worker-bench.js';
 
 const benches: Record<string, () => unknown> = {
   llb: () => runLlbBench(),
   dispatch: () => runDispatchBench(),
+  worker: () => runWorkerBench(),
 };
 
 const only = process.argv.slice(2);

@@ -10,3 +10,5 @@ export { LocalSolver } from './solver/solver.js';
 export type { ExecutorContext, OpExecutor, SessionProviders, SolveOptions, SolveResult } from './solver/solver.js';
 export type { ProgressEvent } from './solver/progress.js';
 export { VertexError, SolveCanceledError } from './solver/errors.js';
+export { benchExec } from './runtime/bench-exec.js';
+export type { BenchExecResult } from './runtime/bench-exec.js';
