@@ -2,6 +2,8 @@ import { mkdtemp, readFile, readdir, rm, stat, writeFile, mkdir } from 'node:fs/
 import { createConnection, createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { pb } from '@kiln/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,7 +11,7 @@ import { OverlaySnapshotter, mountTemp } from '../../snapshot/index.js';
 import type { Snapshotter } from '../../snapshot/index.js';
 import { ExecError, OciRuntime } from '../../runtime/index.js';
 import { makeBusyboxRootfs } from '../../runtime/test-rootfs.js';
-import { CacheMounts, SecretNotFoundError, SshNotFoundError, runExec } from './index.js';
+import { CacheMounts, SecretNotFoundError, SshNotFoundError, runExec, sweepExecState } from './index.js';
 import type { ExecEnv, RunExecOptions } from './index.js';
 import { SocketForwarder } from './session-mounts.js';
 
@@ -252,6 +254,20 @@ describe('runExec', () => {
   it('runs with network none', async () => {
     const res = await run(op('ip -o link | cut -d: -f2', [rootMount(-1)], {}, { network: pb.NetMode.NONE }));
     expect(res.stdout.trim()).toBe('lo');
+  });
+});
+
+describe('sweepExecState', () => {
+  it('unmounts and removes what a dead process left, keeping cache mounts', async () => {
+    const state = join(root, 'dead-worker');
+    const stale = join(state, 'exec', 'secrets-stale');
+    await mkdir(stale, { recursive: true });
+    await mkdir(join(state, 'cache-mounts', 'x'), { recursive: true });
+    await promisify(execFile)('mount', ['-t', 'tmpfs', 'tmpfs', stale]);
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).toContain(stale);
+    await sweepExecState(state);
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toContain(stale);
+    expect(await readdir(state)).toEqual(['cache-mounts']);
   });
 });
 

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { pb } from '@kiln/protocol';
 import type Long from 'long';
-import { mountTemp } from '../../snapshot/index.js';
+import { mountTemp, unmountUnder } from '../../snapshot/index.js';
 import type { MountSpec, Snapshotter } from '../../snapshot/index.js';
 import { rootPath } from '../../runtime/index.js';
 import type { ContainerMount, NetworkMode, OciRuntime, RunOptions, RunSpec, SecurityMode } from '../../runtime/index.js';
@@ -305,6 +305,16 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
       for (const o of outputs) await env.snapshotter.remove(o.key).catch(() => undefined);
     }
   }
+}
+
+/**
+ * Unmounts and removes what runs of a dead process left in `<stateDir>/exec` (snapshot mounts,
+ * secret tmpfs). Call once at worker start, before any run; cache directories are kept.
+ */
+export async function sweepExecState(stateDir: string): Promise<void> {
+  const dir = join(stateDir, 'exec');
+  await unmountUnder(dir);
+  await rm(dir, { recursive: true, force: true });
 }
 
 /** Runs cleanups in order; with `quiet`, after a failure, later ones still run and errors are dropped. */

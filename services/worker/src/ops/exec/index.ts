@@ -1,4 +1,4 @@
-export { runExec } from './exec.js';
+export { runExec, sweepExecState } from './exec.js';
 export type { ExecEnv, ExecResult, RunExecOptions, SecretProvider, SshProvider } from './exec.js';
 export { CacheMounts } from './cache-mounts.js';
 export type { CacheMountHandle, CacheSharing } from './cache-mounts.js';
