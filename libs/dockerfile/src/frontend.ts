@@ -114,7 +114,7 @@ export const dockerfileFrontend: Frontend = {
     return {
       platforms: results.map((r) => ({
         platform: r.platform,
-        definition: marshalResult(r),
+        definition: marshalResult(r, { sourceMapFilename: inputs.opts.filename || 'Dockerfile' }),
         imageConfig: r.imageConfig,
         imageConfigJson: imageConfigToJson(r.imageConfig),
       })),

@@ -25,6 +25,8 @@ export interface DispatchOpt {
   epoch: Date | undefined;
   /** Used to make progress-group ids; deterministic per conversion. */
   newId: () => string;
+  /** Notes that a state's op comes from an instruction (the source map). */
+  locate: (state: State, loc: Location) => State;
 }
 
 /** The environment of a state, as the shell lexer wants it. */

@@ -7,7 +7,7 @@
 import { posix } from 'node:path';
 import { copy, git, http, merge, mkfile, scratch } from '@kiln/llb';
 import type { CopyOptions, FileAction, State } from '@kiln/llb';
-import type { SourcesAndDest } from '../instructions/commands.js';
+import type { Location, SourcesAndDest } from '../instructions/commands.js';
 import { isSymbolicMode, parseUint32 } from '../instructions/go-helpers.js';
 import type { DispatchOpt } from './common.js';
 import { dfCmd, getEnv, normalizePath, pathRelativeToWorkingDir, prefixCommand, processCmdEnv, uppercaseCmd } from './common.js';
@@ -29,6 +29,8 @@ export interface CopyConfig {
   checksum: string;
   parents: boolean;
   unpack: boolean | undefined;
+  /** The instruction's lines (source map). */
+  location: Location;
   opt: DispatchOpt;
 }
 
@@ -172,10 +174,10 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
     const copied = scratch().file(a, { ...fileOpt, customName: pgName2, platform, progressGroup: { id: pgId, name: pgName2, weak: true } });
     d.cmdIndex--;
     const linkName = prefixCommand(d, 'LINK ' + name, d.prefixPlatform, platform, env);
-    const merged = merge([d.state, copied], { ...fileOpt, progressGroup: { id: pgId, name: pgName2 }, customName: linkName });
-    d.state = d.state.withOutput(merged.output);
+    const merged = merge([d.state, cfg.opt.locate(copied, cfg.location)], { ...fileOpt, progressGroup: { id: pgId, name: pgName2 }, customName: linkName });
+    d.state = cfg.opt.locate(d.state.withOutput(merged.output), cfg.location);
   } else {
-    d.state = d.state.file(a, fileOpt);
+    d.state = cfg.opt.locate(d.state.file(a, fileOpt), cfg.location);
   }
   commitToHistory(d.image, commitMessage, true, true, cfg.opt.epoch?.toISOString());
 }

@@ -390,6 +390,30 @@ describe('errors', () => {
   });
 });
 
+describe('source map', () => {
+  it('maps each op made for an instruction to its lines, and carries the Dockerfile', async () => {
+    const df = 'FROM busybox AS a\nWORKDIR /w\nRUN echo \\\n  two lines\nCOPY --link x /x\nFROM busybox\nCOPY --from=a /w /w\n';
+    const result = await convertDockerfile(df, { metaResolver: fixedResolver(), targetPlatform: LinuxAmd64 });
+    const plain = marshalResult(result, { localUniqueId: 'u' });
+    const def = marshalResult(result, { localUniqueId: 'u', sourceMapFilename: 'Dockerfile' });
+    expect(def.digests()).toEqual(plain.digests());
+    const r = inspect(result, def);
+    const lines = (name: string, kind?: Parameters<typeof r.named>[1]): number[][] =>
+      (def.source!.locations![r.named(name, kind).digest]!.locations ?? []).map((l) => [l.ranges![0]!.start!.line!, l.ranges![0]!.end!.line!]);
+    expect(lines('[a 1/4] FROM')).toEqual([
+      [1, 1],
+      [6, 6],
+    ]);
+    expect(lines('WORKDIR /w')).toEqual([[2, 2]]);
+    expect(lines('RUN echo')).toEqual([[3, 4]]);
+    expect(lines('LINK COPY')).toEqual([[5, 5]]);
+    expect(lines('[a 4/4] COPY --link', 'file')).toEqual([[5, 5]]);
+    expect(lines('COPY --from=a')).toEqual([[7, 7]]);
+    expect(def.source!.infos).toEqual([{ filename: 'Dockerfile', data: Buffer.from(df), language: 'Dockerfile' }]);
+    expect(plain.source!.infos ?? []).toEqual([]);
+  });
+});
+
 describe('synchronous conversion', () => {
   it('gives the same graph as the async one', async () => {
     const df = 'FROM busybox AS a\nRUN echo a\nFROM busybox\nCOPY --from=a /a /a\n';

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { Output, State, image, local, marshal, mkdir, mkfile, normalizeImageReference, parseImageReference, parsePlatform, scratch, NetMode, SecurityMode, formatImageReference } from '@kiln/llb';
 import type { Definition, MarshalOptions, MountSpec, Platform, ProxyEnv, Vertex } from '@kiln/llb';
 import { DockerfileError } from '../dockerfile-error.js';
-import type { Command, KeyValuePairOptional, RunCommand, Stage } from '../instructions/commands.js';
+import type { Command, KeyValuePairOptional, Location, RunCommand, Stage } from '../instructions/commands.js';
 import { kvString } from '../instructions/commands.js';
 import { withSuggestion } from '../instructions/go-helpers.js';
 import { parseCommand, parseInstructions } from '../instructions/parse.js';
@@ -41,6 +41,7 @@ import {
 } from './image-config.js';
 import type { ImageConfig } from './image-config.js';
 import { autoDetectPlatform, buildPlatformOpt, defaultArgs, defaultShell } from './platform.js';
+import { SourceLocations } from './source-map.js';
 import type { PlatformOpt } from './platform.js';
 
 const EMPTY_IMAGE_NAME = 'scratch';
@@ -152,6 +153,10 @@ export interface ConvertResult {
   stageName: string;
   /** Whether some reachable stage ignores the cache. */
   ignoreCache: boolean;
+  /** @internal the ops made for instructions, for the source map (see marshalResult). */
+  readonly sourceLocations: SourceLocations;
+  /** @internal the Dockerfile, for the source map. */
+  readonly source: string;
 }
 
 /**
@@ -328,8 +333,10 @@ class Converter {
   private readonly buildContext: State;
   private idCounter = 0;
   private readonly idPrefix = randomBytes(6).toString('hex');
+  private readonly locations = new SourceLocations();
 
   constructor(
+    private readonly source: string,
     private readonly stages: Stage[],
     private readonly metaArgs: { args: KeyValuePairOptional[]; startLine: number; endLine: number }[],
     escapeToken: string,
@@ -375,6 +382,8 @@ class Converter {
       baseImageConfig: target.baseImg,
       stageName: target.stageName,
       ignoreCache,
+      sourceLocations: this.locations,
+      source: this.source,
     };
   }
 
@@ -577,11 +586,14 @@ class Converter {
       if (isScratch) {
         d.state = scratch();
       } else {
-        d.state = image(d.stage.baseName, {
-          platform,
-          description: dfCmd(d.stage.sourceCode),
-          customName: prefixCommand(d, 'FROM ' + d.stage.baseName, this.multiPlatform(), platform, emptyEnv),
-        });
+        d.state = this.locations.locate(
+          image(d.stage.baseName, {
+            platform,
+            description: dfCmd(d.stage.sourceCode),
+            customName: prefixCommand(d, 'FROM ' + d.stage.baseName, this.multiPlatform(), platform, emptyEnv),
+          }),
+          d.stage,
+        );
       }
       d.platform = platform;
     } catch (err) {
@@ -604,6 +616,7 @@ class Converter {
       buildPlatforms: this.po.buildPlatforms,
       epoch: undefined,
       newId: () => this.newId(),
+      locate: (st, loc) => this.locations.locate(st, loc),
     };
   }
 
@@ -752,7 +765,7 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
       dispatchRun(d, c, dc.sources, opt);
       return;
     case 'workdir':
-      dispatchWorkdir(d, c.path, true, opt, c.code);
+      dispatchWorkdir(d, c.path, true, opt, c.code, c);
       return;
     case 'add':
       dispatchCopy(d, {
@@ -768,6 +781,7 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
         checksum: c.checksum,
         parents: false,
         unpack: c.unpack,
+        location: c,
         opt,
       });
       for (const src of c.sourcePaths) {
@@ -796,6 +810,7 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
         checksum: '',
         parents: c.parents,
         unpack: undefined,
+        location: c,
         opt,
       });
       const paths = from ? from.paths : d.ctxPaths;
@@ -975,7 +990,7 @@ function dispatchRun(d: DispatchState, c: RunCommand, sources: readonly (Dispatc
     secrets: rm.secrets,
     ssh: rm.ssh,
   });
-  d.state = exec.root();
+  d.state = opt.locate(exec.root(), c);
   commitToHistory(d.image, 'RUN ' + runCommandString(args, d.buildArgs, env), true, true);
 }
 
@@ -985,7 +1000,7 @@ function normalizeWorkdir(current: string, wd: string): string {
   return posix.isAbsolute(wd) ? posix.normalize(wd).replace(/(.)\/$/, '$1') : posix.join('/', current, wd).replace(/(.)\/$/, '$1');
 }
 
-function dispatchWorkdir(d: DispatchState, path: string, commit: boolean, opt: DispatchOpt, code: string): void {
+function dispatchWorkdir(d: DispatchState, path: string, commit: boolean, opt: DispatchOpt, code: string, loc?: Location): void {
   let wd: string;
   try {
     wd = normalizeWorkdir(d.image.config.WorkingDir ?? '', path);
@@ -1003,6 +1018,7 @@ function dispatchWorkdir(d: DispatchState, path: string, commit: boolean, opt: D
       customName: prefixCommand(d, uppercaseCmd(processCmdEnv(opt.shlex, code, env)), d.prefixPlatform, d.platform ?? opt.targetPlatform, env),
       platform: d.platform ?? opt.targetPlatform,
     });
+    if (loc) d.state = opt.locate(d.state, loc);
     withLayer = true;
   }
   commitToHistory(d.image, 'WORKDIR ' + wd, withLayer, false);
@@ -1041,7 +1057,7 @@ function newConverter(source: string | Uint8Array, opts: ConvertOptions): Conver
   const { ast, escapeToken } = parse(text);
   const { stages, metaArgs } = parseInstructions(ast);
   if (stages.length === 0) throw noLine('dockerfile contains no stages to build');
-  return new Converter(stages, metaArgs, escapeToken, opts, opts.targetPlatform);
+  return new Converter(text, stages, metaArgs, escapeToken, opts, opts.targetPlatform);
 }
 
 /**
@@ -1071,9 +1087,21 @@ export async function dockerfileToLLB(source: string | Uint8Array, opts: Convert
   return out;
 }
 
-/** Marshals a result with its platform as the default (BuildKit's SetMarshalDefaults). */
-export function marshalResult(result: ConvertResult, opts: MarshalOptions = {}): Definition {
-  return marshal(result.state, { platform: result.platform, ...opts });
+/** Options of marshalResult: marshal options, and the source map's file name. */
+export interface MarshalResultOptions extends MarshalOptions {
+  /** Attach the source map (op -> Dockerfile lines) under this file name; none when undefined. */
+  sourceMapFilename?: string;
+}
+
+/**
+ * Marshals a result with its platform as the default (BuildKit's SetMarshalDefaults); with
+ * `sourceMapFilename`, the Definition carries the Dockerfile and each op's lines.
+ */
+export function marshalResult(result: ConvertResult, opts: MarshalResultOptions = {}): Definition {
+  const { sourceMapFilename, ...mopts } = opts;
+  result.sourceLocations.reset();
+  const def = marshal(result.state, { platform: result.platform, ...mopts });
+  return sourceMapFilename === undefined ? def : result.sourceLocations.attach(def, sourceMapFilename, result.source);
 }
 
 export type { Mount };
