@@ -257,12 +257,14 @@ export class OciRuntime {
       if (aborted !== undefined || exited) return;
       aborted = why;
       killing = (async () => {
-        // The container may not exist yet: retry until it is killed or the run is over.
-        while (!exited) {
+        // The container may not exist yet: retry until it is killed or the run is over. If the
+        // runtime keeps refusing, kill the runtime process itself; `delete -f` then stops the rest.
+        for (let attempt = 0; !exited; attempt++) {
           try {
             await execFileP(this.binary, [...this.rootArgs, 'kill', id, 'KILL']);
             return;
           } catch {
+            if (attempt === 100) child.kill('SIGKILL');
             await new Promise((r) => setTimeout(r, 20));
           }
         }
