@@ -1,6 +1,6 @@
 // The Dispatcher against a real nats-server (fresh for this file) and real worker processes
 // (the worker's task CLI with its sleep executor). No mocks; waits are on conditions.
-import { TASK_STREAM, getRecord, taskKey } from '@kiln/bus';
+import { TASK_STREAM, ensureTaskConsumer, getRecord, openBus, taskKey } from '@kiln/bus';
 import type { TaskInit } from '@kiln/bus';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -239,6 +239,25 @@ describe('Dispatcher', () => {
     expect(after).toEqual(accepted);
     expect(after?.attemptToken).not.toBe(firstToken);
     expect(after?.holder).toBe(u.id);
+  });
+
+  it('deletes a queue message that reached MaxDeliver and still completes the task', async () => {
+    // Its own platform, so that its consumer can have MaxDeliver 1 and a 1 s ack wait.
+    const strict = await openBus(nc, { maxDeliver: 1, ackWaitMs: 1_000 });
+    await ensureTaskConsumer(strict, { os: 'linux', arch: 's390x' }, false);
+    const w = await worker('maxdel-w', 'linux/s390x');
+    const t = testTask({ platform: 'linux/s390x', sleepMs: 1_500 });
+    const done = d.submit(t);
+    await until('w to run the task', () => w.claimed(t.taskId ?? ''));
+    w.proc.kill('SIGSTOP'); // no working(): the ack wait runs out on the only delivery allowed
+    // The server notices the exhausted message when it next has a pull to serve on that consumer.
+    const x = await worker('maxdel-x', 'linux/s390x');
+    expect((await done).workerId).toBe(x.id);
+    await until('the message to be deleted', () =>
+      events.some((e) => e.type === 'stale-message-deleted'),
+    );
+    w.proc.kill('SIGCONT');
+    await until('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
   it('cancels a build: its own tasks stop, tasks shared with another build complete', async () => {
