@@ -2,6 +2,7 @@ import type { BigIntStats } from 'node:fs';
 import { open, readdir, readlink } from 'node:fs/promises';
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { LayerError, LayerErrorCode } from './errors.js';
 
 /**
  * One filesystem change, in the order a layer writes it. `unchanged-link` is an unchanged file
@@ -140,29 +141,41 @@ export function isWhiteout(st: BigIntStats): boolean {
 
 /**
  * Changes recorded in an overlayfs upper directory, against `lower` (the parent snapshot's
- * merged, read-only view, or undefined for a snapshot without parent).
+ * merged, read-only view, or undefined for a snapshot without parent), with `merged` the
+ * snapshot's own merged view (needed whenever `lower` is given).
  *
- * Whiteouts (char devices 0/0) become deletes when the lower has the path. Opaque directories
- * (`trusted.overlay.opaque=y`, which node cannot read without a native addon) are recognised by
- * structure: in a non-opaque merged directory a lower entry can only be hidden by an upper entry
- * or a whiteout of the same name, so a lower child with neither means the upper directory is
- * opaque. Where every lower child is covered the merged view is the same either way, so the layer
- * is too. The snapshotter must mount without `redirect_dir` and `metacopy`, as BuildKit's overlay
+ * Whiteouts (char devices 0/0) become deletes when the lower has the path. An opaque directory
+ * is marked only by the `trusted.overlay.opaque` xattr, which node cannot read without a native
+ * addon, so it is told apart from a partly changed one through the merged view: a lower child
+ * that has no upper entry (nor whiteout) is visible in `merged` unless its directory is opaque.
+ * Where every lower child has an upper entry, opaque or not gives the same merged view, and the
+ * recursion below marks any deeper directory whose lower content is hidden, so the layer is the
+ * same. The snapshotter must mount without `redirect_dir` and `metacopy`, as BuildKit's overlay
  * differ requires.
  */
-export async function overlayChanges(upper: string, lower: string | undefined): Promise<Change[]> {
+export async function overlayChanges(
+  upper: string,
+  lower: string | undefined,
+  merged: string | undefined,
+): Promise<Change[]> {
   const out: Change[] = [];
-  await overlayDir(upper, lower, '', lower !== undefined, out);
+  await overlayDir({ upper, lower, merged }, '', lower !== undefined, out);
   return out;
 }
 
+interface OverlayDirs {
+  upper: string;
+  lower: string | undefined;
+  merged: string | undefined;
+}
+
 async function overlayDir(
-  upper: string,
-  lower: string | undefined,
+  dirs: OverlayDirs,
   dir: string,
   lowerHas: boolean,
   out: Change[],
 ): Promise<void> {
+  const { upper, lower } = dirs;
   for (const name of await sortedNames(join(upper, dir))) {
     const p = rel(dir, name);
     const us = await lstat(join(upper, p), { bigint: true });
@@ -174,17 +187,27 @@ async function overlayDir(
     out.push({ path: p, kind: ls === undefined ? 'add' : 'modify', stat: us });
     if (!us.isDirectory()) continue;
     if (ls?.isDirectory()) {
-      const opaque = await looksOpaque(join(upper, p), join(lower!, p));
+      const opaque = await isOpaque(dirs, p);
       if (opaque) out.push({ path: p, kind: 'opaque' });
-      await overlayDir(upper, lower, p, !opaque, out);
+      await overlayDir(dirs, p, !opaque, out);
     } else {
-      await overlayDir(upper, lower, p, false, out);
+      await overlayDir(dirs, p, false, out);
     }
   }
 }
 
-async function looksOpaque(upperDir: string, lowerDir: string): Promise<boolean> {
-  const upperNames = new Set(await readdir(upperDir));
-  for (const n of await readdir(lowerDir)) if (!upperNames.has(n)) return true;
+/** Whether upper dir `p` hides the lower one: some lower child without upper entry is not visible. */
+async function isOpaque(dirs: OverlayDirs, p: string): Promise<boolean> {
+  const upperNames = new Set(await readdir(join(dirs.upper, p)));
+  for (const n of await readdir(join(dirs.lower!, p))) {
+    if (upperNames.has(n)) continue;
+    if (dirs.merged === undefined) {
+      throw new LayerError(
+        LayerErrorCode.Invalid,
+        'an overlay diff with a lowerDir needs mergedDir',
+      );
+    }
+    return (await lstatMaybe(join(dirs.merged, p, n))) === undefined;
+  }
   return false;
 }

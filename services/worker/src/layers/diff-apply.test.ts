@@ -15,6 +15,7 @@ import { DigestMismatchError, FsBlobStore } from '@kiln/store';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyLayer } from './apply-layer.js';
 import { zstdSupport } from './compression.js';
+import { LayerError } from './errors.js';
 import { diffLayer, writeLayer } from './diff-layer.js';
 import type { DiffOptions, DiffSource } from './diff-layer.js';
 import { buildTar, exec, readAll, snapshotTree, tarNames, tempDir } from './test-util.js';
@@ -29,6 +30,7 @@ async function makeBase(dir: string): Promise<void> {
   await mkdir(join(dir, 'replaced/sub'), { recursive: true });
   await mkdir(join(dir, 'd2f'), { recursive: true });
   await mkdir(join(dir, 'etc'), { recursive: true });
+  await mkdir(join(dir, 'partial'), { recursive: true });
   const files: Record<string, string> = {
     'keep.txt': 'keep',
     'del.txt': 'delete me',
@@ -44,6 +46,8 @@ async function makeBase(dir: string): Promise<void> {
     'd2f/inner': 'dir becomes file',
     'etc/passwd': 'root:x:0:0::/root:/bin/sh\n',
     'owner.txt': 'owned',
+    'partial/gone': 'deleted next to an unchanged sibling',
+    'partial/stays': 'unchanged',
   };
   for (const [p, c] of Object.entries(files)) await writeFile(join(dir, p), c);
   await chmod(join(dir, 'mode.sh'), 0o644);
@@ -52,6 +56,7 @@ async function makeBase(dir: string): Promise<void> {
 /** Tree B = A with every kind of change; `root` is where the changes are made (a copy, or an overlay mount). */
 async function mutate(dir: string): Promise<void> {
   await rm(join(dir, 'del.txt'));
+  await rm(join(dir, 'partial/gone'));
   await rm(join(dir, 'deldir'), { recursive: true });
   await rm(join(dir, 'replaced'), { recursive: true });
   await mkdir(join(dir, 'replaced'));
@@ -120,7 +125,7 @@ describe('diffLayer + applyLayer', () => {
     await mutate(next);
     await stampTimes(next, T1);
     // Unchanged entries keep A's times in B, as a real copy-on-write snapshot would.
-    for (const p of ['keep.txt', 'hl-src.txt', 'hl-dst.txt', 'etc'])
+    for (const p of ['keep.txt', 'hl-src.txt', 'hl-dst.txt', 'etc', 'partial/stays'])
       await utimes(join(next, p), T0, T0);
   });
   afterAll(async () => {
@@ -296,13 +301,22 @@ describe('diffLayer + applyLayer', () => {
       merged,
     ]);
     let expected: Awaited<ReturnType<typeof snapshotTree>>;
+    let layer: Awaited<ReturnType<typeof diffToBuffer>>;
     try {
       await mutate(merged);
       expected = await snapshotTree(merged);
+      expect(() => diffLayer({ kind: 'overlay', upperDir: upper, lowerDir: lower })).toThrow(
+        LayerError,
+      );
+      layer = await diffToBuffer({
+        kind: 'overlay',
+        upperDir: upper,
+        lowerDir: lower,
+        mergedDir: merged,
+      });
     } finally {
       await exec('umount', [merged]);
     }
-    const layer = await diffToBuffer({ kind: 'overlay', upperDir: upper, lowerDir: lower });
     const names = await tarNames(layer.data);
     expect(names).toEqual(
       expect.arrayContaining([
@@ -311,6 +325,8 @@ describe('diffLayer + applyLayer', () => {
         'replaced/',
         'replaced/.wh..wh..opq',
         'replaced/new',
+        'partial/',
+        'partial/.wh.gone',
         'hl-dst.txt',
         'hl-src.txt => hl-dst.txt',
         'newdir/new-b => new-a',
@@ -319,6 +335,9 @@ describe('diffLayer + applyLayer', () => {
     // The opaque marker comes right after its directory, before the directory's new content.
     expect(names.indexOf('replaced/.wh..wh..opq')).toBe(names.indexOf('replaced/') + 1);
     expect(names.some((n) => n.startsWith('replaced/old'))).toBe(false);
+    // A directory with a deleted child next to an unchanged one is not opaque.
+    expect(names).not.toContain('partial/.wh..wh..opq');
+    expect(names).not.toContain('etc/.wh..wh..opq');
 
     const target = join(work, 'apply-overlay');
     await mkdir(target);

@@ -23,6 +23,11 @@ export type DiffSource =
       upperDir: string;
       /** The parent's merged read-only view (a single lowerdir is its own view); omit for a base snapshot. */
       lowerDir?: string;
+      /**
+       * The snapshot's own merged view (mounted, read-only is enough); required with `lowerDir`:
+       * it tells an opaque directory from a partly changed one without reading xattrs.
+       */
+      mergedDir?: string;
     }
   | {
       kind: 'compare';
@@ -85,12 +90,20 @@ export function layerMediaType(opts: DiffOptions = {}): string {
  * or clamped; the same tree change yields the same bytes. Extended attributes are not recorded
  * (node cannot read them without a native addon); sockets are skipped as in BuildKit.
  *
- * Throws a {@link LayerError} (`LAYER_UNSUPPORTED_COMPRESSION`) at once when the codec is not
- * available; later failures (unreadable tree) error `stream` and reject `done`.
+ * Throws a {@link LayerError} at once when the codec is not available
+ * (`LAYER_UNSUPPORTED_COMPRESSION`) or an overlay source lacks `mergedDir` (`LAYER_INVALID`);
+ * later failures (unreadable tree) error `stream` and reject `done`.
  */
 export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStream {
   const compression = opts.compression ?? 'gzip';
   const mediaType = layerMediaType(opts);
+  if (
+    source.kind === 'overlay' &&
+    source.lowerDir !== undefined &&
+    source.mergedDir === undefined
+  ) {
+    throw new LayerError(LayerErrorCode.Invalid, 'an overlay diff with a lowerDir needs mergedDir');
+  }
   // First, so that an unavailable codec throws before anything starts.
   const comp = compressor(compression, opts.level);
   const pack = tar.pack();
@@ -120,7 +133,7 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
       const root = source.kind === 'overlay' ? source.upperDir : source.newDir;
       const changes =
         source.kind === 'overlay'
-          ? await overlayChanges(source.upperDir, source.lowerDir)
+          ? await overlayChanges(source.upperDir, source.lowerDir, source.mergedDir)
           : await compareChanges(source.baseDir, source.newDir);
       await new TarWriter(pack, root, opts.sourceDateEpoch).write(changes);
       pack.finalize();
