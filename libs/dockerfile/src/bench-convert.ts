@@ -11,7 +11,8 @@ import { parse } from './parser/parser.js';
 export function generateDockerfile(n = 500): string {
   const lines = ['ARG BASE=busybox', 'FROM ${BASE} AS build', 'ARG VERSION=1.0'];
   const body = [
-    (i: number) => `RUN --mount=type=cache,target=/root/.cache echo step ${i} $VERSION > /tmp/f${i}`,
+    (i: number) =>
+      `RUN --mount=type=cache,target=/root/.cache echo step ${i} $VERSION > /tmp/f${i}`,
     (i: number) => `ENV V${i}=value-${i}`,
     (i: number) => `COPY src/file${i}.txt /app/file${i}.txt`,
     (i: number) => `WORKDIR /app/d${i % 7}`,
@@ -28,7 +29,11 @@ export function generateDockerfile(n = 500): string {
     lines.push(body[i % body.length]!(i));
     i++;
   }
-  lines.push('FROM build AS final', 'COPY --from=second /tmp /second', 'HEALTHCHECK --interval=30s CMD true');
+  lines.push(
+    'FROM build AS final',
+    'COPY --from=second /tmp /second',
+    'HEALTHCHECK --interval=30s CMD true',
+  );
   lines.push('ENTRYPOINT ["/bin/sh"]', 'CMD ["-c", "true"]', 'STOPSIGNAL SIGTERM');
   return lines.join('\n') + '\n';
 }
@@ -41,7 +46,15 @@ export function benchConvert(): { parseMs: number; convertMs: number; instructio
   parseInstructions(ast);
   const t1 = performance.now();
   const r = convertDockerfileSync(text, {
-    metaResolver: (ref) => ({ ref, config: { architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: ['sha256:' + '0'.repeat(64)] }, config: {} } }),
+    metaResolver: (ref) => ({
+      ref,
+      config: {
+        architecture: 'amd64',
+        os: 'linux',
+        rootfs: { type: 'layers', diff_ids: ['sha256:' + '0'.repeat(64)] },
+        config: {},
+      },
+    }),
     targetPlatform: { os: 'linux', architecture: 'amd64' },
   });
   marshalResult(r);

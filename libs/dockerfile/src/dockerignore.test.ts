@@ -4,13 +4,30 @@ import { dockerignoreMatcher, readDockerignore, selectDockerignore } from './doc
 describe('readDockerignore (ignorefile.ReadAll)', () => {
   it('reads BuildKit’s reference file', () => {
     // The content of moby/patternmatcher ignorefile_test.go's TestReadAll.
-    const content = 'test1\n/test2\n/a/file/here\n\nlastfile\n# this is a comment\n! /inverted/abs/path\n!\n! \n';
-    expect(readDockerignore(content)).toEqual(['test1', 'test2', 'a/file/here', 'lastfile', '!inverted/abs/path', '!', '!']);
+    const content =
+      'test1\n/test2\n/a/file/here\n\nlastfile\n# this is a comment\n! /inverted/abs/path\n!\n! \n';
+    expect(readDockerignore(content)).toEqual([
+      'test1',
+      'test2',
+      'a/file/here',
+      'lastfile',
+      '!inverted/abs/path',
+      '!',
+      '!',
+    ]);
   });
 
   it('strips a BOM, CRLF and surrounding space; cleans paths; comments only at column 0', () => {
-    const content = '\ufeffnode_modules\r\n  ./build/../dist/  \r\n #not a comment\n**/*.log\n!**/keep.log\n/\n';
-    expect(readDockerignore(Buffer.from(content))).toEqual(['node_modules', 'dist', '#not a comment', '**/*.log', '!**/keep.log', '/']);
+    const content =
+      '\ufeffnode_modules\r\n  ./build/../dist/  \r\n #not a comment\n**/*.log\n!**/keep.log\n/\n';
+    expect(readDockerignore(Buffer.from(content))).toEqual([
+      'node_modules',
+      'dist',
+      '#not a comment',
+      '**/*.log',
+      '!**/keep.log',
+      '/',
+    ]);
   });
 
   it('is empty for an empty or comment-only file', () => {
@@ -25,9 +42,18 @@ describe('selectDockerignore', () => {
       ['.dockerignore', 'a'],
       ['build/app.Dockerfile.dockerignore', 'b\n!c'],
     ]);
-    expect(selectDockerignore(files, 'build/app.Dockerfile')).toEqual({ name: 'build/app.Dockerfile.dockerignore', patterns: ['b', '!c'] });
-    expect(selectDockerignore(files, 'Dockerfile')).toEqual({ name: '.dockerignore', patterns: ['a'] });
-    expect(selectDockerignore({ 'Dockerfile.dockerignore': 'x' })).toEqual({ name: 'Dockerfile.dockerignore', patterns: ['x'] });
+    expect(selectDockerignore(files, 'build/app.Dockerfile')).toEqual({
+      name: 'build/app.Dockerfile.dockerignore',
+      patterns: ['b', '!c'],
+    });
+    expect(selectDockerignore(files, 'Dockerfile')).toEqual({
+      name: '.dockerignore',
+      patterns: ['a'],
+    });
+    expect(selectDockerignore({ 'Dockerfile.dockerignore': 'x' })).toEqual({
+      name: 'Dockerfile.dockerignore',
+      patterns: ['x'],
+    });
   });
 
   it('is undefined without an ignore file', () => {
@@ -36,7 +62,9 @@ describe('selectDockerignore', () => {
 });
 
 describe('dockerignoreMatcher', () => {
-  const m = dockerignoreMatcher(readDockerignore('*.md\n!README.md\nnode_modules\n**/*.tmp\n/secret\nbuild/\n!build/keep/**\n'));
+  const m = dockerignoreMatcher(
+    readDockerignore('*.md\n!README.md\nnode_modules\n**/*.tmp\n/secret\nbuild/\n!build/keep/**\n'),
+  );
 
   it('excludes by pattern, by parent directory, and at any depth with **', () => {
     expect(m.excludes('CHANGES.md')).toBe(true);

@@ -35,7 +35,8 @@ export function readDockerignore(content: string | Uint8Array): string[] {
 }
 
 /** A context's files as a frontend sees them: name (relative to the context) to content. */
-export type ContextFiles = ReadonlyMap<string, string | Uint8Array> | Readonly<Record<string, string | Uint8Array>>;
+export type ContextFiles =
+  ReadonlyMap<string, string | Uint8Array> | Readonly<Record<string, string | Uint8Array>>;
 
 /**
  * Picks the ignore file for a Dockerfile as dockerui does: `<dockerfile>.dockerignore` (next to the
@@ -47,7 +48,9 @@ export function selectDockerignore(
   dockerfileName = 'Dockerfile',
 ): { name: string; patterns: string[] } | undefined {
   const get = (k: string): string | Uint8Array | undefined =>
-    files instanceof Map ? (files as ReadonlyMap<string, string | Uint8Array>).get(k) : (files as Record<string, string | Uint8Array>)[k];
+    files instanceof Map
+      ? (files as ReadonlyMap<string, string | Uint8Array>).get(k)
+      : (files as Record<string, string | Uint8Array>)[k];
   const specific = goClean(dockerfileName) + '.dockerignore';
   for (const name of [specific, '.dockerignore']) {
     const content = get(name);

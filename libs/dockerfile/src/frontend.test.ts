@@ -1,7 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { parseDefinition } from '@kiln/llb';
 import { benchConvert, generateDockerfile } from './bench-convert.js';
-import { convertOptionsFromAttrs, getFrontend, listFrontends, registerFrontend } from './frontend.js';
+import {
+  convertOptionsFromAttrs,
+  getFrontend,
+  listFrontends,
+  registerFrontend,
+} from './frontend.js';
 import type { Frontend } from './frontend.js';
 import { parse } from './parser/parser.js';
 import { fixedResolver } from './test-support/llb-inspect.js';
@@ -11,7 +16,22 @@ describe('frontend registry', () => {
     expect(listFrontends()).toContain('dockerfile.v0');
     const echo: Frontend = {
       name: 'test.echo.v0',
-      solve: (inputs) => Promise.resolve({ platforms: [{ platform: { os: 'linux', architecture: 'amd64' }, definition: undefined as never, imageConfig: { architecture: String(inputs.opts.arch), os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] } }, imageConfigJson: '' }] }),
+      solve: (inputs) =>
+        Promise.resolve({
+          platforms: [
+            {
+              platform: { os: 'linux', architecture: 'amd64' },
+              definition: undefined as never,
+              imageConfig: {
+                architecture: String(inputs.opts.arch),
+                os: 'linux',
+                config: {},
+                rootfs: { type: 'layers', diff_ids: [] },
+              },
+              imageConfigJson: '',
+            },
+          ],
+        }),
     };
     registerFrontend(echo);
     expect(getFrontend('test.echo.v0')).toBe(echo);
@@ -44,31 +64,53 @@ describe('frontend registry', () => {
       contextName: 'ctx',
     });
     expect(convertOptionsFromAttrs({ 'no-cache': '' }).ignoreCache).toBe(true);
-    expect(() => convertOptionsFromAttrs({ platform: 'linux/' })).toThrow('invalid platform "linux/"');
+    expect(() => convertOptionsFromAttrs({ platform: 'linux/' })).toThrow(
+      'invalid platform "linux/"',
+    );
   });
 
   it('dockerfile.v0 solves per platform: definitions, configs, .dockerignore, no-cache', async () => {
     const fe = getFrontend('dockerfile.v0')!;
     const res = await fe.solve({
-      dockerfile: Buffer.from('FROM busybox AS a\nARG TARGETARCH\nRUN echo $TARGETARCH $V\nCOPY . /src\nFROM a AS b\nRUN echo b\n'),
+      dockerfile: Buffer.from(
+        'FROM busybox AS a\nARG TARGETARCH\nRUN echo $TARGETARCH $V\nCOPY . /src\nFROM a AS b\nRUN echo b\n',
+      ),
       dockerignore: '# comment\nnode_modules\n!node_modules/keep\n',
-      opts: { platform: 'linux/amd64,linux/arm64', 'build-arg:V': 'v1', target: 'a', 'no-cache': '', 'label:x': 'y' },
+      opts: {
+        platform: 'linux/amd64,linux/arm64',
+        'build-arg:V': 'v1',
+        target: 'a',
+        'no-cache': '',
+        'label:x': 'y',
+      },
       metaResolver: fixedResolver(),
       sessionId: 's1',
     });
     expect(res.platforms.map((p) => p.platform.architecture)).toEqual(['amd64', 'arm64']);
     for (const p of res.platforms) {
       const loaded = parseDefinition(p.definition.toBytes());
-      const ops = loaded.order.map((d) => ({ op: loaded.ops.get(d)!.op, md: loaded.ops.get(d)!.metadata }));
+      const ops = loaded.order.map((d) => ({
+        op: loaded.ops.get(d)!.op,
+        md: loaded.ops.get(d)!.metadata,
+      }));
       const run = ops.find((o) => o.op.exec)!;
       expect(run.op.exec!.meta!.args).toEqual(['/bin/sh', '-c', `echo $TARGETARCH $V`]);
       expect(run.op.exec!.meta!.env).toContain(`TARGETARCH=${p.platform.architecture}`);
       expect(run.md?.ignoreCache).toBe(true);
-      expect(run.md?.description?.['llb.customname']).toBe(`[linux/${p.platform.architecture} a 2/3] RUN echo ${p.platform.architecture} $V`);
+      expect(run.md?.description?.['llb.customname']).toBe(
+        `[linux/${p.platform.architecture} a 2/3] RUN echo ${p.platform.architecture} $V`,
+      );
       const ctx = ops.find((o) => o.op.source?.identifier === 'local://context')!;
-      expect(ctx.op.source!.attrs).toEqual({ 'local.excludepatterns': '["node_modules","!node_modules/keep"]', 'local.session': 's1', 'local.sharedkeyhint': 'context' });
+      expect(ctx.op.source!.attrs).toEqual({
+        'local.excludepatterns': '["node_modules","!node_modules/keep"]',
+        'local.session': 's1',
+        'local.sharedkeyhint': 'context',
+      });
       expect(p.imageConfig.config.Labels).toEqual({ x: 'y' });
-      expect(JSON.parse(p.imageConfigJson)).toMatchObject({ architecture: p.platform.architecture, os: 'linux' });
+      expect(JSON.parse(p.imageConfigJson)).toMatchObject({
+        architecture: p.platform.architecture,
+        os: 'linux',
+      });
       expect(ops.some((o) => o.op.exec?.meta?.args?.includes('echo b'))).toBe(false);
     }
   });

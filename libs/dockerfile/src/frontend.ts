@@ -86,15 +86,24 @@ export function convertOptionsFromAttrs(attrs: Readonly<Record<string, string>>)
     try {
       opts.targetPlatforms = attrs.platform.split(',').map((p) => parsePlatform(p.trim()));
     } catch (err) {
-      throw badOption(`invalid platform ${JSON.stringify(attrs.platform)}: ${(err as Error).message}`);
+      throw badOption(
+        `invalid platform ${JSON.stringify(attrs.platform)}: ${(err as Error).message}`,
+      );
     }
   }
   if (attrs.context) opts.contextName = attrs.context;
   if ('no-cache' in attrs) {
     const v = attrs['no-cache'];
-    opts.ignoreCache = v === '' ? true : v.split(',').map((s) => s.trim()).filter(Boolean);
+    opts.ignoreCache =
+      v === ''
+        ? true
+        : v
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean);
   }
-  if (attrs['multi-platform'] !== undefined) opts.multiPlatform = attrs['multi-platform'] === 'true';
+  if (attrs['multi-platform'] !== undefined)
+    opts.multiPlatform = attrs['multi-platform'] === 'true';
   return opts;
 }
 
@@ -106,10 +115,13 @@ export const dockerfileFrontend: Frontend = {
     if (inputs.metaResolver) opts.metaResolver = inputs.metaResolver;
     if (inputs.sessionId) opts.sessionId = inputs.sessionId;
     if (inputs.buildPlatform) opts.buildPlatform = inputs.buildPlatform;
-    if (inputs.dockerignore !== undefined) opts.dockerignore = readDockerignore(inputs.dockerignore);
+    if (inputs.dockerignore !== undefined)
+      opts.dockerignore = readDockerignore(inputs.dockerignore);
     const targets = opts.targetPlatforms?.length ? opts.targetPlatforms : [undefined];
     const results = await Promise.all(
-      targets.map((p) => convertDockerfile(inputs.dockerfile, { ...opts, ...(p ? { targetPlatform: p } : {}) })),
+      targets.map((p) =>
+        convertDockerfile(inputs.dockerfile, { ...opts, ...(p ? { targetPlatform: p } : {}) }),
+      ),
     );
     return {
       platforms: results.map((r) => ({

@@ -42,7 +42,11 @@ export function getEnv(state: State): EnvGetter {
 export function withLocation(err: unknown, loc: Location): DockerfileError {
   if (err instanceof DockerfileError) return err;
   const message = err instanceof Error ? err.message : String(err);
-  return new DockerfileError(message, { startLine: loc.startLine, endLine: loc.endLine, cause: err });
+  return new DockerfileError(message, {
+    startLine: loc.startLine,
+    endLine: loc.endLine,
+    cause: err,
+  });
 }
 
 /** The description BuildKit puts on every vertex made for an instruction. */
@@ -100,10 +104,17 @@ function platformFromEnv(env: EnvGetter): Partial<Platform> | undefined {
  * The progress name of a step: `[stage 2/5] RUN ...` (BuildKit's prefixCommand). Counts the step:
  * each call advances the stage's index.
  */
-export function prefixCommand(ds: DispatchState, str: string, prefixPlatform: boolean, platform: Platform | undefined, env: EnvGetter): string {
+export function prefixCommand(
+  ds: DispatchState,
+  str: string,
+  prefixPlatform: boolean,
+  platform: Platform | undefined,
+  env: EnvGetter,
+): string {
   if (ds.cmdTotal === 0) return str;
   let out = '[';
-  if (prefixPlatform && platform) out += formatPlatform(platform) + formatTargetPlatform(platform, platformFromEnv(env)) + ' ';
+  if (prefixPlatform && platform)
+    out += formatPlatform(platform) + formatTargetPlatform(platform, platformFromEnv(env)) + ' ';
   if (ds.stageName !== '') out += ds.stageName + ' ';
   ds.cmdIndex++;
   const width = Math.trunc(1 + Math.log10(ds.cmdTotal));
@@ -118,7 +129,9 @@ export function prefixCommand(ds: DispatchState, str: string, prefixPlatform: bo
  */
 export function normalizePath(parent: string, p: string, keepSlash: boolean): string {
   const orig = p;
-  let out = posix.isAbsolute(p) ? p : posix.join(posix.isAbsolute(parent) ? parent : '/' + parent, p);
+  let out = posix.isAbsolute(p)
+    ? p
+    : posix.join(posix.isAbsolute(parent) ? parent : '/' + parent, p);
   out = posix.normalize(out);
   if (out.length > 1 && out.endsWith('/')) out = out.slice(0, -1);
   if (keepSlash) {

@@ -10,7 +10,15 @@ import type { CopyOptions, FileAction, State } from '@kiln/llb';
 import type { Location, SourcesAndDest } from '../instructions/commands.js';
 import { isSymbolicMode, parseUint32 } from '../instructions/go-helpers.js';
 import type { DispatchOpt } from './common.js';
-import { dfCmd, getEnv, normalizePath, pathRelativeToWorkingDir, prefixCommand, processCmdEnv, uppercaseCmd } from './common.js';
+import {
+  dfCmd,
+  getEnv,
+  normalizePath,
+  pathRelativeToWorkingDir,
+  prefixCommand,
+  processCmdEnv,
+  uppercaseCmd,
+} from './common.js';
 import type { DispatchState } from './dispatch-state.js';
 import { isGitSource, isHTTPSource, parseGitRef } from './git-ref.js';
 import { commitToHistory } from './image-config.js';
@@ -35,7 +43,9 @@ export interface CopyConfig {
 }
 
 function parseChmod(chmod: string): number {
-  const nonOctal = new Error(`invalid chmod parameter: '${chmod}'. it should be octal string and between 0 and 07777`);
+  const nonOctal = new Error(
+    `invalid chmod parameter: '${chmod}'. it should be octal string and between 0 and 07777`,
+  );
   const p = parseUint32(chmod, 8);
   if (p !== undefined) {
     if (p > 0o7777) throw nonOctal;
@@ -60,9 +70,11 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
 
   if (cfg.checksum !== '') {
     if (!cfg.isAddCommand) throw new Error("checksum can't be specified for COPY");
-    if (cfg.params.sourcePaths.length !== 1) throw new Error("checksum can't be specified for multiple sources");
+    if (cfg.params.sourcePaths.length !== 1)
+      throw new Error("checksum can't be specified for multiple sources");
     const src = cfg.params.sourcePaths[0]!;
-    if (!isHTTPSource(src) && !isGitSource(src)) throw new Error('checksum requires HTTP(S) or Git sources');
+    if (!isHTTPSource(src) && !isGitSource(src))
+      throw new Error('checksum requires HTTP(S) or Git sources');
   }
 
   let commitMessage = cfg.isAddCommand ? 'ADD' : 'COPY';
@@ -86,12 +98,18 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
     if (gitRef) {
       if (!cfg.isAddCommand) throw new Error("source can't be a git ref for COPY");
       let keepGitDir = cfg.keepGitDir;
-      if (keepGitDir !== undefined && gitRef.keepGitDir !== undefined && keepGitDir !== gitRef.keepGitDir) {
+      if (
+        keepGitDir !== undefined &&
+        gitRef.keepGitDir !== undefined &&
+        keepGitDir !== gitRef.keepGitDir
+      ) {
         throw new Error('inconsistent keep-git-dir configuration');
       }
       if (gitRef.keepGitDir !== undefined) keepGitDir = gitRef.keepGitDir;
       if (cfg.checksum !== '' && gitRef.checksum !== '' && cfg.checksum !== gitRef.checksum) {
-        throw new Error(`checksum mismatch ${JSON.stringify(cfg.checksum)} != ${JSON.stringify(gitRef.checksum)}`);
+        throw new Error(
+          `checksum mismatch ${JSON.stringify(cfg.checksum)} != ${JSON.stringify(gitRef.checksum)}`,
+        );
       }
       if (cfg.checksum !== '' || gitRef.checksum !== '') {
         // BuildKit pins the commit with git.checksum, an attribute our LLB git source lacks.
@@ -112,7 +130,10 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
         // An unparsable URL keeps the default file name, as in BuildKit.
         f = '__unnamed__';
       }
-      if (cfg.checksum !== '' && !/^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/.test(cfg.checksum)) {
+      if (
+        cfg.checksum !== '' &&
+        !/^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/.test(cfg.checksum)
+      ) {
         throw new Error(`invalid checksum digest format`);
       }
       const st = http(src, {
@@ -121,7 +142,12 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
         description: dfCmd(''),
         ...(cfg.checksum !== '' ? { checksum: cfg.checksum } : {}),
       });
-      add(st, f, { ...withMode(mode), createDestPath: true, attemptUnpack: cfg.unpack ?? false, ...base });
+      add(st, f, {
+        ...withMode(mode),
+        createDestPath: true,
+        attemptUnpack: cfg.unpack ?? false,
+        ...base,
+      });
     } else {
       let patterns: string[] | undefined;
       if (cfg.parents) {
@@ -171,10 +197,19 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
     const pgId = cfg.opt.newId();
     d.cmdIndex--; // prefixCommand advanced it; the copy and the merge are one step
     const pgName2 = prefixCommand(d, name, d.prefixPlatform, platform, env);
-    const copied = scratch().file(a, { ...fileOpt, customName: pgName2, platform, progressGroup: { id: pgId, name: pgName2, weak: true } });
+    const copied = scratch().file(a, {
+      ...fileOpt,
+      customName: pgName2,
+      platform,
+      progressGroup: { id: pgId, name: pgName2, weak: true },
+    });
     d.cmdIndex--;
     const linkName = prefixCommand(d, 'LINK ' + name, d.prefixPlatform, platform, env);
-    const merged = merge([d.state, cfg.opt.locate(copied, cfg.location)], { ...fileOpt, progressGroup: { id: pgId, name: pgName2 }, customName: linkName });
+    const merged = merge([d.state, cfg.opt.locate(copied, cfg.location)], {
+      ...fileOpt,
+      progressGroup: { id: pgId, name: pgName2 },
+      customName: linkName,
+    });
     d.state = cfg.opt.locate(d.state.withOutput(merged.output), cfg.location);
   } else {
     d.state = cfg.opt.locate(d.state.file(a, fileOpt), cfg.location);

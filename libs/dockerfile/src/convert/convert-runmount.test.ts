@@ -17,10 +17,22 @@ describe('RUN --mount', () => {
     const run = r.named('RUN --mount');
     const [root, src, w] = mountsOf(run.op.exec!);
     expect([root!.dest, Number(root!.output)]).toEqual(['/', 0]);
-    expect([w!.dest, w!.selector, Number(w!.output), w!.readonly]).toEqual(['/w/rel', '/bin2', -1, false]);
-    expect([src!.dest, src!.selector, Number(src!.output), src!.readonly]).toEqual(['/src', '/src', -1, true]);
+    expect([w!.dest, w!.selector, Number(w!.output), w!.readonly]).toEqual([
+      '/w/rel',
+      '/bin2',
+      -1,
+      false,
+    ]);
+    expect([src!.dest, src!.selector, Number(src!.output), src!.readonly]).toEqual([
+      '/src',
+      '/src',
+      -1,
+      true,
+    ]);
     expect(run.inputs).toContain(r.named('RUN mkdir /bin2').digest);
-    expect(run.inputs).toContain(r.ofKind('source').find((o) => o.op.source?.identifier === 'local://context')!.digest);
+    expect(run.inputs).toContain(
+      r.ofKind('source').find((o) => o.op.source?.identifier === 'local://context')!.digest,
+    );
     expect(run.op.exec!.meta!.args).toEqual(['/bin/sh', '-c', 'make']);
   });
 
@@ -31,21 +43,41 @@ describe('RUN --mount', () => {
     );
     const exec = r.execs()[0]!;
     const caches = mountsOf(exec).filter((m) => m.mountType === pb.MountType.CACHE);
-    expect(caches.map((m) => [m.dest, m.cacheOpt?.ID, m.cacheOpt?.sharing ?? pb.CacheSharingOpt.SHARED, m.selector ?? ''])).toEqual([
+    expect(
+      caches.map((m) => [
+        m.dest,
+        m.cacheOpt?.ID,
+        m.cacheOpt?.sharing ?? pb.CacheSharingOpt.SHARED,
+        m.selector ?? '',
+      ]),
+    ).toEqual([
       ['/go/pkg', 'ns/gomod', pb.CacheSharingOpt.LOCKED, ''],
       ['/root/.cache/', 'ns//root/.cache', pb.CacheSharingOpt.SHARED, ''],
       ['/var/cache/apt', 'ns//var/cache/apt', pb.CacheSharingOpt.SHARED, '/cache'],
     ]);
     const perms = r.named('[internal] settings cache mount permissions');
-    expect(perms.op.file!.actions![0]!.mkdir).toMatchObject({ path: '/cache', mode: 0o700, owner: { user: { byID: 100 }, group: { byID: 101 } } });
+    expect(perms.op.file!.actions![0]!.mkdir).toMatchObject({
+      path: '/cache',
+      mode: 0o700,
+      owner: { user: { byID: 100 }, group: { byID: 101 } },
+    });
     // Cache mounts without from= never read the context.
-    expect(r.ofKind('source').some((o) => o.op.source?.identifier === 'local://context')).toBe(false);
+    expect(r.ofKind('source').some((o) => o.op.source?.identifier === 'local://context')).toBe(
+      false,
+    );
   });
 
   it('tmpfs with a size', async () => {
-    const r = await convertInspect('FROM busybox\nRUN --mount=type=tmpfs,target=/tmp,size=64m true\n');
+    const r = await convertInspect(
+      'FROM busybox\nRUN --mount=type=tmpfs,target=/tmp,size=64m true\n',
+    );
     const m = mountsOf(r.execs()[0]!)[1]!;
-    expect([m.dest, m.mountType, Number(m.TmpfsOpt?.size), Number(m.output)]).toEqual(['/tmp', pb.MountType.TMPFS, 64 * 1024 * 1024, -1]);
+    expect([m.dest, m.mountType, Number(m.TmpfsOpt?.size), Number(m.output)]).toEqual([
+      '/tmp',
+      pb.MountType.TMPFS,
+      64 * 1024 * 1024,
+      -1,
+    ]);
   });
 
   it('secret and ssh mounts: ids, targets, env, modes, required', async () => {
@@ -65,14 +97,19 @@ describe('RUN --mount', () => {
     const exec = r.execs()[0]!;
     const secrets = mountsOf(exec).filter((m) => m.mountType === pb.MountType.SECRET);
     expect(secrets.map((m) => [m.dest, m.secretOpt])).toEqual([
-      ['/root/.npmrc', expect.objectContaining({ ID: 'npmrc', uid: 1, mode: 0o440, optional: true })],
+      [
+        '/root/.npmrc',
+        expect.objectContaining({ ID: 'npmrc', uid: 1, mode: 0o440, optional: true }),
+      ],
       ['/run/secrets/aws', expect.objectContaining({ ID: 'aws', optional: true })],
       ['/s', expect.objectContaining({ ID: 'src-id', optional: true })],
     ]);
     expect(exec.secretenv).toEqual([expect.objectContaining({ ID: 'token', name: 'TOKEN' })]);
     expect(exec.secretenv![0]!.optional).toBeFalsy();
     const ssh = mountsOf(exec).filter((m) => m.mountType === pb.MountType.SSH);
-    expect(ssh.map((m) => [m.dest, m.SSHOpt?.ID ?? '', m.SSHOpt?.optional ?? false, m.SSHOpt?.mode])).toEqual([
+    expect(
+      ssh.map((m) => [m.dest, m.SSHOpt?.ID ?? '', m.SSHOpt?.optional ?? false, m.SSHOpt?.mode]),
+    ).toEqual([
       ['/run/buildkit/ssh_agent.0', '', true, 0o600],
       ['/ssh.sock', 'github', false, 0o666],
     ]);
@@ -82,7 +119,10 @@ describe('RUN --mount', () => {
   });
 
   it('secret values never reach args, env, the image config or its history', async () => {
-    const r = await convertInspect('FROM busybox\nRUN --mount=type=secret,id=dbpass,env=DB_PASS psql\nCMD ["app"]\n', { buildArgs: { DB_PASS: 'not-a-build-arg' } });
+    const r = await convertInspect(
+      'FROM busybox\nRUN --mount=type=secret,id=dbpass,env=DB_PASS psql\nCMD ["app"]\n',
+      { buildArgs: { DB_PASS: 'not-a-build-arg' } },
+    );
     const exec = r.execs()[0]!;
     expect(exec.meta!.args).toEqual(['/bin/sh', '-c', 'psql']);
     expect((exec.meta!.env ?? []).some((e) => e.startsWith('DB_PASS'))).toBe(false);
@@ -92,7 +132,9 @@ describe('RUN --mount', () => {
   });
 
   it('--network and --security', async () => {
-    const r = await convertInspect('FROM busybox\nRUN --network=none a\nRUN --network=host --security=insecure b\nRUN --network=default --security=sandbox c\n');
+    const r = await convertInspect(
+      'FROM busybox\nRUN --network=none a\nRUN --network=host --security=insecure b\nRUN --network=default --security=sandbox c\n',
+    );
     const [a, b, c] = r.execs();
     expect(a!.network).toBe(pb.NetMode.NONE);
     expect([b!.network, b!.security]).toEqual([pb.NetMode.HOST, pb.SecurityMode.INSECURE]);
@@ -101,8 +143,13 @@ describe('RUN --mount', () => {
   });
 
   it('mount values expand stage variables', async () => {
-    const r = await convertInspect('FROM busybox\nARG CACHE=/cache/go\nRUN --mount=type=cache,target=$CACHE,id=go-${CACHE} true\n');
-    expect(mountsOf(r.execs()[0]!)[1]).toMatchObject({ dest: '/cache/go', cacheOpt: { ID: '/go-/cache/go' } });
+    const r = await convertInspect(
+      'FROM busybox\nARG CACHE=/cache/go\nRUN --mount=type=cache,target=$CACHE,id=go-${CACHE} true\n',
+    );
+    expect(mountsOf(r.execs()[0]!)[1]).toMatchObject({
+      dest: '/cache/go',
+      cacheOpt: { ID: '/go-/cache/go' },
+    });
   });
 });
 
@@ -120,16 +167,28 @@ describe('RUN heredocs', () => {
   });
 
   it('a heredoc with a shebang is written to a file, mounted and executed', async () => {
-    const r = await convertInspect('FROM busybox\nRUN <<EOF\n#!/usr/bin/env python3\nprint("hi")\nEOF\n');
+    const r = await convertInspect(
+      'FROM busybox\nRUN <<EOF\n#!/usr/bin/env python3\nprint("hi")\nEOF\n',
+    );
     const exec = r.execs()[0]!;
     expect(exec.meta!.args).toEqual(['/bin/sh', '-c', '/dev/pipes/EOF']);
     expect(mountsOf(exec)[1]).toMatchObject({ dest: '/dev/pipes/', selector: '/', readonly: true });
     const file = r.named('[internal] preparing inline document');
-    expect(file.op.file!.actions![0]!.mkfile).toMatchObject({ path: '/EOF', mode: 0o755, data: Buffer.from('#!/usr/bin/env python3\nprint("hi")\n') });
+    expect(file.op.file!.actions![0]!.mkfile).toMatchObject({
+      path: '/EOF',
+      mode: 0o755,
+      data: Buffer.from('#!/usr/bin/env python3\nprint("hi")\n'),
+    });
   });
 
   it('a command with heredocs is passed whole to the shell', async () => {
-    const r = await convertInspect('FROM busybox\nRUN cat <<A > /a && cat <<B > /b\nfirst\nA\nsecond\nB\n');
-    expect(r.execs()[0]!.meta!.args).toEqual(['/bin/sh', '-c', 'cat <<A > /a && cat <<B > /b\nfirst\nA\nsecond\nB']);
+    const r = await convertInspect(
+      'FROM busybox\nRUN cat <<A > /a && cat <<B > /b\nfirst\nA\nsecond\nB\n',
+    );
+    expect(r.execs()[0]!.meta!.args).toEqual([
+      '/bin/sh',
+      '-c',
+      'cat <<A > /a && cat <<B > /b\nfirst\nA\nsecond\nB',
+    ]);
   });
 });

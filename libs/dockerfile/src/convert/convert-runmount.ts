@@ -20,9 +20,12 @@ export interface RunMounts {
 
 /** A cache mount with uid/gid/mode starts from a directory made with those (setCacheUIDGIDFileOp). */
 function setCacheUIDGID(m: Mount, st: State): State {
-  return st.file(mkdir('/cache', m.mode ?? 0o755, { chown: { user: m.uid ?? 0, group: m.gid ?? 0 } }), {
-    customName: '[internal] settings cache mount permissions',
-  });
+  return st.file(
+    mkdir('/cache', m.mode ?? 0o755, { chown: { user: m.uid ?? 0, group: m.gid ?? 0 } }),
+    {
+      customName: '[internal] settings cache mount permissions',
+    },
+  );
 }
 
 function dispatchSecret(m: Mount): SecretSpec {
@@ -34,7 +37,8 @@ function dispatchSecret(m: Mount): SecretSpec {
     id = posix.basename(targetPath);
   }
   let target: string | undefined = targetPath !== '' ? targetPath : undefined;
-  if (m.env === undefined) target = targetPath !== '' ? targetPath : '/run/secrets/' + posix.basename(id);
+  if (m.env === undefined)
+    target = targetPath !== '' ? targetPath : '/run/secrets/' + posix.basename(id);
   const spec: SecretSpec = { id };
   if (target !== undefined) spec.target = target;
   if (m.env !== undefined) spec.env = m.env;
@@ -75,7 +79,8 @@ export function dispatchRunMounts(
     let st: State = opt.buildContext;
     const source = sources[i];
     if (mount.from !== '') {
-      if (!source) throw new Error(`mount from ${JSON.stringify(mount.from)} could not be resolved`);
+      if (!source)
+        throw new Error(`mount from ${JSON.stringify(mount.from)} could not be resolved`);
       st = source.state;
     } else if (mount.type === 'cache') {
       // A cache mount without from= starts empty.
@@ -97,11 +102,15 @@ export function dispatchRunMounts(
     if (mount.readOnly) spec.readonly = true;
     else if (mount.type === 'bind') spec.noOutput = true;
     if (mount.type === 'cache') {
-      const id = mount.cacheId !== '' ? mount.cacheId : posix.normalize(mount.target).replace(/(.)\/$/, '$1');
+      const id =
+        mount.cacheId !== ''
+          ? mount.cacheId
+          : posix.normalize(mount.target).replace(/(.)\/$/, '$1');
       spec.cache = { id: `${opt.cacheIdNamespace}/${id}`, sharing: mount.cacheSharing || 'shared' };
     }
     let target = mount.target;
-    if (!posix.isAbsolute(posix.normalize(target || '.'))) target = posix.join('/', d.state.getDir(), target);
+    if (!posix.isAbsolute(posix.normalize(target || '.')))
+      target = posix.join('/', d.state.getDir(), target);
     if (joinRoot(target) === '/') throw new Error(`invalid mount target ${JSON.stringify(target)}`);
     const src = joinRoot(mount.source);
     if (src !== '/') spec.selector = src;

@@ -4,13 +4,27 @@
 import { describe, expect, it } from 'vitest';
 import { LinuxAmd64, LinuxArm64, formatPlatform } from '@kiln/llb';
 import { DockerfileError } from '../dockerfile-error.js';
-import { DIGEST_A, LAYER, convertInspect, fixedResolver, inspect } from '../test-support/llb-inspect.js';
-import { convertDockerfile, convertDockerfileSync, dockerfileToLLB, marshalResult } from './convert.js';
+import {
+  DIGEST_A,
+  LAYER,
+  convertInspect,
+  fixedResolver,
+  inspect,
+} from '../test-support/llb-inspect.js';
+import {
+  convertDockerfile,
+  convertDockerfileSync,
+  dockerfileToLLB,
+  marshalResult,
+} from './convert.js';
 import { imageConfigToJson } from './image-config.js';
 
 const BUSYBOX = `docker.io/library/busybox:latest@${DIGEST_A}`;
 
-async function convertError(dockerfile: string, opts: Parameters<typeof convertInspect>[1] = {}): Promise<DockerfileError> {
+async function convertError(
+  dockerfile: string,
+  opts: Parameters<typeof convertInspect>[1] = {},
+): Promise<DockerfileError> {
   try {
     await convertInspect(dockerfile, opts);
   } catch (err) {
@@ -48,7 +62,10 @@ describe('stages and targets', () => {
     expect(names.some((n) => n.includes('unused'))).toBe(false);
     expect(names.some((n) => n.includes('exit 1'))).toBe(false);
     // The broken stage is never resolved: it is not reachable.
-    expect(calls).toEqual(['docker.io/library/busybox:latest linux/amd64', 'docker.io/library/busybox:latest linux/amd64']);
+    expect(calls).toEqual([
+      'docker.io/library/busybox:latest linux/amd64',
+      'docker.io/library/busybox:latest linux/amd64',
+    ]);
     expect(r.result.stageName).toBe('final');
     const copyBase = r.named('[final 2/4] COPY --from=base');
     const runBase = r.named('RUN echo base');
@@ -91,7 +108,9 @@ describe('stages and targets', () => {
   });
 
   it('COPY --from an image not in the Dockerfile resolves it as an image', async () => {
-    const r = await convertInspect('FROM busybox\nCOPY --from=alpine:3 /x /x\n', { metaResolver: fixedResolver({ 'docker.io/library/alpine:3': {} }) });
+    const r = await convertInspect('FROM busybox\nCOPY --from=alpine:3 /x /x\n', {
+      metaResolver: fixedResolver({ 'docker.io/library/alpine:3': {} }),
+    });
     const copy = r.named('COPY --from=alpine:3');
     const src = r.byDigest(copy.inputs[1]!);
     expect(src.op.source!.identifier).toBe(`docker-image://docker.io/library/alpine:3@${DIGEST_A}`);
@@ -103,9 +122,16 @@ describe('stages and targets', () => {
     expect(err.startLine).toBe(3);
     err = await convertError('FROM busybox\nCOPY --from=3 /x /x\n');
     expect([err.message, err.startLine]).toEqual(['invalid stage index 3', 2]);
-    err = await convertError('FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nRUN true\nFROM a\n');
-    expect([err.message, err.startLine]).toEqual(['cannot copy from stage "b", it needs to be defined before current stage "a"', 2]);
-    err = await convertError('FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nCOPY --from=a /y /y\n');
+    err = await convertError(
+      'FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nRUN true\nFROM a\n',
+    );
+    expect([err.message, err.startLine]).toEqual([
+      'cannot copy from stage "b", it needs to be defined before current stage "a"',
+      2,
+    ]);
+    err = await convertError(
+      'FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nCOPY --from=a /y /y\n',
+    );
     expect(err.message).toBe('circular dependency detected on stage: a');
     expect([err.startLine, err.endLine]).toEqual([2, 4]);
     err = await convertError('FROM busybox\nCOPY --from=$X /x /x\n');
@@ -115,15 +141,28 @@ describe('stages and targets', () => {
   it('FROM scratch needs no resolver; a stage image without layers is scratch', async () => {
     const r = await convertInspect('FROM scratch\nCOPY a /a\n');
     expect(r.ofKind('source').map((o) => o.op.source!.identifier)).toEqual(['local://context']);
-    expect(r.result.imageConfig.config).toEqual({ Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], WorkingDir: '/' });
+    expect(r.result.imageConfig.config).toEqual({
+      Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+      WorkingDir: '/',
+    });
     const empty = await convertInspect('FROM empty\nCOPY a /a\n', {
-      metaResolver: (ref) => Promise.resolve({ ref, config: { architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, config: {} } }),
+      metaResolver: (ref) =>
+        Promise.resolve({
+          ref,
+          config: {
+            architecture: 'amd64',
+            os: 'linux',
+            rootfs: { type: 'layers', diff_ids: [] },
+            config: {},
+          },
+        }),
     });
     expect(empty.ofKind('source').map((o) => o.op.source!.identifier)).toEqual(['local://context']);
   });
 
   it('the same Dockerfile marshals to the same bytes', async () => {
-    const df2 = 'FROM busybox AS a\nRUN --mount=type=cache,target=/c true\nFROM busybox\nCOPY --link --from=a /x /y\nRUN echo $HOME\n';
+    const df2 =
+      'FROM busybox AS a\nRUN --mount=type=cache,target=/c true\nFROM busybox\nCOPY --link --from=a /x /y\nRUN echo $HOME\n';
     const a = await convertInspect(df2);
     const b = await convertInspect(df2);
     expect(a.definition.digests()).toEqual(b.definition.digests());
@@ -133,15 +172,31 @@ describe('stages and targets', () => {
 describe('ARG and ENV scoping', () => {
   it('global ARGs feed FROM; a stage sees them only when it declares them', async () => {
     const r = await convertInspect(
-      ['ARG IMG=busybox', 'ARG V=1', 'FROM ${IMG}', 'RUN echo a', 'ARG V', 'RUN echo b', 'ARG W=2', 'ENV E=$V-$W', 'RUN echo c', ''].join('\n'),
+      [
+        'ARG IMG=busybox',
+        'ARG V=1',
+        'FROM ${IMG}',
+        'RUN echo a',
+        'ARG V',
+        'RUN echo b',
+        'ARG W=2',
+        'ENV E=$V-$W',
+        'RUN echo c',
+        '',
+      ].join('\n'),
     );
     expect(r.ofKind('source')[0]!.op.source!.identifier).toBe(`docker-image://${BUSYBOX}`);
     const [a, b, c] = r.execs();
-    expect(envOf(a!)).toEqual(['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin']);
+    expect(envOf(a!)).toEqual([
+      'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    ]);
     expect(envOf(b!)).toContain('V=1');
     expect(envOf(c!)).toEqual(expect.arrayContaining(['V=1', 'W=2', 'E=1-2']));
     // ARGs are not in the image config; ENV is.
-    expect(r.result.imageConfig.config.Env).toEqual(['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'E=1-2']);
+    expect(r.result.imageConfig.config.Env).toEqual([
+      'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+      'E=1-2',
+    ]);
     const history = r.result.imageConfig.history!.map((h) => h.created_by);
     expect(history.slice(1)).toEqual([
       'RUN /bin/sh -c echo a # buildkit',
@@ -154,7 +209,9 @@ describe('ARG and ENV scoping', () => {
   });
 
   it('build args override defaults, global and stage; undeclared build args are ignored', async () => {
-    const r = await convertInspect('ARG V=1\nFROM busybox\nARG V\nARG S=x\nRUN echo $V $S\n', { buildArgs: { V: 'g', S: 's', UNUSED: 'u' } });
+    const r = await convertInspect('ARG V=1\nFROM busybox\nARG V\nARG S=x\nRUN echo $V $S\n', {
+      buildArgs: { V: 'g', S: 's', UNUSED: 'u' },
+    });
     const env = envOf(r.execs()[0]!);
     expect(env).toEqual(expect.arrayContaining(['V=g', 'S=s']));
     expect(env.some((e) => e.startsWith('UNUSED'))).toBe(false);
@@ -163,7 +220,9 @@ describe('ARG and ENV scoping', () => {
 
   it('ENV from the base image config, expanded by later ENV; ARG defaults see ENV', async () => {
     const r = await convertInspect('FROM base\nENV PATH=/opt/bin:$PATH\nARG P=$PATH\nRUN true\n', {
-      metaResolver: fixedResolver({ 'docker.io/library/base:latest': { Env: ['PATH=/bin', 'LANG=C'] } }),
+      metaResolver: fixedResolver({
+        'docker.io/library/base:latest': { Env: ['PATH=/bin', 'LANG=C'] },
+      }),
     });
     const env = envOf(r.execs()[0]!);
     expect(env).toEqual(['LANG=C', 'PATH=/opt/bin:/bin', 'P=/opt/bin:/bin']);
@@ -179,7 +238,9 @@ describe('ARG and ENV scoping', () => {
   });
 
   it('proxy build args reach RUN as proxy env, not as env', async () => {
-    const r = await convertInspect('FROM busybox\nRUN true\n', { buildArgs: { HTTP_PROXY: 'http://p:3128', no_proxy: 'local' } });
+    const r = await convertInspect('FROM busybox\nRUN true\n', {
+      buildArgs: { HTTP_PROXY: 'http://p:3128', no_proxy: 'local' },
+    });
     const exec = r.execs()[0]!;
     expect(exec.meta!.proxyEnv).toMatchObject({ httpProxy: 'http://p:3128', noProxy: 'local' });
     expect(envOf(exec).some((e) => e.includes('proxy') || e.includes('PROXY'))).toBe(false);
@@ -187,7 +248,8 @@ describe('ARG and ENV scoping', () => {
 });
 
 describe('platform ARGs', () => {
-  const df = 'FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETPLATFORM TARGETOS TARGETARCH TARGETVARIANT BUILDPLATFORM BUILDARCH\nRUN echo $TARGETARCH\nFROM busybox\nARG TARGETARCH\nCOPY --from=build /out /out\nRUN echo $TARGETARCH\n';
+  const df =
+    'FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETPLATFORM TARGETOS TARGETARCH TARGETVARIANT BUILDPLATFORM BUILDARCH\nRUN echo $TARGETARCH\nFROM busybox\nARG TARGETARCH\nCOPY --from=build /out /out\nRUN echo $TARGETARCH\n';
 
   for (const target of [LinuxAmd64, LinuxArm64]) {
     it(`target ${formatPlatform(target)} built on linux/amd64`, async () => {
@@ -207,8 +269,13 @@ describe('platform ARGs', () => {
       const final = r.named('[stage-1 3/3] RUN');
       expect(final.op.platform).toMatchObject({ OS: 'linux', Architecture: target.architecture });
       expect(envOf(final.op.exec!)).toContain(`TARGETARCH=${target.architecture}`);
-      expect(r.result.imageConfig).toMatchObject({ os: 'linux', architecture: target.architecture });
-      expect(r.ofKind('source').map((o) => o.op.platform?.Architecture)).toContain(target.architecture);
+      expect(r.result.imageConfig).toMatchObject({
+        os: 'linux',
+        architecture: target.architecture,
+      });
+      expect(r.ofKind('source').map((o) => o.op.platform?.Architecture)).toContain(
+        target.architecture,
+      );
     });
   }
 
@@ -219,14 +286,25 @@ describe('platform ARGs', () => {
       metaResolver: fixedResolver(),
     });
     expect(results.map((r) => r.platform.architecture)).toEqual(['amd64', 'arm64']);
-    const names = results.map((r) => inspect(r, marshalResult(r, { localUniqueId: 't' })).named('RUN').name);
+    const names = results.map(
+      (r) => inspect(r, marshalResult(r, { localUniqueId: 't' })).named('RUN').name,
+    );
     expect(names).toEqual(['[linux/amd64 2/2] RUN echo amd64', '[linux/arm64 2/2] RUN echo arm64']);
   });
 
   it('without a target platform, a base image of another platform keeps its own', async () => {
     const r = await convertDockerfile('FROM busybox\nRUN true\n', {
       buildPlatform: LinuxAmd64,
-      metaResolver: (ref) => Promise.resolve({ ref, config: { architecture: 'arm64', os: 'linux', rootfs: { type: 'layers', diff_ids: [LAYER] }, config: {} } }),
+      metaResolver: (ref) =>
+        Promise.resolve({
+          ref,
+          config: {
+            architecture: 'arm64',
+            os: 'linux',
+            rootfs: { type: 'layers', diff_ids: [LAYER] },
+            config: {},
+          },
+        }),
     });
     expect(r.imageConfig.architecture).toBe('arm64');
   });
@@ -234,16 +312,22 @@ describe('platform ARGs', () => {
 
 describe('USER and WORKDIR', () => {
   it('WORKDIR makes its directory (parents, owned by USER), relative paths join', async () => {
-    const r = await convertInspect('FROM busybox\nUSER app\nWORKDIR /srv\nWORKDIR data\nWORKDIR /\nRUN pwd\n');
+    const r = await convertInspect(
+      'FROM busybox\nUSER app\nWORKDIR /srv\nWORKDIR data\nWORKDIR /\nRUN pwd\n',
+    );
     const mkdirs = r.ofKind('file').map((o) => o.op.file?.actions?.[0]?.mkdir ?? {});
-    expect(mkdirs.map((m) => [m.path, m.mode, m.makeParents, m.owner?.user?.byName?.name])).toEqual([
-      ['/srv', 0o755, true, 'app'],
-      ['/srv/data', 0o755, true, 'app'],
-    ]);
+    expect(mkdirs.map((m) => [m.path, m.mode, m.makeParents, m.owner?.user?.byName?.name])).toEqual(
+      [
+        ['/srv', 0o755, true, 'app'],
+        ['/srv/data', 0o755, true, 'app'],
+      ],
+    );
     const exec = r.execs()[0]!;
     expect([exec.meta!.cwd, exec.meta!.user]).toEqual(['/', 'app']);
     expect(r.result.imageConfig.config).toMatchObject({ User: 'app', WorkingDir: '/' });
-    expect(r.result.imageConfig.history!.slice(1).map((h) => [h.created_by, h.empty_layer ?? false])).toEqual([
+    expect(
+      r.result.imageConfig.history!.slice(1).map((h) => [h.created_by, h.empty_layer ?? false]),
+    ).toEqual([
       ['USER app', true],
       ['WORKDIR /srv', false],
       ['WORKDIR /srv/data', false],
@@ -253,7 +337,11 @@ describe('USER and WORKDIR', () => {
   });
 
   it('the base image WORKDIR and USER apply without a new layer', async () => {
-    const r = await convertInspect('FROM app\nRUN id\n', { metaResolver: fixedResolver({ 'docker.io/library/app:latest': { WorkingDir: '/home/app', User: '1000:1000' } }) });
+    const r = await convertInspect('FROM app\nRUN id\n', {
+      metaResolver: fixedResolver({
+        'docker.io/library/app:latest': { WorkingDir: '/home/app', User: '1000:1000' },
+      }),
+    });
     expect(r.ofKind('file')).toHaveLength(0);
     const exec = r.execs()[0]!;
     expect([exec.meta!.cwd, exec.meta!.user]).toEqual(['/home/app', '1000:1000']);
@@ -261,7 +349,10 @@ describe('USER and WORKDIR', () => {
 
   it('USER with a variable, numeric ids in chown', async () => {
     const r = await convertInspect('FROM busybox\nARG U=1000:1000\nUSER $U\nWORKDIR /w\n');
-    expect(r.ofKind('file')[0]?.op.file?.actions?.[0]?.mkdir?.owner).toMatchObject({ user: { byID: 1000 }, group: { byID: 1000 } });
+    expect(r.ofKind('file')[0]?.op.file?.actions?.[0]?.mkdir?.owner).toMatchObject({
+      user: { byID: 1000 },
+      group: { byID: 1000 },
+    });
   });
 });
 
@@ -293,7 +384,14 @@ describe('image config', () => {
       ArgsEscaped: true,
       Entrypoint: ['/entry'],
       Shell: ['/bin/bash', '-eu', '-c'],
-      Healthcheck: { Test: ['CMD-SHELL', 'curl -f http://localhost/'], Interval: 30e9, Timeout: 5e9, StartPeriod: 90e9, StartInterval: 2e9, Retries: 3 },
+      Healthcheck: {
+        Test: ['CMD-SHELL', 'curl -f http://localhost/'],
+        Interval: 30e9,
+        Timeout: 5e9,
+        StartPeriod: 90e9,
+        StartInterval: 2e9,
+        Retries: 3,
+      },
       Labels: { a: 'b', 'c d': 'e f', 'org.opencontainers.image.source': 'x' },
       ExposedPorts: { '80/tcp': {}, '443/udp': {}, '8000/tcp': {}, '8001/tcp': {} },
       Volumes: { '/data': {}, '/cache': {} },
@@ -313,18 +411,37 @@ describe('image config', () => {
     ]);
     // Go's encoding/json: struct field order, sorted maps, HTML-safe escaping.
     const json = imageConfigToJson(c);
-    expect(json.startsWith('{"author":"me@example.com","architecture":"amd64","os":"linux","config":{"ExposedPorts":{"443/udp":{},"80/tcp":{},"8000/tcp":{},"8001/tcp":{}},"Env":')).toBe(true);
+    expect(
+      json.startsWith(
+        '{"author":"me@example.com","architecture":"amd64","os":"linux","config":{"ExposedPorts":{"443/udp":{},"80/tcp":{},"8000/tcp":{},"8001/tcp":{}},"Env":',
+      ),
+    ).toBe(true);
     expect(json).toContain('"Cmd":["/bin/bash","-eu","-c","echo \\u003ccmd\\u003e"]');
     expect(json).toContain('"rootfs":{"type":"layers","diff_ids":["' + LAYER + '"]}');
-    expect(json).toContain('"history":[{"created":"2024-01-01T00:00:00Z","created_by":"ADD rootfs.tar /"}');
+    expect(json).toContain(
+      '"history":[{"created":"2024-01-01T00:00:00Z","created_by":"ADD rootfs.tar /"}',
+    );
   });
 
   it('ENTRYPOINT drops an inherited CMD but keeps one set in the same stage; HEALTHCHECK NONE', async () => {
-    const base = { 'docker.io/library/base:latest': { Cmd: ['sh'], Healthcheck: { Test: ['CMD', 'true'] } } };
-    let r = await convertInspect('FROM base\nENTRYPOINT ["/e"]\nHEALTHCHECK NONE\n', { metaResolver: fixedResolver(base) });
+    const base = {
+      'docker.io/library/base:latest': { Cmd: ['sh'], Healthcheck: { Test: ['CMD', 'true'] } },
+    };
+    let r = await convertInspect('FROM base\nENTRYPOINT ["/e"]\nHEALTHCHECK NONE\n', {
+      metaResolver: fixedResolver(base),
+    });
     expect(r.result.imageConfig.config.Cmd).toBeUndefined();
-    expect(r.result.imageConfig.config.Healthcheck).toEqual({ Test: ['NONE'], Interval: 0, Timeout: 0, StartPeriod: 0, StartInterval: 0, Retries: 0 });
-    r = await convertInspect('FROM base\nCMD ["x"]\nENTRYPOINT ["/e"]\n', { metaResolver: fixedResolver(base) });
+    expect(r.result.imageConfig.config.Healthcheck).toEqual({
+      Test: ['NONE'],
+      Interval: 0,
+      Timeout: 0,
+      StartPeriod: 0,
+      StartInterval: 0,
+      Retries: 0,
+    });
+    r = await convertInspect('FROM base\nCMD ["x"]\nENTRYPOINT ["/e"]\n', {
+      metaResolver: fixedResolver(base),
+    });
     expect(r.result.imageConfig.config.Cmd).toEqual(['x']);
     // created is dropped from the base config; the base history is kept.
     expect(r.result.imageConfig.created).toBeUndefined();
@@ -348,18 +465,27 @@ describe('ONBUILD', () => {
 
   it("a base image's triggers run first in the child, named ONBUILD, and are cleared", async () => {
     const r = await convertInspect('FROM parent\nRUN echo own\n', {
-      metaResolver: fixedResolver({ 'docker.io/library/parent:latest': { OnBuild: ['RUN echo trigger', 'COPY --from=helper:1 /x /x'] }, 'docker.io/library/helper:1': {} }),
+      metaResolver: fixedResolver({
+        'docker.io/library/parent:latest': {
+          OnBuild: ['RUN echo trigger', 'COPY --from=helper:1 /x /x'],
+        },
+        'docker.io/library/helper:1': {},
+      }),
     });
-    expect(r.ops.map((o) => o.name).filter((n) => n.includes('RUN') || n.includes('COPY'))).toEqual([
-      '[2/4] ONBUILD RUN echo trigger',
-      '[3/4] ONBUILD COPY --from=helper:1 /x /x',
-      '[4/4] RUN echo own',
-    ]);
+    expect(r.ops.map((o) => o.name).filter((n) => n.includes('RUN') || n.includes('COPY'))).toEqual(
+      [
+        '[2/4] ONBUILD RUN echo trigger',
+        '[3/4] ONBUILD COPY --from=helper:1 /x /x',
+        '[4/4] RUN echo own',
+      ],
+    );
     expect(r.result.imageConfig.config.OnBuild).toBeUndefined();
   });
 
   it("a parent stage's ONBUILD runs in a child stage", async () => {
-    const r = await convertInspect('FROM busybox AS p\nONBUILD RUN echo from-p\nFROM p\nRUN echo child\n');
+    const r = await convertInspect(
+      'FROM busybox AS p\nONBUILD RUN echo from-p\nFROM p\nRUN echo child\n',
+    );
     const names = r.ops.map((o) => o.name);
     expect(names).toContain('[stage-1 1/2] ONBUILD RUN echo from-p');
     expect(r.result.imageConfig.config.OnBuild).toBeUndefined();
@@ -369,15 +495,35 @@ describe('ONBUILD', () => {
 describe('errors', () => {
   it.each([
     ['FROM busybox\nRUN true\nFROOM x\n', 'unknown instruction: FROOM (did you mean FROM?)', 3],
-    ['FROM busybox\nCOPY --chmod=999 a b\n', "invalid chmod parameter: '999'. it should be octal string and between 0 and 07777", 2],
-    ['FROM busybox\nCOPY --chmod=u+x a b\n', 'symbolic --chmod=u+x is not supported yet; use an octal mode', 2],
+    [
+      'FROM busybox\nCOPY --chmod=999 a b\n',
+      "invalid chmod parameter: '999'. it should be octal string and between 0 and 07777",
+      2,
+    ],
+    [
+      'FROM busybox\nCOPY --chmod=u+x a b\n',
+      'symbolic --chmod=u+x is not supported yet; use an octal mode',
+      2,
+    ],
     ['FROM busybox\nCOPY --chmod=bogus a b\n', "invalid chmod parameter: 'bogus'", 2],
-    ['FROM busybox\nRUN --mount=type=cache,target=/x,sharing=sometimes true\n', 'unsupported sharing value "sometimes"', 2],
+    [
+      'FROM busybox\nRUN --mount=type=cache,target=/x,sharing=sometimes true\n',
+      'unsupported sharing value "sometimes"',
+      2,
+    ],
     ['FROM busybox\nRUN --mount=type=bind,target=/ true\n', 'invalid mount target "/"', 2],
-    ['FROM --platform=linux/ busybox\n', 'failed to parse platform linux/: invalid platform "linux/": want os/arch[/variant]', 1],
+    [
+      'FROM --platform=linux/ busybox\n',
+      'failed to parse platform linux/: invalid platform "linux/": want os/arch[/variant]',
+      1,
+    ],
     ['FROM busybox\nCOPY http://example.com/a /a\n', "source can't be a URL for COPY", 2],
     ['FROM busybox\nRUN x\nCOPY --chown=${U:?nouser} a b\n', 'U: nouser', 3],
-    ['FROM busybox\nADD --checksum=sha256:abc a b\n', 'checksum requires HTTP(S) or Git sources', 2],
+    [
+      'FROM busybox\nADD --checksum=sha256:abc a b\n',
+      'checksum requires HTTP(S) or Git sources',
+      2,
+    ],
   ])('%j', async (df, msg, line) => {
     const err = await convertError(df);
     expect(err.message).toContain(msg);
@@ -386,20 +532,29 @@ describe('errors', () => {
 
   it('an empty Dockerfile, and one without FROM', async () => {
     await expect(convertDockerfile('')).rejects.toThrow('the Dockerfile cannot be empty');
-    await expect(convertDockerfile('ARG A=1\n')).rejects.toThrow('dockerfile contains no stages to build');
+    await expect(convertDockerfile('ARG A=1\n')).rejects.toThrow(
+      'dockerfile contains no stages to build',
+    );
   });
 });
 
 describe('source map', () => {
   it('maps each op made for an instruction to its lines, and carries the Dockerfile', async () => {
-    const df = 'FROM busybox AS a\nWORKDIR /w\nRUN echo \\\n  two lines\nCOPY --link x /x\nFROM busybox\nCOPY --from=a /w /w\n';
-    const result = await convertDockerfile(df, { metaResolver: fixedResolver(), targetPlatform: LinuxAmd64 });
+    const df =
+      'FROM busybox AS a\nWORKDIR /w\nRUN echo \\\n  two lines\nCOPY --link x /x\nFROM busybox\nCOPY --from=a /w /w\n';
+    const result = await convertDockerfile(df, {
+      metaResolver: fixedResolver(),
+      targetPlatform: LinuxAmd64,
+    });
     const plain = marshalResult(result, { localUniqueId: 'u' });
     const def = marshalResult(result, { localUniqueId: 'u', sourceMapFilename: 'Dockerfile' });
     expect(def.digests()).toEqual(plain.digests());
     const r = inspect(result, def);
     const lines = (name: string, kind?: Parameters<typeof r.named>[1]): number[][] =>
-      (def.source!.locations![r.named(name, kind).digest]!.locations ?? []).map((l) => [l.ranges![0]!.start!.line!, l.ranges![0]!.end!.line!]);
+      (def.source!.locations![r.named(name, kind).digest]!.locations ?? []).map((l) => [
+        l.ranges![0]!.start!.line!,
+        l.ranges![0]!.end!.line!,
+      ]);
     expect(lines('[a 1/4] FROM')).toEqual([
       [1, 1],
       [6, 6],
@@ -409,7 +564,9 @@ describe('source map', () => {
     expect(lines('LINK COPY')).toEqual([[5, 5]]);
     expect(lines('[a 4/4] COPY --link', 'file')).toEqual([[5, 5]]);
     expect(lines('COPY --from=a')).toEqual([[7, 7]]);
-    expect(def.source!.infos).toEqual([{ filename: 'Dockerfile', data: Buffer.from(df), language: 'Dockerfile' }]);
+    expect(def.source!.infos).toEqual([
+      { filename: 'Dockerfile', data: Buffer.from(df), language: 'Dockerfile' },
+    ]);
     expect(plain.source!.infos ?? []).toEqual([]);
   });
 });
@@ -417,9 +574,22 @@ describe('source map', () => {
 describe('synchronous conversion', () => {
   it('gives the same graph as the async one', async () => {
     const df = 'FROM busybox AS a\nRUN echo a\nFROM busybox\nCOPY --from=a /a /a\n';
-    const cfg = { architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [LAYER] }, config: {} };
-    const sync = convertDockerfileSync(df, { targetPlatform: LinuxAmd64, metaResolver: (ref) => ({ ref, config: cfg }) });
-    const async = await convertDockerfile(df, { targetPlatform: LinuxAmd64, metaResolver: (ref) => Promise.resolve({ ref, config: cfg }) });
-    expect(marshalResult(sync, { localUniqueId: 'u' }).digests()).toEqual(marshalResult(async, { localUniqueId: 'u' }).digests());
+    const cfg = {
+      architecture: 'amd64',
+      os: 'linux',
+      rootfs: { type: 'layers', diff_ids: [LAYER] },
+      config: {},
+    };
+    const sync = convertDockerfileSync(df, {
+      targetPlatform: LinuxAmd64,
+      metaResolver: (ref) => ({ ref, config: cfg }),
+    });
+    const async = await convertDockerfile(df, {
+      targetPlatform: LinuxAmd64,
+      metaResolver: (ref) => Promise.resolve({ ref, config: cfg }),
+    });
+    expect(marshalResult(sync, { localUniqueId: 'u' }).digests()).toEqual(
+      marshalResult(async, { localUniqueId: 'u' }).digests(),
+    );
   });
 });

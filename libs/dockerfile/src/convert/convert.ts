@@ -7,10 +7,31 @@
  */
 import { posix } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Output, State, image, local, marshal, mkdir, mkfile, normalizeImageReference, parseImageReference, parsePlatform, scratch, NetMode, SecurityMode, formatImageReference } from '@kiln/llb';
+import {
+  Output,
+  State,
+  image,
+  local,
+  marshal,
+  mkdir,
+  mkfile,
+  normalizeImageReference,
+  parseImageReference,
+  parsePlatform,
+  scratch,
+  NetMode,
+  SecurityMode,
+  formatImageReference,
+} from '@kiln/llb';
 import type { Definition, MarshalOptions, MountSpec, Platform, ProxyEnv, Vertex } from '@kiln/llb';
 import { DockerfileError } from '../dockerfile-error.js';
-import type { Command, KeyValuePairOptional, Location, RunCommand, Stage } from '../instructions/commands.js';
+import type {
+  Command,
+  KeyValuePairOptional,
+  Location,
+  RunCommand,
+  Stage,
+} from '../instructions/commands.js';
 import { kvString } from '../instructions/commands.js';
 import { withSuggestion } from '../instructions/go-helpers.js';
 import { parseCommand, parseInstructions } from '../instructions/parse.js';
@@ -22,7 +43,15 @@ import { emptyEnv } from '../shell/env.js';
 import type { EnvGetter } from '../shell/env.js';
 import { ShellLex } from '../shell/lex.js';
 import type { DispatchOpt } from './common.js';
-import { dfCmd, getEnv, joinRoot, prefixCommand, processCmdEnv, uppercaseCmd, withLocation } from './common.js';
+import {
+  dfCmd,
+  getEnv,
+  joinRoot,
+  prefixCommand,
+  processCmdEnv,
+  uppercaseCmd,
+  withLocation,
+} from './common.js';
 import { dispatchCopy } from './convert-copy.js';
 import { dispatchRunMounts, withSecretEnvMask } from './convert-runmount.js';
 import { DispatchState, DispatchStates, allReachableStages } from './dispatch-state.js';
@@ -86,7 +115,12 @@ function lookupResult(req: LookupRequest, meta: ImageMetadata): LookupResult {
 }
 
 function lookupError(req: LookupRequest, err: unknown): DockerfileError {
-  return withLocation(new Error(`${req.origName}: ${err instanceof Error ? err.message : String(err)}`, { cause: err }), req.loc);
+  return withLocation(
+    new Error(`${req.origName}: ${err instanceof Error ? err.message : String(err)}`, {
+      cause: err,
+    }),
+    req.loc,
+  );
 }
 
 async function lookup(resolver: MetaResolver, req: LookupRequest): Promise<LookupResult> {
@@ -259,7 +293,16 @@ function toCommand(ic: Command, all: DispatchStates, shlex: ShellLex): DispatchC
     const found = all.findByName(from);
     if (found) return found;
     return new DispatchState(
-      { name: '', baseName: from, platform: '', sourceCode: '', commands: [], startLine: loc.startLine, endLine: loc.endLine, docComment: '' },
+      {
+        name: '',
+        baseName: from,
+        platform: '',
+        sourceCode: '',
+        commands: [],
+        startLine: loc.startLine,
+        endLine: loc.endLine,
+        docComment: '',
+      },
       true,
     );
   };
@@ -289,7 +332,9 @@ function toCommand(ic: Command, all: DispatchStates, shlex: ShellLex): DispatchC
     cmd.sources = [stn];
   }
   if (ic.kind === 'run') {
-    cmd.sources = ic.mounts.map((m) => (m.from === '' || m.type === 'tmpfs' ? undefined : lookup(m.from, ic)));
+    cmd.sources = ic.mounts.map((m) =>
+      m.from === '' || m.type === 'tmpfs' ? undefined : lookup(m.from, ic),
+    );
   }
   return cmd;
 }
@@ -338,7 +383,11 @@ class Converter {
   constructor(
     private readonly source: string,
     private readonly stages: Stage[],
-    private readonly metaArgs: { args: KeyValuePairOptional[]; startLine: number; endLine: number }[],
+    private readonly metaArgs: {
+      args: KeyValuePairOptional[];
+      startLine: number;
+      endLine: number;
+    }[],
     escapeToken: string,
     private readonly opts: ConvertOptions,
     targetPlatform: Platform | undefined,
@@ -363,7 +412,12 @@ class Converter {
   /** Stages, target and dependency graph; then `resolve` yields the image lookups it needs. */
   private prepare(): DispatchState {
     const targetName = this.opts.target || this.stages[this.stages.length - 1]!.name;
-    this.globalArgs = buildMetaArgs(defaultArgs(this.po, this.buildArgs, targetName), this.shlex, this.metaArgs, this.buildArgs);
+    this.globalArgs = buildMetaArgs(
+      defaultArgs(this.po, this.buildArgs, targetName),
+      this.shlex,
+      this.metaArgs,
+      this.buildArgs,
+    );
     this.buildDispatchStates();
     const target = this.resolveTarget();
     this.buildStageDependencyGraph();
@@ -393,7 +447,9 @@ class Converter {
     let step = gen.next();
     while (!step.done) {
       const reqs = step.value;
-      const metas = resolver ? await Promise.all(reqs.map((r) => lookup(resolver, r))) : reqs.map(() => undefined);
+      const metas = resolver
+        ? await Promise.all(reqs.map((r) => lookup(resolver, r)))
+        : reqs.map(() => undefined);
       step = gen.next(metas);
     }
     return this.finish(target, step.value);
@@ -431,19 +487,27 @@ class Converter {
         try {
           v = this.shlex.processWordWithMatches(st.platform, env).result;
         } catch (err) {
-          throw withLocation(`failed to process arguments for platform ${st.platform}: ${(err as Error).message}`, st);
+          throw withLocation(
+            `failed to process arguments for platform ${st.platform}: ${(err as Error).message}`,
+            st,
+          );
         }
         if (v === '') throw withLocation(`empty platform value from expression ${st.platform}`, st);
         try {
           ds.platform = parsePlatform(v);
         } catch (err) {
-          throw withLocation(`failed to parse platform ${st.platform}: ${(err as Error).message}`, st);
+          throw withLocation(
+            `failed to parse platform ${st.platform}: ${(err as Error).message}`,
+            st,
+          );
         }
       }
       if (st.name === '') ds.stageName = `stage-${i}`;
       this.all.add(ds);
       let total = ds.stage.baseName !== EMPTY_IMAGE_NAME && !ds.base ? 1 : 0;
-      for (const c of ds.stage.commands) if (c.kind === 'add' || c.kind === 'copy' || c.kind === 'run' || c.kind === 'workdir') total++;
+      for (const c of ds.stage.commands)
+        if (c.kind === 'add' || c.kind === 'copy' || c.kind === 'run' || c.kind === 'workdir')
+          total++;
       ds.cmdTotal = total;
       ds.ignoreCache = this.isNoCache(st.name);
     });
@@ -453,7 +517,14 @@ class Converter {
     if (!this.opts.target) return this.all.last();
     const t = this.all.findByName(this.opts.target);
     if (!t) {
-      throw noLine(withSuggestion(`target stage ${JSON.stringify(this.opts.target)} could not be found`, this.opts.target, this.all.names(), true));
+      throw noLine(
+        withSuggestion(
+          `target stage ${JSON.stringify(this.opts.target)} could not be found`,
+          this.opts.target,
+          this.all.names(),
+          true,
+        ),
+      );
     }
     return t;
   }
@@ -482,7 +553,9 @@ class Converter {
    * Resolves base images of the stages the target needs, then runs ONBUILD triggers, until no
    * trigger adds a dependency. Yields the image lookups of each round and receives their results.
    */
-  private *resolveStages(target: DispatchState): Generator<LookupRequest[], Set<DispatchState>, (LookupResult | undefined)[]> {
+  private *resolveStages(
+    target: DispatchState,
+  ): Generator<LookupRequest[], Set<DispatchState>, (LookupResult | undefined)[]> {
     for (;;) {
       const reachable = allReachableStages(target);
       const pending: { d: DispatchState; reachable: boolean }[] = [];
@@ -506,14 +579,16 @@ class Converter {
       }
       const metas = reqs.length > 0 ? yield reqs : [];
       let k = 0;
-      for (const p of pending) this.applyBaseImage(p.d, p.reachable ? metas[k++] : undefined, p.reachable);
+      for (const p of pending)
+        this.applyBaseImage(p.d, p.reachable ? metas[k++] : undefined, p.reachable);
 
       let newDeps = false;
       for (const d of reachable) {
         d.init();
         const onbuilds = [...(d.image.config.OnBuild ?? [])];
         if (d.base && !d.onBuildInit) {
-          for (const c of d.base.commands) if (c.command.kind === 'onbuild') onbuilds.push(c.command.expression);
+          for (const c of d.base.commands)
+            if (c.command.kind === 'onbuild') onbuilds.push(c.command.expression);
           d.onBuildInit = true;
         }
         if (onbuilds.length > 0) {
@@ -533,7 +608,8 @@ class Converter {
       let cmd: DispatchCommand;
       try {
         const { ast } = parse(trigger);
-        if (ast.children.length !== 1) throw new Error('onbuild trigger should be a single expression');
+        if (ast.children.length !== 1)
+          throw new Error('onbuild trigger should be a single expression');
         const node = ast.children[0]!;
         node.startLine = d.stage.startLine;
         node.endLine = d.stage.endLine;
@@ -558,14 +634,21 @@ class Converter {
     try {
       ref = normalizeImageReference(origName);
     } catch (err) {
-      throw withLocation(`failed to parse stage name ${JSON.stringify(origName)}: ${(err as Error).message}`, d.stage);
+      throw withLocation(
+        `failed to parse stage name ${JSON.stringify(origName)}: ${(err as Error).message}`,
+        d.stage,
+      );
     }
     d.stage.baseName = ref;
     return { ref, origName, platform: d.platform ?? this.po.targetPlatform, loc: d.stage };
   }
 
   /** Sets a stage's state and config from its base image (BuildKit's resolveBaseImage). */
-  private applyBaseImage(d: DispatchState, meta: LookupResult | undefined, reachable: boolean): void {
+  private applyBaseImage(
+    d: DispatchState,
+    meta: LookupResult | undefined,
+    reachable: boolean,
+  ): void {
     try {
       let platform = d.platform ?? this.po.targetPlatform;
       let isScratch = false;
@@ -573,12 +656,15 @@ class Converter {
         const img = meta.image;
         d.baseImg = cloneImage(img);
         delete img.created;
-        if (!d.platform && this.po.implicitTarget) platform = autoDetectPlatform(img, platform, this.po.buildPlatforms);
+        if (!d.platform && this.po.implicitTarget)
+          platform = autoDetectPlatform(img, platform, this.po.buildPlatforms);
         let named = d.stage.baseName;
         if (meta.ref && meta.ref !== named) named = normalizeImageReference(meta.ref);
-        if (meta.digest) named = formatImageReference({ ...parseImageReference(named), digest: meta.digest });
+        if (meta.digest)
+          named = formatImageReference({ ...parseImageReference(named), digest: meta.digest });
         d.stage.baseName = named;
-        if (img.rootfs.diff_ids.length === 0) isScratch = !(img.history ?? []).some((h) => !h.empty_layer);
+        if (img.rootfs.diff_ids.length === 0)
+          isScratch = !(img.history ?? []).some((h) => !h.empty_layer);
         d.image = img;
       } else {
         d.image = emptyImage(platform);
@@ -590,7 +676,13 @@ class Converter {
           image(d.stage.baseName, {
             platform,
             description: dfCmd(d.stage.sourceCode),
-            customName: prefixCommand(d, 'FROM ' + d.stage.baseName, this.multiPlatform(), platform, emptyEnv),
+            customName: prefixCommand(
+              d,
+              'FROM ' + d.stage.baseName,
+              this.multiPlatform(),
+              platform,
+              emptyEnv,
+            ),
           }),
           d.stage,
         );
@@ -637,7 +729,8 @@ class Converter {
         d.state = i < 0 ? d.state.addEnv(e, '') : d.state.addEnv(e.slice(0, i), e.slice(i + 1));
       }
       try {
-        if (d.image.config.WorkingDir) dispatchWorkdir(d, d.image.config.WorkingDir, false, opt, '');
+        if (d.image.config.WorkingDir)
+          dispatchWorkdir(d, d.image.config.WorkingDir, false, opt, '');
         if (d.image.config.User) dispatchUser(d, d.image.config.User, false, opt);
       } catch (err) {
         throw withLocation(err, d.stage);
@@ -656,7 +749,8 @@ class Converter {
 
   private finalize(target: DispatchState, ctxPaths: Set<string>): void {
     const labels = this.opts.labels ?? {};
-    if (Object.keys(labels).length > 0) target.image.config.Labels = { ...(target.image.config.Labels ?? {}), ...labels };
+    if (Object.keys(labels).length > 0)
+      target.image.config.Labels = { ...(target.image.config.Labels ?? {}), ...labels };
     let ctx = this.opts.mainContext;
     if (!ctx) {
       const name = this.opts.contextName ?? 'context';
@@ -723,7 +817,9 @@ function expandCommand(d: DispatchState, c: Command, opt: DispatchOpt): Command 
         sourcePaths: c.sourcePaths.map(ex),
         destPath: ex(c.destPath),
         excludePatterns: c.excludePatterns.map(ex),
-        sourceContents: c.sourceContents.map((sc) => (sc.expand ? { ...sc, data: expandRaw(d, sc.data) } : sc)),
+        sourceContents: c.sourceContents.map((sc) =>
+          sc.expand ? { ...sc, data: expandRaw(d, sc.data) } : sc,
+        ),
       };
       if (out.kind === 'add') out.checksum = ex(out.checksum);
       return out;
@@ -785,7 +881,8 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
         opt,
       });
       for (const src of c.sourcePaths) {
-        if (!src.startsWith('http://') && !src.startsWith('https://')) d.ctxPaths.add(joinRoot(src));
+        if (!src.startsWith('http://') && !src.startsWith('https://'))
+          d.ctxPaths.add(joinRoot(src));
       }
       return;
     case 'copy': {
@@ -793,7 +890,9 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
       const from = dc.sources[0];
       if (from) {
         if (!from.dispatched) {
-          throw new Error(`cannot copy from stage ${JSON.stringify(c.from)}, it needs to be defined before current stage ${JSON.stringify(d.stageName)}`);
+          throw new Error(
+            `cannot copy from stage ${JSON.stringify(c.from)}, it needs to be defined before current stage ${JSON.stringify(d.stageName)}`,
+          );
         }
         source = from.state;
       }
@@ -856,7 +955,12 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
         StartInterval: h.startInterval,
         Retries: h.retries,
       };
-      commitToHistory(d.image, `HEALTHCHECK ${healthcheckHistory(d.image.config.Healthcheck)}`, false, false);
+      commitToHistory(
+        d.image,
+        `HEALTHCHECK ${healthcheckHistory(d.image.config.Healthcheck)}`,
+        false,
+        false,
+      );
       return;
     }
     case 'expose': {
@@ -909,7 +1013,11 @@ function summarizeHeredoc(doc: string): string {
 }
 
 /** The history text of a RUN: build args in use first (`|2 A=1 B=2 /bin/sh -c ...`). */
-function runCommandString(args: readonly string[], buildArgs: readonly KeyValuePairOptional[], env: EnvGetter): string {
+function runCommandString(
+  args: readonly string[],
+  buildArgs: readonly KeyValuePairOptional[],
+  env: EnvGetter,
+): string {
   const tmp: string[] = [];
   const idx = new Map<string, number>();
   for (const arg of buildArgs) {
@@ -925,14 +1033,20 @@ function runCommandString(args: readonly string[], buildArgs: readonly KeyValueP
   return [...prefix, ...args].join(' ');
 }
 
-function dispatchRun(d: DispatchState, c: RunCommand, sources: readonly (DispatchState | undefined)[], opt: DispatchOpt): void {
+function dispatchRun(
+  d: DispatchState,
+  c: RunCommand,
+  sources: readonly (DispatchState | undefined)[],
+  opt: DispatchOpt,
+): void {
   let customName = c.code;
   // A RUN may read anything in the stage.
   d.paths.add('/');
   let args = c.cmdLine;
   const extraMounts: MountSpec[] = [];
   if (c.files.length > 0) {
-    if (args.length !== 1 || !c.prependShell) throw new Error(`parsing produced an invalid run command: ${goSliceV(args)}`);
+    if (args.length !== 1 || !c.prependShell)
+      throw new Error(`parsing produced an invalid run command: ${goSliceV(args)}`);
     let heredoc;
     try {
       heredoc = parseHeredoc(args[0]!);
@@ -949,7 +1063,10 @@ function dispatchRun(d: DispatchState, c: RunCommand, sources: readonly (Dispatc
         const destPath = '/dev/pipes/';
         const st = scratch()
           .dir('/')
-          .file(mkfile(file.name, 0o755, data), { customName: '[internal] preparing inline document', platform: d.platform! });
+          .file(mkfile(file.name, 0o755, data), {
+            customName: '[internal] preparing inline document',
+            platform: d.platform!,
+          });
         extraMounts.push({ target: destPath, source: st, selector: '/', readonly: true });
         args = [posix.join(destPath, file.name)];
       } else {
@@ -976,8 +1093,14 @@ function dispatchRun(d: DispatchState, c: RunCommand, sources: readonly (Dispatc
     d.state.getPlatform() ?? d.platform,
     env,
   );
-  const network = c.network === 'none' ? NetMode.NONE : c.network === 'host' ? NetMode.HOST : undefined;
-  const security = c.security === 'insecure' ? SecurityMode.INSECURE : c.security === 'sandbox' ? SecurityMode.SANDBOX : undefined;
+  const network =
+    c.network === 'none' ? NetMode.NONE : c.network === 'host' ? NetMode.HOST : undefined;
+  const security =
+    c.security === 'insecure'
+      ? SecurityMode.INSECURE
+      : c.security === 'sandbox'
+        ? SecurityMode.SANDBOX
+        : undefined;
   const exec = d.state.run({
     args,
     description: dfCmd(c.code),
@@ -997,10 +1120,19 @@ function dispatchRun(d: DispatchState, c: RunCommand, sources: readonly (Dispatc
 /** Docker's WORKDIR normalization: relative paths join the current directory. */
 function normalizeWorkdir(current: string, wd: string): string {
   if (wd === '') throw new Error('cannot normalize empty path');
-  return posix.isAbsolute(wd) ? posix.normalize(wd).replace(/(.)\/$/, '$1') : posix.join('/', current, wd).replace(/(.)\/$/, '$1');
+  return posix.isAbsolute(wd)
+    ? posix.normalize(wd).replace(/(.)\/$/, '$1')
+    : posix.join('/', current, wd).replace(/(.)\/$/, '$1');
 }
 
-function dispatchWorkdir(d: DispatchState, path: string, commit: boolean, opt: DispatchOpt, code: string, loc?: Location): void {
+function dispatchWorkdir(
+  d: DispatchState,
+  path: string,
+  commit: boolean,
+  opt: DispatchOpt,
+  code: string,
+  loc?: Location,
+): void {
   let wd: string;
   try {
     wd = normalizeWorkdir(d.image.config.WorkingDir ?? '', path);
@@ -1014,10 +1146,19 @@ function dispatchWorkdir(d: DispatchState, path: string, commit: boolean, opt: D
   if (wd !== '/') {
     const user = d.image.config.User;
     const env = getEnv(d.state);
-    d.state = d.state.file(mkdir(wd, 0o755, { makeParents: true, ...(user ? { chown: user } : {}) }), {
-      customName: prefixCommand(d, uppercaseCmd(processCmdEnv(opt.shlex, code, env)), d.prefixPlatform, d.platform ?? opt.targetPlatform, env),
-      platform: d.platform ?? opt.targetPlatform,
-    });
+    d.state = d.state.file(
+      mkdir(wd, 0o755, { makeParents: true, ...(user ? { chown: user } : {}) }),
+      {
+        customName: prefixCommand(
+          d,
+          uppercaseCmd(processCmdEnv(opt.shlex, code, env)),
+          d.prefixPlatform,
+          d.platform ?? opt.targetPlatform,
+          env,
+        ),
+        platform: d.platform ?? opt.targetPlatform,
+      },
+    );
     if (loc) d.state = opt.locate(d.state, loc);
     withLayer = true;
   }
@@ -1030,7 +1171,11 @@ function dispatchUser(d: DispatchState, user: string, commit: boolean, _opt: Dis
   if (commit) commitToHistory(d.image, `USER ${user}`, false, false);
 }
 
-function dispatchArg(d: DispatchState, args: readonly KeyValuePairOptional[], opt: DispatchOpt): void {
+function dispatchArg(
+  d: DispatchState,
+  args: readonly KeyValuePairOptional[],
+  opt: DispatchOpt,
+): void {
   const commitStrs: string[] = [];
   for (const orig of args) {
     const arg = { ...orig };
@@ -1064,7 +1209,10 @@ function newConverter(source: string | Uint8Array, opts: ConvertOptions): Conver
  * Converts a Dockerfile for one target platform (`opts.targetPlatform`, or the build platform).
  * Throws DockerfileError (with the line range when there is one) for anything a user must fix.
  */
-export async function convertDockerfile(source: string | Uint8Array, opts: ConvertOptions = {}): Promise<ConvertResult> {
+export async function convertDockerfile(
+  source: string | Uint8Array,
+  opts: ConvertOptions = {},
+): Promise<ConvertResult> {
   return newConverter(source, opts).run(opts.metaResolver);
 }
 
@@ -1078,11 +1226,19 @@ export function convertDockerfileSync(
 }
 
 /** Converts a Dockerfile for every target platform (`targetPlatforms`, or the single default). */
-export async function dockerfileToLLB(source: string | Uint8Array, opts: ConvertOptions = {}): Promise<ConvertResult[]> {
+export async function dockerfileToLLB(
+  source: string | Uint8Array,
+  opts: ConvertOptions = {},
+): Promise<ConvertResult[]> {
   const platforms = opts.targetPlatforms?.length ? opts.targetPlatforms : [opts.targetPlatform];
   const out: ConvertResult[] = [];
   for (const p of platforms) {
-    out.push(await convertDockerfile(source, p ? { ...opts, targetPlatform: p } : { ...opts, targetPlatform: undefined }));
+    out.push(
+      await convertDockerfile(
+        source,
+        p ? { ...opts, targetPlatform: p } : { ...opts, targetPlatform: undefined },
+      ),
+    );
   }
   return out;
 }
@@ -1101,7 +1257,9 @@ export function marshalResult(result: ConvertResult, opts: MarshalResultOptions 
   const { sourceMapFilename, ...mopts } = opts;
   result.sourceLocations.reset();
   const def = marshal(result.state, { platform: result.platform, ...mopts });
-  return sourceMapFilename === undefined ? def : result.sourceLocations.attach(def, sourceMapFilename, result.source);
+  return sourceMapFilename === undefined
+    ? def
+    : result.sourceLocations.attach(def, sourceMapFilename, result.source);
 }
 
 export type { Mount };

@@ -39,13 +39,51 @@ export function parsePortSpecs(specs: readonly string[]): string[] {
 
 /** Go's `%v` of a `map[nat.Port]struct{}`: keys sorted as strings. */
 export function formatPortMap(ports: readonly string[]): string {
-  return 'map[' + [...ports].sort().map((p) => `${p}:{}`).join(' ') + ']';
+  return (
+    'map[' +
+    [...ports]
+      .sort()
+      .map((p) => `${p}:{}`)
+      .join(' ') +
+    ']'
+  );
 }
 
 const SIGNALS = [
-  'ABRT', 'ALRM', 'BUS', 'CHLD', 'CLD', 'CONT', 'FPE', 'HUP', 'ILL', 'INT', 'IO', 'IOT', 'KILL', 'PIPE',
-  'POLL', 'PROF', 'PWR', 'QUIT', 'SEGV', 'STKFLT', 'STOP', 'SYS', 'TERM', 'TRAP', 'TSTP', 'TTIN', 'TTOU',
-  'URG', 'USR1', 'USR2', 'VTALRM', 'WINCH', 'XCPU', 'XFSZ',
+  'ABRT',
+  'ALRM',
+  'BUS',
+  'CHLD',
+  'CLD',
+  'CONT',
+  'FPE',
+  'HUP',
+  'ILL',
+  'INT',
+  'IO',
+  'IOT',
+  'KILL',
+  'PIPE',
+  'POLL',
+  'PROF',
+  'PWR',
+  'QUIT',
+  'SEGV',
+  'STKFLT',
+  'STOP',
+  'SYS',
+  'TERM',
+  'TRAP',
+  'TSTP',
+  'TTIN',
+  'TTOU',
+  'URG',
+  'USR1',
+  'USR2',
+  'VTALRM',
+  'WINCH',
+  'XCPU',
+  'XFSZ',
 ];
 
 /** moby/sys/signal.ParseSignal's validation: a non-zero number, or a known name with or without SIG. */

@@ -17,7 +17,13 @@ const SCP_LIKE = /^[A-Za-z0-9._-]+@[^:/]+:/;
 export function parseGitRef(src: string): GitRef | undefined {
   let isGit = false;
   let rest = src;
-  if (src.startsWith('git://') || src.startsWith('ssh://') || src.startsWith('git@') || SCP_LIKE.test(src)) isGit = true;
+  if (
+    src.startsWith('git://') ||
+    src.startsWith('ssh://') ||
+    src.startsWith('git@') ||
+    SCP_LIKE.test(src)
+  )
+    isGit = true;
   let fragment = '';
   const hash = rest.indexOf('#');
   if (hash >= 0) {

@@ -99,8 +99,13 @@ function asSet(v: unknown): Record<string, Record<string, never>> | undefined {
  */
 export function parseImageConfig(input: string | Uint8Array | object): ImageConfig {
   const raw: unknown =
-    typeof input === 'string' ? JSON.parse(input) : input instanceof Uint8Array ? JSON.parse(Buffer.from(input).toString('utf8')) : input;
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new Error('image config is not a JSON object');
+    typeof input === 'string'
+      ? JSON.parse(input)
+      : input instanceof Uint8Array
+        ? JSON.parse(Buffer.from(input).toString('utf8'))
+        : input;
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+    throw new Error('image config is not a JSON object');
   const r = raw as Record<string, unknown>;
   const c = (r.config ?? {}) as Record<string, unknown>;
   const config: ContainerConfig = {};
@@ -117,12 +122,15 @@ export function parseImageConfig(input: string | Uint8Array | object): ImageConf
   if (vols && Object.keys(vols).length) config.Volumes = vols;
   if (typeof c.WorkingDir === 'string' && c.WorkingDir) config.WorkingDir = c.WorkingDir;
   if (c.Labels && typeof c.Labels === 'object') {
-    const labels = Object.fromEntries(Object.entries(c.Labels as Record<string, unknown>).map(([k, v]) => [k, String(v)]));
+    const labels = Object.fromEntries(
+      Object.entries(c.Labels as Record<string, unknown>).map(([k, v]) => [k, String(v)]),
+    );
     if (Object.keys(labels).length) config.Labels = labels;
   }
   if (typeof c.StopSignal === 'string' && c.StopSignal) config.StopSignal = c.StopSignal;
   if (c.ArgsEscaped === true) config.ArgsEscaped = true;
-  if (c.Healthcheck && typeof c.Healthcheck === 'object') config.Healthcheck = { ...(c.Healthcheck as HealthcheckConfig) };
+  if (c.Healthcheck && typeof c.Healthcheck === 'object')
+    config.Healthcheck = { ...(c.Healthcheck as HealthcheckConfig) };
   const onbuild = asStringArray(c.OnBuild);
   if (onbuild?.length) config.OnBuild = onbuild;
   const shell = asStringArray(c.Shell);
@@ -132,7 +140,10 @@ export function parseImageConfig(input: string | Uint8Array | object): ImageConf
     architecture: typeof r.architecture === 'string' ? r.architecture : '',
     os: typeof r.os === 'string' ? r.os : '',
     config,
-    rootfs: { type: typeof rootfs.type === 'string' ? rootfs.type : 'layers', diff_ids: asStringArray(rootfs.diff_ids) ?? [] },
+    rootfs: {
+      type: typeof rootfs.type === 'string' ? rootfs.type : 'layers',
+      diff_ids: asStringArray(rootfs.diff_ids) ?? [],
+    },
   };
   if (typeof r.created === 'string') img.created = r.created;
   if (typeof r.author === 'string' && r.author) img.author = r.author;
@@ -155,7 +166,13 @@ export function parseImageConfig(input: string | Uint8Array | object): ImageConf
 }
 
 /** Appends a history entry as BuildKit's commitToHistory does. */
-export function commitToHistory(img: ImageConfig, msg: string, withLayer: boolean, fromState: boolean, created?: string): void {
+export function commitToHistory(
+  img: ImageConfig,
+  msg: string,
+  withLayer: boolean,
+  fromState: boolean,
+  created?: string,
+): void {
   const entry: HistoryEntry = {};
   if (created) entry.created = created;
   entry.created_by = fromState ? `${msg} # buildkit` : msg;
@@ -197,7 +214,8 @@ export function imageConfigToJson(img: ImageConfig): string {
   const c = img.config;
   const config: Record<string, unknown> = {};
   if (c.User) config.User = c.User;
-  if (c.ExposedPorts && Object.keys(c.ExposedPorts).length) config.ExposedPorts = sortedKeys(c.ExposedPorts);
+  if (c.ExposedPorts && Object.keys(c.ExposedPorts).length)
+    config.ExposedPorts = sortedKeys(c.ExposedPorts);
   if (c.Env?.length) config.Env = c.Env;
   if (c.Entrypoint?.length) config.Entrypoint = c.Entrypoint;
   if (c.Cmd?.length) config.Cmd = c.Cmd;

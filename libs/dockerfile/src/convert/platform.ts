@@ -14,7 +14,10 @@ export interface PlatformOpt {
 }
 
 /** Resolves the platforms of one conversion: the build platform defaults to the host's. */
-export function buildPlatformOpt(buildPlatform: Platform | undefined, targetPlatform: Platform | undefined): PlatformOpt {
+export function buildPlatformOpt(
+  buildPlatform: Platform | undefined,
+  targetPlatform: Platform | undefined,
+): PlatformOpt {
   const build = normalizePlatform(buildPlatform ?? linuxHost());
   return {
     buildPlatforms: [build],
@@ -33,7 +36,11 @@ function linuxHost(): Platform {
  * BUILDOS, BUILDOSVERSION, BUILDARCH, BUILDVARIANT, the same for TARGET, and TARGETSTAGE. A build
  * arg of the same name overrides.
  */
-export function defaultArgs(po: PlatformOpt, overrides: Readonly<Record<string, string>>, target: string): Map<string, string> {
+export function defaultArgs(
+  po: PlatformOpt,
+  overrides: Readonly<Record<string, string>>,
+  target: string,
+): Map<string, string> {
   const bp = po.buildPlatforms[0]!;
   const tp = po.targetPlatform;
   const pairs: [string, string][] = [
@@ -55,7 +62,11 @@ export function defaultArgs(po: PlatformOpt, overrides: Readonly<Record<string, 
 }
 
 /** The platform a base image really is, when it differs from the target and the target was implicit. */
-export function autoDetectPlatform(img: ImageConfig, target: Platform, supported: readonly Platform[]): Platform {
+export function autoDetectPlatform(
+  img: ImageConfig,
+  target: Platform,
+  supported: readonly Platform[],
+): Platform {
   if (target.os === img.os && target.architecture === img.architecture) return target;
   for (const p of supported) if (p.os === img.os && p.architecture === img.architecture) return p;
   return target;
@@ -70,10 +81,18 @@ export function defaultShell(os: string): string[] {
  * The suffix BuildKit adds to a multi-platform step name when TARGET* values differ from the
  * platform the step runs on (cross compilation): `->arm64`.
  */
-export function formatTargetPlatform(base: Platform, target: Partial<Platform> | undefined): string {
+export function formatTargetPlatform(
+  base: Platform,
+  target: Partial<Platform> | undefined,
+): string {
   if (!target) return '';
-  const p = normalizePlatform({ ...target, os: target.os || base.os, architecture: target.architecture || base.architecture });
-  if (p.os === base.os && p.architecture !== base.architecture) return '->' + p.architecture + (p.variant ? '/' + p.variant : '');
+  const p = normalizePlatform({
+    ...target,
+    os: target.os || base.os,
+    architecture: target.architecture || base.architecture,
+  });
+  if (p.os === base.os && p.architecture !== base.architecture)
+    return '->' + p.architecture + (p.variant ? '/' + p.variant : '');
   if (p.os !== base.os) return '->' + formatPlatform(p);
   return '';
 }

@@ -59,12 +59,23 @@ export class SourceLocations {
     for (const v of this.vertices) {
       const d = v.lastDigest;
       if (d === undefined || !seen.has(d)) continue;
-      const range: pb.IRange = { start: { line: v.location.startLine }, end: { line: Math.max(v.location.endLine, v.location.startLine) } };
+      const range: pb.IRange = {
+        start: { line: v.location.startLine },
+        end: { line: Math.max(v.location.endLine, v.location.startLine) },
+      };
       const prev = locations[d]?.locations ?? [];
-      const dup = prev.some((l) => l.ranges?.some((r) => r.start?.line === range.start!.line && r.end?.line === range.end!.line));
+      const dup = prev.some((l) =>
+        l.ranges?.some(
+          (r) => r.start?.line === range.start!.line && r.end?.line === range.end!.line,
+        ),
+      );
       if (!dup) locations[d] = { locations: [...prev, { ranges: [range] }] };
     }
-    const info: pb.ISourceInfo = { filename, data: typeof data === 'string' ? Buffer.from(data, 'utf8') : data, language: 'Dockerfile' };
+    const info: pb.ISourceInfo = {
+      filename,
+      data: typeof data === 'string' ? Buffer.from(data, 'utf8') : data,
+      language: 'Dockerfile',
+    };
     return new Definition(def.def, def.metadata, { locations, infos: [info] });
   }
 }

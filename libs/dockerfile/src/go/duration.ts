@@ -6,8 +6,8 @@
 const UNITS: Record<string, number> = {
   ns: 1,
   us: 1e3,
-  'µs': 1e3,
-  'μs': 1e3,
+  µs: 1e3,
+  μs: 1e3,
   ms: 1e6,
   s: 1e9,
   m: 60e9,
@@ -35,9 +35,13 @@ export function parseGoDuration(s: string): number {
     const u = /^[^0-9.]+/.exec(s)?.[0];
     if (u === undefined) throw new Error(`time: missing unit in duration ${JSON.stringify(orig)}`);
     const unit = UNITS[u];
-    if (unit === undefined) throw new Error(`time: unknown unit ${JSON.stringify(u)} in duration ${JSON.stringify(orig)}`);
+    if (unit === undefined)
+      throw new Error(
+        `time: unknown unit ${JSON.stringify(u)} in duration ${JSON.stringify(orig)}`,
+      );
     s = s.slice(u.length);
-    total += Number(intPart || '0') * unit + (frac.length > 1 ? Math.round(Number('0' + frac) * unit) : 0);
+    total +=
+      Number(intPart || '0') * unit + (frac.length > 1 ? Math.round(Number('0' + frac) * unit) : 0);
   }
   return neg ? -total : total;
 }

@@ -24,7 +24,8 @@ export class Flag {
 
   /** A bool flag's value. */
   isTrue(): boolean {
-    if (this.type !== 'bool') throw new Error(`Trying to use IsTrue on a non-boolean: ${this.name}`);
+    if (this.type !== 'bool')
+      throw new Error(`Trying to use IsTrue on a non-boolean: ${this.name}`);
     return this.value === 'true';
   }
 }
@@ -80,7 +81,8 @@ export class BFlags {
       }
       const flag = this.flags.get(arg);
       if (!flag) throw new Error(`unknown flag: ${arg}`);
-      if (this.used.has(arg) && flag.type !== 'strings') throw new Error(`duplicate flag specified: ${arg}`);
+      if (this.used.has(arg) && flag.type !== 'strings')
+        throw new Error(`duplicate flag specified: ${arg}`);
       this.used.set(arg, flag);
       switch (flag.type) {
         case 'bool': {

@@ -26,7 +26,8 @@ export function readCsvRecord(line: string): string[] {
         field += c;
         i++;
       }
-      if (i < line.length && line[i] !== ',') throw new Error('extraneous or missing " in quoted-field');
+      if (i < line.length && line[i] !== ',')
+        throw new Error('extraneous or missing " in quoted-field');
       fields.push(field);
     } else {
       let j = line.indexOf(',', i);
@@ -73,7 +74,13 @@ export function ramInBytes(size: string): number {
   if (!m) throw new Error(`invalid size: '${size}'`);
   const n = Number(m[1]);
   if (Number.isNaN(n)) throw new Error(`invalid size: '${size}'`);
-  const mult: Record<string, number> = { k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5 };
+  const mult: Record<string, number> = {
+    k: 1024,
+    m: 1024 ** 2,
+    g: 1024 ** 3,
+    t: 1024 ** 4,
+    p: 1024 ** 5,
+  };
   const unit = m[3]?.toLowerCase();
   return Math.trunc(n * (unit ? mult[unit]! : 1));
 }
@@ -103,7 +110,11 @@ function distance(a: string, b: string): number {
 }
 
 /** The closest option to `value`, if close enough to be a likely typo (util/suggest.Search). */
-export function suggest(value: string, options: readonly string[], caseSensitive: boolean): string | undefined {
+export function suggest(
+  value: string,
+  options: readonly string[],
+  caseSensitive: boolean,
+): string | undefined {
   const v = caseSensitive ? value : value.toLowerCase();
   let best: string | undefined;
   let bestDist = Infinity;
@@ -121,7 +132,12 @@ export function suggest(value: string, options: readonly string[], caseSensitive
 }
 
 /** `msg (did you mean X?)` when a close option exists. */
-export function withSuggestion(msg: string, value: string, options: readonly string[], caseSensitive: boolean): string {
+export function withSuggestion(
+  msg: string,
+  value: string,
+  options: readonly string[],
+  caseSensitive: boolean,
+): string {
   const s = suggest(value, options, caseSensitive);
   return s === undefined ? msg : `${msg} (did you mean ${s}?)`;
 }

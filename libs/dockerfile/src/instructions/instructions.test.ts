@@ -69,7 +69,9 @@ describe('BFlags (bflag_test.go)', () => {
 describe('stages and meta ARGs', () => {
   it('splits stages, names them in lower case, keeps ARGs before FROM apart', () => {
     const { stages, metaArgs } = parseInstructions(
-      parse('ARG A=1 B\nARG C\n# Build the app\nFROM --platform=$BUILDPLATFORM golang AS Build\nRUN x\nFROM build\n').ast,
+      parse(
+        'ARG A=1 B\nARG C\n# Build the app\nFROM --platform=$BUILDPLATFORM golang AS Build\nRUN x\nFROM build\n',
+      ).ast,
     );
     expect(metaArgs.map((a) => a.args)).toEqual([
       [
@@ -79,19 +81,29 @@ describe('stages and meta ARGs', () => {
       [{ key: 'C', value: undefined, comment: '' }],
     ]);
     expect(stages).toHaveLength(2);
-    expect(stages[0]).toMatchObject({ name: 'build', baseName: 'golang', platform: '$BUILDPLATFORM', startLine: 4 });
+    expect(stages[0]).toMatchObject({
+      name: 'build',
+      baseName: 'golang',
+      platform: '$BUILDPLATFORM',
+      startLine: 4,
+    });
     expect(stages[0]!.commands.map((c) => c.kind)).toEqual(['run']);
     expect(stages[1]).toMatchObject({ name: '', baseName: 'build' });
   });
 
   it('reads a stage doc comment', () => {
-    expect(stagesOf('# base the base stage\nFROM x AS base\n')[0]!.docComment).toBe('the base stage');
+    expect(stagesOf('# base the base stage\nFROM x AS base\n')[0]!.docComment).toBe(
+      'the base stage',
+    );
   });
 
   it.each([
     ['FROM', 'FROM requires either one or three arguments'],
     ['FROM a b', 'FROM requires either one or three arguments'],
-    ['FROM a AS 1abc', 'invalid name for build stage: "1abc", name can\'t start with a number or contain symbols'],
+    [
+      'FROM a AS 1abc',
+      'invalid name for build stage: "1abc", name can\'t start with a number or contain symbols',
+    ],
     ['FROM --nope=x a', 'unknown flag: nope'],
   ])('rejects %s', (line, msg) => {
     expect(parseError(line).message).toContain(msg);
@@ -106,7 +118,10 @@ describe('stages and meta ARGs', () => {
 
 describe('error cases (parse_test.go TestErrorCases)', () => {
   it.each([
-    ['COPY\t\n\t\tquux \\\n      bar', 'COPY requires at least two arguments, but only one was provided. Destination could not be determined'],
+    [
+      'COPY\t\n\t\tquux \\\n      bar',
+      'COPY requires at least two arguments, but only one was provided. Destination could not be determined',
+    ],
     ['ONBUILD FROM scratch', "FROM isn't allowed as an ONBUILD trigger"],
     ['ONBUILD MAINTAINER docker.io', "MAINTAINER isn't allowed as an ONBUILD trigger"],
     ['MAINTAINER --boo joe@example.com', 'unknown flag: boo'],
@@ -132,7 +147,10 @@ describe('error cases (parse_test.go TestErrorCases)', () => {
     ['COPY <<EOF <<EOF2\na\nEOF\nb\nEOF2', 'COPY cannot accept a heredoc as a destination'],
     ['RUN --network=bridge x', 'unsupported network mode "bridge"'],
     ['RUN --security=privileged x', 'security mode "privileged" is not valid'],
-    ['RUN --mount=type=cache,from=$X,target=/x x', "'from' doesn't support variable expansion, define alias stage instead"],
+    [
+      'RUN --mount=type=cache,from=$X,target=/x x',
+      "'from' doesn't support variable expansion, define alias stage instead",
+    ],
     ['COPY --nope a b', 'unknown flag: nope'],
     ['ADD --from=x a b', 'unknown flag: from'],
   ])('%s', (line, msg) => {
@@ -149,26 +167,59 @@ describe('error cases (parse_test.go TestErrorCases)', () => {
 
 describe('commands', () => {
   it('ENV and LABEL: key=value pairs and the legacy form', () => {
-    expect(commandOf('ENV A=1 B="x y"')).toMatchObject({ kind: 'env', env: [{ key: 'A', value: '1' }, { key: 'B', value: '"x y"' }] });
-    expect(commandOf('ENV A b c')).toMatchObject({ kind: 'env', env: [{ key: 'A', value: 'b c', noDelim: true }] });
-    expect(commandOf('LABEL a=b "c d"=e')).toMatchObject({ kind: 'label', labels: [{ key: 'a', value: 'b' }, { key: '"c d"', value: 'e' }] });
+    expect(commandOf('ENV A=1 B="x y"')).toMatchObject({
+      kind: 'env',
+      env: [
+        { key: 'A', value: '1' },
+        { key: 'B', value: '"x y"' },
+      ],
+    });
+    expect(commandOf('ENV A b c')).toMatchObject({
+      kind: 'env',
+      env: [{ key: 'A', value: 'b c', noDelim: true }],
+    });
+    expect(commandOf('LABEL a=b "c d"=e')).toMatchObject({
+      kind: 'label',
+      labels: [
+        { key: 'a', value: 'b' },
+        { key: '"c d"', value: 'e' },
+      ],
+    });
   });
 
   it('RUN: shell and exec forms, flags, heredocs', () => {
-    expect(commandOf('RUN echo  hi')).toMatchObject({ kind: 'run', cmdLine: ['echo  hi'], prependShell: true, code: 'RUN echo  hi' });
-    expect(commandOf('RUN ["echo", "hi"]')).toMatchObject({ cmdLine: ['echo', 'hi'], prependShell: false });
-    expect(commandOf('RUN --network=none --security=insecure --mount=type=tmpfs,target=/t true')).toMatchObject({
+    expect(commandOf('RUN echo  hi')).toMatchObject({
+      kind: 'run',
+      cmdLine: ['echo  hi'],
+      prependShell: true,
+      code: 'RUN echo  hi',
+    });
+    expect(commandOf('RUN ["echo", "hi"]')).toMatchObject({
+      cmdLine: ['echo', 'hi'],
+      prependShell: false,
+    });
+    expect(
+      commandOf('RUN --network=none --security=insecure --mount=type=tmpfs,target=/t true'),
+    ).toMatchObject({
       network: 'none',
       security: 'insecure',
       mountSpecs: ['type=tmpfs,target=/t'],
       flagsUsed: ['network', 'security', 'mount'],
     });
     const c = stagesOf('FROM x\nRUN <<EOF bash\n\techo hi\nEOF\n')[0]!.commands[0]!;
-    expect(c).toMatchObject({ kind: 'run', cmdLine: ['<<EOF bash'], files: [{ name: 'EOF', data: '\techo hi\n', chomp: false }] });
+    expect(c).toMatchObject({
+      kind: 'run',
+      cmdLine: ['<<EOF bash'],
+      files: [{ name: 'EOF', data: '\techo hi\n', chomp: false }],
+    });
   });
 
   it('COPY and ADD: every flag, heredoc sources', () => {
-    expect(commandOf('COPY --from=build --chown=1:2 --chmod=644 --link --parents --exclude=*.md --exclude=x a b /dst/')).toMatchObject({
+    expect(
+      commandOf(
+        'COPY --from=build --chown=1:2 --chmod=644 --link --parents --exclude=*.md --exclude=x a b /dst/',
+      ),
+    ).toMatchObject({
       kind: 'copy',
       from: 'build',
       chown: '1:2',
@@ -179,15 +230,22 @@ describe('commands', () => {
       sourcePaths: ['a', 'b'],
       destPath: '/dst/',
     });
-    expect(commandOf('ADD --keep-git-dir --checksum=sha256:abc --unpack=false https://x/y.tar /z')).toMatchObject({
+    expect(
+      commandOf('ADD --keep-git-dir --checksum=sha256:abc --unpack=false https://x/y.tar /z'),
+    ).toMatchObject({
       kind: 'add',
       keepGitDir: true,
       checksum: 'sha256:abc',
       unpack: false,
       sourcePaths: ['https://x/y.tar'],
     });
-    expect(commandOf('ADD a b')).toMatchObject({ keepGitDir: undefined, unpack: undefined, link: false });
-    const c = stagesOf('FROM x\nCOPY <<-EOF <<"RAW" /dst/\n\thello $X\nEOF\nraw $Y\nRAW\n')[0]!.commands[0]!;
+    expect(commandOf('ADD a b')).toMatchObject({
+      keepGitDir: undefined,
+      unpack: undefined,
+      link: false,
+    });
+    const c = stagesOf('FROM x\nCOPY <<-EOF <<"RAW" /dst/\n\thello $X\nEOF\nraw $Y\nRAW\n')[0]!
+      .commands[0]!;
     expect(c).toMatchObject({
       sourcePaths: [],
       sourceContents: [
@@ -198,33 +256,73 @@ describe('commands', () => {
   });
 
   it('CMD, ENTRYPOINT, SHELL', () => {
-    expect(commandOf('CMD ["a", "b"]')).toMatchObject({ kind: 'cmd', cmdLine: ['a', 'b'], prependShell: false });
-    expect(commandOf('CMD a b')).toMatchObject({ kind: 'cmd', cmdLine: ['a b'], prependShell: true });
-    expect(commandOf('ENTRYPOINT []')).toMatchObject({ kind: 'entrypoint', cmdLine: [], prependShell: false });
-    expect(commandOf('SHELL ["/bin/bash", "-c"]')).toMatchObject({ kind: 'shell', shell: ['/bin/bash', '-c'] });
+    expect(commandOf('CMD ["a", "b"]')).toMatchObject({
+      kind: 'cmd',
+      cmdLine: ['a', 'b'],
+      prependShell: false,
+    });
+    expect(commandOf('CMD a b')).toMatchObject({
+      kind: 'cmd',
+      cmdLine: ['a b'],
+      prependShell: true,
+    });
+    expect(commandOf('ENTRYPOINT []')).toMatchObject({
+      kind: 'entrypoint',
+      cmdLine: [],
+      prependShell: false,
+    });
+    expect(commandOf('SHELL ["/bin/bash", "-c"]')).toMatchObject({
+      kind: 'shell',
+      shell: ['/bin/bash', '-c'],
+    });
   });
 
   it('HEALTHCHECK: flags in nanoseconds, CMD-SHELL for the shell form, NONE', () => {
-    expect(commandOf('HEALTHCHECK --interval=5m --timeout=3s --start-period=1m30s --start-interval=500ms --retries=3 CMD curl -f http://x/')).toMatchObject({
-      health: { test: ['CMD-SHELL', 'curl -f http://x/'], interval: 300e9, timeout: 3e9, startPeriod: 90e9, startInterval: 500e6, retries: 3 },
+    expect(
+      commandOf(
+        'HEALTHCHECK --interval=5m --timeout=3s --start-period=1m30s --start-interval=500ms --retries=3 CMD curl -f http://x/',
+      ),
+    ).toMatchObject({
+      health: {
+        test: ['CMD-SHELL', 'curl -f http://x/'],
+        interval: 300e9,
+        timeout: 3e9,
+        startPeriod: 90e9,
+        startInterval: 500e6,
+        retries: 3,
+      },
     });
-    expect(commandOf('HEALTHCHECK CMD ["true"]')).toMatchObject({ health: { test: ['CMD', 'true'], interval: 0, retries: 0 } });
+    expect(commandOf('HEALTHCHECK CMD ["true"]')).toMatchObject({
+      health: { test: ['CMD', 'true'], interval: 0, retries: 0 },
+    });
     expect(commandOf('HEALTHCHECK none')).toMatchObject({ health: { test: ['NONE'] } });
   });
 
   it('ONBUILD keeps the trigger text, heredocs included', () => {
-    expect(commandOf('ONBUILD RUN echo hi')).toMatchObject({ kind: 'onbuild', expression: 'RUN echo hi' });
+    expect(commandOf('ONBUILD RUN echo hi')).toMatchObject({
+      kind: 'onbuild',
+      expression: 'RUN echo hi',
+    });
     const c = stagesOf('FROM x\nonbuild run <<EOF\necho a\nEOF\n')[0]!.commands[0]!;
     expect(c).toMatchObject({ kind: 'onbuild', expression: 'run <<EOF\necho a\nEOF' });
   });
 
   it('the others', () => {
-    expect(commandOf('EXPOSE 80/udp 443 80')).toMatchObject({ kind: 'expose', ports: ['443', '80', '80/udp'] });
-    expect(commandOf('VOLUME ["/a", "/b"]')).toMatchObject({ kind: 'volume', volumes: ['/a', '/b'] });
+    expect(commandOf('EXPOSE 80/udp 443 80')).toMatchObject({
+      kind: 'expose',
+      ports: ['443', '80', '80/udp'],
+    });
+    expect(commandOf('VOLUME ["/a", "/b"]')).toMatchObject({
+      kind: 'volume',
+      volumes: ['/a', '/b'],
+    });
     expect(commandOf('VOLUME /a /b')).toMatchObject({ kind: 'volume', volumes: ['/a', '/b'] });
     expect(commandOf('USER app:app')).toMatchObject({ kind: 'user', user: 'app:app' });
     expect(commandOf('WORKDIR /w')).toMatchObject({ kind: 'workdir', path: '/w' });
-    expect(commandOf('STOPSIGNAL SIGKILL')).toMatchObject({ kind: 'stopsignal', signal: 'SIGKILL' });
+    expect(commandOf('STOPSIGNAL SIGKILL')).toMatchObject({
+      kind: 'stopsignal',
+      signal: 'SIGKILL',
+    });
     expect(commandOf('MAINTAINER me')).toMatchObject({ kind: 'maintainer', maintainer: 'me' });
     expect(commandOf('ARG a=1 b c=')).toMatchObject({
       kind: 'arg',
@@ -241,20 +339,62 @@ describe('RUN --mount (commands_runmount.go)', () => {
   const ex = (w: string): string => w.replace('$T', 'cache');
 
   it('defaults: bind, read-only for bind/secret/ssh, writable for cache/tmpfs', () => {
-    expect(parseMount('target=/x', ex)).toMatchObject({ type: 'bind', target: '/x', readOnly: true });
-    expect(parseMount('type=cache,target=/x', ex)).toMatchObject({ type: 'cache', readOnly: false });
-    expect(parseMount('type=tmpfs,target=/x,size=64m', ex)).toMatchObject({ type: 'tmpfs', readOnly: false, sizeLimit: 64 * 1024 * 1024 });
-    expect(parseMount('type=secret,id=s', ex)).toMatchObject({ type: 'secret', cacheId: 's', readOnly: true, required: false });
+    expect(parseMount('target=/x', ex)).toMatchObject({
+      type: 'bind',
+      target: '/x',
+      readOnly: true,
+    });
+    expect(parseMount('type=cache,target=/x', ex)).toMatchObject({
+      type: 'cache',
+      readOnly: false,
+    });
+    expect(parseMount('type=tmpfs,target=/x,size=64m', ex)).toMatchObject({
+      type: 'tmpfs',
+      readOnly: false,
+      sizeLimit: 64 * 1024 * 1024,
+    });
+    expect(parseMount('type=secret,id=s', ex)).toMatchObject({
+      type: 'secret',
+      cacheId: 's',
+      readOnly: true,
+      required: false,
+    });
   });
 
   it('every key and alias', () => {
     expect(
-      parseMount('type=$T,id=c,target=/a,from=stage,source=/src,sharing=locked,mode=0700,uid=1000,gid=1001,rw', ex),
-    ).toMatchObject({ type: 'cache', cacheId: 'c', target: '/a', from: 'stage', source: '/src', cacheSharing: 'locked', mode: 0o700, uid: 1000, gid: 1001, readOnly: false });
-    expect(parseMount('type=bind,src=a,dst=/b,readwrite=true', ex)).toMatchObject({ source: 'a', target: '/b', readOnly: false });
-    expect(parseMount('type=bind,destination=/b,ro=true', ex)).toMatchObject({ target: '/b', readOnly: true });
-    expect(parseMount('type=secret,id=s,env=TOKEN,required', ex)).toMatchObject({ env: 'TOKEN', required: true });
-    expect(parseMount('type=ssh,id=default,target=/sock,required=true,mode=0600', ex)).toMatchObject({ type: 'ssh', required: true, mode: 0o600 });
+      parseMount(
+        'type=$T,id=c,target=/a,from=stage,source=/src,sharing=locked,mode=0700,uid=1000,gid=1001,rw',
+        ex,
+      ),
+    ).toMatchObject({
+      type: 'cache',
+      cacheId: 'c',
+      target: '/a',
+      from: 'stage',
+      source: '/src',
+      cacheSharing: 'locked',
+      mode: 0o700,
+      uid: 1000,
+      gid: 1001,
+      readOnly: false,
+    });
+    expect(parseMount('type=bind,src=a,dst=/b,readwrite=true', ex)).toMatchObject({
+      source: 'a',
+      target: '/b',
+      readOnly: false,
+    });
+    expect(parseMount('type=bind,destination=/b,ro=true', ex)).toMatchObject({
+      target: '/b',
+      readOnly: true,
+    });
+    expect(parseMount('type=secret,id=s,env=TOKEN,required', ex)).toMatchObject({
+      env: 'TOKEN',
+      required: true,
+    });
+    expect(
+      parseMount('type=ssh,id=default,target=/sock,required=true,mode=0600', ex),
+    ).toMatchObject({ type: 'ssh', required: true, mode: 0o600 });
     expect(parseMount('type=bind,"target=/a,b"', ex)).toMatchObject({ target: '/a,b' });
   });
 
@@ -284,6 +424,10 @@ describe('RUN --mount (commands_runmount.go)', () => {
   });
 
   it('without an expander only `from` is checked (the rest waits for expansion)', () => {
-    expect(parseMount('type=$T,target=$DIR,from=base')).toMatchObject({ type: 'bind', target: '', from: 'base' });
+    expect(parseMount('type=$T,target=$DIR,from=base')).toMatchObject({
+      type: 'bind',
+      target: '',
+      from: 'base',
+    });
   });
 });

@@ -42,8 +42,24 @@ import { parseMount } from './runmount.js';
 
 /** The 18 instructions, lower case. */
 export const INSTRUCTIONS = [
-  'add', 'arg', 'cmd', 'copy', 'entrypoint', 'env', 'expose', 'from', 'healthcheck', 'label',
-  'maintainer', 'onbuild', 'run', 'shell', 'stopsignal', 'user', 'volume', 'workdir',
+  'add',
+  'arg',
+  'cmd',
+  'copy',
+  'entrypoint',
+  'env',
+  'expose',
+  'from',
+  'healthcheck',
+  'label',
+  'maintainer',
+  'onbuild',
+  'run',
+  'shell',
+  'stopsignal',
+  'user',
+  'volume',
+  'workdir',
 ] as const;
 
 /** Docker's minimum for a healthcheck duration. */
@@ -88,8 +104,18 @@ function requestFromNode(node: Node): ParseRequest {
   };
 }
 
-function base(req: ParseRequest): { name: string; code: string; startLine: number; endLine: number } {
-  return { name: req.command, code: req.original.trim(), startLine: req.startLine, endLine: req.endLine };
+function base(req: ParseRequest): {
+  name: string;
+  code: string;
+  startLine: number;
+  endLine: number;
+} {
+  return {
+    name: req.command,
+    code: req.original.trim(),
+    startLine: req.startLine,
+    endLine: req.endLine,
+  };
 }
 
 function errAtLeastOneArgument(command: string): Error {
@@ -99,7 +125,9 @@ function errExactlyOneArgument(command: string): Error {
   return new Error(`${command} requires exactly one argument`);
 }
 function errNoDestinationArgument(command: string): Error {
-  return new Error(`${command} requires at least two arguments, but only one was provided. Destination could not be determined`);
+  return new Error(
+    `${command} requires at least two arguments, but only one was provided. Destination could not be determined`,
+  );
 }
 function errBlankCommandNames(command: string): Error {
   return new Error(`${command} names can not be blank`);
@@ -148,7 +176,8 @@ function mustParseHeredoc(src: string): Heredoc | undefined {
 function parseSourcesAndDest(req: ParseRequest, command: string): SourcesAndDest {
   const srcs = req.args.slice(0, -1);
   const dest = req.args[req.args.length - 1]!;
-  if (mustParseHeredoc(dest)) throw new Error(`${command} cannot accept a heredoc as a destination`);
+  if (mustParseHeredoc(dest))
+    throw new Error(`${command} cannot accept a heredoc as a destination`);
   const lookup = new Map<string, Heredoc>();
   for (const h of req.heredocs) lookup.set(h.name, h);
   const sourcePaths: string[] = [];
@@ -218,7 +247,9 @@ function parseBuildStageName(args: string[]): string {
   if (args.length === 3 && args[1]!.toLowerCase() === 'as') {
     const name = args[2]!.toLowerCase();
     if (!VALID_STAGE_NAME.test(name)) {
-      throw new Error(`invalid name for build stage: ${JSON.stringify(args[2])}, name can't start with a number or contain symbols`);
+      throw new Error(
+        `invalid name for build stage: ${JSON.stringify(args[2])}, name can't start with a number or contain symbols`,
+      );
     }
     return name;
   }
@@ -252,8 +283,10 @@ function parseOnBuild(req: ParseRequest): OnbuildCommand {
   if (req.args.length === 0) throw errAtLeastOneArgument('ONBUILD');
   req.flags.parse();
   const trigger = req.args[0]!.trim().toUpperCase();
-  if (trigger === 'ONBUILD') throw new Error("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed");
-  if (trigger === 'MAINTAINER' || trigger === 'FROM') throw new Error(`${trigger} isn't allowed as an ONBUILD trigger`);
+  if (trigger === 'ONBUILD')
+    throw new Error("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed");
+  if (trigger === 'MAINTAINER' || trigger === 'FROM')
+    throw new Error(`${trigger} isn't allowed as an ONBUILD trigger`);
   let original = req.original.replace(/^\s*ONBUILD\s*/i, '');
   for (const h of req.heredocs) original += '\n' + h.content + h.name;
   return { kind: 'onbuild', ...base(req), expression: original };
@@ -329,7 +362,8 @@ function parseOptInterval(name: string, value: string): number {
   if (value === '') return 0;
   const d = parseGoDuration(value);
   if (d === 0) return 0;
-  if (d < MINIMUM_DURATION) throw new Error(`Interval ${JSON.stringify(name)} cannot be less than 1ms`);
+  if (d < MINIMUM_DURATION)
+    throw new Error(`Interval ${JSON.stringify(name)} cannot be less than 1ms`);
   return d;
 }
 
@@ -340,7 +374,18 @@ function parseHealthcheck(req: ParseRequest): HealthCheckCommand {
   const b = base(req);
   if (typ === 'NONE') {
     if (args.length !== 0) throw new Error('HEALTHCHECK NONE takes no arguments');
-    return { kind: 'healthcheck', ...b, health: { test: ['NONE'], interval: 0, timeout: 0, startPeriod: 0, startInterval: 0, retries: 0 } };
+    return {
+      kind: 'healthcheck',
+      ...b,
+      health: {
+        test: ['NONE'],
+        interval: 0,
+        timeout: 0,
+        startPeriod: 0,
+        startInterval: 0,
+        retries: 0,
+      },
+    };
   }
   const flInterval = req.flags.addString('interval', '');
   const flTimeout = req.flags.addString('timeout', '');
@@ -348,7 +393,8 @@ function parseHealthcheck(req: ParseRequest): HealthCheckCommand {
   const flStartInterval = req.flags.addString('start-interval', '');
   const flRetries = req.flags.addString('retries', '');
   req.flags.parse();
-  if (typ !== 'CMD') throw new Error(`Unknown type ${JSON.stringify(typ)} in HEALTHCHECK (try CMD)`);
+  if (typ !== 'CMD')
+    throw new Error(`Unknown type ${JSON.stringify(typ)} in HEALTHCHECK (try CMD)`);
   const cmdSlice = handleJSONArgs(args, req.attributes);
   if (cmdSlice.length === 0) throw new Error('Missing command after HEALTHCHECK CMD');
   if (!req.attributes.json) typ = 'CMD-SHELL';
@@ -362,7 +408,10 @@ function parseHealthcheck(req: ParseRequest): HealthCheckCommand {
   };
   if (flRetries.value !== '') {
     const retries = parseInt32(flRetries.value);
-    if (retries === undefined) throw new Error(`strconv.ParseInt: parsing ${JSON.stringify(flRetries.value)}: invalid syntax`);
+    if (retries === undefined)
+      throw new Error(
+        `strconv.ParseInt: parsing ${JSON.stringify(flRetries.value)}: invalid syntax`,
+      );
     if (retries < 0) throw new Error(`--retries cannot be negative (${retries})`);
     health.retries = retries;
   }
@@ -429,7 +478,11 @@ export type Instruction = { kind: 'from'; stage: Stage } | { kind: 'command'; co
 function located(err: unknown, node: Node): DockerfileError {
   if (err instanceof DockerfileError) return err;
   const message = err instanceof Error ? err.message : String(err);
-  return new DockerfileError(message, { startLine: node.startLine, endLine: node.endLine, cause: err });
+  return new DockerfileError(message, {
+    startLine: node.startLine,
+    endLine: node.endLine,
+    cause: err,
+  });
 }
 
 /** Converts one node of the tree to a typed instruction; throws DockerfileError with its lines. */
@@ -478,7 +531,12 @@ export function parseInstruction(node: Node): Instruction {
     throw located(err, node);
   }
   throw new DockerfileError(
-    withSuggestion(`unknown instruction: ${node.value}`, node.value, INSTRUCTIONS.map((i) => i.toUpperCase()), false),
+    withSuggestion(
+      `unknown instruction: ${node.value}`,
+      node.value,
+      INSTRUCTIONS.map((i) => i.toUpperCase()),
+      false,
+    ),
     { startLine: node.startLine, endLine: node.endLine },
   );
 }
@@ -487,7 +545,10 @@ export function parseInstruction(node: Node): Instruction {
 export function parseCommand(node: Node): Command {
   const ins = parseInstruction(node);
   if (ins.kind === 'from') {
-    throw new DockerfileError('Stage is not a command type', { startLine: node.startLine, endLine: node.endLine });
+    throw new DockerfileError('Stage is not a command type', {
+      startLine: node.startLine,
+      endLine: node.endLine,
+    });
   }
   return ins.command;
 }
@@ -526,7 +587,10 @@ export function parseInstructions(ast: Node): ParsedInstructions {
         metaArgs.push(ins.command);
         continue;
       }
-      throw new DockerfileError('no build stage in current context', { startLine: n.startLine, endLine: n.endLine });
+      throw new DockerfileError('no build stage in current context', {
+        startLine: n.startLine,
+        endLine: n.endLine,
+      });
     }
     stages[stages.length - 1]!.commands.push(ins.command);
   }

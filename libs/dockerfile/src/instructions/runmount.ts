@@ -4,7 +4,13 @@
  * what BuildKit checks at parse time (`from` takes no variables); `parseMount(value, expand)`
  * parses and validates everything.
  */
-import { parseGoBool, parseUint32, ramInBytes, readCsvRecord, withSuggestion } from './go-helpers.js';
+import {
+  parseGoBool,
+  parseUint32,
+  ramInBytes,
+  readCsvRecord,
+  withSuggestion,
+} from './go-helpers.js';
 
 export type MountType = 'bind' | 'cache' | 'tmpfs' | 'secret' | 'ssh';
 export type ShareMode = 'shared' | 'private' | 'locked';
@@ -36,7 +42,27 @@ export interface Mount {
 /** Expands one word against the stage environment (throws on `${x:?msg}`). */
 export type SingleWordExpander = (word: string) => string;
 
-const ALL_KEYS = ['type', 'from', 'source', 'target', 'readonly', 'id', 'sharing', 'required', 'mode', 'uid', 'gid', 'src', 'dst', 'destination', 'ro', 'rw', 'readwrite', 'size', 'env'];
+const ALL_KEYS = [
+  'type',
+  'from',
+  'source',
+  'target',
+  'readonly',
+  'id',
+  'sharing',
+  'required',
+  'mode',
+  'uid',
+  'gid',
+  'src',
+  'dst',
+  'destination',
+  'ro',
+  'rw',
+  'readwrite',
+  'size',
+  'env',
+];
 
 /** Parses one `--mount` value; throws Error with BuildKit's message. */
 export function parseMount(val: string, expander?: SingleWordExpander): Mount {
@@ -93,7 +119,8 @@ export function parseMount(val: string, expander?: SingleWordExpander): Mount {
     if (expander !== undefined) {
       value = expander(value);
     } else if (key === 'from') {
-      if (/\$./.test(value)) throw new Error(`'${key}' doesn't support variable expansion, define alias stage instead`);
+      if (/\$./.test(value))
+        throw new Error(`'${key}' doesn't support variable expansion, define alias stage instead`);
     } else {
       continue;
     }
@@ -108,7 +135,14 @@ export function parseMount(val: string, expander?: SingleWordExpander): Mount {
       case 'type': {
         const v = value.toLowerCase() as MountType;
         if (!MOUNT_TYPES.includes(v)) {
-          throw new Error(withSuggestion(`unsupported mount type ${JSON.stringify(value)}`, value, MOUNT_TYPES, true));
+          throw new Error(
+            withSuggestion(
+              `unsupported mount type ${JSON.stringify(value)}`,
+              value,
+              MOUNT_TYPES,
+              true,
+            ),
+          );
         }
         m.type = v;
         break;
@@ -136,11 +170,13 @@ export function parseMount(val: string, expander?: SingleWordExpander): Mount {
         roAuto = false;
         break;
       case 'required':
-        if (m.type !== 'secret' && m.type !== 'ssh') throw new Error(`unexpected key '${key}' for mount type '${m.type}'`);
+        if (m.type !== 'secret' && m.type !== 'ssh')
+          throw new Error(`unexpected key '${key}' for mount type '${m.type}'`);
         m.required = bool();
         break;
       case 'size':
-        if (m.type !== 'tmpfs') throw new Error(`unexpected key '${key}' for mount type '${m.type}'`);
+        if (m.type !== 'tmpfs')
+          throw new Error(`unexpected key '${key}' for mount type '${m.type}'`);
         try {
           m.sizeLimit = ramInBytes(value);
         } catch (err) {
@@ -153,7 +189,14 @@ export function parseMount(val: string, expander?: SingleWordExpander): Mount {
       case 'sharing': {
         const v = value.toLowerCase() as ShareMode;
         if (!SHARE_MODES.includes(v)) {
-          throw new Error(withSuggestion(`unsupported sharing value ${JSON.stringify(value)}`, value, SHARE_MODES, true));
+          throw new Error(
+            withSuggestion(
+              `unsupported sharing value ${JSON.stringify(value)}`,
+              value,
+              SHARE_MODES,
+              true,
+            ),
+          );
         }
         m.cacheSharing = v;
         break;
@@ -180,7 +223,9 @@ export function parseMount(val: string, expander?: SingleWordExpander): Mount {
         m.env = value;
         break;
       default:
-        throw new Error(withSuggestion(`unexpected key '${key}' in '${field}'`, key, ALL_KEYS, true));
+        throw new Error(
+          withSuggestion(`unexpected key '${key}' in '${field}'`, key, ALL_KEYS, true),
+        );
     }
   }
   validateMount(m, roAuto);
@@ -190,9 +235,12 @@ export function parseMount(val: string, expander?: SingleWordExpander): Mount {
 function validateMount(m: Mount, roAuto: boolean): void {
   const fileInfoAllowed = m.type === 'secret' || m.type === 'ssh' || m.type === 'cache';
   if (!fileInfoAllowed) {
-    if (m.mode !== undefined) throw new Error(`mode not allowed for ${JSON.stringify(m.type)} type mounts`);
-    if (m.uid !== undefined) throw new Error(`uid not allowed for ${JSON.stringify(m.type)} type mounts`);
-    if (m.gid !== undefined) throw new Error(`gid not allowed for ${JSON.stringify(m.type)} type mounts`);
+    if (m.mode !== undefined)
+      throw new Error(`mode not allowed for ${JSON.stringify(m.type)} type mounts`);
+    if (m.uid !== undefined)
+      throw new Error(`uid not allowed for ${JSON.stringify(m.type)} type mounts`);
+    if (m.gid !== undefined)
+      throw new Error(`gid not allowed for ${JSON.stringify(m.type)} type mounts`);
   }
   if (roAuto) m.readOnly = !(m.type === 'cache' || m.type === 'tmpfs');
   if (m.type === 'secret') {
@@ -203,6 +251,8 @@ function validateMount(m: Mount, roAuto: boolean): void {
     }
     if (m.source !== '' && m.cacheId !== '') throw new Error("both source and id can't be set");
   }
-  if (m.env !== undefined && m.type !== 'secret') throw new Error(`unexpected key 'env' for mount type '${m.type}'`);
-  if (m.cacheSharing !== '' && m.type !== 'cache') throw new Error(`invalid cache sharing set for ${m.type} mount`);
+  if (m.env !== undefined && m.type !== 'secret')
+    throw new Error(`unexpected key 'env' for mount type '${m.type}'`);
+  if (m.cacheSharing !== '' && m.type !== 'cache')
+    throw new Error(`invalid cache sharing set for ${m.type} mount`);
 }

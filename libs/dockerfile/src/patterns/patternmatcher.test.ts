@@ -71,7 +71,11 @@ const tests: [string, string, Pass][] = [
   ['a(b)c/def', 'a(b)c/def', 'exact'],
   ['a(b)c/def', 'a(b)c/xyz', 'fail'],
   ['a.|)$(}+{bc', 'a.|)$(}+{bc', 'exact'],
-  ['dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl', 'dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl', 'exact'],
+  [
+    'dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl',
+    'dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl',
+    'exact',
+  ],
   ['dist/*.whl', 'dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl', 'exact'],
   ['a\\\\', 'a\\', 'exact'],
   ['a\\*b', 'a*b', 'exact'],
@@ -80,7 +84,11 @@ const tests: [string, string, Pass][] = [
 const multiPatternTests: [string[], string, Pass][] = [
   [['**', '!util/docker/web'], 'util/docker/web/foo', 'fail'],
   [['**', '!util/docker/web', 'util/docker/web/foo'], 'util/docker/web/foo', 'exact'],
-  [['**', '!dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl'], 'dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl', 'fail'],
+  [
+    ['**', '!dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl'],
+    'dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl',
+    'fail',
+  ],
   [['**', '!dist/*.whl'], 'dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl', 'fail'],
 ];
 
@@ -102,7 +110,10 @@ describe('PatternMatcher (patternmatcher_test.go TestMatches)', () => {
   });
 
   describe('matchesOrParentMatches', () => {
-    for (const [patterns, text, pass] of [...tests.map(([p, t, s]) => [[p], t, s] as [string[], string, Pass]), ...multiPatternTests]) {
+    for (const [patterns, text, pass] of [
+      ...tests.map(([p, t, s]) => [[p], t, s] as [string[], string, Pass]),
+      ...multiPatternTests,
+    ]) {
       it(`${patterns.join(',')} ~ ${text}`, () => {
         expect(new PatternMatcher(patterns).matchesOrParentMatches(text)).toBe(pass !== 'fail');
       });
@@ -110,7 +121,10 @@ describe('PatternMatcher (patternmatcher_test.go TestMatches)', () => {
   });
 
   describe('matchesUsingParentResults, walking down from the root', () => {
-    for (const [patterns, text, pass] of [...tests.map(([p, t, s]) => [[p], t, s] as [string[], string, Pass]), ...multiPatternTests]) {
+    for (const [patterns, text, pass] of [
+      ...tests.map(([p, t, s]) => [[p], t, s] as [string[], string, Pass]),
+      ...multiPatternTests,
+    ]) {
       it(`${patterns.join(',')} ~ ${text}`, () => {
         const pm = new PatternMatcher(patterns);
         let info: MatchInfo | undefined;
@@ -121,9 +135,14 @@ describe('PatternMatcher (patternmatcher_test.go TestMatches)', () => {
   });
 
   describe('matchesUsingParentResults without context', () => {
-    for (const [patterns, text, pass] of [...tests.map(([p, t, s]) => [[p], t, s] as [string[], string, Pass]), ...multiPatternTests]) {
+    for (const [patterns, text, pass] of [
+      ...tests.map(([p, t, s]) => [[p], t, s] as [string[], string, Pass]),
+      ...multiPatternTests,
+    ]) {
       it(`${patterns.join(',')} ~ ${text}`, () => {
-        expect(new PatternMatcher(patterns).matchesUsingParentResults(text).matched).toBe(pass !== 'fail');
+        expect(new PatternMatcher(patterns).matchesUsingParentResults(text).matched).toBe(
+          pass !== 'fail',
+        );
       });
     }
   });

@@ -233,7 +233,10 @@ export class PatternMatcher {
    * tree top-down (`MatchesUsingParentResults`). Pass `undefined` for a path whose parent was not
    * matched before.
    */
-  matchesUsingParentResults(file: string, parent?: MatchInfo): { matched: boolean; info: MatchInfo } {
+  matchesUsingParentResults(
+    file: string,
+    parent?: MatchInfo,
+  ): { matched: boolean; info: MatchInfo } {
     const parentMatched = parent?.parentMatched ?? [];
     if (parentMatched.length !== 0 && parentMatched.length !== this.patterns.length) {
       throw new Error('wrong number of values in parentMatched');

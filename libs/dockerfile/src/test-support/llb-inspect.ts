@@ -6,7 +6,12 @@ import { opKind, parseDefinition } from '@kiln/llb';
 import type { Definition, OpKind, Platform } from '@kiln/llb';
 import type { pb } from '@kiln/protocol';
 import { convertDockerfile, marshalResult } from '../convert/convert.js';
-import type { ConvertOptions, ConvertResult, ImageMetadata, MetaResolver } from '../convert/convert.js';
+import type {
+  ConvertOptions,
+  ConvertResult,
+  ImageMetadata,
+  MetaResolver,
+} from '../convert/convert.js';
 
 export interface InspectedOp {
   digest: string;
@@ -38,13 +43,20 @@ export const DIGEST_A = 'sha256:' + 'a'.repeat(64);
 export const LAYER = 'sha256:' + '1'.repeat(64);
 
 /** An image config as a registry would serve it, for the given platform. */
-export function imageConfig(platform: Platform, config: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): object {
+export function imageConfig(
+  platform: Platform,
+  config: Record<string, unknown> = {},
+  extra: Record<string, unknown> = {},
+): object {
   return {
     created: '2024-01-01T00:00:00Z',
     architecture: platform.architecture,
     os: platform.os,
     ...(platform.variant ? { variant: platform.variant } : {}),
-    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], ...config },
+    config: {
+      Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+      ...config,
+    },
     rootfs: { type: 'layers', diff_ids: [LAYER] },
     history: [{ created: '2024-01-01T00:00:00Z', created_by: 'ADD rootfs.tar /' }],
     ...extra,
@@ -55,7 +67,10 @@ export function imageConfig(platform: Platform, config: Record<string, unknown> 
  * A resolver over configs defined by the test: `images[ref]` (refs normalized, `docker.io/library/
  * busybox:latest`) gives the `config` part; unknown refs fail like a registry's "not found".
  */
-export function fixedResolver(images: Record<string, Record<string, unknown>> = {}, calls?: string[]): MetaResolver {
+export function fixedResolver(
+  images: Record<string, Record<string, unknown>> = {},
+  calls?: string[],
+): MetaResolver {
   return (ref: string, platform: Platform): Promise<ImageMetadata> => {
     calls?.push(`${ref} ${platform.os}/${platform.architecture}`);
     const cfg = images[ref] ?? (ref.startsWith('docker.io/library/busybox:') ? {} : undefined);
@@ -91,8 +106,13 @@ export function inspect(result: ConvertResult, definition: Definition): Inspecte
     final: byDigest(loaded.result.digest),
     ofKind: (kind) => ops.filter((o) => o.kind === kind),
     named(fragment, kind) {
-      const found = ops.filter((o) => o.name.includes(fragment) && (kind === undefined || o.kind === kind));
-      if (found.length !== 1) throw new Error(`${found.length} ops named like ${JSON.stringify(fragment)}: ${ops.map((o) => o.name).join(' | ')}`);
+      const found = ops.filter(
+        (o) => o.name.includes(fragment) && (kind === undefined || o.kind === kind),
+      );
+      if (found.length !== 1)
+        throw new Error(
+          `${found.length} ops named like ${JSON.stringify(fragment)}: ${ops.map((o) => o.name).join(' | ')}`,
+        );
       return found[0]!;
     },
     byDigest,
@@ -101,7 +121,14 @@ export function inspect(result: ConvertResult, definition: Definition): Inspecte
 }
 
 /** Converts with a busybox-only resolver by default, marshals (stable local id) and inspects. */
-export async function convertInspect(dockerfile: string, opts: ConvertOptions = {}): Promise<Inspected> {
-  const result = await convertDockerfile(dockerfile, { metaResolver: fixedResolver(), targetPlatform: { os: 'linux', architecture: 'amd64' }, ...opts });
+export async function convertInspect(
+  dockerfile: string,
+  opts: ConvertOptions = {},
+): Promise<Inspected> {
+  const result = await convertDockerfile(dockerfile, {
+    metaResolver: fixedResolver(),
+    targetPlatform: { os: 'linux', architecture: 'amd64' },
+    ...opts,
+  });
   return inspect(result, marshalResult(result, { localUniqueId: 'test' }));
 }
