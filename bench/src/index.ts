@@ -3,6 +3,7 @@
  * Each prints a table with ratios against a baseline measured in the same run.
  */
 import { cpus } from 'node:os';
+import { runBuildBench } from './build-bench.js';
 import { runDispatchBench } from './dispatch-bench.js';
 import { runLlbBench } from './llb-bench.js';
 import { runWorkerBench } from './worker-bench.js';
@@ -11,6 +12,7 @@ const benches: Record<string, () => unknown> = {
   llb: () => runLlbBench(),
   dispatch: () => runDispatchBench(),
   worker: () => runWorkerBench(),
+  build: () => runBuildBench(),
 };
 
 const only = process.argv.slice(2);

@@ -1,11 +1,9 @@
 import type { Command } from 'commander';
-import { DockerfileError, dumpAst, formatDockerfileError } from '@kiln/dockerfile';
-import { dumpLlb, image, local, marshal, marshalLlb, mkdir, parsePlatform, copy } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
 import { FormattedError } from '../formatted-error.js';
 import { readInput, writeStdout } from '../io.js';
 
-/** `kiln debug ...`: tools to look inside LLB and Dockerfiles (BuildKit's `buildctl debug`). */
+/** `kiln debug ...`: tools to look inside LLB and Dockerfiles (BuildKit's `buildctl debug`). Libraries load on use. */
 export function registerDebug(program: Command): void {
   const debug = program.command('debug').description('inspect LLB definitions and Dockerfiles');
 
@@ -14,6 +12,7 @@ export function registerDebug(program: Command): void {
     .argument('[file]', 'a marshaled Definition; - or nothing reads standard input')
     .description('print one JSON object per op: digest, op (as BuildKit prints it), metadata')
     .action(async (file?: string) => {
+      const { dumpLlb } = await import('@kiln/llb');
       await writeStdout(dumpLlb(await readInput(file)));
     });
 
@@ -22,6 +21,7 @@ export function registerDebug(program: Command): void {
     .argument('[file]', 'dump-llb output (JSON lines); - or nothing reads standard input')
     .description('marshal dump-llb JSON lines back into a Definition, written to standard output')
     .action(async (file?: string) => {
+      const { marshalLlb } = await import('@kiln/llb');
       const bytes = marshalLlb((await readInput(file)).toString('utf8'));
       if (process.stdout.isTTY) throw new KilnError('OUTPUT_IS_TTY', 'refusing to write binary to a terminal; redirect to a file');
       await writeStdout(bytes);
@@ -32,6 +32,7 @@ export function registerDebug(program: Command): void {
     .argument('[file]', 'a Dockerfile; - or nothing reads standard input')
     .description("print a Dockerfile's parse tree in BuildKit's AST dump format")
     .action(async (file?: string) => {
+      const { DockerfileError, dumpAst, formatDockerfileError } = await import('@kiln/dockerfile');
       const text = (await readInput(file)).toString('utf8');
       let out: string;
       try {
@@ -51,6 +52,7 @@ export function registerDebug(program: Command): void {
     .option('--image <ref>', 'base image', 'busybox:latest')
     .description('write an example Definition (a two-stage build) to standard output')
     .action(async (opts: { platform: string; image: string }) => {
+      const { copy, image, local, marshal, mkdir, parsePlatform } = await import('@kiln/llb');
       const platform = parsePlatform(opts.platform);
       const ctx = local('context', { excludePatterns: ['.git'] });
       const build = image(opts.image, { platform })

@@ -1,0 +1,128 @@
+/** The implementation of `kiln build` (see build.ts). */
+import { readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { DockerfileError, formatDockerfileError, getFrontend, selectDockerignore } from '@kiln/dockerfile';
+import type { ImageMetadata } from '@kiln/dockerfile';
+import { formatPlatform, hostPlatform } from '@kiln/llb';
+import type { Platform } from '@kiln/llb';
+import { KilnError } from '@kiln/protocol';
+import { Engine } from '@kiln/worker';
+import type { ExportSpec, ProgressEvent } from '@kiln/worker';
+import { BuildOptionError, parseBuildArg, parseOutput, parseSecret, parseSsh } from '../build-options.js';
+import type { OutputSpec } from '../build-options.js';
+import { FormattedError } from '../formatted-error.js';
+import { createPrinter } from '../progress.js';
+import { defaultStateDir } from '../state-dir.js';
+
+export interface BuildFlags {
+  file?: string;
+  target?: string;
+  buildArg: string[];
+  platform?: string;
+  secret: string[];
+  ssh: string[];
+  noCache?: boolean;
+  progress: string;
+  output: string[];
+  tag: string[];
+  insecureRegistry: string[];
+}
+
+export async function build(context: string, flags: BuildFlags): Promise<void> {
+  const env = process.env;
+  const ctxDir = resolve(context);
+  const dockerfilePath = flags.file ? resolve(flags.file) : join(ctxDir, 'Dockerfile');
+  const dockerfile = await readFile(dockerfilePath).catch((cause: NodeJS.ErrnoException) => {
+    throw new BuildOptionError(`cannot read Dockerfile ${dockerfilePath}: ${cause.code ?? String(cause)}`);
+  });
+  const outputs = flags.output.map(parseOutput);
+  const secrets = new Map(flags.secret.map((s) => parseSecret(s, env)).map((s) => [s.id, s] as const));
+  const ssh = new Map(flags.ssh.map((s) => parseSsh(s, env)).map((s) => [s.id, s] as const));
+  const attrs: Record<string, string> = { filename: dockerfilePath };
+  for (const a of flags.buildArg) {
+    const kv = parseBuildArg(a, env);
+    if (kv) attrs[`build-arg:${kv[0]}`] = kv[1];
+  }
+  if (flags.target) attrs.target = flags.target;
+  if (flags.platform) attrs.platform = flags.platform;
+  if (flags.noCache === false) attrs['no-cache'] = '';
+
+  // <Dockerfile>.dockerignore beside the Dockerfile wins over <context>/.dockerignore.
+  const ignoreFiles: Record<string, Uint8Array> = {};
+  const specific = await readFile(`${dockerfilePath}.dockerignore`).catch(() => undefined);
+  const generic = await readFile(join(ctxDir, '.dockerignore')).catch(() => undefined);
+  if (specific) ignoreFiles['Dockerfile.dockerignore'] = specific;
+  if (generic) ignoreFiles['.dockerignore'] = generic;
+  const ignore = selectDockerignore(ignoreFiles, 'Dockerfile');
+
+  const engine = await Engine.open({
+    stateDir: defaultStateDir(env),
+    registry: { insecureRegistries: flags.insecureRegistry },
+  });
+  const frontend = getFrontend('dockerfile.v0')!;
+  const metaResolver = async (ref: string, platform: Platform): Promise<ImageMetadata> => {
+    const r = await engine.metadata.resolveImageConfig(ref, platform);
+    return { ref: r.ref, digest: r.digest, config: r.config };
+  };
+  let result;
+  try {
+    result = await frontend.solve({
+      dockerfile,
+      ...(ignore ? { dockerignore: ignore.patterns.join('\n') } : {}),
+      opts: attrs,
+      metaResolver,
+      buildPlatform: hostPlatform(),
+    });
+  } catch (err) {
+    if (err instanceof DockerfileError) {
+      throw new FormattedError(formatDockerfileError(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile'), err);
+    }
+    throw err;
+  }
+
+  const mode = flags.progress === 'auto' ? (process.stderr.isTTY ? 'tty' : 'plain') : flags.progress;
+  if (mode !== 'tty' && mode !== 'plain') throw new BuildOptionError(`--progress ${flags.progress}: want auto, tty or plain`);
+  const printer = createPrinter(mode, process.stderr);
+  const session = {
+    localDirs: { context: ctxDir },
+    secrets: async (id: string) => secrets.get(id)?.read(),
+    ssh: (id: string) => Promise.resolve(ssh.get(id)?.socket),
+  };
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort(new KilnError('CANCELED', 'build canceled (interrupted)'));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const multi = result.platforms.length > 1;
+    for (const p of result.platforms) {
+      const solved = await engine.solve(p.definition.toBytes(), {
+        session,
+        signal: abort.signal,
+        onProgress: (e: ProgressEvent) => printer.onEvent(e),
+        ...(flags.noCache === false ? { noCache: true } : {}),
+      });
+      for (const o of outputs) {
+        await engine.export(solved.snapshot, exportSpec(o, p.imageConfigJson, flags.tag, multi ? p.platform : undefined));
+      }
+    }
+  } finally {
+    printer.finish();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  if (outputs.length === 0) process.stderr.write('WARNING: no output specified; the result is only in the build cache (use --output)\n');
+}
+
+function exportSpec(o: OutputSpec, configJson: string, tags: string[], platform: Platform | undefined): ExportSpec {
+  // Several platforms into one local/tar destination: one subdirectory/file per platform, as buildx.
+  const suffix = platform ? formatPlatform(platform).replace(/\//g, '_') : '';
+  if (o.type === 'local') return { type: 'local', dest: suffix ? join(o.dest, suffix) : o.dest };
+  if (o.type === 'tar') return { type: 'tar', dest: suffix ? `${o.dest}.${suffix}` : o.dest };
+  const names = o.name ? [o.name, ...tags] : tags;
+  return {
+    type: o.type,
+    dest: suffix ? `${o.dest}.${suffix}` : o.dest,
+    config: JSON.parse(configJson) as Record<string, unknown>,
+    names,
+  };
+}
