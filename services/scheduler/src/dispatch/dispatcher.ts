@@ -54,7 +54,7 @@ import {
   watchLoop,
 } from '@kiln/bus';
 import type { OfferReply } from '@kiln/bus';
-import { reviveError } from '@kiln/protocol';
+import { KilnError, reviveError } from '@kiln/protocol';
 import { KvWatchInclude } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers } from '@nats-io/transport-node';
@@ -347,9 +347,16 @@ export class Dispatcher {
     e.chain = e.chain.then(fn).catch((error: unknown) => {
       if (this.#abort.signal.aborted) return;
       this.#o.onEvent({ type: 'error', where: 'task', error });
-      // A bus call failed for good (e.g. NATS away for longer than the retry window): re-read
-      // and react again on the next monitor tick rather than leave the entry stuck.
-      e.pendingFor = undefined;
+      // A bus call kept failing past the retry window (NATS away for a minute): the state of the
+      // attempt is unknown here, so fail the waits clearly rather than leave them hanging. The
+      // record stays; submitting again picks it up.
+      if (this.#entries.get(e.key) !== e) return;
+      const err = new KilnError('DISPATCH_BUS_UNAVAILABLE', 'task bus unavailable', {
+        cause: error,
+        retryable: true,
+        details: { cacheKey: e.cacheKey },
+      });
+      this.#settle(e, (w) => w.reject(err));
     });
   }
 

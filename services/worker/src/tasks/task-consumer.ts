@@ -516,7 +516,7 @@ export class TaskConsumer {
     try {
       if (!task || !this.#supports(task)) {
         // Undecodable, or on a queue we should not consume: never run it; drop the copy.
-        msg?.term();
+        msg?.ack();
         reply?.({ accepted: false, reason: task ? 'platform' : 'stale' });
         return;
       }
