@@ -4,6 +4,8 @@
  * BuildKit's messages; the instruction parser adds the line range.
  */
 
+import { withSuggestion } from './go-helpers.js';
+
 type FlagType = 'bool' | 'string' | 'strings';
 
 /** One declared flag and, after parse, its value. */
@@ -69,36 +71,39 @@ export class BFlags {
   /** Checks the words against the declared flags and sets their values; throws on the first error. */
   parse(): void {
     if (this.err !== undefined) throw new Error(`error setting up flags: ${this.err}`);
-    for (let arg of this.args) {
-      if (!arg.startsWith('--')) throw new Error(`arg should start with -- : ${arg}`);
-      if (arg === '--') return;
-      arg = arg.slice(2);
-      let value = '';
-      const index = arg.indexOf('=');
-      if (index >= 0) {
-        value = arg.slice(index + 1);
-        arg = arg.slice(0, index);
-      }
+    for (const a of this.args) {
+      // `--` ends the flags (POSIX utility syntax guidelines).
+      if (a === '--') return;
+      if (!a.startsWith('--')) throw new Error(`arg should start with -- : ${a}`);
+      const index = a.indexOf('=');
+      const hasValue = index >= 0;
+      const flagName = hasValue ? a.slice(0, index) : a;
+      const value = hasValue ? a.slice(index + 1) : '';
+      const arg = flagName.slice(2);
       const flag = this.flags.get(arg);
-      if (!flag) throw new Error(`unknown flag: ${arg}`);
+      if (!flag) {
+        const names = [...this.flags.keys()].map((n) => '--' + n);
+        throw new Error(withSuggestion(`unknown flag: ${flagName}`, flagName, names, true));
+      }
       if (this.used.has(arg) && flag.type !== 'strings')
-        throw new Error(`duplicate flag specified: ${arg}`);
+        throw new Error(`duplicate flag specified: ${flagName}`);
       this.used.set(arg, flag);
       switch (flag.type) {
         case 'bool': {
-          if (index >= 0 && value === '') throw new Error(`missing a value on flag: ${arg}`);
+          // An empty value is only fine without `=`.
+          if (hasValue && value === '') throw new Error(`missing a value on flag: ${flagName}`);
           const lower = value.toLowerCase();
-          if (lower === '') flag.value = 'true';
-          else if (lower === 'true' || lower === 'false') flag.value = lower;
-          else throw new Error(`expecting boolean value for flag ${arg}, not: ${value}`);
+          if (lower === 'true' || lower === '') flag.value = 'true';
+          else if (lower === 'false') flag.value = 'false';
+          else throw new Error(`expecting boolean value for flag ${flagName}, not: ${value}`);
           break;
         }
         case 'string':
-          if (index < 0) throw new Error(`missing a value on flag: ${arg}`);
+          if (!hasValue) throw new Error(`missing a value on flag: ${flagName}`);
           flag.value = value;
           break;
         case 'strings':
-          if (index < 0) throw new Error(`missing a value on flag: ${arg}`);
+          if (!hasValue) throw new Error(`missing a value on flag: ${flagName}`);
           flag.stringValues.push(value);
           break;
       }

@@ -5,7 +5,7 @@ import { DockerfileError } from '../dockerfile-error.js';
 import { parse } from '../parser/parser.js';
 import { BFlags } from './bflag.js';
 import type { Command, Stage } from './commands.js';
-import { parseInstructions } from './parse.js';
+import { parseInstruction, parseInstructions } from './parse.js';
 import { parseMount } from './runmount.js';
 
 function stagesOf(text: string): Stage[] {
@@ -46,11 +46,12 @@ describe('BFlags (bflag_test.go)', () => {
   });
 
   it.each([
-    [['--bool1=xxx'], 'expecting boolean value for flag bool1, not: xxx'],
-    [['--bool1='], 'missing a value on flag: bool1'],
-    [['--str1'], 'missing a value on flag: str1'],
-    [['--nope=1'], 'unknown flag: nope'],
-    [['--str1=a', '--str1=b'], 'duplicate flag specified: str1'],
+    [['--bool1=xxx'], 'expecting boolean value for flag --bool1, not: xxx'],
+    [['--bool1='], 'missing a value on flag: --bool1'],
+    [['--str1'], 'missing a value on flag: --str1'],
+    [['--nope=1'], 'unknown flag: --nope'],
+    [['--str=1'], 'unknown flag: --str (did you mean --str1?)'],
+    [['--str1=a', '--str1=b'], 'duplicate flag specified: --str1'],
     [['-str1=a'], 'arg should start with -- : -str1=a'],
   ])('rejects %j', (args, msg) => {
     const bf = new BFlags(args);
@@ -104,7 +105,7 @@ describe('stages and meta ARGs', () => {
       'FROM a AS 1abc',
       'invalid name for build stage: "1abc", name can\'t start with a number or contain symbols',
     ],
-    ['FROM --nope=x a', 'unknown flag: nope'],
+    ['FROM --nope=x a', 'unknown flag: --nope'],
   ])('rejects %s', (line, msg) => {
     expect(parseError(line).message).toContain(msg);
   });
@@ -124,7 +125,7 @@ describe('error cases (parse_test.go TestErrorCases)', () => {
     ],
     ['ONBUILD FROM scratch', "FROM isn't allowed as an ONBUILD trigger"],
     ['ONBUILD MAINTAINER docker.io', "MAINTAINER isn't allowed as an ONBUILD trigger"],
-    ['MAINTAINER --boo joe@example.com', 'unknown flag: boo'],
+    ['MAINTAINER --boo joe@example.com', 'unknown flag: --boo'],
     ['ONBUILD ONBUILD RUN touch foobar', "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"],
     ['FOO bar', 'unknown instruction: FOO'],
     ['RUNN echo', 'unknown instruction: RUNN (did you mean RUN?)'],
@@ -151,8 +152,9 @@ describe('error cases (parse_test.go TestErrorCases)', () => {
       'RUN --mount=type=cache,from=$X,target=/x x',
       "'from' doesn't support variable expansion, define alias stage instead",
     ],
-    ['COPY --nope a b', 'unknown flag: nope'],
-    ['ADD --from=x a b', 'unknown flag: from'],
+    ['COPY --nope a b', 'unknown flag: --nope'],
+    ['COPY --form=x a b', 'unknown flag: --form (did you mean --from?)'],
+    ['ADD --from=x a b', 'unknown flag: --from'],
   ])('%s', (line, msg) => {
     const err = parseError(`FROM scratch\n${line}\n`);
     expect(err.message).toBe(`dockerfile parse error on line 2: ${msg}`);
@@ -162,6 +164,59 @@ describe('error cases (parse_test.go TestErrorCases)', () => {
   it('carries the whole line range of a continued instruction', () => {
     const err = parseError('FROM scratch\nCOPY --bad \\\n  a \\\n  b\n');
     expect([err.startLine, err.endLine]).toEqual([2, 4]);
+  });
+});
+
+describe('argument counts (parse_test.go)', () => {
+  const first = (text: string): Parameters<typeof parseInstruction>[0] =>
+    parse(text).ast.children[0]!;
+
+  it.each(['MAINTAINER', 'WORKDIR', 'USER', 'STOPSIGNAL'])(
+    '%s requires exactly one argument',
+    (cmd) => {
+      expect(() => parseInstruction(first(cmd))).toThrow(`${cmd} requires exactly one argument`);
+    },
+  );
+
+  it.each(['ENV', 'LABEL', 'ONBUILD', 'HEALTHCHECK', 'EXPOSE', 'VOLUME'])(
+    '%s requires at least one argument',
+    (cmd) => {
+      expect(() => parseInstruction(first(cmd))).toThrow(`${cmd} requires at least one argument`);
+    },
+  );
+
+  it.each(['ADD', 'COPY'])('%s requires a destination', (cmd) => {
+    expect(() => parseInstruction(first(`${cmd} arg1`))).toThrow(
+      `${cmd} requires at least two arguments, but only one was provided. Destination could not be determined`,
+    );
+  });
+
+  it('HEALTHCHECK CMD in shell form is CMD-SHELL (TestHealthCheckCmd)', () => {
+    const ins = parseInstruction(first('HEALTHCHECK CMD hello world'));
+    expect(
+      ins.kind === 'command' && ins.command.kind === 'healthcheck' && ins.command.health.test,
+    ).toEqual(['CMD-SHELL', 'hello world']);
+  });
+
+  it('records the flags a RUN used (TestRunCmdFlagsUsed)', () => {
+    const ins = parseInstruction(first('RUN --mount=type=tmpfs,target=/foo/ echo hello'));
+    expect(ins.kind === 'command' && ins.command.kind === 'run' && ins.command.flagsUsed).toEqual([
+      'mount',
+    ]);
+  });
+
+  it('reads ARG and stage doc comments (TestCommentsDetection)', () => {
+    const dt =
+      '# foo sets foo\nARG foo=bar\n\n# base defines first stage\nFROM busybox AS base\n# this is irrelevant\nARG foo\n# bar defines bar\n# baz is something else\nARG bar baz=123\n';
+    const { stages, metaArgs } = parseInstructions(parse(dt).ast);
+    expect(stages[0]!.docComment).toBe('defines first stage');
+    expect(metaArgs[0]!.args[0]).toMatchObject({ key: 'foo', comment: 'sets foo' });
+    const [a, b] = stages[0]!.commands;
+    expect(a!.kind === 'arg' && a.args[0]).toMatchObject({ key: 'foo', comment: '' });
+    expect(b!.kind === 'arg' && b.args).toMatchObject([
+      { key: 'bar', comment: 'defines bar' },
+      { key: 'baz', comment: 'is something else' },
+    ]);
   });
 });
 
