@@ -109,10 +109,12 @@ describe('Dispatcher', () => {
   it('runs a key once for concurrent submits from two builds; later submits get the stored result', async () => {
     const w = await worker('dedup-1', 'linux/amd64', 2);
     const t = testTask({ sleepMs: 300 });
+    const progress: string[] = [];
     const [a, b] = await Promise.all([
-      d.submit(t, { buildId: 'x' }),
+      d.submit(t, { buildId: 'x', onProgress: (p) => progress.push(p.stage ?? '') }),
       d.submit({ ...t, taskId: 'other', buildId: 'y' }),
     ]);
+    expect(progress).toContain('sleep');
     expect(a.attemptToken).toBe(b.attemptToken);
     expect(a.outputs[0]?.resultId).toBe(`res-${t.cacheKey}`);
     await reported(w, t);
@@ -258,6 +260,24 @@ describe('Dispatcher', () => {
     );
     w.proc.kill('SIGCONT');
     await until('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
+  it('re-dispatches, without counting an attempt, a task handed back by a worker draining on SIGTERM', async () => {
+    const [v, u] = await Promise.all([worker('drain-v'), worker('drain-u')]);
+    const t = testTask({ sleepMs: 2_500 });
+    const done = d.submit(t, { preferredWorkers: [v.id] });
+    await until('v to run the task', () => v.claimed(t.taskId ?? ''));
+    await v.proc.stop(10_000); // SIGTERM: drain, hand back after its 200 ms drain timeout, exit
+    await until('v to report the hand-back', () =>
+      v.events.some((e) => e.type === 'handed-back' && e.taskId === t.taskId),
+    );
+    expect((await done).workerId).toBe(u.id);
+    expect(await record(t)).toMatchObject({ state: 'done', attempt: 1, holder: u.id });
+    expect(
+      events.some(
+        (e) => e.type === 'redispatched' && e.taskId === t.taskId && e.reason === 'released',
+      ),
+    ).toBe(true);
   });
 
   it('cancels a build: its own tasks stop, tasks shared with another build complete', async () => {
