@@ -33,7 +33,9 @@ function runRaw(binary: string, args: string[]): Promise<void> {
     let err = '';
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
     child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${binary} exited ${code}: ${err}`))));
+    child.on('close', (code) =>
+      code === 0 ? resolve() : reject(new Error(`${binary} exited ${code}: ${err}`)),
+    );
   });
 }
 
@@ -43,7 +45,10 @@ function runRaw(binary: string, args: string[]): Promise<void> {
  * the same config.json, alternating the two so that machine noise hits both. Needs root and the
  * machine setup (crun or runc, busybox-static). Returns medians in milliseconds.
  */
-export async function benchExec(iterations: number, runtime: RuntimeName | 'auto' = 'auto'): Promise<BenchExecResult> {
+export async function benchExec(
+  iterations: number,
+  runtime: RuntimeName | 'auto' = 'auto',
+): Promise<BenchExecResult> {
   const dir = await mkdtemp(join(tmpdir(), 'kiln-bench-exec-'));
   try {
     const rootfs = await makeBusyboxRootfs(join(dir, 'rootfs'));
@@ -81,7 +86,14 @@ export async function benchExec(iterations: number, runtime: RuntimeName | 'auto
 
     // warm up both paths
     await rt.run({ rootfs, args: ['true'], network: 'host' });
-    await runRaw(binary, ['--root', stateRoot, 'run', '--bundle', bundle, `kiln-raw-${randomBytes(6).toString('hex')}`]);
+    await runRaw(binary, [
+      '--root',
+      stateRoot,
+      'run',
+      '--bundle',
+      bundle,
+      `kiln-raw-${randomBytes(6).toString('hex')}`,
+    ]);
 
     const ours: number[] = [];
     const raw: number[] = [];
@@ -96,7 +108,13 @@ export async function benchExec(iterations: number, runtime: RuntimeName | 'auto
     }
     const oursMedianMs = median(ours);
     const rawMedianMs = median(raw);
-    return { runtime: rt.name, iterations, oursMedianMs, rawMedianMs, ratio: oursMedianMs / rawMedianMs };
+    return {
+      runtime: rt.name,
+      iterations,
+      oursMedianMs,
+      rawMedianMs,
+      ratio: oursMedianMs / rawMedianMs,
+    };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

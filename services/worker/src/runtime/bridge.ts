@@ -1,6 +1,6 @@
 import { spawn, execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { RuntimeError, RuntimeErrorCode } from './errors.js';
@@ -41,7 +41,9 @@ async function run(cmd: string, args: string[], input?: string): Promise<void> {
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     child.on('error', reject);
     child.on('close', (code) =>
-      code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')}: ${stderr.trim() || `exit ${code}`}`)),
+      code === 0
+        ? resolve()
+        : reject(new Error(`${cmd} ${args.join(' ')}: ${stderr.trim() || `exit ${code}`}`)),
     );
     child.stdin.end(input);
   });
@@ -73,7 +75,11 @@ export class BridgeNetwork {
     this.name = opts.name ?? 'kiln0';
     const subnet = opts.subnet ?? '10.89.0.0/16';
     const m = /^(\d+)\.(\d+)\.0\.0\/16$/.exec(subnet);
-    if (m === null) throw new RuntimeError(RuntimeErrorCode.Io, `bridge subnet must be a.b.0.0/16, got ${subnet}`);
+    if (m === null)
+      throw new RuntimeError(
+        RuntimeErrorCode.Io,
+        `bridge subnet must be a.b.0.0/16, got ${subnet}`,
+      );
     this.prefix = `${m[1]!}.${m[2]!}`;
     this.gateway = `${this.prefix}.0.1`;
     this.ipamDir = join(opts.ipamDir ?? '/run/kiln/ipam', `${this.prefix}.0.0-16`);
@@ -109,40 +115,83 @@ export class BridgeNetwork {
         await writeFile('/proc/sys/net/ipv4/ip_forward', '1\n');
       }
       const subnet = `${b.prefix}.0.0/16`;
-      await ensureRule(['-t', 'nat', 'POSTROUTING', '-s', subnet, '!', '-o', b.name, '-j', 'MASQUERADE']);
+      await ensureRule([
+        '-t',
+        'nat',
+        'POSTROUTING',
+        '-s',
+        subnet,
+        '!',
+        '-o',
+        b.name,
+        '-j',
+        'MASQUERADE',
+      ]);
       await ensureRule(['-t', 'filter', 'FORWARD', '-i', b.name, '-j', 'ACCEPT']);
       await ensureRule(['-t', 'filter', 'FORWARD', '-o', b.name, '-j', 'ACCEPT']);
     } catch (err) {
-      throw new RuntimeError(RuntimeErrorCode.Io, `setting up bridge ${b.name}: ${(err as Error).message}`, { cause: err });
+      throw new RuntimeError(
+        RuntimeErrorCode.Io,
+        `setting up bridge ${b.name}: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
+    await b.sweep();
     return b;
+  }
+
+  /**
+   * Deletes the namespaces and leases of processes that are gone (a worker killed mid-run), on
+   * the whole machine. Called by {@link setup}.
+   */
+  async sweep(): Promise<void> {
+    for (const ip of await readdir(this.ipamDir)) {
+      const file = join(this.ipamDir, ip);
+      const [pid, id] = (await readFile(file, 'utf8').catch(() => '')).trim().split(' ');
+      const owner = Number(pid);
+      if (!Number.isInteger(owner) || owner <= 0 || pidAlive(owner)) continue;
+      if (id !== undefined && id !== '') await BridgeNetwork.detach(id).catch(() => undefined);
+      await unlink(file).catch(() => undefined);
+    }
   }
 
   /** A new network namespace `kiln-<id>` on the bridge. */
   async attach(id: string): Promise<BridgeAttachment> {
-    const ip = await this.lease();
+    const ip = await this.lease(id);
     const ns = `kiln-${id}`;
     const veth = `vk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
     try {
-      await run('ip', ['-b', '-'], [
-        `netns add ${ns}`,
-        `link add ${veth} type veth peer name eth0 netns ${ns}`,
-        `link set ${veth} master ${this.name} up`,
-        '',
-      ].join('\n'));
-      await run('ip', ['-n', ns, '-b', '-'], [
-        `addr add ${ip}/16 dev eth0`,
-        'link set eth0 up',
-        'link set lo up',
-        `route add default via ${this.gateway}`,
-        '',
-      ].join('\n'));
+      await run(
+        'ip',
+        ['-b', '-'],
+        [
+          `netns add ${ns}`,
+          `link add ${veth} type veth peer name eth0 netns ${ns}`,
+          `link set ${veth} master ${this.name} up`,
+          '',
+        ].join('\n'),
+      );
+      await run(
+        'ip',
+        ['-n', ns, '-b', '-'],
+        [
+          `addr add ${ip}/16 dev eth0`,
+          'link set eth0 up',
+          'link set lo up',
+          `route add default via ${this.gateway}`,
+          '',
+        ].join('\n'),
+      );
     } catch (err) {
       await BridgeNetwork.detach(id);
       await this.unlease(ip);
-      throw new RuntimeError(RuntimeErrorCode.Io, `attaching ${id} to bridge ${this.name}: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw new RuntimeError(
+        RuntimeErrorCode.Io,
+        `attaching ${id} to bridge ${this.name}: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
     }
     return {
       nsPath: `/run/netns/${ns}`,
@@ -163,7 +212,7 @@ export class BridgeNetwork {
     });
   }
 
-  private async lease(): Promise<string> {
+  private async lease(id: string): Promise<string> {
     const total = 256 * 256 - 3; // .0.2 .. .255.254
     const start = Math.floor(Math.random() * total);
     for (let n = 0; n < total; n++) {
@@ -174,12 +223,12 @@ export class BridgeNetwork {
       for (let attempt = 0; attempt < 2; attempt++) {
         try {
           const fh = await open(file, 'wx');
-          await fh.writeFile(String(process.pid));
+          await fh.writeFile(`${process.pid} ${id}`);
           await fh.close();
           return ip;
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-          const owner = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+          const owner = Number((await readFile(file, 'utf8').catch(() => '')).trim().split(' ')[0]);
           // a lease whose process is gone is taken over (once); a fresh one may not be written yet
           if (!(Number.isInteger(owner) && owner > 0 && !pidAlive(owner))) break;
           await unlink(file).catch(() => undefined);

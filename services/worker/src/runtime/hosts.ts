@@ -19,7 +19,10 @@ export function hostsFile(hostname: string, extra: readonly HostEntry[] = []): s
  * nameservers (unreachable from another network namespace), falling back to public resolvers
  * when none remain, as Docker and BuildKit do.
  */
-export async function resolvConf(network: NetworkMode, hostPath = '/etc/resolv.conf'): Promise<string> {
+export async function resolvConf(
+  network: NetworkMode,
+  hostPath = '/etc/resolv.conf',
+): Promise<string> {
   let text = '';
   try {
     text = await readFile(hostPath, 'utf8');
@@ -27,9 +30,7 @@ export async function resolvConf(network: NetworkMode, hostPath = '/etc/resolv.c
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
   if (network === 'host') return text;
-  const kept = text
-    .split('\n')
-    .filter((l) => !/^\s*nameserver\s+(127\.|::1\b|0\.0\.0\.0)/.test(l));
+  const kept = text.split('\n').filter((l) => !/^\s*nameserver\s+(127\.|::1\b|0\.0\.0\.0)/.test(l));
   if (!kept.some((l) => /^\s*nameserver\s/.test(l))) {
     for (const ns of DEFAULT_NAMESERVERS) kept.push(`nameserver ${ns}`);
   }

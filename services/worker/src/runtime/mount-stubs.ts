@@ -59,7 +59,11 @@ export async function mountStubsCleaner(
       }
       const before = parents.get(parent);
       const names = (await readdir(parent)).sort();
-      if (before !== undefined && names.length === before.names.length && names.every((n, i) => n === before.names[i])) {
+      if (
+        before !== undefined &&
+        names.length === before.names.length &&
+        names.every((n, i) => n === before.names[i])
+      ) {
         await utimes(parent, before.atime, before.mtime);
       } else {
         await utimes(parent, pst.atime, pst.mtime);
@@ -68,11 +72,17 @@ export async function mountStubsCleaner(
   };
 }
 
-async function dirState(dir: string): Promise<{ atime: number; mtime: number; names: string[] } | undefined> {
+async function dirState(
+  dir: string,
+): Promise<{ atime: number; mtime: number; names: string[] } | undefined> {
   try {
     const st = await lstat(dir);
     if (!st.isDirectory()) return undefined;
-    return { atime: st.atimeMs / 1000, mtime: st.mtimeMs / 1000, names: (await readdir(dir)).sort() };
+    return {
+      atime: st.atimeMs / 1000,
+      mtime: st.mtimeMs / 1000,
+      names: (await readdir(dir)).sort(),
+    };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;

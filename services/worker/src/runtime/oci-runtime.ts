@@ -1,7 +1,16 @@
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  rm,
+  writeFile,
+} from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { promisify } from 'node:util';
 import { BridgeNetwork } from './bridge.js';
@@ -39,7 +48,16 @@ export interface OciRuntimeOptions {
 /** A static executable that runs `true` when called so (busybox-static). */
 const PROBE_BINARY = '/bin/busybox';
 
-const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 };
+const SIGNALS: Record<string, number> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGABRT: 6,
+  SIGKILL: 9,
+  SIGSEGV: 11,
+  SIGPIPE: 13,
+  SIGTERM: 15,
+};
 
 /**
  * Runs processes in containers with crun or runc: one bundle per run under the state dir, a unique
@@ -73,7 +91,11 @@ export class OciRuntime {
     const candidates: RuntimeName[] = wanted === 'auto' ? ['crun', 'runc'] : [wanted];
     const failures: string[] = [];
     for (const name of candidates) {
-      const rt = new OciRuntime(name, wanted === 'auto' ? name : (opts.binary ?? name), opts.stateDir);
+      const rt = new OciRuntime(
+        name,
+        wanted === 'auto' ? name : (opts.binary ?? name),
+        opts.stateDir,
+      );
       const err = await rt.probe();
       if (err === undefined) {
         await rt.sweep();
@@ -82,7 +104,10 @@ export class OciRuntime {
       }
       failures.push(`${name}: ${err}`);
     }
-    throw new RuntimeError(RuntimeErrorCode.Unavailable, `no usable OCI runtime (${failures.join('; ')})`);
+    throw new RuntimeError(
+      RuntimeErrorCode.Unavailable,
+      `no usable OCI runtime (${failures.join('; ')})`,
+    );
   }
 
   private async setupSandboxNetwork(opts: OciRuntimeOptions): Promise<void> {
@@ -106,9 +131,22 @@ export class OciRuntime {
     const id = `kiln-probe-${randomBytes(6).toString('hex')}`;
     const spec = {
       ociVersion: '1.0.2',
-      process: { terminal: false, user: { uid: 0, gid: 0 }, args: ['/true'], env: ['PATH=/'], cwd: '/' },
+      process: {
+        terminal: false,
+        user: { uid: 0, gid: 0 },
+        args: ['/true'],
+        env: ['PATH=/'],
+        cwd: '/',
+      },
       root: { path: join(bundle, 'rootfs'), readonly: false },
-      mounts: [{ destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] }],
+      mounts: [
+        {
+          destination: '/proc',
+          type: 'proc',
+          source: 'proc',
+          options: ['nosuid', 'noexec', 'nodev'],
+        },
+      ],
       linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }] },
     };
     try {
@@ -117,7 +155,9 @@ export class OciRuntime {
       await copyFile(PROBE_BINARY, join(bundle, 'rootfs', 'true'), constants.COPYFILE_FICLONE);
       await chmod(join(bundle, 'rootfs', 'true'), 0o755);
       await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
-      await execFileP(this.binary, [...this.rootArgs, 'run', '--bundle', bundle, id], { timeout: 30_000 });
+      await execFileP(this.binary, [...this.rootArgs, 'run', '--bundle', bundle, id], {
+        timeout: 30_000,
+      });
       return undefined;
     } catch (err) {
       await this.delete(id);
@@ -158,7 +198,9 @@ export class OciRuntime {
     } catch (err) {
       const msg = (err as { stderr?: string }).stderr ?? '';
       if (!/not exist|not found|no such/i.test(msg)) {
-        throw new RuntimeError(RuntimeErrorCode.Io, `deleting container ${id}: ${msg.trim()}`, { cause: err });
+        throw new RuntimeError(RuntimeErrorCode.Io, `deleting container ${id}: ${msg.trim()}`, {
+          cause: err,
+        });
       }
     }
   }
@@ -202,12 +244,18 @@ export class OciRuntime {
   private async prepare(id: string, bundle: string, spec: RunSpec): Promise<OciSpec> {
     const user = await resolveUser(spec.rootfs, spec.user);
     const cwd = posix.join('/', spec.cwd ?? '');
-    if (!spec.readonlyRootfs) await mkdir(await rootPath(spec.rootfs, cwd), { recursive: true, mode: 0o755 });
+    if (!spec.readonlyRootfs)
+      await mkdir(await rootPath(spec.rootfs, cwd), { recursive: true, mode: 0o755 });
     const network = spec.network ?? 'sandbox';
     const security = spec.security ?? 'sandbox';
-    const hostname = spec.hostname === undefined || spec.hostname === '' ? undefined : spec.hostname;
+    const hostname =
+      spec.hostname === undefined || spec.hostname === '' ? undefined : spec.hostname;
     const [resolv] = await Promise.all([
-      resolvConf(network === 'host' || (network === 'sandbox' && this.bridge === undefined) ? 'host' : 'none'),
+      resolvConf(
+        network === 'host' || (network === 'sandbox' && this.bridge === undefined)
+          ? 'host'
+          : 'none',
+      ),
       writeFile(join(bundle, 'hosts'), hostsFile(hostname ?? 'buildkitsandbox', spec.extraHosts)),
     ]);
     await writeFile(join(bundle, 'resolv.conf'), resolv);
@@ -237,10 +285,15 @@ export class OciRuntime {
   private start(id: string, bundle: string, spec: RunSpec, opts: RunOptions): Promise<RunResult> {
     const tail = new LineTail(opts.tailLines ?? 20);
     const logFile = join(bundle, 'runtime.log');
-    const logArgs = this.name === 'crun' ? [`--log=file:${logFile}`] : ['--log', logFile, '--log-format', 'json'];
-    const child = spawn(this.binary, [...this.rootArgs, ...logArgs, 'run', '--bundle', bundle, id], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const logArgs =
+      this.name === 'crun' ? [`--log=file:${logFile}`] : ['--log', logFile, '--log-format', 'json'];
+    const child = spawn(
+      this.binary,
+      [...this.rootArgs, ...logArgs, 'run', '--bundle', bundle, id],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     child.stdout.on('data', (c: Buffer) => {
       tail.push(c);
       opts.onOutput?.('stdout', c);
@@ -272,12 +325,19 @@ export class OciRuntime {
     };
     const onAbort = (): void => kill('signal');
     opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => kill('timeout'), opts.timeoutMs);
+    const timer =
+      opts.timeoutMs === undefined ? undefined : setTimeout(() => kill('timeout'), opts.timeoutMs);
 
     return new Promise<RunResult>((resolve, reject) => {
       child.on('error', (err) => {
         exited = true;
-        reject(new RuntimeError(RuntimeErrorCode.StartFailed, `spawning ${this.binary}: ${err.message}`, { cause: err }));
+        reject(
+          new RuntimeError(
+            RuntimeErrorCode.StartFailed,
+            `spawning ${this.binary}: ${err.message}`,
+            { cause: err },
+          ),
+        );
       });
       child.on('close', (code, signal) => {
         exited = true;
@@ -288,11 +348,16 @@ export class OciRuntime {
           await killing;
           if (aborted !== undefined) {
             await this.delete(id);
-            const why = aborted === 'timeout' ? `timed out after ${opts.timeoutMs ?? 0} ms` : 'aborted';
-            throw new RuntimeError(RuntimeErrorCode.Aborted, `process ${JSON.stringify(spec.args.join(' '))} ${why}`, {
-              cause: opts.signal?.reason,
-              details: { containerId: id },
-            });
+            const why =
+              aborted === 'timeout' ? `timed out after ${opts.timeoutMs ?? 0} ms` : 'aborted';
+            throw new RuntimeError(
+              RuntimeErrorCode.Aborted,
+              `process ${JSON.stringify(spec.args.join(' '))} ${why}`,
+              {
+                cause: opts.signal?.reason,
+                details: { containerId: id },
+              },
+            );
           }
           const valid = spec.validExitCodes ?? [0];
           if (valid.includes(exitCode)) return { containerId: id, exitCode, tail: tail.toString() };

@@ -4,11 +4,15 @@ import type { AddressInfo } from 'node:net';
 import { lstat, mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BridgeNetwork } from './bridge.js';
 import { DEFAULT_PATH, ExecError, OciRuntime, RuntimeError } from './index.js';
 import type { RunOptions, RunSpec } from './index.js';
 import { makeBusyboxRootfs } from './test-rootfs.js';
 
+const execFileP = promisify(execFile);
 let root: string;
 let rootfs: string;
 let rt: OciRuntime;
@@ -30,7 +34,11 @@ afterAll(async () => {
 });
 
 /** Runs `sh -c script` in the busybox rootfs and returns stdout. */
-async function sh(script: string, extra: Partial<RunSpec> = {}, opts: RunOptions = {}): Promise<string> {
+async function sh(
+  script: string,
+  extra: Partial<RunSpec> = {},
+  opts: RunOptions = {},
+): Promise<string> {
   const chunks: Buffer[] = [];
   await rt.run(
     { rootfs, args: ['/bin/sh', '-c', script], ...extra },
@@ -60,7 +68,14 @@ describe('OciRuntime', () => {
 
   it('fails with ExecError carrying the exit code and the tail of the output', async () => {
     const err = await rt
-      .run({ rootfs, args: ['/bin/sh', '-c', 'for i in $(seq 1 50); do echo line $i; done; echo oops >&2; exit 3'] })
+      .run({
+        rootfs,
+        args: [
+          '/bin/sh',
+          '-c',
+          'for i in $(seq 1 50); do echo line $i; done; echo oops >&2; exit 3',
+        ],
+      })
       .then(
         () => undefined,
         (e: unknown) => e,
@@ -76,7 +91,10 @@ describe('OciRuntime', () => {
     expect(lines).toContain('line 50');
     expect(lines).not.toContain('line 1');
     // a valid non-zero exit code is a success
-    expect((await rt.run({ rootfs, args: ['/bin/sh', '-c', 'exit 3'], validExitCodes: [0, 3] })).exitCode).toBe(3);
+    expect(
+      (await rt.run({ rootfs, args: ['/bin/sh', '-c', 'exit 3'], validExitCodes: [0, 3] }))
+        .exitCode,
+    ).toBe(3);
   });
 
   it('reports a runtime failure (missing executable) as RUNTIME_START_FAILED', async () => {
@@ -87,7 +105,9 @@ describe('OciRuntime', () => {
 
   it('resolves users and groups against the rootfs', async () => {
     // busybox `id` lists getgroups(): the supplementary groups from /etc/group memberships
-    expect(await sh('id; id -G', { user: 'kiln' })).toBe('uid=1000(kiln) gid=1000(kiln) groups=50(staff)\n1000 50\n');
+    expect(await sh('id; id -G', { user: 'kiln' })).toBe(
+      'uid=1000(kiln) gid=1000(kiln) groups=50(staff)\n1000 50\n',
+    );
     expect(await sh('id -u; id -g; id -G', { user: '1000' })).toBe('1000\n1000\n1000 50\n');
     // an explicit group: no supplementary groups (runc's GetExecUser)
     expect(await sh('id -u; id -g; id -G', { user: 'kiln:staff' })).toBe('1000\n50\n50\n');
@@ -95,7 +115,9 @@ describe('OciRuntime', () => {
     expect(await sh('id -u; id -g', { user: '4242' })).toBe('4242\n0\n');
     expect(await sh('id -u; id -g', { user: 'nobody' })).toBe('65534\n65534\n');
     expect(await sh('id -u; id -g')).toBe('0\n0\n');
-    await expect(sh('id', { user: 'nosuchuser' })).rejects.toMatchObject({ code: 'RUNTIME_USER_NOT_FOUND' });
+    await expect(sh('id', { user: 'nosuchuser' })).rejects.toMatchObject({
+      code: 'RUNTIME_USER_NOT_FOUND',
+    });
     await expect(sh('id', { user: 'kiln:nosuchgroup' })).rejects.toBeInstanceOf(RuntimeError);
   });
 
@@ -110,7 +132,12 @@ describe('OciRuntime', () => {
 
   it('sets the hostname and writes /etc/hosts, then removes the stubs it created', async () => {
     expect(await sh('hostname')).toBe('buildkitsandbox\n');
-    expect(await sh('hostname; cat /etc/hosts', { hostname: 'box1', extraHosts: [{ host: 'db', ip: '10.1.2.3' }] })).toBe(
+    expect(
+      await sh('hostname; cat /etc/hosts', {
+        hostname: 'box1',
+        extraHosts: [{ host: 'db', ip: '10.1.2.3' }],
+      }),
+    ).toBe(
       'box1\n127.0.0.1\tlocalhost box1\n::1\tlocalhost ip6-localhost ip6-loopback\n10.1.2.3\tdb\n',
     );
     // the rootfs had no /etc/hosts nor /etc/resolv.conf: the empty mount targets are gone again
@@ -120,7 +147,12 @@ describe('OciRuntime', () => {
 
   it('network none has only lo and cannot reach the host; host network can', async () => {
     const links = await sh('ip -o link', { network: 'none' });
-    expect(links.trim().split('\n').map((l) => l.split(':')[1]?.trim())).toEqual(['lo']);
+    expect(
+      links
+        .trim()
+        .split('\n')
+        .map((l) => l.split(':')[1]?.trim()),
+    ).toEqual(['lo']);
     const url = `http://127.0.0.1:${port}/`;
     const err = await sh(`wget -q -O - ${url}`, { network: 'none' }).then(
       () => undefined,
@@ -135,7 +167,12 @@ describe('OciRuntime', () => {
   it('puts the sandbox network on a NATed bridge: own eth0, reaches the host through the gateway', async () => {
     expect(rt.sandboxNetwork).toBe('bridge');
     const links = await sh('ip -o link');
-    expect(links.trim().split('\n').map((l) => l.split(':')[1]?.trim().replace(/@.*/, ''))).toEqual(['lo', 'eth0']);
+    expect(
+      links
+        .trim()
+        .split('\n')
+        .map((l) => l.split(':')[1]?.trim().replace(/@.*/, '')),
+    ).toEqual(['lo', 'eth0']);
     const gw = createServer((_req, res) => res.end('hello via bridge\n'));
     await new Promise<void>((resolve) => gw.listen(0, '10.89.0.1', resolve));
     try {
@@ -146,13 +183,24 @@ describe('OciRuntime', () => {
       await expect(sh(`wget -q -O - http://127.0.0.1:${port}/`)).rejects.toBeInstanceOf(ExecError);
       // two containers at once get different addresses
       const [a, b] = await Promise.all([
-        sh('ip -4 -o addr show dev eth0 | awk \'{print $4}\''),
-        sh('ip -4 -o addr show dev eth0 | awk \'{print $4}\''),
+        sh("ip -4 -o addr show dev eth0 | awk '{print $4}'"),
+        sh("ip -4 -o addr show dev eth0 | awk '{print $4}'"),
       ]);
       expect(a).not.toBe(b);
     } finally {
       await new Promise((resolve) => gw.close(resolve));
     }
+  });
+
+  it('sweeps the namespaces and leases of dead processes when setting up the bridge', async () => {
+    const dead = spawnSync('true').pid;
+    const id = `kiln-dead${process.pid}`;
+    const leaseDir = '/run/kiln/ipam/10.89.0.0-16';
+    await execFileP('ip', ['netns', 'add', `kiln-${id}`]);
+    await writeFile(join(leaseDir, '10.89.255.254'), `${dead} ${id}`);
+    await BridgeNetwork.setup();
+    expect((await execFileP('ip', ['netns', 'list'])).stdout).not.toContain(`kiln-${id}`);
+    await expect(lstat(join(leaseDir, '10.89.255.254'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('mounts tmpfs with a size, read-only and read-write binds, and removes new mount points', async () => {
@@ -187,7 +235,11 @@ describe('OciRuntime', () => {
     expect(sandbox).toBe(0xa80425fbn); // containerd's default set
     expect(insecure & (1n << 21n)).toBe(1n << 21n); // CAP_SYS_ADMIN
     expect(await sh('grep " /sys " /proc/mounts | cut -d" " -f4 | cut -d, -f1')).toBe('ro\n');
-    expect(await sh('grep " /sys " /proc/mounts | cut -d" " -f4 | cut -d, -f1', { security: 'insecure' })).toBe('rw\n');
+    expect(
+      await sh('grep " /sys " /proc/mounts | cut -d" " -f4 | cut -d, -f1', {
+        security: 'insecure',
+      }),
+    ).toBe('rw\n');
   });
 
   it('gives the container the usual /dev and kernel filesystems', async () => {
@@ -196,7 +248,14 @@ describe('OciRuntime', () => {
     for (const d of ['full', 'null', 'random', 'tty', 'urandom', 'zero', 'pts', 'shm', 'mqueue']) {
       expect(devs!.split('\n')).toContain(d);
     }
-    for (const m of ['/proc proc', '/dev tmpfs', '/dev/pts devpts', '/dev/shm tmpfs', '/dev/mqueue mqueue', '/sys sysfs']) {
+    for (const m of [
+      '/proc proc',
+      '/dev tmpfs',
+      '/dev/pts devpts',
+      '/dev/shm tmpfs',
+      '/dev/mqueue mqueue',
+      '/sys sysfs',
+    ]) {
       expect(mounts!.split('\n')).toContain(m);
     }
     expect(await sh('echo x > /dev/null && head -c 4 /dev/zero | wc -c')).toBe('4\n');
@@ -220,7 +279,9 @@ describe('OciRuntime', () => {
   });
 
   it('applies ulimits', async () => {
-    expect(await sh('ulimit -n', { ulimits: [{ name: 'nofile', soft: 512, hard: 1024 }] })).toBe('512\n');
+    expect(await sh('ulimit -n', { ulimits: [{ name: 'nofile', soft: 512, hard: 1024 }] })).toBe(
+      '512\n',
+    );
   });
 
   it('runs an arm64 rootfs through binfmt', async () => {
@@ -254,7 +315,9 @@ describe('OciRuntime', () => {
     expect(err).toMatchObject({ code: 'RUNTIME_ABORTED' });
     expect(await rt.list()).toEqual([]);
     // a timeout does the same
-    await expect(rt.run({ rootfs, args: ['sleep', '1000'] }, { timeoutMs: 200 })).rejects.toMatchObject({
+    await expect(
+      rt.run({ rootfs, args: ['sleep', '1000'] }, { timeoutMs: 200 }),
+    ).rejects.toMatchObject({
       code: 'RUNTIME_ABORTED',
     });
     expect(await rt.list()).toEqual([]);
@@ -264,9 +327,14 @@ describe('OciRuntime', () => {
     const runc = await OciRuntime.open({ stateDir: join(root, 'state-runc'), runtime: 'runc' });
     expect(runc.name).toBe('runc');
     const chunks: Buffer[] = [];
-    await runc.run({ rootfs, args: ['/bin/sh', '-c', 'id -u; hostname'], user: 'kiln', cwd: 'rel/dir' }, { onOutput: (_s, c) => chunks.push(c) });
+    await runc.run(
+      { rootfs, args: ['/bin/sh', '-c', 'id -u; hostname'], user: 'kiln', cwd: 'rel/dir' },
+      { onOutput: (_s, c) => chunks.push(c) },
+    );
     expect(Buffer.concat(chunks).toString()).toBe('1000\nbuildkitsandbox\n');
-    await expect(runc.run({ rootfs, args: ['/bin/sh', '-c', 'exit 7'] })).rejects.toMatchObject({ exitCode: 7 });
+    await expect(runc.run({ rootfs, args: ['/bin/sh', '-c', 'exit 7'] })).rejects.toMatchObject({
+      exitCode: 7,
+    });
     expect(await runc.list()).toEqual([]);
   });
 
@@ -276,7 +344,10 @@ describe('OciRuntime', () => {
     let started!: () => void;
     const isStarted = new Promise<void>((r) => (started = r));
     const orphan = first
-      .run({ rootfs, args: ['/bin/sh', '-c', 'echo started; exec sleep 1000'] }, { onOutput: () => started() })
+      .run(
+        { rootfs, args: ['/bin/sh', '-c', 'echo started; exec sleep 1000'] },
+        { onOutput: () => started() },
+      )
       .then(
         () => undefined,
         (e: unknown) => e,

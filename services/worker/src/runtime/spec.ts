@@ -117,7 +117,15 @@ export interface OciSpec {
     namespaces: Array<{ type: string; path?: string }>;
     maskedPaths?: string[];
     readonlyPaths?: string[];
-    resources: { devices: Array<{ allow: boolean; access: string; type?: string; major?: number; minor?: number }> };
+    resources: {
+      devices: Array<{
+        allow: boolean;
+        access: string;
+        type?: string;
+        major?: number;
+        minor?: number;
+      }>;
+    };
     devices?: OciDevice[];
     cgroupsPath?: string;
   };
@@ -163,27 +171,59 @@ export function withDefaultPath(env: readonly string[]): string[] {
 export function generateSpec(i: SpecInput): OciSpec {
   const insecure = i.security === 'insecure';
   const grantable = i.hostCapabilities === undefined ? undefined : new Set(i.hostCapabilities);
-  const caps = (insecure ? ALL_CAPABILITIES : DEFAULT_CAPABILITIES).filter((c) => grantable?.has(c) ?? true);
+  const caps = (insecure ? ALL_CAPABILITIES : DEFAULT_CAPABILITIES).filter(
+    (c) => grantable?.has(c) ?? true,
+  );
   const sysOpts = ['nosuid', 'noexec', 'nodev', insecure ? 'rw' : 'ro'];
   const mounts: OciMount[] = [
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    {
+      destination: '/dev',
+      type: 'tmpfs',
+      source: 'tmpfs',
+      options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'],
+    },
     {
       destination: '/dev/pts',
       type: 'devpts',
       source: 'devpts',
       options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
     },
-    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
-    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+    {
+      destination: '/dev/shm',
+      type: 'tmpfs',
+      source: 'shm',
+      options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'],
+    },
+    {
+      destination: '/dev/mqueue',
+      type: 'mqueue',
+      source: 'mqueue',
+      options: ['nosuid', 'noexec', 'nodev'],
+    },
     { destination: '/sys', type: 'sysfs', source: 'sysfs', options: sysOpts },
-    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: [...sysOpts, 'relatime'] },
-    { destination: '/etc/resolv.conf', type: 'bind', source: i.resolvConf, options: ['rbind', 'ro'] },
+    {
+      destination: '/sys/fs/cgroup',
+      type: 'cgroup',
+      source: 'cgroup',
+      options: [...sysOpts, 'relatime'],
+    },
+    {
+      destination: '/etc/resolv.conf',
+      type: 'bind',
+      source: i.resolvConf,
+      options: ['rbind', 'ro'],
+    },
     { destination: '/etc/hosts', type: 'bind', source: i.hosts, options: ['rbind', 'ro'] },
   ];
   for (const m of i.mounts) {
     if (m.type === 'bind') {
-      mounts.push({ destination: m.destination, type: 'bind', source: m.source, options: ['rbind', m.readonly ? 'ro' : 'rw'] });
+      mounts.push({
+        destination: m.destination,
+        type: 'bind',
+        source: m.source,
+        options: ['rbind', m.readonly ? 'ro' : 'rw'],
+      });
     } else {
       const opts = ['nosuid', 'nodev', 'mode=1777'];
       if (m.size !== undefined && m.size > 0) opts.push(`size=${m.size}`);
@@ -192,9 +232,15 @@ export function generateSpec(i: SpecInput): OciSpec {
     }
   }
 
-  const namespaces: Array<{ type: string; path?: string }> = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
+  const namespaces: Array<{ type: string; path?: string }> = [
+    { type: 'pid' },
+    { type: 'ipc' },
+    { type: 'uts' },
+    { type: 'mount' },
+  ];
   if (i.network === 'none') namespaces.push({ type: 'network' });
-  else if (i.network === 'sandbox' && i.netnsPath !== undefined) namespaces.push({ type: 'network', path: i.netnsPath });
+  else if (i.network === 'sandbox' && i.netnsPath !== undefined)
+    namespaces.push({ type: 'network', path: i.netnsPath });
 
   const spec: OciSpec = {
     ociVersion: '1.0.2',
@@ -231,7 +277,8 @@ export function generateSpec(i: SpecInput): OciSpec {
   }
   if (i.cgroupParent !== undefined && i.cgroupParent !== '') {
     const p = i.cgroupParent;
-    spec.linux.cgroupsPath = p.includes('.slice') && p.endsWith(':') ? `${p}${i.id}` : join('/', p, 'kiln', i.id);
+    spec.linux.cgroupsPath =
+      p.includes('.slice') && p.endsWith(':') ? `${p}${i.id}` : join('/', p, 'kiln', i.id);
   }
   return spec;
 }

@@ -91,7 +91,9 @@ export async function resolveUser(rootfs: string, spec: string | undefined): Pro
   const user: ResolvedUser = { uid: 0, gid: 0, additionalGids: [], home: '/' };
   let matchedName: string | undefined;
   if (userArg !== '') {
-    const entry = passwd.find((p) => p.name === userArg || (uidNum !== undefined && p.uid === uidNum));
+    const entry = passwd.find(
+      (p) => p.name === userArg || (uidNum !== undefined && p.uid === uidNum),
+    );
     if (entry !== undefined) {
       user.uid = entry.uid;
       user.gid = entry.gid;
@@ -100,25 +102,37 @@ export async function resolveUser(rootfs: string, spec: string | undefined): Pro
     } else if (uidNum !== undefined) {
       user.uid = uidNum;
     } else {
-      throw new RuntimeError(RuntimeErrorCode.UserNotFound, `unable to find user ${userArg}: no matching entries in passwd file`, {
-        details: { user: str },
-      });
+      throw new RuntimeError(
+        RuntimeErrorCode.UserNotFound,
+        `unable to find user ${userArg}: no matching entries in passwd file`,
+        {
+          details: { user: str },
+        },
+      );
     }
   }
 
   if (groupArg !== undefined || matchedName !== undefined) {
     const groups = parseGroup(await readRootFile(rootfs, '/etc/group'));
     if (groupArg !== undefined) {
-      const g = groups.find((e) => e.name === groupArg || (gidNum !== undefined && e.gid === gidNum));
+      const g = groups.find(
+        (e) => e.name === groupArg || (gidNum !== undefined && e.gid === gidNum),
+      );
       if (g !== undefined) user.gid = g.gid;
       else if (gidNum !== undefined) user.gid = gidNum;
       else {
-        throw new RuntimeError(RuntimeErrorCode.UserNotFound, `unable to find group ${groupArg}: no matching entries in group file`, {
-          details: { user: str },
-        });
+        throw new RuntimeError(
+          RuntimeErrorCode.UserNotFound,
+          `unable to find group ${groupArg}: no matching entries in group file`,
+          {
+            details: { user: str },
+          },
+        );
       }
     } else {
-      user.additionalGids = groups.filter((g) => g.members.includes(matchedName!)).map((g) => g.gid);
+      user.additionalGids = groups
+        .filter((g) => g.members.includes(matchedName!))
+        .map((g) => g.gid);
     }
   }
   return user;

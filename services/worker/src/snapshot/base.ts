@@ -71,9 +71,13 @@ export abstract class BaseSnapshotter implements Snapshotter {
   protected record(key: string): SnapshotRecord {
     const rec = Object.hasOwn(this.meta.snapshots, key) ? this.meta.snapshots[key] : undefined;
     if (rec === undefined) {
-      throw new SnapshotError(SnapshotErrorCode.NotFound, `snapshot ${JSON.stringify(key)} not found`, {
-        details: { key },
-      });
+      throw new SnapshotError(
+        SnapshotErrorCode.NotFound,
+        `snapshot ${JSON.stringify(key)} not found`,
+        {
+          details: { key },
+        },
+      );
     }
     return rec;
   }
@@ -81,18 +85,26 @@ export abstract class BaseSnapshotter implements Snapshotter {
   private committed(name: string): SnapshotRecord {
     const rec = this.record(name);
     if (rec.kind !== 'committed') {
-      throw new SnapshotError(SnapshotErrorCode.InvalidState, `parent ${JSON.stringify(name)} is not committed`, {
-        details: { key: name },
-      });
+      throw new SnapshotError(
+        SnapshotErrorCode.InvalidState,
+        `parent ${JSON.stringify(name)} is not committed`,
+        {
+          details: { key: name },
+        },
+      );
     }
     return rec;
   }
 
   private assertFree(key: string): void {
     if (Object.hasOwn(this.meta.snapshots, key)) {
-      throw new SnapshotError(SnapshotErrorCode.Exists, `snapshot ${JSON.stringify(key)} already exists`, {
-        details: { key },
-      });
+      throw new SnapshotError(
+        SnapshotErrorCode.Exists,
+        `snapshot ${JSON.stringify(key)} already exists`,
+        {
+          details: { key },
+        },
+      );
     }
   }
 
@@ -101,7 +113,11 @@ export abstract class BaseSnapshotter implements Snapshotter {
   }
 
   /** Creates the backend's directories for a new active snapshot or view. */
-  protected abstract create(rec: SnapshotRecord, dir: string, parent: SnapshotRecord | undefined): Promise<void>;
+  protected abstract create(
+    rec: SnapshotRecord,
+    dir: string,
+    parent: SnapshotRecord | undefined,
+  ): Promise<void>;
   /** The mounts of `key` (the record may be of any kind; committed ones mount read-only). */
   protected abstract mountsOf(key: string, rec: SnapshotRecord): Promise<MountSpec[]>;
   /** The directory holding the data this snapshot adds (for usage). */
@@ -141,7 +157,10 @@ export abstract class BaseSnapshotter implements Snapshotter {
         await rm(dir, { recursive: true, force: true });
         throw err instanceof SnapshotError
           ? err
-          : new SnapshotError(SnapshotErrorCode.Io, `creating snapshot ${key}`, { cause: err, details: { key } });
+          : new SnapshotError(SnapshotErrorCode.Io, `creating snapshot ${key}`, {
+              cause: err,
+              details: { key },
+            });
       }
       this.meta.snapshots[key] = r;
       await this.save();
@@ -158,12 +177,18 @@ export abstract class BaseSnapshotter implements Snapshotter {
     return this.locked(async () => {
       const rec = this.record(key);
       if (rec.kind !== 'active') {
-        throw new SnapshotError(SnapshotErrorCode.InvalidState, `only an active snapshot can be committed (${key} is a ${rec.kind})`, {
-          details: { key },
-        });
+        throw new SnapshotError(
+          SnapshotErrorCode.InvalidState,
+          `only an active snapshot can be committed (${key} is a ${rec.kind})`,
+          {
+            details: { key },
+          },
+        );
       }
       if (this.refCount(key) > 0) {
-        throw new SnapshotError(SnapshotErrorCode.InUse, `snapshot ${key} is in use`, { details: { key } });
+        throw new SnapshotError(SnapshotErrorCode.InUse, `snapshot ${key} is in use`, {
+          details: { key },
+        });
       }
       this.assertFree(name);
       const committed: SnapshotRecord = {
@@ -182,15 +207,23 @@ export abstract class BaseSnapshotter implements Snapshotter {
     return this.locked(async () => {
       const rec = this.record(key);
       if (this.refCount(key) > 0) {
-        throw new SnapshotError(SnapshotErrorCode.InUse, `snapshot ${key} is in use (${this.refCount(key)} leases)`, {
-          details: { key },
-        });
+        throw new SnapshotError(
+          SnapshotErrorCode.InUse,
+          `snapshot ${key} is in use (${this.refCount(key)} leases)`,
+          {
+            details: { key },
+          },
+        );
       }
       const child = Object.entries(this.meta.snapshots).find(([, r]) => r.parent === key);
       if (child !== undefined) {
-        throw new SnapshotError(SnapshotErrorCode.InUse, `snapshot ${key} is the parent of ${child[0]}`, {
-          details: { key, child: child[0] },
-        });
+        throw new SnapshotError(
+          SnapshotErrorCode.InUse,
+          `snapshot ${key} is the parent of ${child[0]}`,
+          {
+            details: { key, child: child[0] },
+          },
+        );
       }
       delete this.meta.snapshots[key];
       await this.save();
@@ -238,7 +271,11 @@ export abstract class BaseSnapshotter implements Snapshotter {
   }
 
   parentChain(key: string): Promise<string[]> {
-    return settle(() => this.chain(key).slice(1).map((c) => c.key));
+    return settle(() =>
+      this.chain(key)
+        .slice(1)
+        .map((c) => c.key),
+    );
   }
 
   /** Records of `key` and its ancestors, nearest first. */

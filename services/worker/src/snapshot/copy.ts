@@ -35,7 +35,11 @@ export class CopySnapshotter extends BaseSnapshotter {
     return s;
   }
 
-  protected async create(rec: SnapshotRecord, dir: string, parent: SnapshotRecord | undefined): Promise<void> {
+  protected async create(
+    rec: SnapshotRecord,
+    dir: string,
+    parent: SnapshotRecord | undefined,
+  ): Promise<void> {
     if (rec.kind !== 'active') return;
     const fs = join(dir, 'fs');
     await mkdir(fs, { mode: 0o755 });
@@ -43,9 +47,13 @@ export class CopySnapshotter extends BaseSnapshotter {
     try {
       await execFileP('cp', ['-a', `${join(this.dirOf(parent), 'fs')}/.`, `${fs}/`]);
     } catch (err) {
-      throw new SnapshotError(SnapshotErrorCode.Io, `copying parent ${rec.parent ?? ''}: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw new SnapshotError(
+        SnapshotErrorCode.Io,
+        `copying parent ${rec.parent ?? ''}: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
     }
   }
 
@@ -55,10 +63,14 @@ export class CopySnapshotter extends BaseSnapshotter {
 
   protected mountsOf(key: string, rec: SnapshotRecord): Promise<MountSpec[]> {
     if (rec.kind === 'active') {
-      return Promise.resolve([{ type: 'bind', source: join(this.dirOf(rec), 'fs'), options: ['rw', 'rbind'] }]);
+      return Promise.resolve([
+        { type: 'bind', source: join(this.dirOf(rec), 'fs'), options: ['rw', 'rbind'] },
+      ]);
     }
     const target = rec.kind === 'view' ? this.record(rec.parent!) : rec;
-    return Promise.resolve([{ type: 'bind', source: join(this.dirOf(target), 'fs'), options: ['ro', 'rbind'] }]);
+    return Promise.resolve([
+      { type: 'bind', source: join(this.dirOf(target), 'fs'), options: ['ro', 'rbind'] },
+    ]);
   }
 
   upperDir(key: string): Promise<string | undefined> {
@@ -75,9 +87,13 @@ export class CopySnapshotter extends BaseSnapshotter {
   private diffSourceSync(key: string): DiffSourceHandle {
     const rec = this.record(key);
     if (rec.kind === 'view') {
-      throw new SnapshotError(SnapshotErrorCode.InvalidState, `a view has no changes to diff (${key})`, {
-        details: { key },
-      });
+      throw new SnapshotError(
+        SnapshotErrorCode.InvalidState,
+        `a view has no changes to diff (${key})`,
+        {
+          details: { key },
+        },
+      );
     }
     const leases = [this.acquire(key)];
     const newDir = join(this.dirOf(rec), 'fs');
@@ -86,7 +102,10 @@ export class CopySnapshotter extends BaseSnapshotter {
       leases.push(this.acquire(rec.parent));
       baseDir = join(this.dirOf(this.record(rec.parent)), 'fs');
     }
-    const source = baseDir === undefined ? { kind: 'compare' as const, newDir } : { kind: 'compare' as const, baseDir, newDir };
+    const source =
+      baseDir === undefined
+        ? { kind: 'compare' as const, newDir }
+        : { kind: 'compare' as const, baseDir, newDir };
     return {
       source,
       release: () => {

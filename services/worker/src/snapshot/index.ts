@@ -32,7 +32,8 @@ export interface OpenSnapshotterOptions {
 /** Opens the snapshotter a worker should use, detecting overlay support when `backend` is `auto`. */
 export async function openSnapshotter(opts: OpenSnapshotterOptions): Promise<Snapshotter> {
   let backend = opts.backend ?? 'auto';
-  if (backend === 'auto') backend = (await detectOverlay(join(opts.root, 'tmp'))).ok ? 'overlayfs' : 'native';
+  if (backend === 'auto')
+    backend = (await detectOverlay(join(opts.root, 'tmp'))).ok ? 'overlayfs' : 'native';
   if (backend === 'overlayfs') {
     const o: { root: string; maxLowerDirs?: number } = { root: join(opts.root, 'overlayfs') };
     if (opts.maxLowerDirs !== undefined) o.maxLowerDirs = opts.maxLowerDirs;

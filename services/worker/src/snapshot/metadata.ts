@@ -31,10 +31,17 @@ export async function readMetadata(path: string): Promise<MetadataFile | undefin
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    throw new SnapshotError(SnapshotErrorCode.Io, `corrupt snapshot metadata ${path}`, { cause: err });
+    throw new SnapshotError(SnapshotErrorCode.Io, `corrupt snapshot metadata ${path}`, {
+      cause: err,
+    });
   }
   const m = parsed as Partial<MetadataFile>;
-  if (m.version !== 1 || typeof m.nextId !== 'number' || typeof m.snapshots !== 'object' || m.snapshots === null) {
+  if (
+    m.version !== 1 ||
+    typeof m.nextId !== 'number' ||
+    typeof m.snapshots !== 'object' ||
+    m.snapshots === null
+  ) {
     throw new SnapshotError(SnapshotErrorCode.Io, `unsupported snapshot metadata ${path}`);
   }
   return m as MetadataFile;

@@ -15,9 +15,13 @@ async function run(cmd: string, args: string[], cwd?: string): Promise<void> {
     await execFileP(cmd, args, { cwd, encoding: 'utf8' });
   } catch (err) {
     const stderr = (err as { stderr?: string }).stderr?.trim() ?? '';
-    throw new SnapshotError(SnapshotErrorCode.Io, `${cmd} ${args.join(' ')}: ${stderr || (err as Error).message}`, {
-      cause: err,
-    });
+    throw new SnapshotError(
+      SnapshotErrorCode.Io,
+      `${cmd} ${args.join(' ')}: ${stderr || (err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 
@@ -83,7 +87,9 @@ export async function mountTemp(
   let released = false;
   return {
     path: dir,
-    readonly: specs.every((m) => m.options.includes('ro') || !m.options.some((o) => o.startsWith('upperdir='))),
+    readonly: specs.every(
+      (m) => m.options.includes('ro') || !m.options.some((o) => o.startsWith('upperdir=')),
+    ),
     release: async () => {
       if (released) return;
       released = true;
@@ -107,17 +113,30 @@ export async function unmountUnder(dir: string): Promise<void> {
 }
 
 /** Whether the kernel mounts overlayfs here (with the options our differ needs). */
-export async function detectOverlay(stateDir: string): Promise<{ ok: boolean; options: string[]; reason?: string }> {
+export async function detectOverlay(
+  stateDir: string,
+): Promise<{ ok: boolean; options: string[]; reason?: string }> {
   await mkdir(stateDir, { recursive: true });
   const dir = await mkdtemp(join(stateDir, 'overlay-probe-'));
   const sub = ['l1', 'l2', 'u', 'w', 'm'];
   try {
     for (const s of sub) await mkdir(join(dir, s));
-    const base = [`lowerdir=${join(dir, 'l2')}:${join(dir, 'l1')}`, `upperdir=${join(dir, 'u')}`, `workdir=${join(dir, 'w')}`];
+    const base = [
+      `lowerdir=${join(dir, 'l2')}:${join(dir, 'l1')}`,
+      `upperdir=${join(dir, 'u')}`,
+      `workdir=${join(dir, 'w')}`,
+    ];
     // The differ reads the upper dir as-is: no redirects, no metacopy (as BuildKit's overlay differ).
     for (const extra of [['redirect_dir=off', 'metacopy=off', 'index=off'], []]) {
       try {
-        await run('mount', ['-t', 'overlay', 'overlay', '-o', [...base, ...extra].join(','), join(dir, 'm')]);
+        await run('mount', [
+          '-t',
+          'overlay',
+          'overlay',
+          '-o',
+          [...base, ...extra].join(','),
+          join(dir, 'm'),
+        ]);
         await unmount(join(dir, 'm'));
         return { ok: true, options: extra };
       } catch (err) {

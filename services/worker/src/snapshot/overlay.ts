@@ -44,7 +44,10 @@ export class OverlaySnapshotter extends BaseSnapshotter {
     await mkdir(opts.root, { recursive: true });
     const probe = await detectOverlay(join(opts.root, 'tmp'));
     if (!probe.ok) {
-      throw new SnapshotError(SnapshotErrorCode.Io, `overlayfs is not available: ${probe.reason ?? ''}`);
+      throw new SnapshotError(
+        SnapshotErrorCode.Io,
+        `overlayfs is not available: ${probe.reason ?? ''}`,
+      );
     }
     s.extraOptions = probe.options;
     await s.load();
@@ -70,7 +73,8 @@ export class OverlaySnapshotter extends BaseSnapshotter {
       return [this.overlay(lowers, { upper: fs, work: join(this.dirOf(rec), 'work') })];
     }
     const lowers = await this.lowerDirs(rec.kind === 'view' ? rec.parent! : key);
-    if (lowers.length === 1) return [{ type: 'bind', source: lowers[0]!, options: ['ro', 'rbind'] }];
+    if (lowers.length === 1)
+      return [{ type: 'bind', source: lowers[0]!, options: ['ro', 'rbind'] }];
     return [this.overlay(lowers)];
   }
 
@@ -78,7 +82,8 @@ export class OverlaySnapshotter extends BaseSnapshotter {
     const abs = [`lowerdir=${lowers.join(':')}`];
     if (rw) abs.push(`upperdir=${rw.upper}`, `workdir=${rw.work}`);
     abs.push(...this.extraOptions);
-    if (abs.join(',').length <= MOUNT_DATA_LIMIT) return { type: 'overlay', source: 'overlay', options: abs };
+    if (abs.join(',').length <= MOUNT_DATA_LIMIT)
+      return { type: 'overlay', source: 'overlay', options: abs };
     // Too long for one page: paths relative to the snapshots dir, as containerd does.
     const relOf = (p: string): string => p.slice(this.snapshotsDir.length + 1);
     const rel = [`lowerdir=${lowers.map(relOf).join(':')}`];
@@ -125,7 +130,10 @@ export class OverlaySnapshotter extends BaseSnapshotter {
           await rename(tmp, join(dir, 'flat'));
           return join(dir, 'flat');
         } catch (err) {
-          throw new SnapshotError(SnapshotErrorCode.Io, `flattening ${key}`, { cause: err, details: { key } });
+          throw new SnapshotError(SnapshotErrorCode.Io, `flattening ${key}`, {
+            cause: err,
+            details: { key },
+          });
         } finally {
           lease.release();
           this.flattening.delete(rec.id);
@@ -152,9 +160,13 @@ export class OverlaySnapshotter extends BaseSnapshotter {
   async diffSource(key: string): Promise<DiffSourceHandle> {
     const rec = this.record(key);
     if (rec.kind === 'view') {
-      throw new SnapshotError(SnapshotErrorCode.InvalidState, `a view has no changes to diff (${key})`, {
-        details: { key },
-      });
+      throw new SnapshotError(
+        SnapshotErrorCode.InvalidState,
+        `a view has no changes to diff (${key})`,
+        {
+          details: { key },
+        },
+      );
     }
     const leases = [this.acquire(key)];
     const mounted: Array<() => Promise<void>> = [];
@@ -169,7 +181,8 @@ export class OverlaySnapshotter extends BaseSnapshotter {
       const tmp = join(this.root, 'tmp');
       const next = await mountTemp(await this.mountsOf(key, { ...rec, kind: 'committed' }), tmp);
       mounted.push(next.release);
-      if (rec.parent === undefined) return { source: { kind: 'compare', newDir: next.path }, release };
+      if (rec.parent === undefined)
+        return { source: { kind: 'compare', newDir: next.path }, release };
       leases.push(this.acquire(rec.parent));
       const base = await mountTemp(await this.mounts(rec.parent), tmp);
       mounted.push(base.release);

@@ -1,11 +1,29 @@
-import { mkdtemp, readFile, readdir, rm, unlink, writeFile, lstat, mkdir, link, stat } from 'node:fs/promises';
+import {
+  mkdtemp,
+  readFile,
+  readdir,
+  rm,
+  unlink,
+  writeFile,
+  lstat,
+  mkdir,
+  link,
+  stat,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Readable } from 'node:stream';
 import { applyLayer, diffLayer } from '../layers/index.js';
 import { exec, readAll, snapshotTree, tarNames } from '../layers/test-util.js';
-import { CopySnapshotter, OverlaySnapshotter, SnapshotError, mountAll, mountTemp, openSnapshotter } from './index.js';
+import {
+  CopySnapshotter,
+  OverlaySnapshotter,
+  SnapshotError,
+  mountAll,
+  mountTemp,
+  openSnapshotter,
+} from './index.js';
 import type { Snapshotter } from './index.js';
 import { gunzipSync } from 'node:zlib';
 
@@ -20,7 +38,12 @@ const backends: Backend[] = [
 ];
 
 /** Runs `fn` with the snapshot's tree mounted on the host. */
-async function withMounted<T>(s: Snapshotter, key: string, tmp: string, fn: (dir: string) => Promise<T>): Promise<T> {
+async function withMounted<T>(
+  s: Snapshotter,
+  key: string,
+  tmp: string,
+  fn: (dir: string) => Promise<T>,
+): Promise<T> {
   const m = await mountTemp(await s.mounts(key), tmp);
   try {
     return await fn(m.path);
@@ -169,7 +192,9 @@ describe.each(backends)('snapshotter conformance: $name', (backend) => {
     await expect(s.prepare('x', 'missing')).rejects.toMatchObject({ code: 'SNAPSHOT_NOT_FOUND' });
     await expect(s.prepare('gc', 'child')).rejects.toMatchObject({ code: 'SNAPSHOT_EXISTS' });
     await s.prepare('active', 'gc');
-    await expect(s.prepare('y', 'active')).rejects.toMatchObject({ code: 'SNAPSHOT_INVALID_STATE' });
+    await expect(s.prepare('y', 'active')).rejects.toMatchObject({
+      code: 'SNAPSHOT_INVALID_STATE',
+    });
     await s.remove('active');
   });
 

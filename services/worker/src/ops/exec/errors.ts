@@ -7,7 +7,10 @@ export class SecretNotFoundError extends KilnError {
   readonly id: string;
 
   constructor(id: string, opts: KilnErrorOptions = {}) {
-    super('SECRET_NOT_FOUND', `secret ${id} not found`, { ...opts, details: { ...opts.details, id } });
+    super('SECRET_NOT_FOUND', `secret ${id} not found`, {
+      ...opts,
+      details: { ...opts.details, id },
+    });
     this.id = id;
   }
 }
@@ -35,6 +38,15 @@ export class ExecOpError extends KilnError {
   }
 }
 
-registerErrorClass('SECRET_NOT_FOUND', (_m, d, r) => new SecretNotFoundError(String(d.id ?? ''), { details: d, retryable: r }));
-registerErrorClass('SSH_NOT_FOUND', (_m, d, r) => new SshNotFoundError(String(d.id ?? ''), { details: d, retryable: r }));
-registerErrorClass('EXEC_INVALID_OP', (m, d, r) => new ExecOpError(m, { details: d, retryable: r }));
+registerErrorClass(
+  'SECRET_NOT_FOUND',
+  (_m, d, r) => new SecretNotFoundError(String(d.id ?? ''), { details: d, retryable: r }),
+);
+registerErrorClass(
+  'SSH_NOT_FOUND',
+  (_m, d, r) => new SshNotFoundError(String(d.id ?? ''), { details: d, retryable: r }),
+);
+registerErrorClass(
+  'EXEC_INVALID_OP',
+  (m, d, r) => new ExecOpError(m, { details: d, retryable: r }),
+);

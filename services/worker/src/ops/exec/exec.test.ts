@@ -11,7 +11,13 @@ import { OverlaySnapshotter, mountTemp } from '../../snapshot/index.js';
 import type { Snapshotter } from '../../snapshot/index.js';
 import { ExecError, OciRuntime } from '../../runtime/index.js';
 import { makeBusyboxRootfs } from '../../runtime/test-rootfs.js';
-import { CacheMounts, SecretNotFoundError, SshNotFoundError, runExec, sweepExecState } from './index.js';
+import {
+  CacheMounts,
+  SecretNotFoundError,
+  SshNotFoundError,
+  runExec,
+  sweepExecState,
+} from './index.js';
 import type { ExecEnv, RunExecOptions } from './index.js';
 import { SocketForwarder } from './session-mounts.js';
 
@@ -59,13 +65,27 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-const rootMount = (output = 0): pb.IMount => ({ input: 0, dest: '/', output, mountType: pb.MountType.BIND });
+const rootMount = (output = 0): pb.IMount => ({
+  input: 0,
+  dest: '/',
+  output,
+  mountType: pb.MountType.BIND,
+});
 
-function op(script: string, mounts: pb.IMount[] = [rootMount()], meta: pb.IMeta = {}, extra: pb.IExecOp = {}): pb.IExecOp {
+function op(
+  script: string,
+  mounts: pb.IMount[] = [rootMount()],
+  meta: pb.IMeta = {},
+  extra: pb.IExecOp = {},
+): pb.IExecOp {
   return { meta: { args: ['/bin/sh', '-c', script], cwd: '/', ...meta }, mounts, ...extra };
 }
 
-async function run(o: pb.IExecOp, inputs: string[] = ['busybox'], more: Partial<RunExecOptions> = {}) {
+async function run(
+  o: pb.IExecOp,
+  inputs: string[] = ['busybox'],
+  more: Partial<RunExecOptions> = {},
+) {
   const out: Buffer[] = [];
   const res = await runExec(env, { op: o, inputs, onOutput: (_s, c) => out.push(c), ...more });
   return { ...res, stdout: Buffer.concat(out).toString() };
@@ -92,18 +112,33 @@ async function listTree(dir: string, prefix = ''): Promise<string[]> {
 
 describe('runExec', () => {
   it('commits the writable rootfs with only the change (no mount stubs), as user kiln in a new cwd', async () => {
-    const res = await run(op('echo hello > /tmp/newfile; id -u; pwd; echo $FOO', [rootMount()], { user: 'kiln', cwd: '/home/kiln/w', env: ['FOO=bar'] }));
+    const res = await run(
+      op('echo hello > /tmp/newfile; id -u; pwd; echo $FOO', [rootMount()], {
+        user: 'kiln',
+        cwd: '/home/kiln/w',
+        env: ['FOO=bar'],
+      }),
+    );
     expect(res.stdout).toBe('1000\n/home/kiln/w\nbar\n');
     const out = res.outputs.get(0)!;
     expect(await readIn(out, 'tmp/newfile')).toBe('hello\n');
     expect(await snapshotter.parentChain(out)).toEqual(['busybox']);
     // the upper dir holds the new file and the created cwd, not the /etc/hosts and /etc/resolv.conf
     // stubs (their removal leaves /etc copied up, empty, with its timestamps restored)
-    expect(await listTree((await snapshotter.upperDir(out))!)).toEqual(['etc', 'home', 'home/kiln', 'home/kiln/w', 'tmp', 'tmp/newfile']);
+    expect(await listTree((await snapshotter.upperDir(out))!)).toEqual([
+      'etc',
+      'home',
+      'home/kiln',
+      'home/kiln/w',
+      'tmp',
+      'tmp/newfile',
+    ]);
     const upperEtc = await stat(join((await snapshotter.upperDir(out))!, 'etc'));
     const m = await mountTemp(await snapshotter.mounts('busybox'), join(root, 'mnt'));
     try {
-      expect(Math.abs(upperEtc.mtimeMs - (await stat(join(m.path, 'etc'))).mtimeMs)).toBeLessThan(0.01);
+      expect(Math.abs(upperEtc.mtimeMs - (await stat(join(m.path, 'etc'))).mtimeMs)).toBeLessThan(
+        0.01,
+      );
     } finally {
       await m.release();
     }
@@ -124,12 +159,15 @@ describe('runExec', () => {
 
   it('mounts read-only and writable binds of inputs, with selectors, and commits the writable one', async () => {
     const res = await run(
-      op('cat /ro/top /sel/file; touch /ro/x 2>/dev/null && echo ro-writable; echo changed > /rw/top; echo ok', [
-        rootMount(-1),
-        { input: 1, dest: '/ro', output: -1, readonly: true },
-        { input: 1, dest: '/sel', output: -1, readonly: true, selector: '/sub' },
-        { input: 1, dest: '/rw', output: 1 },
-      ]),
+      op(
+        'cat /ro/top /sel/file; touch /ro/x 2>/dev/null && echo ro-writable; echo changed > /rw/top; echo ok',
+        [
+          rootMount(-1),
+          { input: 1, dest: '/ro', output: -1, readonly: true },
+          { input: 1, dest: '/sel', output: -1, readonly: true, selector: '/sub' },
+          { input: 1, dest: '/rw', output: 1 },
+        ],
+      ),
       ['busybox', 'data'],
     );
     expect(res.stdout).toBe('top\nin sub\nok\n');
@@ -138,7 +176,11 @@ describe('runExec', () => {
     expect(await readIn(out, 'top')).toBe('changed\n');
     expect(await readIn('data', 'top')).toBe('top\n');
     // the mount points made for /ro, /sel and /rw in the thrown-away rootfs are gone with it
-    expect((await snapshotter.list()).map((i) => i.key).filter((k) => k.startsWith('exec-') && k !== out)).toEqual([]);
+    expect(
+      (await snapshotter.list())
+        .map((i) => i.key)
+        .filter((k) => k.startsWith('exec-') && k !== out),
+    ).toEqual([]);
     await snapshotter.remove(out);
   });
 
@@ -148,7 +190,9 @@ describe('runExec', () => {
       { input: 1, dest: '/ro', output: -1, readonly: true },
       { dest: '/ro/nested', mountType: pb.MountType.TMPFS },
     ]);
-    await expect(run(o, ['busybox', 'data'])).rejects.toMatchObject({ code: 'RUNTIME_START_FAILED' });
+    await expect(run(o, ['busybox', 'data'])).rejects.toMatchObject({
+      code: 'RUNTIME_START_FAILED',
+    });
     const m = await mountTemp(await snapshotter.mounts('data'), join(root, 'mnt'));
     try {
       expect((await readdir(m.path)).sort()).toEqual(['sub', 'top']);
@@ -186,7 +230,11 @@ describe('runExec', () => {
       cacheOpt: { ID: 'test-cache', sharing: pb.CacheSharingOpt.LOCKED },
     };
     const r1 = await run(op('echo run1 >> /cache/log; cat /cache/log', [rootMount(), cache]));
-    const r2 = await run(op('echo run2 >> /cache/log; cat /cache/log', [rootMount(), cache], { removeMountStubsRecursive: true }));
+    const r2 = await run(
+      op('echo run2 >> /cache/log; cat /cache/log', [rootMount(), cache], {
+        removeMountStubsRecursive: true,
+      }),
+    );
     expect(r1.stdout).toBe('run1\n');
     expect(r2.stdout).toBe('run1\nrun2\n');
     for (const r of [r1, r2]) {
@@ -197,17 +245,28 @@ describe('runExec', () => {
 
   it('mounts tmpfs with its size', async () => {
     const res = await run(
-      op('grep " /t " /proc/mounts', [rootMount(-1), { dest: '/t', mountType: pb.MountType.TMPFS, TmpfsOpt: { size: 4 * 1024 * 1024 } }]),
+      op('grep " /t " /proc/mounts', [
+        rootMount(-1),
+        { dest: '/t', mountType: pb.MountType.TMPFS, TmpfsOpt: { size: 4 * 1024 * 1024 } },
+      ]),
     );
     expect(res.stdout).toMatch(/^tmpfs \/t tmpfs rw,nosuid,nodev,relatime,size=4096k/);
   });
 
   it('mounts a secret with its mode and owner, and never commits it', async () => {
     const res = await run(
-      op('stat -c "%a %u %g" /run/secrets/tok; cat /run/secrets/tok; echo; grep " /run/secrets/tok " /proc/mounts | cut -d" " -f3', [
-        rootMount(),
-        { dest: '/run/secrets/tok', mountType: pb.MountType.SECRET, secretOpt: { ID: 'tok', uid: 1000, gid: 1000, mode: 0o440 } },
-      ], { removeMountStubsRecursive: true }),
+      op(
+        'stat -c "%a %u %g" /run/secrets/tok; cat /run/secrets/tok; echo; grep " /run/secrets/tok " /proc/mounts | cut -d" " -f3',
+        [
+          rootMount(),
+          {
+            dest: '/run/secrets/tok',
+            mountType: pb.MountType.SECRET,
+            secretOpt: { ID: 'tok', uid: 1000, gid: 1000, mode: 0o440 },
+          },
+        ],
+        { removeMountStubsRecursive: true },
+      ),
     );
     expect(res.stdout).toBe(`440 1000 1000\n${SECRET}\ntmpfs\n`);
     const out = res.outputs.get(0)!;
@@ -230,11 +289,19 @@ describe('runExec', () => {
       mountType: pb.MountType.SECRET,
       secretOpt: { ID: 'nope', optional },
     });
-    await expect(run(op('true', [rootMount(-1), secret(false)]))).rejects.toBeInstanceOf(SecretNotFoundError);
-    expect((await run(op('test -e /s || echo absent', [rootMount(-1), secret(true)]))).stdout).toBe('absent\n');
+    await expect(run(op('true', [rootMount(-1), secret(false)]))).rejects.toBeInstanceOf(
+      SecretNotFoundError,
+    );
+    expect((await run(op('test -e /s || echo absent', [rootMount(-1), secret(true)]))).stdout).toBe(
+      'absent\n',
+    );
     // secret env
     expect(
-      (await run(op('echo $TOKEN', [rootMount(-1)], {}, { secretenv: [{ ID: 'tok', name: 'TOKEN' }] }))).stdout,
+      (
+        await run(
+          op('echo $TOKEN', [rootMount(-1)], {}, { secretenv: [{ ID: 'tok', name: 'TOKEN' }] }),
+        )
+      ).stdout,
     ).toBe(`${SECRET}\n`);
   });
 
@@ -242,17 +309,28 @@ describe('runExec', () => {
     const res = await run(
       op('stat -c "%F %a %u %g" /run/ssh.sock', [
         rootMount(-1),
-        { dest: '/run/ssh.sock', mountType: pb.MountType.SSH, SSHOpt: { ID: 'default', uid: 1000, gid: 1000, mode: 0o600 } },
+        {
+          dest: '/run/ssh.sock',
+          mountType: pb.MountType.SSH,
+          SSHOpt: { ID: 'default', uid: 1000, gid: 1000, mode: 0o600 },
+        },
       ]),
     );
     expect(res.stdout).toBe('socket 600 1000 1000\n');
     await expect(
-      run(op('true', [rootMount(-1), { dest: '/s', mountType: pb.MountType.SSH, SSHOpt: { ID: 'other' } }])),
+      run(
+        op('true', [
+          rootMount(-1),
+          { dest: '/s', mountType: pb.MountType.SSH, SSHOpt: { ID: 'other' } },
+        ]),
+      ),
     ).rejects.toBeInstanceOf(SshNotFoundError);
   });
 
   it('runs with network none', async () => {
-    const res = await run(op('ip -o link | cut -d: -f2', [rootMount(-1)], {}, { network: pb.NetMode.NONE }));
+    const res = await run(
+      op('ip -o link | cut -d: -f2', [rootMount(-1)], {}, { network: pb.NetMode.NONE }),
+    );
     expect(res.stdout.trim()).toBe('lo');
   });
 });

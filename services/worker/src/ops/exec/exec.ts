@@ -9,7 +9,14 @@ import type Long from 'long';
 import { mountTemp, unmountUnder } from '../../snapshot/index.js';
 import type { MountSpec, Snapshotter } from '../../snapshot/index.js';
 import { rootPath } from '../../runtime/index.js';
-import type { ContainerMount, NetworkMode, OciRuntime, RunOptions, RunSpec, SecurityMode } from '../../runtime/index.js';
+import type {
+  ContainerMount,
+  NetworkMode,
+  OciRuntime,
+  RunOptions,
+  RunSpec,
+  SecurityMode,
+} from '../../runtime/index.js';
 import { CacheMounts } from './cache-mounts.js';
 import type { CacheSharing } from './cache-mounts.js';
 import { ExecOpError, SecretNotFoundError, SshNotFoundError } from './errors.js';
@@ -34,7 +41,10 @@ export interface ExecEnv {
   ssh?: SshProvider;
 }
 
-export interface RunExecOptions extends Pick<RunOptions, 'signal' | 'timeoutMs' | 'onOutput' | 'tailLines'> {
+export interface RunExecOptions extends Pick<
+  RunOptions,
+  'signal' | 'timeoutMs' | 'onOutput' | 'tailLines'
+> {
   /** The decoded op. */
   op: pb.IExecOp;
   /** Committed snapshot name of each input, by input index; `undefined` for scratch. */
@@ -123,7 +133,9 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
     const idx = num(m.input, -1);
     if (idx < 0) return undefined;
     if (idx >= opts.inputs.length) {
-      throw new ExecOpError(`mount ${i} (${m.dest ?? ''}) refers to missing input ${idx}`, { details: { mount: i } });
+      throw new ExecOpError(`mount ${i} (${m.dest ?? ''}) refers to missing input ${idx}`, {
+        details: { mount: i },
+      });
     }
     return opts.inputs[idx];
   };
@@ -146,7 +158,13 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
   let committed = false;
   try {
     const ordered = (op.mounts ?? []).map((m, i) => ({ m, i }));
-    ordered.sort((a, b) => ((a.m.dest ?? '') < (b.m.dest ?? '') ? -1 : (a.m.dest ?? '') > (b.m.dest ?? '') ? 1 : a.i - b.i));
+    ordered.sort((a, b) =>
+      (a.m.dest ?? '') < (b.m.dest ?? '')
+        ? -1
+        : (a.m.dest ?? '') > (b.m.dest ?? '')
+          ? 1
+          : a.i - b.i,
+    );
     for (const { m, i } of ordered) {
       const dest = m.dest ?? '';
       const type = m.mountType ?? pb.MountType.BIND;
@@ -185,13 +203,21 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
         }
         case pb.MountType.CACHE: {
           const id = m.cacheOpt?.ID ?? '';
-          if (id === '') throw new ExecOpError(`cache mount ${dest} has no id`, { details: { mount: i } });
-          const sharing = CACHE_SHARING[m.cacheOpt?.sharing ?? pb.CacheSharingOpt.SHARED] ?? 'shared';
+          if (id === '')
+            throw new ExecOpError(`cache mount ${dest} has no id`, { details: { mount: i } });
+          const sharing =
+            CACHE_SHARING[m.cacheOpt?.sharing ?? pb.CacheSharingOpt.SHARED] ?? 'shared';
           const handle = await cacheMounts.acquire(id, sharing);
           cleanups.push(() => handle.release());
           const from = input(m, i);
-          if (handle.created && from !== undefined) await seedCache(env, from, m.selector ?? '', handle.path, tmpRoot);
-          mounts.push({ type: 'bind', source: handle.path, destination: dest, readonly: m.readonly === true });
+          if (handle.created && from !== undefined)
+            await seedCache(env, from, m.selector ?? '', handle.path, tmpRoot);
+          mounts.push({
+            type: 'bind',
+            source: handle.path,
+            destination: dest,
+            readonly: m.readonly === true,
+          });
           break;
         }
         case pb.MountType.TMPFS: {
@@ -269,11 +295,16 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
       extraHosts: (meta.extraHosts ?? []).map((h) => ({ host: h.Host ?? '', ip: h.IP ?? '' })),
       network: networkMode(op.network),
       security: securityMode(op.security),
-      ulimits: (meta.ulimit ?? []).map((u) => ({ name: u.Name ?? '', soft: num(u.Soft, 0), hard: num(u.Hard, 0) })),
+      ulimits: (meta.ulimit ?? []).map((u) => ({
+        name: u.Name ?? '',
+        soft: num(u.Soft, 0),
+        hard: num(u.Hard, 0),
+      })),
       removeMountStubsRecursive: meta.removeMountStubsRecursive === true,
     };
     if (meta.cgroupParent) spec.cgroupParent = meta.cgroupParent;
-    if (meta.validExitCodes && meta.validExitCodes.length > 0) spec.validExitCodes = meta.validExitCodes;
+    if (meta.validExitCodes && meta.validExitCodes.length > 0)
+      spec.validExitCodes = meta.validExitCodes;
 
     const runOpts: RunOptions = {};
     if (opts.signal) runOpts.signal = opts.signal;
@@ -327,11 +358,18 @@ async function runCleanups(fns: Cleanup[], quiet: boolean): Promise<void> {
       first ??= err;
     }
   }
-  if (!quiet && first !== undefined) throw first instanceof Error ? first : new Error('cleanup failed', { cause: first });
+  if (!quiet && first !== undefined)
+    throw first instanceof Error ? first : new Error('cleanup failed', { cause: first });
 }
 
 /** Copies the input's tree (or its `selector` subdir) into a new cache directory. */
-async function seedCache(env: ExecEnv, from: string, selector: string, dir: string, tmpRoot: string): Promise<void> {
+async function seedCache(
+  env: ExecEnv,
+  from: string,
+  selector: string,
+  dir: string,
+  tmpRoot: string,
+): Promise<void> {
   const key = `exec-seed-${randomBytes(6).toString('hex')}`;
   const specs = await env.snapshotter.view(key, from);
   try {

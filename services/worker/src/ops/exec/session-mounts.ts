@@ -21,7 +21,14 @@ export class SecretDir {
     await mkdir(parent, { recursive: true, mode: 0o700 });
     const dir = await mkdtemp(join(parent, 'secrets-'));
     try {
-      await execFileP('mount', ['-t', 'tmpfs', '-o', 'mode=0700,size=16m,nosuid,nodev,noexec', 'tmpfs', dir]);
+      await execFileP('mount', [
+        '-t',
+        'tmpfs',
+        '-o',
+        'mode=0700,size=16m,nosuid,nodev,noexec',
+        'tmpfs',
+        dir,
+      ]);
     } catch (err) {
       await rmdir(dir);
       throw err;
@@ -56,7 +63,13 @@ export class SocketForwarder {
     private readonly conns: Set<Socket>,
   ) {}
 
-  static async listen(path: string, target: string, uid: number, gid: number, mode: number): Promise<SocketForwarder> {
+  static async listen(
+    path: string,
+    target: string,
+    uid: number,
+    gid: number,
+    mode: number,
+  ): Promise<SocketForwarder> {
     const conns = new Set<Socket>();
     const server = createServer((client) => {
       const upstream = createConnection(target);
