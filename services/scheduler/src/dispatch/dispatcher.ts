@@ -672,6 +672,11 @@ export class Dispatcher {
   #monitor(): void {
     if (!this.#connected || this.#abort.signal.aborted) return;
     const now = Date.now();
+    for (const id of this.#workers.expire(this.#o.heartbeatTimeoutMs * 20, now)) {
+      this.#bus.workers.delete(id).catch((error: unknown) => {
+        this.#o.onEvent({ type: 'error', where: 'expire-worker', error });
+      });
+    }
     const live = this.#workers.alive(now);
     const plans = new Map<string, ReturnType<typeof planPlacement>>();
     for (const e of this.#entries.values()) {

@@ -44,6 +44,21 @@ export class WorkerTable {
     return this.#workers.get(id)?.info;
   }
 
+  /**
+   * Forgets workers unheard of for `afterMs` and returns their ids, so that their registrations
+   * can be deleted (server 2.9 has no per-key TTL; a killed worker never deletes its own).
+   */
+  expire(afterMs: number, now = Date.now()): string[] {
+    const gone: string[] = [];
+    for (const [id, s] of this.#workers) {
+      if (now - s.lastSeen > afterMs) {
+        this.#workers.delete(id);
+        gone.push(id);
+      }
+    }
+    return gone;
+  }
+
   /** Workers alive now. */
   alive(now = Date.now()): WorkerInfo[] {
     const out: WorkerInfo[] = [];

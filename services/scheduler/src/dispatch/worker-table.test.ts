@@ -1,0 +1,46 @@
+import type { WorkerInfo } from '@kiln/bus';
+import { encodeWorkerInfo } from '@kiln/bus';
+import type { KvWatchEntry } from '@nats-io/kv';
+import { describe, expect, it } from 'vitest';
+import { WorkerTable } from './worker-table.js';
+
+function put(id: string, seq: number, startedAt = 1): KvWatchEntry {
+  const info: WorkerInfo = {
+    v: 1,
+    id,
+    platforms: [{ os: 'linux', arch: 'amd64', emulated: false }],
+    labels: {},
+    slots: 1,
+    freeSlots: 1,
+    freeDiskBytes: 0,
+    held: [],
+    draining: false,
+    startedAt,
+    heartbeatAt: 0,
+    seq,
+  };
+  const value = encodeWorkerInfo(info);
+  return { key: id, value, operation: 'PUT', length: value.length, revision: seq } as KvWatchEntry;
+}
+
+describe('WorkerTable', () => {
+  it('judges liveness on the local clock, ignores replayed heartbeats, expires the long gone', () => {
+    const t = new WorkerTable(1_000);
+    t.apply(put('w1', 5), 0);
+    expect(t.isAlive('w1', 900)).toBe(true);
+    expect(t.isAlive('w1', 1_100)).toBe(false);
+    t.apply(put('w1', 5), 1_100); // the same heartbeat seen again (a reopened watch)
+    expect(t.isAlive('w1', 1_200)).toBe(false);
+    t.apply(put('w1', 6), 1_200);
+    expect(t.isAlive('w1', 1_300)).toBe(true);
+    t.apply(put('w1', 1, 2), 1_300); // restarted worker: its seq starts again
+    expect(t.get('w1')?.startedAt).toBe(2);
+    t.refreshAll(5_000); // reconnected: everybody's clock restarts
+    expect(t.isAlive('w1', 5_500)).toBe(true);
+    expect(t.expire(10_000, 20_000)).toEqual(['w1']);
+    expect(t.alive(20_000)).toEqual([]);
+    t.apply(put('w2', 1), 0);
+    t.apply({ ...put('w2', 2), operation: 'DEL', length: 0 }, 1);
+    expect(t.get('w2')).toBeUndefined();
+  });
+});
