@@ -21,7 +21,7 @@ import {
 } from './common.js';
 import type { DispatchState } from './dispatch-state.js';
 import { isGitSource, isHTTPSource, parseGitRef } from './git-ref.js';
-import { commitToHistory } from './image-config.js';
+import { commitToHistory, goTime } from './image-config.js';
 
 export interface CopyConfig {
   params: SourcesAndDest;
@@ -214,7 +214,7 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
   } else {
     d.state = cfg.opt.locate(d.state.file(a, fileOpt), cfg.location);
   }
-  commitToHistory(d.image, commitMessage, true, true, cfg.opt.epoch?.toISOString());
+  commitToHistory(d.image, commitMessage, true, true, goTime(cfg.opt.epoch));
 }
 
 function withMode(mode: number | undefined): CopyOptions {

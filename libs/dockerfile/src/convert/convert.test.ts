@@ -538,6 +538,27 @@ describe('errors', () => {
   });
 });
 
+describe('SOURCE_DATE_EPOCH', () => {
+  it('stamps history entries and the files COPY and WORKDIR create', async () => {
+    const r = await convertInspect('FROM busybox\nWORKDIR /w\nCOPY a b\nENV A=1\n', {
+      buildArgs: { SOURCE_DATE_EPOCH: '1700000000' },
+    });
+    const created = '2023-11-14T22:13:20Z';
+    expect(r.result.imageConfig.history!.slice(1).map((h) => h.created)).toEqual([
+      created,
+      created,
+      created,
+    ]);
+    const ns = 1700000000n * 1_000_000_000n;
+    const [mk, cp] = r.ofKind('file').map((o) => o.op.file!.actions![0]!);
+    expect(BigInt(String(mk!.mkdir!.timestamp))).toBe(ns);
+    expect(BigInt(String(cp!.copy!.timestamp))).toBe(ns);
+    await expect(
+      convertInspect('FROM busybox\n', { buildArgs: { SOURCE_DATE_EPOCH: 'yesterday' } }),
+    ).rejects.toThrow('invalid SOURCE_DATE_EPOCH: yesterday');
+  });
+});
+
 describe('source map', () => {
   it('maps each op made for an instruction to its lines, and carries the Dockerfile', async () => {
     const df =

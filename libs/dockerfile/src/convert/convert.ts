@@ -58,6 +58,7 @@ import { DispatchState, DispatchStates, allReachableStages } from './dispatch-st
 import type { DispatchCommand } from './dispatch-state.js';
 import { formatPortMap, parsePortSpecs, validateSignal } from './expose.js';
 import {
+  goTime,
   DEFAULT_PATH_ENV,
   addEnv,
   cloneImage,
@@ -379,6 +380,7 @@ class Converter {
   private idCounter = 0;
   private readonly idPrefix = randomBytes(6).toString('hex');
   private readonly locations = new SourceLocations();
+  private epoch: Date | undefined;
 
   constructor(
     private readonly source: string,
@@ -418,6 +420,10 @@ class Converter {
       this.metaArgs,
       this.buildArgs,
     );
+    const sde = Object.hasOwn(this.buildArgs, 'SOURCE_DATE_EPOCH')
+      ? this.buildArgs.SOURCE_DATE_EPOCH
+      : this.globalArgs.get('SOURCE_DATE_EPOCH');
+    if (sde) this.epoch = parseSourceDateEpoch(sde);
     this.buildDispatchStates();
     const target = this.resolveTarget();
     this.buildStageDependencyGraph();
@@ -706,7 +712,7 @@ class Converter {
       cacheIdNamespace: this.opts.cacheIdNamespace ?? '',
       targetPlatform: this.po.targetPlatform,
       buildPlatforms: this.po.buildPlatforms,
-      epoch: undefined,
+      epoch: this.epoch,
       newId: () => this.newId(),
       locate: (st, loc) => this.locations.locate(st, loc),
     };
@@ -783,6 +789,12 @@ class Converter {
   }
 }
 
+/** SOURCE_DATE_EPOCH: Unix seconds; history times and file timestamps use it. */
+function parseSourceDateEpoch(v: string): Date {
+  if (!/^[0-9]+$/.test(v)) throw noLine(`invalid SOURCE_DATE_EPOCH: ${v}`);
+  return new Date(Number(v) * 1000);
+}
+
 /** The context paths as followPaths: relative, sorted; none when the whole context is read. */
 function normalizeContextPaths(paths: Set<string>): string[] | undefined {
   if (paths.size === 0 || paths.has('/')) return undefined;
@@ -845,7 +857,7 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
   switch (c.kind) {
     case 'maintainer':
       d.image.author = c.maintainer;
-      commitToHistory(d.image, `MAINTAINER ${c.maintainer}`, false, false);
+      commitToHistory(d.image, `MAINTAINER ${c.maintainer}`, false, false, goTime(opt.epoch));
       return;
     case 'env': {
       let msg = 'ENV';
@@ -854,7 +866,7 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
         d.state = d.state.addEnv(e.key, e.value);
         d.image.config.Env = addEnv(d.image.config.Env, e.key, e.value);
       }
-      commitToHistory(d.image, msg, false, false);
+      commitToHistory(d.image, msg, false, false, goTime(opt.epoch));
       return;
     }
     case 'run':
@@ -924,7 +936,7 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
         msg += ' ' + kvString(v);
       }
       d.image.config.Labels = labels;
-      commitToHistory(d.image, msg, false, false);
+      commitToHistory(d.image, msg, false, false, goTime(opt.epoch));
       return;
     }
     case 'onbuild':
@@ -935,14 +947,20 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
       const args = c.prependShell ? withShell(d.image, c.cmdLine) : c.cmdLine;
       d.image.config.Cmd = args;
       d.image.config.ArgsEscaped = true;
-      commitToHistory(d.image, `CMD ${goQuoteSliceQ(args)}`, false, false);
+      commitToHistory(d.image, `CMD ${goQuoteSliceQ(args)}`, false, false, goTime(opt.epoch));
       return;
     }
     case 'entrypoint': {
       const args = c.prependShell ? withShell(d.image, c.cmdLine) : c.cmdLine;
       d.image.config.Entrypoint = args;
       if (!d.cmdSet) delete d.image.config.Cmd;
-      commitToHistory(d.image, `ENTRYPOINT ${goQuoteSliceQ(args)}`, false, false);
+      commitToHistory(
+        d.image,
+        `ENTRYPOINT ${goQuoteSliceQ(args)}`,
+        false,
+        false,
+        goTime(opt.epoch),
+      );
       return;
     }
     case 'healthcheck': {
@@ -960,6 +978,7 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
         `HEALTHCHECK ${healthcheckHistory(d.image.config.Healthcheck)}`,
         false,
         false,
+        goTime(opt.epoch),
       );
       return;
     }
@@ -971,7 +990,7 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
       const exposed = { ...(d.image.config.ExposedPorts ?? {}) };
       for (const p of ps) exposed[p] = {};
       d.image.config.ExposedPorts = exposed;
-      commitToHistory(d.image, `EXPOSE ${formatPortMap(ps)}`, false, false);
+      commitToHistory(d.image, `EXPOSE ${formatPortMap(ps)}`, false, false, goTime(opt.epoch));
       return;
     }
     case 'user':
@@ -984,17 +1003,17 @@ function dispatch(d: DispatchState, dc: DispatchCommand, opt: DispatchOpt): void
         vols[v] = {};
       }
       d.image.config.Volumes = vols;
-      commitToHistory(d.image, `VOLUME ${goSliceV(c.volumes)}`, false, false);
+      commitToHistory(d.image, `VOLUME ${goSliceV(c.volumes)}`, false, false, goTime(opt.epoch));
       return;
     }
     case 'stopsignal':
       validateSignal(c.signal);
       d.image.config.StopSignal = c.signal;
-      commitToHistory(d.image, `STOPSIGNAL ${c.signal}`, false, false);
+      commitToHistory(d.image, `STOPSIGNAL ${c.signal}`, false, false, goTime(opt.epoch));
       return;
     case 'shell':
       d.image.config.Shell = c.shell;
-      commitToHistory(d.image, `SHELL ${goSliceV(c.shell)}`, false, false);
+      commitToHistory(d.image, `SHELL ${goSliceV(c.shell)}`, false, false, goTime(opt.epoch));
       return;
     case 'arg':
       dispatchArg(d, c.args, opt);
@@ -1114,7 +1133,13 @@ function dispatchRun(
     ssh: rm.ssh,
   });
   d.state = opt.locate(exec.root(), c);
-  commitToHistory(d.image, 'RUN ' + runCommandString(args, d.buildArgs, env), true, true);
+  commitToHistory(
+    d.image,
+    'RUN ' + runCommandString(args, d.buildArgs, env),
+    true,
+    true,
+    goTime(opt.epoch),
+  );
 }
 
 /** Docker's WORKDIR normalization: relative paths join the current directory. */
@@ -1147,7 +1172,11 @@ function dispatchWorkdir(
     const user = d.image.config.User;
     const env = getEnv(d.state);
     d.state = d.state.file(
-      mkdir(wd, 0o755, { makeParents: true, ...(user ? { chown: user } : {}) }),
+      mkdir(wd, 0o755, {
+        makeParents: true,
+        ...(user ? { chown: user } : {}),
+        ...(opt.epoch ? { createdTime: opt.epoch } : {}),
+      }),
       {
         customName: prefixCommand(
           d,
@@ -1162,13 +1191,13 @@ function dispatchWorkdir(
     if (loc) d.state = opt.locate(d.state, loc);
     withLayer = true;
   }
-  commitToHistory(d.image, 'WORKDIR ' + wd, withLayer, false);
+  commitToHistory(d.image, 'WORKDIR ' + wd, withLayer, false, goTime(opt.epoch));
 }
 
-function dispatchUser(d: DispatchState, user: string, commit: boolean, _opt: DispatchOpt): void {
+function dispatchUser(d: DispatchState, user: string, commit: boolean, opt: DispatchOpt): void {
   d.state = d.state.user(user);
   d.image.config.User = user;
-  if (commit) commitToHistory(d.image, `USER ${user}`, false, false);
+  if (commit) commitToHistory(d.image, `USER ${user}`, false, false, goTime(opt.epoch));
 }
 
 function dispatchArg(
@@ -1191,7 +1220,7 @@ function dispatchArg(
     d.buildArgs.push(arg);
     commitStrs.push(arg.value !== undefined ? `${arg.key}=${arg.value}` : arg.key);
   }
-  commitToHistory(d.image, 'ARG ' + commitStrs.join(' '), false, false);
+  commitToHistory(d.image, 'ARG ' + commitStrs.join(' '), false, false, goTime(opt.epoch));
 }
 
 // ---- entry points ----

@@ -165,6 +165,15 @@ export function parseImageConfig(input: string | Uint8Array | object): ImageConf
   return img;
 }
 
+/** A time as Go's encoding/json writes a UTC time.Time (RFC 3339, no trailing zero fraction). */
+export function goTime(t: Date | undefined): string | undefined {
+  if (!t) return undefined;
+  return t
+    .toISOString()
+    .replace(/\.000Z$/, 'Z')
+    .replace(/(\.\d*?)0+Z$/, '$1Z');
+}
+
 /** Appends a history entry as BuildKit's commitToHistory does. */
 export function commitToHistory(
   img: ImageConfig,
