@@ -152,10 +152,9 @@ export class OverlaySnapshotter extends BaseSnapshotter {
   }
 
   /**
-   * Both trees mounted read-only and compared (`compare` kind). The upper dir alone (see
-   * {@link upperDir}) is cheaper to diff, but telling an opaque directory from a partly changed
-   * one needs its `trusted.overlay.opaque` xattr, which node cannot read without a native addon;
-   * comparing the merged views is always right.
+   * The upper dir with the parent's view as `lowerDir` and the snapshot's own view as `mergedDir`
+   * (both mounted read-only until `release`): the merged view tells the differ an opaque directory
+   * from a partly changed one, which the upper dir alone marks only with an xattr node cannot read.
    */
   async diffSource(key: string): Promise<DiffSourceHandle> {
     const rec = this.record(key);
@@ -177,16 +176,20 @@ export class OverlaySnapshotter extends BaseSnapshotter {
         for (const l of leases) l.release();
       }
     };
+    const upperDir = join(this.dirOf(rec), 'fs');
     try {
+      // A base snapshot's upper dir is its whole tree: nothing to compare with.
+      if (rec.parent === undefined) return { source: { kind: 'overlay', upperDir }, release };
       const tmp = join(this.root, 'tmp');
-      const next = await mountTemp(await this.mountsOf(key, { ...rec, kind: 'committed' }), tmp);
-      mounted.push(next.release);
-      if (rec.parent === undefined)
-        return { source: { kind: 'compare', newDir: next.path }, release };
+      const merged = await mountTemp(await this.mountsOf(key, { ...rec, kind: 'committed' }), tmp);
+      mounted.push(merged.release);
       leases.push(this.acquire(rec.parent));
-      const base = await mountTemp(await this.mounts(rec.parent), tmp);
-      mounted.push(base.release);
-      return { source: { kind: 'compare', baseDir: base.path, newDir: next.path }, release };
+      const lower = await mountTemp(await this.mounts(rec.parent), tmp);
+      mounted.push(lower.release);
+      return {
+        source: { kind: 'overlay', upperDir, lowerDir: lower.path, mergedDir: merged.path },
+        release,
+      };
     } catch (err) {
       await release();
       throw err;
