@@ -524,6 +524,9 @@ describe('errors', () => {
       'checksum requires HTTP(S) or Git sources',
       2,
     ],
+    ['FROM busybox\nRUN []\n', 'RUN requires at least one argument', 2],
+    ['FROM Busybox\n', 'failed to parse stage name "Busybox"', 1],
+    ['FROM busybox\nWORKDIR ""\n', 'normalizing workdir: cannot normalize empty path', 2],
   ])('%j', async (df, msg, line) => {
     const err = await convertError(df);
     expect(err.message).toContain(msg);

@@ -1100,6 +1100,8 @@ function dispatchRun(
     }
   }
   if (c.prependShell) args = withShell(d.image, args);
+  // BuildKit fails later, when the exec is marshaled; here it is the instruction's error.
+  if (args.length === 0) throw new Error('RUN requires at least one argument');
 
   const mounts = c.mounts;
   const rm = dispatchRunMounts(d, mounts, sources, opt);
