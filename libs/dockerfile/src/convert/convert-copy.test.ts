@@ -223,6 +223,23 @@ describe('ADD', () => {
     });
   });
 
+  it('--keep-git-dir makes any http(s) URL a repository (TestAddKeepGitDirNonSuffixedURL)', async () => {
+    const ids = async (df: string): Promise<string[]> =>
+      (await convertInspect(df)).ofKind('source').map((o) => o.op.source?.identifier ?? '');
+    expect(
+      await ids('FROM scratch\nADD --keep-git-dir=true https://git.sr.ht/~foo/bar#main /dst\n'),
+    ).toEqual(['git://git.sr.ht/~foo/bar#main']);
+    expect(
+      await ids('FROM scratch\nADD --keep-git-dir=false https://git.sr.ht/~foo/bar#main /dst\n'),
+    ).toEqual(['git://git.sr.ht/~foo/bar#main']);
+    expect(await ids('FROM scratch\nADD https://git.sr.ht/~foo/bar /dst\n')).toEqual([
+      'https://git.sr.ht/~foo/bar',
+    ]);
+    expect(
+      await ids('FROM scratch\nADD https://github.com/moby/buildkit.git#master /dst\n'),
+    ).toEqual(['git://github.com/moby/buildkit.git#master']);
+  });
+
   it('COPY refuses git sources; inconsistent keep-git-dir is an error', async () => {
     await expect(
       convertInspect('FROM busybox\nCOPY https://github.com/a/b.git /x\n'),

@@ -94,7 +94,8 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
   for (const rawSrc of cfg.params.sourcePaths) {
     let src = rawSrc;
     commitMessage += ' ' + src;
-    const gitRef = parseGitRef(src);
+    // With --keep-git-dir, ADD of any http(s) URL is a git repository.
+    const gitRef = parseGitRef(src, cfg.isAddCommand && cfg.keepGitDir !== undefined);
     if (gitRef) {
       if (!cfg.isAddCommand) throw new Error("source can't be a git ref for COPY");
       let keepGitDir = cfg.keepGitDir;

@@ -160,6 +160,45 @@ describe('stages and targets', () => {
     expect(empty.ofKind('source').map((o) => o.op.source!.identifier)).toEqual(['local://context']);
   });
 
+  it('convert_test.go TestDockerfileParsing and TestDockerfileCircularDependencies', async () => {
+    await convertInspect('FROM scratch\nENV FOO bar\nCOPY f1 f2 /sub/\nRUN ls -l\n');
+    // Copies from scratch stages: marshaled (as BuildKit's test does), not loaded, since our
+    // Definition validator rejects a copy that reads nothing.
+    const df2 =
+      'FROM scratch AS foo\nENV FOO bar\nFROM foo\nCOPY --from=foo f1 /\nCOPY --from=0 f2 /\n\t';
+    const r2 = await convertDockerfile(df2, { targetPlatform: LinuxAmd64 });
+    expect(r2.stageName).toBe('stage-1');
+    expect(marshalResult(r2).def.length).toBeGreaterThan(1);
+    expect(
+      (await convertDockerfile(df2, { target: 'Foo', targetPlatform: LinuxAmd64 })).stageName,
+    ).toBe('foo');
+    await expect(convertDockerfile(df2, { target: 'nosuch' })).rejects.toThrow(
+      'target stage "nosuch" could not be found',
+    );
+    await convertInspect(
+      'FROM scratch\n\tADD http://github.com/moby/buildkit/blob/master/README.md /\n\t\t',
+    );
+    await expect(
+      convertInspect(
+        'FROM scratch\n\tCOPY http://github.com/moby/buildkit/blob/master/README.md /\n',
+      ),
+    ).rejects.toThrow("source can't be a URL for COPY");
+    await expect(convertInspect('FROM "" AS foo')).rejects.toThrow(
+      'base name ("") should not be blank',
+    );
+    await expect(convertInspect('FROM ${BLANK} AS foo')).rejects.toThrow(
+      'base name (${BLANK}) should not be blank',
+    );
+    await expect(
+      convertInspect('FROM busybox AS stage0\nCOPY --from=stage0 f1 /sub/\n'),
+    ).rejects.toThrow('circular dependency detected on stage: stage0');
+    await expect(
+      convertInspect(
+        'FROM busybox AS stage0\nCOPY --from=stage2 f1 /sub/\nFROM busybox AS stage1\nCOPY --from=stage0 f2 /sub/\nFROM busybox AS stage2\nCOPY --from=stage1 f2 /sub/\n',
+      ),
+    ).rejects.toThrow('circular dependency detected on stage: stage0');
+  });
+
   it('the same Dockerfile marshals to the same bytes', async () => {
     const df2 =
       'FROM busybox AS a\nRUN --mount=type=cache,target=/c true\nFROM busybox\nCOPY --link --from=a /x /y\nRUN echo $HOME\n';

@@ -14,7 +14,11 @@ export interface GitRef {
 
 const SCP_LIKE = /^[A-Za-z0-9._-]+@[^:/]+:/;
 
-export function parseGitRef(src: string): GitRef | undefined {
+/**
+ * The git repository `src` names, or undefined. `forceHttp`: an http(s) URL is a repository even
+ * without `.git` (ADD --keep-git-dir says so).
+ */
+export function parseGitRef(src: string, forceHttp = false): GitRef | undefined {
   let isGit = false;
   let rest = src;
   if (
@@ -38,7 +42,7 @@ export function parseGitRef(src: string): GitRef | undefined {
       rest = rest.slice(0, q);
     }
     const path = rest.replace(/^https?:\/\/[^/]*/, '');
-    if (path.endsWith('.git') || path.endsWith('.git/')) isGit = true;
+    if (forceHttp || path.endsWith('.git') || path.endsWith('.git/')) isGit = true;
   } else if (isGit) {
     const q = rest.indexOf('?');
     if (q >= 0) {
