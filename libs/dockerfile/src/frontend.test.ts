@@ -64,6 +64,24 @@ describe('frontend registry', () => {
       contextName: 'ctx',
     });
     expect(convertOptionsFromAttrs({ 'no-cache': '' }).ignoreCache).toBe(true);
+    expect(
+      convertOptionsFromAttrs({
+        'image-resolve-mode': 'pull',
+        hostname: 'h',
+        'add-hosts': 'db=10.0.0.2,V6=::1',
+      }),
+    ).toMatchObject({
+      imageResolveMode: 'pull',
+      hostname: 'h',
+      extraHosts: [
+        { host: 'db', ip: '10.0.0.2' },
+        { host: 'v6', ip: '::1' },
+      ],
+    });
+    expect(() => convertOptionsFromAttrs({ 'add-hosts': 'db' })).toThrow(
+      'invalid key-value pair db',
+    );
+    expect(() => convertOptionsFromAttrs({ 'add-hosts': 'db=x' })).toThrow('failed to parse IP x');
     expect(() => convertOptionsFromAttrs({ platform: 'linux/' })).toThrow(
       'invalid platform "linux/"',
     );

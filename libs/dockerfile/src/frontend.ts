@@ -3,6 +3,7 @@
  * (a Dockerfile, or anything else) plus options into one LLB Definition and image config per
  * platform. Frontends are registered by name; `dockerfile.v0` is registered by default.
  */
+import { isIP } from 'node:net';
 import { parsePlatform } from '@kiln/llb';
 import type { Definition, Platform } from '@kiln/llb';
 import { convertDockerfile, marshalResult } from './convert/convert.js';
@@ -21,7 +22,8 @@ export interface FrontendInputs {
   /**
    * Frontend attributes as BuildKit names them: `build-arg:K`, `target`, `platform`
    * (comma-separated), `filename`, `no-cache` (empty: all stages, or stage names), `label:K`,
-   * `context` (the context's source name), `multi-platform`.
+   * `context` (the context's source name), `multi-platform`, `image-resolve-mode`, `hostname`,
+   * `add-hosts` (`host=ip,...`).
    */
   opts: Readonly<Record<string, string>>;
   /** Image config lookup for base images. */
@@ -72,6 +74,18 @@ function badOption(message: string): DockerfileError {
   return new DockerfileError(message, { startLine: 0 });
 }
 
+/** dockerui's `add-hosts`: `host=ip` pairs, comma-separated. */
+function parseExtraHosts(v: string): { host: string; ip: string }[] {
+  return v.split(',').map((field) => {
+    const i = field.indexOf('=');
+    if (i < 0) throw badOption(`invalid key-value pair ${field}`);
+    const host = field.slice(0, i).toLowerCase();
+    const ip = field.slice(i + 1).toLowerCase();
+    if (!isIP(ip)) throw badOption(`failed to parse IP ${ip}`);
+    return { host, ip };
+  });
+}
+
 /** Reads BuildKit's frontend attributes into conversion options. */
 export function convertOptionsFromAttrs(attrs: Readonly<Record<string, string>>): ConvertOptions {
   const buildArgs: Record<string, string> = {};
@@ -104,6 +118,15 @@ export function convertOptionsFromAttrs(attrs: Readonly<Record<string, string>>)
   }
   if (attrs['multi-platform'] !== undefined)
     opts.multiPlatform = attrs['multi-platform'] === 'true';
+  const mode = attrs['image-resolve-mode'];
+  if (mode) {
+    if (mode !== 'default' && mode !== 'pull' && mode !== 'local') {
+      throw badOption(`invalid image-resolve-mode: ${mode}`);
+    }
+    opts.imageResolveMode = mode;
+  }
+  if (attrs.hostname) opts.hostname = attrs.hostname;
+  if (attrs['add-hosts']) opts.extraHosts = parseExtraHosts(attrs['add-hosts']);
   return opts;
 }
 

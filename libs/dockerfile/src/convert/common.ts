@@ -1,7 +1,7 @@
 /** Helpers shared by the conversion files (kept apart so that they import no conversion file). */
 import { posix } from 'node:path';
 import { formatPlatform, parsePlatform } from '@kiln/llb';
-import type { Platform, ProxyEnv, State } from '@kiln/llb';
+import type { HostIP, Platform, ProxyEnv, State } from '@kiln/llb';
 import { DockerfileError } from '../dockerfile-error.js';
 import type { Location } from '../instructions/commands.js';
 import type { EnvGetter } from '../shell/env.js';
@@ -25,6 +25,8 @@ export interface DispatchOpt {
   epoch: Date | undefined;
   /** Used to make progress-group ids; deterministic per conversion. */
   newId: () => string;
+  /** `--add-host` entries for RUN. */
+  extraHosts: readonly HostIP[];
   /** Notes that a state's op comes from an instruction (the source map). */
   locate: (state: State, loc: Location) => State;
 }

@@ -142,6 +142,20 @@ describe('RUN --mount', () => {
     expect(c!.security ?? pb.SecurityMode.SANDBOX).toBe(pb.SecurityMode.SANDBOX);
   });
 
+  it('--add-host, --hostname and the image resolve mode', async () => {
+    const r = await convertInspect('FROM busybox\nRUN true\n', {
+      extraHosts: [{ host: 'db', ip: '10.0.0.2' }],
+      hostname: 'builder',
+      imageResolveMode: 'pull',
+    });
+    const exec = r.execs()[0]!;
+    expect(exec.meta!.extraHosts).toEqual([
+      expect.objectContaining({ Host: 'db', IP: '10.0.0.2' }),
+    ]);
+    expect(exec.meta!.hostname).toBe('builder');
+    expect(r.ofKind('source')[0]!.op.source!.attrs).toEqual({ 'image.resolvemode': 'pull' });
+  });
+
   it('mount values expand stage variables', async () => {
     const r = await convertInspect(
       'FROM busybox\nARG CACHE=/cache/go\nRUN --mount=type=cache,target=$CACHE,id=go-${CACHE} true\n',

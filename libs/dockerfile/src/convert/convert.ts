@@ -23,7 +23,16 @@ import {
   SecurityMode,
   formatImageReference,
 } from '@kiln/llb';
-import type { Definition, MarshalOptions, MountSpec, Platform, ProxyEnv, Vertex } from '@kiln/llb';
+import type {
+  Definition,
+  HostIP,
+  MarshalOptions,
+  MountSpec,
+  Platform,
+  ProxyEnv,
+  ResolveMode,
+  Vertex,
+} from '@kiln/llb';
 import { DockerfileError } from '../dockerfile-error.js';
 import type {
   Command,
@@ -173,6 +182,12 @@ export interface ConvertOptions {
   multiPlatform?: boolean;
   /** Use this state as the build context instead of `local(contextName)`. */
   mainContext?: State;
+  /** How base images are resolved (`image-resolve-mode`): `pull` always checks the registry. */
+  imageResolveMode?: ResolveMode;
+  /** `--add-host`: extra /etc/hosts entries for RUN. */
+  extraHosts?: readonly HostIP[];
+  /** `--hostname` of RUN containers. */
+  hostname?: string;
 }
 
 /** The conversion for one target platform. */
@@ -681,6 +696,7 @@ class Converter {
         d.state = this.locations.locate(
           image(d.stage.baseName, {
             platform,
+            ...(this.opts.imageResolveMode ? { resolveMode: this.opts.imageResolveMode } : {}),
             description: dfCmd(d.stage.sourceCode),
             customName: prefixCommand(
               d,
@@ -715,6 +731,7 @@ class Converter {
       epoch: this.epoch,
       newId: () => this.newId(),
       locate: (st, loc) => this.locations.locate(st, loc),
+      extraHosts: this.opts.extraHosts ?? [],
     };
   }
 
@@ -734,6 +751,7 @@ class Converter {
         const i = e.indexOf('=');
         d.state = i < 0 ? d.state.addEnv(e, '') : d.state.addEnv(e.slice(0, i), e.slice(i + 1));
       }
+      if (this.opts.hostname) d.state = d.state.hostname(this.opts.hostname);
       try {
         if (d.image.config.WorkingDir)
           dispatchWorkdir(d, d.image.config.WorkingDir, false, opt, '');
@@ -1130,6 +1148,7 @@ function dispatchRun(
     ...(opt.proxyEnv ? { proxyEnv: opt.proxyEnv } : {}),
     ...(network !== undefined ? { network } : {}),
     ...(security !== undefined ? { security } : {}),
+    ...(opt.extraHosts.length ? { extraHosts: [...opt.extraHosts] } : {}),
     mounts: [...extraMounts, ...rm.mounts],
     secrets: rm.secrets,
     ssh: rm.ssh,
