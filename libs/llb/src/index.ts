@@ -57,3 +57,12 @@ export {
 } from './go-json-pb.js';
 export type { GoJson } from './go-json-pb.js';
 export { dumpLlb, marshalLlb } from './debug.js';
+export {
+  opCacheDigest,
+  depSpecs,
+  vertexCacheKey,
+  outputCacheKey,
+  sourceCacheKey,
+  sourceOpDigest,
+} from './cache-key.js';
+export type { DepSpec, DepKey } from './cache-key.js';

@@ -1,9 +1,20 @@
 import { chmod, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LinuxAmd64, copy, image, local, marshal, parseDefinition } from '@kiln/llb';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { depSpecs, opCacheDigest, outputCacheKey, sourceOpDigest, vertexCacheKey } from './cache-key.js';
+import {
+  LinuxAmd64,
+  copy,
+  depSpecs,
+  image,
+  local,
+  marshal,
+  opCacheDigest,
+  outputCacheKey,
+  parseDefinition,
+  sourceOpDigest,
+  vertexCacheKey,
+} from '@kiln/llb';
 import { ChecksumError, checksum } from './contenthash.js';
 
 let root: string;

@@ -9,11 +9,18 @@
  * cache key; a rerun of an unchanged graph is answered from the index for every vertex.
  */
 import { cpus } from 'node:os';
-import { opKind, parseDefinition } from '@kiln/llb';
-import type { LoadedDefinition, LoadedOp, OpKind } from '@kiln/llb';
 import type { pb } from '@kiln/protocol';
-import { depSpecs, opCacheDigest, outputCacheKey, sourceCacheKey, sourceOpDigest, vertexCacheKey } from '../cache/cache-key.js';
-import type { DepKey, DepSpec } from '../cache/cache-key.js';
+import {
+  depSpecs,
+  opCacheDigest,
+  opKind,
+  outputCacheKey,
+  parseDefinition,
+  sourceCacheKey,
+  sourceOpDigest,
+  vertexCacheKey,
+} from '@kiln/llb';
+import type { DepKey, DepSpec, LoadedDefinition, LoadedOp, OpKind } from '@kiln/llb';
 import type { CacheIndex } from './cache-index.js';
 import { SolveCanceledError, VertexError } from './errors.js';
 import { vertexName } from './names.js';
