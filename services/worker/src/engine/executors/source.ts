@@ -1,10 +1,12 @@
 /**
  * SourceOp executor: `docker-image://` (pulled through the registry client into the local blob
  * store, each layer committed as a snapshot named by its OCI chain ID so images share layers) and
- * `local://` (the session's directory, filtered). `git://` and `http(s)://` are not served yet:
- * they fail with a typed SOURCE_UNSUPPORTED error naming the identifier.
+ * `local://` (the session's directory, filtered), `git://` (the git CLI, pinned to a commit) and
+ * `http(s)://` (one downloaded file, pinned to its checksum). Other schemes fail with a typed
+ * SOURCE_UNSUPPORTED error naming the identifier.
  */
 import { createHash } from 'node:crypto';
+import { join } from 'node:path';
 import { KilnError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { Platform } from '@kiln/llb';
@@ -14,6 +16,8 @@ import { buildSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
 import type { LayerCache } from '../../exporters/layers.js';
 import type { ImageSource, ResolvedImage } from '../../sources/image/index.js';
+import { checkoutGit, gitPin, gitSpec } from '../../sources/git/git-source.js';
+import { HttpDownloader, httpPin, httpSpec, writeHttpFile } from '../../sources/http/http-source.js';
 import { copyLocal, localDir, localPin, localSpec } from '../../sources/local/local-source.js';
 import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
 
@@ -35,13 +39,18 @@ function platformOf(p: pb.IPlatform | null | undefined): Platform {
 export class SourceExecutor implements OpExecutor {
   private readonly resolved = new Map<string, Promise<ResolvedImage>>();
   private readonly layerBuilds = new Map<string, Promise<string>>();
+  private readonly http: HttpDownloader;
+  /** Commit pinned per git identifier within this process (the build checks out what it keyed). */
+  private readonly gitPins = new Map<string, string>();
 
   constructor(
     private readonly env: SnapshotEnv,
     private readonly images: ImageSource,
     private readonly store: BlobStore,
     private readonly layers?: LayerCache,
-  ) {}
+  ) {
+    this.http = new HttpDownloader(join(env.tmpDir, 'http'));
+  }
 
   private resolveImage(op: pb.IOp): Promise<ResolvedImage> {
     const id = op.source!.identifier!;
@@ -63,6 +72,12 @@ export class SourceExecutor implements OpExecutor {
     if (id.startsWith('local://')) {
       const spec = localSpec(ctx.op.source!);
       return localPin(spec, await localDir(spec, ctx.session.localDirs));
+    }
+    if (id.startsWith('http://') || id.startsWith('https://')) return httpPin(httpSpec(ctx.op.source!), this.http, ctx.digest, ctx.signal);
+    if (id.startsWith('git://')) {
+      const commit = await gitPin(gitSpec(ctx.op.source!));
+      this.gitPins.set(ctx.digest, commit);
+      return commit;
     }
     throw new UnsupportedSourceError(id);
   }
@@ -87,6 +102,15 @@ export class SourceExecutor implements OpExecutor {
       const spec = localSpec(ctx.op.source!);
       const dir = await localDir(spec, ctx.session.localDirs);
       return [await buildSnapshot(this.env, undefined, (dest) => copyLocal(spec, dir, dest))];
+    }
+    if (id.startsWith('http://') || id.startsWith('https://')) {
+      const spec = httpSpec(ctx.op.source!);
+      return [await buildSnapshot(this.env, undefined, (dest) => writeHttpFile(spec, this.http, ctx.digest, dest, ctx.signal))];
+    }
+    if (id.startsWith('git://')) {
+      const spec = gitSpec(ctx.op.source!);
+      const commit = this.gitPins.get(ctx.digest) ?? (await gitPin(spec));
+      return [await buildSnapshot(this.env, undefined, (dest) => checkoutGit(spec, commit, dest, join(this.env.tmpDir, 'git')))];
     }
     throw new UnsupportedSourceError(id);
   }
