@@ -32,8 +32,22 @@ export { BFlags, Flag } from './instructions/bflag.js';
 export { parseMount } from './instructions/runmount.js';
 export type { Mount, MountType, ShareMode, SingleWordExpander } from './instructions/runmount.js';
 
-export { convertDockerfile, convertDockerfileSync, dockerfileToLLB, marshalResult } from './convert/convert.js';
-export type { ConvertOptions, ConvertResult, ImageMetadata, MetaResolver, SyncMetaResolver } from './convert/convert.js';
+export {
+  convertDockerfile,
+  convertDockerfileSync,
+  dockerfileToLLB,
+  marshalResult,
+  parseDockerfile,
+} from './convert/convert.js';
+export type {
+  ConvertOptions,
+  ConvertResult,
+  ImageMetadata,
+  MarshalResultOptions,
+  MetaResolver,
+  ParsedDockerfile,
+  SyncMetaResolver,
+} from './convert/convert.js';
 export { imageConfigToJson, parseImageConfig, emptyImage, HISTORY_COMMENT, DEFAULT_PATH_ENV } from './convert/image-config.js';
 export type { ImageConfig, ContainerConfig, HealthcheckConfig, HistoryEntry } from './convert/image-config.js';
 export { defaultArgs, buildPlatformOpt } from './convert/platform.js';

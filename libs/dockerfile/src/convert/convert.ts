@@ -44,6 +44,7 @@ import type {
 import { kvString } from '../instructions/commands.js';
 import { withSuggestion } from '../instructions/go-helpers.js';
 import { parseCommand, parseInstructions } from '../instructions/parse.js';
+import type { ParsedInstructions } from '../instructions/parse.js';
 import { parseMount } from '../instructions/runmount.js';
 import type { Mount } from '../instructions/runmount.js';
 import { chompHeredocContent, parseHeredoc } from '../parser/heredoc.js';
@@ -1246,13 +1247,37 @@ function dispatchArg(
 
 // ---- entry points ----
 
-function newConverter(source: string | Uint8Array, opts: ConvertOptions): Converter {
+/** A Dockerfile already parsed into instructions (conversion does not modify them). */
+export interface ParsedDockerfile {
+  text: string;
+  escapeToken: string;
+  instructions: ParsedInstructions;
+}
+
+/** Parses a Dockerfile down to instructions; DockerfileError for what BuildKit rejects. */
+export function parseDockerfile(source: string | Uint8Array): ParsedDockerfile {
   const text = typeof source === 'string' ? source : Buffer.from(source).toString('utf8');
   if (text.length === 0) throw noLine('the Dockerfile cannot be empty');
   const { ast, escapeToken } = parse(text);
-  const { stages, metaArgs } = parseInstructions(ast);
+  return { text, escapeToken, instructions: parseInstructions(ast) };
+}
+
+function newConverter(
+  source: string | Uint8Array | ParsedDockerfile,
+  opts: ConvertOptions,
+): Converter {
+  const parsed =
+    typeof source === 'string' || source instanceof Uint8Array ? parseDockerfile(source) : source;
+  const { stages, metaArgs } = parsed.instructions;
   if (stages.length === 0) throw noLine('dockerfile contains no stages to build');
-  return new Converter(text, stages, metaArgs, escapeToken, opts, opts.targetPlatform);
+  return new Converter(
+    parsed.text,
+    stages,
+    metaArgs,
+    parsed.escapeToken,
+    opts,
+    opts.targetPlatform,
+  );
 }
 
 /**
@@ -1260,7 +1285,7 @@ function newConverter(source: string | Uint8Array, opts: ConvertOptions): Conver
  * Throws DockerfileError (with the line range when there is one) for anything a user must fix.
  */
 export async function convertDockerfile(
-  source: string | Uint8Array,
+  source: string | Uint8Array | ParsedDockerfile,
   opts: ConvertOptions = {},
 ): Promise<ConvertResult> {
   return newConverter(source, opts).run(opts.metaResolver);
@@ -1268,7 +1293,7 @@ export async function convertDockerfile(
 
 /** convertDockerfile with a synchronous resolver (or none): no promise, same result. */
 export function convertDockerfileSync(
-  source: string | Uint8Array,
+  source: string | Uint8Array | ParsedDockerfile,
   opts: Omit<ConvertOptions, 'metaResolver'> & { metaResolver?: SyncMetaResolver } = {},
 ): ConvertResult {
   const { metaResolver, ...rest } = opts;
