@@ -94,15 +94,25 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   process.once('SIGTERM', onSignal);
   try {
     const multi = result.platforms.length > 1;
+    const solved: { snapshot: string | undefined; config: Record<string, unknown>; platform: Platform }[] = [];
     for (const p of result.platforms) {
-      const solved = await engine.solve(p.definition.toBytes(), {
+      const r = await engine.solve(p.definition.toBytes(), {
         session,
         signal: abort.signal,
         onProgress: (e: ProgressEvent) => printer.onEvent(e),
         ...(flags.noCache === false ? { noCache: true } : {}),
       });
-      for (const o of outputs) {
-        await engine.export(solved.snapshot, exportSpec(o, p.imageConfigJson, flags.tag, multi ? p.platform : undefined));
+      solved.push({ snapshot: r.snapshot, config: JSON.parse(p.imageConfigJson) as Record<string, unknown>, platform: p.platform });
+    }
+    for (const o of outputs) {
+      if (multi && o.type === 'oci') {
+        // One OCI index over the platforms' manifests, as BuildKit's oci exporter writes.
+        const names = o.name ? [o.name, ...flags.tag] : flags.tag;
+        await engine.exportMultiPlatform(solved, { type: 'oci', dest: o.dest, names });
+        continue;
+      }
+      for (const r of solved) {
+        await engine.export(r.snapshot, exportSpec(o, r.config, flags.tag, multi ? r.platform : undefined));
       }
     }
   } finally {
@@ -113,7 +123,7 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   if (outputs.length === 0) process.stderr.write('WARNING: no output specified; the result is only in the build cache (use --output)\n');
 }
 
-function exportSpec(o: OutputSpec, configJson: string, tags: string[], platform: Platform | undefined): ExportSpec {
+function exportSpec(o: OutputSpec, config: Record<string, unknown>, tags: string[], platform: Platform | undefined): ExportSpec {
   // Several platforms into one local/tar destination: one subdirectory/file per platform, as buildx.
   const suffix = platform ? formatPlatform(platform).replace(/\//g, '_') : '';
   if (o.type === 'local') return { type: 'local', dest: suffix ? join(o.dest, suffix) : o.dest };
@@ -122,7 +132,7 @@ function exportSpec(o: OutputSpec, configJson: string, tags: string[], platform:
   return {
     type: o.type,
     dest: suffix ? `${o.dest}.${suffix}` : o.dest,
-    config: JSON.parse(configJson) as Record<string, unknown>,
+    config,
     names,
   };
 }

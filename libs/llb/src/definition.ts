@@ -267,7 +267,6 @@ function validateOp(o: LoadedOp, ops: ReadonlyMap<string, LoadedOp>): void {
         if (!a.copy && !a.mkfile && !a.mkdir && !a.rm && !a.symlink) bad(`file action ${i} has no known kind`);
         if (!inRange(num(a.input), i)) bad(`file action ${i} reads input ${num(a.input)}`);
         if (!inRange(num(a.secondaryInput), i)) bad(`file action ${i} reads secondary input ${num(a.secondaryInput)}`);
-        if (a.copy && num(a.secondaryInput) === -1) bad(`file action ${i} copies from nothing`);
       });
       break;
     }

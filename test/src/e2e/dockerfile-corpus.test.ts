@@ -201,4 +201,20 @@ describe('Dockerfile corpus, built with kiln build', () => {
       }
     }, 180_000);
   }
+
+  it('multi-platform: one local dir per platform and one OCI index over both manifests', async () => {
+    const ctx = join(work, 'multi', 'ctx');
+    const out = join(work, 'multi', 'out');
+    await cp(join(corpusDir, 'platform-amd64'), ctx, { recursive: true });
+    const res = await kiln([
+      'build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, '--platform', 'linux/amd64,linux/arm64',
+      '-o', `type=local,dest=${join(out, 'rootfs')}`, '-o', `type=oci,dest=${join(out, 'image.tar')}`,
+    ]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(await readFile(join(out, 'rootfs/linux_amd64/platform.txt'), 'utf8')).toMatch(/^linux\/amd64 .* x86_64\n$/);
+    expect(await readFile(join(out, 'rootfs/linux_arm64/platform.txt'), 'utf8')).toMatch(/^linux\/arm64 .* aarch64\n$/);
+    const { stdout } = await run('skopeo', ['inspect', '--raw', `oci-archive:${join(out, 'image.tar')}`]);
+    const index = JSON.parse(stdout) as { manifests: { platform?: { architecture: string } }[] };
+    expect(index.manifests.map((m) => m.platform?.architecture).sort()).toEqual(['amd64', 'arm64']);
+  }, 180_000);
 });

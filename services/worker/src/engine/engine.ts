@@ -131,9 +131,22 @@ export class Engine {
       case 'oci':
       case 'docker': {
         const img = await this.buildImage(snapshot, spec.config);
-        return exportImageTarballFile(this.store, img, spec.type, spec.names ?? [], spec.dest);
+        return exportImageTarballFile(this.store, { image: img }, spec.type, spec.names ?? [], spec.dest);
       }
     }
+  }
+
+  /**
+   * Writes one image tarball holding several platforms' images (an OCI index over their
+   * manifests), as a multi-platform `--output type=oci` does.
+   */
+  async exportMultiPlatform(
+    results: { snapshot: string | undefined; config: Record<string, unknown>; platform: { os: string; architecture: string; variant?: string } }[],
+    spec: { type: 'oci' | 'docker'; dest: string; names?: string[] },
+  ): Promise<void> {
+    const images = [];
+    for (const r of results) images.push({ image: await this.buildImage(r.snapshot, r.config), platform: r.platform });
+    await exportImageTarballFile(this.store, images, spec.type, spec.names ?? [], spec.dest);
   }
 
   /** Shows a result snapshot (or the empty tree) as a read-only directory for the duration of `fn`. */

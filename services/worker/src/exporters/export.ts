@@ -18,7 +18,14 @@ import { copyPath } from '../fs/index.js';
 import { diffLayer } from '../layers/index.js';
 import { readSnapshot } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
+import { KilnError } from '@kiln/protocol';
 import type { LayerCache, LayerRecord } from './layers.js';
+
+export class ExportError extends KilnError {
+  constructor(message: string) {
+    super('EXPORT_INVALID', message);
+  }
+}
 
 export interface ImageConfigInput {
   /** The OCI image config the frontend produced; rootfs is filled in here. */
@@ -113,27 +120,55 @@ async function addBlob(pack: tar.Pack, name: string, data: Buffer | Readable, si
   });
 }
 
+/** One image of a tarball, with the platform it is for when the tarball holds several. */
+export interface TarballImage {
+  image: BuiltImage;
+  platform?: { os: string; architecture: string; variant?: string };
+}
+
 /**
  * Writes an image tarball: `oci` (OCI image layout) or `docker` (also manifest.json, loadable by
- * `docker load`). Blobs are written once each, in a fixed order, so the same image gives the same
- * bytes.
+ * `docker load`; one image only, as in BuildKit). Several images (a multi-platform build) become
+ * one OCI index whose manifests carry their platforms. Blobs are written once each, in a fixed
+ * order, so the same images give the same bytes.
  */
 export async function exportImageTarball(
   store: BlobStore,
-  image: BuiltImage,
+  images: TarballImage | TarballImage[],
   format: 'oci' | 'docker',
   names: string[],
   out: Writable,
 ): Promise<void> {
+  const list = Array.isArray(images) ? images : [images];
+  if (list.length === 0) throw new TypeError('exportImageTarball: no image');
+  if (format === 'docker' && list.length > 1) {
+    throw new ExportError('the docker exporter holds one platform; use type=oci for a multi-platform image');
+  }
   const pack = tar.pack();
   const done = pipeline(pack, out);
   const blob = (d: string): string => `blobs/sha256/${d.slice('sha256:'.length)}`;
-  const desc = { mediaType: OCI_MANIFEST, digest: image.manifestDigest, size: image.manifest.length };
+  const manifestDesc = (t: TarballImage): Record<string, unknown> => ({
+    mediaType: OCI_MANIFEST,
+    digest: t.image.manifestDigest,
+    size: t.image.manifest.length,
+    ...(t.platform && list.length > 1 ? { platform: t.platform } : {}),
+  });
+  let top: Record<string, unknown>;
+  const extra: { name: string; data: Buffer }[] = [];
+  if (list.length === 1) {
+    top = manifestDesc(list[0]!);
+  } else {
+    // The index of the platforms' manifests is itself a blob; index.json points at it.
+    const idx = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: list.map(manifestDesc) }));
+    const d = digestOf(idx);
+    extra.push({ name: blob(d), data: idx });
+    top = { mediaType: OCI_INDEX, digest: d, size: idx.length };
+  }
   const index = {
     schemaVersion: 2,
     mediaType: OCI_INDEX,
     manifests: (names.length ? names : ['']).map((n) =>
-      n ? { ...desc, annotations: { 'io.containerd.image.name': n, 'org.opencontainers.image.ref.name': n.split(':').pop() } } : desc,
+      n ? { ...top, annotations: { 'io.containerd.image.name': n, 'org.opencontainers.image.ref.name': n.split(':').pop() } } : top,
     ),
   };
   try {
@@ -141,18 +176,23 @@ export async function exportImageTarball(
     const indexBytes = Buffer.from(JSON.stringify(index));
     await addBlob(pack, 'index.json', indexBytes, indexBytes.length);
     if (format === 'docker') {
+      const img = list[0]!.image;
       const m = Buffer.from(
-        JSON.stringify([{ Config: blob(image.configDigest), RepoTags: names, Layers: image.layers.map((l) => blob(l.digest)) }]),
+        JSON.stringify([{ Config: blob(img.configDigest), RepoTags: names, Layers: img.layers.map((l) => blob(l.digest)) }]),
       );
       await addBlob(pack, 'manifest.json', m, m.length);
     }
-    await addBlob(pack, blob(image.manifestDigest), image.manifest, image.manifest.length);
-    await addBlob(pack, blob(image.configDigest), image.config, image.config.length);
     const seen = new Set<string>();
-    for (const l of image.layers) {
-      if (seen.has(l.digest)) continue;
-      seen.add(l.digest);
-      await addBlob(pack, blob(l.digest), await store.get(l.digest as `sha256:${string}`), l.size);
+    const once = async (name: string, data: Buffer | (() => Promise<Readable>), size: number): Promise<void> => {
+      if (seen.has(name)) return;
+      seen.add(name);
+      await addBlob(pack, name, Buffer.isBuffer(data) ? data : await data(), size);
+    };
+    for (const e of extra) await once(e.name, e.data, e.data.length);
+    for (const { image } of list) {
+      await once(blob(image.manifestDigest), image.manifest, image.manifest.length);
+      await once(blob(image.configDigest), image.config, image.config.length);
+      for (const l of image.layers) await once(blob(l.digest), () => store.get(l.digest as `sha256:${string}`), l.size);
     }
     pack.finalize();
   } catch (err) {
@@ -163,7 +203,7 @@ export async function exportImageTarball(
 
 export async function exportImageTarballFile(
   store: BlobStore,
-  image: BuiltImage,
+  image: TarballImage | TarballImage[],
   format: 'oci' | 'docker',
   names: string[],
   dest: string,
