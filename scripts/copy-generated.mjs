@@ -6,5 +6,6 @@ const src = 'libs/protocol/src/gen';
 const dst = 'libs/protocol/dist/gen';
 if (existsSync(src)) {
   mkdirSync(dst, { recursive: true });
-  for (const f of readdirSync(src)) if (f.endsWith(".js") || f.endsWith(".d.ts")) cpSync(join(src, f), join(dst, f));
+  for (const f of readdirSync(src))
+    if (f.endsWith('.js') || f.endsWith('.d.ts')) cpSync(join(src, f), join(dst, f));
 }

@@ -33,7 +33,16 @@ export async function runBuildBench(runs = 5): Promise<void> {
   printTable(
     `Dockerfile frontend: ${conv[0]!.instructions} instructions (median of ${conv.length})`,
     ['case', 'ms', 'baseline ms (parse only)', 'ratio', 'target', 'ok'],
-    [['parse + convert + marshal', totalMs, parseMs, `${(totalMs / parseMs).toFixed(1)}x`, '< 100 ms', totalMs < 100 ? 'yes' : 'NO']],
+    [
+      [
+        'parse + convert + marshal',
+        totalMs,
+        parseMs,
+        `${(totalMs / parseMs).toFixed(1)}x`,
+        '< 100 ms',
+        totalMs < 100 ? 'yes' : 'NO',
+      ],
+    ],
   );
 
   const reg = await startRegistry();
@@ -56,11 +65,21 @@ export async function runBuildBench(runs = 5): Promise<void> {
         '',
       ].join('\n'),
     );
-    const args = ['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${reg.addr}/busybox:latest`, '-o', `type=local,dest=${join(work, 'out')}`];
+    const args = [
+      'build',
+      ctx,
+      '--progress',
+      'plain',
+      '--build-arg',
+      `BASE=${reg.addr}/busybox:latest`,
+      '-o',
+      `type=local,dest=${join(work, 'out')}`,
+    ];
     const base = { ...process.env };
     const floor = median(await Promise.all([0, 1, 2].map(() => timed(['--version'], base))));
     const cold: number[] = [];
-    for (let i = 0; i < 3; i++) cold.push(await timed(args, { ...base, KILN_STATE_DIR: join(work, `cold-${i}`) }));
+    for (let i = 0; i < 3; i++)
+      cold.push(await timed(args, { ...base, KILN_STATE_DIR: join(work, `cold-${i}`) }));
     const warmEnv = { ...base, KILN_STATE_DIR: join(work, 'warm') };
     await timed(args, warmEnv);
     const cached: number[] = [];
@@ -70,11 +89,20 @@ export async function runBuildBench(runs = 5): Promise<void> {
       await writeFile(join(ctx, 'src', 'f0.txt'), `changed ${i}\n`);
       changed.push(await timed(args, warmEnv));
     }
-    const row = (name: string, xs: number[]): (string | number)[] => [name, median(xs), floor, `${(median(xs) / floor).toFixed(1)}x`];
+    const row = (name: string, xs: number[]): (string | number)[] => [
+      name,
+      median(xs),
+      floor,
+      `${(median(xs) / floor).toFixed(1)}x`,
+    ];
     printTable(
       'kiln build of a 2-stage Dockerfile, wall time of the CLI process (median)',
       ['case', 'ms', 'baseline ms (kiln --version)', 'ratio'],
-      [row('cold (fresh state)', cold), row(`fully cached (${runs} runs)`, cached), row(`one context file changed (${runs} runs)`, changed)],
+      [
+        row('cold (fresh state)', cold),
+        row(`fully cached (${runs} runs)`, cached),
+        row(`one context file changed (${runs} runs)`, changed),
+      ],
     );
   } finally {
     await reg.stop();

@@ -14,7 +14,10 @@ const N = 10_000;
 function chain(n: number): State {
   let st = image('busybox');
   for (let i = 0; i < n - 1; i++) {
-    st = i % 2 === 0 ? st.file(mkfile(`/f${i}`, 0o644, `${i}`)) : st.run({ args: ['sh', '-c', `echo ${i}`] }).root();
+    st =
+      i % 2 === 0
+        ? st.file(mkfile(`/f${i}`, 0o644, `${i}`))
+        : st.run({ args: ['sh', '-c', `echo ${i}`] }).root();
   }
   return st;
 }
@@ -53,14 +56,22 @@ export function runLlbBench(runs = 7): { name: string; ms: number; baseline: num
         }
       }, runs),
     );
-    if (def.def.length !== N + 1) throw new Error(`${shape}: expected ${N + 1} ops, got ${def.def.length}`);
+    if (def.def.length !== N + 1)
+      throw new Error(`${shape}: expected ${N + 1} ops, got ${def.def.length}`);
     results.push({ name: `${shape} marshal+digest`, ms: marshalMs, baseline: encodeMs });
     results.push({ name: `${shape} parse+validate`, ms: parseMs, baseline: decodeMs });
   }
   printTable(
     `LLB, ${N.toLocaleString('en')} vertices (median of ${runs}; baseline = bare protobuf encode/decode + sha256 of the same ops)`,
     ['case', 'kiln ms', 'baseline ms', 'ratio', 'target', 'ok'],
-    results.map((r) => [r.name, r.ms, r.baseline, `${(r.ms / r.baseline).toFixed(2)}x`, '< 300 ms', r.ms < 300 ? 'yes' : 'NO']),
+    results.map((r) => [
+      r.name,
+      r.ms,
+      r.baseline,
+      `${(r.ms / r.baseline).toFixed(2)}x`,
+      '< 300 ms',
+      r.ms < 300 ? 'yes' : 'NO',
+    ]),
   );
   return results;
 }

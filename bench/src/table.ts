@@ -20,9 +20,13 @@ export function timeRuns(fn: () => unknown, runs: number, warmup = 2): number[] 
 }
 
 export function printTable(title: string, header: string[], rows: (string | number)[][]): void {
-  const cells = [header, ...rows.map((r) => r.map((c) => (typeof c === 'number' ? c.toFixed(2) : c)))];
+  const cells = [
+    header,
+    ...rows.map((r) => r.map((c) => (typeof c === 'number' ? c.toFixed(2) : c))),
+  ];
   const widths = header.map((_, i) => Math.max(...cells.map((r) => String(r[i] ?? '').length)));
-  const line = (r: (string | number)[]): string => `| ${r.map((c, i) => String(c).padEnd(widths[i]!)).join(' | ')} |`;
+  const line = (r: (string | number)[]): string =>
+    `| ${r.map((c, i) => String(c).padEnd(widths[i]!)).join(' | ')} |`;
   console.log(`\n${title}\n`);
   console.log(line(cells[0]!));
   console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);

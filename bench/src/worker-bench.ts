@@ -70,7 +70,16 @@ export async function runWorkerBench(runs = 7): Promise<void> {
     printTable(
       `Exec overhead: start to exit of \`true\` (median of ${ex.iterations}), ${ex.runtime}`,
       ['case', 'ms', 'baseline ms (raw run)', 'ratio', 'target', 'ok'],
-      [['kiln runtime', ex.oursMedianMs, ex.rawMedianMs, `${ex.ratio.toFixed(2)}x`, '<= 1.5x', ex.ratio <= 1.5 ? 'yes' : 'NO']],
+      [
+        [
+          'kiln runtime',
+          ex.oursMedianMs,
+          ex.rawMedianMs,
+          `${ex.ratio.toFixed(2)}x`,
+          '<= 1.5x',
+          ex.ratio <= 1.5 ? 'yes' : 'NO',
+        ],
+      ],
     );
     const raw = ex.rawMedianMs;
     const row = (name: string, xs: number[], target: string, ok: string): (string | number)[] => [

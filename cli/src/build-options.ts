@@ -44,7 +44,10 @@ export function parseSecret(s: string, env: NodeJS.ProcessEnv): SecretSource {
       id,
       read: () => {
         const v = env[name];
-        if (v === undefined) return Promise.reject(new BuildOptionError(`secret ${id}: environment variable ${name} is not set`));
+        if (v === undefined)
+          return Promise.reject(
+            new BuildOptionError(`secret ${id}: environment variable ${name} is not set`),
+          );
         return Promise.resolve(Buffer.from(v));
       },
     };
@@ -56,7 +59,9 @@ export function parseSecret(s: string, env: NodeJS.ProcessEnv): SecretSource {
       try {
         return await readFile(file);
       } catch (cause) {
-        throw new BuildOptionError(`secret ${id}: cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`);
+        throw new BuildOptionError(
+          `secret ${id}: cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
+        );
       }
     },
   };
@@ -68,11 +73,16 @@ export interface SshSource {
 }
 
 export function parseSsh(s: string, env: NodeJS.ProcessEnv): SshSource {
-  const [id, rest] = s.includes('=') ? [s.slice(0, s.indexOf('=')), s.slice(s.indexOf('=') + 1)] : [s, ''];
-  if (!id) throw new BuildOptionError(`--ssh ${JSON.stringify(s)}: an id is required (e.g. default)`);
+  const [id, rest] = s.includes('=')
+    ? [s.slice(0, s.indexOf('=')), s.slice(s.indexOf('=') + 1)]
+    : [s, ''];
+  if (!id)
+    throw new BuildOptionError(`--ssh ${JSON.stringify(s)}: an id is required (e.g. default)`);
   const socket = rest || env.SSH_AUTH_SOCK;
-  if (!socket) throw new BuildOptionError(`--ssh ${id}: no socket given and SSH_AUTH_SOCK is not set`);
-  if (socket.includes(',')) throw new BuildOptionError(`--ssh ${id}: only one agent socket is supported, not key files`);
+  if (!socket)
+    throw new BuildOptionError(`--ssh ${id}: no socket given and SSH_AUTH_SOCK is not set`);
+  if (socket.includes(','))
+    throw new BuildOptionError(`--ssh ${id}: only one agent socket is supported, not key files`);
   return { id, socket };
 }
 

@@ -22,12 +22,14 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 async function run(...args: string[]): Promise<{ code: number; stdout: Buffer; stderr: string }> {
   const out: Buffer[] = [];
   const err: string[] = [];
-  const w = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    out.push(Buffer.from(chunk));
-    const cb = rest.find((r) => typeof r === 'function') as (() => void) | undefined;
-    cb?.();
-    return true;
-  });
+  const w = vi
+    .spyOn(process.stdout, 'write')
+    .mockImplementation((chunk: string | Uint8Array, ...rest: unknown[]) => {
+      out.push(Buffer.from(chunk));
+      const cb = rest.find((r) => typeof r === 'function') as (() => void) | undefined;
+      cb?.();
+      return true;
+    });
   const e = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
     err.push(Buffer.from(chunk).toString());
     return true;

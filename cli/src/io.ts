@@ -11,9 +11,13 @@ export async function readInput(file: string | undefined): Promise<Buffer> {
   try {
     return await readFile(file);
   } catch (cause) {
-    throw new KilnError('INPUT_NOT_FOUND', `cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`, {
-      cause,
-    });
+    throw new KilnError(
+      'INPUT_NOT_FOUND',
+      `cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
+      {
+        cause,
+      },
+    );
   }
 }
 

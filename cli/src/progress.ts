@@ -24,13 +24,25 @@ export interface ProgressPrinter {
 
 const secs = (ms: number): string => `${(ms / 1000).toFixed(1)}s`;
 
-export function createPrinter(mode: 'tty' | 'plain', out: Writable, startTime = Date.now()): ProgressPrinter {
+export function createPrinter(
+  mode: 'tty' | 'plain',
+  out: Writable,
+  startTime = Date.now(),
+): ProgressPrinter {
   const steps = new Map<string, Step>();
   let next = 1;
   const step = (digest: string, name: string, time: number): Step => {
     let s = steps.get(digest);
     if (!s) {
-      s = { n: next++, name, started: time, state: 'running', durationMs: 0, tail: [], partial: '' };
+      s = {
+        n: next++,
+        name,
+        started: time,
+        state: 'running',
+        durationMs: 0,
+        tail: [],
+        partial: '',
+      };
       steps.set(digest, s);
     }
     return s;
@@ -45,7 +57,12 @@ export function createPrinter(mode: 'tty' | 'plain', out: Writable, startTime = 
           const text = s.partial + Buffer.from(e.data).toString('utf8');
           const lines = text.split('\n');
           s.partial = lines.pop() ?? '';
-          for (const l of lines) out.write(`#${s.n} ${secs(e.time - s.started).slice(0, -1).padStart(5)} ${l}\n`);
+          for (const l of lines)
+            out.write(
+              `#${s.n} ${secs(e.time - s.started)
+                .slice(0, -1)
+                .padStart(5)} ${l}\n`,
+            );
           return;
         }
         if (e.type === 'vertex.status') return;
@@ -67,11 +84,24 @@ export function createPrinter(mode: 'tty' | 'plain', out: Writable, startTime = 
   let drawn = 0;
   let timer: NodeJS.Timeout | undefined;
   const redraw = (final: boolean): void => {
-    const lines: string[] = [`[+] Building ${secs(Date.now() - startTime)} (${[...steps.values()].filter((s) => s.state !== 'running').length}/${steps.size})${final ? ' FINISHED' : ''}`];
+    const lines: string[] = [
+      `[+] Building ${secs(Date.now() - startTime)} (${[...steps.values()].filter((s) => s.state !== 'running').length}/${steps.size})${final ? ' FINISHED' : ''}`,
+    ];
     for (const s of steps.values()) {
-      const t = s.state === 'running' ? secs(Date.now() - s.started) : s.state === 'cached' ? 'CACHED' : s.state === 'error' ? 'ERROR' : secs(s.durationMs);
-      lines.push(` => ${s.state === 'running' ? '' : ''}[${s.n}] ${s.name.slice(0, 90)}`.padEnd(100) + ` ${t}`);
-      if (s.state === 'running' || s.state === 'error') for (const l of s.tail.slice(-6)) lines.push(` => => ${l.slice(0, 110)}`);
+      const t =
+        s.state === 'running'
+          ? secs(Date.now() - s.started)
+          : s.state === 'cached'
+            ? 'CACHED'
+            : s.state === 'error'
+              ? 'ERROR'
+              : secs(s.durationMs);
+      lines.push(
+        ` => ${s.state === 'running' ? '' : ''}[${s.n}] ${s.name.slice(0, 90)}`.padEnd(100) +
+          ` ${t}`,
+      );
+      if (s.state === 'running' || s.state === 'error')
+        for (const l of s.tail.slice(-6)) lines.push(` => => ${l.slice(0, 110)}`);
     }
     let text = '';
     if (drawn > 0) text += `\x1b[${drawn}A`;

@@ -1,14 +1,25 @@
 /** The implementation of `kiln build` (see build.ts). */
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { DockerfileError, formatDockerfileError, getFrontend, selectDockerignore } from '@kiln/dockerfile';
+import {
+  DockerfileError,
+  formatDockerfileError,
+  getFrontend,
+  selectDockerignore,
+} from '@kiln/dockerfile';
 import type { ImageMetadata } from '@kiln/dockerfile';
 import { formatPlatform, hostPlatform } from '@kiln/llb';
 import type { Platform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
 import { Engine } from '@kiln/worker';
 import type { ExportSpec, ProgressEvent } from '@kiln/worker';
-import { BuildOptionError, parseBuildArg, parseOutput, parseSecret, parseSsh } from '../build-options.js';
+import {
+  BuildOptionError,
+  parseBuildArg,
+  parseOutput,
+  parseSecret,
+  parseSsh,
+} from '../build-options.js';
 import type { OutputSpec } from '../build-options.js';
 import { FormattedError } from '../formatted-error.js';
 import { createPrinter } from '../progress.js';
@@ -33,10 +44,14 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   const ctxDir = resolve(context);
   const dockerfilePath = flags.file ? resolve(flags.file) : join(ctxDir, 'Dockerfile');
   const dockerfile = await readFile(dockerfilePath).catch((cause: NodeJS.ErrnoException) => {
-    throw new BuildOptionError(`cannot read Dockerfile ${dockerfilePath}: ${cause.code ?? String(cause)}`);
+    throw new BuildOptionError(
+      `cannot read Dockerfile ${dockerfilePath}: ${cause.code ?? String(cause)}`,
+    );
   });
   const outputs = flags.output.map(parseOutput);
-  const secrets = new Map(flags.secret.map((s) => parseSecret(s, env)).map((s) => [s.id, s] as const));
+  const secrets = new Map(
+    flags.secret.map((s) => parseSecret(s, env)).map((s) => [s.id, s] as const),
+  );
   const ssh = new Map(flags.ssh.map((s) => parseSsh(s, env)).map((s) => [s.id, s] as const));
   const attrs: Record<string, string> = { filename: dockerfilePath };
   for (const a of flags.buildArg) {
@@ -75,13 +90,18 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     });
   } catch (err) {
     if (err instanceof DockerfileError) {
-      throw new FormattedError(formatDockerfileError(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile'), err);
+      throw new FormattedError(
+        formatDockerfileError(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile'),
+        err,
+      );
     }
     throw err;
   }
 
-  const mode = flags.progress === 'auto' ? (process.stderr.isTTY ? 'tty' : 'plain') : flags.progress;
-  if (mode !== 'tty' && mode !== 'plain') throw new BuildOptionError(`--progress ${flags.progress}: want auto, tty or plain`);
+  const mode =
+    flags.progress === 'auto' ? (process.stderr.isTTY ? 'tty' : 'plain') : flags.progress;
+  if (mode !== 'tty' && mode !== 'plain')
+    throw new BuildOptionError(`--progress ${flags.progress}: want auto, tty or plain`);
   const printer = createPrinter(mode, process.stderr);
   const session = {
     localDirs: { context: ctxDir },
@@ -89,12 +109,17 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     ssh: (id: string) => Promise.resolve(ssh.get(id)?.socket),
   };
   const abort = new AbortController();
-  const onSignal = (): void => abort.abort(new KilnError('CANCELED', 'build canceled (interrupted)'));
+  const onSignal = (): void =>
+    abort.abort(new KilnError('CANCELED', 'build canceled (interrupted)'));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
     const multi = result.platforms.length > 1;
-    const solved: { snapshot: string | undefined; config: Record<string, unknown>; platform: Platform }[] = [];
+    const solved: {
+      snapshot: string | undefined;
+      config: Record<string, unknown>;
+      platform: Platform;
+    }[] = [];
     for (const p of result.platforms) {
       const r = await engine.solve(p.definition.toBytes(), {
         session,
@@ -102,7 +127,11 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
         onProgress: (e: ProgressEvent) => printer.onEvent(e),
         ...(flags.noCache === false ? { noCache: true } : {}),
       });
-      solved.push({ snapshot: r.snapshot, config: JSON.parse(p.imageConfigJson) as Record<string, unknown>, platform: p.platform });
+      solved.push({
+        snapshot: r.snapshot,
+        config: JSON.parse(p.imageConfigJson) as Record<string, unknown>,
+        platform: p.platform,
+      });
     }
     for (const o of outputs) {
       if (multi && o.type === 'oci') {
@@ -112,7 +141,10 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
         continue;
       }
       for (const r of solved) {
-        await engine.export(r.snapshot, exportSpec(o, r.config, flags.tag, multi ? r.platform : undefined));
+        await engine.export(
+          r.snapshot,
+          exportSpec(o, r.config, flags.tag, multi ? r.platform : undefined),
+        );
       }
     }
   } finally {
@@ -120,10 +152,18 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
-  if (outputs.length === 0) process.stderr.write('WARNING: no output specified; the result is only in the build cache (use --output)\n');
+  if (outputs.length === 0)
+    process.stderr.write(
+      'WARNING: no output specified; the result is only in the build cache (use --output)\n',
+    );
 }
 
-function exportSpec(o: OutputSpec, config: Record<string, unknown>, tags: string[], platform: Platform | undefined): ExportSpec {
+function exportSpec(
+  o: OutputSpec,
+  config: Record<string, unknown>,
+  tags: string[],
+  platform: Platform | undefined,
+): ExportSpec {
   // Several platforms into one local/tar destination: one subdirectory/file per platform, as buildx.
   const suffix = platform ? formatPlatform(platform).replace(/\//g, '_') : '';
   if (o.type === 'local') return { type: 'local', dest: suffix ? join(o.dest, suffix) : o.dest };

@@ -17,8 +17,18 @@ export function registerBuild(program: Command): void {
     .option('--target <stage>', 'build this stage')
     .option('--build-arg <k=v>', 'set a build argument (repeatable)', collect, [])
     .option('--platform <p[,p]>', 'target platform(s), e.g. linux/amd64,linux/arm64')
-    .option('--secret <id=X,src=FILE|env=VAR>', 'expose a secret to RUN --mount=type=secret (repeatable)', collect, [])
-    .option('--ssh <default[=SOCK]>', 'forward an ssh agent to RUN --mount=type=ssh (repeatable)', collect, [])
+    .option(
+      '--secret <id=X,src=FILE|env=VAR>',
+      'expose a secret to RUN --mount=type=secret (repeatable)',
+      collect,
+      [],
+    )
+    .option(
+      '--ssh <default[=SOCK]>',
+      'forward an ssh agent to RUN --mount=type=ssh (repeatable)',
+      collect,
+      [],
+    )
     .option('--no-cache', 'do not use the cache')
     .option('--progress <auto|tty|plain>', 'progress output', 'auto')
     .option(
@@ -28,7 +38,12 @@ export function registerBuild(program: Command): void {
       [],
     )
     .option('-t, --tag <name>', 'name the image (oci/docker outputs)', collect, [])
-    .option('--insecure-registry <host>', 'talk plain HTTP to this registry (loopback ones always are)', collect, [])
+    .option(
+      '--insecure-registry <host>',
+      'talk plain HTTP to this registry (loopback ones always are)',
+      collect,
+      [],
+    )
     .action(async (context: string, flags: BuildFlags) => {
       const { build } = await import('./build-run.js');
       await build(context, flags);

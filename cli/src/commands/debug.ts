@@ -23,7 +23,11 @@ export function registerDebug(program: Command): void {
     .action(async (file?: string) => {
       const { marshalLlb } = await import('@kiln/llb');
       const bytes = marshalLlb((await readInput(file)).toString('utf8'));
-      if (process.stdout.isTTY) throw new KilnError('OUTPUT_IS_TTY', 'refusing to write binary to a terminal; redirect to a file');
+      if (process.stdout.isTTY)
+        throw new KilnError(
+          'OUTPUT_IS_TTY',
+          'refusing to write binary to a terminal; redirect to a file',
+        );
       await writeStdout(bytes);
     });
 
@@ -39,7 +43,10 @@ export function registerDebug(program: Command): void {
         out = dumpAst(text);
       } catch (err) {
         if (err instanceof DockerfileError) {
-          throw new FormattedError(formatDockerfileError(err, text, file && file !== '-' ? file : 'Dockerfile'), err);
+          throw new FormattedError(
+            formatDockerfileError(err, text, file && file !== '-' ? file : 'Dockerfile'),
+            err,
+          );
         }
         throw err;
       }
@@ -56,7 +63,10 @@ export function registerDebug(program: Command): void {
       const platform = parsePlatform(opts.platform);
       const ctx = local('context', { excludePatterns: ['.git'] });
       const build = image(opts.image, { platform })
-        .run({ args: ['sh', '-c', 'cp -r /src /out && echo built > /out/status'], mounts: [{ target: '/src', source: ctx, readonly: true }] })
+        .run({
+          args: ['sh', '-c', 'cp -r /src /out && echo built > /out/status'],
+          mounts: [{ target: '/src', source: ctx, readonly: true }],
+        })
         .root();
       const final = image(opts.image, { platform })
         .file(mkdir('/app', 0o755).copy(build, '/out', '/app/', { copyDirContentsOnly: true }))
@@ -64,7 +74,11 @@ export function registerDebug(program: Command): void {
         .root()
         .file(copy(ctx, '/README.md', '/app/README.md', { allowEmptyWildcard: true }));
       const def = marshal(final, { platform, localUniqueId: 'example' });
-      if (process.stdout.isTTY) throw new KilnError('OUTPUT_IS_TTY', 'refusing to write binary to a terminal; pipe it to `kiln debug dump-llb`');
+      if (process.stdout.isTTY)
+        throw new KilnError(
+          'OUTPUT_IS_TTY',
+          'refusing to write binary to a terminal; pipe it to `kiln debug dump-llb`',
+        );
       await writeStdout(def.toBytes());
     });
 }

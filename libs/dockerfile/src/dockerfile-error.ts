@@ -22,7 +22,8 @@ export class DockerfileError extends KilnError {
   constructor(message: string, opts: DockerfileErrorOptions) {
     const startLine = opts.startLine;
     // BuildKit's toRanges: an end before the start means a single line.
-    const endLine = opts.endLine === undefined || opts.endLine <= startLine ? startLine : opts.endLine;
+    const endLine =
+      opts.endLine === undefined || opts.endLine <= startLine ? startLine : opts.endLine;
     super(DOCKERFILE_PARSE, message, { cause: opts.cause, details: { startLine, endLine } });
     this.startLine = startLine;
     this.endLine = endLine;

@@ -7,7 +7,11 @@ import { parse } from './parser/parser.js';
 
 describe('DockerfileError', () => {
   it('is a KilnError with the lines in details', () => {
-    const err = new DockerfileError('boom', { startLine: 3, endLine: 5, cause: new Error('inner') });
+    const err = new DockerfileError('boom', {
+      startLine: 3,
+      endLine: 5,
+      cause: new Error('inner'),
+    });
     expect(err).toBeInstanceOf(KilnError);
     expect(err.name).toBe('DockerfileError');
     expect(err.code).toBe('DOCKERFILE_PARSE');

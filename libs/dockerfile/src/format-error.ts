@@ -29,7 +29,7 @@ export function printSourceRange(
 
   const pad = end === start ? 4 : 2;
   const prepadStart = start;
-  for (let p = 0; p < pad; ) {
+  for (let p = 0; p < pad;) {
     if (start > 1) {
       start--;
       p++;

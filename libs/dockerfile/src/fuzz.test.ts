@@ -24,13 +24,62 @@ function mulberry32(seed: number): () => number {
 
 const ALPHABET = [
   ...'abcXYZ019 _-=:/.,',
-  '\\', '`', '"', "'", '$', '{', '}', '[', ']', '<', '<<', '<<-', '#', '\n', '\r\n', '\t', '\v', '\f',
-  '\u0000', '\u00a0', '\u0085', '\u2028', '\ufeff', 'é', '한', '😀', '\ud800', '\udcff', '--', '${', ':-', '//', '%%',
+  '\\',
+  '`',
+  '"',
+  "'",
+  '$',
+  '{',
+  '}',
+  '[',
+  ']',
+  '<',
+  '<<',
+  '<<-',
+  '#',
+  '\n',
+  '\r\n',
+  '\t',
+  '\v',
+  '\f',
+  '\u0000',
+  '\u00a0',
+  '\u0085',
+  '\u2028',
+  '\ufeff',
+  'é',
+  '한',
+  '😀',
+  '\ud800',
+  '\udcff',
+  '--',
+  '${',
+  ':-',
+  '//',
+  '%%',
 ];
 
 const KEYWORDS = [
-  'FROM', 'RUN', 'CMD', 'LABEL', 'MAINTAINER', 'EXPOSE', 'ENV', 'ADD', 'COPY', 'ENTRYPOINT', 'VOLUME',
-  'USER', 'WORKDIR', 'ARG', 'ONBUILD', 'STOPSIGNAL', 'HEALTHCHECK', 'SHELL', 'onbuild run', 'healthcheck cmd',
+  'FROM',
+  'RUN',
+  'CMD',
+  'LABEL',
+  'MAINTAINER',
+  'EXPOSE',
+  'ENV',
+  'ADD',
+  'COPY',
+  'ENTRYPOINT',
+  'VOLUME',
+  'USER',
+  'WORKDIR',
+  'ARG',
+  'ONBUILD',
+  'STOPSIGNAL',
+  'HEALTHCHECK',
+  'SHELL',
+  'onbuild run',
+  'healthcheck cmd',
 ];
 
 const SEED_CORPUS = [
@@ -90,7 +139,10 @@ function mutate(rnd: () => number, text: string): string {
         break;
       }
       case 4:
-        s = s.slice(0, pos) + pick(rnd, ['\\\n', '`\n', '<<EOF', '\nEOF\n', '["', '"]', '# escape=`\n']) + s.slice(pos);
+        s =
+          s.slice(0, pos) +
+          pick(rnd, ['\\\n', '`\n', '<<EOF', '\nEOF\n', '["', '"]', '# escape=`\n']) +
+          s.slice(pos);
         break;
       default:
         s = s.slice(0, pos) + s.slice(pos).toUpperCase();
@@ -118,7 +170,9 @@ function checkParse(input: string | Uint8Array): 'ok' | 'error' {
     // A bug in the port surfaces as an internal error: the fuzzer must never find one.
     expect(err.message).not.toMatch(/^internal parser error/);
     expect(err.endLine).toBeGreaterThanOrEqual(err.startLine);
-    expect(typeof formatDockerfileError(err, typeof input === 'string' ? input : '')).toBe('string');
+    expect(typeof formatDockerfileError(err, typeof input === 'string' ? input : '')).toBe(
+      'string',
+    );
     return 'error';
   }
   expect(typeof result.ast.dump()).toBe('string');
@@ -156,7 +210,9 @@ describe('fuzz', () => {
       try {
         checkParse(bytes);
       } catch (err) {
-        throw new Error(`iteration ${i} crashed on bytes ${JSON.stringify([...bytes])}`, { cause: err });
+        throw new Error(`iteration ${i} crashed on bytes ${JSON.stringify([...bytes])}`, {
+          cause: err,
+        });
       }
     }
   });
@@ -168,7 +224,8 @@ describe('fuzz', () => {
     for (let i = 0; i < 6000; i++) {
       let word = '';
       const n = Math.floor(rnd() * 16);
-      for (let j = 0; j < n; j++) word += pick(rnd, [...ALPHABET, 'A', 'B', 'C', '?', '*', '#', '%', '/', '+']);
+      for (let j = 0; j < n; j++)
+        word += pick(rnd, [...ALPHABET, 'A', 'B', 'C', '?', '*', '#', '%', '/', '+']);
       const lex = new ShellLex(rnd() < 0.8 ? '\\' : '`', {
         rawQuotes: rnd() < 0.3,
         rawEscapes: rnd() < 0.3,

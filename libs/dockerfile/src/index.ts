@@ -16,7 +16,13 @@ export { ShellExpansionError, DOCKERFILE_EXPANSION } from './shell/shell-error.j
 export { emptyEnv, envFromList, envFromMap } from './shell/env.js';
 export type { EnvGetter, EnvLike } from './shell/env.js';
 
-export { parse, dumpAst, formatWarnings, DEFAULT_ESCAPE_TOKEN, MAX_LINE_BYTES } from './parser/parser.js';
+export {
+  parse,
+  dumpAst,
+  formatWarnings,
+  DEFAULT_ESCAPE_TOKEN,
+  MAX_LINE_BYTES,
+} from './parser/parser.js';
 export type { ParseResult, ParseWarning } from './parser/parser.js';
 export { Node } from './parser/node.js';
 export type { Heredoc } from './parser/node.js';
@@ -24,7 +30,12 @@ export { detectSyntax, parseDirective } from './parser/directives.js';
 export type { Directive, DetectedDirective } from './parser/directives.js';
 export { parseHeredoc, chompHeredocContent } from './parser/heredoc.js';
 
-export { parseInstructions, parseInstruction, parseCommand, INSTRUCTIONS } from './instructions/parse.js';
+export {
+  parseInstructions,
+  parseInstruction,
+  parseCommand,
+  INSTRUCTIONS,
+} from './instructions/parse.js';
 export type { ParsedInstructions, Instruction } from './instructions/parse.js';
 export type * from './instructions/commands.js';
 export { kvString } from './instructions/commands.js';
@@ -48,16 +59,43 @@ export type {
   ParsedDockerfile,
   SyncMetaResolver,
 } from './convert/convert.js';
-export { imageConfigToJson, parseImageConfig, emptyImage, HISTORY_COMMENT, DEFAULT_PATH_ENV } from './convert/image-config.js';
-export type { ImageConfig, ContainerConfig, HealthcheckConfig, HistoryEntry } from './convert/image-config.js';
+export {
+  imageConfigToJson,
+  parseImageConfig,
+  emptyImage,
+  HISTORY_COMMENT,
+  DEFAULT_PATH_ENV,
+} from './convert/image-config.js';
+export type {
+  ImageConfig,
+  ContainerConfig,
+  HealthcheckConfig,
+  HistoryEntry,
+} from './convert/image-config.js';
 export { defaultArgs, buildPlatformOpt } from './convert/platform.js';
 export type { PlatformOpt } from './convert/platform.js';
 
 export { readDockerignore, selectDockerignore, dockerignoreMatcher } from './dockerignore.js';
 export type { ContextFiles, ContextMatcher } from './dockerignore.js';
-export { PatternMatcher, Pattern, BadPatternError, matchesOrParentMatches } from './patterns/patternmatcher.js';
+export {
+  PatternMatcher,
+  Pattern,
+  BadPatternError,
+  matchesOrParentMatches,
+} from './patterns/patternmatcher.js';
 export type { MatchInfo } from './patterns/patternmatcher.js';
 
-export { registerFrontend, getFrontend, listFrontends, dockerfileFrontend, convertOptionsFromAttrs } from './frontend.js';
-export type { Frontend, FrontendInputs, FrontendResult, FrontendPlatformResult } from './frontend.js';
+export {
+  registerFrontend,
+  getFrontend,
+  listFrontends,
+  dockerfileFrontend,
+  convertOptionsFromAttrs,
+} from './frontend.js';
+export type {
+  Frontend,
+  FrontendInputs,
+  FrontendResult,
+  FrontendPlatformResult,
+} from './frontend.js';
 export { benchConvert, generateDockerfile } from './bench-convert.js';

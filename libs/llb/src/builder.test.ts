@@ -26,11 +26,16 @@ describe('states are immutable', () => {
   });
 
   it('replacing an env var moves it to the end, as BuildKit does', () => {
-    expect(image('x').addEnv('A', '1').addEnv('B', '2').addEnv('A', '3').env()).toEqual(['B=2', 'A=3']);
+    expect(image('x').addEnv('A', '1').addEnv('B', '2').addEnv('A', '3').env()).toEqual([
+      'B=2',
+      'A=3',
+    ]);
   });
 
   it('marshals the same graph to the same bytes every time', () => {
-    const st = image('busybox').run({ args: ['echo', 'hi'] }).root();
+    const st = image('busybox')
+      .run({ args: ['echo', 'hi'] })
+      .root();
     expect(Buffer.from(marshal(st).toBytes())).toEqual(Buffer.from(marshal(st).toBytes()));
   });
 });
@@ -60,13 +65,23 @@ describe('exec', () => {
   });
 
   it('adds SSH_AUTH_SOCK for the first ssh mount', () => {
-    const exec = ops(image('busybox').run({ args: ['ssh-add', '-l'], ssh: [{}] }).root()).find((o) => o.exec)!.exec!;
+    const exec = ops(
+      image('busybox')
+        .run({ args: ['ssh-add', '-l'], ssh: [{}] })
+        .root(),
+    ).find((o) => o.exec)!.exec!;
     expect(exec.meta!.env).toEqual(['SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0']);
   });
 
   it('refuses an exec without arguments or working directory', () => {
     expect(() => marshal(image('busybox').run({}).root())).toThrow(/arguments are required/);
-    expect(() => marshal(scratch().run({ args: ['x'] }).root())).toThrow(/working directory/);
+    expect(() =>
+      marshal(
+        scratch()
+          .run({ args: ['x'] })
+          .root(),
+      ),
+    ).toThrow(/working directory/);
   });
 });
 
@@ -75,7 +90,12 @@ describe('file ops', () => {
     const ctx = local('ctx');
     const st = image('busybox')
       .dir('/app')
-      .file(mkdir('data', 0o700).mkfile('data/f', 0o644, 'x').copy(ctx, 'src/', 'dst/').symlink('f', 'data/link'));
+      .file(
+        mkdir('data', 0o700)
+          .mkfile('data/f', 0o644, 'x')
+          .copy(ctx, 'src/', 'dst/')
+          .symlink('f', 'data/link'),
+      );
     const file = ops(st).find((o) => o.file)!.file!;
     const [a0, a1, a2, a3] = file.actions!;
     expect(a0!.mkdir!.path).toBe('/app/data');
@@ -134,7 +154,11 @@ describe('sources and platforms', () => {
   });
 
   it('keeps the platform of a platform-specific source on the ops built on it', () => {
-    const op = ops(image('busybox', { platform: LinuxArm64 }).run({ args: ['true'] }).root()).at(-1)!;
+    const op = ops(
+      image('busybox', { platform: LinuxArm64 })
+        .run({ args: ['true'] })
+        .root(),
+    ).at(-1)!;
     expect(op.platform!.Architecture).toBe('arm64');
     expect(parsePlatform('linux/arm64/v8')).toEqual(LinuxArm64);
     expect(parsePlatform('arm')).toEqual({ os: 'linux', architecture: 'arm', variant: 'v7' });
@@ -148,7 +172,13 @@ describe('sources and platforms', () => {
   });
 
   it('splits command lines like shlex', () => {
-    expect(shlexSplit(`sh -c 'echo "a b"' "x\\"y" z\\ w # comment`)).toEqual(['sh', '-c', 'echo "a b"', 'x"y', 'z w']);
+    expect(shlexSplit(`sh -c 'echo "a b"' "x\\"y" z\\ w # comment`)).toEqual([
+      'sh',
+      '-c',
+      'echo "a b"',
+      'x"y',
+      'z w',
+    ]);
     expect(() => shlexSplit(`'open`)).toThrow(/unclosed/);
   });
 });

@@ -116,7 +116,11 @@ export function depSpecs(op: pb.IOp): DepSpec[] {
 export function vertexCacheKey(opDigest: string, deps: DepKey[]): string {
   const parts = ['vertex', opDigest];
   for (const d of deps) {
-    parts.push(d.contentDigest !== undefined ? `content ${d.contentDigest} ${d.selectors.join('\u0001')}` : `key ${d.inputKey}`);
+    parts.push(
+      d.contentDigest !== undefined
+        ? `content ${d.contentDigest} ${d.selectors.join('\u0001')}`
+        : `key ${d.inputKey}`,
+    );
   }
   return sha(...parts);
 }
@@ -141,5 +145,10 @@ export function sourceOpDigest(op: pb.IOp): string {
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([k, v]) => `${k}=${v}`);
   const p = op.platform;
-  return sha('source-op', op.source?.identifier ?? '', p ? `${p.OS}/${p.Architecture}/${p.Variant ?? ''}` : '', ...attrs);
+  return sha(
+    'source-op',
+    op.source?.identifier ?? '',
+    p ? `${p.OS}/${p.Architecture}/${p.Variant ?? ''}` : '',
+    ...attrs,
+  );
 }

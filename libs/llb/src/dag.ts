@@ -41,7 +41,10 @@ export function toDefinition(g: LoadedDefinition): Definition {
     const m = g.ops.get(d)!.metadata;
     if (m) metadata.set(d, m);
   }
-  const input: pb.IInput = g.result.index === 0 ? { digest: g.result.digest } : { digest: g.result.digest, index: g.result.index };
+  const input: pb.IInput =
+    g.result.index === 0
+      ? { digest: g.result.digest }
+      : { digest: g.result.digest, index: g.result.index };
   def.push(pb.Op.encode({ inputs: [input] }).finish());
   return new Definition(def, metadata);
 }

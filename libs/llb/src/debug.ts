@@ -57,7 +57,11 @@ export function marshalLlb(text: string): Uint8Array {
     try {
       obj = parseGoJson(line);
     } catch (cause) {
-      throw new InvalidDefinitionError('LLB_MALFORMED', `${where}: not JSON: ${(cause as Error).message}`, { cause });
+      throw new InvalidDefinitionError(
+        'LLB_MALFORMED',
+        `${where}: not JSON: ${(cause as Error).message}`,
+        { cause },
+      );
     }
     if (typeof obj !== 'object' || obj === null || Array.isArray(obj) || !('op' in obj)) {
       throw new InvalidDefinitionError('LLB_MALFORMED', `${where}: want an object with "op"`);
@@ -65,17 +69,27 @@ export function marshalLlb(text: string): Uint8Array {
     const bytes = pb.Op.encode(opFromGoJson(obj.op)).finish();
     const digest = sha256Digest(bytes);
     if (typeof obj.digest === 'string' && obj.digest !== digest) {
-      throw new InvalidDefinitionError('LLB_MALFORMED', `${where}: op marshals to ${digest}, not ${obj.digest}`);
+      throw new InvalidDefinitionError(
+        'LLB_MALFORMED',
+        `${where}: op marshals to ${digest}, not ${obj.digest}`,
+      );
     }
     def.push(bytes);
-    if (obj.metadata !== undefined && obj.metadata !== null) metadata[digest] = metadataFromGoJson(obj.metadata);
+    if (obj.metadata !== undefined && obj.metadata !== null)
+      metadata[digest] = metadataFromGoJson(obj.metadata);
     if (obj.sourceLocations !== undefined) {
       source ??= {};
-      (source.locations ??= {})[digest] = messageFromGoJson('pb.Locations', obj.sourceLocations, `${where}.sourceLocations`);
+      (source.locations ??= {})[digest] = messageFromGoJson(
+        'pb.Locations',
+        obj.sourceLocations,
+        `${where}.sourceLocations`,
+      );
     }
     if (Array.isArray(obj.sourceInfos)) {
       source ??= {};
-      source.infos = obj.sourceInfos.map((x, j) => messageFromGoJson('pb.SourceInfo', x, `${where}.sourceInfos[${j}]`));
+      source.infos = obj.sourceInfos.map((x, j) =>
+        messageFromGoJson('pb.SourceInfo', x, `${where}.sourceInfos[${j}]`),
+      );
     }
   });
   const d: pb.IDefinition = { def, metadata };

@@ -15,7 +15,9 @@ import { sha256Digest } from './vertex.js';
 const enc = (op: pb.IOp): Uint8Array => pb.Op.encode(op).finish();
 const def = (ops: Uint8Array[]): Uint8Array => pb.Definition.encode({ def: ops }).finish();
 const terminalFor = (bytes: Uint8Array, index = 0): Uint8Array =>
-  enc({ inputs: [index ? { digest: sha256Digest(bytes), index } : { digest: sha256Digest(bytes) }] });
+  enc({
+    inputs: [index ? { digest: sha256Digest(bytes), index } : { digest: sha256Digest(bytes) }],
+  });
 
 function codeOf(fn: () => unknown): string {
   try {
@@ -31,7 +33,9 @@ const src = enc({ source: { identifier: 'docker-image://docker.io/library/busybo
 
 describe('parseDefinition', () => {
   it('loads a valid graph with its result and topological order', () => {
-    const st = image('busybox').run({ args: ['true'] }).root();
+    const st = image('busybox')
+      .run({ args: ['true'] })
+      .root();
     const d = marshal(st, { platform: LinuxAmd64 });
     const g = parseDefinition(d.toBytes());
     expect(g.order).toEqual(d.digests().slice(0, -1));
@@ -54,16 +58,25 @@ describe('parseDefinition', () => {
       inputs: [{ digest: 'sha256:' + '0'.repeat(64) }],
       exec: { meta: { args: ['true'], cwd: '/' }, mounts: [{ dest: '/' }] },
     });
-    expect(codeOf(() => parseDefinition(def([exec, terminalFor(exec)])))).toBe('LLB_DANGLING_INPUT');
+    expect(codeOf(() => parseDefinition(def([exec, terminalFor(exec)])))).toBe(
+      'LLB_DANGLING_INPUT',
+    );
   });
 
   it('rejects a terminal that selects an output the op does not have', () => {
-    expect(codeOf(() => parseDefinition(def([src, terminalFor(src, 3)])))).toBe('LLB_BAD_OUTPUT_INDEX');
+    expect(codeOf(() => parseDefinition(def([src, terminalFor(src, 3)])))).toBe(
+      'LLB_BAD_OUTPUT_INDEX',
+    );
     const ro = enc({
       inputs: [{ digest: sha256Digest(src) }],
-      exec: { meta: { args: ['true'], cwd: '/' }, mounts: [{ dest: '/', readonly: true, output: -1 }] },
+      exec: {
+        meta: { args: ['true'], cwd: '/' },
+        mounts: [{ dest: '/', readonly: true, output: -1 }],
+      },
     });
-    expect(codeOf(() => parseDefinition(def([src, ro, terminalFor(ro)])))).toBe('LLB_BAD_OUTPUT_INDEX');
+    expect(codeOf(() => parseDefinition(def([src, ro, terminalFor(ro)])))).toBe(
+      'LLB_BAD_OUTPUT_INDEX',
+    );
   });
 
   it('rejects ops of no known kind', () => {
@@ -71,19 +84,32 @@ describe('parseDefinition', () => {
     expect(codeOf(() => parseDefinition(def([empty, terminalFor(empty)])))).toBe('LLB_UNKNOWN_OP');
     // An op kind from the future (field 99) decodes as no known kind too.
     const future = Buffer.from([0x9a, 0x06, 0x00]);
-    expect(codeOf(() => parseDefinition(def([future, terminalFor(future)])))).toBe('LLB_UNKNOWN_OP');
+    expect(codeOf(() => parseDefinition(def([future, terminalFor(future)])))).toBe(
+      'LLB_UNKNOWN_OP',
+    );
   });
 
   it('rejects inconsistent ops', () => {
-    const noArgs = enc({ inputs: [{ digest: sha256Digest(src) }], exec: { meta: { cwd: '/' }, mounts: [{ dest: '/' }] } });
-    expect(codeOf(() => parseDefinition(def([src, noArgs, terminalFor(noArgs)])))).toBe('LLB_INVALID_OP');
+    const noArgs = enc({
+      inputs: [{ digest: sha256Digest(src) }],
+      exec: { meta: { cwd: '/' }, mounts: [{ dest: '/' }] },
+    });
+    expect(codeOf(() => parseDefinition(def([src, noArgs, terminalFor(noArgs)])))).toBe(
+      'LLB_INVALID_OP',
+    );
     const badMount = enc({
       inputs: [{ digest: sha256Digest(src) }],
       exec: { meta: { args: ['x'], cwd: '/' }, mounts: [{ dest: '/' }, { dest: '/m', input: 5 }] },
     });
-    expect(codeOf(() => parseDefinition(def([src, badMount, terminalFor(badMount)])))).toBe('LLB_INVALID_OP');
-    const badAction = enc({ file: { actions: [{ input: 2, secondaryInput: -1, mkdir: { path: '/x' } }] } });
-    expect(codeOf(() => parseDefinition(def([badAction, terminalFor(badAction)])))).toBe('LLB_INVALID_OP');
+    expect(codeOf(() => parseDefinition(def([src, badMount, terminalFor(badMount)])))).toBe(
+      'LLB_INVALID_OP',
+    );
+    const badAction = enc({
+      file: { actions: [{ input: 2, secondaryInput: -1, mkdir: { path: '/x' } }] },
+    });
+    expect(codeOf(() => parseDefinition(def([badAction, terminalFor(badAction)])))).toBe(
+      'LLB_INVALID_OP',
+    );
   });
 
   it('detects cycles in a graph', () => {
@@ -105,7 +131,11 @@ describe('parseDefinition', () => {
   });
 
   it('turns malformed and random bytes into typed errors, never a crash', () => {
-    const valid = marshal(image('busybox').run({ args: ['sh', '-c', 'echo hi'] }).root()).toBytes();
+    const valid = marshal(
+      image('busybox')
+        .run({ args: ['sh', '-c', 'echo hi'] })
+        .root(),
+    ).toBytes();
     let seed = 42;
     const rnd = (n: number): number => {
       seed = (seed * 1103515245 + 12345) & 0x7fffffff;

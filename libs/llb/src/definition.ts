@@ -3,7 +3,14 @@ import { Caps } from './constants.js';
 import { InvalidDefinitionError } from './errors.js';
 import { normalizePlatform } from './platform.js';
 import type { State } from './state.js';
-import { MarshalContext, constraintsFrom, mergeMetadata, newId, sha256Digest, toPbMetadata } from './vertex.js';
+import {
+  MarshalContext,
+  constraintsFrom,
+  mergeMetadata,
+  newId,
+  sha256Digest,
+  toPbMetadata,
+} from './vertex.js';
 import type { ConstraintsOptions, OpMeta, Vertex } from './vertex.js';
 
 export type MarshalOptions = ConstraintsOptions;
@@ -103,7 +110,11 @@ function decodeDefinition(bytes: Uint8Array): pb.Definition {
   try {
     return pb.Definition.decode(bytes);
   } catch (cause) {
-    throw new InvalidDefinitionError('LLB_MALFORMED', `definition does not decode: ${(cause as Error).message}`, { cause });
+    throw new InvalidDefinitionError(
+      'LLB_MALFORMED',
+      `definition does not decode: ${(cause as Error).message}`,
+      { cause },
+    );
   }
 }
 
@@ -151,12 +162,14 @@ function num(v: number | { toNumber(): number } | null | undefined): number {
 function countOutputs(op: pb.IOp): number {
   if (op.exec) {
     let n = 0;
-    for (const m of op.exec.mounts ?? []) if (num(m.output) >= 0) n = Math.max(n, num(m.output) + 1);
+    for (const m of op.exec.mounts ?? [])
+      if (num(m.output) >= 0) n = Math.max(n, num(m.output) + 1);
     return n;
   }
   if (op.file) {
     let n = 0;
-    for (const a of op.file.actions ?? []) if (num(a.output) >= 0) n = Math.max(n, num(a.output) + 1);
+    for (const a of op.file.actions ?? [])
+      if (num(a.output) >= 0) n = Math.max(n, num(a.output) + 1);
     return n;
   }
   return 1;
@@ -174,7 +187,11 @@ export function parseDefinition(input: Uint8Array | pb.IDefinition): LoadedDefin
     return loadOps(def);
   } catch (e) {
     if (e instanceof InvalidDefinitionError) throw e;
-    throw new InvalidDefinitionError('LLB_MALFORMED', `invalid definition: ${(e as Error).message}`, { cause: e });
+    throw new InvalidDefinitionError(
+      'LLB_MALFORMED',
+      `invalid definition: ${(e as Error).message}`,
+      { cause: e },
+    );
   }
 }
 
@@ -189,12 +206,22 @@ function loadOps(def: pb.IDefinition): LoadedDefinition {
     try {
       op = pb.Op.decode(bytes);
     } catch (cause) {
-      throw new InvalidDefinitionError('LLB_MALFORMED', `op ${i} does not decode: ${(cause as Error).message}`, {
-        digest,
-        cause,
-      });
+      throw new InvalidDefinitionError(
+        'LLB_MALFORMED',
+        `op ${i} does not decode: ${(cause as Error).message}`,
+        {
+          digest,
+          cause,
+        },
+      );
     }
-    const loaded: LoadedOp = { digest, bytes, op, metadata: def.metadata?.[digest] ?? undefined, outputs: countOutputs(op) };
+    const loaded: LoadedOp = {
+      digest,
+      bytes,
+      op,
+      metadata: def.metadata?.[digest] ?? undefined,
+      outputs: countOutputs(op),
+    };
     ops.set(digest, loaded);
     last = loaded;
   });
@@ -218,9 +245,13 @@ function checkInput(inp: pb.IInput, from: string, ops: ReadonlyMap<string, Loade
   const digest = inp.digest ?? '';
   const target = ops.get(digest);
   if (!target) {
-    throw new InvalidDefinitionError('LLB_DANGLING_INPUT', `input ${JSON.stringify(digest)} is not in the definition`, {
-      digest: from,
-    });
+    throw new InvalidDefinitionError(
+      'LLB_DANGLING_INPUT',
+      `input ${JSON.stringify(digest)} is not in the definition`,
+      {
+        digest: from,
+      },
+    );
   }
   const index = num(inp.index);
   if (index < 0 || index >= target.outputs) {
@@ -264,21 +295,25 @@ function validateOp(o: LoadedOp, ops: ReadonlyMap<string, LoadedOp>): void {
       const actions = op.file!.actions ?? [];
       if (actions.length === 0) bad('file op has no actions');
       actions.forEach((a, i) => {
-        if (!a.copy && !a.mkfile && !a.mkdir && !a.rm && !a.symlink) bad(`file action ${i} has no known kind`);
+        if (!a.copy && !a.mkfile && !a.mkdir && !a.rm && !a.symlink)
+          bad(`file action ${i} has no known kind`);
         if (!inRange(num(a.input), i)) bad(`file action ${i} reads input ${num(a.input)}`);
-        if (!inRange(num(a.secondaryInput), i)) bad(`file action ${i} reads secondary input ${num(a.secondaryInput)}`);
+        if (!inRange(num(a.secondaryInput), i))
+          bad(`file action ${i} reads secondary input ${num(a.secondaryInput)}`);
       });
       break;
     }
     case 'merge': {
       const ins = op.merge!.inputs ?? [];
       if (ins.length === 0) bad('merge op has no inputs');
-      for (const m of ins) if (!(num(m.input) >= 0 && num(m.input) < n)) bad(`merge reads input ${num(m.input)}`);
+      for (const m of ins)
+        if (!(num(m.input) >= 0 && num(m.input) < n)) bad(`merge reads input ${num(m.input)}`);
       break;
     }
     case 'diff': {
       const d = op.diff!;
-      for (const side of [d.lower, d.upper]) if (side && !inRange(num(side.input))) bad(`diff reads input ${num(side.input)}`);
+      for (const side of [d.lower, d.upper])
+        if (side && !inRange(num(side.input))) bad(`diff reads input ${num(side.input)}`);
       break;
     }
     case 'build':
@@ -299,7 +334,8 @@ function topoFrom(root: string, ops: ReadonlyMap<string, LoadedOp>): string[] {
     if (top.i < inputs.length) {
       const next = inputs[top.i++]!.digest!;
       const s = state.get(next);
-      if (s === 1) throw new InvalidDefinitionError('LLB_CYCLE', `cycle through ${next}`, { digest: top.d });
+      if (s === 1)
+        throw new InvalidDefinitionError('LLB_CYCLE', `cycle through ${next}`, { digest: top.d });
       if (s === undefined) {
         state.set(next, 1);
         stack.push({ d: next, i: 0 });

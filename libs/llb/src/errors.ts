@@ -7,7 +7,11 @@ import { KilnError, registerErrorClass } from '@kiln/protocol';
 export class InvalidDefinitionError extends KilnError {
   readonly digest: string | undefined;
 
-  constructor(code: LlbErrorCode, message: string, opts: { digest?: string; cause?: unknown } = {}) {
+  constructor(
+    code: LlbErrorCode,
+    message: string,
+    opts: { digest?: string; cause?: unknown } = {},
+  ) {
     super(code, opts.digest ? `${message} (vertex ${opts.digest})` : message, {
       cause: opts.cause,
       details: { digest: opts.digest },
@@ -40,7 +44,8 @@ for (const code of [
 ] as const) {
   registerErrorClass(code, (message, details) => {
     const e = new InvalidDefinitionError(code, message);
-    if (typeof details.digest === 'string') (e as { digest: string | undefined }).digest = details.digest;
+    if (typeof details.digest === 'string')
+      (e as { digest: string | undefined }).digest = details.digest;
     return e;
   });
 }

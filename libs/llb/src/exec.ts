@@ -10,8 +10,13 @@ import {
   inputsEqual,
   marshalConstraints,
 } from './vertex.js';
-import type { Constraints, ConstraintsOptions, MarshaledVertex, Vertex ,
-  MarshalContext} from './vertex.js';
+import type {
+  Constraints,
+  ConstraintsOptions,
+  MarshaledVertex,
+  Vertex,
+  MarshalContext,
+} from './vertex.js';
 
 export type CacheSharing = 'shared' | 'private' | 'locked';
 
@@ -113,7 +118,10 @@ export class ExecOp implements Vertex {
     private readonly opts: RunOptions,
   ) {
     this.constraints = constraintsFrom(opts);
-    const rootMount = this.newMount({ target: ROOT_MOUNT, readonly: opts.readonlyRootfs }, base.output);
+    const rootMount = this.newMount(
+      { target: ROOT_MOUNT, readonly: opts.readonlyRootfs },
+      base.output,
+    );
     const mounts = [rootMount];
     for (const m of opts.mounts ?? []) {
       if (!m.target) throw buildError('mount target is required');
@@ -189,7 +197,10 @@ export class ExecOp implements Vertex {
     if (cwd === '') throw buildError('exec: working directory is required');
 
     let env = [...v.env];
-    const ssh = this.ssh.map((s, i) => ({ ...s, target: s.target || `/run/buildkit/ssh_agent.${i}` }));
+    const ssh = this.ssh.map((s, i) => ({
+      ...s,
+      target: s.target || `/run/buildkit/ssh_agent.${i}`,
+    }));
     if (ssh.length > 0 && !env.some(([k]) => k === 'SSH_AUTH_SOCK')) {
       env = [...env, ['SSH_AUTH_SOCK', ssh[0]!.target]];
     }
@@ -289,7 +300,11 @@ export class ExecOp implements Vertex {
       if (m.readonly) pm.readonly = true;
       if (m.cacheId) {
         pm.mountType = pb.MountType.CACHE;
-        const sharing = { shared: pb.CacheSharingOpt.SHARED, private: pb.CacheSharingOpt.PRIVATE, locked: pb.CacheSharingOpt.LOCKED }[m.cacheSharing];
+        const sharing = {
+          shared: pb.CacheSharingOpt.SHARED,
+          private: pb.CacheSharingOpt.PRIVATE,
+          locked: pb.CacheSharingOpt.LOCKED,
+        }[m.cacheSharing];
         pm.cacheOpt = sharing ? { ID: m.cacheId, sharing } : { ID: m.cacheId };
       }
       if (m.tmpfs) {
@@ -311,7 +326,11 @@ export class ExecOp implements Vertex {
       }
     }
     for (const s of ssh) {
-      mounts.push({ dest: s.target, mountType: pb.MountType.SSH, SSHOpt: userOpt({ ...s, id: s.id ?? '' }) });
+      mounts.push({
+        dest: s.target,
+        mountType: pb.MountType.SSH,
+        SSHOpt: userOpt({ ...s, id: s.id ?? '' }),
+      });
     }
     exec.mounts = mounts;
     if (secretEnv.length) exec.secretenv = secretEnv;
@@ -324,7 +343,13 @@ export class ExecOp implements Vertex {
   }
 }
 
-function userOpt(s: { id: string; uid?: number; gid?: number; mode?: number; optional?: boolean }): pb.ISecretOpt {
+function userOpt(s: {
+  id: string;
+  uid?: number;
+  gid?: number;
+  mode?: number;
+  optional?: boolean;
+}): pb.ISecretOpt {
   const o: pb.ISecretOpt = {};
   if (s.id) o.ID = s.id;
   if (s.uid) o.uid = s.uid;

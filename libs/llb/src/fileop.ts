@@ -1,10 +1,17 @@
 import { posix } from 'node:path';
 import { toLong } from '@kiln/protocol';
-import type { Long , pb} from '@kiln/protocol';
+import type { Long, pb } from '@kiln/protocol';
 import { Caps } from './constants.js';
 import type { State } from './state.js';
-import { Output, addCaps, buildError, finishOp, inputsEqual, marshalConstraints } from './vertex.js';
-import type { Constraints, MarshaledVertex, Vertex , MarshalContext} from './vertex.js';
+import {
+  Output,
+  addCaps,
+  buildError,
+  finishOp,
+  inputsEqual,
+  marshalConstraints,
+} from './vertex.js';
+import type { Constraints, MarshaledVertex, Vertex, MarshalContext } from './vertex.js';
 
 /** A user or group: a numeric id, or a name resolved against the target's /etc/passwd and group. */
 export type UserSpec = number | string;
@@ -119,7 +126,11 @@ function normalizePath(parent: string, p: string, keepSlash: boolean): string {
   return p;
 }
 
-function setIf<T extends object, K extends keyof T>(o: T, k: K, v: T[K] | undefined | false | '' | 0): void {
+function setIf<T extends object, K extends keyof T>(
+  o: T,
+  k: K,
+  v: T[K] | undefined | false | '' | 0,
+): void {
   if (v !== undefined && v !== false && v !== '' && v !== 0) o[k] = v;
 }
 
@@ -217,7 +228,8 @@ class CopyAction implements SubAction {
     const p = posix.normalize(this.src);
     let dir = '/';
     if (!posix.isAbsolute(p)) {
-      const st = this.source instanceof FileActionWithState ? this.source.action.state : this.source;
+      const st =
+        this.source instanceof FileActionWithState ? this.source.action.state : this.source;
       dir = st?.getDir() || '/';
     }
     let out = posix.join(dir, p);
@@ -227,7 +239,10 @@ class CopyAction implements SubAction {
 
   toProto(parent: string, base: number): pb.IFileAction {
     const o = this.o;
-    const a: pb.IFileActionCopy = { src: this.sourcePath(), dest: normalizePath(parent, this.dest, true) };
+    const a: pb.IFileActionCopy = {
+      src: this.sourcePath(),
+      dest: normalizePath(parent, this.dest, true),
+    };
     setIf(a, 'owner', marshalChown(chownOf(o.chown), base));
     a.mode = o.mode === undefined ? -1 : o.mode;
     if (a.mode === 0) delete a.mode;
@@ -268,7 +283,12 @@ export class FileAction {
     return new FileAction(new MkdirAction(path, mode, opts), this, undefined);
   }
 
-  mkfile(path: string, mode: number, data: Uint8Array | string, opts: MkfileOptions = {}): FileAction {
+  mkfile(
+    path: string,
+    mode: number,
+    data: Uint8Array | string,
+    opts: MkfileOptions = {},
+  ): FileAction {
     return new FileAction(new MkfileAction(path, mode, toBytes(data), opts), this, undefined);
   }
 
@@ -325,7 +345,12 @@ export function mkdir(path: string, mode: number, opts: MkdirOptions = {}): File
   return new FileAction(new MkdirAction(path, mode, opts), undefined, undefined);
 }
 
-export function mkfile(path: string, mode: number, data: Uint8Array | string, opts: MkfileOptions = {}): FileAction {
+export function mkfile(
+  path: string,
+  mode: number,
+  data: Uint8Array | string,
+  opts: MkfileOptions = {},
+): FileAction {
   return new FileAction(new MkfileAction(path, mode, toBytes(data), opts), undefined, undefined);
 }
 
@@ -333,7 +358,12 @@ export function rm(path: string, opts: RmOptions = {}): FileAction {
   return new FileAction(new RmAction(path, opts), undefined, undefined);
 }
 
-export function copy(input: CopyInput, src: string, dest: string, opts: CopyOptions = {}): FileAction {
+export function copy(
+  input: CopyInput,
+  src: string,
+  dest: string,
+  opts: CopyOptions = {},
+): FileAction {
   return new FileAction(new CopyAction(input, src, dest, opts), undefined, undefined);
 }
 

@@ -10,7 +10,7 @@
  */
 import protobuf from 'protobufjs';
 import { parse as losslessParse } from 'lossless-json';
-import type { pb} from '@kiln/protocol';
+import type { pb } from '@kiln/protocol';
 import { Long, descriptor, toLong } from '@kiln/protocol';
 import { InvalidDefinitionError } from './errors.js';
 
@@ -38,7 +38,16 @@ const ALWAYS: ReadonlySet<string> = new Set([
 export type GoJson = null | boolean | number | bigint | string | GoJson[] | { [k: string]: GoJson };
 
 const INT64 = new Set(['int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
-const SCALAR_NUM = new Set(['int32', 'uint32', 'sint32', 'fixed32', 'sfixed32', 'double', 'float', ...INT64]);
+const SCALAR_NUM = new Set([
+  'int32',
+  'uint32',
+  'sint32',
+  'fixed32',
+  'sfixed32',
+  'double',
+  'float',
+  ...INT64,
+]);
 
 function goOneofName(name: string): string {
   return name.replace(/(^|_)([a-z])/g, (_m, _p, c: string) => c.toUpperCase());
@@ -58,12 +67,13 @@ function isZero(field: protobuf.Field, v: unknown): boolean {
   if (field.repeated) return (v as unknown[]).length === 0;
   if (field.resolvedType instanceof protobuf.Type) return false;
   if (v instanceof Uint8Array) return v.length === 0;
-  if (typeof v === 'object' && Long.isLong(v)) return (v).isZero();
+  if (typeof v === 'object' && Long.isLong(v)) return v.isZero();
   return v === 0 || v === '' || v === false;
 }
 
 function scalarToJson(field: protobuf.Field, v: unknown): GoJson {
-  if (field.resolvedType instanceof protobuf.Type) return messageToJson(field.resolvedType, v as Record<string, unknown>);
+  if (field.resolvedType instanceof protobuf.Type)
+    return messageToJson(field.resolvedType, v as Record<string, unknown>);
   if (INT64.has(field.type)) return int64ToJson(v);
   if (field.type === 'bytes') return Buffer.from(v as Uint8Array).toString('base64');
   return v as GoJson;
@@ -104,7 +114,8 @@ function messageToJson(type: protobuf.Type, msg: Record<string, unknown>): GoJso
     }
     const always = ALWAYS.has(`${type.fullName.slice(1)}.${field.name}`);
     if (isZero(field, v) && !always) continue;
-    out[field.name] = v === undefined || v === null ? (INT64.has(field.type) ? 0 : '') : valueToJson(field, v);
+    out[field.name] =
+      v === undefined || v === null ? (INT64.has(field.type) ? 0 : '') : valueToJson(field, v);
   }
   return out;
 }
@@ -124,9 +135,11 @@ function fail(path: string, why: string): never {
 }
 
 function scalarFromJson(field: protobuf.Field, v: GoJson, path: string): unknown {
-  if (field.resolvedType instanceof protobuf.Type) return messageFromJson(field.resolvedType, v, path);
+  if (field.resolvedType instanceof protobuf.Type)
+    return messageFromJson(field.resolvedType, v, path);
   if (field.resolvedType instanceof protobuf.Enum) {
-    if (typeof v === 'string' && v in field.resolvedType.values) return field.resolvedType.values[v];
+    if (typeof v === 'string' && v in field.resolvedType.values)
+      return field.resolvedType.values[v];
     if (typeof v !== 'number' || !Number.isInteger(v)) fail(path, 'expected an enum number');
     return v;
   }
@@ -173,14 +186,16 @@ function fieldFromJson(field: protobuf.Field, v: GoJson, path: string): unknown 
 }
 
 function messageFromJson(type: protobuf.Type, json: GoJson, path: string): Record<string, unknown> {
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) fail(path, 'expected an object');
+  if (typeof json !== 'object' || json === null || Array.isArray(json))
+    fail(path, 'expected an object');
   const out: Record<string, unknown> = {};
   const oneofs = new Map(type.oneofsArray.map((o) => [goOneofName(o.name), o] as const));
   for (const [key, v] of Object.entries(json)) {
     const oneof = oneofs.get(key);
     if (oneof) {
       if (v === null) continue;
-      if (typeof v !== 'object' || Array.isArray(v)) fail(`${path}.${key}`, 'expected an object or null');
+      if (typeof v !== 'object' || Array.isArray(v))
+        fail(`${path}.${key}`, 'expected an object or null');
       const entries = Object.entries(v);
       if (entries.length !== 1) fail(`${path}.${key}`, 'a oneof holds exactly one member');
       const [name, mv] = entries[0]!;
@@ -198,7 +213,11 @@ function messageFromJson(type: protobuf.Type, json: GoJson, path: string): Recor
     const isMessage = field.resolvedType instanceof protobuf.Type && !field.map && !field.repeated;
     if (!isMessage && !field.map && !field.repeated && isZeroJson(v)) continue;
     const value = fieldFromJson(field, v, `${path}.${key}`);
-    if ((field.map && Object.keys(value as object).length === 0) || (field.repeated && (value as unknown[]).length === 0)) continue;
+    if (
+      (field.map && Object.keys(value as object).length === 0) ||
+      (field.repeated && (value as unknown[]).length === 0)
+    )
+      continue;
     out[camel(field.name)] = value;
   }
   return out;
@@ -241,6 +260,10 @@ export function messageToGoJson(typeName: string, msg: object): GoJson {
   return messageToJson(root.lookupType(typeName), msg as Record<string, unknown>);
 }
 
-export function messageFromGoJson(typeName: string, json: GoJson, path = typeName): Record<string, unknown> {
+export function messageFromGoJson(
+  typeName: string,
+  json: GoJson,
+  path = typeName,
+): Record<string, unknown> {
   return messageFromJson(root.lookupType(typeName), json, path);
 }

@@ -8,7 +8,17 @@ export { image, local, git, http, SourceOp } from './source.js';
 export type { ImageOptions, LocalOptions, GitOptions, HttpOptions, ResolveMode } from './source.js';
 export { ExecOp } from './exec.js';
 export type { RunOptions, MountSpec, SecretSpec, SSHSpec, ProxyEnv, CacheSharing } from './exec.js';
-export { FileAction, FileActionWithState, FileOp, mkdir, mkfile, rm, copy, symlink, parseChown } from './fileop.js';
+export {
+  FileAction,
+  FileActionWithState,
+  FileOp,
+  mkdir,
+  mkfile,
+  rm,
+  copy,
+  symlink,
+  parseChown,
+} from './fileop.js';
 export type {
   ChownSpec,
   UserSpec,

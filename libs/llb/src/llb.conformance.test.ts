@@ -43,7 +43,9 @@ const builders: Record<string, (uniqueId: string) => { state: State; localUnique
     }),
   }),
   'exec-simple': () => ({
-    state: image(bb).run({ args: ['echo', 'hi'], env: { FOO: 'bar' }, dir: '/work', user: '1000:1000' }).root(),
+    state: image(bb)
+      .run({ args: ['echo', 'hi'], env: { FOO: 'bar' }, dir: '/work', user: '1000:1000' })
+      .root(),
   }),
   'exec-network-none-insecure': () => ({
     state: image(bb)
@@ -113,10 +115,14 @@ const builders: Record<string, (uniqueId: string) => { state: State; localUnique
     return { state: withReadme.file(copy(file, '/f.tgz', '/f.tgz')) };
   },
   'metadata-ignore-cache': () => ({
-    state: image(bb).run({ args: ['date'], ignoreCache: true, customName: '[stage 1/2] RUN date' }).root(),
+    state: image(bb)
+      .run({ args: ['date'], ignoreCache: true, customName: '[stage 1/2] RUN date' })
+      .root(),
   }),
   'multi-platform-chain': () => ({
-    state: image(bb, { platform: LinuxArm64 }).run({ args: ['uname', '-m'] }).root(),
+    state: image(bb, { platform: LinuxArm64 })
+      .run({ args: ['uname', '-m'] })
+      .root(),
   }),
 };
 
@@ -166,7 +172,10 @@ describe('LLB conformance vectors', () => {
         const build = builders[v.name];
         expect(build, `no builder for vector ${v.name}`).toBeDefined();
         const { state, localUniqueId } = build!(localUnique(v));
-        const def = marshal(state, { platform: LinuxAmd64, ...(localUniqueId ? { localUniqueId } : {}) });
+        const def = marshal(state, {
+          platform: LinuxAmd64,
+          ...(localUniqueId ? { localUniqueId } : {}),
+        });
         expect(def.def.map(b64)).toEqual(v.defs_base64);
         expect(def.digests()).toEqual(v.digests);
         expect(b64(def.toBytes())).toBe(v.definition_base64);

@@ -2,7 +2,13 @@ import type { pb } from '@kiln/protocol';
 import { Caps, EMPTY_INPUT, LLB_DEFINITION_INPUT, Attrs } from './constants.js';
 import { State, scratch } from './state.js';
 import { Output, addCaps, constraintsFrom, finishOp, marshalConstraints } from './vertex.js';
-import type { Constraints, ConstraintsOptions, MarshaledVertex, Vertex , MarshalContext} from './vertex.js';
+import type {
+  Constraints,
+  ConstraintsOptions,
+  MarshaledVertex,
+  Vertex,
+  MarshalContext,
+} from './vertex.js';
 
 /** MergeOp: the layers of several states stacked in order, later ones on top. */
 export class MergeOp implements Vertex {
@@ -20,7 +26,10 @@ export class MergeOp implements Vertex {
   }
 
   marshal(ctx: MarshalContext): MarshaledVertex {
-    const { op, metadata } = marshalConstraints(ctx.constraints, addCaps(this.constraints, Caps.mergeOp));
+    const { op, metadata } = marshalConstraints(
+      ctx.constraints,
+      addCaps(this.constraints, Caps.mergeOp),
+    );
     const inputs = this.sources.map((s) => s.toInput(ctx));
     const merge: pb.IMergeOp = { inputs: inputs.map((_, i) => (i === 0 ? {} : { input: i })) };
     return finishOp({ inputs, merge, constraints: op.constraints! }, metadata);
@@ -32,7 +41,10 @@ export function merge(states: readonly State[], opts?: ConstraintsOptions): Stat
   const outs = states.filter((s) => s.output !== undefined);
   if (outs.length === 0) return scratch();
   if (outs.length === 1) return outs[0]!;
-  const op = new MergeOp(outs.map((s) => s.output!), constraintsFrom(opts));
+  const op = new MergeOp(
+    outs.map((s) => s.output!),
+    constraintsFrom(opts),
+  );
   return State.of(op.output);
 }
 
@@ -53,7 +65,10 @@ export class DiffOp implements Vertex {
   }
 
   marshal(ctx: MarshalContext): MarshaledVertex {
-    const { op, metadata } = marshalConstraints(ctx.constraints, addCaps(this.constraints, Caps.diffOp));
+    const { op, metadata } = marshalConstraints(
+      ctx.constraints,
+      addCaps(this.constraints, Caps.diffOp),
+    );
     const inputs: pb.IInput[] = [];
     const ref = (o: Output | undefined): { input?: number } => {
       if (!o) return { input: EMPTY_INPUT };
@@ -100,7 +115,12 @@ export class BuildOp implements Vertex {
     const build: pb.IBuildOp = { builder: EMPTY_INPUT, inputs: { [LLB_DEFINITION_INPUT]: {} } };
     if (this.filename) build.attrs = { [Attrs.llbDefinitionFilename]: this.filename };
     return finishOp(
-      { inputs: [this.source.toInput(ctx)], build, platform: op.platform!, constraints: op.constraints! },
+      {
+        inputs: [this.source.toInput(ctx)],
+        build,
+        platform: op.platform!,
+        constraints: op.constraints!,
+      },
       metadata,
     );
   }

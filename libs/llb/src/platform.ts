@@ -11,8 +11,16 @@ export interface Platform {
 
 export const LinuxAmd64: Platform = Object.freeze({ os: 'linux', architecture: 'amd64' });
 export const LinuxArm64: Platform = Object.freeze({ os: 'linux', architecture: 'arm64' });
-export const LinuxArmhf: Platform = Object.freeze({ os: 'linux', architecture: 'arm', variant: 'v7' });
-export const LinuxArmel: Platform = Object.freeze({ os: 'linux', architecture: 'arm', variant: 'v6' });
+export const LinuxArmhf: Platform = Object.freeze({
+  os: 'linux',
+  architecture: 'arm',
+  variant: 'v7',
+});
+export const LinuxArmel: Platform = Object.freeze({
+  os: 'linux',
+  architecture: 'arm',
+  variant: 'v6',
+});
 export const LinuxS390x: Platform = Object.freeze({ os: 'linux', architecture: 's390x' });
 export const LinuxPpc64le: Platform = Object.freeze({ os: 'linux', architecture: 'ppc64le' });
 export const LinuxRiscv64: Platform = Object.freeze({ os: 'linux', architecture: 'riscv64' });
@@ -40,7 +48,10 @@ export function normalizePlatform(p: Platform): Platform {
   if (architecture === 'arm64' && (variant === 'v8' || variant === '8')) variant = undefined;
   if (architecture === 'arm' && variant === undefined) variant = 'v7';
   if (architecture === 'arm' && variant && /^\d+$/.test(variant)) variant = `v${variant}`;
-  const out: { -readonly [K in keyof Platform]: Platform[K] } = { os: p.os.toLowerCase(), architecture };
+  const out: { -readonly [K in keyof Platform]: Platform[K] } = {
+    os: p.os.toLowerCase(),
+    architecture,
+  };
   if (variant) out.variant = variant;
   if (p.osVersion) out.osVersion = p.osVersion;
   if (p.osFeatures) out.osFeatures = [...p.osFeatures];
@@ -51,7 +62,10 @@ export function normalizePlatform(p: Platform): Platform {
 export function parsePlatform(spec: string): Platform {
   const parts = spec.trim().split('/');
   if (parts.some((p) => p === '') || parts.length > 3) {
-    throw new InvalidDefinitionError('LLB_BUILD', `invalid platform "${spec}": want os/arch[/variant]`);
+    throw new InvalidDefinitionError(
+      'LLB_BUILD',
+      `invalid platform "${spec}": want os/arch[/variant]`,
+    );
   }
   if (parts.length === 1) return normalizePlatform({ os: 'linux', architecture: parts[0]! });
   const [os, architecture, variant] = parts as [string, string, string | undefined];
@@ -69,5 +83,8 @@ export function platformsEqual(a: Platform | undefined, b: Platform | undefined)
 
 /** The platform this process runs on. */
 export function hostPlatform(): Platform {
-  return normalizePlatform({ os: process.platform === 'win32' ? 'windows' : process.platform, architecture: process.arch });
+  return normalizePlatform({
+    os: process.platform === 'win32' ? 'windows' : process.platform,
+    architecture: process.arch,
+  });
 }

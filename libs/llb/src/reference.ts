@@ -15,7 +15,8 @@ const DEFAULT_DOMAIN = 'docker.io';
 const pathComponent = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
 const tagRe = /^[\w][\w.-]{0,127}$/;
 const digestRe = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
-const domainRe = /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$/;
+const domainRe =
+  /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$/;
 
 function invalid(ref: string, why: string): never {
   throw new InvalidDefinitionError('LLB_BUILD', `invalid image reference "${ref}": ${why}`);
@@ -43,7 +44,13 @@ export function parseImageReference(ref: string): ImageReference {
   let path = rest;
   const slash = rest.indexOf('/');
   const first = slash >= 0 ? rest.slice(0, slash) : '';
-  if (slash >= 0 && (first.includes('.') || first.includes(':') || first === 'localhost' || first !== first.toLowerCase())) {
+  if (
+    slash >= 0 &&
+    (first.includes('.') ||
+      first.includes(':') ||
+      first === 'localhost' ||
+      first !== first.toLowerCase())
+  ) {
     domain = first;
     path = rest.slice(slash + 1);
     if (!domainRe.test(domain)) invalid(ref, 'bad registry host');
@@ -66,5 +73,7 @@ export function formatImageReference(r: ImageReference): string {
 /** Normalizes a reference and adds `:latest` when it has neither tag nor digest. */
 export function normalizeImageReference(ref: string): string {
   const r = parseImageReference(ref);
-  return formatImageReference(r.tag === undefined && r.digest === undefined ? { ...r, tag: 'latest' } : r);
+  return formatImageReference(
+    r.tag === undefined && r.digest === undefined ? { ...r, tag: 'latest' } : r,
+  );
 }

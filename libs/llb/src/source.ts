@@ -12,8 +12,13 @@ import {
   marshalConstraints,
   newId,
 } from './vertex.js';
-import type { Constraints, ConstraintsOptions, MarshaledVertex, Vertex ,
-  MarshalContext} from './vertex.js';
+import type {
+  Constraints,
+  ConstraintsOptions,
+  MarshaledVertex,
+  Vertex,
+  MarshalContext,
+} from './vertex.js';
 
 /** SourceOp: content from outside the graph (an image, a local directory, git, http). */
 export class SourceOp implements Vertex {
@@ -131,7 +136,10 @@ export interface GitOptions extends ConstraintsOptions {
 }
 
 /** Splits the scheme off a git remote the way BuildKit's gitutil.ParseProtocol does. */
-function parseGitProtocol(remote: string): { rest: string; kind: 'http' | 'ssh' | 'git' | 'unknown' } {
+function parseGitProtocol(remote: string): {
+  rest: string;
+  kind: 'http' | 'ssh' | 'git' | 'unknown';
+} {
   for (const [prefix, kind] of [
     ['https://', 'http'],
     ['http://', 'http'],
@@ -169,7 +177,8 @@ export function git(remote: string, ref = '', opts: GitOptions = {}): State {
   const header = opts.authHeaderSecret ?? 'GIT_AUTH_HEADER';
   if (token) attrs[Attrs.authTokenSecret] = token;
   if (header) attrs[Attrs.authHeaderSecret] = header;
-  if (opts.authTokenSecret !== undefined || opts.authHeaderSecret !== undefined) c = addCaps(c, Caps.sourceGitHTTPAuth);
+  if (opts.authTokenSecret !== undefined || opts.authHeaderSecret !== undefined)
+    c = addCaps(c, Caps.sourceGitHTTPAuth);
   if (parsed.kind === 'ssh') {
     if (opts.knownSSHHosts) attrs[Attrs.knownSSHHosts] = opts.knownSSHHosts;
     c = addCaps(c, Caps.sourceGitKnownSSHHosts);

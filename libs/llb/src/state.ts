@@ -8,7 +8,7 @@ import { normalizePlatform } from './platform.js';
 import type { Platform } from './platform.js';
 import { shlexSplit } from './shlex.js';
 import { constraintsFrom } from './vertex.js';
-import type { ConstraintsOptions , Output} from './vertex.js';
+import type { ConstraintsOptions, Output } from './vertex.js';
 
 export type NetMode = pb.NetMode;
 export const NetMode = pb.NetMode;

@@ -48,7 +48,10 @@ export function mergeMetadata(a: OpMeta | undefined, b: OpMeta | undefined): OpM
 }
 
 /** Builds constraints from options, on top of `base`. */
-export function constraintsFrom(opts: ConstraintsOptions | undefined, base: Constraints = {}): Constraints {
+export function constraintsFrom(
+  opts: ConstraintsOptions | undefined,
+  base: Constraints = {},
+): Constraints {
   if (!opts) return base;
   const md: OpMeta = {};
   if (opts.ignoreCache) md.ignoreCache = true;
@@ -62,7 +65,8 @@ export function constraintsFrom(opts: ConstraintsOptions | undefined, base: Cons
     metadata: mergeMetadata(base.metadata, md),
   };
   if (opts.platform) out.platform = normalizePlatform(opts.platform);
-  if (opts.workerConstraints?.length) out.workerConstraints = [...(base.workerConstraints ?? []), ...opts.workerConstraints];
+  if (opts.workerConstraints?.length)
+    out.workerConstraints = [...(base.workerConstraints ?? []), ...opts.workerConstraints];
   if (opts.localUniqueId !== undefined) out.localUniqueId = opts.localUniqueId;
   return out;
 }
@@ -74,7 +78,10 @@ export function addCaps(c: Constraints, ...caps: string[]): Constraints {
 }
 
 /** The op fields every op gets from its constraints, and its metadata (MarshalConstraints). */
-export function marshalConstraints(base: Constraints, override: Constraints): { op: pb.IOp; metadata: OpMeta } {
+export function marshalConstraints(
+  base: Constraints,
+  override: Constraints,
+): { op: pb.IOp; metadata: OpMeta } {
   const platform = override.platform ?? base.platform ?? defaultPlatform();
   const filters = [...(base.workerConstraints ?? []), ...(override.workerConstraints ?? [])];
   const p: pb.IPlatform = {};
@@ -85,7 +92,10 @@ export function marshalConstraints(base: Constraints, override: Constraints): { 
   if (platform.osFeatures?.length) p.OSFeatures = [...platform.osFeatures];
   const constraints: pb.IWorkerConstraints = {};
   if (filters.length > 0) constraints.filter = filters;
-  return { op: { platform: p, constraints }, metadata: mergeMetadata(base.metadata, override.metadata) };
+  return {
+    op: { platform: p, constraints },
+    metadata: mergeMetadata(base.metadata, override.metadata),
+  };
 }
 
 function defaultPlatform(): Platform {
@@ -96,7 +106,8 @@ function defaultPlatform(): Platform {
 export function toPbMetadata(m: OpMeta): pb.IOpMetadata {
   const out: pb.IOpMetadata = {};
   if (m.ignoreCache) out.ignoreCache = true;
-  if (m.description && Object.keys(m.description).length > 0) out.description = { ...m.description };
+  if (m.description && Object.keys(m.description).length > 0)
+    out.description = { ...m.description };
   if (m.exportCache !== undefined) out.exportCache = m.exportCache ? { Value: true } : {};
   if (m.caps && Object.keys(m.caps).length > 0) out.caps = { ...m.caps };
   if (m.progressGroup) {
@@ -117,7 +128,10 @@ export function sha256Digest(bytes: Uint8Array): string {
 export function newId(): string {
   const b = randomBytes(17);
   b[0] = b[0]! | 0x80;
-  return BigInt(`0x${b.toString('hex')}`).toString(36).padStart(26, '0').slice(1);
+  return BigInt(`0x${b.toString('hex')}`)
+    .toString(36)
+    .padStart(26, '0')
+    .slice(1);
 }
 
 /** One marshaled vertex. */

@@ -4,7 +4,10 @@ import { KilnError, registerErrorClass } from './errors.js';
 import { fromGrpcError, grpcCodeFor, toGrpcStatus } from './grpc-status.js';
 
 class VertexFailed extends KilnError {
-  constructor(message: string, readonly digest: string) {
+  constructor(
+    message: string,
+    readonly digest: string,
+  ) {
     super('VERTEX_FAILED', message, { details: { digest } });
   }
 }

@@ -31,7 +31,11 @@ export function grpcCodeFor(err: KilnError): GrpcCode {
   if (err.code.endsWith('_EXISTS')) return GrpcCode.ALREADY_EXISTS;
   if (err.code.endsWith('_UNAVAILABLE') || err.retryable) return GrpcCode.UNAVAILABLE;
   if (err.code.endsWith('_CANCELED')) return GrpcCode.CANCELLED;
-  if (err.code.startsWith('LLB_') || err.code.startsWith('DOCKERFILE_') || err.code.endsWith('_INVALID'))
+  if (
+    err.code.startsWith('LLB_') ||
+    err.code.startsWith('DOCKERFILE_') ||
+    err.code.endsWith('_INVALID')
+  )
     return GrpcCode.INVALID_ARGUMENT;
   return GrpcCode.UNKNOWN;
 }
@@ -47,7 +51,9 @@ function encodeDetails(details: ErrorDetails): Record<string, kiln.errors.v1.IDe
   return out;
 }
 
-function decodeDetails(d: Record<string, kiln.errors.v1.IDetailValue> | null | undefined): ErrorDetails {
+function decodeDetails(
+  d: Record<string, kiln.errors.v1.IDetailValue> | null | undefined,
+): ErrorDetails {
   const out: ErrorDetails = {};
   for (const [k, v] of Object.entries(d ?? {})) {
     if (v.str != null) out[k] = v.str;

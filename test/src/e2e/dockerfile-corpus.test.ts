@@ -5,7 +5,17 @@
  * tree and image config must hold (or which error, on which line).
  */
 import { execFile } from 'node:child_process';
-import { cp, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises';
+import {
+  cp,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  readlink,
+  rm,
+  writeFile,
+} from 'node:fs/promises';
 import { createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -50,7 +60,8 @@ let sshServer: Server | undefined;
 let sshSock: string;
 
 beforeAll(async () => {
-  if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  if (!fixture)
+    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
   work = await mkdtemp(join(tmpdir(), 'kiln-corpus-'));
   process.env.KILN_STATE_DIR = join(work, 'state');
   // A stand-in ssh agent: a unix socket that answers; RUN --mount=type=ssh must see a socket.
@@ -96,21 +107,26 @@ interface OciImage {
 async function readOci(tarFile: string, into: string): Promise<OciImage> {
   await mkdir(into, { recursive: true });
   await run('tar', ['-xf', tarFile, '-C', into]);
-  const blob = (d: string): Promise<Buffer> => readFile(join(into, 'blobs/sha256', d.slice('sha256:'.length)));
-  const index = JSON.parse(await readFile(join(into, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+  const blob = (d: string): Promise<Buffer> =>
+    readFile(join(into, 'blobs/sha256', d.slice('sha256:'.length)));
+  const index = JSON.parse(await readFile(join(into, 'index.json'), 'utf8')) as {
+    manifests: { digest: string }[];
+  };
   const manifest = JSON.parse((await blob(index.manifests[0]!.digest)).toString()) as {
     config: { digest: string };
     layers: { digest: string }[];
   };
   const config = JSON.parse((await blob(manifest.config.digest)).toString()) as OciImage['config'];
-  const layers = await Promise.all(manifest.layers.map(async (l) => gunzipSync(await blob(l.digest))));
+  const layers = await Promise.all(
+    manifest.layers.map(async (l) => gunzipSync(await blob(l.digest))),
+  );
   return { config, layers };
 }
 
 /** Entry names of an uncompressed tar (ustar headers; PAX long names are not needed here). */
 function tarNames(tar: Buffer): string[] {
   const names: string[] = [];
-  for (let off = 0; off + 512 <= tar.length; ) {
+  for (let off = 0; off + 512 <= tar.length;) {
     const h = tar.subarray(off, off + 512);
     if (h.every((b) => b === 0)) break;
     const name = h.subarray(0, 100).toString().replace(/\0.*$/s, '');
@@ -122,7 +138,10 @@ function tarNames(tar: Buffer): string[] {
   return names;
 }
 
-const cases = (await readdir(corpusDir, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name).sort();
+const cases = (await readdir(corpusDir, { withFileTypes: true }))
+  .filter((d) => d.isDirectory())
+  .map((d) => d.name)
+  .sort();
 
 describe('Dockerfile corpus, built with kiln build', () => {
   it('has at least 15 cases', () => {
@@ -130,76 +149,94 @@ describe('Dockerfile corpus, built with kiln build', () => {
   });
 
   for (const name of cases) {
-    it(name, async () => {
-      const exp = JSON.parse(await readFile(join(corpusDir, name, 'expect.json'), 'utf8')) as CaseExpect;
-      const ctx = join(work, name, 'ctx');
-      const out = join(work, name, 'out');
-      await cp(join(corpusDir, name), ctx, { recursive: true });
-      await rm(join(ctx, 'expect.json'));
-      if (exp.generate) {
-        await mkdir(join(ctx, exp.generate.dir), { recursive: true });
-        for (let i = 0; i < exp.generate.count; i++) {
-          const sub = join(ctx, exp.generate.dir, `d${i % 20}`);
-          await mkdir(sub, { recursive: true });
-          await writeFile(join(sub, `f${i}.txt`), `file ${i}\n`);
+    it(
+      name,
+      async () => {
+        const exp = JSON.parse(
+          await readFile(join(corpusDir, name, 'expect.json'), 'utf8'),
+        ) as CaseExpect;
+        const ctx = join(work, name, 'ctx');
+        const out = join(work, name, 'out');
+        await cp(join(corpusDir, name), ctx, { recursive: true });
+        await rm(join(ctx, 'expect.json'));
+        if (exp.generate) {
+          await mkdir(join(ctx, exp.generate.dir), { recursive: true });
+          for (let i = 0; i < exp.generate.count; i++) {
+            const sub = join(ctx, exp.generate.dir, `d${i % 20}`);
+            await mkdir(sub, { recursive: true });
+            await writeFile(join(sub, `f${i}.txt`), `file ${i}\n`);
+          }
         }
-      }
-      const args = ['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`];
-      for (const [k, v] of Object.entries(exp.buildArgs ?? {})) args.push('--build-arg', `${k}=${v}`);
-      if (exp.target) args.push('--target', exp.target);
-      if (exp.platform) args.push('--platform', exp.platform);
-      for (const [id, value] of Object.entries(exp.secrets ?? {})) {
-        const f = join(work, name, `secret-${id}`);
-        await writeFile(f, value);
-        args.push('--secret', `id=${id},src=${f}`);
-      }
-      if (exp.ssh) args.push('--ssh', `default=${sshSock}`);
-      args.push('-o', `type=local,dest=${join(out, 'rootfs')}`, '-o', `type=oci,dest=${join(out, 'image.tar')}`);
-
-      const res = await kiln(args);
-      if (exp.error) {
-        expect(res.code, res.stderr).toBe(1);
-        expect(res.stderr).toContain(exp.error.match);
-        if (exp.error.line) expect(res.stderr).toContain(`>>>`);
-        if (exp.error.line) expect(res.stderr).toMatch(new RegExp(`^\\s*${exp.error.line} \\| >>>`, 'm'));
-        return;
-      }
-      expect(res.code, res.stderr).toBe(0);
-
-      const rootfs = join(out, 'rootfs');
-      for (const [path, fe] of Object.entries(exp.files ?? {})) {
-        const p = join(rootfs, path);
-        if (fe.absent) {
-          await expect(lstat(p), `${path} should be absent`).rejects.toThrow();
-          continue;
+        const args = ['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`];
+        for (const [k, v] of Object.entries(exp.buildArgs ?? {}))
+          args.push('--build-arg', `${k}=${v}`);
+        if (exp.target) args.push('--target', exp.target);
+        if (exp.platform) args.push('--platform', exp.platform);
+        for (const [id, value] of Object.entries(exp.secrets ?? {})) {
+          const f = join(work, name, `secret-${id}`);
+          await writeFile(f, value);
+          args.push('--secret', `id=${id},src=${f}`);
         }
-        const st = await lstat(p);
-        if (fe.type === 'dir') expect(st.isDirectory(), path).toBe(true);
-        if (fe.type === 'symlink') expect(st.isSymbolicLink(), path).toBe(true);
-        if (fe.type === 'file' || fe.content !== undefined) expect(st.isFile(), path).toBe(true);
-        if (fe.content !== undefined) expect(await readFile(p, 'utf8'), path).toBe(fe.content);
-        if (fe.mode !== undefined) expect((st.mode & 0o7777).toString(8).padStart(4, '0'), path).toBe(fe.mode);
-        if (fe.uid !== undefined) expect(st.uid, path).toBe(fe.uid);
-        if (fe.gid !== undefined) expect(st.gid, path).toBe(fe.gid);
-        if (fe.target !== undefined) expect(await readlink(p), path).toBe(fe.target);
-      }
+        if (exp.ssh) args.push('--ssh', `default=${sshSock}`);
+        args.push(
+          '-o',
+          `type=local,dest=${join(out, 'rootfs')}`,
+          '-o',
+          `type=oci,dest=${join(out, 'image.tar')}`,
+        );
 
-      const img = await readOci(join(out, 'image.tar'), join(out, 'oci'));
-      for (const [k, v] of Object.entries(exp.config ?? {})) {
-        const actual = k === 'architecture' || k === 'os' ? img.config[k] : img.config.config[k];
-        expect(actual, `config ${k}`).toEqual(v);
-      }
-      if (exp.author) expect(img.config.author).toBe(exp.author);
-      for (const wh of exp.layerWhiteouts ?? []) {
-        expect(img.layers.some((l) => tarNames(l).includes(wh)), `a layer has ${wh}`).toBe(true);
-      }
-      for (const secret of exp.absentEverywhere ?? []) {
-        for (const f of await walkFiles(rootfs)) expect((await readFile(f)).includes(secret), f).toBe(false);
-        for (const l of img.layers) expect(l.includes(secret), 'layer').toBe(false);
-        expect(JSON.stringify(img.config).includes(secret)).toBe(false);
-        expect(res.stderr.includes(secret)).toBe(false);
-      }
-    }, 180_000);
+        const res = await kiln(args);
+        if (exp.error) {
+          expect(res.code, res.stderr).toBe(1);
+          expect(res.stderr).toContain(exp.error.match);
+          if (exp.error.line) expect(res.stderr).toContain(`>>>`);
+          if (exp.error.line)
+            expect(res.stderr).toMatch(new RegExp(`^\\s*${exp.error.line} \\| >>>`, 'm'));
+          return;
+        }
+        expect(res.code, res.stderr).toBe(0);
+
+        const rootfs = join(out, 'rootfs');
+        for (const [path, fe] of Object.entries(exp.files ?? {})) {
+          const p = join(rootfs, path);
+          if (fe.absent) {
+            await expect(lstat(p), `${path} should be absent`).rejects.toThrow();
+            continue;
+          }
+          const st = await lstat(p);
+          if (fe.type === 'dir') expect(st.isDirectory(), path).toBe(true);
+          if (fe.type === 'symlink') expect(st.isSymbolicLink(), path).toBe(true);
+          if (fe.type === 'file' || fe.content !== undefined) expect(st.isFile(), path).toBe(true);
+          if (fe.content !== undefined) expect(await readFile(p, 'utf8'), path).toBe(fe.content);
+          if (fe.mode !== undefined)
+            expect((st.mode & 0o7777).toString(8).padStart(4, '0'), path).toBe(fe.mode);
+          if (fe.uid !== undefined) expect(st.uid, path).toBe(fe.uid);
+          if (fe.gid !== undefined) expect(st.gid, path).toBe(fe.gid);
+          if (fe.target !== undefined) expect(await readlink(p), path).toBe(fe.target);
+        }
+
+        const img = await readOci(join(out, 'image.tar'), join(out, 'oci'));
+        for (const [k, v] of Object.entries(exp.config ?? {})) {
+          const actual = k === 'architecture' || k === 'os' ? img.config[k] : img.config.config[k];
+          expect(actual, `config ${k}`).toEqual(v);
+        }
+        if (exp.author) expect(img.config.author).toBe(exp.author);
+        for (const wh of exp.layerWhiteouts ?? []) {
+          expect(
+            img.layers.some((l) => tarNames(l).includes(wh)),
+            `a layer has ${wh}`,
+          ).toBe(true);
+        }
+        for (const secret of exp.absentEverywhere ?? []) {
+          for (const f of await walkFiles(rootfs))
+            expect((await readFile(f)).includes(secret), f).toBe(false);
+          for (const l of img.layers) expect(l.includes(secret), 'layer').toBe(false);
+          expect(JSON.stringify(img.config).includes(secret)).toBe(false);
+          expect(res.stderr.includes(secret)).toBe(false);
+        }
+      },
+      180_000,
+    );
   }
 
   it('multi-platform: one local dir per platform and one OCI index over both manifests', async () => {
@@ -207,13 +244,31 @@ describe('Dockerfile corpus, built with kiln build', () => {
     const out = join(work, 'multi', 'out');
     await cp(join(corpusDir, 'platform-amd64'), ctx, { recursive: true });
     const res = await kiln([
-      'build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, '--platform', 'linux/amd64,linux/arm64',
-      '-o', `type=local,dest=${join(out, 'rootfs')}`, '-o', `type=oci,dest=${join(out, 'image.tar')}`,
+      'build',
+      ctx,
+      '--progress',
+      'plain',
+      '--build-arg',
+      `BASE=${fixture}`,
+      '--platform',
+      'linux/amd64,linux/arm64',
+      '-o',
+      `type=local,dest=${join(out, 'rootfs')}`,
+      '-o',
+      `type=oci,dest=${join(out, 'image.tar')}`,
     ]);
     expect(res.code, res.stderr).toBe(0);
-    expect(await readFile(join(out, 'rootfs/linux_amd64/platform.txt'), 'utf8')).toMatch(/^linux\/amd64 .* x86_64\n$/);
-    expect(await readFile(join(out, 'rootfs/linux_arm64/platform.txt'), 'utf8')).toMatch(/^linux\/arm64 .* aarch64\n$/);
-    const { stdout } = await run('skopeo', ['inspect', '--raw', `oci-archive:${join(out, 'image.tar')}`]);
+    expect(await readFile(join(out, 'rootfs/linux_amd64/platform.txt'), 'utf8')).toMatch(
+      /^linux\/amd64 .* x86_64\n$/,
+    );
+    expect(await readFile(join(out, 'rootfs/linux_arm64/platform.txt'), 'utf8')).toMatch(
+      /^linux\/arm64 .* aarch64\n$/,
+    );
+    const { stdout } = await run('skopeo', [
+      'inspect',
+      '--raw',
+      `oci-archive:${join(out, 'image.tar')}`,
+    ]);
     const index = JSON.parse(stdout) as { manifests: { platform?: { architecture: string } }[] };
     expect(index.manifests.map((m) => m.platform?.architecture).sort()).toEqual(['amd64', 'arm64']);
   }, 180_000);

@@ -39,7 +39,9 @@ describe('goQuote (strconv.Quote)', () => {
 
 describe('utf8', () => {
   it('round-trips invalid bytes', () => {
-    const bytes = Uint8Array.from([0x41, 0xe2, 0x82, 0x41, 0xf0, 0x9f, 0x98, 0x80, 0x80, 0xc0, 0xaf]);
+    const bytes = Uint8Array.from([
+      0x41, 0xe2, 0x82, 0x41, 0xf0, 0x9f, 0x98, 0x80, 0x80, 0xc0, 0xaf,
+    ]);
     const s = decodeUtf8(bytes);
     expect([...encodeUtf8(s)]).toEqual([...bytes]);
     expect(utf8Length(s)).toBe(bytes.length);

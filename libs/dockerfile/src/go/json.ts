@@ -35,7 +35,9 @@ function hasNonFiniteNumber(value: unknown): boolean {
 }
 
 /** The decoded value, or an error message where Go's decoder would fail. */
-export function goJsonParse(text: string): { ok: true; value: unknown } | { ok: false; error: string } {
+export function goJsonParse(
+  text: string,
+): { ok: true; value: unknown } | { ok: false; error: string } {
   if (depthExceeded(text)) return { ok: false, error: 'exceeded max depth' };
   let value: unknown;
   try {

@@ -60,7 +60,11 @@ function decodeSlow(bytes: Uint8Array): string {
       const lo = b0 === 0xf0 ? 0x90 : 0x80;
       const hi = b0 === 0xf4 ? 0x8f : 0xbf;
       if (b1 >= lo && b1 <= hi && isCont(b2) && isCont(b3)) {
-        cp = ((b0 & 0x07) << 18) | ((b1 & 0x3f) << 12) | (((b2 ?? 0) & 0x3f) << 6) | ((b3 ?? 0) & 0x3f);
+        cp =
+          ((b0 & 0x07) << 18) |
+          ((b1 & 0x3f) << 12) |
+          (((b2 ?? 0) & 0x3f) << 6) |
+          ((b3 ?? 0) & 0x3f);
         width = 4;
       }
     }
@@ -89,7 +93,8 @@ export function encodeUtf8(s: string): Uint8Array {
     }
     if (cp < 0x80) out.push(cp);
     else if (cp < 0x800) out.push(0xc0 | (cp >> 6), 0x80 | (cp & 0x3f));
-    else if (cp < 0x10000) out.push(0xe0 | (cp >> 12), 0x80 | ((cp >> 6) & 0x3f), 0x80 | (cp & 0x3f));
+    else if (cp < 0x10000)
+      out.push(0xe0 | (cp >> 12), 0x80 | ((cp >> 6) & 0x3f), 0x80 | (cp & 0x3f));
     else
       out.push(
         0xf0 | (cp >> 18),
@@ -125,5 +130,8 @@ export function utf8Length(s: string): number {
  * a string rune by rune and writes the runes back.
  */
 export function toValidUtf8(s: string): string {
-  return s.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
+  return s.replace(
+    /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g,
+    '\ufffd',
+  );
 }

@@ -37,7 +37,9 @@ describe('detectSyntax', () => {
 
 describe('parseDirective', () => {
   it('finds # directives only', () => {
-    expect(parseDirective('check', '# syntax=x\n# check=skip=all\nFROM a')?.cmdline).toBe('skip=all');
+    expect(parseDirective('check', '# syntax=x\n# check=skip=all\nFROM a')?.cmdline).toBe(
+      'skip=all',
+    );
     expect(parseDirective('syntax', '// syntax=x')).toBeUndefined();
   });
 });

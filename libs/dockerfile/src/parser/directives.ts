@@ -60,7 +60,8 @@ export class DirectiveParser {
       this.done = true;
       return undefined;
     }
-    if (this.seen.has(name)) throw new DirectiveError(`only one ${name} parser directive can be used`);
+    if (this.seen.has(name))
+      throw new DirectiveError(`only one ${name} parser directive can be used`);
     this.seen.add(name);
     return { name, value: m[2] ?? '', line: this.line };
   }
@@ -84,7 +85,11 @@ function scanLines(text: string): string[] {
   return lines.map((l) => (l.endsWith('\r') ? l.slice(0, -1) : l));
 }
 
-function detectFromParser(key: string, text: string, parser: DirectiveParser): DetectedDirective | undefined {
+function detectFromParser(
+  key: string,
+  text: string,
+  parser: DirectiveParser,
+): DetectedDirective | undefined {
   for (const line of scanLines(text)) {
     if (parser.finished) break;
     let d: Directive | undefined;

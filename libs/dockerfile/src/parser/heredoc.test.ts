@@ -174,7 +174,9 @@ describe('heredocs in Parse', () => {
   });
 
   it('ignores heredocs in the JSON form', () => {
-    const { ast } = parse('\nFROM alpine:3.6\n\nRUN ["whoami"]\nRUN ["<<EOF"]\nRUN ["<<\'EOF\'"]\n\t');
+    const { ast } = parse(
+      '\nFROM alpine:3.6\n\nRUN ["whoami"]\nRUN ["<<EOF"]\nRUN ["<<\'EOF\'"]\n\t',
+    );
     for (let i = 1; i <= 3; i++) expect(ast.children[i]?.heredocs).toEqual([]);
   });
 
@@ -208,12 +210,19 @@ describe('heredoc helpers', () => {
     expect(chompHeredocContent('a\r\tb\n\t\tc')).toBe('a\r\tb\nc');
   });
 
-  it.each(['<<EOF', "<<'EOF'", '<<"EOF"', '<<-EOF', "<<-'EOF'", '<<-"EOF"', '<<EO"F"', '<< EOF', '<<- EOF'])(
-    'parses %s',
-    (src) => {
-      expect(parseHeredoc(src)?.name).toBe('EOF');
-    },
-  );
+  it.each([
+    '<<EOF',
+    "<<'EOF'",
+    '<<"EOF"',
+    '<<-EOF',
+    "<<-'EOF'",
+    '<<-"EOF"',
+    '<<EO"F"',
+    '<< EOF',
+    '<<- EOF',
+  ])('parses %s', (src) => {
+    expect(parseHeredoc(src)?.name).toBe('EOF');
+  });
 
   it.each(["<<'EOF", '<<"EOF', "<<EOF'", '<<EOF"'])('rejects %s', (src) => {
     expect(() => parseHeredoc(src)).toThrow();

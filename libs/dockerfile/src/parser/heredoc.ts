@@ -39,7 +39,9 @@ export function parseHeredoc(src: string): Heredoc | undefined {
   shlex.rawQuotes = true;
   const wordsRaw = shlex.processWords(rest, emptyEnv);
   if (wordsRaw.length !== words.length) {
-    throw new ShellExpansionError(`internal lexing of heredoc produced inconsistent results: ${rest}`);
+    throw new ShellExpansionError(
+      `internal lexing of heredoc produced inconsistent results: ${rest}`,
+    );
   }
   const word = words[0] ?? '';
   const wordRaw = wordsRaw[0] ?? '';

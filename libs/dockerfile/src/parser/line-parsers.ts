@@ -62,7 +62,8 @@ export function parseWords(rest: string, escapeToken: string): string[] {
   let chWidth = 0;
   let word = '';
   // Go's WriteRune writes an invalid byte as U+FFFD.
-  const rune = (cp: number): string => (cp >= 0xd800 && cp <= 0xdfff ? '\ufffd' : String.fromCodePoint(cp));
+  const rune = (cp: number): string =>
+    cp >= 0xd800 && cp <= 0xdfff ? '\ufffd' : String.fromCodePoint(cp);
   const n = rest.length;
 
   for (let pos = 0; pos <= n; pos += chWidth) {
@@ -144,7 +145,9 @@ function parseNameVal(rest: string, key: string, escapeToken: string): Node | un
   for (const word of words) {
     const i = word.indexOf('=');
     if (i < 0) {
-      throw new LineParseError(`Syntax error - can't find = in ${goQuote(word)}. Must be of the form: name=value`);
+      throw new LineParseError(
+        `Syntax error - can't find = in ${goQuote(word)}. Must be of the form: name=value`,
+      );
     }
     const node = newKeyValueNode(word.slice(0, i), word.slice(i + 1), '=');
     if (root === undefined) root = node;
@@ -154,7 +157,10 @@ function parseNameVal(rest: string, key: string, escapeToken: string): Node | un
   return root;
 }
 
-export const parseEnv: LineParser = (rest, ctx) => ({ next: parseNameVal(rest, 'ENV', ctx.escapeToken), attrs: {} });
+export const parseEnv: LineParser = (rest, ctx) => ({
+  next: parseNameVal(rest, 'ENV', ctx.escapeToken),
+  attrs: {},
+});
 
 export const parseLabel: LineParser = (rest, ctx) => ({
   next: parseNameVal(rest, 'LABEL', ctx.escapeToken),

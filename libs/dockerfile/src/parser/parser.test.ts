@@ -102,7 +102,9 @@ RUN indented \\
 
 describe('directives', () => {
   it('reads syntax, escape and check at the top', () => {
-    const r = parse('# syntax=docker/dockerfile:1\n# escape=`\n#check=skip=all\nFROM a\nRUN b `\n  c\n');
+    const r = parse(
+      '# syntax=docker/dockerfile:1\n# escape=`\n#check=skip=all\nFROM a\nRUN b `\n  c\n',
+    );
     expect(r.escapeToken).toBe('`');
     expect(r.directives).toEqual([
       { name: 'syntax', value: 'docker/dockerfile:1', line: 1 },
@@ -204,7 +206,9 @@ describe('instructions', () => {
 
   it('strips a UTF-8 BOM on the first line only', () => {
     expect(dumpAst('\ufeffFROM a\n')).toBe('(from "a")');
-    expect(dumpAst(Uint8Array.from([0xef, 0xbb, 0xbf, ...encodeUtf8('FROM a\n')]))).toBe('(from "a")');
+    expect(dumpAst(Uint8Array.from([0xef, 0xbb, 0xbf, ...encodeUtf8('FROM a\n')]))).toBe(
+      '(from "a")',
+    );
   });
 
   it('reports errors of the line parsers with their lines', () => {
@@ -212,9 +216,13 @@ describe('instructions', () => {
     expect(env.message).toBe('ENV must have two arguments');
     expect([env.startLine, env.endLine]).toEqual([3, 4]);
     const label = parseError('FROM a\nLABEL a=b c\n');
-    expect(label.message).toBe('Syntax error - can\'t find = in "c". Must be of the form: name=value');
+    expect(label.message).toBe(
+      'Syntax error - can\'t find = in "c". Must be of the form: name=value',
+    );
     const json = parseError('FROM a\nCMD ["a", 1]\n');
-    expect(json.message).toBe('when using JSON array syntax, arrays must be comprised of strings only');
+    expect(json.message).toBe(
+      'when using JSON array syntax, arrays must be comprised of strings only',
+    );
     expect(json.startLine).toBe(2);
   });
 
@@ -235,7 +243,9 @@ describe('instructions', () => {
   });
 
   it('extracts flags like BuildKit, stopping at -- and the first argument', () => {
-    expect(dumpAst('COPY --a="x y" --b \'q\' -- --c d\n')).toBe('(copy ["--a=x y" "--b"] "\'q\'" "--" "--c" "d")');
+    expect(dumpAst('COPY --a="x y" --b \'q\' -- --c d\n')).toBe(
+      '(copy ["--a=x y" "--b"] "\'q\'" "--" "--c" "d")',
+    );
     expect(dumpAst('RUN --x=\\"y\\" z\n')).toBe('(run ["--x=\\"y\\""] "z")');
   });
 });
@@ -246,7 +256,9 @@ describe('JSON form edge cases, as Go encoding/json', () => {
   });
 
   it('rejects other non-string elements', () => {
-    expect(parseError('CMD ["a", 1e9]\n').message).toContain('arrays must be comprised of strings only');
+    expect(parseError('CMD ["a", 1e9]\n').message).toContain(
+      'arrays must be comprised of strings only',
+    );
   });
 
   it('falls back to the shell form beyond 10000 nested arrays', () => {

@@ -9,7 +9,11 @@ import { decodeUtf8, encodeUtf8, utf8Length } from '../go/utf8.js';
 import { ShellExpansionError } from '../shell/shell-error.js';
 import { DirectiveError, DirectiveParser } from './directives.js';
 import type { Directive } from './directives.js';
-import { HEREDOC_COMPOUND_INSTRUCTIONS, HEREDOC_INSTRUCTIONS, heredocsFromLine } from './heredoc.js';
+import {
+  HEREDOC_COMPOUND_INSTRUCTIONS,
+  HEREDOC_INSTRUCTIONS,
+  heredocsFromLine,
+} from './heredoc.js';
 import {
   LineParseError,
   parseEnv,
@@ -148,7 +152,11 @@ function trimContinuationCharacter(line: string, d: ParseDirectives): [string, b
 }
 
 /** Trims the newline (and leading blanks), looks for a directive, drops a comment line's text. */
-function processLine(d: ParseDirectives, token: string, stripLeftWhitespace: boolean): [string, boolean] {
+function processLine(
+  d: ParseDirectives,
+  token: string,
+  stripLeftWhitespace: boolean,
+): [string, boolean] {
   let t = trimNewline(token);
   if (stripLeftWhitespace) t = trimLeftSpace(t);
   const directiveOk = d.possibleParserDirective(t);
@@ -195,7 +203,11 @@ function withLocation(err: unknown, start: number, end: number): DockerfileError
   }
   // Anything else is a bug in the port; keep it visible as the cause of a typed error.
   const message = err instanceof Error ? err.message : String(err);
-  return new DockerfileError(`internal parser error: ${message}`, { startLine: start, endLine: end, cause: err });
+  return new DockerfileError(`internal parser error: ${message}`, {
+    startLine: start,
+    endLine: end,
+    cause: err,
+  });
 }
 
 /**

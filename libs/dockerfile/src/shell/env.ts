@@ -8,7 +8,8 @@ export interface EnvGetter {
 }
 
 /** What the lexer accepts as an environment. */
-export type EnvLike = EnvGetter | readonly string[] | ReadonlyMap<string, string> | Record<string, string>;
+export type EnvLike =
+  EnvGetter | readonly string[] | ReadonlyMap<string, string> | Record<string, string>;
 
 /** BuildKit's `BuildEnvs`: `KEY=value` entries (a bare `KEY` is empty), later entries override. */
 export function envFromList(env: readonly string[]): EnvGetter {
@@ -30,7 +31,11 @@ export function envFromMap(m: ReadonlyMap<string, string>): EnvGetter {
 export const emptyEnv: EnvGetter = { get: () => undefined, keys: () => [] };
 
 function isEnvGetter(env: EnvLike): env is EnvGetter {
-  return typeof (env as Partial<EnvGetter>).get === 'function' && typeof (env as Partial<EnvGetter>).keys === 'function' && !(env instanceof Map);
+  return (
+    typeof (env as Partial<EnvGetter>).get === 'function' &&
+    typeof (env as Partial<EnvGetter>).keys === 'function' &&
+    !(env instanceof Map)
+  );
 }
 
 /** Normalises any accepted environment into an EnvGetter. */

@@ -145,8 +145,18 @@ const matchCases: MatchCase[] = [
   { input: '${FOO%%\\**}', envs: { FOO: 'xx**' }, expected: 'xx', matches: ['FOO'] },
   { input: '${FOO#*x*y}', envs: { FOO: 'xxyy' }, expected: 'y', matches: ['FOO'] },
   { input: '${FOO#*}', envs: { FOO: 'xxyy' }, expected: 'xxyy', matches: ['FOO'] },
-  { input: '${FOO#$BAR}', envs: { FOO: 'xxyy', BAR: 'x' }, expected: 'xyy', matches: ['FOO', 'BAR'] },
-  { input: '${FOO#$BAR}', envs: { FOO: 'xxyy', BAR: '' }, expected: 'xxyy', matches: ['FOO', 'BAR'] },
+  {
+    input: '${FOO#$BAR}',
+    envs: { FOO: 'xxyy', BAR: 'x' },
+    expected: 'xyy',
+    matches: ['FOO', 'BAR'],
+  },
+  {
+    input: '${FOO#$BAR}',
+    envs: { FOO: 'xxyy', BAR: '' },
+    expected: 'xxyy',
+    matches: ['FOO', 'BAR'],
+  },
   { input: '${FOO#}', envs: { FOO: 'xxyy' }, expected: 'xxyy', matches: ['FOO'] },
   { input: '${FOO##*x}', envs: { FOO: 'xxyy' }, expected: 'yy', matches: ['FOO'] },
   { input: '${FOO##}', envs: { FOO: 'xxyy' }, expected: 'xxyy', matches: ['FOO'] },
@@ -160,7 +170,12 @@ const matchCases: MatchCase[] = [
   },
   { input: '${FOO%%\\**\\*}', envs: { FOO: 'a***yy*' }, expected: 'a', matches: ['FOO'] },
   { input: '${FOO%}', envs: { FOO: 'xxyy' }, expected: 'xxyy', matches: ['FOO'] },
-  { input: '${FOO%%$BAR}', envs: { FOO: 'xxyy', BAR: '' }, expected: 'xxyy', matches: ['FOO', 'BAR'] },
+  {
+    input: '${FOO%%$BAR}',
+    envs: { FOO: 'xxyy', BAR: '' },
+    expected: 'xxyy',
+    matches: ['FOO', 'BAR'],
+  },
   {
     input: '${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}',
     envs: { FOO: '/foo*/*/*.txt', NEEDLE: '\\*/' },
@@ -185,8 +200,18 @@ const matchCases: MatchCase[] = [
     expected: 'https://google.de',
     matches: ['FOO', 'NEEDLE', 'REPLACEMENT'],
   },
-  { input: '${FOO//\\//\\/}', envs: { FOO: '/tmp/foo.txt' }, expected: String.raw`\/tmp\/foo.txt`, matches: ['FOO'] },
-  { input: '${FOO/$BAR/ww}', envs: { FOO: 'xxyy', BAR: '' }, expected: 'wwxxyy', matches: ['FOO', 'BAR'] },
+  {
+    input: '${FOO//\\//\\/}',
+    envs: { FOO: '/tmp/foo.txt' },
+    expected: String.raw`\/tmp\/foo.txt`,
+    matches: ['FOO'],
+  },
+  {
+    input: '${FOO/$BAR/ww}',
+    envs: { FOO: 'xxyy', BAR: '' },
+    expected: 'wwxxyy',
+    matches: ['FOO', 'BAR'],
+  },
   { input: '${FOO//ww}', envs: { FOO: 'xxyy' }, expectedErr: true },
   { input: '${FOO//}', envs: { FOO: 'xxyy' }, expectedErr: true },
   { input: '${FOO///}', envs: { FOO: 'xxyy' }, expected: 'xxyy', matches: ['FOO'] },
@@ -210,12 +235,17 @@ describe('processWordWithMatches', () => {
   });
 
   it('expands a release file name', () => {
-    const release = 'something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz';
+    const release =
+      'something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz';
     const env = { VERSION: 'v1.2.3', TARGETOS: 'linux', TARGETARCH: 'arm', TARGETVARIANT: 'v7' };
     const r = lex.processWordWithMatches(release, env);
     expect(r.result).toBe('something-v1.2.3.linux-arm-v7.tar.gz');
     expect(r.unmatched.size).toBe(0);
-    const r2 = lex.processWordWithMatches(release, { ...env, TARGETARCH: 'amd64', TARGETVARIANT: '' });
+    const r2 = lex.processWordWithMatches(release, {
+      ...env,
+      TARGETARCH: 'amd64',
+      TARGETVARIANT: '',
+    });
     expect(r2.result).toBe('something-v1.2.3.linux-amd64.tar.gz');
   });
 });
@@ -223,7 +253,9 @@ describe('processWordWithMatches', () => {
 describe('ShellLex options and edge cases', () => {
   it('wraps errors as BuildKit does', () => {
     const lex = new ShellLex();
-    expect(() => lex.processWord('he${}xx', [])).toThrow('failed to process "he${}xx": syntax error: bad substitution');
+    expect(() => lex.processWord('he${}xx', [])).toThrow(
+      'failed to process "he${}xx": syntax error: bad substitution',
+    );
     expect(() => lex.processWord('${aaa', [])).toThrow(/unsupported modifier/);
     expect(() => lex.processWord('${aaa:-bbb', [])).toThrow("syntax error: missing '}'");
     expect(() => lex.processWord("'abc", [])).toThrow('looking for matching single-quote');
@@ -255,7 +287,9 @@ describe('ShellLex options and edge cases', () => {
 
   it('leaves unset variables as written with skipUnsetEnv', () => {
     const lex = new ShellLex('\\', { skipUnsetEnv: true });
-    expect(lex.processWord('$A ${B} ${C:-x} ${D/a/b} $E', ['E=e'])).toBe('$A ${B} ${C:-x} ${D/a/b} e');
+    expect(lex.processWord('$A ${B} ${C:-x} ${D/a/b} $E', ['E=e'])).toBe(
+      '$A ${B} ${C:-x} ${D/a/b} e',
+    );
     // Even an unsupported modifier survives when the variable is unset.
     expect(lex.processWord('${X:Y}', [])).toBe('${X:Y}');
   });
@@ -274,7 +308,12 @@ describe('ShellLex options and edge cases', () => {
 
   it('keeps a heredoc operator with its word', () => {
     const lex = new ShellLex('\\', { rawQuotes: true, rawEscapes: true, skipUnsetEnv: true });
-    expect(lex.processWords('RUN <<  EOF  > foo', emptyEnv)).toEqual(['RUN', '<<  EOF', '>', 'foo']);
+    expect(lex.processWords('RUN <<  EOF  > foo', emptyEnv)).toEqual([
+      'RUN',
+      '<<  EOF',
+      '>',
+      'foo',
+    ]);
     expect(lex.processWords('cat a<b', emptyEnv)).toEqual(['cat', 'a<b']);
   });
 

@@ -212,7 +212,9 @@ class ShellWord {
       result += runeString(ch);
     }
     if (stopChar !== EOF) {
-      throw new LexError(`unexpected end of statement while looking for matching ${runeString(stopChar)}`);
+      throw new LexError(
+        `unexpected end of statement while looking for matching ${runeString(stopChar)}`,
+      );
     }
     return [result, words.getWords()];
   }
@@ -224,7 +226,8 @@ class ShellWord {
     if (this.lex.rawQuotes) result += runeString(ch);
     for (;;) {
       ch = this.scanner.next();
-      if (ch === EOF) throw new LexError('unexpected end of statement while looking for matching single-quote');
+      if (ch === EOF)
+        throw new LexError('unexpected end of statement while looking for matching single-quote');
       if (ch === CH_SQUOTE) {
         if (this.lex.rawQuotes) result += runeString(ch);
         return result;
@@ -242,7 +245,8 @@ class ShellWord {
     const esc = this.lex.escapeCodePoint;
     for (;;) {
       const peek = this.scanner.peek();
-      if (peek === EOF) throw new LexError('unexpected end of statement while looking for matching double-quote');
+      if (peek === EOF)
+        throw new LexError('unexpected end of statement while looking for matching double-quote');
       if (peek === CH_DQUOTE) {
         const ch = this.scanner.next();
         if (this.lex.rawQuotes) result += runeString(ch);
@@ -336,7 +340,8 @@ class ShellWord {
 
     const modifier = runeString(ch);
     const rawEscapes = modifier === '#' || modifier === '%';
-    if (nullIsUnset && rawEscapes) throw new LexError(`unsupported modifier (${chs}) in substitution`);
+    if (nullIsUnset && rawEscapes)
+      throw new LexError(`unsupported modifier (${chs}) in substitution`);
     let word = this.stopOnOrMissing(CH_RBRACE, rawEscapes, "syntax error: missing '}'");
 
     const [value, set] = this.getEnv(name);
@@ -348,7 +353,8 @@ class ShellWord {
       case '+':
         return !set || (nullIsUnset && value === '') ? '' : word;
       case '?':
-        if (!set) throw new LexError(`${name}: ${word !== '' ? word : 'is not allowed to be unset'}`);
+        if (!set)
+          throw new LexError(`${name}: ${word !== '' ? word : 'is not allowed to be unset'}`);
         if (nullIsUnset && value === '') {
           throw new LexError(`${name}: ${word !== '' ? word : 'is not allowed to be empty'}`);
         }
@@ -362,7 +368,9 @@ class ShellWord {
           word = word.slice(1);
         }
         try {
-          return modifier === '%' ? trimSuffix(word, value, greedy) : trimPrefix(word, value, greedy);
+          return modifier === '%'
+            ? trimSuffix(word, value, greedy)
+            : trimPrefix(word, value, greedy);
         } catch (err) {
           throw new LexError(err instanceof Error ? err.message : String(err));
         }
@@ -457,7 +465,9 @@ export class ShellLex {
       return { result, words, matched: sw.matches, unmatched: sw.nonmatches };
     } catch (err) {
       if (err instanceof LexError) {
-        throw new ShellExpansionError(`failed to process ${goQuote(word)}: ${err.message}`, { cause: err });
+        throw new ShellExpansionError(`failed to process ${goQuote(word)}: ${err.message}`, {
+          cause: err,
+        });
       }
       throw err;
     }

@@ -14,7 +14,11 @@ const ANY = '[^\\n]';
  * Converts a shell pattern to an equivalent RegExp (flags `u`). `\` escapes `*`, `?` and `\`; before
  * `}` or `/` it only protected the `${}` syntax and is dropped; any other escape is invalid.
  */
-export function convertShellPatternToRegex(pattern: string, greedy: boolean, anchored: boolean): RegExp {
+export function convertShellPatternToRegex(
+  pattern: string,
+  greedy: boolean,
+  anchored: boolean,
+): RegExp {
   const runes = [...pattern];
   let out = anchored ? '^' : '';
   const star = greedy ? `${ANY}*` : `${ANY}*?`;
@@ -68,7 +72,7 @@ export function reversePattern(pattern: string): string {
   const runes = [...pattern];
   const out = new Array<string>(runes.length).fill('');
   const lastIdx = runes.length - 1;
-  for (let i = 0; i <= lastIdx; ) {
+  for (let i = 0; i <= lastIdx;) {
     const tok = runes[i] ?? '';
     const outIdx = lastIdx - i;
     if (tok === '\\' && i !== lastIdx) {

@@ -24,7 +24,8 @@ function envVarCases(): EnvCase[] {
     const parts = line.split('|');
     if (parts.length !== 3) throw new Error(`envVarTest line ${i + 1}: want 3 fields`);
     const [platform, source, expected] = parts.map((p) => p.trim()) as [string, string, string];
-    if (!['A', 'U', 'W'].includes(platform)) throw new Error(`envVarTest line ${i + 1}: bad tag ${platform}`);
+    if (!['A', 'U', 'W'].includes(platform))
+      throw new Error(`envVarTest line ${i + 1}: bad tag ${platform}`);
     // W lines describe Windows only; Kiln targets Linux like BuildKit's unix run.
     if (platform === 'W') return;
     out.push({ lineNo: i + 1, source, expected });
@@ -43,7 +44,10 @@ describe('BuildKit shell envVarTest', () => {
 
   it.each(cases)('line $lineNo: $source', ({ source, expected }) => {
     const lex = new ShellLex('\\');
-    for (const env of [envs, new Map(envs.map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)]))]) {
+    for (const env of [
+      envs,
+      new Map(envs.map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)])),
+    ]) {
       if (expected === 'error') {
         expect(() => lex.processWord(source, env)).toThrow(ShellExpansionError);
       } else {

@@ -22,7 +22,8 @@ export function buildkitDataPath(...parts: string[]): string {
 
 /** The case directories under a data directory, sorted; fails loudly when the data is missing. */
 export function caseDirs(dir: string): string[] {
-  if (!existsSync(dir)) throw new Error(`conformance data not found at ${dir} (set KILN_CONFORMANCE_DIR)`);
+  if (!existsSync(dir))
+    throw new Error(`conformance data not found at ${dir} (set KILN_CONFORMANCE_DIR)`);
   return readdirSync(dir, { withFileTypes: true })
     .filter((e) => e.isDirectory())
     .map((e) => e.name)

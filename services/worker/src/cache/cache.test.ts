@@ -62,14 +62,18 @@ describe('content checksums', () => {
     // Both resolve to the root itself, so they hash like the root.
     const whole = await checksum(root, '/');
     expect(await checksum(root, '/escape', { followLinks: true })).toBe(whole);
-    await expect(checksum(root, '/up/passwd', { followLinks: true })).rejects.toBeInstanceOf(ChecksumError);
+    await expect(checksum(root, '/up/passwd', { followLinks: true })).rejects.toBeInstanceOf(
+      ChecksumError,
+    );
   });
 });
 
 describe('cache keys', () => {
   const ctx = local('context');
   const def = (src: string) =>
-    parseDefinition(marshal(image('busybox').file(copy(ctx, src, '/app/')), { platform: LinuxAmd64 }).toBytes());
+    parseDefinition(
+      marshal(image('busybox').file(copy(ctx, src, '/app/')), { platform: LinuxAmd64 }).toBytes(),
+    );
 
   it('key a COPY source by content of its selector and the target by its key', () => {
     const g = def('/package.json');
@@ -84,7 +88,9 @@ describe('cache keys', () => {
     const a = def('/package.json');
     const opA = a.ops.get(a.result.digest)!.op;
     const b = parseDefinition(
-      marshal(image('alpine').file(copy(local('other'), '/package.json', '/app/')), { platform: LinuxAmd64 }).toBytes(),
+      marshal(image('alpine').file(copy(local('other'), '/package.json', '/app/')), {
+        platform: LinuxAmd64,
+      }).toBytes(),
     );
     const opB = b.ops.get(b.result.digest)!.op;
     expect(opCacheDigest(opA)).toBe(opCacheDigest(opB));

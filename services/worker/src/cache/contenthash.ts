@@ -50,7 +50,11 @@ async function fileDigest(path: string): Promise<string> {
 }
 
 /** Resolves `rel` inside `root`, following symlinks within the root; `..` never climbs above it. */
-export async function resolveInside(root: string, rel: string, followFinal: boolean): Promise<string> {
+export async function resolveInside(
+  root: string,
+  rel: string,
+  followFinal: boolean,
+): Promise<string> {
   const parts = posix.normalize(`/${rel}`).split('/').filter(Boolean);
   let cur = '/';
   let hops = 0;
@@ -79,7 +83,12 @@ export async function resolveInside(root: string, rel: string, followFinal: bool
   return cur;
 }
 
-async function entryDigest(root: string, abs: string, rel: string, opts: ChecksumOptions): Promise<string | undefined> {
+async function entryDigest(
+  root: string,
+  abs: string,
+  rel: string,
+  opts: ChecksumOptions,
+): Promise<string | undefined> {
   let st: Stats;
   try {
     st = await lstat(root + abs);
@@ -149,7 +158,11 @@ async function expandWildcard(root: string, pattern: string): Promise<string[]> 
 }
 
 /** The checksum of `selector` (a path, or a wildcard pattern) inside `root`. */
-export async function checksum(root: string, selector: string, opts: ChecksumOptions = {}): Promise<string> {
+export async function checksum(
+  root: string,
+  selector: string,
+  opts: ChecksumOptions = {},
+): Promise<string> {
   const sel = selector === '' ? '/' : selector;
   if (opts.wildcard && /[*?[]/.test(sel)) {
     const matches = await expandWildcard(root, sel);

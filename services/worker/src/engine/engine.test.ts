@@ -16,7 +16,8 @@ let state: string;
 let ctxDir: string;
 
 beforeAll(async () => {
-  if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  if (!fixture)
+    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
   state = await mkdtemp(join(tmpdir(), 'kiln-engine-'));
   ctxDir = await mkdtemp(join(tmpdir(), 'kiln-ctx-'));
   await writeFile(join(ctxDir, 'package.json'), '{"name":"app"}\n');
@@ -43,7 +44,9 @@ function twoStage(): State {
     .file(copy(ctx, '/src', '/app/src', { createDestPath: true }))
     .run({ shlex: 'sh -c "sh /app/src/main.sh > /app/out.txt"' })
     .root();
-  return base.file(copy(build, '/app', '/final', { copyDirContentsOnly: true, createDestPath: true }));
+  return base.file(
+    copy(build, '/app', '/final', { copyDirContentsOnly: true, createDestPath: true }),
+  );
 }
 
 describe('Engine', () => {
@@ -64,14 +67,18 @@ describe('Engine', () => {
   });
 
   it('answers an unchanged rerun from the cache on every vertex', async () => {
-    const res = await engine.solve(def(twoStage()), { session: { localDirs: { context: ctxDir } } });
+    const res = await engine.solve(def(twoStage()), {
+      session: { localDirs: { context: ctxDir } },
+    });
     expect(res.stats.executed).toBe(0);
     expect(res.stats.cached).toBeGreaterThan(0);
   });
 
   it('reruns only what reads a changed context file', async () => {
     await writeFile(join(ctxDir, 'notes.txt'), 'changed, but nothing copies it\n');
-    const same = await engine.solve(def(twoStage()), { session: { localDirs: { context: ctxDir } } });
+    const same = await engine.solve(def(twoStage()), {
+      session: { localDirs: { context: ctxDir } },
+    });
     // The context source itself is re-read (its content changed), nothing that depends on it reruns.
     expect(same.stats.executed).toBe(1);
 
@@ -81,7 +88,9 @@ describe('Engine', () => {
       session: { localDirs: { context: ctxDir } },
       onProgress: (e) => events.push(e),
     });
-    const ran = events.filter((e) => e.type === 'vertex.started').map((e) => (e as { name: string }).name);
+    const ran = events
+      .filter((e) => e.type === 'vertex.started')
+      .map((e) => (e as { name: string }).name);
     expect(ran).not.toContain('sh -c cat /app/package.json > /app/deps.txt');
     expect(ran).toContain('sh -c sh /app/src/main.sh > /app/out.txt');
     await engine.read(res.snapshot, async (dir) => {
@@ -117,7 +126,9 @@ describe('Engine', () => {
   });
 
   it('fails a local source the session does not provide with a typed error', async () => {
-    await expect(engine.solve(def(image(fixture!).file(copy(local('missing'), '/x', '/x'))))).rejects.toMatchObject({
+    await expect(
+      engine.solve(def(image(fixture!).file(copy(local('missing'), '/x', '/x')))),
+    ).rejects.toMatchObject({
       code: 'LOCAL_NOT_FOUND',
     });
   });

@@ -25,7 +25,12 @@ import { KvFile } from '../solver/kv-file.js';
 import { LocalSolver } from '../solver/solver.js';
 import type { SolveOptions, SolveResult } from '../solver/solver.js';
 import { PatternMatcher } from '../fs/patterns.js';
-import { buildImage, exportImageTarballFile, exportLocal, exportTarFile } from '../exporters/export.js';
+import {
+  buildImage,
+  exportImageTarballFile,
+  exportLocal,
+  exportTarFile,
+} from '../exporters/export.js';
 import type { BuiltImage } from '../exporters/export.js';
 import { LayerCache } from '../exporters/layers.js';
 import { ExecExecutor } from './executors/exec.js';
@@ -68,8 +73,14 @@ export class Engine {
     await rm(tmpDir, { recursive: true, force: true });
     await mkdir(tmpDir, { recursive: true });
     const store = o.store ?? new FsBlobStore({ root: join(o.stateDir, 'content') });
-    const snapshotter = await openSnapshotter({ root: join(o.stateDir, 'snapshots'), backend: o.snapshotter ?? 'auto' });
-    const runtime = await OciRuntime.open({ stateDir: join(o.stateDir, 'exec'), runtime: o.runtime ?? 'auto' });
+    const snapshotter = await openSnapshotter({
+      root: join(o.stateDir, 'snapshots'),
+      backend: o.snapshotter ?? 'auto',
+    });
+    const runtime = await OciRuntime.open({
+      stateDir: join(o.stateDir, 'exec'),
+      runtime: o.runtime ?? 'auto',
+    });
     const client = new RegistryClient(o.registry ?? {});
     const images = new ImageSource({ client, store });
     const metadata = new ImageMetadataResolver(images);
@@ -89,15 +100,24 @@ export class Engine {
       checksumMemo,
       read: (snap, fn) => readSnapshot(env, snap, fn),
       checksum: (dir, dep) => {
-        const inc = dep.includePatterns.length ? new PatternMatcher(dep.includePatterns) : undefined;
-        const exc = dep.excludePatterns.length ? new PatternMatcher(dep.excludePatterns) : undefined;
+        const inc = dep.includePatterns.length
+          ? new PatternMatcher(dep.includePatterns)
+          : undefined;
+        const exc = dep.excludePatterns.length
+          ? new PatternMatcher(dep.excludePatterns)
+          : undefined;
         const filter =
           inc || exc
-            ? (rel: string): boolean => !exc?.matchesOrParentMatches(rel) && (!inc || inc.matchesOrParentMatches(rel))
+            ? (rel: string): boolean =>
+                !exc?.matchesOrParentMatches(rel) && (!inc || inc.matchesOrParentMatches(rel))
             : undefined;
         return Promise.all(
           dep.selectors.map((sel) =>
-            checksum(dir, sel, { wildcard: dep.wildcard, followLinks: dep.followLinks, ...(filter ? { filter } : {}) }),
+            checksum(dir, sel, {
+              wildcard: dep.wildcard,
+              followLinks: dep.followLinks,
+              ...(filter ? { filter } : {}),
+            }),
           ),
         ).then((parts) => parts.join(','));
       },
@@ -108,7 +128,17 @@ export class Engine {
         ),
       ...(o.parallelism !== undefined ? { parallelism: o.parallelism } : {}),
     });
-    return new Engine(o.stateDir, store, snapshotter, runtime, images, metadata, solver, env, layers);
+    return new Engine(
+      o.stateDir,
+      store,
+      snapshotter,
+      runtime,
+      images,
+      metadata,
+      solver,
+      env,
+      layers,
+    );
   }
 
   /** Solves a marshaled Definition (or a loaded one) on this machine. */
@@ -131,7 +161,13 @@ export class Engine {
       case 'oci':
       case 'docker': {
         const img = await this.buildImage(snapshot, spec.config);
-        return exportImageTarballFile(this.store, { image: img }, spec.type, spec.names ?? [], spec.dest);
+        return exportImageTarballFile(
+          this.store,
+          { image: img },
+          spec.type,
+          spec.names ?? [],
+          spec.dest,
+        );
       }
     }
   }
@@ -141,11 +177,16 @@ export class Engine {
    * manifests), as a multi-platform `--output type=oci` does.
    */
   async exportMultiPlatform(
-    results: { snapshot: string | undefined; config: Record<string, unknown>; platform: { os: string; architecture: string; variant?: string } }[],
+    results: {
+      snapshot: string | undefined;
+      config: Record<string, unknown>;
+      platform: { os: string; architecture: string; variant?: string };
+    }[],
     spec: { type: 'oci' | 'docker'; dest: string; names?: string[] },
   ): Promise<void> {
     const images = [];
-    for (const r of results) images.push({ image: await this.buildImage(r.snapshot, r.config), platform: r.platform });
+    for (const r of results)
+      images.push({ image: await this.buildImage(r.snapshot, r.config), platform: r.platform });
     await exportImageTarballFile(this.store, images, spec.type, spec.names ?? [], spec.dest);
   }
 

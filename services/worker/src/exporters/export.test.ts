@@ -19,7 +19,8 @@ let out: string;
 let snapshot: string | undefined;
 
 beforeAll(async () => {
-  if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  if (!fixture)
+    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
   state = await mkdtemp(join(tmpdir(), 'kiln-export-'));
   out = await mkdtemp(join(tmpdir(), 'kiln-export-out-'));
   engine = await Engine.open({ stateDir: state });
@@ -69,7 +70,9 @@ describe('exporters', () => {
     const { stdout } = await run('skopeo', ['inspect', '--raw', `oci-archive:${dest}:1`]);
     const manifest = JSON.parse(stdout) as { layers: { digest: string }[] };
     expect(manifest.layers.length).toBeGreaterThanOrEqual(3); // busybox + exec + file
-    const cfg = JSON.parse((await run('skopeo', ['inspect', '--config', `oci-archive:${dest}:1`])).stdout) as {
+    const cfg = JSON.parse(
+      (await run('skopeo', ['inspect', '--config', `oci-archive:${dest}:1`])).stdout,
+    ) as {
       config: { Cmd: string[] };
       rootfs: { diff_ids: string[] };
     };

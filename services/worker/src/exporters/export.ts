@@ -54,20 +54,34 @@ async function atomicFile(dest: string, produce: (out: Writable) => Promise<void
   }
 }
 
-export async function exportLocal(env: SnapshotEnv, snapshot: string | undefined, dest: string): Promise<void> {
+export async function exportLocal(
+  env: SnapshotEnv,
+  snapshot: string | undefined,
+  dest: string,
+): Promise<void> {
   await mkdir(dest, { recursive: true });
-  await readSnapshot(env, snapshot, (dir) => copyPath(dir, '/', dest, '/', { copyDirContents: true }));
+  await readSnapshot(env, snapshot, (dir) =>
+    copyPath(dir, '/', dest, '/', { copyDirContents: true }),
+  );
 }
 
 /** The result's files as a tar stream written to `out`. */
-export async function exportTar(env: SnapshotEnv, snapshot: string | undefined, out: Writable): Promise<void> {
+export async function exportTar(
+  env: SnapshotEnv,
+  snapshot: string | undefined,
+  out: Writable,
+): Promise<void> {
   await readSnapshot(env, snapshot, async (dir) => {
     const layer = diffLayer({ kind: 'compare', newDir: dir }, { compression: 'none' });
     await Promise.all([pipeline(layer.stream, out), layer.done]);
   });
 }
 
-export async function exportTarFile(env: SnapshotEnv, snapshot: string | undefined, dest: string): Promise<void> {
+export async function exportTarFile(
+  env: SnapshotEnv,
+  snapshot: string | undefined,
+  dest: string,
+): Promise<void> {
   await atomicFile(dest, (out) => exportTar(env, snapshot, out));
 }
 
@@ -88,12 +102,23 @@ export async function buildImage(
   img: ImageConfigInput,
 ): Promise<BuiltImage> {
   const recs = await layers.chainLayers(env, store, snapshot);
-  const config = { ...img.config, rootfs: { type: 'layers', diff_ids: recs.map((l) => l.diffID) } } as Record<string, unknown>;
-  const history = Array.isArray(config.history) ? (config.history as { empty_layer?: boolean }[]) : [];
+  const config = {
+    ...img.config,
+    rootfs: { type: 'layers', diff_ids: recs.map((l) => l.diffID) },
+  } as Record<string, unknown>;
+  const history = Array.isArray(config.history)
+    ? (config.history as { empty_layer?: boolean }[])
+    : [];
   const nonEmpty = history.filter((h) => !h.empty_layer).length;
   // Keep history consistent with the layers (BuildKit does the same when they disagree).
   if (nonEmpty < recs.length) {
-    config.history = [...history, ...Array.from({ length: recs.length - nonEmpty }, () => ({ created_by: 'kiln', comment: 'layer' }))];
+    config.history = [
+      ...history,
+      ...Array.from({ length: recs.length - nonEmpty }, () => ({
+        created_by: 'kiln',
+        comment: 'layer',
+      })),
+    ];
   }
   const configBytes = Buffer.from(JSON.stringify(config));
   const manifest = {
@@ -112,9 +137,16 @@ export async function buildImage(
   };
 }
 
-async function addBlob(pack: tar.Pack, name: string, data: Buffer | Readable, size: number): Promise<void> {
+async function addBlob(
+  pack: tar.Pack,
+  name: string,
+  data: Buffer | Readable,
+  size: number,
+): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    const entry = pack.entry({ name, size, mode: 0o644, mtime: new Date(0) }, (err) => (err ? reject(err) : resolve()));
+    const entry = pack.entry({ name, size, mode: 0o644, mtime: new Date(0) }, (err) =>
+      err ? reject(err) : resolve(),
+    );
     if (Buffer.isBuffer(data)) entry.end(data);
     else data.on('error', reject).pipe(entry);
   });
@@ -142,7 +174,9 @@ export async function exportImageTarball(
   const list = Array.isArray(images) ? images : [images];
   if (list.length === 0) throw new TypeError('exportImageTarball: no image');
   if (format === 'docker' && list.length > 1) {
-    throw new ExportError('the docker exporter holds one platform; use type=oci for a multi-platform image');
+    throw new ExportError(
+      'the docker exporter holds one platform; use type=oci for a multi-platform image',
+    );
   }
   const pack = tar.pack();
   const done = pipeline(pack, out);
@@ -159,7 +193,9 @@ export async function exportImageTarball(
     top = manifestDesc(list[0]!);
   } else {
     // The index of the platforms' manifests is itself a blob; index.json points at it.
-    const idx = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: list.map(manifestDesc) }));
+    const idx = Buffer.from(
+      JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: list.map(manifestDesc) }),
+    );
     const d = digestOf(idx);
     extra.push({ name: blob(d), data: idx });
     top = { mediaType: OCI_INDEX, digest: d, size: idx.length };
@@ -168,7 +204,15 @@ export async function exportImageTarball(
     schemaVersion: 2,
     mediaType: OCI_INDEX,
     manifests: (names.length ? names : ['']).map((n) =>
-      n ? { ...top, annotations: { 'io.containerd.image.name': n, 'org.opencontainers.image.ref.name': n.split(':').pop() } } : top,
+      n
+        ? {
+            ...top,
+            annotations: {
+              'io.containerd.image.name': n,
+              'org.opencontainers.image.ref.name': n.split(':').pop(),
+            },
+          }
+        : top,
     ),
   };
   try {
@@ -178,12 +222,22 @@ export async function exportImageTarball(
     if (format === 'docker') {
       const img = list[0]!.image;
       const m = Buffer.from(
-        JSON.stringify([{ Config: blob(img.configDigest), RepoTags: names, Layers: img.layers.map((l) => blob(l.digest)) }]),
+        JSON.stringify([
+          {
+            Config: blob(img.configDigest),
+            RepoTags: names,
+            Layers: img.layers.map((l) => blob(l.digest)),
+          },
+        ]),
       );
       await addBlob(pack, 'manifest.json', m, m.length);
     }
     const seen = new Set<string>();
-    const once = async (name: string, data: Buffer | (() => Promise<Readable>), size: number): Promise<void> => {
+    const once = async (
+      name: string,
+      data: Buffer | (() => Promise<Readable>),
+      size: number,
+    ): Promise<void> => {
       if (seen.has(name)) return;
       seen.add(name);
       await addBlob(pack, name, Buffer.isBuffer(data) ? data : await data(), size);
@@ -192,7 +246,8 @@ export async function exportImageTarball(
     for (const { image } of list) {
       await once(blob(image.manifestDigest), image.manifest, image.manifest.length);
       await once(blob(image.configDigest), image.config, image.config.length);
-      for (const l of image.layers) await once(blob(l.digest), () => store.get(l.digest as `sha256:${string}`), l.size);
+      for (const l of image.layers)
+        await once(blob(l.digest), () => store.get(l.digest as `sha256:${string}`), l.size);
     }
     pack.finalize();
   } catch (err) {
@@ -210,4 +265,3 @@ export async function exportImageTarballFile(
 ): Promise<void> {
   await atomicFile(dest, (out) => exportImageTarball(store, image, format, names, out));
 }
-

@@ -33,7 +33,8 @@ export class LayerCache {
       const data = JSON.parse(await readFile(file, 'utf8')) as Record<string, LayerRecord>;
       for (const [k, v] of Object.entries(data)) c.map.set(k, v);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && !(err instanceof SyntaxError)) throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && !(err instanceof SyntaxError))
+        throw err;
     }
     return c;
   }
@@ -67,7 +68,12 @@ export class LayerCache {
         } finally {
           await handle.release();
         }
-        const rec = { digest: desc.digest, diffID: desc.diffID, size: desc.size, mediaType: desc.mediaType };
+        const rec = {
+          digest: desc.digest,
+          diffID: desc.diffID,
+          size: desc.size,
+          mediaType: desc.mediaType,
+        };
         await this.set(snapshot, rec);
         return rec;
       })();
@@ -78,7 +84,11 @@ export class LayerCache {
   }
 
   /** The layers of a result snapshot, base first. */
-  async chainLayers(env: SnapshotEnv, store: BlobStore, snapshot: string | undefined): Promise<LayerRecord[]> {
+  async chainLayers(
+    env: SnapshotEnv,
+    store: BlobStore,
+    snapshot: string | undefined,
+  ): Promise<LayerRecord[]> {
     if (snapshot === undefined) return [];
     const chain = await snapshotChain(env, snapshot);
     return Promise.all(chain.map((s) => this.layerOf(env, store, s)));

@@ -48,7 +48,11 @@ export async function buildSnapshot(
 }
 
 /** Shows a committed snapshot (or the empty tree) read-only to `fn`. */
-export async function readSnapshot<T>(env: SnapshotEnv, snapshot: string | undefined, fn: (dir: string) => Promise<T>): Promise<T> {
+export async function readSnapshot<T>(
+  env: SnapshotEnv,
+  snapshot: string | undefined,
+  fn: (dir: string) => Promise<T>,
+): Promise<T> {
   if (snapshot === undefined) {
     await mkdir(env.tmpDir, { recursive: true });
     const empty = await mkdtemp(join(env.tmpDir, 'empty-'));
@@ -81,7 +85,11 @@ export async function snapshotChain(env: SnapshotEnv, name: string): Promise<str
  * Applies the changes of each snapshot in `chain` (each relative to its parent, whiteouts
  * included) onto `dir`, in order: the layer semantics of BuildKit's merge.
  */
-export async function applyChain(env: SnapshotEnv, chain: readonly string[], dir: string): Promise<void> {
+export async function applyChain(
+  env: SnapshotEnv,
+  chain: readonly string[],
+  dir: string,
+): Promise<void> {
   for (const s of chain) {
     const handle = await env.snapshotter.diffSource(s);
     try {

@@ -7,9 +7,23 @@ export type ProgressEvent =
   | { type: 'vertex.started'; digest: string; name: string; time: number }
   | { type: 'vertex.cached'; digest: string; name: string; time: number }
   | { type: 'vertex.completed'; digest: string; name: string; time: number; durationMs: number }
-  | { type: 'vertex.error'; digest: string; name: string; time: number; error: string; code: string }
+  | {
+      type: 'vertex.error';
+      digest: string;
+      name: string;
+      time: number;
+      error: string;
+      code: string;
+    }
   | { type: 'vertex.log'; digest: string; stream: 1 | 2; data: Uint8Array; time: number }
-  | { type: 'vertex.status'; digest: string; id: string; current: number; total?: number; time: number };
+  | {
+      type: 'vertex.status';
+      digest: string;
+      id: string;
+      current: number;
+      total?: number;
+      time: number;
+    };
 
 export type ProgressListener = (e: ProgressEvent) => void;
 

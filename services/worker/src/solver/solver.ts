@@ -61,7 +61,10 @@ export interface OpExecutor {
 }
 
 /** Reads a committed snapshot (or the empty tree) as a host directory for the duration of `fn`. */
-export type SnapshotReader = <T>(snapshot: string | undefined, fn: (dir: string) => Promise<T>) => Promise<T>;
+export type SnapshotReader = <T>(
+  snapshot: string | undefined,
+  fn: (dir: string) => Promise<T>,
+) => Promise<T>;
 
 /** Checksums paths of a directory for a content-based dep (see cache/contenthash). */
 export type DepChecksum = (dir: string, dep: DepSpec) => Promise<string>;
@@ -134,7 +137,10 @@ export class LocalSolver {
     this.slots = new Semaphore(o.parallelism ?? Math.max(1, cpus().length));
   }
 
-  async solve(definition: Uint8Array | LoadedDefinition, opts: SolveOptions = {}): Promise<SolveResult> {
+  async solve(
+    definition: Uint8Array | LoadedDefinition,
+    opts: SolveOptions = {},
+  ): Promise<SolveResult> {
     const g = definition instanceof Uint8Array ? parseDefinition(definition) : definition;
     const abort = new AbortController();
     const onOuterAbort = (): void => abort.abort(new SolveCanceledError(opts.signal?.reason));
@@ -148,7 +154,13 @@ export class LocalSolver {
     const resolve = (digest: string): Promise<Resolved> => {
       let p = memo.get(digest);
       if (!p) {
-        p = this.vertex(g.ops.get(digest)!, resolve, { emit, session, signal: abort.signal, noCache: opts.noCache ?? false, stats });
+        p = this.vertex(g.ops.get(digest)!, resolve, {
+          emit,
+          session,
+          signal: abort.signal,
+          noCache: opts.noCache ?? false,
+          stats,
+        });
         // A failure is reported once, by the first awaiter; siblings see the abort.
         p.catch((err: unknown) => {
           if (!abort.signal.aborted) abort.abort(err);
@@ -195,7 +207,12 @@ export class LocalSolver {
     const name = vertexName(v.op, v.metadata);
     const kind = opKind(v.op)!;
     const executor = this.o.executors[kind];
-    if (!executor) throw new VertexError(v.digest, name, new Error(`no executor for ${kind} ops on this worker`));
+    if (!executor)
+      throw new VertexError(
+        v.digest,
+        name,
+        new Error(`no executor for ${kind} ops on this worker`),
+      );
     if (s.signal.aborted) throw s.signal.reason;
     const ctx: ExecutorContext = {
       digest: v.digest,
@@ -204,7 +221,8 @@ export class LocalSolver {
       inputs: inputSnapshots,
       session: s.session,
       signal: s.signal,
-      log: (stream, data) => s.emit({ type: 'vertex.log', digest: v.digest, stream, data, time: Date.now() }),
+      log: (stream, data) =>
+        s.emit({ type: 'vertex.log', digest: v.digest, stream, data, time: Date.now() }),
     };
     try {
       const key = await this.cacheKey(v, kind, executor, ctx, inputKeys);
@@ -219,20 +237,43 @@ export class LocalSolver {
       }
       const started = Date.now();
       s.emit({ type: 'vertex.started', digest: v.digest, name, time: started });
-      const outputs = kind === 'exec' ? await this.slots.run(() => executor.exec(ctx)) : await executor.exec(ctx);
-      await this.o.index.set(key, outputs.map((o) => o ?? null));
+      const outputs =
+        kind === 'exec' ? await this.slots.run(() => executor.exec(ctx)) : await executor.exec(ctx);
+      await this.o.index.set(
+        key,
+        outputs.map((o) => o ?? null),
+      );
       s.stats.executed++;
-      s.emit({ type: 'vertex.completed', digest: v.digest, name, time: Date.now(), durationMs: Date.now() - started });
+      s.emit({
+        type: 'vertex.completed',
+        digest: v.digest,
+        name,
+        time: Date.now(),
+        durationMs: Date.now() - started,
+      });
       return { key, outputs };
     } catch (err) {
       if (s.signal.aborted && !(err instanceof VertexError)) throw s.signal.reason;
       const ve = err instanceof VertexError ? err : new VertexError(v.digest, name, err);
-      s.emit({ type: 'vertex.error', digest: v.digest, name, time: Date.now(), error: ve.message, code: ve.code });
+      s.emit({
+        type: 'vertex.error',
+        digest: v.digest,
+        name,
+        time: Date.now(),
+        error: ve.message,
+        code: ve.code,
+      });
       throw ve;
     }
   }
 
-  private async cacheKey(v: LoadedOp, kind: OpKind, ex: OpExecutor, ctx: ExecutorContext, inputKeys: string[]): Promise<string> {
+  private async cacheKey(
+    v: LoadedOp,
+    kind: OpKind,
+    ex: OpExecutor,
+    ctx: ExecutorContext,
+    inputKeys: string[],
+  ): Promise<string> {
     if (kind === 'source') {
       if (!ex.pin) throw new Error('source executor cannot pin');
       return sourceCacheKey(sourceOpDigest(v.op), await ex.pin(ctx));

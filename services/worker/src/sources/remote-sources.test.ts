@@ -65,7 +65,8 @@ beforeAll(async () => {
   await mkdir(join(src, 'sub'), { recursive: true });
   await writeFile(join(src, 'README.md'), 'readme v1\n');
   await writeFile(join(src, 'sub', 'inner.txt'), 'inner\n');
-  const g = (...args: string[]) => run('git', ['-C', src, '-c', 'user.email=t@t', '-c', 'user.name=t', ...args]);
+  const g = (...args: string[]) =>
+    run('git', ['-C', src, '-c', 'user.email=t@t', '-c', 'user.name=t', ...args]);
   await run('git', ['init', '-q', '-b', 'main', src]);
   await g('add', '.');
   await g('commit', '-q', '-m', 'one');
@@ -78,9 +79,21 @@ beforeAll(async () => {
   const pa = probe.address();
   const port = typeof pa === 'object' && pa ? pa.port : 0;
   await new Promise<void>((r) => probe.close(() => r()));
-  daemon = spawn('git', ['daemon', '--reuseaddr', '--export-all', `--base-path=${repos}`, '--listen=127.0.0.1', `--port=${port}`, repos], {
-    stdio: 'ignore',
-  });
+  daemon = spawn(
+    'git',
+    [
+      'daemon',
+      '--reuseaddr',
+      '--export-all',
+      `--base-path=${repos}`,
+      '--listen=127.0.0.1',
+      `--port=${port}`,
+      repos,
+    ],
+    {
+      stdio: 'ignore',
+    },
+  );
   await waitPort(port);
   gitBase = `git://127.0.0.1:${port}`;
 }, 60_000);
@@ -123,7 +136,9 @@ describe('http source', () => {
     expect(hits).toBe(before);
     const bad = http(`${httpBase}/other`, { checksum: `sha256:${'0'.repeat(64)}` });
     await expect(engine.solve(def(bad))).rejects.toMatchObject({ code: 'HTTP_CHECKSUM_MISMATCH' });
-    await expect(engine.solve(def(http(`${httpBase}/missing`)))).rejects.toMatchObject({ code: 'HTTP_FAILED' });
+    await expect(engine.solve(def(http(`${httpBase}/missing`)))).rejects.toMatchObject({
+      code: 'HTTP_FAILED',
+    });
   });
 });
 
@@ -149,7 +164,18 @@ describe('git source', () => {
     expect((await engine.solve(def(st))).stats.executed).toBe(0);
     const src = join(work, 'src');
     await writeFile(join(src, 'README.md'), 'readme v2\n');
-    await run('git', ['-C', src, '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-q', '-am', 'two']);
+    await run('git', [
+      '-C',
+      src,
+      '-c',
+      'user.email=t@t',
+      '-c',
+      'user.name=t',
+      'commit',
+      '-q',
+      '-am',
+      'two',
+    ]);
     await run('git', ['-C', src, 'push', '-q', join(work, 'repos', 'repo.git'), 'main']);
     const r = await engine.solve(def(st));
     expect(r.stats.executed).toBe(1);
@@ -159,7 +185,9 @@ describe('git source', () => {
   });
 
   it('reports a missing ref with a typed error', async () => {
-    await expect(engine.solve(def(git(`${gitBase}/repo.git`, 'no-such-branch')))).rejects.toMatchObject({
+    await expect(
+      engine.solve(def(git(`${gitBase}/repo.git`, 'no-such-branch'))),
+    ).rejects.toMatchObject({
       code: 'GIT_REF_NOT_FOUND',
     });
   });

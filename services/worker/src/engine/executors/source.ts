@@ -17,13 +17,20 @@ import type { SnapshotEnv } from '../../ops/snapshots.js';
 import type { LayerCache } from '../../exporters/layers.js';
 import type { ImageSource, ResolvedImage } from '../../sources/image/index.js';
 import { checkoutGit, gitPin, gitSpec } from '../../sources/git/git-source.js';
-import { HttpDownloader, httpPin, httpSpec, writeHttpFile } from '../../sources/http/http-source.js';
+import {
+  HttpDownloader,
+  httpPin,
+  httpSpec,
+  writeHttpFile,
+} from '../../sources/http/http-source.js';
 import { copyLocal, localDir, localPin, localSpec } from '../../sources/local/local-source.js';
 import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
 
 export class UnsupportedSourceError extends KilnError {
   constructor(identifier: string) {
-    super('SOURCE_UNSUPPORTED', `source ${identifier} is not supported by this worker yet`, { details: { identifier } });
+    super('SOURCE_UNSUPPORTED', `source ${identifier} is not supported by this worker yet`, {
+      details: { identifier },
+    });
   }
 }
 
@@ -73,7 +80,8 @@ export class SourceExecutor implements OpExecutor {
       const spec = localSpec(ctx.op.source!);
       return localPin(spec, await localDir(spec, ctx.session.localDirs));
     }
-    if (id.startsWith('http://') || id.startsWith('https://')) return httpPin(httpSpec(ctx.op.source!), this.http, ctx.digest, ctx.signal);
+    if (id.startsWith('http://') || id.startsWith('https://'))
+      return httpPin(httpSpec(ctx.op.source!), this.http, ctx.digest, ctx.signal);
     if (id.startsWith('git://')) {
       const commit = await gitPin(gitSpec(ctx.op.source!));
       this.gitPins.set(ctx.digest, commit);
@@ -89,11 +97,23 @@ export class SourceExecutor implements OpExecutor {
       let parent: string | undefined;
       let chain = '';
       for (const layer of img.layers) {
-        chain = chain === '' ? layer.diffID : `sha256:${createHash('sha256').update(`${chain} ${layer.diffID}`).digest('hex')}`;
-        parent = await this.layerSnapshot(`layer-${chain.slice('sha256:'.length)}`, parent, layer.digest);
+        chain =
+          chain === ''
+            ? layer.diffID
+            : `sha256:${createHash('sha256').update(`${chain} ${layer.diffID}`).digest('hex')}`;
+        parent = await this.layerSnapshot(
+          `layer-${chain.slice('sha256:'.length)}`,
+          parent,
+          layer.digest,
+        );
         // Exporting an image built on this one reuses the registry's blob for this layer.
         if (this.layers && !this.layers.get(parent)) {
-          await this.layers.set(parent, { digest: layer.digest, diffID: layer.diffID, size: layer.size, mediaType: layer.mediaType });
+          await this.layers.set(parent, {
+            digest: layer.digest,
+            diffID: layer.diffID,
+            size: layer.size,
+            mediaType: layer.mediaType,
+          });
         }
       }
       return [parent];
@@ -105,12 +125,20 @@ export class SourceExecutor implements OpExecutor {
     }
     if (id.startsWith('http://') || id.startsWith('https://')) {
       const spec = httpSpec(ctx.op.source!);
-      return [await buildSnapshot(this.env, undefined, (dest) => writeHttpFile(spec, this.http, ctx.digest, dest, ctx.signal))];
+      return [
+        await buildSnapshot(this.env, undefined, (dest) =>
+          writeHttpFile(spec, this.http, ctx.digest, dest, ctx.signal),
+        ),
+      ];
     }
     if (id.startsWith('git://')) {
       const spec = gitSpec(ctx.op.source!);
       const commit = this.gitPins.get(ctx.digest) ?? (await gitPin(spec));
-      return [await buildSnapshot(this.env, undefined, (dest) => checkoutGit(spec, commit, dest, join(this.env.tmpDir, 'git')))];
+      return [
+        await buildSnapshot(this.env, undefined, (dest) =>
+          checkoutGit(spec, commit, dest, join(this.env.tmpDir, 'git')),
+        ),
+      ];
     }
     throw new UnsupportedSourceError(id);
   }

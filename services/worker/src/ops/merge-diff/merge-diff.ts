@@ -18,7 +18,9 @@ export class MergeExecutor implements OpExecutor {
   constructor(private readonly env: SnapshotEnv) {}
 
   async exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
-    const snaps = (ctx.op.merge?.inputs ?? []).map((m) => ctx.inputs[num(m.input)]).filter((s): s is string => s !== undefined);
+    const snaps = (ctx.op.merge?.inputs ?? [])
+      .map((m) => ctx.inputs[num(m.input)])
+      .filter((s): s is string => s !== undefined);
     if (snaps.length === 0) return [undefined];
     if (snaps.length === 1) return [snaps[0]];
     const [first, ...rest] = snaps;
@@ -49,7 +51,10 @@ export class DiffExecutor implements OpExecutor {
     const name = await buildSnapshot(this.env, undefined, (out) =>
       readSnapshot(this.env, lower, (base) =>
         readSnapshot(this.env, upper, async (next) => {
-          const layer = diffLayer({ kind: 'compare', baseDir: base, newDir: next }, { compression: 'none' });
+          const layer = diffLayer(
+            { kind: 'compare', baseDir: base, newDir: next },
+            { compression: 'none' },
+          );
           await applyLayer(layer.stream, out);
           await layer.done;
         }),

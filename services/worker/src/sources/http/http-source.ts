@@ -17,7 +17,12 @@ import { KilnError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 
 export class HttpSourceError extends KilnError {
-  constructor(code: 'HTTP_FAILED' | 'HTTP_CHECKSUM_MISMATCH' | 'HTTP_INVALID', message: string, url: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
+  constructor(
+    code: 'HTTP_FAILED' | 'HTTP_CHECKSUM_MISMATCH' | 'HTTP_INVALID',
+    message: string,
+    url: string,
+    opts: { retryable?: boolean; cause?: unknown } = {},
+  ) {
     super(code, message, { ...opts, details: { url } });
   }
 }
@@ -45,11 +50,22 @@ export function httpSpec(op: pb.ISourceOp): HttpSpec {
     filename = base && base !== '/' ? base : 'index';
   }
   if (filename.includes('/') || filename === '.' || filename === '..') {
-    throw new HttpSourceError('HTTP_INVALID', `invalid http.filename ${JSON.stringify(filename)}`, url);
+    throw new HttpSourceError(
+      'HTTP_INVALID',
+      `invalid http.filename ${JSON.stringify(filename)}`,
+      url,
+    );
   }
   const perm = a['http.perm'] ? parseInt(a['http.perm'], 8) : 0o600;
-  if (!Number.isInteger(perm) || perm < 0 || perm > 0o7777) throw new HttpSourceError('HTTP_INVALID', `invalid http.perm ${a['http.perm']}`, url);
-  const spec: HttpSpec = { url, filename, perm, uid: Number(a['http.uid'] ?? 0), gid: Number(a['http.gid'] ?? 0) };
+  if (!Number.isInteger(perm) || perm < 0 || perm > 0o7777)
+    throw new HttpSourceError('HTTP_INVALID', `invalid http.perm ${a['http.perm']}`, url);
+  const spec: HttpSpec = {
+    url,
+    filename,
+    perm,
+    uid: Number(a['http.uid'] ?? 0),
+    gid: Number(a['http.gid'] ?? 0),
+  };
   if (a['http.checksum']) spec.checksum = a['http.checksum'];
   return spec;
 }
@@ -89,12 +105,22 @@ export class HttpDownloader {
     try {
       res = await fetch(spec.url, signal ? { signal, redirect: 'follow' } : { redirect: 'follow' });
     } catch (cause) {
-      throw new HttpSourceError('HTTP_FAILED', `GET ${spec.url}: ${(cause as Error).message}`, spec.url, { retryable: true, cause });
+      throw new HttpSourceError(
+        'HTTP_FAILED',
+        `GET ${spec.url}: ${(cause as Error).message}`,
+        spec.url,
+        { retryable: true, cause },
+      );
     }
     if (!res.ok || !res.body) {
-      throw new HttpSourceError('HTTP_FAILED', `GET ${spec.url}: ${res.status} ${res.statusText}`, spec.url, {
-        retryable: res.status >= 500 || res.status === 429,
-      });
+      throw new HttpSourceError(
+        'HTTP_FAILED',
+        `GET ${spec.url}: ${res.status} ${res.statusText}`,
+        spec.url,
+        {
+          retryable: res.status >= 500 || res.status === 429,
+        },
+      );
     }
     const tmp = join(this.dir, `dl-${randomUUID()}`);
     const hash = createHash('sha256');
@@ -108,12 +134,21 @@ export class HttpDownloader {
       await pipeline(Readable.fromWeb(res.body), tap, createWriteStream(tmp));
     } catch (cause) {
       await rm(tmp, { force: true });
-      throw new HttpSourceError('HTTP_FAILED', `GET ${spec.url}: ${(cause as Error).message}`, spec.url, { retryable: true, cause });
+      throw new HttpSourceError(
+        'HTTP_FAILED',
+        `GET ${spec.url}: ${(cause as Error).message}`,
+        spec.url,
+        { retryable: true, cause },
+      );
     }
     const digest = `sha256:${hash.digest('hex')}`;
     if (spec.checksum && spec.checksum !== digest) {
       await rm(tmp, { force: true });
-      throw new HttpSourceError('HTTP_CHECKSUM_MISMATCH', `${spec.url}: content has digest ${digest}, expected ${spec.checksum}`, spec.url);
+      throw new HttpSourceError(
+        'HTTP_CHECKSUM_MISMATCH',
+        `${spec.url}: content has digest ${digest}, expected ${spec.checksum}`,
+        spec.url,
+      );
     }
     const file = join(this.dir, digest.slice('sha256:'.length));
     await rename(tmp, file);
@@ -124,7 +159,12 @@ export class HttpDownloader {
 }
 
 /** The cache pin of an http source: its checksum, or the digest of what the server sends. */
-export async function httpPin(spec: HttpSpec, dl: HttpDownloader, vertex: string, signal?: AbortSignal): Promise<string> {
+export async function httpPin(
+  spec: HttpSpec,
+  dl: HttpDownloader,
+  vertex: string,
+  signal?: AbortSignal,
+): Promise<string> {
   if (spec.checksum) return spec.checksum;
   const d = await dl.download(spec, signal);
   dl.pinned.set(vertex, d);
@@ -132,7 +172,13 @@ export async function httpPin(spec: HttpSpec, dl: HttpDownloader, vertex: string
 }
 
 /** Writes the downloaded file into `dest` (an empty snapshot dir). */
-export async function writeHttpFile(spec: HttpSpec, dl: HttpDownloader, vertex: string, dest: string, signal?: AbortSignal): Promise<void> {
+export async function writeHttpFile(
+  spec: HttpSpec,
+  dl: HttpDownloader,
+  vertex: string,
+  dest: string,
+  signal?: AbortSignal,
+): Promise<void> {
   const d = dl.pinned.get(vertex) ?? (await dl.download(spec, signal));
   dl.pinned.delete(vertex);
   const target = join(dest, spec.filename);
