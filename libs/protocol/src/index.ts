@@ -15,3 +15,5 @@ export { descriptor } from './gen/descriptor.js';
 export * from './errors.js';
 export * from './long.js';
 export * from './grpc-status.js';
+export { controlService } from './control-service.js';
+export type { ControlService } from './control-service.js';

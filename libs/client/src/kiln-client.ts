@@ -1,0 +1,197 @@
+/**
+ * KilnClient: the client side of `kiln.control.v1.Control` over gRPC. Every error is the typed
+ * error the scheduler threw (`fromGrpcError`). `status()` survives a dropped connection: it
+ * reconnects and resumes after the last frame it delivered, so its consumer sees every frame
+ * exactly once, in order.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { ERROR_TRAILER, KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
+import type { pb } from '@kiln/protocol';
+import type { Definition } from '@kiln/llb';
+
+export type StatusResponse = InstanceType<typeof control.StatusResponse>;
+export type WorkerRecord = InstanceType<typeof control.WorkerRecord>;
+
+export interface ConnectOptions {
+  /** Default: insecure (plain HTTP/2). */
+  credentials?: grpc.ChannelCredentials;
+  /** How long connect() waits for the scheduler. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** How long status() keeps trying to reconnect before it fails. Default 60 s. */
+  reconnectWindowMs?: number;
+  /** grpc-js channel options (e.g. `grpc.initial_reconnect_backoff_ms`). */
+  channelOptions?: grpc.ChannelOptions;
+}
+
+export type SolveRequest = {
+  /** The build id (`ref`); choose it to read the status while the build runs. */
+  buildId: string;
+  sessionId?: string;
+  exporters?: { type: string; attrs?: Record<string, string> }[];
+} & (
+  | { definition: Definition | pb.IDefinition; frontend?: undefined }
+  | {
+      definition?: undefined;
+      /** e.g. `dockerfile.v0` */
+      frontend: string;
+      /** BuildKit's frontend attributes: `build-arg:K`, `target`, `platform`, `filename`... */
+      attrs?: Record<string, string>;
+      /** e.g. `{ dockerfile: dockerfileInput(text) }`. */
+      inputs?: Record<string, Definition | pb.IDefinition>;
+    }
+);
+
+export interface SolveResult {
+  /** What the build reported (`result.id`, `result.layers`, `containerimage.config`...). */
+  exporterResponse: Record<string, string>;
+}
+
+const toPb = (d: Definition | pb.IDefinition): pb.IDefinition =>
+  'toProto' in d && typeof d.toProto === 'function' ? d.toProto() : (d as pb.IDefinition);
+
+const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.UNKNOWN]);
+
+export class KilnClient {
+  readonly #client: grpc.Client;
+  readonly #reconnectWindowMs: number;
+
+  private constructor(client: grpc.Client, o: ConnectOptions) {
+    this.#client = client;
+    this.#reconnectWindowMs = o.reconnectWindowMs ?? 60_000;
+  }
+
+  /** Connects to a scheduler at `host:port` and waits until it is reachable. */
+  static async connect(addr: string, o: ConnectOptions = {}): Promise<KilnClient> {
+    const client = new grpc.Client(
+      addr,
+      o.credentials ?? grpc.credentials.createInsecure(),
+      o.channelOptions ?? {},
+    );
+    try {
+      await new Promise<void>((resolve, reject) =>
+        client.waitForReady(Date.now() + (o.connectTimeoutMs ?? 10_000), (err) =>
+          err ? reject(err) : resolve(),
+        ),
+      );
+    } catch (cause) {
+      client.close();
+      throw new KilnError('SCHEDULER_UNAVAILABLE', `cannot reach the scheduler at ${addr}`, {
+        cause,
+        retryable: true,
+        details: { addr },
+      });
+    }
+    return new KilnClient(client, o);
+  }
+
+  /** Runs a build to completion. Aborting `signal` (or closing the client) cancels it. */
+  solve(req: SolveRequest, o: { signal?: AbortSignal } = {}): Promise<SolveResult> {
+    const msg: InstanceType<typeof control.SolveRequest> = control.SolveRequest.create({
+      ref: req.buildId,
+      sessionId: req.sessionId ?? '',
+      exporters: (req.exporters ?? []).map((e) => ({ type: e.type, attrs: e.attrs ?? {} })),
+    });
+    if (req.definition) {
+      msg.definition = toPb(req.definition);
+    } else {
+      msg.frontend = req.frontend;
+      msg.frontendAttrs = { ...req.attrs };
+      msg.frontendInputs = Object.fromEntries(
+        Object.entries(req.inputs ?? {}).map(([k, v]) => [k, toPb(v)]),
+      );
+    }
+    return this.#unary(controlService.solve, msg, o.signal).then((r) => ({
+      exporterResponse: { ...r.exporterResponse },
+    }));
+  }
+
+  /**
+   * The build's status frames after `sinceSeq`, until the build ends. A dropped connection is
+   * reconnected (for up to `reconnectWindowMs`) and the stream resumed after the last frame
+   * delivered. Breaking out of the loop closes the stream.
+   */
+  async *status(
+    buildId: string,
+    sinceSeq = 0,
+    o: { signal?: AbortSignal } = {},
+  ): AsyncGenerator<StatusResponse> {
+    let last = sinceSeq;
+    let failingSince: number | undefined;
+    let backoff = 50;
+    for (;;) {
+      if (o.signal?.aborted) return;
+      const call = this.#client.makeServerStreamRequest(
+        controlService.status.path,
+        controlService.status.requestSerialize,
+        controlService.status.responseDeserialize,
+        { ref: buildId, sinceSeq: last },
+      );
+      const onAbort = (): void => call.cancel();
+      o.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        for await (const f of call as AsyncIterable<StatusResponse>) {
+          failingSince = undefined;
+          backoff = 50;
+          const seq = Number(f.seq);
+          if (seq <= last) continue;
+          last = seq;
+          yield f;
+        }
+        return;
+      } catch (e) {
+        if (o.signal?.aborted) return;
+        const se = e as Partial<grpc.ServiceError>;
+        const typed = fromGrpcError(e);
+        // A typed error from the scheduler is final; a broken transport is retried.
+        const fromServer = (se.metadata?.get(ERROR_TRAILER).length ?? 0) > 0;
+        if (fromServer || se.code === undefined || !RETRYABLE.has(se.code)) throw typed;
+        failingSince ??= Date.now();
+        if (Date.now() - failingSince > this.#reconnectWindowMs) throw typed;
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, 1_000);
+      } finally {
+        o.signal?.removeEventListener('abort', onAbort);
+        call.cancel();
+      }
+    }
+  }
+
+  /** The registered workers (optionally filtered: `id==X`, `labels.K==V`). */
+  async listWorkers(filter: string[] = []): Promise<WorkerRecord[]> {
+    const r = await this.#unary(controlService.listWorkers, { filter });
+    return r.record as WorkerRecord[];
+  }
+
+  /** Cancels a build; vertices other builds share keep running for them. */
+  async cancel(buildId: string): Promise<void> {
+    await this.#unary(controlService.cancel, { ref: buildId });
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+
+  #unary<Req, Res>(
+    m: grpc.MethodDefinition<Req, Res>,
+    req: Req,
+    signal?: AbortSignal,
+  ): Promise<Res> {
+    return new Promise<Res>((resolve, reject) => {
+      if (signal?.aborted) return reject(new KilnError('CANCELED', 'aborted'));
+      const call = this.#client.makeUnaryRequest(
+        m.path,
+        m.requestSerialize,
+        m.responseDeserialize,
+        req,
+        (err, res) => {
+          signal?.removeEventListener('abort', onAbort);
+          if (err) reject(fromGrpcError(err));
+          else if (res === undefined) reject(new KilnError('INTERNAL', 'empty response'));
+          else resolve(res);
+        },
+      );
+      const onAbort = (): void => call.cancel();
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}

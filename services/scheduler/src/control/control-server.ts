@@ -1,0 +1,364 @@
+/**
+ * The scheduler's gRPC service `kiln.control.v1.Control`: Solve, Status, ListWorkers, Cancel
+ * (DiskUsage, Prune and Session answer UNIMPLEMENTED until the store and session services land).
+ *
+ * Contract:
+ * - Many builds run at once; each is identified by the client's `ref` (a fresh id when empty).
+ * - Solve runs a Definition, or a frontend (`dockerfile.v0`) in process whose per-platform
+ *   Definitions are then solved concurrently. Base image configs come from the injected
+ *   `metaResolver` (the service entry wires a registry-backed one; without it, FROM an image
+ *   fails with a typed Dockerfile error).
+ * - A Solve call the client cancels (or disconnects from) cancels its build, except the tasks
+ *   another build shares (the Dispatcher keeps those running).
+ * - Status streams a build's frames from `since_seq` (exactly once, in order) and ends after the
+ *   build's last frame; it may be opened before the Solve.
+ * - Every error reaches the client typed (`toGrpcStatus`; the client uses `fromGrpcError`).
+ */
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { listWorkers } from '@kiln/bus';
+import type { WorkerInfo } from '@kiln/bus';
+import { getFrontend } from '@kiln/dockerfile';
+import type { MetaResolver } from '@kiln/dockerfile';
+import { parseDefinition } from '@kiln/llb';
+import type { LoadedDefinition } from '@kiln/llb';
+import { KilnError, control, controlService, toGrpcStatus, toLong } from '@kiln/protocol';
+import type { pb } from '@kiln/protocol';
+import type { Logger } from 'pino';
+import { pino } from 'pino';
+import type { Dispatcher } from '../dispatch/index.js';
+import { BuildNotFoundError, SolveRequestInvalidError } from '../solver/errors.js';
+import { solveGraph } from '../solver/solve.js';
+import type { SolveResult } from '../solver/solve.js';
+import { BuildRegistry } from './builds.js';
+import type { Build, BuildRegistryOptions } from './builds.js';
+import { progressFrame, vertexFrame } from './events.js';
+import { dockerfileSource } from './frontend-inputs.js';
+
+type SolveRequest = InstanceType<typeof control.SolveRequest>;
+type StatusRequest = InstanceType<typeof control.StatusRequest>;
+
+export interface ControlServerOptions extends BuildRegistryOptions {
+  dispatcher: Pick<Dispatcher, 'submit' | 'cancel' | 'bus'>;
+  /** Image config lookup for the Dockerfile frontend's base images. */
+  metaResolver?: MetaResolver;
+  /** Platform of ops that name none (`os/arch[/variant]`). Default `linux/amd64`. */
+  defaultPlatform?: string;
+  /** A child logger is made per build (`buildId`) and vertex (`vertex`). Default: silent. */
+  log?: Logger;
+}
+
+/** What a solve reported, as `SolveResponse.exporter_response` (until exporters exist). */
+function exporterResponse(
+  results: { platform: string; solved: SolveResult; imageConfigJson?: string }[],
+): Record<string, string> {
+  const describe = (s: SolveResult) => ({
+    id: s.result.resultId ?? '',
+    worker: s.workerId,
+    layers: (s.result.layers ?? []).map((l) => ({
+      digest: l.digest,
+      diffId: l.diffId,
+      size: Number(l.size),
+      mediaType: l.mediaType,
+    })),
+  });
+  const out: Record<string, string> = {};
+  if (results.length === 1) {
+    const only = results[0]!;
+    const d = describe(only.solved);
+    out['result.id'] = d.id;
+    out['result.worker'] = d.worker;
+    out['result.layers'] = JSON.stringify(d.layers);
+    out['result.platform'] = only.platform;
+    if (only.imageConfigJson) out['containerimage.config'] = only.imageConfigJson;
+    return out;
+  }
+  out['result.platforms'] = JSON.stringify(
+    results.map((r) => ({
+      platform: r.platform,
+      ...describe(r.solved),
+      ...(r.imageConfigJson ? { config: r.imageConfigJson } : {}),
+    })),
+  );
+  return out;
+}
+
+function parsePlatformString(s: string): pb.IPlatform {
+  const [OS = '', Architecture = '', Variant = ''] = s.split('/');
+  if (!OS || !Architecture)
+    throw new SolveRequestInvalidError(`invalid platform ${JSON.stringify(s)}`);
+  return { OS, Architecture, Variant };
+}
+
+function workerRecord(w: WorkerInfo): InstanceType<typeof control.WorkerRecord> {
+  const plat = (emulated: boolean) =>
+    w.platforms
+      .filter((p) => p.emulated === emulated)
+      .map((p) => ({ OS: p.os, Architecture: p.arch, Variant: p.variant ?? '' }));
+  return control.WorkerRecord.create({
+    id: w.id,
+    labels: w.labels,
+    platforms: plat(false),
+    emulatedPlatforms: plat(true),
+    slots: w.slots,
+    busySlots: Math.max(0, w.slots - w.freeSlots),
+    freeDiskBytes: toLong(Math.trunc(w.freeDiskBytes)),
+    lastHeartbeatUnixNano: toLong(BigInt(Math.trunc(w.heartbeatAt)) * 1_000_000n),
+  });
+}
+
+/** `id==X` (or `id=X`) and `labels.K==V` filters, all of which must match. */
+function matchesFilters(w: WorkerInfo, filters: readonly string[]): boolean {
+  return filters.every((f) => {
+    const m = /^([^=!]+)(==|=|!=)(.*)$/.exec(f);
+    if (!m) return true;
+    const [, key = '', op, want] = m;
+    const have =
+      key === 'id' ? w.id : key.startsWith('labels.') ? w.labels[key.slice(7)] : undefined;
+    return op === '!=' ? have !== want : have === want;
+  });
+}
+
+export class ControlServer {
+  readonly builds: BuildRegistry;
+  readonly #o: ControlServerOptions;
+  readonly #log: Logger;
+  readonly #defaultPlatform: pb.IPlatform;
+  #server: grpc.Server | undefined;
+
+  constructor(o: ControlServerOptions) {
+    this.#o = o;
+    this.builds = new BuildRegistry(o);
+    this.#log = o.log ?? pino({ level: 'silent' });
+    this.#defaultPlatform = parsePlatformString(o.defaultPlatform ?? 'linux/amd64');
+  }
+
+  /** Serves on `addr` (`host:port`, port 0 for a free one); resolves with the bound port. */
+  async listen(addr: string, creds = grpc.ServerCredentials.createInsecure()): Promise<number> {
+    const server = new grpc.Server({
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.http2.min_ping_interval_without_data_ms': 5_000,
+    });
+    server.addService(controlService, this.handlers());
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(addr, creds, (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    this.#server = server;
+    this.#log.info({ addr, port }, 'control api listening');
+    return port;
+  }
+
+  /** Stops serving: running builds are cancelled, open calls end. */
+  async close(): Promise<void> {
+    this.builds.close();
+    const s = this.#server;
+    this.#server = undefined;
+    if (!s) return;
+    await new Promise<void>((resolve) => {
+      s.tryShutdown(() => resolve());
+      // Open Status streams of finished builds end by themselves; anything else is forced.
+      setTimeout(() => {
+        s.forceShutdown();
+        resolve();
+      }, 2_000).unref();
+    });
+  }
+
+  /** The grpc-js handlers (for embedding in another server). */
+  handlers(): grpc.UntypedServiceImplementation {
+    const unimplemented = (_call: unknown, cb: grpc.sendUnaryData<unknown>): void =>
+      cb({ code: grpc.status.UNIMPLEMENTED, details: 'not implemented yet' });
+    const unimplementedStream = (call: grpc.ServerWritableStream<unknown, unknown>): void => {
+      call.emit(
+        'error',
+        Object.assign(new Error('not implemented yet'), { code: grpc.status.UNIMPLEMENTED }),
+      );
+    };
+    return {
+      solve: (
+        call: grpc.ServerUnaryCall<SolveRequest, unknown>,
+        cb: grpc.sendUnaryData<unknown>,
+      ) => {
+        this.#solve(call).then(
+          (r) => cb(null, r),
+          (e: unknown) => cb(toGrpcStatus(e)),
+        );
+      },
+      status: (call: grpc.ServerWritableStream<StatusRequest, unknown>) => {
+        this.#status(call).then(
+          () => call.end(),
+          (e: unknown) => call.emit('error', Object.assign(new Error(), toGrpcStatus(e))),
+        );
+      },
+      listWorkers: (
+        call: grpc.ServerUnaryCall<InstanceType<typeof control.ListWorkersRequest>, unknown>,
+        cb: grpc.sendUnaryData<unknown>,
+      ) => {
+        listWorkers(this.#o.dispatcher.bus.workers).then(
+          (ws) =>
+            cb(
+              null,
+              control.ListWorkersResponse.create({
+                record: ws
+                  .filter((w) => matchesFilters(w, call.request.filter))
+                  .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+                  .map(workerRecord),
+              }),
+            ),
+          (e: unknown) => cb(toGrpcStatus(e)),
+        );
+      },
+      cancel: (
+        call: grpc.ServerUnaryCall<InstanceType<typeof control.CancelRequest>, unknown>,
+        cb: grpc.sendUnaryData<unknown>,
+      ) => {
+        try {
+          this.cancel(call.request.ref);
+          cb(null, control.CancelResponse.create());
+        } catch (e) {
+          cb(toGrpcStatus(e));
+        }
+      },
+      diskUsage: unimplemented,
+      prune: unimplementedStream,
+      session: (call: grpc.ServerDuplexStream<unknown, unknown>) => {
+        call.emit(
+          'error',
+          Object.assign(new Error('not implemented yet'), { code: grpc.status.UNIMPLEMENTED }),
+        );
+      },
+    };
+  }
+
+  /** Cancels a build; its tasks shared with other builds go on. */
+  cancel(ref: string): void {
+    const b = this.builds.get(ref);
+    if (!b) throw new BuildNotFoundError(ref);
+    if (b.state === 'done') return;
+    this.#log.info({ buildId: ref }, 'build cancel requested');
+    b.abort.abort();
+    this.#o.dispatcher.cancel(ref);
+  }
+
+  async #solve(call: grpc.ServerUnaryCall<SolveRequest, unknown>) {
+    const req = call.request;
+    const ref = req.ref || randomUUID();
+    const build = this.builds.start(ref);
+    const log = this.#log.child({ buildId: ref });
+    const onCancelled = (): void => {
+      if (build.state !== 'running') return;
+      log.info('client went away: cancelling build');
+      build.abort.abort();
+    };
+    call.on('cancelled', onCancelled);
+    log.info({ frontend: req.frontend || undefined }, 'build started');
+    try {
+      const targets = await this.#load(req);
+      const results = await Promise.all(
+        targets.map(async (t) => ({
+          platform: [t.platform.OS, t.platform.Architecture, t.platform.Variant]
+            .filter(Boolean)
+            .join('/'),
+          imageConfigJson: t.imageConfigJson,
+          solved: await this.#run(build, t.graph, t.platform, req.sessionId, log),
+        })),
+      );
+      log.info('build done');
+      return control.SolveResponse.create({ exporterResponse: exporterResponse(results) });
+    } catch (e) {
+      const err = e instanceof KilnError ? e : new KilnError('INTERNAL', String(e), { cause: e });
+      log.warn({ code: err.code, vertex: err.details.digest, err: err.message }, 'build failed');
+      throw err;
+    } finally {
+      call.off('cancelled', onCancelled);
+      this.builds.finish(ref);
+    }
+  }
+
+  async #load(
+    req: SolveRequest,
+  ): Promise<{ graph: LoadedDefinition; platform: pb.IPlatform; imageConfigJson?: string }[]> {
+    if (req.definition?.def?.length) {
+      if (req.frontend)
+        throw new SolveRequestInvalidError('a solve takes a definition or a frontend, not both');
+      return [{ graph: parseDefinition(req.definition), platform: this.#defaultPlatform }];
+    }
+    if (!req.frontend)
+      throw new SolveRequestInvalidError('a solve needs a definition or a frontend');
+    const frontend = getFrontend(req.frontend);
+    if (!frontend)
+      throw new SolveRequestInvalidError(`unknown frontend ${JSON.stringify(req.frontend)}`, {
+        frontend: req.frontend,
+      });
+    const attrs = { ...req.frontendAttrs };
+    const src = dockerfileSource(req.frontendInputs, attrs);
+    const res = await frontend.solve({
+      dockerfile: src.dockerfile,
+      ...(src.dockerignore ? { dockerignore: src.dockerignore } : {}),
+      opts: attrs,
+      ...(this.#o.metaResolver ? { metaResolver: this.#o.metaResolver } : {}),
+      ...(req.sessionId ? { sessionId: req.sessionId } : {}),
+      buildPlatform: {
+        os: this.#defaultPlatform.OS ?? '',
+        architecture: this.#defaultPlatform.Architecture ?? '',
+        ...(this.#defaultPlatform.Variant ? { variant: this.#defaultPlatform.Variant } : {}),
+      },
+    });
+    return res.platforms.map((p) => ({
+      graph: parseDefinition(p.definition.toProto()),
+      platform: {
+        OS: p.platform.os,
+        Architecture: p.platform.architecture,
+        Variant: p.platform.variant ?? '',
+      },
+      imageConfigJson: p.imageConfigJson,
+    }));
+  }
+
+  #run(
+    build: Build,
+    graph: LoadedDefinition,
+    platform: pb.IPlatform,
+    sessionId: string,
+    log: Logger,
+  ): Promise<SolveResult> {
+    return solveGraph(graph, {
+      submitter: this.#o.dispatcher,
+      buildId: build.id,
+      defaultPlatform: platform,
+      sessionId,
+      signal: build.abort.signal,
+      onVertex: (v) => {
+        build.status.push(vertexFrame(v));
+        const vlog = log.child({ vertex: v.digest });
+        if (v.error) vlog.warn({ name: v.name, err: v.error }, 'vertex failed');
+        else if (v.completedAt)
+          vlog.debug({ name: v.name, cached: v.cached, worker: v.workerId }, 'vertex done');
+        else vlog.debug({ name: v.name, cacheKey: v.cacheKey }, 'vertex started');
+      },
+      onProgress: (digest, p) => {
+        const f = progressFrame(digest, p);
+        if (f) build.status.push(f);
+      },
+    });
+  }
+
+  async #status(call: grpc.ServerWritableStream<StatusRequest, unknown>): Promise<void> {
+    const ref = call.request.ref;
+    if (!ref) throw new SolveRequestInvalidError('status needs a build ref');
+    const build = this.builds.observe(ref);
+    const ac = new AbortController();
+    const stop = (): void => ac.abort();
+    call.on('cancelled', stop);
+    call.on('close', stop);
+    try {
+      for await (const f of build.status.since(Number(call.request.sinceSeq), ac.signal)) {
+        if (!call.write(f)) await new Promise((r) => call.once('drain', r));
+        if (ac.signal.aborted) return;
+      }
+    } finally {
+      call.off('cancelled', stop);
+      call.off('close', stop);
+    }
+  }
+}

@@ -1,0 +1,312 @@
+// The control API end to end: the client library -> gRPC -> ControlServer -> solver ->
+// Dispatcher -> NATS (a real nats-server, fresh for this file) -> in-process workers (the
+// worker's TaskConsumer running the test executor). Waits are on conditions, never on time.
+import { randomUUID } from 'node:crypto';
+import { dockerfileInput, KilnClient } from '@kiln/client';
+import type { StatusResponse } from '@kiln/client';
+import { image, marshal, parseDefinition } from '@kiln/llb';
+import type { Definition } from '@kiln/llb';
+import { KilnError, control } from '@kiln/protocol';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Dispatcher } from '../dispatch/index.js';
+import { loadHarness, until } from '../dispatch/testing.js';
+import type { Harness, NatsHandle } from '../dispatch/testing.js';
+import { ControlServer } from './control-server.js';
+import { Gates, TcpProxy, loadTaskConsumer, testExecutor, testResultId } from './testing.js';
+import type { Run, TaskConsumerLike } from './testing.js';
+
+let h: Harness;
+let nats: NatsHandle;
+let nc: NatsConnection;
+let dispatcher: Dispatcher;
+let server: ControlServer;
+let port: number;
+let client: KilnClient;
+const conns: NatsConnection[] = [];
+const workers: TaskConsumerLike[] = [];
+const runs: Run[] = [];
+const gates = new Gates();
+const WORKERS = ['ctl-w1', 'ctl-w2'];
+
+beforeAll(async () => {
+  h = await loadHarness();
+  nats = await h.startNats();
+  nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  dispatcher = await Dispatcher.start({
+    nc,
+    affinityDelayMs: 100,
+    heartbeatTimeoutMs: 3_000,
+    monitorIntervalMs: 100,
+  });
+  const TaskConsumer = await loadTaskConsumer();
+  for (const id of WORKERS) {
+    const wnc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+    conns.push(wnc);
+    const w = new TaskConsumer({
+      nc: wnc,
+      id,
+      platforms: [{ os: 'linux', arch: 'amd64', emulated: false }],
+      labels: { pool: 'test' },
+      slots: 4,
+      runTask: testExecutor(id, runs, gates),
+      heartbeatMs: 250,
+    });
+    await w.start();
+    workers.push(w);
+  }
+  await until('the dispatcher to see the workers', () =>
+    WORKERS.every((id) => dispatcher.liveWorkers().some((w) => w.id === id)),
+  );
+  server = new ControlServer({
+    dispatcher,
+    metaResolver: (ref) =>
+      Promise.resolve({
+        ref,
+        digest: `sha256:${'ab'.repeat(32)}`,
+        config: {
+          architecture: 'amd64',
+          os: 'linux',
+          // WorkingDir set: the frontend currently requires it (BuildKit defaults to /).
+          config: { Env: ['PATH=/bin', 'FROM_RESOLVER=yes'], Cmd: ['sh'], WorkingDir: '/' },
+          rootfs: { type: 'layers', diff_ids: [] },
+        },
+      }),
+  });
+  port = await server.listen('127.0.0.1:0');
+  client = await KilnClient.connect(`127.0.0.1:${port}`);
+});
+
+afterAll(async () => {
+  client?.close();
+  await server?.close();
+  await Promise.all(workers.map((w) => w.close()));
+  await dispatcher?.close();
+  await Promise.all([...conns, nc].map((c) => c?.close()));
+  await nats?.stop();
+});
+
+/** base image -> exec `first` -> exec `second`: three vertices, unique to `tag`. */
+function chain(
+  tag: string,
+  first: string[],
+  second: string[] = ['echo', 'second'],
+): {
+  def: Definition;
+  digests: string[];
+} {
+  const base = image(`docker.io/library/busybox:${tag}`);
+  const a = base.run({ args: first }).root();
+  const b = a.run({ args: second }).root();
+  const def = marshal(b);
+  return { def, digests: parseDefinition(def.toProto()).order.slice() };
+}
+
+async function collect(it: AsyncIterable<StatusResponse>): Promise<StatusResponse[]> {
+  const out: StatusResponse[] = [];
+  for await (const f of it) out.push(f);
+  return out;
+}
+
+const vertexes = (frames: StatusResponse[]) => frames.flatMap((f) => f.vertexes);
+const started = (frames: StatusResponse[], digest: string) =>
+  vertexes(frames).some((v) => v.digest === digest && Number(v.startedUnixNano) > 0);
+
+describe('Control API', () => {
+  it('solves a 3-vertex Definition through the client and reports every vertex', async () => {
+    const tag = randomUUID();
+    const { def, digests } = chain(tag, ['echo', 'first']);
+    const buildId = `b-${tag}`;
+    const res = await client.solve({ buildId, definition: def });
+    // The result is the last vertex's output, computed from its input chain.
+    const [d0 = '', d1 = '', d2 = ''] = digests;
+    const r0 = testResultId(d0, []);
+    const r1 = testResultId(d1, [r0]);
+    expect(res.exporterResponse['result.id']).toBe(testResultId(d2, [r1]));
+    const layers = JSON.parse(res.exporterResponse['result.layers'] ?? '[]') as { size: number }[];
+    expect(layers).toHaveLength(1);
+    expect(WORKERS).toContain(res.exporterResponse['result.worker']);
+    // Each vertex ran once, with its inputs resolved, preferring the holder of its input.
+    const mine = runs.filter((r) => r.buildId === buildId);
+    expect(mine.map((r) => r.vertex).sort()).toEqual([...digests].sort());
+    const second = mine.find((r) => r.vertex === d2);
+    expect(second?.inputs).toEqual([r1]);
+    expect(second?.preferredWorker).toBe(mine.find((r) => r.vertex === d1)?.workerId);
+    const frames = await collect(client.status(buildId));
+    expect(frames.map((f) => Number(f.seq))).toEqual(frames.map((_, i) => i + 1));
+    for (const d of digests) {
+      const vs = vertexes(frames).filter((v) => v.digest === d);
+      expect(vs.some((v) => Number(v.startedUnixNano) > 0)).toBe(true);
+      expect(vs.some((v) => Number(v.completedUnixNano) > 0 && !v.error)).toBe(true);
+    }
+    const logs = frames
+      .flatMap((f) => f.logs)
+      .map((l) => Buffer.from(l.msg ?? new Uint8Array()).toString());
+    expect(logs).toContain('run echo first\n');
+  });
+
+  it('resumes a status stream after the connection drops mid-build: every frame once, in order', async () => {
+    const tag = randomUUID();
+    const { def, digests } = chain(tag, ['gate', tag]);
+    const buildId = `b-${tag}`;
+    const proxy = await TcpProxy.start(port);
+    const viaProxy = await KilnClient.connect(`127.0.0.1:${proxy.port}`, {
+      channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50 },
+    });
+    try {
+      const solved = client.solve({ buildId, definition: def });
+      const seen: StatusResponse[] = [];
+      let cut = false;
+      for await (const f of viaProxy.status(buildId)) {
+        seen.push(f);
+        if (!cut && started(seen, digests[1] ?? '')) {
+          // Mid-build: the gated vertex runs. Drop the connection, then let the build go on.
+          cut = true;
+          proxy.cut();
+          gates.open(tag);
+        }
+      }
+      await solved;
+      expect(cut).toBe(true);
+      expect(proxy.connections).toBeGreaterThanOrEqual(2);
+      const all = await collect(client.status(buildId));
+      expect(seen.map((f) => Number(f.seq))).toEqual(all.map((_, i) => i + 1));
+      expect(seen.map((f) => control.StatusResponse.encode(f).finish())).toEqual(
+        all.map((f) => control.StatusResponse.encode(f).finish()),
+      );
+      // An explicit resume from a seq gets exactly the later frames.
+      const later = await collect(client.status(buildId, 3));
+      expect(later.map((f) => Number(f.seq))).toEqual(all.slice(3).map((f) => Number(f.seq)));
+    } finally {
+      viaProxy.close();
+      await proxy.close();
+    }
+  });
+
+  it('fails the build with the failing vertex digest and never dispatches its dependents', async () => {
+    const tag = randomUUID();
+    const { def, digests } = chain(tag, ['fail', tag]);
+    const buildId = `b-${tag}`;
+    const err = await client.solve({ buildId, definition: def }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(KilnError);
+    const k = err as KilnError;
+    expect(k.code).toBe('TEST_EXEC_FAILED');
+    expect(k.details.digest).toBe(digests[1]);
+    expect(k.message).toContain(`fail ${tag}`);
+    const mine = runs.filter((r) => r.buildId === buildId).map((r) => r.vertex);
+    expect(mine).toContain(digests[1]);
+    expect(mine).not.toContain(digests[2]);
+    const frames = await collect(client.status(buildId));
+    expect(vertexes(frames).some((v) => v.digest === digests[1] && v.error)).toBe(true);
+    expect(vertexes(frames).some((v) => v.digest === digests[2])).toBe(false);
+  });
+
+  it('runs each vertex once for two concurrent identical builds', async () => {
+    const tag = randomUUID();
+    const { def, digests } = chain(tag, ['gate', tag]);
+    const [b1, b2] = [`b1-${tag}`, `b2-${tag}`];
+    const s1 = client.solve({ buildId: b1, definition: def });
+    const s2 = client.solve({ buildId: b2, definition: def });
+    // Both builds wait for the gated vertex before it may finish.
+    for (const b of [b1, b2]) {
+      for await (const f of client.status(b)) {
+        if (started([f], digests[1] ?? '')) break;
+      }
+    }
+    gates.open(tag);
+    const [r1, r2] = await Promise.all([s1, s2]);
+    expect(r1.exporterResponse['result.id']).toBe(r2.exporterResponse['result.id']);
+    // Vertices are unique to this test (its own image tag), so any run of them is from b1 or b2.
+    for (const d of digests) expect(runs.filter((r) => r.vertex === d)).toHaveLength(1);
+  });
+
+  it('lists the registered workers', async () => {
+    const ws = await client.listWorkers();
+    for (const id of WORKERS) {
+      const w = ws.find((x) => x.id === id);
+      expect(w?.platforms.map((p) => `${p.OS}/${p.Architecture}`)).toEqual(['linux/amd64']);
+      expect(w?.slots).toBe(4);
+      expect(w?.labels.pool).toBe('test');
+      expect(Number(w?.lastHeartbeatUnixNano)).toBeGreaterThan(0);
+    }
+    expect((await client.listWorkers([`id==${WORKERS[0] ?? ''}`])).map((w) => w.id)).toEqual([
+      WORKERS[0],
+    ]);
+  });
+
+  it('cancels a build: its running task stops, its dependents never run; a shared task goes on', async () => {
+    const tag = randomUUID();
+    const blocked = chain(tag, ['block', tag]);
+    const buildId = `b-${tag}`;
+    const solved = client.solve({ buildId, definition: blocked.def }).then(
+      () => undefined,
+      (e: unknown) => e as KilnError,
+    );
+    await until('the blocking vertex to run', () =>
+      runs.some((r) => r.buildId === buildId && r.vertex === blocked.digests[1]),
+    );
+    await client.cancel(buildId);
+    expect((await solved)?.code).toBe('BUILD_CANCELED');
+    await until('the task to be aborted', () =>
+      runs.some((r) => r.vertex === blocked.digests[1] && r.aborted),
+    );
+    expect(runs.some((r) => r.vertex === blocked.digests[2])).toBe(false);
+    // Two builds share a gated vertex: cancelling one leaves it running for the other.
+    const tag2 = randomUUID();
+    const shared = chain(tag2, ['gate', tag2]);
+    const [c1, c2] = [`c1-${tag2}`, `c2-${tag2}`];
+    const s1 = client.solve({ buildId: c1, definition: shared.def }).catch((e: unknown) => e);
+    const s2 = client.solve({ buildId: c2, definition: shared.def });
+    for (const b of [c1, c2]) {
+      for await (const f of client.status(b)) if (started([f], shared.digests[1] ?? '')) break;
+    }
+    await client.cancel(c1);
+    expect(((await s1) as KilnError).code).toBe('BUILD_CANCELED');
+    gates.open(tag2);
+    const r2 = await s2;
+    expect(r2.exporterResponse['result.id']).toBeTruthy();
+    const sharedRun = runs.filter((r) => r.vertex === shared.digests[1]);
+    expect(sharedRun).toHaveLength(1);
+    expect(sharedRun[0]?.aborted).toBe(false);
+  });
+
+  it('solves a Dockerfile through the dockerfile.v0 frontend with the injected metaResolver', async () => {
+    const tag = randomUUID();
+    const buildId = `b-${tag}`;
+    const dockerfile = `FROM busybox:${tag}\nRUN echo ${tag}\nENV AFTER=1\n`;
+    const res = await client.solve({
+      buildId,
+      frontend: 'dockerfile.v0',
+      attrs: { platform: 'linux/amd64' },
+      inputs: { dockerfile: dockerfileInput(dockerfile) },
+    });
+    const config = JSON.parse(res.exporterResponse['containerimage.config'] ?? '{}') as {
+      config?: { Env?: string[] };
+    };
+    expect(config.config?.Env).toEqual(expect.arrayContaining(['FROM_RESOLVER=yes', 'AFTER=1']));
+    const mine = runs.filter((r) => r.buildId === buildId);
+    expect(mine.some((r) => r.args.join(' ').includes(`echo ${tag}`))).toBe(true);
+    expect(res.exporterResponse['result.platform']).toBe('linux/amd64');
+    // A Dockerfile error is typed, with its line.
+    const bad = await client
+      .solve({
+        buildId: `bad-${tag}`,
+        frontend: 'dockerfile.v0',
+        inputs: { dockerfile: dockerfileInput('FROM busybox\nNOPE x\n') },
+      })
+      .catch((e: unknown) => e as KilnError);
+    expect(bad).toBeInstanceOf(KilnError);
+    expect((bad as KilnError).code).toMatch(/^DOCKERFILE_/);
+  });
+
+  it('rejects a malformed Definition with a typed error', async () => {
+    const err = await client
+      .solve({ buildId: `bad-${randomUUID()}`, definition: { def: [new Uint8Array([1, 2, 3])] } })
+      .catch((e: unknown) => e as KilnError);
+    expect((err as KilnError).code).toMatch(/^LLB_/);
+  });
+});

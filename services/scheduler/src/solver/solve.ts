@@ -1,0 +1,218 @@
+/**
+ * The distributed solve of one loaded Definition: every vertex becomes a `workerpb.Task`
+ * submitted through the Dispatcher as soon as its inputs are done, so independent branches run
+ * concurrently (on as many workers as the farm has) and a vertex shared with another build runs
+ * once (the Dispatcher dedups by the task's cache key, see fast-key.ts).
+ *
+ * Contract:
+ * - The first failing vertex fails the solve with a {@link VertexFailedError} naming it; its
+ *   dependents are never dispatched, and the build's other pending tasks are abandoned (tasks
+ *   another build waits for go on: the Dispatcher cancels a task only when its last build left).
+ * - Aborting `signal` cancels the same way and rejects with {@link BuildCanceledError}.
+ * - The promise settles only after every submitted task has settled for this build, so nothing
+ *   of a finished solve is left running on its behalf.
+ * - Events (`onVertex`, `onProgress`) are emitted in causal order per vertex; this module does not
+ *   log.
+ */
+import { randomUUID } from 'node:crypto';
+import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
+import { CUSTOM_NAME, inputDigests, opKind } from '@kiln/llb';
+import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
+import { KilnError } from '@kiln/protocol';
+import type { pb } from '@kiln/protocol';
+import type { SubmitOptions } from '../dispatch/index.js';
+import { BuildCanceledError, VertexFailedError } from './errors.js';
+import { fastKey } from './fast-key.js';
+
+/** What the solver needs of the Dispatcher. */
+export interface TaskSubmitter {
+  submit(task: TaskInit, opts?: SubmitOptions): Promise<TaskResult>;
+}
+
+export type OutputResult = TaskResult['outputs'][number];
+type ResolvedInput = NonNullable<TaskInit['inputs']>[number];
+
+/** A vertex as the build's progress shows it; every change emits the whole snapshot. */
+export interface VertexSnapshot {
+  digest: string;
+  inputs: string[];
+  name: string;
+  cached: boolean;
+  /** Unix time in ms; undefined until started. */
+  startedAt?: number;
+  completedAt?: number;
+  error?: string;
+  workerId?: string;
+  cacheKey?: string;
+}
+
+export interface SolveOptions {
+  submitter: TaskSubmitter;
+  buildId: string;
+  /** Platform of ops that name none (BuildKit: the build's default platform). */
+  defaultPlatform: pb.IPlatform;
+  sessionId?: string;
+  signal?: AbortSignal;
+  onVertex?: (v: VertexSnapshot) => void;
+  onProgress?: (digest: string, p: TaskProgress) => void;
+}
+
+export interface SolveResult {
+  /** The result vertex's output the Definition evaluates to. */
+  result: OutputResult;
+  /** Worker that produced (and holds) it. */
+  workerId: string;
+  /** Every vertex's task result, by digest. */
+  vertices: ReadonlyMap<string, TaskResult>;
+}
+
+/** A vertex not run because an input failed or the build stopped. */
+class Skipped extends Error {}
+
+/** The name BuildKit's progress shows for a vertex. */
+export function vertexName(lo: LoadedOp): string {
+  const custom = lo.metadata?.description?.[CUSTOM_NAME];
+  if (custom) return custom;
+  const op = lo.op;
+  if (op.exec) return (op.exec.meta?.args ?? []).join(' ');
+  if (op.source) return op.source.identifier ?? 'source';
+  return opKind(op) ?? 'op';
+}
+
+function platformOf(op: pb.IOp, fallback: pb.IPlatform): pb.IPlatform {
+  const p = op.platform?.OS && op.platform.Architecture ? op.platform : fallback;
+  return { OS: p.OS ?? '', Architecture: p.Architecture ?? '', Variant: p.Variant ?? '' };
+}
+
+function formatPlatform(p: pb.IPlatform): string {
+  return [p.OS, p.Architecture, p.Variant].filter(Boolean).join('/');
+}
+
+/** The worker holding most input bytes (each input counts one byte more, so empty ones count). */
+function preferredWorker(inputs: readonly ResolvedInput[]): string | undefined {
+  const weight = new Map<string, number>();
+  for (const i of inputs) {
+    if (!i.holderWorker) continue;
+    let bytes = 1;
+    for (const l of i.layers ?? []) bytes += Number(l.size ?? 0);
+    weight.set(i.holderWorker, (weight.get(i.holderWorker) ?? 0) + bytes);
+  }
+  let best: string | undefined;
+  let max = -1;
+  for (const [w, n] of weight) if (n > max) [best, max] = [w, n];
+  return best;
+}
+
+const num = (v: number | { toNumber(): number } | null | undefined): number =>
+  v == null ? 0 : typeof v === 'number' ? v : v.toNumber();
+
+export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<SolveResult> {
+  const ac = new AbortController();
+  const onAbort = (): void => ac.abort();
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  if (o.signal?.aborted) ac.abort();
+  const results = new Map<string, Promise<TaskResult>>();
+  const done = new Map<string, TaskResult>();
+  let firstError: KilnError | undefined;
+
+  const run = async (lo: LoadedOp): Promise<TaskResult> => {
+    const deps = inputDigests(lo);
+    try {
+      await Promise.all(deps.map((d) => results.get(d) ?? Promise.resolve()));
+    } catch {
+      throw new Skipped();
+    }
+    if (ac.signal.aborted) throw new Skipped();
+    const name = vertexName(lo);
+    const snap: VertexSnapshot = { digest: lo.digest, inputs: deps, name, cached: false };
+    const taskId = randomUUID();
+    let task: TaskInit;
+    try {
+      const inputs: ResolvedInput[] = (lo.op.inputs ?? []).map((inp) => {
+        const r = done.get(inp.digest ?? '');
+        const out = r?.outputs[num(inp.index)];
+        if (!r || !out)
+          throw new KilnError(
+            'SOLVE_MISSING_OUTPUT',
+            `input ${inp.digest ?? ''} has no output ${num(inp.index)}`,
+          );
+        return { resultId: out.resultId, layers: out.layers, holderWorker: r.workerId };
+      });
+      const platform = platformOf(lo.op, o.defaultPlatform);
+      const cacheKey = fastKey({
+        op: lo.op,
+        platform: formatPlatform(platform),
+        inputResultIds: inputs.map((i) => i.resultId ?? ''),
+        nonce: lo.metadata?.ignoreCache ? o.buildId : undefined,
+      });
+      const preferred = preferredWorker(inputs);
+      task = {
+        taskId,
+        buildId: o.buildId,
+        vertexDigest: lo.digest,
+        op: lo.bytes,
+        metadata: lo.metadata ?? {},
+        inputs,
+        cacheKey,
+        platform,
+        sessionId: o.sessionId ?? '',
+        preferredWorker: preferred ?? '',
+      };
+      snap.cacheKey = cacheKey;
+    } catch (e) {
+      const err = new VertexFailedError(lo.digest, name, e);
+      firstError ??= err;
+      ac.abort();
+      o.onVertex?.({ ...snap, error: err.message });
+      throw err;
+    }
+    snap.startedAt = Date.now();
+    o.onVertex?.({ ...snap });
+    try {
+      const r = await o.submitter.submit(task, {
+        buildId: o.buildId,
+        signal: ac.signal,
+        preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
+        onProgress: (p) => o.onProgress?.(lo.digest, p),
+      });
+      done.set(lo.digest, r);
+      // Answered by a run another build (or an earlier one) made, or by the worker's cache.
+      snap.cached = r.cached || r.taskId !== taskId;
+      snap.completedAt = Date.now();
+      snap.workerId = r.workerId;
+      o.onVertex?.({ ...snap });
+      return r;
+    } catch (e) {
+      snap.completedAt = Date.now();
+      if (ac.signal.aborted) {
+        o.onVertex?.({ ...snap, error: 'canceled' });
+        throw new Skipped();
+      }
+      const err = new VertexFailedError(lo.digest, name, e);
+      firstError ??= err;
+      ac.abort();
+      o.onVertex?.({ ...snap, error: err.message });
+      throw err;
+    }
+  };
+
+  for (const d of g.order) {
+    const p = run(g.ops.get(d)!);
+    p.catch(() => undefined); // observed below through allSettled
+    results.set(d, p);
+  }
+  await Promise.allSettled(results.values());
+  o.signal?.removeEventListener('abort', onAbort);
+  if (firstError) throw firstError;
+  if (o.signal?.aborted) throw new BuildCanceledError(o.buildId);
+  const r = done.get(g.result.digest);
+  const out = r?.outputs[g.result.index];
+  if (!r || !out) {
+    throw new VertexFailedError(
+      g.result.digest,
+      vertexName(g.ops.get(g.result.digest)!),
+      new KilnError('SOLVE_MISSING_OUTPUT', `no output ${g.result.index}`),
+    );
+  }
+  return { result: out, workerId: r.workerId, vertices: done };
+}
