@@ -12,3 +12,4 @@ export type { ProgressEvent } from './solver/progress.js';
 export { VertexError, SolveCanceledError } from './solver/errors.js';
 export { benchExec } from './runtime/bench-exec.js';
 export type { BenchExecResult } from './runtime/bench-exec.js';
+export * from './node/index.js';

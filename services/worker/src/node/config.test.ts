@@ -1,0 +1,107 @@
+// Configuration layering and platform detection (pure; a fake binfmt_misc dir).
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadConfig } from './config.js';
+import { resolvePlatforms } from './platforms.js';
+import { EMPTY_RESULT_ID, chainIds, resultIdOf } from './result-id.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'kiln-worker-config-'));
+const binfmt = join(dir, 'binfmt');
+const noBinfmt = join(dir, 'none');
+mkdirSync(binfmt);
+writeFileSync(join(binfmt, 'qemu-aarch64'), 'enabled\ninterpreter /usr/bin/qemu-aarch64\n');
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('loadConfig', () => {
+  it('layers defaults < file < environment < flags', () => {
+    const file = join(dir, 'worker.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        natsUrl: 'nats://file:4222',
+        slots: 3,
+        labels: { zone: 'a' },
+        store: { type: 's3', endpoint: 'http://s3:9000', bucket: 'b', accessKey: 'k' },
+      }),
+    );
+    const c = loadConfig({
+      argv: ['--config', file, '--slots', '5', '--local', 'context=/src', '--id', 'w1'],
+      env: { KILN_NATS_URL: 'nats://env:4222', KILN_S3_SECRET_KEY: 's', KILN_WORKER_SLOTS: '4' },
+      arch: 'x64',
+      binfmtDir: noBinfmt,
+    });
+    expect(c).toMatchObject({
+      natsUrl: 'nats://env:4222',
+      id: 'w1',
+      slots: 5,
+      labels: { zone: 'a' },
+      localDirs: { context: '/src' },
+      // The file's S3 fields and the environment's secret merge.
+      store: {
+        type: 's3',
+        endpoint: 'http://s3:9000',
+        bucket: 'b',
+        accessKey: 'k',
+        secretKey: 's',
+      },
+      platforms: [{ os: 'linux', arch: 'amd64', emulated: false }],
+      logLevel: 'info',
+      heartbeatMs: 1_000,
+    });
+  });
+
+  it('defaults to a filesystem store and rejects bad values with WORKER_CONFIG', () => {
+    const c = loadConfig({ env: { KILN_STORE_DIR: '/data/store' }, arch: 'x64' });
+    expect(c.store).toEqual({ type: 'fs', dir: '/data/store' });
+    expect(() => loadConfig({ argv: ['--slots', '0'], arch: 'x64' })).toThrow(
+      expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error,
+    );
+    expect(() => loadConfig({ argv: ['--bogus'], arch: 'x64' })).toThrow(
+      expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error,
+    );
+    expect(() => loadConfig({ env: { KILN_S3_ENDPOINT: 'http://s3' }, arch: 'x64' })).toThrow(
+      /needs bucket, accessKey, secretKey/,
+    );
+  });
+});
+
+describe('resolvePlatforms', () => {
+  it('detects the native platform and adds emulated ones only with their binfmt handler', () => {
+    expect(resolvePlatforms({ arch: 'arm64' })).toEqual([
+      { os: 'linux', arch: 'arm64', emulated: false },
+    ]);
+    expect(resolvePlatforms({ arch: 'x64', emulate: ['linux/arm64'], binfmtDir: binfmt })).toEqual([
+      { os: 'linux', arch: 'amd64', emulated: false },
+      { os: 'linux', arch: 'arm64', emulated: true },
+    ]);
+    expect(() =>
+      resolvePlatforms({ arch: 'x64', emulate: ['linux/arm64'], binfmtDir: noBinfmt }),
+    ).toThrow(/no qemu binfmt handler/);
+    expect(
+      resolvePlatforms({
+        arch: 'x64',
+        explicit: ['linux/arm64/v8=emulated', 'linux/amd64'],
+        binfmtDir: binfmt,
+      }),
+    ).toEqual([
+      { os: 'linux', arch: 'arm64', emulated: true },
+      { os: 'linux', arch: 'amd64', emulated: false },
+    ]);
+  });
+});
+
+describe('result ids', () => {
+  it('are OCI chain IDs of the layers; no layers is the empty result', () => {
+    const d1 = `sha256:${'1'.repeat(64)}`;
+    const d2 = `sha256:${'2'.repeat(64)}`;
+    const ids = chainIds([d1, d2]);
+    expect(ids[0]).toBe(d1);
+    // chainID(L1) = sha256("<chainID(L0)> <diffID(L1)>"), as containerd's identity.ChainID.
+    expect(ids[1]).toBe(`sha256:${createHash('sha256').update(`${d1} ${d2}`).digest('hex')}`);
+    expect(resultIdOf([d1, d2])).toBe(ids[1]);
+    expect(resultIdOf([])).toBe(EMPTY_RESULT_ID);
+  });
+});

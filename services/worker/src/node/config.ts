@@ -1,0 +1,359 @@
+/**
+ * The worker process's configuration: one typed, validated object, loaded from defaults < a JSON
+ * file < `KILN_*` environment < command-line flags. The environment and argv are passed in (only
+ * `main.ts` reads `process`), so tests load configurations without touching the process.
+ */
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { isAbsolute, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { WorkerPlatform } from '@kiln/bus';
+import { WorkerConfigError } from './errors.js';
+import { resolvePlatforms } from './platforms.js';
+
+export type StoreConfig =
+  | { type: 'fs'; dir: string }
+  | {
+      type: 's3';
+      endpoint: string;
+      bucket: string;
+      accessKey: string;
+      secretKey: string;
+      prefix?: string;
+      region?: string;
+    };
+
+/** The compiled configuration (every field defaulted and checked). */
+export interface WorkerConfig {
+  natsUrl: string;
+  /** Worker id; undefined: `<hostname>-<random>`. */
+  id?: string;
+  stateDir: string;
+  store: StoreConfig;
+  platforms: WorkerPlatform[];
+  slots: number;
+  labels: Record<string, string>;
+  /** `local://<name>` sources served from these directories (tests, the embedded farm). */
+  localDirs: Record<string, string>;
+  heartbeatMs: number;
+  drainTimeoutMs: number;
+  logLevel: string;
+  snapshotter: 'auto' | 'overlayfs' | 'native';
+  runtime: 'auto' | 'crun' | 'runc';
+  insecureRegistries: string[];
+}
+
+/** What a file, the environment or the flags may set (all optional, later layers win). */
+export interface WorkerConfigInput {
+  natsUrl?: string;
+  id?: string;
+  stateDir?: string;
+  store?: {
+    type?: 'fs' | 's3';
+    dir?: string;
+    endpoint?: string;
+    bucket?: string;
+    accessKey?: string;
+    secretKey?: string;
+    prefix?: string;
+    region?: string;
+  };
+  /** Explicit platforms: `linux/amd64`, `linux/arm64=emulated`. Replaces detection. */
+  platforms?: string[];
+  /** Platforms to add as emulated to the detected native one (needs their qemu binfmt). */
+  emulate?: string[];
+  slots?: number;
+  labels?: Record<string, string>;
+  localDirs?: Record<string, string>;
+  heartbeatMs?: number;
+  drainTimeoutMs?: number;
+  logLevel?: string;
+  snapshotter?: string;
+  runtime?: string;
+  insecureRegistries?: string[];
+}
+
+export interface LoadConfigOptions {
+  argv?: readonly string[];
+  env?: Readonly<Record<string, string | undefined>>;
+  /** For tests: the CPU architecture (`process.arch` names) and the binfmt_misc dir. */
+  arch?: string;
+  binfmtDir?: string;
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** Loads and validates the configuration. Throws WorkerConfigError. */
+export function loadConfig(o: LoadConfigOptions = {}): WorkerConfig {
+  const env = o.env ?? {};
+  const flags = fromFlags(o.argv ?? []);
+  const file = flags.configFile ?? env.KILN_WORKER_CONFIG;
+  const layers = [defaults(env), file ? fromFile(file) : {}, fromEnv(env), flags.input];
+  return compile(layers.reduce(merge, {}), o);
+}
+
+function defaults(env: Readonly<Record<string, string | undefined>>): WorkerConfigInput {
+  // Root: the system's data dir; anyone else: the user's (XDG).
+  const data =
+    process.getuid?.() === 0
+      ? '/var/lib/kiln'
+      : join(env.XDG_DATA_HOME || join(env.HOME || homedir(), '.local/share'), 'kiln');
+  return {
+    natsUrl: 'nats://127.0.0.1:4222',
+    stateDir: join(data, 'worker'),
+    store: { type: 'fs', dir: join(data, 'store') },
+    slots: 1,
+    heartbeatMs: 1_000,
+    drainTimeoutMs: 60_000,
+    logLevel: 'info',
+    snapshotter: 'auto',
+    runtime: 'auto',
+  };
+}
+
+function merge(a: WorkerConfigInput, b: WorkerConfigInput): WorkerConfigInput {
+  const out: WorkerConfigInput = { ...a };
+  for (const [k, v] of Object.entries(b) as [keyof WorkerConfigInput, unknown][]) {
+    if (v === undefined) continue;
+    if (k === 'store') {
+      const s = Object.fromEntries(
+        Object.entries(v as object).filter(([, x]) => x !== undefined),
+      ) as NonNullable<WorkerConfigInput['store']>;
+      // Same backend: fields merge (a file's bucket, the environment's credentials); another
+      // backend replaces the store whole.
+      const sameType = s.type === undefined || s.type === a.store?.type;
+      out.store = sameType ? { ...a.store, ...s } : s;
+    } else (out as Record<string, unknown>)[k] = v;
+  }
+  return out;
+}
+
+function fromFile(path: string): WorkerConfigInput {
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new WorkerConfigError(`config file ${path}: ${(err as Error).message}`, err);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new WorkerConfigError(`config file ${path}: not a JSON object`);
+  return v;
+}
+
+function list(s: string | undefined): string[] | undefined {
+  if (s === undefined) return undefined;
+  return s
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
+}
+
+function pairs(
+  items: readonly string[] | undefined,
+  what: string,
+): Record<string, string> | undefined {
+  if (items === undefined) return undefined;
+  const out: Record<string, string> = {};
+  for (const it of items) {
+    const i = it.indexOf('=');
+    if (i <= 0) throw new WorkerConfigError(`${what} "${it}": expected name=value`);
+    out[it.slice(0, i)] = it.slice(i + 1);
+  }
+  return out;
+}
+
+function int(s: string | undefined, what: string): number | undefined {
+  if (s === undefined || s === '') return undefined;
+  const n = Number(s);
+  if (!Number.isInteger(n)) throw new WorkerConfigError(`${what}: "${s}" is not an integer`);
+  return n;
+}
+
+function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfigInput {
+  const e = (k: string): string | undefined => env[k] || undefined;
+  let store: WorkerConfigInput['store'];
+  const s3 = ['ENDPOINT', 'BUCKET', 'ACCESS_KEY', 'SECRET_KEY', 'PREFIX', 'REGION'];
+  if (s3.some((k) => e(`KILN_S3_${k}`))) {
+    // Only an endpoint or a bucket selects S3; credentials alone complete a file's S3 store.
+    store = {
+      ...(e('KILN_S3_ENDPOINT') || e('KILN_S3_BUCKET') ? { type: 's3' as const } : {}),
+      endpoint: e('KILN_S3_ENDPOINT'),
+      bucket: e('KILN_S3_BUCKET'),
+      accessKey: e('KILN_S3_ACCESS_KEY'),
+      secretKey: e('KILN_S3_SECRET_KEY'),
+      prefix: e('KILN_S3_PREFIX'),
+      region: e('KILN_S3_REGION'),
+    };
+  } else if (e('KILN_STORE_DIR')) store = { type: 'fs', dir: e('KILN_STORE_DIR') };
+  return {
+    natsUrl: e('KILN_NATS_URL'),
+    id: e('KILN_WORKER_ID'),
+    stateDir: e('KILN_WORKER_STATE_DIR'),
+    store,
+    platforms: list(e('KILN_WORKER_PLATFORMS')),
+    emulate: list(e('KILN_WORKER_EMULATE')),
+    slots: int(e('KILN_WORKER_SLOTS'), 'KILN_WORKER_SLOTS'),
+    labels: pairs(list(e('KILN_WORKER_LABELS')), 'KILN_WORKER_LABELS'),
+    localDirs: pairs(list(e('KILN_WORKER_LOCAL_DIRS')), 'KILN_WORKER_LOCAL_DIRS'),
+    heartbeatMs: int(e('KILN_WORKER_HEARTBEAT_MS'), 'KILN_WORKER_HEARTBEAT_MS'),
+    drainTimeoutMs: int(e('KILN_WORKER_DRAIN_TIMEOUT_MS'), 'KILN_WORKER_DRAIN_TIMEOUT_MS'),
+    logLevel: e('KILN_LOG_LEVEL'),
+    snapshotter: e('KILN_WORKER_SNAPSHOTTER'),
+    runtime: e('KILN_WORKER_RUNTIME'),
+    insecureRegistries: list(e('KILN_INSECURE_REGISTRIES')),
+  };
+}
+
+/** `--help` text (also the reference of the flags). */
+export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task bus
+
+  --config FILE            JSON config file (KILN_WORKER_CONFIG)
+  --nats URL               NATS server (KILN_NATS_URL)
+  --id ID                  worker id (KILN_WORKER_ID)
+  --state-dir DIR          snapshots, runtime state, layer cache (KILN_WORKER_STATE_DIR)
+  --store-dir DIR          shared filesystem content store (KILN_STORE_DIR)
+  --s3-endpoint URL        S3 content store (KILN_S3_ENDPOINT), with --s3-bucket,
+                           --s3-access-key, --s3-secret-key, --s3-prefix, --s3-region
+  --platform P[=emulated]  explicit platform, repeatable (KILN_WORKER_PLATFORMS, comma list)
+  --emulate P              add an emulated platform to the native one (KILN_WORKER_EMULATE)
+  --slots N                tasks run at once (KILN_WORKER_SLOTS)
+  --label K=V              repeatable (KILN_WORKER_LABELS, comma list)
+  --local NAME=DIR         serve local://NAME from DIR, repeatable (KILN_WORKER_LOCAL_DIRS)
+  --heartbeat-ms N, --drain-timeout-ms N, --log-level L (KILN_LOG_LEVEL),
+  --snapshotter auto|overlayfs|native, --runtime auto|crun|runc,
+  --insecure-registry HOST[:PORT] (KILN_INSECURE_REGISTRIES)
+`;
+
+function fromFlags(argv: readonly string[]): {
+  configFile?: string;
+  input: WorkerConfigInput;
+  help?: boolean;
+} {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        config: { type: 'string' },
+        nats: { type: 'string' },
+        id: { type: 'string' },
+        'state-dir': { type: 'string' },
+        'store-dir': { type: 'string' },
+        's3-endpoint': { type: 'string' },
+        's3-bucket': { type: 'string' },
+        's3-access-key': { type: 'string' },
+        's3-secret-key': { type: 'string' },
+        's3-prefix': { type: 'string' },
+        's3-region': { type: 'string' },
+        platform: { type: 'string', multiple: true },
+        emulate: { type: 'string', multiple: true },
+        slots: { type: 'string' },
+        label: { type: 'string', multiple: true },
+        local: { type: 'string', multiple: true },
+        'heartbeat-ms': { type: 'string' },
+        'drain-timeout-ms': { type: 'string' },
+        'log-level': { type: 'string' },
+        snapshotter: { type: 'string' },
+        runtime: { type: 'string' },
+        'insecure-registry': { type: 'string', multiple: true },
+      },
+    }));
+  } catch (err) {
+    throw new WorkerConfigError(`${(err as Error).message}\n${FLAGS_HELP}`, err);
+  }
+  let store: WorkerConfigInput['store'];
+  if (values['s3-endpoint'] || values['s3-bucket']) {
+    store = {
+      type: 's3',
+      endpoint: values['s3-endpoint'],
+      bucket: values['s3-bucket'],
+      accessKey: values['s3-access-key'],
+      secretKey: values['s3-secret-key'],
+      prefix: values['s3-prefix'],
+      region: values['s3-region'],
+    };
+  } else if (values['store-dir']) store = { type: 'fs', dir: values['store-dir'] };
+  return {
+    configFile: values.config,
+    input: {
+      natsUrl: values.nats,
+      id: values.id,
+      stateDir: values['state-dir'],
+      store,
+      platforms: values.platform,
+      emulate: values.emulate,
+      slots: int(values.slots, '--slots'),
+      labels: pairs(values.label, '--label'),
+      localDirs: pairs(values.local, '--local'),
+      heartbeatMs: int(values['heartbeat-ms'], '--heartbeat-ms'),
+      drainTimeoutMs: int(values['drain-timeout-ms'], '--drain-timeout-ms'),
+      logLevel: values['log-level'],
+      snapshotter: values.snapshotter,
+      runtime: values.runtime,
+      insecureRegistries: values['insecure-registry'],
+    },
+  };
+}
+
+function oneOf<T extends string>(v: string | undefined, allowed: readonly T[], what: string): T {
+  if (v === undefined || !(allowed as readonly string[]).includes(v))
+    throw new WorkerConfigError(`${what} must be one of ${allowed.join(', ')} (got ${String(v)})`);
+  return v as T;
+}
+
+function positive(v: number | undefined, what: string): number {
+  if (v === undefined || !Number.isInteger(v) || v <= 0)
+    throw new WorkerConfigError(`${what} must be a positive integer (got ${String(v)})`);
+  return v;
+}
+
+function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(p));
+  const s = c.store ?? {};
+  let store: StoreConfig;
+  if (s.type === 's3') {
+    const missing = (['endpoint', 'bucket', 'accessKey', 'secretKey'] as const).filter(
+      (k) => !s[k],
+    );
+    if (missing.length > 0) throw new WorkerConfigError(`the S3 store needs ${missing.join(', ')}`);
+    store = {
+      type: 's3',
+      endpoint: s.endpoint!,
+      bucket: s.bucket!,
+      accessKey: s.accessKey!,
+      secretKey: s.secretKey!,
+      ...(s.prefix ? { prefix: s.prefix } : {}),
+      ...(s.region ? { region: s.region } : {}),
+    };
+  } else {
+    if (!s.dir) throw new WorkerConfigError('the filesystem store needs a directory');
+    store = { type: 'fs', dir: abs(s.dir) };
+  }
+  if (!c.natsUrl) throw new WorkerConfigError('a NATS url is required');
+  if (!c.stateDir) throw new WorkerConfigError('a state dir is required');
+  const localDirs: Record<string, string> = {};
+  for (const [k, v] of Object.entries(c.localDirs ?? {})) localDirs[k] = abs(v);
+  return {
+    natsUrl: c.natsUrl,
+    ...(c.id ? { id: c.id } : {}),
+    stateDir: abs(c.stateDir),
+    store,
+    platforms: resolvePlatforms({
+      ...(c.platforms ? { explicit: c.platforms } : {}),
+      ...(c.emulate ? { emulate: c.emulate } : {}),
+      ...(o.arch ? { arch: o.arch } : {}),
+      ...(o.binfmtDir ? { binfmtDir: o.binfmtDir } : {}),
+    }),
+    slots: positive(c.slots, 'slots'),
+    labels: { ...c.labels },
+    localDirs,
+    heartbeatMs: positive(c.heartbeatMs, 'heartbeatMs'),
+    drainTimeoutMs: positive(c.drainTimeoutMs, 'drainTimeoutMs'),
+    logLevel: oneOf(c.logLevel, LOG_LEVELS, 'logLevel'),
+    snapshotter: oneOf(c.snapshotter, ['auto', 'overlayfs', 'native'] as const, 'snapshotter'),
+    runtime: oneOf(c.runtime, ['auto', 'crun', 'runc'] as const, 'runtime'),
+    insecureRegistries: [...(c.insecureRegistries ?? [])],
+  };
+}

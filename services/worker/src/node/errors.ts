@@ -1,0 +1,43 @@
+/** Typed errors of the worker process (stable codes; see the worker README). */
+import { KilnError } from '@kiln/protocol';
+
+/**
+ * The op needs something only the client's build session can give (a secret, an ssh agent, a
+ * local directory) and this worker has no session channel yet. Not retryable: another attempt on
+ * any worker fails the same way. TODO(#5): serve these through the client session.
+ */
+export class SessionUnavailableError extends KilnError {
+  constructor(what: 'secret' | 'ssh' | 'local', id: string) {
+    super(
+      'SESSION_UNAVAILABLE',
+      `${what} "${id}" needs the client's build session, which remote workers cannot reach yet`,
+      { details: { what, id } },
+    );
+  }
+}
+
+/** A task input could not be materialized (not held here, and no layers to fetch). */
+export class InputUnavailableError extends KilnError {
+  constructor(index: number, resultId: string, why: string, cause?: unknown) {
+    super('TASK_INPUT_UNAVAILABLE', `input ${index} (${resultId || 'no result id'}): ${why}`, {
+      cause,
+      // Another worker (the holder) may still have it, or the store may be back.
+      retryable: true,
+      details: { index, resultId },
+    });
+  }
+}
+
+/** The task itself is unusable (undecodable op, an op kind this worker does not run). */
+export class InvalidTaskError extends KilnError {
+  constructor(message: string, cause?: unknown) {
+    super('TASK_INVALID', message, { cause });
+  }
+}
+
+/** The worker's configuration is invalid. */
+export class WorkerConfigError extends KilnError {
+  constructor(message: string, cause?: unknown) {
+    super('WORKER_CONFIG', message, { cause });
+  }
+}

@@ -1,0 +1,15 @@
+/** The worker process: real LLB ops as tasks from the task bus. */
+export { TaskRunner, taskErrorOf } from './task-runner.js';
+export type { RunnerStats, TaskRunnerOptions } from './task-runner.js';
+export { WorkerNode, openStore } from './worker-node.js';
+export type { WorkerNodeOptions } from './worker-node.js';
+export { loadConfig, FLAGS_HELP } from './config.js';
+export type { LoadConfigOptions, StoreConfig, WorkerConfig, WorkerConfigInput } from './config.js';
+export { binfmtRegistered, nativePlatform, resolvePlatforms } from './platforms.js';
+export { EMPTY_RESULT_ID, chainIds, layerSnapshotName, resultIdOf } from './result-id.js';
+export {
+  InputUnavailableError,
+  InvalidTaskError,
+  SessionUnavailableError,
+  WorkerConfigError,
+} from './errors.js';

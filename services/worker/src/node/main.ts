@@ -1,0 +1,43 @@
+/**
+ * `node services/worker/dist/node/main.js [flags]`: the worker process. Configuration from
+ * defaults < `--config` JSON file < `KILN_*` environment < flags (see `config.ts`, `--help`).
+ * Logs are pino JSON lines on stdout. SIGTERM / SIGINT drain (no new task, running ones finish
+ * or are handed back), then exit 0; a second signal exits at once.
+ */
+import { pino } from 'pino';
+import { FLAGS_HELP, loadConfig } from './config.js';
+import { WorkerNode } from './worker-node.js';
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(FLAGS_HELP);
+    return;
+  }
+  const config = loadConfig({ argv, env: process.env });
+  const log = pino({ level: config.logLevel, base: { pid: process.pid, service: 'kiln-worker' } });
+  const node = await WorkerNode.start(config, { logger: log });
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) {
+      log.warn({ signal }, 'exiting without drain');
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal }, 'signal received');
+    node.drain().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err }, 'drain failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`kiln worker: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

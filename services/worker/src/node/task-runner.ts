@@ -1,0 +1,471 @@
+/**
+ * TaskRunner: runs one task of the distributed scheduler (one LLB vertex) on this worker with the
+ * engine's op executors. It is the {@link RunTask} a {@link TaskConsumer} calls.
+ *
+ * Contract:
+ * - Inputs: a result this worker holds (result id -> committed snapshot, persisted under the state
+ *   dir) is used as is; any other is rebuilt from its layers, fetched from the shared content store
+ *   by digest and checked against their diffIDs, each layer a committed snapshot named by its
+ *   chain ID (reused when present, built once when several tasks need it at once).
+ * - Outputs: each output's layers (its snapshot chain, one layer per snapshot, computed once by the
+ *   engine's LayerCache) are in the shared store before the result is returned (blobs first); its
+ *   result id is the chain ID of those layers (see `result-id.ts`), and it is held from then on.
+ * - Failures are returned as a TaskError (code, retryable, exit code and output tail of a failed
+ *   process), never thrown. When `signal` aborts the executors stop and the outcome is discarded by
+ *   the consumer.
+ * - Secrets, ssh agents and local directories need the client's session, which a remote worker
+ *   does not have yet: such ops fail with SESSION_UNAVAILABLE, except `local://` sources named in
+ *   the configured directory map (tests, the embedded single-machine farm).
+ */
+import { statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Transform, pipeline } from 'node:stream';
+import { TextDecoder } from 'node:util';
+import type { Readable } from 'node:stream';
+import type { Task, TaskErrorInit } from '@kiln/bus';
+import { opKind } from '@kiln/llb';
+import type { OpKind } from '@kiln/llb';
+import { KilnError, asKilnError, pb } from '@kiln/protocol';
+import { DigestMismatchError } from '@kiln/store';
+import type { BlobStore, Digest } from '@kiln/store';
+import type { Logger } from 'pino';
+import { Engine } from '../engine/engine.js';
+import { FileExecutor } from '../engine/executors/file.js';
+import { SourceExecutor } from '../engine/executors/source.js';
+import { applyLayer } from '../layers/index.js';
+import { runExec, sweepExecState } from '../ops/exec/index.js';
+import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
+import { buildSnapshot } from '../ops/snapshots.js';
+import type { SnapshotEnv } from '../ops/snapshots.js';
+import type { RegistryClientOptions } from '../registry/index.js';
+import type { OciRuntime, RuntimeName } from '../runtime/index.js';
+import type { ExecutorContext, OpExecutor, SessionProviders } from '../solver/solver.js';
+import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';
+import { InputUnavailableError, InvalidTaskError, SessionUnavailableError } from './errors.js';
+import { HeldResults } from './held-results.js';
+import { EMPTY_RESULT_ID, chainIds, layerSnapshotName, resultIdOf } from './result-id.js';
+
+type ResolvedInput = Task['inputs'][number];
+type LayerRef = NonNullable<ResolvedInput['layers']>[number];
+type OutputResult = NonNullable<TaskOutcome['outputs']>[number];
+
+export interface TaskRunnerOptions {
+  /** The worker's own state (snapshots, runtime, layer cache, held results). */
+  stateDir: string;
+  /** The content store the whole farm shares: inputs are fetched from it, outputs go to it. */
+  store: BlobStore;
+  /** Directories served to `local://<name>` sources (tests, the embedded farm). */
+  localDirs?: Readonly<Record<string, string>>;
+  snapshotter?: 'auto' | 'overlayfs' | 'native';
+  runtime?: RuntimeName | 'auto';
+  registry?: RegistryClientOptions;
+  /** Default: silent. */
+  logger?: Logger;
+}
+
+/** Counters since the runner opened. */
+export interface RunnerStats {
+  tasks: number;
+  failed: number;
+  /** Inputs found held locally / rebuilt from the store. */
+  inputsLocal: number;
+  inputsFetched: number;
+  /** Layer blobs fetched from the store and their (compressed) bytes. */
+  layersFetched: number;
+  bytesFetched: number;
+}
+
+const num = (v: number | { toNumber(): number } | null | undefined): number =>
+  v == null ? 0 : typeof v === 'number' ? v : v.toNumber();
+
+/** Lines of live output per progress message at most; longer bursts are split. */
+const PROGRESS_LINES = 64;
+
+export class TaskRunner {
+  readonly #stats: RunnerStats = {
+    tasks: 0,
+    failed: 0,
+    inputsLocal: 0,
+    inputsFetched: 0,
+    layersFetched: 0,
+    bytesFetched: 0,
+  };
+  readonly #layerBuilds = new Map<string, Promise<string>>();
+  readonly #executors: Partial<Record<OpKind, OpExecutor>>;
+  readonly #session: SessionProviders;
+
+  private constructor(
+    readonly engine: Engine,
+    readonly store: BlobStore,
+    private readonly env: SnapshotEnv,
+    private readonly held: HeldResults,
+    private readonly log: Logger | undefined,
+    private readonly localDirs: Readonly<Record<string, string>>,
+  ) {
+    this.#executors = {
+      source: new SourceExecutor(env, engine.images, store, engine.layers),
+      exec: { exec: (ctx) => this.#exec(ctx) },
+      file: new FileExecutor(env),
+      merge: new MergeExecutor(env),
+      diff: new DiffExecutor(env),
+    };
+    this.#session = {
+      localDirs,
+      secrets: (id) => Promise.reject(new SessionUnavailableError('secret', id)),
+      ssh: (id) => Promise.reject(new SessionUnavailableError('ssh', id)),
+    };
+  }
+
+  /**
+   * Opens the engine on `stateDir` (sweeping what a dead process left: containers, exec mounts)
+   * and the held results. One runner per state dir.
+   */
+  static async open(o: TaskRunnerOptions): Promise<TaskRunner> {
+    const engine = await Engine.open({
+      stateDir: o.stateDir,
+      store: o.store,
+      ...(o.snapshotter ? { snapshotter: o.snapshotter } : {}),
+      ...(o.runtime ? { runtime: o.runtime } : {}),
+      ...(o.registry ? { registry: o.registry } : {}),
+    });
+    await sweepExecState(join(o.stateDir, 'exec'));
+    const held = await HeldResults.open(join(o.stateDir, 'node', 'held-results.jsonl'));
+    const env: SnapshotEnv = { snapshotter: engine.snapshotter, tmpDir: join(o.stateDir, 'tmp') };
+    return new TaskRunner(engine, o.store, env, held, o.logger, o.localDirs ?? {});
+  }
+
+  /** The {@link RunTask} for a TaskConsumer. */
+  readonly run: RunTask = (task, signal, progress) => this.#run(task, signal, progress);
+
+  /** Result ids held here, oldest first (the registration advertises the newest). */
+  heldResults(): string[] {
+    return this.held.ids();
+  }
+
+  /** The committed snapshot of a held result. */
+  snapshotOf(resultId: string): string | undefined {
+    return this.held.get(resultId);
+  }
+
+  get stats(): Readonly<RunnerStats> {
+    return { ...this.#stats };
+  }
+
+  /** Free bytes on the state dir's filesystem (0 when unknown). */
+  async freeDiskBytes(): Promise<number> {
+    try {
+      const s = await statfs(this.engine.stateDir);
+      return s.bavail * s.bsize;
+    } catch (err) {
+      this.log?.warn({ err }, 'statfs failed');
+      return 0;
+    }
+  }
+
+  async #run(
+    task: Task,
+    signal: AbortSignal,
+    progress: (p: ProgressUpdate) => void,
+  ): Promise<TaskOutcome> {
+    const log = this.log?.child({
+      buildId: task.buildId,
+      vertexDigest: task.vertexDigest,
+      taskId: task.taskId,
+      attempt: task.attempt,
+    });
+    this.#stats.tasks++;
+    const fetchedBefore = this.#stats.bytesFetched;
+    const output = new OutputLines(progress);
+    try {
+      const op = decodeOp(task.op);
+      const kind = opKind(op);
+      const executor = kind ? this.#executors[kind] : undefined;
+      if (!kind || !executor)
+        throw new InvalidTaskError(`no executor for ${kind ?? 'unknown'} ops`);
+      const opInputs = op.inputs ?? [];
+      const taskInputs = task.inputs ?? [];
+      if (taskInputs.length !== opInputs.length) {
+        throw new InvalidTaskError(
+          `the op has ${opInputs.length} inputs, the task resolves ${taskInputs.length}`,
+        );
+      }
+      this.#checkSession(op);
+      log?.debug({ kind, inputs: taskInputs.length }, 'task started');
+      progress({ stage: 'inputs', current: 0, total: taskInputs.length });
+      const inputs = await Promise.all(
+        taskInputs.map((inp, i) => this.#materialize(inp, i, signal, log)),
+      );
+      signal.throwIfAborted();
+      progress({ stage: 'run' });
+      const ctx: ExecutorContext = {
+        digest: task.vertexDigest,
+        op,
+        metadata: task.metadata ?? undefined,
+        inputs,
+        session: this.#session,
+        signal,
+        log: (stream, data) => output.write(stream, data),
+      };
+      const snapshots = await executor.exec(ctx);
+      output.flush();
+      signal.throwIfAborted();
+      progress({ stage: 'upload', current: 0, total: snapshots.length });
+      const outputs: OutputResult[] = [];
+      // Sparse: an exec's outputs are indexed by mount; a hole is an empty output.
+      for (let i = 0; i < snapshots.length; i++) outputs.push(await this.#output(snapshots[i]));
+      log?.info(
+        {
+          kind,
+          outputs: outputs.map((o) => o.resultId),
+          bytesFetched: this.#stats.bytesFetched - fetchedBefore,
+        },
+        'task done',
+      );
+      return { outputs };
+    } catch (err) {
+      output.flush();
+      this.#stats.failed++;
+      const error = taskErrorOf(err);
+      if (signal.aborted) log?.info({ code: error.code }, 'task aborted');
+      else log?.warn({ err, code: error.code, exitCode: error.exitCode }, 'task failed');
+      return { error };
+    }
+  }
+
+  /**
+   * ExecOp: `runExec` with this runner's session providers, output streamed as progress. (Not the
+   * engine's ExecExecutor: its construction is the engine's business and is changing.)
+   */
+  async #exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
+    const res = await runExec(
+      {
+        snapshotter: this.engine.snapshotter,
+        runtime: await this.#runtime(),
+        stateDir: join(this.engine.stateDir, 'exec'),
+        ...(this.#session.secrets ? { secrets: this.#session.secrets } : {}),
+        ...(this.#session.ssh ? { ssh: this.#session.ssh } : {}),
+      },
+      {
+        op: ctx.op.exec!,
+        inputs: ctx.inputs,
+        signal: ctx.signal,
+        onOutput: (stream, data) => ctx.log(stream === 'stderr' ? 2 : 1, data),
+      },
+    );
+    const outputs: (string | undefined)[] = [];
+    for (const [i, name] of res.outputs) outputs[i] = name;
+    return outputs;
+  }
+
+  /** The engine's OCI runtime: an instance, or (newer engines) opened on first use. */
+  #runtime(): Promise<OciRuntime> {
+    const r = this.engine.runtime as unknown as OciRuntime | (() => Promise<OciRuntime>);
+    return typeof r === 'function' ? r() : Promise.resolve(r);
+  }
+
+  #checkSession(op: pb.IOp): void {
+    const id = op.source?.identifier ?? '';
+    if (!id.startsWith('local://')) return;
+    const name = id.slice('local://'.length);
+    if (this.localDirs[name] === undefined) throw new SessionUnavailableError('local', name);
+  }
+
+  // ---- inputs ----
+
+  async #materialize(
+    inp: ResolvedInput,
+    index: number,
+    signal: AbortSignal,
+    log: Logger | undefined,
+  ): Promise<string | undefined> {
+    const id = inp.resultId ?? '';
+    if (id === EMPTY_RESULT_ID) return undefined;
+    const local = id ? this.held.get(id) : undefined;
+    if (local !== undefined) {
+      if (await this.#exists(local)) {
+        this.#stats.inputsLocal++;
+        return local;
+      }
+      await this.held.delete(id); // pruned: fetch it like any other
+    }
+    const layers = inp.layers ?? [];
+    if (layers.length === 0) {
+      throw new InputUnavailableError(index, id, 'not held by this worker and no layers to fetch');
+    }
+    const computed = resultIdOf(layers.map((l) => l.diffId ?? ''));
+    if (id && id !== computed) {
+      throw new InvalidTaskError(
+        `input ${index}: its layers make result ${computed}, not the ${id} it names`,
+      );
+    }
+    const before = this.#stats.bytesFetched;
+    const ids = chainIds(layers.map((l) => l.diffId ?? ''));
+    let parent: string | undefined;
+    for (const [k, layer] of layers.entries()) {
+      signal.throwIfAborted();
+      parent = await this.#layerSnapshot(layerSnapshotName(ids[k] ?? ''), parent, layer, index, id);
+    }
+    if (parent === undefined) throw new InputUnavailableError(index, id, 'no layers');
+    await this.held.set(computed, parent);
+    this.#stats.inputsFetched++;
+    log?.debug(
+      { index, resultId: computed, bytes: this.#stats.bytesFetched - before },
+      'input fetched',
+    );
+    return parent;
+  }
+
+  /** The committed snapshot of one layer on `parent`, built once per chain ID. */
+  #layerSnapshot(
+    name: string,
+    parent: string | undefined,
+    layer: LayerRef,
+    index: number,
+    resultId: string,
+  ): Promise<string> {
+    let p = this.#layerBuilds.get(name);
+    if (!p) {
+      p = (async () => {
+        if (await this.#exists(name)) return name;
+        const digest = (layer.digest ?? '') as Digest;
+        const diffID = layer.diffId ?? '';
+        try {
+          await buildSnapshot(
+            this.env,
+            parent,
+            async (dir) => {
+              const applied = await applyLayer(await this.#fetch(digest), dir);
+              if (applied.diffID !== diffID) throw new DigestMismatchError(diffID, applied.diffID);
+            },
+            name,
+          );
+        } catch (err) {
+          // The image source builds the same names: it may have committed this one meanwhile.
+          if (await this.#exists(name)) return name;
+          if (err instanceof DigestMismatchError) throw err;
+          throw new InputUnavailableError(index, resultId, `layer ${digest}: ${errText(err)}`, err);
+        }
+        this.#stats.layersFetched++;
+        // Later outputs built on this layer reuse its blob instead of re-diffing the snapshot
+        // (the same bytes, so the same chain IDs on every worker).
+        if (!this.engine.layers.get(name)) {
+          await this.engine.layers.set(name, {
+            digest,
+            diffID,
+            size: num(layer.size),
+            mediaType: layer.mediaType ?? '',
+          });
+        }
+        return name;
+      })();
+      p.finally(() => this.#layerBuilds.delete(name)).catch(() => undefined);
+      this.#layerBuilds.set(name, p);
+    }
+    return p;
+  }
+
+  /** A verified read of a blob, counting its bytes. */
+  async #fetch(digest: Digest): Promise<Readable> {
+    const src = await this.store.get(digest);
+    const stats = this.#stats;
+    const counter = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        stats.bytesFetched += chunk.length;
+        cb(null, chunk);
+      },
+    });
+    // Errors (a digest mismatch at the end of the read) reach the reader through `counter`.
+    pipeline(src, counter, () => undefined);
+    return counter;
+  }
+
+  #exists(snapshot: string): Promise<boolean> {
+    return this.engine.snapshotter.stat(snapshot).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  // ---- outputs ----
+
+  async #output(snapshot: string | undefined): Promise<OutputResult> {
+    if (snapshot === undefined) return { resultId: EMPTY_RESULT_ID, layers: [] };
+    const layers = await this.engine.layers.chainLayers(this.env, this.store, snapshot);
+    // Blobs first: a result must never name a blob the store lacks (a layer record may come from
+    // an earlier run against another store).
+    for (const l of layers) {
+      if (!(await this.store.has(l.digest as Digest))) {
+        throw new KilnError('TASK_OUTPUT_BLOB_MISSING', `layer ${l.digest} is not in the store`, {
+          retryable: true,
+          details: { digest: l.digest, snapshot },
+        });
+      }
+    }
+    const resultId = resultIdOf(layers.map((l) => l.diffID));
+    await this.held.set(resultId, snapshot);
+    return {
+      resultId,
+      layers: layers.map((l) => ({
+        digest: l.digest,
+        diffId: l.diffID,
+        size: l.size,
+        mediaType: l.mediaType,
+      })),
+    };
+  }
+}
+
+function decodeOp(bytes: Uint8Array | null | undefined): pb.Op {
+  if (!bytes || bytes.length === 0) throw new InvalidTaskError('the task carries no op');
+  try {
+    return pb.Op.decode(bytes);
+  } catch (err) {
+    throw new InvalidTaskError(`the task's op does not decode: ${errText(err)}`, err);
+  }
+}
+
+function errText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** A thrown error as a TaskError: KilnError code and retryable; exit code and tail of a process. */
+export function taskErrorOf(err: unknown): TaskErrorInit {
+  // Unknown errors are retryable, as the consumer treats them (another attempt may succeed).
+  const k = err instanceof KilnError ? err : asKilnError(err, 'TASK_FAILED');
+  const retryable = err instanceof KilnError ? err.retryable : true;
+  const out: TaskErrorInit = { code: k.code, message: k.message, retryable };
+  const exitCode = k.details.exitCode;
+  if (typeof exitCode === 'number') out.exitCode = exitCode;
+  const tail = k.details.tail;
+  if (typeof tail === 'string' && tail !== '') out.outputTail = tail.replace(/\n$/, '').split('\n');
+  return out;
+}
+
+/** Live process output as progress lines (complete lines only; partial ones wait for more). */
+class OutputLines {
+  readonly #partial = new Map<1 | 2, string>();
+  readonly #decoder = new Map<1 | 2, TextDecoder>();
+
+  constructor(private readonly progress: (p: ProgressUpdate) => void) {}
+
+  write(stream: 1 | 2, data: Uint8Array): void {
+    let dec = this.#decoder.get(stream);
+    if (!dec) this.#decoder.set(stream, (dec = new TextDecoder()));
+    const text = (this.#partial.get(stream) ?? '') + dec.decode(data, { stream: true });
+    const lines = text.split('\n');
+    this.#partial.set(stream, lines.pop() ?? '');
+    this.#emit(lines);
+  }
+
+  flush(): void {
+    const rest = [...this.#partial.values()].filter((l) => l !== '');
+    this.#partial.clear();
+    this.#emit(rest);
+  }
+
+  #emit(lines: string[]): void {
+    for (let i = 0; i < lines.length; i += PROGRESS_LINES) {
+      this.progress({ stage: 'output', lines: lines.slice(i, i + PROGRESS_LINES) });
+    }
+  }
+}

@@ -1,0 +1,175 @@
+/**
+ * Test support for the worker process suites (used by `*.test.ts` only). The repository's test
+ * harness and the scheduler's Dispatcher are loaded at run time, so this package's build depends
+ * on neither (the test package depends on the services; the scheduler is another service). The
+ * worker entry (`main.ts`) is bundled with esbuild (vitest's own dependency) from source, so
+ * spawning it needs no prior build.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import type { Bus, TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
+import { parseDefinition } from '@kiln/llb';
+import type { LoadedDefinition } from '@kiln/llb';
+import type { NatsConnection } from '@nats-io/transport-node';
+
+export interface NatsHandle {
+  readonly url: string;
+  stop(): Promise<void>;
+}
+
+export interface ManagedProcessLike {
+  readonly pid: number;
+  readonly exited: Promise<{ code: number | null; signal: string | null }>;
+  hasExited(): boolean;
+  output(): string;
+  kill(signal?: NodeJS.Signals): void;
+  stop(timeoutMs?: number): Promise<unknown>;
+}
+
+/** The subset of `@kiln/test`'s harness these suites use. */
+export interface Harness {
+  startNats(): Promise<NatsHandle>;
+  makeTempDir(prefix: string): { dir: string; remove: () => void };
+  spawnManaged(
+    cmd: string,
+    args: readonly string[],
+    o?: {
+      name?: string;
+      env?: NodeJS.ProcessEnv;
+      onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+    },
+  ): ManagedProcessLike;
+  REPO_ROOT: string;
+}
+
+/** The subset of the scheduler's Dispatcher these suites use. */
+export interface DispatcherLike {
+  readonly bus: Bus;
+  submit(
+    task: TaskInit,
+    opts?: { preferredWorkers?: readonly string[]; onProgress?: (p: TaskProgress) => void },
+  ): Promise<TaskResult>;
+  liveWorkers(): { id: string; held: string[] }[];
+  close(): Promise<void>;
+}
+
+interface DispatchModule {
+  Dispatcher: {
+    start(o: {
+      nc: NatsConnection;
+      affinityDelayMs?: number;
+      heartbeatTimeoutMs?: number;
+      maxAttempts?: number;
+      monitorIntervalMs?: number;
+    }): Promise<DispatcherLike>;
+  };
+}
+
+const HARNESS_MODULE = '../../../../test/src/harness/index.js';
+const DISPATCH_MODULE = '../../../scheduler/src/dispatch/index.js';
+const ESBUILD = 'esbuild';
+
+export async function loadHarness(): Promise<Harness> {
+  return (await import(/* @vite-ignore */ HARNESS_MODULE)) as Harness;
+}
+
+export async function startDispatcher(nc: NatsConnection): Promise<DispatcherLike> {
+  const m = (await import(/* @vite-ignore */ DISPATCH_MODULE)) as DispatchModule;
+  return m.Dispatcher.start({
+    nc,
+    affinityDelayMs: 300,
+    heartbeatTimeoutMs: 1_500,
+    maxAttempts: 3,
+    monitorIntervalMs: 100,
+  });
+}
+
+/** Polls `check` until it is truthy; fails with `what` after `timeoutMs`. */
+export async function until<T>(
+  what: string,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 30_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Bundles the worker entry into `dir` and returns the file to run with node. */
+export async function bundleWorkerMain(h: Harness, dir: string): Promise<string> {
+  const esbuild = (await import(/* @vite-ignore */ ESBUILD)) as {
+    build(o: Record<string, unknown>): Promise<unknown>;
+  };
+  const outfile = join(dir, 'kiln-worker-main.mjs');
+  await esbuild.build({
+    entryPoints: [join(h.REPO_ROOT, 'services/worker/src/node/main.ts')],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    conditions: ['kiln-source'],
+    outfile,
+    logLevel: 'warning',
+    banner: {
+      js: "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url);",
+    },
+  });
+  return outfile;
+}
+
+/** Results of the vertices submitted so far, by vertex digest. */
+export type Results = Map<string, TaskResult>;
+
+/**
+ * Submits every vertex of `def` not in `results` yet, in order, as a scheduler would: inputs
+ * resolved from the results of their producers, cache keys salted per run (the dispatcher
+ * deduplicates by cache key). `place` picks the preferred worker of each vertex.
+ */
+export async function submitGraph(
+  d: DispatcherLike,
+  def: Uint8Array,
+  o: {
+    salt: string;
+    results?: Results;
+    place: (digest: string, def: LoadedDefinition) => string | undefined;
+    onProgress?: (p: TaskProgress) => void;
+  },
+): Promise<{ results: Results; def: LoadedDefinition; result: TaskResult }> {
+  const g = parseDefinition(def);
+  const results = o.results ?? new Map<string, TaskResult>();
+  for (const digest of g.order) {
+    if (results.has(digest)) continue;
+    const v = g.ops.get(digest)!;
+    const inputs = (v.op.inputs ?? []).map((i) => {
+      const out = results.get(i.digest ?? '')?.outputs[Number(i.index ?? 0)];
+      if (!out) throw new Error(`no result for input ${i.digest ?? ''}`);
+      return { resultId: out.resultId, layers: out.layers };
+    });
+    const worker = o.place(digest, g);
+    const task: TaskInit = {
+      taskId: randomUUID(),
+      buildId: `build-${o.salt}`,
+      vertexDigest: digest,
+      op: v.bytes,
+      ...(v.metadata ? { metadata: v.metadata } : {}),
+      inputs,
+      cacheKey: `sha256:${createHash('sha256').update(`${o.salt} ${digest}`).digest('hex')}`,
+      platform: { OS: 'linux', Architecture: 'amd64', Variant: '' },
+    };
+    results.set(
+      digest,
+      await d.submit(task, {
+        ...(worker ? { preferredWorkers: [worker] } : {}),
+        ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+      }),
+    );
+  }
+  const result = results.get(g.result.digest);
+  if (!result) throw new Error('the result vertex did not run');
+  return { results, def: g, result };
+}

@@ -1,0 +1,306 @@
+// The worker process end to end: tasks submitted through the scheduler's real Dispatcher (a fresh
+// nats-server for this file), run by WorkerNodes with real overlay snapshots, real crun, the
+// fixture busybox image from the harness's registry and a real content store (a filesystem dir
+// shared by the workers, and s3rver). No mocks; waits are on conditions.
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { decodeResult, fromBase64, getRecord, taskKey } from '@kiln/bus';
+import type { TaskProgress } from '@kiln/bus';
+import { LinuxAmd64, image, local, marshal, parseDefinition } from '@kiln/llb';
+import type { State } from '@kiln/llb';
+import { FsBlobStore, S3BlobStore } from '@kiln/store';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from './config.js';
+import type { WorkerConfig } from './config.js';
+import { TaskRunner } from './task-runner.js';
+import type {
+  DispatcherLike,
+  Harness,
+  ManagedProcessLike,
+  NatsHandle,
+  Results,
+} from './testing.js';
+import { bundleWorkerMain, loadHarness, startDispatcher, submitGraph, until } from './testing.js';
+import { WorkerNode } from './worker-node.js';
+
+const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
+
+let h: Harness;
+let tmp: { dir: string; remove: () => void };
+let nats: NatsHandle;
+let nc: NatsConnection;
+let d: DispatcherLike;
+let storeDir: string;
+const nodes: WorkerNode[] = [];
+let a: WorkerNode;
+let b: WorkerNode;
+
+function config(
+  id: string,
+  o: { natsUrl?: string; env?: Record<string, string> } = {},
+): WorkerConfig {
+  return loadConfig({
+    argv: ['--id', id, '--state-dir', join(tmp.dir, id), '--slots', '2', '--log-level', 'silent'],
+    env: {
+      KILN_NATS_URL: o.natsUrl ?? nats.url,
+      KILN_STORE_DIR: storeDir,
+      KILN_WORKER_HEARTBEAT_MS: '250',
+      KILN_WORKER_DRAIN_TIMEOUT_MS: '2000',
+      ...o.env,
+    },
+  });
+}
+
+async function startNode(cfg: WorkerConfig, disp = d, list = nodes): Promise<WorkerNode> {
+  const n = await WorkerNode.start(cfg);
+  list.push(n);
+  await until(`the dispatcher to see ${n.id}`, () => disp.liveWorkers().some((w) => w.id === n.id));
+  return n;
+}
+
+const def = (st: State): Uint8Array => marshal(st, { platform: LinuxAmd64 }).toBytes();
+const sh = (st: State, script: string): State => st.run({ args: ['/bin/sh', '-c', script] }).root();
+const salt = (): string => Math.random().toString(36).slice(2);
+
+/** Reads a file of a result held by `n`. */
+async function readResult(n: WorkerNode, resultId: string, path: string): Promise<string> {
+  const snap = n.runner.snapshotOf(resultId);
+  if (snap === undefined) throw new Error(`${n.id} does not hold ${resultId}`);
+  return n.runner.engine.read(snap, (dir) => readFile(join(dir, path), 'utf8'));
+}
+
+beforeAll(async () => {
+  if (!fixture)
+    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  h = await loadHarness();
+  tmp = h.makeTempDir('worker-node');
+  storeDir = join(tmp.dir, 'store');
+  nats = await h.startNats();
+  nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  d = await startDispatcher(nc);
+  [a, b] = await Promise.all([startNode(config('node-a')), startNode(config('node-b'))]);
+});
+
+afterAll(async () => {
+  await Promise.allSettled(nodes.map((n) => n.drain()));
+  await d?.close();
+  await nc?.close();
+  await nats?.stop();
+  tmp?.remove();
+});
+
+describe('WorkerNode', () => {
+  it('runs an image source and an exec on its output on one worker, streaming output', async () => {
+    const progress: TaskProgress[] = [];
+    const st = sh(image(fixture), 'echo hello > /out.txt; echo line-out; echo line-err >&2');
+    const {
+      results,
+      def: g,
+      result,
+    } = await submitGraph(d, def(st), {
+      salt: salt(),
+      place: () => a.id,
+      onProgress: (p) => progress.push(p),
+    });
+    for (const r of results.values()) expect(r.workerId).toBe(a.id);
+    const src = results.get(g.order[0] ?? '')?.outputs[0];
+    const out = result.outputs[0];
+    const srcLayers = src?.layers ?? [];
+    const outLayers = out?.layers ?? [];
+    expect(srcLayers.length).toBeGreaterThan(0);
+    // The exec's output is the image's layers plus its own.
+    expect(outLayers.length).toBe(srcLayers.length + 1);
+    expect(outLayers.slice(0, -1).map((l) => l.digest)).toEqual(srcLayers.map((l) => l.digest));
+    expect(out?.resultId).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(await readResult(a, out?.resultId ?? '', 'out.txt')).toBe('hello\n');
+    const lines = progress.flatMap((p) => (p.stage === 'output' ? (p.lines ?? []) : []));
+    expect(lines).toEqual(expect.arrayContaining(['line-out', 'line-err']));
+    // Every layer named by the result is in the shared store.
+    const store = new FsBlobStore({ root: storeDir });
+    for (const l of outLayers) expect(await store.has(l.digest as `sha256:${string}`)).toBe(true);
+    // The registration advertises the result.
+    await until('a to advertise its result', () =>
+      d
+        .liveWorkers()
+        .find((w) => w.id === a.id)
+        ?.held.includes(out?.resultId ?? ''),
+    );
+  });
+
+  it('consumes on B a result produced on A (layers fetched), and on A without a fetch', async () => {
+    const token = salt();
+    const producer = sh(image(fixture), `echo ${token} > /data.txt`);
+    const run = salt();
+    const produced = await submitGraph(d, def(producer), { salt: run, place: () => a.id });
+    expect(produced.result.workerId).toBe(a.id);
+
+    const consumer = sh(producer, 'cat /data.txt > /copy.txt');
+    const before = b.runner.stats;
+    const onB = await submitGraph(d, def(consumer), {
+      salt: run,
+      results: new Map(produced.results),
+      place: () => b.id,
+    });
+    expect(onB.result.workerId).toBe(b.id);
+    const afterB = b.runner.stats;
+    expect(afterB.bytesFetched).toBeGreaterThan(before.bytesFetched);
+    expect(afterB.inputsFetched).toBe(before.inputsFetched + 1);
+    expect(await readResult(b, onB.result.outputs[0]?.resultId ?? '', 'copy.txt')).toBe(
+      `${token}\n`,
+    );
+    // B now holds the input too, under the same result id (content-addressed).
+    expect(b.runner.snapshotOf(produced.result.outputs[0]?.resultId ?? '')).toBeDefined();
+
+    // The same consumer (another cache key) on A: its input is local, nothing is fetched.
+    const beforeA = a.runner.stats;
+    const onA = await submitGraph(d, def(consumer), {
+      salt: salt(),
+      results: new Map(produced.results),
+      place: () => a.id,
+    });
+    expect(onA.result.workerId).toBe(a.id);
+    expect(a.runner.stats.bytesFetched).toBe(beforeA.bytesFetched);
+    expect(a.runner.stats.inputsLocal).toBe(beforeA.inputsLocal + 1);
+    expect(await readResult(a, onA.result.outputs[0]?.resultId ?? '', 'copy.txt')).toBe(
+      `${token}\n`,
+    );
+  });
+
+  it('reports a failing exec as a task error with its exit code and output tail', async () => {
+    const run = salt();
+    const st = sh(image(fixture), 'echo boom >&2; exit 3');
+    const err = await submitGraph(d, def(st), { salt: run, place: () => a.id }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: 'EXEC_FAILED', details: { exitCode: 3 } });
+    const g = parseDefinition(def(st));
+    const key = `sha256:${createHash('sha256').update(`${run} ${g.result.digest}`).digest('hex')}`;
+    const rec = (await getRecord(d.bus.tasks, taskKey(key)))?.record;
+    expect(rec).toMatchObject({
+      state: 'failed',
+      attempt: 1,
+      error: { code: 'EXEC_FAILED', exitCode: 3 },
+    });
+    const result = decodeResult(fromBase64(rec?.result ?? ''));
+    expect(result.error).toMatchObject({ code: 'EXEC_FAILED', exitCode: 3, retryable: false });
+    expect(result.error?.outputTail).toContain('boom');
+  });
+
+  it('fails ops that need the client session with a typed error', async () => {
+    const err = await submitGraph(d, def(local('context')), {
+      salt: salt(),
+      place: () => a.id,
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: 'SESSION_UNAVAILABLE' });
+  });
+
+  it('re-runs on another worker the task of a worker process killed mid-exec', async () => {
+    const main = await bundleWorkerMain(h, tmp.dir);
+    const kState = join(tmp.dir, 'node-k');
+    const logs: { msg?: string; taskId?: string }[] = [];
+    const k: ManagedProcessLike = h.spawnManaged(
+      process.execPath,
+      [main, '--id', 'node-k', '--state-dir', kState, '--store-dir', storeDir, '--nats', nats.url],
+      {
+        name: 'worker node-k',
+        env: { ...process.env, KILN_WORKER_HEARTBEAT_MS: '250', KILN_LOG_LEVEL: 'info' },
+        onLine: (line, stream) => {
+          if (stream === 'stdout' && line.startsWith('{'))
+            logs.push(JSON.parse(line) as { msg?: string; taskId?: string });
+        },
+      },
+    );
+    try {
+      await until('node-k to register', () => {
+        if (k.hasExited()) throw new Error(`node-k exited:\n${k.output()}`);
+        return d.liveWorkers().some((w) => w.id === 'node-k');
+      });
+      const run = salt();
+      const base = image(fixture);
+      // The image on k first, so that the exec's run is what gets killed.
+      const pulled = await submitGraph(d, def(base), { salt: run, place: () => 'node-k' });
+      expect(pulled.result.workerId).toBe('node-k');
+      const st = sh(base, 'echo started; sleep 2; echo survived > /f.txt');
+      let started!: () => void;
+      const isStarted = new Promise<void>((r) => (started = r));
+      const done = submitGraph(d, def(st), {
+        salt: run,
+        results: new Map(pulled.results),
+        place: () => 'node-k',
+        onProgress: (p) => {
+          if (p.workerId === 'node-k' && p.lines?.includes('started')) started();
+        },
+      });
+      await Promise.race([
+        isStarted,
+        done.then(() => {
+          throw new Error('the task finished before node-k could be killed');
+        }),
+      ]);
+      expect(logs.some((l) => l.msg === 'task claimed')).toBe(true);
+      k.kill('SIGKILL');
+      await k.exited;
+      const { result } = await done;
+      expect([a.id, b.id]).toContain(result.workerId);
+      expect(result.attemptToken).not.toBe('');
+      const n = result.workerId === a.id ? a : b;
+      expect(await readResult(n, result.outputs[0]?.resultId ?? '', 'f.txt')).toBe('survived\n');
+    } finally {
+      await k.stop(5_000);
+      // What the dead process left (its container, exec mounts) is swept by the next open.
+      await TaskRunner.open({ stateDir: kState, store: new FsBlobStore({ root: storeDir }) });
+    }
+  });
+
+  it('works against an S3 store: produced on one worker, fetched by another', async () => {
+    const env = process.env;
+    const s3 = {
+      KILN_S3_ENDPOINT: env.KILN_TEST_S3_ENDPOINT ?? '',
+      KILN_S3_BUCKET: env.KILN_TEST_S3_BUCKET ?? '',
+      KILN_S3_ACCESS_KEY: env.KILN_TEST_S3_ACCESS_KEY ?? '',
+      KILN_S3_SECRET_KEY: env.KILN_TEST_S3_SECRET_KEY ?? '',
+      KILN_S3_PREFIX: `worker-node-${salt()}/`,
+    };
+    // Its own bus: these workers must not take the filesystem-store tasks (and vice versa).
+    const nats2 = await h.startNats();
+    const nc2 = await connect({ servers: nats2.url, maxReconnectAttempts: -1 });
+    const d2 = await startDispatcher(nc2);
+    const mine: WorkerNode[] = [];
+    try {
+      const [c, e] = await Promise.all([
+        startNode(config('node-c', { natsUrl: nats2.url, env: s3 }), d2, mine),
+        startNode(config('node-e', { natsUrl: nats2.url, env: s3 }), d2, mine),
+      ]);
+      expect(c.config.store.type).toBe('s3');
+      const token = salt();
+      const producer = sh(image(fixture), `echo ${token} > /data.txt`);
+      const run = salt();
+      const produced: Results = (
+        await submitGraph(d2, def(producer), { salt: run, place: () => c.id })
+      ).results;
+      const consumed = await submitGraph(d2, def(sh(producer, 'cat /data.txt > /copy.txt')), {
+        salt: run,
+        results: new Map(produced),
+        place: () => e.id,
+      });
+      expect(consumed.result.workerId).toBe(e.id);
+      expect(e.runner.stats.bytesFetched).toBeGreaterThan(0);
+      expect(e.runner.store).toBeInstanceOf(S3BlobStore);
+      expect(await readResult(e, consumed.result.outputs[0]?.resultId ?? '', 'copy.txt')).toBe(
+        `${token}\n`,
+      );
+    } finally {
+      await Promise.allSettled(mine.map((n) => n.drain()));
+      await d2.close();
+      await nc2.close();
+      await nats2.stop();
+    }
+  });
+});

@@ -1,0 +1,180 @@
+/**
+ * WorkerNode: the worker process of the farm. It opens the shared content store and the engine
+ * (TaskRunner), connects to NATS and runs a TaskConsumer whose tasks are real LLB ops; the
+ * registration advertises the results held here (affinity). Logs go to the given pino logger,
+ * one child per task with its build, vertex and task ids.
+ *
+ * Lifecycle: `start()` -> running; `drain()` takes no new task, finishes (or hands back) the
+ * running ones, deregisters and closes the connection; `close()` stops at once (as a crash would:
+ * the scheduler re-dispatches the attempts once the heartbeat is missed).
+ */
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { FsBlobStore, S3BlobStore } from '@kiln/store';
+import type { BlobStore } from '@kiln/store';
+import type { Logger } from 'pino';
+import { TaskConsumer } from '../tasks/task-consumer.js';
+import type { ConsumerEvent } from '../tasks/task-consumer.js';
+import type { StoreConfig, WorkerConfig } from './config.js';
+import { TaskRunner } from './task-runner.js';
+
+export interface WorkerNodeOptions {
+  /** Default: silent. */
+  logger?: Logger;
+  /** The consumer's typed events (tests). */
+  onEvent?: (e: ConsumerEvent) => void;
+  /** The content store; default: the one the config names. */
+  store?: BlobStore;
+}
+
+/** Opens the configured content store (an S3 bucket is created when missing). */
+export async function openStore(c: StoreConfig): Promise<BlobStore> {
+  if (c.type === 'fs') return new FsBlobStore({ root: c.dir });
+  const s3 = new S3BlobStore({
+    endpoint: c.endpoint,
+    bucket: c.bucket,
+    accessKey: c.accessKey,
+    secretKey: c.secretKey,
+    ...(c.prefix ? { prefix: c.prefix } : {}),
+    ...(c.region ? { region: c.region } : {}),
+  });
+  await s3.ensureBucket();
+  return s3;
+}
+
+export class WorkerNode {
+  #diskTimer: NodeJS.Timeout | undefined;
+
+  private constructor(
+    readonly config: WorkerConfig,
+    readonly runner: TaskRunner,
+    readonly consumer: TaskConsumer,
+    private readonly nc: NatsConnection,
+    private readonly log: Logger | undefined,
+    private readonly disk: { free: number },
+  ) {}
+
+  get id(): string {
+    return this.consumer.id;
+  }
+
+  /** Free bytes on the state dir's filesystem, as last measured. */
+  get freeDiskBytes(): number {
+    return this.disk.free;
+  }
+
+  static async start(config: WorkerConfig, o: WorkerNodeOptions = {}): Promise<WorkerNode> {
+    const log = o.logger;
+    const store = o.store ?? (await openStore(config.store));
+    const runner = await TaskRunner.open({
+      stateDir: config.stateDir,
+      store,
+      localDirs: config.localDirs,
+      snapshotter: config.snapshotter,
+      runtime: config.runtime,
+      registry: { insecureRegistries: config.insecureRegistries },
+      ...(log ? { logger: log.child({ component: 'runner' }) } : {}),
+    });
+    const nc = await connect({
+      servers: config.natsUrl,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+    });
+    const disk = { free: 0 };
+    const consumer = new TaskConsumer({
+      nc,
+      ...(config.id ? { id: config.id } : {}),
+      platforms: config.platforms,
+      labels: config.labels,
+      slots: config.slots,
+      runTask: runner.run,
+      heartbeatMs: config.heartbeatMs,
+      drainTimeoutMs: config.drainTimeoutMs,
+      freeDiskBytes: () => disk.free,
+      heldResults: () => runner.heldResults(),
+      onEvent: (e) => {
+        logEvent(log, e);
+        o.onEvent?.(e);
+      },
+    });
+    const node = new WorkerNode(config, runner, consumer, nc, log, disk);
+    await node.#refreshDisk();
+    // statfs is async and the registration is built synchronously: refresh it on the side.
+    node.#diskTimer = setInterval(() => void node.#refreshDisk(), 10_000);
+    node.#diskTimer.unref();
+    try {
+      await consumer.start();
+    } catch (err) {
+      await node.#stop();
+      throw err;
+    }
+    log?.info(
+      {
+        workerId: consumer.id,
+        platforms: config.platforms,
+        slots: config.slots,
+        store: config.store.type,
+        stateDir: config.stateDir,
+      },
+      'worker started',
+    );
+    return node;
+  }
+
+  async #refreshDisk(): Promise<void> {
+    this.disk.free = await this.runner.freeDiskBytes();
+  }
+
+  /** Graceful stop: no new task, running ones finish or are handed back; then disconnects. */
+  async drain(timeoutMs?: number): Promise<void> {
+    this.log?.info({ workerId: this.id }, 'worker draining');
+    await this.consumer.drain(timeoutMs);
+    await this.#stop();
+    this.log?.info({ workerId: this.id }, 'worker stopped');
+  }
+
+  /** Stops at once without handing anything back (a crash looks the same to the farm). */
+  async close(): Promise<void> {
+    await this.consumer.close();
+    await this.#stop();
+  }
+
+  async #stop(): Promise<void> {
+    clearInterval(this.#diskTimer);
+    if (!this.nc.isClosed()) await this.nc.close();
+  }
+}
+
+/** Consumer events as log lines: short constant messages, data in fields. */
+function logEvent(log: Logger | undefined, e: ConsumerEvent): void {
+  if (!log) return;
+  switch (e.type) {
+    case 'error':
+      log.warn({ where: e.where, err: e.error }, 'consumer error');
+      return;
+    case 'claimed':
+      log.info(
+        { taskId: e.taskId, cacheKey: e.cacheKey, attempt: e.attempt, via: e.via },
+        'task claimed',
+      );
+      return;
+    case 'completed':
+      log.info({ taskId: e.taskId, attempt: e.attempt, ok: e.ok }, 'task reported');
+      return;
+    case 'stale':
+      log.info({ taskId: e.taskId, attempt: e.attempt, why: e.why }, 'task stale');
+      return;
+    case 'offer-declined':
+      log.debug({ taskId: e.taskId, reason: e.reason }, 'offer declined');
+      return;
+    case 'handed-back':
+      log.info({ taskId: e.taskId, attempt: e.attempt }, 'task handed back');
+      return;
+    case 'registered':
+      log.info({ workerId: e.workerId }, 'worker registered');
+      return;
+    case 'drained':
+      log.info({ workerId: e.workerId }, 'worker drained');
+      return;
+  }
+}
