@@ -34,7 +34,11 @@ blobStoreConformance('S3BlobStore', async () => {
   await store.ensureBucket();
   const rawKeys = async (): Promise<string[]> => {
     const keys: string[] = [];
-    for await (const item of store.client.listObjectsV2(cfg.bucket, prefix, true) as AsyncIterable<{
+    for await (const item of (await store.client()).listObjectsV2(
+      cfg.bucket,
+      prefix,
+      true,
+    ) as AsyncIterable<{
       name?: string;
     }>) {
       if (item.name !== undefined) keys.push(item.name.slice(prefix.length));
@@ -45,12 +49,13 @@ blobStoreConformance('S3BlobStore', async () => {
     store,
     largeThreshold: PART,
     async corrupt(digest, bytes) {
-      await store.client.putObject(cfg.bucket, store.keyOf(digest), bytes, bytes.length);
+      await (await store.client()).putObject(cfg.bucket, store.keyOf(digest), bytes, bytes.length);
     },
     rawEntries: rawKeys,
     async cleanup() {
       // One at a time: s3rver's multi-object delete races on its own directory cleanup.
-      for (const k of await rawKeys()) await store.client.removeObject(cfg.bucket, prefix + k);
+      for (const k of await rawKeys())
+        await (await store.client()).removeObject(cfg.bucket, prefix + k);
     },
   };
 });
@@ -74,7 +79,9 @@ describe('S3BlobStore specifics', () => {
     const prefix = `specifics/${randomUUID()}/`;
     const store = new S3BlobStore({ ...cfg, prefix });
     const kept = await store.put(undefined, Buffer.from('kept'));
-    await store.client.putObject(cfg.bucket, `${prefix}uploads/crashed`, Buffer.from('partial'));
+    await (
+      await store.client()
+    ).putObject(cfg.bucket, `${prefix}uploads/crashed`, Buffer.from('partial'));
     try {
       const listed = [];
       for await (const b of store.list()) listed.push(b);
@@ -82,7 +89,7 @@ describe('S3BlobStore specifics', () => {
       expect(await store.removeStaleUploads(3600_000)).toBe(0);
       expect(await store.removeStaleUploads(0)).toBe(1);
       const keys: string[] = [];
-      for await (const item of store.client.listObjectsV2(
+      for await (const item of (await store.client()).listObjectsV2(
         cfg.bucket,
         prefix,
         true,
@@ -92,7 +99,7 @@ describe('S3BlobStore specifics', () => {
       expect(keys).toEqual([`blobs/sha256/${kept.digest.slice('sha256:'.length)}`]);
     } finally {
       await store.delete(kept.digest);
-      await store.client.removeObject(cfg.bucket, `${prefix}uploads/crashed`);
+      await (await store.client()).removeObject(cfg.bucket, `${prefix}uploads/crashed`);
     }
   });
 

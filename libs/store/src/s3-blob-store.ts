@@ -1,7 +1,17 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream';
 import type { Readable } from 'node:stream';
-import { Client, CopyDestinationOptions, CopySourceOptions } from 'minio';
+import type { Client } from 'minio';
+import type * as MinioModule from 'minio';
+
+type Minio = typeof MinioModule;
+let minio: Promise<Minio> | undefined;
+
+/** The minio client library loads on first use: it is large, and most processes never touch S3. */
+function loadMinio(): Promise<Minio> {
+  minio ??= import('minio');
+  return minio;
+}
 import type { BlobInfo, BlobSource, BlobStore, GetOptions, PutOptions } from './blob-store.js';
 import { DigestingStream, digestHex, parseDigest } from './digest.js';
 import type { Digest } from './digest.js';
@@ -107,9 +117,10 @@ async function resend<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-function clientFor(opts: S3BlobStoreOptions): Client {
+async function clientFor(opts: S3BlobStoreOptions): Promise<Client> {
   const url = new URL(opts.endpoint);
   const useSSL = url.protocol === 'https:';
+  const { Client } = await loadMinio();
   return new Client({
     endPoint: url.hostname,
     port: url.port === '' ? (useSSL ? 443 : 80) : Number(url.port),
@@ -134,7 +145,7 @@ function clientFor(opts: S3BlobStoreOptions): Client {
 export class S3BlobStore implements BlobStore {
   readonly bucket: string;
   readonly prefix: string;
-  readonly client: Client;
+  private readonly clientP: Promise<Client>;
   private readonly partSize: number;
   private readonly concurrency: number;
   private readonly onCleanupError: (err: unknown, key: string) => void;
@@ -142,10 +153,17 @@ export class S3BlobStore implements BlobStore {
   constructor(opts: S3BlobStoreOptions) {
     this.bucket = opts.bucket;
     this.prefix = opts.prefix ?? '';
-    this.client = clientFor(opts);
+    this.clientP = clientFor(opts);
+    // Surfaced by the first call that needs the client.
+    this.clientP.catch(() => undefined);
     this.partSize = opts.partSize ?? 16 * MIB;
     this.concurrency = Math.max(1, opts.concurrency ?? 4);
     this.onCleanupError = opts.onCleanupError ?? (() => undefined);
+  }
+
+  /** The underlying minio client (loaded on first use). */
+  client(): Promise<Client> {
+    return this.clientP;
   }
 
   /** Object key of a blob. */
@@ -156,8 +174,8 @@ export class S3BlobStore implements BlobStore {
   /** Creates the bucket if it does not exist. */
   async ensureBucket(): Promise<void> {
     try {
-      if (!(await resend(() => this.client.bucketExists(this.bucket))))
-        await this.client.makeBucket(this.bucket);
+      if (!(await resend(async () => (await this.clientP).bucketExists(this.bucket))))
+        await (await this.clientP).makeBucket(this.bucket);
     } catch (err) {
       throw toStoreError('ensure bucket', err);
     }
@@ -192,8 +210,14 @@ export class S3BlobStore implements BlobStore {
       const digest: Digest = `sha256:${createHash('sha256').update(firstPart).digest('hex')}`;
       this.check(expected, digest, opts.size, firstPart.length);
       try {
-        await resend(() =>
-          this.client.putObject(this.bucket, this.keyOf(digest), firstPart, firstPart.length, meta),
+        await resend(async () =>
+          (await this.clientP).putObject(
+            this.bucket,
+            this.keyOf(digest),
+            firstPart,
+            firstPart.length,
+            meta,
+          ),
         );
       } catch (err) {
         throw toStoreError('put', err);
@@ -231,7 +255,9 @@ export class S3BlobStore implements BlobStore {
       expected !== undefined ? this.keyOf(expected) : `${this.prefix}uploads/${randomUUID()}`;
     let uploadId: string;
     try {
-      uploadId = await resend(() => this.client.initiateNewMultipartUpload(this.bucket, key, meta));
+      uploadId = await resend(async () =>
+        (await this.clientP).initiateNewMultipartUpload(this.bucket, key, meta),
+      );
     } catch (err) {
       throw toStoreError('initiate multipart upload', err);
     }
@@ -241,8 +267,8 @@ export class S3BlobStore implements BlobStore {
     const inflight = new Set<Promise<void>>();
     let failure: Error | undefined;
     const upload = (partNumber: number, payload: Buffer): void => {
-      const p = resend(() =>
-        this.client.uploadPart(
+      const p = resend(async () =>
+        (await this.clientP).uploadPart(
           { bucketName: this.bucket, objectName: key, uploadID: uploadId, partNumber, headers: {} },
           payload,
         ),
@@ -278,7 +304,9 @@ export class S3BlobStore implements BlobStore {
       this.check(expected, digest, opts.size, size);
       etags.sort((a, b) => a.part - b.part);
       try {
-        await resend(() => this.client.completeMultipartUpload(this.bucket, key, uploadId, etags));
+        await resend(async () =>
+          (await this.clientP).completeMultipartUpload(this.bucket, key, uploadId, etags),
+        );
       } catch (err) {
         throw toStoreError('complete multipart upload', err);
       }
@@ -286,7 +314,9 @@ export class S3BlobStore implements BlobStore {
       return { digest, size };
     } catch (err) {
       await Promise.allSettled(inflight);
-      await this.client
+      await (
+        await this.clientP
+      )
         .abortMultipartUpload(this.bucket, key, uploadId)
         .catch((abortErr: unknown) => {
           this.onCleanupError(abortErr, key);
@@ -299,10 +329,12 @@ export class S3BlobStore implements BlobStore {
   private async promote(tmpKey: string, digest: Digest, size: number): Promise<void> {
     const finalKey = this.keyOf(digest);
     try {
+      const { CopyDestinationOptions, CopySourceOptions } = await loadMinio();
       const src = new CopySourceOptions({ Bucket: this.bucket, Object: tmpKey });
       const dst = new CopyDestinationOptions({ Bucket: this.bucket, Object: finalKey });
-      if (size <= MAX_SINGLE_COPY) await resend(() => this.client.copyObject(src, dst));
-      else await this.client.composeObject(dst, [src]);
+      if (size <= MAX_SINGLE_COPY)
+        await resend(async () => (await this.clientP).copyObject(src, dst));
+      else await (await this.clientP).composeObject(dst, [src]);
     } catch (err) {
       await this.removeQuietly(tmpKey);
       throw toStoreError('copy to blob key', err);
@@ -311,9 +343,11 @@ export class S3BlobStore implements BlobStore {
   }
 
   private async removeQuietly(key: string): Promise<void> {
-    await resend(() => this.client.removeObject(this.bucket, key)).catch((err: unknown) => {
-      this.onCleanupError(err, key);
-    });
+    await resend(async () => (await this.clientP).removeObject(this.bucket, key)).catch(
+      (err: unknown) => {
+        this.onCleanupError(err, key);
+      },
+    );
   }
 
   async get(digest: Digest, opts: GetOptions = {}): Promise<Readable> {
@@ -323,11 +357,11 @@ export class S3BlobStore implements BlobStore {
     const { start, end, full } = rangeOf(digest, info.size, opts);
     let body: Readable;
     try {
-      if (full) body = await resend(() => this.client.getObject(this.bucket, key));
+      if (full) body = await resend(async () => (await this.clientP).getObject(this.bucket, key));
       else if (end < start) return emptyStream();
       else
-        body = await resend(() =>
-          this.client.getPartialObject(this.bucket, key, start, end - start + 1),
+        body = await resend(async () =>
+          (await this.clientP).getPartialObject(this.bucket, key, start, end - start + 1),
         );
     } catch (err) {
       if (isNotFound(err)) throw new BlobNotFoundError(digest, { cause: err });
@@ -339,7 +373,9 @@ export class S3BlobStore implements BlobStore {
 
   async stat(digest: Digest): Promise<{ size: number } | undefined> {
     try {
-      const st = await resend(() => this.client.statObject(this.bucket, this.keyOf(digest)));
+      const st = await resend(async () =>
+        (await this.clientP).statObject(this.bucket, this.keyOf(digest)),
+      );
       return { size: st.size };
     } catch (err) {
       if (isNotFound(err)) return undefined;
@@ -355,7 +391,7 @@ export class S3BlobStore implements BlobStore {
     const existed = await this.has(digest);
     if (!existed) return false;
     try {
-      await resend(() => this.client.removeObject(this.bucket, this.keyOf(digest)));
+      await resend(async () => (await this.clientP).removeObject(this.bucket, this.keyOf(digest)));
     } catch (err) {
       throw toStoreError('delete', err);
     }
@@ -371,7 +407,7 @@ export class S3BlobStore implements BlobStore {
     const cutoff = Date.now() - olderThanMs;
     const stale: string[] = [];
     try {
-      for await (const item of this.client.listObjectsV2(
+      for await (const item of (await this.clientP).listObjectsV2(
         this.bucket,
         `${this.prefix}uploads/`,
         true,
@@ -387,7 +423,8 @@ export class S3BlobStore implements BlobStore {
           stale.push(item.name);
         }
       }
-      for (const key of stale) await resend(() => this.client.removeObject(this.bucket, key));
+      for (const key of stale)
+        await resend(async () => (await this.clientP).removeObject(this.bucket, key));
     } catch (err) {
       throw toStoreError('remove stale uploads', err);
     }
@@ -397,7 +434,11 @@ export class S3BlobStore implements BlobStore {
   async *list(): AsyncIterable<BlobInfo> {
     const dir = `${this.prefix}blobs/sha256/`;
     try {
-      for await (const item of this.client.listObjectsV2(this.bucket, dir, true) as AsyncIterable<{
+      for await (const item of (await this.clientP).listObjectsV2(
+        this.bucket,
+        dir,
+        true,
+      ) as AsyncIterable<{
         name?: string;
         size?: number;
       }>) {

@@ -60,7 +60,8 @@ export class Engine {
     readonly stateDir: string,
     readonly store: BlobStore,
     readonly snapshotter: Snapshotter,
-    readonly runtime: OciRuntime,
+    /** The OCI runtime, opened (and probed) on first use: a fully cached build never needs it. */
+    readonly runtime: () => Promise<OciRuntime>,
     readonly images: ImageSource,
     readonly metadata: ImageMetadataResolver,
     private readonly solver: LocalSolver,
@@ -77,10 +78,13 @@ export class Engine {
       root: join(o.stateDir, 'snapshots'),
       backend: o.snapshotter ?? 'auto',
     });
-    const runtime = await OciRuntime.open({
-      stateDir: join(o.stateDir, 'exec'),
-      runtime: o.runtime ?? 'auto',
-    });
+    let opening: Promise<OciRuntime> | undefined;
+    const runtime = (): Promise<OciRuntime> => {
+      opening ??= OciRuntime.open({ stateDir: join(o.stateDir, 'exec'), runtime: o.runtime ?? 'auto' });
+      // A failed open is retried by the next exec rather than remembered.
+      opening.catch(() => (opening = undefined));
+      return opening;
+    };
     const client = new RegistryClient(o.registry ?? {});
     const images = new ImageSource({ client, store });
     const metadata = new ImageMetadataResolver(images);

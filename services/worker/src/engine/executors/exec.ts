@@ -6,11 +6,15 @@ import type { ExecEnv } from '../../ops/exec/index.js';
 import { runExec } from '../../ops/exec/index.js';
 import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
 
+/** The exec environment without the per-build session providers; the runtime opens on first use. */
+export type ExecBase = Omit<ExecEnv, 'secrets' | 'ssh' | 'runtime'> & { runtime: () => Promise<ExecEnv['runtime']> };
+
 export class ExecExecutor implements OpExecutor {
-  constructor(private readonly env: Omit<ExecEnv, 'secrets' | 'ssh'>) {}
+  constructor(private readonly base: ExecBase) {}
 
   async exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
-    const env: ExecEnv = { ...this.env };
+    const { runtime, ...rest } = this.base;
+    const env: ExecEnv = { ...rest, runtime: await runtime() };
     if (ctx.session.secrets) env.secrets = ctx.session.secrets;
     if (ctx.session.ssh) env.ssh = ctx.session.ssh;
     const res = await runExec(env, {
