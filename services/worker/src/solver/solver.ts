@@ -9,6 +9,8 @@
  * cache key; a rerun of an unchanged graph is answered from the index for every vertex.
  */
 import { cpus } from 'node:os';
+import { SpanStatusCode } from '@opentelemetry/api';
+import { Attr, SpanName, tracer } from '@kiln/common';
 import type { pb } from '@kiln/protocol';
 import {
   depSpecs,
@@ -214,6 +216,9 @@ export class LocalSolver {
         new Error(`no executor for ${kind} ops on this worker`),
       );
     if (s.signal.aborted) throw s.signal.reason;
+    const span = tracer().startSpan(SpanName.vertex, {
+      attributes: { [Attr.vertexDigest]: v.digest, [Attr.vertexName]: name, [Attr.opKind]: kind },
+    });
     const ctx: ExecutorContext = {
       digest: v.digest,
       op: v.op,
@@ -230,6 +235,8 @@ export class LocalSolver {
       if (!ignore) {
         const hit = await this.lookup(key);
         if (hit) {
+          span.setAttribute(Attr.cacheHit, true);
+          span.end();
           s.stats.cached++;
           s.emit({ type: 'vertex.cached', digest: v.digest, name, time: Date.now() });
           return { key, outputs: hit };
@@ -253,8 +260,14 @@ export class LocalSolver {
       });
       return { key, outputs };
     } catch (err) {
-      if (s.signal.aborted && !(err instanceof VertexError)) throw s.signal.reason;
+      if (s.signal.aborted && !(err instanceof VertexError)) {
+        span.end();
+        throw s.signal.reason;
+      }
       const ve = err instanceof VertexError ? err : new VertexError(v.digest, name, err);
+      span.recordException(ve);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: ve.message });
+      span.end();
       s.emit({
         type: 'vertex.error',
         digest: v.digest,
