@@ -1,2 +1,29 @@
-export {};
+/**
+ * @kiln/scheduler: the control API server, the distributed solver and the dispatch core. The
+ * service entry is `main.ts` (not exported).
+ */
 export * from './dispatch/index.js';
+export { ControlServer } from './control/control-server.js';
+export type { ControlServerOptions } from './control/control-server.js';
+export { BuildRegistry } from './control/builds.js';
+export type { Build, BuildRegistryOptions } from './control/builds.js';
+export { BuildStatus } from './control/build-status.js';
+export { solveGraph, vertexName } from './solver/solve.js';
+export type {
+  OutputResult,
+  SolveOptions,
+  SolveResult,
+  TaskSubmitter,
+  VertexSnapshot,
+} from './solver/solve.js';
+export { fastKey } from './solver/fast-key.js';
+export type { FastKeyInput } from './solver/fast-key.js';
+export {
+  BuildCanceledError,
+  BuildExistsError,
+  BuildNotFoundError,
+  SolveRequestInvalidError,
+  VertexFailedError,
+} from './solver/errors.js';
+export { loadConfig, DEFAULT_CONFIG, ConfigInvalidError } from './config.js';
+export type { SchedulerConfig } from './config.js';

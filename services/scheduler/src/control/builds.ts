@@ -23,15 +23,22 @@ export interface BuildRegistryOptions {
   retainMs?: number;
   /** Status frames kept per build. Default 10,000. */
   statusCapacity?: number;
+  /**
+   * How long a build that a Status reader asked for may take to start. Default 30 s; then its
+   * readers end (the build is unknown: never solved here, or lost in a scheduler restart).
+   */
+  pendingMs?: number;
 }
 
 export class BuildRegistry {
   readonly #builds = new Map<string, Entry>();
   readonly #retainMs: number;
   readonly #capacity: number;
+  readonly #pendingMs: number;
 
   constructor(o: BuildRegistryOptions = {}) {
     this.#retainMs = o.retainMs ?? 600_000;
+    this.#pendingMs = o.pendingMs ?? 30_000;
     this.#capacity = o.statusCapacity ?? 10_000;
   }
 
@@ -44,7 +51,7 @@ export class BuildRegistry {
     const known = this.#builds.get(id);
     if (known) return known.build;
     const e = this.#create(id);
-    this.#expireLater(e);
+    this.#expireLater(e, this.#pendingMs);
     return e.build;
   }
 
@@ -64,7 +71,7 @@ export class BuildRegistry {
     if (!e) return;
     e.build.state = 'done';
     e.build.status.close();
-    this.#expireLater(e);
+    this.#expireLater(e, this.#retainMs);
   }
 
   running(): Build[] {
@@ -91,13 +98,13 @@ export class BuildRegistry {
     return e;
   }
 
-  #expireLater(e: Entry): void {
+  #expireLater(e: Entry, ms: number): void {
     clearTimeout(e.expiry);
     e.expiry = setTimeout(() => {
       if (this.#builds.get(e.build.id) !== e) return;
       this.#builds.delete(e.build.id);
       e.build.status.close();
-    }, this.#retainMs);
+    }, ms);
     e.expiry.unref();
   }
 }

@@ -6,8 +6,8 @@
  * - Many builds run at once; each is identified by the client's `ref` (a fresh id when empty).
  * - Solve runs a Definition, or a frontend (`dockerfile.v0`) in process whose per-platform
  *   Definitions are then solved concurrently. Base image configs come from the injected
- *   `metaResolver` (the service entry wires a registry-backed one; without it, FROM an image
- *   fails with a typed Dockerfile error).
+ *   `metaResolver` (the service entry wires a registry-backed one later; without one, base
+ *   images contribute no config: no Env, WorkingDir or User from the image).
  * - A Solve call the client cancels (or disconnects from) cancels its build, except the tasks
  *   another build shares (the Dispatcher keeps those running).
  * - Status streams a build's frames from `since_seq` (exactly once, in order) and ends after the
@@ -125,6 +125,7 @@ export class ControlServer {
   readonly #log: Logger;
   readonly #defaultPlatform: pb.IPlatform;
   #server: grpc.Server | undefined;
+  #closing = false;
 
   constructor(o: ControlServerOptions) {
     this.#o = o;
@@ -150,6 +151,7 @@ export class ControlServer {
 
   /** Stops serving: running builds are cancelled, open calls end. */
   async close(): Promise<void> {
+    this.#closing = true;
     this.builds.close();
     const s = this.#server;
     this.#server = undefined;
@@ -266,7 +268,15 @@ export class ControlServer {
       log.info('build done');
       return control.SolveResponse.create({ exporterResponse: exporterResponse(results) });
     } catch (e) {
-      const err = e instanceof KilnError ? e : new KilnError('INTERNAL', String(e), { cause: e });
+      const err = this.#closing
+        ? new KilnError('SCHEDULER_UNAVAILABLE', 'the scheduler is shutting down', {
+            cause: e,
+            retryable: true,
+            details: { buildId: ref },
+          })
+        : e instanceof KilnError
+          ? e
+          : new KilnError('INTERNAL', String(e), { cause: e });
       log.warn({ code: err.code, vertex: err.details.digest, err: err.message }, 'build failed');
       throw err;
     } finally {
@@ -356,6 +366,9 @@ export class ControlServer {
         if (!call.write(f)) await new Promise((r) => call.once('drain', r));
         if (ac.signal.aborted) return;
       }
+      // A build nobody started within the pending window: never solved here, or lost in a
+      // scheduler restart.
+      if (build.state === 'pending') throw new BuildNotFoundError(ref);
     } finally {
       call.off('cancelled', stop);
       call.off('close', stop);

@@ -61,6 +61,7 @@ beforeAll(async () => {
   );
   server = new ControlServer({
     dispatcher,
+    pendingMs: 3_000,
     metaResolver: (ref) =>
       Promise.resolve({
         ref,
@@ -301,6 +302,35 @@ describe('Control API', () => {
       .catch((e: unknown) => e as KilnError);
     expect(bad).toBeInstanceOf(KilnError);
     expect((bad as KilnError).code).toMatch(/^DOCKERFILE_/);
+  });
+
+  it('cancels the build of a client that goes away mid-solve', async () => {
+    const tag = randomUUID();
+    const blocked = chain(tag, ['block', tag]);
+    const buildId = `b-${tag}`;
+    const ac = new AbortController();
+    const solved = client.solve({ buildId, definition: blocked.def }, { signal: ac.signal }).then(
+      () => undefined,
+      (e: unknown) => e as KilnError,
+    );
+    await until('the blocking vertex to run', () =>
+      runs.some((r) => r.buildId === buildId && r.vertex === blocked.digests[1]),
+    );
+    ac.abort();
+    expect((await solved)?.code).toBe('CANCELED');
+    await until('the task to be aborted', () =>
+      runs.some((r) => r.vertex === blocked.digests[1] && r.aborted),
+    );
+    const frames = await collect(client.status(buildId));
+    expect(vertexes(frames).some((v) => v.digest === blocked.digests[1] && v.error)).toBe(true);
+    expect(runs.some((r) => r.vertex === blocked.digests[2])).toBe(false);
+  });
+
+  it('ends the status of a build that never starts with BUILD_NOT_FOUND', async () => {
+    const err = await collect(client.status(`never-${randomUUID()}`)).catch(
+      (e: unknown) => e as KilnError,
+    );
+    expect((err as KilnError).code).toBe('BUILD_NOT_FOUND');
   });
 
   it('rejects a malformed Definition with a typed error', async () => {

@@ -1,0 +1,101 @@
+/**
+ * The scheduler service's configuration: defaults < `KILN_*` environment < command-line flags,
+ * validated once into a {@link SchedulerConfig}. The environment is read only by the caller
+ * (main.ts) and passed in, so tests inject their own.
+ */
+import { parseArgs } from 'node:util';
+import { KilnError } from '@kiln/protocol';
+
+export interface SchedulerConfig {
+  /** gRPC listen address `host:port` (`--listen`, `KILN_SCHEDULER_LISTEN`). */
+  listen: string;
+  /** NATS server URL(s), comma-separated (`--nats`, `KILN_NATS_URL`). */
+  natsUrl: string;
+  /** Platform of ops that name none (`--platform`, `KILN_DEFAULT_PLATFORM`). */
+  defaultPlatform: string;
+  /** pino level (`--log-level`, `KILN_LOG_LEVEL`). */
+  logLevel: string;
+  /** Dispatcher: holder's head start on a task (`KILN_AFFINITY_DELAY_MS`). */
+  affinityDelayMs: number;
+  /** Dispatcher: a worker unheard of this long is presumed dead (`KILN_HEARTBEAT_TIMEOUT_MS`). */
+  heartbeatTimeoutMs: number;
+  /** Dispatcher: attempts per task (`KILN_MAX_ATTEMPTS`). */
+  maxAttempts: number;
+}
+
+export const DEFAULT_CONFIG: SchedulerConfig = {
+  listen: '0.0.0.0:8470',
+  natsUrl: 'nats://127.0.0.1:4222',
+  defaultPlatform: 'linux/amd64',
+  logLevel: 'info',
+  affinityDelayMs: 100,
+  heartbeatTimeoutMs: 3_000,
+  maxAttempts: 3,
+};
+
+export class ConfigInvalidError extends KilnError {
+  constructor(message: string, key: string) {
+    super('CONFIG_INVALID', message, { details: { key } });
+  }
+}
+
+function int(key: string, v: string | undefined, fallback: number): number {
+  if (v === undefined || v === '') return fallback;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new ConfigInvalidError(`${key} must be a non-negative integer, got ${v}`, key);
+  return n;
+}
+
+export function loadConfig(
+  env: Readonly<Record<string, string | undefined>>,
+  argv: readonly string[],
+): SchedulerConfig {
+  let flags: Record<string, string | boolean | undefined>;
+  try {
+    flags = parseArgs({
+      args: [...argv],
+      options: {
+        listen: { type: 'string' },
+        nats: { type: 'string' },
+        platform: { type: 'string' },
+        'log-level': { type: 'string' },
+      },
+      strict: true,
+    }).values;
+  } catch (cause) {
+    throw new ConfigInvalidError((cause as Error).message, 'argv');
+  }
+  const str = (flag: string, key: string, fallback: string): string => {
+    const f = flags[flag];
+    if (typeof f === 'string' && f !== '') return f;
+    return env[key] || fallback;
+  };
+  const c: SchedulerConfig = {
+    listen: str('listen', 'KILN_SCHEDULER_LISTEN', DEFAULT_CONFIG.listen),
+    natsUrl: str('nats', 'KILN_NATS_URL', DEFAULT_CONFIG.natsUrl),
+    defaultPlatform: str('platform', 'KILN_DEFAULT_PLATFORM', DEFAULT_CONFIG.defaultPlatform),
+    logLevel: str('log-level', 'KILN_LOG_LEVEL', DEFAULT_CONFIG.logLevel),
+    affinityDelayMs: int(
+      'KILN_AFFINITY_DELAY_MS',
+      env.KILN_AFFINITY_DELAY_MS,
+      DEFAULT_CONFIG.affinityDelayMs,
+    ),
+    heartbeatTimeoutMs: int(
+      'KILN_HEARTBEAT_TIMEOUT_MS',
+      env.KILN_HEARTBEAT_TIMEOUT_MS,
+      DEFAULT_CONFIG.heartbeatTimeoutMs,
+    ),
+    maxAttempts: int('KILN_MAX_ATTEMPTS', env.KILN_MAX_ATTEMPTS, DEFAULT_CONFIG.maxAttempts),
+  };
+  if (!/^[^:]*:\d+$/.test(c.listen) && !c.listen.startsWith('unix:'))
+    throw new ConfigInvalidError(`listen address must be host:port, got ${c.listen}`, 'listen');
+  if (!/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/.test(c.defaultPlatform))
+    throw new ConfigInvalidError(
+      `platform must be os/arch[/variant], got ${c.defaultPlatform}`,
+      'platform',
+    );
+  if (c.maxAttempts < 1)
+    throw new ConfigInvalidError('KILN_MAX_ATTEMPTS must be >= 1', 'maxAttempts');
+  return c;
+}

@@ -1,0 +1,71 @@
+// The service entry as a process: bundled from source (esbuild, as the dispatch suites bundle the
+// worker CLI), configured through the environment, serving the control API, stopping on SIGTERM.
+import { join } from 'node:path';
+import { KilnClient } from '@kiln/client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadHarness, until } from './dispatch/testing.js';
+import type { Harness, NatsHandle } from './dispatch/testing.js';
+
+let h: Harness;
+let nats: NatsHandle;
+let tmp: { dir: string; remove: () => void };
+let entry: string;
+
+beforeAll(async () => {
+  h = await loadHarness();
+  tmp = h.makeTempDir('scheduler-main');
+  nats = await h.startNats();
+  const esbuild = (await import(/* @vite-ignore */ 'esbuild')) as {
+    build(o: Record<string, unknown>): Promise<unknown>;
+  };
+  entry = join(tmp.dir, 'kiln-scheduler.mjs');
+  await esbuild.build({
+    entryPoints: [join(h.REPO_ROOT, 'services/scheduler/src/main.ts')],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    conditions: ['kiln-source'],
+    outfile: entry,
+    logLevel: 'warning',
+    banner: {
+      js: "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url);",
+    },
+  });
+});
+
+afterAll(async () => {
+  await nats?.stop();
+  tmp?.remove();
+});
+
+describe('scheduler main', () => {
+  it('serves the control API with config from the environment and stops on SIGTERM', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const proc = h.spawnManaged(process.execPath, [entry, '--log-level', 'info'], {
+      name: 'scheduler',
+      env: {
+        ...process.env,
+        KILN_NATS_URL: nats.url,
+        KILN_SCHEDULER_LISTEN: '127.0.0.1:0',
+      },
+      onLine: (line, stream) => {
+        if (stream === 'stdout' && line.startsWith('{'))
+          lines.push(JSON.parse(line) as Record<string, unknown>);
+      },
+    });
+    const listening = await until('the scheduler to listen', () => {
+      if (proc.hasExited()) throw new Error(`scheduler exited:\n${proc.output()}`);
+      return lines.find((l) => l.msg === 'control api listening');
+    });
+    expect(listening.component).toBe('control');
+    const client = await KilnClient.connect(`127.0.0.1:${String(listening.port)}`);
+    try {
+      expect(await client.listWorkers()).toEqual([]);
+    } finally {
+      client.close();
+    }
+    proc.kill('SIGTERM');
+    expect((await proc.exited).code).toBe(0);
+  });
+});

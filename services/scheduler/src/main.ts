@@ -1,0 +1,64 @@
+/**
+ * `node services/scheduler/dist/main.js [--listen host:port] [--nats url] [--platform os/arch]
+ * [--log-level level]`: the scheduler service. Connects to NATS, starts the Dispatcher and serves
+ * `kiln.control.v1.Control` over gRPC. SIGTERM/SIGINT: stop serving (running builds fail with a
+ * retryable SCHEDULER_UNAVAILABLE; their task records stay for the next scheduler), then exit.
+ *
+ * Base image configs for the Dockerfile frontend: no registry-backed metaResolver is wired yet
+ * (TODO(#5)); until then base images contribute no config to a Dockerfile solve.
+ * Environment is read here and only here (see config.ts for the keys).
+ */
+import { connect } from '@nats-io/transport-node';
+import { pino } from 'pino';
+import { loadConfig } from './config.js';
+import { ControlServer } from './control/control-server.js';
+import { Dispatcher } from './dispatch/index.js';
+
+async function main(): Promise<void> {
+  const config = loadConfig(process.env, process.argv.slice(2));
+  const log = pino({ name: 'kiln-scheduler', level: config.logLevel });
+  const nc = await connect({
+    servers: config.natsUrl.split(','),
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+  });
+  const dlog = log.child({ component: 'dispatch' });
+  const dispatcher = await Dispatcher.start({
+    nc,
+    affinityDelayMs: config.affinityDelayMs,
+    heartbeatTimeoutMs: config.heartbeatTimeoutMs,
+    maxAttempts: config.maxAttempts,
+    onEvent: (e) => {
+      if (e.type === 'error') dlog.warn({ where: e.where, err: String(e.error) }, 'dispatch error');
+      else if (e.type === 'failed' || e.type === 'redispatched') dlog.info(e, e.type);
+      else dlog.debug(e, e.type);
+    },
+  });
+  const server = new ControlServer({
+    dispatcher,
+    defaultPlatform: config.defaultPlatform,
+    log: log.child({ component: 'control' }),
+  });
+  await server.listen(config.listen);
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    void server
+      .close()
+      .then(() => dispatcher.close())
+      .then(() => nc.close())
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err: String(err) }, 'stop failed');
+          process.exit(1);
+        },
+      );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+await main();

@@ -1,0 +1,33 @@
+import { describe, expect, it } from 'vitest';
+import { image, marshal, parseDefinition } from '@kiln/llb';
+import { fastKey } from './fast-key.js';
+
+function execOp(args: string[]) {
+  const g = parseDefinition(marshal(image('busybox').run({ args }).root()).toProto());
+  return g.ops.get(g.result.digest)!.op;
+}
+
+describe('fastKey', () => {
+  it('is deterministic and depends on the op, the platform, the input results and the nonce', () => {
+    const op = execOp(['echo', 'a']);
+    const k = { op, platform: 'linux/amd64', inputResultIds: ['r1'] };
+    expect(fastKey(k)).toBe(fastKey({ ...k, op: execOp(['echo', 'a']) }));
+    expect(fastKey(k)).toMatch(/^sha256:[0-9a-f]{64}$/);
+    const others = [
+      fastKey({ ...k, op: execOp(['echo', 'b']) }),
+      fastKey({ ...k, platform: 'linux/arm64' }),
+      fastKey({ ...k, inputResultIds: ['r2'] }),
+      fastKey({ ...k, nonce: 'build-1' }),
+    ];
+    expect(new Set([fastKey(k), ...others]).size).toBe(5);
+  });
+
+  it('ignores how an input was produced: only its result id counts', () => {
+    const op = execOp(['echo', 'a']);
+    // Same op bytes apart from the input edge: the key is the same for the same input result.
+    const stripped = { ...op, inputs: [] };
+    expect(fastKey({ op, platform: 'linux/amd64', inputResultIds: ['r'] })).toBe(
+      fastKey({ op: stripped, platform: 'linux/amd64', inputResultIds: ['r'] }),
+    );
+  });
+});
