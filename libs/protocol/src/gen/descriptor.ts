@@ -876,6 +876,18 @@ const raw = {
                     "cached": {
                       "type": "bool",
                       "id": 8
+                    },
+                    "inputs_local": {
+                      "type": "uint32",
+                      "id": 9
+                    },
+                    "inputs_fetched": {
+                      "type": "uint32",
+                      "id": 10
+                    },
+                    "bytes_fetched": {
+                      "type": "int64",
+                      "id": 11
                     }
                   }
                 },

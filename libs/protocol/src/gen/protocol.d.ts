@@ -775,6 +775,9 @@ export namespace kiln {
                 startedUnixNano?: (number|Long|null);
                 completedUnixNano?: (number|Long|null);
                 cached?: (boolean|null);
+                inputsLocal?: (number|null);
+                inputsFetched?: (number|null);
+                bytesFetched?: (number|Long|null);
             }
 
             class TaskResult implements ITaskResult {
@@ -787,6 +790,9 @@ export namespace kiln {
                 public startedUnixNano: (number|Long);
                 public completedUnixNano: (number|Long);
                 public cached: boolean;
+                public inputsLocal: number;
+                public inputsFetched: number;
+                public bytesFetched: (number|Long);
                 public static create(properties?: kiln.worker.v1.ITaskResult): kiln.worker.v1.TaskResult;
                 public static encode(message: kiln.worker.v1.ITaskResult, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.TaskResult;

@@ -6299,6 +6299,9 @@ export const kiln = $root.kiln = (() => {
                 TaskResult.prototype.startedUnixNano = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
                 TaskResult.prototype.completedUnixNano = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
                 TaskResult.prototype.cached = false;
+                TaskResult.prototype.inputsLocal = 0;
+                TaskResult.prototype.inputsFetched = 0;
+                TaskResult.prototype.bytesFetched = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
 
                 TaskResult.create = function create(properties) {
                     return new TaskResult(properties);
@@ -6328,6 +6331,12 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(56).int64(message.completedUnixNano);
                     if (message.cached != null && Object.hasOwnProperty.call(message, "cached"))
                         writer.uint32(64).bool(message.cached);
+                    if (message.inputsLocal != null && Object.hasOwnProperty.call(message, "inputsLocal"))
+                        writer.uint32(72).uint32(message.inputsLocal);
+                    if (message.inputsFetched != null && Object.hasOwnProperty.call(message, "inputsFetched"))
+                        writer.uint32(80).uint32(message.inputsFetched);
+                    if (message.bytesFetched != null && Object.hasOwnProperty.call(message, "bytesFetched"))
+                        writer.uint32(88).int64(message.bytesFetched);
                     return writer;
                 };
 
@@ -6386,6 +6395,18 @@ export const kiln = $root.kiln = (() => {
                             }
                         case 8: {
                                 message.cached = reader.bool();
+                                break;
+                            }
+                        case 9: {
+                                message.inputsLocal = reader.uint32();
+                                break;
+                            }
+                        case 10: {
+                                message.inputsFetched = reader.uint32();
+                                break;
+                            }
+                        case 11: {
+                                message.bytesFetched = reader.int64();
                                 break;
                             }
                         default:
@@ -6452,6 +6473,19 @@ export const kiln = $root.kiln = (() => {
                             message.completedUnixNano = new $util.LongBits(object.completedUnixNano.low >>> 0, object.completedUnixNano.high >>> 0).toNumber();
                     if (object.cached != null)
                         message.cached = Boolean(object.cached);
+                    if (object.inputsLocal != null)
+                        message.inputsLocal = object.inputsLocal >>> 0;
+                    if (object.inputsFetched != null)
+                        message.inputsFetched = object.inputsFetched >>> 0;
+                    if (object.bytesFetched != null)
+                        if ($util.Long)
+                            message.bytesFetched = $util.Long.fromValue(object.bytesFetched, false);
+                        else if (typeof object.bytesFetched === "string")
+                            message.bytesFetched = parseInt(object.bytesFetched, 10);
+                        else if (typeof object.bytesFetched === "number")
+                            message.bytesFetched = object.bytesFetched;
+                        else if (typeof object.bytesFetched === "object")
+                            message.bytesFetched = new $util.LongBits(object.bytesFetched.low >>> 0, object.bytesFetched.high >>> 0).toNumber();
                     return message;
                 };
 
@@ -6481,6 +6515,13 @@ export const kiln = $root.kiln = (() => {
                         } else
                             object.completedUnixNano = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
                         object.cached = false;
+                        object.inputsLocal = 0;
+                        object.inputsFetched = 0;
+                        if ($util.Long) {
+                            let long = new $util.Long(0, 0, false);
+                            object.bytesFetched = options.longs === String ? long.toString() : options.longs === Number ? long.toNumber() : typeof BigInt !== "undefined" && options.longs === BigInt ? long.toBigInt() : long;
+                        } else
+                            object.bytesFetched = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
                     }
                     if (message.taskId != null && Object.hasOwnProperty.call(message, "taskId"))
                         object.taskId = message.taskId;
@@ -6511,6 +6552,17 @@ export const kiln = $root.kiln = (() => {
                             object.completedUnixNano = options.longs === String ? $util.Long.prototype.toString.call(message.completedUnixNano) : options.longs === Number ? new $util.LongBits(message.completedUnixNano.low >>> 0, message.completedUnixNano.high >>> 0).toNumber() : message.completedUnixNano;
                     if (message.cached != null && Object.hasOwnProperty.call(message, "cached"))
                         object.cached = message.cached;
+                    if (message.inputsLocal != null && Object.hasOwnProperty.call(message, "inputsLocal"))
+                        object.inputsLocal = message.inputsLocal;
+                    if (message.inputsFetched != null && Object.hasOwnProperty.call(message, "inputsFetched"))
+                        object.inputsFetched = message.inputsFetched;
+                    if (message.bytesFetched != null && Object.hasOwnProperty.call(message, "bytesFetched"))
+                        if (typeof BigInt !== "undefined" && options.longs === BigInt)
+                            object.bytesFetched = typeof message.bytesFetched === "number" ? BigInt(message.bytesFetched) : $util.Long.fromBits(message.bytesFetched.low >>> 0, message.bytesFetched.high >>> 0, false).toBigInt();
+                        else if (typeof message.bytesFetched === "number")
+                            object.bytesFetched = options.longs === String ? String(message.bytesFetched) : message.bytesFetched;
+                        else
+                            object.bytesFetched = options.longs === String ? $util.Long.prototype.toString.call(message.bytesFetched) : options.longs === Number ? new $util.LongBits(message.bytesFetched.low >>> 0, message.bytesFetched.high >>> 0).toNumber() : message.bytesFetched;
                     return object;
                 };
 

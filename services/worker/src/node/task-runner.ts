@@ -75,6 +75,13 @@ export interface RunnerStats {
   bytesFetched: number;
 }
 
+/** Where one task's inputs came from. */
+interface InputStats {
+  local: number;
+  fetched: number;
+  bytesFetched: number;
+}
+
 const num = (v: number | { toNumber(): number } | null | undefined): number =>
   v == null ? 0 : typeof v === 'number' ? v : v.toNumber();
 
@@ -174,7 +181,7 @@ export class TaskRunner {
       attempt: task.attempt,
     });
     this.#stats.tasks++;
-    const fetchedBefore = this.#stats.bytesFetched;
+    const io: InputStats = { local: 0, fetched: 0, bytesFetched: 0 };
     const output = new OutputLines(progress);
     try {
       const op = decodeOp(task.op);
@@ -193,7 +200,7 @@ export class TaskRunner {
       log?.debug({ kind, inputs: taskInputs.length }, 'task started');
       progress({ stage: 'inputs', current: 0, total: taskInputs.length });
       const inputs = await Promise.all(
-        taskInputs.map((inp, i) => this.#materialize(inp, i, signal, log)),
+        taskInputs.map((inp, i) => this.#materialize(inp, i, signal, io, log)),
       );
       signal.throwIfAborted();
       progress({ stage: 'run' });
@@ -217,18 +224,20 @@ export class TaskRunner {
         {
           kind,
           outputs: outputs.map((o) => o.resultId),
-          bytesFetched: this.#stats.bytesFetched - fetchedBefore,
+          inputsLocal: io.local,
+          inputsFetched: io.fetched,
+          bytesFetched: io.bytesFetched,
         },
         'task done',
       );
-      return { outputs };
+      return { outputs, inputs: io };
     } catch (err) {
       output.flush();
       this.#stats.failed++;
       const error = taskErrorOf(err);
       if (signal.aborted) log?.info({ code: error.code }, 'task aborted');
       else log?.warn({ err, code: error.code, exitCode: error.exitCode }, 'task failed');
-      return { error };
+      return { error, inputs: io };
     }
   }
 
@@ -276,6 +285,7 @@ export class TaskRunner {
     inp: ResolvedInput,
     index: number,
     signal: AbortSignal,
+    io: InputStats,
     log: Logger | undefined,
   ): Promise<string | undefined> {
     const id = inp.resultId ?? '';
@@ -284,6 +294,7 @@ export class TaskRunner {
     if (local !== undefined) {
       if (await this.#exists(local)) {
         this.#stats.inputsLocal++;
+        io.local++;
         return local;
       }
       await this.held.delete(id); // pruned: fetch it like any other
@@ -298,20 +309,22 @@ export class TaskRunner {
         `input ${index}: its layers make result ${computed}, not the ${id} it names`,
       );
     }
-    const before = this.#stats.bytesFetched;
+    const before = io.bytesFetched;
     const ids = chainIds(layers.map((l) => l.diffId ?? ''));
     let parent: string | undefined;
     for (const [k, layer] of layers.entries()) {
       signal.throwIfAborted();
-      parent = await this.#layerSnapshot(layerSnapshotName(ids[k] ?? ''), parent, layer, index, id);
+      parent = await this.#layerSnapshot(layerSnapshotName(ids[k] ?? ''), parent, layer, {
+        index,
+        resultId: id,
+        io,
+      });
     }
     if (parent === undefined) throw new InputUnavailableError(index, id, 'no layers');
     await this.held.set(computed, parent);
     this.#stats.inputsFetched++;
-    log?.debug(
-      { index, resultId: computed, bytes: this.#stats.bytesFetched - before },
-      'input fetched',
-    );
+    io.fetched++;
+    log?.debug({ index, resultId: computed, bytes: io.bytesFetched - before }, 'input fetched');
     return parent;
   }
 
@@ -320,8 +333,7 @@ export class TaskRunner {
     name: string,
     parent: string | undefined,
     layer: LayerRef,
-    index: number,
-    resultId: string,
+    by: { index: number; resultId: string; io: InputStats },
   ): Promise<string> {
     let p = this.#layerBuilds.get(name);
     if (!p) {
@@ -334,7 +346,7 @@ export class TaskRunner {
             this.env,
             parent,
             async (dir) => {
-              const applied = await applyLayer(await this.#fetch(digest), dir);
+              const applied = await applyLayer(await this.#fetch(digest, by.io), dir);
               if (applied.diffID !== diffID) throw new DigestMismatchError(diffID, applied.diffID);
             },
             name,
@@ -343,7 +355,12 @@ export class TaskRunner {
           // The image source builds the same names: it may have committed this one meanwhile.
           if (await this.#exists(name)) return name;
           if (err instanceof DigestMismatchError) throw err;
-          throw new InputUnavailableError(index, resultId, `layer ${digest}: ${errText(err)}`, err);
+          throw new InputUnavailableError(
+            by.index,
+            by.resultId,
+            `layer ${digest}: ${errText(err)}`,
+            err,
+          );
         }
         this.#stats.layersFetched++;
         // Later outputs built on this layer reuse its blob instead of re-diffing the snapshot
@@ -364,13 +381,17 @@ export class TaskRunner {
     return p;
   }
 
-  /** A verified read of a blob, counting its bytes. */
-  async #fetch(digest: Digest): Promise<Readable> {
+  /**
+   * A verified read of a blob, counting its bytes (for the task that started the fetch: a task
+   * that waits for another's fetch of the same layer counts nothing).
+   */
+  async #fetch(digest: Digest, io: InputStats): Promise<Readable> {
     const src = await this.store.get(digest);
     const stats = this.#stats;
     const counter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         stats.bytesFetched += chunk.length;
+        io.bytesFetched += chunk.length;
         cb(null, chunk);
       },
     });

@@ -148,6 +148,10 @@ describe('WorkerNode', () => {
     const afterB = b.runner.stats;
     expect(afterB.bytesFetched).toBeGreaterThan(before.bytesFetched);
     expect(afterB.inputsFetched).toBe(before.inputsFetched + 1);
+    // ... and the result says so (for the scheduler's affinity statistics).
+    const onBResult = onB.result;
+    expect(onBResult).toMatchObject({ inputsLocal: 0, inputsFetched: 1 });
+    expect(Number(onBResult.bytesFetched)).toBe(afterB.bytesFetched - before.bytesFetched);
     expect(await readResult(b, onB.result.outputs[0]?.resultId ?? '', 'copy.txt')).toBe(
       `${token}\n`,
     );
@@ -164,6 +168,8 @@ describe('WorkerNode', () => {
     expect(onA.result.workerId).toBe(a.id);
     expect(a.runner.stats.bytesFetched).toBe(beforeA.bytesFetched);
     expect(a.runner.stats.inputsLocal).toBe(beforeA.inputsLocal + 1);
+    expect(onA.result).toMatchObject({ inputsLocal: 1, inputsFetched: 0 });
+    expect(Number(onA.result.bytesFetched)).toBe(0);
     expect(await readResult(a, onA.result.outputs[0]?.resultId ?? '', 'copy.txt')).toBe(
       `${token}\n`,
     );

@@ -67,6 +67,8 @@ export interface TaskOutcome {
   outputs?: NonNullable<TaskResultInit['outputs']>;
   cached?: boolean;
   error?: TaskErrorInit;
+  /** Where the inputs came from (reported in the result for affinity statistics). */
+  inputs?: { local: number; fetched: number; bytesFetched: number };
 }
 
 export interface ProgressUpdate {
@@ -626,6 +628,13 @@ export class TaskConsumer {
       workerId: this.id,
       outputs: outcome.outputs ?? [],
       cached: outcome.cached ?? false,
+      ...(outcome.inputs
+        ? {
+            inputsLocal: outcome.inputs.local,
+            inputsFetched: outcome.inputs.fetched,
+            bytesFetched: outcome.inputs.bytesFetched,
+          }
+        : {}),
       startedUnixNano: toLong(BigInt(started) * 1_000_000n),
       completedUnixNano: toLong(BigInt(Date.now()) * 1_000_000n),
       ...(outcome.error ? { error: outcome.error } : {}),
