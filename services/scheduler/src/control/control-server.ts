@@ -16,6 +16,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { Attr, SpanName, tracer } from '@kiln/common';
+import { SpanStatusCode, context, trace } from '@opentelemetry/api';
 import { listWorkers } from '@kiln/bus';
 import type { WorkerInfo } from '@kiln/bus';
 import { getFrontend } from '@kiln/dockerfile';
@@ -254,6 +256,7 @@ export class ControlServer {
     };
     call.on('cancelled', onCancelled);
     log.info({ frontend: req.frontend || undefined }, 'build started');
+    const span = tracer().startSpan(SpanName.build, { attributes: { [Attr.buildId]: ref } });
     try {
       const targets = await this.#load(req);
       const results = await Promise.all(
@@ -262,7 +265,9 @@ export class ControlServer {
             .filter(Boolean)
             .join('/'),
           imageConfigJson: t.imageConfigJson,
-          solved: await this.#run(build, t.graph, t.platform, req.sessionId, log),
+          solved: await context.with(trace.setSpan(context.active(), span), () =>
+            this.#run(build, t.graph, t.platform, req.sessionId, log),
+          ),
         })),
       );
       log.info('build done');
@@ -278,8 +283,11 @@ export class ControlServer {
           ? e
           : new KilnError('INTERNAL', String(e), { cause: e });
       log.warn({ code: err.code, vertex: err.details.digest, err: err.message }, 'build failed');
+      span.recordException(err);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
       throw err;
     } finally {
+      span.end();
       call.off('cancelled', onCancelled);
       this.builds.finish(ref);
     }

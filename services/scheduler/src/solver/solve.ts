@@ -15,6 +15,8 @@
  *   log.
  */
 import { randomUUID } from 'node:crypto';
+import { Attr, SpanName, tracer } from '@kiln/common';
+import { SpanStatusCode, context } from '@opentelemetry/api';
 import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { CUSTOM_NAME, inputDigests, opKind } from '@kiln/llb';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
@@ -114,6 +116,8 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
   const results = new Map<string, Promise<TaskResult>>();
   const done = new Map<string, TaskResult>();
   let firstError: KilnError | undefined;
+  // Vertex spans are children of the caller's span (the build's), if any.
+  const parent = context.active();
 
   const run = async (lo: LoadedOp): Promise<TaskResult> => {
     const deps = inputDigests(lo);
@@ -168,6 +172,19 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     }
     snap.startedAt = Date.now();
     o.onVertex?.({ ...snap });
+    const span = tracer().startSpan(
+      SpanName.vertex,
+      {
+        attributes: {
+          [Attr.buildId]: o.buildId,
+          [Attr.vertexDigest]: lo.digest,
+          [Attr.vertexName]: name,
+          [Attr.cacheKey]: task.cacheKey ?? '',
+          [Attr.opKind]: opKind(lo.op) ?? '',
+        },
+      },
+      parent,
+    );
     try {
       const r = await o.submitter.submit(task, {
         buildId: o.buildId,
@@ -180,15 +197,21 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       snap.cached = r.cached || r.taskId !== taskId;
       snap.completedAt = Date.now();
       snap.workerId = r.workerId;
+      span.setAttributes({ [Attr.workerId]: r.workerId, [Attr.cacheHit]: snap.cached });
+      span.end();
       o.onVertex?.({ ...snap });
       return r;
     } catch (e) {
       snap.completedAt = Date.now();
       if (ac.signal.aborted) {
+        span.end();
         o.onVertex?.({ ...snap, error: 'canceled' });
         throw new Skipped();
       }
       const err = new VertexFailedError(lo.digest, name, e);
+      span.recordException(err);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+      span.end();
       firstError ??= err;
       ac.abort();
       o.onVertex?.({ ...snap, error: err.message });
