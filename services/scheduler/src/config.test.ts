@@ -12,6 +12,9 @@ describe('loadConfig', () => {
       defaultPlatform: 'linux/arm64/v8',
     });
     expect(loadConfig({ KILN_MAX_ATTEMPTS: '5' }, []).maxAttempts).toBe(5);
+    expect(
+      loadConfig({ KILN_INSECURE_REGISTRIES: 'a:5000, b:5000' }, []).insecureRegistries,
+    ).toEqual(['a:5000', 'b:5000']);
   });
 
   it('rejects bad values with a typed error', () => {

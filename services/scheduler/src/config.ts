@@ -21,6 +21,11 @@ export interface SchedulerConfig {
   heartbeatTimeoutMs: number;
   /** Dispatcher: attempts per task (`KILN_MAX_ATTEMPTS`). */
   maxAttempts: number;
+  /**
+   * Registries read over plain HTTP by the base image resolver, `host:port` (loopback hosts
+   * always are) (`--insecure-registries`, `KILN_INSECURE_REGISTRIES`, comma-separated).
+   */
+  insecureRegistries: string[];
 }
 
 export const DEFAULT_CONFIG: SchedulerConfig = {
@@ -31,6 +36,7 @@ export const DEFAULT_CONFIG: SchedulerConfig = {
   affinityDelayMs: 100,
   heartbeatTimeoutMs: 3_000,
   maxAttempts: 3,
+  insecureRegistries: [],
 };
 
 export class ConfigInvalidError extends KilnError {
@@ -60,6 +66,7 @@ export function loadConfig(
         nats: { type: 'string' },
         platform: { type: 'string' },
         'log-level': { type: 'string' },
+        'insecure-registries': { type: 'string' },
       },
       strict: true,
     }).values;
@@ -87,6 +94,10 @@ export function loadConfig(
       DEFAULT_CONFIG.heartbeatTimeoutMs,
     ),
     maxAttempts: int('KILN_MAX_ATTEMPTS', env.KILN_MAX_ATTEMPTS, DEFAULT_CONFIG.maxAttempts),
+    insecureRegistries: str('insecure-registries', 'KILN_INSECURE_REGISTRIES', '')
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean),
   };
   if (!/^[^:]*:\d+$/.test(c.listen) && !c.listen.startsWith('unix:'))
     throw new ConfigInvalidError(`listen address must be host:port, got ${c.listen}`, 'listen');

@@ -4,8 +4,8 @@
  * `kiln.control.v1.Control` over gRPC. SIGTERM/SIGINT: stop serving (running builds fail with a
  * retryable SCHEDULER_UNAVAILABLE; their task records stay for the next scheduler), then exit.
  *
- * Base image configs for the Dockerfile frontend: no registry-backed metaResolver is wired yet
- * (TODO(#5)); until then base images contribute no config to a Dockerfile solve.
+ * Base image configs for the Dockerfile frontend come from the registries themselves
+ * (`registryMetaResolver`: anonymous pulls; `--insecure-registries` for plain HTTP ones).
  * Environment is read here and only here (see config.ts for the keys).
  */
 import { connect } from '@nats-io/transport-node';
@@ -13,6 +13,7 @@ import { pino } from 'pino';
 import { loadConfig } from './config.js';
 import { ControlServer } from './control/control-server.js';
 import { Dispatcher } from './dispatch/index.js';
+import { registryMetaResolver } from './registry/registry-meta-resolver.js';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env, process.argv.slice(2));
@@ -37,6 +38,7 @@ async function main(): Promise<void> {
   const server = new ControlServer({
     dispatcher,
     defaultPlatform: config.defaultPlatform,
+    metaResolver: registryMetaResolver({ insecureRegistries: config.insecureRegistries }),
     log: log.child({ component: 'control' }),
   });
   await server.listen(config.listen);

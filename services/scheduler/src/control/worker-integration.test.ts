@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { KilnClient } from '@kiln/client';
+import { KilnClient, dockerfileInput } from '@kiln/client';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
 import { loadHarness, until } from '../dispatch/testing.js';
 import type { Harness, ManagedProcessLike, NatsHandle } from '../dispatch/testing.js';
+import { registryMetaResolver } from '../registry/registry-meta-resolver.js';
 import { ControlServer } from './control-server.js';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
@@ -77,7 +78,7 @@ beforeAll(async () => {
       return dispatcher.liveWorkers().some((w) => w.id === id);
     });
   }
-  server = new ControlServer({ dispatcher });
+  server = new ControlServer({ dispatcher, metaResolver: registryMetaResolver() });
   const port = await server.listen('127.0.0.1:0');
   client = await KilnClient.connect(`127.0.0.1:${port}`);
 });
@@ -118,5 +119,26 @@ describe('scheduler with real workers', () => {
     for await (const f of client.status(buildId)) vertexes.push(...f.vertexes);
     for (const d of digests)
       expect(vertexes.some((v) => v.digest === d && Number(v.completedUnixNano) > 0)).toBe(true);
+  });
+
+  it('solves a Dockerfile with base image config from the registry (registryMetaResolver)', async () => {
+    const tag = randomUUID();
+    const res = await client.solve({
+      buildId: `int-df-${tag}`,
+      frontend: 'dockerfile.v0',
+      attrs: { platform: 'linux/amd64' },
+      inputs: {
+        dockerfile: dockerfileInput(`FROM ${fixture}\nRUN echo ${tag} > /x.txt\nENV AFTER=1\n`),
+      },
+    });
+    const config = JSON.parse(res.exporterResponse['containerimage.config'] ?? '{}') as {
+      config?: { Env?: string[] };
+      rootfs?: { diff_ids?: string[] };
+    };
+    // PATH comes from the fixture image's own config, fetched from the registry.
+    expect(config.config?.Env?.some((e) => e.startsWith('PATH='))).toBe(true);
+    expect(config.config?.Env).toContain('AFTER=1');
+    const layers = JSON.parse(res.exporterResponse['result.layers'] ?? '[]') as unknown[];
+    expect(layers.length).toBeGreaterThan(1);
   });
 });
