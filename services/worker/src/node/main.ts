@@ -2,7 +2,7 @@
  * `node services/worker/dist/node/main.js [flags]`: the worker process. Configuration from
  * defaults < `--config` JSON file < `KILN_*` environment < flags (see `config.ts`, `--help`).
  * Logs are pino JSON lines on stdout. SIGTERM / SIGINT drain (no new task, running ones finish
- * or are handed back), then exit 0; a second signal exits at once.
+ * or are handed back), then exit 0; a second SIGINT exits at once.
  */
 import { pino } from 'pino';
 import { FLAGS_HELP, loadConfig } from './config.js';
@@ -18,8 +18,11 @@ async function main(): Promise<void> {
   const log = pino({ level: config.logLevel, base: { pid: process.pid, service: 'kiln-worker' } });
   const node = await WorkerNode.start(config, { logger: log });
   let stopping = false;
-  const stop = (signal: string): void => {
+  const stop = (signal: 'SIGTERM' | 'SIGINT'): void => {
     if (stopping) {
+      // A second Ctrl-C means "now"; a repeated SIGTERM (a process manager signalling the group
+      // and the process) changes nothing: the drain has its own timeout.
+      if (signal === 'SIGTERM') return;
       log.warn({ signal }, 'exiting without drain');
       process.exit(1);
     }

@@ -3,7 +3,7 @@
 // fixture busybox image from the harness's registry and a real content store (a filesystem dir
 // shared by the workers, and s3rver). No mocks; waits are on conditions.
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeResult, fromBase64, getRecord, taskKey } from '@kiln/bus';
 import type { TaskProgress } from '@kiln/bus';
@@ -34,16 +34,21 @@ let nats: NatsHandle;
 let nc: NatsConnection;
 let d: DispatcherLike;
 let storeDir: string;
+let ctxDir: string;
+let mainJs: Promise<string> | undefined;
 const nodes: WorkerNode[] = [];
 let a: WorkerNode;
 let b: WorkerNode;
 
 function config(
   id: string,
-  o: { natsUrl?: string; env?: Record<string, string> } = {},
+  o: { natsUrl?: string; env?: Record<string, string>; argv?: string[] } = {},
 ): WorkerConfig {
   return loadConfig({
-    argv: ['--id', id, '--state-dir', join(tmp.dir, id), '--slots', '2', '--log-level', 'silent'],
+    argv: [
+      ...['--id', id, '--state-dir', join(tmp.dir, id), '--slots', '2', '--log-level', 'silent'],
+      ...(o.argv ?? []),
+    ],
     env: {
       KILN_NATS_URL: o.natsUrl ?? nats.url,
       KILN_STORE_DIR: storeDir,
@@ -65,6 +70,42 @@ const def = (st: State): Uint8Array => marshal(st, { platform: LinuxAmd64 }).toB
 const sh = (st: State, script: string): State => st.run({ args: ['/bin/sh', '-c', script] }).root();
 const salt = (): string => Math.random().toString(36).slice(2);
 
+interface LogLine {
+  msg?: string;
+  taskId?: string;
+  workerId?: string;
+}
+
+/** A worker process (`main.ts`, bundled once per file) with its pino lines. */
+async function spawnNode(
+  id: string,
+): Promise<{ proc: ManagedProcessLike; logs: LogLine[]; state: string }> {
+  mainJs ??= bundleWorkerMain(h, tmp.dir);
+  const state = join(tmp.dir, id);
+  const logs: LogLine[] = [];
+  const proc = h.spawnManaged(
+    process.execPath,
+    [await mainJs, '--id', id, '--state-dir', state, '--store-dir', storeDir, '--nats', nats.url],
+    {
+      name: `worker ${id}`,
+      env: {
+        ...process.env,
+        KILN_WORKER_HEARTBEAT_MS: '250',
+        KILN_WORKER_DRAIN_TIMEOUT_MS: '20000',
+        KILN_LOG_LEVEL: 'info',
+      },
+      onLine: (line, stream) => {
+        if (stream === 'stdout' && line.startsWith('{')) logs.push(JSON.parse(line) as LogLine);
+      },
+    },
+  );
+  await until(`${id} to register`, () => {
+    if (proc.hasExited()) throw new Error(`${id} exited:\n${proc.output()}`);
+    return d.liveWorkers().some((w) => w.id === id);
+  });
+  return { proc, logs, state };
+}
+
 /** Reads a file of a result held by `n`. */
 async function readResult(n: WorkerNode, resultId: string, path: string): Promise<string> {
   const snap = n.runner.snapshotOf(resultId);
@@ -81,7 +122,13 @@ beforeAll(async () => {
   nats = await h.startNats();
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   d = await startDispatcher(nc);
-  [a, b] = await Promise.all([startNode(config('node-a')), startNode(config('node-b'))]);
+  ctxDir = join(tmp.dir, 'context');
+  await mkdir(ctxDir);
+  await writeFile(join(ctxDir, 'hello.txt'), 'from the context\n');
+  [a, b] = await Promise.all([
+    startNode(config('node-a', { argv: ['--local', `context=${ctxDir}`] })),
+    startNode(config('node-b')),
+  ]);
 });
 
 afterAll(async () => {
@@ -197,37 +244,94 @@ describe('WorkerNode', () => {
   });
 
   it('fails ops that need the client session with a typed error', async () => {
-    const err = await submitGraph(d, def(local('context')), {
+    const st = image(fixture)
+      .run({
+        args: ['cat', '/run/secrets/tok'],
+        secrets: [{ id: 'tok', target: '/run/secrets/tok' }],
+      })
+      .root();
+    const err = await submitGraph(d, def(st), {
       salt: salt(),
       place: () => a.id,
     }).then(
       () => undefined,
       (e: unknown) => e,
     );
-    expect(err).toMatchObject({ code: 'SESSION_UNAVAILABLE' });
+    expect(err).toMatchObject({
+      code: 'SESSION_UNAVAILABLE',
+      message: expect.stringContaining('secret "tok"') as string,
+    });
+  });
+
+  it('serves local:// sources from the configured directory map', async () => {
+    const { result } = await submitGraph(d, def(local('context')), {
+      salt: salt(),
+      place: () => a.id,
+    });
+    expect(result.workerId).toBe(a.id);
+    expect(await readResult(a, result.outputs[0]?.resultId ?? '', 'hello.txt')).toBe(
+      'from the context\n',
+    );
+    // B has no such directory: the same source fails there, typed.
+    const err = await submitGraph(d, def(local('context')), {
+      salt: salt(),
+      place: () => b.id,
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({
+      code: 'SESSION_UNAVAILABLE',
+      message: expect.stringContaining('local "context"') as string,
+    });
+  });
+
+  it('drains on SIGTERM: the process finishes its task (inputs fetched), deregisters, exits 0', async () => {
+    const { proc, logs } = await spawnNode('node-t');
+    try {
+      const run = salt();
+      const base = await submitGraph(d, def(image(fixture)), { salt: run, place: () => a.id });
+      const st = sh(image(fixture), 'echo started; sleep 1; echo drained > /f.txt');
+      let started!: () => void;
+      const isStarted = new Promise<void>((r) => (started = r));
+      const done = submitGraph(d, def(st), {
+        salt: run,
+        results: new Map(base.results),
+        place: () => 'node-t',
+        onProgress: (p) => {
+          if (p.workerId === 'node-t' && p.lines?.includes('started')) started();
+        },
+      });
+      await Promise.race([
+        isStarted,
+        done.then(() => {
+          throw new Error('the task finished before node-t was signalled');
+        }),
+      ]);
+      // SIGTERM to the worker process alone (not its process group: crun would get it too).
+      const stopped = proc.stop(30_000);
+      const { result, results } = await done;
+      expect(result.workerId).toBe('node-t');
+      expect(result).toMatchObject({ inputsLocal: 0, inputsFetched: 1 });
+      expect(Number(result.bytesFetched)).toBeGreaterThan(0);
+      expect(await stopped).toMatchObject({ code: 0 });
+      expect(logs.some((l) => l.msg === 'worker drained')).toBe(true);
+      await until('node-t to be gone', () => !d.liveWorkers().some((w) => w.id === 'node-t'));
+      // Its result outlives it in the store: B rebuilds it from there.
+      const onB = await submitGraph(d, def(sh(st, 'cat /f.txt > /g.txt')), {
+        salt: run,
+        results: new Map(results),
+        place: () => b.id,
+      });
+      expect(await readResult(b, onB.result.outputs[0]?.resultId ?? '', 'g.txt')).toBe('drained\n');
+    } finally {
+      await proc.stop(5_000);
+    }
   });
 
   it('re-runs on another worker the task of a worker process killed mid-exec', async () => {
-    const main = await bundleWorkerMain(h, tmp.dir);
-    const kState = join(tmp.dir, 'node-k');
-    const logs: { msg?: string; taskId?: string }[] = [];
-    const k: ManagedProcessLike = h.spawnManaged(
-      process.execPath,
-      [main, '--id', 'node-k', '--state-dir', kState, '--store-dir', storeDir, '--nats', nats.url],
-      {
-        name: 'worker node-k',
-        env: { ...process.env, KILN_WORKER_HEARTBEAT_MS: '250', KILN_LOG_LEVEL: 'info' },
-        onLine: (line, stream) => {
-          if (stream === 'stdout' && line.startsWith('{'))
-            logs.push(JSON.parse(line) as { msg?: string; taskId?: string });
-        },
-      },
-    );
+    const { proc: k, logs, state: kState } = await spawnNode('node-k');
     try {
-      await until('node-k to register', () => {
-        if (k.hasExited()) throw new Error(`node-k exited:\n${k.output()}`);
-        return d.liveWorkers().some((w) => w.id === 'node-k');
-      });
       const run = salt();
       const base = image(fixture);
       // The image on k first, so that the exec's run is what gets killed.
