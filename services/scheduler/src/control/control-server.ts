@@ -29,7 +29,11 @@ import type { pb } from '@kiln/protocol';
 import type { Logger } from 'pino';
 import { pino } from 'pino';
 import type { Dispatcher } from '../dispatch/index.js';
-import { BuildNotFoundError, SolveRequestInvalidError } from '../solver/errors.js';
+import {
+  BuildCanceledError,
+  BuildNotFoundError,
+  SolveRequestInvalidError,
+} from '../solver/errors.js';
 import { solveGraph } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
 import { BuildRegistry } from './builds.js';
@@ -259,17 +263,33 @@ export class ControlServer {
     const span = tracer().startSpan(SpanName.build, { attributes: { [Attr.buildId]: ref } });
     try {
       const targets = await this.#load(req);
-      const results = await Promise.all(
-        targets.map(async (t) => ({
-          platform: [t.platform.OS, t.platform.Architecture, t.platform.Variant]
-            .filter(Boolean)
-            .join('/'),
-          imageConfigJson: t.imageConfigJson,
-          solved: await context.with(trace.setSpan(context.active(), span), () =>
-            this.#run(build, t.graph, t.platform, req.sessionId, log),
-          ),
-        })),
+      // Platforms are solved concurrently; the first failure stops the others (they then fail
+      // with BuildCanceledError, so the first real error is the one reported), and the build
+      // ends only once every platform's solve has settled.
+      const settled = await Promise.allSettled(
+        targets.map(async (t) => {
+          try {
+            return {
+              platform: [t.platform.OS, t.platform.Architecture, t.platform.Variant]
+                .filter(Boolean)
+                .join('/'),
+              imageConfigJson: t.imageConfigJson,
+              solved: await context.with(trace.setSpan(context.active(), span), () =>
+                this.#run(build, t.graph, t.platform, req.sessionId, log),
+              ),
+            };
+          } catch (e) {
+            build.abort.abort();
+            throw e;
+          }
+        }),
       );
+      const failures = settled.flatMap((r): unknown[] =>
+        r.status === 'rejected' ? [r.reason] : [],
+      );
+      if (failures.length > 0)
+        throw failures.find((e) => !(e instanceof BuildCanceledError)) ?? failures[0];
+      const results = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       log.info('build done');
       return control.SolveResponse.create({ exporterResponse: exporterResponse(results) });
     } catch (e) {

@@ -29,6 +29,7 @@ const workers: TaskConsumerLike[] = [];
 const runs: Run[] = [];
 const gates = new Gates();
 const WORKERS = ['ctl-w1', 'ctl-w2'];
+const ARM_WORKER = 'ctl-arm64';
 
 beforeAll(async () => {
   h = await loadHarness();
@@ -56,8 +57,21 @@ beforeAll(async () => {
     await w.start();
     workers.push(w);
   }
+  // One arm64 worker (the test executor does not care about the architecture): routing.
+  const anc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  conns.push(anc);
+  const arm = new TaskConsumer({
+    nc: anc,
+    id: ARM_WORKER,
+    platforms: [{ os: 'linux', arch: 'arm64', emulated: false }],
+    slots: 2,
+    runTask: testExecutor(ARM_WORKER, runs, gates),
+    heartbeatMs: 250,
+  });
+  await arm.start();
+  workers.push(arm);
   await until('the dispatcher to see the workers', () =>
-    WORKERS.every((id) => dispatcher.liveWorkers().some((w) => w.id === id)),
+    [...WORKERS, ARM_WORKER].every((id) => dispatcher.liveWorkers().some((w) => w.id === id)),
   );
   server = new ControlServer({
     dispatcher,
@@ -331,6 +345,28 @@ describe('Control API', () => {
       (e: unknown) => e as KilnError,
     );
     expect((err as KilnError).code).toBe('BUILD_NOT_FOUND');
+  });
+
+  it('solves a multi-platform Dockerfile: each platform on its own workers', async () => {
+    const tag = randomUUID();
+    const buildId = `mp-${tag}`;
+    const res = await client.solve({
+      buildId,
+      frontend: 'dockerfile.v0',
+      attrs: { platform: 'linux/amd64,linux/arm64' },
+      inputs: { dockerfile: dockerfileInput(`FROM busybox:${tag}\nRUN echo ${tag}\n`) },
+    });
+    const platforms = JSON.parse(res.exporterResponse['result.platforms'] ?? '[]') as {
+      platform: string;
+      worker: string;
+      id: string;
+    }[];
+    expect(platforms.map((p) => p.platform).sort()).toEqual(['linux/amd64', 'linux/arm64']);
+    expect(platforms.find((p) => p.platform === 'linux/arm64')?.worker).toBe(ARM_WORKER);
+    expect(WORKERS).toContain(platforms.find((p) => p.platform === 'linux/amd64')?.worker);
+    const mine = runs.filter((r) => r.buildId === buildId);
+    expect(mine.filter((r) => r.workerId === ARM_WORKER).length).toBeGreaterThan(0);
+    expect(mine.filter((r) => r.workerId !== ARM_WORKER).length).toBeGreaterThan(0);
   });
 
   it('rejects a malformed Definition with a typed error', async () => {
