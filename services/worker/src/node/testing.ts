@@ -138,6 +138,8 @@ export async function submitGraph(
     results?: Results;
     place: (digest: string, def: LoadedDefinition) => string | undefined;
     onProgress?: (p: TaskProgress) => void;
+    /** The tasks' platform (default linux/amd64). */
+    arch?: string;
   },
 ): Promise<{ results: Results; def: LoadedDefinition; result: TaskResult }> {
   const g = parseDefinition(def);
@@ -159,7 +161,7 @@ export async function submitGraph(
       ...(v.metadata ? { metadata: v.metadata } : {}),
       inputs,
       cacheKey: `sha256:${createHash('sha256').update(`${o.salt} ${digest}`).digest('hex')}`,
-      platform: { OS: 'linux', Architecture: 'amd64', Variant: '' },
+      platform: { OS: 'linux', Architecture: o.arch ?? 'amd64', Variant: '' },
     };
     results.set(
       digest,

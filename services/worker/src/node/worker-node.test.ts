@@ -7,7 +7,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeResult, fromBase64, getRecord, taskKey } from '@kiln/bus';
 import type { TaskProgress } from '@kiln/bus';
-import { LinuxAmd64, image, local, marshal, parseDefinition } from '@kiln/llb';
+import { LinuxAmd64, LinuxArm64, image, local, marshal, parseDefinition } from '@kiln/llb';
 import type { State } from '@kiln/llb';
 import { FsBlobStore, S3BlobStore } from '@kiln/store';
 import { connect } from '@nats-io/transport-node';
@@ -366,6 +366,43 @@ describe('WorkerNode', () => {
       await k.stop(5_000);
       // What the dead process left (its container, exec mounts) is swept by the next open.
       await TaskRunner.open({ stateDir: kState, store: new FsBlobStore({ root: storeDir }) });
+    }
+  });
+
+  it('runs an arm64 task on a worker that emulates arm64 through qemu binfmt', async () => {
+    const mine: WorkerNode[] = [];
+    try {
+      const emu = await startNode(
+        config('node-emu', { argv: ['--emulate', 'linux/arm64'] }),
+        d,
+        mine,
+      );
+      expect(emu.config.platforms).toEqual([
+        { os: 'linux', arch: 'amd64', emulated: false },
+        { os: 'linux', arch: 'arm64', emulated: true },
+      ]);
+      const run = salt();
+      const st = sh(image(fixture), 'uname -m > /arch.txt');
+      const { result, def: g } = await submitGraph(
+        d,
+        marshal(st, { platform: LinuxArm64 }).toBytes(),
+        {
+          salt: run,
+          arch: 'arm64',
+          place: () => emu.id,
+        },
+      );
+      expect(result.workerId).toBe(emu.id);
+      expect(await readResult(emu, result.outputs[0]?.resultId ?? '', 'arch.txt')).toBe(
+        'aarch64\n',
+      );
+      const key = `sha256:${createHash('sha256').update(`${run} ${g.result.digest}`).digest('hex')}`;
+      expect((await getRecord(d.bus.tasks, taskKey(key)))?.record).toMatchObject({
+        state: 'done',
+        emulated: true,
+      });
+    } finally {
+      await Promise.allSettled(mine.map((n) => n.drain()));
     }
   });
 
