@@ -73,15 +73,14 @@ describe('exec', () => {
     expect(exec.meta!.env).toEqual(['SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0']);
   });
 
-  it('refuses an exec without arguments or working directory', () => {
+  it('refuses an exec without arguments; scratch starts in / as in BuildKit', () => {
     expect(() => marshal(image('busybox').run({}).root())).toThrow(/arguments are required/);
-    expect(() =>
-      marshal(
-        scratch()
-          .run({ args: ['x'] })
-          .root(),
-      ),
-    ).toThrow(/working directory/);
+    const exec = ops(
+      scratch()
+        .run({ args: ['x'] })
+        .root(),
+    ).find((o) => o.exec)!.exec!;
+    expect(exec.meta!.cwd).toBe('/');
   });
 });
 

@@ -203,7 +203,7 @@ export class ExecState extends State {
   }
 }
 
-/** The empty filesystem. */
+/** The empty filesystem (with the working directory `/`, as BuildKit's Scratch is NewState(nil)). */
 export function scratch(): State {
-  return new State(undefined);
+  return State.of(undefined);
 }
