@@ -106,6 +106,8 @@ export function createPrinter(
     let text = '';
     if (drawn > 0) text += `\x1b[${drawn}A`;
     for (const l of lines) text += `\x1b[2K${l}\n`;
+    // Clear what a taller previous frame left below (a finished step's output tail).
+    text += '\x1b[J';
     out.write(text);
     drawn = lines.length;
   };

@@ -32,7 +32,8 @@ export interface BuildFlags {
   platform?: string;
   secret: string[];
   ssh: string[];
-  noCache?: boolean;
+  /** commander names a `--no-cache` flag `cache` (false when given). */
+  cache?: boolean;
   progress: string;
   output: string[];
   tag: string[];
@@ -60,7 +61,7 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   }
   if (flags.target) attrs.target = flags.target;
   if (flags.platform) attrs.platform = flags.platform;
-  if (flags.noCache === false) attrs['no-cache'] = '';
+  if (flags.cache === false) attrs['no-cache'] = '';
 
   // <Dockerfile>.dockerignore beside the Dockerfile wins over <context>/.dockerignore.
   const ignoreFiles: Record<string, Uint8Array> = {};
@@ -125,7 +126,7 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
         session,
         signal: abort.signal,
         onProgress: (e: ProgressEvent) => printer.onEvent(e),
-        ...(flags.noCache === false ? { noCache: true } : {}),
+        ...(flags.cache === false ? { noCache: true } : {}),
       });
       solved.push({
         snapshot: r.snapshot,

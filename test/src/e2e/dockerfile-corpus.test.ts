@@ -272,4 +272,20 @@ describe('Dockerfile corpus, built with kiln build', () => {
     const index = JSON.parse(stdout) as { manifests: { platform?: { architecture: string } }[] };
     expect(index.manifests.map((m) => m.platform?.architecture).sort()).toEqual(['amd64', 'arm64']);
   }, 180_000);
+
+  it('--no-cache reruns every step; without it a rebuild is all CACHED', async () => {
+    const ctx = join(work, 'nocache', 'ctx');
+    await cp(join(corpusDir, 'stages'), ctx, { recursive: true });
+    const args = ['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`];
+    expect((await kiln(args)).code).toBe(0);
+    const cached = await kiln(args);
+    expect(cached.stderr).toMatch(/CACHED/);
+    expect(cached.stderr).not.toMatch(/DONE/);
+    const fresh = await kiln([...args, '--no-cache']);
+    expect(fresh.code, fresh.stderr).toBe(0);
+    expect(fresh.stderr).not.toMatch(/CACHED/);
+    const step = /^#(\d+) \[one 2\/2\] RUN echo one > \/one.txt$/m.exec(fresh.stderr)?.[1];
+    expect(step, fresh.stderr).toBeDefined();
+    expect(fresh.stderr).toMatch(new RegExp(`^#${step} DONE`, 'm'));
+  }, 180_000);
 });
