@@ -292,6 +292,9 @@ export class OciRuntime {
       [...this.rootArgs, ...logArgs, 'run', '--bundle', bundle, id],
       {
         stdio: ['ignore', 'pipe', 'pipe'],
+        // Its own process group: a signal to the caller's group (Ctrl-C, a drain's SIGTERM to the
+        // group) must not reach the container; the runtime stops it itself (abort, timeout).
+        detached: true,
       },
     );
     child.stdout.on('data', (c: Buffer) => {
