@@ -132,4 +132,18 @@ describe('Engine', () => {
       code: 'LOCAL_NOT_FOUND',
     });
   });
+
+  it('applies the deletions of a diff when it is merged (BuildKit layer semantics)', async () => {
+    const base = image(fixture!);
+    const withFile = base.file(mkfile('/victim', 0o644, 'v'));
+    const deleted = withFile.run({ shlex: 'rm /victim' }).root();
+    // diff(withFile, deleted) holds a whiteout for /victim; merged onto a tree that has /victim,
+    // it deletes it.
+    const st = merge([withFile, diff(withFile, deleted)]);
+    const res = await engine.solve(def(st));
+    await engine.read(res.snapshot, async (dir) => {
+      await expect(lstat(join(dir, 'victim'))).rejects.toThrow();
+      expect((await lstat(join(dir, 'bin/sh'))).isSymbolicLink()).toBe(true);
+    });
+  });
 });

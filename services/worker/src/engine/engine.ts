@@ -80,7 +80,10 @@ export class Engine {
     });
     let opening: Promise<OciRuntime> | undefined;
     const runtime = (): Promise<OciRuntime> => {
-      opening ??= OciRuntime.open({ stateDir: join(o.stateDir, 'exec'), runtime: o.runtime ?? 'auto' });
+      opening ??= OciRuntime.open({
+        stateDir: join(o.stateDir, 'exec'),
+        runtime: o.runtime ?? 'auto',
+      });
       // A failed open is retried by the next exec rather than remembered.
       opening.catch(() => (opening = undefined));
       return opening;
@@ -97,8 +100,8 @@ export class Engine {
         source: new SourceExecutor(env, images, store, layers),
         exec: new ExecExecutor({ snapshotter, runtime, stateDir: join(o.stateDir, 'exec') }),
         file: new FileExecutor(env),
-        merge: new MergeExecutor(env),
-        diff: new DiffExecutor(env),
+        merge: new MergeExecutor(env, { layers, store }),
+        diff: new DiffExecutor(env, layers, store),
       },
       index,
       checksumMemo,

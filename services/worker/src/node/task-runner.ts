@@ -113,8 +113,8 @@ export class TaskRunner {
       source: new SourceExecutor(env, engine.images, store, engine.layers),
       exec: { exec: (ctx) => this.#exec(ctx) },
       file: new FileExecutor(env),
-      merge: new MergeExecutor(env),
-      diff: new DiffExecutor(env),
+      merge: new MergeExecutor(env, { layers: engine.layers, store }),
+      diff: new DiffExecutor(env, engine.layers, store),
     };
     this.#session = {
       localDirs,

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { applyLayer, diffLayer } from '../layers/index.js';
 import { mountTemp } from '../snapshot/mount.js';
 import type { Snapshotter } from '../snapshot/types.js';
+import type { BlobStore, Digest } from '@kiln/store';
 
 export interface SnapshotEnv {
   readonly snapshotter: Snapshotter;
@@ -81,16 +82,30 @@ export async function snapshotChain(env: SnapshotEnv, name: string): Promise<str
   return [...(await env.snapshotter.parentChain(name))].reverse().concat(name);
 }
 
+/** Layers recorded for snapshots (a pulled image's blobs, a diff's layer with its whiteouts). */
+export interface RecordedLayers {
+  layers: { get(snapshot: string): { digest: string } | undefined };
+  store: BlobStore;
+}
+
 /**
  * Applies the changes of each snapshot in `chain` (each relative to its parent, whiteouts
- * included) onto `dir`, in order: the layer semantics of BuildKit's merge.
+ * included) onto `dir`, in order: the layer semantics of BuildKit's merge. A snapshot with a
+ * recorded layer is applied from that layer: for a diff result, the layer holds deletions that
+ * its filesystem cannot.
  */
 export async function applyChain(
   env: SnapshotEnv,
   chain: readonly string[],
   dir: string,
+  recorded?: RecordedLayers,
 ): Promise<void> {
   for (const s of chain) {
+    const rec = recorded?.layers.get(s);
+    if (rec && recorded) {
+      await applyLayer(await recorded.store.get(rec.digest as Digest), dir);
+      continue;
+    }
     const handle = await env.snapshotter.diffSource(s);
     try {
       const layer = diffLayer(handle.source, { compression: 'none' });

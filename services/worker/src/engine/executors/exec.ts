@@ -7,7 +7,9 @@ import { runExec } from '../../ops/exec/index.js';
 import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
 
 /** The exec environment without the per-build session providers; the runtime opens on first use. */
-export type ExecBase = Omit<ExecEnv, 'secrets' | 'ssh' | 'runtime'> & { runtime: () => Promise<ExecEnv['runtime']> };
+export type ExecBase = Omit<ExecEnv, 'secrets' | 'ssh' | 'runtime'> & {
+  runtime: () => Promise<ExecEnv['runtime']>;
+};
 
 export class ExecExecutor implements OpExecutor {
   constructor(private readonly base: ExecBase) {}

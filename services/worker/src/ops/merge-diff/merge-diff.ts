@@ -2,20 +2,26 @@
  * MergeOp and DiffOp with BuildKit's layer semantics.
  * - merge(A, B, ...): A's filesystem, then each later input's layers (its changes, deletions
  *   included) applied on top, in order.
- * - diff(L, U): the changes that turn L into U. When L is an ancestor of U (the usual case: U was
- *   built on L) those are U's own layers above L; otherwise the two trees are compared.
- *   The result is committed as a filesystem of its own; deletions in it have nothing to delete.
+ * - diff(L, U): the changes that turn L into U, as one layer (the two trees compared), whiteouts
+ *   for what U deleted included. The result's filesystem is that layer applied to nothing; the
+ *   layer itself is recorded for the snapshot, so a merge (or an image export) built on the diff
+ *   applies its deletions too, as in BuildKit.
  */
-import { diffLayer, applyLayer } from '../../layers/index.js';
+import type { BlobStore, Digest } from '@kiln/store';
+import { applyLayer, writeLayer } from '../../layers/index.js';
+import type { LayerCache } from '../../exporters/layers.js';
 import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
 import { applyChain, buildSnapshot, readSnapshot, snapshotChain } from '../snapshots.js';
-import type { SnapshotEnv } from '../snapshots.js';
+import type { RecordedLayers, SnapshotEnv } from '../snapshots.js';
 
 const num = (v: number | { toNumber(): number } | null | undefined): number =>
   v == null ? 0 : typeof v === 'number' ? v : v.toNumber();
 
 export class MergeExecutor implements OpExecutor {
-  constructor(private readonly env: SnapshotEnv) {}
+  constructor(
+    private readonly env: SnapshotEnv,
+    private readonly recorded?: RecordedLayers,
+  ) {}
 
   async exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
     const snaps = (ctx.op.merge?.inputs ?? [])
@@ -25,14 +31,19 @@ export class MergeExecutor implements OpExecutor {
     if (snaps.length === 1) return [snaps[0]];
     const [first, ...rest] = snaps;
     const name = await buildSnapshot(this.env, first, async (dir) => {
-      for (const s of rest) await applyChain(this.env, await snapshotChain(this.env, s), dir);
+      for (const s of rest)
+        await applyChain(this.env, await snapshotChain(this.env, s), dir, this.recorded);
     });
     return [name];
   }
 }
 
 export class DiffExecutor implements OpExecutor {
-  constructor(private readonly env: SnapshotEnv) {}
+  constructor(
+    private readonly env: SnapshotEnv,
+    private readonly layers: LayerCache,
+    private readonly store: BlobStore,
+  ) {}
 
   async exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
     const d = ctx.op.diff;
@@ -42,24 +53,24 @@ export class DiffExecutor implements OpExecutor {
     if (upper === undefined) return [undefined];
     if (lower === undefined) return [upper];
     if (lower === upper) return [undefined];
-    const chain = await snapshotChain(this.env, upper);
-    const at = chain.indexOf(lower);
-    if (at >= 0) {
-      const above = chain.slice(at + 1);
-      return [await buildSnapshot(this.env, undefined, (dir) => applyChain(this.env, above, dir))];
-    }
-    const name = await buildSnapshot(this.env, undefined, (out) =>
-      readSnapshot(this.env, lower, (base) =>
-        readSnapshot(this.env, upper, async (next) => {
-          const layer = diffLayer(
-            { kind: 'compare', baseDir: base, newDir: next },
-            { compression: 'none' },
-          );
-          await applyLayer(layer.stream, out);
-          await layer.done;
-        }),
+    const desc = await readSnapshot(this.env, lower, (base) =>
+      readSnapshot(this.env, upper, (next) =>
+        writeLayer(
+          this.store,
+          { kind: 'compare', baseDir: base, newDir: next },
+          { compression: 'gzip' },
+        ),
       ),
     );
+    const name = await buildSnapshot(this.env, undefined, async (out) => {
+      await applyLayer(await this.store.get(desc.digest), out);
+    });
+    await this.layers.set(name, {
+      digest: desc.digest,
+      diffID: desc.diffID,
+      size: desc.size,
+      mediaType: desc.mediaType,
+    });
     return [name];
   }
 }
