@@ -7,7 +7,7 @@
  *   layer itself is recorded for the snapshot, so a merge (or an image export) built on the diff
  *   applies its deletions too, as in BuildKit.
  */
-import type { BlobStore, Digest } from '@kiln/store';
+import type { BlobStore } from '@kiln/store';
 import { applyLayer, writeLayer } from '../../layers/index.js';
 import type { LayerCache } from '../../exporters/layers.js';
 import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
