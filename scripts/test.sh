@@ -12,6 +12,7 @@ step "build"
 npm run build
 step "lint"
 npm run lint
+npm run format:check
 step "gen:check"
 npm run gen:check
 step "test"
