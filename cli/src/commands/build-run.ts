@@ -5,11 +5,12 @@ import {
   DockerfileError,
   formatDockerfileError,
   getFrontend,
+  printSourceRange,
   selectDockerignore,
 } from '@kiln/dockerfile';
 import type { ImageMetadata } from '@kiln/dockerfile';
 import { formatPlatform, hostPlatform } from '@kiln/llb';
-import type { Platform } from '@kiln/llb';
+import type { Definition, Platform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
 import { Engine } from '@kiln/worker';
 import type { ExportSpec, ProgressEvent } from '@kiln/worker';
@@ -122,12 +123,21 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
       platform: Platform;
     }[] = [];
     for (const p of result.platforms) {
-      const r = await engine.solve(p.definition.toBytes(), {
-        session,
-        signal: abort.signal,
-        onProgress: (e: ProgressEvent) => printer.onEvent(e),
-        ...(flags.cache === false ? { noCache: true } : {}),
-      });
+      const r = await engine
+        .solve(p.definition.toBytes(), {
+          session,
+          signal: abort.signal,
+          onProgress: (e: ProgressEvent) => printer.onEvent(e),
+          ...(flags.cache === false ? { noCache: true } : {}),
+        })
+        .catch((err: unknown) => {
+          throw withDockerfileExcerpt(
+            err,
+            p.definition,
+            dockerfile.toString('utf8'),
+            flags.file ?? 'Dockerfile',
+          );
+        });
       solved.push({
         snapshot: r.snapshot,
         config: JSON.parse(p.imageConfigJson) as Record<string, unknown>,
@@ -157,6 +167,32 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     process.stderr.write(
       'WARNING: no output specified; the result is only in the build cache (use --output)\n',
     );
+}
+
+/**
+ * A failed step shown as BuildKit shows it: the Dockerfile lines of the failing vertex (from the
+ * definition's source map), then the error.
+ */
+function withDockerfileExcerpt(
+  err: unknown,
+  def: Definition,
+  source: string,
+  filename: string,
+): unknown {
+  if (!(err instanceof KilnError)) return err;
+  const digest = err.details.digest;
+  if (typeof digest !== 'string') return err;
+  const ranges = (def.source?.locations?.[digest]?.locations ?? []).flatMap((l) =>
+    (l.ranges ?? []).map((r) => ({
+      start: r.start?.line ?? 0,
+      end: r.end?.line ?? r.start?.line ?? 0,
+    })),
+  );
+  if (ranges.length === 0) return err;
+  return new FormattedError(
+    `${printSourceRange(source, ranges, filename)}ERROR: ${err.message} [${err.code}]`,
+    err,
+  );
 }
 
 function exportSpec(
