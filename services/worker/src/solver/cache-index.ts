@@ -1,11 +1,10 @@
 /**
- * The worker's local cache index: cache key -> the committed snapshots of the vertex's outputs.
- * Persisted as an append-only JSON-lines file under the worker's state dir, so a restarted worker
- * keeps its cache; the last record for a key wins. (The cluster-wide index lives in the
- * cache-store service; this one answers for what this worker holds locally.)
+ * The worker's local cache index: cache key -> the committed snapshots of the vertex's outputs,
+ * kept in a {@link KvFile} under the worker's state dir so a restarted worker keeps its cache.
+ * (The cluster-wide index lives in the cache-store service; this one answers for what this worker
+ * holds locally.)
  */
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { KvFile } from './kv-file.js';
 
 export interface CacheRecord {
   key: string;
@@ -15,50 +14,33 @@ export interface CacheRecord {
 }
 
 export class CacheIndex {
-  private readonly records = new Map<string, CacheRecord>();
-  private writes: Promise<void> = Promise.resolve();
-
-  private constructor(private readonly file: string) {}
+  private constructor(private readonly kv: KvFile) {}
 
   static async open(file: string): Promise<CacheIndex> {
-    const idx = new CacheIndex(file);
-    await mkdir(dirname(file), { recursive: true });
-    let text = '';
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-    for (const line of text.split('\n')) {
-      if (!line.trim()) continue;
-      try {
-        const r = JSON.parse(line) as CacheRecord;
-        if (r.key && Array.isArray(r.outputs)) idx.records.set(r.key, r);
-      } catch {
-        // A torn last line after a crash: that record was never acknowledged; skip it.
-        continue;
-      }
-    }
-    return idx;
+    return new CacheIndex(await KvFile.open(file));
   }
 
   get(key: string): CacheRecord | undefined {
-    return this.records.get(key);
+    const v = this.kv.get(key);
+    if (v === undefined) return undefined;
+    try {
+      const r = JSON.parse(v) as Omit<CacheRecord, 'key'>;
+      return Array.isArray(r.outputs) ? { key, outputs: r.outputs, created: r.created } : undefined;
+    } catch {
+      // Unreadable record: a miss, rewritten by the next set.
+      return undefined;
+    }
   }
 
-  async set(key: string, outputs: (string | null)[]): Promise<void> {
-    const r: CacheRecord = { key, outputs, created: Date.now() };
-    this.records.set(key, r);
-    const line = `${JSON.stringify(r)}\n`;
-    this.writes = this.writes.then(() => appendFile(this.file, line));
-    await this.writes;
+  set(key: string, outputs: (string | null)[]): Promise<void> {
+    return this.kv.set(key, JSON.stringify({ outputs, created: Date.now() }));
   }
 
-  delete(key: string): void {
-    this.records.delete(key);
+  delete(key: string): Promise<void> {
+    return this.kv.delete(key);
   }
 
-  keys(): IterableIterator<string> {
-    return this.records.keys();
+  keys(): string[] {
+    return this.kv.keys();
   }
 }

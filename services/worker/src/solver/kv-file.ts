@@ -1,7 +1,9 @@
 /**
- * A small persistent string map: an append-only JSON-lines file, loaded whole at open, the last
- * line for a key winning. For facts that never change once known (the content checksum of a path
- * in an immutable snapshot), so a later process does not recompute them.
+ * A small persistent string map: an append-only JSON-lines file of `[key, value]` (value `null`
+ * deletes), loaded whole at open; the last line for a key wins, and iteration order is recency
+ * (a set moves its key to the end). Used for facts a worker keeps across restarts: content
+ * checksums of immutable snapshots, the cache index, the results a worker node holds. A torn last
+ * line after a crash was never acknowledged and is skipped. One process per file.
  */
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -23,13 +25,17 @@ export class KvFile {
     }
     for (const line of text.split('\n')) {
       if (!line) continue;
+      let entry: unknown;
       try {
-        const [k, v] = JSON.parse(line) as [string, string];
-        if (typeof k === 'string' && typeof v === 'string') kv.map.set(k, v);
+        entry = JSON.parse(line);
       } catch {
         // A torn last line after a crash was never acknowledged: skip it.
         continue;
       }
+      if (!Array.isArray(entry) || typeof entry[0] !== 'string') continue;
+      const [k, v] = entry as [string, unknown];
+      kv.map.delete(k);
+      if (typeof v === 'string') kv.map.set(k, v);
     }
     return kv;
   }
@@ -38,9 +44,26 @@ export class KvFile {
     return this.map.get(k);
   }
 
+  /** Sets (or refreshes) a value; resolves once it is on disk. */
   set(k: string, v: string): Promise<void> {
+    const same = this.map.get(k) === v;
+    this.map.delete(k);
     this.map.set(k, v);
-    const line = `${JSON.stringify([k, v])}\n`;
+    return same ? this.writes : this.append([k, v]);
+  }
+
+  delete(k: string): Promise<void> {
+    if (!this.map.delete(k)) return this.writes;
+    return this.append([k, null]);
+  }
+
+  /** Keys, least recently set first. */
+  keys(): string[] {
+    return [...this.map.keys()];
+  }
+
+  private append(entry: [string, string | null]): Promise<void> {
+    const line = `${JSON.stringify(entry)}\n`;
     this.writes = this.writes.then(() => appendFile(this.file, line));
     return this.writes;
   }

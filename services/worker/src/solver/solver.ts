@@ -316,7 +316,7 @@ export class LocalSolver {
     if (!rec) return undefined;
     for (const s of rec.outputs) {
       if (s !== null && !(await this.o.exists(s))) {
-        this.o.index.delete(key);
+        await this.o.index.delete(key);
         return undefined;
       }
     }
