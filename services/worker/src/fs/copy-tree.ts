@@ -291,7 +291,9 @@ class TreeCopier {
   private exceptionBelow(rel: string, st: Stats): boolean {
     if (!st.isDirectory() || !this.exclude!.exclusions) return false;
     const dirSlash = `${rel}/`;
-    return this.exclude!.patterns.some((p) => p.exclusion && `${p.cleaned}/`.startsWith(dirSlash));
+    return this.exclude!.patterns.some(
+      (p) => p.exclusion && `${p.cleanedPattern}/`.startsWith(dirSlash),
+    );
   }
 
   /** Creates the deferred directories of `chain` that do not exist yet, outermost first. */

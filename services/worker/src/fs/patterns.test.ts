@@ -138,12 +138,12 @@ describe('PatternMatcher (moby/patternmatcher cases)', () => {
   it('cleans leading / and ./, trailing /, and whitespace', () => {
     for (const p of ['/docs', './docs', 'docs/', '  docs  ', './/docs/.']) {
       expect(new PatternMatcher([p]).matchesOrParentMatches('docs/a/b'), p).toBe(true);
-      expect(new PatternMatcher([p]).patterns[0]!.cleaned, p).toBe('docs');
+      expect(new PatternMatcher([p]).patterns[0]!.cleanedPattern, p).toBe('docs');
     }
     expect(new PatternMatcher(['docs', '  !docs/README.md']).exclusions).toBe(true);
     expect(new PatternMatcher(['docs', '!docs/README.md  ']).exclusions).toBe(true);
     expect(new PatternMatcher(['docs', 'config', '']).patterns).toHaveLength(2);
-    expect(new PatternMatcher(['!/docs']).patterns[0]!.cleaned).toBe('docs');
+    expect(new PatternMatcher(['!/docs']).patterns[0]!.cleanedPattern).toBe('docs');
   });
 
   it('rejects a lone ! and malformed patterns', () => {
