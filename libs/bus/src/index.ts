@@ -11,3 +11,4 @@ export * from './retry.js';
 export * from './progress.js';
 export * from './watch.js';
 export * from './offer.js';
+export * from './session.js';

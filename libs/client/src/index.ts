@@ -1,6 +1,7 @@
 /**
  * @kiln/client: connect to a Kiln scheduler (`kiln.control.v1.Control` over gRPC), solve,
- * stream progress with resume, list workers, cancel.
+ * stream progress with resume, list workers, cancel; a build session serving local directories,
+ * secrets, ssh agents and receiving exports.
  */
 export { KilnClient } from './kiln-client.js';
 export type {
@@ -11,3 +12,5 @@ export type {
   WorkerRecord,
 } from './kiln-client.js';
 export { dockerfileInput } from './dockerfile-input.js';
+export { BuildSession } from './session.js';
+export type { SessionOptions } from './session.js';

@@ -8,6 +8,8 @@ import * as grpc from '@grpc/grpc-js';
 import { ERROR_TRAILER, KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { Definition } from '@kiln/llb';
+import { BuildSession } from './session.js';
+import type { SessionOptions } from './session.js';
 
 export type StatusResponse = InstanceType<typeof control.StatusResponse>;
 export type WorkerRecord = InstanceType<typeof control.WorkerRecord>;
@@ -103,6 +105,19 @@ export class KilnClient {
     return this.#unary(controlService.solve, msg, o.signal).then((r) => ({
       exporterResponse: { ...r.exporterResponse },
     }));
+  }
+
+  /** Opens a build session (pass its `id` as the solve's `sessionId`); close it after the solve. */
+  session(o: SessionOptions = {}): BuildSession {
+    return new BuildSession(
+      () =>
+        this.#client.makeBidiStreamRequest(
+          controlService.session.path,
+          controlService.session.requestSerialize,
+          controlService.session.responseDeserialize,
+        ),
+      o,
+    );
   }
 
   /**

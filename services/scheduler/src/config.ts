@@ -5,6 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { KilnError } from '@kiln/protocol';
+import type { StoreConfig } from '@kiln/store';
 
 export interface SchedulerConfig {
   /** gRPC listen address `host:port` (`--listen`, `KILN_SCHEDULER_LISTEN`). */
@@ -26,6 +27,13 @@ export interface SchedulerConfig {
    * always are) (`--insecure-registries`, `KILN_INSECURE_REGISTRIES`, comma-separated).
    */
   insecureRegistries: string[];
+  /**
+   * The farm's content store, the one its workers use: a directory (`--store-dir`,
+   * `KILN_STORE_DIR`) or an S3 bucket (`KILN_S3_ENDPOINT`, `KILN_S3_BUCKET`, `KILN_S3_ACCESS_KEY`,
+   * `KILN_S3_SECRET_KEY`, optional `KILN_S3_PREFIX`, `KILN_S3_REGION`). Without one, builds can
+   * use neither local directories nor exporters.
+   */
+  store?: StoreConfig;
 }
 
 export const DEFAULT_CONFIG: SchedulerConfig = {
@@ -67,6 +75,7 @@ export function loadConfig(
         platform: { type: 'string' },
         'log-level': { type: 'string' },
         'insecure-registries': { type: 'string' },
+        'store-dir': { type: 'string' },
       },
       strict: true,
     }).values;
@@ -99,6 +108,22 @@ export function loadConfig(
       .map((x) => x.trim())
       .filter(Boolean),
   };
+  const storeDir = str('store-dir', 'KILN_STORE_DIR', '');
+  if (env.KILN_S3_ENDPOINT || env.KILN_S3_BUCKET) {
+    const need = ['KILN_S3_ENDPOINT', 'KILN_S3_BUCKET', 'KILN_S3_ACCESS_KEY', 'KILN_S3_SECRET_KEY'];
+    const missing = need.filter((k) => !env[k]);
+    if (missing.length > 0)
+      throw new ConfigInvalidError(`the S3 store needs ${missing.join(', ')}`, 'store');
+    c.store = {
+      type: 's3',
+      endpoint: env.KILN_S3_ENDPOINT!,
+      bucket: env.KILN_S3_BUCKET!,
+      accessKey: env.KILN_S3_ACCESS_KEY!,
+      secretKey: env.KILN_S3_SECRET_KEY!,
+      ...(env.KILN_S3_PREFIX ? { prefix: env.KILN_S3_PREFIX } : {}),
+      ...(env.KILN_S3_REGION ? { region: env.KILN_S3_REGION } : {}),
+    };
+  } else if (storeDir) c.store = { type: 'fs', dir: storeDir };
   if (!/^[^:]*:\d+$/.test(c.listen) && !c.listen.startsWith('unix:'))
     throw new ConfigInvalidError(`listen address must be host:port, got ${c.listen}`, 'listen');
   if (!/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/.test(c.defaultPlatform))

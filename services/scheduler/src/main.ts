@@ -1,6 +1,6 @@
 /**
  * `node services/scheduler/dist/main.js [--listen host:port] [--nats url] [--platform os/arch]
- * [--log-level level]`: the scheduler service. Connects to NATS, starts the Dispatcher and serves
+ * [--log-level level] [--store-dir DIR]`: the scheduler service. Connects to NATS, starts the Dispatcher and serves
  * `kiln.control.v1.Control` over gRPC. SIGTERM/SIGINT: stop serving (running builds fail with a
  * retryable SCHEDULER_UNAVAILABLE; their task records stay for the next scheduler), then exit.
  *
@@ -8,6 +8,7 @@
  * (`registryMetaResolver`: anonymous pulls; `--insecure-registries` for plain HTTP ones).
  * Environment is read here and only here (see config.ts for the keys).
  */
+import { openStore } from '@kiln/store';
 import { connect } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import { loadConfig } from './config.js';
@@ -35,8 +36,11 @@ async function main(): Promise<void> {
       else dlog.debug(e, e.type);
     },
   });
+  const store = config.store ? await openStore(config.store) : undefined;
+  if (!store) log.warn('no content store configured: local directories and exporters are off');
   const server = new ControlServer({
     dispatcher,
+    ...(store ? { store } : {}),
     defaultPlatform: config.defaultPlatform,
     metaResolver: registryMetaResolver({ insecureRegistries: config.insecureRegistries }),
     log: log.child({ component: 'control' }),

@@ -480,7 +480,8 @@ const raw = {
                         "secret_request",
                         "secret_response",
                         "ssh",
-                        "error"
+                        "error",
+                        "export"
                       ]
                     }
                   },
@@ -524,6 +525,10 @@ const raw = {
                     "error": {
                       "type": "SessionError",
                       "id": 10
+                    },
+                    "export": {
+                      "type": "ExportChunk",
+                      "id": 11
                     }
                   }
                 },
@@ -678,6 +683,26 @@ const raw = {
                     }
                   }
                 },
+                "ExportChunk": {
+                  "fields": {
+                    "index": {
+                      "type": "uint32",
+                      "id": 1
+                    },
+                    "platform": {
+                      "type": "string",
+                      "id": 2
+                    },
+                    "data": {
+                      "type": "bytes",
+                      "id": 3
+                    },
+                    "eof": {
+                      "type": "bool",
+                      "id": 4
+                    }
+                  }
+                },
                 "SessionError": {
                   "fields": {
                     "code": {
@@ -802,6 +827,40 @@ const raw = {
                     "preferred_worker": {
                       "type": "string",
                       "id": 12
+                    },
+                    "export": {
+                      "type": "ExportSpec",
+                      "id": 13
+                    }
+                  }
+                },
+                "ExportSpec": {
+                  "fields": {
+                    "type": {
+                      "type": "string",
+                      "id": 1
+                    },
+                    "names": {
+                      "rule": "repeated",
+                      "type": "string",
+                      "id": 2
+                    },
+                    "platforms": {
+                      "rule": "repeated",
+                      "type": "ExportPlatform",
+                      "id": 3
+                    }
+                  }
+                },
+                "ExportPlatform": {
+                  "fields": {
+                    "platform": {
+                      "type": "pb.Platform",
+                      "id": 1
+                    },
+                    "config_json": {
+                      "type": "string",
+                      "id": 2
                     }
                   }
                 },

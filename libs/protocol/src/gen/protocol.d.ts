@@ -425,6 +425,7 @@ export namespace kiln {
                 secretResponse?: (kiln.control.v1.ISecretResponse|null);
                 ssh?: (kiln.control.v1.ISshFrame|null);
                 error?: (kiln.control.v1.ISessionError|null);
+                "export"?: (kiln.control.v1.IExportChunk|null);
             }
 
             class SessionMessage implements ISessionMessage {
@@ -439,7 +440,8 @@ export namespace kiln {
                 public secretResponse?: (kiln.control.v1.ISecretResponse|null);
                 public ssh?: (kiln.control.v1.ISshFrame|null);
                 public error?: (kiln.control.v1.ISessionError|null);
-                public msg?: ("hello"|"manifestRequest"|"manifest"|"fileRequest"|"fileChunk"|"secretRequest"|"secretResponse"|"ssh"|"error");
+                public export?: (kiln.control.v1.IExportChunk|null);
+                public msg?: ("hello"|"manifestRequest"|"manifest"|"fileRequest"|"fileChunk"|"secretRequest"|"secretResponse"|"ssh"|"error"|"export");
                 public static create(properties?: kiln.control.v1.ISessionMessage): kiln.control.v1.SessionMessage;
                 public static encode(message: kiln.control.v1.ISessionMessage, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.SessionMessage;
@@ -619,6 +621,27 @@ export namespace kiln {
                 public toJSON(): { [k: string]: any };
             }
 
+            interface IExportChunk {
+                index?: (number|null);
+                platform?: (string|null);
+                data?: (Uint8Array|null);
+                eof?: (boolean|null);
+            }
+
+            class ExportChunk implements IExportChunk {
+                constructor(properties?: kiln.control.v1.IExportChunk);
+                public index: number;
+                public platform: string;
+                public data: Uint8Array;
+                public eof: boolean;
+                public static create(properties?: kiln.control.v1.IExportChunk): kiln.control.v1.ExportChunk;
+                public static encode(message: kiln.control.v1.IExportChunk, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ExportChunk;
+                public static fromObject(object: { [k: string]: any }): kiln.control.v1.ExportChunk;
+                public static toObject(message: kiln.control.v1.ExportChunk, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
             interface ISessionError {
                 code?: (string|null);
                 message?: (string|null);
@@ -702,6 +725,7 @@ export namespace kiln {
                 platform?: (pb.IPlatform|null);
                 sessionId?: (string|null);
                 preferredWorker?: (string|null);
+                "export"?: (kiln.worker.v1.IExportSpec|null);
             }
 
             class Task implements ITask {
@@ -718,11 +742,48 @@ export namespace kiln {
                 public platform?: (pb.IPlatform|null);
                 public sessionId: string;
                 public preferredWorker: string;
+                public export?: (kiln.worker.v1.IExportSpec|null);
                 public static create(properties?: kiln.worker.v1.ITask): kiln.worker.v1.Task;
                 public static encode(message: kiln.worker.v1.ITask, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.Task;
                 public static fromObject(object: { [k: string]: any }): kiln.worker.v1.Task;
                 public static toObject(message: kiln.worker.v1.Task, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
+            interface IExportSpec {
+                type?: (string|null);
+                names?: (string[]|null);
+                platforms?: (kiln.worker.v1.IExportPlatform[]|null);
+            }
+
+            class ExportSpec implements IExportSpec {
+                constructor(properties?: kiln.worker.v1.IExportSpec);
+                public type: string;
+                public names: string[];
+                public platforms: kiln.worker.v1.IExportPlatform[];
+                public static create(properties?: kiln.worker.v1.IExportSpec): kiln.worker.v1.ExportSpec;
+                public static encode(message: kiln.worker.v1.IExportSpec, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.ExportSpec;
+                public static fromObject(object: { [k: string]: any }): kiln.worker.v1.ExportSpec;
+                public static toObject(message: kiln.worker.v1.ExportSpec, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
+            interface IExportPlatform {
+                platform?: (pb.IPlatform|null);
+                configJson?: (string|null);
+            }
+
+            class ExportPlatform implements IExportPlatform {
+                constructor(properties?: kiln.worker.v1.IExportPlatform);
+                public platform?: (pb.IPlatform|null);
+                public configJson: string;
+                public static create(properties?: kiln.worker.v1.IExportPlatform): kiln.worker.v1.ExportPlatform;
+                public static encode(message: kiln.worker.v1.IExportPlatform, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.ExportPlatform;
+                public static fromObject(object: { [k: string]: any }): kiln.worker.v1.ExportPlatform;
+                public static toObject(message: kiln.worker.v1.ExportPlatform, options?: $protobuf.IConversionOptions): { [k: string]: any };
                 public toJSON(): { [k: string]: any };
             }
 

@@ -3668,11 +3668,12 @@ export const kiln = $root.kiln = (() => {
                 SessionMessage.prototype.secretResponse = null;
                 SessionMessage.prototype.ssh = null;
                 SessionMessage.prototype.error = null;
+                SessionMessage.prototype["export"] = null;
 
                 let $oneOfFields;
 
                 Object.defineProperty(SessionMessage.prototype, "msg", {
-                    get: $util.oneOfGetter($oneOfFields = ["hello", "manifestRequest", "manifest", "fileRequest", "fileChunk", "secretRequest", "secretResponse", "ssh", "error"]),
+                    get: $util.oneOfGetter($oneOfFields = ["hello", "manifestRequest", "manifest", "fileRequest", "fileChunk", "secretRequest", "secretResponse", "ssh", "error", "export"]),
                     set: $util.oneOfSetter($oneOfFields)
                 });
 
@@ -3707,6 +3708,8 @@ export const kiln = $root.kiln = (() => {
                         $root.kiln.control.v1.SshFrame.encode(message.ssh, writer.uint32(74).fork(), q + 1).ldelim();
                     if (message.error != null && Object.hasOwnProperty.call(message, "error"))
                         $root.kiln.control.v1.SessionError.encode(message.error, writer.uint32(82).fork(), q + 1).ldelim();
+                    if (message["export"] != null && Object.hasOwnProperty.call(message, "export"))
+                        $root.kiln.control.v1.ExportChunk.encode(message["export"], writer.uint32(90).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -3771,6 +3774,10 @@ export const kiln = $root.kiln = (() => {
                             }
                         case 10: {
                                 message.error = $root.kiln.control.v1.SessionError.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 11: {
+                                message["export"] = $root.kiln.control.v1.ExportChunk.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
                         default:
@@ -3850,6 +3857,11 @@ export const kiln = $root.kiln = (() => {
                             throw TypeError(".kiln.control.v1.SessionMessage.error: object expected");
                         message.error = $root.kiln.control.v1.SessionError.fromObject(object.error, long + 1);
                     }
+                    if (object["export"] != null) {
+                        if (!$util.isObject(object["export"]))
+                            throw TypeError(".kiln.control.v1.SessionMessage.export: object expected");
+                        message["export"] = $root.kiln.control.v1.ExportChunk.fromObject(object["export"], long + 1);
+                    }
                     return message;
                 };
 
@@ -3918,6 +3930,11 @@ export const kiln = $root.kiln = (() => {
                         object.error = $root.kiln.control.v1.SessionError.toObject(message.error, options, q + 1);
                         if (options.oneofs)
                             object.msg = "error";
+                    }
+                    if (message["export"] != null && Object.hasOwnProperty.call(message, "export")) {
+                        object["export"] = $root.kiln.control.v1.ExportChunk.toObject(message["export"], options, q + 1);
+                        if (options.oneofs)
+                            object.msg = "export";
                     }
                     return object;
                 };
@@ -5236,6 +5253,156 @@ export const kiln = $root.kiln = (() => {
                 return SshFrame;
             })();
 
+            v1.ExportChunk = (function() {
+
+                function ExportChunk(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                ExportChunk.prototype.index = 0;
+                ExportChunk.prototype.platform = "";
+                ExportChunk.prototype.data = $util.newBuffer([]);
+                ExportChunk.prototype.eof = false;
+
+                ExportChunk.create = function create(properties) {
+                    return new ExportChunk(properties);
+                };
+
+                ExportChunk.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.index != null && Object.hasOwnProperty.call(message, "index"))
+                        writer.uint32(8).uint32(message.index);
+                    if (message.platform != null && Object.hasOwnProperty.call(message, "platform"))
+                        writer.uint32(18).string(message.platform);
+                    if (message.data != null && Object.hasOwnProperty.call(message, "data"))
+                        writer.uint32(26).bytes(message.data);
+                    if (message.eof != null && Object.hasOwnProperty.call(message, "eof"))
+                        writer.uint32(32).bool(message.eof);
+                    return writer;
+                };
+
+                ExportChunk.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.control.v1.ExportChunk();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.index = reader.uint32();
+                                break;
+                            }
+                        case 2: {
+                                message.platform = reader.string();
+                                break;
+                            }
+                        case 3: {
+                                message.data = reader.bytes();
+                                break;
+                            }
+                        case 4: {
+                                message.eof = reader.bool();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                ExportChunk.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.control.v1.ExportChunk)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.control.v1.ExportChunk: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.control.v1.ExportChunk();
+                    if (object.index != null)
+                        message.index = object.index >>> 0;
+                    if (object.platform != null)
+                        message.platform = String(object.platform);
+                    if (object.data != null)
+                        if (typeof object.data === "string")
+                            $util.base64.decode(object.data, message.data = $util.newBuffer($util.base64.length(object.data)), 0);
+                        else if (object.data.length >= 0)
+                            message.data = object.data;
+                    if (object.eof != null)
+                        message.eof = Boolean(object.eof);
+                    return message;
+                };
+
+                ExportChunk.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.defaults) {
+                        object.index = 0;
+                        object.platform = "";
+                        if (options.bytes === String)
+                            object.data = "";
+                        else {
+                            object.data = [];
+                            if (options.bytes !== Array)
+                                object.data = $util.newBuffer(object.data);
+                        }
+                        object.eof = false;
+                    }
+                    if (message.index != null && Object.hasOwnProperty.call(message, "index"))
+                        object.index = message.index;
+                    if (message.platform != null && Object.hasOwnProperty.call(message, "platform"))
+                        object.platform = message.platform;
+                    if (message.data != null && Object.hasOwnProperty.call(message, "data"))
+                        object.data = options.bytes === String ? $util.base64.encode(message.data, 0, message.data.length) : options.bytes === Array ? Array.prototype.slice.call(message.data) : message.data;
+                    if (message.eof != null && Object.hasOwnProperty.call(message, "eof"))
+                        object.eof = message.eof;
+                    return object;
+                };
+
+                ExportChunk.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return ExportChunk;
+            })();
+
             v1.SessionError = (function() {
 
                 function SessionError(properties) {
@@ -5733,6 +5900,7 @@ export const kiln = $root.kiln = (() => {
                 Task.prototype.platform = null;
                 Task.prototype.sessionId = "";
                 Task.prototype.preferredWorker = "";
+                Task.prototype["export"] = null;
 
                 Task.create = function create(properties) {
                     return new Task(properties);
@@ -5770,6 +5938,8 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(90).string(message.sessionId);
                     if (message.preferredWorker != null && Object.hasOwnProperty.call(message, "preferredWorker"))
                         writer.uint32(98).string(message.preferredWorker);
+                    if (message["export"] != null && Object.hasOwnProperty.call(message, "export"))
+                        $root.kiln.worker.v1.ExportSpec.encode(message["export"], writer.uint32(106).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -5846,6 +6016,10 @@ export const kiln = $root.kiln = (() => {
                                 message.preferredWorker = reader.string();
                                 break;
                             }
+                        case 13: {
+                                message["export"] = $root.kiln.worker.v1.ExportSpec.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -5910,6 +6084,11 @@ export const kiln = $root.kiln = (() => {
                         message.sessionId = String(object.sessionId);
                     if (object.preferredWorker != null)
                         message.preferredWorker = String(object.preferredWorker);
+                    if (object["export"] != null) {
+                        if (!$util.isObject(object["export"]))
+                            throw TypeError(".kiln.worker.v1.Task.export: object expected");
+                        message["export"] = $root.kiln.worker.v1.ExportSpec.fromObject(object["export"], long + 1);
+                    }
                     return message;
                 };
 
@@ -5941,6 +6120,7 @@ export const kiln = $root.kiln = (() => {
                         object.platform = null;
                         object.sessionId = "";
                         object.preferredWorker = "";
+                        object["export"] = null;
                     }
                     if (message.taskId != null && Object.hasOwnProperty.call(message, "taskId"))
                         object.taskId = message.taskId;
@@ -5969,6 +6149,8 @@ export const kiln = $root.kiln = (() => {
                         object.sessionId = message.sessionId;
                     if (message.preferredWorker != null && Object.hasOwnProperty.call(message, "preferredWorker"))
                         object.preferredWorker = message.preferredWorker;
+                    if (message["export"] != null && Object.hasOwnProperty.call(message, "export"))
+                        object["export"] = $root.kiln.worker.v1.ExportSpec.toObject(message["export"], options, q + 1);
                     return object;
                 };
 
@@ -5977,6 +6159,283 @@ export const kiln = $root.kiln = (() => {
                 };
 
                 return Task;
+            })();
+
+            v1.ExportSpec = (function() {
+
+                function ExportSpec(properties) {
+                    this.names = [];
+                    this.platforms = [];
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                ExportSpec.prototype.type = "";
+                ExportSpec.prototype.names = $util.emptyArray;
+                ExportSpec.prototype.platforms = $util.emptyArray;
+
+                ExportSpec.create = function create(properties) {
+                    return new ExportSpec(properties);
+                };
+
+                ExportSpec.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.type != null && Object.hasOwnProperty.call(message, "type"))
+                        writer.uint32(10).string(message.type);
+                    if (message.names != null && message.names.length)
+                        for (let i = 0; i < message.names.length; ++i)
+                            writer.uint32(18).string(message.names[i]);
+                    if (message.platforms != null && message.platforms.length)
+                        for (let i = 0; i < message.platforms.length; ++i)
+                            $root.kiln.worker.v1.ExportPlatform.encode(message.platforms[i], writer.uint32(26).fork(), q + 1).ldelim();
+                    return writer;
+                };
+
+                ExportSpec.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.worker.v1.ExportSpec();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.type = reader.string();
+                                break;
+                            }
+                        case 2: {
+                                if (!(message.names && message.names.length))
+                                    message.names = [];
+                                message.names.push(reader.string());
+                                break;
+                            }
+                        case 3: {
+                                if (!(message.platforms && message.platforms.length))
+                                    message.platforms = [];
+                                message.platforms.push($root.kiln.worker.v1.ExportPlatform.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                ExportSpec.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.worker.v1.ExportSpec)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.worker.v1.ExportSpec: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.worker.v1.ExportSpec();
+                    if (object.type != null)
+                        message.type = String(object.type);
+                    if (object.names) {
+                        if (!Array.isArray(object.names))
+                            throw TypeError(".kiln.worker.v1.ExportSpec.names: array expected");
+                        message.names = [];
+                        for (let i = 0; i < object.names.length; ++i)
+                            message.names[i] = String(object.names[i]);
+                    }
+                    if (object.platforms) {
+                        if (!Array.isArray(object.platforms))
+                            throw TypeError(".kiln.worker.v1.ExportSpec.platforms: array expected");
+                        message.platforms = [];
+                        for (let i = 0; i < object.platforms.length; ++i) {
+                            if (!$util.isObject(object.platforms[i]))
+                                throw TypeError(".kiln.worker.v1.ExportSpec.platforms: object expected");
+                            message.platforms[i] = $root.kiln.worker.v1.ExportPlatform.fromObject(object.platforms[i], long + 1);
+                        }
+                    }
+                    return message;
+                };
+
+                ExportSpec.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.arrays || options.defaults) {
+                        object.names = [];
+                        object.platforms = [];
+                    }
+                    if (options.defaults)
+                        object.type = "";
+                    if (message.type != null && Object.hasOwnProperty.call(message, "type"))
+                        object.type = message.type;
+                    if (message.names && message.names.length) {
+                        object.names = [];
+                        for (let j = 0; j < message.names.length; ++j)
+                            object.names[j] = message.names[j];
+                    }
+                    if (message.platforms && message.platforms.length) {
+                        object.platforms = [];
+                        for (let j = 0; j < message.platforms.length; ++j)
+                            object.platforms[j] = $root.kiln.worker.v1.ExportPlatform.toObject(message.platforms[j], options, q + 1);
+                    }
+                    return object;
+                };
+
+                ExportSpec.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return ExportSpec;
+            })();
+
+            v1.ExportPlatform = (function() {
+
+                function ExportPlatform(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                ExportPlatform.prototype.platform = null;
+                ExportPlatform.prototype.configJson = "";
+
+                ExportPlatform.create = function create(properties) {
+                    return new ExportPlatform(properties);
+                };
+
+                ExportPlatform.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.platform != null && Object.hasOwnProperty.call(message, "platform"))
+                        $root.pb.Platform.encode(message.platform, writer.uint32(10).fork(), q + 1).ldelim();
+                    if (message.configJson != null && Object.hasOwnProperty.call(message, "configJson"))
+                        writer.uint32(18).string(message.configJson);
+                    return writer;
+                };
+
+                ExportPlatform.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.worker.v1.ExportPlatform();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.platform = $root.pb.Platform.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 2: {
+                                message.configJson = reader.string();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                ExportPlatform.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.worker.v1.ExportPlatform)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.worker.v1.ExportPlatform: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.worker.v1.ExportPlatform();
+                    if (object.platform != null) {
+                        if (!$util.isObject(object.platform))
+                            throw TypeError(".kiln.worker.v1.ExportPlatform.platform: object expected");
+                        message.platform = $root.pb.Platform.fromObject(object.platform, long + 1);
+                    }
+                    if (object.configJson != null)
+                        message.configJson = String(object.configJson);
+                    return message;
+                };
+
+                ExportPlatform.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.defaults) {
+                        object.platform = null;
+                        object.configJson = "";
+                    }
+                    if (message.platform != null && Object.hasOwnProperty.call(message, "platform"))
+                        object.platform = $root.pb.Platform.toObject(message.platform, options, q + 1);
+                    if (message.configJson != null && Object.hasOwnProperty.call(message, "configJson"))
+                        object.configJson = message.configJson;
+                    return object;
+                };
+
+                ExportPlatform.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return ExportPlatform;
             })();
 
             v1.ResolvedInput = (function() {

@@ -1,6 +1,6 @@
 /**
- * The scheduler's gRPC service `kiln.control.v1.Control`: Solve, Status, ListWorkers, Cancel
- * (DiskUsage, Prune and Session answer UNIMPLEMENTED until the store and session services land).
+ * The scheduler's gRPC service `kiln.control.v1.Control`: Solve, Status, ListWorkers, Cancel and
+ * Session (DiskUsage and Prune answer UNIMPLEMENTED until garbage collection lands).
  *
  * Contract:
  * - Many builds run at once; each is identified by the client's `ref` (a fresh id when empty).
@@ -12,6 +12,9 @@
  *   another build shares (the Dispatcher keeps those running).
  * - Status streams a build's frames from `since_seq` (exactly once, in order) and ends after the
  *   build's last frame; it may be opened before the Solve.
+ * - A solve with a `session_id` waits (briefly) for that session's stream: its workers reach the
+ *   client's local directories, secrets and ssh agents through it (session.ts), and its
+ *   exporters' artifacts are streamed back over it (exports.ts).
  * - Every error reaches the client typed (`toGrpcStatus`; the client uses `fromGrpcError`).
  */
 import { randomUUID } from 'node:crypto';
@@ -39,6 +42,11 @@ import type { SolveResult } from '../solver/solve.js';
 import { BuildRegistry } from './builds.js';
 import type { Build, BuildRegistryOptions } from './builds.js';
 import { progressFrame, vertexFrame } from './events.js';
+import { checkExporters, runExports } from './exports.js';
+import type { PlatformResult } from './exports.js';
+import { SessionManager } from './session.js';
+import type { SessionCall } from './session.js';
+import type { BlobStore } from '@kiln/store';
 import { dockerfileSource } from './frontend-inputs.js';
 
 type SolveRequest = InstanceType<typeof control.SolveRequest>;
@@ -52,12 +60,17 @@ export interface ControlServerOptions extends BuildRegistryOptions {
   defaultPlatform?: string;
   /** A child logger is made per build (`buildId`) and vertex (`vertex`). Default: silent. */
   log?: Logger;
+  /**
+   * The farm's content store: local directories synced through sessions go in it, exporters'
+   * artifacts are read from it. Without it, builds can use neither.
+   */
+  store?: BlobStore;
+  /** How long a Solve waits for its session's stream to open. Default 10 s. */
+  sessionWaitMs?: number;
 }
 
 /** What a solve reported, as `SolveResponse.exporter_response` (until exporters exist). */
-function exporterResponse(
-  results: { platform: string; solved: SolveResult; imageConfigJson?: string }[],
-): Record<string, string> {
+function exporterResponse(results: PlatformResult[]): Record<string, string> {
   const describe = (s: SolveResult) => ({
     id: s.result.resultId ?? '',
     worker: s.workerId,
@@ -75,19 +88,22 @@ function exporterResponse(
     out['result.id'] = d.id;
     out['result.worker'] = d.worker;
     out['result.layers'] = JSON.stringify(d.layers);
-    out['result.platform'] = only.platform;
-    if (only.imageConfigJson) out['containerimage.config'] = only.imageConfigJson;
+    out['result.platform'] = only.name;
+    out['containerimage.config'] = only.imageConfigJson;
     return out;
   }
   out['result.platforms'] = JSON.stringify(
     results.map((r) => ({
-      platform: r.platform,
+      platform: r.name,
       ...describe(r.solved),
-      ...(r.imageConfigJson ? { config: r.imageConfigJson } : {}),
+      config: r.imageConfigJson,
     })),
   );
   return out;
 }
+
+const platformName = (p: pb.IPlatform): string =>
+  [p.OS, p.Architecture, p.Variant].filter(Boolean).join('/');
 
 function parsePlatformString(s: string): pb.IPlatform {
   const [OS = '', Architecture = '', Variant = ''] = s.split('/');
@@ -127,6 +143,7 @@ function matchesFilters(w: WorkerInfo, filters: readonly string[]): boolean {
 
 export class ControlServer {
   readonly builds: BuildRegistry;
+  readonly sessions: SessionManager;
   readonly #o: ControlServerOptions;
   readonly #log: Logger;
   readonly #defaultPlatform: pb.IPlatform;
@@ -137,6 +154,11 @@ export class ControlServer {
     this.#o = o;
     this.builds = new BuildRegistry(o);
     this.#log = o.log ?? pino({ level: 'silent' });
+    this.sessions = new SessionManager({
+      nc: o.dispatcher.bus.nc,
+      ...(o.store ? { store: o.store } : {}),
+      log: this.#log.child({ component: 'session' }),
+    });
     this.#defaultPlatform = parsePlatformString(o.defaultPlatform ?? 'linux/amd64');
   }
 
@@ -159,6 +181,7 @@ export class ControlServer {
   async close(): Promise<void> {
     this.#closing = true;
     this.builds.close();
+    this.sessions.close();
     const s = this.#server;
     this.#server = undefined;
     if (!s) return;
@@ -229,12 +252,7 @@ export class ControlServer {
       },
       diskUsage: unimplemented,
       prune: unimplementedStream,
-      session: (call: grpc.ServerDuplexStream<unknown, unknown>) => {
-        call.emit(
-          'error',
-          Object.assign(new Error('not implemented yet'), { code: grpc.status.UNIMPLEMENTED }),
-        );
-      },
+      session: (call: SessionCall) => this.sessions.attach(call),
     };
   }
 
@@ -262,6 +280,14 @@ export class ControlServer {
     log.info({ frontend: req.frontend || undefined }, 'build started');
     const span = tracer().startSpan(SpanName.build, { attributes: { [Attr.buildId]: ref } });
     try {
+      checkExporters(req.exporters, !!req.sessionId);
+      const session = req.sessionId
+        ? await this.sessions.waitFor(
+            req.sessionId,
+            this.#o.sessionWaitMs ?? 10_000,
+            build.abort.signal,
+          )
+        : undefined;
       const targets = await this.#load(req);
       // Platforms are solved concurrently; the first failure stops the others (they then fail
       // with BuildCanceledError, so the first real error is the one reported), and the build
@@ -270,10 +296,11 @@ export class ControlServer {
         targets.map(async (t) => {
           try {
             return {
-              platform: [t.platform.OS, t.platform.Architecture, t.platform.Variant]
-                .filter(Boolean)
-                .join('/'),
-              imageConfigJson: t.imageConfigJson,
+              platform: t.platform,
+              name: platformName(t.platform),
+              imageConfigJson:
+                t.imageConfigJson ??
+                JSON.stringify({ architecture: t.platform.Architecture, os: t.platform.OS }),
               solved: await context.with(trace.setSpan(context.active(), span), () =>
                 this.#run(build, t.graph, t.platform, req.sessionId, log),
               ),
@@ -289,9 +316,24 @@ export class ControlServer {
       );
       if (failures.length > 0)
         throw failures.find((e) => !(e instanceof BuildCanceledError)) ?? failures[0];
-      const results = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      const results: PlatformResult[] = settled.flatMap((r) =>
+        r.status === 'fulfilled' ? [r.value] : [],
+      );
+      const response = exporterResponse(results);
+      if (req.exporters.length > 0) {
+        const count = await runExports(req.exporters, results, {
+          submit: (t, opts) => this.#o.dispatcher.submit(t, opts),
+          store: this.#o.store,
+          session,
+          buildId: ref,
+          sessionId: req.sessionId,
+          signal: build.abort.signal,
+          onVertex: (v) => build.status.push(vertexFrame(v)),
+        });
+        response['export.count'] = String(count);
+      }
       log.info('build done');
-      return control.SolveResponse.create({ exporterResponse: exporterResponse(results) });
+      return control.SolveResponse.create({ exporterResponse: response });
     } catch (e) {
       const err = this.#closing
         ? new KilnError('SCHEDULER_UNAVAILABLE', 'the scheduler is shutting down', {

@@ -2,9 +2,13 @@
 // processes (the worker service's own entry, bundled from source and run, never imported) that
 // run real LLB ops (the harness's fixture busybox image from its registry, real crun) and share a
 // filesystem content store. A Definition solved through the client library.
-import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createHash, randomUUID } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { gunzipSync } from 'node:zlib';
+import { FsBlobStore } from '@kiln/store';
 import { KilnClient, dockerfileInput } from '@kiln/client';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
 import { connect } from '@nats-io/transport-node';
@@ -78,7 +82,12 @@ beforeAll(async () => {
       return dispatcher.liveWorkers().some((w) => w.id === id);
     });
   }
-  server = new ControlServer({ dispatcher, metaResolver: registryMetaResolver() });
+  server = new ControlServer({
+    dispatcher,
+    metaResolver: registryMetaResolver(),
+    store: new FsBlobStore({ root: storeDir }),
+    sessionWaitMs: 2_000,
+  });
   const port = await server.listen('127.0.0.1:0');
   client = await KilnClient.connect(`127.0.0.1:${port}`);
 });
@@ -140,5 +149,128 @@ describe('scheduler with real workers', () => {
     expect(config.config?.Env).toContain('AFTER=1');
     const layers = JSON.parse(res.exporterResponse['result.layers'] ?? '[]') as unknown[];
     expect(layers.length).toBeGreaterThan(1);
+  });
+});
+
+/** Collects an export's bytes. */
+class Sink extends Writable {
+  chunks: Buffer[] = [];
+  override _write(c: Buffer, _e: BufferEncoding, cb: () => void): void {
+    this.chunks.push(c);
+    cb();
+  }
+  get bytes(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+}
+
+/** The files of a tar (path -> content), read by tar(1). */
+function untar(bytes: Buffer, dir: string): (p: string) => string {
+  mkdirSync(dir, { recursive: true });
+  execFileSync('tar', ['-x', '-C', dir], { input: bytes });
+  return (p) => readFileSync(join(dir, p), 'utf8');
+}
+
+describe('sessions and exporters with real workers', () => {
+  it('serves the local context and a secret to remote workers and streams the tar export back', async () => {
+    const tag = randomUUID();
+    const ctx = join(tmp.dir, `ctx-${tag}`);
+    mkdirSync(join(ctx, 'sub'), { recursive: true });
+    writeFileSync(join(ctx, 'hello.txt'), `hello ${tag}\n`);
+    writeFileSync(join(ctx, 'sub', 'other.txt'), 'not copied\n');
+    const secret = `s3cret-${tag}`;
+    const sinks = new Map<string, Sink>();
+    const session = client.session({
+      localDirs: { context: ctx },
+      secrets: (id) => Promise.resolve(id === 'tok' ? Buffer.from(secret) : undefined),
+      onExport: (index, platform) => {
+        const s = new Sink();
+        sinks.set(`${index}/${platform}`, s);
+        return s;
+      },
+    });
+    try {
+      const res = await client.solve({
+        buildId: `int-sess-${tag}`,
+        sessionId: session.id,
+        frontend: 'dockerfile.v0',
+        attrs: { platform: 'linux/amd64' },
+        inputs: {
+          dockerfile: dockerfileInput(
+            [
+              `FROM ${fixture}`,
+              'COPY hello.txt /hello.txt',
+              'RUN --mount=type=secret,id=tok test "$(cat /run/secrets/tok)" = "' +
+                secret +
+                '" && echo secret-ok > /secret.txt',
+            ].join('\n'),
+          ),
+        },
+        exporters: [{ type: 'tar' }],
+      });
+      expect(res.exporterResponse['export.count']).toBe('1');
+      await session.exportsWritten(1);
+      const tarBytes = sinks.get('0/')?.bytes ?? Buffer.alloc(0);
+      const read = untar(tarBytes, join(tmp.dir, `out-${tag}`));
+      expect(read('hello.txt')).toBe(`hello ${tag}\n`);
+      expect(read('secret.txt')).toBe('secret-ok\n');
+      expect(existsSync(join(tmp.dir, `out-${tag}`, 'sub'))).toBe(false);
+      // The context file went through the store by content; the secret is in no layer, nor in
+      // the export.
+      const fileDigest = createHash('sha256').update(`hello ${tag}\n`).digest('hex');
+      expect(existsSync(join(storeDir, 'blobs', 'sha256', fileDigest))).toBe(true);
+      expect(tarBytes.includes(secret)).toBe(false);
+      const layers = JSON.parse(res.exporterResponse['result.layers'] ?? '[]') as {
+        digest: string;
+      }[];
+      for (const l of layers) {
+        const blob = readFileSync(join(storeDir, 'blobs', 'sha256', l.digest.slice(7)));
+        expect(gunzipSync(blob).includes(secret)).toBe(false);
+      }
+    } finally {
+      session.close();
+    }
+  });
+
+  it('exports an OCI image tarball through the session', async () => {
+    const tag = randomUUID();
+    const sink = new Sink();
+    const session = client.session({ onExport: () => sink });
+    try {
+      const res = await client.solve({
+        buildId: `int-oci-${tag}`,
+        sessionId: session.id,
+        frontend: 'dockerfile.v0',
+        attrs: { platform: 'linux/amd64' },
+        inputs: { dockerfile: dockerfileInput(`FROM ${fixture}\nRUN echo ${tag} > /t.txt\n`) },
+        exporters: [{ type: 'oci', attrs: { name: 'example.com/t:1' } }],
+      });
+      await session.exportsWritten(Number(res.exporterResponse['export.count']));
+      const read = untar(sink.bytes, join(tmp.dir, `oci-${tag}`));
+      expect(JSON.parse(read('oci-layout'))).toEqual({ imageLayoutVersion: '1.0.0' });
+      const index = JSON.parse(read('index.json')) as {
+        manifests: { annotations?: Record<string, string> }[];
+      };
+      expect(index.manifests[0]?.annotations?.['org.opencontainers.image.ref.name']).toBe('1');
+    } finally {
+      session.close();
+    }
+  });
+
+  it('fails a build whose session never opens, typed, and one that needs a session without one', async () => {
+    await expect(
+      client.solve({
+        buildId: `int-nosess-${randomUUID()}`,
+        sessionId: `never-${randomUUID()}`,
+        definition: marshal(image(fixture), { platform: LinuxAmd64 }),
+      }),
+    ).rejects.toMatchObject({ code: 'SESSION_UNAVAILABLE' });
+    await expect(
+      client.solve({
+        buildId: `int-noexp-${randomUUID()}`,
+        definition: marshal(image(fixture), { platform: LinuxAmd64 }),
+        exporters: [{ type: 'local' }],
+      }),
+    ).rejects.toMatchObject({ code: 'SOLVE_REQUEST_INVALID' });
   });
 });

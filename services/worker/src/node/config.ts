@@ -8,20 +8,11 @@ import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { WorkerPlatform } from '@kiln/bus';
+import type { StoreConfig } from '@kiln/store';
 import { WorkerConfigError } from './errors.js';
 import { resolvePlatforms } from './platforms.js';
 
-export type StoreConfig =
-  | { type: 'fs'; dir: string }
-  | {
-      type: 's3';
-      endpoint: string;
-      bucket: string;
-      accessKey: string;
-      secretKey: string;
-      prefix?: string;
-      region?: string;
-    };
+export type { StoreConfig } from '@kiln/store';
 
 /** The compiled configuration (every field defaulted and checked). */
 export interface WorkerConfig {

@@ -3,14 +3,14 @@ import { KilnError } from '@kiln/protocol';
 
 /**
  * The op needs something only the client's build session can give (a secret, an ssh agent, a
- * local directory) and this worker has no session channel yet. Not retryable: another attempt on
- * any worker fails the same way. TODO(#5): serve these through the client session.
+ * local directory) and its build has no session. Not retryable: another attempt on any worker
+ * fails the same way.
  */
 export class SessionUnavailableError extends KilnError {
   constructor(what: 'secret' | 'ssh' | 'local', id: string) {
     super(
       'SESSION_UNAVAILABLE',
-      `${what} "${id}" needs the client's build session, which remote workers cannot reach yet`,
+      `${what} "${id}" needs the client's build session, and this build has none`,
       { details: { what, id } },
     );
   }

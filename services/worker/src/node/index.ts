@@ -1,7 +1,8 @@
 /** The worker process: real LLB ops as tasks from the task bus. */
 export { TaskRunner, taskErrorOf } from './task-runner.js';
 export type { RunnerStats, TaskRunnerOptions } from './task-runner.js';
-export { WorkerNode, openStore } from './worker-node.js';
+export { WorkerNode } from './worker-node.js';
+export { openStore } from '@kiln/store';
 export type { WorkerNodeOptions } from './worker-node.js';
 export { loadConfig, FLAGS_HELP } from './config.js';
 export type { LoadConfigOptions, StoreConfig, WorkerConfig, WorkerConfigInput } from './config.js';

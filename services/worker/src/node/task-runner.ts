@@ -13,11 +13,16 @@
  * - Failures are returned as a TaskError (code, retryable, exit code and output tail of a failed
  *   process), never thrown. When `signal` aborts the executors stop and the outcome is discarded by
  *   the consumer.
- * - Secrets, ssh agents and local directories need the client's session, which a remote worker
- *   does not have yet: such ops fail with SESSION_UNAVAILABLE, except `local://` sources named in
- *   the configured directory map (tests, the embedded single-machine farm).
+ * - Secrets, ssh agents and local directories come from the client's session (the task's
+ *   `session_id`) through the scheduler that holds it (`session-relay.ts`). A task without a
+ *   session can read only `local://` sources named in the configured directory map; other such
+ *   ops fail with SESSION_UNAVAILABLE.
+ * - An export task (`task.export`) runs no op: its inputs (one per platform) are assembled into
+ *   the exporter's artifact (a tar of the files, an OCI or Docker tarball), which is put in the
+ *   store and returned as the single layer of the single output (result id = its digest).
  */
-import { statfs } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform, pipeline } from 'node:stream';
 import { TextDecoder } from 'node:util';
@@ -28,6 +33,7 @@ import type { OpKind } from '@kiln/llb';
 import { KilnError, asKilnError, pb } from '@kiln/protocol';
 import { DigestMismatchError } from '@kiln/store';
 import type { BlobStore, Digest } from '@kiln/store';
+import type { NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { Engine } from '../engine/engine.js';
 import { FileExecutor } from '../engine/executors/file.js';
@@ -43,6 +49,8 @@ import type { ExecutorContext, OpExecutor, SessionProviders } from '../solver/so
 import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';
 import { InputUnavailableError, InvalidTaskError, SessionUnavailableError } from './errors.js';
 import { HeldResults } from './held-results.js';
+import { SessionRelay } from './session-relay.js';
+import type { TaskSession } from './session-relay.js';
 import { EMPTY_RESULT_ID, chainIds, layerSnapshotName, resultIdOf } from './result-id.js';
 
 type ResolvedInput = Task['inputs'][number];
@@ -59,6 +67,8 @@ export interface TaskRunnerOptions {
   snapshotter?: 'auto' | 'overlayfs' | 'native';
   runtime?: RuntimeName | 'auto';
   registry?: RegistryClientOptions;
+  /** The bus connection, to reach build sessions; without it tasks have no session. */
+  nc?: NatsConnection;
   /** Default: silent. */
   logger?: Logger;
 }
@@ -99,7 +109,8 @@ export class TaskRunner {
   };
   readonly #layerBuilds = new Map<string, Promise<string>>();
   readonly #executors: Partial<Record<OpKind, OpExecutor>>;
-  readonly #session: SessionProviders;
+  readonly #noSession: SessionProviders;
+  readonly #relay: SessionRelay | undefined;
 
   private constructor(
     readonly engine: Engine,
@@ -108,6 +119,7 @@ export class TaskRunner {
     private readonly held: HeldResults,
     private readonly log: Logger | undefined,
     private readonly localDirs: Readonly<Record<string, string>>,
+    nc: NatsConnection | undefined,
   ) {
     this.#executors = {
       source: new SourceExecutor(env, engine.images, store, engine.layers),
@@ -116,11 +128,12 @@ export class TaskRunner {
       merge: new MergeExecutor(env, { layers: engine.layers, store }),
       diff: new DiffExecutor(env, engine.layers, store),
     };
-    this.#session = {
+    this.#noSession = {
       localDirs,
       secrets: (id) => Promise.reject(new SessionUnavailableError('secret', id)),
       ssh: (id) => Promise.reject(new SessionUnavailableError('ssh', id)),
     };
+    this.#relay = nc ? new SessionRelay({ nc, store, tmpDir: env.tmpDir }) : undefined;
   }
 
   /**
@@ -138,7 +151,7 @@ export class TaskRunner {
     await sweepExecState(join(o.stateDir, 'exec'));
     const held = await HeldResults.open(join(o.stateDir, 'node', 'held-results.jsonl'));
     const env: SnapshotEnv = { snapshotter: engine.snapshotter, tmpDir: join(o.stateDir, 'tmp') };
-    return new TaskRunner(engine, o.store, env, held, o.logger, o.localDirs ?? {});
+    return new TaskRunner(engine, o.store, env, held, o.logger, o.localDirs ?? {}, o.nc);
   }
 
   /** The {@link RunTask} for a TaskConsumer. */
@@ -183,7 +196,9 @@ export class TaskRunner {
     this.#stats.tasks++;
     const io: InputStats = { local: 0, fetched: 0, bytesFetched: 0 };
     const output = new OutputLines(progress);
+    let session: TaskSession | undefined;
     try {
+      if (task.export) return await this.#runExport(task, task.export, signal, io, progress, log);
       const op = decodeOp(task.op);
       const kind = opKind(op);
       const executor = kind ? this.#executors[kind] : undefined;
@@ -196,7 +211,8 @@ export class TaskRunner {
           `the op has ${opInputs.length} inputs, the task resolves ${taskInputs.length}`,
         );
       }
-      this.#checkSession(op);
+      if (task.sessionId && this.#relay) session = this.#relay.open(task.sessionId);
+      else this.#checkSession(op);
       log?.debug({ kind, inputs: taskInputs.length }, 'task started');
       progress({ stage: 'inputs', current: 0, total: taskInputs.length });
       const inputs = await Promise.all(
@@ -209,7 +225,7 @@ export class TaskRunner {
         op,
         metadata: task.metadata ?? undefined,
         inputs,
-        session: this.#session,
+        session: session?.providers ?? this.#noSession,
         signal,
         log: (stream, data) => output.write(stream, data),
       };
@@ -238,6 +254,79 @@ export class TaskRunner {
       if (signal.aborted) log?.info({ code: error.code }, 'task aborted');
       else log?.warn({ err, code: error.code, exitCode: error.exitCode }, 'task failed');
       return { error, inputs: io };
+    } finally {
+      await session?.close();
+    }
+  }
+
+  /** An export task: the artifact of `spec` over the inputs, put in the store. */
+  async #runExport(
+    task: Task,
+    spec: NonNullable<Task['export']>,
+    signal: AbortSignal,
+    io: InputStats,
+    progress: (p: ProgressUpdate) => void,
+    log: Logger | undefined,
+  ): Promise<TaskOutcome> {
+    const taskInputs = task.inputs ?? [];
+    const platforms = spec.platforms ?? [];
+    if (taskInputs.length === 0 || taskInputs.length !== platforms.length)
+      throw new InvalidTaskError(
+        `an export needs one input per platform (${taskInputs.length} inputs, ${platforms.length} platforms)`,
+      );
+    const type = spec.type ?? '';
+    if (!['local', 'tar', 'oci', 'docker'].includes(type))
+      throw new InvalidTaskError(`unknown exporter type ${JSON.stringify(type)}`);
+    if (platforms.length > 1 && type !== 'oci')
+      throw new InvalidTaskError(`a ${type} export takes one platform`);
+    progress({ stage: 'inputs', current: 0, total: taskInputs.length });
+    const snapshots = await Promise.all(
+      taskInputs.map((inp, i) => this.#materialize(inp, i, signal, io, log)),
+    );
+    signal.throwIfAborted();
+    progress({ stage: 'export' });
+    await mkdir(this.env.tmpDir, { recursive: true });
+    const dir = await mkdtemp(join(this.env.tmpDir, 'export-'));
+    try {
+      const file = join(dir, 'artifact');
+      const names = spec.names ?? [];
+      const config = (i: number): Record<string, unknown> =>
+        JSON.parse(platforms[i]?.configJson || '{}') as Record<string, unknown>;
+      if (type === 'oci' && platforms.length > 1) {
+        await this.engine.exportMultiPlatform(
+          platforms.map((p, i) => ({
+            snapshot: snapshots[i],
+            config: config(i),
+            platform: {
+              os: p.platform?.OS ?? '',
+              architecture: p.platform?.Architecture ?? '',
+              ...(p.platform?.Variant ? { variant: p.platform.Variant } : {}),
+            },
+          })),
+          { type: 'oci', dest: file, names },
+        );
+      } else if (type === 'oci' || type === 'docker') {
+        await this.engine.export(snapshots[0], { type, dest: file, config: config(0), names });
+      } else {
+        await this.engine.export(snapshots[0], { type: 'tar', dest: file });
+      }
+      signal.throwIfAborted();
+      progress({ stage: 'upload', current: 0, total: 1 });
+      const { digest, size } = await this.store.put(undefined, createReadStream(file), {
+        mediaType: exportMediaType(type),
+      });
+      log?.info({ type, digest, size }, 'export done');
+      return {
+        outputs: [
+          {
+            resultId: digest,
+            layers: [{ digest, diffId: digest, size, mediaType: exportMediaType(type) }],
+          },
+        ],
+        inputs: io,
+      };
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   }
 
@@ -251,8 +340,8 @@ export class TaskRunner {
         snapshotter: this.engine.snapshotter,
         runtime: await this.#runtime(),
         stateDir: join(this.engine.stateDir, 'exec'),
-        ...(this.#session.secrets ? { secrets: this.#session.secrets } : {}),
-        ...(this.#session.ssh ? { ssh: this.#session.ssh } : {}),
+        ...(ctx.session.secrets ? { secrets: ctx.session.secrets } : {}),
+        ...(ctx.session.ssh ? { ssh: ctx.session.ssh } : {}),
       },
       {
         op: ctx.op.exec!,
@@ -434,6 +523,12 @@ export class TaskRunner {
       })),
     };
   }
+}
+
+function exportMediaType(type: string): string {
+  if (type === 'oci') return 'application/vnd.oci.image.layout.v1+tar';
+  if (type === 'docker') return 'application/vnd.docker.image.tarball.v1+tar';
+  return 'application/x-tar';
 }
 
 function decodeOp(bytes: Uint8Array | null | undefined): pb.Op {

@@ -10,12 +10,12 @@
  */
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { FsBlobStore, S3BlobStore } from '@kiln/store';
+import { openStore } from '@kiln/store';
 import type { BlobStore } from '@kiln/store';
 import type { Logger } from 'pino';
 import { TaskConsumer } from '../tasks/task-consumer.js';
 import type { ConsumerEvent } from '../tasks/task-consumer.js';
-import type { StoreConfig, WorkerConfig } from './config.js';
+import type { WorkerConfig } from './config.js';
 import { TaskRunner } from './task-runner.js';
 
 export interface WorkerNodeOptions {
@@ -25,21 +25,6 @@ export interface WorkerNodeOptions {
   onEvent?: (e: ConsumerEvent) => void;
   /** The content store; default: the one the config names. */
   store?: BlobStore;
-}
-
-/** Opens the configured content store (an S3 bucket is created when missing). */
-export async function openStore(c: StoreConfig): Promise<BlobStore> {
-  if (c.type === 'fs') return new FsBlobStore({ root: c.dir });
-  const s3 = new S3BlobStore({
-    endpoint: c.endpoint,
-    bucket: c.bucket,
-    accessKey: c.accessKey,
-    secretKey: c.secretKey,
-    ...(c.prefix ? { prefix: c.prefix } : {}),
-    ...(c.region ? { region: c.region } : {}),
-  });
-  await s3.ensureBucket();
-  return s3;
 }
 
 export class WorkerNode {
@@ -66,20 +51,27 @@ export class WorkerNode {
   static async start(config: WorkerConfig, o: WorkerNodeOptions = {}): Promise<WorkerNode> {
     const log = o.logger;
     const store = o.store ?? (await openStore(config.store));
-    const runner = await TaskRunner.open({
-      stateDir: config.stateDir,
-      store,
-      localDirs: config.localDirs,
-      snapshotter: config.snapshotter,
-      runtime: config.runtime,
-      registry: { insecureRegistries: config.insecureRegistries },
-      ...(log ? { logger: log.child({ component: 'runner' }) } : {}),
-    });
     const nc = await connect({
       servers: config.natsUrl,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
     });
+    let runner: TaskRunner;
+    try {
+      runner = await TaskRunner.open({
+        stateDir: config.stateDir,
+        store,
+        nc,
+        localDirs: config.localDirs,
+        snapshotter: config.snapshotter,
+        runtime: config.runtime,
+        registry: { insecureRegistries: config.insecureRegistries },
+        ...(log ? { logger: log.child({ component: 'runner' }) } : {}),
+      });
+    } catch (err) {
+      await nc.close();
+      throw err;
+    }
     const disk = { free: 0 };
     const consumer = new TaskConsumer({
       nc,

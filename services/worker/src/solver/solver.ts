@@ -23,6 +23,7 @@ import {
   vertexCacheKey,
 } from '@kiln/llb';
 import type { DepKey, DepSpec, LoadedDefinition, LoadedOp, OpKind } from '@kiln/llb';
+import type { LocalSpec } from '../sources/local/local-source.js';
 import type { CacheIndex } from './cache-index.js';
 import { SolveCanceledError, VertexError } from './errors.js';
 import { vertexName } from './names.js';
@@ -32,6 +33,11 @@ import type { ProgressEvent } from './progress.js';
 export interface SessionProviders {
   /** Directories by local source name (`local://<name>`). */
   localDirs?: Readonly<Record<string, string>>;
+  /**
+   * A local source's directory fetched from a remote client (filtered by the spec's patterns);
+   * wins over `localDirs`.
+   */
+  syncLocal?: (spec: LocalSpec) => Promise<string>;
   /** Secret values by id; undefined when the client has no such secret. */
   secrets?: (id: string) => Promise<Uint8Array | undefined>;
   /** Host path of an ssh agent socket by ssh id. */

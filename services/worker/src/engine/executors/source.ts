@@ -78,7 +78,7 @@ export class SourceExecutor implements OpExecutor {
     if (id.startsWith('docker-image://')) return (await this.resolveImage(ctx.op)).manifestDigest;
     if (id.startsWith('local://')) {
       const spec = localSpec(ctx.op.source!);
-      return localPin(spec, await localDir(spec, ctx.session.localDirs));
+      return localPin(spec, await localDir(spec, ctx.session));
     }
     if (id.startsWith('http://') || id.startsWith('https://'))
       return httpPin(httpSpec(ctx.op.source!), this.http, ctx.digest, ctx.signal);
@@ -120,7 +120,7 @@ export class SourceExecutor implements OpExecutor {
     }
     if (id.startsWith('local://')) {
       const spec = localSpec(ctx.op.source!);
-      const dir = await localDir(spec, ctx.session.localDirs);
+      const dir = await localDir(spec, ctx.session);
       return [await buildSnapshot(this.env, undefined, (dest) => copyLocal(spec, dir, dest))];
     }
     if (id.startsWith('http://') || id.startsWith('https://')) {

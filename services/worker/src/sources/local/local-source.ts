@@ -63,9 +63,13 @@ export function localSpec(op: pb.ISourceOp): LocalSpec {
 /** Resolves the host directory of a local source from the session; a typed error when absent. */
 export async function localDir(
   spec: LocalSpec,
-  dirs: Readonly<Record<string, string>> | undefined,
+  session: {
+    localDirs?: Readonly<Record<string, string>> | undefined;
+    syncLocal?: ((spec: LocalSpec) => Promise<string>) | undefined;
+  },
 ): Promise<string> {
-  const dir = dirs?.[spec.name];
+  if (session.syncLocal) return session.syncLocal(spec);
+  const dir = session.localDirs?.[spec.name];
   if (dir === undefined) {
     throw new LocalSourceError(
       'LOCAL_NOT_FOUND',

@@ -1,0 +1,273 @@
+/**
+ * The client's end of a build session (`Control.Session`): what the build may ask of the machine
+ * that submitted it while it runs. BuildKit's session, over one gRPC stream:
+ * - local directories, listed as a content manifest filtered by the op's include/exclude
+ *   patterns (as fsutil walks), then only the files the farm's store lacks, on request;
+ * - secrets by id (sent only when asked, never stored by the farm);
+ * - ssh agent connections, relayed to the local agent socket;
+ * - exporters' artifacts, streamed back and handed to `onExport`.
+ *
+ * A request for a path outside a served directory, or not in its last manifest, is refused.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { lstat, readdir, readlink } from 'node:fs/promises';
+import { createConnection } from 'node:net';
+import type { Socket } from 'node:net';
+import { join } from 'node:path';
+import type { Writable } from 'node:stream';
+import type * as grpc from '@grpc/grpc-js';
+import { PatternMatcher } from '@kiln/dockerfile';
+import { KilnError, control } from '@kiln/protocol';
+
+type SessionMessage = InstanceType<typeof control.SessionMessage>;
+type SessionMessageInit = NonNullable<Parameters<typeof control.SessionMessage.create>[0]>;
+type ManifestRequest = NonNullable<SessionMessage['manifestRequest']>;
+type ContextEntry = NonNullable<Parameters<typeof control.ContextEntry.create>[0]>;
+
+export type SessionStream = grpc.ClientDuplexStream<SessionMessage, SessionMessage>;
+
+export interface SessionOptions {
+  /** Default: a random id. */
+  sessionId?: string;
+  /** Directories served by name (`local://<name>`), e.g. `{ context: '/src/app' }`. */
+  localDirs?: Readonly<Record<string, string>>;
+  /** A secret's value by id; undefined when there is none. */
+  secrets?: (id: string) => Promise<Uint8Array | undefined>;
+  /** An ssh agent socket path by ssh id (`default` for `--mount=type=ssh`). */
+  ssh?: Readonly<Record<string, string>>;
+  /** Where an exporter's artifact goes (`index` in the solve's exporters; platform or ''). */
+  onExport?: (index: number, platform: string) => Writable;
+}
+
+const CHUNK = 256 * 1024;
+
+interface FileKey {
+  size: number;
+  mtimeMs: number;
+  ino: number;
+  digest: string;
+}
+
+export class BuildSession {
+  readonly id: string;
+  readonly #o: SessionOptions;
+  readonly #call: SessionStream;
+  /** Paths the last manifest of each directory listed (the only ones served). */
+  readonly #served = new Map<string, Set<string>>();
+  readonly #digests = new Map<string, FileKey>();
+  readonly #ssh = new Map<number, Socket>();
+  readonly #exports = new Map<string, Writable>();
+  #exportsDone = 0;
+  #exportWaiters: (() => void)[] = [];
+  #failure: Error | undefined;
+  #ended = false;
+
+  constructor(open: () => SessionStream, o: SessionOptions = {}) {
+    this.id = o.sessionId ?? randomUUID();
+    this.#o = o;
+    this.#call = open();
+    this.#call.on('data', (m: SessionMessage) => {
+      this.#onMessage(m).catch((e: unknown) => this.#fail(e));
+    });
+    this.#call.on('error', (e: Error) => {
+      if (!this.#ended) this.#fail(e);
+    });
+    this.#send({
+      hello: {
+        sessionId: this.id,
+        localDirs: Object.keys(o.localDirs ?? {}),
+        sshIds: Object.keys(o.ssh ?? {}),
+      },
+    });
+  }
+
+  /** Resolves once `count` artifacts have been written whole (see `export.count`). */
+  async exportsWritten(count: number): Promise<void> {
+    while (this.#exportsDone < count) {
+      if (this.#failure) throw this.#failure;
+      await new Promise<void>((r) => this.#exportWaiters.push(r));
+    }
+    if (this.#failure) throw this.#failure;
+  }
+
+  close(): void {
+    this.#ended = true;
+    for (const s of this.#ssh.values()) s.destroy();
+    for (const w of this.#exports.values()) w.destroy();
+    this.#call.end();
+    this.#call.cancel();
+  }
+
+  #fail(e: unknown): void {
+    this.#failure ??= e instanceof Error ? e : new Error(String(e));
+    for (const w of this.#exportWaiters.splice(0)) w();
+  }
+
+  #send(m: SessionMessageInit): void {
+    if (!this.#ended) this.#call.write(control.SessionMessage.create(m));
+  }
+
+  #sendError(id: SessionMessage['id'], code: string, message: string): void {
+    this.#send({ id, error: { code, message } });
+  }
+
+  async #onMessage(m: SessionMessage): Promise<void> {
+    const id = m.id;
+    if (m.manifestRequest) {
+      try {
+        this.#send({ id, manifest: { entries: await this.#manifest(m.manifestRequest) } });
+      } catch (e) {
+        this.#sendError(id, e instanceof KilnError ? e.code : 'LOCAL_UNREADABLE', String(e));
+      }
+    } else if (m.fileRequest) {
+      await this.#sendFile(id, m.fileRequest.dir ?? '', m.fileRequest.path ?? '');
+    } else if (m.secretRequest) {
+      const data = await this.#o.secrets?.(m.secretRequest.id ?? '');
+      this.#send({
+        id,
+        secretResponse: data === undefined ? { notFound: true } : { data },
+      });
+    } else if (m.ssh) {
+      this.#onSsh(m.ssh);
+    } else if (m.export) {
+      await this.#onExport(m.export);
+    }
+  }
+
+  // ---- local directories ----
+
+  async #manifest(r: ManifestRequest): Promise<ContextEntry[]> {
+    const dir = r.dir ?? '';
+    const root = this.#o.localDirs?.[dir];
+    if (root === undefined)
+      throw new KilnError('LOCAL_NOT_FOUND', `this session serves no directory named "${dir}"`);
+    const includes = [...(r.includePatterns ?? []), ...(r.followPaths ?? [])];
+    const excludes = r.excludePatterns ?? [];
+    const inc = includes.length ? new PatternMatcher(includes) : undefined;
+    const exc = excludes.length ? new PatternMatcher(excludes) : undefined;
+    const entries: ContextEntry[] = [];
+    const served = new Set<string>();
+    // Returns whether anything at or below `rel` was listed.
+    const walk = async (abs: string, rel: string): Promise<boolean> => {
+      const names = (await readdir(abs)).sort();
+      let any = false;
+      for (const name of names) {
+        const r2 = rel ? `${rel}/${name}` : name;
+        const a2 = join(abs, name);
+        const st = await lstat(a2);
+        const excluded = exc?.matchesOrParentMatches(r2) ?? false;
+        const included = !inc || inc.matchesOrParentMatches(r2);
+        const base = { path: r2, mode: st.mode, uid: st.uid, gid: st.gid };
+        if (st.isDirectory()) {
+          // An excluded directory is still walked when a later `!pattern` may re-include below.
+          if (excluded && !exc?.exclusions) continue;
+          const at = entries.length;
+          const below = await walk(a2, r2);
+          if ((included && !excluded) || below) {
+            entries.splice(at, 0, { ...base, size: 0 });
+            any = true;
+          }
+          continue;
+        }
+        if (excluded || !included) continue;
+        if (st.isFile()) {
+          entries.push({ ...base, size: st.size, digest: await this.#digest(a2, st) });
+          served.add(r2);
+        } else if (st.isSymbolicLink()) {
+          entries.push({ ...base, size: 0, linkname: await readlink(a2) });
+        } else continue; // sockets, fifos, devices: never part of a context
+        any = true;
+      }
+      return any;
+    };
+    await walk(root, '');
+    this.#served.set(dir, served);
+    return entries;
+  }
+
+  async #digest(path: string, st: { size: number; mtimeMs: number; ino: number }): Promise<string> {
+    const k = this.#digests.get(path);
+    if (k && k.size === st.size && k.mtimeMs === st.mtimeMs && k.ino === st.ino) return k.digest;
+    const h = createHash('sha256');
+    for await (const c of createReadStream(path)) h.update(c as Buffer);
+    const digest = `sha256:${h.digest('hex')}`;
+    this.#digests.set(path, { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, digest });
+    return digest;
+  }
+
+  async #sendFile(id: SessionMessage['id'], dir: string, path: string): Promise<void> {
+    const root = this.#o.localDirs?.[dir];
+    if (root === undefined || !this.#served.get(dir)?.has(path)) {
+      this.#sendError(id, 'LOCAL_NOT_SERVED', `${dir}:${path} is not in the directory's manifest`);
+      return;
+    }
+    try {
+      for await (const c of createReadStream(join(root, path), { highWaterMark: CHUNK })) {
+        this.#send({ id, fileChunk: { data: c as Buffer } });
+        if (this.#call.writableNeedDrain) await new Promise((r) => this.#call.once('drain', r));
+      }
+      this.#send({ id, fileChunk: { eof: true } });
+    } catch (e) {
+      this.#sendError(id, 'LOCAL_UNREADABLE', `${dir}:${path}: ${String(e)}`);
+    }
+  }
+
+  // ---- ssh ----
+
+  #onSsh(f: NonNullable<SessionMessage['ssh']>): void {
+    const stream = Number(f.stream);
+    let sock = this.#ssh.get(stream);
+    if (!sock) {
+      if (f.close) return;
+      const path = this.#o.ssh?.[f.id || 'default'];
+      if (path === undefined) {
+        this.#send({ ssh: { id: f.id, stream: f.stream, close: true } });
+        return;
+      }
+      const s = createConnection(path);
+      this.#ssh.set(stream, s);
+      s.on('data', (d: Buffer) => this.#send({ ssh: { id: f.id, stream: f.stream, data: d } }));
+      const done = (): void => {
+        if (this.#ssh.get(stream) !== s) return;
+        this.#ssh.delete(stream);
+        this.#send({ ssh: { id: f.id, stream: f.stream, close: true } });
+      };
+      s.on('close', done);
+      s.on('error', done);
+      sock = s;
+    }
+    if (f.data?.length) sock.write(f.data);
+    if (f.close) {
+      this.#ssh.delete(stream);
+      sock.end();
+    }
+  }
+
+  // ---- exports ----
+
+  async #onExport(c: NonNullable<SessionMessage['export']>): Promise<void> {
+    const key = `${c.index}\0${c.platform}`;
+    let w = this.#exports.get(key);
+    if (!w) {
+      if (!this.#o.onExport) throw new KilnError('EXPORT_UNEXPECTED', 'no export was asked for');
+      w = this.#o.onExport(c.index ?? 0, c.platform ?? '');
+      this.#exports.set(key, w);
+    }
+    if (c.data?.length && !w.write(c.data)) {
+      // Chunks keep coming in order; stop reading until the destination catches up.
+      this.#call.pause();
+      w.once('drain', () => this.#call.resume());
+    }
+    if (c.eof) {
+      this.#exports.delete(key);
+      await new Promise<void>((resolve, reject) => {
+        w.once('error', reject);
+        w.once('finish', resolve);
+        w.end();
+      });
+      this.#exportsDone++;
+      for (const r of this.#exportWaiters.splice(0)) r();
+    }
+  }
+}
