@@ -21,9 +21,12 @@ import { KilnError } from '@kiln/protocol';
 import { DigestingStream } from '@kiln/store';
 import type { Digest } from '@kiln/store';
 import * as tar from 'tar-stream';
+import { writeXattrs, xattrTarget } from '../fs/xattr.js';
+import type { XattrTarget } from '../fs/xattr.js';
 import { autoDecompress } from './compression.js';
 import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
+import { entryXattrs, keepPaxXattrs } from './pax.js';
 import { entryComponents, lstatOrUndefined, resolveDirInRoot } from './safe-path.js';
 
 const execFileAsync = promisify(execFile);
@@ -66,8 +69,16 @@ interface PendingDir {
  * is ever written outside `rootDir`. A source that errors (a `BlobStore` read whose digest does
  * not verify) fails the apply with its error. On failure the root holds a partial layer: callers
  * apply into a fresh snapshot and discard it on error.
- * `rootDir` must not be modified by anyone else during the apply. Extended attributes in PAX
- * records are not applied (node has no xattr API).
+ * `rootDir` must not be modified by anyone else during the apply.
+ *
+ * Extended attributes (PAX `SCHILY.xattr.*`, parsed byte-exact) are set once every entry is in,
+ * with one `setfattr --restore` (lsetxattr: a symlink's own attributes), on each entry that still
+ * is the inode this layer created under a parent that still resolves to itself; after chown, which
+ * would clear `security.capability`. `trusted.overlay.*` and `security.selinux` are never set; a
+ * name the filesystem does not support is ignored (containerd ignores ENOTSUP); so is a refused
+ * one (EPERM) when not running as root; any other failure is {@link LayerErrorCode.Io}. A
+ * malformed name (empty, NUL, over 255 bytes) or a value over 64 KiB is
+ * {@link LayerErrorCode.Invalid}.
  */
 export async function applyLayer(
   source: Readable,
@@ -80,12 +91,14 @@ export async function applyLayer(
   const { compression, tar: tarStream } = await autoDecompress(source);
   const hasher = new DigestingStream();
   const extract = tar.extract();
+  keepPaxXattrs(extract);
   const feeding = pipeline(tarStream, hasher, extract);
   // Observed below; this keeps an early failure from being reported as unhandled meanwhile.
   feeding.catch(() => undefined);
 
   const unpacked = new Set<string>();
   const dirs: PendingDir[] = [];
+  const xattrs = new Map<string, XattrTarget>();
   let entries = 0;
   let current: string | undefined;
   try {
@@ -99,11 +112,13 @@ export async function applyLayer(
         chown,
         unpacked,
         dirs,
+        xattrs,
       });
       if (!consumed) entry.resume();
     }
     await feeding;
     current = undefined;
+    await setXattrs([...xattrs.values()]);
     // Directory mtimes last: creating their children changed them.
     // A later entry may have replaced or removed a directory: only stamp what is still one.
     for (const d of dirs.reverse()) {
@@ -133,6 +148,8 @@ interface EntryContext {
   chown: boolean;
   unpacked: Set<string>;
   dirs: PendingDir[];
+  /** Extended attributes to set at the end, by host path. */
+  xattrs: Map<string, XattrTarget>;
 }
 
 /** Applies one entry; returns whether it consumed the entry's data stream. */
@@ -235,12 +252,34 @@ async function applyEntry(
   for (let p = path; p.length > root.length && !ctx.unpacked.has(p); p = dirname(p))
     ctx.unpacked.add(p);
 
+  const attrs = entryXattrs(header);
+  if (attrs !== undefined) {
+    ctx.xattrs.set(path, await xattrTarget(path, attrs));
+  }
+
   if (type === 'link') return consumed; // shares the target's inode and metadata
   if (ctx.chown) await lchown(path, header.uid ?? 0, header.gid ?? 0);
   // After chown, which clears setuid/setgid bits. Symlinks have no mode of their own on Linux.
   if (type !== 'symlink') await chmod(path, mode);
   if (type !== 'directory') await lutimes(path, mtime, mtime);
   return consumed;
+}
+
+/** Sets the collected attributes; see {@link applyLayer} for what is ignored. */
+async function setXattrs(targets: XattrTarget[]): Promise<void> {
+  if (targets.length === 0) return;
+  const root = process.getuid?.() === 0;
+  const { errors } = await writeXattrs(targets);
+  const fatal = errors.filter(
+    (e) =>
+      !e.endsWith(': Operation not supported') &&
+      !(!root && e.endsWith(': Operation not permitted')),
+  );
+  if (fatal.length > 0) {
+    throw new LayerError(LayerErrorCode.Io, `setting extended attributes failed: ${fatal[0]}`, {
+      details: { errors: fatal.slice(0, 10).join('\n') },
+    });
+  }
 }
 
 /** Resolves a hardlink's target inside root; it must exist and not be a directory. */

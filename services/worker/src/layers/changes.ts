@@ -2,6 +2,7 @@ import type { BigIntStats } from 'node:fs';
 import { open, readdir, readlink } from 'node:fs/promises';
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Xattrs } from '../fs/xattr.js';
 import { LayerError, LayerErrorCode } from './errors.js';
 
 /**
@@ -42,26 +43,55 @@ function rel(parent: string, name: string): string {
   return parent === '' ? name : `${parent}/${name}`;
 }
 
+/** Extended attributes of both trees, by root-relative path (see `readTreeXattrs`). */
+export interface TreeXattrs {
+  base: ReadonlyMap<string, Xattrs>;
+  next: ReadonlyMap<string, Xattrs>;
+}
+
+const NO_XATTRS: TreeXattrs = { base: new Map(), next: new Map() };
+
 /**
  * Changes from `base` to `next`, found by walking both trees (the copying snapshotter, or any two
  * directories). Follows continuity's `fs.Changes`: directories count as modified only when their
- * mode or owner changed (their parents are written anyway when a child changes); files when
- * type, mode, owner, size, symlink target or mtime differ, comparing contents when both mtimes
- * have zero nanoseconds (a copy that truncated them).
+ * mode, owner or extended attributes changed (their parents are written anyway when a child
+ * changes); files when type, mode, owner, size, symlink target, extended attributes or mtime
+ * differ, comparing contents when both mtimes have zero nanoseconds (a copy that truncated
+ * them). Continuity compares only `security.capability`; every attribute that a layer carries is
+ * compared here. Without `xattrs`, attributes are not compared.
  */
-export async function compareChanges(base: string | undefined, next: string): Promise<Change[]> {
+export async function compareChanges(
+  base: string | undefined,
+  next: string,
+  xattrs: TreeXattrs = NO_XATTRS,
+): Promise<Change[]> {
   const out: Change[] = [];
-  await compareDir(base, next, '', base !== undefined, out);
+  await compareDir({ base, next, xattrs }, '', base !== undefined, out);
   return out;
 }
 
+interface CompareTrees {
+  base: string | undefined;
+  next: string;
+  xattrs: TreeXattrs;
+}
+
+function sameXattrs(t: CompareTrees, p: string): boolean {
+  const a = t.xattrs.base.get(p);
+  const b = t.xattrs.next.get(p);
+  if (a === undefined || b === undefined) return a === b;
+  if (a.size !== b.size) return false;
+  for (const [n, v] of a) if (!b.get(n)?.equals(v)) return false;
+  return true;
+}
+
 async function compareDir(
-  base: string | undefined,
-  next: string,
+  trees: CompareTrees,
   dir: string,
   baseHas: boolean,
   out: Change[],
 ): Promise<void> {
+  const { base, next } = trees;
   const nextNames = await sortedNames(join(next, dir));
   let baseNames: string[] = [];
   if (baseHas && base !== undefined) {
@@ -81,21 +111,21 @@ async function compareDir(
     const bs = inBase.has(name) && base !== undefined ? await lstatMaybe(join(base, p)) : undefined;
     if (bs === undefined) {
       out.push({ path: p, kind: 'add', stat: ns });
-      if (ns.isDirectory()) await compareDir(base, next, p, false, out);
+      if (ns.isDirectory()) await compareDir(trees, p, false, out);
       continue;
     }
     if ((bs.mode & S_IFMT) !== (ns.mode & S_IFMT)) {
       out.push({ path: p, kind: 'modify', stat: ns });
-      if (ns.isDirectory()) await compareDir(base, next, p, false, out);
+      if (ns.isDirectory()) await compareDir(trees, p, false, out);
       continue;
     }
     if (ns.isDirectory()) {
-      if (bs.mode !== ns.mode || bs.uid !== ns.uid || bs.gid !== ns.gid)
+      if (bs.mode !== ns.mode || bs.uid !== ns.uid || bs.gid !== ns.gid || !sameXattrs(trees, p))
         out.push({ path: p, kind: 'modify', stat: ns });
-      await compareDir(base, next, p, true, out);
+      await compareDir(trees, p, true, out);
       continue;
     }
-    if (!(await sameFile(bs, ns, join(base!, p), join(next, p))))
+    if (!sameXattrs(trees, p) || !(await sameFile(bs, ns, join(base!, p), join(next, p))))
       out.push({ path: p, kind: 'modify', stat: ns });
     else if (ns.isFile() && ns.nlink > 1n) out.push({ path: p, kind: 'unchanged-link', stat: ns });
   }
@@ -145,9 +175,10 @@ export function isWhiteout(st: BigIntStats): boolean {
  * snapshot's own merged view (needed whenever `lower` is given).
  *
  * Whiteouts (char devices 0/0) become deletes when the lower has the path. An opaque directory
- * is marked only by the `trusted.overlay.opaque` xattr, which node cannot read without a native
- * addon, so it is told apart from a partly changed one through the merged view: a lower child
- * that has no upper entry (nor whiteout) is visible in `merged` unless its directory is opaque.
+ * is marked only by the `trusted.overlay.opaque` xattr (which node reads only through a
+ * `getfattr` process), so it is told apart from a partly changed one through the merged view: a
+ * lower child that has no upper entry (nor whiteout) is visible in `merged` unless its directory
+ * is opaque.
  * Where every lower child has an upper entry, opaque or not gives the same merged view, and the
  * recursion below marks any deeper directory whose lower content is hidden, so the layer is the
  * same. The snapshotter must mount without `redirect_dir` and `metacopy`, as BuildKit's overlay

@@ -9,11 +9,14 @@ import { KilnError } from '@kiln/protocol';
 import { DigestingStream } from '@kiln/store';
 import type { BlobStore, Digest } from '@kiln/store';
 import * as tar from 'tar-stream';
+import { readTreeXattrs } from '../fs/xattr.js';
+import type { Xattrs } from '../fs/xattr.js';
 import { compareChanges, overlayChanges } from './changes.js';
 import type { Change } from './changes.js';
 import { MediaTypes, compressor } from './compression.js';
 import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
+import { paxXattrHeader } from './pax.js';
 
 /** What to diff. */
 export type DiffSource =
@@ -87,8 +90,10 @@ export function layerMediaType(opts: DiffOptions = {}): string {
  * own entry, files sharing an inode become one file plus hardlink entries, and the parents of
  * every change are included. The output is deterministic: entries in byte-wise path order, no
  * user/group names, no atime/ctime, whiteouts stamped with `sourceDateEpoch` (or 0), mtimes kept
- * or clamped; the same tree change yields the same bytes. Extended attributes are not recorded
- * (node cannot read them without a native addon); sockets are skipped as in BuildKit.
+ * or clamped; the same tree change yields the same bytes. Extended attributes are recorded as
+ * PAX `SCHILY.xattr.*` records, byte-exact and sorted (read with one `getfattr` over the tree;
+ * overlayfs's `trusted.overlay.*` and `security.selinux` are left out); sockets are skipped as in
+ * BuildKit.
  *
  * Throws a {@link LayerError} at once when the codec is not available
  * (`LAYER_UNSUPPORTED_COMPRESSION`) or an overlay source lacks `mergedDir` (`LAYER_INVALID`);
@@ -131,11 +136,16 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
   void (async () => {
     try {
       const root = source.kind === 'overlay' ? source.upperDir : source.newDir;
+      // One getfattr over the tree (two for a comparison, whose xattr-only changes count).
+      const xattrs = await readTreeXattrs(root);
       const changes =
         source.kind === 'overlay'
           ? await overlayChanges(source.upperDir, source.lowerDir, source.mergedDir)
-          : await compareChanges(source.baseDir, source.newDir);
-      await new TarWriter(pack, root, opts.sourceDateEpoch).write(changes);
+          : await compareChanges(source.baseDir, source.newDir, {
+              base: source.baseDir === undefined ? new Map() : await readTreeXattrs(source.baseDir),
+              next: xattrs,
+            });
+      await new TarWriter(pack, root, opts.sourceDateEpoch, xattrs).write(changes);
       pack.finalize();
     } catch (err) {
       const e =
@@ -186,6 +196,8 @@ class TarWriter {
     private readonly pack: tar.Pack,
     private readonly root: string,
     private readonly sourceDateEpoch: number | undefined,
+    /** Extended attributes by root-relative path (see `readTreeXattrs`). */
+    private readonly xattrs: ReadonlyMap<string, Xattrs>,
   ) {
     this.whiteoutTime = new Date((sourceDateEpoch ?? 0) * 1000);
   }
@@ -322,6 +334,14 @@ class TarWriter {
   }
 
   private async entry(header: Header, file?: string): Promise<void> {
+    const xattrs = this.xattrs.get(header.name.replace(/\/$/, ''));
+    if (xattrs !== undefined) {
+      // Copied: the same header object may be reused for hardlinks with their own names.
+      header = { ...header };
+      const pax = paxXattrHeader(header, xattrs);
+      // Between entries (each one is awaited), so these bytes land right before the entry's own.
+      if (pax !== undefined) this.pack.push(pax);
+    }
     if (file === undefined) {
       await new Promise<void>((resolve, reject) => {
         // An explicit empty body: a `file` entry without one waits for writes that never come.
