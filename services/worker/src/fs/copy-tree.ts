@@ -5,7 +5,10 @@
  * Reads stay inside the source root and writes inside the destination root: every entry is
  * lstat'ed, directories are only entered when they are real directories, files are created with
  * O_EXCL (which never follows a symlink), and an existing destination entry that is in the way
- * is never written through. Extended attributes are not copied (Node has no xattr API).
+ * is never written through. Extended attributes are copied as fsutil does (its errors ignored, as
+ * BuildKit's FileOp does), except `trusted.overlay.*` and `security.selinux`: one `getfattr` over
+ * the source and, only when it found any, one `setfattr` at the end (after chown, which would
+ * clear `security.capability`).
  */
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
@@ -33,6 +36,8 @@ import type { Owner } from './ops.js';
 import { EMPTY_MATCH_INFO, PatternMatcher } from './patterns.js';
 import type { MatchInfo } from './patterns.js';
 import { cleanRootPath, displayPath, resolveInRoot } from './resolve.js';
+import { readTreeXattrs, writeXattrs, xattrTarget } from './xattr.js';
+import type { XattrTarget, Xattrs } from './xattr.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -150,7 +155,9 @@ export async function copyPath(
       : posix.dirname(dstHost);
   await mkdirAllResolved(dstRoot, target, parentMeta);
 
+  copier.xattrs = await readTreeXattrs(srcHost);
   await copier.copyEntry(srcHost, '', dstHost, false, EMPTY_MATCH_INFO, EMPTY_MATCH_INFO, []);
+  await copier.finishXattrs();
 }
 
 /** `stat` of a host path inside root, following a final symlink only while it stays inside root. */
@@ -165,6 +172,9 @@ class TreeCopier {
   private readonly include: PatternMatcher | undefined;
   private readonly exclude: PatternMatcher | undefined;
   private readonly chownAll: boolean;
+  /** Extended attributes of the copied source, by path below it (`rel`). */
+  xattrs: ReadonlyMap<string, Xattrs> = new Map();
+  private readonly pendingXattrs: XattrTarget[] = [];
 
   constructor(
     private readonly srcRoot: string,
@@ -236,7 +246,8 @@ class TreeCopier {
           chain,
         );
       }
-      if (frame.created || (frame.exists && overwriteMeta && full)) await this.copyInfo(st, target);
+      if (frame.created || (frame.exists && overwriteMeta && full))
+        await this.copyInfo(st, target, rel);
       return;
     }
 
@@ -269,7 +280,12 @@ class TreeCopier {
         path: displayPath(this.srcRoot, src),
       });
     }
-    await this.copyInfo(st, target);
+    await this.copyInfo(st, target, rel);
+  }
+
+  /** Sets the copied entries' extended attributes, in one process; errors are ignored (fsutil). */
+  async finishXattrs(): Promise<void> {
+    if (this.pendingXattrs.length > 0) await writeXattrs(this.pendingXattrs);
   }
 
   /** Whether some include pattern could match something below directory `rel`. */
@@ -336,7 +352,9 @@ class TreeCopier {
     return this.opts.mode !== undefined ? this.opts.mode & 0o7777 : st.mode & 0o7777;
   }
 
-  private async copyInfo(st: Stats, target: string): Promise<void> {
+  private async copyInfo(st: Stats, target: string, rel: string): Promise<void> {
+    const xattrs = this.xattrs.get(rel);
+    if (xattrs !== undefined) this.pendingXattrs.push(await xattrTarget(target, xattrs));
     if (this.chownAll) {
       const o = this.opts.owner ?? { uid: st.uid, gid: st.gid };
       await lchown(target, o.uid, o.gid);
