@@ -151,7 +151,8 @@ export class TaskConsumer {
   /** Pulls outstanding (each for a free slot). */
   #reserved = 0;
   readonly #waiters: SlotWaiter[] = [];
-  readonly #held: string[] = [];
+  /** Held result ids in recency order (a Map keeps insertion order: oldest first). */
+  readonly #held = new Map<string, true>();
   readonly #stop = new AbortController();
   readonly #pullers: Promise<void>[] = [];
   #offerSub: Subscription | undefined;
@@ -218,12 +219,13 @@ export class TaskConsumer {
   /** Records result ids this worker now holds (placement prefers it for tasks that use them). */
   addHeld(resultIds: readonly string[]): void {
     for (const id of resultIds) {
-      const i = this.#held.indexOf(id);
-      if (i >= 0) this.#held.splice(i, 1);
-      this.#held.push(id);
+      this.#held.delete(id);
+      this.#held.set(id, true);
     }
-    if (this.#held.length > HELD_RESULTS_LIMIT)
-      this.#held.splice(0, this.#held.length - HELD_RESULTS_LIMIT);
+    for (const id of this.#held.keys()) {
+      if (this.#held.size <= HELD_RESULTS_LIMIT) break;
+      this.#held.delete(id);
+    }
   }
 
   /**
@@ -305,7 +307,7 @@ export class TaskConsumer {
 
   #heldSummary(): string[] {
     const extra = this.#o.heldResults?.() ?? [];
-    const all = [...extra.filter((x) => !this.#held.includes(x)), ...this.#held];
+    const all = [...extra.filter((x) => !this.#held.has(x)), ...this.#held.keys()];
     return all.slice(-HELD_RESULTS_LIMIT);
   }
 
