@@ -12,6 +12,15 @@ import {
   taskKey,
   taskSubject,
 } from './subjects.js';
+import {
+  attemptSuffixMatches,
+  decodeTask,
+  encodeAttemptTask,
+  encodeTask,
+  fromBase64,
+  toBase64,
+} from './codec.js';
+import { TASK_LEN_HEADER } from './offer.js';
 import type { TaskRecord } from './task-record.js';
 import {
   casRecord,
@@ -23,6 +32,8 @@ import {
   isCurrentAttempt,
   leaveRule,
   joinRule,
+  recordFromHeaders,
+  recordHeaderValues,
   redispatchRule,
   releaseRule,
 } from './task-record.js';
@@ -109,6 +120,58 @@ describe('fencing rules', () => {
     expect(one).toMatchObject({ state: 'queued', builds: ['b2'] });
     if (!one) throw new Error('unreachable');
     expect(leaveRule(one, 'b2')).toMatchObject({ state: 'cancelled', builds: [] });
+  });
+});
+
+describe('task copies', () => {
+  const taskInit = {
+    taskId: 't1',
+    buildId: 'b1',
+    cacheKey: 'sha256:abc',
+    op: new Uint8Array([1, 2, 3]),
+    platform: { OS: 'linux', Architecture: 'amd64' },
+    inputs: [{ resultId: 'r1', holderWorker: 'w1' }],
+  };
+
+  it('appends the attempt fields to the clean task: it decodes as the full task', () => {
+    const clean = encodeTask(taskInit);
+    const body = encodeAttemptTask(clean, 'tok-1', 3);
+    const full = decodeTask(body);
+    expect(full.toJSON()).toEqual(
+      decodeTask(encodeTask({ ...taskInit, attemptToken: 'tok-1', attempt: 3 })).toJSON(),
+    );
+    expect(attemptSuffixMatches(body, clean.length, full)).toBe(true);
+    expect(attemptSuffixMatches(body, clean.length - 1, full)).toBe(false);
+    expect(attemptSuffixMatches(body, body.length + 1, full)).toBe(false);
+    const other = decodeTask(encodeAttemptTask(clean, 'tok-2', 3));
+    expect(attemptSuffixMatches(body, clean.length, other)).toBe(false);
+  });
+
+  it('rebuilds the record from the headers, taking the clean task from the body', () => {
+    const r = record();
+    const clean = encodeTask(taskInit);
+    const withTask = { ...r, cacheKey: 'sha256:abc', task: toBase64(clean) };
+    const body = encodeAttemptTask(clean, r.attemptToken, r.attempt);
+    const task = decodeTask(body);
+    const h = new Map(recordHeaderValues(withTask, 7, clean.length));
+    const get = (k: string): string => h.get(k) ?? '';
+    expect(recordFromHeaders(get, task, body)).toEqual({ record: withTask, revision: 7 });
+    // Without the length header, or a length that does not match: the task is encoded again.
+    const norm = (b64: string | undefined): unknown => ({
+      attemptToken: '',
+      attempt: 0,
+      ...decodeTask(fromBase64(b64 ?? '')).toJSON(),
+    });
+    const plain = new Map(recordHeaderValues(withTask, 7));
+    const re = recordFromHeaders((k) => plain.get(k) ?? '', task, body);
+    expect(norm(re?.record.task)).toEqual(norm(withTask.task));
+    h.set(TASK_LEN_HEADER, String(clean.length - 2));
+    const bad = recordFromHeaders(get, task, body);
+    expect(norm(bad?.record.task)).toEqual(norm(withTask.task));
+    // A copy of another attempt is not this record's.
+    h.set(TASK_LEN_HEADER, String(clean.length));
+    const stale = decodeTask(encodeAttemptTask(clean, 'other', r.attempt));
+    expect(recordFromHeaders(get, stale, body)).toBeUndefined();
   });
 });
 

@@ -16,6 +16,38 @@ export function encodeTask(t: TaskInit): Uint8Array {
   return workerpb.Task.encode(t).finish();
 }
 
+/**
+ * The body of one attempt's task copy: the task encoded without its attempt fields (`clean`, as
+ * the record keeps it), followed by the attempt fields. Protobuf concatenation is a merge, so
+ * this decodes as the task with `attemptToken` and `attempt` set; the clean part is encoded once
+ * per task instead of once per attempt, and a worker can take it back without re-encoding
+ * ({@link attemptSuffixMatches}).
+ */
+export function encodeAttemptTask(
+  clean: Uint8Array,
+  attemptToken: string,
+  attempt: number,
+): Uint8Array {
+  const suffix = workerpb.Task.encode({ attemptToken, attempt }).finish();
+  const out = new Uint8Array(clean.length + suffix.length);
+  out.set(clean, 0);
+  out.set(suffix, clean.length);
+  return out;
+}
+
+/** Whether `body[cleanLength..]` is exactly the attempt fields of `task` (see {@link encodeAttemptTask}). */
+export function attemptSuffixMatches(body: Uint8Array, cleanLength: number, task: Task): boolean {
+  if (!Number.isSafeInteger(cleanLength) || cleanLength < 0 || cleanLength > body.length)
+    return false;
+  const suffix = workerpb.Task.encode({
+    attemptToken: task.attemptToken,
+    attempt: task.attempt,
+  }).finish();
+  if (body.length - cleanLength !== suffix.length) return false;
+  for (let i = 0; i < suffix.length; i++) if (body[cleanLength + i] !== suffix[i]) return false;
+  return true;
+}
+
 export function decodeTask(b: Uint8Array): Task {
   return workerpb.Task.decode(b);
 }

@@ -22,3 +22,11 @@ export interface OfferReply {
  */
 export const RECORD_HEADER = 'Kiln-Record';
 export const RECORD_REV_HEADER = 'Kiln-Record-Rev';
+
+/**
+ * Optional, on a task copy: the length of the body's prefix that is the task without its attempt
+ * fields (the body is that prefix followed by the attempt fields, `encodeAttemptTask`). The
+ * claimer rebuilds the record's `task` from the prefix instead of re-encoding the task; it checks
+ * that the rest is exactly the attempt fields and re-encodes otherwise.
+ */
+export const TASK_LEN_HEADER = 'Kiln-Task-Len';

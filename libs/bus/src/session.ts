@@ -58,6 +58,8 @@ export interface ManifestEntry {
   digest?: string;
   /** A symlink's target. */
   linkname?: string;
+  /** Modification time, ms since the epoch (kept so that an unchanged file makes the same layer). */
+  mtimeMs: number;
 }
 
 export interface LocalManifest {

@@ -17,8 +17,8 @@ import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import { workerpb } from '@kiln/protocol';
 import type { Task, TaskErrorInit } from './codec.js';
-import { decodeJson, encodeJson, encodeTask, toBase64 } from './codec.js';
-import { RECORD_HEADER, RECORD_REV_HEADER } from './offer.js';
+import { attemptSuffixMatches, decodeJson, encodeJson, encodeTask, toBase64 } from './codec.js';
+import { RECORD_HEADER, RECORD_REV_HEADER, TASK_LEN_HEADER } from './offer.js';
 
 /**
  * - `queued`: attempt `attempt` is offered or on a queue under `attemptToken`, not yet claimed.
@@ -287,19 +287,33 @@ export async function casRecord(
   }
 }
 
-/** The headers of a task copy ({@link RECORD_HEADER}): the record minus its task, and revision. */
-export function recordHeaderValues(r: TaskRecord, revision: number): [string, string][] {
+/**
+ * The headers of a task copy ({@link RECORD_HEADER}): the record minus its task, and revision;
+ * with `cleanLength` (the body is `encodeAttemptTask(clean, ...)`), {@link TASK_LEN_HEADER}.
+ */
+export function recordHeaderValues(
+  r: TaskRecord,
+  revision: number,
+  cleanLength?: number,
+): [string, string][] {
   const { task: _task, ...rest } = r;
-  return [
+  const out: [string, string][] = [
     [RECORD_HEADER, JSON.stringify(rest)],
     [RECORD_REV_HEADER, String(revision)],
   ];
+  if (cleanLength !== undefined) out.push([TASK_LEN_HEADER, String(cleanLength)]);
+  return out;
 }
 
-/** The record a task copy was sent with, or undefined when the headers are absent or bad. */
+/**
+ * The record a task copy was sent with, or undefined when the headers are absent or bad. With the
+ * copy's `body` and a valid {@link TASK_LEN_HEADER}, the record's task is the body's clean prefix;
+ * otherwise the task is encoded again without its attempt fields.
+ */
 export function recordFromHeaders(
   get: (name: string) => string,
   task: Task,
+  body?: Uint8Array,
 ): StoredRecord | undefined {
   const json = get(RECORD_HEADER);
   const revision = Number(get(RECORD_REV_HEADER));
@@ -308,8 +322,16 @@ export function recordFromHeaders(
     const rest = JSON.parse(json) as Omit<TaskRecord, 'task'>;
     if (rest.attemptToken !== task.attemptToken || rest.cacheKey !== task.cacheKey)
       return undefined;
-    const clean = workerpb.Task.create({ ...task, attemptToken: '', attempt: 0 });
-    return { record: { ...rest, task: toBase64(encodeTask(clean)) }, revision };
+    const lenHeader = body ? get(TASK_LEN_HEADER) : '';
+    const cleanLength = lenHeader ? Number(lenHeader) : NaN;
+    let encoded: string;
+    if (body && lenHeader && attemptSuffixMatches(body, cleanLength, task)) {
+      encoded = toBase64(body.subarray(0, cleanLength));
+    } else {
+      const clean = workerpb.Task.create({ ...task, attemptToken: '', attempt: 0 });
+      encoded = toBase64(encodeTask(clean));
+    }
+    return { record: { ...rest, task: encoded }, revision };
   } catch {
     return undefined;
   }

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
 import { PatternMatcher } from '@kiln/dockerfile';
-import { KilnError, control } from '@kiln/protocol';
+import { KilnError, control, toLong } from '@kiln/protocol';
 
 type SessionMessage = InstanceType<typeof control.SessionMessage>;
 type SessionMessageInit = NonNullable<Parameters<typeof control.SessionMessage.create>[0]>;
@@ -155,10 +155,16 @@ export class BuildSession {
       for (const name of names) {
         const r2 = rel ? `${rel}/${name}` : name;
         const a2 = join(abs, name);
-        const st = await lstat(a2);
+        const st = await lstat(a2, { bigint: true });
         const excluded = exc?.matchesOrParentMatches(r2) ?? false;
         const included = !inc || inc.matchesOrParentMatches(r2);
-        const base = { path: r2, mode: st.mode, uid: st.uid, gid: st.gid };
+        const base = {
+          path: r2,
+          mode: Number(st.mode),
+          uid: Number(st.uid),
+          gid: Number(st.gid),
+          mtimeUnixNano: toLong(st.mtimeNs),
+        };
         if (st.isDirectory()) {
           // An excluded directory is still walked when a later `!pattern` may re-include below.
           if (excluded && !exc?.exclusions) continue;
@@ -172,7 +178,9 @@ export class BuildSession {
         }
         if (excluded || !included) continue;
         if (st.isFile()) {
-          entries.push({ ...base, size: st.size, digest: await this.#digest(a2, st) });
+          const size = Number(st.size);
+          const key = { size, mtimeMs: Number(st.mtimeMs), ino: Number(st.ino) };
+          entries.push({ ...base, size, digest: await this.#digest(a2, key) });
           served.add(r2);
         } else if (st.isSymbolicLink()) {
           entries.push({ ...base, size: 0, linkname: await readlink(a2) });

@@ -616,6 +616,10 @@ const raw = {
                     "linkname": {
                       "type": "string",
                       "id": 7
+                    },
+                    "mtime_unix_nano": {
+                      "type": "int64",
+                      "id": 8
                     }
                   }
                 },

@@ -515,6 +515,7 @@ export namespace kiln {
                 size?: (number|Long|null);
                 digest?: (string|null);
                 linkname?: (string|null);
+                mtimeUnixNano?: (number|Long|null);
             }
 
             class ContextEntry implements IContextEntry {
@@ -526,6 +527,7 @@ export namespace kiln {
                 public size: (number|Long);
                 public digest: string;
                 public linkname: string;
+                public mtimeUnixNano: (number|Long);
                 public static create(properties?: kiln.control.v1.IContextEntry): kiln.control.v1.ContextEntry;
                 public static encode(message: kiln.control.v1.IContextEntry, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ContextEntry;

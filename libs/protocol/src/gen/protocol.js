@@ -4437,6 +4437,7 @@ export const kiln = $root.kiln = (() => {
                 ContextEntry.prototype.size = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
                 ContextEntry.prototype.digest = "";
                 ContextEntry.prototype.linkname = "";
+                ContextEntry.prototype.mtimeUnixNano = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
 
                 ContextEntry.create = function create(properties) {
                     return new ContextEntry(properties);
@@ -4463,6 +4464,8 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(50).string(message.digest);
                     if (message.linkname != null && Object.hasOwnProperty.call(message, "linkname"))
                         writer.uint32(58).string(message.linkname);
+                    if (message.mtimeUnixNano != null && Object.hasOwnProperty.call(message, "mtimeUnixNano"))
+                        writer.uint32(64).int64(message.mtimeUnixNano);
                     return writer;
                 };
 
@@ -4517,6 +4520,10 @@ export const kiln = $root.kiln = (() => {
                                 message.linkname = reader.string();
                                 break;
                             }
+                        case 8: {
+                                message.mtimeUnixNano = reader.int64();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -4561,6 +4568,15 @@ export const kiln = $root.kiln = (() => {
                         message.digest = String(object.digest);
                     if (object.linkname != null)
                         message.linkname = String(object.linkname);
+                    if (object.mtimeUnixNano != null)
+                        if ($util.Long)
+                            message.mtimeUnixNano = $util.Long.fromValue(object.mtimeUnixNano, false);
+                        else if (typeof object.mtimeUnixNano === "string")
+                            message.mtimeUnixNano = parseInt(object.mtimeUnixNano, 10);
+                        else if (typeof object.mtimeUnixNano === "number")
+                            message.mtimeUnixNano = object.mtimeUnixNano;
+                        else if (typeof object.mtimeUnixNano === "object")
+                            message.mtimeUnixNano = new $util.LongBits(object.mtimeUnixNano.low >>> 0, object.mtimeUnixNano.high >>> 0).toNumber();
                     return message;
                 };
 
@@ -4584,6 +4600,11 @@ export const kiln = $root.kiln = (() => {
                             object.size = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
                         object.digest = "";
                         object.linkname = "";
+                        if ($util.Long) {
+                            let long = new $util.Long(0, 0, false);
+                            object.mtimeUnixNano = options.longs === String ? long.toString() : options.longs === Number ? long.toNumber() : typeof BigInt !== "undefined" && options.longs === BigInt ? long.toBigInt() : long;
+                        } else
+                            object.mtimeUnixNano = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
                     }
                     if (message.path != null && Object.hasOwnProperty.call(message, "path"))
                         object.path = message.path;
@@ -4604,6 +4625,13 @@ export const kiln = $root.kiln = (() => {
                         object.digest = message.digest;
                     if (message.linkname != null && Object.hasOwnProperty.call(message, "linkname"))
                         object.linkname = message.linkname;
+                    if (message.mtimeUnixNano != null && Object.hasOwnProperty.call(message, "mtimeUnixNano"))
+                        if (typeof BigInt !== "undefined" && options.longs === BigInt)
+                            object.mtimeUnixNano = typeof message.mtimeUnixNano === "number" ? BigInt(message.mtimeUnixNano) : $util.Long.fromBits(message.mtimeUnixNano.low >>> 0, message.mtimeUnixNano.high >>> 0, false).toBigInt();
+                        else if (typeof message.mtimeUnixNano === "number")
+                            object.mtimeUnixNano = options.longs === String ? String(message.mtimeUnixNano) : message.mtimeUnixNano;
+                        else
+                            object.mtimeUnixNano = options.longs === String ? $util.Long.prototype.toString.call(message.mtimeUnixNano) : options.longs === Number ? new $util.LongBits(message.mtimeUnixNano.low >>> 0, message.mtimeUnixNano.high >>> 0).toNumber() : message.mtimeUnixNano;
                     return object;
                 };
 

@@ -358,6 +358,7 @@ export class ClientSession {
       uid: e.uid ?? 0,
       gid: e.gid ?? 0,
       size: Number(e.size),
+      mtimeMs: Math.floor(Number(e.mtimeUnixNano ?? 0) / 1e6),
       ...(e.digest ? { digest: e.digest } : {}),
       ...(e.linkname ? { linkname: e.linkname } : {}),
     }));

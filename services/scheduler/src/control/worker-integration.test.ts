@@ -232,6 +232,49 @@ describe('sessions and exporters with real workers', () => {
     }
   });
 
+  it('resolves the context again in every build: unchanged it is a cache hit downstream, changed it reruns', async () => {
+    const tag = randomUUID();
+    const ctx = join(tmp.dir, `ctx2-${tag}`);
+    mkdirSync(ctx, { recursive: true });
+    writeFileSync(join(ctx, 'hello.txt'), 'one\n');
+    writeFileSync(join(ctx, 'other.txt'), 'unrelated\n');
+    const dockerfile = [
+      `FROM ${fixture}`,
+      'COPY hello.txt /hello.txt',
+      `RUN cat /hello.txt > /copy.txt && echo ${tag} >> /copy.txt`,
+    ].join('\n');
+    const build = async (n: number) => {
+      const sink = new Sink();
+      const session = client.session({ localDirs: { context: ctx }, onExport: () => sink });
+      const buildId = `int-ctx-${n}-${tag}`;
+      try {
+        const res = await client.solve({
+          buildId,
+          sessionId: session.id,
+          frontend: 'dockerfile.v0',
+          attrs: { platform: 'linux/amd64' },
+          inputs: { dockerfile: dockerfileInput(dockerfile) },
+          exporters: [{ type: 'tar' }],
+        });
+        await session.exportsWritten(Number(res.exporterResponse['export.count']));
+      } finally {
+        session.close();
+      }
+      const vertexes = [];
+      for await (const f of client.status(buildId)) vertexes.push(...f.vertexes);
+      const run = vertexes.filter((v) => v.name.includes('cat /hello.txt')).at(-1);
+      const read = untar(sink.bytes, join(tmp.dir, `ctx2-out-${n}-${tag}`));
+      return { copy: read('copy.txt'), runCached: run?.cached };
+    };
+    const first = await build(1);
+    expect(first).toEqual({ copy: `one\n${tag}\n`, runCached: false });
+    // A file the COPY does not read changes: the RUN is still a cache hit.
+    writeFileSync(join(ctx, 'other.txt'), 'changed\n');
+    expect(await build(2)).toEqual({ copy: `one\n${tag}\n`, runCached: true });
+    writeFileSync(join(ctx, 'hello.txt'), 'two\n');
+    expect(await build(3)).toEqual({ copy: `two\n${tag}\n`, runCached: false });
+  });
+
   it('exports an OCI image tarball through the session', async () => {
     const tag = randomUUID();
     const sink = new Sink();

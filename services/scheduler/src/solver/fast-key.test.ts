@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { image, marshal, parseDefinition } from '@kiln/llb';
-import { fastKey } from './fast-key.js';
+import { http, image, local, marshal, parseDefinition } from '@kiln/llb';
+import type { State } from '@kiln/llb';
+import { fastKey, volatileSource } from './fast-key.js';
 
 function execOp(args: string[]) {
   const g = parseDefinition(marshal(image('busybox').run({ args }).root()).toProto());
@@ -29,5 +30,21 @@ describe('fastKey', () => {
     expect(fastKey({ op, platform: 'linux/amd64', inputResultIds: ['r'] })).toBe(
       fastKey({ op: stripped, platform: 'linux/amd64', inputResultIds: ['r'] }),
     );
+  });
+
+  it('resolves again in every build the sources whose content may change behind the same op', () => {
+    const opOf = (st: State) => {
+      const g = parseDefinition(marshal(st).toProto());
+      return g.ops.get(g.result.digest)!.op;
+    };
+    const pinned = `busybox@sha256:${'a'.repeat(64)}`;
+    expect(volatileSource(opOf(local('context')))).toBe(true);
+    expect(volatileSource(opOf(image('busybox:latest')))).toBe(true);
+    expect(volatileSource(opOf(image(pinned)))).toBe(false);
+    expect(volatileSource(opOf(http('https://example.com/f')))).toBe(true);
+    expect(
+      volatileSource(opOf(http('https://example.com/f', { checksum: `sha256:${'b'.repeat(64)}` }))),
+    ).toBe(false);
+    expect(volatileSource(execOp(['true']))).toBe(false);
   });
 });

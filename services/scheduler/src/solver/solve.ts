@@ -24,7 +24,7 @@ import { KilnError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { SubmitOptions } from '../dispatch/index.js';
 import { BuildCanceledError, VertexFailedError } from './errors.js';
-import { fastKey } from './fast-key.js';
+import { fastKey, volatileSource } from './fast-key.js';
 
 /** What the solver needs of the Dispatcher. */
 export interface TaskSubmitter {
@@ -147,7 +147,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         op: lo.op,
         platform: formatPlatform(platform),
         inputResultIds: inputs.map((i) => i.resultId ?? ''),
-        nonce: lo.metadata?.ignoreCache ? o.buildId : undefined,
+        nonce: lo.metadata?.ignoreCache || volatileSource(lo.op) ? o.buildId : undefined,
       });
       const preferred = preferredWorker(inputs);
       task = {

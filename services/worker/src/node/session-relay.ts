@@ -14,7 +14,17 @@
  *   is gone, and with it the build).
  */
 import { randomUUID } from 'node:crypto';
-import { chmod, chown, lchown, mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  lchown,
+  lutimes,
+  mkdir,
+  mkdtemp,
+  rm,
+  symlink,
+  utimes,
+} from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import { createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
@@ -186,7 +196,7 @@ function safeRel(p: string): string {
 
 /** Rebuilds a manifest's tree under `root` from the store. */
 async function materialize(store: BlobStore, m: LocalManifest, root: string): Promise<void> {
-  const dirs: { path: string; mode: number }[] = [];
+  const dirs: { path: string; mode: number; mtime: Date }[] = [];
   for (const e of m.entries) {
     const dest = join(root, safeRel(e.path));
     const type = e.mode & S_IFMT;
@@ -194,20 +204,26 @@ async function materialize(store: BlobStore, m: LocalManifest, root: string): Pr
     if (type === S_IFDIR) {
       await mkdir(dest, { recursive: true });
       await chown(dest, e.uid, e.gid);
-      dirs.push({ path: dest, mode: e.mode & 0o7777 });
+      dirs.push({ path: dest, mode: e.mode & 0o7777, mtime: new Date(e.mtimeMs) });
     } else if (type === S_IFREG) {
       if (!e.digest) throw new KilnError('SESSION_PROTOCOL', `file ${e.path} has no digest`);
       await pipeline(await store.get(e.digest as Digest), createWriteStream(dest, { mode: 0o600 }));
       await chown(dest, e.uid, e.gid);
       await chmod(dest, e.mode & 0o7777);
+      await utimes(dest, new Date(e.mtimeMs), new Date(e.mtimeMs));
     } else if (type === S_IFLNK) {
       await symlink(e.linkname ?? '', dest);
       await lchown(dest, e.uid, e.gid);
+      await lutimes(dest, new Date(e.mtimeMs), new Date(e.mtimeMs));
     }
     // Other types (sockets, devices, fifos) are not part of a build context, as in fsutil.
   }
-  // Modes last: a read-only directory must not stop its own entries from being written.
-  for (const d of dirs.reverse()) await chmod(d.path, d.mode);
+  // Modes and times last, deepest first: writing entries changes a directory's mtime, and a
+  // read-only directory must not stop its own entries from being written.
+  for (const d of dirs.reverse()) {
+    await chmod(d.path, d.mode);
+    await utimes(d.path, d.mtime, d.mtime);
+  }
 }
 
 /**

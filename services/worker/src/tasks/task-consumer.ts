@@ -688,11 +688,11 @@ export class TaskConsumer {
 
 /** The record the task copy was sent with (saves the read before the claim). */
 function knownRecord(
-  msg: { headers?: { get(k: string): string } },
+  msg: { headers?: { get(k: string): string }; data: Uint8Array },
   task: Task | undefined,
 ): StoredRecord | undefined {
   const h = msg.headers;
-  return task && h ? recordFromHeaders((k) => h.get(k), task) : undefined;
+  return task && h ? recordFromHeaders((k) => h.get(k), task, msg.data) : undefined;
 }
 
 function decodeTaskSafe(msg: { data: Uint8Array }): Task | undefined {
