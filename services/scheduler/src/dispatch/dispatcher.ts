@@ -34,6 +34,7 @@ import {
   decodeJson,
   decodeResult,
   decodeTask,
+  encodeAttemptTask,
   encodeTask,
   failRule,
   formatPlatform,
@@ -121,6 +122,8 @@ interface Entry {
   platform: Platform;
   /** The task without attempt fields (from this submit, or from the adopted record). */
   task: TaskInit;
+  /** `task` encoded (the record's `task`, and the prefix of every attempt's copy). */
+  clean?: Uint8Array;
   preferred: readonly string[];
   waiters: Waiter[];
   stored?: StoredRecord;
@@ -373,7 +376,7 @@ export class Dispatcher {
       attemptToken: '',
       state: 'queued',
       builds: [buildId],
-      task: toBase64(encodeTask(e.task)),
+      task: toBase64(this.#clean(e)),
       createdAt: now,
       dispatchedAt: now,
     };
@@ -422,6 +425,29 @@ export class Dispatcher {
     t.attemptToken = '';
     t.attempt = 0;
     e.task = t;
+    e.clean = undefined;
+  }
+
+  #clean(e: Entry): Uint8Array {
+    return (e.clean ??= encodeTask(e.task));
+  }
+
+  /** The copy of the record's attempt: the clean task followed by the attempt fields. */
+  #attemptCopy(e: Entry, r: TaskRecord): { body: Uint8Array; cleanLength?: number } {
+    if ((e.task.taskId ?? '') !== r.taskId) {
+      const body = encodeTask({
+        ...e.task,
+        taskId: r.taskId,
+        attemptToken: r.attemptToken,
+        attempt: r.attempt,
+      });
+      return { body };
+    }
+    const clean = this.#clean(e);
+    return {
+      body: encodeAttemptTask(clean, r.attemptToken, r.attempt),
+      cleanLength: clean.length,
+    };
   }
 
   async #joinBuild(e: Entry, buildId: string): Promise<void> {
@@ -569,12 +595,7 @@ export class Dispatcher {
 
   /** Places the record's current attempt: an offer first if planned, then the platform queue. */
   async #deliver(e: Entry, r: TaskRecord, revision: number): Promise<void> {
-    const task = encodeTask({
-      ...e.task,
-      taskId: r.taskId,
-      attemptToken: r.attemptToken,
-      attempt: r.attempt,
-    });
+    const task = this.#attemptCopy(e, r);
     if (r.placement === 'offer' && r.offeredTo) {
       this.#o.onEvent({
         type: 'dispatched',
@@ -605,7 +626,7 @@ export class Dispatcher {
     e: Entry,
     r: TaskRecord,
     revision: number,
-    task: Uint8Array,
+    task: { body: Uint8Array; cleanLength?: number },
     queue: 'native' | 'emulated',
   ): Promise<void> {
     this.#o.onEvent({
@@ -616,23 +637,25 @@ export class Dispatcher {
       placement: queue,
     });
     const h = headers();
-    for (const [k, v] of recordHeaderValues(r, revision)) h.set(k, v);
+    for (const [k, v] of recordHeaderValues(r, revision, task.cleanLength)) h.set(k, v);
     await this.#retry(() =>
-      this.#bus.js.publish(taskSubject(e.platform, queue === 'emulated'), task, { headers: h }),
+      this.#bus.js.publish(taskSubject(e.platform, queue === 'emulated'), task.body, {
+        headers: h,
+      }),
     );
   }
 
   async #offer(
     workerId: string,
-    task: Uint8Array,
+    task: { body: Uint8Array; cleanLength?: number },
     r: TaskRecord,
     revision: number,
   ): Promise<OfferReply> {
     const h = headers();
     h.set(OFFER_WAIT_HEADER, String(this.#o.affinityDelayMs));
-    for (const [k, v] of recordHeaderValues(r, revision)) h.set(k, v);
+    for (const [k, v] of recordHeaderValues(r, revision, task.cleanLength)) h.set(k, v);
     try {
-      const msg = await this.#bus.nc.request(offerSubject(workerId), task, {
+      const msg = await this.#bus.nc.request(offerSubject(workerId), task.body, {
         timeout: this.#o.affinityDelayMs + 250,
         headers: h,
       });
@@ -726,12 +749,7 @@ export class Dispatcher {
           const out = await this.#cas(e, (cur) => replaceRule(cur, r.attemptToken, 'emulated'));
           e.pendingFor = undefined;
           if (out.applied && out.record) {
-            const task = encodeTask({
-              ...e.task,
-              taskId: r.taskId,
-              attemptToken: r.attemptToken,
-              attempt: r.attempt,
-            });
+            const task = this.#attemptCopy(e, out.record);
             await this.#publish(e, out.record, out.revision, task, 'emulated');
           }
         });
