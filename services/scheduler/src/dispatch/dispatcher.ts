@@ -281,6 +281,8 @@ export class Dispatcher {
       onEntry: (e) => {
         const entry = this.#entries.get(e.key);
         if (!entry || e.operation !== 'PUT' || e.length === 0) return;
+        // Our own writes (the create, our compare-and-sets) come back too: skip them undecoded.
+        if (entry.stored && e.revision <= entry.stored.revision) return;
         this.#observe(entry, { record: decodeJson<TaskRecord>(e.value), revision: e.revision });
       },
       // Updates may have been missed while the watch was down: re-read every pending record.
@@ -459,6 +461,10 @@ export class Dispatcher {
   #observe(e: Entry, s: StoredRecord): void {
     if (e.stored && s.revision <= e.stored.revision) return;
     this.#setStored(e, s);
+    // #react has nothing to do for a claimed or normally queued attempt (the monitor watches
+    // those): no action on the chain for them.
+    const r = s.record;
+    if (r.state === 'running' || (r.state === 'queued' && r.placement !== 'released')) return;
     this.#enqueue(e, () => this.#react(e));
   }
 
