@@ -1,0 +1,233 @@
+/**
+ * Chaos through the control API: real scheduler and worker processes (service entries bundled
+ * from source), real crun containers on the harness's fixture busybox image, a filesystem
+ * content store shared by the workers, and a nats-server of each test's own (so that restarting
+ * it disturbs no other suite). A process is killed, or the bus restarted, while a RUN is running;
+ * the build's outcome is checked through `@kiln/client` and the layers in the store.
+ */
+import { join } from 'node:path';
+import { KilnClient } from '@kiln/client';
+import { KilnError } from '@kiln/protocol';
+import { image, marshal, parseDefinition, LinuxAmd64 } from '@kiln/llb';
+import { afterEach, beforeAll, afterAll, describe, expect, it } from 'vitest';
+import { freePort, makeTempDir, startNats, waitFor } from '../harness/index.js';
+import type { NatsServerHandle } from '../harness/index.js';
+import {
+  StatusLog,
+  bundleEntries,
+  layersOf,
+  readResultFile,
+  startScheduler,
+  startWorker,
+  uid,
+  waitForWorkers,
+} from './farm.js';
+import type { Entries, SchedulerProcess, WorkerProcess } from './farm.js';
+
+const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
+
+let tmp: { dir: string; remove: () => void };
+let entries: Entries;
+
+// What each test started, stopped after it (workers drain, so their mounts are released).
+let cleanups: (() => Promise<unknown>)[] = [];
+
+beforeAll(async () => {
+  if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
+  tmp = makeTempDir('chaos');
+  entries = await bundleEntries(tmp.dir);
+});
+
+afterEach(async () => {
+  for (const c of cleanups.reverse()) await c();
+  cleanups = [];
+});
+
+afterAll(() => {
+  tmp?.remove();
+});
+
+interface Farm {
+  readonly nats: NatsServerHandle;
+  /** Stops nats-server and starts it again on the same port and store. */
+  restartNats(): Promise<void>;
+  scheduler: SchedulerProcess;
+  workers: WorkerProcess[];
+  client: KilnClient;
+  storeDir: string;
+  dir: string;
+}
+
+/** nats-server, the scheduler and `ids.length` workers sharing one filesystem store. */
+async function startFarm(ids: string[], schedulerPort?: number): Promise<Farm> {
+  const dir = join(tmp.dir, uid());
+  const storeDir = join(dir, 'store');
+  // The bus's store dir is ours: kept across a restart of the server.
+  const natsStore = join(dir, 'nats');
+  const bus = { nats: await startNats({ storeDir: natsStore }) };
+  cleanups.push(() => bus.nats.stop());
+  const nats = bus.nats;
+  const scheduler = await startScheduler(entries, nats.url, { port: schedulerPort });
+  cleanups.push(() => scheduler.proc.stop(5_000));
+  const workers = await Promise.all(
+    ids.map((id) => startWorker(entries, nats.url, { id, stateDir: join(dir, id), storeDir })),
+  );
+  for (const w of workers) cleanups.push(() => w.proc.stop(10_000));
+  const client = await KilnClient.connect(scheduler.addr);
+  cleanups.push(() => Promise.resolve(client.close()));
+  await waitForWorkers(client, ids);
+  return {
+    get nats() {
+      return bus.nats;
+    },
+    restartNats: async () => {
+      const port = bus.nats.port;
+      await bus.nats.stop();
+      bus.nats = await startNats({ port, storeDir: natsStore });
+    },
+    scheduler,
+    workers,
+    client,
+    storeDir,
+    dir,
+  };
+}
+
+/** image -> RUN that logs `started-<tag>`, sleeps `sleepS`, and writes `<tag>` to /out.txt. */
+function slowRun(tag: string, sleepS: number) {
+  const st = image(fixture)
+    .run({
+      args: ['/bin/sh', '-c', `echo started-${tag}; sleep ${sleepS}; echo ${tag} > /out.txt`],
+    })
+    .root();
+  const def = marshal(st, { platform: LinuxAmd64 });
+  const g = parseDefinition(def.toProto());
+  return { def, run: g.result.digest };
+}
+
+describe('chaos through the control API', () => {
+  it('kill -9 of the worker running a RUN: the build succeeds through the other worker', async () => {
+    const farm = await startFarm(['kill-a', 'kill-b']);
+    const tag = uid();
+    const { def, run } = slowRun(tag, 3);
+    const buildId = `kill-${tag}`;
+    const status = new StatusLog(farm.client, buildId);
+    const solved = farm.client.solve({ buildId, definition: def });
+    solved.catch(() => undefined);
+    await status.waitForLog(`started-${tag}`);
+    // The RUN is the only task in flight (the image vertex reported before it was dispatched).
+    const [victim, survivor] = await waitFor('the worker running the RUN', () => {
+      const busy = farm.workers.filter((w) => w.inFlight().length > 0);
+      return busy.length === 1 ? [busy[0]!, farm.workers.find((w) => w !== busy[0])!] : undefined;
+    });
+    victim.proc.kill('SIGKILL');
+    await victim.proc.exited;
+
+    const res = await solved;
+    expect(res.exporterResponse['result.worker']).toBe(survivor.id);
+    expect(readResultFile(farm.storeDir, layersOf(res.exporterResponse), '/out.txt')).toBe(
+      `${tag}\n`,
+    );
+    await status.done;
+    const v = status.vertices().get(run);
+    expect(v?.workerId).toBe(survivor.id);
+    expect(v?.error).toBe('');
+    // Both attempts ran: the killed one and the re-run.
+    expect(status.logs(run).filter((l) => l.includes(`started-${tag}`))).toHaveLength(2);
+    expect(victim.lines.some((l) => l.msg === 'task done' && l.vertexDigest === run)).toBe(false);
+    expect(survivor.lines.some((l) => l.msg === 'task done' && l.vertexDigest === run)).toBe(true);
+
+    // The dead worker comes back on its state dir (sweeping what the kill left) and serves.
+    const back = await startWorker(entries, farm.nats.url, {
+      id: victim.id,
+      stateDir: victim.stateDir,
+      storeDir: farm.storeDir,
+    });
+    cleanups.push(() => back.proc.stop(10_000));
+  });
+
+  it('nats-server restart mid-RUN: the build completes, the RUN ran once', async () => {
+    const farm = await startFarm(['nrs-a', 'nrs-b']);
+    const tag = uid();
+    const { def, run } = slowRun(tag, 3);
+    const buildId = `nrs-${tag}`;
+    const status = new StatusLog(farm.client, buildId);
+    const solved = farm.client.solve({ buildId, definition: def });
+    solved.catch(() => undefined);
+    await status.waitForLog(`started-${tag}`);
+    await farm.restartNats();
+    // (A guard on the test itself: the server was back before the RUN could have ended.)
+    expect(status.vertices().get(run)?.completed).toBe(false);
+
+    const res = await solved;
+    expect(readResultFile(farm.storeDir, layersOf(res.exporterResponse), '/out.txt')).toBe(
+      `${tag}\n`,
+    );
+    await status.done;
+    expect(status.vertices().get(run)?.error).toBe('');
+    // Nothing was re-dispatched because the bus was away: one claim of the RUN, on one worker.
+    const runs = farm.workers.flatMap((w) =>
+      w.lines.filter((l) => l.msg === 'task done' && l.vertexDigest === run),
+    );
+    expect(runs).toHaveLength(1);
+    expect(status.logs(run).filter((l) => l.includes(`started-${tag}`))).toHaveLength(1);
+    // And the farm still serves after the restart.
+    const again = await farm.client.solve({ buildId: `nrs2-${tag}`, definition: def });
+    expect(again.exporterResponse['result.id']).toBe(res.exporterResponse['result.id']);
+  });
+
+  it('scheduler killed mid-RUN: a typed error, the orphan ends, a new scheduler answers from the records', async () => {
+    const port = await freePort();
+    const farm = await startFarm(['srs-a', 'srs-b'], port);
+    const tag = uid();
+    const { def, run } = slowRun(tag, 3);
+    const buildId = `srs-${tag}`;
+    const status = new StatusLog(farm.client, buildId);
+    const solved = farm.client.solve({ buildId, definition: def });
+    solved.catch(() => undefined);
+    await status.waitForLog(`started-${tag}`);
+    farm.scheduler.proc.kill('SIGKILL');
+    await farm.scheduler.proc.exited;
+    status.stop();
+
+    // The client's build fails with a typed, retryable error.
+    const err = await solved.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(KilnError);
+    expect(err).toMatchObject({ code: 'UNAVAILABLE', retryable: true });
+
+    // A new scheduler on the same address, a new client.
+    const s2 = await startScheduler(entries, farm.nats.url, { port });
+    cleanups.push(() => s2.proc.stop(5_000));
+    const client = await KilnClient.connect(s2.addr);
+    cleanups.push(() => Promise.resolve(client.close()));
+    // The orphaned RUN is not run forever: it finishes and no worker stays busy.
+    await waitFor(
+      'every worker to be idle',
+      async () =>
+        (await client.listWorkers()).every((w) => w.busySlots === 0) &&
+        farm.workers.every((w) => w.inFlight().length === 0),
+    );
+    // The same Definition again: answered from the records the killed scheduler left.
+    const buildId2 = `srs2-${tag}`;
+    const status2 = new StatusLog(client, buildId2);
+    const res = await client.solve({ buildId: buildId2, definition: def });
+    expect(readResultFile(farm.storeDir, layersOf(res.exporterResponse), '/out.txt')).toBe(
+      `${tag}\n`,
+    );
+    await status2.done;
+    expect(status2.vertices().get(run)).toMatchObject({ cached: true, error: '' });
+    // The RUN ran exactly once on the whole farm: one run, one claim of its cache key. (The
+    // image ran twice: a tag is re-resolved in every build, by design.)
+    const runs = farm.workers.flatMap((w) =>
+      w.lines.filter((l) => l.msg === 'task done' && l.vertexDigest === run),
+    );
+    expect(runs).toHaveLength(1);
+    const claims = farm.workers.flatMap((w) => w.claims());
+    const runKey = claims.find((c) => c.taskId === runs[0]?.taskId)?.cacheKey;
+    expect(runKey).toBeDefined();
+    expect(claims.filter((c) => c.cacheKey === runKey)).toHaveLength(1);
+  });
+});
