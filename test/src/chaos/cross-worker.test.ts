@@ -98,7 +98,8 @@ describe('builds across workers', () => {
     // Layers keep mtimes (as BuildKit's do without SOURCE_DATE_EPOCH), so everything the graph
     // creates gets a fixed time: what the stages write, the files the copy creates, and the mount
     // points the runtime would otherwise create in the rootfs at run time (the fixture image has
-    // no /dev, /proc, /sys; a RUN on it leaves them, as runc does under BuildKit, dated now).
+    // no /dev, /proc, /sys: a RUN on it leaves them in its layer, dated now, since the worker's
+    // mount stub cleaner removes only the exec's own mount points and /etc/hosts, resolv.conf).
     const fixed = { createdTime: FIXED_DATE };
     const base = image(fixture).file(
       mkdir('/dev', 0o755, fixed).mkdir('/proc', 0o555, fixed).mkdir('/sys', 0o555, fixed),
