@@ -2,18 +2,14 @@
  * Extended attributes on the real filesystem (as root): the getfattr/setfattr bridge, and
  * FileOp copies keeping attributes as fsutil's copy does.
  */
-import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, realpath, rename, rm, symlink, writeFile } from 'node:fs/promises';
-import { lstat } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, realpath, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cloneTree, copyPath } from './copy-tree.js';
-import { readTreeXattrs, writeXattrs, xattrTarget } from './xattr.js';
+import { CAPABILITY, dumpXattrs as dump, getx, setx } from './xattr-test-util.js';
+import { writeXattrs, xattrTarget } from './xattr.js';
 
-const exec = promisify(execFile);
-const CAPABILITY = Buffer.from('0100000200040000000000000000000000000000', 'hex');
 const BINARY = Buffer.from([0xff, 0xfe, 0x00, 0x0a, 0x5c, 0x3d, 0x80]);
 
 let base: string;
@@ -23,29 +19,6 @@ beforeEach(async () => {
 afterEach(async () => {
   await rm(base, { recursive: true, force: true });
 });
-
-async function setx(path: string, name: string, value: Buffer): Promise<void> {
-  await exec('setfattr', ['-h', '-n', name, '-v', `0x${value.toString('hex')}`, path]);
-}
-
-async function getx(path: string, name: string): Promise<Buffer | undefined> {
-  try {
-    const { stdout } = await exec('getfattr', ['-h', '--only-values', '-n', name, path], {
-      encoding: 'buffer',
-    });
-    return stdout;
-  } catch {
-    return undefined;
-  }
-}
-
-async function dump(root: string): Promise<Record<string, Record<string, string>>> {
-  const out: Record<string, Record<string, string>> = {};
-  for (const [p, x] of await readTreeXattrs(root)) {
-    out[p] = Object.fromEntries([...x].map(([n, v]) => [n, v.toString('hex')]));
-  }
-  return out;
-}
 
 /** src/ with attributes on the dir itself, a file, a nested dir, a symlink; odd names. */
 async function makeSource(): Promise<string> {

@@ -18,7 +18,15 @@ import { zstdSupport } from './compression.js';
 import { LayerError } from './errors.js';
 import { diffLayer, writeLayer } from './diff-layer.js';
 import type { DiffOptions, DiffSource } from './diff-layer.js';
-import { buildTar, exec, readAll, snapshotTree, tarNames, tempDir } from './test-util.js';
+import {
+  buildTar,
+  exec,
+  mountOverlay,
+  readAll,
+  snapshotTree,
+  tarNames,
+  tempDir,
+} from './test-util.js';
 
 const T0 = new Date(1_600_000_000_000);
 const T1 = new Date(1_650_000_000_000);
@@ -292,14 +300,7 @@ describe('diffLayer + applyLayer', () => {
     for (const d of [lower, upper, wd, merged]) await mkdir(d);
     await makeBase(lower);
     await stampTimes(lower, T0);
-    await exec('mount', [
-      '-t',
-      'overlay',
-      'overlay',
-      '-o',
-      `lowerdir=${lower},upperdir=${upper},workdir=${wd}`,
-      merged,
-    ]);
+    await mountOverlay(merged, `lowerdir=${lower},upperdir=${upper},workdir=${wd}`);
     let expected: Awaited<ReturnType<typeof snapshotTree>>;
     let layer: Awaited<ReturnType<typeof diffToBuffer>>;
     try {

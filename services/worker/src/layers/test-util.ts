@@ -10,6 +10,11 @@ import * as tar from 'tar-stream';
 
 export const exec = promisify(execFile);
 
+/** Mounts overlayfs at `merged` with mount options `options` (`lowerdir=...,upperdir=...`). */
+export async function mountOverlay(merged: string, options: string): Promise<void> {
+  await exec('mount', ['-t', 'overlay', 'overlay', '-o', options, merged]);
+}
+
 export async function tempDir(prefix: string): Promise<string> {
   return mkdtemp(join(tmpdir(), `kiln-layers-${prefix}-`));
 }

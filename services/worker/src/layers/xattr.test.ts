@@ -7,46 +7,19 @@ import { link, mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readTreeXattrs } from '../fs/xattr.js';
+import { CAPABILITY, dumpXattrs, getx, setx } from '../fs/xattr-test-util.js';
 import { applyLayer } from './apply-layer.js';
 import { diffLayer } from './diff-layer.js';
 import type { DiffSource } from './diff-layer.js';
 import { LayerError } from './errors.js';
 import { encodePaxHeader, parsePaxXattrs } from './pax.js';
-import { buildTar, exec, readAll, tempDir } from './test-util.js';
+import { buildTar, exec, mountOverlay, readAll, tempDir } from './test-util.js';
 import type { TarEntry } from './test-util.js';
 
-/** setcap-style v2 capability bytes (cap_net_bind_service+ep): not UTF-8 text. */
-const CAPABILITY = Buffer.from('0100000200040000000000000000000000000000', 'hex');
 /** Bytes that a UTF-8 round trip would corrupt: invalid sequences, NUL, newline, `=`. */
 const BINARY = Buffer.from([0xff, 0xfe, 0x00, 0x0a, 0x3d, 0xc3, 0x28, 0x80]);
 const LONG_NAME = `${'répertoire-long-'.repeat(5)}/${'fichier-'.repeat(12)}é.bin`;
 const T0 = new Date(1_600_000_000_000);
-
-async function setx(path: string, name: string, value: Buffer): Promise<void> {
-  await exec('setfattr', ['-h', '-n', name, '-v', `0x${value.toString('hex')}`, path]);
-}
-
-/** One attribute's raw value as getfattr prints it (`--only-values`), or undefined. */
-async function getx(path: string, name: string): Promise<Buffer | undefined> {
-  try {
-    const { stdout } = await exec('getfattr', ['-h', '--only-values', '-n', name, path], {
-      encoding: 'buffer',
-    });
-    return stdout;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Every attribute below `root`, as plain data (hex values) for deep equality. */
-async function dumpXattrs(root: string): Promise<Record<string, Record<string, string>>> {
-  const out: Record<string, Record<string, string>> = {};
-  for (const [p, x] of await readTreeXattrs(root)) {
-    out[p] = Object.fromEntries([...x].map(([n, v]) => [n, v.toString('hex')]));
-  }
-  return out;
-}
 
 async function layerBytes(source: DiffSource): Promise<Buffer> {
   const layer = diffLayer(source, { compression: 'gzip' });
@@ -208,14 +181,7 @@ describe('extended attributes in layers', () => {
     await mkdir(join(lower, 'dir'));
     await writeFile(join(lower, 'dir/old'), 'old');
     await exec('cp', ['-a', `${lower}/.`, parent]);
-    await exec('mount', [
-      '-t',
-      'overlay',
-      'overlay',
-      '-o',
-      `lowerdir=${lower},upperdir=${upper},workdir=${wd}`,
-      merged,
-    ]);
+    await mountOverlay(merged, `lowerdir=${lower},upperdir=${upper},workdir=${wd}`);
     try {
       // rm + mkdir over a lower directory: overlayfs marks the new one opaque by an xattr.
       await rm(join(merged, 'dir'), { recursive: true });
@@ -224,14 +190,7 @@ describe('extended attributes in layers', () => {
       await setx(join(merged, 'dir/new'), 'user.keep', Buffer.from('kept'));
       expect(await getx(join(upper, 'dir'), 'trusted.overlay.opaque')).toEqual(Buffer.from('y'));
       await exec('umount', [merged]);
-      await exec('mount', [
-        '-t',
-        'overlay',
-        'overlay',
-        '-o',
-        `ro,lowerdir=${upper}:${lower}`,
-        merged,
-      ]);
+      await mountOverlay(merged, `ro,lowerdir=${upper}:${lower}`);
       const data = await plainTar({
         kind: 'overlay',
         upperDir: upper,
