@@ -102,22 +102,28 @@ function slowRun(tag: string, sleepS: number) {
     .root();
   const def = marshal(st, { platform: LinuxAmd64 });
   const g = parseDefinition(def.toProto());
-  return { def, run: g.result.digest };
+  const source = g.order.find((d) => g.ops.get(d)?.op.source);
+  return { def, run: g.result.digest, source: source ?? '' };
 }
 
 describe('chaos through the control API', () => {
   it('kill -9 of the worker running a RUN: the build succeeds through the other worker', async () => {
     const farm = await startFarm(['kill-a', 'kill-b']);
     const tag = uid();
-    const { def, run } = slowRun(tag, 3);
+    const { def, run, source } = slowRun(tag, 3);
     const buildId = `kill-${tag}`;
     const status = new StatusLog(farm.client, buildId);
     const solved = farm.client.solve({ buildId, definition: def });
     solved.catch(() => undefined);
     await status.waitForLog(`started-${tag}`);
-    // The RUN is the only task in flight (the image vertex reported before it was dispatched).
+    // The RUN's worker: the one with a claim in flight other than the image's (which ran before
+    // the RUN was dispatched; its worker's log may lag behind the bus).
     const [victim, survivor] = await waitFor('the worker running the RUN', () => {
-      const busy = farm.workers.filter((w) => w.inFlight().length > 0);
+      const image = farm.workers
+        .flatMap((w) => w.lines)
+        .find((l) => l.msg === 'task done' && l.vertexDigest === source);
+      if (!image) return undefined;
+      const busy = farm.workers.filter((w) => w.inFlight().some((c) => c.taskId !== image.taskId));
       return busy.length === 1 ? [busy[0]!, farm.workers.find((w) => w !== busy[0])!] : undefined;
     });
     victim.proc.kill('SIGKILL');
