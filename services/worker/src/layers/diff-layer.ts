@@ -136,15 +136,23 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
   void (async () => {
     try {
       const root = source.kind === 'overlay' ? source.upperDir : source.newDir;
-      // One getfattr over the tree (two for a comparison, whose xattr-only changes count).
-      const xattrs = await readTreeXattrs(root);
-      const changes =
-        source.kind === 'overlay'
-          ? await overlayChanges(source.upperDir, source.lowerDir, source.mergedDir)
-          : await compareChanges(source.baseDir, source.newDir, {
-              base: source.baseDir === undefined ? new Map() : await readTreeXattrs(source.baseDir),
-              next: xattrs,
-            });
+      // One getfattr over the tree while the changes are found (two first for a comparison,
+      // whose xattr-only changes count).
+      let xattrs: Map<string, Xattrs>;
+      let changes: Change[];
+      if (source.kind === 'overlay') {
+        [xattrs, changes] = await Promise.all([
+          readTreeXattrs(root),
+          overlayChanges(source.upperDir, source.lowerDir, source.mergedDir),
+        ]);
+      } else {
+        const [base, next] = await Promise.all([
+          source.baseDir === undefined ? new Map<string, Xattrs>() : readTreeXattrs(source.baseDir),
+          readTreeXattrs(root),
+        ]);
+        xattrs = next;
+        changes = await compareChanges(source.baseDir, source.newDir, { base, next });
+      }
       await new TarWriter(pack, root, opts.sourceDateEpoch, xattrs).write(changes);
       pack.finalize();
     } catch (err) {
