@@ -59,7 +59,7 @@ import {
   toBase64,
 } from '@kiln/bus';
 import { KilnError, toLong } from '@kiln/protocol';
-import type { Consumer, JsMsg } from '@nats-io/jetstream';
+import type { ConsumeCallback, Consumer, FetchOptions, JsMsg } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 
 /** What a task run produced: outputs, or an error (a thrown error is converted). */
@@ -403,19 +403,29 @@ export class TaskConsumer {
       let asked = 1 + extra;
       try {
         consumer ??= await this.#bus.js.consumers.get(TASK_STREAM, consumerName);
-        const batch = await consumer.fetch({ max_messages: asked, expires: 1_000 });
-        for await (const msg of batch) {
-          asked--;
-          this.#reserved--;
-          if (this.#draining || this.#busy >= this.#o.slots) {
-            // Draining, or an offer took the slot this pull was for: hand the message back now.
-            msg.nak();
-            continue;
-          }
-          this.#busy++;
-          const task = decodeTaskSafe(msg);
-          void this.#claimAndRun(task, msg, 'queue', undefined, knownRecord(msg, task));
-        }
+        // Callback delivery: the messages of one socket read are handled synchronously, so
+        // their claims leave in one write (an iterator would interleave a flush per message).
+        // nats.js types `callback` on consume() only; fetch() shares the implementation
+        // (PullConsumerMessagesImpl) and honours it.
+        const pull: FetchOptions & ConsumeCallback = {
+          max_messages: asked,
+          expires: 1_000,
+          callback: (msg: JsMsg) => {
+            asked--;
+            this.#reserved--;
+            if (this.#draining || this.#busy >= this.#o.slots) {
+              // Draining, or an offer took the slot this pull was for: hand the message back.
+              msg.nak();
+              return;
+            }
+            this.#busy++;
+            const task = decodeTaskSafe(msg);
+            void this.#claimAndRun(task, msg, 'queue', undefined, knownRecord(msg, task));
+          },
+        };
+        const batch = await consumer.fetch(pull);
+        const err = await batch.closed();
+        if (err) throw err;
       } catch (error) {
         if (!signal.aborted) {
           this.#o.onEvent({ type: 'error', where: 'pull', error });
@@ -642,7 +652,7 @@ export class TaskConsumer {
       ...(outcome.error ? { error: outcome.error } : {}),
     };
     const encoded = toBase64(encodeResult(result));
-    const out = await retrying(
+    const report = retrying(
       () =>
         casRecord(
           this.#bus.tasks,
@@ -655,7 +665,12 @@ export class TaskConsumer {
         ),
       { timeoutMs: 60_000 },
     );
+    // The report's write is on the connection's buffer now: the ack joins it (one write, not a
+    // second one after the reply). Acking before the report is stored loses nothing: since the
+    // claim, the record (not the message) carries the attempt, and a holder that dies now is
+    // re-dispatched by the scheduler; a redelivered copy could only be dropped as stale.
     msg?.ack();
+    const out = await report;
     if (!out.applied) {
       this.#o.onEvent({ type: 'stale', taskId: task.taskId, attempt: task.attempt, why: 'report' });
       return;
