@@ -57,6 +57,7 @@ import {
 import type { OfferReply } from '@kiln/bus';
 import { KilnError, reviveError } from '@kiln/protocol';
 import { KvWatchInclude } from '@nats-io/kv';
+import type { KvWatchEntry } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers } from '@nats-io/transport-node';
 import {
@@ -141,6 +142,9 @@ export class Dispatcher {
   readonly #abort = new AbortController();
   readonly #subs: Subscription[] = [];
   #timer: NodeJS.Timeout | undefined;
+  /** Task watch entries received and not applied yet: applied together, once per loop turn. */
+  #watched: KvWatchEntry[] = [];
+  #watchedScheduled = false;
   #connected = true;
 
   private constructor(bus: Bus, o: CompiledOptions) {
@@ -279,11 +283,10 @@ export class Dispatcher {
       watch: { include: KvWatchInclude.UpdatesOnly },
       signal,
       onEntry: (e) => {
-        const entry = this.#entries.get(e.key);
-        if (!entry || e.operation !== 'PUT' || e.length === 0) return;
-        // Our own writes (the create, our compare-and-sets) come back too: skip them undecoded.
-        if (entry.stored && e.revision <= entry.stored.revision) return;
-        this.#observe(entry, { record: decodeJson<TaskRecord>(e.value), revision: e.revision });
+        this.#watched.push(e);
+        if (this.#watchedScheduled) return;
+        this.#watchedScheduled = true;
+        setImmediate(() => this.#applyWatched());
       },
       // Updates may have been missed while the watch was down: re-read every pending record.
       onOpen: (reopened) => {
@@ -456,6 +459,26 @@ export class Dispatcher {
     const r = e.stored?.record;
     if (!r || r.builds.includes(buildId) || r.state === 'done') return;
     await this.#cas(e, (cur) => (cur.state === 'done' ? undefined : joinRule(cur, buildId)));
+  }
+
+  /**
+   * Applies the task watch entries of one loop turn together. The watch iterator yields one
+   * entry per microtask turn; applied as they come, the actions they start (settling a submit,
+   * the caller's next submit and its record create) reach the connection staggered and leave in
+   * a write each. Applied in one pass, those of one socket read leave in one write.
+   */
+  #applyWatched(): void {
+    this.#watchedScheduled = false;
+    const batch = this.#watched;
+    this.#watched = [];
+    if (this.#abort.signal.aborted) return;
+    for (const e of batch) {
+      const entry = this.#entries.get(e.key);
+      if (!entry || e.operation !== 'PUT' || e.length === 0) continue;
+      // Our own writes (the create, our compare-and-sets) come back too: skip them undecoded.
+      if (entry.stored && e.revision <= entry.stored.revision) continue;
+      this.#observe(entry, { record: decodeJson<TaskRecord>(e.value), revision: e.revision });
+    }
   }
 
   #observe(e: Entry, s: StoredRecord): void {
