@@ -8,8 +8,8 @@
 import { join } from 'node:path';
 import { KilnClient } from '@kiln/client';
 import { KilnError } from '@kiln/protocol';
-import { image, marshal, parseDefinition, LinuxAmd64 } from '@kiln/llb';
-import { afterEach, beforeAll, afterAll, describe, expect, it } from 'vitest';
+import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, makeTempDir, startNats, waitFor } from '../harness/index.js';
 import type { NatsServerHandle } from '../harness/index.js';
 import {
@@ -39,8 +39,10 @@ beforeAll(async () => {
 });
 
 afterEach(async () => {
-  for (const c of cleanups.reverse()) await c();
+  const errors: unknown[] = [];
+  for (const c of cleanups.reverse()) await c().catch((e: unknown) => errors.push(e));
   cleanups = [];
+  if (errors.length > 0) throw errors[0];
 });
 
 afterAll(() => {
