@@ -21,12 +21,12 @@ import { KilnError } from '@kiln/protocol';
 import { DigestingStream } from '@kiln/store';
 import type { Digest } from '@kiln/store';
 import * as tar from 'tar-stream';
+import { entryXattrs, keepPaxXattrs } from '../fs/tar-xattrs.js';
 import { writeXattrs, xattrTarget } from '../fs/xattr.js';
 import type { XattrTarget } from '../fs/xattr.js';
 import { autoDecompress } from './compression.js';
 import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
-import { entryXattrs, keepPaxXattrs } from './pax.js';
 import { entryComponents, lstatOrUndefined, resolveDirInRoot } from './safe-path.js';
 
 const execFileAsync = promisify(execFile);

@@ -1,15 +1,13 @@
 /**
- * Extended attributes in tar layers: PAX records `SCHILY.xattr.<name>=<raw bytes>`, as Go's
- * archive/tar (and so containerd and BuildKit) writes and reads them. tar-stream writes and
- * parses PAX values as UTF-8 text, which corrupts binary values (`security.capability`), so the
- * records are encoded and parsed here byte for byte.
+ * Extended attributes written into tar layers: PAX records `SCHILY.xattr.<name>=<raw bytes>`, as
+ * Go's archive/tar (and so containerd and BuildKit) writes them. tar-stream writes PAX values as
+ * UTF-8 text, which corrupts binary values (`security.capability`), so the records are encoded
+ * here byte for byte. Reading them back is `../fs/tar-xattrs.ts`.
  */
+import { PAX_XATTR_PREFIX } from '../fs/tar-xattrs.js';
 import type { Xattrs } from '../fs/xattr.js';
-import { XATTR_SIZE_MAX, validXattrName } from '../fs/xattr.js';
+import { validXattrName } from '../fs/xattr.js';
 import type * as tar from 'tar-stream';
-import { LayerError, LayerErrorCode } from './errors.js';
-
-export const PAX_XATTR_PREFIX = 'SCHILY.xattr.';
 
 /** `<len> <key>=<value>\n`, where `<len>` counts the whole record, its own digits included. */
 function paxRecord(key: string, value: Buffer): Buffer {
@@ -105,81 +103,4 @@ export function encodePaxHeader(
   const data = Buffer.concat(records.map(([k, v]) => paxRecord(k, v)));
   const pad = (512 - (data.length % 512)) % 512;
   return Buffer.concat([paxHeaderBlock(data.length, like), data, Buffer.alloc(pad)]);
-}
-
-/**
- * The `SCHILY.xattr.*` records of a PAX extended header, values as raw bytes. Malformed records,
- * invalid names (empty, NUL, longer than 255 bytes) and values over 64 KiB fail with
- * {@link LayerErrorCode.Invalid}.
- */
-export function parsePaxXattrs(buf: Buffer): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  let off = 0;
-  while (off < buf.length) {
-    if (buf[off] === 0) break; // NUL padding after the last record
-    const sp = buf.indexOf(0x20, off);
-    const lenText = sp < 0 ? '' : buf.toString('latin1', off, sp);
-    const len = /^[0-9]{1,9}$/.test(lenText) ? parseInt(lenText, 10) : NaN;
-    const end = off + len;
-    if (!(len > 0) || end > buf.length || buf[end - 1] !== 0x0a) {
-      throw new LayerError(LayerErrorCode.Invalid, 'malformed PAX record');
-    }
-    const eq = buf.indexOf(0x3d, sp + 1);
-    if (eq < 0 || eq >= end - 1)
-      throw new LayerError(LayerErrorCode.Invalid, 'malformed PAX record');
-    const key = buf.toString('utf8', sp + 1, eq);
-    if (key.startsWith(PAX_XATTR_PREFIX)) {
-      const name = key.slice(PAX_XATTR_PREFIX.length);
-      if (!validXattrName(name)) {
-        throw new LayerError(LayerErrorCode.Invalid, 'invalid extended attribute name', {
-          details: { name },
-        });
-      }
-      if (end - 1 - (eq + 1) > XATTR_SIZE_MAX) {
-        throw new LayerError(LayerErrorCode.Invalid, 'extended attribute value too large', {
-          details: { name },
-        });
-      }
-      out.set(name, Buffer.from(buf.subarray(eq + 1, end - 1)));
-    }
-    off = end;
-  }
-  return out;
-}
-
-const XATTRS = Symbol('kiln.layers.xattrs');
-
-interface ExtractInternals {
-  _decodeLongHeader?: (buf: Buffer) => void;
-  _header: { type?: string } | null;
-  _pax: Record<string | symbol, unknown> | null;
-}
-
-/**
- * Makes `extract` keep the raw `SCHILY.xattr.*` values of each entry's PAX header (tar-stream
- * decodes them as UTF-8 only); read them with {@link entryXattrs}. Hooks tar-stream's
- * `_decodeLongHeader`, and fails loudly if a tar-stream version no longer has it.
- */
-export function keepPaxXattrs(extract: tar.Extract): void {
-  const ex = extract as unknown as ExtractInternals;
-  const decode = ex._decodeLongHeader;
-  if (typeof decode !== 'function') {
-    throw new LayerError(
-      LayerErrorCode.Io,
-      'tar-stream has no _decodeLongHeader: cannot read xattrs',
-    );
-  }
-  ex._decodeLongHeader = function (this: ExtractInternals, buf: Buffer): void {
-    decode.call(this, buf);
-    if (this._header?.type === 'pax-header' && this._pax !== null) {
-      const xattrs = parsePaxXattrs(buf);
-      if (xattrs.size > 0) this._pax[XATTRS] = xattrs;
-    }
-  };
-}
-
-/** The extended attributes of an entry read through an extract given to {@link keepPaxXattrs}. */
-export function entryXattrs(header: tar.Header): Map<string, Buffer> | undefined {
-  const pax = header.pax as Record<string | symbol, unknown> | undefined;
-  return pax?.[XATTRS] as Map<string, Buffer> | undefined;
 }

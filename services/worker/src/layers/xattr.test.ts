@@ -12,7 +12,8 @@ import { applyLayer } from './apply-layer.js';
 import { diffLayer } from './diff-layer.js';
 import type { DiffSource } from './diff-layer.js';
 import { LayerError } from './errors.js';
-import { encodePaxHeader, parsePaxXattrs } from './pax.js';
+import { parsePaxXattrs } from '../fs/tar-xattrs.js';
+import { encodePaxHeader } from './pax.js';
 import { buildTar, exec, mountOverlay, readAll, tempDir } from './test-util.js';
 import type { TarEntry } from './test-util.js';
 
