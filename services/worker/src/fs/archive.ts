@@ -10,6 +10,8 @@
  * entry names and hardlink targets that climb out with `..` are rejected with
  * {@link FsErrorCode.Unsafe}; absolute names are taken relative to the destination. Symlinks are
  * created with their target text as given (it is only data until something follows it).
+ * Extended attributes (PAX `SCHILY.xattr.*`) are set best-effort at the end, as moby's untar
+ * does, on the entries the archive made (one `setfattr`, after chown).
  */
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
@@ -27,6 +29,9 @@ import { FsError, FsErrorCode, errnoOf } from './errors.js';
 import { lstatOrUndefined, mkdirAllResolved } from './ops.js';
 import type { Owner } from './ops.js';
 import { resolveInRoot } from './resolve.js';
+import { entryXattrs, keepPaxXattrs } from './tar-xattrs.js';
+import { writeXattrs, xattrTarget } from './xattr.js';
+import type { XattrTarget } from './xattr.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -198,10 +203,12 @@ export async function unpackArchive(
 ): Promise<void> {
   const d = await openDecompressed(archive, compression);
   const extract = tar.extract();
+  keepPaxXattrs(extract);
   const feeding = pipeline(d.stream, new PassThrough(), extract);
   feeding.catch(() => undefined); // observed below
   const chown = opts.owner !== undefined || process.getuid?.() === 0;
   const dirs: { path: string; mtime: Date }[] = [];
+  const xattrs = new Map<string, XattrTarget>();
   let current: string | undefined;
   try {
     for await (const entry of extract) {
@@ -213,6 +220,7 @@ export async function unpackArchive(
         opts.owner,
         chown,
         dirs,
+        xattrs,
       );
       if (!consumed) entry.resume();
     }
@@ -233,6 +241,8 @@ export async function unpackArchive(
       },
     );
   }
+  // Best effort, as moby's untar (ENOTSUP, EPERM) and BuildKit's copy: failures are not fatal.
+  await writeXattrs([...xattrs.values()]);
   for (const dir of dirs.reverse()) await utimes(dir.path, dir.mtime, dir.mtime);
 }
 
@@ -244,7 +254,9 @@ function entryRel(name: string, entry: string): string {
       path: entry,
     });
   }
-  return rel === '.' ? '' : rel.replace(/\/+$/, '');
+  // `./` normalizes to `./`: the destination itself, like `.`.
+  const clean = rel.replace(/\/+$/, '');
+  return clean === '.' ? '' : clean;
 }
 
 async function unpackEntry(
@@ -254,6 +266,7 @@ async function unpackEntry(
   ownerOverride: Owner | undefined,
   chown: boolean,
   dirs: { path: string; mtime: Date }[],
+  xattrs: Map<string, XattrTarget>,
 ): Promise<boolean> {
   const name = header.name;
   const type: string = header.type ?? 'file';
@@ -336,5 +349,7 @@ async function unpackEntry(
   }
   if (type !== 'symlink') await chmod(path, mode);
   if (type !== 'directory') await lutimes(path, mtime, mtime);
+  const attrs = entryXattrs(header);
+  if (attrs !== undefined) xattrs.set(path, await xattrTarget(path, attrs));
   return consumed;
 }

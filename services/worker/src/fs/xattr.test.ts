@@ -2,14 +2,18 @@
  * Extended attributes on the real filesystem (as root): the getfattr/setfattr bridge, and
  * FileOp copies keeping attributes as fsutil's copy does.
  */
+import { execFile } from 'node:child_process';
 import { lstat, mkdir, mkdtemp, realpath, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { detectArchive, unpackArchive } from './archive.js';
 import { cloneTree, copyPath } from './copy-tree.js';
 import { CAPABILITY, dumpXattrs as dump, getx, setx } from './xattr-test-util.js';
 import { writeXattrs, xattrTarget } from './xattr.js';
 
+const exec = promisify(execFile);
 const BINARY = Buffer.from([0xff, 0xfe, 0x00, 0x0a, 0x5c, 0x3d, 0x80]);
 
 let base: string;
@@ -122,5 +126,35 @@ describe('copies keep extended attributes', () => {
     await cloneTree(src, dst);
     const { '': _root, ...children } = SOURCE_XATTRS;
     expect(await dump(dst)).toEqual(children);
+  });
+});
+
+describe('ADD unpacking keeps extended attributes', () => {
+  it('sets the SCHILY.xattr.* records of a GNU tar (gzip) archive byte-exact', async () => {
+    const src = await makeSource();
+    const archive = join(base, 'a.tar.gz');
+    await exec('tar', [
+      '--xattrs',
+      '--xattrs-include=*',
+      '--format=posix',
+      '-czf',
+      archive,
+      '-C',
+      src,
+      '.',
+    ]);
+    const dest = join(base, 'unpacked');
+    await mkdir(dest);
+    await unpackArchive(archive, (await detectArchive(archive))!, dest, {
+      owner: { uid: 1000, gid: 1000 },
+    });
+    expect((await lstat(join(dest, 'tool'))).uid).toBe(1000);
+    // The destination itself keeps its own metadata, as for any archive. GNU tar writes `=` in
+    // a name as `%3D`, its own convention: read literally, as Go's archive/tar does.
+    const { '': _root, 'sub/we ird\\na=me\n\tx': _odd, ...children } = SOURCE_XATTRS;
+    expect(await dump(dest)).toEqual({
+      ...children,
+      'sub/we ird\\na=me\n\tx': { 'user.odd name%3Dx': Buffer.from('o').toString('hex') },
+    });
   });
 });
