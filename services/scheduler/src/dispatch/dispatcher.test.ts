@@ -106,6 +106,30 @@ describe('Dispatcher', () => {
     expect(await record(t)).toMatchObject({ holder: emu.id, emulated: true });
   });
 
+  it('runs a burst of concurrent tasks, each once, and leaves no message in the stream', async () => {
+    // Many watch entries per loop turn (applied together), claims arriving in batches on the
+    // workers (fetch callback), acks sent with the reports.
+    const [a, b] = await Promise.all([
+      worker('burst-a', 'linux/amd64', 8),
+      worker('burst-b', 'linux/amd64', 8),
+    ]);
+    const tasks = Array.from({ length: 300 }, () => testTask());
+    const results = await Promise.all(tasks.map((t) => d.submit(t)));
+    for (const [i, t] of tasks.entries()) {
+      expect(results[i]?.taskId).toBe(t.taskId);
+      expect(results[i]?.outputs[0]?.resultId).toBe(`res-${t.cacheKey}`);
+    }
+    await until('both workers to report every task', () =>
+      tasks.every((t) =>
+        [a, b].some((w) => w.events.some((e) => e.type === 'completed' && e.taskId === t.taskId)),
+      ),
+    );
+    const claims = [...a.events, ...b.events].filter((e) => e.type === 'claimed');
+    expect(claims).toHaveLength(tasks.length);
+    expect(new Set(claims.map((e) => e.taskId)).size).toBe(tasks.length);
+    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
   it('runs a key once for concurrent submits from two builds; later submits get the stored result', async () => {
     const w = await worker('dedup-1', 'linux/amd64', 2);
     const t = testTask({ sleepMs: 300 });
