@@ -66,9 +66,11 @@ export function createPrinter(
           return;
         }
         if (e.type === 'vertex.status') return;
+        const known = steps.has(e.digest);
         const s = step(e.digest, e.name, e.time);
         if (e.type === 'vertex.started') out.write(`#${s.n} ${s.name}\n`);
-        else if (e.type === 'vertex.cached') out.write(`#${s.n} ${s.name}\n#${s.n} CACHED\n`);
+        else if (e.type === 'vertex.cached')
+          out.write(known ? `#${s.n} CACHED\n` : `#${s.n} ${s.name}\n#${s.n} CACHED\n`);
         else if (e.type === 'vertex.completed') {
           if (s.partial) out.write(`#${s.n} ${s.partial}\n`);
           out.write(`#${s.n} DONE ${secs(e.durationMs)}\n`);

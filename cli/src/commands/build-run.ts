@@ -1,19 +1,19 @@
-/** The implementation of `kiln build` (see build.ts). */
-import { readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
-import {
-  DockerfileError,
-  formatDockerfileError,
-  getFrontend,
-  printSourceRange,
-  selectDockerignore,
-} from '@kiln/dockerfile';
-import type { ImageMetadata } from '@kiln/dockerfile';
-import { formatPlatform, hostPlatform } from '@kiln/llb';
-import type { Definition, Platform } from '@kiln/llb';
+/**
+ * The implementation of `kiln build` (see build.ts): the Dockerfile goes to a scheduler (remote, or
+ * the embedded farm, see farm.ts) with a session serving the context, secrets and ssh agents; the
+ * progress comes from the build's status stream; exporters' artifacts come back over the session.
+ */
+import { randomUUID } from 'node:crypto';
+import { createWriteStream, mkdirSync } from 'node:fs';
+import type { WriteStream } from 'node:fs';
+import { mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { PassThrough, Writable } from 'node:stream';
+import { dockerfileInput } from '@kiln/client';
+import { DockerfileError, formatDockerfileError, printSourceRange } from '@kiln/dockerfile';
+import { parsePlatform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
-import { Engine } from '@kiln/worker';
-import type { ExportSpec, ProgressEvent } from '@kiln/worker';
+import { applyLayer } from '@kiln/worker';
 import {
   BuildOptionError,
   parseBuildArg,
@@ -22,9 +22,11 @@ import {
   parseSsh,
 } from '../build-options.js';
 import type { OutputSpec } from '../build-options.js';
+import { remoteFarm, startEmbeddedFarm } from '../farm.js';
 import { FormattedError } from '../formatted-error.js';
 import { createPrinter } from '../progress.js';
 import { defaultStateDir } from '../state-dir.js';
+import { StatusEvents } from '../status-events.js';
 
 export interface BuildFlags {
   file?: string;
@@ -39,6 +41,8 @@ export interface BuildFlags {
   output: string[];
   tag: string[];
   insecureRegistry: string[];
+  /** A scheduler's `host:port`; default `KILN_ADDR`, else the embedded farm. */
+  addr?: string;
 }
 
 export async function build(context: string, flags: BuildFlags): Promise<void> {
@@ -54,8 +58,10 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   const secrets = new Map(
     flags.secret.map((s) => parseSecret(s, env)).map((s) => [s.id, s] as const),
   );
-  const ssh = new Map(flags.ssh.map((s) => parseSsh(s, env)).map((s) => [s.id, s] as const));
-  const attrs: Record<string, string> = { filename: dockerfilePath };
+  const ssh = Object.fromEntries(
+    flags.ssh.map((s) => parseSsh(s, env)).map((s) => [s.id, s.socket] as const),
+  );
+  const attrs: Record<string, string> = {};
   for (const a of flags.buildArg) {
     const kv = parseBuildArg(a, env);
     if (kv) attrs[`build-arg:${kv[0]}`] = kv[1];
@@ -63,105 +69,80 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   if (flags.target) attrs.target = flags.target;
   if (flags.platform) attrs.platform = flags.platform;
   if (flags.cache === false) attrs['no-cache'] = '';
+  const platforms = (flags.platform ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)
+    .map((p) => {
+      try {
+        return parsePlatform(p);
+      } catch (cause) {
+        throw new BuildOptionError(`--platform ${p}: ${(cause as Error).message}`);
+      }
+    });
 
   // <Dockerfile>.dockerignore beside the Dockerfile wins over <context>/.dockerignore.
-  const ignoreFiles: Record<string, Uint8Array> = {};
-  const specific = await readFile(`${dockerfilePath}.dockerignore`).catch(() => undefined);
-  const generic = await readFile(join(ctxDir, '.dockerignore')).catch(() => undefined);
-  if (specific) ignoreFiles['Dockerfile.dockerignore'] = specific;
-  if (generic) ignoreFiles['.dockerignore'] = generic;
-  const ignore = selectDockerignore(ignoreFiles, 'Dockerfile');
-
-  const engine = await Engine.open({
-    stateDir: defaultStateDir(env),
-    registry: { insecureRegistries: flags.insecureRegistry },
-  });
-  const frontend = getFrontend('dockerfile.v0')!;
-  const metaResolver = async (ref: string, platform: Platform): Promise<ImageMetadata> => {
-    const r = await engine.metadata.resolveImageConfig(ref, platform);
-    return { ref: r.ref, digest: r.digest, config: r.config };
-  };
-  let result;
-  try {
-    result = await frontend.solve({
-      dockerfile,
-      ...(ignore ? { dockerignore: ignore.patterns.join('\n') } : {}),
-      opts: attrs,
-      metaResolver,
-      buildPlatform: hostPlatform(),
-    });
-  } catch (err) {
-    if (err instanceof DockerfileError) {
-      throw new FormattedError(
-        formatDockerfileError(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile'),
-        err,
-      );
-    }
-    throw err;
-  }
+  const dockerignore =
+    (await readFile(`${dockerfilePath}.dockerignore`).catch(() => undefined)) ??
+    (await readFile(join(ctxDir, '.dockerignore')).catch(() => undefined));
 
   const mode =
     flags.progress === 'auto' ? (process.stderr.isTTY ? 'tty' : 'plain') : flags.progress;
   if (mode !== 'tty' && mode !== 'plain')
     throw new BuildOptionError(`--progress ${flags.progress}: want auto, tty or plain`);
-  const printer = createPrinter(mode, process.stderr);
-  const session = {
-    localDirs: { context: ctxDir },
-    secrets: async (id: string) => secrets.get(id)?.read(),
-    ssh: (id: string) => Promise.resolve(ssh.get(id)?.socket),
-  };
+
+  const addr = flags.addr ?? env.KILN_ADDR;
+  const farm = addr
+    ? await remoteFarm(addr)
+    : await startEmbeddedFarm({
+        stateDir: defaultStateDir(env),
+        platforms,
+        insecureRegistries: flags.insecureRegistry,
+      });
   const abort = new AbortController();
-  const onSignal = (): void =>
-    abort.abort(new KilnError('CANCELED', 'build canceled (interrupted)'));
+  const onSignal = (): void => abort.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  const printer = createPrinter(mode, process.stderr);
+  const session = farm.client.session({
+    localDirs: { context: ctxDir },
+    secrets: async (id) => secrets.get(id)?.read(),
+    ssh,
+    onExport: (index, platform) => exportWriter(outputs[index]!, platform),
+  });
+  const buildId = randomUUID();
+  const events = new StatusEvents((e) => printer.onEvent(e));
+  const status = (async () => {
+    for await (const f of farm.client.status(buildId, 0, { signal: abort.signal })) events.push(f);
+  })();
   try {
-    const multi = result.platforms.length > 1;
-    const solved: {
-      snapshot: string | undefined;
-      config: Record<string, unknown>;
-      platform: Platform;
-    }[] = [];
-    for (const p of result.platforms) {
-      const r = await engine
-        .solve(p.definition.toBytes(), {
-          session,
-          signal: abort.signal,
-          onProgress: (e: ProgressEvent) => printer.onEvent(e),
-          ...(flags.cache === false ? { noCache: true } : {}),
-        })
-        .catch((err: unknown) => {
-          throw withDockerfileExcerpt(
-            err,
-            p.definition,
-            dockerfile.toString('utf8'),
-            flags.file ?? 'Dockerfile',
-          );
-        });
-      solved.push({
-        snapshot: r.snapshot,
-        config: JSON.parse(p.imageConfigJson) as Record<string, unknown>,
-        platform: p.platform,
+    const res = await farm.client
+      .solve(
+        {
+          buildId,
+          sessionId: session.id,
+          frontend: 'dockerfile.v0',
+          attrs,
+          inputs: {
+            dockerfile: dockerfileInput(dockerfile, dockerignore ? { dockerignore } : {}),
+          },
+          exporters: outputs.map((o) => exporterEntry(o, flags.tag)),
+        },
+        { signal: abort.signal },
+      )
+      .catch((err: unknown) => {
+        throw explain(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile', abort);
       });
-    }
-    for (const o of outputs) {
-      if (multi && o.type === 'oci') {
-        // One OCI index over the platforms' manifests, as BuildKit's oci exporter writes.
-        const names = o.name ? [o.name, ...flags.tag] : flags.tag;
-        await engine.exportMultiPlatform(solved, { type: 'oci', dest: o.dest, names });
-        continue;
-      }
-      for (const r of solved) {
-        await engine.export(
-          r.snapshot,
-          exportSpec(o, r.config, flags.tag, multi ? r.platform : undefined),
-        );
-      }
-    }
+    await session.exportsWritten(Number(res.exporterResponse['export.count'] ?? 0));
+    await status.catch(() => undefined);
   } finally {
+    abort.abort();
+    await status.catch(() => undefined);
     printer.finish();
+    session.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    await farm.close();
   }
   if (outputs.length === 0)
     process.stderr.write(
@@ -169,47 +150,90 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     );
 }
 
+function exporterEntry(
+  o: OutputSpec,
+  tags: string[],
+): { type: string; attrs: Record<string, string> } {
+  if (o.type === 'oci' || o.type === 'docker') {
+    const names = o.name ? [o.name, ...tags] : tags;
+    return { type: o.type, attrs: names.length ? { name: names.join(',') } : {} };
+  }
+  return { type: o.type, attrs: {} };
+}
+
 /**
- * A failed step shown as BuildKit shows it: the Dockerfile lines of the failing vertex (from the
- * definition's source map), then the error.
+ * Where an export's artifact goes. Several platforms into one local/tar/docker destination: one
+ * subdirectory/file per platform, as buildx does.
  */
-function withDockerfileExcerpt(
-  err: unknown,
-  def: Definition,
-  source: string,
-  filename: string,
-): unknown {
+function exportWriter(o: OutputSpec, platform: string): Writable {
+  const suffix = platform.replace(/\//g, '_');
+  if (o.type === 'local') return extractingWriter(suffix ? join(o.dest, suffix) : o.dest);
+  return atomicFileWriter(suffix ? `${o.dest}.${suffix}` : o.dest);
+}
+
+/** A tar stream extracted into `dest` (entries confined to it); finishes once all is written. */
+function extractingWriter(dest: string): Writable {
+  const pass = new PassThrough();
+  let applied: Promise<unknown> | undefined;
+  const start = (): Promise<unknown> =>
+    (applied ??= mkdir(dest, { recursive: true }).then(() => applyLayer(pass, dest)));
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      start().catch(() => undefined);
+      if (pass.write(chunk)) cb();
+      else pass.once('drain', () => cb());
+    },
+    final(cb) {
+      pass.end();
+      start().then(
+        () => cb(),
+        (e: unknown) => cb(e as Error),
+      );
+    },
+  });
+}
+
+/** A file written under a temporary name and renamed into place when complete. */
+function atomicFileWriter(dest: string): Writable {
+  const tmp = `${dest}.kiln-tmp-${process.pid}`;
+  let out: WriteStream | undefined;
+  const file = (): WriteStream => (out ??= createWriteStream(tmp));
+  mkdirSync(dirname(dest), { recursive: true });
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      if (file().write(chunk)) cb();
+      else file().once('drain', () => cb());
+    },
+    final(cb) {
+      const f = file();
+      f.end(() => {
+        rename(tmp, dest).then(
+          () => cb(),
+          (e: unknown) => cb(e as Error),
+        );
+      });
+    },
+    destroy(err, cb) {
+      out?.destroy();
+      void rm(tmp, { force: true }).finally(() => cb(err));
+    },
+  });
+}
+
+/** An error as the user should read it: the Dockerfile lines it is about, and what went wrong. */
+function explain(err: unknown, source: string, filename: string, abort: AbortController): unknown {
+  if (abort.signal.aborted) return new KilnError('CANCELED', 'build canceled (interrupted)');
+  if (err instanceof DockerfileError)
+    return new FormattedError(formatDockerfileError(err, source, filename), err);
   if (!(err instanceof KilnError)) return err;
-  const digest = err.details.digest;
-  if (typeof digest !== 'string') return err;
-  const ranges = (def.source?.locations?.[digest]?.locations ?? []).flatMap((l) =>
-    (l.ranges ?? []).map((r) => ({
-      start: r.start?.line ?? 0,
-      end: r.end?.line ?? r.start?.line ?? 0,
-    })),
-  );
-  if (ranges.length === 0) return err;
+  const lines = err.details.sourceLines;
+  if (typeof lines !== 'string' || lines === '') return err;
+  const ranges = lines.split(',').map((r) => {
+    const [start = 0, end = start] = r.split('-').map(Number);
+    return { start, end };
+  });
   return new FormattedError(
     `${printSourceRange(source, ranges, filename)}ERROR: ${err.message} [${err.code}]`,
     err,
   );
-}
-
-function exportSpec(
-  o: OutputSpec,
-  config: Record<string, unknown>,
-  tags: string[],
-  platform: Platform | undefined,
-): ExportSpec {
-  // Several platforms into one local/tar destination: one subdirectory/file per platform, as buildx.
-  const suffix = platform ? formatPlatform(platform).replace(/\//g, '_') : '';
-  if (o.type === 'local') return { type: 'local', dest: suffix ? join(o.dest, suffix) : o.dest };
-  if (o.type === 'tar') return { type: 'tar', dest: suffix ? `${o.dest}.${suffix}` : o.dest };
-  const names = o.name ? [o.name, ...tags] : tags;
-  return {
-    type: o.type,
-    dest: suffix ? `${o.dest}.${suffix}` : o.dest,
-    config,
-    names,
-  };
 }

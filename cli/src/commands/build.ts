@@ -1,6 +1,6 @@
 /**
- * `kiln build`: builds a Dockerfile on the single-machine engine (the worker engine in-process),
- * like `docker buildx build`. The implementation (and the engine's dependencies) load only when
+ * `kiln build`: builds a Dockerfile like `docker buildx build`, on a Kiln farm (`--addr`,
+ * `KILN_ADDR`) or on the embedded single-machine farm. The implementation (and the engine's dependencies) load only when
  * the command runs, so other commands start fast.
  */
 import type { Command } from 'commander';
@@ -43,6 +43,10 @@ export function registerBuild(program: Command): void {
       'talk plain HTTP to this registry (loopback ones always are)',
       collect,
       [],
+    )
+    .option(
+      '--addr <host:port>',
+      'build on the farm whose scheduler is here (default: $KILN_ADDR, else the embedded single-machine farm)',
     )
     .action(async (context: string, flags: BuildFlags) => {
       const { build } = await import('./build-run.js');

@@ -273,7 +273,7 @@ export class BuildSession {
         w.once('error', reject);
         w.once('finish', resolve);
         w.end();
-      });
+      }).finally(() => this.#call.resume()); // an ended writer emits no 'drain'
       this.#exportsDone++;
       for (const r of this.#exportWaiters.splice(0)) r();
     }

@@ -1,4 +1,5 @@
-// Child processes that cannot outlive the test run.
+// Child processes that cannot outlive the process that started them (test runs, the CLI's
+// embedded farm).
 //
 // Every process is started under a tiny `sh` guard that holds the read end of a pipe from this
 // Node process (its stdin). When this process goes away for any reason (normal exit, a crash, or

@@ -1,1 +1,3 @@
 export * from './telemetry.js';
+export * from './child-process.js';
+export * from './nats-server.js';

@@ -36,6 +36,7 @@ import {
   BuildCanceledError,
   BuildNotFoundError,
   SolveRequestInvalidError,
+  VertexFailedError,
 } from '../solver/errors.js';
 import { solveGraph } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
@@ -104,6 +105,24 @@ function exporterResponse(results: PlatformResult[]): Record<string, string> {
 
 const platformName = (p: pb.IPlatform): string =>
   [p.OS, p.Architecture, p.Variant].filter(Boolean).join('/');
+
+/**
+ * A vertex failure with the source lines (e.g. of the Dockerfile) the definition's source map
+ * gives for its vertex, as `details.sourceLines` (`start-end,...`), for the client to show.
+ */
+function withSourceLines(e: unknown, source: pb.ISource | null | undefined): unknown {
+  if (!(e instanceof VertexFailedError)) return e;
+  const digest = e.details.digest;
+  if (typeof digest !== 'string') return e;
+  const lines = (source?.locations?.[digest]?.locations ?? []).flatMap((l) =>
+    (l.ranges ?? []).map((r) => {
+      const start = r.start?.line ?? 0;
+      return `${start}-${r.end?.line ?? start}`;
+    }),
+  );
+  if (lines.length > 0) e.details.sourceLines = lines.join(',');
+  return e;
+}
 
 function parsePlatformString(s: string): pb.IPlatform {
   const [OS = '', Architecture = '', Variant = ''] = s.split('/');
@@ -307,7 +326,7 @@ export class ControlServer {
             };
           } catch (e) {
             build.abort.abort();
-            throw e;
+            throw withSourceLines(e, t.source);
           }
         }),
       );
@@ -357,11 +376,24 @@ export class ControlServer {
 
   async #load(
     req: SolveRequest,
-  ): Promise<{ graph: LoadedDefinition; platform: pb.IPlatform; imageConfigJson?: string }[]> {
+  ): Promise<
+    {
+      graph: LoadedDefinition;
+      platform: pb.IPlatform;
+      imageConfigJson?: string;
+      source?: pb.ISource | null;
+    }[]
+  > {
     if (req.definition?.def?.length) {
       if (req.frontend)
         throw new SolveRequestInvalidError('a solve takes a definition or a frontend, not both');
-      return [{ graph: parseDefinition(req.definition), platform: this.#defaultPlatform }];
+      return [
+        {
+          graph: parseDefinition(req.definition),
+          platform: this.#defaultPlatform,
+          source: req.definition.Source,
+        },
+      ];
     }
     if (!req.frontend)
       throw new SolveRequestInvalidError('a solve needs a definition or a frontend');
@@ -386,6 +418,7 @@ export class ControlServer {
     });
     return res.platforms.map((p) => ({
       graph: parseDefinition(p.definition.toProto()),
+      source: p.definition.source,
       platform: {
         OS: p.platform.os,
         Architecture: p.platform.architecture,

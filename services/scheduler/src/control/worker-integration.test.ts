@@ -262,7 +262,7 @@ describe('sessions and exporters with real workers', () => {
       }
       const vertexes = [];
       for await (const f of client.status(buildId)) vertexes.push(...f.vertexes);
-      const run = vertexes.filter((v) => v.name.includes('cat /hello.txt')).at(-1);
+      const run = vertexes.filter((v) => (v.name ?? '').includes('cat /hello.txt')).at(-1);
       const read = untar(sink.bytes, join(tmp.dir, `ctx2-out-${n}-${tag}`));
       return { copy: read('copy.txt'), runCached: run?.cached };
     };
