@@ -374,9 +374,7 @@ export class ControlServer {
     }
   }
 
-  async #load(
-    req: SolveRequest,
-  ): Promise<
+  async #load(req: SolveRequest): Promise<
     {
       graph: LoadedDefinition;
       platform: pb.IPlatform;
