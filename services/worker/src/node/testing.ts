@@ -77,7 +77,9 @@ export async function startDispatcher(nc: NatsConnection): Promise<DispatcherLik
   const m = (await import(/* @vite-ignore */ DISPATCH_MODULE)) as DispatchModule;
   return m.Dispatcher.start({
     nc,
-    affinityDelayMs: 300,
+    // The tests place tasks on chosen workers: a worker process just started on a loaded CI
+    // machine may take a while to answer its first offer.
+    affinityDelayMs: 2_000,
     heartbeatTimeoutMs: 1_500,
     maxAttempts: 3,
     monitorIntervalMs: 100,
