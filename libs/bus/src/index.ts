@@ -12,3 +12,4 @@ export * from './progress.js';
 export * from './watch.js';
 export * from './offer.js';
 export * from './session.js';
+export * from './checksum.js';

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { LoadedDefinition } from '@kiln/llb';
 import { FsBlobStore } from '@kiln/store';
 import type { BlobStore } from '@kiln/store';
-import { checksum } from '../cache/contenthash.js';
+import { depChecksum } from '../cache/dep-checksum.js';
 import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
 import { readSnapshot } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
@@ -24,7 +24,6 @@ import { CacheIndex } from '../solver/cache-index.js';
 import { KvFile } from '../solver/kv-file.js';
 import { LocalSolver } from '../solver/solver.js';
 import type { SolveOptions, SolveResult } from '../solver/solver.js';
-import { PatternMatcher } from '../fs/patterns.js';
 import {
   buildImage,
   exportImageTarballFile,
@@ -106,28 +105,7 @@ export class Engine {
       index,
       checksumMemo,
       read: (snap, fn) => readSnapshot(env, snap, fn),
-      checksum: (dir, dep) => {
-        const inc = dep.includePatterns.length
-          ? new PatternMatcher(dep.includePatterns)
-          : undefined;
-        const exc = dep.excludePatterns.length
-          ? new PatternMatcher(dep.excludePatterns)
-          : undefined;
-        const filter =
-          inc || exc
-            ? (rel: string): boolean =>
-                !exc?.matchesOrParentMatches(rel) && (!inc || inc.matchesOrParentMatches(rel))
-            : undefined;
-        return Promise.all(
-          dep.selectors.map((sel) =>
-            checksum(dir, sel, {
-              wildcard: dep.wildcard,
-              followLinks: dep.followLinks,
-              ...(filter ? { filter } : {}),
-            }),
-          ),
-        ).then((parts) => parts.join(','));
-      },
+      checksum: depChecksum,
       exists: (s) =>
         snapshotter.stat(s).then(
           () => true,

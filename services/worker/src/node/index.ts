@@ -2,8 +2,12 @@
 export { TaskRunner, taskErrorOf } from './task-runner.js';
 export type { RunnerStats, TaskRunnerOptions } from './task-runner.js';
 export { WorkerNode } from './worker-node.js';
+export { SessionRelay } from './session-relay.js';
+export type { SessionRelayOptions, TaskSession } from './session-relay.js';
 export { openStore } from '@kiln/store';
 export type { WorkerNodeOptions } from './worker-node.js';
+export { ChecksumResponder } from './checksum-responder.js';
+export type { ChecksumResponderOptions, HeldSnapshots } from './checksum-responder.js';
 export { loadConfig, FLAGS_HELP } from './config.js';
 export type { LoadConfigOptions, StoreConfig, WorkerConfig, WorkerConfigInput } from './config.js';
 export { binfmtRegistered, nativePlatform, resolvePlatforms } from './platforms.js';

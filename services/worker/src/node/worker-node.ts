@@ -4,6 +4,9 @@
  * registration advertises the results held here (affinity). Logs go to the given pino logger,
  * one child per task with its build, vertex and task ids.
  *
+ * It also answers the scheduler's content checksum requests for the results it holds
+ * (`checksum-responder.ts`, subject `kiln.checksum.<id>`) from start until it stops.
+ *
  * Lifecycle: `start()` -> running; `drain()` takes no new task, finishes (or hands back) the
  * running ones, deregisters and closes the connection; `close()` stops at once (as a crash would:
  * the scheduler re-dispatches the attempts once the heartbeat is missed).
@@ -15,6 +18,7 @@ import type { BlobStore } from '@kiln/store';
 import type { Logger } from 'pino';
 import { TaskConsumer } from '../tasks/task-consumer.js';
 import type { ConsumerEvent } from '../tasks/task-consumer.js';
+import { ChecksumResponder } from './checksum-responder.js';
 import type { WorkerConfig } from './config.js';
 import { TaskRunner } from './task-runner.js';
 
@@ -29,6 +33,8 @@ export interface WorkerNodeOptions {
 
 export class WorkerNode {
   #diskTimer: NodeJS.Timeout | undefined;
+  /** Answers the scheduler's content checksum requests (`kiln.checksum.<id>`) once started. */
+  #checksums: ChecksumResponder | undefined;
 
   private constructor(
     readonly config: WorkerConfig,
@@ -100,6 +106,16 @@ export class WorkerNode {
       await node.#stop();
       throw err;
     }
+    node.#checksums = new ChecksumResponder({
+      nc,
+      workerId: consumer.id,
+      held: {
+        snapshotOf: (id) => runner.snapshotOf(id),
+        read: (snap, fn) => runner.engine.read(snap, fn),
+      },
+      onError: (err) => log?.debug({ err }, 'checksum reply failed'),
+    });
+    node.#checksums.start();
     log?.info(
       {
         workerId: consumer.id,
@@ -131,8 +147,14 @@ export class WorkerNode {
     await this.#stop();
   }
 
+  /** The content checksum responder (undefined before `start` finished). */
+  get checksums(): ChecksumResponder | undefined {
+    return this.#checksums;
+  }
+
   async #stop(): Promise<void> {
     clearInterval(this.#diskTimer);
+    await this.#checksums?.stop();
     if (!this.nc.isClosed()) await this.nc.close();
   }
 }

@@ -1,0 +1,37 @@
+/**
+ * The content checksum of one content-based dep (`DepSpec` of `@kiln/llb`): each selector's
+ * {@link checksum} inside the input's tree, with the dep's wildcard, symlink and include/exclude
+ * rules, joined by `,`. The local solver keys with it, and the worker answers the scheduler's
+ * checksum requests with it (`node/checksum-responder.ts`), so both give the same digest.
+ */
+import { PatternMatcher } from '../fs/patterns.js';
+import { checksum } from './contenthash.js';
+
+/** The fields of a dep spec the checksum depends on. */
+export interface DepChecksumSpec {
+  selectors: readonly string[];
+  wildcard: boolean;
+  followLinks: boolean;
+  includePatterns: readonly string[];
+  excludePatterns: readonly string[];
+}
+
+export async function depChecksum(dir: string, dep: DepChecksumSpec): Promise<string> {
+  const inc = dep.includePatterns.length ? new PatternMatcher(dep.includePatterns) : undefined;
+  const exc = dep.excludePatterns.length ? new PatternMatcher(dep.excludePatterns) : undefined;
+  const filter =
+    inc || exc
+      ? (rel: string): boolean =>
+          !exc?.matchesOrParentMatches(rel) && (!inc || inc.matchesOrParentMatches(rel))
+      : undefined;
+  const parts = await Promise.all(
+    dep.selectors.map((sel) =>
+      checksum(dir, sel, {
+        wildcard: dep.wildcard,
+        followLinks: dep.followLinks,
+        ...(filter ? { filter } : {}),
+      }),
+    ),
+  );
+  return parts.join(',');
+}
