@@ -38,6 +38,8 @@ import {
   SolveRequestInvalidError,
   VertexFailedError,
 } from '../solver/errors.js';
+import { natsContentChecksums } from '../solver/content-checksums.js';
+import type { ContentChecksums } from '../solver/content-checksums.js';
 import { solveGraph } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
 import { BuildRegistry } from './builds.js';
@@ -68,6 +70,12 @@ export interface ControlServerOptions extends BuildRegistryOptions {
   store?: BlobStore;
   /** How long a Solve waits for its session's stream to open. Default 10 s. */
   sessionWaitMs?: number;
+  /**
+   * How long the solver waits for a worker's content checksum of an input read through selectors
+   * (selector-level cache keys; on no answer the input's result id keys it). Default 3 s; 0 turns
+   * content checksums off.
+   */
+  checksumTimeoutMs?: number;
 }
 
 /** What a solve reported, as `SolveResponse.exporter_response` (until exporters exist). */
@@ -166,6 +174,7 @@ export class ControlServer {
   readonly #o: ControlServerOptions;
   readonly #log: Logger;
   readonly #defaultPlatform: pb.IPlatform;
+  readonly #checksums: ContentChecksums | undefined;
   #server: grpc.Server | undefined;
   #closing = false;
 
@@ -179,6 +188,14 @@ export class ControlServer {
       log: this.#log.child({ component: 'session' }),
     });
     this.#defaultPlatform = parsePlatformString(o.defaultPlatform ?? 'linux/amd64');
+    const checksumLog = this.#log.child({ component: 'checksums' });
+    this.#checksums =
+      o.checksumTimeoutMs === 0
+        ? undefined
+        : natsContentChecksums(o.dispatcher.bus.nc, {
+            timeoutMs: o.checksumTimeoutMs ?? 3_000,
+            onFallback: (e) => checksumLog.debug(e, 'content checksum unavailable'),
+          });
   }
 
   /** Serves on `addr` (`host:port`, port 0 for a free one); resolves with the bound port. */
@@ -438,6 +455,7 @@ export class ControlServer {
       buildId: build.id,
       defaultPlatform: platform,
       sessionId,
+      ...(this.#checksums ? { checksums: this.#checksums } : {}),
       signal: build.abort.signal,
       onVertex: (v) => {
         build.status.push(vertexFrame(v));

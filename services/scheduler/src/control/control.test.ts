@@ -4,11 +4,12 @@
 import { randomUUID } from 'node:crypto';
 import { dockerfileInput, KilnClient } from '@kiln/client';
 import type { StatusResponse } from '@kiln/client';
-import { image, marshal, parseDefinition } from '@kiln/llb';
+import { checksumSubject, decodeChecksumRequest, encodeChecksumJson } from '@kiln/bus';
+import { copy, image, marshal, parseDefinition } from '@kiln/llb';
 import type { Definition } from '@kiln/llb';
 import { KilnError, control } from '@kiln/protocol';
 import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
 import { loadHarness, until } from '../dispatch/testing.js';
@@ -76,6 +77,7 @@ beforeAll(async () => {
   server = new ControlServer({
     dispatcher,
     pendingMs: 3_000,
+    checksumTimeoutMs: 500,
     metaResolver: (ref) =>
       Promise.resolve({
         ref,
@@ -236,7 +238,16 @@ describe('Control API', () => {
     const [r1, r2] = await Promise.all([s1, s2]);
     expect(r1.exporterResponse['result.id']).toBe(r2.exporterResponse['result.id']);
     // Vertices are unique to this test (its own image tag), so any run of them is from b1 or b2.
-    for (const d of digests) expect(runs.filter((r) => r.vertex === d)).toHaveLength(1);
+    // The image tag is a volatile source, resolved in every build; it resolves to the same result,
+    // so everything after it runs once.
+    const [source = '', ...rest] = digests;
+    expect(
+      runs
+        .filter((r) => r.vertex === source)
+        .map((r) => r.buildId)
+        .sort(),
+    ).toEqual([b1, b2]);
+    for (const d of rest) expect(runs.filter((r) => r.vertex === d)).toHaveLength(1);
   });
 
   it('lists the registered workers', async () => {
@@ -367,6 +378,71 @@ describe('Control API', () => {
     const mine = runs.filter((r) => r.buildId === buildId);
     expect(mine.filter((r) => r.workerId === ARM_WORKER).length).toBeGreaterThan(0);
     expect(mine.filter((r) => r.workerId !== ARM_WORKER).length).toBeGreaterThan(0);
+  });
+
+  it('keys a COPY by the checksum its input holder answers, else by the result id; never fails for it', async () => {
+    const tag = randomUUID();
+    // The same COPY op reading /etc/conf of a different source image in each build: equal ops,
+    // different input results (the test executor's result ids follow the vertex).
+    const build = async (src: string) => {
+      const from = image(`docker.io/library/${src}-${tag}:1`);
+      const st = image(`docker.io/library/busybox:${tag}`).file(copy(from, '/etc/conf', '/conf'));
+      const def = marshal(st);
+      const copyDigest = parseDefinition(def.toProto()).result.digest;
+      const buildId = `cs-${src}-${tag}`;
+      await client.solve({ buildId, definition: def });
+      const done = vertexes(await collect(client.status(buildId))).filter(
+        (v) => v.digest === copyDigest && Number(v.completedUnixNano) > 0,
+      );
+      expect(done).toHaveLength(1);
+      expect(done[0]?.error ?? '').toBe('');
+      return { cached: done[0]?.cached, ran: runs.filter((r) => r.vertex === copyDigest).length };
+    };
+    const holders = (answer: (data: Uint8Array) => Uint8Array | undefined): Subscription[] =>
+      WORKERS.map((id) =>
+        nc.subscribe(checksumSubject(id), {
+          callback: (err, msg) => {
+            const reply = err ? undefined : answer(msg.data);
+            if (reply) msg.respond(reply);
+          },
+        }),
+      );
+    const stop = async (subs: Subscription[]): Promise<void> => {
+      for (const s of subs) s.unsubscribe();
+      await nc.flush();
+    };
+    // 1. No worker answers checksums (the test workers have no responder): keyed by result ids,
+    //    so each new source reruns the COPY, and the builds succeed.
+    expect(await build('a')).toEqual({ cached: false, ran: 1 });
+    expect(await build('b')).toEqual({ cached: false, ran: 1 });
+    // 2. Holders that never answer: the solver gives up after its timeout, same outcome.
+    const silent = holders(() => undefined);
+    await nc.flush();
+    try {
+      expect(await build('c')).toEqual({ cached: false, ran: 1 });
+    } finally {
+      await stop(silent);
+    }
+    // 3. Holders that answer the same content for /etc/conf of every source: the COPY is keyed
+    //    by that checksum, so a build from another source meets the first one's result.
+    const asked: { resultId: string; selectors: string[] }[] = [];
+    const answering = holders((data) => {
+      const r = decodeChecksumRequest(data);
+      asked.push({ resultId: r.resultId, selectors: r.deps.flatMap((d) => d.selectors) });
+      return encodeChecksumJson({
+        results: r.deps.map(() => ({ digest: `sha256:${'c'.repeat(64)}` })),
+      });
+    });
+    await nc.flush();
+    try {
+      expect(await build('d')).toEqual({ cached: false, ran: 1 });
+      expect(await build('e')).toEqual({ cached: true, ran: 0 });
+    } finally {
+      await stop(answering);
+    }
+    // Only the COPY's source input was asked about, through the selector it reads.
+    expect(asked).toHaveLength(2);
+    for (const a of asked) expect(a.selectors).toEqual(['/etc/conf']);
   });
 
   it('rejects a malformed Definition with a typed error', async () => {

@@ -10,6 +10,7 @@ import { Writable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { FsBlobStore } from '@kiln/store';
 import { KilnClient, dockerfileInput } from '@kiln/client';
+import type { StatusResponse } from '@kiln/client';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -232,7 +233,7 @@ describe('sessions and exporters with real workers', () => {
     }
   });
 
-  it('resolves the context again in every build: unchanged it is a cache hit downstream, changed it reruns', async () => {
+  it('resolves the context again in every build; a COPY is keyed by the content of the files it reads', async () => {
     const tag = randomUUID();
     const ctx = join(tmp.dir, `ctx2-${tag}`);
     mkdirSync(ctx, { recursive: true });
@@ -242,6 +243,8 @@ describe('sessions and exporters with real workers', () => {
       `FROM ${fixture}`,
       'COPY hello.txt /hello.txt',
       `RUN cat /hello.txt > /copy.txt && echo ${tag} >> /copy.txt`,
+      // The context's followpaths are what the COPYs read: both files are in it.
+      'COPY other.txt /other.txt',
     ].join('\n');
     const build = async (n: number) => {
       const sink = new Sink();
@@ -260,19 +263,56 @@ describe('sessions and exporters with real workers', () => {
       } finally {
         session.close();
       }
-      const vertexes = [];
+      const vertexes: StatusResponse['vertexes'] = [];
       for await (const f of client.status(buildId)) vertexes.push(...f.vertexes);
-      const run = vertexes.filter((v) => (v.name ?? '').includes('cat /hello.txt')).at(-1);
+      // The last (completed) snapshot of each vertex.
+      const last = (name: string) => {
+        const v = vertexes.filter((x) => (x.name ?? '').includes(name)).at(-1);
+        expect(Number(v?.completedUnixNano ?? 0), `${name} completed`).toBeGreaterThan(0);
+        return v?.cached;
+      };
       const read = untar(sink.bytes, join(tmp.dir, `ctx2-out-${n}-${tag}`));
-      return { copy: read('copy.txt'), runCached: run?.cached };
+      return {
+        copy: read('copy.txt'),
+        other: read('other.txt'),
+        contextCached: last('load build context'),
+        copyCached: last('COPY hello.txt'),
+        runCached: last('cat /hello.txt'),
+        copyOtherCached: last('COPY other.txt'),
+      };
     };
     const first = await build(1);
-    expect(first).toEqual({ copy: `one\n${tag}\n`, runCached: false });
-    // A file the COPY does not read changes: the RUN is still a cache hit.
+    expect(first).toEqual({
+      copy: `one\n${tag}\n`,
+      other: 'unrelated\n',
+      contextCached: false,
+      copyCached: false,
+      runCached: false,
+      copyOtherCached: false,
+    });
+    // A file the first COPY does not read changes: the context is resolved again and is a new
+    // result, but that COPY is keyed by the checksum of hello.txt alone (computed by the worker
+    // holding the context): the COPY itself is a cache hit, and so is the RUN. The COPY of
+    // other.txt runs again.
     writeFileSync(join(ctx, 'other.txt'), 'changed\n');
-    expect(await build(2)).toEqual({ copy: `one\n${tag}\n`, runCached: true });
+    expect(await build(2)).toEqual({
+      copy: `one\n${tag}\n`,
+      other: 'changed\n',
+      contextCached: false,
+      copyCached: true,
+      runCached: true,
+      copyOtherCached: false,
+    });
+    // The file the first COPY reads changes: everything after the context runs again.
     writeFileSync(join(ctx, 'hello.txt'), 'two\n');
-    expect(await build(3)).toEqual({ copy: `two\n${tag}\n`, runCached: false });
+    expect(await build(3)).toEqual({
+      copy: `two\n${tag}\n`,
+      other: 'changed\n',
+      contextCached: false,
+      copyCached: false,
+      runCached: false,
+      copyOtherCached: false,
+    });
   });
 
   it('exports an OCI image tarball through the session', async () => {

@@ -32,6 +32,38 @@ describe('fastKey', () => {
     );
   });
 
+  it('keys a content dep by its checksum and selectors instead of the result id', () => {
+    const op = execOp(['echo', 'a']);
+    const k = { op, platform: 'linux/amd64', inputResultIds: ['ctx-1'] };
+    const dep = { digest: 'sha256:aa', selectors: ['/hello.txt'] };
+    const byContent = fastKey({ ...k, contentDeps: [dep] });
+    // The input's result id no longer counts, the checksum and the selectors do.
+    expect(fastKey({ ...k, inputResultIds: ['ctx-2'], contentDeps: [dep] })).toBe(byContent);
+    expect(fastKey({ ...k, contentDeps: [{ ...dep, digest: 'sha256:bb' }] })).not.toBe(byContent);
+    expect(fastKey({ ...k, contentDeps: [{ ...dep, selectors: ['/other.txt'] }] })).not.toBe(
+      byContent,
+    );
+    // No checksum (the holder did not answer): the result id, as without content deps.
+    expect(fastKey({ ...k, contentDeps: [undefined] })).toBe(fastKey(k));
+    expect(fastKey(k)).not.toBe(byContent);
+  });
+
+  it('tells execs apart that mount different subpaths of the same input', () => {
+    const base = image('busybox');
+    const opOf = (selector: string) => {
+      const st = base.run({
+        args: ['cat', '/m/f'],
+        mounts: [{ target: '/m', source: image('alpine'), selector, readonly: true }],
+      });
+      const g = parseDefinition(marshal(st.root()).toProto());
+      return g.ops.get(g.result.digest)!.op;
+    };
+    const k = (selector: string) =>
+      fastKey({ op: opOf(selector), platform: 'linux/amd64', inputResultIds: ['r0', 'r1'] });
+    expect(k('/a')).not.toBe(k('/b'));
+    expect(k('/a')).toBe(k('/a'));
+  });
+
   it('resolves again in every build the sources whose content may change behind the same op', () => {
     const opOf = (st: State) => {
       const g = parseDefinition(marshal(st).toProto());

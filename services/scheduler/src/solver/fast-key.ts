@@ -11,6 +11,13 @@
  * resolved again by a worker in every build ({@link volatileSource}: its key carries the build
  * id); when its content is unchanged, its result id is too, and everything that depends on it is a
  * cache hit. So a changed context file reruns only the vertices whose inputs' content changed.
+ *
+ * Selector-level (v2): an input the op reads only through selectors (a COPY source, a read-only
+ * mount of a subpath: `depSpecs(op)[i].contentBased`) is keyed by the content checksum of just
+ * those paths when the worker holding it answered one ({@link ContentDep}), as BuildKit keys it;
+ * otherwise by its result id, as every other input. `COPY package.json` thus stays a cache hit
+ * when another context file changes. Both forms are correct; they only differ in how often they
+ * meet, and never collide (`content` and `input` entries are tagged).
  */
 import { createHash } from 'node:crypto';
 import { opCacheDigest } from '@kiln/llb';
@@ -22,21 +29,49 @@ export interface FastKeyInput {
   platform: string;
   /** Result id of each op input, in input order. */
   inputResultIds: readonly string[];
+  /**
+   * Per input (same order): the content checksum of the paths the op reads in it, for inputs read
+   * only through selectors whose holder answered one; undefined entries (or none at all) use the
+   * input's result id.
+   */
+  contentDeps?: readonly (ContentDep | undefined)[];
   /** Set for `ignore_cache` ops: the key is then private to this build. */
   nonce?: string;
 }
 
+/** What a content-based input contributes to a key instead of its result id. */
+export interface ContentDep {
+  /** The checksum of the selected paths (`kiln.checksum` reply, `@kiln/bus`). */
+  digest: string;
+  /** The paths it covers (`DepSpec.selectors`). */
+  selectors: readonly string[];
+}
+
 export function fastKey(k: FastKeyInput): string {
   const h = createHash('sha256');
-  for (const part of ['kiln-fast-key-v1', opCacheDigest(k.op), k.platform, k.nonce ?? '']) {
+  const parts = ['kiln-fast-key-v2', opCacheDigest(k.op), mountSelectors(k.op), k.platform];
+  for (const part of [...parts, k.nonce ?? '']) {
     h.update(part);
     h.update('\0');
   }
-  for (const id of k.inputResultIds) {
-    h.update(`input ${id}`);
+  k.inputResultIds.forEach((id, i) => {
+    const c = k.contentDeps?.[i];
+    h.update(c ? `content ${c.digest} ${c.selectors.join('\u0001')}` : `input ${id}`);
     h.update('\0');
-  }
+  });
   return `sha256:${h.digest('hex')}`;
+}
+
+/**
+ * `opCacheDigest` clears exec mount selectors (the local solver keys them through its deps); a
+ * key made of result ids must carry them itself, or two execs mounting different subpaths of one
+ * input would meet on one key.
+ */
+function mountSelectors(op: pb.IOp): string {
+  return (op.exec?.mounts ?? [])
+    .filter((m) => m.selector)
+    .map((m) => `${String(m.input ?? 0)} ${m.dest ?? ''} ${m.selector ?? ''}`)
+    .join('\u0001');
 }
 
 /**

@@ -18,13 +18,15 @@ import { randomUUID } from 'node:crypto';
 import { Attr, SpanName, tracer } from '@kiln/common';
 import { SpanStatusCode, context } from '@opentelemetry/api';
 import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
-import { CUSTOM_NAME, inputDigests, opKind } from '@kiln/llb';
+import { CUSTOM_NAME, depSpecs, inputDigests, opKind } from '@kiln/llb';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { SubmitOptions } from '../dispatch/index.js';
 import { BuildCanceledError, VertexFailedError } from './errors.js';
+import type { ContentChecksums } from './content-checksums.js';
 import { fastKey, volatileSource } from './fast-key.js';
+import type { ContentDep } from './fast-key.js';
 
 /** What the solver needs of the Dispatcher. */
 export interface TaskSubmitter {
@@ -54,6 +56,11 @@ export interface SolveOptions {
   /** Platform of ops that name none (BuildKit: the build's default platform). */
   defaultPlatform: pb.IPlatform;
   sessionId?: string;
+  /**
+   * Selector-level content keys: asks the holder of an input read only through selectors for
+   * the checksum of those paths (fast-key.ts). Without it, every input is keyed by its result id.
+   */
+  checksums?: ContentChecksums;
   signal?: AbortSignal;
   onVertex?: (v: VertexSnapshot) => void;
   onProgress?: (digest: string, p: TaskProgress) => void;
@@ -108,6 +115,26 @@ function preferredWorker(inputs: readonly ResolvedInput[]): string | undefined {
 const num = (v: number | { toNumber(): number } | null | undefined): number =>
   v == null ? 0 : typeof v === 'number' ? v : v.toNumber();
 
+/**
+ * Per input of `op`: the content checksum of the paths it reads there, for inputs read only
+ * through selectors whose holder answers (concurrently); undefined for the others.
+ */
+async function contentDeps(
+  op: pb.IOp,
+  inputs: readonly ResolvedInput[],
+  checksums: ContentChecksums,
+): Promise<(ContentDep | undefined)[]> {
+  const specs = depSpecs(op);
+  return Promise.all(
+    inputs.map(async (input, i): Promise<ContentDep | undefined> => {
+      const spec = specs[i];
+      if (!spec?.contentBased || !input.holderWorker || !input.resultId) return undefined;
+      const digest = await checksums.checksum(input.holderWorker, input.resultId, spec);
+      return digest === undefined ? undefined : { digest, selectors: spec.selectors };
+    }),
+  );
+}
+
 export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<SolveResult> {
   const ac = new AbortController();
   const onAbort = (): void => ac.abort();
@@ -143,11 +170,19 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         return { resultId: out.resultId, layers: out.layers, holderWorker: r.workerId };
       });
       const platform = platformOf(lo.op, o.defaultPlatform);
+      const nonce = lo.metadata?.ignoreCache || volatileSource(lo.op) ? o.buildId : undefined;
+      // A key private to this build gains nothing from content checksums.
+      const content =
+        o.checksums && nonce === undefined
+          ? await contentDeps(lo.op, inputs, o.checksums)
+          : undefined;
+      if (ac.signal.aborted) throw new Skipped();
       const cacheKey = fastKey({
         op: lo.op,
         platform: formatPlatform(platform),
         inputResultIds: inputs.map((i) => i.resultId ?? ''),
-        nonce: lo.metadata?.ignoreCache || volatileSource(lo.op) ? o.buildId : undefined,
+        ...(content ? { contentDeps: content } : {}),
+        nonce,
       });
       const preferred = preferredWorker(inputs);
       task = {
@@ -164,6 +199,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       };
       snap.cacheKey = cacheKey;
     } catch (e) {
+      if (e instanceof Skipped) throw e;
       const err = new VertexFailedError(lo.digest, name, e);
       firstError ??= err;
       ac.abort();
