@@ -132,7 +132,7 @@ export async function startEmbeddedFarm(o: EmbeddedFarmOptions): Promise<Farm> {
     stops.push(async () => {
       await nats.process.stop();
     });
-    const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+    const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, noAsyncTraces: true });
     stops.push(() => nc.close());
     const dispatcher = await scheduler.Dispatcher.start({ nc, affinityDelayMs: 0 });
     stops.push(() => dispatcher.close());

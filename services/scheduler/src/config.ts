@@ -23,6 +23,11 @@ export interface SchedulerConfig {
   /** Dispatcher: attempts per task (`KILN_MAX_ATTEMPTS`). */
   maxAttempts: number;
   /**
+   * How long a content checksum from an input's holder may take before the key falls back to the
+   * input's result id; 0 turns selector content keys off (`KILN_CHECKSUM_TIMEOUT_MS`).
+   */
+  checksumTimeoutMs: number;
+  /**
    * Registries read over plain HTTP by the base image resolver, `host:port` (loopback hosts
    * always are) (`--insecure-registries`, `KILN_INSECURE_REGISTRIES`, comma-separated).
    */
@@ -44,6 +49,7 @@ export const DEFAULT_CONFIG: SchedulerConfig = {
   affinityDelayMs: 100,
   heartbeatTimeoutMs: 3_000,
   maxAttempts: 3,
+  checksumTimeoutMs: 3_000,
   insecureRegistries: [],
 };
 
@@ -103,6 +109,11 @@ export function loadConfig(
       DEFAULT_CONFIG.heartbeatTimeoutMs,
     ),
     maxAttempts: int('KILN_MAX_ATTEMPTS', env.KILN_MAX_ATTEMPTS, DEFAULT_CONFIG.maxAttempts),
+    checksumTimeoutMs: int(
+      'KILN_CHECKSUM_TIMEOUT_MS',
+      env.KILN_CHECKSUM_TIMEOUT_MS,
+      DEFAULT_CONFIG.checksumTimeoutMs,
+    ),
     insecureRegistries: str('insecure-registries', 'KILN_INSECURE_REGISTRIES', '')
       .split(',')
       .map((x) => x.trim())
