@@ -89,13 +89,23 @@ export function parseSsh(s: string, env: NodeJS.ProcessEnv): SshSource {
 export type OutputSpec =
   | { type: 'local'; dest: string }
   | { type: 'tar'; dest: string }
-  | { type: 'oci' | 'docker'; dest: string; name?: string };
+  | { type: 'oci' | 'docker'; dest: string; name?: string }
+  /** Pushed to a registry (`type=image,push=true` or `type=registry`); no file. */
+  | { type: 'image'; name?: string };
 
 export function parseOutput(s: string): OutputSpec {
   // `--output DIR` is short for type=local,dest=DIR, as in buildx; `-` is a tar on stdout there.
   if (!s.includes('=')) return { type: 'local', dest: s };
   const kv = parseCsvKv(s, '--output');
   const type = kv.get('type') ?? 'local';
+  if (type === 'registry' || type === 'image') {
+    if (type === 'image' && kv.get('push') !== 'true')
+      throw new BuildOptionError(
+        `--output ${JSON.stringify(s)}: there is no local image store; add push=true (or use type=registry), or type=oci`,
+      );
+    const name = kv.get('name');
+    return name ? { type: 'image', name } : { type: 'image' };
+  }
   const dest = kv.get('dest');
   if (!dest) throw new BuildOptionError(`--output ${JSON.stringify(s)}: dest= is required`);
   if (type === 'local' || type === 'tar') return { type, dest };
@@ -103,7 +113,9 @@ export function parseOutput(s: string): OutputSpec {
     const name = kv.get('name');
     return name ? { type, dest, name } : { type, dest };
   }
-  throw new BuildOptionError(`--output type=${type} is not supported (local, tar, oci, docker)`);
+  throw new BuildOptionError(
+    `--output type=${type} is not supported (local, tar, oci, docker, image, registry)`,
+  );
 }
 
 /** `K=V`, or `K` alone to take the value from the environment (skipped when unset), as docker does. */

@@ -134,6 +134,9 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
         throw explain(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile', abort);
       });
     await session.exportsWritten(Number(res.exporterResponse['export.count'] ?? 0));
+    const pushed = res.exporterResponse['containerimage.digest'];
+    if (pushed)
+      process.stderr.write(`pushed ${res.exporterResponse['image.name'] ?? ''} (${pushed})\n`);
     await status.catch(() => undefined);
   } finally {
     abort.abort();
@@ -154,9 +157,11 @@ function exporterEntry(
   o: OutputSpec,
   tags: string[],
 ): { type: string; attrs: Record<string, string> } {
-  if (o.type === 'oci' || o.type === 'docker') {
+  if (o.type === 'oci' || o.type === 'docker' || o.type === 'image') {
     const names = o.name ? [o.name, ...tags] : tags;
-    return { type: o.type, attrs: names.length ? { name: names.join(',') } : {} };
+    const attrs: Record<string, string> = names.length ? { name: names.join(',') } : {};
+    if (o.type === 'image') attrs.push = 'true';
+    return { type: o.type, attrs };
   }
   return { type: o.type, attrs: {} };
 }
@@ -166,6 +171,8 @@ function exporterEntry(
  * subdirectory/file per platform, as buildx does.
  */
 function exportWriter(o: OutputSpec, platform: string): Writable {
+  if (o.type === 'image')
+    throw new KilnError('EXPORT_UNEXPECTED', 'a pushed image sends nothing back to the client');
   const suffix = platform.replace(/\//g, '_');
   if (o.type === 'local') return extractingWriter(suffix ? join(o.dest, suffix) : o.dest);
   return atomicFileWriter(suffix ? `${o.dest}.${suffix}` : o.dest);

@@ -33,7 +33,7 @@ export function registerBuild(program: Command): void {
     .option('--progress <auto|tty|plain>', 'progress output', 'auto')
     .option(
       '-o, --output <spec>',
-      'where the result goes: type=local,dest=DIR | type=tar,dest=FILE | type=oci,dest=FILE | type=docker,dest=FILE',
+      'where the result goes: type=local,dest=DIR | type=tar,dest=FILE | type=oci,dest=FILE | type=docker,dest=FILE | type=image,name=REF,push=true | type=registry,name=REF',
       collect,
       [],
     )

@@ -273,6 +273,46 @@ describe('Dockerfile corpus, built with kiln build', () => {
     expect(index.manifests.map((m) => m.platform?.architecture).sort()).toEqual(['amd64', 'arm64']);
   }, 180_000);
 
+  it('pushes a multi-platform image to a registry (type=registry), an index over both', async () => {
+    const registry = process.env.KILN_TEST_REGISTRY ?? '';
+    expect(registry).not.toBe('');
+    const ctx = join(work, 'push', 'ctx');
+    await cp(join(corpusDir, 'platform-amd64'), ctx, { recursive: true });
+    const name = `${registry}/kiln/pushed:${Date.now().toString(36)}`;
+    const res = await kiln([
+      'build',
+      ctx,
+      '--progress',
+      'plain',
+      '--build-arg',
+      `BASE=${fixture}`,
+      '--platform',
+      'linux/amd64,linux/arm64',
+      '-o',
+      `type=registry,name=${name}`,
+    ]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).toMatch(/^pushed .*kiln\/pushed:.* \(sha256:[0-9a-f]{64}\)$/m);
+    const { stdout } = await run('skopeo', [
+      'inspect',
+      '--raw',
+      '--tls-verify=false',
+      `docker://${name}`,
+    ]);
+    const index = JSON.parse(stdout) as { manifests: { platform?: { architecture: string } }[] };
+    expect(index.manifests.map((m) => m.platform?.architecture).sort()).toEqual(['amd64', 'arm64']);
+    // The arm64 image is complete in the registry: its config says so.
+    const { stdout: cfg } = await run('skopeo', [
+      'inspect',
+      '--config',
+      '--tls-verify=false',
+      '--override-arch',
+      'arm64',
+      `docker://${name}`,
+    ]);
+    expect((JSON.parse(cfg) as { architecture: string }).architecture).toBe('arm64');
+  }, 180_000);
+
   it('--no-cache reruns every step; without it a rebuild is all CACHED', async () => {
     const ctx = join(work, 'nocache', 'ctx');
     await cp(join(corpusDir, 'stages'), ctx, { recursive: true });

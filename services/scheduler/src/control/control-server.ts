@@ -357,7 +357,7 @@ export class ControlServer {
       );
       const response = exporterResponse(results);
       if (req.exporters.length > 0) {
-        const count = await runExports(req.exporters, results, {
+        const exported = await runExports(req.exporters, results, {
           submit: (t, opts) => this.#o.dispatcher.submit(t, opts),
           store: this.#o.store,
           session,
@@ -366,7 +366,7 @@ export class ControlServer {
           signal: build.abort.signal,
           onVertex: (v) => build.status.push(vertexFrame(v)),
         });
-        response['export.count'] = String(count);
+        Object.assign(response, exported);
       }
       log.info('build done');
       return control.SolveResponse.create({ exporterResponse: response });

@@ -4,6 +4,9 @@
  * artifact (in the content store) is then streamed to the client over its session.
  *
  * - `oci`: one task over every platform's result (an OCI index when there are several).
+ * - `image` with `push=true` (or `registry`, buildx's shorthand): one task over every platform,
+ *   whose worker pushes the image (an index over several platforms) to the registry under each
+ *   `name`; nothing is streamed, the response names the pushed digest (`containerimage.digest`).
  * - `docker`, `tar`, `local`: one task per platform; a multi-platform build names each artifact
  *   by its platform (the client writes `<dest>/<os>_<arch>` or `<dest>.<os>_<arch>`, as buildx).
  * - Export tasks are keyed by what they export, so an unchanged result re-exported is a cache hit.
@@ -17,7 +20,9 @@ import { SolveRequestInvalidError } from '../solver/errors.js';
 import type { SolveResult, VertexSnapshot } from '../solver/solve.js';
 import type { ClientSession } from './session.js';
 
-export const EXPORTER_TYPES = ['local', 'tar', 'oci', 'docker'] as const;
+export const EXPORTER_TYPES = ['local', 'tar', 'oci', 'docker', 'image', 'registry'] as const;
+
+const pushes = (type: string): boolean => type === 'image' || type === 'registry';
 
 type ExportEntry = NonNullable<Parameters<typeof control.ExportEntry.create>[0]>;
 
@@ -49,6 +54,18 @@ export function checkExporters(entries: readonly ExportEntry[], hasSession: bool
         { exporter: type },
       );
     }
+    if (pushes(type)) {
+      if (type === 'image' && e.attrs?.push !== 'true')
+        throw new SolveRequestInvalidError(
+          'the image exporter has no image store here: use push=true (or type=registry), or type=oci',
+          { exporter: type },
+        );
+      if (!e.attrs?.name)
+        throw new SolveRequestInvalidError(`the ${type} exporter needs a name (name=REPO:TAG)`, {
+          exporter: type,
+        });
+      continue;
+    }
     if (!hasSession)
       throw new SolveRequestInvalidError(
         `the ${type} exporter sends its output to the client: the solve needs a session`,
@@ -63,30 +80,41 @@ const sha = (parts: string[]): string => {
   return `sha256:${h.digest('hex')}`;
 };
 
-/** Runs every exporter; resolves with the number of artifacts streamed to the client. */
+/**
+ * Runs every exporter; resolves with what to add to the exporter response: `export.count` (the
+ * artifacts streamed to the client) and, for a push, `containerimage.digest` and `image.name`.
+ */
 export async function runExports(
   entries: readonly ExportEntry[],
   results: readonly PlatformResult[],
   d: ExportDeps,
-): Promise<number> {
+): Promise<Record<string, string>> {
   let count = 0;
+  const response: Record<string, string> = {};
   for (const [index, e] of entries.entries()) {
     const type = e.type ?? '';
     const names = (e.attrs?.name ?? '')
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean);
+    if (pushes(type)) {
+      const r = await exportOne('image', names, results, index, '', d);
+      response['containerimage.digest'] = r.resultId;
+      response['image.name'] = names.join(',');
+      continue;
+    }
     const groups = type === 'oci' ? [results] : results.map((r) => [r]);
     for (const group of groups) {
       const label = group.length === 1 && results.length > 1 ? group[0]!.name : '';
-      const digest = await exportOne(type, names, group, index, label, d);
+      const { blob: digest } = await exportOne(type, names, group, index, label, d);
       if (!d.store) throw new SolveRequestInvalidError('this scheduler has no content store');
       if (!d.session) throw new SolveRequestInvalidError('the build has no session');
       await d.session.sendExport(index, label, await d.store.get(digest as Digest));
       count++;
     }
   }
-  return count;
+  response['export.count'] = String(count);
+  return response;
 }
 
 async function exportOne(
@@ -96,7 +124,7 @@ async function exportOne(
   index: number,
   label: string,
   d: ExportDeps,
-): Promise<string> {
+): Promise<{ resultId: string; blob: string }> {
   const inputs = group.map((r) => ({
     resultId: r.solved.result.resultId ?? '',
     layers: r.solved.result.layers ?? [],
@@ -104,15 +132,19 @@ async function exportOne(
   }));
   const cacheKey = sha([
     'kiln-export-v1',
+    // A push changes the registry, not the store: it runs in every build (the registry may
+    // have lost what an earlier build pushed).
+    type === 'image' ? d.buildId : '',
     type,
     names.join(','),
     ...group.flatMap((r) => [r.name, r.imageConfigJson, r.solved.result.resultId ?? '']),
   ]);
   const digest = `export-${index}${label ? `-${label}` : ''}`;
+  const what = type === 'image' ? `pushing ${names.join(', ')}` : `exporting to ${type}`;
   const snap: VertexSnapshot = {
     digest,
     inputs: [],
-    name: `exporting to ${type}${label ? ` (${label})` : ''}`,
+    name: `${what}${label ? ` (${label})` : ''}`,
     cached: false,
     startedAt: Date.now(),
     cacheKey,
@@ -143,15 +175,17 @@ async function exportOne(
         preferredWorkers: [group[0]!.solved.workerId],
       },
     );
-    const blob = r.outputs[0]?.layers?.[0]?.digest;
-    if (!blob) throw new SolveRequestInvalidError(`the ${type} export produced no artifact`);
+    const out = r.outputs[0];
+    const blob = out?.layers?.[0]?.digest ?? '';
+    if (!out?.resultId || (type !== 'image' && !blob))
+      throw new SolveRequestInvalidError(`the ${type} export produced no artifact`);
     d.onVertex({
       ...snap,
       cached: r.cached || r.taskId !== taskId,
       completedAt: Date.now(),
       workerId: r.workerId,
     });
-    return blob;
+    return { resultId: out.resultId, blob };
   } catch (e) {
     d.onVertex({ ...snap, completedAt: Date.now(), error: String((e as Error).message ?? e) });
     throw e;

@@ -32,6 +32,8 @@ import {
 } from '../exporters/export.js';
 import type { BuiltImage } from '../exporters/export.js';
 import { LayerCache } from '../exporters/layers.js';
+import { pushImages } from '../exporters/push.js';
+import type { PushResult } from '../exporters/push.js';
 import { ExecExecutor } from './executors/exec.js';
 import { FileExecutor } from './executors/file.js';
 import { SourceExecutor } from './executors/source.js';
@@ -66,6 +68,7 @@ export class Engine {
     private readonly solver: LocalSolver,
     private readonly env: SnapshotEnv,
     readonly layers: LayerCache,
+    readonly registry: RegistryClient,
   ) {}
 
   static async open(o: EngineOptions): Promise<Engine> {
@@ -123,6 +126,7 @@ export class Engine {
       solver,
       env,
       layers,
+      client,
     );
   }
 
@@ -173,6 +177,24 @@ export class Engine {
     for (const r of results)
       images.push({ image: await this.buildImage(r.snapshot, r.config), platform: r.platform });
     await exportImageTarballFile(this.store, images, spec.type, spec.names ?? [], spec.dest);
+  }
+
+  /**
+   * Pushes the image of each result (an OCI index over them when there are several) to a
+   * registry under every name (`push=true`).
+   */
+  async pushImages(
+    results: {
+      snapshot: string | undefined;
+      config: Record<string, unknown>;
+      platform: { os: string; architecture: string; variant?: string };
+    }[],
+    names: string[],
+  ): Promise<PushResult> {
+    const images = [];
+    for (const r of results)
+      images.push({ image: await this.buildImage(r.snapshot, r.config), platform: r.platform });
+    return pushImages(this.registry, this.store, images, names);
   }
 
   /** Shows a result snapshot (or the empty tree) as a read-only directory for the duration of `fn`. */

@@ -275,9 +275,9 @@ export class TaskRunner {
         `an export needs one input per platform (${taskInputs.length} inputs, ${platforms.length} platforms)`,
       );
     const type = spec.type ?? '';
-    if (!['local', 'tar', 'oci', 'docker'].includes(type))
+    if (!['local', 'tar', 'oci', 'docker', 'image'].includes(type))
       throw new InvalidTaskError(`unknown exporter type ${JSON.stringify(type)}`);
-    if (platforms.length > 1 && type !== 'oci')
+    if (platforms.length > 1 && type !== 'oci' && type !== 'image')
       throw new InvalidTaskError(`a ${type} export takes one platform`);
     progress({ stage: 'inputs', current: 0, total: taskInputs.length });
     const snapshots = await Promise.all(
@@ -285,28 +285,42 @@ export class TaskRunner {
     );
     signal.throwIfAborted();
     progress({ stage: 'export' });
+    const configOf = (i: number): Record<string, unknown> =>
+      JSON.parse(platforms[i]?.configJson || '{}') as Record<string, unknown>;
+    const platformOf = (p: (typeof platforms)[number]) => ({
+      os: p.platform?.OS ?? '',
+      architecture: p.platform?.Architecture ?? '',
+      ...(p.platform?.Variant ? { variant: p.platform.Variant } : {}),
+    });
+    if (type === 'image') {
+      // Pushed to the registry: the result is what the names now point at.
+      const pushed = await this.engine.pushImages(
+        platforms.map((p, i) => ({
+          snapshot: snapshots[i],
+          config: configOf(i),
+          platform: platformOf(p),
+        })),
+        spec.names ?? [],
+      );
+      log?.info({ type, digest: pushed.digest, names: pushed.names }, 'export done');
+      return { outputs: [{ resultId: pushed.digest, layers: [] }], inputs: io };
+    }
     await mkdir(this.env.tmpDir, { recursive: true });
     const dir = await mkdtemp(join(this.env.tmpDir, 'export-'));
     try {
       const file = join(dir, 'artifact');
       const names = spec.names ?? [];
-      const config = (i: number): Record<string, unknown> =>
-        JSON.parse(platforms[i]?.configJson || '{}') as Record<string, unknown>;
       if (type === 'oci' && platforms.length > 1) {
         await this.engine.exportMultiPlatform(
           platforms.map((p, i) => ({
             snapshot: snapshots[i],
-            config: config(i),
-            platform: {
-              os: p.platform?.OS ?? '',
-              architecture: p.platform?.Architecture ?? '',
-              ...(p.platform?.Variant ? { variant: p.platform.Variant } : {}),
-            },
+            config: configOf(i),
+            platform: platformOf(p),
           })),
           { type: 'oci', dest: file, names },
         );
       } else if (type === 'oci' || type === 'docker') {
-        await this.engine.export(snapshots[0], { type, dest: file, config: config(0), names });
+        await this.engine.export(snapshots[0], { type, dest: file, config: configOf(0), names });
       } else {
         await this.engine.export(snapshots[0], { type: 'tar', dest: file });
       }
