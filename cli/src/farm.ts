@@ -170,7 +170,9 @@ export async function startEmbeddedFarm(o: EmbeddedFarmOptions): Promise<Farm> {
       logger: log.child({ component: 'worker' }),
       store: new FsBlobStore({ root: storeDir }),
     });
-    stops.push(() => node.drain(5_000));
+    // The build is over when the farm stops: nothing runs, so no drain is needed (and its
+    // registration is replaced by the next embedded worker of the same id).
+    stops.push(() => node.close());
     const deadline = Date.now() + 30_000;
     while (!dispatcher.liveWorkers().some((w) => w.id === node.id)) {
       if (Date.now() > deadline)

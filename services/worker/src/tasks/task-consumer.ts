@@ -155,6 +155,8 @@ export class TaskConsumer {
   readonly #held = new Map<string, true>();
   readonly #stop = new AbortController();
   readonly #pullers: Promise<void>[] = [];
+  /** Aborted by close(): in-flight pulls stop at once. */
+  readonly #closing = new AbortController();
   #offerSub: Subscription | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #seq = 0;
@@ -267,6 +269,7 @@ export class TaskConsumer {
     if (this.#closed) return;
     this.#draining = true;
     this.#stop.abort();
+    this.#closing.abort();
     for (const r of this.#running.values()) {
       r.why ??= 'stale';
       r.abort.abort();
@@ -424,8 +427,16 @@ export class TaskConsumer {
           },
         };
         const batch = await consumer.fetch(pull);
-        const err = await batch.closed();
-        if (err) throw err;
+        // close() does not wait out the pull's expiry (drain does: a message the server is
+        // already sending is then still taken or handed back, not left to its ack wait).
+        const onClose = (): void => void batch.stop();
+        this.#closing.signal.addEventListener('abort', onClose, { once: true });
+        try {
+          const err = await batch.closed();
+          if (err) throw err;
+        } finally {
+          this.#closing.signal.removeEventListener('abort', onClose);
+        }
       } catch (error) {
         if (!signal.aborted) {
           this.#o.onEvent({ type: 'error', where: 'pull', error });
