@@ -219,9 +219,11 @@ export class OciRuntime {
       const config = await this.prepare(id, bundle, spec);
       const cleanStubs = spec.readonlyRootfs
         ? () => Promise.resolve()
-        : await mountStubsCleaner(
+        : // Every mount of the finalized spec, /proc, /dev and /sys included: a mount point the
+          // runtime had to create is not part of the result (BuildKit's MountStubsCleanerForSpec).
+          await mountStubsCleaner(
             spec.rootfs,
-            (spec.mounts ?? []).map((m) => m.destination),
+            config.mounts.map((m) => m.destination),
             spec.removeMountStubsRecursive ?? false,
           );
       let attachment: BridgeAttachment | undefined;

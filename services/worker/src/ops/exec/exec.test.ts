@@ -145,6 +145,26 @@ describe('runExec', () => {
     await snapshotter.remove(out);
   });
 
+  it('leaves no /proc, /dev or /sys in the result of a rootfs that had none (spec mount stubs)', async () => {
+    // A base without the mount points: the runtime creates them to mount on, the result drops
+    // them again (BuildKit's MountStubsCleanerForSpec), so the layer holds only the change.
+    await snapshotter.prepare('bare-w');
+    const b = await mountTemp(await snapshotter.mounts('bare-w'), join(root, 'mnt'));
+    await makeBusyboxRootfs(b.path);
+    for (const d of ['proc', 'dev', 'sys']) await rm(join(b.path, d), { recursive: true });
+    await b.release();
+    await snapshotter.commit('bare', 'bare-w');
+    const res = await run(op('test -r /proc/self/status && test -c /dev/null && echo ok > /ok'), [
+      'bare',
+    ]);
+    const out = res.outputs.get(0)!;
+    expect(await readIn(out, 'ok')).toBe('ok\n');
+    const upper = await listTree((await snapshotter.upperDir(out))!);
+    expect(upper).toContain('ok');
+    for (const d of ['proc', 'dev', 'sys']) expect(upper).not.toContain(d);
+    await snapshotter.remove(out);
+  });
+
   it('fails with ExecError and leaves no snapshot behind', async () => {
     const before = (await snapshotter.list()).map((i) => i.key);
     const err = await run(op('echo bad; exit 3')).then(
