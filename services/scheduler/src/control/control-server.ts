@@ -402,10 +402,17 @@ export class ControlServer {
     if (req.definition?.def?.length) {
       if (req.frontend)
         throw new SolveRequestInvalidError('a solve takes a definition or a frontend, not both');
+      const graph = parseDefinition(req.definition);
+      // The build's platform is the result's own when it names one (an arm64-only graph is an
+      // arm64 build: its result and exported image say so), else the scheduler's default.
+      const p = graph.ops.get(graph.result.digest)?.op.platform;
       return [
         {
-          graph: parseDefinition(req.definition),
-          platform: this.#defaultPlatform,
+          graph,
+          platform:
+            p?.OS && p.Architecture
+              ? { OS: p.OS, Architecture: p.Architecture, Variant: p.Variant ?? '' }
+              : this.#defaultPlatform,
           source: req.definition.Source,
         },
       ];

@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { dockerfileInput, KilnClient } from '@kiln/client';
 import type { StatusResponse } from '@kiln/client';
 import { checksumSubject, decodeChecksumRequest, encodeChecksumJson } from '@kiln/bus';
-import { copy, image, marshal, parseDefinition } from '@kiln/llb';
+import { LinuxArm64, copy, image, marshal, parseDefinition } from '@kiln/llb';
 import type { Definition } from '@kiln/llb';
 import { KilnError, control } from '@kiln/protocol';
 import { connect } from '@nats-io/transport-node';
@@ -356,6 +356,23 @@ describe('Control API', () => {
       (e: unknown) => e as KilnError,
     );
     expect((err as KilnError).code).toBe('BUILD_NOT_FOUND');
+  });
+
+  it("names a Definition's build by its result's platform: an arm64 graph is an arm64 build", async () => {
+    const tag = randomUUID();
+    const st = image(`busybox:${tag}`, { platform: LinuxArm64 }).run({
+      args: ['echo', tag],
+    });
+    const res = await client.solve({
+      buildId: `arm-${tag}`,
+      definition: marshal(st.root(), { platform: LinuxArm64 }),
+    });
+    expect(res.exporterResponse['result.platform']).toBe('linux/arm64');
+    expect(res.exporterResponse['result.worker']).toBe(ARM_WORKER);
+    const config = JSON.parse(res.exporterResponse['containerimage.config'] ?? '{}') as {
+      architecture?: string;
+    };
+    expect(config.architecture).toBe('arm64');
   });
 
   it('solves a multi-platform Dockerfile: each platform on its own workers', async () => {
