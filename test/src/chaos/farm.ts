@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { KilnClient, StatusResponse } from '@kiln/client';
-import { REPO_ROOT, spawnManaged, waitFor } from '../harness/index.js';
+import { bundleEntries as bundleFromSource, spawnManaged, waitFor } from '../harness/index.js';
 import type { ManagedProcess } from '../harness/index.js';
 
 export interface Entries {
@@ -20,27 +20,14 @@ export interface Entries {
 
 /** Bundles the scheduler and worker service entries into `dir` (one esbuild run for both). */
 export async function bundleEntries(dir: string): Promise<Entries> {
-  const esbuild = (await import(/* @vite-ignore */ 'esbuild')) as {
-    build(o: Record<string, unknown>): Promise<unknown>;
-  };
-  await esbuild.build({
-    entryPoints: {
-      'kiln-scheduler': join(REPO_ROOT, 'services/scheduler/src/main.ts'),
-      'kiln-worker': join(REPO_ROOT, 'services/worker/src/node/main.ts'),
+  const files = await bundleFromSource(
+    {
+      'kiln-scheduler': 'services/scheduler/src/main.ts',
+      'kiln-worker': 'services/worker/src/node/main.ts',
     },
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    conditions: ['kiln-source'],
-    outdir: dir,
-    outExtension: { '.js': '.mjs' },
-    logLevel: 'warning',
-    banner: {
-      js: "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url);",
-    },
-  });
-  return { scheduler: join(dir, 'kiln-scheduler.mjs'), worker: join(dir, 'kiln-worker.mjs') };
+    dir,
+  );
+  return { scheduler: files['kiln-scheduler']!, worker: files['kiln-worker']! };
 }
 
 export interface LogLine {

@@ -5,3 +5,4 @@ export * from './process.js';
 export * from './registry.js';
 export * from './s3.js';
 export * from './util.js';
+export * from './bundle.js';

@@ -34,24 +34,11 @@ let storeDir: string;
 const procs: ManagedProcessLike[] = [];
 
 async function bundleWorkerMain(dir: string): Promise<string> {
-  const esbuild = (await import(/* @vite-ignore */ 'esbuild')) as {
-    build(o: Record<string, unknown>): Promise<unknown>;
-  };
-  const outfile = join(dir, 'kiln-worker-main.mjs');
-  await esbuild.build({
-    entryPoints: [join(h.REPO_ROOT, 'services/worker/src/node/main.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    conditions: ['kiln-source'],
-    outfile,
-    logLevel: 'warning',
-    banner: {
-      js: "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url);",
-    },
-  });
-  return outfile;
+  const files = await h.bundleEntries(
+    { 'kiln-worker-main': 'services/worker/src/node/main.ts' },
+    dir,
+  );
+  return files['kiln-worker-main']!;
 }
 
 beforeAll(async () => {

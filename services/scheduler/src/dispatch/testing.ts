@@ -6,7 +6,6 @@
  * (vitest's own dependency) from source, so no prior build is needed.
  */
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import type { TaskInit } from '@kiln/bus';
 
 export interface NatsHandle {
@@ -39,10 +38,13 @@ export interface Harness {
     },
   ): ManagedProcessLike;
   REPO_ROOT: string;
+  bundleEntries(
+    entries: Readonly<Record<string, string>>,
+    dir: string,
+  ): Promise<Record<string, string>>;
 }
 
 const HARNESS_MODULE = '../../../../test/src/harness/index.js';
-const ESBUILD = 'esbuild';
 
 export async function loadHarness(): Promise<Harness> {
   return (await import(/* @vite-ignore */ HARNESS_MODULE)) as Harness;
@@ -66,24 +68,11 @@ export async function until<T>(
 
 /** Bundles the worker task CLI into `dir` and returns the file to run with node. */
 export async function bundleWorkerCli(h: Harness, dir: string): Promise<string> {
-  const esbuild = (await import(/* @vite-ignore */ ESBUILD)) as {
-    build(o: Record<string, unknown>): Promise<unknown>;
-  };
-  const outfile = join(dir, 'kiln-worker-cli.mjs');
-  await esbuild.build({
-    entryPoints: [join(h.REPO_ROOT, 'services/worker/src/tasks/cli.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    conditions: ['kiln-source'],
-    outfile,
-    logLevel: 'warning',
-    banner: {
-      js: "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url);",
-    },
-  });
-  return outfile;
+  const files = await h.bundleEntries(
+    { 'kiln-worker-cli': 'services/worker/src/tasks/cli.ts' },
+    dir,
+  );
+  return files['kiln-worker-cli']!;
 }
 
 export interface WorkerEvent {

@@ -6,7 +6,6 @@
  * spawning it needs no prior build.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import type { Bus, TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { parseDefinition } from '@kiln/llb';
 import type { LoadedDefinition } from '@kiln/llb';
@@ -40,6 +39,10 @@ export interface Harness {
     },
   ): ManagedProcessLike;
   REPO_ROOT: string;
+  bundleEntries(
+    entries: Readonly<Record<string, string>>,
+    dir: string,
+  ): Promise<Record<string, string>>;
 }
 
 /** The subset of the scheduler's Dispatcher these suites use. */
@@ -67,7 +70,6 @@ interface DispatchModule {
 
 const HARNESS_MODULE = '../../../../test/src/harness/index.js';
 const DISPATCH_MODULE = '../../../scheduler/src/dispatch/index.js';
-const ESBUILD = 'esbuild';
 
 export async function loadHarness(): Promise<Harness> {
   return (await import(/* @vite-ignore */ HARNESS_MODULE)) as Harness;
@@ -104,24 +106,11 @@ export async function until<T>(
 
 /** Bundles the worker entry into `dir` and returns the file to run with node. */
 export async function bundleWorkerMain(h: Harness, dir: string): Promise<string> {
-  const esbuild = (await import(/* @vite-ignore */ ESBUILD)) as {
-    build(o: Record<string, unknown>): Promise<unknown>;
-  };
-  const outfile = join(dir, 'kiln-worker-main.mjs');
-  await esbuild.build({
-    entryPoints: [join(h.REPO_ROOT, 'services/worker/src/node/main.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    conditions: ['kiln-source'],
-    outfile,
-    logLevel: 'warning',
-    banner: {
-      js: "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url);",
-    },
-  });
-  return outfile;
+  const files = await h.bundleEntries(
+    { 'kiln-worker-main': 'services/worker/src/node/main.ts' },
+    dir,
+  );
+  return files['kiln-worker-main']!;
 }
 
 /** Results of the vertices submitted so far, by vertex digest. */
