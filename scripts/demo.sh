@@ -25,3 +25,7 @@ echo
 echo "==> result: $out"
 echo "    rootfs/message.txt: $(cat "$out/rootfs/message.txt")"
 echo "    hello.tar: OCI image, $(du -h "$out/hello.tar" | cut -f1), $(tar -tf "$out/hello.tar" | grep -c '^blobs/') blobs"
+echo
+echo "==> the local farm stays up for the next build (it stops after 15 idle minutes):"
+./cli/bin/kiln.js farm status || true
+echo "    ./cli/bin/kiln.js farm stop   stops it now"

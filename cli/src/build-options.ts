@@ -3,7 +3,7 @@
  * `--ssh default[=SOCK]`, `--output type=local,dest=DIR`, `--build-arg K[=V]`.
  */
 import { readFile } from 'node:fs/promises';
-import { KilnError } from '@kiln/protocol';
+import { KilnError } from '@kiln/protocol/errors';
 
 export class BuildOptionError extends KilnError {
   constructor(message: string) {

@@ -8,3 +8,11 @@ export class FormattedError extends Error {
     this.name = 'FormattedError';
   }
 }
+
+/** Not an error: the command has said what it had to and exits with `code` (as `systemctl status`). */
+export class ExitStatus extends Error {
+  constructor(readonly code: number) {
+    super(`exit status ${code}`);
+    this.name = 'ExitStatus';
+  }
+}

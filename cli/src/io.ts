@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { KilnError } from '@kiln/protocol';
+import { KilnError } from '@kiln/protocol/errors';
 
 /** Reads FILE, or standard input for `-` or no argument. */
 export async function readInput(file: string | undefined): Promise<Buffer> {

@@ -1,8 +1,9 @@
 import { Command, CommanderError } from 'commander';
-import { KilnError } from '@kiln/protocol';
+import { KilnError } from '@kiln/protocol/errors';
 import { registerBuild } from './commands/build.js';
 import { registerDebug } from './commands/debug.js';
-import { FormattedError } from './formatted-error.js';
+import { registerFarm } from './commands/farm.js';
+import { ExitStatus, FormattedError } from './formatted-error.js';
 
 /** Builds the command tree; exported for tests. */
 export function program(): Command {
@@ -12,6 +13,7 @@ export function program(): Command {
     .showHelpAfterError()
     .exitOverride();
   registerBuild(p);
+  registerFarm(p);
   registerDebug(p);
   return p;
 }
@@ -23,6 +25,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode;
+    if (err instanceof ExitStatus) return err.code;
     process.stderr.write(`${describe(err)}\n`);
     if (process.env.KILN_DEBUG && err instanceof Error && err.stack)
       process.stderr.write(`${err.stack}\n`);

@@ -10,10 +10,9 @@ import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { dockerfileInput } from '@kiln/client';
-import { DockerfileError, formatDockerfileError, printSourceRange } from '@kiln/dockerfile';
+// @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
 import { parsePlatform } from '@kiln/llb';
-import { KilnError } from '@kiln/protocol';
-import { applyLayer } from '@kiln/worker';
+import { KilnError } from '@kiln/protocol/errors';
 import {
   BuildOptionError,
   parseBuildArg,
@@ -22,7 +21,8 @@ import {
   parseSsh,
 } from '../build-options.js';
 import type { OutputSpec } from '../build-options.js';
-import { remoteFarm, startEmbeddedFarm } from '../farm.js';
+import { idleTimeout } from '../farm/idle.js';
+import { localFarm, remoteFarm } from '../farm/local.js';
 import { FormattedError } from '../formatted-error.js';
 import { createPrinter } from '../progress.js';
 import { defaultStateDir } from '../state-dir.js';
@@ -41,7 +41,7 @@ export interface BuildFlags {
   output: string[];
   tag: string[];
   insecureRegistry: string[];
-  /** A scheduler's `host:port`; default `KILN_ADDR`, else the embedded farm. */
+  /** A scheduler's `host:port`; default `KILN_ADDR`, else the local farm. */
   addr?: string;
 }
 
@@ -69,17 +69,17 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   if (flags.target) attrs.target = flags.target;
   if (flags.platform) attrs.platform = flags.platform;
   if (flags.cache === false) attrs['no-cache'] = '';
-  const platforms = (flags.platform ?? '')
+  // Checked here, so that a typo is an error before any farm is reached.
+  for (const p of (flags.platform ?? '')
     .split(',')
-    .map((p) => p.trim())
-    .filter(Boolean)
-    .map((p) => {
-      try {
-        return parsePlatform(p);
-      } catch (cause) {
-        throw new BuildOptionError(`--platform ${p}: ${(cause as Error).message}`);
-      }
-    });
+    .map((x) => x.trim())
+    .filter(Boolean)) {
+    try {
+      parsePlatform(p);
+    } catch (cause) {
+      throw new BuildOptionError(`--platform ${p}: ${(cause as Error).message}`);
+    }
+  }
 
   // <Dockerfile>.dockerignore beside the Dockerfile wins over <context>/.dockerignore.
   const dockerignore =
@@ -94,10 +94,11 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   const addr = flags.addr ?? env.KILN_ADDR;
   const farm = addr
     ? await remoteFarm(addr)
-    : await startEmbeddedFarm({
+    : await localFarm({
         stateDir: defaultStateDir(env),
-        platforms,
         insecureRegistries: flags.insecureRegistry,
+        idleTimeoutMs: idleTimeout(undefined, env),
+        onWait: (m) => process.stderr.write(`${m}\n`),
       });
   const abort = new AbortController();
   const onSignal = (): void => abort.abort();
@@ -130,8 +131,8 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
         },
         { signal: abort.signal },
       )
-      .catch((err: unknown) => {
-        throw explain(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile', abort);
+      .catch(async (err: unknown) => {
+        throw await explain(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile', abort);
       });
     await session.exportsWritten(Number(res.exporterResponse['export.count'] ?? 0));
     const pushed = res.exporterResponse['containerimage.digest'];
@@ -183,7 +184,10 @@ function extractingWriter(dest: string): Writable {
   const pass = new PassThrough();
   let applied: Promise<unknown> | undefined;
   const start = (): Promise<unknown> =>
-    (applied ??= mkdir(dest, { recursive: true }).then(() => applyLayer(pass, dest)));
+    (applied ??= mkdir(dest, { recursive: true })
+      // The tar applier loads only for a local export (it is not on the client's common path).
+      .then(() => import('@kiln/worker'))
+      .then(({ applyLayer }) => applyLayer(pass, dest)));
   return new Writable({
     write(chunk: Buffer, _enc, cb) {
       start().catch(() => undefined);
@@ -228,8 +232,15 @@ function atomicFileWriter(dest: string): Writable {
 }
 
 /** An error as the user should read it: the Dockerfile lines it is about, and what went wrong. */
-function explain(err: unknown, source: string, filename: string, abort: AbortController): unknown {
+async function explain(
+  err: unknown,
+  source: string,
+  filename: string,
+  abort: AbortController,
+): Promise<unknown> {
   if (abort.signal.aborted) return new KilnError('CANCELED', 'build canceled (interrupted)');
+  const { DockerfileError, formatDockerfileError, printSourceRange } =
+    await import('@kiln/dockerfile');
   if (err instanceof DockerfileError)
     return new FormattedError(formatDockerfileError(err, source, filename), err);
   if (!(err instanceof KilnError)) return err;

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { KilnError } from '@kiln/protocol';
+import { KilnError } from '@kiln/protocol/errors';
 import { FormattedError } from '../formatted-error.js';
 import { readInput, writeStdout } from '../io.js';
 

@@ -27,6 +27,7 @@ import { main } from '@kiln/cli';
 import { KilnClient } from '@kiln/client';
 import { bundleEntries, startScheduler, startWorker, waitForWorkers } from '../chaos/farm.js';
 import { makeTempDir, startNats } from '../harness/index.js';
+import { bundleFarmDaemon } from './local-farm-daemon.js';
 import type { NatsServerHandle } from '../harness/index.js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 
@@ -68,6 +69,8 @@ beforeAll(async () => {
     throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
   work = await mkdtemp(join(tmpdir(), 'kiln-corpus-'));
   process.env.KILN_STATE_DIR = join(work, 'state');
+  // `kiln build` without --addr uses the local farm daemon: the one bundled from source.
+  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(work, 'bundle'));
   // A stand-in ssh agent: a unix socket that answers; RUN --mount=type=ssh must see a socket.
   sshSock = join(work, 'agent.sock');
   sshServer = createServer((c) => c.end());
@@ -75,7 +78,9 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await new Promise<void>((r) => (sshServer ? sshServer.close(() => r()) : r()));
+  if (process.env.KILN_FARM_DAEMON) await kiln(['farm', 'stop']);
   delete process.env.KILN_STATE_DIR;
+  delete process.env.KILN_FARM_DAEMON;
   await rm(work, { recursive: true, force: true });
 });
 

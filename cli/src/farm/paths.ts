@@ -1,0 +1,117 @@
+/**
+ * Where the local farm lives under a state dir, what its `farm.json` says, and the code stamp that
+ * tells a client whether a running farm runs the code it would start. Light on purpose: the client
+ * path imports this, never the farm's services.
+ */
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface FarmPaths {
+  /** The control API's unix socket. */
+  socket: string;
+  /** {@link FarmInfo} of the running farm, written once it is ready. */
+  info: string;
+  /** Held (O_EXCL, with the holder's pid) by the one client starting a farm. */
+  startLock: string;
+  /** The daemon's stdout and stderr (pino JSON lines). */
+  log: string;
+}
+
+export interface FarmInfo {
+  pid: number;
+  socket: string;
+  /** {@link codeStamp} of the code the farm runs. */
+  stamp: string;
+  insecureRegistries: string[];
+  platforms: string[];
+  slots: number;
+  /** 0: never stops by itself. */
+  idleTimeoutMs: number;
+  startedAt: string;
+}
+
+export function farmPaths(stateDir: string): FarmPaths {
+  return {
+    socket: join(stateDir, 'farm.sock'),
+    info: join(stateDir, 'farm.json'),
+    startLock: join(stateDir, 'farm.start.lock'),
+    log: join(stateDir, 'logs', 'farm.log'),
+  };
+}
+
+/** The `@kiln/cli` package directory (this file is in `src/farm` or `dist/farm`). */
+const cliRoot = (): string => fileURLToPath(new URL('../../', import.meta.url));
+
+/**
+ * The daemon's entry point: `$KILN_FARM_DAEMON` (tests run one bundled from source), else the
+ * compiled one, whether the caller runs from `src` or `dist`.
+ */
+export function daemonEntry(env: NodeJS.ProcessEnv = process.env): string {
+  return env.KILN_FARM_DAEMON || join(cliRoot(), 'dist', 'farm', 'daemon.js');
+}
+
+/**
+ * A stamp of the farm's code, computed by the client (the daemon records the one it was started
+ * with): the daemon's entry and the newest build of the CLI and of every library and service of
+ * the workspace beside it (their `dist/.tsbuildinfo`). A farm whose stamp differs runs other code
+ * (Kiln was rebuilt or upgraded) and is replaced.
+ */
+export function codeStamp(entry: string = daemonEntry()): string {
+  const root = join(cliRoot(), '..');
+  const files = [join(cliRoot(), 'dist', '.tsbuildinfo'), entry];
+  for (const group of ['libs', 'services']) {
+    let names: string[] = [];
+    try {
+      names = readdirSync(join(root, group));
+    } catch {
+      continue; // not the workspace layout
+    }
+    for (const n of names) files.push(join(root, group, n, 'dist', '.tsbuildinfo'));
+  }
+  let newest = 0;
+  for (const f of files) {
+    try {
+      newest = Math.max(newest, statSync(f).mtimeMs);
+    } catch {
+      // not built, or not there
+    }
+  }
+  return `${version()}+${Math.floor(newest)}+${entry}`;
+}
+
+function version(): string {
+  try {
+    return (
+      JSON.parse(readFileSync(join(cliRoot(), 'package.json'), 'utf8')) as { version: string }
+    ).version;
+  } catch {
+    return '0';
+  }
+}
+
+/** The running farm's record, if it left a readable one. */
+export function readFarmInfo(stateDir: string): FarmInfo | undefined {
+  try {
+    const v = JSON.parse(readFileSync(farmPaths(stateDir).info, 'utf8')) as Partial<FarmInfo>;
+    return typeof v.pid === 'number' && typeof v.socket === 'string' ? (v as FarmInfo) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether `pid` is a live process (not a zombie waiting to be reaped). */
+export function pidAlive(pid: number): boolean {
+  if (!(pid > 0)) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // A zombie (exited, not yet reaped by its parent) is not alive.
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}

@@ -1,0 +1,174 @@
+/**
+ * The single-machine farm's parts in one process: a nats-server child process (JetStream under
+ * the state dir, so task records, the farm's cache index, persist between builds), the scheduler
+ * (Dispatcher and control API) and one worker, all sharing the filesystem content store under the
+ * state dir. The local farm daemon (`daemon.ts`) runs this; nothing on the client path imports
+ * it (it loads the scheduler and the worker).
+ *
+ * Layout under the state dir: `nats/` (JetStream), `store/` (content store), `worker/`
+ * (snapshots, runtime state), `farm.lock` (the pid of the one process whose farm this is).
+ */
+import {
+  accessSync,
+  constants,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import { startNatsServer } from '@kiln/common';
+import type { NatsServerProcess } from '@kiln/common';
+import { formatPlatform, hostPlatform } from '@kiln/llb';
+import { KilnError } from '@kiln/protocol';
+import { Dispatcher, ControlServer, registryMetaResolver } from '@kiln/scheduler';
+import { FsBlobStore } from '@kiln/store';
+import { WorkerNode, binfmtRegistered, defaultSlots, loadConfig } from '@kiln/worker';
+import type { Logger } from 'pino';
+import { pidAlive } from './paths.js';
+
+export interface FarmServicesOptions {
+  stateDir: string;
+  /** Where the control API listens: `unix:/path` or `host:port`. */
+  listen: string;
+  insecureRegistries: readonly string[];
+  /** Tasks the worker runs at once. Default: the worker's default (`defaultSlots`). */
+  slots?: number;
+  log: Logger;
+}
+
+export interface FarmServices {
+  readonly server: ControlServer;
+  /** Ready vertices run at once on the farm's worker. */
+  readonly slots: number;
+  /** Platforms the worker runs (`linux/amd64`, `linux/arm64` emulated...). */
+  readonly platforms: string[];
+  close(): Promise<void>;
+}
+
+function which(name: string): string {
+  for (const d of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/usr/bin'])) {
+    const p = join(d, name);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  throw new KilnError(
+    'LOCAL_FARM_UNAVAILABLE',
+    `${name} is not installed: run scripts/setup.sh, or build on a farm with --addr`,
+  );
+}
+
+/** One farm per state dir at a time: a lock file holding the owner's pid. */
+function lockStateDir(stateDir: string): () => void {
+  const path = join(stateDir, 'farm.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(path, 'wx');
+      writeFileSync(fd, String(process.pid));
+      return () => rmSync(path, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const pid = Number(readFileSync(path, 'utf8'));
+      if (pidAlive(pid))
+        throw new KilnError(
+          'LOCAL_FARM_BUSY',
+          `another local farm (pid ${pid}) is using ${stateDir}; stop it (kiln farm stop) or set KILN_STATE_DIR to another directory`,
+        );
+      rmSync(path, { force: true }); // left by a process that died
+    }
+  }
+  throw new KilnError('LOCAL_FARM_BUSY', `cannot lock ${stateDir}`);
+}
+
+/** The foreign platforms this machine can run through a registered qemu binfmt handler. */
+function emulatedPlatforms(native: string): string[] {
+  const candidates = [
+    'linux/amd64',
+    'linux/arm64',
+    'linux/arm/v7',
+    'linux/ppc64le',
+    'linux/s390x',
+    'linux/riscv64',
+  ];
+  return candidates.filter((p) => {
+    if (p === native) return false;
+    const [os = '', arch = '', variant] = p.split('/');
+    return binfmtRegistered({ os, arch, ...(variant ? { variant } : {}) });
+  });
+}
+
+export async function startFarmServices(o: FarmServicesOptions): Promise<FarmServices> {
+  mkdirSync(o.stateDir, { recursive: true });
+  const unlock = lockStateDir(o.stateDir);
+  const stops: (() => Promise<void>)[] = [
+    () => {
+      unlock();
+      return Promise.resolve();
+    },
+  ];
+  const close = async (): Promise<void> => {
+    for (const s of stops.reverse()) await s().catch(() => undefined);
+  };
+  try {
+    const nats: NatsServerProcess = await startNatsServer({
+      bin: which('nats-server'),
+      storeDir: join(o.stateDir, 'nats'),
+      portsDir: join(o.stateDir, 'nats-ports'),
+    });
+    stops.push(async () => {
+      await nats.process.stop();
+    });
+    const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, noAsyncTraces: true });
+    stops.push(() => nc.close());
+    const dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 0 });
+    stops.push(() => dispatcher.close());
+    const storeDir = join(o.stateDir, 'store');
+    const native = formatPlatform(hostPlatform());
+    const server = new ControlServer({
+      dispatcher,
+      store: new FsBlobStore({ root: storeDir }),
+      metaResolver: registryMetaResolver({ insecureRegistries: [...o.insecureRegistries] }),
+      defaultPlatform: native,
+      log: o.log.child({ component: 'control' }),
+    });
+    await server.listen(o.listen);
+    stops.push(() => server.close());
+    const slots = o.slots ?? defaultSlots();
+    const emulate = emulatedPlatforms(native);
+    const config = loadConfig({
+      env: {
+        KILN_NATS_URL: nats.url,
+        KILN_WORKER_ID: 'local',
+        KILN_WORKER_STATE_DIR: join(o.stateDir, 'worker'),
+        KILN_STORE_DIR: storeDir,
+        KILN_WORKER_SLOTS: String(slots),
+        KILN_WORKER_EMULATE: emulate.join(','),
+        KILN_INSECURE_REGISTRIES: o.insecureRegistries.join(','),
+        KILN_WORKER_HEARTBEAT_MS: '1000',
+      },
+    });
+    const node = await WorkerNode.start(config, {
+      logger: o.log.child({ component: 'worker' }),
+      store: new FsBlobStore({ root: storeDir }),
+    });
+    // Tasks still running when the farm stops are abandoned with it (their records are fenced:
+    // the next farm on this state dir runs them again if a build asks).
+    stops.push(() => node.close());
+    const deadline = Date.now() + 30_000;
+    while (!dispatcher.liveWorkers().some((w) => w.id === node.id)) {
+      if (Date.now() > deadline)
+        throw new KilnError('LOCAL_FARM_UNAVAILABLE', 'the local worker did not register');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return { server, slots, platforms: [native, ...emulate], close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
