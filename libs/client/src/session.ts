@@ -17,7 +17,8 @@ import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
-import { PatternMatcher } from '@kiln/dockerfile';
+// The pattern matcher alone, not the whole frontend (the client path stays light).
+import { PatternMatcher } from '@kiln/dockerfile/patterns';
 import { KilnError, control, toLong } from '@kiln/protocol';
 
 type SessionMessage = InstanceType<typeof control.SessionMessage>;

@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadConfig } from './config.js';
+import { defaultSlots, loadConfig } from './config.js';
 import { resolvePlatforms } from './platforms.js';
 import { EMPTY_RESULT_ID, chainIds, resultIdOf } from './result-id.js';
 
@@ -56,6 +56,9 @@ describe('loadConfig', () => {
   it('defaults to a filesystem store and rejects bad values with WORKER_CONFIG', () => {
     const c = loadConfig({ env: { KILN_STORE_DIR: '/data/store' }, arch: 'x64' });
     expect(c.store).toEqual({ type: 'fs', dir: '/data/store' });
+    // Slots for latency-bound steps: at least 16, 4 per CPU on bigger machines.
+    expect(c.slots).toBe(defaultSlots());
+    expect([defaultSlots(1), defaultSlots(2), defaultSlots(8)]).toEqual([16, 16, 32]);
     expect(() => loadConfig({ argv: ['--slots', '0'], arch: 'x64' })).toThrow(
       expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error,
     );

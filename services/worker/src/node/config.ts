@@ -4,7 +4,7 @@
  * `main.ts` reads `process`), so tests load configurations without touching the process.
  */
 import { readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { WorkerPlatform } from '@kiln/bus';
@@ -83,6 +83,16 @@ export function loadConfig(o: LoadConfigOptions = {}): WorkerConfig {
   return compile(layers.reduce(merge, {}), o);
 }
 
+/**
+ * Tasks a worker runs at once by default. Most build steps are latency-bound (a container start, a
+ * small copy), not CPU-bound, and BuildKit runs every ready vertex at once: one slot per CPU left
+ * a wide build waiting on starts. The bound keeps a very wide graph from starting hundreds of
+ * containers. Measured with `npm run bench -- peers` (8 parallel stages).
+ */
+export function defaultSlots(cpus: number = availableParallelism()): number {
+  return Math.max(16, 4 * cpus);
+}
+
 function defaults(env: Readonly<Record<string, string | undefined>>): WorkerConfigInput {
   // Root: the system's data dir; anyone else: the user's (XDG).
   const data =
@@ -93,7 +103,7 @@ function defaults(env: Readonly<Record<string, string | undefined>>): WorkerConf
     natsUrl: 'nats://127.0.0.1:4222',
     stateDir: join(data, 'worker'),
     store: { type: 'fs', dir: join(data, 'store') },
-    slots: 1,
+    slots: defaultSlots(),
     heartbeatMs: 1_000,
     drainTimeoutMs: 60_000,
     logLevel: 'info',
@@ -207,7 +217,7 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
                            --s3-access-key, --s3-secret-key, --s3-prefix, --s3-region
   --platform P[=emulated]  explicit platform, repeatable (KILN_WORKER_PLATFORMS, comma list)
   --emulate P              add an emulated platform to the native one (KILN_WORKER_EMULATE)
-  --slots N                tasks run at once (KILN_WORKER_SLOTS)
+  --slots N                tasks run at once (KILN_WORKER_SLOTS; default max(16, 4 x CPUs))
   --label K=V              repeatable (KILN_WORKER_LABELS, comma list)
   --local NAME=DIR         serve local://NAME from DIR, repeatable (KILN_WORKER_LOCAL_DIRS)
   --heartbeat-ms N, --drain-timeout-ms N, --log-level L (KILN_LOG_LEVEL),

@@ -8,7 +8,7 @@ export { openStore } from '@kiln/store';
 export type { WorkerNodeOptions } from './worker-node.js';
 export { ChecksumResponder } from './checksum-responder.js';
 export type { ChecksumResponderOptions, HeldSnapshots } from './checksum-responder.js';
-export { loadConfig, FLAGS_HELP } from './config.js';
+export { defaultSlots, loadConfig, FLAGS_HELP } from './config.js';
 export type { LoadConfigOptions, StoreConfig, WorkerConfig, WorkerConfigInput } from './config.js';
 export { binfmtRegistered, nativePlatform, resolvePlatforms } from './platforms.js';
 export { EMPTY_RESULT_ID, chainIds, layerSnapshotName, resultIdOf } from './result-id.js';
