@@ -1,5 +1,5 @@
 import { spawn, execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, readdir, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -14,6 +14,17 @@ export interface BridgeOptions {
   subnet?: string;
   /** Where addresses are leased (shared by every worker process on the machine). Default `/run/kiln/ipam`. */
   ipamDir?: string;
+  /**
+   * Namespaces made ahead of time, so that a container's start does not wait for `ip` (BuildKit's
+   * CNI pool). Default 4; 0 makes each one on demand.
+   */
+  poolSize?: number;
+}
+
+/** A namespace on the bridge with its leased address, before it is handed to a container. */
+interface Netns {
+  id: string;
+  ip: string;
 }
 
 /** A container's network namespace on the bridge; `release` deletes it and frees the address. */
@@ -70,6 +81,11 @@ export class BridgeNetwork {
   readonly gateway: string;
   private readonly prefix: string;
   private readonly ipamDir: string;
+  private readonly poolSize: number;
+  /** Fresh namespaces, never used by a container: one is never handed out twice. */
+  readonly #pool: Netns[] = [];
+  #filling = 0;
+  #closed = false;
 
   private constructor(opts: BridgeOptions) {
     this.name = opts.name ?? 'kiln0';
@@ -83,6 +99,7 @@ export class BridgeNetwork {
     this.prefix = `${m[1]!}.${m[2]!}`;
     this.gateway = `${this.prefix}.0.1`;
     this.ipamDir = join(opts.ipamDir ?? '/run/kiln/ipam', `${this.prefix}.0.0-16`);
+    this.poolSize = opts.poolSize ?? 4;
   }
 
   /** Creates the bridge, its address, forwarding and the NAT rule when missing (idempotent). */
@@ -137,7 +154,33 @@ export class BridgeNetwork {
       );
     }
     await b.sweep();
+    b.#refill();
     return b;
+  }
+
+  /** Namespaces ready in the pool (for tests and metrics). */
+  get pooled(): number {
+    return this.#pool.length;
+  }
+
+  /** Deletes the pooled namespaces; later attaches make their own. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.all(this.#pool.splice(0).map((n) => this.#destroy(n)));
+  }
+
+  /** Tops the pool up in the background (failures only mean the next attach makes its own). */
+  #refill(): void {
+    while (!this.#closed && this.#pool.length + this.#filling < this.poolSize) {
+      this.#filling++;
+      this.#create(`pool-${randomBytes(6).toString('hex')}`)
+        .then(
+          (n) => (this.#closed ? this.#destroy(n) : void this.#pool.push(n)),
+          () => undefined,
+        )
+        .finally(() => this.#filling--)
+        .catch(() => undefined);
+    }
   }
 
   /**
@@ -155,8 +198,29 @@ export class BridgeNetwork {
     }
   }
 
-  /** A new network namespace `kiln-<id>` on the bridge. */
+  /**
+   * A network namespace on the bridge for one container: a fresh one from the pool when there is
+   * one (the pool is topped up in the background), else made now. `release` deletes it in the
+   * background: a namespace is never reused, so nothing a container changed in it outlives it.
+   * (`id` names a namespace made now; pooled ones have their own names.)
+   */
   async attach(id: string): Promise<BridgeAttachment> {
+    const n = this.#pool.shift() ?? (await this.#create(id));
+    this.#refill();
+    return {
+      nsPath: `/run/netns/kiln-${n.id}`,
+      ip: n.ip,
+      gateway: this.gateway,
+      release: () => {
+        // Off the container's critical path; a failure leaves a lease that sweep() reclaims.
+        this.#destroy(n).catch(() => undefined);
+        return Promise.resolve();
+      },
+    };
+  }
+
+  /** Namespace `kiln-<id>` with a veth on the bridge, an address, `lo` up and a default route. */
+  async #create(id: string): Promise<Netns> {
     const ip = await this.lease(id);
     const ns = `kiln-${id}`;
     const veth = `vk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
@@ -193,15 +257,12 @@ export class BridgeNetwork {
         },
       );
     }
-    return {
-      nsPath: `/run/netns/${ns}`,
-      ip,
-      gateway: this.gateway,
-      release: async () => {
-        await BridgeNetwork.detach(id);
-        await this.unlease(ip);
-      },
-    };
+    return { id, ip };
+  }
+
+  async #destroy(n: Netns): Promise<void> {
+    await BridgeNetwork.detach(n.id);
+    await this.unlease(n.ip);
   }
 
   /** Deletes container `id`'s namespace (its veth goes with it); a missing one is fine. */

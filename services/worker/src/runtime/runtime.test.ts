@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BridgeNetwork } from './bridge.js';
 import { DEFAULT_PATH, ExecError, OciRuntime, RuntimeError } from './index.js';
 import type { RunOptions, RunSpec } from './index.js';
+import { until as waitFor } from '../node/testing.js';
 import { makeBusyboxRootfs } from './test-rootfs.js';
 
 const execFileP = promisify(execFile);
@@ -198,9 +199,35 @@ describe('OciRuntime', () => {
     const leaseDir = '/run/kiln/ipam/10.89.0.0-16';
     await execFileP('ip', ['netns', 'add', `kiln-${id}`]);
     await writeFile(join(leaseDir, '10.89.255.254'), `${dead} ${id}`);
-    await BridgeNetwork.setup();
+    const bridge = await BridgeNetwork.setup({ poolSize: 0 });
+    await bridge.close();
     expect((await execFileP('ip', ['netns', 'list'])).stdout).not.toContain(`kiln-${id}`);
     await expect(lstat(join(leaseDir, '10.89.255.254'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('hands out pooled namespaces, each once, refills the pool and deletes released ones', async () => {
+    const bridge = await BridgeNetwork.setup({ poolSize: 2 });
+    try {
+      await waitFor('the pool to fill', () => bridge.pooled === 2);
+      const a = await bridge.attach('unused-a');
+      const b = await bridge.attach('unused-b');
+      expect(a.nsPath).not.toBe(b.nsPath);
+      expect(a.ip).not.toBe(b.ip);
+      // Pooled, not made for these ids.
+      expect(a.nsPath).toMatch(/\/run\/netns\/kiln-pool-/);
+      const list = (await execFileP('ip', ['netns', 'list'])).stdout;
+      expect(list).toContain(a.nsPath.slice('/run/netns/'.length));
+      await a.release();
+      await b.release();
+      const gone = async (p: string): Promise<boolean> =>
+        !(await execFileP('ip', ['netns', 'list'])).stdout.includes(p.slice('/run/netns/'.length));
+      await waitFor('released namespaces to be deleted', async () =>
+        (await gone(a.nsPath)) && (await gone(b.nsPath)) ? true : undefined,
+      );
+      await waitFor('the pool to refill', () => bridge.pooled === 2);
+    } finally {
+      await bridge.close();
+    }
   });
 
   it('mounts tmpfs with a size, read-only and read-write binds, and removes new mount points', async () => {
