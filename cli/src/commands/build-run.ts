@@ -1,6 +1,6 @@
 /**
  * The implementation of `kiln build` (see build.ts): the Dockerfile goes to a scheduler (remote, or
- * the embedded farm, see farm.ts) with a session serving the context, secrets and ssh agents; the
+ * the local farm, see farm/local.ts) with a session serving the context, secrets and ssh agents; the
  * progress comes from the build's status stream; exporters' artifacts come back over the session.
  */
 import { randomUUID } from 'node:crypto';
@@ -92,6 +92,10 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     throw new BuildOptionError(`--progress ${flags.progress}: want auto, tty or plain`);
 
   const addr = flags.addr ?? env.KILN_ADDR;
+  if (addr && flags.insecureRegistry.length > 0)
+    process.stderr.write(
+      `WARNING: --insecure-registry applies to the local farm only; the farm at ${addr} uses its own registry settings\n`,
+    );
   const farm = addr
     ? await remoteFarm(addr)
     : await localFarm({

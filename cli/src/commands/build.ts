@@ -1,6 +1,6 @@
 /**
  * `kiln build`: builds a Dockerfile like `docker buildx build`, on a Kiln farm (`--addr`,
- * `KILN_ADDR`) or on the embedded single-machine farm. The implementation (and the engine's dependencies) load only when
+ * `KILN_ADDR`) or on the local farm (farm/local.ts). The implementation loads only when
  * the command runs, so other commands start fast.
  */
 import type { Command } from 'commander';
@@ -46,7 +46,7 @@ export function registerBuild(program: Command): void {
     )
     .option(
       '--addr <host:port>',
-      'build on the farm whose scheduler is here (default: $KILN_ADDR, else the embedded single-machine farm)',
+      'build on the farm whose scheduler is here (default: $KILN_ADDR, else the local farm, started on first use)',
     )
     .action(async (context: string, flags: BuildFlags) => {
       const { build } = await import('./build-run.js');

@@ -13,7 +13,7 @@
 import { chmodSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { farmPaths } from './paths.js';
+import { farmPaths, processStartTime } from './paths.js';
 import type { FarmInfo } from './paths.js';
 import { startFarmServices } from './services.js';
 
@@ -51,6 +51,7 @@ async function main(): Promise<void> {
   chmodSync(paths.socket, 0o600);
   const info: FarmInfo = {
     pid: process.pid,
+    ...(processStartTime(process.pid) ? { startTime: processStartTime(process.pid) } : {}),
     socket: paths.socket,
     stamp: values.stamp ?? '',
     insecureRegistries: insecure,
@@ -112,6 +113,8 @@ function readOwnPid(path: string): number | undefined {
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`kiln farm: ${err instanceof Error ? err.message : String(err)}\n`);
+  const code = (err as { code?: unknown }).code;
+  const what = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`kiln farm: ${what}${typeof code === 'string' ? ` [${code}]` : ''}\n`);
   process.exit(1);
 });

@@ -25,7 +25,7 @@ import {
 } from 'node:fs';
 import { KilnClient } from '@kiln/client';
 import { KilnError } from '@kiln/protocol';
-import { codeStamp, daemonEntry, farmPaths, pidAlive, readFarmInfo } from './paths.js';
+import { codeStamp, daemonEntry, farmAlive, farmPaths, pidAlive, readFarmInfo } from './paths.js';
 import type { FarmInfo } from './paths.js';
 
 export interface Farm {
@@ -68,7 +68,7 @@ export async function localFarm(o: LocalFarmOptions): Promise<Farm> {
   const stamp = codeStamp();
   for (let round = 0; round < 5; round++) {
     const info = readFarmInfo(o.stateDir);
-    if (info && pidAlive(info.pid)) {
+    if (info && farmAlive(info)) {
       const missing = o.insecureRegistries.filter((r) => !info.insecureRegistries.includes(r));
       if (info.stamp !== stamp || missing.length > 0) {
         o.onWait?.(
@@ -86,7 +86,7 @@ export async function localFarm(o: LocalFarmOptions): Promise<Farm> {
       if (!socketExists(info.socket)) {
         // It removed its socket: it is stopping (idle, or asked to). Wait for it to go.
         o.onWait?.(`the local farm (pid ${info.pid}) is stopping: waiting for it`);
-        await waitExit(info.pid, STOP_MS);
+        await waitExit(info, STOP_MS);
         continue;
       }
       const client = await KilnClient.connect(`unix:${info.socket}`, {
@@ -98,11 +98,11 @@ export async function localFarm(o: LocalFarmOptions): Promise<Farm> {
           where: `local farm (${o.stateDir})`,
           close: () => Promise.resolve(client.close()),
         };
-      if (!pidAlive(info.pid)) continue; // it died meanwhile
+      if (!farmAlive(info)) continue; // it died meanwhile
       // Alive but not answering: hung. Replaced, not waited on.
       o.onWait?.(`the local farm (pid ${info.pid}) does not answer: replacing it`);
-      killHard(info.pid);
-      await waitExit(info.pid, 10_000);
+      if (farmAlive(info)) killHard(info.pid);
+      await waitExit(info, 10_000);
       removeLeftovers(o.stateDir, info.pid);
       continue;
     }
@@ -120,7 +120,7 @@ export interface StopResult {
 /** Asks the local farm to stop (running builds finish first) and waits until it has. */
 export async function stopLocalFarm(stateDir: string): Promise<StopResult> {
   const info = readFarmInfo(stateDir);
-  if (!info || !pidAlive(info.pid)) {
+  if (!info || !farmAlive(info)) {
     if (info) removeLeftovers(stateDir, info.pid);
     return {};
   }
@@ -138,7 +138,7 @@ export interface FarmStatus {
 /** What runs on `stateDir`; a running farm is asked for its workers (it must answer). */
 export async function localFarmStatus(stateDir: string): Promise<FarmStatus> {
   const info = readFarmInfo(stateDir);
-  if (!info || !pidAlive(info.pid)) return { state: 'stopped' };
+  if (!info || !farmAlive(info)) return { state: 'stopped' };
   const stale = info.stamp !== codeStamp();
   const client = await KilnClient.connect(`unix:${info.socket}`, {
     connectTimeoutMs: 3_000,
@@ -150,13 +150,13 @@ export async function localFarmStatus(stateDir: string): Promise<FarmStatus> {
 
 async function stopFarm(stateDir: string, info: FarmInfo): Promise<void> {
   try {
-    process.kill(info.pid, 'SIGTERM');
+    if (farmAlive(info)) process.kill(info.pid, 'SIGTERM');
   } catch {
     // already gone
   }
-  if (!(await waitExit(info.pid, STOP_MS))) {
-    killHard(info.pid);
-    await waitExit(info.pid, 10_000);
+  if (!(await waitExit(info, STOP_MS))) {
+    if (farmAlive(info)) killHard(info.pid);
+    await waitExit(info, 10_000);
   }
   removeLeftovers(stateDir, info.pid);
 }
@@ -183,7 +183,7 @@ async function startDaemon(
     const until = Date.now() + START_MS;
     while (Date.now() < until && pidAlive(holder)) {
       const info = readFarmInfo(o.stateDir);
-      if (info && pidAlive(info.pid)) return;
+      if (info && farmAlive(info)) return;
       await delay(20);
     }
     return;
@@ -266,9 +266,9 @@ function killHard(pid: number): void {
   }
 }
 
-async function waitExit(pid: number, ms: number): Promise<boolean> {
+async function waitExit(info: FarmInfo, ms: number): Promise<boolean> {
   const until = Date.now() + ms;
-  while (pidAlive(pid)) {
+  while (farmAlive(info)) {
     if (Date.now() > until) return false;
     await delay(20);
   }

@@ -20,6 +20,8 @@ export interface FarmPaths {
 
 export interface FarmInfo {
   pid: number;
+  /** The pid's start time (`/proc/<pid>/stat` field 22): a pid reused by another process differs. */
+  startTime?: string;
   socket: string;
   /** {@link codeStamp} of the code the farm runs. */
   stamp: string;
@@ -98,6 +100,23 @@ export function readFarmInfo(stateDir: string): FarmInfo | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22); undefined if gone. */
+export function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces and parentheses): state is field 3.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the farm `info` describes still runs: its pid lives and is the same process. */
+export function farmAlive(info: Pick<FarmInfo, 'pid' | 'startTime'>): boolean {
+  if (!pidAlive(info.pid)) return false;
+  return info.startTime === undefined || processStartTime(info.pid) === info.startTime;
 }
 
 /** Whether `pid` is a live process (not a zombie waiting to be reaped). */

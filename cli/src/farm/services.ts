@@ -27,7 +27,7 @@ import { Dispatcher, ControlServer, registryMetaResolver } from '@kiln/scheduler
 import { FsBlobStore } from '@kiln/store';
 import { WorkerNode, binfmtRegistered, defaultSlots, loadConfig } from '@kiln/worker';
 import type { Logger } from 'pino';
-import { pidAlive } from './paths.js';
+import { farmAlive, processStartTime } from './paths.js';
 
 export interface FarmServicesOptions {
   stateDir: string;
@@ -70,12 +70,13 @@ function lockStateDir(stateDir: string): () => void {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = openSync(path, 'wx');
-      writeFileSync(fd, String(process.pid));
+      writeFileSync(fd, `${process.pid} ${processStartTime(process.pid) ?? ''}`);
       return () => rmSync(path, { force: true });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const pid = Number(readFileSync(path, 'utf8'));
-      if (pidAlive(pid))
+      const [pidText = '', startTime] = readFileSync(path, 'utf8').trim().split(' ');
+      const pid = Number(pidText);
+      if (farmAlive({ pid, ...(startTime ? { startTime } : {}) }))
         throw new KilnError(
           'LOCAL_FARM_BUSY',
           `another local farm (pid ${pid}) is using ${stateDir}; stop it (kiln farm stop) or set KILN_STATE_DIR to another directory`,

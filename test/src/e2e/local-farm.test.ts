@@ -63,6 +63,19 @@ function alive(pid: number): boolean {
   }
 }
 
+/** A farm record to forge from: the fields a real one has. */
+function farmJsonOf(dir: string): Record<string, unknown> {
+  return {
+    socket: join(dir, 'farm.sock'),
+    stamp: 'x',
+    insecureRegistries: [],
+    platforms: ['linux/amd64'],
+    slots: 16,
+    idleTimeoutMs: 0,
+    startedAt: new Date().toISOString(),
+  };
+}
+
 async function readyCount(): Promise<number> {
   const log = await readFile(join(stateDir, 'logs', 'farm.log'), 'utf8').catch(() => '');
   return log.split('\n').filter((l) => l.includes('"local farm ready"')).length;
@@ -125,6 +138,18 @@ describe('the local farm', () => {
     const after = await farmJson();
     expect(after?.pid).not.toBe(before!.pid);
     expect(alive(after!.pid)).toBe(true);
+  }, 180_000);
+
+  it('treats a farm.json whose pid now belongs to another process as dead, and leaves that process alone', async () => {
+    await kiln(['farm', 'stop']);
+    // This test's own process stands for the unrelated process that got the pid; a socket file
+    // is left over too. Were the record trusted, the build would wait on it or kill it.
+    const stale = { ...farmJsonOf(stateDir), pid: process.pid, startTime: '1' };
+    await writeFile(join(stateDir, 'farm.json'), JSON.stringify(stale));
+    await writeFile(join(stateDir, 'farm.sock'), '');
+    const res = await build();
+    expect(res.code, res.out).toBe(0);
+    expect((await farmJson())?.pid).not.toBe(process.pid);
   }, 180_000);
 
   it('replaces a hung farm (alive, not answering) instead of waiting on it', async () => {
