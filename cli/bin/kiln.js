@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// The kiln command. The code is compiled to dist/ by `npm run build` at the repository root.
-import { main } from '../dist/main.js';
+// The kiln command. `npm run build` at the repository root compiles the code to dist/ and bundles
+// it into dist/bundle/ (one file to load instead of hundreds of modules: see
+// scripts/bundle-cli.mjs).
+import { main } from '../dist/bundle/main.js';
 
 process.exitCode = await main(process.argv);

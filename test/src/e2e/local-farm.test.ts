@@ -4,15 +4,18 @@
  * idle timeout. Real processes throughout (the daemon bundled from source, its nats-server, crun),
  * against the fixture busybox image in the harness's registry.
  */
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { main } from '@kiln/cli';
-import { makeTempDir, waitFor } from '../harness/index.js';
+import { REPO_ROOT, makeTempDir, waitFor } from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
+const run = promisify(execFile);
 
 interface FarmJson {
   pid: number;
@@ -199,6 +202,20 @@ describe('the local farm', () => {
     for (const r of both) expect(r.code, both.map((b) => b.out).join('\n----\n')).toBe(0);
     expect(await readyCount()).toBe(started + 1);
   }, 180_000);
+
+  it('runs as shipped: the bundled bin/kiln.js answers farm status (needs npm run build)', async () => {
+    const bin = join(REPO_ROOT, 'cli', 'bin', 'kiln.js');
+    const version = await run(process.execPath, [bin, '--version']);
+    expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    const status = await run(process.execPath, [bin, 'farm', 'status', '--json'], {
+      env: { ...process.env, KILN_STATE_DIR: join(tmp.dir, 'never-started') },
+    }).then(
+      (r) => ({ code: 0, stdout: r.stdout }),
+      (e: { code: number; stdout: string }) => e,
+    );
+    expect(status.code).toBe(1);
+    expect(JSON.parse(status.stdout)).toMatchObject({ state: 'stopped' });
+  }, 60_000);
 
   it('stops by itself after its idle timeout', async () => {
     await kiln(['farm', 'stop']);
