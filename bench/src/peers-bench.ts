@@ -80,6 +80,11 @@ const twoStageFiles = (base: string): Record<string, string> => ({
 });
 
 const ALL_CASES: CaseName[] = ['cold', 'cached', 'changed'];
+const CASE_NAMES: Record<CaseName, string> = {
+  cold: 'cold (--no-cache)',
+  cached: 'fully cached',
+  changed: 'one file changed',
+};
 
 const WORKLOADS: Workload[] = [
   {
@@ -296,6 +301,7 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
     );
 
     const rows: (string | number)[][] = [];
+    let failures = 0;
     for (const w of workloads) {
       const ctx = join(work, `ctx-${w.name}`);
       await w.write(ctx, image);
@@ -331,37 +337,53 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
       let checked = false;
       let edits = 0;
       for (const c of w.cases) {
+        const caseName = CASE_NAMES[c];
+        const t = c === 'cached' ? w.cachedTarget : { max: 1 };
+        const target = `<= ${t.max.toFixed(1)}x${t.stretch ? ` (stretch ${t.stretch}x)` : ''}`;
         const times = { kiln: [] as number[], bk: [] as number[] };
-        for (let r = 0; r <= rounds; r++) {
-          if (c === 'changed' && w.changeFile)
-            await writeFile(join(ctx, w.changeFile), `changed ${++edits} ${Date.now()}\n`);
-          const k = await timedRun(process.execPath, kilnArgs(c), { env: kilnEnv });
-          const b = await timedRun(buildctl, bkArgs(c));
-          if (r === 0) {
-            if (!checked) {
-              await sameRootfs(w, out.kiln, out.bk);
-              checked = true;
+        try {
+          for (let r = 0; r <= rounds; r++) {
+            if (c === 'changed' && w.changeFile)
+              await writeFile(join(ctx, w.changeFile), `changed ${++edits} ${Date.now()}\n`);
+            const k = await timedRun(process.execPath, kilnArgs(c), { env: kilnEnv });
+            const b = await timedRun(buildctl, bkArgs(c));
+            if (r === 0) {
+              if (!checked) {
+                await sameRootfs(w, out.kiln, out.bk);
+                checked = true;
+              }
+              continue;
             }
-            continue;
+            times.kiln.push(k);
+            times.bk.push(b);
           }
-          times.kiln.push(k);
-          times.bk.push(b);
+        } catch (err) {
+          // Reported and marked in the table; the other workloads still run.
+          failures++;
+          const different = err instanceof DifferentOutputError;
+          console.error(`  ${w.name} ${c}: ${err instanceof Error ? err.message : String(err)}`);
+          rows.push([
+            `${w.name}: ${w.title}`,
+            caseName,
+            '',
+            '',
+            '',
+            target,
+            different ? 'different output' : 'failed',
+          ]);
+          if (different) break;
+          continue;
         }
         const km = median(times.kiln) / 1000;
         const bm = median(times.bk) / 1000;
         const ratio = km / bm;
-        const t = c === 'cached' ? w.cachedTarget : { max: 1 };
         rows.push([
           `${w.name}: ${w.title}`,
-          c === 'changed'
-            ? 'one file changed'
-            : c === 'cached'
-              ? 'fully cached'
-              : 'cold (--no-cache)',
+          caseName,
           km,
           bm,
           `${ratio.toFixed(2)}x`,
-          `<= ${t.max.toFixed(1)}x${t.stretch ? ` (stretch ${t.stretch}x)` : ''}`,
+          target,
           ratio > t.max ? 'NO' : t.stretch && ratio > t.stretch ? 'yes (not stretch)' : 'yes',
         ]);
         console.log(
@@ -377,6 +399,10 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
       rows,
     );
     console.log(`\nload average ${load()} at end`);
+    if (failures) {
+      console.error(`${failures} case(s) failed (above)`);
+      process.exitCode = 1;
+    }
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
@@ -384,11 +410,13 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
   }
 }
 
+class DifferentOutputError extends Error {}
+
 /** Fails unless both images hold the same files (paths, types, contents, link targets). */
 async function sameRootfs(w: Workload, kilnTar: string, bkTar: string): Promise<void> {
   const d = diffRootfs(await ociRootfs(kilnTar), await ociRootfs(bkTar), ['kiln', 'buildkit']);
   if (d.content.length)
-    throw new Error(
+    throw new DifferentOutputError(
       `workload ${w.name}: kiln and buildkit built different root filesystems:\n` +
         d.content.slice(0, 20).join('\n'),
     );
