@@ -246,7 +246,9 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
   );
 
   const work = await mkdtemp(join(tmpdir(), 'kiln-bench-peers-'));
-  const kilnEnv = { ...process.env, KILN_STATE_DIR: join(work, 'kiln-state') };
+  // The local farm of a state dir of its own; never a farm KILN_ADDR names.
+  const kilnEnv: NodeJS.ProcessEnv = { ...process.env, KILN_STATE_DIR: join(work, 'kiln-state') };
+  delete kilnEnv.KILN_ADDR;
   const bkDir = join(work, 'buildkit');
   let reg: RegistryHandle | undefined;
   let bkStarted = false;
