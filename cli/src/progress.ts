@@ -4,7 +4,7 @@
  * same steps redrawn in place with timings, and a live tail of each running step's output.
  */
 import type { Writable } from 'node:stream';
-import type { ProgressEvent } from '@kiln/worker';
+import type { ProgressEvent } from '@kiln/client';
 
 interface Step {
   n: number;

@@ -2,8 +2,7 @@
  * The control API's status frames as the progress printer's events: each vertex's transitions
  * (started, cached, completed, error) once, and its log lines.
  */
-import type { StatusResponse } from '@kiln/client';
-import type { ProgressEvent } from '@kiln/worker';
+import type { ProgressEvent, StatusResponse } from '@kiln/client';
 
 const ms = (v: number | { toNumber(): number } | null | undefined): number =>
   v == null ? 0 : Math.floor((typeof v === 'number' ? v : v.toNumber()) / 1e6);

@@ -190,7 +190,7 @@ function extractingWriter(dest: string): Writable {
   const start = (): Promise<unknown> =>
     (applied ??= mkdir(dest, { recursive: true })
       // The tar applier loads only for a local export (it is not on the client's common path).
-      .then(() => import('@kiln/worker'))
+      .then(() => import('@kiln/layers'))
       .then(({ applyLayer }) => applyLayer(pass, dest)));
   return new Writable({
     write(chunk: Buffer, _enc, cb) {

@@ -14,3 +14,4 @@ export type {
 export { dockerfileInput } from './dockerfile-input.js';
 export { BuildSession } from './session.js';
 export type { SessionOptions } from './session.js';
+export type { ProgressEvent } from './progress-event.js';

@@ -1,4 +1,3 @@
-export * from './layers/index.js';
 export * from './ops/exec/index.js';
 export * from './ops/file/index.js';
 export * from './registry/index.js';

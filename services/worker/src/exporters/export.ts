@@ -15,7 +15,7 @@ import type { Readable, Writable } from 'node:stream';
 import tar from 'tar-stream';
 import type { BlobStore } from '@kiln/store';
 import { copyPath } from '../fs/index.js';
-import { diffLayer } from '../layers/index.js';
+import { diffLayer } from '@kiln/layers';
 import { readSnapshot } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 import { KilnError } from '@kiln/protocol';

@@ -8,8 +8,8 @@
 import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { BlobStore } from '@kiln/store';
-import { writeLayer } from '../layers/index.js';
-import type { LayerDescriptor } from '../layers/index.js';
+import { writeLayer } from '@kiln/layers';
+import type { LayerDescriptor } from '@kiln/layers';
 import { snapshotChain } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 

@@ -25,13 +25,13 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import * as tar from 'tar-stream';
-import { FsError, FsErrorCode, errnoOf } from './errors.js';
+import { FsError, FsErrorCode, errnoOf } from '@kiln/layers';
 import { lstatOrUndefined, mkdirAllResolved } from './ops.js';
 import type { Owner } from './ops.js';
-import { resolveInRoot } from './resolve.js';
-import { entryXattrs, keepPaxXattrs } from './tar-xattrs.js';
-import { writeXattrs, xattrTarget } from './xattr.js';
-import type { XattrTarget } from './xattr.js';
+import { resolveInRoot } from '@kiln/layers';
+import { entryXattrs, keepPaxXattrs } from '@kiln/layers';
+import { writeXattrs, xattrTarget } from '@kiln/layers';
+import type { XattrTarget } from '@kiln/layers';
 
 const execFileAsync = promisify(execFile);
 

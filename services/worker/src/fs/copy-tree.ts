@@ -29,15 +29,15 @@ import {
 } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { promisify } from 'node:util';
-import { FsError, FsErrorCode } from './errors.js';
+import { FsError, FsErrorCode } from '@kiln/layers';
 import { goMatch, splitWildcards } from './match.js';
 import { applyMeta, lstatOrUndefined, mkdirAllResolved } from './ops.js';
 import type { Owner } from './ops.js';
 import { EMPTY_MATCH_INFO, PatternMatcher } from './patterns.js';
 import type { MatchInfo } from './patterns.js';
-import { cleanRootPath, displayPath, resolveInRoot } from './resolve.js';
-import { readTreeXattrs, writeXattrs, xattrTarget } from './xattr.js';
-import type { XattrTarget, Xattrs } from './xattr.js';
+import { cleanRootPath, displayPath, resolveInRoot } from '@kiln/layers';
+import { readTreeXattrs, writeXattrs, xattrTarget } from '@kiln/layers';
+import type { XattrTarget, Xattrs } from '@kiln/layers';
 
 const execFileAsync = promisify(execFile);
 

@@ -21,7 +21,7 @@ import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cloneTree, copyPath, resolveWildcards } from './copy-tree.js';
 import { detectArchive, unpackArchive } from './archive.js';
-import { FsError, FsErrorCode } from './errors.js';
+import { FsError, FsErrorCode } from '@kiln/layers';
 import {
   chmodInRoot,
   lchownInRoot,
@@ -30,7 +30,7 @@ import {
   utimesInRoot,
   writeFileInRoot,
 } from './ops.js';
-import { resolveInRoot } from './resolve.js';
+import { resolveInRoot } from '@kiln/layers';
 
 const exec = promisify(execFile);
 

@@ -2,7 +2,7 @@ export { detectArchive, detectCompression, unpackArchive } from './archive.js';
 export type { ArchiveCompression, UnpackOptions } from './archive.js';
 export { cloneTree, copyPath, resolveWildcards } from './copy-tree.js';
 export type { CopyOptions } from './copy-tree.js';
-export { FsError, FsErrorCode, errnoOf } from './errors.js';
+export { FsError, FsErrorCode, errnoOf } from '@kiln/layers';
 export { goMatch, hasWildcards, isValidPattern, splitWildcards } from './match.js';
 export {
   applyMeta,
@@ -26,5 +26,5 @@ export {
   matchesOrParentMatches,
 } from './patterns.js';
 export type { MatchInfo } from './patterns.js';
-export { MAX_SYMLINKS, cleanRootPath, displayPath, resolveInRoot, resolveRel } from './resolve.js';
-export type { ResolveOptions } from './resolve.js';
+export { MAX_SYMLINKS, cleanRootPath, displayPath, resolveInRoot, resolveRel } from '@kiln/layers';
+export type { ResolveOptions } from '@kiln/layers';

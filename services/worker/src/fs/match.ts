@@ -3,7 +3,7 @@
  * characters, `?` one non-`/` character, `[...]` a class with ranges and `^` negation, `\` escapes.
  * Used for `allowWildcard` copies and removals, exactly as BuildKit resolves them.
  */
-import { FsError, FsErrorCode } from './errors.js';
+import { FsError, FsErrorCode } from '@kiln/layers';
 
 class BadPattern extends Error {}
 

@@ -7,8 +7,8 @@ import { constants } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { chmod, lchown, lstat, lutimes, mkdir, open, rm } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { FsError, FsErrorCode, errnoOf } from './errors.js';
-import { cleanRootPath, displayPath, resolveInRoot } from './resolve.js';
+import { FsError, FsErrorCode, errnoOf } from '@kiln/layers';
+import { cleanRootPath, displayPath, resolveInRoot } from '@kiln/layers';
 
 /** Numeric owner of a file. */
 export interface Owner {

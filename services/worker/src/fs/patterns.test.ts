@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FsError } from './errors.js';
+import { FsError } from '@kiln/layers';
 import { goMatch, splitWildcards } from './match.js';
 import { EMPTY_MATCH_INFO, PatternMatcher, matchesOrParentMatches } from './patterns.js';
 import type { MatchInfo } from './patterns.js';

@@ -10,7 +10,7 @@ import {
   matchesOrParentMatches as baseMatchesOrParentMatches,
 } from '@kiln/dockerfile';
 import type { MatchInfo } from '@kiln/dockerfile';
-import { FsError, FsErrorCode } from './errors.js';
+import { FsError, FsErrorCode } from '@kiln/layers';
 
 export { Pattern } from '@kiln/dockerfile';
 export type { MatchInfo };

@@ -10,8 +10,8 @@ import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { detectArchive, unpackArchive } from './archive.js';
 import { cloneTree, copyPath } from './copy-tree.js';
-import { CAPABILITY, dumpXattrs as dump, getx, setx } from './xattr-test-util.js';
-import { writeXattrs, xattrTarget } from './xattr.js';
+import { CAPABILITY, dumpXattrs as dump, getx, setx } from '@kiln/layers/testing';
+import { writeXattrs, xattrTarget } from '@kiln/layers';
 
 const exec = promisify(execFile);
 const BINARY = Buffer.from([0xff, 0xfe, 0x00, 0x0a, 0x5c, 0x3d, 0x80]);

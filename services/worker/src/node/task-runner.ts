@@ -38,7 +38,7 @@ import type { Logger } from 'pino';
 import { Engine } from '../engine/engine.js';
 import { FileExecutor } from '../engine/executors/file.js';
 import { SourceExecutor } from '../engine/executors/source.js';
-import { applyLayer } from '../layers/index.js';
+import { applyLayer } from '@kiln/layers';
 import { runExec, sweepExecState } from '../ops/exec/index.js';
 import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
 import { buildSnapshot } from '../ops/snapshots.js';

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { applyLayer, diffLayer } from '../layers/index.js';
+import { applyLayer, diffLayer } from '@kiln/layers';
 import { mountTemp } from '../snapshot/mount.js';
 import type { Snapshotter } from '../snapshot/types.js';
 import type { BlobStore, Digest } from '@kiln/store';

@@ -14,8 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Readable } from 'node:stream';
-import { applyLayer, diffLayer } from '../layers/index.js';
-import { exec, readAll, snapshotTree, tarNames } from '../layers/test-util.js';
+import { applyLayer, diffLayer } from '@kiln/layers';
+import { exec, readAll, snapshotTree, tarNames } from '@kiln/layers/testing';
 import {
   CopySnapshotter,
   OverlaySnapshotter,

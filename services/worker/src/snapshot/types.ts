@@ -1,4 +1,4 @@
-import type { DiffSource } from '../layers/index.js';
+import type { DiffSource } from '@kiln/layers';
 
 /**
  * One mount, as containerd describes it: `mount -t <type> -o <options> <source> <target>`.

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { KilnError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { Platform } from '@kiln/llb';
-import { applyLayer } from '../../layers/index.js';
+import { applyLayer } from '@kiln/layers';
 import type { BlobStore } from '@kiln/store';
 import { buildSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';

@@ -9,7 +9,7 @@
  * action's result, or scratch). An earlier result used by exactly one later action, as its input,
  * and by nothing else, is mutated in place instead of copied. Only actions that contribute to an
  * output run. `secondaryInput` (the copy source) and the roots used for user-name lookups are
- * read, never written. Every path is resolved inside its root (see `fs/resolve.ts`).
+ * read, never written. Every path is resolved inside its root (see `resolveInRoot` in `@kiln/layers`).
  */
 import { realpath } from 'node:fs/promises';
 import type { Long, pb } from '@kiln/protocol';

@@ -8,7 +8,7 @@
  *   applies its deletions too, as in BuildKit.
  */
 import type { BlobStore } from '@kiln/store';
-import { applyLayer, writeLayer } from '../../layers/index.js';
+import { applyLayer, writeLayer } from '@kiln/layers';
 import type { LayerCache } from '../../exporters/layers.js';
 import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
 import { applyChain, buildSnapshot, readSnapshot, snapshotChain } from '../snapshots.js';

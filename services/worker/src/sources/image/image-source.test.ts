@@ -4,7 +4,7 @@ import { gunzipSync } from 'node:zlib';
 import { parseImageReference } from '@kiln/llb';
 import { DigestMismatchError, FsBlobStore, sha256Digest } from '@kiln/store';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LayerError, LayerErrorCode, zstdSupport } from '../../layers/index.js';
+import { LayerError, LayerErrorCode, zstdSupport } from '@kiln/layers';
 import {
   ImageNotFoundError,
   MediaType,

@@ -2,8 +2,8 @@ import type { ImageReference, Platform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
 import { DigestMismatchError } from '@kiln/store';
 import type { BlobStore, Digest } from '@kiln/store';
-import { applyLayer } from '../../layers/index.js';
-import type { ApplyOptions } from '../../layers/index.js';
+import { applyLayer } from '@kiln/layers';
+import type { ApplyOptions } from '@kiln/layers';
 import {
   ManifestInvalidError,
   PlatformNotFoundError,

@@ -2,7 +2,7 @@ import type { BigIntStats } from 'node:fs';
 import { open, readdir, readlink } from 'node:fs/promises';
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Xattrs } from '../fs/xattr.js';
+import type { Xattrs } from './xattr.js';
 import { LayerError, LayerErrorCode } from './errors.js';
 
 /**

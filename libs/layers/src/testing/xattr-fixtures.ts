@@ -1,7 +1,7 @@
 /** Helpers shared by the extended-attribute tests (fs and layers): the attr tools used directly. */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { readTreeXattrs } from './xattr.js';
+import { readTreeXattrs } from '../xattr.js';
 
 const exec = promisify(execFile);
 

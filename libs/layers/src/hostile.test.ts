@@ -6,8 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { applyLayer } from './apply-layer.js';
 import type { ApplyOptions } from './apply-layer.js';
 import { LayerError } from './errors.js';
-import { buildTar, snapshotTree, tempDir } from './test-util.js';
-import type { TarEntry } from './test-util.js';
+import { buildTar, snapshotTree, tempDir } from './testing/tar-fixtures.js';
+import type { TarEntry } from './testing/tar-fixtures.js';
 
 describe('applyLayer against hostile layers', () => {
   let work: string;

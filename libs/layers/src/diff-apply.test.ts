@@ -26,7 +26,7 @@ import {
   snapshotTree,
   tarNames,
   tempDir,
-} from './test-util.js';
+} from './testing/tar-fixtures.js';
 
 const T0 = new Date(1_600_000_000_000);
 const T1 = new Date(1_650_000_000_000);

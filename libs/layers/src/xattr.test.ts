@@ -7,15 +7,15 @@ import { link, mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CAPABILITY, dumpXattrs, getx, setx } from '../fs/xattr-test-util.js';
+import { CAPABILITY, dumpXattrs, getx, setx } from './testing/xattr-fixtures.js';
 import { applyLayer } from './apply-layer.js';
 import { diffLayer } from './diff-layer.js';
 import type { DiffSource } from './diff-layer.js';
 import { LayerError } from './errors.js';
-import { parsePaxXattrs } from '../fs/tar-xattrs.js';
+import { parsePaxXattrs } from './tar-xattrs.js';
 import { encodePaxHeader } from './pax.js';
-import { buildTar, exec, mountOverlay, readAll, tempDir } from './test-util.js';
-import type { TarEntry } from './test-util.js';
+import { buildTar, exec, mountOverlay, readAll, tempDir } from './testing/tar-fixtures.js';
+import type { TarEntry } from './testing/tar-fixtures.js';
 
 /** Bytes that a UTF-8 round trip would corrupt: invalid sequences, NUL, newline, `=`. */
 const BINARY = Buffer.from([0xff, 0xfe, 0x00, 0x0a, 0x3d, 0xc3, 0x28, 0x80]);

@@ -4,9 +4,9 @@
  * UTF-8 text, which corrupts binary values (`security.capability`), so the records are encoded
  * here byte for byte. Reading them back is `../fs/tar-xattrs.ts`.
  */
-import { PAX_XATTR_PREFIX } from '../fs/tar-xattrs.js';
-import type { Xattrs } from '../fs/xattr.js';
-import { validXattrName } from '../fs/xattr.js';
+import { PAX_XATTR_PREFIX } from './tar-xattrs.js';
+import type { Xattrs } from './xattr.js';
+import { validXattrName } from './xattr.js';
 import type * as tar from 'tar-stream';
 
 /** `<len> <key>=<value>\n`, where `<len>` counts the whole record, its own digits included. */

@@ -1,6 +1,6 @@
 import { lstat, readlink } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { FsError, FsErrorCode, errnoOf } from './errors.js';
+import { FsError, FsErrorCode, errnoOf } from './fs-errors.js';
 
 /** Symlinks followed while resolving one path before giving up (moby/sys/symlink's limit). */
 export const MAX_SYMLINKS = 255;

@@ -1,0 +1,27 @@
+export { applyLayer } from './apply-layer.js';
+export type { ApplyOptions, ApplyResult } from './apply-layer.js';
+export { MediaTypes, detectCompression, zstdSupport } from './compression.js';
+export type { Compression } from './compression.js';
+export { diffLayer, layerMediaType, writeLayer } from './diff-layer.js';
+export type { DiffOptions, DiffSource, LayerDescriptor, LayerStream } from './diff-layer.js';
+export { LayerError, LayerErrorCode } from './errors.js';
+export { FsError, FsErrorCode, errnoOf } from './fs-errors.js';
+export {
+  MAX_SYMLINKS,
+  cleanRootPath,
+  displayPath,
+  resolveInRoot,
+  resolveRel,
+} from './root-path.js';
+export type { ResolveOptions } from './root-path.js';
+export { entryXattrs, keepPaxXattrs, parsePaxXattrs } from './tar-xattrs.js';
+export {
+  XATTR_NAME_MAX,
+  XATTR_SIZE_MAX,
+  isSkippedXattr,
+  readTreeXattrs,
+  validXattrName,
+  writeXattrs,
+  xattrTarget,
+} from './xattr.js';
+export type { XattrTarget, XattrWriteResult, Xattrs } from './xattr.js';
