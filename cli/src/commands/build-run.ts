@@ -183,7 +183,7 @@ function exportWriter(o: OutputSpec, platform: string): Writable {
   return atomicFileWriter(suffix ? `${o.dest}.${suffix}` : o.dest);
 }
 
-/** A tar stream extracted into `dest` (entries confined to it); finishes once all is written. */
+/** The result tree as a tar stream, extracted into `dest` (`.wh.` names are files here, not whiteouts); finishes once all is written. */
 function extractingWriter(dest: string): Writable {
   const pass = new PassThrough();
   let applied: Promise<unknown> | undefined;
@@ -191,7 +191,7 @@ function extractingWriter(dest: string): Writable {
     (applied ??= mkdir(dest, { recursive: true })
       // The tar applier loads only for a local export (it is not on the client's common path).
       .then(() => import('@kiln/layers'))
-      .then(({ applyLayer }) => applyLayer(pass, dest)));
+      .then(({ applyTar }) => applyTar(pass, dest, { whiteouts: false })));
   return new Writable({
     write(chunk: Buffer, _enc, cb) {
       start().catch(() => undefined);

@@ -13,8 +13,8 @@ import {
   symlink,
   utimes,
 } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { dirname, join, posix } from 'node:path';
+import type { Duplex, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { KilnError } from '@kiln/protocol';
@@ -27,13 +27,36 @@ import type { XattrTarget } from './xattr.js';
 import { autoDecompress } from './compression.js';
 import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
-import { entryComponents, lstatOrUndefined, resolveDirInRoot } from './safe-path.js';
+import { FsError, FsErrorCode } from './fs-errors.js';
+import { displayPath, lstatOrUndefined, resolveInRoot } from './root-path.js';
 
 const execFileAsync = promisify(execFile);
 
 const WHITEOUT_PREFIX = '.wh.';
 const WHITEOUT_META_PREFIX = '.wh..wh.';
 const WHITEOUT_OPAQUE = '.wh..wh..opq';
+
+export interface TarApplyOptions {
+  /**
+   * Apply the image-spec's changeset rules: `.wh.<name>` deletes `<name>`, `.wh..wh..opq` empties
+   * its directory of everything not in this tar, other `.wh..wh.` names are skipped. Default true
+   * (a layer); false for an archive unpacked by ADD or a local export, whose `.wh.` names are
+   * plain files.
+   */
+  whiteouts?: boolean;
+  /** Create character and block devices; otherwise such entries are {@link LayerErrorCode.Unsafe}. Default false. */
+  allowDevices?: boolean;
+  /** Set owners (needs root). Default: true when running as root or when `owner` is given. */
+  chown?: boolean;
+  /** Owner of every entry instead of the archive's (ADD's `--chown`). */
+  owner?: { uid: number; gid: number } | undefined;
+  /**
+   * How failures to set extended attributes are treated. `strict` (default, layers): anything but
+   * ENOTSUP (and EPERM when not root) is {@link LayerErrorCode.Io}. `best-effort` (ADD, as moby's
+   * untar): every failure is ignored.
+   */
+  xattrs?: 'strict' | 'best-effort';
+}
 
 export interface ApplyOptions {
   /** Create character and block devices; otherwise such entries are {@link LayerErrorCode.Unsafe}. Default false. */
@@ -59,26 +82,9 @@ interface PendingDir {
 }
 
 /**
- * Applies an OCI layer (plain, gzip or zstd: detected) to `rootDir`, following the image-spec's
- * changeset rules: `.wh.<name>` deletes `<name>`, `.wh..wh..opq` empties its directory of
- * everything not in this layer, an existing path is replaced unless both are directories.
- *
- * Safety: every entry is resolved inside `rootDir` (see `resolveDirInRoot`); names with `..` or a
- * leading `/`, paths through a symlink that leaves the root, hardlinks whose target is outside or
- * missing, and devices (unless allowed) fail with a {@link LayerError} naming the entry; nothing
- * is ever written outside `rootDir`. A source that errors (a `BlobStore` read whose digest does
- * not verify) fails the apply with its error. On failure the root holds a partial layer: callers
- * apply into a fresh snapshot and discard it on error.
- * `rootDir` must not be modified by anyone else during the apply.
- *
- * Extended attributes (PAX `SCHILY.xattr.*`, parsed byte-exact) are set once every entry is in,
- * with one `setfattr --restore` (lsetxattr: a symlink's own attributes), on each entry that still
- * is the inode this layer created under a parent that still resolves to itself; after chown, which
- * would clear `security.capability`. `trusted.overlay.*` and `security.selinux` are never set; a
- * name the filesystem does not support is ignored (containerd ignores ENOTSUP); so is a refused
- * one (EPERM) when not running as root; any other failure is {@link LayerErrorCode.Io}. A
- * malformed name (empty, NUL, over 255 bytes) or a value over 64 KiB is
- * {@link LayerErrorCode.Invalid}.
+ * Applies an OCI layer (plain, gzip or zstd: detected) to `rootDir`: {@link applyTar} with
+ * whiteouts, and the diffID of the uncompressed tar computed on the way. A source that errors (a
+ * `BlobStore` read whose digest does not verify) fails the apply with its error.
  */
 export async function applyLayer(
   source: Readable,
@@ -86,19 +92,85 @@ export async function applyLayer(
   opts: ApplyOptions = {},
 ): Promise<ApplyResult> {
   const root = await realpath(rootDir);
-  const allowDevices = opts.allowDevices ?? false;
-  const chown = opts.chown ?? process.getuid?.() === 0;
-  const { compression, tar: tarStream } = await autoDecompress(source);
+  const { compression, tar: tarStream } = await autoDecompress(source).catch((err: unknown) => {
+    source.destroy();
+    throw err;
+  });
   const hasher = new DigestingStream();
+  try {
+    const { entries } = await unpack(
+      [tarStream, hasher],
+      root,
+      { ...opts, whiteouts: true },
+      source,
+    );
+    return { compression, diffID: hasher.digest, size: hasher.size, entries };
+  } catch (err) {
+    source.destroy();
+    throw err;
+  }
+}
+
+/**
+ * The one tar applier: unpacks an uncompressed tar stream into `rootDir` with containerd's rules
+ * (`archive.applyNaive`), which every real-world image satisfies:
+ *
+ * - names are cleaned and rooted: `/`, `./`, absolute names and `..` that stays inside are fine;
+ *   a name whose `..` climbs above the root is {@link LayerErrorCode.Unsafe} (moby's breakout
+ *   check); an entry that is the root itself is skipped (the root keeps its own metadata);
+ * - the parent path is resolved inside the root as if it were `/` ({@link resolveInRoot}): a
+ *   symlink met on the way is followed, an absolute target re-rooted and `..` clamped at the
+ *   root, never refused; missing parents are created (0755); the last component is never
+ *   followed (an existing entry is replaced unless both are directories);
+ * - a hardlink's target is cleaned the same way, its parents resolved inside the root; it must
+ *   exist and not be a directory ({@link LayerErrorCode.Invalid});
+ * - devices only with `allowDevices`; whiteouts and opaque directories when `whiteouts`.
+ *
+ * So nothing is ever written outside `rootDir`, as long as nobody else modifies it during the
+ * apply. On failure the root holds a partial tar: callers apply into a fresh snapshot (or scratch
+ * copy) and discard it. Errors are {@link LayerError}s naming the entry.
+ *
+ * Extended attributes (PAX `SCHILY.xattr.*`, parsed byte-exact) are set once every entry is in,
+ * with one `setfattr --restore` (lsetxattr: a symlink's own attributes), on each entry that still
+ * is the inode this tar created under a parent that still resolves to itself; after chown, which
+ * would clear `security.capability`. `trusted.overlay.*` and `security.selinux` are never set; see
+ * {@link TarApplyOptions.xattrs} for failures. A malformed name (empty, NUL, over 255 bytes) or a
+ * value over 64 KiB is {@link LayerErrorCode.Invalid}.
+ */
+export async function applyTar(
+  tarStream: Readable,
+  rootDir: string,
+  opts: TarApplyOptions = {},
+): Promise<{ entries: number }> {
+  return unpack([tarStream], await realpath(rootDir), opts);
+}
+
+/**
+ * {@link applyTar} of the tar that comes out of `streams` piped in turn, into `root` (a real
+ * path). Nothing is awaited before the pipeline is set up: entries and errors emitted meanwhile
+ * would be lost.
+ */
+async function unpack(
+  streams: [Readable, ...Duplex[]],
+  root: string,
+  opts: TarApplyOptions,
+  source?: Readable,
+): Promise<{ entries: number }> {
   const extract = tar.extract();
   keepPaxXattrs(extract);
-  const feeding = pipeline(tarStream, hasher, extract);
+  const feeding = pipeline([...streams, extract]);
   // Observed below; this keeps an early failure from being reported as unhandled meanwhile.
   feeding.catch(() => undefined);
 
-  const unpacked = new Set<string>();
-  const dirs: PendingDir[] = [];
-  const xattrs = new Map<string, XattrTarget>();
+  const ctx: EntryContext = {
+    whiteouts: opts.whiteouts ?? true,
+    allowDevices: opts.allowDevices ?? false,
+    chown: opts.chown ?? (opts.owner !== undefined || process.getuid?.() === 0),
+    owner: opts.owner,
+    unpacked: new Set<string>(),
+    dirs: [],
+    xattrs: new Map<string, XattrTarget>(),
+  };
   let entries = 0;
   let current: string | undefined;
   try {
@@ -107,49 +179,97 @@ export async function applyLayer(
       current = header.name;
       entries++;
       const data = entry as AsyncIterable<Buffer>;
-      const consumed = await applyEntry(root, header, data, {
-        allowDevices,
-        chown,
-        unpacked,
-        dirs,
-        xattrs,
-      });
+      const consumed = await applyEntry(root, header, data, ctx);
       if (!consumed) entry.resume();
     }
     await feeding;
     current = undefined;
-    await setXattrs([...xattrs.values()]);
+    await setXattrs([...ctx.xattrs.values()], opts.xattrs ?? 'strict');
     // Directory mtimes last: creating their children changed them.
     // A later entry may have replaced or removed a directory: only stamp what is still one.
-    for (const d of dirs.reverse()) {
+    for (const d of ctx.dirs.reverse()) {
       if ((await lstatOrUndefined(d.path))?.isDirectory()) await utimes(d.path, d.mtime, d.mtime);
     }
   } catch (err) {
     extract.destroy();
-    tarStream.destroy();
-    source.destroy();
+    streams[0].destroy();
+    source?.destroy();
     await Promise.allSettled([feeding]);
     throw toLayerError(err, current);
   }
-  return { compression, diffID: hasher.digest, size: hasher.size, entries };
+  return { entries };
 }
 
 function toLayerError(err: unknown, entry: string | undefined): KilnError {
+  if (err instanceof FsError) {
+    // A symlink loop on the way: the entry cannot be placed anywhere safe.
+    const kind =
+      err.code === FsErrorCode.SymlinkLoop ? LayerErrorCode.Unsafe : LayerErrorCode.Invalid;
+    return new LayerError(kind, err.message, { cause: err, entry });
+  }
   if (err instanceof KilnError) return err;
   const msg = err instanceof Error ? err.message : String(err);
   const code = (err as NodeJS.ErrnoException).code;
   // tar-stream reports malformed archives as plain errors without an errno code.
   const kind = code === undefined ? LayerErrorCode.Invalid : LayerErrorCode.Io;
-  return new LayerError(kind, `applying layer: ${msg}`, { cause: err, entry });
+  return new LayerError(kind, `applying layer: ${msg.split(', ')[0]}`, { cause: err, entry });
 }
 
 interface EntryContext {
+  whiteouts: boolean;
   allowDevices: boolean;
   chown: boolean;
+  owner: { uid: number; gid: number } | undefined;
+  /** Every host path this tar wrote, and their parents (kept by a later opaque whiteout). */
   unpacked: Set<string>;
   dirs: PendingDir[];
   /** Extended attributes to set at the end, by host path. */
   xattrs: Map<string, XattrTarget>;
+}
+
+/**
+ * A tar name (or hardlink target) cleaned and rooted: relative to the root, no leading `/`, `.`
+ * or `..` components; `''` for the root itself. A `..` that climbs above the root is unsafe.
+ */
+export function entryPath(name: string, entry: string = name): string {
+  if (name.includes('\0'))
+    throw new LayerError(LayerErrorCode.Invalid, 'NUL byte in path', { entry });
+  const rel = posix.normalize(`./${name}`);
+  if (rel === '..' || rel.startsWith('../')) {
+    throw new LayerError(LayerErrorCode.Unsafe, '".." leads outside the root', {
+      entry,
+      details: { path: name },
+    });
+  }
+  const clean = rel.replace(/\/+$/, '');
+  return clean === '.' ? '' : clean;
+}
+
+/**
+ * The host directory `parent` (a clean root-relative path) names, resolved inside `root`; with
+ * `create`, missing directories are made (0755). Without it, undefined when it is not a directory.
+ */
+async function parentDir(
+  root: string,
+  parent: string,
+  create: boolean,
+): Promise<string | undefined> {
+  const host = await resolveInRoot(root, parent);
+  const st = await lstatOrUndefined(host);
+  if (st?.isDirectory()) return host;
+  if (!create) return undefined;
+  try {
+    // Every existing component of `host` is a real directory (resolveInRoot followed the links).
+    await mkdir(host, { recursive: true, mode: 0o755 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTDIR' && code !== 'EEXIST') throw err;
+    throw new LayerError(LayerErrorCode.Invalid, 'parent path is not a directory', {
+      cause: err,
+      details: { path: displayPath(root, host) },
+    });
+  }
+  return host;
 }
 
 /** Applies one entry; returns whether it consumed the entry's data stream. */
@@ -160,22 +280,23 @@ async function applyEntry(
   ctx: EntryContext,
 ): Promise<boolean> {
   const name = header.name;
-  const comps = entryComponents(name);
   const type: string = header.type ?? 'file';
-  if (comps.length === 0) return false; // the root itself: keep the snapshot's own metadata
-  const base = comps[comps.length - 1]!;
-  const parentComps = comps.slice(0, -1);
+  if (type === 'pax-global-header' || type === 'pax-header') return false;
+  const rel = entryPath(name);
+  if (rel === '') return false; // the root itself: keep the root's own metadata
+  const base = posix.basename(rel);
+  const parentRel = posix.dirname(rel);
 
-  if (base.startsWith(WHITEOUT_PREFIX)) {
+  if (ctx.whiteouts && base.startsWith(WHITEOUT_PREFIX)) {
     if (base === WHITEOUT_OPAQUE) {
-      const dir = await resolveDirInRoot(root, parentComps, name, { create: false });
+      const dir = await parentDir(root, parentRel, false);
       if (dir !== undefined) await removeOpaque(dir, ctx.unpacked);
     } else if (!base.startsWith(WHITEOUT_META_PREFIX)) {
       const victim = base.slice(WHITEOUT_PREFIX.length);
       if (victim === '' || victim === '.' || victim === '..') {
         throw new LayerError(LayerErrorCode.Unsafe, 'invalid whiteout name', { entry: name });
       }
-      const dir = await resolveDirInRoot(root, parentComps, name, { create: false });
+      const dir = await parentDir(root, parentRel, false);
       if (dir !== undefined) await rm(join(dir, victim), { recursive: true, force: true });
     }
     // Other `.wh..wh.` names are AUFS metadata: not part of the filesystem.
@@ -193,8 +314,8 @@ async function applyEntry(
     throw new LayerError(LayerErrorCode.Invalid, 'symlink without a target', { entry: name });
   }
 
-  const parent = await resolveDirInRoot(root, parentComps, name, { create: true });
-  const path = join(parent!, base);
+  const parent = (await parentDir(root, parentRel, true))!;
+  const path = join(parent, base);
   const existing = await lstatOrUndefined(path);
   if (existing !== undefined && !(existing.isDirectory() && type === 'directory')) {
     if (linkTarget === path) return false; // a hardlink to itself: already there
@@ -247,7 +368,7 @@ async function applyEntry(
         entry: name,
       });
   }
-  // The path and the directories above it (some created implicitly) belong to this layer: a
+  // The path and the directories above it (some created implicitly) belong to this tar: a
   // later opaque whiteout above them must keep them.
   for (let p = path; p.length > root.length && !ctx.unpacked.has(p); p = dirname(p))
     ctx.unpacked.add(p);
@@ -258,7 +379,10 @@ async function applyEntry(
   }
 
   if (type === 'link') return consumed; // shares the target's inode and metadata
-  if (ctx.chown) await lchown(path, header.uid ?? 0, header.gid ?? 0);
+  if (ctx.chown) {
+    const o = ctx.owner ?? { uid: header.uid ?? 0, gid: header.gid ?? 0 };
+    await lchown(path, o.uid, o.gid);
+  }
   // After chown, which clears setuid/setgid bits. Symlinks have no mode of their own on Linux.
   if (type !== 'symlink') await chmod(path, mode);
   if (type !== 'directory') await lutimes(path, mtime, mtime);
@@ -266,10 +390,11 @@ async function applyEntry(
 }
 
 /** Sets the collected attributes; see {@link applyLayer} for what is ignored. */
-async function setXattrs(targets: XattrTarget[]): Promise<void> {
+async function setXattrs(targets: XattrTarget[], mode: 'strict' | 'best-effort'): Promise<void> {
   if (targets.length === 0) return;
   const root = process.getuid?.() === 0;
   const { errors } = await writeXattrs(targets);
+  if (mode === 'best-effort') return;
   const fatal = errors.filter(
     (e) =>
       !e.endsWith(': Operation not supported') &&
@@ -282,23 +407,22 @@ async function setXattrs(targets: XattrTarget[]): Promise<void> {
   }
 }
 
-/** Resolves a hardlink's target inside root; it must exist and not be a directory. */
+/** Resolves a hardlink's target inside root (parents followed, not the last component); it must exist and not be a directory. */
 async function resolveHardlinkTarget(
   root: string,
   linkname: string,
   entry: string,
 ): Promise<string> {
-  const comps = entryComponents(linkname, entry);
-  if (comps.length === 0) {
+  const rel = entryPath(linkname, entry);
+  if (rel === '') {
     throw new LayerError(LayerErrorCode.Invalid, 'hardlink to the root', {
       entry,
       details: { linkname },
     });
   }
-  const dir = await resolveDirInRoot(root, comps.slice(0, -1), entry, { create: false });
-  const target = dir === undefined ? undefined : join(dir, comps[comps.length - 1]!);
-  const st = target === undefined ? undefined : await lstatOrUndefined(target);
-  if (target === undefined || st === undefined) {
+  const target = await resolveInRoot(root, rel, { followFinal: false });
+  const st = await lstatOrUndefined(target);
+  if (st === undefined) {
     throw new LayerError(LayerErrorCode.Invalid, 'hardlink target does not exist', {
       entry,
       details: { linkname },

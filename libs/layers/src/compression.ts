@@ -21,10 +21,16 @@ export const MediaTypes = {
   },
 } as const;
 
-/** Recognises a compressed stream by its magic bytes; anything else is taken as a plain tar. */
-export function detectCompression(head: Buffer): Compression {
-  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
-  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+/** A compression recognised by its magic bytes; `none` for anything else. */
+export type ArchiveCompression = Compression | 'bzip2' | 'xz';
+
+/** Recognises a compressed stream by its magic bytes (moby's DetectCompression). */
+export function detectCompression(head: Uint8Array): ArchiveCompression {
+  const starts = (...b: number[]): boolean => b.every((v, i) => head[i] === v);
+  if (starts(0x1f, 0x8b, 0x08)) return 'gzip';
+  if (starts(0x42, 0x5a, 0x68)) return 'bzip2';
+  if (starts(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00)) return 'xz';
+  if (starts(0x28, 0xb5, 0x2f, 0xfd)) return 'zstd';
   return 'none';
 }
 
@@ -147,6 +153,12 @@ export async function autoDecompress(
 ): Promise<{ compression: Compression; tar: Readable }> {
   const head = await peek(source, 4);
   const compression = detectCompression(head.head);
+  if (compression === 'bzip2' || compression === 'xz') {
+    throw new LayerError(
+      LayerErrorCode.UnsupportedCompression,
+      `${compression} is not a layer compression (gzip, zstd or none)`,
+    );
+  }
   const dec = decompressor(compression);
   head.stream.on('error', (err) => dec.destroy(err));
   head.stream.pipe(dec);

@@ -1,7 +1,7 @@
-export { applyLayer } from './apply-layer.js';
-export type { ApplyOptions, ApplyResult } from './apply-layer.js';
+export { applyLayer, applyTar, entryPath } from './apply-layer.js';
+export type { ApplyOptions, ApplyResult, TarApplyOptions } from './apply-layer.js';
 export { MediaTypes, detectCompression, zstdSupport } from './compression.js';
-export type { Compression } from './compression.js';
+export type { ArchiveCompression, Compression } from './compression.js';
 export { diffLayer, layerMediaType, writeLayer } from './diff-layer.js';
 export type { DiffOptions, DiffSource, LayerDescriptor, LayerStream } from './diff-layer.js';
 export { LayerError, LayerErrorCode } from './errors.js';
@@ -9,6 +9,7 @@ export { FsError, FsErrorCode, errnoOf } from './fs-errors.js';
 export {
   MAX_SYMLINKS,
   cleanRootPath,
+  lstatOrUndefined,
   displayPath,
   resolveInRoot,
   resolveRel,

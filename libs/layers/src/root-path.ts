@@ -1,4 +1,5 @@
 import { lstat, readlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { posix } from 'node:path';
 import { FsError, FsErrorCode, errnoOf } from './fs-errors.js';
 
@@ -97,4 +98,15 @@ function splitComponents(p: string): string[] {
 export function displayPath(root: string, path: string): string {
   if (path === root) return '/';
   return path.startsWith(`${root}/`) ? path.slice(root.length) : path;
+}
+
+/** lstat, or undefined when the path (or a parent) does not exist. */
+export async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
+  try {
+    return await lstat(path);
+  } catch (err) {
+    const code = errnoOf(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw err;
+  }
 }

@@ -22,11 +22,18 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { gunzipSync } from 'node:zlib';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { main } from '@kiln/cli';
 import { KilnClient } from '@kiln/client';
+import { buildTar } from '@kiln/layers/testing';
 import { bundleEntries, startScheduler, startWorker, waitForWorkers } from '../chaos/farm.js';
-import { makeTempDir, startNats } from '../harness/index.js';
+import {
+  BUSYBOX_LAYOUT_DIR,
+  makeTempDir,
+  pushOciLayout,
+  sha256Digest,
+  startNats,
+} from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
 import type { NatsServerHandle } from '../harness/index.js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -237,6 +244,63 @@ async function runCase(name: string, extra: string[] = [], dir = name): Promise<
   }
 }
 
+/**
+ * Pushes, as `<registry>/<repo>:latest`, the fixture busybox image for this host's platform with
+ * one more layer made of `entries` (gzip), through an OCI layout and the harness's pusher.
+ */
+async function pushWithLayer(
+  registry: string,
+  repo: string,
+  entries: Parameters<typeof buildTar>[0],
+): Promise<string> {
+  const layout = join(work, `layout-${repo.replace(/\//g, '-')}`);
+  await cp(BUSYBOX_LAYOUT_DIR, layout, { recursive: true });
+  const blobPath = (d: string): string => join(layout, 'blobs/sha256', d.slice('sha256:'.length));
+  const putBlob = async (data: Buffer): Promise<{ digest: string; size: number }> => {
+    const digest = sha256Digest(data);
+    await writeFile(blobPath(digest), data);
+    return { digest, size: data.length };
+  };
+  const readJson = async <T>(d: string): Promise<T> =>
+    JSON.parse(await readFile(blobPath(d), 'utf8')) as T;
+  type Desc = {
+    mediaType: string;
+    digest: string;
+    size: number;
+    platform?: { architecture: string };
+  };
+  const top = await readJson<{ manifests: Desc[] }>(
+    (JSON.parse(await readFile(join(layout, 'index.json'), 'utf8')) as { manifests: Desc[] })
+      .manifests[0]!.digest,
+  );
+  const arch = process.arch === 'arm64' ? 'arm64' : 'amd64';
+  const desc = top.manifests.find((m) => m.platform?.architecture === arch)!;
+  const manifest = await readJson<{ config: Desc; layers: Desc[] }>(desc.digest);
+  const config = await readJson<{ rootfs: { diff_ids: string[] } }>(manifest.config.digest);
+  const tar = await buildTar(entries);
+  const layer = await putBlob(gzipSync(tar));
+  config.rootfs.diff_ids.push(sha256Digest(tar));
+  const cfg = await putBlob(Buffer.from(JSON.stringify(config)));
+  manifest.config = { ...manifest.config, ...cfg };
+  manifest.layers.push({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...layer });
+  const m = await putBlob(Buffer.from(JSON.stringify(manifest)));
+  await writeFile(
+    join(layout, 'index.json'),
+    JSON.stringify({
+      schemaVersion: 2,
+      manifests: [
+        {
+          mediaType: desc.mediaType,
+          ...m,
+          annotations: { 'org.opencontainers.image.ref.name': 'latest' },
+        },
+      ],
+    }),
+  );
+  await pushOciLayout(layout, registry, repo);
+  return `${registry}/${repo}:latest`;
+}
+
 describe('Dockerfile corpus, built with kiln build', () => {
   it('has at least 15 cases', () => {
     expect(cases.length).toBeGreaterThanOrEqual(15);
@@ -276,6 +340,46 @@ describe('Dockerfile corpus, built with kiln build', () => {
     ]);
     const index = JSON.parse(stdout) as { manifests: { platform?: { architecture: string } }[] };
     expect(index.manifests.map((m) => m.platform?.architecture).sort()).toEqual(['amd64', 'arm64']);
+  }, 180_000);
+
+  it('builds FROM an image whose layer has `/` and `./` entries and absolute symlinks on the way', async () => {
+    const registry = process.env.KILN_TEST_REGISTRY ?? '';
+    expect(registry).not.toBe('');
+    // What real-world images hold (containerd applies them): the root as `/` and `./`, names
+    // with a leading `./` or `/`, and entries under a symlink with an absolute target.
+    const image = await pushWithLayer(registry, 'kiln/rooted', [
+      { name: '/', type: 'directory' },
+      { name: './', type: 'directory' },
+      { name: './opt/', type: 'directory' },
+      { name: './opt/real/', type: 'directory' },
+      { name: './link', type: 'symlink', linkname: '/opt/real' },
+      { name: './link/through.txt', content: 'through\n' },
+      { name: '/abs.txt', content: 'abs\n' },
+      { name: 'opt/../opt/real/dotdot.txt', content: 'dotdot\n' },
+      { name: '/link/hard.txt', type: 'link', linkname: '/link/through.txt' },
+    ]);
+    const ctx = join(work, 'rooted', 'ctx');
+    const out = join(work, 'rooted', 'out');
+    await mkdir(ctx, { recursive: true });
+    await writeFile(
+      join(ctx, 'Dockerfile'),
+      'ARG BASE\nFROM ${BASE}\nRUN cat /link/through.txt /abs.txt /opt/real/dotdot.txt > /seen.txt\n',
+    );
+    const res = await kiln([
+      'build',
+      ctx,
+      '--progress',
+      'plain',
+      '--build-arg',
+      `BASE=${image}`,
+      '-o',
+      `type=local,dest=${out}`,
+    ]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(await readFile(join(out, 'seen.txt'), 'utf8')).toBe('through\nabs\ndotdot\n');
+    expect(await readlink(join(out, 'link'))).toBe('/opt/real');
+    expect((await lstat(join(out, 'opt/real/hard.txt'))).isFile()).toBe(true);
+    expect(await readFile(join(out, 'bin/busybox')).then((b) => b.length)).toBeGreaterThan(0);
   }, 180_000);
 
   it('pushes a multi-platform image to a registry (type=registry), an index over both', async () => {

@@ -4,48 +4,31 @@
  * read with zlib; bzip2, xz and zstd through the system `bzip2`, `xz` and `zstd` commands (Node 20
  * has no decoder for them and no npm dependency is needed).
  *
- * Unpacking follows BuildKit's `applyRootArchive` / moby's `chrootarchive.Untar`: the destination
- * directory acts as the root (every entry is resolved with {@link resolveInRoot} inside it, as in
- * a chroot, so a symlink from the archive or already in place never leads a write out of it);
- * entry names and hardlink targets that climb out with `..` are rejected with
- * {@link FsErrorCode.Unsafe}; absolute names are taken relative to the destination. Symlinks are
- * created with their target text as given (it is only data until something follows it).
- * Extended attributes (PAX `SCHILY.xattr.*`) are set best-effort at the end, as moby's untar
- * does, on the entries the archive made (one `setfattr`, after chown).
+ * Unpacking is `@kiln/layers`' one tar applier (`applyTar`, containerd's rules) with the
+ * destination directory as its root, as BuildKit's `applyRootArchive` / moby's
+ * `chrootarchive.Untar`: no whiteout processing, devices created, owners from the archive or the
+ * copy's `--chown`, extended attributes best-effort. Its errors become {@link FsError}s:
+ * `FS_UNSAFE_PATH` for an entry that would leave the destination, `FS_BAD_ARCHIVE` otherwise.
  */
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
-import { link, lchown, lutimes, mkdir, open, rm, symlink, utimes, chmod } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { posix } from 'node:path';
 import type { Readable } from 'node:stream';
-import { PassThrough } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
-import * as tar from 'tar-stream';
-import { FsError, FsErrorCode, errnoOf } from '@kiln/layers';
-import { lstatOrUndefined, mkdirAllResolved } from './ops.js';
+import {
+  FsError,
+  FsErrorCode,
+  LayerError,
+  LayerErrorCode,
+  applyTar,
+  detectCompression,
+  errnoOf,
+  lstatOrUndefined,
+} from '@kiln/layers';
+import type { ArchiveCompression } from '@kiln/layers';
 import type { Owner } from './ops.js';
-import { resolveInRoot } from '@kiln/layers';
-import { entryXattrs, keepPaxXattrs } from '@kiln/layers';
-import { writeXattrs, xattrTarget } from '@kiln/layers';
-import type { XattrTarget } from '@kiln/layers';
-
-const execFileAsync = promisify(execFile);
-
-export type ArchiveCompression = 'none' | 'gzip' | 'bzip2' | 'xz' | 'zstd';
-
-/** Recognises a compressed stream by its magic bytes (moby's DetectCompression). */
-export function detectCompression(head: Uint8Array): ArchiveCompression {
-  const starts = (...b: number[]): boolean => b.every((v, i) => head[i] === v);
-  if (starts(0x1f, 0x8b, 0x08)) return 'gzip';
-  if (starts(0x42, 0x5a, 0x68)) return 'bzip2';
-  if (starts(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00)) return 'xz';
-  if (starts(0x28, 0xb5, 0x2f, 0xfd)) return 'zstd';
-  return 'none';
-}
 
 const TOOLS: Record<Exclude<ArchiveCompression, 'none' | 'gzip'>, string> = {
   bzip2: 'bzip2',
@@ -192,8 +175,8 @@ export interface UnpackOptions {
 
 /**
  * Unpacks the archive at host path `archive` into host directory `destDir`, which must exist and be
- * a real directory. See the module comment for the safety rules; on failure `destDir` may hold part
- * of the archive (callers work on a scratch copy).
+ * a real directory. See the module comment for the rules; on failure `destDir` may hold part of
+ * the archive (callers work on a scratch copy).
  */
 export async function unpackArchive(
   archive: string,
@@ -202,154 +185,29 @@ export async function unpackArchive(
   opts: UnpackOptions = {},
 ): Promise<void> {
   const d = await openDecompressed(archive, compression);
-  const extract = tar.extract();
-  keepPaxXattrs(extract);
-  const feeding = pipeline(d.stream, new PassThrough(), extract);
-  feeding.catch(() => undefined); // observed below
-  const chown = opts.owner !== undefined || process.getuid?.() === 0;
-  const dirs: { path: string; mtime: Date }[] = [];
-  const xattrs = new Map<string, XattrTarget>();
-  let current: string | undefined;
   try {
-    for await (const entry of extract) {
-      current = entry.header.name;
-      const consumed = await unpackEntry(
-        destDir,
-        entry.header,
-        entry as AsyncIterable<Buffer>,
-        opts.owner,
-        chown,
-        dirs,
-        xattrs,
-      );
-      if (!consumed) entry.resume();
-    }
-    await feeding;
+    await applyTar(d.stream, destDir, {
+      whiteouts: false,
+      allowDevices: true,
+      owner: opts.owner,
+      xattrs: 'best-effort',
+    });
     await d.done;
   } catch (err) {
-    extract.destroy();
     d.close();
-    await Promise.allSettled([feeding, d.done]);
+    await Promise.allSettled([d.done]);
     if (err instanceof FsError) throw err;
+    if (err instanceof LayerError) {
+      const code = err.code === LayerErrorCode.Unsafe ? FsErrorCode.Unsafe : FsErrorCode.BadArchive;
+      throw new FsError(code, `unpacking archive: ${err.message}`, {
+        cause: err,
+        ...(err.entry !== undefined ? { details: { entry: err.entry } } : {}),
+      });
+    }
     throw new FsError(
       FsErrorCode.BadArchive,
-      // Node's system errors name host paths after ", "; the entry is reported in details.
       `unpacking archive: ${(err instanceof Error ? err.message : String(err)).split(', ')[0]}`,
-      {
-        cause: err,
-        ...(current !== undefined ? { details: { entry: current } } : {}),
-      },
+      { cause: err },
     );
   }
-  // Best effort, as moby's untar (ENOTSUP, EPERM) and BuildKit's copy: failures are not fatal.
-  await writeXattrs([...xattrs.values()]);
-  for (const dir of dirs.reverse()) await utimes(dir.path, dir.mtime, dir.mtime);
-}
-
-/** Lexically cleans an entry name relative to the destination; throws when it climbs out. */
-function entryRel(name: string, entry: string): string {
-  const rel = posix.normalize(`./${name}`);
-  if (rel === '..' || rel.startsWith('../')) {
-    throw new FsError(FsErrorCode.Unsafe, 'archive entry is outside the destination', {
-      path: entry,
-    });
-  }
-  // `./` normalizes to `./`: the destination itself, like `.`.
-  const clean = rel.replace(/\/+$/, '');
-  return clean === '.' ? '' : clean;
-}
-
-async function unpackEntry(
-  destDir: string,
-  header: tar.Header,
-  data: AsyncIterable<Buffer>,
-  ownerOverride: Owner | undefined,
-  chown: boolean,
-  dirs: { path: string; mtime: Date }[],
-  xattrs: Map<string, XattrTarget>,
-): Promise<boolean> {
-  const name = header.name;
-  const type: string = header.type ?? 'file';
-  if (type === 'pax-global-header' || type === 'pax-header') return false;
-  const rel = entryRel(name, name);
-  if (rel === '') return false; // the destination itself keeps its metadata
-  const parentHost = await resolveInRoot(destDir, posix.dirname(`/${rel}`));
-  await mkdirAllResolved(destDir, parentHost, { mode: 0o755 });
-  const path = `${parentHost === '/' ? '' : parentHost}/${posix.basename(rel)}`;
-
-  let linkTarget: string | undefined;
-  if (type === 'link') {
-    const lrel = entryRel(header.linkname ?? '', name);
-    if (lrel === '')
-      throw new FsError(FsErrorCode.Unsafe, 'hardlink to the destination directory', {
-        path: name,
-      });
-    linkTarget = await resolveInRoot(destDir, lrel, { followFinal: false });
-    const st = await lstatOrUndefined(linkTarget);
-    if (st === undefined || st.isDirectory()) {
-      throw new FsError(FsErrorCode.BadArchive, 'hardlink target missing or a directory', {
-        path: name,
-      });
-    }
-  }
-  const existing = await lstatOrUndefined(path);
-  if (existing !== undefined && !(existing.isDirectory() && type === 'directory')) {
-    if (linkTarget === path) return false;
-    await rm(path, { recursive: true, force: true });
-  }
-  const mode = (header.mode ?? 0o644) & 0o7777;
-  const mtime = header.mtime ?? new Date(0);
-  let consumed = false;
-  switch (type) {
-    case 'directory':
-      if (existing === undefined || !existing.isDirectory()) await mkdir(path, { mode: 0o700 });
-      dirs.push({ path, mtime });
-      break;
-    case 'file':
-    case 'contiguous-file': {
-      const fh = await open(
-        path,
-        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-        0o600,
-      );
-      try {
-        for await (const chunk of data) await fh.write(chunk);
-      } finally {
-        await fh.close();
-      }
-      consumed = true;
-      break;
-    }
-    case 'symlink':
-      await symlink(header.linkname ?? '', path);
-      break;
-    case 'link':
-      await link(linkTarget!, path);
-      return false;
-    case 'character-device':
-    case 'block-device':
-      await execFileAsync('mknod', [
-        path,
-        type === 'character-device' ? 'c' : 'b',
-        String(header.devmajor ?? 0),
-        String(header.devminor ?? 0),
-      ]);
-      break;
-    case 'fifo':
-      await execFileAsync('mkfifo', [path]);
-      break;
-    default:
-      throw new FsError(FsErrorCode.BadArchive, `unsupported archive entry type ${type}`, {
-        path: name,
-      });
-  }
-  if (chown) {
-    const o = ownerOverride ?? { uid: header.uid ?? 0, gid: header.gid ?? 0 };
-    await lchown(path, o.uid, o.gid);
-  }
-  if (type !== 'symlink') await chmod(path, mode);
-  if (type !== 'directory') await lutimes(path, mtime, mtime);
-  const attrs = entryXattrs(header);
-  if (attrs !== undefined) xattrs.set(path, await xattrTarget(path, attrs));
-  return consumed;
 }

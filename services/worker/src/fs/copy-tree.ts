@@ -29,9 +29,9 @@ import {
 } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { promisify } from 'node:util';
-import { FsError, FsErrorCode } from '@kiln/layers';
+import { FsError, FsErrorCode, lstatOrUndefined } from '@kiln/layers';
 import { goMatch, splitWildcards } from './match.js';
-import { applyMeta, lstatOrUndefined, mkdirAllResolved } from './ops.js';
+import { applyMeta, mkdirAllResolved } from './ops.js';
 import type { Owner } from './ops.js';
 import { EMPTY_MATCH_INFO, PatternMatcher } from './patterns.js';
 import type { MatchInfo } from './patterns.js';

@@ -1,14 +1,13 @@
-export { detectArchive, detectCompression, unpackArchive } from './archive.js';
-export type { ArchiveCompression, UnpackOptions } from './archive.js';
+export { detectArchive, unpackArchive } from './archive.js';
+export type { UnpackOptions } from './archive.js';
 export { cloneTree, copyPath, resolveWildcards } from './copy-tree.js';
 export type { CopyOptions } from './copy-tree.js';
-export { FsError, FsErrorCode, errnoOf } from '@kiln/layers';
+export { FsError, FsErrorCode, errnoOf, lstatOrUndefined } from '@kiln/layers';
 export { goMatch, hasWildcards, isValidPattern, splitWildcards } from './match.js';
 export {
   applyMeta,
   chmodInRoot,
   lchownInRoot,
-  lstatOrUndefined,
   mkdirAll,
   mkdirAllResolved,
   mkdirOne,

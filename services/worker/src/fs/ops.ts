@@ -4,11 +4,16 @@
  * symlink out of the root. Concurrent modification of the tree by someone else is out of scope.
  */
 import { constants } from 'node:fs';
-import type { Stats } from 'node:fs';
-import { chmod, lchown, lstat, lutimes, mkdir, open, rm } from 'node:fs/promises';
+import { chmod, lchown, lutimes, mkdir, open, rm } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { FsError, FsErrorCode, errnoOf } from '@kiln/layers';
-import { cleanRootPath, displayPath, resolveInRoot } from '@kiln/layers';
+import {
+  FsError,
+  FsErrorCode,
+  cleanRootPath,
+  displayPath,
+  lstatOrUndefined,
+  resolveInRoot,
+} from '@kiln/layers';
 
 /** Numeric owner of a file. */
 export interface Owner {
@@ -24,16 +29,6 @@ export interface CreateMeta {
   owner?: Owner | undefined;
   /** atime and mtime of created entries; default: now. */
   time?: Date | undefined;
-}
-
-export async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
-  try {
-    return await lstat(path);
-  } catch (err) {
-    const code = errnoOf(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw err;
-  }
 }
 
 /** Applies owner, mode and time to a just-created host path (not following a final symlink). */
