@@ -90,7 +90,7 @@ async function farm(
     const c = new TaskConsumer({
       nc: await conn(),
       id,
-      platforms: [{ os: 'linux', arch: 'amd64', emulated: false }],
+      platforms: [{ os: 'linux', architecture: 'amd64', emulated: false }],
       slots: o.slots,
       runTask: o.runTask(id),
     });

@@ -2,16 +2,11 @@
 import { randomUUID } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { formatPlatform, parsePlatform } from '@kiln/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Bus } from './bus.js';
 import { ensureTaskConsumer, openBus } from './bus.js';
-import {
-  formatPlatform,
-  parsePlatform,
-  taskConsumerName,
-  taskKey,
-  taskSubject,
-} from './subjects.js';
+import { taskConsumerName, taskKey, taskSubject } from './subjects.js';
 import {
   attemptSuffixMatches,
   decodeTask,
@@ -60,20 +55,22 @@ function record(): TaskRecord {
 
 describe('names', () => {
   it('builds platform subjects and consumers that never overlap', () => {
-    expect(taskSubject({ os: 'linux', arch: 'amd64' })).toBe('kiln.task.linux.amd64');
-    expect(taskSubject({ os: 'linux', arch: 'arm64', variant: 'v8' })).toBe(
+    expect(taskSubject({ os: 'linux', architecture: 'amd64' })).toBe('kiln.task.linux.amd64');
+    expect(taskSubject({ os: 'linux', architecture: 'arm64', variant: 'v8' })).toBe(
       'kiln.task.linux.arm64',
     );
-    expect(taskSubject({ os: 'linux', arch: 'arm', variant: 'v7' })).toBe('kiln.task.linux.arm.v7');
-    expect(taskSubject({ os: 'linux', arch: 'arm64' }, true)).toBe(
+    expect(taskSubject({ os: 'linux', architecture: 'arm', variant: 'v7' })).toBe(
+      'kiln.task.linux.arm.v7',
+    );
+    expect(taskSubject({ os: 'linux', architecture: 'arm64' }, true)).toBe(
       'kiln.task.linux.arm64.emulated',
     );
-    expect(taskConsumerName({ os: 'linux', arch: 'arm', variant: 'v7' }, true)).toBe(
+    expect(taskConsumerName({ os: 'linux', architecture: 'arm', variant: 'v7' }, true)).toBe(
       'kiln-task-linux-arm-v7-emu',
     );
     expect(formatPlatform(parsePlatform('Linux/ARM64/v8'))).toBe('linux/arm64');
     expect(() => parsePlatform('linux')).toThrow(/invalid platform/);
-    expect(() => taskSubject({ os: 'linux', arch: 'amd64.x' })).toThrow(/invalid/);
+    expect(() => taskSubject({ os: 'linux', architecture: 'amd64.x' })).toThrow(/invalid/);
   });
 
   it('maps cache keys to valid KV keys', () => {
@@ -211,9 +208,9 @@ describe('on a real nats-server', () => {
   });
 
   it('creates the platform consumers idempotently', async () => {
-    const a = await ensureTaskConsumer(bus, { os: 'linux', arch: 'riscv64' }, false);
-    const b = await ensureTaskConsumer(bus, { os: 'linux', arch: 'riscv64' }, false);
-    const c = await ensureTaskConsumer(bus, { os: 'linux', arch: 'riscv64' }, true);
+    const a = await ensureTaskConsumer(bus, { os: 'linux', architecture: 'riscv64' }, false);
+    const b = await ensureTaskConsumer(bus, { os: 'linux', architecture: 'riscv64' }, false);
+    const c = await ensureTaskConsumer(bus, { os: 'linux', architecture: 'riscv64' }, true);
     expect(a.name).toBe(b.name);
     expect(c.config.filter_subject).toBe('kiln.task.linux.riscv64.emulated');
   });

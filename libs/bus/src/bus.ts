@@ -17,7 +17,7 @@ import type { KV } from '@nats-io/kv';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { nanos } from '@nats-io/transport-node';
-import type { Platform } from './subjects.js';
+import type { Platform } from '@kiln/protocol';
 import {
   TASK_STREAM,
   TASKS_BUCKET,

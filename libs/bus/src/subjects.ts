@@ -11,7 +11,8 @@
  *   holds its inputs before releasing it to the platform queue (delay scheduling).
  * - `kiln.progress.<taskKey>`: core publish of progress events (best effort, not persisted).
  */
-import { KilnError } from '@kiln/protocol';
+import { KilnError, normalizePlatform } from '@kiln/protocol';
+import type { Platform } from '@kiln/protocol';
 
 export const TASK_STREAM = 'KILN_TASKS';
 export const TASK_SUBJECT_PREFIX = 'kiln.task';
@@ -20,13 +21,6 @@ export const PROGRESS_SUBJECT_PREFIX = 'kiln.progress';
 export const WORKERS_BUCKET = 'kiln_workers';
 export const TASKS_BUCKET = 'kiln_tasks';
 export const EMULATED_TOKEN = 'emulated';
-
-/** An OCI platform as the bus names it (`linux/arm64`, `linux/arm/v7`). */
-export interface Platform {
-  os: string;
-  arch: string;
-  variant?: string;
-}
 
 export class InvalidNameError extends KilnError {
   constructor(what: string, value: string) {
@@ -40,63 +34,32 @@ const TOKEN = /^[a-z0-9_-]+$/;
 const WORKER_ID = /^[A-Za-z0-9_-]{1,128}$/;
 
 /**
- * Normalizes a platform like containerd does for matching: lower case, `arm64/v8` is `arm64`,
- * `amd64/v1` is `amd64`. Throws for names that are not safe subject tokens.
+ * The subject tokens of a platform (os, architecture, variant), normalized (containerd's rules,
+ * `@kiln/protocol`'s `normalizePlatform`). Throws for names that are not safe subject tokens.
  */
-export function normalizePlatform(p: Platform): Platform {
-  const os = p.os.toLowerCase();
-  const arch = p.arch.toLowerCase();
-  let variant = p.variant?.toLowerCase() || undefined;
-  if (arch === 'arm64' && variant === 'v8') variant = undefined;
-  if (arch === 'amd64' && variant === 'v1') variant = undefined;
-  for (const [what, v] of [
-    ['os', os],
-    ['arch', arch],
-    ['variant', variant],
-  ] as const) {
+function platformTokens(p: Platform): string[] {
+  const n = normalizePlatform(p);
+  const tokens: [string, string | undefined][] = [
+    ['os', n.os],
+    ['arch', n.architecture],
+    ['variant', n.variant],
+  ];
+  for (const [what, v] of tokens) {
     if (v !== undefined && !TOKEN.test(v)) throw new InvalidNameError(`platform ${what}`, v);
   }
-  if (variant === EMULATED_TOKEN) throw new InvalidNameError('platform variant', variant);
-  return variant ? { os, arch, variant } : { os, arch };
-}
-
-/** `os/arch[/variant]`, normalized. */
-export function formatPlatform(p: Platform): string {
-  const n = normalizePlatform(p);
-  return n.variant ? `${n.os}/${n.arch}/${n.variant}` : `${n.os}/${n.arch}`;
-}
-
-/** Parses `os/arch[/variant]`. */
-export function parsePlatform(s: string): Platform {
-  const parts = s.split('/');
-  const [os, arch, variant] = parts;
-  if (parts.length < 2 || parts.length > 3 || !os || !arch) {
-    throw new InvalidNameError('platform', s);
-  }
-  return normalizePlatform(variant ? { os, arch, variant } : { os, arch });
-}
-
-export function samePlatform(a: Platform, b: Platform): boolean {
-  return formatPlatform(a) === formatPlatform(b);
+  if (n.variant === EMULATED_TOKEN) throw new InvalidNameError('platform variant', n.variant);
+  return [n.os, n.architecture, ...(n.variant ? [n.variant] : [])];
 }
 
 /** The queue subject of a platform; `emulated` selects the emulation queue. */
 export function taskSubject(p: Platform, emulated = false): string {
-  const n = normalizePlatform(p);
-  const base = [TASK_SUBJECT_PREFIX, n.os, n.arch, ...(n.variant ? [n.variant] : [])].join('.');
+  const base = [TASK_SUBJECT_PREFIX, ...platformTokens(p)].join('.');
   return emulated ? `${base}.${EMULATED_TOKEN}` : base;
 }
 
 /** The durable pull consumer shared by the workers of a platform (native or emulated queue). */
 export function taskConsumerName(p: Platform, emulated = false): string {
-  const n = normalizePlatform(p);
-  return [
-    'kiln-task',
-    n.os,
-    n.arch,
-    ...(n.variant ? [n.variant] : []),
-    ...(emulated ? ['emu'] : []),
-  ].join('-');
+  return ['kiln-task', ...platformTokens(p), ...(emulated ? ['emu'] : [])].join('-');
 }
 
 export function assertWorkerId(id: string): string {

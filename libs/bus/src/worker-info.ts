@@ -1,8 +1,8 @@
 /** Worker registrations in the `kiln_workers` bucket (key = worker id). */
 import type { KV } from '@nats-io/kv';
 import { decodeJson, encodeJson } from './codec.js';
-import type { Platform } from './subjects.js';
-import { formatPlatform } from './subjects.js';
+import { platformMatches } from '@kiln/protocol';
+import type { Platform } from '@kiln/protocol';
 
 export interface WorkerPlatform extends Platform {
   /** True when the worker runs this platform through emulation (qemu binfmt). */
@@ -47,10 +47,9 @@ export function decodeWorkerInfo(b: Uint8Array): WorkerInfo {
 
 /** How a worker supports a platform: `native`, `emulated`, or undefined when it does not. */
 export function platformSupport(w: WorkerInfo, p: Platform): 'native' | 'emulated' | undefined {
-  const want = formatPlatform(p);
   let support: 'native' | 'emulated' | undefined;
   for (const wp of w.platforms) {
-    if (formatPlatform(wp) !== want) continue;
+    if (!platformMatches(wp, p)) continue;
     if (!wp.emulated) return 'native';
     support = 'emulated';
   }

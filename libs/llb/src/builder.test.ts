@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { marshal, parseDefinition } from './definition.js';
 import { copy, mkdir, mkfile, parseChown } from './fileop.js';
 import { build, diff, merge } from './merge-diff.js';
-import { LinuxAmd64, LinuxArm64, parsePlatform } from './platform.js';
+import { LinuxAmd64, LinuxArm64, parsePlatform } from '@kiln/protocol';
 import { normalizeImageReference } from './reference.js';
 import { git, image, local } from './source.js';
 import { scratch } from './state.js';

@@ -7,7 +7,7 @@ import type { LoadedOp } from './definition.js';
 import { InvalidDefinitionError } from './errors.js';
 import { mkfile } from './fileop.js';
 import { merge } from './merge-diff.js';
-import { LinuxAmd64 } from './platform.js';
+import { LinuxAmd64 } from '@kiln/protocol';
 import { image } from './source.js';
 import { scratch } from './state.js';
 import { sha256Digest } from './vertex.js';

@@ -1,7 +1,7 @@
 import { pb } from '@kiln/protocol';
 import { Caps } from './constants.js';
 import { InvalidDefinitionError } from './errors.js';
-import { normalizePlatform } from './platform.js';
+import { normalizePlatform } from '@kiln/protocol';
 import type { State } from './state.js';
 import {
   MarshalContext,

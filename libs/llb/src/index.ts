@@ -45,10 +45,10 @@ export {
   parsePlatform,
   formatPlatform,
   normalizePlatform,
-  platformsEqual,
+  platformMatches,
   hostPlatform,
-} from './platform.js';
-export type { Platform } from './platform.js';
+} from '@kiln/protocol';
+export type { Platform } from '@kiln/protocol';
 export { parseImageReference, normalizeImageReference, formatImageReference } from './reference.js';
 export type { ImageReference } from './reference.js';
 export { InvalidDefinitionError } from './errors.js';

@@ -12,7 +12,7 @@ import { Definition, marshal, parseDefinition } from './definition.js';
 import { copy, mkdir, mkfile } from './fileop.js';
 import { metadataToGoJson, opFromGoJson, opToGoJson } from './go-json-pb.js';
 import { diff, merge } from './merge-diff.js';
-import { LinuxAmd64, LinuxArm64 } from './platform.js';
+import { LinuxAmd64, LinuxArm64 } from '@kiln/protocol';
 import { git, http, image, local } from './source.js';
 import { NetMode, SecurityMode, scratch } from './state.js';
 import type { State } from './state.js';

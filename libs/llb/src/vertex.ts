@@ -2,8 +2,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { pb } from '@kiln/protocol';
 import { Caps } from './constants.js';
 import { InvalidDefinitionError } from './errors.js';
-import { LinuxAmd64, hostPlatform, normalizePlatform } from './platform.js';
-import type { Platform } from './platform.js';
+import { LinuxAmd64, hostPlatform, normalizePlatform } from '@kiln/protocol';
+import type { Platform } from '@kiln/protocol';
 
 /** Per-vertex metadata that does not change the vertex digest (BuildKit's OpMetadata). */
 export interface OpMeta {

@@ -17,3 +17,4 @@ export * from './long.js';
 export * from './grpc-status.js';
 export { controlService } from './control-service.js';
 export type { ControlService } from './control-service.js';
+export * from './platform.js';

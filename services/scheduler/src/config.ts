@@ -4,7 +4,7 @@
  * (main.ts) and passed in, so tests inject their own.
  */
 import { parseArgs } from 'node:util';
-import { KilnError } from '@kiln/protocol';
+import { KilnError, parsePlatform } from '@kiln/protocol';
 import type { StoreConfig } from '@kiln/store';
 
 export interface SchedulerConfig {
@@ -137,11 +137,14 @@ export function loadConfig(
   } else if (storeDir) c.store = { type: 'fs', dir: storeDir };
   if (!/^[^:]*:\d+$/.test(c.listen) && !c.listen.startsWith('unix:'))
     throw new ConfigInvalidError(`listen address must be host:port, got ${c.listen}`, 'listen');
-  if (!/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/.test(c.defaultPlatform))
+  try {
+    parsePlatform(c.defaultPlatform);
+  } catch {
     throw new ConfigInvalidError(
       `platform must be os/arch[/variant], got ${c.defaultPlatform}`,
       'platform',
     );
+  }
   if (c.maxAttempts < 1)
     throw new ConfigInvalidError('KILN_MAX_ATTEMPTS must be >= 1', 'maxAttempts');
   return c;

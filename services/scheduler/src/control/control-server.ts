@@ -27,8 +27,18 @@ import { getFrontend } from '@kiln/dockerfile';
 import type { MetaResolver } from '@kiln/dockerfile';
 import { parseDefinition } from '@kiln/llb';
 import type { LoadedDefinition } from '@kiln/llb';
-import { KilnError, control, controlService, toGrpcStatus, toLong } from '@kiln/protocol';
-import type { pb } from '@kiln/protocol';
+import {
+  KilnError,
+  control,
+  controlService,
+  formatPlatform,
+  parsePlatform,
+  platformFromPb,
+  platformToPb,
+  toGrpcStatus,
+  toLong,
+} from '@kiln/protocol';
+import type { Platform, pb } from '@kiln/protocol';
 import type { Logger } from 'pino';
 import { pino } from 'pino';
 import type { Dispatcher } from '../dispatch/index.js';
@@ -111,9 +121,6 @@ function exporterResponse(results: PlatformResult[]): Record<string, string> {
   return out;
 }
 
-const platformName = (p: pb.IPlatform): string =>
-  [p.OS, p.Architecture, p.Variant].filter(Boolean).join('/');
-
 /**
  * A vertex failure with the source lines (e.g. of the Dockerfile) the definition's source map
  * gives for its vertex, as `details.sourceLines` (`start-end,...`), for the client to show.
@@ -132,18 +139,9 @@ function withSourceLines(e: unknown, source: pb.ISource | null | undefined): unk
   return e;
 }
 
-function parsePlatformString(s: string): pb.IPlatform {
-  const [OS = '', Architecture = '', Variant = ''] = s.split('/');
-  if (!OS || !Architecture)
-    throw new SolveRequestInvalidError(`invalid platform ${JSON.stringify(s)}`);
-  return { OS, Architecture, Variant };
-}
-
 function workerRecord(w: WorkerInfo): InstanceType<typeof control.WorkerRecord> {
   const plat = (emulated: boolean) =>
-    w.platforms
-      .filter((p) => p.emulated === emulated)
-      .map((p) => ({ OS: p.os, Architecture: p.arch, Variant: p.variant ?? '' }));
+    w.platforms.filter((p) => p.emulated === emulated).map((p) => platformToPb(p));
   return control.WorkerRecord.create({
     id: w.id,
     labels: w.labels,
@@ -173,7 +171,7 @@ export class ControlServer {
   readonly sessions: SessionManager;
   readonly #o: ControlServerOptions;
   readonly #log: Logger;
-  readonly #defaultPlatform: pb.IPlatform;
+  readonly #defaultPlatform: Platform;
   readonly #checksums: ContentChecksums | undefined;
   #server: grpc.Server | undefined;
   #closing = false;
@@ -187,7 +185,7 @@ export class ControlServer {
       ...(o.store ? { store: o.store } : {}),
       log: this.#log.child({ component: 'session' }),
     });
-    this.#defaultPlatform = parsePlatformString(o.defaultPlatform ?? 'linux/amd64');
+    this.#defaultPlatform = parsePlatform(o.defaultPlatform ?? 'linux/amd64');
     const checksumLog = this.#log.child({ component: 'checksums' });
     this.#checksums =
       o.checksumTimeoutMs === 0
@@ -332,13 +330,13 @@ export class ControlServer {
         targets.map(async (t) => {
           try {
             return {
-              platform: t.platform,
-              name: platformName(t.platform),
+              platform: platformToPb(t.platform),
+              name: formatPlatform(t.platform),
               imageConfigJson:
                 t.imageConfigJson ??
-                JSON.stringify({ architecture: t.platform.Architecture, os: t.platform.OS }),
+                JSON.stringify({ architecture: t.platform.architecture, os: t.platform.os }),
               solved: await context.with(trace.setSpan(context.active(), span), () =>
-                this.#run(build, t.graph, t.platform, req.sessionId, log),
+                this.#run(build, t.graph, platformToPb(t.platform), req.sessionId, log),
               ),
             };
           } catch (e) {
@@ -394,7 +392,7 @@ export class ControlServer {
   async #load(req: SolveRequest): Promise<
     {
       graph: LoadedDefinition;
-      platform: pb.IPlatform;
+      platform: Platform;
       imageConfigJson?: string;
       source?: pb.ISource | null;
     }[]
@@ -409,10 +407,7 @@ export class ControlServer {
       return [
         {
           graph,
-          platform:
-            p?.OS && p.Architecture
-              ? { OS: p.OS, Architecture: p.Architecture, Variant: p.Variant ?? '' }
-              : this.#defaultPlatform,
+          platform: platformFromPb(p) ?? this.#defaultPlatform,
           source: req.definition.Source,
         },
       ];
@@ -432,20 +427,12 @@ export class ControlServer {
       opts: attrs,
       ...(this.#o.metaResolver ? { metaResolver: this.#o.metaResolver } : {}),
       ...(req.sessionId ? { sessionId: req.sessionId } : {}),
-      buildPlatform: {
-        os: this.#defaultPlatform.OS ?? '',
-        architecture: this.#defaultPlatform.Architecture ?? '',
-        ...(this.#defaultPlatform.Variant ? { variant: this.#defaultPlatform.Variant } : {}),
-      },
+      buildPlatform: this.#defaultPlatform,
     });
     return res.platforms.map((p) => ({
       graph: parseDefinition(p.definition.toProto()),
       source: p.definition.source,
-      platform: {
-        OS: p.platform.os,
-        Architecture: p.platform.architecture,
-        Variant: p.platform.variant ?? '',
-      },
+      platform: p.platform,
       imageConfigJson: p.imageConfigJson,
     }));
   }

@@ -49,7 +49,7 @@ beforeAll(async () => {
     const w = new TaskConsumer({
       nc: wnc,
       id,
-      platforms: [{ os: 'linux', arch: 'amd64', emulated: false }],
+      platforms: [{ os: 'linux', architecture: 'amd64', emulated: false }],
       labels: { pool: 'test' },
       slots: 4,
       runTask: testExecutor(id, runs, gates),
@@ -64,7 +64,7 @@ beforeAll(async () => {
   const arm = new TaskConsumer({
     nc: anc,
     id: ARM_WORKER,
-    platforms: [{ os: 'linux', arch: 'arm64', emulated: false }],
+    platforms: [{ os: 'linux', architecture: 'arm64', emulated: false }],
     slots: 2,
     runTask: testExecutor(ARM_WORKER, runs, gates),
     heartbeatMs: 250,

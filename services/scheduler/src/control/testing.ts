@@ -47,7 +47,7 @@ export interface TaskConsumerCtor {
   new (o: {
     nc: NatsConnection;
     id: string;
-    platforms: { os: string; arch: string; variant?: string; emulated: boolean }[];
+    platforms: { os: string; architecture: string; variant?: string; emulated: boolean }[];
     labels?: Record<string, string>;
     slots?: number;
     runTask: RunTask;

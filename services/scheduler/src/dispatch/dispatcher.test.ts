@@ -270,7 +270,7 @@ describe('Dispatcher', () => {
   it('deletes a queue message that reached MaxDeliver and still completes the task', async () => {
     // Its own platform, so that its consumer can have MaxDeliver 1 and a 1 s ack wait.
     const strict = await openBus(nc, { maxDeliver: 1, ackWaitMs: 1_000 });
-    await ensureTaskConsumer(strict, { os: 'linux', arch: 's390x' }, false);
+    await ensureTaskConsumer(strict, { os: 'linux', architecture: 's390x' }, false);
     const w = await worker('maxdel-w', 'linux/s390x');
     const t = testTask({ platform: 'linux/s390x', sleepMs: 1_500 });
     const done = d.submit(t);

@@ -17,7 +17,6 @@ import type {
   Bus,
   BusOptions,
   Placement,
-  Platform,
   StoredRecord,
   TaskInit,
   TaskProgress,
@@ -37,14 +36,12 @@ import {
   encodeAttemptTask,
   encodeTask,
   failRule,
-  formatPlatform,
   fromBase64,
   getRecord,
   joinRule,
   leaveRule,
   offerSubject,
   openBus,
-  parsePlatform,
   recordHeaderValues,
   redispatchRule,
   replaceRule,
@@ -55,7 +52,8 @@ import {
   watchLoop,
 } from '@kiln/bus';
 import type { OfferReply } from '@kiln/bus';
-import { KilnError, reviveError } from '@kiln/protocol';
+import { KilnError, formatPlatform, platformFromPb, reviveError } from '@kiln/protocol';
+import type { Platform } from '@kiln/protocol';
 import { KvWatchInclude } from '@nats-io/kv';
 import type { KvWatchEntry } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
@@ -189,7 +187,8 @@ export class Dispatcher {
     if (this.#abort.signal.aborted) return Promise.reject(new DispatcherClosedError());
     const cacheKey = task.cacheKey ?? '';
     const key = taskKey(cacheKey);
-    if (!task.platform?.OS || !task.platform.Architecture) {
+    const platform = platformFromPb(task.platform);
+    if (platform === undefined) {
       return Promise.reject(
         new TaskFailedError(
           'task has no platform',
@@ -198,11 +197,6 @@ export class Dispatcher {
         ),
       );
     }
-    const platform = parsePlatform(
-      [task.platform.OS, task.platform.Architecture, task.platform.Variant]
-        .filter(Boolean)
-        .join('/'),
-    );
     const buildId = opts.buildId ?? task.buildId ?? '';
     return new Promise<TaskResult>((resolve, reject) => {
       const waiter: Waiter = { buildId, resolve, reject, onProgress: opts.onProgress };

@@ -1,4 +1,5 @@
 import type { WorkerInfo } from '@kiln/bus';
+import { parsePlatform } from '@kiln/protocol';
 import { describe, expect, it } from 'vitest';
 import { planPlacement } from './placement.js';
 
@@ -8,8 +9,7 @@ function w(id: string, platforms: string[], o: Partial<WorkerInfo> = {}): Worker
     id,
     platforms: platforms.map((p) => {
       const [plat = '', mode] = p.split('=');
-      const [os = '', arch = ''] = plat.split('/');
-      return { os, arch, emulated: mode === 'emulated' };
+      return { ...parsePlatform(plat), emulated: mode === 'emulated' };
     }),
     labels: {},
     slots: 1,
@@ -24,7 +24,7 @@ function w(id: string, platforms: string[], o: Partial<WorkerInfo> = {}): Worker
   };
 }
 
-const arm64 = { os: 'linux', arch: 'arm64' };
+const arm64 = { os: 'linux', architecture: 'arm64' };
 
 describe('planPlacement', () => {
   it('never offers to a worker without the platform, and prefers native to emulated', () => {

@@ -10,7 +10,8 @@
  * - The fallback queue is the native queue when a native worker is alive (or nobody is: the
  *   task waits for one), the emulated queue when only emulated workers are.
  */
-import type { Platform, TaskInit, WorkerInfo } from '@kiln/bus';
+import type { TaskInit, WorkerInfo } from '@kiln/bus';
+import type { Platform } from '@kiln/protocol';
 import { platformSupport } from '@kiln/bus';
 
 export interface PlacementPlan {

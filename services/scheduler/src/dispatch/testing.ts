@@ -7,6 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { TaskInit } from '@kiln/bus';
+import { parsePlatform, platformToPb } from '@kiln/protocol';
 
 export interface NatsHandle {
   readonly url: string;
@@ -136,7 +137,6 @@ export function testTask(
     inputs?: string[];
   } = {},
 ): TaskInit {
-  const [os = 'linux', arch = 'amd64', variant] = (o.platform ?? 'linux/amd64').split('/');
   const description: Record<string, string> = {};
   if (o.sleepMs) description['kiln.test.sleep-ms'] = String(o.sleepMs);
   if (o.fail) description['kiln.test.fail'] = o.fail;
@@ -146,7 +146,7 @@ export function testTask(
     buildId: 'b1',
     vertexDigest: `sha256:${randomUUID().replace(/-/g, '')}`,
     cacheKey: o.cacheKey ?? `sha256:${randomUUID().replace(/-/g, '')}`,
-    platform: { OS: os, Architecture: arch, Variant: variant ?? '' },
+    platform: platformToPb(parsePlatform(o.platform ?? 'linux/amd64')),
     metadata: { description },
     inputs: (o.inputs ?? []).map((resultId) => ({ resultId })),
   };

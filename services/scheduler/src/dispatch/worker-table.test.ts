@@ -8,7 +8,7 @@ function put(id: string, seq: number, startedAt = 1): KvWatchEntry {
   const info: WorkerInfo = {
     v: 1,
     id,
-    platforms: [{ os: 'linux', arch: 'amd64', emulated: false }],
+    platforms: [{ os: 'linux', architecture: 'amd64', emulated: false }],
     labels: {},
     slots: 1,
     freeSlots: 1,

@@ -20,8 +20,8 @@ import { SpanStatusCode, context } from '@opentelemetry/api';
 import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { CUSTOM_NAME, depSpecs, inputDigests, opKind } from '@kiln/llb';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
-import { KilnError } from '@kiln/protocol';
-import type { pb } from '@kiln/protocol';
+import { KilnError, formatPlatform, platformFromPb, platformToPb } from '@kiln/protocol';
+import type { Platform, pb } from '@kiln/protocol';
 import type { SubmitOptions } from '../dispatch/index.js';
 import { BuildCanceledError, VertexFailedError } from './errors.js';
 import type { ContentChecksums } from './content-checksums.js';
@@ -88,13 +88,11 @@ export function vertexName(lo: LoadedOp): string {
   return opKind(op) ?? 'op';
 }
 
-function platformOf(op: pb.IOp, fallback: pb.IPlatform): pb.IPlatform {
-  const p = op.platform?.OS && op.platform.Architecture ? op.platform : fallback;
-  return { OS: p.OS ?? '', Architecture: p.Architecture ?? '', Variant: p.Variant ?? '' };
-}
-
-function formatPlatform(p: pb.IPlatform): string {
-  return [p.OS, p.Architecture, p.Variant].filter(Boolean).join('/');
+/** The op's platform, else the build's default. */
+function platformOf(op: pb.IOp, fallback: pb.IPlatform): Platform {
+  const p = platformFromPb(op.platform) ?? platformFromPb(fallback);
+  if (p === undefined) throw new KilnError('SOLVE_NO_PLATFORM', 'the build has no platform');
+  return p;
 }
 
 /** The worker holding most input bytes (each input counts one byte more, so empty ones count). */
@@ -193,7 +191,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         metadata: lo.metadata ?? {},
         inputs,
         cacheKey,
-        platform,
+        platform: platformToPb(platform),
         sessionId: o.sessionId ?? '',
         preferredWorker: preferred ?? '',
       };

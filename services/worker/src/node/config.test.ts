@@ -47,7 +47,7 @@ describe('loadConfig', () => {
         accessKey: 'k',
         secretKey: 's',
       },
-      platforms: [{ os: 'linux', arch: 'amd64', emulated: false }],
+      platforms: [{ os: 'linux', architecture: 'amd64', emulated: false }],
       logLevel: 'info',
       heartbeatMs: 1_000,
     });
@@ -74,11 +74,11 @@ describe('loadConfig', () => {
 describe('resolvePlatforms', () => {
   it('detects the native platform and adds emulated ones only with their binfmt handler', () => {
     expect(resolvePlatforms({ arch: 'arm64' })).toEqual([
-      { os: 'linux', arch: 'arm64', emulated: false },
+      { os: 'linux', architecture: 'arm64', emulated: false },
     ]);
     expect(resolvePlatforms({ arch: 'x64', emulate: ['linux/arm64'], binfmtDir: binfmt })).toEqual([
-      { os: 'linux', arch: 'amd64', emulated: false },
-      { os: 'linux', arch: 'arm64', emulated: true },
+      { os: 'linux', architecture: 'amd64', emulated: false },
+      { os: 'linux', architecture: 'arm64', emulated: true },
     ]);
     expect(() =>
       resolvePlatforms({ arch: 'x64', emulate: ['linux/arm64'], binfmtDir: noBinfmt }),
@@ -90,8 +90,8 @@ describe('resolvePlatforms', () => {
         binfmtDir: binfmt,
       }),
     ).toEqual([
-      { os: 'linux', arch: 'arm64', emulated: true },
-      { os: 'linux', arch: 'amd64', emulated: false },
+      { os: 'linux', architecture: 'arm64', emulated: true },
+      { os: 'linux', architecture: 'amd64', emulated: false },
     ]);
   });
 });

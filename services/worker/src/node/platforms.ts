@@ -1,19 +1,20 @@
 /** The platforms a worker runs: native from the CPU, emulated through a registered qemu binfmt. */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { formatPlatform, normalizePlatform, parsePlatform } from '@kiln/bus';
-import type { Platform, WorkerPlatform } from '@kiln/bus';
+import type { WorkerPlatform } from '@kiln/bus';
+import { formatPlatform, parsePlatform, platformMatches } from '@kiln/protocol';
+import type { Platform } from '@kiln/protocol';
 import { WorkerConfigError } from './errors.js';
 
 /** Node's `process.arch` -> OCI architecture (and variant). */
 const NODE_ARCH: Record<string, Platform> = {
-  x64: { os: 'linux', arch: 'amd64' },
-  arm64: { os: 'linux', arch: 'arm64' },
-  arm: { os: 'linux', arch: 'arm', variant: 'v7' },
-  ia32: { os: 'linux', arch: '386' },
-  ppc64: { os: 'linux', arch: 'ppc64le' },
-  s390x: { os: 'linux', arch: 's390x' },
-  riscv64: { os: 'linux', arch: 'riscv64' },
+  x64: { os: 'linux', architecture: 'amd64' },
+  arm64: { os: 'linux', architecture: 'arm64' },
+  arm: { os: 'linux', architecture: 'arm', variant: 'v7' },
+  ia32: { os: 'linux', architecture: '386' },
+  ppc64: { os: 'linux', architecture: 'ppc64le' },
+  s390x: { os: 'linux', architecture: 's390x' },
+  riscv64: { os: 'linux', architecture: 'riscv64' },
 };
 
 /** OCI architecture -> the qemu binfmt handler name (`/proc/sys/fs/binfmt_misc/qemu-<name>`). */
@@ -37,7 +38,7 @@ export function nativePlatform(arch: string = process.arch): Platform {
 
 /** Whether a qemu handler for `p` is registered and enabled in binfmt_misc. */
 export function binfmtRegistered(p: Platform, binfmtDir: string = BINFMT_DIR): boolean {
-  const name = QEMU_ARCH[p.arch];
+  const name = QEMU_ARCH[p.architecture];
   if (!name) return false;
   try {
     return readFileSync(join(binfmtDir, `qemu-${name}`), 'utf8').split('\n')[0] === 'enabled';
@@ -77,7 +78,7 @@ export function resolvePlatforms(o: {
     if (seen.has(key)) continue;
     seen.add(key);
     if (p.emulated) {
-      if (key === formatPlatform(normalizePlatform(native))) continue;
+      if (platformMatches(p, native)) continue;
       if (!binfmtRegistered(p, o.binfmtDir))
         throw new WorkerConfigError(
           `platform ${key} is configured as emulated but no qemu binfmt handler is registered for it`,
@@ -90,7 +91,7 @@ export function resolvePlatforms(o: {
 
 function parsePlatformChecked(s: string): Platform {
   try {
-    return normalizePlatform(parsePlatform(s.trim()));
+    return parsePlatform(s.trim());
   } catch (err) {
     throw new WorkerConfigError(`bad platform "${s}"`, err);
   }

@@ -30,7 +30,8 @@ import type { Readable } from 'node:stream';
 import type { Task, TaskErrorInit } from '@kiln/bus';
 import { opKind } from '@kiln/llb';
 import type { OpKind } from '@kiln/llb';
-import { KilnError, asKilnError, pb } from '@kiln/protocol';
+import { KilnError, asKilnError, pb, platformFromPb } from '@kiln/protocol';
+import type { Platform } from '@kiln/protocol';
 import { DigestMismatchError } from '@kiln/store';
 import type { BlobStore, Digest } from '@kiln/store';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -287,11 +288,8 @@ export class TaskRunner {
     progress({ stage: 'export' });
     const configOf = (i: number): Record<string, unknown> =>
       JSON.parse(platforms[i]?.configJson || '{}') as Record<string, unknown>;
-    const platformOf = (p: (typeof platforms)[number]) => ({
-      os: p.platform?.OS ?? '',
-      architecture: p.platform?.Architecture ?? '',
-      ...(p.platform?.Variant ? { variant: p.platform.Variant } : {}),
-    });
+    const platformOf = (p: (typeof platforms)[number]): Platform =>
+      platformFromPb(p.platform) ?? { os: '', architecture: '' };
     if (type === 'image') {
       // Pushed to the registry: the result is what the names now point at.
       const pushed = await this.engine.pushImages(

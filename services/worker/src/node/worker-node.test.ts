@@ -378,8 +378,8 @@ describe('WorkerNode', () => {
         mine,
       );
       expect(emu.config.platforms).toEqual([
-        { os: 'linux', arch: 'amd64', emulated: false },
-        { os: 'linux', arch: 'arm64', emulated: true },
+        { os: 'linux', architecture: 'amd64', emulated: false },
+        { os: 'linux', architecture: 'arm64', emulated: true },
       ]);
       const run = salt();
       const st = sh(image(fixture), 'uname -m > /arch.txt');

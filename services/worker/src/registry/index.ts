@@ -44,9 +44,4 @@ export type {
   ImageManifest,
   ManifestDocument,
 } from './manifest.js';
-export {
-  canonicalPlatform,
-  platformKey,
-  platformMatches,
-  selectPlatform,
-} from './platform-match.js';
+export { selectPlatform } from './platform-match.js';

@@ -1,4 +1,4 @@
-import type { Platform } from '@kiln/llb';
+import type { Platform } from '@kiln/protocol';
 import { isDigest } from '@kiln/store';
 import type { Digest } from '@kiln/store';
 import { ManifestInvalidError } from './errors.js';

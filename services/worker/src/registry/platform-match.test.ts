@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Descriptor } from './manifest.js';
-import { platformKey, platformMatches, selectPlatform } from './platform-match.js';
+import { selectPlatform } from './platform-match.js';
 
 const d = (
   architecture: string,
@@ -16,32 +16,6 @@ const d = (
 });
 
 describe('platform matching', () => {
-  it('normalizes as containerd does', () => {
-    expect(platformKey({ os: 'Linux', architecture: 'x86_64' })).toBe('linux/amd64');
-    expect(platformKey({ os: 'linux', architecture: 'aarch64' })).toBe('linux/arm64');
-    expect(platformKey({ os: 'linux', architecture: 'arm64', variant: 'v8' })).toBe('linux/arm64');
-    expect(platformKey({ os: 'linux', architecture: 'arm' })).toBe('linux/arm/v7');
-    expect(platformKey({ os: 'linux', architecture: 'amd64', variant: 'v1' })).toBe('linux/amd64');
-    expect(
-      platformMatches(
-        { os: 'linux', architecture: 'arm64' },
-        { os: 'linux', architecture: 'arm64', variant: 'v8' },
-      ),
-    ).toBe(true);
-    expect(
-      platformMatches(
-        { os: 'linux', architecture: 'arm', variant: 'v7' },
-        { os: 'linux', architecture: 'arm', variant: 'v6' },
-      ),
-    ).toBe(false);
-    expect(
-      platformMatches(
-        { os: 'linux', architecture: 'amd64' },
-        { os: 'windows', architecture: 'amd64' },
-      ),
-    ).toBe(false);
-  });
-
   it('selects the exact entry, skips attestations, and lists what is available otherwise', () => {
     const entries = [
       d('unknown', undefined, 'unknown', { 'vnd.docker.reference.type': 'attestation-manifest' }),

@@ -7,7 +7,7 @@
  * (`linux/amd64,linux/arm64=emulated`), KILN_WORKER_SLOTS, KILN_WORKER_HEARTBEAT_MS,
  * KILN_WORKER_DRAIN_TIMEOUT_MS.
  */
-import { parsePlatform } from '@kiln/bus';
+import { parsePlatform } from '@kiln/protocol';
 import type { WorkerPlatform } from '@kiln/bus';
 import { connect } from '@nats-io/transport-node';
 import { sleepExecutor } from './sleep-executor.js';

@@ -15,6 +15,7 @@ import {
 } from '@kiln/bus';
 import { connect, headers } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { parsePlatform } from '@kiln/protocol';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sleepExecutor } from './sleep-executor.js';
 import type { ConsumerEvent, RunTask } from './task-consumer.js';
@@ -52,10 +53,7 @@ async function worker(
   const c = new TaskConsumer({
     nc: wnc,
     id,
-    platforms: platforms.map((p) => {
-      const [os = '', arch = '', variant] = p.split('/');
-      return { os, arch, variant, emulated: false };
-    }),
+    platforms: platforms.map((p) => ({ ...parsePlatform(p), emulated: false })),
     slots: o.slots ?? 1,
     heartbeatMs: 200,
     keepaliveMs: 100,
@@ -91,8 +89,8 @@ describe('TaskConsumer', () => {
       (await bus.workers.get(c.id))?.json<{ seq: number; platforms: unknown[] }>(),
     );
     expect(first.platforms).toEqual([
-      { os: 'linux', arch: 'arm64', emulated: false },
-      { os: 'linux', arch: 'amd64', emulated: false },
+      { os: 'linux', architecture: 'arm64', emulated: false },
+      { os: 'linux', architecture: 'amd64', emulated: false },
     ]);
     await until(
       'a later heartbeat',

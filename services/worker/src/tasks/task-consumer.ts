@@ -42,10 +42,8 @@ import {
   encodeResult,
   ensureTaskConsumer,
   errorRule,
-  formatPlatform,
   getRecord,
   isCurrentAttempt,
-  normalizePlatform,
   offerSubject,
   openBus,
   pause,
@@ -58,7 +56,13 @@ import {
   taskKey,
   toBase64,
 } from '@kiln/bus';
-import { KilnError, toLong } from '@kiln/protocol';
+import {
+  KilnError,
+  normalizePlatform,
+  platformFromPb,
+  platformMatches,
+  toLong,
+} from '@kiln/protocol';
 import type { ConsumeCallback, Consumer, FetchOptions, JsMsg } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 
@@ -503,28 +507,13 @@ export class TaskConsumer {
   }
 
   #supports(task: Task): boolean {
-    const p = task.platform;
-    if (!p?.OS || !p.Architecture) return false;
-    try {
-      const want = formatPlatform({
-        os: p.OS,
-        arch: p.Architecture,
-        variant: p.Variant || undefined,
-      });
-      return this.#o.platforms.some((wp) => formatPlatform(wp) === want);
-    } catch {
-      return false;
-    }
+    const want = platformFromPb(task.platform);
+    return want !== undefined && this.#o.platforms.some((wp) => platformMatches(wp, want));
   }
 
   #emulatedFor(task: Task): boolean {
-    const p = task.platform;
-    const want = formatPlatform({
-      os: p?.OS ?? '',
-      arch: p?.Architecture ?? '',
-      variant: p?.Variant || undefined,
-    });
-    return !this.#o.platforms.some((wp) => !wp.emulated && formatPlatform(wp) === want);
+    const want = platformFromPb(task.platform);
+    return !this.#o.platforms.some((wp) => !wp.emulated && platformMatches(wp, want));
   }
 
   // ---- running ----

@@ -8,13 +8,13 @@ import type { Bus, TaskInit, TaskRecord } from '@kiln/bus';
 import {
   createRecord,
   encodeTask,
-  formatPlatform,
   getRecord,
   redispatchRule,
   taskKey,
   taskSubject,
   toBase64,
 } from '@kiln/bus';
+import { formatPlatform, parsePlatform, platformFromPb, platformToPb } from '@kiln/protocol';
 
 export interface NatsHandle {
   readonly url: string;
@@ -79,7 +79,6 @@ export function testTask(
     output?: string;
   } = {},
 ): TaskInit {
-  const [os = 'linux', arch = 'amd64', variant] = (o.platform ?? 'linux/amd64').split('/');
   const description: Record<string, string> = {};
   if (o.sleepMs) description['kiln.test.sleep-ms'] = String(o.sleepMs);
   if (o.fail) description['kiln.test.fail'] = o.fail;
@@ -88,7 +87,7 @@ export function testTask(
     taskId: randomUUID(),
     buildId: 'b1',
     cacheKey: o.cacheKey ?? `sha256:${randomUUID().replace(/-/g, '')}`,
-    platform: { OS: os, Architecture: arch, Variant: variant ?? '' },
+    platform: platformToPb(parsePlatform(o.platform ?? 'linux/amd64')),
     metadata: { description },
   };
 }
@@ -102,12 +101,8 @@ export async function enqueueRaw(
   task: TaskInit,
   o: { offer?: boolean } = {},
 ): Promise<TaskRecord> {
-  const p = task.platform;
-  const platform = {
-    os: p?.OS ?? '',
-    arch: p?.Architecture ?? '',
-    variant: p?.Variant || undefined,
-  };
+  const platform = platformFromPb(task.platform);
+  if (platform === undefined) throw new Error('a test task needs a platform');
   const now = Date.now();
   const rec = redispatchRule(
     {

@@ -7,9 +7,9 @@
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { KilnError } from '@kiln/protocol';
+import { KilnError, LinuxAmd64, platformFromPb } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
-import type { Platform } from '@kiln/llb';
+import type { Platform } from '@kiln/protocol';
 import { applyLayer } from '@kiln/layers';
 import type { BlobStore } from '@kiln/store';
 import { buildSnapshot } from '../../ops/snapshots.js';
@@ -35,12 +35,7 @@ export class UnsupportedSourceError extends KilnError {
 }
 
 function platformOf(p: pb.IPlatform | null | undefined): Platform {
-  const out: { os: string; architecture: string; variant?: string } = {
-    os: p?.OS || 'linux',
-    architecture: p?.Architecture || 'amd64',
-  };
-  if (p?.Variant) out.variant = p.Variant;
-  return out;
+  return platformFromPb(p) ?? LinuxAmd64;
 }
 
 export class SourceExecutor implements OpExecutor {

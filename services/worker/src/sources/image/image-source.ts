@@ -1,5 +1,6 @@
-import type { ImageReference, Platform } from '@kiln/llb';
-import { KilnError } from '@kiln/protocol';
+import type { ImageReference } from '@kiln/llb';
+import { KilnError, formatPlatform, platformMatches } from '@kiln/protocol';
+import type { Platform } from '@kiln/protocol';
 import { DigestMismatchError } from '@kiln/store';
 import type { BlobStore, Digest } from '@kiln/store';
 import { applyLayer } from '@kiln/layers';
@@ -10,8 +11,6 @@ import {
   formatReference,
   isManifestMediaType,
   parseImageConfig,
-  platformKey,
-  platformMatches,
   selectPlatform,
   toReference,
 } from '../../registry/index.js';
@@ -141,7 +140,7 @@ export class ImageSource {
       if (sel.match === undefined) available = sel.available;
       candidates = sel.match !== undefined ? [sel.match] : unlabelled;
       if (candidates.length === 0) {
-        throw new PlatformNotFoundError(name, platformKey(platform), available);
+        throw new PlatformNotFoundError(name, formatPlatform(platform), available);
       }
     } else {
       candidates = [resolved.descriptor];
@@ -171,7 +170,7 @@ export class ImageSource {
       };
       // The config has the last word, also for a single-platform image (containerd checks it too).
       if (!platformMatches(platform, imagePlatform)) {
-        available.push(platformKey(imagePlatform));
+        available.push(formatPlatform(imagePlatform));
         continue;
       }
       if (fetched !== undefined) {
@@ -182,7 +181,7 @@ export class ImageSource {
       }
       return this.finish(name, resolved.descriptor.digest, desc, manifest, config, imagePlatform);
     }
-    throw new PlatformNotFoundError(name, platformKey(platform), [...new Set(available)]);
+    throw new PlatformNotFoundError(name, formatPlatform(platform), [...new Set(available)]);
   }
 
   private finish(

@@ -1,6 +1,7 @@
-import type { Platform } from '@kiln/llb';
+import { formatPlatform } from '@kiln/protocol';
+import type { Platform } from '@kiln/protocol';
 import type { Digest } from '@kiln/store';
-import { formatReference, platformKey, toReference } from '../../registry/index.js';
+import { formatReference, toReference } from '../../registry/index.js';
 import type { ImageConfig } from '../../registry/index.js';
 import type { ImageSource } from './image-source.js';
 
@@ -54,7 +55,7 @@ export class ImageMetadataResolver {
     opts: ResolveImageConfigOptions = {},
   ): Promise<ResolvedImageConfig> {
     const parsed = toReference(ref);
-    const key = `${formatReference(parsed)} ${platformKey(platform)}`;
+    const key = `${formatReference(parsed)} ${formatPlatform(platform)}`;
     const now = Date.now();
     const hit = this.cache.get(key);
     if (hit !== undefined && hit.expiresAt > now && opts.resolveMode !== 'pull') {
