@@ -7,8 +7,8 @@
  */
 import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
-import { toReference } from '../registry/index.js';
-import type { RegistryClient } from '../registry/index.js';
+import { toReference } from '@kiln/registry';
+import type { RegistryClient } from '@kiln/registry';
 import type { TarballImage } from './export.js';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';

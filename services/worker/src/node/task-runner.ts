@@ -44,7 +44,7 @@ import { runExec, sweepExecState } from '../ops/exec/index.js';
 import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
 import { buildSnapshot } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
-import type { RegistryClientOptions } from '../registry/index.js';
+import type { RegistryClientOptions } from '@kiln/registry';
 import type { OciRuntime, RuntimeName } from '../runtime/index.js';
 import type { ExecutorContext, OpExecutor, SessionProviders } from '../solver/solver.js';
 import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';

@@ -11,10 +11,10 @@ import {
   PlatformNotFoundError,
   RegistryClient,
   RegistryUnavailableError,
-} from '../../registry/index.js';
-import type { Repository } from '../../registry/index.js';
-import { startFaultProxy, tempDir, waitUntil } from '../../registry/test-support.js';
-import type { FaultProxy } from '../../registry/test-support.js';
+} from '@kiln/registry';
+import type { Repository } from '@kiln/registry';
+import { startFaultProxy, tempDir, waitUntil } from '@kiln/registry/testing';
+import type { FaultProxy } from '@kiln/registry/testing';
 import { ImageSource } from './image-source.js';
 import { ImageMetadataResolver } from './metadata-resolver.js';
 

@@ -13,14 +13,14 @@ import {
   parseImageConfig,
   selectPlatform,
   toReference,
-} from '../../registry/index.js';
+} from '@kiln/registry';
 import type {
   Descriptor,
   ImageConfig,
   ImageManifest,
   RegistryClient,
   Repository,
-} from '../../registry/index.js';
+} from '@kiln/registry';
 
 /** One layer of a pulled image, in application order. */
 export interface ImageLayer {

@@ -1,8 +1,8 @@
 import { formatPlatform } from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import type { Digest } from '@kiln/store';
-import { formatReference, toReference } from '../../registry/index.js';
-import type { ImageConfig } from '../../registry/index.js';
+import { formatReference, toReference } from '@kiln/registry';
+import type { ImageConfig } from '@kiln/registry';
 import type { ImageSource } from './image-source.js';
 
 export interface ResolvedImageConfig {

@@ -10,8 +10,8 @@ import type { Repository } from './client.js';
 import { ImageNotFoundError, ManifestInvalidError, RegistryUnavailableError } from './errors.js';
 import { MediaType } from './manifest.js';
 import type { Descriptor, ImageIndex, ImageManifest } from './manifest.js';
-import { startFaultProxy } from './test-support.js';
-import type { FaultProxy } from './test-support.js';
+import { startFaultProxy } from './testing/index.js';
+import type { FaultProxy } from './testing/index.js';
 
 function env(name: string): string {
   const v = process.env[name];

@@ -14,8 +14,8 @@ import {
   startTokenServer,
   tempDir,
   waitUntil,
-} from './test-support.js';
-import type { TestRegistry, TokenServer } from './test-support.js';
+} from './testing/index.js';
+import type { TestRegistry, TokenServer } from './testing/index.js';
 
 describe('parseChallenges', () => {
   it('parses bearer challenges with quoted parameters', () => {
