@@ -6,7 +6,7 @@ import { sha256Digest } from '@kiln/store';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dockerConfigCredentials, parseChallenges } from './auth.js';
 import { RegistryClient } from './client.js';
-import type { Repository } from './client.js';
+import type { Repository, ResolvedReference } from './client.js';
 import { RegistryAuthError } from './errors.js';
 import {
   startAuthRegistry,
@@ -14,6 +14,7 @@ import {
   startTokenServer,
   tempDir,
   waitUntil,
+  copyPlatformManifest,
 } from './testing/index.js';
 import type { TestRegistry, TokenServer } from './testing/index.js';
 
@@ -98,17 +99,8 @@ const FIXTURE = parseImageReference(env('KILN_TEST_FIXTURE_IMAGE'));
 const plain = new RegistryClient({ dockerConfig: false });
 
 /** Copies the fixture's amd64 manifest (config + layer) to `dest` with `client`; returns the manifest digest. */
-async function copyAmd64(client: RegistryClient, dest: Repository, tag: string): Promise<string> {
-  const { descriptor } = await plain.resolve(FIXTURE);
-  const top = await plain.fetchManifest(FIXTURE, descriptor);
-  if (top.document.kind !== 'index') throw new Error('fixture is not an index');
-  const desc = top.document.index.manifests.find((m) => m.platform?.architecture === 'amd64')!;
-  const m = await plain.fetchManifest(FIXTURE, desc);
-  if (m.document.kind !== 'manifest') throw new Error('nested index');
-  for (const b of [m.document.manifest.config, ...m.document.manifest.layers]) {
-    await client.pushBlob(dest, b, () => plain.fetchBlob(FIXTURE, b));
-  }
-  return client.pushManifest(dest, tag, m.bytes, desc.mediaType);
+function copyAmd64(client: RegistryClient, dest: Repository, tag: string): Promise<string> {
+  return copyPlatformManifest(plain, FIXTURE, client, dest, tag);
 }
 
 describe('bearer token auth against a real token-auth registry', () => {
@@ -203,6 +195,62 @@ describe('bearer token auth against a real token-auth registry', () => {
       const r = await client.resolve(`${registry.addr}/team/cfg:latest`);
       expect(r.ref.digest).toBe(r.descriptor.digest);
     } finally {
+      await tmp.remove();
+    }
+  });
+
+  it('runs credential helpers (credHelpers over credsStore, auths when a helper knows nothing)', async () => {
+    const tmp = await tempDir('credhelper');
+    const path = process.env.PATH;
+    try {
+      // A real helper program speaking the docker CLI's protocol: server on stdin, JSON out.
+      const helper = (name: string, body: string): Promise<void> =>
+        writeFile(join(tmp.dir, `docker-credential-${name}`), `#!/bin/sh\n${body}\n`, {
+          mode: 0o755,
+        });
+      await helper(
+        'kiln-right',
+        `read server; [ "$1" = get ] && [ "$server" = "${registry.addr}" ] && ` +
+          `echo '{"ServerURL":"'$server'","Username":"alice","Secret":"wonderland"}' && exit 0; ` +
+          `echo 'credentials not found in native keychain'; exit 1`,
+      );
+      await helper('kiln-wrong', `echo '{"Username":"alice","Secret":"wrong"}'`);
+      await helper('kiln-none', `echo 'credentials not found in native keychain'; exit 1`);
+      await helper('kiln-broken', `echo oops >&2; exit 3`);
+      process.env.PATH = `${tmp.dir}:${path ?? ''}`;
+      const config = async (doc: object): Promise<string> => {
+        const p = join(tmp.dir, `config-${Math.random().toString(36).slice(2)}.json`);
+        await writeFile(p, JSON.stringify(doc));
+        return p;
+      };
+      const ref = `${registry.addr}/team/cfg:latest`;
+      const resolveWith = (doc: object): Promise<ResolvedReference> =>
+        config(doc).then((p) => new RegistryClient({ dockerConfig: p }).resolve(ref));
+      // credHelpers for the host wins over credsStore.
+      const viaHost = await resolveWith({
+        credsStore: 'kiln-wrong',
+        credHelpers: { [registry.addr]: 'kiln-right' },
+      });
+      expect(viaHost.descriptor.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+      expect((await resolveWith({ credsStore: 'kiln-right' })).descriptor.digest).toBe(
+        viaHost.descriptor.digest,
+      );
+      await expect(resolveWith({ credsStore: 'kiln-wrong' })).rejects.toBeInstanceOf(
+        RegistryAuthError,
+      );
+      // A helper that knows nothing: the auths entry.
+      const auth = Buffer.from('alice:wonderland').toString('base64');
+      await expect(
+        resolveWith({ credsStore: 'kiln-none', auths: { [registry.addr]: { auth } } }),
+      ).resolves.toBeDefined();
+      await expect(resolveWith({ credsStore: 'kiln-broken' })).rejects.toThrow(
+        /docker-credential-kiln-broken get exited with 3/,
+      );
+      await expect(resolveWith({ credsStore: 'kiln-missing' })).rejects.toThrow(
+        /running docker-credential-kiln-missing/,
+      );
+    } finally {
+      process.env.PATH = path;
       await tmp.remove();
     }
   });

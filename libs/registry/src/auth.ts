@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -60,6 +61,59 @@ export function parseChallenges(header: string | null): AuthChallenge[] {
 
 interface DockerConfigFile {
   auths?: Record<string, { auth?: string; username?: string; password?: string }>;
+  /** The credential helper for every host (`desktop` runs `docker-credential-desktop`). */
+  credsStore?: string;
+  /** Per-host credential helpers; they win over `credsStore`. */
+  credHelpers?: Record<string, string>;
+}
+
+/** What the docker CLI sends a credential helper for a host (Docker Hub has its legacy URL). */
+function helperServer(host: string): string {
+  return DOCKER_HUB_ALIASES.includes(host) ? 'https://index.docker.io/v1/' : host;
+}
+
+/**
+ * Runs `docker-credential-<helper> get` with the server on stdin (the docker CLI's protocol) and
+ * reads `{"Username", "Secret"}` from stdout. "credentials not found" means none; a helper that
+ * is missing or fails otherwise is a {@link RegistryAuthError}. The secret is never logged.
+ */
+async function helperCredentials(
+  helper: string,
+  host: string,
+): Promise<RegistryCredentials | undefined> {
+  const cmd = `docker-credential-${helper}`;
+  if (!/^[A-Za-z0-9._-]+$/.test(helper))
+    throw new RegistryAuthError(host, `invalid credential helper name ${JSON.stringify(helper)}`);
+  const { code, stdout, error } = await new Promise<{
+    code: number | null;
+    stdout: string;
+    error?: Error;
+  }>((resolve) => {
+    const child = spawn(cmd, ['get'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.resume();
+    child.on('error', (err) => resolve({ code: null, stdout: out, error: err }));
+    child.on('close', (c) => resolve({ code: c, stdout: out }));
+    child.stdin.on('error', () => undefined); // a helper that exits without reading stdin
+    child.stdin.end(helperServer(host));
+  });
+  if (error !== undefined) {
+    throw new RegistryAuthError(host, `running ${cmd}: ${error.message}`, { cause: error });
+  }
+  if (code !== 0) {
+    if (/credentials not found/i.test(stdout)) return undefined;
+    throw new RegistryAuthError(host, `${cmd} get exited with ${String(code)}`);
+  }
+  let doc: { Username?: unknown; Secret?: unknown };
+  try {
+    doc = JSON.parse(stdout) as typeof doc;
+  } catch (err) {
+    throw new RegistryAuthError(host, `${cmd} get did not print JSON`, { cause: err });
+  }
+  if (typeof doc.Username !== 'string' || typeof doc.Secret !== 'string' || doc.Secret === '')
+    return undefined;
+  return { username: doc.Username, password: doc.Secret };
 }
 
 /** The host part of a docker config `auths` key (`https://index.docker.io/v1/` -> `index.docker.io`). */
@@ -76,14 +130,17 @@ const DOCKER_HUB_ALIASES = ['docker.io', 'index.docker.io', 'registry-1.docker.i
 /**
  * Credentials from a Docker CLI config file (`~/.docker/config.json` by default): the `auths`
  * entries' base64 `auth` field (`user:password`) or `username`/`password`. Docker Hub's key
- * `https://index.docker.io/v1/` serves `docker.io`. Credential helpers (`credsStore`,
- * `credHelpers`) are not run. A missing file means no credentials; a malformed one is a
+ * `https://index.docker.io/v1/` serves `docker.io`. As the docker CLI, a host's credential helper
+ * (`credHelpers[host]`, else `credsStore`) is asked first (`docker-credential-<name> get`), the
+ * `auths` entry when it knows nothing. A missing file means no credentials; a malformed one is a
  * {@link RegistryAuthError} when a host is looked up, naming the file.
  */
 export function dockerConfigCredentials(
   path = join(homedir(), '.docker', 'config.json'),
 ): CredentialsProvider {
   let loaded: Map<string, RegistryCredentials> | undefined;
+  let store: string | undefined;
+  const helpers = new Map<string, string>();
   const load = (host: string): Map<string, RegistryCredentials> => {
     if (loaded !== undefined) return loaded;
     let text: string;
@@ -122,19 +179,30 @@ export function dockerConfigCredentials(
       }
       if (creds !== undefined) map.set(configKeyHost(key), creds);
     }
+    for (const [key, helper] of Object.entries(doc.credHelpers ?? {})) {
+      if (typeof helper === 'string' && helper !== '') helpers.set(configKeyHost(key), helper);
+    }
+    if (typeof doc.credsStore === 'string' && doc.credsStore !== '') store = doc.credsStore;
     return (loaded = map);
+  };
+  const aliases = (h: string): string[] =>
+    DOCKER_HUB_ALIASES.includes(h) ? DOCKER_HUB_ALIASES : [h];
+  const fromAuths = (map: Map<string, RegistryCredentials>, h: string) => {
+    for (const alias of aliases(h)) {
+      const c = map.get(alias);
+      if (c !== undefined) return c;
+    }
+    return undefined;
   };
   return (host: string) => {
     const map = load(host);
     const h = host.toLowerCase();
-    if (DOCKER_HUB_ALIASES.includes(h)) {
-      for (const alias of DOCKER_HUB_ALIASES) {
-        const c = map.get(alias);
-        if (c !== undefined) return c;
-      }
-      return undefined;
-    }
-    return map.get(h);
+    const helper =
+      aliases(h)
+        .map((a) => helpers.get(a))
+        .find((x) => x !== undefined) ?? store;
+    if (helper === undefined) return fromAuths(map, h);
+    return helperCredentials(helper, h).then((c) => c ?? fromAuths(map, h));
   };
 }
 

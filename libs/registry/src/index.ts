@@ -45,3 +45,5 @@ export type {
   ManifestDocument,
 } from './manifest.js';
 export { selectPlatform } from './platform-match.js';
+export { resolvePlatformImage } from './image.js';
+export type { ImageDocumentCache, PlatformImage } from './image.js';

@@ -27,5 +27,5 @@ export {
 } from './solver/errors.js';
 export { loadConfig, DEFAULT_CONFIG, ConfigInvalidError } from './config.js';
 export type { SchedulerConfig } from './config.js';
-export { registryMetaResolver, ImageResolveError } from './registry/registry-meta-resolver.js';
-export type { RegistryMetaResolverOptions } from './registry/registry-meta-resolver.js';
+export { registryMetaResolver } from './registry-meta-resolver.js';
+export type { RegistryMetaResolverOptions } from './registry-meta-resolver.js';

@@ -5,7 +5,8 @@
  * retryable SCHEDULER_UNAVAILABLE; their task records stay for the next scheduler), then exit.
  *
  * Base image configs for the Dockerfile frontend come from the registries themselves
- * (`registryMetaResolver`: anonymous pulls; `--insecure-registries` for plain HTTP ones).
+ * (`registryMetaResolver`: `@kiln/registry` with the docker config's credentials and helpers;
+ * `--insecure-registries` for plain HTTP ones).
  * Environment is read here and only here (see config.ts for the keys).
  */
 import { openStore } from '@kiln/store';
@@ -14,7 +15,7 @@ import { pino } from 'pino';
 import { loadConfig } from './config.js';
 import { ControlServer } from './control/control-server.js';
 import { Dispatcher } from './dispatch/index.js';
-import { registryMetaResolver } from './registry/registry-meta-resolver.js';
+import { registryMetaResolver } from './registry-meta-resolver.js';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env, process.argv.slice(2));

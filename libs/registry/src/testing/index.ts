@@ -1,5 +1,6 @@
 /** Test support for registry users: real docker-registry processes with auth, a token server, a fault-injecting proxy. */
 export {
+  copyPlatformManifest,
   startAuthRegistry,
   startFaultProxy,
   startTokenServer,

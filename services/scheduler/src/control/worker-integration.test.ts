@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
 import { loadHarness, until } from '../dispatch/testing.js';
 import type { Harness, ManagedProcessLike, NatsHandle } from '../dispatch/testing.js';
-import { registryMetaResolver } from '../registry/registry-meta-resolver.js';
+import { registryMetaResolver } from '../registry-meta-resolver.js';
 import { ControlServer } from './control-server.js';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';

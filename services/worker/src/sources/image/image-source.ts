@@ -1,19 +1,11 @@
 import type { ImageReference } from '@kiln/llb';
-import { KilnError, formatPlatform, platformMatches } from '@kiln/protocol';
+import { KilnError } from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import { DigestMismatchError } from '@kiln/store';
 import type { BlobStore, Digest } from '@kiln/store';
 import { applyLayer } from '@kiln/layers';
 import type { ApplyOptions } from '@kiln/layers';
-import {
-  ManifestInvalidError,
-  PlatformNotFoundError,
-  formatReference,
-  isManifestMediaType,
-  parseImageConfig,
-  selectPlatform,
-  toReference,
-} from '@kiln/registry';
+import { resolvePlatformImage, toReference } from '@kiln/registry';
 import type {
   Descriptor,
   ImageConfig,
@@ -120,68 +112,25 @@ export class ImageSource {
    * put in the store.
    */
   async resolve(identifier: string | ImageReference, platform: Platform): Promise<ResolvedImage> {
-    const ref = toReference(identifier);
-    const resolved = await this.client.resolve(ref);
-    const top = await this.client.fetchManifest(ref, resolved.descriptor);
-    await this.store.put(top.descriptor.digest, top.bytes, {
-      size: top.bytes.length,
-      mediaType: top.descriptor.mediaType,
+    const img = await resolvePlatformImage(this.client, identifier, platform, {
+      get: async (desc) => {
+        if (!(await this.store.has(desc.digest))) return undefined;
+        const chunks: Buffer[] = [];
+        for await (const c of await this.store.get(desc.digest)) chunks.push(c as Buffer);
+        return Buffer.concat(chunks);
+      },
+      put: async (desc, bytes) => {
+        await this.store.put(desc.digest, bytes, { size: bytes.length, mediaType: desc.mediaType });
+      },
     });
-    const name = formatReference(resolved.ref);
-
-    let candidates: Descriptor[];
-    let available: string[] = [];
-    if (top.document.kind === 'index') {
-      const sel = selectPlatform(top.document.index.manifests, platform);
-      // As in containerd, entries without a platform are candidates too, judged by their config.
-      const unlabelled = top.document.index.manifests.filter(
-        (m) => m.platform === undefined && isManifestMediaType(m.mediaType),
-      );
-      if (sel.match === undefined) available = sel.available;
-      candidates = sel.match !== undefined ? [sel.match] : unlabelled;
-      if (candidates.length === 0) {
-        throw new PlatformNotFoundError(name, formatPlatform(platform), available);
-      }
-    } else {
-      candidates = [resolved.descriptor];
-    }
-
-    for (const desc of candidates) {
-      let manifest: ImageManifest;
-      let fetched: Buffer | undefined;
-      if (top.document.kind === 'manifest') {
-        manifest = top.document.manifest;
-      } else {
-        const m = await this.client.fetchManifest(ref, desc);
-        if (m.document.kind !== 'manifest') {
-          throw new ManifestInvalidError(`${name}: nested index ${desc.digest} is not supported`);
-        }
-        manifest = m.document.manifest;
-        fetched = m.bytes;
-      }
-      const configBytes = await this.configBytes(ref, manifest.config);
-      const config = parseImageConfig(configBytes, `${name} config`, manifest.layers.length);
-      const imagePlatform: Platform = {
-        os: config.os,
-        architecture: config.architecture,
-        ...(config.variant !== undefined && config.variant !== ''
-          ? { variant: config.variant }
-          : {}),
-      };
-      // The config has the last word, also for a single-platform image (containerd checks it too).
-      if (!platformMatches(platform, imagePlatform)) {
-        available.push(formatPlatform(imagePlatform));
-        continue;
-      }
-      if (fetched !== undefined) {
-        await this.store.put(desc.digest, fetched, {
-          size: fetched.length,
-          mediaType: desc.mediaType,
-        });
-      }
-      return this.finish(name, resolved.descriptor.digest, desc, manifest, config, imagePlatform);
-    }
-    throw new PlatformNotFoundError(name, formatPlatform(platform), [...new Set(available)]);
+    return this.finish(
+      img.name,
+      img.digest,
+      img.manifestDescriptor,
+      img.manifest,
+      img.config,
+      img.platform,
+    );
   }
 
   private finish(
@@ -240,17 +189,6 @@ export class ImageSource {
         });
       }
     }
-  }
-
-  private async configBytes(repo: Repository, desc: Descriptor): Promise<Buffer> {
-    if (await this.store.has(desc.digest)) {
-      const chunks: Buffer[] = [];
-      for await (const c of await this.store.get(desc.digest)) chunks.push(c as Buffer);
-      return Buffer.concat(chunks);
-    }
-    const bytes = await this.client.readBlob(repo, desc);
-    await this.store.put(desc.digest, bytes, { size: bytes.length, mediaType: desc.mediaType });
-    return bytes;
   }
 
   /** Downloads a blob into the store unless it is there; shares in-flight downloads. */

@@ -1,0 +1,85 @@
+// The frontend's image metadata resolver against a real htpasswd docker-registry: a FROM of a
+// private image resolves with the scheduler's credentials, and fails typed without them.
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseImageReference } from '@kiln/llb';
+import { RegistryClient } from '@kiln/registry';
+import {
+  copyPlatformManifest,
+  startAuthRegistry,
+  tempDir,
+  waitUntil,
+} from '@kiln/registry/testing';
+import type { TestRegistry } from '@kiln/registry/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { registryMetaResolver } from './registry-meta-resolver.js';
+
+const linuxAmd64 = { os: 'linux', architecture: 'amd64' };
+
+describe('registryMetaResolver on a private registry', () => {
+  let registry: TestRegistry;
+  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let password = '';
+  let manifestDigest = '';
+  const ref = (): string => `${registry.addr}/private/busybox:latest`;
+
+  beforeAll(async () => {
+    const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
+    if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
+    tmp = await tempDir('meta-resolver');
+    registry = await startAuthRegistry({
+      htpasswd: { realm: 'kiln-private', path: join(tmp.dir, 'htpasswd') },
+    });
+    await waitUntil('the provisioned password in the registry log', () =>
+      /password=(\S+) user=docker/.test(registry.output()),
+    );
+    password = /password=(\S+) user=docker/.exec(registry.output())![1]!;
+    manifestDigest = await copyPlatformManifest(
+      new RegistryClient({ dockerConfig: false }),
+      parseImageReference(fixture),
+      new RegistryClient({
+        dockerConfig: false,
+        credentials: () => ({ username: 'docker', password }),
+      }),
+      { domain: registry.addr, path: 'private/busybox' },
+      'latest',
+    );
+  });
+  afterAll(async () => {
+    await registry?.stop();
+    await tmp?.remove();
+  });
+
+  it('resolves with the docker config credentials, pinned to the digest, with the config', async () => {
+    const cfg = join(tmp.dir, 'config.json');
+    const auth = Buffer.from(`docker:${password}`).toString('base64');
+    await writeFile(cfg, JSON.stringify({ auths: { [registry.addr]: { auth } } }));
+    const meta = await registryMetaResolver({ dockerConfig: cfg })(ref(), linuxAmd64);
+    expect(meta.digest).toBe(manifestDigest);
+    expect(JSON.parse(Buffer.from(meta.config as Uint8Array).toString('utf8'))).toMatchObject({
+      architecture: 'amd64',
+      os: 'linux',
+    });
+  });
+
+  it('resolves with credentials handed in by the caller', async () => {
+    const resolve = registryMetaResolver({
+      dockerConfig: false,
+      credentials: (host) =>
+        host === registry.addr ? { username: 'docker', password } : undefined,
+    });
+    expect((await resolve(ref(), linuxAmd64)).digest).toBe(manifestDigest);
+  });
+
+  it('fails with a typed auth error without credentials, and names a missing platform', async () => {
+    await expect(
+      registryMetaResolver({ dockerConfig: false })(ref(), linuxAmd64),
+    ).rejects.toMatchObject({ code: 'REGISTRY_AUTH' });
+    await expect(
+      registryMetaResolver({
+        dockerConfig: false,
+        credentials: () => ({ username: 'docker', password }),
+      })(ref(), { os: 'linux', architecture: 's390x' }),
+    ).rejects.toMatchObject({ code: 'REGISTRY_PLATFORM_NOT_FOUND' });
+  });
+});
