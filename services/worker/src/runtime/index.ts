@@ -6,7 +6,6 @@ export { ALL_CAPABILITIES, DEFAULT_CAPABILITIES, generateSpec, withDefaultPath }
 export type { OciSpec, OciMount } from './spec.js';
 export { resolveUser } from './user.js';
 export type { ResolvedUser } from './user.js';
-export { rootPath } from './root-path.js';
 export { mountStubsCleaner } from './mount-stubs.js';
 export type {
   ContainerMount,

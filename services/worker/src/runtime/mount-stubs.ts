@@ -1,6 +1,6 @@
 import { lstat, readdir, rmdir, unlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { rootPath } from './root-path.js';
+import { resolveInRoot } from '@kiln/layers';
 
 /**
  * Records which mount targets do not exist in `rootfs` before a run (the runtime creates them as
@@ -20,7 +20,7 @@ export async function mountStubsCleaner(
   for (const d of ['/etc/resolv.conf', '/etc/hosts', ...destinations]) {
     const p = join('/', d);
     if (p === '/') continue;
-    let real = await rootPath(rootfs, p);
+    let real = await resolveInRoot(rootfs, p);
     for (;;) {
       if (await exists(real)) break;
       paths.push(real);

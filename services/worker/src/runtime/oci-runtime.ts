@@ -18,7 +18,7 @@ import type { BridgeAttachment, BridgeOptions } from './bridge.js';
 import { ExecError, RuntimeError, RuntimeErrorCode } from './errors.js';
 import { hostsFile, resolvConf } from './hosts.js';
 import { mountStubsCleaner } from './mount-stubs.js';
-import { rootPath } from './root-path.js';
+import { resolveInRoot } from '@kiln/layers';
 import { boundingCapabilities, generateSpec, hostDevices } from './spec.js';
 import type { OciSpec } from './spec.js';
 import { LineTail } from './tail.js';
@@ -247,7 +247,7 @@ export class OciRuntime {
     const user = await resolveUser(spec.rootfs, spec.user);
     const cwd = posix.join('/', spec.cwd ?? '');
     if (!spec.readonlyRootfs)
-      await mkdir(await rootPath(spec.rootfs, cwd), { recursive: true, mode: 0o755 });
+      await mkdir(await resolveInRoot(spec.rootfs, cwd), { recursive: true, mode: 0o755 });
     const network = spec.network ?? 'sandbox';
     const security = spec.security ?? 'sandbox';
     const hostname =

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { RuntimeError, RuntimeErrorCode } from './errors.js';
-import { rootPath } from './root-path.js';
+import { resolveInRoot } from '@kiln/layers';
 
 export interface ResolvedUser {
   uid: number;
@@ -34,7 +34,7 @@ function numeric(s: string): number | undefined {
 
 async function readRootFile(rootfs: string, path: string): Promise<string | undefined> {
   try {
-    return await readFile(await rootPath(rootfs, path), 'utf8');
+    return await readFile(await resolveInRoot(rootfs, path), 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return undefined;

@@ -8,7 +8,7 @@ import { pb } from '@kiln/protocol';
 import type Long from 'long';
 import { mountTemp, unmountUnder } from '../../snapshot/index.js';
 import type { MountSpec, Snapshotter } from '../../snapshot/index.js';
-import { rootPath } from '../../runtime/index.js';
+import { resolveInRoot } from '@kiln/layers';
 import type {
   ContainerMount,
   NetworkMode,
@@ -193,7 +193,8 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
           const host = await hostPath(specs);
           const readonly = m.readonly === true;
           const sel = m.selector ?? '';
-          const source = sel === '' || sel === '/' ? host.path : await rootPath(host.path, sel);
+          const source =
+            sel === '' || sel === '/' ? host.path : await resolveInRoot(host.path, sel);
           if (dest === '/') {
             rootfs = { path: source, readonly };
           } else {
@@ -375,7 +376,8 @@ async function seedCache(
   try {
     const m = await mountTemp(specs, join(tmpRoot, 'mnt'));
     try {
-      const src = selector === '' || selector === '/' ? m.path : await rootPath(m.path, selector);
+      const src =
+        selector === '' || selector === '/' ? m.path : await resolveInRoot(m.path, selector);
       await execFileP('cp', ['-a', `${src}/.`, `${dir}/`]);
     } finally {
       await m.release();
