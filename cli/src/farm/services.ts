@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { startNatsServer } from '@kiln/common';
 import type { NatsServerProcess } from '@kiln/common';
-import { formatPlatform, hostPlatform } from '@kiln/llb';
+import { formatPlatform, hostPlatform, parsePlatform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
 import { Dispatcher, ControlServer, registryMetaResolver } from '@kiln/scheduler';
 import { FsBlobStore } from '@kiln/store';
@@ -99,8 +99,7 @@ function emulatedPlatforms(native: string): string[] {
   ];
   return candidates.filter((p) => {
     if (p === native) return false;
-    const [os = '', arch = '', variant] = p.split('/');
-    return binfmtRegistered({ os, arch, ...(variant ? { variant } : {}) });
+    return binfmtRegistered(parsePlatform(p));
   });
 }
 
