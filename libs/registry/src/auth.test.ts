@@ -9,12 +9,13 @@ import { RegistryClient } from './client.js';
 import type { Repository, ResolvedReference } from './client.js';
 import { RegistryAuthError } from './errors.js';
 import {
+  copyPlatformManifest,
+  harnessEnv,
   startAuthRegistry,
   startFaultProxy,
   startTokenServer,
   tempDir,
   waitUntil,
-  copyPlatformManifest,
 } from './testing/index.js';
 import type { TestRegistry, TokenServer } from './testing/index.js';
 
@@ -86,16 +87,7 @@ describe('dockerConfigCredentials', () => {
   });
 });
 
-function env(name: string): string {
-  const v = process.env[name];
-  if (!v)
-    throw new Error(
-      `${name} is not set: run through vitest from the repo root (the harness global setup sets it)`,
-    );
-  return v;
-}
-
-const FIXTURE = parseImageReference(env('KILN_TEST_FIXTURE_IMAGE'));
+const FIXTURE = parseImageReference(harnessEnv('KILN_TEST_FIXTURE_IMAGE'));
 const plain = new RegistryClient({ dockerConfig: false });
 
 /** Copies the fixture's amd64 manifest (config + layer) to `dest` with `client`; returns the manifest digest. */
@@ -366,7 +358,7 @@ describe('basic auth against a real htpasswd registry', () => {
     });
     await copyAmd64(client, { domain: registry.addr, path: 'basic/redirected' }, 'latest');
     // "cdn": a proxy in front of the unauthenticated shared registry, which has the same blobs.
-    const cdn = await startFaultProxy(env('KILN_TEST_REGISTRY'));
+    const cdn = await startFaultProxy(harnessEnv('KILN_TEST_REGISTRY'));
     const front = await startFaultProxy(registry.addr, (m, path) => {
       const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(path);
       return m === 'GET' && blob

@@ -10,20 +10,11 @@ import type { Repository } from './client.js';
 import { ImageNotFoundError, ManifestInvalidError, RegistryUnavailableError } from './errors.js';
 import { MediaType } from './manifest.js';
 import type { Descriptor, ImageIndex, ImageManifest } from './manifest.js';
-import { startFaultProxy } from './testing/index.js';
+import { harnessEnv, startFaultProxy } from './testing/index.js';
 import type { FaultProxy } from './testing/index.js';
 
-function env(name: string): string {
-  const v = process.env[name];
-  if (!v)
-    throw new Error(
-      `${name} is not set: run through vitest from the repo root (the harness global setup sets it)`,
-    );
-  return v;
-}
-
-const REGISTRY = env('KILN_TEST_REGISTRY');
-const FIXTURE = env('KILN_TEST_FIXTURE_IMAGE');
+const REGISTRY = harnessEnv('KILN_TEST_REGISTRY');
+const FIXTURE = harnessEnv('KILN_TEST_FIXTURE_IMAGE');
 const client = new RegistryClient({ dockerConfig: false, retryBaseDelayMs: 10 });
 
 async function readAll(s: Readable): Promise<Buffer> {

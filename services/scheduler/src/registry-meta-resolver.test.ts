@@ -6,6 +6,7 @@ import { parseImageReference } from '@kiln/llb';
 import { RegistryClient } from '@kiln/registry';
 import {
   copyPlatformManifest,
+  harnessEnv,
   startAuthRegistry,
   tempDir,
   waitUntil,
@@ -24,8 +25,7 @@ describe('registryMetaResolver on a private registry', () => {
   const ref = (): string => `${registry.addr}/private/busybox:latest`;
 
   beforeAll(async () => {
-    const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
-    if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
+    const fixture = harnessEnv('KILN_TEST_FIXTURE_IMAGE');
     tmp = await tempDir('meta-resolver');
     registry = await startAuthRegistry({
       htpasswd: { realm: 'kiln-private', path: join(tmp.dir, 'htpasswd') },

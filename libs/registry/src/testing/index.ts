@@ -1,6 +1,7 @@
 /** Test support for registry users: real docker-registry processes with auth, a token server, a fault-injecting proxy. */
 export {
   copyPlatformManifest,
+  harnessEnv,
   startAuthRegistry,
   startFaultProxy,
   startTokenServer,

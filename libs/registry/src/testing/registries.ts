@@ -471,3 +471,13 @@ export async function copyPlatformManifest(
   }
   return to.pushManifest(dest, tag, m.bytes, desc.mediaType);
 }
+
+/** A variable the harness's vitest global setup sets (`KILN_TEST_REGISTRY`...); throws when unset. */
+export function harnessEnv(name: string): string {
+  const v = process.env[name];
+  if (!v)
+    throw new Error(
+      `${name} is not set: run through vitest from the repo root (the harness global setup sets it)`,
+    );
+  return v;
+}

@@ -13,22 +13,13 @@ import {
   RegistryUnavailableError,
 } from '@kiln/registry';
 import type { Repository } from '@kiln/registry';
-import { startFaultProxy, tempDir, waitUntil } from '@kiln/registry/testing';
+import { harnessEnv, startFaultProxy, tempDir, waitUntil } from '@kiln/registry/testing';
 import type { FaultProxy } from '@kiln/registry/testing';
 import { ImageSource } from './image-source.js';
 import { ImageMetadataResolver } from './metadata-resolver.js';
 
-function env(name: string): string {
-  const v = process.env[name];
-  if (!v)
-    throw new Error(
-      `${name} is not set: run through vitest from the repo root (the harness global setup sets it)`,
-    );
-  return v;
-}
-
-const REGISTRY = env('KILN_TEST_REGISTRY');
-const FIXTURE = env('KILN_TEST_FIXTURE_IMAGE');
+const REGISTRY = harnessEnv('KILN_TEST_REGISTRY');
+const FIXTURE = harnessEnv('KILN_TEST_FIXTURE_IMAGE');
 const AMD64 = { os: 'linux', architecture: 'amd64' };
 const ARM64 = { os: 'linux', architecture: 'arm64' };
 const client = new RegistryClient({ dockerConfig: false, retryBaseDelayMs: 10 });
