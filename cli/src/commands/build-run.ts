@@ -12,7 +12,7 @@ import { PassThrough, Writable } from 'node:stream';
 import { dockerfileInput } from '@kiln/client';
 // @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
 import { parsePlatform } from '@kiln/llb';
-import { KilnError } from '@kiln/protocol/errors';
+import { KilnError, reviveError } from '@kiln/protocol/errors';
 import {
   BuildOptionError,
   parseBuildArg,
@@ -245,6 +245,10 @@ async function explain(
   if (abort.signal.aborted) return new KilnError('CANCELED', 'build canceled (interrupted)');
   const { DockerfileError, formatDockerfileError, printSourceRange } =
     await import('@kiln/dockerfile');
+  // The error arrived before the frontend's error classes were loaded (they load only now):
+  // rebuild it from its wire form, so that a Dockerfile error is a DockerfileError again.
+  if (err instanceof KilnError && !(err instanceof DockerfileError))
+    err = reviveError(err.code, err.message, err.details, err.retryable);
   if (err instanceof DockerfileError)
     return new FormattedError(formatDockerfileError(err, source, filename), err);
   if (!(err instanceof KilnError)) return err;
