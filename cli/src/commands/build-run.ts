@@ -114,6 +114,8 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     secrets: async (id) => secrets.get(id)?.read(),
     ssh,
     onExport: (index, platform) => exportWriter(outputs[index]!, platform),
+    // Context file digests persist between builds: unchanged files are not read again.
+    digestCacheFile: join(defaultStateDir(env), 'client', 'context-digests'),
   });
   const buildId = randomUUID();
   const events = new StatusEvents((e) => printer.onEvent(e));

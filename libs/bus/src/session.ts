@@ -71,7 +71,13 @@ export interface SessionReplyError {
   message: string;
 }
 
-export type LocalSyncReply = { manifest: string } | { error: SessionReplyError };
+/**
+ * `manifest`: the manifest blob's digest. `sharedKey`: the client's session shared key, when it
+ * gave one: a worker keeps the directory it made from the manifest under it (with the op's
+ * `local.sharedkeyhint` and patterns) and applies only the difference the next time.
+ */
+export type LocalSyncReply =
+  { manifest: string; sharedKey?: string } | { error: SessionReplyError };
 
 export interface SecretRequest {
   id: string;

@@ -2,7 +2,8 @@
  * The client's end of a build session (`Control.Session`): what the build may ask of the machine
  * that submitted it while it runs. BuildKit's session, over one gRPC stream:
  * - local directories, listed as a content manifest filtered by the op's include/exclude
- *   patterns (as fsutil walks), then only the files the farm's store lacks, on request;
+ *   patterns (as fsutil walks) and streamed in chunks, then only the files the farm's store
+ *   lacks, on request; file digests persist between processes in `digestCacheFile`;
  * - secrets by id (sent only when asked, never stored by the farm);
  * - ssh agent connections, relayed to the local agent socket;
  * - exporters' artifacts, streamed back and handed to `onExport`.
@@ -14,12 +15,15 @@ import { createReadStream } from 'node:fs';
 import { lstat, readdir, readlink } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import type { Socket } from 'node:net';
-import { join } from 'node:path';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
 // The pattern matcher alone, not the whole frontend (the client path stays light).
 import { PatternMatcher } from '@kiln/dockerfile/patterns';
 import { KilnError, control, toLong } from '@kiln/protocol';
+import { FileDigestCache } from './hash-cache.js';
+import type { FileStamp } from './hash-cache.js';
 
 type SessionMessage = InstanceType<typeof control.SessionMessage>;
 type SessionMessageInit = NonNullable<Parameters<typeof control.SessionMessage.create>[0]>;
@@ -39,15 +43,59 @@ export interface SessionOptions {
   ssh?: Readonly<Record<string, string>>;
   /** Where an exporter's artifact goes (`index` in the solve's exporters; platform or ''). */
   onExport?: (index: number, platform: string) => Writable;
+  /**
+   * Identifies this machine's directories across sessions (BuildKit's session shared key): the
+   * farm applies only the difference to the copy it kept from the last build with the same key.
+   * Default: a hash of the host name and the directories' absolute paths; '' turns reuse off.
+   */
+  sharedKey?: string;
+  /**
+   * A file where file digests persist between processes (see `hash-cache.ts`), e.g. under the
+   * client's state dir; without it digests are kept for this session only.
+   */
+  digestCacheFile?: string;
 }
 
 const CHUNK = 256 * 1024;
 
-interface FileKey {
-  size: number;
-  mtimeMs: number;
-  ino: number;
-  digest: string;
+/** Entries per ContextManifest message (the list is streamed: no message-size limit). */
+const MANIFEST_CHUNK = 2_000;
+const STAT_CONCURRENCY = 32;
+const HASH_CONCURRENCY = 8;
+
+async function fileDigest(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(path)) h.update(c as Buffer);
+  return `sha256:${h.digest('hex')}`;
+}
+
+/** `fn` over `items`, at most `limit` at once; results in input order. */
+async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/**
+ * The default shared key: this machine and the directories served, so that the farm's copy of a
+ * context is reused only by the next build of the same directories from the same machine.
+ */
+function defaultSharedKey(localDirs: Readonly<Record<string, string>>): string {
+  const h = createHash('sha256').update(hostname());
+  for (const [name, dir] of Object.entries(localDirs).sort(([a], [b]) => (a < b ? -1 : 1)))
+    h.update(`\0${name}\0${resolve(dir)}`);
+  return h.digest('hex');
 }
 
 export class BuildSession {
@@ -56,7 +104,7 @@ export class BuildSession {
   readonly #call: SessionStream;
   /** Paths the last manifest of each directory listed (the only ones served). */
   readonly #served = new Map<string, Set<string>>();
-  readonly #digests = new Map<string, FileKey>();
+  readonly #cache: FileDigestCache;
   readonly #ssh = new Map<number, Socket>();
   readonly #exports = new Map<string, Writable>();
   #exportsDone = 0;
@@ -67,6 +115,7 @@ export class BuildSession {
   constructor(open: () => SessionStream, o: SessionOptions = {}) {
     this.id = o.sessionId ?? randomUUID();
     this.#o = o;
+    this.#cache = new FileDigestCache(o.digestCacheFile);
     this.#call = open();
     this.#call.on('data', (m: SessionMessage) => {
       this.#onMessage(m).catch((e: unknown) => this.#fail(e));
@@ -79,6 +128,7 @@ export class BuildSession {
         sessionId: this.id,
         localDirs: Object.keys(o.localDirs ?? {}),
         sshIds: Object.keys(o.ssh ?? {}),
+        sharedKey: o.sharedKey ?? defaultSharedKey(o.localDirs ?? {}),
       },
     });
   }
@@ -117,7 +167,7 @@ export class BuildSession {
     const id = m.id;
     if (m.manifestRequest) {
       try {
-        this.#send({ id, manifest: { entries: await this.#manifest(m.manifestRequest) } });
+        await this.#sendManifest(id, m.manifestRequest);
       } catch (e) {
         this.#sendError(id, e instanceof KilnError ? e.code : 'LOCAL_UNREADABLE', String(e));
       }
@@ -138,6 +188,16 @@ export class BuildSession {
 
   // ---- local directories ----
 
+  /** Streams the manifest of one directory, in chunks of MANIFEST_CHUNK entries. */
+  async #sendManifest(id: SessionMessage['id'], r: ManifestRequest): Promise<void> {
+    const entries = await this.#manifest(r);
+    for (let i = 0; i === 0 || i < entries.length; i += MANIFEST_CHUNK) {
+      const more = i + MANIFEST_CHUNK < entries.length;
+      this.#send({ id, manifest: { entries: entries.slice(i, i + MANIFEST_CHUNK), more } });
+      if (this.#call.writableNeedDrain) await new Promise((r) => this.#call.once('drain', r));
+    }
+  }
+
   async #manifest(r: ManifestRequest): Promise<ContextEntry[]> {
     const dir = r.dir ?? '';
     const root = this.#o.localDirs?.[dir];
@@ -149,14 +209,20 @@ export class BuildSession {
     const exc = excludes.length ? new PatternMatcher(excludes) : undefined;
     const entries: ContextEntry[] = [];
     const served = new Set<string>();
+    /** Regular files whose digest is not cached: hashed after the walk, several at once. */
+    const toHash: { entry: ContextEntry; abs: string; st: FileStamp }[] = [];
+    await this.#cache.load();
     // Returns whether anything at or below `rel` was listed.
     const walk = async (abs: string, rel: string): Promise<boolean> => {
       const names = (await readdir(abs)).sort();
+      const stats = await mapLimit(names, STAT_CONCURRENCY, (name) =>
+        lstat(join(abs, name), { bigint: true }),
+      );
       let any = false;
-      for (const name of names) {
+      for (const [i, name] of names.entries()) {
         const r2 = rel ? `${rel}/${name}` : name;
         const a2 = join(abs, name);
-        const st = await lstat(a2, { bigint: true });
+        const st = stats[i]!;
         const excluded = exc?.matchesOrParentMatches(r2) ?? false;
         const included = !inc || inc.matchesOrParentMatches(r2);
         const base = {
@@ -179,9 +245,12 @@ export class BuildSession {
         }
         if (excluded || !included) continue;
         if (st.isFile()) {
-          const size = Number(st.size);
-          const key = { size, mtimeMs: Number(st.mtimeMs), ino: Number(st.ino) };
-          entries.push({ ...base, size, digest: await this.#digest(a2, key) });
+          const stamp = { size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino };
+          const entry: ContextEntry = { ...base, size: Number(st.size) };
+          const digest = this.#cache.get(a2, stamp);
+          if (digest) entry.digest = digest;
+          else toHash.push({ entry, abs: a2, st: stamp });
+          entries.push(entry);
           served.add(r2);
         } else if (st.isSymbolicLink()) {
           entries.push({ ...base, size: 0, linkname: await readlink(a2) });
@@ -191,18 +260,14 @@ export class BuildSession {
       return any;
     };
     await walk(root, '');
+    await mapLimit(toHash, HASH_CONCURRENCY, async (f) => {
+      f.entry.digest = await fileDigest(f.abs);
+      this.#cache.set(f.abs, f.st, f.entry.digest);
+    });
+    // A cache that cannot be written costs only a re-read next time.
+    if (toHash.length > 0) await this.#cache.save().catch(() => undefined);
     this.#served.set(dir, served);
     return entries;
-  }
-
-  async #digest(path: string, st: { size: number; mtimeMs: number; ino: number }): Promise<string> {
-    const k = this.#digests.get(path);
-    if (k && k.size === st.size && k.mtimeMs === st.mtimeMs && k.ino === st.ino) return k.digest;
-    const h = createHash('sha256');
-    for await (const c of createReadStream(path)) h.update(c as Buffer);
-    const digest = `sha256:${h.digest('hex')}`;
-    this.#digests.set(path, { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, digest });
-    return digest;
   }
 
   async #sendFile(id: SessionMessage['id'], dir: string, path: string): Promise<void> {

@@ -552,6 +552,10 @@ const raw = {
                       "rule": "repeated",
                       "type": "string",
                       "id": 4
+                    },
+                    "shared_key": {
+                      "type": "string",
+                      "id": 5
                     }
                   }
                 },
@@ -584,6 +588,10 @@ const raw = {
                       "rule": "repeated",
                       "type": "ContextEntry",
                       "id": 1
+                    },
+                    "more": {
+                      "type": "bool",
+                      "id": 2
                     }
                   }
                 },

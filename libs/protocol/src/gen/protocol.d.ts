@@ -455,6 +455,7 @@ export namespace kiln {
                 localDirs?: (string[]|null);
                 secretIds?: (string[]|null);
                 sshIds?: (string[]|null);
+                sharedKey?: (string|null);
             }
 
             class SessionHello implements ISessionHello {
@@ -463,6 +464,7 @@ export namespace kiln {
                 public localDirs: string[];
                 public secretIds: string[];
                 public sshIds: string[];
+                public sharedKey: string;
                 public static create(properties?: kiln.control.v1.ISessionHello): kiln.control.v1.SessionHello;
                 public static encode(message: kiln.control.v1.ISessionHello, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.SessionHello;
@@ -494,11 +496,13 @@ export namespace kiln {
 
             interface IContextManifest {
                 entries?: (kiln.control.v1.IContextEntry[]|null);
+                more?: (boolean|null);
             }
 
             class ContextManifest implements IContextManifest {
                 constructor(properties?: kiln.control.v1.IContextManifest);
                 public entries: kiln.control.v1.IContextEntry[];
+                public more: boolean;
                 public static create(properties?: kiln.control.v1.IContextManifest): kiln.control.v1.ContextManifest;
                 public static encode(message: kiln.control.v1.IContextManifest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ContextManifest;

@@ -3962,6 +3962,7 @@ export const kiln = $root.kiln = (() => {
                 SessionHello.prototype.localDirs = $util.emptyArray;
                 SessionHello.prototype.secretIds = $util.emptyArray;
                 SessionHello.prototype.sshIds = $util.emptyArray;
+                SessionHello.prototype.sharedKey = "";
 
                 SessionHello.create = function create(properties) {
                     return new SessionHello(properties);
@@ -3985,6 +3986,8 @@ export const kiln = $root.kiln = (() => {
                     if (message.sshIds != null && message.sshIds.length)
                         for (let i = 0; i < message.sshIds.length; ++i)
                             writer.uint32(34).string(message.sshIds[i]);
+                    if (message.sharedKey != null && Object.hasOwnProperty.call(message, "sharedKey"))
+                        writer.uint32(42).string(message.sharedKey);
                     return writer;
                 };
 
@@ -4033,6 +4036,10 @@ export const kiln = $root.kiln = (() => {
                                 message.sshIds.push(reader.string());
                                 break;
                             }
+                        case 5: {
+                                message.sharedKey = reader.string();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -4079,6 +4086,8 @@ export const kiln = $root.kiln = (() => {
                         for (let i = 0; i < object.sshIds.length; ++i)
                             message.sshIds[i] = String(object.sshIds[i]);
                     }
+                    if (object.sharedKey != null)
+                        message.sharedKey = String(object.sharedKey);
                     return message;
                 };
 
@@ -4095,8 +4104,10 @@ export const kiln = $root.kiln = (() => {
                         object.secretIds = [];
                         object.sshIds = [];
                     }
-                    if (options.defaults)
+                    if (options.defaults) {
                         object.sessionId = "";
+                        object.sharedKey = "";
+                    }
                     if (message.sessionId != null && Object.hasOwnProperty.call(message, "sessionId"))
                         object.sessionId = message.sessionId;
                     if (message.localDirs && message.localDirs.length) {
@@ -4114,6 +4125,8 @@ export const kiln = $root.kiln = (() => {
                         for (let j = 0; j < message.sshIds.length; ++j)
                             object.sshIds[j] = message.sshIds[j];
                     }
+                    if (message.sharedKey != null && Object.hasOwnProperty.call(message, "sharedKey"))
+                        object.sharedKey = message.sharedKey;
                     return object;
                 };
 
@@ -4313,6 +4326,7 @@ export const kiln = $root.kiln = (() => {
                 }
 
                 ContextManifest.prototype.entries = $util.emptyArray;
+                ContextManifest.prototype.more = false;
 
                 ContextManifest.create = function create(properties) {
                     return new ContextManifest(properties);
@@ -4328,6 +4342,8 @@ export const kiln = $root.kiln = (() => {
                     if (message.entries != null && message.entries.length)
                         for (let i = 0; i < message.entries.length; ++i)
                             $root.kiln.control.v1.ContextEntry.encode(message.entries[i], writer.uint32(10).fork(), q + 1).ldelim();
+                    if (message.more != null && Object.hasOwnProperty.call(message, "more"))
+                        writer.uint32(16).bool(message.more);
                     return writer;
                 };
 
@@ -4358,6 +4374,10 @@ export const kiln = $root.kiln = (() => {
                                 if (!(message.entries && message.entries.length))
                                     message.entries = [];
                                 message.entries.push($root.kiln.control.v1.ContextEntry.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
+                        case 2: {
+                                message.more = reader.bool();
                                 break;
                             }
                         default:
@@ -4393,6 +4413,8 @@ export const kiln = $root.kiln = (() => {
                             message.entries[i] = $root.kiln.control.v1.ContextEntry.fromObject(object.entries[i], long + 1);
                         }
                     }
+                    if (object.more != null)
+                        message.more = Boolean(object.more);
                     return message;
                 };
 
@@ -4406,11 +4428,15 @@ export const kiln = $root.kiln = (() => {
                     let object = {};
                     if (options.arrays || options.defaults)
                         object.entries = [];
+                    if (options.defaults)
+                        object.more = false;
                     if (message.entries && message.entries.length) {
                         object.entries = [];
                         for (let j = 0; j < message.entries.length; ++j)
                             object.entries[j] = $root.kiln.control.v1.ContextEntry.toObject(message.entries[j], options, q + 1);
                     }
+                    if (message.more != null && Object.hasOwnProperty.call(message, "more"))
+                        object.more = message.more;
                     return object;
                 };
 

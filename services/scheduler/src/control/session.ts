@@ -7,9 +7,9 @@
  *   scheduler answers `kiln.session.<id>.>` on NATS for it (and only then: a request for a gone
  *   session gets "no responders", which workers report as SESSION_UNAVAILABLE).
  * - Local directories: the client lists the directory (filtered by the op's patterns) as a
- *   content manifest; only files the content store lacks are fetched from the client, each put
- *   under its digest (verified, atomic), then the manifest itself. Workers read them from the
- *   store. A file whose bytes do not match its manifest digest fails the sync, storing nothing.
+ *   content manifest, streamed in chunks; only files the content store lacks are fetched from the
+ *   client, each put under its digest (verified, atomic), then the manifest itself. Workers read
+ *   them from the store. A file whose bytes do not match its manifest digest fails the sync, storing nothing.
  * - Secrets are asked for per request and relayed in memory only (never logged, never stored).
  * - ssh agent connections are relayed byte for byte in both directions.
  * - Exports: the scheduler streams an exporter's artifact to the client as `ExportChunk`s.
@@ -45,6 +45,7 @@ import type { Logger } from 'pino';
 type SessionMessage = InstanceType<typeof control.SessionMessage>;
 type SessionMessageInit = NonNullable<Parameters<typeof control.SessionMessage.create>[0]>;
 export type SessionCall = grpc.ServerDuplexStream<SessionMessage, SessionMessage>;
+type ContextEntry = NonNullable<NonNullable<SessionMessage['manifest']>['entries']>[number];
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
@@ -64,6 +65,8 @@ interface Pending {
   reject: (e: Error) => void;
   /** File transfers: chunks go here instead. */
   sink?: PassThrough;
+  /** Manifests: entries of the chunks so far (the last chunk resolves with all of them). */
+  entries?: ContextEntry[];
 }
 
 export interface SessionManagerOptions {
@@ -159,6 +162,8 @@ export class SessionManager {
 
 export class ClientSession {
   readonly localDirs: ReadonlySet<string>;
+  /** The client's shared key ('' when it asks for no reuse of synced directories). */
+  readonly sharedKey: string;
   readonly #pending = new Map<number, Pending>();
   readonly #sub: Subscription;
   /** ssh: worker's stream name <-> the numbered stream the client sees. */
@@ -174,6 +179,7 @@ export class ClientSession {
     private readonly o: SessionManagerOptions,
   ) {
     this.localDirs = new Set(hello.localDirs ?? []);
+    this.sharedKey = hello.sharedKey ?? '';
     this.#sub = o.nc.subscribe(sessionSubject(id, '>'), {
       callback: (err, msg) => {
         if (!err) this.#onNats(msg);
@@ -201,10 +207,19 @@ export class ClientSession {
   }
 
   /** A request to the client; resolves with its answer (or rejects with its SessionError). */
-  request(m: Omit<SessionMessageInit, 'id'>, sink?: PassThrough): Promise<SessionMessage> {
+  request(
+    m: Omit<SessionMessageInit, 'id'>,
+    sink?: PassThrough,
+    collect = false,
+  ): Promise<SessionMessage> {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject, ...(sink ? { sink } : {}) });
+      this.#pending.set(id, {
+        resolve,
+        reject,
+        ...(sink ? { sink } : {}),
+        ...(collect ? { entries: [] } : {}),
+      });
       try {
         this.#send({ ...m, id });
       } catch (e) {
@@ -247,6 +262,12 @@ export class ClientSession {
       }
       return;
     }
+    if (m.manifest && p.entries) {
+      // The manifest is streamed: gather the chunks; the last one carries no `more`.
+      for (const e of m.manifest.entries ?? []) p.entries.push(e);
+      if (m.manifest.more) return;
+      m.manifest.entries = p.entries;
+    }
     this.#pending.delete(id);
     p.resolve(m);
   }
@@ -287,7 +308,11 @@ export class ClientSession {
     };
     if (rest === 'local') {
       this.#syncLocal(decodeSessionJson<LocalSyncRequest>(msg.data)).then(
-        (manifest) => reply({ manifest } satisfies LocalSyncReply),
+        (manifest) =>
+          reply({
+            manifest,
+            ...(this.sharedKey ? { sharedKey: this.sharedKey } : {}),
+          } satisfies LocalSyncReply),
         replyError,
       );
     } else if (rest === 'secret') {
@@ -344,14 +369,18 @@ export class ClientSession {
         'LOCAL_NOT_FOUND',
         { local: r.dir },
       );
-    const m = await this.request({
-      manifestRequest: {
-        dir: r.dir,
-        includePatterns: r.includePatterns,
-        excludePatterns: r.excludePatterns,
-        followPaths: r.followPaths,
+    const m = await this.request(
+      {
+        manifestRequest: {
+          dir: r.dir,
+          includePatterns: r.includePatterns,
+          excludePatterns: r.excludePatterns,
+          followPaths: r.followPaths,
+        },
       },
-    });
+      undefined,
+      true,
+    );
     const entries: ManifestEntry[] = (m.manifest?.entries ?? []).map((e) => ({
       path: e.path ?? '',
       mode: e.mode ?? 0,

@@ -1,0 +1,129 @@
+/**
+ * The client's persistent file digest cache: the sha256 of a local file by absolute path, valid
+ * while the file's size, mtime (ns), ctime (ns) and inode are unchanged, so that a new `kiln build`
+ * process does not read unchanged context files again.
+ *
+ * - One small text file (a header line, then one tab-separated line per file), written whole to a
+ *   temp file and renamed, so a reader never sees half of it. A file that is missing, of another
+ *   format, or corrupt in any line is ignored (and replaced by the next save).
+ * - Bounded: at most `maxEntries` lines; the entries looked up since open are kept first.
+ * - Not shared between processes: the last save wins, which only costs a re-read of some files.
+ */
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
+const HEADER = 'kiln-context-digests v1';
+/** Default bound: ~100 bytes a line, so ~50 MB at most. */
+const MAX_ENTRIES = 500_000;
+
+/** What must be unchanged for a cached digest to hold. */
+export interface FileStamp {
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: bigint;
+}
+
+interface Entry extends FileStamp {
+  digest: string;
+}
+
+const sameStamp = (a: FileStamp, b: FileStamp): boolean =>
+  a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
+
+export class FileDigestCache {
+  readonly #file: string | undefined;
+  readonly #max: number;
+  /** Entries read from the file (not yet looked up in this process). */
+  #old = new Map<string, Entry>();
+  /** Entries looked up or computed in this process (kept first on save). */
+  readonly #used = new Map<string, Entry>();
+  #loaded: Promise<void> | undefined;
+  #saving: Promise<void> = Promise.resolve();
+  #dirty = false;
+
+  /** `file`: where the cache persists; undefined keeps it in memory only. */
+  constructor(file?: string, maxEntries = MAX_ENTRIES) {
+    this.#file = file;
+    this.#max = Math.max(1, maxEntries);
+  }
+
+  /** Loads the file once; a missing or corrupt file is an empty cache. */
+  load(): Promise<void> {
+    this.#loaded ??= this.#read().then((m) => {
+      this.#old = m;
+    });
+    return this.#loaded;
+  }
+
+  async #read(): Promise<Map<string, Entry>> {
+    const out = new Map<string, Entry>();
+    if (this.#file === undefined) return out;
+    let text: string;
+    try {
+      text = await readFile(this.#file, 'utf8');
+    } catch {
+      return out; // missing or unreadable: start empty
+    }
+    const lines = text.split('\n');
+    if (lines[0] !== HEADER) return out;
+    try {
+      for (let i = 1; i < lines.length; i++) {
+        const line = lines[i]!;
+        if (line === '') continue;
+        const f = line.split('\t');
+        if (f.length !== 6 || !/^sha256:[0-9a-f]{64}$/.test(f[5]!)) throw new Error('bad line');
+        out.set(f[0]!, {
+          size: BigInt(f[1]!),
+          mtimeNs: BigInt(f[2]!),
+          ctimeNs: BigInt(f[3]!),
+          ino: BigInt(f[4]!),
+          digest: f[5]!,
+        });
+      }
+    } catch {
+      return new Map(); // corrupt: ignored, rebuilt by the next save
+    }
+    return out;
+  }
+
+  /** The cached digest of `path` if its stamp is unchanged. */
+  get(path: string, st: FileStamp): string | undefined {
+    const e = this.#used.get(path) ?? this.#old.get(path);
+    if (!e || !sameStamp(e, st)) return undefined;
+    if (!this.#used.has(path)) {
+      this.#old.delete(path);
+      this.#used.set(path, e);
+    }
+    return e.digest;
+  }
+
+  set(path: string, st: FileStamp, digest: string): void {
+    this.#old.delete(path);
+    this.#used.set(path, { ...st, digest });
+    this.#dirty = true;
+  }
+
+  /** Writes the cache if anything changed; resolves when written (errors are the caller's). */
+  save(): Promise<void> {
+    const file = this.#file;
+    if (file === undefined || !this.#dirty) return this.#saving;
+    this.#dirty = false;
+    this.#saving = this.#saving.then(async () => {
+      const lines = [HEADER];
+      for (const m of [this.#used, this.#old]) {
+        for (const [path, e] of m) {
+          if (lines.length > this.#max) break;
+          // A path with a tab or newline cannot be written in this format: it is just not cached.
+          if (/[\t\n]/.test(path)) continue;
+          lines.push(`${path}\t${e.size}\t${e.mtimeNs}\t${e.ctimeNs}\t${e.ino}\t${e.digest}`);
+        }
+      }
+      await mkdir(dirname(file), { recursive: true });
+      const tmp = `${file}.${process.pid}.tmp`;
+      await writeFile(tmp, `${lines.join('\n')}\n`);
+      await rename(tmp, file);
+    });
+    return this.#saving;
+  }
+}
