@@ -22,6 +22,12 @@ export interface ChecksumOptions {
   followLinks?: boolean;
   /** Keep only entries (relative to the selected path) for which this returns true. */
   filter?: (relPath: string, isDir: boolean) => boolean;
+  /**
+   * The sha256 (hex) of a regular file's content when already known, by its path inside the root
+   * (leading `/`) and size; undefined: the file is read. Only for trees that cannot have changed
+   * since (a committed snapshot).
+   */
+  knownDigest?: (path: string, size: number) => string | undefined;
 }
 
 export class ChecksumError extends KilnError {
@@ -108,7 +114,11 @@ async function entryDigest(
   }
   if (rel && opts.filter && !opts.filter(rel, false)) return undefined;
   if (st.isSymbolicLink()) return h(header('link', st), await readlink(root + abs));
-  if (st.isFile()) return h(header('file', st), await fileDigest(root + abs));
+  if (st.isFile())
+    return h(
+      header('file', st),
+      opts.knownDigest?.(abs, st.size) ?? (await fileDigest(root + abs)),
+    );
   return h(header(st.isFIFO() ? 'fifo' : st.isSocket() ? 'sock' : 'dev', st), String(st.rdev));
 }
 

@@ -6,6 +6,7 @@
  */
 import { PatternMatcher } from '../fs/patterns.js';
 import { checksum } from './contenthash.js';
+import type { ChecksumOptions } from './contenthash.js';
 
 /** The fields of a dep spec the checksum depends on. */
 export interface DepChecksumSpec {
@@ -16,7 +17,12 @@ export interface DepChecksumSpec {
   excludePatterns: readonly string[];
 }
 
-export async function depChecksum(dir: string, dep: DepChecksumSpec): Promise<string> {
+/** `knownDigest`: see {@link ChecksumOptions}; for snapshots whose file digests are known. */
+export async function depChecksum(
+  dir: string,
+  dep: DepChecksumSpec,
+  knownDigest?: ChecksumOptions['knownDigest'],
+): Promise<string> {
   const inc = dep.includePatterns.length ? new PatternMatcher(dep.includePatterns) : undefined;
   const exc = dep.excludePatterns.length ? new PatternMatcher(dep.excludePatterns) : undefined;
   const filter =
@@ -30,6 +36,7 @@ export async function depChecksum(dir: string, dep: DepChecksumSpec): Promise<st
         wildcard: dep.wildcard,
         followLinks: dep.followLinks,
         ...(filter ? { filter } : {}),
+        ...(knownDigest ? { knownDigest } : {}),
       }),
     ),
   );

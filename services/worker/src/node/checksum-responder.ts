@@ -7,7 +7,10 @@
  * whole input's result id, so a change elsewhere in the input leaves the vertex cached.
  *
  * - Results are immutable: digests are memoized per (result id, spec), at most `memoEntries`
- *   (least recently used go first); a failed computation is not remembered.
+ *   (least recently used go first), and persisted beside the held results when `persist` is
+ *   given, so they are computed once per result, not once per process; a failed computation is
+ *   not remembered. A synced context's file digests come from its manifest (`fileDigests`): its
+ *   files are then not read at all.
  * - A result this worker does not hold, a malformed request, or a selector that cannot be
  *   checksummed (a missing path) is an error reply, never a crash; the asker then keys by the
  *   result id.
@@ -32,6 +35,21 @@ export interface HeldSnapshots {
   snapshotOf(resultId: string): string | undefined;
   /** Shows a snapshot (undefined: the empty tree) read-only for the duration of `fn`. */
   read<T>(snapshot: string | undefined, fn: (dir: string) => Promise<T>): Promise<T>;
+  /**
+   * The content digests of a snapshot's files when known without reading them (a synced local
+   * context: its manifest), by path with a leading `/`; undefined: the files are read.
+   */
+  fileDigests?(
+    snapshot: string,
+  ): Promise<ReadonlyMap<string, { size: number; digest: string }> | undefined>;
+}
+
+/** Checksums kept across restarts (a {@link KvFile}): results are immutable, so they never go stale. */
+export interface ChecksumStore {
+  get(key: string): string | undefined;
+  set(key: string, digest: string): Promise<void>;
+  delete(key: string): Promise<void>;
+  keys(): string[];
 }
 
 export interface ChecksumResponderOptions {
@@ -40,6 +58,11 @@ export interface ChecksumResponderOptions {
   held: HeldSnapshots;
   /** Memoized digests kept; default 10,000. */
   memoEntries?: number;
+  /**
+   * Where computed checksums persist (beside the held results), so that a restarted worker does
+   * not compute them again; at most `memoEntries` are kept there too.
+   */
+  persist?: ChecksumStore;
   /** Checksums computed at once; default 4. */
   concurrency?: number;
   /** A request failed in a way worth a log line (not an expected error reply). */
@@ -128,18 +151,52 @@ export class ChecksumResponder {
       this.#memo.set(key, known);
       return known;
     }
-    const p = this.#limited(() => {
+    const persisted = this.#o.persist?.get(key);
+    if (persisted !== undefined) {
+      const p = Promise.resolve(persisted);
+      this.#memo.set(key, p);
+      this.#trim();
+      return p;
+    }
+    const p = this.#limited(async () => {
       this.stats.computed++;
-      return this.#o.held.read(snapshot, (dir) => depChecksum(dir, dep));
+      const digests = snapshot ? await this.#o.held.fileDigests?.(snapshot) : undefined;
+      const known = digests
+        ? (path: string, size: number): string | undefined => {
+            const d = digests.get(path);
+            return d && d.size === size ? d.digest.slice('sha256:'.length) : undefined;
+          }
+        : undefined;
+      const digest = await this.#o.held.read(snapshot, (dir) => depChecksum(dir, dep, known));
+      await this.#persist(key, digest);
+      return digest;
     });
     this.#memo.set(key, p);
     p.catch(() => this.#memo.delete(key));
+    this.#trim();
+    return p;
+  }
+
+  #trim(): void {
     while (this.#memo.size > this.#memoEntries) {
       const oldest = this.#memo.keys().next().value;
       if (oldest === undefined) break;
       this.#memo.delete(oldest);
     }
-    return p;
+  }
+
+  /** A persisting failure only costs a recomputation after a restart. */
+  async #persist(key: string, digest: string): Promise<void> {
+    const store = this.#o.persist;
+    if (!store) return;
+    try {
+      await store.set(key, digest);
+      const keys = store.keys();
+      for (const k of keys.slice(0, Math.max(0, keys.length - this.#memoEntries)))
+        await store.delete(k);
+    } catch (e) {
+      this.#o.onError?.(e);
+    }
   }
 
   async #limited<T>(fn: () => Promise<T>): Promise<T> {

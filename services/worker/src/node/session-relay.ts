@@ -6,31 +6,21 @@
  * - `providers(sessionId)` gives one task its {@link SessionProviders}; `close()` of the returned
  *   handle removes what the task materialized (synced directories, ssh relay sockets).
  * - A local directory is synced by manifest: the scheduler puts every file the content store
- *   lacks into it and answers with the manifest blob; this side rebuilds the directory from the
- *   store (each blob verified on read), confined to a fresh temp dir (entries are checked: no
- *   absolute paths, no `..`).
+ *   lacks into it and answers with the manifest blob (and the client's shared key); this side
+ *   makes the tree from the store (each blob verified on read, the manifest validated first:
+ *   `manifest-tree.ts`). With the worker's kept contexts (`localSnapshot`) it is a committed
+ *   snapshot made from the difference to the same context's previous copy, or that copy itself
+ *   when nothing changed (`local-contexts.ts`); else (`syncLocal`) a fresh temp dir.
  * - Secrets are read per request and never written anywhere but the exec's tmpfs.
  * - A session nobody answers for fails with SESSION_UNAVAILABLE (not retryable here: the client
  *   is gone, and with it the build).
  */
 import { randomUUID } from 'node:crypto';
-import {
-  chmod,
-  chown,
-  lchown,
-  lutimes,
-  mkdir,
-  mkdtemp,
-  rm,
-  symlink,
-  utimes,
-} from 'node:fs/promises';
-import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
+import { join } from 'node:path';
 import {
   SessionUnavailableError,
   decodeSessionJson,
@@ -50,12 +40,10 @@ import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { SessionProviders } from '../solver/solver.js';
+import { contextKey } from '../sources/local/local-contexts.js';
+import type { LocalContexts } from '../sources/local/local-contexts.js';
 import type { LocalSpec } from '../sources/local/local-source.js';
-
-const S_IFMT = 0o170000;
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const S_IFLNK = 0o120000;
+import { writeManifestTree } from '../sources/local/manifest-tree.js';
 
 export interface SessionRelayOptions {
   nc: NatsConnection;
@@ -66,6 +54,11 @@ export interface SessionRelayOptions {
   localTimeoutMs?: number;
   /** Default 30 s. */
   requestTimeoutMs?: number;
+  /**
+   * The worker's kept contexts: with it, tasks get `localSnapshot` (the synced directory as a
+   * committed snapshot, made from the difference to the context's previous copy).
+   */
+  contexts?: LocalContexts;
 }
 
 export interface TaskSession {
@@ -99,6 +92,15 @@ export class SessionRelay {
         }
         return p;
       },
+      ...(this.#o.contexts
+        ? {
+            localSnapshot: async (spec: LocalSpec) => {
+              const r = await this.#requestManifest(sessionId, spec);
+              const key = r.sharedKey ? contextKey(r.sharedKey, spec) : undefined;
+              return (await this.#o.contexts!.snapshot(r.manifest, key)).snapshot;
+            },
+          }
+        : {}),
       secrets: (id) => this.#secret(sessionId, id),
       ssh: async (id) => {
         const relay = await SshRelay.listen(this.#o.nc, sessionId, id);
@@ -152,11 +154,11 @@ export class SessionRelay {
     return Buffer.from(r.data, 'base64');
   }
 
-  async #syncLocal(
+  /** Has the scheduler sync the directory into the store; the manifest blob and shared key. */
+  async #requestManifest(
     sessionId: string,
     spec: LocalSpec,
-    cleanups: (() => Promise<void>)[],
-  ): Promise<string> {
+  ): Promise<{ manifest: string; sharedKey?: string }> {
     const req: LocalSyncRequest = {
       dir: spec.name,
       includePatterns: spec.includePatterns,
@@ -171,11 +173,20 @@ export class SessionRelay {
       this.#o.localTimeoutMs ?? 600_000,
     );
     if ('error' in r) throw sessionReplyError(r.error);
+    return r;
+  }
+
+  async #syncLocal(
+    sessionId: string,
+    spec: LocalSpec,
+    cleanups: (() => Promise<void>)[],
+  ): Promise<string> {
+    const r = await this.#requestManifest(sessionId, spec);
     const manifest = await readJsonBlob<LocalManifest>(this.#o.store, r.manifest as Digest);
     await mkdir(this.#o.tmpDir, { recursive: true });
     const root = await mkdtemp(join(this.#o.tmpDir, 'session-local-'));
     cleanups.push(() => rm(root, { recursive: true, force: true }));
-    await materialize(this.#o.store, manifest, root);
+    await writeManifestTree(this.#o.store, manifest, root);
     return root;
   }
 }
@@ -184,46 +195,6 @@ async function readJsonBlob<T>(store: BlobStore, digest: Digest): Promise<T> {
   const chunks: Buffer[] = [];
   for await (const c of await store.get(digest)) chunks.push(c as Buffer);
   return decodeSessionJson<T>(Buffer.concat(chunks));
-}
-
-function safeRel(p: string): string {
-  const parts = p.split('/');
-  if (p === '' || p.startsWith('/') || parts.some((s) => s === '..' || s === '.' || s === '')) {
-    throw new KilnError('SESSION_PROTOCOL', `the client's manifest names an unsafe path: ${p}`);
-  }
-  return p;
-}
-
-/** Rebuilds a manifest's tree under `root` from the store. */
-async function materialize(store: BlobStore, m: LocalManifest, root: string): Promise<void> {
-  const dirs: { path: string; mode: number; mtime: Date }[] = [];
-  for (const e of m.entries) {
-    const dest = join(root, safeRel(e.path));
-    const type = e.mode & S_IFMT;
-    await mkdir(dirname(dest), { recursive: true });
-    if (type === S_IFDIR) {
-      await mkdir(dest, { recursive: true });
-      await chown(dest, e.uid, e.gid);
-      dirs.push({ path: dest, mode: e.mode & 0o7777, mtime: new Date(e.mtimeMs) });
-    } else if (type === S_IFREG) {
-      if (!e.digest) throw new KilnError('SESSION_PROTOCOL', `file ${e.path} has no digest`);
-      await pipeline(await store.get(e.digest as Digest), createWriteStream(dest, { mode: 0o600 }));
-      await chown(dest, e.uid, e.gid);
-      await chmod(dest, e.mode & 0o7777);
-      await utimes(dest, new Date(e.mtimeMs), new Date(e.mtimeMs));
-    } else if (type === S_IFLNK) {
-      await symlink(e.linkname ?? '', dest);
-      await lchown(dest, e.uid, e.gid);
-      await lutimes(dest, new Date(e.mtimeMs), new Date(e.mtimeMs));
-    }
-    // Other types (sockets, devices, fifos) are not part of a build context, as in fsutil.
-  }
-  // Modes and times last, deepest first: writing entries changes a directory's mtime, and a
-  // read-only directory must not stop its own entries from being written.
-  for (const d of dirs.reverse()) {
-    await chmod(d.path, d.mode);
-    await utimes(d.path, d.mtime, d.mtime);
-  }
 }
 
 /**

@@ -50,6 +50,7 @@ import type { ExecutorContext, OpExecutor, SessionProviders } from '../solver/so
 import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';
 import { InputUnavailableError, InvalidTaskError, SessionUnavailableError } from './errors.js';
 import { HeldResults } from './held-results.js';
+import { LocalContexts } from '../sources/local/local-contexts.js';
 import { SessionRelay } from './session-relay.js';
 import type { TaskSession } from './session-relay.js';
 import { EMPTY_RESULT_ID, chainIds, layerSnapshotName, resultIdOf } from './result-id.js';
@@ -121,6 +122,8 @@ export class TaskRunner {
     private readonly log: Logger | undefined,
     private readonly localDirs: Readonly<Record<string, string>>,
     nc: NatsConnection | undefined,
+    /** Synced local contexts kept for the next sync of the same context (`local-contexts.ts`). */
+    readonly contexts: LocalContexts,
   ) {
     this.#executors = {
       source: new SourceExecutor(env, engine.images, store, engine.layers),
@@ -134,7 +137,7 @@ export class TaskRunner {
       secrets: (id) => Promise.reject(new SessionUnavailableError('secret', id)),
       ssh: (id) => Promise.reject(new SessionUnavailableError('ssh', id)),
     };
-    this.#relay = nc ? new SessionRelay({ nc, store, tmpDir: env.tmpDir }) : undefined;
+    this.#relay = nc ? new SessionRelay({ nc, store, tmpDir: env.tmpDir, contexts }) : undefined;
   }
 
   /**
@@ -152,7 +155,12 @@ export class TaskRunner {
     await sweepExecState(join(o.stateDir, 'exec'));
     const held = await HeldResults.open(join(o.stateDir, 'node', 'held-results.jsonl'));
     const env: SnapshotEnv = { snapshotter: engine.snapshotter, tmpDir: join(o.stateDir, 'tmp') };
-    return new TaskRunner(engine, o.store, env, held, o.logger, o.localDirs ?? {}, o.nc);
+    const contexts = await LocalContexts.open({
+      stateDir: join(o.stateDir, 'node'),
+      env,
+      store: o.store,
+    });
+    return new TaskRunner(engine, o.store, env, held, o.logger, o.localDirs ?? {}, o.nc, contexts);
   }
 
   /** The {@link RunTask} for a TaskConsumer. */

@@ -18,6 +18,8 @@ import type { BlobStore } from '@kiln/store';
 import type { Logger } from 'pino';
 import { TaskConsumer } from '../tasks/task-consumer.js';
 import type { ConsumerEvent } from '../tasks/task-consumer.js';
+import { join } from 'node:path';
+import { KvFile } from '../solver/kv-file.js';
 import { ChecksumResponder } from './checksum-responder.js';
 import type { WorkerConfig } from './config.js';
 import { TaskRunner } from './task-runner.js';
@@ -114,7 +116,9 @@ export class WorkerNode {
       held: {
         snapshotOf: (id) => runner.snapshotOf(id),
         read: (snap, fn) => runner.engine.read(snap, fn),
+        fileDigests: (snap) => runner.contexts.fileDigests(snap),
       },
+      persist: await KvFile.open(join(config.stateDir, 'node', 'held-checksums.jsonl')),
       onError: (err) => log?.debug({ err }, 'checksum reply failed'),
     });
     node.#checksums.start();

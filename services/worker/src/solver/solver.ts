@@ -38,6 +38,11 @@ export interface SessionProviders {
    * wins over `localDirs`.
    */
   syncLocal?: (spec: LocalSpec) => Promise<string>;
+  /**
+   * A local source fetched from a remote client as a committed snapshot (shared, immutable: the
+   * worker's kept copy of that context); wins over `syncLocal`.
+   */
+  localSnapshot?: (spec: LocalSpec) => Promise<string>;
   /** Secret values by id; undefined when the client has no such secret. */
   secrets?: (id: string) => Promise<Uint8Array | undefined>;
   /** Host path of an ssh agent socket by ssh id. */

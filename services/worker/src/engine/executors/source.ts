@@ -12,7 +12,7 @@ import type { pb } from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import { applyLayer } from '@kiln/layers';
 import type { BlobStore } from '@kiln/store';
-import { buildSnapshot } from '../../ops/snapshots.js';
+import { buildSnapshot, readSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
 import type { LayerCache } from '../../exporters/layers.js';
 import type { ImageSource, ResolvedImage } from '../../sources/image/index.js';
@@ -73,6 +73,10 @@ export class SourceExecutor implements OpExecutor {
     if (id.startsWith('docker-image://')) return (await this.resolveImage(ctx.op)).manifestDigest;
     if (id.startsWith('local://')) {
       const spec = localSpec(ctx.op.source!);
+      if (ctx.session.localSnapshot) {
+        const snapshot = await ctx.session.localSnapshot(spec);
+        return readSnapshot(this.env, snapshot, (dir) => localPin(spec, dir));
+      }
       return localPin(spec, await localDir(spec, ctx.session));
     }
     if (id.startsWith('http://') || id.startsWith('https://'))
@@ -115,6 +119,8 @@ export class SourceExecutor implements OpExecutor {
     }
     if (id.startsWith('local://')) {
       const spec = localSpec(ctx.op.source!);
+      // A synced context is already a committed snapshot, shared with the builds before.
+      if (ctx.session.localSnapshot) return [await ctx.session.localSnapshot(spec)];
       const dir = await localDir(spec, ctx.session);
       return [await buildSnapshot(this.env, undefined, (dest) => copyLocal(spec, dir, dest))];
     }

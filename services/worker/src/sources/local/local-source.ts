@@ -27,6 +27,8 @@ export interface LocalSpec {
   includePatterns: string[];
   excludePatterns: string[];
   followPaths: string[];
+  /** `local.sharedkeyhint`: names the context among the client's (with the session shared key). */
+  sharedKeyHint?: string;
 }
 
 function jsonList(v: string | undefined, what: string, name: string): string[] {
@@ -57,6 +59,7 @@ export function localSpec(op: pb.ISourceOp): LocalSpec {
     includePatterns: jsonList(attrs['local.includepattern'], 'local.includepattern', name),
     excludePatterns: jsonList(attrs['local.excludepatterns'], 'local.excludepatterns', name),
     followPaths: jsonList(attrs['local.followpaths'], 'local.followpaths', name),
+    ...(attrs['local.sharedkeyhint'] ? { sharedKeyHint: attrs['local.sharedkeyhint'] } : {}),
   };
 }
 
