@@ -6,8 +6,8 @@
  *
  * - `kiln.session.<sid>.local`: request {@link LocalSyncRequest}, reply {@link LocalSyncReply}.
  *   The scheduler asks the client for the directory's manifest (filtered by the patterns), puts
- *   every file the content store lacks into it, then the manifest itself; the reply names the
- *   manifest blob. File content never travels over NATS.
+ *   every file the content store lacks into it (small files many to a blob: `pack`), then the
+ *   manifest itself; the reply names the manifest blob. File content never travels over NATS.
  * - `kiln.session.<sid>.secret`: request {@link SecretRequest}, reply {@link SecretReply}. Core
  *   NATS only: a secret is never written to a stream, a bucket or the store.
  * - `kiln.session.<sid>.ssh`: request {@link SshOpenRequest} opens one agent connection; then raw
@@ -54,8 +54,13 @@ export interface ManifestEntry {
   uid: number;
   gid: number;
   size: number;
-  /** sha256 of a regular file's content (the blob in the store). */
+  /**
+   * sha256 of a regular file's content: the blob in the store, or with `pack`, the bytes at
+   * `offset` (`size` of them) of that blob, where small files are stored many to a blob.
+   */
   digest?: string;
+  pack?: string;
+  offset?: number;
   /** A symlink's target. */
   linkname?: string;
   /** Modification time, ms since the epoch (kept so that an unchanged file makes the same layer). */

@@ -12,7 +12,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import { lstat, readFile, readdir, readlink } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
@@ -62,6 +62,8 @@ const CHUNK = 256 * 1024;
 const MANIFEST_CHUNK = 2_000;
 const STAT_CONCURRENCY = 32;
 const HASH_CONCURRENCY = 8;
+/** Files of one multi-file request read ahead of the one being sent. */
+const READ_AHEAD = 16;
 
 async function fileDigest(path: string): Promise<string> {
   const h = createHash('sha256');
@@ -172,7 +174,8 @@ export class BuildSession {
         this.#sendError(id, e instanceof KilnError ? e.code : 'LOCAL_UNREADABLE', String(e));
       }
     } else if (m.fileRequest) {
-      await this.#sendFile(id, m.fileRequest.dir ?? '', m.fileRequest.path ?? '');
+      const f = m.fileRequest;
+      await this.#sendFiles(id, f.dir ?? '', f.paths?.length ? f.paths : [f.path ?? '']);
     } else if (m.secretRequest) {
       const data = await this.#o.secrets?.(m.secretRequest.id ?? '');
       this.#send({
@@ -270,16 +273,50 @@ export class BuildSession {
     return entries;
   }
 
-  async #sendFile(id: SessionMessage['id'], dir: string, path: string): Promise<void> {
+  /** Sends one file, or several back to back (`paths`), as one stream of chunks. */
+  async #sendFiles(id: SessionMessage['id'], dir: string, paths: string[]): Promise<void> {
     const root = this.#o.localDirs?.[dir];
-    if (root === undefined || !this.#served.get(dir)?.has(path)) {
-      this.#sendError(id, 'LOCAL_NOT_SERVED', `${dir}:${path} is not in the directory's manifest`);
+    const served = this.#served.get(dir);
+    const refused = root === undefined ? paths[0] : paths.find((p) => !served?.has(p));
+    if (root === undefined || refused !== undefined) {
+      this.#sendError(
+        id,
+        'LOCAL_NOT_SERVED',
+        `${dir}:${refused} is not in the directory's manifest`,
+      );
       return;
     }
+    let path = '';
     try {
-      for await (const c of createReadStream(join(root, path), { highWaterMark: CHUNK })) {
-        this.#send({ id, fileChunk: { data: c as Buffer } });
-        if (this.#call.writableNeedDrain) await new Promise((r) => this.#call.once('drain', r));
+      if (paths.length === 1) {
+        path = paths[0]!;
+        for await (const c of createReadStream(join(root, path), { highWaterMark: CHUNK })) {
+          this.#send({ id, fileChunk: { data: c as Buffer } });
+          if (this.#call.writableNeedDrain) await new Promise((r) => this.#call.once('drain', r));
+        }
+      } else {
+        // Many small files (a pack): read several ahead, send in the order asked.
+        const reads: Promise<Buffer>[] = [];
+        const readAt = (i: number): void => {
+          if (i < paths.length) reads[i] = readFile(join(root, paths[i]!));
+          reads[i]?.catch(() => undefined); // awaited in turn below
+        };
+        for (let i = 0; i < READ_AHEAD; i++) readAt(i);
+        let buf: Buffer[] = [];
+        let size = 0;
+        for (let i = 0; i < paths.length; i++) {
+          path = paths[i]!;
+          const data = await reads[i]!;
+          readAt(i + READ_AHEAD);
+          buf.push(data);
+          size += data.length;
+          if (size >= CHUNK || i === paths.length - 1) {
+            this.#send({ id, fileChunk: { data: Buffer.concat(buf) } });
+            buf = [];
+            size = 0;
+            if (this.#call.writableNeedDrain) await new Promise((r) => this.#call.once('drain', r));
+          }
+        }
       }
       this.#send({ id, fileChunk: { eof: true } });
     } catch (e) {

@@ -17,3 +17,5 @@ export { VertexError, SolveCanceledError } from './solver/errors.js';
 export { benchExec } from './runtime/bench-exec.js';
 export type { BenchExecResult } from './runtime/bench-exec.js';
 export * from './node/index.js';
+export { LocalContexts, contextKey } from './sources/local/local-contexts.js';
+export type { ContextOutcome, ContextSnapshot } from './sources/local/local-contexts.js';

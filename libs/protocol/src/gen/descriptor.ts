@@ -640,6 +640,11 @@ const raw = {
                     "path": {
                       "type": "string",
                       "id": 2
+                    },
+                    "paths": {
+                      "rule": "repeated",
+                      "type": "string",
+                      "id": 3
                     }
                   }
                 },

@@ -543,12 +543,14 @@ export namespace kiln {
             interface IContextFileRequest {
                 dir?: (string|null);
                 path?: (string|null);
+                paths?: (string[]|null);
             }
 
             class ContextFileRequest implements IContextFileRequest {
                 constructor(properties?: kiln.control.v1.IContextFileRequest);
                 public dir: string;
                 public path: string;
+                public paths: string[];
                 public static create(properties?: kiln.control.v1.IContextFileRequest): kiln.control.v1.ContextFileRequest;
                 public static encode(message: kiln.control.v1.IContextFileRequest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ContextFileRequest;

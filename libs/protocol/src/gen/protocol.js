@@ -4671,6 +4671,7 @@ export const kiln = $root.kiln = (() => {
             v1.ContextFileRequest = (function() {
 
                 function ContextFileRequest(properties) {
+                    this.paths = [];
                     if (properties)
                         for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
                             if (properties[keys[i]] != null && keys[i] !== "__proto__")
@@ -4679,6 +4680,7 @@ export const kiln = $root.kiln = (() => {
 
                 ContextFileRequest.prototype.dir = "";
                 ContextFileRequest.prototype.path = "";
+                ContextFileRequest.prototype.paths = $util.emptyArray;
 
                 ContextFileRequest.create = function create(properties) {
                     return new ContextFileRequest(properties);
@@ -4695,6 +4697,9 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(10).string(message.dir);
                     if (message.path != null && Object.hasOwnProperty.call(message, "path"))
                         writer.uint32(18).string(message.path);
+                    if (message.paths != null && message.paths.length)
+                        for (let i = 0; i < message.paths.length; ++i)
+                            writer.uint32(26).string(message.paths[i]);
                     return writer;
                 };
 
@@ -4729,6 +4734,12 @@ export const kiln = $root.kiln = (() => {
                                 message.path = reader.string();
                                 break;
                             }
+                        case 3: {
+                                if (!(message.paths && message.paths.length))
+                                    message.paths = [];
+                                message.paths.push(reader.string());
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -4756,6 +4767,13 @@ export const kiln = $root.kiln = (() => {
                         message.dir = String(object.dir);
                     if (object.path != null)
                         message.path = String(object.path);
+                    if (object.paths) {
+                        if (!Array.isArray(object.paths))
+                            throw TypeError(".kiln.control.v1.ContextFileRequest.paths: array expected");
+                        message.paths = [];
+                        for (let i = 0; i < object.paths.length; ++i)
+                            message.paths[i] = String(object.paths[i]);
+                    }
                     return message;
                 };
 
@@ -4767,6 +4785,8 @@ export const kiln = $root.kiln = (() => {
                     if (q > $util.recursionLimit)
                         throw Error("max depth exceeded");
                     let object = {};
+                    if (options.arrays || options.defaults)
+                        object.paths = [];
                     if (options.defaults) {
                         object.dir = "";
                         object.path = "";
@@ -4775,6 +4795,11 @@ export const kiln = $root.kiln = (() => {
                         object.dir = message.dir;
                     if (message.path != null && Object.hasOwnProperty.call(message, "path"))
                         object.path = message.path;
+                    if (message.paths && message.paths.length) {
+                        object.paths = [];
+                        for (let j = 0; j < message.paths.length; ++j)
+                            object.paths[j] = message.paths[j];
+                    }
                     return object;
                 };
 

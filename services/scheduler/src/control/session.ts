@@ -8,15 +8,15 @@
  *   session gets "no responders", which workers report as SESSION_UNAVAILABLE).
  * - Local directories: the client lists the directory (filtered by the op's patterns) as a
  *   content manifest, streamed in chunks; only files the content store lacks are fetched from the
- *   client, each put under its digest (verified, atomic), then the manifest itself. Workers read
- *   them from the store. A file whose bytes do not match its manifest digest fails the sync, storing nothing.
+ *   client (small ones many at a time, into packs: `context-sync.ts`), verified, then the manifest
+ *   itself. Workers read them from the store. A file whose bytes do not match its manifest digest
+ *   fails the sync, storing nothing the manifest names.
  * - Secrets are asked for per request and relayed in memory only (never logged, never stored).
  * - ssh agent connections are relayed byte for byte in both directions.
  * - Exports: the scheduler streams an exporter's artifact to the client as `ExportChunk`s.
  */
 import * as grpc from '@grpc/grpc-js';
-import { PassThrough } from 'node:stream';
-import type { Readable } from 'node:stream';
+import type { PassThrough, Readable } from 'node:stream';
 import {
   SESSION_SUBJECT_PREFIX,
   assertSessionId,
@@ -26,10 +26,8 @@ import {
   sshStreamSubject,
 } from '@kiln/bus';
 import type {
-  LocalManifest,
   LocalSyncReply,
   LocalSyncRequest,
-  ManifestEntry,
   SecretReply,
   SecretRequest,
   SessionReplyError,
@@ -37,20 +35,18 @@ import type {
   SshOpenRequest,
 } from '@kiln/bus';
 import { KilnError, control } from '@kiln/protocol';
-import type { BlobStore, Digest } from '@kiln/store';
+import type { BlobStore } from '@kiln/store';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { ErrorDetails } from '@kiln/protocol';
 import type { Logger } from 'pino';
+import { PackIndex, syncContext } from './context-sync.js';
+import type { ContextSource, SyncStats } from './context-sync.js';
 
 type SessionMessage = InstanceType<typeof control.SessionMessage>;
 type SessionMessageInit = NonNullable<Parameters<typeof control.SessionMessage.create>[0]>;
 export type SessionCall = grpc.ServerDuplexStream<SessionMessage, SessionMessage>;
 type ContextEntry = NonNullable<NonNullable<SessionMessage['manifest']>['entries']>[number];
 
-const S_IFMT = 0o170000;
-const S_IFREG = 0o100000;
-/** Files fetched from the client at once during a local sync. */
-const FILE_CONCURRENCY = 8;
 /** Bytes per ExportChunk. */
 const EXPORT_CHUNK = 256 * 1024;
 
@@ -78,6 +74,8 @@ export interface SessionManagerOptions {
 
 export class SessionManager {
   readonly #sessions = new Map<string, ClientSession>();
+  /** Shared by the sessions: a context synced again reuses the packs of its last sync. */
+  readonly #packs = new PackIndex();
   readonly #waiters = new Map<string, Set<() => void>>();
 
   constructor(private readonly o: SessionManagerOptions) {}
@@ -132,7 +130,7 @@ export class SessionManager {
         return fail(e as Error);
       }
       if (this.#sessions.has(id)) return fail(new Error(`session ${id} is already open`));
-      session = new ClientSession(id, hello, call, this.o);
+      session = new ClientSession(id, hello, call, { ...this.o, packs: this.#packs });
       this.#sessions.set(id, session);
       this.o.log.info({ sessionId: id, localDirs: hello.localDirs }, 'session opened');
       for (const w of this.#waiters.get(id) ?? []) w();
@@ -176,7 +174,7 @@ export class ClientSession {
     readonly id: string,
     hello: NonNullable<SessionMessage['hello']>,
     private readonly call: SessionCall,
-    private readonly o: SessionManagerOptions,
+    private readonly o: SessionManagerOptions & { packs: PackIndex },
   ) {
     this.localDirs = new Set(hello.localDirs ?? []);
     this.sharedKey = hello.sharedKey ?? '';
@@ -369,55 +367,41 @@ export class ClientSession {
         'LOCAL_NOT_FOUND',
         { local: r.dir },
       );
-    const m = await this.request(
-      {
-        manifestRequest: {
-          dir: r.dir,
-          includePatterns: r.includePatterns,
-          excludePatterns: r.excludePatterns,
-          followPaths: r.followPaths,
-        },
+    const src: ContextSource = {
+      manifest: async (req) => {
+        const m = await this.request(
+          {
+            manifestRequest: {
+              dir: req.dir,
+              includePatterns: req.includePatterns,
+              excludePatterns: req.excludePatterns,
+              followPaths: req.followPaths,
+            },
+          },
+          undefined,
+          true,
+        );
+        return (m.manifest?.entries ?? []).map((e) => ({
+          path: e.path ?? '',
+          mode: e.mode ?? 0,
+          uid: e.uid ?? 0,
+          gid: e.gid ?? 0,
+          size: Number(e.size),
+          mtimeMs: Math.floor(Number(e.mtimeUnixNano ?? 0) / 1e6),
+          ...(e.digest ? { digest: e.digest } : {}),
+          ...(e.linkname ? { linkname: e.linkname } : {}),
+        }));
       },
-      undefined,
-      true,
-    );
-    const entries: ManifestEntry[] = (m.manifest?.entries ?? []).map((e) => ({
-      path: e.path ?? '',
-      mode: e.mode ?? 0,
-      uid: e.uid ?? 0,
-      gid: e.gid ?? 0,
-      size: Number(e.size),
-      mtimeMs: Math.floor(Number(e.mtimeUnixNano ?? 0) / 1e6),
-      ...(e.digest ? { digest: e.digest } : {}),
-      ...(e.linkname ? { linkname: e.linkname } : {}),
-    }));
-    entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-    const files = entries.filter((e) => (e.mode & S_IFMT) === S_IFREG);
-    let next = 0;
-    let fetched = 0;
-    const worker = async (): Promise<void> => {
-      while (next < files.length) {
-        const f = files[next++]!;
-        if (!f.digest) throw new SessionError(`the client's manifest has no digest for ${f.path}`);
-        if (await store.has(f.digest as Digest)) continue;
-        const sink = new PassThrough({ highWaterMark: 1 << 20 });
-        const put = store.put(f.digest as Digest, sink, { size: f.size });
-        const got = this.request({ fileRequest: { dir: r.dir, path: f.path } }, sink);
-        // A failed put (digest mismatch) must not wait for the rest of the file.
-        await Promise.all([put, got]).catch((e: unknown) => {
-          sink.destroy();
-          throw e;
-        });
-        fetched++;
-      }
+      files: async (dir, paths, sink) => {
+        await this.request(
+          { fileRequest: paths.length === 1 ? { dir, path: paths[0] } : { dir, paths } },
+          sink,
+        );
+      },
     };
-    await Promise.all(Array.from({ length: FILE_CONCURRENCY }, worker));
-    const body = Buffer.from(JSON.stringify({ entries } satisfies LocalManifest));
-    const info = await store.put(undefined, body);
-    this.o.log.debug(
-      { sessionId: this.id, local: r.dir, files: files.length, fetched },
-      'local directory synced',
-    );
-    return info.digest;
+    const stats: SyncStats = { files: 0, fetched: 0, packs: 0 };
+    const digest = await syncContext(store, src, r, this.sharedKey, this.o.packs, stats);
+    this.o.log.debug({ sessionId: this.id, local: r.dir, ...stats }, 'local directory synced');
+    return digest;
   }
 }

@@ -11,12 +11,14 @@
  *   files are created with O_EXCL | O_NOFOLLOW, owners and times set without following links.
  *   The difference is applied through the root-confined primitives of `fs/` (a parent that
  *   resolves anywhere but where it should is refused).
- * - File content is read from the store by digest (verified on read); at most `concurrency`
+ * - File content is read from the store by digest (verified on read), or for a small file from
+ *   its pack (read whole and verified, the file's slice checked against its digest); at most 16
  *   files are written at once, each in a handful of syscalls (open, write, fchown/fchmod only when
  *   needed, futimes, close).
  * - Directory modes, owners and times are set last, deepest first: writing entries changes a
  *   directory's mtime, and a read-only directory must not stop its own entries from being written.
  */
+import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lchown, lutimes, mkdir, open, symlink, chmod } from 'node:fs/promises';
 import { posix } from 'node:path';
@@ -34,6 +36,8 @@ const DIGEST = /^sha256:[0-9a-f]{64}$/;
 const CONCURRENCY = 16;
 /** Files up to this size are read whole and written in one call. */
 const SMALL = 1 << 20;
+/** Packs kept in memory while their files are written (4 MiB each at most). */
+const PACKS_KEPT = 8;
 
 export class ManifestError extends KilnError {
   constructor(message: string, path: string) {
@@ -68,6 +72,16 @@ export function validateManifest(m: LocalManifest): void {
     else if (t === S_IFREG) {
       if (typeof e.digest !== 'string' || !DIGEST.test(e.digest))
         throw new ManifestError(`has no digest for file ${p}`, p);
+      if (!Number.isSafeInteger(e.size) || e.size < 0)
+        throw new ManifestError(`has no size for file ${p}`, p);
+      if (
+        e.pack !== undefined &&
+        (typeof e.pack !== 'string' ||
+          !DIGEST.test(e.pack) ||
+          !Number.isSafeInteger(e.offset) ||
+          (e.offset ?? -1) < 0)
+      )
+        throw new ManifestError(`has a bad pack reference for ${p}`, p);
     } else if (t === S_IFLNK) {
       if (typeof e.linkname !== 'string') throw new ManifestError(`has no target for ${p}`, p);
     } else throw new ManifestError(`lists ${p} of an unsupported type`, p);
@@ -100,23 +114,63 @@ const euid = process.geteuid?.() ?? 0;
 const egid = process.getegid?.() ?? 0;
 const umask = process.umask();
 
+/**
+ * Packs (many small files in one blob, `@kiln/bus` ManifestEntry.pack) read whole (verified) and
+ * kept while their files are written; the least recently used go first. Entries are written in
+ * path order and packs are filled in path order, so each pack is read about once.
+ */
+class Packs {
+  readonly #packs = new Map<string, Promise<Buffer>>();
+
+  constructor(readonly store: BlobStore) {}
+
+  /** The bytes of a packed file, checked against its digest. */
+  async slice(e: ManifestEntry): Promise<Buffer> {
+    const pack = e.pack!;
+    let p = this.#packs.get(pack);
+    if (p) this.#packs.delete(pack);
+    else {
+      p = (async () => {
+        const chunks: Buffer[] = [];
+        for await (const c of await this.store.get(pack as Digest)) chunks.push(c as Buffer);
+        return Buffer.concat(chunks);
+      })();
+      p.catch(() => this.#packs.delete(pack));
+    }
+    this.#packs.set(pack, p);
+    while (this.#packs.size > PACKS_KEPT) this.#packs.delete(this.#packs.keys().next().value!);
+    const buf = await p;
+    const off = e.offset ?? 0;
+    const data = buf.subarray(off, off + e.size);
+    if (
+      data.length !== e.size ||
+      `sha256:${createHash('sha256').update(data).digest('hex')}` !== e.digest
+    )
+      throw new ManifestError(`names bytes of pack ${pack} that are not ${e.path}`, e.path);
+    return data;
+  }
+}
+
 /** Creates file `host` (absent) with the entry's content, owner, mode and mtime. */
-async function writeEntryFile(store: BlobStore, e: ManifestEntry, host: string): Promise<void> {
+async function writeEntryFile(packs: Packs, e: ManifestEntry, host: string): Promise<void> {
   const perm = e.mode & 0o7777;
-  const src = await store.get(e.digest as Digest);
+  const packed = e.pack !== undefined ? await packs.slice(e) : undefined;
+  const src = packed ? undefined : await packs.store.get(e.digest as Digest);
   const fh = await open(
     host,
     constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
     perm & 0o777,
   );
   try {
-    if (e.size <= SMALL) {
+    if (packed) {
+      if (packed.length > 0) await fh.write(packed);
+    } else if (e.size <= SMALL) {
       const chunks: Buffer[] = [];
-      for await (const c of src) chunks.push(c as Buffer);
+      for await (const c of src!) chunks.push(c as Buffer);
       if (chunks.length > 0)
         await fh.write(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
     } else {
-      for await (const c of src) await fh.write(c as Buffer);
+      for await (const c of src!) await fh.write(c as Buffer);
     }
     const chown = e.uid !== euid || e.gid !== egid;
     if (chown) await fh.chown(e.uid, e.gid);
@@ -159,9 +213,10 @@ export async function writeManifestTree(
   // Parents are listed before their children, so each mkdir finds its parent made.
   for (const d of dirs) await mkdir(join(root, d.path), { mode: 0o700 });
   const leaves = m.entries.filter((e) => typeOf(e) !== S_IFDIR);
+  const packs = new Packs(store);
   await eachLimit(leaves, CONCURRENCY, (e) =>
     typeOf(e) === S_IFREG
-      ? writeEntryFile(store, e, join(root, e.path))
+      ? writeEntryFile(packs, e, join(root, e.path))
       : writeEntryLink(e, join(root, e.path)),
   );
   for (const d of dirs.reverse()) await stampDir(d, join(root, d.path));
@@ -237,12 +292,13 @@ export async function applyManifestDiff(
     await mkdir(await hostOf(e.path), { mode: 0o700 });
     newDirs.push(e);
   }
+  const packs = new Packs(store);
   await eachLimit(
     create.filter((e) => typeOf(e) !== S_IFDIR),
     CONCURRENCY,
     async (e) => {
       const host = await hostOf(e.path);
-      if (typeOf(e) === S_IFREG) await writeEntryFile(store, e, host);
+      if (typeOf(e) === S_IFREG) await writeEntryFile(packs, e, host);
       else await writeEntryLink(e, host);
     },
   );

@@ -1,0 +1,247 @@
+/**
+ * Syncing a client's local directory into the content store, for workers to read (`@kiln/bus`
+ * session.ts, `kiln.session.<sid>.local`).
+ *
+ * Contract:
+ * - The client streams the directory's manifest (filtered by the op's patterns); only the files
+ *   the store lacks then cross the wire. A large file is put as its own blob (by its digest); small
+ *   files are asked for many at a time and put many to a blob (a pack: their bytes back to back,
+ *   the manifest entry naming `pack` and `offset`), so a context of many small files costs a few
+ *   store writes rather than one per file.
+ * - Every file's bytes are checked against its manifest digest (and size) before its blob (or
+ *   pack) becomes visible; a mismatch (the file changed during the sync) fails the sync and
+ *   stores nothing that the manifest names. The manifest is put last.
+ * - The packed files of the last manifest of each context (client shared key + directory +
+ *   patterns) are remembered in memory (the last {@link CONTEXTS} contexts): the next sync of
+ *   that context reuses their packs, so unchanged small files do not cross the wire again (after
+ *   a restart of the scheduler, they do once).
+ */
+import { createHash } from 'node:crypto';
+import { PassThrough, Transform } from 'node:stream';
+import type { LocalManifest, LocalSyncRequest, ManifestEntry } from '@kiln/bus';
+import { KilnError } from '@kiln/protocol';
+import type { BlobStore, Digest } from '@kiln/store';
+
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+/** Files fetched from the client at once (single files), and packs at once. */
+const FILE_CONCURRENCY = 8;
+const PACK_CONCURRENCY = 4;
+/** Files up to this size go in packs; a pack holds up to PACK_FILES files or PACK_BYTES. */
+const PACK_MAX_FILE = 64 * 1024;
+const PACK_FILES = 2_048;
+const PACK_BYTES = 4 << 20;
+/** Contexts whose packed files are remembered. */
+const CONTEXTS = 32;
+
+interface PackRef {
+  pack: string;
+  offset: number;
+}
+
+/** What the sync needs of the session: asking the client for its manifest and files. */
+export interface ContextSource {
+  manifest(r: LocalSyncRequest): Promise<ManifestEntry[]>;
+  /** The bytes of `paths` back to back, into `sink` (which is ended, or destroyed on failure). */
+  files(dir: string, paths: string[], sink: PassThrough): Promise<void>;
+}
+
+export class ContextSyncError extends KilnError {
+  constructor(code: string, message: string, path: string) {
+    super(code, message, { details: { path } });
+  }
+}
+
+/** Packed files of the last manifest of recent contexts (digest -> where its bytes are). */
+export class PackIndex {
+  readonly #contexts = new Map<string, Map<string, PackRef>>();
+
+  get(key: string): Map<string, PackRef> | undefined {
+    return this.#contexts.get(key);
+  }
+
+  set(key: string, refs: Map<string, PackRef>): void {
+    this.#contexts.delete(key);
+    this.#contexts.set(key, refs);
+    while (this.#contexts.size > CONTEXTS)
+      this.#contexts.delete(this.#contexts.keys().next().value!);
+  }
+}
+
+async function eachLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/**
+ * Passes a pack's bytes through while checking each file's slice against its digest; fails at the
+ * end (so the pack is never stored) when one does not match or the total length differs.
+ */
+function packChecker(files: readonly ManifestEntry[]): Transform {
+  let i = 0;
+  let left = files[0]?.size ?? 0;
+  let hash = createHash('sha256');
+  const check = (): Error | undefined => {
+    const f = files[i]!;
+    const got = `sha256:${hash.digest('hex')}`;
+    i++;
+    left = files[i]?.size ?? 0;
+    hash = createHash('sha256');
+    return got === f.digest
+      ? undefined
+      : new ContextSyncError('LOCAL_CHANGED', `${f.path} changed during the sync`, f.path);
+  };
+  let failed: Error | undefined;
+  // Empty files at the start (or after a full slice) are complete before any byte arrives.
+  const skipEmpty = (): void => {
+    while (!failed && i < files.length && left === 0) failed = check();
+  };
+  skipEmpty();
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      let at = 0;
+      while (!failed && at < chunk.length) {
+        if (i >= files.length) {
+          failed = new ContextSyncError('LOCAL_CHANGED', 'a file grew during the sync', '');
+          break;
+        }
+        const n = Math.min(left, chunk.length - at);
+        hash.update(chunk.subarray(at, at + n));
+        at += n;
+        left -= n;
+        if (left === 0) {
+          failed = check();
+          skipEmpty();
+        }
+      }
+      cb(failed ?? null, failed ? undefined : chunk);
+    },
+    flush(cb) {
+      if (!failed && i < files.length)
+        failed = new ContextSyncError(
+          'LOCAL_CHANGED',
+          `${files[i]!.path} changed during the sync`,
+          files[i]!.path,
+        );
+      cb(failed ?? null);
+    },
+  });
+}
+
+/** The key a context's packed files are remembered under. */
+function indexKey(sharedKey: string, r: LocalSyncRequest): string {
+  return JSON.stringify([sharedKey, r.dir, r.includePatterns, r.excludePatterns, r.followPaths]);
+}
+
+export interface SyncStats {
+  files: number;
+  /** Files that crossed the wire, and the packs they went in. */
+  fetched: number;
+  packs: number;
+}
+
+/** Syncs one directory; resolves with the manifest blob's digest (see the module contract). */
+export async function syncContext(
+  store: BlobStore,
+  src: ContextSource,
+  r: LocalSyncRequest,
+  sharedKey: string,
+  index: PackIndex,
+  stats: SyncStats = { files: 0, fetched: 0, packs: 0 },
+): Promise<string> {
+  const entries = await src.manifest(r);
+  entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  const files = entries.filter((e) => (e.mode & S_IFMT) === S_IFREG);
+  stats.files = files.length;
+  const key = sharedKey ? indexKey(sharedKey, r) : undefined;
+  const known = key ? index.get(key) : undefined;
+  const packOk = new Map<string, Promise<boolean>>();
+  const toPack: ManifestEntry[] = [];
+  const single: ManifestEntry[] = [];
+  await eachLimit(files, FILE_CONCURRENCY, async (f) => {
+    if (!f.digest)
+      throw new ContextSyncError(
+        'SESSION_ERROR',
+        `the manifest has no digest for ${f.path}`,
+        f.path,
+      );
+    const ref = f.size <= PACK_MAX_FILE ? known?.get(f.digest) : undefined;
+    if (ref) {
+      let ok = packOk.get(ref.pack);
+      if (!ok) packOk.set(ref.pack, (ok = store.has(ref.pack as Digest)));
+      if (await ok) {
+        f.pack = ref.pack;
+        f.offset = ref.offset;
+        return;
+      }
+    }
+    if (await store.has(f.digest as Digest)) return;
+    (f.size <= PACK_MAX_FILE ? toPack : single).push(f);
+  });
+  // In path order, so that a worker reads each pack once.
+  toPack.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  const batches: ManifestEntry[][] = [];
+  let bytes = 0;
+  for (const f of toPack) {
+    const last = batches[batches.length - 1];
+    if (!last || last.length >= PACK_FILES || bytes + f.size > PACK_BYTES) {
+      batches.push([f]);
+      bytes = f.size;
+    } else {
+      last.push(f);
+      bytes += f.size;
+    }
+  }
+  await eachLimit(batches, PACK_CONCURRENCY, async (batch) => {
+    const sink = new PassThrough({ highWaterMark: 1 << 20 });
+    const checker = packChecker(batch);
+    sink.on('error', (e) => checker.destroy(e));
+    sink.pipe(checker);
+    const size = batch.reduce((n, f) => n + f.size, 0);
+    const put = store.put(undefined, checker, { size });
+    const got = src.files(
+      r.dir,
+      batch.map((f) => f.path),
+      sink,
+    );
+    // A failed put (a file changed) must not wait for the rest of the pack.
+    const [info] = await Promise.all([put, got]).catch((e: unknown) => {
+      sink.destroy();
+      throw e;
+    });
+    let offset = 0;
+    for (const f of batch) {
+      f.pack = info.digest;
+      f.offset = offset;
+      offset += f.size;
+    }
+    stats.packs++;
+    stats.fetched += batch.length;
+  });
+  await eachLimit(single, FILE_CONCURRENCY, async (f) => {
+    const sink = new PassThrough({ highWaterMark: 1 << 20 });
+    const put = store.put(f.digest as Digest, sink, { size: f.size });
+    const got = src.files(r.dir, [f.path], sink);
+    await Promise.all([put, got]).catch((e: unknown) => {
+      sink.destroy();
+      throw e;
+    });
+    stats.fetched++;
+  });
+  const body = Buffer.from(JSON.stringify({ entries } satisfies LocalManifest));
+  const info = await store.put(undefined, body);
+  if (key) {
+    const refs = new Map<string, PackRef>();
+    for (const f of files)
+      if (f.pack !== undefined) refs.set(f.digest!, { pack: f.pack, offset: f.offset ?? 0 });
+    index.set(key, refs);
+  }
+  return info.digest;
+}
