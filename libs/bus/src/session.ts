@@ -44,6 +44,11 @@ export interface LocalSyncRequest {
   includePatterns: string[];
   excludePatterns: string[];
   followPaths: string[];
+  /**
+   * A manifest blob whose tree the asker already holds (its last copy of this context): files of
+   * it that are stored in packs are reused from there rather than asked for again.
+   */
+  base?: string;
 }
 
 /** One entry of a local directory's manifest; paths are relative, `/`-separated, sorted. */

@@ -11,13 +11,13 @@
  * - Every file's bytes are checked against its manifest digest (and size) before its blob (or
  *   pack) becomes visible; a mismatch (the file changed during the sync) fails the sync and
  *   stores nothing that the manifest names. The manifest is put last.
- * - The packed files of the last manifest of each context (client shared key + directory +
- *   patterns) are remembered in memory (the last {@link CONTEXTS} contexts): the next sync of
- *   that context reuses their packs, so unchanged small files do not cross the wire again (after
- *   a restart of the scheduler, they do once).
+ * - Packed files are reused by content digest from the asker's base manifest (the worker's last
+ *   copy of the context, `LocalSyncRequest.base`) and from the last manifest of each context
+ *   (client shared key + directory + patterns) this scheduler synced (in memory, the last
+ *   {@link CONTEXTS}): unchanged small files do not cross the wire again.
  */
 import { createHash } from 'node:crypto';
-import { PassThrough, Transform } from 'node:stream';
+import { PassThrough, Transform, pipeline } from 'node:stream';
 import type { LocalManifest, LocalSyncRequest, ManifestEntry } from '@kiln/bus';
 import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
@@ -135,6 +135,27 @@ function packChecker(files: readonly ManifestEntry[]): Transform {
   });
 }
 
+/**
+ * The packed files of the asker's base manifest. Any manifest will do: a file is reused only by
+ * its content digest (and each slice is checked by its reader), so a stale or foreign base only
+ * costs files asked for again; one that cannot be read is ignored.
+ */
+async function baseRefs(store: BlobStore, r: LocalSyncRequest): Promise<Map<string, PackRef>> {
+  const refs = new Map<string, PackRef>();
+  if (typeof r.base !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(r.base)) return refs;
+  try {
+    const chunks: Buffer[] = [];
+    for await (const c of await store.get(r.base as Digest)) chunks.push(c as Buffer);
+    const m = JSON.parse(Buffer.concat(chunks).toString()) as Partial<LocalManifest>;
+    for (const e of Array.isArray(m.entries) ? m.entries : [])
+      if (typeof e.digest === 'string' && typeof e.pack === 'string')
+        refs.set(e.digest, { pack: e.pack, offset: Number(e.offset ?? 0) });
+  } catch {
+    refs.clear(); // unreadable: nothing to reuse
+  }
+  return refs;
+}
+
 /** The key a context's packed files are remembered under. */
 function indexKey(sharedKey: string, r: LocalSyncRequest): string {
   return JSON.stringify([sharedKey, r.dir, r.includePatterns, r.excludePatterns, r.followPaths]);
@@ -161,7 +182,7 @@ export async function syncContext(
   const files = entries.filter((e) => (e.mode & S_IFMT) === S_IFREG);
   stats.files = files.length;
   const key = sharedKey ? indexKey(sharedKey, r) : undefined;
-  const known = key ? index.get(key) : undefined;
+  const known = new Map([...(key ? (index.get(key) ?? []) : []), ...(await baseRefs(store, r))]);
   const packOk = new Map<string, Promise<boolean>>();
   const toPack: ManifestEntry[] = [];
   const single: ManifestEntry[] = [];
@@ -172,7 +193,7 @@ export async function syncContext(
         `the manifest has no digest for ${f.path}`,
         f.path,
       );
-    const ref = f.size <= PACK_MAX_FILE ? known?.get(f.digest) : undefined;
+    const ref = f.size <= PACK_MAX_FILE ? known.get(f.digest) : undefined;
     if (ref) {
       let ok = packOk.get(ref.pack);
       if (!ok) packOk.set(ref.pack, (ok = store.has(ref.pack as Digest)));
@@ -202,8 +223,8 @@ export async function syncContext(
   await eachLimit(batches, PACK_CONCURRENCY, async (batch) => {
     const sink = new PassThrough({ highWaterMark: 1 << 20 });
     const checker = packChecker(batch);
-    sink.on('error', (e) => checker.destroy(e));
-    sink.pipe(checker);
+    // Errors (a file that changed) reach the put through `checker`.
+    pipeline(sink, checker, () => undefined);
     const size = batch.reduce((n, f) => n + f.size, 0);
     const put = store.put(undefined, checker, { size });
     const got = src.files(

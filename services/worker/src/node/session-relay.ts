@@ -95,9 +95,10 @@ export class SessionRelay {
       ...(this.#o.contexts
         ? {
             localSnapshot: async (spec: LocalSpec) => {
-              const r = await this.#requestManifest(sessionId, spec);
+              const contexts = this.#o.contexts!;
+              const r = await this.#requestManifest(sessionId, spec, contexts.base(spec));
               const key = r.sharedKey ? contextKey(r.sharedKey, spec) : undefined;
-              return (await this.#o.contexts!.snapshot(r.manifest, key)).snapshot;
+              return (await contexts.snapshot(r.manifest, key, spec)).snapshot;
             },
           }
         : {}),
@@ -158,12 +159,14 @@ export class SessionRelay {
   async #requestManifest(
     sessionId: string,
     spec: LocalSpec,
+    base?: string,
   ): Promise<{ manifest: string; sharedKey?: string }> {
     const req: LocalSyncRequest = {
       dir: spec.name,
       includePatterns: spec.includePatterns,
       excludePatterns: spec.excludePatterns,
       followPaths: spec.followPaths,
+      ...(base ? { base } : {}),
     };
     const r = await this.#request<LocalSyncReply>(
       sessionId,

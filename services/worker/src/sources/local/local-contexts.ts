@@ -90,14 +90,29 @@ export class LocalContexts {
     return new LocalContexts(o.env, o.store, kv, o.maxKeys ?? MAX_KEYS);
   }
 
+  /**
+   * The manifest of the last snapshot made here for a context of this spec (any client): sent as
+   * the sync's base, so that the files packed in it are not asked for again.
+   */
+  base(spec: LocalSpec): string | undefined {
+    return this.kv.get(`b:${contextKey('', spec)}`);
+  }
+
   /** The committed snapshot of the tree `manifest` lists (see the module contract). */
-  snapshot(manifest: string, key: string | undefined): Promise<ContextSnapshot> {
+  snapshot(manifest: string, key: string | undefined, spec?: LocalSpec): Promise<ContextSnapshot> {
     const lock = key ?? `manifest:${manifest}`;
     const prev = this.#locks.get(lock) ?? Promise.resolve();
     const p = prev.then(
       () => this.#snapshot(manifest, key),
       () => this.#snapshot(manifest, key),
     );
+    if (spec) {
+      const b = `b:${contextKey('', spec)}`;
+      void p.then(
+        () => this.kv.set(b, manifest).then(() => this.#trim('b:')),
+        () => undefined,
+      );
+    }
     this.#locks.set(lock, p);
     void p
       .finally(() => {
@@ -200,7 +215,11 @@ export class LocalContexts {
 
   async #remember(key: string, snapshot: string): Promise<void> {
     await this.kv.set(`k:${key}`, snapshot);
-    const keys = this.kv.keys().filter((k) => k.startsWith('k:'));
+    await this.#trim('k:');
+  }
+
+  async #trim(prefix: string): Promise<void> {
+    const keys = this.kv.keys().filter((k) => k.startsWith(prefix));
     for (const k of keys.slice(0, Math.max(0, keys.length - this.maxKeys))) await this.kv.delete(k);
   }
 }

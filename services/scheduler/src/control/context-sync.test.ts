@@ -1,0 +1,98 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { PassThrough } from 'node:stream';
+import type { LocalManifest, ManifestEntry } from '@kiln/bus';
+import { FsBlobStore } from '@kiln/store';
+import type { Digest } from '@kiln/store';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { PackIndex, syncContext } from './context-sync.js';
+import type { ContextSource } from './context-sync.js';
+
+const sha = (b: string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const req = { dir: 'context', includePatterns: [], excludePatterns: [], followPaths: [] };
+
+let tmp: string;
+let store: FsBlobStore;
+beforeEach(() => {
+  tmp = mkdtempSync(join(tmpdir(), 'kiln-context-sync-'));
+  store = new FsBlobStore({ root: join(tmp, 'store'), fsync: false });
+});
+afterEach(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A client whose files are `files` (what it sends) and whose manifest says `listed`. */
+function client(
+  listed: Record<string, string>,
+  files: Record<string, string> = listed,
+): ContextSource & { asked: string[][] } {
+  const asked: string[][] = [];
+  return {
+    asked,
+    manifest: () =>
+      Promise.resolve(
+        Object.entries(listed).map(([path, body]): ManifestEntry => ({
+          path,
+          mode: 0o100644,
+          uid: 0,
+          gid: 0,
+          size: Buffer.byteLength(body),
+          digest: sha(body),
+          mtimeMs: 0,
+        })),
+      ),
+    files: (_dir: string, paths: string[], sink: PassThrough) => {
+      asked.push(paths);
+      for (const p of paths) sink.write(files[p] ?? '');
+      sink.end();
+      return Promise.resolve();
+    },
+  };
+}
+
+async function manifestOf(digest: string): Promise<LocalManifest> {
+  const chunks: Buffer[] = [];
+  for await (const c of await store.get(digest as Digest)) chunks.push(c as Buffer);
+  return JSON.parse(Buffer.concat(chunks).toString()) as LocalManifest;
+}
+
+describe('syncContext', () => {
+  it('packs small files, keeps big ones whole, and asks again only for what changed', async () => {
+    const big = 'B'.repeat(70_000);
+    const index = new PackIndex();
+    const c1 = client({ 'a.txt': 'a\n', 'b.txt': 'b\n', 'big.bin': big, empty: '' });
+    const d1 = await syncContext(store, c1, req, 'k', index);
+    const m1 = await manifestOf(d1);
+    expect(c1.asked).toEqual([['a.txt', 'b.txt', 'empty'], ['big.bin']]);
+    expect(await store.has(sha(big) as Digest)).toBe(true);
+    const a = m1.entries.find((e) => e.path === 'a.txt')!;
+    expect(a.pack).toBe(m1.entries.find((e) => e.path === 'b.txt')!.pack);
+    expect(m1.entries.find((e) => e.path === 'b.txt')!.offset).toBe(2);
+
+    const c2 = client({ 'a.txt': 'a\n', 'b.txt': 'b2\n', 'big.bin': big, empty: '' });
+    const m2 = await manifestOf(await syncContext(store, c2, req, 'k', index));
+    expect(c2.asked).toEqual([['b.txt']]);
+    expect(m2.entries.find((e) => e.path === 'a.txt')!.pack).toBe(a.pack);
+
+    // A scheduler that never saw the context (restarted): the worker's base manifest says where
+    // the packed files are.
+    const c4 = client({ 'a.txt': 'a\n', 'b.txt': 'b3\n', empty: '' });
+    await syncContext(store, c4, { ...req, base: d1 }, 'k', new PackIndex());
+    expect(c4.asked).toEqual([['b.txt']]);
+
+    // Another context (no shared key): nothing to reuse but what is in the store by digest.
+    const c3 = client({ 'a.txt': 'a\n', 'big.bin': big });
+    await syncContext(store, c3, req, '', index);
+    expect(c3.asked).toEqual([['a.txt']]);
+  });
+
+  it('fails when a file changed during the sync, and stores neither its pack nor a manifest', async () => {
+    const c = client({ 'a.txt': 'a\n', 'b.txt': 'b\n' }, { 'a.txt': 'a\n', 'b.txt': 'B\n' });
+    await expect(syncContext(store, c, req, 'k', new PackIndex())).rejects.toMatchObject({
+      code: 'LOCAL_CHANGED',
+    });
+    const blobs: string[] = [];
+    for await (const b of store.list()) blobs.push(b.digest);
+    expect(blobs).toEqual([]);
+  });
+});
