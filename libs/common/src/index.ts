@@ -1,3 +1,4 @@
 export * from './telemetry.js';
 export * from './child-process.js';
 export * from './nats-server.js';
+export * from './concurrency.js';

@@ -19,6 +19,7 @@
 import { createHash } from 'node:crypto';
 import { PassThrough, Transform, pipeline } from 'node:stream';
 import type { LocalManifest, LocalSyncRequest, ManifestEntry } from '@kiln/bus';
+import { forEachLimit } from '@kiln/common';
 import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 
@@ -66,18 +67,6 @@ export class PackIndex {
     while (this.#contexts.size > CONTEXTS)
       this.#contexts.delete(this.#contexts.keys().next().value!);
   }
-}
-
-async function eachLimit<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 /**
@@ -186,7 +175,7 @@ export async function syncContext(
   const packOk = new Map<string, Promise<boolean>>();
   const toPack: ManifestEntry[] = [];
   const single: ManifestEntry[] = [];
-  await eachLimit(files, FILE_CONCURRENCY, async (f) => {
+  await forEachLimit(files, FILE_CONCURRENCY, async (f) => {
     if (!f.digest)
       throw new ContextSyncError(
         'SESSION_ERROR',
@@ -220,7 +209,7 @@ export async function syncContext(
       bytes += f.size;
     }
   }
-  await eachLimit(batches, PACK_CONCURRENCY, async (batch) => {
+  await forEachLimit(batches, PACK_CONCURRENCY, async (batch) => {
     const sink = new PassThrough({ highWaterMark: 1 << 20 });
     const checker = packChecker(batch);
     // Errors (a file that changed) reach the put through `checker`.
@@ -246,7 +235,7 @@ export async function syncContext(
     stats.packs++;
     stats.fetched += batch.length;
   });
-  await eachLimit(single, FILE_CONCURRENCY, async (f) => {
+  await forEachLimit(single, FILE_CONCURRENCY, async (f) => {
     const sink = new PassThrough({ highWaterMark: 1 << 20 });
     const put = store.put(f.digest as Digest, sink, { size: f.size });
     const got = src.files(r.dir, [f.path], sink);

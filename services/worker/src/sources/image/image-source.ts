@@ -1,4 +1,5 @@
 import type { ImageReference } from '@kiln/llb';
+import { forEachLimit } from '@kiln/common';
 import { KilnError } from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import { DigestMismatchError } from '@kiln/store';
@@ -62,30 +63,6 @@ function inflightFor(store: BlobStore): Map<Digest, Promise<void>> {
     inflight.set(store, m);
   }
   return m;
-}
-
-/** Runs `fn` over `items` with at most `limit` at a time; rejects with the first error after all settle. */
-async function forEachLimit<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  let firstErr: unknown;
-  let failed = false;
-  const worker = async (): Promise<void> => {
-    while (next < items.length && !failed) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (err) {
-        if (!failed) firstErr = err;
-        failed = true;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failed) throw firstErr;
 }
 
 /**

@@ -23,6 +23,7 @@ import { constants } from 'node:fs';
 import { lchown, lutimes, mkdir, open, symlink, chmod } from 'node:fs/promises';
 import { posix } from 'node:path';
 import type { LocalManifest, ManifestEntry } from '@kiln/bus';
+import { forEachLimit } from '@kiln/common';
 import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 import { removeInRoot, resolveInRoot } from '../../fs/index.js';
@@ -86,28 +87,6 @@ export function validateManifest(m: LocalManifest): void {
       if (typeof e.linkname !== 'string') throw new ManifestError(`has no target for ${p}`, p);
     } else throw new ManifestError(`lists ${p} of an unsupported type`, p);
   }
-}
-
-/** Runs `fn` on every item, at most `limit` at once; the first failure rejects. */
-async function eachLimit<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  let failed = false;
-  const worker = async (): Promise<void> => {
-    while (next < items.length && !failed) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 const euid = process.geteuid?.() ?? 0;
@@ -214,7 +193,7 @@ export async function writeManifestTree(
   for (const d of dirs) await mkdir(join(root, d.path), { mode: 0o700 });
   const leaves = m.entries.filter((e) => typeOf(e) !== S_IFDIR);
   const packs = new Packs(store);
-  await eachLimit(leaves, CONCURRENCY, (e) =>
+  await forEachLimit(leaves, CONCURRENCY, (e) =>
     typeOf(e) === S_IFREG
       ? writeEntryFile(packs, e, join(root, e.path))
       : writeEntryLink(e, join(root, e.path)),
@@ -293,7 +272,7 @@ export async function applyManifestDiff(
     newDirs.push(e);
   }
   const packs = new Packs(store);
-  await eachLimit(
+  await forEachLimit(
     create.filter((e) => typeOf(e) !== S_IFDIR),
     CONCURRENCY,
     async (e) => {
