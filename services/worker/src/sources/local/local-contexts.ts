@@ -15,8 +15,10 @@
  * - The manifest blob each snapshot was made from is persisted beside it (`local-contexts.jsonl`),
  *   so the content digests of its files are known without reading them
  *   ({@link LocalContexts.fileDigests}): content checksums of a context use them.
- * - Calls for one key are serialised; different keys run in parallel. At most `maxKeys` keys are
- *   remembered (least recently used go first); a forgotten key only costs a full write next time.
+ * - Calls for one key are serialised; different keys run in parallel. At most `maxKeys` keys (and
+ *   `maxKeys` x 9 snapshots) are remembered, least recently used going first; a forgotten one only
+ *   costs a full write next time. The records file is append-only (`KvFile`), as the worker's
+ *   other records.
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
@@ -199,6 +201,9 @@ export class LocalContexts {
     const rec: SnapshotRecord = { manifest, depth: made.depth };
     await this.kv.set(`s:${made.snapshot}`, JSON.stringify(rec));
     await this.kv.set(`m:${manifest}`, made.snapshot);
+    // A forgotten snapshot only costs a full write (and its files read for checksums).
+    await this.#trim('s:', this.maxKeys * (MAX_DEPTH + 1));
+    await this.#trim('m:', this.maxKeys * (MAX_DEPTH + 1));
     if (key) await this.#remember(key, made.snapshot);
     return { snapshot: made.snapshot, outcome: made.outcome };
   }
@@ -218,8 +223,8 @@ export class LocalContexts {
     await this.#trim('k:');
   }
 
-  async #trim(prefix: string): Promise<void> {
+  async #trim(prefix: string, max = this.maxKeys): Promise<void> {
     const keys = this.kv.keys().filter((k) => k.startsWith(prefix));
-    for (const k of keys.slice(0, Math.max(0, keys.length - this.maxKeys))) await this.kv.delete(k);
+    for (const k of keys.slice(0, Math.max(0, keys.length - max))) await this.kv.delete(k);
   }
 }
