@@ -13,3 +13,4 @@ export * from './watch.js';
 export * from './offer.js';
 export * from './session.js';
 export * from './checksum.js';
+export * from './materialize.js';

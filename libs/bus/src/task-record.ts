@@ -38,6 +38,8 @@ export interface TaskRecordError {
   message: string;
   retryable: boolean;
   exitCode?: number;
+  /** The error's structured data (e.g. `resultId` of a lost input). */
+  details?: Record<string, string>;
 }
 
 export interface TaskRecord {
@@ -210,6 +212,7 @@ export function taskErrorToRecord(e: TaskErrorInit | null | undefined): TaskReco
     message: e?.message || 'task failed',
     retryable: e?.retryable ?? false,
     ...(e?.exitCode ? { exitCode: e.exitCode } : {}),
+    ...(e?.details && Object.keys(e.details).length > 0 ? { details: { ...e.details } } : {}),
   };
 }
 

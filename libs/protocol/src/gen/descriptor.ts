@@ -1002,6 +1002,11 @@ const raw = {
                       "rule": "repeated",
                       "type": "string",
                       "id": 5
+                    },
+                    "details": {
+                      "keyType": "string",
+                      "type": "string",
+                      "id": 6
                     }
                   }
                 }

@@ -893,6 +893,7 @@ export namespace kiln {
                 retryable?: (boolean|null);
                 exitCode?: (number|null);
                 outputTail?: (string[]|null);
+                details?: ({ [k: string]: string }|null);
             }
 
             class TaskError implements ITaskError {
@@ -902,6 +903,7 @@ export namespace kiln {
                 public retryable: boolean;
                 public exitCode: number;
                 public outputTail: string[];
+                public details: { [k: string]: string };
                 public static create(properties?: kiln.worker.v1.ITaskError): kiln.worker.v1.TaskError;
                 public static encode(message: kiln.worker.v1.ITaskError, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.TaskError;

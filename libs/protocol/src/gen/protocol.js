@@ -7247,6 +7247,7 @@ export const kiln = $root.kiln = (() => {
 
                 function TaskError(properties) {
                     this.outputTail = [];
+                    this.details = {};
                     if (properties)
                         for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
                             if (properties[keys[i]] != null && keys[i] !== "__proto__")
@@ -7258,6 +7259,7 @@ export const kiln = $root.kiln = (() => {
                 TaskError.prototype.retryable = false;
                 TaskError.prototype.exitCode = 0;
                 TaskError.prototype.outputTail = $util.emptyArray;
+                TaskError.prototype.details = $util.emptyObject;
 
                 TaskError.create = function create(properties) {
                     return new TaskError(properties);
@@ -7281,6 +7283,9 @@ export const kiln = $root.kiln = (() => {
                     if (message.outputTail != null && message.outputTail.length)
                         for (let i = 0; i < message.outputTail.length; ++i)
                             writer.uint32(42).string(message.outputTail[i]);
+                    if (message.details != null && Object.hasOwnProperty.call(message, "details"))
+                        for (let keys = $sortedKeys(message.details), i = 0; i < keys.length; ++i)
+                            writer.uint32(50).fork().uint32(10).string(keys[i]).uint32(18).string(message.details[keys[i]]).ldelim();
                     return writer;
                 };
 
@@ -7291,7 +7296,7 @@ export const kiln = $root.kiln = (() => {
                         long = 0;
                     if (long > $Reader.recursionLimit)
                         throw Error("maximum nesting depth exceeded");
-                    let end, message;
+                    let end, message, key, value;
                     if (length === undefined)
                         end = reader.len;
                     else {
@@ -7327,6 +7332,37 @@ export const kiln = $root.kiln = (() => {
                                 if (!(message.outputTail && message.outputTail.length))
                                     message.outputTail = [];
                                 message.outputTail.push(reader.string());
+                                break;
+                            }
+                        case 6: {
+                                if (message.details === $util.emptyObject)
+                                    message.details = {};
+                                let end2 = reader.uint32() + reader.pos;
+                                if (end2 > reader.len)
+                                    throw RangeError("index out of range");
+                                reader.len = end2;
+                                key = "";
+                                value = "";
+                                while (reader.pos < end2) {
+                                    let tag2 = reader.uint32();
+                                    switch (tag2 >>> 3) {
+                                    case 1:
+                                        key = reader.string();
+                                        break;
+                                    case 2:
+                                        value = reader.string();
+                                        break;
+                                    default:
+                                        reader.skipType(tag2 & 7, long);
+                                        break;
+                                    }
+                                }
+                                if (reader.pos !== end2)
+                                    throw RangeError("index out of range");
+                                reader.len = end;
+                                if (key === "__proto__")
+                                    $util.makeProp(message.details, key);
+                                message.details[key] = value;
                                 break;
                             }
                         default:
@@ -7367,6 +7403,16 @@ export const kiln = $root.kiln = (() => {
                         for (let i = 0; i < object.outputTail.length; ++i)
                             message.outputTail[i] = String(object.outputTail[i]);
                     }
+                    if (object.details) {
+                        if (!$util.isObject(object.details))
+                            throw TypeError(".kiln.worker.v1.TaskError.details: object expected");
+                        message.details = {};
+                        for (let keys = Object.keys(object.details), i = 0; i < keys.length; ++i) {
+                            if (keys[i] === "__proto__")
+                                $util.makeProp(message.details, keys[i]);
+                            message.details[keys[i]] = String(object.details[keys[i]]);
+                        }
+                    }
                     return message;
                 };
 
@@ -7380,6 +7426,8 @@ export const kiln = $root.kiln = (() => {
                     let object = {};
                     if (options.arrays || options.defaults)
                         object.outputTail = [];
+                    if (options.objects || options.defaults)
+                        object.details = {};
                     if (options.defaults) {
                         object.code = "";
                         object.message = "";
@@ -7398,6 +7446,15 @@ export const kiln = $root.kiln = (() => {
                         object.outputTail = [];
                         for (let j = 0; j < message.outputTail.length; ++j)
                             object.outputTail[j] = message.outputTail[j];
+                    }
+                    let keys2;
+                    if (message.details && (keys2 = $sortedKeys(message.details)).length) {
+                        object.details = {};
+                        for (let j = 0; j < keys2.length; ++j) {
+                            if (keys2[j] === "__proto__")
+                                $util.makeProp(object.details, keys2[j]);
+                            object.details[keys2[j]] = message.details[keys2[j]];
+                        }
                     }
                     return object;
                 };
