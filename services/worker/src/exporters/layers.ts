@@ -1,14 +1,20 @@
 /**
  * The layers of a result: one OCI layer per snapshot of its chain (base first), each the
- * snapshot's changes against its parent, written to the blob store once and remembered by
- * snapshot name (a snapshot is immutable, so its layer never changes). Layers of pulled images are
- * registered by the image source with their original blobs, so exporting an image built on them
- * reuses the registry's bytes.
+ * snapshot's changes against its parent, remembered by snapshot name (a snapshot is immutable, so
+ * its layer never changes). Two steps, each done at most once per snapshot:
+ * - its diffID ({@link LayerCache.diffIdOf}): the uncompressed tar hashed, nothing written. This is
+ *   all a task's output needs (its result id is the chain of diffIDs);
+ * - its blob ({@link LayerCache.layerOf}): the layer produced again, gzip-compressed, written to
+ *   the blob store, and checked to have the diffID recorded first (the diff is deterministic).
+ *   Only what needs the blob (an exporter, another worker, write-behind) pays for it.
+ * Layers of pulled images are registered by the image source with their original blobs, so
+ * exporting an image built on them reuses the registry's bytes.
  */
 import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { KilnError } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
-import { writeLayer } from '@kiln/layers';
+import { diffLayer, writeLayer } from '@kiln/layers';
 import type { LayerDescriptor } from '@kiln/layers';
 import { snapshotChain } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
@@ -20,9 +26,13 @@ export interface LayerRecord {
   mediaType: string;
 }
 
+/** What is known of a snapshot's layer: always its diffID, its blob once written. */
+type Known = LayerRecord | { diffID: string; digest?: undefined };
+
 export class LayerCache {
-  private readonly map = new Map<string, LayerRecord>();
+  private readonly map = new Map<string, Known>();
   private readonly inflight = new Map<string, Promise<LayerRecord>>();
+  private readonly hashing = new Map<string, Promise<string>>();
   private saving: Promise<void> = Promise.resolve();
 
   private constructor(private readonly file: string) {}
@@ -30,7 +40,7 @@ export class LayerCache {
   static async open(file: string): Promise<LayerCache> {
     const c = new LayerCache(file);
     try {
-      const data = JSON.parse(await readFile(file, 'utf8')) as Record<string, LayerRecord>;
+      const data = JSON.parse(await readFile(file, 'utf8')) as Record<string, Known>;
       for (const [k, v] of Object.entries(data)) c.map.set(k, v);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && !(err instanceof SyntaxError))
@@ -39,11 +49,18 @@ export class LayerCache {
     return c;
   }
 
+  /** The layer of a snapshot whose blob was written (or registered); undefined otherwise. */
   get(snapshot: string): LayerRecord | undefined {
-    return this.map.get(snapshot);
+    const k = this.map.get(snapshot);
+    return k?.digest ? k : undefined;
   }
 
-  async set(snapshot: string, rec: LayerRecord): Promise<void> {
+  /** Records a snapshot's layer with its blob. */
+  set(snapshot: string, rec: LayerRecord): Promise<void> {
+    return this.#save(snapshot, rec);
+  }
+
+  async #save(snapshot: string, rec: Known): Promise<void> {
     this.map.set(snapshot, rec);
     const body = JSON.stringify(Object.fromEntries(this.map));
     this.saving = this.saving.then(async () => {
@@ -54,9 +71,42 @@ export class LayerCache {
     await this.saving;
   }
 
-  /** The layer of one snapshot, computed (and stored) at most once. */
-  layerOf(env: SnapshotEnv, store: BlobStore, snapshot: string): Promise<LayerRecord> {
+  /** The diffID of one snapshot's layer, computed at most once (no blob is written). */
+  diffIdOf(env: SnapshotEnv, snapshot: string): Promise<string> {
     const known = this.map.get(snapshot);
+    if (known) return Promise.resolve(known.diffID);
+    let p = this.hashing.get(snapshot);
+    if (!p) {
+      p = (async () => {
+        const handle = await env.snapshotter.diffSource(snapshot);
+        let diffID: string;
+        try {
+          const layer = diffLayer(handle.source, { compression: 'none' });
+          layer.stream.resume();
+          diffID = (await layer.done).diffID;
+        } finally {
+          await handle.release();
+        }
+        // A blob written meanwhile recorded the same diffID.
+        if (!this.map.get(snapshot)) await this.#save(snapshot, { diffID });
+        return diffID;
+      })();
+      p.finally(() => this.hashing.delete(snapshot)).catch(() => undefined);
+      this.hashing.set(snapshot, p);
+    }
+    return p;
+  }
+
+  /** The diffIDs of a result snapshot's layers, base first. */
+  async chainDiffIds(env: SnapshotEnv, snapshot: string | undefined): Promise<string[]> {
+    if (snapshot === undefined) return [];
+    const chain = await snapshotChain(env, snapshot);
+    return Promise.all(chain.map((s) => this.diffIdOf(env, s)));
+  }
+
+  /** The layer of one snapshot with its blob in `store`, written at most once. */
+  layerOf(env: SnapshotEnv, store: BlobStore, snapshot: string): Promise<LayerRecord> {
+    const known = this.get(snapshot);
     if (known) return Promise.resolve(known);
     let p = this.inflight.get(snapshot);
     if (!p) {
@@ -68,13 +118,23 @@ export class LayerCache {
         } finally {
           await handle.release();
         }
+        const hashed = this.map.get(snapshot)?.diffID;
+        if (hashed !== undefined && hashed !== desc.diffID) {
+          // The result id already names the first diffID: a blob of other content must not
+          // stand for it (the blob stays in the store, unreferenced, for GC).
+          throw new KilnError(
+            'LAYER_NOT_REPRODUCIBLE',
+            `snapshot ${snapshot} diffs to ${desc.diffID}, not the ${hashed} its result names`,
+            { details: { snapshot, expected: hashed, actual: desc.diffID } },
+          );
+        }
         const rec = {
           digest: desc.digest,
           diffID: desc.diffID,
           size: desc.size,
           mediaType: desc.mediaType,
         };
-        await this.set(snapshot, rec);
+        await this.#save(snapshot, rec);
         return rec;
       })();
       p.finally(() => this.inflight.delete(snapshot)).catch(() => undefined);
@@ -83,7 +143,7 @@ export class LayerCache {
     return p;
   }
 
-  /** The layers of a result snapshot, base first. */
+  /** The layers of a result snapshot, base first, with their blobs in `store`. */
   async chainLayers(
     env: SnapshotEnv,
     store: BlobStore,

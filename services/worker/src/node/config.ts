@@ -28,6 +28,8 @@ export interface WorkerConfig {
   localDirs: Record<string, string>;
   heartbeatMs: number;
   drainTimeoutMs: number;
+  /** Idle time after which held results are uploaded in the background (write-behind). */
+  writeBehindIdleMs: number;
   logLevel: string;
   snapshotter: 'auto' | 'overlayfs' | 'native';
   runtime: 'auto' | 'crun' | 'runc';
@@ -58,6 +60,7 @@ export interface WorkerConfigInput {
   localDirs?: Record<string, string>;
   heartbeatMs?: number;
   drainTimeoutMs?: number;
+  writeBehindIdleMs?: number;
   logLevel?: string;
   snapshotter?: string;
   runtime?: string;
@@ -106,6 +109,7 @@ function defaults(env: Readonly<Record<string, string | undefined>>): WorkerConf
     slots: defaultSlots(),
     heartbeatMs: 1_000,
     drainTimeoutMs: 60_000,
+    writeBehindIdleMs: 1_000,
     logLevel: 'info',
     snapshotter: 'auto',
     runtime: 'auto',
@@ -198,6 +202,10 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
     localDirs: pairs(list(e('KILN_WORKER_LOCAL_DIRS')), 'KILN_WORKER_LOCAL_DIRS'),
     heartbeatMs: int(e('KILN_WORKER_HEARTBEAT_MS'), 'KILN_WORKER_HEARTBEAT_MS'),
     drainTimeoutMs: int(e('KILN_WORKER_DRAIN_TIMEOUT_MS'), 'KILN_WORKER_DRAIN_TIMEOUT_MS'),
+    writeBehindIdleMs: int(
+      e('KILN_WORKER_WRITE_BEHIND_IDLE_MS'),
+      'KILN_WORKER_WRITE_BEHIND_IDLE_MS',
+    ),
     logLevel: e('KILN_LOG_LEVEL'),
     snapshotter: e('KILN_WORKER_SNAPSHOTTER'),
     runtime: e('KILN_WORKER_RUNTIME'),
@@ -221,6 +229,8 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
   --label K=V              repeatable (KILN_WORKER_LABELS, comma list)
   --local NAME=DIR         serve local://NAME from DIR, repeatable (KILN_WORKER_LOCAL_DIRS)
   --heartbeat-ms N, --drain-timeout-ms N, --log-level L (KILN_LOG_LEVEL),
+  --write-behind-idle-ms N idle time before held results are uploaded in the background
+                           (KILN_WORKER_WRITE_BEHIND_IDLE_MS, default 1000)
   --snapshotter auto|overlayfs|native, --runtime auto|crun|runc,
   --insecure-registry HOST[:PORT] (KILN_INSECURE_REGISTRIES)
 `;
@@ -255,6 +265,7 @@ function fromFlags(argv: readonly string[]): {
         local: { type: 'string', multiple: true },
         'heartbeat-ms': { type: 'string' },
         'drain-timeout-ms': { type: 'string' },
+        'write-behind-idle-ms': { type: 'string' },
         'log-level': { type: 'string' },
         snapshotter: { type: 'string' },
         runtime: { type: 'string' },
@@ -290,6 +301,7 @@ function fromFlags(argv: readonly string[]): {
       localDirs: pairs(values.local, '--local'),
       heartbeatMs: int(values['heartbeat-ms'], '--heartbeat-ms'),
       drainTimeoutMs: int(values['drain-timeout-ms'], '--drain-timeout-ms'),
+      writeBehindIdleMs: int(values['write-behind-idle-ms'], '--write-behind-idle-ms'),
       logLevel: values['log-level'],
       snapshotter: values.snapshotter,
       runtime: values.runtime,
@@ -352,6 +364,7 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     localDirs,
     heartbeatMs: positive(c.heartbeatMs, 'heartbeatMs'),
     drainTimeoutMs: positive(c.drainTimeoutMs, 'drainTimeoutMs'),
+    writeBehindIdleMs: positive(c.writeBehindIdleMs, 'writeBehindIdleMs'),
     logLevel: oneOf(c.logLevel, LOG_LEVELS, 'logLevel'),
     snapshotter: oneOf(c.snapshotter, ['auto', 'overlayfs', 'native'] as const, 'snapshotter'),
     runtime: oneOf(c.runtime, ['auto', 'crun', 'runc'] as const, 'runtime'),

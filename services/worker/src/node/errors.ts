@@ -1,4 +1,5 @@
 /** Typed errors of the worker process (stable codes; see the worker README). */
+import { INPUT_LOST_CODE } from '@kiln/bus';
 import { KilnError } from '@kiln/protocol';
 
 /**
@@ -25,6 +26,21 @@ export class InputUnavailableError extends KilnError {
       retryable: true,
       details: { index, resultId },
     });
+  }
+}
+
+/**
+ * An input has no blob yet and its holder is gone, did not answer, or no longer has it. Not
+ * retryable here (another attempt would ask the same holder): the scheduler reruns the vertex
+ * that made the input (details `resultId`) and then this task.
+ */
+export class InputLostError extends KilnError {
+  constructor(index: number, resultId: string, holder: string, why: string, cause?: unknown) {
+    super(
+      INPUT_LOST_CODE,
+      `input ${index} (${resultId}) is lost: ${why}${holder ? ` (holder ${holder})` : ''}`,
+      { cause, details: { index, resultId, holder } },
+    );
   }
 }
 

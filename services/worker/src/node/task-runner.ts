@@ -27,7 +27,13 @@ import { join } from 'node:path';
 import { Transform, pipeline } from 'node:stream';
 import { TextDecoder } from 'node:util';
 import type { Readable } from 'node:stream';
-import type { Task, TaskErrorInit } from '@kiln/bus';
+import {
+  MaterializeResultUnknownError,
+  decodeMaterializeReply,
+  encodeMaterializeJson,
+  materializeSubject,
+} from '@kiln/bus';
+import type { MaterializeReply, MaterializedLayer, Task, TaskErrorInit } from '@kiln/bus';
 import { opKind } from '@kiln/llb';
 import type { OpKind } from '@kiln/llb';
 import { KilnError, asKilnError, pb, platformFromPb } from '@kiln/protocol';
@@ -42,13 +48,18 @@ import { SourceExecutor } from '../engine/executors/source.js';
 import { applyLayer } from '@kiln/layers';
 import { runExec, sweepExecState } from '../ops/exec/index.js';
 import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
-import { buildSnapshot } from '../ops/snapshots.js';
+import { buildSnapshot, snapshotChain } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 import type { RegistryClientOptions } from '@kiln/registry';
 import type { OciRuntime, RuntimeName } from '../runtime/index.js';
 import type { ExecutorContext, OpExecutor, SessionProviders } from '../solver/solver.js';
 import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';
-import { InputUnavailableError, InvalidTaskError, SessionUnavailableError } from './errors.js';
+import {
+  InputLostError,
+  InputUnavailableError,
+  InvalidTaskError,
+  SessionUnavailableError,
+} from './errors.js';
 import { HeldResults } from './held-results.js';
 import { LocalContexts } from '../sources/local/local-contexts.js';
 import { SessionRelay } from './session-relay.js';
@@ -73,6 +84,11 @@ export interface TaskRunnerOptions {
   nc?: NatsConnection;
   /** Default: silent. */
   logger?: Logger;
+  /**
+   * How long the holder of an input may take to make its blobs (compress and upload them).
+   * Default 120 s.
+   */
+  materializeTimeoutMs?: number;
 }
 
 /** Counters since the runner opened. */
@@ -113,6 +129,8 @@ export class TaskRunner {
   readonly #executors: Partial<Record<OpKind, OpExecutor>>;
   readonly #noSession: SessionProviders;
   readonly #relay: SessionRelay | undefined;
+  readonly #nc: NatsConnection | undefined;
+  readonly #materializeTimeoutMs: number;
 
   private constructor(
     readonly engine: Engine,
@@ -124,7 +142,10 @@ export class TaskRunner {
     nc: NatsConnection | undefined,
     /** Synced local contexts kept for the next sync of the same context (`local-contexts.ts`). */
     readonly contexts: LocalContexts,
+    materializeTimeoutMs: number,
   ) {
+    this.#nc = nc;
+    this.#materializeTimeoutMs = materializeTimeoutMs;
     this.#executors = {
       source: new SourceExecutor(env, engine.images, store, engine.layers),
       exec: { exec: (ctx) => this.#exec(ctx) },
@@ -160,7 +181,17 @@ export class TaskRunner {
       env,
       store: o.store,
     });
-    return new TaskRunner(engine, o.store, env, held, o.logger, o.localDirs ?? {}, o.nc, contexts);
+    return new TaskRunner(
+      engine,
+      o.store,
+      env,
+      held,
+      o.logger,
+      o.localDirs ?? {},
+      o.nc,
+      contexts,
+      o.materializeTimeoutMs ?? 120_000,
+    );
   }
 
   /** The {@link RunTask} for a TaskConsumer. */
@@ -408,10 +439,11 @@ export class TaskRunner {
       }
       await this.held.delete(id); // pruned: fetch it like any other
     }
-    const layers = inp.layers ?? [];
+    let layers = inp.layers ?? [];
     if (layers.length === 0) {
       throw new InputUnavailableError(index, id, 'not held by this worker and no layers to fetch');
     }
+    if (await this.#needsHolder(layers)) layers = await this.#askHolder(inp, index, log);
     const computed = resultIdOf(layers.map((l) => l.diffId ?? ''));
     if (id && id !== computed) {
       throw new InvalidTaskError(
@@ -435,6 +467,51 @@ export class TaskRunner {
     io.fetched++;
     log?.debug({ index, resultId: computed, bytes: io.bytesFetched - before }, 'input fetched');
     return parent;
+  }
+
+  /** Whether some layer has no blob yet and is not here as a snapshot either. */
+  async #needsHolder(layers: readonly LayerRef[]): Promise<boolean> {
+    const ids = chainIds(layers.map((l) => l.diffId ?? ''));
+    for (const [k, l] of layers.entries()) {
+      if (!l.digest && !(await this.#exists(layerSnapshotName(ids[k] ?? '')))) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Asks the input's holder to make its layers blobs (`kiln.materialize.<holder>`). A holder that
+   * is gone, does not answer in time or no longer has the result means the input is lost:
+   * {@link InputLostError}, on which the scheduler reruns the vertex that made it.
+   */
+  async #askHolder(
+    inp: ResolvedInput,
+    index: number,
+    log: Logger | undefined,
+  ): Promise<LayerRef[]> {
+    const id = inp.resultId ?? '';
+    const holder = inp.holderWorker ?? '';
+    if (!holder || !this.#nc) throw new InputLostError(index, id, holder, 'no holder to ask');
+    let reply: MaterializeReply;
+    try {
+      const msg = await this.#nc.request(
+        materializeSubject(holder),
+        encodeMaterializeJson({ resultId: id }),
+        { timeout: this.#materializeTimeoutMs },
+      );
+      reply = decodeMaterializeReply(msg.data);
+    } catch (err) {
+      throw new InputLostError(
+        index,
+        id,
+        holder,
+        `its holder did not answer: ${errText(err)}`,
+        err,
+      );
+    }
+    if ('error' in reply)
+      throw new InputLostError(index, id, holder, `${reply.error.code}: ${reply.error.message}`);
+    log?.debug({ index, resultId: id, holder }, 'input materialized by its holder');
+    return reply.layers;
   }
 
   /** The committed snapshot of one layer on `parent`, built once per chain ID. */
@@ -518,30 +595,79 @@ export class TaskRunner {
 
   // ---- outputs ----
 
+  /**
+   * A task's output: held here as its snapshot, named by the chain of its layers' diffIDs. Only
+   * the diffIDs are computed (nothing is compressed or uploaded); layers whose blob is already
+   * known and in the store (a pulled image's, a fetched input's, one made earlier) carry it, the
+   * others are made on request ({@link TaskRunner.materializeResult}).
+   */
   async #output(snapshot: string | undefined): Promise<OutputResult> {
     if (snapshot === undefined) return { resultId: EMPTY_RESULT_ID, layers: [] };
-    const layers = await this.engine.layers.chainLayers(this.env, this.store, snapshot);
-    // Blobs first: a result must never name a blob the store lacks (a layer record may come from
-    // an earlier run against another store).
-    for (const l of layers) {
-      if (!(await this.store.has(l.digest as Digest))) {
-        throw new KilnError('TASK_OUTPUT_BLOB_MISSING', `layer ${l.digest} is not in the store`, {
+    const chain = await snapshotChain(this.env, snapshot);
+    const diffIDs = await Promise.all(chain.map((s) => this.engine.layers.diffIdOf(this.env, s)));
+    const layers: LayerRef[] = await Promise.all(
+      chain.map(async (s, i) => {
+        const rec = this.engine.layers.get(s);
+        // A record may come from an earlier run against another store: only a blob the store
+        // has is named (a result never names a blob the store lacks).
+        if (rec && (await this.store.has(rec.digest as Digest)))
+          return {
+            digest: rec.digest,
+            diffId: rec.diffID,
+            size: rec.size,
+            mediaType: rec.mediaType,
+          };
+        return { digest: '', diffId: diffIDs[i] ?? '', size: 0, mediaType: '' };
+      }),
+    );
+    const resultId = resultIdOf(diffIDs);
+    await this.held.set(resultId, snapshot);
+    return { resultId, layers };
+  }
+
+  /**
+   * Makes every layer of a held result a blob in the store (blobs first) and returns their
+   * descriptors, base first: what a `kiln.materialize.<id>` request is answered with, and what
+   * write-behind does. Throws {@link MaterializeResultUnknownError} for a result not held here.
+   * With `yieldTo`, layers are made one at a time and the work stops (undefined) before the next
+   * one once `yieldTo()` is true (a task arrived); the layers made so far stay made.
+   */
+  async materializeResult(
+    resultId: string,
+    o: { yieldTo?: () => boolean } = {},
+  ): Promise<MaterializedLayer[] | undefined> {
+    if (resultId === EMPTY_RESULT_ID) return [];
+    const snapshot = this.held.get(resultId);
+    if (snapshot === undefined || !(await this.#exists(snapshot)))
+      throw new MaterializeResultUnknownError(resultId);
+    const chain = await snapshotChain(this.env, snapshot);
+    const one = async (s: string): Promise<MaterializedLayer> => {
+      const rec = await this.engine.layers.layerOf(this.env, this.store, s);
+      if (!(await this.store.has(rec.digest as Digest))) {
+        throw new KilnError('TASK_OUTPUT_BLOB_MISSING', `layer ${rec.digest} is not in the store`, {
           retryable: true,
-          details: { digest: l.digest, snapshot },
+          details: { digest: rec.digest, snapshot: s },
         });
       }
-    }
-    const resultId = resultIdOf(layers.map((l) => l.diffID));
-    await this.held.set(resultId, snapshot);
-    return {
-      resultId,
-      layers: layers.map((l) => ({
-        digest: l.digest,
-        diffId: l.diffID,
-        size: l.size,
-        mediaType: l.mediaType,
-      })),
+      return { digest: rec.digest, diffId: rec.diffID, size: rec.size, mediaType: rec.mediaType };
     };
+    let layers: MaterializedLayer[];
+    if (o.yieldTo) {
+      const yieldTo = o.yieldTo;
+      layers = [];
+      for (const s of chain) {
+        if (yieldTo()) return undefined;
+        layers.push(await one(s));
+      }
+    } else {
+      layers = await Promise.all(chain.map(one));
+    }
+    const made = resultIdOf(layers.map((l) => l.diffId));
+    if (made !== resultId)
+      throw new KilnError('LAYER_NOT_REPRODUCIBLE', `result ${resultId} now makes ${made}`, {
+        details: { resultId, made },
+      });
+    return layers;
   }
 }
 
@@ -574,6 +700,15 @@ export function taskErrorOf(err: unknown): TaskErrorInit {
   if (typeof exitCode === 'number') out.exitCode = exitCode;
   const tail = k.details.tail;
   if (typeof tail === 'string' && tail !== '') out.outputTail = tail.replace(/\n$/, '').split('\n');
+  // Short scalar details travel too (what the scheduler acts on: a lost input's result id).
+  const details: Record<string, string> = {};
+  for (const [key, v] of Object.entries(k.details)) {
+    if (key === 'tail' || key === 'exitCode') continue;
+    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') continue;
+    const text = String(v);
+    if (text.length <= 512) details[key] = text;
+  }
+  if (Object.keys(details).length > 0) out.details = details;
   return out;
 }
 

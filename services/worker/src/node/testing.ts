@@ -141,7 +141,11 @@ export async function submitGraph(
     const inputs = (v.op.inputs ?? []).map((i) => {
       const out = results.get(i.digest ?? '')?.outputs[Number(i.index ?? 0)];
       if (!out) throw new Error(`no result for input ${i.digest ?? ''}`);
-      return { resultId: out.resultId, layers: out.layers };
+      return {
+        resultId: out.resultId,
+        layers: out.layers,
+        holderWorker: results.get(i.digest ?? '')?.workerId ?? '',
+      };
     });
     const worker = o.place(digest, g);
     const task: TaskInit = {

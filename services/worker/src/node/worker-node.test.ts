@@ -5,7 +5,17 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { decodeResult, fromBase64, getRecord, taskKey } from '@kiln/bus';
+import {
+  INPUT_LOST_CODE,
+  decodeMaterializeReply,
+  decodeResult,
+  encodeMaterializeJson,
+  fromBase64,
+  getRecord,
+  materializeSubject,
+  taskKey,
+} from '@kiln/bus';
+import type { KilnError } from '@kiln/protocol';
 import type { TaskProgress } from '@kiln/bus';
 import { LinuxAmd64, LinuxArm64, image, local, marshal, parseDefinition } from '@kiln/llb';
 import type { State } from '@kiln/llb';
@@ -126,8 +136,15 @@ beforeAll(async () => {
   await mkdir(ctxDir);
   await writeFile(join(ctxDir, 'hello.txt'), 'from the context\n');
   [a, b] = await Promise.all([
-    startNode(config('node-a', { argv: ['--local', `context=${ctxDir}`] })),
-    startNode(config('node-b')),
+    // A uploads what it made soon after it goes idle; B only when asked (write-behind is
+    // beyond any test's horizon there).
+    startNode(
+      config('node-a', {
+        argv: ['--local', `context=${ctxDir}`],
+        env: { KILN_WORKER_WRITE_BEHIND_IDLE_MS: '100' },
+      }),
+    ),
+    startNode(config('node-b', { env: { KILN_WORKER_WRITE_BEHIND_IDLE_MS: '600000' } })),
   ]);
 });
 
@@ -165,9 +182,39 @@ describe('WorkerNode', () => {
     expect(await readResult(a, out?.resultId ?? '', 'out.txt')).toBe('hello\n');
     const lines = progress.flatMap((p) => (p.stage === 'output' ? (p.lines ?? []) : []));
     expect(lines).toEqual(expect.arrayContaining(['line-out', 'line-err']));
-    // Every layer named by the result is in the shared store.
+    // The image's layers name their blobs; the exec's layer is only hashed (its diffID names
+    // it), nothing was compressed or uploaded for it.
     const store = new FsBlobStore({ root: storeDir });
-    for (const l of outLayers) expect(await store.has(l.digest as `sha256:${string}`)).toBe(true);
+    for (const l of outLayers.slice(0, -1))
+      expect(await store.has(l.digest as `sha256:${string}`)).toBe(true);
+    const own = outLayers.at(-1);
+    expect(own?.digest).toBe('');
+    expect(own?.diffId).toMatch(/^sha256:[0-9a-f]{64}$/);
+    // Its holder makes the blobs on request (blobs first), with the same diffIDs.
+    const reply = decodeMaterializeReply(
+      (
+        await nc.request(
+          materializeSubject(a.id),
+          encodeMaterializeJson({ resultId: out?.resultId ?? '' }),
+          { timeout: 30_000 },
+        )
+      ).data,
+    );
+    if ('error' in reply) throw new Error(reply.error.message);
+    expect(reply.layers.map((l) => l.diffId)).toEqual(outLayers.map((l) => l.diffId));
+    for (const l of reply.layers)
+      expect(await store.has(l.digest as `sha256:${string}`)).toBe(true);
+    // What it does not hold is an error reply.
+    const unknown = decodeMaterializeReply(
+      (
+        await nc.request(
+          materializeSubject(a.id),
+          encodeMaterializeJson({ resultId: `sha256:${'0'.repeat(64)}` }),
+          { timeout: 30_000 },
+        )
+      ).data,
+    );
+    expect(unknown).toMatchObject({ error: { code: 'MATERIALIZE_RESULT_UNKNOWN' } });
     // The registration advertises the result.
     await until('a to advertise its result', () =>
       d
@@ -192,6 +239,8 @@ describe('WorkerNode', () => {
       place: () => b.id,
     });
     expect(onB.result.workerId).toBe(b.id);
+    // A made the blobs of its result when B asked for them.
+    expect(a.materializer?.stats.requests).toBeGreaterThan(0);
     const afterB = b.runner.stats;
     expect(afterB.bytesFetched).toBeGreaterThan(before.bytesFetched);
     expect(afterB.inputsFetched).toBe(before.inputsFetched + 1);
@@ -220,6 +269,74 @@ describe('WorkerNode', () => {
     expect(await readResult(a, onA.result.outputs[0]?.resultId ?? '', 'copy.txt')).toBe(
       `${token}\n`,
     );
+  });
+
+  it('write-behind: an idle worker uploads what it made; the records gain the digests', async () => {
+    const run = salt();
+    const st = sh(image(fixture), `echo ${run} > /wb.txt`);
+    const produced = await submitGraph(d, def(st), { salt: run, place: () => a.id });
+    const made = produced.result.outputs[0];
+    expect(made?.layers?.at(-1)?.digest).toBe('');
+    const key = `sha256:${createHash('sha256').update(`${run} ${produced.def.result.digest}`).digest('hex')}`;
+    const uploaded = await until('the record to name the blobs', async () => {
+      const rec = await getRecord(d.bus.tasks, taskKey(key));
+      const r = decodeResult(fromBase64(rec?.record.result ?? ''));
+      return r.outputs[0]?.layers?.every((l) => l.digest !== '') ? r : undefined;
+    });
+    expect(uploaded.outputs[0]?.resultId).toBe(made?.resultId);
+    expect(uploaded.outputs[0]?.layers?.map((l) => l.diffId)).toEqual(
+      made?.layers?.map((l) => l.diffId),
+    );
+    expect(a.writeBehind?.pending()).not.toContain(made?.resultId);
+    const store = new FsBlobStore({ root: storeDir });
+    for (const l of uploaded.outputs[0]?.layers ?? [])
+      expect(await store.has(l.digest as `sha256:${string}`)).toBe(true);
+    // A consumer elsewhere now needs nothing of A: the blobs are in the store.
+    const asked = a.materializer?.stats.requests ?? 0;
+    const onB = await submitGraph(d, def(sh(st, 'cat /wb.txt > /wb2.txt')), {
+      salt: run,
+      results: new Map([...produced.results, [produced.def.result.digest, uploaded]]),
+      place: () => b.id,
+    });
+    expect(await readResult(b, onB.result.outputs[0]?.resultId ?? '', 'wb2.txt')).toBe(`${run}\n`);
+    expect(a.materializer?.stats.requests).toBe(asked);
+  });
+
+  it('write-behind yields to tasks: a pass stops before the next layer once a task arrives', async () => {
+    const run = salt();
+    const st = sh(sh(image(fixture), `echo ${run} > /y1.txt`), `echo ${run} > /y2.txt`);
+    const produced = await submitGraph(d, def(st), { salt: run, place: () => b.id });
+    const id = produced.result.outputs[0]?.resultId ?? '';
+    // B's write-behind waits far longer than this test: the result is pending there.
+    expect(b.writeBehind?.pending()).toContain(id);
+    expect(await b.runner.materializeResult(id, { yieldTo: () => true })).toBeUndefined();
+    const layers = await b.runner.materializeResult(id, { yieldTo: () => false });
+    expect(layers?.map((l) => l.diffId)).toEqual(
+      produced.result.outputs[0]?.layers?.map((l) => l.diffId),
+    );
+  });
+
+  it('fails a task whose input has no blob and whose holder is gone with TASK_INPUT_LOST', async () => {
+    const producer = sh(image(fixture), `echo ${salt()} > /data.txt`);
+    const run = salt();
+    const produced = await submitGraph(d, def(producer), { salt: run, place: () => a.id });
+    const results = new Map(produced.results);
+    const last = produced.def.result.digest;
+    // The producer's result as if its holder had died: no worker answers for it.
+    results.set(last, { ...produced.result, workerId: 'node-gone' } as typeof produced.result);
+    const consumer = sh(producer, 'cat /data.txt > /copy.txt');
+    const err = await submitGraph(d, def(consumer), {
+      salt: run,
+      results,
+      place: () => b.id,
+    }).then(
+      () => undefined,
+      (e: unknown) => e as KilnError,
+    );
+    expect(err?.code).toBe(INPUT_LOST_CODE);
+    expect(err?.details.resultId).toBe(produced.result.outputs[0]?.resultId);
+    expect(err?.retryable).toBe(false);
+    expect(b.runner.snapshotOf(produced.result.outputs[0]?.resultId ?? '')).toBeUndefined();
   });
 
   it('reports a failing exec as a task error with its exit code and output tail', async () => {
@@ -317,10 +434,18 @@ describe('WorkerNode', () => {
       expect(await stopped).toMatchObject({ code: 0 });
       expect(logs.some((l) => l.msg === 'worker drained')).toBe(true);
       await until('node-t to be gone', () => !d.liveWorkers().some((w) => w.id === 'node-t'));
-      // Its result outlives it in the store: B rebuilds it from there.
+      // Its result outlives it: the drain uploaded it (write-behind) and its record names the
+      // blobs now, so B rebuilds it from the store without asking anyone.
+      const g = parseDefinition(def(st));
+      const key = `sha256:${createHash('sha256').update(`${run} ${g.result.digest}`).digest('hex')}`;
+      const rec = await getRecord(d.bus.tasks, taskKey(key));
+      const uploaded = decodeResult(fromBase64(rec?.record.result ?? ''));
+      expect(uploaded.outputs[0]?.resultId).toBe(result.outputs[0]?.resultId);
+      expect(uploaded.outputs[0]?.layers?.every((l) => l.digest !== '')).toBe(true);
+      expect(result.outputs[0]?.layers?.some((l) => l.digest === '')).toBe(true);
       const onB = await submitGraph(d, def(sh(st, 'cat /f.txt > /g.txt')), {
         salt: run,
-        results: new Map(results),
+        results: new Map([...results, [g.result.digest, uploaded]]),
         place: () => b.id,
       });
       expect(await readResult(b, onB.result.outputs[0]?.resultId ?? '', 'g.txt')).toBe('drained\n');

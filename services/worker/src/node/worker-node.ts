@@ -4,13 +4,15 @@
  * registration advertises the results held here (affinity). Logs go to the given pino logger,
  * one child per task with its build, vertex and task ids.
  *
- * It also answers the scheduler's content checksum requests for the results it holds
- * (`checksum-responder.ts`, subject `kiln.checksum.<id>`) from start until it stops.
+ * It also answers, for the results it holds, the scheduler's content checksum requests
+ * (`checksum-responder.ts`, subject `kiln.checksum.<id>`) and requests to make a result's layers
+ * blobs (`materialize-responder.ts`, `kiln.materialize.<id>`), from start until it stops.
  *
  * Lifecycle: `start()` -> running; `drain()` takes no new task, finishes (or hands back) the
  * running ones, deregisters and closes the connection; `close()` stops at once (as a crash would:
  * the scheduler re-dispatches the attempts once the heartbeat is missed).
  */
+import { openBus } from '@kiln/bus';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { openStore } from '@kiln/store';
@@ -21,6 +23,8 @@ import type { ConsumerEvent } from '../tasks/task-consumer.js';
 import { join } from 'node:path';
 import { KvFile } from '../solver/kv-file.js';
 import { ChecksumResponder } from './checksum-responder.js';
+import { MaterializeResponder } from './materialize-responder.js';
+import { WriteBehind } from './write-behind.js';
 import type { WorkerConfig } from './config.js';
 import { TaskRunner } from './task-runner.js';
 
@@ -37,6 +41,10 @@ export class WorkerNode {
   #diskTimer: NodeJS.Timeout | undefined;
   /** Answers the scheduler's content checksum requests (`kiln.checksum.<id>`) once started. */
   #checksums: ChecksumResponder | undefined;
+  /** Makes held results blobs on request (`kiln.materialize.<id>`) once started. */
+  #materialize: MaterializeResponder | undefined;
+  /** Uploads held results in the background while no task runs. */
+  #writeBehind: WriteBehind | undefined;
 
   private constructor(
     readonly config: WorkerConfig,
@@ -83,13 +91,22 @@ export class WorkerNode {
       throw err;
     }
     const disk = { free: 0 };
+    let writeBehind: WriteBehind | undefined;
     const consumer = new TaskConsumer({
       nc,
       ...(config.id ? { id: config.id } : {}),
       platforms: config.platforms,
       labels: config.labels,
       slots: config.slots,
-      runTask: runner.run,
+      runTask: async (task, signal, progress) => {
+        writeBehind?.taskStarted();
+        let outcome: Awaited<ReturnType<typeof runner.run>> | undefined;
+        try {
+          return (outcome = await runner.run(task, signal, progress));
+        } finally {
+          writeBehind?.taskEnded(task.cacheKey ?? '', outcome?.outputs ?? []);
+        }
+      },
       heartbeatMs: config.heartbeatMs,
       drainTimeoutMs: config.drainTimeoutMs,
       freeDiskBytes: () => disk.free,
@@ -100,6 +117,20 @@ export class WorkerNode {
       },
     });
     const node = new WorkerNode(config, runner, consumer, nc, log, disk);
+    try {
+      const bus = await openBus(nc);
+      writeBehind = node.#writeBehind = new WriteBehind({
+        tasks: bus.tasks,
+        workerId: consumer.id,
+        materialize: (id, wo) => runner.materializeResult(id, wo),
+        idleMs: config.writeBehindIdleMs,
+        onError: (err, resultId) => log?.warn({ err, resultId }, 'write-behind failed'),
+        onUploaded: (resultId, records) => log?.debug({ resultId, records }, 'result uploaded'),
+      });
+    } catch (err) {
+      await nc.close();
+      throw err;
+    }
     await node.#refreshDisk();
     // statfs is async and the registration is built synchronously: refresh it on the side.
     node.#diskTimer = setInterval(() => void node.#refreshDisk(), 10_000);
@@ -122,6 +153,13 @@ export class WorkerNode {
       onError: (err) => log?.debug({ err }, 'checksum reply failed'),
     });
     node.#checksums.start();
+    node.#materialize = new MaterializeResponder({
+      nc,
+      workerId: consumer.id,
+      materialize: async (id) => (await runner.materializeResult(id)) ?? [],
+      onError: (err, resultId) => log?.warn({ err, resultId }, 'materialize failed'),
+    });
+    node.#materialize.start();
     log?.info(
       {
         workerId: consumer.id,
@@ -143,6 +181,8 @@ export class WorkerNode {
   async drain(timeoutMs?: number): Promise<void> {
     this.log?.info({ workerId: this.id }, 'worker draining');
     await this.consumer.drain(timeoutMs);
+    // What only this worker holds would be lost with it: upload it first.
+    await this.#writeBehind?.flush(timeoutMs ?? this.config.drainTimeoutMs);
     await this.#stop();
     this.log?.info({ workerId: this.id }, 'worker stopped');
   }
@@ -153,6 +193,16 @@ export class WorkerNode {
     await this.#stop();
   }
 
+  /** Write-behind of held results (undefined before `start` finished). */
+  get writeBehind(): WriteBehind | undefined {
+    return this.#writeBehind;
+  }
+
+  /** The materialize responder (undefined before `start` finished). */
+  get materializer(): MaterializeResponder | undefined {
+    return this.#materialize;
+  }
+
   /** The content checksum responder (undefined before `start` finished). */
   get checksums(): ChecksumResponder | undefined {
     return this.#checksums;
@@ -160,7 +210,9 @@ export class WorkerNode {
 
   async #stop(): Promise<void> {
     clearInterval(this.#diskTimer);
+    await this.#writeBehind?.stop();
     await this.#checksums?.stop();
+    await this.#materialize?.stop();
     if (!this.nc.isClosed()) await this.nc.close();
   }
 }

@@ -4,7 +4,8 @@
  *
  * - `kiln.test.sleep-ms`: sleep this long (default 0: a no-op);
  * - `kiln.test.fail`: `retryable` (throw a retryable error), `fatal` (non-retryable);
- * - `kiln.test.output`: the result id it produces (default `res-<cache key>`).
+ * - `kiln.test.output`: the result id it produces (default `res-<cache key>`);
+ * - `kiln.test.lazy`: the result has one layer with no blob yet (only its holder has it).
  *
  * The sleep ends early when the signal aborts.
  */
@@ -14,6 +15,7 @@ import type { RunTask, TaskOutcome } from './task-consumer.js';
 export const SLEEP_MS = 'kiln.test.sleep-ms';
 export const FAIL = 'kiln.test.fail';
 export const OUTPUT = 'kiln.test.output';
+export const LAZY = 'kiln.test.lazy';
 
 export const sleepExecutor: RunTask = async (task, signal, progress): Promise<TaskOutcome> => {
   const d = task.metadata?.description ?? {};
@@ -33,5 +35,7 @@ export const sleepExecutor: RunTask = async (task, signal, progress): Promise<Ta
   if (d[FAIL] === 'retryable')
     throw new KilnError('TEST_FAIL', 'test task failed', { retryable: true });
   if (d[FAIL] === 'fatal') throw new KilnError('TEST_FATAL', 'test task failed for good');
-  return { outputs: [{ resultId: d[OUTPUT] ?? `res-${task.cacheKey}` }] };
+  const resultId = d[OUTPUT] ?? `res-${task.cacheKey}`;
+  if (d[LAZY]) return { outputs: [{ resultId, layers: [{ diffId: resultId, digest: '' }] }] };
+  return { outputs: [{ resultId }] };
 };
