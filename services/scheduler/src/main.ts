@@ -35,7 +35,8 @@ async function main(): Promise<void> {
     maxAttempts: config.maxAttempts,
     onEvent: (e) => {
       if (e.type === 'error') dlog.warn({ where: e.where, err: String(e.error) }, 'dispatch error');
-      else if (e.type === 'failed' || e.type === 'redispatched') dlog.info(e, e.type);
+      else if (e.type === 'failed' || e.type === 'redispatched' || e.type === 'result-lost')
+        dlog.info(e, e.type);
       else dlog.debug(e, e.type);
     },
   });

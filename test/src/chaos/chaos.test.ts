@@ -61,7 +61,11 @@ interface Farm {
 }
 
 /** nats-server, the scheduler and `ids.length` workers sharing one filesystem store. */
-async function startFarm(ids: string[], schedulerPort?: number): Promise<Farm> {
+async function startFarm(
+  ids: string[],
+  schedulerPort?: number,
+  workerArgs: string[] = [],
+): Promise<Farm> {
   const dir = join(tmp.dir, uid());
   const storeDir = join(dir, 'store');
   // The bus's store dir is ours: kept across a restart of the server.
@@ -72,7 +76,9 @@ async function startFarm(ids: string[], schedulerPort?: number): Promise<Farm> {
   const scheduler = await startScheduler(entries, nats.url, { port: schedulerPort });
   cleanups.push(() => scheduler.proc.stop(5_000));
   const workers = await Promise.all(
-    ids.map((id) => startWorker(entries, nats.url, { id, stateDir: join(dir, id), storeDir })),
+    ids.map((id) =>
+      startWorker(entries, nats.url, { id, stateDir: join(dir, id), storeDir, args: workerArgs }),
+    ),
   );
   for (const w of workers) cleanups.push(() => w.proc.stop(10_000));
   const client = await KilnClient.connect(scheduler.addr);
@@ -152,6 +158,56 @@ describe('chaos through the control API', () => {
       storeDir: farm.storeDir,
     });
     cleanups.push(() => back.proc.stop(10_000));
+  });
+
+  it('a cached result whose holder died without uploading it: the vertex reruns, the build succeeds', async () => {
+    // Write-behind far beyond the test: the holder never uploads on its own.
+    const farm = await startFarm(['lost-a', 'lost-b'], undefined, [
+      '--write-behind-idle-ms',
+      '600000',
+    ]);
+    const tag = uid();
+    const base = image(fixture);
+    const run1 = base.run({ args: ['/bin/sh', '-c', `echo ran-${tag}; echo ${tag} > /a.txt`] });
+    const first = marshal(
+      run1
+        .root()
+        .run({ args: ['/bin/sh', '-c', 'cat /a.txt > /b.txt'] })
+        .root(),
+      { platform: LinuxAmd64 },
+    );
+    const run1Digest = parseDefinition(marshal(run1.root(), { platform: LinuxAmd64 }).toProto())
+      .result.digest;
+    const s1 = new StatusLog(farm.client, `lost1-${tag}`);
+    await farm.client.solve({ buildId: `lost1-${tag}`, definition: first });
+    await s1.done;
+    // The holder of the intermediate RUN's result (never uploaded: nothing needed its blob).
+    const holderId = s1.vertices().get(run1Digest)?.workerId;
+    const victim = farm.workers.find((w) => w.id === holderId)!;
+    const survivor = farm.workers.find((w) => w !== victim)!;
+    victim.proc.kill('SIGKILL');
+    await victim.proc.exited;
+
+    // Another build on the same RUN: its record is a hit whose holder is gone.
+    const second = marshal(
+      run1
+        .root()
+        .run({ args: ['/bin/sh', '-c', 'cat /a.txt > /c.txt'] })
+        .root(),
+      { platform: LinuxAmd64 },
+    );
+    const s2 = new StatusLog(farm.client, `lost2-${tag}`);
+    const res = await farm.client.solve({ buildId: `lost2-${tag}`, definition: second });
+    await s2.done;
+    expect(res.exporterResponse['result.worker']).toBe(survivor.id);
+    expect(readResultFile(farm.storeDir, layersOf(res.exporterResponse), '/c.txt')).toBe(
+      `${tag}\n`,
+    );
+    // The RUN ran again, on the survivor.
+    const v = s2.vertices().get(run1Digest);
+    expect(v?.workerId).toBe(survivor.id);
+    expect(v?.error).toBe('');
+    expect(s2.logs(run1Digest).some((l) => l.includes(`ran-${tag}`))).toBe(true);
   });
 
   it('nats-server restart mid-RUN: the build completes, the RUN ran once', async () => {

@@ -21,7 +21,7 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { Attr, SpanName, tracer } from '@kiln/common';
 import { SpanStatusCode, context, trace } from '@opentelemetry/api';
-import { listWorkers } from '@kiln/bus';
+import { INPUT_LOST_CODE, listWorkers } from '@kiln/bus';
 import type { WorkerInfo } from '@kiln/bus';
 import { getFrontend } from '@kiln/dockerfile';
 import type { MetaResolver } from '@kiln/dockerfile';
@@ -50,7 +50,9 @@ import {
 } from '../solver/errors.js';
 import { natsContentChecksums } from '../solver/content-checksums.js';
 import type { ContentChecksums } from '../solver/content-checksums.js';
+import { natsMaterializer } from '../solver/materialize.js';
 import { solveGraph } from '../solver/solve.js';
+import type { Materializer } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
 import { BuildRegistry } from './builds.js';
 import type { Build, BuildRegistryOptions } from './builds.js';
@@ -66,7 +68,8 @@ type SolveRequest = InstanceType<typeof control.SolveRequest>;
 type StatusRequest = InstanceType<typeof control.StatusRequest>;
 
 export interface ControlServerOptions extends BuildRegistryOptions {
-  dispatcher: Pick<Dispatcher, 'submit' | 'cancel' | 'bus'>;
+  dispatcher: Pick<Dispatcher, 'submit' | 'cancel' | 'bus'> &
+    Partial<Pick<Dispatcher, 'forgetResult'>>;
   /** Image config lookup for the Dockerfile frontend's base images. */
   metaResolver?: MetaResolver;
   /** Platform of ops that name none (`os/arch[/variant]`). Default `linux/amd64`. */
@@ -173,6 +176,7 @@ export class ControlServer {
   readonly #log: Logger;
   readonly #defaultPlatform: Platform;
   readonly #checksums: ContentChecksums | undefined;
+  readonly #materialize: Materializer;
   #server: grpc.Server | undefined;
   #closing = false;
 
@@ -186,6 +190,10 @@ export class ControlServer {
       log: this.#log.child({ component: 'session' }),
     });
     this.#defaultPlatform = parsePlatform(o.defaultPlatform ?? 'linux/amd64');
+    const lostLog = this.#log.child({ component: 'materialize' });
+    this.#materialize = natsMaterializer(o.dispatcher.bus.nc, {
+      onLost: (e) => lostLog.info(e, 'result lost'),
+    });
     const checksumLog = this.#log.child({ component: 'checksums' });
     this.#checksums =
       o.checksumTimeoutMs === 0
@@ -325,45 +333,61 @@ export class ControlServer {
       const targets = await this.#load(req);
       // Platforms are solved concurrently; the first failure stops the others (they then fail
       // with BuildCanceledError, so the first real error is the one reported), and the build
-      // ends only once every platform's solve has settled.
-      const settled = await Promise.allSettled(
-        targets.map(async (t) => {
-          try {
-            return {
-              platform: platformToPb(t.platform),
-              name: formatPlatform(t.platform),
-              imageConfigJson:
-                t.imageConfigJson ??
-                JSON.stringify({ architecture: t.platform.architecture, os: t.platform.os }),
-              solved: await context.with(trace.setSpan(context.active(), span), () =>
-                this.#run(build, t.graph, platformToPb(t.platform), req.sessionId, log),
-              ),
-            };
-          } catch (e) {
-            build.abort.abort();
-            throw withSourceLines(e, t.source);
-          }
-        }),
-      );
-      const failures = settled.flatMap((r): unknown[] =>
-        r.status === 'rejected' ? [r.reason] : [],
-      );
-      if (failures.length > 0)
-        throw failures.find((e) => !(e instanceof BuildCanceledError)) ?? failures[0];
-      const results: PlatformResult[] = settled.flatMap((r) =>
-        r.status === 'fulfilled' ? [r.value] : [],
-      );
-      const response = exporterResponse(results);
+      // ends only once every platform's solve has settled. `durable`: the results' blobs must
+      // exist when it returns (without an exporter the response's `result.layers` is what the
+      // client gets; an exporter makes what it needs itself).
+      const solveAll = async (durable: boolean): Promise<PlatformResult[]> => {
+        const settled = await Promise.allSettled(
+          targets.map(async (t) => {
+            try {
+              return {
+                platform: platformToPb(t.platform),
+                name: formatPlatform(t.platform),
+                imageConfigJson:
+                  t.imageConfigJson ??
+                  JSON.stringify({ architecture: t.platform.architecture, os: t.platform.os }),
+                solved: await context.with(trace.setSpan(context.active(), span), () =>
+                  this.#run(build, t.graph, platformToPb(t.platform), req.sessionId, log, durable),
+                ),
+              };
+            } catch (e) {
+              build.abort.abort();
+              throw withSourceLines(e, t.source);
+            }
+          }),
+        );
+        const failures = settled.flatMap((r): unknown[] =>
+          r.status === 'rejected' ? [r.reason] : [],
+        );
+        if (failures.length > 0)
+          throw failures.find((e) => !(e instanceof BuildCanceledError)) ?? failures[0];
+        return settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      };
+      let results = await solveAll(req.exporters.length === 0);
+      let response = exporterResponse(results);
       if (req.exporters.length > 0) {
-        const exported = await runExports(req.exporters, results, {
-          submit: (t, opts) => this.#o.dispatcher.submit(t, opts),
-          store: this.#o.store,
-          session,
-          buildId: ref,
-          sessionId: req.sessionId,
-          signal: build.abort.signal,
-          onVertex: (v) => build.status.push(vertexFrame(v)),
-        });
+        const exportAll = () =>
+          runExports(req.exporters, results, {
+            submit: (t, opts) => this.#o.dispatcher.submit(t, opts),
+            store: this.#o.store,
+            session,
+            buildId: ref,
+            sessionId: req.sessionId,
+            signal: build.abort.signal,
+            onVertex: (v) => build.status.push(vertexFrame(v)),
+          });
+        let exported: Record<string, string>;
+        try {
+          exported = await exportAll();
+        } catch (e) {
+          if (!(e instanceof KilnError) || e.code !== INPUT_LOST_CODE) throw e;
+          // A result's holder died before its export: solve again, this time making the
+          // results blobs (a lost one reruns), and export those.
+          log.info({ resultId: e.details.resultId }, 'export input lost: solving again');
+          results = await solveAll(true);
+          response = exporterResponse(results);
+          exported = await exportAll();
+        }
         Object.assign(response, exported);
       }
       log.info('build done');
@@ -443,8 +467,10 @@ export class ControlServer {
     platform: pb.IPlatform,
     sessionId: string,
     log: Logger,
+    durable: boolean,
   ): Promise<SolveResult> {
     return solveGraph(graph, {
+      ...(durable ? { materialize: this.#materialize } : {}),
       submitter: this.#o.dispatcher,
       buildId: build.id,
       defaultPlatform: platform,

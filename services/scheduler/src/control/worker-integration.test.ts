@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
+import { decodeMaterializeReply, encodeMaterializeJson, materializeSubject } from '@kiln/bus';
 import { FsBlobStore } from '@kiln/store';
 import { KilnClient, dockerfileInput } from '@kiln/client';
 import type { StatusResponse } from '@kiln/client';
@@ -208,9 +209,20 @@ describe('sessions and exporters with real workers', () => {
       const fileDigest = createHash('sha256').update(`hello ${tag}\n`).digest('hex');
       expect(existsSync(join(storeDir, 'blobs', 'sha256', fileDigest))).toBe(true);
       expect(tarBytes.includes(secret)).toBe(false);
-      const layers = JSON.parse(res.exporterResponse['result.layers'] ?? '[]') as {
-        digest: string;
-      }[];
+      // The tar exporter needed no blob of the result: its layers are made on request, by the
+      // worker holding it.
+      const reply = decodeMaterializeReply(
+        (
+          await nc.request(
+            materializeSubject(res.exporterResponse['result.worker'] ?? ''),
+            encodeMaterializeJson({ resultId: res.exporterResponse['result.id'] ?? '' }),
+            { timeout: 60_000 },
+          )
+        ).data,
+      );
+      if ('error' in reply) throw new Error(reply.error.message);
+      const layers = reply.layers;
+      expect(layers.length).toBeGreaterThan(0);
       for (const l of layers) {
         const blob = readFileSync(join(storeDir, 'blobs', 'sha256', l.digest.slice(7)));
         expect(gunzipSync(blob).includes(secret)).toBe(false);

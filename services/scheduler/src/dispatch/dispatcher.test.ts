@@ -246,6 +246,36 @@ describe('Dispatcher', () => {
     await until('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
+  it('forgets a lost result (no blob, its holder named): the next submit runs the task again', async () => {
+    const w = await worker('lost-w');
+    const t = testTask({ lazy: true });
+    const first = await d.submit(t);
+    expect(first.workerId).toBe(w.id);
+    // Another holder's loss, or a result whose blobs exist, changes nothing.
+    await d.forgetResult(t.cacheKey ?? '', 'someone-else');
+    expect((await record(t))?.state).toBe('done');
+    const eager = testTask();
+    await d.submit(eager);
+    await d.forgetResult(eager.cacheKey ?? '', w.id);
+    expect((await record(eager))?.state).toBe('done');
+    // Lost with its holder: the record fails, and the next submit runs it again.
+    await d.forgetResult(t.cacheKey ?? '', w.id);
+    expect(await record(t)).toMatchObject({
+      state: 'failed',
+      error: { code: 'TASK_RESULT_LOST', retryable: true },
+    });
+    expect(events).toContainEqual({ type: 'result-lost', taskId: t.taskId, worker: w.id });
+    const again = await d.submit({ ...t, taskId: 'again' });
+    expect(again.taskId).toBe(t.taskId);
+    expect((await record(t))?.state).toBe('done');
+    // The worker ran it twice (its stdout may lag behind the bus).
+    await until('the second run to be reported', () =>
+      w.events.filter((e) => e.type === 'completed' && e.taskId === t.taskId).length === 2
+        ? true
+        : undefined,
+    );
+  });
+
   it('discards the late result of a worker presumed dead', async () => {
     const s = await worker('late-s');
     const t = testTask({ sleepMs: 1_000 });

@@ -45,6 +45,7 @@ import {
   recordHeaderValues,
   redispatchRule,
   replaceRule,
+  resultLostRule,
   retrying,
   taskKey,
   taskSubject,
@@ -230,6 +231,23 @@ export class Dispatcher {
       const e = entry;
       this.#enqueue(e, () => this.#begin(e, buildId));
     });
+  }
+
+  /**
+   * The result `holder` made for `cacheKey` is lost (the holder is gone or no longer has it, and
+   * some of its layers have no blob): its done record fails (`TASK_RESULT_LOST`), so the next
+   * submit of the key runs the task again. A record that moved on (rerun elsewhere, or its blobs
+   * uploaded meanwhile) is left as it is.
+   */
+  async forgetResult(cacheKey: string, holder: string): Promise<void> {
+    const key = taskKey(cacheKey);
+    const found = await this.#retry(() => getRecord(this.#bus.tasks, key));
+    if (!found) return;
+    const out = await this.#retry(() =>
+      casRecord(this.#bus.tasks, key, (cur) => resultLostRule(cur, holder), found),
+    );
+    if (out.applied)
+      this.#o.onEvent({ type: 'result-lost', taskId: out.record?.taskId ?? '', worker: holder });
   }
 
   /** Stops waiting for a build's tasks; tasks no other build waits for are cancelled. */
@@ -529,7 +547,11 @@ export class Dispatcher {
             : reviveError(
                 err.code,
                 err.message,
-                { ...details, ...(err.exitCode ? { exitCode: err.exitCode } : {}) },
+                {
+                  ...err.details,
+                  ...details,
+                  ...(err.exitCode ? { exitCode: err.exitCode } : {}),
+                },
                 err.retryable,
               );
         return this.#settle(e, (w) => w.reject(error));

@@ -19,5 +19,7 @@ export type DispatchEvent =
     }
   | { type: 'completed'; taskId: string; worker: string; attempt: number }
   | { type: 'failed'; taskId: string; code: string; attempts: number }
+  /** A done task's result was lost with its holder: the next submit of its key reruns it. */
+  | { type: 'result-lost'; taskId: string; worker: string }
   | { type: 'stale-message-deleted'; seq: number; consumer: string }
   | { type: 'error'; where: string; error: unknown };

@@ -134,6 +134,8 @@ export function testTask(
     fail?: string;
     cacheKey?: string;
     output?: string;
+    /** The result has a layer with no blob (see the sleep executor). */
+    lazy?: boolean;
     inputs?: string[];
   } = {},
 ): TaskInit {
@@ -141,6 +143,7 @@ export function testTask(
   if (o.sleepMs) description['kiln.test.sleep-ms'] = String(o.sleepMs);
   if (o.fail) description['kiln.test.fail'] = o.fail;
   if (o.output) description['kiln.test.output'] = o.output;
+  if (o.lazy) description['kiln.test.lazy'] = '1';
   return {
     taskId: randomUUID(),
     buildId: 'b1',

@@ -17,10 +17,11 @@
 import { randomUUID } from 'node:crypto';
 import { Attr, SpanName, tracer } from '@kiln/common';
 import { SpanStatusCode, context } from '@opentelemetry/api';
+import { INPUT_LOST_CODE, resultHasBlobs } from '@kiln/bus';
 import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { CUSTOM_NAME, depSpecs, inputDigests, opKind } from '@kiln/llb';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
-import { KilnError, formatPlatform, platformFromPb, platformToPb } from '@kiln/protocol';
+import { KilnError, formatPlatform, platformFromPb, platformToPb, workerpb } from '@kiln/protocol';
 import type { Platform, pb } from '@kiln/protocol';
 import type { SubmitOptions } from '../dispatch/index.js';
 import { BuildCanceledError, VertexFailedError } from './errors.js';
@@ -31,7 +32,24 @@ import type { ContentDep } from './fast-key.js';
 /** What the solver needs of the Dispatcher. */
 export interface TaskSubmitter {
   submit(task: TaskInit, opts?: SubmitOptions): Promise<TaskResult>;
+  /**
+   * The result `holder` made for `cacheKey` is lost: the next submit of the key must run the
+   * task again (Dispatcher.forgetResult). Without it, a lost input fails the build.
+   */
+  forgetResult?(cacheKey: string, holder: string): Promise<void>;
 }
+
+/**
+ * Asks a result's holder to make its layers blobs in the store (`kiln.materialize.<holder>`);
+ * undefined when it cannot (gone, no answer, no longer holds it): the result is lost.
+ */
+export type Materializer = (
+  holder: string,
+  resultId: string,
+) => Promise<NonNullable<OutputResult['layers']> | undefined>;
+
+/** How many times one vertex is rerun because a result it needed was lost. */
+const MAX_RERUNS = 3;
 
 export type OutputResult = TaskResult['outputs'][number];
 type ResolvedInput = NonNullable<TaskInit['inputs']>[number];
@@ -61,6 +79,11 @@ export interface SolveOptions {
    * the checksum of those paths (fast-key.ts). Without it, every input is keyed by its result id.
    */
   checksums?: ContentChecksums;
+  /**
+   * Makes the result's blobs exist before the solve returns (its `layers` then all carry a
+   * digest): for a solve whose caller reads the result from the store. A lost result reruns.
+   */
+  materialize?: Materializer;
   signal?: AbortSignal;
   onVertex?: (v: VertexSnapshot) => void;
   onProgress?: (digest: string, p: TaskProgress) => void;
@@ -77,6 +100,14 @@ export interface SolveResult {
 
 /** A vertex not run because an input failed or the build stopped. */
 class Skipped extends Error {}
+
+/** The input a task error names as lost (`TASK_INPUT_LOST`): its result id and holder. */
+function lostInput(e: unknown): { resultId: string; holder: string } | undefined {
+  if (!(e instanceof KilnError) || e.code !== INPUT_LOST_CODE) return undefined;
+  const { resultId, holder } = e.details;
+  if (typeof resultId !== 'string' || !resultId) return undefined;
+  return { resultId, holder: typeof holder === 'string' ? holder : '' };
+}
 
 /** The name BuildKit's progress shows for a vertex. */
 export function vertexName(lo: LoadedOp): string {
@@ -144,6 +175,49 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
   // Vertex spans are children of the caller's span (the build's), if any.
   const parent = context.active();
 
+  /** Cache keys of the vertices submitted, by digest (to forget a lost result). */
+  const keys = new Map<string, string>();
+  /** Reruns of lost results, by the result lost (one rerun however many found it lost). */
+  const reruns = new Map<TaskResult, Promise<TaskResult>>();
+
+  /** Runs vertex `digest` again: its result `lost` is gone with its holder. */
+  const rerun = (digest: string, lost: TaskResult): Promise<TaskResult> => {
+    let p = reruns.get(lost);
+    if (!p) {
+      p = (async () => {
+        const key = keys.get(digest);
+        if (key && o.submitter.forgetResult) await o.submitter.forgetResult(key, lost.workerId);
+        // `done` keeps the lost result until the rerun replaces it: a vertex built on it
+        // meanwhile finds it lost too, and waits for this same rerun.
+        const again = run(g.ops.get(digest)!);
+        results.set(digest, again);
+        return again;
+      })();
+      reruns.set(lost, p);
+    }
+    return p;
+  };
+
+  /**
+   * Reruns the producer of the input of `lo` that was lost (its result id, held by `holder`);
+   * false if there is none. An input rerun meanwhile (another holder now) is just used.
+   */
+  const rerunInput = async (
+    lo: LoadedOp,
+    lostInput: { resultId: string; holder: string },
+  ): Promise<boolean> => {
+    if (!o.submitter.forgetResult) return false;
+    const found = (lo.op.inputs ?? []).find(
+      (inp) => done.get(inp.digest ?? '')?.outputs[num(inp.index)]?.resultId === lostInput.resultId,
+    );
+    const digest = found?.digest ?? '';
+    const current = done.get(digest);
+    if (!current) return false;
+    if (lostInput.holder && current.workerId !== lostInput.holder) return true;
+    await rerun(digest, current);
+    return true;
+  };
+
   const run = async (lo: LoadedOp): Promise<TaskResult> => {
     const deps = inputDigests(lo);
     try {
@@ -153,6 +227,30 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     }
     if (ac.signal.aborted) throw new Skipped();
     const name = vertexName(lo);
+    for (let round = 0; ; round++) {
+      const r = await attempt(lo, name, deps);
+      if ('result' in r) return r.result;
+      // An input was lost with its holder: run its producer again, then this vertex.
+      if (round >= MAX_RERUNS || ac.signal.aborted) throw r.fail();
+      let rerunning = false;
+      try {
+        rerunning = await rerunInput(lo, r.lost);
+      } catch {
+        // The producer's rerun failed: its own error fails the build.
+      }
+      if (ac.signal.aborted) throw new Skipped();
+      if (!rerunning) throw r.fail();
+    }
+  };
+
+  /** One submit of a vertex: its result, or the result id of a lost input (and how to fail). */
+  const attempt = async (
+    lo: LoadedOp,
+    name: string,
+    deps: string[],
+  ): Promise<
+    { result: TaskResult } | { lost: { resultId: string; holder: string }; fail: () => Error }
+  > => {
     const snap: VertexSnapshot = { digest: lo.digest, inputs: deps, name, cached: false };
     const taskId = randomUUID();
     let task: TaskInit;
@@ -196,6 +294,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         preferredWorker: preferred ?? '',
       };
       snap.cacheKey = cacheKey;
+      keys.set(lo.digest, cacheKey);
     } catch (e) {
       if (e instanceof Skipped) throw e;
       const err = new VertexFailedError(lo.digest, name, e);
@@ -234,7 +333,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       span.setAttributes({ [Attr.workerId]: r.workerId, [Attr.cacheHit]: snap.cached });
       span.end();
       o.onVertex?.({ ...snap });
-      return r;
+      return { result: r };
     } catch (e) {
       snap.completedAt = Date.now();
       if (ac.signal.aborted) {
@@ -242,14 +341,20 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         o.onVertex?.({ ...snap, error: 'canceled' });
         throw new Skipped();
       }
-      const err = new VertexFailedError(lo.digest, name, e);
-      span.recordException(err);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+      const fail = (): Error => {
+        const err = new VertexFailedError(lo.digest, name, e);
+        span.recordException(err);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+        span.end();
+        firstError ??= err;
+        ac.abort();
+        o.onVertex?.({ ...snap, error: err.message });
+        return err;
+      };
+      const lost = lostInput(e);
+      if (lost === undefined) throw fail();
       span.end();
-      firstError ??= err;
-      ac.abort();
-      o.onVertex?.({ ...snap, error: err.message });
-      throw err;
+      return { lost, fail };
     }
   };
 
@@ -262,14 +367,42 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
   o.signal?.removeEventListener('abort', onAbort);
   if (firstError) throw firstError;
   if (o.signal?.aborted) throw new BuildCanceledError(o.buildId);
-  const r = done.get(g.result.digest);
-  const out = r?.outputs[g.result.index];
-  if (!r || !out) {
-    throw new VertexFailedError(
-      g.result.digest,
-      vertexName(g.ops.get(g.result.digest)!),
-      new KilnError('SOLVE_MISSING_OUTPUT', `no output ${g.result.index}`),
-    );
+  const resultName = vertexName(g.ops.get(g.result.digest)!);
+  for (let round = 0; ; round++) {
+    const r = done.get(g.result.digest);
+    const out = r?.outputs[g.result.index];
+    if (!r || !out) {
+      throw new VertexFailedError(
+        g.result.digest,
+        resultName,
+        new KilnError('SOLVE_MISSING_OUTPUT', `no output ${g.result.index}`),
+      );
+    }
+    if (!o.materialize || resultHasBlobs([out]))
+      return { result: out, workerId: r.workerId, vertices: done };
+    const layers = await o.materialize(r.workerId, out.resultId ?? '');
+    if (o.signal?.aborted) throw new BuildCanceledError(o.buildId);
+    if (layers) {
+      const made = workerpb.OutputResult.create({ resultId: out.resultId, layers });
+      return { result: made, workerId: r.workerId, vertices: done };
+    }
+    if (round >= MAX_RERUNS || !o.submitter.forgetResult) {
+      throw new VertexFailedError(
+        g.result.digest,
+        resultName,
+        new KilnError('TASK_RESULT_LOST', `the result's holder ${r.workerId} no longer has it`, {
+          retryable: true,
+          details: { resultId: out.resultId ?? '', holder: r.workerId },
+        }),
+      );
+    }
+    // Lost with its holder: run the result vertex again (its inputs as they are, or rerun too).
+    const again = rerun(g.result.digest, r);
+    await Promise.allSettled([again]);
+    await Promise.allSettled(results.values());
+    // Set by the rerun (TypeScript narrowed it to undefined above).
+    const failed = firstError as KilnError | undefined;
+    if (failed) throw failed;
+    if (o.signal?.aborted) throw new BuildCanceledError(o.buildId);
   }
-  return { result: out, workerId: r.workerId, vertices: done };
 }
