@@ -6,6 +6,7 @@
  * the build's outcome is checked through `@kiln/client` and the layers in the store.
  */
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { KilnClient } from '@kiln/client';
 import { KilnError } from '@kiln/protocol';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
@@ -73,7 +74,11 @@ async function startFarm(
   const bus = { nats: await startNats({ storeDir: natsStore }) };
   cleanups.push(() => bus.nats.stop());
   const nats = bus.nats;
-  const scheduler = await startScheduler(entries, nats.url, { port: schedulerPort });
+  const scheduler = await startScheduler(entries, nats.url, {
+    port: schedulerPort,
+    // The workers' store: exporters' artifacts are read from it.
+    env: { KILN_STORE_DIR: storeDir },
+  });
   cleanups.push(() => scheduler.proc.stop(5_000));
   const workers = await Promise.all(
     ids.map((id) =>
@@ -208,6 +213,70 @@ describe('chaos through the control API', () => {
     expect(v?.workerId).toBe(survivor.id);
     expect(v?.error).toBe('');
     expect(s2.logs(run1Digest).some((l) => l.includes(`ran-${tag}`))).toBe(true);
+  });
+
+  it('an export whose input was never uploaded and whose holder died: solved again, exported', async () => {
+    const farm = await startFarm(['lostx-a', 'lostx-b'], undefined, [
+      '--write-behind-idle-ms',
+      '600000',
+    ]);
+    const tag = uid();
+    const def = marshal(
+      image(fixture)
+        .run({ args: ['/bin/sh', '-c', `echo ran-${tag}; echo ${tag} > /x.txt`] })
+        .root(),
+      { platform: LinuxAmd64 },
+    );
+    const run = parseDefinition(def.toProto()).result.digest;
+    const exported: Buffer[] = [];
+    const session = farm.client.session({
+      onExport: () =>
+        new Writable({
+          write(c: Buffer, _e, cb) {
+            exported.push(c);
+            cb();
+          },
+        }),
+    });
+    cleanups.push(() => Promise.resolve(session.close()));
+    // A tar export needs no blob: the RUN's result stays on its worker only.
+    const s1 = new StatusLog(farm.client, `lostx1-${tag}`);
+    await farm.client.solve({
+      buildId: `lostx1-${tag}`,
+      definition: def,
+      sessionId: session.id,
+      exporters: [{ type: 'tar' }],
+    });
+    await session.exportsWritten(1);
+    await s1.done;
+    const holderId = s1.vertices().get(run)?.workerId;
+    const victim = farm.workers.find((w) => w.id === holderId)!;
+    const survivor = farm.workers.find((w) => w !== victim)!;
+    victim.proc.kill('SIGKILL');
+    await victim.proc.exited;
+
+    // The same graph exported as `local` (another export, so not a cache hit itself): its input
+    // is a cached result whose holder is gone.
+    exported.length = 0;
+    const s2 = new StatusLog(farm.client, `lostx2-${tag}`);
+    const res = await farm.client.solve({
+      buildId: `lostx2-${tag}`,
+      definition: def,
+      sessionId: session.id,
+      exporters: [{ type: 'local' }],
+    });
+    await session.exportsWritten(2);
+    await s2.done;
+    expect(res.exporterResponse['export.count']).toBe('1');
+    expect(Buffer.concat(exported).includes(Buffer.from(`${tag}\n`))).toBe(true);
+    // The first export found its input lost; the build solved again (making the blobs) and
+    // exported that: the RUN ran again, on the survivor.
+    await waitFor('the scheduler to log the lost export input', () =>
+      farm.scheduler.lines.some((l) => l.msg === 'export input lost: solving again'),
+    );
+    expect(s2.vertices().get(run)?.workerId).toBe(survivor.id);
+    expect(s2.logs(run).some((l) => l.includes(`ran-${tag}`))).toBe(true);
+    expect(layersOf(res.exporterResponse).every((l) => l.digest !== '')).toBe(true);
   });
 
   it('nats-server restart mid-RUN: the build completes, the RUN ran once', async () => {

@@ -126,13 +126,23 @@ function platformOf(op: pb.IOp, fallback: pb.IPlatform): Platform {
   return p;
 }
 
-/** The worker holding most input bytes (each input counts one byte more, so empty ones count). */
+/**
+ * What a layer with no blob yet weighs in placement: elsewhere it costs its holder a compression
+ * and an upload before the fetch, so its holder comes first whatever the uploaded bytes.
+ */
+const UNUPLOADED_LAYER_WEIGHT = 2 ** 40;
+
+/**
+ * The worker holding most input bytes (each input counts one byte more, so empty ones count;
+ * layers not uploaded yet count most).
+ */
 function preferredWorker(inputs: readonly ResolvedInput[]): string | undefined {
   const weight = new Map<string, number>();
   for (const i of inputs) {
     if (!i.holderWorker) continue;
     let bytes = 1;
-    for (const l of i.layers ?? []) bytes += Number(l.size ?? 0);
+    for (const l of i.layers ?? [])
+      bytes += l.digest ? Number(l.size ?? 0) : UNUPLOADED_LAYER_WEIGHT;
     weight.set(i.holderWorker, (weight.get(i.holderWorker) ?? 0) + bytes);
   }
   let best: string | undefined;
