@@ -16,7 +16,7 @@
  *   result id.
  * - At most `concurrency` checksums are computed at once; the others wait their turn.
  */
-import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
+import type { NatsConnection, Msg } from '@nats-io/transport-node';
 import {
   ChecksumResultUnknownError,
   checksumSubject,
@@ -26,6 +26,7 @@ import {
 } from '@kiln/bus';
 import type { ChecksumDepSpec, ChecksumEntry, ChecksumReply, ChecksumReplyError } from '@kiln/bus';
 import { KilnError } from '@kiln/protocol';
+import { RequestSubscription } from './request-subscription.js';
 import { depChecksum } from '../cache/dep-checksum.js';
 import { EMPTY_RESULT_ID } from './result-id.js';
 
@@ -81,35 +82,30 @@ export class ChecksumResponder {
   readonly #concurrency: number;
   readonly #waiting: (() => void)[] = [];
   #active = 0;
-  #sub: Subscription | undefined;
+  readonly #requests: RequestSubscription;
   /** Requests answered, and checksums actually computed (the rest came from the memo). */
   readonly stats = { requests: 0, computed: 0 };
 
   constructor(o: ChecksumResponderOptions) {
     this.#o = o;
+    this.#requests = new RequestSubscription(o.nc, checksumSubject(o.workerId), (msg) => {
+      void this.#answer(msg);
+    });
     this.#memoEntries = o.memoEntries ?? 10_000;
     this.#concurrency = Math.max(1, o.concurrency ?? 4);
   }
 
-  /** Subscribes to the worker's checksum subject. */
+  /** Subscribes to the worker's subject. */
   start(): void {
-    if (this.#sub) return;
-    this.#sub = this.#o.nc.subscribe(checksumSubject(this.#o.workerId), {
-      callback: (err, msg) => {
-        if (!err) void this.#answer(msg);
-      },
-    });
+    this.#requests.start();
   }
 
   /**
    * Stops answering: once this resolves, the server knows (requests get no responders at once,
    * and their askers fall back).
    */
-  async stop(): Promise<void> {
-    if (!this.#sub) return;
-    this.#sub.unsubscribe();
-    this.#sub = undefined;
-    if (!this.#o.nc.isClosed()) await this.#o.nc.flush().catch(() => undefined);
+  stop(): Promise<void> {
+    return this.#requests.stop();
   }
 
   /** The checksum of each spec inside a held result (what a request is answered with). */

@@ -8,10 +8,11 @@
  *   error reply, never a crash; the asker then treats the result as lost (the vertex reruns).
  * - Requests for different results run concurrently; the same layer is made once.
  */
-import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { decodeMaterializeRequest, encodeMaterializeJson, materializeSubject } from '@kiln/bus';
 import type { MaterializeReply, MaterializedLayer } from '@kiln/bus';
 import { KilnError } from '@kiln/protocol';
+import { RequestSubscription } from './request-subscription.js';
 
 export interface MaterializeResponderOptions {
   nc: NatsConnection;
@@ -24,30 +25,28 @@ export interface MaterializeResponderOptions {
 
 export class MaterializeResponder {
   readonly #o: MaterializeResponderOptions;
-  #sub: Subscription | undefined;
+  readonly #requests: RequestSubscription;
   /** Requests answered, and those answered with an error. */
   readonly stats = { requests: 0, errors: 0 };
 
   constructor(o: MaterializeResponderOptions) {
     this.#o = o;
-  }
-
-  /** Subscribes to the worker's materialize subject. */
-  start(): void {
-    if (this.#sub) return;
-    this.#sub = this.#o.nc.subscribe(materializeSubject(this.#o.workerId), {
-      callback: (err, msg) => {
-        if (!err) void this.#answer(msg);
-      },
+    this.#requests = new RequestSubscription(o.nc, materializeSubject(o.workerId), (msg) => {
+      void this.#answer(msg);
     });
   }
 
-  /** Stops answering: once this resolves, askers get no responders at once. */
-  async stop(): Promise<void> {
-    if (!this.#sub) return;
-    this.#sub.unsubscribe();
-    this.#sub = undefined;
-    if (!this.#o.nc.isClosed()) await this.#o.nc.flush().catch(() => undefined);
+  /** Subscribes to the worker's subject. */
+  start(): void {
+    this.#requests.start();
+  }
+
+  /**
+   * Stops answering: once this resolves, the server knows (requests get no responders at once,
+   * and their askers fall back).
+   */
+  stop(): Promise<void> {
+    return this.#requests.stop();
   }
 
   async #answer(msg: Msg): Promise<void> {
