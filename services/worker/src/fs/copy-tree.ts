@@ -2,13 +2,22 @@
  * Tree copy with `cp -a` semantics (tonistiigi/fsutil's copy, as BuildKit's FileOp uses it):
  * modes, owners, symlinks (copied as links, never followed), hardlinks (within one copy), times and
  * devices are preserved, with optional owner/mode/time overrides and include/exclude patterns.
- * Reads stay inside the source root and writes inside the destination root: every entry is
- * lstat'ed, directories are only entered when they are real directories, files are created with
- * O_EXCL (which never follows a symlink), and an existing destination entry that is in the way
- * is never written through. Extended attributes are copied as fsutil does (its errors ignored, as
- * BuildKit's FileOp does), except `trusted.overlay.*` and `security.selinux`: one `getfattr` over
- * the source and, only when it found any, one `setfattr` at the end (after chown, which would
- * clear `security.capability`).
+ * Reads stay inside the source root and writes inside the destination root: every source entry is
+ * lstat'ed, directories are only entered when they are real directories (a destination directory
+ * is either made by this copy or lstat'ed as a real one), files, links and symlinks are created
+ * exclusively (O_EXCL, which never follows a symlink; on EEXIST what is in the way is removed and
+ * the entry created again), and an existing destination entry that is in the way is never written
+ * through. Extended attributes are copied as fsutil does (its errors ignored, as BuildKit's FileOp
+ * does), except `trusted.overlay.*` and `security.selinux`: one `getfattr` over the source and,
+ * only when it found any, one `setfattr` at the end (after chown, which would clear
+ * `security.capability`).
+ *
+ * Many small files (issue 9): up to {@link COPY_CONCURRENCY} entries are worked on at once (their
+ * fs calls run in libuv's threadpool), and a file costs an lstat, a `copyFile` (which already gives
+ * it the source's mode) and an `lutimes`, plus an `lchown` only when the owner it was created with
+ * is not the wanted one and a `chmod` only when its mode is not. A directory's own metadata is set
+ * once everything below it is in. A failure stops new work; the copy rejects once nothing it
+ * started is still running.
  */
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
@@ -29,9 +38,9 @@ import {
 } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { promisify } from 'node:util';
-import { FsError, FsErrorCode, lstatOrUndefined } from '@kiln/layers';
+import { FsError, FsErrorCode, errnoOf, lstatOrUndefined } from '@kiln/layers';
 import { goMatch, splitWildcards } from './match.js';
-import { applyMeta, mkdirAllResolved } from './ops.js';
+import { mkdirAllResolved } from './ops.js';
 import type { Owner } from './ops.js';
 import { EMPTY_MATCH_INFO, PatternMatcher } from './patterns.js';
 import type { MatchInfo } from './patterns.js';
@@ -99,6 +108,13 @@ export async function resolveWildcards(
   return out;
 }
 
+/**
+ * How many entries one copy works on at once. Their fs calls queue in libuv's threadpool, so more
+ * than a few times its size buys nothing; a directory being walked does not hold a slot while its
+ * children are copied, so nesting never waits on itself.
+ */
+export const COPY_CONCURRENCY = 32;
+
 interface DirFrame {
   src: string;
   dst: string;
@@ -107,6 +123,38 @@ interface DirFrame {
   exists: boolean;
   /** Whether this copy created it (its metadata is then set once its children are in). */
   created: boolean;
+  /** Makes it exist; shared by the siblings that need it (set by the first). */
+  ready?: Promise<void>;
+  /**
+   * The group an entry created in it gets (its own when it is setgid, else the process's), or
+   * undefined when not known (then every entry is chowned).
+   */
+  newGid?: number | undefined;
+}
+
+/**
+ * Counting slots for {@link COPY_CONCURRENCY}, shared by every directory of one copy (waiters are
+ * served in order). Not `forEachLimit`: that bounds one list, and a limit per directory would
+ * multiply down a tree.
+ */
+class Slots {
+  private readonly waiters: (() => void)[] = [];
+
+  constructor(private free: number) {}
+
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+
+  release(): void {
+    const next = this.waiters.shift();
+    if (next !== undefined) next();
+    else this.free++;
+  }
 }
 
 /**
@@ -156,7 +204,19 @@ export async function copyPath(
   await mkdirAllResolved(dstRoot, target, parentMeta);
 
   copier.xattrs = await readTreeXattrs(srcHost);
-  await copier.copyEntry(srcHost, '', dstHost, false, EMPTY_MATCH_INFO, EMPTY_MATCH_INFO, []);
+  // The directory the copied entry lands in (already a real directory: made or resolved above).
+  const into: DirFrame = {
+    src: srcHost,
+    dst: posix.dirname(dstHost),
+    stat: srcStat,
+    exists: true,
+    created: false,
+  };
+  if (dstHost !== dstRoot) {
+    const st = await lstatOrUndefined(into.dst);
+    if (st?.isDirectory()) into.newGid = copier.newGidIn(st, st.mode);
+  }
+  await copier.copyTree(srcHost, dstHost, into);
   await copier.finishXattrs();
 }
 
@@ -167,11 +227,34 @@ async function statInRoot(root: string, host: string): Promise<Stats | undefined
   return lstatOrUndefined(await resolveInRoot(root, displayPath(root, host)));
 }
 
+/** One entry to copy: where it is, where it goes, and what its parents decided. */
+interface Job {
+  src: string;
+  /** Path below the copied source ('' for the source itself), matched against the patterns. */
+  rel: string;
+  target: string;
+  overwriteMeta: boolean;
+  incParent: MatchInfo;
+  excParent: MatchInfo;
+  /**
+   * The directories on the way that were deferred because only part of them is included: they
+   * are created when something inside them is copied.
+   */
+  parents: DirFrame[];
+  /** The directory the entry is created in. */
+  into: DirFrame;
+}
+
 class TreeCopier {
-  private readonly inodes = new Map<string, string>();
+  private readonly inodes = new Map<string, Promise<string>>();
   private readonly include: PatternMatcher | undefined;
   private readonly exclude: PatternMatcher | undefined;
   private readonly chownAll: boolean;
+  private readonly uid = process.geteuid?.() ?? -1;
+  private readonly gid = process.getegid?.() ?? -1;
+  private readonly slots = new Slots(COPY_CONCURRENCY);
+  /** Set by the first failure: no new entry is started. */
+  private failed = false;
   /** Extended attributes of the copied source, by path below it (`rel`). */
   xattrs: ReadonlyMap<string, Xattrs> = new Map();
   private readonly pendingXattrs: XattrTarget[] = [];
@@ -190,21 +273,50 @@ class TreeCopier {
     this.chownAll = opts.owner !== undefined || process.getuid?.() === 0;
   }
 
+  /** Copies host `src` (already inside the source root) to host `target`, created in `into`. */
+  async copyTree(src: string, target: string, into: DirFrame): Promise<void> {
+    const job: Job = {
+      src,
+      rel: '',
+      target,
+      overwriteMeta: false,
+      incParent: EMPTY_MATCH_INFO,
+      excParent: EMPTY_MATCH_INFO,
+      parents: [],
+      into,
+    };
+    await this.slots.acquire();
+    await this.run(job);
+  }
+
+  /** The group of what is created in a directory of `st` whose mode is (or is about to be) `mode`. */
+  newGidIn(st: Stats, mode: number): number {
+    return mode & 0o2000 ? st.gid : this.gid;
+  }
+
+  /** Runs one job that holds a slot; the slot is given back once the job's own fs calls are done. */
+  private async run(job: Job): Promise<void> {
+    let held = true;
+    const release = (): void => {
+      if (held) this.slots.release();
+      held = false;
+    };
+    try {
+      await this.copyEntry(job, release);
+    } catch (err) {
+      this.failed = true;
+      throw err;
+    } finally {
+      release();
+    }
+  }
+
   /**
-   * Copies host `src` (already inside the source root) to host `target`. `rel` is the path below
-   * the copied source ('' for the source itself), matched against include/exclude patterns.
-   * `parents` are the directories on the way that were deferred because only part of them is
-   * included: they are created when something inside them is copied.
+   * Copies one entry. A directory calls `release` once it is made and read, copies its children
+   * (each started once a slot is free), then sets its own metadata.
    */
-  async copyEntry(
-    src: string,
-    rel: string,
-    target: string,
-    overwriteMeta: boolean,
-    incParent: MatchInfo,
-    excParent: MatchInfo,
-    parents: DirFrame[],
-  ): Promise<void> {
+  private async copyEntry(job: Job, release: () => void): Promise<void> {
+    const { src, rel, target, overwriteMeta, parents } = job;
     const st = await lstatOrUndefined(src);
     if (st === undefined) {
       throw new FsError(FsErrorCode.NotFound, 'no such file or directory', {
@@ -216,7 +328,7 @@ class TreeCopier {
     let excInfo = EMPTY_MATCH_INFO;
     if (rel !== '') {
       if (this.include !== undefined) {
-        const r = this.include.matchesUsingParentResults(rel, incParent);
+        const r = this.include.matchesUsingParentResults(rel, job.incParent);
         incInfo = r.info;
         if (!r.matched) {
           if (!st.isDirectory() || !this.mayIncludeBelow(rel)) return;
@@ -224,7 +336,7 @@ class TreeCopier {
         }
       }
       if (this.exclude !== undefined) {
-        const r = this.exclude.matchesUsingParentResults(rel, excParent);
+        const r = this.exclude.matchesUsingParentResults(rel, job.excParent);
         excInfo = r.info;
         if (r.matched && !this.exceptionBelow(rel, st)) return;
       }
@@ -232,39 +344,62 @@ class TreeCopier {
 
     if (st.isDirectory()) {
       const frame: DirFrame = { src, dst: target, stat: st, exists: false, created: false };
-      if (full) await this.ensureDirs([...parents, frame], overwriteMeta);
-      const chain = full ? [] : [...parents, frame];
+      const chain = [...parents, frame];
+      if (full) await this.ensureDirs(chain, job.into, overwriteMeta);
       const names = (await readdir(src)).sort();
-      for (const name of names) {
-        await this.copyEntry(
-          `${src}/${name}`,
-          rel === '' ? name : `${rel}/${name}`,
-          `${target}/${name}`,
-          true,
-          incInfo,
-          excInfo,
-          chain,
-        );
+      release();
+      await this.copyChildren(names, {
+        ...job,
+        overwriteMeta: true,
+        incParent: incInfo,
+        excParent: excInfo,
+        parents: full ? [] : chain,
+        into: full ? frame : job.into,
+      });
+      if (frame.created || (frame.exists && overwriteMeta && full)) {
+        await this.slots.acquire();
+        try {
+          await this.copyInfo(st, target, rel, undefined, true);
+        } finally {
+          this.slots.release();
+        }
       }
-      if (frame.created || (frame.exists && overwriteMeta && full))
-        await this.copyInfo(st, target, rel);
       return;
     }
 
-    await this.ensureDirs(parents, true);
-    await this.clearFileTarget(target);
+    await this.ensureDirs(parents, job.into, true);
+    const into = parents.at(-1) ?? job.into;
+    let created = 0o7777 & st.mode; // the mode copyFile gives; others are chmod'ed below
     if (st.isFile()) {
       const key = `${st.dev}:${st.ino}`;
       const first = st.nlink > 1 ? this.inodes.get(key) : undefined;
       if (first !== undefined) {
-        await link(first, target);
+        const path = await first;
+        await this.createExclusive(target, () => link(path, target));
         return; // shares the first copy's inode and metadata
       }
-      await copyFile(src, target, constants.COPYFILE_EXCL);
-      if (st.nlink > 1) this.inodes.set(key, target);
+      let copied: ((path: string) => void) | undefined;
+      let failed: ((err: unknown) => void) | undefined;
+      if (st.nlink > 1) {
+        const done = new Promise<string>((resolve, reject) => {
+          copied = resolve;
+          failed = reject;
+        });
+        done.catch(() => undefined); // a later link reports it; none may come
+        this.inodes.set(key, done);
+      }
+      try {
+        await this.createExclusive(target, () => copyFile(src, target, constants.COPYFILE_EXCL));
+      } catch (err) {
+        failed?.(err);
+        throw err;
+      }
+      copied?.(target);
     } else if (st.isSymbolicLink()) {
-      await symlink(await readlink(src), target);
+      const to = await readlink(src);
+      await this.createExclusive(target, () => symlink(to, target));
     } else if (st.isCharacterDevice() || st.isBlockDevice()) {
+      await this.clearFileTarget(target);
       const major = Math.floor(st.rdev / 256) & 0xfff;
       const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
       await execFileAsync('mknod', [
@@ -273,14 +408,53 @@ class TreeCopier {
         String(major),
         String(minor),
       ]);
+      created = -1;
     } else if (st.isFIFO()) {
+      await this.clearFileTarget(target);
       await execFileAsync('mkfifo', [target]);
+      created = -1;
     } else {
       throw new FsError(FsErrorCode.Conflict, 'cannot copy a socket', {
         path: displayPath(this.srcRoot, src),
       });
     }
-    await this.copyInfo(st, target, rel);
+    await this.copyInfo(st, target, rel, { gid: into.newGid, mode: created }, false);
+  }
+
+  /** Starts a job per child as slots free up; settles once all have, with the first failure. */
+  private async copyChildren(names: string[], dir: Job): Promise<void> {
+    const jobs: Promise<void>[] = [];
+    for (const name of names) {
+      await this.slots.acquire();
+      if (this.failed) {
+        this.slots.release();
+        break;
+      }
+      jobs.push(
+        this.run({
+          ...dir,
+          src: `${dir.src}/${name}`,
+          rel: dir.rel === '' ? name : `${dir.rel}/${name}`,
+          target: `${dir.target}/${name}`,
+        }),
+      );
+    }
+    const failure = (await Promise.allSettled(jobs)).find((r) => r.status === 'rejected');
+    if (failure !== undefined) throw failure.reason;
+  }
+
+  /**
+   * Creates a non-directory with `create`, which fails with EEXIST rather than follow or reuse
+   * anything at `target`; then what is in the way is removed and it is created again.
+   */
+  private async createExclusive(target: string, create: () => Promise<void>): Promise<void> {
+    try {
+      await create();
+    } catch (err) {
+      if (errnoOf(err) !== 'EEXIST') throw err;
+      await this.clearFileTarget(target);
+      await create();
+    }
   }
 
   /** Sets the copied entries' extended attributes, in one process; errors are ignored (fsutil). */
@@ -312,28 +486,46 @@ class TreeCopier {
     );
   }
 
-  /** Creates the deferred directories of `chain` that do not exist yet, outermost first. */
-  private async ensureDirs(chain: DirFrame[], overwriteMeta: boolean): Promise<void> {
+  /**
+   * Makes the directories of `chain` that do not exist yet, outermost first (`into` holds the
+   * first). Siblings share a deferred directory: the first to need it makes it, the others wait.
+   */
+  private async ensureDirs(
+    chain: DirFrame[],
+    into: DirFrame,
+    overwriteMeta: boolean,
+  ): Promise<void> {
+    let parent = into;
     for (const d of chain) {
-      if (d.exists) continue;
-      const st = await lstatOrUndefined(d.dst);
-      if (st?.isDirectory()) {
-        if (overwriteMeta) await chmod(d.dst, this.modeOf(d.stat));
-        d.exists = true;
-        continue;
-      }
-      if (st !== undefined) {
-        if (!this.opts.alwaysReplaceExistingDestPaths) {
-          throw new FsError(FsErrorCode.Conflict, 'cannot copy a directory onto a non-directory', {
-            path: displayPath(this.dstRoot, d.dst),
-          });
-        }
-        await rm(d.dst, { force: true });
-      }
-      await mkdir(d.dst, { mode: 0o700 });
-      d.exists = true;
-      d.created = true;
+      const p = parent;
+      await (d.ready ??= this.ensureDir(d, p, overwriteMeta));
+      parent = d;
     }
+  }
+
+  private async ensureDir(d: DirFrame, parent: DirFrame, overwriteMeta: boolean): Promise<void> {
+    const st = await lstatOrUndefined(d.dst);
+    if (st?.isDirectory()) {
+      const mode = overwriteMeta ? this.modeOf(d.stat) : st.mode;
+      if (overwriteMeta) await chmod(d.dst, mode);
+      d.newGid = this.newGidIn(st, mode);
+      d.exists = true;
+      return;
+    }
+    if (st !== undefined) {
+      if (!this.opts.alwaysReplaceExistingDestPaths) {
+        throw new FsError(FsErrorCode.Conflict, 'cannot copy a directory onto a non-directory', {
+          path: displayPath(this.dstRoot, d.dst),
+        });
+      }
+      await rm(d.dst, { force: true });
+    }
+    await mkdir(d.dst, { mode: 0o700 });
+    // A directory made in a setgid one gets its group and its setgid bit: what is made in it then
+    // gets the same group as in its parent.
+    d.newGid = parent.newGid;
+    d.exists = true;
+    d.created = true;
   }
 
   /** Makes room for a non-directory: an existing non-directory is removed (never written through). */
@@ -352,15 +544,36 @@ class TreeCopier {
     return this.opts.mode !== undefined ? this.opts.mode & 0o7777 : st.mode & 0o7777;
   }
 
-  private async copyInfo(st: Stats, target: string, rel: string): Promise<void> {
+  /**
+   * Sets owner, mode, times and (queued) xattrs of a copied entry. `made` tells what it was created
+   * with when known: the group it got (undefined: unknown) and its mode (-1: unknown); a chown or
+   * chmod that would change nothing is skipped.
+   */
+  private async copyInfo(
+    st: Stats,
+    target: string,
+    rel: string,
+    made: { gid: number | undefined; mode: number } | undefined,
+    isDir: boolean,
+  ): Promise<void> {
     const xattrs = this.xattrs.get(rel);
     if (xattrs !== undefined) this.pendingXattrs.push(await xattrTarget(target, xattrs));
+    const mode = this.modeOf(st);
     if (this.chownAll) {
       const o = this.opts.owner ?? { uid: st.uid, gid: st.gid };
-      await lchown(target, o.uid, o.gid);
+      if (
+        made === undefined ||
+        made.gid === undefined ||
+        o.uid !== this.uid ||
+        o.gid !== made.gid
+      ) {
+        await lchown(target, o.uid, o.gid);
+      }
     }
-    const isLink = st.isSymbolicLink();
-    await applyMeta(target, { mode: this.modeOf(st) }, isLink);
+    // After chown, which clears setuid/setgid (so set-id modes are always set; a write by a
+    // non-root copy clears them too). Symlinks have no mode of their own on Linux.
+    const modeSet = made !== undefined && made.mode === mode && (mode & 0o6000) === 0;
+    if (!st.isSymbolicLink() && (isDir || !modeSet)) await chmod(target, mode);
     const t = this.opts.time;
     await lutimes(target, t ?? st.atime, t ?? st.mtime);
   }
