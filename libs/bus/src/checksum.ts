@@ -9,8 +9,7 @@
  *   order (a digest, or the error computing it), or a single error for the whole request (the
  *   worker does not hold that result, the request is malformed). JSON both ways.
  *
- * A digest is the worker's `cache/contenthash` checksum of each selector joined by `,` (the same
- * value the worker's local solver keys with). Results are immutable, so a digest never changes for
+ * A digest is the worker's `cache/contenthash` checksum of each selector joined by `,`. Results are immutable, so a digest never changes for
  * a given (result id, spec) and any holder of the id gives the same answer. No reply (or no
  * responders: the worker is gone) means the asker falls back to keying by the result id.
  */

@@ -1,8 +1,8 @@
 /**
  * The content checksum of one content-based dep (`DepSpec` of `@kiln/llb`): each selector's
  * {@link checksum} inside the input's tree, with the dep's wildcard, symlink and include/exclude
- * rules, joined by `,`. The local solver keys with it, and the worker answers the scheduler's
- * checksum requests with it (`node/checksum-responder.ts`), so both give the same digest.
+ * rules, joined by `,`. The worker answers the scheduler's checksum requests with it
+ * (`node/checksum-responder.ts`).
  */
 import { PatternMatcher } from '../fs/patterns.js';
 import { checksum } from './contenthash.js';

@@ -1,16 +1,14 @@
 /**
- * The worker engine: everything one machine needs to solve LLB graphs (BuildKit's OCI worker).
- * It owns, under one state dir: the content store (`content/`), snapshots (`snapshots/`), the OCI
- * runtime's bundles and cache mounts (`exec/`), the local cache index (`cache-index.jsonl`) and
- * scratch space (`tmp/`). Executors are plugged in by op kind; the local solver drives them.
+ * The worker engine: the resources one machine needs to run LLB ops and export their results
+ * (BuildKit's OCI worker). It owns, under one state dir: the content store (`content/`, unless
+ * one is handed in), snapshots (`snapshots/`), the OCI runtime's bundles and cache mounts
+ * (`exec/`), the layer cache (`layers.json`) and scratch space (`tmp/`). The task runner
+ * (`node/task-runner.ts`) runs ops on it, task by task, with the executors of each op kind.
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { LoadedDefinition } from '@kiln/llb';
 import { FsBlobStore } from '@kiln/store';
 import type { BlobStore } from '@kiln/store';
-import { depChecksum } from '../cache/dep-checksum.js';
-import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
 import { readSnapshot } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 import { RegistryClient } from '@kiln/registry';
@@ -19,11 +17,7 @@ import { OciRuntime } from '../runtime/index.js';
 import type { RuntimeName } from '../runtime/index.js';
 import { openSnapshotter } from '../snapshot/index.js';
 import type { Snapshotter } from '../snapshot/index.js';
-import { ImageMetadataResolver, ImageSource } from '../sources/image/index.js';
-import { CacheIndex } from '../solver/cache-index.js';
-import { KvFile } from '../solver/kv-file.js';
-import { LocalSolver } from '../solver/solver.js';
-import type { SolveOptions, SolveResult } from '../solver/solver.js';
+import { ImageSource } from '../sources/image/index.js';
 import {
   buildImage,
   exportImageTarballFile,
@@ -34,9 +28,6 @@ import type { BuiltImage } from '../exporters/export.js';
 import { LayerCache } from '../exporters/layers.js';
 import { pushImages } from '../exporters/push.js';
 import type { PushResult } from '../exporters/push.js';
-import { ExecExecutor } from './executors/exec.js';
-import { FileExecutor } from './executors/file.js';
-import { SourceExecutor } from './executors/source.js';
 
 export interface EngineOptions {
   /** Everything the engine keeps lives here. */
@@ -46,8 +37,6 @@ export interface EngineOptions {
   registry?: RegistryClientOptions;
   /** The content store; default a filesystem store under `<stateDir>/content`. */
   store?: BlobStore;
-  /** Execs run at once; default the number of CPUs. */
-  parallelism?: number;
 }
 
 /** Where a result goes (BuildKit's `--output`). */
@@ -64,8 +53,6 @@ export class Engine {
     /** The OCI runtime, opened (and probed) on first use: a fully cached build never needs it. */
     readonly runtime: () => Promise<OciRuntime>,
     readonly images: ImageSource,
-    readonly metadata: ImageMetadataResolver,
-    private readonly solver: LocalSolver,
     private readonly env: SnapshotEnv,
     readonly layers: LayerCache,
     readonly registry: RegistryClient,
@@ -92,47 +79,9 @@ export class Engine {
     };
     const client = new RegistryClient(o.registry ?? {});
     const images = new ImageSource({ client, store });
-    const metadata = new ImageMetadataResolver(images);
     const env: SnapshotEnv = { snapshotter, tmpDir };
-    const index = await CacheIndex.open(join(o.stateDir, 'cache-index.jsonl'));
     const layers = await LayerCache.open(join(o.stateDir, 'layers.json'));
-    const checksumMemo = await KvFile.open(join(o.stateDir, 'checksums.jsonl'));
-    const solver = new LocalSolver({
-      executors: {
-        source: new SourceExecutor(env, images, store, layers),
-        exec: new ExecExecutor({ snapshotter, runtime, stateDir: join(o.stateDir, 'exec') }),
-        file: new FileExecutor(env),
-        merge: new MergeExecutor(env, { layers, store }),
-        diff: new DiffExecutor(env, layers, store),
-      },
-      index,
-      checksumMemo,
-      read: (snap, fn) => readSnapshot(env, snap, fn),
-      checksum: depChecksum,
-      exists: (s) =>
-        snapshotter.stat(s).then(
-          () => true,
-          () => false,
-        ),
-      ...(o.parallelism !== undefined ? { parallelism: o.parallelism } : {}),
-    });
-    return new Engine(
-      o.stateDir,
-      store,
-      snapshotter,
-      runtime,
-      images,
-      metadata,
-      solver,
-      env,
-      layers,
-      client,
-    );
-  }
-
-  /** Solves a marshaled Definition (or a loaded one) on this machine. */
-  solve(definition: Uint8Array | LoadedDefinition, opts: SolveOptions = {}): Promise<SolveResult> {
-    return this.solver.solve(definition, opts);
+    return new Engine(o.stateDir, store, snapshotter, runtime, images, env, layers, client);
   }
 
   /** The image (config, manifest, layers in the store) whose filesystem is `snapshot`. */

@@ -9,7 +9,10 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { LinuxAmd64, image, marshal, mkfile } from '@kiln/llb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Engine } from '../engine/engine.js';
+import { FsBlobStore } from '@kiln/store';
+import type { Engine } from '../engine/engine.js';
+import { TaskRunner } from '../node/task-runner.js';
+import { runGraph } from '../node/testing.js';
 
 const run = promisify(execFile);
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
@@ -23,12 +26,17 @@ beforeAll(async () => {
     throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
   state = await mkdtemp(join(tmpdir(), 'kiln-export-'));
   out = await mkdtemp(join(tmpdir(), 'kiln-export-out-'));
-  engine = await Engine.open({ stateDir: state });
+  const runner = await TaskRunner.open({
+    stateDir: state,
+    store: new FsBlobStore({ root: join(state, 'store') }),
+  });
+  engine = runner.engine;
   const st = image(fixture)
     .run({ shlex: 'sh -c "mkdir -p /app && echo hello > /app/hello && rm /bin/ls"' })
     .root()
     .file(mkfile('/app/conf', 0o600, 'x=1\n', { chown: '1000:1000' }));
-  snapshot = (await engine.solve(marshal(st, { platform: LinuxAmd64 }).toBytes())).snapshot;
+  // The result as the worker's task runner commits it, then exported by the runner's engine.
+  snapshot = await runGraph(runner, marshal(st, { platform: LinuxAmd64 }).toBytes());
 }, 120_000);
 afterAll(async () => {
   if (process.env.KILN_KEEP_TEST_DIRS) return;

@@ -125,7 +125,7 @@ describe('checksum responder', () => {
     const before = await digests(node.id, r1, specs);
     for (const dg of before) expect(dg).toMatch(/^sha256:[0-9a-f]{64}(,sha256:[0-9a-f]{64})*$/);
     expect(new Set(before).size).toBe(4);
-    // The digest the local solver keys with, over the very files the held result has.
+    // depChecksum over the very files the held result has.
     const snap = node.runner.snapshotOf(r1);
     expect(before).toEqual(
       await node.runner.engine.read(snap, (dir) =>

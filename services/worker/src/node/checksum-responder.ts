@@ -2,8 +2,7 @@
  * The worker's side of selector-level content keys: it answers `kiln.checksum.<workerId>`
  * (`@kiln/bus` checksum.ts) for the results it holds. Given a result id and dep specs (selectors,
  * wildcard, followLinks, include/exclude patterns), it mounts the held snapshot read-only and
- * returns each spec's content checksum ({@link depChecksum}, the value the local solver keys
- * with). The scheduler keys a COPY (or a read-only subpath mount) by that digest instead of the
+ * returns each spec's content checksum ({@link depChecksum}). The scheduler keys a COPY (or a read-only subpath mount) by that digest instead of the
  * whole input's result id, so a change elsewhere in the input leaves the vertex cached.
  *
  * - Results are immutable: digests are memoized per (result id, spec), at most `memoEntries`

@@ -4,7 +4,7 @@
  * advertises what it holds. Not safe for two processes on one state dir (neither is the rest of
  * the state dir).
  */
-import { KvFile } from '../solver/kv-file.js';
+import { KvFile } from '../cache/kv-file.js';
 
 export class HeldResults {
   private constructor(private readonly kv: KvFile) {}

@@ -39,7 +39,7 @@ import type {
 import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 import type { NatsConnection } from '@nats-io/transport-node';
-import type { SessionProviders } from '../solver/solver.js';
+import type { SessionProviders } from '../ops/executor.js';
 import { contextKey } from '../sources/local/local-contexts.js';
 import type { LocalContexts } from '../sources/local/local-contexts.js';
 import type { LocalSpec } from '../sources/local/local-source.js';

@@ -52,7 +52,7 @@ import { buildSnapshot, snapshotChain } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 import type { RegistryClientOptions } from '@kiln/registry';
 import type { OciRuntime, RuntimeName } from '../runtime/index.js';
-import type { ExecutorContext, OpExecutor, SessionProviders } from '../solver/solver.js';
+import type { ExecutorContext, OpExecutor, SessionProviders } from '../ops/executor.js';
 import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';
 import {
   InputLostError,

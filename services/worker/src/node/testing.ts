@@ -6,10 +6,13 @@
  * spawning it needs no prior build.
  */
 import { createHash, randomUUID } from 'node:crypto';
+import { decodeTask, encodeTask } from '@kiln/bus';
 import type { Bus, TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { parseDefinition } from '@kiln/llb';
+import { KilnError } from '@kiln/protocol';
 import type { LoadedDefinition } from '@kiln/llb';
 import type { NatsConnection } from '@nats-io/transport-node';
+import type { RunTask, TaskOutcome } from '../tasks/task-consumer.js';
 
 export interface NatsHandle {
   readonly url: string;
@@ -169,4 +172,55 @@ export async function submitGraph(
   const result = results.get(g.result.digest);
   if (!result) throw new Error('the result vertex did not run');
   return { results, def: g, result };
+}
+
+/** The subset of a TaskRunner {@link runGraph} drives (its `run` and `snapshotOf`). */
+export interface RunnerLike {
+  run: RunTask;
+  snapshotOf(resultId: string): string | undefined;
+}
+
+/**
+ * Runs every vertex of `def` on one task runner, in order, as the scheduler would dispatch them
+ * (inputs resolved from the results of their producers), and returns the committed snapshot of
+ * the result. A failed task rejects with its typed error (code, message, details).
+ */
+export async function runGraph(
+  runner: RunnerLike,
+  def: Uint8Array,
+  o: { salt?: string } = {},
+): Promise<string | undefined> {
+  const g = parseDefinition(def);
+  const salt = o.salt ?? randomUUID();
+  const outputs = new Map<string, NonNullable<TaskOutcome['outputs']>>();
+  for (const digest of g.order) {
+    const v = g.ops.get(digest)!;
+    const inputs = (v.op.inputs ?? []).map((i) => {
+      const out = outputs.get(i.digest ?? '')?.[Number(i.index ?? 0)];
+      if (!out) throw new Error(`no result for input ${i.digest ?? ''}`);
+      return { resultId: out.resultId, layers: out.layers };
+    });
+    const task = decodeTask(
+      encodeTask({
+        taskId: randomUUID(),
+        buildId: `build-${salt}`,
+        vertexDigest: digest,
+        op: v.bytes,
+        ...(v.metadata ? { metadata: v.metadata } : {}),
+        inputs,
+        cacheKey: `sha256:${createHash('sha256').update(`${salt} ${digest}`).digest('hex')}`,
+        platform: { OS: 'linux', Architecture: 'amd64', Variant: '' },
+      }),
+    );
+    const r = await runner.run(task, new AbortController().signal, () => {});
+    if (r.error) {
+      throw new KilnError(r.error.code ?? 'TASK_FAILED', r.error.message ?? '', {
+        details: { digest },
+      });
+    }
+    outputs.set(digest, r.outputs ?? []);
+  }
+  const id = outputs.get(g.result.digest)?.[g.result.index]?.resultId;
+  if (!id) throw new Error('the result vertex has no output');
+  return runner.snapshotOf(id);
 }

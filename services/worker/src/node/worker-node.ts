@@ -21,7 +21,7 @@ import type { Logger } from 'pino';
 import { TaskConsumer } from '../tasks/task-consumer.js';
 import type { ConsumerEvent } from '../tasks/task-consumer.js';
 import { join } from 'node:path';
-import { KvFile } from '../solver/kv-file.js';
+import { KvFile } from '../cache/kv-file.js';
 import { ChecksumResponder } from './checksum-responder.js';
 import { MaterializeResponder } from './materialize-responder.js';
 import { WriteBehind } from './write-behind.js';

@@ -1,6 +1,6 @@
 /**
- * http(s) and git sources through the engine: a real HTTP server and a real `git daemon` on
- * loopback, real snapshots.
+ * http(s) and git sources run as tasks by the worker's TaskRunner (the path `kiln build` takes):
+ * a real HTTP server and a real `git daemon` on loopback, real snapshots.
  */
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -15,11 +15,13 @@ import { promisify } from 'node:util';
 import { LinuxAmd64, git, http, marshal } from '@kiln/llb';
 import type { State } from '@kiln/llb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Engine } from '../engine/engine.js';
+import { FsBlobStore } from '@kiln/store';
+import { TaskRunner } from '../node/task-runner.js';
+import { runGraph } from '../node/testing.js';
 
 const run = promisify(execFile);
 let work: string;
-let engine: Engine;
+let runner: TaskRunner;
 let server: Server;
 let httpBase: string;
 let daemon: ChildProcess;
@@ -45,7 +47,10 @@ async function waitPort(port: number): Promise<void> {
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'kiln-remote-src-'));
-  engine = await Engine.open({ stateDir: join(work, 'state') });
+  runner = await TaskRunner.open({
+    stateDir: join(work, 'state'),
+    store: new FsBlobStore({ root: join(work, 'store') }),
+  });
   server = createServer((req, res) => {
     hits++;
     if (req.url === '/missing') {
@@ -104,39 +109,35 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-const def = (st: State) => marshal(st, { platform: LinuxAmd64 }).toBytes();
+/** Runs `st` on the task runner and returns its result snapshot. */
+const solve = (st: State) => runGraph(runner, marshal(st, { platform: LinuxAmd64 }).toBytes());
 
 describe('http source', () => {
-  it('downloads one file with its name, mode and Last-Modified time, and caches by content', async () => {
+  it('downloads one file with its name, mode and Last-Modified time; a new run sees new content', async () => {
     const st = http(`${httpBase}/dir/file.bin`, { perm: 0o644 });
-    const r1 = await engine.solve(def(st));
-    await engine.read(r1.snapshot, async (dir) => {
+    await runner.engine.read(await solve(st), async (dir) => {
       expect(await readFile(join(dir, 'file.bin'), 'utf8')).toBe('payload v1\n');
       const s = await stat(join(dir, 'file.bin'));
       expect(s.mode & 0o777).toBe(0o644);
       expect(s.mtime.toISOString()).toBe('2015-10-21T07:28:00.000Z');
     });
-    const r2 = await engine.solve(def(st));
-    expect(r2.stats.executed).toBe(0);
     served = 'payload v2\n';
-    const r3 = await engine.solve(def(st));
-    expect(r3.stats.executed).toBe(1);
-    await engine.read(r3.snapshot, async (dir) => {
+    await runner.engine.read(await solve(st), async (dir) => {
       expect(await readFile(join(dir, 'file.bin'), 'utf8')).toBe('payload v2\n');
     });
   });
 
-  it('keys by the given checksum without downloading, and rejects content that does not match', async () => {
+  it('accepts content that matches the given checksum and rejects content that does not', async () => {
     const digest = `sha256:${createHash('sha256').update(served).digest('hex')}`;
-    const st = http(`${httpBase}/sum`, { checksum: digest, filename: 'named' });
-    await engine.solve(def(st));
     const before = hits;
-    const again = await engine.solve(def(st));
-    expect(again.stats.executed).toBe(0);
-    expect(hits).toBe(before);
+    const named = await solve(http(`${httpBase}/sum`, { checksum: digest, filename: 'named' }));
+    expect(hits).toBe(before + 1);
+    await runner.engine.read(named, async (dir) => {
+      expect(await readFile(join(dir, 'named'), 'utf8')).toBe(served);
+    });
     const bad = http(`${httpBase}/other`, { checksum: `sha256:${'0'.repeat(64)}` });
-    await expect(engine.solve(def(bad))).rejects.toMatchObject({ code: 'HTTP_CHECKSUM_MISMATCH' });
-    await expect(engine.solve(def(http(`${httpBase}/missing`)))).rejects.toMatchObject({
+    await expect(solve(bad)).rejects.toMatchObject({ code: 'HTTP_CHECKSUM_MISMATCH' });
+    await expect(solve(http(`${httpBase}/missing`))).rejects.toMatchObject({
       code: 'HTTP_FAILED',
     });
   });
@@ -144,24 +145,24 @@ describe('http source', () => {
 
 describe('git source', () => {
   it('checks out a branch without .git, a tag, a subdir, and keeps .git on request', async () => {
-    const r = await engine.solve(def(git(`${gitBase}/repo.git`, 'main')));
-    await engine.read(r.snapshot, async (dir) => {
+    await runner.engine.read(await solve(git(`${gitBase}/repo.git`, 'main')), async (dir) => {
       expect(await readFile(join(dir, 'README.md'), 'utf8')).toBe('readme v1\n');
       await expect(lstat(join(dir, '.git'))).rejects.toThrow();
     });
-    const tag = await engine.solve(def(git(`${gitBase}/repo.git`, 'v1:sub')));
-    await engine.read(tag.snapshot, async (dir) => {
+    await runner.engine.read(await solve(git(`${gitBase}/repo.git`, 'v1:sub')), async (dir) => {
       expect(await readFile(join(dir, 'inner.txt'), 'utf8')).toBe('inner\n');
     });
-    const keep = await engine.solve(def(git(`${gitBase}/repo.git`, 'main', { keepGitDir: true })));
-    await engine.read(keep.snapshot, async (dir) => {
+    const keep = await solve(git(`${gitBase}/repo.git`, 'main', { keepGitDir: true }));
+    await runner.engine.read(keep, async (dir) => {
       expect((await lstat(join(dir, '.git'))).isDirectory()).toBe(true);
     });
   });
 
-  it('is keyed by the commit: a new commit on the branch reruns, an unchanged one is cached', async () => {
+  it('checks out the commit the branch names at run time', async () => {
     const st = git(`${gitBase}/repo.git`, 'main');
-    expect((await engine.solve(def(st))).stats.executed).toBe(0);
+    await runner.engine.read(await solve(st), async (dir) => {
+      expect(await readFile(join(dir, 'README.md'), 'utf8')).toBe('readme v1\n');
+    });
     const src = join(work, 'src');
     await writeFile(join(src, 'README.md'), 'readme v2\n');
     await run('git', [
@@ -177,17 +178,13 @@ describe('git source', () => {
       'two',
     ]);
     await run('git', ['-C', src, 'push', '-q', join(work, 'repos', 'repo.git'), 'main']);
-    const r = await engine.solve(def(st));
-    expect(r.stats.executed).toBe(1);
-    await engine.read(r.snapshot, async (dir) => {
+    await runner.engine.read(await solve(st), async (dir) => {
       expect(await readFile(join(dir, 'README.md'), 'utf8')).toBe('readme v2\n');
     });
   });
 
   it('reports a missing ref with a typed error', async () => {
-    await expect(
-      engine.solve(def(git(`${gitBase}/repo.git`, 'no-such-branch'))),
-    ).rejects.toMatchObject({
+    await expect(solve(git(`${gitBase}/repo.git`, 'no-such-branch'))).rejects.toMatchObject({
       code: 'GIT_REF_NOT_FOUND',
     });
   });

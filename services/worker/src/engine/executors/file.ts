@@ -10,7 +10,7 @@ import { executeFileOp } from '../../ops/file/index.js';
 import { newSnapshotName, readSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
 import { mountTemp } from '../../snapshot/mount.js';
-import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
+import type { ExecutorContext, OpExecutor } from '../../ops/executor.js';
 
 interface Target {
   key: string;

@@ -1,8 +1,8 @@
 /**
  * SourceOp executor: `docker-image://` (pulled through the registry client into the local blob
  * store, each layer committed as a snapshot named by its OCI chain ID so images share layers) and
- * `local://` (the session's directory, filtered), `git://` (the git CLI, pinned to a commit) and
- * `http(s)://` (one downloaded file, pinned to its checksum). Other schemes fail with a typed
+ * `local://` (the session's directory, filtered), `git://` (the git CLI, checked out at the commit
+ * the ref names now) and `http(s)://` (one downloaded file, checked against its checksum when given). Other schemes fail with a typed
  * SOURCE_UNSUPPORTED error naming the identifier.
  */
 import { createHash } from 'node:crypto';
@@ -12,19 +12,14 @@ import type { pb } from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import { applyLayer } from '@kiln/layers';
 import type { BlobStore } from '@kiln/store';
-import { buildSnapshot, readSnapshot } from '../../ops/snapshots.js';
+import { buildSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
 import type { LayerCache } from '../../exporters/layers.js';
-import type { ImageSource, ResolvedImage } from '../../sources/image/index.js';
+import type { ImageSource } from '../../sources/image/index.js';
 import { checkoutGit, gitPin, gitSpec } from '../../sources/git/git-source.js';
-import {
-  HttpDownloader,
-  httpPin,
-  httpSpec,
-  writeHttpFile,
-} from '../../sources/http/http-source.js';
-import { copyLocal, localDir, localPin, localSpec } from '../../sources/local/local-source.js';
-import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
+import { HttpDownloader, httpSpec, writeHttpFile } from '../../sources/http/http-source.js';
+import { copyLocal, localDir, localSpec } from '../../sources/local/local-source.js';
+import type { ExecutorContext, OpExecutor } from '../../ops/executor.js';
 
 export class UnsupportedSourceError extends KilnError {
   constructor(identifier: string) {
@@ -39,11 +34,8 @@ function platformOf(p: pb.IPlatform | null | undefined): Platform {
 }
 
 export class SourceExecutor implements OpExecutor {
-  private readonly resolved = new Map<string, Promise<ResolvedImage>>();
   private readonly layerBuilds = new Map<string, Promise<string>>();
   private readonly http: HttpDownloader;
-  /** Commit pinned per git identifier within this process (the build checks out what it keyed). */
-  private readonly gitPins = new Map<string, string>();
 
   constructor(
     private readonly env: SnapshotEnv,
@@ -52,41 +44,6 @@ export class SourceExecutor implements OpExecutor {
     private readonly layers?: LayerCache,
   ) {
     this.http = new HttpDownloader(join(env.tmpDir, 'http'));
-  }
-
-  private resolveImage(op: pb.IOp): Promise<ResolvedImage> {
-    const id = op.source!.identifier!;
-    const platform = platformOf(op.platform);
-    const k = `${id}|${platform.os}/${platform.architecture}/${platform.variant ?? ''}`;
-    let p = this.resolved.get(k);
-    if (!p) {
-      p = this.images.resolve(id, platform);
-      // A failed resolve is retried by the next build rather than cached.
-      p.catch(() => this.resolved.delete(k));
-      this.resolved.set(k, p);
-    }
-    return p;
-  }
-
-  async pin(ctx: ExecutorContext): Promise<string> {
-    const id = ctx.op.source?.identifier ?? '';
-    if (id.startsWith('docker-image://')) return (await this.resolveImage(ctx.op)).manifestDigest;
-    if (id.startsWith('local://')) {
-      const spec = localSpec(ctx.op.source!);
-      if (ctx.session.localSnapshot) {
-        const snapshot = await ctx.session.localSnapshot(spec);
-        return readSnapshot(this.env, snapshot, (dir) => localPin(spec, dir));
-      }
-      return localPin(spec, await localDir(spec, ctx.session));
-    }
-    if (id.startsWith('http://') || id.startsWith('https://'))
-      return httpPin(httpSpec(ctx.op.source!), this.http, ctx.digest, ctx.signal);
-    if (id.startsWith('git://')) {
-      const commit = await gitPin(gitSpec(ctx.op.source!));
-      this.gitPins.set(ctx.digest, commit);
-      return commit;
-    }
-    throw new UnsupportedSourceError(id);
   }
 
   async exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
@@ -128,13 +85,13 @@ export class SourceExecutor implements OpExecutor {
       const spec = httpSpec(ctx.op.source!);
       return [
         await buildSnapshot(this.env, undefined, (dest) =>
-          writeHttpFile(spec, this.http, ctx.digest, dest, ctx.signal),
+          writeHttpFile(spec, this.http, dest, ctx.signal),
         ),
       ];
     }
     if (id.startsWith('git://')) {
       const spec = gitSpec(ctx.op.source!);
-      const commit = this.gitPins.get(ctx.digest) ?? (await gitPin(spec));
+      const commit = await gitPin(spec);
       return [
         await buildSnapshot(this.env, undefined, (dest) =>
           checkoutGit(spec, commit, dest, join(this.env.tmpDir, 'git')),

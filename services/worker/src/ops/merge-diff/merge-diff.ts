@@ -10,7 +10,7 @@
 import type { BlobStore } from '@kiln/store';
 import { applyLayer, writeLayer } from '@kiln/layers';
 import type { LayerCache } from '../../exporters/layers.js';
-import type { ExecutorContext, OpExecutor } from '../../solver/solver.js';
+import type { ExecutorContext, OpExecutor } from '../executor.js';
 import { applyChain, buildSnapshot, readSnapshot, snapshotChain } from '../snapshots.js';
 import type { RecordedLayers, SnapshotEnv } from '../snapshots.js';
 

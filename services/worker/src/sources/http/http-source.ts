@@ -78,13 +78,10 @@ interface Download {
 
 /**
  * Downloads files into a directory, named by content digest. Concurrent downloads of one URL are
- * shared; a later call downloads again (the server's content may have changed), except that the
- * download a pin was computed from is handed to the build that pinned it (see `pinned`).
+ * shared; a later call downloads again (the server's content may have changed).
  */
 export class HttpDownloader {
   private readonly inflight = new Map<string, Promise<Download>>();
-  /** The download each vertex was pinned from, so the build uses exactly what it keyed. */
-  readonly pinned = new Map<string, Download>();
 
   constructor(private readonly dir: string) {}
 
@@ -158,29 +155,14 @@ export class HttpDownloader {
   }
 }
 
-/** The cache pin of an http source: its checksum, or the digest of what the server sends. */
-export async function httpPin(
-  spec: HttpSpec,
-  dl: HttpDownloader,
-  vertex: string,
-  signal?: AbortSignal,
-): Promise<string> {
-  if (spec.checksum) return spec.checksum;
-  const d = await dl.download(spec, signal);
-  dl.pinned.set(vertex, d);
-  return d.digest;
-}
-
 /** Writes the downloaded file into `dest` (an empty snapshot dir). */
 export async function writeHttpFile(
   spec: HttpSpec,
   dl: HttpDownloader,
-  vertex: string,
   dest: string,
   signal?: AbortSignal,
 ): Promise<void> {
-  const d = dl.pinned.get(vertex) ?? (await dl.download(spec, signal));
-  dl.pinned.delete(vertex);
+  const d = await dl.download(spec, signal);
   const target = join(dest, spec.filename);
   await copyFile(d.file, target);
   await chmod(target, spec.perm);

@@ -27,7 +27,7 @@ import { decodeSessionJson } from '@kiln/bus';
 import type { BlobStore, Digest } from '@kiln/store';
 import { buildSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
-import { KvFile } from '../../solver/kv-file.js';
+import { KvFile } from '../../cache/kv-file.js';
 import type { LocalSpec } from './local-source.js';
 import { applyManifestDiff, validateManifest, writeManifestTree } from './manifest-tree.js';
 

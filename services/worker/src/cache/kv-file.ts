@@ -1,9 +1,8 @@
 /**
  * A small persistent string map: an append-only JSON-lines file of `[key, value]` (value `null`
  * deletes), loaded whole at open; the last line for a key wins, and iteration order is recency
- * (a set moves its key to the end). Used for facts a worker keeps across restarts: content
- * checksums of immutable snapshots, the cache index, the results a worker node holds. A torn last
- * line after a crash was never acknowledged and is skipped. One process per file.
+ * (a set moves its key to the end). Used for what a worker keeps across restarts: the results it
+ * holds, their content checksums, its kept local contexts. A torn last line after a crash was never acknowledged and is skipped. One process per file.
  */
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
