@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { parseImageReference } from '@kiln/llb';
 import { DigestMismatchError, FsBlobStore, sha256Digest } from '@kiln/store';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { LayerError, LayerErrorCode, zstdSupport } from '@kiln/layers';
 import {
   ImageNotFoundError,
@@ -16,7 +16,6 @@ import type { Repository } from '@kiln/registry';
 import { harnessEnv, startFaultProxy, tempDir, waitUntil } from '@kiln/registry/testing';
 import type { FaultProxy } from '@kiln/registry/testing';
 import { ImageSource } from './image-source.js';
-import { ImageMetadataResolver } from './metadata-resolver.js';
 
 const REGISTRY = harnessEnv('KILN_TEST_REGISTRY');
 const FIXTURE = harnessEnv('KILN_TEST_FIXTURE_IMAGE');
@@ -401,53 +400,3 @@ function zstdRawFrame(data: Buffer): Buffer {
   }
   return Buffer.concat(parts);
 }
-
-describe('ImageMetadataResolver', () => {
-  let p: FaultProxy;
-  beforeAll(async () => {
-    p = await proxy(() => undefined);
-  });
-
-  it('returns the pinned ref, digest and config (env, cmd), from cache the second time', async () => {
-    const resolver = new ImageMetadataResolver(
-      new ImageSource({ client, store: await newStore() }),
-    );
-    const ref = `${p.addr}/busybox:latest`;
-    const [a, b] = await Promise.all([
-      resolver.resolveImageConfig(ref, ARM64),
-      resolver.resolveImageConfig(ref, ARM64),
-    ]);
-    expect(b).toEqual(a);
-    expect(a.ref).toBe(`${ref}@${a.digest}`);
-    expect(a.config.architecture).toBe('arm64');
-    expect(a.config.config?.Env).toEqual([
-      'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-    ]);
-    expect(a.config.config?.Cmd).toEqual(['sh']);
-    const requests = p.log.length;
-    expect(requests).toBeGreaterThan(0);
-    await resolver.resolveImageConfig(`docker-image://${ref}`, ARM64);
-    expect(p.log.length).toBe(requests);
-    // Another platform is another key; resolveMode pull goes to the registry again.
-    const amd = await resolver.resolveImageConfig(ref, AMD64);
-    expect(amd.config.architecture).toBe('amd64');
-    const afterAmd = p.log.length;
-    await resolver.resolveImageConfig(ref, ARM64, { resolveMode: 'pull' });
-    expect(p.log.length).toBeGreaterThan(afterAmd);
-  });
-
-  it('does not cache failures', async () => {
-    const resolver = new ImageMetadataResolver(
-      new ImageSource({ client, store: await newStore() }),
-    );
-    const ref = `${p.addr}/busybox:later`;
-    await expect(resolver.resolveImageConfig(ref, AMD64)).rejects.toBeInstanceOf(
-      ImageNotFoundError,
-    );
-    const before = p.log.length;
-    await expect(resolver.resolveImageConfig(ref, AMD64)).rejects.toBeInstanceOf(
-      ImageNotFoundError,
-    );
-    expect(p.log.length).toBeGreaterThan(before);
-  });
-});
