@@ -2,7 +2,7 @@
  * Test support for the worker process suites (used by `*.test.ts` only). The repository's test
  * harness and the scheduler's Dispatcher are loaded at run time, so this package's build depends
  * on neither (the test package depends on the services; the scheduler is another service). The
- * worker entry (`main.ts`) is bundled with esbuild (vitest's own dependency) from source, so
+ * worker entry (`main.ts`) is bundled with esbuild (a root devDependency) from source, so
  * spawning it needs no prior build.
  */
 import { createHash, randomUUID } from 'node:crypto';
