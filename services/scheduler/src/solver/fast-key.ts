@@ -63,7 +63,7 @@ export function fastKey(k: FastKeyInput): string {
 }
 
 /**
- * `opCacheDigest` clears exec mount selectors (the local solver keys them through its deps); a
+ * `opCacheDigest` clears exec mount selectors (content-based deps key them by checksum); a
  * key made of result ids must carry them itself, or two execs mounting different subpaths of one
  * input would meet on one key.
  */

@@ -1,15 +1,13 @@
 /**
  * The `local://<name>` source: a directory the client hands in through its session, filtered by
- * the op's include/exclude patterns and followpaths. Its cache pin is the content checksum of what
- * passes the filters (file contents, modes and owners; never mtimes), so an unchanged context is a
- * cache hit whatever the random `local.unique` attribute says.
+ * the op's include/exclude patterns and followpaths. The source has no cache pin of its own: the
+ * scheduler resolves it again in every build and keys what reads it by the content checksums of
+ * the paths read (answered by the worker holding it).
  */
 import { stat } from 'node:fs/promises';
 import { KilnError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
-import { checksum } from '../../cache/contenthash.js';
 import { copyPath } from '../../fs/index.js';
-import { PatternMatcher } from '../../fs/patterns.js';
 
 export class LocalSourceError extends KilnError {
   constructor(
@@ -91,29 +89,6 @@ export async function localDir(
     );
   }
   return dir;
-}
-
-/** The entry filter the op's patterns describe (include, then exclude; followpaths as includes). */
-export function localFilter(
-  spec: LocalSpec,
-): ((rel: string, isDir: boolean) => boolean) | undefined {
-  const includes = [...spec.includePatterns, ...spec.followPaths];
-  const inc = includes.length ? new PatternMatcher(includes) : undefined;
-  const exc = spec.excludePatterns.length ? new PatternMatcher(spec.excludePatterns) : undefined;
-  if (!inc && !exc) return undefined;
-  // Directories are kept by the checksum when anything below them is kept, so only entries are
-  // judged here, with .dockerignore's rule (an entry matches when it or a parent matches).
-  return (rel) => {
-    if (exc?.matchesOrParentMatches(rel)) return false;
-    if (inc && !inc.matchesOrParentMatches(rel)) return false;
-    return true;
-  };
-}
-
-/** The content pin of a local source. */
-export async function localPin(spec: LocalSpec, dir: string): Promise<string> {
-  const filter = localFilter(spec);
-  return checksum(dir, '/', filter ? { filter } : {});
 }
 
 /** Copies the filtered local directory into `dest`. */
