@@ -82,4 +82,38 @@ describe('registryMetaResolver on a private registry', () => {
       })(ref(), { os: 'linux', architecture: 's390x' }),
     ).rejects.toMatchObject({ code: 'REGISTRY_PLATFORM_NOT_FOUND' });
   });
+
+  it('answers a moved tag with what it names now, never a config kept for the old digest', async () => {
+    const client = new RegistryClient({
+      dockerConfig: false,
+      credentials: () => ({ username: 'docker', password }),
+    });
+    const fixture = parseImageReference(harnessEnv('KILN_TEST_FIXTURE_IMAGE'));
+    const dest = { domain: registry.addr, path: 'private/moving' };
+    const moving = `${registry.addr}/private/moving:latest`;
+    const arch = (meta: { config: unknown }): unknown =>
+      (
+        JSON.parse(Buffer.from(meta.config as Uint8Array).toString('utf8')) as {
+          architecture?: string;
+        }
+      ).architecture;
+    const resolve = registryMetaResolver({
+      dockerConfig: false,
+      credentials: () => ({ username: 'docker', password }),
+    });
+    const amd64 = await copyPlatformManifest(client, fixture, client, dest, 'latest', 'amd64');
+    const first = await resolve(moving, linuxAmd64);
+    const again = await resolve(moving, linuxAmd64);
+    expect([first.digest, again.digest]).toEqual([amd64, amd64]);
+    expect([arch(first), arch(again)]).toEqual(['amd64', 'amd64']);
+
+    const arm64 = await copyPlatformManifest(client, fixture, client, dest, 'latest', 'arm64');
+    expect(arm64).not.toBe(amd64);
+    await expect(resolve(moving, linuxAmd64)).rejects.toMatchObject({
+      code: 'REGISTRY_PLATFORM_NOT_FOUND',
+    });
+    const moved = await resolve(moving, { os: 'linux', architecture: 'arm64' });
+    expect(moved.digest).toBe(arm64);
+    expect(arch(moved)).toBe('arm64');
+  });
 });
