@@ -383,6 +383,11 @@ export class Dispatcher {
   /** First action on a new entry: create the record (dedup point) or pick up the existing one. */
   async #begin(e: Entry, buildId: string): Promise<void> {
     const plan = this.#plan(e);
+    // Read first: a key that exists (a cache hit, or a task another build runs) is answered by
+    // one read, where a create first costs a refused write and two reads (`kv.create` reads
+    // again to tell a deleted key from a live one). A new key costs one read more.
+    const existing = await this.#retry(() => getRecord(this.#bus.tasks, e.key));
+    if (existing) return this.#beginExisting(e, buildId, existing, plan);
     const now = Date.now();
     const base: TaskRecord = {
       v: 1,
@@ -407,6 +412,16 @@ export class Dispatcher {
     // The key exists: another submit (another build, another scheduler instance) was first.
     const found = await this.#retry(() => getRecord(this.#bus.tasks, e.key));
     if (!found) return this.#begin(e, buildId); // deleted meanwhile (TTL): start over
+    return this.#beginExisting(e, buildId, found, plan);
+  }
+
+  /** {@link #begin} of a key whose record exists: join it, or start a new series if it ended. */
+  async #beginExisting(
+    e: Entry,
+    buildId: string,
+    found: StoredRecord,
+    plan: { placement: Placement; offerTo?: string },
+  ): Promise<void> {
     this.#adoptTask(e, found.record);
     const r = found.record;
     if (r.state === 'failed' || r.state === 'cancelled') {
