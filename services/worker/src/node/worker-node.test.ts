@@ -287,7 +287,11 @@ describe('WorkerNode', () => {
     expect(uploaded.outputs[0]?.layers?.map((l) => l.diffId)).toEqual(
       made?.layers?.map((l) => l.diffId),
     );
-    expect(a.writeBehind?.pending()).not.toContain(made?.resultId);
+    // The records are updated before the result leaves the pending list: wait for both.
+    await until(
+      'write-behind to drop the uploaded result',
+      () => !a.writeBehind?.pending().includes(made?.resultId ?? ''),
+    );
     const store = new FsBlobStore({ root: storeDir });
     for (const l of uploaded.outputs[0]?.layers ?? [])
       expect(await store.has(l.digest as `sha256:${string}`)).toBe(true);
