@@ -1,7 +1,107 @@
 #!/usr/bin/env node
 // The kiln command. `npm run build` at the repository root compiles the code to dist/ and bundles
-// it into dist/bundle/ (one file to load instead of hundreds of modules: see
-// scripts/bundle-cli.mjs).
-import { main } from '../dist/bundle/main.js';
+// it into dist/bundle/main.cjs (one file to load instead of hundreds of modules: see
+// scripts/bundle-cli.mjs). This compiles the bundle with a V8 code cache, Node 20 having none for
+// ES modules: each process would otherwise spend ~100 ms compiling it.
+// The cache is a file per (bundle content hash, written by the build; Node version; command) in a
+// per-user directory ($KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln; used only
+// if owned by the user and not writable by others). It is written after the command ran (so it holds the functions the
+// command compiled), to a temporary file renamed into place. A missing, stale, corrupt or
+// rejected cache only costs the compile; any error reading or writing it is ignored.
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as vm from 'node:vm';
 
-process.exitCode = await main(process.argv);
+const MAGIC = Buffer.from('KILNV8C1');
+const SUM = 32; // sha256 of the payload, after MAGIC
+
+const bundle = fileURLToPath(new URL('../dist/bundle/main.cjs', import.meta.url));
+const source = fs.readFileSync(bundle, 'utf8');
+const cache = cacheFile();
+const cached = cache && readCache(cache);
+
+const wrapper = `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
+const script = new vm.Script(wrapper, { filename: bundle, cachedData: cached });
+const mod = { exports: {} };
+script
+  .runInThisContext()
+  .call(mod.exports, mod.exports, createRequire(bundle), mod, bundle, dirname(bundle));
+const code = await mod.exports.main(process.argv);
+if (cache && (!cached || script.cachedDataRejected)) writeCache(cache);
+process.exitCode = code;
+
+/** This bundle's cache file, or undefined when there is no safe per-user place for it. */
+function cacheFile() {
+  try {
+    const env = process.env;
+    const home =
+      env.KILN_CACHE_DIR || join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'kiln');
+    // Not `recursive`: Node 20's recursive mkdir spins forever on some paths (e.g. under /proc).
+    for (const dir of [dirname(home), home]) {
+      try {
+        fs.mkdirSync(dir, { mode: 0o700 });
+      } catch {
+        // It exists, or cannot be made: the stat below decides.
+      }
+    }
+    const st = fs.statSync(home);
+    if (!st.isDirectory() || (st.mode & 0o022) !== 0) return undefined;
+    if (process.getuid && st.uid !== process.getuid()) return undefined;
+    // The bundle's hash (written by the build next to it) and its length: V8 checks the length.
+    const hash = fs.readFileSync(`${bundle}.sha256`, 'utf8').trim();
+    if (!/^[0-9a-f]{64}$/.test(hash)) return undefined;
+    const key = createHash('sha256')
+      .update(
+        `${hash}\0${source.length}\0${process.version}\0${process.arch}\0${process.execArgv.join(' ')}`,
+      )
+      .digest('hex')
+      .slice(0, 32);
+    // The first word that is not an option: `kiln build` and `kiln --version` compile different code.
+    const command =
+      /^[a-z][a-z-]{0,20}$/.exec(
+        process.argv.slice(2).find((a) => !a.startsWith('-')) ?? '',
+      )?.[0] ?? '-';
+    return { dir: home, path: join(home, `cli-${key}-${command}.v8`), key };
+  } catch {
+    return undefined;
+  }
+}
+
+function readCache(c) {
+  try {
+    const buf = fs.readFileSync(c.path);
+    if (buf.length <= MAGIC.length + SUM || !buf.subarray(0, MAGIC.length).equals(MAGIC))
+      return undefined;
+    const data = buf.subarray(MAGIC.length + SUM);
+    const sum = createHash('sha256').update(data).digest();
+    return sum.equals(buf.subarray(MAGIC.length, MAGIC.length + SUM)) ? data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeCache(c) {
+  const tmp = `${c.path}.${process.pid}.tmp`;
+  try {
+    const data = script.createCachedData();
+    const sum = createHash('sha256').update(data).digest();
+    fs.writeFileSync(tmp, Buffer.concat([MAGIC, sum, data]), { mode: 0o600 });
+    fs.renameSync(tmp, c.path);
+    // Caches of other builds of the bundle (or Node versions) not written for an hour go.
+    for (const name of fs.readdirSync(c.dir)) {
+      if (!name.startsWith('cli-') || name.includes(c.key)) continue;
+      const file = join(c.dir, name);
+      if (Date.now() - fs.statSync(file).mtimeMs > 3600_000) fs.rmSync(file, { force: true });
+    }
+  } catch {
+    try {
+      fs.rmSync(tmp, { force: true });
+    } catch {
+      // A read-only directory: nothing was written.
+    }
+  }
+}
