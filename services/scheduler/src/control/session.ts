@@ -49,6 +49,8 @@ type ContextEntry = NonNullable<NonNullable<SessionMessage['manifest']>['entries
 
 /** Bytes per ExportChunk. */
 const EXPORT_CHUNK = 256 * 1024;
+/** Entries a streamed context manifest may hold: an input bound (200,000 files must work). */
+export const MANIFEST_MAX_ENTRIES = 2_000_000;
 
 export class SessionError extends KilnError {
   constructor(message: string, code = 'SESSION_ERROR', details: ErrorDetails = {}) {
@@ -263,6 +265,16 @@ export class ClientSession {
     if (m.manifest && p.entries) {
       // The manifest is streamed: gather the chunks; the last one carries no `more`.
       for (const e of m.manifest.entries ?? []) p.entries.push(e);
+      if (p.entries.length > MANIFEST_MAX_ENTRIES) {
+        this.#pending.delete(id);
+        p.reject(
+          new SessionError(
+            `the context manifest has more than ${MANIFEST_MAX_ENTRIES} entries`,
+            'LOCAL_TOO_LARGE',
+          ),
+        );
+        return;
+      }
       if (m.manifest.more) return;
       m.manifest.entries = p.entries;
     }
