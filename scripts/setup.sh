@@ -3,7 +3,7 @@
 # is already in place. Run as root (or as a user with sudo).
 #
 #   1. Debian packages: nats-server, crun, runc, docker-registry, skopeo, umoci, qemu-user-static,
-#      busybox-static, ... (apt-get only when something is missing)
+#      busybox-static, gcc (for @kiln/sys's addon), ... (apt-get only when something is missing)
 #   2. the busybox-static binary of the other architecture (amd64 <-> arm64), extracted from the
 #      Debian package to /usr/local/bin/busybox-<arch> (the two arches' packages conflict)
 #   3. host fixes, only where needed: the hugetlb cgroup v1 mount that crun 1.8 needs on hybrid
@@ -41,6 +41,7 @@ esac
 PACKAGES=(
   nats-server crun runc docker-registry skopeo umoci qemu-user-static
   busybox-static git iproute2 uidmap fuse-overlayfs ca-certificates xz-utils zstd bzip2 tar attr
+  gcc libc6-dev
 )
 
 missing_packages() {
@@ -76,7 +77,18 @@ if [ "${#MISSING[@]}" -gt 0 ]; then
   as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}" >/dev/null
 fi
 
-for bin in nats-server crun runc docker-registry skopeo umoci busybox; do
+# Node-API headers for @kiln/sys's addon (libs/sys/scripts/build-native.mjs looks in the same
+# places): Node's own install ships them; Debian's are in libnode-dev (Node-API is ABI-stable, so
+# any version's headers build an addon for this Node).
+NODE_PREFIX="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")"
+if [ ! -f "$NODE_PREFIX/include/node/node_api.h" ] && [ ! -f /usr/include/node/node_api.h ] &&
+  [ ! -f /usr/local/include/node/node_api.h ]; then
+  apt_update
+  log "apt-get install libnode-dev (Node-API headers)"
+  as_root apt-get install -y -qq --no-install-recommends libnode-dev >/dev/null
+fi
+
+for bin in nats-server crun runc docker-registry skopeo umoci busybox cc; do
   PATH="$PATH:/usr/sbin:/sbin" command -v "$bin" >/dev/null 2>&1 || die "$bin not found after install"
 done
 

@@ -1,4 +1,3 @@
-import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import {
   chmod,
@@ -16,8 +15,8 @@ import {
 import { dirname, join, posix } from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { promisify } from 'node:util';
 import { KilnError } from '@kiln/protocol';
+import { mknod } from '@kiln/sys';
 import { DigestingStream } from '@kiln/store';
 import type { Digest } from '@kiln/store';
 import * as tar from 'tar-stream';
@@ -29,8 +28,6 @@ import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
 import { FsError, FsErrorCode } from './fs-errors.js';
 import { displayPath, lstatOrUndefined, resolveInRoot } from './root-path.js';
-
-const execFileAsync = promisify(execFile);
 
 const WHITEOUT_PREFIX = '.wh.';
 const WHITEOUT_META_PREFIX = '.wh..wh.';
@@ -353,15 +350,15 @@ async function applyEntry(
       break;
     case 'character-device':
     case 'block-device':
-      await execFileAsync('mknod', [
+      mknod(
         path,
-        type === 'character-device' ? 'c' : 'b',
-        String(header.devmajor ?? 0),
-        String(header.devminor ?? 0),
-      ]);
+        (type === 'character-device' ? constants.S_IFCHR : constants.S_IFBLK) | 0o600,
+        header.devmajor ?? 0,
+        header.devminor ?? 0,
+      );
       break;
     case 'fifo':
-      await execFileAsync('mkfifo', [path]);
+      mknod(path, constants.S_IFIFO | 0o600);
       break;
     default:
       throw new LayerError(LayerErrorCode.Invalid, `unsupported entry type ${String(type)}`, {
@@ -395,11 +392,9 @@ async function setXattrs(targets: XattrTarget[], mode: 'strict' | 'best-effort')
   const root = process.getuid?.() === 0;
   const { errors } = await writeXattrs(targets);
   if (mode === 'best-effort') return;
-  const fatal = errors.filter(
-    (e) =>
-      !e.endsWith(': Operation not supported') &&
-      !(!root && e.endsWith(': Operation not permitted')),
-  );
+  const fatal = errors
+    .filter((e) => e.code !== 'ENOTSUP' && e.code !== 'EOPNOTSUPP' && (root || e.code !== 'EPERM'))
+    .map((e) => `${e.path}: ${e.name}: ${e.code}`);
   if (fatal.length > 0) {
     throw new LayerError(LayerErrorCode.Io, `setting extended attributes failed: ${fatal[0]}`, {
       details: { errors: fatal.slice(0, 10).join('\n') },

@@ -28,7 +28,10 @@ export async function bundleEntries(
     outExtension: { '.js': '.mjs' },
     logLevel: 'warning',
     banner: {
-      js: "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url);",
+      js:
+        "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url); " +
+        // @kiln/sys finds its addon through its package, which a bundle elsewhere has not.
+        `process.env.KILN_SYS_ADDON ||= ${JSON.stringify(join(REPO_ROOT, 'libs/sys/build/kiln_sys.node'))};`,
     },
   });
   return Object.fromEntries(Object.keys(entries).map((n) => [n, join(dir, `${n}.mjs`)]));

@@ -255,11 +255,13 @@ export class TaskRunner {
       else this.#checkSession(op);
       log?.debug({ kind, inputs: taskInputs.length }, 'task started');
       progress({ stage: 'inputs', current: 0, total: taskInputs.length });
+      const t0 = performance.now();
       const inputs = await Promise.all(
         taskInputs.map((inp, i) => this.#materialize(inp, i, signal, io, log)),
       );
       signal.throwIfAborted();
       progress({ stage: 'run' });
+      const t1 = performance.now();
       const ctx: ExecutorContext = {
         digest: task.vertexDigest,
         op,
@@ -273,9 +275,11 @@ export class TaskRunner {
       output.flush();
       signal.throwIfAborted();
       progress({ stage: 'upload', current: 0, total: snapshots.length });
+      const t2 = performance.now();
       const outputs: OutputResult[] = [];
       // Sparse: an exec's outputs are indexed by mount; a hole is an empty output.
       for (let i = 0; i < snapshots.length; i++) outputs.push(await this.#output(snapshots[i]));
+      const ms = (a: number, b: number): number => Math.round(b - a);
       log?.info(
         {
           kind,
@@ -283,6 +287,10 @@ export class TaskRunner {
           inputsLocal: io.local,
           inputsFetched: io.fetched,
           bytesFetched: io.bytesFetched,
+          // Where the task's time went: inputs made ready, the op, its outputs' diffIDs.
+          inputsMs: ms(t0, t1),
+          runMs: ms(t1, t2),
+          outputsMs: ms(t2, performance.now()),
         },
         'task done',
       );

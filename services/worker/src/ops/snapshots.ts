@@ -63,17 +63,18 @@ export async function readSnapshot<T>(
       await rm(empty, { recursive: true, force: true });
     }
   }
-  const key = newSnapshotName('v');
-  const mounts = await env.snapshotter.view(key, snapshot);
+  // A committed snapshot mounts read-only as it is: a lease keeps it while in use, and no view
+  // record is made (nothing to write to the metadata).
+  const lease = env.snapshotter.acquire(snapshot);
   try {
-    const m = await mountTemp(mounts, join(env.tmpDir, 'mnt'));
+    const m = await mountTemp(await env.snapshotter.mounts(snapshot), join(env.tmpDir, 'mnt'));
     try {
       return await fn(m.path);
     } finally {
       await m.release();
     }
   } finally {
-    await env.snapshotter.remove(key).catch(() => undefined);
+    lease.release();
   }
 }
 

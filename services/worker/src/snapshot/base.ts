@@ -25,6 +25,9 @@ export abstract class BaseSnapshotter implements Snapshotter {
   private meta: MetadataFile;
   private readonly leases = new Map<string, number>();
   private lock: Promise<unknown> = Promise.resolve();
+  /** Mutations waiting for a durable write of the metadata (see {@link save}). */
+  private saveWaiters: { resolve: () => void; reject: (err: unknown) => void }[] = [];
+  private writing = false;
 
   protected constructor(
     protected readonly root: string,
@@ -108,8 +111,32 @@ export abstract class BaseSnapshotter implements Snapshotter {
     }
   }
 
+  /**
+   * Resolves once the metadata as it is now is on disk. Writes are coalesced (group commit): one
+   * write (temp file, fsync, rename) covers every mutation made before it starts, so concurrent
+   * tasks do not queue one fsync each behind the mutation lock. Callers save after leaving the
+   * lock.
+   */
   private save(): Promise<void> {
-    return writeMetadata(this.metaPath, this.meta);
+    return new Promise<void>((resolve, reject) => {
+      this.saveWaiters.push({ resolve, reject });
+      if (!this.writing) this.flush();
+    });
+  }
+
+  private flush(): void {
+    const batch = this.saveWaiters.splice(0);
+    this.writing = true;
+    writeMetadata(this.metaPath, this.meta)
+      .then(
+        () => batch.forEach((w) => w.resolve()),
+        (err: unknown) => batch.forEach((w) => w.reject(err)),
+      )
+      .finally(() => {
+        this.writing = false;
+        if (this.saveWaiters.length > 0) this.flush();
+      })
+      .catch(() => undefined);
   }
 
   /** Creates the backend's directories for a new active snapshot or view. */
@@ -163,9 +190,9 @@ export abstract class BaseSnapshotter implements Snapshotter {
             });
       }
       this.meta.snapshots[key] = r;
-      await this.save();
       return r;
     });
+    await this.save();
     return this.mountsOf(key, rec);
   }
 
@@ -173,8 +200,8 @@ export abstract class BaseSnapshotter implements Snapshotter {
     return settle(() => this.mountsOf(key, this.record(key)));
   }
 
-  commit(name: string, key: string, opts: SnapshotOptions = {}): Promise<void> {
-    return this.locked(async () => {
+  async commit(name: string, key: string, opts: SnapshotOptions = {}): Promise<void> {
+    await this.locked(() => {
       const rec = this.record(key);
       if (rec.kind !== 'active') {
         throw new SnapshotError(
@@ -199,12 +226,13 @@ export abstract class BaseSnapshotter implements Snapshotter {
       };
       delete this.meta.snapshots[key];
       this.meta.snapshots[name] = committed;
-      await this.save();
+      return Promise.resolve();
     });
+    await this.save();
   }
 
-  remove(key: string): Promise<void> {
-    return this.locked(async () => {
+  async remove(key: string): Promise<void> {
+    const rec = await this.locked(() => {
       const rec = this.record(key);
       if (this.refCount(key) > 0) {
         throw new SnapshotError(
@@ -226,9 +254,11 @@ export abstract class BaseSnapshotter implements Snapshotter {
         );
       }
       delete this.meta.snapshots[key];
-      await this.save();
-      await rm(this.dirOf(rec), { recursive: true, force: true });
+      return Promise.resolve(rec);
     });
+    await this.save();
+    // Ids are never reused: no snapshot made meanwhile can own this directory.
+    await rm(this.dirOf(rec), { recursive: true, force: true });
   }
 
   stat(key: string): Promise<SnapshotInfo> {

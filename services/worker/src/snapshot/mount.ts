@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { MNT, MS, mount, umount2 } from '@kiln/sys';
 import { SnapshotError, SnapshotErrorCode } from './errors.js';
 import type { MountSpec } from './types.js';
 
@@ -10,24 +11,36 @@ const execFileP = promisify(execFile);
 /** The kernel copies mount data into one page; leave room for the other options. */
 export const MOUNT_DATA_LIMIT = 4096 - 512;
 
-async function run(cmd: string, args: string[], cwd?: string): Promise<void> {
-  try {
-    await execFileP(cmd, args, { cwd, encoding: 'utf8' });
-  } catch (err) {
-    const stderr = (err as { stderr?: string }).stderr?.trim() ?? '';
-    throw new SnapshotError(
-      SnapshotErrorCode.Io,
-      `${cmd} ${args.join(' ')}: ${stderr || (err as Error).message}`,
-      {
-        cause: err,
-      },
-    );
+function ioError(what: string, err: unknown): SnapshotError {
+  return new SnapshotError(SnapshotErrorCode.Io, `${what}: ${(err as Error).message}`, {
+    cause: err,
+  });
+}
+
+/** mount(8)'s flag words; every other option is the filesystem's data. */
+const FLAG_WORDS: Readonly<Record<string, number>> = {
+  ro: MS.RDONLY,
+  rw: 0,
+  nosuid: MS.NOSUID,
+  nodev: MS.NODEV,
+  noexec: MS.NOEXEC,
+};
+
+/** `options` as mount(2) takes them: flags and the data string. */
+export function mountArgs(options: readonly string[]): { flags: number; data: string } {
+  let flags = 0;
+  const data: string[] = [];
+  for (const o of options) {
+    const f = FLAG_WORDS[o];
+    if (f === undefined) data.push(o);
+    else flags |= f;
   }
+  return { flags, data: data.join(',') };
 }
 
 /**
- * Mounts `specs` (in order, each on top of the previous) at `target` with the `mount` command.
- * A read-only bind is a bind followed by a read-only remount, as the kernel requires.
+ * Mounts `specs` (in order, each on top of the previous) at `target` with mount(2) (no process is
+ * spawned). A read-only bind is a bind followed by a read-only remount, as the kernel requires.
  */
 export async function mountAll(specs: readonly MountSpec[], target: string): Promise<void> {
   const done: number[] = [];
@@ -44,22 +57,56 @@ export async function mountAll(specs: readonly MountSpec[], target: string): Pro
 
 async function mountOne(m: MountSpec, target: string): Promise<void> {
   if (m.type === 'bind') {
-    const ro = m.options.includes('ro');
-    const flag = m.options.includes('rbind') ? '--rbind' : '--bind';
-    await run('mount', [flag, m.source, target]);
-    if (ro) await run('mount', ['-o', 'remount,bind,ro', target]);
+    const flags = MS.BIND | (m.options.includes('rbind') ? MS.REC : 0);
+    try {
+      await mount(m.source, target, null, flags);
+    } catch (err) {
+      throw ioError(`bind mount ${m.source} on ${target}`, err);
+    }
+    if (m.options.includes('ro')) {
+      try {
+        await mount(null, target, null, MS.REMOUNT | MS.BIND | MS.RDONLY);
+      } catch (err) {
+        await umount2(target, MNT.DETACH).catch(() => undefined);
+        throw ioError(`read-only remount of ${target}`, err);
+      }
+    }
     return;
   }
-  await run('mount', ['-t', 'overlay', 'overlay', '-o', m.options.join(','), target], m.cwd);
+  if (m.cwd !== undefined) {
+    // Relative lowerdirs (a chain too long for one page of absolute paths) are resolved from the
+    // mounting process's working directory: a `mount` process of its own, which can chdir.
+    try {
+      await execFileP('mount', ['-t', 'overlay', 'overlay', '-o', m.options.join(','), target], {
+        cwd: m.cwd,
+        encoding: 'utf8',
+      });
+    } catch (err) {
+      const stderr = (err as { stderr?: string }).stderr?.trim();
+      throw ioError(`mount overlay on ${target}`, stderr ? new Error(stderr) : err);
+    }
+    return;
+  }
+  const { flags, data } = mountArgs(m.options);
+  try {
+    await mount('overlay', target, 'overlay', flags, data);
+  } catch (err) {
+    throw ioError(`mount overlay on ${target} (${data})`, err);
+  }
 }
 
 /** Unmounts `target` (lazily when busy, so a leaked process cannot pin a snapshot). */
 export async function unmount(target: string): Promise<void> {
   try {
-    await run('umount', [target]);
+    await umount2(target);
   } catch (err) {
-    if (/not mounted|no mount point/i.test((err as Error).message)) return;
-    await run('umount', ['-l', target]);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EINVAL' || code === 'ENOENT') return; // not mounted (or gone)
+    try {
+      await umount2(target, MNT.DETACH);
+    } catch (err2) {
+      throw ioError(`unmount ${target}`, err2);
+    }
   }
 }
 
@@ -109,7 +156,11 @@ export async function unmountUnder(dir: string): Promise<void> {
     .map((p) => p.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))))
     .filter((p) => p === dir || p.startsWith(`${dir}/`))
     .sort((a, b) => b.length - a.length);
-  for (const p of points) await run('umount', ['-l', p]);
+  for (const p of points) {
+    await umount2(p, MNT.DETACH).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EINVAL' && err.code !== 'ENOENT') throw ioError(`unmount ${p}`, err);
+    });
+  }
 }
 
 /** Whether the kernel mounts overlayfs here (with the options our differ needs). */
@@ -129,14 +180,7 @@ export async function detectOverlay(
     // The differ reads the upper dir as-is: no redirects, no metacopy (as BuildKit's overlay differ).
     for (const extra of [['redirect_dir=off', 'metacopy=off', 'index=off'], []]) {
       try {
-        await run('mount', [
-          '-t',
-          'overlay',
-          'overlay',
-          '-o',
-          [...base, ...extra].join(','),
-          join(dir, 'm'),
-        ]);
+        await mount('overlay', join(dir, 'm'), 'overlay', 0, [...base, ...extra].join(','));
         await unmount(join(dir, 'm'));
         return { ok: true, options: extra };
       } catch (err) {

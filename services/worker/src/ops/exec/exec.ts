@@ -180,15 +180,17 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
             specs = [{ type: 'bind', source: empty, options: ['ro', 'rbind'] }];
           } else {
             if (m.readonly) {
-              specs = await env.snapshotter.view(key, parent!);
-              cleanups.push(() => env.snapshotter.remove(key));
+              // A committed snapshot mounts read-only as it is; the lease keeps it meanwhile.
+              const lease = env.snapshotter.acquire(parent!);
+              cleanups.push(() => lease.release());
+              specs = await env.snapshotter.mounts(parent!);
             } else {
               specs = await env.snapshotter.prepare(key, parent);
               if (output >= 0) outputs.push({ index: output, key });
               else cleanups.push(() => env.snapshotter.remove(key));
+              const lease = env.snapshotter.acquire(key);
+              cleanups.push(() => lease.release());
             }
-            const lease = env.snapshotter.acquire(key);
-            cleanups.push(() => lease.release());
           }
           const host = await hostPath(specs);
           const readonly = m.readonly === true;
@@ -371,10 +373,9 @@ async function seedCache(
   dir: string,
   tmpRoot: string,
 ): Promise<void> {
-  const key = `exec-seed-${randomBytes(6).toString('hex')}`;
-  const specs = await env.snapshotter.view(key, from);
+  const lease = env.snapshotter.acquire(from);
   try {
-    const m = await mountTemp(specs, join(tmpRoot, 'mnt'));
+    const m = await mountTemp(await env.snapshotter.mounts(from), join(tmpRoot, 'mnt'));
     try {
       const src =
         selector === '' || selector === '/' ? m.path : await resolveInRoot(m.path, selector);
@@ -383,7 +384,7 @@ async function seedCache(
       await m.release();
     }
   } finally {
-    await env.snapshotter.remove(key);
+    lease.release();
   }
 }
 

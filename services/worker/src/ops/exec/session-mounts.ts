@@ -2,11 +2,8 @@ import { chmod, chown, mkdir, mkdtemp, rm, rmdir, writeFile } from 'node:fs/prom
 import { createConnection, createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { join } from 'node:path';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { MS, mount } from '@kiln/sys';
 import { unmount } from '../../snapshot/index.js';
-
-const execFileP = promisify(execFile);
 
 /**
  * A private directory for one run's secret files: a small tmpfs (mode 0700, never on disk) under
@@ -21,14 +18,7 @@ export class SecretDir {
     await mkdir(parent, { recursive: true, mode: 0o700 });
     const dir = await mkdtemp(join(parent, 'secrets-'));
     try {
-      await execFileP('mount', [
-        '-t',
-        'tmpfs',
-        '-o',
-        'mode=0700,size=16m,nosuid,nodev,noexec',
-        'tmpfs',
-        dir,
-      ]);
+      await mount('tmpfs', dir, 'tmpfs', MS.NOSUID | MS.NODEV | MS.NOEXEC, 'mode=0700,size=16m');
     } catch (err) {
       await rmdir(dir);
       throw err;

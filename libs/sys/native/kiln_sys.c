@@ -1,0 +1,478 @@
+/*
+ * kiln_sys: the Linux system calls the worker needs and Node does not offer (mount, umount2,
+ * mknod, extended attributes), as a Node-API addon. Node-API's ABI is stable across Node
+ * versions, so the headers of any Node >= 18 build it.
+ *
+ * Every function returns errno (0 on success) instead of throwing: the TypeScript wrapper
+ * (src/index.ts) turns it into a Node-style error (code, errno, syscall, path). Calls that may
+ * block on the filesystem (mount, umount2, the tree walk) run on libuv's thread pool and return a
+ * promise; the others are synchronous and quick (one syscall on one inode).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <node_api.h>
+
+#ifndef NODE_GYP_MODULE_NAME
+#define NODE_GYP_MODULE_NAME kiln_sys
+#endif
+
+#define CHECK(call)                                                                              \
+  do {                                                                                           \
+    if ((call) != napi_ok) {                                                                     \
+      napi_throw_error(env, NULL, "kiln_sys: " #call " failed");                                 \
+      return NULL;                                                                               \
+    }                                                                                            \
+  } while (0)
+
+/* A JS string argument (or null/undefined -> NULL) as a malloc'd C string. */
+static int get_string(napi_env env, napi_value v, char **out) {
+  napi_valuetype t;
+  size_t len = 0;
+  *out = NULL;
+  if (napi_typeof(env, v, &t) != napi_ok) return -1;
+  if (t == napi_null || t == napi_undefined) return 0;
+  if (t != napi_string) return -1;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return -1;
+  *out = malloc(len + 1);
+  if (!*out) return -1;
+  if (napi_get_value_string_utf8(env, v, *out, len + 1, &len) != napi_ok) {
+    free(*out);
+    *out = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+static napi_value int_value(napi_env env, int v) {
+  napi_value r;
+  napi_create_int32(env, v, &r);
+  return r;
+}
+
+/* ---- async work: mount / umount2 ---- */
+
+enum op_kind { OP_MOUNT, OP_UMOUNT };
+
+struct op {
+  enum op_kind kind;
+  char *source, *target, *fstype, *data;
+  unsigned long flags;
+  int err;
+  napi_async_work work;
+  napi_deferred deferred;
+};
+
+static void op_free(struct op *o) {
+  free(o->source);
+  free(o->target);
+  free(o->fstype);
+  free(o->data);
+  free(o);
+}
+
+static void op_execute(napi_env env, void *arg) {
+  (void)env;
+  struct op *o = arg;
+  int r;
+  if (o->kind == OP_MOUNT)
+    r = mount(o->source, o->target, o->fstype, o->flags, o->data);
+  else
+    r = umount2(o->target, (int)o->flags);
+  o->err = r == 0 ? 0 : errno;
+}
+
+static void op_complete(napi_env env, napi_status status, void *arg) {
+  struct op *o = arg;
+  int err = status == napi_ok ? o->err : EIO;
+  napi_resolve_deferred(env, o->deferred, int_value(env, err));
+  napi_delete_async_work(env, o->work);
+  op_free(o);
+}
+
+static napi_value queue_op(napi_env env, struct op *o, const char *name) {
+  napi_value promise, resource_name;
+  if (napi_create_promise(env, &o->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name) != napi_ok ||
+      napi_create_async_work(env, NULL, resource_name, op_execute, op_complete, o, &o->work) !=
+          napi_ok ||
+      napi_queue_async_work(env, o->work) != napi_ok) {
+    op_free(o);
+    napi_throw_error(env, NULL, "kiln_sys: cannot queue work");
+    return NULL;
+  }
+  return promise;
+}
+
+/* mount(source, target, fstype, flags, data) -> Promise<errno> */
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  double flags = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) {
+    napi_throw_type_error(env, NULL, "mount: 5 arguments");
+    return NULL;
+  }
+  struct op *o = calloc(1, sizeof *o);
+  if (!o) return NULL;
+  o->kind = OP_MOUNT;
+  if (get_string(env, argv[0], &o->source) || get_string(env, argv[1], &o->target) ||
+      get_string(env, argv[2], &o->fstype) || get_string(env, argv[4], &o->data) ||
+      napi_get_value_double(env, argv[3], &flags) != napi_ok || !o->target) {
+    op_free(o);
+    napi_throw_type_error(env, NULL, "mount: bad arguments");
+    return NULL;
+  }
+  o->flags = (unsigned long)flags;
+  return queue_op(env, o, "kiln_sys.mount");
+}
+
+/* umount2(target, flags) -> Promise<errno> */
+static napi_value js_umount2(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t flags = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  struct op *o = calloc(1, sizeof *o);
+  if (!o) return NULL;
+  o->kind = OP_UMOUNT;
+  if (argc < 2 || get_string(env, argv[0], &o->target) || !o->target ||
+      napi_get_value_int32(env, argv[1], &flags) != napi_ok) {
+    op_free(o);
+    napi_throw_type_error(env, NULL, "umount2: bad arguments");
+    return NULL;
+  }
+  o->flags = (unsigned long)(uint32_t)flags;
+  return queue_op(env, o, "kiln_sys.umount2");
+}
+
+/* ---- synchronous calls ---- */
+
+/* mknod(path, mode, major, minor) -> errno */
+static napi_value js_mknod(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  uint32_t mode = 0, maj = 0, min = 0;
+  char *path = NULL;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4 || get_string(env, argv[0], &path) || !path ||
+      napi_get_value_uint32(env, argv[1], &mode) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &maj) != napi_ok ||
+      napi_get_value_uint32(env, argv[3], &min) != napi_ok) {
+    free(path);
+    napi_throw_type_error(env, NULL, "mknod: bad arguments");
+    return NULL;
+  }
+  int r = mknod(path, (mode_t)mode, makedev(maj, min));
+  int err = r == 0 ? 0 : errno;
+  free(path);
+  return int_value(env, err);
+}
+
+/* lsetxattr(path, name, value: Buffer) -> errno */
+static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  char *path = NULL, *name = NULL;
+  void *data = NULL;
+  size_t len = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3 || get_string(env, argv[0], &path) || get_string(env, argv[1], &name) || !path ||
+      !name || napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok) {
+    free(path);
+    free(name);
+    napi_throw_type_error(env, NULL, "lsetxattr: bad arguments");
+    return NULL;
+  }
+  int r = lsetxattr(path, name, len ? data : "", len, 0);
+  int err = r == 0 ? 0 : errno;
+  free(path);
+  free(name);
+  return int_value(env, err);
+}
+
+/* The attributes of one entry: llistxattr's list and each value (len -1: unreadable). */
+struct attrs {
+  char *names;      /* llistxattr's list */
+  ssize_t names_len;
+  char **values;    /* one per name */
+  ssize_t *lens;
+  int count;
+};
+
+static void attrs_free(struct attrs *a) {
+  for (int i = 0; i < a->count; i++) free(a->values[i]);
+  free(a->values);
+  free(a->lens);
+  free(a->names);
+  memset(a, 0, sizeof *a);
+}
+
+/* Reads the attributes of `path` (symlinks not followed) into `a`: 0 or errno. */
+static int read_attrs(const char *path, struct attrs *a) {
+  memset(a, 0, sizeof *a);
+  for (int tries = 0; tries < 4; tries++) {
+    ssize_t n = llistxattr(path, NULL, 0);
+    if (n < 0) return errno;
+    if (n == 0) return 0;
+    a->names = malloc((size_t)n);
+    if (!a->names) return ENOMEM;
+    a->names_len = llistxattr(path, a->names, (size_t)n);
+    if (a->names_len >= 0) break;
+    int e = errno;
+    free(a->names);
+    a->names = NULL;
+    if (e != ERANGE) return e;
+  }
+  if (!a->names) return ERANGE;
+  int count = 0;
+  for (ssize_t i = 0; i < a->names_len; i += (ssize_t)strlen(a->names + i) + 1) count++;
+  a->values = calloc((size_t)count, sizeof *a->values);
+  a->lens = calloc((size_t)count, sizeof *a->lens);
+  if (!a->values || !a->lens) return ENOMEM;
+  a->count = count;
+  int k = 0;
+  for (ssize_t i = 0; i < a->names_len; i += (ssize_t)strlen(a->names + i) + 1, k++) {
+    const char *name = a->names + i;
+    ssize_t v = -1;
+    for (int tries = 0; tries < 4; tries++) {
+      v = lgetxattr(path, name, NULL, 0);
+      if (v < 0) break;
+      a->values[k] = malloc(v > 0 ? (size_t)v : 1);
+      if (!a->values[k]) return ENOMEM;
+      v = lgetxattr(path, name, a->values[k], (size_t)v);
+      if (v >= 0 || errno != ERANGE) break;
+      free(a->values[k]);
+      a->values[k] = NULL;
+    }
+    /* An attribute removed meanwhile (ENODATA) or unreadable: left out (lens = -1). */
+    a->lens[k] = v;
+  }
+  return 0;
+}
+
+/* [[name, Buffer], ...] of `a` (unreadable values left out). */
+static napi_value attrs_value(napi_env env, const struct attrs *a) {
+  napi_value arr;
+  uint32_t j = 0;
+  if (napi_create_array(env, &arr) != napi_ok) return NULL;
+  int k = 0;
+  for (ssize_t i = 0; i < a->names_len; i += (ssize_t)strlen(a->names + i) + 1, k++) {
+    if (a->lens[k] < 0) continue;
+    napi_value pair, name, buf;
+    void *dst;
+    if (napi_create_array_with_length(env, 2, &pair) != napi_ok ||
+        napi_create_string_utf8(env, a->names + i, NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_create_buffer_copy(env, (size_t)a->lens[k], a->values[k] ? a->values[k] : "", &dst,
+                                &buf) != napi_ok)
+      return NULL;
+    napi_set_element(env, pair, 0, name);
+    napi_set_element(env, pair, 1, buf);
+    napi_set_element(env, arr, j++, pair);
+  }
+  return arr;
+}
+
+/* lxattrs(path) -> [[name, Buffer], ...] | errno */
+static napi_value js_lxattrs(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  char *path = NULL;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || get_string(env, argv[0], &path) || !path) {
+    free(path);
+    napi_throw_type_error(env, NULL, "lxattrs: bad arguments");
+    return NULL;
+  }
+  struct attrs a;
+  int err = read_attrs(path, &a);
+  free(path);
+  napi_value r = err ? int_value(env, err) : attrs_value(env, &a);
+  attrs_free(&a);
+  return r;
+}
+
+/* ---- async tree walk: every entry's attributes ---- */
+
+struct entry {
+  char *rel;
+  struct attrs attrs;
+};
+
+struct walk {
+  char *root;
+  struct entry *entries;
+  size_t count, cap;
+  int err;
+  napi_async_work work;
+  napi_deferred deferred;
+};
+
+static int walk_push(struct walk *w, const char *rel, struct attrs *a) {
+  if (w->count == w->cap) {
+    size_t cap = w->cap ? w->cap * 2 : 64;
+    struct entry *e = realloc(w->entries, cap * sizeof *e);
+    if (!e) return ENOMEM;
+    w->entries = e;
+    w->cap = cap;
+  }
+  w->entries[w->count].rel = strdup(rel);
+  if (!w->entries[w->count].rel) return ENOMEM;
+  w->entries[w->count].attrs = *a;
+  w->count++;
+  return 0;
+}
+
+/* Walks `abs` (a directory, not followed if a symlink), `rel` its path under the root. */
+static int walk_dir(struct walk *w, char *abs, size_t abs_len, size_t cap, const char *rel_base) {
+  DIR *d = opendir(abs);
+  if (!d) return 0; /* unreadable: skipped, as getfattr and containerd do */
+  struct dirent *de;
+  int err = 0;
+  while (!err && (de = readdir(d)) != NULL) {
+    if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+    size_t n = strlen(de->d_name);
+    if (abs_len + 1 + n + 1 > cap) continue; /* beyond PATH_MAX: cannot be named */
+    abs[abs_len] = '/';
+    memcpy(abs + abs_len + 1, de->d_name, n + 1);
+    const char *rel = rel_base;
+    struct attrs a;
+    if (read_attrs(abs, &a) == 0 && a.names_len > 0) {
+      err = walk_push(w, rel, &a);
+      if (err) attrs_free(&a);
+    } else {
+      attrs_free(&a);
+    }
+    int is_dir = de->d_type == DT_DIR;
+    if (de->d_type == DT_UNKNOWN) {
+      struct stat st;
+      is_dir = lstat(abs, &st) == 0 && S_ISDIR(st.st_mode);
+    }
+    if (!err && is_dir) err = walk_dir(w, abs, abs_len + 1 + n, cap, rel_base);
+    abs[abs_len] = '\0';
+  }
+  closedir(d);
+  return err;
+}
+
+static void walk_execute(napi_env env, void *arg) {
+  (void)env;
+  struct walk *w = arg;
+  size_t cap = 4096 + 256;
+  char *abs = malloc(cap);
+  if (!abs) {
+    w->err = ENOMEM;
+    return;
+  }
+  size_t len = strlen(w->root);
+  if (len + 1 > cap) {
+    free(abs);
+    w->err = ENAMETOOLONG;
+    return;
+  }
+  memcpy(abs, w->root, len + 1);
+  while (len > 1 && abs[len - 1] == '/') abs[--len] = '\0';
+  struct stat st;
+  if (lstat(abs, &st) != 0) {
+    w->err = errno;
+    free(abs);
+    return;
+  }
+  struct attrs a;
+  if (read_attrs(abs, &a) == 0 && a.names_len > 0) {
+    w->err = walk_push(w, "", &a);
+    if (w->err) attrs_free(&a);
+  } else {
+    attrs_free(&a);
+  }
+  /* Relative names start after "<root>/". */
+  if (!w->err && S_ISDIR(st.st_mode)) w->err = walk_dir(w, abs, len, cap, abs + len + 1);
+  free(abs);
+}
+
+static void walk_free(struct walk *w) {
+  for (size_t i = 0; i < w->count; i++) {
+    free(w->entries[i].rel);
+    attrs_free(&w->entries[i].attrs);
+  }
+  free(w->entries);
+  free(w->root);
+  free(w);
+}
+
+static void walk_complete(napi_env env, napi_status status, void *arg) {
+  struct walk *w = arg;
+  napi_value result = NULL;
+  if (status != napi_ok) w->err = EIO;
+  if (w->err) {
+    result = int_value(env, w->err);
+  } else if (napi_create_array_with_length(env, w->count, &result) == napi_ok) {
+    for (size_t i = 0; i < w->count; i++) {
+      napi_value pair, rel, attrs = attrs_value(env, &w->entries[i].attrs);
+      if (!attrs || napi_create_array_with_length(env, 2, &pair) != napi_ok ||
+          napi_create_string_utf8(env, w->entries[i].rel, NAPI_AUTO_LENGTH, &rel) != napi_ok) {
+        result = int_value(env, ENOMEM);
+        break;
+      }
+      napi_set_element(env, pair, 0, rel);
+      napi_set_element(env, pair, 1, attrs);
+      napi_set_element(env, result, (uint32_t)i, pair);
+    }
+  } else {
+    result = int_value(env, ENOMEM);
+  }
+  napi_resolve_deferred(env, w->deferred, result);
+  napi_delete_async_work(env, w->work);
+  walk_free(w);
+}
+
+/* treeXattrs(root) -> Promise<[[relPath, [[name, Buffer], ...]], ...] | errno> */
+static napi_value js_tree_xattrs(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], promise, resource_name;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  struct walk *w = calloc(1, sizeof *w);
+  if (!w) return NULL;
+  if (argc < 1 || get_string(env, argv[0], &w->root) || !w->root) {
+    walk_free(w);
+    napi_throw_type_error(env, NULL, "treeXattrs: bad arguments");
+    return NULL;
+  }
+  if (napi_create_promise(env, &w->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "kiln_sys.treeXattrs", NAPI_AUTO_LENGTH, &resource_name) !=
+          napi_ok ||
+      napi_create_async_work(env, NULL, resource_name, walk_execute, walk_complete, w,
+                             &w->work) != napi_ok ||
+      napi_queue_async_work(env, w->work) != napi_ok) {
+    walk_free(w);
+    napi_throw_error(env, NULL, "kiln_sys: cannot queue work");
+    return NULL;
+  }
+  return promise;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"umount2", NULL, js_umount2, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lxattrs", NULL, js_lxattrs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"treeXattrs", NULL, js_tree_xattrs, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
+    return NULL;
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,155 @@
+/**
+ * `@kiln/sys`: the Linux system calls the worker needs and Node lacks (mount, umount2, mknod,
+ * extended attributes), through a small Node-API addon (`native/kiln_sys.c`). One call is one
+ * syscall: no process is spawned (a `mount` process costs 3-30 ms; the syscall, tens of µs).
+ *
+ * Errors are Node-style (`code` such as `EPERM`, `errno`, `syscall`, `path`), as `node:fs`'s.
+ */
+import { createRequire } from 'node:module';
+import { constants } from 'node:os';
+
+interface Native {
+  mount(
+    source: string | null,
+    target: string,
+    fstype: string | null,
+    flags: number,
+    data: string | null,
+  ): Promise<number>;
+  umount2(target: string, flags: number): Promise<number>;
+  mknod(path: string, mode: number, major: number, minor: number): number;
+  lsetxattr(path: string, name: string, value: Buffer): number;
+  lxattrs(path: string): [string, Buffer][] | number;
+  treeXattrs(root: string): Promise<[string, [string, Buffer][]][] | number>;
+}
+
+let native: Native | undefined;
+
+/**
+ * The addon, loaded on first use (so that importing this package costs nothing): the file
+ * `KILN_SYS_ADDON` names (code bundled away from its package sets it), else the package's own
+ * `build/kiln_sys.node`.
+ */
+function addon(): Native {
+  if (native) return native;
+  const require = createRequire(import.meta.url);
+  try {
+    native = require(process.env.KILN_SYS_ADDON || '@kiln/sys/addon') as Native;
+  } catch (err) {
+    throw new Error(
+      `@kiln/sys: the native addon is not built (${(err as Error).message}); ` +
+        `run \`npm run build\` (it compiles libs/sys/native with cc)`,
+      { cause: err },
+    );
+  }
+  return native;
+}
+
+const errnoNames = new Map<number, string>(
+  Object.entries(constants.errno).map(([name, n]) => [n, name]),
+);
+
+/** An errno as a Node-style error: `EPERM: operation not permitted, mount '/x'`. */
+export function errnoError(errno: number, syscall: string, path?: string): NodeJS.ErrnoException {
+  const code = errnoNames.get(errno) ?? `E${errno}`;
+  const err: NodeJS.ErrnoException = new Error(
+    `${code}: ${describe(errno)}, ${syscall}${path === undefined ? '' : ` '${path}'`}`,
+  );
+  err.code = code;
+  err.errno = -errno;
+  err.syscall = syscall;
+  if (path !== undefined) err.path = path;
+  return err;
+}
+
+function describe(errno: number): string {
+  // util.getSystemErrorMessage is Node >= 22; the messages of the errors met here.
+  const known: Record<string, string> = {
+    EPERM: 'operation not permitted',
+    ENOENT: 'no such file or directory',
+    EACCES: 'permission denied',
+    EBUSY: 'device or resource busy',
+    EEXIST: 'file exists',
+    ENOTDIR: 'not a directory',
+    EINVAL: 'invalid argument',
+    ENODEV: 'no such device',
+    ENOTSUP: 'operation not supported',
+    EOPNOTSUPP: 'operation not supported',
+    ENOSPC: 'no space left on device',
+    ERANGE: 'result too large',
+    ENAMETOOLONG: 'name too long',
+    ELOOP: 'too many symbolic links encountered',
+    EROFS: 'read-only file system',
+    E2BIG: 'argument list too long',
+    ENOMEM: 'not enough memory',
+  };
+  return known[errnoNames.get(errno) ?? ''] ?? `errno ${errno}`;
+}
+
+/** mount(2) flags (linux/mount.h). */
+export const MS = {
+  RDONLY: 0x1,
+  NOSUID: 0x2,
+  NODEV: 0x4,
+  NOEXEC: 0x8,
+  REMOUNT: 0x20,
+  BIND: 0x1000,
+  REC: 0x4000,
+  PRIVATE: 0x40000,
+} as const;
+
+/** umount2(2) flags. */
+export const MNT = { FORCE: 0x1, DETACH: 0x2, EXPIRE: 0x4 } as const;
+export const UMOUNT_NOFOLLOW = 0x8;
+
+/**
+ * mount(2), on libuv's thread pool. `data` is the filesystem's option string (overlay's
+ * `lowerdir=...,upperdir=...`); the kernel takes at most one page of it.
+ */
+export async function mount(
+  source: string | null,
+  target: string,
+  fstype: string | null,
+  flags: number,
+  data: string | null = null,
+): Promise<void> {
+  const errno = await addon().mount(source, target, fstype, flags, data);
+  if (errno !== 0) throw errnoError(errno, 'mount', target);
+}
+
+/** umount2(2), on libuv's thread pool. */
+export async function umount2(target: string, flags = 0): Promise<void> {
+  const errno = await addon().umount2(target, flags);
+  if (errno !== 0) throw errnoError(errno, 'umount2', target);
+}
+
+/** mknod(2): `mode` holds the type (S_IFCHR, S_IFBLK, S_IFIFO) and the permission bits. */
+export function mknod(path: string, mode: number, major = 0, minor = 0): void {
+  const errno = addon().mknod(path, mode, major, minor);
+  if (errno !== 0) throw errnoError(errno, 'mknod', path);
+}
+
+/** lsetxattr(2): sets one attribute on the entry itself (a symlink is not followed). */
+export function lsetxattr(path: string, name: string, value: Buffer): void {
+  const errno = addon().lsetxattr(path, name, value);
+  if (errno !== 0) throw errnoError(errno, 'lsetxattr', path);
+}
+
+/** Every attribute of one entry (symlinks not followed), in the kernel's order. */
+export function lxattrs(path: string): [string, Buffer][] {
+  const r = addon().lxattrs(path);
+  if (typeof r === 'number') throw errnoError(r, 'llistxattr', path);
+  return r;
+}
+
+/**
+ * Every entry at and below `root` that has extended attributes (directories walked, symlinks
+ * never followed), with its path relative to `root` (`''` for `root` itself, `/`-separated) and
+ * its attributes. Entries that cannot be read are skipped (as containerd and getfattr do). Runs
+ * on libuv's thread pool.
+ */
+export async function treeXattrs(root: string): Promise<[string, [string, Buffer][]][]> {
+  const r = await addon().treeXattrs(root);
+  if (typeof r === 'number') throw errnoError(r, 'llistxattr', root);
+  return r;
+}

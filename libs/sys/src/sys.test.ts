@@ -1,0 +1,145 @@
+import { lstatSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MNT, MS, lsetxattr, lxattrs, mknod, mount, treeXattrs, umount2 } from './index.js';
+
+/** The error `fn` throws (a test fails when it does not throw). */
+function thrown(fn: () => unknown): NodeJS.ErrnoException {
+  try {
+    fn();
+  } catch (err) {
+    return err as NodeJS.ErrnoException;
+  }
+  throw new Error('expected a throw');
+}
+
+const mounted = (target: string): boolean =>
+  lstatSync(target).dev !== lstatSync(join(target, '..')).dev;
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'kiln-sys-'));
+  // A tmpfs of its own: xattrs (trusted.* as root, user.*) work on it whatever the host disk is.
+  await mkdir(join(dir, 'fs'));
+  await mount('tmpfs', join(dir, 'fs'), 'tmpfs', 0, 'size=16m');
+});
+afterAll(async () => {
+  await umount2(join(dir, 'fs'), MNT.DETACH).catch(() => undefined);
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('mount / umount2', () => {
+  it('mounts an overlay of two lower dirs and an upper one, and unmounts it', async () => {
+    const root = join(dir, 'fs', 'ovl');
+    for (const d of ['l1', 'l2', 'up', 'work', 'merged'])
+      await mkdir(join(root, d), { recursive: true });
+    await writeFile(join(root, 'l1', 'a'), 'from l1');
+    await writeFile(join(root, 'l2', 'a'), 'from l2');
+    await writeFile(join(root, 'l2', 'b'), 'only l2');
+    const merged = join(root, 'merged');
+    await mount(
+      'overlay',
+      merged,
+      'overlay',
+      0,
+      `lowerdir=${join(root, 'l1')}:${join(root, 'l2')},upperdir=${join(root, 'up')},workdir=${join(root, 'work')}`,
+    );
+    expect(mounted(merged)).toBe(true);
+    expect(await readFile(join(merged, 'a'), 'utf8')).toBe('from l1');
+    expect(await readFile(join(merged, 'b'), 'utf8')).toBe('only l2');
+    await writeFile(join(merged, 'c'), 'new');
+    expect(await readFile(join(root, 'up', 'c'), 'utf8')).toBe('new');
+    await umount2(merged);
+    expect(mounted(merged)).toBe(false);
+  });
+
+  it('makes a read-only bind with a bind and a read-only remount', async () => {
+    const src = join(dir, 'fs', 'bind-src');
+    const target = join(dir, 'fs', 'bind-target');
+    await mkdir(src);
+    await mkdir(target);
+    await writeFile(join(src, 'f'), 'x');
+    await mount(src, target, null, MS.BIND | MS.REC);
+    await mount(null, target, null, MS.REMOUNT | MS.BIND | MS.RDONLY);
+    expect(await readFile(join(target, 'f'), 'utf8')).toBe('x');
+    await expect(writeFile(join(target, 'g'), 'y')).rejects.toMatchObject({ code: 'EROFS' });
+    await umount2(target);
+    expect(mounted(target)).toBe(false);
+  });
+
+  it('fails with Node-style errors', async () => {
+    const missing = join(dir, 'no-such-dir');
+    await expect(mount('tmpfs', missing, 'tmpfs', 0)).rejects.toMatchObject({
+      code: 'ENOENT',
+      syscall: 'mount',
+      path: missing,
+    });
+    await expect(mount('x', join(dir, 'fs'), 'no-such-fs', 0)).rejects.toMatchObject({
+      code: 'ENODEV',
+    });
+    await expect(umount2(join(dir))).rejects.toMatchObject({ code: 'EINVAL', syscall: 'umount2' });
+  });
+});
+
+describe('extended attributes', () => {
+  it('sets and reads attributes of an entry, never through a symlink', async () => {
+    const f = join(dir, 'fs', 'x-file');
+    await writeFile(f, '');
+    await symlink('x-file', join(dir, 'fs', 'x-link'));
+    lsetxattr(f, 'user.k', Buffer.from('v1'));
+    lsetxattr(f, 'trusted.bin', Buffer.from([0, 1, 255]));
+    const attrs = new Map(lxattrs(f));
+    expect(attrs.get('user.k')?.toString()).toBe('v1');
+    expect(attrs.get('trusted.bin')).toEqual(Buffer.from([0, 1, 255]));
+    // The link has no attributes of its own, and user.* cannot be set on a symlink.
+    expect(lxattrs(join(dir, 'fs', 'x-link'))).toEqual([]);
+    expect(
+      thrown(() => lsetxattr(join(dir, 'fs', 'x-link'), 'user.k', Buffer.from('v'))),
+    ).toMatchObject({ code: 'EPERM' });
+    expect(thrown(() => lxattrs(join(dir, 'fs', 'missing')))).toMatchObject({
+      code: 'ENOENT',
+      syscall: 'llistxattr',
+    });
+  });
+
+  it('reads a tree: every entry with attributes, by relative path', async () => {
+    const root = join(dir, 'fs', 'tree');
+    await mkdir(join(root, 'a', 'b'), { recursive: true });
+    await writeFile(join(root, 'a', 'b', 'f'), '');
+    await writeFile(join(root, 'plain'), '');
+    await symlink('/nowhere', join(root, 'a', 'link'));
+    lsetxattr(root, 'user.root', Buffer.from('r'));
+    lsetxattr(join(root, 'a', 'b', 'f'), 'trusted.deep', Buffer.alloc(0));
+    lsetxattr(join(root, 'a', 'link'), 'trusted.onlink', Buffer.from('l'));
+    const tree = new Map(
+      (await treeXattrs(root)).map(([p, attrs]) => [
+        p,
+        Object.fromEntries(attrs.map(([n, v]) => [n, v.toString()])),
+      ]),
+    );
+    expect(tree).toEqual(
+      new Map([
+        ['', { 'user.root': 'r' }],
+        ['a/b/f', { 'trusted.deep': '' }],
+        ['a/link', { 'trusted.onlink': 'l' }],
+      ]),
+    );
+    await expect(treeXattrs(join(root, 'missing'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
+describe('mknod', () => {
+  it('makes a fifo and a character device', () => {
+    const fifo = join(dir, 'fs', 'fifo');
+    mknod(fifo, 0o010644);
+    expect(lstatSync(fifo).isFIFO()).toBe(true);
+    const dev = join(dir, 'fs', 'null');
+    mknod(dev, 0o020666, 1, 3);
+    const st = lstatSync(dev);
+    expect(st.isCharacterDevice()).toBe(true);
+    expect(st.rdev).toBe((1 << 8) | 3);
+    expect(thrown(() => mknod(fifo, 0o010644))).toMatchObject({ code: 'EEXIST' });
+  });
+});
