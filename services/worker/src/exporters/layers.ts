@@ -16,6 +16,7 @@ import { KilnError } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
 import { diffLayer, writeLayer } from '@kiln/layers';
 import type { LayerDescriptor } from '@kiln/layers';
+import { coalesced } from '../cache/coalesced-write.js';
 import { snapshotChain } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 
@@ -33,7 +34,6 @@ export class LayerCache {
   private readonly map = new Map<string, Known>();
   private readonly inflight = new Map<string, Promise<LayerRecord>>();
   private readonly hashing = new Map<string, Promise<string>>();
-  private saving: Promise<void> = Promise.resolve();
 
   private constructor(private readonly file: string) {}
 
@@ -60,16 +60,18 @@ export class LayerCache {
     return this.#save(snapshot, rec);
   }
 
-  async #save(snapshot: string, rec: Known): Promise<void> {
+  #save(snapshot: string, rec: Known): Promise<void> {
     this.map.set(snapshot, rec);
-    const body = JSON.stringify(Object.fromEntries(this.map));
-    this.saving = this.saving.then(async () => {
-      await mkdir(dirname(this.file), { recursive: true });
-      await writeFile(`${this.file}.tmp`, body);
-      await rename(`${this.file}.tmp`, this.file);
-    });
-    await this.saving;
+    return this.#write();
   }
+
+  /** The whole map to its file, group-committed (concurrent saves share a write). */
+  readonly #write = coalesced(async () => {
+    const body = JSON.stringify(Object.fromEntries(this.map));
+    await mkdir(dirname(this.file), { recursive: true });
+    await writeFile(`${this.file}.tmp`, body);
+    await rename(`${this.file}.tmp`, this.file);
+  });
 
   /** The diffID of one snapshot's layer, computed at most once (no blob is written). */
   diffIdOf(env: SnapshotEnv, snapshot: string): Promise<string> {

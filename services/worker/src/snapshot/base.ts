@@ -1,5 +1,6 @@
 import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { coalesced } from '../cache/coalesced-write.js';
 import { SnapshotError, SnapshotErrorCode } from './errors.js';
 import { readMetadata, writeMetadata } from './metadata.js';
 import { unmountUnder } from './mount.js';
@@ -25,9 +26,6 @@ export abstract class BaseSnapshotter implements Snapshotter {
   private meta: MetadataFile;
   private readonly leases = new Map<string, number>();
   private lock: Promise<unknown> = Promise.resolve();
-  /** Mutations waiting for a durable write of the metadata (see {@link save}). */
-  private saveWaiters: { resolve: () => void; reject: (err: unknown) => void }[] = [];
-  private writing = false;
 
   protected constructor(
     protected readonly root: string,
@@ -112,32 +110,11 @@ export abstract class BaseSnapshotter implements Snapshotter {
   }
 
   /**
-   * Resolves once the metadata as it is now is on disk. Writes are coalesced (group commit): one
-   * write (temp file, fsync, rename) covers every mutation made before it starts, so concurrent
-   * tasks do not queue one fsync each behind the mutation lock. Callers save after leaving the
-   * lock.
+   * Resolves once the metadata as it is now is on disk. Writes (temp file, fsync, rename) are
+   * group-committed, so concurrent tasks do not queue one fsync each; callers save after leaving
+   * the mutation lock.
    */
-  private save(): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.saveWaiters.push({ resolve, reject });
-      if (!this.writing) this.flush();
-    });
-  }
-
-  private flush(): void {
-    const batch = this.saveWaiters.splice(0);
-    this.writing = true;
-    writeMetadata(this.metaPath, this.meta)
-      .then(
-        () => batch.forEach((w) => w.resolve()),
-        (err: unknown) => batch.forEach((w) => w.reject(err)),
-      )
-      .finally(() => {
-        this.writing = false;
-        if (this.saveWaiters.length > 0) this.flush();
-      })
-      .catch(() => undefined);
-  }
+  private readonly save = coalesced(() => writeMetadata(this.metaPath, this.meta));
 
   /** Creates the backend's directories for a new active snapshot or view. */
   protected abstract create(
