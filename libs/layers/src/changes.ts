@@ -1,6 +1,6 @@
 import type { BigIntStats } from 'node:fs';
-import { open, readdir, readlink } from 'node:fs/promises';
-import { lstat } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+import { lstatBigSync, lstatMaybeSync, readdirSync, readlinkSync, yielder } from './sync-fs.js';
 import { join } from 'node:path';
 import type { Xattrs } from './xattr.js';
 import { LayerError, LayerErrorCode } from './errors.js';
@@ -25,18 +25,8 @@ export function compareNames(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
-async function sortedNames(dir: string): Promise<string[]> {
-  return (await readdir(dir)).sort(compareNames);
-}
-
-async function lstatMaybe(path: string): Promise<BigIntStats | undefined> {
-  try {
-    return await lstat(path, { bigint: true });
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw err;
-  }
+function sortedNames(dir: string): string[] {
+  return readdirSync(dir).sort(compareNames);
 }
 
 function rel(parent: string, name: string): string {
@@ -66,7 +56,7 @@ export async function compareChanges(
   xattrs: TreeXattrs = NO_XATTRS,
 ): Promise<Change[]> {
   const out: Change[] = [];
-  await compareDir({ base, next, xattrs }, '', base !== undefined, out);
+  await compareDir({ base, next, xattrs, tick: yielder() }, '', base !== undefined, out);
   return out;
 }
 
@@ -74,6 +64,7 @@ interface CompareTrees {
   base: string | undefined;
   next: string;
   xattrs: TreeXattrs;
+  tick: () => Promise<void> | undefined;
 }
 
 function sameXattrs(t: CompareTrees, p: string): boolean {
@@ -92,23 +83,24 @@ async function compareDir(
   out: Change[],
 ): Promise<void> {
   const { base, next } = trees;
-  const nextNames = await sortedNames(join(next, dir));
+  const nextNames = sortedNames(join(next, dir));
   let baseNames: string[] = [];
   if (baseHas && base !== undefined) {
-    const bst = await lstatMaybe(join(base, dir));
-    if (bst?.isDirectory()) baseNames = await sortedNames(join(base, dir));
+    const bst = lstatMaybeSync(join(base, dir));
+    if (bst?.isDirectory()) baseNames = sortedNames(join(base, dir));
   }
   const names = [...new Set([...nextNames, ...baseNames])].sort(compareNames);
   const inNext = new Set(nextNames);
   const inBase = new Set(baseNames);
   for (const name of names) {
+    await trees.tick();
     const p = rel(dir, name);
     if (!inNext.has(name)) {
       out.push({ path: p, kind: 'delete' });
       continue;
     }
-    const ns = await lstat(join(next, p), { bigint: true });
-    const bs = inBase.has(name) && base !== undefined ? await lstatMaybe(join(base, p)) : undefined;
+    const ns = lstatBigSync(join(next, p));
+    const bs = inBase.has(name) && base !== undefined ? lstatMaybeSync(join(base, p)) : undefined;
     if (bs === undefined) {
       out.push({ path: p, kind: 'add', stat: ns });
       if (ns.isDirectory()) await compareDir(trees, p, false, out);
@@ -134,7 +126,7 @@ async function compareDir(
 async function sameFile(a: BigIntStats, b: BigIntStats, pa: string, pb: string): Promise<boolean> {
   if (a.mode !== b.mode || a.uid !== b.uid || a.gid !== b.gid || a.rdev !== b.rdev) return false;
   if (a.size !== b.size) return false;
-  if (a.isSymbolicLink()) return (await readlink(pa)) === (await readlink(pb));
+  if (a.isSymbolicLink()) return readlinkSync(pa) === readlinkSync(pb);
   const sa = a.mtimeNs / 1_000_000_000n;
   const sb = b.mtimeNs / 1_000_000_000n;
   if (sa !== sb) return false;
@@ -190,7 +182,7 @@ export async function overlayChanges(
   merged: string | undefined,
 ): Promise<Change[]> {
   const out: Change[] = [];
-  await overlayDir({ upper, lower, merged }, '', lower !== undefined, out);
+  await overlayDir({ upper, lower, merged, tick: yielder() }, '', lower !== undefined, out);
   return out;
 }
 
@@ -198,6 +190,7 @@ interface OverlayDirs {
   upper: string;
   lower: string | undefined;
   merged: string | undefined;
+  tick: () => Promise<void> | undefined;
 }
 
 async function overlayDir(
@@ -207,10 +200,11 @@ async function overlayDir(
   out: Change[],
 ): Promise<void> {
   const { upper, lower } = dirs;
-  for (const name of await sortedNames(join(upper, dir))) {
+  for (const name of sortedNames(join(upper, dir))) {
+    await dirs.tick();
     const p = rel(dir, name);
-    const us = await lstat(join(upper, p), { bigint: true });
-    const ls = lowerHas && lower !== undefined ? await lstatMaybe(join(lower, p)) : undefined;
+    const us = lstatBigSync(join(upper, p));
+    const ls = lowerHas && lower !== undefined ? lstatMaybeSync(join(lower, p)) : undefined;
     if (isWhiteout(us)) {
       if (ls !== undefined) out.push({ path: p, kind: 'delete' });
       continue;
@@ -218,7 +212,7 @@ async function overlayDir(
     out.push({ path: p, kind: ls === undefined ? 'add' : 'modify', stat: us });
     if (!us.isDirectory()) continue;
     if (ls?.isDirectory()) {
-      const opaque = await isOpaque(dirs, p);
+      const opaque = isOpaque(dirs, p);
       if (opaque) out.push({ path: p, kind: 'opaque' });
       await overlayDir(dirs, p, !opaque, out);
     } else {
@@ -228,9 +222,9 @@ async function overlayDir(
 }
 
 /** Whether upper dir `p` hides the lower one: some lower child without upper entry is not visible. */
-async function isOpaque(dirs: OverlayDirs, p: string): Promise<boolean> {
-  const upperNames = new Set(await readdir(join(dirs.upper, p)));
-  for (const n of await readdir(join(dirs.lower!, p))) {
+function isOpaque(dirs: OverlayDirs, p: string): boolean {
+  const upperNames = new Set(readdirSync(join(dirs.upper, p)));
+  for (const n of readdirSync(join(dirs.lower!, p))) {
     if (upperNames.has(n)) continue;
     if (dirs.merged === undefined) {
       throw new LayerError(
@@ -238,7 +232,7 @@ async function isOpaque(dirs: OverlayDirs, p: string): Promise<boolean> {
         'an overlay diff with a lowerDir needs mergedDir',
       );
     }
-    return (await lstatMaybe(join(dirs.merged, p, n))) === undefined;
+    return lstatMaybeSync(join(dirs.merged, p, n)) === undefined;
   }
   return false;
 }

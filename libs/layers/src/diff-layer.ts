@@ -1,6 +1,5 @@
 import type { BigIntStats } from 'node:fs';
 import { createReadStream } from 'node:fs';
-import { lstat, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream';
 import type { Readable } from 'node:stream';
@@ -17,6 +16,7 @@ import { MediaTypes, compressor } from './compression.js';
 import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
 import { paxXattrHeader } from './pax.js';
+import { SMALL_FILE, lstatBigSync, readFileSync, readlinkSync, yielder } from './sync-fs.js';
 
 /** What to diff. */
 export type DiffSource =
@@ -211,7 +211,9 @@ class TarWriter {
   }
 
   async write(changes: Change[]): Promise<void> {
+    const tick = yielder();
     for (const ch of changes) {
+      await tick();
       switch (ch.kind) {
         case 'delete': {
           await this.includeParents(ch.path);
@@ -253,7 +255,7 @@ class TarWriter {
       const key = `${st.dev}:${st.ino}`;
       const src = this.inodeSource.get(key);
       if (src !== undefined) {
-        const h = await this.header(path, st);
+        const h = this.header(path, st);
         await this.includeParents(path);
         if (h !== undefined) await this.entry({ ...h, type: 'link', linkname: src, size: 0 });
         return;
@@ -269,7 +271,7 @@ class TarWriter {
       return;
     }
     if (st.isDirectory() && this.emittedDirs.has(path)) return;
-    const header = await this.header(path, st);
+    const header = this.header(path, st);
     if (header === undefined) return;
     await this.includeParents(path);
     if (header.type === 'file' && header.size > 0) {
@@ -290,8 +292,8 @@ class TarWriter {
     for (let i = 1; i < parts.length; i++) {
       const dir = parts.slice(0, i).join('/');
       if (this.emittedDirs.has(dir)) continue;
-      const st = await lstat(join(this.root, dir), { bigint: true });
-      const header = await this.header(dir, st);
+      const st = lstatBigSync(join(this.root, dir));
+      const header = this.header(dir, st);
       if (header === undefined || header.type !== 'directory') {
         throw new LayerError(LayerErrorCode.Io, 'parent of a change is not a directory', {
           entry: dir,
@@ -309,7 +311,7 @@ class TarWriter {
     return new Date(sec * 1000);
   }
 
-  private async header(path: string, st: BigIntStats): Promise<Header | undefined> {
+  private header(path: string, st: BigIntStats): Header | undefined {
     const base = {
       name: path,
       mode: Number(st.mode & 0o7777n),
@@ -326,7 +328,7 @@ class TarWriter {
     if (st.isFile()) return { ...base, type: 'file', size: Number(st.size) };
     if (st.isDirectory()) return { ...base, name: `${path}/`, type: 'directory' };
     if (st.isSymbolicLink())
-      return { ...base, type: 'symlink', linkname: await readlink(join(this.root, path)) };
+      return { ...base, type: 'symlink', linkname: readlinkSync(join(this.root, path)) };
     if (st.isFIFO()) return { ...base, type: 'fifo' };
     if (st.isCharacterDevice() || st.isBlockDevice()) {
       const rdev = st.rdev;
@@ -354,6 +356,19 @@ class TarWriter {
       await new Promise<void>((resolve, reject) => {
         // An explicit empty body: a `file` entry without one waits for writes that never come.
         this.pack.entry(header, EMPTY, (err) => (err ? reject(err) : resolve()));
+      });
+      return;
+    }
+    if ((header.size ?? 0) <= SMALL_FILE) {
+      // Read whole in one call: a stream costs several thread-pool round trips per file.
+      const body = readFileSync(file);
+      if (body.length !== header.size) {
+        throw new LayerError(LayerErrorCode.Io, 'a file changed size while its layer was made', {
+          entry: header.name,
+        });
+      }
+      await new Promise<void>((resolve, reject) => {
+        this.pack.entry(header, body, (err) => (err ? reject(err) : resolve()));
       });
       return;
     }

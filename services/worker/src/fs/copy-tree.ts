@@ -19,7 +19,6 @@
  * once everything below it is in. A failure stops new work; the copy rejects once nothing it
  * started is still running.
  */
-import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import type { Stats } from 'node:fs';
 import {
@@ -37,8 +36,8 @@ import {
   symlink,
 } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { promisify } from 'node:util';
 import { FsError, FsErrorCode, errnoOf, lstatOrUndefined } from '@kiln/layers';
+import { mknod } from '@kiln/sys';
 import { goMatch, splitWildcards } from './match.js';
 import { mkdirAllResolved } from './ops.js';
 import type { Owner } from './ops.js';
@@ -48,7 +47,6 @@ import { cleanRootPath, displayPath, resolveInRoot } from '@kiln/layers';
 import { readTreeXattrs, writeXattrs, xattrTarget } from '@kiln/layers';
 import type { XattrTarget, Xattrs } from '@kiln/layers';
 
-const execFileAsync = promisify(execFile);
 
 export interface CopyOptions {
   /** Owner of everything copied (and of directories created on the way); default: the source's. */
@@ -402,16 +400,11 @@ class TreeCopier {
       await this.clearFileTarget(target);
       const major = Math.floor(st.rdev / 256) & 0xfff;
       const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
-      await execFileAsync('mknod', [
-        target,
-        st.isCharacterDevice() ? 'c' : 'b',
-        String(major),
-        String(minor),
-      ]);
+      mknod(target, (st.mode & constants.S_IFMT) | 0o600, major, minor);
       created = -1;
     } else if (st.isFIFO()) {
       await this.clearFileTarget(target);
-      await execFileAsync('mkfifo', [target]);
+      mknod(target, constants.S_IFIFO | 0o600);
       created = -1;
     } else {
       throw new FsError(FsErrorCode.Conflict, 'cannot copy a socket', {
