@@ -11,8 +11,8 @@
  * A request for a path outside a served directory, or not in its last manifest, is refused.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { lstat, readFile, readdir, readlink } from 'node:fs/promises';
+import { createReadStream, lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
@@ -60,14 +60,17 @@ const CHUNK = 256 * 1024;
 
 /** Entries per ContextManifest message (the list is streamed: no message-size limit). */
 const MANIFEST_CHUNK = 2_000;
-const STAT_CONCURRENCY = 32;
 const HASH_CONCURRENCY = 8;
 /** Files of one multi-file request read ahead of the one being sent. */
 const READ_AHEAD = 16;
 
-async function fileDigest(path: string): Promise<string> {
+/** Files up to this size are read whole and synchronously (one call instead of a stream's several). */
+const SMALL_FILE = 256 * 1024;
+
+async function fileDigest(path: string, size: bigint): Promise<string> {
   const h = createHash('sha256');
-  for await (const c of createReadStream(path)) h.update(c as Buffer);
+  if (size <= SMALL_FILE) h.update(readFileSync(path));
+  else for await (const c of createReadStream(path)) h.update(c as Buffer);
   return `sha256:${h.digest('hex')}`;
 }
 
@@ -217,10 +220,10 @@ export class BuildSession {
     await this.#cache.load();
     // Returns whether anything at or below `rel` was listed.
     const walk = async (abs: string, rel: string): Promise<boolean> => {
-      const names = (await readdir(abs)).sort();
-      const stats = await mapLimit(names, STAT_CONCURRENCY, (name) =>
-        lstat(join(abs, name), { bigint: true }),
-      );
+      // Synchronous metadata calls: a few µs each, against a thread-pool round trip (the client
+      // has nothing else to do meanwhile but answer the farm, which waits for this list).
+      const names = readdirSync(abs).sort();
+      const stats = names.map((name) => lstatSync(join(abs, name), { bigint: true }));
       let any = false;
       for (const [i, name] of names.entries()) {
         const r2 = rel ? `${rel}/${name}` : name;
@@ -256,7 +259,7 @@ export class BuildSession {
           entries.push(entry);
           served.add(r2);
         } else if (st.isSymbolicLink()) {
-          entries.push({ ...base, size: 0, linkname: await readlink(a2) });
+          entries.push({ ...base, size: 0, linkname: readlinkSync(a2) });
         } else continue; // sockets, fifos, devices: never part of a context
         any = true;
       }
@@ -264,7 +267,7 @@ export class BuildSession {
     };
     await walk(root, '');
     await mapLimit(toHash, HASH_CONCURRENCY, async (f) => {
-      f.entry.digest = await fileDigest(f.abs);
+      f.entry.digest = await fileDigest(f.abs, f.st.size);
       this.#cache.set(f.abs, f.st, f.entry.digest);
     });
     // A cache that cannot be written costs only a re-read next time.
