@@ -1,8 +1,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { Duplex, PassThrough, Readable } from 'node:stream';
-import type { Transform } from 'node:stream';
+import { Duplex, PassThrough, Readable, Transform } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { LayerError, LayerErrorCode } from './errors.js';
 
@@ -186,4 +185,35 @@ async function peek(source: Readable, n: number): Promise<{ head: Buffer; stream
     }
   }
   return { head, stream: Readable.from(replay()) };
+}
+
+/** Bytes gathered into one chunk by {@link coalescer}. */
+export const COALESCE_BYTES = 64 * 1024;
+
+/**
+ * A transform that passes the bytes through in chunks of at least `bytes` (the last one may be
+ * shorter). A tar writer emits a 512-byte header and a small body per file; zlib, a file or a
+ * socket handles each chunk with one thread-pool job or syscall, so ten thousand small chunks
+ * cost ten thousand round trips where a hundred large ones would do.
+ */
+export function coalescer(bytes = COALESCE_BYTES): Transform {
+  let parts: Buffer[] = [];
+  let size = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      parts.push(chunk);
+      size += chunk.length;
+      if (size >= bytes) {
+        const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+        parts = [];
+        size = 0;
+        cb(null, out);
+      } else {
+        cb();
+      }
+    },
+    flush(cb) {
+      cb(null, size > 0 ? Buffer.concat(parts, size) : undefined);
+    },
+  });
 }

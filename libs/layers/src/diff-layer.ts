@@ -12,7 +12,7 @@ import { readTreeXattrs } from './xattr.js';
 import type { Xattrs } from './xattr.js';
 import { compareChanges, overlayChanges } from './changes.js';
 import type { Change } from './changes.js';
-import { MediaTypes, compressor } from './compression.js';
+import { MediaTypes, coalescer, compressor } from './compression.js';
 import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
 import { paxXattrHeader } from './pax.js';
@@ -117,6 +117,7 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
   const stream = pipeline(
     pack as unknown as Readable,
     diffHasher,
+    coalescer(),
     comp,
     blobHasher,
     () => undefined,
