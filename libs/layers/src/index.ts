@@ -1,6 +1,6 @@
 export { applyLayer, applyTar, entryPath } from './apply-layer.js';
 export type { ApplyOptions, ApplyResult, TarApplyOptions } from './apply-layer.js';
-export { MediaTypes, detectCompression, zstdSupport } from './compression.js';
+export { MediaTypes, coalescer, detectCompression, zstdSupport } from './compression.js';
 export type { ArchiveCompression, Compression } from './compression.js';
 export { diffLayer, layerMediaType, writeLayer } from './diff-layer.js';
 export type { DiffOptions, DiffSource, LayerDescriptor, LayerStream } from './diff-layer.js';
@@ -26,3 +26,4 @@ export {
   xattrTarget,
 } from './xattr.js';
 export type { XattrTarget, XattrWriteResult, Xattrs } from './xattr.js';
+export { SMALL_FILE, lstatMaybeSync, yielder } from './sync-fs.js';

@@ -9,9 +9,9 @@
  * never lead outside it).
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import { createReadStream, lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import type { Stats } from 'node:fs';
+import { SMALL_FILE, yielder } from '@kiln/layers';
 import { posix } from 'node:path';
 import { KilnError } from '@kiln/protocol';
 
@@ -49,18 +49,15 @@ function header(kind: string, st: Stats): string {
   return `${kind} ${(st.mode & 0o7777).toString(8)} ${st.uid} ${st.gid}`;
 }
 
-async function fileDigest(path: string): Promise<string> {
+async function fileDigest(path: string, size: number): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  if (size <= SMALL_FILE) hash.update(readFileSync(path));
+  else for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest('hex');
 }
 
 /** Resolves `rel` inside `root`, following symlinks within the root; `..` never climbs above it. */
-export async function resolveInside(
-  root: string,
-  rel: string,
-  followFinal: boolean,
-): Promise<string> {
+function resolveInside(root: string, rel: string, followFinal: boolean): string {
   const parts = posix.normalize(`/${rel}`).split('/').filter(Boolean);
   let cur = '/';
   let hops = 0;
@@ -68,14 +65,14 @@ export async function resolveInside(
     const next = posix.join(cur, parts[i]!);
     let st: Stats;
     try {
-      st = await lstat(root + next);
+      st = lstatSync(root + next);
     } catch {
       return next; // missing: the caller reports it
     }
     const last = i === parts.length - 1;
     if (st.isSymbolicLink() && (!last || followFinal)) {
       if (++hops > 255) throw new ChecksumError(`too many symlinks resolving ${rel}`, rel);
-      const target = await readlink(root + next);
+      const target = readlinkSync(root + next);
       const rest = parts.slice(i + 1);
       const base = target.startsWith('/') ? '/' : cur;
       const joined = posix.normalize(posix.join(base, target)).split('/').filter(Boolean);
@@ -89,35 +86,38 @@ export async function resolveInside(
   return cur;
 }
 
+/** Metadata calls are synchronous (a few µs each, not a thread-pool round trip); `tick` yields. */
 async function entryDigest(
   root: string,
   abs: string,
   rel: string,
   opts: ChecksumOptions,
+  tick: () => Promise<void> | undefined = yielder(),
 ): Promise<string | undefined> {
+  await tick();
   let st: Stats;
   try {
-    st = await lstat(root + abs);
+    st = lstatSync(root + abs);
   } catch (cause) {
     throw new ChecksumError(`${abs}: not found`, abs, cause);
   }
   if (st.isDirectory()) {
-    const names = (await readdir(root + abs)).sort();
+    const names = readdirSync(root + abs).sort();
     const children: string[] = [];
     for (const name of names) {
       const childRel = rel ? `${rel}/${name}` : name;
-      const d = await entryDigest(root, posix.join(abs, name), childRel, opts);
+      const d = await entryDigest(root, posix.join(abs, name), childRel, opts, tick);
       if (d !== undefined) children.push(name, d);
     }
     if (rel && opts.filter && !opts.filter(rel, true) && children.length === 0) return undefined;
     return h(header('dir', st), ...children);
   }
   if (rel && opts.filter && !opts.filter(rel, false)) return undefined;
-  if (st.isSymbolicLink()) return h(header('link', st), await readlink(root + abs));
+  if (st.isSymbolicLink()) return h(header('link', st), readlinkSync(root + abs));
   if (st.isFile())
     return h(
       header('file', st),
-      opts.knownDigest?.(abs, st.size) ?? (await fileDigest(root + abs)),
+      opts.knownDigest?.(abs, st.size) ?? (await fileDigest(root + abs, st.size)),
     );
   return h(header(st.isFIFO() ? 'fifo' : st.isSocket() ? 'sock' : 'dev', st), String(st.rdev));
 }
@@ -141,21 +141,21 @@ function globToRegExp(glob: string): RegExp {
   return new RegExp(`${re}$`);
 }
 
-async function expandWildcard(root: string, pattern: string): Promise<string[]> {
+function expandWildcard(root: string, pattern: string): string[] {
   const parts = posix.normalize(`/${pattern}`).split('/').filter(Boolean);
   let paths = ['/'];
   for (const part of parts) {
     const next: string[] = [];
     const isGlob = /[*?[]/.test(part);
     for (const p of paths) {
-      const dir = await resolveInside(root, p, true);
+      const dir = resolveInside(root, p, true);
       if (!isGlob) {
         next.push(posix.join(p, part));
         continue;
       }
       let names: string[];
       try {
-        names = await readdir(root + dir);
+        names = readdirSync(root + dir);
       } catch {
         continue;
       }
@@ -175,16 +175,16 @@ export async function checksum(
 ): Promise<string> {
   const sel = selector === '' ? '/' : selector;
   if (opts.wildcard && /[*?[]/.test(sel)) {
-    const matches = await expandWildcard(root, sel);
+    const matches = expandWildcard(root, sel);
     const parts: string[] = [];
     for (const m of matches) {
-      const abs = await resolveInside(root, m, opts.followLinks ?? false);
+      const abs = resolveInside(root, m, opts.followLinks ?? false);
       const d = await entryDigest(root, abs, '', opts);
       if (d !== undefined) parts.push(m, d);
     }
     return `sha256:${h('wildcard', ...parts)}`;
   }
-  const abs = await resolveInside(root, sel, opts.followLinks ?? false);
+  const abs = resolveInside(root, sel, opts.followLinks ?? false);
   const d = await entryDigest(root, abs, '', opts);
   return `sha256:${d ?? h('empty')}`;
 }
