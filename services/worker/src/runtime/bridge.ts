@@ -27,13 +27,16 @@ interface Netns {
   ip: string;
 }
 
-/** A container's network namespace on the bridge; `release` deletes it and frees the address. */
+/**
+ * A container's network namespace on the bridge. `release` gives it back: to the pool when
+ * `reusable` (see {@link BridgeNetwork.attach}), else it is deleted and its address freed.
+ */
 export interface BridgeAttachment {
   /** Path of the network namespace (for the OCI spec). */
   nsPath: string;
   ip: string;
   gateway: string;
-  release(): Promise<void>;
+  release(reusable?: boolean): Promise<void>;
 }
 
 async function run(cmd: string, args: string[], input?: string): Promise<void> {
@@ -82,7 +85,7 @@ export class BridgeNetwork {
   private readonly prefix: string;
   private readonly ipamDir: string;
   private readonly poolSize: number;
-  /** Fresh namespaces, never used by a container: one is never handed out twice. */
+  /** Namespaces ready for a container: fresh ones, and ones given back as reusable. */
   readonly #pool: Netns[] = [];
   #filling = 0;
   #closed = false;
@@ -199,19 +202,32 @@ export class BridgeNetwork {
   }
 
   /**
-   * A network namespace on the bridge for one container: a fresh one from the pool when there is
-   * one (the pool is topped up in the background), else made now. `release` deletes it in the
-   * background: a namespace is never reused, so nothing a container changed in it outlives it.
-   * (`id` names a namespace made now; pooled ones have their own names.)
+   * A network namespace on the bridge for one container: one from the pool when there is one (the
+   * pool is topped up in the background), else made now. (`id` names a namespace made now; pooled
+   * ones have their own names.)
+   *
+   * `release(true)` puts it back in the pool (BuildKit's CNI pool does the same): only for a
+   * container that could not change it, i.e. one without CAP_NET_ADMIN (the default capability
+   * set has none), whose processes are all gone (its pid namespace ended with it). Its interfaces,
+   * address, routes and firewall are then as made; what a process leaves in a namespace (sockets)
+   * dies with the process. Otherwise (`release()`, e.g. after `--security=insecure`) it is
+   * deleted in the background, so nothing a container changed outlives it.
    */
   async attach(id: string): Promise<BridgeAttachment> {
     const n = this.#pool.shift() ?? (await this.#create(id));
     this.#refill();
+    let released = false;
     return {
       nsPath: `/run/netns/kiln-${n.id}`,
       ip: n.ip,
       gateway: this.gateway,
-      release: () => {
+      release: (reusable = false) => {
+        if (released) return Promise.resolve();
+        released = true;
+        if (reusable && !this.#closed && this.#pool.length < this.poolSize) {
+          this.#pool.push(n);
+          return Promise.resolve();
+        }
         // Off the container's critical path; a failure leaves a lease that sweep() reclaims.
         this.#destroy(n).catch(() => undefined);
         return Promise.resolve();

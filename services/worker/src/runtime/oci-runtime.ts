@@ -236,7 +236,10 @@ export class OciRuntime {
         return await this.start(id, bundle, spec, opts);
       } finally {
         await cleanStubs();
-        await attachment?.release();
+        // Reusable after a container without CAP_NET_ADMIN (it could not change the namespace).
+        await attachment?.release(
+          !config.process.capabilities?.bounding?.includes('CAP_NET_ADMIN'),
+        );
       }
     } finally {
       await rm(bundle, { recursive: true, force: true });

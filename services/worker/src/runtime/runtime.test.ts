@@ -230,6 +230,36 @@ describe('OciRuntime', () => {
     }
   });
 
+  it('takes back a namespace released as reusable, up to the pool size, and deletes the rest', async () => {
+    const bridge = await BridgeNetwork.setup({ poolSize: 1 });
+    try {
+      await waitFor('the pool to fill', () => bridge.pooled === 1);
+      const a = await bridge.attach('unused-c');
+      await waitFor('the pool to refill', () => bridge.pooled === 1);
+      const b = await bridge.attach('unused-d');
+      expect(bridge.pooled).toBe(0);
+      await a.release(true); // back in the pool: the next attach gets it, same address
+      expect(bridge.pooled).toBe(1);
+      const again = await bridge.attach('unused-e');
+      expect(again.nsPath).toBe(a.nsPath);
+      expect(again.ip).toBe(a.ip);
+      await waitFor('the pool to refill', () => bridge.pooled === 1);
+      await b.release(true); // the pool is full: deleted
+      const gone = async (p: string): Promise<boolean> =>
+        !(await execFileP('ip', ['netns', 'list'])).stdout.includes(p.slice('/run/netns/'.length));
+      await waitFor('the extra namespace to be deleted', async () =>
+        (await gone(b.nsPath)) ? true : undefined,
+      );
+      await again.release(); // not reusable (e.g. an insecure run): deleted
+      await waitFor('the non-reusable namespace to be deleted', async () =>
+        (await gone(again.nsPath)) ? true : undefined,
+      );
+      expect(bridge.pooled).toBe(1);
+    } finally {
+      await bridge.close();
+    }
+  });
+
   it('mounts tmpfs with a size, read-only and read-write binds, and removes new mount points', async () => {
     const hostDir = join(root, 'bind-src');
     await mkdir(hostDir, { recursive: true });
