@@ -47,7 +47,6 @@ import { cleanRootPath, displayPath, resolveInRoot } from '@kiln/layers';
 import { readTreeXattrs, writeXattrs, xattrTarget } from '@kiln/layers';
 import type { XattrTarget, Xattrs } from '@kiln/layers';
 
-
 export interface CopyOptions {
   /** Owner of everything copied (and of directories created on the way); default: the source's. */
   owner?: Owner | undefined;
