@@ -11,7 +11,7 @@ import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { benchConvert } from '@kiln/dockerfile';
+import { benchConvert } from './convert-bench.js';
 import { median, printTable } from './table.js';
 
 const run = promisify(execFile);

@@ -3,7 +3,7 @@
  * start-to-exit for `true` against raw `crun run` of the same bundle (target <= 1.5x). Builds
  * (`kiln build`, the path users take) are timed against BuildKit by the `peers` benchmark.
  */
-import { benchExec } from '@kiln/worker';
+import { benchExec } from './exec-bench.js';
 import { printTable } from './table.js';
 
 export async function runWorkerBench(): Promise<void> {

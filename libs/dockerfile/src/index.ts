@@ -98,4 +98,3 @@ export type {
   FrontendResult,
   FrontendPlatformResult,
 } from './frontend.js';
-export { benchConvert, generateDockerfile } from './bench-convert.js';

@@ -25,8 +25,8 @@ import {
   readAll,
   snapshotTree,
   tarNames,
-  tempDir,
-} from './testing/tar-fixtures.js';
+  makeTempDir,
+} from '@kiln/testing';
 
 const T0 = new Date(1_600_000_000_000);
 const T1 = new Date(1_650_000_000_000);
@@ -122,7 +122,7 @@ describe('diffLayer + applyLayer', () => {
   let next: string;
 
   beforeAll(async () => {
-    work = await tempDir('diff');
+    work = makeTempDir('diff').dir;
     base = join(work, 'A');
     next = join(work, 'B');
     await mkdir(base);

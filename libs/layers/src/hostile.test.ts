@@ -6,8 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { applyLayer, applyTar } from './apply-layer.js';
 import type { ApplyOptions } from './apply-layer.js';
 import { LayerError } from './errors.js';
-import { buildTar, snapshotTree, tempDir } from './testing/tar-fixtures.js';
-import type { TarEntry } from './testing/tar-fixtures.js';
+import { buildTar, snapshotTree, makeTempDir } from '@kiln/testing';
+import type { TarEntry } from '@kiln/testing';
 
 describe('applyLayer against hostile layers', () => {
   let work: string;
@@ -16,7 +16,7 @@ describe('applyLayer against hostile layers', () => {
   let outsideBefore: Awaited<ReturnType<typeof snapshotTree>>;
 
   beforeEach(async () => {
-    work = await tempDir('hostile');
+    work = makeTempDir('hostile').dir;
     root = join(work, 'root');
     outside = join(work, 'outside');
     await mkdir(root);

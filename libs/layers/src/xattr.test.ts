@@ -7,15 +7,25 @@ import { link, mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CAPABILITY, dumpXattrs, getx, setx } from './testing/xattr-fixtures.js';
 import { applyLayer } from './apply-layer.js';
 import { diffLayer } from './diff-layer.js';
 import type { DiffSource } from './diff-layer.js';
 import { LayerError } from './errors.js';
 import { parsePaxXattrs } from './tar-xattrs.js';
+import { readTreeXattrs } from './xattr.js';
 import { encodePaxHeader } from './pax.js';
-import { buildTar, exec, mountOverlay, readAll, tempDir } from './testing/tar-fixtures.js';
-import type { TarEntry } from './testing/tar-fixtures.js';
+import {
+  CAPABILITY,
+  buildTar,
+  exec,
+  getx,
+  hexXattrs,
+  mountOverlay,
+  readAll,
+  setx,
+  makeTempDir,
+} from '@kiln/testing';
+import type { TarEntry } from '@kiln/testing';
 
 /** Bytes that a UTF-8 round trip would corrupt: invalid sequences, NUL, newline, `=`. */
 const BINARY = Buffer.from([0xff, 0xfe, 0x00, 0x0a, 0x3d, 0xc3, 0x28, 0x80]);
@@ -68,10 +78,13 @@ async function makeTree(root: string, order: 'forward' | 'reverse' = 'forward'):
   await utimes(join(root, 'bin'), T0, T0);
 }
 
+/** Every attribute below `root`, as plain data for deep equality. */
+const dumpXattrs = async (root: string) => hexXattrs(await readTreeXattrs(root));
+
 describe('extended attributes in layers', () => {
   let work: string;
-  beforeAll(async () => {
-    work = await tempDir('xattr');
+  beforeAll(() => {
+    work = makeTempDir('xattr').dir;
   });
   afterAll(async () => {
     await rm(work, { recursive: true, force: true });
@@ -248,8 +261,8 @@ async function paxTar(parts: { records?: [string, Buffer][]; entry: TarEntry }[]
 
 describe('extended attributes from hostile layers', () => {
   let work: string;
-  beforeAll(async () => {
-    work = await tempDir('xattr-hostile');
+  beforeAll(() => {
+    work = makeTempDir('xattr-hostile').dir;
   });
   afterAll(async () => {
     await rm(work, { recursive: true, force: true });

@@ -9,15 +9,15 @@ import { RegistryClient } from './client.js';
 import type { Repository, ResolvedReference } from './client.js';
 import { RegistryAuthError } from './errors.js';
 import {
-  copyPlatformManifest,
   harnessEnv,
   startAuthRegistry,
   startFaultProxy,
   startTokenServer,
-  tempDir,
-  waitUntil,
-} from './testing/index.js';
-import type { TestRegistry, TokenServer } from './testing/index.js';
+  waitFor,
+  makeTempDir,
+  copyPlatformManifest,
+} from '@kiln/testing';
+import type { RegistryHandle, TokenServer } from '@kiln/testing';
 
 describe('parseChallenges', () => {
   it('parses bearer challenges with quoted parameters', () => {
@@ -51,7 +51,7 @@ describe('parseChallenges', () => {
 
 describe('dockerConfigCredentials', () => {
   it('reads base64 auth and username/password entries; Docker Hub keys serve docker.io', async () => {
-    const tmp = await tempDir('dockercfg');
+    const tmp = makeTempDir('dockercfg');
     try {
       const path = join(tmp.dir, 'config.json');
       await writeFile(
@@ -82,7 +82,7 @@ describe('dockerConfigCredentials', () => {
         RegistryAuthError,
       );
     } finally {
-      await tmp.remove();
+      tmp.remove();
     }
   });
 });
@@ -97,7 +97,7 @@ function copyAmd64(client: RegistryClient, dest: Repository, tag: string): Promi
 
 describe('bearer token auth against a real token-auth registry', () => {
   let tokens: TokenServer;
-  let registry: TestRegistry;
+  let registry: RegistryHandle;
   const users = { alice: 'wonderland' };
   beforeAll(async () => {
     tokens = await startTokenServer({
@@ -169,7 +169,7 @@ describe('bearer token auth against a real token-auth registry', () => {
   });
 
   it('reads credentials from a docker config.json by default', async () => {
-    const tmp = await tempDir('dockercfg');
+    const tmp = makeTempDir('dockercfg');
     try {
       const path = join(tmp.dir, 'config.json');
       await writeFile(
@@ -187,12 +187,12 @@ describe('bearer token auth against a real token-auth registry', () => {
       const r = await client.resolve(`${registry.addr}/team/cfg:latest`);
       expect(r.ref.digest).toBe(r.descriptor.digest);
     } finally {
-      await tmp.remove();
+      tmp.remove();
     }
   });
 
   it('runs credential helpers (credHelpers over credsStore, auths when a helper knows nothing)', async () => {
-    const tmp = await tempDir('credhelper');
+    const tmp = makeTempDir('credhelper');
     const path = process.env.PATH;
     try {
       // A real helper program speaking the docker CLI's protocol: server on stdin, JSON out.
@@ -243,7 +243,7 @@ describe('bearer token auth against a real token-auth registry', () => {
       );
     } finally {
       process.env.PATH = path;
-      await tmp.remove();
+      tmp.remove();
     }
   });
 
@@ -317,24 +317,24 @@ describe('bearer token auth against a real token-auth registry', () => {
 });
 
 describe('basic auth against a real htpasswd registry', () => {
-  let registry: TestRegistry;
+  let registry: RegistryHandle;
   let password = '';
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let tmp: ReturnType<typeof makeTempDir>;
   beforeAll(async () => {
-    tmp = await tempDir('htpasswd');
+    tmp = makeTempDir('htpasswd');
     // The registry provisions a missing htpasswd file with user `docker` and a random password it
     // logs: a real bcrypt entry without an htpasswd tool or bcrypt library.
     registry = await startAuthRegistry({
       htpasswd: { realm: 'kiln-basic', path: join(tmp.dir, 'htpasswd') },
     });
-    await waitUntil('the provisioned password in the registry log', () =>
-      /password=(\S+) user=docker/.test(registry.output()),
+    await waitFor('the provisioned password in the registry log', () =>
+      /password=(\S+) user=docker/.test(registry.process.output()),
     );
-    password = /password=(\S+) user=docker/.exec(registry.output())![1]!;
+    password = /password=(\S+) user=docker/.exec(registry.process.output())![1]!;
   });
   afterAll(async () => {
     await registry?.stop();
-    await tmp?.remove();
+    tmp?.remove();
   });
 
   it('pushes and pulls with Basic credentials', async () => {

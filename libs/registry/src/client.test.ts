@@ -10,8 +10,8 @@ import type { Repository } from './client.js';
 import { ImageNotFoundError, ManifestInvalidError, RegistryUnavailableError } from './errors.js';
 import { MediaType } from './manifest.js';
 import type { Descriptor, ImageIndex, ImageManifest } from './manifest.js';
-import { harnessEnv, startFaultProxy } from './testing/index.js';
-import type { FaultProxy } from './testing/index.js';
+import { harnessEnv, startFaultProxy } from '@kiln/testing';
+import type { FaultProxy } from '@kiln/testing';
 
 const REGISTRY = harnessEnv('KILN_TEST_REGISTRY');
 const FIXTURE = harnessEnv('KILN_TEST_FIXTURE_IMAGE');

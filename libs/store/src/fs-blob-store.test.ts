@@ -2,7 +2,7 @@ import { chmod, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { blobStoreConformance } from './blob-store.conformance.js';
+import { blobStoreConformance } from './test-support/blob-store.conformance.js';
 import { FsBlobStore } from './fs-blob-store.js';
 
 blobStoreConformance('FsBlobStore', async () => {

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { blobStoreConformance } from './blob-store.conformance.js';
+import { blobStoreConformance } from './test-support/blob-store.conformance.js';
 import { sha256Digest } from './digest.js';
 import { StoreUnavailableError } from './errors.js';
 import { S3BlobStore } from './s3-blob-store.js';

@@ -3,24 +3,23 @@
 import { join } from 'node:path';
 import { KilnClient } from '@kiln/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadHarness, until } from './dispatch/testing.js';
-import type { Harness, NatsHandle } from './dispatch/testing.js';
+import { spawnManaged } from '@kiln/common';
+import { REPO_ROOT, makeTempDir, startNats, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 
-let h: Harness;
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let tmp: { dir: string; remove: () => void };
 let entry: string;
 
 beforeAll(async () => {
-  h = await loadHarness();
-  tmp = h.makeTempDir('scheduler-main');
-  nats = await h.startNats();
+  tmp = makeTempDir('scheduler-main');
+  nats = await startNats();
   const esbuild = (await import(/* @vite-ignore */ 'esbuild')) as {
     build(o: Record<string, unknown>): Promise<unknown>;
   };
   entry = join(tmp.dir, 'kiln-scheduler.mjs');
   await esbuild.build({
-    entryPoints: [join(h.REPO_ROOT, 'services/scheduler/src/main.ts')],
+    entryPoints: [join(REPO_ROOT, 'services/scheduler/src/main.ts')],
     bundle: true,
     platform: 'node',
     format: 'esm',
@@ -42,7 +41,7 @@ afterAll(async () => {
 describe('scheduler main', () => {
   it('serves the control API with config from the environment and stops on SIGTERM', async () => {
     const lines: Record<string, unknown>[] = [];
-    const proc = h.spawnManaged(process.execPath, [entry, '--log-level', 'info'], {
+    const proc = spawnManaged(process.execPath, [entry, '--log-level', 'info'], {
       name: 'scheduler',
       env: {
         ...process.env,
@@ -54,7 +53,7 @@ describe('scheduler main', () => {
           lines.push(JSON.parse(line) as Record<string, unknown>);
       },
     });
-    const listening = await until('the scheduler to listen', () => {
+    const listening = await waitFor('the scheduler to listen', () => {
       if (proc.hasExited()) throw new Error(`scheduler exited:\n${proc.output()}`);
       return lines.find((l) => l.msg === 'control api listening');
     });

@@ -4,36 +4,36 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseImageReference } from '@kiln/llb';
 import { RegistryClient } from '@kiln/registry';
-import {
-  copyPlatformManifest,
-  harnessEnv,
-  startAuthRegistry,
-  tempDir,
-  waitUntil,
-} from '@kiln/registry/testing';
-import type { TestRegistry } from '@kiln/registry/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registryMetaResolver } from './registry-meta-resolver.js';
+import {
+  harnessEnv,
+  startAuthRegistry,
+  waitFor,
+  makeTempDir,
+  copyPlatformManifest,
+} from '@kiln/testing';
+import type { RegistryHandle } from '@kiln/testing';
 
 const linuxAmd64 = { os: 'linux', architecture: 'amd64' };
 
 describe('registryMetaResolver on a private registry', () => {
-  let registry: TestRegistry;
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let registry: RegistryHandle;
+  let tmp: ReturnType<typeof makeTempDir>;
   let password = '';
   let manifestDigest = '';
   const ref = (): string => `${registry.addr}/private/busybox:latest`;
 
   beforeAll(async () => {
     const fixture = harnessEnv('KILN_TEST_FIXTURE_IMAGE');
-    tmp = await tempDir('meta-resolver');
+    tmp = makeTempDir('meta-resolver');
     registry = await startAuthRegistry({
       htpasswd: { realm: 'kiln-private', path: join(tmp.dir, 'htpasswd') },
     });
-    await waitUntil('the provisioned password in the registry log', () =>
-      /password=(\S+) user=docker/.test(registry.output()),
+    await waitFor('the provisioned password in the registry log', () =>
+      /password=(\S+) user=docker/.test(registry.process.output()),
     );
-    password = /password=(\S+) user=docker/.exec(registry.output())![1]!;
+    password = /password=(\S+) user=docker/.exec(registry.process.output())![1]!;
     manifestDigest = await copyPlatformManifest(
       new RegistryClient({ dockerConfig: false }),
       parseImageReference(fixture),
@@ -47,7 +47,7 @@ describe('registryMetaResolver on a private registry', () => {
   });
   afterAll(async () => {
     await registry?.stop();
-    await tmp?.remove();
+    tmp?.remove();
   });
 
   it('resolves with the docker config credentials, pinned to the digest, with the config', async () => {

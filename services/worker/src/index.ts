@@ -5,8 +5,6 @@ export * from './tasks/index.js';
 export { Engine } from './engine/engine.js';
 export type { EngineOptions, ExportSpec } from './engine/engine.js';
 export type { ExecutorContext, OpExecutor, SessionProviders } from './ops/executor.js';
-export { benchExec } from './runtime/bench-exec.js';
-export type { BenchExecResult } from './runtime/bench-exec.js';
 export * from './node/index.js';
 export { LocalContexts, contextKey } from './sources/local/local-contexts.js';
 export type { ContextOutcome, ContextSnapshot } from './sources/local/local-contexts.js';

@@ -25,7 +25,6 @@ import { promisify } from 'node:util';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { main } from '@kiln/cli';
 import { KilnClient } from '@kiln/client';
-import { buildTar } from '@kiln/layers/testing';
 import { bundleEntries, startScheduler, startWorker, waitForWorkers } from '../chaos/farm.js';
 import {
   BUSYBOX_LAYOUT_DIR,
@@ -37,6 +36,7 @@ import {
 import { bundleFarmDaemon } from './local-farm-daemon.js';
 import type { NatsServerHandle } from '../harness/index.js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { buildTar } from '@kiln/testing';
 
 const run = promisify(execFile);
 const corpusDir = resolve(dirname(fileURLToPath(import.meta.url)), '../../corpus');

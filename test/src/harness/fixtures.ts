@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { REPO_ROOT, SETUP_HINT } from './util.js';
+import { REPO_ROOT, SETUP_HINT } from '@kiln/testing';
 
 const execFileAsync = promisify(execFile);
 

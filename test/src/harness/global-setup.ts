@@ -7,13 +7,16 @@ import type { TestProject } from 'vitest/node';
 import { TEST_ENV_KEYS } from './env.js';
 import type { TestEnv } from './env.js';
 import { pushFixtures } from './fixtures.js';
-import { startNats } from './nats.js';
-import type { NatsServerHandle } from './nats.js';
-import { startRegistry } from './registry.js';
-import type { RegistryHandle } from './registry.js';
+import {
+  SETUP_HINT,
+  startNats,
+  startRegistry,
+  sweepStaleTempDirs,
+  whichBinary,
+} from '@kiln/testing';
+import type { NatsServerHandle, RegistryHandle } from '@kiln/testing';
 import { startS3 } from './s3.js';
 import type { S3ServerHandle } from './s3.js';
-import { SETUP_HINT, sweepStaleTempDirs, whichBinary } from './util.js';
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const missing = ['nats-server', 'docker-registry'].filter((b) => !whichBinary(b));

@@ -2,18 +2,17 @@
 
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { access, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AckPolicy, jetstream, jetstreamManager, RetentionPolicy } from '@nats-io/jetstream';
+import { AckPolicy, RetentionPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { Client as MinioClient } from 'minio';
 import { describe, expect, inject, it } from 'vitest';
 import { testEnv } from './env.js';
-import { buildBusyboxFixture, MEDIA_TYPES, sha256Digest } from './fixtures.js';
-import { startNats } from './nats.js';
-import { GUARD_SCRIPT, spawnManaged } from './process.js';
-import { makeTempDir, waitFor } from './util.js';
+import { MEDIA_TYPES, buildBusyboxFixture, sha256Digest } from './fixtures.js';
+import { makeTempDir, startNats, waitFor } from '@kiln/testing';
+import { GUARD_SCRIPT, spawnManaged } from '@kiln/common';
 
 const env = testEnv();
 

@@ -1,8 +1,6 @@
+export * from '@kiln/testing';
+export { GUARD_SCRIPT, spawnManaged } from '@kiln/common';
+export type { ExitInfo, ManagedProcess, SpawnOptions } from '@kiln/common';
 export * from './env.js';
 export * from './fixtures.js';
-export * from './nats.js';
-export * from './process.js';
-export * from './registry.js';
 export * from './s3.js';
-export * from './util.js';
-export * from './bundle.js';

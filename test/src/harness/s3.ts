@@ -3,9 +3,9 @@
 
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { spawnManaged } from './process.js';
-import type { ManagedProcess } from './process.js';
-import { makeTempDir, waitFor } from './util.js';
+import { spawnManaged } from '@kiln/common';
+import type { ManagedProcess } from '@kiln/common';
+import { makeTempDir, waitFor } from '@kiln/testing';
 
 export const S3_ACCESS_KEY = 'S3RVER';
 export const S3_SECRET_KEY = 'S3RVER';

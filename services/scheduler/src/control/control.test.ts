@@ -12,14 +12,19 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
-import { loadHarness, until } from '../dispatch/testing.js';
-import type { Harness, NatsHandle } from '../dispatch/testing.js';
 import { ControlServer } from './control-server.js';
-import { Gates, TcpProxy, loadTaskConsumer, testExecutor, testResultId } from './testing.js';
-import type { Run, TaskConsumerLike } from './testing.js';
+import {
+  Gates,
+  TcpProxy,
+  loadTaskConsumer,
+  testExecutor,
+  testResultId,
+} from '../test-support/control.js';
+import type { Run, TaskConsumerLike } from '../test-support/control.js';
+import { startNats, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 
-let h: Harness;
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let nc: NatsConnection;
 let dispatcher: Dispatcher;
 let server: ControlServer;
@@ -33,8 +38,7 @@ const WORKERS = ['ctl-w1', 'ctl-w2'];
 const ARM_WORKER = 'ctl-arm64';
 
 beforeAll(async () => {
-  h = await loadHarness();
-  nats = await h.startNats();
+  nats = await startNats();
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   dispatcher = await Dispatcher.start({
     nc,
@@ -71,7 +75,7 @@ beforeAll(async () => {
   });
   await arm.start();
   workers.push(arm);
-  await until('the dispatcher to see the workers', () =>
+  await waitFor('the dispatcher to see the workers', () =>
     [...WORKERS, ARM_WORKER].every((id) => dispatcher.liveWorkers().some((w) => w.id === id)),
   );
   server = new ControlServer({
@@ -272,12 +276,12 @@ describe('Control API', () => {
       () => undefined,
       (e: unknown) => e as KilnError,
     );
-    await until('the blocking vertex to run', () =>
+    await waitFor('the blocking vertex to run', () =>
       runs.some((r) => r.buildId === buildId && r.vertex === blocked.digests[1]),
     );
     await client.cancel(buildId);
     expect((await solved)?.code).toBe('BUILD_CANCELED');
-    await until('the task to be aborted', () =>
+    await waitFor('the task to be aborted', () =>
       runs.some((r) => r.vertex === blocked.digests[1] && r.aborted),
     );
     expect(runs.some((r) => r.vertex === blocked.digests[2])).toBe(false);
@@ -338,12 +342,12 @@ describe('Control API', () => {
       () => undefined,
       (e: unknown) => e as KilnError,
     );
-    await until('the blocking vertex to run', () =>
+    await waitFor('the blocking vertex to run', () =>
       runs.some((r) => r.buildId === buildId && r.vertex === blocked.digests[1]),
     );
     ac.abort();
     expect((await solved)?.code).toBe('CANCELED');
-    await until('the task to be aborted', () =>
+    await waitFor('the task to be aborted', () =>
       runs.some((r) => r.vertex === blocked.digests[1] && r.aborted),
     );
     const frames = await collect(client.status(buildId));

@@ -17,25 +17,26 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
-import { loadHarness, until } from '../dispatch/testing.js';
-import type { Harness, ManagedProcessLike, NatsHandle } from '../dispatch/testing.js';
 import { registryMetaResolver } from '../registry-meta-resolver.js';
 import { ControlServer } from './control-server.js';
+import { spawnManaged } from '@kiln/common';
+import type { ManagedProcess } from '@kiln/common';
+import { bundleEntries, makeTempDir, startNats, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
 
-let h: Harness;
 let tmp: { dir: string; remove: () => void };
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let nc: NatsConnection;
 let dispatcher: Dispatcher;
 let server: ControlServer;
 let client: KilnClient;
 let storeDir: string;
-const procs: ManagedProcessLike[] = [];
+const procs: ManagedProcess[] = [];
 
 async function bundleWorkerMain(dir: string): Promise<string> {
-  const files = await h.bundleEntries(
+  const files = await bundleEntries(
     { 'kiln-worker-main': 'services/worker/src/node/main.ts' },
     dir,
   );
@@ -44,15 +45,14 @@ async function bundleWorkerMain(dir: string): Promise<string> {
 
 beforeAll(async () => {
   if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
-  h = await loadHarness();
-  tmp = h.makeTempDir('scheduler-worker');
+  tmp = makeTempDir('scheduler-worker');
   storeDir = join(tmp.dir, 'store');
-  const [n, main] = await Promise.all([h.startNats(), bundleWorkerMain(tmp.dir)]);
+  const [n, main] = await Promise.all([startNats(), bundleWorkerMain(tmp.dir)]);
   nats = n;
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 100, monitorIntervalMs: 100 });
   for (const id of ['int-w1', 'int-w2']) {
-    const p = h.spawnManaged(
+    const p = spawnManaged(
       process.execPath,
       [main, '--id', id, '--state-dir', join(tmp.dir, id), '--store-dir', storeDir],
       {
@@ -66,7 +66,7 @@ beforeAll(async () => {
       },
     );
     procs.push(p);
-    await until(`${id} to register`, () => {
+    await waitFor(`${id} to register`, () => {
       if (p.hasExited()) throw new Error(`${id} exited:\n${p.output()}`);
       return dispatcher.liveWorkers().some((w) => w.id === id);
     });

@@ -9,11 +9,12 @@ import { Dispatcher } from './dispatcher.js';
 import type { DispatcherOptions } from './dispatcher.js';
 import type { DispatchEvent } from './events.js';
 import { DispatcherClosedError, TaskCancelledError } from './errors.js';
-import type { Harness, NatsHandle, WorkerProcess } from './testing.js';
-import { bundleWorkerCli, loadHarness, spawnWorker, testTask, until } from './testing.js';
+import { bundleWorkerCli, spawnWorker } from '../test-support/workers.js';
+import type { WorkerProcess } from '../test-support/workers.js';
+import { makeTempDir, startNats, testTask, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 
-let h: Harness;
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let cli: string;
 let tmp: { dir: string; remove: () => void };
 let nc: NatsConnection;
@@ -31,9 +32,8 @@ const DISPATCH: Omit<DispatcherOptions, 'nc'> = {
 };
 
 beforeAll(async () => {
-  h = await loadHarness();
-  tmp = h.makeTempDir('dispatch');
-  [nats, cli] = await Promise.all([h.startNats(), bundleWorkerCli(h, tmp.dir)]);
+  tmp = makeTempDir('dispatch');
+  [nats, cli] = await Promise.all([startNats(), bundleWorkerCli(tmp.dir)]);
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   d = await Dispatcher.start({ nc, ...DISPATCH, onEvent: (e) => events.push(e) });
 });
@@ -58,15 +58,15 @@ async function worker(
   url = nats.url,
   disp = d,
 ): Promise<WorkerProcess> {
-  const w = await spawnWorker(h, cli, url, { id, platforms, slots });
+  const w = await spawnWorker(cli, url, { id, platforms, slots });
   workers.push(w);
-  await until(`dispatcher to see ${id}`, () => disp.liveWorkers().some((x) => x.id === id));
+  await waitFor(`dispatcher to see ${id}`, () => disp.liveWorkers().some((x) => x.id === id));
   return w;
 }
 
 /** Waits until the worker's stdout has caught up with its report of `t` (pipes lag NATS). */
 async function reported(w: WorkerProcess, t: TaskInit): Promise<void> {
-  await until(`${w.id} to report ${t.taskId}`, () =>
+  await waitFor(`${w.id} to report ${t.taskId}`, () =>
     w.events.some((e) => e.type === 'completed' && e.taskId === t.taskId),
   );
 }
@@ -97,7 +97,7 @@ describe('Dispatcher', () => {
     expect(emu.events.some((e) => e.type === 'claimed')).toBe(false);
     // With no native arm64 worker left, the emulated one runs arm64 tasks, and says so.
     await arm.proc.stop(5_000);
-    await until(
+    await waitFor(
       'the native arm64 worker to be gone',
       () => !d.liveWorkers().some((w) => w.id === arm.id),
     );
@@ -119,7 +119,7 @@ describe('Dispatcher', () => {
       expect(results[i]?.taskId).toBe(t.taskId);
       expect(results[i]?.outputs[0]?.resultId).toBe(`res-${t.cacheKey}`);
     }
-    await until('both workers to report every task', () =>
+    await waitFor('both workers to report every task', () =>
       tasks.every((t) =>
         [a, b].some((w) => w.events.some((e) => e.type === 'completed' && e.taskId === t.taskId)),
       ),
@@ -127,7 +127,7 @@ describe('Dispatcher', () => {
     const claims = [...a.events, ...b.events].filter((e) => e.type === 'claimed');
     expect(claims).toHaveLength(tasks.length);
     expect(new Set(claims.map((e) => e.taskId)).size).toBe(tasks.length);
-    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
   it('runs a key once for concurrent submits from two builds; later submits get the stored result', async () => {
@@ -164,7 +164,7 @@ describe('Dispatcher', () => {
       preferredWorkers: [b.id],
     });
     expect(producer.workerId).toBe(b.id);
-    await until('b to advertise the result', () =>
+    await waitFor('b to advertise the result', () =>
       d
         .liveWorkers()
         .find((w) => w.id === b.id)
@@ -184,7 +184,7 @@ describe('Dispatcher', () => {
     const [a, b] = await Promise.all([worker('delay-a'), worker('delay-b')]);
     const long = testTask({ sleepMs: 4_000 });
     const longDone = d.submit(long, { preferredWorkers: [a.id] });
-    await until('a to run the long task', () => a.claimed(long.taskId ?? ''));
+    await waitFor('a to run the long task', () => a.claimed(long.taskId ?? ''));
     const t = testTask();
     const r = await d.submit(t, { preferredWorkers: [a.id] });
     expect(r.workerId).toBe(b.id);
@@ -208,7 +208,7 @@ describe('Dispatcher', () => {
     const [k, l] = await Promise.all([worker('kill-k'), worker('kill-l')]);
     const t = testTask({ sleepMs: 2_000 });
     const done = d.submit(t, { preferredWorkers: [k.id] });
-    await until('k to run the task', () => k.claimed(t.taskId ?? ''));
+    await waitFor('k to run the task', () => k.claimed(t.taskId ?? ''));
     k.proc.kill('SIGKILL');
     await k.proc.exited;
     const r = await done;
@@ -219,7 +219,7 @@ describe('Dispatcher', () => {
         (e) => e.type === 'redispatched' && e.taskId === t.taskId && e.reason === 'holder-lost',
       ),
     ).toBe(true);
-    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
   it('fails a task that keeps failing after maxAttempts and leaves no message in the stream', async () => {
@@ -234,7 +234,7 @@ describe('Dispatcher', () => {
       details: { attempts: 3, vertexDigest: t.vertexDigest },
     });
     expect(await record(t)).toMatchObject({ state: 'failed', attempt: 3 });
-    await until(
+    await waitFor(
       'three reports',
       () => w.events.filter((e) => e.type === 'completed' && e.taskId === t.taskId).length === 3,
     );
@@ -243,7 +243,7 @@ describe('Dispatcher', () => {
     const fatal = testTask({ fail: 'fatal' });
     await expect(d.submit(fatal)).rejects.toMatchObject({ code: 'TEST_FATAL' });
     expect((await record(fatal))?.attempt).toBe(1);
-    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
   it('forgets a lost result (no blob, its holder named): the next submit runs the task again', async () => {
@@ -269,7 +269,7 @@ describe('Dispatcher', () => {
     expect(again.taskId).toBe(t.taskId);
     expect((await record(t))?.state).toBe('done');
     // The worker ran it twice (its stdout may lag behind the bus).
-    await until('the second run to be reported', () =>
+    await waitFor('the second run to be reported', () =>
       w.events.filter((e) => e.type === 'completed' && e.taskId === t.taskId).length === 2
         ? true
         : undefined,
@@ -280,7 +280,7 @@ describe('Dispatcher', () => {
     const s = await worker('late-s');
     const t = testTask({ sleepMs: 1_000 });
     const done = d.submit(t);
-    await until('s to run the task', () => s.claimed(t.taskId ?? ''));
+    await waitFor('s to run the task', () => s.claimed(t.taskId ?? ''));
     const firstToken = (await record(t))?.attemptToken;
     s.proc.kill('SIGSTOP'); // frozen: no heartbeat, no keepalive, its task "finishes" later
     const u = await worker('late-u');
@@ -288,7 +288,7 @@ describe('Dispatcher', () => {
     expect(r.workerId).toBe(u.id);
     const accepted = await record(t);
     s.proc.kill('SIGCONT');
-    await until('s to find its attempt stale', () =>
+    await waitFor('s to find its attempt stale', () =>
       s.events.some((e) => e.type === 'stale' && e.taskId === t.taskId),
     );
     const after = await record(t);
@@ -304,25 +304,25 @@ describe('Dispatcher', () => {
     const w = await worker('maxdel-w', 'linux/s390x');
     const t = testTask({ platform: 'linux/s390x', sleepMs: 1_500 });
     const done = d.submit(t);
-    await until('w to run the task', () => w.claimed(t.taskId ?? ''));
+    await waitFor('w to run the task', () => w.claimed(t.taskId ?? ''));
     w.proc.kill('SIGSTOP'); // no working(): the ack wait runs out on the only delivery allowed
     // The server notices the exhausted message when it next has a pull to serve on that consumer.
     const x = await worker('maxdel-x', 'linux/s390x');
     expect((await done).workerId).toBe(x.id);
-    await until('the message to be deleted', () =>
+    await waitFor('the message to be deleted', () =>
       events.some((e) => e.type === 'stale-message-deleted'),
     );
     w.proc.kill('SIGCONT');
-    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
   it('re-dispatches, without counting an attempt, a task handed back by a worker draining on SIGTERM', async () => {
     const [v, u] = await Promise.all([worker('drain-v'), worker('drain-u')]);
     const t = testTask({ sleepMs: 2_500 });
     const done = d.submit(t, { preferredWorkers: [v.id] });
-    await until('v to run the task', () => v.claimed(t.taskId ?? ''));
+    await waitFor('v to run the task', () => v.claimed(t.taskId ?? ''));
     await v.proc.stop(10_000); // SIGTERM: drain, hand back after its 200 ms drain timeout, exit
-    await until('v to report the hand-back', () =>
+    await waitFor('v to report the hand-back', () =>
       v.events.some((e) => e.type === 'handed-back' && e.taskId === t.taskId),
     );
     expect((await done).workerId).toBe(u.id);
@@ -341,7 +341,7 @@ describe('Dispatcher', () => {
     const pOwn = d.submit(own, { buildId: 'x' });
     const pSharedX = d.submit(shared, { buildId: 'x' });
     const pSharedY = d.submit(shared, { buildId: 'y' });
-    await until(
+    await waitFor(
       'both tasks to run',
       () => w.claimed(own.taskId ?? '') && w.claimed(shared.taskId ?? ''),
     );
@@ -349,11 +349,11 @@ describe('Dispatcher', () => {
     await expect(pOwn).rejects.toBeInstanceOf(TaskCancelledError);
     await expect(pSharedX).rejects.toBeInstanceOf(TaskCancelledError);
     expect((await pSharedY).workerId).toBe(w.id);
-    await until(
+    await waitFor(
       'the own task to be cancelled',
       async () => (await record(own))?.state === 'cancelled',
     );
-    await until('the worker to stop it', () =>
+    await waitFor('the worker to stop it', () =>
       w.events.some((e) => e.type === 'stale' && e.taskId === own.taskId),
     );
   });
@@ -365,7 +365,7 @@ describe('Dispatcher', () => {
     const d1 = await Dispatcher.start({ nc: c1, ...DISPATCH });
     const t = testTask({ sleepMs: 800 });
     const first = d1.submit(t);
-    await until('the task to run', () => w.claimed(t.taskId ?? ''));
+    await waitFor('the task to run', () => w.claimed(t.taskId ?? ''));
     await d1.close();
     await expect(first).rejects.toBeInstanceOf(DispatcherClosedError);
     const d2 = await Dispatcher.start({ nc: c1, ...DISPATCH });
@@ -379,8 +379,8 @@ describe('Dispatcher', () => {
 
 describe('Dispatcher across a nats-server restart', () => {
   it('reconnects and completes every task', async () => {
-    const store = h.makeTempDir('dispatch-restart');
-    let server = await h.startNats({ storeDir: store.dir });
+    const store = makeTempDir('dispatch-restart');
+    let server = await startNats({ storeDir: store.dir });
     const c = await connect({
       servers: server.url,
       maxReconnectAttempts: -1,
@@ -393,15 +393,15 @@ describe('Dispatcher across a nats-server restart', () => {
       const w = await worker('nrestart-w', 'linux/amd64', 2, server.url, dr);
       const tasks = Array.from({ length: 6 }, () => testTask({ sleepMs: 700 }));
       const all = Promise.all(tasks.map((t) => dr.submit(t)));
-      await until('a task to run', () => w.events.some((e) => e.type === 'claimed'));
+      await waitFor('a task to run', () => w.events.some((e) => e.type === 'claimed'));
       const port = server.port;
       await server.stop();
-      server = await h.startNats({ port, storeDir: store.dir });
+      server = await startNats({ port, storeDir: store.dir });
       const results = await all;
       expect(results.map((r) => r.outputs[0]?.resultId)).toEqual(
         tasks.map((t) => `res-${t.cacheKey}`),
       );
-      await until('the queue to be empty', async () => (await streamMessages(dr)) === 0);
+      await waitFor('the queue to be empty', async () => (await streamMessages(dr)) === 0);
     } finally {
       await Promise.all(workers.splice(0).map((x) => x.proc.stop(5_000)));
       await Promise.all(dispatchers.splice(0).map((x) => x.close()));

@@ -11,12 +11,12 @@ import {
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadHarness } from '../dispatch/testing.js';
-import type { NatsHandle } from '../dispatch/testing.js';
 import { natsContentChecksums } from './content-checksums.js';
 import type { ChecksumFallback } from './content-checksums.js';
+import { startNats } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let nc: NatsConnection;
 const subs: Subscription[] = [];
 const asked = new Map<string, number>();
@@ -48,8 +48,7 @@ function respond(workerId: string, answer: (data: Uint8Array) => Uint8Array | un
 }
 
 beforeAll(async () => {
-  const h = await loadHarness();
-  nats = await h.startNats();
+  nats = await startNats();
   nc = await connect({ servers: nats.url });
   respond('w-ok', (data) => {
     const r = decodeChecksumRequest(data);

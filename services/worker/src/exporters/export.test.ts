@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsBlobStore } from '@kiln/store';
 import type { Engine } from '../engine/engine.js';
 import { TaskRunner } from '../node/task-runner.js';
-import { runGraph } from '../node/testing.js';
+import { runGraph } from '../test-support/graphs.js';
 
 const run = promisify(execFile);
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;

@@ -12,13 +12,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { depChecksum } from '../cache/dep-checksum.js';
 import { loadConfig } from './config.js';
 import type { WorkerConfig } from './config.js';
-import type { DispatcherLike, Harness, NatsHandle } from './testing.js';
-import { loadHarness, startDispatcher, submitGraph, until } from './testing.js';
 import { WorkerNode } from './worker-node.js';
+import { startDispatcher, submitGraph } from '../test-support/graphs.js';
+import type { DispatcherLike } from '../test-support/graphs.js';
+import { makeTempDir, startNats, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 
-let h: Harness;
 let tmp: { dir: string; remove: () => void };
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let nc: NatsConnection;
 let d: DispatcherLike;
 let ctxDir: string;
@@ -43,7 +44,7 @@ function config(id: string): WorkerConfig {
 async function startNode(id: string): Promise<WorkerNode> {
   const n = await WorkerNode.start(config(id));
   nodes.push(n);
-  await until(`the dispatcher to see ${id}`, () => d.liveWorkers().some((w) => w.id === id));
+  await waitFor(`the dispatcher to see ${id}`, () => d.liveWorkers().some((w) => w.id === id));
   return n;
 }
 
@@ -91,9 +92,8 @@ async function digests(workerId: string, resultId: string, deps: ChecksumDepSpec
 }
 
 beforeAll(async () => {
-  h = await loadHarness();
-  tmp = h.makeTempDir('checksum-responder');
-  nats = await h.startNats();
+  tmp = makeTempDir('checksum-responder');
+  nats = await startNats();
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   d = await startDispatcher(nc);
   ctxDir = join(tmp.dir, 'context');

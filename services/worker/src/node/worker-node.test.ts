@@ -26,21 +26,18 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from './config.js';
 import type { WorkerConfig } from './config.js';
 import { TaskRunner } from './task-runner.js';
-import type {
-  DispatcherLike,
-  Harness,
-  ManagedProcessLike,
-  NatsHandle,
-  Results,
-} from './testing.js';
-import { bundleWorkerMain, loadHarness, startDispatcher, submitGraph, until } from './testing.js';
 import { WorkerNode } from './worker-node.js';
+import { bundleWorkerMain, startDispatcher, submitGraph } from '../test-support/graphs.js';
+import type { DispatcherLike, Results } from '../test-support/graphs.js';
+import { spawnManaged } from '@kiln/common';
+import type { ManagedProcess } from '@kiln/common';
+import { makeTempDir, startNats, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
 
-let h: Harness;
 let tmp: { dir: string; remove: () => void };
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let nc: NatsConnection;
 let d: DispatcherLike;
 let storeDir: string;
@@ -72,7 +69,9 @@ function config(
 async function startNode(cfg: WorkerConfig, disp = d, list = nodes): Promise<WorkerNode> {
   const n = await WorkerNode.start(cfg);
   list.push(n);
-  await until(`the dispatcher to see ${n.id}`, () => disp.liveWorkers().some((w) => w.id === n.id));
+  await waitFor(`the dispatcher to see ${n.id}`, () =>
+    disp.liveWorkers().some((w) => w.id === n.id),
+  );
   return n;
 }
 
@@ -89,11 +88,11 @@ interface LogLine {
 /** A worker process (`main.ts`, bundled once per file) with its pino lines. */
 async function spawnNode(
   id: string,
-): Promise<{ proc: ManagedProcessLike; logs: LogLine[]; state: string }> {
-  mainJs ??= bundleWorkerMain(h, tmp.dir);
+): Promise<{ proc: ManagedProcess; logs: LogLine[]; state: string }> {
+  mainJs ??= bundleWorkerMain(tmp.dir);
   const state = join(tmp.dir, id);
   const logs: LogLine[] = [];
-  const proc = h.spawnManaged(
+  const proc = spawnManaged(
     process.execPath,
     [await mainJs, '--id', id, '--state-dir', state, '--store-dir', storeDir, '--nats', nats.url],
     {
@@ -109,7 +108,7 @@ async function spawnNode(
       },
     },
   );
-  await until(`${id} to register`, () => {
+  await waitFor(`${id} to register`, () => {
     if (proc.hasExited()) throw new Error(`${id} exited:\n${proc.output()}`);
     return d.liveWorkers().some((w) => w.id === id);
   });
@@ -126,10 +125,9 @@ async function readResult(n: WorkerNode, resultId: string, path: string): Promis
 beforeAll(async () => {
   if (!fixture)
     throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
-  h = await loadHarness();
-  tmp = h.makeTempDir('worker-node');
+  tmp = makeTempDir('worker-node');
   storeDir = join(tmp.dir, 'store');
-  nats = await h.startNats();
+  nats = await startNats();
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   d = await startDispatcher(nc);
   ctxDir = join(tmp.dir, 'context');
@@ -216,7 +214,7 @@ describe('WorkerNode', () => {
     );
     expect(unknown).toMatchObject({ error: { code: 'MATERIALIZE_RESULT_UNKNOWN' } });
     // The registration advertises the result.
-    await until('a to advertise its result', () =>
+    await waitFor('a to advertise its result', () =>
       d
         .liveWorkers()
         .find((w) => w.id === a.id)
@@ -278,7 +276,7 @@ describe('WorkerNode', () => {
     const made = produced.result.outputs[0];
     expect(made?.layers?.at(-1)?.digest).toBe('');
     const key = `sha256:${createHash('sha256').update(`${run} ${produced.def.result.digest}`).digest('hex')}`;
-    const uploaded = await until('the record to name the blobs', async () => {
+    const uploaded = await waitFor('the record to name the blobs', async () => {
       const rec = await getRecord(d.bus.tasks, taskKey(key));
       const r = decodeResult(fromBase64(rec?.record.result ?? ''));
       return r.outputs[0]?.layers?.every((l) => l.digest !== '') ? r : undefined;
@@ -288,7 +286,7 @@ describe('WorkerNode', () => {
       made?.layers?.map((l) => l.diffId),
     );
     // The records are updated before the result leaves the pending list: wait for both.
-    await until(
+    await waitFor(
       'write-behind to drop the uploaded result',
       () => !a.writeBehind?.pending().includes(made?.resultId ?? ''),
     );
@@ -437,7 +435,7 @@ describe('WorkerNode', () => {
       expect(Number(result.bytesFetched)).toBeGreaterThan(0);
       expect(await stopped).toMatchObject({ code: 0 });
       expect(logs.some((l) => l.msg === 'worker drained')).toBe(true);
-      await until('node-t to be gone', () => !d.liveWorkers().some((w) => w.id === 'node-t'));
+      await waitFor('node-t to be gone', () => !d.liveWorkers().some((w) => w.id === 'node-t'));
       // Its result outlives it: the drain uploaded it (write-behind) and its record names the
       // blobs now, so B rebuilds it from the store without asking anyone.
       const g = parseDefinition(def(st));
@@ -545,7 +543,7 @@ describe('WorkerNode', () => {
       KILN_S3_PREFIX: `worker-node-${salt()}/`,
     };
     // Its own bus: these workers must not take the filesystem-store tasks (and vice versa).
-    const nats2 = await h.startNats();
+    const nats2 = await startNats();
     const nc2 = await connect({ servers: nats2.url, maxReconnectAttempts: -1 });
     const d2 = await startDispatcher(nc2);
     const mine: WorkerNode[] = [];

@@ -2,7 +2,13 @@ export { OciRuntime } from './oci-runtime.js';
 export type { OciRuntimeOptions, RuntimeName } from './oci-runtime.js';
 export { ExecError, RuntimeError, RuntimeErrorCode } from './errors.js';
 export { DEFAULT_HOSTNAME, DEFAULT_PATH, hostsFile, resolvConf } from './hosts.js';
-export { ALL_CAPABILITIES, DEFAULT_CAPABILITIES, generateSpec, withDefaultPath } from './spec.js';
+export {
+  ALL_CAPABILITIES,
+  DEFAULT_CAPABILITIES,
+  boundingCapabilities,
+  generateSpec,
+  withDefaultPath,
+} from './spec.js';
 export type { OciSpec, OciMount } from './spec.js';
 export { resolveUser } from './user.js';
 export type { ResolvedUser } from './user.js';

@@ -10,8 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BridgeNetwork } from './bridge.js';
 import { DEFAULT_PATH, ExecError, OciRuntime, RuntimeError } from './index.js';
 import type { RunOptions, RunSpec } from './index.js';
-import { until as waitFor } from '../node/testing.js';
-import { makeBusyboxRootfs } from './test-rootfs.js';
+import { makeBusyboxRootfs, waitFor } from '@kiln/testing';
 
 const execFileP = promisify(execFile);
 let root: string;

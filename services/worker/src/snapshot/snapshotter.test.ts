@@ -15,7 +15,6 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Readable } from 'node:stream';
 import { applyLayer, diffLayer } from '@kiln/layers';
-import { exec, readAll, snapshotTree, tarNames } from '@kiln/layers/testing';
 import {
   CopySnapshotter,
   OverlaySnapshotter,
@@ -26,6 +25,7 @@ import {
 } from './index.js';
 import type { Snapshotter } from './index.js';
 import { gunzipSync } from 'node:zlib';
+import { exec, readAll, snapshotTree, tarNames } from '@kiln/testing';
 
 interface Backend {
   name: string;

@@ -17,7 +17,7 @@ import type { State } from '@kiln/llb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsBlobStore } from '@kiln/store';
 import { TaskRunner } from '../node/task-runner.js';
-import { runGraph } from '../node/testing.js';
+import { runGraph } from '../test-support/graphs.js';
 
 const run = promisify(execFile);
 let work: string;

@@ -20,17 +20,17 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sleepExecutor } from './sleep-executor.js';
 import type { ConsumerEvent, RunTask } from './task-consumer.js';
 import { TaskConsumer } from './task-consumer.js';
-import type { NatsHandle } from './testing.js';
-import { enqueueRaw, loadHarness, recordOf, testTask, until } from './testing.js';
+import { enqueueRaw, recordOf } from '../test-support/tasks.js';
+import { startNats, testTask, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let nc: NatsConnection;
 let bus: Bus;
 const consumers: TaskConsumer[] = [];
 
 beforeAll(async () => {
-  const h = await loadHarness();
-  nats = await h.startNats();
+  nats = await startNats();
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   bus = await openBus(nc);
 });
@@ -71,7 +71,7 @@ async function worker(
 }
 
 async function done(task: TaskInit) {
-  const rec = await until('task record done', async () => {
+  const rec = await waitFor('task record done', async () => {
     const r = await recordOf(bus, task.cacheKey ?? '');
     return r && (r.state === 'done' || r.state === 'errored') ? r : undefined;
   });
@@ -85,14 +85,14 @@ async function streamMessages(): Promise<number> {
 describe('TaskConsumer', () => {
   it('registers with its platforms and heartbeats', async () => {
     const c = await worker('reg-1', ['linux/arm64/v8', 'linux/amd64']);
-    const first = await until('registration', async () =>
+    const first = await waitFor('registration', async () =>
       (await bus.workers.get(c.id))?.json<{ seq: number; platforms: unknown[] }>(),
     );
     expect(first.platforms).toEqual([
       { os: 'linux', architecture: 'arm64', emulated: false },
       { os: 'linux', architecture: 'amd64', emulated: false },
     ]);
-    await until(
+    await waitFor(
       'a later heartbeat',
       async () => ((await bus.workers.get(c.id))?.json<{ seq: number }>().seq ?? 0) > first.seq,
     );
@@ -113,7 +113,7 @@ describe('TaskConsumer', () => {
       expect(result.workerId).toBe(t.platform?.Architecture === 'amd64' ? amd.id : arm.id);
       expect(result.outputs[0]?.resultId).toBe(`res-${t.cacheKey}`);
     }
-    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
   it('drops a queue copy whose token is not current, without running it', async () => {
@@ -134,11 +134,11 @@ describe('TaskConsumer', () => {
       'kiln.task.linux.amd64',
       encodeTask({ ...t, attemptToken: rec.attemptToken, attempt: 1 }),
     );
-    await until('the stale copy to be dropped', () =>
+    await waitFor('the stale copy to be dropped', () =>
       events.some((e) => e.type === 'stale' && e.why === 'claim'),
     );
     expect(ran).toEqual([rec.attemptToken]);
-    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
   it('accepts an offer when it has a free slot and declines when busy past the wait', async () => {
@@ -184,17 +184,17 @@ describe('TaskConsumer', () => {
     });
     const t = testTask({ sleepMs: 30_000 });
     await enqueueRaw(bus, t);
-    await until(
+    await waitFor(
       'the claim',
       async () => (await recordOf(bus, t.cacheKey ?? ''))?.state === 'running',
     );
     await casRecord(bus.tasks, taskKey(t.cacheKey ?? ''), (r) => leaveRule(r, 'b1'));
-    await until('the stale event', () =>
+    await waitFor('the stale event', () =>
       events.some((e) => e.type === 'stale' && e.why === 'keepalive'),
     );
     expect(aborted).toBe(true);
     expect((await recordOf(bus, t.cacheKey ?? ''))?.state).toBe('cancelled');
-    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 
   it('drain finishes the task it holds and takes no new one', async () => {
@@ -202,7 +202,10 @@ describe('TaskConsumer', () => {
     const c = await worker('drain-1', ['linux/amd64'], { events });
     const t1 = testTask({ sleepMs: 800 });
     await enqueueRaw(bus, t1);
-    await until('the claim', async () => (await recordOf(bus, t1.cacheKey ?? ''))?.holder === c.id);
+    await waitFor(
+      'the claim',
+      async () => (await recordOf(bus, t1.cacheKey ?? ''))?.holder === c.id,
+    );
     const draining = c.drain();
     const t2 = testTask();
     await enqueueRaw(bus, t2);
@@ -224,12 +227,15 @@ describe('TaskConsumer', () => {
     const c = await worker('handback-1', ['linux/amd64'], { events });
     const t = testTask({ sleepMs: 30_000 });
     await enqueueRaw(bus, t);
-    await until('the claim', async () => (await recordOf(bus, t.cacheKey ?? ''))?.holder === c.id);
+    await waitFor(
+      'the claim',
+      async () => (await recordOf(bus, t.cacheKey ?? ''))?.holder === c.id,
+    );
     await c.drain(100);
     const rec = await recordOf(bus, t.cacheKey ?? '');
     expect(rec).toMatchObject({ state: 'queued', placement: 'released' });
     expect(events.some((e) => e.type === 'handed-back')).toBe(true);
-    await until('the queue to be empty', async () => (await streamMessages()) === 0);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
   });
 });
 

@@ -10,7 +10,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OverlaySnapshotter, mountTemp } from '../../snapshot/index.js';
 import type { Snapshotter } from '../../snapshot/index.js';
 import { ExecError, OciRuntime } from '../../runtime/index.js';
-import { makeBusyboxRootfs } from '../../runtime/test-rootfs.js';
 import {
   CacheMounts,
   SecretNotFoundError,
@@ -20,6 +19,7 @@ import {
 } from './index.js';
 import type { ExecEnv, RunExecOptions } from './index.js';
 import { SocketForwarder } from './session-mounts.js';
+import { makeBusyboxRootfs } from '@kiln/testing';
 
 let root: string;
 let snapshotter: Snapshotter;

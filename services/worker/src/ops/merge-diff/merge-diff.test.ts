@@ -10,7 +10,7 @@ import type { State } from '@kiln/llb';
 import { FsBlobStore } from '@kiln/store';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaskRunner } from '../../node/task-runner.js';
-import { runGraph } from '../../node/testing.js';
+import { runGraph } from '../../test-support/graphs.js';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
 let state: string;

@@ -13,9 +13,9 @@ import {
   RegistryUnavailableError,
 } from '@kiln/registry';
 import type { Repository } from '@kiln/registry';
-import { harnessEnv, startFaultProxy, tempDir, waitUntil } from '@kiln/registry/testing';
-import type { FaultProxy } from '@kiln/registry/testing';
 import { ImageSource } from './image-source.js';
+import { harnessEnv, startFaultProxy, waitFor, makeTempDir } from '@kiln/testing';
+import type { FaultProxy } from '@kiln/testing';
 
 const REGISTRY = harnessEnv('KILN_TEST_REGISTRY');
 const FIXTURE = harnessEnv('KILN_TEST_FIXTURE_IMAGE');
@@ -23,19 +23,19 @@ const AMD64 = { os: 'linux', architecture: 'amd64' };
 const ARM64 = { os: 'linux', architecture: 'arm64' };
 const client = new RegistryClient({ dockerConfig: false, retryBaseDelayMs: 10 });
 
-const cleanups: (() => Promise<void>)[] = [];
+const cleanups: (() => Promise<void> | void)[] = [];
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c();
 });
 
-async function newStore(): Promise<FsBlobStore> {
-  const tmp = await tempDir('store');
+function newStore(): FsBlobStore {
+  const tmp = makeTempDir('store');
   cleanups.push(tmp.remove);
   return new FsBlobStore({ root: tmp.dir, fsync: false });
 }
 
-async function newDir(name: string): Promise<string> {
-  const tmp = await tempDir(name);
+function newDir(name: string): string {
+  const tmp = makeTempDir(name);
   cleanups.push(tmp.remove);
   return tmp.dir;
 }
@@ -54,7 +54,7 @@ async function listStore(store: FsBlobStore): Promise<string[]> {
 
 describe('ImageSource', () => {
   it('pulls the fixture for linux/amd64 and linux/arm64: different layers, configs of the right architecture', async () => {
-    const store = await newStore();
+    const store = newStore();
     const src = new ImageSource({ client, store });
     const amd = await src.pull(`docker-image://${FIXTURE}`, AMD64);
     const arm = await src.pull(`docker-image://${FIXTURE}`, ARM64);
@@ -81,7 +81,7 @@ describe('ImageSource', () => {
   });
 
   it('pulls by digest (the index, and one platform manifest)', async () => {
-    const store = await newStore();
+    const store = newStore();
     const src = new ImageSource({ client, store });
     const byTag = await src.resolve(FIXTURE, ARM64);
     const { domain, path } = parseImageReference(FIXTURE);
@@ -99,7 +99,7 @@ describe('ImageSource', () => {
   });
 
   it('reports a missing tag as ImageNotFoundError and a missing platform as PlatformNotFoundError', async () => {
-    const src = new ImageSource({ client, store: await newStore() });
+    const src = new ImageSource({ client, store: newStore() });
     await expect(src.pull(`${REGISTRY}/busybox:nope`, AMD64)).rejects.toBeInstanceOf(
       ImageNotFoundError,
     );
@@ -113,12 +113,12 @@ describe('ImageSource', () => {
   });
 
   it('fails a corrupted layer with DigestMismatchError and stores nothing of it', async () => {
-    const good = await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, AMD64);
+    const good = await new ImageSource({ client, store: newStore() }).resolve(FIXTURE, AMD64);
     const layer = good.layers[0]!;
     const p = await proxy((m, path) =>
       m === 'GET' && path.includes(`/blobs/${layer.digest}`) ? { kind: 'corrupt' } : undefined,
     );
-    const store = await newStore();
+    const store = newStore();
     const src = new ImageSource({ client, store });
     const ref = `${p.addr}/${parseImageReference(FIXTURE).path}:latest`;
     await expect(src.pull(ref, AMD64)).rejects.toBeInstanceOf(DigestMismatchError);
@@ -131,13 +131,13 @@ describe('ImageSource', () => {
   });
 
   it('fails a tampered platform manifest with DigestMismatchError and stores nothing of it', async () => {
-    const good = await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, AMD64);
+    const good = await new ImageSource({ client, store: newStore() }).resolve(FIXTURE, AMD64);
     const p = await proxy((m, path) =>
       m === 'GET' && path.endsWith(`/manifests/${good.manifestDigest}`)
         ? { kind: 'corrupt' }
         : undefined,
     );
-    const store = await newStore();
+    const store = newStore();
     await expect(
       new ImageSource({ client, store }).pull(`${p.addr}/busybox:latest`, AMD64),
     ).rejects.toBeInstanceOf(DigestMismatchError);
@@ -145,16 +145,15 @@ describe('ImageSource', () => {
   });
 
   it('retries a download that breaks off, and gives up with a retryable error after blobAttempts', async () => {
-    const layer = (
-      await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, AMD64)
-    ).layers[0]!;
+    const layer = (await new ImageSource({ client, store: newStore() }).resolve(FIXTURE, AMD64))
+      .layers[0]!;
     let broken = 0;
     const flaky = await proxy((m, path) =>
       m === 'GET' && path.includes(`/blobs/${layer.digest}`) && broken++ < 1
         ? { kind: 'truncate' }
         : undefined,
     );
-    const store = await newStore();
+    const store = newStore();
     const img = await new ImageSource({ client, store }).pull(
       `${flaky.addr}/busybox:latest`,
       AMD64,
@@ -165,7 +164,7 @@ describe('ImageSource', () => {
     const dead = await proxy((m, path) =>
       m === 'GET' && path.includes(`/blobs/${layer.digest}`) ? { kind: 'truncate' } : undefined,
     );
-    const store2 = await newStore();
+    const store2 = newStore();
     const err = await new ImageSource({ client, store: store2, blobAttempts: 2 })
       .pull(`${dead.addr}/busybox:latest`, AMD64)
       .catch((e: unknown) => e);
@@ -175,7 +174,7 @@ describe('ImageSource', () => {
   });
 
   it('pulls an image with Docker media types (manifest list, v2 schema 2, rootfs.diff.tar.gzip)', async () => {
-    const base = await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, ARM64);
+    const base = await new ImageSource({ client, store: newStore() }).resolve(FIXTURE, ARM64);
     const fixtureRepo = parseImageReference(FIXTURE);
     const repo: Repository = { domain: REGISTRY, path: 'kiln-test/docker-media-types' };
     const layer = base.manifest.layers[0]!;
@@ -211,7 +210,7 @@ describe('ImageSource', () => {
       }),
     );
     await client.pushManifest(repo, 'latest', list, MediaType.dockerManifestList);
-    const src = new ImageSource({ client, store: await newStore() });
+    const src = new ImageSource({ client, store: newStore() });
     const img = await src.pull(`${REGISTRY}/${repo.path}:latest`, ARM64);
     expect(img.manifestDigest).toBe(manifestDigest);
     expect(img.layers).toEqual([
@@ -222,15 +221,15 @@ describe('ImageSource', () => {
         mediaType: MediaType.dockerLayerGzip,
       },
     ]);
-    const root = await newDir('rootfs-docker');
+    const root = newDir('rootfs-docker');
     await src.unpack(img.layers, root);
     expect((await readFile(join(root, 'bin/busybox'))).readUInt16LE(18)).toBe(0xb7); // aarch64
   });
 
   it('judges index entries without a platform by their config, as containerd does', async () => {
     const fixtureRepo = parseImageReference(FIXTURE);
-    const amd = await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, AMD64);
-    const arm = await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, ARM64);
+    const amd = await new ImageSource({ client, store: newStore() }).resolve(FIXTURE, AMD64);
+    const arm = await new ImageSource({ client, store: newStore() }).resolve(FIXTURE, ARM64);
     const repo: Repository = { domain: REGISTRY, path: 'kiln-test/unlabelled-index' };
     const entries = [];
     for (const img of [amd, arm]) {
@@ -245,7 +244,7 @@ describe('ImageSource', () => {
       JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: entries }),
     );
     await client.pushManifest(repo, 'latest', index, MediaType.ociIndex);
-    const src = new ImageSource({ client, store: await newStore() });
+    const src = new ImageSource({ client, store: newStore() });
     const got = await src.resolve(`${REGISTRY}/${repo.path}:latest`, ARM64);
     expect(got.config.architecture).toBe('arm64');
     expect(got.manifestDigest).toBe(entries[1]!.digest);
@@ -257,9 +256,8 @@ describe('ImageSource', () => {
   });
 
   it('skips blobs already in the store and shares concurrent downloads of the same blob', async () => {
-    const layer = (
-      await new ImageSource({ client, store: await newStore() }).resolve(FIXTURE, AMD64)
-    ).layers[0]!;
+    const layer = (await new ImageSource({ client, store: newStore() }).resolve(FIXTURE, AMD64))
+      .layers[0]!;
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
     // The layer download is held in flight until the second pull has asked for the same blob.
@@ -276,7 +274,7 @@ describe('ImageSource', () => {
         return super.get(...args);
       }
     }
-    const tmp = await tempDir('store');
+    const tmp = makeTempDir('store');
     cleanups.push(tmp.remove);
     const store = new WatchedStore({ root: tmp.dir, fsync: false });
     const a = new ImageSource({ client, store });
@@ -284,10 +282,10 @@ describe('ImageSource', () => {
     const layerGets = (): string[] =>
       p.log.filter((l) => l === `GET /v2/busybox/blobs/${layer.digest}`);
     const pullA = a.pull(ref, AMD64);
-    await waitUntil('the first layer download to start', () => layerGets().length === 1);
+    await waitFor('the first layer download to start', () => layerGets().length === 1);
     const pullB = b.pull(ref, AMD64);
     // B read the config from the store (A put it there): B is about to ask for the layer.
-    await waitUntil('the second pull to read the config', () => configReads.length >= 1);
+    await waitFor('the second pull to read the config', () => configReads.length >= 1);
     release();
     const [x, y] = await Promise.all([pullA, pullB]);
     expect(y.layers).toEqual(x.layers);
@@ -299,10 +297,10 @@ describe('ImageSource', () => {
   });
 
   it('unpacks into a directory: /bin/busybox, bin/sh a symlink to busybox, /etc/passwd', async () => {
-    const store = await newStore();
+    const store = newStore();
     const src = new ImageSource({ client, store });
     const img = await src.pull(FIXTURE, AMD64);
-    const root = await newDir('rootfs');
+    const root = newDir('rootfs');
     await src.unpack(img.layers, root);
     const bb = await lstat(join(root, 'bin/busybox'));
     expect(bb.isFile()).toBe(true);
@@ -316,19 +314,19 @@ describe('ImageSource', () => {
   });
 
   it('refuses to unpack a layer whose content does not match its diffID', async () => {
-    const store = await newStore();
+    const store = newStore();
     const src = new ImageSource({ client, store });
     const img = await src.pull(FIXTURE, AMD64);
     const arm = await src.pull(FIXTURE, ARM64);
     const mixed = [{ ...img.layers[0]!, diffID: arm.layers[0]!.diffID }];
-    await expect(src.unpack(mixed, await newDir('rootfs-bad'))).rejects.toBeInstanceOf(
+    await expect(src.unpack(mixed, newDir('rootfs-bad'))).rejects.toBeInstanceOf(
       DigestMismatchError,
     );
   });
 
   it('pulls and unpacks uncompressed and zstd layers (or names zstd as unsupported where it is)', async () => {
     // Re-encode the fixture's amd64 layer and push single-platform images with those layers.
-    const base = await new ImageSource({ client, store: await newStore() }).pull(FIXTURE, AMD64);
+    const base = await new ImageSource({ client, store: newStore() }).pull(FIXTURE, AMD64);
     const chunks: Buffer[] = [];
     for await (const c of await client.fetchBlob(parseImageReference(FIXTURE), base.layers[0]!))
       chunks.push(c as Buffer);
@@ -367,10 +365,10 @@ describe('ImageSource', () => {
       );
       await client.pushManifest(repo, 'latest', manifest, MediaType.ociManifest);
 
-      const src = new ImageSource({ client, store: await newStore() });
+      const src = new ImageSource({ client, store: newStore() });
       const img = await src.pull(`${REGISTRY}/${repo.path}:latest`, AMD64);
       expect(img.layers[0]!.mediaType).toBe(v.mediaType);
-      const root = await newDir(`rootfs-${v.name}`);
+      const root = newDir(`rootfs-${v.name}`);
       if (v.name === 'zstd' && zstdSupport() === undefined) {
         // Neither node's zlib zstd (>= 22.15) nor the zstd command: a typed gap, not a silent failure.
         const err = await src.unpack(img.layers, root).catch((e: unknown) => e);

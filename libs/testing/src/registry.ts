@@ -1,11 +1,16 @@
 // A real OCI registry (Debian's docker-registry: the CNCF distribution registry 2.8) on a free
-// loopback port, with filesystem storage in a temp dir and deletes enabled.
+// loopback port, with filesystem storage in a temp dir, deletes enabled, and optionally auth.
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawnManaged } from './process.js';
-import type { ManagedProcess } from './process.js';
+import { spawnManaged } from '@kiln/common';
+import type { ManagedProcess } from '@kiln/common';
 import { freePort, makeTempDir, requireBinary, waitFor } from './util.js';
+
+/** The registry's `auth` backend: docker's token auth, or htpasswd Basic auth. */
+export type RegistryAuthConfig =
+  | { token: { realm: string; service: string; issuer: string; rootCertBundle: string } }
+  | { htpasswd: { realm: string; path: string } };
 
 export interface RegistryOptions {
   /** Port; default: a free port (retried when another process takes it first). */
@@ -13,6 +18,8 @@ export interface RegistryOptions {
   /** Storage root; default: a temp dir removed by stop(). A given dir is kept. */
   storageDir?: string;
   timeoutMs?: number;
+  /** Auth backend (default none: anonymous pull and push). */
+  auth?: RegistryAuthConfig;
 }
 
 export interface RegistryHandle {
@@ -26,11 +33,32 @@ export interface RegistryHandle {
   stop(): Promise<void>;
 }
 
-function configYaml(port: number, storageDir: string): string {
+function authYaml(auth: RegistryAuthConfig | undefined): string[] {
+  if (auth === undefined) return [];
+  if ('token' in auth) {
+    return [
+      'auth:',
+      '  token:',
+      `    realm: ${JSON.stringify(auth.token.realm)}`,
+      `    service: ${JSON.stringify(auth.token.service)}`,
+      `    issuer: ${JSON.stringify(auth.token.issuer)}`,
+      `    rootcertbundle: ${JSON.stringify(auth.token.rootCertBundle)}`,
+    ];
+  }
+  return [
+    'auth:',
+    '  htpasswd:',
+    `    realm: ${JSON.stringify(auth.htpasswd.realm)}`,
+    `    path: ${JSON.stringify(auth.htpasswd.path)}`,
+  ];
+}
+
+function configYaml(port: number, storageDir: string, auth?: RegistryAuthConfig): string {
   return [
     'version: 0.1',
     'log:',
-    '  level: warn',
+    // At info an htpasswd registry logs the credentials it provisions (tests read them).
+    `  level: ${auth === undefined ? 'warn' : 'info'}`,
     '  accesslog:',
     '    disabled: true',
     'storage:',
@@ -47,6 +75,7 @@ function configYaml(port: number, storageDir: string): string {
     'health:',
     '  storagedriver:',
     '    enabled: false',
+    ...authYaml(auth),
     '',
   ].join('\n');
 }
@@ -61,16 +90,18 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     const storageDir = opts.storageDir ?? join(tmp.dir, 'storage');
     mkdirSync(storageDir, { recursive: true });
     const configPath = join(tmp.dir, 'config.yml');
-    writeFileSync(configPath, configYaml(port, storageDir));
+    writeFileSync(configPath, configYaml(port, storageDir, opts.auth));
     const proc = spawnManaged(bin, ['serve', configPath], { name: 'docker-registry' });
     const url = `http://127.0.0.1:${port}`;
     try {
+      // Ready when /v2/ answers: 200, or 401 behind auth.
+      const ready = opts.auth === undefined ? 200 : 401;
       await waitFor(
-        'docker-registry GET /v2/ 200',
+        `docker-registry GET /v2/ ${ready}`,
         async () => {
           const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(2_000) });
           await res.arrayBuffer();
-          return res.status === 200;
+          return res.status === ready;
         },
         {
           timeoutMs: opts.timeoutMs ?? 30_000,

@@ -1,4 +1,4 @@
-// Small helpers shared by the harness: free ports, polling, binaries, temp dirs.
+// Small test helpers: free ports, the one poller (waitFor), binaries, temp dirs.
 
 import { accessSync, constants, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 
 export const SETUP_HINT = 'run `bash scripts/setup.sh` as root to install and prepare it';
 
-/** The repository root (this file is test/src/harness/util.ts, or test/dist/harness/util.js). */
+/** The repository root (this file is libs/testing/src/util.ts, or libs/testing/dist/util.js). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
 /** A TCP port that was free on 127.0.0.1 a moment ago (callers retry when they lose a race). */

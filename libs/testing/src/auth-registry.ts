@@ -1,209 +1,24 @@
 /**
- * Test-only helpers for the registry and image-source tests (not exported from the package):
- * extra real `docker-registry` processes with token or htpasswd auth, a small token server that
- * signs real JWTs for the registry's `auth.token` backend, and a fault-injecting HTTP proxy.
- *
- * The workspace harness (`test/src/harness`) starts the shared registry; @kiln/worker cannot
- * depend on @kiln/test (test depends on the services), so the process guard is repeated here.
+ * Registry auth and faults for the registry client's users: docker-registry with auth
+ * ({@link startAuthRegistry}), a small token server that signs real JWTs for the registry's
+ * `auth.token` backend, and a fault-injecting HTTP proxy in front of a real registry.
  */
-import { execFile, spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { X509Certificate, createPrivateKey, randomUUID, sign } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createServer, request as httpRequest } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
-
-import type { ImageReference } from '@kiln/llb';
-import type { RegistryClient, Repository } from '../client.js';
+import { startRegistry } from './registry.js';
+import type { RegistryAuthConfig, RegistryHandle } from './registry.js';
+import { makeTempDir } from './util.js';
 
 const execFileAsync = promisify(execFile);
 
-export async function tempDir(
-  prefix: string,
-): Promise<{ dir: string; remove: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), `kiln-registry-${prefix}-`));
-  return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
-}
-
-/** Polls `check` until it returns true; fails after `timeoutMs` with `what`. */
-export async function waitUntil(
-  what: string,
-  check: () => Promise<boolean> | boolean,
-  timeoutMs = 30_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      if (await check()) return;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(
-        `timed out waiting for ${what}${last instanceof Error ? ` (last error: ${last.message})` : ''}`,
-      );
-    }
-    await delay(25);
-  }
-}
-
-// The child dies with this process: the guard shell kills it when its stdin (a pipe from us) closes.
-const GUARD = `
-exec 3<&0 </dev/null
-"$@" 3<&- &
-c=$!
-trap 'kill -TERM "$c" 2>/dev/null' TERM INT HUP
-{ while read -r _ <&3; do :; done; kill -TERM "$c" 2>/dev/null; } &
-w=$!
-exec 3<&-
-wait "$c"; rc=$?
-kill "$w" 2>/dev/null
-exit "$rc"
-`;
-
-interface Guarded {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<void>;
-  stop: () => Promise<void>;
-}
-
-function spawnGuarded(cmd: string, args: string[]): Guarded {
-  const child = spawn('/bin/sh', ['-c', GUARD, 'kiln-guard', cmd, ...args], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-    detached: true,
-  });
-  let out = '';
-  const onData = (b: Buffer): void => {
-    out = (out + b.toString('utf8')).slice(-65536);
-  };
-  child.stdout?.on('data', onData);
-  child.stderr?.on('data', onData);
-  child.stdin?.on('error', () => undefined); // EPIPE once the guard is gone
-  let done = false;
-  const exited = new Promise<void>((resolve) =>
-    child.on('exit', () => resolve()).on('error', () => resolve()),
-  ).then(() => {
-    done = true;
-  });
-  const killGroup = (sig: NodeJS.Signals): void => {
-    if (child.pid === undefined || done) return;
-    try {
-      process.kill(-child.pid, sig);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-    }
-  };
-  process.once('exit', () => killGroup('SIGKILL'));
-  return {
-    child,
-    output: () => out,
-    exited,
-    stop: async () => {
-      killGroup('SIGTERM');
-      const t = delay(10_000).then(() => 'timeout' as const);
-      if ((await Promise.race([exited, t])) === 'timeout') killGroup('SIGKILL');
-      await exited;
-      child.stdin?.destroy();
-    },
-  };
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const addr = srv.address();
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  if (addr === null || typeof addr === 'string') throw new Error('no port');
-  return addr.port;
-}
-
-export type RegistryAuthConfig =
-  | { token: { realm: string; service: string; issuer: string; rootCertBundle: string } }
-  | { htpasswd: { realm: string; path: string } };
-
-export interface TestRegistry {
-  /** 127.0.0.1:PORT */
-  addr: string;
-  url: string;
-  output: () => string;
-  stop: () => Promise<void>;
-}
-
-/** Starts Debian's docker-registry (CNCF distribution 2.8) on a free loopback port with `auth`. */
-export async function startAuthRegistry(auth: RegistryAuthConfig): Promise<TestRegistry> {
-  const tmp = await tempDir('reg');
-  const port = await freePort();
-  const authYaml =
-    'token' in auth
-      ? [
-          'auth:',
-          '  token:',
-          `    realm: ${JSON.stringify(auth.token.realm)}`,
-          `    service: ${JSON.stringify(auth.token.service)}`,
-          `    issuer: ${JSON.stringify(auth.token.issuer)}`,
-          `    rootcertbundle: ${JSON.stringify(auth.token.rootCertBundle)}`,
-        ]
-      : [
-          'auth:',
-          '  htpasswd:',
-          `    realm: ${JSON.stringify(auth.htpasswd.realm)}`,
-          `    path: ${JSON.stringify(auth.htpasswd.path)}`,
-        ];
-  const config = [
-    'version: 0.1',
-    'log:',
-    '  level: info',
-    '  accesslog:',
-    '    disabled: true',
-    'storage:',
-    '  filesystem:',
-    `    rootdirectory: ${JSON.stringify(join(tmp.dir, 'storage'))}`,
-    '  delete:',
-    '    enabled: true',
-    '  maintenance:',
-    '    uploadpurging:',
-    '      enabled: false',
-    'http:',
-    `  addr: 127.0.0.1:${port}`,
-    '  secret: kiln-test-auth-registry',
-    ...authYaml,
-    '',
-  ].join('\n');
-  const configPath = join(tmp.dir, 'config.yml');
-  await writeFile(configPath, config);
-  const proc = spawnGuarded('docker-registry', ['serve', configPath]);
-  const url = `http://127.0.0.1:${port}`;
-  let exited = false;
-  void proc.exited.then(() => {
-    exited = true;
-  });
-  try {
-    await waitUntil(`docker-registry on ${url}`, async () => {
-      if (exited) throw new Error(`docker-registry exited: ${proc.output()}`);
-      const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(2_000) });
-      await res.arrayBuffer();
-      return res.status === 401;
-    });
-  } catch (err) {
-    await proc.stop();
-    await tmp.remove();
-    throw err;
-  }
-  return {
-    addr: `127.0.0.1:${port}`,
-    url,
-    output: proc.output,
-    stop: async () => {
-      await proc.stop();
-      await tmp.remove();
-    },
-  };
+/** Starts docker-registry with `auth` on a free loopback port (ready when /v2/ answers 401). */
+export function startAuthRegistry(auth: RegistryAuthConfig): Promise<RegistryHandle> {
+  return startRegistry({ auth });
 }
 
 export interface TokenServerOptions {
@@ -238,7 +53,7 @@ function b64url(b: Buffer | string): string {
  * and signs RS256 JWTs whose `x5c` header carries a self-signed certificate made by `openssl`.
  */
 export async function startTokenServer(opts: TokenServerOptions): Promise<TokenServer> {
-  const tmp = await tempDir('token');
+  const tmp = makeTempDir('token');
   const keyPath = join(tmp.dir, 'key.pem');
   const certPath = join(tmp.dir, 'cert.pem');
   await execFileAsync('openssl', [
@@ -328,7 +143,7 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
     requests,
     stop: async () => {
       await closeServer(server);
-      await tmp.remove();
+      tmp.remove();
     },
   };
 }
@@ -445,31 +260,6 @@ export async function startFaultProxy(
   const addr = server.address();
   if (addr === null || typeof addr === 'string') throw new Error('proxy: no address');
   return { addr: `127.0.0.1:${addr.port}`, log, authorizations, stop: () => closeServer(server) };
-}
-
-/**
- * Copies one platform's manifest (config and layers) of the image `src` names to `dest:tag`,
- * reading with `from` and pushing with `to`; returns the pushed manifest's digest.
- */
-export async function copyPlatformManifest(
-  from: RegistryClient,
-  src: ImageReference,
-  to: RegistryClient,
-  dest: Repository,
-  tag: string,
-  architecture = 'amd64',
-): Promise<string> {
-  const { descriptor } = await from.resolve(src);
-  const top = await from.fetchManifest(src, descriptor);
-  if (top.document.kind !== 'index') throw new Error(`${src.path} is not an index`);
-  const desc = top.document.index.manifests.find((m) => m.platform?.architecture === architecture);
-  if (desc === undefined) throw new Error(`${src.path} has no ${architecture} manifest`);
-  const m = await from.fetchManifest(src, desc);
-  if (m.document.kind !== 'manifest') throw new Error('nested index');
-  for (const b of [m.document.manifest.config, ...m.document.manifest.layers]) {
-    await to.pushBlob(dest, b, () => from.fetchBlob(src, b));
-  }
-  return to.pushManifest(dest, tag, m.bytes, desc.mediaType);
 }
 
 /** A variable the harness's vitest global setup sets (`KILN_TEST_REGISTRY`...); throws when unset. */

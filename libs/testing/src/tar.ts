@@ -1,8 +1,7 @@
-/** Helpers shared by the layer tests: tree snapshots and hand-made tars. */
+/** Helpers for layer and filesystem tests: tree snapshots, hand-made tars, overlay mounts. */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { lstat, mkdtemp, readFile, readdir, readlink } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { lstat, readFile, readdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -13,10 +12,6 @@ export const exec = promisify(execFile);
 /** Mounts overlayfs at `merged` with mount options `options` (`lowerdir=...,upperdir=...`). */
 export async function mountOverlay(merged: string, options: string): Promise<void> {
   await exec('mount', ['-t', 'overlay', 'overlay', '-o', options, merged]);
-}
-
-export async function tempDir(prefix: string): Promise<string> {
-  return mkdtemp(join(tmpdir(), `kiln-layers-${prefix}-`));
 }
 
 export interface NodeInfo {

@@ -1,7 +1,6 @@
-/** Helpers shared by the extended-attribute tests (fs and layers): the attr tools used directly. */
+/** Helpers for extended-attribute tests: the attr tools (setfattr, getfattr) used directly. */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { readTreeXattrs } from '../xattr.js';
 
 const exec = promisify(execFile);
 
@@ -25,10 +24,12 @@ export async function getx(path: string, name: string): Promise<Buffer | undefin
   }
 }
 
-/** Every attribute below `root`, as plain data (hex values) for deep equality. */
-export async function dumpXattrs(root: string): Promise<Record<string, Record<string, string>>> {
+/** A tree's attributes (`readTreeXattrs` of @kiln/layers) as plain data (hex values) for deep equality. */
+export function hexXattrs(
+  tree: Iterable<[string, Iterable<[string, Buffer]>]>,
+): Record<string, Record<string, string>> {
   const out: Record<string, Record<string, string>> = {};
-  for (const [p, x] of await readTreeXattrs(root)) {
+  for (const [p, x] of tree) {
     out[p] = Object.fromEntries([...x].map(([n, v]) => [n, v.toString('hex')]));
   }
   return out;

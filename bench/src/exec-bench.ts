@@ -4,11 +4,15 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { hostsFile, resolvConf } from './hosts.js';
-import { OciRuntime } from './oci-runtime.js';
-import type { RuntimeName } from './oci-runtime.js';
-import { boundingCapabilities, generateSpec } from './spec.js';
-import { makeBusyboxRootfs } from './test-rootfs.js';
+import { makeBusyboxRootfs } from '@kiln/testing';
+import {
+  OciRuntime,
+  boundingCapabilities,
+  generateSpec,
+  hostsFile,
+  resolvConf,
+} from '@kiln/worker';
+import type { RuntimeName } from '@kiln/worker';
 
 export interface BenchExecResult {
   runtime: RuntimeName;

@@ -1,15 +1,15 @@
 /**
  * The one conformance suite every {@link BlobStore} backend runs (BullMQ style): call
- * `blobStoreConformance(name, factory)` from a backend's `*.test.ts`. Exported through
- * `@kiln/store/testing`, not the main entry, since it imports vitest.
+ * `blobStoreConformance(name, factory)` from a backend's `*.test.ts`. Test support: not built
+ * into dist (it imports vitest).
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { BlobStore } from './blob-store.js';
-import { sha256Digest } from './digest.js';
-import type { Digest } from './digest.js';
-import { BlobNotFoundError, DigestMismatchError, InvalidBlobError } from './errors.js';
+import type { BlobStore } from '../blob-store.js';
+import { sha256Digest } from '../digest.js';
+import type { Digest } from '../digest.js';
+import { BlobNotFoundError, DigestMismatchError, InvalidBlobError } from '../errors.js';
 
 export interface ConformanceHarness {
   store: BlobStore;

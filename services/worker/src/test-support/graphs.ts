@@ -1,52 +1,18 @@
 /**
- * Test support for the worker process suites (used by `*.test.ts` only). The repository's test
- * harness and the scheduler's Dispatcher are loaded at run time, so this package's build depends
- * on neither (the test package depends on the services; the scheduler is another service). The
- * worker entry (`main.ts`) is bundled with esbuild (a root devDependency) from source, so
- * spawning it needs no prior build.
+ * Test support for the worker suites that run graphs (used by `*.test.ts` only; not built into
+ * dist). The scheduler's Dispatcher is loaded at run time, so this package's build does not depend
+ * on another service. The worker entry (`main.ts`) is bundled from source, so spawning it needs no
+ * prior build.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { decodeTask, encodeTask } from '@kiln/bus';
 import type { Bus, TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { parseDefinition } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
+import { bundleEntries } from '@kiln/testing';
 import type { LoadedDefinition } from '@kiln/llb';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { RunTask, TaskOutcome } from '../tasks/task-consumer.js';
-
-export interface NatsHandle {
-  readonly url: string;
-  stop(): Promise<void>;
-}
-
-export interface ManagedProcessLike {
-  readonly pid: number;
-  readonly exited: Promise<{ code: number | null; signal: string | null }>;
-  hasExited(): boolean;
-  output(): string;
-  kill(signal?: NodeJS.Signals): void;
-  stop(timeoutMs?: number): Promise<unknown>;
-}
-
-/** The subset of `@kiln/test`'s harness these suites use. */
-export interface Harness {
-  startNats(): Promise<NatsHandle>;
-  makeTempDir(prefix: string): { dir: string; remove: () => void };
-  spawnManaged(
-    cmd: string,
-    args: readonly string[],
-    o?: {
-      name?: string;
-      env?: NodeJS.ProcessEnv;
-      onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
-    },
-  ): ManagedProcessLike;
-  REPO_ROOT: string;
-  bundleEntries(
-    entries: Readonly<Record<string, string>>,
-    dir: string,
-  ): Promise<Record<string, string>>;
-}
 
 /** The subset of the scheduler's Dispatcher these suites use. */
 export interface DispatcherLike {
@@ -71,12 +37,7 @@ interface DispatchModule {
   };
 }
 
-const HARNESS_MODULE = '../../../../test/src/harness/index.js';
 const DISPATCH_MODULE = '../../../scheduler/src/dispatch/index.js';
-
-export async function loadHarness(): Promise<Harness> {
-  return (await import(/* @vite-ignore */ HARNESS_MODULE)) as Harness;
-}
 
 export async function startDispatcher(nc: NatsConnection): Promise<DispatcherLike> {
   const m = (await import(/* @vite-ignore */ DISPATCH_MODULE)) as DispatchModule;
@@ -91,25 +52,9 @@ export async function startDispatcher(nc: NatsConnection): Promise<DispatcherLik
   });
 }
 
-/** Polls `check` until it is truthy; fails with `what` after `timeoutMs`. */
-export async function until<T>(
-  what: string,
-  check: () => T | undefined | false | Promise<T | undefined | false>,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 /** Bundles the worker entry into `dir` and returns the file to run with node. */
-export async function bundleWorkerMain(h: Harness, dir: string): Promise<string> {
-  const files = await h.bundleEntries(
+export async function bundleWorkerMain(dir: string): Promise<string> {
+  const files = await bundleEntries(
     { 'kiln-worker-main': 'services/worker/src/node/main.ts' },
     dir,
   );

@@ -1,0 +1,42 @@
+/**
+ * Test support shared by every package's tests (never imported by product code): the one poller
+ * (`waitFor`), temp dirs, free ports, binaries, real service processes (nats-server,
+ * docker-registry with or without auth, a token server, a fault proxy), service entries bundled
+ * from source, hand-made tars, tree snapshots, extended attributes, a busybox rootfs.
+ */
+export {
+  startAuthRegistry,
+  harnessEnv,
+  startFaultProxy,
+  startTokenServer,
+} from './auth-registry.js';
+export type {
+  Fault,
+  FaultProxy,
+  TokenRequestLog,
+  TokenServer,
+  TokenServerOptions,
+} from './auth-registry.js';
+export { bundleEntries } from './bundle.js';
+export { generateDockerfile } from './dockerfile.js';
+export { copyPlatformManifest } from './copy-image.js';
+export { startNats } from './nats.js';
+export type { NatsServerHandle, NatsServerOptions } from './nats.js';
+export { startRegistry } from './registry.js';
+export type { RegistryAuthConfig, RegistryHandle, RegistryOptions } from './registry.js';
+export { makeBusyboxRootfs } from './rootfs.js';
+export { testTask } from './tasks.js';
+export { buildTar, exec, mountOverlay, readAll, snapshotTree, tarNames } from './tar.js';
+export type { NodeInfo, TarEntry } from './tar.js';
+export {
+  REPO_ROOT,
+  SETUP_HINT,
+  freePort,
+  makeTempDir,
+  requireBinary,
+  sweepStaleTempDirs,
+  waitFor,
+  whichBinary,
+} from './util.js';
+export type { WaitOptions } from './util.js';
+export { CAPABILITY, getx, hexXattrs, setx } from './xattr.js';

@@ -1,0 +1,64 @@
+/**
+ * Test support for the dispatch suites (used by `*.test.ts` only; not built into dist): real
+ * worker processes. The worker is another service: it is never imported, it is run. Its task
+ * CLI (`services/worker/src/tasks/cli.ts`, sleep executor) is bundled once per run with esbuild
+ * from source, so no prior build is needed.
+ */
+import { spawnManaged } from '@kiln/common';
+import type { ManagedProcess } from '@kiln/common';
+import { bundleEntries, waitFor } from '@kiln/testing';
+
+/** Bundles the worker task CLI into `dir` and returns the file to run with node. */
+export async function bundleWorkerCli(dir: string): Promise<string> {
+  const files = await bundleEntries({ 'kiln-worker-cli': 'services/worker/src/tasks/cli.ts' }, dir);
+  return files['kiln-worker-cli']!;
+}
+
+export interface WorkerEvent {
+  type: string;
+  taskId?: string;
+  why?: string;
+  attempt?: number;
+  via?: string;
+  reason?: string;
+}
+
+export interface WorkerProcess {
+  readonly id: string;
+  readonly proc: ManagedProcess;
+  readonly events: WorkerEvent[];
+  claimed(taskId: string): boolean;
+}
+
+export async function spawnWorker(
+  cli: string,
+  natsUrl: string,
+  o: { id: string; platforms: string; slots?: number },
+): Promise<WorkerProcess> {
+  const events: WorkerEvent[] = [];
+  const proc = spawnManaged(process.execPath, [cli], {
+    name: `worker ${o.id}`,
+    env: {
+      ...process.env,
+      KILN_NATS_URL: natsUrl,
+      KILN_WORKER_ID: o.id,
+      KILN_WORKER_PLATFORMS: o.platforms,
+      KILN_WORKER_SLOTS: String(o.slots ?? 1),
+      KILN_WORKER_HEARTBEAT_MS: '250',
+      KILN_WORKER_DRAIN_TIMEOUT_MS: '200',
+    },
+    onLine: (line, stream) => {
+      if (stream !== 'stdout' || !line.startsWith('{')) return;
+      events.push(JSON.parse(line) as WorkerEvent);
+    },
+  });
+  await waitFor(`worker ${o.id} to register`, () => events.some((e) => e.type === 'registered'), {
+    abort: () => (proc.hasExited() ? `worker ${o.id} exited:\n${proc.output()}` : undefined),
+  });
+  return {
+    id: o.id,
+    proc,
+    events,
+    claimed: (taskId) => events.some((e) => e.type === 'claimed' && e.taskId === taskId),
+  };
+}
