@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { jsonBytes, thrownCode } from '@kiln/testing';
 import {
   checksumSubject,
   decodeChecksumReply,
@@ -7,22 +8,10 @@ import {
   normalizeChecksumDep,
 } from './checksum.js';
 
-/** The code of what `f` throws. */
-function thrown(f: () => unknown): string | undefined {
-  try {
-    f();
-  } catch (e) {
-    return (e as { code?: string }).code;
-  }
-  return undefined;
-}
-
-const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
-
 describe('checksum requests', () => {
   it('names one subject per worker and refuses ids that are not subject tokens', () => {
     expect(checksumSubject('w-1')).toBe('kiln.checksum.w-1');
-    expect(thrown(() => checksumSubject('a.b'))).toBe('BUS_INVALID_NAME');
+    expect(thrownCode(() => checksumSubject('a.b'))).toBe('BUS_INVALID_NAME');
   });
 
   it('round-trips requests and replies, normalizing specs', () => {
@@ -38,7 +27,9 @@ describe('checksum requests', () => {
       deps: [dep],
     });
     // Missing optional fields default; the field order is fixed (a stable memo key).
-    const loose = decodeChecksumRequest(enc({ resultId: 'r', deps: [{ selectors: ['/a'] }] }));
+    const loose = decodeChecksumRequest(
+      jsonBytes({ resultId: 'r', deps: [{ selectors: ['/a'] }] }),
+    );
     expect(JSON.stringify(loose.deps[0])).toBe(
       JSON.stringify(
         normalizeChecksumDep({ ...dep, selectors: ['/a'], wildcard: false, includePatterns: [] }),
@@ -52,12 +43,12 @@ describe('checksum requests', () => {
 
   it('refuses malformed messages with CHECKSUM_PROTOCOL', () => {
     const bad = 'CHECKSUM_PROTOCOL';
-    const req = (v: unknown) => thrown(() => decodeChecksumRequest(enc(v)));
-    expect(thrown(() => decodeChecksumRequest(new TextEncoder().encode('{')))).toBe(bad);
+    const req = (v: unknown) => thrownCode(() => decodeChecksumRequest(jsonBytes(v)));
+    expect(thrownCode(() => decodeChecksumRequest(new TextEncoder().encode('{')))).toBe(bad);
     expect(req({ deps: [] })).toBe(bad);
     expect(req({ resultId: 'r', deps: [{ selectors: [] }] })).toBe(bad);
     expect(req({ resultId: 'r', deps: [{ selectors: [1] }] })).toBe(bad);
-    expect(thrown(() => decodeChecksumReply(enc({ results: [{}] })))).toBe(bad);
-    expect(thrown(() => decodeChecksumReply(enc(null)))).toBe(bad);
+    expect(thrownCode(() => decodeChecksumReply(jsonBytes({ results: [{}] })))).toBe(bad);
+    expect(thrownCode(() => decodeChecksumReply(jsonBytes(null)))).toBe(bad);
   });
 });

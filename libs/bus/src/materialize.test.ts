@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { jsonBytes, thrownCode } from '@kiln/testing';
 import { decodeResult, encodeResult, fromBase64, toBase64 } from './codec.js';
 import {
   blobsUploadedRule,
@@ -12,17 +13,6 @@ import {
 import type { MaterializedLayer } from './materialize.js';
 import type { TaskRecord } from './task-record.js';
 
-/** The code of what `f` throws. */
-function thrown(f: () => unknown): string | undefined {
-  try {
-    f();
-  } catch (e) {
-    return (e as { code?: string }).code;
-  }
-  return undefined;
-}
-
-const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
 const d = (c: string): string => `sha256:${c.repeat(64)}`;
 
 /** A done record held by `w1` whose result has a base layer with a blob and one without. */
@@ -60,7 +50,7 @@ function done(): TaskRecord {
 describe('materialize requests', () => {
   it('names one subject per worker and refuses ids that are not subject tokens', () => {
     expect(materializeSubject('w-1')).toBe('kiln.materialize.w-1');
-    expect(thrown(() => materializeSubject('a.b'))).toBe('BUS_INVALID_NAME');
+    expect(thrownCode(() => materializeSubject('a.b'))).toBe('BUS_INVALID_NAME');
   });
 
   it('round-trips requests and replies', () => {
@@ -76,14 +66,16 @@ describe('materialize requests', () => {
   });
 
   it('refuses malformed requests and replies, and layers without a blob', () => {
-    expect(thrown(() => decodeMaterializeRequest(enc({})))).toBe('MATERIALIZE_PROTOCOL');
-    expect(thrown(() => decodeMaterializeRequest(new Uint8Array([0x7b])))).toBe(
+    expect(thrownCode(() => decodeMaterializeRequest(jsonBytes({})))).toBe('MATERIALIZE_PROTOCOL');
+    expect(thrownCode(() => decodeMaterializeRequest(new Uint8Array([0x7b])))).toBe(
       'MATERIALIZE_PROTOCOL',
     );
-    expect(thrown(() => decodeMaterializeReply(enc({ layers: 'x' })))).toBe('MATERIALIZE_PROTOCOL');
+    expect(thrownCode(() => decodeMaterializeReply(jsonBytes({ layers: 'x' })))).toBe(
+      'MATERIALIZE_PROTOCOL',
+    );
     expect(
-      thrown(() =>
-        decodeMaterializeReply(enc({ layers: [{ digest: '', diffId: d('a'), size: 0 }] })),
+      thrownCode(() =>
+        decodeMaterializeReply(jsonBytes({ layers: [{ digest: '', diffId: d('a'), size: 0 }] })),
       ),
     ).toBe('MATERIALIZE_PROTOCOL');
   });

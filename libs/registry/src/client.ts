@@ -381,6 +381,34 @@ export class RegistryClient {
   }
 
   /**
+   * POSTs `blobs/uploads/` (with `mount`: a cross-repository mount of `digest` from `from`):
+   * 'mounted' on 201, else the upload session's location.
+   */
+  private async startUpload(
+    repo: Repository,
+    scopes: string[],
+    what: string,
+    mount?: { digest: string; from: string },
+  ): Promise<URL | 'mounted'> {
+    const url = this.url(repo, 'blobs/uploads/');
+    if (mount) {
+      url.searchParams.set('mount', mount.digest);
+      url.searchParams.set('from', mount.from);
+    }
+    const res = await this.send({
+      repo,
+      method: 'POST',
+      url,
+      scopes,
+      what,
+      headers: { 'content-length': '0' },
+    });
+    await res.body?.cancel();
+    if (mount && res.status === 201) return 'mounted';
+    return this.uploadLocation(res, url, what);
+  }
+
+  /**
    * Uploads a blob unless the repository already has it: a cross-repo mount from `mountFrom`
    * first (same registry), else a monolithic PUT or chunked PATCHes and a closing PUT. The
    * registry verifies the digest; the upload is also hashed here and refused before the final
@@ -398,38 +426,16 @@ export class RegistryClient {
     if ((await this.statBlob(repo, desc.digest, scopes)) !== undefined)
       return { outcome: 'exists' };
 
-    let location: URL | undefined;
-    for (const from of mountFrom) {
-      const url = this.url(repo, 'blobs/uploads/');
-      url.searchParams.set('mount', desc.digest);
-      url.searchParams.set('from', from);
-      const res = await this.send({
-        repo,
-        method: 'POST',
-        url,
-        scopes,
-        what,
-        headers: { 'content-length': '0' },
-      });
-      await res.body?.cancel();
-      if (res.status === 201) return { outcome: 'mounted' };
-      // 202: the registry could not mount and opened an upload session instead.
-      location = this.uploadLocation(res, url, what);
-      break;
-    }
-    if (location === undefined) {
-      const url = this.url(repo, 'blobs/uploads/');
-      const res = await this.send({
-        repo,
-        method: 'POST',
-        url,
-        scopes,
-        what,
-        headers: { 'content-length': '0' },
-      });
-      await res.body?.cancel();
-      location = this.uploadLocation(res, url, what);
-    }
+    // One mount attempt (from the first other repository); a 202 opens an upload session instead.
+    const from = mountFrom[0];
+    const started = await this.startUpload(
+      repo,
+      scopes,
+      what,
+      from === undefined ? undefined : { digest: desc.digest, from },
+    );
+    if (started === 'mounted') return { outcome: 'mounted' };
+    let location = started;
 
     const open = async (): Promise<Readable> =>
       Buffer.isBuffer(source) ? Readable.from([source]) : await source();
@@ -469,7 +475,7 @@ export class RegistryClient {
       const res = await this.send({
         repo,
         method: 'PATCH',
-        url: location!,
+        url: location,
         scopes,
         what,
         body: chunk,
@@ -485,7 +491,7 @@ export class RegistryClient {
           res.status,
           `${what}: chunk upload answered HTTP ${res.status}`,
         );
-      location = this.uploadLocation(res, location!, what);
+      location = this.uploadLocation(res, location, what);
       offset += chunk.length;
     };
     for await (const chunk of input as AsyncIterable<Buffer>) {

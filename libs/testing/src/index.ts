@@ -25,6 +25,8 @@ export type { NatsServerHandle, NatsServerOptions } from './nats.js';
 export { startRegistry } from './registry.js';
 export type { RegistryAuthConfig, RegistryHandle, RegistryOptions } from './registry.js';
 export { makeBusyboxRootfs } from './rootfs.js';
+export { makeSandbox } from './sandbox.js';
+export type { Sandbox } from './sandbox.js';
 export { testTask } from './tasks.js';
 export { buildTar, exec, mountOverlay, readAll, snapshotTree, tarNames } from './tar.js';
 export type { NodeInfo, TarEntry } from './tar.js';
@@ -32,9 +34,11 @@ export {
   REPO_ROOT,
   SETUP_HINT,
   freePort,
+  jsonBytes,
   makeTempDir,
   requireBinary,
   sweepStaleTempDirs,
+  thrownCode,
   waitFor,
   whichBinary,
 } from './util.js';

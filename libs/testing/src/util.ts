@@ -138,3 +138,16 @@ function pidAlive(pid: number): boolean {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
+
+/** The `code` of the error `f` throws (a KilnError's), or undefined when it does not throw. */
+export function thrownCode(f: () => unknown): string | undefined {
+  try {
+    f();
+  } catch (e) {
+    return (e as { code?: string }).code;
+  }
+  return undefined;
+}
+
+/** `v` as JSON bytes (a wire message, for decoders under test). */
+export const jsonBytes = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));

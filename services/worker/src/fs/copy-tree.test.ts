@@ -13,32 +13,29 @@ import {
   lstat,
   lutimes,
   mkdir,
-  mkdtemp,
   readFile,
   readdir,
   readlink,
   realpath,
-  rm,
   symlink,
   writeFile,
 } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { COPY_CONCURRENCY, copyPath } from './copy-tree.js';
 import { FsErrorCode, readTreeXattrs } from '@kiln/layers';
-import { CAPABILITY, hexXattrs, setx } from '@kiln/testing';
+import { CAPABILITY, hexXattrs, makeTempDir, setx } from '@kiln/testing';
 
 const exec = promisify(execFile);
 
+let tmp: ReturnType<typeof makeTempDir>;
 let base: string;
 beforeEach(async () => {
-  base = await realpath(await mkdtemp(join(tmpdir(), 'kiln-copy-tree-')));
+  tmp = makeTempDir('copy-tree');
+  base = await realpath(tmp.dir);
 });
-afterEach(async () => {
-  await rm(base, { recursive: true, force: true });
-});
+afterEach(() => tmp.remove());
 
 const FILE_MODES = [0o644, 0o755, 0o600, 0o000, 0o4755, 0o2711, 0o1644, 0o6750];
 const DIR_MODES = [0o755, 0o700, 0o1777, 0o2775, 0o511];

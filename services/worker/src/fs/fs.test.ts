@@ -5,17 +5,12 @@ import {
   link,
   lstat,
   mkdir,
-  mkdtemp,
   readFile,
-  readdir,
   readlink,
-  realpath,
-  rm,
   symlink,
   utimes,
   writeFile,
 } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -31,34 +26,26 @@ import {
   writeFileInRoot,
 } from './ops.js';
 import { resolveInRoot } from '@kiln/layers';
+import { makeSandbox } from '@kiln/testing';
+import type { Sandbox } from '@kiln/testing';
 
 const exec = promisify(execFile);
 
+let sandbox: Sandbox;
 let base: string;
 let root: string;
 
-/** The temp parent holds `root/` and `outside/sentinel`: nothing may ever touch the latter. */
+/** The sandbox holds `root/` and `outside/sentinel`: nothing may ever touch the latter. */
 beforeEach(async () => {
-  base = await realpath(await mkdtemp(join(tmpdir(), 'kiln-fs-')));
+  sandbox = await makeSandbox('fs', ['root']);
+  base = sandbox.base;
   root = join(base, 'root');
-  await mkdir(root);
-  await mkdir(join(base, 'outside'));
-  await writeFile(join(base, 'outside', 'sentinel'), 'keep');
 });
 
 afterEach(async () => {
-  await expectOutsideUntouched();
-  await rm(base, { recursive: true, force: true });
+  await sandbox.assertUntouched(['src']);
+  sandbox.remove();
 });
-
-async function expectOutsideUntouched(): Promise<void> {
-  expect(await readdir(base)).toEqual(expect.arrayContaining(['outside', 'root']));
-  expect(
-    (await readdir(base)).filter((n) => n !== 'outside' && n !== 'root' && n !== 'src'),
-  ).toEqual([]);
-  expect(await readdir(join(base, 'outside'))).toEqual(['sentinel']);
-  expect(await readFile(join(base, 'outside', 'sentinel'), 'utf8')).toBe('keep');
-}
 
 describe('resolveInRoot', () => {
   it('resolves plain paths and clamps .. at the root', async () => {

@@ -5,49 +5,46 @@ import {
   link,
   lstat,
   mkdir,
-  mkdtemp,
   readFile,
   readdir,
   readlink,
-  realpath,
   rm,
   symlink,
   utimes,
   writeFile,
 } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { Long, pb } from '@kiln/protocol';
 import * as tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { makeSandbox } from '@kiln/testing';
+import type { Sandbox } from '@kiln/testing';
 import { executeFileOp } from './execute.js';
 import { FileOpError, FileOpErrorCode } from './errors.js';
 import { copyingMutable } from './mutable.js';
 
 const exec = promisify(execFile);
 
+let sandbox: Sandbox;
 let base: string;
 let in0: string;
 let in1: string;
 let scratch: string;
 
 beforeEach(async () => {
-  base = await realpath(await mkdtemp(join(tmpdir(), 'kiln-fileop-')));
+  sandbox = await makeSandbox('fileop', ['in0', 'in1', 'scratch']);
+  base = sandbox.base;
   in0 = join(base, 'in0');
   in1 = join(base, 'in1');
   scratch = join(base, 'scratch');
-  for (const d of [in0, in1, scratch, join(base, 'outside')]) await mkdir(d);
-  await writeFile(join(base, 'outside', 'sentinel'), 'keep');
 });
 
 afterEach(async () => {
   // Nothing outside the roots was created, changed or removed.
-  expect((await readdir(base)).sort()).toEqual(['in0', 'in1', 'outside', 'scratch']);
-  expect(await readdir(join(base, 'outside'))).toEqual(['sentinel']);
-  expect(await readFile(join(base, 'outside', 'sentinel'), 'utf8')).toBe('keep');
-  await rm(base, { recursive: true, force: true });
+  await sandbox.assertUntouched();
+  sandbox.remove();
 });
 
 const T1 = new Date('2021-02-03T04:05:06Z');
