@@ -1,10 +1,9 @@
-// The service entry as a process: bundled from source (esbuild, as the dispatch suites bundle the
-// worker CLI), configured through the environment, serving the control API, stopping on SIGTERM.
-import { join } from 'node:path';
+// The service entry as a process: bundled from source (`bundleEntries`, as the dispatch suites
+// bundle the worker CLI), configured through the environment, serving the control API, stopping on SIGTERM.
 import { KilnClient } from '@kiln/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnManaged } from '@kiln/common';
-import { REPO_ROOT, makeTempDir, startNats, waitFor } from '@kiln/testing';
+import { bundleEntries, makeTempDir, startNats, waitFor } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
 
 let nats: NatsServerHandle;
@@ -14,23 +13,9 @@ let entry: string;
 beforeAll(async () => {
   tmp = makeTempDir('scheduler-main');
   nats = await startNats();
-  const esbuild = (await import(/* @vite-ignore */ 'esbuild')) as {
-    build(o: Record<string, unknown>): Promise<unknown>;
-  };
-  entry = join(tmp.dir, 'kiln-scheduler.mjs');
-  await esbuild.build({
-    entryPoints: [join(REPO_ROOT, 'services/scheduler/src/main.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    conditions: ['kiln-source'],
-    outfile: entry,
-    logLevel: 'warning',
-    banner: {
-      js: "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url);",
-    },
-  });
+  entry = (await bundleEntries({ 'kiln-scheduler': 'services/scheduler/src/main.ts' }, tmp.dir))[
+    'kiln-scheduler'
+  ]!;
 });
 
 afterAll(async () => {
