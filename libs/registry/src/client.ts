@@ -219,16 +219,18 @@ export class RegistryClient {
     const what = formatReference(ref);
     const target = ref.digest ?? ref.tag ?? 'latest';
     const url = this.url(ref, `manifests/${target}`);
+    const request = (method: 'HEAD' | 'GET', passStatuses?: number[]): Promise<Response> =>
+      this.send({
+        repo: ref,
+        method,
+        url,
+        scopes: [pullScope(ref)],
+        what,
+        headers: { accept: MANIFEST_ACCEPT },
+        ...(passStatuses ? { passStatuses } : {}),
+      });
     // Some registries refuse HEAD on manifests (405/501): fall back to GET as if HEAD said nothing.
-    const head = await this.send({
-      repo: ref,
-      method: 'HEAD',
-      url,
-      scopes: [pullScope(ref)],
-      what,
-      headers: { accept: MANIFEST_ACCEPT },
-      passStatuses: [405, 501],
-    });
+    const head = await request('HEAD', [405, 501]);
     await head.body?.cancel();
     const mediaType = head.headers.get('content-type')?.split(';')[0]?.trim();
     const headerDigest = head.headers.get('docker-content-digest') ?? undefined;
@@ -247,14 +249,7 @@ export class RegistryClient {
       return { ref: { ...ref, digest }, descriptor: { mediaType, digest, size } };
     }
     // HEAD was not informative enough: GET the manifest and hash it ourselves.
-    const res = await this.send({
-      repo: ref,
-      method: 'GET',
-      url,
-      scopes: [pullScope(ref)],
-      what,
-      headers: { accept: MANIFEST_ACCEPT },
-    });
+    const res = await request('GET');
     const bytes = await readLimited(res, this.maxManifestBytes, what);
     const actual = sha256Digest(bytes);
     if (ref.digest !== undefined && actual !== ref.digest) {
