@@ -8,13 +8,16 @@
 // if owned by the user and not writable by others). It is written after the command ran (so it holds the functions the
 // command compiled), to a temporary file renamed into place. A missing, stale, corrupt or
 // rejected cache only costs the compile; any error reading or writing it is ignored.
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as vm from 'node:vm';
+
+// Through require, not `import`: an ES import of node:crypto builds its namespace, which
+// initialises WebCrypto (~5-15 ms) that nothing here uses.
+const { createHash } = createRequire(import.meta.url)('node:crypto');
 
 const MAGIC = Buffer.from('KILNV8C1');
 const SUM = 32; // sha256 of the payload, after MAGIC
