@@ -76,3 +76,5 @@ export {
   sourceOpDigest,
 } from './cache-key.js';
 export type { DepSpec, DepKey } from './cache-key.js';
+export { ENTITLEMENTS, isEntitlement, opEntitlements } from './entitlements.js';
+export type { Entitlement } from './entitlements.js';

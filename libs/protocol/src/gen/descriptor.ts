@@ -103,6 +103,11 @@ const raw = {
                       "rule": "repeated",
                       "type": "string",
                       "id": 12
+                    },
+                    "entitlements": {
+                      "rule": "repeated",
+                      "type": "string",
+                      "id": 13
                     }
                   }
                 },
@@ -848,6 +853,10 @@ const raw = {
                     "export": {
                       "type": "ExportSpec",
                       "id": 13
+                    },
+                    "cache_namespace": {
+                      "type": "string",
+                      "id": 14
                     }
                   }
                 },

@@ -20,6 +20,7 @@ export namespace kiln {
                 localDirs?: (string[]|null);
                 secretIds?: (string[]|null);
                 sshIds?: (string[]|null);
+                entitlements?: (string[]|null);
             }
 
             class SolveRequest implements ISolveRequest {
@@ -36,6 +37,7 @@ export namespace kiln {
                 public localDirs: string[];
                 public secretIds: string[];
                 public sshIds: string[];
+                public entitlements: string[];
                 public static create(properties?: kiln.control.v1.ISolveRequest): kiln.control.v1.SolveRequest;
                 public static encode(message: kiln.control.v1.ISolveRequest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.SolveRequest;
@@ -734,6 +736,7 @@ export namespace kiln {
                 sessionId?: (string|null);
                 preferredWorker?: (string|null);
                 "export"?: (kiln.worker.v1.IExportSpec|null);
+                cacheNamespace?: (string|null);
             }
 
             class Task implements ITask {
@@ -751,6 +754,7 @@ export namespace kiln {
                 public sessionId: string;
                 public preferredWorker: string;
                 public export?: (kiln.worker.v1.IExportSpec|null);
+                public cacheNamespace: string;
                 public static create(properties?: kiln.worker.v1.ITask): kiln.worker.v1.Task;
                 public static encode(message: kiln.worker.v1.ITask, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.Task;

@@ -38,6 +38,7 @@ export const kiln = $root.kiln = (() => {
                     this.localDirs = [];
                     this.secretIds = [];
                     this.sshIds = [];
+                    this.entitlements = [];
                     if (properties)
                         for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
                             if (properties[keys[i]] != null && keys[i] !== "__proto__")
@@ -56,6 +57,7 @@ export const kiln = $root.kiln = (() => {
                 SolveRequest.prototype.localDirs = $util.emptyArray;
                 SolveRequest.prototype.secretIds = $util.emptyArray;
                 SolveRequest.prototype.sshIds = $util.emptyArray;
+                SolveRequest.prototype.entitlements = $util.emptyArray;
 
                 SolveRequest.create = function create(properties) {
                     return new SolveRequest(properties);
@@ -102,6 +104,9 @@ export const kiln = $root.kiln = (() => {
                     if (message.sshIds != null && message.sshIds.length)
                         for (let i = 0; i < message.sshIds.length; ++i)
                             writer.uint32(98).string(message.sshIds[i]);
+                    if (message.entitlements != null && message.entitlements.length)
+                        for (let i = 0; i < message.entitlements.length; ++i)
+                            writer.uint32(106).string(message.entitlements[i]);
                     return writer;
                 };
 
@@ -242,6 +247,12 @@ export const kiln = $root.kiln = (() => {
                                 message.sshIds.push(reader.string());
                                 break;
                             }
+                        case 13: {
+                                if (!(message.entitlements && message.entitlements.length))
+                                    message.entitlements = [];
+                                message.entitlements.push(reader.string());
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -349,6 +360,13 @@ export const kiln = $root.kiln = (() => {
                         for (let i = 0; i < object.sshIds.length; ++i)
                             message.sshIds[i] = String(object.sshIds[i]);
                     }
+                    if (object.entitlements) {
+                        if (!Array.isArray(object.entitlements))
+                            throw TypeError(".kiln.control.v1.SolveRequest.entitlements: array expected");
+                        message.entitlements = [];
+                        for (let i = 0; i < object.entitlements.length; ++i)
+                            message.entitlements[i] = String(object.entitlements[i]);
+                    }
                     return message;
                 };
 
@@ -367,6 +385,7 @@ export const kiln = $root.kiln = (() => {
                         object.localDirs = [];
                         object.secretIds = [];
                         object.sshIds = [];
+                        object.entitlements = [];
                     }
                     if (options.objects || options.defaults) {
                         object.frontendAttrs = {};
@@ -432,6 +451,11 @@ export const kiln = $root.kiln = (() => {
                         object.sshIds = [];
                         for (let j = 0; j < message.sshIds.length; ++j)
                             object.sshIds[j] = message.sshIds[j];
+                    }
+                    if (message.entitlements && message.entitlements.length) {
+                        object.entitlements = [];
+                        for (let j = 0; j < message.entitlements.length; ++j)
+                            object.entitlements[j] = message.entitlements[j];
                     }
                     return object;
                 };
@@ -5980,6 +6004,7 @@ export const kiln = $root.kiln = (() => {
                 Task.prototype.sessionId = "";
                 Task.prototype.preferredWorker = "";
                 Task.prototype["export"] = null;
+                Task.prototype.cacheNamespace = "";
 
                 Task.create = function create(properties) {
                     return new Task(properties);
@@ -6019,6 +6044,8 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(98).string(message.preferredWorker);
                     if (message["export"] != null && Object.hasOwnProperty.call(message, "export"))
                         $root.kiln.worker.v1.ExportSpec.encode(message["export"], writer.uint32(106).fork(), q + 1).ldelim();
+                    if (message.cacheNamespace != null && Object.hasOwnProperty.call(message, "cacheNamespace"))
+                        writer.uint32(114).string(message.cacheNamespace);
                     return writer;
                 };
 
@@ -6099,6 +6126,10 @@ export const kiln = $root.kiln = (() => {
                                 message["export"] = $root.kiln.worker.v1.ExportSpec.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
+                        case 14: {
+                                message.cacheNamespace = reader.string();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -6168,6 +6199,8 @@ export const kiln = $root.kiln = (() => {
                             throw TypeError(".kiln.worker.v1.Task.export: object expected");
                         message["export"] = $root.kiln.worker.v1.ExportSpec.fromObject(object["export"], long + 1);
                     }
+                    if (object.cacheNamespace != null)
+                        message.cacheNamespace = String(object.cacheNamespace);
                     return message;
                 };
 
@@ -6200,6 +6233,7 @@ export const kiln = $root.kiln = (() => {
                         object.sessionId = "";
                         object.preferredWorker = "";
                         object["export"] = null;
+                        object.cacheNamespace = "";
                     }
                     if (message.taskId != null && Object.hasOwnProperty.call(message, "taskId"))
                         object.taskId = message.taskId;
@@ -6230,6 +6264,8 @@ export const kiln = $root.kiln = (() => {
                         object.preferredWorker = message.preferredWorker;
                     if (message["export"] != null && Object.hasOwnProperty.call(message, "export"))
                         object["export"] = $root.kiln.worker.v1.ExportSpec.toObject(message["export"], options, q + 1);
+                    if (message.cacheNamespace != null && Object.hasOwnProperty.call(message, "cacheNamespace"))
+                        object.cacheNamespace = message.cacheNamespace;
                     return object;
                 };
 

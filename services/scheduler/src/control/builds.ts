@@ -2,12 +2,18 @@
  * The builds this scheduler knows: running ones, and finished ones for `retainMs` so that a
  * client can still read (or resume) their status. A Status call may come before its Solve (the
  * client opens the stream first): the build is then created pending and its Solve adopts it.
+ *
+ * Every build belongs to a tenant: a tenant never sees another's build (`get` and `observe` answer
+ * as if it did not exist), and a Solve never adopts a pending build another tenant observes (that
+ * reader's stream ends, as for a build that never started).
  */
 import { BuildStatus } from './build-status.js';
 import { BuildExistsError } from '../solver/errors.js';
 
 export interface Build {
   readonly id: string;
+  /** The tenant of the caller that solved (or, while pending, observes) it. */
+  readonly tenant: string;
   readonly status: BuildStatus;
   readonly abort: AbortController;
   state: 'pending' | 'running' | 'done';
@@ -42,24 +48,35 @@ export class BuildRegistry {
     this.#capacity = o.statusCapacity ?? 10_000;
   }
 
-  get(id: string): Build | undefined {
-    return this.#builds.get(id)?.build;
+  /** The tenant's build `id`, if known. */
+  get(id: string, tenant: string): Build | undefined {
+    const b = this.#builds.get(id)?.build;
+    return b?.tenant === tenant ? b : undefined;
   }
 
-  /** The build for a Status reader: the known one, or a new pending one. */
-  observe(id: string): Build {
+  /**
+   * The build for a Status reader of `tenant`: the known one, or a new pending one; undefined
+   * when the id is another tenant's.
+   */
+  observe(id: string, tenant: string): Build | undefined {
     const known = this.#builds.get(id);
-    if (known) return known.build;
-    const e = this.#create(id);
+    if (known) return known.build.tenant === tenant ? known.build : undefined;
+    const e = this.#create(id, tenant);
     this.#expireLater(e, this.#pendingMs);
     return e.build;
   }
 
   /** Starts a build; throws BuildExistsError if it already ran or runs. */
-  start(id: string): Build {
-    const known = this.#builds.get(id);
+  start(id: string, tenant: string): Build {
+    let known = this.#builds.get(id);
     if (known && known.build.state !== 'pending') throw new BuildExistsError(id);
-    const e = known ?? this.#create(id);
+    if (known && known.build.tenant !== tenant) {
+      // Another tenant's reader waits for this id: its stream ends, it never sees this build.
+      clearTimeout(known.expiry);
+      known.build.status.close();
+      known = undefined;
+    }
+    const e = known ?? this.#create(id, tenant);
     clearTimeout(e.expiry);
     e.build.state = 'running';
     return e.build;
@@ -86,9 +103,10 @@ export class BuildRegistry {
     }
   }
 
-  #create(id: string): Entry {
+  #create(id: string, tenant: string): Entry {
     const build: Build = {
       id,
+      tenant,
       status: new BuildStatus(this.#capacity),
       abort: new AbortController(),
       state: 'pending',

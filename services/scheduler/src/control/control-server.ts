@@ -16,6 +16,11 @@
  *   client's local directories, secrets and ssh agents through it (session.ts), and its
  *   exporters' artifacts are streamed back over it (exports.ts).
  * - Every error reaches the client typed (`toGrpcStatus`; the client uses `fromGrpcError`).
+ * - Every call is authenticated first (`auth`, auth.ts): a build belongs to its caller's tenant;
+ *   Status and Cancel of another tenant's build answer BUILD_NOT_FOUND; a session serves only
+ *   the tenant and connection that opened it; cache keys and cache mounts are per tenant unless
+ *   `sharedCache`; ops needing an entitlement run only if asked for and allowed
+ *   (entitlements.ts).
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -54,7 +59,10 @@ import { natsMaterializer } from '../solver/materialize.js';
 import { solveGraph } from '../solver/solve.js';
 import type { Materializer } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
+import { Authenticator, LOCAL_TENANT } from './auth.js';
+import type { Caller } from './auth.js';
 import { BuildRegistry } from './builds.js';
+import { checkEntitlements, requestedEntitlements, sourceLines } from './entitlements.js';
 import type { Build, BuildRegistryOptions } from './builds.js';
 import { progressFrame, vertexFrame } from './events.js';
 import { checkExporters, runExports } from './exports.js';
@@ -89,6 +97,13 @@ export interface ControlServerOptions extends BuildRegistryOptions {
    * content checksums off.
    */
   checksumTimeoutMs?: number;
+  /**
+   * Who may call, as which tenant, with which entitlements. Default: no authentication, every
+   * caller is the `local` tenant and no entitlement is allowed.
+   */
+  auth?: Authenticator;
+  /** Tenants share cache keys and cache mounts (a farm of one trusted team). Default: not. */
+  sharedCache?: boolean;
 }
 
 /** What a solve reported, as `SolveResponse.exporter_response` (until exporters exist). */
@@ -132,13 +147,8 @@ function withSourceLines(e: unknown, source: pb.ISource | null | undefined): unk
   if (!(e instanceof VertexFailedError)) return e;
   const digest = e.details.digest;
   if (typeof digest !== 'string') return e;
-  const lines = (source?.locations?.[digest]?.locations ?? []).flatMap((l) =>
-    (l.ranges ?? []).map((r) => {
-      const start = r.start?.line ?? 0;
-      return `${start}-${r.end?.line ?? start}`;
-    }),
-  );
-  if (lines.length > 0) e.details.sourceLines = lines.join(',');
+  const lines = sourceLines(source, digest);
+  if (lines) e.details.sourceLines = lines;
   return e;
 }
 
@@ -177,6 +187,7 @@ export class ControlServer {
   readonly #defaultPlatform: Platform;
   readonly #checksums: ContentChecksums | undefined;
   readonly #materialize: Materializer;
+  readonly #auth: Authenticator;
   #server: grpc.Server | undefined;
   #closing = false;
 
@@ -184,6 +195,7 @@ export class ControlServer {
     this.#o = o;
     this.builds = new BuildRegistry(o);
     this.#log = o.log ?? pino({ level: 'silent' });
+    this.#auth = o.auth ?? new Authenticator();
     this.sessions = new SessionManager({
       nc: o.dispatcher.bus.nc,
       ...(o.store ? { store: o.store } : {}),
@@ -252,41 +264,49 @@ export class ControlServer {
         call: grpc.ServerUnaryCall<SolveRequest, unknown>,
         cb: grpc.sendUnaryData<unknown>,
       ) => {
-        this.#solve(call).then(
-          (r) => cb(null, r),
-          (e: unknown) => cb(toGrpcStatus(e)),
-        );
+        Promise.resolve()
+          .then(() => this.#solve(call, this.#auth.authenticate(call)))
+          .then(
+            (r) => cb(null, r),
+            (e: unknown) => cb(toGrpcStatus(e)),
+          );
       },
       status: (call: grpc.ServerWritableStream<StatusRequest, unknown>) => {
-        this.#status(call).then(
-          () => call.end(),
-          (e: unknown) => call.emit('error', Object.assign(new Error(), toGrpcStatus(e))),
-        );
+        Promise.resolve()
+          .then(() => this.#status(call, this.#auth.authenticate(call)))
+          .then(
+            () => call.end(),
+            (e: unknown) => call.emit('error', Object.assign(new Error(), toGrpcStatus(e))),
+          );
       },
       listWorkers: (
         call: grpc.ServerUnaryCall<InstanceType<typeof control.ListWorkersRequest>, unknown>,
         cb: grpc.sendUnaryData<unknown>,
       ) => {
-        listWorkers(this.#o.dispatcher.bus.workers).then(
-          (ws) =>
-            cb(
-              null,
-              control.ListWorkersResponse.create({
-                record: ws
-                  .filter((w) => matchesFilters(w, call.request.filter))
-                  .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-                  .map(workerRecord),
-              }),
-            ),
-          (e: unknown) => cb(toGrpcStatus(e)),
-        );
+        // Worker records hold no build's data: any authenticated caller may list them.
+        Promise.resolve()
+          .then(() => this.#auth.authenticate(call))
+          .then(() => listWorkers(this.#o.dispatcher.bus.workers))
+          .then(
+            (ws) =>
+              cb(
+                null,
+                control.ListWorkersResponse.create({
+                  record: ws
+                    .filter((w) => matchesFilters(w, call.request.filter))
+                    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+                    .map(workerRecord),
+                }),
+              ),
+            (e: unknown) => cb(toGrpcStatus(e)),
+          );
       },
       cancel: (
         call: grpc.ServerUnaryCall<InstanceType<typeof control.CancelRequest>, unknown>,
         cb: grpc.sendUnaryData<unknown>,
       ) => {
         try {
-          this.cancel(call.request.ref);
+          this.cancel(call.request.ref, this.#auth.authenticate(call).tenant);
           cb(null, control.CancelResponse.create());
         } catch (e) {
           cb(toGrpcStatus(e));
@@ -294,13 +314,22 @@ export class ControlServer {
       },
       diskUsage: unimplemented,
       prune: unimplementedStream,
-      session: (call: SessionCall) => this.sessions.attach(call),
+      session: (call: SessionCall) => {
+        let caller: Caller;
+        try {
+          caller = this.#auth.authenticate(call);
+        } catch (e) {
+          call.emit('error', Object.assign(new Error(), toGrpcStatus(e)));
+          return;
+        }
+        this.sessions.attach(call, caller.tenant);
+      },
     };
   }
 
-  /** Cancels a build; its tasks shared with other builds go on. */
-  cancel(ref: string): void {
-    const b = this.builds.get(ref);
+  /** Cancels the tenant's build; its tasks shared with other builds go on. */
+  cancel(ref: string, tenant = LOCAL_TENANT): void {
+    const b = this.builds.get(ref, tenant);
     if (!b) throw new BuildNotFoundError(ref);
     if (b.state === 'done') return;
     this.#log.info({ buildId: ref }, 'build cancel requested');
@@ -308,11 +337,11 @@ export class ControlServer {
     this.#o.dispatcher.cancel(ref);
   }
 
-  async #solve(call: grpc.ServerUnaryCall<SolveRequest, unknown>) {
+  async #solve(call: grpc.ServerUnaryCall<SolveRequest, unknown>, caller: Caller) {
     const req = call.request;
     const ref = req.ref || randomUUID();
-    const build = this.builds.start(ref);
-    const log = this.#log.child({ buildId: ref });
+    const build = this.builds.start(ref, caller.tenant);
+    const log = this.#log.child({ buildId: ref, tenant: caller.tenant });
     const onCancelled = (): void => {
       if (build.state !== 'running') return;
       log.info('client went away: cancelling build');
@@ -323,14 +352,18 @@ export class ControlServer {
     const span = tracer().startSpan(SpanName.build, { attributes: { [Attr.buildId]: ref } });
     try {
       checkExporters(req.exporters, !!req.sessionId);
+      const requested = requestedEntitlements(req.entitlements);
       const session = req.sessionId
         ? await this.sessions.waitFor(
             req.sessionId,
+            { tenant: caller.tenant, peer: call.getPeer() },
             this.#o.sessionWaitMs ?? 10_000,
             build.abort.signal,
           )
         : undefined;
       const targets = await this.#load(req);
+      checkEntitlements(targets, requested, caller);
+      const cacheNamespace = this.#o.sharedCache ? '' : caller.tenant;
       // Platforms are solved concurrently; the first failure stops the others (they then fail
       // with BuildCanceledError, so the first real error is the one reported), and the build
       // ends only once every platform's solve has settled. `durable`: the results' blobs must
@@ -347,7 +380,12 @@ export class ControlServer {
                   t.imageConfigJson ??
                   JSON.stringify({ architecture: t.platform.architecture, os: t.platform.os }),
                 solved: await context.with(trace.setSpan(context.active(), span), () =>
-                  this.#run(build, t.graph, platformToPb(t.platform), req.sessionId, log, durable),
+                  this.#run(build, t.graph, platformToPb(t.platform), {
+                    sessionId: req.sessionId,
+                    cacheNamespace,
+                    log,
+                    durable,
+                  }),
                 ),
               };
             } catch (e) {
@@ -465,16 +503,16 @@ export class ControlServer {
     build: Build,
     graph: LoadedDefinition,
     platform: pb.IPlatform,
-    sessionId: string,
-    log: Logger,
-    durable: boolean,
+    o: { sessionId: string; cacheNamespace: string; log: Logger; durable: boolean },
   ): Promise<SolveResult> {
+    const { log } = o;
     return solveGraph(graph, {
-      ...(durable ? { materialize: this.#materialize } : {}),
+      ...(o.durable ? { materialize: this.#materialize } : {}),
       submitter: this.#o.dispatcher,
       buildId: build.id,
       defaultPlatform: platform,
-      sessionId,
+      sessionId: o.sessionId,
+      cacheNamespace: o.cacheNamespace,
       ...(this.#checksums ? { checksums: this.#checksums } : {}),
       signal: build.abort.signal,
       onVertex: (v) => {
@@ -492,10 +530,14 @@ export class ControlServer {
     });
   }
 
-  async #status(call: grpc.ServerWritableStream<StatusRequest, unknown>): Promise<void> {
+  async #status(
+    call: grpc.ServerWritableStream<StatusRequest, unknown>,
+    caller: Caller,
+  ): Promise<void> {
     const ref = call.request.ref;
     if (!ref) throw new SolveRequestInvalidError('status needs a build ref');
-    const build = this.builds.observe(ref);
+    const build = this.builds.observe(ref, caller.tenant);
+    if (!build) throw new BuildNotFoundError(ref);
     const ac = new AbortController();
     const stop = (): void => ac.abort();
     call.on('cancelled', stop);

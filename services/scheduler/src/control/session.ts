@@ -14,6 +14,9 @@
  * - Secrets are asked for per request and relayed in memory only (never logged, never stored).
  * - ssh agent connections are relayed byte for byte in both directions.
  * - Exports: the scheduler streams an exporter's artifact to the client as `ExportChunk`s.
+ * - A session is bound to the tenant and the gRPC connection (peer) that opened it: only a Solve
+ *   of that tenant on that connection may use it; anyone else is told it does not exist
+ *   (`SESSION_NOT_FOUND`), at once.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { PassThrough, Readable } from 'node:stream';
@@ -86,10 +89,26 @@ export class SessionManager {
     return this.#sessions.get(id);
   }
 
-  /** The session `id`, waiting up to `timeoutMs` for its hello (the stream may open late). */
-  async waitFor(id: string, timeoutMs: number, signal?: AbortSignal): Promise<ClientSession> {
+  /**
+   * The session `id` for a Solve of `owner` (its tenant and connection), waiting up to
+   * `timeoutMs` for its hello (the stream may open late).
+   */
+  async waitFor(
+    id: string,
+    owner: SessionOwner,
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<ClientSession> {
+    const owned = (s: ClientSession): ClientSession => {
+      if (s.owner.tenant === owner.tenant && s.owner.peer === owner.peer) return s;
+      throw new SessionError(
+        `session ${id} was not opened by this client (a session serves only the connection that opened it)`,
+        'SESSION_NOT_FOUND',
+        { sessionId: id },
+      );
+    };
     const have = this.#sessions.get(id);
-    if (have) return have;
+    if (have) return owned(have);
     await new Promise<void>((resolve, reject) => {
       let set = this.#waiters.get(id);
       if (!set) this.#waiters.set(id, (set = new Set()));
@@ -109,11 +128,12 @@ export class SessionManager {
       signal?.addEventListener('abort', done, { once: true });
       set.add(done);
     });
-    return this.#sessions.get(id)!;
+    return owned(this.#sessions.get(id)!);
   }
 
-  /** Serves one `Session` call until it ends. */
-  attach(call: SessionCall): void {
+  /** Serves one `Session` call of `tenant` until it ends. */
+  attach(call: SessionCall, tenant: string): void {
+    const owner: SessionOwner = { tenant, peer: call.getPeer() };
     let session: ClientSession | undefined;
     const fail = (e: Error): void => {
       call.emit('error', Object.assign(e, { code: grpc.status.INVALID_ARGUMENT }));
@@ -132,9 +152,9 @@ export class SessionManager {
         return fail(e as Error);
       }
       if (this.#sessions.has(id)) return fail(new Error(`session ${id} is already open`));
-      session = new ClientSession(id, hello, call, { ...this.o, packs: this.#packs });
+      session = new ClientSession(id, owner, hello, call, { ...this.o, packs: this.#packs });
       this.#sessions.set(id, session);
-      this.o.log.info({ sessionId: id, localDirs: hello.localDirs }, 'session opened');
+      this.o.log.info({ sessionId: id, tenant, localDirs: hello.localDirs }, 'session opened');
       for (const w of this.#waiters.get(id) ?? []) w();
     });
     const end = (): void => {
@@ -160,6 +180,12 @@ export class SessionManager {
   }
 }
 
+/** Who opened a session: its caller's tenant and gRPC peer (the connection). */
+export interface SessionOwner {
+  tenant: string;
+  peer: string;
+}
+
 export class ClientSession {
   readonly localDirs: ReadonlySet<string>;
   /** The client's shared key ('' when it asks for no reuse of synced directories). */
@@ -174,6 +200,7 @@ export class ClientSession {
 
   constructor(
     readonly id: string,
+    readonly owner: SessionOwner,
     hello: NonNullable<SessionMessage['hello']>,
     private readonly call: SessionCall,
     private readonly o: SessionManagerOptions & { packs: PackIndex },

@@ -18,6 +18,9 @@
  * otherwise by its result id, as every other input. `COPY package.json` thus stays a cache hit
  * when another context file changes. Both forms are correct; they only differ in how often they
  * meet, and never collide (`content` and `input` entries are tagged).
+ *
+ * Tenants: a key carries the build's cache namespace (its tenant's, unless the farm shares its
+ * cache), so one tenant never gets another's result for the same op, nor its cache mounts.
  */
 import { createHash } from 'node:crypto';
 import { opCacheDigest } from '@kiln/llb';
@@ -37,6 +40,11 @@ export interface FastKeyInput {
   contentDeps?: readonly (ContentDep | undefined)[];
   /** Set for `ignore_cache` ops: the key is then private to this build. */
   nonce?: string;
+  /**
+   * The tenant's cache namespace: keys (and so task records and results) of different
+   * namespaces never meet. '' or absent: the farm's shared cache.
+   */
+  namespace?: string;
 }
 
 /** What a content-based input contributes to a key instead of its result id. */
@@ -49,6 +57,7 @@ export interface ContentDep {
 
 export function fastKey(k: FastKeyInput): string {
   const h = createHash('sha256');
+  if (k.namespace) h.update(`namespace ${k.namespace}\0`);
   const parts = ['kiln-fast-key-v2', opCacheDigest(k.op), mountSelectors(k.op), k.platform];
   for (const part of [...parts, k.nonce ?? '']) {
     h.update(part);

@@ -75,6 +75,11 @@ export interface SolveOptions {
   defaultPlatform: pb.IPlatform;
   sessionId?: string;
   /**
+   * The tenant's cache namespace ('' or absent: shared): part of every cache key, and sent to
+   * workers, who keep `RUN --mount=type=cache` directories per namespace.
+   */
+  cacheNamespace?: string;
+  /**
    * Selector-level content keys: asks the holder of an input read only through selectors for
    * the checksum of those paths (fast-key.ts). Without it, every input is keyed by its result id.
    */
@@ -289,6 +294,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         inputResultIds: inputs.map((i) => i.resultId ?? ''),
         ...(content ? { contentDeps: content } : {}),
         nonce,
+        namespace: o.cacheNamespace ?? '',
       });
       const preferred = preferredWorker(inputs);
       task = {
@@ -302,6 +308,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         platform: platformToPb(platform),
         sessionId: o.sessionId ?? '',
         preferredWorker: preferred ?? '',
+        cacheNamespace: o.cacheNamespace ?? '',
       };
       snap.cacheKey = cacheKey;
       keys.set(lo.digest, cacheKey);

@@ -268,6 +268,7 @@ export class TaskRunner {
         metadata: task.metadata ?? undefined,
         inputs,
         session: session?.providers ?? this.#noSession,
+        cacheNamespace: task.cacheNamespace ?? '',
         signal,
         log: (stream, data) => output.write(stream, data),
       };
@@ -405,6 +406,7 @@ export class TaskRunner {
       {
         op: ctx.op.exec!,
         inputs: ctx.inputs,
+        cacheNamespace: ctx.cacheNamespace ?? '',
         signal: ctx.signal,
         onOutput: (stream, data) => ctx.log(stream === 'stderr' ? 2 : 1, data),
       },

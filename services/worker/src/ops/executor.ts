@@ -34,6 +34,8 @@ export interface ExecutorContext {
   /** The committed snapshot of each op input, in `op.inputs` order; undefined: empty. */
   readonly inputs: readonly (string | undefined)[];
   readonly session: SessionProviders;
+  /** The task's cache namespace (its tenant's; '' when shared): cache mounts are kept per namespace. */
+  readonly cacheNamespace?: string;
   readonly signal: AbortSignal;
   /** Live output and status of the vertex. */
   log(stream: 1 | 2, data: Uint8Array): void;

@@ -51,6 +51,11 @@ export interface RunExecOptions extends Pick<
   inputs: ReadonlyArray<string | undefined>;
   /** The name to commit output `index` as. Default `exec-<random>-<index>`. */
   outputName?: (index: number) => string;
+  /**
+   * The build's cache namespace (its tenant's, from the task; '' when the farm shares caches):
+   * a cache mount is the directory of (namespace, id), so tenants never share one.
+   */
+  cacheNamespace?: string;
 }
 
 export interface ExecResult {
@@ -107,8 +112,8 @@ function proxyEnv(p: pb.IProxyEnv | null | undefined): string[] {
  * - BIND: read-only as a view of the input; writable with an output as a prepared snapshot that
  *   becomes that output; writable without one as a scratch copy thrown away; `selector` mounts a
  *   path inside the input (resolved inside it, symlinks included).
- * - CACHE: a persistent directory per cache id (seeded from the input when first made), shared,
- *   private or locked as asked.
+ * - CACHE: a persistent directory per cache id and cache namespace (seeded from the input when
+ *   first made), shared, private or locked as asked.
  * - TMPFS: a tmpfs of the given size.
  * - SECRET: the secret's bytes in a file on a private tmpfs outside every snapshot, with the
  *   op's uid/gid/mode, bound read-only; a missing required secret is {@link SecretNotFoundError}.
@@ -210,7 +215,8 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
             throw new ExecOpError(`cache mount ${dest} has no id`, { details: { mount: i } });
           const sharing =
             CACHE_SHARING[m.cacheOpt?.sharing ?? pb.CacheSharingOpt.SHARED] ?? 'shared';
-          const handle = await cacheMounts.acquire(id, sharing);
+          const ns = opts.cacheNamespace ?? '';
+          const handle = await cacheMounts.acquire(ns ? `${ns}\0${id}` : id, sharing);
           cleanups.push(() => handle.release());
           const from = input(m, i);
           if (handle.created && from !== undefined)
