@@ -3,6 +3,8 @@
  * `--ssh default[=SOCK]`, `--output type=local,dest=DIR`, `--build-arg K[=V]`.
  */
 import { readFile } from 'node:fs/promises';
+import type { ConnectOptions } from '@kiln/client';
+import { ENTITLEMENTS, isEntitlement } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol/errors';
 
 export class BuildOptionError extends KilnError {
@@ -125,4 +127,51 @@ export function parseBuildArg(s: string, env: NodeJS.ProcessEnv): [string, strin
   if (i > 0) return [s.slice(0, i), s.slice(i + 1)];
   const v = env[s];
   return v === undefined ? undefined : [s, v];
+}
+
+/** `--allow` values: BuildKit's entitlement names, each once. */
+export function parseAllow(values: readonly string[]): string[] {
+  for (const v of values)
+    if (!isEntitlement(v))
+      throw new BuildOptionError(`--allow ${v}: want ${ENTITLEMENTS.join(' or ')}`);
+  return [...new Set(values)];
+}
+
+async function readOption(flag: string, file: string): Promise<Buffer> {
+  try {
+    return await readFile(file);
+  } catch (cause) {
+    throw new BuildOptionError(
+      `${flag} ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
+    );
+  }
+}
+
+/**
+ * TLS files and the token for a remote farm: `--tlscacert/--tlscert/--tlskey`, and `--token`,
+ * else `--token-file`, else `KILN_TOKEN`, else `KILN_TOKEN_FILE`.
+ */
+export async function remoteConnectOptions(
+  f: { tlscacert?: string; tlscert?: string; tlskey?: string; token?: string; tokenFile?: string },
+  env: NodeJS.ProcessEnv,
+): Promise<Pick<ConnectOptions, 'tls' | 'token'>> {
+  if (!f.tlscert !== !f.tlskey) throw new BuildOptionError('--tlscert and --tlskey go together');
+  const out: Pick<ConnectOptions, 'tls' | 'token'> = {};
+  if (f.tlscacert || f.tlscert) {
+    const tls: NonNullable<ConnectOptions['tls']> = {};
+    if (f.tlscacert) tls.ca = await readOption('--tlscacert', f.tlscacert);
+    if (f.tlscert && f.tlskey) {
+      tls.cert = await readOption('--tlscert', f.tlscert);
+      tls.key = await readOption('--tlskey', f.tlskey);
+    }
+    out.tls = tls;
+  }
+  const tokenFile = f.tokenFile ?? (f.token || env.KILN_TOKEN ? undefined : env.KILN_TOKEN_FILE);
+  const token =
+    f.token ??
+    (tokenFile
+      ? (await readOption('--token-file', tokenFile)).toString('utf8').trim()
+      : env.KILN_TOKEN);
+  if (token) out.token = token;
+  return out;
 }

@@ -15,10 +15,12 @@ import { parsePlatform } from '@kiln/llb';
 import { KilnError, reviveError } from '@kiln/protocol/errors';
 import {
   BuildOptionError,
+  parseAllow,
   parseBuildArg,
   parseOutput,
   parseSecret,
   parseSsh,
+  remoteConnectOptions,
 } from '../build-options.js';
 import type { OutputSpec } from '../build-options.js';
 import { idleTimeout } from '../farm/idle.js';
@@ -43,6 +45,13 @@ export interface BuildFlags {
   insecureRegistry: string[];
   /** A scheduler's `host:port`; default `KILN_ADDR`, else the local farm. */
   addr?: string;
+  /** Entitlements the build asks for (`--allow`). */
+  allow: string[];
+  tlscacert?: string;
+  tlscert?: string;
+  tlskey?: string;
+  token?: string;
+  tokenFile?: string;
 }
 
 export async function build(context: string, flags: BuildFlags): Promise<void> {
@@ -91,13 +100,19 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   if (mode !== 'tty' && mode !== 'plain')
     throw new BuildOptionError(`--progress ${flags.progress}: want auto, tty or plain`);
 
+  const entitlements = parseAllow(flags.allow);
   const addr = flags.addr ?? env.KILN_ADDR;
   if (addr && flags.insecureRegistry.length > 0)
     process.stderr.write(
       `WARNING: --insecure-registry applies to the local farm only; the farm at ${addr} uses its own registry settings\n`,
     );
+  const connect = await remoteConnectOptions(flags, env);
+  if (!addr && (connect.tls || connect.token))
+    throw new BuildOptionError(
+      'TLS and token options are for a remote farm (--addr or KILN_ADDR); the local farm needs none',
+    );
   const farm = addr
-    ? await remoteFarm(addr)
+    ? await remoteFarm(addr, connect)
     : await localFarm({
         stateDir: defaultStateDir(env),
         insecureRegistries: flags.insecureRegistry,
@@ -129,6 +144,7 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
           buildId,
           sessionId: session.id,
           frontend: 'dockerfile.v0',
+          entitlements,
           attrs,
           inputs: {
             dockerfile: dockerfileInput(dockerfile, dockerignore ? { dockerignore } : {}),

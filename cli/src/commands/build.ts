@@ -45,8 +45,22 @@ export function registerBuild(program: Command): void {
       [],
     )
     .option(
+      '--allow <entitlement>',
+      'allow an entitlement the build needs: security.insecure (RUN --security=insecure), network.host (RUN --network=host); the farm must allow it too (repeatable)',
+      collect,
+      [],
+    )
+    .option(
       '--addr <host:port>',
       'build on the farm whose scheduler is here (default: $KILN_ADDR, else the local farm, started on first use)',
+    )
+    .option('--tlscacert <file>', "CA certificate (PEM) to verify the farm's scheduler with TLS")
+    .option('--tlscert <file>', 'client certificate (PEM) for a farm with mutual TLS')
+    .option('--tlskey <file>', "the client certificate's key (PEM)")
+    .option('--token <token>', "the farm's bearer token (default: $KILN_TOKEN)")
+    .option(
+      '--token-file <file>',
+      'read the bearer token from this file (default: $KILN_TOKEN_FILE)',
     )
     .action(async (context: string, flags: BuildFlags) => {
       const { build } = await import('./build-run.js');

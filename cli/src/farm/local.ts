@@ -24,6 +24,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { KilnClient } from '@kiln/client';
+import type { ConnectOptions } from '@kiln/client';
 import { KilnError } from '@kiln/protocol';
 import { codeStamp, daemonEntry, farmAlive, farmPaths, pidAlive, readFarmInfo } from './paths.js';
 import type { FarmInfo } from './paths.js';
@@ -35,9 +36,9 @@ export interface Farm {
   close(): Promise<void>;
 }
 
-/** Connects to a running scheduler. */
-export async function remoteFarm(addr: string): Promise<Farm> {
-  const client = await KilnClient.connect(addr);
+/** Connects to a running scheduler (with TLS and a token when given). */
+export async function remoteFarm(addr: string, o: ConnectOptions = {}): Promise<Farm> {
+  const client = await KilnClient.connect(addr, o);
   return { client, where: addr, close: () => Promise.resolve(client.close()) };
 }
 

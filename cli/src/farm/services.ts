@@ -21,9 +21,9 @@ import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { startNatsServer } from '@kiln/common';
 import type { NatsServerProcess } from '@kiln/common';
-import { formatPlatform, hostPlatform, parsePlatform } from '@kiln/llb';
+import { ENTITLEMENTS, formatPlatform, hostPlatform, parsePlatform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
-import { Dispatcher, ControlServer, registryMetaResolver } from '@kiln/scheduler';
+import { Authenticator, Dispatcher, ControlServer, registryMetaResolver } from '@kiln/scheduler';
 import { FsBlobStore } from '@kiln/store';
 import { WorkerNode, binfmtRegistered, defaultSlots, loadConfig } from '@kiln/worker';
 import type { Logger } from 'pino';
@@ -136,6 +136,9 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
       metaResolver: registryMetaResolver({ insecureRegistries: [...o.insecureRegistries] }),
       defaultPlatform: native,
       log: o.log.child({ component: 'control' }),
+      // Only its owner reaches the farm (a 0600 unix socket): the one tenant `local`, allowed
+      // every entitlement as a buildkitd started with them; a build still has to ask (--allow).
+      auth: new Authenticator({ allow: ENTITLEMENTS }),
     });
     await server.listen(o.listen);
     stops.push(() => server.close());

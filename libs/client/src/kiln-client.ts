@@ -3,6 +3,9 @@
  * error the scheduler threw (`fromGrpcError`). `status()` survives a dropped connection: it
  * reconnects and resumes after the last frame it delivered, so its consumer sees every frame
  * exactly once, in order.
+ *
+ * Security: `tls` verifies the scheduler (and presents a client certificate for mutual TLS);
+ * `token` is sent as `authorization: Bearer <token>` on every call, session included.
  */
 import * as grpc from '@grpc/grpc-js';
 import { ERROR_TRAILER, KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
@@ -15,8 +18,15 @@ export type StatusResponse = InstanceType<typeof control.StatusResponse>;
 export type WorkerRecord = InstanceType<typeof control.WorkerRecord>;
 
 export interface ConnectOptions {
-  /** Default: insecure (plain HTTP/2). */
+  /** Default: `tls` when given, else insecure (plain HTTP/2). */
   credentials?: grpc.ChannelCredentials;
+  /**
+   * TLS (PEM bytes): `ca` verifies the scheduler's certificate (default: the system's roots);
+   * `cert` and `key` are the client's, for a farm with mutual TLS.
+   */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  /** A bearer token the farm maps to a tenant, sent with every call. */
+  token?: string;
   /** How long connect() waits for the scheduler. Default 10 s. */
   connectTimeoutMs?: number;
   /** How long status() keeps trying to reconnect before it fails. Default 60 s. */
@@ -30,6 +40,11 @@ export type SolveRequest = {
   buildId: string;
   sessionId?: string;
   exporters?: { type: string; attrs?: Record<string, string> }[];
+  /**
+   * Entitlements the build asks for (`security.insecure`, `network.host`), as `buildctl --allow`:
+   * an op needing one runs only if asked for here and allowed by the farm.
+   */
+  entitlements?: string[];
 } & (
   | { definition: Definition | pb.IDefinition; frontend?: undefined }
   | {
@@ -56,19 +71,31 @@ const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.s
 export class KilnClient {
   readonly #client: grpc.Client;
   readonly #reconnectWindowMs: number;
+  readonly #token: string | undefined;
 
   private constructor(client: grpc.Client, o: ConnectOptions) {
     this.#client = client;
     this.#reconnectWindowMs = o.reconnectWindowMs ?? 60_000;
+    this.#token = o.token;
+  }
+
+  /** Fresh metadata for a call: the token, if any. */
+  #metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (this.#token) md.set('authorization', `Bearer ${this.#token}`);
+    return md;
   }
 
   /** Connects to a scheduler at `host:port` and waits until it is reachable. */
   static async connect(addr: string, o: ConnectOptions = {}): Promise<KilnClient> {
-    const client = new grpc.Client(
-      addr,
-      o.credentials ?? grpc.credentials.createInsecure(),
-      o.channelOptions ?? {},
-    );
+    if (o.token !== undefined && !/^[A-Za-z0-9._~+/=-]+$/.test(o.token))
+      throw new KilnError('TOKEN_INVALID', 'a token is made of A-Z a-z 0-9 . _ ~ + / = -');
+    const creds =
+      o.credentials ??
+      (o.tls
+        ? grpc.credentials.createSsl(o.tls.ca ?? null, o.tls.key ?? null, o.tls.cert ?? null)
+        : grpc.credentials.createInsecure());
+    const client = new grpc.Client(addr, creds, o.channelOptions ?? {});
     try {
       await new Promise<void>((resolve, reject) =>
         client.waitForReady(Date.now() + (o.connectTimeoutMs ?? 10_000), (err) =>
@@ -91,6 +118,7 @@ export class KilnClient {
     const msg: InstanceType<typeof control.SolveRequest> = control.SolveRequest.create({
       ref: req.buildId,
       sessionId: req.sessionId ?? '',
+      entitlements: req.entitlements ?? [],
       exporters: (req.exporters ?? []).map((e) => ({ type: e.type, attrs: e.attrs ?? {} })),
     });
     if (req.definition) {
@@ -115,6 +143,7 @@ export class KilnClient {
           controlService.session.path,
           controlService.session.requestSerialize,
           controlService.session.responseDeserialize,
+          this.#metadata(),
         ),
       o,
     );
@@ -140,6 +169,7 @@ export class KilnClient {
         controlService.status.requestSerialize,
         controlService.status.responseDeserialize,
         { ref: buildId, sinceSeq: last },
+        this.#metadata(),
       );
       const onAbort = (): void => call.cancel();
       o.signal?.addEventListener('abort', onAbort, { once: true });
@@ -198,6 +228,7 @@ export class KilnClient {
         m.requestSerialize,
         m.responseDeserialize,
         req,
+        this.#metadata(),
         (err, res) => {
           signal?.removeEventListener('abort', onAbort);
           if (err) reject(fromGrpcError(err));

@@ -4,12 +4,38 @@
  * (main.ts) and passed in, so tests inject their own.
  */
 import { parseArgs } from 'node:util';
+import { isEntitlement } from '@kiln/llb';
+import type { Entitlement } from '@kiln/llb';
 import { KilnError, parsePlatform } from '@kiln/protocol';
 import type { StoreConfig } from '@kiln/store';
 
 export interface SchedulerConfig {
-  /** gRPC listen address `host:port` (`--listen`, `KILN_SCHEDULER_LISTEN`). */
+  /**
+   * gRPC listen address `host:port` or `unix:/path` (`--listen`, `KILN_SCHEDULER_LISTEN`).
+   * Default loopback; any other address needs TLS and authentication, or `insecureListen`.
+   */
   listen: string;
+  /** TLS: the server's certificate and key, PEM files (`--tlscert`, `--tlskey`, `KILN_TLS_CERT`, `KILN_TLS_KEY`). */
+  tlsCert?: string;
+  tlsKey?: string;
+  /**
+   * Mutual TLS: CA bundle client certificates must chain to; a certificate's CN names its
+   * tenant (`--tlscacert`, `KILN_TLS_CACERT`).
+   */
+  tlsCaCert?: string;
+  /** Bearer tokens and their tenants, a file (`--tokens-file`, `KILN_TOKENS_FILE`; auth.ts). */
+  tokensFile?: string;
+  /** Bearer tokens inline, same format (`KILN_TOKENS`); prefer the file. */
+  tokens?: string;
+  /** Serve a non-loopback address without TLS and authentication (`--insecure-listen`, `KILN_INSECURE_LISTEN=1`). */
+  insecureListen: boolean;
+  /**
+   * Entitlements every tenant may ask for (`--allow-insecure-entitlement`, repeatable;
+   * `KILN_ALLOW_INSECURE_ENTITLEMENTS`, comma-separated).
+   */
+  allowEntitlements: Entitlement[];
+  /** Tenants share cache keys and cache mounts (`--shared-cache`, `KILN_SHARED_CACHE=1`). */
+  sharedCache: boolean;
   /** NATS server URL(s), comma-separated (`--nats`, `KILN_NATS_URL`). */
   natsUrl: string;
   /** Platform of ops that name none (`--platform`, `KILN_DEFAULT_PLATFORM`). */
@@ -42,7 +68,7 @@ export interface SchedulerConfig {
 }
 
 export const DEFAULT_CONFIG: SchedulerConfig = {
-  listen: '0.0.0.0:8470',
+  listen: '127.0.0.1:8470',
   natsUrl: 'nats://127.0.0.1:4222',
   defaultPlatform: 'linux/amd64',
   logLevel: 'info',
@@ -51,7 +77,17 @@ export const DEFAULT_CONFIG: SchedulerConfig = {
   maxAttempts: 3,
   checksumTimeoutMs: 3_000,
   insecureRegistries: [],
+  insecureListen: false,
+  allowEntitlements: [],
+  sharedCache: false,
 };
+
+/** Whether `listen` is reachable only from this machine: a unix socket or a loopback address. */
+export function isLoopbackListen(listen: string): boolean {
+  if (listen.startsWith('unix:')) return true;
+  const host = listen.slice(0, listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
 
 export class ConfigInvalidError extends KilnError {
   constructor(message: string, key: string) {
@@ -71,7 +107,7 @@ export function loadConfig(
   env: Readonly<Record<string, string | undefined>>,
   argv: readonly string[],
 ): SchedulerConfig {
-  let flags: Record<string, string | boolean | undefined>;
+  let flags: Record<string, string | boolean | string[] | undefined>;
   try {
     flags = parseArgs({
       args: [...argv],
@@ -82,6 +118,13 @@ export function loadConfig(
         'log-level': { type: 'string' },
         'insecure-registries': { type: 'string' },
         'store-dir': { type: 'string' },
+        tlscert: { type: 'string' },
+        tlskey: { type: 'string' },
+        tlscacert: { type: 'string' },
+        'tokens-file': { type: 'string' },
+        'insecure-listen': { type: 'boolean' },
+        'allow-insecure-entitlement': { type: 'string', multiple: true },
+        'shared-cache': { type: 'boolean' },
       },
       strict: true,
     }).values;
@@ -93,8 +136,34 @@ export function loadConfig(
     if (typeof f === 'string' && f !== '') return f;
     return env[key] || fallback;
   };
+  const bool = (flag: string, key: string): boolean =>
+    flags[flag] === true || ['1', 'true', 'yes'].includes((env[key] ?? '').toLowerCase());
+  const entitlements = [
+    ...((flags['allow-insecure-entitlement'] as string[] | undefined) ?? []),
+    ...(env.KILN_ALLOW_INSECURE_ENTITLEMENTS ?? '').split(','),
+  ]
+    .map((x) => x.trim())
+    .filter(Boolean);
+  for (const e of entitlements)
+    if (!isEntitlement(e))
+      throw new ConfigInvalidError(
+        `--allow-insecure-entitlement takes security.insecure or network.host, got ${e}`,
+        'allowEntitlements',
+      );
+  const optional = (flag: string, key: string): string | undefined =>
+    str(flag, key, '') || undefined;
   const c: SchedulerConfig = {
     listen: str('listen', 'KILN_SCHEDULER_LISTEN', DEFAULT_CONFIG.listen),
+    ...defined({
+      tlsCert: optional('tlscert', 'KILN_TLS_CERT'),
+      tlsKey: optional('tlskey', 'KILN_TLS_KEY'),
+      tlsCaCert: optional('tlscacert', 'KILN_TLS_CACERT'),
+      tokensFile: optional('tokens-file', 'KILN_TOKENS_FILE'),
+      tokens: env.KILN_TOKENS || undefined,
+    }),
+    insecureListen: bool('insecure-listen', 'KILN_INSECURE_LISTEN'),
+    allowEntitlements: [...new Set(entitlements as Entitlement[])],
+    sharedCache: bool('shared-cache', 'KILN_SHARED_CACHE'),
     natsUrl: str('nats', 'KILN_NATS_URL', DEFAULT_CONFIG.natsUrl),
     defaultPlatform: str('platform', 'KILN_DEFAULT_PLATFORM', DEFAULT_CONFIG.defaultPlatform),
     logLevel: str('log-level', 'KILN_LOG_LEVEL', DEFAULT_CONFIG.logLevel),
@@ -145,7 +214,27 @@ export function loadConfig(
       'platform',
     );
   }
+  if (!c.tlsCert !== !c.tlsKey)
+    throw new ConfigInvalidError('--tlscert and --tlskey go together', 'tls');
+  if (c.tlsCaCert && !c.tlsCert)
+    throw new ConfigInvalidError('--tlscacert (mutual TLS) needs --tlscert and --tlskey', 'tls');
+  if (!isLoopbackListen(c.listen) && !c.insecureListen && !(c.tlsCert && authConfigured(c)))
+    throw new ConfigInvalidError(
+      `refusing to serve ${c.listen} without TLS and authentication: anyone reaching it could run ` +
+        'any build on the workers. Configure --tlscert/--tlskey with --tokens-file or --tlscacert, ' +
+        'listen on loopback, or pass --insecure-listen to accept the risk',
+      'listen',
+    );
   if (c.maxAttempts < 1)
     throw new ConfigInvalidError('KILN_MAX_ATTEMPTS must be >= 1', 'maxAttempts');
   return c;
+}
+
+/** Whether callers must authenticate: tokens or client certificates are configured. */
+export function authConfigured(c: SchedulerConfig): boolean {
+  return !!(c.tokensFile || c.tokens || c.tlsCaCert);
+}
+
+function defined<T extends Record<string, unknown>>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -5,6 +5,11 @@
 export * from './dispatch/index.js';
 export { ControlServer } from './control/control-server.js';
 export type { ControlServerOptions } from './control/control-server.js';
+export { Authenticator, LOCAL_TENANT, UnauthenticatedError, parseTokens } from './control/auth.js';
+export type { AuthenticatorOptions, Caller, TenantToken } from './control/auth.js';
+export { EntitlementDeniedError } from './control/entitlements.js';
+export { TlsFilesProvider } from './control/tls.js';
+export type { TlsFiles } from './control/tls.js';
 export { BuildRegistry } from './control/builds.js';
 export type { Build, BuildRegistryOptions } from './control/builds.js';
 export { BuildStatus } from './control/build-status.js';
@@ -25,7 +30,13 @@ export {
   SolveRequestInvalidError,
   VertexFailedError,
 } from './solver/errors.js';
-export { loadConfig, DEFAULT_CONFIG, ConfigInvalidError } from './config.js';
+export {
+  loadConfig,
+  DEFAULT_CONFIG,
+  ConfigInvalidError,
+  authConfigured,
+  isLoopbackListen,
+} from './config.js';
 export type { SchedulerConfig } from './config.js';
 export { registryMetaResolver } from './registry-meta-resolver.js';
 export type { RegistryMetaResolverOptions } from './registry-meta-resolver.js';

@@ -1,25 +1,74 @@
 /**
  * `node services/scheduler/dist/main.js [--listen host:port] [--nats url] [--platform os/arch]
- * [--log-level level] [--store-dir DIR]`: the scheduler service. Connects to NATS, starts the Dispatcher and serves
+ * [--log-level level] [--store-dir DIR] [--tlscert F --tlskey F [--tlscacert F]]
+ * [--tokens-file F] [--allow-insecure-entitlement E]... [--shared-cache] [--insecure-listen]`:
+ * the scheduler service. Connects to NATS, starts the Dispatcher and serves
  * `kiln.control.v1.Control` over gRPC. SIGTERM/SIGINT: stop serving (running builds fail with a
  * retryable SCHEDULER_UNAVAILABLE; their task records stay for the next scheduler), then exit.
+ * SIGHUP, or a change of one of the files: the TLS certificates and the tokens file are read
+ * again (a file that fails to load keeps the previous contents, and says so in the log).
  *
  * Base image configs for the Dockerfile frontend come from the registries themselves
  * (`registryMetaResolver`: `@kiln/registry` with the docker config's credentials and helpers;
  * `--insecure-registries` for plain HTTP ones).
  * Environment is read here and only here (see config.ts for the keys).
  */
+import { readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { openStore } from '@kiln/store';
 import { connect } from '@nats-io/transport-node';
 import { pino } from 'pino';
-import { loadConfig } from './config.js';
+import { authConfigured, isLoopbackListen, loadConfig } from './config.js';
+import type { SchedulerConfig } from './config.js';
+import { Authenticator, parseTokens } from './control/auth.js';
+import type { TenantToken } from './control/auth.js';
+import { TlsFilesProvider } from './control/tls.js';
 import { ControlServer } from './control/control-server.js';
 import { Dispatcher } from './dispatch/index.js';
 import { registryMetaResolver } from './registry-meta-resolver.js';
 
+/** The tokens of the configuration: the tokens file's, then `KILN_TOKENS`. */
+function readTokens(c: SchedulerConfig): TenantToken[] {
+  return [
+    ...(c.tokensFile ? parseTokens(readFileSync(c.tokensFile, 'utf8'), c.tokensFile) : []),
+    ...(c.tokens ? parseTokens(c.tokens, 'KILN_TOKENS') : []),
+  ];
+}
+
 async function main(): Promise<void> {
   const config = loadConfig(process.env, process.argv.slice(2));
   const log = pino({ name: 'kiln-scheduler', level: config.logLevel });
+  const tokens = readTokens(config);
+  const auth = new Authenticator({
+    tokens,
+    clientCertificates: !!config.tlsCaCert,
+    allow: config.allowEntitlements,
+    required: authConfigured(config),
+  });
+  const tls =
+    config.tlsCert && config.tlsKey
+      ? await TlsFilesProvider.open({
+          cert: config.tlsCert,
+          key: config.tlsKey,
+          ...(config.tlsCaCert ? { ca: config.tlsCaCert } : {}),
+        })
+      : undefined;
+  const reload = (why: string): void => {
+    try {
+      if (config.tokensFile || config.tokens) auth.setTokens(readTokens(config));
+    } catch (err) {
+      log.error({ why, err: String(err) }, 'tokens reload failed: keeping the previous tokens');
+    }
+    tls?.reload().then(
+      () => log.info({ why }, 'tls certificates reloaded'),
+      (err: unknown) =>
+        log.error({ why, err: String(err) }, 'tls reload failed: keeping the previous ones'),
+    );
+  };
+  const watched = [config.tokensFile, config.tlsCert, config.tlsKey, config.tlsCaCert].filter(
+    (f): f is string => !!f,
+  );
+  for (const f of watched) watchFile(f, { interval: 2_000, persistent: false }, () => reload(f));
+  process.on('SIGHUP', () => reload('SIGHUP'));
   const nc = await connect({
     servers: config.natsUrl.split(','),
     maxReconnectAttempts: -1,
@@ -49,13 +98,33 @@ async function main(): Promise<void> {
     checksumTimeoutMs: config.checksumTimeoutMs,
     metaResolver: registryMetaResolver({ insecureRegistries: config.insecureRegistries }),
     log: log.child({ component: 'control' }),
+    auth,
+    sharedCache: config.sharedCache,
   });
-  await server.listen(config.listen);
+  await server.listen(config.listen, tls?.serverCredentials());
+  const security = {
+    tls: tls ? (config.tlsCaCert ? 'mutual' : 'server') : 'off',
+    tokens: tokens.length,
+    entitlements: config.allowEntitlements,
+    sharedCache: config.sharedCache,
+  };
+  if (!authConfigured(config) && isLoopbackListen(config.listen))
+    log.info(
+      { listen: config.listen, ...security },
+      'no authentication configured: serving loopback only, every caller is tenant local',
+    );
+  else if (!isLoopbackListen(config.listen) && (!tls || !authConfigured(config)))
+    log.warn(
+      { listen: config.listen, ...security },
+      'insecure listen: anyone who reaches this address can run builds on the workers',
+    );
+  else log.info({ listen: config.listen, ...security }, 'control api secured');
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    for (const f of watched) unwatchFile(f);
     void server
       .close()
       .then(() => dispatcher.close())

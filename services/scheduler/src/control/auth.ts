@@ -117,22 +117,29 @@ export interface AuthenticatorOptions {
   clientCertificates?: boolean;
   /** Entitlements every caller may use (`--allow-insecure-entitlement`). */
   allow?: readonly Entitlement[];
+  /**
+   * Callers must authenticate even with no token yet (a tokens file that is empty now). Default:
+   * when tokens or client certificates are given. Reloaded tokens never turn it off.
+   */
+  required?: boolean;
 }
 
 export class Authenticator {
   #known: Known[] = [];
   readonly #certs: boolean;
   readonly #allow: readonly Entitlement[];
+  readonly #required: boolean;
 
   constructor(o: AuthenticatorOptions = {}) {
     this.#certs = o.clientCertificates ?? false;
     this.#allow = o.allow ?? [];
     this.setTokens(o.tokens ?? []);
+    this.#required = o.required ?? (this.#certs || this.#known.length > 0);
   }
 
   /** Whether callers must authenticate (tokens or client certificates are configured). */
   get required(): boolean {
-    return this.#certs || this.#known.length > 0;
+    return this.#required;
   }
 
   /** Replaces the tokens (a reloaded tokens file); calls already authenticated keep their tenant. */
