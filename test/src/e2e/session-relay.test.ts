@@ -30,7 +30,7 @@ import { Engine, LocalContexts, SessionRelay } from '@kiln/worker';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, startNats } from '../harness/index.js';
+import { makeTempDir, startNats, waitFor } from '../harness/index.js';
 import type { NatsServerHandle } from '../harness/index.js';
 
 let tmp: { dir: string; remove: () => void };
@@ -91,7 +91,7 @@ afterAll(async () => {
 /** Opens a session and waits until the scheduler has it. */
 async function openSession(o: Parameters<KilnClient['session']>[0]): Promise<BuildSession> {
   const s = client.session(o);
-  await server.sessions.waitFor(s.id, 10_000);
+  await waitFor('the session to open', () => server.sessions.get(s.id));
   return s;
 }
 

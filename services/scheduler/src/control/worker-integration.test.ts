@@ -5,6 +5,8 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
@@ -13,11 +15,13 @@ import { FsBlobStore } from '@kiln/store';
 import { KilnClient, dockerfileInput } from '@kiln/client';
 import type { StatusResponse } from '@kiln/client';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
+import { KilnError } from '@kiln/protocol';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
 import { registryMetaResolver } from '../registry-meta-resolver.js';
+import { Authenticator, parseTokens } from './auth.js';
 import { ControlServer } from './control-server.js';
 import { spawnManaged } from '@kiln/common';
 import type { ManagedProcess } from '@kiln/common';
@@ -354,5 +358,88 @@ describe('sessions and exporters with real workers', () => {
         exporters: [{ type: 'local' }],
       }),
     ).rejects.toMatchObject({ code: 'SOLVE_REQUEST_INVALID' });
+  });
+});
+
+describe('tenants and entitlements with real workers', () => {
+  const tokenA = `ta-${randomUUID()}`;
+  const tokenB = `tb-${randomUUID()}`;
+  let farm: ControlServer;
+  let a: KilnClient;
+  let b: KilnClient;
+
+  beforeAll(async () => {
+    // A farm that allows both entitlements to its two tenants (the builds still have to ask).
+    farm = new ControlServer({
+      dispatcher,
+      metaResolver: registryMetaResolver(),
+      store: new FsBlobStore({ root: storeDir }),
+      auth: new Authenticator({
+        tokens: parseTokens(`team-a:${tokenA}\nteam-b:${tokenB}`, 'test'),
+        allow: ['security.insecure', 'network.host'],
+      }),
+    });
+    const port = await farm.listen('127.0.0.1:0');
+    a = await KilnClient.connect(`127.0.0.1:${port}`, { token: tokenA });
+    b = await KilnClient.connect(`127.0.0.1:${port}`, { token: tokenB });
+  });
+
+  afterAll(async () => {
+    a?.close();
+    b?.close();
+    await farm?.close();
+  });
+
+  const dockerfile = (c: KilnClient, lines: string[], entitlements: string[] = []) =>
+    c.solve({
+      buildId: `int-ent-${randomUUID()}`,
+      frontend: 'dockerfile.v0',
+      attrs: { platform: 'linux/amd64' },
+      entitlements,
+      inputs: { dockerfile: dockerfileInput([`FROM ${fixture}`, ...lines].join('\n')) },
+    });
+
+  it('runs RUN --security=insecure when asked for and allowed, and only then', async () => {
+    const tag = randomUUID();
+    // Mounting needs CAP_SYS_ADMIN: only the insecure mode has it.
+    const run = `RUN --security=insecure mkdir -p /m && mount -t tmpfs none /m && echo ${tag}`;
+    await expect(dockerfile(a, [run])).rejects.toMatchObject({
+      code: 'ENTITLEMENT_DENIED',
+      details: { sourceLines: '2-2' },
+    });
+    const res = await dockerfile(a, [run], ['security.insecure']);
+    expect(res.exporterResponse['result.id']).toMatch(/^sha256:/);
+    // The same command in the default sandbox fails: the entitlement is what made it work.
+    await expect(
+      dockerfile(a, [`RUN mkdir -p /m && mount -t tmpfs none /m && echo ${tag}`]),
+    ).rejects.toMatchObject({ code: expect.stringMatching(/EXEC|VERTEX/) as unknown });
+  });
+
+  it("runs RUN --network=host when asked for and allowed: it reaches the host's loopback", async () => {
+    const tag = randomUUID();
+    const http = createServer((_req, res) => res.end(`hello ${tag}`));
+    await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+    const port = (http.address() as AddressInfo).port;
+    try {
+      const run = `RUN --network=host wget -q -O - http://127.0.0.1:${port}/ | grep -q ${tag}`;
+      await expect(dockerfile(b, [run])).rejects.toMatchObject({ code: 'ENTITLEMENT_DENIED' });
+      const res = await dockerfile(b, [run], ['network.host']);
+      expect(res.exporterResponse['result.id']).toMatch(/^sha256:/);
+    } finally {
+      http.close();
+    }
+  });
+
+  it('keeps RUN --mount=type=cache directories per tenant', async () => {
+    const tag = randomUUID();
+    const mount = `--mount=type=cache,id=shared-${tag},target=/cache`;
+    // team-a leaves a marker in its cache mount and sees it in a later build.
+    await dockerfile(a, [`RUN ${mount} echo a > /cache/marker`]);
+    await dockerfile(a, [`RUN ${mount} test -e /cache/marker && echo again`]);
+    // team-b's mount of the same id is its own: empty.
+    await dockerfile(b, [`RUN ${mount} test ! -e /cache/marker`]);
+    await expect(
+      dockerfile(b, [`RUN ${mount} test -e /cache/marker && echo b`]),
+    ).rejects.toBeInstanceOf(KilnError);
   });
 });
