@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_CONFIG, loadConfig } from './config.js';
+import { DEFAULT_CONFIG, isLoopbackListen, loadConfig } from './config.js';
+import { parseTokens } from './control/auth.js';
 
 describe('loadConfig', () => {
   it('takes defaults < environment < flags', () => {
@@ -27,5 +28,65 @@ describe('loadConfig', () => {
       err = e;
     }
     expect(err).toMatchObject({ code: 'CONFIG_INVALID' });
+  });
+
+  it('listens on loopback by default; elsewhere only with TLS and authentication, or the opt-in', () => {
+    expect(DEFAULT_CONFIG.listen).toBe('127.0.0.1:8470');
+    for (const a of ['127.0.0.1:1', '127.1.2.3:1', 'localhost:1', '[::1]:1', 'unix:/x.sock'])
+      expect(isLoopbackListen(a)).toBe(true);
+    for (const a of ['0.0.0.0:1', '10.0.0.1:1', '[::]:1', ':1', 'example.com:1'])
+      expect(isLoopbackListen(a)).toBe(false);
+    expect(() => loadConfig({}, ['--listen', '0.0.0.0:8470'])).toThrow(
+      /refusing to serve 0\.0\.0\.0:8470 without TLS and authentication/,
+    );
+    // Tokens without TLS would travel in clear: still refused.
+    expect(() =>
+      loadConfig({ KILN_TOKENS: 'a:0123456789abcdef' }, ['--listen', '0.0.0.0:8470']),
+    ).toThrow(/refusing/);
+    const tls = ['--tlscert', 'c.pem', '--tlskey', 'k.pem'];
+    expect(() => loadConfig({}, ['--listen', '0.0.0.0:8470', ...tls])).toThrow(/refusing/);
+    expect(
+      loadConfig({ KILN_TOKENS_FILE: '/t' }, ['--listen', '0.0.0.0:8470', ...tls]),
+    ).toMatchObject({ tokensFile: '/t', tlsCert: 'c.pem', tlsKey: 'k.pem' });
+    expect(
+      loadConfig({}, ['--listen', '0.0.0.0:8470', ...tls, '--tlscacert', 'ca.pem']).tlsCaCert,
+    ).toBe('ca.pem');
+    expect(
+      loadConfig({ KILN_INSECURE_LISTEN: '1' }, ['--listen', '0.0.0.0:8470']).insecureListen,
+    ).toBe(true);
+    expect(() => loadConfig({}, ['--tlscert', 'c.pem'])).toThrow(/go together/);
+    expect(() => loadConfig({}, ['--tlscacert', 'ca.pem'])).toThrow(/needs --tlscert/);
+  });
+
+  it('takes entitlements and the shared cache from flags and environment', () => {
+    const c = loadConfig({ KILN_ALLOW_INSECURE_ENTITLEMENTS: 'network.host' }, [
+      '--allow-insecure-entitlement',
+      'security.insecure',
+      '--shared-cache',
+    ]);
+    expect(c.allowEntitlements.sort()).toEqual(['network.host', 'security.insecure']);
+    expect(c.sharedCache).toBe(true);
+    expect(() => loadConfig({}, ['--allow-insecure-entitlement', 'root'])).toThrow(
+      /security\.insecure or network\.host/,
+    );
+  });
+});
+
+describe('parseTokens', () => {
+  it('reads lines, comma lists and JSON; rejects bad entries', () => {
+    const t = 'a'.repeat(16);
+    const u = 'b'.repeat(16);
+    expect(parseTokens(`# team tokens\nteam-a:${t}\n\nteam-b:${u} network.host\n`, 'f')).toEqual([
+      { tenant: 'team-a', token: t, allow: [] },
+      { tenant: 'team-b', token: u, allow: ['network.host'] },
+    ]);
+    expect(parseTokens(`x:${t},y:${u}`, 'env').map((e) => e.tenant)).toEqual(['x', 'y']);
+    expect(
+      parseTokens(JSON.stringify([{ tenant: 'j', token: t, allow: ['security.insecure'] }]), 'j'),
+    ).toEqual([{ tenant: 'j', token: t, allow: ['security.insecure'] }]);
+    expect(() => parseTokens('a:short', 'f')).toThrow(/16 to 512/);
+    expect(() => parseTokens(`bad tenant!:${t}`, 'f')).toThrow();
+    expect(() => parseTokens(`a:${t}\nb:${t}`, 'f')).toThrow(/twice/);
+    expect(() => parseTokens(`a:${t} root`, 'f')).toThrow(/allow takes/);
   });
 });

@@ -14,6 +14,7 @@
  * Environment is read here and only here (see config.ts for the keys).
  */
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { KilnError } from '@kiln/protocol';
 import { openStore } from '@kiln/store';
 import { connect } from '@nats-io/transport-node';
 import { pino } from 'pino';
@@ -141,4 +142,14 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
 }
 
-await main();
+try {
+  await main();
+} catch (err) {
+  // A configuration or startup error: one clear line, no stack (KILN_DEBUG=1 shows it).
+  const code = err instanceof KilnError ? ` [${err.code}]` : '';
+  process.stderr.write(
+    `kiln-scheduler: ${err instanceof Error ? err.message : String(err)}${code}\n`,
+  );
+  if (process.env.KILN_DEBUG && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`);
+  process.exit(2);
+}

@@ -65,16 +65,22 @@ export class TlsFilesProvider implements Provider {
     );
   }
 
+  // A new listener gets the current certificates asynchronously: grpc-js registers the server's
+  // own watcher only after adding its listener, and would miss a synchronous update.
   addCaCertificateListener(l: CaListener): void {
     this.#caListeners.add(l);
-    if (this.#ca) l(this.#ca);
+    queueMicrotask(() => {
+      if (this.#ca && this.#caListeners.has(l)) l(this.#ca);
+    });
   }
   removeCaCertificateListener(l: CaListener): void {
     this.#caListeners.delete(l);
   }
   addIdentityCertificateListener(l: IdListener): void {
     this.#idListeners.add(l);
-    if (this.#identity) l(this.#identity);
+    queueMicrotask(() => {
+      if (this.#identity && this.#idListeners.has(l)) l(this.#identity);
+    });
   }
   removeIdentityCertificateListener(l: IdListener): void {
     this.#idListeners.delete(l);
