@@ -131,6 +131,28 @@ describe('the local farm', () => {
     expect(s.info.platforms).toContain('linux/amd64');
   }, 180_000);
 
+  it('runs RUN --security=insecure only when the build asks for it with --allow', async () => {
+    const dir = join(tmp.dir, 'ctx-insecure');
+    await mkdir(dir, { recursive: true });
+    // Mounting needs CAP_SYS_ADMIN: only the insecure mode has it.
+    await writeFile(
+      join(dir, 'Dockerfile'),
+      'ARG BASE\nFROM ${BASE}\nRUN --security=insecure mkdir -p /m && mount -t tmpfs none /m\n',
+    );
+    const args = ['build', dir, '--progress', 'plain', '--build-arg', `BASE=${fixture}`];
+    const refused = await kiln(args);
+    expect(refused.code).toBe(1);
+    expect(refused.out).toMatch(
+      /RUN --security=insecure mkdir[^\n]* \(line 3\) needs entitlement security\.insecure: the build did not ask for it: pass --allow security\.insecure/,
+    );
+    expect(refused.out).toMatch(/\[ENTITLEMENT_DENIED\]/);
+    const allowed = await kiln([...args, '--allow', 'security.insecure']);
+    expect(allowed.code, allowed.out).toBe(0);
+    const bad = await kiln([...args, '--allow', 'root']);
+    expect(bad.code).toBe(1);
+    expect(bad.out).toMatch(/--allow root: want security\.insecure or network\.host/);
+  }, 180_000);
+
   it('replaces a crashed farm (its leftovers stay behind) without waiting for it', async () => {
     const before = (await build()).code === 0 ? await farmJson() : undefined;
     expect(before).toBeDefined();
