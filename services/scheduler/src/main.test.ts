@@ -50,65 +50,25 @@ async function startScheduler(args: string[], env: Record<string, string> = {}) 
   return { proc, lines, port: Number(listening.port) };
 }
 
-/** openssl(1), in the temp dir. */
-const openssl = (...args: string[]): void => {
-  execFileSync('openssl', args, { cwd: tmp.dir, stdio: 'pipe' });
+/** openssl(1), in the temp dir; arguments as one string (none holds a space). */
+const openssl = (args: string): void => {
+  execFileSync('openssl', args.split(' '), { cwd: tmp.dir, stdio: 'pipe' });
 };
+/** A new P-256 key into `<name>.key`, no passphrase. */
+const newKey = (name: string): string =>
+  `-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ${name}.key`;
 
-/** A key and a certificate signed by `ca` (`ca.crt`/`ca.key`), with optional subjectAltName. */
-function issue(name: string, cn: string, ca: string, san?: string): void {
-  openssl(
-    'req',
-    '-new',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:prime256v1',
-    '-nodes',
-    '-keyout',
-    `${name}.key`,
-    '-out',
-    `${name}.csr`,
-    '-subj',
-    `/CN=${cn}`,
-  );
-  writeFileSync(join(tmp.dir, `${name}.ext`), san ? `subjectAltName=${san}\n` : '\n');
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    `${name}.csr`,
-    '-CA',
-    `${ca}.crt`,
-    '-CAkey',
-    `${ca}.key`,
-    '-CAcreateserial',
-    '-days',
-    '1',
-    '-extfile',
-    `${name}.ext`,
-    '-out',
-    `${name}.crt`,
-  );
+/** A self-signed CA: `<name>.crt`, `<name>.key`. */
+function makeCa(name: string): void {
+  openssl(`req -x509 ${newKey(name)} -out ${name}.crt -days 1 -subj /CN=${name}`);
 }
 
-function makeCa(name: string): void {
+/** A key and a certificate signed by `ca` (`<ca>.crt`/`<ca>.key`), with optional subjectAltName. */
+function issue(name: string, cn: string, ca: string, san?: string): void {
+  openssl(`req -new ${newKey(name)} -out ${name}.csr -subj /CN=${cn}`);
+  writeFileSync(join(tmp.dir, `${name}.ext`), san ? `subjectAltName=${san}\n` : '\n');
   openssl(
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:prime256v1',
-    '-nodes',
-    '-keyout',
-    `${name}.key`,
-    '-out',
-    `${name}.crt`,
-    '-days',
-    '1',
-    '-subj',
-    `/CN=${name}`,
+    `x509 -req -in ${name}.csr -CA ${ca}.crt -CAkey ${ca}.key -CAcreateserial -days 1 -extfile ${name}.ext -out ${name}.crt`,
   );
 }
 

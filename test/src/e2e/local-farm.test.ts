@@ -9,10 +9,10 @@ import { readFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { main } from '@kiln/cli';
 import { REPO_ROOT, makeTempDir, waitFor } from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { runKiln } from './run-kiln.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
 const run = promisify(execFile);
@@ -28,22 +28,7 @@ let tmp: { dir: string; remove: () => void };
 let stateDir: string;
 let ctx: string;
 
-async function kiln(args: string[]): Promise<{ code: number; out: string }> {
-  const out: string[] = [];
-  const capture = (chunk: string | Uint8Array): boolean => {
-    out.push(Buffer.from(chunk).toString());
-    return true;
-  };
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation(capture);
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation(capture);
-  try {
-    const code = await main(['node', 'kiln', ...args]);
-    return { code, out: out.join('') };
-  } finally {
-    e.mockRestore();
-    o.mockRestore();
-  }
-}
+const kiln = (args: string[]) => runKiln(args);
 
 const build = (...extra: string[]): Promise<{ code: number; out: string }> =>
   kiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra]);

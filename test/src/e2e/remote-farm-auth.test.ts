@@ -8,13 +8,13 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { main } from '@kiln/cli';
 import { Authenticator, ControlServer, Dispatcher, parseTokens } from '@kiln/scheduler';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, startNats } from '../harness/index.js';
 import type { NatsServerHandle } from '../harness/index.js';
+import { runKiln } from './run-kiln.js';
 
 const TOKEN = `cli-${randomUUID()}`;
 
@@ -25,26 +25,6 @@ let dispatcher: Dispatcher;
 let server: ControlServer;
 let addr: string;
 let ctx: string;
-
-async function kiln(args: string[], env: Record<string, string> = {}) {
-  const out: string[] = [];
-  const capture = (chunk: string | Uint8Array): boolean => {
-    out.push(Buffer.from(chunk).toString());
-    return true;
-  };
-  const saved = { ...process.env };
-  Object.assign(process.env, env);
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation(capture);
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation(capture);
-  try {
-    const code = await main(['node', 'kiln', ...args]);
-    return { code, out: out.join('') };
-  } finally {
-    e.mockRestore();
-    o.mockRestore();
-    for (const k of Object.keys(env)) if (!(k in saved)) delete process.env[k];
-  }
-}
 
 beforeAll(async () => {
   tmp = makeTempDir('remote-farm-auth');
@@ -82,19 +62,19 @@ describe('kiln build --addr with a token', () => {
   ];
 
   it('is refused without a token or with a wrong one', async () => {
-    const none = await kiln(build());
+    const none = await runKiln(build());
     expect(none.code).toBe(1);
     expect(none.out).toMatch(/this farm needs authentication.*\[UNAUTHENTICATED\]/);
-    const wrong = await kiln(build('--token', `wrong-${randomUUID()}`));
+    const wrong = await runKiln(build('--token', `wrong-${randomUUID()}`));
     expect(wrong.code).toBe(1);
     expect(wrong.out).toMatch(/the token is not valid for this farm \[UNAUTHENTICATED\]/);
   });
 
   it('sends the token from --token, --token-file or KILN_TOKEN', async () => {
     const runs = [
-      await kiln(build('--token', TOKEN)),
-      await kiln(build('--token-file', join(tmp.dir, 'token'))),
-      await kiln(build(), { KILN_TOKEN: TOKEN }),
+      await runKiln(build('--token', TOKEN)),
+      await runKiln(build('--token-file', join(tmp.dir, 'token'))),
+      await runKiln(build(), { KILN_TOKEN: TOKEN }),
     ];
     for (const r of runs) {
       expect(r.code).toBe(1);
@@ -104,7 +84,7 @@ describe('kiln build --addr with a token', () => {
   });
 
   it('refuses TLS and token options without a remote farm', async () => {
-    const r = await kiln(['build', ctx, '--token', TOKEN], { KILN_ADDR: '' });
+    const r = await runKiln(['build', ctx, '--token', TOKEN], { KILN_ADDR: '' });
     expect(r.code).toBe(1);
     expect(r.out).toMatch(/TLS and token options are for a remote farm/);
   });

@@ -99,7 +99,7 @@ export function parseTokens(text: string, source: string): TenantToken[] {
         `${where} (tenant ${r.tenant}): allow takes security.insecure, network.host`,
         source,
       );
-    return { tenant: r.tenant, token: r.token, allow: allow as Entitlement[] };
+    return { tenant: r.tenant, token: r.token, allow: allow };
   });
 }
 
