@@ -148,16 +148,24 @@ async function readOption(flag: string, file: string): Promise<Buffer> {
 }
 
 /**
- * TLS files and the token for a remote farm: `--tlscacert/--tlscert/--tlskey`, and `--token`,
+ * TLS files and the token for a remote farm: `--tls` (the system's CAs), `--tlscacert`,
+ * `--tlscert/--tlskey`, and `--token`,
  * else `--token-file`, else `KILN_TOKEN`, else `KILN_TOKEN_FILE`.
  */
 export async function remoteConnectOptions(
-  f: { tlscacert?: string; tlscert?: string; tlskey?: string; token?: string; tokenFile?: string },
+  f: {
+    tls?: boolean;
+    tlscacert?: string;
+    tlscert?: string;
+    tlskey?: string;
+    token?: string;
+    tokenFile?: string;
+  },
   env: NodeJS.ProcessEnv,
 ): Promise<Pick<ConnectOptions, 'tls' | 'token'>> {
   if (!f.tlscert !== !f.tlskey) throw new BuildOptionError('--tlscert and --tlskey go together');
   const out: Pick<ConnectOptions, 'tls' | 'token'> = {};
-  if (f.tlscacert || f.tlscert) {
+  if (f.tls || f.tlscacert || f.tlscert) {
     const tls: NonNullable<ConnectOptions['tls']> = {};
     if (f.tlscacert) tls.ca = await readOption('--tlscacert', f.tlscacert);
     if (f.tlscert && f.tlskey) {

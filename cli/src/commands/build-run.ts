@@ -47,6 +47,7 @@ export interface BuildFlags {
   addr?: string;
   /** Entitlements the build asks for (`--allow`). */
   allow: string[];
+  tls?: boolean;
   tlscacert?: string;
   tlscert?: string;
   tlskey?: string;

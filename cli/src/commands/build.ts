@@ -54,6 +54,7 @@ export function registerBuild(program: Command): void {
       '--addr <host:port>',
       'build on the farm whose scheduler is here (default: $KILN_ADDR, else the local farm, started on first use)',
     )
+    .option('--tls', "talk TLS to the farm's scheduler, verified with the system's CAs")
     .option('--tlscacert <file>', "CA certificate (PEM) to verify the farm's scheduler with TLS")
     .option('--tlscert <file>', 'client certificate (PEM) for a farm with mutual TLS')
     .option('--tlskey <file>', "the client certificate's key (PEM)")
