@@ -40,6 +40,8 @@ describe('gRPC status mapping', () => {
     expect(grpcCodeFor(new KilnError('BLOB_NOT_FOUND', 'x'))).toBe(GrpcCode.NOT_FOUND);
     expect(grpcCodeFor(new KilnError('LLB_CYCLE', 'x'))).toBe(GrpcCode.INVALID_ARGUMENT);
     expect(grpcCodeFor(new KilnError('CANCELED', 'x'))).toBe(GrpcCode.CANCELLED);
+    expect(grpcCodeFor(new KilnError('ENTITLEMENT_DENIED', 'x'))).toBe(GrpcCode.PERMISSION_DENIED);
+    expect(grpcCodeFor(new KilnError('UNAUTHENTICATED', 'x'))).toBe(GrpcCode.UNAUTHENTICATED);
   });
 
   it('wraps plain errors and statuses without Kiln details', () => {
