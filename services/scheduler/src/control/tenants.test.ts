@@ -10,18 +10,17 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
-import { loadHarness, until } from '../dispatch/testing.js';
-import type { Harness, NatsHandle } from '../dispatch/testing.js';
+import { startNats, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 import { Authenticator, parseTokens } from './auth.js';
 import { ControlServer } from './control-server.js';
-import { Gates, loadTaskConsumer, testExecutor } from './testing.js';
-import type { Run, TaskConsumerLike } from './testing.js';
+import { Gates, loadTaskConsumer, testExecutor } from '../test-support/control.js';
+import type { Run, TaskConsumerLike } from '../test-support/control.js';
 
 const TOKEN_A = `a-${randomUUID()}`;
 const TOKEN_B = `b-${randomUUID()}`;
 
-let h: Harness;
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let nc: NatsConnection;
 let dispatcher: Dispatcher;
 let server: ControlServer;
@@ -34,8 +33,7 @@ const runs: Run[] = [];
 const gates = new Gates();
 
 beforeAll(async () => {
-  h = await loadHarness();
-  nats = await h.startNats();
+  nats = await startNats();
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 0, monitorIntervalMs: 100 });
   const TaskConsumer = await loadTaskConsumer();
@@ -51,7 +49,7 @@ beforeAll(async () => {
   });
   await w.start();
   workers.push(w);
-  await until('the dispatcher to see the worker', () =>
+  await waitFor('the dispatcher to see the worker', () =>
     dispatcher.liveWorkers().some((x) => x.id === 'tenant-w1'),
   );
   server = new ControlServer({
@@ -156,7 +154,7 @@ describe('tenants', () => {
     });
     const gated = (): Run | undefined =>
       runs.find((r) => r.buildId === tag && r.args[0] === 'gate');
-    await until('the gated task to run', gated);
+    await waitFor('the gated task to run', gated);
     const status = await rejection(
       (async () => {
         for await (const _ of b.status(tag)) void _;
@@ -199,7 +197,7 @@ describe('tenants', () => {
       channelOptions: { 'grpc.use_local_subchannel_pool': 1 },
     });
     try {
-      await until('the session to open', () => server.sessions.get(session.id));
+      await waitFor('the session to open', () => server.sessions.get(session.id));
       for (const c of [b, a2]) {
         const tag = randomUUID();
         const err = await rejection(
