@@ -138,6 +138,8 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   const status = (async () => {
     for await (const f of farm.client.status(buildId, 0, { signal: abort.signal })) events.push(f);
   })();
+  // Its failure (the farm refused the caller, say) is the Solve's to report: never unhandled.
+  status.catch(() => undefined);
   try {
     const res = await farm.client
       .solve(
