@@ -5,8 +5,10 @@
  * state dir. The local farm daemon (`daemon.ts`) runs this; nothing on the client path imports
  * it (it loads the scheduler and the worker).
  *
- * Layout under the state dir: `nats/` (JetStream), `store/` (content store), `worker/`
- * (snapshots, runtime state), `farm.lock` (the pid of the one process whose farm this is).
+ * Layout under the state dir: `nats/` (JetStream), `nats-server.conf` (0600: the users and
+ * permissions generated at this start, see `@kiln/bus` nats-permissions.ts), `store/` (content
+ * store), `worker/` (snapshots, runtime state), `farm.lock` (the pid of the one process whose
+ * farm this is).
  */
 import {
   accessSync,
@@ -18,7 +20,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { connect } from '@nats-io/transport-node';
+import { connectNats, generateFarmAuth } from '@kiln/bus';
 import { startNatsServer } from '@kiln/common';
 import type { NatsServerProcess } from '@kiln/common';
 import { ENTITLEMENTS, formatPlatform, hostPlatform, parsePlatform } from '@kiln/llb';
@@ -28,6 +30,8 @@ import { FsBlobStore } from '@kiln/store';
 import { WorkerNode, binfmtRegistered, defaultSlots, loadConfig } from '@kiln/worker';
 import type { Logger } from 'pino';
 import { farmAlive, processStartTime } from './paths.js';
+
+const LOCAL_WORKER_ID = 'local';
 
 export interface FarmServicesOptions {
   stateDir: string;
@@ -116,15 +120,20 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
     for (const s of stops.reverse()) await s().catch(() => undefined);
   };
   try {
+    // Fresh credentials at every start (a user per role, the farm's permissions), so the bus is
+    // closed to anything else on the machine and the farm needs no configuration.
+    const auth = generateFarmAuth([LOCAL_WORKER_ID]);
     const nats: NatsServerProcess = await startNatsServer({
       bin: which('nats-server'),
       storeDir: join(o.stateDir, 'nats'),
       portsDir: join(o.stateDir, 'nats-ports'),
+      config: auth.config,
+      configFile: join(o.stateDir, 'nats-server.conf'),
     });
     stops.push(async () => {
       await nats.process.stop();
     });
-    const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, noAsyncTraces: true });
+    const nc = await connectNats(nats.url, auth.scheduler);
     stops.push(() => nc.close());
     const dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 0 });
     stops.push(() => dispatcher.close());
@@ -147,7 +156,9 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
     const config = loadConfig({
       env: {
         KILN_NATS_URL: nats.url,
-        KILN_WORKER_ID: 'local',
+        KILN_NATS_USER: auth.workers[LOCAL_WORKER_ID]?.user,
+        KILN_NATS_PASSWORD: auth.workers[LOCAL_WORKER_ID]?.password,
+        KILN_WORKER_ID: LOCAL_WORKER_ID,
         KILN_WORKER_STATE_DIR: join(o.stateDir, 'worker'),
         KILN_STORE_DIR: storeDir,
         KILN_WORKER_SLOTS: String(slots),

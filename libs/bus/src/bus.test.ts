@@ -11,11 +11,19 @@ import {
   attemptSuffixMatches,
   decodeTask,
   encodeAttemptTask,
+  encodeJson,
+  encodeResult,
   encodeTask,
   fromBase64,
   toBase64,
 } from './codec.js';
 import { TASK_LEN_HEADER } from './offer.js';
+import {
+  RecordRequestError,
+  parseRecordRequest,
+  recordRequestApplied,
+  recordRequestRule,
+} from './record-service.js';
 import type { TaskRecord } from './task-record.js';
 import {
   casRecord,
@@ -169,6 +177,69 @@ describe('task copies', () => {
     h.set(TASK_LEN_HEADER, String(clean.length));
     const stale = decodeTask(encodeAttemptTask(clean, 'other', r.attempt));
     expect(recordFromHeaders(get, stale, body)).toBeUndefined();
+  });
+});
+
+// The record protocol's checks: what a worker may ask, for whom, and retried requests (the same
+// protocol on a real nats-server with permissions: services/scheduler's bus-permissions.test.ts).
+const result = (workerId: string, token: string): string =>
+  toBase64(encodeResult({ taskId: 't1', attemptToken: token, workerId }));
+
+describe('record requests', () => {
+  it('refuses malformed requests with a typed error', () => {
+    const bad = [
+      'not json',
+      JSON.stringify({ op: 'claim', key: 'a b', token: 't' }),
+      JSON.stringify({ op: 'claim', key: 'k', token: '' }),
+      JSON.stringify({ op: 'complete', key: 'k', token: 't' }),
+      JSON.stringify({ op: 'error', key: 'k', token: 't', error: { code: 1 } }),
+      JSON.stringify({ op: 'blobs', key: 'k', layers: [{ digest: 'sha256:zz' }] }),
+      JSON.stringify({ op: 'rewrite', key: 'k', token: 't' }),
+    ];
+    for (const b of bad)
+      expect(() => parseRecordRequest(new TextEncoder().encode(b)), b).toThrow(RecordRequestError);
+  });
+
+  it('applies a claim and a result for the identity of the subject only', () => {
+    const r = record();
+    const token = r.attemptToken;
+    const claim = parseRecordRequest(encodeJson({ op: 'claim', key: 'k', token, emulated: false }));
+    const claimed = recordRequestRule(claim, 'w1')(r);
+    expect(claimed?.holder).toBe('w1');
+    if (!claimed) throw new Error('not claimed');
+    // Another worker's result for w1's claim: refused by the rule.
+    const theirs = parseRecordRequest(
+      encodeJson({ op: 'complete', key: 'k', token, result: result('w2', token) }),
+    );
+    expect(recordRequestRule(theirs, 'w2')(claimed)).toBeUndefined();
+    // A result that names another worker than the one asking: refused outright.
+    expect(() => recordRequestRule(theirs, 'w1')).toThrow(RecordRequestError);
+    const mine = parseRecordRequest(
+      encodeJson({ op: 'complete', key: 'k', token, result: result('w1', token) }),
+    );
+    const done = recordRequestRule(mine, 'w1')(claimed);
+    expect(done?.state).toBe('done');
+    if (!done) throw new Error('not done');
+    // Nothing overwrites a finished record.
+    expect(recordRequestRule(mine, 'w1')(done)).toBeUndefined();
+  });
+
+  it('tells a retried request that its first copy was applied (a lost reply)', () => {
+    const r = record();
+    const token = r.attemptToken;
+    const claim = parseRecordRequest(encodeJson({ op: 'claim', key: 'k', token, emulated: false }));
+    const claimed = recordRequestRule(claim, 'w1')(r);
+    expect(recordRequestApplied(claim, 'w1', claimed)).toBe(true);
+    expect(recordRequestApplied(claim, 'w2', claimed)).toBe(false);
+    const mine = parseRecordRequest(
+      encodeJson({ op: 'complete', key: 'k', token, result: result('w1', token) }),
+    );
+    const done = claimed && recordRequestRule(mine, 'w1')(claimed);
+    expect(recordRequestApplied(mine, 'w1', done)).toBe(true);
+    const other = parseRecordRequest(
+      encodeJson({ op: 'complete', key: 'k', token, result: result('w1', 'other') }),
+    );
+    expect(recordRequestApplied(other, 'w1', done)).toBe(false);
   });
 });
 

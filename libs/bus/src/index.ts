@@ -14,3 +14,6 @@ export * from './offer.js';
 export * from './session.js';
 export * from './checksum.js';
 export * from './materialize.js';
+export * from './record-service.js';
+export * from './nats-connect.js';
+export * from './nats-permissions.js';

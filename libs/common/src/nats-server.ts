@@ -1,7 +1,7 @@
 // A real nats-server with JetStream on a free loopback port, as a guarded child process (it dies
 // with the process that started it). Used by the test harness and the CLI's embedded farm.
 
-import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { spawnManaged } from './child-process.js';
@@ -18,6 +18,13 @@ export interface NatsServerStartOptions {
   port?: number;
   /** Extra nats-server arguments. */
   args?: string[];
+  /**
+   * A nats-server configuration (e.g. an `authorization` block with the farm's users), written
+   * 0600 to `configFile` (default: in `portsDir`) and passed with `-c`; flags still set the
+   * port, the store dir and loopback.
+   */
+  config?: string;
+  configFile?: string;
   /** Readiness timeout (default 30 s). */
   timeoutMs?: number;
 }
@@ -50,7 +57,16 @@ export async function startNatsServer(o: NatsServerStartOptions): Promise<NatsSe
   // A ports file left by an earlier server (one killed before it could remove it) is not ours.
   rmSync(o.portsDir, { recursive: true, force: true });
   mkdirSync(o.portsDir, { recursive: true });
+  let configArgs: string[] = [];
+  if (o.config !== undefined) {
+    const file = o.configFile ?? join(o.portsDir, 'nats-server.conf');
+    // It holds the farm's passwords: readable by its owner only, even for a moment.
+    rmSync(file, { force: true });
+    writeFileSync(file, o.config, { mode: 0o600 });
+    configArgs = ['-c', file];
+  }
   const args = [
+    ...configArgs,
     '-js',
     '-a',
     '127.0.0.1',

@@ -20,7 +20,7 @@ export type {
 export { bundleEntries } from './bundle.js';
 export { generateDockerfile } from './dockerfile.js';
 export { copyPlatformManifest } from './copy-image.js';
-export { startNats } from './nats.js';
+export { natsAuthEnv, startNats } from './nats.js';
 export type { NatsServerHandle, NatsServerOptions } from './nats.js';
 export { startRegistry } from './registry.js';
 export type { RegistryAuthConfig, RegistryHandle, RegistryOptions } from './registry.js';

@@ -18,6 +18,31 @@ describe('loadConfig', () => {
     ).toEqual(['a:5000', 'b:5000']);
   });
 
+  it('takes NATS credentials and TLS from flags over the environment, one way at a time', () => {
+    const c = loadConfig(
+      { KILN_NATS_USER: 'env-user', KILN_NATS_PASSWORD: 'env-pw', KILN_NATS_TLS_CA: '/ca.pem' },
+      ['--nats-password', 'flag-pw', '--nats-tlscert', '/c.pem', '--nats-tlskey', '/k.pem'],
+    );
+    expect(c.natsAuth).toEqual({
+      user: 'env-user',
+      password: 'flag-pw',
+      tlsCa: '/ca.pem',
+      tlsCert: '/c.pem',
+      tlsKey: '/k.pem',
+    });
+    expect(loadConfig({ KILN_NATS_CREDS: '/x.creds' }, []).natsAuth).toEqual({
+      credsFile: '/x.creds',
+    });
+    for (const [env, argv] of [
+      [{ KILN_NATS_TOKEN: 't' }, ['--nats-nkey', '/seed']],
+      [{ KILN_NATS_PASSWORD: 'p' }, []],
+      [{}, ['--nats-tlscert', '/c.pem']],
+    ] as const)
+      expect(() => loadConfig(env, argv)).toThrow(
+        expect.objectContaining({ code: 'CONFIG_INVALID' }) as Error,
+      );
+  });
+
   it('rejects bad values with a typed error', () => {
     expect(() => loadConfig({ KILN_MAX_ATTEMPTS: 'x' }, [])).toThrow(/non-negative integer/);
     expect(() => loadConfig({}, ['--listen', 'nowhere'])).toThrow(/host:port/);

@@ -6,6 +6,8 @@
 import { parseArgs } from 'node:util';
 import { isEntitlement } from '@kiln/llb';
 import type { Entitlement } from '@kiln/llb';
+import { NATS_AUTH_FLAGS, NatsConfigError, checkNatsAuth, natsAuthFrom } from '@kiln/bus';
+import type { NatsAuth } from '@kiln/bus';
 import { KilnError, parsePlatform } from '@kiln/protocol';
 import type { StoreConfig } from '@kiln/store';
 
@@ -38,6 +40,13 @@ export interface SchedulerConfig {
   sharedCache: boolean;
   /** NATS server URL(s), comma-separated (`--nats`, `KILN_NATS_URL`). */
   natsUrl: string;
+  /**
+   * NATS credentials and TLS: `--nats-user`/`--nats-password` (`KILN_NATS_USER`,
+   * `KILN_NATS_PASSWORD`), `--nats-token` (`KILN_NATS_TOKEN`), `--nats-nkey FILE`
+   * (`KILN_NATS_NKEY`), `--nats-creds FILE` (`KILN_NATS_CREDS`), `--nats-tlscacert`,
+   * `--nats-tlscert`, `--nats-tlskey` (`KILN_NATS_TLS_CA`, `KILN_NATS_TLS_CERT`, `KILN_NATS_TLS_KEY`).
+   */
+  natsAuth: NatsAuth;
   /** Platform of ops that name none (`--platform`, `KILN_DEFAULT_PLATFORM`). */
   defaultPlatform: string;
   /** pino level (`--log-level`, `KILN_LOG_LEVEL`). */
@@ -70,6 +79,7 @@ export interface SchedulerConfig {
 export const DEFAULT_CONFIG: SchedulerConfig = {
   listen: '127.0.0.1:8470',
   natsUrl: 'nats://127.0.0.1:4222',
+  natsAuth: {},
   defaultPlatform: 'linux/amd64',
   logLevel: 'info',
   affinityDelayMs: 100,
@@ -103,6 +113,18 @@ function int(key: string, v: string | undefined, fallback: number): number {
   return n;
 }
 
+function natsAuth(
+  flags: Readonly<Record<string, unknown>>,
+  env: Readonly<Record<string, string | undefined>>,
+): NatsAuth {
+  try {
+    return checkNatsAuth(natsAuthFrom(flags, env));
+  } catch (err) {
+    if (err instanceof NatsConfigError) throw new ConfigInvalidError(err.message, 'nats');
+    throw err;
+  }
+}
+
 export function loadConfig(
   env: Readonly<Record<string, string | undefined>>,
   argv: readonly string[],
@@ -114,6 +136,7 @@ export function loadConfig(
       options: {
         listen: { type: 'string' },
         nats: { type: 'string' },
+        ...NATS_AUTH_FLAGS,
         platform: { type: 'string' },
         'log-level': { type: 'string' },
         'insecure-registries': { type: 'string' },
@@ -165,6 +188,7 @@ export function loadConfig(
     allowEntitlements: [...new Set(entitlements as Entitlement[])],
     sharedCache: bool('shared-cache', 'KILN_SHARED_CACHE'),
     natsUrl: str('nats', 'KILN_NATS_URL', DEFAULT_CONFIG.natsUrl),
+    natsAuth: natsAuth(flags, env),
     defaultPlatform: str('platform', 'KILN_DEFAULT_PLATFORM', DEFAULT_CONFIG.defaultPlatform),
     logLevel: str('log-level', 'KILN_LOG_LEVEL', DEFAULT_CONFIG.logLevel),
     affinityDelayMs: int(

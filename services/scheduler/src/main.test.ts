@@ -220,4 +220,35 @@ describe('scheduler main', () => {
       await s.proc.exited;
     }
   });
+
+  it('exits with one clear line when nats-server refuses its credentials', async () => {
+    const secured = await startNats({ auth: { workers: [] } });
+    try {
+      const run = async (env: Record<string, string>) => {
+        const proc = spawnManaged(process.execPath, [entry], {
+          name: 'scheduler',
+          env: {
+            ...process.env,
+            KILN_NATS_URL: secured.url,
+            KILN_SCHEDULER_LISTEN: '127.0.0.1:0',
+            ...env,
+          },
+        });
+        const { code } = await proc.exited;
+        return { code, stderr: proc.output().trim() };
+      };
+      const wrong = await run({ KILN_NATS_USER: 'kiln-scheduler', KILN_NATS_PASSWORD: 'wrong' });
+      expect(wrong.code).toBe(2);
+      expect(wrong.stderr).toMatch(
+        /^kiln-scheduler: nats-server at nats:\/\/127\.0\.0\.1:\d+ refused the credentials \(user kiln-scheduler\).* \[BUS_AUTH\]$/,
+      );
+      expect(wrong.stderr.split('\n')).toHaveLength(1);
+      const anonymous = await run({});
+      expect(anonymous.code).toBe(2);
+      expect(anonymous.stderr).toMatch(/\(no credentials\).* \[BUS_AUTH\]$/);
+      expect(anonymous.stderr.split('\n')).toHaveLength(1);
+    } finally {
+      await secured.stop();
+    }
+  });
 });

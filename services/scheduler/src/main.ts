@@ -14,9 +14,9 @@
  * Environment is read here and only here (see config.ts for the keys).
  */
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { connectNats } from '@kiln/bus';
 import { KilnError } from '@kiln/protocol';
 import { openStore } from '@kiln/store';
-import { connect } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import { authConfigured, isLoopbackListen, loadConfig } from './config.js';
 import type { SchedulerConfig } from './config.js';
@@ -70,13 +70,7 @@ async function main(): Promise<void> {
   );
   for (const f of watched) watchFile(f, { interval: 2_000, persistent: false }, () => reload(f));
   process.on('SIGHUP', () => reload('SIGHUP'));
-  const nc = await connect({
-    servers: config.natsUrl.split(','),
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 250,
-    // No stack captured per request: a measurable share of dispatch CPU (bench/README.md).
-    noAsyncTraces: true,
-  });
+  const nc = await connectNats(config.natsUrl, config.natsAuth);
   const dlog = log.child({ component: 'dispatch' });
   const dispatcher = await Dispatcher.start({
     nc,

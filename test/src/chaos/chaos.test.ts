@@ -11,7 +11,7 @@ import { KilnClient } from '@kiln/client';
 import { KilnError } from '@kiln/protocol';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, makeTempDir, startNats, waitFor } from '../harness/index.js';
+import { freePort, makeTempDir, natsAuthEnv, startNats, waitFor } from '../harness/index.js';
 import type { NatsServerHandle } from '../harness/index.js';
 import {
   StatusLog,
@@ -59,6 +59,8 @@ interface Farm {
   client: KilnClient;
   storeDir: string;
   dir: string;
+  /** `KILN_NATS_*` of the scheduler (no id) or of a worker. */
+  env(workerId?: string): Record<string, string>;
 }
 
 /** nats-server, the scheduler and `ids.length` workers sharing one filesystem store. */
@@ -71,18 +73,27 @@ async function startFarm(
   const storeDir = join(dir, 'store');
   // The bus's store dir is ours: kept across a restart of the server.
   const natsStore = join(dir, 'nats');
-  const bus = { nats: await startNats({ storeDir: natsStore }) };
+  // The farm's users and role permissions, as a deployed farm runs them.
+  const bus = { nats: await startNats({ storeDir: natsStore, auth: { workers: ids } }) };
   cleanups.push(() => bus.nats.stop());
   const nats = bus.nats;
+  const auth = nats.auth;
+  if (!auth) throw new Error('nats-server started without auth');
   const scheduler = await startScheduler(entries, nats.url, {
     port: schedulerPort,
     // The workers' store: exporters' artifacts are read from it.
-    env: { KILN_STORE_DIR: storeDir },
+    env: { KILN_STORE_DIR: storeDir, ...natsAuthEnv(auth.scheduler) },
   });
   cleanups.push(() => scheduler.proc.stop(5_000));
   const workers = await Promise.all(
     ids.map((id) =>
-      startWorker(entries, nats.url, { id, stateDir: join(dir, id), storeDir, args: workerArgs }),
+      startWorker(entries, nats.url, {
+        id,
+        stateDir: join(dir, id),
+        storeDir,
+        args: workerArgs,
+        env: natsAuthEnv(auth.workers[id]),
+      }),
     ),
   );
   for (const w of workers) cleanups.push(() => w.proc.stop(10_000));
@@ -96,13 +107,14 @@ async function startFarm(
     restartNats: async () => {
       const port = bus.nats.port;
       await bus.nats.stop();
-      bus.nats = await startNats({ port, storeDir: natsStore });
+      bus.nats = await startNats({ port, storeDir: natsStore, auth });
     },
     scheduler,
     workers,
     client,
     storeDir,
     dir,
+    env: (id) => natsAuthEnv(id === undefined ? auth.scheduler : auth.workers[id]),
   };
 }
 
@@ -161,6 +173,7 @@ describe('chaos through the control API', () => {
       id: victim.id,
       stateDir: victim.stateDir,
       storeDir: farm.storeDir,
+      env: farm.env(victim.id),
     });
     cleanups.push(() => back.proc.stop(10_000));
   });
@@ -332,7 +345,7 @@ describe('chaos through the control API', () => {
     expect(err).toMatchObject({ code: 'UNAVAILABLE', retryable: true });
 
     // A new scheduler on the same address, a new client.
-    const s2 = await startScheduler(entries, farm.nats.url, { port });
+    const s2 = await startScheduler(entries, farm.nats.url, { port, env: farm.env() });
     cleanups.push(() => s2.proc.stop(5_000));
     const client = await KilnClient.connect(s2.addr);
     cleanups.push(() => Promise.resolve(client.close()));

@@ -13,7 +13,7 @@ import { KilnClient } from '@kiln/client';
 import { LinuxAmd64, LinuxArm64, copy, image, marshal, parseDefinition } from '@kiln/llb';
 import type { State } from '@kiln/llb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, startNats } from '../harness/index.js';
+import { makeTempDir, natsAuthEnv, startNats } from '../harness/index.js';
 import type { NatsServerHandle } from '../harness/index.js';
 import {
   StatusLog,
@@ -48,10 +48,19 @@ let single: Farm;
 async function startFarm(name: string, specs: { id: string; args?: string[] }[]): Promise<Farm> {
   const dir = join(tmp.dir, name);
   const storeDir = join(dir, 'store');
-  const nats = await startNats();
-  const scheduler = await startScheduler(entries, nats.url);
+  const nats = await startNats({ auth: { workers: specs.map((s) => s.id) } });
+  const auth = nats.auth;
+  if (!auth) throw new Error('nats-server started without auth');
+  const scheduler = await startScheduler(entries, nats.url, { env: natsAuthEnv(auth.scheduler) });
   const workers = await Promise.all(
-    specs.map((s) => startWorker(entries, nats.url, { ...s, stateDir: join(dir, s.id), storeDir })),
+    specs.map((s) =>
+      startWorker(entries, nats.url, {
+        ...s,
+        stateDir: join(dir, s.id),
+        storeDir,
+        env: natsAuthEnv(auth.workers[s.id]),
+      }),
+    ),
   );
   const client = await KilnClient.connect(scheduler.addr);
   await waitForWorkers(

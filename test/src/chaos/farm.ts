@@ -111,6 +111,8 @@ export interface WorkerSpec {
   storeDir: string;
   /** Extra flags (`--platform linux/arm64=emulated`, `--slots 2`...). */
   args?: string[];
+  /** Extra environment (the worker's NATS credentials: `natsAuthEnv`). */
+  env?: Record<string, string>;
 }
 
 /** Starts a worker process and waits until it has registered. */
@@ -136,6 +138,7 @@ export async function startWorker(
       KILN_WORKER_HEARTBEAT_MS: '250',
       KILN_WORKER_DRAIN_TIMEOUT_MS: '5000',
       KILN_LOG_LEVEL: 'info',
+      ...spec.env,
     },
   );
   await waitFor(

@@ -29,6 +29,7 @@ import { bundleEntries, startScheduler, startWorker, waitForWorkers } from '../c
 import {
   BUSYBOX_LAYOUT_DIR,
   makeTempDir,
+  natsAuthEnv,
   pushOciLayout,
   sha256Digest,
   startNats,
@@ -457,10 +458,14 @@ describe('kiln build --addr: a farm of scheduler and worker processes', () => {
   beforeAll(async () => {
     tmp = makeTempDir('remote-build');
     const entries = await bundleEntries(tmp.dir);
-    nats = await startNats();
+    // The bus as a deployed farm runs it: a user per role, with the role's permissions.
+    const workers = ['remote-amd64', 'remote-arm64'];
+    nats = await startNats({ auth: { workers } });
+    const auth = nats.auth;
+    if (!auth) throw new Error('nats-server started without auth');
     const storeDir = join(tmp.dir, 'store');
     const scheduler = await startScheduler(entries, nats.url, {
-      env: { KILN_STORE_DIR: storeDir },
+      env: { KILN_STORE_DIR: storeDir, ...natsAuthEnv(auth.scheduler) },
     });
     procs.push(scheduler);
     addr = scheduler.addr;
@@ -474,6 +479,7 @@ describe('kiln build --addr: a farm of scheduler and worker processes', () => {
           stateDir: join(tmp.dir, id),
           storeDir,
           args: ['--platform', platform, '--slots', '2'],
+          env: natsAuthEnv(auth.workers[id]),
         }),
       );
     }

@@ -5,10 +5,11 @@
  * against the fixture busybox image in the harness's registry.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { connectNats } from '@kiln/bus';
 import { REPO_ROOT, makeTempDir, waitFor } from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
 import { runKiln } from './run-kiln.js';
@@ -114,6 +115,18 @@ describe('the local farm', () => {
     expect(s.state).toBe('running');
     expect(s.info.pid).toBe(farm!.pid);
     expect(s.info.platforms).toContain('linux/amd64');
+
+    // Its bus is closed to everyone but the farm itself: users generated at start, in a 0600 file.
+    expect(statSync(join(stateDir, 'nats-server.conf')).mode & 0o777).toBe(0o600);
+    const portsDir = join(stateDir, 'nats-ports');
+    const portsFile = readdirSync(portsDir).find((f) => f.endsWith('.ports'));
+    expect(portsFile).toBeDefined();
+    const url = (JSON.parse(readFileSync(join(portsDir, portsFile!), 'utf8')) as { nats: string[] })
+      .nats[0];
+    const anon = await connectNats(url ?? '', {}, { maxReconnectAttempts: 0 }).catch(
+      (err: unknown) => err,
+    );
+    expect(anon).toMatchObject({ code: 'BUS_AUTH' });
   }, 180_000);
 
   it('runs RUN --security=insecure only when the build asks for it with --allow', async () => {

@@ -2,7 +2,8 @@
  * The session relay end to end, byte for byte: a worker's end (`SessionRelay`, as a task uses it)
  * talks over a real nats-server to the scheduler's `ControlServer`, which relays to a client's
  * `BuildSession` over gRPC: a local directory (manifest, then only the files the store lacks), a
- * secret, and an ssh agent connection to a real unix socket on the client's side.
+ * secret, and an ssh agent connection to a real unix socket on the client's side. The worker's
+ * end connects as a worker user with the role's NATS permissions, the scheduler as the scheduler.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { readdir, readFile, readlink, lstat } from 'node:fs/promises';
@@ -27,7 +28,7 @@ import { ControlServer, Dispatcher } from '@kiln/scheduler';
 import { FsBlobStore } from '@kiln/store';
 import type { BlobSource, Digest, PutOptions } from '@kiln/store';
 import { Engine, LocalContexts, SessionRelay } from '@kiln/worker';
-import { connect } from '@nats-io/transport-node';
+import { connectNats, workerInboxPrefix } from '@kiln/bus';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, startNats, waitFor } from '../harness/index.js';
@@ -36,6 +37,8 @@ import type { NatsServerHandle } from '../harness/index.js';
 let tmp: { dir: string; remove: () => void };
 let nats: NatsServerHandle;
 let nc: NatsConnection;
+/** The worker's end: its own user, with the worker role's permissions. */
+let wnc: NatsConnection;
 let dispatcher: Dispatcher;
 let server: ControlServer;
 let client: KilnClient;
@@ -48,8 +51,13 @@ const agentSaw: Buffer[] = [];
 
 beforeAll(async () => {
   tmp = makeTempDir('session-relay');
-  nats = await startNats();
-  nc = await connect({ servers: nats.url });
+  nats = await startNats({ auth: { workers: ['relay-w'] } });
+  if (!nats.auth) throw new Error('nats-server started without auth');
+  nc = await connectNats(nats.url, nats.auth.scheduler);
+  wnc = await connectNats(nats.url, {
+    ...nats.auth.workers['relay-w'],
+    inboxPrefix: workerInboxPrefix('relay-w'),
+  });
   dispatcher = await Dispatcher.start({ nc });
   store = new FsBlobStore({ root: join(tmp.dir, 'store') });
   // The scheduler's view of the store: counts the files it fetched from the client.
@@ -80,12 +88,12 @@ afterAll(async () => {
   client?.close();
   await server?.close();
   await dispatcher?.close();
+  await wnc?.close();
   await nc?.close();
   await nats?.stop();
   await new Promise<void>((r) => (agent ? agent.close(() => r()) : r()));
+  // The 50,000-file context and its copies: removing them took up to 4 min on a loaded machine.
   tmp?.remove();
-  // Removing the 50,000-file trees (the context, its snapshot, the store) takes minutes on a
-  // machine whose disk is busy.
 }, 600_000);
 
 /** Opens a session and waits until the scheduler has it. */
@@ -108,7 +116,7 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
     const when = new Date('2024-02-03T04:05:06Z');
     utimesSync(join(ctx, 'a.txt'), when, when);
     const session = await openSession({ localDirs: { context: ctx } });
-    const relay = new SessionRelay({ nc, store, tmpDir: join(tmp.dir, 'worker-tmp') });
+    const relay = new SessionRelay({ nc: wnc, store, tmpDir: join(tmp.dir, 'worker-tmp') });
     const task = relay.open(session.id);
     try {
       const dir = await task.providers.syncLocal!({
@@ -145,7 +153,7 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
     const session = await openSession({
       secrets: (id) => Promise.resolve(id === 'tok' ? Buffer.from(value) : undefined),
     });
-    const task = new SessionRelay({ nc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
+    const task = new SessionRelay({ nc: wnc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
       session.id,
     );
     try {
@@ -159,7 +167,7 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
 
   it("relays an ssh agent connection byte for byte to the client's agent socket", async () => {
     const session = await openSession({ ssh: { default: agentPath } });
-    const task = new SessionRelay({ nc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
+    const task = new SessionRelay({ nc: wnc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
       session.id,
     );
     try {
@@ -186,7 +194,7 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
   });
 
   it('fails typed when the session is gone', async () => {
-    const task = new SessionRelay({ nc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
+    const task = new SessionRelay({ nc: wnc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
       `gone-${randomUUID()}`,
     );
     await expect(task.providers.secrets!('tok')).rejects.toMatchObject({
@@ -242,7 +250,12 @@ describe('incremental contexts: the worker keeps each synced context and applies
   /** One build's sync: a new session (same shared key), a task's localSnapshot. */
   async function sync(ctx: string): Promise<{ snapshot: string; fetched: string[] }> {
     const session = await openSession({ localDirs: { context: ctx }, sharedKey: 'machine-1' });
-    const relay = new SessionRelay({ nc, store, tmpDir: join(tmp.dir, 'worker-tmp'), contexts });
+    const relay = new SessionRelay({
+      nc: wnc,
+      store,
+      tmpDir: join(tmp.dir, 'worker-tmp'),
+      contexts,
+    });
     const task = relay.open(session.id);
     const before = filesPut.length;
     try {

@@ -1,8 +1,15 @@
-// The Dispatcher against a real nats-server (fresh for this file) and real worker processes
-// (the worker's task CLI with its sleep executor). No mocks; waits are on conditions.
-import { TASK_STREAM, ensureTaskConsumer, getRecord, openBus, taskKey } from '@kiln/bus';
-import type { TaskInit } from '@kiln/bus';
-import { connect } from '@nats-io/transport-node';
+// The Dispatcher against a real nats-server (fresh for this file, with the farm's users and role
+// permissions, so every scenario also checks that the permissions are enough) and real worker
+// processes (the worker's task CLI with its sleep executor). No mocks; waits are on conditions.
+import {
+  TASK_STREAM,
+  connectNats,
+  ensureTaskConsumer,
+  getRecord,
+  openBus,
+  taskKey,
+} from '@kiln/bus';
+import type { GeneratedFarmAuth, TaskInit } from '@kiln/bus';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from './dispatcher.js';
@@ -11,7 +18,7 @@ import type { DispatchEvent } from './events.js';
 import { DispatcherClosedError, TaskCancelledError } from './errors.js';
 import { bundleWorkerCli, spawnWorker } from '../test-support/workers.js';
 import type { WorkerProcess } from '../test-support/workers.js';
-import { makeTempDir, startNats, testTask, waitFor } from '@kiln/testing';
+import { makeTempDir, natsAuthEnv, startNats, testTask, waitFor } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
 
 let nats: NatsServerHandle;
@@ -31,10 +38,46 @@ const DISPATCH: Omit<DispatcherOptions, 'nc'> = {
   monitorIntervalMs: 100,
 };
 
+/** Every worker id the suite starts: each is a NATS user with its own permissions. */
+const WORKER_IDS = [
+  'aff-a',
+  'aff-b',
+  'burst-a',
+  'burst-b',
+  'cancel-w',
+  'dedup-1',
+  'delay-a',
+  'delay-b',
+  'delay-ghost',
+  'drain-u',
+  'drain-v',
+  'kill-k',
+  'kill-l',
+  'late-s',
+  'late-u',
+  'lost-w',
+  'maxdel-w',
+  'maxdel-x',
+  'nrestart-w',
+  'poison-1',
+  'restart-s',
+  'route-amd64',
+  'route-arm64',
+  'route-emu',
+];
+
+function authOf(server: NatsServerHandle): GeneratedFarmAuth {
+  if (!server.auth) throw new Error('nats-server started without auth');
+  return server.auth;
+}
+
 beforeAll(async () => {
   tmp = makeTempDir('dispatch');
-  [nats, cli] = await Promise.all([startNats(), bundleWorkerCli(tmp.dir)]);
-  nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  [nats, cli] = await Promise.all([
+    startNats({ auth: { workers: WORKER_IDS } }),
+    bundleWorkerCli(tmp.dir),
+  ]);
+  nc = await connectNats(nats.url, authOf(nats).scheduler);
   d = await Dispatcher.start({ nc, ...DISPATCH, onEvent: (e) => events.push(e) });
 });
 
@@ -55,10 +98,15 @@ async function worker(
   id: string,
   platforms = 'linux/amd64',
   slots = 1,
-  url = nats.url,
+  server = nats,
   disp = d,
 ): Promise<WorkerProcess> {
-  const w = await spawnWorker(cli, url, { id, platforms, slots });
+  const w = await spawnWorker(cli, server.url, {
+    id,
+    platforms,
+    slots,
+    env: natsAuthEnv(authOf(server).workers[id]),
+  });
   workers.push(w);
   await waitFor(`dispatcher to see ${id}`, () => disp.liveWorkers().some((x) => x.id === id));
   return w;
@@ -360,7 +408,7 @@ describe('Dispatcher', () => {
 
   it('survives a scheduler restart: a new dispatcher picks up the running task', async () => {
     const w = await worker('restart-s');
-    const c1 = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+    const c1 = await connectNats(nats.url, authOf(nats).scheduler);
     conns.push(c1);
     const d1 = await Dispatcher.start({ nc: c1, ...DISPATCH });
     const t = testTask({ sleepMs: 800 });
@@ -380,23 +428,20 @@ describe('Dispatcher', () => {
 describe('Dispatcher across a nats-server restart', () => {
   it('reconnects and completes every task', async () => {
     const store = makeTempDir('dispatch-restart');
-    let server = await startNats({ storeDir: store.dir });
-    const c = await connect({
-      servers: server.url,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 100,
-    });
+    let server = await startNats({ storeDir: store.dir, auth: { workers: WORKER_IDS } });
+    const c = await connectNats(server.url, authOf(server).scheduler, { reconnectTimeWait: 100 });
     conns.push(c);
     try {
       const dr = await Dispatcher.start({ nc: c, ...DISPATCH });
       dispatchers.push(dr);
-      const w = await worker('nrestart-w', 'linux/amd64', 2, server.url, dr);
+      const w = await worker('nrestart-w', 'linux/amd64', 2, server, dr);
       const tasks = Array.from({ length: 6 }, () => testTask({ sleepMs: 700 }));
       const all = Promise.all(tasks.map((t) => dr.submit(t)));
       await waitFor('a task to run', () => w.events.some((e) => e.type === 'claimed'));
       const port = server.port;
       await server.stop();
-      server = await startNats({ port, storeDir: store.dir });
+      // The same users: the services reconnect with the credentials they have.
+      server = await startNats({ port, storeDir: store.dir, auth: authOf(server) });
       const results = await all;
       expect(results.map((r) => r.outputs[0]?.resultId)).toEqual(
         tasks.map((t) => `res-${t.cacheKey}`),

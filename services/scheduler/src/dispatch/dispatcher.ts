@@ -47,6 +47,7 @@ import {
   replaceRule,
   resultLostRule,
   retrying,
+  serveRecords,
   taskKey,
   taskSubject,
   toBase64,
@@ -308,6 +309,13 @@ export class Dispatcher {
       onError: onError('tasks-watch'),
     });
     this.#subs.push(
+      // Workers never write records: they ask here, and the rules are applied for the identity
+      // their subject carries (the holder of the claim, under the farm's NATS permissions).
+      serveRecords(this.#bus, {
+        known: (key) => this.#entries.get(key)?.stored,
+        onRefused: (r) => this.#o.onEvent({ type: 'record-refused', ...r }),
+        onError: onError('records'),
+      }),
       this.#bus.nc.subscribe(`${PROGRESS_SUBJECT_PREFIX}.>`, {
         callback: (err, msg) => {
           if (err) return;

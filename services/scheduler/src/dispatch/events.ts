@@ -21,5 +21,10 @@ export type DispatchEvent =
   | { type: 'failed'; taskId: string; code: string; attempts: number }
   /** A done task's result was lost with its holder: the next submit of its key reruns it. */
   | { type: 'result-lost'; taskId: string; worker: string }
+  /**
+   * A worker's record request was not applied: not the holder of the current attempt (stale,
+   * or another worker's task), or malformed.
+   */
+  | { type: 'record-refused'; workerId: string; op: string; key: string; reason: string }
   | { type: 'stale-message-deleted'; seq: number; consumer: string }
   | { type: 'error'; where: string; error: unknown };

@@ -33,7 +33,7 @@ export interface WorkerProcess {
 export async function spawnWorker(
   cli: string,
   natsUrl: string,
-  o: { id: string; platforms: string; slots?: number },
+  o: { id: string; platforms: string; slots?: number; env?: Record<string, string> },
 ): Promise<WorkerProcess> {
   const events: WorkerEvent[] = [];
   const proc = spawnManaged(process.execPath, [cli], {
@@ -46,6 +46,7 @@ export async function spawnWorker(
       KILN_WORKER_SLOTS: String(o.slots ?? 1),
       KILN_WORKER_HEARTBEAT_MS: '250',
       KILN_WORKER_DRAIN_TIMEOUT_MS: '200',
+      ...o.env,
     },
     onLine: (line, stream) => {
       if (stream !== 'stdout' || !line.startsWith('{')) return;

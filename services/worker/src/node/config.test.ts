@@ -16,6 +16,26 @@ writeFileSync(join(binfmt, 'qemu-aarch64'), 'enabled\ninterpreter /usr/bin/qemu-
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('loadConfig', () => {
+  it('merges NATS credentials and TLS across the file, the environment and the flags', () => {
+    const file = join(dir, 'worker-nats.json');
+    writeFileSync(file, JSON.stringify({ nats: { tlsCa: '/ca.pem', user: 'file-user' } }));
+    const c = loadConfig({
+      argv: ['--config', file, '--nats-password', 'pw'],
+      env: { KILN_NATS_USER: 'w1-user' },
+      arch: 'x64',
+      binfmtDir: noBinfmt,
+    });
+    expect(c.natsAuth).toEqual({ tlsCa: '/ca.pem', user: 'w1-user', password: 'pw' });
+    expect(loadConfig({ env: {}, arch: 'x64', binfmtDir: noBinfmt }).natsAuth).toEqual({});
+    expect(() =>
+      loadConfig({
+        env: { KILN_NATS_TOKEN: 't', KILN_NATS_USER: 'u', KILN_NATS_PASSWORD: 'p' },
+        arch: 'x64',
+        binfmtDir: noBinfmt,
+      }),
+    ).toThrow(expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error);
+  });
+
   it('layers defaults < file < environment < flags', () => {
     const file = join(dir, 'worker.json');
     writeFileSync(

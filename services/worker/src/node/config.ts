@@ -7,7 +7,14 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { WorkerPlatform } from '@kiln/bus';
+import {
+  NATS_AUTH_FLAGS,
+  NATS_AUTH_HELP,
+  NatsConfigError,
+  checkNatsAuth,
+  natsAuthFrom,
+} from '@kiln/bus';
+import type { NatsAuth, WorkerPlatform } from '@kiln/bus';
 import type { StoreConfig } from '@kiln/store';
 import { WorkerConfigError } from './errors.js';
 import { resolvePlatforms } from './platforms.js';
@@ -17,6 +24,8 @@ export type { StoreConfig } from '@kiln/store';
 /** The compiled configuration (every field defaulted and checked). */
 export interface WorkerConfig {
   natsUrl: string;
+  /** How to authenticate to NATS and TLS (`--nats-*` flags, `KILN_NATS_*`; `nats` in a file). */
+  natsAuth: NatsAuth;
   /** Worker id; undefined: `<hostname>-<random>`. */
   id?: string;
   stateDir: string;
@@ -39,6 +48,8 @@ export interface WorkerConfig {
 /** What a file, the environment or the flags may set (all optional, later layers win). */
 export interface WorkerConfigInput {
   natsUrl?: string;
+  /** `user`, `password`, `token`, `nkeySeedFile`, `credsFile`, `tlsCa`, `tlsCert`, `tlsKey`. */
+  nats?: NatsAuth;
   id?: string;
   stateDir?: string;
   store?: {
@@ -120,7 +131,10 @@ function merge(a: WorkerConfigInput, b: WorkerConfigInput): WorkerConfigInput {
   const out: WorkerConfigInput = { ...a };
   for (const [k, v] of Object.entries(b) as [keyof WorkerConfigInput, unknown][]) {
     if (v === undefined) continue;
-    if (k === 'store') {
+    if (k === 'nats') {
+      // A file's TLS files and the environment's password make one setting.
+      out.nats = { ...a.nats, ...(v as NatsAuth) };
+    } else if (k === 'store') {
       const s = Object.fromEntries(
         Object.entries(v as object).filter(([, x]) => x !== undefined),
       ) as NonNullable<WorkerConfigInput['store']>;
@@ -190,8 +204,10 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
       region: e('KILN_S3_REGION'),
     };
   } else if (e('KILN_STORE_DIR')) store = { type: 'fs', dir: e('KILN_STORE_DIR') };
+  const nats = natsAuthFrom({}, env);
   return {
     natsUrl: e('KILN_NATS_URL'),
+    ...(Object.keys(nats).length > 0 ? { nats } : {}),
     id: e('KILN_WORKER_ID'),
     stateDir: e('KILN_WORKER_STATE_DIR'),
     store,
@@ -233,7 +249,7 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
                            (KILN_WORKER_WRITE_BEHIND_IDLE_MS, default 1000)
   --snapshotter auto|overlayfs|native, --runtime auto|crun|runc,
   --insecure-registry HOST[:PORT] (KILN_INSECURE_REGISTRIES)
-`;
+${NATS_AUTH_HELP}`;
 
 function fromFlags(argv: readonly string[]): {
   configFile?: string;
@@ -249,6 +265,7 @@ function fromFlags(argv: readonly string[]): {
       options: {
         config: { type: 'string' },
         nats: { type: 'string' },
+        ...NATS_AUTH_FLAGS,
         id: { type: 'string' },
         'state-dir': { type: 'string' },
         'store-dir': { type: 'string' },
@@ -287,10 +304,12 @@ function fromFlags(argv: readonly string[]): {
       region: values['s3-region'],
     };
   } else if (values['store-dir']) store = { type: 'fs', dir: values['store-dir'] };
+  const nats = natsAuthFrom(values, {});
   return {
     configFile: values.config,
     input: {
       natsUrl: values.nats,
+      ...(Object.keys(nats).length > 0 ? { nats } : {}),
       id: values.id,
       stateDir: values['state-dir'],
       store,
@@ -348,8 +367,16 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
   if (!c.stateDir) throw new WorkerConfigError('a state dir is required');
   const localDirs: Record<string, string> = {};
   for (const [k, v] of Object.entries(c.localDirs ?? {})) localDirs[k] = abs(v);
+  let natsAuth: NatsAuth;
+  try {
+    natsAuth = checkNatsAuth(c.nats ?? {});
+  } catch (err) {
+    if (err instanceof NatsConfigError) throw new WorkerConfigError(err.message, err);
+    throw err;
+  }
   return {
     natsUrl: c.natsUrl,
+    natsAuth,
     ...(c.id ? { id: c.id } : {}),
     stateDir: abs(c.stateDir),
     store,

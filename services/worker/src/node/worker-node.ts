@@ -12,13 +12,12 @@
  * running ones, deregisters and closes the connection; `close()` stops at once (as a crash would:
  * the scheduler re-dispatches the attempts once the heartbeat is missed).
  */
-import { openBus } from '@kiln/bus';
-import { connect } from '@nats-io/transport-node';
+import { RecordClient, connectNats, workerInboxPrefix } from '@kiln/bus';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { openStore } from '@kiln/store';
 import type { BlobStore } from '@kiln/store';
 import type { Logger } from 'pino';
-import { TaskConsumer } from '../tasks/task-consumer.js';
+import { TaskConsumer, defaultWorkerId } from '../tasks/task-consumer.js';
 import type { ConsumerEvent } from '../tasks/task-consumer.js';
 import { join } from 'node:path';
 import { KvFile } from '../cache/kv-file.js';
@@ -67,12 +66,11 @@ export class WorkerNode {
   static async start(config: WorkerConfig, o: WorkerNodeOptions = {}): Promise<WorkerNode> {
     const log = o.logger;
     const store = o.store ?? (await openStore(config.store));
-    const nc = await connect({
-      servers: config.natsUrl,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 250,
-      // No stack captured per request: a measurable share of dispatch CPU (bench/README.md).
-      noAsyncTraces: true,
+    // Replies to this worker's requests come to its own inbox: its NATS permissions allow no other.
+    const id = config.id ?? defaultWorkerId();
+    const nc = await connectNats(config.natsUrl, {
+      ...config.natsAuth,
+      inboxPrefix: workerInboxPrefix(id),
     });
     let runner: TaskRunner;
     try {
@@ -91,20 +89,26 @@ export class WorkerNode {
       throw err;
     }
     const disk = { free: 0 };
-    let writeBehind: WriteBehind | undefined;
+    const writeBehind = new WriteBehind({
+      records: new RecordClient(nc, id),
+      materialize: (rid, wo) => runner.materializeResult(rid, wo),
+      idleMs: config.writeBehindIdleMs,
+      onError: (err, resultId) => log?.warn({ err, resultId }, 'write-behind failed'),
+      onUploaded: (resultId, records) => log?.debug({ resultId, records }, 'result uploaded'),
+    });
     const consumer = new TaskConsumer({
       nc,
-      ...(config.id ? { id: config.id } : {}),
+      id,
       platforms: config.platforms,
       labels: config.labels,
       slots: config.slots,
       runTask: async (task, signal, progress) => {
-        writeBehind?.taskStarted();
+        writeBehind.taskStarted();
         let outcome: Awaited<ReturnType<typeof runner.run>> | undefined;
         try {
           return (outcome = await runner.run(task, signal, progress));
         } finally {
-          writeBehind?.taskEnded(task.cacheKey ?? '', outcome?.outputs ?? []);
+          writeBehind.taskEnded(task.cacheKey ?? '', outcome?.outputs ?? []);
         }
       },
       heartbeatMs: config.heartbeatMs,
@@ -117,20 +121,7 @@ export class WorkerNode {
       },
     });
     const node = new WorkerNode(config, runner, consumer, nc, log, disk);
-    try {
-      const bus = await openBus(nc);
-      writeBehind = node.#writeBehind = new WriteBehind({
-        tasks: bus.tasks,
-        workerId: consumer.id,
-        materialize: (id, wo) => runner.materializeResult(id, wo),
-        idleMs: config.writeBehindIdleMs,
-        onError: (err, resultId) => log?.warn({ err, resultId }, 'write-behind failed'),
-        onUploaded: (resultId, records) => log?.debug({ resultId, records }, 'result uploaded'),
-      });
-    } catch (err) {
-      await nc.close();
-      throw err;
-    }
+    node.#writeBehind = writeBehind;
     await node.#refreshDisk();
     // statfs is async and the registration is built synchronously: refresh it on the side.
     node.#diskTimer = setInterval(() => void node.#refreshDisk(), 10_000);

@@ -1,7 +1,8 @@
 /**
  * Write-behind: while the worker has no task running, the results it made whose layers have no
  * blob yet are made blobs in the store (oldest first), and the task records that name them gain
- * the blobs' digests (`blobsUploadedRule` in `@kiln/bus`, blobs first). From then on the result
+ * the blobs' digests (`blobsUploadedRule` in `@kiln/bus`, written by the scheduler on the worker's
+ * request, blobs first). From then on the result
  * no longer depends on this worker: its death costs no rerun.
  *
  * - It never competes with a task: a pass starts only after the worker has been idle for
@@ -11,15 +12,13 @@
  * - What is pending lives in memory: after a restart, earlier results are still held and made on
  *   request, but their records gain no digests.
  */
-import type { KV } from '@nats-io/kv';
-import { blobsUploadedRule, casRecord, taskKey } from '@kiln/bus';
-import type { MaterializedLayer } from '@kiln/bus';
+import { taskKey } from '@kiln/bus';
+import type { MaterializedLayer, RecordClient } from '@kiln/bus';
 import { MaterializeResultUnknownError } from '@kiln/bus';
 
 export interface WriteBehindOptions {
-  /** `kiln_tasks`: the records whose results gain digests. */
-  tasks: KV;
-  workerId: string;
+  /** Asks the scheduler to add the digests to the records (`blobsUploadedRule`). */
+  records: Pick<RecordClient, 'request'>;
   /** Makes a held result's layers blobs; undefined when it yielded (TaskRunner). */
   materialize(
     resultId: string,
@@ -119,13 +118,14 @@ export class WriteBehind {
           this.stats.yielded++;
           return;
         }
-        const byDiffId = new Map(layers.map((l) => [l.diffId, l]));
         let records = 0;
         for (const cacheKey of keys) {
-          const out = await casRecord(this.#o.tasks, taskKey(cacheKey), (r) =>
-            blobsUploadedRule(r, this.#o.workerId, byDiffId),
-          );
-          if (out.applied) records++;
+          const applied = await this.#o.records.request({
+            op: 'blobs',
+            key: taskKey(cacheKey),
+            layers,
+          });
+          if (applied) records++;
         }
         this.stats.uploaded++;
         this.#o.onUploaded?.(resultId, records);

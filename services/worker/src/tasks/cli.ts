@@ -5,13 +5,13 @@
  *
  * Environment (read only here): KILN_NATS_URL, KILN_WORKER_ID, KILN_WORKER_PLATFORMS
  * (`linux/amd64,linux/arm64=emulated`), KILN_WORKER_SLOTS, KILN_WORKER_HEARTBEAT_MS,
- * KILN_WORKER_DRAIN_TIMEOUT_MS.
+ * KILN_WORKER_DRAIN_TIMEOUT_MS, and the NATS credentials (`KILN_NATS_USER`... as the worker's).
  */
 import { parsePlatform } from '@kiln/protocol';
 import type { WorkerPlatform } from '@kiln/bus';
-import { connect } from '@nats-io/transport-node';
+import { checkNatsAuth, connectNats, natsAuthFrom, workerInboxPrefix } from '@kiln/bus';
 import { sleepExecutor } from './sleep-executor.js';
-import { TaskConsumer } from './task-consumer.js';
+import { TaskConsumer, defaultWorkerId } from './task-consumer.js';
 
 export function parseWorkerPlatforms(s: string): WorkerPlatform[] {
   return s
@@ -26,14 +26,14 @@ export function parseWorkerPlatforms(s: string): WorkerPlatform[] {
 
 async function main(): Promise<void> {
   const env = process.env;
-  const nc = await connect({
-    servers: env.KILN_NATS_URL ?? 'nats://127.0.0.1:4222',
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 250,
+  const id = env.KILN_WORKER_ID || defaultWorkerId();
+  const nc = await connectNats(env.KILN_NATS_URL ?? 'nats://127.0.0.1:4222', {
+    ...checkNatsAuth(natsAuthFrom({}, env)),
+    inboxPrefix: workerInboxPrefix(id),
   });
   const consumer = new TaskConsumer({
     nc,
-    id: env.KILN_WORKER_ID || undefined,
+    id,
     platforms: parseWorkerPlatforms(env.KILN_WORKER_PLATFORMS ?? 'linux/amd64'),
     slots: Number(env.KILN_WORKER_SLOTS ?? '1'),
     heartbeatMs: env.KILN_WORKER_HEARTBEAT_MS ? Number(env.KILN_WORKER_HEARTBEAT_MS) : undefined,

@@ -1,5 +1,5 @@
 /** Tasks: the worker's consumer of the task bus, and a trivial executor for dispatch tests. */
-export { TaskConsumer } from './task-consumer.js';
+export { TaskConsumer, defaultWorkerId } from './task-consumer.js';
 export type {
   ConsumerEvent,
   ProgressUpdate,

@@ -1,8 +1,10 @@
-// TaskConsumer against a real nats-server (a fresh one for this file), driven through the bus
-// primitives the scheduler uses: no scheduler, no mocks.
+// TaskConsumer against a real nats-server (a fresh one for this file, with the farm's users and
+// role permissions), driven through the bus primitives the scheduler uses (the record service
+// included: workers never write records): no scheduler, no mocks.
 import type { Bus, TaskInit } from '@kiln/bus';
 import {
   casRecord,
+  connectNats,
   decodeResult,
   encodeTask,
   fromBase64,
@@ -10,11 +12,13 @@ import {
   OFFER_WAIT_HEADER,
   offerSubject,
   openBus,
+  serveRecords,
   TASK_STREAM,
   taskKey,
+  workerInboxPrefix,
 } from '@kiln/bus';
-import { connect, headers } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { headers } from '@nats-io/transport-node';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { parsePlatform } from '@kiln/protocol';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sleepExecutor } from './sleep-executor.js';
@@ -27,12 +31,16 @@ import type { NatsServerHandle } from '@kiln/testing';
 let nats: NatsServerHandle;
 let nc: NatsConnection;
 let bus: Bus;
+let records: Subscription;
 const consumers: TaskConsumer[] = [];
+const WORKERS = ['cancel-1', 'drain-1', 'drain-2', 'handback-1', 'offer-1', 'reg-1'];
+WORKERS.push('route-amd64', 'route-arm64', 'stale-1');
 
 beforeAll(async () => {
-  nats = await startNats();
-  nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  nats = await startNats({ auth: { workers: WORKERS } });
+  nc = await connectNats(nats.url, nats.auth?.scheduler);
   bus = await openBus(nc);
+  records = serveRecords(bus);
 });
 
 afterEach(async () => {
@@ -40,6 +48,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
+  records?.unsubscribe();
   await nc?.close();
   await nats?.stop();
 });
@@ -49,7 +58,10 @@ async function worker(
   platforms: string[],
   o: { slots?: number; runTask?: RunTask; events?: ConsumerEvent[] } = {},
 ): Promise<TaskConsumer> {
-  const wnc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
+  const wnc = await connectNats(nats.url, {
+    ...nats.auth?.workers[id],
+    inboxPrefix: workerInboxPrefix(id),
+  });
   const c = new TaskConsumer({
     nc: wnc,
     id,

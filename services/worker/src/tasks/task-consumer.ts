@@ -2,7 +2,9 @@
  * TaskConsumer: the worker's side of the task bus. It registers the worker in `kiln_workers` and
  * heartbeats, accepts offers for tasks whose inputs it holds, pulls its platforms' queues, claims
  * each attempt in `kiln_tasks` (compare-and-set on the attempt token) before running it through the
- * injected {@link RunTask}, keeps the claim alive, and reports the result under its token.
+ * injected {@link RunTask}, keeps the claim alive, and reports the result under its token. Claims
+ * and reports are requests to the scheduler (`kiln.record.<id>`, `@kiln/bus` record-service.ts),
+ * which writes the record: a worker's NATS user cannot write `kiln_tasks`.
  *
  * Contract:
  * - At most `slots` tasks run at once. A pull is outstanding only for a free slot, so a busy
@@ -19,7 +21,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type {
   Bus,
-  StoredRecord,
+  RecordRequest,
   BusOptions,
   OfferReply,
   Task,
@@ -33,15 +35,12 @@ import {
   HELD_RESULTS_LIMIT,
   TASK_STREAM,
   OFFER_WAIT_HEADER,
+  RecordClient,
   assertWorkerId,
-  casRecord,
-  claimRule,
-  completeRule,
   decodeTask,
   encodeJson,
   encodeResult,
   ensureTaskConsumer,
-  errorRule,
   getRecord,
   isCurrentAttempt,
   offerSubject,
@@ -49,8 +48,6 @@ import {
   pause,
   progressSubject,
   putWorkerInfo,
-  recordFromHeaders,
-  releaseRule,
   retrying,
   taskErrorToRecord,
   taskKey,
@@ -120,6 +117,11 @@ export interface TaskConsumerOptions {
   keepaliveMs?: number;
   /** How long `drain()` lets running tasks finish before handing them back. Default 60 s. */
   drainTimeoutMs?: number;
+  /**
+   * How long a result waits for a scheduler to accept it (none running, or NATS away). Default
+   * 10 min.
+   */
+  reportTimeoutMs?: number;
   /** Free disk for the registration. Default: unknown (0). */
   freeDiskBytes?: () => number;
   /** Result ids held locally besides the ones this consumer produced. */
@@ -142,6 +144,11 @@ interface SlotWaiter {
   grant: (ok: boolean) => void;
 }
 
+/** `<hostname>-<random>`: the id of a worker that was given none. */
+export function defaultWorkerId(): string {
+  return `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${randomBytes(3).toString('hex')}`;
+}
+
 export class TaskConsumer {
   readonly id: string;
   readonly #o: Required<Omit<TaskConsumerOptions, 'nc' | 'bus' | 'id' | 'heldResults'>> & {
@@ -149,6 +156,8 @@ export class TaskConsumer {
   };
   readonly #nc: NatsConnection;
   #bus!: Bus;
+  /** Claims and reports: the scheduler writes the records ({@link RecordClient}). */
+  readonly #records: RecordClient;
   readonly #running = new Map<string, Running>();
   /** Slots granted (running or claiming). */
   #busy = 0;
@@ -169,12 +178,11 @@ export class TaskConsumer {
   #closed = false;
 
   constructor(opts: TaskConsumerOptions) {
-    this.id = assertWorkerId(
-      opts.id ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${randomBytes(3).toString('hex')}`,
-    );
+    this.id = assertWorkerId(opts.id ?? defaultWorkerId());
     if (opts.platforms.length === 0)
       throw new KilnError('WORKER_NO_PLATFORM', 'a worker needs at least one platform');
     this.#nc = opts.nc;
+    this.#records = new RecordClient(opts.nc, this.id);
     this.#o = {
       platforms: opts.platforms.map((p) => ({ ...normalizePlatform(p), emulated: p.emulated })),
       labels: opts.labels ?? {},
@@ -183,6 +191,7 @@ export class TaskConsumer {
       heartbeatMs: opts.heartbeatMs ?? 1_000,
       keepaliveMs: opts.keepaliveMs ?? 1_000,
       drainTimeoutMs: opts.drainTimeoutMs ?? 60_000,
+      reportTimeoutMs: opts.reportTimeoutMs ?? 600_000,
       freeDiskBytes: opts.freeDiskBytes ?? (() => 0),
       heldResults: opts.heldResults,
       onEvent: opts.onEvent ?? (() => undefined),
@@ -201,13 +210,15 @@ export class TaskConsumer {
       const info = await ensureTaskConsumer(this.#bus, q.p, q.emulated);
       consumers.push({ ...q, name: info.name });
     }
-    await this.#beat();
-    this.#heartbeat = setInterval(() => void this.#beat(), this.#o.heartbeatMs);
+    // Listen for offers before registering: the scheduler offers to a worker as soon as it sees it.
     this.#offerSub = this.#nc.subscribe(offerSubject(this.id), {
       callback: (err, msg) => {
         if (!err) this.#onOffer(msg);
       },
     });
+    await this.#nc.flush();
+    await this.#beat();
+    this.#heartbeat = setInterval(() => void this.#beat(), this.#o.heartbeatMs);
     void (async () => {
       for await (const s of this.#nc.status()) {
         if (s.type === 'reconnect' && !this.#closed) void this.#beat();
@@ -427,7 +438,7 @@ export class TaskConsumer {
             }
             this.#busy++;
             const task = decodeTaskSafe(msg);
-            void this.#claimAndRun(task, msg, 'queue', undefined, knownRecord(msg, task));
+            void this.#claimAndRun(task, msg, 'queue');
           },
         };
         const batch = await consumer.fetch(pull);
@@ -467,8 +478,7 @@ export class TaskConsumer {
     if (this.#draining) return this.#decline(task, reply, 'draining');
     if (!this.#supports(task)) return this.#decline(task, reply, 'platform');
     const waitMs = Number(msg.headers?.get(OFFER_WAIT_HEADER) || '0');
-    const known = knownRecord(msg, task);
-    const take = (): void => void this.#claimAndRun(task, undefined, 'offer', reply, known);
+    const take = (): void => void this.#claimAndRun(task, undefined, 'offer', reply);
     if (this.#busy < this.#o.slots) {
       this.#busy++;
       take();
@@ -524,7 +534,6 @@ export class TaskConsumer {
     msg: JsMsg | undefined,
     via: 'offer' | 'queue',
     reply?: (r: OfferReply) => void,
-    known?: StoredRecord,
   ): Promise<void> {
     let running: Running | undefined;
     try {
@@ -535,17 +544,18 @@ export class TaskConsumer {
         return;
       }
       const key = taskKey(task.cacheKey);
-      const claim = await retrying(
+      // The scheduler checks the token and writes the claim (workers never write records).
+      const claimed = await retrying(
         () =>
-          casRecord(
-            this.#bus.tasks,
+          this.#records.request({
+            op: 'claim',
             key,
-            (r) => claimRule(r, task.attemptToken, this.id, this.#emulatedFor(task)),
-            known,
-          ),
-        { timeoutMs: 30_000 },
+            token: task.attemptToken,
+            emulated: this.#emulatedFor(task),
+          }),
+        { timeoutMs: 30_000, retryable: transient },
       );
-      if (!claim.applied) {
+      if (!claimed) {
         this.#o.onEvent({
           type: 'stale',
           taskId: task.taskId,
@@ -573,11 +583,7 @@ export class TaskConsumer {
       };
       this.#running.set(task.attemptToken, running);
       try {
-        await this.#run(
-          running,
-          msg,
-          claim.record ? { record: claim.record, revision: claim.revision } : undefined,
-        );
+        await this.#run(running, msg);
       } finally {
         finish();
       }
@@ -590,7 +596,7 @@ export class TaskConsumer {
     }
   }
 
-  async #run(r: Running, msg: JsMsg | undefined, claimed: StoredRecord | undefined): Promise<void> {
+  async #run(r: Running, msg: JsMsg | undefined): Promise<void> {
     const { task, key } = r;
     const token = task.attemptToken;
     const keepalive = setInterval(() => {
@@ -616,10 +622,9 @@ export class TaskConsumer {
       clearInterval(keepalive);
     }
     if (r.why === 'handback') {
-      await retrying(
-        () => casRecord(this.#bus.tasks, key, (rec) => releaseRule(rec, token, this.id)),
-        { timeoutMs: 10_000 },
-      );
+      await retrying(() => this.#records.request({ op: 'release', key, token }), {
+        timeoutMs: 10_000,
+      });
       msg?.ack(); // the scheduler re-dispatches under a new token
       this.#o.onEvent({ type: 'handed-back', taskId: task.taskId, attempt: task.attempt });
       return;
@@ -652,26 +657,23 @@ export class TaskConsumer {
       ...(outcome.error ? { error: outcome.error } : {}),
     };
     const encoded = toBase64(encodeResult(result));
-    const report = retrying(
-      () =>
-        casRecord(
-          this.#bus.tasks,
-          key,
-          (rec) =>
-            outcome.error
-              ? errorRule(rec, token, this.id, taskErrorToRecord(outcome.error), encoded)
-              : completeRule(rec, token, this.id, encoded),
-          claimed,
-        ),
-      { timeoutMs: 60_000 },
-    );
+    const req: RecordRequest = outcome.error
+      ? { op: 'error', key, token, error: taskErrorToRecord(outcome.error), result: encoded }
+      : { op: 'complete', key, token, result: encoded };
+    // No scheduler running: the result waits here until one answers (a new scheduler picks the
+    // running record up and waits for it), up to reportTimeoutMs, or until close().
+    const report = retrying(() => this.#records.request(req), {
+      timeoutMs: this.#o.reportTimeoutMs,
+      retryable: transient,
+      signal: this.#closing.signal,
+    });
     // The report's write is on the connection's buffer now: the ack joins it (one write, not a
     // second one after the reply). Acking before the report is stored loses nothing: since the
     // claim, the record (not the message) carries the attempt, and a holder that dies now is
     // re-dispatched by the scheduler; a redelivered copy could only be dropped as stale.
     msg?.ack();
-    const out = await report;
-    if (!out.applied) {
+    const applied = await report;
+    if (!applied) {
       this.#o.onEvent({ type: 'stale', taskId: task.taskId, attempt: task.attempt, why: 'report' });
       return;
     }
@@ -701,13 +703,9 @@ export class TaskConsumer {
   }
 }
 
-/** The record the task copy was sent with (saves the read before the claim). */
-function knownRecord(
-  msg: { headers?: { get(k: string): string }; data: Uint8Array },
-  task: Task | undefined,
-): StoredRecord | undefined {
-  const h = msg.headers;
-  return task && h ? recordFromHeaders((k) => h.get(k), task, msg.data) : undefined;
+/** No scheduler answered (yet), or NATS is away; a refused request is final. */
+function transient(err: unknown): boolean {
+  return !(err instanceof KilnError) || err.retryable;
 }
 
 function decodeTaskSafe(msg: { data: Uint8Array }): Task | undefined {
