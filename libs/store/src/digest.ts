@@ -39,9 +39,14 @@ export class DigestingStream extends Transform {
   private bytes = 0;
   private result: Digest | undefined;
 
+  /**
+   * `onMismatch` runs (awaited) before the mismatch error is emitted: the store removes the bad
+   * copy there, so a reader that sees the error can put the right content straight away.
+   */
   constructor(
     private readonly expected?: Digest,
     private readonly expectedSize?: number,
+    private readonly onMismatch?: (actual: Digest) => Promise<boolean>,
   ) {
     super();
   }
@@ -56,7 +61,15 @@ export class DigestingStream extends Transform {
     const actual: Digest = `sha256:${this.hash.digest('hex')}`;
     this.result = actual;
     if (this.expected !== undefined && actual !== this.expected) {
-      cb(new DigestMismatchError(this.expected, actual, { details: { size: this.bytes } }));
+      const expected = this.expected;
+      const fail = (removed: boolean): void =>
+        cb(
+          new DigestMismatchError(expected, actual, {
+            details: { size: this.bytes, ...(removed ? { removed } : {}) },
+          }),
+        );
+      if (!this.onMismatch) return fail(false);
+      this.onMismatch(actual).then(fail, () => fail(false));
       return;
     }
     if (this.expectedSize !== undefined && this.bytes !== this.expectedSize) {

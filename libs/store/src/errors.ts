@@ -17,7 +17,9 @@ export class BlobNotFoundError extends KilnError {
 
 /**
  * Content does not hash to the digest it was stored or requested under: on put, nothing was
- * stored; on read, the stored bytes are corrupt (the stream errors after the last byte).
+ * stored; on read, the stored bytes are corrupt (the stream errors after the last byte, and the
+ * store has removed the bad copy, `details.removed`, so the next put of the right content stores
+ * it again). The message names both digests.
  */
 export class DigestMismatchError extends KilnError {
   static readonly CODE = 'STORE_DIGEST_MISMATCH';
@@ -25,10 +27,14 @@ export class DigestMismatchError extends KilnError {
   readonly actual: string;
 
   constructor(expected: string, actual: string, opts: KilnErrorOptions = {}) {
-    super(DigestMismatchError.CODE, `digest mismatch: expected ${expected}, got ${actual}`, {
-      ...opts,
-      details: { ...opts.details, expected, actual },
-    });
+    const removed = opts.details?.removed === true;
+    super(
+      DigestMismatchError.CODE,
+      removed
+        ? `blob ${expected} is corrupt in the store: its bytes hash to ${actual} (the bad copy was removed; the next put of its content stores it again)`
+        : `digest mismatch: expected ${expected}, got ${actual}`,
+      { ...opts, details: { ...opts.details, expected, actual } },
+    );
     this.expected = expected;
     this.actual = actual;
   }
@@ -61,9 +67,10 @@ registerErrorClass(
   BlobNotFoundError.CODE,
   (_m, d) => new BlobNotFoundError(str(d, 'digest'), { details: d }),
 );
-registerErrorClass(
-  DigestMismatchError.CODE,
-  (_m, d) => new DigestMismatchError(str(d, 'expected'), str(d, 'actual'), { details: d }),
+registerErrorClass(DigestMismatchError.CODE, (m, d) =>
+  str(d, 'expected') === ''
+    ? Object.assign(new DigestMismatchError('', '', { details: d }), { message: m })
+    : new DigestMismatchError(str(d, 'expected'), str(d, 'actual'), { details: d }),
 );
 registerErrorClass(InvalidBlobError.CODE, (m, d) => new InvalidBlobError(m, { details: d }));
 registerErrorClass(

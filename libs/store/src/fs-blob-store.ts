@@ -127,14 +127,45 @@ export class FsBlobStore implements BlobStore {
 
   async get(digest: Digest, opts: GetOptions = {}): Promise<Readable> {
     const path = this.pathOf(digest);
-    const info = await this.stat(digest);
-    if (info === undefined) throw new BlobNotFoundError(digest);
-    const { start, end, full } = rangeOf(digest, info.size, opts);
+    let st: { size: number; ino: number };
+    try {
+      st = await stat(path);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) throw new BlobNotFoundError(digest);
+      throw unavailable('stat', err);
+    }
+    const { start, end, full } = rangeOf(digest, st.size, opts);
     if (end < start) return emptyStream();
     const file = createReadStream(path, { start, end });
     if (!full) return file;
-    const verifier = new DigestingStream(digest, info.size);
+    const verifier = new DigestingStream(digest, st.size, () =>
+      this.#removeCorrupt(digest, st.ino),
+    );
     return pipeline(file, verifier, () => undefined);
+  }
+
+  /**
+   * Removes the copy of `digest` that a verified read found corrupt, so that the next put of the
+   * right content stores it again (the put's fast path trusts a stored blob of the right size).
+   * Only that copy: it is moved aside first, and a blob a concurrent put renamed in meanwhile (a
+   * new inode) is put back.
+   */
+  async #removeCorrupt(digest: Digest, ino: number): Promise<boolean> {
+    const path = this.pathOf(digest);
+    const aside = join(this.dir, `${TMP_PREFIX}corrupt-${randomUUID()}`);
+    try {
+      await rename(path, aside);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return false;
+      throw unavailable('remove corrupt blob', err);
+    }
+    if ((await stat(aside)).ino !== ino) {
+      // A good copy replaced the bad one between the read and now: keep it.
+      await rename(aside, path);
+      return false;
+    }
+    await unlink(aside);
+    return true;
   }
 
   async stat(digest: Digest): Promise<{ size: number } | undefined> {

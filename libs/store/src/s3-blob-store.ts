@@ -352,7 +352,7 @@ export class S3BlobStore implements BlobStore {
 
   async get(digest: Digest, opts: GetOptions = {}): Promise<Readable> {
     const key = this.keyOf(digest);
-    const info = await this.stat(digest);
+    const info = await this.#statObject(digest);
     if (info === undefined) throw new BlobNotFoundError(digest);
     const { start, end, full } = rangeOf(digest, info.size, opts);
     let body: Readable;
@@ -368,19 +368,44 @@ export class S3BlobStore implements BlobStore {
       throw toStoreError('get', err);
     }
     if (!full) return body;
-    return pipeline(body, new DigestingStream(digest, info.size), () => undefined);
+    const verifier = new DigestingStream(digest, info.size, () =>
+      this.#removeCorrupt(digest, info.etag),
+    );
+    return pipeline(body, verifier, () => undefined);
   }
 
-  async stat(digest: Digest): Promise<{ size: number } | undefined> {
+  /**
+   * Removes the object of `digest` that a verified read found corrupt, so that the next put of
+   * the right content stores it again (the put's fast path trusts a stored blob of the right
+   * size). Only while it is still the object that was read (same ETag): one a concurrent put
+   * wrote meanwhile stays.
+   */
+  async #removeCorrupt(digest: Digest, etag: string): Promise<boolean> {
+    const now = await this.#statObject(digest);
+    if (now === undefined || now.etag !== etag) return false;
+    try {
+      await resend(async () => (await this.clientP).removeObject(this.bucket, this.keyOf(digest)));
+    } catch (err) {
+      throw toStoreError('remove corrupt blob', err);
+    }
+    return true;
+  }
+
+  async #statObject(digest: Digest): Promise<{ size: number; etag: string } | undefined> {
     try {
       const st = await resend(async () =>
         (await this.clientP).statObject(this.bucket, this.keyOf(digest)),
       );
-      return { size: st.size };
+      return { size: st.size, etag: st.etag };
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw toStoreError('stat', err);
     }
+  }
+
+  async stat(digest: Digest): Promise<{ size: number } | undefined> {
+    const st = await this.#statObject(digest);
+    return st === undefined ? undefined : { size: st.size };
   }
 
   async has(digest: Digest): Promise<boolean> {
