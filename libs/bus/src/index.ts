@@ -17,3 +17,4 @@ export * from './materialize.js';
 export * from './record-service.js';
 export * from './nats-connect.js';
 export * from './nats-permissions.js';
+export * from './gc.js';
