@@ -2,6 +2,8 @@ import { Command, CommanderError } from 'commander';
 import { KilnError } from '@kiln/protocol/errors';
 import { registerBuild } from './commands/build.js';
 import { registerDebug } from './commands/debug.js';
+import { registerDu } from './commands/du.js';
+import { registerPrune } from './commands/prune.js';
 import { registerFarm } from './commands/farm.js';
 import { ExitStatus, FormattedError } from './formatted-error.js';
 
@@ -14,6 +16,8 @@ export function program(): Command {
     .exitOverride();
   registerBuild(p);
   registerFarm(p);
+  registerDu(p);
+  registerPrune(p);
   registerDebug(p);
   return p;
 }

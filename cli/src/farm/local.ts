@@ -279,17 +279,4 @@ async function waitExit(info: FarmInfo, ms: number): Promise<boolean> {
 const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** `30s`, `10m`, `1h30m`, `500ms`, or a number of seconds; `0` never. */
-export function parseDuration(s: string): number {
-  const t = s.trim();
-  if (/^\d+(\.\d+)?$/.test(t)) return Number(t) * 1000;
-  const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-  let total = 0;
-  let rest = t;
-  while (rest) {
-    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)/.exec(rest);
-    if (!m) throw new KilnError('INVALID_ARGUMENT', `not a duration: ${JSON.stringify(s)}`);
-    total += Number(m[1]) * units[m[2]!]!;
-    rest = rest.slice(m[0].length);
-  }
-  return total;
-}
+export { parseDuration } from '@kiln/common';

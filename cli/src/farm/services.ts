@@ -165,6 +165,11 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
         KILN_WORKER_EMULATE: emulate.join(','),
         KILN_INSECURE_REGISTRIES: o.insecureRegistries.join(','),
         KILN_WORKER_HEARTBEAT_MS: '1000',
+        // The local cache's garbage collection (KILN_WORKER_GC_*: docs/local-farm.md) follows the
+        // daemon's environment; unset, the worker's defaults (10% of the disk, 60 days).
+        ...Object.fromEntries(
+          Object.entries(process.env).filter(([k]) => k.startsWith('KILN_WORKER_GC')),
+        ),
       },
     });
     const node = await WorkerNode.start(config, {

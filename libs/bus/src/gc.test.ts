@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { GcProtocolError, decodeGcReply, decodeGcRequest, encodeGcJson, gcSubject } from './gc.js';
-import type { GcUsageRecord } from './gc.js';
+import type { GcRequest, GcUsageRecord } from './gc.js';
 
 const rec: GcUsageRecord = {
   id: 'r-1',
@@ -27,7 +27,13 @@ describe('gc subject and codec', () => {
       op: 'du',
       filter: ['type==regular'],
     });
-    const prune = { op: 'prune', filter: [], all: true, keepDurationMs: 5, keepBytes: 7 } as const;
+    const prune: GcRequest = {
+      op: 'prune',
+      filter: [],
+      all: true,
+      keepDurationMs: 5,
+      keepBytes: 7,
+    };
     expect(decodeGcRequest(encodeGcJson(prune))).toEqual(prune);
     expect(decodeGcReply(encodeGcJson({ records: [rec] }))).toEqual({ records: [rec] });
     expect(decodeGcReply(encodeGcJson({ error: { code: 'GC_FAILED', message: 'm' } }))).toEqual({

@@ -5,6 +5,8 @@
  */
 export { KilnClient } from './kiln-client.js';
 export type {
+  PruneOptions,
+  UsageRecord,
   ConnectOptions,
   SolveRequest,
   SolveResult,

@@ -16,6 +16,18 @@ import type { SessionOptions } from './session.js';
 
 export type StatusResponse = InstanceType<typeof control.StatusResponse>;
 export type WorkerRecord = InstanceType<typeof control.WorkerRecord>;
+/** One record of a worker's build cache (BuildKit's `UsageRecord`). */
+export type UsageRecord = InstanceType<typeof control.UsageRecord>;
+
+/** BuildKit's prune options (`buildctl prune`). */
+export interface PruneOptions {
+  filter?: string[];
+  all?: boolean;
+  /** Keep what was used within this many seconds. */
+  keepDurationSeconds?: number;
+  /** Stop once each worker's cache is at most this many bytes. */
+  keepBytes?: number;
+}
 
 export interface ConnectOptions {
   /** Default: `tls` when given, else insecure (plain HTTP/2). */
@@ -205,6 +217,40 @@ export class KilnClient {
   async listWorkers(filter: string[] = []): Promise<WorkerRecord[]> {
     const r = await this.#unary(controlService.listWorkers, { filter });
     return r.record as WorkerRecord[];
+  }
+
+  /** The farm's build cache records, every worker's (BuildKit's DiskUsage). */
+  async diskUsage(filter: string[] = []): Promise<UsageRecord[]> {
+    const r = await this.#unary(controlService.diskUsage, { filter });
+    return r.record as UsageRecord[];
+  }
+
+  /**
+   * Prunes the farm's build cache (BuildKit's Prune); `onRecord` sees each removed record as its
+   * worker reports it. Resolves with all of them.
+   */
+  async prune(o: PruneOptions = {}, onRecord?: (r: UsageRecord) => void): Promise<UsageRecord[]> {
+    const call = this.#client.makeServerStreamRequest(
+      controlService.prune.path,
+      controlService.prune.requestSerialize,
+      controlService.prune.responseDeserialize,
+      {
+        filter: o.filter ?? [],
+        all: o.all ?? false,
+        keepDurationSeconds: Math.trunc(o.keepDurationSeconds ?? 0),
+        keepBytes: Math.trunc(o.keepBytes ?? 0),
+      },
+    );
+    const out: UsageRecord[] = [];
+    try {
+      for await (const r of call as AsyncIterable<UsageRecord>) {
+        out.push(r);
+        onRecord?.(r);
+      }
+    } catch (e) {
+      throw fromGrpcError(e);
+    }
+    return out;
   }
 
   /** Cancels a build; vertices other builds share keep running for them. */

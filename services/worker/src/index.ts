@@ -8,3 +8,4 @@ export type { ExecutorContext, OpExecutor, SessionProviders } from './ops/execut
 export * from './node/index.js';
 export { LocalContexts, contextKey } from './sources/local/local-contexts.js';
 export type { ContextOutcome, ContextSnapshot } from './sources/local/local-contexts.js';
+export * from './gc/index.js';

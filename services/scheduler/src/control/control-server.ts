@@ -1,6 +1,6 @@
 /**
- * The scheduler's gRPC service `kiln.control.v1.Control`: Solve, Status, ListWorkers, Cancel and
- * Session (DiskUsage and Prune answer UNIMPLEMENTED until garbage collection lands).
+ * The scheduler's gRPC service `kiln.control.v1.Control`: Solve, Status, ListWorkers, Cancel,
+ * Session, and DiskUsage and Prune of the workers' caches (prune.ts).
  *
  * Contract:
  * - Many builds run at once; each is identified by the client's `ref` (a fresh id when empty).
@@ -66,6 +66,7 @@ import { checkEntitlements, requestedEntitlements, sourceLines } from './entitle
 import type { Build, BuildRegistryOptions } from './builds.js';
 import { progressFrame, vertexFrame } from './events.js';
 import { checkExporters, runExports } from './exports.js';
+import { farmDiskUsage, farmPrune } from './prune.js';
 import type { PlatformResult } from './exports.js';
 import { SessionManager } from './session.js';
 import type { SessionCall } from './session.js';
@@ -251,14 +252,7 @@ export class ControlServer {
 
   /** The grpc-js handlers (for embedding in another server). */
   handlers(): grpc.UntypedServiceImplementation {
-    const unimplemented = (_call: unknown, cb: grpc.sendUnaryData<unknown>): void =>
-      cb({ code: grpc.status.UNIMPLEMENTED, details: 'not implemented yet' });
-    const unimplementedStream = (call: grpc.ServerWritableStream<unknown, unknown>): void => {
-      call.emit(
-        'error',
-        Object.assign(new Error('not implemented yet'), { code: grpc.status.UNIMPLEMENTED }),
-      );
-    };
+    const gc = { nc: this.#o.dispatcher.bus.nc, bus: this.#o.dispatcher.bus };
     return {
       solve: (
         call: grpc.ServerUnaryCall<SolveRequest, unknown>,
@@ -312,8 +306,31 @@ export class ControlServer {
           cb(toGrpcStatus(e));
         }
       },
-      diskUsage: unimplemented,
-      prune: unimplementedStream,
+      // The workers' caches are the farm's, shared by its tenants: any authenticated caller may
+      // see and prune them (each worker keeps what running builds hold).
+      diskUsage: (
+        call: grpc.ServerUnaryCall<InstanceType<typeof control.DiskUsageRequest>, unknown>,
+        cb: grpc.sendUnaryData<unknown>,
+      ) => {
+        Promise.resolve()
+          .then(() => this.#auth.authenticate(call))
+          .then(() => farmDiskUsage(gc, call.request.filter ?? []))
+          .then(
+            (record) => cb(null, control.DiskUsageResponse.create({ record })),
+            (e: unknown) => cb(toGrpcStatus(e)),
+          );
+      },
+      prune: (
+        call: grpc.ServerWritableStream<InstanceType<typeof control.PruneRequest>, unknown>,
+      ) => {
+        Promise.resolve()
+          .then(() => this.#auth.authenticate(call))
+          .then(() => farmPrune(gc, call.request, (r) => call.write(r)))
+          .then(
+            () => call.end(),
+            (e: unknown) => call.emit('error', Object.assign(new Error(), toGrpcStatus(e))),
+          );
+      },
       session: (call: SessionCall) => {
         let caller: Caller;
         try {

@@ -4,12 +4,14 @@
  * (a set moves its key to the end). Used for what a worker keeps across restarts: the results it
  * holds, their content checksums, its kept local contexts. A torn last line after a crash was never acknowledged and is skipped. One process per file.
  */
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
 export class KvFile {
   private readonly map = new Map<string, string>();
   private writes: Promise<void> = Promise.resolve();
+  /** Lines in the file (superseded ones included): what {@link compact} reclaims. */
+  private lines = 0;
 
   private constructor(private readonly file: string) {}
 
@@ -24,6 +26,7 @@ export class KvFile {
     }
     for (const line of text.split('\n')) {
       if (!line) continue;
+      kv.lines++;
       let entry: unknown;
       try {
         entry = JSON.parse(line);
@@ -61,8 +64,25 @@ export class KvFile {
     return [...this.map.keys()];
   }
 
+  /**
+   * Rewrites the file with one line per live key (atomically: a temp file renamed over it) when
+   * superseded lines outnumber live ones; the append-only file otherwise grows with every set.
+   * Queued after the writes already made; resolves once done (or at once when not worth it).
+   */
+  compact(): Promise<void> {
+    if (this.lines <= 2 * this.map.size + 1024) return this.writes;
+    this.writes = this.writes.then(async () => {
+      const body = [...this.map].map((e) => `${JSON.stringify(e)}\n`).join('');
+      await writeFile(`${this.file}.tmp`, body);
+      await rename(`${this.file}.tmp`, this.file);
+      this.lines = this.map.size;
+    });
+    return this.writes;
+  }
+
   private append(entry: [string, string | null]): Promise<void> {
     const line = `${JSON.stringify(entry)}\n`;
+    this.lines++;
     this.writes = this.writes.then(() => appendFile(this.file, line));
     return this.writes;
   }

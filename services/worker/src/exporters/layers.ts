@@ -60,6 +60,13 @@ export class LayerCache {
     return this.#save(snapshot, rec);
   }
 
+  /** Forgets the layers of removed snapshots (garbage collection); resolves once on disk. */
+  forget(snapshots: readonly string[]): Promise<void> {
+    let changed = false;
+    for (const s of snapshots) changed = this.map.delete(s) || changed;
+    return changed ? this.#write() : Promise.resolve();
+  }
+
   #save(snapshot: string, rec: Known): Promise<void> {
     this.map.set(snapshot, rec);
     return this.#write();

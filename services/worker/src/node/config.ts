@@ -16,7 +16,14 @@ import {
 } from '@kiln/bus';
 import type { NatsAuth, WorkerPlatform } from '@kiln/bus';
 import type { StoreConfig } from '@kiln/store';
+import { InvalidQuantityError, parseDuration, parseSize } from '@kiln/common';
 import { WorkerConfigError } from './errors.js';
+import {
+  DEFAULT_GC_GRACE_MS,
+  DEFAULT_GC_INTERVAL_MS,
+  DEFAULT_GC_KEEP_DURATION_MS,
+} from '../gc/policy.js';
+import type { GcConfig } from '../gc/policy.js';
 import { resolvePlatforms } from './platforms.js';
 
 export type { StoreConfig } from '@kiln/store';
@@ -43,6 +50,22 @@ export interface WorkerConfig {
   snapshotter: 'auto' | 'overlayfs' | 'native';
   runtime: 'auto' | 'crun' | 'runc';
   insecureRegistries: string[];
+  /**
+   * Garbage collection of the local cache (`gc/policy.ts`); `keepBytes` undefined: 10% of the
+   * state dir's filesystem, measured at start.
+   */
+  gc: Omit<GcConfig, 'keepBytes'> & { keepBytes?: number };
+}
+
+/** GC settings as written: sizes (`2GB`, a plain number is MB) and durations (`48h`, `30m`). */
+export interface GcConfigInput {
+  enabled?: boolean | string;
+  keepStorage?: string | number;
+  keepDuration?: string | number;
+  reservedSpace?: string | number;
+  minFreeSpace?: string | number;
+  grace?: string | number;
+  interval?: string | number;
 }
 
 /** What a file, the environment or the flags may set (all optional, later layers win). */
@@ -76,6 +99,7 @@ export interface WorkerConfigInput {
   snapshotter?: string;
   runtime?: string;
   insecureRegistries?: string[];
+  gc?: GcConfigInput;
 }
 
 export interface LoadConfigOptions {
@@ -142,6 +166,9 @@ function merge(a: WorkerConfigInput, b: WorkerConfigInput): WorkerConfigInput {
       // backend replaces the store whole.
       const sameType = s.type === undefined || s.type === a.store?.type;
       out.store = sameType ? { ...a.store, ...s } : s;
+    } else if (k === 'gc') {
+      const g = Object.fromEntries(Object.entries(v as object).filter(([, x]) => x !== undefined));
+      out.gc = { ...a.gc, ...g };
     } else (out as Record<string, unknown>)[k] = v;
   }
   return out;
@@ -226,6 +253,15 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
     snapshotter: e('KILN_WORKER_SNAPSHOTTER'),
     runtime: e('KILN_WORKER_RUNTIME'),
     insecureRegistries: list(e('KILN_INSECURE_REGISTRIES')),
+    gc: {
+      enabled: e('KILN_WORKER_GC'),
+      keepStorage: e('KILN_WORKER_GC_KEEP_STORAGE'),
+      keepDuration: e('KILN_WORKER_GC_KEEP_DURATION'),
+      reservedSpace: e('KILN_WORKER_GC_RESERVED_SPACE'),
+      minFreeSpace: e('KILN_WORKER_GC_MIN_FREE_SPACE'),
+      grace: e('KILN_WORKER_GC_GRACE'),
+      interval: e('KILN_WORKER_GC_INTERVAL'),
+    },
   };
 }
 
@@ -249,6 +285,16 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
                            (KILN_WORKER_WRITE_BEHIND_IDLE_MS, default 1000)
   --snapshotter auto|overlayfs|native, --runtime auto|crun|runc,
   --insecure-registry HOST[:PORT] (KILN_INSECURE_REGISTRIES)
+  --gc on|off              garbage collection of the local cache (KILN_WORKER_GC, default on)
+  --gc-keep-storage SIZE   keep the cache under this (KILN_WORKER_GC_KEEP_STORAGE; 2GB, 512MB,
+                           a plain number is MB; default 10% of the state dir's filesystem)
+  --gc-keep-duration DUR   when idle, remove what was unused this long (KILN_WORKER_GC_KEEP_DURATION,
+                           default 60d; 0 never)
+  --gc-reserved-space SIZE never prune the cache below this (KILN_WORKER_GC_RESERVED_SPACE, 0)
+  --gc-min-free-space SIZE prune when the filesystem has less free (KILN_WORKER_GC_MIN_FREE_SPACE, 0)
+  --gc-grace DUR           never remove what was made or used this recently (KILN_WORKER_GC_GRACE, 5m)
+  --gc-interval DUR        how often the background GC looks (KILN_WORKER_GC_INTERVAL, 1m)
+
 ${NATS_AUTH_HELP}`;
 
 function fromFlags(argv: readonly string[]): {
@@ -287,6 +333,13 @@ function fromFlags(argv: readonly string[]): {
         snapshotter: { type: 'string' },
         runtime: { type: 'string' },
         'insecure-registry': { type: 'string', multiple: true },
+        gc: { type: 'string' },
+        'gc-keep-storage': { type: 'string' },
+        'gc-keep-duration': { type: 'string' },
+        'gc-reserved-space': { type: 'string' },
+        'gc-min-free-space': { type: 'string' },
+        'gc-grace': { type: 'string' },
+        'gc-interval': { type: 'string' },
       },
     }));
   } catch (err) {
@@ -325,7 +378,51 @@ function fromFlags(argv: readonly string[]): {
       snapshotter: values.snapshotter,
       runtime: values.runtime,
       insecureRegistries: values['insecure-registry'],
+      gc: {
+        enabled: values.gc,
+        keepStorage: values['gc-keep-storage'],
+        keepDuration: values['gc-keep-duration'],
+        reservedSpace: values['gc-reserved-space'],
+        minFreeSpace: values['gc-min-free-space'],
+        grace: values['gc-grace'],
+        interval: values['gc-interval'],
+      },
     },
+  };
+}
+
+function compileGc(g: GcConfigInput): WorkerConfig['gc'] {
+  const quantity = (v: string | number | undefined, what: string, parse: (s: string) => number) => {
+    if (v === undefined || v === '') return undefined;
+    try {
+      return parse(String(v));
+    } catch (err) {
+      if (err instanceof InvalidQuantityError)
+        throw new WorkerConfigError(`gc ${what}: ${err.message}`, err);
+      throw err;
+    }
+  };
+  const size = (v: string | number | undefined, what: string) => quantity(v, what, parseSize);
+  const duration = (v: string | number | undefined, what: string) =>
+    quantity(v, what, parseDuration);
+  const on = g.enabled ?? true;
+  const enabled = typeof on === 'boolean' ? on : ['on', 'true', '1'].includes(on.toLowerCase());
+  if (
+    typeof on === 'string' &&
+    !['on', 'off', 'true', 'false', '1', '0'].includes(on.toLowerCase())
+  )
+    throw new WorkerConfigError(`gc must be on or off (got ${on})`);
+  const keepBytes = size(g.keepStorage, 'keepStorage');
+  const interval = duration(g.interval, 'interval') ?? DEFAULT_GC_INTERVAL_MS;
+  if (interval <= 0) throw new WorkerConfigError('gc interval must be positive');
+  return {
+    enabled,
+    ...(keepBytes !== undefined ? { keepBytes } : {}),
+    keepDurationMs: duration(g.keepDuration, 'keepDuration') ?? DEFAULT_GC_KEEP_DURATION_MS,
+    reservedBytes: size(g.reservedSpace, 'reservedSpace') ?? 0,
+    minFreeBytes: size(g.minFreeSpace, 'minFreeSpace') ?? 0,
+    graceMs: duration(g.grace, 'grace') ?? DEFAULT_GC_GRACE_MS,
+    intervalMs: interval,
   };
 }
 
@@ -396,5 +493,6 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     snapshotter: oneOf(c.snapshotter, ['auto', 'overlayfs', 'native'] as const, 'snapshotter'),
     runtime: oneOf(c.runtime, ['auto', 'crun', 'runc'] as const, 'runtime'),
     insecureRegistries: [...(c.insecureRegistries ?? [])],
+    gc: compileGc(c.gc ?? {}),
   };
 }

@@ -31,4 +31,9 @@ export class HeldResults {
   ids(): string[] {
     return this.kv.keys();
   }
+
+  /** Rewrites the records file without superseded lines when they dominate it. */
+  compact(): Promise<void> {
+    return this.kv.compact();
+  }
 }

@@ -61,6 +61,8 @@ import {
   SessionUnavailableError,
 } from './errors.js';
 import { HeldResults } from './held-results.js';
+import { UsageLog } from '../gc/usage-log.js';
+import type { SnapshotLease } from '../snapshot/index.js';
 import { LocalContexts } from '../sources/local/local-contexts.js';
 import { SessionRelay } from './session-relay.js';
 import type { TaskSession } from './session-relay.js';
@@ -131,18 +133,23 @@ export class TaskRunner {
   readonly #relay: SessionRelay | undefined;
   readonly #nc: NatsConnection | undefined;
   readonly #materializeTimeoutMs: number;
+  /** Start times of the running tasks (what garbage collection keeps their new snapshots by). */
+  readonly #running = new Map<symbol, number>();
 
   private constructor(
     readonly engine: Engine,
     readonly store: BlobStore,
     private readonly env: SnapshotEnv,
-    private readonly held: HeldResults,
+    /** Result id -> committed snapshot of the results held here (garbage collection prunes it). */
+    readonly held: HeldResults,
     private readonly log: Logger | undefined,
     private readonly localDirs: Readonly<Record<string, string>>,
     nc: NatsConnection | undefined,
     /** Synced local contexts kept for the next sync of the same context (`local-contexts.ts`). */
     readonly contexts: LocalContexts,
     materializeTimeoutMs: number,
+    /** When each snapshot was last used (what garbage collection orders by). */
+    readonly usage: UsageLog,
   ) {
     this.#nc = nc;
     this.#materializeTimeoutMs = materializeTimeoutMs;
@@ -175,6 +182,7 @@ export class TaskRunner {
     });
     await sweepExecState(join(o.stateDir, 'exec'));
     const held = await HeldResults.open(join(o.stateDir, 'node', 'held-results.jsonl'));
+    const usage = await UsageLog.open(join(o.stateDir, 'node', 'usage.jsonl'));
     const env: SnapshotEnv = { snapshotter: engine.snapshotter, tmpDir: join(o.stateDir, 'tmp') };
     const contexts = await LocalContexts.open({
       stateDir: join(o.stateDir, 'node'),
@@ -191,6 +199,7 @@ export class TaskRunner {
       o.nc,
       contexts,
       o.materializeTimeoutMs ?? 120_000,
+      usage,
     );
   }
 
@@ -205,6 +214,13 @@ export class TaskRunner {
   /** The committed snapshot of a held result. */
   snapshotOf(resultId: string): string | undefined {
     return this.held.get(resultId);
+  }
+
+  /** When the oldest running task started (ms since the epoch); undefined when none runs. */
+  runningSince(): number | undefined {
+    let oldest: number | undefined;
+    for (const t of this.#running.values()) if (oldest === undefined || t < oldest) oldest = t;
+    return oldest;
   }
 
   get stats(): Readonly<RunnerStats> {
@@ -237,8 +253,15 @@ export class TaskRunner {
     const io: InputStats = { local: 0, fetched: 0, bytesFetched: 0 };
     const output = new OutputLines(progress);
     let session: TaskSession | undefined;
+    // Leases on the inputs' snapshots, held until the task ends: garbage collection cannot
+    // remove what a running task reads.
+    const leases: SnapshotLease[] = [];
+    const running = Symbol(task.taskId);
+    // A millisecond early: snapshot times are ISO strings of the same clock, never earlier.
+    this.#running.set(running, Date.now() - 1);
     try {
-      if (task.export) return await this.#runExport(task, task.export, signal, io, progress, log);
+      if (task.export)
+        return await this.#runExport(task, task.export, signal, io, leases, progress, log);
       const op = decodeOp(task.op);
       const kind = opKind(op);
       const executor = kind ? this.#executors[kind] : undefined;
@@ -257,7 +280,7 @@ export class TaskRunner {
       progress({ stage: 'inputs', current: 0, total: taskInputs.length });
       const t0 = performance.now();
       const inputs = await Promise.all(
-        taskInputs.map((inp, i) => this.#materialize(inp, i, signal, io, log)),
+        taskInputs.map((inp, i) => this.#materialize(inp, i, signal, io, leases, log)),
       );
       signal.throwIfAborted();
       progress({ stage: 'run' });
@@ -304,6 +327,8 @@ export class TaskRunner {
       else log?.warn({ err, code: error.code, exitCode: error.exitCode }, 'task failed');
       return { error, inputs: io };
     } finally {
+      for (const l of leases) l.release();
+      this.#running.delete(running);
       await session?.close();
     }
   }
@@ -314,6 +339,7 @@ export class TaskRunner {
     spec: NonNullable<Task['export']>,
     signal: AbortSignal,
     io: InputStats,
+    leases: SnapshotLease[],
     progress: (p: ProgressUpdate) => void,
     log: Logger | undefined,
   ): Promise<TaskOutcome> {
@@ -330,7 +356,7 @@ export class TaskRunner {
       throw new InvalidTaskError(`a ${type} export takes one platform`);
     progress({ stage: 'inputs', current: 0, total: taskInputs.length });
     const snapshots = await Promise.all(
-      taskInputs.map((inp, i) => this.#materialize(inp, i, signal, io, log)),
+      taskInputs.map((inp, i) => this.#materialize(inp, i, signal, io, leases, log)),
     );
     signal.throwIfAborted();
     progress({ stage: 'export' });
@@ -436,13 +462,17 @@ export class TaskRunner {
     index: number,
     signal: AbortSignal,
     io: InputStats,
+    leases: SnapshotLease[],
     log: Logger | undefined,
   ): Promise<string | undefined> {
     const id = inp.resultId ?? '';
     if (id === EMPTY_RESULT_ID) return undefined;
     const local = id ? this.held.get(id) : undefined;
     if (local !== undefined) {
-      if (await this.#exists(local)) {
+      // Looked up and leased in one step: either GC removed it already, or it cannot now.
+      const lease = this.#lease(local);
+      if (lease) {
+        leases.push(lease);
         this.#stats.inputsLocal++;
         io.local++;
         return local;
@@ -472,6 +502,9 @@ export class TaskRunner {
       });
     }
     if (parent === undefined) throw new InputUnavailableError(index, id, 'no layers');
+    const lease = this.#lease(parent);
+    if (!lease) throw new InputUnavailableError(index, id, 'its snapshot was removed meanwhile');
+    leases.push(lease);
     await this.held.set(computed, parent);
     this.#stats.inputsFetched++;
     io.fetched++;
@@ -596,6 +629,19 @@ export class TaskRunner {
     return counter;
   }
 
+  /** A lease on a snapshot that exists (marked used now), or undefined when it is gone. */
+  #lease(snapshot: string): SnapshotLease | undefined {
+    let lease: SnapshotLease;
+    try {
+      lease = this.engine.snapshotter.acquire(snapshot);
+    } catch (err) {
+      if (err instanceof KilnError && err.code === 'SNAPSHOT_NOT_FOUND') return undefined;
+      throw err;
+    }
+    this.usage.touch(snapshot);
+    return lease;
+  }
+
   #exists(snapshot: string): Promise<boolean> {
     return this.engine.snapshotter.stat(snapshot).then(
       () => true,
@@ -632,6 +678,7 @@ export class TaskRunner {
     );
     const resultId = resultIdOf(diffIDs);
     await this.held.set(resultId, snapshot);
+    this.usage.touch(snapshot);
     return { resultId, layers };
   }
 
@@ -650,6 +697,7 @@ export class TaskRunner {
     const snapshot = this.held.get(resultId);
     if (snapshot === undefined || !(await this.#exists(snapshot)))
       throw new MaterializeResultUnknownError(resultId);
+    this.usage.touch(snapshot);
     const chain = await snapshotChain(this.env, snapshot);
     const one = async (s: string): Promise<MaterializedLayer> => {
       const rec = await this.engine.layers.layerOf(this.env, this.store, s);

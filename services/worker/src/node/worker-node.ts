@@ -6,7 +6,9 @@
  *
  * It also answers, for the results it holds, the scheduler's content checksum requests
  * (`checksum-responder.ts`, subject `kiln.checksum.<id>`) and requests to make a result's layers
- * blobs (`materialize-responder.ts`, `kiln.materialize.<id>`), from start until it stops.
+ * blobs (`materialize-responder.ts`, `kiln.materialize.<id>`), from start until it stops, and
+ * runs garbage collection of its local cache (`gc/`: in the background by the configured policy,
+ * and on the control API's DiskUsage and Prune through `kiln.gc.<id>`).
  *
  * Lifecycle: `start()` -> running; `drain()` takes no new task, finishes (or hands back) the
  * running ones, deregisters and closes the connection; `close()` stops at once (as a crash would:
@@ -19,7 +21,9 @@ import type { BlobStore } from '@kiln/store';
 import type { Logger } from 'pino';
 import { TaskConsumer, defaultWorkerId } from '../tasks/task-consumer.js';
 import type { ConsumerEvent } from '../tasks/task-consumer.js';
+import { statfs } from 'node:fs/promises';
 import { join } from 'node:path';
+import { GcResponder, WorkerGc, defaultKeepBytes } from '../gc/index.js';
 import { KvFile } from '../cache/kv-file.js';
 import { ChecksumResponder } from './checksum-responder.js';
 import { MaterializeResponder } from './materialize-responder.js';
@@ -44,6 +48,9 @@ export class WorkerNode {
   #materialize: MaterializeResponder | undefined;
   /** Uploads held results in the background while no task runs. */
   #writeBehind: WriteBehind | undefined;
+  /** Garbage collection of the local cache. */
+  #gc: WorkerGc | undefined;
+  #gcResponder: GcResponder | undefined;
 
   private constructor(
     readonly config: WorkerConfig,
@@ -96,6 +103,7 @@ export class WorkerNode {
       onError: (err, resultId) => log?.warn({ err, resultId }, 'write-behind failed'),
       onUploaded: (resultId, records) => log?.debug({ resultId, records }, 'result uploaded'),
     });
+    let running = 0;
     const consumer = new TaskConsumer({
       nc,
       id,
@@ -104,10 +112,12 @@ export class WorkerNode {
       slots: config.slots,
       runTask: async (task, signal, progress) => {
         writeBehind.taskStarted();
+        running++;
         let outcome: Awaited<ReturnType<typeof runner.run>> | undefined;
         try {
           return (outcome = await runner.run(task, signal, progress));
         } finally {
+          running--;
           writeBehind.taskEnded(task.cacheKey ?? '', outcome?.outputs ?? []);
         }
       },
@@ -151,6 +161,39 @@ export class WorkerNode {
       onError: (err, resultId) => log?.warn({ err, resultId }, 'materialize failed'),
     });
     node.#materialize.start();
+    const gcLog = log?.child({ component: 'gc' });
+    const fs = await statfs(config.stateDir);
+    node.#gc = new WorkerGc({
+      snapshotter: runner.engine.snapshotter,
+      held: runner.held,
+      layers: runner.engine.layers,
+      usage: runner.usage,
+      config: {
+        ...config.gc,
+        keepBytes: config.gc.keepBytes ?? defaultKeepBytes(fs.blocks * fs.bsize),
+      },
+      freeBytes: () => runner.freeDiskBytes(),
+      idle: () => running === 0,
+      runningSince: () => runner.runningSince(),
+      onCollected: (removed, totalBefore) =>
+        gcLog?.info(
+          {
+            removed: removed.length,
+            freedBytes: removed.reduce((n, r) => n + r.size, 0),
+            totalBefore,
+          },
+          'cache collected',
+        ),
+      onError: (err) => gcLog?.warn({ err }, 'gc failed'),
+    });
+    node.#gc.start();
+    node.#gcResponder = new GcResponder({
+      nc,
+      workerId: consumer.id,
+      gc: node.#gc,
+      onError: (err) => gcLog?.debug({ err }, 'gc request failed'),
+    });
+    node.#gcResponder.start();
     log?.info(
       {
         workerId: consumer.id,
@@ -158,6 +201,7 @@ export class WorkerNode {
         slots: config.slots,
         store: config.store.type,
         stateDir: config.stateDir,
+        gc: node.#gc.config,
       },
       'worker started',
     );
@@ -194,6 +238,11 @@ export class WorkerNode {
     return this.#materialize;
   }
 
+  /** Garbage collection of the local cache (undefined before `start` finished). */
+  get gc(): WorkerGc | undefined {
+    return this.#gc;
+  }
+
   /** The content checksum responder (undefined before `start` finished). */
   get checksums(): ChecksumResponder | undefined {
     return this.#checksums;
@@ -204,6 +253,8 @@ export class WorkerNode {
     await this.#writeBehind?.stop();
     await this.#checksums?.stop();
     await this.#materialize?.stop();
+    await this.#gcResponder?.stop();
+    await this.#gc?.stop();
     if (!this.nc.isClosed()) await this.nc.close();
   }
 }

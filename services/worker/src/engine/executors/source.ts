@@ -120,7 +120,9 @@ export class SourceExecutor implements OpExecutor {
           name,
         );
       })();
-      p.catch(() => this.layerBuilds.delete(name));
+      // Shared while in flight only: garbage collection may remove the snapshot later, and the
+      // next pull must then build it again.
+      p.finally(() => this.layerBuilds.delete(name)).catch(() => undefined);
       this.layerBuilds.set(name, p);
     }
     return p;
