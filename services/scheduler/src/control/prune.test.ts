@@ -12,34 +12,34 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
-import { loadHarness, until } from '../dispatch/testing.js';
-import type { Harness, ManagedProcessLike, NatsHandle } from '../dispatch/testing.js';
+import { spawnManaged } from '@kiln/common';
+import type { ManagedProcess } from '@kiln/common';
+import { bundleEntries, makeTempDir, startNats, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
 import { ControlServer } from './control-server.js';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
 
-let h: Harness;
 let tmp: { dir: string; remove: () => void };
-let nats: NatsHandle;
+let nats: NatsServerHandle;
 let nc: NatsConnection;
 let dispatcher: Dispatcher;
 let server: ControlServer;
 let client: KilnClient;
-let worker: ManagedProcessLike;
+let worker: ManagedProcess;
 
 beforeAll(async () => {
   if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
-  h = await loadHarness();
-  tmp = h.makeTempDir('scheduler-prune');
+  tmp = makeTempDir('scheduler-prune');
   const storeDir = join(tmp.dir, 'store');
-  nats = await h.startNats();
-  const files = await h.bundleEntries(
+  nats = await startNats();
+  const files = await bundleEntries(
     { 'kiln-worker-main': 'services/worker/src/node/main.ts' },
     tmp.dir,
   );
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 100, monitorIntervalMs: 100 });
-  worker = h.spawnManaged(
+  worker = spawnManaged(
     process.execPath,
     [files['kiln-worker-main']!, '--id', 'gc-w1', '--state-dir', join(tmp.dir, 'w1')],
     {
@@ -58,7 +58,7 @@ beforeAll(async () => {
       },
     },
   );
-  await until('the worker to register', () => {
+  await waitFor('the worker to register', () => {
     if (worker.hasExited()) throw new Error(`worker exited:\n${worker.output()}`);
     return dispatcher.liveWorkers().some((w) => w.id === 'gc-w1');
   });

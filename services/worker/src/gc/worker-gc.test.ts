@@ -14,7 +14,7 @@ import type { State } from '@kiln/llb';
 import { FsBlobStore } from '@kiln/store';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaskRunner } from '../node/task-runner.js';
-import { runGraph } from '../node/testing.js';
+import { runGraph } from '../test-support/graphs.js';
 import { WorkerGc } from './worker-gc.js';
 import type { GcConfig } from './policy.js';
 
