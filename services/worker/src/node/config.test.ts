@@ -91,6 +91,43 @@ describe('loadConfig', () => {
   });
 });
 
+describe('gc settings', () => {
+  it('default to BuildKit-like values and layer file < environment < flags', () => {
+    const d = loadConfig({ arch: 'x64' }).gc;
+    expect(d).toEqual({
+      enabled: true,
+      keepDurationMs: 60 * 24 * 3_600_000,
+      reservedBytes: 0,
+      minFreeBytes: 0,
+      graceMs: 300_000,
+      intervalMs: 60_000,
+    });
+    const file = join(dir, 'gc.json');
+    writeFileSync(file, JSON.stringify({ gc: { keepStorage: '20GB', keepDuration: '7d' } }));
+    const c = loadConfig({
+      argv: ['--config', file, '--gc-grace', '30s', '--gc-reserved-space', '512'],
+      env: { KILN_WORKER_GC_KEEP_STORAGE: '1GiB', KILN_WORKER_GC: 'on' },
+      arch: 'x64',
+    }).gc;
+    expect(c).toMatchObject({
+      enabled: true,
+      keepBytes: 2 ** 30,
+      keepDurationMs: 7 * 86_400_000,
+      graceMs: 30_000,
+      reservedBytes: 512e6,
+    });
+    expect(loadConfig({ argv: ['--gc', 'off'], arch: 'x64' }).gc.enabled).toBe(false);
+    for (const argv of [
+      ['--gc', 'maybe'],
+      ['--gc-keep-storage', 'lots'],
+      ['--gc-interval', '0'],
+    ])
+      expect(() => loadConfig({ argv, arch: 'x64' })).toThrow(
+        expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error,
+      );
+  });
+});
+
 describe('resolvePlatforms', () => {
   it('detects the native platform and adds emulated ones only with their binfmt handler', () => {
     expect(resolvePlatforms({ arch: 'arm64' })).toEqual([
