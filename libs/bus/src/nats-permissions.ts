@@ -7,7 +7,7 @@
  *   that its attempt is still current) but never writes one: claims and results are requests on
  *   its own `kiln.record.<id>` ({@link recordSubject}), which the scheduler validates and writes
  *   under compare-and-set, taking the worker's identity from the subject. It writes only its own
- *   registration (`$KV.kiln_workers.<id>`), answers only its own offer, checksum and materialize
+ *   registration (`$KV.kiln_workers.<id>`), answers only its own offer, checksum, materialize and gc
  *   subjects, receives replies only on its own inbox ({@link workerInboxPrefix}), and may not
  *   subscribe to `>`, `kiln.session.>` or anyone's inbox.
  * - **clients** (`kiln`, `@kiln/client`) never connect to NATS: they talk gRPC to the scheduler.
@@ -77,6 +77,8 @@ export function workerPermissions(workerId: string): NatsPermissions {
         `kiln.offer.${id}`,
         `kiln.checksum.${id}`,
         `kiln.materialize.${id}`,
+        // du and prune of its own local cache, asked by the scheduler.
+        `kiln.gc.${id}`,
         'kiln.session.*.ssh.*.down',
         `${workerInboxPrefix(id)}.>`,
       ],
