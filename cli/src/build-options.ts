@@ -152,15 +152,17 @@ async function readOption(flag: string, file: string): Promise<Buffer> {
  * `--tlscert/--tlskey`, and `--token`,
  * else `--token-file`, else `KILN_TOKEN`, else `KILN_TOKEN_FILE`.
  */
+export interface RemoteFlags {
+  tls?: boolean;
+  tlscacert?: string;
+  tlscert?: string;
+  tlskey?: string;
+  token?: string;
+  tokenFile?: string;
+}
+
 export async function remoteConnectOptions(
-  f: {
-    tls?: boolean;
-    tlscacert?: string;
-    tlscert?: string;
-    tlskey?: string;
-    token?: string;
-    tokenFile?: string;
-  },
+  f: RemoteFlags,
   env: NodeJS.ProcessEnv,
 ): Promise<Pick<ConnectOptions, 'tls' | 'token'>> {
   if (!f.tlscert !== !f.tlskey) throw new BuildOptionError('--tlscert and --tlskey go together');

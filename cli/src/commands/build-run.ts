@@ -22,7 +22,7 @@ import {
   parseSsh,
   remoteConnectOptions,
 } from '../build-options.js';
-import type { OutputSpec } from '../build-options.js';
+import type { OutputSpec, RemoteFlags } from '../build-options.js';
 import { idleTimeout } from '../farm/idle.js';
 import { localFarm, remoteFarm } from '../farm/local.js';
 import { FormattedError } from '../formatted-error.js';
@@ -30,7 +30,7 @@ import { createPrinter } from '../progress.js';
 import { defaultStateDir } from '../state-dir.js';
 import { StatusEvents } from '../status-events.js';
 
-export interface BuildFlags {
+export interface BuildFlags extends RemoteFlags {
   file?: string;
   target?: string;
   buildArg: string[];
@@ -47,12 +47,6 @@ export interface BuildFlags {
   addr?: string;
   /** Entitlements the build asks for (`--allow`). */
   allow: string[];
-  tls?: boolean;
-  tlscacert?: string;
-  tlscert?: string;
-  tlskey?: string;
-  token?: string;
-  tokenFile?: string;
 }
 
 export async function build(context: string, flags: BuildFlags): Promise<void> {

@@ -6,6 +6,9 @@
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pidAlive } from '@kiln/common';
+
+export { pidAlive };
 
 export interface FarmPaths {
   /** The control API's unix socket. */
@@ -117,20 +120,4 @@ export function processStartTime(pid: number): string | undefined {
 export function farmAlive(info: Pick<FarmInfo, 'pid' | 'startTime'>): boolean {
   if (!pidAlive(info.pid)) return false;
   return info.startTime === undefined || processStartTime(info.pid) === info.startTime;
-}
-
-/** Whether `pid` is a live process (not a zombie waiting to be reaped). */
-export function pidAlive(pid: number): boolean {
-  if (!(pid > 0)) return false;
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  // A zombie (exited, not yet reaped by its parent) is not alive.
-  try {
-    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
 }

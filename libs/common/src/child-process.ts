@@ -8,6 +8,7 @@
 // terminates it gracefully (SIGTERM, then SIGKILL of its whole process group after a timeout).
 
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 
 // $@ is the command. fd 3 keeps the pipe from Node; asynchronous lists get /dev/null as stdin in a
@@ -162,4 +163,20 @@ export function spawnManaged(
       return stopping;
     },
   };
+}
+
+/** Whether `pid` is a live process (not a zombie waiting to be reaped). */
+export function pidAlive(pid: number): boolean {
+  if (!(pid > 0)) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // A zombie (exited, not yet reaped by its parent) is not alive.
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
 }

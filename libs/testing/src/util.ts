@@ -5,6 +5,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pidAlive } from '@kiln/common';
 
 export const SETUP_HINT = 'run `bash scripts/setup.sh` as root to install and prepare it';
 
@@ -127,15 +128,6 @@ export function sweepStaleTempDirs(): void {
     const m = /^kiln-test-.+-(\d+)-[A-Za-z0-9]{6}$/.exec(name);
     if (!m || pidAlive(Number(m[1]))) continue;
     rmSync(join(tmpdir(), name), { recursive: true, force: true });
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -4,6 +4,7 @@ import { mkdir, open, readFile, readdir, unlink, writeFile } from 'node:fs/promi
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { RuntimeError, RuntimeErrorCode } from './errors.js';
+import { pidAlive } from '@kiln/common';
 
 const execFileP = promisify(execFile);
 
@@ -61,15 +62,6 @@ async function run(cmd: string, args: string[], input?: string): Promise<void> {
     );
     child.stdin.end(input);
   });
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**
