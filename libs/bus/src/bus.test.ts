@@ -278,6 +278,28 @@ describe('on a real nats-server', () => {
     expect(late.record?.holder).toBe('w1');
   });
 
+  it('applies a change refused on a stale known copy when the stored record accepts it', async () => {
+    // The scheduler's watch may not have seen a claim yet when the claimant's report arrives.
+    const r = record();
+    const key = taskKey(r.cacheKey);
+    await createRecord(bus.tasks, key, r);
+    const queued = await getRecord(bus.tasks, key);
+    if (!queued) throw new Error('record missing');
+    const claim = await casRecord(bus.tasks, key, (x) => claimRule(x, r.attemptToken, 'w1', false));
+    expect(claim.applied).toBe(true);
+    const done = await casRecord(
+      bus.tasks,
+      key,
+      (x) => completeRule(x, r.attemptToken, 'w1', 'result'),
+      queued,
+    );
+    expect(done.applied).toBe(true);
+    expect((await getRecord(bus.tasks, key))?.record).toMatchObject({
+      state: 'done',
+      result: 'result',
+    });
+  });
+
   it('creates the platform consumers idempotently', async () => {
     const a = await ensureTaskConsumer(bus, { os: 'linux', architecture: 'riscv64' }, false);
     const b = await ensureTaskConsumer(bus, { os: 'linux', architecture: 'riscv64' }, false);

@@ -267,7 +267,9 @@ export interface CasOutcome {
 /**
  * Compare-and-set loop: reads the record (or starts from `known`), applies `change`, and writes
  * it under the revision it read; on a concurrent write it re-reads and applies `change` again.
- * `change` returning undefined stops without writing.
+ * `change` returning undefined stops without writing, but only on a record read from the store:
+ * `known` may lag behind it (a watch not caught up), and a refusal on a stale copy (a report
+ * checked against the record from before its own claim) would drop a write that applies.
  */
 export async function casRecord(
   kv: KV,
@@ -276,17 +278,23 @@ export async function casRecord(
   known?: StoredRecord,
 ): Promise<CasOutcome> {
   let cur = known ?? (await getRecord(kv, key));
+  let fresh = !known;
   for (let i = 0; ; i++) {
-    if (!cur) return { applied: false, record: undefined, revision: 0 };
-    const next = change(cur.record);
-    if (!next) return { applied: false, record: cur.record, revision: cur.revision };
-    try {
-      const revision = await kv.update(key, encodeRecord(next), cur.revision);
-      return { applied: true, record: next, revision };
-    } catch (err) {
-      if (!isWrongRevision(err) || i > 100) throw err;
+    if (!cur) {
+      if (fresh) return { applied: false, record: undefined, revision: 0 };
+    } else {
+      const next = change(cur.record);
+      if (next) {
+        try {
+          const revision = await kv.update(key, encodeRecord(next), cur.revision);
+          return { applied: true, record: next, revision };
+        } catch (err) {
+          if (!isWrongRevision(err) || i > 100) throw err;
+        }
+      } else if (fresh) return { applied: false, record: cur.record, revision: cur.revision };
     }
     cur = await getRecord(kv, key);
+    fresh = true;
   }
 }
 
