@@ -34,7 +34,7 @@ let bus: Bus;
 let records: Subscription;
 const consumers: TaskConsumer[] = [];
 const WORKERS = ['cancel-1', 'drain-1', 'drain-2', 'handback-1', 'offer-1', 'reg-1'];
-WORKERS.push('route-amd64', 'route-arm64', 'stale-1');
+WORKERS.push('route-amd64', 'route-arm64', 'stale-1', 'dup-1');
 
 beforeAll(async () => {
   nats = await startNats({ auth: { workers: WORKERS } });
@@ -151,6 +151,33 @@ describe('TaskConsumer', () => {
     );
     expect(ran).toEqual([rec.attemptToken]);
     await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
+  it('runs an attempt once when another copy of it arrives while it runs', async () => {
+    const ran: string[] = [];
+    const events: ConsumerEvent[] = [];
+    await worker('dup-1', ['linux/amd64'], {
+      slots: 2,
+      events,
+      runTask: (t, s, p) => {
+        ran.push(t.attemptToken);
+        return sleepExecutor(t, s, p);
+      },
+    });
+    const t = testTask({ sleepMs: 1_000 });
+    const rec = await enqueueRaw(bus, t);
+    await waitFor('the first copy to run', () => ran.length === 1);
+    // A second copy of the same attempt (a redelivery after a slow claim, a lost ack): the
+    // scheduler would accept its claim too (same holder, same token), so only the worker can
+    // tell it is already running it.
+    await bus.js.publish(
+      'kiln.task.linux.amd64',
+      encodeTask({ ...t, attemptToken: rec.attemptToken, attempt: 1 }),
+    );
+    await done(t);
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
+    expect(ran).toEqual([rec.attemptToken]);
+    expect(events.filter((e) => e.type === 'claimed')).toHaveLength(1);
   });
 
   it('accepts an offer when it has a free slot and declines when busy past the wait', async () => {

@@ -159,6 +159,8 @@ export class TaskConsumer {
   /** Claims and reports: the scheduler writes the records ({@link RecordClient}). */
   readonly #records: RecordClient;
   readonly #running = new Map<string, Running>();
+  /** Attempts this worker is claiming or running (settled when done): a copy is not run twice. */
+  readonly #attempts = new Map<string, Promise<void>>();
   /** Slots granted (running or claiming). */
   #busy = 0;
   /** Pulls outstanding (each for a free slot). */
@@ -536,6 +538,8 @@ export class TaskConsumer {
     reply?: (r: OfferReply) => void,
   ): Promise<void> {
     let running: Running | undefined;
+    let attempt: string | undefined;
+    let settled: (() => void) | undefined;
     try {
       if (!task || !this.#supports(task)) {
         // Undecodable, or on a queue we should not consume: never run it; drop the copy.
@@ -543,16 +547,32 @@ export class TaskConsumer {
         reply?.({ accepted: false, reason: task ? 'platform' : 'stale' });
         return;
       }
+      const first = this.#attempts.get(task.attemptToken);
+      if (first) {
+        // A copy of an attempt we are still claiming or running (redelivered after a claim slower
+        // than the ack wait, published twice, offered and queued): the first copy settles the
+        // attempt; this one is dropped once it has (the first copy's own message, if its claim
+        // failed, stays unacked and comes back).
+        reply?.({ accepted: false, reason: 'stale' });
+        void first.then(() => msg?.ack());
+        return;
+      }
+      attempt = task.attemptToken;
+      let settle!: () => void;
+      this.#attempts.set(attempt, new Promise<void>((r) => (settle = r)));
+      settled = settle;
       const key = taskKey(task.cacheKey);
       // The scheduler checks the token and writes the claim (workers never write records).
       const claimed = await retrying(
-        () =>
-          this.#records.request({
+        () => {
+          msg?.working();
+          return this.#records.request({
             op: 'claim',
             key,
             token: task.attemptToken,
             emulated: this.#emulatedFor(task),
-          }),
+          });
+        },
         { timeoutMs: 30_000, retryable: transient },
       );
       if (!claimed) {
@@ -592,6 +612,8 @@ export class TaskConsumer {
       reply?.({ accepted: false, reason: 'stale' });
     } finally {
       if (running) this.#running.delete(running.task.attemptToken);
+      if (attempt) this.#attempts.delete(attempt);
+      settled?.();
       this.#releaseSlot();
     }
   }
