@@ -21,7 +21,8 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { connectNats, generateFarmAuth } from '@kiln/bus';
-import { startNatsServer } from '@kiln/common';
+import { liveDigests, startStoreCollector } from '@kiln/cache-store';
+import { parseDuration, startNatsServer } from '@kiln/common';
 import type { NatsServerProcess } from '@kiln/common';
 import { ENTITLEMENTS, formatPlatform, hostPlatform, parsePlatform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
@@ -179,6 +180,18 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
     // Tasks still running when the farm stops are abandoned with it (their records are fenced:
     // the next farm on this state dir runs them again if a build asks).
     stops.push(() => node.close());
+    // The content store's collector (cache-store): blobs no cache record names and unused for a
+    // day (KILN_GC_STORE_KEEP_DURATION) go, a minute after start and then hourly.
+    const collector = startStoreCollector({
+      store: new FsBlobStore({ root: storeDir }),
+      live: () => liveDigests(nc),
+      keepDurationMs: parseDuration(process.env.KILN_GC_STORE_KEEP_DURATION || '24h'),
+      intervalMs: 3600_000,
+      firstRunMs: 60_000,
+      onReport: (r) => o.log.info(r, 'store collected'),
+      onError: (err) => o.log.warn({ err: String(err) }, 'store collection failed'),
+    });
+    stops.push(() => collector.stop());
     const deadline = Date.now() + 30_000;
     while (!dispatcher.liveWorkers().some((w) => w.id === node.id)) {
       if (Date.now() > deadline)

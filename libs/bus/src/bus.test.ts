@@ -300,6 +300,17 @@ describe('on a real nats-server', () => {
     });
   });
 
+  it('changes the lifetime of an existing record bucket only when asked to', async () => {
+    const info = async () => (await bus.jsm.streams.info('KV_kiln_tasks')).config.max_age;
+    const before = await info();
+    await openBus(nc, { recordTtlMs: 3_600_000 });
+    expect(await info()).toBe(before);
+    await openBus(nc, { recordTtlMs: 3_600_000, applyRecordTtl: true });
+    expect(await info()).toBe(3_600_000 * 1_000_000);
+    await openBus(nc, { recordTtlMs: before / 1_000_000, applyRecordTtl: true });
+    expect(await info()).toBe(before);
+  });
+
   it('creates the platform consumers idempotently', async () => {
     const a = await ensureTaskConsumer(bus, { os: 'linux', architecture: 'riscv64' }, false);
     const b = await ensureTaskConsumer(bus, { os: 'linux', architecture: 'riscv64' }, false);

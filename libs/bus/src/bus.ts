@@ -27,8 +27,14 @@ import {
 } from './subjects.js';
 
 export interface BusOptions {
-  /** How long task records (results included) are kept after their last change. Default 24 h. */
+  /**
+   * How long task records (results included: the cache index) are kept after their last change.
+   * Default 24 h. Applies when the bucket is created; with {@link applyRecordTtl} also to a bucket
+   * that exists (the scheduler's `--cache-ttl`).
+   */
   recordTtlMs?: number;
+  /** Change an existing bucket's record lifetime to `recordTtlMs` (needs stream update rights). */
+  applyRecordTtl?: boolean;
   /** Queue consumer ack wait; holders extend it with `working()`. Default 10 s. */
   ackWaitMs?: number;
   /**
@@ -90,6 +96,7 @@ export async function openBus(nc: NatsConnection, opts: BusOptions = {}): Promis
   }
   const kvm = new Kvm(js);
   const tasks = await kvm.create(TASKS_BUCKET, { history: 1, ttl: options.recordTtlMs });
+  if (opts.applyRecordTtl) await applyMaxAge(jsm, `KV_${TASKS_BUCKET}`, options.recordTtlMs);
   const workers = await kvm.create(WORKERS_BUCKET, { history: 1 });
   return { nc, js, jsm, tasks, workers, options };
 }
@@ -121,4 +128,11 @@ export async function ensureTaskConsumer(
       });
     }
   }
+}
+
+/** Sets a stream's max_age (records older than it expire) when it differs. */
+async function applyMaxAge(jsm: JetStreamManager, stream: string, ms: number): Promise<void> {
+  const info = await jsm.streams.info(stream);
+  if (info.config.max_age === nanos(ms)) return;
+  await jsm.streams.update(stream, { ...info.config, max_age: nanos(ms) });
 }

@@ -21,6 +21,11 @@ export interface GetOptions {
 export interface BlobInfo {
   digest: Digest;
   size: number;
+  /**
+   * Set by `list()`: when the blob was stored, or touched where the backend's listing shows it
+   * (a lower bound of {@link BlobStore.lastUsed}, which a collector checks before deleting).
+   */
+  modified?: Date;
 }
 
 /**
@@ -51,6 +56,14 @@ export interface BlobStore {
   has(digest: Digest): Promise<boolean>;
   /** Removes a blob; resolves true if it existed. Readers already streaming it may fail. */
   delete(digest: Digest): Promise<boolean>;
-  /** Every complete blob, in no particular order. */
+  /**
+   * Marks a blob as in use now (its `modified` time), so that the store's garbage collector, which
+   * spares blobs used within its grace period, keeps it. Resolves false when absent. A put of
+   * content already stored touches it too.
+   */
+  touch(digest: Digest): Promise<boolean>;
+  /** When the blob was stored or last touched; undefined when absent. */
+  lastUsed(digest: Digest): Promise<Date | undefined>;
+  /** Every complete blob, in no particular order, with its `modified` time. */
   list(): AsyncIterable<BlobInfo>;
 }

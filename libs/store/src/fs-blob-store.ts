@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream';
@@ -69,6 +69,7 @@ export class FsBlobStore implements BlobStore {
       // written on servers whose PUT is not atomic (s3rver), so the content is sent again.
       if (opts.size !== undefined && (await this.stat(expected))?.size === opts.size) {
         discardSource(source);
+        await this.touch(expected);
         return { digest: expected, size: opts.size };
       }
     }
@@ -183,6 +184,26 @@ export class FsBlobStore implements BlobStore {
     return (await this.stat(digest)) !== undefined;
   }
 
+  async lastUsed(digest: Digest): Promise<Date | undefined> {
+    try {
+      return (await stat(this.pathOf(digest))).mtime;
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return undefined;
+      throw unavailable('stat', err);
+    }
+  }
+
+  async touch(digest: Digest): Promise<boolean> {
+    const now = new Date();
+    try {
+      await utimes(this.pathOf(digest), now, now);
+      return true;
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return false;
+      throw unavailable('touch', err);
+    }
+  }
+
   async delete(digest: Digest): Promise<boolean> {
     try {
       await unlink(this.pathOf(digest));
@@ -205,8 +226,14 @@ export class FsBlobStore implements BlobStore {
     for (const name of names) {
       if (!HEX_RE.test(name)) continue;
       const digest: Digest = `sha256:${name}`;
-      const info = await this.stat(digest);
-      if (info !== undefined) yield { digest, size: info.size };
+      let st;
+      try {
+        st = await stat(join(this.dir, name));
+      } catch (err) {
+        if (isErrno(err, 'ENOENT')) continue;
+        throw unavailable('stat', err);
+      }
+      yield { digest, size: st.size, modified: st.mtime };
     }
   }
 

@@ -28,6 +28,8 @@ const HEX_RE = /^[0-9a-f]{64}$/;
 const MIB = 1024 * 1024;
 /** S3's limit for a single CopyObject; larger blobs are copied with multipart part-copies. */
 const MAX_SINGLE_COPY = 5 * 1024 * MIB;
+/** User metadata a touch sets (see `touch`). */
+const TOUCHED = 'kiln-touched';
 
 export interface S3BlobStoreOptions {
   /** `http(s)://host[:port]` of the S3 API. */
@@ -193,6 +195,7 @@ export class S3BlobStore implements BlobStore {
       // written on servers whose PUT is not atomic (s3rver), so the content is sent again.
       if (opts.size !== undefined && (await this.stat(expected))?.size === opts.size) {
         discardSource(source);
+        await this.touch(expected);
         return { digest: expected, size: opts.size };
       }
     }
@@ -412,6 +415,58 @@ export class S3BlobStore implements BlobStore {
     return (await this.stat(digest)) !== undefined;
   }
 
+  /**
+   * S3 has no "touch": the object is copied onto itself with its metadata replaced (one
+   * server-side request, no data through the client), which sets its LastModified on S3 and MinIO
+   * and records the time as `x-amz-meta-kiln-touched` (s3rver keeps LastModified as it was, so
+   * {@link lastUsed} reads both). Objects over the size of one copy (5 GiB) are left as they are.
+   */
+  async touch(digest: Digest): Promise<boolean> {
+    const key = this.keyOf(digest);
+    let st;
+    try {
+      st = await resend(async () => (await this.clientP).statObject(this.bucket, key));
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw toStoreError('touch', err);
+    }
+    if (st.size > MAX_SINGLE_COPY) return true;
+    try {
+      const { CopyDestinationOptions, CopySourceOptions } = await loadMinio();
+      const contentType = (st.metaData as Record<string, string> | undefined)?.['content-type'];
+      const src = new CopySourceOptions({ Bucket: this.bucket, Object: key });
+      const dst = new CopyDestinationOptions({
+        Bucket: this.bucket,
+        Object: key,
+        MetadataDirective: 'REPLACE',
+        UserMetadata: { [TOUCHED]: new Date().toISOString() },
+        ...(contentType ? { Headers: { 'Content-Type': contentType } } : {}),
+      });
+      await resend(async () => (await this.clientP).copyObject(src, dst));
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw toStoreError('touch', err);
+    }
+    return true;
+  }
+
+  async lastUsed(digest: Digest): Promise<Date | undefined> {
+    let st;
+    try {
+      st = await resend(async () =>
+        (await this.clientP).statObject(this.bucket, this.keyOf(digest)),
+      );
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw toStoreError('stat', err);
+    }
+    const touched = Date.parse(
+      (st.metaData as Record<string, string> | undefined)?.[TOUCHED] ?? '',
+    );
+    const stored = st.lastModified.getTime();
+    return new Date(Number.isFinite(touched) ? Math.max(touched, stored) : stored);
+  }
+
   async delete(digest: Digest): Promise<boolean> {
     const existed = await this.has(digest);
     if (!existed) return false;
@@ -466,9 +521,15 @@ export class S3BlobStore implements BlobStore {
       ) as AsyncIterable<{
         name?: string;
         size?: number;
+        lastModified?: Date;
       }>) {
         const hex = item.name?.slice(dir.length) ?? '';
-        if (HEX_RE.test(hex)) yield { digest: `sha256:${hex}`, size: item.size ?? 0 };
+        if (HEX_RE.test(hex))
+          yield {
+            digest: `sha256:${hex}`,
+            size: item.size ?? 0,
+            ...(item.lastModified ? { modified: item.lastModified } : {}),
+          };
       }
     } catch (err) {
       throw toStoreError('list', err);

@@ -43,6 +43,16 @@ describe('loadConfig', () => {
       );
   });
 
+  it('takes the cache index lifetime as a duration, at least a minute', () => {
+    expect(loadConfig({}, []).cacheTtlMs).toBe(24 * 3600_000);
+    expect(loadConfig({ KILN_CACHE_TTL: '7d' }, []).cacheTtlMs).toBe(7 * 24 * 3600_000);
+    expect(loadConfig({ KILN_CACHE_TTL: '7d' }, ['--cache-ttl', '90m']).cacheTtlMs).toBe(
+      90 * 60_000,
+    );
+    expect(() => loadConfig({}, ['--cache-ttl', 'soon'])).toThrow(/--cache-ttl must be a duration/);
+    expect(() => loadConfig({}, ['--cache-ttl', '10s'])).toThrow(/at least 1m/);
+  });
+
   it('rejects bad values with a typed error', () => {
     expect(() => loadConfig({ KILN_MAX_ATTEMPTS: 'x' }, [])).toThrow(/non-negative integer/);
     expect(() => loadConfig({}, ['--listen', 'nowhere'])).toThrow(/host:port/);

@@ -4,6 +4,7 @@
  * (main.ts) and passed in, so tests inject their own.
  */
 import { parseArgs } from 'node:util';
+import { parseDuration } from '@kiln/common';
 import { isEntitlement } from '@kiln/llb';
 import type { Entitlement } from '@kiln/llb';
 import { NATS_AUTH_FLAGS, NatsConfigError, checkNatsAuth, natsAuthFrom } from '@kiln/bus';
@@ -58,6 +59,11 @@ export interface SchedulerConfig {
   /** Dispatcher: attempts per task (`KILN_MAX_ATTEMPTS`). */
   maxAttempts: number;
   /**
+   * How long a cache record (a step's result in the index) lives after its last change
+   * (`--cache-ttl`, `KILN_CACHE_TTL`: a duration such as `7d`); applied to the bucket at start.
+   */
+  cacheTtlMs: number;
+  /**
    * How long a content checksum from an input's holder may take before the key falls back to the
    * input's result id; 0 turns selector content keys off (`KILN_CHECKSUM_TIMEOUT_MS`).
    */
@@ -85,6 +91,7 @@ export const DEFAULT_CONFIG: SchedulerConfig = {
   affinityDelayMs: 100,
   heartbeatTimeoutMs: 3_000,
   maxAttempts: 3,
+  cacheTtlMs: 24 * 3600_000,
   checksumTimeoutMs: 3_000,
   insecureRegistries: [],
   insecureListen: false,
@@ -111,6 +118,18 @@ function int(key: string, v: string | undefined, fallback: number): number {
   if (!Number.isSafeInteger(n) || n < 0)
     throw new ConfigInvalidError(`${key} must be a non-negative integer, got ${v}`, key);
   return n;
+}
+
+function duration(key: string, v: string, fallback: number): number {
+  if (v === '') return fallback;
+  let ms: number;
+  try {
+    ms = parseDuration(v);
+  } catch {
+    throw new ConfigInvalidError(`--${key} must be a duration such as 90m or 7d, got ${v}`, key);
+  }
+  if (ms < 60_000) throw new ConfigInvalidError(`--${key} must be at least 1m, got ${v}`, key);
+  return ms;
 }
 
 function natsAuth(
@@ -148,6 +167,7 @@ export function loadConfig(
         'insecure-listen': { type: 'boolean' },
         'allow-insecure-entitlement': { type: 'string', multiple: true },
         'shared-cache': { type: 'boolean' },
+        'cache-ttl': { type: 'string' },
       },
       strict: true,
     }).values;
@@ -202,6 +222,11 @@ export function loadConfig(
       DEFAULT_CONFIG.heartbeatTimeoutMs,
     ),
     maxAttempts: int('KILN_MAX_ATTEMPTS', env.KILN_MAX_ATTEMPTS, DEFAULT_CONFIG.maxAttempts),
+    cacheTtlMs: duration(
+      'cache-ttl',
+      str('cache-ttl', 'KILN_CACHE_TTL', ''),
+      DEFAULT_CONFIG.cacheTtlMs,
+    ),
     checksumTimeoutMs: int(
       'KILN_CHECKSUM_TIMEOUT_MS',
       env.KILN_CHECKSUM_TIMEOUT_MS,

@@ -1,7 +1,8 @@
 /**
  * `node services/scheduler/dist/main.js [--listen host:port] [--nats url] [--platform os/arch]
  * [--log-level level] [--store-dir DIR] [--tlscert F --tlskey F [--tlscacert F]]
- * [--tokens-file F] [--allow-insecure-entitlement E]... [--shared-cache] [--insecure-listen]`:
+ * [--tokens-file F] [--allow-insecure-entitlement E]... [--shared-cache] [--insecure-listen]
+ * [--cache-ttl D]`:
  * the scheduler service. Connects to NATS, starts the Dispatcher and serves
  * `kiln.control.v1.Control` over gRPC. SIGTERM/SIGINT: stop serving (running builds fail with a
  * retryable SCHEDULER_UNAVAILABLE; their task records stay for the next scheduler), then exit.
@@ -77,6 +78,7 @@ async function main(): Promise<void> {
     affinityDelayMs: config.affinityDelayMs,
     heartbeatTimeoutMs: config.heartbeatTimeoutMs,
     maxAttempts: config.maxAttempts,
+    bus: { recordTtlMs: config.cacheTtlMs, applyRecordTtl: true },
     onEvent: (e) => {
       if (e.type === 'error') dlog.warn({ where: e.where, err: String(e.error) }, 'dispatch error');
       else if (e.type === 'failed' || e.type === 'redispatched' || e.type === 'result-lost')

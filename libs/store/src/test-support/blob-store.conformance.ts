@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { waitFor } from '@kiln/testing';
 import type { BlobStore } from '../blob-store.js';
 import { sha256Digest } from '../digest.js';
 import type { Digest } from '../digest.js';
@@ -74,7 +75,7 @@ async function hashStream(r: Readable): Promise<{ digest: Digest; size: number }
 
 async function listAll(store: BlobStore): Promise<{ digest: Digest; size: number }[]> {
   const out: { digest: Digest; size: number }[] = [];
-  for await (const b of store.list()) out.push(b);
+  for await (const b of store.list()) out.push({ digest: b.digest, size: b.size });
   return out.sort((a, b) => a.digest.localeCompare(b.digest));
 }
 
@@ -356,6 +357,35 @@ export function blobStoreConformance(
       expect(await listAll(store)).toEqual(
         [...blobs].sort((a, b) => a.digest.localeCompare(b.digest)),
       );
+    });
+
+    it('lists when each blob was last used; a touch or a put of the same content moves it on', async () => {
+      const { digest, size } = await store.put(undefined, pattern(3000, 'touch'), {
+        mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+      });
+      const listed = async (): Promise<number> => {
+        for await (const b of store.list())
+          if (b.digest === digest) return b.modified?.getTime() ?? NaN;
+        return NaN;
+      };
+      const modified = async (): Promise<number> =>
+        (await store.lastUsed(digest))?.getTime() ?? NaN;
+      const m0 = await modified();
+      expect(Number.isFinite(m0)).toBe(true);
+      expect(await listed()).toBe(m0);
+      // Stores keep times at their own granularity (S3: seconds): touch until the time moves.
+      await waitFor('a touch to move the modified time', async () => {
+        expect(await store.touch(digest)).toBe(true);
+        return (await modified()) > m0;
+      });
+      const m1 = await modified();
+      await waitFor('a repeated put to move it again', async () => {
+        await store.put(digest, pattern(3000, 'touch'), { size });
+        return (await modified()) > m1;
+      });
+      expect((await readAll(await store.get(digest))).equals(pattern(3000, 'touch'))).toBe(true);
+      expect(await store.touch(sha256Digest('never stored'))).toBe(false);
+      expect(await store.lastUsed(sha256Digest('never stored'))).toBeUndefined();
     });
 
     it('deletes', async () => {

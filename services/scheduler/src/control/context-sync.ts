@@ -185,14 +185,15 @@ export async function syncContext(
     const ref = f.size <= PACK_MAX_FILE ? known.get(f.digest) : undefined;
     if (ref) {
       let ok = packOk.get(ref.pack);
-      if (!ok) packOk.set(ref.pack, (ok = store.has(ref.pack as Digest)));
+      // touch, not has: a reused blob must look used to the store's collector (cache-store).
+      if (!ok) packOk.set(ref.pack, (ok = store.touch(ref.pack as Digest)));
       if (await ok) {
         f.pack = ref.pack;
         f.offset = ref.offset;
         return;
       }
     }
-    if (await store.has(f.digest as Digest)) return;
+    if (await store.touch(f.digest as Digest)) return;
     (f.size <= PACK_MAX_FILE ? toPack : single).push(f);
   });
   // In path order, so that a worker reads each pack once.

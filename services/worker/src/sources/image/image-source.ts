@@ -91,7 +91,8 @@ export class ImageSource {
   async resolve(identifier: string | ImageReference, platform: Platform): Promise<ResolvedImage> {
     const img = await resolvePlatformImage(this.client, identifier, platform, {
       get: async (desc) => {
-        if (!(await this.store.has(desc.digest))) return undefined;
+        // touch, not has: a reused blob must look used to the store's collector (cache-store).
+        if (!(await this.store.touch(desc.digest))) return undefined;
         const chunks: Buffer[] = [];
         for await (const c of await this.store.get(desc.digest)) chunks.push(c as Buffer);
         return Buffer.concat(chunks);
