@@ -40,7 +40,7 @@ esac
 # 1. Debian packages
 PACKAGES=(
   nats-server crun runc docker-registry skopeo umoci qemu-user-static
-  busybox-static git iproute2 uidmap fuse-overlayfs ca-certificates xz-utils zstd bzip2 tar attr
+  busybox-static git iproute2 iptables uidmap fuse-overlayfs ca-certificates xz-utils zstd bzip2 tar attr
   gcc libc6-dev openssl
 )
 

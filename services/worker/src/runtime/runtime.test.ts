@@ -298,6 +298,55 @@ describe('OciRuntime', () => {
     ).toBe('rw\n');
   });
 
+  it("applies Docker's default seccomp profile in the sandbox, none when insecure", async () => {
+    expect(await sh('grep ^Seccomp: /proc/self/status')).toBe('Seccomp:\t2\n');
+    expect(await sh('grep ^Seccomp: /proc/self/status', { security: 'insecure' })).toBe(
+      'Seccomp:\t0\n',
+    );
+    // a user namespace (and mounts inside it) is refused without CAP_SYS_ADMIN
+    const unshare = await rt
+      .run({
+        rootfs,
+        args: [
+          'busybox',
+          'unshare',
+          '-U',
+          '-r',
+          '-m',
+          'busybox',
+          'mount',
+          '-t',
+          'tmpfs',
+          'x',
+          '/tmp',
+        ],
+      })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(unshare).toBeInstanceOf(ExecError);
+    expect((unshare as ExecError).tail).toMatch(/unshare.*Operation not permitted/);
+    expect(
+      await sh('busybox unshare -U -r -m busybox mount -t tmpfs x /tmp && echo ok', {
+        security: 'insecure',
+      }),
+    ).toBe('ok\n');
+    // no host block device can be mounted: the node can be made, not mounted nor opened
+    const dev = (await readFile('/proc/partitions', 'utf8'))
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .find((f) => f.length === 4 && /^\d+$/.test(f[0]!) && f[3] !== 'name');
+    expect(dev).toBeDefined();
+    const [major, minor] = dev!;
+    const mnt = await sh(
+      `busybox mknod /tmp/blk b ${major} ${minor}; busybox mount /tmp/blk /mnt 2>&1; echo "mount=$?"; head -c 1 /tmp/blk 2>&1; echo "read=$?"; busybox rm -f /tmp/blk`,
+    );
+    expect(mnt).toMatch(/mount=[1-9]/);
+    expect(mnt).toMatch(/Operation not permitted/);
+    expect(mnt).toMatch(/read=[1-9]/);
+  });
+
   it('gives the container the usual /dev and kernel filesystems', async () => {
     const out = await sh('ls /dev; echo ---; cut -d" " -f2,3 /proc/mounts');
     const [devs, mounts] = out.split('---\n');

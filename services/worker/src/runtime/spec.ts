@@ -1,6 +1,8 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DEFAULT_HOSTNAME, DEFAULT_PATH } from './hosts.js';
+import { seccompFor } from './seccomp.js';
+import type { OciSeccomp } from './seccomp.js';
 import type { ResolvedUser } from './user.js';
 import type { ContainerMount, NetworkMode, SecurityMode, Ulimit } from './types.js';
 
@@ -128,6 +130,7 @@ export interface OciSpec {
     };
     devices?: OciDevice[];
     cgroupsPath?: string;
+    seccomp?: OciSeccomp;
   };
 }
 
@@ -166,7 +169,9 @@ export function withDefaultPath(env: readonly string[]): string[] {
  * from containerd's defaults: the usual /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys and
  * cgroup mounts (no /run, BuildKit removes it), generated /etc/resolv.conf and /etc/hosts bound
  * read-only, pid/ipc/uts/mount namespaces plus a network one unless the network is the host's,
- * masked and read-only /proc paths, new privileges allowed, no rlimits unless asked.
+ * masked and read-only /proc paths, Docker's default seccomp profile for the granted capabilities,
+ * new privileges allowed, no rlimits unless asked. The insecure mode has none of the masks, the
+ * read-only paths or the seccomp filter.
  */
 export function generateSpec(i: SpecInput): OciSpec {
   const insecure = i.security === 'insecure';
@@ -272,6 +277,7 @@ export function generateSpec(i: SpecInput): OciSpec {
   if (!insecure) {
     spec.linux.maskedPaths = MASKED_PATHS;
     spec.linux.readonlyPaths = READONLY_PATHS;
+    spec.linux.seccomp = seccompFor(caps);
   } else if (i.devices !== undefined && i.devices.length > 0) {
     spec.linux.devices = i.devices;
   }
