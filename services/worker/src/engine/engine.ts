@@ -14,7 +14,7 @@ import type { SnapshotEnv } from '../ops/snapshots.js';
 import { RegistryClient } from '@kiln/registry';
 import type { RegistryClientOptions } from '@kiln/registry';
 import { OciRuntime } from '../runtime/index.js';
-import type { RuntimeName } from '../runtime/index.js';
+import type { RuntimeName, TaskLimits } from '../runtime/index.js';
 import { openSnapshotter } from '../snapshot/index.js';
 import type { Snapshotter } from '../snapshot/index.js';
 import { ImageSource } from '../sources/image/index.js';
@@ -37,6 +37,10 @@ export interface EngineOptions {
   registry?: RegistryClientOptions;
   /** The content store; default a filesystem store under `<stateDir>/content`. */
   store?: BlobStore;
+  /** Limits of every exec's container (`OciRuntimeOptions.limits`). */
+  limits?: TaskLimits;
+  /** Addresses the sandbox network may not reach (`OciRuntimeOptions.sandboxDeny`). */
+  sandboxDeny?: string[];
 }
 
 /** Where a result goes (BuildKit's `--output`). */
@@ -72,6 +76,8 @@ export class Engine {
       opening ??= OciRuntime.open({
         stateDir: join(o.stateDir, 'exec'),
         runtime: o.runtime ?? 'auto',
+        ...(o.limits ? { limits: o.limits } : {}),
+        ...(o.sandboxDeny ? { sandboxDeny: o.sandboxDeny } : {}),
       });
       // A failed open is retried by the next exec rather than remembered.
       opening.catch(() => (opening = undefined));

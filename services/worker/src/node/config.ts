@@ -25,6 +25,7 @@ import {
 } from '../gc/policy.js';
 import type { GcConfig } from '../gc/policy.js';
 import { resolvePlatforms } from './platforms.js';
+import type { TaskLimits } from '../runtime/index.js';
 
 export type { StoreConfig } from '@kiln/store';
 
@@ -55,7 +56,25 @@ export interface WorkerConfig {
    * state dir's filesystem, measured at start.
    */
   gc: Omit<GcConfig, 'keepBytes'> & { keepBytes?: number };
+  /** Limits of every task's container (`runtime/cgroups.ts`); an absent field is no limit. */
+  limits: TaskLimits;
+  /**
+   * Addresses a RUN in the sandbox network may not reach besides the worker's own (the farm's
+   * control plane: the NATS server's host is added from `natsUrl`), as IPs, CIDRs or host names.
+   */
+  sandboxDeny: string[];
 }
+
+/** Task limits as written: sizes (`2GB`, a plain number is MB), durations (`30m`), counts. */
+export interface LimitsConfigInput {
+  memory?: string | number;
+  pids?: string | number;
+  cpuShares?: string | number;
+  time?: string | number;
+}
+
+/** The pids limit of a task unless configured: enough for any build, not for a fork bomb. */
+export const DEFAULT_PIDS_LIMIT = 4096;
 
 /** GC settings as written: sizes (`2GB`, a plain number is MB) and durations (`48h`, `30m`). */
 export interface GcConfigInput {
@@ -100,6 +119,8 @@ export interface WorkerConfigInput {
   runtime?: string;
   insecureRegistries?: string[];
   gc?: GcConfigInput;
+  limits?: LimitsConfigInput;
+  sandboxDeny?: string[];
 }
 
 export interface LoadConfigOptions {
@@ -166,9 +187,9 @@ function merge(a: WorkerConfigInput, b: WorkerConfigInput): WorkerConfigInput {
       // backend replaces the store whole.
       const sameType = s.type === undefined || s.type === a.store?.type;
       out.store = sameType ? { ...a.store, ...s } : s;
-    } else if (k === 'gc') {
+    } else if (k === 'gc' || k === 'limits') {
       const g = Object.fromEntries(Object.entries(v as object).filter(([, x]) => x !== undefined));
-      out.gc = { ...a.gc, ...g };
+      (out as Record<string, unknown>)[k] = { ...a[k], ...g };
     } else (out as Record<string, unknown>)[k] = v;
   }
   return out;
@@ -253,6 +274,13 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
     snapshotter: e('KILN_WORKER_SNAPSHOTTER'),
     runtime: e('KILN_WORKER_RUNTIME'),
     insecureRegistries: list(e('KILN_INSECURE_REGISTRIES')),
+    limits: {
+      memory: e('KILN_WORKER_MEMORY_LIMIT'),
+      pids: e('KILN_WORKER_PIDS_LIMIT'),
+      cpuShares: e('KILN_WORKER_CPU_SHARES'),
+      time: e('KILN_WORKER_TIME_LIMIT'),
+    },
+    sandboxDeny: list(e('KILN_WORKER_SANDBOX_DENY')),
     gc: {
       enabled: e('KILN_WORKER_GC'),
       keepStorage: e('KILN_WORKER_GC_KEEP_STORAGE'),
@@ -294,6 +322,14 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
   --gc-min-free-space SIZE prune when the filesystem has less free (KILN_WORKER_GC_MIN_FREE_SPACE, 0)
   --gc-grace DUR           never remove what was made or used this recently (KILN_WORKER_GC_GRACE, 5m)
   --gc-interval DUR        how often the background GC looks (KILN_WORKER_GC_INTERVAL, 1m)
+  --memory-limit SIZE      memory of each task's container, OOM-killed past it
+                           (KILN_WORKER_MEMORY_LIMIT; 2GB, 512MiB; default and 0: none)
+  --pids-limit N           processes and threads of each task (KILN_WORKER_PIDS_LIMIT, 4096; 0 none)
+  --cpu-shares N           CPU weight of each task, 1024 is normal (KILN_WORKER_CPU_SHARES)
+  --time-limit DUR         wall time of each RUN (KILN_WORKER_TIME_LIMIT; 30m, 2h; default none)
+  --sandbox-deny ADDR      an IP, CIDR or host a RUN may not reach (the farm's control plane),
+                           repeatable (KILN_WORKER_SANDBOX_DENY, comma list); the NATS host and
+                           the worker's own addresses are always denied
 
 ${NATS_AUTH_HELP}`;
 
@@ -340,6 +376,11 @@ function fromFlags(argv: readonly string[]): {
         'gc-min-free-space': { type: 'string' },
         'gc-grace': { type: 'string' },
         'gc-interval': { type: 'string' },
+        'memory-limit': { type: 'string' },
+        'pids-limit': { type: 'string' },
+        'cpu-shares': { type: 'string' },
+        'time-limit': { type: 'string' },
+        'sandbox-deny': { type: 'string', multiple: true },
       },
     }));
   } catch (err) {
@@ -378,6 +419,13 @@ function fromFlags(argv: readonly string[]): {
       snapshotter: values.snapshotter,
       runtime: values.runtime,
       insecureRegistries: values['insecure-registry'],
+      limits: {
+        memory: values['memory-limit'],
+        pids: values['pids-limit'],
+        cpuShares: values['cpu-shares'],
+        time: values['time-limit'],
+      },
+      sandboxDeny: values['sandbox-deny'],
       gc: {
         enabled: values.gc,
         keepStorage: values['gc-keep-storage'],
@@ -424,6 +472,46 @@ function compileGc(g: GcConfigInput): WorkerConfig['gc'] {
     graceMs: duration(g.grace, 'grace') ?? DEFAULT_GC_GRACE_MS,
     intervalMs: interval,
   };
+}
+
+function compileLimits(l: LimitsConfigInput): TaskLimits {
+  const quantity = (
+    v: string | number | undefined,
+    what: string,
+    parse: (s: string) => number,
+  ): number | undefined => {
+    if (v === undefined || v === '') return undefined;
+    let n: number;
+    try {
+      n = parse(String(v));
+    } catch (err) {
+      if (err instanceof InvalidQuantityError)
+        throw new WorkerConfigError(`limits ${what}: ${err.message}`, err);
+      throw err;
+    }
+    if (!Number.isFinite(n) || n < 0)
+      throw new WorkerConfigError(`limits ${what} must be 0 or more (got ${String(v)})`);
+    return n === 0 ? undefined : n;
+  };
+  const count = (s: string): number => {
+    const n = Number(s);
+    if (!Number.isInteger(n)) throw new InvalidQuantityError(`"${s}" is not an integer`);
+    return n;
+  };
+  const out: TaskLimits = {};
+  const memory = quantity(l.memory, 'memory', parseSize);
+  if (memory !== undefined) out.memoryBytes = Math.floor(memory);
+  const pids = quantity(l.pids ?? DEFAULT_PIDS_LIMIT, 'pids', count);
+  if (pids !== undefined) out.pids = pids;
+  const shares = quantity(l.cpuShares, 'cpuShares', count);
+  if (shares !== undefined) {
+    if (shares < 2 || shares > 262144)
+      throw new WorkerConfigError(`limits cpuShares must be 2..262144 (got ${shares})`);
+    out.cpuShares = shares;
+  }
+  const time = quantity(l.time, 'time', parseDuration);
+  if (time !== undefined) out.timeMs = time;
+  return out;
 }
 
 function oneOf<T extends string>(v: string | undefined, allowed: readonly T[], what: string): T {
@@ -494,5 +582,7 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     runtime: oneOf(c.runtime, ['auto', 'crun', 'runc'] as const, 'runtime'),
     insecureRegistries: [...(c.insecureRegistries ?? [])],
     gc: compileGc(c.gc ?? {}),
+    limits: compileLimits(c.limits ?? {}),
+    sandboxDeny: [...(c.sandboxDeny ?? [])],
   };
 }

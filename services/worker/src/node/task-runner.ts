@@ -51,7 +51,8 @@ import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
 import { buildSnapshot, snapshotChain } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 import type { RegistryClientOptions } from '@kiln/registry';
-import type { OciRuntime, RuntimeName } from '../runtime/index.js';
+import { LimitExceededError } from '../runtime/index.js';
+import type { OciRuntime, RuntimeName, TaskLimits } from '../runtime/index.js';
 import type { ExecutorContext, OpExecutor, SessionProviders } from '../ops/executor.js';
 import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';
 import {
@@ -81,6 +82,10 @@ export interface TaskRunnerOptions {
   localDirs?: Readonly<Record<string, string>>;
   snapshotter?: 'auto' | 'overlayfs' | 'native';
   runtime?: RuntimeName | 'auto';
+  /** Limits of every exec's container; exceeding one fails the task naming the limit and vertex. */
+  limits?: TaskLimits;
+  /** Addresses a RUN in the sandbox network may not reach (the farm's control plane). */
+  sandboxDeny?: string[];
   registry?: RegistryClientOptions;
   /** The bus connection, to reach build sessions; without it tasks have no session. */
   nc?: NatsConnection;
@@ -179,6 +184,8 @@ export class TaskRunner {
       ...(o.snapshotter ? { snapshotter: o.snapshotter } : {}),
       ...(o.runtime ? { runtime: o.runtime } : {}),
       ...(o.registry ? { registry: o.registry } : {}),
+      ...(o.limits ? { limits: o.limits } : {}),
+      ...(o.sandboxDeny ? { sandboxDeny: o.sandboxDeny } : {}),
     });
     await sweepExecState(join(o.stateDir, 'exec'));
     const held = await HeldResults.open(join(o.stateDir, 'node', 'held-results.jsonl'));
@@ -421,7 +428,18 @@ export class TaskRunner {
    * engine's ExecExecutor: its construction is the engine's business and is changing.)
    */
   async #exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
-    const res = await runExec(
+    const res = await this.#runExec(ctx).catch((err: unknown) => {
+      if (!(err instanceof LimitExceededError)) throw err;
+      const name = ctx.metadata?.description?.['llb.customname'];
+      throw err.forVertex(ctx.digest, name);
+    });
+    const outputs: (string | undefined)[] = [];
+    for (const [i, name] of res.outputs) outputs[i] = name;
+    return outputs;
+  }
+
+  async #runExec(ctx: ExecutorContext): ReturnType<typeof runExec> {
+    return runExec(
       {
         snapshotter: this.engine.snapshotter,
         runtime: await this.#runtime(),
@@ -437,9 +455,6 @@ export class TaskRunner {
         onOutput: (stream, data) => ctx.log(stream === 'stderr' ? 2 : 1, data),
       },
     );
-    const outputs: (string | undefined)[] = [];
-    for (const [i, name] of res.outputs) outputs[i] = name;
-    return outputs;
   }
 
   /** The engine's OCI runtime: an instance, or (newer engines) opened on first use. */

@@ -88,6 +88,8 @@ export class WorkerNode {
         localDirs: config.localDirs,
         snapshotter: config.snapshotter,
         runtime: config.runtime,
+        limits: config.limits,
+        sandboxDeny: [...config.sandboxDeny, ...natsHosts(config.natsUrl)],
         registry: { insecureRegistries: config.insecureRegistries },
         ...(log ? { logger: log.child({ component: 'runner' }) } : {}),
       });
@@ -291,4 +293,20 @@ function logEvent(log: Logger | undefined, e: ConsumerEvent): void {
       log.info({ workerId: e.workerId }, 'worker drained');
       return;
   }
+}
+
+/** The hosts of a NATS url (`nats://a:4222,tls://b`): the farm's control plane, for the sandbox. */
+export function natsHosts(url: string): string[] {
+  const hosts: string[] = [];
+  for (const part of url.split(',')) {
+    const u = part.trim();
+    if (u === '') continue;
+    try {
+      const host = new URL(u.includes('://') ? u : `nats://${u}`).hostname;
+      if (host !== '') hosts.push(host.replace(/^\[(.*)\]$/, '$1'));
+    } catch {
+      // not a URL: the connection fails with its own error
+    }
+  }
+  return hosts;
 }

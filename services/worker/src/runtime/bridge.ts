@@ -1,5 +1,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import { mkdir, open, readFile, readdir, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -20,6 +22,11 @@ export interface BridgeOptions {
    * CNI pool). Default 4; 0 makes each one on demand.
    */
   poolSize?: number;
+  /**
+   * Addresses containers may not reach besides the host's own (always refused): the farm's
+   * control plane. IPv4 addresses, CIDRs or host names (resolved at setup).
+   */
+  deny?: readonly string[];
 }
 
 /** A namespace on the bridge with its leased address, before it is handed to a container. */
@@ -70,6 +77,10 @@ async function run(cmd: string, args: string[], input?: string): Promise<void> {
  * address from the bridge's /16, `lo` up and a default route. Addresses are leased with one file
  * per address (created exclusively, holding the owner's pid), so workers in several processes
  * share the bridge; a lease whose process is gone is taken over.
+ *
+ * Containers reach only the outside: whatever they send to the host itself (the gateway, any of
+ * its addresses, so services bound to 0.0.0.0) is refused (chain `KILN-IN-<bridge>` on INPUT),
+ * as is what they send to the denied addresses (chain `KILN-FWD-<bridge>` on FORWARD).
  */
 export class BridgeNetwork {
   readonly name: string;
@@ -141,6 +152,7 @@ export class BridgeNetwork {
       ]);
       await ensureRule(['-t', 'filter', 'FORWARD', '-i', b.name, '-j', 'ACCEPT']);
       await ensureRule(['-t', 'filter', 'FORWARD', '-o', b.name, '-j', 'ACCEPT']);
+      await b.isolate(opts.deny ?? []);
     } catch (err) {
       throw new RuntimeError(
         RuntimeErrorCode.Io,
@@ -151,6 +163,28 @@ export class BridgeNetwork {
     await b.sweep();
     b.#refill();
     return b;
+  }
+
+  /**
+   * Refuses what containers send to the host (replies to the host's own connections excepted)
+   * and to `deny`, in chains of this bridge jumped to first from INPUT and FORWARD. Idempotent;
+   * workers sharing the bridge add their denied addresses to the same chain.
+   */
+  private async isolate(deny: readonly string[]): Promise<void> {
+    const input = `KILN-IN-${this.name}`;
+    const forward = `KILN-FWD-${this.name}`;
+    for (const chain of [input, forward]) {
+      await run('iptables', ['-w', '-N', chain]).catch((err: unknown) => {
+        if (!/exists/i.test((err as Error).message)) throw err;
+      });
+    }
+    const established = ['-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED'];
+    await ensureRule(['-t', 'filter', input, ...established, '-j', 'RETURN']);
+    await ensureRule(['-t', 'filter', input, '-j', 'REJECT']);
+    for (const cidr of await resolveDeny(deny))
+      await ensureRule(['-t', 'filter', forward, '-d', cidr, '-j', 'REJECT']);
+    await ensureRule(['-t', 'filter', 'INPUT', '-i', this.name, '-j', input], true);
+    await ensureRule(['-t', 'filter', 'FORWARD', '-i', this.name, '-j', forward], true);
   }
 
   /** Namespaces ready in the pool (for tests and metrics). */
@@ -314,13 +348,48 @@ export class BridgeNetwork {
   }
 }
 
-/** Appends an iptables rule unless it is there (`-C` first). */
-async function ensureRule(spec: string[]): Promise<void> {
+/** Appends (or with `first`, inserts first) an iptables rule unless it is there (`-C` first). */
+async function ensureRule(spec: string[], first = false): Promise<void> {
   const [tflag, table, chain, ...rule] = spec;
   const args = [tflag!, table!];
   const present = await execFileP('iptables', [...args, '-C', chain!, ...rule]).then(
     () => true,
     () => false,
   );
-  if (!present) await run('iptables', ['-w', ...args, '-A', chain!, ...rule]);
+  if (!present)
+    await run('iptables', [
+      '-w',
+      ...args,
+      ...(first ? ['-I', chain!, '1'] : ['-A', chain!]),
+      ...rule,
+    ]);
+}
+
+/**
+ * The IPv4 addresses and CIDRs of `deny` (host names resolved; IPv6 and loopback dropped: the
+ * bridge is IPv4 and loopback is never forwarded).
+ */
+async function resolveDeny(deny: readonly string[]): Promise<string[]> {
+  const out = new Set<string>();
+  for (const d of deny) {
+    const [addr, bits] = d.split('/');
+    if (addr === undefined || addr === '') continue;
+    let ips: string[];
+    if (isIP(addr) === 4) ips = [addr];
+    else if (isIP(addr) === 6) continue;
+    else {
+      try {
+        ips = (await lookup(addr, { all: true, family: 4 })).map((a) => a.address);
+      } catch (err) {
+        throw new Error(`sandbox deny ${d}: cannot resolve ${addr}: ${(err as Error).message}`, {
+          cause: err,
+        });
+      }
+    }
+    for (const ip of ips) {
+      if (ip.startsWith('127.')) continue;
+      out.add(bits === undefined ? `${ip}/32` : `${ip}/${bits}`);
+    }
+  }
+  return [...out];
 }

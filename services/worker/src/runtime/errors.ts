@@ -50,3 +50,42 @@ export class RuntimeError extends KilnError {
 for (const code of Object.values(RuntimeErrorCode)) {
   registerErrorClass(code, (m, d, r) => new RuntimeError(code, m, { details: d, retryable: r }));
 }
+
+/** Which limit a task exceeded. */
+export type LimitName = 'memory' | 'pids' | 'time';
+
+/**
+ * A process was stopped by one of its task's limits (see `TaskLimits`): OOM-killed at the memory
+ * limit, failed after forks were refused at the pids limit, or killed at the time limit.
+ * `details`: `limit`, `value` (bytes, processes or milliseconds), `exitCode`, `tail` and, once the
+ * task runner adds it, `vertex` (the vertex digest) and `vertexName`.
+ */
+export class LimitExceededError extends KilnError {
+  declare readonly code: 'TASK_LIMIT_EXCEEDED';
+  readonly limit: LimitName;
+  readonly value: number;
+
+  constructor(limit: LimitName, value: number, message: string, opts: KilnErrorOptions = {}) {
+    super('TASK_LIMIT_EXCEEDED', message, {
+      ...opts,
+      details: { ...opts.details, limit, value },
+    });
+    this.limit = limit;
+    this.value = value;
+  }
+
+  /** The same error naming the vertex that ran the process. */
+  forVertex(digest: string, name: string | undefined): LimitExceededError {
+    const what = name !== undefined && name !== '' ? `${JSON.stringify(name)} (${digest})` : digest;
+    return new LimitExceededError(this.limit, this.value, `vertex ${what}: ${this.message}`, {
+      cause: this,
+      details: { ...this.details, vertex: digest, ...(name ? { vertexName: name } : {}) },
+    });
+  }
+}
+
+registerErrorClass('TASK_LIMIT_EXCEEDED', (m, d, r) => {
+  const limit = (['memory', 'pids', 'time'] as const).find((l) => l === d.limit) ?? 'time';
+  const value = typeof d.value === 'number' ? d.value : Number(d.value ?? 0);
+  return new LimitExceededError(limit, value, m, { details: d, retryable: r });
+});

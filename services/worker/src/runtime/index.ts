@@ -1,6 +1,11 @@
 export { OciRuntime } from './oci-runtime.js';
 export type { OciRuntimeOptions, RuntimeName } from './oci-runtime.js';
-export { ExecError, RuntimeError, RuntimeErrorCode } from './errors.js';
+export { ExecError, LimitExceededError, RuntimeError, RuntimeErrorCode } from './errors.js';
+export type { LimitName } from './errors.js';
+export { TaskCgroups } from './cgroups.js';
+export type { CgroupEvents, TaskLimits } from './cgroups.js';
+export { seccompFor } from './seccomp.js';
+export type { DockerSeccompProfile, OciSeccomp } from './seccomp.js';
 export { DEFAULT_HOSTNAME, DEFAULT_PATH, hostsFile, resolvConf } from './hosts.js';
 export {
   ALL_CAPABILITIES,

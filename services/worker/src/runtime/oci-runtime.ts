@@ -15,7 +15,9 @@ import { join, posix } from 'node:path';
 import { promisify } from 'node:util';
 import { BridgeNetwork } from './bridge.js';
 import type { BridgeAttachment, BridgeOptions } from './bridge.js';
-import { ExecError, RuntimeError, RuntimeErrorCode } from './errors.js';
+import { TaskCgroups } from './cgroups.js';
+import type { TaskLimits } from './cgroups.js';
+import { ExecError, LimitExceededError, RuntimeError, RuntimeErrorCode } from './errors.js';
 import { hostsFile, resolvConf } from './hosts.js';
 import { mountStubsCleaner } from './mount-stubs.js';
 import { resolveInRoot } from '@kiln/layers';
@@ -26,6 +28,22 @@ import type { RunOptions, RunResult, RunSpec } from './types.js';
 import { resolveUser } from './user.js';
 
 const execFileP = promisify(execFile);
+
+interface KilnErrorLike {
+  details: Record<string, unknown>;
+}
+
+/** `268435456` as `256 MiB`. */
+function formatBytes(n: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && v % 1024 === 0 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v} ${units[u]!}`;
+}
 
 export type RuntimeName = 'crun' | 'runc';
 
@@ -43,6 +61,18 @@ export interface OciRuntimeOptions {
    */
   sandboxNetwork?: 'auto' | 'bridge' | 'host';
   bridge?: BridgeOptions;
+  /** Limits of every run unless its `RunOptions.limits` say otherwise. Default none. */
+  limits?: TaskLimits;
+  /**
+   * Addresses the `sandbox` network may not reach besides the host's own (the farm's control
+   * plane: scheduler, NATS, store), as IPv4 addresses, CIDRs or host names.
+   */
+  sandboxDeny?: readonly string[];
+  /**
+   * Where runs without a cgroup parent get their cgroups: `<cgroupRoot>/<container id>` in the
+   * cgroup v2 tree (or in each v1 hierarchy). Default `/kiln`.
+   */
+  cgroupRoot?: string;
 }
 
 /** A static executable that runs `true` when called so (busybox-static). */
@@ -73,6 +103,11 @@ export class OciRuntime {
   sandboxNetwork: 'bridge' | 'host' = 'host';
   /** Why `auto` fell back to the host network, if it did. */
   sandboxFallbackReason: string | undefined;
+  /** The machine's cgroups, where limits are applied; undefined when it has none usable. */
+  cgroups: TaskCgroups | undefined;
+  /** Every run's limits unless its options say otherwise. */
+  limits: TaskLimits = {};
+  private cgroupRoot = '/kiln';
 
   private constructor(
     readonly name: RuntimeName,
@@ -98,6 +133,7 @@ export class OciRuntime {
       );
       const err = await rt.probe();
       if (err === undefined) {
+        await rt.setupCgroups(opts);
         await rt.sweep();
         await rt.setupSandboxNetwork(opts);
         return rt;
@@ -110,11 +146,23 @@ export class OciRuntime {
     );
   }
 
+  private async setupCgroups(opts: OciRuntimeOptions): Promise<void> {
+    this.limits = { ...opts.limits };
+    this.cgroupRoot = posix.join('/', opts.cgroupRoot ?? 'kiln');
+    try {
+      this.cgroups = await TaskCgroups.detect();
+    } catch (err) {
+      const l = this.limits;
+      if (l.memoryBytes || l.pids || l.cpuShares) throw err;
+    }
+  }
+
   private async setupSandboxNetwork(opts: OciRuntimeOptions): Promise<void> {
     const mode = opts.sandboxNetwork ?? 'auto';
     if (mode === 'host') return;
     try {
-      this.bridge = await BridgeNetwork.setup(opts.bridge);
+      const deny = [...(opts.bridge?.deny ?? []), ...(opts.sandboxDeny ?? [])];
+      this.bridge = await BridgeNetwork.setup({ ...opts.bridge, deny });
       this.sandboxNetwork = 'bridge';
     } catch (err) {
       if (mode === 'bridge') throw err;
@@ -181,6 +229,7 @@ export class OciRuntime {
     for (const name of await readdir(bundles)) {
       if (name.startsWith('probe-')) continue;
       await BridgeNetwork.detach(name).catch(() => undefined);
+      await this.cgroups?.release(posix.join(this.cgroupRoot, name)).catch(() => undefined);
       await rm(join(bundles, name), { recursive: true, force: true });
     }
   }
@@ -215,8 +264,19 @@ export class OciRuntime {
     const id = `kiln-${randomBytes(8).toString('hex')}`;
     const bundle = join(this.stateDir, 'bundles', id);
     await mkdir(bundle, { recursive: true });
+    const limits: TaskLimits = { ...this.limits, ...opts.limits };
+    let group: string | undefined;
     try {
-      const config = await this.prepare(id, bundle, spec);
+      let cgroupsPath: string | undefined;
+      const parent = spec.cgroupParent ?? '';
+      if (parent.includes('.slice') && parent.endsWith(':')) {
+        cgroupsPath = `${parent}${id}`; // a systemd slice: the runtime's own, without limits
+      } else if (this.cgroups !== undefined) {
+        group =
+          parent === '' ? posix.join(this.cgroupRoot, id) : posix.join('/', parent, 'kiln', id);
+        cgroupsPath = await this.cgroups.create(group, limits);
+      }
+      const config = await this.prepare(id, bundle, spec, cgroupsPath);
       const cleanStubs = spec.readonlyRootfs
         ? () => Promise.resolve()
         : // Every mount of the finalized spec, /proc, /dev and /sys included: a mount point the
@@ -233,7 +293,9 @@ export class OciRuntime {
       }
       try {
         await writeFile(join(bundle, 'config.json'), JSON.stringify(config));
-        return await this.start(id, bundle, spec, opts);
+        return await this.start(id, bundle, spec, opts, limits.timeMs || undefined);
+      } catch (err) {
+        throw group === undefined ? err : await this.limitError(err, group, limits, spec);
       } finally {
         await cleanStubs();
         // Reusable after a container without CAP_NET_ADMIN (it could not change the namespace).
@@ -242,11 +304,56 @@ export class OciRuntime {
         );
       }
     } finally {
+      if (group !== undefined) await this.cgroups?.release(group);
       await rm(bundle, { recursive: true, force: true });
     }
   }
 
-  private async prepare(id: string, bundle: string, spec: RunSpec): Promise<OciSpec> {
+  /**
+   * `err` as a {@link LimitExceededError} when the run's cgroup says a limit stopped it: an OOM
+   * kill at the memory limit, then forks refused at the pids limit (a process that fails after
+   * them, or one killed at the time limit while forking in vain); else `err` as it is.
+   */
+  private async limitError(
+    err: unknown,
+    group: string,
+    limits: TaskLimits,
+    spec: RunSpec,
+  ): Promise<unknown> {
+    const timedOut = err instanceof LimitExceededError && err.limit === 'time';
+    if (!(err instanceof ExecError) && !timedOut) return err;
+    const ev = await this.cgroups!.events(group);
+    const exitCode = err instanceof ExecError ? err.exitCode : 137;
+    const tail = err instanceof ExecError ? err.tail : String(err.details.tail ?? '');
+    const what = `process ${JSON.stringify(spec.args.join(' '))}`;
+    const details = { exitCode, tail, ...(err as KilnErrorLike).details };
+    const oom = ev.oomKills > 0 || (ev.memoryLimitHits > 0 && exitCode === 137);
+    if (limits.memoryBytes && oom) {
+      return new LimitExceededError(
+        'memory',
+        limits.memoryBytes,
+        `${what} was killed at its memory limit (${formatBytes(limits.memoryBytes)})`,
+        { cause: err, details },
+      );
+    }
+    if (limits.pids && ev.pidsLimitHits > 0) {
+      const after = timedOut ? `, then killed at its time limit (${limits.timeMs ?? 0} ms)` : '';
+      return new LimitExceededError(
+        'pids',
+        limits.pids,
+        `${what} reached its pids limit (${limits.pids} processes), where forks fail${after}`,
+        { cause: err, details },
+      );
+    }
+    return err;
+  }
+
+  private async prepare(
+    id: string,
+    bundle: string,
+    spec: RunSpec,
+    cgroupsPath: string | undefined,
+  ): Promise<OciSpec> {
     const user = await resolveUser(spec.rootfs, spec.user);
     const cwd = posix.join('/', spec.cwd ?? '');
     if (!spec.readonlyRootfs)
@@ -276,7 +383,7 @@ export class OciRuntime {
       network,
       security,
       ulimits: spec.ulimits ?? [],
-      cgroupParent: spec.cgroupParent,
+      cgroupsPath,
       resolvConf: join(bundle, 'resolv.conf'),
       hosts: join(bundle, 'hosts'),
       mounts: spec.mounts ?? [],
@@ -287,7 +394,13 @@ export class OciRuntime {
     return generateSpec(input);
   }
 
-  private start(id: string, bundle: string, spec: RunSpec, opts: RunOptions): Promise<RunResult> {
+  private start(
+    id: string,
+    bundle: string,
+    spec: RunSpec,
+    opts: RunOptions,
+    timeLimitMs: number | undefined,
+  ): Promise<RunResult> {
     const tail = new LineTail(opts.tailLines ?? 20);
     const logFile = join(bundle, 'runtime.log');
     const logArgs =
@@ -311,10 +424,10 @@ export class OciRuntime {
       opts.onOutput?.('stderr', c);
     });
 
-    let aborted: 'signal' | 'timeout' | undefined;
+    let aborted: 'signal' | 'timeout' | 'limit' | undefined;
     let killing: Promise<void> | undefined;
     let exited = false;
-    const kill = (why: 'signal' | 'timeout'): void => {
+    const kill = (why: 'signal' | 'timeout' | 'limit'): void => {
       if (aborted !== undefined || exited) return;
       aborted = why;
       killing = (async () => {
@@ -335,6 +448,8 @@ export class OciRuntime {
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const timer =
       opts.timeoutMs === undefined ? undefined : setTimeout(() => kill('timeout'), opts.timeoutMs);
+    const limitTimer =
+      timeLimitMs === undefined ? undefined : setTimeout(() => kill('limit'), timeLimitMs);
 
     return new Promise<RunResult>((resolve, reject) => {
       child.on('error', (err) => {
@@ -351,9 +466,19 @@ export class OciRuntime {
         exited = true;
         opts.signal?.removeEventListener('abort', onAbort);
         if (timer !== undefined) clearTimeout(timer);
+        if (limitTimer !== undefined) clearTimeout(limitTimer);
         const exitCode = code ?? 128 + (signal === null ? 0 : (SIGNALS[signal] ?? 0));
         void (async () => {
           await killing;
+          if (aborted === 'limit') {
+            await this.delete(id);
+            throw new LimitExceededError(
+              'time',
+              timeLimitMs ?? 0,
+              `process ${JSON.stringify(spec.args.join(' '))} was killed at its time limit (${timeLimitMs ?? 0} ms)`,
+              { details: { containerId: id, exitCode, tail: tail.toString() } },
+            );
+          }
           if (aborted !== undefined) {
             await this.delete(id);
             const why =

@@ -4,11 +4,11 @@ import type { AddressInfo } from 'node:net';
 import { lstat, mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BridgeNetwork } from './bridge.js';
-import { DEFAULT_PATH, ExecError, OciRuntime, RuntimeError } from './index.js';
+import { DEFAULT_PATH, ExecError, LimitExceededError, OciRuntime, RuntimeError } from './index.js';
 import type { RunOptions, RunSpec } from './index.js';
 import { makeBusyboxRootfs, waitFor } from '@kiln/testing';
 
@@ -164,7 +164,7 @@ describe('OciRuntime', () => {
     expect(await sh(`wget -q -O - ${url}`, { network: 'host' })).toBe('hello from host\n');
   });
 
-  it('puts the sandbox network on a NATed bridge: own eth0, reaches the host through the gateway', async () => {
+  it('puts the sandbox network on a NATed bridge: own eth0, an address of its own', async () => {
     expect(rt.sandboxNetwork).toBe('bridge');
     const links = await sh('ip -o link');
     expect(
@@ -173,22 +173,87 @@ describe('OciRuntime', () => {
         .split('\n')
         .map((l) => l.split(':')[1]?.trim().replace(/@.*/, '')),
     ).toEqual(['lo', 'eth0']);
-    const gw = createServer((_req, res) => res.end('hello via bridge\n'));
-    await new Promise<void>((resolve) => gw.listen(0, '10.89.0.1', resolve));
+    expect(await sh('ip -4 -o addr show dev eth0')).toMatch(/inet 10\.89\.\d+\.\d+\/16/);
+    // the host's loopback is not the container's
+    await expect(sh(`wget -q -O - http://127.0.0.1:${port}/`)).rejects.toBeInstanceOf(ExecError);
+    // two containers at once get different addresses
+    const [a, b] = await Promise.all([
+      sh("ip -4 -o addr show dev eth0 | awk '{print $4}'"),
+      sh("ip -4 -o addr show dev eth0 | awk '{print $4}'"),
+    ]);
+    expect(a).not.toBe(b);
+  });
+
+  it("reaches the outside but not the host's own addresses nor the denied ones", async () => {
+    // "The outside": a host in a network namespace of its own, routed through this one, with
+    // two addresses, the second denied to the sandbox (as the farm's control plane would be).
+    const n = process.pid % 250;
+    const ns = `kiln-test-out-${process.pid}`;
+    const veth = `vto${process.pid}`;
+    const [allowed, denied] = [`10.201.${n}.2`, `10.201.${n}.3`];
+    const ip = (...args: string[]) => execFileP('ip', args);
+    let outside: ReturnType<typeof spawn> | undefined;
+    // a listener on every address of the host: the gateway's and the host's main address
+    const any = createServer((_req, res) => res.end('hello from the host\n'));
+    await new Promise<void>((resolve) => any.listen(0, '0.0.0.0', resolve));
+    const anyPort = (any.address() as AddressInfo).port;
+    const hostAddrs = (await execFileP('ip', ['-4', '-o', 'addr'])).stdout
+      .split('\n')
+      .map((l) => /inet (\d+\.\d+\.\d+\.\d+)/.exec(l)?.[1])
+      .filter((a): a is string => a !== undefined && !a.startsWith('127.'));
+    let isolated: OciRuntime | undefined;
     try {
-      const gwPort = (gw.address() as AddressInfo).port;
-      expect(await sh(`wget -q -O - http://10.89.0.1:${gwPort}/`)).toBe('hello via bridge\n');
-      expect(await sh('ip -4 -o addr show dev eth0')).toMatch(/inet 10\.89\.\d+\.\d+\/16/);
-      // the host's loopback is not the container's
-      await expect(sh(`wget -q -O - http://127.0.0.1:${port}/`)).rejects.toBeInstanceOf(ExecError);
-      // two containers at once get different addresses
-      const [a, b] = await Promise.all([
-        sh("ip -4 -o addr show dev eth0 | awk '{print $4}'"),
-        sh("ip -4 -o addr show dev eth0 | awk '{print $4}'"),
+      await ip('netns', 'add', ns);
+      await ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
+      await ip('addr', 'add', `10.201.${n}.1/24`, 'dev', veth);
+      await ip('link', 'set', veth, 'up');
+      for (const a of [allowed, denied])
+        await ip('-n', ns, 'addr', 'add', `${a}/24`, 'dev', 'eth0');
+      await ip('-n', ns, 'link', 'set', 'eth0', 'up');
+      outside = spawn(
+        'ip',
+        [
+          ...['netns', 'exec', ns, process.execPath, '-e'],
+          "require('http').createServer((q, r) => r.end('hello from outside\\n')).listen(8080)",
+        ],
+        { stdio: 'ignore' },
+      );
+      await waitFor('the outside server', () =>
+        fetch(`http://${allowed}:8080/`).then(
+          (r) => r.ok,
+          () => false,
+        ),
+      );
+      // reachable from the host, gateway included
+      for (const a of hostAddrs)
+        expect(await (await fetch(`http://${a}:${anyPort}/`)).text()).toBe('hello from the host\n');
+      isolated = await OciRuntime.open({
+        stateDir: join(root, 'state-isolated'),
+        sandboxDeny: [denied],
+      });
+      const probe = (url: string) =>
+        `busybox timeout 10 wget -q -O - ${url} >/dev/null 2>&1 && echo reached || echo refused`;
+      const script = [
+        probe(`http://${allowed}:8080/`),
+        probe(`http://${denied}:8080/`),
+        ...hostAddrs.map((a) => probe(`http://${a}:${anyPort}/`)),
+      ].join('; ');
+      const chunks: Buffer[] = [];
+      await isolated.run(
+        { rootfs, args: ['/bin/sh', '-c', script] },
+        { onOutput: (_s, c) => chunks.push(c) },
+      );
+      expect(Buffer.concat(chunks).toString().trim().split('\n')).toEqual([
+        'reached',
+        'refused',
+        ...hostAddrs.map(() => 'refused'),
       ]);
-      expect(a).not.toBe(b);
+      expect(await sh(`wget -q -O - http://${allowed}:8080/`)).toBe('hello from outside\n');
     } finally {
-      await new Promise((resolve) => gw.close(resolve));
+      outside?.kill();
+      await new Promise((resolve) => any.close(resolve));
+      await ip('netns', 'del', ns).catch(() => undefined);
+      await ip('link', 'del', veth).catch(() => undefined);
     }
   });
 
@@ -372,9 +437,11 @@ describe('OciRuntime', () => {
       const out = await sh('cat /proc/self/cgroup', { cgroupParent: parent });
       const lines = out.trim().split('\n');
       expect(lines.length).toBeGreaterThan(0);
-      for (const l of lines) expect(l).toMatch(new RegExp(`:/${parent}/kiln/kiln-[0-9a-f]{16}$`));
+      // the task's group holds its limits, the container is in its `ctr`
+      for (const l of lines)
+        expect(l).toMatch(new RegExp(`:/${parent}/kiln/kiln-[0-9a-f]{16}/ctr$`));
     } finally {
-      // the runtime removes the container's cgroup; the parents are the caller's
+      // the runtime removes the task's cgroup; the parents are the caller's
       for (const hier of await readdir('/sys/fs/cgroup')) {
         const dir = join('/sys/fs/cgroup', hier, parent);
         await rmdir(join(dir, 'kiln')).catch(() => undefined);
@@ -426,6 +493,113 @@ describe('OciRuntime', () => {
       code: 'RUNTIME_ABORTED',
     });
     expect(await rt.list()).toEqual([]);
+  });
+
+  describe('task limits', () => {
+    const cgroupRoot = `kiln-test-limits-${process.pid}`;
+    let limited: OciRuntime;
+    beforeAll(async () => {
+      limited = await OciRuntime.open({
+        stateDir: join(root, 'state-limits'),
+        sandboxNetwork: 'host',
+        cgroupRoot,
+        limits: { memoryBytes: 64 * 1024 * 1024, pids: 64, cpuShares: 256, timeMs: 60_000 },
+      });
+    });
+    afterAll(async () => {
+      for (const hier of await readdir('/sys/fs/cgroup'))
+        await rmdir(join('/sys/fs/cgroup', hier, cgroupRoot)).catch(() => undefined);
+    });
+    const fail = (spec: Partial<RunSpec>, opts: RunOptions = {}): Promise<unknown> =>
+      limited.run({ rootfs, args: [], ...spec }, opts).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    /** The task cgroups under the test's root, in `hier` (v1) or the v2 tree. */
+    const groups = async (hier: string): Promise<string[]> => {
+      const v2 = limited.cgroups!.version === 2;
+      const dir = join('/sys/fs/cgroup', v2 ? '' : hier, cgroupRoot);
+      return (await readdir(dir, { withFileTypes: true }).catch(() => []))
+        .filter((d) => d.isDirectory())
+        .map((d) => join(dir, d.name));
+    };
+
+    it('kills a memory-hungry run at its memory limit with a typed error', async () => {
+      const err = await fail({
+        args: [
+          '/bin/sh',
+          '-c',
+          'echo filling; busybox dd if=/dev/zero of=/dev/null bs=256M count=1',
+        ],
+      });
+      expect(err).toBeInstanceOf(LimitExceededError);
+      const e = err as LimitExceededError;
+      expect(e.code).toBe('TASK_LIMIT_EXCEEDED');
+      expect(e.limit).toBe('memory');
+      expect(e.value).toBe(64 * 1024 * 1024);
+      expect(e.message).toContain('memory limit (64 MiB)');
+      expect(e.details).toMatchObject({ limit: 'memory', exitCode: 137 });
+      expect(e.details.tail).toContain('filling');
+      // the same run fits under a higher limit for this run
+      await limited.run(
+        { rootfs, args: ['busybox', 'dd', 'if=/dev/zero', 'of=/dev/null', 'bs=16M', 'count=1'] },
+        { limits: { memoryBytes: 512 * 1024 * 1024 } },
+      );
+      expect(await groups('memory')).toEqual([]);
+    });
+
+    it('stops a fork bomb at the pids limit', async () => {
+      const err = await fail(
+        { args: ['/bin/sh', '-c', 'bomb() { bomb | bomb & }; bomb; while :; do :; done'] },
+        { limits: { timeMs: 3_000 } },
+      );
+      expect(err).toBeInstanceOf(LimitExceededError);
+      const e = err as LimitExceededError;
+      expect(e.limit).toBe('pids');
+      expect(e.message).toMatch(
+        /pids limit \(64 processes\), where forks fail, then killed at its time limit/,
+      );
+      // a bounded one: the shell fails at the first refused fork
+      const bounded = await fail({
+        args: ['/bin/sh', '-c', 'for i in $(seq 1 200); do sleep 30 & done; wait'],
+      });
+      expect(bounded).toMatchObject({ code: 'TASK_LIMIT_EXCEEDED', limit: 'pids' });
+      expect((bounded as LimitExceededError).details.tail).toMatch(/can't fork/);
+      expect(await limited.list()).toEqual([]);
+    });
+
+    it('kills a run past its time limit', async () => {
+      const err = await fail({ args: ['sleep', '1000'] }, { limits: { timeMs: 300 } });
+      expect(err).toBeInstanceOf(LimitExceededError);
+      expect(err).toMatchObject({ limit: 'time', value: 300 });
+      expect((err as Error).message).toContain('time limit (300 ms)');
+      expect(await limited.list()).toEqual([]);
+    });
+
+    it('sets the CPU shares of the task and removes its cgroup afterwards', async () => {
+      let started!: () => void;
+      const isStarted = new Promise<void>((r) => (started = r));
+      // the container waits on a fifo until the test has looked
+      const sig = await mkdtemp(join(root, 'sig-'));
+      await execFileP('mkfifo', [join(sig, 'go')]);
+      const run = limited.run(
+        {
+          rootfs,
+          args: ['/bin/sh', '-c', 'echo started; cat /sig/go'],
+          mounts: [{ type: 'bind', source: sig, destination: '/sig' }],
+        },
+        { onOutput: () => started() },
+      );
+      await isStarted;
+      const v2 = limited.cgroups!.version === 2;
+      const [g] = await groups('cpu');
+      expect(g).toBeDefined();
+      const shares = (await readFile(join(g!, v2 ? 'cpu.weight' : 'cpu.shares'), 'utf8')).trim();
+      expect(shares).toBe(v2 ? '10' : '256');
+      await writeFile(join(sig, 'go'), 'go\n');
+      await run;
+      expect(await groups('cpu')).toEqual([]);
+    });
   });
 
   it('runs under runc when asked', async () => {

@@ -146,7 +146,8 @@ export interface SpecInput {
   network: NetworkMode;
   security: SecurityMode;
   ulimits: Ulimit[];
-  cgroupParent: string | undefined;
+  /** The container's cgroup (`linux.cgroupsPath`); undefined: the runtime's default. */
+  cgroupsPath: string | undefined;
   /** Host paths of the generated files. */
   resolvConf: string;
   hosts: string;
@@ -281,11 +282,7 @@ export function generateSpec(i: SpecInput): OciSpec {
   } else if (i.devices !== undefined && i.devices.length > 0) {
     spec.linux.devices = i.devices;
   }
-  if (i.cgroupParent !== undefined && i.cgroupParent !== '') {
-    const p = i.cgroupParent;
-    spec.linux.cgroupsPath =
-      p.includes('.slice') && p.endsWith(':') ? `${p}${i.id}` : join('/', p, 'kiln', i.id);
-  }
+  if (i.cgroupsPath !== undefined) spec.linux.cgroupsPath = i.cgroupsPath;
   return spec;
 }
 

@@ -1,3 +1,5 @@
+import type { TaskLimits } from './cgroups.js';
+
 /**
  * Network of a container. `none`: a new network namespace with only `lo`. `host`: the host's.
  * `sandbox` (BuildKit's default): a namespace of its own on a NATed bridge, or the host's network
@@ -52,7 +54,10 @@ export interface ProcessSpec {
   network?: NetworkMode;
   security?: SecurityMode;
   ulimits?: Ulimit[];
-  /** Cgroup parent; the container's cgroup is `<parent>/kiln/<id>`. */
+  /**
+   * Cgroup parent; the task's cgroup is `<parent>/kiln/<id>` (default `<cgroupRoot>/<id>`, see
+   * `OciRuntimeOptions`) and the container's `<that>/ctr`.
+   */
   cgroupParent?: string;
   /** Exit codes that count as success. Default `[0]`. */
   validExitCodes?: number[];
@@ -72,8 +77,13 @@ export type OutputStream = 'stdout' | 'stderr';
 export interface RunOptions {
   /** Aborting kills the container (SIGKILL) and removes it; the run rejects with RUNTIME_ABORTED. */
   signal?: AbortSignal;
-  /** Kill after this many milliseconds, as an abort. */
+  /** Kill after this many milliseconds, as an abort (RUNTIME_ABORTED). */
   timeoutMs?: number;
+  /**
+   * Limits of this run, over the runtime's defaults (`OciRuntimeOptions.limits`); a field set to 0
+   * lifts that limit. Exceeding one fails the run with `LimitExceededError`.
+   */
+  limits?: TaskLimits;
   /** Live output, chunk by chunk, as the process writes it. */
   onOutput?: (stream: OutputStream, chunk: Buffer) => void;
   /** How many lines of output to keep for errors. Default 20. */

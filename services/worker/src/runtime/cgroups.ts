@@ -1,0 +1,200 @@
+import { access, mkdir, readFile, readdir, rmdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { RuntimeError, RuntimeErrorCode } from './errors.js';
+
+/** Resource limits of one task's container; an absent or 0 field is no limit. */
+export interface TaskLimits {
+  /** Bytes of memory (and no swap beyond it); a process past it is OOM-killed. */
+  memoryBytes?: number;
+  /** Processes and threads at once; a fork past it fails with EAGAIN. */
+  pids?: number;
+  /** CPU shares relative to other tasks (cgroup v1 `cpu.shares`; v2 `cpu.weight` is derived). 1024 is the default weight. */
+  cpuShares?: number;
+  /** Wall time in milliseconds; the container is killed when it runs longer. */
+  timeMs?: number;
+}
+
+/** What the kernel counted for a task's cgroup when it ended. */
+export interface CgroupEvents {
+  /** Processes OOM-killed at the memory limit (v2; v1 counts them in the container's group). */
+  oomKills: number;
+  /** Charges refused at the memory limit (v1 `memory.failcnt`; v2 `memory.events` `max`). */
+  memoryLimitHits: number;
+  /** Times the pids limit was reached (refused forks, or a peak at the limit). */
+  pidsLimitHits: number;
+}
+
+const ROOT = '/sys/fs/cgroup';
+/** The cgroup v1 hierarchies whose limits Kiln sets. */
+const V1_CONTROLLERS = ['memory', 'pids', 'cpu'] as const;
+
+async function exists(p: string): Promise<boolean> {
+  return access(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** `key value` lines (memory.events, pids.events, memory.oom_control) as numbers. */
+function counters(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const [k, v] = line.trim().split(/\s+/);
+    if (k !== undefined && v !== undefined) out.set(k, Number(v));
+  }
+  return out;
+}
+
+async function readCounters(file: string): Promise<Map<string, number>> {
+  return counters(await readFile(file, 'utf8').catch(() => ''));
+}
+
+/** 1 when the group's `pids.peak` reached its `pids.max` (a kernel without pids.peak: 0). */
+async function peakAtLimit(dir: string): Promise<number> {
+  const max = Number((await readFile(join(dir, 'pids.max'), 'utf8').catch(() => 'max')).trim());
+  const peak = Number((await readFile(join(dir, 'pids.peak'), 'utf8').catch(() => '0')).trim());
+  return Number.isFinite(max) && max > 0 && peak >= max ? 1 : 0;
+}
+
+/** runc's conversion of cgroup v1 `cpu.shares` (2..262144) to v2 `cpu.weight` (1..10000). */
+export function sharesToWeight(shares: number): number {
+  const s = Math.min(262144, Math.max(2, shares));
+  return Math.floor(1 + ((s - 2) * 9999) / 262142);
+}
+
+/**
+ * Per-task cgroups with the limits written by Kiln (cgroup v2, or the v1 `memory`, `pids` and
+ * `cpu` hierarchies of a hybrid host): the task's group `<parent>/<id>` holds the limits and the
+ * runtime puts the container in `<parent>/<id>/ctr`, so the group and its counters (OOM kills,
+ * refused forks) outlive the container, which the runtime removes on exit. {@link release} reads
+ * the counters and removes the group.
+ */
+export class TaskCgroups {
+  private constructor(readonly version: 1 | 2) {}
+
+  /** Detects the cgroup version of this machine. */
+  static async detect(): Promise<TaskCgroups> {
+    if (await exists(join(ROOT, 'cgroup.controllers'))) return new TaskCgroups(2);
+    if (await exists(join(ROOT, 'memory', 'memory.limit_in_bytes'))) return new TaskCgroups(1);
+    throw new RuntimeError(
+      RuntimeErrorCode.Unavailable,
+      `no cgroup v2 or v1 memory controller under ${ROOT}: task limits cannot be applied`,
+    );
+  }
+
+  /**
+   * Creates group `path` (absolute within the hierarchy, e.g. `/kiln/<id>`) with `limits`; returns
+   * the container's cgroup path (for the OCI spec's `linux.cgroupsPath`).
+   */
+  async create(path: string, limits: TaskLimits): Promise<string> {
+    try {
+      if (this.version === 2) await this.#createV2(path, limits);
+      else await this.#createV1(path, limits);
+    } catch (err) {
+      await this.release(path).catch(() => undefined);
+      throw new RuntimeError(
+        RuntimeErrorCode.Io,
+        `creating cgroup ${path}: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    return join(path, 'ctr');
+  }
+
+  async #createV1(path: string, l: TaskLimits): Promise<void> {
+    for (const c of V1_CONTROLLERS) await mkdir(join(ROOT, c, path), { recursive: true });
+    const mem = join(ROOT, 'memory', path);
+    if (l.memoryBytes) {
+      await writeFile(join(mem, 'memory.limit_in_bytes'), String(l.memoryBytes));
+      // Without swap accounting the file is missing, and there is no swap to limit.
+      if (await exists(join(mem, 'memory.memsw.limit_in_bytes')))
+        await writeFile(join(mem, 'memory.memsw.limit_in_bytes'), String(l.memoryBytes));
+    }
+    if (l.pids) await writeFile(join(ROOT, 'pids', path, 'pids.max'), String(l.pids));
+    if (l.cpuShares) await writeFile(join(ROOT, 'cpu', path, 'cpu.shares'), String(l.cpuShares));
+  }
+
+  async #createV2(path: string, l: TaskLimits): Promise<void> {
+    // Every ancestor hands the controllers down (the root and Kiln's own groups hold no process).
+    const parts = path.split('/').filter(Boolean);
+    for (let i = 0; i < parts.length; i++) {
+      const dir = join(ROOT, ...parts.slice(0, i));
+      await mkdir(dir, { recursive: true });
+      const available = (await readFile(join(dir, 'cgroup.controllers'), 'utf8')).split(/\s+/);
+      const wanted = ['memory', 'pids', 'cpu'].filter((c) => available.includes(c));
+      if (wanted.length > 0)
+        await writeFile(join(dir, 'cgroup.subtree_control'), wanted.map((c) => `+${c}`).join(' '));
+    }
+    const dir = join(ROOT, path);
+    await mkdir(dir, { recursive: true });
+    if (l.memoryBytes) {
+      await writeFile(join(dir, 'memory.max'), String(l.memoryBytes));
+      if (await exists(join(dir, 'memory.swap.max')))
+        await writeFile(join(dir, 'memory.swap.max'), '0');
+    }
+    if (l.pids) await writeFile(join(dir, 'pids.max'), String(l.pids));
+    if (l.cpuShares) await writeFile(join(dir, 'cpu.weight'), String(sharesToWeight(l.cpuShares)));
+  }
+
+  /** What the kernel counted in group `path` (read before {@link release}). */
+  async events(path: string): Promise<CgroupEvents> {
+    if (this.version === 2) {
+      const mem = await readCounters(join(ROOT, path, 'memory.events'));
+      const pids = await readCounters(join(ROOT, path, 'pids.events'));
+      return {
+        oomKills: mem.get('oom_kill') ?? 0,
+        memoryLimitHits: mem.get('max') ?? 0,
+        pidsLimitHits: (pids.get('max') ?? 0) + (await peakAtLimit(join(ROOT, path))),
+      };
+    }
+    // v1 counts OOM kills in the victim's own group (the container's, gone by now); the task's
+    // group counts the charges refused at its limit, and the kernel kills when reclaim fails.
+    const oom = await readCounters(join(ROOT, 'memory', path, 'memory.oom_control'));
+    // The charges refused at the limit (memory.failcnt); with the memory+swap limit set as well,
+    // that counter refuses first and counts nothing, so a peak usage at the limit counts too.
+    const mem = join(ROOT, 'memory', path);
+    const read = async (f: string): Promise<number> =>
+      Number((await readFile(join(mem, f), 'utf8').catch(() => '0')).trim()) || 0;
+    let hits = (await read('memory.failcnt')) + (await read('memory.memsw.failcnt'));
+    for (const prefix of ['memory.', 'memory.memsw.']) {
+      const limit = await read(`${prefix}limit_in_bytes`);
+      if (limit > 0 && (await read(`${prefix}max_usage_in_bytes`)) >= limit) hits++;
+    }
+    const pids = await readCounters(join(ROOT, 'pids', path, 'pids.events'));
+    return {
+      oomKills: oom.get('oom_kill') ?? 0,
+      memoryLimitHits: hits,
+      // v1 counts the refused forks in the forking (container's) group; the peak is the task's.
+      pidsLimitHits: (pids.get('max') ?? 0) + (await peakAtLimit(join(ROOT, 'pids', path))),
+    };
+  }
+
+  /**
+   * Removes group `path` and what the runtime left under it, in every hierarchy (v1: the runtime
+   * makes the container's group in all of them). A group still holding a process is retried
+   * briefly (the container's processes are exiting), then left for {@link sweep}.
+   */
+  async release(path: string): Promise<void> {
+    const roots =
+      this.version === 2
+        ? [ROOT]
+        : (await readdir(ROOT, { withFileTypes: true }))
+            .filter((d) => d.isDirectory())
+            .map((d) => join(ROOT, d.name));
+    for (const r of roots) {
+      for (const dir of [join(r, path, 'ctr'), join(r, path)]) {
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await rmdir(dir);
+            break;
+          } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code;
+            if (code === 'ENOENT') break;
+            if (code !== 'EBUSY' || attempt >= 50) throw err;
+            await new Promise((res) => setTimeout(res, 20));
+          }
+        }
+      }
+    }
+  }
+}
