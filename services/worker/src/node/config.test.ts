@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { defaultSlots, loadConfig } from './config.js';
+import { DEFAULT_PIDS_LIMIT, defaultSlots, loadConfig } from './config.js';
 import { resolvePlatforms } from './platforms.js';
 import { EMPTY_RESULT_ID, chainIds, resultIdOf } from './result-id.js';
 
@@ -121,6 +121,41 @@ describe('gc settings', () => {
       ['--gc', 'maybe'],
       ['--gc-keep-storage', 'lots'],
       ['--gc-interval', '0'],
+    ])
+      expect(() => loadConfig({ argv, arch: 'x64' })).toThrow(
+        expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error,
+      );
+  });
+});
+
+describe('task limits and the sandbox network', () => {
+  it('default to a pids limit only, and layer file < environment < flags', () => {
+    const d = loadConfig({ arch: 'x64' });
+    expect(d.limits).toEqual({ pids: DEFAULT_PIDS_LIMIT });
+    expect(d.sandboxDeny).toEqual([]);
+    const file = join(dir, 'limits.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        limits: { memory: '2GB', pids: 100, time: '1h' },
+        sandboxDeny: ['10.1.0.0/16'],
+      }),
+    );
+    const c = loadConfig({
+      argv: ['--config', file, '--cpu-shares', '512', '--pids-limit', '0'],
+      env: {
+        KILN_WORKER_MEMORY_LIMIT: '512MiB',
+        KILN_WORKER_SANDBOX_DENY: 'store.internal,10.2.3.4',
+      },
+      arch: 'x64',
+    });
+    expect(c.limits).toEqual({ memoryBytes: 512 * 2 ** 20, cpuShares: 512, timeMs: 3_600_000 });
+    expect(c.sandboxDeny).toEqual(['store.internal', '10.2.3.4']);
+    for (const argv of [
+      ['--memory-limit', 'lots'],
+      ['--pids-limit', '1.5'],
+      ['--cpu-shares', '1'],
+      ['--time-limit', 'soon'],
     ])
       expect(() => loadConfig({ argv, arch: 'x64' })).toThrow(
         expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error,
