@@ -93,7 +93,7 @@ describe('the sandbox of a RUN on a worker', () => {
       .run({ args: ['/bin/sh', '-c', `(${script}) > /probes`] })
       .root();
     const { result } = await submitGraph(d, def(st), { salt: salt(), place: () => node.id });
-    const snap = node.runner.snapshotOf(result.outputs[0]!.resultId)!;
+    const snap = node.runner.snapshotOf(result.outputs[0]?.resultId ?? '')!;
     const probes = await node.runner.engine.read(snap, (dir) =>
       readFile(join(dir, 'probes'), 'utf8'),
     );
