@@ -2,10 +2,11 @@
  * The worker engine: the resources one machine needs to run LLB ops and export their results
  * (BuildKit's OCI worker). It owns, under one state dir: the content store (`content/`, unless
  * one is handed in), snapshots (`snapshots/`), the OCI runtime's bundles and cache mounts
- * (`exec/`), the layer cache (`layers.json`) and scratch space (`tmp/`). The task runner
- * (`node/task-runner.ts`) runs ops on it, task by task, with the executors of each op kind.
+ * (`exec/`), the layer cache (`layers.json`) and scratch space (`tmp/`); the state dir is 0700.
+ * The task runner (`node/task-runner.ts`) runs ops on it, task by task, with the executors of
+ * each op kind.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FsBlobStore } from '@kiln/store';
 import type { BlobStore } from '@kiln/store';
@@ -63,6 +64,10 @@ export class Engine {
   ) {}
 
   static async open(o: EngineOptions): Promise<Engine> {
+    // The worker's user only: snapshots hold what builds made (setuid-root binaries among them),
+    // which no other local user may reach. An existing state dir is tightened.
+    await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+    await chmod(o.stateDir, 0o700);
     const tmpDir = join(o.stateDir, 'tmp');
     await rm(tmpDir, { recursive: true, force: true });
     await mkdir(tmpDir, { recursive: true });

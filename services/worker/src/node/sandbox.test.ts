@@ -5,7 +5,7 @@ import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { chmod, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
@@ -38,6 +38,8 @@ beforeAll(async () => {
   if (!fixture)
     throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
   tmp = makeTempDir('worker-sandbox');
+  // As /var/lib/kiln would be: other users may traverse the parent of the state dir.
+  await chmod(tmp.dir, 0o755);
   // The host's main address (not loopback, not a bridge of Kiln's).
   const addrs = (await execFileP('ip', ['-4', '-o', 'addr'])).stdout.split('\n');
   hostIp = addrs
@@ -115,6 +117,40 @@ describe('the sandbox of a RUN on a worker', () => {
     });
     expect((err as Error).message).toContain(`vertex ${vertex}`);
     expect((err as Error).message).toContain('memory limit (64 MiB)');
+  });
+});
+
+describe("the worker's state", () => {
+  it('keeps a setuid file a build made out of reach of other local users', async () => {
+    const state = join(tmp.dir, 'sandboxed');
+    expect((await stat(state)).mode & 0o777).toBe(0o700);
+    const st = image(fixture)
+      .run({ args: ['/bin/sh', '-c', 'cp /bin/busybox /suid-busybox && chmod 4755 /suid-busybox'] })
+      .root();
+    await submitGraph(d, def(st), { salt: salt(), place: () => node.id });
+    // Root finds it under the state dir, setuid; nobody can neither stat nor run it.
+    const { stdout } = await execFileP('find', [state, '-name', 'suid-busybox', '-perm', '-4000']);
+    const paths = stdout.trim().split('\n').filter(Boolean);
+    expect(paths.length).toBeGreaterThan(0);
+    const asNobody = (...args: string[]) =>
+      execFileP('setpriv', [
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        '--',
+        ...args,
+      ]).then(
+        (r) => `ok: ${r.stdout}`,
+        (e: { stderr?: string }) => `failed: ${e.stderr ?? ''}`,
+      );
+    expect(await asNobody('id', '-u')).toBe('ok: 65534\n');
+    for (const p of paths) {
+      expect(await asNobody('stat', p)).toMatch(/^failed: .*Permission denied/);
+      // through a shell: setpriv's own exec still has root's capabilities (it drops them at exec)
+      expect(await asNobody('/bin/sh', '-c', `exec ${p} id -u`)).toMatch(
+        /^failed: .*Permission denied/,
+      );
+    }
   });
 });
 
