@@ -32,6 +32,15 @@ import { WorkerNode, binfmtRegistered, defaultSlots, loadConfig } from '@kiln/wo
 import type { Logger } from 'pino';
 import { farmAlive, processStartTime } from './paths.js';
 
+/** The worker's task limits and sandbox settings a local farm takes from its environment. */
+const WORKER_LIMIT_VARS = [
+  'KILN_WORKER_MEMORY_LIMIT',
+  'KILN_WORKER_PIDS_LIMIT',
+  'KILN_WORKER_CPU_SHARES',
+  'KILN_WORKER_TIME_LIMIT',
+  'KILN_WORKER_SANDBOX_DENY',
+];
+
 const LOCAL_WORKER_ID = 'local';
 
 export interface FarmServicesOptions {
@@ -166,10 +175,13 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
         KILN_WORKER_EMULATE: emulate.join(','),
         KILN_INSECURE_REGISTRIES: o.insecureRegistries.join(','),
         KILN_WORKER_HEARTBEAT_MS: '1000',
-        // The local cache's garbage collection (KILN_WORKER_GC_*: docs/local-farm.md) follows the
-        // daemon's environment; unset, the worker's defaults (10% of the disk, 60 days).
+        // The local cache's garbage collection (KILN_WORKER_GC_*: docs/local-farm.md) and the
+        // task limits (docs/sandbox.md) follow the daemon's environment; unset, the worker's
+        // defaults (10% of the disk, 60 days; a pids limit only).
         ...Object.fromEntries(
-          Object.entries(process.env).filter(([k]) => k.startsWith('KILN_WORKER_GC')),
+          Object.entries(process.env).filter(
+            ([k]) => k.startsWith('KILN_WORKER_GC') || WORKER_LIMIT_VARS.includes(k),
+          ),
         ),
       },
     });
