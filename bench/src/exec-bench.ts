@@ -76,7 +76,7 @@ export async function benchExec(
       network: 'host',
       security: 'sandbox',
       ulimits: [],
-      cgroupParent: undefined,
+      cgroupsPath: undefined,
       resolvConf: join(bundle, 'resolv.conf'),
       hosts: join(bundle, 'hosts'),
       mounts: [],
