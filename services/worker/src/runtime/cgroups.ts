@@ -1,4 +1,4 @@
-import { access, mkdir, readFile, readdir, rmdir, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, readdir, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RuntimeError, RuntimeErrorCode } from './errors.js';
 
@@ -170,11 +170,27 @@ export class TaskCgroups {
   }
 
   /**
+   * Removes the empty task groups under `root` older than `minAgeMs` (left by a process that died,
+   * or whose removal failed): a group still in use is not empty and stays, and a young one may be
+   * another worker's, about to receive its container.
+   */
+  async sweep(root: string, minAgeMs = 60_000): Promise<void> {
+    const dir = this.version === 2 ? join(ROOT, root) : join(ROOT, 'memory', root);
+    const names = await readdir(dir, { withFileTypes: true }).catch(() => []);
+    for (const d of names) {
+      if (!d.isDirectory() || !d.name.startsWith('kiln-')) continue;
+      const st = await stat(join(dir, d.name)).catch(() => undefined);
+      if (st === undefined || Date.now() - st.ctimeMs < minAgeMs) continue;
+      await this.release(join(root, d.name), 0).catch(() => undefined);
+    }
+  }
+
+  /**
    * Removes group `path` and what the runtime left under it, in every hierarchy (v1: the runtime
    * makes the container's group in all of them). A group still holding a process is retried
    * briefly (the container's processes are exiting), then left for {@link sweep}.
    */
-  async release(path: string): Promise<void> {
+  async release(path: string, retries = 50): Promise<void> {
     const roots =
       this.version === 2
         ? [ROOT]
@@ -190,7 +206,7 @@ export class TaskCgroups {
           } catch (err) {
             const code = (err as NodeJS.ErrnoException).code;
             if (code === 'ENOENT') break;
-            if (code !== 'EBUSY' || attempt >= 50) throw err;
+            if (code !== 'EBUSY' || attempt >= retries) throw err;
             await new Promise((res) => setTimeout(res, 20));
           }
         }

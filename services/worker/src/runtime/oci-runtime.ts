@@ -225,6 +225,7 @@ export class OciRuntime {
       await execFileP(this.binary, [...this.rootArgs, 'kill', id, 'KILL']).catch(() => undefined);
       await this.delete(id);
     }
+    await this.cgroups?.sweep(this.cgroupRoot);
     const bundles = join(this.stateDir, 'bundles');
     for (const name of await readdir(bundles)) {
       if (name.startsWith('probe-')) continue;
@@ -304,7 +305,8 @@ export class OciRuntime {
         );
       }
     } finally {
-      if (group !== undefined) await this.cgroups?.release(group);
+      // A group that cannot be removed yet is left to the next open's sweep.
+      if (group !== undefined) await this.cgroups?.release(group).catch(() => undefined);
       await rm(bundle, { recursive: true, force: true });
     }
   }

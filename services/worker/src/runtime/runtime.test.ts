@@ -576,7 +576,7 @@ describe('OciRuntime', () => {
       expect(await limited.list()).toEqual([]);
     });
 
-    it('sets the CPU shares of the task and removes its cgroup afterwards', async () => {
+    it('sets the CPU shares of the task, removes its cgroup afterwards, sweeps stale ones', async () => {
       let started!: () => void;
       const isStarted = new Promise<void>((r) => (started = r));
       // the container waits on a fifo until the test has looked
@@ -596,6 +596,12 @@ describe('OciRuntime', () => {
       expect(g).toBeDefined();
       const shares = (await readFile(join(g!, v2 ? 'cpu.weight' : 'cpu.shares'), 'utf8')).trim();
       expect(shares).toBe(v2 ? '10' : '256');
+      // a sweep removes empty groups (one left by a dead process), never one in use
+      const stale = `/${cgroupRoot}/kiln-0123456789abcdef`;
+      await limited.cgroups!.create(stale, { pids: 8 });
+      expect(await groups('cpu')).toHaveLength(2);
+      await limited.cgroups!.sweep(`/${cgroupRoot}`, 0);
+      expect(await groups('cpu')).toEqual([g]);
       await writeFile(join(sig, 'go'), 'go\n');
       await run;
       expect(await groups('cpu')).toEqual([]);
