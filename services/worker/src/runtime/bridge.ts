@@ -152,12 +152,21 @@ export class BridgeNetwork {
       ]);
       await ensureRule(['-t', 'filter', 'FORWARD', '-i', b.name, '-j', 'ACCEPT']);
       await ensureRule(['-t', 'filter', 'FORWARD', '-o', b.name, '-j', 'ACCEPT']);
-      await b.isolate(opts.deny ?? []);
     } catch (err) {
       throw new RuntimeError(
         RuntimeErrorCode.Io,
         `setting up bridge ${b.name}: ${(err as Error).message}`,
         { cause: err },
+      );
+    }
+    try {
+      await b.isolate(opts.deny ?? []);
+    } catch (err) {
+      // Not a reason to fall back to the host network (which isolates less): see OciRuntime.
+      throw new RuntimeError(
+        RuntimeErrorCode.Io,
+        `isolating bridge ${b.name}: ${(err as Error).message}`,
+        { cause: err, details: { isolation: true } },
       );
     }
     await b.sweep();

@@ -165,7 +165,10 @@ export class OciRuntime {
       this.bridge = await BridgeNetwork.setup({ ...opts.bridge, deny });
       this.sandboxNetwork = 'bridge';
     } catch (err) {
-      if (mode === 'bridge') throw err;
+      // A bridge that exists but cannot be isolated (iptables refused a rule, a denied host does
+      // not resolve) fails the runtime: the host network would reach even more.
+      const isolation = err instanceof RuntimeError && err.details.isolation === true;
+      if (mode === 'bridge' || isolation) throw err;
       this.sandboxFallbackReason = (err as Error).message;
     }
   }

@@ -257,6 +257,19 @@ describe('OciRuntime', () => {
     }
   });
 
+  it('fails to open, rather than fall back to the host network, when the bridge cannot be isolated', async () => {
+    const err = await OciRuntime.open({
+      stateDir: join(root, 'state-bad-deny'),
+      sandboxDeny: ['10.1.2.3/99'],
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(RuntimeError);
+    expect(err).toMatchObject({ code: 'RUNTIME_IO', details: { isolation: true } });
+    expect((err as Error).message).toContain('isolating bridge kiln0');
+  });
+
   it('sweeps the namespaces and leases of dead processes when setting up the bridge', async () => {
     const dead = spawnSync('true').pid;
     const id = `kiln-dead${process.pid}`;
