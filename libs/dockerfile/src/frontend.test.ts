@@ -134,6 +134,26 @@ describe('frontend registry', () => {
   });
 });
 
+describe('stages based on stages', () => {
+  it('builds a chain of stages, each inheriting its base stage’s config', async () => {
+    // Once failed with "Cannot read properties of undefined (reading 'config')": c was
+    // initialised before b, whose image it copies.
+    const res = await getFrontend('dockerfile.v0')!.solve({
+      dockerfile: Buffer.from(
+        'FROM busybox AS a\nENV A=1\nFROM a AS b\nENV B=2\nFROM b AS c\nENV C=3\nRUN echo c\n',
+      ),
+      opts: {},
+      metaResolver: fixedResolver(),
+      sessionId: 's1',
+    });
+    const [p] = res.platforms;
+    expect(p?.imageConfig.config.Env).toEqual(expect.arrayContaining(['A=1', 'B=2', 'C=3']));
+    const loaded = parseDefinition(p!.definition.toBytes());
+    const run = [...loaded.ops.values()].find((o) => o.op.exec)!;
+    expect(run.op.exec!.meta!.env).toEqual(expect.arrayContaining(['A=1', 'B=2', 'C=3']));
+  });
+});
+
 describe('generateDockerfile (the convert benchmark input)', () => {
   it('generates a 500-instruction Dockerfile that parses', () => {
     expect(parse(generateDockerfile(500)).ast.children).toHaveLength(500);

@@ -605,7 +605,7 @@ class Converter {
         this.applyBaseImage(p.d, p.reachable ? metas[k++] : undefined, p.reachable);
 
       let newDeps = false;
-      for (const d of reachable) {
+      for (const d of baseFirst(reachable)) {
         d.init();
         const onbuilds = [...(d.image.config.OnBuild ?? [])];
         if (d.base && !d.onBuildInit) {
@@ -1338,3 +1338,20 @@ export function marshalResult(result: ConvertResult, opts: MarshalResultOptions 
 }
 
 export type { Mount };
+
+/**
+ * The stages with each one after the stage it is based on (`FROM a AS b` / `FROM b AS c`): a
+ * stage's init copies its base's image, so the base must be initialised first.
+ */
+function baseFirst(stages: ReadonlySet<DispatchState>): DispatchState[] {
+  const out: DispatchState[] = [];
+  const seen = new Set<DispatchState>();
+  const visit = (d: DispatchState): void => {
+    if (seen.has(d)) return;
+    seen.add(d);
+    if (d.base && stages.has(d.base)) visit(d.base);
+    out.push(d);
+  };
+  for (const d of stages) visit(d);
+  return out;
+}
