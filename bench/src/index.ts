@@ -7,6 +7,7 @@ import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import { runBuildBench } from './build-bench.js';
 import { runDispatchBench } from './dispatch-bench.js';
+import { runGcBench } from './gc-bench.js';
 import { runLlbBench } from './llb-bench.js';
 import { runPeersBench } from './peers-bench.js';
 import { runWorkerBench } from './worker-bench.js';
@@ -23,6 +24,7 @@ const benches: Record<string, () => unknown> = {
   dispatch: () => runDispatchBench(),
   worker: () => runWorkerBench(),
   build: () => runBuildBench(),
+  gc: () => runGcBench(),
   peers: () =>
     runPeersBench({
       rounds,
