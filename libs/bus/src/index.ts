@@ -12,6 +12,7 @@ export * from './progress.js';
 export * from './watch.js';
 export * from './offer.js';
 export * from './session.js';
+export * from './session-crypto.js';
 export * from './checksum.js';
 export * from './materialize.js';
 export * from './record-service.js';

@@ -9,11 +9,11 @@
  *   under compare-and-set, taking the worker's identity from the subject. It writes only its own
  *   registration (`$KV.kiln_workers.<id>`), answers only its own offer, checksum, materialize and gc
  *   subjects, receives replies only on its own inbox ({@link workerInboxPrefix}), and may not
- *   subscribe to `>`, `kiln.session.>` or anyone's inbox.
+ *   subscribe to `>`, `kiln.session.>` or anyone's inbox. Sessions: it asks for a channel only
+ *   under its own id (`kiln.sessionkey.*.<id>`, which the scheduler grants only to the holder of
+ *   a claim, `session.ts`), and the channel's subjects are capabilities it cannot guess, whose
+ *   payloads are sealed end to end; the ssh bytes to it arrive on its own inbox.
  * - **clients** (`kiln`, `@kiln/client`) never connect to NATS: they talk gRPC to the scheduler.
- *
- * What remains open until sessions are bound to their build (issue 11, item 5): a worker may send
- * requests on any `kiln.session.<sid>.*` subject and read any ssh stream's `.down` direction.
  */
 import { randomBytes } from 'node:crypto';
 import { createUser } from '@nats-io/nkeys';
@@ -65,10 +65,13 @@ export function workerPermissions(workerId: string): NatsPermissions {
         'kiln.progress.>',
         // Asking the holder of an input for its blobs.
         'kiln.materialize.*',
-        // TODO(#11): bound to the build's capability once sessions are (item 5).
+        // A session channel: asked for under its own id; then by capability (session.ts).
+        `kiln.sessionkey.*.${id}`,
         'kiln.session.*.local',
         'kiln.session.*.secret',
+        'kiln.session.*.auth',
         'kiln.session.*.ssh',
+        'kiln.session.*.close',
         'kiln.session.*.ssh.*.up',
       ],
     },
@@ -79,7 +82,6 @@ export function workerPermissions(workerId: string): NatsPermissions {
         `kiln.materialize.${id}`,
         // du and prune of its own local cache, asked by the scheduler.
         `kiln.gc.${id}`,
-        'kiln.session.*.ssh.*.down',
         `${workerInboxPrefix(id)}.>`,
       ],
     },

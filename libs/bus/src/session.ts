@@ -1,42 +1,92 @@
 /**
- * The session relay: how a worker reaches the client of a build (its local directories, secrets
- * and ssh agents) without a connection of its own to it. The scheduler that holds the client's
- * `Session` gRPC stream answers these NATS core subjects for as long as that stream is open; a
- * request nobody answers means the session is gone.
+ * The session relay: how a worker reaches the client of a build (its local directories, secrets,
+ * ssh agents and registry credentials) without a connection of its own to it. The scheduler that
+ * holds the client's `Session` gRPC stream answers for as long as that stream is open; a request
+ * nobody answers means the session is gone.
  *
- * - `kiln.session.<sid>.local`: request {@link LocalSyncRequest}, reply {@link LocalSyncReply}.
- *   The scheduler asks the client for the directory's manifest (filtered by the patterns), puts
+ * A worker first opens a channel for the task it holds a claim on:
+ * - `kiln.sessionkey.<sid>.<workerId>`: request {@link SessionKeyRequest} (the task's record key,
+ *   the claimed attempt's token, the worker's fresh X25519 public key), reply
+ *   {@link SessionKeyReply}. Under the farm's NATS permissions a worker publishes only with its own
+ *   id, and the scheduler opens the channel only when the record says that worker holds that
+ *   attempt of a task of a build this session serves (a session id alone, which records carry,
+ *   opens nothing). The reply carries the scheduler's public key and, sealed, the channel's
+ *   capability: 256 random bits that exist only in the scheduler's memory and the claimant's.
+ *
+ * Then, every payload sealed with the channel's keys (`session-crypto.ts`, AES-256-GCM):
+ * - `kiln.session.<cap>.local`: {@link LocalSyncRequest} -> {@link LocalSyncReply}. The
+ *   scheduler asks the client for the directory's manifest (filtered by the patterns), puts
  *   every file the content store lacks into it (small files many to a blob: `pack`), then the
  *   manifest itself; the reply names the manifest blob. File content never travels over NATS.
- * - `kiln.session.<sid>.secret`: request {@link SecretRequest}, reply {@link SecretReply}. Core
- *   NATS only: a secret is never written to a stream, a bucket or the store.
- * - `kiln.session.<sid>.ssh`: request {@link SshOpenRequest} opens one agent connection; then raw
- *   bytes flow on `kiln.session.<sid>.ssh.<stream>.up` (worker to client) and `.down` (client to
- *   worker); an empty message closes the connection in that direction.
+ * - `kiln.session.<cap>.secret`: {@link SecretRequest} -> {@link SecretReply}. Core NATS only: a
+ *   secret is never written to a stream, a bucket or the store, and never crosses the bus in clear.
+ * - `kiln.session.<cap>.auth`: {@link AuthRequest} -> {@link AuthReply}: the client's registry
+ *   credentials for one host (BuildKit's session/auth).
+ * - `kiln.session.<cap>.ssh`: {@link SshOpenRequest} opens one agent connection; then sealed bytes
+ *   flow on `kiln.session.<cap>.ssh.<stream>.up` (worker to client) and on the worker's own inbox,
+ *   `_INBOX_worker.<id>.ssh.<cap>.<stream>` (client to worker); an empty plaintext closes the
+ *   connection in that direction.
+ * - `kiln.session.<cap>.close` (publish): the task is over; the scheduler forgets the channel.
  */
 import { KilnError } from '@kiln/protocol';
-import { InvalidNameError } from './subjects.js';
+import { workerInboxPrefix } from './nats-permissions.js';
+import { InvalidNameError, assertWorkerId } from './subjects.js';
 
 export const SESSION_SUBJECT_PREFIX = 'kiln.session';
+export const SESSION_KEY_SUBJECT_PREFIX = 'kiln.sessionkey';
 
 const SESSION_ID = /^[A-Za-z0-9_-]{1,128}$/;
+const CAPABILITY = /^[A-Za-z0-9_-]{43}$/;
 
 export function assertSessionId(id: string): string {
   if (!SESSION_ID.test(id)) throw new InvalidNameError('session id', id);
   return id;
 }
 
-export type SessionSubjectKind = 'local' | 'secret' | 'ssh';
-
-export function sessionSubject(sessionId: string, kind: SessionSubjectKind | '>'): string {
-  return `${SESSION_SUBJECT_PREFIX}.${assertSessionId(sessionId)}.${kind}`;
+export function assertSessionCapability(cap: string): string {
+  if (!CAPABILITY.test(cap)) throw new InvalidNameError('session capability', '<hidden>');
+  return cap;
 }
 
-/** The two directions of one ssh agent connection. */
-export function sshStreamSubject(sessionId: string, stream: string, dir: 'up' | 'down'): string {
+/** Where a worker asks to open a channel to session `sessionId` (`*`: any worker). */
+export function sessionKeySubject(sessionId: string, workerId: string): string {
+  const w = workerId === '*' ? '*' : assertWorkerId(workerId);
+  return `${SESSION_KEY_SUBJECT_PREFIX}.${assertSessionId(sessionId)}.${w}`;
+}
+
+export type SessionSubjectKind = 'local' | 'secret' | 'ssh' | 'auth' | 'close';
+
+export function sessionSubject(capability: string, kind: SessionSubjectKind | '>'): string {
+  return `${SESSION_SUBJECT_PREFIX}.${assertSessionCapability(capability)}.${kind}`;
+}
+
+/** The worker-to-client direction of one ssh agent connection. */
+export function sshUpSubject(capability: string, stream: string): string {
   if (!SESSION_ID.test(stream)) throw new InvalidNameError('ssh stream', stream);
-  return `${SESSION_SUBJECT_PREFIX}.${assertSessionId(sessionId)}.ssh.${stream}.${dir}`;
+  return `${SESSION_SUBJECT_PREFIX}.${assertSessionCapability(capability)}.ssh.${stream}.up`;
 }
+
+/** The client-to-worker direction: the worker's own inbox (no other worker may subscribe to it). */
+export function sshDownSubject(workerId: string, capability: string, stream: string): string {
+  if (!SESSION_ID.test(stream)) throw new InvalidNameError('ssh stream', stream);
+  return `${workerInboxPrefix(workerId)}.ssh.${assertSessionCapability(capability)}.${stream}`;
+}
+
+export interface SessionKeyRequest {
+  /** The task record's key ({@link taskKey}) and the attempt token the worker claimed. */
+  key: string;
+  token: string;
+  /** The worker's fresh X25519 public key (raw, base64url). */
+  publicKey: string;
+}
+
+export type SessionKeyReply =
+  | {
+      publicKey: string;
+      /** The channel's capability, sealed (kind `capability`) with the channel's keys, base64. */
+      capability: string;
+    }
+  | { error: SessionReplyError };
 
 export interface LocalSyncRequest {
   /** The local source name (`local://<dir>`). */
@@ -92,6 +142,17 @@ export type LocalSyncReply =
 export interface SecretRequest {
   id: string;
 }
+
+/** The client's credentials for a registry host (`docker.io` for Docker Hub). */
+export interface AuthRequest {
+  host: string;
+}
+
+export type AuthReply =
+  | { username: string; secret: string }
+  | { identityToken: string }
+  | { notFound: true }
+  | { error: SessionReplyError };
 
 export type SecretReply =
   { data: string /* base64 */ } | { notFound: true } | { error: SessionReplyError };

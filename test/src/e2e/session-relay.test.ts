@@ -4,6 +4,10 @@
  * `BuildSession` over gRPC: a local directory (manifest, then only the files the store lacks), a
  * secret, and an ssh agent connection to a real unix socket on the client's side. The worker's
  * end connects as a worker user with the role's NATS permissions, the scheduler as the scheduler.
+ * A worker reaches a session only for a task it holds the claim on: each case writes that claim's
+ * record (as the scheduler does when it accepts a claim) and has the session serve its build.
+ * A sniffer with the scheduler's (permissive) credentials listens to `>` in the secrecy case (only
+ * there: it would be a responder to every request, and "no responders" is what a gone session is).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { readdir, readFile, readlink, lstat } from 'node:fs/promises';
@@ -28,7 +32,16 @@ import { ControlServer, Dispatcher } from '@kiln/scheduler';
 import { FsBlobStore } from '@kiln/store';
 import type { BlobSource, Digest, PutOptions } from '@kiln/store';
 import { Engine, LocalContexts, SessionRelay } from '@kiln/worker';
-import { connectNats, workerInboxPrefix } from '@kiln/bus';
+import type { TaskClaim } from '@kiln/worker';
+import {
+  connectNats,
+  createRecord,
+  encodeSessionJson,
+  sessionKeyPair,
+  sessionKeySubject,
+  taskKey,
+  workerInboxPrefix,
+} from '@kiln/bus';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, startNats, waitFor } from '../harness/index.js';
@@ -39,6 +52,11 @@ let nats: NatsServerHandle;
 let nc: NatsConnection;
 /** The worker's end: its own user, with the worker role's permissions. */
 let wnc: NatsConnection;
+/** Another worker of the farm (a rogue one). */
+let xnc: NatsConnection;
+/** Everything on the bus, seen with the scheduler's permissive credentials (while it listens). */
+let sniffer: NatsConnection;
+const sniffed: Buffer[] = [];
 let dispatcher: Dispatcher;
 let server: ControlServer;
 let client: KilnClient;
@@ -51,13 +69,18 @@ const agentSaw: Buffer[] = [];
 
 beforeAll(async () => {
   tmp = makeTempDir('session-relay');
-  nats = await startNats({ auth: { workers: ['relay-w'] } });
+  nats = await startNats({ auth: { workers: ['relay-w', 'relay-x'] } });
   if (!nats.auth) throw new Error('nats-server started without auth');
   nc = await connectNats(nats.url, nats.auth.scheduler);
   wnc = await connectNats(nats.url, {
     ...nats.auth.workers['relay-w'],
     inboxPrefix: workerInboxPrefix('relay-w'),
   });
+  xnc = await connectNats(nats.url, {
+    ...nats.auth.workers['relay-x'],
+    inboxPrefix: workerInboxPrefix('relay-x'),
+  });
+  sniffer = await connectNats(nats.url, nats.auth.scheduler);
   dispatcher = await Dispatcher.start({ nc });
   store = new FsBlobStore({ root: join(tmp.dir, 'store') });
   // The scheduler's view of the store: counts the files it fetched from the client.
@@ -89,6 +112,8 @@ afterAll(async () => {
   await server?.close();
   await dispatcher?.close();
   await wnc?.close();
+  await xnc?.close();
+  await sniffer?.close();
   await nc?.close();
   await nats?.stop();
   await new Promise<void>((r) => (agent ? agent.close(() => r()) : r()));
@@ -96,11 +121,64 @@ afterAll(async () => {
   tmp?.remove();
 }, 600_000);
 
+/** relay-w's end of the relay. */
+function relay(workerId = 'relay-w'): SessionRelay {
+  return new SessionRelay({
+    nc: workerId === 'relay-w' ? wnc : xnc,
+    workerId,
+    store,
+    tmpDir: join(tmp.dir, 'worker-tmp'),
+  });
+}
+
 /** Opens a session and waits until the scheduler has it. */
 async function openSession(o: Parameters<KilnClient['session']>[0]): Promise<BuildSession> {
   const s = client.session(o);
   await waitFor('the session to open', () => server.sessions.get(s.id));
   return s;
+}
+
+/**
+ * A running task's record claimed by `holder`, of a build the session serves (`serve: false`: of
+ * a build it does not serve): what the scheduler writes when it accepts a worker's claim.
+ */
+async function claim(
+  session: BuildSession,
+  o: { holder?: string; serve?: boolean } = {},
+): Promise<TaskClaim> {
+  const buildId = `build-${randomUUID()}`;
+  const cacheKey = sha(buildId);
+  const key = taskKey(cacheKey);
+  const token = randomUUID();
+  const now = Date.now();
+  const created = await createRecord(dispatcher.bus.tasks, key, {
+    v: 1,
+    taskId: randomUUID(),
+    cacheKey,
+    platform: 'linux/amd64',
+    attempt: 1,
+    attemptToken: token,
+    state: 'running',
+    builds: [buildId],
+    holder: o.holder ?? 'relay-w',
+    task: '',
+    createdAt: now,
+    dispatchedAt: now,
+    claimedAt: now,
+  });
+  if (created === false) throw new Error('record exists');
+  if (o.serve !== false) server.sessions.get(session.id)!.serve(buildId);
+  return { key, token };
+}
+
+/** Whether any message seen on the bus holds `needle`'s bytes, plain or base64. */
+function sniffedHas(needle: string): boolean {
+  const forms = [
+    needle,
+    Buffer.from(needle).toString('base64'),
+    Buffer.from(needle).toString('base64url'),
+  ];
+  return sniffed.some((m) => forms.some((f) => m.includes(f)));
 }
 
 describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client', () => {
@@ -116,8 +194,13 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
     const when = new Date('2024-02-03T04:05:06Z');
     utimesSync(join(ctx, 'a.txt'), when, when);
     const session = await openSession({ localDirs: { context: ctx } });
-    const relay = new SessionRelay({ nc: wnc, store, tmpDir: join(tmp.dir, 'worker-tmp') });
-    const task = relay.open(session.id);
+    const relay = new SessionRelay({
+      nc: wnc,
+      workerId: 'relay-w',
+      store,
+      tmpDir: join(tmp.dir, 'worker-tmp'),
+    });
+    const task = relay.open(session.id, await claim(session));
     try {
       const dir = await task.providers.syncLocal!({
         name: 'context',
@@ -153,9 +236,7 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
     const session = await openSession({
       secrets: (id) => Promise.resolve(id === 'tok' ? Buffer.from(value) : undefined),
     });
-    const task = new SessionRelay({ nc: wnc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
-      session.id,
-    );
+    const task = relay().open(session.id, await claim(session));
     try {
       expect(Buffer.from((await task.providers.secrets!('tok'))!).toString()).toBe(value);
       expect(await task.providers.secrets!('missing')).toBeUndefined();
@@ -167,9 +248,7 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
 
   it("relays an ssh agent connection byte for byte to the client's agent socket", async () => {
     const session = await openSession({ ssh: { default: agentPath } });
-    const task = new SessionRelay({ nc: wnc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
-      session.id,
-    );
+    const task = relay().open(session.id, await claim(session));
     try {
       const sock = (await task.providers.ssh!('default'))!;
       const reply = await new Promise<string>((resolve, reject) => {
@@ -193,10 +272,78 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
     }
   });
 
+  it('never shows a secret or ssh bytes on the bus; a worker without the claim gets nothing', async () => {
+    const value = `s3cret-${randomUUID()}`;
+    const session = await openSession({
+      secrets: (id) => Promise.resolve(id === 'tok' ? Buffer.from(value) : undefined),
+      ssh: { default: agentPath },
+    });
+    const held = await claim(session);
+    const task = relay().open(session.id, held);
+    const sniff = sniffer.subscribe('>', {
+      callback: (err, m) => void (err || sniffed.push(Buffer.from(m.data))),
+    });
+    await sniffer.flush();
+    try {
+      expect(Buffer.from((await task.providers.secrets!('tok'))!).toString()).toBe(value);
+      const sock = (await task.providers.ssh!('default'))!;
+      const marker = `agent-bytes-${randomUUID()}`;
+      await new Promise<void>((resolve, reject) => {
+        const c = createConnection(sock);
+        let got = '';
+        c.on('data', (d: Buffer) => {
+          got += d.toString();
+          if (got === `pong:${marker}`) {
+            c.end();
+            resolve();
+          }
+        });
+        c.on('error', reject);
+        c.write(marker);
+      });
+      await sniffer.flush();
+      expect(sniffed.length).toBeGreaterThan(0);
+      expect(sniffedHas(value)).toBe(false);
+      expect(sniffedHas(marker)).toBe(false);
+
+      // Another worker presenting relay-w's claim, under its own id: refused.
+      await expect(
+        relay('relay-x').open(session.id, held).providers.secrets!('tok'),
+      ).rejects.toMatchObject({ code: 'SESSION_DENIED' });
+      // ...and it may not speak under relay-w's id at all.
+      await expect(
+        xnc.request(
+          sessionKeySubject(session.id, 'relay-w'),
+          encodeSessionJson({ ...held, publicKey: sessionKeyPair().publicKey }),
+          { timeout: 2_000 },
+        ),
+      ).rejects.toThrow(/permission/i);
+      // A claim of its own, on a task of a build this session does not serve: refused.
+      const foreign = await claim(session, { holder: 'relay-x', serve: false });
+      await expect(
+        relay('relay-x').open(session.id, foreign).providers.secrets!('tok'),
+      ).rejects.toMatchObject({ code: 'SESSION_DENIED' });
+      // relay-w's own claim with a stale token: refused.
+      await expect(
+        relay().open(session.id, { ...held, token: randomUUID() }).providers.secrets!('tok'),
+      ).rejects.toMatchObject({ code: 'SESSION_DENIED' });
+      // The old subject by session id answers nothing.
+      await expect(
+        wnc.request(`kiln.session.${session.id}.secret`, encodeSessionJson({ id: 'tok' }), {
+          timeout: 2_000,
+        }),
+      ).rejects.toThrow();
+      await sniffer.flush();
+      expect(sniffedHas(value)).toBe(false);
+    } finally {
+      sniff.unsubscribe();
+      await task.close();
+      session.close();
+    }
+  });
+
   it('fails typed when the session is gone', async () => {
-    const task = new SessionRelay({ nc: wnc, store, tmpDir: join(tmp.dir, 'worker-tmp') }).open(
-      `gone-${randomUUID()}`,
-    );
+    const task = relay().open(`gone-${randomUUID()}`, { key: 'sha256.00', token: randomUUID() });
     await expect(task.providers.secrets!('tok')).rejects.toMatchObject({
       code: 'SESSION_UNAVAILABLE',
     });
@@ -252,11 +399,12 @@ describe('incremental contexts: the worker keeps each synced context and applies
     const session = await openSession({ localDirs: { context: ctx }, sharedKey: 'machine-1' });
     const relay = new SessionRelay({
       nc: wnc,
+      workerId: 'relay-w',
       store,
       tmpDir: join(tmp.dir, 'worker-tmp'),
       contexts,
     });
-    const task = relay.open(session.id);
+    const task = relay.open(session.id, await claim(session));
     const before = filesPut.length;
     try {
       const snapshot = await task.providers.localSnapshot!(spec);
@@ -330,10 +478,11 @@ describe('incremental contexts: the worker keeps each synced context and applies
     const session = await openSession({ localDirs: { context: ctx }, sharedKey: '' });
     const task = new SessionRelay({
       nc,
+      workerId: 'relay-w',
       store,
       tmpDir: join(tmp.dir, 'worker-tmp'),
       contexts: fresh,
-    }).open(session.id);
+    }).open(session.id, await claim(session));
     try {
       const full = await task.providers.localSnapshot!(spec);
       expect(full).not.toBe(changed.snapshot);

@@ -199,6 +199,7 @@ export class ControlServer {
     this.#auth = o.auth ?? new Authenticator();
     this.sessions = new SessionManager({
       nc: o.dispatcher.bus.nc,
+      tasks: o.dispatcher.bus.tasks,
       ...(o.store ? { store: o.store } : {}),
       log: this.#log.child({ component: 'session' }),
     });
@@ -365,6 +366,7 @@ export class ControlServer {
       build.abort.abort();
     };
     call.on('cancelled', onCancelled);
+    let unserve: (() => void) | undefined;
     log.info({ frontend: req.frontend || undefined }, 'build started');
     const span = tracer().startSpan(SpanName.build, { attributes: { [Attr.buildId]: ref } });
     try {
@@ -378,6 +380,8 @@ export class ControlServer {
             build.abort.signal,
           )
         : undefined;
+      // Only this build's tasks, on the workers holding their claims, may reach the session.
+      unserve = session?.serve(ref);
       const targets = await this.#load(req);
       checkEntitlements(targets, requested, caller);
       const cacheNamespace = this.#o.sharedCache ? '' : caller.tenant;
@@ -462,6 +466,7 @@ export class ControlServer {
       span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
       throw err;
     } finally {
+      unserve?.();
       span.end();
       call.off('cancelled', onCancelled);
       this.builds.finish(ref);

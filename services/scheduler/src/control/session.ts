@@ -4,8 +4,16 @@
  *
  * Contract:
  * - A session exists from the client's `hello` to the end of its stream; while it exists this
- *   scheduler answers `kiln.session.<id>.>` on NATS for it (and only then: a request for a gone
+ *   scheduler answers `kiln.sessionkey.<id>.*` on NATS for it (and only then: a request for a gone
  *   session gets "no responders", which workers report as SESSION_UNAVAILABLE).
+ * - A worker reaches the session only through a channel it opens for a task it holds the claim
+ *   on: the task's record (read from the bus, written only by the scheduler) must name that
+ *   worker as the holder of that attempt, and one of the record's builds must be a build this
+ *   session serves (`serve`, for as long as its Solve runs). The channel's subjects are a fresh
+ *   random capability handed (sealed) only to that worker; every payload on them is sealed with
+ *   the channel's keys (X25519 + AES-256-GCM, `@kiln/bus` session-crypto.ts): secrets, ssh bytes
+ *   and registry credentials never cross NATS in clear. A channel ends with its task (`close`)
+ *   or with the session.
  * - Local directories: the client lists the directory (filtered by the op's patterns) as a
  *   content manifest, streamed in chunks; only files the content store lacks are fetched from the
  *   client (small ones many at a time, into packs: `context-sync.ts`), verified, then the manifest
@@ -22,21 +30,32 @@ import * as grpc from '@grpc/grpc-js';
 import type { PassThrough, Readable } from 'node:stream';
 import {
   SESSION_SUBJECT_PREFIX,
+  SessionCipher,
   assertSessionId,
+  assertWorkerId,
   decodeSessionJson,
   encodeSessionJson,
+  getRecord,
+  newSessionCapability,
+  sessionKeyPair,
+  sessionKeySubject,
   sessionSubject,
-  sshStreamSubject,
+  sshDownSubject,
 } from '@kiln/bus';
 import type {
+  AuthReply,
+  AuthRequest,
   LocalSyncReply,
   LocalSyncRequest,
   SecretReply,
   SecretRequest,
+  SessionKeyReply,
+  SessionKeyRequest,
   SessionReplyError,
   SshOpenReply,
   SshOpenRequest,
 } from '@kiln/bus';
+import type { KV } from '@nats-io/kv';
 import { KilnError, control } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
@@ -72,6 +91,8 @@ interface Pending {
 
 export interface SessionManagerOptions {
   nc: NatsConnection;
+  /** The task records (`kiln_tasks`): who holds which task's claim. */
+  tasks: KV;
   /** Where synced context files go; without it, local directories cannot be served. */
   store?: BlobStore;
   log: Logger;
@@ -180,6 +201,21 @@ export class SessionManager {
   }
 }
 
+/** Channels a session may have open at once (one per task that uses it). */
+const MAX_CHANNELS = 4_096;
+const RECORD_KEY = /^[-/_=.A-Za-z0-9]{1,1024}$/;
+const TOKEN = /^[A-Za-z0-9-]{1,64}$/;
+
+/** One worker's sealed channel to the session, for one claimed task. */
+interface Channel {
+  capability: string;
+  workerId: string;
+  cipher: SessionCipher;
+  sub: Subscription;
+  /** ssh: the worker's stream name -> the numbered stream the client sees. */
+  ssh: Map<string, number>;
+}
+
 /** Who opened a session: its caller's tenant and gRPC peer (the connection). */
 export interface SessionOwner {
   tenant: string;
@@ -192,9 +228,11 @@ export class ClientSession {
   readonly sharedKey: string;
   readonly #pending = new Map<number, Pending>();
   readonly #sub: Subscription;
-  /** ssh: worker's stream name <-> the numbered stream the client sees. */
-  readonly #sshByName = new Map<string, number>();
-  readonly #sshByNum = new Map<number, string>();
+  /** Builds (Solve refs) this session serves: the tasks of these may open channels. */
+  readonly #builds = new Map<string, number>();
+  readonly #channels = new Map<string, Channel>();
+  /** ssh: the numbered stream the client sees -> the channel and its stream name. */
+  readonly #sshByNum = new Map<number, { ch: Channel; name: string }>();
   #nextId = 1;
   #closed = false;
 
@@ -207,11 +245,27 @@ export class ClientSession {
   ) {
     this.localDirs = new Set(hello.localDirs ?? []);
     this.sharedKey = hello.sharedKey ?? '';
-    this.#sub = o.nc.subscribe(sessionSubject(id, '>'), {
+    this.#sub = o.nc.subscribe(sessionKeySubject(id, '*'), {
       callback: (err, msg) => {
-        if (!err) this.#onNats(msg);
+        if (!err) void this.#onKeyRequest(msg);
       },
     });
+  }
+
+  /**
+   * The tasks of build `buildId` may reach this session (until the returned function is called;
+   * a build served twice is served until both end).
+   */
+  serve(buildId: string): () => void {
+    this.#builds.set(buildId, (this.#builds.get(buildId) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.#builds.get(buildId) ?? 1) - 1;
+      if (n > 0) this.#builds.set(buildId, n);
+      else this.#builds.delete(buildId);
+    };
   }
 
   close(): void {
@@ -224,8 +278,7 @@ export class ClientSession {
       p.reject(err);
     }
     this.#pending.clear();
-    for (const name of this.#sshByName.keys())
-      this.o.nc.publish(sshStreamSubject(this.id, name, 'down'), new Uint8Array(0));
+    for (const ch of [...this.#channels.values()]) this.#closeChannel(ch);
   }
 
   #send(m: SessionMessageInit): boolean {
@@ -258,12 +311,11 @@ export class ClientSession {
 
   onMessage(m: SessionMessage): void {
     if (m.ssh) {
-      const name = this.#sshByNum.get(Number(m.ssh.stream));
-      if (name === undefined) return;
+      const s = this.#sshByNum.get(Number(m.ssh.stream));
+      if (s === undefined) return;
       const data = m.ssh.close ? new Uint8Array(0) : (m.ssh.data ?? new Uint8Array(0));
-      if (m.ssh.close || data.length > 0)
-        this.o.nc.publish(sshStreamSubject(this.id, name, 'down'), data);
-      if (m.ssh.close) this.#dropSsh(name);
+      if (m.ssh.close || data.length > 0) this.#sshDown(s.ch, s.name, data);
+      if (m.ssh.close) this.#dropSsh(s.ch, s.name);
       return;
     }
     const id = Number(m.id);
@@ -331,10 +383,103 @@ export class ClientSession {
 
   // ---- the relay ----
 
-  #onNats(msg: Msg): void {
-    const rest = msg.subject.slice(`${SESSION_SUBJECT_PREFIX}.${this.id}.`.length);
-    const reply = (v: unknown): void => {
+  /** A worker asks for a channel: granted only to the holder of a task of a build served here. */
+  async #onKeyRequest(msg: Msg): Promise<void> {
+    const reply = (v: SessionKeyReply): void => {
       if (msg.reply) msg.respond(encodeSessionJson(v));
+    };
+    const deny = (message: string): void => {
+      this.o.log.warn(
+        { sessionId: this.id, subject: msg.subject, reason: message },
+        'session channel refused',
+      );
+      reply({ error: { code: 'SESSION_DENIED', message } });
+    };
+    try {
+      const workerId = assertWorkerId(msg.subject.slice(msg.subject.lastIndexOf('.') + 1));
+      const req = decodeSessionJson<Partial<SessionKeyRequest>>(msg.data);
+      if (
+        typeof req.key !== 'string' ||
+        !RECORD_KEY.test(req.key) ||
+        typeof req.token !== 'string' ||
+        !TOKEN.test(req.token) ||
+        typeof req.publicKey !== 'string'
+      )
+        return deny('malformed channel request');
+      const stored = await getRecord(this.o.tasks, req.key);
+      const r = stored?.record;
+      if (
+        !r ||
+        r.state !== 'running' ||
+        r.holder !== workerId ||
+        r.attemptToken !== req.token ||
+        !r.builds.some((b) => this.#builds.has(b))
+      )
+        return deny(`worker ${workerId} holds no claim on a task of this session's builds`);
+      if (this.#closed) return deny('the session ended');
+      if (this.#channels.size >= MAX_CHANNELS) return deny('too many open channels');
+      const own = sessionKeyPair();
+      const cipher = SessionCipher.derive(own, 'scheduler', {
+        sessionId: this.id,
+        workerId,
+        key: req.key,
+        token: req.token,
+        workerPublicKey: req.publicKey,
+        schedulerPublicKey: own.publicKey,
+      });
+      const capability = newSessionCapability();
+      const ch: Channel = {
+        capability,
+        workerId,
+        cipher,
+        ssh: new Map(),
+        sub: this.o.nc.subscribe(sessionSubject(capability, '>'), {
+          callback: (err, m) => {
+            if (!err) this.#onChannel(ch, m);
+          },
+        }),
+      };
+      this.#channels.set(capability, ch);
+      reply({
+        publicKey: own.publicKey,
+        capability: Buffer.from(cipher.seal('capability', Buffer.from(capability))).toString(
+          'base64',
+        ),
+      });
+    } catch (e) {
+      deny(e instanceof KilnError ? e.message : String(e));
+    }
+  }
+
+  #closeChannel(ch: Channel): void {
+    if (this.#channels.get(ch.capability) !== ch) return;
+    this.#channels.delete(ch.capability);
+    ch.sub.unsubscribe();
+    for (const name of [...ch.ssh.keys()]) {
+      this.#sshDown(ch, name, new Uint8Array(0));
+      this.#dropSsh(ch, name);
+    }
+  }
+
+  #sshDown(ch: Channel, name: string, data: Uint8Array): void {
+    this.o.nc.publish(
+      sshDownSubject(ch.workerId, ch.capability, name),
+      ch.cipher.seal('ssh.down', data),
+    );
+  }
+
+  #onChannel(ch: Channel, msg: Msg): void {
+    const rest = msg.subject.slice(`${SESSION_SUBJECT_PREFIX}.${ch.capability}.`.length);
+    const kind = /^ssh\.[A-Za-z0-9_-]+\.up$/.test(rest) ? 'ssh.up' : rest;
+    let data: Buffer;
+    try {
+      data = ch.cipher.open(kind, msg.data);
+    } catch {
+      this.o.log.warn({ sessionId: this.id, worker: ch.workerId, kind }, 'session message refused');
+      return;
+    }
+    const reply = (v: unknown): void => {
+      if (msg.reply) msg.respond(ch.cipher.seal(`${kind}.reply`, encodeSessionJson(v)));
     };
     const replyError = (e: unknown): void => {
       const err: SessionReplyError =
@@ -343,8 +488,8 @@ export class ClientSession {
           : { code: 'SESSION_ERROR', message: String(e) };
       reply({ error: err });
     };
-    if (rest === 'local') {
-      this.#syncLocal(decodeSessionJson<LocalSyncRequest>(msg.data)).then(
+    if (kind === 'local') {
+      this.#syncLocal(decodeSessionJson<LocalSyncRequest>(data)).then(
         (manifest) =>
           reply({
             manifest,
@@ -352,26 +497,30 @@ export class ClientSession {
           } satisfies LocalSyncReply),
         replyError,
       );
-    } else if (rest === 'secret') {
-      this.#secret(decodeSessionJson<SecretRequest>(msg.data)).then(reply, replyError);
-    } else if (rest === 'ssh') {
+    } else if (kind === 'secret') {
+      this.#secret(decodeSessionJson<SecretRequest>(data)).then(reply, replyError);
+    } else if (kind === 'auth') {
+      this.credentials(decodeSessionJson<AuthRequest>(data).host).then(reply, replyError);
+    } else if (kind === 'ssh') {
       try {
-        this.#openSsh(decodeSessionJson<SshOpenRequest>(msg.data));
+        this.#openSsh(ch, decodeSessionJson<SshOpenRequest>(data));
         reply({ ok: true } satisfies SshOpenReply);
       } catch (e) {
         replyError(e);
       }
-    } else {
-      const m = /^ssh\.([A-Za-z0-9_-]+)\.up$/.exec(rest);
-      const num = m ? this.#sshByName.get(m[1]!) : undefined;
-      if (!m || num === undefined) return;
-      const close = msg.data.length === 0;
+    } else if (kind === 'close') {
+      this.#closeChannel(ch);
+    } else if (kind === 'ssh.up') {
+      const name = rest.slice(4, -3);
+      const num = ch.ssh.get(name);
+      if (num === undefined) return;
+      const close = data.length === 0;
       try {
-        this.#send({ ssh: { stream: num, data: msg.data, close } });
+        this.#send({ ssh: { stream: num, data, close } });
       } catch {
         // the session is gone: the worker's side closes on its own
       }
-      if (close) this.#dropSsh(m[1]!);
+      if (close) this.#dropSsh(ch, name);
     }
   }
 
@@ -382,17 +531,25 @@ export class ClientSession {
     return { data: Buffer.from(s.data ?? new Uint8Array(0)).toString('base64') };
   }
 
-  #openSsh(r: SshOpenRequest): void {
+  /** The client's registry credentials for `host` (BuildKit's session/auth), never stored. */
+  credentials(host: string): Promise<AuthReply> {
+    void host;
+    return Promise.resolve({ notFound: true });
+  }
+
+  #openSsh(ch: Channel, r: SshOpenRequest): void {
+    if (typeof r.stream !== 'string' || !/^[A-Za-z0-9_-]{1,128}$/.test(r.stream))
+      throw new SessionError('bad ssh stream name', 'SESSION_PROTOCOL');
     const num = this.#nextId++;
-    this.#sshByName.set(r.stream, num);
-    this.#sshByNum.set(num, r.stream);
+    ch.ssh.set(r.stream, num);
+    this.#sshByNum.set(num, { ch, name: r.stream });
     // An empty frame opens the connection on the client side.
     this.#send({ ssh: { id: r.id || 'default', stream: num, data: new Uint8Array(0) } });
   }
 
-  #dropSsh(name: string): void {
-    const num = this.#sshByName.get(name);
-    this.#sshByName.delete(name);
+  #dropSsh(ch: Channel, name: string): void {
+    const num = ch.ssh.get(name);
+    ch.ssh.delete(name);
     if (num !== undefined) this.#sshByNum.delete(num);
   }
 

@@ -3,7 +3,7 @@ export { TaskRunner, taskErrorOf } from './task-runner.js';
 export type { RunnerStats, TaskRunnerOptions } from './task-runner.js';
 export { WorkerNode } from './worker-node.js';
 export { SessionRelay } from './session-relay.js';
-export type { SessionRelayOptions, TaskSession } from './session-relay.js';
+export type { SessionRelayOptions, TaskClaim, TaskSession } from './session-relay.js';
 export { openStore } from '@kiln/store';
 export type { WorkerNodeOptions } from './worker-node.js';
 export { ChecksumResponder } from './checksum-responder.js';

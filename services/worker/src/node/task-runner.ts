@@ -32,6 +32,7 @@ import {
   decodeMaterializeReply,
   encodeMaterializeJson,
   materializeSubject,
+  taskKey,
 } from '@kiln/bus';
 import type { MaterializeReply, MaterializedLayer, Task, TaskErrorInit } from '@kiln/bus';
 import { opKind } from '@kiln/llb';
@@ -89,6 +90,8 @@ export interface TaskRunnerOptions {
   registry?: RegistryClientOptions;
   /** The bus connection, to reach build sessions; without it tasks have no session. */
   nc?: NatsConnection;
+  /** This worker's id (its session channels are asked for under it); needed with `nc`. */
+  workerId?: string;
   /** Default: silent. */
   logger?: Logger;
   /**
@@ -155,6 +158,7 @@ export class TaskRunner {
     materializeTimeoutMs: number,
     /** When each snapshot was last used (what garbage collection orders by). */
     readonly usage: UsageLog,
+    workerId: string | undefined,
   ) {
     this.#nc = nc;
     this.#materializeTimeoutMs = materializeTimeoutMs;
@@ -170,7 +174,10 @@ export class TaskRunner {
       secrets: (id) => Promise.reject(new SessionUnavailableError('secret', id)),
       ssh: (id) => Promise.reject(new SessionUnavailableError('ssh', id)),
     };
-    this.#relay = nc ? new SessionRelay({ nc, store, tmpDir: env.tmpDir, contexts }) : undefined;
+    this.#relay =
+      nc && workerId
+        ? new SessionRelay({ nc, workerId, store, tmpDir: env.tmpDir, contexts })
+        : undefined;
   }
 
   /**
@@ -207,6 +214,7 @@ export class TaskRunner {
       contexts,
       o.materializeTimeoutMs ?? 120_000,
       usage,
+      o.workerId,
     );
   }
 
@@ -281,7 +289,11 @@ export class TaskRunner {
           `the op has ${opInputs.length} inputs, the task resolves ${taskInputs.length}`,
         );
       }
-      if (task.sessionId && this.#relay) session = this.#relay.open(task.sessionId);
+      if (task.sessionId && this.#relay)
+        session = this.#relay.open(task.sessionId, {
+          key: taskKey(task.cacheKey),
+          token: task.attemptToken,
+        });
       else this.#checkSession(op);
       log?.debug({ kind, inputs: taskInputs.length }, 'task started');
       progress({ stage: 'inputs', current: 0, total: taskInputs.length });

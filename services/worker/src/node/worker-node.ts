@@ -85,6 +85,7 @@ export class WorkerNode {
         stateDir: config.stateDir,
         store,
         nc,
+        workerId: id,
         localDirs: config.localDirs,
         snapshotter: config.snapshotter,
         runtime: config.runtime,

@@ -24,7 +24,15 @@ export interface SessionProviders {
   secrets?: (id: string) => Promise<Uint8Array | undefined>;
   /** Host path of an ssh agent socket by ssh id. */
   ssh?: (id: string) => Promise<string | undefined>;
+  /**
+   * The build's client's registry credentials for a host (BuildKit's session/auth), undefined
+   * when it has none; never stored or logged.
+   */
+  credentials?: (host: string) => Promise<RegistryCredentials | undefined>;
 }
+
+/** A registry login from the client's docker config: user and password, or an identity token. */
+export type RegistryCredentials = { username: string; secret: string } | { identityToken: string };
 
 /** Everything an executor gets for one vertex. */
 export interface ExecutorContext {
