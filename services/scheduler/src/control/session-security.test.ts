@@ -1,0 +1,219 @@
+// Sessions on a farm of real processes with NATS credentials and the role permissions: a real
+// nats-server with generated users, the scheduler (ControlServer + Dispatcher in process, the
+// scheduler's user), a worker process (the worker service's own entry, bundled and run, with its
+// worker user) running a Dockerfile with `RUN --mount=type=secret` through real crun, and the
+// client library. A sniffer with the scheduler's permissive credentials listens to `>` for the
+// whole build; a rogue client with another worker's credentials tries the build's session.
+import { createHash, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import {
+  connectNats,
+  encodeSessionJson,
+  getRecord,
+  sessionKeyPair,
+  sessionKeySubject,
+  workerInboxPrefix,
+  decodeSessionJson,
+} from '@kiln/bus';
+import type { SessionKeyReply, TaskRecord } from '@kiln/bus';
+import { KilnClient, dockerfileInput } from '@kiln/client';
+import { spawnManaged } from '@kiln/common';
+import type { ManagedProcess } from '@kiln/common';
+import { FsBlobStore } from '@kiln/store';
+import { bundleEntries, makeTempDir, natsAuthEnv, startNats, waitFor } from '@kiln/testing';
+import type { NatsServerHandle } from '@kiln/testing';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Dispatcher } from '../dispatch/index.js';
+import { registryMetaResolver } from '../registry-meta-resolver.js';
+import { ControlServer } from './control-server.js';
+
+const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
+
+let tmp: { dir: string; remove: () => void };
+let nats: NatsServerHandle;
+let nc: NatsConnection;
+let sniffer: NatsConnection;
+let rogue: NatsConnection;
+let dispatcher: Dispatcher;
+let server: ControlServer;
+let client: KilnClient;
+let worker: ManagedProcess | undefined;
+const sniffed: Buffer[] = [];
+
+beforeAll(async () => {
+  if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
+  tmp = makeTempDir('session-security');
+  const storeDir = join(tmp.dir, 'store');
+  const [n, files] = await Promise.all([
+    startNats({ auth: { workers: ['sec-w1', 'sec-rogue'] } }),
+    bundleEntries({ 'kiln-worker-main': 'services/worker/src/node/main.ts' }, tmp.dir),
+  ]);
+  nats = n;
+  const auth = nats.auth;
+  if (!auth) throw new Error('nats-server started without auth');
+  nc = await connectNats(nats.url, auth.scheduler);
+  sniffer = await connectNats(nats.url, auth.scheduler);
+  sniffer.subscribe('>', {
+    callback: (err, m) => void (err || sniffed.push(Buffer.from(m.data))),
+  });
+  await sniffer.flush();
+  rogue = await connectNats(nats.url, {
+    ...auth.workers['sec-rogue'],
+    inboxPrefix: workerInboxPrefix('sec-rogue'),
+  });
+  dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 100, monitorIntervalMs: 100 });
+  const w = spawnManaged(
+    process.execPath,
+    [
+      files['kiln-worker-main']!,
+      '--id',
+      'sec-w1',
+      '--state-dir',
+      join(tmp.dir, 'sec-w1'),
+      '--store-dir',
+      storeDir,
+    ],
+    {
+      name: 'worker sec-w1',
+      env: {
+        ...process.env,
+        ...natsAuthEnv(auth.workers['sec-w1']),
+        KILN_NATS_URL: nats.url,
+        KILN_WORKER_HEARTBEAT_MS: '250',
+        KILN_LOG_LEVEL: 'warn',
+      },
+    },
+  );
+  worker = w;
+  await waitFor('sec-w1 to register', () => {
+    if (w.hasExited()) throw new Error(`sec-w1 exited:\n${w.output()}`);
+    return dispatcher.liveWorkers().some((x) => x.id === 'sec-w1');
+  });
+  server = new ControlServer({
+    dispatcher,
+    metaResolver: registryMetaResolver(),
+    store: new FsBlobStore({ root: storeDir }),
+    sessionWaitMs: 5_000,
+  });
+  const port = await server.listen('127.0.0.1:0');
+  client = await KilnClient.connect(`127.0.0.1:${port}`);
+});
+
+afterAll(async () => {
+  client?.close();
+  await server?.close();
+  await worker?.stop(5_000);
+  await dispatcher?.close();
+  await Promise.all([rogue, sniffer, nc].map((c) => c?.close()));
+  await nats?.stop();
+  tmp?.remove();
+});
+
+/** Whether any message seen on the bus holds `needle`'s bytes, plain or base64 (either alphabet). */
+function sniffedHas(needle: string): boolean {
+  const b = Buffer.from(needle);
+  const forms = [needle, b.toString('base64'), b.toString('base64url')];
+  return sniffed.some((m) => forms.some((f) => m.includes(f)));
+}
+
+/** The running task records of `buildId`. */
+async function runningOf(buildId: string): Promise<{ key: string; record: TaskRecord }[]> {
+  const out: { key: string; record: TaskRecord }[] = [];
+  for await (const key of await dispatcher.bus.tasks.keys()) {
+    const r = (await getRecord(dispatcher.bus.tasks, key))?.record;
+    if (r && r.state === 'running' && r.builds.includes(buildId)) out.push({ key, record: r });
+  }
+  return out;
+}
+
+describe('a --secret build on a farm with NATS credentials', () => {
+  it('brings the secret to the RUN; the bus never carries it; a rogue worker gets nothing', async () => {
+    const tag = randomUUID();
+    const secret = `s3cret-${tag}`;
+    const buildId = `sec-${tag}`;
+    const gateValue = `gate-${randomUUID()}`;
+    // The Dockerfile (which travels in the task) names the secret only by its digest.
+    const digest = createHash('sha256').update(secret).digest('hex');
+    // The RUN waits for a second secret, which the client gives only once the rogue has tried:
+    // the task is claimed and running (its secret mounts are being made) while it tries.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let gateAsked = false;
+    const session = client.session({
+      secrets: async (id) => {
+        if (id === 'tok') return Buffer.from(secret);
+        if (id !== 'gate') return undefined;
+        gateAsked = true;
+        await gate;
+        return Buffer.from(gateValue);
+      },
+    });
+    try {
+      const solved = client.solve({
+        buildId,
+        sessionId: session.id,
+        frontend: 'dockerfile.v0',
+        attrs: { platform: 'linux/amd64' },
+        inputs: {
+          dockerfile: dockerfileInput(
+            [
+              `FROM ${fixture}`,
+              `RUN --mount=type=secret,id=gate --mount=type=secret,id=tok ` +
+                `test "$(sha256sum < /run/secrets/tok | cut -d' ' -f1)" = ${digest} ` +
+                `&& echo ${tag} > /ok.txt`,
+            ].join('\n'),
+          ),
+        },
+      });
+      await waitFor('the RUN to ask for its gate secret', () => gateAsked, { timeoutMs: 120_000 });
+      const [running] = await runningOf(buildId);
+      if (!running) throw new Error('no running task of the build');
+      expect(running.record.holder).toBe('sec-w1');
+      // The session id is in the record for anyone to read; under its own id, with the running
+      // task's key and token, the rogue is refused (it holds no claim on it).
+      const sessionId = session.id;
+      const ask = (workerId: string) =>
+        rogue.request(
+          sessionKeySubject(sessionId, workerId),
+          encodeSessionJson({
+            key: running.key,
+            token: running.record.attemptToken,
+            publicKey: sessionKeyPair().publicKey,
+          }),
+          { timeout: 5_000 },
+        );
+      const refused = decodeSessionJson<SessionKeyReply>((await ask('sec-rogue')).data);
+      expect(refused).toMatchObject({ error: { code: 'SESSION_DENIED' } });
+      // Under the holder's id, the server refuses the publish.
+      await expect(ask('sec-w1')).rejects.toThrow(/permission/i);
+      // The subject of old (the session id) answers nothing.
+      await expect(
+        rogue.request(`kiln.session.${sessionId}.secret`, encodeSessionJson({ id: 'tok' }), {
+          timeout: 2_000,
+        }),
+      ).rejects.toThrow();
+      // Nor may it listen to the sessions or the holder's inbox.
+      for (const subject of ['kiln.session.>', `${workerInboxPrefix('sec-w1')}.>`]) {
+        const sub = rogue.subscribe(subject);
+        await rogue.flush().catch(() => undefined);
+        const err = await waitFor(`the subscription to ${subject} to be refused`, () =>
+          sub.isClosed() ? sub.closed.then((e) => e ?? 'closed') : undefined,
+        );
+        expect(String(err)).toMatch(/permission/i);
+      }
+      release();
+      const res = await solved;
+      expect(res.exporterResponse['result.worker']).toBe('sec-w1');
+      await sniffer.flush();
+      // The bus carried the build (task messages, records, sealed session traffic)...
+      expect(sniffedHas(tag)).toBe(true);
+      // ...but never the secret's bytes, in clear or base64.
+      expect(sniffedHas(secret)).toBe(false);
+      expect(sniffedHas(gateValue)).toBe(false);
+    } finally {
+      release?.();
+      session.close();
+    }
+  });
+});
