@@ -7,11 +7,13 @@ import { randomUUID } from 'node:crypto';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import type { WriteStream } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { dockerfileInput } from '@kiln/client';
 // @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
 import { parsePlatform } from '@kiln/llb';
+import { dockerConfigCredentials } from '@kiln/registry';
 import { KilnError, reviveError } from '@kiln/protocol/errors';
 import {
   BuildOptionError,
@@ -123,6 +125,9 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     localDirs: { context: ctxDir },
     secrets: async (id) => secrets.get(id)?.read(),
     ssh,
+    // The user's registry logins (docker config, credential helpers), asked for per host by the
+    // build's pulls and pushes (BuildKit's session/auth); the farm never keeps them.
+    registryAuth: registryAuth(env),
     onExport: (index, platform) => exportWriter(outputs[index]!, platform),
     // Context file digests persist between builds: unchanged files are not read again.
     digestCacheFile: join(defaultStateDir(env), 'client', 'context-digests'),
@@ -171,6 +176,22 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     process.stderr.write(
       'WARNING: no output specified; the result is only in the build cache (use --output)\n',
     );
+}
+
+/**
+ * The user's registry credentials by host, from the docker config the docker CLI reads
+ * (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: `auths`, `credsStore`,
+ * `credHelpers`), read when the farm asks.
+ */
+function registryAuth(
+  env: NodeJS.ProcessEnv,
+): (host: string) => Promise<{ username: string; secret: string } | undefined> {
+  const dir = env.DOCKER_CONFIG || join(env.HOME || homedir(), '.docker');
+  const creds = dockerConfigCredentials(join(dir, 'config.json'));
+  return async (host) => {
+    const c = await creds(host);
+    return c ? { username: c.username, secret: c.password } : undefined;
+  };
 }
 
 function exporterEntry(

@@ -149,10 +149,7 @@ export interface AuthRequest {
 }
 
 export type AuthReply =
-  | { username: string; secret: string }
-  | { identityToken: string }
-  | { notFound: true }
-  | { error: SessionReplyError };
+  { username: string; secret: string } | { notFound: true } | { error: SessionReplyError };
 
 export type SecretReply =
   { data: string /* base64 */ } | { notFound: true } | { error: SessionReplyError };

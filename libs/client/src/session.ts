@@ -6,6 +6,8 @@
  *   lacks, on request; file digests persist between processes in `digestCacheFile`;
  * - secrets by id (sent only when asked, never stored by the farm);
  * - ssh agent connections, relayed to the local agent socket;
+ * - registry credentials by host (`registryAuth`, BuildKit's session/auth): the build pulls and
+ *   pushes as the user, sent only when asked, never stored by the farm;
  * - exporters' artifacts, streamed back and handed to `onExport`.
  *
  * A request for a path outside a served directory, or not in its last manifest, is refused.
@@ -41,6 +43,12 @@ export interface SessionOptions {
   secrets?: (id: string) => Promise<Uint8Array | undefined>;
   /** An ssh agent socket path by ssh id (`default` for `--mount=type=ssh`). */
   ssh?: Readonly<Record<string, string>>;
+  /**
+   * The user's credentials for a registry host (`docker.io`, `ghcr.io`, `127.0.0.1:5000`), e.g.
+   * from the docker config; undefined for none (anonymous). Without it the farm's pulls and
+   * pushes for this build are anonymous, unless the farm is configured to use its own.
+   */
+  registryAuth?: (host: string) => Promise<{ username: string; secret: string } | undefined>;
   /** Where an exporter's artifact goes (`index` in the solve's exporters; platform or ''). */
   onExport?: (index: number, platform: string) => Writable;
   /**
@@ -133,6 +141,7 @@ export class BuildSession {
         sessionId: this.id,
         localDirs: Object.keys(o.localDirs ?? {}),
         sshIds: Object.keys(o.ssh ?? {}),
+        registryAuth: o.registryAuth !== undefined,
         sharedKey: o.sharedKey ?? defaultSharedKey(o.localDirs ?? {}),
       },
     });
@@ -184,6 +193,21 @@ export class BuildSession {
       this.#send({
         id,
         secretResponse: data === undefined ? { notFound: true } : { data },
+      });
+    } else if (m.authRequest) {
+      let creds: { username: string; secret: string } | undefined;
+      try {
+        creds = await this.#o.registryAuth?.(m.authRequest.host ?? '');
+      } catch (e) {
+        // The message only: a credential helper's failure, never its output.
+        this.#sendError(id, 'REGISTRY_AUTH', e instanceof Error ? e.message : String(e));
+        return;
+      }
+      this.#send({
+        id,
+        authResponse: creds
+          ? { username: creds.username, secret: creds.secret }
+          : { notFound: true },
       });
     } else if (m.ssh) {
       this.#onSsh(m.ssh);

@@ -39,6 +39,12 @@ export interface SchedulerConfig {
   allowEntitlements: Entitlement[];
   /** Tenants share cache keys and cache mounts (`--shared-cache`, `KILN_SHARED_CACHE=1`). */
   sharedCache: boolean;
+  /**
+   * Builds may use this service's own registry credentials (its docker config) when the client
+   * offers none (`--farm-registry-credentials`, `KILN_FARM_REGISTRY_CREDENTIALS=1`). Default: a
+   * build resolves images only with its client's credentials (through its session) or anonymously.
+   */
+  farmRegistryCredentials: boolean;
   /** NATS server URL(s), comma-separated (`--nats`, `KILN_NATS_URL`). */
   natsUrl: string;
   /**
@@ -97,6 +103,7 @@ export const DEFAULT_CONFIG: SchedulerConfig = {
   insecureListen: false,
   allowEntitlements: [],
   sharedCache: false,
+  farmRegistryCredentials: false,
 };
 
 /** Whether `listen` is reachable only from this machine: a unix socket or a loopback address. */
@@ -168,6 +175,7 @@ export function loadConfig(
         'allow-insecure-entitlement': { type: 'string', multiple: true },
         'shared-cache': { type: 'boolean' },
         'cache-ttl': { type: 'string' },
+        'farm-registry-credentials': { type: 'boolean' },
       },
       strict: true,
     }).values;
@@ -207,6 +215,7 @@ export function loadConfig(
     insecureListen: bool('insecure-listen', 'KILN_INSECURE_LISTEN'),
     allowEntitlements: [...new Set(entitlements as Entitlement[])],
     sharedCache: bool('shared-cache', 'KILN_SHARED_CACHE'),
+    farmRegistryCredentials: bool('farm-registry-credentials', 'KILN_FARM_REGISTRY_CREDENTIALS'),
     natsUrl: str('nats', 'KILN_NATS_URL', DEFAULT_CONFIG.natsUrl),
     natsAuth: natsAuth(flags, env),
     defaultPlatform: str('platform', 'KILN_DEFAULT_PLATFORM', DEFAULT_CONFIG.defaultPlatform),

@@ -1,8 +1,8 @@
 /**
  * `node services/scheduler/dist/main.js [--listen host:port] [--nats url] [--platform os/arch]
  * [--log-level level] [--store-dir DIR] [--tlscert F --tlskey F [--tlscacert F]]
- * [--tokens-file F] [--allow-insecure-entitlement E]... [--shared-cache] [--insecure-listen]
- * [--cache-ttl D]`:
+ * [--tokens-file F] [--allow-insecure-entitlement E]... [--shared-cache]
+ * [--farm-registry-credentials] [--insecure-listen] [--cache-ttl D]`:
  * the scheduler service. Connects to NATS, starts the Dispatcher and serves
  * `kiln.control.v1.Control` over gRPC. SIGTERM/SIGINT: stop serving (running builds fail with a
  * retryable SCHEDULER_UNAVAILABLE; their task records stay for the next scheduler), then exit.
@@ -93,7 +93,11 @@ async function main(): Promise<void> {
     ...(store ? { store } : {}),
     defaultPlatform: config.defaultPlatform,
     checksumTimeoutMs: config.checksumTimeoutMs,
-    metaResolver: registryMetaResolver({ insecureRegistries: config.insecureRegistries }),
+    metaResolver: registryMetaResolver({
+      insecureRegistries: config.insecureRegistries,
+      // The scheduler's own docker config only when the farm says so: else the caller's, or none.
+      ...(config.farmRegistryCredentials ? {} : { dockerConfig: false }),
+    }),
     log: log.child({ component: 'control' }),
     auth,
     sharedCache: config.sharedCache,

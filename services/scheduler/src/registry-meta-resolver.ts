@@ -2,9 +2,13 @@
  * A registry-backed `MetaResolver` for the Dockerfile frontend (BuildKit's ResolveImageConfig):
  * resolves `name:tag` to its digest (the index for a multi-platform image, as BuildKit pins FROM)
  * and returns the config of the requested platform's image, through `@kiln/registry`, the client
- * the workers pull with. So a private base image resolves with the same credentials: the
- * caller's provider first, then the scheduler's docker config (`auths`, `credsStore`,
- * `credHelpers`). Plain HTTP for loopback hosts and configured insecure registries.
+ * the workers pull with. So a private base image resolves with the same credentials: the build's
+ * own (its client's, through the session: `MetaResolveOptions.credentials`) first, then the
+ * options' provider, then the scheduler's docker config (`auths`, `credsStore`, `credHelpers`)
+ * unless `dockerConfig` is false (the farm's default: builds never borrow the scheduler's
+ * identity). Plain HTTP for loopback hosts and configured insecure registries. A build's
+ * credentials get a registry client of their own (its tokens are that build's), kept as long as
+ * the provider lives.
  *
  * Every call asks the registry what the reference names now (one HEAD, as BuildKit resolves a tag
  * on every build, with the caller's credentials: a caller that may not pull the image learns
@@ -14,7 +18,7 @@
  */
 import type { ImageMetadata, MetaResolver } from '@kiln/dockerfile';
 import type { Platform } from '@kiln/protocol';
-import { RegistryClient, resolvePlatformImage } from '@kiln/registry';
+import { RegistryClient, chainCredentials, resolvePlatformImage } from '@kiln/registry';
 import type { CredentialsProvider } from '@kiln/registry';
 
 export interface RegistryMetaResolverOptions {
@@ -30,20 +34,45 @@ export interface RegistryMetaResolverOptions {
 
 const DEFAULT_MAX_CACHED_CONFIGS = 256;
 
+/** Per call: the credentials of the build that asks (its client's, through its session). */
+export interface MetaResolveOptions {
+  credentials?: CredentialsProvider;
+}
+
+/** A `MetaResolver` that takes the asking build's credentials. */
+export type SessionMetaResolver = (
+  ref: string,
+  platform: Platform,
+  o?: MetaResolveOptions,
+) => Promise<ImageMetadata>;
+
 const platformKey = (p: Platform): string =>
   JSON.stringify([p.os, p.architecture, p.variant ?? '', p.osVersion ?? '', p.osFeatures ?? []]);
 
-export function registryMetaResolver(o: RegistryMetaResolverOptions = {}): MetaResolver {
-  const client = new RegistryClient({
-    ...(o.insecureRegistries ? { insecureRegistries: o.insecureRegistries } : {}),
-    ...(o.credentials ? { credentials: o.credentials } : {}),
-    ...(o.dockerConfig !== undefined ? { dockerConfig: o.dockerConfig } : {}),
-  });
+export function registryMetaResolver(
+  o: RegistryMetaResolverOptions = {},
+): SessionMetaResolver & MetaResolver {
+  const clientFor = (first?: CredentialsProvider): RegistryClient => {
+    const chained = first && o.credentials ? chainCredentials(first, o.credentials) : undefined;
+    const credentials = chained ?? first ?? o.credentials;
+    return new RegistryClient({
+      ...(o.insecureRegistries ? { insecureRegistries: o.insecureRegistries } : {}),
+      ...(credentials ? { credentials } : {}),
+      ...(o.dockerConfig !== undefined ? { dockerConfig: o.dockerConfig } : {}),
+    });
+  };
+  const shared = clientFor();
+  const perBuild = new WeakMap<CredentialsProvider, RegistryClient>();
   const max = o.maxCachedConfigs ?? DEFAULT_MAX_CACHED_CONFIGS;
   // `${digest} ${platform}` -> the config of that platform's image; a Map iterates in insertion
   // order, so re-inserting on a hit keeps the least recently used first.
   const configs = new Map<string, Buffer>();
-  return async (ref: string, platform: Platform): Promise<ImageMetadata> => {
+  return async (ref: string, platform: Platform, ro?: MetaResolveOptions) => {
+    let client = shared;
+    if (ro?.credentials) {
+      client = perBuild.get(ro.credentials) ?? clientFor(ro.credentials);
+      perBuild.set(ro.credentials, client);
+    }
     const resolved = await client.resolve(ref);
     const digest = resolved.descriptor.digest;
     const key = `${digest} ${platformKey(platform)}`;

@@ -486,7 +486,9 @@ const raw = {
                         "secret_response",
                         "ssh",
                         "error",
-                        "export"
+                        "export",
+                        "auth_request",
+                        "auth_response"
                       ]
                     }
                   },
@@ -534,6 +536,14 @@ const raw = {
                     "export": {
                       "type": "ExportChunk",
                       "id": 11
+                    },
+                    "auth_request": {
+                      "type": "RegistryAuthRequest",
+                      "id": 12
+                    },
+                    "auth_response": {
+                      "type": "RegistryAuthResponse",
+                      "id": 13
                     }
                   }
                 },
@@ -561,6 +571,10 @@ const raw = {
                     "shared_key": {
                       "type": "string",
                       "id": 5
+                    },
+                    "registry_auth": {
+                      "type": "bool",
+                      "id": 6
                     }
                   }
                 },
@@ -682,6 +696,30 @@ const raw = {
                     "not_found": {
                       "type": "bool",
                       "id": 2
+                    }
+                  }
+                },
+                "RegistryAuthRequest": {
+                  "fields": {
+                    "host": {
+                      "type": "string",
+                      "id": 1
+                    }
+                  }
+                },
+                "RegistryAuthResponse": {
+                  "fields": {
+                    "username": {
+                      "type": "string",
+                      "id": 1
+                    },
+                    "secret": {
+                      "type": "string",
+                      "id": 2
+                    },
+                    "not_found": {
+                      "type": "bool",
+                      "id": 3
                     }
                   }
                 },

@@ -428,6 +428,8 @@ export namespace kiln {
                 ssh?: (kiln.control.v1.ISshFrame|null);
                 error?: (kiln.control.v1.ISessionError|null);
                 "export"?: (kiln.control.v1.IExportChunk|null);
+                authRequest?: (kiln.control.v1.IRegistryAuthRequest|null);
+                authResponse?: (kiln.control.v1.IRegistryAuthResponse|null);
             }
 
             class SessionMessage implements ISessionMessage {
@@ -443,7 +445,9 @@ export namespace kiln {
                 public ssh?: (kiln.control.v1.ISshFrame|null);
                 public error?: (kiln.control.v1.ISessionError|null);
                 public export?: (kiln.control.v1.IExportChunk|null);
-                public msg?: ("hello"|"manifestRequest"|"manifest"|"fileRequest"|"fileChunk"|"secretRequest"|"secretResponse"|"ssh"|"error"|"export");
+                public authRequest?: (kiln.control.v1.IRegistryAuthRequest|null);
+                public authResponse?: (kiln.control.v1.IRegistryAuthResponse|null);
+                public msg?: ("hello"|"manifestRequest"|"manifest"|"fileRequest"|"fileChunk"|"secretRequest"|"secretResponse"|"ssh"|"error"|"export"|"authRequest"|"authResponse");
                 public static create(properties?: kiln.control.v1.ISessionMessage): kiln.control.v1.SessionMessage;
                 public static encode(message: kiln.control.v1.ISessionMessage, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.SessionMessage;
@@ -458,6 +462,7 @@ export namespace kiln {
                 secretIds?: (string[]|null);
                 sshIds?: (string[]|null);
                 sharedKey?: (string|null);
+                registryAuth?: (boolean|null);
             }
 
             class SessionHello implements ISessionHello {
@@ -467,6 +472,7 @@ export namespace kiln {
                 public secretIds: string[];
                 public sshIds: string[];
                 public sharedKey: string;
+                public registryAuth: boolean;
                 public static create(properties?: kiln.control.v1.ISessionHello): kiln.control.v1.SessionHello;
                 public static encode(message: kiln.control.v1.ISessionHello, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.SessionHello;
@@ -607,6 +613,40 @@ export namespace kiln {
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.SecretResponse;
                 public static fromObject(object: { [k: string]: any }): kiln.control.v1.SecretResponse;
                 public static toObject(message: kiln.control.v1.SecretResponse, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
+            interface IRegistryAuthRequest {
+                host?: (string|null);
+            }
+
+            class RegistryAuthRequest implements IRegistryAuthRequest {
+                constructor(properties?: kiln.control.v1.IRegistryAuthRequest);
+                public host: string;
+                public static create(properties?: kiln.control.v1.IRegistryAuthRequest): kiln.control.v1.RegistryAuthRequest;
+                public static encode(message: kiln.control.v1.IRegistryAuthRequest, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.RegistryAuthRequest;
+                public static fromObject(object: { [k: string]: any }): kiln.control.v1.RegistryAuthRequest;
+                public static toObject(message: kiln.control.v1.RegistryAuthRequest, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
+            interface IRegistryAuthResponse {
+                username?: (string|null);
+                secret?: (string|null);
+                notFound?: (boolean|null);
+            }
+
+            class RegistryAuthResponse implements IRegistryAuthResponse {
+                constructor(properties?: kiln.control.v1.IRegistryAuthResponse);
+                public username: string;
+                public secret: string;
+                public notFound: boolean;
+                public static create(properties?: kiln.control.v1.IRegistryAuthResponse): kiln.control.v1.RegistryAuthResponse;
+                public static encode(message: kiln.control.v1.IRegistryAuthResponse, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.RegistryAuthResponse;
+                public static fromObject(object: { [k: string]: any }): kiln.control.v1.RegistryAuthResponse;
+                public static toObject(message: kiln.control.v1.RegistryAuthResponse, options?: $protobuf.IConversionOptions): { [k: string]: any };
                 public toJSON(): { [k: string]: any };
             }
 

@@ -3693,11 +3693,13 @@ export const kiln = $root.kiln = (() => {
                 SessionMessage.prototype.ssh = null;
                 SessionMessage.prototype.error = null;
                 SessionMessage.prototype["export"] = null;
+                SessionMessage.prototype.authRequest = null;
+                SessionMessage.prototype.authResponse = null;
 
                 let $oneOfFields;
 
                 Object.defineProperty(SessionMessage.prototype, "msg", {
-                    get: $util.oneOfGetter($oneOfFields = ["hello", "manifestRequest", "manifest", "fileRequest", "fileChunk", "secretRequest", "secretResponse", "ssh", "error", "export"]),
+                    get: $util.oneOfGetter($oneOfFields = ["hello", "manifestRequest", "manifest", "fileRequest", "fileChunk", "secretRequest", "secretResponse", "ssh", "error", "export", "authRequest", "authResponse"]),
                     set: $util.oneOfSetter($oneOfFields)
                 });
 
@@ -3734,6 +3736,10 @@ export const kiln = $root.kiln = (() => {
                         $root.kiln.control.v1.SessionError.encode(message.error, writer.uint32(82).fork(), q + 1).ldelim();
                     if (message["export"] != null && Object.hasOwnProperty.call(message, "export"))
                         $root.kiln.control.v1.ExportChunk.encode(message["export"], writer.uint32(90).fork(), q + 1).ldelim();
+                    if (message.authRequest != null && Object.hasOwnProperty.call(message, "authRequest"))
+                        $root.kiln.control.v1.RegistryAuthRequest.encode(message.authRequest, writer.uint32(98).fork(), q + 1).ldelim();
+                    if (message.authResponse != null && Object.hasOwnProperty.call(message, "authResponse"))
+                        $root.kiln.control.v1.RegistryAuthResponse.encode(message.authResponse, writer.uint32(106).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -3802,6 +3808,14 @@ export const kiln = $root.kiln = (() => {
                             }
                         case 11: {
                                 message["export"] = $root.kiln.control.v1.ExportChunk.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 12: {
+                                message.authRequest = $root.kiln.control.v1.RegistryAuthRequest.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 13: {
+                                message.authResponse = $root.kiln.control.v1.RegistryAuthResponse.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
                         default:
@@ -3886,6 +3900,16 @@ export const kiln = $root.kiln = (() => {
                             throw TypeError(".kiln.control.v1.SessionMessage.export: object expected");
                         message["export"] = $root.kiln.control.v1.ExportChunk.fromObject(object["export"], long + 1);
                     }
+                    if (object.authRequest != null) {
+                        if (!$util.isObject(object.authRequest))
+                            throw TypeError(".kiln.control.v1.SessionMessage.authRequest: object expected");
+                        message.authRequest = $root.kiln.control.v1.RegistryAuthRequest.fromObject(object.authRequest, long + 1);
+                    }
+                    if (object.authResponse != null) {
+                        if (!$util.isObject(object.authResponse))
+                            throw TypeError(".kiln.control.v1.SessionMessage.authResponse: object expected");
+                        message.authResponse = $root.kiln.control.v1.RegistryAuthResponse.fromObject(object.authResponse, long + 1);
+                    }
                     return message;
                 };
 
@@ -3960,6 +3984,16 @@ export const kiln = $root.kiln = (() => {
                         if (options.oneofs)
                             object.msg = "export";
                     }
+                    if (message.authRequest != null && Object.hasOwnProperty.call(message, "authRequest")) {
+                        object.authRequest = $root.kiln.control.v1.RegistryAuthRequest.toObject(message.authRequest, options, q + 1);
+                        if (options.oneofs)
+                            object.msg = "authRequest";
+                    }
+                    if (message.authResponse != null && Object.hasOwnProperty.call(message, "authResponse")) {
+                        object.authResponse = $root.kiln.control.v1.RegistryAuthResponse.toObject(message.authResponse, options, q + 1);
+                        if (options.oneofs)
+                            object.msg = "authResponse";
+                    }
                     return object;
                 };
 
@@ -3987,6 +4021,7 @@ export const kiln = $root.kiln = (() => {
                 SessionHello.prototype.secretIds = $util.emptyArray;
                 SessionHello.prototype.sshIds = $util.emptyArray;
                 SessionHello.prototype.sharedKey = "";
+                SessionHello.prototype.registryAuth = false;
 
                 SessionHello.create = function create(properties) {
                     return new SessionHello(properties);
@@ -4012,6 +4047,8 @@ export const kiln = $root.kiln = (() => {
                             writer.uint32(34).string(message.sshIds[i]);
                     if (message.sharedKey != null && Object.hasOwnProperty.call(message, "sharedKey"))
                         writer.uint32(42).string(message.sharedKey);
+                    if (message.registryAuth != null && Object.hasOwnProperty.call(message, "registryAuth"))
+                        writer.uint32(48).bool(message.registryAuth);
                     return writer;
                 };
 
@@ -4064,6 +4101,10 @@ export const kiln = $root.kiln = (() => {
                                 message.sharedKey = reader.string();
                                 break;
                             }
+                        case 6: {
+                                message.registryAuth = reader.bool();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -4112,6 +4153,8 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (object.sharedKey != null)
                         message.sharedKey = String(object.sharedKey);
+                    if (object.registryAuth != null)
+                        message.registryAuth = Boolean(object.registryAuth);
                     return message;
                 };
 
@@ -4131,6 +4174,7 @@ export const kiln = $root.kiln = (() => {
                     if (options.defaults) {
                         object.sessionId = "";
                         object.sharedKey = "";
+                        object.registryAuth = false;
                     }
                     if (message.sessionId != null && Object.hasOwnProperty.call(message, "sessionId"))
                         object.sessionId = message.sessionId;
@@ -4151,6 +4195,8 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (message.sharedKey != null && Object.hasOwnProperty.call(message, "sharedKey"))
                         object.sharedKey = message.sharedKey;
+                    if (message.registryAuth != null && Object.hasOwnProperty.call(message, "registryAuth"))
+                        object.registryAuth = message.registryAuth;
                     return object;
                 };
 
@@ -5188,6 +5234,239 @@ export const kiln = $root.kiln = (() => {
                 };
 
                 return SecretResponse;
+            })();
+
+            v1.RegistryAuthRequest = (function() {
+
+                function RegistryAuthRequest(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                RegistryAuthRequest.prototype.host = "";
+
+                RegistryAuthRequest.create = function create(properties) {
+                    return new RegistryAuthRequest(properties);
+                };
+
+                RegistryAuthRequest.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.host != null && Object.hasOwnProperty.call(message, "host"))
+                        writer.uint32(10).string(message.host);
+                    return writer;
+                };
+
+                RegistryAuthRequest.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.control.v1.RegistryAuthRequest();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.host = reader.string();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                RegistryAuthRequest.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.control.v1.RegistryAuthRequest)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.control.v1.RegistryAuthRequest: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.control.v1.RegistryAuthRequest();
+                    if (object.host != null)
+                        message.host = String(object.host);
+                    return message;
+                };
+
+                RegistryAuthRequest.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.defaults)
+                        object.host = "";
+                    if (message.host != null && Object.hasOwnProperty.call(message, "host"))
+                        object.host = message.host;
+                    return object;
+                };
+
+                RegistryAuthRequest.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return RegistryAuthRequest;
+            })();
+
+            v1.RegistryAuthResponse = (function() {
+
+                function RegistryAuthResponse(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                RegistryAuthResponse.prototype.username = "";
+                RegistryAuthResponse.prototype.secret = "";
+                RegistryAuthResponse.prototype.notFound = false;
+
+                RegistryAuthResponse.create = function create(properties) {
+                    return new RegistryAuthResponse(properties);
+                };
+
+                RegistryAuthResponse.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.username != null && Object.hasOwnProperty.call(message, "username"))
+                        writer.uint32(10).string(message.username);
+                    if (message.secret != null && Object.hasOwnProperty.call(message, "secret"))
+                        writer.uint32(18).string(message.secret);
+                    if (message.notFound != null && Object.hasOwnProperty.call(message, "notFound"))
+                        writer.uint32(24).bool(message.notFound);
+                    return writer;
+                };
+
+                RegistryAuthResponse.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.control.v1.RegistryAuthResponse();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.username = reader.string();
+                                break;
+                            }
+                        case 2: {
+                                message.secret = reader.string();
+                                break;
+                            }
+                        case 3: {
+                                message.notFound = reader.bool();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                RegistryAuthResponse.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.control.v1.RegistryAuthResponse)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.control.v1.RegistryAuthResponse: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.control.v1.RegistryAuthResponse();
+                    if (object.username != null)
+                        message.username = String(object.username);
+                    if (object.secret != null)
+                        message.secret = String(object.secret);
+                    if (object.notFound != null)
+                        message.notFound = Boolean(object.notFound);
+                    return message;
+                };
+
+                RegistryAuthResponse.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.defaults) {
+                        object.username = "";
+                        object.secret = "";
+                        object.notFound = false;
+                    }
+                    if (message.username != null && Object.hasOwnProperty.call(message, "username"))
+                        object.username = message.username;
+                    if (message.secret != null && Object.hasOwnProperty.call(message, "secret"))
+                        object.secret = message.secret;
+                    if (message.notFound != null && Object.hasOwnProperty.call(message, "notFound"))
+                        object.notFound = message.notFound;
+                    return object;
+                };
+
+                RegistryAuthResponse.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return RegistryAuthResponse;
             })();
 
             v1.SshFrame = (function() {

@@ -29,7 +29,6 @@ import { SpanStatusCode, context, trace } from '@opentelemetry/api';
 import { INPUT_LOST_CODE, listWorkers } from '@kiln/bus';
 import type { WorkerInfo } from '@kiln/bus';
 import { getFrontend } from '@kiln/dockerfile';
-import type { MetaResolver } from '@kiln/dockerfile';
 import { parseDefinition } from '@kiln/llb';
 import type { LoadedDefinition } from '@kiln/llb';
 import {
@@ -69,7 +68,9 @@ import { checkExporters, runExports } from './exports.js';
 import { farmDiskUsage, farmPrune } from './prune.js';
 import type { PlatformResult } from './exports.js';
 import { SessionManager } from './session.js';
-import type { SessionCall } from './session.js';
+import type { ClientSession, SessionCall } from './session.js';
+import type { SessionMetaResolver } from '../registry-meta-resolver.js';
+import type { CredentialsProvider } from '@kiln/registry';
 import type { BlobStore } from '@kiln/store';
 import { dockerfileSource } from './frontend-inputs.js';
 
@@ -80,7 +81,7 @@ export interface ControlServerOptions extends BuildRegistryOptions {
   dispatcher: Pick<Dispatcher, 'submit' | 'cancel' | 'bus'> &
     Partial<Pick<Dispatcher, 'forgetResult'>>;
   /** Image config lookup for the Dockerfile frontend's base images. */
-  metaResolver?: MetaResolver;
+  metaResolver?: SessionMetaResolver;
   /** Platform of ops that name none (`os/arch[/variant]`). Default `linux/amd64`. */
   defaultPlatform?: string;
   /** A child logger is made per build (`buildId`) and vertex (`vertex`). Default: silent. */
@@ -151,6 +152,14 @@ function withSourceLines(e: unknown, source: pb.ISource | null | undefined): unk
   const lines = sourceLines(source, digest);
   if (lines) e.details.sourceLines = lines;
   return e;
+}
+
+/** The registry credentials a session's client offers, as `@kiln/registry` takes them. */
+function sessionCredentials(session: ClientSession): CredentialsProvider {
+  return async (host) => {
+    const r = await session.credentials(host);
+    return 'username' in r ? { username: r.username, password: r.secret } : undefined;
+  };
 }
 
 function workerRecord(w: WorkerInfo): InstanceType<typeof control.WorkerRecord> {
@@ -382,7 +391,7 @@ export class ControlServer {
         : undefined;
       // Only this build's tasks, on the workers holding their claims, may reach the session.
       unserve = session?.serve(ref);
-      const targets = await this.#load(req);
+      const targets = await this.#load(req, session);
       checkEntitlements(targets, requested, caller);
       const cacheNamespace = this.#o.sharedCache ? '' : caller.tenant;
       // Platforms are solved concurrently; the first failure stops the others (they then fail
@@ -473,7 +482,10 @@ export class ControlServer {
     }
   }
 
-  async #load(req: SolveRequest): Promise<
+  async #load(
+    req: SolveRequest,
+    session: ClientSession | undefined,
+  ): Promise<
     {
       graph: LoadedDefinition;
       platform: Platform;
@@ -504,12 +516,19 @@ export class ControlServer {
         frontend: req.frontend,
       });
     const attrs = { ...req.frontendAttrs };
+    const resolver = this.#o.metaResolver;
     const src = dockerfileSource(req.frontendInputs, attrs);
     const res = await frontend.solve({
       dockerfile: src.dockerfile,
       ...(src.dockerignore ? { dockerignore: src.dockerignore } : {}),
       opts: attrs,
-      ...(this.#o.metaResolver ? { metaResolver: this.#o.metaResolver } : {}),
+      ...(resolver
+        ? {
+            // Base images resolve with the caller's registry credentials (its session's).
+            metaResolver: (ref: string, platform: Platform) =>
+              resolver(ref, platform, session ? { credentials: sessionCredentials(session) } : {}),
+          }
+        : {}),
       ...(req.sessionId ? { sessionId: req.sessionId } : {}),
       buildPlatform: this.#defaultPlatform,
     });

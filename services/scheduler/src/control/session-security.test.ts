@@ -4,8 +4,14 @@
 // worker user) running a Dockerfile with `RUN --mount=type=secret` through real crun, and the
 // client library. A sniffer with the scheduler's permissive credentials listens to `>` for the
 // whole build; a rogue client with another worker's credentials tries the build's session.
+// Registry credentials: a real htpasswd docker-registry holds a private image; the client offers
+// (or does not) the user's credentials through its session; the worker has credentials of its own
+// in its docker config, which must never serve a build (the farm does not lend them).
 import { createHash, randomUUID } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { LinuxAmd64, image, marshal, parseImageReference } from '@kiln/llb';
+import { RegistryClient } from '@kiln/registry';
 import {
   connectNats,
   encodeSessionJson,
@@ -20,8 +26,16 @@ import { KilnClient, dockerfileInput } from '@kiln/client';
 import { spawnManaged } from '@kiln/common';
 import type { ManagedProcess } from '@kiln/common';
 import { FsBlobStore } from '@kiln/store';
-import { bundleEntries, makeTempDir, natsAuthEnv, startNats, waitFor } from '@kiln/testing';
-import type { NatsServerHandle } from '@kiln/testing';
+import {
+  bundleEntries,
+  copyPlatformManifest,
+  makeTempDir,
+  natsAuthEnv,
+  startAuthRegistry,
+  startNats,
+  waitFor,
+} from '@kiln/testing';
+import type { NatsServerHandle, RegistryHandle } from '@kiln/testing';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
@@ -40,16 +54,44 @@ let server: ControlServer;
 let client: KilnClient;
 let worker: ManagedProcess | undefined;
 const sniffed: Buffer[] = [];
+let registry: RegistryHandle;
+let password = '';
+const privateRef = (): string => `${registry.addr}/private/busybox:latest`;
 
 beforeAll(async () => {
   if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
   tmp = makeTempDir('session-security');
   const storeDir = join(tmp.dir, 'store');
-  const [n, files] = await Promise.all([
+  const [n, files, reg] = await Promise.all([
     startNats({ auth: { workers: ['sec-w1', 'sec-rogue'] } }),
     bundleEntries({ 'kiln-worker-main': 'services/worker/src/node/main.ts' }, tmp.dir),
+    startAuthRegistry({ htpasswd: { realm: 'kiln-private', path: join(tmp.dir, 'htpasswd') } }),
   ]);
   nats = n;
+  registry = reg;
+  password = await waitFor(
+    'the provisioned password in the registry log',
+    () => /password=(\S+) user=docker/.exec(registry.process.output())?.[1],
+  );
+  await copyPlatformManifest(
+    new RegistryClient({ dockerConfig: false }),
+    parseImageReference(fixture),
+    new RegistryClient({
+      dockerConfig: false,
+      credentials: () => ({ username: 'docker', password }),
+    }),
+    { domain: registry.addr, path: 'private/busybox' },
+    'latest',
+  );
+  // The worker's own docker config can pull and push there: a build must not borrow it.
+  const workerHome = join(tmp.dir, 'worker-home');
+  mkdirSync(join(workerHome, '.docker'), { recursive: true });
+  writeFileSync(
+    join(workerHome, '.docker', 'config.json'),
+    JSON.stringify({
+      auths: { [registry.addr]: { auth: Buffer.from(`docker:${password}`).toString('base64') } },
+    }),
+  );
   const auth = nats.auth;
   if (!auth) throw new Error('nats-server started without auth');
   nc = await connectNats(nats.url, auth.scheduler);
@@ -79,6 +121,7 @@ beforeAll(async () => {
       env: {
         ...process.env,
         ...natsAuthEnv(auth.workers['sec-w1']),
+        HOME: workerHome,
         KILN_NATS_URL: nats.url,
         KILN_WORKER_HEARTBEAT_MS: '250',
         KILN_LOG_LEVEL: 'warn',
@@ -92,7 +135,8 @@ beforeAll(async () => {
   });
   server = new ControlServer({
     dispatcher,
-    metaResolver: registryMetaResolver(),
+    // As the scheduler's entry makes it by default: never its own docker config.
+    metaResolver: registryMetaResolver({ dockerConfig: false }),
     store: new FsBlobStore({ root: storeDir }),
     sessionWaitMs: 5_000,
   });
@@ -107,6 +151,7 @@ afterAll(async () => {
   await dispatcher?.close();
   await Promise.all([rogue, sniffer, nc].map((c) => c?.close()));
   await nats?.stop();
+  await registry?.stop();
   tmp?.remove();
 });
 
@@ -215,5 +260,86 @@ describe('a --secret build on a farm with NATS credentials', () => {
       release?.();
       session.close();
     }
+  });
+});
+
+describe('registry credentials from the client session', () => {
+  const userAuth = (host: string) =>
+    Promise.resolve(host === registry.addr ? { username: 'docker', secret: password } : undefined);
+
+  /** Solves `o` with a session that offers the user's credentials (`withAuth`) or none. */
+  async function solveWith(
+    withAuth: boolean,
+    o: Parameters<KilnClient['solve']>[0],
+  ): Promise<Awaited<ReturnType<KilnClient['solve']>>> {
+    const session = client.session(withAuth ? { registryAuth: userAuth } : {});
+    try {
+      return await client.solve({ ...o, sessionId: session.id });
+    } finally {
+      session.close();
+    }
+  }
+
+  it("the worker pulls a private image only with the client's credentials, never its own", async () => {
+    const tag = randomUUID();
+    const def = marshal(
+      image(privateRef())
+        .run({ args: ['/bin/sh', '-c', `echo ${tag} > /pulled.txt`] })
+        .root(),
+      { platform: LinuxAmd64 },
+    );
+    // Without: anonymous (the worker's docker config could pull it, and is not used).
+    const refused = await solveWith(false, { buildId: `pull-no-${tag}`, definition: def }).catch(
+      (e: unknown) => e,
+    );
+    expect(refused).toMatchObject({ code: 'REGISTRY_AUTH' });
+    expect(String((refused as Error).message)).toContain(registry.addr);
+    // With the user's credentials, through the session.
+    const res = await solveWith(true, { buildId: `pull-yes-${tag}`, definition: def });
+    expect(res.exporterResponse['result.worker']).toBe('sec-w1');
+  });
+
+  it("a private FROM resolves and builds with the client's credentials, and fails clearly without", async () => {
+    const tag = randomUUID();
+    const dockerfile = dockerfileInput(
+      [`FROM ${privateRef()}`, `RUN echo ${tag} > /from.txt`].join('\n'),
+    );
+    const o = {
+      frontend: 'dockerfile.v0',
+      attrs: { platform: 'linux/amd64' },
+      inputs: { dockerfile },
+    };
+    const refused = await solveWith(false, { buildId: `from-no-${tag}`, ...o }).catch(
+      (e: unknown) => e,
+    );
+    // The scheduler's resolution of the base image, as the caller: the Dockerfile's line 1 fails,
+    // naming the image and why (the scheduler has no credentials of its own to fall back on).
+    expect(refused).toMatchObject({ details: { startLine: 1 } });
+    expect(String((refused as Error).message)).toContain(privateRef());
+    expect(String((refused as Error).message)).toMatch(/requires basic auth and no credentials/);
+    const res = await solveWith(true, { buildId: `from-yes-${tag}`, ...o });
+    expect(res.exporterResponse['result.worker']).toBe('sec-w1');
+  });
+
+  it("a push uses the client's credentials; without them it fails, the worker's own unused", async () => {
+    const tag = randomUUID();
+    const name = `${registry.addr}/private/pushed:${tag.slice(0, 8)}`;
+    const o = {
+      definition: marshal(
+        image(privateRef())
+          .run({ args: ['/bin/sh', '-c', `echo ${tag} > /push.txt`] })
+          .root(),
+        { platform: LinuxAmd64 },
+      ),
+      exporters: [{ type: 'image', attrs: { name, push: 'true' } }],
+    };
+    // The pull needs credentials too: build once with them, so the push is all that differs
+    // (the second build's RUN is a cache hit; only its push runs).
+    const pushed = await solveWith(true, { buildId: `push-yes-${tag}`, ...o });
+    expect(pushed.exporterResponse['containerimage.digest']).toMatch(/^sha256:/);
+    const refused = await solveWith(false, { buildId: `push-no-${tag}`, ...o }).catch(
+      (e: unknown) => e,
+    );
+    expect(refused).toMatchObject({ code: 'REGISTRY_AUTH' });
   });
 });

@@ -226,6 +226,8 @@ export class ClientSession {
   readonly localDirs: ReadonlySet<string>;
   /** The client's shared key ('' when it asks for no reuse of synced directories). */
   readonly sharedKey: string;
+  /** The client answers registry credential requests. */
+  readonly registryAuth: boolean;
   readonly #pending = new Map<number, Pending>();
   readonly #sub: Subscription;
   /** Builds (Solve refs) this session serves: the tasks of these may open channels. */
@@ -245,6 +247,7 @@ export class ClientSession {
   ) {
     this.localDirs = new Set(hello.localDirs ?? []);
     this.sharedKey = hello.sharedKey ?? '';
+    this.registryAuth = hello.registryAuth ?? false;
     this.#sub = o.nc.subscribe(sessionKeySubject(id, '*'), {
       callback: (err, msg) => {
         if (!err) void this.#onKeyRequest(msg);
@@ -531,10 +534,16 @@ export class ClientSession {
     return { data: Buffer.from(s.data ?? new Uint8Array(0)).toString('base64') };
   }
 
-  /** The client's registry credentials for `host` (BuildKit's session/auth), never stored. */
-  credentials(host: string): Promise<AuthReply> {
-    void host;
-    return Promise.resolve({ notFound: true });
+  /**
+   * The client's registry credentials for `host` (BuildKit's session/auth), asked for each time
+   * (never stored, never logged); `notFound` when the client offers none.
+   */
+  async credentials(host: string): Promise<AuthReply> {
+    if (!this.registryAuth) return { notFound: true };
+    const m = await this.request({ authRequest: { host } });
+    const a = m.authResponse;
+    if (!a || a.notFound || !a.secret) return { notFound: true };
+    return { username: a.username ?? '', secret: a.secret };
   }
 
   #openSsh(ch: Channel, r: SshOpenRequest): void {

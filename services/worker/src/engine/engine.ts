@@ -12,8 +12,8 @@ import { FsBlobStore } from '@kiln/store';
 import type { BlobStore } from '@kiln/store';
 import { readSnapshot } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
-import { RegistryClient } from '@kiln/registry';
-import type { RegistryClientOptions } from '@kiln/registry';
+import { RegistryClient, chainCredentials } from '@kiln/registry';
+import type { CredentialsProvider, RegistryClientOptions } from '@kiln/registry';
 import { OciRuntime } from '../runtime/index.js';
 import type { RuntimeName, TaskLimits } from '../runtime/index.js';
 import { openSnapshotter } from '../snapshot/index.js';
@@ -35,6 +35,10 @@ export interface EngineOptions {
   stateDir: string;
   snapshotter?: 'auto' | 'overlayfs' | 'native';
   runtime?: RuntimeName | 'auto';
+  /**
+   * The registry client's options for pulls and pushes that carry no credentials of their build
+   * (`dockerConfig: false` keeps the worker's own docker config out of builds).
+   */
   registry?: RegistryClientOptions;
   /** The content store; default a filesystem store under `<stateDir>/content`. */
   store?: BlobStore;
@@ -61,7 +65,28 @@ export class Engine {
     private readonly env: SnapshotEnv,
     readonly layers: LayerCache,
     readonly registry: RegistryClient,
+    private readonly registryOptions: RegistryClientOptions,
   ) {}
+
+  /**
+   * A registry client for one build's credentials (its client's, through the session), asked
+   * before what the engine's options allow (the worker's docker config only when they do); its
+   * tokens are that build's alone. Without credentials, the engine's client.
+   */
+  registryFor(credentials: CredentialsProvider | undefined): RegistryClient {
+    if (!credentials) return this.registry;
+    const own = this.registryOptions.credentials;
+    return new RegistryClient({
+      ...this.registryOptions,
+      credentials: own ? chainCredentials(credentials, own) : credentials,
+    });
+  }
+
+  /** The image source for one build's credentials (see {@link registryFor}). */
+  imagesFor(credentials: CredentialsProvider | undefined): ImageSource {
+    if (!credentials) return this.images;
+    return new ImageSource({ client: this.registryFor(credentials), store: this.store });
+  }
 
   static async open(o: EngineOptions): Promise<Engine> {
     // The worker's user only: snapshots hold what builds made (setuid-root binaries among them),
@@ -92,7 +117,17 @@ export class Engine {
     const images = new ImageSource({ client, store });
     const env: SnapshotEnv = { snapshotter, tmpDir };
     const layers = await LayerCache.open(join(o.stateDir, 'layers.json'));
-    return new Engine(o.stateDir, store, snapshotter, runtime, images, env, layers, client);
+    return new Engine(
+      o.stateDir,
+      store,
+      snapshotter,
+      runtime,
+      images,
+      env,
+      layers,
+      client,
+      o.registry ?? {},
+    );
   }
 
   /** The image (config, manifest, layers in the store) whose filesystem is `snapshot`. */
@@ -150,11 +185,12 @@ export class Engine {
       platform: { os: string; architecture: string; variant?: string };
     }[],
     names: string[],
+    credentials?: CredentialsProvider,
   ): Promise<PushResult> {
     const images = [];
     for (const r of results)
       images.push({ image: await this.buildImage(r.snapshot, r.config), platform: r.platform });
-    return pushImages(this.registry, this.store, images, names);
+    return pushImages(this.registryFor(credentials), this.store, images, names);
   }
 
   /** Shows a result snapshot (or the empty tree) as a read-only directory for the duration of `fn`. */

@@ -52,6 +52,12 @@ export interface WorkerConfig {
   runtime: 'auto' | 'crun' | 'runc';
   insecureRegistries: string[];
   /**
+   * Tasks may use this worker's own registry credentials (its docker config) where the build's
+   * client offers none (`--farm-registry-credentials`, `KILN_FARM_REGISTRY_CREDENTIALS=1`).
+   * Default: pulls and pushes use only the client's credentials (through its session), else none.
+   */
+  farmRegistryCredentials: boolean;
+  /**
    * Garbage collection of the local cache (`gc/policy.ts`); `keepBytes` undefined: 10% of the
    * state dir's filesystem, measured at start.
    */
@@ -75,6 +81,11 @@ export interface LimitsConfigInput {
 
 /** The pids limit of a task unless configured: enough for any build, not for a fork bomb. */
 export const DEFAULT_PIDS_LIMIT = 4096;
+
+/** A boolean as written: true, or `on`/`true`/`1`. */
+function flag(v: boolean | string | undefined): boolean {
+  return typeof v === 'boolean' ? v : ['on', 'true', '1'].includes((v ?? '').toLowerCase());
+}
 
 /** GC settings as written: sizes (`2GB`, a plain number is MB) and durations (`48h`, `30m`). */
 export interface GcConfigInput {
@@ -118,6 +129,7 @@ export interface WorkerConfigInput {
   snapshotter?: string;
   runtime?: string;
   insecureRegistries?: string[];
+  farmRegistryCredentials?: boolean | string;
   gc?: GcConfigInput;
   limits?: LimitsConfigInput;
   sandboxDeny?: string[];
@@ -281,6 +293,7 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
       time: e('KILN_WORKER_TIME_LIMIT'),
     },
     sandboxDeny: list(e('KILN_WORKER_SANDBOX_DENY')),
+    farmRegistryCredentials: e('KILN_FARM_REGISTRY_CREDENTIALS'),
     gc: {
       enabled: e('KILN_WORKER_GC'),
       keepStorage: e('KILN_WORKER_GC_KEEP_STORAGE'),
@@ -313,6 +326,8 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
                            (KILN_WORKER_WRITE_BEHIND_IDLE_MS, default 1000)
   --snapshotter auto|overlayfs|native, --runtime auto|crun|runc,
   --insecure-registry HOST[:PORT] (KILN_INSECURE_REGISTRIES)
+  --farm-registry-credentials   pulls and pushes may use this worker's docker config
+                                (KILN_FARM_REGISTRY_CREDENTIALS=1; default: the client's only)
   --gc on|off              garbage collection of the local cache (KILN_WORKER_GC, default on)
   --gc-keep-storage SIZE   keep the cache under this (KILN_WORKER_GC_KEEP_STORAGE; 2GB, 512MB,
                            a plain number is MB; default 10% of the state dir's filesystem)
@@ -369,6 +384,7 @@ function fromFlags(argv: readonly string[]): {
         snapshotter: { type: 'string' },
         runtime: { type: 'string' },
         'insecure-registry': { type: 'string', multiple: true },
+        'farm-registry-credentials': { type: 'boolean' },
         gc: { type: 'string' },
         'gc-keep-storage': { type: 'string' },
         'gc-keep-duration': { type: 'string' },
@@ -426,6 +442,7 @@ function fromFlags(argv: readonly string[]): {
         time: values['time-limit'],
       },
       sandboxDeny: values['sandbox-deny'],
+      farmRegistryCredentials: values['farm-registry-credentials'],
       gc: {
         enabled: values.gc,
         keepStorage: values['gc-keep-storage'],
@@ -454,7 +471,7 @@ function compileGc(g: GcConfigInput): WorkerConfig['gc'] {
   const duration = (v: string | number | undefined, what: string) =>
     quantity(v, what, parseDuration);
   const on = g.enabled ?? true;
-  const enabled = typeof on === 'boolean' ? on : ['on', 'true', '1'].includes(on.toLowerCase());
+  const enabled = flag(on);
   if (
     typeof on === 'string' &&
     !['on', 'off', 'true', 'false', '1', '0'].includes(on.toLowerCase())
@@ -581,6 +598,7 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     snapshotter: oneOf(c.snapshotter, ['auto', 'overlayfs', 'native'] as const, 'snapshotter'),
     runtime: oneOf(c.runtime, ['auto', 'crun', 'runc'] as const, 'runtime'),
     insecureRegistries: [...(c.insecureRegistries ?? [])],
+    farmRegistryCredentials: flag(c.farmRegistryCredentials),
     gc: compileGc(c.gc ?? {}),
     limits: compileLimits(c.limits ?? {}),
     sandboxDeny: [...(c.sandboxDeny ?? [])],

@@ -53,7 +53,8 @@ import type {
 import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 import type { NatsConnection } from '@nats-io/transport-node';
-import type { RegistryCredentials, SessionProviders } from '../ops/executor.js';
+import type { RegistryCredentials } from '@kiln/registry';
+import type { SessionProviders } from '../ops/executor.js';
 import { contextKey } from '../sources/local/local-contexts.js';
 import type { LocalContexts } from '../sources/local/local-contexts.js';
 import type { LocalSpec } from '../sources/local/local-source.js';
@@ -254,7 +255,7 @@ export class SessionRelay {
     );
     if ('error' in r) throw sessionReplyError(r.error);
     if ('notFound' in r) return undefined;
-    return r;
+    return { username: r.username, password: r.secret };
   }
 
   /** Has the scheduler sync the directory into the store; the manifest blob and shared key. */

@@ -163,7 +163,9 @@ export class TaskRunner {
     this.#nc = nc;
     this.#materializeTimeoutMs = materializeTimeoutMs;
     this.#executors = {
-      source: new SourceExecutor(env, engine.images, store, engine.layers),
+      source: new SourceExecutor(env, engine.images, store, engine.layers, (c) =>
+        engine.imagesFor(c),
+      ),
       exec: { exec: (ctx) => this.#exec(ctx) },
       file: new FileExecutor(env),
       merge: new MergeExecutor(env, { layers: engine.layers, store }),
@@ -275,8 +277,13 @@ export class TaskRunner {
     // A millisecond early: snapshot times are ISO strings of the same clock, never earlier.
     this.#running.set(running, Date.now() - 1);
     try {
+      if (task.sessionId && this.#relay)
+        session = this.#relay.open(task.sessionId, {
+          key: taskKey(task.cacheKey),
+          token: task.attemptToken,
+        });
       if (task.export)
-        return await this.#runExport(task, task.export, signal, io, leases, progress, log);
+        return await this.#runExport(task, task.export, signal, io, leases, progress, log, session);
       const op = decodeOp(task.op);
       const kind = opKind(op);
       const executor = kind ? this.#executors[kind] : undefined;
@@ -289,12 +296,7 @@ export class TaskRunner {
           `the op has ${opInputs.length} inputs, the task resolves ${taskInputs.length}`,
         );
       }
-      if (task.sessionId && this.#relay)
-        session = this.#relay.open(task.sessionId, {
-          key: taskKey(task.cacheKey),
-          token: task.attemptToken,
-        });
-      else this.#checkSession(op);
+      if (!session) this.#checkSession(op);
       log?.debug({ kind, inputs: taskInputs.length }, 'task started');
       progress({ stage: 'inputs', current: 0, total: taskInputs.length });
       const t0 = performance.now();
@@ -361,6 +363,7 @@ export class TaskRunner {
     leases: SnapshotLease[],
     progress: (p: ProgressUpdate) => void,
     log: Logger | undefined,
+    session: TaskSession | undefined,
   ): Promise<TaskOutcome> {
     const taskInputs = task.inputs ?? [];
     const platforms = spec.platforms ?? [];
@@ -392,6 +395,9 @@ export class TaskRunner {
           platform: platformOf(p),
         })),
         spec.names ?? [],
+        // As the build's client (its session's registry credentials), never as this worker
+        // unless the farm lends its own.
+        session?.providers.credentials,
       );
       log?.info({ type, digest: pushed.digest, names: pushed.names }, 'export done');
       return { outputs: [{ resultId: pushed.digest, layers: [] }], inputs: io };

@@ -91,7 +91,11 @@ export class WorkerNode {
         runtime: config.runtime,
         limits: config.limits,
         sandboxDeny: [...config.sandboxDeny, ...natsHosts(config.natsUrl)],
-        registry: { insecureRegistries: config.insecureRegistries },
+        registry: {
+          insecureRegistries: config.insecureRegistries,
+          // The worker's own docker config serves builds only when the farm says so.
+          ...(config.farmRegistryCredentials ? {} : { dockerConfig: false }),
+        },
         ...(log ? { logger: log.child({ component: 'runner' }) } : {}),
       });
     } catch (err) {

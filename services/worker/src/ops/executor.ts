@@ -5,6 +5,7 @@
  */
 import type { pb } from '@kiln/protocol';
 import type { LocalSpec } from '../sources/local/local-source.js';
+import type { RegistryCredentials } from '@kiln/registry';
 
 /** What a build may ask of its client while it runs. */
 export interface SessionProviders {
@@ -30,9 +31,6 @@ export interface SessionProviders {
    */
   credentials?: (host: string) => Promise<RegistryCredentials | undefined>;
 }
-
-/** A registry login from the client's docker config: user and password, or an identity token. */
-export type RegistryCredentials = { username: string; secret: string } | { identityToken: string };
 
 /** Everything an executor gets for one vertex. */
 export interface ExecutorContext {

@@ -20,6 +20,7 @@ import { checkoutGit, gitPin, gitSpec } from '../../sources/git/git-source.js';
 import { HttpDownloader, httpSpec, writeHttpFile } from '../../sources/http/http-source.js';
 import { copyLocal, localDir, localSpec } from '../../sources/local/local-source.js';
 import type { ExecutorContext, OpExecutor } from '../../ops/executor.js';
+import type { CredentialsProvider } from '@kiln/registry';
 
 export class UnsupportedSourceError extends KilnError {
   constructor(identifier: string) {
@@ -42,6 +43,7 @@ export class SourceExecutor implements OpExecutor {
     private readonly images: ImageSource,
     private readonly store: BlobStore,
     private readonly layers?: LayerCache,
+    private readonly imagesFor?: (credentials: CredentialsProvider) => ImageSource,
   ) {
     this.http = new HttpDownloader(join(env.tmpDir, 'http'));
   }
@@ -49,7 +51,11 @@ export class SourceExecutor implements OpExecutor {
   async exec(ctx: ExecutorContext): Promise<(string | undefined)[]> {
     const id = ctx.op.source?.identifier ?? '';
     if (id.startsWith('docker-image://')) {
-      const img = await this.images.pull(id, platformOf(ctx.op.platform));
+      // With the build's registry credentials (its client's, through the session) when it has a
+      // session; else the worker's client (anonymous unless the farm lends its own).
+      const credentials = ctx.session.credentials;
+      const images = credentials && this.imagesFor ? this.imagesFor(credentials) : this.images;
+      const img = await images.pull(id, platformOf(ctx.op.platform));
       let parent: string | undefined;
       let chain = '';
       for (const layer of img.layers) {
