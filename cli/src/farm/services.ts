@@ -152,7 +152,12 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
     const server = new ControlServer({
       dispatcher,
       store: new FsBlobStore({ root: storeDir }),
-      metaResolver: registryMetaResolver({ insecureRegistries: [...o.insecureRegistries] }),
+      // Registry credentials come from each build's client (its docker config, through the
+      // session), as on a remote farm: the daemon's own are never borrowed.
+      metaResolver: registryMetaResolver({
+        insecureRegistries: [...o.insecureRegistries],
+        dockerConfig: false,
+      }),
       defaultPlatform: native,
       log: o.log.child({ component: 'control' }),
       // Only its owner reaches the farm (a 0600 unix socket): the one tenant `local`, allowed
