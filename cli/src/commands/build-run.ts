@@ -13,7 +13,7 @@ import { PassThrough, Writable } from 'node:stream';
 import { dockerfileInput } from '@kiln/client';
 // @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
 import { parsePlatform } from '@kiln/llb';
-import { dockerConfigCredentials } from '@kiln/registry';
+import type { CredentialsProvider } from '@kiln/registry';
 import { KilnError, reviveError } from '@kiln/protocol/errors';
 import {
   BuildOptionError,
@@ -181,15 +181,19 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
 /**
  * The user's registry credentials by host, from the docker config the docker CLI reads
  * (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: `auths`, `credsStore`,
- * `credHelpers`), read when the farm asks.
+ * `credHelpers`), read when the farm asks (`@kiln/registry` loads only then: a build that pulls
+ * nothing private never pays for it).
  */
 function registryAuth(
   env: NodeJS.ProcessEnv,
 ): (host: string) => Promise<{ username: string; secret: string } | undefined> {
   const dir = env.DOCKER_CONFIG || join(env.HOME || homedir(), '.docker');
-  const creds = dockerConfigCredentials(join(dir, 'config.json'));
+  let creds: Promise<CredentialsProvider> | undefined;
   return async (host) => {
-    const c = await creds(host);
+    creds ??= import('@kiln/registry').then((r) =>
+      r.dockerConfigCredentials(join(dir, 'config.json')),
+    );
+    const c = await (await creds)(host);
     return c ? { username: c.username, secret: c.password } : undefined;
   };
 }
