@@ -441,6 +441,7 @@ export class ControlServer {
             session,
             buildId: ref,
             sessionId: req.sessionId,
+            cacheNamespace,
             signal: build.abort.signal,
             onVertex: (v) => build.status.push(vertexFrame(v)),
           });

@@ -9,7 +9,9 @@
  *   `name`; nothing is streamed, the response names the pushed digest (`containerimage.digest`).
  * - `docker`, `tar`, `local`: one task per platform; a multi-platform build names each artifact
  *   by its platform (the client writes `<dest>/<os>_<arch>` or `<dest>.<os>_<arch>`, as buildx).
- * - Export tasks are keyed by what they export, so an unchanged result re-exported is a cache hit.
+ * - Export tasks are keyed by what they export and the build's cache namespace (its tenant's,
+ *   unless the farm shares caches), so an unchanged result re-exported by the same tenant is a
+ *   cache hit, and one tenant's export never answers another's.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { TaskInit, TaskResult } from '@kiln/bus';
@@ -40,6 +42,8 @@ export interface ExportDeps {
   session: ClientSession | undefined;
   buildId: string;
   sessionId: string;
+  /** The build's cache namespace ('' when the farm shares caches between tenants). */
+  cacheNamespace: string;
   signal: AbortSignal;
   onVertex: (v: VertexSnapshot) => void;
 }
@@ -132,6 +136,7 @@ async function exportOne(
   }));
   const cacheKey = sha([
     'kiln-export-v1',
+    d.cacheNamespace,
     // A push changes the registry, not the store: it runs in every build (the registry may
     // have lost what an earlier build pushed).
     type === 'image' ? d.buildId : '',
@@ -162,6 +167,7 @@ async function exportOne(
         cacheKey,
         platform: group[0]!.platform,
         sessionId: d.sessionId,
+        cacheNamespace: d.cacheNamespace,
         preferredWorker: group[0]!.solved.workerId,
         export: {
           type,

@@ -415,6 +415,41 @@ describe('tenants and entitlements with real workers', () => {
     ).rejects.toMatchObject({ code: expect.stringMatching(/EXEC|VERTEX/) as unknown });
   });
 
+  it('keys export tasks per tenant: the same artifact is exported again for another tenant', async () => {
+    const tag = randomUUID();
+    // The same result for both tenants (the base image's layers; ENV only changes the config).
+    const lines = [`FROM ${fixture}`, `ENV KILN_TAG=${tag}`];
+    const exportCached = async (c: KilnClient, n: string): Promise<boolean | null | undefined> => {
+      const sink = new Sink();
+      const session = c.session({ onExport: () => sink });
+      const buildId = `int-exp-${n}-${tag}`;
+      try {
+        const res = await c.solve({
+          buildId,
+          sessionId: session.id,
+          frontend: 'dockerfile.v0',
+          attrs: { platform: 'linux/amd64' },
+          inputs: { dockerfile: dockerfileInput(lines.join('\n')) },
+          exporters: [{ type: 'tar' }],
+        });
+        await session.exportsWritten(Number(res.exporterResponse['export.count']));
+      } finally {
+        session.close();
+      }
+      expect(sink.bytes.length).toBeGreaterThan(0);
+      const vertexes: StatusResponse['vertexes'] = [];
+      for await (const f of c.status(buildId)) vertexes.push(...f.vertexes);
+      const v = vertexes.filter((x) => (x.name ?? '').includes('exporting to tar')).at(-1);
+      expect(Number(v?.completedUnixNano ?? 0)).toBeGreaterThan(0);
+      return v?.cached;
+    };
+    expect(await exportCached(a, 'a1')).toBeFalsy();
+    // Another tenant, the same result: its own export task, not team-a's record.
+    expect(await exportCached(b, 'b1')).toBeFalsy();
+    // Within a tenant an unchanged export is a cache hit, as before.
+    expect(await exportCached(a, 'a2')).toBe(true);
+  });
+
   it("runs RUN --network=host when asked for and allowed: it reaches the host's loopback", async () => {
     const tag = randomUUID();
     const http = createServer((_req, res) => res.end(`hello ${tag}`));
