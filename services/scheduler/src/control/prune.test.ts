@@ -12,10 +12,10 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
-import { spawnManaged } from '@kiln/common';
 import type { ManagedProcess } from '@kiln/common';
-import { bundleEntries, makeTempDir, startNats, waitFor } from '@kiln/testing';
+import { makeTempDir, startNats } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
+import { bundleWorkerMain, spawnWorkerNode } from '../test-support/workers.js';
 import { ControlServer } from './control-server.js';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
@@ -33,34 +33,21 @@ beforeAll(async () => {
   tmp = makeTempDir('scheduler-prune');
   const storeDir = join(tmp.dir, 'store');
   nats = await startNats();
-  const files = await bundleEntries(
-    { 'kiln-worker-main': 'services/worker/src/node/main.ts' },
-    tmp.dir,
-  );
+  const main = await bundleWorkerMain(tmp.dir);
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 100, monitorIntervalMs: 100 });
-  worker = spawnManaged(
-    process.execPath,
-    [files['kiln-worker-main']!, '--id', 'gc-w1', '--state-dir', join(tmp.dir, 'w1')],
-    {
-      name: 'worker gc-w1',
-      env: {
-        ...process.env,
-        KILN_NATS_URL: nats.url,
-        KILN_STORE_DIR: storeDir,
-        KILN_WORKER_HEARTBEAT_MS: '250',
-        KILN_LOG_LEVEL: 'warn',
-        // Nothing is protected by age, and nothing is uploaded behind the builds' backs: a
-        // pruned intermediate result exists nowhere else.
-        KILN_WORKER_GC_GRACE: '0',
-        KILN_WORKER_GC_INTERVAL: '1h',
-        KILN_WORKER_WRITE_BEHIND_IDLE_MS: '3600000',
-      },
+  worker = await spawnWorkerNode(main, nats.url, {
+    id: 'gc-w1',
+    stateDir: join(tmp.dir, 'w1'),
+    storeDir,
+    env: {
+      // Nothing is protected by age, and nothing is uploaded behind the builds' backs: a
+      // pruned intermediate result exists nowhere else.
+      KILN_WORKER_GC_GRACE: '0',
+      KILN_WORKER_GC_INTERVAL: '1h',
+      KILN_WORKER_WRITE_BEHIND_IDLE_MS: '3600000',
     },
-  );
-  await waitFor('the worker to register', () => {
-    if (worker.hasExited()) throw new Error(`worker exited:\n${worker.output()}`);
-    return dispatcher.liveWorkers().some((w) => w.id === 'gc-w1');
+    registered: (id) => dispatcher.liveWorkers().some((w) => w.id === id),
   });
   server = new ControlServer({
     dispatcher,

@@ -23,11 +23,9 @@ import {
 } from '@kiln/bus';
 import type { SessionKeyReply, TaskRecord } from '@kiln/bus';
 import { KilnClient, dockerfileInput } from '@kiln/client';
-import { spawnManaged } from '@kiln/common';
 import type { ManagedProcess } from '@kiln/common';
 import { FsBlobStore } from '@kiln/store';
 import {
-  bundleEntries,
   copyPlatformManifest,
   makeTempDir,
   natsAuthEnv,
@@ -40,6 +38,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
 import { registryMetaResolver } from '../registry-meta-resolver.js';
+import { bundleWorkerMain, spawnWorkerNode } from '../test-support/workers.js';
 import { ControlServer } from './control-server.js';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
@@ -62,9 +61,9 @@ beforeAll(async () => {
   if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
   tmp = makeTempDir('session-security');
   const storeDir = join(tmp.dir, 'store');
-  const [n, files, reg] = await Promise.all([
+  const [n, main, reg] = await Promise.all([
     startNats({ auth: { workers: ['sec-w1', 'sec-rogue'] } }),
-    bundleEntries({ 'kiln-worker-main': 'services/worker/src/node/main.ts' }, tmp.dir),
+    bundleWorkerMain(tmp.dir),
     startAuthRegistry({ htpasswd: { realm: 'kiln-private', path: join(tmp.dir, 'htpasswd') } }),
   ]);
   nats = n;
@@ -105,33 +104,12 @@ beforeAll(async () => {
     inboxPrefix: workerInboxPrefix('sec-rogue'),
   });
   dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 100, monitorIntervalMs: 100 });
-  const w = spawnManaged(
-    process.execPath,
-    [
-      files['kiln-worker-main']!,
-      '--id',
-      'sec-w1',
-      '--state-dir',
-      join(tmp.dir, 'sec-w1'),
-      '--store-dir',
-      storeDir,
-    ],
-    {
-      name: 'worker sec-w1',
-      env: {
-        ...process.env,
-        ...natsAuthEnv(auth.workers['sec-w1']),
-        HOME: workerHome,
-        KILN_NATS_URL: nats.url,
-        KILN_WORKER_HEARTBEAT_MS: '250',
-        KILN_LOG_LEVEL: 'warn',
-      },
-    },
-  );
-  worker = w;
-  await waitFor('sec-w1 to register', () => {
-    if (w.hasExited()) throw new Error(`sec-w1 exited:\n${w.output()}`);
-    return dispatcher.liveWorkers().some((x) => x.id === 'sec-w1');
+  worker = await spawnWorkerNode(main, nats.url, {
+    id: 'sec-w1',
+    stateDir: join(tmp.dir, 'sec-w1'),
+    storeDir,
+    env: { ...natsAuthEnv(auth.workers['sec-w1']), HOME: workerHome },
+    registered: (id) => dispatcher.liveWorkers().some((x) => x.id === id),
   });
   server = new ControlServer({
     dispatcher,

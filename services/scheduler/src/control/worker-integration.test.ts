@@ -23,9 +23,9 @@ import { Dispatcher } from '../dispatch/index.js';
 import { registryMetaResolver } from '../registry-meta-resolver.js';
 import { Authenticator, parseTokens } from './auth.js';
 import { ControlServer } from './control-server.js';
-import { spawnManaged } from '@kiln/common';
+import { bundleWorkerMain, spawnWorkerNode } from '../test-support/workers.js';
 import type { ManagedProcess } from '@kiln/common';
-import { bundleEntries, makeTempDir, startNats, waitFor } from '@kiln/testing';
+import { makeTempDir, startNats } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
@@ -39,14 +39,6 @@ let client: KilnClient;
 let storeDir: string;
 const procs: ManagedProcess[] = [];
 
-async function bundleWorkerMain(dir: string): Promise<string> {
-  const files = await bundleEntries(
-    { 'kiln-worker-main': 'services/worker/src/node/main.ts' },
-    dir,
-  );
-  return files['kiln-worker-main']!;
-}
-
 beforeAll(async () => {
   if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
   tmp = makeTempDir('scheduler-worker');
@@ -55,26 +47,15 @@ beforeAll(async () => {
   nats = n;
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 100, monitorIntervalMs: 100 });
-  for (const id of ['int-w1', 'int-w2']) {
-    const p = spawnManaged(
-      process.execPath,
-      [main, '--id', id, '--state-dir', join(tmp.dir, id), '--store-dir', storeDir],
-      {
-        name: `worker ${id}`,
-        env: {
-          ...process.env,
-          KILN_NATS_URL: nats.url,
-          KILN_WORKER_HEARTBEAT_MS: '250',
-          KILN_LOG_LEVEL: 'warn',
-        },
-      },
+  for (const id of ['int-w1', 'int-w2'])
+    procs.push(
+      await spawnWorkerNode(main, nats.url, {
+        id,
+        stateDir: join(tmp.dir, id),
+        storeDir,
+        registered: (w) => dispatcher.liveWorkers().some((x) => x.id === w),
+      }),
     );
-    procs.push(p);
-    await waitFor(`${id} to register`, () => {
-      if (p.hasExited()) throw new Error(`${id} exited:\n${p.output()}`);
-      return dispatcher.liveWorkers().some((w) => w.id === id);
-    });
-  }
   server = new ControlServer({
     dispatcher,
     metaResolver: registryMetaResolver(),

@@ -1,8 +1,8 @@
 /**
- * Test support for the dispatch suites (used by `*.test.ts` only; not built into dist): real
+ * Test support for the scheduler's suites (used by `*.test.ts` only; not built into dist): real
  * worker processes. The worker is another service: it is never imported, it is run. Its task
- * CLI (`services/worker/src/tasks/cli.ts`, sleep executor) is bundled once per run with esbuild
- * from source, so no prior build is needed.
+ * CLI (`services/worker/src/tasks/cli.ts`, sleep executor) or its own entry (`node/main.ts`,
+ * real runtime) is bundled once per run with esbuild from source, so no prior build is needed.
  */
 import { spawnManaged } from '@kiln/common';
 import type { ManagedProcess } from '@kiln/common';
@@ -62,4 +62,50 @@ export async function spawnWorker(
     events,
     claimed: (taskId) => events.some((e) => e.type === 'claimed' && e.taskId === taskId),
   };
+}
+
+/** Bundles the worker service's own entry (`node/main.ts`: real runtime, snapshots) into `dir`. */
+export async function bundleWorkerMain(dir: string): Promise<string> {
+  const files = await bundleEntries(
+    { 'kiln-worker-main': 'services/worker/src/node/main.ts' },
+    dir,
+  );
+  return files['kiln-worker-main']!;
+}
+
+/**
+ * Runs the bundled worker entry as worker `id` (state in `stateDir`, the farm's store in
+ * `storeDir`) and waits until `registered(id)` says the farm sees it; `env` adds to (and wins
+ * over) the defaults: heartbeat 250 ms, log level warn.
+ */
+export async function spawnWorkerNode(
+  main: string,
+  natsUrl: string,
+  o: {
+    id: string;
+    stateDir: string;
+    storeDir: string;
+    env?: Record<string, string>;
+    registered: (id: string) => boolean;
+  },
+): Promise<ManagedProcess> {
+  const p = spawnManaged(
+    process.execPath,
+    [main, '--id', o.id, '--state-dir', o.stateDir, '--store-dir', o.storeDir],
+    {
+      name: `worker ${o.id}`,
+      env: {
+        ...process.env,
+        KILN_NATS_URL: natsUrl,
+        KILN_WORKER_HEARTBEAT_MS: '250',
+        KILN_LOG_LEVEL: 'warn',
+        ...o.env,
+      },
+    },
+  );
+  await waitFor(`${o.id} to register`, () => {
+    if (p.hasExited()) throw new Error(`${o.id} exited:\n${p.output()}`);
+    return o.registered(o.id);
+  });
+  return p;
 }
