@@ -1,6 +1,12 @@
 /** Copying a fixture image between registries with the one registry client. */
+import { join } from 'node:path';
+import { parseImageReference } from '@kiln/llb';
 import type { ImageReference } from '@kiln/llb';
-import type { RegistryClient, Repository } from '@kiln/registry';
+import { RegistryClient } from '@kiln/registry';
+import type { Repository } from '@kiln/registry';
+import { startAuthRegistry } from './auth-registry.js';
+import type { RegistryHandle } from './registry.js';
+import { waitFor } from './util.js';
 
 /**
  * Copies one platform's manifest (config and layers) of the image `src` names to `dest:tag`,
@@ -25,4 +31,42 @@ export async function copyPlatformManifest(
     await to.pushBlob(dest, b, () => from.fetchBlob(src, b));
   }
   return to.pushManifest(dest, tag, m.bytes, desc.mediaType);
+}
+
+export interface PrivateRegistry {
+  registry: RegistryHandle;
+  /** The provisioned user `docker`'s password. */
+  password: string;
+  /** `<addr>/<path>:latest`: the fixture's amd64 image, readable only with the password. */
+  ref: string;
+  manifestDigest: string;
+}
+
+/**
+ * A docker-registry with htpasswd auth (its provisioned user `docker`) holding the amd64 image
+ * of `fixture` (the harness's registry) as `<addr>/<path>:latest`.
+ */
+export async function startPrivateRegistry(
+  dir: string,
+  fixture: string,
+  path = 'private/busybox',
+): Promise<PrivateRegistry> {
+  const registry = await startAuthRegistry({
+    htpasswd: { realm: 'kiln-private', path: join(dir, 'htpasswd') },
+  });
+  const password = await waitFor(
+    'the provisioned password in the registry log',
+    () => /password=(\S+) user=docker/.exec(registry.process.output())?.[1],
+  );
+  const manifestDigest = await copyPlatformManifest(
+    new RegistryClient({ dockerConfig: false }),
+    parseImageReference(fixture),
+    new RegistryClient({
+      dockerConfig: false,
+      credentials: () => ({ username: 'docker', password }),
+    }),
+    { domain: registry.addr, path },
+    'latest',
+  );
+  return { registry, password, ref: `${registry.addr}/${path}:latest`, manifestDigest };
 }

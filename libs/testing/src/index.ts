@@ -19,7 +19,8 @@ export type {
 } from './auth-registry.js';
 export { bundleEntries } from './bundle.js';
 export { generateDockerfile } from './dockerfile.js';
-export { copyPlatformManifest } from './copy-image.js';
+export { copyPlatformManifest, startPrivateRegistry } from './copy-image.js';
+export type { PrivateRegistry } from './copy-image.js';
 export { natsAuthEnv, startNats } from './nats.js';
 export type { NatsServerHandle, NatsServerOptions } from './nats.js';
 export { startRegistry } from './registry.js';

@@ -6,13 +6,7 @@ import { parseImageReference } from '@kiln/llb';
 import { RegistryClient } from '@kiln/registry';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registryMetaResolver } from './registry-meta-resolver.js';
-import {
-  harnessEnv,
-  startAuthRegistry,
-  waitFor,
-  makeTempDir,
-  copyPlatformManifest,
-} from '@kiln/testing';
+import { copyPlatformManifest, harnessEnv, makeTempDir, startPrivateRegistry } from '@kiln/testing';
 import type { RegistryHandle } from '@kiln/testing';
 
 const linuxAmd64 = { os: 'linux', architecture: 'amd64' };
@@ -27,23 +21,7 @@ describe('registryMetaResolver on a private registry', () => {
   beforeAll(async () => {
     const fixture = harnessEnv('KILN_TEST_FIXTURE_IMAGE');
     tmp = makeTempDir('meta-resolver');
-    registry = await startAuthRegistry({
-      htpasswd: { realm: 'kiln-private', path: join(tmp.dir, 'htpasswd') },
-    });
-    await waitFor('the provisioned password in the registry log', () =>
-      /password=(\S+) user=docker/.test(registry.process.output()),
-    );
-    password = /password=(\S+) user=docker/.exec(registry.process.output())![1]!;
-    manifestDigest = await copyPlatformManifest(
-      new RegistryClient({ dockerConfig: false }),
-      parseImageReference(fixture),
-      new RegistryClient({
-        dockerConfig: false,
-        credentials: () => ({ username: 'docker', password }),
-      }),
-      { domain: registry.addr, path: 'private/busybox' },
-      'latest',
-    );
+    ({ registry, password, manifestDigest } = await startPrivateRegistry(tmp.dir, fixture));
   });
   afterAll(async () => {
     await registry?.stop();

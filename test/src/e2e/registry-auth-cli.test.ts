@@ -10,20 +10,11 @@
  */
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseImageReference } from '@kiln/llb';
-import { RegistryClient } from '@kiln/registry';
 import { ControlServer, Dispatcher, registryMetaResolver } from '@kiln/scheduler';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  copyPlatformManifest,
-  harnessEnv,
-  makeTempDir,
-  startAuthRegistry,
-  startNats,
-  waitFor,
-} from '../harness/index.js';
+import { harnessEnv, makeTempDir, startNats, startPrivateRegistry } from '../harness/index.js';
 import type { NatsServerHandle, RegistryHandle } from '../harness/index.js';
 import { runKiln } from './run-kiln.js';
 
@@ -39,24 +30,12 @@ let ctx: string;
 
 beforeAll(async () => {
   tmp = makeTempDir('registry-auth-cli');
-  [nats, registry] = await Promise.all([
+  let reg;
+  [nats, reg] = await Promise.all([
     startNats(),
-    startAuthRegistry({ htpasswd: { realm: 'kiln-private', path: join(tmp.dir, 'htpasswd') } }),
+    startPrivateRegistry(tmp.dir, harnessEnv('KILN_TEST_FIXTURE_IMAGE')),
   ]);
-  password = await waitFor(
-    'the provisioned password in the registry log',
-    () => /password=(\S+) user=docker/.exec(registry.process.output())?.[1],
-  );
-  await copyPlatformManifest(
-    new RegistryClient({ dockerConfig: false }),
-    parseImageReference(harnessEnv('KILN_TEST_FIXTURE_IMAGE')),
-    new RegistryClient({
-      dockerConfig: false,
-      credentials: () => ({ username: 'docker', password }),
-    }),
-    { domain: registry.addr, path: 'private/busybox' },
-    'latest',
-  );
+  ({ registry, password } = reg);
   nc = await connect({ servers: nats.url });
   dispatcher = await Dispatcher.start({ nc });
   server = new ControlServer({

@@ -10,8 +10,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { LinuxAmd64, image, marshal, parseImageReference } from '@kiln/llb';
-import { RegistryClient } from '@kiln/registry';
+import { LinuxAmd64, image, marshal } from '@kiln/llb';
 import {
   connectNats,
   encodeSessionJson,
@@ -25,14 +24,7 @@ import type { SessionKeyReply, TaskRecord } from '@kiln/bus';
 import { KilnClient, dockerfileInput } from '@kiln/client';
 import type { ManagedProcess } from '@kiln/common';
 import { FsBlobStore } from '@kiln/store';
-import {
-  copyPlatformManifest,
-  makeTempDir,
-  natsAuthEnv,
-  startAuthRegistry,
-  startNats,
-  waitFor,
-} from '@kiln/testing';
+import { makeTempDir, natsAuthEnv, startNats, startPrivateRegistry, waitFor } from '@kiln/testing';
 import type { NatsServerHandle, RegistryHandle } from '@kiln/testing';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -64,24 +56,11 @@ beforeAll(async () => {
   const [n, main, reg] = await Promise.all([
     startNats({ auth: { workers: ['sec-w1', 'sec-rogue'] } }),
     bundleWorkerMain(tmp.dir),
-    startAuthRegistry({ htpasswd: { realm: 'kiln-private', path: join(tmp.dir, 'htpasswd') } }),
+    startPrivateRegistry(tmp.dir, fixture),
   ]);
   nats = n;
-  registry = reg;
-  password = await waitFor(
-    'the provisioned password in the registry log',
-    () => /password=(\S+) user=docker/.exec(registry.process.output())?.[1],
-  );
-  await copyPlatformManifest(
-    new RegistryClient({ dockerConfig: false }),
-    parseImageReference(fixture),
-    new RegistryClient({
-      dockerConfig: false,
-      credentials: () => ({ username: 'docker', password }),
-    }),
-    { domain: registry.addr, path: 'private/busybox' },
-    'latest',
-  );
+  registry = reg.registry;
+  password = reg.password;
   // The worker's own docker config can pull and push there: a build must not borrow it.
   const workerHome = join(tmp.dir, 'worker-home');
   mkdirSync(join(workerHome, '.docker'), { recursive: true });
