@@ -34,6 +34,7 @@ import type { BlobSource, Digest, PutOptions } from '@kiln/store';
 import { Engine, LocalContexts, SessionRelay } from '@kiln/worker';
 import type { TaskClaim } from '@kiln/worker';
 import {
+  casRecord,
   connectNats,
   createRecord,
   encodeSessionJson,
@@ -337,6 +338,31 @@ describe('the session relay: worker <-> nats <-> scheduler <-> gRPC <-> client',
       expect(sniffedHas(value)).toBe(false);
     } finally {
       sniff.unsubscribe();
+      await task.close();
+      session.close();
+    }
+  });
+
+  it('stops answering a channel once its claim is gone (the attempt was re-dispatched)', async () => {
+    const value = `s3cret-${randomUUID()}`;
+    const session = await openSession({
+      secrets: (id) => Promise.resolve(id === 'tok' ? Buffer.from(value) : undefined),
+    });
+    const held = await claim(session);
+    const task = relay().open(session.id, held);
+    try {
+      expect(Buffer.from((await task.providers.secrets!('tok'))!).toString()).toBe(value);
+      // The scheduler presumes relay-w dead and gives the task a new attempt.
+      await casRecord(dispatcher.bus.tasks, held.key, (r) => ({
+        ...r,
+        state: 'queued',
+        attemptToken: randomUUID(),
+        attempt: r.attempt + 1,
+      }));
+      await expect(task.providers.secrets!('tok')).rejects.toMatchObject({
+        code: 'SESSION_DENIED',
+      });
+    } finally {
       await task.close();
       session.close();
     }

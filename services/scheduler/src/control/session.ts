@@ -210,6 +210,9 @@ const TOKEN = /^[A-Za-z0-9-]{1,64}$/;
 interface Channel {
   capability: string;
   workerId: string;
+  /** The claim it was opened under: the task record's key and the attempt token. */
+  key: string;
+  token: string;
   cipher: SessionCipher;
   sub: Subscription;
   /** ssh: the worker's stream name -> the numbered stream the client sees. */
@@ -409,15 +412,7 @@ export class ClientSession {
         typeof req.publicKey !== 'string'
       )
         return deny('malformed channel request');
-      const stored = await getRecord(this.o.tasks, req.key);
-      const r = stored?.record;
-      if (
-        !r ||
-        r.state !== 'running' ||
-        r.holder !== workerId ||
-        r.attemptToken !== req.token ||
-        !r.builds.some((b) => this.#builds.has(b))
-      )
+      if (!(await this.#holds(workerId, req.key, req.token)))
         return deny(`worker ${workerId} holds no claim on a task of this session's builds`);
       if (this.#closed) return deny('the session ended');
       if (this.#channels.size >= MAX_CHANNELS) return deny('too many open channels');
@@ -434,6 +429,8 @@ export class ClientSession {
       const ch: Channel = {
         capability,
         workerId,
+        key: req.key,
+        token: req.token,
         cipher,
         ssh: new Map(),
         sub: this.o.nc.subscribe(sessionSubject(capability, '>'), {
@@ -452,6 +449,21 @@ export class ClientSession {
     } catch (e) {
       deny(e instanceof KilnError ? e.message : String(e));
     }
+  }
+
+  /**
+   * Whether the record says `workerId` holds attempt `token` of the task `key`, running, for a
+   * build this session serves (the record is the scheduler's: workers cannot write it).
+   */
+  async #holds(workerId: string, key: string, token: string): Promise<boolean> {
+    const r = (await getRecord(this.o.tasks, key))?.record;
+    return (
+      !!r &&
+      r.state === 'running' &&
+      r.holder === workerId &&
+      r.attemptToken === token &&
+      r.builds.some((b) => this.#builds.has(b))
+    );
   }
 
   #closeChannel(ch: Channel): void {
@@ -491,26 +503,8 @@ export class ClientSession {
           : { code: 'SESSION_ERROR', message: String(e) };
       reply({ error: err });
     };
-    if (kind === 'local') {
-      this.#syncLocal(decodeSessionJson<LocalSyncRequest>(data)).then(
-        (manifest) =>
-          reply({
-            manifest,
-            ...(this.sharedKey ? { sharedKey: this.sharedKey } : {}),
-          } satisfies LocalSyncReply),
-        replyError,
-      );
-    } else if (kind === 'secret') {
-      this.#secret(decodeSessionJson<SecretRequest>(data)).then(reply, replyError);
-    } else if (kind === 'auth') {
-      this.credentials(decodeSessionJson<AuthRequest>(data).host).then(reply, replyError);
-    } else if (kind === 'ssh') {
-      try {
-        this.#openSsh(ch, decodeSessionJson<SshOpenRequest>(data));
-        reply({ ok: true } satisfies SshOpenReply);
-      } catch (e) {
-        replyError(e);
-      }
+    if (kind === 'local' || kind === 'secret' || kind === 'auth' || kind === 'ssh') {
+      this.#answer(ch, kind, data).then(reply, replyError);
     } else if (kind === 'close') {
       this.#closeChannel(ch);
     } else if (kind === 'ssh.up') {
@@ -527,6 +521,37 @@ export class ClientSession {
     }
   }
 
+  /**
+   * One request of a channel, answered only while its claim still holds: a worker whose attempt
+   * was re-dispatched (or whose task's builds all ended) gets `SESSION_DENIED`, and the channel
+   * closes.
+   */
+  async #answer(ch: Channel, kind: 'local' | 'secret' | 'auth' | 'ssh', data: Buffer) {
+    if (!(await this.#holds(ch.workerId, ch.key, ch.token))) {
+      this.#closeChannel(ch);
+      throw new SessionError(
+        `worker ${ch.workerId} no longer holds the claim this channel was opened for`,
+        'SESSION_DENIED',
+      );
+    }
+    switch (kind) {
+      case 'local': {
+        const manifest = await this.#syncLocal(decodeSessionJson<LocalSyncRequest>(data));
+        return {
+          manifest,
+          ...(this.sharedKey ? { sharedKey: this.sharedKey } : {}),
+        } satisfies LocalSyncReply;
+      }
+      case 'secret':
+        return this.#secret(decodeSessionJson<SecretRequest>(data));
+      case 'auth':
+        return this.credentials(decodeSessionJson<AuthRequest>(data).host);
+      case 'ssh':
+        this.#openSsh(ch, decodeSessionJson<SshOpenRequest>(data));
+        return { ok: true } satisfies SshOpenReply;
+    }
+  }
+
   async #secret(r: SecretRequest): Promise<SecretReply> {
     const m = await this.request({ secretRequest: { id: r.id } });
     const s = m.secretResponse;
@@ -539,7 +564,7 @@ export class ClientSession {
    * (never stored, never logged); `notFound` when the client offers none.
    */
   async credentials(host: string): Promise<AuthReply> {
-    if (!this.registryAuth) return { notFound: true };
+    if (!this.registryAuth || typeof host !== 'string' || host === '') return { notFound: true };
     const m = await this.request({ authRequest: { host } });
     const a = m.authResponse;
     if (!a || a.notFound || !a.secret) return { notFound: true };
