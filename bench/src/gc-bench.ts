@@ -62,7 +62,7 @@ export async function runGcBench(
     for (let i = 0; i < n; i += 1_000) {
       await Promise.all(
         Array.from({ length: Math.min(1_000, n - i) }, (_, j) => {
-          const digest = `sha256:${hex(`blob ${i + j}`)}` as Digest;
+          const digest: Digest = `sha256:${hex(`blob ${i + j}`)}`;
           const cacheKey = `sha256:${hex(`key ${i + j}`)}`;
           const result = encodeResult({
             taskId: randomUUID(),

@@ -7,6 +7,7 @@ import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import { runBuildBench } from './build-bench.js';
 import { runDispatchBench } from './dispatch-bench.js';
+import { runFreshBench } from './fresh-bench.js';
 import { runGcBench } from './gc-bench.js';
 import { runLlbBench } from './llb-bench.js';
 import { runPeersBench } from './peers-bench.js';
@@ -25,6 +26,7 @@ const benches: Record<string, () => unknown> = {
   worker: () => runWorkerBench(),
   build: () => runBuildBench(),
   gc: () => runGcBench(),
+  fresh: () => runFreshBench(rounds),
   peers: () =>
     runPeersBench({
       rounds,
