@@ -120,6 +120,34 @@ export function parseOutput(s: string): OutputSpec {
   );
 }
 
+export interface CacheSpec {
+  type: string;
+  attrs: Record<string, string>;
+}
+
+const CACHE_TYPES = ['local', 'registry', 'inline', 's3'];
+
+/**
+ * `--cache-from` / `--cache-to` in buildx's syntax: `type=local,src=DIR` / `type=local,dest=DIR`,
+ * `type=registry,ref=REF,mode=max`...; a value with no `=` is a registry reference.
+ */
+export function parseCacheSpec(s: string, flag: '--cache-from' | '--cache-to'): CacheSpec {
+  if (!s.includes('=')) return { type: 'registry', attrs: { ref: s } };
+  const kv = parseCsvKv(s, flag);
+  const type = kv.get('type') ?? (kv.has('ref') ? 'registry' : '');
+  if (!CACHE_TYPES.includes(type))
+    throw new BuildOptionError(
+      `${flag} ${JSON.stringify(s)}: type= must be one of ${CACHE_TYPES.join(', ')}`,
+    );
+  kv.delete('type');
+  const attrs = Object.fromEntries(kv);
+  const need =
+    type === 'local' ? (flag === '--cache-to' ? 'dest' : 'src') : type === 'registry' ? 'ref' : '';
+  if (need && !attrs[need])
+    throw new BuildOptionError(`${flag} ${JSON.stringify(s)}: ${need}= is required`);
+  return { type, attrs };
+}
+
 /** `K=V`, or `K` alone to take the value from the environment (skipped when unset), as docker does. */
 export function parseBuildArg(s: string, env: NodeJS.ProcessEnv): [string, string] | undefined {
   const i = s.indexOf('=');

@@ -10,7 +10,7 @@ import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
-import { dockerfileInput } from '@kiln/client';
+import { cacheSolveOptions, dockerfileInput } from '@kiln/client';
 // @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
 import { parsePlatform } from '@kiln/llb';
 import type { CredentialsProvider } from '@kiln/registry';
@@ -19,6 +19,7 @@ import {
   BuildOptionError,
   parseAllow,
   parseBuildArg,
+  parseCacheSpec,
   parseOutput,
   parseSecret,
   parseSsh,
@@ -44,6 +45,8 @@ export interface BuildFlags extends RemoteFlags {
   progress: string;
   output: string[];
   tag: string[];
+  cacheFrom: string[];
+  cacheTo: string[];
   insecureRegistry: string[];
   /** A scheduler's `host:port`; default `KILN_ADDR`, else the local farm. */
   addr?: string;
@@ -61,6 +64,9 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     );
   });
   const outputs = flags.output.map(parseOutput);
+  const cacheImports = flags.cacheFrom.map((s) => parseCacheSpec(s, '--cache-from'));
+  const cacheExports = flags.cacheTo.map((s) => parseCacheSpec(s, '--cache-to'));
+  const cacheOpts = cacheSolveOptions(cacheImports, cacheExports);
   const secrets = new Map(
     flags.secret.map((s) => parseSecret(s, env)).map((s) => [s.id, s] as const),
   );
@@ -122,13 +128,14 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   process.once('SIGTERM', onSignal);
   const printer = createPrinter(mode, process.stderr);
   const session = farm.client.session({
-    localDirs: { context: ctxDir },
+    localDirs: { context: ctxDir, ...cacheOpts.localDirs },
     secrets: async (id) => secrets.get(id)?.read(),
     ssh,
     // The user's registry logins (docker config, credential helpers), asked for per host by the
     // build's pulls and pushes (BuildKit's session/auth); the farm never keeps them.
     registryAuth: registryAuth(env),
     onExport: (index, platform) => exportWriter(outputs[index]!, platform),
+    onCacheExport: cacheOpts.onCacheExport,
     // Context file digests persist between builds: unchanged files are not read again.
     digestCacheFile: join(defaultStateDir(env), 'client', 'context-digests'),
   });
@@ -152,6 +159,8 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
             dockerfile: dockerfileInput(dockerfile, dockerignore ? { dockerignore } : {}),
           },
           exporters: outputs.map((o) => exporterEntry(o, flags.tag)),
+          cacheImports,
+          cacheExports,
         },
         { signal: abort.signal },
       )

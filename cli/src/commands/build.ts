@@ -39,6 +39,18 @@ export function registerBuild(program: Command): void {
     )
     .option('-t, --tag <name>', 'name the image (oci/docker outputs)', collect, [])
     .option(
+      '--cache-from <spec>',
+      'import a build cache (BuildKit format): type=local,src=DIR[,tag=T|digest=D] (repeatable)',
+      collect,
+      [],
+    )
+    .option(
+      '--cache-to <spec>',
+      'export the build cache (BuildKit format): type=local,dest=DIR[,mode=min|max][,tag=T] (repeatable)',
+      collect,
+      [],
+    )
+    .option(
       '--insecure-registry <host>',
       'talk plain HTTP to this registry (loopback ones always are)',
       collect,

@@ -17,3 +17,5 @@ export { dockerfileInput } from './dockerfile-input.js';
 export { BuildSession } from './session.js';
 export type { SessionOptions } from './session.js';
 export type { ProgressEvent } from './progress-event.js';
+export { localCacheWriter, cacheSolveOptions } from './local-cache.js';
+export type { CacheEntry } from './local-cache.js';

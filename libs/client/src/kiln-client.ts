@@ -52,6 +52,10 @@ export type SolveRequest = {
   buildId: string;
   sessionId?: string;
   exporters?: { type: string; attrs?: Record<string, string> }[];
+  /** `--cache-from` entries (BuildKit's CacheOptionsEntry: `type=local,src=...`). */
+  cacheImports?: { type: string; attrs?: Record<string, string> }[];
+  /** `--cache-to` entries (`type=local,dest=...,mode=max`). */
+  cacheExports?: { type: string; attrs?: Record<string, string> }[];
   /**
    * Entitlements the build asks for (`security.insecure`, `network.host`), as `buildctl --allow`:
    * an op needing one runs only if asked for here and allowed by the farm.
@@ -132,6 +136,8 @@ export class KilnClient {
       sessionId: req.sessionId ?? '',
       entitlements: req.entitlements ?? [],
       exporters: (req.exporters ?? []).map((e) => ({ type: e.type, attrs: e.attrs ?? {} })),
+      cacheImports: (req.cacheImports ?? []).map((e) => ({ type: e.type, attrs: e.attrs ?? {} })),
+      cacheExports: (req.cacheExports ?? []).map((e) => ({ type: e.type, attrs: e.attrs ?? {} })),
     });
     if (req.definition) {
       msg.definition = toPb(req.definition);

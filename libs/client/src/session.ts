@@ -52,6 +52,11 @@ export interface SessionOptions {
   /** Where an exporter's artifact goes (`index` in the solve's exporters; platform or ''). */
   onExport?: (index: number, platform: string) => Writable;
   /**
+   * Where a cache export's artifact goes (`index` in the solve's cache exports): for
+   * `type=local`, a tar of the OCI layout (see `writeLocalCache`).
+   */
+  onCacheExport?: (index: number) => Writable;
+  /**
    * Identifies this machine's directories across sessions (BuildKit's session shared key): the
    * farm applies only the difference to the copy it kept from the last build with the same key.
    * Default: a hash of the host name and the directories' absolute paths; '' turns reuse off.
@@ -385,11 +390,14 @@ export class BuildSession {
   // ---- exports ----
 
   async #onExport(c: NonNullable<SessionMessage['export']>): Promise<void> {
-    const key = `${c.index}\0${c.platform}`;
+    const key = `${c.cache ? 'cache' : ''}\0${c.index}\0${c.platform}`;
     let w = this.#exports.get(key);
     if (!w) {
-      if (!this.#o.onExport) throw new KilnError('EXPORT_UNEXPECTED', 'no export was asked for');
-      w = this.#o.onExport(c.index ?? 0, c.platform ?? '');
+      const open = c.cache
+        ? this.#o.onCacheExport && ((i: number) => this.#o.onCacheExport!(i))
+        : this.#o.onExport;
+      if (!open) throw new KilnError('EXPORT_UNEXPECTED', 'no export was asked for');
+      w = open(c.index ?? 0, c.platform ?? '');
       this.#exports.set(key, w);
     }
     if (c.data?.length && !w.write(c.data)) {

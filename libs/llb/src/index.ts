@@ -78,3 +78,9 @@ export {
 export type { DepSpec, DepKey } from './cache-key.js';
 export { ENTITLEMENTS, isEntitlement, opEntitlements } from './entitlements.js';
 export type { Entitlement } from './entitlements.js';
+export {
+  buildkitCacheMap,
+  buildkitRecordDigest,
+  imageConfigCacheDigest,
+} from './buildkit-cache-map.js';
+export type { BuildkitCacheMap } from './buildkit-cache-map.js';

@@ -760,6 +760,10 @@ const raw = {
                     "eof": {
                       "type": "bool",
                       "id": 4
+                    },
+                    "cache": {
+                      "type": "bool",
+                      "id": 5
                     }
                   }
                 },

@@ -676,6 +676,7 @@ export namespace kiln {
                 platform?: (string|null);
                 data?: (Uint8Array|null);
                 eof?: (boolean|null);
+                cache?: (boolean|null);
             }
 
             class ExportChunk implements IExportChunk {
@@ -684,6 +685,7 @@ export namespace kiln {
                 public platform: string;
                 public data: Uint8Array;
                 public eof: boolean;
+                public cache: boolean;
                 public static create(properties?: kiln.control.v1.IExportChunk): kiln.control.v1.ExportChunk;
                 public static encode(message: kiln.control.v1.IExportChunk, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ExportChunk;

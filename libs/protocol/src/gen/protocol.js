@@ -5648,6 +5648,7 @@ export const kiln = $root.kiln = (() => {
                 ExportChunk.prototype.platform = "";
                 ExportChunk.prototype.data = $util.newBuffer([]);
                 ExportChunk.prototype.eof = false;
+                ExportChunk.prototype.cache = false;
 
                 ExportChunk.create = function create(properties) {
                     return new ExportChunk(properties);
@@ -5668,6 +5669,8 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(26).bytes(message.data);
                     if (message.eof != null && Object.hasOwnProperty.call(message, "eof"))
                         writer.uint32(32).bool(message.eof);
+                    if (message.cache != null && Object.hasOwnProperty.call(message, "cache"))
+                        writer.uint32(40).bool(message.cache);
                     return writer;
                 };
 
@@ -5710,6 +5713,10 @@ export const kiln = $root.kiln = (() => {
                                 message.eof = reader.bool();
                                 break;
                             }
+                        case 5: {
+                                message.cache = reader.bool();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -5744,6 +5751,8 @@ export const kiln = $root.kiln = (() => {
                             message.data = object.data;
                     if (object.eof != null)
                         message.eof = Boolean(object.eof);
+                    if (object.cache != null)
+                        message.cache = Boolean(object.cache);
                     return message;
                 };
 
@@ -5766,6 +5775,7 @@ export const kiln = $root.kiln = (() => {
                                 object.data = $util.newBuffer(object.data);
                         }
                         object.eof = false;
+                        object.cache = false;
                     }
                     if (message.index != null && Object.hasOwnProperty.call(message, "index"))
                         object.index = message.index;
@@ -5775,6 +5785,8 @@ export const kiln = $root.kiln = (() => {
                         object.data = options.bytes === String ? $util.base64.encode(message.data, 0, message.data.length) : options.bytes === Array ? Array.prototype.slice.call(message.data) : message.data;
                     if (message.eof != null && Object.hasOwnProperty.call(message, "eof"))
                         object.eof = message.eof;
+                    if (message.cache != null && Object.hasOwnProperty.call(message, "cache"))
+                        object.cache = message.cache;
                     return object;
                 };
 

@@ -65,6 +65,13 @@ import { checkEntitlements, requestedEntitlements, sourceLines } from './entitle
 import type { Build, BuildRegistryOptions } from './builds.js';
 import { progressFrame, vertexFrame } from './events.js';
 import { checkExporters, runExports } from './exports.js';
+import {
+  checkCacheOptions,
+  importedLookup,
+  loadCacheImports,
+  runCacheExports,
+} from './remote-cache.js';
+import type { LoadedImport } from './remote-cache.js';
 import { farmDiskUsage, farmPrune } from './prune.js';
 import type { PlatformResult } from './exports.js';
 import { SessionManager } from './session.js';
@@ -380,6 +387,9 @@ export class ControlServer {
     const span = tracer().startSpan(SpanName.build, { attributes: { [Attr.buildId]: ref } });
     try {
       checkExporters(req.exporters, !!req.sessionId);
+      checkCacheOptions(req.cacheImports, req.cacheExports, !!req.sessionId);
+      if ((req.cacheImports.length > 0 || req.cacheExports.length > 0) && !this.#o.store)
+        throw new SolveRequestInvalidError('cache import and export need a content store');
       const requested = requestedEntitlements(req.entitlements);
       const session = req.sessionId
         ? await this.sessions.waitFor(
@@ -394,6 +404,7 @@ export class ControlServer {
       const targets = await this.#load(req, session);
       checkEntitlements(targets, requested, caller);
       const cacheNamespace = this.#o.sharedCache ? '' : caller.tenant;
+      const imports = await loadCacheImports(req.cacheImports, session, log);
       // Platforms are solved concurrently; the first failure stops the others (they then fail
       // with BuildCanceledError, so the first real error is the one reported), and the build
       // ends only once every platform's solve has settled. `durable`: the results' blobs must
@@ -415,6 +426,7 @@ export class ControlServer {
                     cacheNamespace,
                     log,
                     durable,
+                    imports,
                   }),
                 ),
               };
@@ -458,6 +470,15 @@ export class ControlServer {
           exported = await exportAll();
         }
         Object.assign(response, exported);
+      }
+      if (req.cacheExports.length > 0) {
+        const streamed = await runCacheExports(req.cacheExports, results, {
+          store: this.#o.store!,
+          session,
+          materialize: this.#materialize,
+          log,
+        });
+        response['export.count'] = String(Number(response['export.count'] ?? 0) + streamed);
       }
       log.info('build done');
       return control.SolveResponse.create({ exporterResponse: response });
@@ -545,10 +566,19 @@ export class ControlServer {
     build: Build,
     graph: LoadedDefinition,
     platform: pb.IPlatform,
-    o: { sessionId: string; cacheNamespace: string; log: Logger; durable: boolean },
+    o: {
+      sessionId: string;
+      cacheNamespace: string;
+      log: Logger;
+      durable: boolean;
+      imports: readonly LoadedImport[];
+    },
   ): Promise<SolveResult> {
     const { log } = o;
     return solveGraph(graph, {
+      ...(o.imports.length > 0 && this.#o.store
+        ? { importedCache: importedLookup(o.imports, this.#o.store) }
+        : {}),
       ...(o.durable ? { materialize: this.#materialize } : {}),
       submitter: this.#o.dispatcher,
       buildId: build.id,

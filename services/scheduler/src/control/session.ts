@@ -27,7 +27,8 @@
  *   (`SESSION_NOT_FOUND`), at once.
  */
 import * as grpc from '@grpc/grpc-js';
-import type { PassThrough, Readable } from 'node:stream';
+import { PassThrough } from 'node:stream';
+import type { Readable } from 'node:stream';
 import {
   SESSION_SUBJECT_PREFIX,
   SessionCipher,
@@ -367,15 +368,46 @@ export class ClientSession {
     p.resolve(m);
   }
 
-  /** Streams an artifact to the client as ExportChunks. */
-  async sendExport(index: number, platform: string, src: Readable): Promise<void> {
+  /**
+   * The files of a directory the client serves (`localDirs`), by path: asks for its manifest,
+   * which is also what lets the client serve them. Paths are relative, `/`-separated.
+   */
+  async listDir(dir: string): Promise<Map<string, { size: number; digest?: string }>> {
+    if (!this.localDirs.has(dir))
+      throw new SessionError(
+        `no local directory named "${dir}" in this build's session`,
+        'LOCAL_NOT_FOUND',
+        {
+          local: dir,
+        },
+      );
+    const m = await this.request({ manifestRequest: { dir } }, undefined, true);
+    return new Map(
+      (m.manifest?.entries ?? []).map((e) => [
+        e.path ?? '',
+        { size: Number(e.size ?? 0), ...(e.digest ? { digest: e.digest } : {}) },
+      ]),
+    );
+  }
+
+  /** One file of a served directory (listed by {@link listDir} first), streamed. */
+  readFile(dir: string, path: string): Readable {
+    const sink = new PassThrough();
+    this.request({ fileRequest: { dir, path } }, sink).catch((e: unknown) =>
+      sink.destroy(e instanceof Error ? e : new Error(String(e))),
+    );
+    return sink;
+  }
+
+  /** Streams an artifact to the client as ExportChunks (`cache`: a cache export's). */
+  async sendExport(index: number, platform: string, src: Readable, cache = false): Promise<void> {
     let buf = Buffer.alloc(0);
     const flush = async (eof: boolean): Promise<void> => {
       while (buf.length >= EXPORT_CHUNK || (eof && buf.length >= 0)) {
         const data = buf.subarray(0, EXPORT_CHUNK);
         buf = buf.subarray(data.length);
         const last = eof && buf.length === 0;
-        if (!this.#send({ export: { index, platform, data, eof: last } }))
+        if (!this.#send({ export: { index, platform, data, eof: last, cache } }))
           await new Promise((r) => this.call.once('drain', r));
         if (last) return;
       }

@@ -20,12 +20,14 @@ import { SpanStatusCode, context } from '@opentelemetry/api';
 import { INPUT_LOST_CODE, resultHasBlobs } from '@kiln/bus';
 import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { CUSTOM_NAME, depSpecs, inputDigests, opKind } from '@kiln/llb';
+import type { CacheNode } from '@kiln/remote-cache';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
 import { KilnError, formatPlatform, platformFromPb, platformToPb, workerpb } from '@kiln/protocol';
 import type { Platform, pb } from '@kiln/protocol';
 import type { SubmitOptions } from '../dispatch/index.js';
 import { BuildCanceledError, VertexFailedError } from './errors.js';
 import type { ContentChecksums } from './content-checksums.js';
+import { buildkitNodes, resultNodes } from './buildkit-nodes.js';
 import { fastKey, volatileSource } from './fast-key.js';
 import type { ContentDep } from './fast-key.js';
 
@@ -89,6 +91,12 @@ export interface SolveOptions {
    * digest): for a solve whose caller reads the result from the store. A lost result reruns.
    */
   materialize?: Materializer;
+  /**
+   * Imported caches (`--cache-from`): asked, by the vertex's BuildKit cache nodes (one list per
+   * output), before a vertex is submitted; a result for every output answers the vertex (shown
+   * CACHED) without running it. Its layers must be blobs in the store.
+   */
+  importedCache?: (nodes: readonly (readonly CacheNode[])[]) => Promise<OutputResult[] | undefined>;
   signal?: AbortSignal;
   onVertex?: (v: VertexSnapshot) => void;
   onProgress?: (digest: string, p: TaskProgress) => void;
@@ -99,8 +107,15 @@ export interface SolveResult {
   result: OutputResult;
   /** Worker that produced (and holds) it. */
   workerId: string;
+  /** The vertex output the result is (the Definition's terminal input). */
+  resultRef: { digest: string; index: number };
   /** Every vertex's task result, by digest. */
   vertices: ReadonlyMap<string, TaskResult>;
+  /**
+   * Every vertex's BuildKit cache nodes, by digest, one list per output (empty where BuildKit's
+   * key cannot be made): what a cache export writes.
+   */
+  cacheNodes: ReadonlyMap<string, readonly (readonly CacheNode[])[]>;
 }
 
 /** A vertex not run because an input failed or the build stopped. */
@@ -190,6 +205,8 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
   // Vertex spans are children of the caller's span (the build's), if any.
   const parent = context.active();
 
+  /** BuildKit cache nodes of the vertices done, by digest, per output. */
+  const nodes = new Map<string, CacheNode[][]>();
   /** Cache keys of the vertices submitted, by digest (to forget a lost result). */
   const keys = new Map<string, string>();
   /** Reruns of lost results, by the result lost (one rerun however many found it lost). */
@@ -269,6 +286,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     const snap: VertexSnapshot = { digest: lo.digest, inputs: deps, name, cached: false };
     const taskId = randomUUID();
     let task: TaskInit;
+    let pending: CacheNode[][] = [];
     try {
       const inputs: ResolvedInput[] = (lo.op.inputs ?? []).map((inp) => {
         const r = done.get(inp.digest ?? '');
@@ -312,6 +330,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       };
       snap.cacheKey = cacheKey;
       keys.set(lo.digest, cacheKey);
+      pending = buildkitNodes(lo.op, platformToPb(platform), nodes, content);
     } catch (e) {
       if (e instanceof Skipped) throw e;
       const err = new VertexFailedError(lo.digest, name, e);
@@ -336,13 +355,20 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       parent,
     );
     try {
-      const r = await o.submitter.submit(task, {
-        buildId: o.buildId,
-        signal: ac.signal,
-        preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
-        onProgress: (p) => o.onProgress?.(lo.digest, p),
-      });
+      const imported =
+        o.importedCache && pending.some((n) => n.length > 0)
+          ? await o.importedCache(pending)
+          : undefined;
+      const r: TaskResult = imported
+        ? workerpb.TaskResult.create({ taskId, workerId: '', outputs: imported, cached: true })
+        : await o.submitter.submit(task, {
+            buildId: o.buildId,
+            signal: ac.signal,
+            preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
+            onProgress: (p) => o.onProgress?.(lo.digest, p),
+          });
       done.set(lo.digest, r);
+      nodes.set(lo.digest, resultNodes(lo.op, pending, r));
       // Answered by a run another build (or an earlier one) made, or by the worker's cache.
       snap.cached = r.cached || r.taskId !== taskId;
       snap.completedAt = Date.now();
@@ -396,12 +422,24 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       );
     }
     if (!o.materialize || resultHasBlobs([out]))
-      return { result: out, workerId: r.workerId, vertices: done };
+      return {
+        result: out,
+        workerId: r.workerId,
+        vertices: done,
+        cacheNodes: nodes,
+        resultRef: g.result,
+      };
     const layers = await o.materialize(r.workerId, out.resultId ?? '');
     if (o.signal?.aborted) throw new BuildCanceledError(o.buildId);
     if (layers) {
       const made = workerpb.OutputResult.create({ resultId: out.resultId, layers });
-      return { result: made, workerId: r.workerId, vertices: done };
+      return {
+        result: made,
+        workerId: r.workerId,
+        vertices: done,
+        cacheNodes: nodes,
+        resultRef: g.result,
+      };
     }
     if (round >= MAX_RERUNS || !o.submitter.forgetResult) {
       throw new VertexFailedError(

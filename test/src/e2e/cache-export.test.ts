@@ -1,0 +1,134 @@
+/**
+ * `kiln build --cache-to type=local` / `--cache-from type=local` (BuildKit's local cache format):
+ * a build exports its cache, the farm's whole state is thrown away (a fresh state dir: no bus
+ * records, no store, no worker snapshots), and the same build with the exported cache imported
+ * hits it for every step and gives the same output, including a file that a rerun would change.
+ * Real processes: the local farm daemon, its nats-server, crun, the harness's registry.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { makeTempDir } from '../harness/index.js';
+import { bundleFarmDaemon } from './local-farm-daemon.js';
+import { runKiln } from './run-kiln.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
+
+let tmp: { dir: string; remove: () => void };
+let ctx: string;
+
+const build = (stateDir: string, ...extra: string[]) =>
+  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], {
+    KILN_STATE_DIR: stateDir,
+  });
+
+const stop = (stateDir: string) => runKiln(['farm', 'stop'], { KILN_STATE_DIR: stateDir });
+
+/** The names of the steps a plain progress log shows as CACHED. */
+function cachedSteps(out: string): string[] {
+  const names = new Map<string, string>();
+  const cached: string[] = [];
+  for (const line of out.split('\n')) {
+    const m = /^#(\d+) (.*)$/.exec(line);
+    if (!m) continue;
+    if (!names.has(m[1]!)) names.set(m[1]!, m[2]!);
+    if (m[2] === 'CACHED') cached.push(names.get(m[1]!)!);
+  }
+  return cached;
+}
+
+beforeAll(async () => {
+  if (!fixture)
+    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  tmp = makeTempDir('cache-export');
+  ctx = join(tmp.dir, 'ctx');
+  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
+  await mkdir(ctx, { recursive: true });
+  await writeFile(join(ctx, 'a.txt'), 'hello\n');
+  // /stamp differs on every run of the RUN: equal outputs mean it did not run again.
+  await writeFile(
+    join(ctx, 'Dockerfile'),
+    'ARG BASE\nFROM ${BASE}\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b.txt && cat /proc/sys/kernel/random/uuid > /stamp\nRUN cp /stamp /stamp2\n',
+  );
+}, 120_000);
+
+afterAll(async () => {
+  for (const s of ['state1', 'state2']) await stop(join(tmp.dir, s));
+  delete process.env.KILN_FARM_DAEMON;
+  tmp?.remove();
+});
+
+describe('type=local cache export and import', () => {
+  it('round-trips through a fresh farm: every step CACHED, the same output', async () => {
+    const cache = join(tmp.dir, 'cache');
+    const state1 = join(tmp.dir, 'state1');
+    const first = await build(
+      state1,
+      '--cache-to',
+      `type=local,dest=${cache},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'out1')}`,
+    );
+    expect(first.code, first.out).toBe(0);
+    await stop(state1);
+
+    // BuildKit's layout: index.json names an OCI index listing the layers and a cache config.
+    const layout = JSON.parse(await readFile(join(cache, 'index.json'), 'utf8')) as {
+      manifests: { digest: string; annotations: Record<string, string> }[];
+    };
+    const desc = layout.manifests.find(
+      (m) => m.annotations['org.opencontainers.image.ref.name'] === 'latest',
+    );
+    expect(desc).toBeDefined();
+    const blob = (d: string) => join(cache, 'blobs', d.replace(':', '/'));
+    const index = JSON.parse(readFileSync(blob(desc!.digest), 'utf8')) as {
+      manifests: { mediaType: string; digest: string }[];
+    };
+    const config = index.manifests.find(
+      (m) => m.mediaType === 'application/vnd.buildkit.cacheconfig.v0',
+    );
+    expect(config).toBeDefined();
+    for (const m of index.manifests) expect(existsSync(blob(m.digest))).toBe(true);
+    const cc = JSON.parse(readFileSync(blob(config!.digest), 'utf8')) as {
+      records: { digest: string; layers?: unknown[] }[];
+    };
+    expect(cc.records.filter((r) => r.layers).length).toBeGreaterThanOrEqual(3);
+
+    const state2 = join(tmp.dir, 'state2');
+    const second = await build(
+      state2,
+      '--cache-from',
+      `type=local,src=${cache}`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'out2')}`,
+    );
+    expect(second.code, second.out).toBe(0);
+    const cached = cachedSteps(second.out);
+    expect(
+      cached.some((n) => n.includes('COPY a.txt')),
+      second.out,
+    ).toBe(true);
+    expect(
+      cached.some((n) => n.includes('RUN cat /a.txt')),
+      second.out,
+    ).toBe(true);
+    expect(
+      cached.some((n) => n.includes('RUN cp /stamp')),
+      second.out,
+    ).toBe(true);
+    for (const f of ['b.txt', 'stamp', 'stamp2'])
+      expect(readFileSync(join(tmp.dir, 'out2', f), 'utf8')).toBe(
+        readFileSync(join(tmp.dir, 'out1', f), 'utf8'),
+      );
+
+    // Without the import, the fresh farm runs the steps: the stamp changes (the test's control).
+    const state3 = join(tmp.dir, 'state3');
+    const third = await build(state3, '--output', `type=local,dest=${join(tmp.dir, 'out3')}`);
+    await stop(state3);
+    expect(third.code, third.out).toBe(0);
+    expect(readFileSync(join(tmp.dir, 'out3', 'stamp'), 'utf8')).not.toBe(
+      readFileSync(join(tmp.dir, 'out1', 'stamp'), 'utf8'),
+    );
+  }, 600_000);
+});
