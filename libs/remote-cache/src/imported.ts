@@ -32,11 +32,14 @@ export class ImportedCache {
   constructor(config: CacheConfig, descriptors: readonly Descriptor[]) {
     this.#records = config.records ?? [];
     const byDigest = new Map(descriptors.map((d) => [d.digest, d]));
+    const count = (config.layers ?? []).length;
+    // A parent may come after its child (BuildKit writes them so): only the bounds are checked
+    // here, cycles when a chain is followed.
     this.#layers = (config.layers ?? []).map((l, i) => {
       const d = byDigest.get(l.blob);
       const diffId = l.annotations?.diffID ?? d?.annotations?.[UNCOMPRESSED_ANNOTATION] ?? '';
       const parent = l.parent ?? 0;
-      if (!l.blob || !diffId || parent >= i)
+      if (!l.blob || !diffId || parent < -1 || parent >= count || parent === i)
         throw new CacheFormatError(`cache layer ${i} (${l.blob}) has no blob, diffID or parent`);
       return {
         digest: l.blob,

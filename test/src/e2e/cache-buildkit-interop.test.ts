@@ -1,0 +1,156 @@
+/**
+ * Cache interop with the reference BuildKit v0.11.6 (`../shared/tools/buildkit`, or
+ * `KILN_BUILDKIT_DIR`), type=local both ways: Kiln's export imported by buildkitd hits its cache
+ * (buildctl shows the RUN steps CACHED and the output has the file a rerun would change), and
+ * BuildKit's export imported by a fresh Kiln farm hits Kiln's. This holds because Kiln writes and
+ * matches BuildKit's own record digests (exec and file op cache maps, image source keys).
+ * Real processes: buildkitd (runc) through its start script, the local farm daemon, the harness's
+ * registry with the fixture busybox image.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { REPO_ROOT, makeTempDir } from '../harness/index.js';
+import { bundleFarmDaemon } from './local-farm-daemon.js';
+import { runKiln } from './run-kiln.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const run = promisify(execFile);
+const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
+const registry = process.env.KILN_TEST_REGISTRY;
+const script = join(
+  process.env.KILN_BUILDKIT_DIR ?? join(REPO_ROOT, '../shared/tools/buildkit'),
+  'buildkit.sh',
+);
+
+let tmp: { dir: string; remove: () => void };
+let ctx: string;
+let bkDir: string;
+let buildctl: string;
+let addr: string;
+
+const kiln = (stateDir: string, ...extra: string[]) =>
+  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], {
+    KILN_STATE_DIR: stateDir,
+  });
+
+async function bk(...extra: string[]): Promise<string> {
+  const { stdout, stderr } = await run(
+    buildctl,
+    [
+      '--addr',
+      addr,
+      'build',
+      '--progress',
+      'plain',
+      '--frontend',
+      'dockerfile.v0',
+      '--local',
+      `context=${ctx}`,
+      '--local',
+      `dockerfile=${ctx}`,
+      '--opt',
+      `build-arg:BASE=${fixture}`,
+      ...extra,
+    ],
+    { maxBuffer: 64 * 1024 * 1024 },
+  );
+  return stdout + stderr;
+}
+
+/** The names of the steps a plain progress log shows as CACHED (Kiln's and buildctl's). */
+function cachedSteps(out: string): string[] {
+  const names = new Map<string, string>();
+  const cached: string[] = [];
+  for (const line of out.split('\n')) {
+    const m = /^#(\d+) (.*)$/.exec(line);
+    if (!m) continue;
+    if (!names.has(m[1]!)) names.set(m[1]!, m[2]!);
+    if (m[2] === 'CACHED') cached.push(names.get(m[1]!)!);
+  }
+  return cached;
+}
+
+const RUNS = ['RUN echo hi', 'RUN cp /stamp'];
+
+beforeAll(async () => {
+  if (!fixture || !registry)
+    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  if (!existsSync(script))
+    throw new Error(`the reference BuildKit is not at ${script} (set KILN_BUILDKIT_DIR)`);
+  tmp = makeTempDir('cache-interop');
+  ctx = join(tmp.dir, 'ctx');
+  bkDir = join(tmp.dir, 'buildkit');
+  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
+  buildctl = join((await run('bash', [script, 'bin'])).stdout.trim(), 'buildctl');
+  addr = (await run('bash', [script, 'start', bkDir, registry])).stdout.trim();
+  await mkdir(ctx, { recursive: true });
+  // /stamp differs on every run of the RUN: equal outputs mean it did not run again.
+  await writeFile(
+    join(ctx, 'Dockerfile'),
+    'ARG BASE\nFROM ${BASE}\nWORKDIR /w\nRUN echo hi > b.txt && cat /proc/sys/kernel/random/uuid > /stamp\nRUN cp /stamp /stamp2\n',
+  );
+}, 180_000);
+
+afterAll(async () => {
+  if (bkDir) await run('bash', [script, 'stop', bkDir]).catch(() => undefined);
+  for (const s of ['k1', 'k2'])
+    await runKiln(['farm', 'stop'], { KILN_STATE_DIR: join(tmp.dir, s) });
+  delete process.env.KILN_FARM_DAEMON;
+  tmp?.remove();
+});
+
+const stamp = (dir: string): string => readFileSync(join(tmp.dir, dir, 'stamp'), 'utf8');
+
+describe('type=local cache interop with BuildKit v0.11.6', () => {
+  it("Kiln's export imported into buildkitd hits its cache", async () => {
+    const k = await kiln(
+      join(tmp.dir, 'k1'),
+      '--cache-to',
+      `type=local,dest=${join(tmp.dir, 'kcache')},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kout')}`,
+    );
+    expect(k.code, k.out).toBe(0);
+    const out = await bk(
+      '--import-cache',
+      `type=local,src=${join(tmp.dir, 'kcache')}`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'bkout')}`,
+    );
+    const cached = cachedSteps(out);
+    for (const r of RUNS)
+      expect(
+        cached.some((n) => n.includes(r)),
+        out,
+      ).toBe(true);
+    expect(stamp('bkout')).toBe(stamp('kout'));
+  }, 600_000);
+
+  it("BuildKit's export imported into a fresh Kiln farm hits Kiln's cache", async () => {
+    await run(buildctl, ['--addr', addr, 'prune', '--all']);
+    await bk(
+      '--export-cache',
+      `type=local,dest=${join(tmp.dir, 'bkcache')},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'bkout2')}`,
+    );
+    const k = await kiln(
+      join(tmp.dir, 'k2'),
+      '--cache-from',
+      `type=local,src=${join(tmp.dir, 'bkcache')}`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kout2')}`,
+    );
+    expect(k.code, k.out).toBe(0);
+    const cached = cachedSteps(k.out);
+    for (const r of RUNS)
+      expect(
+        cached.some((n) => n.includes(r)),
+        k.out,
+      ).toBe(true);
+    expect(stamp('kout2')).toBe(stamp('bkout2'));
+  }, 600_000);
+});
