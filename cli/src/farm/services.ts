@@ -158,6 +158,7 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
         insecureRegistries: [...o.insecureRegistries],
         dockerConfig: false,
       }),
+      insecureRegistries: [...o.insecureRegistries],
       defaultPlatform: native,
       log: o.log.child({ component: 'control' }),
       // Only its owner reaches the farm (a 0600 unix socket): the one tenant `local`, allowed

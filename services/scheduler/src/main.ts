@@ -98,6 +98,7 @@ async function main(): Promise<void> {
       // The scheduler's own docker config only when the farm says so: else the caller's, or none.
       ...(config.farmRegistryCredentials ? {} : { dockerConfig: false }),
     }),
+    insecureRegistries: config.insecureRegistries,
     log: log.child({ component: 'control' }),
     auth,
     sharedCache: config.sharedCache,

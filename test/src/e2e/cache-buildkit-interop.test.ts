@@ -96,7 +96,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (bkDir) await run('bash', [script, 'stop', bkDir]).catch(() => undefined);
-  for (const s of ['k1', 'k2'])
+  for (const s of ['k1', 'k2', 'k3'])
     await runKiln(['farm', 'stop'], { KILN_STATE_DIR: join(tmp.dir, s) });
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
@@ -104,7 +104,7 @@ afterAll(async () => {
 
 const stamp = (dir: string): string => readFileSync(join(tmp.dir, dir, 'stamp'), 'utf8');
 
-describe('type=local cache interop with BuildKit v0.11.6', () => {
+describe('cache interop with BuildKit v0.11.6', () => {
   it("Kiln's export imported into buildkitd hits its cache", async () => {
     const k = await kiln(
       join(tmp.dir, 'k1'),
@@ -152,5 +152,50 @@ describe('type=local cache interop with BuildKit v0.11.6', () => {
         k.out,
       ).toBe(true);
     expect(stamp('kout2')).toBe(stamp('bkout2'));
+  }, 600_000);
+
+  it('type=registry: Kiln pushes, buildkitd hits; buildkitd pushes, a fresh Kiln farm hits', async () => {
+    const ref = (tag: string) => `${registry}/kiln-test/interop-${process.pid}:${tag}`;
+    // Kiln's export from the first test's farm (its results are still held there).
+    const k = await kiln(
+      join(tmp.dir, 'k1'),
+      '--cache-to',
+      `type=registry,ref=${ref('kiln')},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kout-r')}`,
+    );
+    expect(k.code, k.out).toBe(0);
+    await run(buildctl, ['--addr', addr, 'prune', '--all']);
+    const out = await bk(
+      '--import-cache',
+      `type=registry,ref=${ref('kiln')}`,
+      '--export-cache',
+      `type=registry,ref=${ref('buildkit')},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'bkout-r')}`,
+    );
+    const cached = cachedSteps(out);
+    for (const r of RUNS)
+      expect(
+        cached.some((n) => n.includes(r)),
+        out,
+      ).toBe(true);
+    expect(stamp('bkout-r')).toBe(stamp('kout-r'));
+
+    const k3 = await kiln(
+      join(tmp.dir, 'k3'),
+      '--cache-from',
+      `type=registry,ref=${ref('buildkit')}`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kout-r3')}`,
+    );
+    expect(k3.code, k3.out).toBe(0);
+    const cachedK = cachedSteps(k3.out);
+    for (const r of RUNS)
+      expect(
+        cachedK.some((n) => n.includes(r)),
+        k3.out,
+      ).toBe(true);
+    expect(stamp('kout-r3')).toBe(stamp('kout-r'));
   }, 600_000);
 });

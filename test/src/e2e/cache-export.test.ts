@@ -14,6 +14,7 @@ import { runKiln } from './run-kiln.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
+const registry = process.env.KILN_TEST_REGISTRY;
 
 let tmp: { dir: string; remove: () => void };
 let ctx: string;
@@ -54,12 +55,12 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  for (const s of ['state1', 'state2']) await stop(join(tmp.dir, s));
+  for (const s of ['state1', 'state2', 'reg1', 'reg2', 'reg3']) await stop(join(tmp.dir, s));
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
 });
 
-describe('type=local cache export and import', () => {
+describe('cache export and import', () => {
   it('round-trips through a fresh farm: every step CACHED, the same output', async () => {
     const cache = join(tmp.dir, 'cache');
     const state1 = join(tmp.dir, 'state1');
@@ -129,6 +130,63 @@ describe('type=local cache export and import', () => {
     expect(third.code, third.out).toBe(0);
     expect(readFileSync(join(tmp.dir, 'out3', 'stamp'), 'utf8')).not.toBe(
       readFileSync(join(tmp.dir, 'out1', 'stamp'), 'utf8'),
+    );
+  }, 600_000);
+
+  it('round-trips through a registry: mode=max hits every step, mode=min the result', async () => {
+    const ref = (tag: string) => `${registry}/kiln-test/cache-${process.pid}:${tag}`;
+    const out = (n: string) => join(tmp.dir, n);
+    const first = await build(
+      join(tmp.dir, 'reg1'),
+      '--cache-to',
+      `type=registry,ref=${ref('max')},mode=max`,
+      '--cache-to',
+      `type=registry,ref=${ref('min')}`,
+      '--output',
+      `type=local,dest=${out('r1')}`,
+    );
+    expect(first.code, first.out).toBe(0);
+    await stop(join(tmp.dir, 'reg1'));
+
+    const max = await build(
+      join(tmp.dir, 'reg2'),
+      '--cache-from',
+      `type=registry,ref=${ref('max')}`,
+      '--output',
+      `type=local,dest=${out('r2')}`,
+    );
+    expect(max.code, max.out).toBe(0);
+    const cachedMax = cachedSteps(max.out);
+    for (const step of ['COPY a.txt', 'RUN cat /a.txt', 'RUN cp /stamp'])
+      expect(
+        cachedMax.some((n) => n.includes(step)),
+        max.out,
+      ).toBe(true);
+    expect(readFileSync(join(out('r2'), 'stamp'), 'utf8')).toBe(
+      readFileSync(join(out('r1'), 'stamp'), 'utf8'),
+    );
+
+    // mode=min holds the result's layers only: the steps before it run, the last one is a hit
+    // (its key does not depend on what they made), and its result is the exported one.
+    const min = await build(
+      join(tmp.dir, 'reg3'),
+      '--cache-from',
+      ref('min'),
+      '--output',
+      `type=local,dest=${out('r3')}`,
+    );
+    expect(min.code, min.out).toBe(0);
+    const cachedMin = cachedSteps(min.out);
+    expect(
+      cachedMin.some((n) => n.includes('RUN cp /stamp')),
+      min.out,
+    ).toBe(true);
+    expect(
+      cachedMin.some((n) => n.includes('RUN cat /a.txt')),
+      min.out,
+    ).toBe(false);
+    expect(readFileSync(join(out('r3'), 'stamp2'), 'utf8')).toBe(
+      readFileSync(join(out('r1'), 'stamp2'), 'utf8'),
     );
   }, 600_000);
 });

@@ -64,6 +64,7 @@ import { BuildRegistry } from './builds.js';
 import { checkEntitlements, requestedEntitlements, sourceLines } from './entitlements.js';
 import type { Build, BuildRegistryOptions } from './builds.js';
 import { progressFrame, vertexFrame } from './events.js';
+import { RegistryClient } from '@kiln/registry';
 import { checkExporters, runExports } from './exports.js';
 import {
   checkCacheOptions,
@@ -113,6 +114,11 @@ export interface ControlServerOptions extends BuildRegistryOptions {
   auth?: Authenticator;
   /** Tenants share cache keys and cache mounts (a farm of one trusted team). Default: not. */
   sharedCache?: boolean;
+  /**
+   * Registries spoken to over plain HTTP by `type=registry` cache imports and exports (loopback
+   * ones always are); credentials come from the docker config.
+   */
+  insecureRegistries?: readonly string[];
 }
 
 /** What a solve reported, as `SolveResponse.exporter_response` (until exporters exist). */
@@ -205,6 +211,7 @@ export class ControlServer {
   readonly #checksums: ContentChecksums | undefined;
   readonly #materialize: Materializer;
   readonly #auth: Authenticator;
+  readonly #registry: RegistryClient;
   #server: grpc.Server | undefined;
   #closing = false;
 
@@ -213,6 +220,7 @@ export class ControlServer {
     this.builds = new BuildRegistry(o);
     this.#log = o.log ?? pino({ level: 'silent' });
     this.#auth = o.auth ?? new Authenticator();
+    this.#registry = new RegistryClient({ insecureRegistries: o.insecureRegistries ?? [] });
     this.sessions = new SessionManager({
       nc: o.dispatcher.bus.nc,
       tasks: o.dispatcher.bus.tasks,
@@ -404,7 +412,7 @@ export class ControlServer {
       const targets = await this.#load(req, session);
       checkEntitlements(targets, requested, caller);
       const cacheNamespace = this.#o.sharedCache ? '' : caller.tenant;
-      const imports = await loadCacheImports(req.cacheImports, session, log);
+      const imports = await loadCacheImports(req.cacheImports, session, this.#registry, log);
       // Platforms are solved concurrently; the first failure stops the others (they then fail
       // with BuildCanceledError, so the first real error is the one reported), and the build
       // ends only once every platform's solve has settled. `durable`: the results' blobs must
@@ -474,6 +482,7 @@ export class ControlServer {
       if (req.cacheExports.length > 0) {
         const streamed = await runCacheExports(req.cacheExports, results, {
           store: this.#o.store!,
+          registry: this.#registry,
           session,
           materialize: this.#materialize,
           log,

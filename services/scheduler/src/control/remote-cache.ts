@@ -21,6 +21,8 @@ import type { TaskResult } from '@kiln/bus';
 import { workerpb } from '@kiln/protocol';
 import type { control } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
+import { toReference } from '@kiln/registry';
+import type { RegistryClient } from '@kiln/registry';
 import {
   ImportedCache,
   OCI_LAYOUT,
@@ -40,8 +42,8 @@ import type { ClientSession } from './session.js';
 
 type CacheEntry = NonNullable<Parameters<typeof control.CacheOptionsEntry.create>[0]>;
 
-export const CACHE_IMPORT_TYPES = ['local'] as const;
-export const CACHE_EXPORT_TYPES = ['local'] as const;
+export const CACHE_IMPORT_TYPES = ['local', 'registry'] as const;
+export const CACHE_EXPORT_TYPES = ['local', 'registry'] as const;
 const MODES = ['min', 'max'];
 const DEFAULT_LAYER_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip';
 
@@ -66,6 +68,17 @@ export function checkCacheOptions(
           cache: type,
         },
       );
+    if (type === 'registry') {
+      const ref = e.attrs?.ref ?? '';
+      try {
+        toReference(ref);
+      } catch (err) {
+        throw new SolveRequestInvalidError(
+          `cache ${what} type=registry: ref ${JSON.stringify(ref)} is not an image reference`,
+          { cache: type, ref },
+        );
+      }
+    }
     if (type === 'local' && !hasSession)
       throw new SolveRequestInvalidError(`a type=local cache ${what} needs the build's session`, {
         cache: type,
@@ -78,7 +91,7 @@ export function checkCacheOptions(
 /** An imported cache and where its blobs come from. */
 export interface LoadedImport {
   cache: ImportedCache;
-  blob(digest: string): Readable;
+  blob(digest: string, size: number): Readable | Promise<Readable>;
   name: string;
 }
 
@@ -123,16 +136,42 @@ async function loadLocal(
   return { cache, blob: (d) => read(blobPath(d)), name: `local:${e.attrs?.src ?? dir}` };
 }
 
+/** A descriptor as the registry client takes it (the store's digest type). */
+const blobRef = (d: { digest: string; size: number }): { digest: Digest; size: number } => ({
+  digest: d.digest as Digest,
+  size: d.size,
+});
+
+/** BuildKit's registry importer: `ref` names the cache's index (BuildKit's manifest list). */
+async function loadRegistry(e: CacheEntry, registry: RegistryClient): Promise<LoadedImport> {
+  const ref = toReference(e.attrs?.ref ?? '');
+  const { descriptor } = await registry.resolve(ref);
+  const { bytes } = await registry.fetchManifest(ref, descriptor);
+  const { config, layers } = splitCacheIndex(bytes.toString());
+  const cache = new ImportedCache(
+    parseCacheConfig((await registry.readBlob(ref, blobRef(config), 64 * 1024 * 1024)).toString()),
+    layers,
+  );
+  return {
+    cache,
+    // The store verifies what it is given: the registry client need not hash it too.
+    blob: (digest, size) => registry.fetchBlob(ref, blobRef({ digest, size }), { verify: false }),
+    name: `registry:${e.attrs?.ref ?? ''}`,
+  };
+}
+
 /** Reads every import; one that cannot be read is logged and left out. */
 export async function loadCacheImports(
   entries: readonly CacheEntry[],
   session: ClientSession | undefined,
+  registry: RegistryClient,
   log: Logger,
 ): Promise<LoadedImport[]> {
   const out: LoadedImport[] = [];
   for (const [i, e] of entries.entries()) {
     try {
       if (e.type === 'local' && session) out.push(await loadLocal(i, e, session));
+      if (e.type === 'registry') out.push(await loadRegistry(e, registry));
     } catch (err) {
       log.warn(
         { cache: e.type, err: String((err as Error).message ?? err) },
@@ -180,7 +219,7 @@ export function importedLookup(
     for (const h of hits) {
       for (const l of h.layers) {
         if (await store.has(l.digest as Digest)) continue;
-        await store.put(l.digest as Digest, h.imp.blob(l.digest), {
+        await store.put(l.digest as Digest, await h.imp.blob(l.digest, l.size), {
           size: l.size,
           mediaType: l.mediaType,
         });
@@ -198,6 +237,7 @@ export function importedLookup(
 
 export interface CacheExportDeps {
   store: BlobStore;
+  registry: RegistryClient;
   session: ClientSession | undefined;
   /** Makes a held result's layers blobs; undefined when its holder lost it. */
   materialize: Materializer;
@@ -283,6 +323,21 @@ function layoutTar(
   return pack as unknown as Readable;
 }
 
+/** BuildKit's registry exporter: the blobs, then the index as the manifest of `ref`. */
+async function pushCache(
+  registry: RegistryClient,
+  store: BlobStore,
+  exported: ReturnType<typeof exportCache>,
+  refText: string,
+): Promise<string> {
+  const ref = toReference(refText);
+  const blobs = cacheBlobs(exported);
+  for (const l of exported.layers)
+    await registry.pushBlob(ref, blobRef(l), () => store.get(l.digest as Digest), {});
+  await registry.pushBlob(ref, blobRef(blobs.configDesc), blobs.config);
+  return registry.pushManifest(ref, ref.tag ?? 'latest', blobs.index, blobs.indexDesc.mediaType);
+}
+
 /** Runs every cache export; resolves with how many artifacts were streamed to the client. */
 export async function runCacheExports(
   entries: readonly CacheEntry[],
@@ -312,6 +367,9 @@ export async function runCacheExports(
         true,
       );
       streamed++;
+    } else if (e.type === 'registry') {
+      const digest = await pushCache(d.registry, d.store, exported, e.attrs?.ref ?? '');
+      d.log.info({ ref: e.attrs?.ref, digest }, 'cache pushed');
     }
   }
   return streamed;
