@@ -74,7 +74,7 @@ export function checkCacheOptions(
         toReference(ref);
       } catch (err) {
         throw new SolveRequestInvalidError(
-          `cache ${what} type=registry: ref ${JSON.stringify(ref)} is not an image reference`,
+          `cache ${what} type=registry: ref ${JSON.stringify(ref)} is not an image reference: ${(err as Error).message}`,
           { cache: type, ref },
         );
       }
