@@ -22,3 +22,4 @@ export type { CacheBlobs } from './layout.js';
  * `cache_imports[index]`'s `src` under this name; the scheduler reads the layout through it.
  */
 export const localCacheImportDir = (index: number): string => `cache-from-${index}`;
+export { INLINE_CACHE_KEY, inlineCacheValue, importInlineCache } from './inline.js';

@@ -4,8 +4,11 @@ import { describe, expect, it } from 'vitest';
 import {
   CacheFormatError,
   ImportedCache,
+  INLINE_CACHE_KEY,
   cacheBlobs,
   exportCache,
+  importInlineCache,
+  inlineCacheValue,
   findInLayoutIndex,
   marshalCacheConfig,
   parseCacheConfig,
@@ -184,5 +187,36 @@ describe('OCI layout', () => {
     expect(findInLayoutIndex(replaced, { tag: 'v2' }).digest).toBe(d('9'));
     expect(findInLayoutIndex(replaced, { digest: d('9') }).digest).toBe(d('9'));
     expect(() => findInLayoutIndex(replaced, { tag: 'nope' })).toThrow(CacheFormatError);
+  });
+});
+
+describe('inline cache', () => {
+  it("round-trips through an image config, the result's layers being the image's", () => {
+    const g = graph();
+    const chain = [layer('a'), layer('b'), layer('c')];
+    const value = inlineCacheValue(
+      exportCache(
+        [g.run2],
+        new Map([[g.run2, { layers: chain, createdAt: '2026-01-01T00:00:00Z' }]]),
+      ),
+    );
+    const records = JSON.parse(Buffer.from(value!, 'base64').toString()) as {
+      layers?: { layer: number }[];
+    }[];
+    // BuildKit's inline form: a result names the position of its top layer in the image.
+    expect(records.flatMap((r) => r.layers ?? []).map((r) => r.layer)).toEqual([2]);
+    const config = {
+      [INLINE_CACHE_KEY]: value,
+      rootfs: { type: 'layers', diff_ids: chain.map((l) => l.diffId) },
+    };
+    const imported = importInlineCache(
+      config,
+      chain.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+    );
+    expect(imported!.hit(again().run2)?.layers).toEqual(chain);
+    expect(importInlineCache({ rootfs: {} }, [])).toBeUndefined();
+    expect(() => importInlineCache({ [INLINE_CACHE_KEY]: value, rootfs: {} }, [])).toThrow(
+      CacheFormatError,
+    );
   });
 });

@@ -75,6 +75,23 @@ function cachedSteps(out: string): string[] {
 
 const RUNS = ['RUN echo hi', 'RUN cp /stamp'];
 
+/**
+ * Each RUN was a cache hit: buildctl says CACHED for the first; for the last it may print DONE
+ * after pulling the cached layers (a race in its progress), so its own random file says it did
+ * not run: /stamp3 is the exporter's.
+ */
+function expectHits(out: string, dir: string, from: string): void {
+  const cached = cachedSteps(out);
+  expect(
+    cached.some((n) => n.includes(RUNS[0]!)),
+    out,
+  ).toBe(true);
+  for (const f of ['stamp', 'stamp3'])
+    expect(readFileSync(join(tmp.dir, dir, f), 'utf8'), `${f}\n${out}`).toBe(
+      readFileSync(join(tmp.dir, from, f), 'utf8'),
+    );
+}
+
 beforeAll(async () => {
   if (!fixture || !registry)
     throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
@@ -90,19 +107,21 @@ beforeAll(async () => {
   // /stamp differs on every run of the RUN: equal outputs mean it did not run again.
   await writeFile(
     join(ctx, 'Dockerfile'),
-    'ARG BASE\nFROM ${BASE}\nWORKDIR /w\nRUN echo hi > b.txt && cat /proc/sys/kernel/random/uuid > /stamp\nRUN cp /stamp /stamp2\n',
+    'ARG BASE\nFROM ${BASE}\nWORKDIR /w\nRUN echo hi > b.txt && cat /proc/sys/kernel/random/uuid > /stamp\nRUN cp /stamp /stamp2 && cat /proc/sys/kernel/random/uuid > /stamp3\n',
   );
 }, 180_000);
 
 afterAll(async () => {
   if (bkDir) await run('bash', [script, 'stop', bkDir]).catch(() => undefined);
-  for (const s of ['k1', 'k2', 'k3'])
+  for (const s of ['k1', 'k2', 'k3', 'k4', 'k5'])
     await runKiln(['farm', 'stop'], { KILN_STATE_DIR: join(tmp.dir, s) });
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
 });
 
-const stamp = (dir: string): string => readFileSync(join(tmp.dir, dir, 'stamp'), 'utf8');
+const stamp = (dir: string): string =>
+  readFileSync(join(tmp.dir, dir, 'stamp'), 'utf8') +
+  readFileSync(join(tmp.dir, dir, 'stamp3'), 'utf8');
 
 describe('cache interop with BuildKit v0.11.6', () => {
   it("Kiln's export imported into buildkitd hits its cache", async () => {
@@ -120,13 +139,7 @@ describe('cache interop with BuildKit v0.11.6', () => {
       '--output',
       `type=local,dest=${join(tmp.dir, 'bkout')}`,
     );
-    const cached = cachedSteps(out);
-    for (const r of RUNS)
-      expect(
-        cached.some((n) => n.includes(r)),
-        out,
-      ).toBe(true);
-    expect(stamp('bkout')).toBe(stamp('kout'));
+    expectHits(out, 'bkout', 'kout');
   }, 600_000);
 
   it("BuildKit's export imported into a fresh Kiln farm hits Kiln's cache", async () => {
@@ -174,13 +187,7 @@ describe('cache interop with BuildKit v0.11.6', () => {
       '--output',
       `type=local,dest=${join(tmp.dir, 'bkout-r')}`,
     );
-    const cached = cachedSteps(out);
-    for (const r of RUNS)
-      expect(
-        cached.some((n) => n.includes(r)),
-        out,
-      ).toBe(true);
-    expect(stamp('bkout-r')).toBe(stamp('kout-r'));
+    expectHits(out, 'bkout-r', 'kout-r');
 
     const k3 = await kiln(
       join(tmp.dir, 'k3'),
@@ -197,5 +204,49 @@ describe('cache interop with BuildKit v0.11.6', () => {
         k3.out,
       ).toBe(true);
     expect(stamp('kout-r3')).toBe(stamp('kout-r'));
+  }, 600_000);
+
+  it('type=inline: an image Kiln pushes carries a cache buildkitd hits, and the other way', async () => {
+    const image = (tag: string) => `${registry}/kiln-test/inline-${process.pid}:${tag}`;
+    const k = await kiln(
+      join(tmp.dir, 'k4'),
+      '--cache-to',
+      'type=inline',
+      '--output',
+      `type=image,name=${image('kiln')},push=true`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kout-i')}`,
+    );
+    expect(k.code, k.out).toBe(0);
+    await run(buildctl, ['--addr', addr, 'prune', '--all']);
+    const out = await bk(
+      '--import-cache',
+      `type=registry,ref=${image('kiln')}`,
+      '--export-cache',
+      'type=inline',
+      '--output',
+      `type=image,name=${image('buildkit')},push=true`,
+    );
+    // buildkitd's progress may print DONE rather than CACHED for a step whose layers it pulled
+    // (a race in its progress): /stamp3 below says whether it ran.
+    expect(out).toMatch(/importing cache manifest from/);
+
+    const k5 = await kiln(
+      join(tmp.dir, 'k5'),
+      '--cache-from',
+      image('buildkit'),
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kout-i5')}`,
+    );
+    expect(k5.code, k5.out).toBe(0);
+    expect(
+      cachedSteps(k5.out).some((n) => n.includes('RUN cp /stamp')),
+      k5.out,
+    ).toBe(true);
+    // Kiln's own files, through BuildKit's image: the last RUN hit on both sides.
+    for (const f of ['stamp', 'stamp3'])
+      expect(readFileSync(join(tmp.dir, 'kout-i5', f), 'utf8')).toBe(
+        readFileSync(join(tmp.dir, 'kout-i', f), 'utf8'),
+      );
   }, 600_000);
 });

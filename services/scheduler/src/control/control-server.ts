@@ -71,6 +71,7 @@ import {
   importedLookup,
   loadCacheImports,
   runCacheExports,
+  withInlineCache,
 } from './remote-cache.js';
 import type { LoadedImport } from './remote-cache.js';
 import { farmDiskUsage, farmPrune } from './prune.js';
@@ -454,8 +455,9 @@ export class ControlServer {
       let results = await solveAll(req.exporters.length === 0);
       let response = exporterResponse(results);
       if (req.exporters.length > 0) {
+        const inline = req.cacheExports.some((c) => c.type === 'inline');
         const exportAll = () =>
-          runExports(req.exporters, results, {
+          runExports(req.exporters, inline ? withInlineCache(results) : results, {
             submit: (t, opts) => this.#o.dispatcher.submit(t, opts),
             store: this.#o.store,
             session,

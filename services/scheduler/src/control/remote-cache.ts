@@ -24,8 +24,12 @@ import type { BlobStore, Digest } from '@kiln/store';
 import { toReference } from '@kiln/registry';
 import type { RegistryClient } from '@kiln/registry';
 import {
+  CACHE_CONFIG_MEDIA_TYPE,
+  INLINE_CACHE_KEY,
   ImportedCache,
   OCI_LAYOUT,
+  importInlineCache,
+  inlineCacheValue,
   cacheBlobs,
   exportCache,
   findInLayoutIndex,
@@ -43,7 +47,7 @@ import type { ClientSession } from './session.js';
 type CacheEntry = NonNullable<Parameters<typeof control.CacheOptionsEntry.create>[0]>;
 
 export const CACHE_IMPORT_TYPES = ['local', 'registry'] as const;
-export const CACHE_EXPORT_TYPES = ['local', 'registry'] as const;
+export const CACHE_EXPORT_TYPES = ['local', 'registry', 'inline'] as const;
 const MODES = ['min', 'max'];
 const DEFAULT_LAYER_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip';
 
@@ -142,22 +146,82 @@ const blobRef = (d: { digest: string; size: number }): { digest: Digest; size: n
   size: d.size,
 });
 
-/** BuildKit's registry importer: `ref` names the cache's index (BuildKit's manifest list). */
-async function loadRegistry(e: CacheEntry, registry: RegistryClient): Promise<LoadedImport> {
+/**
+ * BuildKit's registry importer: `ref` names the cache's index (BuildKit's manifest list), or an
+ * image (or an index of images) whose config carries an inline cache: one import per image.
+ */
+async function loadRegistry(e: CacheEntry, registry: RegistryClient): Promise<LoadedImport[]> {
   const ref = toReference(e.attrs?.ref ?? '');
+  const name = `registry:${e.attrs?.ref ?? ''}`;
+  // The store verifies what it is given: the registry client need not hash it too.
+  const blob = (digest: string, size: number) =>
+    registry.fetchBlob(ref, blobRef({ digest, size }), { verify: false });
   const { descriptor } = await registry.resolve(ref);
-  const { bytes } = await registry.fetchManifest(ref, descriptor);
-  const { config, layers } = splitCacheIndex(bytes.toString());
-  const cache = new ImportedCache(
-    parseCacheConfig((await registry.readBlob(ref, blobRef(config), 64 * 1024 * 1024)).toString()),
-    layers,
-  );
-  return {
-    cache,
-    // The store verifies what it is given: the registry client need not hash it too.
-    blob: (digest, size) => registry.fetchBlob(ref, blobRef({ digest, size }), { verify: false }),
-    name: `registry:${e.attrs?.ref ?? ''}`,
-  };
+  const top = await registry.fetchManifest(ref, descriptor);
+  const doc = top.document;
+  if (
+    doc.kind === 'index' &&
+    doc.index.manifests.some((m) => m.mediaType === CACHE_CONFIG_MEDIA_TYPE)
+  ) {
+    const { config, layers } = splitCacheIndex(top.bytes.toString());
+    const cache = new ImportedCache(
+      parseCacheConfig(
+        (await registry.readBlob(ref, blobRef(config), 64 * 1024 * 1024)).toString(),
+      ),
+      layers,
+    );
+    return [{ cache, blob, name }];
+  }
+  const manifests =
+    doc.kind === 'manifest'
+      ? [doc.manifest]
+      : await Promise.all(
+          doc.index.manifests.map(async (m) => {
+            const f = await registry.fetchManifest(ref, m);
+            return f.document.kind === 'manifest' ? f.document.manifest : undefined;
+          }),
+        );
+  const out: LoadedImport[] = [];
+  for (const m of manifests) {
+    if (!m) continue;
+    const config = JSON.parse((await registry.readBlob(ref, m.config)).toString()) as Record<
+      string,
+      unknown
+    >;
+    const cache = importInlineCache(config, m.layers);
+    if (cache) out.push({ cache, blob, name: `${name} (inline)` });
+  }
+  if (out.length === 0)
+    throw new SolveRequestInvalidError(
+      `${e.attrs?.ref ?? ''} holds neither a cache nor an inline cache`,
+    );
+  return out;
+}
+
+/**
+ * The image configs of a build with `type=inline` among its cache exports: each platform's
+ * config carries the records of its result (BuildKit's inline cache, mode=min), for the image
+ * exporters to write.
+ */
+export function withInlineCache(results: readonly PlatformResult[]): PlatformResult[] {
+  return results.map((pr) => {
+    const s = pr.solved;
+    const nodes = s.cacheNodes.get(s.resultRef.digest)?.[s.resultRef.index] ?? [];
+    const layers = (s.result.layers ?? []).map((l) => ({
+      digest: l.digest || l.diffId || '',
+      diffId: l.diffId ?? '',
+      size: Number(l.size ?? 0),
+      mediaType: l.mediaType || DEFAULT_LAYER_MEDIA_TYPE,
+    }));
+    if (nodes.length === 0 || layers.length === 0) return pr;
+    const createdAt = new Date().toISOString();
+    const value = inlineCacheValue(
+      exportCache(nodes, new Map(nodes.map((n) => [n, { layers, createdAt }]))),
+    );
+    if (!value) return pr;
+    const config = JSON.parse(pr.imageConfigJson) as Record<string, unknown>;
+    return { ...pr, imageConfigJson: JSON.stringify({ ...config, [INLINE_CACHE_KEY]: value }) };
+  });
 }
 
 /** Reads every import; one that cannot be read is logged and left out. */
@@ -171,7 +235,7 @@ export async function loadCacheImports(
   for (const [i, e] of entries.entries()) {
     try {
       if (e.type === 'local' && session) out.push(await loadLocal(i, e, session));
-      if (e.type === 'registry') out.push(await loadRegistry(e, registry));
+      if (e.type === 'registry') out.push(...(await loadRegistry(e, registry)));
     } catch (err) {
       log.warn(
         { cache: e.type, err: String((err as Error).message ?? err) },
@@ -346,6 +410,8 @@ export async function runCacheExports(
 ): Promise<number> {
   let streamed = 0;
   for (const [i, e] of entries.entries()) {
+    // Written by the image exporters (withInlineCache).
+    if (e.type === 'inline') continue;
     const mode = e.attrs?.mode ?? 'min';
     const { roots, withResult } = await collect(results, mode, d.materialize);
     const exported = exportCache(roots, withResult);
