@@ -129,9 +129,15 @@ const CACHE_TYPES = ['local', 'registry', 'inline', 's3'];
 
 /**
  * `--cache-from` / `--cache-to` in buildx's syntax: `type=local,src=DIR` / `type=local,dest=DIR`,
- * `type=registry,ref=REF,mode=max`...; a value with no `=` is a registry reference.
+ * `type=registry,ref=REF,mode=max`, `type=inline`, `type=s3,bucket=B,region=R,...`; a value with
+ * no `=` is a registry reference. As buildx, an s3 cache without credentials gets the client's
+ * `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
  */
-export function parseCacheSpec(s: string, flag: '--cache-from' | '--cache-to'): CacheSpec {
+export function parseCacheSpec(
+  s: string,
+  flag: '--cache-from' | '--cache-to',
+  env: NodeJS.ProcessEnv = {},
+): CacheSpec {
   if (!s.includes('=')) return { type: 'registry', attrs: { ref: s } };
   const kv = parseCsvKv(s, flag);
   const type = kv.get('type') ?? (kv.has('ref') ? 'registry' : '');
@@ -145,6 +151,19 @@ export function parseCacheSpec(s: string, flag: '--cache-from' | '--cache-to'): 
     type === 'local' ? (flag === '--cache-to' ? 'dest' : 'src') : type === 'registry' ? 'ref' : '';
   if (need && !attrs[need])
     throw new BuildOptionError(`${flag} ${JSON.stringify(s)}: ${need}= is required`);
+  if (type === 'inline' && flag === '--cache-from')
+    throw new BuildOptionError(
+      `--cache-from type=inline: import an inline cache with the image's reference (type=registry,ref=IMAGE)`,
+    );
+  if (type === 's3') {
+    if (!attrs.bucket)
+      throw new BuildOptionError(`${flag} ${JSON.stringify(s)}: bucket= is required`);
+    if (attrs.access_key_id === undefined && env.AWS_ACCESS_KEY_ID) {
+      attrs.access_key_id = env.AWS_ACCESS_KEY_ID;
+      attrs.secret_access_key = env.AWS_SECRET_ACCESS_KEY ?? '';
+      if (env.AWS_SESSION_TOKEN) attrs.session_token = env.AWS_SESSION_TOKEN;
+    }
+  }
   return { type, attrs };
 }
 

@@ -64,8 +64,8 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     );
   });
   const outputs = flags.output.map(parseOutput);
-  const cacheImports = flags.cacheFrom.map((s) => parseCacheSpec(s, '--cache-from'));
-  const cacheExports = flags.cacheTo.map((s) => parseCacheSpec(s, '--cache-to'));
+  const cacheImports = flags.cacheFrom.map((s) => parseCacheSpec(s, '--cache-from', env));
+  const cacheExports = flags.cacheTo.map((s) => parseCacheSpec(s, '--cache-to', env));
   const cacheOpts = cacheSolveOptions(cacheImports, cacheExports);
   const secrets = new Map(
     flags.secret.map((s) => parseSecret(s, env)).map((s) => [s.id, s] as const),

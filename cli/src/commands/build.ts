@@ -40,13 +40,13 @@ export function registerBuild(program: Command): void {
     .option('-t, --tag <name>', 'name the image (oci/docker outputs)', collect, [])
     .option(
       '--cache-from <spec>',
-      'import a build cache (BuildKit format): type=local,src=DIR[,tag=T|digest=D] (repeatable)',
+      'import a build cache (BuildKit format): type=local,src=DIR[,tag=T|digest=D] | type=registry,ref=REF (a cache or an image with an inline cache) | type=s3,bucket=B,region=R[,...] (repeatable)',
       collect,
       [],
     )
     .option(
       '--cache-to <spec>',
-      'export the build cache (BuildKit format): type=local,dest=DIR[,mode=min|max][,tag=T] (repeatable)',
+      'export the build cache (BuildKit format): type=local,dest=DIR | type=registry,ref=REF | type=inline | type=s3,bucket=B,region=R[,...]; mode=min|max (repeatable)',
       collect,
       [],
     )

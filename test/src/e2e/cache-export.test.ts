@@ -55,7 +55,8 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  for (const s of ['state1', 'state2', 'reg1', 'reg2', 'reg3']) await stop(join(tmp.dir, s));
+  for (const s of ['state1', 'state2', 'reg1', 'reg2', 'reg3', 's3a', 's3b'])
+    await stop(join(tmp.dir, s));
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
 });
@@ -187,6 +188,67 @@ describe('cache export and import', () => {
     ).toBe(false);
     expect(readFileSync(join(out('r3'), 'stamp2'), 'utf8')).toBe(
       readFileSync(join(out('r1'), 'stamp2'), 'utf8'),
+    );
+  }, 600_000);
+
+  it("round-trips through S3 in BuildKit's s3 layout (s3rver)", async () => {
+    const e = process.env;
+    const prefix = `kiln-test-${process.pid}/`;
+    const spec = [
+      'type=s3',
+      `bucket=${e.KILN_TEST_S3_BUCKET}`,
+      'region=us-east-1',
+      `endpoint_url=${e.KILN_TEST_S3_ENDPOINT}`,
+      'use_path_style=true',
+      `prefix=${prefix}`,
+      'name=app;app-latest',
+    ].join(',');
+    // Credentials from the client's environment, as buildx passes them.
+    const aws = {
+      AWS_ACCESS_KEY_ID: e.KILN_TEST_S3_ACCESS_KEY!,
+      AWS_SECRET_ACCESS_KEY: e.KILN_TEST_S3_SECRET_KEY!,
+    };
+    const first = await runKiln(
+      [
+        'build',
+        ctx,
+        '--progress',
+        'plain',
+        '--build-arg',
+        `BASE=${fixture}`,
+        '--cache-to',
+        `${spec},mode=max`,
+        '--output',
+        `type=local,dest=${join(tmp.dir, 's1')}`,
+      ],
+      { KILN_STATE_DIR: join(tmp.dir, 's3a'), ...aws },
+    );
+    expect(first.code, first.out).toBe(0);
+    await stop(join(tmp.dir, 's3a'));
+    const second = await runKiln(
+      [
+        'build',
+        ctx,
+        '--progress',
+        'plain',
+        '--build-arg',
+        `BASE=${fixture}`,
+        '--cache-from',
+        spec.replace('name=app;app-latest', 'name=app-latest'),
+        '--output',
+        `type=local,dest=${join(tmp.dir, 's2')}`,
+      ],
+      { KILN_STATE_DIR: join(tmp.dir, 's3b'), ...aws },
+    );
+    expect(second.code, second.out).toBe(0);
+    const cached = cachedSteps(second.out);
+    for (const step of ['COPY a.txt', 'RUN cat /a.txt', 'RUN cp /stamp'])
+      expect(
+        cached.some((n) => n.includes(step)),
+        second.out,
+      ).toBe(true);
+    expect(readFileSync(join(tmp.dir, 's2', 'stamp'), 'utf8')).toBe(
+      readFileSync(join(tmp.dir, 's1', 'stamp'), 'utf8'),
     );
   }, 600_000);
 });

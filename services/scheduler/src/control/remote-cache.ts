@@ -42,12 +42,13 @@ import type { CacheNode, NodeResult, ResultLayer } from '@kiln/remote-cache';
 import { SolveRequestInvalidError } from '../solver/errors.js';
 import type { Materializer, OutputResult } from '../solver/solve.js';
 import type { PlatformResult } from './exports.js';
+import { exportS3Cache, importS3Cache, s3CacheConfig } from './s3-cache.js';
 import type { ClientSession } from './session.js';
 
 type CacheEntry = NonNullable<Parameters<typeof control.CacheOptionsEntry.create>[0]>;
 
-export const CACHE_IMPORT_TYPES = ['local', 'registry'] as const;
-export const CACHE_EXPORT_TYPES = ['local', 'registry', 'inline'] as const;
+export const CACHE_IMPORT_TYPES = ['local', 'registry', 's3'] as const;
+export const CACHE_EXPORT_TYPES = ['local', 'registry', 'inline', 's3'] as const;
 const MODES = ['min', 'max'];
 const DEFAULT_LAYER_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip';
 
@@ -83,6 +84,7 @@ export function checkCacheOptions(
         );
       }
     }
+    if (type === 's3') s3CacheConfig(e.attrs ?? {});
     if (type === 'local' && !hasSession)
       throw new SolveRequestInvalidError(`a type=local cache ${what} needs the build's session`, {
         cache: type,
@@ -236,6 +238,11 @@ export async function loadCacheImports(
     try {
       if (e.type === 'local' && session) out.push(await loadLocal(i, e, session));
       if (e.type === 'registry') out.push(...(await loadRegistry(e, registry)));
+      if (e.type === 's3') {
+        const c = s3CacheConfig(e.attrs ?? {});
+        const { cache, blob } = await importS3Cache(c);
+        out.push({ cache, blob, name: `s3:${c.bucket}/${c.prefix}` });
+      }
     } catch (err) {
       log.warn(
         { cache: e.type, err: String((err as Error).message ?? err) },
@@ -433,6 +440,8 @@ export async function runCacheExports(
         true,
       );
       streamed++;
+    } else if (e.type === 's3') {
+      await exportS3Cache(s3CacheConfig(e.attrs ?? {}), d.store, exported);
     } else if (e.type === 'registry') {
       const digest = await pushCache(d.registry, d.store, exported, e.attrs?.ref ?? '');
       d.log.info({ ref: e.attrs?.ref, digest }, 'cache pushed');
