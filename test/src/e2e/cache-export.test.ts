@@ -55,7 +55,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  for (const s of ['state1', 'state2', 'reg1', 'reg2', 'reg3', 's3a', 's3b'])
+  for (const s of ['state1', 'state2', 'reg1', 'reg2', 'reg3', 's3a', 's3b', 'mp1', 'mp2'])
     await stop(join(tmp.dir, s));
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
@@ -249,6 +249,46 @@ describe('cache export and import', () => {
       ).toBe(true);
     expect(readFileSync(join(tmp.dir, 's2', 'stamp'), 'utf8')).toBe(
       readFileSync(join(tmp.dir, 's1', 'stamp'), 'utf8'),
+    );
+  }, 600_000);
+
+  it('exports one cache holding every platform of a multi-platform build; importing hits each', async () => {
+    const cache = join(tmp.dir, 'mpcache');
+    const platforms = '--platform=linux/amd64,linux/arm64';
+    const first = await build(
+      join(tmp.dir, 'mp1'),
+      platforms,
+      '--cache-to',
+      `type=local,dest=${cache},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'mp-out1')}`,
+    );
+    expect(first.code, first.out).toBe(0);
+    await stop(join(tmp.dir, 'mp1'));
+    const second = await build(
+      join(tmp.dir, 'mp2'),
+      platforms,
+      '--cache-from',
+      `type=local,src=${cache}`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'mp-out2')}`,
+    );
+    expect(second.code, second.out).toBe(0);
+    const cached = cachedSteps(second.out);
+    for (const p of ['linux/amd64', 'linux/arm64'])
+      for (const step of ['RUN cat /a.txt', 'RUN cp /stamp'])
+        expect(
+          cached.some((n) => n.includes(p) && n.includes(step)),
+          `${p} ${step}\n${second.out}`,
+        ).toBe(true);
+    for (const p of ['linux_amd64', 'linux_arm64'])
+      for (const f of ['stamp', 'stamp2'])
+        expect(readFileSync(join(tmp.dir, 'mp-out2', p, f), 'utf8')).toBe(
+          readFileSync(join(tmp.dir, 'mp-out1', p, f), 'utf8'),
+        );
+    // The two platforms are two results, not one written over the other (buildx#1044).
+    expect(readFileSync(join(tmp.dir, 'mp-out1', 'linux_arm64', 'stamp'), 'utf8')).not.toBe(
+      readFileSync(join(tmp.dir, 'mp-out1', 'linux_amd64', 'stamp'), 'utf8'),
     );
   }, 600_000);
 });
