@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { REPO_ROOT, makeTempDir } from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
+import { cachedSteps } from './progress-log.js';
 import { runKiln } from './run-kiln.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -58,19 +59,6 @@ async function bk(...extra: string[]): Promise<string> {
     { maxBuffer: 64 * 1024 * 1024 },
   );
   return stdout + stderr;
-}
-
-/** The names of the steps a plain progress log shows as CACHED (Kiln's and buildctl's). */
-function cachedSteps(out: string): string[] {
-  const names = new Map<string, string>();
-  const cached: string[] = [];
-  for (const line of out.split('\n')) {
-    const m = /^#(\d+) (.*)$/.exec(line);
-    if (!m) continue;
-    if (!names.has(m[1]!)) names.set(m[1]!, m[2]!);
-    if (m[2] === 'CACHED') cached.push(names.get(m[1]!)!);
-  }
-  return cached;
 }
 
 const RUNS = ['RUN echo hi', 'RUN cp /stamp'];

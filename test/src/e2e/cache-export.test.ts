@@ -10,6 +10,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeTempDir } from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
+import { cachedSteps } from './progress-log.js';
 import { runKiln } from './run-kiln.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -19,25 +20,13 @@ const registry = process.env.KILN_TEST_REGISTRY;
 let tmp: { dir: string; remove: () => void };
 let ctx: string;
 
+const buildWith = (env: Record<string, string>, ...extra: string[]) =>
+  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], env);
+
 const build = (stateDir: string, ...extra: string[]) =>
-  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], {
-    KILN_STATE_DIR: stateDir,
-  });
+  buildWith({ KILN_STATE_DIR: stateDir }, ...extra);
 
 const stop = (stateDir: string) => runKiln(['farm', 'stop'], { KILN_STATE_DIR: stateDir });
-
-/** The names of the steps a plain progress log shows as CACHED. */
-function cachedSteps(out: string): string[] {
-  const names = new Map<string, string>();
-  const cached: string[] = [];
-  for (const line of out.split('\n')) {
-    const m = /^#(\d+) (.*)$/.exec(line);
-    if (!m) continue;
-    if (!names.has(m[1]!)) names.set(m[1]!, m[2]!);
-    if (m[2] === 'CACHED') cached.push(names.get(m[1]!)!);
-  }
-  return cached;
-}
 
 beforeAll(async () => {
   if (!fixture)
@@ -208,37 +197,21 @@ describe('cache export and import', () => {
       AWS_ACCESS_KEY_ID: e.KILN_TEST_S3_ACCESS_KEY!,
       AWS_SECRET_ACCESS_KEY: e.KILN_TEST_S3_SECRET_KEY!,
     };
-    const first = await runKiln(
-      [
-        'build',
-        ctx,
-        '--progress',
-        'plain',
-        '--build-arg',
-        `BASE=${fixture}`,
-        '--cache-to',
-        `${spec},mode=max`,
-        '--output',
-        `type=local,dest=${join(tmp.dir, 's1')}`,
-      ],
+    const first = await buildWith(
       { KILN_STATE_DIR: join(tmp.dir, 's3a'), ...aws },
+      '--cache-to',
+      `${spec},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 's1')}`,
     );
     expect(first.code, first.out).toBe(0);
     await stop(join(tmp.dir, 's3a'));
-    const second = await runKiln(
-      [
-        'build',
-        ctx,
-        '--progress',
-        'plain',
-        '--build-arg',
-        `BASE=${fixture}`,
-        '--cache-from',
-        spec.replace('name=app;app-latest', 'name=app-latest'),
-        '--output',
-        `type=local,dest=${join(tmp.dir, 's2')}`,
-      ],
+    const second = await buildWith(
       { KILN_STATE_DIR: join(tmp.dir, 's3b'), ...aws },
+      '--cache-from',
+      spec.replace('name=app;app-latest', 'name=app-latest'),
+      '--output',
+      `type=local,dest=${join(tmp.dir, 's2')}`,
     );
     expect(second.code, second.out).toBe(0);
     const cached = cachedSteps(second.out);
