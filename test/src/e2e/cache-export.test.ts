@@ -89,6 +89,9 @@ describe('cache export and import', () => {
     const state2 = join(tmp.dir, 'state2');
     const second = await build(
       state2,
+      // An import that cannot be read is shown failed and skipped, as buildctl does.
+      '--cache-from',
+      `type=local,src=${join(tmp.dir, 'no-such-cache')}`,
       '--cache-from',
       `type=local,src=${cache}`,
       '--output',
@@ -96,6 +99,9 @@ describe('cache export and import', () => {
     );
     expect(second.code, second.out).toBe(0);
     const cached = cachedSteps(second.out);
+    expect(second.out).toMatch(
+      /#(\d+) importing cache manifest from local:\S*no-such-cache\n#\1 ERROR/,
+    );
     expect(
       cached.some((n) => n.includes('COPY a.txt')),
       second.out,

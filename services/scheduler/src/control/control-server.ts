@@ -413,7 +413,9 @@ export class ControlServer {
       const targets = await this.#load(req, session);
       checkEntitlements(targets, requested, caller);
       const cacheNamespace = this.#o.sharedCache ? '' : caller.tenant;
-      const imports = await loadCacheImports(req.cacheImports, session, this.#registry, log);
+      const imports = await loadCacheImports(req.cacheImports, session, this.#registry, log, (v) =>
+        build.status.push(vertexFrame(v)),
+      );
       // Platforms are solved concurrently; the first failure stops the others (they then fail
       // with BuildCanceledError, so the first real error is the one reported), and the build
       // ends only once every platform's solve has settled. `durable`: the results' blobs must

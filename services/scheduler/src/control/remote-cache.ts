@@ -40,7 +40,7 @@ import {
 } from '@kiln/remote-cache';
 import type { CacheNode, NodeResult, ResultLayer } from '@kiln/remote-cache';
 import { SolveRequestInvalidError } from '../solver/errors.js';
-import type { Materializer, OutputResult } from '../solver/solve.js';
+import type { Materializer, OutputResult, VertexSnapshot } from '../solver/solve.js';
 import type { PlatformResult } from './exports.js';
 import { exportS3Cache, importS3Cache, s3CacheConfig } from './s3-cache.js';
 import type { ClientSession } from './session.js';
@@ -226,15 +226,36 @@ export function withInlineCache(results: readonly PlatformResult[]): PlatformRes
   });
 }
 
-/** Reads every import; one that cannot be read is logged and left out. */
+/** Where an import comes from, as its progress vertex names it (BuildKit's wording). */
+function importSource(e: CacheEntry): string {
+  const a = e.attrs ?? {};
+  if (e.type === 'local') return `local:${a.src ?? ''}`;
+  if (e.type === 's3') return `s3:${a.bucket ?? ''}/${a.prefix ?? ''}${a.name ?? 'buildkit'}`;
+  return a.ref ?? '';
+}
+
+/**
+ * Reads every import, each shown as a vertex `importing cache manifest from ...` (as buildctl
+ * does); one that cannot be read ends its vertex with the error, is logged, and is left out: the
+ * build goes on without it.
+ */
 export async function loadCacheImports(
   entries: readonly CacheEntry[],
   session: ClientSession | undefined,
   registry: RegistryClient,
   log: Logger,
+  onVertex: (v: VertexSnapshot) => void = () => undefined,
 ): Promise<LoadedImport[]> {
   const out: LoadedImport[] = [];
   for (const [i, e] of entries.entries()) {
+    const snap: VertexSnapshot = {
+      digest: `cache-import-${i}`,
+      inputs: [],
+      name: `importing cache manifest from ${importSource(e)}`,
+      cached: false,
+      startedAt: Date.now(),
+    };
+    onVertex({ ...snap });
     try {
       if (e.type === 'local' && session) out.push(await loadLocal(i, e, session));
       if (e.type === 'registry') out.push(...(await loadRegistry(e, registry)));
@@ -243,11 +264,11 @@ export async function loadCacheImports(
         const { cache, blob } = await importS3Cache(c);
         out.push({ cache, blob, name: `s3:${c.bucket}/${c.prefix}` });
       }
+      onVertex({ ...snap, completedAt: Date.now() });
     } catch (err) {
-      log.warn(
-        { cache: e.type, err: String((err as Error).message ?? err) },
-        'cache import skipped',
-      );
+      const message = String((err as Error).message ?? err);
+      log.warn({ cache: e.type, err: message }, 'cache import skipped');
+      onVertex({ ...snap, completedAt: Date.now(), error: message });
     }
   }
   return out;
