@@ -33,6 +33,11 @@ export interface ChecksumDepSpec {
   followLinks: boolean;
   includePatterns: string[];
   excludePatterns: string[];
+  /**
+   * `buildkit`: BuildKit's contenthash instead of Kiln's (for BuildKit's cache formats only;
+   * selectors without wildcards or patterns, else the entry is an error). Absent: Kiln's.
+   */
+  algorithm?: 'buildkit';
 }
 
 export interface ChecksumRequest {
@@ -67,6 +72,7 @@ export function normalizeChecksumDep(d: ChecksumDepSpec): ChecksumDepSpec {
     followLinks: Boolean(d.followLinks),
     includePatterns: [...d.includePatterns],
     excludePatterns: [...d.excludePatterns],
+    ...(d.algorithm === 'buildkit' ? { algorithm: 'buildkit' as const } : {}),
   };
 }
 
@@ -96,6 +102,7 @@ export function decodeChecksumRequest(data: Uint8Array): ChecksumRequest {
       followLinks: Boolean(d.followLinks),
       includePatterns: d.includePatterns ?? [],
       excludePatterns: d.excludePatterns ?? [],
+      ...(d.algorithm === 'buildkit' ? { algorithm: 'buildkit' as const } : {}),
     });
   });
   return { resultId: r.resultId, deps };

@@ -1,7 +1,8 @@
 /**
  * Cache interop with the reference BuildKit v0.11.6 (`../shared/tools/buildkit`, or
  * `KILN_BUILDKIT_DIR`), type=local both ways: Kiln's export imported by buildkitd hits its cache
- * (buildctl shows the RUN steps CACHED and the output has the file a rerun would change), and
+ * (buildctl shows the steps after a COPY from the context CACHED and the output has the files a
+ * rerun would change), and
  * BuildKit's export imported by a fresh Kiln farm hits Kiln's. This holds because Kiln writes and
  * matches BuildKit's own record digests (exec and file op cache maps, image source keys).
  * Real processes: buildkitd (runc) through its start script, the local farm daemon, the harness's
@@ -61,7 +62,7 @@ async function bk(...extra: string[]): Promise<string> {
   return stdout + stderr;
 }
 
-const RUNS = ['RUN echo hi', 'RUN cp /stamp'];
+const RUNS = ['RUN cat a.txt', 'RUN cp /stamp'];
 
 /**
  * Each RUN was a cache hit: buildctl says CACHED for the first; for the last it may print DONE
@@ -91,11 +92,15 @@ beforeAll(async () => {
   process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
   buildctl = join((await run('bash', [script, 'bin'])).stdout.trim(), 'buildctl');
   addr = (await run('bash', [script, 'start', bkDir, registry])).stdout.trim();
-  await mkdir(ctx, { recursive: true });
+  await mkdir(join(ctx, 'sub'), { recursive: true });
+  // Steps after a COPY from the context meet across tools only through BuildKit's contenthash
+  // of what the COPY reads (a file and a directory here).
+  await writeFile(join(ctx, 'a.txt'), 'hello\n');
+  await writeFile(join(ctx, 'sub', 's.txt'), 'sub\n');
   // /stamp differs on every run of the RUN: equal outputs mean it did not run again.
   await writeFile(
     join(ctx, 'Dockerfile'),
-    'ARG BASE\nFROM ${BASE}\nWORKDIR /w\nRUN echo hi > b.txt && cat /proc/sys/kernel/random/uuid > /stamp\nRUN cp /stamp /stamp2 && cat /proc/sys/kernel/random/uuid > /stamp3\n',
+    'ARG BASE\nFROM ${BASE}\nWORKDIR /w\nCOPY a.txt sub /w/\nRUN cat a.txt s.txt > b.txt && cat /proc/sys/kernel/random/uuid > /stamp\nRUN cp /stamp /stamp2 && cat /proc/sys/kernel/random/uuid > /stamp3\n',
   );
 }, 180_000);
 

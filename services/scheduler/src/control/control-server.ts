@@ -438,6 +438,7 @@ export class ControlServer {
                     log,
                     durable,
                     imports,
+                    buildkitKeys: req.cacheImports.length > 0 || req.cacheExports.length > 0,
                   }),
                 ),
               };
@@ -585,6 +586,8 @@ export class ControlServer {
       log: Logger;
       durable: boolean;
       imports: readonly LoadedImport[];
+      /** The build imports or exports a cache: content links use BuildKit's checksums. */
+      buildkitKeys: boolean;
     },
   ): Promise<SolveResult> {
     const { log } = o;
@@ -592,6 +595,7 @@ export class ControlServer {
       ...(o.imports.length > 0 && this.#o.store
         ? { importedCache: importedLookup(o.imports, this.#o.store) }
         : {}),
+      buildkitChecksums: o.buildkitKeys,
       ...(o.durable ? { materialize: this.#materialize } : {}),
       submitter: this.#o.dispatcher,
       buildId: build.id,

@@ -3,8 +3,9 @@
  * Kiln's own key: what `--cache-to` writes and `--cache-from` is matched against. A node's digest
  * is BuildKit's record digest (`rootKey(cacheMapDigest, output)`, `@kiln/llb`
  * buildkitCacheMap); its links are the input's nodes under the op's selector digest, plus, for an
- * input keyed by content, a content node (`rootKey(checksum, -1)`, BuildKit's slow key). Kiln's
- * content checksum is not BuildKit's contenthash, so content links meet only Kiln's own exports.
+ * input keyed by content, a content node (`rootKey(checksum, -1)`, BuildKit's slow key) with
+ * BuildKit's contenthash of the selected paths when the holder could compute it (the worker's
+ * `buildkit-contenthash.ts`), else Kiln's checksum, which meets only Kiln's own exports.
  * A vertex without a BuildKit cache map (a local source, git, http, merge, diff), or with an
  * input that has no node, has none: nothing that depends on it is exported or matched.
  */
@@ -41,9 +42,10 @@ export function buildkitNodes(
       selector,
     }));
     const c = content?.[i];
+    // BuildKit's contenthash when it could be had, else Kiln's (meets only Kiln's exports).
     if (c)
       links.push({
-        node: { digest: buildkitRecordDigest(c.digest, -1), inputs: [] },
+        node: { digest: buildkitRecordDigest(c.buildkitDigest ?? c.digest, -1), inputs: [] },
         selector: '',
       });
     if (links.length === 0) return [];

@@ -53,6 +53,12 @@ export interface ContentDep {
   digest: string;
   /** The paths it covers (`DepSpec.selectors`). */
   selectors: readonly string[];
+  /**
+   * BuildKit's contenthash of the same paths, when asked for (cache import or export) and
+   * reproducible: the content link of BuildKit's cache formats (`buildkit-nodes.ts`), never
+   * part of the key.
+   */
+  buildkitDigest?: string;
 }
 
 export function fastKey(k: FastKeyInput): string {

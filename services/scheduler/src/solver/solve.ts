@@ -97,6 +97,11 @@ export interface SolveOptions {
    * CACHED) without running it. Its layers must be blobs in the store.
    */
   importedCache?: (nodes: readonly (readonly CacheNode[])[]) => Promise<OutputResult[] | undefined>;
+  /**
+   * Also ask for BuildKit's contenthash of content-based inputs (`ContentDep.buildkitDigest`):
+   * for builds that import or export a cache, whose content links must be BuildKit's.
+   */
+  buildkitChecksums?: boolean;
   signal?: AbortSignal;
   onVertex?: (v: VertexSnapshot) => void;
   onProgress?: (digest: string, p: TaskProgress) => void;
@@ -182,14 +187,24 @@ async function contentDeps(
   op: pb.IOp,
   inputs: readonly ResolvedInput[],
   checksums: ContentChecksums,
+  buildkit: boolean,
 ): Promise<(ContentDep | undefined)[]> {
   const specs = depSpecs(op);
   return Promise.all(
     inputs.map(async (input, i): Promise<ContentDep | undefined> => {
       const spec = specs[i];
       if (!spec?.contentBased || !input.holderWorker || !input.resultId) return undefined;
-      const digest = await checksums.checksum(input.holderWorker, input.resultId, spec);
-      return digest === undefined ? undefined : { digest, selectors: spec.selectors };
+      const [digest, bk] = await Promise.all([
+        checksums.checksum(input.holderWorker, input.resultId, spec),
+        buildkit
+          ? checksums.checksum(input.holderWorker, input.resultId, {
+              ...spec,
+              algorithm: 'buildkit',
+            })
+          : undefined,
+      ]);
+      if (digest === undefined) return undefined;
+      return { digest, selectors: spec.selectors, ...(bk ? { buildkitDigest: bk } : {}) };
     }),
   );
 }
@@ -303,7 +318,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       // A key private to this build gains nothing from content checksums.
       const content =
         o.checksums && nonce === undefined
-          ? await contentDeps(lo.op, inputs, o.checksums)
+          ? await contentDeps(lo.op, inputs, o.checksums, o.buildkitChecksums ?? false)
           : undefined;
       if (ac.signal.aborted) throw new Skipped();
       const cacheKey = fastKey({

@@ -57,7 +57,7 @@ async function fileDigest(path: string, size: number): Promise<string> {
 }
 
 /** Resolves `rel` inside `root`, following symlinks within the root; `..` never climbs above it. */
-function resolveInside(root: string, rel: string, followFinal: boolean): string {
+export function resolveInside(root: string, rel: string, followFinal: boolean): string {
   const parts = posix.normalize(`/${rel}`).split('/').filter(Boolean);
   let cur = '/';
   let hops = 0;

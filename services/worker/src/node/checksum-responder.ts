@@ -27,6 +27,7 @@ import type { ChecksumDepSpec, ChecksumEntry, ChecksumReply, ChecksumReplyError 
 import { KilnError } from '@kiln/protocol';
 import { RequestSubscription } from './request-subscription.js';
 import { depChecksum } from '../cache/dep-checksum.js';
+import { buildkitChecksum, buildkitChecksumSupported } from '../cache/buildkit-contenthash.js';
 import { EMPTY_RESULT_ID } from './result-id.js';
 
 /** What the responder needs of the worker: its held results and a read-only view of them. */
@@ -162,7 +163,17 @@ export class ChecksumResponder {
             return d && d.size === size ? d.digest.slice('sha256:'.length) : undefined;
           }
         : undefined;
-      const digest = await this.#o.held.read(snapshot, (dir) => depChecksum(dir, dep, known));
+      const digest =
+        dep.algorithm === 'buildkit'
+          ? await this.#o.held.read(snapshot, (dir) => {
+              if (!buildkitChecksumSupported(dep))
+                throw new KilnError(
+                  'CHECKSUM_UNSUPPORTED',
+                  "BuildKit's checksum of wildcards or patterns is not reproduced",
+                );
+              return buildkitChecksum(dir, dep.selectors, dep.followLinks);
+            })
+          : await this.#o.held.read(snapshot, (dir) => depChecksum(dir, dep, known));
       await this.#persist(key, digest);
       return digest;
     });

@@ -1,0 +1,86 @@
+import { createHash } from 'node:crypto';
+import {
+  chmodSync,
+  chownSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { buildkitChecksum, buildkitChecksumSupported } from './buildkit-contenthash.js';
+
+// Vectors: the content-link record digests (`rootKey(checksum, -1)`) of caches exported by
+// buildkitd v0.11.6 for `COPY a.txt`, `COPY d /d` and `COPY . /app` of these trees (owned by
+// 0:0, files 0644, directories 0755).
+const rootKey = (d: string) => `sha256:${createHash('sha256').update(`${d}@-1`).digest('hex')}`;
+const dirs: string[] = [];
+function tree(files: Record<string, string>, links: Record<string, string> = {}): string {
+  const root = mkdtempSync(join(tmpdir(), 'kiln-bk-contenthash-'));
+  dirs.push(root);
+  chmodSync(root, 0o755);
+  for (const [p, content] of Object.entries(files)) {
+    const parts = p.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const d = join(root, ...parts.slice(0, i));
+      mkdirSync(d, { recursive: true });
+      chmodSync(d, 0o755);
+      chownSync(d, 0, 0);
+    }
+    writeFileSync(join(root, p), content);
+    chmodSync(join(root, p), 0o644);
+    chownSync(join(root, p), 0, 0);
+  }
+  for (const [p, target] of Object.entries(links)) symlinkSync(target, join(root, p));
+  return root;
+}
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe("BuildKit's contenthash", () => {
+  it('of a file', async () => {
+    const root = tree({ 'a.txt': 'hello\n' });
+    expect(rootKey(await buildkitChecksum(root, ['/a.txt'], true))).toBe(
+      'sha256:c24a47b576469b52903dd7e5045a62fee5855b447dee1771d67b829458d2c08e',
+    );
+  });
+
+  it('of a directory', async () => {
+    const root = tree({ 'd/x.txt': 'x\n', 'd/sub/y.txt': 'yy\n' });
+    expect(rootKey(await buildkitChecksum(root, ['d'], true))).toBe(
+      'sha256:bc9399855789a0aa669d75a8ba7f18223b07ad6ded6e7735bdc6d545dde41b54',
+    );
+  });
+
+  it('of the whole tree, with a symlink', async () => {
+    const root = tree(
+      { 'x.txt': 'x\n', 'sub/y.txt': 'yy\n', Dockerfile: 'FROM scratch\nCOPY . /app\n' },
+      { link: 'x.txt' },
+    );
+    expect(rootKey(await buildkitChecksum(root, ['/'], true))).toBe(
+      'sha256:739ebc127655999c1bc0c5741a821300a2e6b313c3383607375dcf0bb07ec689',
+    );
+  });
+
+  it('changes with content and mode, and says which selectors it reproduces', async () => {
+    const a = tree({ 'a.txt': 'hello\n' });
+    const b = tree({ 'a.txt': 'hellO\n' });
+    const base = await buildkitChecksum(a, ['/a.txt'], true);
+    expect(await buildkitChecksum(b, ['/a.txt'], true)).not.toBe(base);
+    chmodSync(join(a, 'a.txt'), 0o755);
+    expect(await buildkitChecksum(a, ['/a.txt'], true)).not.toBe(base);
+    const spec = {
+      selectors: ['/a.txt'],
+      wildcard: true,
+      includePatterns: [],
+      excludePatterns: [],
+    };
+    expect(buildkitChecksumSupported(spec)).toBe(true);
+    expect(buildkitChecksumSupported({ ...spec, selectors: ['/*.txt'] })).toBe(false);
+    expect(buildkitChecksumSupported({ ...spec, excludePatterns: ['x'] })).toBe(false);
+  });
+});
