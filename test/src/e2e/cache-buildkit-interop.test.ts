@@ -1,6 +1,6 @@
 /**
  * Cache interop with the reference BuildKit v0.11.6 (`../shared/tools/buildkit`, or
- * `KILN_BUILDKIT_DIR`), type=local both ways: Kiln's export imported by buildkitd hits its cache
+ * `KILN_BUILDKIT_DIR`), for type=local, registry, inline and s3 (s3rver), both ways: Kiln's export imported by buildkitd hits its cache
  * (buildctl shows the steps after a COPY from the context CACHED and the output has the files a
  * rerun would change), and
  * BuildKit's export imported by a fresh Kiln farm hits Kiln's. This holds because Kiln writes and
@@ -106,7 +106,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (bkDir) await run('bash', [script, 'stop', bkDir]).catch(() => undefined);
-  for (const s of ['k1', 'k2', 'k3', 'k4', 'k5'])
+  for (const s of ['k1', 'k2', 'k3', 'k4', 'k5', 'k6'])
     await runKiln(['farm', 'stop'], { KILN_STATE_DIR: join(tmp.dir, s) });
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
@@ -241,5 +241,54 @@ describe('cache interop with BuildKit v0.11.6', () => {
       expect(readFileSync(join(tmp.dir, 'kout-i5', f), 'utf8')).toBe(
         readFileSync(join(tmp.dir, 'kout-i', f), 'utf8'),
       );
+  }, 600_000);
+
+  it("type=s3 (s3rver): Kiln's export hits in buildkitd, buildkitd's in a fresh Kiln farm", async () => {
+    const e = process.env;
+    const s3 = (name: string) =>
+      [
+        'type=s3',
+        `bucket=${e.KILN_TEST_S3_BUCKET}`,
+        'region=us-east-1',
+        `endpoint_url=${e.KILN_TEST_S3_ENDPOINT}`,
+        'use_path_style=true',
+        `access_key_id=${e.KILN_TEST_S3_ACCESS_KEY}`,
+        `secret_access_key=${e.KILN_TEST_S3_SECRET_KEY}`,
+        `prefix=interop-${process.pid}/`,
+        `name=${name}`,
+      ].join(',');
+    const k = await kiln(
+      join(tmp.dir, 'k1'),
+      '--cache-to',
+      `${s3('kiln')},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kout-s')}`,
+    );
+    expect(k.code, k.out).toBe(0);
+    await run(buildctl, ['--addr', addr, 'prune', '--all']);
+    const out = await bk(
+      '--import-cache',
+      s3('kiln'),
+      '--export-cache',
+      `${s3('buildkit')},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'bkout-s')}`,
+    );
+    expectHits(out, 'bkout-s', 'kout-s');
+    const k6 = await kiln(
+      join(tmp.dir, 'k6'),
+      '--cache-from',
+      s3('buildkit'),
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kout-s6')}`,
+    );
+    expect(k6.code, k6.out).toBe(0);
+    const cached = cachedSteps(k6.out);
+    for (const r of RUNS)
+      expect(
+        cached.some((n) => n.includes(r)),
+        k6.out,
+      ).toBe(true);
+    expect(stamp('kout-s6')).toBe(stamp('kout-s'));
   }, 600_000);
 });
