@@ -17,11 +17,11 @@
  * reproduced: {@link buildkitChecksumSupported}.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, lstatSync, readdirSync, readlinkSync } from 'node:fs';
+import { createReadStream, readdirSync, readlinkSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { posix } from 'node:path';
 import { yielder } from '@kiln/layers';
-import { ChecksumError, resolveInside } from './contenthash.js';
+import { lstatInside, resolveInside } from './contenthash.js';
 
 const EMPTY = `sha256:${createHash('sha256').digest('hex')}`;
 
@@ -55,12 +55,7 @@ async function entry(
   tick: () => Promise<void> | undefined,
 ): Promise<string> {
   await tick();
-  let st: Stats;
-  try {
-    st = lstatSync(root + abs);
-  } catch (cause) {
-    throw new ChecksumError(`${abs}: not found`, abs, cause);
-  }
+  const st = lstatInside(root, abs);
   if (st.isDirectory()) {
     const h = createHash('sha256');
     h.update('\0');

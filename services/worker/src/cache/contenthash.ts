@@ -86,6 +86,15 @@ export function resolveInside(root: string, rel: string, followFinal: boolean): 
   return cur;
 }
 
+/** The lstat of `abs` inside `root`; a missing entry is a {@link ChecksumError}. */
+export function lstatInside(root: string, abs: string): Stats {
+  try {
+    return lstatSync(root + abs);
+  } catch (cause) {
+    throw new ChecksumError(`${abs}: not found`, abs, cause);
+  }
+}
+
 /** Metadata calls are synchronous (a few µs each, not a thread-pool round trip); `tick` yields. */
 async function entryDigest(
   root: string,
@@ -95,12 +104,7 @@ async function entryDigest(
   tick: () => Promise<void> | undefined = yielder(),
 ): Promise<string | undefined> {
   await tick();
-  let st: Stats;
-  try {
-    st = lstatSync(root + abs);
-  } catch (cause) {
-    throw new ChecksumError(`${abs}: not found`, abs, cause);
-  }
+  const st = lstatInside(root, abs);
   if (st.isDirectory()) {
     const names = readdirSync(root + abs).sort();
     const children: string[] = [];
