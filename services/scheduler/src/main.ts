@@ -99,6 +99,7 @@ async function main(): Promise<void> {
       ...(config.farmRegistryCredentials ? {} : { dockerConfig: false }),
     }),
     insecureRegistries: config.insecureRegistries,
+    farmRegistryCredentials: config.farmRegistryCredentials,
     log: log.child({ component: 'control' }),
     auth,
     sharedCache: config.sharedCache,

@@ -117,9 +117,14 @@ export interface ControlServerOptions extends BuildRegistryOptions {
   sharedCache?: boolean;
   /**
    * Registries spoken to over plain HTTP by `type=registry` cache imports and exports (loopback
-   * ones always are); credentials come from the docker config.
+   * ones always are). Credentials are the caller's (its session's docker config), as for pulls.
    */
   insecureRegistries?: readonly string[];
+  /**
+   * After the caller's, the scheduler's own docker config for cache imports and exports (the
+   * farm's `--farm-registry-credentials`). Default: never.
+   */
+  farmRegistryCredentials?: boolean;
 }
 
 /** What a solve reported, as `SolveResponse.exporter_response` (until exporters exist). */
@@ -212,7 +217,6 @@ export class ControlServer {
   readonly #checksums: ContentChecksums | undefined;
   readonly #materialize: Materializer;
   readonly #auth: Authenticator;
-  readonly #registry: RegistryClient;
   #server: grpc.Server | undefined;
   #closing = false;
 
@@ -221,7 +225,6 @@ export class ControlServer {
     this.builds = new BuildRegistry(o);
     this.#log = o.log ?? pino({ level: 'silent' });
     this.#auth = o.auth ?? new Authenticator();
-    this.#registry = new RegistryClient({ insecureRegistries: o.insecureRegistries ?? [] });
     this.sessions = new SessionManager({
       nc: o.dispatcher.bus.nc,
       tasks: o.dispatcher.bus.tasks,
@@ -413,7 +416,14 @@ export class ControlServer {
       const targets = await this.#load(req, session);
       checkEntitlements(targets, requested, caller);
       const cacheNamespace = this.#o.sharedCache ? '' : caller.tenant;
-      const imports = await loadCacheImports(req.cacheImports, session, this.#registry, log, (v) =>
+      // Cache imports and exports reach registries with the caller's credentials (one client per
+      // build, so one caller's tokens never serve another), the farm's only when it says so.
+      const registry = new RegistryClient({
+        insecureRegistries: this.#o.insecureRegistries ?? [],
+        ...(session ? { credentials: sessionCredentials(session) } : {}),
+        ...(this.#o.farmRegistryCredentials ? {} : { dockerConfig: false as const }),
+      });
+      const imports = await loadCacheImports(req.cacheImports, session, registry, log, (v) =>
         build.status.push(vertexFrame(v)),
       );
       // Platforms are solved concurrently; the first failure stops the others (they then fail
@@ -487,7 +497,7 @@ export class ControlServer {
       if (req.cacheExports.length > 0) {
         const streamed = await runCacheExports(req.cacheExports, results, {
           store: this.#o.store!,
-          registry: this.#registry,
+          registry,
           session,
           materialize: this.#materialize,
           log,
