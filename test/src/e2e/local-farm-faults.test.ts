@@ -1,0 +1,190 @@
+/**
+ * Faults on the local farm (issue 16): a `kiln build` killed with -9, or the farm daemon killed
+ * with -9, mid-RUN, and then the same build again; a build interrupted (SIGINT) mid-RUN whose RUN
+ * must then never run. Real processes: `kiln` bundled from source and run as a child process, the
+ * farm daemon, its nats-server and crun. A RUN is observed through its cache mount (a directory
+ * under the worker's state dir) and through the host's /proc (its `sleep` has a unique argument).
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+import { readFileSync, readdirSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { bundleEntries, makeTempDir, waitFor } from '../harness/index.js';
+import { bundleFarmDaemon } from './local-farm-daemon.js';
+import { runKiln } from './run-kiln.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
+
+let tmp: { dir: string; remove: () => void };
+let stateDir: string;
+let kilnBin: string;
+const children: ChildProcess[] = [];
+
+beforeAll(async () => {
+  if (!fixture)
+    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  tmp = makeTempDir('local-farm-faults');
+  stateDir = join(tmp.dir, 'state');
+  process.env.KILN_STATE_DIR = stateDir;
+  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
+  kilnBin = (await bundleEntries({ kiln: 'test/src/e2e/kiln-bin.ts' }, join(tmp.dir, 'bin'))).kiln!;
+}, 120_000);
+
+afterAll(async () => {
+  // A build a failed test left running would hold the farm's stop (it drains builds).
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await runKiln(['farm', 'stop']);
+  delete process.env.KILN_STATE_DIR;
+  delete process.env.KILN_FARM_DAEMON;
+  tmp?.remove();
+});
+
+/** A build context whose Dockerfile is `lines` after `FROM` the fixture image. */
+async function context(name: string, lines: string[]): Promise<string> {
+  const dir = join(tmp.dir, name);
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'Dockerfile'), ['ARG BASE', 'FROM ${BASE}', ...lines, ''].join('\n'));
+  return dir;
+}
+
+const buildArgs = (ctx: string): string[] => [
+  'build',
+  ctx,
+  '--progress',
+  'plain',
+  '--build-arg',
+  `BASE=${fixture}`,
+];
+
+/** `kiln build` as a child process (output collected). */
+function spawnBuild(ctx: string): {
+  child: ChildProcess;
+  out: () => string;
+  exited: Promise<number | null>;
+} {
+  const child = spawn(process.execPath, [kilnBin, ...buildArgs(ctx)], {
+    env: process.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(child);
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  return { child, out: () => out, exited };
+}
+
+/** Paths of the files named `name` in the worker's cache mounts. */
+function cacheFiles(name: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string): void => {
+    let entries;
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if (e.isDirectory()) walk(join(dir, e.name));
+      else if (e.name === name) out.push(join(dir, e.name));
+    }
+  };
+  walk(join(stateDir, 'worker', 'exec', 'cache-mounts'));
+  return out;
+}
+
+/** Lines of the cache-mount file `name` (each start of the RUN appends one). */
+function starts(name: string): number {
+  return cacheFiles(name).reduce(
+    (n, f) => n + readFileSync(f, 'utf8').split('\n').filter(Boolean).length,
+    0,
+  );
+}
+
+/** Pids of the processes of a RUN, found by its unique `sleep <seconds>` (busybox's sh runs it). */
+function sleepers(seconds: number): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ');
+      if (argv.includes(`sleep ${seconds};`) || argv === `sleep ${seconds} `) out.push(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+async function farmPid(): Promise<number> {
+  return (JSON.parse(await readFile(join(stateDir, 'farm.json'), 'utf8')) as { pid: number }).pid;
+}
+
+/** A RUN that notes each start in its cache mount, then sleeps `seconds` (a unique number). */
+function noisyRun(marker: string, seconds: number, after = 'true'): string {
+  return `RUN --mount=type=cache,target=/c sh -c 'echo x >> /c/${marker}; sleep ${seconds}; ${after}'`;
+}
+
+describe('the local farm under faults', () => {
+  it('kill -9 of kiln build mid-RUN: the same build again completes', async () => {
+    const seconds = 3 + randomInt(1000) / 1000;
+    const marker = `crash-client-${randomInt(1e9)}`;
+    const ctx = await context('ctx-crash-client', [noisyRun(marker, seconds), 'RUN echo ok > /ok']);
+    const b = spawnBuild(ctx);
+    await waitFor('the RUN to start', () => starts(marker) > 0, {
+      timeoutMs: 90_000,
+      abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
+    });
+    b.child.kill('SIGKILL');
+    await b.exited;
+    const again = await runKiln(buildArgs(ctx));
+    expect(again.code, again.out).toBe(0);
+  }, 120_000);
+
+  it('kill -9 of the farm daemon mid-RUN: the same build again completes on a new farm', async () => {
+    const seconds = 3 + randomInt(1000) / 1000;
+    const marker = `crash-farm-${randomInt(1e9)}`;
+    const ctx = await context('ctx-crash-farm', [noisyRun(marker, seconds), 'RUN echo ok > /ok']);
+    const b = spawnBuild(ctx);
+    await waitFor('the RUN to start', () => starts(marker) > 0, {
+      timeoutMs: 90_000,
+      abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
+    });
+    process.kill(await farmPid(), 'SIGKILL');
+    await b.exited;
+    const again = await runKiln(buildArgs(ctx));
+    expect(again.code, again.out).toBe(0);
+    expect(starts(marker)).toBe(2);
+  }, 120_000);
+
+  it('SIGINT mid-RUN: the cancelled RUN stops and never runs again', async () => {
+    // A long RUN: were it left running or started again, its sleep would be seen in /proc.
+    const seconds = 600 + randomInt(1000) / 1000;
+    const marker = `cancelled-${randomInt(1e9)}`;
+    const ctx = await context('ctx-cancel', [
+      noisyRun(marker, seconds, `echo x >> /c/${marker}.done`),
+    ]);
+    const b = spawnBuild(ctx);
+    await waitFor('the RUN to start', () => starts(marker) > 0 && sleepers(seconds).length > 0, {
+      timeoutMs: 90_000,
+      abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
+    });
+    b.child.kill('SIGINT');
+    expect(await b.exited, b.out()).not.toBe(0);
+    await waitFor('the cancelled RUN to stop', () => sleepers(seconds).length === 0, {
+      timeoutMs: 30_000,
+    });
+    // Another build on the same farm (its worker takes whatever is queued for it).
+    const other = await context('ctx-after-cancel', [`RUN echo ${randomInt(1e9)} > /other`]);
+    const res = await runKiln(buildArgs(other));
+    expect(res.code, res.out).toBe(0);
+    const again = await runKiln(buildArgs(other));
+    expect(again.code, again.out).toBe(0);
+    expect(sleepers(seconds)).toEqual([]);
+    expect(starts(marker)).toBe(1);
+    expect(cacheFiles(`${marker}.done`)).toEqual([]);
+  }, 180_000);
+});
