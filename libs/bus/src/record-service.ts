@@ -12,7 +12,9 @@
  *
  * Request (JSON): `{op: "claim", key, token, emulated}` | `{op: "complete", key, token, result}` |
  * `{op: "error", key, token, error, result?}` | `{op: "release", key, token}` |
- * `{op: "blobs", key, layers}`; reply `{applied: boolean}` or `{error: {code, message}}`.
+ * `{op: "blobs", key, layers}`, each with the `boot` nonce of the worker's process (its
+ * incarnation: a claim records it, and only the same incarnation can then report or hand back);
+ * reply `{applied: boolean}` or `{error: {code, message}}`.
  * No responders means no scheduler is running: the worker retries (results wait in the worker).
  */
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
@@ -33,12 +35,16 @@ export function recordSubject(workerId: string): string {
   return `${RECORD_SUBJECT_PREFIX}.${assertWorkerId(workerId)}`;
 }
 
-export type RecordRequest =
+export type RecordRequest = (
   | { op: 'claim'; key: string; token: string; emulated: boolean }
   | { op: 'complete'; key: string; token: string; result: string }
   | { op: 'error'; key: string; token: string; error: TaskRecordError; result?: string }
   | { op: 'release'; key: string; token: string }
-  | { op: 'blobs'; key: string; layers: MaterializedLayer[] };
+  | { op: 'blobs'; key: string; layers: MaterializedLayer[] }
+) & {
+  /** The asking worker's boot nonce (set by {@link RecordClient}). */
+  boot?: string;
+};
 
 export type RecordReply = { applied: boolean } | { error: { code: string; message: string } };
 
@@ -67,6 +73,7 @@ export function parseRecordRequest(data: Uint8Array): RecordRequest {
   }
   if (typeof v !== 'object' || v === null) throw new RecordRequestError('not an object');
   const key = str(v.key, KEY, 'key');
+  const boot = v.boot === undefined ? {} : { boot: str(v.boot, TOKEN, 'boot') };
   if (v.op === 'blobs') {
     if (!Array.isArray(v.layers) || v.layers.length > 10_000)
       throw new RecordRequestError('bad layers');
@@ -77,17 +84,17 @@ export function parseRecordRequest(data: Uint8Array): RecordRequest {
       mediaType: typeof l?.mediaType === 'string' ? l.mediaType : '',
     }));
     if (layers.some((l) => l.size < 0 || !l.mediaType)) throw new RecordRequestError('bad layer');
-    return { op: 'blobs', key, layers };
+    return { op: 'blobs', key, layers, ...boot };
   }
   const token = str(v.token, TOKEN, 'token');
   switch (v.op) {
     case 'claim':
-      return { op: 'claim', key, token, emulated: v.emulated === true };
+      return { op: 'claim', key, token, emulated: v.emulated === true, ...boot };
     case 'release':
-      return { op: 'release', key, token };
+      return { op: 'release', key, token, ...boot };
     case 'complete':
       if (typeof v.result !== 'string') throw new RecordRequestError('bad result');
-      return { op: 'complete', key, token, result: v.result };
+      return { op: 'complete', key, token, result: v.result, ...boot };
     case 'error': {
       const e = v.error as Partial<TaskRecordError> | undefined;
       if (!e || typeof e.code !== 'string' || typeof e.message !== 'string')
@@ -110,6 +117,7 @@ export function parseRecordRequest(data: Uint8Array): RecordRequest {
           ...(details && Object.keys(details).length > 0 ? { details } : {}),
         },
         ...(typeof v.result === 'string' ? { result: v.result } : {}),
+        ...boot,
       };
     }
     default:
@@ -134,17 +142,18 @@ export function recordRequestRule(
   req: RecordRequest,
   workerId: string,
 ): (r: TaskRecord) => TaskRecord | undefined {
+  const who = { id: workerId, boot: req.boot };
   switch (req.op) {
     case 'claim':
-      return (r) => claimRule(r, req.token, workerId, req.emulated);
+      return (r) => claimRule(r, req.token, who, req.emulated);
     case 'complete':
       checkResult(req.result, workerId, req.token);
-      return (r) => completeRule(r, req.token, workerId, req.result);
+      return (r) => completeRule(r, req.token, who, req.result);
     case 'error':
       if (req.result !== undefined) checkResult(req.result, workerId, req.token);
-      return (r) => errorRule(r, req.token, workerId, req.error, req.result);
+      return (r) => errorRule(r, req.token, who, req.error, req.result);
     case 'release':
-      return (r) => releaseRule(r, req.token, workerId);
+      return (r) => releaseRule(r, req.token, who);
     case 'blobs': {
       const byDiffId = new Map(req.layers.map((l) => [l.diffId, l]));
       return (r) => blobsUploadedRule(r, workerId, byDiffId);
@@ -162,7 +171,13 @@ export function recordRequestApplied(
   workerId: string,
   r: TaskRecord | undefined,
 ): boolean {
-  if (!r || req.op === 'blobs' || r.holder !== workerId || r.attemptToken !== req.token)
+  if (
+    !r ||
+    req.op === 'blobs' ||
+    r.holder !== workerId ||
+    r.holderBoot !== req.boot ||
+    r.attemptToken !== req.token
+  )
     return false;
   switch (req.op) {
     case 'claim':
@@ -235,16 +250,22 @@ export class RecordClient {
   readonly #nc: NatsConnection;
   readonly #subject: string;
   readonly #timeoutMs: number;
+  readonly #boot: string | undefined;
 
-  constructor(nc: NatsConnection, workerId: string, timeoutMs = 10_000) {
+  /** `boot`: the worker process's nonce (`WorkerInfo.boot`), sent with every request. */
+  constructor(nc: NatsConnection, workerId: string, boot?: string, timeoutMs = 10_000) {
     this.#nc = nc;
     this.#subject = recordSubject(workerId);
+    this.#boot = boot;
     this.#timeoutMs = timeoutMs;
   }
 
   /** Whether the change was applied (false: not the holder, or the attempt moved on). */
   async request(req: RecordRequest): Promise<boolean> {
-    const m = await this.#nc.request(this.#subject, encodeJson(req), { timeout: this.#timeoutMs });
+    const body = this.#boot === undefined ? req : { ...req, boot: this.#boot };
+    const m = await this.#nc.request(this.#subject, encodeJson(body), {
+      timeout: this.#timeoutMs,
+    });
     const r = decodeJson<RecordReply>(m.data);
     if ('error' in r) throw new RecordRefusedError(r.error.code, r.error.message);
     return r.applied;

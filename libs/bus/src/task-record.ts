@@ -9,6 +9,9 @@
  * - a worker claims an attempt only while it is `queued` under the token the worker was given;
  * - a result (or an error) is accepted only from the holder of the current token: a worker whose
  *   attempt was re-dispatched (it was presumed dead) can never overwrite the record;
+ * - the holder is an incarnation of a worker, its id and the boot nonce of the process
+ *   (`holderBoot`): a worker restarted under the same id is another holder, so the scheduler
+ *   re-dispatches what its predecessor held as soon as it registers (nothing waits on the dead);
  * - the scheduler re-dispatches by writing a fresh token, which makes every older copy of the
  *   task (a queue message, a late offer reply) stale.
  */
@@ -58,6 +61,8 @@ export interface TaskRecord {
   offeredTo?: string;
   /** The worker that claimed the current attempt. */
   holder?: string;
+  /** The boot nonce of the holder's process (its incarnation, `WorkerInfo.boot`). */
+  holderBoot?: string;
   /** Whether the holder runs the platform through emulation. */
   emulated?: boolean;
   /** The task without its attempt fields, base64 protobuf, so a new scheduler can re-dispatch. */
@@ -85,29 +90,51 @@ export function isCurrentAttempt(r: TaskRecord, token: string): boolean {
   return r.attemptToken === token && (r.state === 'queued' || r.state === 'running');
 }
 
+/**
+ * Who asks for a change: a worker id, or a worker id and the boot nonce of its process (its
+ * incarnation). Requests from workers always carry the boot (record-service.ts).
+ */
+export type Claimant = string | { id: string; boot?: string };
+
+function claimant(c: Claimant): { id: string; boot?: string } {
+  return typeof c === 'string' ? { id: c } : c;
+}
+
+/** Whether `c` is the incarnation holding the record's current attempt `token`. */
+export function holds(r: TaskRecord, token: string, c: Claimant): boolean {
+  const { id, boot } = claimant(c);
+  return (
+    r.state === 'running' &&
+    r.attemptToken === token &&
+    r.holder === id &&
+    (r.holderBoot === undefined || r.holderBoot === boot)
+  );
+}
+
 // ---- Transitions: pure functions; undefined means "not allowed from this record". ----
 
 /** A worker claims the attempt it was given. */
 export function claimRule(
   r: TaskRecord,
   token: string,
-  workerId: string,
+  worker: Claimant,
   emulated: boolean,
   now = Date.now(),
 ): TaskRecord | undefined {
   if (r.state !== 'queued' || r.attemptToken !== token) return undefined;
-  return { ...r, state: 'running', holder: workerId, emulated, claimedAt: now };
+  const { id, boot } = claimant(worker);
+  return { ...r, state: 'running', holder: id, holderBoot: boot, emulated, claimedAt: now };
 }
 
 /** The holder of the current attempt reports success. */
 export function completeRule(
   r: TaskRecord,
   token: string,
-  workerId: string,
+  worker: Claimant,
   result: string,
   now = Date.now(),
 ): TaskRecord | undefined {
-  if (r.state !== 'running' || r.attemptToken !== token || r.holder !== workerId) return undefined;
+  if (!holds(r, token, worker)) return undefined;
   return { ...r, state: 'done', result, finishedAt: now, error: undefined };
 }
 
@@ -115,12 +142,12 @@ export function completeRule(
 export function errorRule(
   r: TaskRecord,
   token: string,
-  workerId: string,
+  worker: Claimant,
   error: TaskRecordError,
   result: string | undefined,
   now = Date.now(),
 ): TaskRecord | undefined {
-  if (r.state !== 'running' || r.attemptToken !== token || r.holder !== workerId) return undefined;
+  if (!holds(r, token, worker)) return undefined;
   return { ...r, state: 'errored', error, result, finishedAt: now };
 }
 
@@ -140,6 +167,7 @@ export function redispatchRule(
     placement,
     offeredTo,
     holder: undefined,
+    holderBoot: undefined,
     emulated: undefined,
     result: undefined,
     error: undefined,
@@ -156,10 +184,17 @@ export function redispatchRule(
 export function releaseRule(
   r: TaskRecord,
   token: string,
-  workerId: string,
+  worker: Claimant,
 ): TaskRecord | undefined {
-  if (r.state !== 'running' || r.attemptToken !== token || r.holder !== workerId) return undefined;
-  return { ...r, state: 'queued', placement: 'released', holder: undefined, claimedAt: undefined };
+  if (!holds(r, token, worker)) return undefined;
+  return {
+    ...r,
+    state: 'queued',
+    placement: 'released',
+    holder: undefined,
+    holderBoot: undefined,
+    claimedAt: undefined,
+  };
 }
 
 /** The scheduler moves the current attempt to another queue (e.g. an offer was declined). */

@@ -28,6 +28,11 @@ export interface WorkerInfo {
   held: string[];
   /** Whether the worker is draining: it takes no new task. */
   draining: boolean;
+  /**
+   * A nonce per process start: the worker's incarnation. A registration under the same id with
+   * another boot is a restarted worker; whatever the previous boot held is lost.
+   */
+  boot: string;
   startedAt: number;
   /** The worker's wall clock at this heartbeat (informational). */
   heartbeatAt: number;

@@ -5,6 +5,7 @@
  * it disturbs no other suite). A process is killed, or the bus restarted, while a RUN is running;
  * the build's outcome is checked through `@kiln/client` and the layers in the store.
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { KilnClient } from '@kiln/client';
@@ -68,6 +69,7 @@ async function startFarm(
   ids: string[],
   schedulerPort?: number,
   workerArgs: string[] = [],
+  schedulerEnv: Record<string, string> = {},
 ): Promise<Farm> {
   const dir = join(tmp.dir, uid());
   const storeDir = join(dir, 'store');
@@ -82,7 +84,7 @@ async function startFarm(
   const scheduler = await startScheduler(entries, nats.url, {
     port: schedulerPort,
     // The workers' store: exporters' artifacts are read from it.
-    env: { KILN_STORE_DIR: storeDir, ...natsAuthEnv(auth.scheduler) },
+    env: { KILN_STORE_DIR: storeDir, ...natsAuthEnv(auth.scheduler), ...schedulerEnv },
   });
   cleanups.push(() => scheduler.proc.stop(5_000));
   const workers = await Promise.all(
@@ -131,7 +133,54 @@ function slowRun(tag: string, sleepS: number) {
   return { def, run: g.result.digest, source: source ?? '' };
 }
 
+/** Mount points at or under `dir` (this process's mount namespace, the workers' too). */
+function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((p) => p === dir || p.startsWith(`${dir}/`));
+}
+
 describe('chaos through the control API', () => {
+  it('kill -9 of a worker mid-RUN, restarted at once with its id on its state dir: the build completes on it, nothing stale is left, its snapshots are used', async () => {
+    // A dead worker is noticed by its heartbeat only after a minute here: the build must not
+    // wait for that, nor for its queue message's redelivery.
+    const farm = await startFarm(['again-a'], undefined, [], {
+      KILN_HEARTBEAT_TIMEOUT_MS: '60000',
+    });
+    const [first] = farm.workers;
+    const tag = uid();
+    const { def, run } = slowRun(tag, 2);
+    const buildId = `again-${tag}`;
+    const status = new StatusLog(farm.client, buildId);
+    const solved = farm.client.solve({ buildId, definition: def });
+    solved.catch(() => undefined);
+    await status.waitForLog(`started-${tag}`);
+    first!.proc.kill('SIGKILL');
+    await first!.proc.exited;
+    // What the killed process left mounted: its RUN's root filesystem at least.
+    expect(mountsUnder(first!.stateDir).length).toBeGreaterThan(0);
+
+    const back = await startWorker(entries, farm.nats.url, {
+      id: first!.id,
+      stateDir: first!.stateDir,
+      storeDir: farm.storeDir,
+      env: farm.env(first!.id),
+    });
+    cleanups.push(() => back.proc.stop(10_000));
+    const res = await solved;
+    expect(readResultFile(farm.storeDir, layersOf(res.exporterResponse), '/out.txt')).toBe(
+      `${tag}\n`,
+    );
+    await status.done;
+    expect(status.logs(run).filter((l) => l.includes(`started-${tag}`))).toHaveLength(2);
+    // The new process ran the RUN on the image snapshot the killed one had unpacked.
+    const done = back.lines.find((l) => l.msg === 'task done' && l.vertexDigest === run);
+    expect(done).toMatchObject({ inputsFetched: 0, inputsLocal: 1 });
+    // Nothing of the killed process is mounted any more (the new one holds no mount when idle).
+    expect(mountsUnder(first!.stateDir)).toEqual([]);
+  });
+
   it('kill -9 of the worker running a RUN: the build succeeds through the other worker', async () => {
     const farm = await startFarm(['kill-a', 'kill-b']);
     const tag = uid();

@@ -194,7 +194,7 @@ describe('a farm whose bus has credentials and role permissions', () => {
     ).rejects.toMatchObject({ code: 'RECORD_REQUEST_INVALID' });
     // ...or speak on perm-a's subject: the server refuses the publish.
     await expect(
-      new RecordClient(b, 'perm-a', 2_000).request({
+      new RecordClient(b, 'perm-a', undefined, 2_000).request({
         op: 'complete',
         key,
         token: rec.attemptToken,

@@ -773,7 +773,11 @@ export class Dispatcher {
     for (const e of this.#entries.values()) {
       const r = e.stored?.record;
       if (!r || e.pendingFor === r.attemptToken) continue;
-      if (r.state === 'running' && r.holder && !this.#workers.isAlive(r.holder, now)) {
+      if (
+        r.state === 'running' &&
+        r.holder &&
+        !this.#workers.isAlive(r.holder, now, r.holderBoot)
+      ) {
         e.pendingFor = r.attemptToken;
         this.#enqueue(e, () => this.#redispatch(e, r.attemptToken, 'holder-lost', true));
         continue;

@@ -17,6 +17,7 @@ function w(id: string, platforms: string[], o: Partial<WorkerInfo> = {}): Worker
     freeDiskBytes: 0,
     held: [],
     draining: false,
+    boot: 'b',
     startedAt: 0,
     heartbeatAt: 0,
     seq: 1,

@@ -4,7 +4,7 @@ import type { KvWatchEntry } from '@nats-io/kv';
 import { describe, expect, it } from 'vitest';
 import { WorkerTable } from './worker-table.js';
 
-function put(id: string, seq: number, startedAt = 1): KvWatchEntry {
+function put(id: string, seq: number, boot = 'b1'): KvWatchEntry {
   const info: WorkerInfo = {
     v: 1,
     id,
@@ -15,7 +15,8 @@ function put(id: string, seq: number, startedAt = 1): KvWatchEntry {
     freeDiskBytes: 0,
     held: [],
     draining: false,
-    startedAt,
+    boot,
+    startedAt: 0,
     heartbeatAt: 0,
     seq,
   };
@@ -33,8 +34,12 @@ describe('WorkerTable', () => {
     expect(t.isAlive('w1', 1_200)).toBe(false);
     t.apply(put('w1', 6), 1_200);
     expect(t.isAlive('w1', 1_300)).toBe(true);
-    t.apply(put('w1', 1, 2), 1_300); // restarted worker: its seq starts again
-    expect(t.get('w1')?.startedAt).toBe(2);
+    expect(t.isAlive('w1', 1_300, 'b1')).toBe(true);
+    t.apply(put('w1', 1, 'b2'), 1_300); // restarted worker: its seq starts again
+    expect(t.get('w1')?.boot).toBe('b2');
+    // What the previous incarnation held is lost at once, not after a heartbeat timeout.
+    expect(t.isAlive('w1', 1_300, 'b1')).toBe(false);
+    expect(t.isAlive('w1', 1_300, 'b2')).toBe(true);
     t.refreshAll(5_000); // reconnected: everybody's clock restarts
     expect(t.isAlive('w1', 5_500)).toBe(true);
     expect(t.expire(10_000, 20_000)).toEqual(['w1']);

@@ -3,6 +3,7 @@
  * is alive while its registration changed within `heartbeatTimeoutMs` of now, as observed here
  * (never comparing clocks across machines). While the connection to NATS is down nobody's
  * heartbeats arrive, so {@link WorkerTable.refreshAll} restarts every worker's clock on reconnect.
+ * A worker is an incarnation: its id and the boot nonce of its process (`WorkerInfo.boot`).
  */
 import type { WorkerInfo } from '@kiln/bus';
 import { decodeWorkerInfo } from '@kiln/bus';
@@ -27,7 +28,7 @@ export class WorkerTable {
     const info = decodeWorkerInfo(e.value);
     const prev = this.#workers.get(info.id);
     // A replayed old value (watch reopened) must not make a dead worker look alive again.
-    if (prev && prev.info.startedAt === info.startedAt && prev.info.seq >= info.seq) return;
+    if (prev && prev.info.boot === info.boot && prev.info.seq >= info.seq) return;
     this.#workers.set(info.id, { info, lastSeen: now });
   }
 
@@ -35,9 +36,14 @@ export class WorkerTable {
     for (const s of this.#workers.values()) s.lastSeen = now;
   }
 
-  isAlive(id: string, now = Date.now()): boolean {
+  /**
+   * Whether worker `id` is alive; with `boot`, whether that incarnation of it is (a worker
+   * restarted under the same id has another boot: what the previous one held is lost at once).
+   */
+  isAlive(id: string, now = Date.now(), boot?: string): boolean {
     const s = this.#workers.get(id);
-    return s !== undefined && now - s.lastSeen <= this.heartbeatTimeoutMs;
+    if (s === undefined || now - s.lastSeen > this.heartbeatTimeoutMs) return false;
+    return boot === undefined || s.info.boot === boot;
   }
 
   get(id: string): WorkerInfo | undefined {

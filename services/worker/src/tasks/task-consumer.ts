@@ -42,7 +42,7 @@ import {
   encodeResult,
   ensureTaskConsumer,
   getRecord,
-  isCurrentAttempt,
+  holds,
   offerSubject,
   openBus,
   pause,
@@ -151,6 +151,12 @@ export function defaultWorkerId(): string {
 
 export class TaskConsumer {
   readonly id: string;
+  /**
+   * This process's incarnation of the worker `id` (a nonce per start): records claimed by an
+   * earlier incarnation (a crashed process, restarted with the same id) are not this one's, and
+   * the scheduler re-dispatches them as soon as this one registers.
+   */
+  readonly boot = randomBytes(12).toString('hex');
   readonly #o: Required<Omit<TaskConsumerOptions, 'nc' | 'bus' | 'id' | 'heldResults'>> & {
     heldResults?: () => readonly string[];
   };
@@ -184,7 +190,7 @@ export class TaskConsumer {
     if (opts.platforms.length === 0)
       throw new KilnError('WORKER_NO_PLATFORM', 'a worker needs at least one platform');
     this.#nc = opts.nc;
-    this.#records = new RecordClient(opts.nc, this.id);
+    this.#records = new RecordClient(opts.nc, this.id, this.boot);
     this.#o = {
       platforms: opts.platforms.map((p) => ({ ...normalizePlatform(p), emulated: p.emulated })),
       labels: opts.labels ?? {},
@@ -319,6 +325,7 @@ export class TaskConsumer {
       freeDiskBytes: this.#o.freeDiskBytes(),
       held: this.#heldSummary(),
       draining: this.#draining,
+      boot: this.boot,
       startedAt: this.#startedAt,
       heartbeatAt: Date.now(),
       seq: ++this.#seq,
@@ -625,7 +632,7 @@ export class TaskConsumer {
       msg?.working();
       getRecord(this.#bus.tasks, key).then(
         (s) => {
-          if (!s || !isCurrentAttempt(s.record, token) || s.record.holder !== this.id) {
+          if (!s || !holds(s.record, token, { id: this.id, boot: this.boot })) {
             r.why ??= 'stale';
             r.abort.abort();
           }
