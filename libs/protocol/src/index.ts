@@ -3,7 +3,7 @@
  * - `pb`: LLB, message for message compatible with BuildKit's solver/pb/ops.proto.
  * - `control`: the `kiln.control.v1` API between clients and the scheduler.
  * - `workerpb`: task messages between the scheduler and workers.
- * - typed errors and their gRPC status mapping.
+ * - typed errors and their gRPC status mapping; errors that name their first cause (first-cause.ts).
  */
 import { pb, kiln } from './gen/protocol.js';
 
@@ -13,6 +13,7 @@ export const workerpb = kiln.worker.v1;
 export const errorspb = kiln.errors.v1;
 export { descriptor } from './gen/descriptor.js';
 export * from './errors.js';
+export * from './first-cause.js';
 export * from './long.js';
 export * from './grpc-status.js';
 export { controlService } from './control-service.js';

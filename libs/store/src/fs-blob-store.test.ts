@@ -1,7 +1,12 @@
+import { execFile } from 'node:child_process';
 import { chmod, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { suppressedOf } from '@kiln/protocol';
+import type { KilnError } from '@kiln/protocol';
 import { describe, expect, it } from 'vitest';
+import { StoreUnavailableError } from './errors.js';
 import { blobStoreConformance } from './test-support/blob-store.conformance.js';
 import { FsBlobStore } from './fs-blob-store.js';
 
@@ -30,7 +35,38 @@ blobStoreConformance('FsBlobStore', async () => {
   };
 });
 
+const execFileP = promisify(execFile);
+
 describe('FsBlobStore specifics', () => {
+  it('a store that stops taking writes mid-put reports the failed write, not the cleanup after it', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'kiln-fs-store-'));
+    const dir = join(root, 'blobs', 'sha256');
+    // Immutable (chattr +i, as root): the open temp file takes no more writes and neither it nor
+    // anything in its directory can be removed, as on a filesystem that turned read-only.
+    const lock = async (flag: '+i' | '-i'): Promise<void> => {
+      const names = (await readdir(dir)).map((n) => join(dir, n));
+      await execFileP('chattr', [flag, ...names, dir]);
+    };
+    try {
+      const store = new FsBlobStore({ root });
+      await store.put(undefined, Buffer.from('seed')); // the directory exists
+      async function* source(): AsyncIterable<Uint8Array> {
+        yield Buffer.alloc(64 * 1024, 1);
+        await lock('+i');
+        yield Buffer.alloc(64 * 1024, 2);
+      }
+      const err = (await store.put(undefined, source()).catch((e: unknown) => e)) as KilnError;
+      expect(err, String((err as Error).stack)).toBeInstanceOf(StoreUnavailableError);
+      expect(err.message).toMatch(/^filesystem store: write: /);
+      // The cleanup failed too: kept with the error, not reported instead of it.
+      expect(suppressedOf(err)).toHaveLength(1);
+      expect(String(suppressedOf(err)[0])).toMatch(/remove temp file after failed put/);
+    } finally {
+      await lock('-i').catch(() => undefined);
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
   it('never lists temp files left by a crashed put, and removes stale ones', async () => {
     const root = await mkdtemp(join(tmpdir(), 'kiln-fs-store-'));
     try {

@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import { chmod, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { cleanupAfter } from '@kiln/protocol';
 import { pipeline } from 'node:stream';
 import type { Readable } from 'node:stream';
 import type { BlobInfo, BlobSource, BlobStore, GetOptions, PutOptions } from './blob-store.js';
@@ -117,12 +118,16 @@ export class FsBlobStore implements BlobStore {
       }
       return { digest, size };
     } catch (err) {
-      await fh?.close().catch(() => undefined);
-      await unlink(tmp).catch((unlinkErr: unknown) => {
-        if (!isErrno(unlinkErr, 'ENOENT'))
-          throw unavailable('remove temp file after failed put', unlinkErr);
-      });
-      throw err;
+      // The put's own error is the one reported; a failed cleanup is attached to it.
+      return cleanupAfter(
+        err,
+        () => fh?.close(),
+        () =>
+          unlink(tmp).catch((unlinkErr: unknown) => {
+            if (!isErrno(unlinkErr, 'ENOENT'))
+              throw unavailable('remove temp file after failed put', unlinkErr);
+          }),
+      );
     }
   }
 

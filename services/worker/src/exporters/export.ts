@@ -18,7 +18,7 @@ import { copyPath } from '../fs/index.js';
 import { diffLayer } from '@kiln/layers';
 import { readSnapshot } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
-import { KilnError } from '@kiln/protocol';
+import { KilnError, cleanupAfter } from '@kiln/protocol';
 import type { LayerCache, LayerRecord } from './layers.js';
 
 export class ExportError extends KilnError {
@@ -49,8 +49,7 @@ async function atomicFile(dest: string, produce: (out: Writable) => Promise<void
     await produce(out);
     await rename(tmp, dest);
   } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
+    await cleanupAfter(err, () => rm(tmp, { force: true }));
   }
 }
 

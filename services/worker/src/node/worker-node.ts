@@ -30,6 +30,7 @@ import { MaterializeResponder } from './materialize-responder.js';
 import { WriteBehind } from './write-behind.js';
 import type { WorkerConfig } from './config.js';
 import { TaskRunner } from './task-runner.js';
+import { cleanupAfter } from '@kiln/protocol';
 
 export interface WorkerNodeOptions {
   /** Default: silent. */
@@ -99,8 +100,7 @@ export class WorkerNode {
         ...(log ? { logger: log.child({ component: 'runner' }) } : {}),
       });
     } catch (err) {
-      await nc.close();
-      throw err;
+      return cleanupAfter(err, () => nc.close());
     }
     const disk = { free: 0 };
     const writeBehind = new WriteBehind({

@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { applyLayer, diffLayer } from '@kiln/layers';
+import { withCleanup } from '@kiln/protocol';
 import { mountTemp } from '../snapshot/mount.js';
 import type { Snapshotter } from '../snapshot/types.js';
 import type { BlobStore, Digest } from '@kiln/store';
@@ -35,11 +36,10 @@ export async function buildSnapshot(
   let committed = false;
   try {
     const m = await mountTemp(mounts, join(env.tmpDir, 'mnt'));
-    try {
-      await fn(m.path);
-    } finally {
-      await m.release();
-    }
+    await withCleanup(
+      () => fn(m.path),
+      () => m.release(),
+    );
     await env.snapshotter.commit(name, key);
     committed = true;
     return name;
@@ -57,22 +57,20 @@ export async function readSnapshot<T>(
   if (snapshot === undefined) {
     await mkdir(env.tmpDir, { recursive: true });
     const empty = await mkdtemp(join(env.tmpDir, 'empty-'));
-    try {
-      return await fn(empty);
-    } finally {
-      await rm(empty, { recursive: true, force: true });
-    }
+    return withCleanup(
+      () => fn(empty),
+      () => rm(empty, { recursive: true, force: true }),
+    );
   }
   // A committed snapshot mounts read-only as it is: a lease keeps it while in use, and no view
   // record is made (nothing to write to the metadata).
   const lease = env.snapshotter.acquire(snapshot);
   try {
     const m = await mountTemp(await env.snapshotter.mounts(snapshot), join(env.tmpDir, 'mnt'));
-    try {
-      return await fn(m.path);
-    } finally {
-      await m.release();
-    }
+    return await withCleanup(
+      () => fn(m.path),
+      () => m.release(),
+    );
   } finally {
     lease.release();
   }
@@ -108,12 +106,13 @@ export async function applyChain(
       continue;
     }
     const handle = await env.snapshotter.diffSource(s);
-    try {
-      const layer = diffLayer(handle.source, { compression: 'none' });
-      await applyLayer(layer.stream, dir);
-      await layer.done;
-    } finally {
-      await handle.release();
-    }
+    await withCleanup(
+      async () => {
+        const layer = diffLayer(handle.source, { compression: 'none' });
+        await applyLayer(layer.stream, dir);
+        await layer.done;
+      },
+      () => handle.release(),
+    );
   }
 }

@@ -26,6 +26,7 @@ import type { OciSpec } from './spec.js';
 import { LineTail } from './tail.js';
 import type { RunOptions, RunResult, RunSpec } from './types.js';
 import { resolveUser } from './user.js';
+import { withCleanup } from '@kiln/protocol';
 
 const execFileP = promisify(execFile);
 
@@ -270,48 +271,52 @@ export class OciRuntime {
     await mkdir(bundle, { recursive: true });
     const limits: TaskLimits = { ...this.limits, ...opts.limits };
     let group: string | undefined;
-    try {
-      let cgroupsPath: string | undefined;
-      const parent = spec.cgroupParent ?? '';
-      if (parent.includes('.slice') && parent.endsWith(':')) {
-        cgroupsPath = `${parent}${id}`; // a systemd slice: the runtime's own, without limits
-      } else if (this.cgroups !== undefined) {
-        group =
-          parent === '' ? posix.join(this.cgroupRoot, id) : posix.join('/', parent, 'kiln', id);
-        cgroupsPath = await this.cgroups.create(group, limits);
-      }
-      const config = await this.prepare(id, bundle, spec, cgroupsPath);
-      const cleanStubs = spec.readonlyRootfs
-        ? () => Promise.resolve()
-        : // Every mount of the finalized spec, /proc, /dev and /sys included: a mount point the
-          // runtime had to create is not part of the result (BuildKit's MountStubsCleanerForSpec).
-          await mountStubsCleaner(
-            spec.rootfs,
-            config.mounts.map((m) => m.destination),
-            spec.removeMountStubsRecursive ?? false,
-          );
-      let attachment: BridgeAttachment | undefined;
-      if ((spec.network ?? 'sandbox') === 'sandbox' && this.bridge !== undefined) {
-        attachment = await this.bridge.attach(id);
-        config.linux.namespaces.push({ type: 'network', path: attachment.nsPath });
-      }
-      try {
-        await writeFile(join(bundle, 'config.json'), JSON.stringify(config));
-        return await this.start(id, bundle, spec, opts, limits.timeMs || undefined);
-      } catch (err) {
-        throw group === undefined ? err : await this.limitError(err, group, limits, spec);
-      } finally {
-        await cleanStubs();
-        // Reusable after a container without CAP_NET_ADMIN (it could not change the namespace).
-        await attachment?.release(
-          !config.process.capabilities?.bounding?.includes('CAP_NET_ADMIN'),
+    // The run's own error is what is reported; a cleanup failing after it is attached to it.
+    return withCleanup(
+      async () => {
+        let cgroupsPath: string | undefined;
+        const parent = spec.cgroupParent ?? '';
+        if (parent.includes('.slice') && parent.endsWith(':')) {
+          cgroupsPath = `${parent}${id}`; // a systemd slice: the runtime's own, without limits
+        } else if (this.cgroups !== undefined) {
+          group =
+            parent === '' ? posix.join(this.cgroupRoot, id) : posix.join('/', parent, 'kiln', id);
+          cgroupsPath = await this.cgroups.create(group, limits);
+        }
+        const config = await this.prepare(id, bundle, spec, cgroupsPath);
+        const cleanStubs = spec.readonlyRootfs
+          ? () => Promise.resolve()
+          : // Every mount of the finalized spec, /proc, /dev and /sys included: a mount point the
+            // runtime had to create is not part of the result (BuildKit's MountStubsCleanerForSpec).
+            await mountStubsCleaner(
+              spec.rootfs,
+              config.mounts.map((m) => m.destination),
+              spec.removeMountStubsRecursive ?? false,
+            );
+        let attachment: BridgeAttachment | undefined;
+        if ((spec.network ?? 'sandbox') === 'sandbox' && this.bridge !== undefined) {
+          attachment = await this.bridge.attach(id);
+          config.linux.namespaces.push({ type: 'network', path: attachment.nsPath });
+        }
+        return withCleanup(
+          async () => {
+            await writeFile(join(bundle, 'config.json'), JSON.stringify(config));
+            try {
+              return await this.start(id, bundle, spec, opts, limits.timeMs || undefined);
+            } catch (err) {
+              throw group === undefined ? err : await this.limitError(err, group, limits, spec);
+            }
+          },
+          cleanStubs,
+          // Reusable after a container without CAP_NET_ADMIN (it could not change the namespace).
+          () =>
+            attachment?.release(!config.process.capabilities?.bounding?.includes('CAP_NET_ADMIN')),
         );
-      }
-    } finally {
+      },
       // A group that cannot be removed yet is left to the next open's sweep.
-      if (group !== undefined) await this.cgroups?.release(group).catch(() => undefined);
-      await rm(bundle, { recursive: true, force: true });
-    }
+      () => (group !== undefined ? this.cgroups?.release(group).catch(() => undefined) : undefined),
+      () => rm(bundle, { recursive: true, force: true }),
+    );
   }
 
   /**

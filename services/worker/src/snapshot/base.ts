@@ -1,4 +1,5 @@
 import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { cleanupAfter } from '@kiln/protocol';
 import { join } from 'node:path';
 import { coalesced } from '../cache/coalesced-write.js';
 import { SnapshotError, SnapshotErrorCode } from './errors.js';
@@ -158,13 +159,15 @@ export abstract class BaseSnapshotter implements Snapshotter {
         await mkdir(dir);
         await this.create(r, dir, parentRec);
       } catch (err) {
-        await rm(dir, { recursive: true, force: true });
-        throw err instanceof SnapshotError
-          ? err
-          : new SnapshotError(SnapshotErrorCode.Io, `creating snapshot ${key}`, {
-              cause: err,
-              details: { key },
-            });
+        return cleanupAfter(
+          err instanceof SnapshotError
+            ? err
+            : new SnapshotError(SnapshotErrorCode.Io, `creating snapshot ${key}`, {
+                cause: err,
+                details: { key },
+              }),
+          () => rm(dir, { recursive: true, force: true }),
+        );
       }
       this.meta.snapshots[key] = r;
       return r;

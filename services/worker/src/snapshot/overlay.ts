@@ -7,6 +7,7 @@ import { SnapshotError, SnapshotErrorCode } from './errors.js';
 import type { SnapshotRecord } from './metadata.js';
 import { MOUNT_DATA_LIMIT, detectOverlay, mountTemp } from './mount.js';
 import type { DiffSourceHandle, MountSpec } from './types.js';
+import { cleanupAfter } from '@kiln/protocol';
 
 const execFileP = promisify(execFile);
 
@@ -191,8 +192,7 @@ export class OverlaySnapshotter extends BaseSnapshotter {
         release,
       };
     } catch (err) {
-      await release();
-      throw err;
+      return cleanupAfter(err, release);
     }
   }
 }

@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { pb } from '@kiln/protocol';
+import { pb, withCleanup } from '@kiln/protocol';
 import type Long from 'long';
 import { mountTemp, unmountUnder } from '../../snapshot/index.js';
 import type { MountSpec, Snapshotter } from '../../snapshot/index.js';
@@ -382,13 +382,14 @@ async function seedCache(
   const lease = env.snapshotter.acquire(from);
   try {
     const m = await mountTemp(await env.snapshotter.mounts(from), join(tmpRoot, 'mnt'));
-    try {
-      const src =
-        selector === '' || selector === '/' ? m.path : await resolveInRoot(m.path, selector);
-      await execFileP('cp', ['-a', `${src}/.`, `${dir}/`]);
-    } finally {
-      await m.release();
-    }
+    await withCleanup(
+      async () => {
+        const src =
+          selector === '' || selector === '/' ? m.path : await resolveInRoot(m.path, selector);
+        await execFileP('cp', ['-a', `${src}/.`, `${dir}/`]);
+      },
+      () => m.release(),
+    );
   } finally {
     lease.release();
   }
