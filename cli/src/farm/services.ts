@@ -5,6 +5,9 @@
  * state dir. The local farm daemon (`daemon.ts`) runs this; nothing on the client path imports
  * it (it loads the scheduler and the worker).
  *
+ * A farm starts with an empty task queue: what a dead predecessor left queued belonged to builds
+ * that died with it.
+ *
  * Layout under the state dir: `nats/` (JetStream), `nats-server.conf` (0600: the users and
  * permissions generated at this start, see `@kiln/bus` nats-permissions.ts), `store/` (content
  * store), `worker/` (snapshots, runtime state), `farm.lock` (the pid of the one process whose
@@ -20,7 +23,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { connectNats, generateFarmAuth } from '@kiln/bus';
+import { TASK_STREAM, connectNats, generateFarmAuth } from '@kiln/bus';
 import { liveDigests, startStoreCollector } from '@kiln/cache-store';
 import { parseDuration, startNatsServer } from '@kiln/common';
 import type { NatsServerProcess } from '@kiln/common';
@@ -147,6 +150,10 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
     stops.push(() => nc.close());
     const dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 0 });
     stops.push(() => dispatcher.close());
+    // Every build of a previous farm on this state dir ended with it (crashed, killed, stopped):
+    // the tasks it left on the queue have nobody waiting, so none of them may run. A build that
+    // asks for one of them again places it anew (its record is adopted and re-dispatched).
+    await dispatcher.bus.jsm.streams.purge(TASK_STREAM);
     const storeDir = join(o.stateDir, 'store');
     const native = formatPlatform(hostPlatform());
     const server = new ControlServer({

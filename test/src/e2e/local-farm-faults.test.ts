@@ -13,7 +13,6 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bundleEntries, makeTempDir, waitFor } from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
-import { runKiln } from './run-kiln.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
@@ -36,7 +35,7 @@ beforeAll(async () => {
 afterAll(async () => {
   // A build a failed test left running would hold the farm's stop (it drains builds).
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  await runKiln(['farm', 'stop']);
+  await kiln(['farm', 'stop']);
   delete process.env.KILN_STATE_DIR;
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
@@ -59,13 +58,16 @@ const buildArgs = (ctx: string): string[] => [
   `BASE=${fixture}`,
 ];
 
-/** `kiln build` as a child process (output collected). */
-function spawnBuild(ctx: string): {
+/**
+ * `kiln` as a child process (output collected). Every command of this file runs so: the farm it
+ * starts is then the one the next command finds (a client of other code would replace it).
+ */
+function spawnKiln(args: string[]): {
   child: ChildProcess;
   out: () => string;
   exited: Promise<number | null>;
 } {
-  const child = spawn(process.execPath, [kilnBin, ...buildArgs(ctx)], {
+  const child = spawn(process.execPath, [kilnBin, ...args], {
     env: process.env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -75,6 +77,15 @@ function spawnBuild(ctx: string): {
   child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   return { child, out: () => out, exited };
+}
+
+const spawnBuild = (ctx: string): ReturnType<typeof spawnKiln> => spawnKiln(buildArgs(ctx));
+
+/** Runs `kiln args` to its end. */
+async function kiln(args: string[]): Promise<{ code: number | null; out: string }> {
+  const k = spawnKiln(args);
+  const code = await k.exited;
+  return { code, out: k.out() };
 }
 
 /** Paths of the files named `name` in the worker's cache mounts. */
@@ -140,7 +151,7 @@ describe('the local farm under faults', () => {
     });
     b.child.kill('SIGKILL');
     await b.exited;
-    const again = await runKiln(buildArgs(ctx));
+    const again = await kiln(buildArgs(ctx));
     expect(again.code, again.out).toBe(0);
   }, 120_000);
 
@@ -155,7 +166,7 @@ describe('the local farm under faults', () => {
     });
     process.kill(await farmPid(), 'SIGKILL');
     await b.exited;
-    const again = await runKiln(buildArgs(ctx));
+    const again = await kiln(buildArgs(ctx));
     expect(again.code, again.out).toBe(0);
     expect(starts(marker)).toBe(2);
   }, 120_000);
@@ -179,12 +190,49 @@ describe('the local farm under faults', () => {
     });
     // Another build on the same farm (its worker takes whatever is queued for it).
     const other = await context('ctx-after-cancel', [`RUN echo ${randomInt(1e9)} > /other`]);
-    const res = await runKiln(buildArgs(other));
+    const res = await kiln(buildArgs(other));
     expect(res.code, res.out).toBe(0);
-    const again = await runKiln(buildArgs(other));
+    const again = await kiln(buildArgs(other));
     expect(again.code, again.out).toBe(0);
     expect(sleepers(seconds)).toEqual([]);
     expect(starts(marker)).toBe(1);
     expect(cacheFiles(`${marker}.done`)).toEqual([]);
   }, 180_000);
+
+  it('a farm that died with a RUN waiting for a slot: the next farm never runs that RUN', async () => {
+    await kiln(['farm', 'stop']);
+    const started = await kiln(['farm', 'start', '--slots', '1']);
+    expect(started.code, started.out).toBe(0);
+    const seconds = [600 + randomInt(1000) / 1000, 700 + randomInt(1000) / 1000];
+    const markers = [`queued-a-${randomInt(1e9)}`, `queued-b-${randomInt(1e9)}`];
+    // Two stages ready at once on one slot: one RUN runs, the other waits on the task queue.
+    const ctx = await context('ctx-farm-died', [
+      noisyRun(markers[0]!, seconds[0]!),
+      'FROM ${BASE} AS b',
+      noisyRun(markers[1]!, seconds[1]!),
+      'FROM ${BASE}',
+      'COPY --from=0 /etc/hostname /a',
+      'COPY --from=b /etc/hostname /b',
+    ]);
+    const b = spawnBuild(ctx);
+    const total = (): number => markers.reduce((n, m) => n + starts(m), 0);
+    await waitFor('one RUN to start', () => total() > 0, {
+      timeoutMs: 90_000,
+      abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
+    });
+    process.kill(await farmPid(), 'SIGKILL');
+    await b.exited;
+    // The next farm on this state dir, and a build of something else on it.
+    const other = await context('ctx-after-death', [`RUN echo ${randomInt(1e9)} > /other`]);
+    const res = await kiln(buildArgs(other));
+    expect(res.code, res.out).toBe(0);
+    const again = await kiln(buildArgs(other));
+    expect(again.code, again.out).toBe(0);
+    // The RUN that was waiting belonged to a build that is gone: it never ran.
+    expect(total()).toBe(1);
+    // And the one that ran when the farm died was stopped by the next farm.
+    await waitFor("the dead farm's RUN to be stopped", () =>
+      seconds.every((s) => sleepers(s).length === 0),
+    );
+  }, 240_000);
 });

@@ -384,10 +384,12 @@ describe('Dispatcher', () => {
     ).toBe(true);
   });
 
-  it('cancels a build: its own tasks stop, tasks shared with another build complete', async () => {
+  it('cancels a build: its own tasks stop or leave the queue, tasks shared with another build complete', async () => {
     const w = await worker('cancel-w', 'linux/amd64', 2);
     const own = testTask({ sleepMs: 30_000 });
     const shared = testTask({ sleepMs: 800 });
+    // Waits on the queue: both of the worker's slots are busy.
+    const waiting = testTask({ sleepMs: 30_000 });
     const pOwn = d.submit(own, { buildId: 'x' });
     const pSharedX = d.submit(shared, { buildId: 'x' });
     const pSharedY = d.submit(shared, { buildId: 'y' });
@@ -395,7 +397,14 @@ describe('Dispatcher', () => {
       'both tasks to run',
       () => w.claimed(own.taskId ?? '') && w.claimed(shared.taskId ?? ''),
     );
+    const pWaiting = d.submit(waiting, { buildId: 'x' });
+    await waitFor('the third task on the queue', async () => (await streamMessages()) > 2);
     d.cancel('x');
+    await expect(pWaiting).rejects.toBeInstanceOf(TaskCancelledError);
+    // Taken off the queue: no worker ever pulls it.
+    await waitFor('the queued task to be withdrawn', () =>
+      events.some((e) => e.type === 'task-withdrawn' && e.taskId === waiting.taskId),
+    );
     await expect(pOwn).rejects.toBeInstanceOf(TaskCancelledError);
     await expect(pSharedX).rejects.toBeInstanceOf(TaskCancelledError);
     expect((await pSharedY).workerId).toBe(w.id);
@@ -406,6 +415,8 @@ describe('Dispatcher', () => {
     await waitFor('the worker to stop it', () =>
       w.events.some((e) => e.type === 'stale' && e.taskId === own.taskId),
     );
+    await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
+    expect(w.events.filter((e) => e.taskId === waiting.taskId)).toEqual([]);
   });
 
   it('survives a scheduler restart: a new dispatcher picks up the running task', async () => {

@@ -132,6 +132,8 @@ interface Entry {
   noWorkerSince?: number;
   /** Token of an attempt whose re-dispatch is already on the chain (monitor dedup). */
   pendingFor?: string;
+  /** The queue message of an attempt published here: withdrawn when the task is cancelled. */
+  queued?: { token: string; seq: number };
 }
 
 export class Dispatcher {
@@ -706,11 +708,12 @@ export class Dispatcher {
     });
     const h = headers();
     for (const [k, v] of recordHeaderValues(r, revision, task.cleanLength)) h.set(k, v);
-    await this.#retry(() =>
+    const ack = await this.#retry(() =>
       this.#bus.js.publish(taskSubject(e.platform, queue === 'emulated'), task.body, {
         headers: h,
       }),
     );
+    e.queued = { token: r.attemptToken, seq: ack.seq };
   }
 
   async #offer(
@@ -744,8 +747,24 @@ export class Dispatcher {
     if (e.waiters.some((w) => w.buildId === waiter.buildId)) return;
     if (e.waiters.length === 0) this.#entries.delete(key);
     this.#enqueue(e, async () => {
-      await this.#cas(e, (cur) => leaveRule(cur, waiter.buildId));
+      const out = await this.#cas(e, (cur) => leaveRule(cur, waiter.buildId));
+      if (out.applied && out.record?.state === 'cancelled') await this.#withdraw(e, out.record);
     });
+  }
+
+  /**
+   * Takes a cancelled task's queue message off the queue, so that no worker even pulls it (one
+   * that does is refused its claim: the record is cancelled). An attempt on an offer, or claimed,
+   * has no message left to take; one already delivered is gone when acknowledged.
+   */
+  async #withdraw(e: Entry, r: TaskRecord): Promise<void> {
+    const q = e.queued;
+    if (!q || q.token !== r.attemptToken) return;
+    e.queued = undefined;
+    const deleted = await this.#bus.jsm.streams
+      .deleteMessage(TASK_STREAM, q.seq, false)
+      .catch(() => false); // acknowledged (claimed) meanwhile, or NATS away: the claim fences it
+    if (deleted) this.#o.onEvent({ type: 'task-withdrawn', taskId: r.taskId, seq: q.seq });
   }
 
   async #cas(e: Entry, change: (r: TaskRecord) => TaskRecord | undefined, known?: StoredRecord) {

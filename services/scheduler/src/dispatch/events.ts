@@ -27,4 +27,6 @@ export type DispatchEvent =
    */
   | { type: 'record-refused'; workerId: string; op: string; key: string; reason: string }
   | { type: 'stale-message-deleted'; seq: number; consumer: string }
+  /** A cancelled task's message was taken off its queue before any worker pulled it. */
+  | { type: 'task-withdrawn'; taskId: string; seq: number }
   | { type: 'error'; where: string; error: unknown };
