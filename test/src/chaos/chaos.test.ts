@@ -5,7 +5,8 @@
  * it disturbs no other suite). A process is killed, or the bus restarted, while a RUN is running;
  * the build's outcome is checked through `@kiln/client` and the layers in the store.
  */
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { KilnClient } from '@kiln/client';
@@ -160,6 +161,13 @@ describe('chaos through the control API', () => {
     await first!.proc.exited;
     // What the killed process left mounted: its RUN's root filesystem at least.
     expect(mountsUnder(first!.stateDir).length).toBeGreaterThan(0);
+    // And, as a worker killed mid-COPY leaves it, a read-only view of a snapshot under tmp/.
+    const view = join(first!.stateDir, 'tmp', 'mnt', 'm-dead');
+    mkdirSync(view, { recursive: true });
+    execFileSync('mount', ['--bind', '-o', 'ro', join(first!.stateDir, 'snapshots'), view]);
+    cleanups.push(async () => {
+      if (mountsUnder(view).length > 0) execFileSync('umount', ['-l', view]);
+    });
 
     const back = await startWorker(entries, farm.nats.url, {
       id: first!.id,

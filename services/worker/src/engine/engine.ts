@@ -16,7 +16,7 @@ import { RegistryClient, chainCredentials } from '@kiln/registry';
 import type { CredentialsProvider, RegistryClientOptions } from '@kiln/registry';
 import { OciRuntime } from '../runtime/index.js';
 import type { RuntimeName, TaskLimits } from '../runtime/index.js';
-import { openSnapshotter } from '../snapshot/index.js';
+import { openSnapshotter, unmountUnder } from '../snapshot/index.js';
 import type { Snapshotter } from '../snapshot/index.js';
 import { ImageSource } from '../sources/image/index.js';
 import {
@@ -94,6 +94,9 @@ export class Engine {
     await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
     await chmod(o.stateDir, 0o700);
     const tmpDir = join(o.stateDir, 'tmp');
+    // A process killed mid-op left its views mounted here: unmounted first, or the removal would
+    // reach into them (and fail on a read-only one, leaving the worker unable to start).
+    await unmountUnder(tmpDir);
     await rm(tmpDir, { recursive: true, force: true });
     await mkdir(tmpDir, { recursive: true });
     const store = o.store ?? new FsBlobStore({ root: join(o.stateDir, 'content') });

@@ -52,8 +52,8 @@ import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
 import { buildSnapshot, snapshotChain } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 import type { RegistryClientOptions } from '@kiln/registry';
-import { LimitExceededError } from '../runtime/index.js';
-import type { OciRuntime, RuntimeName, TaskLimits } from '../runtime/index.js';
+import { LimitExceededError, OciRuntime } from '../runtime/index.js';
+import type { RuntimeName, TaskLimits } from '../runtime/index.js';
 import type { ExecutorContext, OpExecutor, SessionProviders } from '../ops/executor.js';
 import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';
 import {
@@ -187,6 +187,9 @@ export class TaskRunner {
    * and the held results. One runner per state dir.
    */
   static async open(o: TaskRunnerOptions): Promise<TaskRunner> {
+    // A predecessor killed mid-run left its containers running (holding their mounts): stopped
+    // first, then the engine unmounts and removes the rest (tmp/, exec/, snapshot views).
+    await OciRuntime.sweepLeftovers(join(o.stateDir, 'exec'));
     const engine = await Engine.open({
       stateDir: o.stateDir,
       store: o.store,

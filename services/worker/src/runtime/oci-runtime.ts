@@ -121,6 +121,19 @@ export class OciRuntime {
     return ['--root', join(this.stateDir, `${this.name}-state`)];
   }
 
+  /**
+   * Kills and deletes the containers a dead process left in `stateDir` (a worker killed with -9
+   * leaves its containers running) and removes their bundles, without probing a runtime: a worker
+   * starting on the state dir calls it, so nothing of its predecessor outlives its start, even
+   * when no build ever needs a container again. A state dir without containers costs a readdir.
+   */
+  static async sweepLeftovers(stateDir: string): Promise<void> {
+    for (const name of ['crun', 'runc'] as const) {
+      const ids = await readdir(join(stateDir, `${name}-state`)).catch(() => [] as string[]);
+      if (ids.length > 0) await new OciRuntime(name, name, stateDir).sweep();
+    }
+  }
+
   static async open(opts: OciRuntimeOptions): Promise<OciRuntime> {
     await mkdir(join(opts.stateDir, 'bundles'), { recursive: true });
     const wanted = opts.runtime ?? 'auto';
@@ -231,7 +244,7 @@ export class OciRuntime {
     }
     await this.cgroups?.sweep(this.cgroupRoot);
     const bundles = join(this.stateDir, 'bundles');
-    for (const name of await readdir(bundles)) {
+    for (const name of await readdir(bundles).catch(() => [] as string[])) {
       if (name.startsWith('probe-')) continue;
       await BridgeNetwork.detach(name).catch(() => undefined);
       await this.cgroups?.release(posix.join(this.cgroupRoot, name)).catch(() => undefined);
