@@ -400,13 +400,13 @@ describe('Dispatcher', () => {
     const pWaiting = d.submit(waiting, { buildId: 'x' });
     await waitFor('the third task on the queue', async () => (await streamMessages()) > 2);
     d.cancel('x');
+    await expect(pOwn).rejects.toBeInstanceOf(TaskCancelledError);
+    await expect(pSharedX).rejects.toBeInstanceOf(TaskCancelledError);
     await expect(pWaiting).rejects.toBeInstanceOf(TaskCancelledError);
     // Taken off the queue: no worker ever pulls it.
     await waitFor('the queued task to be withdrawn', () =>
       events.some((e) => e.type === 'task-withdrawn' && e.taskId === waiting.taskId),
     );
-    await expect(pOwn).rejects.toBeInstanceOf(TaskCancelledError);
-    await expect(pSharedX).rejects.toBeInstanceOf(TaskCancelledError);
     expect((await pSharedY).workerId).toBe(w.id);
     await waitFor(
       'the own task to be cancelled',
