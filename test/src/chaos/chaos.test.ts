@@ -165,8 +165,9 @@ describe('chaos through the control API', () => {
     const view = join(first!.stateDir, 'tmp', 'mnt', 'm-dead');
     mkdirSync(view, { recursive: true });
     execFileSync('mount', ['--bind', '-o', 'ro', join(first!.stateDir, 'snapshots'), view]);
-    cleanups.push(async () => {
+    cleanups.push(() => {
       if (mountsUnder(view).length > 0) execFileSync('umount', ['-l', view]);
+      return Promise.resolve();
     });
 
     const back = await startWorker(entries, farm.nats.url, {

@@ -81,6 +81,20 @@ function spawnKiln(args: string[]): {
 
 const spawnBuild = (ctx: string): ReturnType<typeof spawnKiln> => spawnKiln(buildArgs(ctx));
 
+/** `kiln build ctx` as a child process, once `started()` says its RUN runs. */
+async function buildUntil(
+  ctx: string,
+  what: string,
+  started: () => boolean,
+): Promise<ReturnType<typeof spawnKiln>> {
+  const b = spawnBuild(ctx);
+  await waitFor(what, started, {
+    timeoutMs: 90_000,
+    abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
+  });
+  return b;
+}
+
 /** Runs `kiln args` to its end. */
 async function kiln(args: string[]): Promise<{ code: number | null; out: string }> {
   const k = spawnKiln(args);
@@ -144,11 +158,7 @@ describe('the local farm under faults', () => {
     const seconds = 3 + randomInt(1000) / 1000;
     const marker = `crash-client-${randomInt(1e9)}`;
     const ctx = await context('ctx-crash-client', [noisyRun(marker, seconds), 'RUN echo ok > /ok']);
-    const b = spawnBuild(ctx);
-    await waitFor('the RUN to start', () => starts(marker) > 0, {
-      timeoutMs: 90_000,
-      abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
-    });
+    const b = await buildUntil(ctx, 'the RUN to start', () => starts(marker) > 0);
     b.child.kill('SIGKILL');
     await b.exited;
     const again = await kiln(buildArgs(ctx));
@@ -159,11 +169,7 @@ describe('the local farm under faults', () => {
     const seconds = 3 + randomInt(1000) / 1000;
     const marker = `crash-farm-${randomInt(1e9)}`;
     const ctx = await context('ctx-crash-farm', [noisyRun(marker, seconds), 'RUN echo ok > /ok']);
-    const b = spawnBuild(ctx);
-    await waitFor('the RUN to start', () => starts(marker) > 0, {
-      timeoutMs: 90_000,
-      abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
-    });
+    const b = await buildUntil(ctx, 'the RUN to start', () => starts(marker) > 0);
     process.kill(await farmPid(), 'SIGKILL');
     await b.exited;
     const again = await kiln(buildArgs(ctx));
@@ -178,11 +184,11 @@ describe('the local farm under faults', () => {
     const ctx = await context('ctx-cancel', [
       noisyRun(marker, seconds, `echo x >> /c/${marker}.done`),
     ]);
-    const b = spawnBuild(ctx);
-    await waitFor('the RUN to start', () => starts(marker) > 0 && sleepers(seconds).length > 0, {
-      timeoutMs: 90_000,
-      abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
-    });
+    const b = await buildUntil(
+      ctx,
+      'the RUN to start',
+      () => starts(marker) > 0 && sleepers(seconds).length > 0,
+    );
     b.child.kill('SIGINT');
     expect(await b.exited, b.out()).not.toBe(0);
     await waitFor('the cancelled RUN to stop', () => sleepers(seconds).length === 0, {
@@ -214,12 +220,8 @@ describe('the local farm under faults', () => {
       'COPY --from=0 /etc/hostname /a',
       'COPY --from=b /etc/hostname /b',
     ]);
-    const b = spawnBuild(ctx);
     const total = (): number => markers.reduce((n, m) => n + starts(m), 0);
-    await waitFor('one RUN to start', () => total() > 0, {
-      timeoutMs: 90_000,
-      abort: () => (b.child.exitCode !== null ? `kiln exited:\n${b.out()}` : undefined),
-    });
+    const b = await buildUntil(ctx, 'one RUN to start', () => total() > 0);
     process.kill(await farmPid(), 'SIGKILL');
     await b.exited;
     // The next farm on this state dir, and a build of something else on it.
