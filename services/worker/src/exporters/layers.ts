@@ -12,7 +12,7 @@
  */
 import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { KilnError } from '@kiln/protocol';
+import { KilnError, withCleanup } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
 import { diffLayer, writeLayer } from '@kiln/layers';
 import type { LayerDescriptor } from '@kiln/layers';
@@ -88,14 +88,14 @@ export class LayerCache {
     if (!p) {
       p = (async () => {
         const handle = await env.snapshotter.diffSource(snapshot);
-        let diffID: string;
-        try {
-          const layer = diffLayer(handle.source, { compression: 'none' });
-          layer.stream.resume();
-          diffID = (await layer.done).diffID;
-        } finally {
-          await handle.release();
-        }
+        const diffID = await withCleanup(
+          async () => {
+            const layer = diffLayer(handle.source, { compression: 'none' });
+            layer.stream.resume();
+            return (await layer.done).diffID;
+          },
+          () => handle.release(),
+        );
         // A blob written meanwhile recorded the same diffID.
         if (!this.map.get(snapshot)) await this.#save(snapshot, { diffID });
         return diffID;
@@ -121,12 +121,11 @@ export class LayerCache {
     if (!p) {
       p = (async () => {
         const handle = await env.snapshotter.diffSource(snapshot);
-        let desc: LayerDescriptor;
-        try {
-          desc = await writeLayer(store, handle.source, { compression: 'gzip' });
-        } finally {
-          await handle.release();
-        }
+        // The write's own error (the store's) is reported, not a failed release after it.
+        const desc: LayerDescriptor = await withCleanup(
+          () => writeLayer(store, handle.source, { compression: 'gzip' }),
+          () => handle.release(),
+        );
         const hashed = this.map.get(snapshot)?.diffID;
         if (hashed !== undefined && hashed !== desc.diffID) {
           // The result id already names the first diffID: a blob of other content must not

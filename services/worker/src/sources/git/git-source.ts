@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { KilnError } from '@kiln/protocol';
+import { KilnError, withCleanup } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import { copyPath } from '../../fs/index.js';
 
@@ -100,40 +100,44 @@ export async function checkoutGit(
 ): Promise<void> {
   await mkdir(scratch, { recursive: true });
   const work = join(scratch, `git-${randomUUID()}`);
-  try {
-    await git(['init', '-q', work], spec.remote);
-    const ref = spec.ref || 'HEAD';
-    await git(
-      [
-        '-C',
-        work,
-        'fetch',
-        '-q',
-        '--depth=1',
-        '--no-tags',
+  // A failed fetch or checkout is what is reported, not a scratch dir that could not go.
+  await withCleanup(
+    async () => {
+      await git(['init', '-q', work], spec.remote);
+      const ref = spec.ref || 'HEAD';
+      await git(
+        [
+          '-C',
+          work,
+          'fetch',
+          '-q',
+          '--depth=1',
+          '--no-tags',
+          spec.remote,
+          /^[0-9a-f]{40}$/.test(ref) ? ref : ref,
+        ],
         spec.remote,
-        /^[0-9a-f]{40}$/.test(ref) ? ref : ref,
-      ],
-      spec.remote,
-    );
-    const head = (await git(['-C', work, 'rev-parse', 'FETCH_HEAD^{commit}'], spec.remote)).trim();
-    if (head !== commit) {
-      throw new GitSourceError(
-        'GIT_FAILED',
-        `ref ${ref} moved while building (${commit} -> ${head})`,
-        spec.remote,
-        { retryable: true },
       );
-    }
-    await git(
-      ['-C', work, '-c', 'advice.detachedHead=false', 'checkout', '-q', commit],
-      spec.remote,
-    );
-    if (!spec.keepGitDir) await rm(join(work, '.git'), { recursive: true, force: true });
-    await copyPath(work, spec.subdir ? `/${spec.subdir}` : '/', dest, '/', {
-      copyDirContents: true,
-    });
-  } finally {
-    await rm(work, { recursive: true, force: true });
-  }
+      const head = (
+        await git(['-C', work, 'rev-parse', 'FETCH_HEAD^{commit}'], spec.remote)
+      ).trim();
+      if (head !== commit) {
+        throw new GitSourceError(
+          'GIT_FAILED',
+          `ref ${ref} moved while building (${commit} -> ${head})`,
+          spec.remote,
+          { retryable: true },
+        );
+      }
+      await git(
+        ['-C', work, '-c', 'advice.detachedHead=false', 'checkout', '-q', commit],
+        spec.remote,
+      );
+      if (!spec.keepGitDir) await rm(join(work, '.git'), { recursive: true, force: true });
+      await copyPath(work, spec.subdir ? `/${spec.subdir}` : '/', dest, '/', {
+        copyDirContents: true,
+      });
+    },
+    () => rm(work, { recursive: true, force: true }),
+  );
 }
