@@ -9,6 +9,10 @@ export interface DockerfileErrorOptions {
   /** Last offending line; never below `startLine`. */
   endLine?: number;
   cause?: unknown;
+  /** @internal a subclass's own code (DOCKERFILE_PARSE by default). */
+  code?: string;
+  /** @internal a subclass's own details, beside the lines. */
+  details?: Record<string, string | number | boolean>;
 }
 
 /**
@@ -24,7 +28,10 @@ export class DockerfileError extends KilnError {
     // BuildKit's toRanges: an end before the start means a single line.
     const endLine =
       opts.endLine === undefined || opts.endLine <= startLine ? startLine : opts.endLine;
-    super(DOCKERFILE_PARSE, message, { cause: opts.cause, details: { startLine, endLine } });
+    super(opts.code ?? DOCKERFILE_PARSE, message, {
+      cause: opts.cause,
+      details: { ...opts.details, startLine, endLine },
+    });
     this.startLine = startLine;
     this.endLine = endLine;
   }

@@ -12,6 +12,7 @@ import { imageConfigToJson } from './convert/image-config.js';
 import type { ImageConfig } from './convert/image-config.js';
 import { readDockerignore } from './dockerignore.js';
 import { DockerfileError } from './dockerfile-error.js';
+import type { FrontendLimits } from './limits.js';
 
 /** What a frontend is given. */
 export interface FrontendInputs {
@@ -32,6 +33,8 @@ export interface FrontendInputs {
   sessionId?: string;
   /** The platform RUN executes on; the host's by default. */
   buildPlatform?: Platform;
+  /** Bounds on the frontend's work for this Dockerfile (per platform); generous defaults. */
+  limits?: Partial<FrontendLimits>;
 }
 
 /** One platform's result. */
@@ -138,6 +141,7 @@ export const dockerfileFrontend: Frontend = {
     if (inputs.metaResolver) opts.metaResolver = inputs.metaResolver;
     if (inputs.sessionId) opts.sessionId = inputs.sessionId;
     if (inputs.buildPlatform) opts.buildPlatform = inputs.buildPlatform;
+    if (inputs.limits) opts.limits = inputs.limits;
     if (inputs.dockerignore !== undefined)
       opts.dockerignore = readDockerignore(inputs.dockerignore);
     const targets = opts.targetPlatforms?.length ? opts.targetPlatforms : [undefined];

@@ -6,6 +6,14 @@
  */
 export { DockerfileError, DOCKERFILE_PARSE } from './dockerfile-error.js';
 export type { DockerfileErrorOptions } from './dockerfile-error.js';
+export {
+  DockerfileLimitError,
+  DOCKERFILE_LIMIT_EXCEEDED,
+  DEFAULT_FRONTEND_LIMITS,
+  ExpansionBudget,
+  frontendLimits,
+} from './limits.js';
+export type { FrontendLimits } from './limits.js';
 export { formatDockerfileError, printSourceRange } from './format-error.js';
 export type { LineRange } from './format-error.js';
 export { goQuote } from './go/quote.js';

@@ -53,6 +53,23 @@ describe('loadConfig', () => {
     expect(() => loadConfig({}, ['--cache-ttl', '10s'])).toThrow(/at least 1m/);
   });
 
+  it('takes the frontend limits as key=value pairs, flag over environment', () => {
+    expect(
+      loadConfig({ KILN_FRONTEND_LIMITS: 'maxWordLength=4194304, maxMillis=120000' }, [])
+        .frontendLimits,
+    ).toEqual({ maxWordLength: 4194304, maxMillis: 120000 });
+    expect(
+      loadConfig({ KILN_FRONTEND_LIMITS: 'maxStages=5' }, ['--frontend-limits', 'maxStages=7'])
+        .frontendLimits,
+    ).toEqual({ maxStages: 7 });
+    expect(() => loadConfig({ KILN_FRONTEND_LIMITS: 'maxWords=1' }, [])).toThrow(
+      /frontend-limits.*maxWords/,
+    );
+    expect(() => loadConfig({ KILN_FRONTEND_LIMITS: 'maxStages=x' }, [])).toThrow(
+      expect.objectContaining({ code: 'CONFIG_INVALID' }),
+    );
+  });
+
   it('rejects bad values with a typed error', () => {
     expect(() => loadConfig({ KILN_MAX_ATTEMPTS: 'x' }, [])).toThrow(/non-negative integer/);
     expect(() => loadConfig({}, ['--listen', 'nowhere'])).toThrow(/host:port/);

@@ -5,6 +5,8 @@
  */
 import { parseArgs } from 'node:util';
 import { parseDuration } from '@kiln/common';
+import { DEFAULT_FRONTEND_LIMITS, frontendLimits } from '@kiln/dockerfile';
+import type { FrontendLimits } from '@kiln/dockerfile';
 import { isEntitlement } from '@kiln/llb';
 import type { Entitlement } from '@kiln/llb';
 import { NATS_AUTH_FLAGS, NatsConfigError, checkNatsAuth, natsAuthFrom } from '@kiln/bus';
@@ -86,6 +88,12 @@ export interface SchedulerConfig {
    * use neither local directories nor exporters.
    */
   store?: StoreConfig;
+  /**
+   * Bounds on the Dockerfile frontend's work per Dockerfile, and on a Solve's Definition
+   * (`maxDefinitionBytes`), over the defaults of @kiln/dockerfile's FrontendLimits
+   * (`--frontend-limits`, `KILN_FRONTEND_LIMITS`: `maxWordLength=4194304,maxMillis=120000`).
+   */
+  frontendLimits: Partial<FrontendLimits>;
 }
 
 export const DEFAULT_CONFIG: SchedulerConfig = {
@@ -104,6 +112,7 @@ export const DEFAULT_CONFIG: SchedulerConfig = {
   allowEntitlements: [],
   sharedCache: false,
   farmRegistryCredentials: false,
+  frontendLimits: {},
 };
 
 /** Whether `listen` is reachable only from this machine: a unix socket or a loopback address. */
@@ -137,6 +146,25 @@ function duration(key: string, v: string, fallback: number): number {
   }
   if (ms < 60_000) throw new ConfigInvalidError(`--${key} must be at least 1m, got ${v}`, key);
   return ms;
+}
+
+/** `key=value,...` over FrontendLimits' keys, checked as the frontend checks them. */
+function parseFrontendLimits(v: string): Partial<FrontendLimits> {
+  const out: Record<string, number> = {};
+  for (const field of v.split(',').map((x) => x.trim())) {
+    if (!field) continue;
+    const [k = '', n = ''] = field.split('=', 2);
+    out[k] = Number(n);
+  }
+  try {
+    frontendLimits(out);
+  } catch (err) {
+    throw new ConfigInvalidError(
+      `--frontend-limits: ${(err as Error).message} (keys: ${Object.keys(DEFAULT_FRONTEND_LIMITS).join(', ')})`,
+      'frontendLimits',
+    );
+  }
+  return out;
 }
 
 function natsAuth(
@@ -176,6 +204,7 @@ export function loadConfig(
         'shared-cache': { type: 'boolean' },
         'cache-ttl': { type: 'string' },
         'farm-registry-credentials': { type: 'boolean' },
+        'frontend-limits': { type: 'string' },
       },
       strict: true,
     }).values;
@@ -245,6 +274,7 @@ export function loadConfig(
       .split(',')
       .map((x) => x.trim())
       .filter(Boolean),
+    frontendLimits: parseFrontendLimits(str('frontend-limits', 'KILN_FRONTEND_LIMITS', '')),
   };
   const storeDir = str('store-dir', 'KILN_STORE_DIR', '');
   if (env.KILN_S3_ENDPOINT || env.KILN_S3_BUCKET) {

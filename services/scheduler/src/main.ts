@@ -103,6 +103,7 @@ async function main(): Promise<void> {
     log: log.child({ component: 'control' }),
     auth,
     sharedCache: config.sharedCache,
+    frontendLimits: config.frontendLimits,
   });
   await server.listen(config.listen, tls?.serverCredentials());
   const security = {

@@ -6,6 +6,7 @@ import { DockerfileError } from '../dockerfile-error.js';
 import type { Location } from '../instructions/commands.js';
 import type { EnvGetter } from '../shell/env.js';
 import type { ShellLex } from '../shell/lex.js';
+import { DockerfileLimitError } from '../limits.js';
 import type { DispatchState, DispatchStates } from './dispatch-state.js';
 import { formatTargetPlatform } from './platform.js';
 
@@ -42,6 +43,7 @@ export function getEnv(state: State): EnvGetter {
 
 /** Throws `err` as a DockerfileError at `loc` (an existing DockerfileError keeps its lines). */
 export function withLocation(err: unknown, loc: Location): DockerfileError {
+  if (err instanceof DockerfileLimitError) return err.at(loc);
   if (err instanceof DockerfileError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new DockerfileError(message, {

@@ -34,6 +34,14 @@ import type {
   Vertex,
 } from '@kiln/llb';
 import { DockerfileError } from '../dockerfile-error.js';
+import {
+  DEFAULT_FRONTEND_LIMITS,
+  DockerfileLimitError,
+  ExpansionBudget,
+  definitionTooLarge,
+  frontendLimits,
+} from '../limits.js';
+import type { FrontendLimits } from '../limits.js';
 import type {
   Command,
   KeyValuePairOptional,
@@ -155,6 +163,8 @@ function lookupSync(resolver: SyncMetaResolver, req: LookupRequest): LookupResul
 }
 
 export interface ConvertOptions {
+  /** Bounds on the work of this conversion (see FrontendLimits); generous defaults. */
+  limits?: Partial<FrontendLimits>;
   /** `--build-arg K=V`. */
   buildArgs?: Readonly<Record<string, string>>;
   /** The stage to build; the last one by default. */
@@ -208,6 +218,8 @@ export interface ConvertResult {
   readonly sourceLocations: SourceLocations;
   /** @internal the Dockerfile, for the source map. */
   readonly source: string;
+  /** @internal the conversion's bounds (marshalResult checks the Definition's size). */
+  readonly limits?: FrontendLimits;
 }
 
 /**
@@ -397,6 +409,7 @@ class Converter {
   private readonly idPrefix = randomBytes(6).toString('hex');
   private readonly locations = new SourceLocations();
   private epoch: Date | undefined;
+  private readonly limits: FrontendLimits;
 
   constructor(
     private readonly source: string,
@@ -410,7 +423,8 @@ class Converter {
     private readonly opts: ConvertOptions,
     targetPlatform: Platform | undefined,
   ) {
-    this.shlex = new ShellLex(escapeToken);
+    this.limits = frontendLimits(opts.limits);
+    this.shlex = new ShellLex(escapeToken, { budget: new ExpansionBudget(this.limits) });
     this.po = buildPlatformOpt(opts.buildPlatform, targetPlatform);
     this.buildArgs = opts.buildArgs ?? {};
     this.buildContext = State.of(new Output(this.contextVertex, () => this.contextVertex.index()));
@@ -460,6 +474,7 @@ class Converter {
       ignoreCache,
       sourceLocations: this.locations,
       source: this.source,
+      limits: this.limits,
     };
   }
 
@@ -762,6 +777,7 @@ class Converter {
       }
       for (const cmd of d.commands) {
         try {
+          this.shlex.budget?.checkTime();
           dispatch(d, cmd, opt);
         } catch (err) {
           throw withLocation(err, cmd.command);
@@ -826,8 +842,8 @@ function expandWord(d: DispatchState, opt: DispatchOpt, word: string): string {
   return opt.shlex.processWord(word, getEnv(d.state));
 }
 
-function expandRaw(d: DispatchState, word: string): string {
-  const lex = new ShellLex('\\', { skipProcessQuotes: true });
+function expandRaw(d: DispatchState, word: string, budget: ExpansionBudget | undefined): string {
+  const lex = new ShellLex('\\', { skipProcessQuotes: true, ...(budget ? { budget } : {}) });
   return lex.processWord(word, getEnv(d.state));
 }
 
@@ -849,7 +865,7 @@ function expandCommand(d: DispatchState, c: Command, opt: DispatchOpt): Command 
         destPath: ex(c.destPath),
         excludePatterns: c.excludePatterns.map(ex),
         sourceContents: c.sourceContents.map((sc) =>
-          sc.expand ? { ...sc, data: expandRaw(d, sc.data) } : sc,
+          sc.expand ? { ...sc, data: expandRaw(d, sc.data, opt.shlex.budget) } : sc,
         ),
       };
       if (out.kind === 'add') out.checksum = ex(out.checksum);
@@ -1125,7 +1141,11 @@ function dispatchRun(
   const mounts = c.mounts;
   const rm = dispatchRunMounts(d, mounts, sources, opt);
   const env = getEnv(d.state);
-  const nameLex = new ShellLex(opt.shlex.escapeToken, { rawQuotes: true, skipUnsetEnv: true });
+  const nameLex = new ShellLex(opt.shlex.escapeToken, {
+    rawQuotes: true,
+    skipUnsetEnv: true,
+    ...(opt.shlex.budget ? { budget: opt.shlex.budget } : {}),
+  });
   const name = prefixCommand(
     d,
     uppercaseCmd(processCmdEnv(nameLex, customName, withSecretEnvMask(mounts, env))),
@@ -1141,6 +1161,14 @@ function dispatchRun(
       : c.security === 'sandbox'
         ? SecurityMode.SANDBOX
         : undefined;
+  // Each RUN carries the whole environment: bound what the Definition will hold before it is
+  // marshaled (an ARG near maxWordLength in ten thousand RUNs is gigabytes).
+  if (opt.shlex.budget) {
+    let n = name.length;
+    for (const a of args) n += a.length;
+    for (const k of env.keys()) n += k.length + (env.get(k)?.length ?? 0);
+    opt.shlex.budget.chargeDefinition(n);
+  }
   const exec = d.state.run({
     args,
     description: dfCmd(c.code),
@@ -1254,12 +1282,51 @@ export interface ParsedDockerfile {
   instructions: ParsedInstructions;
 }
 
-/** Parses a Dockerfile down to instructions; DockerfileError for what BuildKit rejects. */
-export function parseDockerfile(source: string | Uint8Array): ParsedDockerfile {
+/**
+ * Parses a Dockerfile down to instructions; DockerfileError for what BuildKit rejects, and
+ * DockerfileLimitError for a Dockerfile beyond the size, instruction or stage bounds.
+ */
+export function parseDockerfile(
+  source: string | Uint8Array,
+  limits: Partial<FrontendLimits> = {},
+): ParsedDockerfile {
+  const lim = frontendLimits(limits);
+  const size = typeof source === 'string' ? Buffer.byteLength(source) : source.length;
+  if (size > lim.maxDockerfileBytes) {
+    throw new DockerfileLimitError(
+      `the Dockerfile is ${size} bytes, more than ${lim.maxDockerfileBytes} (the frontend's maxDockerfileBytes)`,
+      { limit: 'maxDockerfileBytes', max: lim.maxDockerfileBytes },
+    );
+  }
   const text = typeof source === 'string' ? source : Buffer.from(source).toString('utf8');
   if (text.length === 0) throw noLine('the Dockerfile cannot be empty');
   const { ast, escapeToken } = parse(text);
-  return { text, escapeToken, instructions: parseInstructions(ast) };
+  const over = ast.children[lim.maxInstructions];
+  if (over) {
+    throw new DockerfileLimitError(
+      `the Dockerfile has more than ${lim.maxInstructions} instructions (the frontend's maxInstructions)`,
+      {
+        limit: 'maxInstructions',
+        max: lim.maxInstructions,
+        startLine: over.startLine,
+        endLine: over.endLine,
+      },
+    );
+  }
+  const instructions = parseInstructions(ast);
+  const stage = instructions.stages[lim.maxStages];
+  if (stage) {
+    throw new DockerfileLimitError(
+      `the Dockerfile has more than ${lim.maxStages} stages (the frontend's maxStages)`,
+      {
+        limit: 'maxStages',
+        max: lim.maxStages,
+        startLine: stage.startLine,
+        endLine: stage.endLine,
+      },
+    );
+  }
+  return { text, escapeToken, instructions };
 }
 
 function newConverter(
@@ -1267,7 +1334,9 @@ function newConverter(
   opts: ConvertOptions,
 ): Converter {
   const parsed =
-    typeof source === 'string' || source instanceof Uint8Array ? parseDockerfile(source) : source;
+    typeof source === 'string' || source instanceof Uint8Array
+      ? parseDockerfile(source, opts.limits)
+      : source;
   const { stages, metaArgs } = parsed.instructions;
   if (stages.length === 0) throw noLine('dockerfile contains no stages to build');
   return new Converter(
@@ -1332,9 +1401,14 @@ export function marshalResult(result: ConvertResult, opts: MarshalResultOptions 
   const { sourceMapFilename, ...mopts } = opts;
   result.sourceLocations.reset();
   const def = marshal(result.state, { platform: result.platform, ...mopts });
-  return sourceMapFilename === undefined
-    ? def
-    : result.sourceLocations.attach(def, sourceMapFilename, result.source);
+  const out =
+    sourceMapFilename === undefined
+      ? def
+      : result.sourceLocations.attach(def, sourceMapFilename, result.source);
+  const limits = result.limits ?? DEFAULT_FRONTEND_LIMITS;
+  const size = out.toBytes().length;
+  if (size > limits.maxDefinitionBytes) throw definitionTooLarge(limits, size);
+  return out;
 }
 
 export type { Mount };

@@ -81,8 +81,11 @@ function goExpand(template: string, m: RegExpExecArray): string {
   return out + rest;
 }
 
-/** Go's `(*Regexp).ReplaceAllString`: `repl` is a template (see goExpand). */
-export function goReplaceAll(re: RegExp, src: string, repl: string): string {
+/**
+ * Go's `(*Regexp).ReplaceAllString`: `repl` is a template (see goExpand). Stops early, with a
+ * result longer than `maxLength`, once the result grows past it (the caller refuses it).
+ */
+export function goReplaceAll(re: RegExp, src: string, repl: string, maxLength = Infinity): string {
   const g = globalCopy(re);
   let out = '';
   let lastMatchEnd = 0;
@@ -96,6 +99,7 @@ export function goReplaceAll(re: RegExp, src: string, repl: string): string {
     out += src.slice(lastMatchEnd, a0);
     // No replacement for an empty match right after the previous match.
     if (a1 > lastMatchEnd || a0 === 0) out += goExpand(repl, m);
+    if (out.length > maxLength) return out; // the caller refuses it; stop growing it
     lastMatchEnd = a1;
     const cp = src.codePointAt(searchPos);
     const width = cp === undefined ? 1 : cp > 0xffff ? 2 : 1;

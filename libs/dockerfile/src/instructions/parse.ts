@@ -4,6 +4,7 @@
  * instruction's line range.
  */
 import { DockerfileError } from '../dockerfile-error.js';
+import { DockerfileLimitError } from '../limits.js';
 import { parseGoDuration } from '../go/duration.js';
 import { chompHeredocContent, parseHeredoc } from '../parser/heredoc.js';
 import type { Heredoc } from '../parser/node.js';
@@ -476,6 +477,7 @@ function parseShell(req: ParseRequest): ShellCommand {
 export type Instruction = { kind: 'from'; stage: Stage } | { kind: 'command'; command: Command };
 
 function located(err: unknown, node: Node): DockerfileError {
+  if (err instanceof DockerfileLimitError) return err.at(node);
   if (err instanceof DockerfileError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new DockerfileError(message, {

@@ -4,6 +4,7 @@
  * without expanding anything. Instruction semantics live in the next stage.
  */
 import { DockerfileError } from '../dockerfile-error.js';
+import { DockerfileLimitError } from '../limits.js';
 import { toLower, trimLeftSpace, trimSpace } from '../go/unicode.js';
 import { decodeUtf8, encodeUtf8, utf8Length } from '../go/utf8.js';
 import { ShellExpansionError } from '../shell/shell-error.js';
@@ -191,6 +192,7 @@ function canContainHeredoc(node: Node): boolean {
 
 /** Wraps a failure with BuildKit's location (`withLocation`): an end before the start is the start. */
 function withLocation(err: unknown, start: number, end: number): DockerfileError {
+  if (err instanceof DockerfileLimitError) return err.at({ startLine: start, endLine: end });
   if (err instanceof DockerfileError) return err;
   if (
     err instanceof DirectiveError ||

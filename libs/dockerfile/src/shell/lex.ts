@@ -12,6 +12,8 @@ import { toEnvGetter } from './env.js';
 import type { EnvGetter, EnvLike } from './env.js';
 import { convertShellPatternToRegex, trimPrefix, trimSuffix } from './pattern.js';
 import { ShellExpansionError } from './shell-error.js';
+import { DEFAULT_FRONTEND_LIMITS, wordTooLong } from '../limits.js';
+import type { ExpansionBudget } from '../limits.js';
 
 const EOF = -1;
 const CH_DOLLAR = 0x24;
@@ -33,6 +35,11 @@ export interface ShellLexOptions {
   skipProcessQuotes?: boolean;
   /** Leave references to unset variables as written (`$X`, `${X:-y}`). */
   skipUnsetEnv?: boolean;
+  /**
+   * The conversion's bounds: the length of one word and of all words together, and its time.
+   * Without one, a word is still bounded by the default maxWordLength.
+   */
+  budget?: ExpansionBudget;
 }
 
 /** Everything one expansion yields. */
@@ -144,6 +151,7 @@ class ShellWord {
   readonly matches = new Set<string>();
   readonly nonmatches = new Set<string>();
   private rawEscapes: boolean;
+  private readonly maxWord: number;
 
   constructor(
     private readonly lex: ShellLex,
@@ -152,6 +160,13 @@ class ShellWord {
   ) {
     this.scanner = new Scanner(word);
     this.rawEscapes = lex.rawEscapes;
+    this.maxWord = lex.budget?.maxWordLength ?? DEFAULT_FRONTEND_LIMITS.maxWordLength;
+  }
+
+  /** `s`, unless it is longer than one word may be (an expansion bomb stops here). */
+  private bounded(s: string): string {
+    if (s.length > this.maxWord) throw wordTooLong(this.maxWord);
+    return s;
   }
 
   process(): [string, string[]] {
@@ -191,7 +206,7 @@ class ShellWord {
       const fn = this.special(ch);
       if (fn) {
         const tmp = fn();
-        result += tmp;
+        result = this.bounded(result + tmp);
         if (ch === CH_DOLLAR) words.addString(tmp);
         else words.addRawString(tmp);
         continue;
@@ -253,7 +268,7 @@ class ShellWord {
         return result;
       }
       if (peek === CH_DOLLAR) {
-        result += this.processDollar();
+        result = this.bounded(result + this.processDollar());
         continue;
       }
       let ch = this.scanner.next();
@@ -397,10 +412,10 @@ class ShellWord {
         `invalid pattern (${pattern}) in substitution: ${err instanceof Error ? err.message : String(err)}`,
       );
     }
-    if (replaceAll) return goReplaceAll(re, value, replacement);
+    if (replaceAll) return this.bounded(goReplaceAll(re, value, replacement, this.maxWord));
     const m = re.exec(value);
     if (!m) return value;
-    return value.slice(0, m.index) + replacement + value.slice(m.index + m[0].length);
+    return this.bounded(value.slice(0, m.index) + replacement + value.slice(m.index + m[0].length));
   }
 
   private processName(): string {
@@ -437,6 +452,8 @@ export class ShellLex {
   rawEscapes: boolean;
   skipProcessQuotes: boolean;
   skipUnsetEnv: boolean;
+  /** The conversion's bounds, shared by its lexers (see ShellLexOptions.budget). */
+  readonly budget: ExpansionBudget | undefined;
 
   constructor(escapeToken = '\\', opts: ShellLexOptions = {}) {
     this.escapeToken = escapeToken;
@@ -445,6 +462,7 @@ export class ShellLex {
     this.rawEscapes = opts.rawEscapes ?? false;
     this.skipProcessQuotes = opts.skipProcessQuotes ?? false;
     this.skipUnsetEnv = opts.skipUnsetEnv ?? false;
+    this.budget = opts.budget;
   }
 
   /** Expands the variables in `word`; quotes are removed, spaces kept. */
@@ -462,6 +480,7 @@ export class ShellLex {
     const sw = new ShellWord(this, toEnvGetter(env), word);
     try {
       const [result, words] = sw.process();
+      this.budget?.charge(result.length);
       return { result, words, matched: sw.matches, unmatched: sw.nonmatches };
     } catch (err) {
       if (err instanceof LexError) {

@@ -28,7 +28,8 @@ import { Attr, SpanName, tracer } from '@kiln/common';
 import { SpanStatusCode, context, trace } from '@opentelemetry/api';
 import { INPUT_LOST_CODE, listWorkers } from '@kiln/bus';
 import type { WorkerInfo } from '@kiln/bus';
-import { getFrontend } from '@kiln/dockerfile';
+import { frontendLimits, getFrontend } from '@kiln/dockerfile';
+import type { FrontendLimits } from '@kiln/dockerfile';
 import { parseDefinition } from '@kiln/llb';
 import type { LoadedDefinition } from '@kiln/llb';
 import {
@@ -49,6 +50,7 @@ import type { Dispatcher } from '../dispatch/index.js';
 import {
   BuildCanceledError,
   BuildNotFoundError,
+  DefinitionTooLargeError,
   SolveRequestInvalidError,
   VertexFailedError,
 } from '../solver/errors.js';
@@ -125,6 +127,11 @@ export interface ControlServerOptions extends BuildRegistryOptions {
    * farm's `--farm-registry-credentials`). Default: never.
    */
   farmRegistryCredentials?: boolean;
+  /**
+   * Bounds on the Dockerfile frontend's work per Dockerfile; `maxDefinitionBytes` also bounds a
+   * Solve's own Definition (and the gRPC messages the server takes). Defaults: FrontendLimits'.
+   */
+  frontendLimits?: Partial<FrontendLimits>;
 }
 
 /** What a solve reported, as `SolveResponse.exporter_response` (until exporters exist). */
@@ -214,6 +221,7 @@ export class ControlServer {
   readonly #o: ControlServerOptions;
   readonly #log: Logger;
   readonly #defaultPlatform: Platform;
+  readonly #maxDefinitionBytes: number;
   readonly #checksums: ContentChecksums | undefined;
   readonly #materialize: Materializer;
   readonly #auth: Authenticator;
@@ -232,6 +240,7 @@ export class ControlServer {
       log: this.#log.child({ component: 'session' }),
     });
     this.#defaultPlatform = parsePlatform(o.defaultPlatform ?? 'linux/amd64');
+    this.#maxDefinitionBytes = frontendLimits(o.frontendLimits).maxDefinitionBytes;
     const lostLog = this.#log.child({ component: 'materialize' });
     this.#materialize = natsMaterializer(o.dispatcher.bus.nc, {
       onLost: (e) => lostLog.info(e, 'result lost'),
@@ -249,6 +258,9 @@ export class ControlServer {
   /** Serves on `addr` (`host:port`, port 0 for a free one); resolves with the bound port. */
   async listen(addr: string, creds = grpc.ServerCredentials.createInsecure()): Promise<number> {
     const server = new grpc.Server({
+      // A Definition up to its bound fits, with room for the request's other fields; above,
+      // #load refuses it typed (grpc-js's own refusal is at 4 MiB by default).
+      'grpc.max_receive_message_length': this.#maxDefinitionBytes + 4 * 1024 * 1024,
       'grpc.keepalive_permit_without_calls': 1,
       'grpc.http2.min_ping_interval_without_data_ms': 5_000,
     });
@@ -542,6 +554,11 @@ export class ControlServer {
     if (req.definition?.def?.length) {
       if (req.frontend)
         throw new SolveRequestInvalidError('a solve takes a definition or a frontend, not both');
+      const size = control.SolveRequest.encode(
+        control.SolveRequest.create({ definition: req.definition }),
+      ).finish().length;
+      if (size > this.#maxDefinitionBytes)
+        throw new DefinitionTooLargeError(size, this.#maxDefinitionBytes);
       const graph = parseDefinition(req.definition);
       // The build's platform is the result's own when it names one (an arm64-only graph is an
       // arm64 build: its result and exported image say so), else the scheduler's default.
@@ -577,6 +594,7 @@ export class ControlServer {
         : {}),
       ...(req.sessionId ? { sessionId: req.sessionId } : {}),
       buildPlatform: this.#defaultPlatform,
+      ...(this.#o.frontendLimits ? { limits: this.#o.frontendLimits } : {}),
     });
     return res.platforms.map((p) => ({
       graph: parseDefinition(p.definition.toProto()),

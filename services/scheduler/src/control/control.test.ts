@@ -333,6 +333,38 @@ describe('Control API', () => {
     expect((bad as KilnError).code).toMatch(/^DOCKERFILE_/);
   });
 
+  it('refuses the ARG doubling bomb typed, naming its line, without expanding it', async () => {
+    // The issue's 395-byte Dockerfile: 20 × ARG A=${A}${A} took the scheduler to 2.8 GB.
+    const lines = ['FROM busybox', 'ARG A=0123456789abcdef'];
+    for (let i = 0; i < 20; i++) lines.push('ARG A=${A}${A}');
+    lines.push('RUN echo $A');
+    const before = process.memoryUsage().rss;
+    const err = await client
+      .solve({
+        buildId: `bomb-${randomUUID()}`,
+        frontend: 'dockerfile.v0',
+        inputs: { dockerfile: dockerfileInput(lines.join('\n')) },
+      })
+      .catch((e: unknown) => e as KilnError);
+    expect(err).toBeInstanceOf(KilnError);
+    expect((err as KilnError).code).toBe('DOCKERFILE_LIMIT_EXCEEDED');
+    expect((err as KilnError).details).toMatchObject({ limit: 'maxWordLength', startLine: 19 });
+    // Bounded: 2^20 copies of 16 bytes would be 16 MiB per word and gigabytes in all.
+    expect(process.memoryUsage().rss - before).toBeLessThan(256 * 1024 * 1024);
+  });
+
+  it('refuses a Definition above maxDefinitionBytes typed, before parsing it', async () => {
+    const big = image('docker.io/library/busybox:big')
+      .run({ args: ['true'], customName: 'n'.repeat(17 * 1024 * 1024) })
+      .root();
+    const err = await client
+      .solve({ buildId: `big-${randomUUID()}`, definition: marshal(big) })
+      .catch((e: unknown) => e as KilnError);
+    expect(err).toBeInstanceOf(KilnError);
+    expect((err as KilnError).code).toBe('DEFINITION_TOO_LARGE');
+    expect((err as KilnError).details.max).toBe(16 * 1024 * 1024);
+  });
+
   it('cancels the build of a client that goes away mid-solve', async () => {
     const tag = randomUUID();
     const blocked = chain(tag, ['block', tag]);

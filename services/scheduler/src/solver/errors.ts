@@ -55,3 +55,17 @@ registerErrorClass(
   'SOLVE_REQUEST_INVALID',
   (m, d) => new SolveRequestInvalidError(m, d as Record<string, string>),
 );
+
+/**
+ * A Solve's Definition above the scheduler's bound (`maxDefinitionBytes` of its frontend limits):
+ * refused before it is parsed; a Dockerfile's own Definition fails in the frontend instead.
+ */
+export class DefinitionTooLargeError extends KilnError {
+  constructor(size: number, max: number) {
+    super(
+      'DEFINITION_TOO_LARGE',
+      `the build's LLB Definition is ${size} bytes, more than the scheduler's ${max} (maxDefinitionBytes of --frontend-limits)`,
+      { details: { size, max } },
+    );
+  }
+}
