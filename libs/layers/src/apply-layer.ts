@@ -33,7 +33,20 @@ const WHITEOUT_PREFIX = '.wh.';
 const WHITEOUT_META_PREFIX = '.wh..wh.';
 const WHITEOUT_OPAQUE = '.wh..wh..opq';
 
+/**
+ * Bounds on what one tar may unpack to (a 2 MB `.tar.gz` can hold 2 GiB of zeros). Checked from
+ * each entry's header before its data is written, so nothing past the bound is ever written.
+ */
+export interface TarLimits {
+  /** The regular files' bytes, together. */
+  maxBytes?: number;
+  /** Entries of every kind (whiteouts and directories included). */
+  maxEntries?: number;
+}
+
 export interface TarApplyOptions {
+  /** Bounds on the unpacked size and entries; none by default. */
+  limits?: TarLimits;
   /**
    * Apply the image-spec's changeset rules: `.wh.<name>` deletes `<name>`, `.wh..wh..opq` empties
    * its directory of everything not in this tar, other `.wh..wh.` names are skipped. Default true
@@ -56,6 +69,8 @@ export interface TarApplyOptions {
 }
 
 export interface ApplyOptions {
+  /** Bounds on the unpacked size and entries; none by default. */
+  limits?: TarLimits;
   /** Create character and block devices; otherwise such entries are {@link LayerErrorCode.Unsafe}. Default false. */
   allowDevices?: boolean;
   /** Set owners from the archive (needs root). Default: true when running as root. */
@@ -169,12 +184,20 @@ async function unpack(
     xattrs: new Map<string, XattrTarget>(),
   };
   let entries = 0;
+  let bytes = 0;
+  const maxBytes = opts.limits?.maxBytes ?? Infinity;
+  const maxEntries = opts.limits?.maxEntries ?? Infinity;
   let current: string | undefined;
   try {
     for await (const entry of extract) {
       const header = entry.header;
       current = header.name;
       entries++;
+      if (entries > maxEntries) throw limitExceeded('maxEntries', maxEntries, 'entries', current);
+      if ((header.type ?? 'file') === 'file' || header.type === 'contiguous-file') {
+        bytes += header.size ?? 0;
+        if (bytes > maxBytes) throw limitExceeded('maxBytes', maxBytes, 'bytes', current);
+      }
       const data = entry as AsyncIterable<Buffer>;
       const consumed = await applyEntry(root, header, data, ctx);
       if (!consumed) entry.resume();
@@ -195,6 +218,14 @@ async function unpack(
     throw toLayerError(err, current);
   }
   return { entries };
+}
+
+function limitExceeded(limit: string, max: number, what: string, entry: string): LayerError {
+  return new LayerError(
+    LayerErrorCode.LimitExceeded,
+    `the tar unpacks to more than ${max} ${what} (the applier's ${limit})`,
+    { entry, details: { limit, max } },
+  );
 }
 
 function toLayerError(err: unknown, entry: string | undefined): KilnError {

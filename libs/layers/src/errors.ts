@@ -11,6 +11,8 @@ export const LayerErrorCode = {
   UnsupportedCompression: 'LAYER_UNSUPPORTED_COMPRESSION',
   /** Reading the source tree or writing the target tree failed. */
   Io: 'LAYER_IO',
+  /** The tar unpacks to more bytes or entries than the applier's limits (`details.limit`, `max`). */
+  LimitExceeded: 'LAYER_LIMIT_EXCEEDED',
 } as const;
 export type LayerErrorCode = (typeof LayerErrorCode)[keyof typeof LayerErrorCode];
 

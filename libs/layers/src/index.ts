@@ -1,5 +1,5 @@
 export { applyLayer, applyTar, entryPath } from './apply-layer.js';
-export type { ApplyOptions, ApplyResult, TarApplyOptions } from './apply-layer.js';
+export type { ApplyOptions, ApplyResult, TarApplyOptions, TarLimits } from './apply-layer.js';
 export { MediaTypes, coalescer, detectCompression, zstdSupport } from './compression.js';
 export type { ArchiveCompression, Compression } from './compression.js';
 export { diffLayer, layerMediaType, writeLayer } from './diff-layer.js';

@@ -27,7 +27,7 @@ import {
   errnoOf,
   lstatOrUndefined,
 } from '@kiln/layers';
-import type { ArchiveCompression } from '@kiln/layers';
+import type { ArchiveCompression, TarLimits } from '@kiln/layers';
 import type { Owner } from './ops.js';
 
 const TOOLS: Record<Exclude<ArchiveCompression, 'none' | 'gzip'>, string> = {
@@ -171,6 +171,8 @@ async function helperResult(d: Decompressed, compression: ArchiveCompression): P
 export interface UnpackOptions {
   /** Owner of every unpacked entry; default: the archive's (when running as root). */
   owner?: Owner | undefined;
+  /** Bounds on the unpacked bytes and entries (a decompression bomb stops there). */
+  limits?: TarLimits | undefined;
 }
 
 /**
@@ -191,12 +193,15 @@ export async function unpackArchive(
       allowDevices: true,
       owner: opts.owner,
       xattrs: 'best-effort',
+      ...(opts.limits ? { limits: opts.limits } : {}),
     });
     await d.done;
   } catch (err) {
     d.close();
     await Promise.allSettled([d.done]);
     if (err instanceof FsError) throw err;
+    // Typed as it is (the limit and the entry in its details): the FileOp names the step.
+    if (err instanceof LayerError && err.code === LayerErrorCode.LimitExceeded) throw err;
     if (err instanceof LayerError) {
       const code = err.code === LayerErrorCode.Unsafe ? FsErrorCode.Unsafe : FsErrorCode.BadArchive;
       throw new FsError(code, `unpacking archive: ${err.message}`, {

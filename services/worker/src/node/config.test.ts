@@ -4,7 +4,13 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DEFAULT_PIDS_LIMIT, defaultSlots, loadConfig } from './config.js';
+import {
+  DEFAULT_PIDS_LIMIT,
+  DEFAULT_UNPACK_MAX_BYTES,
+  DEFAULT_UNPACK_MAX_FILES,
+  defaultSlots,
+  loadConfig,
+} from './config.js';
 import { resolvePlatforms } from './platforms.js';
 import { EMPTY_RESULT_ID, chainIds, resultIdOf } from './result-id.js';
 
@@ -156,6 +162,30 @@ describe('task limits and the sandbox network', () => {
       ['--pids-limit', '1.5'],
       ['--cpu-shares', '1'],
       ['--time-limit', 'soon'],
+    ])
+      expect(() => loadConfig({ argv, arch: 'x64' })).toThrow(
+        expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error,
+      );
+  });
+});
+
+describe('unpack limits', () => {
+  it('default to 16 GB and a million entries; file < environment < flags; 0 is none', () => {
+    expect(loadConfig({ arch: 'x64' }).unpack).toEqual({
+      maxBytes: DEFAULT_UNPACK_MAX_BYTES,
+      maxEntries: DEFAULT_UNPACK_MAX_FILES,
+    });
+    const file = join(dir, 'unpack.json');
+    writeFileSync(file, JSON.stringify({ limits: { unpackSize: '1GB', unpackFiles: 10 } }));
+    const c = loadConfig({
+      argv: ['--config', file, '--unpack-max-files', '0'],
+      env: { KILN_WORKER_UNPACK_MAX_SIZE: '64MiB' },
+      arch: 'x64',
+    });
+    expect(c.unpack).toEqual({ maxBytes: 64 * 2 ** 20 });
+    for (const argv of [
+      ['--unpack-max-size', 'huge'],
+      ['--unpack-max-files', '2.5'],
     ])
       expect(() => loadConfig({ argv, arch: 'x64' })).toThrow(
         expect.objectContaining({ code: 'WORKER_CONFIG' }) as Error,

@@ -15,6 +15,7 @@ import {
   natsAuthFrom,
 } from '@kiln/bus';
 import type { NatsAuth, WorkerPlatform } from '@kiln/bus';
+import type { TarLimits } from '@kiln/layers';
 import type { StoreConfig } from '@kiln/store';
 import { InvalidQuantityError, parseDuration, parseSize } from '@kiln/common';
 import { WorkerConfigError } from './errors.js';
@@ -69,6 +70,11 @@ export interface WorkerConfig {
    * control plane: the NATS server's host is added from `natsUrl`), as IPs, CIDRs or host names.
    */
   sandboxDeny: string[];
+  /**
+   * Bounds on what one archive ADD unpacks, or one layer applied, may unpack to (`limits.unpackSize`,
+   * `limits.unpackFiles`): a decompression bomb fails its step typed and its partial snapshot goes.
+   */
+  unpack: TarLimits;
 }
 
 /** Task limits as written: sizes (`2GB`, a plain number is MB), durations (`30m`), counts. */
@@ -77,7 +83,15 @@ export interface LimitsConfigInput {
   pids?: string | number;
   cpuShares?: string | number;
   time?: string | number;
+  /** Unpacked bytes of one archive or layer (`16GB`; 0: none). */
+  unpackSize?: string | number;
+  /** Entries of one archive or layer (0: none). */
+  unpackFiles?: string | number;
 }
+
+/** What one archive or layer may unpack to unless configured: far above any real image layer. */
+export const DEFAULT_UNPACK_MAX_BYTES = 16 * 1024 ** 3;
+export const DEFAULT_UNPACK_MAX_FILES = 1_000_000;
 
 /** The pids limit of a task unless configured: enough for any build, not for a fork bomb. */
 export const DEFAULT_PIDS_LIMIT = 4096;
@@ -291,6 +305,8 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
       pids: e('KILN_WORKER_PIDS_LIMIT'),
       cpuShares: e('KILN_WORKER_CPU_SHARES'),
       time: e('KILN_WORKER_TIME_LIMIT'),
+      unpackSize: e('KILN_WORKER_UNPACK_MAX_SIZE'),
+      unpackFiles: e('KILN_WORKER_UNPACK_MAX_FILES'),
     },
     sandboxDeny: list(e('KILN_WORKER_SANDBOX_DENY')),
     farmRegistryCredentials: e('KILN_FARM_REGISTRY_CREDENTIALS'),
@@ -342,6 +358,10 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
   --pids-limit N           processes and threads of each task (KILN_WORKER_PIDS_LIMIT, 4096; 0 none)
   --cpu-shares N           CPU weight of each task, 1024 is normal (KILN_WORKER_CPU_SHARES)
   --time-limit DUR         wall time of each RUN (KILN_WORKER_TIME_LIMIT; 30m, 2h; default none)
+  --unpack-max-size SIZE   bytes one archive ADD unpacks, or one layer applied, may hold
+                           (KILN_WORKER_UNPACK_MAX_SIZE, 16GB; 0 none)
+  --unpack-max-files N     entries of one archive or layer (KILN_WORKER_UNPACK_MAX_FILES,
+                           1000000; 0 none)
   --sandbox-deny ADDR      an IP, CIDR or host a RUN may not reach (the farm's control plane),
                            repeatable (KILN_WORKER_SANDBOX_DENY, comma list); the NATS host and
                            the worker's own addresses are always denied
@@ -396,6 +416,8 @@ function fromFlags(argv: readonly string[]): {
         'pids-limit': { type: 'string' },
         'cpu-shares': { type: 'string' },
         'time-limit': { type: 'string' },
+        'unpack-max-size': { type: 'string' },
+        'unpack-max-files': { type: 'string' },
         'sandbox-deny': { type: 'string', multiple: true },
       },
     }));
@@ -440,6 +462,8 @@ function fromFlags(argv: readonly string[]): {
         pids: values['pids-limit'],
         cpuShares: values['cpu-shares'],
         time: values['time-limit'],
+        unpackSize: values['unpack-max-size'],
+        unpackFiles: values['unpack-max-files'],
       },
       sandboxDeny: values['sandbox-deny'],
       farmRegistryCredentials: values['farm-registry-credentials'],
@@ -491,30 +515,46 @@ function compileGc(g: GcConfigInput): WorkerConfig['gc'] {
   };
 }
 
+/** A limit as written: 0 or empty is none; a typed error for anything else not 0 or more. */
+function limitQuantity(
+  v: string | number | undefined,
+  what: string,
+  parse: (s: string) => number,
+): number | undefined {
+  if (v === undefined || v === '') return undefined;
+  let n: number;
+  try {
+    n = parse(String(v));
+  } catch (err) {
+    if (err instanceof InvalidQuantityError)
+      throw new WorkerConfigError(`limits ${what}: ${err.message}`, err);
+    throw err;
+  }
+  if (!Number.isFinite(n) || n < 0)
+    throw new WorkerConfigError(`limits ${what} must be 0 or more (got ${String(v)})`);
+  return n === 0 ? undefined : n;
+}
+
+function count(s: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n)) throw new InvalidQuantityError(`"${s}" is not an integer`);
+  return n;
+}
+
+function compileUnpack(l: LimitsConfigInput): TarLimits {
+  const maxBytes =
+    l.unpackSize === undefined
+      ? DEFAULT_UNPACK_MAX_BYTES
+      : limitQuantity(l.unpackSize, 'unpackSize', parseSize);
+  const maxEntries = limitQuantity(l.unpackFiles ?? DEFAULT_UNPACK_MAX_FILES, 'unpackFiles', count);
+  return {
+    ...(maxBytes !== undefined ? { maxBytes: Math.floor(maxBytes) } : {}),
+    ...(maxEntries !== undefined ? { maxEntries } : {}),
+  };
+}
+
 function compileLimits(l: LimitsConfigInput): TaskLimits {
-  const quantity = (
-    v: string | number | undefined,
-    what: string,
-    parse: (s: string) => number,
-  ): number | undefined => {
-    if (v === undefined || v === '') return undefined;
-    let n: number;
-    try {
-      n = parse(String(v));
-    } catch (err) {
-      if (err instanceof InvalidQuantityError)
-        throw new WorkerConfigError(`limits ${what}: ${err.message}`, err);
-      throw err;
-    }
-    if (!Number.isFinite(n) || n < 0)
-      throw new WorkerConfigError(`limits ${what} must be 0 or more (got ${String(v)})`);
-    return n === 0 ? undefined : n;
-  };
-  const count = (s: string): number => {
-    const n = Number(s);
-    if (!Number.isInteger(n)) throw new InvalidQuantityError(`"${s}" is not an integer`);
-    return n;
-  };
+  const quantity = limitQuantity;
   const out: TaskLimits = {};
   const memory = quantity(l.memory, 'memory', parseSize);
   if (memory !== undefined) out.memoryBytes = Math.floor(memory);
@@ -602,5 +642,6 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     gc: compileGc(c.gc ?? {}),
     limits: compileLimits(c.limits ?? {}),
     sandboxDeny: [...(c.sandboxDeny ?? [])],
+    unpack: compileUnpack(c.limits ?? {}),
   };
 }

@@ -47,9 +47,10 @@ import { Engine } from '../engine/engine.js';
 import { FileExecutor } from '../engine/executors/file.js';
 import { SourceExecutor } from '../engine/executors/source.js';
 import { applyLayer } from '@kiln/layers';
+import type { TarLimits } from '@kiln/layers';
 import { runExec, sweepExecState } from '../ops/exec/index.js';
 import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
-import { buildSnapshot, snapshotChain } from '../ops/snapshots.js';
+import { buildSnapshot, snapshotChain, unpackOpts } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 import type { RegistryClientOptions } from '@kiln/registry';
 import { LimitExceededError, OciRuntime } from '../runtime/index.js';
@@ -85,6 +86,12 @@ export interface TaskRunnerOptions {
   runtime?: RuntimeName | 'auto';
   /** Limits of every exec's container; exceeding one fails the task naming the limit and vertex. */
   limits?: TaskLimits;
+  /**
+   * Bounds on what one archive ADD unpacks, or one layer applied here, may unpack to; beyond,
+   * the task fails (FILEOP_UNPACK_LIMIT_EXCEEDED, LAYER_LIMIT_EXCEEDED) and its partial snapshot
+   * is removed. None when absent.
+   */
+  unpack?: TarLimits;
   /** Addresses a RUN in the sandbox network may not reach (the farm's control plane). */
   sandboxDeny?: string[];
   registry?: RegistryClientOptions;
@@ -202,7 +209,11 @@ export class TaskRunner {
     await sweepExecState(join(o.stateDir, 'exec'));
     const held = await HeldResults.open(join(o.stateDir, 'node', 'held-results.jsonl'));
     const usage = await UsageLog.open(join(o.stateDir, 'node', 'usage.jsonl'));
-    const env: SnapshotEnv = { snapshotter: engine.snapshotter, tmpDir: join(o.stateDir, 'tmp') };
+    const env: SnapshotEnv = {
+      snapshotter: engine.snapshotter,
+      tmpDir: join(o.stateDir, 'tmp'),
+      ...(o.unpack ? { unpack: o.unpack } : {}),
+    };
     const contexts = await LocalContexts.open({
       stateDir: join(o.stateDir, 'node'),
       env,
@@ -611,7 +622,11 @@ export class TaskRunner {
             this.env,
             parent,
             async (dir) => {
-              const applied = await applyLayer(await this.#fetch(digest, by.io), dir);
+              const applied = await applyLayer(
+                await this.#fetch(digest, by.io),
+                dir,
+                unpackOpts(this.env),
+              );
               if (applied.diffID !== diffID) throw new DigestMismatchError(diffID, applied.diffID);
             },
             name,

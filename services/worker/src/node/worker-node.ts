@@ -91,6 +91,7 @@ export class WorkerNode {
         snapshotter: config.snapshotter,
         runtime: config.runtime,
         limits: config.limits,
+        unpack: config.unpack,
         sandboxDeny: [...config.sandboxDeny, ...natsHosts(config.natsUrl)],
         registry: {
           insecureRegistries: config.insecureRegistries,

@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { applyLayer, diffLayer } from '@kiln/layers';
+import type { TarLimits } from '@kiln/layers';
 import { withCleanup } from '@kiln/protocol';
 import { mountTemp } from '../snapshot/mount.js';
 import type { Snapshotter } from '../snapshot/types.js';
@@ -15,6 +16,8 @@ export interface SnapshotEnv {
   readonly snapshotter: Snapshotter;
   /** Scratch space for mount points and temp dirs. */
   readonly tmpDir: string;
+  /** Bounds on what one archive (ADD) or layer unpacks to; none when absent. */
+  readonly unpack?: TarLimits;
 }
 
 export function newSnapshotName(prefix = 'r'): string {
@@ -102,17 +105,22 @@ export async function applyChain(
   for (const s of chain) {
     const rec = recorded?.layers.get(s);
     if (rec && recorded) {
-      await applyLayer(await recorded.store.get(rec.digest as Digest), dir);
+      await applyLayer(await recorded.store.get(rec.digest as Digest), dir, unpackOpts(env));
       continue;
     }
     const handle = await env.snapshotter.diffSource(s);
     await withCleanup(
       async () => {
         const layer = diffLayer(handle.source, { compression: 'none' });
-        await applyLayer(layer.stream, dir);
+        await applyLayer(layer.stream, dir, unpackOpts(env));
         await layer.done;
       },
       () => handle.release(),
     );
   }
+}
+
+/** applyLayer's options for a worker's unpack limits. */
+export function unpackOpts(env: Pick<SnapshotEnv, 'unpack'>): { limits?: TarLimits } {
+  return env.unpack ? { limits: env.unpack } : {};
 }

@@ -47,7 +47,11 @@ export class FileExecutor implements OpExecutor {
           await env.snapshotter.remove(t.key).catch(() => undefined);
         };
         try {
-          const res = await executeFileOp(ctx.op.file!, inputDirs, { mutable, discard });
+          const res = await executeFileOp(ctx.op.file!, inputDirs, {
+            mutable,
+            discard,
+            ...(env.unpack ? { unpack: env.unpack } : {}),
+          });
           const outputs: (string | undefined)[] = [];
           for (const [idx, dir] of res.outputs.entries()) {
             const t = targets.get(dir);

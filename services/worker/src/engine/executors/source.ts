@@ -12,7 +12,7 @@ import type { pb } from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import { applyLayer } from '@kiln/layers';
 import type { BlobStore } from '@kiln/store';
-import { buildSnapshot } from '../../ops/snapshots.js';
+import { buildSnapshot, unpackOpts } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
 import type { LayerCache } from '../../exporters/layers.js';
 import type { ImageSource } from '../../sources/image/index.js';
@@ -121,7 +121,11 @@ export class SourceExecutor implements OpExecutor {
           this.env,
           parent,
           async (dir) => {
-            await applyLayer(await this.store.get(digest as `sha256:${string}`), dir);
+            await applyLayer(
+              await this.store.get(digest as `sha256:${string}`),
+              dir,
+              unpackOpts(this.env),
+            );
           },
           name,
         );

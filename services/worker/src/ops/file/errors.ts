@@ -15,6 +15,8 @@ export const FileOpErrorCode = {
   UnknownUser: 'FILEOP_UNKNOWN_USER',
   /** A malformed wildcard or include/exclude pattern. */
   BadPattern: 'FILEOP_BAD_PATTERN',
+  /** An archive ADD unpacks holds more bytes or entries than the worker's unpack limits. */
+  UnpackLimit: 'FILEOP_UNPACK_LIMIT_EXCEEDED',
 } as const;
 export type FileOpErrorCode = (typeof FileOpErrorCode)[keyof typeof FileOpErrorCode];
 

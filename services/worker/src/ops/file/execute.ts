@@ -33,6 +33,8 @@ import {
 } from '../../fs/index.js';
 import type { Owner } from '../../fs/index.js';
 import { symlink } from 'node:fs/promises';
+import { LayerError, LayerErrorCode } from '@kiln/layers';
+import type { TarLimits } from '@kiln/layers';
 import { FileOpError, FileOpErrorCode } from './errors.js';
 import { resolveOwner } from './user.js';
 import type { RootForInput } from './user.js';
@@ -51,6 +53,8 @@ export interface ExecuteFileOpOptions {
   discard?: (dir: string) => Promise<void>;
   /** Applied to the modes of mkdir/mkfile and of created parents, as buildkitd's umask. Default 0o022. */
   umask?: number;
+  /** Bounds on what an archive ADD unpacks may unpack to (the worker's unpack limits). */
+  unpack?: TarLimits;
 }
 
 export interface FileOpResult {
@@ -178,7 +182,7 @@ export async function executeFileOp(
           const d = rootOf(idx, i);
           return d === undefined ? undefined : realpath(d);
         };
-        await runAction(a, root, r, rootFor, (idx) => rootOf(idx, i), umask);
+        await runAction(a, root, r, rootFor, (idx) => rootOf(idx, i), umask, opts.unpack);
       } catch (err) {
         throw toFileOpError(err, i, pathOf(a));
       }
@@ -223,6 +227,7 @@ async function runAction(
   rootFor: RootForInput,
   rootOf: (idx: number) => string | undefined,
   umask: number,
+  unpack: TarLimits | undefined,
 ): Promise<void> {
   if (a.mkdir) {
     const m = a.mkdir;
@@ -258,7 +263,8 @@ async function runAction(
   if (a.copy) {
     const srcDir = rootOf(r.secondary);
     const srcRoot = srcDir === undefined ? undefined : await realpath(srcDir);
-    await runCopy(a.copy, srcRoot, root, await resolveOwner(a.copy.owner, rootFor), umask);
+    const owner = await resolveOwner(a.copy.owner, rootFor);
+    await runCopy(a.copy, srcRoot, root, owner, umask, unpack);
     return;
   }
   throw new FileOpError(FileOpErrorCode.Failed, 'unknown file action');
@@ -270,6 +276,7 @@ async function runCopy(
   dstRoot: string,
   owner: Owner | undefined,
   umask: number,
+  unpack: TarLimits | undefined,
 ): Promise<void> {
   const src = c.src ?? '';
   const dest = c.dest ?? '';
@@ -313,7 +320,7 @@ async function runCopy(
       if (compression !== undefined) {
         const destHost = await resolveInRoot(dstRoot, dest);
         await mkdirAllResolved(dstRoot, destHost, { mode: 0o755 & ~umask, owner, time });
-        await unpackArchive(srcHost, compression, destHost, { owner });
+        await unpackArchive(srcHost, compression, destHost, { owner, limits: unpack });
         continue;
       }
     }
@@ -359,6 +366,14 @@ function toFileOpError(
       cause: err,
       actionIndex,
       path: err.path ?? actionPath,
+      details: err.details,
+    });
+  }
+  if (err instanceof LayerError && err.code === LayerErrorCode.LimitExceeded) {
+    return new FileOpError(FileOpErrorCode.UnpackLimit, err.message, {
+      cause: err,
+      actionIndex,
+      path: actionPath,
       details: err.details,
     });
   }

@@ -11,7 +11,13 @@ import type { BlobStore } from '@kiln/store';
 import { applyLayer, writeLayer } from '@kiln/layers';
 import type { LayerCache } from '../../exporters/layers.js';
 import type { ExecutorContext, OpExecutor } from '../executor.js';
-import { applyChain, buildSnapshot, readSnapshot, snapshotChain } from '../snapshots.js';
+import {
+  applyChain,
+  buildSnapshot,
+  readSnapshot,
+  snapshotChain,
+  unpackOpts,
+} from '../snapshots.js';
 import type { RecordedLayers, SnapshotEnv } from '../snapshots.js';
 
 const num = (v: number | { toNumber(): number } | null | undefined): number =>
@@ -63,7 +69,7 @@ export class DiffExecutor implements OpExecutor {
       ),
     );
     const name = await buildSnapshot(this.env, undefined, async (out) => {
-      await applyLayer(await this.store.get(desc.digest), out);
+      await applyLayer(await this.store.get(desc.digest), out, unpackOpts(this.env));
     });
     await this.layers.set(name, {
       digest: desc.digest,
