@@ -7,8 +7,19 @@ export interface RetryOptions {
   timeoutMs?: number;
   /** Stop retrying when aborted; the last error is rethrown. */
   signal?: AbortSignal;
-  /** Whether an error is worth retrying (default: all). */
+  /**
+   * Whether an error is worth retrying (default: all but {@link isPermanentBusError}s, which the
+   * same call meets every time).
+   */
   retryable?: (err: unknown) => boolean;
+}
+
+/**
+ * An error the same bus call will meet again: nats.js refuses an argument (a message above the
+ * server's max_payload, a bad subject) before anything is sent.
+ */
+export function isPermanentBusError(err: unknown): boolean {
+  return err instanceof Error && err.name === 'InvalidArgumentError';
 }
 
 export async function retrying<T>(fn: () => Promise<T>, opts: RetryOptions = {}): Promise<T> {
@@ -18,7 +29,7 @@ export async function retrying<T>(fn: () => Promise<T>, opts: RetryOptions = {})
     try {
       return await fn();
     } catch (err) {
-      if (opts.retryable && !opts.retryable(err)) throw err;
+      if (!(opts.retryable ?? ((e: unknown) => !isPermanentBusError(e)))(err)) throw err;
       if (opts.signal?.aborted || Date.now() + wait > deadline) throw err;
     }
     await pause(wait, opts.signal);

@@ -36,6 +36,20 @@ describe('gRPC status mapping', () => {
     expect(back.details).toEqual({ attempts: 3, bucket: 'b', fatal: false });
   });
 
+  it('cuts a large message and detail strings with a marker, keeping head and tail', () => {
+    const big = `start ${'x'.repeat(200_000)} end`;
+    const st = toGrpcStatus(new KilnError('BIG', big, { details: { note: 'y'.repeat(5000) } }));
+    expect(st.details!.length).toBeLessThanOrEqual(1000);
+    const trailer = st.metadata!.get('kiln-error-bin')[0] as Buffer;
+    expect(trailer.length).toBeLessThan(6 * 1024);
+    const back = fromGrpcError(st);
+    expect(back.message.length).toBeLessThanOrEqual(4000);
+    expect(back.message).toMatch(/^start x+…\[\d+ characters truncated\]…x+ end$/);
+    expect(String(back.details.note)).toMatch(/characters truncated/);
+    // Small messages are untouched.
+    expect(fromGrpcError(toGrpcStatus(new KilnError('SMALL', 'fine'))).message).toBe('fine');
+  });
+
   it('maps codes by convention', () => {
     expect(grpcCodeFor(new KilnError('BLOB_NOT_FOUND', 'x'))).toBe(GrpcCode.NOT_FOUND);
     expect(grpcCodeFor(new KilnError('LLB_CYCLE', 'x'))).toBe(GrpcCode.INVALID_ARGUMENT);

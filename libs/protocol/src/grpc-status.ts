@@ -9,10 +9,21 @@ import type { ServiceError, StatusObject } from '@grpc/grpc-js';
 import { kiln } from './gen/protocol.js';
 import { KilnError, asKilnError, reviveError } from './errors.js';
 import type { ErrorDetails } from './errors.js';
+import { truncateMiddle } from './truncate.js';
 
 const ErrorDetail = kiln.errors.v1.ErrorDetail;
 
 export const ERROR_TRAILER = 'kiln-error-bin';
+
+/**
+ * Bounds on an error in trailers: gRPC clients refuse metadata above 8 KiB by default (grpc-js's
+ * `grpc.max_metadata_size`), and a refused trailer loses the whole error. The message travels
+ * twice (`grpc-message` and, base64, in {@link ERROR_TRAILER}): both together stay near 7 KiB.
+ * What is cut is marked (truncate.ts).
+ */
+export const MAX_ERROR_MESSAGE = 4000;
+export const MAX_STATUS_MESSAGE = 1000;
+export const MAX_ERROR_DETAIL = 200;
 
 /** Explicit status codes for well-known error codes; others follow the suffix rules below. */
 const explicit = new Map<string, GrpcCode>([
@@ -45,7 +56,7 @@ function encodeDetails(details: ErrorDetails): Record<string, kiln.errors.v1.IDe
   const out: Record<string, kiln.errors.v1.IDetailValue> = {};
   for (const [k, v] of Object.entries(details)) {
     if (v === undefined) continue;
-    if (typeof v === 'string') out[k] = { str: v };
+    if (typeof v === 'string') out[k] = { str: truncateMiddle(v, MAX_ERROR_DETAIL) };
     else if (typeof v === 'number') out[k] = { num: v };
     else out[k] = { flag: v };
   }
@@ -68,14 +79,19 @@ function decodeDetails(
 export function toGrpcStatus(thrown: unknown): Partial<StatusObject> & { code: GrpcCode } {
   const err = asKilnError(thrown);
   const metadata = new Metadata();
+  const message = truncateMiddle(err.message, MAX_ERROR_MESSAGE);
   const bytes = ErrorDetail.encode({
     code: err.code,
-    message: err.message,
+    message,
     retryable: err.retryable,
     details: encodeDetails(err.details),
   }).finish();
   metadata.set(ERROR_TRAILER, Buffer.from(bytes));
-  return { code: grpcCodeFor(err), details: err.message, metadata };
+  return {
+    code: grpcCodeFor(err),
+    details: truncateMiddle(err.message, MAX_STATUS_MESSAGE),
+    metadata,
+  };
 }
 
 /** Rebuilds the typed error from a failed call; errors without Kiln details keep their status. */

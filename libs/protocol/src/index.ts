@@ -19,3 +19,4 @@ export * from './grpc-status.js';
 export { controlService } from './control-service.js';
 export type { ControlService } from './control-service.js';
 export * from './platform.js';
+export * from './truncate.js';

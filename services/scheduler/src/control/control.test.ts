@@ -5,7 +5,16 @@ import { randomUUID } from 'node:crypto';
 import { dockerfileInput, KilnClient } from '@kiln/client';
 import type { StatusResponse } from '@kiln/client';
 import { checksumSubject, decodeChecksumRequest, encodeChecksumJson } from '@kiln/bus';
-import { LinuxArm64, copy, image, marshal, parseDefinition } from '@kiln/llb';
+import {
+  LinuxAmd64,
+  LinuxArm64,
+  copy,
+  image,
+  marshal,
+  mkfile,
+  parseDefinition,
+  scratch,
+} from '@kiln/llb';
 import type { Definition } from '@kiln/llb';
 import { KilnError, control } from '@kiln/protocol';
 import { connect } from '@nats-io/transport-node';
@@ -363,6 +372,55 @@ describe('Control API', () => {
     expect(err).toBeInstanceOf(KilnError);
     expect((err as KilnError).code).toBe('DEFINITION_TOO_LARGE');
     expect((err as KilnError).details.max).toBe(16 * 1024 * 1024);
+  });
+
+  it('runs a vertex with a 1 MB llb.customname, its name cut with a marker (no bus retry loop)', async () => {
+    // The task once exceeded NATS's max payload: 60 s of retries, then DISPATCH_BUS_UNAVAILABLE.
+    const tag = randomUUID();
+    const buildId = `b-${tag}`;
+    const st = image(`docker.io/library/busybox:${tag}`)
+      .run({ args: ['echo', tag], customName: `${tag} ${'n'.repeat(1024 * 1024)}` })
+      .root();
+    const res = await client.solve({ buildId, definition: marshal(st) });
+    expect(res.exporterResponse['result.id']).toBeTruthy();
+    const names = vertexes(await collect(client.status(buildId))).map((v) => v.name ?? '');
+    const long = names.filter((n) => n.startsWith(tag));
+    expect(long.length).toBeGreaterThan(0);
+    for (const n of long) {
+      expect(n.length).toBeLessThanOrEqual(4096);
+      expect(n).toMatch(/…\[\d+ characters truncated\]…/);
+    }
+  });
+
+  it('fails a task too large for one bus message at once, typed, never as a bus outage', async () => {
+    const tag = randomUUID();
+    // Inline file data is part of the op (and of its digest): it cannot be cut.
+    const st = scratch().file(mkfile(`/${tag}`, 0o644, 'd'.repeat(1100 * 1024)));
+    const err = await client
+      .solve({ buildId: `b-${tag}`, definition: marshal(st, { platform: LinuxAmd64 }) })
+      .catch((e: unknown) => e as KilnError);
+    expect(err).toBeInstanceOf(KilnError);
+    expect((err as KilnError).code).toBe('DISPATCH_TASK_TOO_LARGE');
+    expect((err as KilnError).details.max).toBeGreaterThan(0);
+  });
+
+  it('brings a 100 kB error message to the client, cut with a marker', async () => {
+    const tag = randomUUID();
+    const message = `${tag} ${'e'.repeat(100 * 1024)} the end`;
+    const st = image(`docker.io/library/busybox:${tag}`)
+      .run({ args: ['fail', message], customName: `fail ${tag}` })
+      .root();
+    const err = await client
+      .solve({ buildId: `b-${tag}`, definition: marshal(st) })
+      .catch((e: unknown) => e as KilnError);
+    expect(err).toBeInstanceOf(KilnError);
+    expect((err as KilnError).code).toBe('TEST_EXEC_FAILED');
+    const got = (err as KilnError).message;
+    // The step's name, the head and the tail of the message, and what was cut between them.
+    expect(got.startsWith(`fail ${tag}: ${tag} eee`)).toBe(true);
+    expect(got).toMatch(/e…\[\d+ characters truncated\]…e+ the end$/);
+    expect(got.length).toBeLessThanOrEqual(4000);
+    expect((err as KilnError).details.digest).toMatch(/^sha256:/);
   });
 
   it('cancels the build of a client that goes away mid-solve', async () => {

@@ -46,6 +46,7 @@ import {
   redispatchRule,
   replaceRule,
   resultLostRule,
+  isPermanentBusError,
   retrying,
   serveRecords,
   taskKey,
@@ -65,10 +66,16 @@ import {
   NoWorkerError,
   TaskCancelledError,
   TaskFailedError,
+  TaskTooLargeError,
 } from './errors.js';
 import type { DispatchEvent } from './events.js';
 import { planPlacement } from './placement.js';
 import { WorkerTable } from './worker-table.js';
+
+/** nats-server's default max_payload, when the connection has not said its own. */
+const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+/** A task record's fields besides the task itself (ids, builds, times), generously. */
+const RECORD_OVERHEAD = 16 * 1024;
 
 export interface DispatcherOptions {
   /** A connection with reconnects enabled (`maxReconnectAttempts: -1`). Not closed by close(). */
@@ -221,6 +228,12 @@ export class Dispatcher {
         return;
       }
       const { attemptToken: _t, attempt: _a, ...clean } = task;
+      const body = encodeTask(clean);
+      // The record carries the task in base64 beside its other fields: refuse what cannot fit
+      // in one bus message rather than retry a write that can never succeed.
+      const max = this.#bus.nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD;
+      const recordSize = Math.ceil(body.length / 3) * 4 + RECORD_OVERHEAD;
+      if (recordSize > max) return reject(new TaskTooLargeError(body.length, max, cacheKey));
       entry = {
         key,
         cacheKey,
@@ -381,11 +394,20 @@ export class Dispatcher {
       // attempt is unknown here, so fail the waits clearly rather than leave them hanging. The
       // record stays; submitting again picks it up.
       if (this.#entries.get(e.key) !== e) return;
-      const err = new KilnError('DISPATCH_BUS_UNAVAILABLE', 'task bus unavailable', {
-        cause: error,
-        retryable: true,
-        details: { cacheKey: e.cacheKey },
-      });
+      // An error no retry can cure (a message the bus refuses) is the task's own failure.
+      const err =
+        error instanceof KilnError && !error.retryable
+          ? error
+          : isPermanentBusError(error)
+            ? new KilnError('DISPATCH_BUS_REFUSED', `the bus refused the task: ${String(error)}`, {
+                cause: error,
+                details: { cacheKey: e.cacheKey },
+              })
+            : new KilnError('DISPATCH_BUS_UNAVAILABLE', 'task bus unavailable', {
+                cause: error,
+                retryable: true,
+                details: { cacheKey: e.cacheKey },
+              });
       this.#settle(e, (w) => w.reject(err));
     });
   }

@@ -37,5 +37,19 @@ export class DispatcherClosedError extends KilnError {
   }
 }
 
+/**
+ * A task whose record would not fit in one message of the bus (NATS's max_payload): never retried,
+ * the same task cannot fit later. Mostly large inline data in an op (a FileOp's mkfile).
+ */
+export class TaskTooLargeError extends KilnError {
+  constructor(size: number, max: number, cacheKey: string) {
+    super(
+      'DISPATCH_TASK_TOO_LARGE',
+      `the task is ${size} bytes, its record more than the bus's max payload of ${max} bytes (nats-server max_payload); make the op smaller (inline file data, names)`,
+      { details: { size, max, cacheKey } },
+    );
+  }
+}
+
 registerErrorClass('DISPATCH_CANCELLED', (m, d) => new TaskCancelledError(m, d));
 registerErrorClass('DISPATCH_CLOSED', () => new DispatcherClosedError());

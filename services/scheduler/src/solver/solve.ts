@@ -22,7 +22,14 @@ import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { CUSTOM_NAME, depSpecs, inputDigests, opKind } from '@kiln/llb';
 import type { CacheNode } from '@kiln/remote-cache';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
-import { KilnError, formatPlatform, platformFromPb, platformToPb, workerpb } from '@kiln/protocol';
+import {
+  KilnError,
+  formatPlatform,
+  platformFromPb,
+  platformToPb,
+  truncateMiddle,
+  workerpb,
+} from '@kiln/protocol';
 import type { Platform, pb } from '@kiln/protocol';
 import type { SubmitOptions } from '../dispatch/index.js';
 import { BuildCanceledError, VertexFailedError } from './errors.js';
@@ -134,14 +141,39 @@ function lostInput(e: unknown): { resultId: string; holder: string } | undefined
   return { resultId, holder: typeof holder === 'string' ? holder : '' };
 }
 
-/** The name BuildKit's progress shows for a vertex. */
+/**
+ * A vertex name's bound: names travel in every progress frame, log line and task; a longer one
+ * (a megabyte `llb.customname`) is cut with a marker, here and in the task's metadata.
+ */
+export const MAX_VERTEX_NAME = 4096;
+/** The bound of each other description value a task carries to its worker. */
+const MAX_DESCRIPTION_VALUE = 16 * 1024;
+
+/** The name BuildKit's progress shows for a vertex, at most {@link MAX_VERTEX_NAME} long. */
 export function vertexName(lo: LoadedOp): string {
+  return truncateMiddle(fullVertexName(lo), MAX_VERTEX_NAME);
+}
+
+function fullVertexName(lo: LoadedOp): string {
   const custom = lo.metadata?.description?.[CUSTOM_NAME];
   if (custom) return custom;
   const op = lo.op;
   if (op.exec) return (op.exec.meta?.args ?? []).join(' ');
   if (op.source) return op.source.identifier ?? 'source';
   return opKind(op) ?? 'op';
+}
+
+/**
+ * The op's metadata as a task carries it: description values cut as the names are (metadata is
+ * not part of the vertex digest nor of the cache key, so this changes no result).
+ */
+function taskMetadata(m: pb.IOpMetadata | undefined): pb.IOpMetadata {
+  const desc = m?.description;
+  if (!m || !desc) return m ?? {};
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(desc))
+    out[k] = truncateMiddle(v, k === CUSTOM_NAME ? MAX_VERTEX_NAME : MAX_DESCRIPTION_VALUE);
+  return { ...m, description: out };
 }
 
 /** The op's platform, else the build's default. */
@@ -335,7 +367,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         buildId: o.buildId,
         vertexDigest: lo.digest,
         op: lo.bytes,
-        metadata: lo.metadata ?? {},
+        metadata: taskMetadata(lo.metadata),
         inputs,
         cacheKey,
         platform: platformToPb(platform),

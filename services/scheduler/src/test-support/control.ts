@@ -7,7 +7,7 @@
  * - {@link testExecutor}: a small executor that really runs each task's op, trivially: it decodes
  *   the op, reports a log line, and returns synthetic outputs computed deterministically from the
  *   vertex and its inputs' result ids (so equal work gives equal results). Exec args steer it:
- *   `fail` fails the task (non-retryable), `gate <name>` waits until the test opens the gate,
+ *   `fail [message]` fails the task (non-retryable), `gate <name>` waits until the test opens the gate,
  *   `block` runs until its signal aborts.
  * - {@link TcpProxy}: a TCP proxy whose connections a test can cut, to drop a client's stream.
  */
@@ -127,7 +127,8 @@ export function testExecutor(workerId: string, runs: Run[], gates: Gates): RunTa
     if (args[0] === 'gate') await gates.wait(args[1] ?? '', signal);
     if (args[0] === 'block')
       await new Promise<void>((r) => signal.addEventListener('abort', () => r(), { once: true }));
-    if (args[0] === 'fail') throw new KilnError('TEST_EXEC_FAILED', 'process exited with code 1');
+    if (args[0] === 'fail')
+      throw new KilnError('TEST_EXEC_FAILED', args[1] ?? 'process exited with code 1');
     let n = 1;
     for (const m of op.exec?.mounts ?? []) n = Math.max(n, Number(m.output) + 1);
     return {

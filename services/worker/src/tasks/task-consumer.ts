@@ -59,6 +59,7 @@ import {
   platformFromPb,
   platformMatches,
   toLong,
+  truncateMiddle,
 } from '@kiln/protocol';
 import type { ConsumeCallback, Consumer, FetchOptions, JsMsg } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
@@ -722,6 +723,9 @@ export class TaskConsumer {
       attemptToken: task.attemptToken,
       workerId: this.id,
       ...p,
+      // One message of the bus holds them: a line without end (a RUN printing megabytes with no
+      // newline) is cut, marked, rather than refused whole.
+      ...(p.lines ? { lines: p.lines.map((l) => truncateMiddle(l, MAX_PROGRESS_LINE)) } : {}),
       at: Date.now(),
     };
     try {
@@ -746,12 +750,16 @@ function decodeTaskSafe(msg: { data: Uint8Array }): Task | undefined {
   }
 }
 
+/** A progress line's bound (a few of them fit one bus message). */
+export const MAX_PROGRESS_LINE = 16 * 1024;
+/** A task error's message bound: it travels in the task record, one bus message. */
+export const MAX_TASK_ERROR_MESSAGE = 64 * 1024;
+
 function errorOf(err: unknown): TaskErrorInit {
-  if (err instanceof KilnError)
-    return { code: err.code, message: err.message, retryable: err.retryable };
-  return {
-    code: 'TASK_FAILED',
-    message: err instanceof Error ? err.message : String(err),
-    retryable: true,
-  };
+  const message = truncateMiddle(
+    err instanceof Error ? err.message : String(err),
+    MAX_TASK_ERROR_MESSAGE,
+  );
+  if (err instanceof KilnError) return { code: err.code, message, retryable: err.retryable };
+  return { code: 'TASK_FAILED', message, retryable: true };
 }
