@@ -17,7 +17,7 @@ import {
   natsAuthFrom,
 } from '@kiln/bus';
 import { parseDuration } from '@kiln/common';
-import { KilnError } from '@kiln/protocol';
+import { KilnError, boundLogFields } from '@kiln/protocol';
 import { openStore } from '@kiln/store';
 import type { StoreConfig } from '@kiln/store';
 import { pino } from 'pino';
@@ -94,6 +94,7 @@ async function main(): Promise<number> {
   }
   const log = pino({
     name: 'kiln-cache-store',
+    formatters: { log: (o) => boundLogFields(o) },
     level: f['log-level'] ?? env.KILN_LOG_LEVEL ?? 'info',
   });
   const intervalMs = duration('interval', f.interval ?? env.KILN_GC_INTERVAL ?? '1h');

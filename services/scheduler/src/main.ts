@@ -16,7 +16,7 @@
  */
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { connectNats } from '@kiln/bus';
-import { KilnError } from '@kiln/protocol';
+import { KilnError, boundLogFields } from '@kiln/protocol';
 import { openStore } from '@kiln/store';
 import { pino } from 'pino';
 import { authConfigured, isLoopbackListen, loadConfig } from './config.js';
@@ -38,7 +38,11 @@ function readTokens(c: SchedulerConfig): TenantToken[] {
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env, process.argv.slice(2));
-  const log = pino({ name: 'kiln-scheduler', level: config.logLevel });
+  const log = pino({
+    name: 'kiln-scheduler',
+    level: config.logLevel,
+    formatters: { log: (o) => boundLogFields(o) },
+  });
   const tokens = readTokens(config);
   const auth = new Authenticator({
     tokens,

@@ -4,6 +4,7 @@
  * Logs are pino JSON lines on stdout. SIGTERM / SIGINT drain (no new task, running ones finish
  * or are handed back), then exit 0; a second SIGINT exits at once.
  */
+import { boundLogFields } from '@kiln/protocol';
 import { pino } from 'pino';
 import { FLAGS_HELP, loadConfig } from './config.js';
 import { WorkerNode } from './worker-node.js';
@@ -15,7 +16,11 @@ async function main(): Promise<void> {
     return;
   }
   const config = loadConfig({ argv, env: process.env });
-  const log = pino({ level: config.logLevel, base: { pid: process.pid, service: 'kiln-worker' } });
+  const log = pino({
+    level: config.logLevel,
+    base: { pid: process.pid, service: 'kiln-worker' },
+    formatters: { log: (o) => boundLogFields(o) },
+  });
   const node = await WorkerNode.start(config, { logger: log });
   let stopping = false;
   const stop = (signal: 'SIGTERM' | 'SIGINT'): void => {
