@@ -43,6 +43,14 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** How long status() keeps trying to reconnect before it fails. Default 60 s. */
   reconnectWindowMs?: number;
+  /**
+   * The deadline of each short call (listWorkers, diskUsage, cancel), after which it fails
+   * `DEADLINE_EXCEEDED`. Default 60 s. Solve, status and sessions live as long as their build and
+   * have none: a scheduler that vanished is found by keepalive pings instead.
+   */
+  callTimeoutMs?: number;
+  /** The deadline of prune, which waits for every worker's answer. Default 10 min. */
+  pruneTimeoutMs?: number;
   /** grpc-js channel options (e.g. `grpc.initial_reconnect_backoff_ms`). */
   channelOptions?: grpc.ChannelOptions;
 }
@@ -88,11 +96,15 @@ export class KilnClient {
   readonly #client: grpc.Client;
   readonly #reconnectWindowMs: number;
   readonly #token: string | undefined;
+  readonly #callTimeoutMs: number;
+  readonly #pruneTimeoutMs: number;
 
   private constructor(client: grpc.Client, o: ConnectOptions) {
     this.#client = client;
     this.#reconnectWindowMs = o.reconnectWindowMs ?? 60_000;
     this.#token = o.token;
+    this.#callTimeoutMs = o.callTimeoutMs ?? 60_000;
+    this.#pruneTimeoutMs = o.pruneTimeoutMs ?? 600_000;
   }
 
   /** Fresh metadata for a call: the token, if any. */
@@ -111,7 +123,12 @@ export class KilnClient {
       (o.tls
         ? grpc.credentials.createSsl(o.tls.ca ?? null, o.tls.key ?? null, o.tls.cert ?? null)
         : grpc.credentials.createInsecure());
-    const client = new grpc.Client(addr, creds, o.channelOptions ?? {});
+    const client = new grpc.Client(addr, creds, {
+      // A build's calls have no deadline: pings find a scheduler (or a path) that vanished.
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      ...o.channelOptions,
+    });
     try {
       await new Promise<void>((resolve, reject) =>
         client.waitForReady(Date.now() + (o.connectTimeoutMs ?? 10_000), (err) =>
@@ -148,7 +165,7 @@ export class KilnClient {
         Object.entries(req.inputs ?? {}).map(([k, v]) => [k, toPb(v)]),
       );
     }
-    return this.#unary(controlService.solve, msg, o.signal).then((r) => ({
+    return this.#unary(controlService.solve, msg, {}, o.signal).then((r) => ({
       exporterResponse: { ...r.exporterResponse },
     }));
   }
@@ -221,13 +238,13 @@ export class KilnClient {
 
   /** The registered workers (optionally filtered: `id==X`, `labels.K==V`). */
   async listWorkers(filter: string[] = []): Promise<WorkerRecord[]> {
-    const r = await this.#unary(controlService.listWorkers, { filter });
+    const r = await this.#unary(controlService.listWorkers, { filter }, this.#deadline());
     return r.record as WorkerRecord[];
   }
 
   /** The farm's build cache records, every worker's (BuildKit's DiskUsage). */
   async diskUsage(filter: string[] = []): Promise<UsageRecord[]> {
-    const r = await this.#unary(controlService.diskUsage, { filter });
+    const r = await this.#unary(controlService.diskUsage, { filter }, this.#deadline());
     return r.record as UsageRecord[];
   }
 
@@ -246,6 +263,8 @@ export class KilnClient {
         keepDurationSeconds: Math.trunc(o.keepDurationSeconds ?? 0),
         keepBytes: Math.trunc(o.keepBytes ?? 0),
       },
+      this.#metadata(),
+      { deadline: Date.now() + this.#pruneTimeoutMs },
     );
     const out: UsageRecord[] = [];
     try {
@@ -261,16 +280,21 @@ export class KilnClient {
 
   /** Cancels a build; vertices other builds share keep running for them. */
   async cancel(buildId: string): Promise<void> {
-    await this.#unary(controlService.cancel, { ref: buildId });
+    await this.#unary(controlService.cancel, { ref: buildId }, this.#deadline());
   }
 
   close(): void {
     this.#client.close();
   }
 
+  #deadline(): grpc.CallOptions {
+    return { deadline: Date.now() + this.#callTimeoutMs };
+  }
+
   #unary<Req, Res>(
     m: grpc.MethodDefinition<Req, Res>,
     req: Req,
+    options: grpc.CallOptions,
     signal?: AbortSignal,
   ): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
@@ -281,6 +305,7 @@ export class KilnClient {
         m.responseDeserialize,
         req,
         this.#metadata(),
+        options,
         (err, res) => {
           signal?.removeEventListener('abort', onAbort);
           if (err) reject(fromGrpcError(err));
