@@ -1,8 +1,7 @@
-import { readdir, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readdir, rm } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
-import { makeTempDir, buildTar } from '@kiln/testing';
+import { buildTar, makeTempDir, treeBytes } from '@kiln/testing';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { applyLayer, applyTar } from './apply-layer.js';
 import { LayerError, LayerErrorCode } from './errors.js';
@@ -16,13 +15,6 @@ async function bomb(files: number, size: number): Promise<Buffer> {
     content: '\0'.repeat(size),
   }));
   return gzipSync(await buildTar(entries));
-}
-
-async function du(dir: string): Promise<number> {
-  let n = 0;
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true }))
-    if (e.isFile()) n += (await stat(join(e.parentPath, e.name))).size;
-  return n;
 }
 
 describe('unpack limits', () => {
@@ -46,7 +38,7 @@ describe('unpack limits', () => {
     expect(le.details).toMatchObject({ limit: 'maxBytes', max: 5 * MiB, entry: 'z2' });
     expect(le.message).toMatch(/more than 5242880 bytes/);
     // z0 and z1 fit; z2 was refused from its header: nothing past the bound is on disk.
-    expect(await du(work)).toBe(4 * MiB);
+    expect(await treeBytes(work)).toBe(4 * MiB);
   });
 
   it('stops an archive of many entries at maxEntries', async () => {
@@ -67,6 +59,6 @@ describe('unpack limits', () => {
       limits: { maxBytes: 2 * MiB, maxEntries: 2 },
     });
     expect(res.entries).toBe(2);
-    expect(await du(work)).toBe(2 * MiB);
+    expect(await treeBytes(work)).toBe(2 * MiB);
   });
 });

@@ -29,7 +29,7 @@ export { makeBusyboxRootfs } from './rootfs.js';
 export { makeSandbox } from './sandbox.js';
 export type { Sandbox } from './sandbox.js';
 export { testTask } from './tasks.js';
-export { buildTar, exec, mountOverlay, readAll, snapshotTree, tarNames } from './tar.js';
+export { buildTar, exec, mountOverlay, readAll, snapshotTree, tarNames, treeBytes } from './tar.js';
 export type { NodeInfo, TarEntry } from './tar.js';
 export {
   REPO_ROOT,

@@ -1,7 +1,7 @@
 /** Helpers for layer and filesystem tests: tree snapshots, hand-made tars, overlay mounts. */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { lstat, readFile, readdir, readlink } from 'node:fs/promises';
+import { lstat, readFile, readdir, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -144,4 +144,12 @@ export async function tarNames(data: Buffer): Promise<string[]> {
   }
   await feed;
   return names;
+}
+
+/** Bytes of the regular files under `dir` (what an unpack left on disk). */
+export async function treeBytes(dir: string): Promise<number> {
+  let n = 0;
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true }))
+    if (e.isFile()) n += (await stat(join(e.parentPath, e.name))).size;
+  return n;
 }

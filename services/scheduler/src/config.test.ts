@@ -66,7 +66,7 @@ describe('loadConfig', () => {
       /frontend-limits.*maxWords/,
     );
     expect(() => loadConfig({ KILN_FRONTEND_LIMITS: 'maxStages=x' }, [])).toThrow(
-      expect.objectContaining({ code: 'CONFIG_INVALID' }),
+      expect.objectContaining({ code: 'CONFIG_INVALID' }) as Error,
     );
   });
 

@@ -1302,31 +1302,24 @@ export function parseDockerfile(
   if (text.length === 0) throw noLine('the Dockerfile cannot be empty');
   const { ast, escapeToken } = parse(text);
   const over = ast.children[lim.maxInstructions];
-  if (over) {
-    throw new DockerfileLimitError(
-      `the Dockerfile has more than ${lim.maxInstructions} instructions (the frontend's maxInstructions)`,
-      {
-        limit: 'maxInstructions',
-        max: lim.maxInstructions,
-        startLine: over.startLine,
-        endLine: over.endLine,
-      },
-    );
-  }
+  if (over) throw tooMany('instructions', 'maxInstructions', lim.maxInstructions, over);
   const instructions = parseInstructions(ast);
   const stage = instructions.stages[lim.maxStages];
-  if (stage) {
-    throw new DockerfileLimitError(
-      `the Dockerfile has more than ${lim.maxStages} stages (the frontend's maxStages)`,
-      {
-        limit: 'maxStages',
-        max: lim.maxStages,
-        startLine: stage.startLine,
-        endLine: stage.endLine,
-      },
-    );
-  }
+  if (stage) throw tooMany('stages', 'maxStages', lim.maxStages, stage);
   return { text, escapeToken, instructions };
+}
+
+/** More instructions or stages than a bound allows, at the first one past it. */
+function tooMany(
+  what: string,
+  limit: 'maxInstructions' | 'maxStages',
+  max: number,
+  at: { startLine: number; endLine: number },
+): DockerfileLimitError {
+  return new DockerfileLimitError(
+    `the Dockerfile has more than ${max} ${what} (the frontend's ${limit})`,
+    { limit, max, startLine: at.startLine, endLine: at.endLine },
+  );
 }
 
 function newConverter(

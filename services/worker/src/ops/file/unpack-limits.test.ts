@@ -2,14 +2,14 @@
  * ADD of an archive bomb through the worker's TaskRunner (the path `kiln build` takes): real
  * overlay snapshots; the worker's unpack limits stop it typed and the partial snapshot goes.
  */
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { LinuxAmd64, copy, marshal, mkfile, scratch } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
 import { FsBlobStore } from '@kiln/store';
-import { buildTar } from '@kiln/testing';
+import { buildTar, treeBytes } from '@kiln/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaskRunner } from '../../node/task-runner.js';
 import { runGraph } from '../../test-support/graphs.js';
@@ -30,14 +30,6 @@ afterAll(async () => {
   await rm(state, { recursive: true, force: true });
 });
 
-/** Bytes of the regular files under `dir`. */
-async function du(dir: string): Promise<number> {
-  let n = 0;
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true }))
-    if (e.isFile()) n += (await stat(join(e.parentPath, e.name))).size;
-  return n;
-}
-
 describe('ADD of an archive bomb', () => {
   it('fails FILEOP_UNPACK_LIMIT_EXCEEDED at the limit and gives the space back', async () => {
     // 32 MiB of zeros in 8 files, a few kB as .tar.gz.
@@ -51,7 +43,7 @@ describe('ADD of an archive bomb', () => {
     // First the context alone: the space it takes is counted before the ADD.
     const salt = 'bomb';
     await runGraph(runner, marshal(ctx, { platform: LinuxAmd64 }).toBytes(), { salt });
-    const before = await du(join(state, 'snapshots'));
+    const before = await treeBytes(join(state, 'snapshots'));
 
     const add = scratch().file(
       copy(ctx, '/bomb.tar.gz', '/out/', { attemptUnpack: true, createDestPath: true }),
@@ -65,7 +57,7 @@ describe('ADD of an archive bomb', () => {
     expect((err as KilnError).message).toMatch(/more than 8388608 bytes .*maxBytes.*"z2"/);
     // The two files (8 MiB) written before the limit went with the failed step's snapshot; what
     // remains new is at most the context's own snapshot again (a few kB).
-    expect((await du(join(state, 'snapshots'))) - before).toBeLessThanOrEqual(before);
+    expect((await treeBytes(join(state, 'snapshots'))) - before).toBeLessThanOrEqual(before);
 
     // Under the limit the same ADD unpacks.
     const small = gzipSync(await buildTar(entries.slice(0, 1)));
