@@ -19,3 +19,4 @@ export * from './record-service.js';
 export * from './nats-connect.js';
 export * from './nats-permissions.js';
 export * from './gc.js';
+export * from './task-consumer.js';

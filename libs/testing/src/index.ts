@@ -45,3 +45,4 @@ export {
 } from './util.js';
 export type { WaitOptions } from './util.js';
 export { CAPABILITY, getx, hexXattrs, setx } from './xattr.js';
+export { FAIL, OUTPUT, SLEEP_MS, sleepExecutor } from './sleep-executor.js';

@@ -4,7 +4,7 @@ import type { TaskInit } from '@kiln/bus';
 import { parsePlatform, platformToPb } from '@kiln/protocol';
 
 /**
- * A task for the worker's sleep executor (`services/worker/src/tasks/cli.ts`): fresh ids and cache
+ * A task for the worker's sleep executor (`sleep-executor.ts`, run by `task-worker-cli.ts`): fresh ids and cache
  * key, steered by `kiln.test.*` labels (sleep, fail, output, a lazy layer).
  */
 export function testTask(

@@ -1,7 +1,6 @@
 export * from './ops/exec/index.js';
 export * from './ops/file/index.js';
 export * from './sources/image/index.js';
-export * from './tasks/index.js';
 export { Engine } from './engine/engine.js';
 export type { EngineOptions, ExportSpec } from './engine/engine.js';
 export type { ExecutorContext, OpExecutor, SessionProviders } from './ops/executor.js';

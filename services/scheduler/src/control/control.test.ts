@@ -4,7 +4,12 @@
 import { randomUUID } from 'node:crypto';
 import { dockerfileInput, KilnClient } from '@kiln/client';
 import type { StatusResponse } from '@kiln/client';
-import { checksumSubject, decodeChecksumRequest, encodeChecksumJson } from '@kiln/bus';
+import {
+  TaskConsumer,
+  checksumSubject,
+  decodeChecksumRequest,
+  encodeChecksumJson,
+} from '@kiln/bus';
 import {
   LinuxAmd64,
   LinuxArm64,
@@ -22,14 +27,8 @@ import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher } from '../dispatch/index.js';
 import { ControlServer } from './control-server.js';
-import {
-  Gates,
-  TcpProxy,
-  loadTaskConsumer,
-  testExecutor,
-  testResultId,
-} from '../test-support/control.js';
-import type { Run, TaskConsumerLike } from '../test-support/control.js';
+import { Gates, TcpProxy, testExecutor, testResultId } from '../test-support/control.js';
+import type { Run } from '../test-support/control.js';
 import { startNats, waitFor } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
 
@@ -40,7 +39,7 @@ let server: ControlServer;
 let port: number;
 let client: KilnClient;
 const conns: NatsConnection[] = [];
-const workers: TaskConsumerLike[] = [];
+const workers: TaskConsumer[] = [];
 const runs: Run[] = [];
 const gates = new Gates();
 const WORKERS = ['ctl-w1', 'ctl-w2'];
@@ -55,7 +54,6 @@ beforeAll(async () => {
     heartbeatTimeoutMs: 3_000,
     monitorIntervalMs: 100,
   });
-  const TaskConsumer = await loadTaskConsumer();
   for (const id of WORKERS) {
     const wnc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
     conns.push(wnc);

@@ -2,6 +2,7 @@
 // an Authenticator (two tenants' tokens) -> Dispatcher -> a real nats-server -> in-process
 // workers (the worker's TaskConsumer with the test executor). Waits are on conditions.
 import { randomUUID } from 'node:crypto';
+import { TaskConsumer } from '@kiln/bus';
 import { KilnClient, dockerfileInput } from '@kiln/client';
 import { NetMode, SecurityMode, image, marshal } from '@kiln/llb';
 import type { Definition } from '@kiln/llb';
@@ -14,8 +15,8 @@ import { startNats, waitFor } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
 import { Authenticator, parseTokens } from './auth.js';
 import { ControlServer } from './control-server.js';
-import { Gates, loadTaskConsumer, testExecutor } from '../test-support/control.js';
-import type { Run, TaskConsumerLike } from '../test-support/control.js';
+import { Gates, testExecutor } from '../test-support/control.js';
+import type { Run } from '../test-support/control.js';
 
 const TOKEN_A = `a-${randomUUID()}`;
 const TOKEN_B = `b-${randomUUID()}`;
@@ -28,7 +29,7 @@ let addr: string;
 let a: KilnClient;
 let b: KilnClient;
 const conns: NatsConnection[] = [];
-const workers: TaskConsumerLike[] = [];
+const workers: TaskConsumer[] = [];
 const runs: Run[] = [];
 const gates = new Gates();
 
@@ -36,7 +37,6 @@ beforeAll(async () => {
   nats = await startNats();
   nc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   dispatcher = await Dispatcher.start({ nc, affinityDelayMs: 0, monitorIntervalMs: 100 });
-  const TaskConsumer = await loadTaskConsumer();
   const wnc = await connect({ servers: nats.url, maxReconnectAttempts: -1 });
   conns.push(wnc);
   const w = new TaskConsumer({

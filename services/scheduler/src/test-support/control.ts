@@ -1,9 +1,8 @@
 /**
  * Test support for the control API suites (used by `*.test.ts` only).
  *
- * - In-process workers: the worker's own `TaskConsumer` (the real consumer of the task bus),
- *   loaded at run time from the worker's source so that this package never depends on the
- *   worker service, with {@link testExecutor} as its task runner.
+ * - In-process workers: `@kiln/bus`'s `TaskConsumer` (the workers' half of the task bus, the one
+ *   the worker service runs), with {@link testExecutor} as its task runner.
  * - {@link testExecutor}: a small executor that really runs each task's op, trivially: it decodes
  *   the op, reports a log line, and returns synthetic outputs computed deterministically from the
  *   vertex and its inputs' result ids (so equal work gives equal results). Exec args steer it:
@@ -14,54 +13,8 @@
 import { createHash } from 'node:crypto';
 import { createServer, connect as netConnect } from 'node:net';
 import type { Server, Socket } from 'node:net';
-import type { Task } from '@kiln/bus';
+import type { RunTask } from '@kiln/bus';
 import { KilnError, pb } from '@kiln/protocol';
-import type { NatsConnection } from '@nats-io/transport-node';
-
-export interface ProgressUpdate {
-  stage?: string;
-  lines?: string[];
-  current?: number;
-  total?: number;
-}
-
-export type RunTask = (
-  task: Task,
-  signal: AbortSignal,
-  progress: (p: ProgressUpdate) => void,
-) => Promise<{
-  outputs?: {
-    resultId: string;
-    layers?: { digest: string; diffId: string; size: number; mediaType: string }[];
-  }[];
-}>;
-
-/** The subset of the worker's TaskConsumer these suites use. */
-export interface TaskConsumerLike {
-  readonly id: string;
-  start(): Promise<void>;
-  close(): Promise<void>;
-}
-
-export interface TaskConsumerCtor {
-  new (o: {
-    nc: NatsConnection;
-    id: string;
-    platforms: { os: string; architecture: string; variant?: string; emulated: boolean }[];
-    labels?: Record<string, string>;
-    slots?: number;
-    runTask: RunTask;
-    heartbeatMs?: number;
-    keepaliveMs?: number;
-  }): TaskConsumerLike;
-}
-
-const WORKER_TASKS = '../../../worker/src/tasks/index.js';
-
-export async function loadTaskConsumer(): Promise<TaskConsumerCtor> {
-  const m = (await import(/* @vite-ignore */ WORKER_TASKS)) as { TaskConsumer: TaskConsumerCtor };
-  return m.TaskConsumer;
-}
 
 const sha = (s: string): string => `sha256:${createHash('sha256').update(s).digest('hex')}`;
 

@@ -1,8 +1,9 @@
 /**
  * Test support for the scheduler's suites (used by `*.test.ts` only; not built into dist): real
- * worker processes. The worker is another service: it is never imported, it is run. Its task
- * CLI (`services/worker/src/tasks/cli.ts`, sleep executor) or its own entry (`node/main.ts`,
- * real runtime) is bundled once per run with esbuild from source, so no prior build is needed.
+ * worker processes. The worker is another service: it is never imported, it is run. A task worker
+ * with the sleep executor (`@kiln/testing`'s `task-worker-cli.ts`) or the worker's own entry
+ * (`node/main.ts`, real runtime) is bundled once per run with esbuild from source, so no prior
+ * build is needed.
  */
 import { spawnManaged } from '@kiln/common';
 import type { ManagedProcess } from '@kiln/common';
@@ -10,7 +11,10 @@ import { bundleEntries, waitFor } from '@kiln/testing';
 
 /** Bundles the worker task CLI into `dir` and returns the file to run with node. */
 export async function bundleWorkerCli(dir: string): Promise<string> {
-  const files = await bundleEntries({ 'kiln-worker-cli': 'services/worker/src/tasks/cli.ts' }, dir);
+  const files = await bundleEntries(
+    { 'kiln-worker-cli': 'libs/testing/src/task-worker-cli.ts' },
+    dir,
+  );
   return files['kiln-worker-cli']!;
 }
 

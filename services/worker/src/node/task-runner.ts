@@ -56,7 +56,7 @@ import type { RegistryClientOptions } from '@kiln/registry';
 import { LimitExceededError, OciRuntime } from '../runtime/index.js';
 import type { RuntimeName, TaskLimits } from '../runtime/index.js';
 import type { ExecutorContext, OpExecutor, SessionProviders } from '../ops/executor.js';
-import type { ProgressUpdate, RunTask, TaskOutcome } from '../tasks/task-consumer.js';
+import type { ProgressUpdate, RunTask, TaskOutcome } from '@kiln/bus';
 import {
   InputLostError,
   InputUnavailableError,

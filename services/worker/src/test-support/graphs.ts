@@ -12,7 +12,7 @@ import { KilnError } from '@kiln/protocol';
 import { bundleEntries } from '@kiln/testing';
 import type { LoadedDefinition } from '@kiln/llb';
 import type { NatsConnection } from '@nats-io/transport-node';
-import type { RunTask, TaskOutcome } from '../tasks/task-consumer.js';
+import type { RunTask, TaskOutcome } from '@kiln/bus';
 
 /** The subset of the scheduler's Dispatcher these suites use. */
 export interface DispatcherLike {

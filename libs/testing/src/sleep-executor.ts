@@ -10,7 +10,7 @@
  * The sleep ends early when the signal aborts.
  */
 import { KilnError } from '@kiln/protocol';
-import type { RunTask, TaskOutcome } from './task-consumer.js';
+import type { RunTask, TaskOutcome } from '@kiln/bus';
 
 export const SLEEP_MS = 'kiln.test.sleep-ms';
 export const FAIL = 'kiln.test.fail';

@@ -21,11 +21,10 @@ import { headers } from '@nats-io/transport-node';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { parsePlatform } from '@kiln/protocol';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { sleepExecutor } from './sleep-executor.js';
 import type { ConsumerEvent, RunTask } from './task-consumer.js';
 import { TaskConsumer } from './task-consumer.js';
-import { enqueueRaw, recordOf } from '../test-support/tasks.js';
-import { startNats, testTask, waitFor } from '@kiln/testing';
+import { enqueueRaw, recordOf } from './test-support/tasks.js';
+import { sleepExecutor, startNats, testTask, waitFor } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
 
 let nats: NatsServerHandle;

@@ -19,40 +19,20 @@
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import type {
-  Bus,
-  RecordRequest,
-  BusOptions,
-  OfferReply,
-  Task,
-  TaskErrorInit,
-  TaskProgress,
-  TaskResultInit,
-  WorkerInfo,
-  WorkerPlatform,
-} from '@kiln/bus';
-import {
-  HELD_RESULTS_LIMIT,
-  TASK_STREAM,
-  OFFER_WAIT_HEADER,
-  RecordClient,
-  assertWorkerId,
-  decodeTask,
-  encodeJson,
-  encodeResult,
-  ensureTaskConsumer,
-  getRecord,
-  holds,
-  offerSubject,
-  openBus,
-  pause,
-  progressSubject,
-  putWorkerInfo,
-  retrying,
-  taskErrorToRecord,
-  taskKey,
-  toBase64,
-} from '@kiln/bus';
+import type { Bus, BusOptions } from './bus.js';
+import type { Task, TaskErrorInit, TaskResultInit } from './codec.js';
+import type { OfferReply } from './offer.js';
+import type { TaskProgress } from './progress.js';
+import type { RecordRequest } from './record-service.js';
+import type { WorkerInfo, WorkerPlatform } from './worker-info.js';
+import { ensureTaskConsumer, openBus } from './bus.js';
+import { decodeTask, encodeJson, encodeResult, toBase64 } from './codec.js';
+import { OFFER_WAIT_HEADER } from './offer.js';
+import { RecordClient } from './record-service.js';
+import { pause, retrying } from './retry.js';
+import { TASK_STREAM, assertWorkerId, offerSubject, progressSubject, taskKey } from './subjects.js';
+import { getRecord, holds, taskErrorToRecord } from './task-record.js';
+import { HELD_RESULTS_LIMIT, putWorkerInfo } from './worker-info.js';
 import {
   KilnError,
   normalizePlatform,

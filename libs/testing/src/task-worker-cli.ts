@@ -1,5 +1,5 @@
 /**
- * `node services/worker/dist/tasks/cli.js`: a worker process that consumes tasks with the sleep
+ * `libs/testing/src/task-worker-cli.ts` (bundled by the dispatch suites): a worker process that consumes tasks with the sleep
  * executor (the op executors plug in here once they exist), printing one JSON line per event.
  * SIGTERM drains: no new task, running ones finish (or are handed back), then exit 0.
  *
@@ -9,9 +9,15 @@
  */
 import { parsePlatform } from '@kiln/protocol';
 import type { WorkerPlatform } from '@kiln/bus';
-import { checkNatsAuth, connectNats, natsAuthFrom, workerInboxPrefix } from '@kiln/bus';
+import {
+  TaskConsumer,
+  checkNatsAuth,
+  connectNats,
+  defaultWorkerId,
+  natsAuthFrom,
+  workerInboxPrefix,
+} from '@kiln/bus';
 import { sleepExecutor } from './sleep-executor.js';
-import { TaskConsumer, defaultWorkerId } from './task-consumer.js';
 
 export function parseWorkerPlatforms(s: string): WorkerPlatform[] {
   return s
