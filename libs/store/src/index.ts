@@ -11,5 +11,5 @@ export { FsBlobStore } from './fs-blob-store.js';
 export type { FsBlobStoreOptions } from './fs-blob-store.js';
 export { S3BlobStore } from './s3-blob-store.js';
 export type { S3BlobStoreOptions } from './s3-blob-store.js';
-export { openStore } from './open-store.js';
+export { openStore, storeConfigFromEnv } from './open-store.js';
 export type { StoreConfig } from './open-store.js';

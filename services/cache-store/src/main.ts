@@ -18,7 +18,7 @@ import {
 } from '@kiln/bus';
 import { parseDuration } from '@kiln/common';
 import { KilnError, boundLogFields } from '@kiln/protocol';
-import { openStore } from '@kiln/store';
+import { openStore, storeConfigFromEnv } from '@kiln/store';
 import type { StoreConfig } from '@kiln/store';
 import { pino } from 'pino';
 import { liveDigests } from './live-records.js';
@@ -45,23 +45,11 @@ class CacheStoreConfigError extends KilnError {
 }
 
 function storeConfig(dir: string | undefined, env: NodeJS.ProcessEnv): StoreConfig {
-  if (env.KILN_S3_ENDPOINT || env.KILN_S3_BUCKET) {
-    const need = ['KILN_S3_ENDPOINT', 'KILN_S3_BUCKET', 'KILN_S3_ACCESS_KEY', 'KILN_S3_SECRET_KEY'];
-    const missing = need.filter((k) => !env[k]);
-    if (missing.length > 0)
-      throw new CacheStoreConfigError(`the S3 store needs ${missing.join(', ')}`);
-    return {
-      type: 's3',
-      endpoint: env.KILN_S3_ENDPOINT!,
-      bucket: env.KILN_S3_BUCKET!,
-      accessKey: env.KILN_S3_ACCESS_KEY!,
-      secretKey: env.KILN_S3_SECRET_KEY!,
-      ...(env.KILN_S3_PREFIX ? { prefix: env.KILN_S3_PREFIX } : {}),
-      ...(env.KILN_S3_REGION ? { region: env.KILN_S3_REGION } : {}),
-    };
-  }
-  if (dir) return { type: 'fs', dir };
-  throw new CacheStoreConfigError('no content store: give --store-dir or KILN_S3_* settings');
+  const { config, missing } = storeConfigFromEnv(env, dir);
+  if (missing) throw new CacheStoreConfigError(`the S3 store needs ${missing.join(', ')}`);
+  if (!config)
+    throw new CacheStoreConfigError('no content store: give --store-dir or KILN_S3_* settings');
+  return config;
 }
 
 function duration(flag: string, v: string): number {

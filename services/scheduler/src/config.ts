@@ -12,6 +12,7 @@ import type { Entitlement } from '@kiln/llb';
 import { NATS_AUTH_FLAGS, NatsConfigError, checkNatsAuth, natsAuthFrom } from '@kiln/bus';
 import type { NatsAuth } from '@kiln/bus';
 import { KilnError, parsePlatform } from '@kiln/protocol';
+import { storeConfigFromEnv } from '@kiln/store';
 import type { StoreConfig } from '@kiln/store';
 
 export interface SchedulerConfig {
@@ -277,21 +278,10 @@ export function loadConfig(
     frontendLimits: parseFrontendLimits(str('frontend-limits', 'KILN_FRONTEND_LIMITS', '')),
   };
   const storeDir = str('store-dir', 'KILN_STORE_DIR', '');
-  if (env.KILN_S3_ENDPOINT || env.KILN_S3_BUCKET) {
-    const need = ['KILN_S3_ENDPOINT', 'KILN_S3_BUCKET', 'KILN_S3_ACCESS_KEY', 'KILN_S3_SECRET_KEY'];
-    const missing = need.filter((k) => !env[k]);
-    if (missing.length > 0)
-      throw new ConfigInvalidError(`the S3 store needs ${missing.join(', ')}`, 'store');
-    c.store = {
-      type: 's3',
-      endpoint: env.KILN_S3_ENDPOINT!,
-      bucket: env.KILN_S3_BUCKET!,
-      accessKey: env.KILN_S3_ACCESS_KEY!,
-      secretKey: env.KILN_S3_SECRET_KEY!,
-      ...(env.KILN_S3_PREFIX ? { prefix: env.KILN_S3_PREFIX } : {}),
-      ...(env.KILN_S3_REGION ? { region: env.KILN_S3_REGION } : {}),
-    };
-  } else if (storeDir) c.store = { type: 'fs', dir: storeDir };
+  const store = storeConfigFromEnv(env, storeDir);
+  if (store.missing)
+    throw new ConfigInvalidError(`the S3 store needs ${store.missing.join(', ')}`, 'store');
+  if (store.config) c.store = store.config;
   if (!/^[^:]*:\d+$/.test(c.listen) && !c.listen.startsWith('unix:'))
     throw new ConfigInvalidError(`listen address must be host:port, got ${c.listen}`, 'listen');
   try {
