@@ -1,6 +1,6 @@
 /**
  * Opening the task bus: the `KILN_TASKS` work-queue stream, the per-platform durable pull
- * consumers and the two KV buckets. Creation is idempotent and done by whichever side comes
+ * consumers and the KV buckets (tasks, workers, cache mounts). Creation is idempotent and done by whichever side comes
  * first (scheduler or worker); an existing stream or bucket is used as it is.
  */
 import type { ConsumerInfo, JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
@@ -18,6 +18,7 @@ import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { nanos } from '@nats-io/transport-node';
 import type { Platform } from '@kiln/protocol';
+import { CACHE_MOUNTS_BUCKET } from './cache-mounts.js';
 import {
   TASK_STREAM,
   TASKS_BUCKET,
@@ -98,6 +99,8 @@ export async function openBus(nc: NatsConnection, opts: BusOptions = {}): Promis
   const tasks = await kvm.create(TASKS_BUCKET, { history: 1, ttl: options.recordTtlMs });
   if (opts.applyRecordTtl) await applyMaxAge(jsm, `KV_${TASKS_BUCKET}`, options.recordTtlMs);
   const workers = await kvm.create(WORKERS_BUCKET, { history: 1 });
+  // Made here so that it exists before a worker (which may not create buckets) needs it.
+  await kvm.create(CACHE_MOUNTS_BUCKET, { history: 1 });
   return { nc, js, jsm, tasks, workers, options };
 }
 

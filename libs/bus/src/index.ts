@@ -20,3 +20,4 @@ export * from './nats-connect.js';
 export * from './nats-permissions.js';
 export * from './gc.js';
 export * from './task-consumer.js';
+export * from './cache-mounts.js';

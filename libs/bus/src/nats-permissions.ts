@@ -7,7 +7,8 @@
  *   that its attempt is still current) but never writes one: claims and results are requests on
  *   its own `kiln.record.<id>` ({@link recordSubject}), which the scheduler validates and writes
  *   under compare-and-set, taking the worker's identity from the subject. It writes only its own
- *   registration (`$KV.kiln_workers.<id>`), answers only its own offer, checksum, materialize and gc
+ *   registration (`$KV.kiln_workers.<id>`) and the cache mounts bucket (`$KV.kiln_cache_mounts.>`:
+ *   versions and locks of cache mounts shared across workers, `cache-mounts.ts`), answers only its own offer, checksum, materialize and gc
  *   subjects, receives replies only on its own inbox ({@link workerInboxPrefix}), and may not
  *   subscribe to `>`, `kiln.session.>` or anyone's inbox. Sessions: it asks for a channel only
  *   under its own id (`kiln.sessionkey.*.<id>`, which the scheduler grants only to the holder of
@@ -18,6 +19,7 @@
 import { randomBytes } from 'node:crypto';
 import { createUser } from '@nats-io/nkeys';
 import type { NatsAuth } from './nats-connect.js';
+import { CACHE_MOUNTS_BUCKET } from './cache-mounts.js';
 import { TASK_STREAM, TASKS_BUCKET, WORKERS_BUCKET, assertWorkerId } from './subjects.js';
 
 export interface NatsPermissions {
@@ -41,6 +43,7 @@ export function workerPermissions(workerId: string): NatsPermissions {
   const js = '$JS.API';
   const tasksStream = `KV_${TASKS_BUCKET}`;
   const workersStream = `KV_${WORKERS_BUCKET}`;
+  const cacheMountsStream = `KV_${CACHE_MOUNTS_BUCKET}`;
   return {
     publish: {
       allow: [
@@ -48,6 +51,7 @@ export function workerPermissions(workerId: string): NatsPermissions {
         `${js}.STREAM.INFO.${TASK_STREAM}`,
         `${js}.STREAM.INFO.${tasksStream}`,
         `${js}.STREAM.INFO.${workersStream}`,
+        `${js}.STREAM.INFO.${cacheMountsStream}`,
         // The platform queues: find or create the durable pull consumer, pull, ack.
         `${js}.CONSUMER.INFO.${TASK_STREAM}.*`,
         `${js}.CONSUMER.CREATE.${TASK_STREAM}`,
@@ -59,6 +63,12 @@ export function workerPermissions(workerId: string): NatsPermissions {
         `${js}.DIRECT.GET.${tasksStream}`,
         `${js}.DIRECT.GET.${tasksStream}.>`,
         `${js}.STREAM.MSG.GET.${tasksStream}`,
+        // Cache mounts shared across workers: versions and locks (cache-mounts.ts). Any
+        // worker runs any tenant's tasks, so this bucket is not split per worker.
+        `${js}.DIRECT.GET.${cacheMountsStream}`,
+        `${js}.DIRECT.GET.${cacheMountsStream}.>`,
+        `${js}.STREAM.MSG.GET.${cacheMountsStream}`,
+        `$KV.${CACHE_MOUNTS_BUCKET}.>`,
         // Its own registration only.
         `$KV.${WORKERS_BUCKET}.${id}`,
         `kiln.record.${id}`,

@@ -29,6 +29,7 @@ import { TextDecoder } from 'node:util';
 import type { Readable } from 'node:stream';
 import {
   MaterializeResultUnknownError,
+  openCacheMountsBucket,
   decodeMaterializeReply,
   encodeMaterializeJson,
   materializeSubject,
@@ -48,7 +49,8 @@ import { FileExecutor } from '../engine/executors/file.js';
 import { SourceExecutor } from '../engine/executors/source.js';
 import { applyLayer } from '@kiln/layers';
 import type { TarLimits } from '@kiln/layers';
-import { runExec, sweepExecState } from '../ops/exec/index.js';
+import { CacheMounts, FarmCacheMounts, runExec, sweepExecState } from '../ops/exec/index.js';
+import type { CacheMountProvider } from '../ops/exec/index.js';
 import { DiffExecutor, MergeExecutor } from '../ops/merge-diff/merge-diff.js';
 import { buildSnapshot, snapshotChain, unpackOpts } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
@@ -106,6 +108,12 @@ export interface TaskRunnerOptions {
    * Default 120 s.
    */
   materializeTimeoutMs?: number;
+  /**
+   * Cache mounts shared across the farm (with `nc` and `workerId`): how long a reader waits for
+   * another worker's upload (default 60 s) and a farm lock's lease (default 30 s).
+   */
+  cacheMountPendingWaitMs?: number;
+  cacheMountLeaseMs?: number;
 }
 
 /** Counters since the runner opened. */
@@ -166,6 +174,8 @@ export class TaskRunner {
     /** When each snapshot was last used (what garbage collection orders by). */
     readonly usage: UsageLog,
     workerId: string | undefined,
+    /** Where exec cache mounts come from (the farm's when on the bus). */
+    readonly cacheMounts: CacheMountProvider,
   ) {
     this.#nc = nc;
     this.#materializeTimeoutMs = materializeTimeoutMs;
@@ -219,6 +229,22 @@ export class TaskRunner {
       env,
       store: o.store,
     });
+    const localCaches = new CacheMounts(join(o.stateDir, 'exec', 'cache-mounts'));
+    const nc = o.nc;
+    const cacheMounts =
+      nc && o.workerId
+        ? new FarmCacheMounts({
+            bucket: () => openCacheMountsBucket(nc),
+            store: o.store,
+            local: localCaches,
+            workerId: o.workerId,
+            ...(o.cacheMountPendingWaitMs !== undefined
+              ? { pendingWaitMs: o.cacheMountPendingWaitMs }
+              : {}),
+            ...(o.cacheMountLeaseMs !== undefined ? { leaseMs: o.cacheMountLeaseMs } : {}),
+            ...(o.logger ? { logger: o.logger.child({ component: 'cache-mounts' }) } : {}),
+          })
+        : localCaches;
     return new TaskRunner(
       engine,
       o.store,
@@ -231,6 +257,7 @@ export class TaskRunner {
       o.materializeTimeoutMs ?? 120_000,
       usage,
       o.workerId,
+      cacheMounts,
     );
   }
 
@@ -476,6 +503,7 @@ export class TaskRunner {
         snapshotter: this.engine.snapshotter,
         runtime: await this.#runtime(),
         stateDir: join(this.engine.stateDir, 'exec'),
+        cacheMounts: this.cacheMounts,
         ...(ctx.session.secrets ? { secrets: ctx.session.secrets } : {}),
         ...(ctx.session.ssh ? { ssh: ctx.session.ssh } : {}),
       },

@@ -226,6 +226,8 @@ export class WorkerNode {
     await this.consumer.drain(timeoutMs);
     // What only this worker holds would be lost with it: upload it first.
     await this.#writeBehind?.flush(timeoutMs ?? this.config.drainTimeoutMs);
+    // Cache mount versions written by the last runs, for the next worker to find.
+    await this.runner.cacheMounts.flush?.();
     await this.#stop();
     this.log?.info({ workerId: this.id }, 'worker stopped');
   }

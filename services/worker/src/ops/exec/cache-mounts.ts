@@ -10,13 +10,40 @@ export interface CacheMountHandle {
   readonly path: string;
   /** True when the directory was created for this use (seed it from the mount's input, if any). */
   readonly created: boolean;
-  release(): void;
+  release(): void | Promise<void>;
 }
+
+/** What a RUN asks of its cache mount. */
+export interface CacheMountRequest {
+  /** The build's cache namespace (its tenant's; '' when the farm shares its cache). */
+  namespace: string;
+  id: string;
+  sharing: CacheSharing;
+  /** A read-only mount: nothing it does is kept. */
+  readonly: boolean;
+  signal?: AbortSignal;
+}
+
+/** Where cache mounts come from: this worker's directories only, or the farm's (farm-cache-mounts.ts). */
+export interface CacheMountProvider {
+  mount(req: CacheMountRequest): Promise<CacheMountHandle>;
+  /** Waits for work started after runs (uploads), before the process goes away. */
+  flush?(): Promise<void>;
+}
+
+/**
+ * Runs once, by the first user of an instance directory that nobody else uses, before anyone uses
+ * it (others wait): brings the directory up to date. `created`: the directory was just made.
+ * Returns whether the directory counts as new (to be seeded from the mount's input).
+ */
+export type PrepareInstance = (dir: string, created: boolean) => Promise<boolean>;
 
 interface DirState {
   users: number;
   exclusive: boolean;
   waiters: Array<() => void>;
+  /** Set while the first user prepares the directory. */
+  preparing?: Promise<boolean>;
 }
 
 /**
@@ -26,10 +53,67 @@ interface DirState {
  * free (made when none is). `locked`: the main directory, exclusively; later runs wait in order.
  * Locks are in-process: one worker owns its state dir.
  */
-export class CacheMounts {
+export class CacheMounts implements CacheMountProvider {
   private readonly dirs = new Map<string, DirState>();
 
   constructor(private readonly root: string) {}
+
+  mount(req: CacheMountRequest): Promise<CacheMountHandle> {
+    return this.acquire(req.namespace ? `${req.namespace}\0${req.id}` : req.id, req.sharing);
+  }
+
+  /** Whether instance `n` of the cache named `name` is in use or awaited here. */
+  busy(name: string, n: number): boolean {
+    const st = this.dirs.get(join(this.root, name, String(n)));
+    return st !== undefined && (st.users > 0 || st.waiters.length > 0);
+  }
+
+  /**
+   * Instance directory `n` of the cache named `name` (a file name the caller made), shared with
+   * other non-exclusive users of this process or `exclusive`; waits in order. The first user of
+   * an idle directory runs `prepare` before anyone uses it.
+   */
+  async acquireInstance(
+    name: string,
+    n: number,
+    exclusive: boolean,
+    prepare?: PrepareInstance,
+  ): Promise<CacheMountHandle> {
+    const dir = join(this.root, name, String(n));
+    const st = this.state(dir);
+    for (;;) {
+      while (st.exclusive || (exclusive && st.users > 0)) {
+        await new Promise<void>((resolve) => st.waiters.push(resolve));
+      }
+      const p = st.preparing;
+      if (p === undefined) break;
+      // Someone prepares it: use it once ready (or retry after its failure).
+      await p.catch(() => undefined);
+      if (st.preparing === p) st.preparing = undefined;
+    }
+    const first = st.users === 0;
+    st.users++;
+    st.exclusive = exclusive;
+    if (!first || prepare === undefined) {
+      try {
+        return this.handle(dir, st, await ensureDir(dir));
+      } catch (err) {
+        this.done(st);
+        throw err;
+      }
+    }
+    // Set before any await: whoever comes meanwhile waits for it.
+    const preparing = (async () => prepare(dir, await ensureDir(dir)))();
+    st.preparing = preparing;
+    try {
+      return this.handle(dir, st, await preparing);
+    } catch (err) {
+      this.done(st);
+      throw err;
+    } finally {
+      if (st.preparing === preparing) st.preparing = undefined;
+    }
+  }
 
   async acquire(id: string, sharing: CacheSharing): Promise<CacheMountHandle> {
     const base = join(this.root, createHash('sha256').update(id).digest('hex').slice(0, 32));

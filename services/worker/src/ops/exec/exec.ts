@@ -18,7 +18,7 @@ import type {
   SecurityMode,
 } from '../../runtime/index.js';
 import { CacheMounts } from './cache-mounts.js';
-import type { CacheSharing } from './cache-mounts.js';
+import type { CacheMountProvider, CacheSharing } from './cache-mounts.js';
 import { ExecOpError, SecretNotFoundError, SshNotFoundError } from './errors.js';
 import { SecretDir, SocketForwarder } from './session-mounts.js';
 
@@ -35,8 +35,11 @@ export interface ExecEnv {
   runtime: OciRuntime;
   /** The worker's state dir: `cache-mounts/` and `exec/` (mount points, secrets) live here. */
   stateDir: string;
-  /** Shared cache directories; default one on `<stateDir>/cache-mounts`. Share it between runs. */
-  cacheMounts?: CacheMounts;
+  /**
+   * Where cache mounts come from: the farm's (`FarmCacheMounts`) or this worker's directories;
+   * default a `CacheMounts` on `<stateDir>/cache-mounts`. Share it between runs.
+   */
+  cacheMounts?: CacheMountProvider;
   secrets?: SecretProvider;
   ssh?: SshProvider;
 }
@@ -215,8 +218,13 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
             throw new ExecOpError(`cache mount ${dest} has no id`, { details: { mount: i } });
           const sharing =
             CACHE_SHARING[m.cacheOpt?.sharing ?? pb.CacheSharingOpt.SHARED] ?? 'shared';
-          const ns = opts.cacheNamespace ?? '';
-          const handle = await cacheMounts.acquire(ns ? `${ns}\0${id}` : id, sharing);
+          const handle = await cacheMounts.mount({
+            namespace: opts.cacheNamespace ?? '',
+            id,
+            sharing,
+            readonly: m.readonly === true,
+            ...(opts.signal ? { signal: opts.signal } : {}),
+          });
           cleanups.push(() => handle.release());
           const from = input(m, i);
           if (handle.created && from !== undefined)
