@@ -79,6 +79,8 @@ export async function submitGraph(
     onProgress?: (p: TaskProgress) => void;
     /** The tasks' platform (default linux/amd64). */
     arch?: string;
+    /** The build's cache namespace (its tenant's), as the scheduler sets it. */
+    cacheNamespace?: string;
   },
 ): Promise<{ results: Results; def: LoadedDefinition; result: TaskResult }> {
   const g = parseDefinition(def);
@@ -105,6 +107,7 @@ export async function submitGraph(
       inputs,
       cacheKey: `sha256:${createHash('sha256').update(`${o.salt} ${digest}`).digest('hex')}`,
       platform: { OS: 'linux', Architecture: o.arch ?? 'amd64', Variant: '' },
+      ...(o.cacheNamespace !== undefined ? { cacheNamespace: o.cacheNamespace } : {}),
     };
     results.set(
       digest,
