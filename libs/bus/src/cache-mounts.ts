@@ -3,6 +3,9 @@
  * agrees on, in the KV bucket `kiln_cache_mounts` (history 1), which workers may write (and only
  * it: `nats-permissions.ts`). The content itself is a layer blob in the content store.
  *
+ * The bucket's entries expire `recordTtlMs` (the scheduler's `--cache-ttl`) after their last
+ * write, as task records do; the store's collector keeps the blob of every current version.
+ *
  * A cache mount is (namespace, id): the build's cache namespace (its tenant's, '' when the farm
  * shares its cache) and the mount's id. It has instances (`0` for `shared` and `locked`; `private`
  * takes the first instance no one holds), each with two keys, named by `sha256(namespace \0 id)`:
@@ -59,9 +62,12 @@ export const cacheMountVersionKey = (name: string, instance: number): string =>
 export const cacheMountLockKey = (name: string, instance: number): string =>
   `l.${name}.${instance}`;
 
-/** Opens (creating it when missing) the cache mounts bucket. */
+/**
+ * The cache mounts bucket, bound without a call (`openBus` makes it, with the records' lifetime;
+ * a worker may not): reads and writes fail while it does not exist.
+ */
 export async function openCacheMountsBucket(nc: NatsConnection): Promise<KV> {
-  return new Kvm(nc).create(CACHE_MOUNTS_BUCKET, { history: 1 });
+  return new Kvm(nc).open(CACHE_MOUNTS_BUCKET);
 }
 
 const enc = new TextEncoder();

@@ -8,7 +8,7 @@
  * image or context a source op names, a nested op's input) appears as it is. Over-marking is
  * safe (a blob kept longer); under-marking is not.
  */
-import { TASKS_BUCKET } from '@kiln/bus';
+import { CACHE_MOUNTS_BUCKET, TASKS_BUCKET } from '@kiln/bus';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 
@@ -32,11 +32,23 @@ export function recordDigests(value: Uint8Array, into: Set<string> = new Set()):
   return into;
 }
 
-/** Every digest the live records of the cache index name (one pass over the bucket). */
+/**
+ * Every digest the live records of the cache index name, and the current version of every
+ * cache mount shared across workers (`kiln_cache_mounts`; one pass over each bucket).
+ */
 export async function liveDigests(nc: NatsConnection): Promise<Set<string>> {
-  const kv = await new Kvm(nc).open(TASKS_BUCKET);
   const out = new Set<string>();
-  if ((await kv.status()).values === 0) return out;
+  await bucketDigests(nc, TASKS_BUCKET, out);
+  await bucketDigests(nc, CACHE_MOUNTS_BUCKET, out).catch((err: unknown) => {
+    // A farm whose scheduler predates shared cache mounts has no such bucket: nothing to mark.
+    if (!/stream not found/i.test(String((err as Error).message))) throw err;
+  });
+  return out;
+}
+
+async function bucketDigests(nc: NatsConnection, bucket: string, out: Set<string>): Promise<void> {
+  const kv = await new Kvm(nc).open(bucket);
+  if ((await kv.status()).values === 0) return;
   // Deletes are seen too (and skipped): an initial pass of tombstones only must still end.
   const it = await kv.watch();
   try {
@@ -47,5 +59,4 @@ export async function liveDigests(nc: NatsConnection): Promise<Set<string>> {
   } finally {
     it.stop();
   }
-  return out;
 }

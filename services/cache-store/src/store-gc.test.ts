@@ -4,7 +4,17 @@ import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { utimes } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { connectNats, createRecord, encodeResult, encodeTask, openBus, taskKey } from '@kiln/bus';
+import {
+  cacheMountName,
+  casCacheMountVersion,
+  connectNats,
+  createRecord,
+  encodeResult,
+  encodeTask,
+  openBus,
+  openCacheMountsBucket,
+  taskKey,
+} from '@kiln/bus';
 import type { Bus, TaskRecord } from '@kiln/bus';
 import { FsBlobStore, sha256Digest } from '@kiln/store';
 import type { BlobInfo, Digest } from '@kiln/store';
@@ -40,6 +50,8 @@ afterAll(async () => {
 
 beforeEach(async () => {
   for await (const k of await bus.tasks.keys()) await bus.tasks.purge(k);
+  const mounts = await openCacheMountsBucket(nc);
+  for await (const k of await mounts.keys()) await mounts.purge(k);
 });
 
 /** A finished record whose result names `layer` and whose task's op names `source`. */
@@ -98,6 +110,16 @@ describe('store collector', () => {
     await record(a, b);
     expect([...(await liveDigests(nc))].sort()).toEqual([a, b].sort());
     expect(recordDigests(new TextEncoder().encode('not json'))).toEqual(new Set());
+    // The current version of a cache mount shared across workers is live too.
+    const c = sha256Digest('cache mount');
+    const name = cacheMountName('tenant', 'npm');
+    await casCacheMountVersion(await openCacheMountsBucket(nc), name, 0, () => ({
+      version: 1,
+      digest: c,
+      size: 1,
+      worker: 'w',
+    }));
+    expect([...(await liveDigests(nc))].sort()).toEqual([a, b, c].sort());
   });
 
   it('deletes what no record names once unused past the keep duration, and nothing else', async () => {
