@@ -102,8 +102,7 @@ export async function openBus(nc: NatsConnection, opts: BusOptions = {}): Promis
   // Made here so that it exists before a worker (which may not create buckets) needs it. A cache
   // mount's version lives as long as a record after its last write (its blob is marked by it).
   await kvm.create(CACHE_MOUNTS_BUCKET, { history: 1, ttl: options.recordTtlMs });
-  if (opts.applyRecordTtl)
-    await applyMaxAge(jsm, `KV_${CACHE_MOUNTS_BUCKET}`, options.recordTtlMs);
+  if (opts.applyRecordTtl) await applyMaxAge(jsm, `KV_${CACHE_MOUNTS_BUCKET}`, options.recordTtlMs);
   return { nc, js, jsm, tasks, workers, options };
 }
 

@@ -13,6 +13,11 @@ export interface CacheMountHandle {
   release(): void | Promise<void>;
 }
 
+/** A directory of this worker's; its release is immediate. */
+export interface LocalCacheMountHandle extends CacheMountHandle {
+  release(): void;
+}
+
 /** What a RUN asks of its cache mount. */
 export interface CacheMountRequest {
   /** The build's cache namespace (its tenant's; '' when the farm shares its cache). */
@@ -58,7 +63,7 @@ export class CacheMounts implements CacheMountProvider {
 
   constructor(private readonly root: string) {}
 
-  mount(req: CacheMountRequest): Promise<CacheMountHandle> {
+  mount(req: CacheMountRequest): Promise<LocalCacheMountHandle> {
     return this.acquire(req.namespace ? `${req.namespace}\0${req.id}` : req.id, req.sharing);
   }
 
@@ -78,7 +83,7 @@ export class CacheMounts implements CacheMountProvider {
     n: number,
     exclusive: boolean,
     prepare?: PrepareInstance,
-  ): Promise<CacheMountHandle> {
+  ): Promise<LocalCacheMountHandle> {
     const dir = join(this.root, name, String(n));
     const st = this.state(dir);
     for (;;) {
@@ -115,7 +120,7 @@ export class CacheMounts implements CacheMountProvider {
     }
   }
 
-  async acquire(id: string, sharing: CacheSharing): Promise<CacheMountHandle> {
+  async acquire(id: string, sharing: CacheSharing): Promise<LocalCacheMountHandle> {
     const base = join(this.root, createHash('sha256').update(id).digest('hex').slice(0, 32));
     if (sharing === 'private') {
       for (let i = 0; ; i++) {
@@ -160,7 +165,7 @@ export class CacheMounts implements CacheMountProvider {
     return st;
   }
 
-  private handle(path: string, st: DirState, created: boolean): CacheMountHandle {
+  private handle(path: string, st: DirState, created: boolean): LocalCacheMountHandle {
     let released = false;
     return {
       path,

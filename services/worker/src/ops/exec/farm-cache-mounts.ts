@@ -16,6 +16,7 @@ import type {
   CacheMountProvider,
   CacheMountRequest,
   CacheMounts,
+  LocalCacheMountHandle,
 } from './cache-mounts.js';
 
 export interface FarmCacheMountsOptions extends CacheMountLockOptions {
@@ -90,7 +91,7 @@ export class FarmCacheMounts implements CacheMountProvider {
       }
       if (!lock) throw new Error(`no free instance of cache mount ${req.id} among ${max}`);
     }
-    let local: CacheMountHandle;
+    let local: LocalCacheMountHandle;
     try {
       local = await this.#o.local.acquireInstance(
         name,
@@ -110,7 +111,7 @@ export class FarmCacheMounts implements CacheMountProvider {
         if (released) return;
         released = true;
         if (req.readonly) {
-          await local.release();
+          local.release();
           await lock?.release().catch((err: unknown) => this.#warn(err, 'cache lock release'));
           return;
         }
@@ -126,7 +127,7 @@ export class FarmCacheMounts implements CacheMountProvider {
         const job = this.#publish(kv, name, instance, local, token)
           .catch((err: unknown) => this.#warn(err, 'cache mount upload'))
           .finally(async () => {
-            await local.release();
+            local.release();
             await lock?.release().catch((err: unknown) => this.#warn(err, 'cache lock release'));
           });
         this.#uploads.add(job);
@@ -191,7 +192,7 @@ export class FarmCacheMounts implements CacheMountProvider {
     kv: KV,
     name: string,
     instance: number,
-    local: CacheMountHandle,
+    local: LocalCacheMountHandle,
     token: string,
   ): Promise<void> {
     const clearOurs = (cur: CacheMountVersion | undefined): CacheMountVersion | undefined => {

@@ -6,6 +6,7 @@ export type {
   CacheMountProvider,
   CacheMountRequest,
   CacheSharing,
+  LocalCacheMountHandle,
 } from './cache-mounts.js';
 export { FarmCacheMounts } from './farm-cache-mounts.js';
 export type { FarmCacheMountsOptions } from './farm-cache-mounts.js';
