@@ -1,5 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { lstat, mkdir, readFile, readdir, readlink, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import {
   CacheMountLocks,
   cacheMountName,
@@ -60,6 +61,11 @@ export class FarmCacheMounts implements CacheMountProvider {
   readonly #o: FarmCacheMountsOptions;
   #kv: Promise<{ kv: KV; locks: CacheMountLocks }> | undefined;
   readonly #uploads = new Set<Promise<void>>();
+  /**
+   * The tree stamp ({@link treeStamp}) of each working copy when it last was a known version:
+   * a RUN after which the stamp is the same uploads nothing.
+   */
+  readonly #stamps = new Map<string, { stamp: string; digest: string }>();
 
   constructor(o: FarmCacheMountsOptions) {
     this.#o = o;
@@ -153,7 +159,11 @@ export class FarmCacheMounts implements CacheMountProvider {
     const marker = `${dir}.version`;
     if (v.digest === '') return { created: made };
     const have = await readFile(marker, 'utf8').catch(() => '');
-    if (have === v.digest) return { created: false };
+    if (have === v.digest) {
+      if (this.#stamps.get(dir)?.digest !== v.digest)
+        this.#stamps.set(dir, { stamp: await treeStamp(dir), digest: v.digest });
+      return { created: false };
+    }
     const tmp = `${dir}.sync`;
     await rm(tmp, { recursive: true, force: true });
     await mkdir(tmp, { mode: 0o755 });
@@ -168,11 +178,16 @@ export class FarmCacheMounts implements CacheMountProvider {
     await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
     await writeFile(marker, v.digest);
+    this.#stamps.set(dir, { stamp: await treeStamp(dir), digest: v.digest });
     this.#o.logger?.debug({ cache: name, instance, version: v.version }, 'cache mount synced');
     return { created: false };
   }
 
-  /** The instance's version, once no other worker's announced upload is in flight (bounded). */
+  /**
+   * The instance's version, once no other worker's announced upload is in flight. After
+   * `pendingWaitMs` the announcement is taken as dead (its worker died or is stuck) and cleared,
+   * so that later readers do not wait for it again.
+   */
   async #current(kv: KV, name: string, instance: number): Promise<CacheMountVersion> {
     const t0 = performance.now();
     const waitMs = this.#o.pendingWaitMs ?? 60_000;
@@ -181,8 +196,14 @@ export class FarmCacheMounts implements CacheMountProvider {
       const v = value ?? EMPTY;
       const p = v.pending;
       // Ours from an earlier process of this worker is stale; ours now holds the directory.
-      const foreign = p !== undefined && p.worker !== this.#o.workerId;
-      if (!foreign || performance.now() - t0 >= waitMs) return v;
+      if (p === undefined || p.worker === this.#o.workerId) return v;
+      if (performance.now() - t0 >= waitMs) {
+        this.#o.logger?.warn(
+          { cache: name, instance, pendingWorker: p.worker },
+          'cache mount upload awaited in vain',
+        );
+        return (await casCacheMountVersion(kv, name, instance, clearPending(p.token))) ?? v;
+      }
       await sleep(100);
     }
   }
@@ -195,14 +216,18 @@ export class FarmCacheMounts implements CacheMountProvider {
     local: LocalCacheMountHandle,
     token: string,
   ): Promise<void> {
-    const clearOurs = (cur: CacheMountVersion | undefined): CacheMountVersion | undefined => {
-      if (cur?.pending?.token !== token) return undefined;
-      const { pending: _ours, ...rest } = cur;
-      return rest;
-    };
+    const clearOurs = clearPending(token);
+    const dir = local.path;
+    const stamp = await treeStamp(dir);
+    const known = this.#stamps.get(dir);
+    if (known?.stamp === stamp) {
+      // Unchanged since it was that version: nothing to upload (unless another worker's is newer).
+      await casCacheMountVersion(kv, name, instance, clearOurs);
+      return;
+    }
     let desc;
     try {
-      desc = await writeLayer(this.#o.store, { kind: 'compare', newDir: local.path });
+      desc = await writeLayer(this.#o.store, { kind: 'compare', newDir: dir });
     } catch (err) {
       await casCacheMountVersion(kv, name, instance, clearOurs);
       throw err;
@@ -219,7 +244,8 @@ export class FarmCacheMounts implements CacheMountProvider {
         ...(other ? { pending: other } : {}),
       };
     });
-    await writeFile(`${local.path}.version`, desc.digest);
+    await writeFile(`${dir}.version`, desc.digest);
+    this.#stamps.set(dir, { stamp, digest: desc.digest });
     this.#o.logger?.debug(
       { cache: name, instance, version: next?.version, digest: desc.digest, size: desc.size },
       'cache mount uploaded',
@@ -229,4 +255,37 @@ export class FarmCacheMounts implements CacheMountProvider {
   #warn(err: unknown, what: string): void {
     this.#o.logger?.warn({ err, what }, 'cache mount');
   }
+}
+
+/** A change of the version record that removes the pending mark `token` (and nothing else). */
+function clearPending(
+  token: string,
+): (cur: CacheMountVersion | undefined) => CacheMountVersion | undefined {
+  return (cur) => {
+    if (cur?.pending?.token !== token) return undefined;
+    const { pending: _cleared, ...rest } = cur;
+    return rest;
+  };
+}
+
+/**
+ * A digest of a tree's names, types, modes, owners, sizes, mtimes and link targets: what changes
+ * when a RUN writes to it (content rewritten in place within one mtime tick aside, as make's own
+ * rule). Cheaper than a tar of it by far.
+ */
+export async function treeStamp(root: string): Promise<string> {
+  const h = createHash('sha256');
+  const walk = async (rel: string): Promise<void> => {
+    const names = (await readdir(join(root, rel))).sort();
+    for (const n of names) {
+      const r = rel === '' ? n : `${rel}/${n}`;
+      const st = await lstat(join(root, r), { bigint: true });
+      h.update(`${r}\0${st.mode}\0${st.uid}:${st.gid}\0${st.size}\0${st.mtimeNs}\0`);
+      if (st.isSymbolicLink()) h.update(await readlink(join(root, r)));
+      h.update('\n');
+      if (st.isDirectory()) await walk(r);
+    }
+  };
+  await walk('');
+  return h.digest('hex');
 }
