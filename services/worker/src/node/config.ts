@@ -48,6 +48,10 @@ export interface WorkerConfig {
   drainTimeoutMs: number;
   /** Idle time after which held results are uploaded in the background (write-behind). */
   writeBehindIdleMs: number;
+  /** A farm cache mount lock's lease: a holder that stops renewing loses it after this. */
+  cacheMountLeaseMs: number;
+  /** How long a RUN waits for another worker's announced cache mount upload. */
+  cacheMountWaitMs: number;
   logLevel: string;
   snapshotter: 'auto' | 'overlayfs' | 'native';
   runtime: 'auto' | 'crun' | 'runc';
@@ -139,6 +143,8 @@ export interface WorkerConfigInput {
   heartbeatMs?: number;
   drainTimeoutMs?: number;
   writeBehindIdleMs?: number;
+  cacheMountLeaseMs?: number;
+  cacheMountWaitMs?: number;
   logLevel?: string;
   snapshotter?: string;
   runtime?: string;
@@ -192,6 +198,8 @@ function defaults(env: Readonly<Record<string, string | undefined>>): WorkerConf
     heartbeatMs: 1_000,
     drainTimeoutMs: 60_000,
     writeBehindIdleMs: 1_000,
+    cacheMountLeaseMs: 30_000,
+    cacheMountWaitMs: 60_000,
     logLevel: 'info',
     snapshotter: 'auto',
     runtime: 'auto',
@@ -296,6 +304,11 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
       e('KILN_WORKER_WRITE_BEHIND_IDLE_MS'),
       'KILN_WORKER_WRITE_BEHIND_IDLE_MS',
     ),
+    cacheMountLeaseMs: int(
+      e('KILN_WORKER_CACHE_MOUNT_LEASE_MS'),
+      'KILN_WORKER_CACHE_MOUNT_LEASE_MS',
+    ),
+    cacheMountWaitMs: int(e('KILN_WORKER_CACHE_MOUNT_WAIT_MS'), 'KILN_WORKER_CACHE_MOUNT_WAIT_MS'),
     logLevel: e('KILN_LOG_LEVEL'),
     snapshotter: e('KILN_WORKER_SNAPSHOTTER'),
     runtime: e('KILN_WORKER_RUNTIME'),
@@ -340,6 +353,9 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
   --heartbeat-ms N, --drain-timeout-ms N, --log-level L (KILN_LOG_LEVEL),
   --write-behind-idle-ms N idle time before held results are uploaded in the background
                            (KILN_WORKER_WRITE_BEHIND_IDLE_MS, default 1000)
+  --cache-mount-lease-ms N a cache mount lock's lease (KILN_WORKER_CACHE_MOUNT_LEASE_MS, 30000)
+  --cache-mount-wait-ms N  wait for another worker's cache mount upload
+                           (KILN_WORKER_CACHE_MOUNT_WAIT_MS, default 60000)
   --snapshotter auto|overlayfs|native, --runtime auto|crun|runc,
   --insecure-registry HOST[:PORT] (KILN_INSECURE_REGISTRIES)
   --farm-registry-credentials   pulls and pushes may use this worker's docker config
@@ -400,6 +416,8 @@ function fromFlags(argv: readonly string[]): {
         'heartbeat-ms': { type: 'string' },
         'drain-timeout-ms': { type: 'string' },
         'write-behind-idle-ms': { type: 'string' },
+        'cache-mount-lease-ms': { type: 'string' },
+        'cache-mount-wait-ms': { type: 'string' },
         'log-level': { type: 'string' },
         snapshotter: { type: 'string' },
         runtime: { type: 'string' },
@@ -453,6 +471,8 @@ function fromFlags(argv: readonly string[]): {
       heartbeatMs: int(values['heartbeat-ms'], '--heartbeat-ms'),
       drainTimeoutMs: int(values['drain-timeout-ms'], '--drain-timeout-ms'),
       writeBehindIdleMs: int(values['write-behind-idle-ms'], '--write-behind-idle-ms'),
+      cacheMountLeaseMs: int(values['cache-mount-lease-ms'], '--cache-mount-lease-ms'),
+      cacheMountWaitMs: int(values['cache-mount-wait-ms'], '--cache-mount-wait-ms'),
       logLevel: values['log-level'],
       snapshotter: values.snapshotter,
       runtime: values.runtime,
@@ -634,6 +654,8 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     heartbeatMs: positive(c.heartbeatMs, 'heartbeatMs'),
     drainTimeoutMs: positive(c.drainTimeoutMs, 'drainTimeoutMs'),
     writeBehindIdleMs: positive(c.writeBehindIdleMs, 'writeBehindIdleMs'),
+    cacheMountLeaseMs: positive(c.cacheMountLeaseMs, 'cacheMountLeaseMs'),
+    cacheMountWaitMs: positive(c.cacheMountWaitMs, 'cacheMountWaitMs'),
     logLevel: oneOf(c.logLevel, LOG_LEVELS, 'logLevel'),
     snapshotter: oneOf(c.snapshotter, ['auto', 'overlayfs', 'native'] as const, 'snapshotter'),
     runtime: oneOf(c.runtime, ['auto', 'crun', 'runc'] as const, 'runtime'),

@@ -15,12 +15,17 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { makeTempDir, natsAuthEnv, startNats, waitFor } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FsBlobStore } from '@kiln/store';
+import { TaskRunner } from './task-runner.js';
 import { bundleWorkerMain, startDispatcher, submitGraph } from '../test-support/graphs.js';
 import type { DispatcherLike } from '../test-support/graphs.js';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE ?? '';
 const A = 'cm-a';
 const B = 'cm-b';
+const C = 'cm-c';
+/** Short enough for a test to see a dead worker's lock go, long enough for a loaded machine. */
+const LEASE_MS = '3000';
 
 let tmp: { dir: string; remove: () => void };
 let nats: NatsServerHandle;
@@ -47,19 +52,23 @@ async function runOn(
   worker: string,
   def: Uint8Array,
   cacheNamespace = 'tenant-1',
+  onProgress?: (p: TaskProgress) => void,
 ): Promise<{ lines: string[]; workerId: string }> {
   const progress: TaskProgress[] = [];
   const { result } = await submitGraph(d, def, {
     salt: salt(),
     place: () => worker,
     cacheNamespace,
-    onProgress: (p) => progress.push(p),
+    onProgress: (p) => {
+      progress.push(p);
+      onProgress?.(p);
+    },
   });
   const lines = progress.flatMap((p) => (p.stage === 'output' ? (p.lines ?? []) : []));
   return { lines, workerId: result.workerId };
 }
 
-async function spawnWorker(id: string): Promise<void> {
+async function spawnWorker(id: string): Promise<ManagedProcess> {
   const mainJs = await bundleWorkerMain(tmp.dir);
   const proc = spawnManaged(
     process.execPath,
@@ -76,6 +85,7 @@ async function spawnWorker(id: string): Promise<void> {
         KILN_WORKER_HEARTBEAT_MS: '250',
         KILN_WORKER_DRAIN_TIMEOUT_MS: '20000',
         KILN_LOG_LEVEL: 'warn',
+        KILN_WORKER_CACHE_MOUNT_LEASE_MS: LEASE_MS,
       },
     },
   );
@@ -88,6 +98,7 @@ async function spawnWorker(id: string): Promise<void> {
     },
     { timeoutMs: 60_000 },
   );
+  return proc;
 }
 
 beforeAll(async () => {
@@ -96,7 +107,7 @@ beforeAll(async () => {
   tmp = makeTempDir('farm-cache-mounts');
   storeDir = join(tmp.dir, 'store');
   await mkdir(storeDir);
-  nats = await startNats({ auth: { workers: [A, B] } });
+  nats = await startNats({ auth: { workers: [A, B, C] } });
   nc = await connectNats(nats.url, nats.auth?.scheduler);
   // The scheduler's side opens the bus first: it makes the buckets (workers may not).
   d = await startDispatcher(nc);
@@ -198,5 +209,42 @@ describe('cache mounts shared across workers', () => {
         i1?.json<{ version: number }>().version === 1
       );
     });
+  });
+
+  it('a worker killed while it holds a `locked` cache mount does not hold it past its lease', async () => {
+    const id = `k-${salt()}`;
+    const k = await spawnWorker(C);
+    try {
+      const long = cacheRun(id, 'locked', 'echo started; sleep 3; echo from-c >> /cache/log');
+      let started!: () => void;
+      const isStarted = new Promise<void>((r) => (started = r));
+      const onC = runOn(C, long, 'tenant-1', (p) => {
+        if (p.workerId === C && p.lines?.includes('started')) started();
+      });
+      await Promise.race([
+        isStarted,
+        onC.then(() => {
+          throw new Error(`the RUN finished before ${C} could be killed`);
+        }),
+      ]);
+      // C holds the farm lock of the cache mount now; it dies holding it.
+      const kv = await new Kvm(nc).open(CACHE_MOUNTS_BUCKET);
+      const lock = await kv.get(`l.${cacheMountName('tenant-1', id)}.0`);
+      expect(lock?.json<{ worker: string }>().worker).toBe(C);
+      k.kill('SIGKILL');
+      await k.exited;
+      // A RUN on B takes the lock once C's lease ran out; C's RUN is run again elsewhere.
+      const onB = await runOn(B, cacheRun(id, 'locked', 'echo from-b >> /cache/log; echo ok'));
+      expect(onB.workerId).toBe(B);
+      expect(onB.lines).toContain('ok');
+      expect([A, B]).toContain((await onC).workerId);
+    } finally {
+      await k.stop(5_000);
+      // What the dead process left (its container, exec mounts) is swept by the next open.
+      await TaskRunner.open({
+        stateDir: join(tmp.dir, C),
+        store: new FsBlobStore({ root: storeDir }),
+      });
+    }
   });
 });

@@ -93,6 +93,8 @@ export class WorkerNode {
         limits: config.limits,
         unpack: config.unpack,
         sandboxDeny: [...config.sandboxDeny, ...natsHosts(config.natsUrl)],
+        cacheMountLeaseMs: config.cacheMountLeaseMs,
+        cacheMountPendingWaitMs: config.cacheMountWaitMs,
         registry: {
           insecureRegistries: config.insecureRegistries,
           // The worker's own docker config serves builds only when the farm says so.
