@@ -38,6 +38,30 @@ export class ExecOpError extends KilnError {
   }
 }
 
+/**
+ * Every instance of a `sharing=private` cache mount is in use on the farm (retryable: one frees
+ * when its RUN ends). `details.id` names the cache mount.
+ */
+export class CacheMountBusyError extends KilnError {
+  declare readonly code: 'CACHE_MOUNT_BUSY';
+
+  constructor(id: string, instances: number, opts: KilnErrorOptions = {}) {
+    super('CACHE_MOUNT_BUSY', `all ${instances} instances of cache mount ${id} are in use`, {
+      retryable: true,
+      ...opts,
+      details: { ...opts.details, id, instances: String(instances) },
+    });
+  }
+}
+
+registerErrorClass(
+  'CACHE_MOUNT_BUSY',
+  (_m, d, r) =>
+    new CacheMountBusyError(String(d.id ?? ''), Number(d.instances ?? 0), {
+      details: d,
+      retryable: r,
+    }),
+);
 registerErrorClass(
   'SECRET_NOT_FOUND',
   (_m, d, r) => new SecretNotFoundError(String(d.id ?? ''), { details: d, retryable: r }),

@@ -19,6 +19,7 @@ import type {
   CacheMounts,
   LocalCacheMountHandle,
 } from './cache-mounts.js';
+import { CacheMountBusyError } from './errors.js';
 
 export interface FarmCacheMountsOptions extends CacheMountLockOptions {
   /**
@@ -95,7 +96,7 @@ export class FarmCacheMounts implements CacheMountProvider {
         lock = await locks.tryAcquire(name, instance, 'private');
         if (lock) break;
       }
-      if (!lock) throw new Error(`no free instance of cache mount ${req.id} among ${max}`);
+      if (!lock) throw new CacheMountBusyError(req.id, max);
     }
     let local: LocalCacheMountHandle;
     try {
@@ -159,11 +160,9 @@ export class FarmCacheMounts implements CacheMountProvider {
     const marker = `${dir}.version`;
     if (v.digest === '') return { created: made };
     const have = await readFile(marker, 'utf8').catch(() => '');
-    if (have === v.digest) {
-      if (this.#stamps.get(dir)?.digest !== v.digest)
-        this.#stamps.set(dir, { stamp: await treeStamp(dir), digest: v.digest });
-      return { created: false };
-    }
+    // Already that version (or changed here since, by a run whose upload never finished: with no
+    // stamp known, the next writable use uploads it).
+    if (have === v.digest) return { created: false };
     const tmp = `${dir}.sync`;
     await rm(tmp, { recursive: true, force: true });
     await mkdir(tmp, { mode: 0o755 });

@@ -10,7 +10,12 @@ export type {
 } from './cache-mounts.js';
 export { FarmCacheMounts } from './farm-cache-mounts.js';
 export type { FarmCacheMountsOptions } from './farm-cache-mounts.js';
-export { ExecOpError, SecretNotFoundError, SshNotFoundError } from './errors.js';
+export {
+  CacheMountBusyError,
+  ExecOpError,
+  SecretNotFoundError,
+  SshNotFoundError,
+} from './errors.js';
 // The exec engine's building blocks, public through this entry: snapshots and the OCI runtime.
 export * from '../../snapshot/index.js';
 export * from '../../runtime/index.js';
