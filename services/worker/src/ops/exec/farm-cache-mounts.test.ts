@@ -90,6 +90,7 @@ describe('FarmCacheMounts', () => {
     const blob = store.pathOf(v1!.digest as Digest);
     const then = new Date(Date.now() - 3600_000);
     await utimes(blob, then, then);
+    const old = (await stat(blob)).mtimeMs;
     const m2 = await a.mount(req(id));
     const before = await treeStamp(m2.path);
     await m2.release();
@@ -97,7 +98,7 @@ describe('FarmCacheMounts', () => {
     expect(await treeStamp(m2.path)).toBe(before);
     expect((await readCacheMountVersion(kv, name, 0)).value).toEqual(v1);
     // Nothing was tarred and put: the blob was not touched.
-    expect((await stat(blob)).mtimeMs).toBe(then.getTime());
+    expect((await stat(blob)).mtimeMs).toBe(old);
     // A change is a new version.
     const m3 = await a.mount(req(id));
     await writeFile(join(m3.path, 'g'), 'y');
