@@ -8,6 +8,8 @@ import {
   AckPolicy,
   DeliverPolicy,
   DiscardPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
   jetstream,
   jetstreamManager,
   RetentionPolicy,
@@ -140,4 +142,19 @@ async function applyMaxAge(jsm: JetStreamManager, stream: string, ms: number): P
   const info = await jsm.streams.info(stream);
   if (info.config.max_age === nanos(ms)) return;
   await jsm.streams.update(stream, { ...info.config, max_age: nanos(ms) });
+}
+
+/**
+ * Whether the task queue still holds message `seq`: false when it is gone (acknowledged, deleted,
+ * purged), undefined when the server could not say (NATS away).
+ */
+export async function queueMessageExists(bus: Bus, seq: number): Promise<boolean | undefined> {
+  try {
+    // nats.js answers null for a message that is not there (older versions threw 10037).
+    return (await bus.jsm.streams.getMessage(TASK_STREAM, { seq })) !== null;
+  } catch (err) {
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound)
+      return false;
+    return undefined;
+  }
 }

@@ -4,6 +4,7 @@
 import {
   TASK_STREAM,
   connectNats,
+  decodeTask,
   ensureTaskConsumer,
   getRecord,
   openBus,
@@ -55,6 +56,7 @@ const WORKER_IDS = [
   'kill-l',
   'late-s',
   'late-u',
+  'lostmsg-w',
   'lost-w',
   'maxdel-w',
   'maxdel-x',
@@ -179,6 +181,36 @@ describe('Dispatcher', () => {
     // Under load this once hung: a report checked against the scheduler's stale copy of the record
     // (from before the claim) was refused and its task never completed (see casRecord).
   }, 120_000);
+
+  it('publishes a queued attempt again when its queue message is lost', async () => {
+    const seen: DispatchEvent[] = [];
+    const d2 = await Dispatcher.start({
+      nc,
+      ...DISPATCH,
+      queueCheckMs: 300,
+      onEvent: (e) => seen.push(e),
+    });
+    dispatchers.push(d2);
+    const w = await worker('lostmsg-w', 'linux/amd64', 1, nats, d2);
+    const busy = testTask({ sleepMs: 1_500 });
+    const first = d2.submit(busy);
+    await waitFor('the worker to be busy', () =>
+      w.events.some((e) => e.type === 'claimed' && e.taskId === busy.taskId),
+    );
+    const t = testTask();
+    const second = d2.submit(t);
+    // Its queue message (the worker, busy, pulls nothing meanwhile), lost behind the farm's back.
+    const msg = await waitFor('the task on the queue', async () => {
+      const m = await d2.bus.jsm.streams
+        .getMessage(TASK_STREAM, { last_by_subj: 'kiln.task.linux.amd64' })
+        .catch(() => undefined);
+      return m && decodeTask(m.data).taskId === t.taskId ? m : undefined;
+    });
+    expect(await d2.bus.jsm.streams.deleteMessage(TASK_STREAM, msg.seq)).toBe(true);
+    await first;
+    expect((await second).taskId).toBe(t.taskId);
+    expect(seen).toContainEqual({ type: 'task-requeued', taskId: t.taskId, seq: msg.seq });
+  });
 
   it('runs a key once for concurrent submits from two builds; later submits get the stored result', async () => {
     const w = await worker('dedup-1', 'linux/amd64', 2);

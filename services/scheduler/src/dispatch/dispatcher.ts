@@ -28,6 +28,7 @@ import {
   OFFER_WAIT_HEADER,
   PROGRESS_SUBJECT_PREFIX,
   TASK_STREAM,
+  queueMessageExists,
   casRecord,
   createRecord,
   decodeJson,
@@ -91,6 +92,12 @@ export interface DispatcherOptions {
   monitorIntervalMs?: number;
   /** A task no live worker can run fails after this long. Default 30 s. */
   noWorkerTimeoutMs?: number;
+  /**
+   * How often a queued attempt's queue message is checked for (a message lost to an operator's
+   * purge, a missed max-deliveries advisory, a stream restored without it): a lost one is
+   * published again under the same attempt. Default 30 s.
+   */
+  queueCheckMs?: number;
   /** Offer tasks to the holders of their inputs first. Default true (false: benchmarks). */
   affinity?: boolean;
   /** Typed events (libraries do not log). */
@@ -103,6 +110,7 @@ interface CompiledOptions {
   maxAttempts: number;
   monitorIntervalMs: number;
   noWorkerTimeoutMs: number;
+  queueCheckMs: number;
   affinity: boolean;
   onEvent: (e: DispatchEvent) => void;
 }
@@ -141,6 +149,8 @@ interface Entry {
   pendingFor?: string;
   /** The queue message of an attempt published here: withdrawn when the task is cancelled. */
   queued?: { token: string; seq: number };
+  /** When the monitor next checks that `queued`'s message is still on the queue. */
+  queueCheckAt?: number;
 }
 
 export class Dispatcher {
@@ -171,6 +181,7 @@ export class Dispatcher {
       maxAttempts: opts.maxAttempts ?? 3,
       monitorIntervalMs: opts.monitorIntervalMs ?? 250,
       noWorkerTimeoutMs: opts.noWorkerTimeoutMs ?? 30_000,
+      queueCheckMs: opts.queueCheckMs ?? 30_000,
       affinity: opts.affinity ?? true,
       onEvent: opts.onEvent ?? (() => undefined),
     });
@@ -789,6 +800,21 @@ export class Dispatcher {
     if (deleted) this.#o.onEvent({ type: 'task-withdrawn', taskId: r.taskId, seq: q.seq });
   }
 
+  /**
+   * Publishes a queued attempt's copy again when its queue message is gone while the record still
+   * waits for it (nothing else would ever run it). The same token: if the old copy turns up after
+   * all, whichever is claimed first runs and the other is stale.
+   */
+  async #requeueIfLost(e: Entry, q: { token: string; seq: number }): Promise<void> {
+    const lost = (await queueMessageExists(this.#bus, q.seq)) === false;
+    const cur = e.stored;
+    if (!lost || !cur || cur.record.state !== 'queued' || cur.record.attemptToken !== q.token)
+      return;
+    this.#o.onEvent({ type: 'task-requeued', taskId: cur.record.taskId, seq: q.seq });
+    const queue = cur.record.placement === 'emulated' ? 'emulated' : 'native';
+    await this.#publish(e, cur.record, cur.revision, this.#attemptCopy(e, cur.record), queue);
+  }
+
   async #cas(e: Entry, change: (r: TaskRecord) => TaskRecord | undefined, known?: StoredRecord) {
     const out = await this.#retry(() =>
       casRecord(this.#bus.tasks, e.key, change, known ?? e.stored),
@@ -854,6 +880,23 @@ export class Dispatcher {
         continue;
       }
       e.noWorkerSince = undefined;
+      const q = e.queued;
+      if (
+        q &&
+        q.token === r.attemptToken &&
+        now >= (e.queueCheckAt ??= now + this.#o.queueCheckMs)
+      ) {
+        e.queueCheckAt = now + this.#o.queueCheckMs;
+        e.pendingFor = r.attemptToken;
+        this.#enqueue(e, async () => {
+          try {
+            await this.#requeueIfLost(e, q);
+          } finally {
+            e.pendingFor = undefined;
+          }
+        });
+        continue;
+      }
       if (r.placement === 'native' && plan.queue === 'emulated') {
         // Only emulated workers are left for this platform: put a copy on their queue (same
         // token; whichever copy is claimed first runs, the other is stale).

@@ -29,4 +29,6 @@ export type DispatchEvent =
   | { type: 'stale-message-deleted'; seq: number; consumer: string }
   /** A cancelled task's message was taken off its queue before any worker pulled it. */
   | { type: 'task-withdrawn'; taskId: string; seq: number }
+  /** A queued attempt's queue message was lost: published again. */
+  | { type: 'task-requeued'; taskId: string; seq: number }
   | { type: 'error'; where: string; error: unknown };
