@@ -43,6 +43,13 @@ describe('loadConfig', () => {
       );
   });
 
+  it('takes admin tenants from flags and environment', () => {
+    expect(loadConfig({}, []).adminTenants).toEqual([]);
+    expect(
+      loadConfig({ KILN_ADMIN_TENANTS: 'ops, sre' }, ['--admin-tenant', 'root']).adminTenants,
+    ).toEqual(['root', 'ops', 'sre']);
+  });
+
   it('takes the cache index lifetime as a duration, at least a minute', () => {
     expect(loadConfig({}, []).cacheTtlMs).toBe(24 * 3600_000);
     expect(loadConfig({ KILN_CACHE_TTL: '7d' }, []).cacheTtlMs).toBe(7 * 24 * 3600_000);

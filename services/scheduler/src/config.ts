@@ -43,6 +43,12 @@ export interface SchedulerConfig {
   /** Tenants share cache keys and cache mounts (`--shared-cache`, `KILN_SHARED_CACHE=1`). */
   sharedCache: boolean;
   /**
+   * Tenants that may run `kiln du` and `kiln prune` (DiskUsage, Prune: every tenant's cache)
+   * (`--admin-tenant`, repeatable; `KILN_ADMIN_TENANTS`, comma-separated). Without authentication
+   * the one caller may.
+   */
+  adminTenants: string[];
+  /**
    * Builds may use this service's own registry credentials (its docker config) when the client
    * offers none (`--farm-registry-credentials`, `KILN_FARM_REGISTRY_CREDENTIALS=1`). Default: a
    * build resolves images only with its client's credentials (through its session) or anonymously.
@@ -112,6 +118,7 @@ export const DEFAULT_CONFIG: SchedulerConfig = {
   insecureListen: false,
   allowEntitlements: [],
   sharedCache: false,
+  adminTenants: [],
   farmRegistryCredentials: false,
   frontendLimits: {},
 };
@@ -203,6 +210,7 @@ export function loadConfig(
         'insecure-listen': { type: 'boolean' },
         'allow-insecure-entitlement': { type: 'string', multiple: true },
         'shared-cache': { type: 'boolean' },
+        'admin-tenant': { type: 'string', multiple: true },
         'cache-ttl': { type: 'string' },
         'farm-registry-credentials': { type: 'boolean' },
         'frontend-limits': { type: 'string' },
@@ -245,6 +253,12 @@ export function loadConfig(
     insecureListen: bool('insecure-listen', 'KILN_INSECURE_LISTEN'),
     allowEntitlements: [...new Set(entitlements as Entitlement[])],
     sharedCache: bool('shared-cache', 'KILN_SHARED_CACHE'),
+    adminTenants: [
+      ...((flags['admin-tenant'] as string[] | undefined) ?? []),
+      ...(env.KILN_ADMIN_TENANTS ?? '').split(','),
+    ]
+      .map((x) => x.trim())
+      .filter(Boolean),
     farmRegistryCredentials: bool('farm-registry-credentials', 'KILN_FARM_REGISTRY_CREDENTIALS'),
     natsUrl: str('nats', 'KILN_NATS_URL', DEFAULT_CONFIG.natsUrl),
     natsAuth: natsAuth(flags, env),

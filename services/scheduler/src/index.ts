@@ -5,7 +5,13 @@
 export * from './dispatch/index.js';
 export { ControlServer } from './control/control-server.js';
 export type { ControlServerOptions } from './control/control-server.js';
-export { Authenticator, LOCAL_TENANT, UnauthenticatedError, parseTokens } from './control/auth.js';
+export {
+  Authenticator,
+  LOCAL_TENANT,
+  PermissionDeniedError,
+  UnauthenticatedError,
+  parseTokens,
+} from './control/auth.js';
 export type { AuthenticatorOptions, Caller, TenantToken } from './control/auth.js';
 export { EntitlementDeniedError } from './control/entitlements.js';
 export { TlsFilesProvider } from './control/tls.js';

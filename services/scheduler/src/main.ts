@@ -2,7 +2,7 @@
  * `node services/scheduler/dist/main.js [--listen host:port] [--nats url] [--platform os/arch]
  * [--log-level level] [--store-dir DIR] [--tlscert F --tlskey F [--tlscacert F]]
  * [--tokens-file F] [--allow-insecure-entitlement E]... [--shared-cache]
- * [--farm-registry-credentials] [--insecure-listen] [--cache-ttl D]`:
+ * [--farm-registry-credentials] [--insecure-listen] [--cache-ttl D] [--admin-tenant T]...`:
  * the scheduler service. Connects to NATS, starts the Dispatcher and serves
  * `kiln.control.v1.Control` over gRPC. SIGTERM/SIGINT: stop serving (running builds fail with a
  * retryable SCHEDULER_UNAVAILABLE; their task records stay for the next scheduler), then exit.
@@ -48,6 +48,7 @@ async function main(): Promise<void> {
     tokens,
     clientCertificates: !!config.tlsCaCert,
     allow: config.allowEntitlements,
+    admins: config.adminTenants,
     required: authConfigured(config),
   });
   const tls =

@@ -38,6 +38,11 @@ export interface Caller {
   tenant: string;
   /** Entitlements the farm allows this caller. */
   allowed: ReadonlySet<Entitlement>;
+  /**
+   * May see and prune the workers' caches, which hold every tenant's results (DiskUsage, Prune):
+   * the farm's `--admin-tenant`s, or the one caller of a farm without authentication.
+   */
+  admin: boolean;
 }
 
 export class UnauthenticatedError extends KilnError {
@@ -46,6 +51,23 @@ export class UnauthenticatedError extends KilnError {
   }
 }
 registerErrorClass('UNAUTHENTICATED', (m) => new UnauthenticatedError(m));
+
+/** An authenticated caller asked for what its tenant may not do. */
+export class PermissionDeniedError extends KilnError {
+  constructor(message: string) {
+    super('PERMISSION_DENIED', message);
+  }
+}
+registerErrorClass('PERMISSION_DENIED', (m) => new PermissionDeniedError(m));
+
+/** DiskUsage and Prune show and remove every tenant's cached results: admins only. */
+export function requireAdmin(caller: Caller, what: string): Caller {
+  if (!caller.admin)
+    throw new PermissionDeniedError(
+      `${what} covers every tenant's cache: tenant ${caller.tenant} is not an admin of this farm (scheduler --admin-tenant)`,
+    );
+  return caller;
+}
 
 export class TokensInvalidError extends KilnError {
   constructor(message: string, source: string) {
@@ -117,6 +139,8 @@ export interface AuthenticatorOptions {
   clientCertificates?: boolean;
   /** Entitlements every caller may use (`--allow-insecure-entitlement`). */
   allow?: readonly Entitlement[];
+  /** Tenants that may see and prune the farm's caches (`--admin-tenant`). */
+  admins?: readonly string[];
   /**
    * Callers must authenticate even with no token yet (a tokens file that is empty now). Default:
    * when tokens or client certificates are given. Reloaded tokens never turn it off.
@@ -128,11 +152,13 @@ export class Authenticator {
   #known: Known[] = [];
   readonly #certs: boolean;
   readonly #allow: readonly Entitlement[];
+  readonly #admins: ReadonlySet<string>;
   readonly #required: boolean;
 
   constructor(o: AuthenticatorOptions = {}) {
     this.#certs = o.clientCertificates ?? false;
     this.#allow = o.allow ?? [];
+    this.#admins = new Set(o.admins ?? []);
     this.setTokens(o.tokens ?? []);
     this.#required = o.required ?? (this.#certs || this.#known.length > 0);
   }
@@ -158,6 +184,7 @@ export class Authenticator {
     const caller = (tenant: string, extra: readonly Entitlement[] = []): Caller => ({
       tenant,
       allowed: new Set([...this.#allow, ...extra]),
+      admin: !this.required || this.#admins.has(tenant),
     });
     const header = call.metadata.get('authorization')[0];
     const token =

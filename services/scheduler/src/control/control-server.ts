@@ -60,7 +60,7 @@ import { natsMaterializer } from '../solver/materialize.js';
 import { solveGraph } from '../solver/solve.js';
 import type { Materializer } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
-import { Authenticator, LOCAL_TENANT } from './auth.js';
+import { Authenticator, LOCAL_TENANT, requireAdmin } from './auth.js';
 import type { Caller } from './auth.js';
 import { BuildRegistry } from './builds.js';
 import { checkEntitlements, requestedEntitlements, sourceLines } from './entitlements.js';
@@ -347,14 +347,14 @@ export class ControlServer {
           cb(toGrpcStatus(e));
         }
       },
-      // The workers' caches are the farm's, shared by its tenants: any authenticated caller may
-      // see and prune them (each worker keeps what running builds hold).
+      // The workers' caches are the farm's and hold every tenant's results: only an admin tenant
+      // may see and prune them (each worker keeps what running builds hold).
       diskUsage: (
         call: grpc.ServerUnaryCall<InstanceType<typeof control.DiskUsageRequest>, unknown>,
         cb: grpc.sendUnaryData<unknown>,
       ) => {
         Promise.resolve()
-          .then(() => this.#auth.authenticate(call))
+          .then(() => requireAdmin(this.#auth.authenticate(call), 'kiln du'))
           .then(() => farmDiskUsage(gc, call.request.filter ?? []))
           .then(
             (record) => cb(null, control.DiskUsageResponse.create({ record })),
@@ -365,7 +365,7 @@ export class ControlServer {
         call: grpc.ServerWritableStream<InstanceType<typeof control.PruneRequest>, unknown>,
       ) => {
         Promise.resolve()
-          .then(() => this.#auth.authenticate(call))
+          .then(() => requireAdmin(this.#auth.authenticate(call), 'kiln prune'))
           .then(() => farmPrune(gc, call.request, (r) => call.write(r)))
           .then(
             () => call.end(),

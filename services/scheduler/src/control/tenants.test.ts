@@ -58,6 +58,7 @@ beforeAll(async () => {
     // team-b may use network.host (its entry in the tokens file); the farm allows nothing more.
     auth: new Authenticator({
       tokens: parseTokens(`team-a:${TOKEN_A}\nteam-b:${TOKEN_B} network.host`, 'test'),
+      admins: ['team-a'],
     }),
     metaResolver: (ref) =>
       Promise.resolve({
@@ -103,6 +104,18 @@ function runDef(tag: string, o: { network?: NetMode; security?: SecurityMode } =
       .root(),
   );
 }
+
+describe("the farm's caches (kiln du, kiln prune)", () => {
+  it("are an admin tenant's to see and prune: another tenant is refused", async () => {
+    // The test executor keeps no cache (no worker answers GC requests here): nothing to list.
+    expect(await a.diskUsage()).toEqual([]);
+    expect(await a.prune()).toEqual([]);
+    const du = await rejection(b.diskUsage());
+    expect(du.code).toBe('PERMISSION_DENIED');
+    expect(du.message).toMatch(/tenant team-b is not an admin of this farm/);
+    expect((await rejection(b.prune())).code).toBe('PERMISSION_DENIED');
+  });
+});
 
 describe('authentication', () => {
   it('rejects calls without a token or with a wrong one, on every method', async () => {
