@@ -27,7 +27,7 @@ export function registerPrune(program: Command): void {
   program
     .command('prune')
     .description("clean up the farm's build cache (as buildctl prune)")
-    .option('--all', 'include internal records (every Kiln record is a regular one today)')
+    .option('--all', 'remove every record not in use, the grace period ignored')
     .option(
       '--keep-storage <size>',
       'keep data below this size per worker (2GB, 512MB; a plain number is MB)',

@@ -136,6 +136,22 @@ describe('worker gc', () => {
     expect(runner.heldResults()).toEqual([]);
   });
 
+  it('prune --all ignores the grace period, never a lease', async () => {
+    const leased = await build(blob(30));
+    const young = await build(blob(30));
+    const graceful = gcOf(config({ graceMs: 3_600_000 }));
+    expect(await graceful.prune()).toEqual([]);
+    const lease = runner.engine.snapshotter.acquire(leased.snapshot);
+    try {
+      const removed = (await graceful.prune({ all: true })).map((r) => r.id);
+      expect(removed).toContain(young.snapshot);
+      expect(removed).not.toContain(leased.snapshot);
+    } finally {
+      lease.release();
+    }
+    expect((await gcOf(config()).prune()).map((r) => r.id)).toContain(leased.snapshot);
+  });
+
   it('a prune racing a running exec removes nothing the exec reads, and the result is made again when needed', async () => {
     const gc = gcOf(config());
     const tag = randomUUID();

@@ -34,7 +34,10 @@ import type { UsageLog } from './usage-log.js';
 
 export interface PruneOptions {
   filter?: readonly string[];
-  /** Accepted for BuildKit's `--all`; every Kiln record is a regular one, so it selects nothing more. */
+  /**
+   * BuildKit's `--all`: every record not in use, the grace period ignored (every Kiln record is a
+   * regular one, so it selects no other kind). What a running task holds stays.
+   */
   all?: boolean;
   /** Keep what was used within this long (0: no such limit). */
   keepDurationMs?: number;
@@ -161,7 +164,7 @@ export class WorkerGc {
       let total = scan.total;
       if (keepBytes > 0 && total <= keepBytes) break;
       const now = this.#now();
-      const graceCut = now - this.o.config.graceMs;
+      const graceCut = opts.all ? now : now - this.o.config.graceMs;
       const keepCut = keepDurationMs > 0 ? now - keepDurationMs : Infinity;
       const candidates = scan.records
         .filter(
