@@ -15,6 +15,7 @@ export type {
 } from './kiln-client.js';
 export { dockerfileInput } from './dockerfile-input.js';
 export { BuildSession } from './session.js';
+export { INCARNATION_HEADER, isRetryable } from './retry.js';
 export type { SessionOptions } from './session.js';
 export type { ProgressEvent } from './progress-event.js';
 export { localCacheWriter, cacheSolveOptions } from './local-cache.js';

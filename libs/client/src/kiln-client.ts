@@ -8,9 +8,10 @@
  * `token` is sent as `authorization: Bearer <token>` on every call, session included.
  */
 import * as grpc from '@grpc/grpc-js';
-import { ERROR_TRAILER, KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
+import { KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { Definition } from '@kiln/llb';
+import { INCARNATION_HEADER, isRetryable } from './retry.js';
 import { BuildSession } from './session.js';
 import type { SessionOptions } from './session.js';
 
@@ -90,17 +91,43 @@ export interface SolveResult {
 const toPb = (d: Definition | pb.IDefinition): pb.IDefinition =>
   'toProto' in d && typeof d.toProto === 'function' ? d.toProto() : (d as pb.IDefinition);
 
-const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.UNKNOWN]);
+/** Splits `--addr A,B`: the schedulers of one farm, tried in turn. */
+export function parseAddrs(addr: string): string[] {
+  const out = addr
+    .split(',')
+    .map((a) => a.trim())
+    .filter(Boolean);
+  if (out.length === 0)
+    throw new KilnError('SCHEDULER_ADDR_INVALID', `no scheduler address in '${addr}'`);
+  return out;
+}
 
 export class KilnClient {
-  readonly #client: grpc.Client;
+  /** The channel to the scheduler in use; replaced by the next address on a failover. */
+  #client: grpc.Client;
+  readonly #addrs: string[];
+  #addrIndex: number;
+  readonly #creds: grpc.ChannelCredentials;
+  readonly #channelOptions: grpc.ChannelOptions;
+  #closed = false;
   readonly #reconnectWindowMs: number;
   readonly #token: string | undefined;
   readonly #callTimeoutMs: number;
   readonly #pruneTimeoutMs: number;
 
-  private constructor(client: grpc.Client, o: ConnectOptions) {
+  private constructor(
+    client: grpc.Client,
+    addrs: string[],
+    index: number,
+    creds: grpc.ChannelCredentials,
+    channelOptions: grpc.ChannelOptions,
+    o: ConnectOptions,
+  ) {
     this.#client = client;
+    this.#addrs = addrs;
+    this.#addrIndex = index;
+    this.#creds = creds;
+    this.#channelOptions = channelOptions;
     this.#reconnectWindowMs = o.reconnectWindowMs ?? 60_000;
     this.#token = o.token;
     this.#callTimeoutMs = o.callTimeoutMs ?? 60_000;
@@ -114,7 +141,11 @@ export class KilnClient {
     return md;
   }
 
-  /** Connects to a scheduler at `host:port` and waits until it is reachable. */
+  /**
+   * Connects to a scheduler at `host:port` and waits until it is reachable. `addr` may name
+   * several schedulers of one farm (`A,B`): the first reachable is used, and a call that finds it
+   * gone moves on to the next (see `solve`, `status`, `session`).
+   */
   static async connect(addr: string, o: ConnectOptions = {}): Promise<KilnClient> {
     if (o.token !== undefined && !/^[A-Za-z0-9._~+/=-]+$/.test(o.token))
       throw new KilnError('TOKEN_INVALID', 'a token is made of A-Z a-z 0-9 . _ ~ + / = -');
@@ -123,30 +154,95 @@ export class KilnClient {
       (o.tls
         ? grpc.credentials.createSsl(o.tls.ca ?? null, o.tls.key ?? null, o.tls.cert ?? null)
         : grpc.credentials.createInsecure());
-    const client = new grpc.Client(addr, creds, {
+    const channelOptions: grpc.ChannelOptions = {
       // A build's calls have no deadline: pings find a scheduler (or a path) that vanished.
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
       ...o.channelOptions,
-    });
-    try {
-      await new Promise<void>((resolve, reject) =>
-        client.waitForReady(Date.now() + (o.connectTimeoutMs ?? 10_000), (err) =>
-          err ? reject(err) : resolve(),
-        ),
-      );
-    } catch (cause) {
-      client.close();
-      throw new KilnError('SCHEDULER_UNAVAILABLE', `cannot reach the scheduler at ${addr}`, {
-        cause,
-        retryable: true,
-        details: { addr },
-      });
+    };
+    const addrs = parseAddrs(addr);
+    // Each address in turn, the connect timeout shared between them.
+    const until = Date.now() + (o.connectTimeoutMs ?? 10_000);
+    let cause: unknown;
+    for (let round = 0; Date.now() < until || round === 0; round++) {
+      for (const [i, a] of addrs.entries()) {
+        const client = new grpc.Client(a, creds, channelOptions);
+        const slice = Math.max(1, Math.ceil((until - Date.now()) / (addrs.length - i)));
+        try {
+          await new Promise<void>((resolve, reject) =>
+            client.waitForReady(
+              Date.now() + (addrs.length > 1 ? Math.min(slice, 2_000) : slice),
+              (err) => (err ? reject(err) : resolve()),
+            ),
+          );
+          return new KilnClient(client, addrs, i, creds, channelOptions, o);
+        } catch (e) {
+          cause = e;
+          client.close();
+        }
+      }
     }
-    return new KilnClient(client, o);
+    throw new KilnError('SCHEDULER_UNAVAILABLE', `cannot reach the scheduler at ${addr}`, {
+      cause,
+      retryable: true,
+      details: { addr },
+    });
   }
 
-  /** Runs a build to completion. Aborting `signal` (or closing the client) cancels it. */
+  /**
+   * After a call on `used` failed retryably: moves to the next address (once per failure of a
+   * channel, however many calls saw it fail). With one address the channel stays (grpc-js
+   * reconnects it to a restarted scheduler).
+   */
+  #failover(used: grpc.Client): void {
+    if (this.#closed || this.#addrs.length < 2 || used !== this.#client) return;
+    this.#addrIndex = (this.#addrIndex + 1) % this.#addrs.length;
+    this.#client = new grpc.Client(
+      this.#addrs[this.#addrIndex]!,
+      this.#creds,
+      this.#channelOptions,
+    );
+    used.close();
+  }
+
+  /** The scheduler address in use (one of `connect`'s). */
+  get addr(): string {
+    return this.#addrs[this.#addrIndex]!;
+  }
+
+  /**
+   * Runs `attempt` on the current channel until it succeeds, fails for good, or has failed
+   * retryably for longer than `reconnectWindowMs`; between tries, backoff 50 ms to 1 s and the
+   * next scheduler.
+   */
+  async #retrying<T>(
+    attempt: (client: grpc.Client) => Promise<T>,
+    signal?: AbortSignal,
+  ): Promise<T> {
+    let failingSince: number | undefined;
+    let backoff = 50;
+    for (;;) {
+      const client = this.#client;
+      try {
+        return await attempt(client);
+      } catch (e) {
+        const typed = e instanceof KilnError ? e : fromGrpcError(e);
+        if (this.#closed || signal?.aborted || !isRetryable(e)) throw typed;
+        failingSince ??= Date.now();
+        if (Date.now() - failingSince > this.#reconnectWindowMs) throw typed;
+        this.#failover(client);
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, 1_000);
+      }
+    }
+  }
+
+  /**
+   * Runs a build to completion. Aborting `signal` (or closing the client) cancels it. A solve cut
+   * by a scheduler that died or stopped (UNAVAILABLE, `SCHEDULER_UNAVAILABLE`) is sent again, same
+   * ref and session, to the next scheduler (for up to `reconnectWindowMs`): the farm's task records
+   * give back what had finished (CACHED), so no finished vertex runs again.
+   */
   solve(req: SolveRequest, o: { signal?: AbortSignal } = {}): Promise<SolveResult> {
     const msg: InstanceType<typeof control.SolveRequest> = control.SolveRequest.create({
       ref: req.buildId,
@@ -165,22 +261,31 @@ export class KilnClient {
         Object.entries(req.inputs ?? {}).map(([k, v]) => [k, toPb(v)]),
       );
     }
-    return this.#unary(controlService.solve, msg, {}, o.signal).then((r) => ({
-      exporterResponse: { ...r.exporterResponse },
-    }));
+    return this.#retrying(
+      (client) => this.#rawUnary(client, controlService.solve, msg, {}, o.signal),
+      o.signal,
+    ).then((r) => ({ exporterResponse: { ...r.exporterResponse } }));
   }
 
-  /** Opens a build session (pass its `id` as the solve's `sessionId`); close it after the solve. */
+  /**
+   * Opens a build session (pass its `id` as the solve's `sessionId`); close it after the solve.
+   * A session stream cut by a scheduler that went away is opened again (same id) on the scheduler
+   * in use, for up to `reconnectWindowMs`.
+   */
   session(o: SessionOptions = {}): BuildSession {
+    let used: grpc.Client | undefined;
     return new BuildSession(
-      () =>
-        this.#client.makeBidiStreamRequest(
+      (failed) => {
+        if (failed !== undefined && used !== undefined) this.#failover(used);
+        used = this.#client;
+        return this.#client.makeBidiStreamRequest(
           controlService.session.path,
           controlService.session.requestSerialize,
           controlService.session.responseDeserialize,
           this.#metadata(),
-        ),
-      o,
+        );
+      },
+      { reconnectWindowMs: this.#reconnectWindowMs, ...o },
     );
   }
 
@@ -197,15 +302,27 @@ export class KilnClient {
     let last = sinceSeq;
     let failingSince: number | undefined;
     let backoff = 50;
+    // The incarnation of the scheduler that numbered `last`: another one starts from 0.
+    let incarnation: string | undefined;
     for (;;) {
       if (o.signal?.aborted) return;
-      const call = this.#client.makeServerStreamRequest(
+      const client = this.#client;
+      const md = this.#metadata();
+      if (incarnation) md.set(INCARNATION_HEADER, incarnation);
+      const call = client.makeServerStreamRequest(
         controlService.status.path,
         controlService.status.requestSerialize,
         controlService.status.responseDeserialize,
         { ref: buildId, sinceSeq: last },
-        this.#metadata(),
+        md,
       );
+      call.on('metadata', (m: grpc.Metadata) => {
+        const inc = m.get(INCARNATION_HEADER)[0];
+        if (typeof inc !== 'string' || inc === incarnation) return;
+        // A new scheduler (adopting the build after a failover) numbers its frames afresh.
+        if (incarnation !== undefined) last = 0;
+        incarnation = inc;
+      });
       const onAbort = (): void => call.cancel();
       o.signal?.addEventListener('abort', onAbort, { once: true });
       try {
@@ -220,13 +337,13 @@ export class KilnClient {
         return;
       } catch (e) {
         if (o.signal?.aborted) return;
-        const se = e as Partial<grpc.ServiceError>;
         const typed = fromGrpcError(e);
-        // A typed error from the scheduler is final; a broken transport is retried.
-        const fromServer = (se.metadata?.get(ERROR_TRAILER).length ?? 0) > 0;
-        if (fromServer || se.code === undefined || !RETRYABLE.has(se.code)) throw typed;
+        // A broken transport or a stopping scheduler is retried (on the next one); other typed
+        // errors from the scheduler are final.
+        if (this.#closed || !isRetryable(e)) throw typed;
         failingSince ??= Date.now();
         if (Date.now() - failingSince > this.#reconnectWindowMs) throw typed;
+        this.#failover(client);
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(backoff * 2, 1_000);
       } finally {
@@ -284,6 +401,7 @@ export class KilnClient {
   }
 
   close(): void {
+    this.#closed = true;
     this.#client.close();
   }
 
@@ -297,9 +415,22 @@ export class KilnClient {
     options: grpc.CallOptions,
     signal?: AbortSignal,
   ): Promise<Res> {
+    return this.#rawUnary(this.#client, m, req, options, signal).catch((e: unknown) => {
+      throw e instanceof KilnError ? e : fromGrpcError(e);
+    });
+  }
+
+  /** A unary call on `client`; a failure is the raw grpc-js error (see `isRetryable`). */
+  #rawUnary<Req, Res>(
+    client: grpc.Client,
+    m: grpc.MethodDefinition<Req, Res>,
+    req: Req,
+    options: grpc.CallOptions,
+    signal?: AbortSignal,
+  ): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
       if (signal?.aborted) return reject(new KilnError('CANCELED', 'aborted'));
-      const call = this.#client.makeUnaryRequest(
+      const call = client.makeUnaryRequest(
         m.path,
         m.requestSerialize,
         m.responseDeserialize,
@@ -308,7 +439,7 @@ export class KilnClient {
         options,
         (err, res) => {
           signal?.removeEventListener('abort', onAbort);
-          if (err) reject(fromGrpcError(err));
+          if (err) reject(err);
           else if (res === undefined) reject(new KilnError('INTERNAL', 'empty response'));
           else resolve(res);
         },

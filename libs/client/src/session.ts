@@ -25,6 +25,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { PatternMatcher } from '@kiln/dockerfile/patterns';
 import { KilnError, control, toLong } from '@kiln/protocol';
 import { FileDigestCache } from './hash-cache.js';
+import { isRetryable } from './retry.js';
 import type { FileStamp } from './hash-cache.js';
 
 type SessionMessage = InstanceType<typeof control.SessionMessage>;
@@ -67,7 +68,19 @@ export interface SessionOptions {
    * client's state dir; without it digests are kept for this session only.
    */
   digestCacheFile?: string;
+  /**
+   * How long a session stream cut by a scheduler that went away (UNAVAILABLE, or
+   * `SCHEDULER_UNAVAILABLE`) is opened again before the session fails. Default 0: it fails at
+   * once. `KilnClient.session` sets its `reconnectWindowMs`.
+   */
+  reconnectWindowMs?: number;
 }
+
+/**
+ * Opens the session's stream: `failed` is the error that ended the previous one (undefined for
+ * the first), so that the opener can move to another scheduler.
+ */
+export type SessionOpener = (failed?: unknown) => SessionStream;
 
 const CHUNK = 256 * 1024;
 
@@ -119,7 +132,10 @@ function defaultSharedKey(localDirs: Readonly<Record<string, string>>): string {
 export class BuildSession {
   readonly id: string;
   readonly #o: SessionOptions;
-  readonly #call: SessionStream;
+  #call: SessionStream;
+  readonly #open: SessionOpener;
+  #failingSince: number | undefined;
+  #backoff = 50;
   /** Paths the last manifest of each directory listed (the only ones served). */
   readonly #served = new Map<string, Set<string>>();
   readonly #cache: FileDigestCache;
@@ -130,26 +146,63 @@ export class BuildSession {
   #failure: Error | undefined;
   #ended = false;
 
-  constructor(open: () => SessionStream, o: SessionOptions = {}) {
+  constructor(open: SessionOpener, o: SessionOptions = {}) {
     this.id = o.sessionId ?? randomUUID();
     this.#o = o;
+    this.#open = open;
     this.#cache = new FileDigestCache(o.digestCacheFile);
-    this.#call = open();
-    this.#call.on('data', (m: SessionMessage) => {
+    this.#call = this.#connect(undefined);
+  }
+
+  /** Opens the stream and says hello; a retryable failure opens it again (same id). */
+  #connect(failed: unknown): SessionStream {
+    const call = this.#open(failed);
+    call.on('data', (m: SessionMessage) => {
+      this.#failingSince = undefined;
+      this.#backoff = 50;
       this.#onMessage(m).catch((e: unknown) => this.#fail(e));
     });
-    this.#call.on('error', (e: Error) => {
-      if (!this.#ended) this.#fail(e);
+    call.on('error', (e: Error) => {
+      if (this.#ended || call !== this.#call) return;
+      if (!this.#reconnect(e)) this.#fail(e);
     });
-    this.#send({
-      hello: {
-        sessionId: this.id,
-        localDirs: Object.keys(o.localDirs ?? {}),
-        sshIds: Object.keys(o.ssh ?? {}),
-        registryAuth: o.registryAuth !== undefined,
-        sharedKey: o.sharedKey ?? defaultSharedKey(o.localDirs ?? {}),
-      },
-    });
+    const o = this.#o;
+    call.write(
+      control.SessionMessage.create({
+        hello: {
+          sessionId: this.id,
+          localDirs: Object.keys(o.localDirs ?? {}),
+          sshIds: Object.keys(o.ssh ?? {}),
+          registryAuth: o.registryAuth !== undefined,
+          sharedKey: o.sharedKey ?? defaultSharedKey(o.localDirs ?? {}),
+        },
+      }),
+    );
+    return call;
+  }
+
+  /**
+   * After the stream failed with `e`: opens it again after a backoff if `e` is a scheduler going
+   * away and the reconnect window is not spent. What was in flight on the old stream is dropped:
+   * ssh connections close, artifacts half received are discarded (the next scheduler sends them
+   * again from the start).
+   */
+  #reconnect(e: Error): boolean {
+    const window = this.#o.reconnectWindowMs ?? 0;
+    if (window <= 0 || !isRetryable(e)) return false;
+    this.#failingSince ??= Date.now();
+    if (Date.now() - this.#failingSince > window) return false;
+    for (const s of this.#ssh.values()) s.destroy();
+    this.#ssh.clear();
+    for (const w of this.#exports.values()) w.destroy();
+    this.#exports.clear();
+    const wait = this.#backoff;
+    this.#backoff = Math.min(this.#backoff * 2, 1_000);
+    setTimeout(() => {
+      if (this.#ended) return;
+      this.#call = this.#connect(e);
+    }, wait);
+    return true;
   }
 
   /** Resolves once `count` artifacts have been written whole (see `export.count`). */

@@ -16,6 +16,14 @@ const ErrorDetail = kiln.errors.v1.ErrorDetail;
 export const ERROR_TRAILER = 'kiln-error-bin';
 
 /**
+ * The metadata key of a scheduler's incarnation (a random id per process): the scheduler sends it
+ * with Status's headers, a resuming client sends back the one that numbered its `sinceSeq`; a
+ * `sinceSeq` of another incarnation (a scheduler that died, whose frame numbers mean nothing here)
+ * is read as 0.
+ */
+export const INCARNATION_HEADER = 'kiln-scheduler-incarnation';
+
+/**
  * Bounds on an error in trailers: gRPC clients refuse metadata above 8 KiB by default (grpc-js's
  * `grpc.max_metadata_size`), and a refused trailer loses the whole error. The message travels
  * twice (`grpc-message` and, base64, in {@link ERROR_TRAILER}): both together stay near 7 KiB.

@@ -134,6 +134,23 @@ function slowRun(tag: string, sleepS: number) {
   return { def, run: g.result.digest, source: source ?? '' };
 }
 
+/**
+ * `vertex` ran once on the farm: one `task done`, one claim of its cache key (the worker logs
+ * `task done` after its report, so the line may come just after the build's end).
+ */
+async function expectRanOnce(workers: readonly WorkerProcess[], vertex: string): Promise<void> {
+  const runs = () =>
+    workers.flatMap((w) =>
+      w.lines.filter((l) => l.msg === 'task done' && l.vertexDigest === vertex),
+    );
+  await waitFor(`a worker to log ${vertex} done`, () => runs().length > 0);
+  expect(runs(), vertex).toHaveLength(1);
+  const claims = workers.flatMap((w) => w.claims());
+  const key = claims.find((c) => c.taskId === runs()[0]?.taskId)?.cacheKey;
+  expect(key).toBeDefined();
+  expect(claims.filter((c) => c.cacheKey === key)).toHaveLength(1);
+}
+
 /** Mount points at or under `dir` (this process's mount namespace, the workers' too). */
 function mountsUnder(dir: string): string[] {
   return readFileSync('/proc/self/mountinfo', 'utf8')
@@ -380,58 +397,88 @@ describe('chaos through the control API', () => {
     expect(again.exporterResponse['result.id']).toBe(res.exporterResponse['result.id']);
   });
 
-  it('scheduler killed mid-RUN: a typed error, the orphan ends, a new scheduler answers from the records', async () => {
+  it('scheduler killed mid-RUN, a second one running: the same solve completes through it, no finished RUN runs again', async () => {
+    const farm = await startFarm(['srs-a', 'srs-b']);
+    // A second scheduler of the same farm, already running.
+    const s2 = await startScheduler(entries, farm.nats.url, {
+      env: { KILN_STORE_DIR: farm.storeDir, ...farm.env() },
+    });
+    cleanups.push(() => s2.proc.stop(5_000));
+    const client = await KilnClient.connect(`${farm.scheduler.addr},${s2.addr}`);
+    cleanups.push(() => Promise.resolve(client.close()));
+    expect(client.addr).toBe(farm.scheduler.addr);
+    const tag = uid();
+    // A first RUN that finishes before the kill, a second one the kill interrupts.
+    const first = image(fixture).run({
+      args: ['/bin/sh', '-c', `echo first-${tag}; echo ${tag} > /first.txt`],
+    });
+    const st = first
+      .root()
+      .run({
+        args: ['/bin/sh', '-c', `echo second-${tag}; sleep 3; echo ${tag} > /second.txt`],
+      })
+      .root();
+    const def = marshal(st, { platform: LinuxAmd64 });
+    const g = parseDefinition(def.toProto());
+    const second = g.result.digest;
+    const firstRun = g.order.find((d) => d !== second && g.ops.get(d)?.op.exec) ?? '';
+    expect(firstRun).not.toBe('');
+    const buildId = `srs-${tag}`;
+    const status = new StatusLog(client, buildId);
+    const solved = client.solve({ buildId, definition: def });
+    solved.catch(() => undefined);
+    await status.waitForLog(`second-${tag}`);
+    expect(status.vertices().get(firstRun)).toMatchObject({ completed: true, cached: false });
+    farm.scheduler.proc.kill('SIGKILL');
+    await farm.scheduler.proc.exited;
+
+    // The client sends the same solve to the second scheduler, which adopts the build.
+    const res = await solved;
+    expect(client.addr).toBe(s2.addr);
+    const layers = layersOf(res.exporterResponse);
+    expect(readResultFile(farm.storeDir, layers, '/first.txt')).toBe(`${tag}\n`);
+    expect(readResultFile(farm.storeDir, layers, '/second.txt')).toBe(`${tag}\n`);
+    expect(s2.lines.some((l) => l.msg === 'build started' && l.buildId === buildId)).toBe(true);
+    // The status stream followed: the end of the build came from the second scheduler.
+    await status.done;
+    const views = status.vertices();
+    expect(views.get(firstRun)).toMatchObject({ completed: true, error: '' });
+    expect(views.get(second)).toMatchObject({ completed: true, error: '' });
+    // Each RUN ran once on the whole farm: the finished one was answered from its record, the
+    // interrupted one was waited for, not started again.
+    for (const [vertex, text] of [
+      [firstRun, `first-${tag}`],
+      [second, `second-${tag}`],
+    ] as const) {
+      await expectRanOnce(farm.workers, vertex);
+      expect(status.logs().filter((l) => l.includes(text))).toHaveLength(1);
+    }
+  });
+
+  it('scheduler stopped (SIGTERM) mid-RUN and started again on its port: the same solve completes, the RUN is not run again', async () => {
     const port = await freePort();
-    const farm = await startFarm(['srs-a', 'srs-b'], port);
+    const farm = await startFarm(['sts-a'], port);
     const tag = uid();
     const { def, run } = slowRun(tag, 3);
-    const buildId = `srs-${tag}`;
+    const buildId = `sts-${tag}`;
     const status = new StatusLog(farm.client, buildId);
     const solved = farm.client.solve({ buildId, definition: def });
     solved.catch(() => undefined);
     await status.waitForLog(`started-${tag}`);
-    farm.scheduler.proc.kill('SIGKILL');
+    farm.scheduler.proc.kill('SIGTERM');
     await farm.scheduler.proc.exited;
-    status.stop();
-
-    // The client's build fails with a typed, retryable error.
-    const err = await solved.then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(err).toBeInstanceOf(KilnError);
-    expect(err).toMatchObject({ code: 'UNAVAILABLE', retryable: true });
-
-    // A new scheduler on the same address, a new client.
-    const s2 = await startScheduler(entries, farm.nats.url, { port, env: farm.env() });
+    const s2 = await startScheduler(entries, farm.nats.url, {
+      port,
+      env: { KILN_STORE_DIR: farm.storeDir, ...farm.env() },
+    });
     cleanups.push(() => s2.proc.stop(5_000));
-    const client = await KilnClient.connect(s2.addr);
-    cleanups.push(() => Promise.resolve(client.close()));
-    // The orphaned RUN is not run forever: it finishes and no worker stays busy.
-    await waitFor(
-      'every worker to be idle',
-      async () =>
-        (await client.listWorkers()).every((w) => w.busySlots === 0) &&
-        farm.workers.every((w) => w.inFlight().length === 0),
-    );
-    // The same Definition again: answered from the records the killed scheduler left.
-    const buildId2 = `srs2-${tag}`;
-    const status2 = new StatusLog(client, buildId2);
-    const res = await client.solve({ buildId: buildId2, definition: def });
+
+    const res = await solved;
     expect(readResultFile(farm.storeDir, layersOf(res.exporterResponse), '/out.txt')).toBe(
       `${tag}\n`,
     );
-    await status2.done;
-    expect(status2.vertices().get(run)).toMatchObject({ cached: true, error: '' });
-    // The RUN ran exactly once on the whole farm: one run, one claim of its cache key. (The
-    // image ran twice: a tag is re-resolved in every build, by design.)
-    const runs = farm.workers.flatMap((w) =>
-      w.lines.filter((l) => l.msg === 'task done' && l.vertexDigest === run),
-    );
-    expect(runs).toHaveLength(1);
-    const claims = farm.workers.flatMap((w) => w.claims());
-    const runKey = claims.find((c) => c.taskId === runs[0]?.taskId)?.cacheKey;
-    expect(runKey).toBeDefined();
-    expect(claims.filter((c) => c.cacheKey === runKey)).toHaveLength(1);
+    await status.done;
+    expect(status.vertices().get(run)).toMatchObject({ completed: true, error: '' });
+    await expectRanOnce(farm.workers, run);
   });
 });

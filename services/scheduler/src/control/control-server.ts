@@ -33,6 +33,7 @@ import type { FrontendLimits } from '@kiln/dockerfile';
 import { parseDefinition } from '@kiln/llb';
 import type { LoadedDefinition } from '@kiln/llb';
 import {
+  INCARNATION_HEADER,
   KilnError,
   control,
   controlService,
@@ -90,7 +91,7 @@ type StatusRequest = InstanceType<typeof control.StatusRequest>;
 
 export interface ControlServerOptions extends BuildRegistryOptions {
   dispatcher: Pick<Dispatcher, 'submit' | 'cancel' | 'bus'> &
-    Partial<Pick<Dispatcher, 'forgetResult'>>;
+    Partial<Pick<Dispatcher, 'forgetResult' | 'close'>>;
   /** Image config lookup for the Dockerfile frontend's base images. */
   metaResolver?: SessionMetaResolver;
   /** Platform of ops that name none (`os/arch[/variant]`). Default `linux/amd64`. */
@@ -227,6 +228,11 @@ export class ControlServer {
   readonly #auth: Authenticator;
   #server: grpc.Server | undefined;
   #closing = false;
+  /**
+   * This process's incarnation, sent with Status's headers: a client resuming with the `sinceSeq`
+   * of another (a scheduler that died) starts from 0 here.
+   */
+  readonly incarnation = randomUUID();
 
   constructor(o: ControlServerOptions) {
     this.#o = o;
@@ -273,9 +279,14 @@ export class ControlServer {
     return port;
   }
 
-  /** Stops serving: running builds are cancelled, open calls end. */
+  /**
+   * Stops serving: running builds end with a retryable `SCHEDULER_UNAVAILABLE`, open calls end.
+   * The dispatcher is closed first, so that their tasks are left, not cancelled: their records
+   * stay for the scheduler the clients resume on (a task running goes on).
+   */
   async close(): Promise<void> {
     this.#closing = true;
+    await this.#o.dispatcher.close?.();
     this.builds.close();
     this.sessions.close();
     const s = this.#server;
@@ -659,11 +670,23 @@ export class ControlServer {
     const stop = (): void => ac.abort();
     call.on('cancelled', stop);
     call.on('close', stop);
+    const md = new grpc.Metadata();
+    md.set(INCARNATION_HEADER, this.incarnation);
+    call.sendMetadata(md);
+    const theirs = call.metadata.get(INCARNATION_HEADER)[0];
+    const sinceSeq =
+      theirs === undefined || theirs === this.incarnation ? Number(call.request.sinceSeq) : 0;
     try {
-      for await (const f of build.status.since(Number(call.request.sinceSeq), ac.signal)) {
+      for await (const f of build.status.since(sinceSeq, ac.signal)) {
         if (!call.write(f)) await new Promise((r) => call.once('drain', r));
         if (ac.signal.aborted) return;
       }
+      // Stopping: the build goes on elsewhere; the client resumes its status there.
+      if (this.#closing)
+        throw new KilnError('SCHEDULER_UNAVAILABLE', 'the scheduler is shutting down', {
+          retryable: true,
+          details: { buildId: ref },
+        });
       // A build nobody started within the pending window: never solved here, or lost in a
       // scheduler restart.
       if (build.state === 'pending') throw new BuildNotFoundError(ref);
