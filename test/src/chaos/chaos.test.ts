@@ -5,15 +5,22 @@
  * it disturbs no other suite). A process is killed, or the bus restarted, while a RUN is running;
  * the build's outcome is checked through `@kiln/client` and the layers in the store.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { KilnClient } from '@kiln/client';
 import { KilnError } from '@kiln/protocol';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, makeTempDir, natsAuthEnv, startNats, waitFor } from '../harness/index.js';
+import {
+  bundleEntries as bundleFromSource,
+  freePort,
+  makeTempDir,
+  natsAuthEnv,
+  startNats,
+  waitFor,
+} from '../harness/index.js';
 import type { NatsServerHandle } from '../harness/index.js';
 import {
   StatusLog,
@@ -480,5 +487,74 @@ describe('chaos through the control API', () => {
     await status.done;
     expect(status.vertices().get(run)).toMatchObject({ completed: true, error: '' });
     await expectRanOnce(farm.workers, run);
+  });
+
+  it('kiln build --addr A,B: A killed with -9 mid-RUN, the build completes through B, its context and export over a session reopened there, no finished RUN run again', async () => {
+    const farm = await startFarm(['cli-a']);
+    const s2 = await startScheduler(entries, farm.nats.url, {
+      env: { KILN_STORE_DIR: farm.storeDir, ...farm.env() },
+    });
+    cleanups.push(() => s2.proc.stop(5_000));
+    const kilnBin = (
+      await bundleFromSource({ kiln: 'test/src/e2e/kiln-bin.ts' }, join(tmp.dir, 'kiln-bin'))
+    ).kiln!;
+    const tag = uid();
+    const ctx = join(farm.dir, 'ctx');
+    const dest = join(farm.dir, 'out');
+    mkdirSync(ctx, { recursive: true });
+    writeFileSync(join(ctx, 'input.txt'), `${tag}\n`);
+    // The echoed words are split in the Dockerfile, so that only a RUN's output (not its name in
+    // the progress) has them whole.
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      [
+        'ARG BASE',
+        'FROM ${BASE}',
+        'COPY input.txt /input.txt',
+        `RUN echo "fir""st-${tag}" && cp /input.txt /first.txt`,
+        `RUN echo "sec""ond-${tag}" && sleep 3 && cp /input.txt /second.txt`,
+        '',
+      ].join('\n'),
+    );
+    const child = spawn(
+      process.execPath,
+      [
+        kilnBin,
+        'build',
+        ctx,
+        '--progress',
+        'plain',
+        '--build-arg',
+        `BASE=${fixture}`,
+        '--output',
+        `type=local,dest=${dest}`,
+        '--addr',
+        `${farm.scheduler.addr},${s2.addr}`,
+      ],
+      { env: { ...process.env, KILN_STATE_DIR: join(farm.dir, 'kiln-state') }, stdio: 'pipe' },
+    );
+    cleanups.push(async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    await waitFor('the second RUN to start', () => out.includes(`second-${tag}`), {
+      abort: () => (child.exitCode !== null ? `kiln exited:\n${out}` : undefined),
+    });
+    farm.scheduler.proc.kill('SIGKILL');
+    await farm.scheduler.proc.exited;
+
+    expect(await exited, out).toBe(0);
+    expect(s2.lines.some((l) => l.msg === 'build started')).toBe(true);
+    expect(readFileSync(join(dest, 'first.txt'), 'utf8')).toBe(`${tag}\n`);
+    expect(readFileSync(join(dest, 'second.txt'), 'utf8')).toBe(`${tag}\n`);
+    // Each RUN's output once: neither ran again, and the progress did not repeat them.
+    expect(out.split(`first-${tag}`)).toHaveLength(2);
+    expect(out.split(`second-${tag}`)).toHaveLength(2);
+    // No task claimed twice on the farm.
+    const keys = farm.workers.flatMap((w) => w.claims()).map((c) => String(c.cacheKey));
+    expect(new Set(keys).size).toBe(keys.length);
   });
 });
