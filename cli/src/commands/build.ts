@@ -63,8 +63,8 @@ export function registerBuild(program: Command): void {
       [],
     )
     .option(
-      '--addr <host:port>',
-      'build on the farm whose scheduler is here (default: $KILN_ADDR, else the local farm, started on first use)',
+      '--addr <host:port[,host:port...]>',
+      'build on the farm whose scheduler is here (default: $KILN_ADDR, else the local farm, started on first use); several schedulers of one farm are tried in turn, and a build whose scheduler goes away goes on through the next',
     )
     .option('--tls', "talk TLS to the farm's scheduler, verified with the system's CAs")
     .option('--tlscacert <file>', "CA certificate (PEM) to verify the farm's scheduler with TLS")

@@ -10,7 +10,6 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { KilnClient } from '@kiln/client';
-import { KilnError } from '@kiln/protocol';
 import { LinuxAmd64, image, marshal, parseDefinition } from '@kiln/llb';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -533,8 +532,9 @@ describe('chaos through the control API', () => {
       ],
       { env: { ...process.env, KILN_STATE_DIR: join(farm.dir, 'kiln-state') }, stdio: 'pipe' },
     );
-    cleanups.push(async () => {
+    cleanups.push(() => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      return Promise.resolve();
     });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
