@@ -92,6 +92,8 @@ export async function localFarm(o: LocalFarmOptions): Promise<Farm> {
       }
       const client = await KilnClient.connect(`unix:${info.socket}`, {
         connectTimeoutMs: HUNG_MS,
+        // A local farm that dies takes its builds with it: nothing to send them again to.
+        resubmit: false,
       }).catch(() => undefined);
       if (client)
         return {

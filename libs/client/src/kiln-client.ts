@@ -42,8 +42,17 @@ export interface ConnectOptions {
   token?: string;
   /** How long connect() waits for the scheduler. Default 10 s. */
   connectTimeoutMs?: number;
-  /** How long status() keeps trying to reconnect before it fails. Default 60 s. */
+  /**
+   * How long status() keeps trying to reconnect, and a solve or session cut by a scheduler that
+   * went away keeps being sent again, before it fails. Default 60 s.
+   */
   reconnectWindowMs?: number;
+  /**
+   * Whether a solve or session cut by a scheduler that went away is sent again (to the next
+   * address, or the same once restarted). Default true. The local farm turns it off: its builds'
+   * state dies with it, and nothing restarts it behind the client's back.
+   */
+  resubmit?: boolean;
   /**
    * The deadline of each short call (listWorkers, diskUsage, cancel), after which it fails
    * `DEADLINE_EXCEEDED`. Default 60 s. Solve, status and sessions live as long as their build and
@@ -111,6 +120,7 @@ export class KilnClient {
   readonly #channelOptions: grpc.ChannelOptions;
   #closed = false;
   readonly #reconnectWindowMs: number;
+  readonly #resubmitWindowMs: number;
   readonly #token: string | undefined;
   readonly #callTimeoutMs: number;
   readonly #pruneTimeoutMs: number;
@@ -129,6 +139,7 @@ export class KilnClient {
     this.#creds = creds;
     this.#channelOptions = channelOptions;
     this.#reconnectWindowMs = o.reconnectWindowMs ?? 60_000;
+    this.#resubmitWindowMs = o.resubmit === false ? 0 : this.#reconnectWindowMs;
     this.#token = o.token;
     this.#callTimeoutMs = o.callTimeoutMs ?? 60_000;
     this.#pruneTimeoutMs = o.pruneTimeoutMs ?? 600_000;
@@ -229,7 +240,7 @@ export class KilnClient {
         const typed = e instanceof KilnError ? e : fromGrpcError(e);
         if (this.#closed || signal?.aborted || !isRetryable(e)) throw typed;
         failingSince ??= Date.now();
-        if (Date.now() - failingSince > this.#reconnectWindowMs) throw typed;
+        if (Date.now() - failingSince >= this.#resubmitWindowMs) throw typed;
         this.#failover(client);
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(backoff * 2, 1_000);
@@ -285,7 +296,7 @@ export class KilnClient {
           this.#metadata(),
         );
       },
-      { reconnectWindowMs: this.#reconnectWindowMs, ...o },
+      { reconnectWindowMs: this.#resubmitWindowMs, ...o },
     );
   }
 
