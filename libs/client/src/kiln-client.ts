@@ -11,7 +11,10 @@ import * as grpc from '@grpc/grpc-js';
 import { KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { Definition } from '@kiln/llb';
-import { INCARNATION_HEADER, isRetryable } from './retry.js';
+import { INCARNATION_HEADER, RESEND_HEADER, isRetryable } from './retry.js';
+
+/** A Solve sent again by the client that sent it (see RESEND_HEADER). */
+const RESEND = { [RESEND_HEADER]: '1' };
 import { BuildSession } from './session.js';
 import type { SessionOptions } from './session.js';
 
@@ -227,15 +230,15 @@ export class KilnClient {
    * next scheduler.
    */
   async #retrying<T>(
-    attempt: (client: grpc.Client) => Promise<T>,
+    attempt: (client: grpc.Client, resend: boolean) => Promise<T>,
     signal?: AbortSignal,
   ): Promise<T> {
     let failingSince: number | undefined;
     let backoff = 50;
-    for (;;) {
+    for (let n = 0; ; n++) {
       const client = this.#client;
       try {
-        return await attempt(client);
+        return await attempt(client, n > 0);
       } catch (e) {
         const typed = e instanceof KilnError ? e : fromGrpcError(e);
         if (this.#closed || signal?.aborted || !isRetryable(e)) throw typed;
@@ -273,7 +276,8 @@ export class KilnClient {
       );
     }
     return this.#retrying(
-      (client) => this.#rawUnary(client, controlService.solve, msg, {}, o.signal),
+      (client, resend) =>
+        this.#rawUnary(client, controlService.solve, msg, {}, o.signal, resend ? RESEND : {}),
       o.signal,
     ).then((r) => ({ exporterResponse: { ...r.exporterResponse } }));
   }
@@ -438,7 +442,10 @@ export class KilnClient {
     req: Req,
     options: grpc.CallOptions,
     signal?: AbortSignal,
+    headers: Record<string, string> = {},
   ): Promise<Res> {
+    const md = this.#metadata();
+    for (const [k, v] of Object.entries(headers)) md.set(k, v);
     return new Promise<Res>((resolve, reject) => {
       if (signal?.aborted) return reject(new KilnError('CANCELED', 'aborted'));
       const call = client.makeUnaryRequest(
@@ -446,7 +453,7 @@ export class KilnClient {
         m.requestSerialize,
         m.responseDeserialize,
         req,
-        this.#metadata(),
+        md,
         options,
         (err, res) => {
           signal?.removeEventListener('abort', onAbort);

@@ -24,6 +24,13 @@ export const ERROR_TRAILER = 'kiln-error-bin';
 export const INCARNATION_HEADER = 'kiln-scheduler-incarnation';
 
 /**
+ * The metadata key marking a Solve its client sends again after the first call broke: the
+ * client has given up the first call, so a build of that ref still running for it is cancelled
+ * and started afresh (the scheduler answers a retryable `BUILD_EXISTS` until the old one ends).
+ */
+export const RESEND_HEADER = 'kiln-solve-resend';
+
+/**
  * Bounds on an error in trailers: gRPC clients refuse metadata above 8 KiB by default (grpc-js's
  * `grpc.max_metadata_size`), and a refused trailer loses the whole error. The message travels
  * twice (`grpc-message` and, base64, in {@link ERROR_TRAILER}): both together stay near 7 KiB.

@@ -7,6 +7,7 @@
  * as if it did not exist), and a Solve never adopts a pending build another tenant observes (that
  * reader's stream ends, as for a build that never started).
  */
+import { randomUUID } from 'node:crypto';
 import { BuildStatus } from './build-status.js';
 import { BuildExistsError } from '../solver/errors.js';
 
@@ -17,6 +18,13 @@ export interface Build {
   readonly status: BuildStatus;
   readonly abort: AbortController;
   state: 'pending' | 'running' | 'done';
+  /**
+   * Its client's Solve call dropped (the build was cancelled for it): a new Solve of the id, the
+   * same client resending after a broken connection, starts it afresh once this one has ended.
+   */
+  clientGone?: boolean;
+  /** Which build of this id (a random id): a Status reader of another starts from seq 0. */
+  readonly epoch: string;
 }
 
 interface Entry {
@@ -66,9 +74,17 @@ export class BuildRegistry {
     return e.build;
   }
 
-  /** Starts a build; throws BuildExistsError if it already ran or runs. */
+  /**
+   * Starts a build; throws BuildExistsError if it already ran or runs. A build its client left
+   * (`clientGone`) is started afresh once it has ended (until then the error is retryable).
+   */
   start(id: string, tenant: string): Build {
     let known = this.#builds.get(id);
+    if (known?.build.clientGone && known.build.tenant === tenant) {
+      if (known.build.state !== 'done') throw new BuildExistsError(id, true);
+      clearTimeout(known.expiry);
+      known = undefined;
+    }
     if (known && known.build.state !== 'pending') throw new BuildExistsError(id);
     if (known && known.build.tenant !== tenant) {
       // Another tenant's reader waits for this id: its stream ends, it never sees this build.
@@ -82,10 +98,13 @@ export class BuildRegistry {
     return e.build;
   }
 
-  /** Marks the build finished: its status closes and it is forgotten after `retainMs`. */
-  finish(id: string): void {
+  /**
+   * Marks the build finished: its status closes and it is forgotten after `retainMs`. `build`:
+   * only if it is still the one of this id (not one started afresh since).
+   */
+  finish(id: string, build?: Build): void {
     const e = this.#builds.get(id);
-    if (!e) return;
+    if (!e || (build && e.build !== build)) return;
     e.build.state = 'done';
     e.build.status.close();
     this.#expireLater(e, this.#retainMs);
@@ -110,6 +129,7 @@ export class BuildRegistry {
       status: new BuildStatus(this.#capacity),
       abort: new AbortController(),
       state: 'pending',
+      epoch: randomUUID(),
     };
     const e: Entry = { build };
     this.#builds.set(id, e);

@@ -34,6 +34,7 @@ import { parseDefinition } from '@kiln/llb';
 import type { LoadedDefinition } from '@kiln/llb';
 import {
   INCARNATION_HEADER,
+  RESEND_HEADER,
   KilnError,
   control,
   controlService,
@@ -409,11 +410,22 @@ export class ControlServer {
   async #solve(call: grpc.ServerUnaryCall<SolveRequest, unknown>, caller: Caller) {
     const req = call.request;
     const ref = req.ref || randomUUID();
+    if (req.ref && call.metadata.get(RESEND_HEADER).length > 0) {
+      // The client gave up its first call (a broken connection): the build still running for
+      // that call is cancelled, so that this one starts afresh (BuildRegistry.start).
+      const old = this.builds.get(ref, caller.tenant);
+      if (old?.state === 'running' && !old.clientGone) {
+        this.#log.info({ buildId: ref }, 'solve sent again: cancelling the first');
+        old.clientGone = true;
+        old.abort.abort();
+      }
+    }
     const build = this.builds.start(ref, caller.tenant);
     const log = this.#log.child({ buildId: ref, tenant: caller.tenant });
     const onCancelled = (): void => {
       if (build.state !== 'running') return;
       log.info('client went away: cancelling build');
+      build.clientGone = true;
       build.abort.abort();
     };
     call.on('cancelled', onCancelled);
@@ -547,7 +559,7 @@ export class ControlServer {
       unserve?.();
       span.end();
       call.off('cancelled', onCancelled);
-      this.builds.finish(ref);
+      this.builds.finish(ref, build);
     }
   }
 
@@ -670,12 +682,14 @@ export class ControlServer {
     const stop = (): void => ac.abort();
     call.on('cancelled', stop);
     call.on('close', stop);
+    // Frames are numbered per process and per build of the id (a build its client left and sent
+    // again starts afresh): a reader's since_seq of another is read as 0.
+    const ours = `${this.incarnation}/${build.epoch}`;
     const md = new grpc.Metadata();
-    md.set(INCARNATION_HEADER, this.incarnation);
+    md.set(INCARNATION_HEADER, ours);
     call.sendMetadata(md);
     const theirs = call.metadata.get(INCARNATION_HEADER)[0];
-    const sinceSeq =
-      theirs === undefined || theirs === this.incarnation ? Number(call.request.sinceSeq) : 0;
+    const sinceSeq = theirs === undefined || theirs === ours ? Number(call.request.sinceSeq) : 0;
     try {
       for await (const f of build.status.since(sinceSeq, ac.signal)) {
         if (!call.write(f)) await new Promise((r) => call.once('drain', r));

@@ -212,6 +212,34 @@ describe('Control API', () => {
     }
   });
 
+  it('a solve whose connection drops mid-build (the scheduler alive) is sent again and completes', async () => {
+    const tag = randomUUID();
+    const { def, digests } = chain(tag, ['gate', tag]);
+    const buildId = `b-${tag}`;
+    const proxy = await TcpProxy.start(port);
+    const viaProxy = await KilnClient.connect(`127.0.0.1:${proxy.port}`, {
+      channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50 },
+    });
+    try {
+      const solved = viaProxy.solve({ buildId, definition: def });
+      solved.catch(() => undefined);
+      for await (const f of client.status(buildId)) if (started([f], digests[1] ?? '')) break;
+      // The scheduler sees its client's call drop and cancels that build; the client sends the
+      // Solve again (same ref), which starts it afresh once the first has ended.
+      proxy.cut();
+      gates.open(tag);
+      const res = await solved;
+      const [d0 = '', d1 = '', d2 = ''] = digests;
+      expect(res.exporterResponse['result.id']).toBe(
+        testResultId(d2, [testResultId(d1, [testResultId(d0, [])])]),
+      );
+      expect(proxy.connections).toBeGreaterThanOrEqual(2);
+    } finally {
+      viaProxy.close();
+      await proxy.close();
+    }
+  });
+
   it('fails the build with the failing vertex digest and never dispatches its dependents', async () => {
     const tag = randomUUID();
     const { def, digests } = chain(tag, ['fail', tag]);

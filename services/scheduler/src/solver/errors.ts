@@ -26,8 +26,12 @@ export class BuildCanceledError extends KilnError {
 
 /** A build with this id is already running. */
 export class BuildExistsError extends KilnError {
-  constructor(buildId: string) {
-    super('BUILD_EXISTS', `build ${buildId} is already running`, { details: { buildId } });
+  /** `retryable`: the build is ending (its client left); a Solve of the id will start it anew. */
+  constructor(buildId: string, retryable = false) {
+    super('BUILD_EXISTS', `build ${buildId} is already running`, {
+      details: { buildId },
+      retryable,
+    });
   }
 }
 
@@ -49,7 +53,10 @@ registerErrorClass(
   'BUILD_CANCELED',
   (_m, d) => new BuildCanceledError(String(d.buildId ?? ''), 'cancelled'),
 );
-registerErrorClass('BUILD_EXISTS', (_m, d) => new BuildExistsError(String(d.buildId ?? '')));
+registerErrorClass(
+  'BUILD_EXISTS',
+  (_m, d, retryable) => new BuildExistsError(String(d.buildId ?? ''), retryable),
+);
 registerErrorClass('BUILD_NOT_FOUND', (_m, d) => new BuildNotFoundError(String(d.buildId ?? '')));
 registerErrorClass(
   'SOLVE_REQUEST_INVALID',
