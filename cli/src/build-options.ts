@@ -2,7 +2,8 @@
  * Parsing of `kiln build` flags in docker buildx's syntax: `--secret id=X,src=FILE|env=VAR`,
  * `--ssh default[=SOCK]`, `--output type=local,dest=DIR`, `--build-arg K[=V]`.
  */
-import { readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, readFile } from 'node:fs/promises';
 import type { ConnectOptions } from '@kiln/client';
 import { ENTITLEMENTS, isEntitlement } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol/errors';
@@ -31,6 +32,8 @@ export function parseCsvKv(s: string, flag: string): Map<string, string> {
 export interface SecretSource {
   id: string;
   read(): Promise<Uint8Array>;
+  /** Fails now, as buildx does, when the file cannot be read or the variable is unset. */
+  check(): Promise<void>;
 }
 
 export function parseSecret(s: string, env: NodeJS.ProcessEnv): SecretSource {
@@ -42,30 +45,26 @@ export function parseSecret(s: string, env: NodeJS.ProcessEnv): SecretSource {
   const envName = kv.get('env');
   if (type === 'env' || (envName !== undefined && src === undefined)) {
     const name = envName ?? src ?? id;
-    return {
-      id,
-      read: () => {
-        const v = env[name];
-        if (v === undefined)
-          return Promise.reject(
-            new BuildOptionError(`secret ${id}: environment variable ${name} is not set`),
-          );
-        return Promise.resolve(Buffer.from(v));
-      },
+    const read = (): Promise<Uint8Array> => {
+      const v = env[name];
+      if (v === undefined)
+        return Promise.reject(
+          new BuildOptionError(`--secret id=${id}: environment variable ${name} is not set`),
+        );
+      return Promise.resolve(Buffer.from(v));
     };
+    return { id, read, check: () => read().then(() => undefined) };
   }
   const file = src ?? id;
+  const failed = (cause: unknown): never => {
+    throw new BuildOptionError(
+      `--secret id=${id}: cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
+    );
+  };
   return {
     id,
-    read: async () => {
-      try {
-        return await readFile(file);
-      } catch (cause) {
-        throw new BuildOptionError(
-          `secret ${id}: cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
-        );
-      }
-    },
+    read: () => readFile(file).catch(failed),
+    check: () => access(file, constants.R_OK).catch(failed),
   };
 }
 

@@ -94,14 +94,11 @@ export function createPrinter(
         s.state === 'running'
           ? secs(Date.now() - s.started)
           : s.state === 'cached'
-            ? 'CACHED'
-            : s.state === 'error'
-              ? 'ERROR'
-              : secs(s.durationMs);
-      lines.push(
-        ` => ${s.state === 'running' ? '' : ''}[${s.n}] ${s.name.slice(0, 90)}`.padEnd(100) +
-          ` ${t}`,
-      );
+            ? '0.0s'
+            : secs(s.durationMs);
+      // As BuildKit's tty view: the failed step and the cached ones are marked before the name.
+      const mark = s.state === 'error' ? 'ERROR ' : s.state === 'cached' ? 'CACHED ' : '';
+      lines.push(` => ${mark}[${s.n}] ${s.name.slice(0, 90)}`.padEnd(100) + ` ${t}`);
       if (s.state === 'running' || s.state === 'error')
         for (const l of s.tail.slice(-6)) lines.push(` => => ${l.slice(0, 110)}`);
     }
@@ -130,6 +127,7 @@ export function createPrinter(
           s.durationMs = e.durationMs;
         } else if (e.type === 'vertex.error') {
           s.state = 'error';
+          s.durationMs = Math.max(0, e.time - s.started);
           s.tail.push(`ERROR: ${e.error}`);
         }
       }

@@ -7,6 +7,9 @@ import type { ProgressEvent, StatusResponse } from '@kiln/client';
 const ms = (v: number | { toNumber(): number } | null | undefined): number =>
   v == null ? 0 : Math.floor((typeof v === 'number' ? v : v.toNumber()) / 1e6);
 
+/** The scheduler's export steps (`export-N[-platform]`, services/scheduler control/exports.ts). */
+const isExport = (digest: string): boolean => digest.startsWith('export-');
+
 export class StatusEvents {
   /** Per vertex, the last state reported: started / done. */
   readonly #state = new Map<string, 'started' | 'done'>();
@@ -25,6 +28,7 @@ export class StatusEvents {
         this.#state.set(digest, 'done');
         // A vertex stopped because another failed is not an error of its own.
         if (v.error === 'canceled') continue;
+        if (!was) this.emit({ type: 'vertex.started', digest, name, time: started || completed });
         this.emit({
           type: 'vertex.error',
           digest,
@@ -35,7 +39,10 @@ export class StatusEvents {
         });
       } else if (completed > 0) {
         this.#state.set(digest, 'done');
-        if (v.cached) this.emit({ type: 'vertex.cached', digest, name, time: completed });
+        // An export reported cached reused a stored artifact, but it was still written or pushed
+        // in this build: shown done, never CACHED, as BuildKit shows its exporters.
+        if (v.cached && !isExport(digest))
+          this.emit({ type: 'vertex.cached', digest, name, time: completed });
         else {
           if (!was) this.emit({ type: 'vertex.started', digest, name, time: started || completed });
           this.emit({

@@ -6,13 +6,13 @@
 import { randomUUID } from 'node:crypto';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import type { WriteStream } from 'node:fs';
-import { mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { cacheSolveOptions, dockerfileInput } from '@kiln/client';
 // @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
-import { parsePlatform } from '@kiln/llb';
+import { isKnownArchitecture, parsePlatform } from '@kiln/llb';
 import type { CredentialsProvider } from '@kiln/registry';
 import { KilnError, reviveError } from '@kiln/protocol/errors';
 import {
@@ -57,6 +57,18 @@ export interface BuildFlags extends RemoteFlags {
 export async function build(context: string, flags: BuildFlags): Promise<void> {
   const env = process.env;
   const ctxDir = resolve(context);
+  await stat(ctxDir).then(
+    (st) => {
+      if (!st.isDirectory()) throw new BuildOptionError(`context ${context}: not a directory`);
+    },
+    (cause: NodeJS.ErrnoException) => {
+      throw new BuildOptionError(
+        cause.code === 'ENOENT'
+          ? `context directory ${context} does not exist`
+          : `context ${context}: ${cause.code ?? String(cause)}`,
+      );
+    },
+  );
   const dockerfilePath = flags.file ? resolve(flags.file) : join(ctxDir, 'Dockerfile');
   const dockerfile = await readFile(dockerfilePath).catch((cause: NodeJS.ErrnoException) => {
     throw new BuildOptionError(
@@ -70,6 +82,8 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
   const secrets = new Map(
     flags.secret.map((s) => parseSecret(s, env)).map((s) => [s.id, s] as const),
   );
+  // A missing file or unset variable is the user's error now, not a step's failure later.
+  for (const s of secrets.values()) await s.check();
   const ssh = Object.fromEntries(
     flags.ssh.map((s) => parseSsh(s, env)).map((s) => [s.id, s.socket] as const),
   );
@@ -86,11 +100,16 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     .split(',')
     .map((x) => x.trim())
     .filter(Boolean)) {
+    let parsed;
     try {
-      parsePlatform(p);
+      parsed = parsePlatform(p);
     } catch (cause) {
       throw new BuildOptionError(`--platform ${p}: ${(cause as Error).message}`);
     }
+    if (!isKnownArchitecture(parsed))
+      throw new BuildOptionError(
+        `--platform ${p}: unknown architecture ${JSON.stringify(parsed.architecture)} (want amd64, arm64, arm, 386, ppc64le, s390x, riscv64...)`,
+      );
   }
 
   // <Dockerfile>.dockerignore beside the Dockerfile wins over <context>/.dockerignore.
@@ -165,6 +184,8 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
         { signal: abort.signal },
       )
       .catch(async (err: unknown) => {
+        // The status stream ends with the build: its last frames mark the failed step.
+        if (!abort.signal.aborted) await settled(status, 2000);
         throw await explain(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile', abort);
       });
     await session.exportsWritten(Number(res.exporterResponse['export.count'] ?? 0));
@@ -185,6 +206,18 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
     process.stderr.write(
       'WARNING: no output specified; the result is only in the build cache (use --output)\n',
     );
+}
+
+/** Waits for `p` to settle, or `ms` at most (a farm that never ends the stream). */
+async function settled(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    p.catch(() => undefined),
+    new Promise((r) => {
+      timer = setTimeout(r, ms);
+    }),
+  ]);
+  clearTimeout(timer);
 }
 
 /**

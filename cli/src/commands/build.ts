@@ -13,6 +13,8 @@ export function registerBuild(program: Command): void {
     .command('build')
     .description('build an image from a Dockerfile and a context directory')
     .argument('<context>', 'the build context directory')
+    // buildx takes exactly one context: a second word is a mistake, not something to ignore.
+    .allowExcessArguments(false)
     .option('-f, --file <path>', 'the Dockerfile (default: <context>/Dockerfile)')
     .option('--target <stage>', 'build this stage')
     .option('--build-arg <k=v>', 'set a build argument (repeatable)', collect, [])

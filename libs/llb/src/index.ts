@@ -43,6 +43,7 @@ export {
   LinuxPpc64le,
   LinuxRiscv64,
   parsePlatform,
+  isKnownArchitecture,
   formatPlatform,
   normalizePlatform,
   platformMatches,

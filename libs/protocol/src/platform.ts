@@ -116,6 +116,14 @@ export function parsePlatform(spec: string): Platform {
   return normalizePlatform(variant ? { os, architecture, variant } : { os, architecture });
 }
 
+/**
+ * Whether a normalized platform names an architecture Go (and so BuildKit's images) knows:
+ * `linux/amd65` parses, but no image or worker will ever have it.
+ */
+export function isKnownArchitecture(p: Platform): boolean {
+  return KNOWN_ARCHES.has(normalizePlatform(p).architecture);
+}
+
 /** `os/arch[/variant]` of the normalized platform. */
 export function formatPlatform(p: Platform): string {
   const n = normalizePlatform(p);

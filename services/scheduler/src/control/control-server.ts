@@ -30,7 +30,7 @@ import { INPUT_LOST_CODE, listWorkers } from '@kiln/bus';
 import type { WorkerInfo } from '@kiln/bus';
 import { frontendLimits, getFrontend } from '@kiln/dockerfile';
 import type { FrontendLimits } from '@kiln/dockerfile';
-import { parseDefinition } from '@kiln/llb';
+import { dependents, parseDefinition } from '@kiln/llb';
 import type { LoadedDefinition } from '@kiln/llb';
 import {
   INCARNATION_HEADER,
@@ -173,11 +173,21 @@ function exporterResponse(results: PlatformResult[]): Record<string, string> {
  * A vertex failure with the source lines (e.g. of the Dockerfile) the definition's source map
  * gives for its vertex, as `details.sourceLines` (`start-end,...`), for the client to show.
  */
-function withSourceLines(e: unknown, source: pb.ISource | null | undefined): unknown {
+function withSourceLines(
+  e: unknown,
+  source: pb.ISource | null | undefined,
+  graph: LoadedDefinition,
+): unknown {
   if (!(e instanceof VertexFailedError)) return e;
   const digest = e.details.digest;
   if (typeof digest !== 'string') return e;
-  const lines = sourceLines(source, digest);
+  // A vertex the frontend gave no lines (the http or git source of an `ADD URL`) is shown at
+  // the lines of the ops that read it (the ADD's copy).
+  const lines =
+    sourceLines(source, digest) ||
+    [...new Set((dependents(graph).get(digest) ?? []).map((d) => sourceLines(source, d)))]
+      .filter(Boolean)
+      .join(',');
   if (lines) e.details.sourceLines = lines;
   return e;
 }
@@ -489,7 +499,7 @@ export class ControlServer {
               };
             } catch (e) {
               build.abort.abort();
-              throw withSourceLines(e, t.source);
+              throw withSourceLines(e, t.source, t.graph);
             }
           }),
         );

@@ -1,5 +1,5 @@
 import { KilnError, registerErrorClass } from '@kiln/protocol';
-import type { KilnErrorOptions } from '@kiln/protocol';
+import type { ErrorDetails, KilnErrorOptions } from '@kiln/protocol';
 
 /** A required secret (mount or env) that the session does not provide. `details.id` names it. */
 export class SecretNotFoundError extends KilnError {
@@ -62,13 +62,28 @@ registerErrorClass(
       retryable: r,
     }),
 );
+
+/**
+ * Revived from the wire with the id in its details; an error whose details were lost on the way
+ * (cut to fit a trailer) keeps the message it came with, which names the id, never `secret  not found`.
+ */
+function revivedWithId<E extends KilnError>(
+  make: (id: string, opts: KilnErrorOptions) => E,
+): (m: string, d: ErrorDetails, r: boolean) => E {
+  return (m, d, r) => {
+    const e = make(typeof d.id === 'string' ? d.id : '', { details: d, retryable: r });
+    if (typeof d.id !== 'string') e.message = m;
+    return e;
+  };
+}
+
 registerErrorClass(
   'SECRET_NOT_FOUND',
-  (_m, d, r) => new SecretNotFoundError(String(d.id ?? ''), { details: d, retryable: r }),
+  revivedWithId((id, o) => new SecretNotFoundError(id, o)),
 );
 registerErrorClass(
   'SSH_NOT_FOUND',
-  (_m, d, r) => new SshNotFoundError(String(d.id ?? ''), { details: d, retryable: r }),
+  revivedWithId((id, o) => new SshNotFoundError(id, o)),
 );
 registerErrorClass(
   'EXEC_INVALID_OP',

@@ -33,11 +33,16 @@ export class FileOpError extends KilnError {
     message: string,
     opts: KilnErrorOptions & { actionIndex?: number | undefined; path?: string | undefined } = {},
   ) {
-    const where = [
-      opts.actionIndex !== undefined ? `action ${opts.actionIndex}` : undefined,
-      opts.path !== undefined ? JSON.stringify(opts.path) : undefined,
-    ].filter((x) => x !== undefined);
-    super(code, where.length > 0 ? `${where.join(' ')}: ${message}` : message, {
+    // The message leads with the path, as BuildKit's (`"/a.txt": not found`); the action's index
+    // means nothing to a Dockerfile's author and stays in the details.
+    const where = opts.path !== undefined ? JSON.stringify(opts.path) : undefined;
+    const text =
+      where === undefined
+        ? message
+        : message.startsWith(`${where}: `)
+          ? message
+          : `${where}: ${message.endsWith(`: ${where}`) ? message.slice(0, -where.length - 2) : message}`;
+    super(code, text, {
       ...opts,
       details: {
         ...opts.details,
