@@ -96,6 +96,7 @@ export type OutputSpec =
 
 export function parseOutput(s: string): OutputSpec {
   // `--output DIR` is short for type=local,dest=DIR, as in buildx; `-` is a tar on stdout there.
+  if (s === '-') return { type: 'tar', dest: '-' };
   if (!s.includes('=')) return { type: 'local', dest: s };
   const kv = parseCsvKv(s, '--output');
   const type = kv.get('type') ?? 'local';

@@ -6,9 +6,9 @@
 import { randomUUID } from 'node:crypto';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import type { WriteStream } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { cacheSolveOptions, dockerfileInput } from '@kiln/client';
 // @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
@@ -28,6 +28,8 @@ import {
 import type { OutputSpec, RemoteFlags } from '../build-options.js';
 import { idleTimeout } from '../farm/idle.js';
 import { localFarm, remoteFarm } from '../farm/local.js';
+import { buildContext } from '../context-source.js';
+import type { BuildContext } from '../context-source.js';
 import { FormattedError } from '../formatted-error.js';
 import { createPrinter } from '../progress.js';
 import { defaultStateDir } from '../state-dir.js';
@@ -56,26 +58,27 @@ export interface BuildFlags extends RemoteFlags {
 
 export async function build(context: string, flags: BuildFlags): Promise<void> {
   const env = process.env;
-  const ctxDir = resolve(context);
-  await stat(ctxDir).then(
-    (st) => {
-      if (!st.isDirectory()) throw new BuildOptionError(`context ${context}: not a directory`);
-    },
-    (cause: NodeJS.ErrnoException) => {
-      throw new BuildOptionError(
-        cause.code === 'ENOENT'
-          ? `context directory ${context} does not exist`
-          : `context ${context}: ${cause.code ?? String(cause)}`,
-      );
-    },
-  );
-  const dockerfilePath = flags.file ? resolve(flags.file) : join(ctxDir, 'Dockerfile');
-  const dockerfile = await readFile(dockerfilePath).catch((cause: NodeJS.ErrnoException) => {
-    throw new BuildOptionError(
-      `cannot read Dockerfile ${dockerfilePath}: ${cause.code ?? String(cause)}`,
-    );
-  });
+  const ctx = await buildContext(context, flags.file);
+  try {
+    await buildIn(ctx, flags, env);
+  } finally {
+    await ctx.cleanup();
+  }
+}
+
+async function buildIn(
+  ctx: BuildContext,
+  flags: BuildFlags,
+  env: NodeJS.ProcessEnv,
+): Promise<void> {
+  const { dir: ctxDir, dockerfile, dockerfilePath } = ctx;
   const outputs = flags.output.map(parseOutput);
+  const toStdout = outputs.filter((o) => o.type !== 'image' && o.dest === '-');
+  if (toStdout.length > 1) throw new BuildOptionError('only one output can go to stdout (-)');
+  if (toStdout.length > 0 && process.stdout.isTTY)
+    throw new BuildOptionError(
+      'refusing to write a tar to a terminal: redirect stdout, or give the output a dest=',
+    );
   const cacheImports = flags.cacheFrom.map((s) => parseCacheSpec(s, '--cache-from', env));
   const cacheExports = flags.cacheTo.map((s) => parseCacheSpec(s, '--cache-to', env));
   const cacheOpts = cacheSolveOptions(cacheImports, cacheExports);
@@ -114,8 +117,9 @@ export async function build(context: string, flags: BuildFlags): Promise<void> {
 
   // <Dockerfile>.dockerignore beside the Dockerfile wins over <context>/.dockerignore.
   const dockerignore =
-    (await readFile(`${dockerfilePath}.dockerignore`).catch(() => undefined)) ??
-    (await readFile(join(ctxDir, '.dockerignore')).catch(() => undefined));
+    (dockerfilePath
+      ? await readFile(`${dockerfilePath}.dockerignore`).catch(() => undefined)
+      : undefined) ?? (await readFile(join(ctxDir, '.dockerignore')).catch(() => undefined));
 
   const mode =
     flags.progress === 'auto' ? (process.stderr.isTTY ? 'tty' : 'plain') : flags.progress;
@@ -261,8 +265,25 @@ function exportWriter(o: OutputSpec, platform: string): Writable {
   if (o.type === 'image')
     throw new KilnError('EXPORT_UNEXPECTED', 'a pushed image sends nothing back to the client');
   const suffix = platform.replace(/\//g, '_');
+  if (o.dest === '-') {
+    if (suffix)
+      throw new BuildOptionError(
+        'several platforms cannot be written to stdout: give the output a dest= file or directory',
+      );
+    return stdoutWriter();
+  }
   if (o.type === 'local') return extractingWriter(suffix ? join(o.dest, suffix) : o.dest);
   return atomicFileWriter(suffix ? `${o.dest}.${suffix}` : o.dest);
+}
+
+/** The artifact (a tar: `-o -`, `dest=-`) on stdout, which stays open for what follows. */
+function stdoutWriter(): Writable {
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      if (process.stdout.write(chunk)) cb();
+      else process.stdout.once('drain', () => cb());
+    },
+  });
 }
 
 /** The result tree as a tar stream, extracted into `dest` (`.wh.` names are files here, not whiteouts); finishes once all is written. */
