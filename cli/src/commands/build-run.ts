@@ -6,8 +6,8 @@
 import { randomUUID } from 'node:crypto';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import type { WriteStream } from 'node:fs';
-import { mkdir, readFile, rename, rm } from 'node:fs/promises';
-import { homedir } from 'node:os';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { cacheSolveOptions, dockerfileInput } from '@kiln/client';
@@ -54,6 +54,20 @@ export interface BuildFlags extends RemoteFlags {
   addr?: string;
   /** Entitlements the build asks for (`--allow`). */
   allow: string[];
+  /** `--no-cache-filter` (commander strips the `no-`). */
+  cacheFilter: string[];
+  pull?: boolean;
+  label: string[];
+  addHost: string[];
+  quiet?: boolean;
+  iidfile?: string;
+  metadataFile?: string;
+  push?: boolean;
+  load?: boolean;
+  network?: string;
+  shmSize?: string;
+  ulimit: string[];
+  buildContext: string[];
 }
 
 export async function build(context: string, flags: BuildFlags): Promise<void> {
@@ -72,7 +86,15 @@ async function buildIn(
   env: NodeJS.ProcessEnv,
 ): Promise<void> {
   const { dir: ctxDir, dockerfile, dockerfilePath } = ctx;
+  rejectUnsupported(flags);
   const outputs = flags.output.map(parseOutput);
+  if (flags.push) {
+    if (flags.tag.length === 0) throw new BuildOptionError('--push needs an image name (-t NAME)');
+    outputs.push({ type: 'image' });
+  }
+  // --load: the image as a docker tar, loaded into the engine once written.
+  const load = flags.load ? await dockerEngine(env) : undefined;
+  if (load) outputs.push({ type: 'docker', dest: load.file });
   const toStdout = outputs.filter((o) => o.type !== 'image' && o.dest === '-');
   if (toStdout.length > 1) throw new BuildOptionError('only one output can go to stdout (-)');
   if (toStdout.length > 0 && process.stdout.isTTY)
@@ -98,6 +120,22 @@ async function buildIn(
   if (flags.target) attrs.target = flags.target;
   if (flags.platform) attrs.platform = flags.platform;
   if (flags.cache === false) attrs['no-cache'] = '';
+  else if (flags.cacheFilter.length > 0) attrs['no-cache'] = flags.cacheFilter.join(',');
+  if (flags.pull) attrs['image-resolve-mode'] = 'pull';
+  for (const l of flags.label) {
+    const i = l.indexOf('=');
+    if (i <= 0) throw new BuildOptionError(`--label ${JSON.stringify(l)}: want KEY=VALUE`);
+    attrs[`label:${l.slice(0, i)}`] = l.slice(i + 1);
+  }
+  if (flags.addHost.length > 0)
+    attrs['add-hosts'] = flags.addHost
+      .map((h) => {
+        // buildx's host:ip (the ip may be IPv6, so split at the first colon), or host=ip.
+        const i = h.search(/[=:]/);
+        if (i <= 0) throw new BuildOptionError(`--add-host ${JSON.stringify(h)}: want HOST:IP`);
+        return `${h.slice(0, i)}=${h.slice(i + 1)}`;
+      })
+      .join(',');
   // Checked here, so that a typo is an error before any farm is reached.
   for (const p of (flags.platform ?? '')
     .split(',')
@@ -121,10 +159,12 @@ async function buildIn(
       ? await readFile(`${dockerfilePath}.dockerignore`).catch(() => undefined)
       : undefined) ?? (await readFile(join(ctxDir, '.dockerignore')).catch(() => undefined));
 
-  const mode =
-    flags.progress === 'auto' ? (process.stderr.isTTY ? 'tty' : 'plain') : flags.progress;
-  if (mode !== 'tty' && mode !== 'plain')
-    throw new BuildOptionError(`--progress ${flags.progress}: want auto, tty or plain`);
+  const progress = flags.quiet ? 'quiet' : flags.progress;
+  const mode = progress === 'auto' ? (process.stderr.isTTY ? 'tty' : 'plain') : progress;
+  if (mode !== 'tty' && mode !== 'plain' && mode !== 'quiet' && mode !== 'rawjson')
+    throw new BuildOptionError(
+      `--progress ${flags.progress}: want auto, tty, plain, rawjson or quiet`,
+    );
 
   const entitlements = parseAllow(flags.allow);
   const addr = flags.addr ?? env.KILN_ADDR;
@@ -149,7 +189,12 @@ async function buildIn(
   const onSignal = (): void => abort.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const printer = createPrinter(mode, process.stderr);
+  const printer =
+    mode === 'quiet'
+      ? quietPrinter
+      : mode === 'rawjson'
+        ? undefined
+        : createPrinter(mode, process.stderr);
   const session = farm.client.session({
     localDirs: { context: ctxDir, ...cacheOpts.localDirs },
     secrets: async (id) => secrets.get(id)?.read(),
@@ -163,9 +208,12 @@ async function buildIn(
     digestCacheFile: join(defaultStateDir(env), 'client', 'context-digests'),
   });
   const buildId = randomUUID();
-  const events = new StatusEvents((e) => printer.onEvent(e));
+  let metadata: Record<string, string> = {};
+  const events = printer ? new StatusEvents((e) => printer.onEvent(e)) : undefined;
   const status = (async () => {
-    for await (const f of farm.client.status(buildId, 0, { signal: abort.signal })) events.push(f);
+    for await (const f of farm.client.status(buildId, 0, { signal: abort.signal }))
+      if (events) events.push(f);
+      else process.stderr.write(`${rawJson(f)}\n`);
   })();
   // Its failure (the farm refused the caller, say) is the Solve's to report: never unhandled.
   status.catch(() => undefined);
@@ -194,22 +242,166 @@ async function buildIn(
       });
     await session.exportsWritten(Number(res.exporterResponse['export.count'] ?? 0));
     const pushed = res.exporterResponse['containerimage.digest'];
-    if (pushed)
+    if (pushed && mode !== 'quiet')
       process.stderr.write(`pushed ${res.exporterResponse['image.name'] ?? ''} (${pushed})\n`);
     await status.catch(() => undefined);
+    metadata = await buildMetadata(res.exporterResponse, outputs, flags.tag);
   } finally {
     abort.abort();
     await status.catch(() => undefined);
-    printer.finish();
+    printer?.finish();
     session.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await farm.close();
   }
-  if (outputs.length === 0)
+  if (load) await load.load();
+  const id = metadata['containerimage.config.digest'] ?? metadata['containerimage.digest'];
+  if (flags.iidfile) {
+    if (!id)
+      throw new BuildOptionError(
+        '--iidfile: the build made no image (use -o type=oci|docker, --push or --load)',
+      );
+    await writeFileAtomic(flags.iidfile, id);
+  }
+  if (flags.metadataFile)
+    await writeFileAtomic(flags.metadataFile, `${JSON.stringify(metadata, null, 2)}\n`);
+  if (flags.quiet && id) process.stdout.write(`${id}\n`);
+  if (outputs.length === 0 && mode !== 'quiet')
     process.stderr.write(
       'WARNING: no output specified; the result is only in the build cache (use --output)\n',
     );
+}
+
+const quietPrinter = { onEvent: (): void => undefined, finish: (): void => undefined };
+
+/** A status frame as one JSON line (`--progress rawjson`): numbers for int64s, base64 for bytes. */
+function rawJson(f: unknown): string {
+  return JSON.stringify(f, function (this: unknown, _k, v: unknown) {
+    if (v && typeof v === 'object') {
+      if ('low' in v && 'high' in v && 'toNumber' in v)
+        return (v as { toNumber(): number }).toNumber();
+      if (v instanceof Uint8Array) return Buffer.from(v).toString('base64');
+      if (
+        (v as { type?: unknown }).type === 'Buffer' &&
+        Array.isArray((v as { data?: unknown }).data)
+      )
+        return Buffer.from((v as { data: number[] }).data).toString('base64');
+    }
+    return v;
+  });
+}
+
+/**
+ * buildx's metadata keys for the build's image: `containerimage.digest`,
+ * `containerimage.config.digest` (read from a written oci/docker file when the farm's response
+ * has no such key), `image.name`.
+ */
+async function buildMetadata(
+  response: Record<string, string>,
+  outputs: OutputSpec[],
+  tags: string[],
+): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const k of ['containerimage.digest', 'containerimage.config.digest', 'image.name'])
+    if (response[k]) out[k] = response[k];
+  const file = outputs.find(
+    (o): o is Extract<OutputSpec, { type: 'oci' | 'docker' }> =>
+      (o.type === 'oci' || o.type === 'docker') && o.dest !== '-',
+  );
+  if (file && !out['containerimage.digest']) {
+    const { imageIdsFromTar } = await import('../image-ids.js');
+    Object.assign(out, await imageIdsFromTar(file.dest).catch(() => ({})));
+    const names = file.name ? [file.name, ...tags] : tags;
+    if (names.length > 0) out['image.name'] = names.join(',');
+  }
+  return out;
+}
+
+async function writeFileAtomic(file: string, data: string): Promise<void> {
+  const tmp = `${file}.kiln-tmp-${process.pid}`;
+  await writeFile(tmp, data);
+  await rename(tmp, file);
+}
+
+/** Flags of buildx that Kiln has no way to honour: an error that says why, never ignored. */
+function rejectUnsupported(flags: BuildFlags): void {
+  if (flags.network !== undefined && flags.network !== 'default')
+    throw new BuildOptionError(
+      `--network ${flags.network}: only default is supported; use RUN --network=host|none in the Dockerfile (host needs --allow network.host)`,
+    );
+  if (flags.shmSize !== undefined)
+    throw new BuildOptionError(
+      "--shm-size is not supported: RUN steps get the worker's default /dev/shm (64 MiB); mount a tmpfs with RUN --mount=type=tmpfs,target=/dev/shm,size=... instead",
+    );
+  if (flags.ulimit.length > 0)
+    throw new BuildOptionError(
+      "--ulimit is not supported: RUN steps run with the worker's limits (the farm's operators set them)",
+    );
+  if (flags.buildContext.length > 0)
+    throw new BuildOptionError(
+      '--build-context is not supported yet: the Dockerfile frontend has no named contexts; use COPY --from=IMAGE or a stage',
+    );
+}
+
+/**
+ * The docker engine `--load` loads into: `DOCKER_HOST` (unix:// or tcp://), else
+ * /var/run/docker.sock; checked with `/_ping` before the build, so a missing engine is an error
+ * at once. `load()` posts the written docker tar to `/images/load`.
+ */
+async function dockerEngine(
+  env: NodeJS.ProcessEnv,
+): Promise<{ file: string; load: () => Promise<void> }> {
+  const host = env.DOCKER_HOST || 'unix:///var/run/docker.sock';
+  const { request } = await import('node:http');
+  let target: { socketPath: string } | { host: string; port: number };
+  if (host.startsWith('unix://')) target = { socketPath: host.slice('unix://'.length) };
+  else if (host.startsWith('tcp://')) {
+    const u = new URL(`http://${host.slice('tcp://'.length)}`);
+    target = { host: u.hostname, port: Number(u.port || 2375) };
+  } else throw new BuildOptionError(`--load: DOCKER_HOST ${host}: want unix:// or tcp://`);
+  const call = (method: string, path: string, body?: NodeJS.ReadableStream): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const req = request(
+        { ...target, method, path, headers: body ? { 'content-type': 'application/x-tar' } : {} },
+        (res) => {
+          let text = '';
+          res.on('data', (d: Buffer) => (text += d.toString()));
+          res.on('end', () =>
+            (res.statusCode ?? 500) < 300
+              ? resolve(text)
+              : reject(new Error(`HTTP ${res.statusCode}: ${text.trim()}`)),
+          );
+        },
+      );
+      req.on('error', reject);
+      if (body) body.pipe(req);
+      else req.end();
+    });
+  try {
+    await call('GET', '/_ping');
+  } catch (e) {
+    throw new BuildOptionError(
+      `--load: no docker engine reachable at ${host} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); use -o type=docker,dest=FILE or -o type=oci,dest=FILE instead`,
+    );
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-load-'));
+  const file = join(dir, 'image.tar');
+  return {
+    file,
+    load: async () => {
+      try {
+        const { createReadStream } = await import('node:fs');
+        const text = await call('POST', '/images/load?quiet=1', createReadStream(file));
+        const m = /Loaded image[^:]*: ([^"\\]+)/.exec(text);
+        process.stderr.write(`loaded into the docker engine${m ? `: ${m[1]}` : ''}\n`);
+      } catch (e) {
+        throw new BuildOptionError(`--load: the docker engine at ${host}: ${(e as Error).message}`);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  };
 }
 
 /** Waits for `p` to settle, or `ms` at most (a farm that never ends the stream). */

@@ -32,7 +32,46 @@ export function registerBuild(program: Command): void {
       [],
     )
     .option('--no-cache', 'do not use the cache')
-    .option('--progress <auto|tty|plain>', 'progress output', 'auto')
+    .option(
+      '--no-cache-filter <stage>',
+      'do not use the cache for this stage (repeatable)',
+      collect,
+      [],
+    )
+    .option('--pull', 'always resolve base images again from their registry')
+    .option('--label <k=v>', "set a label in the image's config (repeatable)", collect, [])
+    .option(
+      '--add-host <host:ip>',
+      'add a host name to /etc/hosts of RUN steps (repeatable)',
+      collect,
+      [],
+    )
+    .option('--progress <auto|tty|plain|rawjson|quiet>', 'progress output', 'auto')
+    .option('-q, --quiet', 'no progress; print the image id (or the pushed digest) on stdout')
+    .option('--iidfile <file>', 'write the image id (config digest, else the image digest) here')
+    .option(
+      '--metadata-file <file>',
+      "write the build's result as JSON here (containerimage.digest, containerimage.config.digest, image.name)",
+    )
+    .option('--push', 'push the image named by -t (short for -o type=registry)')
+    .option(
+      '--load',
+      'load the image into the docker engine at $DOCKER_HOST or /var/run/docker.sock (short for -o type=docker)',
+    )
+    .option('--network <mode>', 'the network of RUN steps: default (see RUN --network for more)')
+    .option('--shm-size <size>', 'not supported by Kiln (explained in cli/README.md)')
+    .option(
+      '--ulimit <type=soft:hard>',
+      'not supported by Kiln (explained in cli/README.md)',
+      collect,
+      [],
+    )
+    .option(
+      '--build-context <name=value>',
+      'not supported by Kiln yet (explained in cli/README.md)',
+      collect,
+      [],
+    )
     .option(
       '-o, --output <spec>',
       'where the result goes: type=local,dest=DIR | type=tar,dest=FILE | type=oci,dest=FILE | type=docker,dest=FILE | type=image,name=REF,push=true | type=registry,name=REF',

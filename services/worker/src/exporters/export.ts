@@ -119,6 +119,16 @@ export async function buildImage(
       })),
     ];
   }
+  // As BuildKit's exporter: a config without `created` (an image from scratch) takes the time of
+  // its last history entry (SOURCE_DATE_EPOCH when set).
+  if (typeof config.created !== 'string') {
+    const times = (Array.isArray(config.history) ? (config.history as { created?: unknown }[]) : [])
+      .map((h) => h.created)
+      .filter((t): t is string => typeof t === 'string');
+    // Kiln's frontend stamps no times without SOURCE_DATE_EPOCH (its configs stay cacheable):
+    // then the image is created when it is first assembled.
+    config.created = times.length > 0 ? times[times.length - 1] : new Date().toISOString();
+  }
   const configBytes = Buffer.from(JSON.stringify(config));
   const manifest = {
     schemaVersion: 2,

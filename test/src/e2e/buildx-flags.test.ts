@@ -1,0 +1,223 @@
+/**
+ * `kiln build` flags with buildx's meaning: --push, --load (a clear error without a docker
+ * engine), --label, --iidfile, --metadata-file, -q, --progress rawjson|quiet, --add-host,
+ * --no-cache-filter, --pull, --network default, the refused ones (--shm-size, --ulimit,
+ * --build-context), and the image config's `created` (SOURCE_DATE_EPOCH). Real processes: the
+ * local farm daemon bundled from source, its nats-server and crun, the harness's registry with the
+ * fixture busybox image; the CLI runs in-process.
+ */
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { makeTempDir } from '../harness/index.js';
+import { bundleFarmDaemon } from './local-farm-daemon.js';
+import { runKiln } from './run-kiln.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
+const registry = process.env.KILN_TEST_REGISTRY;
+const run = promisify(execFile);
+
+let tmp: { dir: string; remove: () => void };
+let n = 0;
+
+async function context(files: Record<string, string>): Promise<string> {
+  const dir = join(tmp.dir, `ctx${n++}`);
+  await mkdir(dir, { recursive: true });
+  for (const [name, body] of Object.entries(files)) await writeFile(join(dir, name), body);
+  return dir;
+}
+
+const build = (ctx: string, ...extra: string[]): Promise<{ code: number; out: string }> =>
+  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra]);
+
+interface ImageConfig {
+  created?: string;
+  config: { Labels?: Record<string, string> };
+  history: { created?: string }[];
+}
+interface Manifest {
+  config: { digest: string };
+  manifests?: { digest: string }[];
+}
+
+/** The image config inside an OCI tar (one platform). */
+async function ociConfig(file: string): Promise<{ digest: string; config: ImageConfig }> {
+  const dir = join(tmp.dir, `oci${n++}`);
+  await mkdir(dir);
+  await run('tar', ['-xf', file, '-C', dir]);
+  const blob = async <T>(d: string): Promise<T> =>
+    JSON.parse(await readFile(join(dir, 'blobs', ...d.split(':')), 'utf8')) as T;
+  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as {
+    manifests: { digest: string }[];
+  };
+  let m = await blob<Manifest>(index.manifests[0]!.digest);
+  if (m.manifests) m = await blob<Manifest>(m.manifests[0]!.digest);
+  return { digest: m.config.digest, config: await blob<ImageConfig>(m.config.digest) };
+}
+
+/** A --metadata-file's content. */
+async function metadata(file: string): Promise<Record<string, string>> {
+  return JSON.parse(await readFile(file, 'utf8')) as Record<string, string>;
+}
+
+beforeAll(async () => {
+  if (!fixture || !registry)
+    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
+  tmp = makeTempDir('buildx-flags');
+  process.env.KILN_STATE_DIR = join(tmp.dir, 'state');
+  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
+}, 120_000);
+
+afterAll(async () => {
+  await runKiln(['farm', 'stop']);
+  delete process.env.KILN_STATE_DIR;
+  delete process.env.KILN_FARM_DAEMON;
+  tmp?.remove();
+});
+
+describe('kiln build flags', () => {
+  it('--label, --iidfile, --metadata-file and -t on an oci output; the config has created', async () => {
+    const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN echo hi > /hi\n' });
+    const oci = join(tmp.dir, 'img.tar');
+    const iid = join(tmp.dir, 'iid');
+    const md = join(tmp.dir, 'md.json');
+    const r = await build(
+      ctx,
+      '-t',
+      'example.com/app:1',
+      '--label',
+      'org.example.k=v',
+      '-o',
+      `type=oci,dest=${oci}`,
+      '--iidfile',
+      iid,
+      '--metadata-file',
+      md,
+    );
+    expect(r.out).not.toContain('ERROR');
+    expect(r.code).toBe(0);
+    const { digest, config } = await ociConfig(oci);
+    expect(config.config.Labels).toMatchObject({ 'org.example.k': 'v' });
+    // As BuildKit v0.11.6: an image on a base keeps the base's created (the fixture's is 1970).
+    expect(config.created).toBe('1970-01-01T00:00:00Z');
+    expect(await readFile(iid, 'utf8')).toBe(digest);
+    const meta = await metadata(md);
+    expect(meta['containerimage.config.digest']).toBe(digest);
+    expect(meta['containerimage.digest']).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(meta['image.name']).toBe('example.com/app:1');
+  });
+
+  it('an image from scratch is created when built, or at SOURCE_DATE_EPOCH', async () => {
+    const ctx = await context({ Dockerfile: 'FROM scratch\nCOPY Dockerfile /d\n' });
+    const now = join(tmp.dir, 'now.tar');
+    const before = Date.now();
+    expect((await build(ctx, '-o', `type=oci,dest=${now}`)).code).toBe(0);
+    const built = (await ociConfig(now)).config;
+    expect(Date.parse(built.created ?? '')).toBeGreaterThanOrEqual(before - 1000);
+    const oci = join(tmp.dir, 'sde.tar');
+    const r = await build(
+      ctx,
+      '--build-arg',
+      'SOURCE_DATE_EPOCH=1700000000',
+      '-o',
+      `type=oci,dest=${oci}`,
+    );
+    expect(r.code).toBe(0);
+    const { config } = await ociConfig(oci);
+    expect(config.created).toBe('2023-11-14T22:13:20Z');
+    expect(config.history.map((h) => h.created)).toEqual(['2023-11-14T22:13:20Z']);
+  });
+
+  it('-q prints only the image id; --progress rawjson prints status frames as JSON lines', async () => {
+    const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN echo q > /q\n' });
+    const oci = join(tmp.dir, 'q.tar');
+    const q = await build(ctx, '-q', '-o', `type=oci,dest=${oci}`);
+    expect(q.code).toBe(0);
+    expect(q.out).toBe(`${(await ociConfig(oci)).digest}\n`);
+    const raw = await build(ctx, '--progress', 'rawjson', '--progress', 'rawjson');
+    expect(raw.code).toBe(0);
+    const frames = raw.out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { vertexes?: { name?: string }[] });
+    expect(frames.some((f) => f.vertexes?.some((v) => v.name?.includes('RUN echo q')))).toBe(true);
+    const quiet = await build(ctx, '--progress', 'quiet');
+    expect(quiet.code).toBe(0);
+    expect(quiet.out).toBe('');
+  });
+
+  it('--push pushes the image named by -t; --load without a docker engine fails at once', async () => {
+    const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN echo pushed > /p\n' });
+    const ref = `${registry}/buildx-flags/push-${process.pid}:v1`;
+    const md = join(tmp.dir, 'push.json');
+    const r = await build(ctx, '-t', ref, '--push', '--metadata-file', md);
+    expect(r.code).toBe(0);
+    const meta = await metadata(md);
+    expect(meta['image.name']).toBe(ref);
+    const res = await fetch(`http://${registry}/v2/buildx-flags/push-${process.pid}/manifests/v1`, {
+      headers: {
+        accept:
+          'application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json',
+      },
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('docker-content-digest')).toBe(meta['containerimage.digest']);
+    const noTag = await build(ctx, '--push');
+    expect(noTag.code).toBe(1);
+    expect(noTag.out).toContain('--push needs an image name');
+    const load = await runKiln(['build', ctx, '--load', '-t', 'x'], {
+      DOCKER_HOST: `unix://${join(tmp.dir, 'no-docker.sock')}`,
+    });
+    expect(load.code).toBe(1);
+    expect(load.out).toContain(
+      `--load: no docker engine reachable at unix://${join(tmp.dir, 'no-docker.sock')} (ENOENT)`,
+    );
+  });
+
+  it('--add-host, --no-cache-filter, --pull and --network default', async () => {
+    const ctx = await context({
+      Dockerfile:
+        'ARG BASE\nFROM ${BASE} AS one\nRUN grep kiln-test-host /etc/hosts > /hosts\nFROM one AS two\nRUN echo two > /two\nFROM scratch\nCOPY --from=two /hosts /two /\n',
+    });
+    const out = join(tmp.dir, 'hosts-out');
+    const r = await build(
+      ctx,
+      '--add-host',
+      'kiln-test-host:10.1.2.3',
+      '-o',
+      `type=local,dest=${out}`,
+    );
+    expect(r.code).toBe(0);
+    expect(await readFile(join(out, 'hosts'), 'utf8')).toMatch(/^10\.1\.2\.3\s+kiln-test-host$/m);
+    const again = await build(
+      ctx,
+      '--add-host',
+      'kiln-test-host:10.1.2.3',
+      '--no-cache-filter',
+      'two',
+      '--pull',
+      '--network',
+      'default',
+    );
+    expect(again.code).toBe(0);
+    expect(again.out).toMatch(/RUN grep kiln-test-host[^\n]*\n#\d+ CACHED/);
+    expect(again.out).not.toMatch(/RUN echo two[^\n]*\n#\d+ CACHED/);
+  });
+
+  it('refuses the flags Kiln cannot honour, saying why', async () => {
+    const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\n' });
+    for (const [flag, v, why] of [
+      ['--shm-size', '1g', '--shm-size is not supported'],
+      ['--ulimit', 'nofile=1024:1024', '--ulimit is not supported'],
+      ['--build-context', 'x=.', '--build-context is not supported yet'],
+      ['--network', 'host', '--network host: only default is supported'],
+      ['--label', 'novalue', '--label "novalue": want KEY=VALUE'],
+    ] as const) {
+      const r = await build(ctx, flag, v);
+      expect(r.code).toBe(1);
+      expect(r.out).toContain(why);
+    }
+  });
+});
