@@ -73,10 +73,13 @@ export interface BuildFlags extends RemoteFlags {
 export async function build(context: string, flags: BuildFlags): Promise<void> {
   const env = process.env;
   const ctx = await buildContext(context, flags.file);
+  // Temporary directories of this build (the docker tar --load sends), removed at the end.
+  const scratch: string[] = [];
   try {
-    await buildIn(ctx, flags, env);
+    await buildIn(ctx, flags, env, scratch);
   } finally {
     await ctx.cleanup();
+    await Promise.all(scratch.map((d) => rm(d, { recursive: true, force: true })));
   }
 }
 
@@ -84,6 +87,7 @@ async function buildIn(
   ctx: BuildContext,
   flags: BuildFlags,
   env: NodeJS.ProcessEnv,
+  scratch: string[],
 ): Promise<void> {
   const { dir: ctxDir, dockerfile, dockerfilePath } = ctx;
   rejectUnsupported(flags);
@@ -93,7 +97,7 @@ async function buildIn(
     outputs.push({ type: 'image' });
   }
   // --load: the image as a docker tar, loaded into the engine once written.
-  const load = flags.load ? await dockerEngine(env) : undefined;
+  const load = flags.load ? await dockerEngine(env, scratch) : undefined;
   if (load) outputs.push({ type: 'docker', dest: load.file });
   const toStdout = outputs.filter((o) => o.type !== 'image' && o.dest === '-');
   if (toStdout.length > 1) throw new BuildOptionError('only one output can go to stdout (-)');
@@ -351,6 +355,7 @@ function rejectUnsupported(flags: BuildFlags): void {
  */
 async function dockerEngine(
   env: NodeJS.ProcessEnv,
+  scratch: string[],
 ): Promise<{ file: string; load: () => Promise<void> }> {
   const host = env.DOCKER_HOST || 'unix:///var/run/docker.sock';
   const { request } = await import('node:http');
@@ -386,6 +391,7 @@ async function dockerEngine(
     );
   }
   const dir = await mkdtemp(join(tmpdir(), 'kiln-load-'));
+  scratch.push(dir);
   const file = join(dir, 'image.tar');
   return {
     file,
@@ -397,8 +403,6 @@ async function dockerEngine(
         process.stderr.write(`loaded into the docker engine${m ? `: ${m[1]}` : ''}\n`);
       } catch (e) {
         throw new BuildOptionError(`--load: the docker engine at ${host}: ${(e as Error).message}`);
-      } finally {
-        await rm(dir, { recursive: true, force: true });
       }
     },
   };

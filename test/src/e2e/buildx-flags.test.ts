@@ -7,6 +7,7 @@
  * fixture busybox image; the CLI runs in-process.
  */
 import { execFile } from 'node:child_process';
+import { createServer } from 'node:http';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -174,6 +175,54 @@ describe('kiln build flags', () => {
     expect(load.out).toContain(
       `--load: no docker engine reachable at unix://${join(tmp.dir, 'no-docker.sock')} (ENOENT)`,
     );
+  });
+
+  it('--load posts the docker tar to the engine (a fake docker engine: no real one runs here)', async () => {
+    const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN echo loaded > /l\n' });
+    const sock = join(tmp.dir, 'fake-docker.sock');
+    const loads: Buffer[] = [];
+    const fakeDockerEngine = createServer((req, res) => {
+      const body: Buffer[] = [];
+      req.on('data', (d: Buffer) => body.push(d));
+      req.on('end', () => {
+        if (req.url === '/_ping') res.end('OK');
+        else if (req.method === 'POST' && req.url?.startsWith('/images/load')) {
+          loads.push(Buffer.concat(body));
+          res.end('{"stream":"Loaded image: kiln-load-test:v1\\n"}');
+        } else {
+          res.statusCode = 404;
+          res.end('{}');
+        }
+      });
+    });
+    await new Promise<void>((r) => fakeDockerEngine.listen(sock, r));
+    try {
+      const r = await runKiln(
+        [
+          'build',
+          ctx,
+          '--progress',
+          'plain',
+          '--build-arg',
+          `BASE=${fixture}`,
+          '--load',
+          '-t',
+          'kiln-load-test:v1',
+        ],
+        { DOCKER_HOST: `unix://${sock}` },
+      );
+      expect(r.code).toBe(0);
+      expect(r.out).toContain('loaded into the docker engine: kiln-load-test:v1');
+      expect(loads).toHaveLength(1);
+      const tar = join(tmp.dir, 'loaded.tar');
+      await writeFile(tar, loads[0]!);
+      const manifest = JSON.parse((await run('tar', ['-xOf', tar, 'manifest.json'])).stdout) as {
+        RepoTags?: string[];
+      }[];
+      expect(manifest[0]?.RepoTags).toContain('kiln-load-test:v1');
+    } finally {
+      await new Promise((r) => fakeDockerEngine.close(r));
+    }
   });
 
   it('--add-host, --no-cache-filter, --pull and --network default', async () => {
