@@ -17,9 +17,7 @@ interface Entry {
 }
 
 /** Offsets and sizes of the tar's regular files, by name (`./` dropped). */
-async function tarEntries(
-  file: string,
-): Promise<{
+async function tarEntries(file: string): Promise<{
   entries: Map<string, Entry>;
   read: (e: Entry) => Promise<Buffer>;
   close: () => Promise<void>;

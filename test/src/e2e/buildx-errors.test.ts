@@ -6,37 +6,16 @@
  */
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
-import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { makeTempDir } from '../harness/index.js';
-import { bundleFarmDaemon } from './local-farm-daemon.js';
-import { runKiln } from './run-kiln.js';
+import { localFarmSuite } from './local-farm-suite.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
-
-let tmp: { dir: string; remove: () => void };
-let n = 0;
+const suite = localFarmSuite('buildx-errors');
+const { context, build } = suite;
 let http: Server;
 let httpBase = '';
 
-/** A fresh context dir holding `files` (name -> content); returns its path. */
-async function context(files: Record<string, string>): Promise<string> {
-  const dir = join(tmp.dir, `ctx${n++}`);
-  await mkdir(dir, { recursive: true });
-  for (const [name, body] of Object.entries(files)) await writeFile(join(dir, name), body);
-  return dir;
-}
-
-const build = (ctx: string, ...extra: string[]): Promise<{ code: number; out: string }> =>
-  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra]);
-
 beforeAll(async () => {
-  if (!fixture)
-    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
-  tmp = makeTempDir('buildx-errors');
-  process.env.KILN_STATE_DIR = join(tmp.dir, 'state');
-  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
   http = createServer((req, res) => {
     if (req.url === '/ok.txt') res.end('ok\n');
     else {
@@ -47,14 +26,10 @@ beforeAll(async () => {
   await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
   const a = http.address();
   httpBase = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
-}, 120_000);
+});
 
 afterAll(async () => {
-  await runKiln(['farm', 'stop']);
   await new Promise((r) => http?.close(r));
-  delete process.env.KILN_STATE_DIR;
-  delete process.env.KILN_FARM_DAEMON;
-  tmp?.remove();
 });
 
 describe('kiln build error paths', () => {
@@ -62,9 +37,9 @@ describe('kiln build error paths', () => {
     const ctx = await context({
       Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n',
     });
-    const f = await build(ctx, '--secret', `id=tok,src=${join(tmp.dir, 'nope')}`);
+    const f = await build(ctx, '--secret', `id=tok,src=${join(suite.dir(), 'nope')}`);
     expect(f.code).toBe(1);
-    expect(f.out).toContain(`--secret id=tok: cannot read ${join(tmp.dir, 'nope')}: ENOENT`);
+    expect(f.out).toContain(`--secret id=tok: cannot read ${join(suite.dir(), 'nope')}: ENOENT`);
     const e = await build(ctx, '--secret', 'id=tok,env=KILN_TEST_UNSET_VAR');
     expect(e.code).toBe(1);
     expect(e.out).toContain('--secret id=tok: environment variable KILN_TEST_UNSET_VAR is not set');
@@ -138,9 +113,9 @@ describe('kiln build error paths', () => {
   });
 
   it('a missing context dir is reported as such', async () => {
-    const r = await build(join(tmp.dir, 'no-such-dir'));
+    const r = await build(join(suite.dir(), 'no-such-dir'));
     expect(r.code).toBe(1);
-    expect(r.out).toContain(`context directory ${join(tmp.dir, 'no-such-dir')} does not exist`);
+    expect(r.out).toContain(`context directory ${join(suite.dir(), 'no-such-dir')} does not exist`);
   });
 
   it('extra positional arguments are an error', async () => {

@@ -11,27 +11,17 @@ import { createServer } from 'node:http';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { makeTempDir } from '../harness/index.js';
-import { bundleFarmDaemon } from './local-farm-daemon.js';
+import { localFarmSuite } from './local-farm-suite.js';
 import { runKiln } from './run-kiln.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
 const registry = process.env.KILN_TEST_REGISTRY;
 const run = promisify(execFile);
 
-let tmp: { dir: string; remove: () => void };
+const suite = localFarmSuite('buildx-flags');
+const { context, build } = suite;
 let n = 0;
-
-async function context(files: Record<string, string>): Promise<string> {
-  const dir = join(tmp.dir, `ctx${n++}`);
-  await mkdir(dir, { recursive: true });
-  for (const [name, body] of Object.entries(files)) await writeFile(join(dir, name), body);
-  return dir;
-}
-
-const build = (ctx: string, ...extra: string[]): Promise<{ code: number; out: string }> =>
-  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra]);
 
 interface ImageConfig {
   created?: string;
@@ -45,7 +35,7 @@ interface Manifest {
 
 /** The image config inside an OCI tar (one platform). */
 async function ociConfig(file: string): Promise<{ digest: string; config: ImageConfig }> {
-  const dir = join(tmp.dir, `oci${n++}`);
+  const dir = join(suite.dir(), `oci${n++}`);
   await mkdir(dir);
   await run('tar', ['-xf', file, '-C', dir]);
   const blob = async <T>(d: string): Promise<T> =>
@@ -63,27 +53,12 @@ async function metadata(file: string): Promise<Record<string, string>> {
   return JSON.parse(await readFile(file, 'utf8')) as Record<string, string>;
 }
 
-beforeAll(async () => {
-  if (!fixture || !registry)
-    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
-  tmp = makeTempDir('buildx-flags');
-  process.env.KILN_STATE_DIR = join(tmp.dir, 'state');
-  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
-}, 120_000);
-
-afterAll(async () => {
-  await runKiln(['farm', 'stop']);
-  delete process.env.KILN_STATE_DIR;
-  delete process.env.KILN_FARM_DAEMON;
-  tmp?.remove();
-});
-
 describe('kiln build flags', () => {
   it('--label, --iidfile, --metadata-file and -t on an oci output; the config has created', async () => {
     const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN echo hi > /hi\n' });
-    const oci = join(tmp.dir, 'img.tar');
-    const iid = join(tmp.dir, 'iid');
-    const md = join(tmp.dir, 'md.json');
+    const oci = join(suite.dir(), 'img.tar');
+    const iid = join(suite.dir(), 'iid');
+    const md = join(suite.dir(), 'md.json');
     const r = await build(
       ctx,
       '-t',
@@ -112,12 +87,12 @@ describe('kiln build flags', () => {
 
   it('an image from scratch is created when built, or at SOURCE_DATE_EPOCH', async () => {
     const ctx = await context({ Dockerfile: 'FROM scratch\nCOPY Dockerfile /d\n' });
-    const now = join(tmp.dir, 'now.tar');
+    const now = join(suite.dir(), 'now.tar');
     const before = Date.now();
     expect((await build(ctx, '-o', `type=oci,dest=${now}`)).code).toBe(0);
     const built = (await ociConfig(now)).config;
     expect(Date.parse(built.created ?? '')).toBeGreaterThanOrEqual(before - 1000);
-    const oci = join(tmp.dir, 'sde.tar');
+    const oci = join(suite.dir(), 'sde.tar');
     const r = await build(
       ctx,
       '--build-arg',
@@ -133,7 +108,7 @@ describe('kiln build flags', () => {
 
   it('-q prints only the image id; --progress rawjson prints status frames as JSON lines', async () => {
     const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN echo q > /q\n' });
-    const oci = join(tmp.dir, 'q.tar');
+    const oci = join(suite.dir(), 'q.tar');
     const q = await build(ctx, '-q', '-o', `type=oci,dest=${oci}`);
     expect(q.code).toBe(0);
     expect(q.out).toBe(`${(await ociConfig(oci)).digest}\n`);
@@ -152,7 +127,7 @@ describe('kiln build flags', () => {
   it('--push pushes the image named by -t; --load without a docker engine fails at once', async () => {
     const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN echo pushed > /p\n' });
     const ref = `${registry}/buildx-flags/push-${process.pid}:v1`;
-    const md = join(tmp.dir, 'push.json');
+    const md = join(suite.dir(), 'push.json');
     const r = await build(ctx, '-t', ref, '--push', '--metadata-file', md);
     expect(r.code).toBe(0);
     const meta = await metadata(md);
@@ -169,17 +144,17 @@ describe('kiln build flags', () => {
     expect(noTag.code).toBe(1);
     expect(noTag.out).toContain('--push needs an image name');
     const load = await runKiln(['build', ctx, '--load', '-t', 'x'], {
-      DOCKER_HOST: `unix://${join(tmp.dir, 'no-docker.sock')}`,
+      DOCKER_HOST: `unix://${join(suite.dir(), 'no-docker.sock')}`,
     });
     expect(load.code).toBe(1);
     expect(load.out).toContain(
-      `--load: no docker engine reachable at unix://${join(tmp.dir, 'no-docker.sock')} (ENOENT)`,
+      `--load: no docker engine reachable at unix://${join(suite.dir(), 'no-docker.sock')} (ENOENT)`,
     );
   });
 
   it('--load posts the docker tar to the engine (a fake docker engine: no real one runs here)', async () => {
     const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\nRUN echo loaded > /l\n' });
-    const sock = join(tmp.dir, 'fake-docker.sock');
+    const sock = join(suite.dir(), 'fake-docker.sock');
     const loads: Buffer[] = [];
     const fakeDockerEngine = createServer((req, res) => {
       const body: Buffer[] = [];
@@ -214,7 +189,7 @@ describe('kiln build flags', () => {
       expect(r.code).toBe(0);
       expect(r.out).toContain('loaded into the docker engine: kiln-load-test:v1');
       expect(loads).toHaveLength(1);
-      const tar = join(tmp.dir, 'loaded.tar');
+      const tar = join(suite.dir(), 'loaded.tar');
       await writeFile(tar, loads[0]!);
       const manifest = JSON.parse((await run('tar', ['-xOf', tar, 'manifest.json'])).stdout) as {
         RepoTags?: string[];
@@ -230,7 +205,7 @@ describe('kiln build flags', () => {
       Dockerfile:
         'ARG BASE\nFROM ${BASE} AS one\nRUN grep kiln-test-host /etc/hosts > /hosts\nFROM one AS two\nRUN echo two > /two\nFROM scratch\nCOPY --from=two /hosts /two /\n',
     });
-    const out = join(tmp.dir, 'hosts-out');
+    const out = join(suite.dir(), 'hosts-out');
     const r = await build(
       ctx,
       '--add-host',
