@@ -20,3 +20,9 @@ export { controlService } from './control-service.js';
 export type { ControlService } from './control-service.js';
 export * from './platform.js';
 export * from './truncate.js';
+export { ServingStatus, healthService } from './health-service.js';
+export type {
+  HealthCheckRequest,
+  HealthCheckResponse,
+  ServingStatusName,
+} from './health-service.js';

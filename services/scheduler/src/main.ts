@@ -15,7 +15,8 @@
  * Environment is read here and only here (see config.ts for the keys).
  */
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
-import { connectNats } from '@kiln/bus';
+import * as grpc from '@grpc/grpc-js';
+import { NATS_AUTH_HELP, connectNats } from '@kiln/bus';
 import { KilnError, boundLogFields } from '@kiln/protocol';
 import { openStore } from '@kiln/store';
 import { pino } from 'pino';
@@ -28,6 +29,32 @@ import { ControlServer } from './control/control-server.js';
 import { Dispatcher } from './dispatch/index.js';
 import { registryMetaResolver } from './registry-meta-resolver.js';
 
+const USAGE = `usage: kiln-scheduler [flags]
+
+Serves kiln.control.v1.Control and grpc.health.v1.Health over gRPC; dispatches on NATS.
+Flags win over the environment (KILN_*); docs/running-a-farm.md section 3 has the table.
+
+  --listen HOST:PORT|unix:P control API (KILN_SCHEDULER_LISTEN, default 127.0.0.1:8470)
+  --nats URL               the bus (KILN_NATS_URL, default nats://127.0.0.1:4222)
+  --platform OS/ARCH       default build platform (KILN_DEFAULT_PLATFORM, linux/amd64)
+  --store-dir DIR          filesystem content store (KILN_STORE_DIR), or KILN_S3_ENDPOINT,
+                           KILN_S3_BUCKET, KILN_S3_ACCESS_KEY, KILN_S3_SECRET_KEY
+  --tlscert F --tlskey F   server TLS (KILN_TLS_CERT, KILN_TLS_KEY)
+  --tlscacert F            mutual TLS: the clients' CA (KILN_TLS_CACERT)
+  --tokens-file F          bearer tokens per tenant (KILN_TOKENS_FILE, or KILN_TOKENS)
+  --insecure-listen        serve a non-loopback address without TLS and auth (KILN_INSECURE_LISTEN)
+  --allow-insecure-entitlement E   security.insecure or network.host, repeatable
+                           (KILN_ALLOW_INSECURE_ENTITLEMENTS, comma list)
+  --shared-cache           one cache namespace for every tenant (KILN_SHARED_CACHE)
+  --farm-registry-credentials   base images may use the scheduler's docker config
+  --insecure-registries A,B   plain-HTTP registries (KILN_INSECURE_REGISTRIES)
+  --cache-ttl DUR          lifetime of task records (KILN_CACHE_TTL, default 24h)
+  --frontend-limits K=V,.. Dockerfile frontend bounds (KILN_FRONTEND_LIMITS)
+  --log-level L            pino level (KILN_LOG_LEVEL, default info)
+  -h, --help               this text
+
+${NATS_AUTH_HELP}`;
+
 /** The tokens of the configuration: the tokens file's, then `KILN_TOKENS`. */
 function readTokens(c: SchedulerConfig): TenantToken[] {
   return [
@@ -37,6 +64,12 @@ function readTokens(c: SchedulerConfig): TenantToken[] {
 }
 
 async function main(): Promise<void> {
+  // grpc-js's own error lines (e.g. on a busy port) would repeat what the error says, unstructured.
+  grpc.setLogVerbosity(grpc.logVerbosity.NONE);
+  if (process.argv.includes('--help') || process.argv.includes('-h')) {
+    process.stdout.write(USAGE);
+    return;
+  }
   const config = loadConfig(process.env, process.argv.slice(2));
   const log = pino({
     name: 'kiln-scheduler',
@@ -111,6 +144,13 @@ async function main(): Promise<void> {
     frontendLimits: config.frontendLimits,
   });
   await server.listen(config.listen, tls?.serverCredentials());
+  // Health follows the bus: NOT_SERVING while NATS is away (the dispatcher cannot place work).
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect') server.health.setServing(false);
+      else if (s.type === 'reconnect') server.health.setServing(true);
+    }
+  })();
   const security = {
     tls: tls ? (config.tlsCaCert ? 'mutual' : 'server') : 'off',
     tokens: tokens.length,

@@ -31,6 +31,7 @@ import type { WorkerInfo } from '@kiln/bus';
 import { frontendLimits, getFrontend } from '@kiln/dockerfile';
 import type { FrontendLimits } from '@kiln/dockerfile';
 import { dependents, parseDefinition } from '@kiln/llb';
+import { ListenFailedError } from '@kiln/ops';
 import type { LoadedDefinition } from '@kiln/llb';
 import {
   INCARNATION_HEADER,
@@ -59,6 +60,7 @@ import {
 import { natsContentChecksums } from '../solver/content-checksums.js';
 import type { ContentChecksums } from '../solver/content-checksums.js';
 import { natsMaterializer } from '../solver/materialize.js';
+import { ControlHealth } from './health.js';
 import { solveGraph } from '../solver/solve.js';
 import type { Materializer } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
@@ -244,6 +246,8 @@ export class ControlServer {
    * of another (a scheduler that died) starts from 0 here.
    */
   readonly incarnation = randomUUID();
+  /** `grpc.health.v1.Health` on the same server (health.ts): SERVING once listening. */
+  readonly health = new ControlHealth();
 
   constructor(o: ControlServerOptions) {
     this.#o = o;
@@ -272,7 +276,10 @@ export class ControlServer {
           });
   }
 
-  /** Serves on `addr` (`host:port`, port 0 for a free one); resolves with the bound port. */
+  /**
+   * Serves on `addr` (`host:port`, port 0 for a free one); resolves with the bound port, or
+   * rejects with `ListenFailedError` (`LISTEN_FAILED`: port in use...).
+   */
   async listen(addr: string, creds = grpc.ServerCredentials.createInsecure()): Promise<number> {
     const server = new grpc.Server({
       // A Definition up to its bound fits, with room for the request's other fields; above,
@@ -282,10 +289,14 @@ export class ControlServer {
       'grpc.http2.min_ping_interval_without_data_ms': 5_000,
     });
     server.addService(controlService, this.handlers());
+    this.health.addToServer(server);
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(addr, creds, (err, p) => (err ? reject(err) : resolve(p))),
+      server.bindAsync(addr, creds, (err, p) =>
+        err ? reject(new ListenFailedError('control api', addr, err)) : resolve(p),
+      ),
     );
     this.#server = server;
+    this.health.setServing(true);
     this.#log.info({ addr, port }, 'control api listening');
     return port;
   }
@@ -297,6 +308,7 @@ export class ControlServer {
    */
   async close(): Promise<void> {
     this.#closing = true;
+    this.health.drain();
     await this.#o.dispatcher.close?.();
     this.builds.close();
     this.sessions.close();

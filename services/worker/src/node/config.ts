@@ -53,6 +53,10 @@ export interface WorkerConfig {
   /** How long a RUN waits for another worker's announced cache mount upload. */
   cacheMountWaitMs: number;
   logLevel: string;
+  /** `host:port` of the HTTP `/healthz` and `/readyz` listener; absent: none. */
+  healthListen?: string;
+  /** `host:port` of the Prometheus `/metrics` listener (may equal `healthListen`); absent: none. */
+  metricsListen?: string;
   snapshotter: 'auto' | 'overlayfs' | 'native';
   runtime: 'auto' | 'crun' | 'runc';
   insecureRegistries: string[];
@@ -146,6 +150,8 @@ export interface WorkerConfigInput {
   cacheMountLeaseMs?: number;
   cacheMountWaitMs?: number;
   logLevel?: string;
+  healthListen?: string;
+  metricsListen?: string;
   snapshotter?: string;
   runtime?: string;
   insecureRegistries?: string[];
@@ -310,6 +316,8 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
     ),
     cacheMountWaitMs: int(e('KILN_WORKER_CACHE_MOUNT_WAIT_MS'), 'KILN_WORKER_CACHE_MOUNT_WAIT_MS'),
     logLevel: e('KILN_LOG_LEVEL'),
+    healthListen: e('KILN_HEALTH_LISTEN'),
+    metricsListen: e('KILN_METRICS_LISTEN'),
     snapshotter: e('KILN_WORKER_SNAPSHOTTER'),
     runtime: e('KILN_WORKER_RUNTIME'),
     insecureRegistries: list(e('KILN_INSECURE_REGISTRIES')),
@@ -351,6 +359,8 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
   --label K=V              repeatable (KILN_WORKER_LABELS, comma list)
   --local NAME=DIR         serve local://NAME from DIR, repeatable (KILN_WORKER_LOCAL_DIRS)
   --heartbeat-ms N, --drain-timeout-ms N, --log-level L (KILN_LOG_LEVEL),
+  --health-listen H:P      HTTP /healthz and /readyz (KILN_HEALTH_LISTEN; default none)
+  --metrics-listen H:P     HTTP /metrics, Prometheus text (KILN_METRICS_LISTEN; default none)
   --write-behind-idle-ms N idle time before held results are uploaded in the background
                            (KILN_WORKER_WRITE_BEHIND_IDLE_MS, default 1000)
   --cache-mount-lease-ms N a cache mount lock's lease (KILN_WORKER_CACHE_MOUNT_LEASE_MS, 30000)
@@ -419,6 +429,8 @@ function fromFlags(argv: readonly string[]): {
         'cache-mount-lease-ms': { type: 'string' },
         'cache-mount-wait-ms': { type: 'string' },
         'log-level': { type: 'string' },
+        'health-listen': { type: 'string' },
+        'metrics-listen': { type: 'string' },
         snapshotter: { type: 'string' },
         runtime: { type: 'string' },
         'insecure-registry': { type: 'string', multiple: true },
@@ -474,6 +486,8 @@ function fromFlags(argv: readonly string[]): {
       cacheMountLeaseMs: int(values['cache-mount-lease-ms'], '--cache-mount-lease-ms'),
       cacheMountWaitMs: int(values['cache-mount-wait-ms'], '--cache-mount-wait-ms'),
       logLevel: values['log-level'],
+      healthListen: values['health-listen'],
+      metricsListen: values['metrics-listen'],
       snapshotter: values.snapshotter,
       runtime: values.runtime,
       insecureRegistries: values['insecure-registry'],
@@ -597,6 +611,12 @@ function oneOf<T extends string>(v: string | undefined, allowed: readonly T[], w
   return v as T;
 }
 
+function hostPort(v: string, what: string): string {
+  if (!/^(\[[^\]]*\]|[^:]*):\d+$/.test(v))
+    throw new WorkerConfigError(`${what} must be host:port (got ${v})`);
+  return v;
+}
+
 function positive(v: number | undefined, what: string): number {
   if (v === undefined || !Number.isInteger(v) || v <= 0)
     throw new WorkerConfigError(`${what} must be a positive integer (got ${String(v)})`);
@@ -657,6 +677,8 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     cacheMountLeaseMs: positive(c.cacheMountLeaseMs, 'cacheMountLeaseMs'),
     cacheMountWaitMs: positive(c.cacheMountWaitMs, 'cacheMountWaitMs'),
     logLevel: oneOf(c.logLevel, LOG_LEVELS, 'logLevel'),
+    ...(c.healthListen ? { healthListen: hostPort(c.healthListen, 'healthListen') } : {}),
+    ...(c.metricsListen ? { metricsListen: hostPort(c.metricsListen, 'metricsListen') } : {}),
     snapshotter: oneOf(c.snapshotter, ['auto', 'overlayfs', 'native'] as const, 'snapshotter'),
     runtime: oneOf(c.runtime, ['auto', 'crun', 'runc'] as const, 'runtime'),
     insecureRegistries: [...(c.insecureRegistries ?? [])],

@@ -4,10 +4,11 @@
  * Logs are pino JSON lines on stdout. SIGTERM / SIGINT drain (no new task, running ones finish
  * or are handed back), then exit 0; a second SIGINT exits at once.
  */
-import { boundLogFields } from '@kiln/protocol';
+import { KilnError, boundLogFields } from '@kiln/protocol';
+import { OpsServer } from '@kiln/ops';
 import { pino } from 'pino';
 import { FLAGS_HELP, loadConfig } from './config.js';
-import { WorkerNode } from './worker-node.js';
+import { READINESS, WorkerNode } from './worker-node.js';
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
@@ -21,7 +22,19 @@ async function main(): Promise<void> {
     base: { pid: process.pid, service: 'kiln-worker' },
     formatters: { log: (o) => boundLogFields(o) },
   });
+  // The health listener comes first: /healthz answers while the worker starts, /readyz is 503
+  // until it registered (a busy port fails here, before anything is registered).
+  const started: { node?: WorkerNode } = {};
+  const health = config.healthListen
+    ? await OpsServer.listen('health listener', config.healthListen, {
+        checks: Object.fromEntries(
+          READINESS.map((name) => [name, () => started.node?.readiness()[name]() ?? false]),
+        ),
+      })
+    : undefined;
+  if (health) log.info({ addr: config.healthListen, port: health.port }, 'health listening');
   const node = await WorkerNode.start(config, { logger: log });
+  started.node = node;
   let stopping = false;
   const stop = (signal: 'SIGTERM' | 'SIGINT'): void => {
     if (stopping) {
@@ -46,6 +59,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`kiln worker: ${err instanceof Error ? err.message : String(err)}\n`);
+  const code = err instanceof KilnError ? ` [${err.code}]` : '';
+  process.stderr.write(`kiln worker: ${err instanceof Error ? err.message : String(err)}${code}\n`);
   process.exit(1);
 });

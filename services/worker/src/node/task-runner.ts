@@ -517,6 +517,16 @@ export class TaskRunner {
     );
   }
 
+  /** Whether the OCI runtime opens (found and usable): a readiness check. */
+  async runtimeUsable(): Promise<boolean> {
+    try {
+      await this.#runtime();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** The engine's OCI runtime: an instance, or (newer engines) opened on first use. */
   #runtime(): Promise<OciRuntime> {
     const r = this.engine.runtime as unknown as OciRuntime | (() => Promise<OciRuntime>);

@@ -41,8 +41,13 @@ export interface WorkerNodeOptions {
   store?: BlobStore;
 }
 
+/** The names of the worker's readiness checks (`WorkerNode.readiness`). */
+export const READINESS = ['nats', 'registered', 'runtime'] as const;
+
 export class WorkerNode {
   #diskTimer: NodeJS.Timeout | undefined;
+  #natsUp = true;
+  #draining = false;
   /** Answers the scheduler's content checksum requests (`kiln.checksum.<id>`) once started. */
   #checksums: ChecksumResponder | undefined;
   /** Makes held results blobs on request (`kiln.materialize.<id>`) once started. */
@@ -152,6 +157,12 @@ export class WorkerNode {
       await node.#stop();
       throw err;
     }
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === 'disconnect') node.#natsUp = false;
+        else if (s.type === 'reconnect') node.#natsUp = true;
+      }
+    })();
     node.#checksums = new ChecksumResponder({
       nc,
       workerId: consumer.id,
@@ -222,8 +233,21 @@ export class WorkerNode {
     this.disk.free = await this.runner.freeDiskBytes();
   }
 
+  /**
+   * Readiness checks (the `/readyz` of `--health-listen`): connected to NATS, registered and not
+   * draining, and the OCI runtime opens.
+   */
+  readiness(): Record<(typeof READINESS)[number], () => boolean | Promise<boolean>> {
+    return {
+      nats: () => this.#natsUp && !this.nc.isClosed(),
+      registered: () => !this.#draining,
+      runtime: () => this.runner.runtimeUsable(),
+    };
+  }
+
   /** Graceful stop: no new task, running ones finish or are handed back; then disconnects. */
   async drain(timeoutMs?: number): Promise<void> {
+    this.#draining = true;
     this.log?.info({ workerId: this.id }, 'worker draining');
     await this.consumer.drain(timeoutMs);
     // What only this worker holds would be lost with it: upload it first.

@@ -1,0 +1,3 @@
+export { ListenFailedError, listenHttp, splitHostPort } from './listen.js';
+export { OpsServer } from './ops-server.js';
+export type { OpsServerOptions, ReadinessCheck } from './ops-server.js';
