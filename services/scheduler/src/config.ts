@@ -16,6 +16,8 @@ import { storeConfigFromEnv } from '@kiln/store';
 import type { StoreConfig } from '@kiln/store';
 
 export interface SchedulerConfig {
+  /** `host:port` of the HTTP `/metrics` (and `/healthz`, `/readyz`) listener; absent: none. */
+  metricsListen?: string;
   /**
    * gRPC listen address `host:port` or `unix:/path` (`--listen`, `KILN_SCHEDULER_LISTEN`).
    * Default loopback; any other address needs TLS and authentication, or `insecureListen`.
@@ -214,6 +216,7 @@ export function loadConfig(
         'cache-ttl': { type: 'string' },
         'farm-registry-credentials': { type: 'boolean' },
         'frontend-limits': { type: 'string' },
+        'metrics-listen': { type: 'string' },
       },
       strict: true,
     }).values;
@@ -249,6 +252,7 @@ export function loadConfig(
       tlsCaCert: optional('tlscacert', 'KILN_TLS_CACERT'),
       tokensFile: optional('tokens-file', 'KILN_TOKENS_FILE'),
       tokens: env.KILN_TOKENS || undefined,
+      metricsListen: optional('metrics-listen', 'KILN_METRICS_LISTEN'),
     }),
     insecureListen: bool('insecure-listen', 'KILN_INSECURE_LISTEN'),
     allowEntitlements: [...new Set(entitlements as Entitlement[])],
@@ -296,6 +300,11 @@ export function loadConfig(
   if (store.missing)
     throw new ConfigInvalidError(`the S3 store needs ${store.missing.join(', ')}`, 'store');
   if (store.config) c.store = store.config;
+  if (c.metricsListen && !/^(\[[^\]]*\]|[^:]*):\d+$/.test(c.metricsListen))
+    throw new ConfigInvalidError(
+      `metrics listen address must be host:port, got ${c.metricsListen}`,
+      'metricsListen',
+    );
   if (!/^[^:]*:\d+$/.test(c.listen) && !c.listen.startsWith('unix:'))
     throw new ConfigInvalidError(`listen address must be host:port, got ${c.listen}`, 'listen');
   try {

@@ -19,6 +19,7 @@ import * as grpc from '@grpc/grpc-js';
 import { NATS_AUTH_HELP, connectNats } from '@kiln/bus';
 import { KilnError, boundLogFields } from '@kiln/protocol';
 import { openStore } from '@kiln/store';
+import { OpsServer } from '@kiln/ops';
 import { pino } from 'pino';
 import { authConfigured, isLoopbackListen, loadConfig } from './config.js';
 import type { SchedulerConfig } from './config.js';
@@ -27,6 +28,7 @@ import type { TenantToken } from './control/auth.js';
 import { TlsFilesProvider } from './control/tls.js';
 import { ControlServer } from './control/control-server.js';
 import { Dispatcher } from './dispatch/index.js';
+import { SchedulerMetrics } from './metrics.js';
 import { registryMetaResolver } from './registry-meta-resolver.js';
 
 const USAGE = `usage: kiln-scheduler [flags]
@@ -50,6 +52,8 @@ Flags win over the environment (KILN_*); docs/running-a-farm.md section 3 has th
   --insecure-registries A,B   plain-HTTP registries (KILN_INSECURE_REGISTRIES)
   --cache-ttl DUR          lifetime of task records (KILN_CACHE_TTL, default 24h)
   --frontend-limits K=V,.. Dockerfile frontend bounds (KILN_FRONTEND_LIMITS)
+  --metrics-listen H:P     HTTP /metrics (Prometheus text), /healthz, /readyz
+                           (KILN_METRICS_LISTEN; default none)
   --log-level L            pino level (KILN_LOG_LEVEL, default info)
   -h, --help               this text
 
@@ -126,6 +130,7 @@ async function main(): Promise<void> {
   });
   const store = config.store ? await openStore(config.store) : undefined;
   if (!store) log.warn('no content store configured: local directories and exporters are off');
+  const metrics = config.metricsListen ? new SchedulerMetrics(dispatcher) : undefined;
   const server = new ControlServer({
     dispatcher,
     ...(store ? { store } : {}),
@@ -142,8 +147,16 @@ async function main(): Promise<void> {
     auth,
     sharedCache: config.sharedCache,
     frontendLimits: config.frontendLimits,
+    ...(metrics ? { metrics } : {}),
   });
   await server.listen(config.listen, tls?.serverCredentials());
+  const ops = metrics
+    ? await OpsServer.listen('metrics listener', config.metricsListen!, {
+        metrics: () => metrics.scrape(),
+        checks: { control: () => server.health.status === 'SERVING' },
+      })
+    : undefined;
+  if (ops) log.info({ addr: config.metricsListen, port: ops.port }, 'metrics listening');
   // Health follows the bus: NOT_SERVING while NATS is away (the dispatcher cannot place work).
   void (async () => {
     for await (const s of nc.status()) {
@@ -176,6 +189,7 @@ async function main(): Promise<void> {
     for (const f of watched) unwatchFile(f);
     void server
       .close()
+      .then(() => ops?.close())
       .then(() => dispatcher.close())
       .then(() => nc.close())
       .then(

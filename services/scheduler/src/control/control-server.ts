@@ -60,6 +60,7 @@ import {
 import { natsContentChecksums } from '../solver/content-checksums.js';
 import type { ContentChecksums } from '../solver/content-checksums.js';
 import { natsMaterializer } from '../solver/materialize.js';
+import type { BuildMetrics } from '../metrics.js';
 import { ControlHealth } from './health.js';
 import { solveGraph } from '../solver/solve.js';
 import type { Materializer } from '../solver/solve.js';
@@ -136,6 +137,8 @@ export interface ControlServerOptions extends BuildRegistryOptions {
    * Solve's own Definition (and the gRPC messages the server takes). Defaults: FrontendLimits'.
    */
   frontendLimits?: Partial<FrontendLimits>;
+  /** Build and vertex counters (the scheduler's `SchedulerMetrics`); none when absent. */
+  metrics?: BuildMetrics;
 }
 
 /** What a solve reported, as `SolveResponse.exporter_response` (until exporters exist). */
@@ -453,6 +456,7 @@ export class ControlServer {
     call.on('cancelled', onCancelled);
     let unserve: (() => void) | undefined;
     log.info({ frontend: req.frontend || undefined }, 'build started');
+    this.#o.metrics?.buildStarted();
     const span = tracer().startSpan(SpanName.build, { attributes: { [Attr.buildId]: ref } });
     try {
       checkExporters(req.exporters, !!req.sessionId);
@@ -562,6 +566,7 @@ export class ControlServer {
         response['export.count'] = String(Number(response['export.count'] ?? 0) + streamed);
       }
       log.info('build done');
+      this.#o.metrics?.buildFinished('success');
       return control.SolveResponse.create({ exporterResponse: response });
     } catch (e) {
       const err = this.#closing
@@ -574,6 +579,7 @@ export class ControlServer {
           ? e
           : new KilnError('INTERNAL', String(e), { cause: e });
       log.warn({ code: err.code, vertex: err.details.digest, err: err.message }, 'build failed');
+      this.#o.metrics?.buildFinished(err.code === 'BUILD_CANCELED' ? 'canceled' : 'failure');
       span.recordException(err);
       span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
       throw err;
@@ -680,10 +686,13 @@ export class ControlServer {
       onVertex: (v) => {
         build.status.push(vertexFrame(v));
         const vlog = log.child({ vertex: v.digest });
-        if (v.error) vlog.warn({ name: v.name, err: v.error }, 'vertex failed');
-        else if (v.completedAt)
+        if (v.error) {
+          vlog.warn({ name: v.name, err: v.error }, 'vertex failed');
+          if (v.error !== 'canceled') this.#o.metrics?.vertexDone('failed');
+        } else if (v.completedAt) {
           vlog.debug({ name: v.name, cached: v.cached, worker: v.workerId }, 'vertex done');
-        else vlog.debug({ name: v.name, cacheKey: v.cacheKey }, 'vertex started');
+          this.#o.metrics?.vertexDone(v.cached ? 'cached' : 'run');
+        } else vlog.debug({ name: v.name, cacheKey: v.cacheKey }, 'vertex started');
       },
       onProgress: (digest, p) => {
         const f = progressFrame(digest, p);

@@ -194,6 +194,20 @@ export class Dispatcher {
     return this.#bus;
   }
 
+  /**
+   * Tasks submitted and not finished (queued for a worker or running), by platform
+   * (`os/arch[/variant]`): the metrics' queue depth.
+   */
+  pendingByPlatform(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const e of this.#entries.values()) {
+      if (e.waiters.length === 0) continue;
+      const p = formatPlatform(e.platform);
+      out.set(p, (out.get(p) ?? 0) + 1);
+    }
+    return out;
+  }
+
   /** Workers alive now, as last registered. */
   liveWorkers(): ReturnType<WorkerTable['alive']> {
     return this.#workers.alive();
