@@ -27,7 +27,7 @@ function sample(text: string, series: string): number | undefined {
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 
-describe('scheduler metrics', () => {
+describe('scheduler and worker metrics', () => {
   it('exposes builds, vertices, pending tasks and worker slots in Prometheus text', async () => {
     const nats = await startNats();
     const dir = join(tmp.dir, uid());
@@ -39,7 +39,7 @@ describe('scheduler metrics', () => {
       id: 'metrics-1',
       stateDir: join(dir, 'state'),
       storeDir,
-      args: ['--slots', '3'],
+      args: ['--slots', '3', '--metrics-listen', '127.0.0.1:0'],
     });
     const client = await KilnClient.connect(s.addr);
     try {
@@ -79,6 +79,22 @@ describe('scheduler metrics', () => {
       expect(sample(twice, 'kiln_worker_slots_busy{worker="metrics-1"}')).toBe(0);
       // No task left behind: the queue gauge has no platform with work.
       expect(twice).not.toMatch(/^kiln_tasks_pending\{[^}]*\} [1-9]/m);
+
+      // The worker's own listener: its slots, and the bytes its write-behind gave the store.
+      const wline = w.lines.find((l) => l.msg === 'metrics listening');
+      expect(wline).toBeDefined();
+      const wurl = `http://127.0.0.1:${String(wline!.port)}/metrics`;
+      const wtext = async (): Promise<string> => (await fetch(wurl)).text();
+      expect(sample(await wtext(), 'kiln_worker_slots')).toBe(3);
+      expect(sample(await wtext(), 'kiln_worker_slots_busy')).toBe(0);
+      await waitFor('the worker to count bytes written to the store', async () =>
+        (sample(await wtext(), 'kiln_worker_store_written_bytes_total') ?? 0) > 0
+          ? true
+          : undefined,
+      );
+      expect(await wtext()).toContain('# TYPE kiln_worker_gc_collections_total counter');
+      // health: false on a metrics-only listener
+      expect((await fetch(wurl.replace('/metrics', '/healthz'))).status).toBe(404);
 
       const ready = await fetch(url.replace('/metrics', '/readyz'));
       expect(await ready.json()).toEqual({ ready: true, checks: { control: true } });

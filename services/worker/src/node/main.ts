@@ -6,8 +6,10 @@
  */
 import { KilnError, boundLogFields } from '@kiln/protocol';
 import { OpsServer } from '@kiln/ops';
+import { openStore } from '@kiln/store';
 import { pino } from 'pino';
 import { FLAGS_HELP, loadConfig } from './config.js';
+import { WorkerMetrics } from './metrics.js';
 import { READINESS, WorkerNode } from './worker-node.js';
 
 async function main(): Promise<void> {
@@ -22,18 +24,44 @@ async function main(): Promise<void> {
     base: { pid: process.pid, service: 'kiln-worker' },
     formatters: { log: (o) => boundLogFields(o) },
   });
-  // The health listener comes first: /healthz answers while the worker starts, /readyz is 503
-  // until it registered (a busy port fails here, before anything is registered).
+  // The listeners come first: /healthz answers while the worker starts, /readyz is 503 until it
+  // registered (a busy port fails here, before anything is registered). One listener serves
+  // both when --health-listen and --metrics-listen name the same address.
   const started: { node?: WorkerNode } = {};
+  const metrics = config.metricsListen
+    ? new WorkerMetrics(config.slots, () => started.node?.runningTasks ?? 0)
+    : undefined;
+  const scrape = metrics ? { metrics: () => metrics.scrape() } : {};
+  const shared = config.metricsListen === config.healthListen;
   const health = config.healthListen
     ? await OpsServer.listen('health listener', config.healthListen, {
         checks: Object.fromEntries(
           READINESS.map((name) => [name, () => started.node?.readiness()[name]() ?? false]),
         ),
+        ...(shared ? scrape : {}),
       })
     : undefined;
   if (health) log.info({ addr: config.healthListen, port: health.port }, 'health listening');
-  const node = await WorkerNode.start(config, { logger: log });
+  const ops =
+    metrics && !shared
+      ? await OpsServer.listen('metrics listener', config.metricsListen!, {
+          ...scrape,
+          health: false,
+        })
+      : undefined;
+  if (ops) log.info({ addr: config.metricsListen, port: ops.port }, 'metrics listening');
+  const node = await WorkerNode.start(config, {
+    logger: log,
+    ...(metrics
+      ? {
+          store: metrics.countStore(await openStore(config.store)),
+          onGcCollected: (bytes: number) => {
+            metrics.gcCollections.inc();
+            metrics.gcRemovedBytes.inc(bytes);
+          },
+        }
+      : {}),
+  });
   started.node = node;
   let stopping = false;
   const stop = (signal: 'SIGTERM' | 'SIGINT'): void => {

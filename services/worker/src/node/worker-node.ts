@@ -39,6 +39,8 @@ export interface WorkerNodeOptions {
   onEvent?: (e: ConsumerEvent) => void;
   /** The content store; default: the one the config names. */
   store?: BlobStore;
+  /** Told of each background collection of the local cache that removed something. */
+  onGcCollected?: (removedBytes: number) => void;
 }
 
 /** The names of the worker's readiness checks (`WorkerNode.readiness`). */
@@ -69,6 +71,11 @@ export class WorkerNode {
 
   get id(): string {
     return this.consumer.id;
+  }
+
+  /** Tasks running now (busy slots). */
+  get runningTasks(): number {
+    return this.consumer.runningCount;
   }
 
   /** Free bytes on the state dir's filesystem, as last measured. */
@@ -196,7 +203,8 @@ export class WorkerNode {
       freeBytes: () => runner.freeDiskBytes(),
       idle: () => running === 0,
       runningSince: () => runner.runningSince(),
-      onCollected: (removed, totalBefore) =>
+      onCollected: (removed, totalBefore) => {
+        o.onGcCollected?.(removed.reduce((n, r) => n + r.size, 0));
         gcLog?.info(
           {
             removed: removed.length,
@@ -204,7 +212,8 @@ export class WorkerNode {
             totalBefore,
           },
           'cache collected',
-        ),
+        );
+      },
       onError: (err) => gcLog?.warn({ err }, 'gc failed'),
     });
     node.#gc.start();
