@@ -42,7 +42,16 @@ import {
   truncateMiddle,
 } from '@kiln/protocol';
 import type { ConsumeCallback, Consumer, FetchOptions, JsMsg } from '@nats-io/jetstream';
-import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { Msg, MsgHdrs, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { Attr, SpanName, tracer } from '@kiln/common';
+import { ROOT_CONTEXT, SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
+import type { Context, TextMapGetter } from '@opentelemetry/api';
+
+/** Reads W3C trace context keys from a NATS message's headers. */
+const headersGetter: TextMapGetter<MsgHdrs> = {
+  keys: (h) => h.keys(),
+  get: (h, key) => (h.has(key) ? h.get(key) : undefined),
+};
 
 /** What a task run produced: outputs, or an error (a thrown error is converted). */
 export interface TaskOutcome {
@@ -113,6 +122,8 @@ export interface TaskConsumerOptions {
 interface Running {
   task: Task;
   key: string;
+  /** The scheduler's trace context from the message's headers (the vertex span). */
+  trace: Context;
   abort: AbortController;
   /** Why the signal aborted: the attempt moved on, or the worker hands it back (drain). */
   why?: 'stale' | 'handback';
@@ -428,7 +439,7 @@ export class TaskConsumer {
             }
             this.#busy++;
             const task = decodeTaskSafe(msg);
-            void this.#claimAndRun(task, msg, 'queue');
+            void this.#claimAndRun(task, msg, 'queue', undefined, msg.headers);
           },
         };
         const batch = await consumer.fetch(pull);
@@ -468,7 +479,7 @@ export class TaskConsumer {
     if (this.#draining) return this.#decline(task, reply, 'draining');
     if (!this.#supports(task)) return this.#decline(task, reply, 'platform');
     const waitMs = Number(msg.headers?.get(OFFER_WAIT_HEADER) || '0');
-    const take = (): void => void this.#claimAndRun(task, undefined, 'offer', reply);
+    const take = (): void => void this.#claimAndRun(task, undefined, 'offer', reply, msg.headers);
     if (this.#busy < this.#o.slots) {
       this.#busy++;
       take();
@@ -524,6 +535,7 @@ export class TaskConsumer {
     msg: JsMsg | undefined,
     via: 'offer' | 'queue',
     reply?: (r: OfferReply) => void,
+    hdrs?: MsgHdrs,
   ): Promise<void> {
     let running: Running | undefined;
     let attempt: string | undefined;
@@ -588,6 +600,7 @@ export class TaskConsumer {
         key,
         abort: new AbortController(),
         done: new Promise<void>((r) => (finish = r)),
+        trace: hdrs ? propagation.extract(ROOT_CONTEXT, hdrs, headersGetter) : ROOT_CONTEXT,
       };
       this.#running.set(task.attemptToken, running);
       try {
@@ -623,14 +636,31 @@ export class TaskConsumer {
       );
     }, this.#o.keepaliveMs);
     const started = Date.now();
+    const span = tracer().startSpan(
+      SpanName.task,
+      {
+        attributes: {
+          [Attr.taskId]: task.taskId,
+          [Attr.workerId]: this.id,
+          [Attr.cacheKey]: task.cacheKey ?? '',
+        },
+      },
+      r.trace,
+    );
     let outcome: TaskOutcome;
     try {
-      outcome = await this.#o.runTask(task, r.abort.signal, (p) => this.#progress(key, task, p));
+      outcome = await context.with(trace.setSpan(r.trace, span), () =>
+        this.#o.runTask(task, r.abort.signal, (p) => this.#progress(key, task, p)),
+      );
     } catch (err) {
       outcome = { error: errorOf(err) };
     } finally {
       clearInterval(keepalive);
     }
+    span.setAttribute(Attr.cacheHit, outcome.cached ?? false);
+    if (outcome.error)
+      span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.error.message ?? '' });
+    span.end();
     if (r.why === 'handback') {
       await retrying(() => this.#records.request({ op: 'release', key, token }), {
         timeoutMs: 10_000,

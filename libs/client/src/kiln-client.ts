@@ -15,6 +15,8 @@ import { INCARNATION_HEADER, RESEND_HEADER, isRetryable } from './retry.js';
 
 /** A Solve sent again by the client that sent it (see RESEND_HEADER). */
 const RESEND = { [RESEND_HEADER]: '1' };
+import { Attr, SpanName, tracer } from '@kiln/common';
+import { SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
 import { BuildSession } from './session.js';
 import type { SessionOptions } from './session.js';
 
@@ -275,11 +277,35 @@ export class KilnClient {
         Object.entries(req.inputs ?? {}).map(([k, v]) => [k, toPb(v)]),
       );
     }
+    // The build's trace starts here when the caller records spans (an SDK is installed): its
+    // context rides in the call's metadata (W3C traceparent) to the scheduler.
+    const span = tracer().startSpan(SpanName.solve, {
+      attributes: { [Attr.buildId]: req.buildId ?? '' },
+    });
+    const carrier: Record<string, string> = {};
+    propagation.inject(trace.setSpan(context.active(), span), carrier);
     return this.#retrying(
       (client, resend) =>
-        this.#rawUnary(client, controlService.solve, msg, {}, o.signal, resend ? RESEND : {}),
+        this.#rawUnary(
+          client,
+          controlService.solve,
+          msg,
+          {},
+          o.signal,
+          resend ? { ...carrier, ...RESEND } : carrier,
+        ),
       o.signal,
-    ).then((r) => ({ exporterResponse: { ...r.exporterResponse } }));
+    ).then(
+      (r) => {
+        span.end();
+        return { exporterResponse: { ...r.exporterResponse } };
+      },
+      (err: unknown) => {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
+        span.end();
+        throw err;
+      },
+    );
   }
 
   /**
@@ -429,10 +455,13 @@ export class KilnClient {
     req: Req,
     options: grpc.CallOptions,
     signal?: AbortSignal,
+    extraMetadata: Readonly<Record<string, string>> = {},
   ): Promise<Res> {
-    return this.#rawUnary(this.#client, m, req, options, signal).catch((e: unknown) => {
-      throw e instanceof KilnError ? e : fromGrpcError(e);
-    });
+    return this.#rawUnary(this.#client, m, req, options, signal, extraMetadata).catch(
+      (e: unknown) => {
+        throw e instanceof KilnError ? e : fromGrpcError(e);
+      },
+    );
   }
 
   /** A unary call on `client`; a failure is the raw grpc-js error (see `isRetryable`). */

@@ -15,9 +15,12 @@ export const Attr = {
   cacheHit: 'kiln.cache.hit',
   cacheKey: 'kiln.cache.key',
   opKind: 'kiln.op.kind',
+  taskId: 'kiln.task.id',
 } as const;
 
 export const SpanName = {
+  /** The client's Solve call (the root of a build's trace when the caller records spans). */
+  solve: 'kiln.solve',
   build: 'kiln.build',
   vertex: 'kiln.vertex',
   task: 'kiln.task',

@@ -19,7 +19,7 @@ import * as grpc from '@grpc/grpc-js';
 import { NATS_AUTH_HELP, connectNats } from '@kiln/bus';
 import { KilnError, boundLogFields } from '@kiln/protocol';
 import { openStore } from '@kiln/store';
-import { OpsServer } from '@kiln/ops';
+import { OpsServer, startTracing } from '@kiln/ops';
 import { pino } from 'pino';
 import { authConfigured, isLoopbackListen, loadConfig } from './config.js';
 import type { SchedulerConfig } from './config.js';
@@ -75,6 +75,7 @@ async function main(): Promise<void> {
     return;
   }
   const config = loadConfig(process.env, process.argv.slice(2));
+  const tracing = await startTracing('kiln-scheduler', process.env);
   const log = pino({
     name: 'kiln-scheduler',
     level: config.logLevel,
@@ -192,6 +193,7 @@ async function main(): Promise<void> {
       .then(() => ops?.close())
       .then(() => dispatcher.close())
       .then(() => nc.close())
+      .then(() => tracing.shutdown())
       .then(
         () => process.exit(0),
         (err: unknown) => {

@@ -25,7 +25,8 @@
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { Attr, SpanName, tracer } from '@kiln/common';
-import { SpanStatusCode, context, trace } from '@opentelemetry/api';
+import { SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
+import type { TextMapGetter } from '@opentelemetry/api';
 import { INPUT_LOST_CODE, listWorkers } from '@kiln/bus';
 import type { WorkerInfo } from '@kiln/bus';
 import { frontendLimits, getFrontend } from '@kiln/dockerfile';
@@ -92,6 +93,15 @@ import { dockerfileSource } from './frontend-inputs.js';
 
 type SolveRequest = InstanceType<typeof control.SolveRequest>;
 type StatusRequest = InstanceType<typeof control.StatusRequest>;
+
+/** Reads W3C trace context keys from gRPC metadata. */
+const metadataGetter: TextMapGetter<grpc.Metadata> = {
+  keys: (md) => Object.keys(md.getMap()),
+  get: (md, key) => {
+    const v = md.get(key)[0];
+    return v === undefined ? undefined : String(v);
+  },
+};
 
 export interface ControlServerOptions extends BuildRegistryOptions {
   dispatcher: Pick<Dispatcher, 'submit' | 'cancel' | 'bus'> &
@@ -457,7 +467,12 @@ export class ControlServer {
     let unserve: (() => void) | undefined;
     log.info({ frontend: req.frontend || undefined }, 'build started');
     this.#o.metrics?.buildStarted();
-    const span = tracer().startSpan(SpanName.build, { attributes: { [Attr.buildId]: ref } });
+    // The client's trace context (W3C traceparent in the call's metadata) parents the build.
+    const span = tracer().startSpan(
+      SpanName.build,
+      { attributes: { [Attr.buildId]: ref } },
+      propagation.extract(context.active(), call.metadata, metadataGetter),
+    );
     try {
       checkExporters(req.exporters, !!req.sessionId);
       checkCacheOptions(req.cacheImports, req.cacheExports, !!req.sessionId);

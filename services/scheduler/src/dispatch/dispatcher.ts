@@ -13,6 +13,7 @@
  * keys run concurrently.
  */
 import { randomUUID } from 'node:crypto';
+import { context, propagation } from '@opentelemetry/api';
 import type {
   Bus,
   BusOptions,
@@ -151,6 +152,11 @@ interface Entry {
   queued?: { token: string; seq: number };
   /** When the monitor next checks that `queued`'s message is still on the queue. */
   queueCheckAt?: number;
+  /**
+   * The first submitter's trace context (W3C `traceparent`, `tracestate`), sent as NATS headers
+   * with every attempt so the worker's task span joins the build's trace. Empty without an SDK.
+   */
+  trace: Record<string, string>;
 }
 
 export class Dispatcher {
@@ -267,7 +273,9 @@ export class Dispatcher {
         preferred: opts.preferredWorkers ?? [],
         waiters: [waiter],
         chain: Promise.resolve(),
+        trace: {},
       };
+      propagation.inject(context.active(), entry.trace);
       this.#entries.set(key, entry);
       const e = entry;
       this.#enqueue(e, () => this.#begin(e, buildId));
@@ -722,7 +730,7 @@ export class Dispatcher {
         placement: 'offer',
         worker: r.offeredTo,
       });
-      const reply = await this.#offer(r.offeredTo, task, r, revision);
+      const reply = await this.#offer(e, r.offeredTo, task, r, revision);
       if (reply.accepted) return;
       this.#o.onEvent({
         type: 'offer-declined',
@@ -755,6 +763,7 @@ export class Dispatcher {
     });
     const h = headers();
     for (const [k, v] of recordHeaderValues(r, revision, task.cleanLength)) h.set(k, v);
+    for (const [k, v] of Object.entries(e.trace)) h.set(k, v);
     const ack = await this.#retry(() =>
       this.#bus.js.publish(taskSubject(e.platform, queue === 'emulated'), task.body, {
         headers: h,
@@ -764,6 +773,7 @@ export class Dispatcher {
   }
 
   async #offer(
+    e: Entry,
     workerId: string,
     task: { body: Uint8Array; cleanLength?: number },
     r: TaskRecord,
@@ -772,6 +782,7 @@ export class Dispatcher {
     const h = headers();
     h.set(OFFER_WAIT_HEADER, String(this.#o.affinityDelayMs));
     for (const [k, v] of recordHeaderValues(r, revision, task.cleanLength)) h.set(k, v);
+    for (const [k, v] of Object.entries(e.trace)) h.set(k, v);
     try {
       const msg = await this.#bus.nc.request(offerSubject(workerId), task.body, {
         timeout: this.#o.affinityDelayMs + 250,

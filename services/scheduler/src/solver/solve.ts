@@ -16,7 +16,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Attr, SpanName, tracer } from '@kiln/common';
-import { SpanStatusCode, context } from '@opentelemetry/api';
+import { SpanStatusCode, context, trace } from '@opentelemetry/api';
 import { INPUT_LOST_CODE, resultHasBlobs } from '@kiln/bus';
 import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
 import { CUSTOM_NAME, depSpecs, inputDigests, opKind } from '@kiln/llb';
@@ -408,12 +408,15 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
           : undefined;
       const r: TaskResult = imported
         ? workerpb.TaskResult.create({ taskId, workerId: '', outputs: imported, cached: true })
-        : await o.submitter.submit(task, {
-            buildId: o.buildId,
-            signal: ac.signal,
-            preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
-            onProgress: (p) => o.onProgress?.(lo.digest, p),
-          });
+        : // Submitted under the vertex span: the dispatcher sends its context to the worker.
+          await context.with(trace.setSpan(parent, span), () =>
+            o.submitter.submit(task, {
+              buildId: o.buildId,
+              signal: ac.signal,
+              preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
+              onProgress: (p) => o.onProgress?.(lo.digest, p),
+            }),
+          );
       done.set(lo.digest, r);
       nodes.set(lo.digest, resultNodes(lo.op, pending, r));
       // Answered by a run another build (or an earlier one) made, or by the worker's cache.

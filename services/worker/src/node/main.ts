@@ -5,7 +5,7 @@
  * or are handed back), then exit 0; a second SIGINT exits at once.
  */
 import { KilnError, boundLogFields } from '@kiln/protocol';
-import { OpsServer } from '@kiln/ops';
+import { OpsServer, startTracing } from '@kiln/ops';
 import { openStore } from '@kiln/store';
 import { pino } from 'pino';
 import { FLAGS_HELP, loadConfig } from './config.js';
@@ -19,6 +19,7 @@ async function main(): Promise<void> {
     return;
   }
   const config = loadConfig({ argv, env: process.env });
+  const tracing = await startTracing('kiln-worker', process.env);
   const log = pino({
     level: config.logLevel,
     base: { pid: process.pid, service: 'kiln-worker' },
@@ -74,13 +75,16 @@ async function main(): Promise<void> {
     }
     stopping = true;
     log.info({ signal }, 'signal received');
-    node.drain().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        log.error({ err }, 'drain failed');
-        process.exit(1);
-      },
-    );
+    node
+      .drain()
+      .then(() => tracing.shutdown())
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err }, 'drain failed');
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
