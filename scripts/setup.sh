@@ -41,7 +41,7 @@ esac
 PACKAGES=(
   nats-server crun runc docker-registry skopeo umoci qemu-user-static
   busybox-static git iproute2 iptables uidmap fuse-overlayfs ca-certificates xz-utils zstd bzip2 tar attr
-  gcc libc6-dev openssl
+  gcc libc6-dev openssl docker-compose
 )
 
 missing_packages() {
