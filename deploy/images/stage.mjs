@@ -1,6 +1,6 @@
 // Stages the build contexts of the service images: `node deploy/images/stage.mjs OUT` (after
 // `npm run build`) writes OUT/<image>/ with the image's Dockerfile, its service bundled into one
-// ES module by esbuild (as the test harness bundles them), the native addon the worker needs, and
+// ES module (the test harness's bundleEntries), the native addon the worker needs, and
 // this machine's `node` binary (Debian 12's nodejs is 18; Kiln needs >= 20.9). Then:
 //
 //   kiln build --platform linux/amd64 --output type=image,name=REGISTRY/kiln/scheduler,push=true \
@@ -9,10 +9,10 @@
 // BASE is a Debian 12 image made from Debian's packages (see deploy/README.md, "Images").
 // For a multi-platform image, stage on each architecture (the node binary and the addon are
 // native) and build each platform from its own stage.
-import { build } from 'esbuild';
 import { copyFileSync, mkdirSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { bundleEntries } from '../../libs/testing/dist/bundle.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
@@ -32,22 +32,7 @@ const IMAGES = {
 for (const [image, spec] of Object.entries(IMAGES)) {
   const dir = join(out, image);
   mkdirSync(dir, { recursive: true });
-  await build({
-    entryPoints: { [spec.name]: join(root, spec.entry) },
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    conditions: ['kiln-source'],
-    outdir: dir,
-    outExtension: { '.js': '.mjs' },
-    logLevel: 'warning',
-    banner: {
-      js:
-        "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url); " +
-        "process.env.KILN_SYS_ADDON ||= '/opt/kiln/kiln_sys.node';",
-    },
-  });
+  await bundleEntries({ [spec.name]: spec.entry }, dir, { addonPath: '/opt/kiln/kiln_sys.node' });
   if (spec.addon)
     copyFileSync(join(root, 'libs/sys/build/kiln_sys.node'), join(dir, 'kiln_sys.node'));
   copyFileSync(process.execPath, join(dir, 'node'));

@@ -6,11 +6,13 @@ import { REPO_ROOT } from './util.js';
 
 /**
  * Bundles each entry (`name` -> a path relative to the repository root) into `dir` as
- * `<name>.mjs`, in one esbuild run, and returns the files to run with node, by name.
+ * `<name>.mjs`, in one esbuild run, and returns the files to run with node, by name. The bundles
+ * find @kiln/sys's addon in this tree unless `addonPath` says where it will be (an image).
  */
 export async function bundleEntries(
   entries: Readonly<Record<string, string>>,
   dir: string,
+  o: { addonPath?: string } = {},
 ): Promise<Record<string, string>> {
   const esbuild = (await import(/* @vite-ignore */ 'esbuild')) as {
     build(o: Record<string, unknown>): Promise<unknown>;
@@ -31,7 +33,7 @@ export async function bundleEntries(
       js:
         "import { createRequire as __kilnRequire } from 'node:module'; const require = __kilnRequire(import.meta.url); " +
         // @kiln/sys finds its addon through its package, which a bundle elsewhere has not.
-        `process.env.KILN_SYS_ADDON ||= ${JSON.stringify(join(REPO_ROOT, 'libs/sys/build/kiln_sys.node'))};`,
+        `process.env.KILN_SYS_ADDON ||= ${JSON.stringify(o.addonPath ?? join(REPO_ROOT, 'libs/sys/build/kiln_sys.node'))};`,
     },
   });
   return Object.fromEntries(Object.keys(entries).map((n) => [n, join(dir, `${n}.mjs`)]));

@@ -20,6 +20,7 @@ import { parseDuration } from '@kiln/common';
 import { KilnError, boundLogFields } from '@kiln/protocol';
 import { openStore, storeConfigFromEnv } from '@kiln/store';
 import type { StoreConfig } from '@kiln/store';
+import { OpsServer } from '@kiln/ops';
 import { pino } from 'pino';
 import { liveDigests } from './live-records.js';
 import { collectStore, startStoreCollector } from './store-gc.js';
@@ -35,8 +36,12 @@ const HELP = `usage: kiln-cache-store [options]
 ${NATS_AUTH_HELP}  --store-dir DIR          filesystem content store (KILN_STORE_DIR), or an S3 bucket
                            through KILN_S3_ENDPOINT, KILN_S3_BUCKET, KILN_S3_ACCESS_KEY,
                            KILN_S3_SECRET_KEY (KILN_S3_PREFIX, KILN_S3_REGION)
+  --health-listen H:P      HTTP /healthz and /readyz: NATS connected, store reachable
+                           (KILN_HEALTH_LISTEN; default none)
   --log-level L            pino level (KILN_LOG_LEVEL, default info)
 `;
+
+const PROBE_DIGEST = `sha256:${'0'.repeat(64)}` as const;
 
 class CacheStoreConfigError extends KilnError {
   constructor(message: string) {
@@ -71,6 +76,7 @@ async function main(): Promise<number> {
       nats: { type: 'string' },
       'store-dir': { type: 'string' },
       'log-level': { type: 'string' },
+      'health-listen': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
       ...NATS_AUTH_FLAGS,
     },
@@ -95,6 +101,24 @@ async function main(): Promise<number> {
     f.nats ?? env.KILN_NATS_URL ?? 'nats://127.0.0.1:4222',
     checkNatsAuth(natsAuthFrom(f, env)),
   );
+  let natsUp = true;
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect') natsUp = false;
+      else if (s.type === 'reconnect') natsUp = true;
+    }
+  })();
+  const healthListen = f['health-listen'] ?? env.KILN_HEALTH_LISTEN;
+  const health = healthListen
+    ? await OpsServer.listen('health listener', healthListen, {
+        checks: {
+          nats: () => natsUp && !nc.isClosed(),
+          // One stat of a digest no one stores: answers (undefined) when the store is reachable.
+          store: async () => (await store.stat(PROBE_DIGEST), true),
+        },
+      })
+    : undefined;
+  if (health) log.info({ addr: healthListen, port: health.port }, 'health listening');
   const dryRun = f['dry-run'] === true;
   const gc = {
     store,
@@ -122,6 +146,7 @@ async function main(): Promise<number> {
     });
     await collector.stop();
   } finally {
+    await health?.close();
     await nc.close();
   }
   return 0;

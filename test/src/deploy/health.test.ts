@@ -12,16 +12,26 @@ import * as grpc from '@grpc/grpc-js';
 import { healthService } from '@kiln/protocol';
 import type { HealthCheckResponse } from '@kiln/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, startNats, waitFor } from '../harness/index.js';
+import {
+  bundleEntries as bundleFromSource,
+  makeTempDir,
+  spawnManaged,
+  startNats,
+  waitFor,
+} from '../harness/index.js';
 import { bundleEntries, startScheduler, startWorker, uid } from '../chaos/farm.js';
 import type { Entries } from '../chaos/farm.js';
 
 let tmp: { dir: string; remove: () => void };
 let entries: Entries;
+let cacheStore: string;
 
 beforeAll(async () => {
   tmp = makeTempDir('health');
   entries = await bundleEntries(tmp.dir);
+  cacheStore = (
+    await bundleFromSource({ 'kiln-cache-store': 'services/cache-store/src/main.ts' }, tmp.dir)
+  )['kiln-cache-store']!;
 });
 
 afterAll(() => tmp?.remove());
@@ -182,6 +192,46 @@ describe('worker health', () => {
         );
       });
     } finally {
+      await nats.stop();
+    }
+  });
+});
+
+describe('store collector health', () => {
+  it('serves /readyz with NATS and the store reachable, 503 without NATS', async () => {
+    const nats = await startNats();
+    const lines: Record<string, unknown>[] = [];
+    const proc = spawnManaged(
+      process.execPath,
+      [cacheStore, '--store-dir', join(tmp.dir, uid()), '--health-listen', '127.0.0.1:0'],
+      {
+        name: 'cache-store',
+        env: { ...process.env, KILN_NATS_URL: nats.url },
+        onLine: (line, stream) => {
+          if (stream === 'stdout' && line.startsWith('{'))
+            lines.push(JSON.parse(line) as Record<string, unknown>);
+        },
+      },
+    );
+    try {
+      const line = await waitFor('the health listener', () => {
+        if (proc.hasExited()) throw new Error(`cache store exited:\n${proc.output()}`);
+        return lines.find((l) => l.msg === 'health listening');
+      });
+      const readyz = `http://127.0.0.1:${String(line.port)}/readyz`;
+      const ready = await fetch(readyz);
+      expect(ready.status).toBe(200);
+      expect(await ready.json()).toEqual({ ready: true, checks: { nats: true, store: true } });
+      await nats.stop();
+      const down = await waitFor('readyz to fail without NATS', async () => {
+        const r = await fetch(readyz);
+        return r.status === 503
+          ? ((await r.json()) as { checks: Record<string, boolean> })
+          : undefined;
+      });
+      expect(down.checks).toEqual({ nats: false, store: true });
+    } finally {
+      await proc.stop(5_000);
       await nats.stop();
     }
   });
