@@ -38,7 +38,7 @@ export interface StoreGcReport {
   /** Blobs deleted (with `dryRun`: that would be), and their bytes. */
   deleted: number;
   deletedBytes: number;
-  /** Digests live records name that the store does not hold (a broken record: worth a look). */
+  /** Digests live records name that the store does not hold (cache keys, diffIDs... as well). */
   missing: number;
 }
 
