@@ -164,7 +164,9 @@ export class WorkerGc {
       let total = scan.total;
       if (keepBytes > 0 && total <= keepBytes) break;
       const now = this.#now();
-      const graceCut = opts.all ? now : now - this.o.config.graceMs;
+      // --all: everything made or used up to now qualifies (same millisecond included); what a
+      // task looked up since holds a lease, which the snapshotter's remove refuses.
+      const graceCut = opts.all ? now + 1 : now - this.o.config.graceMs;
       const keepCut = keepDurationMs > 0 ? now - keepDurationMs : Infinity;
       const candidates = scan.records
         .filter(
