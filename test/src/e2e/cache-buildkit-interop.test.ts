@@ -107,8 +107,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (bkDir) await run('bash', [script, 'stop', bkDir]).catch(() => undefined);
-  for (const s of ['k1', 'k2', 'k3', 'k4', 'k5', 'k6'])
-    await runKiln(['farm', 'stop'], { KILN_STATE_DIR: join(tmp.dir, s) });
+  // Nothing was started when beforeAll failed (the reference BuildKit missing): only its error shows.
+  if (tmp)
+    for (const s of ['k1', 'k2', 'k3', 'k4', 'k5', 'k6'])
+      await runKiln(['farm', 'stop'], { KILN_STATE_DIR: join(tmp.dir, s) });
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
 });
