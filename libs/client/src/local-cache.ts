@@ -8,9 +8,12 @@
  * already there is kept); `index.json` is merged last (the entry with the same tag replaced, the
  * others kept), so a reader never sees an index naming a blob that is not there yet.
  */
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, normalize, resolve } from 'node:path';
 import { Writable } from 'node:stream';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { KilnError } from '@kiln/protocol';
 import { REF_NAME_ANNOTATION, localCacheImportDir, putDescToLayoutIndex } from '@kiln/remote-cache';
@@ -28,28 +31,52 @@ async function writeAtomic(path: string, data: Buffer): Promise<void> {
   await rename(tmp, path);
 }
 
+/** The bound on an exported layout's `index.json` (held in memory to be merged). */
+const MAX_INDEX_BYTES = 16 * 1024 * 1024;
+
+async function writeStreamAtomic(path: string, data: Readable): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const tmp = `${path}.kiln-tmp-${process.pid}`;
+  try {
+    await pipeline(data, createWriteStream(tmp));
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
 /** Where a `type=local` cache export goes: the layout tar is written into `dest`. */
 export function localCacheWriter(dest: string): Writable {
   const extract = tar.extract();
   let index: Buffer | undefined;
   const done = new Promise<void>((resolveDone, reject) => {
     extract.on('entry', (header, stream, next) => {
-      const chunks: Buffer[] = [];
-      stream.on('data', (c: unknown) => chunks.push(c as Buffer));
-      stream.on('end', () => {
-        const name = normalize(header.name);
-        const data = Buffer.concat(chunks);
-        if (name.startsWith('..') || name.startsWith('/')) {
-          reject(new KilnError('CACHE_EXPORT_INVALID', `bad path in cache export: ${header.name}`));
-          return;
-        }
-        if (name === 'index.json') {
-          index = data;
+      const name = normalize(header.name).replace(/\/+$/, '');
+      const fail = (message: string): void => {
+        stream.resume();
+        reject(new KilnError('CACHE_EXPORT_INVALID', message, { details: { name: header.name } }));
+      };
+      if (name === '..' || name.startsWith('../') || name.startsWith('/'))
+        return fail(`bad path in cache export: ${header.name}`);
+      if (header.type === 'directory') {
+        stream.resume();
+        return next();
+      }
+      if (header.type !== 'file') return fail(`not a regular file in cache export: ${header.name}`);
+      if (name === 'index.json') {
+        if ((header.size ?? 0) > MAX_INDEX_BYTES)
+          return fail(`the cache export's index.json is over ${MAX_INDEX_BYTES} bytes`);
+        const chunks: Buffer[] = [];
+        stream.on('data', (c: Buffer) => chunks.push(c));
+        stream.on('end', () => {
+          index = Buffer.concat(chunks);
           next();
-          return;
-        }
-        writeAtomic(join(dest, name), data).then(() => next(), reject);
-      });
+        });
+        return;
+      }
+      // Blobs go straight to disk (a layer may be large): a temporary name, then renamed.
+      writeStreamAtomic(join(dest, name), stream).then(() => next(), reject);
     });
     extract.on('finish', () => {
       (async () => {
