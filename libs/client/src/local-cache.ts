@@ -12,7 +12,6 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, normalize, resolve } from 'node:path';
 import { Writable } from 'node:stream';
-import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { KilnError } from '@kiln/protocol';
@@ -34,7 +33,7 @@ async function writeAtomic(path: string, data: Buffer): Promise<void> {
 /** The bound on an exported layout's `index.json` (held in memory to be merged). */
 const MAX_INDEX_BYTES = 16 * 1024 * 1024;
 
-async function writeStreamAtomic(path: string, data: Readable): Promise<void> {
+async function writeStreamAtomic(path: string, data: AsyncIterable<Buffer>): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
   const tmp = `${path}.kiln-tmp-${process.pid}`;
   try {
@@ -68,7 +67,7 @@ export function localCacheWriter(dest: string): Writable {
         if ((header.size ?? 0) > MAX_INDEX_BYTES)
           return fail(`the cache export's index.json is over ${MAX_INDEX_BYTES} bytes`);
         const chunks: Buffer[] = [];
-        stream.on('data', (c: Buffer) => chunks.push(c));
+        stream.on('data', (c: unknown) => chunks.push(c as Buffer));
         stream.on('end', () => {
           index = Buffer.concat(chunks);
           next();
@@ -76,7 +75,10 @@ export function localCacheWriter(dest: string): Writable {
         return;
       }
       // Blobs go straight to disk (a layer may be large): a temporary name, then renamed.
-      writeStreamAtomic(join(dest, name), stream).then(() => next(), reject);
+      writeStreamAtomic(join(dest, name), stream as unknown as AsyncIterable<Buffer>).then(
+        () => next(),
+        reject,
+      );
     });
     extract.on('finish', () => {
       (async () => {
