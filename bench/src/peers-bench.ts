@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { REPO_ROOT, pushFixtures, startRegistry } from '@kiln/test';
 import type { RegistryHandle } from '@kiln/test';
-import { diffRootfs, ociRootfs } from './oci-rootfs.js';
+import { diffRootfs, ociRootfs } from '@kiln/testing';
 import { median, printTable } from './table.js';
 
 export interface PeersBenchOptions {

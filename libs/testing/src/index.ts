@@ -25,6 +25,8 @@ export { natsAuthEnv, startNats } from './nats.js';
 export type { NatsServerHandle, NatsServerOptions } from './nats.js';
 export { startRegistry } from './registry.js';
 export type { RegistryAuthConfig, RegistryHandle, RegistryOptions } from './registry.js';
+export { diffRootfs, ociRootfs } from './oci-rootfs.js';
+export type { Rootfs, RootfsEntry } from './oci-rootfs.js';
 export { makeBusyboxRootfs } from './rootfs.js';
 export { makeSandbox } from './sandbox.js';
 export type { Sandbox } from './sandbox.js';

@@ -110,8 +110,8 @@ describe('COPY', () => {
     );
     const inline = r.ops.filter((o) => o.name === '[internal] preparing inline document');
     expect(inline.map((o) => o.op.file!.actions![0]!.mkfile)).toEqual([
-      expect.objectContaining({ path: '/EOF', mode: 0o644, data: Buffer.from('hello kiln\n') }),
-      expect.objectContaining({ path: '/RAW', mode: 0o644, data: Buffer.from('raw $NAME\n') }),
+      expect.objectContaining({ path: '/EOF', mode: 0o664, data: Buffer.from('hello kiln\n') }),
+      expect.objectContaining({ path: '/RAW', mode: 0o664, data: Buffer.from('raw $NAME\n') }),
     ]);
     expect(copies(r.named('COPY <<EOF')).map((c) => [c.src, c.dest])).toEqual([
       ['/EOF', '/etc/'],

@@ -183,7 +183,7 @@ export function dispatchCopy(d: DispatchState, cfg: CopyConfig): void {
 
   for (const src of cfg.params.sourceContents) {
     commitMessage += ' <<' + src.path;
-    const st = scratch().file(mkfile(src.path, 0o644, src.data), {
+    const st = scratch().file(mkfile(src.path, 0o664, src.data), {
       customName: '[internal] preparing inline document',
       platform,
     });

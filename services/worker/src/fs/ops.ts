@@ -4,7 +4,7 @@
  * symlink out of the root. Concurrent modification of the tree by someone else is out of scope.
  */
 import { constants } from 'node:fs';
-import { chmod, lchown, lutimes, mkdir, open, rm } from 'node:fs/promises';
+import { chmod, lchown, lstat, lutimes, mkdir, open, rm } from 'node:fs/promises';
 import { posix } from 'node:path';
 import {
   FsError,
@@ -44,6 +44,15 @@ export async function applyMeta(
 }
 
 /**
+ * `mode` plus the setgid bit a directory just made inherited from its parent (the kernel sets it
+ * in a setgid directory): BuildKit makes directories with `os.Mkdir` and sets no mode afterwards,
+ * so WORKDIR and COPY parents under a setgid directory keep it (and its group).
+ */
+async function withInheritedSetgid(dir: string, mode: number): Promise<number> {
+  return mode | ((await lstat(dir)).mode & 0o2000);
+}
+
+/**
  * Creates host directory `hostPath` (already resolved inside `root`) and its missing parents,
  * like fsutil's `MkdirAll`: each directory created gets `meta`; existing ones are left alone.
  * Returns the host paths created, outermost first.
@@ -67,7 +76,7 @@ export async function mkdirAllResolved(
       throw new FsError(FsErrorCode.Conflict, 'not a directory', { path: displayPath(root, cur) });
     }
     await mkdir(cur, { mode: 0o700 });
-    await applyMeta(cur, { mode: meta.mode, owner: meta.owner });
+    await applyMeta(cur, { mode: await withInheritedSetgid(cur, meta.mode), owner: meta.owner });
     created.push(cur);
   }
   // Times last: creating a child changes its parent's mtime.
@@ -96,7 +105,7 @@ export async function mkdirOne(root: string, path: string, meta: CreateMeta): Pr
   if (!parent.isDirectory())
     throw new FsError(FsErrorCode.Conflict, 'parent is not a directory', { path });
   await mkdir(host, { mode: 0o700 });
-  await applyMeta(host, meta);
+  await applyMeta(host, { ...meta, mode: await withInheritedSetgid(host, meta.mode) });
   return host;
 }
 

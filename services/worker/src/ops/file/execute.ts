@@ -51,7 +51,11 @@ export interface ExecuteFileOpOptions {
   mutable: MutableFactory;
   /** Called for intermediate targets that are not outputs, once the op is done (or failed). */
   discard?: (dir: string) => Promise<void>;
-  /** Applied to the modes of mkdir/mkfile and of created parents, as buildkitd's umask. Default 0o022. */
+  /**
+   * Applied to the modes of mkdir/mkfile and of created parents, as buildkitd's umask. Default 0:
+   * buildkitd runs with umask 0, so an LLB mode is the mode made (the differential test against
+   * BuildKit v0.11.6, `test/src/e2e/buildkit-differential.test.ts`).
+   */
   umask?: number;
   /** Bounds on what an archive ADD unpacks may unpack to (the worker's unpack limits). */
   unpack?: TarLimits;
@@ -144,7 +148,7 @@ export async function executeFileOp(
     undefined,
   );
   const consumed = new Set<number>();
-  const umask = opts.umask ?? 0o022;
+  const umask = opts.umask ?? 0;
 
   const rootOf = (idx: number, action: number): string | undefined => {
     if (idx < 0) return undefined;
@@ -320,7 +324,9 @@ async function runCopy(
       if (compression !== undefined) {
         const destHost = await resolveInRoot(dstRoot, dest);
         await mkdirAllResolved(dstRoot, destHost, { mode: 0o755 & ~umask, owner, time });
-        await unpackArchive(srcHost, compression, destHost, { owner, limits: unpack });
+        // The archive's entries keep their own owners: `--chown` applies to the directories
+        // made for the destination only (BuildKit v0.11.6, checked by the differential test).
+        await unpackArchive(srcHost, compression, destHost, { limits: unpack });
         continue;
       }
     }

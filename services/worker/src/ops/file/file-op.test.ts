@@ -96,7 +96,7 @@ const byID = (uid: number, gid?: number): pb.IChownOpt => ({
 });
 
 describe('mkdir, mkfile, rm, symlink', () => {
-  it('mkdir with parents, mode (umask 022), owner and timestamp', async () => {
+  it('mkdir with parents, mode (as buildkitd: umask 0), owner and timestamp', async () => {
     const out = await run([
       act(
         {
@@ -111,8 +111,8 @@ describe('mkdir, mkfile, rm, symlink', () => {
         -1,
       ),
     ]);
-    expect(await meta(join(out, 'a/b/c'))).toEqual([0o755, 1000, 1001, T1.getTime()]);
-    expect(await meta(join(out, 'a'))).toEqual([0o755, 1000, 1001, T1.getTime()]);
+    expect(await meta(join(out, 'a/b/c'))).toEqual([0o777, 1000, 1001, T1.getTime()]);
+    expect(await meta(join(out, 'a'))).toEqual([0o777, 1000, 1001, T1.getTime()]);
   });
 
   it('mkdir without parents needs the parent; an existing path is fine', async () => {
