@@ -8,21 +8,21 @@
 // if owned by the user and not writable by others). It is written after the command ran (so it holds the functions the
 // command compiled), to a temporary file renamed into place. A missing, stale, corrupt or
 // rejected cache only costs the compile; any error reading or writing it is ignored.
-import * as fs from 'node:fs';
-import { createRequire } from 'node:module';
-import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import * as vm from 'node:vm';
-
-// Through require, not `import`: an ES import of node:crypto builds its namespace, which
-// initialises WebCrypto (~5-15 ms) that nothing here uses.
-const { createHash } = createRequire(import.meta.url)('node:crypto');
+// This file is CommonJS (bin/package.json): an ES module entry would start Node's ES module loader
+// and build namespaces of the builtins it imports (node:fs's touches its lazy getters, loading
+// every stream class), ~10-20 ms of each command's start that a CommonJS entry never pays.
+'use strict';
+const fs = require('node:fs');
+const { createRequire } = require('node:module');
+const { homedir } = require('node:os');
+const { dirname, join } = require('node:path');
+const vm = require('node:vm');
+const { createHash } = require('node:crypto');
 
 const MAGIC = Buffer.from('KILNV8C1');
 const SUM = 32; // sha256 of the payload, after MAGIC
 
-const bundle = fileURLToPath(new URL('../dist/bundle/main.cjs', import.meta.url));
+const bundle = join(__dirname, '..', 'dist', 'bundle', 'main.cjs');
 const source = fs.readFileSync(bundle, 'utf8');
 const cache = cacheFile();
 const cached = cache && readCache(cache);
@@ -33,9 +33,10 @@ const mod = { exports: {} };
 script
   .runInThisContext()
   .call(mod.exports, mod.exports, createRequire(bundle), mod, bundle, dirname(bundle));
-const code = await mod.exports.main(process.argv);
-if (cache && (!cached || script.cachedDataRejected)) writeCache(cache);
-process.exitCode = code;
+void mod.exports.main(process.argv).then((code) => {
+  if (cache && (!cached || script.cachedDataRejected)) writeCache(cache);
+  process.exitCode = code;
+});
 
 /** This bundle's cache file, or undefined when there is no safe per-user place for it. */
 function cacheFile() {

@@ -249,7 +249,9 @@ async function buildIn(
     if (pushed && mode !== 'quiet')
       process.stderr.write(`pushed ${res.exporterResponse['image.name'] ?? ''} (${pushed})\n`);
     await status.catch(() => undefined);
-    metadata = await buildMetadata(res.exporterResponse, outputs, flags.tag);
+    // Reading the image ids back from a written tar costs a pass over the tar: only when asked.
+    if (flags.iidfile || flags.metadataFile || flags.quiet)
+      metadata = await buildMetadata(res.exporterResponse, outputs, flags.tag);
   } finally {
     abort.abort();
     await status.catch(() => undefined);
