@@ -7,7 +7,7 @@ import type { LocalManifest, ManifestEntry } from '@kiln/bus';
 import { FsBlobStore } from '@kiln/store';
 import type { Digest } from '@kiln/store';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { PackIndex, syncContext } from './context-sync.js';
+import { PackIndex, localSyncRequest, syncContext } from './context-sync.js';
 import type { ContextSource } from './context-sync.js';
 
 const sha = (b: string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -94,5 +94,38 @@ describe('syncContext', () => {
     const blobs: string[] = [];
     for await (const b of store.list()) blobs.push(b.digest);
     expect(blobs).toEqual([]);
+  });
+});
+
+describe('localSyncRequest', () => {
+  it("reads a local source op's directory and patterns; other ops and malformed attrs give none", () => {
+    const op = (identifier: string, attrs: Record<string, string> = {}) => ({
+      source: { identifier, attrs },
+    });
+    expect(
+      localSyncRequest(
+        op('local://context', {
+          'local.includepattern': '["src"]',
+          'local.excludepatterns': '["*.log"]',
+          'local.followpaths': '["src/a"]',
+          'local.session': 's1',
+        }),
+      ),
+    ).toEqual({
+      dir: 'context',
+      includePatterns: ['src'],
+      excludePatterns: ['*.log'],
+      followPaths: ['src/a'],
+    });
+    expect(localSyncRequest(op('local://ctx'))).toEqual({
+      dir: 'ctx',
+      includePatterns: [],
+      excludePatterns: [],
+      followPaths: [],
+    });
+    expect(localSyncRequest(op('docker-image://busybox'))).toBeUndefined();
+    expect(localSyncRequest({ exec: {} })).toBeUndefined();
+    expect(localSyncRequest(op('local://c', { 'local.followpaths': '{"a":1}' }))).toBeUndefined();
+    expect(localSyncRequest(op('local://c', { 'local.includepattern': '[' }))).toBeUndefined();
   });
 });

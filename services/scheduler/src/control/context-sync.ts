@@ -21,6 +21,7 @@ import { PassThrough, Transform, pipeline } from 'node:stream';
 import type { LocalManifest, LocalSyncRequest, ManifestEntry } from '@kiln/bus';
 import { forEachLimit } from '@kiln/common';
 import { KilnError } from '@kiln/protocol';
+import type { pb } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 
 const S_IFMT = 0o170000;
@@ -247,7 +248,10 @@ export async function syncContext(
     stats.fetched++;
   });
   const body = Buffer.from(JSON.stringify({ entries } satisfies LocalManifest));
-  const info = await store.put(undefined, body);
+  // By its digest: an unchanged context's manifest is stored already, and is then only touched
+  // (no write and fsync of a blob of ~100 bytes a file in every build).
+  const digest = `sha256:${createHash('sha256').update(body).digest('hex')}` as Digest;
+  const info = await store.put(digest, body, { size: body.length });
   if (key) {
     const refs = new Map<string, PackRef>();
     for (const f of files)
@@ -255,4 +259,31 @@ export async function syncContext(
     index.set(key, refs);
   }
   return info.digest;
+}
+
+/** A JSON list of strings (a `local.*` attr), [] when absent, undefined when malformed. */
+function stringList(v: string | undefined): string[] | undefined {
+  if (!v) return [];
+  try {
+    const a: unknown = JSON.parse(v);
+    return Array.isArray(a) && a.every((x) => typeof x === 'string') ? a : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What a `local://` source op asks of its client's directory, as a worker running it asks
+ * (BuildKit's `local.*` attrs); undefined for another op or malformed attrs (the worker then
+ * reports the typed error).
+ */
+export function localSyncRequest(op: pb.IOp): LocalSyncRequest | undefined {
+  const id = op.source?.identifier ?? '';
+  if (!id.startsWith('local://')) return undefined;
+  const attrs = op.source?.attrs ?? {};
+  const includePatterns = stringList(attrs['local.includepattern']);
+  const excludePatterns = stringList(attrs['local.excludepatterns']);
+  const followPaths = stringList(attrs['local.followpaths']);
+  if (!includePatterns || !excludePatterns || !followPaths) return undefined;
+  return { dir: id.slice('local://'.length), includePatterns, excludePatterns, followPaths };
 }

@@ -84,6 +84,7 @@ import {
 import type { LoadedImport } from './remote-cache.js';
 import { farmDiskUsage, farmPrune } from './prune.js';
 import type { PlatformResult } from './exports.js';
+import { localSyncRequest } from './context-sync.js';
 import { SessionManager } from './session.js';
 import type { ClientSession, SessionCall } from './session.js';
 import type { SessionMetaResolver } from '../registry-meta-resolver.js';
@@ -525,6 +526,7 @@ export class ControlServer {
                     durable,
                     imports,
                     buildkitKeys: req.cacheImports.length > 0 || req.cacheExports.length > 0,
+                    session,
                   }),
                 ),
               };
@@ -682,10 +684,23 @@ export class ControlServer {
       imports: readonly LoadedImport[];
       /** The build imports or exports a cache: content links use BuildKit's checksums. */
       buildkitKeys: boolean;
+      /** The build's session: its local directories are synced here to key them by content. */
+      session: ClientSession | undefined;
     },
   ): Promise<SolveResult> {
     const { log } = o;
+    const session = o.session;
     return solveGraph(graph, {
+      ...(session && this.#o.store
+        ? {
+            localContent: async (op: pb.IOp) => {
+              const r = localSyncRequest(op);
+              // A source the worker would refuse (bad attrs, no such directory) runs as a task,
+              // which reports the typed error.
+              return r && session.localDirs.has(r.dir) ? session.localContent(r) : undefined;
+            },
+          }
+        : {}),
       ...(o.imports.length > 0 && this.#o.store
         ? { importedCache: importedLookup(o.imports, this.#o.store) }
         : {}),

@@ -239,6 +239,8 @@ export class ClientSession {
   readonly #channels = new Map<string, Channel>();
   /** ssh: the numbered stream the client sees -> the channel and its stream name. */
   readonly #sshByNum = new Map<number, { ch: Channel; name: string }>();
+  /** Syncs of local directories while this session serves builds, by request (localContent). */
+  readonly #localSyncs = new Map<string, Promise<string>>();
   #nextId = 1;
   #closed = false;
 
@@ -272,7 +274,30 @@ export class ClientSession {
       const n = (this.#builds.get(buildId) ?? 1) - 1;
       if (n > 0) this.#builds.set(buildId, n);
       else this.#builds.delete(buildId);
+      // The next build sees the directories as they are then.
+      if (this.#builds.size === 0) this.#localSyncs.clear();
     };
+  }
+
+  /**
+   * The manifest blob of a local directory as the client has it now, synced into the store (only
+   * files the store lacks cross the wire): the content a `local://` source resolves to. One sync
+   * per directory and patterns while the session serves builds: the solver keys the source by
+   * this manifest, and a worker that then runs the source gets the same one, so the client walks
+   * its directory once per build, as BuildKit syncs a local source once per solve. A failed sync
+   * is not kept.
+   */
+  localContent(r: LocalSyncRequest): Promise<string> {
+    const key = JSON.stringify([r.dir, r.includePatterns, r.excludePatterns, r.followPaths]);
+    let p = this.#localSyncs.get(key);
+    if (!p) {
+      p = this.#syncLocal(r);
+      this.#localSyncs.set(key, p);
+      p.catch(() => {
+        if (this.#localSyncs.get(key) === p) this.#localSyncs.delete(key);
+      });
+    }
+    return p;
   }
 
   close(): void {
@@ -568,7 +593,7 @@ export class ClientSession {
     }
     switch (kind) {
       case 'local': {
-        const manifest = await this.#syncLocal(decodeSessionJson<LocalSyncRequest>(data));
+        const manifest = await this.localContent(decodeSessionJson<LocalSyncRequest>(data));
         return {
           manifest,
           ...(this.sharedKey ? { sharedKey: this.sharedKey } : {}),

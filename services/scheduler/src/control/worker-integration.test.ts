@@ -4,7 +4,7 @@
 // filesystem content store. A Definition solved through the client library.
 import { createHash, randomUUID } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -217,7 +217,7 @@ describe('sessions and exporters with real workers', () => {
     }
   });
 
-  it('resolves the context again in every build; a COPY is keyed by the content of the files it reads', async () => {
+  it('keys the context by its content (unchanged: a cache hit); a COPY is keyed by the content of the files it reads', async () => {
     const tag = randomUUID();
     const ctx = join(tmp.dir, `ctx2-${tag}`);
     mkdirSync(ctx, { recursive: true });
@@ -296,6 +296,27 @@ describe('sessions and exporters with real workers', () => {
       copyCached: false,
       runCached: false,
       copyOtherCached: false,
+    });
+    // Nothing changes: the scheduler's sync gives the same manifest, so the context itself is a
+    // cache hit (keyed by that content, not by the build), and so is everything after it.
+    expect(await build(4)).toEqual({
+      copy: `two\n${tag}\n`,
+      other: 'changed\n',
+      contextCached: true,
+      copyCached: true,
+      runCached: true,
+      copyOtherCached: true,
+    });
+    // The file's time alone changes: the manifest differs, so the context is synced into a new
+    // result of the same content, and everything after it is still a cache hit.
+    utimesSync(join(ctx, 'hello.txt'), new Date(1_000_000), new Date(1_000_000));
+    expect(await build(5)).toEqual({
+      copy: `two\n${tag}\n`,
+      other: 'changed\n',
+      contextCached: false,
+      copyCached: true,
+      runCached: true,
+      copyOtherCached: true,
     });
   });
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { http, image, local, marshal, parseDefinition } from '@kiln/llb';
 import type { State } from '@kiln/llb';
-import { fastKey, volatileSource } from './fast-key.js';
+import { contentKeyedOp, fastKey, volatileSource } from './fast-key.js';
 
 function execOp(args: string[]) {
   const g = parseDefinition(marshal(image('busybox').run({ args }).root()).toProto());
@@ -78,5 +78,28 @@ describe('fastKey', () => {
       volatileSource(opOf(http('https://example.com/f', { checksum: `sha256:${'b'.repeat(64)}` }))),
     ).toBe(false);
     expect(volatileSource(execOp(['true']))).toBe(false);
+  });
+
+  it('keys a local source by content without its session: other sessions meet, other patterns do not', () => {
+    const opOf = (st: State) => {
+      const g = parseDefinition(marshal(st).toProto());
+      return g.ops.get(g.result.digest)!.op;
+    };
+    const key = (st: State, nonce: string) =>
+      fastKey({
+        op: contentKeyedOp(opOf(st)),
+        platform: 'linux/amd64',
+        inputResultIds: [],
+        nonce,
+      });
+    const a = local('context', { sessionId: 's1', sharedKeyHint: 'h1', followPaths: ['x'] });
+    const b = local('context', { sessionId: 's2', sharedKeyHint: 'h2', followPaths: ['x'] });
+    const c = local('context', { sessionId: 's1', followPaths: ['y'] });
+    expect(key(a, 'local-content m1')).toBe(key(b, 'local-content m1'));
+    expect(key(a, 'local-content m1')).not.toBe(key(a, 'local-content m2'));
+    expect(key(a, 'local-content m1')).not.toBe(key(c, 'local-content m1'));
+    // The op itself keeps its session (the worker that runs it needs it).
+    expect(opOf(a).source?.attrs?.['local.session']).toBe('s1');
+    expect(contentKeyedOp(opOf(a)).source?.attrs?.['local.session']).toBeUndefined();
   });
 });

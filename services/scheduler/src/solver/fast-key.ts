@@ -11,6 +11,9 @@
  * resolved again by a worker in every build ({@link volatileSource}: its key carries the build
  * id); when its content is unchanged, its result id is too, and everything that depends on it is a
  * cache hit. So a changed context file reruns only the vertices whose inputs' content changed.
+ * A local source whose client directory the scheduler synced first is keyed by that content
+ * instead (the manifest's digest, {@link contentKeyedOp}): unchanged, it is a cache hit itself,
+ * with no task.
  *
  * Selector-level (v2): an input the op reads only through selectors (a COPY source, a read-only
  * mount of a subpath: `depSpecs(op)[i].contentBased`) is keyed by the content checksum of just
@@ -87,6 +90,20 @@ function mountSelectors(op: pb.IOp): string {
     .filter((m) => m.selector)
     .map((m) => `${String(m.input ?? 0)} ${m.dest ?? ''} ${m.selector ?? ''}`)
     .join('\u0001');
+}
+
+/** Attributes of a local source that name a session or a marshal, not what it reads. */
+const LOCAL_SESSION_ATTRS = ['local.session', 'local.unique', 'local.sharedkeyhint'];
+
+/**
+ * A local source op as keyed by its content (`localContent` of the solver): without the
+ * attributes that differ in every build (its session, BuildKit's unique id), which the content's
+ * digest stands for.
+ */
+export function contentKeyedOp(op: pb.IOp): pb.IOp {
+  const attrs = { ...(op.source?.attrs ?? {}) };
+  for (const k of LOCAL_SESSION_ATTRS) delete attrs[k];
+  return { ...op, source: { ...op.source, attrs } };
 }
 
 /**

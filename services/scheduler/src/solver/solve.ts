@@ -35,7 +35,7 @@ import type { SubmitOptions } from '../dispatch/index.js';
 import { BuildCanceledError, VertexFailedError } from './errors.js';
 import type { ContentChecksums } from './content-checksums.js';
 import { buildkitNodes, resultNodes } from './buildkit-nodes.js';
-import { fastKey, volatileSource } from './fast-key.js';
+import { contentKeyedOp, fastKey, volatileSource } from './fast-key.js';
 import type { ContentDep } from './fast-key.js';
 
 /** What the solver needs of the Dispatcher. */
@@ -93,6 +93,12 @@ export interface SolveOptions {
    * the checksum of those paths (fast-key.ts). Without it, every input is keyed by its result id.
    */
   checksums?: ContentChecksums;
+  /**
+   * The content of a `local://` source as its client has it now (the digest of its synced
+   * manifest), or undefined when it cannot say. A source it answers is keyed by that content
+   * rather than by the build (fast-key.ts): an unchanged context is a cache hit, with no task.
+   */
+  localContent?: (op: pb.IOp) => Promise<string | undefined>;
   /**
    * Makes the result's blobs exist before the solve returns (its `layers` then all carry a
    * digest): for a solve whose caller reads the result from the store. A lost result reruns.
@@ -241,6 +247,19 @@ async function contentDeps(
   );
 }
 
+/**
+ * The key part of a local source whose content is known: its manifest's digest, tagged so that
+ * it never meets a build id.
+ */
+async function localNonce(
+  op: pb.IOp,
+  localContent: SolveOptions['localContent'],
+): Promise<string | undefined> {
+  if (!localContent || !op.source?.identifier?.startsWith('local://')) return undefined;
+  const digest = await localContent(op);
+  return digest ? `local-content ${digest}` : undefined;
+}
+
 export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<SolveResult> {
   const ac = new AbortController();
   const onAbort = (): void => ac.abort();
@@ -346,7 +365,9 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         return { resultId: out.resultId, layers: out.layers, holderWorker: r.workerId };
       });
       const platform = platformOf(lo.op, o.defaultPlatform);
-      const nonce = lo.metadata?.ignoreCache || volatileSource(lo.op) ? o.buildId : undefined;
+      const local = lo.metadata?.ignoreCache ? undefined : await localNonce(lo.op, o.localContent);
+      const nonce =
+        local ?? (lo.metadata?.ignoreCache || volatileSource(lo.op) ? o.buildId : undefined);
       // A key private to this build gains nothing from content checksums.
       const content =
         o.checksums && nonce === undefined
@@ -354,7 +375,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
           : undefined;
       if (ac.signal.aborted) throw new Skipped();
       const cacheKey = fastKey({
-        op: lo.op,
+        op: local ? contentKeyedOp(lo.op) : lo.op,
         platform: formatPlatform(platform),
         inputResultIds: inputs.map((i) => i.resultId ?? ''),
         ...(content ? { contentDeps: content } : {}),
