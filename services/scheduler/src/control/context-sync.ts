@@ -250,7 +250,7 @@ export async function syncContext(
   const body = Buffer.from(JSON.stringify({ entries } satisfies LocalManifest));
   // By its digest: an unchanged context's manifest is stored already, and is then only touched
   // (no write and fsync of a blob of ~100 bytes a file in every build).
-  const digest = `sha256:${createHash('sha256').update(body).digest('hex')}` as Digest;
+  const digest: Digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
   const info = await store.put(digest, body, { size: body.length });
   if (key) {
     const refs = new Map<string, PackRef>();

@@ -30,7 +30,7 @@ import type { TextMapGetter } from '@opentelemetry/api';
 import { INPUT_LOST_CODE, listWorkers } from '@kiln/bus';
 import type { WorkerInfo } from '@kiln/bus';
 import { frontendLimits, getFrontend } from '@kiln/dockerfile';
-import type { FrontendLimits } from '@kiln/dockerfile';
+import type { FrontendLimits, MetaResolver } from '@kiln/dockerfile';
 import { dependents, parseDefinition } from '@kiln/llb';
 import { ListenFailedError } from '@kiln/ops';
 import type { LoadedDefinition } from '@kiln/llb';
@@ -648,18 +648,27 @@ export class ControlServer {
       });
     const attrs = { ...req.frontendAttrs };
     const resolver = this.#o.metaResolver;
+    // Base images resolve with the caller's registry credentials (its session's): one provider
+    // for the build, so that one registry client (its tokens, its connections) serves every FROM
+    // of it, and each (image, platform) once per build, as BuildKit's frontend resolves it (two
+    // stages FROM the same image do not ask the registry again).
+    const credentials = session ? sessionCredentials(session) : undefined;
+    const resolved = new Map<string, ReturnType<MetaResolver>>();
+    const metaResolver: MetaResolver | undefined = resolver
+      ? (ref, platform) => {
+          const key = JSON.stringify([ref, platform]);
+          let p = resolved.get(key);
+          if (!p)
+            resolved.set(key, (p = resolver(ref, platform, credentials ? { credentials } : {})));
+          return p;
+        }
+      : undefined;
     const src = dockerfileSource(req.frontendInputs, attrs);
     const res = await frontend.solve({
       dockerfile: src.dockerfile,
       ...(src.dockerignore ? { dockerignore: src.dockerignore } : {}),
       opts: attrs,
-      ...(resolver
-        ? {
-            // Base images resolve with the caller's registry credentials (its session's).
-            metaResolver: (ref: string, platform: Platform) =>
-              resolver(ref, platform, session ? { credentials: sessionCredentials(session) } : {}),
-          }
-        : {}),
+      ...(metaResolver ? { metaResolver } : {}),
       ...(req.sessionId ? { sessionId: req.sessionId } : {}),
       buildPlatform: this.#defaultPlatform,
       ...(this.#o.frontendLimits ? { limits: this.#o.frontendLimits } : {}),
