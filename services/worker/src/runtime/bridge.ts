@@ -91,6 +91,8 @@ export class BridgeNetwork {
   /** Namespaces ready for a container: fresh ones, and ones given back as reusable. */
   readonly #pool: Netns[] = [];
   #filling = 0;
+  /** Attached namespaces that may come back (see {@link attach}): the pool counts them. */
+  #out = 0;
   #closed = false;
 
   private constructor(opts: BridgeOptions) {
@@ -207,9 +209,14 @@ export class BridgeNetwork {
     await Promise.all(this.#pool.splice(0).map((n) => this.#destroy(n)));
   }
 
-  /** Tops the pool up in the background (failures only mean the next attach makes its own). */
+  /**
+   * Tops the pool up in the background (failures only mean the next attach makes its own). The
+   * namespaces out with containers count as in the pool: most come back when their container
+   * ends, so a run costs no `ip` at all (each one is a fork of this large process, ~10-20 ms of
+   * its event loop on these machines) unless its namespace cannot be reused.
+   */
   #refill(): void {
-    while (!this.#closed && this.#pool.length + this.#filling < this.poolSize) {
+    while (!this.#closed && this.#pool.length + this.#filling + this.#out < this.poolSize) {
       this.#filling++;
       this.#create(`pool-${randomBytes(6).toString('hex')}`)
         .then(
@@ -237,9 +244,10 @@ export class BridgeNetwork {
   }
 
   /**
-   * A network namespace on the bridge for one container: one from the pool when there is one (the
-   * pool is topped up in the background), else made now. (`id` names a namespace made now; pooled
-   * ones have their own names.)
+   * A network namespace on the bridge for one container: one from the pool when there is one,
+   * else made now. (`id` names a namespace made now; pooled ones have their own names.) The pool
+   * is topped up in the background when a namespace out with a container is deleted instead of
+   * coming back.
    *
    * `release(true)` puts it back in the pool (BuildKit's CNI pool does the same): only for a
    * container that could not change it, i.e. one without CAP_NET_ADMIN (the default capability
@@ -250,7 +258,7 @@ export class BridgeNetwork {
    */
   async attach(id: string): Promise<BridgeAttachment> {
     const n = this.#pool.shift() ?? (await this.#create(id));
-    this.#refill();
+    this.#out++;
     let released = false;
     return {
       nsPath: `/run/netns/kiln-${n.id}`,
@@ -259,12 +267,14 @@ export class BridgeNetwork {
       release: (reusable = false) => {
         if (released) return Promise.resolve();
         released = true;
+        this.#out--;
         if (reusable && !this.#closed && this.#pool.length < this.poolSize) {
           this.#pool.push(n);
           return Promise.resolve();
         }
         // Off the container's critical path; a failure leaves a lease that sweep() reclaims.
         this.#destroy(n).catch(() => undefined);
+        this.#refill();
         return Promise.resolve();
       },
     };

@@ -5,6 +5,7 @@ export type { LimitName } from './errors.js';
 export { TaskCgroups } from './cgroups.js';
 export type { CgroupEvents, TaskLimits } from './cgroups.js';
 export { seccompFor } from './seccomp.js';
+export { SECCOMP_BPF_ANNOTATION, SeccompBpfCache } from './seccomp-bpf.js';
 export type { DockerSeccompProfile, OciSeccomp } from './seccomp.js';
 export { DEFAULT_HOSTNAME, DEFAULT_PATH, hostsFile, resolvConf } from './hosts.js';
 export {
@@ -12,6 +13,7 @@ export {
   DEFAULT_CAPABILITIES,
   boundingCapabilities,
   generateSpec,
+  seccompOf,
   withDefaultPath,
 } from './spec.js';
 export type { OciSpec, OciMount } from './spec.js';

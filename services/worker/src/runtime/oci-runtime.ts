@@ -21,7 +21,15 @@ import { ExecError, LimitExceededError, RuntimeError, RuntimeErrorCode } from '.
 import { hostsFile, resolvConf } from './hosts.js';
 import { mountStubsCleaner } from './mount-stubs.js';
 import { resolveInRoot } from '@kiln/layers';
-import { boundingCapabilities, generateSpec, hostDevices } from './spec.js';
+import { SECCOMP_BPF_ANNOTATION, SeccompBpfCache } from './seccomp-bpf.js';
+import type { OciSeccomp } from './seccomp.js';
+import {
+  DEFAULT_CAPABILITIES,
+  boundingCapabilities,
+  generateSpec,
+  hostDevices,
+  seccompOf,
+} from './spec.js';
 import type { OciSpec } from './spec.js';
 import { LineTail } from './tail.js';
 import type { RunOptions, RunResult, RunSpec } from './types.js';
@@ -109,12 +117,16 @@ export class OciRuntime {
   /** Every run's limits unless its options say otherwise. */
   limits: TaskLimits = {};
   private cgroupRoot = '/kiln';
+  /** crun only: the sandbox's seccomp filter compiled once, passed ready-made to each run. */
+  readonly seccompBpf: SeccompBpfCache | undefined;
 
   private constructor(
     readonly name: RuntimeName,
     private readonly binary: string,
     private readonly stateDir: string,
-  ) {}
+  ) {
+    if (name === 'crun') this.seccompBpf = new SeccompBpfCache((s) => this.compileSeccomp(s));
+  }
 
   /** The runtime's global flags (its state root), shared by every command. */
   private get rootArgs(): string[] {
@@ -149,6 +161,11 @@ export class OciRuntime {
       if (err === undefined) {
         await rt.setupCgroups(opts);
         await rt.sweep();
+        // The sandbox's filter, compiled once here (a failure only means runs pass the profile).
+        rt.hostCaps = await boundingCapabilities();
+        await rt.seccompBpf?.get(
+          seccompOf(DEFAULT_CAPABILITIES.filter((c) => rt.hostCaps!.includes(c))),
+        );
         await rt.setupSandboxNetwork(opts);
         return rt;
       }
@@ -192,6 +209,52 @@ export class OciRuntime {
    * bundle; undefined when it works, else the runtime's first error line.
    */
   private async probe(): Promise<string | undefined> {
+    try {
+      await this.withProbe({}, async (bundle, id) => {
+        await execFileP(this.binary, [...this.rootArgs, 'run', '--bundle', bundle, id], {
+          timeout: 30_000,
+        });
+      });
+      return undefined;
+    } catch (err) {
+      const e = err as { stderr?: string; message: string };
+      return (e.stderr?.trim() || e.message).split('\n')[0];
+    }
+  }
+
+  /**
+   * The raw filter crun makes of `seccomp`: a probe container is created (not started) with the
+   * profile, and the `seccomp.bpf` crun wrote into its state is read before it is deleted.
+   */
+  private compileSeccomp(seccomp: OciSeccomp): Promise<Buffer> {
+    return this.withProbe({ seccomp }, async (bundle, id) => {
+      // The created container's process holds crun's stdio until it is deleted: no pipes to wait on.
+      const log = join(bundle, 'create.log');
+      const child = spawn(
+        this.binary,
+        [...this.rootArgs, `--log=file:${log}`, 'create', '--bundle', bundle, id],
+        { stdio: 'ignore' },
+      );
+      const code = await new Promise<number | null>((resolve, reject) => {
+        child.once('error', reject);
+        child.once('exit', resolve);
+      });
+      if (code !== 0) {
+        const why = (await readFile(log, 'utf8').catch(() => '')).trim();
+        throw new Error(`${this.name} create exited with ${code}: ${why}`);
+      }
+      return readFile(join(this.stateDir, `${this.name}-state`, id, 'seccomp.bpf'));
+    });
+  }
+
+  /**
+   * `fn` on a throwaway bundle whose rootfs holds a static `true` (with `linux` added to its
+   * spec) and a container id; the container and the bundle are removed afterwards.
+   */
+  private async withProbe<T>(
+    linux: Record<string, unknown>,
+    fn: (bundle: string, id: string) => Promise<T>,
+  ): Promise<T> {
     const bundle = await mkdtemp(join(this.stateDir, 'bundles', 'probe-'));
     const id = `kiln-probe-${randomBytes(6).toString('hex')}`;
     const spec = {
@@ -212,25 +275,23 @@ export class OciRuntime {
           options: ['nosuid', 'noexec', 'nodev'],
         },
       ],
-      linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }] },
+      linux: {
+        namespaces: [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }],
+        ...linux,
+      },
     };
-    try {
-      await mkdir(join(bundle, 'rootfs', 'proc'), { recursive: true });
-      await mkdir(join(bundle, 'rootfs', 'dev'));
-      await copyFile(PROBE_BINARY, join(bundle, 'rootfs', 'true'), constants.COPYFILE_FICLONE);
-      await chmod(join(bundle, 'rootfs', 'true'), 0o755);
-      await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
-      await execFileP(this.binary, [...this.rootArgs, 'run', '--bundle', bundle, id], {
-        timeout: 30_000,
-      });
-      return undefined;
-    } catch (err) {
-      await this.delete(id);
-      const e = err as { stderr?: string; message: string };
-      return (e.stderr?.trim() || e.message).split('\n')[0];
-    } finally {
-      await rm(bundle, { recursive: true, force: true });
-    }
+    return withCleanup(
+      async () => {
+        await mkdir(join(bundle, 'rootfs', 'proc'), { recursive: true });
+        await mkdir(join(bundle, 'rootfs', 'dev'));
+        await copyFile(PROBE_BINARY, join(bundle, 'rootfs', 'true'), constants.COPYFILE_FICLONE);
+        await chmod(join(bundle, 'rootfs', 'true'), 0o755);
+        await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
+        return fn(bundle, id);
+      },
+      () => this.delete(id),
+      () => rm(bundle, { recursive: true, force: true }),
+    );
   }
 
   /**
@@ -414,7 +475,15 @@ export class OciRuntime {
     this.hostCaps ??= await boundingCapabilities();
     input.hostCapabilities = this.hostCaps;
     if (security === 'insecure') input.devices = await hostDevices();
-    return generateSpec(input);
+    const config = generateSpec(input);
+    const seccomp = config.linux.seccomp;
+    const bpf = seccomp && (await this.seccompBpf?.get(seccomp));
+    if (bpf) {
+      // The same filter, compiled already (see SeccompBpfCache).
+      delete config.linux.seccomp;
+      config.annotations = { ...config.annotations, [SECCOMP_BPF_ANNOTATION]: bpf };
+    }
+    return config;
   }
 
   private start(

@@ -312,25 +312,27 @@ describe('OciRuntime', () => {
     try {
       await waitFor('the pool to fill', () => bridge.pooled === 1);
       const a = await bridge.attach('unused-c');
-      await waitFor('the pool to refill', () => bridge.pooled === 1);
-      const b = await bridge.attach('unused-d');
+      // Out with its container, `a` still counts as pooled: no namespace is made to replace it.
+      const b = await bridge.attach('unused-d'); // the pool is empty: made now
       expect(bridge.pooled).toBe(0);
-      await a.release(true); // back in the pool: the next attach gets it, same address
+      expect(b.nsPath).toBe('/run/netns/kiln-unused-d');
+      await a.release(true); // back in the pool
       expect(bridge.pooled).toBe(1);
-      const again = await bridge.attach('unused-e');
-      expect(again.nsPath).toBe(a.nsPath);
-      expect(again.ip).toBe(a.ip);
-      await waitFor('the pool to refill', () => bridge.pooled === 1);
       await b.release(true); // the pool is full: deleted
       const gone = async (p: string): Promise<boolean> =>
         !(await execFileP('ip', ['netns', 'list'])).stdout.includes(p.slice('/run/netns/'.length));
       await waitFor('the extra namespace to be deleted', async () =>
         (await gone(b.nsPath)) ? true : undefined,
       );
-      await again.release(); // not reusable (e.g. an insecure run): deleted
+      // The next attach gets `a` again, same address (no refill replaced it meanwhile).
+      const again = await bridge.attach('unused-e');
+      expect(again.nsPath).toBe(a.nsPath);
+      expect(again.ip).toBe(a.ip);
+      await again.release(); // not reusable (e.g. an insecure run): deleted, and replaced
       await waitFor('the non-reusable namespace to be deleted', async () =>
         (await gone(again.nsPath)) ? true : undefined,
       );
+      await waitFor('the pool to refill', () => bridge.pooled === 1);
       expect(bridge.pooled).toBe(1);
     } finally {
       await bridge.close();
@@ -378,6 +380,9 @@ describe('OciRuntime', () => {
 
   it("applies Docker's default seccomp profile in the sandbox, none when insecure", async () => {
     expect(await sh('grep ^Seccomp: /proc/self/status')).toBe('Seccomp:\t2\n');
+    // crun got the filter compiled once at open (what the unshare below meets), not the profile
+    expect(rt.seccompBpf?.failure).toBeUndefined();
+    expect(await rt.seccompBpf?.size()).toBe(1);
     expect(await sh('grep ^Seccomp: /proc/self/status', { security: 'insecure' })).toBe(
       'Seccomp:\t0\n',
     );

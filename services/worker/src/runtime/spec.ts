@@ -115,6 +115,8 @@ export interface OciSpec {
   root: { path: string; readonly: boolean };
   hostname: string;
   mounts: OciMount[];
+  /** Runtime-specific settings (crun's `run.oci.*`). */
+  annotations?: Record<string, string>;
   linux: {
     namespaces: Array<{ type: string; path?: string }>;
     maskedPaths?: string[];
@@ -278,12 +280,22 @@ export function generateSpec(i: SpecInput): OciSpec {
   if (!insecure) {
     spec.linux.maskedPaths = MASKED_PATHS;
     spec.linux.readonlyPaths = READONLY_PATHS;
-    spec.linux.seccomp = seccompFor(caps);
+    spec.linux.seccomp = seccompOf(caps);
   } else if (i.devices !== undefined && i.devices.length > 0) {
     spec.linux.devices = i.devices;
   }
   if (i.cgroupsPath !== undefined) spec.linux.cgroupsPath = i.cgroupsPath;
   return spec;
+}
+
+const seccompByCaps = new Map<string, OciSeccomp>();
+
+/** Docker's default profile for `caps` (made once per capability set: every RUN asks). */
+export function seccompOf(caps: readonly string[]): OciSeccomp {
+  const key = caps.join(',');
+  let s = seccompByCaps.get(key);
+  if (s === undefined) seccompByCaps.set(key, (s = seccompFor(caps)));
+  return s;
 }
 
 /** Later mounts on the same destination replace earlier ones (BuildKit's dedupMounts). */
