@@ -117,6 +117,8 @@ export class OciRuntime {
   /** Every run's limits unless its options say otherwise. */
   limits: TaskLimits = {};
   private cgroupRoot = '/kiln';
+  /** Releases of finished runs still under way (see {@link settled}). */
+  readonly #releasing = new Set<Promise<void>>();
   /** crun only: the sandbox's seccomp filter compiled once, passed ready-made to each run. */
   readonly seccompBpf: SeccompBpfCache | undefined;
 
@@ -387,10 +389,30 @@ export class OciRuntime {
             attachment?.release(!config.process.capabilities?.bounding?.includes('CAP_NET_ADMIN')),
         );
       },
-      // A group that cannot be removed yet is left to the next open's sweep.
-      () => (group !== undefined ? this.cgroups?.release(group).catch(() => undefined) : undefined),
-      () => rm(bundle, { recursive: true, force: true }),
+      // After the run's result, off its critical path (the container is gone by then; the
+      // group's counters were read already): a group that cannot be removed yet, or a bundle
+      // left by a process that dies meanwhile, is the next open's sweep.
+      () =>
+        this.#release(async () => {
+          if (group !== undefined) await this.cgroups?.release(group).catch(() => undefined);
+          await rm(bundle, { recursive: true, force: true });
+        }),
     );
+  }
+
+  #release(fn: () => Promise<void>): void {
+    const p = fn()
+      .catch(() => undefined)
+      .finally(() => this.#releasing.delete(p));
+    this.#releasing.add(p);
+  }
+
+  /**
+   * Resolves when the runs that returned so far have released their cgroup and bundle (done in
+   * the background once a run has its result).
+   */
+  async settled(): Promise<void> {
+    while (this.#releasing.size > 0) await Promise.all([...this.#releasing]);
   }
 
   /**

@@ -460,6 +460,7 @@ describe('OciRuntime', () => {
         expect(l).toMatch(new RegExp(`:/${parent}/kiln/kiln-[0-9a-f]{16}/ctr$`));
     } finally {
       // the runtime removes the task's cgroup; the parents are the caller's
+      await rt.settled();
       for (const hier of await readdir('/sys/fs/cgroup')) {
         const dir = join('/sys/fs/cgroup', hier, parent);
         await rmdir(join(dir, 'kiln')).catch(() => undefined);
@@ -563,6 +564,7 @@ describe('OciRuntime', () => {
         { rootfs, args: ['busybox', 'dd', 'if=/dev/zero', 'of=/dev/null', 'bs=16M', 'count=1'] },
         { limits: { memoryBytes: 512 * 1024 * 1024 } },
       );
+      await limited.settled();
       expect(await groups('memory')).toEqual([]);
     });
 
@@ -622,6 +624,7 @@ describe('OciRuntime', () => {
       expect(await groups('cpu')).toEqual([g]);
       await writeFile(join(sig, 'go'), 'go\n');
       await run;
+      await limited.settled(); // released after the run's result
       expect(await groups('cpu')).toEqual([]);
     });
   });
