@@ -4,6 +4,7 @@
 #
 #   1. Debian packages: nats-server, crun, runc, docker-registry, skopeo, umoci, qemu-user-static,
 #      busybox-static, gcc (for @kiln/sys's addon), ... (apt-get only when something is missing)
+#      and the `kiln` user with subordinate ids (rootless workers)
 #   2. the busybox-static binary of the other architecture (amd64 <-> arm64), extracted from the
 #      Debian package to /usr/local/bin/busybox-<arch> (the two arches' packages conflict)
 #   3. host fixes, only where needed: the hugetlb cgroup v1 mount that crun 1.8 needs on hybrid
@@ -90,6 +91,24 @@ fi
 
 for bin in nats-server crun runc docker-registry skopeo umoci busybox cc; do
   PATH="$PATH:/usr/sbin:/sbin" command -v "$bin" >/dev/null 2>&1 || die "$bin not found after install"
+done
+
+# 1b. The `kiln` user with 65536 subordinate uids and gids (/etc/subuid, /etc/subgid): a rootless
+# worker runs as it (docs/sandbox.md); a root worker's `--userns-remap kiln` uses its range.
+if ! id kiln >/dev/null 2>&1; then
+  log "useradd kiln (rootless workers)"
+  as_root useradd --create-home --shell /usr/sbin/nologin kiln
+fi
+for f in /etc/subuid /etc/subgid; do
+  if ! grep -q '^kiln:' "$f" 2>/dev/null; then
+    # The first free 65536-id range from 100000 up, past every range already given.
+    start="$(awk -F: 'BEGIN { m = 100000 } { e = $2 + $3; if (e > m) m = e } END { print m }' "$f" 2>/dev/null || echo 100000)"
+    log "giving kiln the ids $start-$((start + 65535)) in $f"
+    echo "kiln:$start:65536" | as_root tee -a "$f" >/dev/null
+  fi
+done
+for bin in newuidmap newgidmap; do
+  command -v "$bin" >/dev/null 2>&1 || die "$bin not found (package uidmap)"
 done
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ export interface EngineOptions {
   limits?: TaskLimits;
   /** Addresses the sandbox network may not reach (`OciRuntimeOptions.sandboxDeny`). */
   sandboxDeny?: string[];
+  /** Where task cgroups are made (`OciRuntimeOptions.cgroupRoot`). */
+  cgroupRoot?: string;
 }
 
 /** Where a result goes (BuildKit's `--output`). */
@@ -111,6 +113,7 @@ export class Engine {
         runtime: o.runtime ?? 'auto',
         ...(o.limits ? { limits: o.limits } : {}),
         ...(o.sandboxDeny ? { sandboxDeny: o.sandboxDeny } : {}),
+        ...(o.cgroupRoot ? { cgroupRoot: o.cgroupRoot } : {}),
       });
       // A failed open is retried by the next exec rather than remembered.
       opening.catch(() => (opening = undefined));

@@ -27,6 +27,7 @@ import {
 import type { GcConfig } from '../gc/policy.js';
 import { resolvePlatforms } from './platforms.js';
 import type { TaskLimits } from '../runtime/index.js';
+import { CGROUP_ROOT_ENV, USERNS_ENV } from './user-namespace.js';
 
 export type { StoreConfig } from '@kiln/store';
 
@@ -83,6 +84,19 @@ export interface WorkerConfig {
    * `limits.unpackFiles`): a decompression bomb fails its step typed and its partial snapshot goes.
    */
   unpack: TarLimits;
+  /**
+   * A root worker runs its builds in a user namespace mapping ids 0..65535 to this user's
+   * subordinate ids (`--userns-remap USER`, `KILN_WORKER_USERNS_REMAP`, `usernsRemap`; see
+   * `user-namespace.ts`). A worker started by another user always runs rootless.
+   */
+  usernsRemap?: string;
+  /**
+   * Set inside the user namespace: `rootless` or `remap` (the re-executed worker; the marker is
+   * the environment the parent sets).
+   */
+  userNamespace?: 'rootless' | 'remap';
+  /** The cgroup task groups are made under (a delegated one in a remapped namespace). */
+  cgroupRoot?: string;
 }
 
 /** Task limits as written: sizes (`2GB`, a plain number is MB), durations (`30m`), counts. */
@@ -159,6 +173,7 @@ export interface WorkerConfigInput {
   gc?: GcConfigInput;
   limits?: LimitsConfigInput;
   sandboxDeny?: string[];
+  usernsRemap?: string;
 }
 
 export interface LoadConfigOptions {
@@ -191,9 +206,10 @@ export function defaultSlots(cpus: number = availableParallelism()): number {
 }
 
 function defaults(env: Readonly<Record<string, string | undefined>>): WorkerConfigInput {
-  // Root: the system's data dir; anyone else: the user's (XDG).
+  // Root: the system's data dir; anyone else: the user's (XDG). A rootless worker is root of its
+  // user namespace, and still the user who started it.
   const data =
-    process.getuid?.() === 0
+    process.getuid?.() === 0 && env[USERNS_ENV] !== 'rootless'
       ? '/var/lib/kiln'
       : join(env.XDG_DATA_HOME || join(env.HOME || homedir(), '.local/share'), 'kiln');
   return {
@@ -330,6 +346,7 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
       unpackFiles: e('KILN_WORKER_UNPACK_MAX_FILES'),
     },
     sandboxDeny: list(e('KILN_WORKER_SANDBOX_DENY')),
+    usernsRemap: e('KILN_WORKER_USERNS_REMAP'),
     farmRegistryCredentials: e('KILN_FARM_REGISTRY_CREDENTIALS'),
     gc: {
       enabled: e('KILN_WORKER_GC'),
@@ -391,6 +408,9 @@ export const FLAGS_HELP = `kiln worker: runs LLB ops as tasks from the NATS task
   --sandbox-deny ADDR      an IP, CIDR or host a RUN may not reach (the farm's control plane),
                            repeatable (KILN_WORKER_SANDBOX_DENY, comma list); the NATS host and
                            the worker's own addresses are always denied
+  --userns-remap USER      (root) run builds in a user namespace of USER's subordinate ids
+                           (/etc/subuid, /etc/subgid) (KILN_WORKER_USERNS_REMAP); a worker
+                           started by another user than root always runs rootless
 
 ${NATS_AUTH_HELP}`;
 
@@ -449,6 +469,7 @@ function fromFlags(argv: readonly string[]): {
         'unpack-max-size': { type: 'string' },
         'unpack-max-files': { type: 'string' },
         'sandbox-deny': { type: 'string', multiple: true },
+        'userns-remap': { type: 'string' },
       },
     }));
   } catch (err) {
@@ -500,6 +521,7 @@ function fromFlags(argv: readonly string[]): {
         unpackFiles: values['unpack-max-files'],
       },
       sandboxDeny: values['sandbox-deny'],
+      usernsRemap: values['userns-remap'],
       farmRegistryCredentials: values['farm-registry-credentials'],
       gc: {
         enabled: values.gc,
@@ -587,12 +609,16 @@ function compileUnpack(l: LimitsConfigInput): TarLimits {
   };
 }
 
-function compileLimits(l: LimitsConfigInput): TaskLimits {
+/**
+ * `noCgroups`: a rootless worker (no cgroup delegated to it) has no default pids limit, as it
+ * could not apply one; a limit set explicitly still fails its first RUN, saying why.
+ */
+function compileLimits(l: LimitsConfigInput, noCgroups = false): TaskLimits {
   const quantity = limitQuantity;
   const out: TaskLimits = {};
   const memory = quantity(l.memory, 'memory', parseSize);
   if (memory !== undefined) out.memoryBytes = Math.floor(memory);
-  const pids = quantity(l.pids ?? DEFAULT_PIDS_LIMIT, 'pids', count);
+  const pids = quantity(l.pids ?? (noCgroups ? 0 : DEFAULT_PIDS_LIMIT), 'pids', count);
   if (pids !== undefined) out.pids = pids;
   const shares = quantity(l.cpuShares, 'cpuShares', count);
   if (shares !== undefined) {
@@ -646,6 +672,10 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     store = { type: 'fs', dir: abs(s.dir) };
   }
   if (!c.natsUrl) throw new WorkerConfigError('a NATS url is required');
+  const env = o.env ?? {};
+  const marker = env[USERNS_ENV];
+  const userNamespace = marker === 'rootless' || marker === 'remap' ? marker : undefined;
+  const cgroupRoot = env[CGROUP_ROOT_ENV] || undefined;
   if (!c.stateDir) throw new WorkerConfigError('a state dir is required');
   const localDirs: Record<string, string> = {};
   for (const [k, v] of Object.entries(c.localDirs ?? {})) localDirs[k] = abs(v);
@@ -684,8 +714,11 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
     insecureRegistries: [...(c.insecureRegistries ?? [])],
     farmRegistryCredentials: flag(c.farmRegistryCredentials),
     gc: compileGc(c.gc ?? {}),
-    limits: compileLimits(c.limits ?? {}),
+    limits: compileLimits(c.limits ?? {}, userNamespace === 'rootless' && !cgroupRoot),
     sandboxDeny: [...(c.sandboxDeny ?? [])],
     unpack: compileUnpack(c.limits ?? {}),
+    ...(c.usernsRemap ? { usernsRemap: c.usernsRemap } : {}),
+    ...(userNamespace ? { userNamespace } : {}),
+    ...(cgroupRoot ? { cgroupRoot } : {}),
   };
 }

@@ -11,6 +11,15 @@ import { pino } from 'pino';
 import { FLAGS_HELP, loadConfig } from './config.js';
 import { WorkerMetrics } from './metrics.js';
 import { READINESS, WorkerNode } from './worker-node.js';
+import { currentUserNamespace } from '../runtime/userns.js';
+import {
+  CGROUP_ROOT_ENV,
+  USERNS_ENV,
+  delegateCgroup,
+  prepareRemappedDirs,
+  runInUserNamespace,
+  userNamespacePlan,
+} from './user-namespace.js';
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
@@ -19,6 +28,23 @@ async function main(): Promise<void> {
     return;
   }
   const config = loadConfig({ argv, env: process.env });
+  const plan = await userNamespacePlan({
+    usernsRemap: config.usernsRemap,
+    env: process.env,
+    argv: process.argv.slice(1),
+  });
+  if (plan !== undefined) {
+    // This process only starts the worker in its user namespace and waits for it.
+    const env: Record<string, string> = { [USERNS_ENV]: plan.mode };
+    if (plan.mode === 'remap') {
+      await prepareRemappedDirs(config, plan);
+      env[CGROUP_ROOT_ENV] = await delegateCgroup(
+        `kiln-userns-${plan.uids.start}`,
+        plan.uids.start,
+      );
+    }
+    process.exit(await runInUserNamespace(plan, env));
+  }
   const tracing = await startTracing('kiln-worker', process.env);
   const log = pino({
     level: config.logLevel,
@@ -64,6 +90,13 @@ async function main(): Promise<void> {
       : {}),
   });
   started.node = node;
+  if (config.userNamespace !== undefined) {
+    const ns = await currentUserNamespace();
+    log.info(
+      { userNamespace: config.userNamespace, ids: ns?.describe() },
+      'worker runs in a user namespace',
+    );
+  }
   let stopping = false;
   const stop = (signal: 'SIGTERM' | 'SIGINT'): void => {
     if (stopping) {

@@ -96,6 +96,8 @@ export interface TaskRunnerOptions {
   unpack?: TarLimits;
   /** Addresses a RUN in the sandbox network may not reach (the farm's control plane). */
   sandboxDeny?: string[];
+  /** Where task cgroups are made (`OciRuntimeOptions.cgroupRoot`). */
+  cgroupRoot?: string;
   registry?: RegistryClientOptions;
   /** The bus connection, to reach build sessions; without it tasks have no session. */
   nc?: NatsConnection;
@@ -215,6 +217,7 @@ export class TaskRunner {
       ...(o.registry ? { registry: o.registry } : {}),
       ...(o.limits ? { limits: o.limits } : {}),
       ...(o.sandboxDeny ? { sandboxDeny: o.sandboxDeny } : {}),
+      ...(o.cgroupRoot ? { cgroupRoot: o.cgroupRoot } : {}),
     });
     await sweepExecState(join(o.stateDir, 'exec'));
     const held = await HeldResults.open(join(o.stateDir, 'node', 'held-results.jsonl'));

@@ -105,6 +105,7 @@ export class WorkerNode {
         limits: config.limits,
         unpack: config.unpack,
         sandboxDeny: [...config.sandboxDeny, ...natsHosts(config.natsUrl)],
+        ...(config.cgroupRoot ? { cgroupRoot: config.cgroupRoot } : {}),
         cacheMountLeaseMs: config.cacheMountLeaseMs,
         cacheMountPendingWaitMs: config.cacheMountWaitMs,
         registry: {

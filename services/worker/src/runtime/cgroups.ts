@@ -1,3 +1,4 @@
+import { constants } from 'node:fs';
 import { access, mkdir, readFile, readdir, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RuntimeError, RuntimeErrorCode } from './errors.js';
@@ -56,6 +57,22 @@ async function peakAtLimit(dir: string): Promise<number> {
   return Number.isFinite(max) && max > 0 && peak >= max ? 1 : 0;
 }
 
+/**
+ * Makes the v1 cpuset group `path` and its missing ancestors, each with its parent's CPUs and
+ * memory nodes (a new cpuset group has none, and takes no process until it has).
+ */
+export async function initCpuset(path: string): Promise<void> {
+  const parts = path.split('/').filter(Boolean);
+  for (let i = 1; i <= parts.length; i++) {
+    const dir = join(ROOT, 'cpuset', ...parts.slice(0, i));
+    await mkdir(dir, { recursive: true });
+    for (const f of ['cpuset.cpus', 'cpuset.mems']) {
+      if ((await readFile(join(dir, f), 'utf8')).trim() !== '') continue;
+      await writeFile(join(dir, f), await readFile(join(dir, '..', f), 'utf8'));
+    }
+  }
+}
+
 /** runc's conversion of cgroup v1 `cpu.shares` (2..262144) to v2 `cpu.weight` (1..10000). */
 export function sharesToWeight(shares: number): number {
   const s = Math.min(262144, Math.max(2, shares));
@@ -80,6 +97,27 @@ export class TaskCgroups {
       RuntimeErrorCode.Unavailable,
       `no cgroup v2 or v1 memory controller under ${ROOT}: task limits cannot be applied`,
     );
+  }
+
+  /**
+   * Fails with `RUNTIME_UNAVAILABLE` unless this process may make groups under `root` in every
+   * hierarchy Kiln uses (a rootless worker may not, unless a subtree was delegated to its user).
+   */
+  async checkWritable(root: string): Promise<void> {
+    const dirs =
+      this.version === 2 ? [join(ROOT, root)] : V1_CONTROLLERS.map((c) => join(ROOT, c, root));
+    for (const dir of dirs) {
+      try {
+        await mkdir(dir, { recursive: true });
+        await access(dir, constants.W_OK);
+      } catch (err) {
+        throw new RuntimeError(
+          RuntimeErrorCode.Unavailable,
+          `cannot make task cgroups in ${dir} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): this worker runs in a user namespace and no cgroup was delegated to it, so memory, pids and CPU limits cannot be applied; run it with --pids-limit 0 and no --memory-limit or --cpu-shares (--time-limit works), or delegate a cgroup to its user`,
+          { cause: err, details: { path: dir } },
+        );
+      }
+    }
   }
 
   /**
@@ -112,6 +150,9 @@ export class TaskCgroups {
     }
     if (l.pids) await writeFile(join(ROOT, 'pids', path, 'pids.max'), String(l.pids));
     if (l.cpuShares) await writeFile(join(ROOT, 'cpu', path, 'cpu.shares'), String(l.cpuShares));
+    // A new v1 cpuset group has no CPUs: the runtime fills in the groups it makes, except as root
+    // of a user namespace (a remapped worker), so the task's own two levels are filled here.
+    if (await exists(join(ROOT, 'cpuset', path, '..'))) await initCpuset(join(path, 'ctr'));
   }
 
   async #createV2(path: string, l: TaskLimits): Promise<void> {

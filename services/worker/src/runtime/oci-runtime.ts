@@ -34,6 +34,8 @@ import type { OciSpec } from './spec.js';
 import { LineTail } from './tail.js';
 import type { RunOptions, RunResult, RunSpec } from './types.js';
 import { resolveUser } from './user.js';
+import { currentUserNamespace } from './userns.js';
+import type { UserNamespace } from './userns.js';
 import { withCleanup } from '@kiln/protocol';
 
 const execFileP = promisify(execFile);
@@ -65,8 +67,9 @@ export interface OciRuntimeOptions {
   binary?: string;
   /**
    * What the `sandbox` network is. `auto` (default): a bridged, NATed namespace per container when
-   * the bridge can be set up (iproute2, iptables), else the host's network (see `sandboxNetwork`).
-   * `bridge`: the bridge or fail. `host`: the host's network, as BuildKit's `--oci-worker-net=host`.
+   * the bridge can be set up (iproute2, iptables), else the host's network (see `sandboxNetwork`);
+   * in a user namespace (rootless), a namespace with only loopback. `bridge`: the bridge or fail.
+   * `host`: the host's network, as BuildKit's `--oci-worker-net=host`.
    */
   sandboxNetwork?: 'auto' | 'bridge' | 'host';
   bridge?: BridgeOptions;
@@ -108,10 +111,16 @@ const SIGNALS: Record<string, number> = {
 export class OciRuntime {
   private hostCaps: string[] | undefined;
   private bridge: BridgeNetwork | undefined;
-  /** What the `sandbox` network mode gives here: `bridge` or `host`. */
-  sandboxNetwork: 'bridge' | 'host' = 'host';
-  /** Why `auto` fell back to the host network, if it did. */
+  /** What the `sandbox` network mode gives here: `bridge`, `host` or (rootless) `none`. */
+  sandboxNetwork: 'bridge' | 'host' | 'none' = 'host';
+  /** Why `auto` fell back to the host network (or, rootless, to none), if it did. */
   sandboxFallbackReason: string | undefined;
+  /**
+   * This process runs in a user namespace that does not map every id (a rootless worker, or one
+   * in a remapped namespace): its containers live in it, without the host's network or cgroups
+   * unless they were delegated. Undefined: the initial namespace.
+   */
+  userNamespace: UserNamespace | undefined;
   /** The machine's cgroups, where limits are applied; undefined when it has none usable. */
   cgroups: TaskCgroups | undefined;
   /** Every run's limits unless its options say otherwise. */
@@ -161,6 +170,7 @@ export class OciRuntime {
       );
       const err = await rt.probe();
       if (err === undefined) {
+        rt.userNamespace = await currentUserNamespace();
         await rt.setupCgroups(opts);
         await rt.sweep();
         // The sandbox's filter, compiled once here (a failure only means runs pass the profile).
@@ -182,10 +192,12 @@ export class OciRuntime {
   private async setupCgroups(opts: OciRuntimeOptions): Promise<void> {
     this.limits = { ...opts.limits };
     this.cgroupRoot = posix.join('/', opts.cgroupRoot ?? 'kiln');
+    const l = this.limits;
     try {
       this.cgroups = await TaskCgroups.detect();
+      if (this.userNamespace !== undefined) await this.cgroups.checkWritable(this.cgroupRoot);
     } catch (err) {
-      const l = this.limits;
+      this.cgroups = undefined;
       if (l.memoryBytes || l.pids || l.cpuShares) throw err;
     }
   }
@@ -193,6 +205,13 @@ export class OciRuntime {
   private async setupSandboxNetwork(opts: OciRuntimeOptions): Promise<void> {
     const mode = opts.sandboxNetwork ?? 'auto';
     if (mode === 'host') return;
+    if (mode === 'auto' && this.userNamespace !== undefined) {
+      // The host's network namespace is not this user namespace's: no bridge can be made from
+      // here, and falling back to the worker's own network would let a RUN reach the control plane.
+      this.sandboxNetwork = 'none';
+      this.sandboxFallbackReason = `the worker runs in a user namespace (${this.userNamespace.describe()}): no bridge can be set up from it, RUNs get only loopback`;
+      return;
+    }
     try {
       const deny = [...(opts.bridge?.deny ?? []), ...(opts.sandboxDeny ?? [])];
       this.bridge = await BridgeNetwork.setup({ ...opts.bridge, deny });
@@ -464,7 +483,8 @@ export class OciRuntime {
     const cwd = posix.join('/', spec.cwd ?? '');
     if (!spec.readonlyRootfs)
       await mkdir(await resolveInRoot(spec.rootfs, cwd), { recursive: true, mode: 0o755 });
-    const network = spec.network ?? 'sandbox';
+    const asked = spec.network ?? 'sandbox';
+    const network = asked === 'sandbox' && this.sandboxNetwork === 'none' ? 'none' : asked;
     const security = spec.security ?? 'sandbox';
     const hostname =
       spec.hostname === undefined || spec.hostname === '' ? undefined : spec.hostname;
