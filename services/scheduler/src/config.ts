@@ -5,6 +5,8 @@
  */
 import { parseArgs } from 'node:util';
 import { parseDuration } from '@kiln/common';
+import { parseTenantLimits } from './control/tenant-limits.js';
+import type { TenantLimits } from './control/tenant-limits.js';
 import { DEFAULT_FRONTEND_LIMITS, frontendLimits } from '@kiln/dockerfile';
 import type { FrontendLimits } from '@kiln/dockerfile';
 import { isEntitlement } from '@kiln/llb';
@@ -103,6 +105,12 @@ export interface SchedulerConfig {
    * (`--frontend-limits`, `KILN_FRONTEND_LIMITS`: `maxWordLength=4194304,maxMillis=120000`).
    */
   frontendLimits: Partial<FrontendLimits>;
+  /**
+   * Each tenant's RUN limits, carried in its tasks and capped by each worker's own
+   * (`--tenant-limits TENANT:memory=2GiB,pids=512,cpuShares=512,time=30m`, repeatable;
+   * `KILN_TENANT_LIMITS`, entries separated by `;`). Absent tenants get the workers' limits.
+   */
+  tenantLimits: Map<string, TenantLimits>;
 }
 
 export const DEFAULT_CONFIG: SchedulerConfig = {
@@ -123,6 +131,7 @@ export const DEFAULT_CONFIG: SchedulerConfig = {
   adminTenants: [],
   farmRegistryCredentials: false,
   frontendLimits: {},
+  tenantLimits: new Map(),
 };
 
 /** Whether `listen` is reachable only from this machine: a unix socket or a loopback address. */
@@ -217,6 +226,7 @@ export function loadConfig(
         'farm-registry-credentials': { type: 'boolean' },
         'frontend-limits': { type: 'string' },
         'metrics-listen': { type: 'string' },
+        'tenant-limits': { type: 'string', multiple: true },
       },
       strict: true,
     }).values;
@@ -294,6 +304,10 @@ export function loadConfig(
       .map((x) => x.trim())
       .filter(Boolean),
     frontendLimits: parseFrontendLimits(str('frontend-limits', 'KILN_FRONTEND_LIMITS', '')),
+    tenantLimits: parseTenantLimits([
+      ...(env.KILN_TENANT_LIMITS ?? '').split(';'),
+      ...((flags['tenant-limits'] as string[] | undefined) ?? []),
+    ]),
   };
   const storeDir = str('store-dir', 'KILN_STORE_DIR', '');
   const store = storeConfigFromEnv(env, storeDir);

@@ -4,6 +4,8 @@
  */
 export * from './dispatch/index.js';
 export { ControlServer } from './control/control-server.js';
+export { TenantLimitsInvalidError, parseTenantLimits } from './control/tenant-limits.js';
+export type { TenantLimits } from './control/tenant-limits.js';
 export type { ControlServerOptions } from './control/control-server.js';
 export {
   Authenticator,

@@ -52,6 +52,8 @@ Flags win over the environment (KILN_*); docs/running-a-farm.md section 3 has th
   --insecure-registries A,B   plain-HTTP registries (KILN_INSECURE_REGISTRIES)
   --cache-ttl DUR          lifetime of task records (KILN_CACHE_TTL, default 24h)
   --frontend-limits K=V,.. Dockerfile frontend bounds (KILN_FRONTEND_LIMITS)
+  --tenant-limits T:K=V,.. a tenant's RUN limits (memory, pids, cpuShares, time), capped by
+                           each worker's own; repeatable (KILN_TENANT_LIMITS, ';' between tenants)
   --metrics-listen H:P     HTTP /metrics (Prometheus text), /healthz, /readyz
                            (KILN_METRICS_LISTEN; default none)
   --log-level L            pino level (KILN_LOG_LEVEL, default info)
@@ -148,6 +150,7 @@ async function main(): Promise<void> {
     auth,
     sharedCache: config.sharedCache,
     frontendLimits: config.frontendLimits,
+    tenantLimits: config.tenantLimits,
     ...(metrics ? { metrics } : {}),
   });
   await server.listen(config.listen, tls?.serverCredentials());

@@ -899,6 +899,30 @@ const raw = {
                     "cache_namespace": {
                       "type": "string",
                       "id": 14
+                    },
+                    "limits": {
+                      "type": "TaskLimits",
+                      "id": 15
+                    }
+                  }
+                },
+                "TaskLimits": {
+                  "fields": {
+                    "memory_bytes": {
+                      "type": "int64",
+                      "id": 1
+                    },
+                    "pids": {
+                      "type": "uint32",
+                      "id": 2
+                    },
+                    "cpu_shares": {
+                      "type": "uint32",
+                      "id": 3
+                    },
+                    "time_ms": {
+                      "type": "int64",
+                      "id": 4
                     }
                   }
                 },

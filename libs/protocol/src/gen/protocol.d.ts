@@ -779,6 +779,7 @@ export namespace kiln {
                 preferredWorker?: (string|null);
                 "export"?: (kiln.worker.v1.IExportSpec|null);
                 cacheNamespace?: (string|null);
+                limits?: (kiln.worker.v1.ITaskLimits|null);
             }
 
             class Task implements ITask {
@@ -797,11 +798,33 @@ export namespace kiln {
                 public preferredWorker: string;
                 public export?: (kiln.worker.v1.IExportSpec|null);
                 public cacheNamespace: string;
+                public limits?: (kiln.worker.v1.ITaskLimits|null);
                 public static create(properties?: kiln.worker.v1.ITask): kiln.worker.v1.Task;
                 public static encode(message: kiln.worker.v1.ITask, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.Task;
                 public static fromObject(object: { [k: string]: any }): kiln.worker.v1.Task;
                 public static toObject(message: kiln.worker.v1.Task, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
+            interface ITaskLimits {
+                memoryBytes?: (number|Long|null);
+                pids?: (number|null);
+                cpuShares?: (number|null);
+                timeMs?: (number|Long|null);
+            }
+
+            class TaskLimits implements ITaskLimits {
+                constructor(properties?: kiln.worker.v1.ITaskLimits);
+                public memoryBytes: (number|Long);
+                public pids: number;
+                public cpuShares: number;
+                public timeMs: (number|Long);
+                public static create(properties?: kiln.worker.v1.ITaskLimits): kiln.worker.v1.TaskLimits;
+                public static encode(message: kiln.worker.v1.ITaskLimits, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.TaskLimits;
+                public static fromObject(object: { [k: string]: any }): kiln.worker.v1.TaskLimits;
+                public static toObject(message: kiln.worker.v1.TaskLimits, options?: $protobuf.IConversionOptions): { [k: string]: any };
                 public toJSON(): { [k: string]: any };
             }
 

@@ -6296,6 +6296,7 @@ export const kiln = $root.kiln = (() => {
                 Task.prototype.preferredWorker = "";
                 Task.prototype["export"] = null;
                 Task.prototype.cacheNamespace = "";
+                Task.prototype.limits = null;
 
                 Task.create = function create(properties) {
                     return new Task(properties);
@@ -6337,6 +6338,8 @@ export const kiln = $root.kiln = (() => {
                         $root.kiln.worker.v1.ExportSpec.encode(message["export"], writer.uint32(106).fork(), q + 1).ldelim();
                     if (message.cacheNamespace != null && Object.hasOwnProperty.call(message, "cacheNamespace"))
                         writer.uint32(114).string(message.cacheNamespace);
+                    if (message.limits != null && Object.hasOwnProperty.call(message, "limits"))
+                        $root.kiln.worker.v1.TaskLimits.encode(message.limits, writer.uint32(122).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -6421,6 +6424,10 @@ export const kiln = $root.kiln = (() => {
                                 message.cacheNamespace = reader.string();
                                 break;
                             }
+                        case 15: {
+                                message.limits = $root.kiln.worker.v1.TaskLimits.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -6492,6 +6499,11 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (object.cacheNamespace != null)
                         message.cacheNamespace = String(object.cacheNamespace);
+                    if (object.limits != null) {
+                        if (!$util.isObject(object.limits))
+                            throw TypeError(".kiln.worker.v1.Task.limits: object expected");
+                        message.limits = $root.kiln.worker.v1.TaskLimits.fromObject(object.limits, long + 1);
+                    }
                     return message;
                 };
 
@@ -6525,6 +6537,7 @@ export const kiln = $root.kiln = (() => {
                         object.preferredWorker = "";
                         object["export"] = null;
                         object.cacheNamespace = "";
+                        object.limits = null;
                     }
                     if (message.taskId != null && Object.hasOwnProperty.call(message, "taskId"))
                         object.taskId = message.taskId;
@@ -6557,6 +6570,8 @@ export const kiln = $root.kiln = (() => {
                         object["export"] = $root.kiln.worker.v1.ExportSpec.toObject(message["export"], options, q + 1);
                     if (message.cacheNamespace != null && Object.hasOwnProperty.call(message, "cacheNamespace"))
                         object.cacheNamespace = message.cacheNamespace;
+                    if (message.limits != null && Object.hasOwnProperty.call(message, "limits"))
+                        object.limits = $root.kiln.worker.v1.TaskLimits.toObject(message.limits, options, q + 1);
                     return object;
                 };
 
@@ -6565,6 +6580,179 @@ export const kiln = $root.kiln = (() => {
                 };
 
                 return Task;
+            })();
+
+            v1.TaskLimits = (function() {
+
+                function TaskLimits(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                TaskLimits.prototype.memoryBytes = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
+                TaskLimits.prototype.pids = 0;
+                TaskLimits.prototype.cpuShares = 0;
+                TaskLimits.prototype.timeMs = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
+
+                TaskLimits.create = function create(properties) {
+                    return new TaskLimits(properties);
+                };
+
+                TaskLimits.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.memoryBytes != null && Object.hasOwnProperty.call(message, "memoryBytes"))
+                        writer.uint32(8).int64(message.memoryBytes);
+                    if (message.pids != null && Object.hasOwnProperty.call(message, "pids"))
+                        writer.uint32(16).uint32(message.pids);
+                    if (message.cpuShares != null && Object.hasOwnProperty.call(message, "cpuShares"))
+                        writer.uint32(24).uint32(message.cpuShares);
+                    if (message.timeMs != null && Object.hasOwnProperty.call(message, "timeMs"))
+                        writer.uint32(32).int64(message.timeMs);
+                    return writer;
+                };
+
+                TaskLimits.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.worker.v1.TaskLimits();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.memoryBytes = reader.int64();
+                                break;
+                            }
+                        case 2: {
+                                message.pids = reader.uint32();
+                                break;
+                            }
+                        case 3: {
+                                message.cpuShares = reader.uint32();
+                                break;
+                            }
+                        case 4: {
+                                message.timeMs = reader.int64();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                TaskLimits.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.worker.v1.TaskLimits)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.worker.v1.TaskLimits: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.worker.v1.TaskLimits();
+                    if (object.memoryBytes != null)
+                        if ($util.Long)
+                            message.memoryBytes = $util.Long.fromValue(object.memoryBytes, false);
+                        else if (typeof object.memoryBytes === "string")
+                            message.memoryBytes = parseInt(object.memoryBytes, 10);
+                        else if (typeof object.memoryBytes === "number")
+                            message.memoryBytes = object.memoryBytes;
+                        else if (typeof object.memoryBytes === "object")
+                            message.memoryBytes = new $util.LongBits(object.memoryBytes.low >>> 0, object.memoryBytes.high >>> 0).toNumber();
+                    if (object.pids != null)
+                        message.pids = object.pids >>> 0;
+                    if (object.cpuShares != null)
+                        message.cpuShares = object.cpuShares >>> 0;
+                    if (object.timeMs != null)
+                        if ($util.Long)
+                            message.timeMs = $util.Long.fromValue(object.timeMs, false);
+                        else if (typeof object.timeMs === "string")
+                            message.timeMs = parseInt(object.timeMs, 10);
+                        else if (typeof object.timeMs === "number")
+                            message.timeMs = object.timeMs;
+                        else if (typeof object.timeMs === "object")
+                            message.timeMs = new $util.LongBits(object.timeMs.low >>> 0, object.timeMs.high >>> 0).toNumber();
+                    return message;
+                };
+
+                TaskLimits.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.defaults) {
+                        if ($util.Long) {
+                            let long = new $util.Long(0, 0, false);
+                            object.memoryBytes = options.longs === String ? long.toString() : options.longs === Number ? long.toNumber() : typeof BigInt !== "undefined" && options.longs === BigInt ? long.toBigInt() : long;
+                        } else
+                            object.memoryBytes = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
+                        object.pids = 0;
+                        object.cpuShares = 0;
+                        if ($util.Long) {
+                            let long = new $util.Long(0, 0, false);
+                            object.timeMs = options.longs === String ? long.toString() : options.longs === Number ? long.toNumber() : typeof BigInt !== "undefined" && options.longs === BigInt ? long.toBigInt() : long;
+                        } else
+                            object.timeMs = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
+                    }
+                    if (message.memoryBytes != null && Object.hasOwnProperty.call(message, "memoryBytes"))
+                        if (typeof BigInt !== "undefined" && options.longs === BigInt)
+                            object.memoryBytes = typeof message.memoryBytes === "number" ? BigInt(message.memoryBytes) : $util.Long.fromBits(message.memoryBytes.low >>> 0, message.memoryBytes.high >>> 0, false).toBigInt();
+                        else if (typeof message.memoryBytes === "number")
+                            object.memoryBytes = options.longs === String ? String(message.memoryBytes) : message.memoryBytes;
+                        else
+                            object.memoryBytes = options.longs === String ? $util.Long.prototype.toString.call(message.memoryBytes) : options.longs === Number ? new $util.LongBits(message.memoryBytes.low >>> 0, message.memoryBytes.high >>> 0).toNumber() : message.memoryBytes;
+                    if (message.pids != null && Object.hasOwnProperty.call(message, "pids"))
+                        object.pids = message.pids;
+                    if (message.cpuShares != null && Object.hasOwnProperty.call(message, "cpuShares"))
+                        object.cpuShares = message.cpuShares;
+                    if (message.timeMs != null && Object.hasOwnProperty.call(message, "timeMs"))
+                        if (typeof BigInt !== "undefined" && options.longs === BigInt)
+                            object.timeMs = typeof message.timeMs === "number" ? BigInt(message.timeMs) : $util.Long.fromBits(message.timeMs.low >>> 0, message.timeMs.high >>> 0, false).toBigInt();
+                        else if (typeof message.timeMs === "number")
+                            object.timeMs = options.longs === String ? String(message.timeMs) : message.timeMs;
+                        else
+                            object.timeMs = options.longs === String ? $util.Long.prototype.toString.call(message.timeMs) : options.longs === Number ? new $util.LongBits(message.timeMs.low >>> 0, message.timeMs.high >>> 0).toNumber() : message.timeMs;
+                    return object;
+                };
+
+                TaskLimits.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return TaskLimits;
             })();
 
             v1.ExportSpec = (function() {

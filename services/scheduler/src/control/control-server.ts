@@ -91,6 +91,7 @@ import type { SessionMetaResolver } from '../registry-meta-resolver.js';
 import type { CredentialsProvider } from '@kiln/registry';
 import type { BlobStore } from '@kiln/store';
 import { dockerfileSource } from './frontend-inputs.js';
+import type { TenantLimits } from './tenant-limits.js';
 
 type SolveRequest = InstanceType<typeof control.SolveRequest>;
 type StatusRequest = InstanceType<typeof control.StatusRequest>;
@@ -133,6 +134,8 @@ export interface ControlServerOptions extends BuildRegistryOptions {
   auth?: Authenticator;
   /** Tenants share cache keys and cache mounts (a farm of one trusted team). Default: not. */
   sharedCache?: boolean;
+  /** Each tenant's RUN limits, sent in its tasks (workers cap them by their own). */
+  tenantLimits?: ReadonlyMap<string, TenantLimits>;
   /**
    * Registries spoken to over plain HTTP by `type=registry` cache imports and exports (loopback
    * ones always are). Credentials are the caller's (its session's docker config), as for pulls.
@@ -522,6 +525,7 @@ export class ControlServer {
                   this.#run(build, t.graph, platformToPb(t.platform), {
                     sessionId: req.sessionId,
                     cacheNamespace,
+                    limits: this.#o.tenantLimits?.get(caller.tenant),
                     log,
                     durable,
                     imports,
@@ -688,6 +692,7 @@ export class ControlServer {
     o: {
       sessionId: string;
       cacheNamespace: string;
+      limits: TenantLimits | undefined;
       log: Logger;
       durable: boolean;
       imports: readonly LoadedImport[];
@@ -720,6 +725,7 @@ export class ControlServer {
       defaultPlatform: platform,
       sessionId: o.sessionId,
       cacheNamespace: o.cacheNamespace,
+      ...(o.limits ? { limits: o.limits } : {}),
       ...(this.#checksums ? { checksums: this.#checksums } : {}),
       signal: build.abort.signal,
       onVertex: (v) => {

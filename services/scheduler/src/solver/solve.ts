@@ -88,6 +88,8 @@ export interface SolveOptions {
    * workers, who keep `RUN --mount=type=cache` directories per namespace.
    */
   cacheNamespace?: string;
+  /** The tenant's RUN limits, sent in every task (not part of any key: they change no result). */
+  limits?: { memoryBytes: number; pids: number; cpuShares: number; timeMs: number };
   /**
    * Selector-level content keys: asks the holder of an input read only through selectors for
    * the checksum of those paths (fast-key.ts). Without it, every input is keyed by its result id.
@@ -395,6 +397,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         sessionId: o.sessionId ?? '',
         preferredWorker: preferred ?? '',
         cacheNamespace: o.cacheNamespace ?? '',
+        ...(o.limits ? { limits: o.limits } : {}),
       };
       snap.cacheKey = cacheKey;
       keys.set(lo.digest, cacheKey);

@@ -140,6 +140,16 @@ interface InputStats {
 const num = (v: number | { toNumber(): number } | null | undefined): number =>
   v == null ? 0 : typeof v === 'number' ? v : v.toNumber();
 
+/** A task's tenant limits (`Task.limits`, 0 fields are none) as the runtime's. */
+function tenantLimits(l: NonNullable<Task['limits']>): TaskLimits {
+  return {
+    memoryBytes: num(l.memoryBytes),
+    pids: num(l.pids),
+    cpuShares: num(l.cpuShares),
+    timeMs: num(l.timeMs),
+  };
+}
+
 /** Lines of live output per progress message at most; longer bursts are split. */
 const PROGRESS_LINES = 64;
 
@@ -357,6 +367,7 @@ export class TaskRunner {
         inputs,
         session: session?.providers ?? this.#noSession,
         cacheNamespace: task.cacheNamespace ?? '',
+        ...(task.limits ? { tenantLimits: tenantLimits(task.limits) } : {}),
         signal,
         log: (stream, data) => output.write(stream, data),
       };
@@ -514,6 +525,7 @@ export class TaskRunner {
         op: ctx.op.exec!,
         inputs: ctx.inputs,
         cacheNamespace: ctx.cacheNamespace ?? '',
+        ...(ctx.tenantLimits ? { tenantLimits: ctx.tenantLimits } : {}),
         signal: ctx.signal,
         onOutput: (stream, data) => ctx.log(stream === 'stderr' ? 2 : 1, data),
       },

@@ -4,6 +4,7 @@
  * The task runner (`node/task-runner.ts`) builds the context of each task and drives them.
  */
 import type { pb } from '@kiln/protocol';
+import type { TaskLimits } from '../runtime/index.js';
 import type { LocalSpec } from '../sources/local/local-source.js';
 import type { RegistryCredentials } from '@kiln/registry';
 
@@ -42,6 +43,8 @@ export interface ExecutorContext {
   readonly session: SessionProviders;
   /** The task's cache namespace (its tenant's; '' when shared): cache mounts are kept per namespace. */
   readonly cacheNamespace?: string;
+  /** The task's tenant limits (`Task.limits`), capped by the worker's own. */
+  readonly tenantLimits?: TaskLimits;
   readonly signal: AbortSignal;
   /** Live output and status of the vertex. */
   log(stream: 1 | 2, data: Uint8Array): void;

@@ -15,6 +15,22 @@ export interface TaskLimits {
   timeMs?: number;
 }
 
+/**
+ * A tenant's limits capped by the worker's: each field is the smaller of the two where both
+ * set one, else whichever is set (0 or absent is none). The worker's limit is a maximum no
+ * tenant exceeds; a tenant may be given less.
+ */
+export function capLimits(worker: TaskLimits, tenant: TaskLimits): TaskLimits {
+  const out: TaskLimits = {};
+  for (const k of ['memoryBytes', 'pids', 'cpuShares', 'timeMs'] as const) {
+    const w = worker[k] ?? 0;
+    const t = tenant[k] ?? 0;
+    const v = w > 0 && t > 0 ? Math.min(w, t) : w || t;
+    if (v > 0) out[k] = v;
+  }
+  return out;
+}
+
 /** What the kernel counted for a task's cgroup when it ended. */
 export interface CgroupEvents {
   /** Processes OOM-killed at the memory limit (v2; v1 counts them in the container's group). */

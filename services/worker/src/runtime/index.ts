@@ -2,7 +2,7 @@ export { OciRuntime } from './oci-runtime.js';
 export type { OciRuntimeOptions, RuntimeName } from './oci-runtime.js';
 export { ExecError, LimitExceededError, RuntimeError, RuntimeErrorCode } from './errors.js';
 export type { LimitName } from './errors.js';
-export { TaskCgroups } from './cgroups.js';
+export { TaskCgroups, capLimits } from './cgroups.js';
 export type { CgroupEvents, TaskLimits } from './cgroups.js';
 export { seccompFor } from './seccomp.js';
 export { SECCOMP_BPF_ANNOTATION, SeccompBpfCache } from './seccomp-bpf.js';

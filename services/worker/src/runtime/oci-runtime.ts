@@ -363,8 +363,15 @@ export class OciRuntime {
     opts.signal?.throwIfAborted();
     const id = `kiln-${randomBytes(8).toString('hex')}`;
     const bundle = join(this.stateDir, 'bundles', id);
-    await mkdir(bundle, { recursive: true });
     const limits: TaskLimits = { ...this.limits, ...opts.limits };
+    if (this.cgroups === undefined && (limits.memoryBytes || limits.pids || limits.cpuShares)) {
+      throw new RuntimeError(
+        RuntimeErrorCode.Unavailable,
+        `this run has a memory, pids or CPU limit (${JSON.stringify(limits)}) and this worker has no cgroups to apply it${this.userNamespace ? ' (it runs in a user namespace without a delegated cgroup)' : ''}`,
+        { details: { limits: JSON.stringify(limits) } },
+      );
+    }
+    await mkdir(bundle, { recursive: true });
     let group: string | undefined;
     // The run's own error is what is reported; a cleanup failing after it is attached to it.
     return withCleanup(

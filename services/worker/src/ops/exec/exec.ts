@@ -16,7 +16,9 @@ import type {
   RunOptions,
   RunSpec,
   SecurityMode,
+  TaskLimits,
 } from '../../runtime/index.js';
+import { capLimits } from '../../runtime/index.js';
 import { CacheMounts } from './cache-mounts.js';
 import type { CacheMountProvider, CacheSharing } from './cache-mounts.js';
 import { ExecOpError, SecretNotFoundError, SshNotFoundError } from './errors.js';
@@ -59,6 +61,11 @@ export interface RunExecOptions extends Pick<
    * a cache mount is the directory of (namespace, id), so tenants never share one.
    */
   cacheNamespace?: string;
+  /**
+   * The build's tenant's limits (from the task; a 0 field is none): each applies capped by the
+   * runtime's own (the worker's limit is a maximum).
+   */
+  tenantLimits?: TaskLimits;
 }
 
 export interface ExecResult {
@@ -328,6 +335,7 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
     if (opts.timeoutMs !== undefined) runOpts.timeoutMs = opts.timeoutMs;
     if (opts.onOutput) runOpts.onOutput = opts.onOutput;
     if (opts.tailLines !== undefined) runOpts.tailLines = opts.tailLines;
+    if (opts.tenantLimits) runOpts.limits = capLimits(env.runtime.limits, opts.tenantLimits);
     const res = await env.runtime.run(spec, runOpts);
 
     // Unmount and release everything, then commit the outputs.
