@@ -194,6 +194,9 @@ export class BridgeNetwork {
     await ensureRule(['-t', 'filter', input, '-j', 'REJECT']);
     for (const cidr of await resolveDeny(deny))
       await ensureRule(['-t', 'filter', forward, '-d', cidr, '-j', 'REJECT']);
+    // Nor routed through the gateway back onto the bridge (a RUN that routes its neighbour's
+    // address via the gateway): traffic in and out of the bridge is refused.
+    await ensureRule(['-t', 'filter', forward, '-o', this.name, '-j', 'REJECT']);
     await ensureRule(['-t', 'filter', 'INPUT', '-i', this.name, '-j', input], true);
     await ensureRule(['-t', 'filter', 'FORWARD', '-i', this.name, '-j', forward], true);
   }
@@ -293,6 +296,9 @@ export class BridgeNetwork {
           `netns add ${ns}`,
           `link add ${veth} type veth peer name eth0 netns ${ns}`,
           `link set ${veth} master ${this.name} up`,
+          // Port isolation: an isolated port reaches only the bridge (the gateway), never
+          // another isolated port, so one build's RUN cannot reach another's.
+          `link set dev ${veth} type bridge_slave isolated on`,
           '',
         ].join('\n'),
       );

@@ -184,6 +184,39 @@ describe('OciRuntime', () => {
     expect(a).not.toBe(b);
   });
 
+  it("cannot reach another RUN's container on the bridge, at its address or through the gateway", async () => {
+    // One RUN listens (and says its address); the other tries to reach it, directly (port
+    // isolation) and routed through the gateway (the FORWARD chain).
+    const addrFile = join(root, `listener-${process.pid}`);
+    await writeFile(addrFile, '');
+    const listener = sh(
+      [
+        "ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1 > /shared/addr",
+        'timeout 20 nc -l -p 8080 -e echo reached || true',
+      ].join('; '),
+      { mounts: [{ type: 'bind', source: addrFile, destination: '/shared/addr' }] },
+    );
+    const peer = await waitFor(
+      'the listener to say its address',
+      async () => (await readFile(addrFile, 'utf8')).trim() || undefined,
+    );
+    const direct = await sh(
+      `(timeout 5 nc ${peer} 8080 </dev/null | grep -q reached && echo reached || echo refused)`,
+    );
+    expect(direct.trim()).toBe('refused');
+    // A sandboxed RUN cannot add a route (no NET_ADMIN); an insecure one can: the host still
+    // refuses to forward between the bridge's ports.
+    const routed = await sh(
+      [
+        `ip route add ${peer}/32 via 10.89.0.1`,
+        `(timeout 5 nc ${peer} 8080 </dev/null | grep -q reached && echo reached || echo refused)`,
+      ].join('; '),
+      { security: 'insecure' },
+    );
+    expect(routed.trim()).toBe('refused');
+    await listener;
+  }, 120_000);
+
   it("reaches the outside but not the host's own addresses nor the denied ones", async () => {
     // "The outside": a host in a network namespace of its own, routed through this one, with
     // two addresses, the second denied to the sandbox (as the farm's control plane would be).
