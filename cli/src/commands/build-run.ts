@@ -4,13 +4,19 @@
  * progress comes from the build's status stream; exporters' artifacts come back over the session.
  */
 import { randomUUID } from 'node:crypto';
-import { createWriteStream, mkdirSync } from 'node:fs';
-import type { WriteStream } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { PassThrough, Writable } from 'node:stream';
-import { cacheSolveOptions, dockerfileInput } from '@kiln/client';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import {
+  StatusEvents,
+  atomicFileWriter,
+  cacheSolveOptions,
+  dockerfileInput,
+  localDirWriter,
+} from '@kiln/client';
+import { createPrinter } from '@kiln/client/progress';
+import { settled } from '@kiln/common';
 // @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
 import { isKnownArchitecture, parsePlatform } from '@kiln/llb';
 import type { CredentialsProvider } from '@kiln/registry';
@@ -31,9 +37,7 @@ import { localFarm, remoteFarm } from '../farm/local.js';
 import { buildContext } from '../context-source.js';
 import type { BuildContext } from '../context-source.js';
 import { FormattedError } from '../formatted-error.js';
-import { createPrinter } from '../progress.js';
 import { defaultStateDir } from '../state-dir.js';
-import { StatusEvents } from '../status-events.js';
 
 export interface BuildFlags extends RemoteFlags {
   file?: string;
@@ -410,18 +414,6 @@ async function dockerEngine(
   };
 }
 
-/** Waits for `p` to settle, or `ms` at most (a farm that never ends the stream). */
-async function settled(p: Promise<unknown>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    p.catch(() => undefined),
-    new Promise((r) => {
-      timer = setTimeout(r, ms);
-    }),
-  ]);
-  clearTimeout(timer);
-}
-
 /**
  * The user's registry credentials by host, from the docker config the docker CLI reads
  * (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: `auths`, `credsStore`,
@@ -470,7 +462,7 @@ function exportWriter(o: OutputSpec, platform: string): Writable {
       );
     return stdoutWriter();
   }
-  if (o.type === 'local') return extractingWriter(suffix ? join(o.dest, suffix) : o.dest);
+  if (o.type === 'local') return localDirWriter(suffix ? join(o.dest, suffix) : o.dest);
   return atomicFileWriter(suffix ? `${o.dest}.${suffix}` : o.dest);
 }
 
@@ -480,58 +472,6 @@ function stdoutWriter(): Writable {
     write(chunk: Buffer, _enc, cb) {
       if (process.stdout.write(chunk)) cb();
       else process.stdout.once('drain', () => cb());
-    },
-  });
-}
-
-/** The result tree as a tar stream, extracted into `dest` (`.wh.` names are files here, not whiteouts); finishes once all is written. */
-function extractingWriter(dest: string): Writable {
-  const pass = new PassThrough();
-  let applied: Promise<unknown> | undefined;
-  const start = (): Promise<unknown> =>
-    (applied ??= mkdir(dest, { recursive: true })
-      // The tar applier loads only for a local export (it is not on the client's common path).
-      .then(() => import('@kiln/layers'))
-      .then(({ applyTar }) => applyTar(pass, dest, { whiteouts: false })));
-  return new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      start().catch(() => undefined);
-      if (pass.write(chunk)) cb();
-      else pass.once('drain', () => cb());
-    },
-    final(cb) {
-      pass.end();
-      start().then(
-        () => cb(),
-        (e: unknown) => cb(e as Error),
-      );
-    },
-  });
-}
-
-/** A file written under a temporary name and renamed into place when complete. */
-function atomicFileWriter(dest: string): Writable {
-  const tmp = `${dest}.kiln-tmp-${process.pid}`;
-  let out: WriteStream | undefined;
-  const file = (): WriteStream => (out ??= createWriteStream(tmp));
-  mkdirSync(dirname(dest), { recursive: true });
-  return new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      if (file().write(chunk)) cb();
-      else file().once('drain', () => cb());
-    },
-    final(cb) {
-      const f = file();
-      f.end(() => {
-        rename(tmp, dest).then(
-          () => cb(),
-          (e: unknown) => cb(e as Error),
-        );
-      });
-    },
-    destroy(err, cb) {
-      out?.destroy();
-      void rm(tmp, { force: true }).finally(() => cb(err));
     },
   });
 }

@@ -1,7 +1,8 @@
 /**
- * @kiln/client: connect to a Kiln scheduler (`kiln.control.v1.Control` over gRPC), solve,
- * stream progress with resume, list workers, cancel; a build session serving local directories,
- * secrets, ssh agents and receiving exports.
+ * @kiln/client: connect to a Kiln scheduler (`kiln.control.v1.Control` over gRPC) and build:
+ * `client.build({...})` runs a whole build (session, progress, outputs); the lower level is
+ * solve, status with resume, the build session (local directories, secrets, ssh agents, exports),
+ * workers, cancel. The progress printer is `@kiln/client/progress`.
  */
 export { KilnClient } from './kiln-client.js';
 export type {
@@ -13,10 +14,25 @@ export type {
   StatusResponse,
   WorkerRecord,
 } from './kiln-client.js';
+export type {
+  BuildOptions,
+  BuildResult,
+  CacheExport,
+  CacheImport,
+  Destination,
+  DefinitionBuildOptions,
+  DockerfileBuildOptions,
+  Entitlement,
+  Output,
+  S3Options,
+  SecretSource,
+} from './build.js';
 export { dockerfileInput } from './dockerfile-input.js';
 export { BuildSession } from './session.js';
 export { INCARNATION_HEADER, isRetryable } from './retry.js';
 export type { SessionOptions } from './session.js';
 export type { ProgressEvent } from './progress-event.js';
+export { StatusEvents } from './status-events.js';
+export { atomicFileWriter, localDirWriter } from './outputs.js';
 export { localCacheWriter, cacheSolveOptions } from './local-cache.js';
 export type { CacheEntry } from './local-cache.js';

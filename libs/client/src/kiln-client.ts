@@ -19,6 +19,10 @@ import { Attr, SpanName, tracer } from '@kiln/common';
 import { SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
 import { BuildSession } from './session.js';
 import type { SessionOptions } from './session.js';
+import { runBuild } from './build.js';
+import type { BuildOptions, BuildResult } from './build.js';
+import type { ProgressEvent } from './progress-event.js';
+import { StatusEvents } from './status-events.js';
 
 export type StatusResponse = InstanceType<typeof control.StatusResponse>;
 export type WorkerRecord = InstanceType<typeof control.WorkerRecord>;
@@ -391,6 +395,31 @@ export class KilnClient {
         o.signal?.removeEventListener('abort', onAbort);
         call.cancel();
       }
+    }
+  }
+
+  /**
+   * A whole build in one call (BuildKit's Go client `Solve`): the build id is made here, the
+   * session opened and closed, progress followed (`onProgress`), outputs written (a `local`
+   * output as files in a directory). Resolves once every output is written. See `build.ts`.
+   */
+  build(o: BuildOptions): Promise<BuildResult> {
+    return runBuild(this, o);
+  }
+
+  /**
+   * The build's progress as typed events (`status()` frames through `StatusEvents`): each
+   * vertex's transitions once, logs as text, item statuses. Ends with the build.
+   */
+  async *progress(
+    buildId: string,
+    o: { signal?: AbortSignal } = {},
+  ): AsyncGenerator<ProgressEvent> {
+    const pending: ProgressEvent[] = [];
+    const events = new StatusEvents((e) => pending.push(e));
+    for await (const f of this.status(buildId, 0, o)) {
+      events.push(f);
+      yield* pending.splice(0);
     }
   }
 

@@ -24,3 +24,15 @@ export async function forEachLimit<T>(
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   if (failed) throw firstErr;
 }
+
+/** Waits for `p` to settle (its outcome ignored), or `ms` at most (say, a stream never ended). */
+export async function settled(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    p.catch(() => undefined),
+    new Promise((r) => {
+      timer = setTimeout(r, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+}

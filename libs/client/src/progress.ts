@@ -1,10 +1,17 @@
 /**
- * Build progress for people, in BuildKit's two styles. `plain`: numbered steps, one line per event
- * (`#3 [2/3] RUN make`, `#3 0.412 output...`, `#3 DONE 1.2s`, `#2 CACHED`), for CI logs. `tty`: the
- * same steps redrawn in place with timings, and a live tail of each running step's output.
+ * `@kiln/client/progress`: build progress for people, in BuildKit's two styles (the `kiln` CLI's
+ * own). `plain`: numbered steps, one line per event (`#3 [2/3] RUN make`, `#3 0.412 output...`,
+ * `#3 DONE 1.2s`, `#2 CACHED`), for CI logs. `tty`: the same steps redrawn in place with timings,
+ * and a live tail of each running step's output. `auto`: tty on a terminal, else plain.
+ *
+ * Feed it `ProgressEvent`s (`client.build({ onProgress: printer.onEvent })`, or
+ * `StatusEvents` over `client.status()` frames) and call `finish()` once the build is over.
  */
 import type { Writable } from 'node:stream';
-import type { ProgressEvent } from '@kiln/client';
+import type { ProgressEvent } from './progress-event.js';
+
+export type { ProgressEvent } from './progress-event.js';
+export { StatusEvents } from './status-events.js';
 
 interface Step {
   n: number;
@@ -17,18 +24,23 @@ interface Step {
 }
 
 export interface ProgressPrinter {
-  onEvent(e: ProgressEvent): void;
-  /** Final redraw and summary; returns once written. */
-  finish(): void;
+  /** Takes one event; a plain function (no `this`), so it can be passed as a callback. */
+  readonly onEvent: (e: ProgressEvent) => void;
+  /** Final redraw (tty); stops the redraw timer. Call it once the build is over, failed or not. */
+  readonly finish: () => void;
 }
+
+export type ProgressMode = 'auto' | 'tty' | 'plain';
 
 const secs = (ms: number): string => `${(ms / 1000).toFixed(1)}s`;
 
+/** A printer writing to `out` (`process.stderr`, say); `startTime` is the build's start. */
 export function createPrinter(
-  mode: 'tty' | 'plain',
-  out: Writable,
+  mode: ProgressMode,
+  out: Writable & { isTTY?: boolean },
   startTime = Date.now(),
 ): ProgressPrinter {
+  if (mode === 'auto') mode = out.isTTY ? 'tty' : 'plain';
   const steps = new Map<string, Step>();
   let next = 1;
   const step = (digest: string, name: string, time: number): Step => {
@@ -50,11 +62,11 @@ export function createPrinter(
 
   if (mode === 'plain') {
     return {
-      onEvent(e) {
+      onEvent: (e) => {
         if (e.type === 'vertex.log') {
           const s = steps.get(e.digest);
           if (!s) return;
-          const text = s.partial + Buffer.from(e.data).toString('utf8');
+          const text = s.partial + e.text;
           const lines = text.split('\n');
           s.partial = lines.pop() ?? '';
           for (const l of lines)
@@ -76,9 +88,7 @@ export function createPrinter(
           out.write(`#${s.n} DONE ${secs(e.durationMs)}\n`);
         } else if (e.type === 'vertex.error') out.write(`#${s.n} ERROR: ${e.error}\n`);
       },
-      finish() {
-        return;
-      },
+      finish: () => undefined,
     };
   }
 
@@ -111,11 +121,11 @@ export function createPrinter(
     drawn = lines.length;
   };
   return {
-    onEvent(e) {
+    onEvent: (e) => {
       if (e.type === 'vertex.log') {
         const s = steps.get(e.digest);
         if (!s) return;
-        const parts = (s.partial + Buffer.from(e.data).toString('utf8')).split('\n');
+        const parts = (s.partial + e.text).split('\n');
         s.partial = parts.pop() ?? '';
         s.tail.push(...parts);
         if (s.tail.length > 50) s.tail.splice(0, s.tail.length - 50);
@@ -133,7 +143,7 @@ export function createPrinter(
       }
       timer ??= setInterval(() => redraw(false), 150);
     },
-    finish() {
+    finish: () => {
       if (timer) clearInterval(timer);
       redraw(true);
     },

@@ -1,5 +1,5 @@
 import { PassThrough } from 'node:stream';
-import type { StatusResponse } from '@kiln/client';
+import type { StatusResponse } from './kiln-client.js';
 import { describe, expect, it } from 'vitest';
 import { createPrinter } from './progress.js';
 import { StatusEvents } from './status-events.js';
