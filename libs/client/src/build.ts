@@ -252,6 +252,12 @@ async function compile(o: BuildOptions): Promise<Plan> {
       localDirs: { ...resolveAll(o.localDirs ?? {}), ...cache.localDirs },
     };
   }
+  if ((o.platforms?.length ?? 0) > 1)
+    for (const [i, out] of outputs.entries())
+      if ((out.type === 'tar' || out.type === 'docker') && isStream(out.dest))
+        throw invalid(
+          `output ${i} (${out.type}): ${o.platforms!.length} platforms give one artifact each, which cannot go to one stream; give dest as (platform) => Writable or a path`,
+        );
   const context = resolve(o.context);
   const df = o.dockerfile ?? join(context, 'Dockerfile');
   const text =
@@ -370,6 +376,8 @@ function exporterEntry(out: Output): { type: string; attrs: Record<string, strin
       throw invalid(`output type ${JSON.stringify((out as { type: unknown }).type)} is unknown`);
   }
 }
+
+const isStream = (d: Destination): d is Writable => typeof d === 'object';
 
 /** Where each output's artifacts go, by the output's index and the artifact's platform. */
 function exportOpener(outputs: readonly Output[]): (index: number, platform: string) => Writable {

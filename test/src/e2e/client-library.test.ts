@@ -8,7 +8,14 @@
  * a throwing `onProgress` or an abort ending the build, the session closed either way.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import {
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { KilnClient } from '@kiln/client';
@@ -196,6 +203,45 @@ describe('client.build', () => {
     expect(await code(client.build({ context: join(cwd, 'nothing-here') }))).toBe(
       'BUILD_OPTION_INVALID',
     );
+  });
+
+  it('several platforms: a directory per platform, a file per platform, one OCI index', async () => {
+    const cwd = workdir('multi');
+    writeFileSync(join(cwd, 'app', 'Dockerfile'), `FROM ${fixture!}\nRUN uname -m > /arch\n`);
+    const streams: string[] = [];
+    const res = await client.build({
+      context: join(cwd, 'app'),
+      platforms: ['linux/amd64', { os: 'linux', architecture: 'arm64' }],
+      outputs: [
+        { type: 'local', dest: join(cwd, 'out') },
+        { type: 'docker', dest: join(cwd, 'img.tar') },
+        {
+          type: 'tar',
+          dest: (platform) => {
+            streams.push(platform);
+            return createWriteStream(join(cwd, `fs-${platform.replace('/', '-')}.tar`));
+          },
+        },
+        { type: 'oci', dest: join(cwd, 'index.tar') },
+      ],
+    });
+    expect(res.exporterResponse['export.count']).toBe('7');
+    expect(readFileSync(join(cwd, 'out', 'linux_amd64', 'arch'), 'utf8')).toBe('x86_64\n');
+    expect(readFileSync(join(cwd, 'out', 'linux_arm64', 'arch'), 'utf8')).toBe('aarch64\n');
+    for (const p of ['linux_amd64', 'linux_arm64'])
+      expect(await tarNames(readFileSync(join(cwd, `img.tar.${p}`)))).toContain('manifest.json');
+    expect(streams.sort()).toEqual(['linux/amd64', 'linux/arm64']);
+    expect(await tarNames(readFileSync(join(cwd, 'fs-linux-arm64.tar')))).toContain('arch');
+    expect(await tarNames(readFileSync(join(cwd, 'index.tar')))).toContain('index.json');
+    // One stream cannot take an artifact per platform: said before the build.
+    const err = await client
+      .build({
+        context: join(cwd, 'app'),
+        platforms: ['linux/amd64', 'linux/arm64'],
+        outputs: [{ type: 'docker', dest: createWriteStream(join(cwd, 'one.tar')) }],
+      })
+      .catch((e: unknown) => e);
+    expect((err as KilnError).code).toBe('BUILD_OPTION_INVALID');
   });
 
   it('a throwing onProgress ends the build with its error; nothing is written', async () => {
