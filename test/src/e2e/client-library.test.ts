@@ -8,7 +8,7 @@
  * a throwing `onProgress` or an abort ending the build, the session closed either way.
  */
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import {
   createWriteStream,
   existsSync,
@@ -233,6 +233,31 @@ describe('client.build', () => {
       })
       .catch((e: unknown) => e);
     expect((err as KilnError).code).toBe('BUILD_OPTION_INVALID');
+  });
+
+  it('client.progress follows a low-level solve as the same typed events', async () => {
+    const buildId = randomUUID();
+    const events: ProgressEvent[] = [];
+    const following = (async () => {
+      for await (const e of client.progress(buildId)) events.push(e);
+    })();
+    await client.solve({
+      buildId,
+      definition: marshal(
+        image(fixture!)
+          .run({ args: ['sh', '-c', `echo ${buildId}`] })
+          .root(),
+      ),
+    });
+    await following;
+    const log = events
+      .filter((e) => e.type === 'vertex.log')
+      .map((e) => e.text)
+      .join('');
+    expect(log).toBe(`${buildId}\n`);
+    expect(events.filter((e) => e.type === 'vertex.completed').map((e) => e.name)).toContain(
+      `sh -c echo ${buildId}`,
+    );
   });
 
   it('a throwing onProgress ends the build with its error; nothing is written', async () => {
