@@ -10,7 +10,9 @@
  *   pushes as the user, sent only when asked, never stored by the farm;
  * - exporters' artifacts, streamed back and handed to `onExport`.
  *
- * A request for a path outside a served directory, or not in its last manifest, is refused.
+ * A request for a path outside a served directory, or in none of the manifests this session listed
+ * of it, is refused. (A multi-platform build lists one directory once per platform, each with its
+ * own include patterns (`COPY ${TARGETARCH}/...`), and fetches from any of them afterwards.)
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
@@ -136,7 +138,7 @@ export class BuildSession {
   readonly #open: SessionOpener;
   #failingSince: number | undefined;
   #backoff = 50;
-  /** Paths the last manifest of each directory listed (the only ones served). */
+  /** Paths the manifests of each directory listed, all of them (the only ones served). */
   readonly #served = new Map<string, Set<string>>();
   readonly #cache: FileDigestCache;
   readonly #ssh = new Map<number, Socket>();
@@ -296,7 +298,9 @@ export class BuildSession {
     const inc = includes.length ? new PatternMatcher(includes) : undefined;
     const exc = excludes.length ? new PatternMatcher(excludes) : undefined;
     const entries: ContextEntry[] = [];
-    const served = new Set<string>();
+    // One set per directory from the first listing on: listings run concurrently.
+    let served = this.#served.get(dir);
+    if (!served) this.#served.set(dir, (served = new Set<string>()));
     /** Regular files whose digest is not cached: hashed after the walk, several at once. */
     const toHash: { entry: ContextEntry; abs: string; st: FileStamp }[] = [];
     await this.#cache.load();
@@ -354,7 +358,6 @@ export class BuildSession {
     });
     // A cache that cannot be written costs only a re-read next time.
     if (toHash.length > 0) await this.#cache.save().catch(() => undefined);
-    this.#served.set(dir, served);
     return entries;
   }
 

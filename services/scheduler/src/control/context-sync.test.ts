@@ -95,6 +95,24 @@ describe('syncContext', () => {
     for await (const b of store.list()) blobs.push(b.digest);
     expect(blobs).toEqual([]);
   });
+
+  it('fails with the client refusing a big file, its sink destroyed before the store reads it', async () => {
+    const big = 'B'.repeat(70_000);
+    const c = client({ 'big.bin': big });
+    // As the session does when the client answers an error: the sink is destroyed with it at
+    // once (no uncaught 'error' event may end the process), and the request rejects.
+    c.files = (_dir, _paths, sink) => {
+      const err = Object.assign(new Error("context:big.bin is not in the directory's manifest"), {
+        code: 'LOCAL_NOT_SERVED',
+      });
+      sink.destroy(err);
+      return Promise.reject(err);
+    };
+    await expect(syncContext(store, c, req, 'k', new PackIndex())).rejects.toMatchObject({
+      code: 'LOCAL_NOT_SERVED',
+    });
+    expect(await store.has(sha(big) as Digest)).toBe(false);
+  });
 });
 
 describe('localSyncRequest', () => {

@@ -239,6 +239,10 @@ export async function syncContext(
   });
   await forEachLimit(single, FILE_CONCURRENCY, async (f) => {
     const sink = new PassThrough({ highWaterMark: 1 << 20 });
+    // The client's refusal destroys the sink with its error, possibly before the store reads
+    // from it: without a listener that would be an uncaught 'error' and end the scheduler. The
+    // same error rejects `got`, handled below.
+    sink.on('error', () => undefined);
     const put = store.put(f.digest as Digest, sink, { size: f.size });
     const got = src.files(r.dir, [f.path], sink);
     await Promise.all([put, got]).catch((e: unknown) => {
