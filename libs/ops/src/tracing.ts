@@ -1,3 +1,5 @@
+import type * as OtelSdk from '@opentelemetry/sdk-node';
+
 /**
  * OpenTelemetry for a process: the Node SDK (`@opentelemetry/sdk-node`) configured by the
  * standard `OTEL_*` environment (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
@@ -17,14 +19,19 @@ export interface Tracing {
   shutdown(): Promise<void>;
 }
 
+/**
+ * `loadSdk` loads `@opentelemetry/sdk-node` (default: a dynamic import); the `kiln` command's
+ * bundle, which runs in a `vm.Script` that cannot `import()`, passes a `require` of it.
+ */
 export async function startTracing(
   serviceName: string,
   env: Readonly<Record<string, string | undefined>>,
+  loadSdk: () => Promise<typeof OtelSdk> = () => import('@opentelemetry/sdk-node'),
 ): Promise<Tracing> {
   if (!env.OTEL_EXPORTER_OTLP_ENDPOINT && !env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
     return { enabled: false, shutdown: () => Promise.resolve() };
   // Loaded only when used: the SDK and its exporters are large.
-  const { NodeSDK } = await import('@opentelemetry/sdk-node');
+  const { NodeSDK } = await loadSdk();
   const sdk = new NodeSDK({
     // OTEL_SERVICE_NAME wins (the SDK's env detector); else the service's own name.
     ...(env.OTEL_SERVICE_NAME ? {} : { serviceName }),

@@ -23,6 +23,7 @@ import type { StoreConfig } from '@kiln/store';
 import { OpsServer } from '@kiln/ops';
 import { pino } from 'pino';
 import { liveDigests } from './live-records.js';
+import { CacheStoreMetrics } from './metrics.js';
 import { collectStore, startStoreCollector } from './store-gc.js';
 import type { StoreGcReport } from './store-gc.js';
 
@@ -38,6 +39,9 @@ ${NATS_AUTH_HELP}  --store-dir DIR          filesystem content store (KILN_STORE
                            KILN_S3_SECRET_KEY (KILN_S3_PREFIX, KILN_S3_REGION)
   --health-listen H:P      HTTP /healthz and /readyz: NATS connected, store reachable
                            (KILN_HEALTH_LISTEN; default none)
+  --metrics-listen H:P     HTTP /metrics, Prometheus text: runs, deleted blobs and bytes, the
+                           store's size at the last run (KILN_METRICS_LISTEN; default none;
+                           may equal --health-listen)
   --log-level L            pino level (KILN_LOG_LEVEL, default info)
 `;
 
@@ -77,6 +81,7 @@ async function main(): Promise<number> {
       'store-dir': { type: 'string' },
       'log-level': { type: 'string' },
       'health-listen': { type: 'string' },
+      'metrics-listen': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
       ...NATS_AUTH_FLAGS,
     },
@@ -109,6 +114,11 @@ async function main(): Promise<number> {
     }
   })();
   const healthListen = f['health-listen'] ?? env.KILN_HEALTH_LISTEN;
+  const metricsListen = f['metrics-listen'] ?? env.KILN_METRICS_LISTEN;
+  const metrics = metricsListen ? new CacheStoreMetrics() : undefined;
+  const scrape = metrics ? { metrics: () => metrics.scrape() } : {};
+  // One listener serves both when the two flags name the same address.
+  const shared = metricsListen === healthListen;
   const health = healthListen
     ? await OpsServer.listen('health listener', healthListen, {
         checks: {
@@ -116,19 +126,33 @@ async function main(): Promise<number> {
           // One stat of a digest no one stores: answers (undefined) when the store is reachable.
           store: async () => (await store.stat(PROBE_DIGEST), true),
         },
+        ...(shared ? scrape : {}),
       })
     : undefined;
   if (health) log.info({ addr: healthListen, port: health.port }, 'health listening');
+  const ops =
+    metrics && !shared
+      ? await OpsServer.listen('metrics listener', metricsListen!, { ...scrape, health: false })
+      : undefined;
+  if (ops) log.info({ addr: metricsListen, port: ops.port }, 'metrics listening');
   const dryRun = f['dry-run'] === true;
+  // A run starts by reading the index: the start of its duration.
+  let runStarted = performance.now();
   const gc = {
     store,
-    live: () => liveDigests(nc),
+    live: () => {
+      runStarted = performance.now();
+      return liveDigests(nc);
+    },
     keepDurationMs,
     dryRun,
     onDelete: (b: { digest: string; size: number }) =>
       log.debug(b, dryRun ? 'would delete' : 'deleted'),
   };
-  const report = (r: StoreGcReport): void => log.info({ ...r, dryRun }, 'store collected');
+  const report = (r: StoreGcReport): void => {
+    metrics?.collected(r, (performance.now() - runStarted) / 1000, dryRun);
+    log.info({ ...r, dryRun }, 'store collected');
+  };
   try {
     if (f.once) {
       report(await collectStore(gc));
@@ -139,7 +163,10 @@ async function main(): Promise<number> {
       intervalMs,
       firstRunMs: 0,
       onReport: report,
-      onError: (err) => log.error({ err: String(err) }, 'store collection failed'),
+      onError: (err) => {
+        metrics?.failed();
+        log.error({ err: String(err) }, 'store collection failed');
+      },
     });
     await new Promise<void>((r) => {
       for (const s of ['SIGTERM', 'SIGINT'] as const) process.once(s, () => r());
@@ -147,6 +174,7 @@ async function main(): Promise<number> {
     await collector.stop();
   } finally {
     await health?.close();
+    await ops?.close();
     await nc.close();
   }
   return 0;

@@ -9,7 +9,9 @@ import { createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { connectNats, openBus } from '@kiln/bus';
 import { healthService } from '@kiln/protocol';
+import { FsBlobStore } from '@kiln/store';
 import type { HealthCheckResponse } from '@kiln/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -231,6 +233,73 @@ describe('store collector health', () => {
       });
       expect(down.checks).toEqual({ nats: false, store: true });
     } finally {
+      await proc.stop(5_000);
+      await nats.stop();
+    }
+  });
+});
+
+describe('store collector metrics', () => {
+  it('serves /metrics beside /readyz: runs by outcome, what they deleted, the store', async () => {
+    const nats = await startNats();
+    const storeDir = join(tmp.dir, uid());
+    // Two blobs no record names, and no keep duration: a run deletes both.
+    const store = new FsBlobStore({ root: storeDir });
+    await store.put(undefined, Buffer.from('orphan one\n'));
+    await store.put(undefined, Buffer.from('orphan two, longer\n'));
+    const lines: Record<string, unknown>[] = [];
+    const proc = spawnManaged(
+      process.execPath,
+      [cacheStore, '--store-dir', storeDir, '--keep-duration', '0s', '--interval', '1s'],
+      {
+        name: 'cache-store-metrics',
+        env: {
+          ...process.env,
+          KILN_NATS_URL: nats.url,
+          KILN_HEALTH_LISTEN: '127.0.0.1:0',
+          KILN_METRICS_LISTEN: '127.0.0.1:0',
+        },
+        onLine: (line, stream) => {
+          if (stream === 'stdout' && line.startsWith('{'))
+            lines.push(JSON.parse(line) as Record<string, unknown>);
+        },
+      },
+    );
+    const nc = await connectNats(nats.url);
+    try {
+      // The same address for both flags: one listener serves /readyz and /metrics.
+      const line = await waitFor('the health listener', () => {
+        if (proc.hasExited()) throw new Error(`cache store exited:\n${proc.output()}`);
+        return lines.find((l) => l.msg === 'health listening');
+      });
+      expect(lines.find((l) => l.msg === 'metrics listening')).toBeUndefined();
+      const base = `http://127.0.0.1:${String(line.port)}`;
+      const metric = async (series: string): Promise<number | undefined> => {
+        const text = await (await fetch(`${base}/metrics`)).text();
+        const l = text.split('\n').find((x) => x.startsWith(`${series} `));
+        return l === undefined ? undefined : Number(l.slice(series.length + 1));
+      };
+      // No scheduler has made the index's buckets yet: the runs fail, and say so.
+      await waitFor('a failed run', async () =>
+        ((await metric('kiln_store_gc_runs_total{outcome="failure"}')) ?? 0) >= 1
+          ? true
+          : undefined,
+      );
+      expect(await metric('kiln_store_gc_deleted_blobs_total')).toBe(0);
+      await openBus(nc);
+      await waitFor('a run that deleted the two blobs', async () =>
+        (await metric('kiln_store_gc_deleted_blobs_total')) === 2 ? true : undefined,
+      );
+      expect(await metric('kiln_store_gc_deleted_bytes_total')).toBe(11 + 19);
+      expect(await metric('kiln_store_gc_runs_total{outcome="success"}')).toBeGreaterThanOrEqual(1);
+      expect(await metric('kiln_store_live_blobs')).toBe(0);
+      expect(await metric('kiln_store_gc_last_success_timestamp_seconds')).toBeGreaterThan(0);
+      expect((await fetch(`${base}/readyz`)).status).toBe(200);
+      const left: string[] = [];
+      for await (const b of store.list()) left.push(b.digest);
+      expect(left).toEqual([]);
+    } finally {
+      await nc.close();
       await proc.stop(5_000);
       await nats.stop();
     }
