@@ -28,6 +28,9 @@ await build({
   target: 'node20',
   outdir,
   logLevel: 'warning',
+  // The OpenTelemetry SDK loads only when OTEL_EXPORTER_OTLP_ENDPOINT is set (@kiln/ops
+  // startTracing): from node_modules then, never parsed by a build without it.
+  external: ['@opentelemetry/sdk-node'],
   // cli/src/farm/paths.ts finds the package from its own URL.
   define: { 'import.meta.url': '__kilnImportMetaUrl' },
   banner: { js: "const __kilnImportMetaUrl = require('node:url').pathToFileURL(__filename).href;" },

@@ -1,4 +1,8 @@
+import { SpanStatusCode, trace } from '@opentelemetry/api';
+import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
+import { startTracing } from '@kiln/ops';
+import type * as OtelSdk from '@opentelemetry/sdk-node';
 import { KilnError } from '@kiln/protocol/errors';
 import { registerBuild } from './commands/build.js';
 import { registerDebug } from './commands/debug.js';
@@ -24,8 +28,15 @@ export function program(): Command {
 
 /** Runs the CLI and returns the exit code. Errors are printed as one clear message, never a stack. */
 export async function main(argv: string[]): Promise<number> {
+  // With OTEL_EXPORTER_OTLP_ENDPOINT set, the command's span is the root of the build's trace:
+  // the scheduler's and the workers' spans hang under it (gRPC metadata, NATS headers).
+  // The SDK through require: the bundle runs in a vm.Script, where import() is not available.
+  const tracing = await startTracing('kiln', process.env, () =>
+    Promise.resolve(createRequire(import.meta.url)('@opentelemetry/sdk-node') as typeof OtelSdk),
+  );
   try {
-    await program().parseAsync(argv);
+    if (!tracing.enabled) await program().parseAsync(argv);
+    else await traced(argv);
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode;
@@ -34,7 +45,31 @@ export async function main(argv: string[]): Promise<number> {
     if (process.env.KILN_DEBUG && err instanceof Error && err.stack)
       process.stderr.write(`${err.stack}\n`);
     return 1;
+  } finally {
+    await tracing.shutdown();
   }
+}
+
+/** The command under one span, `kiln <command>`, ended with the command's outcome. */
+function traced(argv: string[]): Promise<void> {
+  const command = argv.slice(2).find((a) => !a.startsWith('-')) ?? '';
+  return trace
+    .getTracer('kiln')
+    .startActiveSpan(
+      `kiln ${command}`.trim(),
+      { attributes: { 'kiln.command': command } },
+      async (span) => {
+        try {
+          await program().parseAsync(argv);
+        } catch (err) {
+          if (!(err instanceof CommanderError && err.exitCode === 0))
+            span.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
+          throw err;
+        } finally {
+          span.end();
+        }
+      },
+    );
 }
 
 function describe(err: unknown): string {

@@ -6,6 +6,8 @@
  * scheduler's build and vertex spans and the worker's task span share one trace id, and each
  * is the parent of the next.
  */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
@@ -13,7 +15,7 @@ import { KilnClient } from '@kiln/client';
 import { LinuxAmd64, marshal, mkfile, scratch } from '@kiln/llb';
 import { startTracing } from '@kiln/ops';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, startNats, waitFor } from '../harness/index.js';
+import { REPO_ROOT, makeTempDir, startNats, waitFor } from '../harness/index.js';
 import { bundleEntries, startScheduler, startWorker, uid } from '../chaos/farm.js';
 import type { Entries } from '../chaos/farm.js';
 
@@ -89,31 +91,41 @@ beforeAll(async () => {
 
 afterAll(() => tmp?.remove());
 
+/** A receiver, and a scheduler and a worker exporting to it (OTLP/HTTP JSON, short batches). */
+async function tracedFarm(workerId: string) {
+  const receiver = await startReceiver();
+  const otel = {
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_BSP_SCHEDULE_DELAY: '100',
+  };
+  const nats = await startNats();
+  const dir = join(tmp.dir, uid());
+  const storeDir = join(dir, 'store');
+  const s = await startScheduler(entries, nats.url, { env: { ...otel, KILN_STORE_DIR: storeDir } });
+  const w = await startWorker(entries, nats.url, {
+    id: workerId,
+    stateDir: join(dir, 'state'),
+    storeDir,
+    env: otel,
+  });
+  const stop = async (): Promise<void> => {
+    await w.proc.stop(10_000);
+    await s.proc.stop(5_000);
+    await nats.stop();
+    receiver.server.close();
+  };
+  return { receiver, otel, dir, addr: s.addr, stop };
+}
+
 describe('tracing', () => {
   it("one build's trace spans the client, the scheduler and the worker", async () => {
-    const receiver = await startReceiver();
-    const otel = {
-      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
-      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-      OTEL_BSP_SCHEDULE_DELAY: '100',
-    };
+    const { receiver, otel, addr, stop } = await tracedFarm('trace-1');
     // The client is this process: the SDK reads the same variables from its environment.
     Object.assign(process.env, otel);
     const tracing = await startTracing('kiln-test-client', process.env);
     expect(tracing.enabled).toBe(true);
-    const nats = await startNats();
-    const dir = join(tmp.dir, uid());
-    const storeDir = join(dir, 'store');
-    const s = await startScheduler(entries, nats.url, {
-      env: { ...otel, KILN_STORE_DIR: storeDir },
-    });
-    const w = await startWorker(entries, nats.url, {
-      id: 'trace-1',
-      stateDir: join(dir, 'state'),
-      storeDir,
-      env: otel,
-    });
-    const client = await KilnClient.connect(s.addr);
+    const client = await KilnClient.connect(addr);
     try {
       const buildId = `t-${uid()}`;
       const def = marshal(scratch().file(mkfile(`/t-${uid()}`, 0o644, 'trace')), {
@@ -143,12 +155,55 @@ describe('tracing', () => {
       expect(spans.task.attributes['kiln.worker.id']).toBe('trace-1');
     } finally {
       client.close();
-      await w.proc.stop(10_000);
-      await s.proc.stop(5_000);
-      await nats.stop();
+      await stop();
       await tracing.shutdown();
-      receiver.server.close();
       for (const k of Object.keys(otel)) delete process.env[k];
+    }
+  });
+
+  it('the kiln command starts the trace: its span is the root, the farm spans under it', async () => {
+    const { receiver, otel, dir, addr, stop } = await tracedFarm('trace-cli');
+    try {
+      const ctx = join(dir, 'ctx');
+      mkdirSync(ctx, { recursive: true });
+      writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY a /a\n');
+      writeFileSync(join(ctx, 'a'), `trace ${uid()}\n`);
+      // The shipped command (bin/kiln.js and its bundle: needs `npm run build`), as a process.
+      const out = spawnSync(
+        process.execPath,
+        [
+          join(REPO_ROOT, 'cli/bin/kiln.js'),
+          'build',
+          '--addr',
+          addr,
+          '--progress',
+          'plain',
+          '-o',
+          `type=local,dest=${join(dir, 'out')}`,
+          ctx,
+        ],
+        { env: { ...process.env, ...otel }, encoding: 'utf8', timeout: 120_000 },
+      );
+      expect(out.status, out.stderr).toBe(0);
+      const spans = await waitFor('the command, the scheduler and the worker', () => {
+        const root = receiver.spans.find((x) => x.service === 'kiln' && x.name === 'kiln build');
+        if (!root) return undefined;
+        const inTrace = (service: string, name: string): ReceivedSpan | undefined =>
+          receiver.spans.find(
+            (x) => x.service === service && x.name === name && x.traceId === root.traceId,
+          );
+        const solve = inTrace('kiln', 'kiln.solve');
+        const build = inTrace('kiln-scheduler', 'kiln.build');
+        const task = inTrace('kiln-worker', 'kiln.task');
+        return solve && build && task ? { root, solve, build, task } : undefined;
+      });
+      expect(spans.root.parentSpanId).toBe('');
+      expect(spans.root.attributes['kiln.command']).toBe('build');
+      expect(spans.solve.parentSpanId).toBe(spans.root.spanId);
+      expect(spans.build.parentSpanId).toBe(spans.solve.spanId);
+      expect(spans.task.attributes['kiln.worker.id']).toBe('trace-cli');
+    } finally {
+      await stop();
     }
   });
 });
