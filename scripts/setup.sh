@@ -3,7 +3,10 @@
 # is already in place. Run as root (or as a user with sudo).
 #
 #   1. Debian packages: nats-server, crun, runc, docker-registry, skopeo, umoci, qemu-user-static,
-#      busybox-static, gcc (for @kiln/sys's addon), ... (apt-get only when something is missing)
+#      busybox-static, gcc (for @kiln/sys's addon), the foreign architecture's cross gcc (the
+#      addon of the images' other platform), debootstrap (the images' Debian base), docker.io and
+#      docker-compose (deploy/compose/smoke.sh; never started here: no service starts during the
+#      install), ... (apt-get only when something is missing)
 #      and the `kiln` user with subordinate ids (rootless workers)
 #   2. the busybox-static binary of the other architecture (amd64 <-> arm64), extracted from the
 #      Debian package to /usr/local/bin/busybox-<arch> (the two arches' packages conflict)
@@ -32,8 +35,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 NATIVE_ARCH="$(dpkg --print-architecture)"
 case "$NATIVE_ARCH" in
-  amd64) FOREIGN_ARCH=arm64; QEMU_NAME=qemu-aarch64 ;;
-  arm64) FOREIGN_ARCH=amd64; QEMU_NAME=qemu-x86_64 ;;
+  amd64) FOREIGN_ARCH=arm64; QEMU_NAME=qemu-aarch64; CROSS=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
+  arm64) FOREIGN_ARCH=amd64; QEMU_NAME=qemu-x86_64; CROSS=(gcc-x86-64-linux-gnu libc6-dev-amd64-cross) ;;
   *) die "unsupported host architecture: $NATIVE_ARCH (need amd64 or arm64)" ;;
 esac
 
@@ -42,7 +45,7 @@ esac
 PACKAGES=(
   nats-server crun runc docker-registry skopeo umoci qemu-user-static
   busybox-static git iproute2 iptables uidmap fuse-overlayfs ca-certificates xz-utils zstd bzip2 tar attr
-  gcc libc6-dev openssl docker-compose
+  gcc libc6-dev openssl docker-compose debootstrap docker.io "${CROSS[@]}"
 )
 
 missing_packages() {
@@ -74,8 +77,20 @@ fi
 mapfile -t MISSING < <(missing_packages "${PACKAGES[@]}")
 if [ "${#MISSING[@]}" -gt 0 ]; then
   apt_update
+  # No daemon may start from a package's install (docker.io's would take over the host's
+  # iptables): a policy-rc.d that denies every start, for the install only, unless one exists.
+  POLICY=/usr/sbin/policy-rc.d
+  OWN_POLICY=0
+  if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$POLICY" >/dev/null
+    as_root chmod 0755 "$POLICY"
+    OWN_POLICY=1
+  fi
   log "apt-get install ${MISSING[*]}"
-  as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}" >/dev/null
+  rc=0
+  as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}" >/dev/null || rc=$?
+  [ "$OWN_POLICY" -eq 0 ] || as_root rm -f "$POLICY"
+  [ "$rc" -eq 0 ] || die "apt-get install failed ($rc)"
 fi
 
 # Node-API headers for @kiln/sys's addon (libs/sys/scripts/build-native.mjs looks in the same
@@ -89,7 +104,7 @@ if [ ! -f "$NODE_PREFIX/include/node/node_api.h" ] && [ ! -f /usr/include/node/n
   as_root apt-get install -y -qq --no-install-recommends libnode-dev >/dev/null
 fi
 
-for bin in nats-server crun runc docker-registry skopeo umoci busybox cc; do
+for bin in nats-server crun runc docker-registry skopeo umoci busybox cc debootstrap dockerd; do
   PATH="$PATH:/usr/sbin:/sbin" command -v "$bin" >/dev/null 2>&1 || die "$bin not found after install"
 done
 

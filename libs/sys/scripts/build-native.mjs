@@ -3,9 +3,11 @@
 // Node >= 18 headers do). Nothing is downloaded. Skipped when the addon is newer than its source
 // and this script.
 //
-//   node libs/sys/scripts/build-native.mjs [--force]
+//   node libs/sys/scripts/build-native.mjs [--force] [--out FILE]
 //
-// Environment: CC (default cc), KILN_NODE_HEADERS (a directory holding node_api.h).
+// Environment: CC (default cc), KILN_NODE_HEADERS (a directory holding node_api.h). With CC a
+// cross compiler (aarch64-linux-gnu-gcc) and --out, it builds another architecture's addon (the
+// images, deploy/images/build.mjs).
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -13,7 +15,11 @@ import { fileURLToPath } from 'node:url';
 
 const pkg = join(dirname(fileURLToPath(import.meta.url)), '..');
 const src = join(pkg, 'native', 'kiln_sys.c');
-const out = join(pkg, 'build', 'kiln_sys.node');
+const outAt = process.argv.indexOf('--out');
+const out =
+  outAt > 0 && process.argv[outAt + 1]
+    ? process.argv[outAt + 1]
+    : join(pkg, 'build', 'kiln_sys.node');
 
 const mtime = (p) => (existsSync(p) ? statSync(p).mtimeMs : 0);
 if (
