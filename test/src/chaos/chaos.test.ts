@@ -6,7 +6,8 @@
  * the build's outcome is checked through `@kiln/client` and the layers in the store.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { KilnClient } from '@kiln/client';
@@ -165,6 +166,23 @@ function mountsUnder(dir: string): string[] {
     .filter((p) => p === dir || p.startsWith(`${dir}/`));
 }
 
+/** The bridge's address leases held by process `pid` (`/run/kiln/ipam/<subnet>/<ip>`: `<pid> <id>`). */
+function bridgeLeases(pid: number): { id: string; file: string }[] {
+  const root = '/run/kiln/ipam';
+  const out: { id: string; file: string }[] = [];
+  for (const subnet of existsSync(root) ? readdirSync(root) : [])
+    for (const ip of readdirSync(join(root, subnet))) {
+      const file = join(root, subnet, ip);
+      const [owner, id] = readFileSync(file, 'utf8').trim().split(' ');
+      if (Number(owner) === pid && id) out.push({ id, file });
+    }
+  return out;
+}
+
+/** The host side of namespace `id`'s veth pair (as the worker's bridge names it). */
+const vethName = (id: string): string =>
+  `vk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
+
 describe('chaos through the control API', () => {
   it('kill -9 of a worker mid-RUN, restarted at once with its id on its state dir: the build completes on it, nothing stale is left, its snapshots are used', async () => {
     // A dead worker is noticed by its heartbeat only after a minute here: the build must not
@@ -211,6 +229,61 @@ describe('chaos through the control API', () => {
     expect(done).toMatchObject({ inputsFetched: 0, inputsLocal: 1 });
     // Nothing of the killed process is mounted any more (the new one holds no mount when idle).
     expect(mountsUnder(first!.stateDir)).toEqual([]);
+  });
+
+  it('kill -9 of a worker mid-RUN, restarted on its state dir with no work to do: its network namespaces, veths and mounts are gone at start', async () => {
+    const farm = await startFarm(['netns-a']);
+    const [first] = farm.workers;
+    const pid = first!.lines.find((l) => typeof l.pid === 'number')?.pid as number;
+    expect(pid).toBeGreaterThan(0);
+    const tag = uid();
+    const { def } = slowRun(tag, 30);
+    const buildId = `netns-${tag}`;
+    const status = new StatusLog(farm.client, buildId);
+    const ac = new AbortController();
+    const solved = farm.client.solve({ buildId, definition: def }, { signal: ac.signal });
+    solved.catch(() => undefined);
+    await status.waitForLog(`started-${tag}`);
+    // The worker's own process, as the OOM killer does it: its container and crun stay.
+    process.kill(pid, 'SIGKILL');
+    await first!.proc.exited;
+    // What it leased on the bridge: the RUN's namespace and the pool's (one per lease file).
+    const leased = bridgeLeases(pid);
+    expect(leased.length).toBeGreaterThan(0);
+    const netns = () => execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+    const links = () => execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' });
+    for (const l of leased) expect(netns()).toContain(`kiln-${l.id}`);
+    expect(mountsUnder(first!.stateDir).length).toBeGreaterThan(0);
+    // The build is cancelled: the restarted worker gets nothing to run (no runtime to open).
+    ac.abort();
+    await solved.catch(() => undefined);
+    await status.done;
+
+    const back = await startWorker(entries, farm.nats.url, {
+      id: first!.id,
+      stateDir: first!.stateDir,
+      storeDir: farm.storeDir,
+      env: farm.env(first!.id),
+    });
+    cleanups.push(() => back.proc.stop(10_000));
+    for (const l of leased) {
+      expect(netns()).not.toContain(`kiln-${l.id}`);
+      expect(links()).not.toContain(`${vethName(l.id)}@`);
+      expect(existsSync(l.file)).toBe(false);
+    }
+    expect(mountsUnder(first!.stateDir)).toEqual([]);
+    expect(back.lines.some((l) => l.msg === 'task claimed')).toBe(false);
+
+    // A RUN opens the sandbox network (its pool of namespaces); a graceful stop deletes them.
+    await farm.client.solve({ buildId: `netns2-${tag}`, definition: slowRun(`${tag}b`, 0).def });
+    const backPid = back.lines.find((l) => typeof l.pid === 'number')?.pid as number;
+    const pooled = bridgeLeases(backPid);
+    expect(pooled.length).toBeGreaterThan(0);
+    await back.proc.stop(10_000);
+    for (const l of pooled) {
+      expect(netns()).not.toContain(`kiln-${l.id}`);
+      expect(existsSync(l.file)).toBe(false);
+    }
   });
 
   it('kill -9 of the worker running a RUN: the build succeeds through the other worker', async () => {

@@ -68,7 +68,16 @@ export class Engine {
     readonly layers: LayerCache,
     readonly registry: RegistryClient,
     private readonly registryOptions: RegistryClientOptions,
+    private readonly closeRuntime: () => Promise<void>,
   ) {}
+
+  /**
+   * Releases what the runtime holds on the machine while idle (the sandbox network's pooled
+   * namespaces); the next exec opens it again. Call once no exec runs.
+   */
+  async close(): Promise<void> {
+    await this.closeRuntime();
+  }
 
   /**
    * A registry client for one build's credentials (its client's, through the session), asked
@@ -119,6 +128,11 @@ export class Engine {
       opening.catch(() => (opening = undefined));
       return opening;
     };
+    const closeRuntime = async (): Promise<void> => {
+      const was = opening;
+      opening = undefined;
+      await (await was?.catch(() => undefined))?.close();
+    };
     const client = new RegistryClient(o.registry ?? {});
     const images = new ImageSource({ client, store });
     const env: SnapshotEnv = { snapshotter, tmpDir };
@@ -133,6 +147,7 @@ export class Engine {
       layers,
       client,
       o.registry ?? {},
+      closeRuntime,
     );
   }
 

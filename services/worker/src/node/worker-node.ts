@@ -301,6 +301,8 @@ export class WorkerNode {
     await this.#materialize?.stop();
     await this.#gcResponder?.stop();
     await this.#gc?.stop();
+    // The sandbox network's pooled namespaces and veths would outlive the process otherwise.
+    await this.runner.engine.close();
     if (!this.nc.isClosed()) await this.nc.close();
   }
 }

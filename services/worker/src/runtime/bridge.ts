@@ -10,6 +10,9 @@ import { pidAlive } from '@kiln/common';
 
 const execFileP = promisify(execFile);
 
+/** Where addresses are leased, one directory per bridge subnet. */
+const DEFAULT_IPAM_ROOT = '/run/kiln/ipam';
+
 export interface BridgeOptions {
   /** Bridge device name. Default `kiln0`. */
   name?: string;
@@ -90,7 +93,8 @@ export class BridgeNetwork {
   private readonly poolSize: number;
   /** Namespaces ready for a container: fresh ones, and ones given back as reusable. */
   readonly #pool: Netns[] = [];
-  #filling = 0;
+  /** Namespaces being made for the pool (a close waits for them, then deletes them). */
+  readonly #filling = new Set<Promise<unknown>>();
   /** Attached namespaces that may come back (see {@link attach}): the pool counts them. */
   #out = 0;
   #closed = false;
@@ -106,7 +110,7 @@ export class BridgeNetwork {
       );
     this.prefix = `${m[1]!}.${m[2]!}`;
     this.gateway = `${this.prefix}.0.1`;
-    this.ipamDir = join(opts.ipamDir ?? '/run/kiln/ipam', `${this.prefix}.0.0-16`);
+    this.ipamDir = join(opts.ipamDir ?? DEFAULT_IPAM_ROOT, `${this.prefix}.0.0-16`);
     this.poolSize = opts.poolSize ?? 4;
   }
 
@@ -209,6 +213,7 @@ export class BridgeNetwork {
   /** Deletes the pooled namespaces; later attaches make their own. */
   async close(): Promise<void> {
     this.#closed = true;
+    await Promise.all([...this.#filling]);
     await Promise.all(this.#pool.splice(0).map((n) => this.#destroy(n)));
   }
 
@@ -219,15 +224,15 @@ export class BridgeNetwork {
    * its event loop on these machines) unless its namespace cannot be reused.
    */
   #refill(): void {
-    while (!this.#closed && this.#pool.length + this.#filling + this.#out < this.poolSize) {
-      this.#filling++;
-      this.#create(`pool-${randomBytes(6).toString('hex')}`)
+    while (!this.#closed && this.#pool.length + this.#filling.size + this.#out < this.poolSize) {
+      const filling: Promise<unknown> = this.#create(`pool-${randomBytes(6).toString('hex')}`)
         .then(
           (n) => (this.#closed ? this.#destroy(n) : void this.#pool.push(n)),
           () => undefined,
         )
-        .finally(() => this.#filling--)
-        .catch(() => undefined);
+        .catch(() => undefined)
+        .finally(() => this.#filling.delete(filling));
+      this.#filling.add(filling);
     }
   }
 
@@ -236,14 +241,22 @@ export class BridgeNetwork {
    * the whole machine. Called by {@link setup}.
    */
   async sweep(): Promise<void> {
-    for (const ip of await readdir(this.ipamDir)) {
-      const file = join(this.ipamDir, ip);
-      const [pid, id] = (await readFile(file, 'utf8').catch(() => '')).trim().split(' ');
-      const owner = Number(pid);
-      if (!Number.isInteger(owner) || owner <= 0 || pidAlive(owner)) continue;
-      if (id !== undefined && id !== '') await BridgeNetwork.detach(id).catch(() => undefined);
-      await unlink(file).catch(() => undefined);
-    }
+    await sweepLeaseDir(this.ipamDir);
+  }
+
+  /**
+   * {@link sweep} for every bridge leasing under `ipamRoot` (default `/run/kiln/ipam`), without
+   * setting a bridge up: a worker starting calls it, so that the namespaces and veths of a killed
+   * predecessor (its pool included) go at once, not at the next RUN's runtime start.
+   */
+  static async sweepDead(ipamRoot = DEFAULT_IPAM_ROOT): Promise<void> {
+    const dirs = await readdir(ipamRoot, { withFileTypes: true }).catch((err: unknown) => {
+      // None yet, or not ours to read (a worker that is not root has no bridge).
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'EACCES') return [];
+      throw err;
+    });
+    for (const d of dirs) if (d.isDirectory()) await sweepLeaseDir(join(ipamRoot, d.name));
   }
 
   /**
@@ -370,6 +383,21 @@ export class BridgeNetwork {
     await unlink(join(this.ipamDir, ip)).catch((err: unknown) => {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     });
+  }
+}
+
+/**
+ * Deletes the namespace (its veth goes with it) and the lease of each address in `dir` whose
+ * owner process is gone.
+ */
+async function sweepLeaseDir(dir: string): Promise<void> {
+  for (const ip of await readdir(dir)) {
+    const file = join(dir, ip);
+    const [pid, id] = (await readFile(file, 'utf8').catch(() => '')).trim().split(' ');
+    const owner = Number(pid);
+    if (!Number.isInteger(owner) || owner <= 0 || pidAlive(owner)) continue;
+    if (id !== undefined && id !== '') await BridgeNetwork.detach(id).catch(() => undefined);
+    await unlink(file).catch(() => undefined);
   }
 }
 

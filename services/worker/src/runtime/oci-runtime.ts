@@ -149,12 +149,15 @@ export class OciRuntime {
    * leaves its containers running) and removes their bundles, without probing a runtime: a worker
    * starting on the state dir calls it, so nothing of its predecessor outlives its start, even
    * when no build ever needs a container again. A state dir without containers costs a readdir.
+   * The bridge's namespaces and veths whose process is gone (on the whole machine: they are
+   * leased by pid) go too, for the same reason.
    */
   static async sweepLeftovers(stateDir: string): Promise<void> {
     for (const name of ['crun', 'runc'] as const) {
       const ids = await readdir(join(stateDir, `${name}-state`)).catch(() => [] as string[]);
       if (ids.length > 0) await new OciRuntime(name, name, stateDir).sweep();
     }
+    await BridgeNetwork.sweepDead();
   }
 
   static async open(opts: OciRuntimeOptions): Promise<OciRuntime> {
@@ -332,6 +335,11 @@ export class OciRuntime {
       await this.cgroups?.release(posix.join(this.cgroupRoot, name)).catch(() => undefined);
       await rm(join(bundles, name), { recursive: true, force: true });
     }
+  }
+
+  /** Deletes the sandbox network's pooled namespaces (nothing else is held between runs). */
+  async close(): Promise<void> {
+    await this.bridge?.close();
   }
 
   /** Ids of the containers the runtime knows in this state dir (normally none between runs). */
