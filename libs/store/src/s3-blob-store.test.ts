@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { freePort, waitFor } from '@kiln/testing';
 import { describe, expect, it } from 'vitest';
 import { blobStoreConformance } from './test-support/blob-store.conformance.js';
 import { sha256Digest } from './digest.js';
@@ -61,17 +62,55 @@ blobStoreConformance('S3BlobStore', async () => {
 });
 
 describe('S3BlobStore specifics', () => {
-  it('reports an unreachable endpoint as a retryable StoreUnavailableError', async () => {
+  it('reports an endpoint unreachable beyond outageMs as a retryable StoreUnavailableError, after resending', async () => {
+    const retries: string[] = [];
     const store = new S3BlobStore({
       endpoint: 'http://127.0.0.1:1',
       accessKey: 'x',
       secretKey: 'y',
       bucket: 'kiln-test',
+      outageMs: 400,
+      onRetry: (e) => retries.push(e.code),
     });
     const err = await store.put(undefined, Buffer.from('nowhere')).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StoreUnavailableError);
     expect((err as StoreUnavailableError).retryable).toBe(true);
+    expect((err as Error).message).toContain('ECONNREFUSED');
+    expect(retries.length).toBeGreaterThan(0);
+    expect(new Set(retries)).toEqual(new Set(['ECONNREFUSED']));
     await expect(store.stat(sha256Digest('x'))).rejects.toBeInstanceOf(StoreUnavailableError);
+  });
+
+  it('rides out a store that is away (connection refused) and answers once it is back', async () => {
+    // A stand-in S3 endpoint (a HEAD answer is all a stat needs), started only after the store
+    // has been refused twice.
+    const port = await freePort();
+    const retries: string[] = [];
+    const store = new S3BlobStore({
+      endpoint: `http://127.0.0.1:${port}`,
+      accessKey: 'x',
+      secretKey: 'y',
+      bucket: 'kiln-test',
+      onRetry: (e) => retries.push(e.code),
+    });
+    const stat = store.stat(sha256Digest('five!'));
+    stat.catch(() => undefined);
+    await waitFor('two resends', () => retries.length >= 2, { timeoutMs: 20_000 });
+    const server = createServer((_req, res) => {
+      res.writeHead(200, {
+        'Content-Length': '5',
+        ETag: '"0123456789abcdef"',
+        'Last-Modified': new Date().toUTCString(),
+      });
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+    try {
+      expect(await stat).toEqual({ size: 5 });
+      expect(new Set(retries)).toEqual(new Set(['ECONNREFUSED']));
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it('never lists temp uploads left by a crash, and removes stale ones', async () => {

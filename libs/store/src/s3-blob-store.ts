@@ -50,6 +50,16 @@ export interface S3BlobStoreOptions {
    * blob is invisible either way; this is for telemetry. Default: ignored.
    */
   onCleanupError?: (err: unknown, key: string) => void;
+  /**
+   * How long a request rides out a store that does not answer (connection refused or timed out,
+   * unreachable, `503 SlowDown`, `500 InternalError`): it is sent again with backoff (100 ms
+   * doubling to 2 s) until this long after its first try, then fails with the last error. Every
+   * request the store sends is idempotent (blobs are content-addressed), so resending is safe.
+   * 0 fails at once. Default 30 s.
+   */
+  outageMs?: number;
+  /** Told before each resend of a request during an outage (telemetry, tests). */
+  onRetry?: (e: { code: string; attempt: number; delayMs: number }) => void;
 }
 
 interface S3LikeError {
@@ -105,19 +115,24 @@ function toStoreError(what: string, err: unknown): Error {
  * keep-alive socket the server had just closed: safe to resend for idempotent requests.
  */
 const RESEND_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED']);
-const MAX_ATTEMPTS = 3;
-
-/** Runs an idempotent S3 request, resending it when the connection dropped under it. */
-async function resend<T>(fn: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn();
-    } catch (err) {
-      const code = errCode(err);
-      if (attempt >= MAX_ATTEMPTS || code === undefined || !RESEND_CODES.has(code)) throw err;
-    }
-  }
-}
+/** Resends at once on a dropped connection, before backing off. */
+const MAX_IMMEDIATE = 3;
+/**
+ * Errors of a store that is away for a while (restarting, overloaded, a network blip): resent
+ * with backoff within `outageMs`. Not DNS failures (`ENOTFOUND`): a wrong endpoint fails at once.
+ */
+const OUTAGE_CODES = new Set([
+  ...RESEND_CODES,
+  'ECONNREFUSED',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  'SlowDown',
+  'ServiceUnavailable',
+  'InternalError',
+  'RequestTimeout',
+]);
 
 async function clientFor(opts: S3BlobStoreOptions): Promise<Client> {
   const url = new URL(opts.endpoint);
@@ -151,6 +166,8 @@ export class S3BlobStore implements BlobStore {
   private readonly partSize: number;
   private readonly concurrency: number;
   private readonly onCleanupError: (err: unknown, key: string) => void;
+  readonly #outageMs: number;
+  readonly #onRetry: NonNullable<S3BlobStoreOptions['onRetry']>;
 
   constructor(opts: S3BlobStoreOptions) {
     this.bucket = opts.bucket;
@@ -161,6 +178,29 @@ export class S3BlobStore implements BlobStore {
     this.partSize = opts.partSize ?? 16 * MIB;
     this.concurrency = Math.max(1, opts.concurrency ?? 4);
     this.onCleanupError = opts.onCleanupError ?? (() => undefined);
+    this.#outageMs = Math.max(0, opts.outageMs ?? 30_000);
+    this.#onRetry = opts.onRetry ?? (() => undefined);
+  }
+
+  /**
+   * Runs an idempotent S3 request: resent at once when the connection dropped under it, and with
+   * backoff while the store is away (see `outageMs`).
+   */
+  async #resend<T>(fn: () => Promise<T>): Promise<T> {
+    const deadline = Date.now() + this.#outageMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        const code = errCode(err);
+        if (code === undefined || !OUTAGE_CODES.has(code)) throw err;
+        if (RESEND_CODES.has(code) && attempt < MAX_IMMEDIATE) continue;
+        const delayMs = Math.min(2_000, 100 * 2 ** Math.min(attempt - 1, 5));
+        if (Date.now() + delayMs > deadline) throw err;
+        this.#onRetry({ code, attempt, delayMs });
+        await new Promise((r) => setTimeout(r, delayMs));
+      }
+    }
   }
 
   /** The underlying minio client (loaded on first use). */
@@ -176,7 +216,7 @@ export class S3BlobStore implements BlobStore {
   /** Creates the bucket if it does not exist. */
   async ensureBucket(): Promise<void> {
     try {
-      if (!(await resend(async () => (await this.clientP).bucketExists(this.bucket))))
+      if (!(await this.#resend(async () => (await this.clientP).bucketExists(this.bucket))))
         await (await this.clientP).makeBucket(this.bucket);
     } catch (err) {
       throw toStoreError('ensure bucket', err);
@@ -213,7 +253,7 @@ export class S3BlobStore implements BlobStore {
       const digest: Digest = `sha256:${createHash('sha256').update(firstPart).digest('hex')}`;
       this.check(expected, digest, opts.size, firstPart.length);
       try {
-        await resend(async () =>
+        await this.#resend(async () =>
           (await this.clientP).putObject(
             this.bucket,
             this.keyOf(digest),
@@ -258,7 +298,7 @@ export class S3BlobStore implements BlobStore {
       expected !== undefined ? this.keyOf(expected) : `${this.prefix}uploads/${randomUUID()}`;
     let uploadId: string;
     try {
-      uploadId = await resend(async () =>
+      uploadId = await this.#resend(async () =>
         (await this.clientP).initiateNewMultipartUpload(this.bucket, key, meta),
       );
     } catch (err) {
@@ -270,7 +310,7 @@ export class S3BlobStore implements BlobStore {
     const inflight = new Set<Promise<void>>();
     let failure: Error | undefined;
     const upload = (partNumber: number, payload: Buffer): void => {
-      const p = resend(async () =>
+      const p = this.#resend(async () =>
         (await this.clientP).uploadPart(
           { bucketName: this.bucket, objectName: key, uploadID: uploadId, partNumber, headers: {} },
           payload,
@@ -307,7 +347,7 @@ export class S3BlobStore implements BlobStore {
       this.check(expected, digest, opts.size, size);
       etags.sort((a, b) => a.part - b.part);
       try {
-        await resend(async () =>
+        await this.#resend(async () =>
           (await this.clientP).completeMultipartUpload(this.bucket, key, uploadId, etags),
         );
       } catch (err) {
@@ -336,7 +376,7 @@ export class S3BlobStore implements BlobStore {
       const src = new CopySourceOptions({ Bucket: this.bucket, Object: tmpKey });
       const dst = new CopyDestinationOptions({ Bucket: this.bucket, Object: finalKey });
       if (size <= MAX_SINGLE_COPY)
-        await resend(async () => (await this.clientP).copyObject(src, dst));
+        await this.#resend(async () => (await this.clientP).copyObject(src, dst));
       else await (await this.clientP).composeObject(dst, [src]);
     } catch (err) {
       await this.removeQuietly(tmpKey);
@@ -346,7 +386,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   private async removeQuietly(key: string): Promise<void> {
-    await resend(async () => (await this.clientP).removeObject(this.bucket, key)).catch(
+    await this.#resend(async () => (await this.clientP).removeObject(this.bucket, key)).catch(
       (err: unknown) => {
         this.onCleanupError(err, key);
       },
@@ -360,10 +400,11 @@ export class S3BlobStore implements BlobStore {
     const { start, end, full } = rangeOf(digest, info.size, opts);
     let body: Readable;
     try {
-      if (full) body = await resend(async () => (await this.clientP).getObject(this.bucket, key));
+      if (full)
+        body = await this.#resend(async () => (await this.clientP).getObject(this.bucket, key));
       else if (end < start) return emptyStream();
       else
-        body = await resend(async () =>
+        body = await this.#resend(async () =>
           (await this.clientP).getPartialObject(this.bucket, key, start, end - start + 1),
         );
     } catch (err) {
@@ -387,7 +428,9 @@ export class S3BlobStore implements BlobStore {
     const now = await this.#statObject(digest);
     if (now === undefined || now.etag !== etag) return false;
     try {
-      await resend(async () => (await this.clientP).removeObject(this.bucket, this.keyOf(digest)));
+      await this.#resend(async () =>
+        (await this.clientP).removeObject(this.bucket, this.keyOf(digest)),
+      );
     } catch (err) {
       throw toStoreError('remove corrupt blob', err);
     }
@@ -396,7 +439,7 @@ export class S3BlobStore implements BlobStore {
 
   async #statObject(digest: Digest): Promise<{ size: number; etag: string } | undefined> {
     try {
-      const st = await resend(async () =>
+      const st = await this.#resend(async () =>
         (await this.clientP).statObject(this.bucket, this.keyOf(digest)),
       );
       return { size: st.size, etag: st.etag };
@@ -425,7 +468,7 @@ export class S3BlobStore implements BlobStore {
     const key = this.keyOf(digest);
     let st;
     try {
-      st = await resend(async () => (await this.clientP).statObject(this.bucket, key));
+      st = await this.#resend(async () => (await this.clientP).statObject(this.bucket, key));
     } catch (err) {
       if (isNotFound(err)) return false;
       throw toStoreError('touch', err);
@@ -442,7 +485,7 @@ export class S3BlobStore implements BlobStore {
         UserMetadata: { [TOUCHED]: new Date().toISOString() },
         ...(contentType ? { Headers: { 'Content-Type': contentType } } : {}),
       });
-      await resend(async () => (await this.clientP).copyObject(src, dst));
+      await this.#resend(async () => (await this.clientP).copyObject(src, dst));
     } catch (err) {
       if (isNotFound(err)) return false;
       throw toStoreError('touch', err);
@@ -453,7 +496,7 @@ export class S3BlobStore implements BlobStore {
   async lastUsed(digest: Digest): Promise<Date | undefined> {
     let st;
     try {
-      st = await resend(async () =>
+      st = await this.#resend(async () =>
         (await this.clientP).statObject(this.bucket, this.keyOf(digest)),
       );
     } catch (err) {
@@ -471,7 +514,9 @@ export class S3BlobStore implements BlobStore {
     const existed = await this.has(digest);
     if (!existed) return false;
     try {
-      await resend(async () => (await this.clientP).removeObject(this.bucket, this.keyOf(digest)));
+      await this.#resend(async () =>
+        (await this.clientP).removeObject(this.bucket, this.keyOf(digest)),
+      );
     } catch (err) {
       throw toStoreError('delete', err);
     }
@@ -504,7 +549,7 @@ export class S3BlobStore implements BlobStore {
         }
       }
       for (const key of stale)
-        await resend(async () => (await this.clientP).removeObject(this.bucket, key));
+        await this.#resend(async () => (await this.clientP).removeObject(this.bucket, key));
     } catch (err) {
       throw toStoreError('remove stale uploads', err);
     }

@@ -124,7 +124,15 @@ async function main(): Promise<number> {
         checks: {
           nats: () => natsUp && !nc.isClosed(),
           // One stat of a digest no one stores: answers (undefined) when the store is reachable.
-          store: async () => (await store.stat(PROBE_DIGEST), true),
+          // Within a probe's deadline: the store client itself rides out an outage for longer.
+          store: () =>
+            Promise.race([
+              store.stat(PROBE_DIGEST).then(
+                () => true,
+                () => false,
+              ),
+              new Promise<boolean>((r) => setTimeout(() => r(false), 2_000).unref()),
+            ]),
         },
         ...(shared ? scrape : {}),
       })
