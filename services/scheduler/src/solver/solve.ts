@@ -58,7 +58,13 @@ export type Materializer = (
 ) => Promise<NonNullable<OutputResult['layers']> | undefined>;
 
 /** How many times one vertex is rerun because a result it needed was lost. */
-const MAX_RERUNS = 3;
+const MAX_RERUNS = 5;
+/**
+ * The wait before asking again when the rerun of a lost input answered with the same holder (the
+ * farm's record still names it: a worker restarting on its state dir keeps what it held), by
+ * round: 0.5 s doubling to 4 s, about 11 s over {@link MAX_RERUNS} rounds.
+ */
+const sameHolderDelayMs = (round: number): number => Math.min(4_000, 500 * 2 ** round);
 
 export type OutputResult = TaskResult['outputs'][number];
 type ResolvedInput = NonNullable<TaskInit['inputs']>[number];
@@ -305,6 +311,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
   const rerunInput = async (
     lo: LoadedOp,
     lostInput: { resultId: string; holder: string },
+    round: number,
   ): Promise<boolean> => {
     if (!o.submitter.forgetResult) return false;
     const found = (lo.op.inputs ?? []).find(
@@ -315,6 +322,18 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     if (!current) return false;
     if (lostInput.holder && current.workerId !== lostInput.holder) return true;
     await rerun(digest, current);
+    // Answered by the same holder again (its record was not given up: the holder is back, or
+    // its blobs were recorded meanwhile): asking at once would find it away again.
+    if (lostInput.holder && done.get(digest)?.workerId === lostInput.holder)
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(wake, sameHolderDelayMs(round));
+        function wake(): void {
+          clearTimeout(t);
+          ac.signal.removeEventListener('abort', wake);
+          resolve();
+        }
+        ac.signal.addEventListener('abort', wake, { once: true });
+      });
     return true;
   };
 
@@ -334,7 +353,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       if (round >= MAX_RERUNS || ac.signal.aborted) throw r.fail();
       let rerunning = false;
       try {
-        rerunning = await rerunInput(lo, r.lost);
+        rerunning = await rerunInput(lo, r.lost, round);
       } catch {
         // The producer's rerun failed: its own error fails the build.
       }
