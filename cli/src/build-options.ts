@@ -4,6 +4,7 @@
  */
 import { constants } from 'node:fs';
 import { access, readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import type { ConnectOptions } from '@kiln/client';
 import { ENTITLEMENTS, isEntitlement } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol/errors';
@@ -174,6 +175,53 @@ export function parseBuildArg(s: string, env: NodeJS.ProcessEnv): [string, strin
   if (i > 0) return [s.slice(0, i), s.slice(i + 1)];
   const v = env[s];
   return v === undefined ? undefined : [s, v];
+}
+
+/** What `--build-context` values add to a Solve: frontend attributes and session directories. */
+export interface NamedContexts {
+  attrs: Record<string, string>;
+  localDirs: Record<string, string>;
+}
+
+/**
+ * `--build-context NAME=VALUE` as buildx: `docker-image://REF`, a git or http(s) URL (fetched by
+ * the farm) go to the frontend as `context:NAME`; anything else is a local directory served by
+ * the session under NAME (`_context`, `_dockerfile` for those two names) as `local:NAME`.
+ */
+export function parseBuildContexts(values: readonly string[]): NamedContexts {
+  const out: NamedContexts = { attrs: {}, localDirs: {} };
+  for (const v of values) {
+    const i = v.indexOf('=');
+    if (i <= 0 || i === v.length - 1)
+      throw new BuildOptionError(`--build-context ${JSON.stringify(v)}: want NAME=VALUE`);
+    const name = v.slice(0, i);
+    const value = v.slice(i + 1);
+    if (`context:${name}` in out.attrs)
+      throw new BuildOptionError(`--build-context ${name}: given twice`);
+    if (value.startsWith('oci-layout://'))
+      throw new BuildOptionError(
+        `--build-context ${name}=oci-layout://...: not supported (the farm cannot read an OCI layout on this machine); push the image to a registry and use docker-image://REF`,
+      );
+    if (/^(docker-image:\/\/|https?:\/\/|git:\/\/|ssh:\/\/|git@)/.test(value)) {
+      out.attrs[`context:${name}`] = value;
+      continue;
+    }
+    const local = name === 'context' || name === 'dockerfile' ? `_${name}` : name;
+    out.attrs[`context:${name}`] = `local:${local}`;
+    out.localDirs[local] = resolve(value);
+  }
+  return out;
+}
+
+/** docker's memory sizes (`64m`, `1g`, `1024`, `2GiB`): bytes, binary units. */
+export function parseMemBytes(v: string): number {
+  const m = /^([0-9]+(?:\.[0-9]+)?) ?([kmgtp])?i?b?$/i.exec(v);
+  const bytes = m
+    ? Math.floor(Number(m[1]) * 1024 ** ' kmgtp'.indexOf((m[2] ?? ' ').toLowerCase()))
+    : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes <= 0)
+    throw new BuildOptionError(`--shm-size ${JSON.stringify(v)}: want a size such as 64m or 1g`);
+  return bytes;
 }
 
 /** `--allow` values: BuildKit's entitlement names, each once. */

@@ -4,7 +4,7 @@
  * progress comes from the build's status stream; exporters' artifacts come back over the session.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -25,7 +25,9 @@ import {
   BuildOptionError,
   parseAllow,
   parseBuildArg,
+  parseBuildContexts,
   parseCacheSpec,
+  parseMemBytes,
   parseOutput,
   parseSecret,
   parseSsh,
@@ -94,7 +96,6 @@ async function buildIn(
   scratch: string[],
 ): Promise<void> {
   const { dir: ctxDir, dockerfile, dockerfilePath } = ctx;
-  rejectUnsupported(flags);
   const outputs = flags.output.map(parseOutput);
   if (flags.push) {
     if (flags.tag.length === 0) throw new BuildOptionError('--push needs an image name (-t NAME)');
@@ -125,6 +126,23 @@ async function buildIn(
     const kv = parseBuildArg(a, env);
     if (kv) attrs[`build-arg:${kv[0]}`] = kv[1];
   }
+  const named = parseBuildContexts(flags.buildContext);
+  await Promise.all(
+    Object.entries(named.localDirs).map(([name, dir]) =>
+      stat(dir).then(
+        (st) => {
+          if (!st.isDirectory())
+            throw new BuildOptionError(`--build-context ${name}: ${dir} is not a directory`);
+        },
+        (cause: NodeJS.ErrnoException) => {
+          throw new BuildOptionError(
+            `--build-context ${name}: ${dir}: ${cause.code ?? String(cause)}`,
+          );
+        },
+      ),
+    ),
+  );
+  Object.assign(attrs, named.attrs);
   if (flags.target) attrs.target = flags.target;
   if (flags.platform) attrs.platform = flags.platform;
   if (flags.cache === false) attrs['no-cache'] = '';
@@ -175,6 +193,7 @@ async function buildIn(
     );
 
   const entitlements = parseAllow(flags.allow);
+  sandboxAttrs(flags, attrs, entitlements);
   const addr = flags.addr ?? env.KILN_ADDR;
   if (addr && flags.insecureRegistry.length > 0)
     process.stderr.write(
@@ -204,7 +223,7 @@ async function buildIn(
         ? undefined
         : createPrinter(mode, process.stderr);
   const session = farm.client.session({
-    localDirs: { context: ctxDir, ...cacheOpts.localDirs },
+    localDirs: { ...named.localDirs, context: ctxDir, ...cacheOpts.localDirs },
     secrets: async (id) => secrets.get(id)?.read(),
     ssh,
     // The user's registry logins (docker config, credential helpers), asked for per host by the
@@ -334,24 +353,25 @@ async function writeFileAtomic(file: string, data: string): Promise<void> {
   await rename(tmp, file);
 }
 
-/** Flags of buildx that Kiln has no way to honour: an error that says why, never ignored. */
-function rejectUnsupported(flags: BuildFlags): void {
-  if (flags.network !== undefined && flags.network !== 'default')
-    throw new BuildOptionError(
-      `--network ${flags.network}: only default is supported; use RUN --network=host|none in the Dockerfile (host needs --allow network.host)`,
-    );
-  if (flags.shmSize !== undefined)
-    throw new BuildOptionError(
-      "--shm-size is not supported: RUN steps get the worker's default /dev/shm (64 MiB); mount a tmpfs with RUN --mount=type=tmpfs,target=/dev/shm,size=... instead",
-    );
-  if (flags.ulimit.length > 0)
-    throw new BuildOptionError(
-      "--ulimit is not supported: RUN steps run with the worker's limits (the farm's operators set them)",
-    );
-  if (flags.buildContext.length > 0)
-    throw new BuildOptionError(
-      '--build-context is not supported yet: the Dockerfile frontend has no named contexts; use COPY --from=IMAGE or a stage',
-    );
+/**
+ * buildx's `--network`, `--shm-size` and `--ulimit` as the Dockerfile frontend's attributes
+ * (`force-network-mode`, `shm-size` in bytes, `ulimit`). `--network host` asks for the
+ * `network.host` entitlement, as buildx does; the farm must grant it.
+ */
+function sandboxAttrs(flags: BuildFlags, attrs: Record<string, string>, allow: string[]): void {
+  const net = flags.network;
+  if (net === 'host' || net === 'none') {
+    attrs['force-network-mode'] = net;
+    if (net === 'host' && !allow.includes('network.host')) allow.push('network.host');
+  } else if (net !== undefined && net !== 'default')
+    throw new BuildOptionError(`--network ${net}: want default, none or host`);
+  if (flags.shmSize !== undefined) attrs['shm-size'] = String(parseMemBytes(flags.shmSize));
+  if (flags.ulimit.length > 0) {
+    for (const u of flags.ulimit)
+      if (!/^[a-z]+=-?[0-9]+(:-?[0-9]+)?$/.test(u))
+        throw new BuildOptionError(`--ulimit ${JSON.stringify(u)}: want NAME=SOFT[:HARD]`);
+    attrs.ulimit = flags.ulimit.join(',');
+  }
 }
 
 /**

@@ -58,17 +58,20 @@ export function registerBuild(program: Command): void {
       '--load',
       'load the image into the docker engine at $DOCKER_HOST or /var/run/docker.sock (short for -o type=docker)',
     )
-    .option('--network <mode>', 'the network of RUN steps: default (see RUN --network for more)')
-    .option('--shm-size <size>', 'not supported by Kiln (explained in cli/README.md)')
     .option(
-      '--ulimit <type=soft:hard>',
-      'not supported by Kiln (explained in cli/README.md)',
+      '--network <mode>',
+      'the network of RUN steps without their own --network: default, none, host (asks for network.host, which the farm must allow)',
+    )
+    .option('--shm-size <size>', 'the size of /dev/shm in RUN steps, e.g. 128m or 1g')
+    .option(
+      '--ulimit <type=soft[:hard]>',
+      'an rlimit of RUN steps, e.g. nofile=1024:4096 (repeatable)',
       collect,
       [],
     )
     .option(
       '--build-context <name=value>',
-      'not supported by Kiln yet (explained in cli/README.md)',
+      'a named context for a stage or image (repeatable): NAME=DIR | NAME=docker-image://REF | NAME=GIT_URL | NAME=https://URL',
       collect,
       [],
     )

@@ -159,3 +159,65 @@ describe('generateDockerfile (the convert benchmark input)', () => {
     expect(parse(generateDockerfile(500)).ast.children).toHaveLength(500);
   });
 });
+
+describe('RUN sandbox attributes (buildx --network, --shm-size, --ulimit)', () => {
+  const execsOf = async (
+    opts: Record<string, string>,
+    df: string,
+  ): Promise<
+    {
+      network: number;
+      ulimit: { Name?: string | null; Soft?: unknown; Hard?: unknown }[];
+      mounts: { dest: string; size: number }[];
+    }[]
+  > => {
+    const res = await getFrontend('dockerfile.v0')!.solve({
+      dockerfile: df,
+      opts,
+      metaResolver: fixedResolver(),
+    });
+    const loaded = parseDefinition(res.platforms[0]!.definition.toBytes());
+    return [...loaded.ops.values()]
+      .filter((o) => o.op.exec)
+      .map((o) => ({
+        network: o.op.exec!.network ?? 0,
+        ulimit: o.op.exec!.meta?.ulimit ?? [],
+        mounts: (o.op.exec!.mounts ?? []).map((m) => ({
+          dest: m.dest ?? '',
+          size: Number(m.TmpfsOpt?.size ?? 0),
+        })),
+      }));
+  };
+
+  it('forces the network of RUNs without their own, mounts /dev/shm, sets rlimits', async () => {
+    const execs = await execsOf(
+      {
+        'force-network-mode': 'none',
+        'shm-size': '134217728',
+        ulimit: 'nofile=1024:2048,nproc=512',
+      },
+      'FROM busybox\nRUN a\nRUN --network=host b\n',
+    );
+    expect(execs.map((e) => e.network).sort()).toEqual([1, 2]);
+    for (const e of execs) {
+      expect(e.mounts).toContainEqual({ dest: '/dev/shm', size: 134217728 });
+      expect(e.ulimit.map((u) => [u.Name, Number(u.Soft), Number(u.Hard)])).toEqual([
+        ['nofile', 1024, 2048],
+        ['nproc', 512, 512],
+      ]);
+    }
+    const plain = await execsOf({ 'force-network-mode': 'sandbox' }, 'FROM busybox\nRUN a\n');
+    expect(plain).toEqual([{ network: 0, ulimit: [], mounts: [{ dest: '/', size: 0 }] }]);
+  });
+
+  it('refuses bad values as BuildKit does', () => {
+    for (const [k, v, msg] of [
+      ['force-network-mode', 'bridge', 'invalid netmode bridge'],
+      ['shm-size', '1g', 'failed to parse shm size'],
+      ['ulimit', 'nofiles=1', 'invalid ulimit type: nofiles'],
+      ['ulimit', 'nofile=2:1', 'soft limit must be less than or equal to hard limit'],
+      ['ulimit', 'nofile', 'invalid ulimit argument'],
+    ] as const)
+      expect(() => convertOptionsFromAttrs({ [k]: v })).toThrow(msg);
+  });
+});

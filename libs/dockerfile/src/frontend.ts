@@ -4,11 +4,12 @@
  * platform. Frontends are registered by name; `dockerfile.v0` is registered by default.
  */
 import { isIP } from 'node:net';
-import { parsePlatform } from '@kiln/llb';
-import type { Definition, Platform } from '@kiln/llb';
+import { NetMode, parsePlatform } from '@kiln/llb';
+import type { Definition, Platform, Ulimit } from '@kiln/llb';
 import { convertDockerfile, marshalResult } from './convert/convert.js';
 import type { ConvertOptions, MetaResolver } from './convert/convert.js';
 import { imageConfigToJson } from './convert/image-config.js';
+import { NAMED_CONTEXT_PREFIX } from './convert/named-context.js';
 import type { ImageConfig } from './convert/image-config.js';
 import { readDockerignore } from './dockerignore.js';
 import { DockerfileError } from './dockerfile-error.js';
@@ -24,7 +25,9 @@ export interface FrontendInputs {
    * Frontend attributes as BuildKit names them: `build-arg:K`, `target`, `platform`
    * (comma-separated), `filename`, `no-cache` (empty: all stages, or stage names), `label:K`,
    * `context` (the context's source name), `multi-platform`, `image-resolve-mode`, `hostname`,
-   * `add-hosts` (`host=ip,...`).
+   * `add-hosts` (`host=ip,...`), `context:NAME` (named contexts, see ConvertOptions),
+   * `force-network-mode` (`none`, `host`, `sandbox`), `shm-size` (bytes), `ulimit`
+   * (`name=soft[:hard],...`).
    */
   opts: Readonly<Record<string, string>>;
   /** Image config lookup for base images. */
@@ -89,15 +92,66 @@ function parseExtraHosts(v: string): { host: string; ip: string }[] {
   });
 }
 
+/** The rlimit names docker's units.ParseUlimit knows. */
+const ULIMIT_NAMES = new Set([
+  'core',
+  'cpu',
+  'data',
+  'fsize',
+  'locks',
+  'memlock',
+  'msgqueue',
+  'nice',
+  'nofile',
+  'nproc',
+  'rss',
+  'rtprio',
+  'rttime',
+  'sigpending',
+  'stack',
+]);
+
+/** dockerui's `ulimit`: `name=soft[:hard]`, comma-separated (docker's units.ParseUlimit). */
+function parseUlimits(v: string): Ulimit[] {
+  return v.split(',').map((field) => {
+    const fail = (why: string): never => {
+      throw badOption(`failed to parse ulimit: ${why}`);
+    };
+    const i = field.indexOf('=');
+    if (i < 0) fail(`invalid ulimit argument: ${field}`);
+    const name = field.slice(0, i);
+    if (!ULIMIT_NAMES.has(name)) fail(`invalid ulimit type: ${name}`);
+    const parts = field.slice(i + 1).split(':');
+    if (parts.length > 2)
+      fail(
+        `too many limit value arguments - ${field.slice(i + 1)}, can only have up to two, \`soft[:hard]\``,
+      );
+    const num = (s: string): number => {
+      if (!/^-?[0-9]{1,18}$/.test(s) || !Number.isSafeInteger(Number(s)))
+        fail(`invalid ulimit value ${JSON.stringify(s)} in ${field}`);
+      return Number(s);
+    };
+    const soft = num(parts[0]!);
+    const hard = parts.length > 1 ? num(parts[1]!) : soft;
+    if (soft > hard)
+      fail(`ulimit soft limit must be less than or equal to hard limit: ${soft} > ${hard}`);
+    return { name, soft, hard };
+  });
+}
+
 /** Reads BuildKit's frontend attributes into conversion options. */
 export function convertOptionsFromAttrs(attrs: Readonly<Record<string, string>>): ConvertOptions {
   const buildArgs: Record<string, string> = {};
   const labels: Record<string, string> = {};
   const opts: ConvertOptions = { buildArgs, labels };
+  const namedContexts: Record<string, string> = {};
   for (const [k, v] of Object.entries(attrs)) {
     if (k.startsWith('build-arg:')) buildArgs[k.slice('build-arg:'.length)] = v;
     else if (k.startsWith('label:')) labels[k.slice('label:'.length)] = v;
+    else if (k.startsWith(NAMED_CONTEXT_PREFIX))
+      namedContexts[k.slice(NAMED_CONTEXT_PREFIX.length)] = v;
   }
+  if (Object.keys(namedContexts).length > 0) opts.namedContexts = namedContexts;
   if (attrs.target) opts.target = attrs.target;
   if (attrs.platform) {
     try {
@@ -130,6 +184,19 @@ export function convertOptionsFromAttrs(attrs: Readonly<Record<string, string>>)
   }
   if (attrs.hostname) opts.hostname = attrs.hostname;
   if (attrs['add-hosts']) opts.extraHosts = parseExtraHosts(attrs['add-hosts']);
+  const net = attrs['force-network-mode'];
+  if (net) {
+    if (net === 'none') opts.networkMode = NetMode.NONE;
+    else if (net === 'host') opts.networkMode = NetMode.HOST;
+    else if (net !== 'sandbox') throw badOption(`invalid netmode ${net}`);
+  }
+  const shm = attrs['shm-size'];
+  if (shm) {
+    if (!/^[0-9]{1,15}$/.test(shm))
+      throw badOption(`failed to parse shm size: invalid syntax: ${JSON.stringify(shm)}`);
+    opts.shmSize = Number(shm);
+  }
+  if (attrs.ulimit) opts.ulimits = parseUlimits(attrs.ulimit);
   return opts;
 }
 

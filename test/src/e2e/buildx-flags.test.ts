@@ -1,10 +1,9 @@
 /**
  * `kiln build` flags with buildx's meaning: --push, --load (a clear error without a docker
  * engine), --label, --iidfile, --metadata-file, -q, --progress rawjson|quiet, --add-host,
- * --no-cache-filter, --pull, --network default, the refused ones (--shm-size, --ulimit,
- * --build-context), and the image config's `created` (SOURCE_DATE_EPOCH). Real processes: the
- * local farm daemon bundled from source, its nats-server and crun, the harness's registry with the
- * fixture busybox image; the CLI runs in-process.
+ * --no-cache-filter, --pull, --network default, a bad --label, and the image config's `created`
+ * (SOURCE_DATE_EPOCH). Real processes: the local farm daemon bundled from source, its nats-server
+ * and crun, the harness's registry with the fixture busybox image; the CLI runs in-process.
  */
 import { execFile } from 'node:child_process';
 import { createServer } from 'node:http';
@@ -230,18 +229,10 @@ describe('kiln build flags', () => {
     expect(again.out).not.toMatch(/RUN echo two[^\n]*\n#\d+ CACHED/);
   });
 
-  it('refuses the flags Kiln cannot honour, saying why', async () => {
+  it('refuses a --label without a value, saying why', async () => {
     const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\n' });
-    for (const [flag, v, why] of [
-      ['--shm-size', '1g', '--shm-size is not supported'],
-      ['--ulimit', 'nofile=1024:1024', '--ulimit is not supported'],
-      ['--build-context', 'x=.', '--build-context is not supported yet'],
-      ['--network', 'host', '--network host: only default is supported'],
-      ['--label', 'novalue', '--label "novalue": want KEY=VALUE'],
-    ] as const) {
-      const r = await build(ctx, flag, v);
-      expect(r.code).toBe(1);
-      expect(r.out).toContain(why);
-    }
+    const r = await build(ctx, '--label', 'novalue');
+    expect(r.code).toBe(1);
+    expect(r.out).toContain('--label "novalue": want KEY=VALUE');
   });
 });

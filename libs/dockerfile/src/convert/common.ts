@@ -1,7 +1,7 @@
 /** Helpers shared by the conversion files (kept apart so that they import no conversion file). */
 import { posix } from 'node:path';
 import { formatPlatform, parsePlatform } from '@kiln/llb';
-import type { HostIP, Platform, ProxyEnv, State } from '@kiln/llb';
+import type { HostIP, Platform, ProxyEnv, State, Ulimit } from '@kiln/llb';
 import { DockerfileError } from '../dockerfile-error.js';
 import type { Location } from '../instructions/commands.js';
 import type { EnvGetter } from '../shell/env.js';
@@ -28,6 +28,10 @@ export interface DispatchOpt {
   newId: () => string;
   /** `--add-host` entries for RUN. */
   extraHosts: readonly HostIP[];
+  /** `--shm-size` in bytes (0: the runtime's /dev/shm). */
+  shmSize: number;
+  /** `--ulimit` entries for RUN. */
+  ulimits: readonly Ulimit[];
   /** Notes that a state's op comes from an instruction (the source map). */
   locate: (state: State, loc: Location) => State;
 }

@@ -31,6 +31,7 @@ import type {
   Platform,
   ProxyEnv,
   ResolveMode,
+  Ulimit,
   Vertex,
 } from '@kiln/llb';
 import { DockerfileError } from '../dockerfile-error.js';
@@ -89,6 +90,8 @@ import {
 } from './image-config.js';
 import type { ImageConfig } from './image-config.js';
 import { autoDetectPlatform, buildPlatformOpt, defaultArgs, defaultShell } from './platform.js';
+import { findNamedContext } from './named-context.js';
+import type { NamedContext } from './named-context.js';
 import { SourceLocations } from './source-map.js';
 import type { PlatformOpt } from './platform.js';
 
@@ -199,6 +202,17 @@ export interface ConvertOptions {
   extraHosts?: readonly HostIP[];
   /** `--hostname` of RUN containers. */
   hostname?: string;
+  /**
+   * Named contexts (`--build-context`), by `NAME` or `NAME::os/arch`: BuildKit's `context:NAME`
+   * attribute values (`docker-image://REF`, `local:DIR`, git and http URLs; see named-context.ts).
+   */
+  namedContexts?: Readonly<Record<string, string>>;
+  /** `force-network-mode` (`--network`): the network of every RUN without its own `--network`. */
+  networkMode?: NetMode;
+  /** `shm-size` (`--shm-size`): a tmpfs of this many bytes on /dev/shm in every RUN. */
+  shmSize?: number;
+  /** `ulimit` (`--ulimit`): rlimits of every RUN. */
+  ulimits?: readonly Ulimit[];
 }
 
 /** The conversion for one target platform. */
@@ -540,6 +554,13 @@ class Converter {
         }
       }
       if (st.name === '') ds.stageName = `stage-${i}`;
+      else {
+        try {
+          ds.named = this.namedContext(st.name, ds.platform);
+        } catch (err) {
+          throw withLocation(err, st);
+        }
+      }
       this.all.add(ds);
       let total = ds.stage.baseName !== EMPTY_IMAGE_NAME && !ds.base ? 1 : 0;
       for (const c of ds.stage.commands)
@@ -576,6 +597,8 @@ class Converter {
 
   private buildStageDependencyGraph(): void {
     for (const d of [...this.all.states]) {
+      // A stage a named context stands for runs none of its commands.
+      if (d.named) continue;
       d.commands = d.stage.commands.map((c) => {
         const cmd = toCommand(c, this.all, this.shlex);
         this.addDeps(d, cmd);
@@ -600,7 +623,23 @@ class Converter {
         const isReachable = reachable.has(d);
         if (d.base || d.dispatched || d.resolved) continue;
         d.resolved = isReachable;
-        if (d.stage.baseName === EMPTY_IMAGE_NAME) {
+        if (!d.named && d.stage.baseName !== EMPTY_IMAGE_NAME) {
+          try {
+            d.baseContext = this.namedContext(d.stage.baseName, d.platform);
+          } catch (err) {
+            throw withLocation(err, d.stage);
+          }
+        }
+        const nc = d.named ?? d.baseContext;
+        if (nc?.kind === 'state') {
+          const platform = d.platform ?? this.po.targetPlatform;
+          d.state = nc.state.platform(platform);
+          d.image = emptyImage(this.po.targetPlatform);
+          d.platform = platform;
+          if (d.unregistered || d.named) d.dispatched = true;
+          continue;
+        }
+        if (!nc && d.stage.baseName === EMPTY_IMAGE_NAME) {
           d.state = scratch();
           d.image = emptyImage(this.po.targetPlatform);
           d.platform = this.po.targetPlatform;
@@ -664,8 +703,22 @@ class Converter {
     return hasNewDeps;
   }
 
+  /** The named context (`--build-context`) standing for a stage or image name, if any. */
+  private namedContext(name: string, platform: Platform | undefined): NamedContext | undefined {
+    const contexts = this.opts.namedContexts;
+    if (!contexts) return undefined;
+    return findNamedContext(
+      contexts,
+      name,
+      platform ?? this.po.targetPlatform,
+      this.opts.sessionId,
+    );
+  }
+
   /** Normalizes a stage's base name; the lookup its image needs. */
   private baseImageRequest(d: DispatchState): LookupRequest {
+    const nc = d.named ?? d.baseContext;
+    if (nc?.kind === 'image') d.stage.baseName = nc.ref;
     const origName = d.stage.baseName;
     let ref: string;
     try {
@@ -686,6 +739,7 @@ class Converter {
     meta: LookupResult | undefined,
     reachable: boolean,
   ): void {
+    const nc = d.named ?? d.baseContext;
     try {
       let platform = d.platform ?? this.po.targetPlatform;
       let isScratch = false;
@@ -714,13 +768,16 @@ class Converter {
             platform,
             ...(this.opts.imageResolveMode ? { resolveMode: this.opts.imageResolveMode } : {}),
             description: dfCmd(d.stage.sourceCode),
-            customName: prefixCommand(
-              d,
-              'FROM ' + d.stage.baseName,
-              this.multiPlatform(),
-              platform,
-              emptyEnv,
-            ),
+            customName:
+              nc?.kind === 'image'
+                ? nc.customName
+                : prefixCommand(
+                    d,
+                    'FROM ' + d.stage.baseName,
+                    this.multiPlatform(),
+                    platform,
+                    emptyEnv,
+                  ),
           }),
           d.stage,
         );
@@ -729,7 +786,7 @@ class Converter {
     } catch (err) {
       throw withLocation(err, d.stage);
     } finally {
-      if (d.unregistered) d.dispatched = true;
+      if (d.unregistered || d.named) d.dispatched = true;
     }
   }
 
@@ -748,6 +805,8 @@ class Converter {
       newId: () => this.newId(),
       locate: (st, loc) => this.locations.locate(st, loc),
       extraHosts: this.opts.extraHosts ?? [],
+      shmSize: this.opts.shmSize ?? 0,
+      ulimits: this.opts.ulimits ?? [],
     };
   }
 
@@ -768,6 +827,8 @@ class Converter {
         d.state = i < 0 ? d.state.addEnv(e, '') : d.state.addEnv(e.slice(0, i), e.slice(i + 1));
       }
       if (this.opts.hostname) d.state = d.state.hostname(this.opts.hostname);
+      if (this.opts.networkMode !== undefined && this.opts.networkMode !== NetMode.UNSET)
+        d.state = d.state.network(this.opts.networkMode);
       try {
         if (d.image.config.WorkingDir)
           dispatchWorkdir(d, d.image.config.WorkingDir, false, opt, '');
@@ -1178,7 +1239,15 @@ function dispatchRun(
     ...(network !== undefined ? { network } : {}),
     ...(security !== undefined ? { security } : {}),
     ...(opt.extraHosts.length ? { extraHosts: [...opt.extraHosts] } : {}),
-    mounts: [...extraMounts, ...rm.mounts],
+    ...(opt.ulimits.length ? { ulimits: [...opt.ulimits] } : {}),
+    mounts: [
+      ...extraMounts,
+      ...rm.mounts,
+      // --shm-size: BuildKit's /dev/shm tmpfs, after the RUN's own mounts.
+      ...(opt.shmSize > 0
+        ? [{ target: '/dev/shm', source: scratch(), tmpfs: { size: opt.shmSize } }]
+        : []),
+    ],
     secrets: rm.secrets,
     ssh: rm.ssh,
   });

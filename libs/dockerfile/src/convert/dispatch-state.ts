@@ -6,6 +6,7 @@ import type { Platform, State } from '@kiln/llb';
 import type { Command, KeyValuePairOptional, Stage } from '../instructions/commands.js';
 import { cloneImage } from './image-config.js';
 import type { ImageConfig } from './image-config.js';
+import type { NamedContext } from './named-context.js';
 
 /** A command and the stages (or images) it reads from (COPY --from, RUN --mount from=). */
 export interface DispatchCommand {
@@ -40,6 +41,13 @@ export class DispatchState {
   prefixPlatform = false;
   /** CMD was set in this stage (an ENTRYPOINT then keeps it). */
   cmdSet = false;
+  /**
+   * A named context (`--build-context`) stands for this stage: its base and its commands are
+   * not used (BuildKit's noinit).
+   */
+  named: NamedContext | undefined;
+  /** A named context standing for this stage's base image (its commands run on it). */
+  baseContext: NamedContext | undefined;
 
   constructor(
     public stage: Stage,
@@ -73,7 +81,7 @@ export class DispatchStates {
 
   add(ds: DispatchState): void {
     this.states.push(ds);
-    const base = this.byName.get(ds.stage.baseName);
+    const base = ds.named ? undefined : this.byName.get(ds.stage.baseName);
     if (base) ds.base = base;
     if (ds.stage.name !== '') this.byName.set(ds.stage.name.toLowerCase(), ds);
   }
