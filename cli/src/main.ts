@@ -7,6 +7,7 @@ import { KilnError } from '@kiln/protocol/errors';
 import { registerBuild } from './commands/build.js';
 import { registerDebug } from './commands/debug.js';
 import { registerDu } from './commands/du.js';
+import { registerLs } from './commands/ls.js';
 import { registerPrune } from './commands/prune.js';
 import { registerFarm } from './commands/farm.js';
 import { ExitStatus, FormattedError } from './formatted-error.js';
@@ -20,6 +21,7 @@ export function program(): Command {
     .exitOverride();
   registerBuild(p);
   registerFarm(p);
+  registerLs(p);
   registerDu(p);
   registerPrune(p);
   registerDebug(p);

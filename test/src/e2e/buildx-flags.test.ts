@@ -8,6 +8,7 @@
 import { execFile } from 'node:child_process';
 import { createServer } from 'node:http';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { localFarmSuite } from './local-farm-suite.js';
@@ -227,6 +228,40 @@ describe('kiln build flags', () => {
     expect(again.code).toBe(0);
     expect(again.out).toMatch(/RUN grep kiln-test-host[^\n]*\n#\d+ CACHED/);
     expect(again.out).not.toMatch(/RUN echo two[^\n]*\n#\d+ CACHED/);
+  });
+
+  it("kiln ls lists the farm's worker: id, status, slots, platforms (table, json, -v, filter)", async () => {
+    // The farm is up from the builds above.
+    const json = await runKiln(['ls', '--format', 'json']);
+    expect(json.code).toBe(0);
+    const rows = JSON.parse(json.out) as {
+      id: string;
+      status: string;
+      slots: number;
+      busySlots: number;
+      platforms: string[];
+    }[];
+    expect(rows).toHaveLength(1);
+    const w = rows[0]!;
+    expect(w.id).toBe('local');
+    expect(w.status).toBe('running');
+    expect(w.slots).toBe(Math.max(16, 4 * availableParallelism()));
+    expect(w.busySlots).toBe(0);
+    expect(w.platforms).toContain(`linux/${process.arch === 'x64' ? 'amd64' : process.arch}`);
+    const table = await runKiln(['ls']);
+    expect(table.code).toBe(0);
+    const [head, row, ...rest] = table.out.trimEnd().split('\n');
+    expect(head!.split(/\t+/)).toEqual(['ID', 'STATUS', 'SLOTS', 'PLATFORMS']);
+    expect(row!.split(/\t+/).slice(0, 3)).toEqual(['local', 'running', `0/${w.slots}`]);
+    expect(rest).toEqual([]);
+    const verbose = await runKiln(['ls', '-v']);
+    expect(verbose.out).toMatch(/^ID:\t\tlocal$/m);
+    expect(verbose.out).toMatch(/^Heartbeat:\t\d+ seconds? ago$/m);
+    const none = await runKiln(['ls', '--filter', 'id==nobody', '--format', 'json']);
+    expect(JSON.parse(none.out)).toEqual([]);
+    const bad = await runKiln(['ls', '--format', 'yaml']);
+    expect(bad.code).toBe(1);
+    expect(bad.out).toContain('--format yaml: want table or json');
   });
 
   it('refuses a --label without a value, saying why', async () => {
