@@ -224,6 +224,33 @@ export function parseMemBytes(v: string): number {
   return bytes;
 }
 
+/**
+ * `--annotation [TYPE[,TYPE...]][[PLATFORM]]:KEY=VALUE` (buildx) as image exporter attributes:
+ * no type is the manifest's (`annotation.KEY`), else `annotation-TYPE[PLATFORM].KEY` for each of
+ * `manifest`, `index`.
+ */
+export function parseAnnotations(values: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const v of values) {
+    const m = /^(?:([a-z,-]*)(\[[^\]]+\])?:)?([^=:]+)=(.*)$/s.exec(v);
+    if (!m)
+      throw new BuildOptionError(
+        `--annotation ${JSON.stringify(v)}: want [TYPE[,TYPE]][[PLATFORM]]:KEY=VALUE`,
+      );
+    const [, types, platform = '', key = '', value = ''] = m;
+    for (const t of types ? types.split(',') : ['']) {
+      if (t !== '' && t !== 'manifest' && t !== 'index')
+        throw new BuildOptionError(
+          `--annotation ${JSON.stringify(v)}: type ${t}: want manifest or index (descriptor annotations are not supported)`,
+        );
+      if (t === 'index' && platform)
+        throw new BuildOptionError(`--annotation ${JSON.stringify(v)}: an index takes no platform`);
+      out[`annotation${t ? `-${t}` : ''}${platform}.${key}`] = value;
+    }
+  }
+  return out;
+}
+
 /** `--allow` values: BuildKit's entitlement names, each once. */
 export function parseAllow(values: readonly string[]): string[] {
   for (const v of values)

@@ -24,6 +24,7 @@ import { KilnError, reviveError } from '@kiln/protocol/errors';
 import {
   BuildOptionError,
   parseAllow,
+  parseAnnotations,
   parseBuildArg,
   parseBuildContexts,
   parseCacheSpec,
@@ -74,6 +75,7 @@ export interface BuildFlags extends RemoteFlags {
   shmSize?: string;
   ulimit: string[];
   buildContext: string[];
+  annotation: string[];
 }
 
 export async function build(context: string, flags: BuildFlags): Promise<void> {
@@ -104,6 +106,14 @@ async function buildIn(
   // --load: the image as a docker tar, loaded into the engine once written.
   const load = flags.load ? await dockerEngine(env, scratch) : undefined;
   if (load) outputs.push({ type: 'docker', dest: load.file });
+  const annotations = parseAnnotations(flags.annotation);
+  if (
+    Object.keys(annotations).length > 0 &&
+    !outputs.some((o) => o.type === 'oci' || o.type === 'docker' || o.type === 'image')
+  )
+    throw new BuildOptionError(
+      '--annotation needs an image output (-o type=oci|docker|registry, --push or --load)',
+    );
   const toStdout = outputs.filter((o) => o.type !== 'image' && o.dest === '-');
   if (toStdout.length > 1) throw new BuildOptionError('only one output can go to stdout (-)');
   if (toStdout.length > 0 && process.stdout.isTTY)
@@ -256,7 +266,7 @@ async function buildIn(
           inputs: {
             dockerfile: dockerfileInput(dockerfile, dockerignore ? { dockerignore } : {}),
           },
-          exporters: outputs.map((o) => exporterEntry(o, flags.tag)),
+          exporters: outputs.map((o) => exporterEntry(o, flags.tag, annotations)),
           cacheImports,
           cacheExports,
         },
@@ -457,10 +467,14 @@ function registryAuth(
 function exporterEntry(
   o: OutputSpec,
   tags: string[],
+  annotations: Record<string, string>,
 ): { type: string; attrs: Record<string, string> } {
   if (o.type === 'oci' || o.type === 'docker' || o.type === 'image') {
     const names = o.name ? [o.name, ...tags] : tags;
-    const attrs: Record<string, string> = names.length ? { name: names.join(',') } : {};
+    const attrs: Record<string, string> = {
+      ...annotations,
+      ...(names.length ? { name: names.join(',') } : {}),
+    };
     if (o.type === 'image') attrs.push = 'true';
     return { type: o.type, attrs };
   }

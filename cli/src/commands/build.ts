@@ -81,6 +81,12 @@ export function registerBuild(program: Command): void {
       collect,
       [],
     )
+    .option(
+      '--annotation <[type[,type]][[platform]]:key=value>',
+      'an annotation of the image manifest (default) or index (several platforms), e.g. index:org.opencontainers.image.title=app (repeatable)',
+      collect,
+      [],
+    )
     .option('-t, --tag <name>', 'name the image (oci/docker outputs)', collect, [])
     .option(
       '--cache-from <spec>',

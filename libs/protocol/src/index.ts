@@ -19,6 +19,7 @@ export * from './grpc-status.js';
 export { controlService } from './control-service.js';
 export type { ControlService } from './control-service.js';
 export * from './platform.js';
+export * from './annotations.js';
 export * from './truncate.js';
 export { ServingStatus, healthService } from './health-service.js';
 export type {

@@ -264,6 +264,53 @@ describe('kiln build flags', () => {
     expect(bad.out).toContain('--format yaml: want table or json');
   });
 
+  it('--annotation: manifest annotations (all, or one platform) and the index of several platforms', async () => {
+    const ctx = await context({ Dockerfile: 'FROM scratch\nCOPY Dockerfile /d\n' });
+    const oci = join(suite.dir(), 'annotated.tar');
+    const r = await build(
+      ctx,
+      '--platform',
+      'linux/amd64,linux/arm64',
+      '--annotation',
+      'index:org.opencontainers.image.title=kiln-test',
+      '--annotation',
+      'org.example.all=1',
+      '--annotation',
+      'manifest[linux/arm64]:org.example.arm=yes',
+      '-o',
+      `type=oci,dest=${oci}`,
+    );
+    expect(r.out).not.toContain('ERROR');
+    expect(r.code).toBe(0);
+    const dir = join(suite.dir(), 'annotated');
+    await mkdir(dir);
+    await run('tar', ['-xf', oci, '-C', dir]);
+    const blob = async <T>(d: string): Promise<T> =>
+      JSON.parse(await readFile(join(dir, 'blobs', ...d.split(':')), 'utf8')) as T;
+    const top = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as Manifest;
+    const index = await blob<{
+      annotations?: Record<string, string>;
+      manifests: { digest: string; platform: { architecture: string } }[];
+    }>(top.manifests![0]!.digest);
+    expect(index.annotations).toEqual({ 'org.opencontainers.image.title': 'kiln-test' });
+    const byArch: Record<string, Record<string, string> | undefined> = {};
+    for (const m of index.manifests)
+      byArch[m.platform.architecture] = (
+        await blob<{ annotations?: Record<string, string> }>(m.digest)
+      ).annotations;
+    expect(byArch).toEqual({
+      amd64: { 'org.example.all': '1' },
+      arm64: { 'org.example.all': '1', 'org.example.arm': 'yes' },
+    });
+    // One platform has no index; a local output no manifest.
+    const one = await build(ctx, '--annotation', 'index:a=b', '-o', `type=oci,dest=${oci}.1`);
+    expect(one.code).toBe(1);
+    expect(one.out).toContain('index annotations need an index');
+    const local = await build(ctx, '--annotation', 'a=b', '-o', join(suite.dir(), 'ann-local'));
+    expect(local.code).toBe(1);
+    expect(local.out).toContain('--annotation needs an image output');
+  });
+
   it('refuses a --label without a value, saying why', async () => {
     const ctx = await context({ Dockerfile: 'ARG BASE\nFROM ${BASE}\n' });
     const r = await build(ctx, '--label', 'novalue');

@@ -941,6 +941,11 @@ const raw = {
                       "rule": "repeated",
                       "type": "ExportPlatform",
                       "id": 3
+                    },
+                    "annotations": {
+                      "keyType": "string",
+                      "type": "string",
+                      "id": 4
                     }
                   }
                 },

@@ -832,6 +832,7 @@ export namespace kiln {
                 type?: (string|null);
                 names?: (string[]|null);
                 platforms?: (kiln.worker.v1.IExportPlatform[]|null);
+                annotations?: ({ [k: string]: string }|null);
             }
 
             class ExportSpec implements IExportSpec {
@@ -839,6 +840,7 @@ export namespace kiln {
                 public type: string;
                 public names: string[];
                 public platforms: kiln.worker.v1.IExportPlatform[];
+                public annotations: { [k: string]: string };
                 public static create(properties?: kiln.worker.v1.IExportSpec): kiln.worker.v1.ExportSpec;
                 public static encode(message: kiln.worker.v1.IExportSpec, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.ExportSpec;

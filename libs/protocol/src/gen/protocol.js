@@ -6760,6 +6760,7 @@ export const kiln = $root.kiln = (() => {
                 function ExportSpec(properties) {
                     this.names = [];
                     this.platforms = [];
+                    this.annotations = {};
                     if (properties)
                         for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
                             if (properties[keys[i]] != null && keys[i] !== "__proto__")
@@ -6769,6 +6770,7 @@ export const kiln = $root.kiln = (() => {
                 ExportSpec.prototype.type = "";
                 ExportSpec.prototype.names = $util.emptyArray;
                 ExportSpec.prototype.platforms = $util.emptyArray;
+                ExportSpec.prototype.annotations = $util.emptyObject;
 
                 ExportSpec.create = function create(properties) {
                     return new ExportSpec(properties);
@@ -6789,6 +6791,9 @@ export const kiln = $root.kiln = (() => {
                     if (message.platforms != null && message.platforms.length)
                         for (let i = 0; i < message.platforms.length; ++i)
                             $root.kiln.worker.v1.ExportPlatform.encode(message.platforms[i], writer.uint32(26).fork(), q + 1).ldelim();
+                    if (message.annotations != null && Object.hasOwnProperty.call(message, "annotations"))
+                        for (let keys = $sortedKeys(message.annotations), i = 0; i < keys.length; ++i)
+                            writer.uint32(34).fork().uint32(10).string(keys[i]).uint32(18).string(message.annotations[keys[i]]).ldelim();
                     return writer;
                 };
 
@@ -6799,7 +6804,7 @@ export const kiln = $root.kiln = (() => {
                         long = 0;
                     if (long > $Reader.recursionLimit)
                         throw Error("maximum nesting depth exceeded");
-                    let end, message;
+                    let end, message, key, value;
                     if (length === undefined)
                         end = reader.len;
                     else {
@@ -6829,6 +6834,37 @@ export const kiln = $root.kiln = (() => {
                                 if (!(message.platforms && message.platforms.length))
                                     message.platforms = [];
                                 message.platforms.push($root.kiln.worker.v1.ExportPlatform.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
+                        case 4: {
+                                if (message.annotations === $util.emptyObject)
+                                    message.annotations = {};
+                                let end2 = reader.uint32() + reader.pos;
+                                if (end2 > reader.len)
+                                    throw RangeError("index out of range");
+                                reader.len = end2;
+                                key = "";
+                                value = "";
+                                while (reader.pos < end2) {
+                                    let tag2 = reader.uint32();
+                                    switch (tag2 >>> 3) {
+                                    case 1:
+                                        key = reader.string();
+                                        break;
+                                    case 2:
+                                        value = reader.string();
+                                        break;
+                                    default:
+                                        reader.skipType(tag2 & 7, long);
+                                        break;
+                                    }
+                                }
+                                if (reader.pos !== end2)
+                                    throw RangeError("index out of range");
+                                reader.len = end;
+                                if (key === "__proto__")
+                                    $util.makeProp(message.annotations, key);
+                                message.annotations[key] = value;
                                 break;
                             }
                         default:
@@ -6873,6 +6909,16 @@ export const kiln = $root.kiln = (() => {
                             message.platforms[i] = $root.kiln.worker.v1.ExportPlatform.fromObject(object.platforms[i], long + 1);
                         }
                     }
+                    if (object.annotations) {
+                        if (!$util.isObject(object.annotations))
+                            throw TypeError(".kiln.worker.v1.ExportSpec.annotations: object expected");
+                        message.annotations = {};
+                        for (let keys = Object.keys(object.annotations), i = 0; i < keys.length; ++i) {
+                            if (keys[i] === "__proto__")
+                                $util.makeProp(message.annotations, keys[i]);
+                            message.annotations[keys[i]] = String(object.annotations[keys[i]]);
+                        }
+                    }
                     return message;
                 };
 
@@ -6888,6 +6934,8 @@ export const kiln = $root.kiln = (() => {
                         object.names = [];
                         object.platforms = [];
                     }
+                    if (options.objects || options.defaults)
+                        object.annotations = {};
                     if (options.defaults)
                         object.type = "";
                     if (message.type != null && Object.hasOwnProperty.call(message, "type"))
@@ -6901,6 +6949,15 @@ export const kiln = $root.kiln = (() => {
                         object.platforms = [];
                         for (let j = 0; j < message.platforms.length; ++j)
                             object.platforms[j] = $root.kiln.worker.v1.ExportPlatform.toObject(message.platforms[j], options, q + 1);
+                    }
+                    let keys2;
+                    if (message.annotations && (keys2 = $sortedKeys(message.annotations)).length) {
+                        object.annotations = {};
+                        for (let j = 0; j < keys2.length; ++j) {
+                            if (keys2[j] === "__proto__")
+                                $util.makeProp(object.annotations, keys2[j]);
+                            object.annotations[keys2[j]] = message.annotations[keys2[j]];
+                        }
                     }
                     return object;
                 };

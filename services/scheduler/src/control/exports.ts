@@ -15,6 +15,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { TaskInit, TaskResult } from '@kiln/bus';
+import { annotationAttrs, indexAnnotations } from '@kiln/protocol';
 import type { control, pb } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 import type { SubmitOptions } from '../dispatch/index.js';
@@ -58,6 +59,12 @@ export function checkExporters(entries: readonly ExportEntry[], hasSession: bool
         { exporter: type },
       );
     }
+    const annotations = annotationAttrs(e.attrs ?? {});
+    if (Object.keys(annotations).length > 0 && (type === 'local' || type === 'tar'))
+      throw new SolveRequestInvalidError(
+        `the ${type} exporter writes files, not an image: annotations are for image outputs`,
+        { exporter: type },
+      );
     if (pushes(type)) {
       if (type === 'image' && e.attrs?.push !== 'true')
         throw new SolveRequestInvalidError(
@@ -101,8 +108,11 @@ export async function runExports(
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean);
+    const annotations = annotationAttrs(e.attrs ?? {});
+    // Index annotations need an index: several platforms into one image.
+    indexAnnotations(annotations, (pushes(type) || type === 'oci') && results.length > 1);
     if (pushes(type)) {
-      const r = await exportOne('image', names, results, index, '', d);
+      const r = await exportOne('image', names, annotations, results, index, '', d);
       response['containerimage.digest'] = r.resultId;
       response['image.name'] = names.join(',');
       continue;
@@ -110,7 +120,7 @@ export async function runExports(
     const groups = type === 'oci' ? [results] : results.map((r) => [r]);
     for (const group of groups) {
       const label = group.length === 1 && results.length > 1 ? group[0]!.name : '';
-      const { blob: digest } = await exportOne(type, names, group, index, label, d);
+      const { blob: digest } = await exportOne(type, names, annotations, group, index, label, d);
       if (!d.store) throw new SolveRequestInvalidError('this scheduler has no content store');
       if (!d.session) throw new SolveRequestInvalidError('the build has no session');
       await d.session.sendExport(index, label, await d.store.get(digest as Digest));
@@ -124,6 +134,7 @@ export async function runExports(
 async function exportOne(
   type: string,
   names: string[],
+  annotations: Record<string, string>,
   group: readonly PlatformResult[],
   index: number,
   label: string,
@@ -142,6 +153,7 @@ async function exportOne(
     type === 'image' ? d.buildId : '',
     type,
     names.join(','),
+    JSON.stringify(Object.entries(annotations).sort()),
     ...group.flatMap((r) => [r.name, r.imageConfigJson, r.solved.result.resultId ?? '']),
   ]);
   const digest = `export-${index}${label ? `-${label}` : ''}`;
@@ -172,6 +184,7 @@ async function exportOne(
         export: {
           type,
           names,
+          annotations,
           platforms: group.map((r) => ({ platform: r.platform, configJson: r.imageConfigJson })),
         },
       },

@@ -54,7 +54,23 @@ export interface EngineOptions {
 export type ExportSpec =
   | { type: 'local'; dest: string }
   | { type: 'tar'; dest: string }
-  | { type: 'oci' | 'docker'; dest: string; config: Record<string, unknown>; names?: string[] };
+  | {
+      type: 'oci' | 'docker';
+      dest: string;
+      config: Record<string, unknown>;
+      names?: string[];
+      /** The manifest's annotations. */
+      annotations?: Record<string, string>;
+    };
+
+/** One platform's result made into an image (multi-platform exports and pushes). */
+export interface ImageResult {
+  snapshot: string | undefined;
+  config: Record<string, unknown>;
+  platform: { os: string; architecture: string; variant?: string };
+  /** The manifest's annotations. */
+  annotations?: Record<string, string>;
+}
 
 export class Engine {
   private constructor(
@@ -152,8 +168,15 @@ export class Engine {
   }
 
   /** The image (config, manifest, layers in the store) whose filesystem is `snapshot`. */
-  buildImage(snapshot: string | undefined, config: Record<string, unknown>): Promise<BuiltImage> {
-    return buildImage(this.env, this.store, this.layers, snapshot, { config });
+  buildImage(
+    snapshot: string | undefined,
+    config: Record<string, unknown>,
+    annotations?: Record<string, string>,
+  ): Promise<BuiltImage> {
+    return buildImage(this.env, this.store, this.layers, snapshot, {
+      config,
+      ...(annotations ? { annotations } : {}),
+    });
   }
 
   /** Writes a result where `spec` says. */
@@ -165,7 +188,7 @@ export class Engine {
         return exportTarFile(this.env, snapshot, spec.dest);
       case 'oci':
       case 'docker': {
-        const img = await this.buildImage(snapshot, spec.config);
+        const img = await this.buildImage(snapshot, spec.config, spec.annotations);
         return exportImageTarballFile(
           this.store,
           { image: img },
@@ -182,17 +205,28 @@ export class Engine {
    * manifests), as a multi-platform `--output type=oci` does.
    */
   async exportMultiPlatform(
-    results: {
-      snapshot: string | undefined;
-      config: Record<string, unknown>;
-      platform: { os: string; architecture: string; variant?: string };
-    }[],
-    spec: { type: 'oci' | 'docker'; dest: string; names?: string[] },
+    results: ImageResult[],
+    spec: {
+      type: 'oci' | 'docker';
+      dest: string;
+      names?: string[];
+      indexAnnotations?: Record<string, string>;
+    },
   ): Promise<void> {
     const images = [];
     for (const r of results)
-      images.push({ image: await this.buildImage(r.snapshot, r.config), platform: r.platform });
-    await exportImageTarballFile(this.store, images, spec.type, spec.names ?? [], spec.dest);
+      images.push({
+        image: await this.buildImage(r.snapshot, r.config, r.annotations),
+        platform: r.platform,
+      });
+    await exportImageTarballFile(
+      this.store,
+      images,
+      spec.type,
+      spec.names ?? [],
+      spec.dest,
+      spec.indexAnnotations,
+    );
   }
 
   /**
@@ -200,18 +234,18 @@ export class Engine {
    * registry under every name (`push=true`).
    */
   async pushImages(
-    results: {
-      snapshot: string | undefined;
-      config: Record<string, unknown>;
-      platform: { os: string; architecture: string; variant?: string };
-    }[],
+    results: ImageResult[],
     names: string[],
     credentials?: CredentialsProvider,
+    indexAnnotations: Record<string, string> = {},
   ): Promise<PushResult> {
     const images = [];
     for (const r of results)
-      images.push({ image: await this.buildImage(r.snapshot, r.config), platform: r.platform });
-    return pushImages(this.registryFor(credentials), this.store, images, names);
+      images.push({
+        image: await this.buildImage(r.snapshot, r.config, r.annotations),
+        platform: r.platform,
+      });
+    return pushImages(this.registryFor(credentials), this.store, images, names, indexAnnotations);
   }
 
   /** Shows a result snapshot (or the empty tree) as a read-only directory for the duration of `fn`. */

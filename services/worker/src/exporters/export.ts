@@ -32,11 +32,38 @@ export interface ImageConfigInput {
   config: Record<string, unknown>;
   /** Tag(s) for the image: `name:tag` references. */
   names?: string[];
+  /** The manifest's annotations (`--annotation`). */
+  annotations?: Record<string, string>;
 }
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+
+/** A record with its keys sorted (Go's encoding/json writes maps so: stable bytes). */
+export function sortedRecord(r: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(r).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/** An OCI index over several platforms' manifests, with its annotations. */
+export function imageIndex(
+  manifests: TarballImage[],
+  annotations: Record<string, string> = {},
+): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: manifests.map((t) => ({
+        mediaType: OCI_MANIFEST,
+        digest: t.image.manifestDigest,
+        size: t.image.manifest.length,
+        ...(t.platform ? { platform: t.platform } : {}),
+      })),
+      ...(Object.keys(annotations).length > 0 ? { annotations: sortedRecord(annotations) } : {}),
+    }),
+  );
+}
 
 const digestOf = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -135,6 +162,9 @@ export async function buildImage(
     mediaType: OCI_MANIFEST,
     config: { mediaType: OCI_CONFIG, digest: digestOf(configBytes), size: configBytes.length },
     layers: recs.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+    ...(img.annotations && Object.keys(img.annotations).length > 0
+      ? { annotations: sortedRecord(img.annotations) }
+      : {}),
   };
   const manifestBytes = Buffer.from(JSON.stringify(manifest));
   return {
@@ -179,6 +209,7 @@ export async function exportImageTarball(
   format: 'oci' | 'docker',
   names: string[],
   out: Writable,
+  indexAnnotations: Record<string, string> = {},
 ): Promise<void> {
   const list = Array.isArray(images) ? images : [images];
   if (list.length === 0) throw new TypeError('exportImageTarball: no image');
@@ -202,9 +233,7 @@ export async function exportImageTarball(
     top = manifestDesc(list[0]!);
   } else {
     // The index of the platforms' manifests is itself a blob; index.json points at it.
-    const idx = Buffer.from(
-      JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: list.map(manifestDesc) }),
-    );
+    const idx = imageIndex(list, indexAnnotations);
     const d = digestOf(idx);
     extra.push({ name: blob(d), data: idx });
     top = { mediaType: OCI_INDEX, digest: d, size: idx.length };
@@ -271,6 +300,9 @@ export async function exportImageTarballFile(
   format: 'oci' | 'docker',
   names: string[],
   dest: string,
+  indexAnnotations: Record<string, string> = {},
 ): Promise<void> {
-  await atomicFile(dest, (out) => exportImageTarball(store, image, format, names, out));
+  await atomicFile(dest, (out) =>
+    exportImageTarball(store, image, format, names, out, indexAnnotations),
+  );
 }

@@ -9,6 +9,7 @@ import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 import { toReference } from '@kiln/registry';
 import type { RegistryClient } from '@kiln/registry';
+import { imageIndex } from './export.js';
 import type { TarballImage } from './export.js';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -33,6 +34,7 @@ export async function pushImages(
   store: BlobStore,
   images: TarballImage[],
   names: string[],
+  indexAnnotations: Record<string, string> = {},
 ): Promise<PushResult> {
   if (images.length === 0) throw new PushError('nothing to push');
   if (names.length === 0)
@@ -48,18 +50,7 @@ export async function pushImages(
   });
   let top: { bytes: Buffer; digest: string; mediaType: string } | undefined;
   if (images.length > 1) {
-    const bytes = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: OCI_INDEX,
-        manifests: images.map((t) => ({
-          mediaType: OCI_MANIFEST,
-          digest: t.image.manifestDigest,
-          size: t.image.manifest.length,
-          ...(t.platform ? { platform: t.platform } : {}),
-        })),
-      }),
-    );
+    const bytes = imageIndex(images, indexAnnotations);
     top = { bytes, digest: '', mediaType: OCI_INDEX };
   }
   const out: string[] = [];

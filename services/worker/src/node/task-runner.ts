@@ -38,13 +38,21 @@ import {
 import type { MaterializeReply, MaterializedLayer, Task, TaskErrorInit } from '@kiln/bus';
 import { opKind } from '@kiln/llb';
 import type { OpKind } from '@kiln/llb';
-import { KilnError, asKilnError, pb, platformFromPb } from '@kiln/protocol';
+import {
+  KilnError,
+  asKilnError,
+  indexAnnotations,
+  manifestAnnotations,
+  pb,
+  platformFromPb,
+} from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import { DigestMismatchError } from '@kiln/store';
 import type { BlobStore, Digest } from '@kiln/store';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { Engine } from '../engine/engine.js';
+import type { ImageResult } from '../engine/engine.js';
 import { FileExecutor } from '../engine/executors/file.js';
 import { SourceExecutor } from '../engine/executors/source.js';
 import { applyLayer } from '@kiln/layers';
@@ -441,18 +449,24 @@ export class TaskRunner {
       JSON.parse(platforms[i]?.configJson || '{}') as Record<string, unknown>;
     const platformOf = (p: (typeof platforms)[number]): Platform =>
       platformFromPb(p.platform) ?? { os: '', architecture: '' };
+    const annotations = spec.annotations ?? {};
+    const hasIndex = platforms.length > 1 && (type === 'oci' || type === 'image');
+    const indexAnn = indexAnnotations(annotations, hasIndex);
+    const imageOf = (p: (typeof platforms)[number], i: number): ImageResult => ({
+      snapshot: snapshots[i],
+      config: configOf(i),
+      platform: platformOf(p),
+      annotations: manifestAnnotations(annotations, platformFromPb(p.platform)),
+    });
     if (type === 'image') {
       // Pushed to the registry: the result is what the names now point at.
       const pushed = await this.engine.pushImages(
-        platforms.map((p, i) => ({
-          snapshot: snapshots[i],
-          config: configOf(i),
-          platform: platformOf(p),
-        })),
+        platforms.map(imageOf),
         spec.names ?? [],
         // As the build's client (its session's registry credentials), never as this worker
         // unless the farm lends its own.
         session?.providers.credentials,
+        indexAnn,
       );
       log?.info({ type, digest: pushed.digest, names: pushed.names }, 'export done');
       return { outputs: [{ resultId: pushed.digest, layers: [] }], inputs: io };
@@ -463,16 +477,20 @@ export class TaskRunner {
       const file = join(dir, 'artifact');
       const names = spec.names ?? [];
       if (type === 'oci' && platforms.length > 1) {
-        await this.engine.exportMultiPlatform(
-          platforms.map((p, i) => ({
-            snapshot: snapshots[i],
-            config: configOf(i),
-            platform: platformOf(p),
-          })),
-          { type: 'oci', dest: file, names },
-        );
+        await this.engine.exportMultiPlatform(platforms.map(imageOf), {
+          type: 'oci',
+          dest: file,
+          names,
+          indexAnnotations: indexAnn,
+        });
       } else if (type === 'oci' || type === 'docker') {
-        await this.engine.export(snapshots[0], { type, dest: file, config: configOf(0), names });
+        await this.engine.export(snapshots[0], {
+          type,
+          dest: file,
+          config: configOf(0),
+          names,
+          annotations: imageOf(platforms[0]!, 0).annotations ?? {},
+        });
       } else {
         await this.engine.export(snapshots[0], { type: 'tar', dest: file });
       }
