@@ -278,6 +278,12 @@ describe('cache interop with BuildKit v0.11.6', () => {
       `type=local,dest=${join(tmp.dir, 'bkout-s')}`,
     );
     expectHits(out, 'bkout-s', 'kout-s');
+    // BuildKit's mode=max export of a build it took lazily from an imported cache holds a result
+    // for the last RUN (the one it loaded) but, at random, not for some steps before it (seen
+    // for the first RUN, the COPY, the WORKDIR; which ones depends on its scheduler and on the
+    // keys earlier builds left in its local cache). Kiln still shows every RUN CACHED and runs
+    // none: as BuildKit, it matches the last RUN by its keys alone and never asks for the steps
+    // before it (also asserted deterministically with mode=min in cache-export.test.ts).
     const k6 = await kiln(
       join(tmp.dir, 'k6'),
       '--cache-from',

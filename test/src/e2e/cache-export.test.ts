@@ -129,7 +129,7 @@ describe('cache export and import', () => {
     );
   }, 600_000);
 
-  it('round-trips through a registry: mode=max hits every step, mode=min the result', async () => {
+  it('round-trips through a registry: mode=max and mode=min both hit every step', async () => {
     const ref = (tag: string) => `${registry}/kiln-test/cache-${process.pid}:${tag}`;
     const out = (n: string) => join(tmp.dir, n);
     const first = await build(
@@ -162,8 +162,9 @@ describe('cache export and import', () => {
       readFileSync(join(out('r1'), 'stamp'), 'utf8'),
     );
 
-    // mode=min holds the result's layers only: the steps before it run, the last one is a hit
-    // (its key does not depend on what they made), and its result is the exported one.
+    // mode=min holds the result's layers only, but the last step's key needs only the keys of
+    // the steps before it: it hits from its keys alone and they never run (BuildKit's lazy solve),
+    // shown CACHED; the output is the exported one, /stamp (the first RUN's) included.
     const min = await build(
       join(tmp.dir, 'reg3'),
       '--cache-from',
@@ -173,17 +174,15 @@ describe('cache export and import', () => {
     );
     expect(min.code, min.out).toBe(0);
     const cachedMin = cachedSteps(min.out);
-    expect(
-      cachedMin.some((n) => n.includes('RUN cp /stamp')),
-      min.out,
-    ).toBe(true);
-    expect(
-      cachedMin.some((n) => n.includes('RUN cat /a.txt')),
-      min.out,
-    ).toBe(false);
-    expect(readFileSync(join(out('r3'), 'stamp2'), 'utf8')).toBe(
-      readFileSync(join(out('r1'), 'stamp2'), 'utf8'),
-    );
+    for (const step of ['COPY a.txt', 'RUN cat /a.txt', 'RUN cp /stamp'])
+      expect(
+        cachedMin.some((n) => n.includes(step)),
+        min.out,
+      ).toBe(true);
+    for (const f of ['stamp', 'stamp2'])
+      expect(readFileSync(join(out('r3'), f), 'utf8')).toBe(
+        readFileSync(join(out('r1'), f), 'utf8'),
+      );
   }, 600_000);
 
   it("round-trips through S3 in BuildKit's s3 layout (s3rver)", async () => {

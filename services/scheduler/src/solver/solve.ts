@@ -19,7 +19,7 @@ import { Attr, SpanName, tracer } from '@kiln/common';
 import { SpanStatusCode, context, trace } from '@opentelemetry/api';
 import { INPUT_LOST_CODE, resultHasBlobs } from '@kiln/bus';
 import type { TaskInit, TaskProgress, TaskResult } from '@kiln/bus';
-import { CUSTOM_NAME, depSpecs, inputDigests, opKind } from '@kiln/llb';
+import { CUSTOM_NAME, buildkitCacheMap, depSpecs, inputDigests, opKind } from '@kiln/llb';
 import type { CacheNode } from '@kiln/remote-cache';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
 import {
@@ -114,8 +114,12 @@ export interface SolveOptions {
   materialize?: Materializer;
   /**
    * Imported caches (`--cache-from`): asked, by the vertex's BuildKit cache nodes (one list per
-   * output), before a vertex is submitted; a result for every output answers the vertex (shown
-   * CACHED) without running it. Its layers must be blobs in the store.
+   * output), before the vertex's inputs are even asked for (its nodes need only theirs, and the
+   * results of inputs keyed by content); a result for every output answers the vertex (shown
+   * CACHED) without running it or the inputs only it needed, as BuildKit's solver does: a
+   * mode=min cache (results of the last step only) reruns nothing. Vertices so left out show
+   * CACHED at the end and have nodes but no result. Its layers must be blobs in the store.
+   * Not asked for a vertex marked ignoreCache (`--no-cache`).
    */
   importedCache?: (nodes: readonly (readonly CacheNode[])[]) => Promise<OutputResult[] | undefined>;
   /**
@@ -142,6 +146,18 @@ export interface SolveResult {
    * key cannot be made): what a cache export writes.
    */
   cacheNodes: ReadonlyMap<string, readonly (readonly CacheNode[])[]>;
+}
+
+/** What a vertex's keys are made of, before any result of its own. */
+interface VertexKeys {
+  platform: Platform;
+  /** Makes the key private to this build (ignoreCache, a volatile source), or a local source's content. */
+  nonce: string | undefined;
+  /** A local source keyed by its content (fast-key.ts contentKeyedOp). */
+  contentKeyed: boolean;
+  content: (ContentDep | undefined)[] | undefined;
+  /** BuildKit's cache nodes, per output. */
+  pending: CacheNode[][];
 }
 
 /** A vertex not run because an input failed or the build stopped. */
@@ -283,6 +299,8 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
   const nodes = new Map<string, CacheNode[][]>();
   /** Cache keys of the vertices submitted, by digest (to forget a lost result). */
   const keys = new Map<string, string>();
+  /** Every vertex's keys, by digest, once asked for (keysOf). */
+  const keyed = new Map<string, Promise<VertexKeys>>();
   /** Reruns of lost results, by the result lost (one rerun however many found it lost). */
   const reruns = new Map<TaskResult, Promise<TaskResult>>();
 
@@ -337,15 +355,145 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     return true;
   };
 
+  /** A vertex's result, its run started on first demand (`results` holds it). */
+  const need = (d: string): Promise<TaskResult> => {
+    let p = results.get(d);
+    if (!p) {
+      p = run(g.ops.get(d)!);
+      p.catch(() => undefined); // observed through allSettled below
+      results.set(d, p);
+    }
+    return p;
+  };
+  /** An input's result; its failure skips the vertex waiting for it. */
+  const input = (d: string): Promise<TaskResult> =>
+    need(d).catch(() => {
+      throw new Skipped();
+    });
+
+  const resolveInput = (inp: pb.IInput): ResolvedInput => {
+    const r = done.get(inp.digest ?? '');
+    const out = r?.outputs[num(inp.index)];
+    if (!r || !out)
+      throw new KilnError(
+        'SOLVE_MISSING_OUTPUT',
+        `input ${inp.digest ?? ''} has no output ${num(inp.index)}`,
+      );
+    return { resultId: out.resultId, layers: out.layers, holderWorker: r.workerId };
+  };
+
+  /**
+   * The vertex's keys that need no result of its own: its BuildKit cache nodes need its inputs'
+   * nodes and the results of the inputs keyed by content only (computed once per vertex).
+   */
+  const keysOf = (lo: LoadedOp): Promise<VertexKeys> => {
+    let p = keyed.get(lo.digest);
+    if (!p) {
+      p = (async (): Promise<VertexKeys> => {
+        const platform = platformOf(lo.op, o.defaultPlatform);
+        const local = lo.metadata?.ignoreCache
+          ? undefined
+          : await localNonce(lo.op, o.localContent);
+        const nonce =
+          local ?? (lo.metadata?.ignoreCache || volatileSource(lo.op) ? o.buildId : undefined);
+        const ins = lo.op.inputs ?? [];
+        let content: (ContentDep | undefined)[] | undefined;
+        // A key private to this build gains nothing from content checksums.
+        if (o.checksums && nonce === undefined) {
+          const specs = depSpecs(lo.op);
+          const byContent = ins.map((inp, i) => (specs[i]?.contentBased ? inp : undefined));
+          await Promise.all(byContent.flatMap((inp) => (inp ? [input(inp.digest ?? '')] : [])));
+          content = await contentDeps(
+            lo.op,
+            byContent.map((inp) => (inp ? resolveInput(inp) : {})),
+            o.checksums,
+            o.buildkitChecksums ?? false,
+          );
+        }
+        const inputNodes = new Map<string, readonly (readonly CacheNode[])[]>();
+        if (buildkitCacheMap(lo.op, platformToPb(platform)))
+          await Promise.all(inputDigests(lo).map(async (d) => inputNodes.set(d, await nodesOf(d))));
+        const pending = buildkitNodes(lo.op, platformToPb(platform), inputNodes, content);
+        return { platform, nonce, contentKeyed: local !== undefined, content, pending };
+      })();
+      p.catch(() => undefined); // observed by its callers and through allSettled below
+      keyed.set(lo.digest, p);
+    }
+    return p;
+  };
+  /** A vertex's BuildKit nodes; an image source's only with its result (it adds its config key). */
+  const nodesOf = async (d: string): Promise<readonly (readonly CacheNode[])[]> => {
+    const lo = g.ops.get(d)!;
+    if (!lo.op.source?.identifier?.startsWith('docker-image://')) return (await keysOf(lo)).pending;
+    await input(d);
+    return nodes.get(d) ?? [];
+  };
+
+  /** Fails the build with vertex `lo`'s error (the first such error wins). */
+  const failVertex = (lo: LoadedOp, snap: VertexSnapshot, e: unknown): Error => {
+    if (e instanceof Skipped) return e;
+    const err = new VertexFailedError(lo.digest, snap.name, e);
+    firstError ??= err;
+    ac.abort();
+    o.onVertex?.({ ...snap, error: err.message });
+    return err;
+  };
+
+  /** The vertex answered by an import from its keys alone, or undefined (a miss). */
+  const fromImport = async (
+    lo: LoadedOp,
+    name: string,
+    deps: string[],
+  ): Promise<TaskResult | undefined> => {
+    const lookup = o.importedCache;
+    if (!lookup || lo.metadata?.ignoreCache) return undefined;
+    const snap: VertexSnapshot = { digest: lo.digest, inputs: deps, name, cached: true };
+    let outputs: OutputResult[] | undefined;
+    let k: VertexKeys;
+    try {
+      k = await keysOf(lo);
+      if (ac.signal.aborted) throw new Skipped();
+      if (!k.pending.some((n) => n.length > 0)) return undefined;
+      outputs = await lookup(k.pending);
+    } catch (e) {
+      throw failVertex(lo, snap, e);
+    }
+    if (!outputs) return undefined;
+    const r = workerpb.TaskResult.create({
+      taskId: randomUUID(),
+      workerId: '',
+      outputs,
+      cached: true,
+    });
+    done.set(lo.digest, r);
+    nodes.set(lo.digest, resultNodes(lo.op, k.pending, r));
+    const now = Date.now();
+    tracer()
+      .startSpan(
+        SpanName.vertex,
+        {
+          attributes: {
+            [Attr.buildId]: o.buildId,
+            [Attr.vertexDigest]: lo.digest,
+            [Attr.vertexName]: name,
+            [Attr.opKind]: opKind(lo.op) ?? '',
+            [Attr.cacheHit]: true,
+          },
+        },
+        parent,
+      )
+      .end();
+    o.onVertex?.({ ...snap, startedAt: now, completedAt: now });
+    return r;
+  };
+
   const run = async (lo: LoadedOp): Promise<TaskResult> => {
     const deps = inputDigests(lo);
-    try {
-      await Promise.all(deps.map((d) => results.get(d) ?? Promise.resolve()));
-    } catch {
-      throw new Skipped();
-    }
-    if (ac.signal.aborted) throw new Skipped();
     const name = vertexName(lo);
+    const imported = await fromImport(lo, name, deps);
+    if (imported) return imported;
+    await Promise.all(deps.map(input));
+    if (ac.signal.aborted) throw new Skipped();
     for (let round = 0; ; round++) {
       const r = await attempt(lo, name, deps);
       if ('result' in r) return r.result;
@@ -375,32 +523,15 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     let task: TaskInit;
     let pending: CacheNode[][] = [];
     try {
-      const inputs: ResolvedInput[] = (lo.op.inputs ?? []).map((inp) => {
-        const r = done.get(inp.digest ?? '');
-        const out = r?.outputs[num(inp.index)];
-        if (!r || !out)
-          throw new KilnError(
-            'SOLVE_MISSING_OUTPUT',
-            `input ${inp.digest ?? ''} has no output ${num(inp.index)}`,
-          );
-        return { resultId: out.resultId, layers: out.layers, holderWorker: r.workerId };
-      });
-      const platform = platformOf(lo.op, o.defaultPlatform);
-      const local = lo.metadata?.ignoreCache ? undefined : await localNonce(lo.op, o.localContent);
-      const nonce =
-        local ?? (lo.metadata?.ignoreCache || volatileSource(lo.op) ? o.buildId : undefined);
-      // A key private to this build gains nothing from content checksums.
-      const content =
-        o.checksums && nonce === undefined
-          ? await contentDeps(lo.op, inputs, o.checksums, o.buildkitChecksums ?? false)
-          : undefined;
+      const inputs = (lo.op.inputs ?? []).map(resolveInput);
+      const k = await keysOf(lo);
       if (ac.signal.aborted) throw new Skipped();
       const cacheKey = fastKey({
-        op: local ? contentKeyedOp(lo.op) : lo.op,
-        platform: formatPlatform(platform),
+        op: k.contentKeyed ? contentKeyedOp(lo.op) : lo.op,
+        platform: formatPlatform(k.platform),
         inputResultIds: inputs.map((i) => i.resultId ?? ''),
-        ...(content ? { contentDeps: content } : {}),
-        nonce,
+        ...(k.content ? { contentDeps: k.content } : {}),
+        nonce: k.nonce,
         namespace: o.cacheNamespace ?? '',
       });
       const preferred = preferredWorker(inputs);
@@ -412,7 +543,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
         metadata: taskMetadata(lo.metadata),
         inputs,
         cacheKey,
-        platform: platformToPb(platform),
+        platform: platformToPb(k.platform),
         sessionId: o.sessionId ?? '',
         preferredWorker: preferred ?? '',
         cacheNamespace: o.cacheNamespace ?? '',
@@ -420,14 +551,9 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       };
       snap.cacheKey = cacheKey;
       keys.set(lo.digest, cacheKey);
-      pending = buildkitNodes(lo.op, platformToPb(platform), nodes, content);
+      pending = k.pending;
     } catch (e) {
-      if (e instanceof Skipped) throw e;
-      const err = new VertexFailedError(lo.digest, name, e);
-      firstError ??= err;
-      ac.abort();
-      o.onVertex?.({ ...snap, error: err.message });
-      throw err;
+      throw failVertex(lo, snap, e);
     }
     snap.startedAt = Date.now();
     o.onVertex?.({ ...snap });
@@ -445,21 +571,15 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       parent,
     );
     try {
-      const imported =
-        o.importedCache && pending.some((n) => n.length > 0)
-          ? await o.importedCache(pending)
-          : undefined;
-      const r: TaskResult = imported
-        ? workerpb.TaskResult.create({ taskId, workerId: '', outputs: imported, cached: true })
-        : // Submitted under the vertex span: the dispatcher sends its context to the worker.
-          await context.with(trace.setSpan(parent, span), () =>
-            o.submitter.submit(task, {
-              buildId: o.buildId,
-              signal: ac.signal,
-              preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
-              onProgress: (p) => o.onProgress?.(lo.digest, p),
-            }),
-          );
+      // Submitted under the vertex span: the dispatcher sends its context to the worker.
+      const r = await context.with(trace.setSpan(parent, span), () =>
+        o.submitter.submit(task, {
+          buildId: o.buildId,
+          signal: ac.signal,
+          preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
+          onProgress: (p) => o.onProgress?.(lo.digest, p),
+        }),
+      );
       done.set(lo.digest, r);
       nodes.set(lo.digest, resultNodes(lo.op, pending, r));
       // Answered by a run another build (or an earlier one) made, or by the worker's cache.
@@ -494,15 +614,46 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     }
   };
 
-  for (const d of g.order) {
-    const p = run(g.ops.get(d)!);
-    p.catch(() => undefined); // observed below through allSettled
-    results.set(d, p);
+  if (o.importedCache) {
+    // Lazily from the result, as BuildKit: a vertex an import answers never asks for its inputs.
+    // Vertices the result does not depend on run as before.
+    const wanted = new Set<string>();
+    const stack = [g.result.digest];
+    for (let d = stack.pop(); d !== undefined; d = stack.pop())
+      if (!wanted.has(d)) {
+        wanted.add(d);
+        stack.push(...inputDigests(g.ops.get(d)!));
+      }
+    void need(g.result.digest);
+    for (const d of g.order) if (!wanted.has(d)) void need(d);
+  } else for (const d of g.order) void need(d);
+  // Everything demanded meanwhile (inputs, reruns) settles too.
+  const settled = new Set<Promise<unknown>>();
+  for (;;) {
+    const fresh = [...results.values(), ...keyed.values()].filter((p) => !settled.has(p));
+    if (fresh.length === 0) break;
+    for (const p of fresh) settled.add(p);
+    await Promise.allSettled(fresh);
   }
-  await Promise.allSettled(results.values());
   o.signal?.removeEventListener('abort', onAbort);
   if (firstError) throw firstError;
   if (o.signal?.aborted) throw new BuildCanceledError(o.buildId);
+  // The vertices an import made unnecessary: CACHED, as BuildKit shows them, with their nodes.
+  for (const d of g.order) {
+    const k = keyed.get(d);
+    if (done.has(d) || !k) continue;
+    const lo = g.ops.get(d)!;
+    nodes.set(d, (await k).pending);
+    const now = Date.now();
+    o.onVertex?.({
+      digest: d,
+      inputs: inputDigests(lo),
+      name: vertexName(lo),
+      cached: true,
+      startedAt: now,
+      completedAt: now,
+    });
+  }
   const resultName = vertexName(g.ops.get(g.result.digest)!);
   for (let round = 0; ; round++) {
     const r = done.get(g.result.digest);
