@@ -58,6 +58,15 @@ export class StoreUnavailableError extends KilnError {
   }
 }
 
+/** A store setting out of its range (e.g. a negative touch refresh). */
+export class StoreConfigError extends KilnError {
+  static readonly CODE = 'STORE_CONFIG_INVALID';
+
+  constructor(message: string, opts: KilnErrorOptions = {}) {
+    super(StoreConfigError.CODE, message, opts);
+  }
+}
+
 function str(details: ErrorDetails, key: string): string {
   const v = details[key];
   return typeof v === 'string' ? v : '';

@@ -6,6 +6,7 @@ export {
   DigestMismatchError,
   InvalidBlobError,
   StoreUnavailableError,
+  StoreConfigError,
 } from './errors.js';
 export { FsBlobStore } from './fs-blob-store.js';
 export type { FsBlobStoreOptions } from './fs-blob-store.js';

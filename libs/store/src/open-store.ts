@@ -16,11 +16,14 @@ export type StoreConfig =
       secretKey: string;
       prefix?: string;
       region?: string;
+      /** S3BlobStoreOptions.touchRefreshMs. */
+      touchRefreshMs?: number;
     };
 
 /**
  * The store a service's environment names: an S3 bucket (`KILN_S3_ENDPOINT`, `KILN_S3_BUCKET`,
- * `KILN_S3_ACCESS_KEY`, `KILN_S3_SECRET_KEY`, optional `KILN_S3_PREFIX`, `KILN_S3_REGION`), else the
+ * `KILN_S3_ACCESS_KEY`, `KILN_S3_SECRET_KEY`, optional `KILN_S3_PREFIX`, `KILN_S3_REGION`,
+ * `KILN_S3_TOUCH_REFRESH_MS`), else the
  * directory `dir` (a `--store-dir` flag or `KILN_STORE_DIR`, the caller's choice), else none.
  * Returns the names of the S3 settings that are missing when only some are given.
  */
@@ -41,6 +44,9 @@ export function storeConfigFromEnv(
         secretKey: env.KILN_S3_SECRET_KEY!,
         ...(env.KILN_S3_PREFIX ? { prefix: env.KILN_S3_PREFIX } : {}),
         ...(env.KILN_S3_REGION ? { region: env.KILN_S3_REGION } : {}),
+        ...(env.KILN_S3_TOUCH_REFRESH_MS
+          ? { touchRefreshMs: Number(env.KILN_S3_TOUCH_REFRESH_MS) }
+          : {}),
       },
     };
   }
@@ -57,6 +63,7 @@ export async function openStore(c: StoreConfig): Promise<BlobStore> {
     secretKey: c.secretKey,
     ...(c.prefix ? { prefix: c.prefix } : {}),
     ...(c.region ? { region: c.region } : {}),
+    ...(c.touchRefreshMs !== undefined ? { touchRefreshMs: c.touchRefreshMs } : {}),
   });
   await s3.ensureBucket();
   return s3;

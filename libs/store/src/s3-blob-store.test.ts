@@ -5,7 +5,7 @@ import { freePort, waitFor } from '@kiln/testing';
 import { describe, expect, it } from 'vitest';
 import { blobStoreConformance } from './test-support/blob-store.conformance.js';
 import { sha256Digest } from './digest.js';
-import { StoreUnavailableError } from './errors.js';
+import { StoreConfigError, StoreUnavailableError } from './errors.js';
 import { S3BlobStore } from './s3-blob-store.js';
 
 /**
@@ -31,7 +31,14 @@ const PART = 5 * 1024 * 1024;
 blobStoreConformance('S3BlobStore', async () => {
   const cfg = s3Config();
   const prefix = `conformance/${randomUUID()}/`;
-  const store = new S3BlobStore({ ...cfg, prefix, partSize: PART, concurrency: 4 });
+  // The contract's touch moves the time every time: no refresh throttle here (tested below).
+  const store = new S3BlobStore({
+    ...cfg,
+    prefix,
+    partSize: PART,
+    concurrency: 4,
+    touchRefreshMs: 0,
+  });
   await store.ensureBucket();
   const rawKeys = async (): Promise<string[]> => {
     const keys: string[] = [];
@@ -61,7 +68,55 @@ blobStoreConformance('S3BlobStore', async () => {
   };
 });
 
+/** Counts the HEAD and copy requests a store's client sends (the real requests still go out). */
+async function countRequests(store: S3BlobStore): Promise<{ heads: number; copies: number }> {
+  const c = await store.client();
+  const n = { heads: 0, copies: 0 };
+  const stat = c.statObject.bind(c);
+  const copy = c.copyObject.bind(c);
+  c.statObject = (...a: Parameters<typeof stat>) => (n.heads++, stat(...a));
+  c.copyObject = ((...a: Parameters<typeof copy>) => (n.copies++, copy(...a))) as typeof copy;
+  return n;
+}
+
 describe('S3BlobStore specifics', () => {
+  it('touches (copies) a blob only when its last use is older than the refresh', async () => {
+    const cfg = s3Config();
+    const prefix = `specifics/${randomUUID()}/`;
+    // The same bucket and prefix through two stores: a refresh of an hour and none.
+    const hourly = new S3BlobStore({ ...cfg, prefix });
+    const always = new S3BlobStore({ ...cfg, prefix, touchRefreshMs: 0 });
+    expect(hourly.touchRefreshMs).toBe(60 * 60 * 1000);
+    const bytes = Buffer.from(`touch-refresh ${randomUUID()}`);
+    const { digest, size } = await hourly.put(undefined, bytes);
+    const stored = (await hourly.lastUsed(digest))!.getTime();
+    const n = await countRequests(hourly);
+    // Used within the hour: neither a touch nor a put of the same content copies it, and the
+    // put's dedup asks one HEAD (it used to ask two).
+    expect(await hourly.touch(digest)).toBe(true);
+    expect(await hourly.put(digest, bytes, { size })).toEqual({ digest, size });
+    expect(n).toEqual({ heads: 2, copies: 0 });
+    expect((await hourly.lastUsed(digest))!.getTime()).toBe(stored);
+    // Due (a refresh of 0): every touch copies; S3 keeps times in seconds, so touch until it moves.
+    const m = await countRequests(always);
+    await waitFor('a due touch to move the time', async () => {
+      expect(await always.touch(digest)).toBe(true);
+      return (await always.lastUsed(digest))!.getTime() > stored;
+    });
+    expect(m.copies).toBeGreaterThan(0);
+    expect(m.heads).toBeGreaterThan(0);
+    // What the due touch wrote counts as a use for the hourly store too: no copy.
+    const copies = n.copies;
+    expect(await hourly.touch(digest)).toBe(true);
+    expect(n.copies).toBe(copies);
+    expect(await hourly.touch(sha256Digest('never stored'))).toBe(false);
+    await (await hourly.client()).removeObject(cfg.bucket, hourly.keyOf(digest));
+  });
+
+  it('refuses a negative touch refresh with a typed error', () => {
+    expect(() => new S3BlobStore({ ...s3Config(), touchRefreshMs: -1 })).toThrow(StoreConfigError);
+  });
+
   it('reports an endpoint unreachable beyond outageMs as a retryable StoreUnavailableError, after resending', async () => {
     const retries: string[] = [];
     const store = new S3BlobStore({

@@ -19,6 +19,7 @@ import {
   BlobNotFoundError,
   DigestMismatchError,
   InvalidBlobError,
+  StoreConfigError,
   StoreUnavailableError,
 } from './errors.js';
 import { rangeOf } from './fs-blob-store.js';
@@ -30,6 +31,17 @@ const MIB = 1024 * 1024;
 const MAX_SINGLE_COPY = 5 * 1024 * MIB;
 /** User metadata a touch sets (see `touch`). */
 const TOUCHED = 'kiln-touched';
+/** See {@link S3BlobStoreOptions.touchRefreshMs}. */
+export const DEFAULT_TOUCH_REFRESH_MS = 60 * 60 * 1000;
+
+/** What one HEAD of a blob's object tells. */
+interface ObjectStat {
+  size: number;
+  etag: string;
+  /** The later of its LastModified and its `kiln-touched` time, in ms. */
+  lastUsed: number;
+  contentType: string | undefined;
+}
 
 export interface S3BlobStoreOptions {
   /** `http(s)://host[:port]` of the S3 API. */
@@ -44,6 +56,14 @@ export interface S3BlobStoreOptions {
   partSize?: number;
   /** Parts uploaded in parallel per put. Default 4. */
   concurrency?: number;
+  /**
+   * A touch (and a put of content already stored) copies the object onto itself only when it
+   * was last used longer ago than this, in ms: S3 bills every copy, and a blob reused by every
+   * build would otherwise be copied on each. `lastUsed` is then up to this stale, so a store
+   * collector's keep-duration must be well above it. Default 1 hour (BuildKit's s3 cache
+   * `touch_refresh` is 24 h); 0 touches every time.
+   */
+  touchRefreshMs?: number;
   /**
    * Told about a cleanup step that failed after a put had already failed (an abort of a multipart
    * upload, which some servers such as s3rver do not implement, or removal of a temp object). The
@@ -168,6 +188,7 @@ export class S3BlobStore implements BlobStore {
   private readonly onCleanupError: (err: unknown, key: string) => void;
   readonly #outageMs: number;
   readonly #onRetry: NonNullable<S3BlobStoreOptions['onRetry']>;
+  readonly touchRefreshMs: number;
 
   constructor(opts: S3BlobStoreOptions) {
     this.bucket = opts.bucket;
@@ -180,6 +201,11 @@ export class S3BlobStore implements BlobStore {
     this.onCleanupError = opts.onCleanupError ?? (() => undefined);
     this.#outageMs = Math.max(0, opts.outageMs ?? 30_000);
     this.#onRetry = opts.onRetry ?? (() => undefined);
+    this.touchRefreshMs = opts.touchRefreshMs ?? DEFAULT_TOUCH_REFRESH_MS;
+    if (!Number.isSafeInteger(this.touchRefreshMs) || this.touchRefreshMs < 0)
+      throw new StoreConfigError(
+        `the S3 store's touch refresh must be a non-negative integer of ms (got ${String(opts.touchRefreshMs)})`,
+      );
   }
 
   /**
@@ -233,9 +259,11 @@ export class S3BlobStore implements BlobStore {
       // With a known size, a stored blob of that size answers the put: its bytes were verified
       // when stored. Without one, a HEAD cannot tell a complete object from one still being
       // written on servers whose PUT is not atomic (s3rver), so the content is sent again.
-      if (opts.size !== undefined && (await this.stat(expected))?.size === opts.size) {
+      // One HEAD answers both the dedup and whether the touch is due.
+      const st = opts.size !== undefined ? await this.#statObject(expected) : undefined;
+      if (st !== undefined && st.size === opts.size) {
         discardSource(source);
-        await this.touch(expected);
+        await this.#touchStated(expected, st);
         return { digest: expected, size: opts.size };
       }
     }
@@ -437,16 +465,25 @@ export class S3BlobStore implements BlobStore {
     return true;
   }
 
-  async #statObject(digest: Digest): Promise<{ size: number; etag: string } | undefined> {
+  async #statObject(digest: Digest): Promise<ObjectStat | undefined> {
+    let st;
     try {
-      const st = await this.#resend(async () =>
+      st = await this.#resend(async () =>
         (await this.clientP).statObject(this.bucket, this.keyOf(digest)),
       );
-      return { size: st.size, etag: st.etag };
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw toStoreError('stat', err);
     }
+    const meta = st.metaData as Record<string, string> | undefined;
+    const touched = Date.parse(meta?.[TOUCHED] ?? '');
+    const stored = st.lastModified.getTime();
+    return {
+      size: st.size,
+      etag: st.etag,
+      lastUsed: Number.isFinite(touched) ? Math.max(touched, stored) : stored,
+      contentType: meta?.['content-type'],
+    };
   }
 
   async stat(digest: Digest): Promise<{ size: number } | undefined> {
@@ -462,28 +499,29 @@ export class S3BlobStore implements BlobStore {
    * S3 has no "touch": the object is copied onto itself with its metadata replaced (one
    * server-side request, no data through the client), which sets its LastModified on S3 and MinIO
    * and records the time as `x-amz-meta-kiln-touched` (s3rver keeps LastModified as it was, so
-   * {@link lastUsed} reads both). Objects over the size of one copy (5 GiB) are left as they are.
+   * {@link lastUsed} reads both). Skipped (true, nothing written) when the blob was used within
+   * `touchRefreshMs`. Objects over the size of one copy (5 GiB) are left as they are.
    */
   async touch(digest: Digest): Promise<boolean> {
-    const key = this.keyOf(digest);
-    let st;
-    try {
-      st = await this.#resend(async () => (await this.clientP).statObject(this.bucket, key));
-    } catch (err) {
-      if (isNotFound(err)) return false;
-      throw toStoreError('touch', err);
-    }
+    const st = await this.#statObject(digest);
+    if (st === undefined) return false;
+    return this.#touchStated(digest, st);
+  }
+
+  /** The touch of a blob just stated as `st`. */
+  async #touchStated(digest: Digest, st: ObjectStat): Promise<boolean> {
+    if (Date.now() - st.lastUsed < this.touchRefreshMs) return true;
     if (st.size > MAX_SINGLE_COPY) return true;
+    const key = this.keyOf(digest);
     try {
       const { CopyDestinationOptions, CopySourceOptions } = await loadMinio();
-      const contentType = (st.metaData as Record<string, string> | undefined)?.['content-type'];
       const src = new CopySourceOptions({ Bucket: this.bucket, Object: key });
       const dst = new CopyDestinationOptions({
         Bucket: this.bucket,
         Object: key,
         MetadataDirective: 'REPLACE',
         UserMetadata: { [TOUCHED]: new Date().toISOString() },
-        ...(contentType ? { Headers: { 'Content-Type': contentType } } : {}),
+        ...(st.contentType ? { Headers: { 'Content-Type': st.contentType } } : {}),
       });
       await this.#resend(async () => (await this.clientP).copyObject(src, dst));
     } catch (err) {
@@ -494,20 +532,8 @@ export class S3BlobStore implements BlobStore {
   }
 
   async lastUsed(digest: Digest): Promise<Date | undefined> {
-    let st;
-    try {
-      st = await this.#resend(async () =>
-        (await this.clientP).statObject(this.bucket, this.keyOf(digest)),
-      );
-    } catch (err) {
-      if (isNotFound(err)) return undefined;
-      throw toStoreError('stat', err);
-    }
-    const touched = Date.parse(
-      (st.metaData as Record<string, string> | undefined)?.[TOUCHED] ?? '',
-    );
-    const stored = st.lastModified.getTime();
-    return new Date(Number.isFinite(touched) ? Math.max(touched, stored) : stored);
+    const st = await this.#statObject(digest);
+    return st === undefined ? undefined : new Date(st.lastUsed);
   }
 
   async delete(digest: Digest): Promise<boolean> {

@@ -150,6 +150,8 @@ export interface WorkerConfigInput {
     secretKey?: string;
     prefix?: string;
     region?: string;
+    /** ms; see S3BlobStoreOptions.touchRefreshMs. */
+    touchRefreshMs?: number;
   };
   /** Explicit platforms: `linux/amd64`, `linux/arm64=emulated`. Replaces detection. */
   platforms?: string[];
@@ -295,7 +297,15 @@ function int(s: string | undefined, what: string): number | undefined {
 function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfigInput {
   const e = (k: string): string | undefined => env[k] || undefined;
   let store: WorkerConfigInput['store'];
-  const s3 = ['ENDPOINT', 'BUCKET', 'ACCESS_KEY', 'SECRET_KEY', 'PREFIX', 'REGION'];
+  const s3 = [
+    'ENDPOINT',
+    'BUCKET',
+    'ACCESS_KEY',
+    'SECRET_KEY',
+    'PREFIX',
+    'REGION',
+    'TOUCH_REFRESH_MS',
+  ];
   if (s3.some((k) => e(`KILN_S3_${k}`))) {
     // Only an endpoint or a bucket selects S3; credentials alone complete a file's S3 store.
     store = {
@@ -306,6 +316,7 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>): WorkerConfi
       secretKey: e('KILN_S3_SECRET_KEY'),
       prefix: e('KILN_S3_PREFIX'),
       region: e('KILN_S3_REGION'),
+      touchRefreshMs: int(e('KILN_S3_TOUCH_REFRESH_MS'), 'KILN_S3_TOUCH_REFRESH_MS'),
     };
   } else if (e('KILN_STORE_DIR')) store = { type: 'fs', dir: e('KILN_STORE_DIR') };
   const nats = natsAuthFrom({}, env);
@@ -658,6 +669,8 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
       (k) => !s[k],
     );
     if (missing.length > 0) throw new WorkerConfigError(`the S3 store needs ${missing.join(', ')}`);
+    if (s.touchRefreshMs !== undefined && s.touchRefreshMs < 0)
+      throw new WorkerConfigError(`the S3 touch refresh must be >= 0 ms (got ${s.touchRefreshMs})`);
     store = {
       type: 's3',
       endpoint: s.endpoint!,
@@ -666,6 +679,7 @@ function compile(c: WorkerConfigInput, o: LoadConfigOptions): WorkerConfig {
       secretKey: s.secretKey!,
       ...(s.prefix ? { prefix: s.prefix } : {}),
       ...(s.region ? { region: s.region } : {}),
+      ...(s.touchRefreshMs !== undefined ? { touchRefreshMs: s.touchRefreshMs } : {}),
     };
   } else {
     if (!s.dir) throw new WorkerConfigError('the filesystem store needs a directory');
