@@ -4,7 +4,7 @@
  * after a prune, leases and the grace period, and a prune racing a running exec.
  */
 import { randomBytes, randomUUID, createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeTask, encodeTask } from '@kiln/bus';
@@ -39,6 +39,7 @@ const gcOf = (c: GcConfig, now?: () => number): WorkerGc =>
     held: runner.held,
     layers: runner.engine.layers,
     usage: runner.usage,
+    cacheMounts: runner.localCacheMounts,
     config: c,
     runningSince: () => runner.runningSince(),
     ...(now ? { now } : {}),
@@ -203,5 +204,43 @@ describe('worker gc', () => {
     await runner.engine.read(again.snapshot, async (dir) => {
       expect(await readFile(join(dir, 'in.txt'), 'utf8')).toBe(tag);
     });
+  });
+
+  it('lists exec cache mounts in du and collects them, never one a run uses', async () => {
+    const mount = (id: string) =>
+      runner.localCacheMounts.mount({ namespace: '', id, sharing: 'shared', readonly: false });
+    const busy = await mount(`busy-${randomUUID()}`);
+    const idle = await mount(`idle-${randomUUID()}`);
+    await writeFile(join(busy.path, 'data'), randomBytes(64 * 1024));
+    await writeFile(join(idle.path, 'data'), randomBytes(96 * 1024));
+    idle.release();
+    const gc = gcOf(config());
+    const mounts = (await gc.diskUsage(['type==exec.cachemount'])).sort((a, b) => a.size - b.size);
+    expect(mounts).toHaveLength(2);
+    const [b, i] = mounts as [GcUsageRecord, GcUsageRecord];
+    expect(b).toMatchObject({ inUse: true, usageCount: 1, recordType: 'exec.cachemount' });
+    expect(i).toMatchObject({ inUse: false, usageCount: 1 });
+    expect(b.size).toBeGreaterThanOrEqual(64 * 1024);
+    expect(i.size).toBeGreaterThanOrEqual(96 * 1024);
+    expect(i.description).toMatch(/^cache mount [0-9a-f]{32}\/0$/);
+    // The whole du counts them too.
+    expect((await gc.diskUsage()).map((r) => r.id)).toEqual(expect.arrayContaining([b.id, i.id]));
+
+    const removed = await gc.prune({ all: true, filter: ['type==exec.cachemount'] });
+    expect(removed.map((r) => r.id)).toEqual([i.id]);
+    expect(removed[0]!.size).toBe(i.size);
+    expect(await stat(join(busy.path, 'data'))).toBeDefined();
+    await expect(
+      stat(join(busy.path, '..', '..', i.id.slice('cachemount:'.length))),
+    ).rejects.toThrow(/ENOENT/);
+    expect((await gc.diskUsage(['type==exec.cachemount'])).map((r) => r.id)).toEqual([b.id]);
+
+    // Once released it goes too; the next use of the id starts from an empty directory.
+    busy.release();
+    const id = b.id;
+    expect(
+      (await gc.prune({ all: true, filter: ['type==exec.cachemount'] })).map((r) => r.id),
+    ).toEqual([id]);
+    expect(await gc.diskUsage(['type==exec.cachemount'])).toEqual([]);
   });
 });

@@ -25,6 +25,7 @@
  */
 import type { GcUsageRecord } from '@kiln/bus';
 import type { LayerCache } from '../exporters/layers.js';
+import type { CacheMountDirInfo } from '../ops/exec/cache-mounts.js';
 import type { HeldResults } from '../node/held-results.js';
 import { SnapshotError, SnapshotErrorCode } from '../snapshot/index.js';
 import type { SnapshotInfo, Snapshotter } from '../snapshot/index.js';
@@ -35,8 +36,8 @@ import type { UsageLog } from './usage-log.js';
 export interface PruneOptions {
   filter?: readonly string[];
   /**
-   * BuildKit's `--all`: every record not in use, the grace period ignored (every Kiln record is a
-   * regular one, so it selects no other kind). What a running task holds stays.
+   * BuildKit's `--all`: every record not in use, the grace period ignored. What a running task
+   * holds stays.
    */
   all?: boolean;
   /** Keep what was used within this long (0: no such limit). */
@@ -50,6 +51,14 @@ export interface WorkerGcOptions {
   held: HeldResults;
   layers: LayerCache;
   usage: UsageLog;
+  /**
+   * The working copies of exec cache mounts (`RUN --mount=type=cache`), listed and collected as
+   * BuildKit's `exec.cachemount` records: by last use, never one a run uses or waits for.
+   */
+  cacheMounts?: {
+    list(): Promise<CacheMountDirInfo[]>;
+    remove(id: string): Promise<boolean>;
+  };
   config: GcConfig;
   /** Free bytes on the state dir's filesystem (for `minFreeBytes`). */
   freeBytes?: () => Promise<number>;
@@ -196,6 +205,12 @@ export class WorkerGc {
   async #remove(r: GcUsageRecord, resultIds: string[], graceCut: number): Promise<boolean> {
     // Used since the scan (a task looked it up): keep it. The lease taken with that lookup also
     // makes the snapshotter refuse the removal below.
+    if (r.recordType === CACHE_MOUNT_TYPE) {
+      const id = r.id.slice(CACHE_MOUNT_PREFIX.length);
+      const now = (await this.o.cacheMounts?.list())?.find((c) => c.id === id);
+      if (!now || now.lastUsedMs >= graceCut) return false;
+      return (await this.o.cacheMounts?.remove(id)) ?? false;
+    }
     const u = this.o.usage.get(r.id);
     if (u && u.lastUsedMs >= graceCut) return false;
     try {
@@ -248,6 +263,22 @@ export class WorkerGc {
         shared: false,
       });
     }
+    for (const c of (await this.o.cacheMounts?.list()) ?? []) {
+      total += c.size;
+      records.push({
+        id: `${CACHE_MOUNT_PREFIX}${c.id}`,
+        mutable: false,
+        inUse: c.inUse,
+        size: c.size,
+        parents: [],
+        createdAtMs: c.createdMs,
+        lastUsedAtMs: c.lastUsedMs,
+        usageCount: c.uses,
+        description: `cache mount ${c.id}`,
+        recordType: CACHE_MOUNT_TYPE,
+        shared: false,
+      });
+    }
     return { records, children, heldBy, total };
   }
 
@@ -267,6 +298,10 @@ export class WorkerGc {
     }
   }
 }
+
+/** BuildKit's record type of a cache mount, and the prefix of its record ids here. */
+const CACHE_MOUNT_TYPE = 'exec.cachemount';
+const CACHE_MOUNT_PREFIX = 'cachemount:';
 
 /** When a record was last made or used. */
 function activity(r: GcUsageRecord): number {

@@ -196,6 +196,8 @@ export class TaskRunner {
     workerId: string | undefined,
     /** Where exec cache mounts come from (the farm's when on the bus). */
     readonly cacheMounts: CacheMountProvider,
+    /** This worker's working copies of them (what its GC lists and collects). */
+    readonly localCacheMounts: CacheMounts,
   ) {
     this.#nc = nc;
     this.#materializeTimeoutMs = materializeTimeoutMs;
@@ -279,6 +281,7 @@ export class TaskRunner {
       usage,
       o.workerId,
       cacheMounts,
+      localCaches,
     );
   }
 

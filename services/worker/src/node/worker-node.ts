@@ -197,6 +197,7 @@ export class WorkerNode {
       held: runner.held,
       layers: runner.engine.layers,
       usage: runner.usage,
+      cacheMounts: runner.localCacheMounts,
       config: {
         ...config.gc,
         keepBytes: config.gc.keepBytes ?? defaultKeepBytes(fs.blocks * fs.bsize),

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
+import { diskUsage } from '../../snapshot/base.js';
 
 /** BuildKit's cache sharing modes (pb.CacheSharingOpt). */
 export type CacheSharing = 'shared' | 'private' | 'locked';
@@ -43,8 +44,23 @@ export interface CacheMountProvider {
  */
 export type PrepareInstance = (dir: string, created: boolean) => Promise<boolean>;
 
+/** One instance directory as the worker's GC sees it (`exec.cachemount` records). */
+export interface CacheMountDirInfo {
+  /** `<name>/<n>`: the cache's directory name and the instance. */
+  id: string;
+  /** Bytes allocated (as `du`). */
+  size: number;
+  createdMs: number;
+  /** The end of its last use (the directory's mtime, which a release sets). */
+  lastUsedMs: number;
+  /** Uses since this process started. */
+  uses: number;
+  inUse: boolean;
+}
+
 interface DirState {
   users: number;
+  uses?: number;
   exclusive: boolean;
   waiters: Array<() => void>;
   /** Set while the first user prepares the directory. */
@@ -167,15 +183,76 @@ export class CacheMounts implements CacheMountProvider {
 
   private handle(path: string, st: DirState, created: boolean): LocalCacheMountHandle {
     let released = false;
+    st.uses = (st.uses ?? 0) + 1;
     return {
       path,
       created,
       release: () => {
         if (released) return;
         released = true;
+        // Its mtime is its last use, also across restarts (the GC orders by it).
+        const now = new Date();
+        utimes(path, now, now).catch(() => undefined);
         this.done(st);
       },
     };
+  }
+
+  /** Every instance directory (in use or not), for the worker's GC and `kiln du`. */
+  async list(): Promise<CacheMountDirInfo[]> {
+    const out: CacheMountDirInfo[] = [];
+    for (const name of await readdir(this.root).catch(() => [] as string[])) {
+      for (const n of await readdir(join(this.root, name)).catch(() => [] as string[])) {
+        if (!/^\d+$/.test(n)) continue; // `<n>.version` markers, `.new` and `.sync` temps
+        const dir = join(this.root, name, n);
+        const st = this.dirs.get(dir);
+        try {
+          const s = await stat(dir);
+          const { size } = await diskUsage(dir);
+          out.push({
+            id: `${name}/${n}`,
+            size,
+            createdMs: s.birthtimeMs || s.ctimeMs,
+            lastUsedMs: s.mtimeMs,
+            uses: st?.uses ?? 0,
+            inUse: st !== undefined && (st.users > 0 || st.waiters.length > 0 || !!st.preparing),
+          });
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; // removed meanwhile
+        }
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Removes instance directory `id` (`<name>/<n>`, as {@link list} names it) and its version
+   * marker unless it is in use or awaited; false then, or when it is gone. The next use starts
+   * from an empty directory (a farm cache mount downloads its current version again).
+   */
+  async remove(id: string): Promise<boolean> {
+    const m = /^([0-9a-f]{32,64})\/(\d+)$/.exec(id);
+    if (!m) return false;
+    const dir = join(this.root, m[1]!, m[2]!);
+    const st = this.state(dir);
+    if (st.users > 0 || st.waiters.length > 0 || st.preparing) return false;
+    // Held exclusively while it goes: a mount asked meanwhile waits, then makes it anew.
+    st.users++;
+    st.exclusive = true;
+    try {
+      await stat(dir);
+    } catch {
+      this.done(st);
+      return false;
+    }
+    try {
+      await rm(`${dir}.version`, { force: true });
+      await rm(dir, { recursive: true, force: true });
+    } finally {
+      this.done(st);
+      if (st.users === 0 && st.waiters.length === 0) this.dirs.delete(dir);
+    }
+    return true;
   }
 
   private done(st: DirState): void {
