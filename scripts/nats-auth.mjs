@@ -5,8 +5,9 @@
 //
 // Writes, each 0600, into DIR: `auth.conf` (the nats-server `authorization` block that
 // deploy/nats/nats-server.conf includes), and per role the environment the service reads:
-// `scheduler.env` and `worker-<ID>.env` (KILN_NATS_USER / KILN_NATS_PASSWORD), or with --nkeys
-// `scheduler.nk` and `worker-<ID>.nk` (nkey seeds; the config then holds public keys only, and
+// `scheduler.env`, `cache-store.env` (the store collector's read-only user) and `worker-<ID>.env`
+// (KILN_NATS_USER / KILN_NATS_PASSWORD), or with --nkeys `scheduler.nk`, `cache-store.nk` and
+// `worker-<ID>.nk` (nkey seeds; the config then holds public keys only, and
 // the env files name the seed file: KILN_NATS_NKEY). Needs a build (`npm run build`).
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -42,8 +43,9 @@ const envOf = (name, a, seed) => {
   return `KILN_NATS_USER=${a.user}\nKILN_NATS_PASSWORD=${a.password}\n`;
 };
 secret('scheduler.env', envOf('scheduler', auth.scheduler, auth.seeds?.scheduler));
+secret('cache-store.env', envOf('cache-store', auth.cacheStore, auth.seeds?.cacheStore));
 for (const id of values.worker)
   secret(`worker-${id}.env`, envOf(`worker-${id}`, auth.workers[id], auth.seeds?.workers[id]));
 process.stdout.write(
-  `${out}: auth.conf, scheduler.env, ${values.worker.map((id) => `worker-${id}.env`).join(', ')}\n`,
+  `${out}: auth.conf, scheduler.env, cache-store.env, ${values.worker.map((id) => `worker-${id}.env`).join(', ')}\n`,
 );

@@ -14,6 +14,10 @@
  *   under its own id (`kiln.sessionkey.*.<id>`, which the scheduler grants only to the holder of
  *   a claim, `session.ts`), and the channel's subjects are capabilities it cannot guess, whose
  *   payloads are sealed end to end; the ssh bytes to it arrive on its own inbox.
+ * - **cache store** (`kiln-cache-store`, the content store's collector): reads the cache index and
+ *   the cache mounts bucket (stream info, a watch through an ordered consumer it may create and
+ *   delete, direct gets) and nothing else: it cannot write a record, a registration or a task,
+ *   and receives only on its own inbox ({@link CACHE_STORE_INBOX_PREFIX}).
  * - **clients** (`kiln`, `@kiln/client`) never connect to NATS: they talk gRPC to the scheduler.
  */
 import { randomBytes } from 'node:crypto';
@@ -32,6 +36,34 @@ export interface NatsPermissions {
 /** Where a worker's request replies go: `_INBOX_worker.<id>`. */
 export function workerInboxPrefix(workerId: string): string {
   return `_INBOX_worker.${assertWorkerId(workerId)}`;
+}
+
+/** Where the cache store's replies and watch deliveries go. */
+export const CACHE_STORE_INBOX_PREFIX = '_INBOX_cachestore';
+
+/** Read-only access to the buckets the store's collector marks from. */
+export function cacheStorePermissions(): NatsPermissions {
+  const js = '$JS.API';
+  const read = (bucket: string): string[] => {
+    const stream = `KV_${bucket}`;
+    return [
+      `${js}.STREAM.INFO.${stream}`,
+      // A watch: an ephemeral ordered consumer, made again after a gap and deleted at the end.
+      `${js}.CONSUMER.CREATE.${stream}`,
+      `${js}.CONSUMER.CREATE.${stream}.>`,
+      `${js}.CONSUMER.INFO.${stream}.*`,
+      `${js}.CONSUMER.DELETE.${stream}.*`,
+      `${js}.DIRECT.GET.${stream}`,
+      `${js}.DIRECT.GET.${stream}.>`,
+      `${js}.STREAM.MSG.GET.${stream}`,
+    ];
+  };
+  return {
+    publish: { allow: [`${js}.INFO`, ...read(TASKS_BUCKET), ...read(CACHE_MOUNTS_BUCKET)] },
+    subscribe: { allow: [`${CACHE_STORE_INBOX_PREFIX}.>`] },
+    // Flow control and heartbeats of the watch are answered on the reply subject it was sent.
+    allowResponses: true,
+  };
 }
 
 export function schedulerPermissions(): NatsPermissions {
@@ -105,6 +137,8 @@ export type NatsUserAuth = { user: string; password: string } | { nkey: string }
 export interface NatsAuthorizationSpec {
   scheduler: NatsUserAuth[];
   workers: (NatsUserAuth & { id: string })[];
+  /** Users of the store's collector ({@link cacheStorePermissions}). */
+  cacheStore?: NatsUserAuth[];
 }
 
 function q(s: string): string {
@@ -134,6 +168,7 @@ export function natsAuthorizationConfig(spec: NatsAuthorizationSpec): string {
   const users = [
     ...spec.scheduler.map((a) => userBlock(a, schedulerPermissions())),
     ...spec.workers.map((w) => userBlock(w, workerPermissions(w.id))),
+    ...(spec.cacheStore ?? []).map((a) => userBlock(a, cacheStorePermissions())),
   ];
   return `authorization {\n  users = [\n${users.join(',\n')}\n  ]\n}\n`;
 }
@@ -145,12 +180,14 @@ export interface GeneratedFarmAuth {
   /** How each role connects: user and password, or (with `nkeys`) nothing yet: see `seeds`. */
   scheduler: NatsAuth;
   workers: Record<string, NatsAuth>;
+  /** The store's collector (`kiln-cache-store`). */
+  cacheStore: NatsAuth;
   /** With `nkeys`: each role's nkey seed (`SU...`), to write 0600 where the service reads it. */
-  seeds?: { scheduler: string; workers: Record<string, string> };
+  seeds?: { scheduler: string; workers: Record<string, string>; cacheStore: string };
 }
 
 /**
- * A user per role: `kiln-scheduler`, and `kiln-worker-<id>` for each worker id, with random
+ * A user per role: `kiln-scheduler`, `kiln-cache-store`, and `kiln-worker-<id>` for each worker id, with random
  * 256-bit passwords (what the local and embedded farms run nats-server with, so they stay
  * zero-config), or with `nkeys` an nkey pair per role (the config then holds only public keys).
  */
@@ -166,26 +203,32 @@ export function generateFarmAuth(
       return { nkey: kp.getPublicKey(), seed: dec.decode(kp.getSeed()) };
     };
     const scheduler = pair();
+    const cacheStore = pair();
     const workers = ids.map((id) => ({ id, ...pair() }));
     return {
       config: natsAuthorizationConfig({
         scheduler: [{ nkey: scheduler.nkey }],
         workers: workers.map((w) => ({ id: w.id, nkey: w.nkey })),
+        cacheStore: [{ nkey: cacheStore.nkey }],
       }),
       scheduler: {},
       workers: Object.fromEntries(ids.map((id) => [id, {}])),
+      cacheStore: {},
       seeds: {
         scheduler: scheduler.seed,
         workers: Object.fromEntries(workers.map((w) => [w.id, w.seed])),
+        cacheStore: cacheStore.seed,
       },
     };
   }
   const password = (): string => randomBytes(32).toString('base64url');
   const scheduler = { user: 'kiln-scheduler', password: password() };
+  const cacheStore = { user: 'kiln-cache-store', password: password() };
   const workers = ids.map((id) => ({ id, user: `kiln-worker-${id}`, password: password() }));
   return {
-    config: natsAuthorizationConfig({ scheduler: [scheduler], workers }),
+    config: natsAuthorizationConfig({ scheduler: [scheduler], workers, cacheStore: [cacheStore] }),
     scheduler,
+    cacheStore,
     workers: Object.fromEntries(workers.map((w) => [w.id, { user: w.user, password: w.password }])),
   };
 }

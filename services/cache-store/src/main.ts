@@ -10,6 +10,7 @@
  */
 import { parseArgs } from 'node:util';
 import {
+  CACHE_STORE_INBOX_PREFIX,
   NATS_AUTH_FLAGS,
   NATS_AUTH_HELP,
   checkNatsAuth,
@@ -104,7 +105,8 @@ async function main(): Promise<number> {
   const store = await openStore(storeConfig(f['store-dir'] ?? env.KILN_STORE_DIR, env));
   const nc = await connectNats(
     f.nats ?? env.KILN_NATS_URL ?? 'nats://127.0.0.1:4222',
-    checkNatsAuth(natsAuthFrom(f, env)),
+    // Its own inbox: what the farm's read-only cache-store role lets it receive on.
+    { ...checkNatsAuth(natsAuthFrom(f, env)), inboxPrefix: CACHE_STORE_INBOX_PREFIX },
   );
   let natsUp = true;
   void (async () => {

@@ -1,10 +1,12 @@
-// The store collector against a real nats-server (the farm's users: it reads the index as the
-// scheduler's user) and real content stores; the service as a process (bundled from source).
+// The store collector against a real nats-server (the farm's users: it reads the index as its
+// own read-only user) and real content stores; the service as a process (bundled from source).
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { utimes } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import {
+  CACHE_STORE_INBOX_PREFIX,
+  TASKS_BUCKET,
   cacheMountName,
   casCacheMountVersion,
   connectNats,
@@ -158,13 +160,36 @@ describe('store collector', () => {
     expect(await store.has(d.old!)).toBe(true);
   });
 
-  it('runs as a service: one collection with --once, logged, under the farm NATS user', async () => {
+  it('marks from the index as its read-only NATS user, which cannot write a record', async () => {
+    const { d } = await storeWith(['layer', 'base'], []);
+    await record(d.layer!, d.base!);
+    const ro = await connectNats(nats.url, {
+      ...nats.auth!.cacheStore,
+      inboxPrefix: CACHE_STORE_INBOX_PREFIX,
+    });
+    try {
+      const live = await liveDigests(ro);
+      expect(live.has(d.layer!)).toBe(true);
+      expect(live.has(d.base!)).toBe(true);
+      const { Kvm } = await import('@nats-io/kv');
+      const kv = await new Kvm(ro).open(TASKS_BUCKET);
+      await expect(kv.put('forged', 'x')).rejects.toThrow(/permission|timeout/i);
+      // Not even a message outside its buckets.
+      await expect(ro.request('kiln.record.w1', 'x', { timeout: 2000 })).rejects.toThrow();
+    } finally {
+      await ro.close().catch(() => undefined);
+    }
+    // The scheduler's view: no forged record was written.
+    expect(await bus.tasks.get('forged')).toBeNull();
+  });
+
+  it('runs as a service: one collection with --once, logged, under its own NATS user', async () => {
     const { store, d } = await storeWith(['layer', 'base', 'old'], ['layer', 'base', 'old']);
     await record(d.layer!, d.base!);
     const { stdout } = await promisify(execFile)(
       process.execPath,
       [entry, '--once', '--keep-duration', '1d', '--store-dir', store.root],
-      { env: { ...process.env, KILN_NATS_URL: nats.url, ...natsAuthEnv(nats.auth?.scheduler) } },
+      { env: { ...process.env, KILN_NATS_URL: nats.url, ...natsAuthEnv(nats.auth?.cacheStore) } },
     );
     const line = stdout
       .split('\n')
