@@ -10,43 +10,34 @@
  * archive's own owners inside an `ADD --chown` of a local archive.
  */
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { REPO_ROOT, makeTempDir, ociRootfs } from '../harness/index.js';
+import { makeTempDir, ociRootfs } from '../harness/index.js';
 import type { RootfsEntry } from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
+import { startReferenceBuildkit } from './reference-buildkit.js';
+import type { ReferenceBuildkit } from './reference-buildkit.js';
 import { runKiln } from './run-kiln.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const run = promisify(execFile);
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
 const registry = process.env.KILN_TEST_REGISTRY;
-const script = join(
-  process.env.KILN_BUILDKIT_DIR ?? join(REPO_ROOT, '../shared/tools/buildkit'),
-  'buildkit.sh',
-);
 
 let tmp: { dir: string; remove: () => void };
-let bkDir: string;
-let buildctl: string;
-let addr: string;
+let bk: ReferenceBuildkit | undefined;
 
 beforeAll(async () => {
   if (!fixture || !registry)
     throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
-  if (!existsSync(script))
-    throw new Error(`the reference BuildKit is not at ${script} (set KILN_BUILDKIT_DIR)`);
   tmp = makeTempDir('bk-differential');
-  bkDir = join(tmp.dir, 'buildkit');
   process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
-  buildctl = join((await run('bash', [script, 'bin'])).stdout.trim(), 'buildctl');
-  addr = (await run('bash', [script, 'start', bkDir, registry])).stdout.trim();
+  bk = await startReferenceBuildkit(join(tmp.dir, 'buildkit'), registry);
 }, 180_000);
 
 afterAll(async () => {
-  if (bkDir) await run('bash', [script, 'stop', bkDir]).catch(() => undefined);
+  await bk?.stop();
   if (tmp) await runKiln(['farm', 'stop'], { KILN_STATE_DIR: join(tmp.dir, 'kiln-state') });
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
@@ -67,27 +58,12 @@ async function treeOfT(tarball: string): Promise<Tree> {
 async function buildBoth(name: string, ctx: string): Promise<{ kiln: Tree; buildkit: Tree }> {
   const kout = join(tmp.dir, `${name}-kiln.tar`);
   const bkout = join(tmp.dir, `${name}-buildkit.tar`);
-  await run(
-    buildctl,
-    [
-      '--addr',
-      addr,
-      'build',
-      '--progress',
-      'plain',
-      '--frontend',
-      'dockerfile.v0',
-      '--local',
-      `context=${ctx}`,
-      '--local',
-      `dockerfile=${ctx}`,
-      '--opt',
-      `build-arg:BASE=${fixture}`,
-      '--output',
-      `type=oci,dest=${bkout}`,
-    ],
-    { maxBuffer: 64 * 1024 * 1024 },
-  );
+  await bk!.build(ctx, [
+    '--opt',
+    `build-arg:BASE=${fixture}`,
+    '--output',
+    `type=oci,dest=${bkout}`,
+  ]);
   const k = await runKiln(
     [
       'build',

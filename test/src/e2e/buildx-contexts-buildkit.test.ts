@@ -5,39 +5,26 @@
  * Dockerfile and base image, the output trees compared. Real processes: buildkitd (runc) through
  * its start script, the local farm daemon, the harness's registry with the fixture busybox image.
  */
-import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { REPO_ROOT } from '../harness/index.js';
 import { localFarmSuite } from './local-farm-suite.js';
+import { startReferenceBuildkit } from './reference-buildkit.js';
+import type { ReferenceBuildkit } from './reference-buildkit.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-const run = promisify(execFile);
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
 const registry = process.env.KILN_TEST_REGISTRY;
-const script = join(
-  process.env.KILN_BUILDKIT_DIR ?? join(REPO_ROOT, '../shared/tools/buildkit'),
-  'buildkit.sh',
-);
 
 const suite = localFarmSuite('buildx-contexts-buildkit');
-let bkDir: string | undefined;
-let buildctl: string;
-let addr: string;
+let buildkitd: ReferenceBuildkit | undefined;
 
 beforeAll(async () => {
   if (!registry) throw new Error('KILN_TEST_REGISTRY is not set: run through the global setup');
-  if (!existsSync(script))
-    throw new Error(`the reference BuildKit is not at ${script} (set KILN_BUILDKIT_DIR)`);
-  buildctl = join((await run('bash', [script, 'bin'])).stdout.trim(), 'buildctl');
-  bkDir = join(suite.dir(), 'buildkit');
-  addr = (await run('bash', [script, 'start', bkDir, registry])).stdout.trim();
+  buildkitd = await startReferenceBuildkit(join(suite.dir(), 'buildkit'), registry);
 }, 180_000);
 
 afterAll(async () => {
-  if (bkDir) await run('bash', [script, 'stop', bkDir]).catch(() => undefined);
+  await buildkitd?.stop();
 });
 
 /** Every file of a tree (relative path -> content), for comparison. */
@@ -94,37 +81,22 @@ describe('named contexts and RUN sandbox attributes, Kiln vs BuildKit v0.11.6', 
     expect(r.out).not.toContain('ERROR');
     expect(r.code).toBe(0);
     const bkOut = join(suite.dir(), 'bk-out');
-    await run(
-      buildctl,
-      [
-        '--addr',
-        addr,
-        'build',
-        '--progress',
-        'plain',
-        '--frontend',
-        'dockerfile.v0',
-        '--local',
-        `context=${ctx}`,
-        '--local',
-        `dockerfile=${ctx}`,
-        '--local',
-        `deps=${deps}`,
-        '--opt',
-        'context:deps=local:deps',
-        '--opt',
-        `context:kiln.invalid/base:1=docker-image://${fixture}`,
-        '--opt',
-        'force-network-mode=none',
-        '--opt',
-        `shm-size=${80 * 1024 * 1024}`,
-        '--opt',
-        'ulimit=nofile=512:1024,nproc=2000:4000',
-        '--output',
-        `type=local,dest=${bkOut}`,
-      ],
-      { maxBuffer: 64 * 1024 * 1024 },
-    );
+    await buildkitd!.build(ctx, [
+      '--local',
+      `deps=${deps}`,
+      '--opt',
+      'context:deps=local:deps',
+      '--opt',
+      `context:kiln.invalid/base:1=docker-image://${fixture}`,
+      '--opt',
+      'force-network-mode=none',
+      '--opt',
+      `shm-size=${80 * 1024 * 1024}`,
+      '--opt',
+      'ulimit=nofile=512:1024,nproc=2000:4000',
+      '--output',
+      `type=local,dest=${bkOut}`,
+    ]);
     const kiln = await tree(kilnOut);
     expect(kiln.summary).toBe('named\ntools\n');
     expect(kiln.net).toBe('lo\n');

@@ -8,59 +8,31 @@
  * Real processes: buildkitd (runc) through its start script, the local farm daemon, the harness's
  * registry with the fixture busybox image.
  */
-import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { REPO_ROOT, makeTempDir } from '../harness/index.js';
+import { makeTempDir } from '../harness/index.js';
 import { bundleFarmDaemon } from './local-farm-daemon.js';
 import { cachedSteps } from './progress-log.js';
+import { startReferenceBuildkit } from './reference-buildkit.js';
+import type { ReferenceBuildkit } from './reference-buildkit.js';
 import { runKiln } from './run-kiln.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-const run = promisify(execFile);
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
 const registry = process.env.KILN_TEST_REGISTRY;
-const script = join(
-  process.env.KILN_BUILDKIT_DIR ?? join(REPO_ROOT, '../shared/tools/buildkit'),
-  'buildkit.sh',
-);
 
 let tmp: { dir: string; remove: () => void };
 let ctx: string;
-let bkDir: string;
-let buildctl: string;
-let addr: string;
+let buildkitd: ReferenceBuildkit | undefined;
 
 const kiln = (stateDir: string, ...extra: string[]) =>
   runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], {
     KILN_STATE_DIR: stateDir,
   });
 
-async function bk(...extra: string[]): Promise<string> {
-  const { stdout, stderr } = await run(
-    buildctl,
-    [
-      '--addr',
-      addr,
-      'build',
-      '--progress',
-      'plain',
-      '--frontend',
-      'dockerfile.v0',
-      '--local',
-      `context=${ctx}`,
-      '--local',
-      `dockerfile=${ctx}`,
-      '--opt',
-      `build-arg:BASE=${fixture}`,
-      ...extra,
-    ],
-    { maxBuffer: 64 * 1024 * 1024 },
-  );
-  return stdout + stderr;
-}
+const bk = (...extra: string[]): Promise<string> =>
+  buildkitd!.build(ctx, ['--opt', `build-arg:BASE=${fixture}`, ...extra]);
 
 const RUNS = ['RUN cat a.txt', 'RUN cp /stamp'];
 
@@ -85,14 +57,10 @@ function expectHits(out: string, dir: string, from: string): void {
 beforeAll(async () => {
   if (!fixture || !registry)
     throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
-  if (!existsSync(script))
-    throw new Error(`the reference BuildKit is not at ${script} (set KILN_BUILDKIT_DIR)`);
   tmp = makeTempDir('cache-interop');
   ctx = join(tmp.dir, 'ctx');
-  bkDir = join(tmp.dir, 'buildkit');
   process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
-  buildctl = join((await run('bash', [script, 'bin'])).stdout.trim(), 'buildctl');
-  addr = (await run('bash', [script, 'start', bkDir, registry])).stdout.trim();
+  buildkitd = await startReferenceBuildkit(join(tmp.dir, 'buildkit'), registry);
   await mkdir(join(ctx, 'sub'), { recursive: true });
   // Steps after a COPY from the context meet across tools only through BuildKit's contenthash
   // of what the COPY reads (a file and a directory here).
@@ -106,7 +74,7 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  if (bkDir) await run('bash', [script, 'stop', bkDir]).catch(() => undefined);
+  await buildkitd?.stop();
   // Nothing was started when beforeAll failed (the reference BuildKit missing): only its error shows.
   if (tmp)
     for (const s of ['k1', 'k2', 'k3', 'k4', 'k5', 'k6'])
@@ -139,7 +107,7 @@ describe('cache interop with BuildKit v0.11.6', () => {
   }, 600_000);
 
   it("BuildKit's export imported into a fresh Kiln farm hits Kiln's cache", async () => {
-    await run(buildctl, ['--addr', addr, 'prune', '--all']);
+    await buildkitd!.prune();
     await bk(
       '--export-cache',
       `type=local,dest=${join(tmp.dir, 'bkcache')},mode=max`,
@@ -174,7 +142,7 @@ describe('cache interop with BuildKit v0.11.6', () => {
       `type=local,dest=${join(tmp.dir, 'kout-r')}`,
     );
     expect(k.code, k.out).toBe(0);
-    await run(buildctl, ['--addr', addr, 'prune', '--all']);
+    await buildkitd!.prune();
     const out = await bk(
       '--import-cache',
       `type=registry,ref=${ref('kiln')}`,
@@ -214,7 +182,7 @@ describe('cache interop with BuildKit v0.11.6', () => {
       `type=local,dest=${join(tmp.dir, 'kout-i')}`,
     );
     expect(k.code, k.out).toBe(0);
-    await run(buildctl, ['--addr', addr, 'prune', '--all']);
+    await buildkitd!.prune();
     const out = await bk(
       '--import-cache',
       `type=registry,ref=${image('kiln')}`,
@@ -268,7 +236,7 @@ describe('cache interop with BuildKit v0.11.6', () => {
       `type=local,dest=${join(tmp.dir, 'kout-s')}`,
     );
     expect(k.code, k.out).toBe(0);
-    await run(buildctl, ['--addr', addr, 'prune', '--all']);
+    await buildkitd!.prune();
     const out = await bk(
       '--import-cache',
       s3('kiln'),
