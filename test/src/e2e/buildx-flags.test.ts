@@ -11,6 +11,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { waitFor } from '../harness/index.js';
 import { localFarmSuite } from './local-farm-suite.js';
 import { runKiln } from './run-kiln.js';
 import { describe, expect, it } from 'vitest';
@@ -231,16 +232,25 @@ describe('kiln build flags', () => {
   });
 
   it("kiln ls lists the farm's worker: id, status, slots, platforms (table, json, -v, filter)", async () => {
-    // The farm is up from the builds above.
-    const json = await runKiln(['ls', '--format', 'json']);
-    expect(json.code).toBe(0);
-    const rows = JSON.parse(json.out) as {
+    // The farm is up from the builds above. Its registration is rewritten at each heartbeat
+    // (every second): one written while the last build's task ran still counts its slot.
+    type Row = {
       id: string;
       status: string;
       slots: number;
       busySlots: number;
       platforms: string[];
-    }[];
+    };
+    const rows = await waitFor(
+      'kiln ls to show the worker idle',
+      async () => {
+        const json = await runKiln(['ls', '--format', 'json']);
+        expect(json.code).toBe(0);
+        const r = JSON.parse(json.out) as Row[];
+        return r.length === 1 && r[0]!.busySlots === 0 ? r : undefined;
+      },
+      { intervalMs: 200 },
+    );
     expect(rows).toHaveLength(1);
     const w = rows[0]!;
     expect(w.id).toBe('local');
