@@ -14,6 +14,7 @@ import {
   cacheSolveOptions,
   dockerfileInput,
   localDirWriter,
+  solveAndReceive,
 } from '@kiln/client';
 import { createPrinter } from '@kiln/client/progress';
 import { settled } from '@kiln/common';
@@ -255,29 +256,31 @@ async function buildIn(
   // Its failure (the farm refused the caller, say) is the Solve's to report: never unhandled.
   status.catch(() => undefined);
   try {
-    const res = await farm.client
-      .solve(
-        {
-          buildId,
-          sessionId: session.id,
-          frontend: 'dockerfile.v0',
-          entitlements,
-          attrs,
-          inputs: {
-            dockerfile: dockerfileInput(dockerfile, dockerignore ? { dockerignore } : {}),
-          },
-          exporters: outputs.map((o) => exporterEntry(o, flags.tag, annotations)),
-          cacheImports,
-          cacheExports,
+    const res = await solveAndReceive(
+      farm.client,
+      session,
+      {
+        buildId,
+        sessionId: session.id,
+        frontend: 'dockerfile.v0',
+        entitlements,
+        attrs,
+        inputs: {
+          dockerfile: dockerfileInput(dockerfile, dockerignore ? { dockerignore } : {}),
         },
-        { signal: abort.signal },
-      )
-      .catch(async (err: unknown) => {
-        // The status stream ends with the build: its last frames mark the failed step.
-        if (!abort.signal.aborted) await settled(status, 2000);
-        throw await explain(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile', abort);
-      });
-    await session.exportsWritten(Number(res.exporterResponse['export.count'] ?? 0));
+        exporters: outputs.map((o) => exporterEntry(o, flags.tag, annotations)),
+        cacheImports,
+        cacheExports,
+      },
+      {
+        signal: abort.signal,
+        onError: async (err: unknown) => {
+          // The status stream ends with the build: its last frames mark the failed step.
+          if (!abort.signal.aborted) await settled(status, 2000);
+          throw await explain(err, dockerfile.toString('utf8'), flags.file ?? 'Dockerfile', abort);
+        },
+      },
+    );
     const pushed = res.exporterResponse['containerimage.digest'];
     if (pushed && mode !== 'quiet')
       process.stderr.write(`pushed ${res.exporterResponse['image.name'] ?? ''} (${pushed})\n`);

@@ -23,6 +23,7 @@ import { dockerfileInput } from './dockerfile-input.js';
 import type { KilnClient, SolveRequest } from './kiln-client.js';
 import { cacheSolveOptions } from './local-cache.js';
 import { atomicFileWriter, localDirWriter } from './outputs.js';
+import { solveAndReceive } from './solve-and-receive.js';
 import type { ProgressEvent } from './progress-event.js';
 import type { SessionOptions } from './session.js';
 import { StatusEvents } from './status-events.js';
@@ -181,22 +182,21 @@ export async function runBuild(client: KilnClient, o: BuildOptions): Promise<Bui
   // Its failure (say, the farm refused the caller) is the solve's to report: never unhandled.
   status?.catch(() => undefined);
   try {
-    let res;
-    try {
-      res = await client.solve(
-        { ...plan.request, buildId, sessionId: session.id },
-        {
-          signal: abort.signal,
+    const res = await solveAndReceive(
+      client,
+      session,
+      { ...plan.request, buildId, sessionId: session.id },
+      {
+        signal: abort.signal,
+        onError: async (err) => {
+          if (progressError) throw progressError;
+          if (o.signal?.aborted) throw new KilnError('CANCELED', 'build canceled', { cause: err });
+          // The status stream ends with the build: its last frames name the failed step.
+          if (status) await settled(status, 2_000);
+          throw err;
         },
-      );
-    } catch (err) {
-      if (progressError) throw progressError;
-      if (o.signal?.aborted) throw new KilnError('CANCELED', 'build canceled', { cause: err });
-      // The status stream ends with the build: its last frames name the failed step.
-      if (status) await settled(status, 2_000);
-      throw err;
-    }
-    await session.exportsWritten(Number(res.exporterResponse['export.count'] ?? 0));
+      },
+    );
     await status?.catch(() => undefined);
     if (progressError) throw progressError;
     return { buildId, exporterResponse: res.exporterResponse };

@@ -29,6 +29,7 @@ export type {
 } from './build.js';
 export { dockerfileInput } from './dockerfile-input.js';
 export { BuildSession } from './session.js';
+export { solveAndReceive } from './solve-and-receive.js';
 export { INCARNATION_HEADER, isRetryable } from './retry.js';
 export type { SessionOptions } from './session.js';
 export type { ProgressEvent } from './progress-event.js';

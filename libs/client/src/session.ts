@@ -145,6 +145,11 @@ export class BuildSession {
   readonly #exports = new Map<string, Writable>();
   #exportsDone = 0;
   #exportWaiters: (() => void)[] = [];
+  /**
+   * Set when the stream reopened while artifacts were arriving or awaited, until an artifact
+   * starts arriving again: the next scheduler sends them only if it solves the build again.
+   */
+  #exportsInterrupted = false;
   #failure: Error | undefined;
   #ended = false;
 
@@ -196,8 +201,14 @@ export class BuildSession {
     if (Date.now() - this.#failingSince > window) return false;
     for (const s of this.#ssh.values()) s.destroy();
     this.#ssh.clear();
+    // Artifacts are sent again from the start, and only by a scheduler that solves the build
+    // again: what was counted is forgotten, and a wait for them is told (exportsWritten).
+    if (this.#exports.size > 0 || this.#exportWaiters.length > 0 || this.#exportsDone > 0)
+      this.#exportsInterrupted = true;
     for (const w of this.#exports.values()) w.destroy();
     this.#exports.clear();
+    this.#exportsDone = 0;
+    for (const w of this.#exportWaiters.splice(0)) w();
     const wait = this.#backoff;
     this.#backoff = Math.min(this.#backoff * 2, 1_000);
     setTimeout(() => {
@@ -207,10 +218,23 @@ export class BuildSession {
     return true;
   }
 
-  /** Resolves once `count` artifacts have been written whole (see `export.count`). */
+  /**
+   * Resolves once `count` artifacts have been written whole (see `export.count`). If the
+   * scheduler sending them went away first (the session reopened on another, which knows nothing
+   * of them), fails with a retryable `SESSION_EXPORT_INTERRUPTED`: solve the build again (its
+   * steps are cached) and wait again ({@link solveAndReceive}).
+   */
   async exportsWritten(count: number): Promise<void> {
     while (this.#exportsDone < count) {
       if (this.#failure) throw this.#failure;
+      if (this.#exportsInterrupted) {
+        this.#exportsInterrupted = false;
+        throw new KilnError(
+          'SESSION_EXPORT_INTERRUPTED',
+          `the scheduler sending this build's ${count} output(s) went away before they all arrived`,
+          { retryable: true },
+        );
+      }
       await new Promise<void>((r) => this.#exportWaiters.push(r));
     }
     if (this.#failure) throw this.#failure;
@@ -448,6 +472,7 @@ export class BuildSession {
   async #onExport(c: NonNullable<SessionMessage['export']>): Promise<void> {
     const key = `${c.cache ? 'cache' : ''}\0${c.index}\0${c.platform}`;
     let w = this.#exports.get(key);
+    this.#exportsInterrupted = false;
     if (!w) {
       const open = c.cache
         ? this.#o.onCacheExport && ((i: number) => this.#o.onCacheExport!(i))
