@@ -185,7 +185,7 @@ describe('extended attributes in layers', () => {
     expect(data.includes(Buffer.from('same.txt'))).toBe(false);
   });
 
-  it('never writes trusted.overlay.* (overlayfs opaque markers) nor security.selinux', async () => {
+  it('never writes trusted.overlay.* or user.overlay.* (overlayfs markers) nor security.selinux', async () => {
     const lower = join(work, 'ov-lower');
     const upper = join(work, 'ov-upper');
     const wd = join(work, 'ov-work');
@@ -230,10 +230,13 @@ describe('extended attributes in layers', () => {
     await mkdir(tree);
     await writeFile(join(tree, 'f'), 'f');
     await setx(join(tree, 'f'), 'trusted.overlay.origin', Buffer.from([0, 1]));
+    // overlayfs's markers when mounted with `userxattr` (a worker in a user namespace)
+    await setx(join(tree, 'f'), 'user.overlay.opaque', Buffer.from('y'));
     await setx(join(tree, 'f'), 'security.selinux', Buffer.from('system_u:object_r:etc_t:s0\0'));
     await setx(join(tree, 'f'), 'user.other', Buffer.from('o'));
     const data = await plainTar({ kind: 'compare', newDir: tree });
     expect(data.includes(Buffer.from('trusted.overlay'))).toBe(false);
+    expect(data.includes(Buffer.from('user.overlay'))).toBe(false);
     expect(data.includes(Buffer.from('security.selinux'))).toBe(false);
     expect(data.includes(Buffer.from('SCHILY.xattr.user.other=o\n'))).toBe(true);
   });

@@ -19,11 +19,16 @@ export const XATTR_SIZE_MAX = 65536;
 
 /**
  * Attributes that never travel: overlayfs's own markers (`trusted.overlay.*`: opaque dirs,
- * redirects, origins; meaningless or harmful outside their upper dir) and SELinux labels, which
- * belong to the host's policy (BuildKit does not carry them either).
+ * redirects, origins; meaningless or harmful outside their upper dir; `user.overlay.*` where it
+ * is mounted with `userxattr`, in a user namespace) and SELinux labels, which belong to the
+ * host's policy (BuildKit does not carry them either).
  */
 export function isSkippedXattr(name: string): boolean {
-  return name.startsWith('trusted.overlay.') || name === 'security.selinux';
+  return (
+    name.startsWith('trusted.overlay.') ||
+    name.startsWith('user.overlay.') ||
+    name === 'security.selinux'
+  );
 }
 
 function sortedXattrs(m: Map<string, Buffer>): Xattrs {

@@ -19,10 +19,9 @@ import {
 import { createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { gunzipSync, gzipSync } from 'node:zlib';
+import { gzipSync } from 'node:zlib';
 import { main } from '@kiln/cli';
 import { KilnClient } from '@kiln/client';
 import { bundleEntries, startScheduler, startWorker, waitForWorkers } from '../chaos/farm.js';
@@ -38,35 +37,10 @@ import { bundleFarmDaemon } from './local-farm-daemon.js';
 import type { NatsServerHandle } from '../harness/index.js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildTar } from '@kiln/testing';
+import { corpusCases, corpusDir, prepareCase, readOci } from './corpus.js';
 
 const run = promisify(execFile);
-const corpusDir = resolve(dirname(fileURLToPath(import.meta.url)), '../../corpus');
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
-
-interface FileExpect {
-  absent?: boolean;
-  type?: 'file' | 'dir' | 'symlink';
-  content?: string;
-  mode?: string;
-  uid?: number;
-  gid?: number;
-  target?: string;
-}
-
-interface CaseExpect {
-  buildArgs?: Record<string, string>;
-  target?: string;
-  platform?: string;
-  secrets?: Record<string, string>;
-  ssh?: boolean;
-  generate?: { dir: string; count: number };
-  files?: Record<string, FileExpect>;
-  config?: Record<string, unknown>;
-  author?: string;
-  absentEverywhere?: string[];
-  layerWhiteouts?: string[];
-  error?: { match: string; line?: number };
-}
 
 let work: string;
 let sshServer: Server | undefined;
@@ -121,25 +95,6 @@ interface OciImage {
   layers: Buffer[];
 }
 
-async function readOci(tarFile: string, into: string): Promise<OciImage> {
-  await mkdir(into, { recursive: true });
-  await run('tar', ['-xf', tarFile, '-C', into]);
-  const blob = (d: string): Promise<Buffer> =>
-    readFile(join(into, 'blobs/sha256', d.slice('sha256:'.length)));
-  const index = JSON.parse(await readFile(join(into, 'index.json'), 'utf8')) as {
-    manifests: { digest: string }[];
-  };
-  const manifest = JSON.parse((await blob(index.manifests[0]!.digest)).toString()) as {
-    config: { digest: string };
-    layers: { digest: string }[];
-  };
-  const config = JSON.parse((await blob(manifest.config.digest)).toString()) as OciImage['config'];
-  const layers = await Promise.all(
-    manifest.layers.map(async (l) => gunzipSync(await blob(l.digest))),
-  );
-  return { config, layers };
-}
-
 /** Entry names of an uncompressed tar (ustar headers; PAX long names are not needed here). */
 function tarNames(tar: Buffer): string[] {
   const names: string[] = [];
@@ -155,39 +110,14 @@ function tarNames(tar: Buffer): string[] {
   return names;
 }
 
-const cases = (await readdir(corpusDir, { withFileTypes: true }))
-  .filter((d) => d.isDirectory())
-  .map((d) => d.name)
-  .sort();
+const cases = await corpusCases();
 
 /** Builds corpus case `name` with `kiln build` (plus `extra` flags) and checks what it expects. */
 async function runCase(name: string, extra: string[] = [], dir = name): Promise<void> {
-  const exp = JSON.parse(
-    await readFile(join(corpusDir, name, 'expect.json'), 'utf8'),
-  ) as CaseExpect;
-  const ctx = join(work, dir, 'ctx');
   const out = join(work, dir, 'out');
-  await cp(join(corpusDir, name), ctx, { recursive: true });
-  await rm(join(ctx, 'expect.json'));
-  if (exp.generate) {
-    await mkdir(join(ctx, exp.generate.dir), { recursive: true });
-    for (let i = 0; i < exp.generate.count; i++) {
-      const sub = join(ctx, exp.generate.dir, `d${i % 20}`);
-      await mkdir(sub, { recursive: true });
-      await writeFile(join(sub, `f${i}.txt`), `file ${i}\n`);
-    }
-  }
-  const args = ['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra];
-  for (const [k, v] of Object.entries(exp.buildArgs ?? {})) args.push('--build-arg', `${k}=${v}`);
-  if (exp.target) args.push('--target', exp.target);
-  if (exp.platform) args.push('--platform', exp.platform);
-  for (const [id, value] of Object.entries(exp.secrets ?? {})) {
-    const f = join(work, dir, `secret-${id}`);
-    await writeFile(f, value);
-    args.push('--secret', `id=${id},src=${f}`);
-  }
-  if (exp.ssh) args.push('--ssh', `default=${sshSock}`);
+  const { exp, args } = await prepareCase(name, join(work, dir), { base: fixture!, sshSock });
   args.push(
+    ...extra,
     '-o',
     `type=local,dest=${join(out, 'rootfs')}`,
     '-o',
@@ -224,7 +154,7 @@ async function runCase(name: string, extra: string[] = [], dir = name): Promise<
     if (fe.target !== undefined) expect(await readlink(p), path).toBe(fe.target);
   }
 
-  const img = await readOci(join(out, 'image.tar'), join(out, 'oci'));
+  const img = (await readOci(join(out, 'image.tar'), join(out, 'oci'))) as OciImage;
   for (const [k, v] of Object.entries(exp.config ?? {})) {
     const actual = k === 'architecture' || k === 'os' ? img.config[k] : img.config.config[k];
     expect(actual, `config ${k}`).toEqual(v);

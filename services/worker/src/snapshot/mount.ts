@@ -178,17 +178,27 @@ export async function detectOverlay(
       `workdir=${join(dir, 'w')}`,
     ];
     // The differ reads the upper dir as-is: no redirects, no metacopy (as BuildKit's overlay differ).
-    for (const extra of [['redirect_dir=off', 'metacopy=off', 'index=off'], []]) {
+    // In a user namespace the kernel mounts overlayfs without `userxattr` but cannot write its
+    // `trusted.overlay.*` markers there: removing a lower directory then fails with EIO. With it,
+    // the markers are `user.overlay.*` (never carried into layers: see isSkippedXattr).
+    const ns = (await inUserNamespace()) ? ['userxattr'] : [];
+    for (const extra of [['redirect_dir=off', 'metacopy=off', 'index=off', ...ns], ns]) {
       try {
         await mount('overlay', join(dir, 'm'), 'overlay', 0, [...base, ...extra].join(','));
         await unmount(join(dir, 'm'));
         return { ok: true, options: extra };
       } catch (err) {
-        if (extra.length === 0) return { ok: false, options: [], reason: (err as Error).message };
+        if (extra === ns) return { ok: false, options: [], reason: (err as Error).message };
       }
     }
     return { ok: false, options: [], reason: 'unreachable' };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Whether this process runs in a user namespace other than the initial one (all ids mapped). */
+async function inUserNamespace(): Promise<boolean> {
+  const map = (await readFile('/proc/self/uid_map', 'utf8')).trim().split(/\s+/);
+  return map.join(' ') !== '0 0 4294967295';
 }
