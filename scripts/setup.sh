@@ -11,7 +11,8 @@
 #   2. the busybox-static binary of the other architecture (amd64 <-> arm64), extracted from the
 #      Debian package to /usr/local/bin/busybox-<arch> (the two arches' packages conflict)
 #   3. host fixes, only where needed: the hugetlb cgroup v1 mount that crun 1.8 needs on hybrid
-#      cgroup hosts; binfmt_misc mounted and qemu registered (F flag) for the foreign arch
+#      cgroup hosts; binfmt_misc mounted and qemu registered (F flag) for the foreign arch;
+#      /dev/net/tun 0666 as udev makes it (slirp4netns for rootless workers)
 #   4. npm dependencies (npm ci on a clean tree, npm install when the lockfile changed)
 #   5. the fixture base images (fixtures/out/busybox-oci, a linux/amd64 + linux/arm64 OCI index)
 #
@@ -44,7 +45,7 @@ esac
 # 1. Debian packages
 PACKAGES=(
   nats-server crun runc docker-registry skopeo umoci qemu-user-static
-  busybox-static git iproute2 iptables uidmap fuse-overlayfs ca-certificates xz-utils zstd bzip2 tar attr
+  busybox-static git iproute2 iptables uidmap slirp4netns fuse-overlayfs ca-certificates xz-utils zstd bzip2 tar attr
   gcc libc6-dev openssl docker-compose debootstrap docker.io "${CROSS[@]}"
 )
 
@@ -125,6 +126,13 @@ done
 for bin in newuidmap newgidmap; do
   command -v "$bin" >/dev/null 2>&1 || die "$bin not found (package uidmap)"
 done
+# The sandbox network of a worker in a user namespace is slirp4netns, which opens /dev/net/tun as
+# that namespace's root: not the host's root, so the node needs udev's usual mode (0666; a host
+# booted without udev, as these, has 0600). Opening it gives nothing without CAP_NET_ADMIN.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != "666" ]; then
+  log "chmod 0666 /dev/net/tun (udev's default: rootless sandbox networks)"
+  as_root chmod 0666 /dev/net/tun
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 2. busybox-static of the foreign architecture

@@ -28,6 +28,8 @@ export type { RegistryAuthConfig, RegistryHandle, RegistryOptions } from './regi
 export { diffRootfs, ociRootfs } from './oci-rootfs.js';
 export type { Rootfs, RootfsEntry } from './oci-rootfs.js';
 export { makeBusyboxRootfs } from './rootfs.js';
+export { startOutsideHost } from './outside-host.js';
+export type { OutsideHost } from './outside-host.js';
 export { makeSandbox } from './sandbox.js';
 export type { Sandbox } from './sandbox.js';
 export { testTask } from './tasks.js';
@@ -37,6 +39,7 @@ export {
   REPO_ROOT,
   SETUP_HINT,
   freePort,
+  hostIpv4Addresses,
   jsonBytes,
   makeTempDir,
   requireBinary,

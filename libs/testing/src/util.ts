@@ -1,10 +1,12 @@
 // Small test helpers: free ports, the one poller (waitFor), binaries, temp dirs.
 
+import { execFile } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { pidAlive } from '@kiln/common';
 
 export const SETUP_HINT = 'run `bash scripts/setup.sh` as root to install and prepare it';
@@ -143,3 +145,12 @@ export function thrownCode(f: () => unknown): string | undefined {
 
 /** `v` as JSON bytes (a wire message, for decoders under test). */
 export const jsonBytes = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
+
+/** The IPv4 addresses of this host's network namespace, loopback excepted (`ip -4 -o addr`). */
+export async function hostIpv4Addresses(): Promise<string[]> {
+  const { stdout } = await promisify(execFile)('ip', ['-4', '-o', 'addr']);
+  return stdout
+    .split('\n')
+    .map((l) => /inet (\d+\.\d+\.\d+\.\d+)/.exec(l)?.[1])
+    .filter((a): a is string => a !== undefined && !a.startsWith('127.'));
+}

@@ -30,6 +30,12 @@ export interface BridgeOptions {
    * control plane. IPv4 addresses, CIDRs or host names (resolved at setup).
    */
   deny?: readonly string[];
+  /**
+   * The network namespace (a name under /run/netns) the bridge lives in instead of this
+   * process's own: a worker in a user namespace makes its bridge in a namespace it owns, whose
+   * way out is slirp4netns (see SlirpRouter). Undefined: this process's namespace (the host's).
+   */
+  netns?: string;
 }
 
 /** A namespace on the bridge with its leased address, before it is handed to a container. */
@@ -91,6 +97,8 @@ export class BridgeNetwork {
   private readonly prefix: string;
   private readonly ipamDir: string;
   private readonly poolSize: number;
+  /** See {@link BridgeOptions.netns}. */
+  private readonly netns: string | undefined;
   /** Namespaces ready for a container: fresh ones, and ones given back as reusable. */
   readonly #pool: Netns[] = [];
   /** Namespaces being made for the pool (a close waits for them, then deletes them). */
@@ -112,6 +120,19 @@ export class BridgeNetwork {
     this.gateway = `${this.prefix}.0.1`;
     this.ipamDir = join(opts.ipamDir ?? DEFAULT_IPAM_ROOT, `${this.prefix}.0.0-16`);
     this.poolSize = opts.poolSize ?? 4;
+    this.netns = opts.netns;
+  }
+
+  /** `ip` in the bridge's namespace. */
+  private ip(...args: string[]): string[] {
+    return this.netns === undefined ? args : ['-n', this.netns, ...args];
+  }
+
+  /** `cmd args` as run in the bridge's namespace. */
+  private inNetns(cmd: string, args: string[]): [string, string[]] {
+    return this.netns === undefined
+      ? [cmd, args]
+      : ['nsenter', [`--net=/run/netns/${this.netns}`, cmd, ...args]];
   }
 
   /** Creates the bridge, its address, forwarding and the NAT rule when missing (idempotent). */
@@ -119,32 +140,39 @@ export class BridgeNetwork {
     const b = new BridgeNetwork(opts);
     try {
       await mkdir(b.ipamDir, { recursive: true, mode: 0o700 });
-      const exists = await execFileP('ip', ['link', 'show', b.name]).then(
+      const exists = await execFileP('ip', b.ip('link', 'show', b.name)).then(
         () => true,
         () => false,
       );
       if (!exists) {
-        await run('ip', ['link', 'add', b.name, 'type', 'bridge']).catch(async (err: unknown) => {
-          // another process may have created it in the meantime
-          const now = await execFileP('ip', ['link', 'show', b.name]).then(
-            () => true,
-            () => false,
-          );
-          if (!now) throw err;
-        });
+        await run('ip', b.ip('link', 'add', b.name, 'type', 'bridge')).catch(
+          async (err: unknown) => {
+            // another process may have created it in the meantime
+            const now = await execFileP('ip', b.ip('link', 'show', b.name)).then(
+              () => true,
+              () => false,
+            );
+            if (!now) throw err;
+          },
+        );
       }
-      const addrs = (await execFileP('ip', ['-o', '-4', 'addr', 'show', 'dev', b.name])).stdout;
+      const addrs = (await execFileP('ip', b.ip('-o', '-4', 'addr', 'show', 'dev', b.name))).stdout;
       if (!addrs.includes(` ${b.gateway}/16 `)) {
-        await run('ip', ['addr', 'add', `${b.gateway}/16`, 'dev', b.name]).catch((err: unknown) => {
-          if (!/File exists/.test((err as Error).message)) throw err;
-        });
+        await run('ip', b.ip('addr', 'add', `${b.gateway}/16`, 'dev', b.name)).catch(
+          (err: unknown) => {
+            if (!/File exists/.test((err as Error).message)) throw err;
+          },
+        );
       }
-      await run('ip', ['link', 'set', b.name, 'up']);
-      if ((await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8')).trim() !== '1') {
+      await run('ip', b.ip('link', 'set', b.name, 'up'));
+      if (b.netns !== undefined) {
+        // /proc/sys/net is the reading process's namespace's: written from inside the bridge's.
+        await run(...b.inNetns('sh', ['-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward']));
+      } else if ((await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8')).trim() !== '1') {
         await writeFile('/proc/sys/net/ipv4/ip_forward', '1\n');
       }
       const subnet = `${b.prefix}.0.0/16`;
-      await ensureRule([
+      await b.ensureRule([
         '-t',
         'nat',
         'POSTROUTING',
@@ -156,8 +184,8 @@ export class BridgeNetwork {
         '-j',
         'MASQUERADE',
       ]);
-      await ensureRule(['-t', 'filter', 'FORWARD', '-i', b.name, '-j', 'ACCEPT']);
-      await ensureRule(['-t', 'filter', 'FORWARD', '-o', b.name, '-j', 'ACCEPT']);
+      await b.ensureRule(['-t', 'filter', 'FORWARD', '-i', b.name, '-j', 'ACCEPT']);
+      await b.ensureRule(['-t', 'filter', 'FORWARD', '-o', b.name, '-j', 'ACCEPT']);
     } catch (err) {
       throw new RuntimeError(
         RuntimeErrorCode.Io,
@@ -189,20 +217,41 @@ export class BridgeNetwork {
     const input = `KILN-IN-${this.name}`;
     const forward = `KILN-FWD-${this.name}`;
     for (const chain of [input, forward]) {
-      await run('iptables', ['-w', '-N', chain]).catch((err: unknown) => {
+      await run(...this.inNetns('iptables', ['-w', '-N', chain])).catch((err: unknown) => {
         if (!/exists/i.test((err as Error).message)) throw err;
       });
     }
     const established = ['-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED'];
-    await ensureRule(['-t', 'filter', input, ...established, '-j', 'RETURN']);
-    await ensureRule(['-t', 'filter', input, '-j', 'REJECT']);
+    await this.ensureRule(['-t', 'filter', input, ...established, '-j', 'RETURN']);
+    await this.ensureRule(['-t', 'filter', input, '-j', 'REJECT']);
     for (const cidr of await resolveDeny(deny))
-      await ensureRule(['-t', 'filter', forward, '-d', cidr, '-j', 'REJECT']);
+      await this.ensureRule(['-t', 'filter', forward, '-d', cidr, '-j', 'REJECT']);
     // Nor routed through the gateway back onto the bridge (a RUN that routes its neighbour's
     // address via the gateway): traffic in and out of the bridge is refused.
-    await ensureRule(['-t', 'filter', forward, '-o', this.name, '-j', 'REJECT']);
-    await ensureRule(['-t', 'filter', 'INPUT', '-i', this.name, '-j', input], true);
-    await ensureRule(['-t', 'filter', 'FORWARD', '-i', this.name, '-j', forward], true);
+    await this.ensureRule(['-t', 'filter', forward, '-o', this.name, '-j', 'REJECT']);
+    await this.ensureRule(['-t', 'filter', 'INPUT', '-i', this.name, '-j', input], true);
+    await this.ensureRule(['-t', 'filter', 'FORWARD', '-i', this.name, '-j', forward], true);
+  }
+
+  /** Appends (or with `first`, inserts first) an iptables rule unless it is there (`-C` first). */
+  private async ensureRule(spec: string[], first = false): Promise<void> {
+    const [tflag, table, chain, ...rule] = spec;
+    const args = [tflag!, table!];
+    const present = await execFileP(
+      ...this.inNetns('iptables', [...args, '-C', chain!, ...rule]),
+    ).then(
+      () => true,
+      () => false,
+    );
+    if (!present)
+      await run(
+        ...this.inNetns('iptables', [
+          '-w',
+          ...args,
+          ...(first ? ['-I', chain!, '1'] : ['-A', chain!]),
+          ...rule,
+        ]),
+      );
   }
 
   /** Namespaces ready in the pool (for tests and metrics). */
@@ -302,11 +351,17 @@ export class BridgeNetwork {
     const ns = `kiln-${id}`;
     const veth = `vk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
     try {
+      if (this.netns !== undefined) {
+        // `ip netns add` returns to the host's namespace after making one, which a process of
+        // another user namespace may not: unshare makes it (the file is its mount point).
+        await writeFile(`/run/netns/${ns}`, '');
+        await run('unshare', [`--net=/run/netns/${ns}`, 'true']);
+      }
       await run(
         'ip',
-        ['-b', '-'],
+        this.ip('-b', '-'),
         [
-          `netns add ${ns}`,
+          ...(this.netns === undefined ? [`netns add ${ns}`] : []),
           `link add ${veth} type veth peer name eth0 netns ${ns}`,
           `link set ${veth} master ${this.name} up`,
           // Port isolation: an isolated port reaches only the bridge (the gateway), never
@@ -399,23 +454,6 @@ async function sweepLeaseDir(dir: string): Promise<void> {
     if (id !== undefined && id !== '') await BridgeNetwork.detach(id).catch(() => undefined);
     await unlink(file).catch(() => undefined);
   }
-}
-
-/** Appends (or with `first`, inserts first) an iptables rule unless it is there (`-C` first). */
-async function ensureRule(spec: string[], first = false): Promise<void> {
-  const [tflag, table, chain, ...rule] = spec;
-  const args = [tflag!, table!];
-  const present = await execFileP('iptables', [...args, '-C', chain!, ...rule]).then(
-    () => true,
-    () => false,
-  );
-  if (!present)
-    await run('iptables', [
-      '-w',
-      ...args,
-      ...(first ? ['-I', chain!, '1'] : ['-A', chain!]),
-      ...rule,
-    ]);
 }
 
 /**

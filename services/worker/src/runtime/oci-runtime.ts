@@ -14,6 +14,7 @@ import {
 import { join, posix } from 'node:path';
 import { promisify } from 'node:util';
 import { BridgeNetwork } from './bridge.js';
+import { SLIRP_SUBNET, SlirpRouter, hostAddresses } from './slirp.js';
 import type { BridgeAttachment, BridgeOptions } from './bridge.js';
 import { TaskCgroups } from './cgroups.js';
 import type { TaskLimits } from './cgroups.js';
@@ -68,7 +69,8 @@ export interface OciRuntimeOptions {
   /**
    * What the `sandbox` network is. `auto` (default): a bridged, NATed namespace per container when
    * the bridge can be set up (iproute2, iptables), else the host's network (see `sandboxNetwork`);
-   * in a user namespace (rootless), a namespace with only loopback. `bridge`: the bridge or fail.
+   * in a user namespace (rootless), the bridge behind slirp4netns, else a namespace with only
+   * loopback. `bridge`: the bridge or fail.
    * `host`: the host's network, as BuildKit's `--oci-worker-net=host`.
    */
   sandboxNetwork?: 'auto' | 'bridge' | 'host';
@@ -111,6 +113,8 @@ const SIGNALS: Record<string, number> = {
 export class OciRuntime {
   private hostCaps: string[] | undefined;
   private bridge: BridgeNetwork | undefined;
+  /** In a user namespace: the bridge's namespace and its way out (see SlirpRouter). */
+  private slirp: SlirpRouter | undefined;
   /** What the `sandbox` network mode gives here: `bridge`, `host` or (rootless) `none`. */
   sandboxNetwork: 'bridge' | 'host' | 'none' = 'host';
   /** Why `auto` fell back to the host network (or, rootless, to none), if it did. */
@@ -208,15 +212,12 @@ export class OciRuntime {
   private async setupSandboxNetwork(opts: OciRuntimeOptions): Promise<void> {
     const mode = opts.sandboxNetwork ?? 'auto';
     if (mode === 'host') return;
-    if (mode === 'auto' && this.userNamespace !== undefined) {
-      // The host's network namespace is not this user namespace's: no bridge can be made from
-      // here, and falling back to the worker's own network would let a RUN reach the control plane.
-      this.sandboxNetwork = 'none';
-      this.sandboxFallbackReason = `the worker runs in a user namespace (${this.userNamespace.describe()}): no bridge can be set up from it, RUNs get only loopback`;
+    const deny = [...(opts.bridge?.deny ?? []), ...(opts.sandboxDeny ?? [])];
+    if (this.userNamespace !== undefined) {
+      await this.setupSlirpNetwork(opts, deny, mode);
       return;
     }
     try {
-      const deny = [...(opts.bridge?.deny ?? []), ...(opts.sandboxDeny ?? [])];
       this.bridge = await BridgeNetwork.setup({ ...opts.bridge, deny });
       this.sandboxNetwork = 'bridge';
     } catch (err) {
@@ -225,6 +226,39 @@ export class OciRuntime {
       const isolation = err instanceof RuntimeError && err.details.isolation === true;
       if (mode === 'bridge' || isolation) throw err;
       this.sandboxFallbackReason = (err as Error).message;
+    }
+  }
+
+  /**
+   * In a user namespace, the host's network namespace is not this namespace's: no bridge can be
+   * made there. The bridge is made in a namespace of the worker's own whose way out is
+   * slirp4netns, refusing the host's own addresses (and slirp's gateway, the host's loopback)
+   * besides the denied ones. Where that cannot be set up (no slirp4netns, no /dev/net/tun),
+   * `auto` gives RUNs only loopback: never the worker's own network, which reaches the control
+   * plane.
+   */
+  private async setupSlirpNetwork(
+    opts: OciRuntimeOptions,
+    deny: string[],
+    mode: 'auto' | 'bridge',
+  ): Promise<void> {
+    try {
+      this.slirp = await SlirpRouter.start();
+      this.bridge = await BridgeNetwork.setup({
+        ...opts.bridge,
+        netns: this.slirp.netns,
+        // Leases are this worker's alone: its namespaces live on its own /run/netns.
+        ipamDir: join(opts.stateDir, 'ipam'),
+        deny: [...deny, ...(await hostAddresses()), SLIRP_SUBNET],
+      });
+      this.sandboxNetwork = 'bridge';
+    } catch (err) {
+      await this.slirp?.close();
+      this.slirp = undefined;
+      const isolation = err instanceof RuntimeError && err.details.isolation === true;
+      if (mode === 'bridge' || isolation) throw err;
+      this.sandboxNetwork = 'none';
+      this.sandboxFallbackReason = `the worker runs in a user namespace (${this.userNamespace!.describe()}) and its sandbox network cannot be set up (${(err as Error).message}): RUNs get only loopback`;
     }
   }
 
@@ -340,6 +374,7 @@ export class OciRuntime {
   /** Deletes the sandbox network's pooled namespaces (nothing else is held between runs). */
   async close(): Promise<void> {
     await this.bridge?.close();
+    await this.slirp?.close();
   }
 
   /** Ids of the containers the runtime knows in this state dir (normally none between runs). */

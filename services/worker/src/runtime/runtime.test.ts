@@ -4,13 +4,14 @@ import type { AddressInfo } from 'node:net';
 import { lstat, mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFile, spawn, spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BridgeNetwork } from './bridge.js';
 import { DEFAULT_PATH, ExecError, LimitExceededError, OciRuntime, RuntimeError } from './index.js';
 import type { RunOptions, RunSpec } from './index.js';
-import { makeBusyboxRootfs, waitFor } from '@kiln/testing';
+import { hostIpv4Addresses, makeBusyboxRootfs, startOutsideHost, waitFor } from '@kiln/testing';
+import type { OutsideHost } from '@kiln/testing';
 
 const execFileP = promisify(execFile);
 let root: string;
@@ -220,43 +221,16 @@ describe('OciRuntime', () => {
   it("reaches the outside but not the host's own addresses nor the denied ones", async () => {
     // "The outside": a host in a network namespace of its own, routed through this one, with
     // two addresses, the second denied to the sandbox (as the farm's control plane would be).
-    const n = process.pid % 250;
-    const ns = `kiln-test-out-${process.pid}`;
-    const veth = `vto${process.pid}`;
-    const [allowed, denied] = [`10.201.${n}.2`, `10.201.${n}.3`];
-    const ip = (...args: string[]) => execFileP('ip', args);
-    let outside: ReturnType<typeof spawn> | undefined;
+    let outside: OutsideHost | undefined;
     // a listener on every address of the host: the gateway's and the host's main address
     const any = createServer((_req, res) => res.end('hello from the host\n'));
     await new Promise<void>((resolve) => any.listen(0, '0.0.0.0', resolve));
     const anyPort = (any.address() as AddressInfo).port;
-    const hostAddrs = (await execFileP('ip', ['-4', '-o', 'addr'])).stdout
-      .split('\n')
-      .map((l) => /inet (\d+\.\d+\.\d+\.\d+)/.exec(l)?.[1])
-      .filter((a): a is string => a !== undefined && !a.startsWith('127.'));
     let isolated: OciRuntime | undefined;
     try {
-      await ip('netns', 'add', ns);
-      await ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
-      await ip('addr', 'add', `10.201.${n}.1/24`, 'dev', veth);
-      await ip('link', 'set', veth, 'up');
-      for (const a of [allowed, denied])
-        await ip('-n', ns, 'addr', 'add', `${a}/24`, 'dev', 'eth0');
-      await ip('-n', ns, 'link', 'set', 'eth0', 'up');
-      outside = spawn(
-        'ip',
-        [
-          ...['netns', 'exec', ns, process.execPath, '-e'],
-          "require('http').createServer((q, r) => r.end('hello from outside\\n')).listen(8080)",
-        ],
-        { stdio: 'ignore' },
-      );
-      await waitFor('the outside server', () =>
-        fetch(`http://${allowed}:8080/`).then(
-          (r) => r.ok,
-          () => false,
-        ),
-      );
+      outside = await startOutsideHost();
+      const { allowed, denied } = outside;
+      const hostAddrs = await hostIpv4Addresses();
       // reachable from the host, gateway included
       for (const a of hostAddrs)
         expect(await (await fetch(`http://${a}:${anyPort}/`)).text()).toBe('hello from the host\n');
@@ -283,10 +257,8 @@ describe('OciRuntime', () => {
       ]);
       expect(await sh(`wget -q -O - http://${allowed}:8080/`)).toBe('hello from outside\n');
     } finally {
-      outside?.kill();
+      await outside?.stop();
       await new Promise((resolve) => any.close(resolve));
-      await ip('netns', 'del', ns).catch(() => undefined);
-      await ip('link', 'del', veth).catch(() => undefined);
     }
   });
 
