@@ -164,6 +164,9 @@ export class BridgeNetwork {
           },
         );
       }
+      // No IPv6 on the bridge (the sandbox network is IPv4): without an address, link-local
+      // included, the host drops IPv6 that a RUN sends to it, which the IPv4 rules do not see.
+      await b.disableIpv6(b.name);
       await run('ip', b.ip('link', 'set', b.name, 'up'));
       if (b.netns !== undefined) {
         // /proc/sys/net is the reading process's namespace's: written from inside the bridge's.
@@ -231,6 +234,17 @@ export class BridgeNetwork {
     await this.ensureRule(['-t', 'filter', forward, '-o', this.name, '-j', 'REJECT']);
     await this.ensureRule(['-t', 'filter', 'INPUT', '-i', this.name, '-j', input], true);
     await this.ensureRule(['-t', 'filter', 'FORWARD', '-i', this.name, '-j', forward], true);
+  }
+
+  /**
+   * Sets `disable_ipv6` on `dev` of the bridge's namespace (or of namespace `ns`), removing its
+   * IPv6 addresses; nothing on a kernel without IPv6.
+   */
+  private async disableIpv6(dev: string, ns?: string): Promise<void> {
+    const file = `/proc/sys/net/ipv6/conf/${dev}/disable_ipv6`;
+    const script = `if [ -e /proc/sys/net/ipv6 ]; then echo 1 > ${file}; fi`;
+    if (ns !== undefined) await run('nsenter', [`--net=/run/netns/${ns}`, 'sh', '-c', script]);
+    else await run(...this.inNetns('sh', ['-c', script]));
   }
 
   /** Appends (or with `first`, inserts first) an iptables rule unless it is there (`-C` first). */
@@ -370,6 +384,8 @@ export class BridgeNetwork {
           '',
         ].join('\n'),
       );
+      // Before eth0 is up, so it never gets a link-local address.
+      await this.disableIpv6('eth0', ns);
       await run(
         'ip',
         ['-n', ns, '-b', '-'],

@@ -185,6 +185,19 @@ describe('OciRuntime', () => {
     expect(a).not.toBe(b);
   });
 
+  it('has no IPv6 on the bridge nor on eth0, so not the host through link-local', async () => {
+    // The host's side of the bridge has no IPv6 address (link-local included) and takes none:
+    // IPv6 that reaches it is dropped, so a host service on `::` is not reachable from a RUN.
+    expect((await execFileP('ip', ['-6', '-o', 'addr', 'show', 'dev', 'kiln0'])).stdout).toBe('');
+    const v6 = await readFile('/proc/sys/net/ipv6/conf/kiln0/disable_ipv6', 'utf8');
+    expect(v6.trim()).toBe('1');
+    // Nor has the container's eth0 (its lo keeps ::1).
+    const out = await sh(
+      'cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6; ip -6 -o addr show dev eth0 | wc -l',
+    );
+    expect(out.trim().split('\n')).toEqual(['1', '0']);
+  });
+
   it("cannot reach another RUN's container on the bridge, at its address or through the gateway", async () => {
     // One RUN listens (and says its address); the other tries to reach it, directly (port
     // isolation) and routed through the gateway (the FORWARD chain).
