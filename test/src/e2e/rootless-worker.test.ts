@@ -12,6 +12,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { CGROUP_ROOT_ENV, delegateCgroup } from '@kiln/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corpusDir, readImage } from './corpus.js';
 import type { ComparableImage } from './corpus.js';
@@ -183,6 +184,38 @@ describe('a rootless worker', () => {
   });
 });
 
+/** Builds a RUN that needs 256 MiB of memory, on the farm's only worker. */
+async function buildHog(): Promise<{ code: number; stderr: string }> {
+  const ctx = join(farm.dir, 'hog');
+  await mkdir(ctx, { recursive: true });
+  await writeFile(
+    join(ctx, 'Dockerfile'),
+    'ARG BASE\nFROM ${BASE}\nRUN busybox dd if=/dev/zero of=/dev/null bs=256M count=1\n',
+  );
+  return kiln([
+    ...['build', ctx, '--addr', farm.scheduler.addr, '--progress', 'plain', '--no-cache'],
+    ...['--build-arg', `BASE=${fixture}`],
+  ]);
+}
+
+describe('a rootless worker given a cgroup by root', () => {
+  it('applies its memory limit there (KILN_WORKER_CGROUP_ROOT)', async () => {
+    // What an operator does once, as root: a group in each hierarchy, its interface files
+    // the user's (the limits of the group itself stay root's: a cap the user cannot raise).
+    // One name for every run, as a remapped worker's group: nothing accumulates.
+    const group = await delegateCgroup('kiln-rootless-test', farm.kilnUid);
+    const limited = await farm.startWorker('rootless-cgroup', {
+      user: 'kiln',
+      args: ['--memory-limit', '64MiB'],
+      env: { [CGROUP_ROOT_ENV]: group },
+    });
+    const res = await buildHog();
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain('was killed at its memory limit (64 MiB)');
+    await limited.proc.stop(10_000);
+  }, 300_000);
+});
+
 describe('a root worker with --userns-remap kiln', () => {
   it("runs RUNs in a namespace of kiln's subordinate ids: same image, shifted files, limits apply", async () => {
     const remapped = await farm.startWorker('remapped', {
@@ -204,16 +237,7 @@ describe('a root worker with --userns-remap kiln', () => {
     expect(new Set(owners.stdout.trim().split('\n'))).toEqual(new Set([String(sub)]));
 
     // The delegated cgroup holds the task groups: the memory limit still stops a RUN.
-    const ctx = join(farm.dir, 'hog');
-    await mkdir(ctx, { recursive: true });
-    await writeFile(
-      join(ctx, 'Dockerfile'),
-      'ARG BASE\nFROM ${BASE}\nRUN busybox dd if=/dev/zero of=/dev/null bs=256M count=1\n',
-    );
-    const res = await kiln([
-      ...['build', ctx, '--addr', farm.scheduler.addr, '--progress', 'plain', '--no-cache'],
-      ...['--build-arg', `BASE=${fixture}`],
-    ]);
+    const res = await buildHog();
     expect(res.code).toBe(1);
     expect(res.stderr).toContain('was killed at its memory limit (64 MiB)');
     await remapped.proc.stop(10_000);

@@ -30,7 +30,10 @@ export interface UsernsFarm {
   scheduler: { proc: ManagedProcess; addr: string };
   kilnUid: number;
   /** Starts the worker entry, as root or (through setpriv) as `user`; resolves once registered. */
-  startWorker(id: string, o?: { user?: string; args?: string[] }): Promise<UsernsWorker>;
+  startWorker(
+    id: string,
+    o?: { user?: string; args?: string[]; env?: Record<string, string> },
+  ): Promise<UsernsWorker>;
   stop(): Promise<void>;
 }
 
@@ -71,6 +74,7 @@ export async function startUsernsFarm(name: string): Promise<UsernsFarm> {
       KILN_WORKER_HEARTBEAT_MS: '250',
       KILN_WORKER_DRAIN_TIMEOUT_MS: '5000',
       KILN_LOG_LEVEL: 'info',
+      ...o.env,
     };
     let claims = 0;
     const onLine = (line: string): void => {

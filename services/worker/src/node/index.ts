@@ -10,6 +10,7 @@ export { ChecksumResponder } from './checksum-responder.js';
 export type { ChecksumResponderOptions, HeldSnapshots } from './checksum-responder.js';
 export { defaultSlots, loadConfig, FLAGS_HELP } from './config.js';
 export type { LoadConfigOptions, StoreConfig, WorkerConfig, WorkerConfigInput } from './config.js';
+export { CGROUP_ROOT_ENV, delegateCgroup } from './user-namespace.js';
 export { binfmtRegistered, nativePlatform, resolvePlatforms } from './platforms.js';
 export { EMPTY_RESULT_ID, chainIds, layerSnapshotName, resultIdOf } from './result-id.js';
 export {

@@ -16,7 +16,11 @@ import { initCpuset } from '../runtime/cgroups.js';
 
 /** Set in the child's environment: the worker already runs in its user namespace. */
 export const USERNS_ENV = 'KILN_WORKER_IN_USERNS';
-/** Set in the child's environment: the cgroup (v1 hierarchies) its root user was given. */
+/**
+ * The cgroup (v1 hierarchies, or the v2 tree) the worker's user was given to make its task groups
+ * in: set by a remapped worker's root process for its child, or by an operator for a rootless
+ * worker whose group root delegated ({@link delegateCgroup}).
+ */
 export const CGROUP_ROOT_ENV = 'KILN_WORKER_CGROUP_ROOT';
 
 /** The worker cannot enter its user namespace (no subordinate ids, no newuidmap, ...). */
