@@ -85,7 +85,7 @@ import type { LoadedImport } from './remote-cache.js';
 import { farmDiskUsage, farmPrune } from './prune.js';
 import type { PlatformResult } from './exports.js';
 import { localSyncRequest } from './context-sync.js';
-import { SessionManager } from './session.js';
+import { SessionManager, sessionOwner } from './session.js';
 import type { ClientSession, SessionCall } from './session.js';
 import type { SessionMetaResolver } from '../registry-meta-resolver.js';
 import type { CredentialsProvider } from '@kiln/registry';
@@ -451,13 +451,15 @@ export class ControlServer {
     const ref = req.ref || randomUUID();
     if (req.ref && call.metadata.get(RESEND_HEADER).length > 0) {
       // The client gave up its first call (a broken connection): the build still running for
-      // that call is cancelled, so that this one starts afresh (BuildRegistry.start).
+      // that call is cancelled, so that this one starts afresh (BuildRegistry.start). One that
+      // ended (its answer lost with the connection, or its exports cut) starts afresh at once:
+      // its finished steps come back CACHED and its exports are sent again.
       const old = this.builds.get(ref, caller.tenant);
       if (old?.state === 'running' && !old.clientGone) {
         this.#log.info({ buildId: ref }, 'solve sent again: cancelling the first');
         old.clientGone = true;
         old.abort.abort();
-      }
+      } else if (old?.state === 'done') old.clientGone = true;
     }
     const build = this.builds.start(ref, caller.tenant);
     const log = this.#log.child({ buildId: ref, tenant: caller.tenant });
@@ -486,7 +488,7 @@ export class ControlServer {
       const session = req.sessionId
         ? await this.sessions.waitFor(
             req.sessionId,
-            { tenant: caller.tenant, peer: call.getPeer() },
+            sessionOwner(call, caller.tenant),
             this.#o.sessionWaitMs ?? 10_000,
             build.abort.signal,
           )

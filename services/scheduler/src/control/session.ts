@@ -22,10 +22,13 @@
  * - Secrets are asked for per request and relayed in memory only (never logged, never stored).
  * - ssh agent connections are relayed byte for byte in both directions.
  * - Exports: the scheduler streams an exporter's artifact to the client as `ExportChunk`s.
- * - A session is bound to the tenant and the gRPC connection (peer) that opened it: only a Solve
- *   of that tenant on that connection may use it; anyone else is told it does not exist
- *   (`SESSION_NOT_FOUND`), at once.
+ * - A session is bound to the tenant and the client that opened it: the client's key
+ *   (`CLIENT_KEY_HEADER`, a secret each client draws), else the gRPC connection (peer). Only a
+ *   Solve of that tenant with that key (or on that connection) may use it; anyone else is told it
+ *   does not exist (`SESSION_NOT_FOUND`), at once. Its owner may open it again (same id) while
+ *   this scheduler still holds the stream that broke: the new stream replaces the old.
  */
+import { timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { PassThrough } from 'node:stream';
 import type { Readable } from 'node:stream';
@@ -57,7 +60,7 @@ import type {
   SshOpenRequest,
 } from '@kiln/bus';
 import type { KV } from '@nats-io/kv';
-import { KilnError, control } from '@kiln/protocol';
+import { CLIENT_KEY_HEADER, KilnError, control } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { ErrorDetails } from '@kiln/protocol';
@@ -122,7 +125,7 @@ export class SessionManager {
     signal?: AbortSignal,
   ): Promise<ClientSession> {
     const owned = (s: ClientSession): ClientSession => {
-      if (s.owner.tenant === owner.tenant && s.owner.peer === owner.peer) return s;
+      if (sameOwner(s.owner, owner)) return s;
       throw new SessionError(
         `session ${id} was not opened by this client (a session serves only the connection that opened it)`,
         'SESSION_NOT_FOUND',
@@ -155,11 +158,16 @@ export class SessionManager {
 
   /** Serves one `Session` call of `tenant` until it ends. */
   attach(call: SessionCall, tenant: string): void {
-    const owner: SessionOwner = { tenant, peer: call.getPeer() };
     let session: ClientSession | undefined;
     const fail = (e: Error): void => {
       call.emit('error', Object.assign(e, { code: grpc.status.INVALID_ARGUMENT }));
     };
+    let owner: SessionOwner;
+    try {
+      owner = sessionOwner(call, tenant);
+    } catch (e) {
+      return fail(e as Error);
+    }
     call.on('data', (m: SessionMessage) => {
       if (session) {
         session.onMessage(m);
@@ -173,7 +181,16 @@ export class SessionManager {
       } catch (e) {
         return fail(e as Error);
       }
-      if (this.#sessions.has(id)) return fail(new Error(`session ${id} is already open`));
+      const open = this.#sessions.get(id);
+      if (open) {
+        // Its client reopened it (a new connection, the old one not yet seen broken here): the
+        // new stream replaces the old. Anyone else is refused.
+        if (!owner.key || !sameOwner(open.owner, owner))
+          return fail(new Error(`session ${id} is already open`));
+        this.#sessions.delete(id);
+        open.close();
+        this.o.log.info({ sessionId: id }, 'session reopened: the old stream is dropped');
+      }
       session = new ClientSession(id, owner, hello, call, { ...this.o, packs: this.#packs });
       this.#sessions.set(id, session);
       this.o.log.info({ sessionId: id, tenant, localDirs: hello.localDirs }, 'session opened');
@@ -220,10 +237,36 @@ interface Channel {
   ssh: Map<string, number>;
 }
 
-/** Who opened a session: its caller's tenant and gRPC peer (the connection). */
+/** Who opened a session: its caller's tenant, client key (if sent) and gRPC peer (the connection). */
 export interface SessionOwner {
   tenant: string;
   peer: string;
+  key?: string;
+}
+
+const CLIENT_KEY = /^[A-Za-z0-9_-]{16,128}$/;
+
+/** The owner a Session or Solve call speaks for; a malformed client key is refused. */
+export function sessionOwner(
+  call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPeer'>,
+  tenant: string,
+): SessionOwner {
+  const key = call.metadata.get(CLIENT_KEY_HEADER)[0];
+  if (key === undefined) return { tenant, peer: call.getPeer() };
+  if (typeof key !== 'string' || !CLIENT_KEY.test(key))
+    throw new SessionError(
+      `${CLIENT_KEY_HEADER} must be 16 to 128 characters of A-Z a-z 0-9 _ -`,
+      'SESSION_INVALID',
+    );
+  return { tenant, peer: call.getPeer(), key };
+}
+
+/** Whether `b` is the client that opened a session of `a`: by key when it has one, else by connection. */
+function sameOwner(a: SessionOwner, b: SessionOwner): boolean {
+  if (a.tenant !== b.tenant) return false;
+  if (a.key === undefined) return b.key === undefined && a.peer === b.peer;
+  if (b.key === undefined || a.key.length !== b.key.length) return false;
+  return timingSafeEqual(Buffer.from(a.key), Buffer.from(b.key));
 }
 
 export class ClientSession {
