@@ -26,7 +26,8 @@
  *   (`CLIENT_KEY_HEADER`, a secret each client draws), else the gRPC connection (peer). Only a
  *   Solve of that tenant with that key (or on that connection) may use it; anyone else is told it
  *   does not exist (`SESSION_NOT_FOUND`), at once. Its owner may open it again (same id) while
- *   this scheduler still holds the stream that broke: the new stream replaces the old.
+ *   this scheduler still holds the stream that broke: the same session goes on over the new
+ *   stream (what was asked over the old fails; an export being sent fails, never continued).
  */
 import { timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -184,12 +185,14 @@ export class SessionManager {
       const open = this.#sessions.get(id);
       if (open) {
         // Its client reopened it (a new connection, the old one not yet seen broken here): the
-        // new stream replaces the old. Anyone else is refused.
+        // session goes on over the new stream, so a Solve that already holds it (a resend that
+        // came first) is served. Anyone else is refused.
         if (!owner.key || !sameOwner(open.owner, owner))
           return fail(new Error(`session ${id} is already open`));
-        this.#sessions.delete(id);
-        open.close();
+        open.rebind(call);
+        session = open;
         this.o.log.info({ sessionId: id }, 'session reopened: the old stream is dropped');
+        return;
       }
       session = new ClientSession(id, owner, hello, call, { ...this.o, packs: this.#packs });
       this.#sessions.set(id, session);
@@ -200,6 +203,8 @@ export class SessionManager {
       if (!session) return;
       const s = session;
       session = undefined;
+      // Reopened over another stream since: that one ends it.
+      if (!s.servedBy(call)) return;
       if (this.#sessions.get(s.id) === s) this.#sessions.delete(s.id);
       s.close();
       this.o.log.info({ sessionId: s.id }, 'session closed');
@@ -286,14 +291,19 @@ export class ClientSession {
   readonly #localSyncs = new Map<string, Promise<string>>();
   #nextId = 1;
   #closed = false;
+  /** The client's stream: replaced when its client reopens the session (`rebind`). */
+  #call: SessionCall;
+  /** Waits for a stream to drain, woken when the session moves off it or closes. */
+  readonly #wake = new Set<() => void>();
 
   constructor(
     readonly id: string,
     readonly owner: SessionOwner,
     hello: NonNullable<SessionMessage['hello']>,
-    private readonly call: SessionCall,
+    call: SessionCall,
     private readonly o: SessionManagerOptions & { packs: PackIndex },
   ) {
+    this.#call = call;
     this.localDirs = new Set(hello.localDirs ?? []);
     this.sharedKey = hello.sharedKey ?? '';
     this.registryAuth = hello.registryAuth ?? false;
@@ -343,9 +353,45 @@ export class ClientSession {
     return p;
   }
 
+  /** Resolves when `call` drains, or the session moves off it or closes (the caller checks). */
+  #drained(call: SessionCall): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        call.off('drain', done);
+        this.#wake.delete(done);
+        resolve();
+      };
+      call.once('drain', done);
+      this.#wake.add(done);
+    });
+  }
+
+  /** Whether `call` is the stream this session speaks over now. */
+  servedBy(call: SessionCall): boolean {
+    return this.#call === call;
+  }
+
+  /**
+   * Goes on over `call`, its client's new stream: what was asked over the old one fails (its
+   * answers are lost with it); the builds it serves and the workers' channels stay.
+   */
+  rebind(call: SessionCall): void {
+    const old = this.#call;
+    this.#call = call;
+    const err = new SessionError(`session ${this.id} was reopened`, 'SESSION_UNAVAILABLE');
+    for (const p of this.#pending.values()) {
+      p.sink?.destroy(err);
+      p.reject(err);
+    }
+    this.#pending.clear();
+    for (const w of [...this.#wake]) w();
+    old.end();
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const w of [...this.#wake]) w();
     this.#sub.unsubscribe();
     const err = new SessionError(`session ${this.id} ended`, 'SESSION_UNAVAILABLE');
     for (const p of this.#pending.values()) {
@@ -358,7 +404,7 @@ export class ClientSession {
 
   #send(m: SessionMessageInit): boolean {
     if (this.#closed) throw new SessionError(`session ${this.id} ended`, 'SESSION_UNAVAILABLE');
-    return this.call.write(control.SessionMessage.create(m));
+    return this.#call.write(control.SessionMessage.create(m));
   }
 
   /** A request to the client; resolves with its answer (or rejects with its SessionError). */
@@ -406,8 +452,9 @@ export class ClientSession {
     if (m.fileChunk && p.sink) {
       const sink = p.sink;
       if (m.fileChunk.data?.length && !sink.write(m.fileChunk.data)) {
-        this.call.pause();
-        sink.once('drain', () => this.call.resume());
+        const call = this.#call;
+        call.pause();
+        sink.once('drain', () => call.resume());
       }
       if (m.fileChunk.eof) {
         this.#pending.delete(id);
@@ -469,14 +516,26 @@ export class ClientSession {
 
   /** Streams an artifact to the client as ExportChunks (`cache`: a cache export's). */
   async sendExport(index: number, platform: string, src: Readable, cache = false): Promise<void> {
+    // One artifact, one stream: a stream that ends or is replaced meanwhile fails the export (the
+    // client drops what it had of it; a tail sent over the new stream would be taken whole).
+    const call = this.#call;
     let buf = Buffer.alloc(0);
     const flush = async (eof: boolean): Promise<void> => {
       while (buf.length >= EXPORT_CHUNK || (eof && buf.length >= 0)) {
         const data = buf.subarray(0, EXPORT_CHUNK);
         buf = buf.subarray(data.length);
         const last = eof && buf.length === 0;
-        if (!this.#send({ export: { index, platform, data, eof: last, cache } }))
-          await new Promise((r) => this.call.once('drain', r));
+        if (this.#closed || this.#call !== call)
+          throw new SessionError(
+            `session ${this.id} broke while an export was sent`,
+            'SESSION_UNAVAILABLE',
+          );
+        if (
+          !call.write(
+            control.SessionMessage.create({ export: { index, platform, data, eof: last, cache } }),
+          )
+        )
+          await this.#drained(call);
         if (last) return;
       }
     };

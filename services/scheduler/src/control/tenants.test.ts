@@ -307,7 +307,8 @@ describe('sessions', () => {
     ];
     const streams: { cancel(): void }[] = [];
     try {
-      streams.push(c1.session(id));
+      const old = c1.session(id);
+      streams.push(old);
       const first = await waitFor('the session to open', () => server.sessions.get(id));
       // Another connection of the same client: served.
       let tag = randomUUID();
@@ -320,14 +321,15 @@ describe('sessions', () => {
         expect(err.code).toBe('SESSION_NOT_FOUND');
         expect(runs.some((r) => r.buildId === tag)).toBe(false);
       }
-      // Only its client may open it again while it is open: the new stream replaces the old.
+      // Only its client may open it again while it is open: the session goes on over the new
+      // stream (the same session: a Solve that holds it is served), the old stream is ended.
       const refused = stranger.session(id);
       streams.push(refused);
       expect(String(await refused.ended)).toMatch(/already open/);
       expect(server.sessions.get(id)).toBe(first);
-      const reopened = c2.session(id);
-      streams.push(reopened);
-      await waitFor('the session to be reopened', () => server.sessions.get(id) !== first);
+      streams.push(c2.session(id));
+      expect(await old.ended).toBeUndefined();
+      expect(server.sessions.get(id)).toBe(first);
       tag = randomUUID();
       await c3.solve(tag, id);
       expect(runs.some((r) => r.buildId === tag)).toBe(true);
