@@ -63,7 +63,7 @@ import type { ContentChecksums } from '../solver/content-checksums.js';
 import { natsMaterializer } from '../solver/materialize.js';
 import type { BuildMetrics } from '../metrics.js';
 import { ControlHealth } from './health.js';
-import { solveGraph } from '../solver/solve.js';
+import { MAX_RERUNS, sameHolderDelayMs, solveGraph } from '../solver/solve.js';
 import type { Materializer } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
 import { Authenticator, LOCAL_TENANT, requireAdmin } from './auth.js';
@@ -95,6 +95,19 @@ import type { TenantLimits } from './tenant-limits.js';
 
 type SolveRequest = InstanceType<typeof control.SolveRequest>;
 type StatusRequest = InstanceType<typeof control.StatusRequest>;
+
+/** Resolves after `ms`, or at once when `signal` aborts (the caller checks it). */
+function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
 
 /** Reads W3C trace context keys from gRPC metadata. */
 const metadataGetter: TextMapGetter<grpc.Metadata> = {
@@ -564,17 +577,22 @@ export class ControlServer {
             signal: build.abort.signal,
             onVertex: (v) => build.status.push(vertexFrame(v)),
           });
-        let exported: Record<string, string>;
-        try {
-          exported = await exportAll();
-        } catch (e) {
-          if (!(e instanceof KilnError) || e.code !== INPUT_LOST_CODE) throw e;
-          // A result's holder died before its export: solve again, this time making the
-          // results blobs (a lost one reruns), and export those.
-          log.info({ resultId: e.details.resultId }, 'export input lost: solving again');
-          results = await solveAll(true);
-          response = exporterResponse(results);
-          exported = await exportAll();
+        let exported: Record<string, string> | undefined;
+        for (let round = 0; !exported; round++) {
+          try {
+            exported = await exportAll();
+          } catch (e) {
+            if (!(e instanceof KilnError) || e.code !== INPUT_LOST_CODE || round >= MAX_RERUNS)
+              throw e;
+            // A result's holder died before its export: solve again, this time making the
+            // results blobs (a lost one reruns), and export those. Not at once after the first
+            // round: the export may have joined an attempt already failing on the same holder
+            // (restarting on its state dir), as the solver's reruns wait.
+            log.info({ resultId: e.details.resultId, round }, 'export input lost: solving again');
+            if (round > 0) await abortableDelay(sameHolderDelayMs(round - 1), build.abort.signal);
+            results = await solveAll(true);
+            response = exporterResponse(results);
+          }
         }
         Object.assign(response, exported);
       }
