@@ -7,11 +7,12 @@
  * Security: `tls` verifies the scheduler (and presents a client certificate for mutual TLS);
  * `token` is sent as `authorization: Bearer <token>` on every call, session included.
  */
+import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { Definition } from '@kiln/llb';
-import { INCARNATION_HEADER, RESEND_HEADER, isRetryable } from './retry.js';
+import { CLIENT_KEY_HEADER, INCARNATION_HEADER, RESEND_HEADER, isRetryable } from './retry.js';
 
 /** A Solve sent again by the client that sent it (see RESEND_HEADER). */
 const RESEND = { [RESEND_HEADER]: '1' };
@@ -133,6 +134,8 @@ export class KilnClient {
   readonly #token: string | undefined;
   readonly #callTimeoutMs: number;
   readonly #pruneTimeoutMs: number;
+  /** Sent with Session and Solve: the client a session serves (CLIENT_KEY_HEADER). */
+  readonly #clientKey = { [CLIENT_KEY_HEADER]: randomBytes(24).toString('base64url') };
 
   private constructor(
     client: grpc.Client,
@@ -154,10 +157,11 @@ export class KilnClient {
     this.#pruneTimeoutMs = o.pruneTimeoutMs ?? 600_000;
   }
 
-  /** Fresh metadata for a call: the token, if any. */
-  #metadata(): grpc.Metadata {
+  /** Fresh metadata for a call: the token, if any, and `headers`. */
+  #metadata(headers: Readonly<Record<string, string>> = {}): grpc.Metadata {
     const md = new grpc.Metadata();
     if (this.#token) md.set('authorization', `Bearer ${this.#token}`);
+    for (const [k, v] of Object.entries(headers)) md.set(k, v);
     return md;
   }
 
@@ -296,7 +300,9 @@ export class KilnClient {
           msg,
           {},
           o.signal,
-          resend ? { ...carrier, ...RESEND } : carrier,
+          resend
+            ? { ...carrier, ...this.#clientKey, ...RESEND }
+            : { ...carrier, ...this.#clientKey },
         ),
       o.signal,
     ).then(
@@ -320,17 +326,24 @@ export class KilnClient {
   session(o: SessionOptions = {}): BuildSession {
     let used: grpc.Client | undefined;
     return new BuildSession(
-      (failed) => {
-        if (failed !== undefined && used !== undefined) this.#failover(used);
+      () => {
         used = this.#client;
         return this.#client.makeBidiStreamRequest(
           controlService.session.path,
           controlService.session.requestSerialize,
           controlService.session.responseDeserialize,
-          this.#metadata(),
+          this.#metadata(this.#clientKey),
         );
       },
-      { reconnectWindowMs: this.#resubmitWindowMs, ...o },
+      {
+        reconnectWindowMs: this.#resubmitWindowMs,
+        ...o,
+        // The next scheduler at once, not after the backoff: a solve sent meanwhile goes there too.
+        onBreak: (failed) => {
+          if (used !== undefined) this.#failover(used);
+          o.onBreak?.(failed);
+        },
+      },
     );
   }
 
@@ -502,8 +515,7 @@ export class KilnClient {
     signal?: AbortSignal,
     headers: Record<string, string> = {},
   ): Promise<Res> {
-    const md = this.#metadata();
-    for (const [k, v] of Object.entries(headers)) md.set(k, v);
+    const md = this.#metadata(headers);
     return new Promise<Res>((resolve, reject) => {
       if (signal?.aborted) return reject(new KilnError('CANCELED', 'aborted'));
       const call = client.makeUnaryRequest(

@@ -2,7 +2,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { ERROR_TRAILER, KilnError, fromGrpcError } from '@kiln/protocol';
 
-export { INCARNATION_HEADER, RESEND_HEADER } from '@kiln/protocol';
+export { CLIENT_KEY_HEADER, INCARNATION_HEADER, RESEND_HEADER } from '@kiln/protocol';
 
 const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.UNKNOWN]);
 

@@ -76,6 +76,12 @@ export interface SessionOptions {
    * once. `KilnClient.session` sets its `reconnectWindowMs`.
    */
   reconnectWindowMs?: number;
+  /**
+   * Told at once when the stream breaks with a failure it will be opened again after (before the
+   * backoff): `KilnClient.session` moves the client to its next scheduler there, so that a solve
+   * sent meanwhile (`solveAndReceive` solving again) goes where the session reopens.
+   */
+  onBreak?: (failed: unknown) => void;
 }
 
 /**
@@ -208,6 +214,7 @@ export class BuildSession {
     for (const w of this.#exports.values()) w.destroy();
     this.#exports.clear();
     this.#exportsDone = 0;
+    this.#o.onBreak?.(e);
     for (const w of this.#exportWaiters.splice(0)) w();
     const wait = this.#backoff;
     this.#backoff = Math.min(this.#backoff * 2, 1_000);

@@ -31,6 +31,15 @@ export const INCARNATION_HEADER = 'kiln-scheduler-incarnation';
 export const RESEND_HEADER = 'kiln-solve-resend';
 
 /**
+ * The metadata key of a client's key: a random secret each client (a `KilnClient`) draws once and
+ * sends with its Session and Solve calls. A session serves the Solves that carry the key its
+ * stream was opened with, over any connection (a stream reopened through a new connection, or on
+ * another scheduler, is the same client's); without a key, only Solves of the connection that
+ * opened it.
+ */
+export const CLIENT_KEY_HEADER = 'kiln-client-key';
+
+/**
  * Bounds on an error in trailers: gRPC clients refuse metadata above 8 KiB by default (grpc-js's
  * `grpc.max_metadata_size`), and a refused trailer loses the whole error. The message travels
  * twice (`grpc-message` and, base64, in {@link ERROR_TRAILER}): both together stay near 7 KiB.

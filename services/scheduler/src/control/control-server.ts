@@ -63,7 +63,7 @@ import type { ContentChecksums } from '../solver/content-checksums.js';
 import { natsMaterializer } from '../solver/materialize.js';
 import type { BuildMetrics } from '../metrics.js';
 import { ControlHealth } from './health.js';
-import { solveGraph } from '../solver/solve.js';
+import { MAX_RERUNS, sameHolderDelayMs, solveGraph } from '../solver/solve.js';
 import type { Materializer } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
 import { Authenticator, LOCAL_TENANT, requireAdmin } from './auth.js';
@@ -85,7 +85,7 @@ import type { LoadedImport } from './remote-cache.js';
 import { farmDiskUsage, farmPrune } from './prune.js';
 import type { PlatformResult } from './exports.js';
 import { localSyncRequest } from './context-sync.js';
-import { SessionManager } from './session.js';
+import { SessionManager, sessionOwner } from './session.js';
 import type { ClientSession, SessionCall } from './session.js';
 import type { SessionMetaResolver } from '../registry-meta-resolver.js';
 import type { CredentialsProvider } from '@kiln/registry';
@@ -95,6 +95,19 @@ import type { TenantLimits } from './tenant-limits.js';
 
 type SolveRequest = InstanceType<typeof control.SolveRequest>;
 type StatusRequest = InstanceType<typeof control.StatusRequest>;
+
+/** Resolves after `ms`, or at once when `signal` aborts (the caller checks it). */
+function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
 
 /** Reads W3C trace context keys from gRPC metadata. */
 const metadataGetter: TextMapGetter<grpc.Metadata> = {
@@ -451,13 +464,15 @@ export class ControlServer {
     const ref = req.ref || randomUUID();
     if (req.ref && call.metadata.get(RESEND_HEADER).length > 0) {
       // The client gave up its first call (a broken connection): the build still running for
-      // that call is cancelled, so that this one starts afresh (BuildRegistry.start).
+      // that call is cancelled, so that this one starts afresh (BuildRegistry.start). One that
+      // ended (its answer lost with the connection, or its exports cut) starts afresh at once:
+      // its finished steps come back CACHED and its exports are sent again.
       const old = this.builds.get(ref, caller.tenant);
       if (old?.state === 'running' && !old.clientGone) {
         this.#log.info({ buildId: ref }, 'solve sent again: cancelling the first');
         old.clientGone = true;
         old.abort.abort();
-      }
+      } else if (old?.state === 'done') old.clientGone = true;
     }
     const build = this.builds.start(ref, caller.tenant);
     const log = this.#log.child({ buildId: ref, tenant: caller.tenant });
@@ -486,7 +501,7 @@ export class ControlServer {
       const session = req.sessionId
         ? await this.sessions.waitFor(
             req.sessionId,
-            { tenant: caller.tenant, peer: call.getPeer() },
+            sessionOwner(call, caller.tenant),
             this.#o.sessionWaitMs ?? 10_000,
             build.abort.signal,
           )
@@ -562,17 +577,22 @@ export class ControlServer {
             signal: build.abort.signal,
             onVertex: (v) => build.status.push(vertexFrame(v)),
           });
-        let exported: Record<string, string>;
-        try {
-          exported = await exportAll();
-        } catch (e) {
-          if (!(e instanceof KilnError) || e.code !== INPUT_LOST_CODE) throw e;
-          // A result's holder died before its export: solve again, this time making the
-          // results blobs (a lost one reruns), and export those.
-          log.info({ resultId: e.details.resultId }, 'export input lost: solving again');
-          results = await solveAll(true);
-          response = exporterResponse(results);
-          exported = await exportAll();
+        let exported: Record<string, string> | undefined;
+        for (let round = 0; !exported; round++) {
+          try {
+            exported = await exportAll();
+          } catch (e) {
+            if (!(e instanceof KilnError) || e.code !== INPUT_LOST_CODE || round >= MAX_RERUNS)
+              throw e;
+            // A result's holder died before its export: solve again, this time making the
+            // results blobs (a lost one reruns), and export those. Not at once after the first
+            // round: the export may have joined an attempt already failing on the same holder
+            // (restarting on its state dir), as the solver's reruns wait.
+            log.info({ resultId: e.details.resultId, round }, 'export input lost: solving again');
+            if (round > 0) await abortableDelay(sameHolderDelayMs(round - 1), build.abort.signal);
+            results = await solveAll(true);
+            response = exporterResponse(results);
+          }
         }
         Object.assign(response, exported);
       }

@@ -21,7 +21,8 @@ import {
   scratch,
 } from '@kiln/llb';
 import type { Definition } from '@kiln/llb';
-import { KilnError, control } from '@kiln/protocol';
+import * as grpc from '@grpc/grpc-js';
+import { KilnError, RESEND_HEADER, control, controlService } from '@kiln/protocol';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -212,32 +213,90 @@ describe('Control API', () => {
     }
   });
 
-  it('a solve whose connection drops mid-build (the scheduler alive) is sent again and completes', async () => {
+  it.each([
+    ['no session', false],
+    ['a session (reopened over the new connection)', true],
+  ])(
+    'a solve whose connection drops mid-build (the scheduler alive) is sent again and completes: %s',
+    async (_what, withSession) => {
+      const tag = randomUUID();
+      const { def, digests } = chain(tag, ['gate', tag]);
+      const buildId = `b-${tag}`;
+      const proxy = await TcpProxy.start(port);
+      const viaProxy = await KilnClient.connect(`127.0.0.1:${proxy.port}`, {
+        channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50 },
+      });
+      const session = withSession ? viaProxy.session({}) : undefined;
+      try {
+        const solved = viaProxy.solve({
+          buildId,
+          definition: def,
+          ...(session ? { sessionId: session.id } : {}),
+        });
+        solved.catch(() => undefined);
+        for await (const f of client.status(buildId)) if (started([f], digests[1] ?? '')) break;
+        // The scheduler sees its client's calls drop and cancels that build; the client opens
+        // its session again (same id) and sends the Solve again (same ref), which starts it
+        // afresh once the first has ended.
+        proxy.cut();
+        gates.open(tag);
+        const res = await solved;
+        const [d0 = '', d1 = '', d2 = ''] = digests;
+        expect(res.exporterResponse['result.id']).toBe(
+          testResultId(d2, [testResultId(d1, [testResultId(d0, [])])]),
+        );
+        expect(proxy.connections).toBeGreaterThanOrEqual(2);
+      } finally {
+        session?.close();
+        viaProxy.close();
+        await proxy.close();
+      }
+    },
+  );
+
+  it('a solve sent again after its build ended (the answer lost with the connection) runs afresh, every step CACHED', async () => {
     const tag = randomUUID();
-    const { def, digests } = chain(tag, ['gate', tag]);
+    const { def, digests } = chain(tag, ['echo', tag]);
+    const [d0 = '', d1 = '', d2 = ''] = digests;
     const buildId = `b-${tag}`;
-    const proxy = await TcpProxy.start(port);
-    const viaProxy = await KilnClient.connect(`127.0.0.1:${proxy.port}`, {
-      channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50 },
-    });
+    await client.solve({ buildId, definition: def });
+    const execs = () => runs.filter((r) => r.buildId === buildId && r.args[0] === 'echo').length;
+    const ran = execs();
+    // The same id again, not a resend: taken, for good.
+    const taken = await client.solve({ buildId, definition: def }).then(
+      () => undefined,
+      (e: unknown) => e as KilnError,
+    );
+    expect(taken?.code).toBe('BUILD_EXISTS');
+    expect(taken?.retryable).toBe(false);
+    // A resend (what the client sends when the first call broke before its answer arrived).
+    const raw = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
     try {
-      const solved = viaProxy.solve({ buildId, definition: def });
-      solved.catch(() => undefined);
-      for await (const f of client.status(buildId)) if (started([f], digests[1] ?? '')) break;
-      // The scheduler sees its client's call drop and cancels that build; the client sends the
-      // Solve again (same ref), which starts it afresh once the first has ended.
-      proxy.cut();
-      gates.open(tag);
-      const res = await solved;
-      const [d0 = '', d1 = '', d2 = ''] = digests;
+      const md = new grpc.Metadata();
+      md.set(RESEND_HEADER, '1');
+      const m = controlService.solve;
+      const res = await new Promise<InstanceType<typeof control.SolveResponse>>((resolve, reject) =>
+        raw.makeUnaryRequest(
+          m.path,
+          m.requestSerialize,
+          m.responseDeserialize,
+          control.SolveRequest.create({ ref: buildId, definition: def.toProto() }),
+          md,
+          (err, r) => (err || !r ? reject(err ?? new Error('no answer')) : resolve(r)),
+        ),
+      );
       expect(res.exporterResponse['result.id']).toBe(
         testResultId(d2, [testResultId(d1, [testResultId(d0, [])])]),
       );
-      expect(proxy.connections).toBeGreaterThanOrEqual(2);
     } finally {
-      viaProxy.close();
-      await proxy.close();
+      raw.close();
     }
+    expect(execs()).toBe(ran);
+    const frames = await collect(client.status(buildId));
+    for (const d of [d1, d2])
+      expect(
+        vertexes(frames).some((v) => v.digest === d && v.cached && Number(v.completedUnixNano) > 0),
+      ).toBe(true);
   });
 
   it('fails the build with the failing vertex digest and never dispatches its dependents', async () => {

@@ -22,10 +22,14 @@
  * - Secrets are asked for per request and relayed in memory only (never logged, never stored).
  * - ssh agent connections are relayed byte for byte in both directions.
  * - Exports: the scheduler streams an exporter's artifact to the client as `ExportChunk`s.
- * - A session is bound to the tenant and the gRPC connection (peer) that opened it: only a Solve
- *   of that tenant on that connection may use it; anyone else is told it does not exist
- *   (`SESSION_NOT_FOUND`), at once.
+ * - A session is bound to the tenant and the client that opened it: the client's key
+ *   (`CLIENT_KEY_HEADER`, a secret each client draws), else the gRPC connection (peer). Only a
+ *   Solve of that tenant with that key (or on that connection) may use it; anyone else is told it
+ *   does not exist (`SESSION_NOT_FOUND`), at once. Its owner may open it again (same id) while
+ *   this scheduler still holds the stream that broke: the same session goes on over the new
+ *   stream (what was asked over the old fails; an export being sent fails, never continued).
  */
+import { timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { PassThrough } from 'node:stream';
 import type { Readable } from 'node:stream';
@@ -57,7 +61,7 @@ import type {
   SshOpenRequest,
 } from '@kiln/bus';
 import type { KV } from '@nats-io/kv';
-import { KilnError, control } from '@kiln/protocol';
+import { CLIENT_KEY_HEADER, KilnError, control } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { ErrorDetails } from '@kiln/protocol';
@@ -122,7 +126,7 @@ export class SessionManager {
     signal?: AbortSignal,
   ): Promise<ClientSession> {
     const owned = (s: ClientSession): ClientSession => {
-      if (s.owner.tenant === owner.tenant && s.owner.peer === owner.peer) return s;
+      if (sameOwner(s.owner, owner)) return s;
       throw new SessionError(
         `session ${id} was not opened by this client (a session serves only the connection that opened it)`,
         'SESSION_NOT_FOUND',
@@ -155,11 +159,16 @@ export class SessionManager {
 
   /** Serves one `Session` call of `tenant` until it ends. */
   attach(call: SessionCall, tenant: string): void {
-    const owner: SessionOwner = { tenant, peer: call.getPeer() };
     let session: ClientSession | undefined;
     const fail = (e: Error): void => {
       call.emit('error', Object.assign(e, { code: grpc.status.INVALID_ARGUMENT }));
     };
+    let owner: SessionOwner;
+    try {
+      owner = sessionOwner(call, tenant);
+    } catch (e) {
+      return fail(e as Error);
+    }
     call.on('data', (m: SessionMessage) => {
       if (session) {
         session.onMessage(m);
@@ -173,7 +182,18 @@ export class SessionManager {
       } catch (e) {
         return fail(e as Error);
       }
-      if (this.#sessions.has(id)) return fail(new Error(`session ${id} is already open`));
+      const open = this.#sessions.get(id);
+      if (open) {
+        // Its client reopened it (a new connection, the old one not yet seen broken here): the
+        // session goes on over the new stream, so a Solve that already holds it (a resend that
+        // came first) is served. Anyone else is refused.
+        if (!owner.key || !sameOwner(open.owner, owner))
+          return fail(new Error(`session ${id} is already open`));
+        open.rebind(call);
+        session = open;
+        this.o.log.info({ sessionId: id }, 'session reopened: the old stream is dropped');
+        return;
+      }
       session = new ClientSession(id, owner, hello, call, { ...this.o, packs: this.#packs });
       this.#sessions.set(id, session);
       this.o.log.info({ sessionId: id, tenant, localDirs: hello.localDirs }, 'session opened');
@@ -183,6 +203,8 @@ export class SessionManager {
       if (!session) return;
       const s = session;
       session = undefined;
+      // Reopened over another stream since: that one ends it.
+      if (!s.servedBy(call)) return;
       if (this.#sessions.get(s.id) === s) this.#sessions.delete(s.id);
       s.close();
       this.o.log.info({ sessionId: s.id }, 'session closed');
@@ -220,10 +242,36 @@ interface Channel {
   ssh: Map<string, number>;
 }
 
-/** Who opened a session: its caller's tenant and gRPC peer (the connection). */
+/** Who opened a session: its caller's tenant, client key (if sent) and gRPC peer (the connection). */
 export interface SessionOwner {
   tenant: string;
   peer: string;
+  key?: string;
+}
+
+const CLIENT_KEY = /^[A-Za-z0-9_-]{16,128}$/;
+
+/** The owner a Session or Solve call speaks for; a malformed client key is refused. */
+export function sessionOwner(
+  call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPeer'>,
+  tenant: string,
+): SessionOwner {
+  const key = call.metadata.get(CLIENT_KEY_HEADER)[0];
+  if (key === undefined) return { tenant, peer: call.getPeer() };
+  if (typeof key !== 'string' || !CLIENT_KEY.test(key))
+    throw new SessionError(
+      `${CLIENT_KEY_HEADER} must be 16 to 128 characters of A-Z a-z 0-9 _ -`,
+      'SESSION_INVALID',
+    );
+  return { tenant, peer: call.getPeer(), key };
+}
+
+/** Whether `b` is the client that opened a session of `a`: by key when it has one, else by connection. */
+function sameOwner(a: SessionOwner, b: SessionOwner): boolean {
+  if (a.tenant !== b.tenant) return false;
+  if (a.key === undefined) return b.key === undefined && a.peer === b.peer;
+  if (b.key === undefined || a.key.length !== b.key.length) return false;
+  return timingSafeEqual(Buffer.from(a.key), Buffer.from(b.key));
 }
 
 export class ClientSession {
@@ -243,14 +291,19 @@ export class ClientSession {
   readonly #localSyncs = new Map<string, Promise<string>>();
   #nextId = 1;
   #closed = false;
+  /** The client's stream: replaced when its client reopens the session (`rebind`). */
+  #call: SessionCall;
+  /** Waits for a stream to drain, woken when the session moves off it or closes. */
+  readonly #wake = new Set<() => void>();
 
   constructor(
     readonly id: string,
     readonly owner: SessionOwner,
     hello: NonNullable<SessionMessage['hello']>,
-    private readonly call: SessionCall,
+    call: SessionCall,
     private readonly o: SessionManagerOptions & { packs: PackIndex },
   ) {
+    this.#call = call;
     this.localDirs = new Set(hello.localDirs ?? []);
     this.sharedKey = hello.sharedKey ?? '';
     this.registryAuth = hello.registryAuth ?? false;
@@ -300,9 +353,45 @@ export class ClientSession {
     return p;
   }
 
+  /** Resolves when `call` drains, or the session moves off it or closes (the caller checks). */
+  #drained(call: SessionCall): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        call.off('drain', done);
+        this.#wake.delete(done);
+        resolve();
+      };
+      call.once('drain', done);
+      this.#wake.add(done);
+    });
+  }
+
+  /** Whether `call` is the stream this session speaks over now. */
+  servedBy(call: SessionCall): boolean {
+    return this.#call === call;
+  }
+
+  /**
+   * Goes on over `call`, its client's new stream: what was asked over the old one fails (its
+   * answers are lost with it); the builds it serves and the workers' channels stay.
+   */
+  rebind(call: SessionCall): void {
+    const old = this.#call;
+    this.#call = call;
+    const err = new SessionError(`session ${this.id} was reopened`, 'SESSION_UNAVAILABLE');
+    for (const p of this.#pending.values()) {
+      p.sink?.destroy(err);
+      p.reject(err);
+    }
+    this.#pending.clear();
+    for (const w of [...this.#wake]) w();
+    old.end();
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const w of [...this.#wake]) w();
     this.#sub.unsubscribe();
     const err = new SessionError(`session ${this.id} ended`, 'SESSION_UNAVAILABLE');
     for (const p of this.#pending.values()) {
@@ -315,7 +404,7 @@ export class ClientSession {
 
   #send(m: SessionMessageInit): boolean {
     if (this.#closed) throw new SessionError(`session ${this.id} ended`, 'SESSION_UNAVAILABLE');
-    return this.call.write(control.SessionMessage.create(m));
+    return this.#call.write(control.SessionMessage.create(m));
   }
 
   /** A request to the client; resolves with its answer (or rejects with its SessionError). */
@@ -363,8 +452,9 @@ export class ClientSession {
     if (m.fileChunk && p.sink) {
       const sink = p.sink;
       if (m.fileChunk.data?.length && !sink.write(m.fileChunk.data)) {
-        this.call.pause();
-        sink.once('drain', () => this.call.resume());
+        const call = this.#call;
+        call.pause();
+        sink.once('drain', () => call.resume());
       }
       if (m.fileChunk.eof) {
         this.#pending.delete(id);
@@ -426,14 +516,26 @@ export class ClientSession {
 
   /** Streams an artifact to the client as ExportChunks (`cache`: a cache export's). */
   async sendExport(index: number, platform: string, src: Readable, cache = false): Promise<void> {
+    // One artifact, one stream: a stream that ends or is replaced meanwhile fails the export (the
+    // client drops what it had of it; a tail sent over the new stream would be taken whole).
+    const call = this.#call;
     let buf = Buffer.alloc(0);
     const flush = async (eof: boolean): Promise<void> => {
       while (buf.length >= EXPORT_CHUNK || (eof && buf.length >= 0)) {
         const data = buf.subarray(0, EXPORT_CHUNK);
         buf = buf.subarray(data.length);
         const last = eof && buf.length === 0;
-        if (!this.#send({ export: { index, platform, data, eof: last, cache } }))
-          await new Promise((r) => this.call.once('drain', r));
+        if (this.#closed || this.#call !== call)
+          throw new SessionError(
+            `session ${this.id} broke while an export was sent`,
+            'SESSION_UNAVAILABLE',
+          );
+        if (
+          !call.write(
+            control.SessionMessage.create({ export: { index, platform, data, eof: last, cache } }),
+          )
+        )
+          await this.#drained(call);
         if (last) return;
       }
     };

@@ -1,12 +1,19 @@
 // Tenants, tokens and entitlements end to end: the client library -> gRPC -> ControlServer with
 // an Authenticator (two tenants' tokens) -> Dispatcher -> a real nats-server -> in-process
 // workers (the worker's TaskConsumer with the test executor). Waits are on conditions.
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
 import { TaskConsumer } from '@kiln/bus';
 import { KilnClient, dockerfileInput } from '@kiln/client';
 import { NetMode, SecurityMode, image, marshal } from '@kiln/llb';
 import type { Definition } from '@kiln/llb';
-import { KilnError } from '@kiln/protocol';
+import {
+  CLIENT_KEY_HEADER,
+  KilnError,
+  control,
+  controlService,
+  fromGrpcError,
+} from '@kiln/protocol';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -226,6 +233,109 @@ describe('tenants', () => {
     } finally {
       session.close();
       a2.close();
+    }
+  });
+});
+
+/** Raw gRPC on a connection of its own, speaking as a client with `key` (CLIENT_KEY_HEADER). */
+class RawClient {
+  readonly ch = new grpc.Client(addr, grpc.credentials.createInsecure(), {
+    'grpc.use_local_subchannel_pool': 1,
+  });
+  constructor(
+    readonly token: string,
+    readonly key?: string,
+  ) {}
+
+  #md(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    md.set('authorization', `Bearer ${this.token}`);
+    if (this.key) md.set(CLIENT_KEY_HEADER, this.key);
+    return md;
+  }
+
+  /** Opens session `id`; resolves with the stream, or rejects with the error that ended it. */
+  session(id: string) {
+    const m = controlService.session;
+    const call = this.ch.makeBidiStreamRequest(
+      m.path,
+      m.requestSerialize,
+      m.responseDeserialize,
+      this.#md(),
+    );
+    const ended = new Promise((resolve) => {
+      call.on('error', resolve);
+      call.on('end', () => resolve(undefined));
+    });
+    call.on('data', () => undefined);
+    call.write(control.SessionMessage.create({ hello: { sessionId: id } }));
+    return Object.assign(call, { ended });
+  }
+
+  solve(buildId: string, sessionId: string): Promise<unknown> {
+    const m = controlService.solve;
+    const req = control.SolveRequest.create({
+      ref: buildId,
+      sessionId,
+      definition: runDef(buildId).toProto(),
+    });
+    return new Promise((resolve, reject) =>
+      this.ch.makeUnaryRequest(
+        m.path,
+        m.requestSerialize,
+        m.responseDeserialize,
+        req,
+        this.#md(),
+        (err, res) => (err ? reject(fromGrpcError(err)) : resolve(res)),
+      ),
+    );
+  }
+}
+
+describe('sessions', () => {
+  it('serve the client that opened them (its key) on any of its connections, and only it may reopen one', async () => {
+    const key = randomBytes(24).toString('base64url');
+    const other = randomBytes(24).toString('base64url');
+    const id = randomUUID();
+    const [c1, c2, c3, stranger, noKey, teamB] = [
+      new RawClient(TOKEN_A, key),
+      new RawClient(TOKEN_A, key),
+      new RawClient(TOKEN_A, key),
+      new RawClient(TOKEN_A, other),
+      new RawClient(TOKEN_A),
+      new RawClient(TOKEN_B, key),
+    ];
+    const streams: { cancel(): void }[] = [];
+    try {
+      const old = c1.session(id);
+      streams.push(old);
+      const first = await waitFor('the session to open', () => server.sessions.get(id));
+      // Another connection of the same client: served.
+      let tag = randomUUID();
+      await c2.solve(tag, id);
+      expect(runs.some((r) => r.buildId === tag)).toBe(true);
+      // Another client of the tenant, a client without a key, another tenant: not found.
+      for (const c of [stranger, noKey, teamB]) {
+        tag = randomUUID();
+        const err = await rejection(c.solve(tag, id));
+        expect(err.code).toBe('SESSION_NOT_FOUND');
+        expect(runs.some((r) => r.buildId === tag)).toBe(false);
+      }
+      // Only its client may open it again while it is open: the session goes on over the new
+      // stream (the same session: a Solve that holds it is served), the old stream is ended.
+      const refused = stranger.session(id);
+      streams.push(refused);
+      expect(String(await refused.ended)).toMatch(/already open/);
+      expect(server.sessions.get(id)).toBe(first);
+      streams.push(c2.session(id));
+      expect(await old.ended).toBeUndefined();
+      expect(server.sessions.get(id)).toBe(first);
+      tag = randomUUID();
+      await c3.solve(tag, id);
+      expect(runs.some((r) => r.buildId === tag)).toBe(true);
+    } finally {
+      for (const s of streams) s.cancel();
+      for (const c of [c1, c2, c3, stranger, noKey, teamB]) c.ch.close();
     }
   });
 });

@@ -58,13 +58,13 @@ export type Materializer = (
 ) => Promise<NonNullable<OutputResult['layers']> | undefined>;
 
 /** How many times one vertex is rerun because a result it needed was lost. */
-const MAX_RERUNS = 5;
+export const MAX_RERUNS = 5;
 /**
  * The wait before asking again when the rerun of a lost input answered with the same holder (the
  * farm's record still names it: a worker restarting on its state dir keeps what it held), by
  * round: 0.5 s doubling to 4 s, about 11 s over {@link MAX_RERUNS} rounds.
  */
-const sameHolderDelayMs = (round: number): number => Math.min(4_000, 500 * 2 ** round);
+export const sameHolderDelayMs = (round: number): number => Math.min(4_000, 500 * 2 ** round);
 
 export type OutputResult = TaskResult['outputs'][number];
 type ResolvedInput = NonNullable<TaskInit['inputs']>[number];
