@@ -73,14 +73,32 @@ describe("BuildKit's contenthash", () => {
     expect(await buildkitChecksum(b, ['/a.txt'], true)).not.toBe(base);
     chmodSync(join(a, 'a.txt'), 0o755);
     expect(await buildkitChecksum(a, ['/a.txt'], true)).not.toBe(base);
-    const spec = {
-      selectors: ['/a.txt'],
-      wildcard: true,
-      includePatterns: [],
-      excludePatterns: [],
-    };
+    const spec = { includePatterns: [], excludePatterns: [] };
     expect(buildkitChecksumSupported(spec)).toBe(true);
-    expect(buildkitChecksumSupported({ ...spec, selectors: ['/*.txt'] })).toBe(false);
     expect(buildkitChecksumSupported({ ...spec, excludePatterns: ['x'] })).toBe(false);
+  });
+
+  // BuildKit's includedPaths for `COPY *.txt /dst/`, checked end to end against buildkitd v0.11.6
+  // (test/src/e2e/cache-buildkit-interop.test.ts, both ways); here its properties.
+  it('of a wildcard: what matches counts, what does not match does not', async () => {
+    const root = tree({ 'a.txt': 'hello\n', 'b.txt': 'bee\n', 'c.md': 'c\n', 'sub/d.txt': 'd\n' });
+    const bk = (sel: string) => buildkitChecksum(root, [sel], true, true);
+    // A pattern-free selector of a wildcard copy is the plain path's digest, as in BuildKit.
+    expect(await bk('/a.txt')).toBe(await buildkitChecksum(root, ['/a.txt'], true));
+    const star = await bk('/*.txt');
+    expect(star).not.toBe(await bk('/a.txt'));
+    // c.md and sub/d.txt do not match `/*.txt` (`*` stops at `/`): changing them changes nothing.
+    writeFileSync(join(root, 'c.md'), 'changed\n');
+    writeFileSync(join(root, 'sub', 'd.txt'), 'changed\n');
+    expect(await bk('/*.txt')).toBe(star);
+    // Everything under a matched directory counts.
+    const sub = await bk('/s*');
+    writeFileSync(join(root, 'sub', 'd.txt'), 'changed again\n');
+    expect(await bk('/s*')).not.toBe(sub);
+    // b.txt matches: changing it changes the digest.
+    writeFileSync(join(root, 'b.txt'), 'BEE\n');
+    expect(await bk('/*.txt')).not.toBe(star);
+    // Without `wildcard` (a copy that does not allow them) the pattern is a missing path.
+    await expect(buildkitChecksum(root, ['/*.txt'], true)).rejects.toThrow(/not found/);
   });
 });
