@@ -22,7 +22,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${KILN_IMAGES_CACHE:-/var/cache/kiln/images}"
-IMAGES=(nats s3rver scheduler worker)
+IMAGES=(nats s3rver scheduler cache-store worker)
 log() { printf '[smoke] %s\n' "$*" >&2; }
 die() { printf '[smoke] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -129,6 +129,7 @@ KILN_NATS_MONITOR_PORT=$MON_PORT
 KILN_S3_ACCESS_KEY=S3RVER
 KILN_S3_SECRET_KEY=S3RVER
 KILN_NATS_SCHEDULER_PASSWORD=$(pw scheduler)
+KILN_NATS_CACHE_STORE_PASSWORD=$(pw cache-store)
 KILN_NATS_WORKER_AMD64_PASSWORD=$(pw worker-amd64-1)
 KILN_NATS_WORKER_ARM64_PASSWORD=$(pw worker-arm64-1)
 EOF
@@ -137,7 +138,7 @@ umask 022
 # 3. up ----------------------------------------------------------------------------------------
 log "docker-compose up -d ($PROJECT)"
 "${COMPOSE[@]}" up -d >&2
-SERVICES=(nats minio scheduler worker-amd64 worker-arm64)
+SERVICES=(nats minio scheduler cache-store worker-amd64 worker-arm64)
 health() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$("${COMPOSE[@]}" ps -q "$1")" 2>/dev/null || echo missing; }
 deadline=$((SECONDS + ${KILN_SMOKE_HEALTH_TIMEOUT:-240}))
 while :; do

@@ -23,7 +23,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { TASK_STREAM, connectNats, generateFarmAuth } from '@kiln/bus';
+import { CACHE_STORE_INBOX_PREFIX, TASK_STREAM, connectNats, generateFarmAuth } from '@kiln/bus';
 import { liveDigests, startStoreCollector } from '@kiln/cache-store';
 import { parseDuration, startNatsServer } from '@kiln/common';
 import type { NatsServerProcess } from '@kiln/common';
@@ -206,10 +206,16 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
     // the next farm on this state dir runs them again if a build asks).
     stops.push(() => node.close());
     // The content store's collector (cache-store): blobs no cache record names and unused for a
-    // day (KILN_GC_STORE_KEEP_DURATION) go, a minute after start and then hourly.
+    // day (KILN_GC_STORE_KEEP_DURATION) go, a minute after start and then hourly. Its own bus
+    // user, the farm's read-only kiln-cache-store role, as on a farm deployment.
+    const storeNc = await connectNats(nats.url, {
+      ...auth.cacheStore,
+      inboxPrefix: CACHE_STORE_INBOX_PREFIX,
+    });
+    stops.push(() => storeNc.close());
     const collector = startStoreCollector({
       store: new FsBlobStore({ root: storeDir }),
-      live: () => liveDigests(nc),
+      live: () => liveDigests(storeNc),
       keepDurationMs: parseDuration(process.env.KILN_GC_STORE_KEEP_DURATION || '24h'),
       intervalMs: 3600_000,
       firstRunMs: 60_000,

@@ -1,17 +1,19 @@
-import { constants } from 'node:fs';
 import {
-  chmod,
-  lchown,
-  link,
-  lutimes,
-  mkdir,
-  open,
-  readdir,
-  realpath,
-  rm,
-  symlink,
-  utimes,
-} from 'node:fs/promises';
+  chmodSync,
+  closeSync,
+  constants,
+  lchownSync,
+  linkSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  symlinkSync,
+  utimesSync,
+  writev,
+  writevSync,
+} from 'node:fs';
+import { readdir, realpath, rm } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { dirname, join, posix } from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -27,7 +29,8 @@ import { autoDecompress } from './compression.js';
 import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
 import { FsError, FsErrorCode } from './fs-errors.js';
-import { displayPath, lstatOrUndefined, resolveInRoot } from './root-path.js';
+import { displayPath, lstatOrUndefinedSync, resolveInRootSync } from './root-path.js';
+import { SMALL_FILE, yielder } from './sync-fs.js';
 
 const WHITEOUT_PREFIX = '.wh.';
 const WHITEOUT_META_PREFIX = '.wh..wh.';
@@ -86,6 +89,40 @@ export interface ApplyResult {
   size: number;
   /** Tar entries processed (whiteouts included). */
   entries: number;
+}
+
+/** Bytes gathered before one write of a large file: each write is a trip to the thread pool. */
+const WRITE_BATCH = 1024 * 1024;
+
+const writevAsync = promisify(writev);
+
+/**
+ * Writes `data` to `fd` in order: a small file (up to {@link SMALL_FILE}) gathered and written
+ * synchronously, a larger one in writes of about {@link WRITE_BATCH} through the thread pool (a
+ * large write may wait for the disk). A short write (a full disk) writes the rest again, which
+ * then fails or completes.
+ */
+async function writeData(fd: number, data: AsyncIterable<Buffer>, size: number): Promise<void> {
+  const sync = size <= SMALL_FILE;
+  let batch: Buffer[] = [];
+  let n = 0;
+  const flush = async (): Promise<void> => {
+    let rest = batch;
+    let left = n;
+    batch = [];
+    n = 0;
+    while (left > 0) {
+      const written = sync ? writevSync(fd, rest) : (await writevAsync(fd, rest)).bytesWritten;
+      left -= written;
+      if (left > 0) rest = [Buffer.concat(rest).subarray(written)];
+    }
+  };
+  for await (const chunk of data) {
+    batch.push(chunk);
+    n += chunk.length;
+    if (!sync && n >= WRITE_BATCH) await flush();
+  }
+  await flush();
 }
 
 interface PendingDir {
@@ -188,8 +225,11 @@ async function unpack(
   const maxBytes = opts.limits?.maxBytes ?? Infinity;
   const maxEntries = opts.limits?.maxEntries ?? Infinity;
   let current: string | undefined;
+  // Entries are applied with synchronous metadata calls: yield now and then.
+  const tick = yielder();
   try {
     for await (const entry of extract) {
+      await tick();
       const header = entry.header;
       current = header.name;
       entries++;
@@ -208,7 +248,7 @@ async function unpack(
     // Directory mtimes last: creating their children changed them.
     // A later entry may have replaced or removed a directory: only stamp what is still one.
     for (const d of ctx.dirs.reverse()) {
-      if ((await lstatOrUndefined(d.path))?.isDirectory()) await utimes(d.path, d.mtime, d.mtime);
+      if (lstatOrUndefinedSync(d.path)?.isDirectory()) utimesSync(d.path, d.mtime, d.mtime);
     }
   } catch (err) {
     extract.destroy();
@@ -277,18 +317,14 @@ export function entryPath(name: string, entry: string = name): string {
  * The host directory `parent` (a clean root-relative path) names, resolved inside `root`; with
  * `create`, missing directories are made (0755). Without it, undefined when it is not a directory.
  */
-async function parentDir(
-  root: string,
-  parent: string,
-  create: boolean,
-): Promise<string | undefined> {
-  const host = await resolveInRoot(root, parent);
-  const st = await lstatOrUndefined(host);
+function parentDir(root: string, parent: string, create: boolean): string | undefined {
+  const host = resolveInRootSync(root, parent);
+  const st = lstatOrUndefinedSync(host);
   if (st?.isDirectory()) return host;
   if (!create) return undefined;
   try {
     // Every existing component of `host` is a real directory (resolveInRoot followed the links).
-    await mkdir(host, { recursive: true, mode: 0o755 });
+    mkdirSync(host, { recursive: true, mode: 0o755 });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOTDIR' && code !== 'EEXIST') throw err;
@@ -317,14 +353,14 @@ async function applyEntry(
 
   if (ctx.whiteouts && base.startsWith(WHITEOUT_PREFIX)) {
     if (base === WHITEOUT_OPAQUE) {
-      const dir = await parentDir(root, parentRel, false);
+      const dir = parentDir(root, parentRel, false);
       if (dir !== undefined) await removeOpaque(dir, ctx.unpacked);
     } else if (!base.startsWith(WHITEOUT_META_PREFIX)) {
       const victim = base.slice(WHITEOUT_PREFIX.length);
       if (victim === '' || victim === '.' || victim === '..') {
         throw new LayerError(LayerErrorCode.Unsafe, 'invalid whiteout name', { entry: name });
       }
-      const dir = await parentDir(root, parentRel, false);
+      const dir = parentDir(root, parentRel, false);
       if (dir !== undefined) await rm(join(dir, victim), { recursive: true, force: true });
     }
     // Other `.wh..wh.` names are AUFS metadata: not part of the filesystem.
@@ -337,14 +373,14 @@ async function applyEntry(
     });
   }
   let linkTarget: string | undefined;
-  if (type === 'link') linkTarget = await resolveHardlinkTarget(root, header.linkname ?? '', name);
+  if (type === 'link') linkTarget = resolveHardlinkTarget(root, header.linkname ?? '', name);
   if (type === 'symlink' && !header.linkname) {
     throw new LayerError(LayerErrorCode.Invalid, 'symlink without a target', { entry: name });
   }
 
-  const parent = (await parentDir(root, parentRel, true))!;
+  const parent = parentDir(root, parentRel, true)!;
   const path = join(parent, base);
-  const existing = await lstatOrUndefined(path);
+  const existing = lstatOrUndefinedSync(path);
   if (existing !== undefined && !(existing.isDirectory() && type === 'directory')) {
     if (linkTarget === path) return false; // a hardlink to itself: already there
     await rm(path, { recursive: true, force: true });
@@ -355,29 +391,29 @@ async function applyEntry(
   let consumed = false;
   switch (type) {
     case 'directory':
-      if (existing === undefined || !existing.isDirectory()) await mkdir(path, { mode: 0o700 });
+      if (existing === undefined || !existing.isDirectory()) mkdirSync(path, { mode: 0o700 });
       ctx.dirs.push({ path, mtime });
       break;
     case 'file':
     case 'contiguous-file': {
-      const fh = await open(
+      const fd = openSync(
         path,
         constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
         0o600,
       );
       try {
-        for await (const chunk of data) await fh.write(chunk);
+        await writeData(fd, data, header.size ?? 0);
       } finally {
-        await fh.close();
+        closeSync(fd);
       }
       consumed = true;
       break;
     }
     case 'symlink':
-      await symlink(header.linkname, path);
+      symlinkSync(header.linkname, path);
       break;
     case 'link':
-      await link(linkTarget!, path);
+      linkSync(linkTarget!, path);
       break;
     case 'character-device':
     case 'block-device':
@@ -409,11 +445,11 @@ async function applyEntry(
   if (type === 'link') return consumed; // shares the target's inode and metadata
   if (ctx.chown) {
     const o = ctx.owner ?? { uid: header.uid ?? 0, gid: header.gid ?? 0 };
-    await lchown(path, o.uid, o.gid);
+    lchownSync(path, o.uid, o.gid);
   }
   // After chown, which clears setuid/setgid bits. Symlinks have no mode of their own on Linux.
-  if (type !== 'symlink') await chmod(path, mode);
-  if (type !== 'directory') await lutimes(path, mtime, mtime);
+  if (type !== 'symlink') chmodSync(path, mode);
+  if (type !== 'directory') lutimesSync(path, mtime, mtime);
   return consumed;
 }
 
@@ -434,11 +470,7 @@ async function setXattrs(targets: XattrTarget[], mode: 'strict' | 'best-effort')
 }
 
 /** Resolves a hardlink's target inside root (parents followed, not the last component); it must exist and not be a directory. */
-async function resolveHardlinkTarget(
-  root: string,
-  linkname: string,
-  entry: string,
-): Promise<string> {
+function resolveHardlinkTarget(root: string, linkname: string, entry: string): string {
   const rel = entryPath(linkname, entry);
   if (rel === '') {
     throw new LayerError(LayerErrorCode.Invalid, 'hardlink to the root', {
@@ -446,8 +478,8 @@ async function resolveHardlinkTarget(
       details: { linkname },
     });
   }
-  const target = await resolveInRoot(root, rel, { followFinal: false });
-  const st = await lstatOrUndefined(target);
+  const target = resolveInRootSync(root, rel, { followFinal: false });
+  const st = lstatOrUndefinedSync(target);
   if (st === undefined) {
     throw new LayerError(LayerErrorCode.Invalid, 'hardlink target does not exist', {
       entry,
@@ -475,7 +507,6 @@ async function removeOpaque(dir: string, unpacked: Set<string>): Promise<void> {
       await rm(p, { recursive: true, force: true });
       continue;
     }
-    const st = await lstatOrUndefined(p);
-    if (st?.isDirectory()) await removeOpaque(p, unpacked);
+    if (lstatOrUndefinedSync(p)?.isDirectory()) await removeOpaque(p, unpacked);
   }
 }

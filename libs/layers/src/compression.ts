@@ -127,16 +127,23 @@ export function compressor(c: Compression, level?: number): Duplex {
   }
 }
 
+/**
+ * Output chunk size of the decompressors: zlib's default (16 KiB) makes a 32 MiB layer 2,048
+ * chunks, each a trip through the tar parser, the diffID hash and a file write.
+ */
+const DECOMPRESS_CHUNK = 256 * 1024;
+
 /** A decompressing transform for `c`. */
 export function decompressor(c: Compression): Duplex {
   switch (c) {
     case 'none':
       return new PassThrough();
     case 'gzip':
-      return zlib.createGunzip();
+      return zlib.createGunzip({ chunkSize: DECOMPRESS_CHUNK });
     case 'zstd': {
       const support = zstdSupport();
-      if (support === 'zlib') return (zlib as ZstdZlib).createZstdDecompress!();
+      if (support === 'zlib')
+        return (zlib as ZstdZlib).createZstdDecompress!({ chunkSize: DECOMPRESS_CHUNK });
       if (support === 'cli') return zstdProcess(['-d']);
       throw unsupportedZstd();
     }

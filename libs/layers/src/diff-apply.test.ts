@@ -9,6 +9,7 @@ import {
   utimes,
   writeFile,
 } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { DigestMismatchError, FsBlobStore } from '@kiln/store';
@@ -270,6 +271,28 @@ describe('diffLayer + applyLayer', () => {
     const res = await applyLayer(await store.get(desc.digest), target);
     expect(res.diffID).toBe(desc.diffID);
     expect(await snapshotTree(target)).toEqual(await snapshotTree(next));
+  });
+
+  it('applies files larger than the write batch and than the read and decompress chunks, byte for byte', async () => {
+    const src = join(work, 'big-src');
+    await mkdir(src);
+    // 3 MiB + 5 (batched writes, last batch short), 256 KiB exactly (the small-file bound) and
+    // 256 KiB + 1: sizes at the edges of the write paths.
+    const sizes = { big: 3 * 1024 * 1024 + 5, edge: 256 * 1024, over: 256 * 1024 + 1 };
+    for (const [name, size] of Object.entries(sizes))
+      await writeFile(join(src, name), randomBytes(size));
+    const store = new FsBlobStore({ root: join(work, 'store-big') });
+    for (const compression of ['gzip', 'none'] as const) {
+      const desc = await writeLayer(store, { kind: 'compare', newDir: src }, { compression });
+      const target = join(work, `apply-big-${compression}`);
+      await mkdir(target);
+      const res = await applyLayer(await store.get(desc.digest), target);
+      expect(res.diffID).toBe(desc.diffID);
+      for (const name of Object.keys(sizes))
+        expect((await readFile(join(target, name))).equals(await readFile(join(src, name)))).toBe(
+          true,
+        );
+    }
   });
 
   it('fails an apply from a blob whose stored bytes are corrupt', async () => {

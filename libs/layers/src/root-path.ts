@@ -1,4 +1,4 @@
-import { lstat, readlink } from 'node:fs/promises';
+import { lstatSync, readlinkSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { posix } from 'node:path';
 import { FsError, FsErrorCode, errnoOf } from './fs-errors.js';
@@ -34,22 +34,41 @@ export function cleanRootPath(p: string): string {
  * `root` must itself be a real path (no symlinks), e.g. from `fs.realpath`.
  * Throws {@link FsErrorCode.SymlinkLoop} after {@link MAX_SYMLINKS} links.
  */
-export async function resolveInRoot(
+export function resolveInRoot(
   root: string,
   path: string,
   opts: ResolveOptions = {},
 ): Promise<string> {
+  return promised(() => resolveInRootSync(root, path, opts));
+}
+
+/** `fn`'s value as a promise; what it throws, as a rejection. */
+function promised<T>(fn: () => T): Promise<T> {
+  return new Promise((resolve) => resolve(fn()));
+}
+
+/**
+ * {@link resolveInRoot} made synchronously: an lstat per component, on metadata the kernel has
+ * cached, costs microseconds; the same calls through the thread pool cost a round trip each
+ * (see `sync-fs.ts`).
+ */
+export function resolveInRootSync(root: string, path: string, opts: ResolveOptions = {}): string {
   const rootClean = posix.normalize(root).replace(/(.)\/+$/, '$1');
-  const rel = await resolveRel(rootClean, path, opts.followFinal ?? true);
+  const rel = resolveRelSync(rootClean, path, opts.followFinal ?? true);
   return rel === '/' ? rootClean : rootClean === '/' ? rel : rootClean + rel;
 }
 
 /** Like {@link resolveInRoot} but returns the resolved path relative to the root, starting with `/`. */
-export async function resolveRel(root: string, path: string, followFinal = true): Promise<string> {
+export function resolveRel(root: string, path: string, followFinal = true): Promise<string> {
+  return promised(() => resolveRelSync(root, path, followFinal));
+}
+
+/** {@link resolveRel} made synchronously. */
+export function resolveRelSync(root: string, path: string, followFinal = true): string {
   if (!followFinal) {
     const clean = cleanRootPath(path);
     if (clean === '/') return '/';
-    const parent = await resolveRel(root, posix.dirname(clean), true);
+    const parent = resolveRelSync(root, posix.dirname(clean), true);
     return posix.join(parent, posix.basename(clean));
   }
   // `done` holds the components already resolved (none of them a symlink); `todo` what is left.
@@ -67,7 +86,7 @@ export async function resolveRel(root: string, path: string, followFinal = true)
     const full = root === '/' ? rel : root + rel;
     let isLink: boolean;
     try {
-      isLink = (await lstat(full)).isSymbolicLink();
+      isLink = lstatSync(full).isSymbolicLink();
     } catch (err) {
       const code = errnoOf(err);
       // Missing (or under a non-directory): accepted here; the operation on the path will fail.
@@ -83,7 +102,7 @@ export async function resolveRel(root: string, path: string, followFinal = true)
         path: cleanRootPath(path),
       });
     }
-    const target = await readlink(full);
+    const target = readlinkSync(full);
     if (target.startsWith('/')) done.length = 0;
     todo = [...splitComponents(target), ...todo];
   }
@@ -101,9 +120,14 @@ export function displayPath(root: string, path: string): string {
 }
 
 /** lstat, or undefined when the path (or a parent) does not exist. */
-export async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
+export function lstatOrUndefined(path: string): Promise<Stats | undefined> {
+  return promised(() => lstatOrUndefinedSync(path));
+}
+
+/** {@link lstatOrUndefined} made synchronously. */
+export function lstatOrUndefinedSync(path: string): Stats | undefined {
   try {
-    return await lstat(path);
+    return lstatSync(path);
   } catch (err) {
     const code = errnoOf(err);
     if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;

@@ -29,6 +29,7 @@ const SECRETS = {
   KILN_S3_ACCESS_KEY: 'access',
   KILN_S3_SECRET_KEY: 'secret',
   KILN_NATS_SCHEDULER_PASSWORD: 'p1',
+  KILN_NATS_CACHE_STORE_PASSWORD: 'p4',
   KILN_NATS_WORKER_AMD64_PASSWORD: 'p2',
   KILN_NATS_WORKER_ARM64_PASSWORD: 'p3',
 };
@@ -51,6 +52,7 @@ describe('deploy/compose', () => {
     expect(r.status).toBe(0);
     const c = parse(r.stdout) as Obj;
     expect(Object.keys(c.services).sort()).toEqual([
+      'cache-store',
       'minio',
       'nats',
       'scheduler',
@@ -72,6 +74,11 @@ describe('deploy/compose', () => {
       'linux/arm64=emulated',
     );
     expect(c.services['worker-amd64'].environment.KILN_NATS_USER).toBe('kiln-worker-amd64-1');
+    // The store's collector: its own read-only bus user, the S3 store, a readiness probe.
+    const cs = c.services['cache-store'].environment;
+    expect(cs.KILN_NATS_USER).toBe('kiln-cache-store');
+    expect(cs.KILN_S3_BUCKET).toBe('kiln');
+    expect(cs.KILN_HEALTH_LISTEN).toBeTruthy();
     expect(Object.keys(c.volumes).sort()).toEqual([
       'nats-data',
       'store-data',
@@ -171,6 +178,13 @@ function checkFarm(objs: Obj[], arm64: 'native' | 'emulated'): void {
   expect(sched.spec.template.spec.volumes.map((v: Obj) => v.secret?.secretName)).toContain(
     'kiln-scheduler-tls',
   );
+  // The store's collector: its read-only bus user, readiness on /readyz, and NATS reachable.
+  const store = byKind(objs, 'Deployment').find((d) => d.metadata.name === 'kiln-cache-store')!;
+  const stc = store.spec.template.spec.containers[0];
+  const stEnv = Object.fromEntries((stc.env as Obj[]).map((e) => [e.name, e.value]));
+  expect(stEnv.KILN_NATS_USER).toBe('kiln-cache-store');
+  expect(stc.readinessProbe.httpGet.path).toBe('/readyz');
+  expect(stc.envFrom[0].secretRef.name).toBe('kiln-s3');
   // One worker pool per architecture, placed by node arch, drained on SIGTERM.
   const workers = sets.filter((s) => s.metadata.name.startsWith('kiln-worker-'));
   expect(workers.map((w) => w.metadata.name).sort()).toEqual([
@@ -207,7 +221,16 @@ function checkFarm(objs: Obj[], arm64: 'native' | 'emulated'): void {
     matches(control.spec.podSelector.matchLabels, p.spec.template.metadata.labels),
   );
   expect(controlPods.map((p) => p.metadata.name).sort()).toEqual(['kiln-scheduler', 'nats']);
-  // Workers' pods reach NATS only (port 4222), never the control API's port.
+  // Workers' pods reach NATS only (port 4222), never the control API's port; so does the
+  // store's collector.
+  const natsRule = (control.spec.ingress as Obj[]).find((r) =>
+    (r.ports as Obj[]).some((p) => p.port === 4222),
+  )!;
+  expect(
+    (natsRule.from as Obj[]).some((f) =>
+      matches(f.podSelector?.matchLabels ?? { none: '' }, store.spec.template.metadata.labels),
+    ),
+  ).toBe(true);
   for (const rule of control.spec.ingress as Obj[]) {
     const fromWorkers = (rule.from as Obj[]).some(
       (f) => f.podSelector?.matchLabels?.['kiln.dev/role'] === 'worker',

@@ -26,13 +26,15 @@ let tmp: { dir: string; remove: () => void };
 let ctx: string;
 let buildkitd: ReferenceBuildkit | undefined;
 
-const kiln = (stateDir: string, ...extra: string[]) =>
-  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], {
+const kilnIn = (dir: string, stateDir: string, ...extra: string[]) =>
+  runKiln(['build', dir, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], {
     KILN_STATE_DIR: stateDir,
   });
+const kiln = (stateDir: string, ...extra: string[]) => kilnIn(ctx, stateDir, ...extra);
 
-const bk = (...extra: string[]): Promise<string> =>
-  buildkitd!.build(ctx, ['--opt', `build-arg:BASE=${fixture}`, ...extra]);
+const bkIn = (dir: string, ...extra: string[]): Promise<string> =>
+  buildkitd!.build(dir, ['--opt', `build-arg:BASE=${fixture}`, ...extra]);
+const bk = (...extra: string[]): Promise<string> => bkIn(ctx, ...extra);
 
 const RUNS = ['RUN cat a.txt', 'RUN cp /stamp'];
 
@@ -77,7 +79,7 @@ afterAll(async () => {
   await buildkitd?.stop();
   // Nothing was started when beforeAll failed (the reference BuildKit missing): only its error shows.
   if (tmp)
-    for (const s of ['k1', 'k2', 'k3', 'k4', 'k5', 'k6'])
+    for (const s of ['k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'kw1', 'kw2'])
       await runKiln(['farm', 'stop'], { KILN_STATE_DIR: join(tmp.dir, s) });
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
@@ -212,6 +214,65 @@ describe('cache interop with BuildKit v0.11.6', () => {
       expect(readFileSync(join(tmp.dir, 'kout-i5', f), 'utf8')).toBe(
         readFileSync(join(tmp.dir, 'kout-i', f), 'utf8'),
       );
+  }, 600_000);
+
+  it('a wildcard COPY (COPY *.txt /dst/) meets across tools, both ways', async () => {
+    // A wildcard source is keyed by BuildKit's contenthash of what the pattern matches (not of
+    // the whole context): c.md, which it does not match, must not change the key.
+    const wctx = join(tmp.dir, 'wctx');
+    await mkdir(join(wctx, 'sub'), { recursive: true });
+    await writeFile(join(wctx, 'a.txt'), 'hello\n');
+    await writeFile(join(wctx, 'b.txt'), 'bee\n');
+    await writeFile(join(wctx, 'c.md'), 'not copied\n');
+    await writeFile(join(wctx, 'sub', 'd.txt'), 'not matched: in a subdirectory\n');
+    await writeFile(
+      join(wctx, 'Dockerfile'),
+      'ARG BASE\nFROM ${BASE}\nWORKDIR /dst\nCOPY *.txt /dst/\nRUN cat a.txt b.txt > /list && ls > /ls && cat /proc/sys/kernel/random/uuid > /stamp\nRUN cp /stamp /stamp2 && cat /proc/sys/kernel/random/uuid > /stamp3\n',
+    );
+    const k = await kilnIn(
+      wctx,
+      join(tmp.dir, 'kw1'),
+      '--cache-to',
+      `type=local,dest=${join(tmp.dir, 'kwcache')},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kwout')}`,
+    );
+    expect(k.code, k.out).toBe(0);
+    expect(readFileSync(join(tmp.dir, 'kwout', 'ls'), 'utf8')).toBe('a.txt\nb.txt\n');
+    await buildkitd!.prune();
+    const out = await bkIn(
+      wctx,
+      '--import-cache',
+      `type=local,src=${join(tmp.dir, 'kwcache')}`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'bkwout')}`,
+    );
+    expectHits(out, 'bkwout', 'kwout');
+
+    await buildkitd!.prune();
+    await bkIn(
+      wctx,
+      '--export-cache',
+      `type=local,dest=${join(tmp.dir, 'bkwcache')},mode=max`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'bkwout2')}`,
+    );
+    const k2 = await kilnIn(
+      wctx,
+      join(tmp.dir, 'kw2'),
+      '--cache-from',
+      `type=local,src=${join(tmp.dir, 'bkwcache')}`,
+      '--output',
+      `type=local,dest=${join(tmp.dir, 'kwout2')}`,
+    );
+    expect(k2.code, k2.out).toBe(0);
+    const cached = cachedSteps(k2.out);
+    for (const r of RUNS)
+      expect(
+        cached.some((n) => n.includes(r)),
+        k2.out,
+      ).toBe(true);
+    expect(stamp('kwout2')).toBe(stamp('bkwout2'));
   }, 600_000);
 
   it("type=s3 (s3rver): Kiln's export hits in buildkitd, buildkitd's in a fresh Kiln farm", async () => {

@@ -20,13 +20,39 @@ const registry = process.env.KILN_TEST_REGISTRY;
 let tmp: { dir: string; remove: () => void };
 let ctx: string;
 
-const buildWith = (env: Record<string, string>, ...extra: string[]) =>
-  runKiln(['build', ctx, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], env);
+const buildIn = (dir: string, env: Record<string, string>, ...extra: string[]) =>
+  runKiln(['build', dir, '--progress', 'plain', '--build-arg', `BASE=${fixture}`, ...extra], env);
+
+const buildWith = (env: Record<string, string>, ...extra: string[]) => buildIn(ctx, env, ...extra);
 
 const build = (stateDir: string, ...extra: string[]) =>
   buildWith({ KILN_STATE_DIR: stateDir }, ...extra);
 
 const stop = (stateDir: string) => runKiln(['farm', 'stop'], { KILN_STATE_DIR: stateDir });
+
+/** The cache config of a local cache (tag `latest`), after checking the layout names every blob. */
+function localCacheConfig(cache: string): { records: { digest: string; layers?: unknown[] }[] } {
+  // BuildKit's layout: index.json names an OCI index listing the layers and a cache config.
+  const layout = JSON.parse(readFileSync(join(cache, 'index.json'), 'utf8')) as {
+    manifests: { digest: string; annotations: Record<string, string> }[];
+  };
+  const desc = layout.manifests.find(
+    (m) => m.annotations['org.opencontainers.image.ref.name'] === 'latest',
+  );
+  expect(desc).toBeDefined();
+  const blob = (d: string) => join(cache, 'blobs', d.replace(':', '/'));
+  const index = JSON.parse(readFileSync(blob(desc!.digest), 'utf8')) as {
+    manifests: { mediaType: string; digest: string }[];
+  };
+  const config = index.manifests.find(
+    (m) => m.mediaType === 'application/vnd.buildkit.cacheconfig.v0',
+  );
+  expect(config).toBeDefined();
+  for (const m of index.manifests) expect(existsSync(blob(m.digest))).toBe(true);
+  return JSON.parse(readFileSync(blob(config!.digest), 'utf8')) as {
+    records: { digest: string; layers?: unknown[] }[];
+  };
+}
 
 beforeAll(async () => {
   if (!fixture)
@@ -44,7 +70,20 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  for (const s of ['state1', 'state2', 'reg1', 'reg2', 'reg3', 's3a', 's3b', 'mp1', 'mp2'])
+  for (const s of [
+    'state1',
+    'state2',
+    'reg1',
+    'reg2',
+    'reg3',
+    's3a',
+    's3b',
+    'mp1',
+    'mp2',
+    'rx1',
+    'rx2',
+    'rx3',
+  ])
     await stop(join(tmp.dir, s));
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
@@ -64,26 +103,7 @@ describe('cache export and import', () => {
     expect(first.code, first.out).toBe(0);
     await stop(state1);
 
-    // BuildKit's layout: index.json names an OCI index listing the layers and a cache config.
-    const layout = JSON.parse(await readFile(join(cache, 'index.json'), 'utf8')) as {
-      manifests: { digest: string; annotations: Record<string, string> }[];
-    };
-    const desc = layout.manifests.find(
-      (m) => m.annotations['org.opencontainers.image.ref.name'] === 'latest',
-    );
-    expect(desc).toBeDefined();
-    const blob = (d: string) => join(cache, 'blobs', d.replace(':', '/'));
-    const index = JSON.parse(readFileSync(blob(desc!.digest), 'utf8')) as {
-      manifests: { mediaType: string; digest: string }[];
-    };
-    const config = index.manifests.find(
-      (m) => m.mediaType === 'application/vnd.buildkit.cacheconfig.v0',
-    );
-    expect(config).toBeDefined();
-    for (const m of index.manifests) expect(existsSync(blob(m.digest))).toBe(true);
-    const cc = JSON.parse(readFileSync(blob(config!.digest), 'utf8')) as {
-      records: { digest: string; layers?: unknown[] }[];
-    };
+    const cc = localCacheConfig(cache);
     expect(cc.records.filter((r) => r.layers).length).toBeGreaterThanOrEqual(3);
 
     const state2 = join(tmp.dir, 'state2');
@@ -126,6 +146,70 @@ describe('cache export and import', () => {
     expect(third.code, third.out).toBe(0);
     expect(readFileSync(join(tmp.dir, 'out3', 'stamp'), 'utf8')).not.toBe(
       readFileSync(join(tmp.dir, 'out1', 'stamp'), 'utf8'),
+    );
+  }, 600_000);
+
+  it('exports mode=max after an import: the steps the import made unnecessary keep their results', async () => {
+    const [c1, c2] = [join(tmp.dir, 'rx-cache1'), join(tmp.dir, 'rx-cache2')];
+    const out = (n: string) => join(tmp.dir, n);
+    const first = await build(
+      join(tmp.dir, 'rx1'),
+      '--cache-to',
+      `type=local,dest=${c1},mode=max`,
+      '--output',
+      `type=local,dest=${out('rx-out1')}`,
+    );
+    expect(first.code, first.out).toBe(0);
+    await stop(join(tmp.dir, 'rx1'));
+    // A fresh farm: the last step hits from its keys, so COPY and the first RUN never run; the
+    // export has them anyway, with the results the import holds (as BuildKit exports them).
+    const second = await build(
+      join(tmp.dir, 'rx2'),
+      '--cache-from',
+      `type=local,src=${c1}`,
+      '--cache-to',
+      `type=local,dest=${c2},mode=max`,
+      '--output',
+      `type=local,dest=${out('rx-out2')}`,
+    );
+    expect(second.code, second.out).toBe(0);
+    await stop(join(tmp.dir, 'rx2'));
+    const withResults = (c: string) =>
+      localCacheConfig(c)
+        .records.filter((r) => r.layers)
+        .map((r) => r.digest)
+        .sort();
+    expect(withResults(c2)).toEqual(withResults(c1));
+
+    // From the re-export alone, a third fresh farm builds the Dockerfile with its last step
+    // changed: that step runs, and the steps before it hit (the first RUN's /stamp is the
+    // first build's: it did not run again).
+    const ctx2 = join(tmp.dir, 'rx-ctx');
+    await mkdir(ctx2, { recursive: true });
+    await writeFile(join(ctx2, 'a.txt'), 'hello\n');
+    const dockerfile = await readFile(join(ctx, 'Dockerfile'), 'utf8');
+    await writeFile(
+      join(ctx2, 'Dockerfile'),
+      dockerfile.replace('RUN cp /stamp /stamp2', 'RUN cp /stamp /stamp3'),
+    );
+    const third = await buildIn(
+      ctx2,
+      { KILN_STATE_DIR: join(tmp.dir, 'rx3') },
+      '--cache-from',
+      `type=local,src=${c2}`,
+      '--output',
+      `type=local,dest=${out('rx-out3')}`,
+    );
+    expect(third.code, third.out).toBe(0);
+    const cached = cachedSteps(third.out);
+    for (const step of ['COPY a.txt', 'RUN cat /a.txt'])
+      expect(
+        cached.some((n) => n.includes(step)),
+        `${step}\n${third.out}`,
+      ).toBe(true);
+    expect(cached.some((n) => n.includes('RUN cp /stamp /stamp3'))).toBe(false);
+    expect(readFileSync(join(out('rx-out3'), 'stamp3'), 'utf8')).toBe(
+      readFileSync(join(out('rx-out1'), 'stamp'), 'utf8'),
     );
   }, 600_000);
 

@@ -602,6 +602,7 @@ export class ControlServer {
           registry,
           session,
           materialize: this.#materialize,
+          ...(imports.length > 0 ? { imported: importedLookup(imports, this.#o.store!) } : {}),
           log,
         });
         response['export.count'] = String(Number(response['export.count'] ?? 0) + streamed);

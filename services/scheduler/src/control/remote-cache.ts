@@ -11,7 +11,8 @@
  * - An import that cannot be read is skipped with a warning, as BuildKit does: the build runs
  *   without it. An export that fails fails the build.
  * - mode=min writes the result's records with its layers (and the records it links from, without
- *   results); mode=max writes every vertex's result.
+ *   results); mode=max writes every vertex's result, those of vertices an import made
+ *   unnecessary (never run) from that import.
  */
 import type { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
@@ -333,7 +334,22 @@ export interface CacheExportDeps {
   session: ClientSession | undefined;
   /** Makes a held result's layers blobs; undefined when its holder lost it. */
   materialize: Materializer;
+  /**
+   * The build's imports ({@link importedLookup}): the results of the vertices an import made
+   * unnecessary (never run, so with no task result) come from there, as BuildKit exports them.
+   */
+  imported?: ReturnType<typeof importedLookup>;
   log: Logger;
+}
+
+/** A result's layers as an export writes them. */
+function resultLayers(layers: NonNullable<OutputResult['layers']>): ResultLayer[] {
+  return layers.map((l) => ({
+    digest: l.digest ?? '',
+    diffId: l.diffId ?? '',
+    size: Number(l.size ?? 0),
+    mediaType: l.mediaType || DEFAULT_LAYER_MEDIA_TYPE,
+  }));
 }
 
 /** The layers of one vertex output as blobs, or undefined when they cannot be had. */
@@ -351,12 +367,16 @@ async function blobLayers(
     if (!made) return undefined;
     layers = made;
   }
-  return layers.map((l) => ({
-    digest: l.digest ?? '',
-    diffId: l.diffId ?? '',
-    size: Number(l.size ?? 0),
-    mediaType: l.mediaType || DEFAULT_LAYER_MEDIA_TYPE,
-  }));
+  return resultLayers(layers);
+}
+
+/** An import's result for one vertex output (its blobs then in the store), if one has it. */
+async function importedLayers(
+  nodes: readonly CacheNode[],
+  imported: CacheExportDeps['imported'],
+): Promise<ResultLayer[] | undefined> {
+  const found = imported ? await imported([nodes]) : undefined;
+  return found?.[0] ? resultLayers(found[0].layers ?? []) : undefined;
 }
 
 /** The nodes and results one export writes, over every platform's solve. */
@@ -364,6 +384,7 @@ async function collect(
   results: readonly PlatformResult[],
   mode: string,
   materialize: Materializer,
+  imported: CacheExportDeps['imported'],
 ): Promise<{ roots: CacheNode[]; withResult: Map<CacheNode, NodeResult> }> {
   const roots: CacheNode[] = [];
   const withResult = new Map<CacheNode, NodeResult>();
@@ -378,10 +399,13 @@ async function collect(
         : [s.resultRef];
     for (const { digest, index } of wanted) {
       const nodes = s.cacheNodes.get(digest)?.[index] ?? [];
-      const r = s.vertices.get(digest);
-      if (nodes.length === 0 || !r) continue;
+      if (nodes.length === 0) continue;
       roots.push(...nodes);
-      const layers = await blobLayers(r, index, materialize);
+      const r = s.vertices.get(digest);
+      // No task result: an import answered a vertex after it, so this one never ran.
+      const layers = r
+        ? await blobLayers(r, index, materialize)
+        : await importedLayers(nodes, imported);
       if (!layers || layers.length === 0) continue;
       for (const n of nodes) withResult.set(n, { layers, createdAt });
     }
@@ -441,7 +465,7 @@ export async function runCacheExports(
     // Written by the image exporters (withInlineCache).
     if (e.type === 'inline') continue;
     const mode = e.attrs?.mode ?? 'min';
-    const { roots, withResult } = await collect(results, mode, d.materialize);
+    const { roots, withResult } = await collect(results, mode, d.materialize, d.imported);
     const exported = exportCache(roots, withResult);
     d.log.info(
       {

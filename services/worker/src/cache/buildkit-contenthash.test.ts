@@ -14,8 +14,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { buildkitChecksum, buildkitChecksumSupported } from './buildkit-contenthash.js';
 
 // Vectors: the content-link record digests (`rootKey(checksum, -1)`) of caches exported by
-// buildkitd v0.11.6 for `COPY a.txt`, `COPY d /d` and `COPY . /app` of these trees (owned by
-// 0:0, files 0644, directories 0755).
+// buildkitd v0.11.6 for `COPY a.txt`, `COPY d /d`, `COPY . /app`, `COPY *.txt /dst/` and
+// `COPY s* /dst/` of these trees (owned by 0:0, files 0644, directories 0755).
 const rootKey = (d: string) => `sha256:${createHash('sha256').update(`${d}@-1`).digest('hex')}`;
 const dirs: string[] = [];
 function tree(files: Record<string, string>, links: Record<string, string> = {}): string {
@@ -73,14 +73,48 @@ describe("BuildKit's contenthash", () => {
     expect(await buildkitChecksum(b, ['/a.txt'], true)).not.toBe(base);
     chmodSync(join(a, 'a.txt'), 0o755);
     expect(await buildkitChecksum(a, ['/a.txt'], true)).not.toBe(base);
-    const spec = {
-      selectors: ['/a.txt'],
-      wildcard: true,
-      includePatterns: [],
-      excludePatterns: [],
-    };
+    const spec = { includePatterns: [], excludePatterns: [] };
     expect(buildkitChecksumSupported(spec)).toBe(true);
-    expect(buildkitChecksumSupported({ ...spec, selectors: ['/*.txt'] })).toBe(false);
     expect(buildkitChecksumSupported({ ...spec, excludePatterns: ['x'] })).toBe(false);
+  });
+
+  it('of wildcards: files matched, and a matched directory flattened (vectors)', async () => {
+    // buildkitd v0.11.6's exports of `FROM scratch` + `COPY *.txt /dst/` and `COPY s* /dst/`.
+    const root = tree({
+      'a.txt': 'hello\n',
+      'b.txt': 'bee\n',
+      'c.md': 'c\n',
+      'sub/d.txt': 'd\n',
+      'sub/deep/e.txt': 'e\n',
+    });
+    expect(rootKey(await buildkitChecksum(root, ['/*.txt'], true, true))).toBe(
+      'sha256:804cf14495613e860af9de4662db12c2d41937e1ef807bdce3576d6c57cd5a2f',
+    );
+    expect(rootKey(await buildkitChecksum(root, ['/s*'], true, true))).toBe(
+      'sha256:55fe6eec9ee1a0b0ed8883b1a09848859709f270e39b43e120fb147ba7430052',
+    );
+  });
+
+  // Also end to end against buildkitd (test/src/e2e/cache-buildkit-interop.test.ts, both ways).
+  it('of a wildcard: what matches counts, what does not match does not', async () => {
+    const root = tree({ 'a.txt': 'hello\n', 'b.txt': 'bee\n', 'c.md': 'c\n', 'sub/d.txt': 'd\n' });
+    const bk = (sel: string) => buildkitChecksum(root, [sel], true, true);
+    // A pattern-free selector of a wildcard copy is the plain path's digest, as in BuildKit.
+    expect(await bk('/a.txt')).toBe(await buildkitChecksum(root, ['/a.txt'], true));
+    const star = await bk('/*.txt');
+    expect(star).not.toBe(await bk('/a.txt'));
+    // c.md and sub/d.txt do not match `/*.txt` (`*` stops at `/`): changing them changes nothing.
+    writeFileSync(join(root, 'c.md'), 'changed\n');
+    writeFileSync(join(root, 'sub', 'd.txt'), 'changed\n');
+    expect(await bk('/*.txt')).toBe(star);
+    // Everything under a matched directory counts.
+    const sub = await bk('/s*');
+    writeFileSync(join(root, 'sub', 'd.txt'), 'changed again\n');
+    expect(await bk('/s*')).not.toBe(sub);
+    // b.txt matches: changing it changes the digest.
+    writeFileSync(join(root, 'b.txt'), 'BEE\n');
+    expect(await bk('/*.txt')).not.toBe(star);
+    // Without `wildcard` (a copy that does not allow them) the pattern is a missing path.
+    await expect(buildkitChecksum(root, ['/*.txt'], true)).rejects.toThrow(/not found/);
   });
 });

@@ -12,15 +12,22 @@
  *   header's sha256(header);
  * - a directory's digest is sha256 over `\0` + its header digest, then each child in byte order
  *   as `\0<name>` + the child's digest; the root's header digest is that of no bytes;
- * - several selectors are joined: sha256 of their digests joined by `\0`.
- * Wildcards and include/exclude patterns follow other code paths in BuildKit and are not
- * reproduced: {@link buildkitChecksumSupported}.
+ * - several selectors are joined: sha256 of their digests joined by `\0`;
+ * - a selector with a wildcard (of a copy that allows them) is BuildKit's `includedPaths`: every
+ *   entry whose path matches the pattern (Go's `path.Match`), and every entry under a matched
+ *   directory, in the order of BuildKit's key tree (a directory, then its subtree, siblings in
+ *   byte order); a directory counts by its header digest only, a symlink by its target's digest
+ *   when following links; the selector's digest is that of the single match when its base name is
+ *   the pattern's, else sha256 of each match's base name and digest, joined by `\0` (of no bytes
+ *   when nothing matches).
+ * Include/exclude patterns are not reproduced: {@link buildkitChecksumSupported}.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, readdirSync, readlinkSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { posix } from 'node:path';
 import { yielder } from '@kiln/layers';
+import { goMatch, hasWildcards, splitWildcards } from '../fs/match.js';
 import { lstatInside, resolveInside } from './contenthash.js';
 
 const EMPTY = `sha256:${createHash('sha256').digest('hex')}`;
@@ -82,36 +89,100 @@ async function entry(
 
 /** Whether BuildKit's checksum of these selectors is reproduced here. */
 export function buildkitChecksumSupported(dep: {
-  selectors: readonly string[];
-  wildcard: boolean;
   includePatterns: readonly string[];
   excludePatterns: readonly string[];
 }): boolean {
-  const hasWildcard = (s: string): boolean => /[*?[]/.test(s.replace(/\\./g, ''));
-  return (
-    dep.includePatterns.length === 0 &&
-    dep.excludePatterns.length === 0 &&
-    !(dep.wildcard && dep.selectors.some(hasWildcard))
-  );
+  return dep.includePatterns.length === 0 && dep.excludePatterns.length === 0;
+}
+
+const byteOrder = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+/**
+ * The entries of the tree under `dir` (a real directory inside `root`) as BuildKit's key tree
+ * orders them: each entry, then (a directory) its subtree; siblings in byte order.
+ */
+function* keyOrder(root: string, dir: string): Generator<{ abs: string; st: Stats }> {
+  for (const name of readdirSync(root + dir).sort(byteOrder)) {
+    const abs = posix.join(dir, name);
+    const st = lstatInside(root, abs);
+    yield { abs, st };
+    if (st.isDirectory()) yield* keyOrder(root, abs);
+  }
+}
+
+/** BuildKit's checksum of one wildcard selector (`includedPaths`, then the join). */
+async function wildcardChecksum(
+  root: string,
+  pattern: string,
+  followLinks: boolean,
+  tick: () => Promise<void> | undefined,
+): Promise<string> {
+  const { dir } = splitWildcards(pattern);
+  // The fixed part is resolved (links followed); matches are named from it as written.
+  const resolved = dir === '/' ? '/' : resolveInside(root, dir, true);
+  let st: Stats | undefined;
+  try {
+    st = lstatInside(root, resolved);
+  } catch {
+    st = undefined;
+  }
+  const matched: { path: string; digest: string }[] = [];
+  if (st?.isDirectory()) {
+    let under: string | undefined;
+    for (const e of keyOrder(root, resolved)) {
+      await tick();
+      const path = dir === '/' ? e.abs : dir + e.abs.slice(resolved === '/' ? 0 : resolved.length);
+      if (under === undefined || !path.startsWith(`${under}/`)) {
+        if (!goMatch(pattern, path)) continue;
+        under = path;
+      }
+      let digest: string;
+      if (e.st.isDirectory()) digest = digestOf(header(e.st, '5', 0));
+      else if (e.st.isSymbolicLink() && followLinks)
+        digest = await entry(root, resolveInside(root, e.abs, true), tick);
+      else digest = await entry(root, e.abs, tick);
+      matched.push({ path, digest });
+    }
+  }
+  if (matched.length === 0) return EMPTY;
+  const only = matched[0]!;
+  if (matched.length === 1 && posix.basename(pattern) === posix.basename(only.path))
+    return only.digest;
+  const h = createHash('sha256');
+  for (const [i, m] of matched.entries()) {
+    if (i > 0) h.update('\0');
+    h.update(posix.basename(m.path));
+    h.update(m.digest);
+  }
+  return `sha256:${h.digest('hex')}`;
 }
 
 /**
  * BuildKit's content digest of `selectors` inside the tree at `dir` (its `NewContentHashFunc`:
  * selectors deduplicated and sorted, each resolved inside the root, following a final symlink
- * when `followLinks`).
+ * when `followLinks`; with `wildcard`, a selector holding a wildcard matches as a pattern).
  */
 export async function buildkitChecksum(
   dir: string,
   selectors: readonly string[],
   followLinks: boolean,
+  wildcard = false,
 ): Promise<string> {
   const paths = [...new Set(selectors.map((s) => posix.join('/', s)))].sort();
-  // A path under another selected one adds nothing (BuildKit's dedupePaths).
+  const isPattern = (p: string): boolean => wildcard && p.split('/').some(hasWildcards);
+  // A path under another selected one adds nothing (BuildKit's dedupePaths; not patterns).
   const kept = paths.filter(
-    (p) => !paths.some((q) => q !== p && (q === '/' || p.startsWith(`${q}/`))),
+    (p) =>
+      isPattern(p) ||
+      !paths.some((q) => q !== p && !isPattern(q) && (q === '/' || p.startsWith(`${q}/`))),
   );
   const tick = yielder();
   const digests: string[] = [];
-  for (const p of kept) digests.push(await entry(dir, resolveInside(dir, p, followLinks), tick));
+  for (const p of kept)
+    digests.push(
+      isPattern(p)
+        ? await wildcardChecksum(dir, p, followLinks, tick)
+        : await entry(dir, resolveInside(dir, p, followLinks), tick),
+    );
   return digestOf(digests.join('\0'));
 }

@@ -169,9 +169,9 @@ export class ChecksumResponder {
               if (!buildkitChecksumSupported(dep))
                 throw new KilnError(
                   'CHECKSUM_UNSUPPORTED',
-                  "BuildKit's checksum of wildcards or patterns is not reproduced",
+                  "BuildKit's checksum of include or exclude patterns is not reproduced",
                 );
-              return buildkitChecksum(dir, dep.selectors, dep.followLinks);
+              return buildkitChecksum(dir, dep.selectors, dep.followLinks, dep.wildcard);
             })
           : await this.#o.held.read(snapshot, (dir) => depChecksum(dir, dep, known));
       await this.#persist(key, digest);
