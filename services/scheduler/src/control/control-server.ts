@@ -74,6 +74,7 @@ import type { Build, BuildRegistryOptions } from './builds.js';
 import { progressFrame, vertexFrame } from './events.js';
 import { RegistryClient } from '@kiln/registry';
 import { checkExporters, runExports } from './exports.js';
+import { parseAttestAttrs, provenanceAttestation } from './provenance.js';
 import {
   checkCacheOptions,
   importedLookup,
@@ -478,7 +479,9 @@ export class ControlServer {
       propagation.extract(context.active(), call.metadata, metadataGetter),
     );
     try {
-      checkExporters(req.exporters, !!req.sessionId);
+      const startedOn = new Date();
+      checkExporters(req.exporters, !!req.sessionId, req.frontendAttrs);
+      const attest = parseAttestAttrs(req.frontendAttrs);
       checkCacheOptions(req.cacheImports, req.cacheExports, !!req.sessionId);
       if ((req.cacheImports.length > 0 || req.cacheExports.length > 0) && !this.#o.store)
         throw new SolveRequestInvalidError('cache import and export need a content store');
@@ -518,6 +521,7 @@ export class ControlServer {
               return {
                 platform: platformToPb(t.platform),
                 name: formatPlatform(t.platform),
+                definition: t.definition,
                 imageConfigJson:
                   t.imageConfigJson ??
                   JSON.stringify({ architecture: t.platform.architecture, os: t.platform.os }),
@@ -551,8 +555,33 @@ export class ControlServer {
       let response = exporterResponse(results);
       if (req.exporters.length > 0) {
         const inline = req.cacheExports.some((c) => c.type === 'inline');
+        // BuildKit's provenance: made once the solve is done, before the export.
+        const withAttestations = (rs: PlatformResult[]): PlatformResult[] => {
+          const prov = attest.provenance;
+          if (!prov) return rs;
+          const finishedOn = new Date();
+          return rs.map((r) => ({
+            ...r,
+            attestations: [
+              provenanceAttestation({
+                mode: prov.mode,
+                builderId: prov.builderId,
+                frontend: req.frontend,
+                attrs: req.frontendAttrs,
+                definition: r.definition ?? {},
+                buildPlatform: this.#defaultPlatform,
+                buildId: ref,
+                startedOn,
+                finishedOn,
+                vertices: r.solved.vertices,
+              }),
+            ],
+          }));
+        };
         const exportAll = () =>
-          runExports(req.exporters, inline ? withInlineCache(results) : results, {
+          runExports(req.exporters, withAttestations(inline ? withInlineCache(results) : results), {
+            sbom: !!attest.sbom,
+            frontendAttrs: req.frontendAttrs,
             submit: (t, opts) => this.#o.dispatcher.submit(t, opts),
             store: this.#o.store,
             session,
@@ -621,6 +650,7 @@ export class ControlServer {
       platform: Platform;
       imageConfigJson?: string;
       source?: pb.ISource | null;
+      definition: pb.IDefinition;
     }[]
   > {
     if (req.definition?.def?.length) {
@@ -640,6 +670,7 @@ export class ControlServer {
           graph,
           platform: platformFromPb(p) ?? this.#defaultPlatform,
           source: req.definition.Source,
+          definition: req.definition,
         },
       ];
     }
@@ -679,6 +710,7 @@ export class ControlServer {
     });
     return res.platforms.map((p) => ({
       graph: parseDefinition(p.definition.toProto()),
+      definition: p.definition.toProto(),
       source: p.definition.source,
       platform: p.platform,
       imageConfigJson: p.imageConfigJson,
