@@ -1333,11 +1333,15 @@ function dispatchArg(
       const v = opt.globalArgs.get(arg.key);
       if (v !== undefined) arg.value = v;
     }
+    const expanded = hasDefault ? opt.shlex.processWord(orig.value!, getEnv(d.state)) : undefined;
     if (hasValue) arg.value = opt.buildArgValues[arg.key];
-    else if (hasDefault) arg.value = opt.shlex.processWord(arg.value!, getEnv(d.state));
+    else if (hasDefault) arg.value = expanded;
     if (arg.value !== undefined) d.state = d.state.addEnv(arg.key, arg.value);
     d.buildArgs.push(arg);
-    commitStrs.push(arg.value !== undefined ? `${arg.key}=${arg.value}` : arg.key);
+    // As BuildKit v0.11.6 (test/src/e2e/source-date-epoch.test.ts): the history shows the ARG's
+    // own default, expanded (`ARG D=x1`), never the value a build argument or a global ARG gave
+    // it (`ARG V`).
+    commitStrs.push(expanded !== undefined ? `${arg.key}=${expanded}` : arg.key);
   }
   commitToHistory(d.image, 'ARG ' + commitStrs.join(' '), false, false, goTime(opt.epoch));
 }
