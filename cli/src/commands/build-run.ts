@@ -202,6 +202,17 @@ async function buildIn(
       );
   }
 
+  // Each named context directory's own .dockerignore, as buildx's frontend reads it.
+  const namedDockerignores: Record<string, Buffer> = {};
+  for (const [local, dir] of Object.entries(named.localDirs)) {
+    const ignore = await readFile(join(dir, '.dockerignore')).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw new BuildOptionError(
+        `--build-context ${local}: ${join(dir, '.dockerignore')}: ${e.code ?? String(e)}`,
+      );
+    });
+    if (ignore) namedDockerignores[local] = ignore;
+  }
   // <Dockerfile>.dockerignore beside the Dockerfile wins over <context>/.dockerignore.
   const dockerignore =
     (dockerfilePath
@@ -278,7 +289,10 @@ async function buildIn(
         entitlements,
         attrs,
         inputs: {
-          dockerfile: dockerfileInput(dockerfile, dockerignore ? { dockerignore } : {}),
+          dockerfile: dockerfileInput(dockerfile, {
+            ...(dockerignore ? { dockerignore } : {}),
+            ...(Object.keys(namedDockerignores).length > 0 ? { namedDockerignores } : {}),
+          }),
         },
         exporters: outputs.map((o) => exporterEntry(o, flags.tag, annotations)),
         cacheImports,

@@ -207,6 +207,11 @@ export interface ConvertOptions {
    * attribute values (`docker-image://REF`, `local:DIR`, git and http URLs; see named-context.ts).
    */
   namedContexts?: Readonly<Record<string, string>>;
+  /**
+   * The `.dockerignore` patterns of named context directories, by `local:DIR`'s `DIR`: their
+   * sources exclude them, as BuildKit's frontend does with each directory's own ignore file.
+   */
+  namedContextExcludes?: Readonly<Record<string, readonly string[]>>;
   /** `force-network-mode` (`--network`): the network of every RUN without its own `--network`. */
   networkMode?: NetMode;
   /** `shm-size` (`--shm-size`): a tmpfs of this many bytes on /dev/shm in every RUN. */
@@ -712,6 +717,7 @@ class Converter {
       name,
       platform ?? this.po.targetPlatform,
       this.opts.sessionId,
+      this.opts.namedContextExcludes,
     );
   }
 

@@ -702,6 +702,7 @@ export class ControlServer {
     const res = await frontend.solve({
       dockerfile: src.dockerfile,
       ...(src.dockerignore ? { dockerignore: src.dockerignore } : {}),
+      ...(src.namedDockerignores ? { namedDockerignores: src.namedDockerignores } : {}),
       opts: attrs,
       ...(metaResolver ? { metaResolver } : {}),
       ...(req.sessionId ? { sessionId: req.sessionId } : {}),
