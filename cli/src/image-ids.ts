@@ -75,18 +75,12 @@ export async function imageIdsFromTar(file: string): Promise<ImageIds> {
     if (!top?.digest) return {};
     const out: ImageIds = { 'containerimage.digest': top.digest };
     let manifest = (await json(`blobs/${top.digest.replace(':', '/')}`)) as
-      | {
-          config?: { digest?: string };
-          manifests?: { digest?: string; annotations?: Record<string, string> }[];
-        }
-      | undefined;
-    // A one-platform index (as BuildKit's oci exporter may write, e.g. with its attestation
-    // manifests, which are not images): its manifest is the image.
-    const images = manifest?.manifests?.filter(
-      (m) => m.annotations?.['vnd.docker.reference.type'] !== 'attestation-manifest',
-    );
-    if (images?.length === 1 && images[0]?.digest) {
-      const inner = images[0].digest;
+      { config?: { digest?: string }; manifests?: { digest?: string }[] } | undefined;
+    // A one-platform index (as BuildKit's oci exporter may write): its manifest is the image.
+    // An index of an image and its attestation manifests has no config digest (buildkitd
+    // v0.11.6 reports none either).
+    if (manifest?.manifests?.length === 1 && manifest.manifests[0]?.digest) {
+      const inner = manifest.manifests[0].digest;
       const m = (await json(`blobs/${inner.replace(':', '/')}`)) as typeof manifest;
       if (m?.config?.digest) manifest = m;
     }

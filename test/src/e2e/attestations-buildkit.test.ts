@@ -7,7 +7,8 @@
  * parameters, materials, completeness, mode=max's buildConfig and source map) must have the same
  * structure; times and ids differ. Then what BuildKit cannot do here (its SBOM scanner image
  * cannot be pulled): Kiln's built-in SBOM from dpkg and apk databases, and a push with
- * provenance read back from the registry.
+ * provenance read back from the registry. Last, `--metadata-file` of oci and docker tarballs
+ * (with and without provenance) against buildctl's: the same keys, each digest its tarball's.
  */
 import { execFile } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -369,4 +370,74 @@ describe('what BuildKit cannot run here', () => {
       },
     ]);
   }, 600_000);
+});
+
+describe('--metadata-file of image tarballs, as buildctl writes it', () => {
+  for (const [type, attest] of [
+    ['oci', false],
+    ['oci', true],
+    ['docker', false],
+  ] as const) {
+    it(`${type}${attest ? ' with provenance' : ''}: the same keys, each digest the tarball's`, async () => {
+      const ctx = await context(
+        `md-${type}-${attest}`,
+        'ARG BASE\nFROM ${BASE}\nRUN echo md > /md\n',
+      );
+      const name = 'example.com/attest/md:1';
+      const out = (tool: string) => join(tmp.dir, `md-${type}-${attest}-${tool}`);
+      await bk!.build(ctx, [
+        '--opt',
+        `build-arg:BASE=${fixture}`,
+        ...(attest ? ['--opt', 'attest:provenance=mode=min'] : []),
+        '--metadata-file',
+        `${out('buildkit')}.json`,
+        '--output',
+        `type=${type},dest=${out('buildkit')}.tar,name=${name}`,
+      ]);
+      await kilnBuild([
+        ctx,
+        '--build-arg',
+        `BASE=${fixture}`,
+        ...(attest ? ['--provenance', 'mode=min'] : []),
+        '--metadata-file',
+        `${out('kiln')}.json`,
+        '--output',
+        `type=${type},dest=${out('kiln')}.tar,name=${name}`,
+      ]);
+      const read = async (tool: string) => {
+        const md = JSON.parse(await readFile(`${out(tool)}.json`, 'utf8')) as Record<
+          string,
+          string
+        >;
+        const dir = `${out(tool)}.tar.d`;
+        await mkdir(dir, { recursive: true });
+        await run('tar', ['-xf', `${out(tool)}.tar`, '-C', dir]);
+        const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as {
+          manifests: Desc[];
+        };
+        return { md, top: index.manifests[0]!.digest, dir };
+      };
+      const [b, k] = [await read('buildkit'), await read('kiln')];
+      const keys = (md: Record<string, string>) =>
+        Object.keys(md)
+          // buildinfo is deprecated in v0.11 (Kiln writes none); the descriptor is buildctl's.
+          .filter((x) => !['containerimage.buildinfo', 'containerimage.descriptor'].includes(x))
+          .sort();
+      expect(keys(k.md)).toEqual(keys(b.md));
+      // Each tool's digest is what its tarball's index.json points at.
+      expect(b.md['containerimage.digest']).toBe(b.top);
+      expect(k.md['containerimage.digest']).toBe(k.top);
+      // The config digest names a config blob of the tarball.
+      for (const t of attest ? [] : [b, k]) {
+        const cfg = JSON.parse(
+          await readFile(
+            join(t.dir, 'blobs/sha256', t.md['containerimage.config.digest']!.slice(7)),
+            'utf8',
+          ),
+        ) as { rootfs?: unknown; os?: string };
+        expect(cfg.os).toBe('linux');
+      }
+      expect(k.md['image.name']).toBe(b.md['image.name']);
+    }, 600_000);
+  }
 });
