@@ -3,8 +3,9 @@
  * its history times as BuildKit v0.11.6 does (a differential against the reference buildkitd);
  * and with BuildKit's `rewrite-timestamp=true` exporter option the layers a build makes are
  * byte-reproducible: the same Dockerfile whose RUN writes files (with times far in the future,
- * different every run) built twice with `--no-cache` gives the same layer, config and manifest
- * digests, every file time in those layers clamped to the epoch. Real processes: the local farm
+ * different every run) built with `--no-cache` on two workers (two local farms, each its own
+ * worker, snapshots and store) gives the same layer, config and manifest digests, every file
+ * time in those layers clamped to the epoch. Real processes: the local farm
  * daemon bundled from source, crun, the fixture image.
  */
 import { execFile } from 'node:child_process';
@@ -30,19 +31,23 @@ const EPOCH = 1700000000;
 let tmp: { dir: string; remove: () => void };
 let bk: ReferenceBuildkit | undefined;
 let state: string;
+/** A second local farm: another worker, with its own snapshots and store. */
+let otherState: string;
 
 beforeAll(async () => {
   if (!fixture || !registry)
     throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
   tmp = makeTempDir('sde');
   state = join(tmp.dir, 'kiln-state');
+  otherState = join(tmp.dir, 'kiln-state-2');
   process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
   bk = await startReferenceBuildkit(join(tmp.dir, 'buildkit'), registry);
 }, 180_000);
 
 afterAll(async () => {
   await bk?.stop();
-  if (tmp) await runKiln(['farm', 'stop'], { KILN_STATE_DIR: state });
+  if (tmp)
+    for (const s of [state, otherState]) await runKiln(['farm', 'stop'], { KILN_STATE_DIR: s });
   delete process.env.KILN_FARM_DAEMON;
   tmp?.remove();
 });
@@ -91,8 +96,8 @@ async function context(name: string, dockerfile: string): Promise<string> {
   return ctx;
 }
 
-async function kiln(args: string[]): Promise<{ code: number; out: string }> {
-  return runKiln(['build', '--progress', 'plain', ...args], { KILN_STATE_DIR: state });
+async function kiln(args: string[], stateDir = state): Promise<{ code: number; out: string }> {
+  return runKiln(['build', '--progress', 'plain', ...args], { KILN_STATE_DIR: stateDir });
 }
 
 describe('SOURCE_DATE_EPOCH', () => {
@@ -135,7 +140,7 @@ describe('SOURCE_DATE_EPOCH', () => {
     expect(kc.history.at(-1)!.created).toBe('2023-11-14T22:13:20Z');
   }, 600_000);
 
-  it('rewrite-timestamp=true: the same layers and digests from two --no-cache builds', async () => {
+  it('rewrite-timestamp=true: the same layers and digests from two workers, --no-cache', async () => {
     // Every run writes the same content with other times, all after the epoch.
     const ctx = await context(
       'sde-rewrite',
@@ -144,23 +149,27 @@ describe('SOURCE_DATE_EPOCH', () => {
         't=$(( $(date +%s) + 100000 + RANDOM )) && touch -d "@$t" /out/d/f && ' +
         'echo two > /out/g\n',
     );
-    const build = async (name: string, rewrite: boolean): Promise<Image> => {
+    const build = async (name: string, rewrite: boolean, stateDir = state): Promise<Image> => {
       const out = join(tmp.dir, `${name}.tar`);
-      const r = await kiln([
-        ctx,
-        '--no-cache',
-        '--build-arg',
-        `BASE=${fixture}`,
-        '--build-arg',
-        `SOURCE_DATE_EPOCH=${EPOCH}`,
-        '--output',
-        `type=oci,dest=${out}${rewrite ? ',rewrite-timestamp=true' : ''}`,
-      ]);
+      const r = await kiln(
+        [
+          ctx,
+          '--no-cache',
+          '--build-arg',
+          `BASE=${fixture}`,
+          '--build-arg',
+          `SOURCE_DATE_EPOCH=${EPOCH}`,
+          '--output',
+          `type=oci,dest=${out}${rewrite ? ',rewrite-timestamp=true' : ''}`,
+        ],
+        stateDir,
+      );
       expect(r.code, r.out).toBe(0);
       return image(out);
     };
     const one = await build('rewrite-1', true);
-    const two = await build('rewrite-2', true);
+    // The second on another farm: another worker, which has never run any of it.
+    const two = await build('rewrite-2', true, otherState);
     expect(two.manifest.layers).toEqual(one.manifest.layers);
     expect(two.manifest.config.digest).toBe(one.manifest.config.digest);
     expect(two.manifestDigest).toBe(one.manifestDigest);
