@@ -14,36 +14,15 @@ import { execFile } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { makeTempDir } from '../harness/index.js';
-import { bundleFarmDaemon } from './local-farm-daemon.js';
-import { startReferenceBuildkit } from './reference-buildkit.js';
-import type { ReferenceBuildkit } from './reference-buildkit.js';
+import { differentialSuite } from './differential-suite.js';
 import { runKiln } from './run-kiln.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 const run = promisify(execFile);
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
 const registry = process.env.KILN_TEST_REGISTRY;
 
-let tmp: { dir: string; remove: () => void };
-let bk: ReferenceBuildkit | undefined;
-let state: string;
-
-beforeAll(async () => {
-  if (!fixture || !registry)
-    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
-  tmp = makeTempDir('bk-attest');
-  state = join(tmp.dir, 'kiln-state');
-  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
-  bk = await startReferenceBuildkit(join(tmp.dir, 'buildkit'), registry);
-}, 180_000);
-
-afterAll(async () => {
-  await bk?.stop();
-  if (tmp) await runKiln(['farm', 'stop'], { KILN_STATE_DIR: state });
-  delete process.env.KILN_FARM_DAEMON;
-  tmp?.remove();
-});
+const suite = differentialSuite('bk-attest');
 
 type Json = Record<string, unknown>;
 interface Desc {
@@ -112,7 +91,7 @@ async function shape(tarball: string): Promise<{ index: unknown[]; statements: J
 }
 
 async function context(name: string, dockerfile: string): Promise<string> {
-  const ctx = join(tmp.dir, `${name}-ctx`);
+  const ctx = join(suite.dir(), `${name}-ctx`);
   await mkdir(ctx, { recursive: true });
   await writeFile(join(ctx, 'Dockerfile'), dockerfile);
   await writeFile(join(ctx, 'a'), 'a\n');
@@ -120,7 +99,9 @@ async function context(name: string, dockerfile: string): Promise<string> {
 }
 
 async function kilnBuild(args: string[]): Promise<string> {
-  const k = await runKiln(['build', '--progress', 'plain', ...args], { KILN_STATE_DIR: state });
+  const k = await runKiln(['build', '--progress', 'plain', ...args], {
+    KILN_STATE_DIR: suite.state(),
+  });
   expect(k.code, k.out).toBe(0);
   return k.out;
 }
@@ -190,21 +171,23 @@ describe('provenance as BuildKit v0.11.6 attaches it', () => {
   for (const mode of ['min', 'max'] as const) {
     it(`mode=${mode}: the same index and predicate`, async () => {
       const ctx = await context(`prov-${mode}`, DOCKERFILE);
-      const secret = join(tmp.dir, 'tok');
+      const secret = join(suite.dir(), 'tok');
       await writeFile(secret, 's3cret');
       const name = `example.com/attest/${mode}:v1`;
-      const bkout = join(tmp.dir, `prov-${mode}-buildkit.tar`);
-      const kout = join(tmp.dir, `prov-${mode}-kiln.tar`);
-      await bk!.build(ctx, [
-        '--opt',
-        `build-arg:BASE=${fixture}`,
-        '--opt',
-        `attest:provenance=mode=${mode}`,
-        '--secret',
-        `id=tok,src=${secret}`,
-        '--output',
-        `type=oci,dest=${bkout},name=${name}`,
-      ]);
+      const bkout = join(suite.dir(), `prov-${mode}-buildkit.tar`);
+      const kout = join(suite.dir(), `prov-${mode}-kiln.tar`);
+      await suite
+        .bk()
+        .build(ctx, [
+          '--opt',
+          `build-arg:BASE=${fixture}`,
+          '--opt',
+          `attest:provenance=mode=${mode}`,
+          '--secret',
+          `id=tok,src=${secret}`,
+          '--output',
+          `type=oci,dest=${bkout},name=${name}`,
+        ]);
       await kilnBuild([
         ctx,
         '--build-arg',
@@ -229,18 +212,20 @@ describe('provenance as BuildKit v0.11.6 attaches it', () => {
 
   it('several platforms: one attestation manifest per platform, after the images', async () => {
     const ctx = await context('prov-multi', 'ARG BASE\nFROM ${BASE}\nRUN echo hi > /hi\n');
-    const bkout = join(tmp.dir, 'prov-multi-buildkit.tar');
-    const kout = join(tmp.dir, 'prov-multi-kiln.tar');
-    await bk!.build(ctx, [
-      '--opt',
-      `build-arg:BASE=${fixture}`,
-      '--opt',
-      'attest:provenance=mode=min',
-      '--opt',
-      'platform=linux/amd64,linux/arm64',
-      '--output',
-      `type=oci,dest=${bkout}`,
-    ]);
+    const bkout = join(suite.dir(), 'prov-multi-buildkit.tar');
+    const kout = join(suite.dir(), 'prov-multi-kiln.tar');
+    await suite
+      .bk()
+      .build(ctx, [
+        '--opt',
+        `build-arg:BASE=${fixture}`,
+        '--opt',
+        'attest:provenance=mode=min',
+        '--opt',
+        'platform=linux/amd64,linux/arm64',
+        '--output',
+        `type=oci,dest=${bkout}`,
+      ]);
     await kilnBuild([
       ctx,
       '--build-arg',
@@ -271,7 +256,7 @@ describe('what BuildKit cannot run here', () => {
         'printf "P:musl\\nV:1.2.4-r2\\nA:x86_64\\nL:MIT\\no:musl\\n\\n" > /lib/apk/db/installed && ' +
         'printf "ID=debian\\nVERSION_ID=\\"12\\"\\n" > /etc/os-release\n',
     );
-    const kout = join(tmp.dir, 'sbom-kiln.tar');
+    const kout = join(suite.dir(), 'sbom-kiln.tar');
     await kilnBuild([
       ctx,
       '--build-arg',
@@ -321,9 +306,9 @@ describe('what BuildKit cannot run here', () => {
         '--sbom',
         'generator=docker/buildkit-syft-scanner',
         '--output',
-        `type=oci,dest=${join(tmp.dir, 'never.tar')}`,
+        `type=oci,dest=${join(suite.dir(), 'never.tar')}`,
       ],
-      { KILN_STATE_DIR: state },
+      { KILN_STATE_DIR: suite.state() },
     );
     expect(k.code).toBe(1);
     expect(k.out).toMatch(/does not run scanner images/);
@@ -384,16 +369,18 @@ describe('--metadata-file of image tarballs, as buildctl writes it', () => {
         'ARG BASE\nFROM ${BASE}\nRUN echo md > /md\n',
       );
       const name = 'example.com/attest/md:1';
-      const out = (tool: string) => join(tmp.dir, `md-${type}-${attest}-${tool}`);
-      await bk!.build(ctx, [
-        '--opt',
-        `build-arg:BASE=${fixture}`,
-        ...(attest ? ['--opt', 'attest:provenance=mode=min'] : []),
-        '--metadata-file',
-        `${out('buildkit')}.json`,
-        '--output',
-        `type=${type},dest=${out('buildkit')}.tar,name=${name}`,
-      ]);
+      const out = (tool: string) => join(suite.dir(), `md-${type}-${attest}-${tool}`);
+      await suite
+        .bk()
+        .build(ctx, [
+          '--opt',
+          `build-arg:BASE=${fixture}`,
+          ...(attest ? ['--opt', 'attest:provenance=mode=min'] : []),
+          '--metadata-file',
+          `${out('buildkit')}.json`,
+          '--output',
+          `type=${type},dest=${out('buildkit')}.tar,name=${name}`,
+        ]);
       await kilnBuild([
         ctx,
         '--build-arg',

@@ -16,41 +16,15 @@ import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { makeTempDir } from '../harness/index.js';
-import { bundleFarmDaemon } from './local-farm-daemon.js';
-import { startReferenceBuildkit } from './reference-buildkit.js';
-import type { ReferenceBuildkit } from './reference-buildkit.js';
+import { differentialSuite } from './differential-suite.js';
 import { runKiln } from './run-kiln.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 const run = promisify(execFile);
 const fixture = process.env.KILN_TEST_FIXTURE_IMAGE;
-const registry = process.env.KILN_TEST_REGISTRY;
 const EPOCH = 1700000000;
 
-let tmp: { dir: string; remove: () => void };
-let bk: ReferenceBuildkit | undefined;
-let state: string;
-/** A second local farm: another worker, with its own snapshots and store. */
-let otherState: string;
-
-beforeAll(async () => {
-  if (!fixture || !registry)
-    throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through the vitest global setup');
-  tmp = makeTempDir('sde');
-  state = join(tmp.dir, 'kiln-state');
-  otherState = join(tmp.dir, 'kiln-state-2');
-  process.env.KILN_FARM_DAEMON = await bundleFarmDaemon(join(tmp.dir, 'bundle'));
-  bk = await startReferenceBuildkit(join(tmp.dir, 'buildkit'), registry);
-}, 180_000);
-
-afterAll(async () => {
-  await bk?.stop();
-  if (tmp)
-    for (const s of [state, otherState]) await runKiln(['farm', 'stop'], { KILN_STATE_DIR: s });
-  delete process.env.KILN_FARM_DAEMON;
-  tmp?.remove();
-});
+const suite = differentialSuite('sde');
 
 interface Image {
   manifestDigest: string;
@@ -89,14 +63,17 @@ async function layerTimes(file: string): Promise<Map<string, number>> {
 }
 
 async function context(name: string, dockerfile: string): Promise<string> {
-  const ctx = join(tmp.dir, `${name}-ctx`);
+  const ctx = join(suite.dir(), `${name}-ctx`);
   await mkdir(ctx, { recursive: true });
   await writeFile(join(ctx, 'Dockerfile'), dockerfile);
   await writeFile(join(ctx, 'a'), 'a\n');
   return ctx;
 }
 
-async function kiln(args: string[], stateDir = state): Promise<{ code: number; out: string }> {
+async function kiln(
+  args: string[],
+  stateDir = suite.state(),
+): Promise<{ code: number; out: string }> {
   return runKiln(['build', '--progress', 'plain', ...args], { KILN_STATE_DIR: stateDir });
 }
 
@@ -107,18 +84,20 @@ describe('SOURCE_DATE_EPOCH', () => {
       'ARG BASE\nARG G=g\nFROM ${BASE}\nARG SOURCE_DATE_EPOCH\nARG E=1\nARG D=x${E} O=orig G\n' +
         'RUN echo a > /a\nCOPY a /b\nENV X=1\nWORKDIR /w\n',
     );
-    const bkout = join(tmp.dir, 'sde-config-buildkit.tar');
-    const kout = join(tmp.dir, 'sde-config-kiln.tar');
-    await bk!.build(ctx, [
-      '--opt',
-      `build-arg:BASE=${fixture}`,
-      '--opt',
-      `build-arg:SOURCE_DATE_EPOCH=${EPOCH}`,
-      '--opt',
-      'build-arg:O=over',
-      '--output',
-      `type=oci,dest=${bkout}`,
-    ]);
+    const bkout = join(suite.dir(), 'sde-config-buildkit.tar');
+    const kout = join(suite.dir(), 'sde-config-kiln.tar');
+    await suite
+      .bk()
+      .build(ctx, [
+        '--opt',
+        `build-arg:BASE=${fixture}`,
+        '--opt',
+        `build-arg:SOURCE_DATE_EPOCH=${EPOCH}`,
+        '--opt',
+        'build-arg:O=over',
+        '--output',
+        `type=oci,dest=${bkout}`,
+      ]);
     const k = await kiln([
       ctx,
       '--build-arg',
@@ -149,8 +128,12 @@ describe('SOURCE_DATE_EPOCH', () => {
         't=$(( $(date +%s) + 100000 + RANDOM )) && touch -d "@$t" /out/d/f && ' +
         'echo two > /out/g\n',
     );
-    const build = async (name: string, rewrite: boolean, stateDir = state): Promise<Image> => {
-      const out = join(tmp.dir, `${name}.tar`);
+    const build = async (
+      name: string,
+      rewrite: boolean,
+      stateDir = suite.state(),
+    ): Promise<Image> => {
+      const out = join(suite.dir(), `${name}.tar`);
       const r = await kiln(
         [
           ctx,
@@ -169,7 +152,7 @@ describe('SOURCE_DATE_EPOCH', () => {
     };
     const one = await build('rewrite-1', true);
     // The second on another farm: another worker, which has never run any of it.
-    const two = await build('rewrite-2', true, otherState);
+    const two = await build('rewrite-2', true, suite.state(1));
     expect(two.manifest.layers).toEqual(one.manifest.layers);
     expect(two.manifest.config.digest).toBe(one.manifest.config.digest);
     expect(two.manifestDigest).toBe(one.manifestDigest);
@@ -194,7 +177,7 @@ describe('SOURCE_DATE_EPOCH', () => {
       '--build-arg',
       `BASE=${fixture}`,
       '--output',
-      `type=oci,dest=${join(tmp.dir, 'never.tar')},rewrite-timestamp=true`,
+      `type=oci,dest=${join(suite.dir(), 'never.tar')},rewrite-timestamp=true`,
     ]);
     expect(r.code).toBe(1);
     expect(r.out).toMatch(/rewrite-timestamp=true needs SOURCE_DATE_EPOCH/);
