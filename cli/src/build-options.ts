@@ -88,12 +88,28 @@ export function parseSsh(s: string, env: NodeJS.ProcessEnv): SshSource {
   return { id, socket };
 }
 
+/** BuildKit's image exporter options Kiln passes on (`rewrite-timestamp`, `source-date-epoch`). */
+export interface ImageOutputOptions {
+  name?: string;
+  attrs?: Record<string, string>;
+}
+
 export type OutputSpec =
   | { type: 'local'; dest: string }
   | { type: 'tar'; dest: string }
-  | { type: 'oci' | 'docker'; dest: string; name?: string }
+  | ({ type: 'oci' | 'docker'; dest: string } & ImageOutputOptions)
   /** Pushed to a registry (`type=image,push=true` or `type=registry`); no file. */
-  | { type: 'image'; name?: string };
+  | ({ type: 'image' } & ImageOutputOptions);
+
+const IMAGE_OUTPUT_ATTRS = ['rewrite-timestamp', 'source-date-epoch'];
+
+function imageOutputOptions(kv: Map<string, string>): ImageOutputOptions {
+  const name = kv.get('name');
+  const attrs = Object.fromEntries(
+    IMAGE_OUTPUT_ATTRS.flatMap((k) => (kv.has(k) ? [[k, kv.get(k)!]] : [])),
+  );
+  return { ...(name ? { name } : {}), ...(Object.keys(attrs).length ? { attrs } : {}) };
+}
 
 export function parseOutput(s: string): OutputSpec {
   // `--output DIR` is short for type=local,dest=DIR, as in buildx; `-` is a tar on stdout there.
@@ -106,16 +122,12 @@ export function parseOutput(s: string): OutputSpec {
       throw new BuildOptionError(
         `--output ${JSON.stringify(s)}: there is no local image store; add push=true (or use type=registry), or type=oci`,
       );
-    const name = kv.get('name');
-    return name ? { type: 'image', name } : { type: 'image' };
+    return { type: 'image', ...imageOutputOptions(kv) };
   }
   const dest = kv.get('dest');
   if (!dest) throw new BuildOptionError(`--output ${JSON.stringify(s)}: dest= is required`);
   if (type === 'local' || type === 'tar') return { type, dest };
-  if (type === 'oci' || type === 'docker') {
-    const name = kv.get('name');
-    return name ? { type, dest, name } : { type, dest };
-  }
+  if (type === 'oci' || type === 'docker') return { type, dest, ...imageOutputOptions(kv) };
   throw new BuildOptionError(
     `--output type=${type} is not supported (local, tar, oci, docker, image, registry)`,
   );
@@ -305,5 +317,36 @@ export async function remoteConnectOptions(
       ? (await readOption('--token-file', tokenFile)).toString('utf8').trim()
       : env.KILN_TOKEN);
   if (token) out.token = token;
+  return out;
+}
+
+/**
+ * buildx's `--attest`, `--provenance` and `--sbom` as the frontend attributes `attest:TYPE` (the
+ * whole csv, as buildx sends it); `false` or `disabled=true` sends none. `--provenance=true`
+ * is `type=provenance` (BuildKit's default mode, max); `--provenance=mode=min` adds the mode.
+ */
+export function attestAttrs(
+  attest: readonly string[],
+  provenance: string | undefined,
+  sbom: string | undefined,
+): Record<string, string> {
+  const canonical = (type: string, v: string | undefined): string[] => {
+    if (v === undefined || v === '') return [];
+    if (/^(true|1)$/i.test(v)) return [`type=${type}`];
+    if (/^(false|0)$/i.test(v)) return [`type=${type},disabled=true`];
+    return [`type=${type},${v}`];
+  };
+  const out: Record<string, string> = {};
+  const seen = new Set<string>();
+  for (const a of [...attest, ...canonical('provenance', provenance), ...canonical('sbom', sbom)]) {
+    const kv = parseCsvKv(a, '--attest');
+    const type = kv.get('type');
+    if (!type) throw new BuildOptionError(`--attest ${JSON.stringify(a)}: type= is required`);
+    if (type !== 'provenance' && type !== 'sbom')
+      throw new BuildOptionError(`--attest ${JSON.stringify(a)}: type must be provenance or sbom`);
+    if (seen.has(type)) throw new BuildOptionError(`duplicate attestation field ${type}`);
+    seen.add(type);
+    if (kv.get('disabled') !== 'true') out[`attest:${type}`] = a;
+  }
   return out;
 }

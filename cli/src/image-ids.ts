@@ -77,6 +77,8 @@ export async function imageIdsFromTar(file: string): Promise<ImageIds> {
     let manifest = (await json(`blobs/${top.digest.replace(':', '/')}`)) as
       { config?: { digest?: string }; manifests?: { digest?: string }[] } | undefined;
     // A one-platform index (as BuildKit's oci exporter may write): its manifest is the image.
+    // An index of an image and its attestation manifests has no config digest (buildkitd
+    // v0.11.6 reports none either).
     if (manifest?.manifests?.length === 1 && manifest.manifests[0]?.digest) {
       const inner = manifest.manifests[0].digest;
       const m = (await json(`blobs/${inner.replace(':', '/')}`)) as typeof manifest;

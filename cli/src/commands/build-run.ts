@@ -31,6 +31,7 @@ import {
   parseCacheSpec,
   parseMemBytes,
   parseOutput,
+  attestAttrs,
   parseSecret,
   parseSsh,
   remoteConnectOptions,
@@ -77,6 +78,9 @@ export interface BuildFlags extends RemoteFlags {
   ulimit: string[];
   buildContext: string[];
   annotation: string[];
+  attest: string[];
+  provenance?: string;
+  sbom?: string;
 }
 
 export async function build(context: string, flags: BuildFlags): Promise<void> {
@@ -114,6 +118,14 @@ async function buildIn(
   )
     throw new BuildOptionError(
       '--annotation needs an image output (-o type=oci|docker|registry, --push or --load)',
+    );
+  const attests = attestAttrs(flags.attest, flags.provenance, flags.sbom);
+  if (
+    Object.keys(attests).length > 0 &&
+    !outputs.some((o) => o.type === 'oci' || o.type === 'docker' || o.type === 'image')
+  )
+    throw new BuildOptionError(
+      'attestations are attached to an image: give an image output (-o type=oci|docker|registry, --push or --load)',
     );
   const toStdout = outputs.filter((o) => o.type !== 'image' && o.dest === '-');
   if (toStdout.length > 1) throw new BuildOptionError('only one output can go to stdout (-)');
@@ -153,7 +165,7 @@ async function buildIn(
       ),
     ),
   );
-  Object.assign(attrs, named.attrs);
+  Object.assign(attrs, named.attrs, attests);
   if (flags.target) attrs.target = flags.target;
   if (flags.platform) attrs.platform = flags.platform;
   if (flags.cache === false) attrs['no-cache'] = '';
@@ -190,6 +202,17 @@ async function buildIn(
       );
   }
 
+  // Each named context directory's own .dockerignore, as buildx's frontend reads it.
+  const namedDockerignores: Record<string, Buffer> = {};
+  for (const [local, dir] of Object.entries(named.localDirs)) {
+    const ignore = await readFile(join(dir, '.dockerignore')).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw new BuildOptionError(
+        `--build-context ${local}: ${join(dir, '.dockerignore')}: ${e.code ?? String(e)}`,
+      );
+    });
+    if (ignore) namedDockerignores[local] = ignore;
+  }
   // <Dockerfile>.dockerignore beside the Dockerfile wins over <context>/.dockerignore.
   const dockerignore =
     (dockerfilePath
@@ -266,7 +289,10 @@ async function buildIn(
         entitlements,
         attrs,
         inputs: {
-          dockerfile: dockerfileInput(dockerfile, dockerignore ? { dockerignore } : {}),
+          dockerfile: dockerfileInput(dockerfile, {
+            ...(dockerignore ? { dockerignore } : {}),
+            ...(Object.keys(namedDockerignores).length > 0 ? { namedDockerignores } : {}),
+          }),
         },
         exporters: outputs.map((o) => exporterEntry(o, flags.tag, annotations)),
         cacheImports,
@@ -476,6 +502,7 @@ function exporterEntry(
     const names = o.name ? [o.name, ...tags] : tags;
     const attrs: Record<string, string> = {
       ...annotations,
+      ...o.attrs,
       ...(names.length ? { name: names.join(',') } : {}),
     };
     if (o.type === 'image') attrs.push = 'true';

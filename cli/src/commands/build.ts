@@ -87,6 +87,14 @@ export function registerBuild(program: Command): void {
       collect,
       [],
     )
+    .option(
+      '--attest <type=provenance|sbom[,...]>',
+      "attach an attestation to the image: type=provenance[,mode=min|max] (SLSA provenance v0.2) or type=sbom (SPDX, from the image's dpkg/apk databases) (repeatable)",
+      collect,
+      [],
+    )
+    .option('--provenance <true|false|mode=min|max>', 'short for --attest type=provenance[,...]')
+    .option('--sbom <true|false>', 'short for --attest type=sbom')
     .option('-t, --tag <name>', 'name the image (oci/docker outputs)', collect, [])
     .option(
       '--cache-from <spec>',

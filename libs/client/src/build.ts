@@ -121,6 +121,11 @@ export interface DockerfileBuildOptions extends CommonBuildOptions {
   pull?: boolean;
   /** Extra `/etc/hosts` entries for RUN steps, host name to IP (`--add-host`). */
   addHosts?: Readonly<Record<string, string>>;
+  /**
+   * SLSA provenance attached to image outputs (`--provenance mode=...`, BuildKit's
+   * `attest:provenance`), and Kiln's SBOM of the image's packages (`--sbom`).
+   */
+  attest?: { provenance?: 'min' | 'max'; sbom?: boolean };
 }
 
 /** A build of an LLB graph made with `@kiln/llb`. */
@@ -304,6 +309,13 @@ function dockerfileAttrs(o: DockerfileBuildOptions): Record<string, string> {
   if (o.pull) attrs['image-resolve-mode'] = 'pull';
   const hosts = Object.entries(o.addHosts ?? {});
   if (hosts.length > 0) attrs['add-hosts'] = hosts.map(([h, ip]) => `${h}=${ip}`).join(',');
+  const p = o.attest?.provenance;
+  if (p !== undefined) {
+    if (p !== 'min' && p !== 'max')
+      throw invalid(`attest.provenance ${JSON.stringify(p)}: want min or max`);
+    attrs['attest:provenance'] = `type=provenance,mode=${p}`;
+  }
+  if (o.attest?.sbom) attrs['attest:sbom'] = 'type=sbom';
   return attrs;
 }
 

@@ -7,11 +7,32 @@ import type { Definition } from '@kiln/llb';
 
 export function dockerfileInput(
   dockerfile: string | Uint8Array,
-  o: { dockerignore?: string | Uint8Array; filename?: string } = {},
+  o: {
+    dockerignore?: string | Uint8Array;
+    filename?: string;
+    /**
+     * The `.dockerignore` of each named context directory (`--build-context NAME=DIR`), by the
+     * session's name for the directory (`local:NAME`): the frontend excludes what it names, as
+     * BuildKit's frontend does with the ignore file it reads from that directory.
+     */
+    namedDockerignores?: Readonly<Record<string, string | Uint8Array>>;
+  } = {},
 ): Definition {
   const name = o.filename ?? 'Dockerfile';
   let st = scratch().file(mkfile(`/${name}`, 0o644, dockerfile));
   if (o.dockerignore !== undefined)
     st = st.file(mkfile(`/${name}.dockerignore`, 0o644, o.dockerignore));
+  for (const [local, data] of Object.entries(o.namedDockerignores ?? {}).sort(([a], [b]) =>
+    a < b ? -1 : 1,
+  ))
+    st = st.file(mkfile(`/${namedDockerignorePath(local)}`, 0o644, data));
   return marshal(st);
 }
+
+/** Where a named context's ignore file travels in the `dockerfile` input. */
+export function namedDockerignorePath(local: string): string {
+  return `${NAMED_DOCKERIGNORE_PREFIX}${encodeURIComponent(local)}.dockerignore`;
+}
+
+/** The prefix of {@link namedDockerignorePath}. */
+export const NAMED_DOCKERIGNORE_PREFIX = '.kiln-context-';

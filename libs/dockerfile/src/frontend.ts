@@ -21,6 +21,8 @@ export interface FrontendInputs {
   dockerfile: string | Uint8Array;
   /** The content of the ignore file chosen for it (see selectDockerignore), if any. */
   dockerignore?: string | Uint8Array;
+  /** The ignore files of named context directories (`context:NAME=local:DIR`), by `DIR`. */
+  namedDockerignores?: Readonly<Record<string, string | Uint8Array>>;
   /**
    * Frontend attributes as BuildKit names them: `build-arg:K`, `target`, `platform`
    * (comma-separated), `filename`, `no-cache` (empty: all stages, or stage names), `label:K`,
@@ -211,6 +213,10 @@ export const dockerfileFrontend: Frontend = {
     if (inputs.limits) opts.limits = inputs.limits;
     if (inputs.dockerignore !== undefined)
       opts.dockerignore = readDockerignore(inputs.dockerignore);
+    if (inputs.namedDockerignores)
+      opts.namedContextExcludes = Object.fromEntries(
+        Object.entries(inputs.namedDockerignores).map(([k, v]) => [k, readDockerignore(v)]),
+      );
     const targets = opts.targetPlatforms?.length ? opts.targetPlatforms : [undefined];
     const results = await Promise.all(
       targets.map((p) =>

@@ -65,6 +65,7 @@ export {
   metadataFromGoJson,
   parseGoJson,
   stringifyGoJson,
+  messageToGoJson,
 } from './go-json-pb.js';
 export type { GoJson } from './go-json-pb.js';
 export { dumpLlb, marshalLlb } from './debug.js';

@@ -7,6 +7,7 @@ export {
 } from './auth.js';
 export type { AuthChallenge, CredentialsProvider, RegistryCredentials } from './auth.js';
 export { RegistryClient, formatReference, toReference } from './client.js';
+export { imagePurl } from './purl.js';
 export type {
   BlobUploadSource,
   FetchBlobOptions,

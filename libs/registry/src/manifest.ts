@@ -19,6 +19,8 @@ export const MediaType = {
   dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar',
   dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
   dockerForeignLayerGzip: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+  /** An in-toto statement: the layers of an attestation manifest. */
+  inToto: 'application/vnd.in-toto+json',
 } as const;
 
 /** What a manifest GET asks for, in preference order (as containerd's resolver does). */
@@ -216,8 +218,11 @@ export function parseManifest(
       throw new ManifestInvalidError(`${what}: manifest without layers`);
     const config = parseDescriptor(doc.config, `${what} config`);
     const layers = doc.layers.map((l, i) => parseDescriptor(l, `${what} layers[${i}]`));
+    // An attestation manifest (BuildKit's provenance and SBOM) holds in-toto statements, never
+    // filesystem layers: accepted whole, never mixed with layers.
+    const attestation = layers.length > 0 && layers.every((l) => l.mediaType === MediaType.inToto);
     for (const [i, l] of layers.entries()) {
-      if (!isLayerMediaType(l.mediaType)) {
+      if (!attestation && !isLayerMediaType(l.mediaType)) {
         throw new ManifestInvalidError(
           `${what}: layers[${i}] has unsupported media type ${l.mediaType}`,
         );

@@ -235,6 +235,40 @@ describe('client.build', () => {
     expect((err as KilnError).code).toBe('BUILD_OPTION_INVALID');
   });
 
+  it('attest: provenance and SBOM attestation manifests on an oci output', async () => {
+    const cwd = workdir('attest');
+    writeFileSync(join(cwd, 'app', 'Dockerfile'), `FROM ${fixture!}\nRUN echo a > /a\n`);
+    const dest = join(cwd, 'img.tar');
+    await client.build({
+      context: join(cwd, 'app'),
+      attest: { provenance: 'min', sbom: true },
+      outputs: [{ type: 'oci', dest, name: 'example.com/attest:1' }],
+    });
+    const dir = join(cwd, 'layout');
+    mkdirSync(dir);
+    await run('tar', ['-xf', dest, '-C', dir]);
+    const blob = (d: string): { manifests: { annotations?: Record<string, string> }[] } =>
+      JSON.parse(readFileSync(join(dir, 'blobs/sha256', d.slice(7)), 'utf8')) as {
+        manifests: { annotations?: Record<string, string> }[];
+      };
+    const top = JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8')) as {
+      manifests: { digest: string }[];
+    };
+    const index = blob(top.manifests[0]!.digest);
+    expect(index.manifests.map((m) => m.annotations?.['vnd.docker.reference.type'])).toEqual([
+      undefined,
+      'attestation-manifest',
+    ]);
+    const err = await client
+      .build({
+        context: join(cwd, 'app'),
+        attest: { provenance: 'full' as 'max' },
+        outputs: [{ type: 'oci', dest }],
+      })
+      .catch((e: unknown) => e);
+    expect((err as KilnError).code).toBe('BUILD_OPTION_INVALID');
+  });
+
   it('client.progress follows a low-level solve as the same typed events', async () => {
     const buildId = randomUUID();
     const events: ProgressEvent[] = [];

@@ -207,6 +207,11 @@ export interface ConvertOptions {
    * attribute values (`docker-image://REF`, `local:DIR`, git and http URLs; see named-context.ts).
    */
   namedContexts?: Readonly<Record<string, string>>;
+  /**
+   * The `.dockerignore` patterns of named context directories, by `local:DIR`'s `DIR`: their
+   * sources exclude them, as BuildKit's frontend does with each directory's own ignore file.
+   */
+  namedContextExcludes?: Readonly<Record<string, readonly string[]>>;
   /** `force-network-mode` (`--network`): the network of every RUN without its own `--network`. */
   networkMode?: NetMode;
   /** `shm-size` (`--shm-size`): a tmpfs of this many bytes on /dev/shm in every RUN. */
@@ -712,6 +717,7 @@ class Converter {
       name,
       platform ?? this.po.targetPlatform,
       this.opts.sessionId,
+      this.opts.namedContextExcludes,
     );
   }
 
@@ -1333,11 +1339,15 @@ function dispatchArg(
       const v = opt.globalArgs.get(arg.key);
       if (v !== undefined) arg.value = v;
     }
+    const expanded = hasDefault ? opt.shlex.processWord(orig.value!, getEnv(d.state)) : undefined;
     if (hasValue) arg.value = opt.buildArgValues[arg.key];
-    else if (hasDefault) arg.value = opt.shlex.processWord(arg.value!, getEnv(d.state));
+    else if (hasDefault) arg.value = expanded;
     if (arg.value !== undefined) d.state = d.state.addEnv(arg.key, arg.value);
     d.buildArgs.push(arg);
-    commitStrs.push(arg.value !== undefined ? `${arg.key}=${arg.value}` : arg.key);
+    // As BuildKit v0.11.6 (test/src/e2e/source-date-epoch.test.ts): the history shows the ARG's
+    // own default, expanded (`ARG D=x1`), never the value a build argument or a global ARG gave
+    // it (`ARG V`).
+    commitStrs.push(expanded !== undefined ? `${arg.key}=${expanded}` : arg.key);
   }
   commitToHistory(d.image, 'ARG ' + commitStrs.join(' '), false, false, goTime(opt.epoch));
 }

@@ -40,6 +40,7 @@ export function findNamedContext(
   name: string,
   platform: Platform,
   sessionId: string | undefined,
+  excludes: Readonly<Record<string, readonly string[]>> = {},
 ): NamedContext | undefined {
   if (Object.keys(contexts).length === 0) return undefined;
   let familiar: string;
@@ -50,7 +51,7 @@ export function findNamedContext(
   }
   for (const key of [`${familiar}::${formatPlatform(platform)}`, familiar]) {
     const v = contexts[key];
-    if (v !== undefined) return namedContext(key, v, sessionId);
+    if (v !== undefined) return namedContext(key, v, sessionId, excludes);
   }
   return undefined;
 }
@@ -59,6 +60,7 @@ function namedContext(
   nameWithPlatform: string,
   v: string,
   sessionId: string | undefined,
+  excludes: Readonly<Record<string, readonly string[]>>,
 ): NamedContext {
   const colon = v.indexOf(':');
   if (colon < 0) throw new Error(`invalid context specifier ${v} for ${nameWithPlatform}`);
@@ -91,15 +93,18 @@ function namedContext(
       if (scheme === 'git') throw new Error(`invalid git context ${v}`);
       return { kind: 'state', state: http(v, { customName: customName + v }) };
     }
-    case 'local':
+    case 'local': {
+      const exclude = excludes[rest] ?? [];
       return {
         kind: 'state',
         state: local(rest, {
           customName: `${customName}load from client`,
           sharedKeyHint: `context:${nameWithPlatform}`,
           ...(sessionId ? { sessionId } : {}),
+          ...(exclude.length > 0 ? { excludePatterns: [...exclude] } : {}),
         }),
       };
+    }
     case 'oci-layout':
       throw new Error(
         `context ${nameWithPlatform}: oci-layout contexts are not supported (the farm cannot read the client's OCI layout); push the image to a registry and use docker-image://REF`,

@@ -946,6 +946,14 @@ const raw = {
                       "keyType": "string",
                       "type": "string",
                       "id": 4
+                    },
+                    "sbom": {
+                      "type": "bool",
+                      "id": 5
+                    },
+                    "source_date_epoch": {
+                      "type": "string",
+                      "id": 6
                     }
                   }
                 },
@@ -957,6 +965,23 @@ const raw = {
                     },
                     "config_json": {
                       "type": "string",
+                      "id": 2
+                    },
+                    "attestations": {
+                      "rule": "repeated",
+                      "type": "AttestationPredicate",
+                      "id": 3
+                    }
+                  }
+                },
+                "AttestationPredicate": {
+                  "fields": {
+                    "predicate_type": {
+                      "type": "string",
+                      "id": 1
+                    },
+                    "predicate": {
+                      "type": "bytes",
                       "id": 2
                     }
                   }

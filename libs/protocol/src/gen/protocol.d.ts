@@ -833,6 +833,8 @@ export namespace kiln {
                 names?: (string[]|null);
                 platforms?: (kiln.worker.v1.IExportPlatform[]|null);
                 annotations?: ({ [k: string]: string }|null);
+                sbom?: (boolean|null);
+                sourceDateEpoch?: (string|null);
             }
 
             class ExportSpec implements IExportSpec {
@@ -841,6 +843,8 @@ export namespace kiln {
                 public names: string[];
                 public platforms: kiln.worker.v1.IExportPlatform[];
                 public annotations: { [k: string]: string };
+                public sbom: boolean;
+                public sourceDateEpoch: string;
                 public static create(properties?: kiln.worker.v1.IExportSpec): kiln.worker.v1.ExportSpec;
                 public static encode(message: kiln.worker.v1.IExportSpec, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.ExportSpec;
@@ -852,17 +856,36 @@ export namespace kiln {
             interface IExportPlatform {
                 platform?: (pb.IPlatform|null);
                 configJson?: (string|null);
+                attestations?: (kiln.worker.v1.IAttestationPredicate[]|null);
             }
 
             class ExportPlatform implements IExportPlatform {
                 constructor(properties?: kiln.worker.v1.IExportPlatform);
                 public platform?: (pb.IPlatform|null);
                 public configJson: string;
+                public attestations: kiln.worker.v1.IAttestationPredicate[];
                 public static create(properties?: kiln.worker.v1.IExportPlatform): kiln.worker.v1.ExportPlatform;
                 public static encode(message: kiln.worker.v1.IExportPlatform, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.ExportPlatform;
                 public static fromObject(object: { [k: string]: any }): kiln.worker.v1.ExportPlatform;
                 public static toObject(message: kiln.worker.v1.ExportPlatform, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
+            interface IAttestationPredicate {
+                predicateType?: (string|null);
+                predicate?: (Uint8Array|null);
+            }
+
+            class AttestationPredicate implements IAttestationPredicate {
+                constructor(properties?: kiln.worker.v1.IAttestationPredicate);
+                public predicateType: string;
+                public predicate: Uint8Array;
+                public static create(properties?: kiln.worker.v1.IAttestationPredicate): kiln.worker.v1.AttestationPredicate;
+                public static encode(message: kiln.worker.v1.IAttestationPredicate, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.AttestationPredicate;
+                public static fromObject(object: { [k: string]: any }): kiln.worker.v1.AttestationPredicate;
+                public static toObject(message: kiln.worker.v1.AttestationPredicate, options?: $protobuf.IConversionOptions): { [k: string]: any };
                 public toJSON(): { [k: string]: any };
             }
 

@@ -6771,6 +6771,8 @@ export const kiln = $root.kiln = (() => {
                 ExportSpec.prototype.names = $util.emptyArray;
                 ExportSpec.prototype.platforms = $util.emptyArray;
                 ExportSpec.prototype.annotations = $util.emptyObject;
+                ExportSpec.prototype.sbom = false;
+                ExportSpec.prototype.sourceDateEpoch = "";
 
                 ExportSpec.create = function create(properties) {
                     return new ExportSpec(properties);
@@ -6794,6 +6796,10 @@ export const kiln = $root.kiln = (() => {
                     if (message.annotations != null && Object.hasOwnProperty.call(message, "annotations"))
                         for (let keys = $sortedKeys(message.annotations), i = 0; i < keys.length; ++i)
                             writer.uint32(34).fork().uint32(10).string(keys[i]).uint32(18).string(message.annotations[keys[i]]).ldelim();
+                    if (message.sbom != null && Object.hasOwnProperty.call(message, "sbom"))
+                        writer.uint32(40).bool(message.sbom);
+                    if (message.sourceDateEpoch != null && Object.hasOwnProperty.call(message, "sourceDateEpoch"))
+                        writer.uint32(50).string(message.sourceDateEpoch);
                     return writer;
                 };
 
@@ -6867,6 +6873,14 @@ export const kiln = $root.kiln = (() => {
                                 message.annotations[key] = value;
                                 break;
                             }
+                        case 5: {
+                                message.sbom = reader.bool();
+                                break;
+                            }
+                        case 6: {
+                                message.sourceDateEpoch = reader.string();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -6919,6 +6933,10 @@ export const kiln = $root.kiln = (() => {
                             message.annotations[keys[i]] = String(object.annotations[keys[i]]);
                         }
                     }
+                    if (object.sbom != null)
+                        message.sbom = Boolean(object.sbom);
+                    if (object.sourceDateEpoch != null)
+                        message.sourceDateEpoch = String(object.sourceDateEpoch);
                     return message;
                 };
 
@@ -6936,8 +6954,11 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (options.objects || options.defaults)
                         object.annotations = {};
-                    if (options.defaults)
+                    if (options.defaults) {
                         object.type = "";
+                        object.sbom = false;
+                        object.sourceDateEpoch = "";
+                    }
                     if (message.type != null && Object.hasOwnProperty.call(message, "type"))
                         object.type = message.type;
                     if (message.names && message.names.length) {
@@ -6959,6 +6980,10 @@ export const kiln = $root.kiln = (() => {
                             object.annotations[keys2[j]] = message.annotations[keys2[j]];
                         }
                     }
+                    if (message.sbom != null && Object.hasOwnProperty.call(message, "sbom"))
+                        object.sbom = message.sbom;
+                    if (message.sourceDateEpoch != null && Object.hasOwnProperty.call(message, "sourceDateEpoch"))
+                        object.sourceDateEpoch = message.sourceDateEpoch;
                     return object;
                 };
 
@@ -6972,6 +6997,7 @@ export const kiln = $root.kiln = (() => {
             v1.ExportPlatform = (function() {
 
                 function ExportPlatform(properties) {
+                    this.attestations = [];
                     if (properties)
                         for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
                             if (properties[keys[i]] != null && keys[i] !== "__proto__")
@@ -6980,6 +7006,7 @@ export const kiln = $root.kiln = (() => {
 
                 ExportPlatform.prototype.platform = null;
                 ExportPlatform.prototype.configJson = "";
+                ExportPlatform.prototype.attestations = $util.emptyArray;
 
                 ExportPlatform.create = function create(properties) {
                     return new ExportPlatform(properties);
@@ -6996,6 +7023,9 @@ export const kiln = $root.kiln = (() => {
                         $root.pb.Platform.encode(message.platform, writer.uint32(10).fork(), q + 1).ldelim();
                     if (message.configJson != null && Object.hasOwnProperty.call(message, "configJson"))
                         writer.uint32(18).string(message.configJson);
+                    if (message.attestations != null && message.attestations.length)
+                        for (let i = 0; i < message.attestations.length; ++i)
+                            $root.kiln.worker.v1.AttestationPredicate.encode(message.attestations[i], writer.uint32(26).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -7030,6 +7060,12 @@ export const kiln = $root.kiln = (() => {
                                 message.configJson = reader.string();
                                 break;
                             }
+                        case 3: {
+                                if (!(message.attestations && message.attestations.length))
+                                    message.attestations = [];
+                                message.attestations.push($root.kiln.worker.v1.AttestationPredicate.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -7060,6 +7096,16 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (object.configJson != null)
                         message.configJson = String(object.configJson);
+                    if (object.attestations) {
+                        if (!Array.isArray(object.attestations))
+                            throw TypeError(".kiln.worker.v1.ExportPlatform.attestations: array expected");
+                        message.attestations = [];
+                        for (let i = 0; i < object.attestations.length; ++i) {
+                            if (!$util.isObject(object.attestations[i]))
+                                throw TypeError(".kiln.worker.v1.ExportPlatform.attestations: object expected");
+                            message.attestations[i] = $root.kiln.worker.v1.AttestationPredicate.fromObject(object.attestations[i], long + 1);
+                        }
+                    }
                     return message;
                 };
 
@@ -7071,6 +7117,8 @@ export const kiln = $root.kiln = (() => {
                     if (q > $util.recursionLimit)
                         throw Error("max depth exceeded");
                     let object = {};
+                    if (options.arrays || options.defaults)
+                        object.attestations = [];
                     if (options.defaults) {
                         object.platform = null;
                         object.configJson = "";
@@ -7079,6 +7127,11 @@ export const kiln = $root.kiln = (() => {
                         object.platform = $root.pb.Platform.toObject(message.platform, options, q + 1);
                     if (message.configJson != null && Object.hasOwnProperty.call(message, "configJson"))
                         object.configJson = message.configJson;
+                    if (message.attestations && message.attestations.length) {
+                        object.attestations = [];
+                        for (let j = 0; j < message.attestations.length; ++j)
+                            object.attestations[j] = $root.kiln.worker.v1.AttestationPredicate.toObject(message.attestations[j], options, q + 1);
+                    }
                     return object;
                 };
 
@@ -7087,6 +7140,132 @@ export const kiln = $root.kiln = (() => {
                 };
 
                 return ExportPlatform;
+            })();
+
+            v1.AttestationPredicate = (function() {
+
+                function AttestationPredicate(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                AttestationPredicate.prototype.predicateType = "";
+                AttestationPredicate.prototype.predicate = $util.newBuffer([]);
+
+                AttestationPredicate.create = function create(properties) {
+                    return new AttestationPredicate(properties);
+                };
+
+                AttestationPredicate.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.predicateType != null && Object.hasOwnProperty.call(message, "predicateType"))
+                        writer.uint32(10).string(message.predicateType);
+                    if (message.predicate != null && Object.hasOwnProperty.call(message, "predicate"))
+                        writer.uint32(18).bytes(message.predicate);
+                    return writer;
+                };
+
+                AttestationPredicate.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.worker.v1.AttestationPredicate();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.predicateType = reader.string();
+                                break;
+                            }
+                        case 2: {
+                                message.predicate = reader.bytes();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                AttestationPredicate.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.worker.v1.AttestationPredicate)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.worker.v1.AttestationPredicate: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.worker.v1.AttestationPredicate();
+                    if (object.predicateType != null)
+                        message.predicateType = String(object.predicateType);
+                    if (object.predicate != null)
+                        if (typeof object.predicate === "string")
+                            $util.base64.decode(object.predicate, message.predicate = $util.newBuffer($util.base64.length(object.predicate)), 0);
+                        else if (object.predicate.length >= 0)
+                            message.predicate = object.predicate;
+                    return message;
+                };
+
+                AttestationPredicate.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.defaults) {
+                        object.predicateType = "";
+                        if (options.bytes === String)
+                            object.predicate = "";
+                        else {
+                            object.predicate = [];
+                            if (options.bytes !== Array)
+                                object.predicate = $util.newBuffer(object.predicate);
+                        }
+                    }
+                    if (message.predicateType != null && Object.hasOwnProperty.call(message, "predicateType"))
+                        object.predicateType = message.predicateType;
+                    if (message.predicate != null && Object.hasOwnProperty.call(message, "predicate"))
+                        object.predicate = options.bytes === String ? $util.base64.encode(message.predicate, 0, message.predicate.length) : options.bytes === Array ? Array.prototype.slice.call(message.predicate) : message.predicate;
+                    return object;
+                };
+
+                AttestationPredicate.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return AttestationPredicate;
             })();
 
             v1.ResolvedInput = (function() {

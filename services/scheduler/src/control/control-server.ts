@@ -74,6 +74,7 @@ import type { Build, BuildRegistryOptions } from './builds.js';
 import { progressFrame, vertexFrame } from './events.js';
 import { RegistryClient } from '@kiln/registry';
 import { checkExporters, runExports } from './exports.js';
+import { parseAttestAttrs, provenanceAttestation } from './provenance.js';
 import {
   checkCacheOptions,
   importedLookup,
@@ -493,7 +494,9 @@ export class ControlServer {
       propagation.extract(context.active(), call.metadata, metadataGetter),
     );
     try {
-      checkExporters(req.exporters, !!req.sessionId);
+      const startedOn = new Date();
+      checkExporters(req.exporters, !!req.sessionId, req.frontendAttrs);
+      const attest = parseAttestAttrs(req.frontendAttrs);
       checkCacheOptions(req.cacheImports, req.cacheExports, !!req.sessionId);
       if ((req.cacheImports.length > 0 || req.cacheExports.length > 0) && !this.#o.store)
         throw new SolveRequestInvalidError('cache import and export need a content store');
@@ -533,6 +536,7 @@ export class ControlServer {
               return {
                 platform: platformToPb(t.platform),
                 name: formatPlatform(t.platform),
+                definition: t.definition,
                 imageConfigJson:
                   t.imageConfigJson ??
                   JSON.stringify({ architecture: t.platform.architecture, os: t.platform.os }),
@@ -566,8 +570,33 @@ export class ControlServer {
       let response = exporterResponse(results);
       if (req.exporters.length > 0) {
         const inline = req.cacheExports.some((c) => c.type === 'inline');
+        // BuildKit's provenance: made once the solve is done, before the export.
+        const withAttestations = (rs: PlatformResult[]): PlatformResult[] => {
+          const prov = attest.provenance;
+          if (!prov) return rs;
+          const finishedOn = new Date();
+          return rs.map((r) => ({
+            ...r,
+            attestations: [
+              provenanceAttestation({
+                mode: prov.mode,
+                builderId: prov.builderId,
+                frontend: req.frontend,
+                attrs: req.frontendAttrs,
+                definition: r.definition ?? {},
+                buildPlatform: this.#defaultPlatform,
+                buildId: ref,
+                startedOn,
+                finishedOn,
+                vertices: r.solved.vertices,
+              }),
+            ],
+          }));
+        };
         const exportAll = () =>
-          runExports(req.exporters, inline ? withInlineCache(results) : results, {
+          runExports(req.exporters, withAttestations(inline ? withInlineCache(results) : results), {
+            sbom: !!attest.sbom,
+            frontendAttrs: req.frontendAttrs,
             submit: (t, opts) => this.#o.dispatcher.submit(t, opts),
             store: this.#o.store,
             session,
@@ -642,6 +671,7 @@ export class ControlServer {
       platform: Platform;
       imageConfigJson?: string;
       source?: pb.ISource | null;
+      definition: pb.IDefinition;
     }[]
   > {
     if (req.definition?.def?.length) {
@@ -661,6 +691,7 @@ export class ControlServer {
           graph,
           platform: platformFromPb(p) ?? this.#defaultPlatform,
           source: req.definition.Source,
+          definition: req.definition,
         },
       ];
     }
@@ -692,6 +723,7 @@ export class ControlServer {
     const res = await frontend.solve({
       dockerfile: src.dockerfile,
       ...(src.dockerignore ? { dockerignore: src.dockerignore } : {}),
+      ...(src.namedDockerignores ? { namedDockerignores: src.namedDockerignores } : {}),
       opts: attrs,
       ...(metaResolver ? { metaResolver } : {}),
       ...(req.sessionId ? { sessionId: req.sessionId } : {}),
@@ -700,6 +732,7 @@ export class ControlServer {
     });
     return res.platforms.map((p) => ({
       graph: parseDefinition(p.definition.toProto()),
+      definition: p.definition.toProto(),
       source: p.definition.source,
       platform: p.platform,
       imageConfigJson: p.imageConfigJson,

@@ -35,6 +35,10 @@ export interface PlatformResult {
   name: string;
   solved: SolveResult;
   imageConfigJson: string;
+  /** The Definition solved (with its source map): what provenance describes. */
+  definition?: pb.IDefinition;
+  /** In-toto predicates to attach to this platform's image (provenance). */
+  attestations?: { predicateType: string; predicate: Uint8Array }[];
 }
 
 export interface ExportDeps {
@@ -47,10 +51,55 @@ export interface ExportDeps {
   cacheNamespace: string;
   signal: AbortSignal;
   onVertex: (v: VertexSnapshot) => void;
+  /** `attest:sbom`: image exports carry an SBOM of each platform's filesystem. */
+  sbom?: boolean;
+  /** The solve's frontend attributes (`build-arg:SOURCE_DATE_EPOCH`). */
+  frontendAttrs?: Readonly<Record<string, string>>;
+}
+
+/** The exporter types that make an image (and so carry attestations). */
+const makesImage = (type: string): boolean => type === 'oci' || type === 'docker' || pushes(type);
+
+/**
+ * BuildKit's `rewrite-timestamp=true` exporter option: the epoch the image's layers are clamped
+ * to (the exporter's `source-date-epoch`, else the build's SOURCE_DATE_EPOCH build argument);
+ * '' without the option.
+ */
+export function exportEpoch(
+  e: ExportEntry,
+  frontendAttrs: Readonly<Record<string, string>> = {},
+): string {
+  const rewrite = e.attrs?.['rewrite-timestamp'];
+  if (rewrite === undefined || rewrite === 'false') return '';
+  const type = e.type ?? '';
+  if (rewrite !== 'true')
+    throw new SolveRequestInvalidError(`rewrite-timestamp=${rewrite}: want true or false`, {
+      exporter: type,
+    });
+  if (!makesImage(type))
+    throw new SolveRequestInvalidError(
+      `rewrite-timestamp is an option of image outputs (oci, docker, image), not ${type}`,
+      { exporter: type },
+    );
+  const epoch = e.attrs?.['source-date-epoch'] || frontendAttrs['build-arg:SOURCE_DATE_EPOCH'];
+  if (!epoch)
+    throw new SolveRequestInvalidError(
+      'rewrite-timestamp=true needs SOURCE_DATE_EPOCH (--build-arg SOURCE_DATE_EPOCH=SECONDS, or the output option source-date-epoch=SECONDS)',
+      { exporter: type },
+    );
+  if (!/^[0-9]{1,15}$/.test(epoch))
+    throw new SolveRequestInvalidError(`invalid SOURCE_DATE_EPOCH ${JSON.stringify(epoch)}`, {
+      exporter: type,
+    });
+  return epoch;
 }
 
 /** Rejects exporter entries this scheduler cannot run, before the build starts. */
-export function checkExporters(entries: readonly ExportEntry[], hasSession: boolean): void {
+export function checkExporters(
+  entries: readonly ExportEntry[],
+  hasSession: boolean,
+  frontendAttrs: Readonly<Record<string, string>> = {},
+): void {
   for (const e of entries) {
     const type = e.type ?? '';
     if (!(EXPORTER_TYPES as readonly string[]).includes(type)) {
@@ -59,6 +108,7 @@ export function checkExporters(entries: readonly ExportEntry[], hasSession: bool
         { exporter: type },
       );
     }
+    exportEpoch(e, frontendAttrs);
     const annotations = annotationAttrs(e.attrs ?? {});
     if (Object.keys(annotations).length > 0 && (type === 'local' || type === 'tar'))
       throw new SolveRequestInvalidError(
@@ -112,7 +162,7 @@ export async function runExports(
     // Index annotations need an index: several platforms into one image.
     indexAnnotations(annotations, (pushes(type) || type === 'oci') && results.length > 1);
     if (pushes(type)) {
-      const r = await exportOne('image', names, annotations, results, index, '', d);
+      const r = await exportOne(e, 'image', names, annotations, results, index, '', d);
       response['containerimage.digest'] = r.resultId;
       response['image.name'] = names.join(',');
       continue;
@@ -120,7 +170,7 @@ export async function runExports(
     const groups = type === 'oci' ? [results] : results.map((r) => [r]);
     for (const group of groups) {
       const label = group.length === 1 && results.length > 1 ? group[0]!.name : '';
-      const { blob: digest } = await exportOne(type, names, annotations, group, index, label, d);
+      const { blob: digest } = await exportOne(e, type, names, annotations, group, index, label, d);
       if (!d.store) throw new SolveRequestInvalidError('this scheduler has no content store');
       if (!d.session) throw new SolveRequestInvalidError('the build has no session');
       await d.session.sendExport(index, label, await d.store.get(digest as Digest));
@@ -132,6 +182,7 @@ export async function runExports(
 }
 
 async function exportOne(
+  e: ExportEntry,
   type: string,
   names: string[],
   annotations: Record<string, string>,
@@ -140,6 +191,10 @@ async function exportOne(
   label: string,
   d: ExportDeps,
 ): Promise<{ resultId: string; blob: string }> {
+  const image = makesImage(type);
+  const epoch = exportEpoch(e, d.frontendAttrs);
+  const sbom = image && !!d.sbom;
+  const attestationsOf = (r: PlatformResult) => (image ? (r.attestations ?? []) : []);
   const inputs = group.map((r) => ({
     resultId: r.solved.result.resultId ?? '',
     layers: r.solved.result.layers ?? [],
@@ -154,7 +209,15 @@ async function exportOne(
     type,
     names.join(','),
     JSON.stringify(Object.entries(annotations).sort()),
-    ...group.flatMap((r) => [r.name, r.imageConfigJson, r.solved.result.resultId ?? '']),
+    `sbom=${sbom}`,
+    `epoch=${epoch}`,
+    ...group.flatMap((r) => [
+      r.name,
+      r.imageConfigJson,
+      r.solved.result.resultId ?? '',
+      // A provenance predicate names its build: an export with one is never another's.
+      ...attestationsOf(r).map((a) => sha([a.predicateType, Buffer.from(a.predicate).toString()])),
+    ]),
   ]);
   const digest = `export-${index}${label ? `-${label}` : ''}`;
   const what = type === 'image' ? `pushing ${names.join(', ')}` : `exporting to ${type}`;
@@ -185,7 +248,13 @@ async function exportOne(
           type,
           names,
           annotations,
-          platforms: group.map((r) => ({ platform: r.platform, configJson: r.imageConfigJson })),
+          platforms: group.map((r) => ({
+            platform: r.platform,
+            configJson: r.imageConfigJson,
+            attestations: attestationsOf(r),
+          })),
+          sbom,
+          sourceDateEpoch: epoch,
         },
       },
       {

@@ -25,7 +25,12 @@ export function filesOf(def: pb.IDefinition): Map<string, Uint8Array> {
 export interface DockerfileSource {
   dockerfile: Uint8Array;
   dockerignore?: Uint8Array;
+  /** Named context directories' ignore files, by their `local:NAME`. */
+  namedDockerignores?: Record<string, Uint8Array>;
 }
+
+/** `@kiln/client`'s `namedDockerignorePath`: `.kiln-context-<uri-encoded local name>.dockerignore`. */
+const NAMED_DOCKERIGNORE = /^\.kiln-context-([^/]+)\.dockerignore$/;
 
 /** The Dockerfile (attr `filename`, default `Dockerfile`) and its ignore file from the inputs. */
 export function dockerfileSource(
@@ -42,5 +47,23 @@ export function dockerfileSource(
       filename: name,
     });
   const dockerignore = files.get(`${name}.dockerignore`) ?? files.get('.dockerignore');
-  return dockerignore ? { dockerfile, dockerignore } : { dockerfile };
+  const named: Record<string, Uint8Array> = {};
+  for (const [path, data] of files) {
+    const m = NAMED_DOCKERIGNORE.exec(path);
+    if (!m) continue;
+    let local: string;
+    try {
+      local = decodeURIComponent(m[1]!);
+    } catch (cause) {
+      throw new SolveRequestInvalidError(`frontend input "dockerfile": bad file name ${path}`, {
+        cause: String(cause),
+      });
+    }
+    named[local] = data;
+  }
+  return {
+    dockerfile,
+    ...(dockerignore ? { dockerignore } : {}),
+    ...(Object.keys(named).length > 0 ? { namedDockerignores: named } : {}),
+  };
 }

@@ -25,7 +25,10 @@ import {
   exportLocal,
   exportTarFile,
 } from '../exporters/export.js';
-import type { BuiltImage } from '../exporters/export.js';
+import type { BuiltImage, TarballImage } from '../exporters/export.js';
+import { buildAttestation, subjectsOf } from '../exporters/attestations.js';
+import type { Predicate } from '../exporters/attestations.js';
+import { SPDX_PREDICATE_TYPE, spdxDocument } from '../exporters/sbom.js';
 import { LayerCache } from '../exporters/layers.js';
 import { pushImages } from '../exporters/push.js';
 import type { PushResult } from '../exporters/push.js';
@@ -50,18 +53,21 @@ export interface EngineOptions {
   cgroupRoot?: string;
 }
 
-/** Where a result goes (BuildKit's `--output`). */
-export type ExportSpec =
-  | { type: 'local'; dest: string }
-  | { type: 'tar'; dest: string }
-  | {
-      type: 'oci' | 'docker';
-      dest: string;
-      config: Record<string, unknown>;
-      names?: string[];
-      /** The manifest's annotations. */
-      annotations?: Record<string, string>;
-    };
+/** Where a result's files go (BuildKit's `--output` of type local or tar). */
+export type ExportSpec = { type: 'local'; dest: string } | { type: 'tar'; dest: string };
+
+/** How results are made into images. */
+export interface ImageOptions {
+  /** The image names (`name:tag`): tags of a tarball, subjects of attestations. */
+  names?: string[];
+  /** Scan each filesystem for an SPDX SBOM attestation (`attest:sbom`). */
+  sbom?: boolean;
+  /**
+   * SOURCE_DATE_EPOCH (seconds) with `rewrite-timestamp=true`: file times in the layers the build
+   * made are clamped to it (the base image's layers are kept as pulled).
+   */
+  sourceDateEpoch?: number;
+}
 
 /** One platform's result made into an image (multi-platform exports and pushes). */
 export interface ImageResult {
@@ -70,6 +76,8 @@ export interface ImageResult {
   platform: { os: string; architecture: string; variant?: string };
   /** The manifest's annotations. */
   annotations?: Record<string, string>;
+  /** In-toto predicates about the image (provenance), attached as its attestation manifest. */
+  predicates?: Predicate[];
 }
 
 export class Engine {
@@ -172,56 +180,80 @@ export class Engine {
     snapshot: string | undefined,
     config: Record<string, unknown>,
     annotations?: Record<string, string>,
+    sourceDateEpoch?: number,
   ): Promise<BuiltImage> {
-    return buildImage(this.env, this.store, this.layers, snapshot, {
-      config,
-      ...(annotations ? { annotations } : {}),
-    });
+    return buildImage(
+      this.env,
+      this.store,
+      this.layers,
+      snapshot,
+      { config, ...(annotations ? { annotations } : {}) },
+      sourceDateEpoch,
+    );
   }
 
-  /** Writes a result where `spec` says. */
+  /** Writes a result's files where `spec` says (images: {@link Engine.images}). */
   async export(snapshot: string | undefined, spec: ExportSpec): Promise<void> {
     switch (spec.type) {
       case 'local':
         return exportLocal(this.env, snapshot, spec.dest);
       case 'tar':
         return exportTarFile(this.env, snapshot, spec.dest);
-      case 'oci':
-      case 'docker': {
-        const img = await this.buildImage(snapshot, spec.config, spec.annotations);
-        return exportImageTarballFile(
-          this.store,
-          { image: img },
-          spec.type,
-          spec.names ?? [],
-          spec.dest,
-        );
-      }
     }
   }
 
   /**
-   * Writes one image tarball holding several platforms' images (an OCI index over their
-   * manifests), as a multi-platform `--output type=oci` does.
+   * Each platform's result made into an image (its layers in the store), with its attestation
+   * manifest when it has predicates or `sbom` asks for a scan of its filesystem.
    */
-  async exportMultiPlatform(
+  async imagesOf(results: ImageResult[], o: ImageOptions = {}): Promise<TarballImage[]> {
+    const out: TarballImage[] = [];
+    for (const r of results) {
+      const image = await this.buildImage(r.snapshot, r.config, r.annotations, o.sourceDateEpoch);
+      const predicates = [...(r.predicates ?? [])];
+      if (o.sbom) {
+        const created = String(
+          (JSON.parse(image.config.toString()) as { created?: unknown }).created,
+        );
+        predicates.push({
+          predicateType: SPDX_PREDICATE_TYPE,
+          predicate: await this.read(r.snapshot, (dir) =>
+            spdxDocument(dir, o.names?.[0] ?? 'image', created),
+          ),
+        });
+      }
+      out.push({
+        image,
+        platform: r.platform,
+        ...(predicates.length > 0
+          ? {
+              attestation: buildAttestation(
+                predicates,
+                subjectsOf(o.names ?? [], r.platform, image.manifestDigest),
+                image.manifestDigest,
+              ),
+            }
+          : {}),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Writes one image tarball (`oci`, or `docker` of one platform): an OCI index over several
+   * platforms' images or over an image and its attestations, else the one manifest.
+   */
+  async exportImages(
     results: ImageResult[],
     spec: {
       type: 'oci' | 'docker';
       dest: string;
-      names?: string[];
       indexAnnotations?: Record<string, string>;
-    },
+    } & ImageOptions,
   ): Promise<void> {
-    const images = [];
-    for (const r of results)
-      images.push({
-        image: await this.buildImage(r.snapshot, r.config, r.annotations),
-        platform: r.platform,
-      });
     await exportImageTarballFile(
       this.store,
-      images,
+      await this.imagesOf(results, spec),
       spec.type,
       spec.names ?? [],
       spec.dest,
@@ -230,21 +262,17 @@ export class Engine {
   }
 
   /**
-   * Pushes the image of each result (an OCI index over them when there are several) to a
-   * registry under every name (`push=true`).
+   * Pushes the image of each result (an OCI index over them when there are several, or when
+   * they have attestations) to a registry under every name (`push=true`).
    */
   async pushImages(
     results: ImageResult[],
     names: string[],
     credentials?: CredentialsProvider,
     indexAnnotations: Record<string, string> = {},
+    o: Omit<ImageOptions, 'names'> = {},
   ): Promise<PushResult> {
-    const images = [];
-    for (const r of results)
-      images.push({
-        image: await this.buildImage(r.snapshot, r.config, r.annotations),
-        platform: r.platform,
-      });
+    const images = await this.imagesOf(results, { ...o, names });
     return pushImages(this.registryFor(credentials), this.store, images, names, indexAnnotations);
   }
 

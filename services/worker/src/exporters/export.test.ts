@@ -74,7 +74,10 @@ describe('exporters', () => {
       os: 'linux',
       config: { Env: ['PATH=/bin'], Cmd: ['cat', '/app/hello'] },
     };
-    await engine.export(snapshot, { type: 'oci', dest, config, names: ['kiln/test:1'] });
+    await engine.exportImages(
+      [{ snapshot, config, platform: { os: 'linux', architecture: 'amd64' } }],
+      { type: 'oci', dest, names: ['kiln/test:1'] },
+    );
     const { stdout } = await run('skopeo', ['inspect', '--raw', `oci-archive:${dest}:1`]);
     const manifest = JSON.parse(stdout) as { layers: { digest: string }[] };
     expect(manifest.layers.length).toBeGreaterThanOrEqual(3); // busybox + exec + file

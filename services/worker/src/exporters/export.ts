@@ -19,6 +19,8 @@ import { diffLayer } from '@kiln/layers';
 import { readSnapshot } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 import { KilnError, cleanupAfter } from '@kiln/protocol';
+import { attestationDescriptor } from './attestations.js';
+import type { BuiltAttestation } from './attestations.js';
 import type { LayerCache, LayerRecord } from './layers.js';
 
 export class ExportError extends KilnError {
@@ -45,7 +47,18 @@ export function sortedRecord(r: Record<string, string>): Record<string, string> 
   return Object.fromEntries(Object.entries(r).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
-/** An OCI index over several platforms' manifests, with its annotations. */
+/**
+ * Whether images are written as an index: several platforms, or attestations (BuildKit makes an
+ * index of a single platform's image too when it has an attestation manifest).
+ */
+export function needsIndex(images: readonly TarballImage[]): boolean {
+  return images.length > 1 || images.some((t) => t.attestation);
+}
+
+/**
+ * An OCI index over several platforms' manifests, with its annotations; the attestation
+ * manifests come after every image, as BuildKit lists them.
+ */
 export function imageIndex(
   manifests: TarballImage[],
   annotations: Record<string, string> = {},
@@ -54,12 +67,15 @@ export function imageIndex(
     JSON.stringify({
       schemaVersion: 2,
       mediaType: OCI_INDEX,
-      manifests: manifests.map((t) => ({
-        mediaType: OCI_MANIFEST,
-        digest: t.image.manifestDigest,
-        size: t.image.manifest.length,
-        ...(t.platform ? { platform: t.platform } : {}),
-      })),
+      manifests: [
+        ...manifests.map((t) => ({
+          mediaType: OCI_MANIFEST,
+          digest: t.image.manifestDigest,
+          size: t.image.manifest.length,
+          ...(t.platform ? { platform: t.platform } : {}),
+        })),
+        ...manifests.flatMap((t) => (t.attestation ? [attestationDescriptor(t.attestation)] : [])),
+      ],
       ...(Object.keys(annotations).length > 0 ? { annotations: sortedRecord(annotations) } : {}),
     }),
   );
@@ -119,15 +135,30 @@ export interface BuiltImage {
   layers: LayerRecord[];
 }
 
-/** Assembles the config and manifest of an image whose filesystem is `snapshot`. */
+/**
+ * Assembles the config and manifest of an image whose filesystem is `snapshot`; with
+ * `sourceDateEpoch` (BuildKit's `rewrite-timestamp=true`) the layers past the base image's (the
+ * frontend's config names its diffIDs) are written with file times clamped to it.
+ */
 export async function buildImage(
   env: SnapshotEnv,
   store: BlobStore,
   layers: LayerCache,
   snapshot: string | undefined,
   img: ImageConfigInput,
+  sourceDateEpoch?: number,
 ): Promise<BuiltImage> {
-  const recs = await layers.chainLayers(env, store, snapshot);
+  const base = (img.config.rootfs as { diff_ids?: unknown } | undefined)?.diff_ids;
+  const recs =
+    sourceDateEpoch === undefined
+      ? await layers.chainLayers(env, store, snapshot)
+      : await layers.chainLayersAt(
+          env,
+          store,
+          snapshot,
+          sourceDateEpoch,
+          Array.isArray(base) ? base.filter((d): d is string => typeof d === 'string') : [],
+        );
   const config = {
     ...img.config,
     rootfs: { type: 'layers', diff_ids: recs.map((l) => l.diffID) },
@@ -195,6 +226,8 @@ async function addBlob(
 export interface TarballImage {
   image: BuiltImage;
   platform?: { os: string; architecture: string; variant?: string };
+  /** Its attestation manifest (provenance, SBOM), listed in the index after the images. */
+  attestation?: BuiltAttestation;
 }
 
 /**
@@ -225,11 +258,11 @@ export async function exportImageTarball(
     mediaType: OCI_MANIFEST,
     digest: t.image.manifestDigest,
     size: t.image.manifest.length,
-    ...(t.platform && list.length > 1 ? { platform: t.platform } : {}),
+    ...(t.platform && needsIndex(list) ? { platform: t.platform } : {}),
   });
   let top: Record<string, unknown>;
   const extra: { name: string; data: Buffer }[] = [];
-  if (list.length === 1) {
+  if (!needsIndex(list)) {
     top = manifestDesc(list[0]!);
   } else {
     // The index of the platforms' manifests is itself a blob; index.json points at it.
@@ -286,6 +319,12 @@ export async function exportImageTarball(
       await once(blob(image.configDigest), image.config, image.config.length);
       for (const l of image.layers)
         await once(blob(l.digest), () => store.get(l.digest as `sha256:${string}`), l.size);
+    }
+    for (const { attestation: a } of list) {
+      if (!a) continue;
+      await once(blob(a.manifestDigest), a.manifest, a.manifest.length);
+      await once(blob(a.configDigest), a.config, a.config.length);
+      for (const l of a.layers) await once(blob(l.digest), l.data, l.data.length);
     }
     pack.finalize();
   } catch (err) {

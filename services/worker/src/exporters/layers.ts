@@ -34,6 +34,8 @@ export class LayerCache {
   private readonly map = new Map<string, Known>();
   private readonly inflight = new Map<string, Promise<LayerRecord>>();
   private readonly hashing = new Map<string, Promise<string>>();
+  /** Layers written with clamped file times, by `snapshot@epoch` (this process only). */
+  private readonly rewritten = new Map<string, Promise<LayerRecord>>();
 
   private constructor(private readonly file: string) {}
 
@@ -64,6 +66,9 @@ export class LayerCache {
   forget(snapshots: readonly string[]): Promise<void> {
     let changed = false;
     for (const s of snapshots) changed = this.map.delete(s) || changed;
+    const gone = new Set(snapshots);
+    for (const k of this.rewritten.keys())
+      if (gone.has(k.slice(0, k.lastIndexOf('@')))) this.rewritten.delete(k);
     return changed ? this.#write() : Promise.resolve();
   }
 
@@ -160,5 +165,59 @@ export class LayerCache {
     if (snapshot === undefined) return [];
     const chain = await snapshotChain(env, snapshot);
     return Promise.all(chain.map((s) => this.layerOf(env, store, s)));
+  }
+
+  /**
+   * As {@link LayerCache.chainLayers}, but every layer past the base image's (the leading layers
+   * whose diffIDs are `base`'s, kept as pulled) is written again with file times later than
+   * `epoch` clamped to it (BuildKit's `rewrite-timestamp=true`): the same files give the same
+   * blob on every worker, whenever they were made.
+   */
+  async chainLayersAt(
+    env: SnapshotEnv,
+    store: BlobStore,
+    snapshot: string | undefined,
+    epoch: number,
+    base: readonly string[],
+  ): Promise<LayerRecord[]> {
+    if (snapshot === undefined) return [];
+    const chain = await snapshotChain(env, snapshot);
+    const ids = await Promise.all(chain.map((s) => this.diffIdOf(env, s)));
+    let keep = 0;
+    while (keep < chain.length && keep < base.length && ids[keep] === base[keep]) keep++;
+    return Promise.all(
+      chain.map((s, i) =>
+        i < keep ? this.layerOf(env, store, s) : this.#clampedLayerOf(env, store, s, epoch),
+      ),
+    );
+  }
+
+  #clampedLayerOf(
+    env: SnapshotEnv,
+    store: BlobStore,
+    snapshot: string,
+    epoch: number,
+  ): Promise<LayerRecord> {
+    const key = `${snapshot}@${epoch}`;
+    let p = this.rewritten.get(key);
+    if (!p) {
+      p = (async () => {
+        const handle = await env.snapshotter.diffSource(snapshot);
+        const desc = await withCleanup(
+          () => writeLayer(store, handle.source, { compression: 'gzip', sourceDateEpoch: epoch }),
+          () => handle.release(),
+        );
+        return {
+          digest: desc.digest,
+          diffID: desc.diffID,
+          size: desc.size,
+          mediaType: desc.mediaType,
+        };
+      })();
+      // A failure is not remembered: the next export tries again.
+      p.catch(() => this.rewritten.delete(key));
+      this.rewritten.set(key, p);
+    }
+    return p;
   }
 }

@@ -9,7 +9,7 @@ import { KilnError } from '@kiln/protocol';
 import type { BlobStore, Digest } from '@kiln/store';
 import { toReference } from '@kiln/registry';
 import type { RegistryClient } from '@kiln/registry';
-import { imageIndex } from './export.js';
+import { imageIndex, needsIndex } from './export.js';
 import type { TarballImage } from './export.js';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -49,7 +49,7 @@ export async function pushImages(
     }
   });
   let top: { bytes: Buffer; digest: string; mediaType: string } | undefined;
-  if (images.length > 1) {
+  if (needsIndex(images)) {
     const bytes = imageIndex(images, indexAnnotations);
     top = { bytes, digest: '', mediaType: OCI_INDEX };
   }
@@ -70,6 +70,17 @@ export async function pushImages(
       );
       if (top)
         await client.pushManifest(repo, t.image.manifestDigest, t.image.manifest, OCI_MANIFEST);
+    }
+    for (const { attestation: a } of images) {
+      if (!a) continue;
+      for (const l of a.layers)
+        await client.pushBlob(repo, { digest: l.digest as Digest, size: l.data.length }, l.data);
+      await client.pushBlob(
+        repo,
+        { digest: a.configDigest as Digest, size: a.config.length },
+        a.config,
+      );
+      await client.pushManifest(repo, a.manifestDigest, a.manifest, OCI_MANIFEST);
     }
     const tag = ref.tag ?? 'latest';
     digest = top

@@ -460,7 +460,20 @@ export class TaskRunner {
       config: configOf(i),
       platform: platformOf(p),
       annotations: manifestAnnotations(annotations, platformFromPb(p.platform)),
+      predicates: (p.attestations ?? []).map((a) => ({
+        predicateType: a.predicateType ?? '',
+        predicate: Buffer.from(a.predicate ?? new Uint8Array(0)),
+      })),
     });
+    const epoch = spec.sourceDateEpoch ? Number(spec.sourceDateEpoch) : undefined;
+    if (epoch !== undefined && !(Number.isSafeInteger(epoch) && epoch >= 0))
+      throw new InvalidTaskError(
+        `invalid source date epoch ${JSON.stringify(spec.sourceDateEpoch)}`,
+      );
+    const imageOpts = {
+      ...(spec.sbom ? { sbom: true } : {}),
+      ...(epoch !== undefined ? { sourceDateEpoch: epoch } : {}),
+    };
     if (type === 'image') {
       // Pushed to the registry: the result is what the names now point at.
       const pushed = await this.engine.pushImages(
@@ -470,6 +483,7 @@ export class TaskRunner {
         // unless the farm lends its own.
         session?.providers.credentials,
         indexAnn,
+        imageOpts,
       );
       log?.info({ type, digest: pushed.digest, names: pushed.names }, 'export done');
       return { outputs: [{ resultId: pushed.digest, layers: [] }], inputs: io };
@@ -479,20 +493,13 @@ export class TaskRunner {
     try {
       const file = join(dir, 'artifact');
       const names = spec.names ?? [];
-      if (type === 'oci' && platforms.length > 1) {
-        await this.engine.exportMultiPlatform(platforms.map(imageOf), {
-          type: 'oci',
+      if (type === 'oci' || type === 'docker') {
+        await this.engine.exportImages(platforms.map(imageOf), {
+          type,
           dest: file,
           names,
           indexAnnotations: indexAnn,
-        });
-      } else if (type === 'oci' || type === 'docker') {
-        await this.engine.export(snapshots[0], {
-          type,
-          dest: file,
-          config: configOf(0),
-          names,
-          annotations: imageOf(platforms[0]!, 0).annotations ?? {},
+          ...imageOpts,
         });
       } else {
         await this.engine.export(snapshots[0], { type: 'tar', dest: file });
