@@ -102,6 +102,28 @@ async function fileDigest(path: string, size: bigint): Promise<string> {
   return `sha256:${h.digest('hex')}`;
 }
 
+/** A 64-bit protobuf value as a key: a Long by its halves, a number as it is. */
+const int64Key = (v: ContextEntry['size']): string =>
+  v == null ? '0' : typeof v === 'number' ? String(v) : `${v.high}:${v.low}`;
+
+/**
+ * The digest of a directory listing: every field of every entry, in order (`ifChangedFrom`).
+ * Only this client compares it with what it made before, so its form is its own: eight fields
+ * an entry, each ended by a NUL (which no path or link target holds).
+ */
+export function listingDigest(entries: readonly ContextEntry[]): string {
+  const h = createHash('sha256');
+  let buf = '';
+  for (const e of entries) {
+    buf += `${e.path}\0${e.mode}\0${e.uid}\0${e.gid}\0${int64Key(e.size)}\0${int64Key(e.mtimeUnixNano)}\0${e.digest ?? ''}\0${e.linkname ?? ''}\0`;
+    if (buf.length > 64 * 1024) {
+      h.update(buf);
+      buf = '';
+    }
+  }
+  return `sha256:${h.update(buf).digest('hex')}`;
+}
+
 /** `fn` over `items`, at most `limit` at once; results in input order. */
 async function mapLimit<T, R>(
   items: readonly T[],
@@ -302,12 +324,28 @@ export class BuildSession {
 
   // ---- local directories ----
 
-  /** Streams the manifest of one directory, in chunks of MANIFEST_CHUNK entries. */
+  /**
+   * Streams the manifest of one directory, in chunks of MANIFEST_CHUNK entries, the last with
+   * the listing's digest; or only `unchanged` when that digest is the request's
+   * `ifChangedFrom` (the farm holds the sync of this very listing).
+   */
   async #sendManifest(id: SessionMessage['id'], r: ManifestRequest): Promise<void> {
     const entries = await this.#manifest(r);
+    const digest = listingDigest(entries);
+    if (r.ifChangedFrom && r.ifChangedFrom === digest) {
+      this.#send({ id, manifest: { digest, unchanged: true } });
+      return;
+    }
     for (let i = 0; i === 0 || i < entries.length; i += MANIFEST_CHUNK) {
       const more = i + MANIFEST_CHUNK < entries.length;
-      this.#send({ id, manifest: { entries: entries.slice(i, i + MANIFEST_CHUNK), more } });
+      this.#send({
+        id,
+        manifest: {
+          entries: entries.slice(i, i + MANIFEST_CHUNK),
+          more,
+          ...(more ? {} : { digest }),
+        },
+      });
       if (this.#call.writableNeedDrain) await new Promise((r) => this.#call.once('drain', r));
     }
   }

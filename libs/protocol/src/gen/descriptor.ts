@@ -598,6 +598,10 @@ const raw = {
                       "rule": "repeated",
                       "type": "string",
                       "id": 4
+                    },
+                    "if_changed_from": {
+                      "type": "string",
+                      "id": 5
                     }
                   }
                 },
@@ -611,6 +615,14 @@ const raw = {
                     "more": {
                       "type": "bool",
                       "id": 2
+                    },
+                    "digest": {
+                      "type": "string",
+                      "id": 3
+                    },
+                    "unchanged": {
+                      "type": "bool",
+                      "id": 4
                     }
                   }
                 },

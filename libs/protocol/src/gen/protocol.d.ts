@@ -486,6 +486,7 @@ export namespace kiln {
                 includePatterns?: (string[]|null);
                 excludePatterns?: (string[]|null);
                 followPaths?: (string[]|null);
+                ifChangedFrom?: (string|null);
             }
 
             class ContextManifestRequest implements IContextManifestRequest {
@@ -494,6 +495,7 @@ export namespace kiln {
                 public includePatterns: string[];
                 public excludePatterns: string[];
                 public followPaths: string[];
+                public ifChangedFrom: string;
                 public static create(properties?: kiln.control.v1.IContextManifestRequest): kiln.control.v1.ContextManifestRequest;
                 public static encode(message: kiln.control.v1.IContextManifestRequest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ContextManifestRequest;
@@ -505,12 +507,16 @@ export namespace kiln {
             interface IContextManifest {
                 entries?: (kiln.control.v1.IContextEntry[]|null);
                 more?: (boolean|null);
+                digest?: (string|null);
+                unchanged?: (boolean|null);
             }
 
             class ContextManifest implements IContextManifest {
                 constructor(properties?: kiln.control.v1.IContextManifest);
                 public entries: kiln.control.v1.IContextEntry[];
                 public more: boolean;
+                public digest: string;
+                public unchanged: boolean;
                 public static create(properties?: kiln.control.v1.IContextManifest): kiln.control.v1.ContextManifest;
                 public static encode(message: kiln.control.v1.IContextManifest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ContextManifest;

@@ -4223,6 +4223,7 @@ export const kiln = $root.kiln = (() => {
                 ContextManifestRequest.prototype.includePatterns = $util.emptyArray;
                 ContextManifestRequest.prototype.excludePatterns = $util.emptyArray;
                 ContextManifestRequest.prototype.followPaths = $util.emptyArray;
+                ContextManifestRequest.prototype.ifChangedFrom = "";
 
                 ContextManifestRequest.create = function create(properties) {
                     return new ContextManifestRequest(properties);
@@ -4246,6 +4247,8 @@ export const kiln = $root.kiln = (() => {
                     if (message.followPaths != null && message.followPaths.length)
                         for (let i = 0; i < message.followPaths.length; ++i)
                             writer.uint32(34).string(message.followPaths[i]);
+                    if (message.ifChangedFrom != null && Object.hasOwnProperty.call(message, "ifChangedFrom"))
+                        writer.uint32(42).string(message.ifChangedFrom);
                     return writer;
                 };
 
@@ -4294,6 +4297,10 @@ export const kiln = $root.kiln = (() => {
                                 message.followPaths.push(reader.string());
                                 break;
                             }
+                        case 5: {
+                                message.ifChangedFrom = reader.string();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -4340,6 +4347,8 @@ export const kiln = $root.kiln = (() => {
                         for (let i = 0; i < object.followPaths.length; ++i)
                             message.followPaths[i] = String(object.followPaths[i]);
                     }
+                    if (object.ifChangedFrom != null)
+                        message.ifChangedFrom = String(object.ifChangedFrom);
                     return message;
                 };
 
@@ -4356,8 +4365,10 @@ export const kiln = $root.kiln = (() => {
                         object.excludePatterns = [];
                         object.followPaths = [];
                     }
-                    if (options.defaults)
+                    if (options.defaults) {
                         object.dir = "";
+                        object.ifChangedFrom = "";
+                    }
                     if (message.dir != null && Object.hasOwnProperty.call(message, "dir"))
                         object.dir = message.dir;
                     if (message.includePatterns && message.includePatterns.length) {
@@ -4375,6 +4386,8 @@ export const kiln = $root.kiln = (() => {
                         for (let j = 0; j < message.followPaths.length; ++j)
                             object.followPaths[j] = message.followPaths[j];
                     }
+                    if (message.ifChangedFrom != null && Object.hasOwnProperty.call(message, "ifChangedFrom"))
+                        object.ifChangedFrom = message.ifChangedFrom;
                     return object;
                 };
 
@@ -4397,6 +4410,8 @@ export const kiln = $root.kiln = (() => {
 
                 ContextManifest.prototype.entries = $util.emptyArray;
                 ContextManifest.prototype.more = false;
+                ContextManifest.prototype.digest = "";
+                ContextManifest.prototype.unchanged = false;
 
                 ContextManifest.create = function create(properties) {
                     return new ContextManifest(properties);
@@ -4414,6 +4429,10 @@ export const kiln = $root.kiln = (() => {
                             $root.kiln.control.v1.ContextEntry.encode(message.entries[i], writer.uint32(10).fork(), q + 1).ldelim();
                     if (message.more != null && Object.hasOwnProperty.call(message, "more"))
                         writer.uint32(16).bool(message.more);
+                    if (message.digest != null && Object.hasOwnProperty.call(message, "digest"))
+                        writer.uint32(26).string(message.digest);
+                    if (message.unchanged != null && Object.hasOwnProperty.call(message, "unchanged"))
+                        writer.uint32(32).bool(message.unchanged);
                     return writer;
                 };
 
@@ -4448,6 +4467,14 @@ export const kiln = $root.kiln = (() => {
                             }
                         case 2: {
                                 message.more = reader.bool();
+                                break;
+                            }
+                        case 3: {
+                                message.digest = reader.string();
+                                break;
+                            }
+                        case 4: {
+                                message.unchanged = reader.bool();
                                 break;
                             }
                         default:
@@ -4485,6 +4512,10 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (object.more != null)
                         message.more = Boolean(object.more);
+                    if (object.digest != null)
+                        message.digest = String(object.digest);
+                    if (object.unchanged != null)
+                        message.unchanged = Boolean(object.unchanged);
                     return message;
                 };
 
@@ -4498,8 +4529,11 @@ export const kiln = $root.kiln = (() => {
                     let object = {};
                     if (options.arrays || options.defaults)
                         object.entries = [];
-                    if (options.defaults)
+                    if (options.defaults) {
                         object.more = false;
+                        object.digest = "";
+                        object.unchanged = false;
+                    }
                     if (message.entries && message.entries.length) {
                         object.entries = [];
                         for (let j = 0; j < message.entries.length; ++j)
@@ -4507,6 +4541,10 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (message.more != null && Object.hasOwnProperty.call(message, "more"))
                         object.more = message.more;
+                    if (message.digest != null && Object.hasOwnProperty.call(message, "digest"))
+                        object.digest = message.digest;
+                    if (message.unchanged != null && Object.hasOwnProperty.call(message, "unchanged"))
+                        object.unchanged = message.unchanged;
                     return object;
                 };
 

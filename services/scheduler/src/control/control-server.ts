@@ -276,6 +276,7 @@ export class ControlServer {
       tasks: o.dispatcher.bus.tasks,
       ...(o.store ? { store: o.store } : {}),
       log: this.#log.child({ component: 'session' }),
+      onSynced: (listing) => this.#o.metrics?.contextSynced(listing),
     });
     this.#defaultPlatform = parsePlatform(o.defaultPlatform ?? 'linux/amd64');
     this.#maxDefinitionBytes = frontendLimits(o.frontendLimits).maxDefinitionBytes;

@@ -72,6 +72,9 @@ type ContextEntry = NonNullable<NonNullable<SessionMessage['manifest']>['entries
 
 /** Bytes per ExportChunk. */
 const EXPORT_CHUNK = 256 * 1024;
+/** A client's digest of a directory listing (`ContextManifest.digest`). */
+const LISTING_DIGEST = /^sha256:[0-9a-f]{64}$/;
+
 /** Entries a streamed context manifest may hold: an input bound (200,000 files must work). */
 export const MANIFEST_MAX_ENTRIES = 2_000_000;
 
@@ -97,6 +100,8 @@ export interface SessionManagerOptions {
   /** Where synced context files go; without it, local directories cannot be served. */
   store?: BlobStore;
   log: Logger;
+  /** Each sync of a local directory: was its listing sent in full, or unchanged (not sent)? */
+  onSynced?: (listing: 'full' | 'unchanged') => void;
 }
 
 export class SessionManager {
@@ -655,7 +660,7 @@ export class ClientSession {
         { local: r.dir },
       );
     const src: ContextSource = {
-      manifest: async (req) => {
+      manifest: async (req, ifChangedFrom) => {
         const m = await this.request(
           {
             manifestRequest: {
@@ -663,12 +668,20 @@ export class ClientSession {
               includePatterns: req.includePatterns,
               excludePatterns: req.excludePatterns,
               followPaths: req.followPaths,
+              ...(ifChangedFrom ? { ifChangedFrom } : {}),
             },
           },
           undefined,
           true,
         );
-        return (m.manifest?.entries ?? []).map((e) => ({
+        if (m.manifest?.unchanged) {
+          if (!ifChangedFrom || m.manifest.digest !== ifChangedFrom)
+            throw new SessionError('the client answered unchanged unasked', 'SESSION_ERROR');
+          return 'unchanged';
+        }
+        // Kept only in the form the client makes (a bounded input).
+        const digest = LISTING_DIGEST.test(m.manifest?.digest ?? '') ? m.manifest!.digest! : '';
+        const entries = (m.manifest?.entries ?? []).map((e) => ({
           path: e.path ?? '',
           mode: e.mode ?? 0,
           uid: e.uid ?? 0,
@@ -678,6 +691,7 @@ export class ClientSession {
           ...(e.digest ? { digest: e.digest } : {}),
           ...(e.linkname ? { linkname: e.linkname } : {}),
         }));
+        return { entries, digest };
       },
       files: async (dir, paths, sink) => {
         await this.request(
@@ -686,9 +700,18 @@ export class ClientSession {
         );
       },
     };
-    const stats: SyncStats = { files: 0, fetched: 0, packs: 0 };
-    const digest = await syncContext(store, src, r, this.sharedKey, this.o.packs, stats);
+    const stats: SyncStats = { files: 0, fetched: 0, packs: 0, unchanged: false };
+    const digest = await syncContext(
+      store,
+      src,
+      r,
+      this.sharedKey,
+      this.o.packs,
+      stats,
+      this.owner.tenant,
+    );
     this.o.log.debug({ sessionId: this.id, local: r.dir, ...stats }, 'local directory synced');
+    this.o.onSynced?.(stats.unchanged ? 'unchanged' : 'full');
     return digest;
   }
 }
