@@ -71,6 +71,12 @@ export interface SessionOptions {
    */
   digestCacheFile?: string;
   /**
+   * A content store directory this client can read: its local farm's (`<state dir>/store`). A
+   * farm whose store it is then hands artifacts over by reference: they are copied from the
+   * store here (their digest checked) instead of streamed through the session.
+   */
+  localStore?: string;
+  /**
    * How long a session stream cut by a scheduler that went away (UNAVAILABLE, or
    * `SCHEDULER_UNAVAILABLE`) is opened again before the session fails. Default 0: it fails at
    * once. `KilnClient.session` sets its `reconnectWindowMs`.
@@ -174,6 +180,8 @@ export class BuildSession {
   #exportsInterrupted = false;
   #failure: Error | undefined;
   #ended = false;
+  /** Artifacts received by reference and copied from the local store (see `localStore`). */
+  exportsFromStore = 0;
 
   constructor(open: SessionOpener, o: SessionOptions = {}) {
     this.id = o.sessionId ?? randomUUID();
@@ -204,6 +212,7 @@ export class BuildSession {
           sshIds: Object.keys(o.ssh ?? {}),
           registryAuth: o.registryAuth !== undefined,
           sharedKey: o.sharedKey ?? defaultSharedKey(o.localDirs ?? {}),
+          ...(o.localStore ? { localStore: resolve(o.localStore) } : {}),
         },
       }),
     );
@@ -507,6 +516,43 @@ export class BuildSession {
 
   // ---- exports ----
 
+  /**
+   * Copies the blob `digest` (`size` bytes) of the local store into `w` and ends it; fails (and
+   * destroys `w`, so that nothing partial is left) when this session named no store, or the
+   * blob is missing or not what its digest says.
+   */
+  async #copyStored(digest: string, size: number, w: Writable): Promise<void> {
+    const store = this.#o.localStore;
+    const hex = /^sha256:([0-9a-f]{64})$/.exec(digest)?.[1];
+    const fail = (message: string, cause?: unknown): never => {
+      const err = new KilnError('EXPORT_BLOB_INVALID', message, cause ? { cause } : {});
+      w.destroy(err);
+      throw err;
+    };
+    if (!store || !hex) return fail(`artifact ${digest}: not a blob this client reads`);
+    const h = createHash('sha256');
+    let got = 0;
+    try {
+      for await (const c of createReadStream(join(resolve(store), 'blobs', 'sha256', hex), {
+        highWaterMark: CHUNK,
+      })) {
+        const b = c as Buffer;
+        h.update(b);
+        got += b.length;
+        if (!w.write(b)) await new Promise((r) => w.once('drain', r));
+      }
+    } catch (cause) {
+      return fail(`artifact ${digest}: cannot read it from the store ${store}`, cause);
+    }
+    if (got !== size || `sha256:${h.digest('hex')}` !== digest)
+      return fail(`artifact ${digest}: the store's copy is not that blob`);
+    await new Promise<void>((res, rej) => {
+      w.once('error', rej);
+      w.once('finish', res);
+      w.end();
+    });
+  }
+
   async #onExport(c: NonNullable<SessionMessage['export']>): Promise<void> {
     const key = `${c.cache ? 'cache' : ''}\0${c.index}\0${c.platform}`;
     let w = this.#exports.get(key);
@@ -518,6 +564,16 @@ export class BuildSession {
       if (!open) throw new KilnError('EXPORT_UNEXPECTED', 'no export was asked for');
       w = open(c.index ?? 0, c.platform ?? '');
       this.#exports.set(key, w);
+    }
+    if (c.blob) {
+      if (!c.eof)
+        throw new KilnError('EXPORT_BLOB_INVALID', 'an artifact by reference comes whole');
+      this.#exports.delete(key);
+      await this.#copyStored(c.blob, Number(c.size ?? 0), w);
+      this.exportsFromStore++;
+      this.#exportsDone++;
+      for (const r of this.#exportWaiters.splice(0)) r();
+      return;
     }
     if (c.data?.length && !w.write(c.data)) {
       // Chunks keep coming in order; stop reading until the destination catches up.

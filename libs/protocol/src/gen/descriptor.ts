@@ -575,6 +575,10 @@ const raw = {
                     "registry_auth": {
                       "type": "bool",
                       "id": 6
+                    },
+                    "local_store": {
+                      "type": "string",
+                      "id": 7
                     }
                   }
                 },
@@ -776,6 +780,14 @@ const raw = {
                     "cache": {
                       "type": "bool",
                       "id": 5
+                    },
+                    "blob": {
+                      "type": "string",
+                      "id": 6
+                    },
+                    "size": {
+                      "type": "int64",
+                      "id": 7
                     }
                   }
                 },

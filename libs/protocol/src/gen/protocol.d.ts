@@ -463,6 +463,7 @@ export namespace kiln {
                 sshIds?: (string[]|null);
                 sharedKey?: (string|null);
                 registryAuth?: (boolean|null);
+                localStore?: (string|null);
             }
 
             class SessionHello implements ISessionHello {
@@ -473,6 +474,7 @@ export namespace kiln {
                 public sshIds: string[];
                 public sharedKey: string;
                 public registryAuth: boolean;
+                public localStore: string;
                 public static create(properties?: kiln.control.v1.ISessionHello): kiln.control.v1.SessionHello;
                 public static encode(message: kiln.control.v1.ISessionHello, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.SessionHello;
@@ -683,6 +685,8 @@ export namespace kiln {
                 data?: (Uint8Array|null);
                 eof?: (boolean|null);
                 cache?: (boolean|null);
+                blob?: (string|null);
+                size?: (number|Long|null);
             }
 
             class ExportChunk implements IExportChunk {
@@ -692,6 +696,8 @@ export namespace kiln {
                 public data: Uint8Array;
                 public eof: boolean;
                 public cache: boolean;
+                public blob: string;
+                public size: (number|Long);
                 public static create(properties?: kiln.control.v1.IExportChunk): kiln.control.v1.ExportChunk;
                 public static encode(message: kiln.control.v1.IExportChunk, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ExportChunk;

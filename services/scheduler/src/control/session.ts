@@ -27,6 +27,7 @@
  *   (`SESSION_NOT_FOUND`), at once.
  */
 import * as grpc from '@grpc/grpc-js';
+import { realpathSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import type { Readable } from 'node:stream';
 import {
@@ -58,7 +59,8 @@ import type {
 } from '@kiln/bus';
 import type { KV } from '@nats-io/kv';
 import { KilnError, control } from '@kiln/protocol';
-import type { BlobStore } from '@kiln/store';
+import { FsBlobStore } from '@kiln/store';
+import type { BlobStore, Digest } from '@kiln/store';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { ErrorDetails } from '@kiln/protocol';
 import type { Logger } from 'pino';
@@ -102,6 +104,20 @@ export interface SessionManagerOptions {
   log: Logger;
   /** Each sync of a local directory: was its listing sent in full, or unchanged (not sent)? */
   onSynced?: (listing: 'full' | 'unchanged') => void;
+  /**
+   * Clients on this machine may read `store` (a local farm's, under its owner's state dir): one
+   * whose hello names its directory as `localStore` gets artifacts by reference (sendStoredExport).
+   */
+  storeReadByClients?: boolean;
+}
+
+/** A directory's real path, or undefined when it cannot be resolved. */
+function realDir(dir: string): string | undefined {
+  try {
+    return realpathSync(dir);
+  } catch {
+    return undefined;
+  }
 }
 
 export class SessionManager {
@@ -237,6 +253,8 @@ export class ClientSession {
   readonly sharedKey: string;
   /** The client answers registry credential requests. */
   readonly registryAuth: boolean;
+  /** The client reads this scheduler's store directory itself (see sendStoredExport). */
+  readonly readsStore: boolean;
   readonly #pending = new Map<number, Pending>();
   readonly #sub: Subscription;
   /** Builds (Solve refs) this session serves: the tasks of these may open channels. */
@@ -259,6 +277,9 @@ export class ClientSession {
     this.localDirs = new Set(hello.localDirs ?? []);
     this.sharedKey = hello.sharedKey ?? '';
     this.registryAuth = hello.registryAuth ?? false;
+    const store = o.store;
+    const root = o.storeReadByClients && store instanceof FsBlobStore ? realDir(store.root) : '';
+    this.readsStore = !!root && !!hello.localStore && realDir(hello.localStore) === root;
     this.#sub = o.nc.subscribe(sessionKeySubject(id, '*'), {
       callback: (err, msg) => {
         if (!err) void this.#onKeyRequest(msg);
@@ -427,6 +448,22 @@ export class ClientSession {
       sink.destroy(e instanceof Error ? e : new Error(String(e))),
     );
     return sink;
+  }
+
+  /**
+   * Sends the blob `digest` of `store` as the artifact of export `index`: by reference (one
+   * ExportChunk naming the blob) when the client reads this store itself, else its bytes.
+   */
+  async sendStoredExport(
+    index: number,
+    platform: string,
+    store: BlobStore,
+    digest: Digest,
+  ): Promise<void> {
+    const st = this.readsStore ? await store.stat(digest) : undefined;
+    if (!st) return this.sendExport(index, platform, await store.get(digest));
+    if (!this.#send({ export: { index, platform, blob: digest, size: st.size, eof: true } }))
+      await new Promise((r) => this.call.once('drain', r));
   }
 
   /** Streams an artifact to the client as ExportChunks (`cache`: a cache export's). */

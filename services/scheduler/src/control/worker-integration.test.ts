@@ -363,6 +363,54 @@ describe('sessions and exporters with real workers', () => {
     }
   });
 
+  it("hands an artifact over by reference to a client that reads the farm's store (the local farm's)", async () => {
+    // A second control server on the same farm, whose clients share its store (as the local
+    // farm's, under their state dir).
+    const local = new ControlServer({
+      dispatcher,
+      metaResolver: registryMetaResolver(),
+      store: new FsBlobStore({ root: storeDir }),
+      storeReadByClients: true,
+      sessionWaitMs: 2_000,
+    });
+    const localClient = await KilnClient.connect(`127.0.0.1:${await local.listen('127.0.0.1:0')}`);
+    const tag = randomUUID();
+    const exportOci = async (c: KilnClient, localStore?: string) => {
+      const sink = new Sink();
+      const session = c.session({ onExport: () => sink, ...(localStore ? { localStore } : {}) });
+      try {
+        const res = await c.solve({
+          buildId: `int-ref-${randomUUID()}`,
+          sessionId: session.id,
+          frontend: 'dockerfile.v0',
+          attrs: { platform: 'linux/amd64' },
+          inputs: { dockerfile: dockerfileInput(`FROM ${fixture}\nRUN echo ${tag} > /t.txt\n`) },
+          exporters: [{ type: 'oci' }],
+        });
+        await session.exportsWritten(Number(res.exporterResponse['export.count']));
+      } finally {
+        session.close();
+      }
+      return { bytes: sink.bytes, fromStore: session.exportsFromStore };
+    };
+    try {
+      // Streamed: by the farm whose clients do not read its store, and by this one to a client
+      // that names another directory.
+      const streamed = await exportOci(client, storeDir);
+      expect(streamed.fromStore).toBe(0);
+      const other = await exportOci(localClient, join(tmp.dir, 'not-the-store'));
+      expect(other.fromStore).toBe(0);
+      // By reference: the same bytes, copied from the store.
+      const copied = await exportOci(localClient, storeDir);
+      expect(copied.fromStore).toBe(1);
+      expect(copied.bytes.equals(streamed.bytes)).toBe(true);
+      expect(other.bytes.equals(streamed.bytes)).toBe(true);
+    } finally {
+      localClient.close();
+      await local.close();
+    }
+  });
+
   it('fails a build whose session never opens, typed, and one that needs a session without one', async () => {
     await expect(
       client.solve({
