@@ -364,10 +364,10 @@ describe('sessions and exporters with real workers', () => {
   });
 
   it("hands an artifact over by reference to a client that reads the farm's store (the local farm's)", async () => {
-    // A second control server on the same farm, whose clients share its store (as the local
-    // farm's, under their state dir).
+    // A second scheduler of the same farm (its own dispatcher: closing a control server closes
+    // its dispatcher), whose clients share its store (as the local farm's, under their state dir).
     const local = new ControlServer({
-      dispatcher,
+      dispatcher: await Dispatcher.start({ nc, affinityDelayMs: 100, monitorIntervalMs: 100 }),
       metaResolver: registryMetaResolver(),
       store: new FsBlobStore({ root: storeDir }),
       storeReadByClients: true,
