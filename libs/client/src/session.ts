@@ -524,10 +524,11 @@ export class BuildSession {
   async #copyStored(digest: string, size: number, w: Writable): Promise<void> {
     const store = this.#o.localStore;
     const hex = /^sha256:([0-9a-f]{64})$/.exec(digest)?.[1];
-    const fail = (message: string, cause?: unknown): never => {
-      const err = new KilnError('EXPORT_BLOB_INVALID', message, cause ? { cause } : {});
-      w.destroy(err);
-      throw err;
+    // Throws once `w` is destroyed and closed: a file writer has removed what it wrote by then.
+    const fail = async (message: string, cause?: unknown): Promise<never> => {
+      w.on('error', () => undefined); // what the destroyed writer still reports: this failure
+      if (!w.closed) await new Promise((r) => w.once('close', r).destroy());
+      throw new KilnError('EXPORT_BLOB_INVALID', message, cause ? { cause } : {});
     };
     if (!store || !hex) return fail(`artifact ${digest}: not a blob this client reads`);
     const h = createHash('sha256');
