@@ -35,8 +35,11 @@ await build({
   define: { 'import.meta.url': '__kilnImportMetaUrl' },
   banner: { js: "const __kilnImportMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
 });
+const bytes = readFileSync(`${outdir}/main.cjs`);
+// cli/bin/kiln.js reads the bundle as latin1 (a one-byte string, no UTF-8 decoding of 2.4 MB):
+// right only for ASCII, which esbuild writes by default (charset ascii escapes the rest).
+const nonAscii = bytes.findIndex((b) => b > 0x7f);
+if (nonAscii >= 0) throw new Error(`${outdir}/main.cjs is not ASCII (byte ${nonAscii})`);
 // The bundle's content hash, the key of its code cache (hashing it at each start would cost ~4 ms).
-const hash = createHash('sha256')
-  .update(readFileSync(`${outdir}/main.cjs`))
-  .digest('hex');
+const hash = createHash('sha256').update(bytes).digest('hex');
 writeFileSync(`${outdir}/main.cjs.sha256`, `${hash}\n`);

@@ -23,7 +23,8 @@ const MAGIC = Buffer.from('KILNV8C1');
 const SUM = 32; // sha256 of the payload, after MAGIC
 
 const bundle = join(__dirname, '..', 'dist', 'bundle', 'main.cjs');
-const source = fs.readFileSync(bundle, 'utf8');
+// ASCII (scripts/bundle-cli.mjs checks): latin1 makes the string without decoding UTF-8.
+const source = fs.readFileSync(bundle, 'latin1');
 const cache = cacheFile();
 const cached = cache && readCache(cache);
 

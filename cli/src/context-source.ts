@@ -39,7 +39,9 @@ const isTar = (b: Buffer): boolean =>
 export async function buildContext(
   context: string,
   file: string | undefined,
-  stdin: Readable = process.stdin,
+  // A getter: reading process.stdin makes its stream (loading the tty or net code), which a
+  // build of a directory never needs.
+  stdin: () => Readable = () => process.stdin,
 ): Promise<BuildContext> {
   if (context === '-' && file === '-')
     throw new BuildOptionError('the context and the Dockerfile cannot both be read from stdin (-)');
@@ -56,7 +58,7 @@ export async function buildContext(
     let dir: string;
     let fromStdin: Buffer | undefined;
     if (context === '-') {
-      let data = await readStdin(stdin);
+      let data = await readStdin(stdin());
       if (data[0] === 0x1f && data[1] === 0x8b) data = gunzipSync(data);
       dir = await temp('context');
       if (isTar(data)) {
@@ -82,7 +84,7 @@ export async function buildContext(
     if (file === '-' || (file === undefined && fromStdin))
       return {
         dir,
-        dockerfile: fromStdin ?? (await readStdin(stdin)),
+        dockerfile: fromStdin ?? (await readStdin(stdin())),
         dockerfilePath: undefined,
         cleanup,
       };

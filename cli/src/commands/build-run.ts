@@ -267,6 +267,8 @@ async function buildIn(
     onCacheExport: cacheOpts.onCacheExport,
     // Context file digests persist between builds: unchanged files are not read again.
     digestCacheFile: join(defaultStateDir(env), 'client', 'context-digests'),
+    // The local farm hands artifacts over by reference: copied from its store, not streamed.
+    ...(farm.store ? { localStore: farm.store } : {}),
   });
   const buildId = randomUUID();
   let metadata: Record<string, string> = {};

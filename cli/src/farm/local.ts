@@ -33,6 +33,8 @@ export interface Farm {
   readonly client: KilnClient;
   /** `local farm (<state dir>)` or the scheduler's address, for messages. */
   readonly where: string;
+  /** The local farm's content store directory, which this client reads (`localStore`). */
+  readonly store?: string;
   close(): Promise<void>;
 }
 
@@ -99,6 +101,7 @@ export async function localFarm(o: LocalFarmOptions): Promise<Farm> {
         return {
           client,
           where: `local farm (${o.stateDir})`,
+          store: paths.store,
           close: () => Promise.resolve(client.close()),
         };
       if (!farmAlive(info)) continue; // it died meanwhile

@@ -19,6 +19,8 @@ export interface FarmPaths {
   startLock: string;
   /** The daemon's stdout and stderr (pino JSON lines). */
   log: string;
+  /** The filesystem content store (its clients read artifacts from it). */
+  store: string;
 }
 
 export interface FarmInfo {
@@ -42,6 +44,7 @@ export function farmPaths(stateDir: string): FarmPaths {
     info: join(stateDir, 'farm.json'),
     startLock: join(stateDir, 'farm.start.lock'),
     log: join(stateDir, 'logs', 'farm.log'),
+    store: join(stateDir, 'store'),
   };
 }
 

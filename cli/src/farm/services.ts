@@ -33,7 +33,7 @@ import { Authenticator, Dispatcher, ControlServer, registryMetaResolver } from '
 import { FsBlobStore } from '@kiln/store';
 import { WorkerNode, binfmtRegistered, defaultSlots, loadConfig } from '@kiln/worker';
 import type { Logger } from 'pino';
-import { farmAlive, processStartTime } from './paths.js';
+import { farmAlive, farmPaths, processStartTime } from './paths.js';
 
 /** The worker's task limits and sandbox settings a local farm takes from its environment. */
 const WORKER_LIMIT_VARS = [
@@ -154,11 +154,14 @@ export async function startFarmServices(o: FarmServicesOptions): Promise<FarmSer
     // the tasks it left on the queue have nobody waiting, so none of them may run. A build that
     // asks for one of them again places it anew (its record is adopted and re-dispatched).
     await dispatcher.bus.jsm.streams.purge(TASK_STREAM);
-    const storeDir = join(o.stateDir, 'store');
+    const storeDir = farmPaths(o.stateDir).store;
     const native = formatPlatform(hostPlatform());
     const server = new ControlServer({
       dispatcher,
       store: new FsBlobStore({ root: storeDir }),
+      // Its clients run as its owner on this machine: an artifact is handed over by reference,
+      // and the client copies it from the store (no stream of its bytes through the socket).
+      storeReadByClients: true,
       // Registry credentials come from each build's client (its docker config, through the
       // session), as on a remote farm: the daemon's own are never borrowed.
       metaResolver: registryMetaResolver({

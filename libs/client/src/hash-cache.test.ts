@@ -31,17 +31,25 @@ describe('FileDigestCache', () => {
     expect(b.get('/ctx/c.txt', stamp(1))).toBeUndefined();
   });
 
-  it('ignores a corrupt or foreign file, and replaces it on the next save', async () => {
+  it('ignores a corrupt line or a foreign file, and replaces them on the next save', async () => {
     const file = join(dir, 'digests');
     writeFileSync(
       file,
-      `kiln-context-digests v1\n/ctx/a.txt\t10\t1\t5\t7\t${D1}\n/ctx/b.txt\t10\tnot-a-number\n`,
+      `kiln-context-digests v1\n/ctx/a.txt\t10\t1\t5\t7\t${D1}\n/ctx/b.txt\t10\tnot-a-number\n` +
+        `/ctx/c.txt\t10\t1\t5\t7\tsha256:short\n/ctx/d.txt\t10\t1\t5\t7\t${D2}\textra\n`,
     );
     const a = new FileDigestCache(file);
     await a.load();
-    expect(a.get('/ctx/a.txt', stamp(1))).toBeUndefined();
+    expect(a.get('/ctx/a.txt', stamp(1))).toBe(D1);
+    expect(a.get('/ctx/b.txt', stamp(1))).toBeUndefined();
+    expect(a.get('/ctx/c.txt', stamp(1))).toBeUndefined();
+    expect(a.get('/ctx/d.txt', stamp(1))).toBeUndefined();
     a.set('/ctx/b.txt', stamp(1), D2);
     await a.save();
+    // Only well-formed lines are written back.
+    expect(readFileSync(file, 'utf8')).toBe(
+      `kiln-context-digests v1\n/ctx/a.txt\t10\t1\t5\t7\t${D1}\n/ctx/b.txt\t10\t1\t5\t7\t${D2}\n`,
+    );
     const b = new FileDigestCache(file);
     await b.load();
     expect(b.get('/ctx/b.txt', stamp(1))).toBe(D2);

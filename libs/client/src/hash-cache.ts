@@ -4,8 +4,10 @@
  * process does not read unchanged context files again.
  *
  * - One small text file (a header line, then one tab-separated line per file), written whole to a
- *   temp file and renamed, so a reader never sees half of it. A file that is missing, of another
- *   format, or corrupt in any line is ignored (and replaced by the next save).
+ *   temp file and renamed, so a reader never sees half of it. A file that is missing or of
+ *   another format is ignored, and so is a line that is not exactly what a save writes (both are
+ *   replaced by the next save). Loading only splits the lines: a line is parsed when its path is
+ *   looked up (a build of one context does not parse the digests of every other context).
  * - Bounded: at most `maxEntries` lines; the entries looked up since open are kept first.
  * - Not shared between processes: the last save wins, which only costs a re-read of some files.
  */
@@ -28,14 +30,21 @@ interface Entry extends FileStamp {
   digest: string;
 }
 
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+/** What follows the path in a line a save writes. */
+const LINE_REST = /^\d+\t\d+\t\d+\t\d+\tsha256:[0-9a-f]{64}$/;
+
+/** A stamp as a line holds it. */
+const stampText = (st: FileStamp): string => `${st.size}\t${st.mtimeNs}\t${st.ctimeNs}\t${st.ino}`;
+
 const sameStamp = (a: FileStamp, b: FileStamp): boolean =>
   a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 
 export class FileDigestCache {
   readonly #file: string | undefined;
   readonly #max: number;
-  /** Entries read from the file (not yet looked up in this process). */
-  #old = new Map<string, Entry>();
+  /** Lines read from the file (not yet looked up in this process): path -> the rest of it. */
+  #old = new Map<string, string>();
   /** Entries looked up or computed in this process (kept first on save). */
   readonly #used = new Map<string, Entry>();
   #loaded: Promise<void> | undefined;
@@ -56,8 +65,8 @@ export class FileDigestCache {
     return this.#loaded;
   }
 
-  async #read(): Promise<Map<string, Entry>> {
-    const out = new Map<string, Entry>();
+  async #read(): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
     if (this.#file === undefined) return out;
     let text: string;
     try {
@@ -67,35 +76,27 @@ export class FileDigestCache {
     }
     const lines = text.split('\n');
     if (lines[0] !== HEADER) return out;
-    try {
-      for (let i = 1; i < lines.length; i++) {
-        const line = lines[i]!;
-        if (line === '') continue;
-        const f = line.split('\t');
-        if (f.length !== 6 || !/^sha256:[0-9a-f]{64}$/.test(f[5]!)) throw new Error('bad line');
-        out.set(f[0]!, {
-          size: BigInt(f[1]!),
-          mtimeNs: BigInt(f[2]!),
-          ctimeNs: BigInt(f[3]!),
-          ino: BigInt(f[4]!),
-          digest: f[5]!,
-        });
-      }
-    } catch {
-      return new Map(); // corrupt: ignored, rebuilt by the next save
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i]!;
+      const tab = line.indexOf('\t');
+      if (tab > 0) out.set(line.slice(0, tab), line.slice(tab + 1));
     }
     return out;
   }
 
   /** The cached digest of `path` if its stamp is unchanged. */
   get(path: string, st: FileStamp): string | undefined {
-    const e = this.#used.get(path) ?? this.#old.get(path);
-    if (!e || !sameStamp(e, st)) return undefined;
-    if (!this.#used.has(path)) {
-      this.#old.delete(path);
-      this.#used.set(path, e);
-    }
-    return e.digest;
+    const used = this.#used.get(path);
+    if (used) return sameStamp(used, st) ? used.digest : undefined;
+    const rest = this.#old.get(path);
+    if (rest === undefined) return undefined;
+    // The line as a save writes it for this stamp, followed by a digest.
+    const prefix = `${stampText(st)}\t`;
+    const digest = rest.slice(prefix.length);
+    if (!rest.startsWith(prefix) || !DIGEST.test(digest)) return undefined;
+    this.#old.delete(path);
+    this.#used.set(path, { ...st, digest });
+    return digest;
   }
 
   set(path: string, st: FileStamp, digest: string): void {
@@ -111,13 +112,15 @@ export class FileDigestCache {
     this.#dirty = false;
     this.#saving = this.#saving.then(async () => {
       const lines = [HEADER];
-      for (const m of [this.#used, this.#old]) {
-        for (const [path, e] of m) {
-          if (lines.length > this.#max) break;
-          // A path with a tab or newline cannot be written in this format: it is just not cached.
-          if (/[\t\n]/.test(path)) continue;
-          lines.push(`${path}\t${e.size}\t${e.mtimeNs}\t${e.ctimeNs}\t${e.ino}\t${e.digest}`);
-        }
+      for (const [path, e] of this.#used) {
+        if (lines.length > this.#max) break;
+        // A path with a tab or newline cannot be written in this format: it is just not cached.
+        if (/[\t\n]/.test(path)) continue;
+        lines.push(`${path}\t${stampText(e)}\t${e.digest}`);
+      }
+      for (const [path, rest] of this.#old) {
+        if (lines.length > this.#max) break;
+        if (LINE_REST.test(rest)) lines.push(`${path}\t${rest}`);
       }
       await mkdir(dirname(file), { recursive: true });
       const tmp = `${file}.${process.pid}.tmp`;

@@ -62,7 +62,9 @@ export function atomicFileWriter(dest: string): Writable {
       });
     },
     destroy(err, cb) {
-      out?.destroy();
+      // A write still in flight then fails on the destroyed file stream: nothing to report (the
+      // artifact is being discarded), and no listener would make it an uncaught exception.
+      out?.on('error', () => undefined).destroy();
       void rm(tmp, { force: true }).finally(() => cb(err));
     },
   });

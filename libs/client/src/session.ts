@@ -71,6 +71,12 @@ export interface SessionOptions {
    */
   digestCacheFile?: string;
   /**
+   * A content store directory this client can read: its local farm's (`<state dir>/store`). A
+   * farm whose store it is then hands artifacts over by reference: they are copied from the
+   * store here (their digest checked) instead of streamed through the session.
+   */
+  localStore?: string;
+  /**
    * How long a session stream cut by a scheduler that went away (UNAVAILABLE, or
    * `SCHEDULER_UNAVAILABLE`) is opened again before the session fails. Default 0: it fails at
    * once. `KilnClient.session` sets its `reconnectWindowMs`.
@@ -106,6 +112,28 @@ async function fileDigest(path: string, size: bigint): Promise<string> {
   if (size <= SMALL_FILE) h.update(readFileSync(path));
   else for await (const c of createReadStream(path)) h.update(c as Buffer);
   return `sha256:${h.digest('hex')}`;
+}
+
+/** A 64-bit protobuf value as a key: a Long by its halves, a number as it is. */
+const int64Key = (v: ContextEntry['size']): string =>
+  v == null ? '0' : typeof v === 'number' ? String(v) : `${v.high}:${v.low}`;
+
+/**
+ * The digest of a directory listing: every field of every entry, in order (`ifChangedFrom`).
+ * Only this client compares it with what it made before, so its form is its own: eight fields
+ * an entry, each ended by a NUL (which no path or link target holds).
+ */
+export function listingDigest(entries: readonly ContextEntry[]): string {
+  const h = createHash('sha256');
+  let buf = '';
+  for (const e of entries) {
+    buf += `${e.path}\0${e.mode}\0${e.uid}\0${e.gid}\0${int64Key(e.size)}\0${int64Key(e.mtimeUnixNano)}\0${e.digest ?? ''}\0${e.linkname ?? ''}\0`;
+    if (buf.length > 64 * 1024) {
+      h.update(buf);
+      buf = '';
+    }
+  }
+  return `sha256:${h.update(buf).digest('hex')}`;
 }
 
 /** `fn` over `items`, at most `limit` at once; results in input order. */
@@ -158,6 +186,8 @@ export class BuildSession {
   #exportsInterrupted = false;
   #failure: Error | undefined;
   #ended = false;
+  /** Artifacts received by reference and copied from the local store (see `localStore`). */
+  exportsFromStore = 0;
 
   constructor(open: SessionOpener, o: SessionOptions = {}) {
     this.id = o.sessionId ?? randomUUID();
@@ -188,6 +218,7 @@ export class BuildSession {
           sshIds: Object.keys(o.ssh ?? {}),
           registryAuth: o.registryAuth !== undefined,
           sharedKey: o.sharedKey ?? defaultSharedKey(o.localDirs ?? {}),
+          ...(o.localStore ? { localStore: resolve(o.localStore) } : {}),
         },
       }),
     );
@@ -309,12 +340,28 @@ export class BuildSession {
 
   // ---- local directories ----
 
-  /** Streams the manifest of one directory, in chunks of MANIFEST_CHUNK entries. */
+  /**
+   * Streams the manifest of one directory, in chunks of MANIFEST_CHUNK entries, the last with
+   * the listing's digest; or only `unchanged` when that digest is the request's
+   * `ifChangedFrom` (the farm holds the sync of this very listing).
+   */
   async #sendManifest(id: SessionMessage['id'], r: ManifestRequest): Promise<void> {
     const entries = await this.#manifest(r);
+    const digest = listingDigest(entries);
+    if (r.ifChangedFrom && r.ifChangedFrom === digest) {
+      this.#send({ id, manifest: { digest, unchanged: true } });
+      return;
+    }
     for (let i = 0; i === 0 || i < entries.length; i += MANIFEST_CHUNK) {
       const more = i + MANIFEST_CHUNK < entries.length;
-      this.#send({ id, manifest: { entries: entries.slice(i, i + MANIFEST_CHUNK), more } });
+      this.#send({
+        id,
+        manifest: {
+          entries: entries.slice(i, i + MANIFEST_CHUNK),
+          more,
+          ...(more ? {} : { digest }),
+        },
+      });
       if (this.#call.writableNeedDrain) await new Promise((r) => this.#call.once('drain', r));
     }
   }
@@ -476,6 +523,44 @@ export class BuildSession {
 
   // ---- exports ----
 
+  /**
+   * Copies the blob `digest` (`size` bytes) of the local store into `w` and ends it; fails (and
+   * destroys `w`, so that nothing partial is left) when this session named no store, or the
+   * blob is missing or not what its digest says.
+   */
+  async #copyStored(digest: string, size: number, w: Writable): Promise<void> {
+    const store = this.#o.localStore;
+    const hex = /^sha256:([0-9a-f]{64})$/.exec(digest)?.[1];
+    // Throws once `w` is destroyed and closed: a file writer has removed what it wrote by then.
+    const fail = async (message: string, cause?: unknown): Promise<never> => {
+      w.on('error', () => undefined); // what the destroyed writer still reports: this failure
+      if (!w.closed) await new Promise((r) => w.once('close', r).destroy());
+      throw new KilnError('EXPORT_BLOB_INVALID', message, cause ? { cause } : {});
+    };
+    if (!store || !hex) return fail(`artifact ${digest}: not a blob this client reads`);
+    const h = createHash('sha256');
+    let got = 0;
+    try {
+      for await (const c of createReadStream(join(resolve(store), 'blobs', 'sha256', hex), {
+        highWaterMark: CHUNK,
+      })) {
+        const b = c as Buffer;
+        h.update(b);
+        got += b.length;
+        if (!w.write(b)) await new Promise((r) => w.once('drain', r));
+      }
+    } catch (cause) {
+      return fail(`artifact ${digest}: cannot read it from the store ${store}`, cause);
+    }
+    if (got !== size || `sha256:${h.digest('hex')}` !== digest)
+      return fail(`artifact ${digest}: the store's copy is not that blob`);
+    await new Promise<void>((res, rej) => {
+      w.once('error', rej);
+      w.once('finish', res);
+      w.end();
+    });
+  }
+
   async #onExport(c: NonNullable<SessionMessage['export']>): Promise<void> {
     const key = `${c.cache ? 'cache' : ''}\0${c.index}\0${c.platform}`;
     let w = this.#exports.get(key);
@@ -487,6 +572,16 @@ export class BuildSession {
       if (!open) throw new KilnError('EXPORT_UNEXPECTED', 'no export was asked for');
       w = open(c.index ?? 0, c.platform ?? '');
       this.#exports.set(key, w);
+    }
+    if (c.blob) {
+      if (!c.eof)
+        throw new KilnError('EXPORT_BLOB_INVALID', 'an artifact by reference comes whole');
+      this.#exports.delete(key);
+      await this.#copyStored(c.blob, Number(c.size ?? 0), w);
+      this.exportsFromStore++;
+      this.#exportsDone++;
+      for (const r of this.#exportWaiters.splice(0)) r();
+      return;
     }
     if (c.data?.length && !w.write(c.data)) {
       // Chunks keep coming in order; stop reading until the destination catches up.

@@ -15,6 +15,11 @@ export interface BuildMetrics {
   buildFinished(outcome: 'success' | 'failure' | 'canceled'): void;
   /** A vertex finished: run on a worker, answered from a cache, or failed. */
   vertexDone(result: 'run' | 'cached' | 'failed'): void;
+  /**
+   * A client's local directory synced: its listing sent in `full`, or `unchanged` (the client
+   * said it is the listing of the last sync, which answered without it).
+   */
+  contextSynced(listing: 'full' | 'unchanged'): void;
 }
 
 export class SchedulerMetrics implements BuildMetrics {
@@ -22,6 +27,7 @@ export class SchedulerMetrics implements BuildMetrics {
   readonly #started: Counter;
   readonly #finished: Counter<'outcome'>;
   readonly #vertices: Counter<'result'>;
+  readonly #contexts: Counter<'listing'>;
 
   constructor(dispatcher: Dispatcher) {
     const registers = [this.registry];
@@ -43,6 +49,13 @@ export class SchedulerMetrics implements BuildMetrics {
       labelNames: ['result'],
       registers,
     });
+    this.#contexts = new Counter({
+      name: 'kiln_context_syncs_total',
+      help: "Syncs of clients' local directories, by listing: sent in full, or unchanged (not sent).",
+      labelNames: ['listing'],
+      registers,
+    });
+    for (const listing of ['full', 'unchanged']) this.#contexts.inc({ listing }, 0);
     for (const outcome of ['success', 'failure', 'canceled']) this.#finished.inc({ outcome }, 0);
     for (const result of ['run', 'cached', 'failed']) this.#vertices.inc({ result }, 0);
     new Gauge({
@@ -89,6 +102,10 @@ export class SchedulerMetrics implements BuildMetrics {
 
   vertexDone(result: 'run' | 'cached' | 'failed'): void {
     this.#vertices.inc({ result });
+  }
+
+  contextSynced(listing: 'full' | 'unchanged'): void {
+    this.#contexts.inc({ listing });
   }
 
   /** The `/metrics` body (Prometheus text exposition 0.0.4). */

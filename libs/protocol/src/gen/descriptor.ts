@@ -575,6 +575,10 @@ const raw = {
                     "registry_auth": {
                       "type": "bool",
                       "id": 6
+                    },
+                    "local_store": {
+                      "type": "string",
+                      "id": 7
                     }
                   }
                 },
@@ -598,6 +602,10 @@ const raw = {
                       "rule": "repeated",
                       "type": "string",
                       "id": 4
+                    },
+                    "if_changed_from": {
+                      "type": "string",
+                      "id": 5
                     }
                   }
                 },
@@ -611,6 +619,14 @@ const raw = {
                     "more": {
                       "type": "bool",
                       "id": 2
+                    },
+                    "digest": {
+                      "type": "string",
+                      "id": 3
+                    },
+                    "unchanged": {
+                      "type": "bool",
+                      "id": 4
                     }
                   }
                 },
@@ -764,6 +780,14 @@ const raw = {
                     "cache": {
                       "type": "bool",
                       "id": 5
+                    },
+                    "blob": {
+                      "type": "string",
+                      "id": 6
+                    },
+                    "size": {
+                      "type": "int64",
+                      "id": 7
                     }
                   }
                 },

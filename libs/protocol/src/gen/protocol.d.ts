@@ -463,6 +463,7 @@ export namespace kiln {
                 sshIds?: (string[]|null);
                 sharedKey?: (string|null);
                 registryAuth?: (boolean|null);
+                localStore?: (string|null);
             }
 
             class SessionHello implements ISessionHello {
@@ -473,6 +474,7 @@ export namespace kiln {
                 public sshIds: string[];
                 public sharedKey: string;
                 public registryAuth: boolean;
+                public localStore: string;
                 public static create(properties?: kiln.control.v1.ISessionHello): kiln.control.v1.SessionHello;
                 public static encode(message: kiln.control.v1.ISessionHello, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.SessionHello;
@@ -486,6 +488,7 @@ export namespace kiln {
                 includePatterns?: (string[]|null);
                 excludePatterns?: (string[]|null);
                 followPaths?: (string[]|null);
+                ifChangedFrom?: (string|null);
             }
 
             class ContextManifestRequest implements IContextManifestRequest {
@@ -494,6 +497,7 @@ export namespace kiln {
                 public includePatterns: string[];
                 public excludePatterns: string[];
                 public followPaths: string[];
+                public ifChangedFrom: string;
                 public static create(properties?: kiln.control.v1.IContextManifestRequest): kiln.control.v1.ContextManifestRequest;
                 public static encode(message: kiln.control.v1.IContextManifestRequest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ContextManifestRequest;
@@ -505,12 +509,16 @@ export namespace kiln {
             interface IContextManifest {
                 entries?: (kiln.control.v1.IContextEntry[]|null);
                 more?: (boolean|null);
+                digest?: (string|null);
+                unchanged?: (boolean|null);
             }
 
             class ContextManifest implements IContextManifest {
                 constructor(properties?: kiln.control.v1.IContextManifest);
                 public entries: kiln.control.v1.IContextEntry[];
                 public more: boolean;
+                public digest: string;
+                public unchanged: boolean;
                 public static create(properties?: kiln.control.v1.IContextManifest): kiln.control.v1.ContextManifest;
                 public static encode(message: kiln.control.v1.IContextManifest, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ContextManifest;
@@ -677,6 +685,8 @@ export namespace kiln {
                 data?: (Uint8Array|null);
                 eof?: (boolean|null);
                 cache?: (boolean|null);
+                blob?: (string|null);
+                size?: (number|Long|null);
             }
 
             class ExportChunk implements IExportChunk {
@@ -686,6 +696,8 @@ export namespace kiln {
                 public data: Uint8Array;
                 public eof: boolean;
                 public cache: boolean;
+                public blob: string;
+                public size: (number|Long);
                 public static create(properties?: kiln.control.v1.IExportChunk): kiln.control.v1.ExportChunk;
                 public static encode(message: kiln.control.v1.IExportChunk, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.control.v1.ExportChunk;

@@ -4022,6 +4022,7 @@ export const kiln = $root.kiln = (() => {
                 SessionHello.prototype.sshIds = $util.emptyArray;
                 SessionHello.prototype.sharedKey = "";
                 SessionHello.prototype.registryAuth = false;
+                SessionHello.prototype.localStore = "";
 
                 SessionHello.create = function create(properties) {
                     return new SessionHello(properties);
@@ -4049,6 +4050,8 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(42).string(message.sharedKey);
                     if (message.registryAuth != null && Object.hasOwnProperty.call(message, "registryAuth"))
                         writer.uint32(48).bool(message.registryAuth);
+                    if (message.localStore != null && Object.hasOwnProperty.call(message, "localStore"))
+                        writer.uint32(58).string(message.localStore);
                     return writer;
                 };
 
@@ -4105,6 +4108,10 @@ export const kiln = $root.kiln = (() => {
                                 message.registryAuth = reader.bool();
                                 break;
                             }
+                        case 7: {
+                                message.localStore = reader.string();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -4155,6 +4162,8 @@ export const kiln = $root.kiln = (() => {
                         message.sharedKey = String(object.sharedKey);
                     if (object.registryAuth != null)
                         message.registryAuth = Boolean(object.registryAuth);
+                    if (object.localStore != null)
+                        message.localStore = String(object.localStore);
                     return message;
                 };
 
@@ -4175,6 +4184,7 @@ export const kiln = $root.kiln = (() => {
                         object.sessionId = "";
                         object.sharedKey = "";
                         object.registryAuth = false;
+                        object.localStore = "";
                     }
                     if (message.sessionId != null && Object.hasOwnProperty.call(message, "sessionId"))
                         object.sessionId = message.sessionId;
@@ -4197,6 +4207,8 @@ export const kiln = $root.kiln = (() => {
                         object.sharedKey = message.sharedKey;
                     if (message.registryAuth != null && Object.hasOwnProperty.call(message, "registryAuth"))
                         object.registryAuth = message.registryAuth;
+                    if (message.localStore != null && Object.hasOwnProperty.call(message, "localStore"))
+                        object.localStore = message.localStore;
                     return object;
                 };
 
@@ -4223,6 +4235,7 @@ export const kiln = $root.kiln = (() => {
                 ContextManifestRequest.prototype.includePatterns = $util.emptyArray;
                 ContextManifestRequest.prototype.excludePatterns = $util.emptyArray;
                 ContextManifestRequest.prototype.followPaths = $util.emptyArray;
+                ContextManifestRequest.prototype.ifChangedFrom = "";
 
                 ContextManifestRequest.create = function create(properties) {
                     return new ContextManifestRequest(properties);
@@ -4246,6 +4259,8 @@ export const kiln = $root.kiln = (() => {
                     if (message.followPaths != null && message.followPaths.length)
                         for (let i = 0; i < message.followPaths.length; ++i)
                             writer.uint32(34).string(message.followPaths[i]);
+                    if (message.ifChangedFrom != null && Object.hasOwnProperty.call(message, "ifChangedFrom"))
+                        writer.uint32(42).string(message.ifChangedFrom);
                     return writer;
                 };
 
@@ -4294,6 +4309,10 @@ export const kiln = $root.kiln = (() => {
                                 message.followPaths.push(reader.string());
                                 break;
                             }
+                        case 5: {
+                                message.ifChangedFrom = reader.string();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -4340,6 +4359,8 @@ export const kiln = $root.kiln = (() => {
                         for (let i = 0; i < object.followPaths.length; ++i)
                             message.followPaths[i] = String(object.followPaths[i]);
                     }
+                    if (object.ifChangedFrom != null)
+                        message.ifChangedFrom = String(object.ifChangedFrom);
                     return message;
                 };
 
@@ -4356,8 +4377,10 @@ export const kiln = $root.kiln = (() => {
                         object.excludePatterns = [];
                         object.followPaths = [];
                     }
-                    if (options.defaults)
+                    if (options.defaults) {
                         object.dir = "";
+                        object.ifChangedFrom = "";
+                    }
                     if (message.dir != null && Object.hasOwnProperty.call(message, "dir"))
                         object.dir = message.dir;
                     if (message.includePatterns && message.includePatterns.length) {
@@ -4375,6 +4398,8 @@ export const kiln = $root.kiln = (() => {
                         for (let j = 0; j < message.followPaths.length; ++j)
                             object.followPaths[j] = message.followPaths[j];
                     }
+                    if (message.ifChangedFrom != null && Object.hasOwnProperty.call(message, "ifChangedFrom"))
+                        object.ifChangedFrom = message.ifChangedFrom;
                     return object;
                 };
 
@@ -4397,6 +4422,8 @@ export const kiln = $root.kiln = (() => {
 
                 ContextManifest.prototype.entries = $util.emptyArray;
                 ContextManifest.prototype.more = false;
+                ContextManifest.prototype.digest = "";
+                ContextManifest.prototype.unchanged = false;
 
                 ContextManifest.create = function create(properties) {
                     return new ContextManifest(properties);
@@ -4414,6 +4441,10 @@ export const kiln = $root.kiln = (() => {
                             $root.kiln.control.v1.ContextEntry.encode(message.entries[i], writer.uint32(10).fork(), q + 1).ldelim();
                     if (message.more != null && Object.hasOwnProperty.call(message, "more"))
                         writer.uint32(16).bool(message.more);
+                    if (message.digest != null && Object.hasOwnProperty.call(message, "digest"))
+                        writer.uint32(26).string(message.digest);
+                    if (message.unchanged != null && Object.hasOwnProperty.call(message, "unchanged"))
+                        writer.uint32(32).bool(message.unchanged);
                     return writer;
                 };
 
@@ -4448,6 +4479,14 @@ export const kiln = $root.kiln = (() => {
                             }
                         case 2: {
                                 message.more = reader.bool();
+                                break;
+                            }
+                        case 3: {
+                                message.digest = reader.string();
+                                break;
+                            }
+                        case 4: {
+                                message.unchanged = reader.bool();
                                 break;
                             }
                         default:
@@ -4485,6 +4524,10 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (object.more != null)
                         message.more = Boolean(object.more);
+                    if (object.digest != null)
+                        message.digest = String(object.digest);
+                    if (object.unchanged != null)
+                        message.unchanged = Boolean(object.unchanged);
                     return message;
                 };
 
@@ -4498,8 +4541,11 @@ export const kiln = $root.kiln = (() => {
                     let object = {};
                     if (options.arrays || options.defaults)
                         object.entries = [];
-                    if (options.defaults)
+                    if (options.defaults) {
                         object.more = false;
+                        object.digest = "";
+                        object.unchanged = false;
+                    }
                     if (message.entries && message.entries.length) {
                         object.entries = [];
                         for (let j = 0; j < message.entries.length; ++j)
@@ -4507,6 +4553,10 @@ export const kiln = $root.kiln = (() => {
                     }
                     if (message.more != null && Object.hasOwnProperty.call(message, "more"))
                         object.more = message.more;
+                    if (message.digest != null && Object.hasOwnProperty.call(message, "digest"))
+                        object.digest = message.digest;
+                    if (message.unchanged != null && Object.hasOwnProperty.call(message, "unchanged"))
+                        object.unchanged = message.unchanged;
                     return object;
                 };
 
@@ -5649,6 +5699,8 @@ export const kiln = $root.kiln = (() => {
                 ExportChunk.prototype.data = $util.newBuffer([]);
                 ExportChunk.prototype.eof = false;
                 ExportChunk.prototype.cache = false;
+                ExportChunk.prototype.blob = "";
+                ExportChunk.prototype.size = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
 
                 ExportChunk.create = function create(properties) {
                     return new ExportChunk(properties);
@@ -5671,6 +5723,10 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(32).bool(message.eof);
                     if (message.cache != null && Object.hasOwnProperty.call(message, "cache"))
                         writer.uint32(40).bool(message.cache);
+                    if (message.blob != null && Object.hasOwnProperty.call(message, "blob"))
+                        writer.uint32(50).string(message.blob);
+                    if (message.size != null && Object.hasOwnProperty.call(message, "size"))
+                        writer.uint32(56).int64(message.size);
                     return writer;
                 };
 
@@ -5717,6 +5773,14 @@ export const kiln = $root.kiln = (() => {
                                 message.cache = reader.bool();
                                 break;
                             }
+                        case 6: {
+                                message.blob = reader.string();
+                                break;
+                            }
+                        case 7: {
+                                message.size = reader.int64();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -5753,6 +5817,17 @@ export const kiln = $root.kiln = (() => {
                         message.eof = Boolean(object.eof);
                     if (object.cache != null)
                         message.cache = Boolean(object.cache);
+                    if (object.blob != null)
+                        message.blob = String(object.blob);
+                    if (object.size != null)
+                        if ($util.Long)
+                            message.size = $util.Long.fromValue(object.size, false);
+                        else if (typeof object.size === "string")
+                            message.size = parseInt(object.size, 10);
+                        else if (typeof object.size === "number")
+                            message.size = object.size;
+                        else if (typeof object.size === "object")
+                            message.size = new $util.LongBits(object.size.low >>> 0, object.size.high >>> 0).toNumber();
                     return message;
                 };
 
@@ -5776,6 +5851,12 @@ export const kiln = $root.kiln = (() => {
                         }
                         object.eof = false;
                         object.cache = false;
+                        object.blob = "";
+                        if ($util.Long) {
+                            let long = new $util.Long(0, 0, false);
+                            object.size = options.longs === String ? long.toString() : options.longs === Number ? long.toNumber() : typeof BigInt !== "undefined" && options.longs === BigInt ? long.toBigInt() : long;
+                        } else
+                            object.size = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
                     }
                     if (message.index != null && Object.hasOwnProperty.call(message, "index"))
                         object.index = message.index;
@@ -5787,6 +5868,15 @@ export const kiln = $root.kiln = (() => {
                         object.eof = message.eof;
                     if (message.cache != null && Object.hasOwnProperty.call(message, "cache"))
                         object.cache = message.cache;
+                    if (message.blob != null && Object.hasOwnProperty.call(message, "blob"))
+                        object.blob = message.blob;
+                    if (message.size != null && Object.hasOwnProperty.call(message, "size"))
+                        if (typeof BigInt !== "undefined" && options.longs === BigInt)
+                            object.size = typeof message.size === "number" ? BigInt(message.size) : $util.Long.fromBits(message.size.low >>> 0, message.size.high >>> 0, false).toBigInt();
+                        else if (typeof message.size === "number")
+                            object.size = options.longs === String ? String(message.size) : message.size;
+                        else
+                            object.size = options.longs === String ? $util.Long.prototype.toString.call(message.size) : options.longs === Number ? new $util.LongBits(message.size.low >>> 0, message.size.high >>> 0).toNumber() : message.size;
                     return object;
                 };
 

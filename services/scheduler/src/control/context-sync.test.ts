@@ -21,26 +21,38 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(tmp, { recursive: true, force: true }));
 
-/** A client whose files are `files` (what it sends) and whose manifest says `listed`. */
+/**
+ * A client whose files are `files` (what it sends) and whose manifest says `listed`. It answers
+ * `unchanged` as the session's client does: when asked with the digest of its listing now.
+ * `listings` counts the full listings it sent, `unchanged` its answers without one.
+ */
 function client(
   listed: Record<string, string>,
   files: Record<string, string> = listed,
-): ContextSource & { asked: string[][] } {
+): ContextSource & { asked: string[][]; listings: number; unchanged: number } {
   const asked: string[][] = [];
-  return {
+  const c = {
     asked,
-    manifest: () =>
-      Promise.resolve(
-        Object.entries(listed).map(([path, body]): ManifestEntry => ({
-          path,
-          mode: 0o100644,
-          uid: 0,
-          gid: 0,
-          size: Buffer.byteLength(body),
-          digest: sha(body),
-          mtimeMs: 0,
-        })),
-      ),
+    listings: 0,
+    unchanged: 0,
+    manifest: (_r: unknown, ifChangedFrom?: string) => {
+      const entries = Object.entries(listed).map(([path, body]): ManifestEntry => ({
+        path,
+        mode: 0o100644,
+        uid: 0,
+        gid: 0,
+        size: Buffer.byteLength(body),
+        digest: sha(body),
+        mtimeMs: 0,
+      }));
+      const digest = sha(JSON.stringify(entries));
+      if (ifChangedFrom === digest) {
+        c.unchanged++;
+        return Promise.resolve('unchanged' as const);
+      }
+      c.listings++;
+      return Promise.resolve({ entries, digest });
+    },
     files: (_dir: string, paths: string[], sink: PassThrough) => {
       asked.push(paths);
       for (const p of paths) sink.write(files[p] ?? '');
@@ -48,6 +60,7 @@ function client(
       return Promise.resolve();
     },
   };
+  return c;
 }
 
 async function manifestOf(digest: string): Promise<LocalManifest> {
@@ -84,6 +97,48 @@ describe('syncContext', () => {
     const c3 = client({ 'a.txt': 'a\n', 'big.bin': big });
     await syncContext(store, c3, req, '', index);
     expect(c3.asked).toEqual([['a.txt']]);
+  });
+
+  it('skips the listing of an unchanged context: the last manifest, its blobs still there', async () => {
+    const big = 'B'.repeat(70_000);
+    const files = { 'a.txt': 'a\n', 'b.txt': 'b\n', 'big.bin': big };
+    const index = new PackIndex();
+    const first = client(files);
+    const d1 = await syncContext(store, first, req, 'k', index);
+    expect(first.listings).toBe(1);
+
+    // The same listing again: the client answers unchanged, nothing else is asked or written.
+    const again = client(files);
+    const stats = { files: 0, fetched: 0, packs: 0, unchanged: false };
+    expect(await syncContext(store, again, req, 'k', index, stats)).toBe(d1);
+    expect(again).toMatchObject({ listings: 0, unchanged: 1, asked: [] });
+    expect(stats.unchanged).toBe(true);
+
+    // A changed file: the client lists in full, and only that file crosses the wire.
+    const changed = client({ ...files, 'b.txt': 'b2\n' });
+    const d2 = await syncContext(store, changed, req, 'k', index);
+    expect(d2).not.toBe(d1);
+    expect(changed).toMatchObject({ listings: 1, unchanged: 0, asked: [['b.txt']] });
+
+    // Another tenant (or another shared key) is never asked with this context's digest.
+    const other = client({ ...files, 'b.txt': 'b2\n' });
+    await syncContext(store, other, req, 'k', index, undefined, 'tenant-b');
+    expect(other).toMatchObject({ listings: 1, unchanged: 0 });
+  });
+
+  it('lists in full when a blob of the last sync is gone from the store', async () => {
+    const big = 'B'.repeat(70_000);
+    const files = { 'a.txt': 'a\n', 'big.bin': big };
+    const index = new PackIndex();
+    const d1 = await syncContext(store, client(files), req, 'k', index);
+    await store.delete(sha(big) as Digest);
+    const c = client(files);
+    const stats = { files: 0, fetched: 0, packs: 0, unchanged: false };
+    expect(await syncContext(store, c, req, 'k', index, stats)).toBe(d1);
+    // Asked with the digest (unchanged), then in full: the lost file is fetched again.
+    expect(c).toMatchObject({ unchanged: 1, listings: 1, asked: [['big.bin']] });
+    expect(stats.unchanged).toBe(false);
+    expect(await store.has(sha(big) as Digest)).toBe(true);
   });
 
   it('fails when a file changed during the sync, and stores neither its pack nor a manifest', async () => {

@@ -15,6 +15,12 @@
  *   copy of the context, `LocalSyncRequest.base`) and from the last manifest of each context
  *   (client shared key + directory + patterns) this scheduler synced (in memory, the last
  *   {@link CONTEXTS}): unchanged small files do not cross the wire again.
+ * - An unchanged listing does not cross the wire either: the client's digest of the last listing
+ *   of a context synced here is sent with the request, and a client whose listing has that digest
+ *   answers `unchanged`; the last sync's manifest is then the answer, once every blob it names is
+ *   still in the store (touched, as a sync touches what it reuses; else the listing is asked for
+ *   in full). The context's key then also holds the session's tenant: a client is never told the
+ *   digest of another tenant's listing.
  */
 import { createHash } from 'node:crypto';
 import { PassThrough, Transform, pipeline } from 'node:stream';
@@ -41,9 +47,19 @@ interface PackRef {
   offset: number;
 }
 
+/** A client's listing of a directory and its digest of it ('' when it gave none). */
+export interface Listing {
+  entries: ManifestEntry[];
+  digest: string;
+}
+
 /** What the sync needs of the session: asking the client for its manifest and files. */
 export interface ContextSource {
-  manifest(r: LocalSyncRequest): Promise<ManifestEntry[]>;
+  /**
+   * The directory's listing; `'unchanged'` when `ifChangedFrom` (a listing digest the client
+   * gave earlier) is its digest now.
+   */
+  manifest(r: LocalSyncRequest, ifChangedFrom?: string): Promise<Listing | 'unchanged'>;
   /** The bytes of `paths` back to back, into `sink` (which is ended, or destroyed on failure). */
   files(dir: string, paths: string[], sink: PassThrough): Promise<void>;
 }
@@ -54,17 +70,31 @@ export class ContextSyncError extends KilnError {
   }
 }
 
-/** Packed files of the last manifest of recent contexts (digest -> where its bytes are). */
+/** The last sync of a context: its client's listing digest, the manifest, the blobs it names. */
+interface LastSync {
+  listing: string;
+  manifest: string;
+  blobs: string[];
+}
+
+/**
+ * Of recent contexts: the packed files of the last manifest (digest -> where its bytes are), and
+ * that last sync (see {@link LastSync}).
+ */
 export class PackIndex {
-  readonly #contexts = new Map<string, Map<string, PackRef>>();
+  readonly #contexts = new Map<string, { refs: Map<string, PackRef>; last?: LastSync }>();
 
   get(key: string): Map<string, PackRef> | undefined {
-    return this.#contexts.get(key);
+    return this.#contexts.get(key)?.refs;
   }
 
-  set(key: string, refs: Map<string, PackRef>): void {
+  lastSync(key: string): LastSync | undefined {
+    return this.#contexts.get(key)?.last;
+  }
+
+  set(key: string, refs: Map<string, PackRef>, last?: LastSync): void {
     this.#contexts.delete(key);
-    this.#contexts.set(key, refs);
+    this.#contexts.set(key, { refs, ...(last ? { last } : {}) });
     while (this.#contexts.size > CONTEXTS)
       this.#contexts.delete(this.#contexts.keys().next().value!);
   }
@@ -146,9 +176,16 @@ async function baseRefs(store: BlobStore, r: LocalSyncRequest): Promise<Map<stri
   return refs;
 }
 
-/** The key a context's packed files are remembered under. */
-function indexKey(sharedKey: string, r: LocalSyncRequest): string {
-  return JSON.stringify([sharedKey, r.dir, r.includePatterns, r.excludePatterns, r.followPaths]);
+/** The key a context's packed files (and last sync) are remembered under. */
+function indexKey(sharedKey: string, r: LocalSyncRequest, tenant: string): string {
+  return JSON.stringify([
+    sharedKey,
+    r.dir,
+    r.includePatterns,
+    r.excludePatterns,
+    r.followPaths,
+    tenant,
+  ]);
 }
 
 export interface SyncStats {
@@ -156,22 +193,62 @@ export interface SyncStats {
   /** Files that crossed the wire, and the packs they went in. */
   fetched: number;
   packs: number;
+  /** Whether the client answered that its listing is the last one synced (no entries sent). */
+  unchanged: boolean;
 }
 
-/** Syncs one directory; resolves with the manifest blob's digest (see the module contract). */
+/** The last sync's manifest, if the client says its listing is unchanged and its blobs remain. */
+async function unchangedSync(
+  store: BlobStore,
+  src: ContextSource,
+  r: LocalSyncRequest,
+  last: LastSync,
+): Promise<{ manifest: string } | { listing: Listing }> {
+  const got = await src.manifest(r, last.listing);
+  if (got !== 'unchanged') return { listing: got };
+  const kept = await Promise.all(
+    [last.manifest, ...last.blobs].map((d) => store.touch(d as Digest)),
+  );
+  if (kept.every(Boolean)) return { manifest: last.manifest };
+  const again = await src.manifest(r);
+  if (again === 'unchanged')
+    throw new ContextSyncError('SESSION_ERROR', 'the client answered unchanged unasked', '');
+  return { listing: again };
+}
+
+/**
+ * Syncs one directory; resolves with the manifest blob's digest (see the module contract).
+ * `tenant`: the session's (part of the key of what is remembered of the context).
+ */
 export async function syncContext(
   store: BlobStore,
   src: ContextSource,
   r: LocalSyncRequest,
   sharedKey: string,
   index: PackIndex,
-  stats: SyncStats = { files: 0, fetched: 0, packs: 0 },
+  stats: SyncStats = { files: 0, fetched: 0, packs: 0, unchanged: false },
+  tenant = '',
 ): Promise<string> {
-  const entries = await src.manifest(r);
+  const key = sharedKey ? indexKey(sharedKey, r, tenant) : undefined;
+  const last = key ? index.lastSync(key) : undefined;
+  let listing: Listing;
+  if (last) {
+    const u = await unchangedSync(store, src, r, last);
+    if ('manifest' in u) {
+      stats.unchanged = true;
+      return u.manifest;
+    }
+    listing = u.listing;
+  } else {
+    const got = await src.manifest(r);
+    if (got === 'unchanged')
+      throw new ContextSyncError('SESSION_ERROR', 'the client answered unchanged unasked', '');
+    listing = got;
+  }
+  const entries = listing.entries;
   entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   const files = entries.filter((e) => (e.mode & S_IFMT) === S_IFREG);
   stats.files = files.length;
-  const key = sharedKey ? indexKey(sharedKey, r) : undefined;
   const known = new Map([...(key ? (index.get(key) ?? []) : []), ...(await baseRefs(store, r))]);
   const packOk = new Map<string, Promise<boolean>>();
   const toPack: ManifestEntry[] = [];
@@ -258,9 +335,18 @@ export async function syncContext(
   const info = await store.put(digest, body, { size: body.length });
   if (key) {
     const refs = new Map<string, PackRef>();
-    for (const f of files)
+    const blobs = new Set<string>();
+    for (const f of files) {
       if (f.pack !== undefined) refs.set(f.digest!, { pack: f.pack, offset: f.offset ?? 0 });
-    index.set(key, refs);
+      blobs.add(f.pack ?? f.digest!);
+    }
+    index.set(
+      key,
+      refs,
+      listing.digest
+        ? { listing: listing.digest, manifest: info.digest, blobs: [...blobs] }
+        : undefined,
+    );
   }
   return info.digest;
 }

@@ -133,6 +133,12 @@ export interface ControlServerOptions extends BuildRegistryOptions {
    * artifacts are read from it. Without it, builds can use neither.
    */
   store?: BlobStore;
+  /**
+   * The clients of this farm run on its machine and may read `store` (a filesystem store): the
+   * local farm's. A client whose session names that directory (`SessionHello.local_store`) then
+   * gets artifacts by reference and copies them from the store, instead of their bytes streamed.
+   */
+  storeReadByClients?: boolean;
   /** How long a Solve waits for its session's stream to open. Default 10 s. */
   sessionWaitMs?: number;
   /**
@@ -290,6 +296,8 @@ export class ControlServer {
       tasks: o.dispatcher.bus.tasks,
       ...(o.store ? { store: o.store } : {}),
       log: this.#log.child({ component: 'session' }),
+      onSynced: (listing) => this.#o.metrics?.contextSynced(listing),
+      ...(o.storeReadByClients ? { storeReadByClients: true } : {}),
     });
     this.#defaultPlatform = parsePlatform(o.defaultPlatform ?? 'linux/amd64');
     this.#maxDefinitionBytes = frontendLimits(o.frontendLimits).maxDefinitionBytes;

@@ -173,7 +173,7 @@ export async function runExports(
       const { blob: digest } = await exportOne(e, type, names, annotations, group, index, label, d);
       if (!d.store) throw new SolveRequestInvalidError('this scheduler has no content store');
       if (!d.session) throw new SolveRequestInvalidError('the build has no session');
-      await d.session.sendExport(index, label, await d.store.get(digest as Digest));
+      await d.session.sendStoredExport(index, label, d.store, digest as Digest);
       count++;
     }
   }

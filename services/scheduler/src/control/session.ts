@@ -31,6 +31,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { realpathSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import type { Readable } from 'node:stream';
 import {
@@ -62,7 +63,8 @@ import type {
 } from '@kiln/bus';
 import type { KV } from '@nats-io/kv';
 import { CLIENT_KEY_HEADER, KilnError, control } from '@kiln/protocol';
-import type { BlobStore } from '@kiln/store';
+import { FsBlobStore } from '@kiln/store';
+import type { BlobStore, Digest } from '@kiln/store';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { ErrorDetails } from '@kiln/protocol';
 import type { Logger } from 'pino';
@@ -76,6 +78,9 @@ type ContextEntry = NonNullable<NonNullable<SessionMessage['manifest']>['entries
 
 /** Bytes per ExportChunk. */
 const EXPORT_CHUNK = 256 * 1024;
+/** A client's digest of a directory listing (`ContextManifest.digest`). */
+const LISTING_DIGEST = /^sha256:[0-9a-f]{64}$/;
+
 /** Entries a streamed context manifest may hold: an input bound (200,000 files must work). */
 export const MANIFEST_MAX_ENTRIES = 2_000_000;
 
@@ -101,6 +106,22 @@ export interface SessionManagerOptions {
   /** Where synced context files go; without it, local directories cannot be served. */
   store?: BlobStore;
   log: Logger;
+  /** Each sync of a local directory: was its listing sent in full, or unchanged (not sent)? */
+  onSynced?: (listing: 'full' | 'unchanged') => void;
+  /**
+   * Clients on this machine may read `store` (a local farm's, under its owner's state dir): one
+   * whose hello names its directory as `localStore` gets artifacts by reference (sendStoredExport).
+   */
+  storeReadByClients?: boolean;
+}
+
+/** A directory's real path, or undefined when it cannot be resolved. */
+function realDir(dir: string): string | undefined {
+  try {
+    return realpathSync(dir);
+  } catch {
+    return undefined;
+  }
 }
 
 export class SessionManager {
@@ -280,6 +301,8 @@ export class ClientSession {
   readonly sharedKey: string;
   /** The client answers registry credential requests. */
   readonly registryAuth: boolean;
+  /** The client reads this scheduler's store directory itself (see sendStoredExport). */
+  readonly readsStore: boolean;
   readonly #pending = new Map<number, Pending>();
   readonly #sub: Subscription;
   /** Builds (Solve refs) this session serves: the tasks of these may open channels. */
@@ -307,6 +330,9 @@ export class ClientSession {
     this.localDirs = new Set(hello.localDirs ?? []);
     this.sharedKey = hello.sharedKey ?? '';
     this.registryAuth = hello.registryAuth ?? false;
+    const store = o.store;
+    const root = o.storeReadByClients && store instanceof FsBlobStore ? realDir(store.root) : '';
+    this.readsStore = !!root && !!hello.localStore && realDir(hello.localStore) === root;
     this.#sub = o.nc.subscribe(sessionKeySubject(id, '*'), {
       callback: (err, msg) => {
         if (!err) void this.#onKeyRequest(msg);
@@ -512,6 +538,22 @@ export class ClientSession {
       sink.destroy(e instanceof Error ? e : new Error(String(e))),
     );
     return sink;
+  }
+
+  /**
+   * Sends the blob `digest` of `store` as the artifact of export `index`: by reference (one
+   * ExportChunk naming the blob) when the client reads this store itself, else its bytes.
+   */
+  async sendStoredExport(
+    index: number,
+    platform: string,
+    store: BlobStore,
+    digest: Digest,
+  ): Promise<void> {
+    const st = this.readsStore ? await store.stat(digest) : undefined;
+    if (!st) return this.sendExport(index, platform, await store.get(digest));
+    if (!this.#send({ export: { index, platform, blob: digest, size: st.size, eof: true } }))
+      await new Promise((r) => this.call.once('drain', r));
   }
 
   /** Streams an artifact to the client as ExportChunks (`cache`: a cache export's). */
@@ -757,7 +799,7 @@ export class ClientSession {
         { local: r.dir },
       );
     const src: ContextSource = {
-      manifest: async (req) => {
+      manifest: async (req, ifChangedFrom) => {
         const m = await this.request(
           {
             manifestRequest: {
@@ -765,12 +807,20 @@ export class ClientSession {
               includePatterns: req.includePatterns,
               excludePatterns: req.excludePatterns,
               followPaths: req.followPaths,
+              ...(ifChangedFrom ? { ifChangedFrom } : {}),
             },
           },
           undefined,
           true,
         );
-        return (m.manifest?.entries ?? []).map((e) => ({
+        if (m.manifest?.unchanged) {
+          if (!ifChangedFrom || m.manifest.digest !== ifChangedFrom)
+            throw new SessionError('the client answered unchanged unasked', 'SESSION_ERROR');
+          return 'unchanged';
+        }
+        // Kept only in the form the client makes (a bounded input).
+        const digest = LISTING_DIGEST.test(m.manifest?.digest ?? '') ? m.manifest!.digest! : '';
+        const entries = (m.manifest?.entries ?? []).map((e) => ({
           path: e.path ?? '',
           mode: e.mode ?? 0,
           uid: e.uid ?? 0,
@@ -780,6 +830,7 @@ export class ClientSession {
           ...(e.digest ? { digest: e.digest } : {}),
           ...(e.linkname ? { linkname: e.linkname } : {}),
         }));
+        return { entries, digest };
       },
       files: async (dir, paths, sink) => {
         await this.request(
@@ -788,9 +839,18 @@ export class ClientSession {
         );
       },
     };
-    const stats: SyncStats = { files: 0, fetched: 0, packs: 0 };
-    const digest = await syncContext(store, src, r, this.sharedKey, this.o.packs, stats);
+    const stats: SyncStats = { files: 0, fetched: 0, packs: 0, unchanged: false };
+    const digest = await syncContext(
+      store,
+      src,
+      r,
+      this.sharedKey,
+      this.o.packs,
+      stats,
+      this.owner.tenant,
+    );
     this.o.log.debug({ sessionId: this.id, local: r.dir, ...stats }, 'local directory synced');
+    this.o.onSynced?.(stats.unchanged ? 'unchanged' : 'full');
     return digest;
   }
 }

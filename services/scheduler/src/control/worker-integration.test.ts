@@ -38,6 +38,8 @@ let server: ControlServer;
 let client: KilnClient;
 let storeDir: string;
 const procs: ManagedProcess[] = [];
+/** How each sync of a local directory got the listing (the scheduler's metric). */
+const syncs: ('full' | 'unchanged')[] = [];
 
 beforeAll(async () => {
   if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
@@ -61,6 +63,12 @@ beforeAll(async () => {
     metaResolver: registryMetaResolver(),
     store: new FsBlobStore({ root: storeDir }),
     sessionWaitMs: 2_000,
+    metrics: {
+      buildStarted: () => undefined,
+      buildFinished: () => undefined,
+      vertexDone: () => undefined,
+      contextSynced: (listing) => syncs.push(listing),
+    },
   });
   const port = await server.listen('127.0.0.1:0');
   client = await KilnClient.connect(`127.0.0.1:${port}`);
@@ -231,6 +239,7 @@ describe('sessions and exporters with real workers', () => {
       'COPY other.txt /other.txt',
     ].join('\n');
     const build = async (n: number) => {
+      const synced = syncs.length;
       const sink = new Sink();
       const session = client.session({ localDirs: { context: ctx }, onExport: () => sink });
       const buildId = `int-ctx-${n}-${tag}`;
@@ -259,6 +268,9 @@ describe('sessions and exporters with real workers', () => {
       return {
         copy: read('copy.txt'),
         other: read('other.txt'),
+        // The context was synced once, its listing sent in full or (the same as the last
+        // sync's) not sent at all.
+        listing: syncs.slice(synced).join(','),
         contextCached: last('load build context'),
         copyCached: last('COPY hello.txt'),
         runCached: last('cat /hello.txt'),
@@ -269,6 +281,7 @@ describe('sessions and exporters with real workers', () => {
     expect(first).toEqual({
       copy: `one\n${tag}\n`,
       other: 'unrelated\n',
+      listing: 'full',
       contextCached: false,
       copyCached: false,
       runCached: false,
@@ -282,6 +295,7 @@ describe('sessions and exporters with real workers', () => {
     expect(await build(2)).toEqual({
       copy: `one\n${tag}\n`,
       other: 'changed\n',
+      listing: 'full',
       contextCached: false,
       copyCached: true,
       runCached: true,
@@ -292,16 +306,19 @@ describe('sessions and exporters with real workers', () => {
     expect(await build(3)).toEqual({
       copy: `two\n${tag}\n`,
       other: 'changed\n',
+      listing: 'full',
       contextCached: false,
       copyCached: false,
       runCached: false,
       copyOtherCached: false,
     });
-    // Nothing changes: the scheduler's sync gives the same manifest, so the context itself is a
-    // cache hit (keyed by that content, not by the build), and so is everything after it.
+    // Nothing changes: the client's listing is the last sync's (it says so instead of sending
+    // it), the scheduler's sync gives the same manifest, so the context itself is a cache hit
+    // (keyed by that content, not by the build), and so is everything after it.
     expect(await build(4)).toEqual({
       copy: `two\n${tag}\n`,
       other: 'changed\n',
+      listing: 'unchanged',
       contextCached: true,
       copyCached: true,
       runCached: true,
@@ -313,6 +330,7 @@ describe('sessions and exporters with real workers', () => {
     expect(await build(5)).toEqual({
       copy: `two\n${tag}\n`,
       other: 'changed\n',
+      listing: 'full',
       contextCached: false,
       copyCached: true,
       runCached: true,
@@ -342,6 +360,54 @@ describe('sessions and exporters with real workers', () => {
       expect(index.manifests[0]?.annotations?.['org.opencontainers.image.ref.name']).toBe('1');
     } finally {
       session.close();
+    }
+  });
+
+  it("hands an artifact over by reference to a client that reads the farm's store (the local farm's)", async () => {
+    // A second scheduler of the same farm (its own dispatcher: closing a control server closes
+    // its dispatcher), whose clients share its store (as the local farm's, under their state dir).
+    const local = new ControlServer({
+      dispatcher: await Dispatcher.start({ nc, affinityDelayMs: 100, monitorIntervalMs: 100 }),
+      metaResolver: registryMetaResolver(),
+      store: new FsBlobStore({ root: storeDir }),
+      storeReadByClients: true,
+      sessionWaitMs: 2_000,
+    });
+    const localClient = await KilnClient.connect(`127.0.0.1:${await local.listen('127.0.0.1:0')}`);
+    const tag = randomUUID();
+    const exportOci = async (c: KilnClient, localStore?: string) => {
+      const sink = new Sink();
+      const session = c.session({ onExport: () => sink, ...(localStore ? { localStore } : {}) });
+      try {
+        const res = await c.solve({
+          buildId: `int-ref-${randomUUID()}`,
+          sessionId: session.id,
+          frontend: 'dockerfile.v0',
+          attrs: { platform: 'linux/amd64' },
+          inputs: { dockerfile: dockerfileInput(`FROM ${fixture}\nRUN echo ${tag} > /t.txt\n`) },
+          exporters: [{ type: 'oci' }],
+        });
+        await session.exportsWritten(Number(res.exporterResponse['export.count']));
+      } finally {
+        session.close();
+      }
+      return { bytes: sink.bytes, fromStore: session.exportsFromStore };
+    };
+    try {
+      // Streamed: by the farm whose clients do not read its store, and by this one to a client
+      // that names another directory.
+      const streamed = await exportOci(client, storeDir);
+      expect(streamed.fromStore).toBe(0);
+      const other = await exportOci(localClient, join(tmp.dir, 'not-the-store'));
+      expect(other.fromStore).toBe(0);
+      // By reference: the same bytes, copied from the store.
+      const copied = await exportOci(localClient, storeDir);
+      expect(copied.fromStore).toBe(1);
+      expect(copied.bytes.equals(streamed.bytes)).toBe(true);
+      expect(other.bytes.equals(streamed.bytes)).toBe(true);
+    } finally {
+      localClient.close();
+      await local.close();
     }
   });
 
