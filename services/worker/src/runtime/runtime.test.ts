@@ -54,6 +54,17 @@ async function sh(
 }
 
 describe('OciRuntime', () => {
+  it('starts the process with no signal ignored or blocked (as a Go runtime starts it)', async () => {
+    // The worker (Node) ignores SIGPIPE; the runtime is started with posix_spawn, which must
+    // reset that and glibc's internal signals, or every RUN would inherit them ignored.
+    const chunks: Buffer[] = [];
+    await rt.run(
+      { rootfs, args: ['grep', '-E', '^Sig(Ign|Blk)', '/proc/self/status'] },
+      { onOutput: (s, c) => s === 'stdout' && chunks.push(c) },
+    );
+    expect(Buffer.concat(chunks).toString()).toMatch(/^SigBlk:\s+0+\nSigIgn:\s+0+\n$/);
+  });
+
   it('picks crun here and streams output', async () => {
     expect(rt.name).toBe('crun');
     const seen: string[] = [];
