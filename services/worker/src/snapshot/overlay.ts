@@ -12,7 +12,7 @@ import { cleanupAfter } from '@kiln/protocol';
 const execFileP = promisify(execFile);
 
 export interface OverlaySnapshotterOptions {
-  /** The state dir (`snapshots/`, `metadata.json`). */
+  /** The state dir (`snapshots/`, `metadata.jsonl`). */
   root: string;
   /**
    * Most lower dirs in one overlay mount before the chain is flattened (the kernel allows 500; the
