@@ -52,7 +52,19 @@ const cc = process.env.CC || 'cc';
 try {
   execFileSync(
     cc,
-    ['-O2', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', `-I${headers}`, src, '-o', tmp],
+    [
+      '-O2',
+      '-Wall',
+      '-Wextra',
+      '-Werror',
+      '-fPIC',
+      '-pthread',
+      '-shared',
+      `-I${headers}`,
+      src,
+      '-o',
+      tmp,
+    ],
     { stdio: 'inherit' },
   );
 } catch (err) {

@@ -6,7 +6,9 @@
  * Errors are Node-style (`code` such as `EPERM`, `errno`, `syscall`, `path`), as `node:fs`'s.
  */
 import { createRequire } from 'node:module';
+import { Socket } from 'node:net';
 import { constants } from 'node:os';
+import type { Readable } from 'node:stream';
 
 interface Native {
   mount(
@@ -21,6 +23,12 @@ interface Native {
   lsetxattr(path: string, name: string, value: Buffer): number;
   lxattrs(path: string): [string, Buffer][] | number;
   treeXattrs(root: string): Promise<[string, [string, Buffer][]][] | number>;
+  spawn(
+    file: string,
+    argv: string[],
+    envp: string[],
+    onExit: (code: number, signal: number) => void,
+  ): [number, number, number] | number;
 }
 
 let native: Native | undefined;
@@ -81,6 +89,8 @@ function describe(errno: number): string {
     ELOOP: 'too many symbolic links encountered',
     EROFS: 'read-only file system',
     E2BIG: 'argument list too long',
+    EMFILE: 'too many open files',
+    EAGAIN: 'resource temporarily unavailable',
     ENOMEM: 'not enough memory',
   };
   return known[errnoNames.get(errno) ?? ''] ?? `errno ${errno}`;
@@ -152,4 +162,70 @@ export async function treeXattrs(root: string): Promise<[string, [string, Buffer
   const r = await addon().treeXattrs(root);
   if (typeof r === 'number') throw errnoError(r, 'llistxattr', root);
   return r;
+}
+
+/** A process started by {@link spawnProcess}. */
+export interface SpawnedProcess {
+  readonly pid: number;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  /**
+   * Resolves once the process has exited and both pipes reached their end: `code` null when a
+   * signal ended it (as `child_process`'s `close` event).
+   */
+  readonly closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Signals the process while it runs (never a pid it no longer owns); false after its exit. */
+  kill(signal?: NodeJS.Signals): boolean;
+}
+
+const signalNames = new Map<number, NodeJS.Signals>(
+  Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]),
+);
+
+/**
+ * Starts `file` (searched in `PATH` when it has no slash) with `args`, with posix_spawn (a vfork:
+ * the caller's page tables are not copied), where `child_process.spawn` forks: a fork of a large
+ * process blocks its event loop ~15-25 ms until the child has exec'd. The child gets stdin from
+ * /dev/null, stdout and stderr as pipes, a session of its own (as `detached: true`), default
+ * signal dispositions and no blocked signal. A failed start throws a Node-style error (`ENOENT`,
+ * `EACCES`, ...) with `syscall` `posix_spawn`.
+ */
+export function spawnProcess(
+  file: string,
+  args: readonly string[],
+  opts: { env?: NodeJS.ProcessEnv } = {},
+): SpawnedProcess {
+  const env = opts.env ?? process.env;
+  const envp = Object.entries(env)
+    .filter((e): e is [string, string] => e[1] !== undefined)
+    .map(([k, v]) => `${k}=${v}`);
+  let exited = false;
+  let onExit!: (r: { code: number | null; signal: NodeJS.Signals | null }) => void;
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>(
+    (resolve) => (onExit = resolve),
+  );
+  const r = addon().spawn(file, [file, ...args], envp, (code, signal) => {
+    exited = true;
+    onExit({ code: signal === 0 ? code : null, signal: signalNames.get(signal) ?? null });
+  });
+  if (typeof r === 'number') throw errnoError(r, 'posix_spawn', file);
+  const [pid, outFd, errFd] = r;
+  const stdout = new Socket({ fd: outFd, readable: true, writable: false });
+  const stderr = new Socket({ fd: errFd, readable: true, writable: false });
+  const ended = (s: Socket): Promise<void> =>
+    new Promise((resolve) => {
+      s.once('close', () => resolve());
+    });
+  const closed = Promise.all([exit, ended(stdout), ended(stderr)]).then(([e]) => e);
+  return {
+    pid,
+    stdout,
+    stderr,
+    closed,
+    kill: (signal = 'SIGTERM') => {
+      if (exited) return false;
+      process.kill(pid, signal);
+      return true;
+    },
+  };
 }

@@ -3,7 +3,18 @@ import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MNT, MS, lsetxattr, lxattrs, mknod, mount, treeXattrs, umount2 } from './index.js';
+import {
+  MNT,
+  MS,
+  lsetxattr,
+  lxattrs,
+  mknod,
+  mount,
+  spawnProcess,
+  treeXattrs,
+  umount2,
+} from './index.js';
+import type { SpawnedProcess } from './index.js';
 
 /** The error `fn` throws (a test fails when it does not throw). */
 function thrown(fn: () => unknown): NodeJS.ErrnoException {
@@ -141,5 +152,56 @@ describe('mknod', () => {
     expect(st.isCharacterDevice()).toBe(true);
     expect(st.rdev).toBe((1 << 8) | 3);
     expect(thrown(() => mknod(fifo, 0o010644))).toMatchObject({ code: 'EEXIST' });
+  });
+});
+
+describe('spawnProcess', () => {
+  const collect = async (
+    p: SpawnedProcess,
+  ): Promise<{ out: string; err: string; code: number | null; signal: string | null }> => {
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    p.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const { code, signal } = await p.closed;
+    return { out, err, code, signal };
+  };
+
+  it('runs a program found in PATH with its own stdout, stderr and exit code', async () => {
+    const r = await collect(
+      spawnProcess('sh', ['-c', 'echo "$GREETING"; echo oops >&2; exit 3'], {
+        env: { PATH: process.env.PATH, GREETING: 'hello' },
+      }),
+    );
+    expect(r).toEqual({ out: 'hello\n', err: 'oops\n', code: 3, signal: null });
+  });
+
+  it('gives the child a session of its own, stdin from /dev/null, no ignored or blocked signal', async () => {
+    // Node ignores SIGPIPE; a child must not inherit that (as libuv's children do not).
+    const r = await collect(
+      spawnProcess('sh', [
+        '-c',
+        'grep -E "^(SigIgn|SigBlk)" /proc/self/status; ps -o sid= -p $$; echo $$; cat',
+      ]),
+    );
+    expect(r.code).toBe(0);
+    const [blk, ign, sid, pid] = r.out.trim().split('\n');
+    expect(ign).toMatch(/^SigIgn:\s+0+$/);
+    expect(blk).toMatch(/^SigBlk:\s+0+$/);
+    expect(sid?.trim()).toBe(pid?.trim());
+    expect(sid?.trim()).not.toBe(String(process.pid));
+  });
+
+  it('reports the signal that ended the process, and kill is refused after the exit', async () => {
+    const p = spawnProcess('sleep', ['30']);
+    expect(p.kill('SIGKILL')).toBe(true);
+    const r = await collect(p);
+    expect(r).toMatchObject({ code: null, signal: 'SIGKILL' });
+    expect(p.kill('SIGKILL')).toBe(false);
+  });
+
+  it('fails to start a missing program with a Node-style error', () => {
+    const err = thrown(() => spawnProcess(join(dir, 'no-such-program'), []));
+    expect(err).toMatchObject({ code: 'ENOENT', syscall: 'posix_spawn' });
   });
 });

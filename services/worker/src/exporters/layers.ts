@@ -101,8 +101,10 @@ export class LayerCache {
           },
           () => handle.release(),
         );
-        // A blob written meanwhile recorded the same diffID.
-        if (!this.map.get(snapshot)) await this.#save(snapshot, { diffID });
+        // A blob written meanwhile recorded the same diffID. Not awaited: the task's result
+        // does not wait for the file (a diffID lost with it is computed again, the diff being
+        // deterministic); a failed write is the next save's to retry.
+        if (!this.map.get(snapshot)) this.#save(snapshot, { diffID }).catch(() => undefined);
         return diffID;
       })();
       p.finally(() => this.hashing.delete(snapshot)).catch(() => undefined);

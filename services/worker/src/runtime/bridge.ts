@@ -26,6 +26,12 @@ export interface BridgeOptions {
    */
   poolSize?: number;
   /**
+   * Namespaces kept when they come back from containers (at least `poolSize`). Default 32: the
+   * RUNs a worker runs at once each get one, and a namespace deleted on its return is one made
+   * again at the next burst (three `ip` forks of the worker). Idle ones cost a veth pair each.
+   */
+  poolMax?: number;
+  /**
    * Addresses containers may not reach besides the host's own (always refused): the farm's
    * control plane. IPv4 addresses, CIDRs or host names (resolved at setup).
    */
@@ -99,6 +105,7 @@ export class BridgeNetwork {
   private readonly poolSize: number;
   /** See {@link BridgeOptions.netns}. */
   private readonly netns: string | undefined;
+  private readonly poolMax: number;
   /** Namespaces ready for a container: fresh ones, and ones given back as reusable. */
   readonly #pool: Netns[] = [];
   /** Namespaces being made for the pool (a close waits for them, then deletes them). */
@@ -121,6 +128,7 @@ export class BridgeNetwork {
     this.ipamDir = join(opts.ipamDir ?? DEFAULT_IPAM_ROOT, `${this.prefix}.0.0-16`);
     this.poolSize = opts.poolSize ?? 4;
     this.netns = opts.netns;
+    this.poolMax = Math.max(this.poolSize, opts.poolMax ?? 32);
   }
 
   /** `ip` in the bridge's namespace. */
@@ -328,7 +336,7 @@ export class BridgeNetwork {
    * is topped up in the background when a namespace out with a container is deleted instead of
    * coming back.
    *
-   * `release(true)` puts it back in the pool (BuildKit's CNI pool does the same): only for a
+   * `release(true)` puts it back in the pool (up to `poolMax`; BuildKit's CNI pool does the same): only for a
    * container that could not change it, i.e. one without CAP_NET_ADMIN (the default capability
    * set has none), whose processes are all gone (its pid namespace ended with it). Its interfaces,
    * address, routes and firewall are then as made; what a process leaves in a namespace (sockets)
@@ -347,7 +355,7 @@ export class BridgeNetwork {
         if (released) return Promise.resolve();
         released = true;
         this.#out--;
-        if (reusable && !this.#closed && this.#pool.length < this.poolSize) {
+        if (reusable && !this.#closed && this.#pool.length < this.poolMax) {
           this.#pool.push(n);
           return Promise.resolve();
         }

@@ -55,6 +55,17 @@ async function sh(
 }
 
 describe('OciRuntime', () => {
+  it('starts the process with no signal ignored or blocked (as a Go runtime starts it)', async () => {
+    // The worker (Node) ignores SIGPIPE; the runtime is started with posix_spawn, which must
+    // reset that and glibc's internal signals, or every RUN would inherit them ignored.
+    const chunks: Buffer[] = [];
+    await rt.run(
+      { rootfs, args: ['grep', '-E', '^Sig(Ign|Blk)', '/proc/self/status'] },
+      { onOutput: (s, c) => s === 'stdout' && chunks.push(c) },
+    );
+    expect(Buffer.concat(chunks).toString()).toMatch(/^SigBlk:\s+0+\nSigIgn:\s+0+\n$/);
+  });
+
   it('picks crun here and streams output', async () => {
     expect(rt.name).toBe('crun');
     const seen: string[] = [];
@@ -325,8 +336,27 @@ describe('OciRuntime', () => {
     }
   });
 
-  it('takes back a namespace released as reusable, up to the pool size, and deletes the rest', async () => {
-    const bridge = await BridgeNetwork.setup({ poolSize: 1 });
+  it('keeps the namespaces of a burst of runs that come back as reusable, up to poolMax', async () => {
+    const bridge = await BridgeNetwork.setup({ poolSize: 1, poolMax: 3 });
+    try {
+      await waitFor('the pool to fill', () => bridge.pooled === 1);
+      const out = [];
+      for (const id of ['burst-a', 'burst-b', 'burst-c', 'burst-d'])
+        out.push(await bridge.attach(id));
+      for (const a of out) await a.release(true);
+      // Three kept (the fourth deleted): the next burst takes them, makes none.
+      expect(bridge.pooled).toBe(3);
+      const again = [await bridge.attach('burst-e'), await bridge.attach('burst-f')];
+      const kept = new Set(out.slice(0, 3).map((a) => a.nsPath));
+      for (const a of again) expect(kept.has(a.nsPath)).toBe(true);
+      for (const a of again) await a.release(true);
+    } finally {
+      await bridge.close();
+    }
+  });
+
+  it('takes back a namespace released as reusable, up to poolMax, and deletes the rest', async () => {
+    const bridge = await BridgeNetwork.setup({ poolSize: 1, poolMax: 1 });
     try {
       await waitFor('the pool to fill', () => bridge.pooled === 1);
       const a = await bridge.attach('unused-c');

@@ -3,9 +3,9 @@ import { cleanupAfter } from '@kiln/protocol';
 import { join } from 'node:path';
 import { coalesced } from '../cache/coalesced-write.js';
 import { SnapshotError, SnapshotErrorCode } from './errors.js';
-import { readMetadata, writeMetadata } from './metadata.js';
+import { MetadataLog } from './metadata.js';
 import { unmountUnder } from './mount.js';
-import type { MetadataFile, SnapshotRecord } from './metadata.js';
+import type { LogLine, MetadataFile, SnapshotRecord } from './metadata.js';
 import type {
   DiffSourceHandle,
   MountSpec,
@@ -23,8 +23,10 @@ import type {
 export abstract class BaseSnapshotter implements Snapshotter {
   abstract readonly backend: 'overlayfs' | 'native';
   protected readonly snapshotsDir: string;
-  private readonly metaPath: string;
   private meta: MetadataFile;
+  private log: MetadataLog | undefined;
+  /** Changes made in memory and not yet appended to the log (see {@link save}). */
+  private pending: LogLine[] = [];
   private readonly leases = new Map<string, number>();
   private lock: Promise<unknown> = Promise.resolve();
 
@@ -33,23 +35,25 @@ export abstract class BaseSnapshotter implements Snapshotter {
     backend: string,
   ) {
     this.snapshotsDir = join(root, 'snapshots');
-    this.metaPath = join(root, 'metadata.json');
     this.meta = { version: 1, backend, nextId: 1, snapshots: {} };
   }
 
   /** Loads the metadata and removes directories that no record names (a crash mid-prepare/remove). */
   protected async load(): Promise<void> {
     await mkdir(this.snapshotsDir, { recursive: true });
-    const m = await readMetadata(this.metaPath);
-    if (m !== undefined) {
-      if (m.backend !== this.meta.backend) {
-        throw new SnapshotError(
-          SnapshotErrorCode.InvalidState,
-          `state dir ${this.root} belongs to the ${m.backend} snapshotter, not ${this.meta.backend}`,
-        );
-      }
-      this.meta = m;
+    const { log, meta } = await MetadataLog.open(
+      join(this.root, 'metadata.jsonl'),
+      join(this.root, 'metadata.json'),
+      this.meta.backend,
+    );
+    if (meta.backend !== this.meta.backend) {
+      throw new SnapshotError(
+        SnapshotErrorCode.InvalidState,
+        `state dir ${this.root} belongs to the ${meta.backend} snapshotter, not ${this.meta.backend}`,
+      );
     }
+    this.meta = meta;
+    this.log = log;
     // Mount points a dead process left under tmp/ (views mounted for diffs, flattening).
     await unmountUnder(join(this.root, 'tmp'));
     await rm(join(this.root, 'tmp'), { recursive: true, force: true });
@@ -111,11 +115,20 @@ export abstract class BaseSnapshotter implements Snapshotter {
   }
 
   /**
-   * Resolves once the metadata as it is now is on disk. Writes (temp file, fsync, rename) are
-   * group-committed, so concurrent tasks do not queue one fsync each; callers save after leaving
-   * the mutation lock.
+   * Resolves once the changes made so far are in the log. Appends are group-committed (the
+   * changes of concurrent tasks go in one write); callers save after leaving the mutation lock.
    */
-  private readonly save = coalesced(() => writeMetadata(this.metaPath, this.meta));
+  private readonly save = coalesced(() => {
+    const batch = this.pending;
+    this.pending = [];
+    return this.log!.append(batch, this.meta);
+  });
+
+  private put(key: string, rec: SnapshotRecord | null): void {
+    if (rec === null) delete this.meta.snapshots[key];
+    else this.meta.snapshots[key] = rec;
+    this.pending.push([key, rec]);
+  }
 
   /** Creates the backend's directories for a new active snapshot or view. */
   protected abstract create(
@@ -169,7 +182,7 @@ export abstract class BaseSnapshotter implements Snapshotter {
           () => rm(dir, { recursive: true, force: true }),
         );
       }
-      this.meta.snapshots[key] = r;
+      this.put(key, r);
       return r;
     });
     await this.save();
@@ -204,8 +217,8 @@ export abstract class BaseSnapshotter implements Snapshotter {
         created: new Date().toISOString(),
         labels: { ...rec.labels, ...opts.labels },
       };
-      delete this.meta.snapshots[key];
-      this.meta.snapshots[name] = committed;
+      this.put(key, null);
+      this.put(name, committed);
       return Promise.resolve();
     });
     await this.save();
@@ -233,7 +246,7 @@ export abstract class BaseSnapshotter implements Snapshotter {
           },
         );
       }
-      delete this.meta.snapshots[key];
+      this.put(key, null);
       return Promise.resolve(rec);
     });
     await this.save();

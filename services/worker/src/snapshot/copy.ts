@@ -10,7 +10,7 @@ import type { DiffSourceHandle, MountSpec } from './types.js';
 const execFileP = promisify(execFile);
 
 export interface CopySnapshotterOptions {
-  /** The state dir (`snapshots/`, `metadata.json`). */
+  /** The state dir (`snapshots/`, `metadata.jsonl`). */
   root: string;
 }
 

@@ -74,6 +74,7 @@ async function mountOne(m: MountSpec, target: string): Promise<void> {
     return;
   }
   if (m.cwd !== undefined) {
+    await clearVolatileMark(m.options, m.cwd);
     // Relative lowerdirs (a chain too long for one page of absolute paths) are resolved from the
     // mounting process's working directory: a `mount` process of its own, which can chdir.
     try {
@@ -88,11 +89,25 @@ async function mountOne(m: MountSpec, target: string): Promise<void> {
     return;
   }
   const { flags, data } = mountArgs(m.options);
+  await clearVolatileMark(m.options);
   try {
     await mount('overlay', target, 'overlay', flags, data);
   } catch (err) {
     throw ioError(`mount overlay on ${target} (${data})`, err);
   }
+}
+
+/**
+ * A `volatile` overlay leaves `<workdir>/work/incompat/volatile` behind, and the kernel refuses to
+ * mount that workdir again while it is there (after a machine crash the upper dir may have lost
+ * writes). Snapshots never outlive a machine crash in use (a restarted worker drops what was
+ * active), so the mark is only in the way: removed before each mount.
+ */
+async function clearVolatileMark(options: readonly string[], cwd?: string): Promise<void> {
+  if (!options.includes('volatile')) return;
+  const work = options.find((o) => o.startsWith('workdir='))?.slice('workdir='.length);
+  if (work === undefined) return;
+  await rm(join(cwd ?? '', work, 'work', 'incompat'), { recursive: true, force: true });
 }
 
 /** Unmounts `target` (lazily when busy, so a leaked process cannot pin a snapshot). */
@@ -166,7 +181,7 @@ export async function unmountUnder(dir: string): Promise<void> {
 /** Whether the kernel mounts overlayfs here (with the options our differ needs). */
 export async function detectOverlay(
   stateDir: string,
-): Promise<{ ok: boolean; options: string[]; reason?: string }> {
+): Promise<{ ok: boolean; options: string[]; volatile?: boolean; reason?: string }> {
   await mkdir(stateDir, { recursive: true });
   const dir = await mkdtemp(join(stateDir, 'overlay-probe-'));
   const sub = ['l1', 'l2', 'u', 'w', 'm'];
@@ -186,7 +201,7 @@ export async function detectOverlay(
       try {
         await mount('overlay', join(dir, 'm'), 'overlay', 0, [...base, ...extra].join(','));
         await unmount(join(dir, 'm'));
-        return { ok: true, options: extra };
+        return { ok: true, options: extra, volatile: await mountsVolatile([...base, ...extra]) };
       } catch (err) {
         if (extra === ns) return { ok: false, options: [], reason: (err as Error).message };
       }
@@ -194,6 +209,21 @@ export async function detectOverlay(
     return { ok: false, options: [], reason: 'unreachable' };
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+
+  /** Whether `volatile` (Linux >= 5.10) is accepted with these options (a second mount too). */
+  async function mountsVolatile(options: string[]): Promise<boolean> {
+    const o = [...options, 'volatile'];
+    try {
+      for (let i = 0; i < 2; i++) {
+        await clearVolatileMark(o);
+        await mount('overlay', join(dir, 'm'), 'overlay', 0, o.join(','));
+        await unmount(join(dir, 'm'));
+      }
+      return true;
+    } catch {
+      return false;
+    }
   }
 }
 

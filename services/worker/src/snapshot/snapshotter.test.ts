@@ -289,6 +289,29 @@ describe('overlay snapshotter: long chains', () => {
     await expect(stat(stale)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
+  it('mounts a writable snapshot volatile (no sync of the disk at unmount), and mounts it again', async () => {
+    const state = join(root, 'state-volatile');
+    const s = await OverlaySnapshotter.open({ root: state });
+    await s.prepare('base-w');
+    await s.commit('base', 'base-w');
+    const specs = await s.prepare('w', 'base');
+    expect(specs[0]?.options).toContain('volatile');
+    expect((await s.mounts('base'))[0]?.options ?? []).not.toContain('volatile');
+    const tmp = join(state, 'tmp');
+    for (const n of ['one', 'two']) {
+      const m = await mountTemp(await s.mounts('w'), tmp);
+      try {
+        await writeFile(join(m.path, n), n);
+      } finally {
+        await m.release();
+      }
+    }
+    await s.commit('c', 'w');
+    await withMounted(s, 'c', tmp, async (d) => {
+      expect(await names(d)).toEqual(['one', 'two']);
+    });
+  });
+
   it('openSnapshotter picks overlayfs here', async () => {
     const s = await openSnapshotter({ root: join(root, 'auto') });
     expect(s.backend).toBe('overlayfs');
