@@ -552,8 +552,20 @@ export class ClientSession {
   ): Promise<void> {
     const st = this.readsStore ? await store.stat(digest) : undefined;
     if (!st) return this.sendExport(index, platform, await store.get(digest));
-    if (!this.#send({ export: { index, platform, blob: digest, size: st.size, eof: true } }))
-      await new Promise((r) => this.call.once('drain', r));
+    const call = this.#call;
+    if (this.#closed)
+      throw new SessionError(
+        `session ${this.id} broke while an export was sent`,
+        'SESSION_UNAVAILABLE',
+      );
+    if (
+      !call.write(
+        control.SessionMessage.create({
+          export: { index, platform, blob: digest, size: st.size, eof: true },
+        }),
+      )
+    )
+      await this.#drained(call);
   }
 
   /** Streams an artifact to the client as ExportChunks (`cache`: a cache export's). */
