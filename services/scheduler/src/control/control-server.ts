@@ -63,7 +63,7 @@ import type { ContentChecksums } from '../solver/content-checksums.js';
 import { natsMaterializer } from '../solver/materialize.js';
 import type { BuildMetrics } from '../metrics.js';
 import { ControlHealth } from './health.js';
-import { MAX_RERUNS, sameHolderDelayMs, solveGraph } from '../solver/solve.js';
+import { MAX_RERUNS, sameHolderDelay, solveGraph } from '../solver/solve.js';
 import type { Materializer } from '../solver/solve.js';
 import type { SolveResult } from '../solver/solve.js';
 import { Authenticator, LOCAL_TENANT, requireAdmin } from './auth.js';
@@ -96,19 +96,6 @@ import type { TenantLimits } from './tenant-limits.js';
 
 type SolveRequest = InstanceType<typeof control.SolveRequest>;
 type StatusRequest = InstanceType<typeof control.StatusRequest>;
-
-/** Resolves after `ms`, or at once when `signal` aborts (the caller checks it). */
-function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
 
 /** Reads W3C trace context keys from gRPC metadata. */
 const metadataGetter: TextMapGetter<grpc.Metadata> = {
@@ -626,7 +613,7 @@ export class ControlServer {
             // round: the export may have joined an attempt already failing on the same holder
             // (restarting on its state dir), as the solver's reruns wait.
             log.info({ resultId: e.details.resultId, round }, 'export input lost: solving again');
-            if (round > 0) await abortableDelay(sameHolderDelayMs(round - 1), build.abort.signal);
+            if (round > 0) await sameHolderDelay(round - 1, build.abort.signal);
             results = await solveAll(true);
             response = exporterResponse(results);
           }

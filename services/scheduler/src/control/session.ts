@@ -552,26 +552,35 @@ export class ClientSession {
   ): Promise<void> {
     const st = this.readsStore ? await store.stat(digest) : undefined;
     if (!st) return this.sendExport(index, platform, await store.get(digest));
-    const call = this.#call;
-    if (this.#closed)
+    await this.#writeExport(this.#call, {
+      index,
+      platform,
+      blob: digest,
+      size: st.size,
+      eof: true,
+    });
+  }
+
+  /**
+   * Writes one ExportChunk over `call`, the stream its artifact started on, waiting for it to
+   * drain; fails when the session closed or moved to another stream meanwhile (one artifact, one
+   * stream: the client drops what it had of it; a tail sent over the new stream would be taken
+   * whole).
+   */
+  async #writeExport(
+    call: SessionCall,
+    chunk: NonNullable<SessionMessageInit['export']>,
+  ): Promise<void> {
+    if (this.#closed || this.#call !== call)
       throw new SessionError(
         `session ${this.id} broke while an export was sent`,
         'SESSION_UNAVAILABLE',
       );
-    if (
-      !call.write(
-        control.SessionMessage.create({
-          export: { index, platform, blob: digest, size: st.size, eof: true },
-        }),
-      )
-    )
-      await this.#drained(call);
+    if (!call.write(control.SessionMessage.create({ export: chunk }))) await this.#drained(call);
   }
 
   /** Streams an artifact to the client as ExportChunks (`cache`: a cache export's). */
   async sendExport(index: number, platform: string, src: Readable, cache = false): Promise<void> {
-    // One artifact, one stream: a stream that ends or is replaced meanwhile fails the export (the
-    // client drops what it had of it; a tail sent over the new stream would be taken whole).
     const call = this.#call;
     let buf = Buffer.alloc(0);
     const flush = async (eof: boolean): Promise<void> => {
@@ -579,17 +588,7 @@ export class ClientSession {
         const data = buf.subarray(0, EXPORT_CHUNK);
         buf = buf.subarray(data.length);
         const last = eof && buf.length === 0;
-        if (this.#closed || this.#call !== call)
-          throw new SessionError(
-            `session ${this.id} broke while an export was sent`,
-            'SESSION_UNAVAILABLE',
-          );
-        if (
-          !call.write(
-            control.SessionMessage.create({ export: { index, platform, data, eof: last, cache } }),
-          )
-        )
-          await this.#drained(call);
+        await this.#writeExport(call, { index, platform, data, eof: last, cache });
         if (last) return;
       }
     };

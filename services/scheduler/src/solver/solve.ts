@@ -66,6 +66,19 @@ export const MAX_RERUNS = 5;
  */
 export const sameHolderDelayMs = (round: number): number => Math.min(4_000, 500 * 2 ** round);
 
+/** Waits {@link sameHolderDelayMs}(`round`), or until `signal` aborts (the caller checks it). */
+export function sameHolderDelay(round: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(wake, sameHolderDelayMs(round));
+    function wake(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', wake);
+      resolve();
+    }
+    signal.addEventListener('abort', wake, { once: true });
+  });
+}
+
 export type OutputResult = TaskResult['outputs'][number];
 type ResolvedInput = NonNullable<TaskInit['inputs']>[number];
 
@@ -343,15 +356,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     // Answered by the same holder again (its record was not given up: the holder is back, or
     // its blobs were recorded meanwhile): asking at once would find it away again.
     if (lostInput.holder && done.get(digest)?.workerId === lostInput.holder)
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(wake, sameHolderDelayMs(round));
-        function wake(): void {
-          clearTimeout(t);
-          ac.signal.removeEventListener('abort', wake);
-          resolve();
-        }
-        ac.signal.addEventListener('abort', wake, { once: true });
-      });
+      await sameHolderDelay(round, ac.signal);
     return true;
   };
 
