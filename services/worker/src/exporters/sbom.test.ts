@@ -57,6 +57,15 @@ describe('the built-in SBOM scanner', () => {
     await expect(scanPackages(root)).rejects.toMatchObject({ code: 'EXPORT_SBOM_INVALID' });
   });
 
+  it('bounds every database together, not each file', async () => {
+    const root = await rootfs({});
+    await mkdir(join(root, 'var/lib/dpkg/status.d'), { recursive: true });
+    const half = Buffer.alloc(MAX_DB_BYTES / 2 + 1, 0x41);
+    await writeFile(join(root, 'var/lib/dpkg/status.d/a'), half);
+    await writeFile(join(root, 'var/lib/dpkg/status.d/b'), half);
+    await expect(scanPackages(root)).rejects.toMatchObject({ code: 'EXPORT_SBOM_INVALID' });
+  });
+
   it('gives the same document for the same filesystem', async () => {
     const root = await rootfs({ 'lib/apk/db/installed': 'P:musl\nV:1\nA:x86_64\n' });
     const a = await spdxDocument(root, 'app:1', '2023-11-14T22:13:20Z');

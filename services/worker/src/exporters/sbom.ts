@@ -6,8 +6,8 @@
  * - dpkg: `/var/lib/dpkg/status` (packages whose Status ends in `installed`) and the per-package
  *   files of `/var/lib/dpkg/status.d/` (distroless images);
  * - apk: `/lib/apk/db/installed`.
- * Files are read through the rootfs's own symlinks but never outside it, each at most
- * {@link MAX_DB_BYTES}; at most {@link MAX_PACKAGES} packages are listed (more is an error, never a
+ * Files are read through the rootfs's own symlinks but never outside it, at most
+ * {@link MAX_DB_BYTES} in all; at most {@link MAX_PACKAGES} packages are listed (more is an error, never a
  * silently short list).
  */
 import { createHash } from 'node:crypto';
@@ -36,17 +36,25 @@ export class SbomError extends KilnError {
   }
 }
 
-/** A file of the rootfs, resolved inside it; undefined when it is missing or not a file. */
-async function readInRoot(root: string, path: string): Promise<string | undefined> {
+/**
+ * A file of the rootfs, resolved inside it; undefined when it is missing or not a file. `budget`
+ * is what the scan may still read: every database together is bounded, not each file.
+ */
+async function readInRoot(
+  root: string,
+  path: string,
+  budget: { bytes: number },
+): Promise<string | undefined> {
   const host = await resolveInRoot(root, path);
   const st = await lstat(host).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return undefined;
     throw e;
   });
   if (!st?.isFile()) return undefined;
-  if (st.size > MAX_DB_BYTES)
+  budget.bytes -= st.size;
+  if (budget.bytes < 0)
     throw new SbomError(
-      `${path} is ${st.size} bytes: the SBOM scanner reads at most ${MAX_DB_BYTES}`,
+      `the package databases exceed ${MAX_DB_BYTES} bytes at ${path}: the SBOM scanner reads at most that`,
     );
   return readFile(host, 'utf8');
 }
@@ -116,12 +124,13 @@ function apkPackages(text: string): Package[] {
 /** The packages the databases of the filesystem at `root` list, sorted. */
 export async function scanPackages(root: string): Promise<Package[]> {
   const pkgs: Package[] = [];
+  const budget = { bytes: MAX_DB_BYTES };
   const add = (more: Package[]): void => {
     pkgs.push(...more);
     if (pkgs.length > MAX_PACKAGES)
       throw new SbomError(`the image lists over ${MAX_PACKAGES} packages`);
   };
-  const status = await readInRoot(root, '/var/lib/dpkg/status');
+  const status = await readInRoot(root, '/var/lib/dpkg/status', budget);
   if (status !== undefined) add(dpkgPackages(status));
   const dir = await resolveInRoot(root, '/var/lib/dpkg/status.d');
   const entries = await readdir(dir).catch((e: NodeJS.ErrnoException) => {
@@ -130,10 +139,10 @@ export async function scanPackages(root: string): Promise<Package[]> {
   });
   for (const e of entries.sort()) {
     if (e.endsWith('.md5sums')) continue;
-    const text = await readInRoot(root, `/var/lib/dpkg/status.d/${e}`);
+    const text = await readInRoot(root, `/var/lib/dpkg/status.d/${e}`, budget);
     if (text !== undefined) add(dpkgPackages(text));
   }
-  const apk = await readInRoot(root, '/lib/apk/db/installed');
+  const apk = await readInRoot(root, '/lib/apk/db/installed', budget);
   if (apk !== undefined) add(apkPackages(apk));
   const key = (p: Package): string => `${p.type}\0${p.name}\0${p.version}\0${p.arch}`;
   return pkgs.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
@@ -151,9 +160,10 @@ export function packagePurl(p: Package, distro: string): string {
 
 /** `ID` and `VERSION_ID` of `/etc/os-release` (or `/usr/lib/os-release`), as `id-version`. */
 async function distroOf(root: string): Promise<string> {
+  const budget = { bytes: 64 * 1024 };
   const text =
-    (await readInRoot(root, '/etc/os-release')) ??
-    (await readInRoot(root, '/usr/lib/os-release')) ??
+    (await readInRoot(root, '/etc/os-release', budget)) ??
+    (await readInRoot(root, '/usr/lib/os-release', budget)) ??
     '';
   const v = (k: string): string =>
     (new RegExp(`^${k}=("?)(.*)\\1$`, 'm').exec(text)?.[2] ?? '').slice(0, 64);
