@@ -210,10 +210,15 @@ async function unchangedSync(
     [last.manifest, ...last.blobs].map((d) => store.touch(d as Digest)),
   );
   if (kept.every(Boolean)) return { manifest: last.manifest };
-  const again = await src.manifest(r);
-  if (again === 'unchanged')
+  return { listing: await fullListing(src, r) };
+}
+
+/** The directory's whole listing (asked without a digest: `unchanged` is a protocol error). */
+async function fullListing(src: ContextSource, r: LocalSyncRequest): Promise<Listing> {
+  const got = await src.manifest(r);
+  if (got === 'unchanged')
     throw new ContextSyncError('SESSION_ERROR', 'the client answered unchanged unasked', '');
-  return { listing: again };
+  return got;
 }
 
 /**
@@ -239,12 +244,7 @@ export async function syncContext(
       return u.manifest;
     }
     listing = u.listing;
-  } else {
-    const got = await src.manifest(r);
-    if (got === 'unchanged')
-      throw new ContextSyncError('SESSION_ERROR', 'the client answered unchanged unasked', '');
-    listing = got;
-  }
+  } else listing = await fullListing(src, r);
   const entries = listing.entries;
   entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   const files = entries.filter((e) => (e.mode & S_IFMT) === S_IFREG);
