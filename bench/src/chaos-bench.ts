@@ -328,7 +328,6 @@ async function runFarm(
       const c = o.cases[i % o.cases.length]!;
       const out = join(dir, 'out', String(i));
       const args = [
-        kilnBin,
         'build',
         c.dir,
         '--addr',
@@ -347,7 +346,7 @@ async function runFarm(
       ];
       const start = performance.now();
       try {
-        await execFileP(process.execPath, args, {
+        await execFileP(kilnBin, args, {
           env: { ...process.env, KILN_ADDR: '', KILN_STATE_DIR: join(dir, 'clients', String(i)) },
           maxBuffer: 64 << 20,
           // A build that hangs is a failure, not a stuck benchmark.

@@ -103,11 +103,10 @@ export async function runFreshBench(rounds = 3): Promise<void> {
     const build = async (): Promise<number> => {
       writeFileSync(join(ctx, 'f.txt'), `change ${n++}\n`);
       const t0 = performance.now();
-      await promisify(execFile)(
-        process.execPath,
-        [kilnBin, 'build', '--addr', addr, '--progress', 'plain', ctx],
-        { env: { ...process.env, KILN_ADDR: '' }, maxBuffer: 64 << 20 },
-      ).catch((err: Error & { stdout?: string; stderr?: string }) => {
+      await promisify(execFile)(kilnBin, ['build', '--addr', addr, '--progress', 'plain', ctx], {
+        env: { ...process.env, KILN_ADDR: '' },
+        maxBuffer: 64 << 20,
+      }).catch((err: Error & { stdout?: string; stderr?: string }) => {
         throw new Error(`kiln build failed:\n${err.stdout ?? ''}\n${err.stderr ?? err.message}`);
       });
       return performance.now() - t0;

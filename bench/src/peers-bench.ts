@@ -253,7 +253,7 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
   let reg: RegistryHandle | undefined;
   let bkStarted = false;
   // `kiln farm` (a warm local farm daemon kept between builds) is stopped at the end when it exists.
-  const farm = runSync(process.execPath, [kilnBin, 'farm', '--help'], kilnEnv);
+  const farm = runSync(kilnBin, ['farm', '--help'], kilnEnv);
   const hasFarm = farm.ok && /kiln farm/.test(farm.stdout);
 
   let cleaned: Promise<void> | undefined;
@@ -261,7 +261,7 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
     (cleaned ??= (async () => {
       for (const c of children) c.kill('SIGKILL');
       if (hasFarm) {
-        const r = runSync(process.execPath, [kilnBin, 'farm', 'stop'], kilnEnv);
+        const r = runSync(kilnBin, ['farm', 'stop'], kilnEnv);
         if (!r.ok) console.error(`kiln farm stop failed: ${r.stderr.trim()}`);
       }
       if (bkStarted) {
@@ -297,7 +297,7 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
       );
     const bkAddr = started.stdout.trim();
     console.log(
-      `kiln ${version(process.execPath, [kilnBin, '--version'])}` +
+      `kiln ${version(kilnBin, ['--version'])}` +
         `${hasFarm ? ' (warm farm: `kiln farm stop` at the end)' : ' (embedded farm per invocation)'}, ` +
         `buildctl ${version(buildctl, ['--version'])}, registry ${reg.addr}, rounds ${rounds} + 1 warm-up`,
     );
@@ -309,7 +309,6 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
       await w.write(ctx, image);
       const out = { kiln: join(work, `kiln-${w.name}.tar`), bk: join(work, `bk-${w.name}.tar`) };
       const kilnArgs = (c: CaseName): string[] => [
-        kilnBin,
         'build',
         ctx,
         '--progress',
@@ -347,7 +346,7 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
           for (let r = 0; r <= rounds; r++) {
             if (c === 'changed' && w.changeFile)
               await writeFile(join(ctx, w.changeFile), `changed ${++edits} ${Date.now()}\n`);
-            const k = await timedRun(process.execPath, kilnArgs(c), { env: kilnEnv });
+            const k = await timedRun(kilnBin, kilnArgs(c), { env: kilnEnv });
             const b = await timedRun(buildctl, bkArgs(c));
             if (r === 0) {
               if (!checked) {

@@ -1,4 +1,12 @@
-#!/usr/bin/env node
+#!/bin/sh
+//bin/true; if [ -n "${NODE_EXTRA_CA_CERTS-}" ]; then KILN_DEFERRED_CA_CERTS=$NODE_EXTRA_CA_CERTS; export KILN_DEFERRED_CA_CERTS; unset NODE_EXTRA_CA_CERTS; fi; exec node "$0" "$@"
+// The two lines above are both shell and JavaScript: run as a command, /bin/sh executes them and
+// starts Node on this file; for Node they are comments. They keep
+// NODE_EXTRA_CA_CERTS from Node's start: Node 20 reads the file it names, and parses its bundled
+// root certificates, before any code runs (~100 ms per command on these machines, most of a
+// cached build). The variable is put back below for child processes, and the one TLS connection
+// the client makes adds the file's certificates then (libs/client `trustedCas`), as Node would
+// have. `node kiln.js` works too, as before (and pays Node's load).
 // The kiln command. `npm run build` at the repository root compiles the code to dist/ and bundles
 // it into dist/bundle/main.cjs (one file to load instead of hundreds of modules: see
 // scripts/bundle-cli.mjs). This compiles the bundle with a V8 code cache, Node 20 having none for
@@ -12,6 +20,10 @@
 // and build namespaces of the builtins it imports (node:fs's touches its lazy getters, loading
 // every stream class), ~10-20 ms of each command's start that a CommonJS entry never pays.
 'use strict';
+if (process.env.KILN_DEFERRED_CA_CERTS !== undefined) {
+  process.env.NODE_EXTRA_CA_CERTS = process.env.KILN_DEFERRED_CA_CERTS;
+  delete process.env.KILN_DEFERRED_CA_CERTS;
+}
 const fs = require('node:fs');
 const { createRequire } = require('node:module');
 const { homedir } = require('node:os');

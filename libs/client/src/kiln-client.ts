@@ -8,6 +8,8 @@
  * `token` is sent as `authorization: Bearer <token>` on every call, session included.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
@@ -121,6 +123,29 @@ export function parseAddrs(addr: string): string[] {
   return out;
 }
 
+/**
+ * The CAs a TLS connection trusts without an explicit `ca`: Node's, which are its bundled roots and
+ * the certificates of the file NODE_EXTRA_CA_CERTS names. `kiln` keeps that variable from Node's
+ * start (reading it costs every command ~100 ms: cli/bin/kiln.js) and puts it back in the
+ * environment, so Node's own store may lack the file: it is read here, when a connection needs it.
+ * `null` (Node's store as is) when the variable is unset or names no readable file, as Node
+ * ignores such a file with a warning.
+ */
+export function trustedCas(env: NodeJS.ProcessEnv = process.env): Buffer | null {
+  const file = env.NODE_EXTRA_CA_CERTS;
+  if (!file) return null;
+  let extra: string;
+  try {
+    extra = readFileSync(file, 'utf8');
+  } catch (e) {
+    process.emitWarning(
+      `Ignoring extra certs from \`${file}\`, load failed: ${(e as Error).message}`,
+    );
+    return null;
+  }
+  return Buffer.from(`${rootCertificates.join('\n')}\n${extra}`);
+}
+
 export class KilnClient {
   /** The channel to the scheduler in use; replaced by the next address on a failover. */
   #client: grpc.Client;
@@ -176,7 +201,11 @@ export class KilnClient {
     const creds =
       o.credentials ??
       (o.tls
-        ? grpc.credentials.createSsl(o.tls.ca ?? null, o.tls.key ?? null, o.tls.cert ?? null)
+        ? grpc.credentials.createSsl(
+            o.tls.ca ?? trustedCas(),
+            o.tls.key ?? null,
+            o.tls.cert ?? null,
+          )
         : grpc.credentials.createInsecure());
     const channelOptions: grpc.ChannelOptions = {
       // A build's calls have no deadline: pings find a scheduler (or a path) that vanished.
