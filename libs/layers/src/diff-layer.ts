@@ -7,7 +7,7 @@ import { finished } from 'node:stream/promises';
 import { KilnError } from '@kiln/protocol';
 import { DigestingStream } from '@kiln/store';
 import type { BlobStore, Digest } from '@kiln/store';
-import * as tar from 'tar-stream';
+import type * as tar from 'tar-stream';
 import { readTreeXattrs } from './xattr.js';
 import type { Xattrs } from './xattr.js';
 import { compareChanges, overlayChanges } from './changes.js';
@@ -16,6 +16,7 @@ import { MediaTypes, coalescer, compressor } from './compression.js';
 import type { Compression } from './compression.js';
 import { LayerError, LayerErrorCode } from './errors.js';
 import { paxXattrHeader } from './pax.js';
+import { TarOut } from './tar-out.js';
 import { SMALL_FILE, lstatBigSync, readFileSync, readlinkSync, yielder } from './sync-fs.js';
 
 /** What to diff. */
@@ -74,7 +75,6 @@ export interface LayerStream {
   mediaType: string;
 }
 
-const EMPTY = Buffer.alloc(0);
 const WHITEOUT_PREFIX = '.wh.';
 const WHITEOUT_OPAQUE = '.wh..wh..opq';
 
@@ -111,17 +111,10 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
   }
   // First, so that an unavailable codec throws before anything starts.
   const comp = compressor(compression, opts.level);
-  const pack = tar.pack();
+  const out = new TarOut();
   const diffHasher = new DigestingStream();
   const blobHasher = new DigestingStream();
-  const stream = pipeline(
-    pack as unknown as Readable,
-    diffHasher,
-    coalescer(),
-    comp,
-    blobHasher,
-    () => undefined,
-  );
+  const stream = pipeline(out.stream, diffHasher, coalescer(), comp, blobHasher, () => undefined);
   const done = (async (): Promise<LayerDescriptor> => {
     await finished(stream);
     return {
@@ -154,8 +147,8 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
         xattrs = next;
         changes = await compareChanges(source.baseDir, source.newDir, { base, next });
       }
-      await new TarWriter(pack, root, opts.sourceDateEpoch, xattrs).write(changes);
-      pack.finalize();
+      await new TarWriter(out, root, opts.sourceDateEpoch, xattrs).write(changes);
+      await out.end();
     } catch (err) {
       const e =
         err instanceof KilnError
@@ -167,7 +160,7 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
                 cause: err,
               },
             );
-      pack.destroy(e);
+      out.stream.destroy(e);
       stream.destroy(e);
     }
   })();
@@ -202,7 +195,7 @@ class TarWriter {
   private readonly whiteoutTime: Date;
 
   constructor(
-    private readonly pack: tar.Pack,
+    private readonly out: TarOut,
     private readonly root: string,
     private readonly sourceDateEpoch: number | undefined,
     /** Extended attributes by root-relative path (see `readTreeXattrs`). */
@@ -350,14 +343,11 @@ class TarWriter {
       // Copied: the same header object may be reused for hardlinks with their own names.
       header = { ...header };
       const pax = paxXattrHeader(header, xattrs);
-      // Between entries (each one is awaited), so these bytes land right before the entry's own.
-      if (pax !== undefined) this.pack.push(pax);
+      // Right before the entry's own header.
+      if (pax !== undefined) await this.out.push(pax);
     }
     if (file === undefined) {
-      await new Promise<void>((resolve, reject) => {
-        // An explicit empty body: a `file` entry without one waits for writes that never come.
-        this.pack.entry(header, EMPTY, (err) => (err ? reject(err) : resolve()));
-      });
+      await this.out.entry(header);
       return;
     }
     if ((header.size ?? 0) <= SMALL_FILE) {
@@ -368,25 +358,16 @@ class TarWriter {
           entry: header.name,
         });
       }
-      await new Promise<void>((resolve, reject) => {
-        this.pack.entry(header, body, (err) => (err ? reject(err) : resolve()));
-      });
+      await this.out.entry(header, body);
       return;
     }
-    let sink: ReturnType<tar.Pack['entry']> | undefined;
-    const written = new Promise<void>((resolve, reject) => {
-      sink = this.pack.entry(header, (err) => (err ? reject(err) : resolve()));
-    });
+    await this.out.entry(header);
     const input = createReadStream(file);
     try {
-      for await (const chunk of input) {
-        if (!sink!.write(chunk as Buffer))
-          await new Promise<void>((r) => sink!.once('drain', () => r()));
-      }
+      for await (const chunk of input) await this.out.write(chunk as Buffer);
     } finally {
       input.destroy();
     }
-    sink!.end(null);
-    await written;
+    await this.out.endBody();
   }
 }
