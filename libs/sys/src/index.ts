@@ -23,6 +23,7 @@ interface Native {
   lsetxattr(path: string, name: string, value: Buffer): number;
   lxattrs(path: string): [string, Buffer][] | number;
   treeXattrs(root: string): Promise<[string, [string, Buffer][]][] | number>;
+  copyFiles(srcs: string[], dsts: string[], opts: number[]): Promise<number[] | number>;
   spawn(
     file: string,
     argv: string[],
@@ -161,6 +162,47 @@ export function lxattrs(path: string): [string, Buffer][] {
 export async function treeXattrs(root: string): Promise<[string, [string, Buffer][]][]> {
   const r = await addon().treeXattrs(root);
   if (typeof r === 'number') throw errnoError(r, 'llistxattr', root);
+  return r;
+}
+
+/** What {@link copyFiles} does to every file it copies. */
+export interface CopyFilesOptions {
+  /** Chown every copy: to `owner`, else to its source's owner. Default false (the creator's). */
+  chown?: boolean;
+  owner?: { uid: number; gid: number } | undefined;
+  /** Mode bits (`& 0o7777`) of every copy; default its source's. */
+  mode?: number | undefined;
+  /** atime and mtime of every copy; default its source's, to the nanosecond. */
+  time?: Date | undefined;
+}
+
+/** {@link copyFiles}' answer for a source that is not a regular file with a single link. */
+export const COPY_OTHER = -1;
+
+/**
+ * Copies regular files `srcs[i]` to new files `dsts[i]` in one job on libuv's thread pool (a file
+ * costs its syscalls, not a round trip to the event loop each): contents, then owner (with
+ * `chown`), mode and times. Symlinks are never followed; a destination is created exclusively
+ * (O_EXCL | O_NOFOLLOW) and removed again when the copy fails after creating it. Answers per
+ * file: 0 when copied, {@link COPY_OTHER} when the source is not a regular file with one link
+ * (nothing done: a symlink, a device, a file whose copies must share an inode), or the errno
+ * that stopped it (`EEXIST` when something is in the way).
+ */
+export async function copyFiles(
+  srcs: string[],
+  dsts: string[],
+  o: CopyFilesOptions = {},
+): Promise<number[]> {
+  const ms = o.time?.getTime();
+  const r = await addon().copyFiles(srcs, dsts, [
+    o.chown ? 1 : 0,
+    o.owner?.uid ?? -1,
+    o.owner?.gid ?? -1,
+    o.mode === undefined ? -1 : o.mode & 0o7777,
+    ms === undefined ? -1 : Math.floor(ms / 1000),
+    ms === undefined ? 0 : (ms - Math.floor(ms / 1000) * 1000) * 1_000_000,
+  ]);
+  if (typeof r === 'number') throw errnoError(r, 'copy_file_range', srcs[0]);
   return r;
 }
 

@@ -1,11 +1,26 @@
 import { lstatSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  link,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readlink,
+  rm,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  COPY_OTHER,
   MNT,
   MS,
+  copyFiles,
   lsetxattr,
   lxattrs,
   mknod,
@@ -203,5 +218,98 @@ describe('spawnProcess', () => {
   it('fails to start a missing program with a Node-style error', () => {
     const err = thrown(() => spawnProcess(join(dir, 'no-such-program'), []));
     expect(err).toMatchObject({ code: 'ENOENT', syscall: 'posix_spawn' });
+  });
+});
+
+describe('copyFiles', () => {
+  it('copies plain files with their contents, mode, owner and times to the nanosecond', async () => {
+    const d = await mkdtemp(join(dir, 'copy-'));
+    await mkdir(join(d, 'in'));
+    await mkdir(join(d, 'out'));
+    const big = Buffer.alloc(3 * 1024 * 1024 + 17, 7);
+    await writeFile(join(d, 'in/a'), 'hello');
+    await writeFile(join(d, 'in/empty'), '');
+    await writeFile(join(d, 'in/big'), big);
+    await chown(join(d, 'in/a'), 1234, 5678);
+    await chmod(join(d, 'in/a'), 0o4751);
+    // Nanoseconds, which Date (and so utimes) cannot set: touch can.
+    execFileSync('touch', ['-m', '-d', '2021-02-03 04:05:06.123456789', join(d, 'in/a')]);
+    const names = ['a', 'empty', 'big'];
+    const r = await copyFiles(
+      names.map((n) => join(d, 'in', n)),
+      names.map((n) => join(d, 'out', n)),
+      { chown: true },
+    );
+    expect(r).toEqual([0, 0, 0]);
+    const [src, dst] = await Promise.all([
+      lstat(join(d, 'in/a'), { bigint: true }),
+      lstat(join(d, 'out/a'), { bigint: true }),
+    ]);
+    expect(await readFile(join(d, 'out/a'), 'utf8')).toBe('hello');
+    expect((await readFile(join(d, 'out/big'))).equals(big)).toBe(true);
+    expect(await readFile(join(d, 'out/empty'), 'utf8')).toBe('');
+    // Set-id bits survive the chown (mode is set after it).
+    expect(dst.mode & 0o7777n).toBe(0o4751n);
+    expect([dst.uid, dst.gid]).toEqual([1234n, 5678n]);
+    expect(dst.mtimeNs).toBe(src.mtimeNs);
+    expect(dst.mtimeNs % 1_000_000_000n).toBe(123456789n);
+  });
+
+  it('applies owner, mode and time overrides', async () => {
+    const d = await mkdtemp(join(dir, 'copy-'));
+    await writeFile(join(d, 'a'), 'x');
+    const time = new Date('2020-01-01T00:00:01.250Z');
+    const r = await copyFiles([join(d, 'a')], [join(d, 'b')], {
+      chown: true,
+      owner: { uid: 42, gid: 43 },
+      mode: 0o600,
+      time,
+    });
+    expect(r).toEqual([0]);
+    const st = await lstat(join(d, 'b'));
+    expect([st.uid, st.gid, st.mode & 0o7777]).toEqual([42, 43, 0o600]);
+    expect(st.mtimeMs).toBe(time.getTime());
+    expect(st.atimeMs).toBe(time.getTime());
+  });
+
+  it('leaves links, hardlinked files and special files alone, and never writes through what is in the way', async () => {
+    const d = await mkdtemp(join(dir, 'copy-'));
+    await mkdir(join(d, 'out'));
+    await writeFile(join(d, 'f'), 'f');
+    await writeFile(join(d, 'h1'), 'h');
+    await link(join(d, 'h1'), join(d, 'h2'));
+    await symlink('/etc/passwd', join(d, 'sym'));
+    mknod(join(d, 'fifo'), 0o010600);
+    await writeFile(join(d, 'victim'), 'keep');
+    // Destinations in the way: a symlink to a file outside, and a file.
+    await symlink(join(d, 'victim'), join(d, 'out/f'));
+    await writeFile(join(d, 'out/g'), 'old');
+    const r = await copyFiles(
+      ['h1', 'sym', 'fifo', 'f', 'f', 'missing'].map((n) => join(d, n)),
+      ['h1', 'sym', 'fifo', 'f', 'g', 'missing'].map((n) => join(d, 'out', n)),
+    );
+    const EEXIST = 17;
+    const ENOENT = 2;
+    expect(r).toEqual([COPY_OTHER, COPY_OTHER, COPY_OTHER, EEXIST, EEXIST, ENOENT]);
+    expect(await readFile(join(d, 'victim'), 'utf8')).toBe('keep');
+    expect(await readlink(join(d, 'out/f'))).toBe(join(d, 'victim'));
+    expect(await readFile(join(d, 'out/g'), 'utf8')).toBe('old');
+    for (const n of ['h1', 'sym', 'fifo', 'missing'])
+      await expect(lstat(join(d, 'out', n))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('removes a copy that failed after it was made', async () => {
+    const d = await mkdtemp(join(dir, 'copy-'));
+    await writeFile(join(d, 'a'), Buffer.alloc(1024 * 1024, 1));
+    // A destination too small for it: the copy fails (ENOSPC) after the file was created.
+    await mkdir(join(d, 'small'));
+    await mount('tmpfs', join(d, 'small'), 'tmpfs', 0, 'size=64k');
+    try {
+      const r = await copyFiles([join(d, 'a')], [join(d, 'small/b')]);
+      expect(r).toEqual([28]); // ENOSPC
+      await expect(lstat(join(d, 'small/b'))).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await umount2(join(d, 'small'), MNT.DETACH);
+    }
   });
 });

@@ -12,15 +12,19 @@
  * only when it found any, one `setfattr` at the end (after chown, which would clear
  * `security.capability`).
  *
- * Many small files (issue 9): up to {@link COPY_CONCURRENCY} entries are worked on at once (their
- * fs calls run in libuv's threadpool), and a file costs an lstat, a `copyFile` (which already gives
+ * Many small files (issue 9): a directory's plain files (regular, one link, no xattrs, no
+ * patterns to match) are copied in batches by `copyFiles` of `@kiln/sys`, one thread-pool job per
+ * batch doing each file's syscalls (lstat, open, copy_file_range, fchown when needed, fchmod,
+ * futimens) with no round trip to the event loop per file; a file it leaves (hardlinked, in the
+ * way, failed) takes the general path. Other entries are worked on up to {@link COPY_CONCURRENCY}
+ * at once (their fs calls run in libuv's threadpool): an lstat, a `copyFile` (which already gives
  * it the source's mode) and an `lutimes`, plus an `lchown` only when the owner it was created with
  * is not the wanted one and a `chmod` only when its mode is not. A directory's own metadata is set
  * once everything below it is in. A failure stops new work; the copy rejects once nothing it
  * started is still running.
  */
 import { constants } from 'node:fs';
-import type { Stats } from 'node:fs';
+import type { Dirent, Stats } from 'node:fs';
 import {
   chmod,
   copyFile,
@@ -37,7 +41,7 @@ import {
 } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { FsError, FsErrorCode, errnoOf, lstatOrUndefined } from '@kiln/layers';
-import { mknod } from '@kiln/sys';
+import { copyFiles, mknod } from '@kiln/sys';
 import { goMatch, splitWildcards } from './match.js';
 import { mkdirAllResolved } from './ops.js';
 import type { Owner } from './ops.js';
@@ -111,6 +115,11 @@ export async function resolveWildcards(
  * children are copied, so nesting never waits on itself.
  */
 export const COPY_CONCURRENCY = 32;
+
+/** Plain files copied by one {@link copyFiles} job (one thread-pool round trip). */
+export const COPY_BATCH = 128;
+
+const byName = (a: Dirent, b: Dirent): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
 
 interface DirFrame {
   src: string;
@@ -343,7 +352,7 @@ class TreeCopier {
       const frame: DirFrame = { src, dst: target, stat: st, exists: false, created: false };
       const chain = [...parents, frame];
       if (full) await this.ensureDirs(chain, job.into, overwriteMeta);
-      const names = (await readdir(src)).sort();
+      const names = (await readdir(src, { withFileTypes: true })).sort(byName);
       release();
       await this.copyChildren(names, {
         ...job,
@@ -413,25 +422,85 @@ class TreeCopier {
     await this.copyInfo(st, target, rel, { gid: into.newGid, mode: created }, false);
   }
 
-  /** Starts a job per child as slots free up; settles once all have, with the first failure. */
-  private async copyChildren(names: string[], dir: Job): Promise<void> {
+  /**
+   * Starts a job per child as slots free up; settles once all have, with the first failure.
+   * Plain files that need nothing but a copy (no patterns to match, no xattrs, nothing deferred
+   * on the way) go in batches of {@link COPY_BATCH} to {@link copyFiles}, a batch holding one
+   * slot; what a batch leaves (a hardlinked or replaced file, an error) takes the general path.
+   */
+  private async copyChildren(entries: Dirent[], dir: Job): Promise<void> {
     const jobs: Promise<void>[] = [];
-    for (const name of names) {
+    const childOf = (name: string): Job => ({
+      ...dir,
+      src: `${dir.src}/${name}`,
+      rel: dir.rel === '' ? name : `${dir.rel}/${name}`,
+      target: `${dir.target}/${name}`,
+    });
+    const bulk = this.include === undefined && this.exclude === undefined && !dir.parents.length;
+    let batch: Job[] = [];
+    const flush = async (): Promise<void> => {
+      const b = batch;
+      batch = [];
+      await this.slots.acquire();
+      if (this.failed) {
+        this.slots.release();
+        return;
+      }
+      jobs.push(this.copyBatch(b));
+    };
+    for (const e of entries) {
+      if (bulk && e.isFile()) {
+        const job = childOf(e.name);
+        if (!this.xattrs.has(job.rel)) {
+          batch.push(job);
+          if (batch.length >= COPY_BATCH) await flush();
+          if (this.failed) break;
+          continue;
+        }
+      }
       await this.slots.acquire();
       if (this.failed) {
         this.slots.release();
         break;
       }
-      jobs.push(
-        this.run({
-          ...dir,
-          src: `${dir.src}/${name}`,
-          rel: dir.rel === '' ? name : `${dir.rel}/${name}`,
-          target: `${dir.target}/${name}`,
-        }),
-      );
+      jobs.push(this.run(childOf(e.name)));
     }
+    if (batch.length > 0 && !this.failed) await flush();
     const failure = (await Promise.allSettled(jobs)).find((r) => r.status === 'rejected');
+    if (failure !== undefined) throw failure.reason;
+  }
+
+  /** Copies a batch of plain files (holding one slot); the files it leaves take the general path. */
+  private async copyBatch(batch: Job[]): Promise<void> {
+    let results: number[];
+    try {
+      results = await copyFiles(
+        batch.map((j) => j.src),
+        batch.map((j) => j.target),
+        {
+          chown: this.chownAll,
+          owner: this.opts.owner,
+          mode: this.opts.mode === undefined ? undefined : this.opts.mode & 0o7777,
+          time: this.opts.time,
+        },
+      );
+    } catch (err) {
+      this.failed = true;
+      throw err;
+    } finally {
+      this.slots.release();
+    }
+    const rest: Promise<void>[] = [];
+    for (let i = 0; i < batch.length; i++) {
+      if (results[i] === 0) continue;
+      await this.slots.acquire();
+      if (this.failed) {
+        this.slots.release();
+        break;
+      }
+      rest.push(this.run(batch[i]!));
+    }
+    const failure = (await Promise.allSettled(rest)).find((r) => r.status === 'rejected');
     if (failure !== undefined) throw failure.reason;
   }
 
