@@ -324,6 +324,7 @@ async function buildIn(
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await farm.close();
+    await session.cacheSaved();
   }
   if (load) await load.load();
   const id = metadata['containerimage.config.digest'] ?? metadata['containerimage.digest'];

@@ -209,6 +209,7 @@ export async function runBuild(client: KilnClient, o: BuildOptions): Promise<Bui
     abort.abort();
     o.signal?.removeEventListener('abort', onAbort);
     session.close();
+    await session.cacheSaved();
   }
 }
 
