@@ -100,7 +100,6 @@ export function layerMediaType(opts: DiffOptions = {}): string {
  * later failures (unreadable tree) error `stream` and reject `done`.
  */
 export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStream {
-  const compression = opts.compression ?? 'gzip';
   const mediaType = layerMediaType(opts);
   if (
     source.kind === 'overlay' &&
@@ -109,23 +108,9 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
   ) {
     throw new LayerError(LayerErrorCode.Invalid, 'an overlay diff with a lowerDir needs mergedDir');
   }
-  // First, so that an unavailable codec throws before anything starts.
-  const comp = compressor(compression, opts.level);
   const out = new TarOut();
-  const diffHasher = new DigestingStream();
-  const blobHasher = new DigestingStream();
-  const stream = pipeline(out.stream, diffHasher, coalescer(), comp, blobHasher, () => undefined);
-  const done = (async (): Promise<LayerDescriptor> => {
-    await finished(stream);
-    return {
-      diffID: diffHasher.digest,
-      digest: blobHasher.digest,
-      size: blobHasher.size,
-      mediaType,
-      uncompressedSize: diffHasher.size,
-    };
-  })();
-  done.catch(() => undefined);
+  // Throws at once when the codec is not available, before anything starts.
+  const { stream, done } = layerOfTar(out.stream, opts);
 
   void (async () => {
     try {
@@ -167,13 +152,33 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
   return { stream, done, mediaType };
 }
 
-/** Diffs `source` straight into `store` and returns the layer's descriptor. */
-export async function writeLayer(
-  store: BlobStore,
-  source: DiffSource,
-  opts: DiffOptions = {},
-): Promise<LayerDescriptor> {
-  const layer = diffLayer(source, opts);
+/**
+ * The layer blob of an uncompressed layer tar (one {@link diffLayer} made with `compression:
+ * 'none'` and kept): compressed as `opts` says, with its diffID and digest. The same bytes as
+ * diffing the source again with those options.
+ */
+export function layerOfTar(tar: Readable, opts: DiffOptions = {}): LayerStream {
+  const mediaType = layerMediaType(opts);
+  const comp = compressor(opts.compression ?? 'gzip', opts.level);
+  const diffHasher = new DigestingStream();
+  const blobHasher = new DigestingStream();
+  const stream = pipeline(tar, diffHasher, coalescer(), comp, blobHasher, () => undefined);
+  const done = (async (): Promise<LayerDescriptor> => {
+    await finished(stream);
+    return {
+      diffID: diffHasher.digest,
+      digest: blobHasher.digest,
+      size: blobHasher.size,
+      mediaType,
+      uncompressedSize: diffHasher.size,
+    };
+  })();
+  done.catch(() => undefined);
+  return { stream, done, mediaType };
+}
+
+/** Puts a layer straight into `store`; its descriptor once stored. */
+export async function putLayer(store: BlobStore, layer: LayerStream): Promise<LayerDescriptor> {
   const [stored, desc] = await Promise.all([
     store.put(undefined, layer.stream, { mediaType: layer.mediaType }),
     layer.done,
@@ -184,6 +189,15 @@ export async function writeLayer(
     });
   }
   return desc;
+}
+
+/** Diffs `source` straight into `store` and returns the layer's descriptor. */
+export async function writeLayer(
+  store: BlobStore,
+  source: DiffSource,
+  opts: DiffOptions = {},
+): Promise<LayerDescriptor> {
+  return putLayer(store, diffLayer(source, opts));
 }
 
 type Header = tar.Header;

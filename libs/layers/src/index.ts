@@ -2,7 +2,7 @@ export { applyLayer, applyTar, entryPath } from './apply-layer.js';
 export type { ApplyOptions, ApplyResult, TarApplyOptions, TarLimits } from './apply-layer.js';
 export { MediaTypes, coalescer, detectCompression, zstdSupport } from './compression.js';
 export type { ArchiveCompression, Compression } from './compression.js';
-export { diffLayer, layerMediaType, writeLayer } from './diff-layer.js';
+export { diffLayer, layerMediaType, layerOfTar, putLayer, writeLayer } from './diff-layer.js';
 export type { DiffOptions, DiffSource, LayerDescriptor, LayerStream } from './diff-layer.js';
 export { LayerError, LayerErrorCode } from './errors.js';
 export { FsError, FsErrorCode, errnoOf } from './fs-errors.js';

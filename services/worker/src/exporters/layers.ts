@@ -9,12 +9,21 @@
  *   Only what needs the blob (an exporter, another worker, write-behind) pays for it.
  * Layers of pulled images are registered by the image source with their original blobs, so
  * exporting an image built on them reuses the registry's bytes.
+ *
+ * The uncompressed tar the diffID was hashed from is kept in a file (a tar of at most
+ * {@link KEEP_TAR_BYTES}, at most {@link KEEP_TOTAL_BYTES} of them, oldest dropped first, in this
+ * process only) until the blob is made: the blob then only compresses it, where it would walk,
+ * read and encode the snapshot again (issue 9: the export of a 5,000-file COPY's layer). A kept tar
+ * that is gone or not the diffID's bytes is never used: the layer is produced again.
  */
-import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { dirname, join } from 'node:path';
 import { KilnError, withCleanup } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
-import { diffLayer, writeLayer } from '@kiln/layers';
+import { diffLayer, layerOfTar, putLayer, writeLayer } from '@kiln/layers';
 import type { LayerDescriptor } from '@kiln/layers';
 import { coalesced } from '../cache/coalesced-write.js';
 import { snapshotChain } from '../ops/snapshots.js';
@@ -27,6 +36,43 @@ export interface LayerRecord {
   mediaType: string;
 }
 
+/** The largest uncompressed layer tar kept for its blob, and all of them together. */
+export const KEEP_TAR_BYTES = 64 << 20;
+export const KEEP_TOTAL_BYTES = 256 << 20;
+
+/**
+ * Reads `stream` to its end, writing it to `path` as long as it stays within `max` bytes and the
+ * file can be written; true when the whole stream is in the file (else the file is removed, and
+ * the stream is still read: keeping a tar never fails the diff).
+ */
+async function keepTar(stream: Readable, path: string, max: number): Promise<boolean> {
+  let fh = await open(path, 'w', 0o600).catch(() => undefined);
+  const drop = async (): Promise<void> => {
+    const f = fh;
+    fh = undefined;
+    await f?.close().catch(() => undefined);
+    await rm(path, { force: true }).catch(() => undefined);
+  };
+  let size = 0;
+  try {
+    for await (const chunk of stream) {
+      const b = chunk as Buffer;
+      size += b.length;
+      if (fh !== undefined && size > max) await drop();
+      if (fh !== undefined) await fh.write(b).catch(drop);
+    }
+    if (fh === undefined) return false;
+    const f = fh;
+    fh = undefined;
+    return await f.close().then(
+      () => true,
+      () => rm(path, { force: true }).then(() => false),
+    );
+  } finally {
+    if (fh !== undefined) await drop();
+  }
+}
+
 /** What is known of a snapshot's layer: always its diffID, its blob once written. */
 type Known = LayerRecord | { diffID: string; digest?: undefined };
 
@@ -37,10 +83,28 @@ export class LayerCache {
   /** Layers written with clamped file times, by `snapshot@epoch` (this process only). */
   private readonly rewritten = new Map<string, Promise<LayerRecord>>();
 
-  private constructor(private readonly file: string) {}
+  /** Kept uncompressed tars by snapshot, oldest first, and their total size. */
+  private readonly kept = new Map<string, { path: string; size: number }>();
+  private keptBytes = 0;
+  private readonly tarDir: string;
 
-  static async open(file: string): Promise<LayerCache> {
-    const c = new LayerCache(file);
+  private constructor(
+    private readonly file: string,
+    private readonly keep: { tar: number; total: number },
+  ) {
+    this.tarDir = join(dirname(file), 'layer-tars');
+  }
+
+  /**
+   * `file`: where the records persist; kept tars go in `layer-tars` beside it (what a previous
+   * process left there is removed). `keep`: the bounds of the kept tars (0: none kept).
+   */
+  static async open(
+    file: string,
+    keep = { tar: KEEP_TAR_BYTES, total: KEEP_TOTAL_BYTES },
+  ): Promise<LayerCache> {
+    const c = new LayerCache(file, keep);
+    await rm(c.tarDir, { recursive: true, force: true });
     try {
       const data = JSON.parse(await readFile(file, 'utf8')) as Record<string, Known>;
       for (const [k, v] of Object.entries(data)) c.map.set(k, v);
@@ -66,6 +130,7 @@ export class LayerCache {
   forget(snapshots: readonly string[]): Promise<void> {
     let changed = false;
     for (const s of snapshots) changed = this.map.delete(s) || changed;
+    for (const s of snapshots) void this.#dropTar(s);
     const gone = new Set(snapshots);
     for (const k of this.rewritten.keys())
       if (gone.has(k.slice(0, k.lastIndexOf('@')))) this.rewritten.delete(k);
@@ -93,14 +158,25 @@ export class LayerCache {
     if (!p) {
       p = (async () => {
         const handle = await env.snapshotter.diffSource(snapshot);
-        const diffID = await withCleanup(
+        const path = join(
+          this.tarDir,
+          `${createHash('sha256').update(snapshot).digest('hex')}.tar`,
+        );
+        const keep = this.keep.tar > 0 && this.keep.total > 0;
+        if (keep) await mkdir(this.tarDir, { recursive: true });
+        const [diffID, size] = await withCleanup(
           async () => {
             const layer = diffLayer(handle.source, { compression: 'none' });
-            layer.stream.resume();
-            return (await layer.done).diffID;
+            let kept = Promise.resolve(false);
+            if (keep) kept = keepTar(layer.stream, path, Math.min(this.keep.tar, this.keep.total));
+            else layer.stream.resume();
+            // Both settle: a failed diff fails the stream, and the file is then removed.
+            const [desc, whole] = await Promise.all([layer.done, kept]);
+            return [desc.diffID, whole ? desc.uncompressedSize : -1] as const;
           },
           () => handle.release(),
         );
+        if (size >= 0) await this.#keepTar(snapshot, path, size);
         // A blob written meanwhile recorded the same diffID. Not awaited: the task's result
         // does not wait for the file (a diffID lost with it is computed again, the diff being
         // deterministic); a failed write is the next save's to retry.
@@ -127,13 +203,10 @@ export class LayerCache {
     let p = this.inflight.get(snapshot);
     if (!p) {
       p = (async () => {
-        const handle = await env.snapshotter.diffSource(snapshot);
-        // The write's own error (the store's) is reported, not a failed release after it.
-        const desc: LayerDescriptor = await withCleanup(
-          () => writeLayer(store, handle.source, { compression: 'gzip' }),
-          () => handle.release(),
-        );
         const hashed = this.map.get(snapshot)?.diffID;
+        const desc =
+          (hashed && (await this.#fromKeptTar(store, snapshot, hashed))) ||
+          (await this.#remake(env, store, snapshot));
         if (hashed !== undefined && hashed !== desc.diffID) {
           // The result id already names the first diffID: a blob of other content must not
           // stand for it (the blob stays in the store, unreferenced, for GC).
@@ -156,6 +229,69 @@ export class LayerCache {
       this.inflight.set(snapshot, p);
     }
     return p;
+  }
+
+  /** The layer made again from the snapshot, written to `store`. */
+  async #remake(env: SnapshotEnv, store: BlobStore, snapshot: string): Promise<LayerDescriptor> {
+    const handle = await env.snapshotter.diffSource(snapshot);
+    // The write's own error (the store's) is reported, not a failed release after it.
+    return withCleanup(
+      () => writeLayer(store, handle.source, { compression: 'gzip' }),
+      () => handle.release(),
+    );
+  }
+
+  /**
+   * The layer compressed from the tar kept for `snapshot`, when one is kept, readable and has the
+   * diffID `hashed` (else undefined: the caller makes it again; a blob of other bytes may be left
+   * in the store, unreferenced, for GC). The tar is removed either way.
+   */
+  async #fromKeptTar(
+    store: BlobStore,
+    snapshot: string,
+    hashed: string,
+  ): Promise<LayerDescriptor | undefined> {
+    const k = this.kept.get(snapshot);
+    if (k === undefined) return undefined;
+    this.kept.delete(snapshot);
+    this.keptBytes -= k.size;
+    try {
+      const desc = await putLayer(
+        store,
+        layerOfTar(createReadStream(k.path), { compression: 'gzip' }),
+      );
+      return desc.diffID === hashed && desc.uncompressedSize === k.size ? desc : undefined;
+    } catch {
+      return undefined;
+    } finally {
+      await rm(k.path, { force: true });
+    }
+  }
+
+  /** Records a kept tar; resolves once the tars it pushed past the total bound are removed. */
+  async #keepTar(snapshot: string, path: string, size: number): Promise<void> {
+    const dropped = [this.#dropTar(snapshot)];
+    this.kept.set(snapshot, { path, size });
+    this.keptBytes += size;
+    for (const [s] of this.kept) {
+      if (this.keptBytes <= this.keep.total) break;
+      dropped.push(this.#dropTar(s));
+    }
+    await Promise.all(dropped);
+  }
+
+  /** Forgets the tar kept for `snapshot`; resolves once it is removed (a failure leaves a file). */
+  #dropTar(snapshot: string): Promise<void> {
+    const k = this.kept.get(snapshot);
+    if (k === undefined) return Promise.resolve();
+    this.kept.delete(snapshot);
+    this.keptBytes -= k.size;
+    return rm(k.path, { force: true }).catch(() => undefined);
+  }
+
+  /** Kept tars (tests). */
+  keptTars(): number {
+    return this.kept.size;
   }
 
   /** The layers of a result snapshot, base first, with their blobs in `store`. */

@@ -1,0 +1,107 @@
+/**
+ * LayerCache against a real snapshotter: the tar hashed for a diffID is kept and compressed into
+ * the blob, which has the bytes a layer made again from the snapshot has; a kept tar that is not
+ * the diffID's bytes is never used.
+ */
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { LinuxAmd64, marshal, mkdir, scratch } from '@kiln/llb';
+import { FsBlobStore } from '@kiln/store';
+import type { Digest } from '@kiln/store';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TaskRunner } from '../node/task-runner.js';
+import { runGraph } from '../test-support/graphs.js';
+import type { SnapshotEnv } from '../ops/snapshots.js';
+import { LayerCache } from './layers.js';
+
+let state: string;
+let runner: TaskRunner;
+let env: SnapshotEnv;
+let store: FsBlobStore;
+
+/** A fresh result of many small files (a salt of its own: a snapshot never seen before). */
+async function result(files: number): Promise<string> {
+  // One FileOp (one layer): mkdir, then the files, chained.
+  let action = mkdir('/d', 0o755);
+  for (let i = 0; i < files; i++) action = action.mkfile(`/d/f${i}`, 0o644, `file ${i}\n`);
+  const st = scratch().file(action);
+  const snapshot = await runGraph(runner, marshal(st, { platform: LinuxAmd64 }).toBytes());
+  if (snapshot === undefined) throw new Error('no snapshot');
+  return snapshot;
+}
+
+const tarsIn = async (cacheFile: string): Promise<string[]> =>
+  readdir(join(cacheFile, '..', 'layer-tars')).catch(() => []);
+
+beforeAll(async () => {
+  state = await mkdtemp(join(tmpdir(), 'kiln-layers-'));
+  store = new FsBlobStore({ root: join(state, 'store') });
+  runner = await TaskRunner.open({ stateDir: join(state, 'worker'), store });
+  env = { snapshotter: runner.engine.snapshotter, tmpDir: join(state, 'tmp') };
+}, 120_000);
+afterAll(async () => {
+  await rm(state, { recursive: true, force: true });
+});
+
+describe('LayerCache', () => {
+  it('compresses the tar its diffID was hashed from: the blob a new diff makes', async () => {
+    const snap = await result(40);
+    const file = join(state, 'a', 'layers.json');
+    const layers = await LayerCache.open(file);
+    const diffID = await layers.diffIdOf(env, snap);
+    expect(layers.keptTars()).toBe(1);
+    expect(await tarsIn(file)).toHaveLength(1);
+    const rec = await layers.layerOf(env, store, snap);
+    expect(rec.diffID).toBe(diffID);
+    expect(await store.has(rec.digest as Digest)).toBe(true);
+    // Used once, then gone.
+    expect(layers.keptTars()).toBe(0);
+    expect(await tarsIn(file)).toHaveLength(0);
+    // Nothing kept: the layer is diffed again, to the same bytes.
+    const again = await LayerCache.open(join(state, 'b', 'layers.json'), { tar: 0, total: 0 });
+    expect(await again.diffIdOf(env, snap)).toBe(diffID);
+    expect(again.keptTars()).toBe(0);
+    expect(await again.layerOf(env, store, snap)).toEqual(rec);
+  });
+
+  it('never uses a kept tar of other bytes, and keeps no tar past its bounds', async () => {
+    const snap = await result(10);
+    const file = join(state, 'c', 'layers.json');
+    const layers = await LayerCache.open(file);
+    const diffID = await layers.diffIdOf(env, snap);
+    const [kept] = await tarsIn(file);
+    // Another tar of the same length would do as well: this one is not even a tar.
+    await writeFile(join(file, '..', 'layer-tars', kept!), 'not the layer');
+    const rec = await layers.layerOf(env, store, snap);
+    expect(rec.diffID).toBe(diffID);
+    const fresh = await LayerCache.open(join(state, 'd', 'layers.json'), { tar: 0, total: 0 });
+    await fresh.diffIdOf(env, snap);
+    expect(await fresh.layerOf(env, store, snap)).toEqual(rec);
+
+    // A tar above the bound is not kept; the total bound drops the oldest.
+    const small = await LayerCache.open(join(state, 'e', 'layers.json'), {
+      tar: 4096,
+      total: 1 << 20,
+    });
+    expect(await small.diffIdOf(env, await result(30))).toMatch(/^sha256:/);
+    expect(small.keptTars()).toBe(0);
+    const two = await LayerCache.open(join(state, 'f', 'layers.json'), {
+      tar: 1 << 20,
+      total: 8 * 1024,
+    });
+    await two.diffIdOf(env, await result(3));
+    await two.diffIdOf(env, await result(4));
+    expect(two.keptTars()).toBe(1);
+    expect(await tarsIn(join(state, 'f', 'layers.json'))).toHaveLength(1);
+  });
+
+  it('removes what a previous process kept when it opens', async () => {
+    const file = join(state, 'g', 'layers.json');
+    const first = await LayerCache.open(file);
+    await first.diffIdOf(env, await result(2));
+    expect(await tarsIn(file)).toHaveLength(1);
+    await LayerCache.open(file);
+    expect(await tarsIn(file)).toHaveLength(0);
+  });
+});
