@@ -36,7 +36,8 @@ export class ChecksumError extends KilnError {
   }
 }
 
-const h = (...parts: (string | Buffer)[]): string => {
+/** sha256 (hex) of the parts, each followed by a NUL. */
+export const entryHash = (...parts: (string | Buffer)[]): string => {
   const hash = createHash('sha256');
   for (const p of parts) {
     hash.update(p);
@@ -45,9 +46,12 @@ const h = (...parts: (string | Buffer)[]): string => {
   return hash.digest('hex');
 };
 
-function header(kind: string, st: Stats): string {
-  return `${kind} ${(st.mode & 0o7777).toString(8)} ${st.uid} ${st.gid}`;
+/** What an entry's hash starts with: its kind, permission bits and owner. */
+export function headerOf(kind: string, mode: number, uid: number, gid: number): string {
+  return `${kind} ${(mode & 0o7777).toString(8)} ${uid} ${gid}`;
 }
+
+const header = (kind: string, st: Stats): string => headerOf(kind, st.mode, st.uid, st.gid);
 
 async function fileDigest(path: string, size: number): Promise<string> {
   const hash = createHash('sha256');
@@ -114,16 +118,19 @@ async function entryDigest(
       if (d !== undefined) children.push(name, d);
     }
     if (rel && opts.filter && !opts.filter(rel, true) && children.length === 0) return undefined;
-    return h(header('dir', st), ...children);
+    return entryHash(header('dir', st), ...children);
   }
   if (rel && opts.filter && !opts.filter(rel, false)) return undefined;
-  if (st.isSymbolicLink()) return h(header('link', st), readlinkSync(root + abs));
+  if (st.isSymbolicLink()) return entryHash(header('link', st), readlinkSync(root + abs));
   if (st.isFile())
-    return h(
+    return entryHash(
       header('file', st),
       opts.knownDigest?.(abs, st.size) ?? (await fileDigest(root + abs, st.size)),
     );
-  return h(header(st.isFIFO() ? 'fifo' : st.isSocket() ? 'sock' : 'dev', st), String(st.rdev));
+  return entryHash(
+    header(st.isFIFO() ? 'fifo' : st.isSocket() ? 'sock' : 'dev', st),
+    String(st.rdev),
+  );
 }
 
 function globToRegExp(glob: string): RegExp {
@@ -186,9 +193,9 @@ export async function checksum(
       const d = await entryDigest(root, abs, '', opts);
       if (d !== undefined) parts.push(m, d);
     }
-    return `sha256:${h('wildcard', ...parts)}`;
+    return `sha256:${entryHash('wildcard', ...parts)}`;
   }
   const abs = resolveInside(root, sel, opts.followLinks ?? false);
   const d = await entryDigest(root, abs, '', opts);
-  return `sha256:${d ?? h('empty')}`;
+  return `sha256:${d ?? entryHash('empty')}`;
 }

@@ -17,19 +17,23 @@ export interface DepChecksumSpec {
   excludePatterns: readonly string[];
 }
 
+/** The dep's include/exclude patterns as a filter of paths below a selector; none without. */
+export function depFilter(dep: DepChecksumSpec): ((rel: string) => boolean) | undefined {
+  const inc = dep.includePatterns.length ? new PatternMatcher(dep.includePatterns) : undefined;
+  const exc = dep.excludePatterns.length ? new PatternMatcher(dep.excludePatterns) : undefined;
+  return inc || exc
+    ? (rel: string): boolean =>
+        !exc?.matchesOrParentMatches(rel) && (!inc || inc.matchesOrParentMatches(rel))
+    : undefined;
+}
+
 /** `knownDigest`: see {@link ChecksumOptions}; for snapshots whose file digests are known. */
 export async function depChecksum(
   dir: string,
   dep: DepChecksumSpec,
   knownDigest?: ChecksumOptions['knownDigest'],
 ): Promise<string> {
-  const inc = dep.includePatterns.length ? new PatternMatcher(dep.includePatterns) : undefined;
-  const exc = dep.excludePatterns.length ? new PatternMatcher(dep.excludePatterns) : undefined;
-  const filter =
-    inc || exc
-      ? (rel: string): boolean =>
-          !exc?.matchesOrParentMatches(rel) && (!inc || inc.matchesOrParentMatches(rel))
-      : undefined;
+  const filter = depFilter(dep);
   const parts = await Promise.all(
     dep.selectors.map((sel) =>
       checksum(dir, sel, {

@@ -2,7 +2,8 @@
  * The worker's side of selector-level content keys: it answers `kiln.checksum.<workerId>`
  * (`@kiln/bus` checksum.ts) for the results it holds. Given a result id and dep specs (selectors,
  * wildcard, followLinks, include/exclude patterns), it mounts the held snapshot read-only and
- * returns each spec's content checksum ({@link depChecksum}). The scheduler keys a COPY (or a read-only subpath mount) by that digest instead of the
+ * returns each spec's content checksum ({@link depChecksum}; of a synced context, from the
+ * manifest its tree was written from, {@link manifestChecksum}, without reading the tree). The scheduler keys a COPY (or a read-only subpath mount) by that digest instead of the
  * whole input's result id, so a change elsewhere in the input leaves the vertex cached.
  *
  * - Results are immutable: digests are memoized per (result id, spec), at most `memoEntries`
@@ -27,6 +28,9 @@ import type { ChecksumDepSpec, ChecksumEntry, ChecksumReply, ChecksumReplyError 
 import { KilnError } from '@kiln/protocol';
 import { RequestSubscription } from './request-subscription.js';
 import { depChecksum } from '../cache/dep-checksum.js';
+import { manifestChecksum } from '../cache/manifest-checksum.js';
+import { lstat } from 'node:fs/promises';
+import type { ManifestEntry } from '@kiln/bus';
 import { buildkitChecksum, buildkitChecksumSupported } from '../cache/buildkit-contenthash.js';
 import { EMPTY_RESULT_ID } from './result-id.js';
 
@@ -43,6 +47,11 @@ export interface HeldSnapshots {
   fileDigests?(
     snapshot: string,
   ): Promise<ReadonlyMap<string, { size: number; digest: string }> | undefined>;
+  /**
+   * The manifest a snapshot's tree was written from (a synced local context), entry by entry;
+   * undefined: the tree is read.
+   */
+  manifest?(snapshot: string): Promise<readonly ManifestEntry[] | undefined>;
 }
 
 /** Checksums kept across restarts (a {@link KvFile}): results are immutable, so they never go stale. */
@@ -156,6 +165,21 @@ export class ChecksumResponder {
     }
     const p = this.#limited(async () => {
       this.stats.computed++;
+      const entries =
+        snapshot && dep.algorithm !== 'buildkit'
+          ? await this.#o.held.manifest?.(snapshot)
+          : undefined;
+      if (entries) {
+        // Only the root's own owner and mode are read from the tree.
+        const fromManifest = await this.#o.held.read(snapshot, async (dir) => {
+          const st = await lstat(dir);
+          return manifestChecksum(entries, st, dep);
+        });
+        if (fromManifest !== undefined) {
+          await this.#persist(key, fromManifest);
+          return fromManifest;
+        }
+      }
       const digests = snapshot ? await this.#o.held.fileDigests?.(snapshot) : undefined;
       const known = digests
         ? (path: string, size: number): string | undefined => {

@@ -178,6 +178,7 @@ export class WorkerNode {
         snapshotOf: (id) => runner.snapshotOf(id),
         read: (snap, fn) => runner.engine.read(snap, fn),
         fileDigests: (snap) => runner.contexts.fileDigests(snap),
+        manifest: (snap) => runner.contexts.manifestEntries(snap),
       },
       persist: await KvFile.open(join(config.stateDir, 'node', 'held-checksums.jsonl')),
       onError: (err) => log?.debug({ err }, 'checksum reply failed'),

@@ -22,7 +22,7 @@
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import type { LocalManifest } from '@kiln/bus';
+import type { LocalManifest, ManifestEntry } from '@kiln/bus';
 import { decodeSessionJson } from '@kiln/bus';
 import type { BlobStore, Digest } from '@kiln/store';
 import { buildSnapshot } from '../../ops/snapshots.js';
@@ -144,6 +144,19 @@ export class LocalContexts {
       if ((e.mode & S_IFMT) === S_IFREG && e.digest)
         out.set(`/${e.path}`, { size: e.size, digest: e.digest });
     return out;
+  }
+
+  /**
+   * The manifest a snapshot made here was written from (its tree, entry by entry); undefined when
+   * not made here or its blob is gone.
+   */
+  async manifestEntries(snapshot: string): Promise<readonly ManifestEntry[] | undefined> {
+    const rec = this.#snapshotRecord(snapshot);
+    if (rec === undefined) return undefined;
+    return this.#manifest(rec.manifest).then(
+      (m) => m.entries,
+      () => undefined,
+    );
   }
 
   async #exists(snapshot: string): Promise<boolean> {
