@@ -296,6 +296,9 @@ class TarWriter {
 
   /** Writes the directories above `path` that are not in the layer yet. */
   private async includeParents(path: string): Promise<void> {
+    // Its directory in the layer means every directory above it is (they go in first).
+    const slash = path.lastIndexOf('/');
+    if (slash < 0 || this.emittedDirs.has(path.slice(0, slash))) return;
     const parts = path.split('/');
     for (let i = 1; i < parts.length; i++) {
       const dir = parts.slice(0, i).join('/');
