@@ -15,6 +15,7 @@ import { access, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { settled } from '@kiln/common';
+import { readDockerignore } from '@kiln/dockerfile/dockerignore';
 import { ENTITLEMENTS, formatPlatform, isKnownArchitecture, parsePlatform } from '@kiln/llb';
 import type { Definition, Platform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
@@ -167,6 +168,7 @@ export async function runBuild(client: KilnClient, o: BuildOptions): Promise<Bui
     onExport: plan.onExport,
     onCacheExport: plan.onCacheExport,
     ...(o.digestCacheFile ? { digestCacheFile: o.digestCacheFile } : {}),
+    ...(plan.prefetch ? { prefetch: plan.prefetch } : {}),
   });
   const onProgress = o.onProgress;
   const status = onProgress
@@ -226,6 +228,8 @@ interface Plan {
   secret: (id: string) => Promise<Uint8Array | undefined>;
   onExport: (index: number, platform: string) => Writable;
   onCacheExport: (index: number) => Writable;
+  /** Listings the farm will ask for, walked ahead (see SessionOptions.prefetch). */
+  prefetch?: SessionOptions['prefetch'];
 }
 
 /** The options checked and turned into a solve request and a session's providers. */
@@ -290,6 +294,11 @@ async function compile(o: BuildOptions): Promise<Plan> {
       inputs: { dockerfile: dockerfileInput(text, dockerignore ? { dockerignore } : {}) },
     },
     localDirs: { context, ...cache.localDirs },
+    // The Dockerfile frontend asks for the context with the ignore file's patterns
+    // (BuildKit's dockerui): walked while it runs.
+    prefetch: [
+      { dir: 'context', excludePatterns: dockerignore ? readDockerignore(dockerignore) : [] },
+    ],
   };
 }
 

@@ -31,7 +31,7 @@ export { dockerfileInput } from './dockerfile-input.js';
 export { BuildSession } from './session.js';
 export { solveAndReceive } from './solve-and-receive.js';
 export { INCARNATION_HEADER, isRetryable } from './retry.js';
-export type { SessionOptions } from './session.js';
+export type { ManifestPatterns, SessionOptions } from './session.js';
 export type { ProgressEvent } from './progress-event.js';
 export { StatusEvents } from './status-events.js';
 export { atomicFileWriter, localDirWriter } from './outputs.js';

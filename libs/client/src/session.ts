@@ -88,6 +88,40 @@ export interface SessionOptions {
    * sent meanwhile (`solveAndReceive` solving again) goes where the session reopens.
    */
   onBreak?: (failed: unknown) => void;
+  /**
+   * Listings the farm is expected to ask for (e.g. the build context with its `.dockerignore`
+   * patterns): each is walked in the background from the session's start, while the farm runs
+   * the frontend, and answers the first manifest request with the same directory and patterns.
+   * Only the walk (names, stats, cached digests) is done ahead; files without a cached digest are
+   * hashed when the request comes. A walk past `prefetchMaxEntries` entries is given up (a
+   * context the build may never read costs at most that).
+   */
+  prefetch?: readonly ManifestPatterns[];
+  /** Default 50,000. */
+  prefetchMaxEntries?: number;
+}
+
+/** A manifest request's directory and patterns (what a listing depends on). */
+export interface ManifestPatterns {
+  dir?: string | null;
+  includePatterns?: readonly string[] | null;
+  excludePatterns?: readonly string[] | null;
+  followPaths?: readonly string[] | null;
+}
+
+const patternsKey = (r: ManifestPatterns): string =>
+  JSON.stringify([
+    r.dir ?? '',
+    r.includePatterns ?? [],
+    r.excludePatterns ?? [],
+    r.followPaths ?? [],
+  ]);
+
+/** A directory's walk: the entries, the files among them, those still to hash. */
+interface Listing {
+  entries: ContextEntry[];
+  files: string[];
+  toHash: { entry: ContextEntry; abs: string; st: FileStamp }[];
 }
 
 /**
@@ -101,6 +135,8 @@ const CHUNK = 256 * 1024;
 /** Entries per ContextManifest message (the list is streamed: no message-size limit). */
 const MANIFEST_CHUNK = 2_000;
 const HASH_CONCURRENCY = 8;
+/** A prefetched walk stops (and the request walks afresh) past this many entries. */
+const PREFETCH_MAX_ENTRIES = 50_000;
 /** Files of one multi-file request read ahead of the one being sent. */
 const READ_AHEAD = 16;
 
@@ -189,6 +225,10 @@ export class BuildSession {
   #ended = false;
   /** Artifacts received by reference and copied from the local store (see `localStore`). */
   exportsFromStore = 0;
+  /** Walks started ahead of their request (`prefetch`), by `patternsKey`. */
+  readonly #prefetched = new Map<string, Promise<Listing | undefined>>();
+  /** Manifests answered from a prefetched walk (for tests and logs). */
+  prefetchHits = 0;
 
   constructor(open: SessionOpener, o: SessionOptions = {}) {
     this.id = o.sessionId ?? randomUUID();
@@ -196,6 +236,19 @@ export class BuildSession {
     this.#open = open;
     this.#cache = new FileDigestCache(o.digestCacheFile);
     this.#call = this.#connect(undefined);
+    for (const r of o.prefetch ?? []) {
+      const key = patternsKey(r);
+      if (this.#prefetched.has(key) || o.localDirs?.[r.dir ?? ''] === undefined) continue;
+      // After the hello and the solve are on their way: the walk yields between directories.
+      const walk = new Promise<void>((res) => setImmediate(res)).then(() =>
+        this.#ended ? undefined : this.#list(r, o.prefetchMaxEntries ?? PREFETCH_MAX_ENTRIES),
+      );
+      // A walk that failed is done again, and fails, when the farm asks.
+      this.#prefetched.set(
+        key,
+        walk.catch(() => undefined),
+      );
+    }
   }
 
   /** Opens the stream and says hello; a retryable failure opens it again (same id). */
@@ -372,7 +425,41 @@ export class BuildSession {
     }
   }
 
+  /**
+   * The listing `r` asks for: the walk started ahead for the same directory and patterns if there
+   * is one (used once: a later request walks again), else a new walk; then the files without a
+   * cached digest are hashed, and the files listed may be served.
+   */
   async #manifest(r: ManifestRequest): Promise<ContextEntry[]> {
+    const key = patternsKey(r);
+    const ahead = this.#prefetched.get(key);
+    this.#prefetched.delete(key);
+    let listing = ahead ? await ahead : undefined;
+    if (listing) this.prefetchHits++;
+    else listing = (await this.#list(r))!;
+    const dir = r.dir ?? '';
+    // One set per directory from the first listing on: listings run concurrently.
+    let served = this.#served.get(dir);
+    if (!served) this.#served.set(dir, (served = new Set<string>()));
+    for (const f of listing.files) served.add(f);
+    const { toHash } = listing;
+    await mapLimit(toHash, HASH_CONCURRENCY, async (f) => {
+      f.entry.digest = await fileDigest(f.abs, f.st.size);
+      this.#cache.set(f.abs, f.st, f.entry.digest);
+    });
+    // A cache that cannot be written costs only a re-read next time.
+    // Not on the listing's path (writing ~100 bytes a file of every context costs tens of ms):
+    // awaited by `cacheSaved()` once the build is over.
+    if (toHash.length > 0) this.#cacheSaved = this.#cache.save().catch(() => undefined);
+    return listing.entries;
+  }
+
+  /**
+   * Walks the directory `r` names with its patterns: entries in order, digests from the cache.
+   * With `maxEntries` (a walk ahead of its request), yields to the event loop after each
+   * directory, and gives up (undefined) past that many entries or once the session ended.
+   */
+  async #list(r: ManifestPatterns, maxEntries?: number): Promise<Listing | undefined> {
     const dir = r.dir ?? '';
     const root = this.#o.localDirs?.[dir];
     if (root === undefined)
@@ -382,23 +469,30 @@ export class BuildSession {
     const inc = includes.length ? new PatternMatcher(includes) : undefined;
     const exc = excludes.length ? new PatternMatcher(excludes) : undefined;
     const entries: ContextEntry[] = [];
-    // One set per directory from the first listing on: listings run concurrently.
-    let served = this.#served.get(dir);
-    if (!served) this.#served.set(dir, (served = new Set<string>()));
+    const files: string[] = [];
     /** Regular files whose digest is not cached: hashed after the walk, several at once. */
-    const toHash: { entry: ContextEntry; abs: string; st: FileStamp }[] = [];
+    const toHash: Listing['toHash'] = [];
+    const ahead = maxEntries !== undefined;
+    let seen = 0;
     await this.#cache.load();
-    // Returns whether anything at or below `rel` was listed.
-    const walk = async (abs: string, rel: string): Promise<boolean> => {
+    // Returns whether anything at or below `rel` was listed; undefined when given up.
+    const walk = async (abs: string, rel: string): Promise<boolean | undefined> => {
+      if (ahead) {
+        await new Promise<void>((res) => setImmediate(res));
+        if (this.#ended) return undefined;
+      }
       // Synchronous metadata calls: a few µs each, against a thread-pool round trip (the client
       // has nothing else to do meanwhile but answer the farm, which waits for this list).
+      // `abs` is absolute and clean, names hold no `/`: concatenation is what join would give.
       const names = readdirSync(abs).sort();
-      const stats = names.map((name) => lstatSync(join(abs, name), { bigint: true }));
+      seen += names.length;
+      if (ahead && seen > maxEntries) return undefined;
+      const sep = abs.endsWith('/') ? '' : '/';
       let any = false;
-      for (const [i, name] of names.entries()) {
+      for (const name of names) {
         const r2 = rel ? `${rel}/${name}` : name;
-        const a2 = join(abs, name);
-        const st = stats[i]!;
+        const a2 = abs + sep + name;
+        const st = lstatSync(a2, { bigint: true });
         const excluded = exc?.matchesOrParentMatches(r2) ?? false;
         const included = !inc || inc.matchesOrParentMatches(r2);
         const base = {
@@ -413,6 +507,7 @@ export class BuildSession {
           if (excluded && !exc?.exclusions) continue;
           const at = entries.length;
           const below = await walk(a2, r2);
+          if (below === undefined) return undefined;
           if ((included && !excluded) || below) {
             entries.splice(at, 0, { ...base, size: 0 });
             any = true;
@@ -427,7 +522,7 @@ export class BuildSession {
           if (digest) entry.digest = digest;
           else toHash.push({ entry, abs: a2, st: stamp });
           entries.push(entry);
-          served.add(r2);
+          files.push(r2);
         } else if (st.isSymbolicLink()) {
           entries.push({ ...base, size: 0, linkname: readlinkSync(a2) });
         } else continue; // sockets, fifos, devices: never part of a context
@@ -435,16 +530,8 @@ export class BuildSession {
       }
       return any;
     };
-    await walk(root, '');
-    await mapLimit(toHash, HASH_CONCURRENCY, async (f) => {
-      f.entry.digest = await fileDigest(f.abs, f.st.size);
-      this.#cache.set(f.abs, f.st, f.entry.digest);
-    });
-    // A cache that cannot be written costs only a re-read next time.
-    // Not on the listing's path (writing ~100 bytes a file of every context costs tens of ms):
-    // awaited by `cacheSaved()` once the build is over.
-    if (toHash.length > 0) this.#cacheSaved = this.#cache.save().catch(() => undefined);
-    return entries;
+    if ((await walk(resolve(root), '')) === undefined) return undefined;
+    return { entries, files, toHash };
   }
 
   /** Sends one file, or several back to back (`paths`), as one stream of chunks. */
