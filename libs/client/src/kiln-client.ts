@@ -10,11 +10,19 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
-import * as grpc from '@grpc/grpc-js';
+import { GrpcChannel, Metadata } from './grpc-h2.js';
+import type { CallOptions, ChannelOptions, ChannelTls } from './grpc-h2.js';
 import { KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
 import type { Definition } from '@kiln/llb';
 import { CLIENT_KEY_HEADER, INCARNATION_HEADER, RESEND_HEADER, isRetryable } from './retry.js';
+
+/** What a call needs of a method of `controlService`. */
+interface Method<Req, Res> {
+  path: string;
+  requestSerialize: (m: Req) => Buffer;
+  responseDeserialize: (b: Buffer) => Res;
+}
 
 /** A Solve sent again by the client that sent it (see RESEND_HEADER). */
 const RESEND = { [RESEND_HEADER]: '1' };
@@ -43,8 +51,6 @@ export interface PruneOptions {
 }
 
 export interface ConnectOptions {
-  /** Default: `tls` when given, else insecure (plain HTTP/2). */
-  credentials?: grpc.ChannelCredentials;
   /**
    * TLS (PEM bytes): `ca` verifies the scheduler's certificate (default: the system's roots);
    * `cert` and `key` are the client's, for a farm with mutual TLS.
@@ -73,8 +79,11 @@ export interface ConnectOptions {
   callTimeoutMs?: number;
   /** The deadline of prune, which waits for every worker's answer. Default 10 min. */
   pruneTimeoutMs?: number;
-  /** grpc-js channel options (e.g. `grpc.initial_reconnect_backoff_ms`). */
-  channelOptions?: grpc.ChannelOptions;
+  /**
+   * Channel options: `grpc.keepalive_time_ms` (default 30 s) and `grpc.keepalive_timeout_ms`
+   * (default 10 s) are read; others are ignored (the transport is not grpc-js: grpc-h2.ts).
+   */
+  channelOptions?: ChannelOptions;
 }
 
 export type SolveRequest = {
@@ -148,11 +157,11 @@ export function trustedCas(env: NodeJS.ProcessEnv = process.env): Buffer | null 
 
 export class KilnClient {
   /** The channel to the scheduler in use; replaced by the next address on a failover. */
-  #client: grpc.Client;
+  #client: GrpcChannel;
   readonly #addrs: string[];
   #addrIndex: number;
-  readonly #creds: grpc.ChannelCredentials;
-  readonly #channelOptions: grpc.ChannelOptions;
+  readonly #creds: ChannelTls | undefined;
+  readonly #channelOptions: ChannelOptions;
   #closed = false;
   readonly #reconnectWindowMs: number;
   readonly #resubmitWindowMs: number;
@@ -163,11 +172,11 @@ export class KilnClient {
   readonly #clientKey = { [CLIENT_KEY_HEADER]: randomBytes(24).toString('base64url') };
 
   private constructor(
-    client: grpc.Client,
+    client: GrpcChannel,
     addrs: string[],
     index: number,
-    creds: grpc.ChannelCredentials,
-    channelOptions: grpc.ChannelOptions,
+    creds: ChannelTls | undefined,
+    channelOptions: ChannelOptions,
     o: ConnectOptions,
   ) {
     this.#client = client;
@@ -183,8 +192,8 @@ export class KilnClient {
   }
 
   /** Fresh metadata for a call: the token, if any, and `headers`. */
-  #metadata(headers: Readonly<Record<string, string>> = {}): grpc.Metadata {
-    const md = new grpc.Metadata();
+  #metadata(headers: Readonly<Record<string, string>> = {}): Metadata {
+    const md = new Metadata();
     if (this.#token) md.set('authorization', `Bearer ${this.#token}`);
     for (const [k, v] of Object.entries(headers)) md.set(k, v);
     return md;
@@ -198,16 +207,10 @@ export class KilnClient {
   static async connect(addr: string, o: ConnectOptions = {}): Promise<KilnClient> {
     if (o.token !== undefined && !/^[A-Za-z0-9._~+/=-]+$/.test(o.token))
       throw new KilnError('TOKEN_INVALID', 'a token is made of A-Z a-z 0-9 . _ ~ + / = -');
-    const creds =
-      o.credentials ??
-      (o.tls
-        ? grpc.credentials.createSsl(
-            o.tls.ca ?? trustedCas(),
-            o.tls.key ?? null,
-            o.tls.cert ?? null,
-          )
-        : grpc.credentials.createInsecure());
-    const channelOptions: grpc.ChannelOptions = {
+    const creds: ChannelTls | undefined = o.tls
+      ? { ca: o.tls.ca ?? trustedCas(), key: o.tls.key ?? null, cert: o.tls.cert ?? null }
+      : undefined;
+    const channelOptions: ChannelOptions = {
       // A build's calls have no deadline: pings find a scheduler (or a path) that vanished.
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
@@ -219,7 +222,7 @@ export class KilnClient {
     let cause: unknown;
     for (let round = 0; Date.now() < until || round === 0; round++) {
       for (const [i, a] of addrs.entries()) {
-        const client = new grpc.Client(a, creds, channelOptions);
+        const client = new GrpcChannel(a, creds, channelOptions);
         const slice = Math.max(1, Math.ceil((until - Date.now()) / (addrs.length - i)));
         try {
           await new Promise<void>((resolve, reject) =>
@@ -247,10 +250,10 @@ export class KilnClient {
    * channel, however many calls saw it fail). With one address the channel stays (grpc-js
    * reconnects it to a restarted scheduler).
    */
-  #failover(used: grpc.Client): void {
+  #failover(used: GrpcChannel): void {
     if (this.#closed || this.#addrs.length < 2 || used !== this.#client) return;
     this.#addrIndex = (this.#addrIndex + 1) % this.#addrs.length;
-    this.#client = new grpc.Client(
+    this.#client = new GrpcChannel(
       this.#addrs[this.#addrIndex]!,
       this.#creds,
       this.#channelOptions,
@@ -269,7 +272,7 @@ export class KilnClient {
    * next scheduler.
    */
   async #retrying<T>(
-    attempt: (client: grpc.Client, resend: boolean) => Promise<T>,
+    attempt: (client: GrpcChannel, resend: boolean) => Promise<T>,
     signal?: AbortSignal,
   ): Promise<T> {
     let failingSince: number | undefined;
@@ -353,7 +356,7 @@ export class KilnClient {
    * in use, for up to `reconnectWindowMs`.
    */
   session(o: SessionOptions = {}): BuildSession {
-    let used: grpc.Client | undefined;
+    let used: GrpcChannel | undefined;
     return new BuildSession(
       () => {
         used = this.#client;
@@ -403,7 +406,7 @@ export class KilnClient {
         { ref: buildId, sinceSeq: last },
         md,
       );
-      call.on('metadata', (m: grpc.Metadata) => {
+      call.on('metadata', (m: Metadata) => {
         const inc = m.get(INCARNATION_HEADER)[0];
         if (typeof inc !== 'string' || inc === incarnation) return;
         // A new scheduler (adopting the build after a failover) numbers its frames afresh.
@@ -517,14 +520,14 @@ export class KilnClient {
     this.#client.close();
   }
 
-  #deadline(): grpc.CallOptions {
+  #deadline(): CallOptions {
     return { deadline: Date.now() + this.#callTimeoutMs };
   }
 
   #unary<Req, Res>(
-    m: grpc.MethodDefinition<Req, Res>,
+    m: Method<Req, Res>,
     req: Req,
-    options: grpc.CallOptions,
+    options: CallOptions,
     signal?: AbortSignal,
     extraMetadata: Readonly<Record<string, string>> = {},
   ): Promise<Res> {
@@ -537,10 +540,10 @@ export class KilnClient {
 
   /** A unary call on `client`; a failure is the raw grpc-js error (see `isRetryable`). */
   #rawUnary<Req, Res>(
-    client: grpc.Client,
-    m: grpc.MethodDefinition<Req, Res>,
+    client: GrpcChannel,
+    m: Method<Req, Res>,
     req: Req,
-    options: grpc.CallOptions,
+    options: CallOptions,
     signal?: AbortSignal,
     headers: Record<string, string> = {},
   ): Promise<Res> {

@@ -1,10 +1,14 @@
 /** Which failures a client sends again, to the same scheduler or the next one. */
-import * as grpc from '@grpc/grpc-js';
-import { ERROR_TRAILER, KilnError, fromGrpcError } from '@kiln/protocol';
+import { ERROR_TRAILER, GrpcStatus, KilnError, fromGrpcError } from '@kiln/protocol';
+import type { ServiceError } from './grpc-h2.js';
 
 export { CLIENT_KEY_HEADER, INCARNATION_HEADER, RESEND_HEADER } from '@kiln/protocol';
 
-const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.UNKNOWN]);
+const RETRYABLE = new Set<number>([
+  GrpcStatus.UNAVAILABLE,
+  GrpcStatus.INTERNAL,
+  GrpcStatus.UNKNOWN,
+]);
 
 /**
  * Whether a failed call may be sent again (to the same or another scheduler): a broken transport
@@ -13,7 +17,7 @@ const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.s
  */
 export function isRetryable(e: unknown): boolean {
   if (e instanceof KilnError) return e.retryable && e.code !== 'CANCELED';
-  const se = e as Partial<grpc.ServiceError>;
+  const se = e as Partial<ServiceError>;
   const fromServer = (se.metadata?.get(ERROR_TRAILER).length ?? 0) > 0;
   if (fromServer) return fromGrpcError(e).retryable;
   return se.code !== undefined && RETRYABLE.has(se.code);

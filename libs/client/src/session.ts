@@ -22,7 +22,7 @@ import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
-import type * as grpc from '@grpc/grpc-js';
+import type { GrpcCall } from './grpc-h2.js';
 // The pattern matcher alone, not the whole frontend (the client path stays light).
 import { PatternMatcher } from '@kiln/dockerfile/patterns';
 import { KilnError, control, toLong } from '@kiln/protocol';
@@ -35,7 +35,7 @@ type SessionMessageInit = NonNullable<Parameters<typeof control.SessionMessage.c
 type ManifestRequest = NonNullable<SessionMessage['manifestRequest']>;
 type ContextEntry = NonNullable<Parameters<typeof control.ContextEntry.create>[0]>;
 
-export type SessionStream = grpc.ClientDuplexStream<SessionMessage, SessionMessage>;
+export type SessionStream = GrpcCall<SessionMessage, SessionMessage>;
 
 export interface SessionOptions {
   /** Default: a random id. */

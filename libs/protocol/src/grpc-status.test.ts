@@ -1,7 +1,8 @@
 import { status as GrpcCode } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { KilnError, registerErrorClass } from './errors.js';
-import { fromGrpcError, grpcCodeFor, toGrpcStatus } from './grpc-status.js';
+import { GrpcStatus, fromGrpcError, grpcCodeFor } from './grpc-status.js';
+import { toGrpcStatus } from './server.js';
 
 class VertexFailed extends KilnError {
   constructor(
@@ -14,6 +15,11 @@ class VertexFailed extends KilnError {
 registerErrorClass('VERTEX_FAILED', (m, d) => new VertexFailed(m, String(d.digest)));
 
 describe('gRPC status mapping', () => {
+  it("numbers its status codes as gRPC (grpc-js's enum) does", () => {
+    for (const [name, code] of Object.entries(GrpcStatus))
+      expect(GrpcCode[name as keyof typeof GrpcCode]).toBe(code);
+  });
+
   it('round-trips a registered typed error with its details', () => {
     const st = toGrpcStatus(new VertexFailed('exit code 2', 'sha256:abc'));
     expect(st.code).toBe(GrpcCode.UNKNOWN);

@@ -2,16 +2,43 @@
  * The one place where typed errors become gRPC statuses and back. The status code is chosen from
  * the error (see {@link grpcCodeFor}); the full error (code, message, retryable, details) travels
  * as a binary `kiln.errors.v1.ErrorDetail` in the trailer `kiln-error-bin`, so the client rebuilds
- * the same class with {@link fromGrpcError}.
+ * the same class with {@link fromGrpcError}. No grpc-js here: the client (libs/client) speaks
+ * gRPC without it; the server's side, which makes grpc-js metadata, is `@kiln/protocol/server`.
  */
-import { Metadata, status as GrpcCode } from '@grpc/grpc-js';
-import type { ServiceError, StatusObject } from '@grpc/grpc-js';
 import { kiln } from './gen/protocol.js';
 import { KilnError, asKilnError, reviveError } from './errors.js';
 import type { ErrorDetails } from './errors.js';
 import { truncateMiddle } from './truncate.js';
 
 const ErrorDetail = kiln.errors.v1.ErrorDetail;
+
+/** gRPC's status codes (the numbers of grpc-js's `status` enum, fixed by the gRPC spec). */
+export const GrpcStatus = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  ABORTED: 10,
+  OUT_OF_RANGE: 11,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  DATA_LOSS: 15,
+  UNAUTHENTICATED: 16,
+} as const;
+export type GrpcStatusCode = (typeof GrpcStatus)[keyof typeof GrpcStatus];
+const GrpcCode = GrpcStatus;
+type GrpcCode = GrpcStatusCode;
+const CODE_NAMES = Object.fromEntries(Object.entries(GrpcStatus).map(([k, v]) => [v, k])) as Record<
+  number,
+  string
+>;
 
 export const ERROR_TRAILER = 'kiln-error-bin';
 
@@ -99,10 +126,13 @@ function decodeDetails(
   return out;
 }
 
-/** Converts anything thrown into the status object a grpc-js handler passes to its callback. */
-export function toGrpcStatus(thrown: unknown): Partial<StatusObject> & { code: GrpcCode } {
+/**
+ * What a failed call's status carries for anything thrown: the status code, the `grpc-message`
+ * text, and the {@link ERROR_TRAILER} bytes (a server puts them in its trailers: see
+ * `toGrpcStatus` in `@kiln/protocol/server`).
+ */
+export function errorStatus(thrown: unknown): { code: GrpcCode; details: string; trailer: Buffer } {
   const err = asKilnError(thrown);
-  const metadata = new Metadata();
   const message = truncateMiddle(err.message, MAX_ERROR_MESSAGE);
   const bytes = ErrorDetail.encode({
     code: err.code,
@@ -110,18 +140,25 @@ export function toGrpcStatus(thrown: unknown): Partial<StatusObject> & { code: G
     retryable: err.retryable,
     details: encodeDetails(err.details),
   }).finish();
-  metadata.set(ERROR_TRAILER, Buffer.from(bytes));
   return {
     code: grpcCodeFor(err),
     details: truncateMiddle(err.message, MAX_STATUS_MESSAGE),
-    metadata,
+    trailer: Buffer.from(bytes),
   };
+}
+
+/** A failed call as gRPC clients (grpc-js's, libs/client's) give it. */
+interface FailedCall {
+  code: number;
+  details: string;
+  metadata: { get(key: string): unknown[] };
 }
 
 /** Rebuilds the typed error from a failed call; errors without Kiln details keep their status. */
 export function fromGrpcError(e: unknown): KilnError {
-  const se = e as Partial<ServiceError>;
-  const raw = se.metadata instanceof Metadata ? se.metadata.get(ERROR_TRAILER)[0] : undefined;
+  const se = e as Partial<FailedCall>;
+  const raw =
+    typeof se.metadata?.get === 'function' ? se.metadata.get(ERROR_TRAILER)[0] : undefined;
   if (raw instanceof Buffer) {
     try {
       const d = ErrorDetail.decode(raw);
@@ -131,7 +168,7 @@ export function fromGrpcError(e: unknown): KilnError {
     }
   }
   const code = typeof se.code === 'number' ? se.code : GrpcCode.UNKNOWN;
-  const name = GrpcCode[code] ?? 'UNKNOWN';
+  const name = CODE_NAMES[code] ?? 'UNKNOWN';
   return new KilnError(name === 'CANCELLED' ? 'CANCELED' : name, se.details ?? String(e), {
     cause: e,
     retryable: code === GrpcCode.UNAVAILABLE,

@@ -44,9 +44,9 @@ import {
   parsePlatform,
   platformFromPb,
   platformToPb,
-  toGrpcStatus,
   toLong,
 } from '@kiln/protocol';
+import { toGrpcStatus } from '@kiln/protocol/server';
 import type { Platform, pb } from '@kiln/protocol';
 import type { Logger } from 'pino';
 import { pino } from 'pino';
