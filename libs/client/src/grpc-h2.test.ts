@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { GrpcStatus } from '@kiln/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GrpcChannel, MAX_RECEIVE_MESSAGE, Metadata } from './grpc-h2.js';
+import { GrpcChannel, MAX_RECEIVE_MESSAGE, Metadata, grpcTimeout } from './grpc-h2.js';
 import type { ServiceError } from './grpc-h2.js';
 
 const str = {
@@ -196,6 +196,14 @@ describe('grpc-h2', () => {
     ch.close();
     // A closed channel takes no more calls.
     expect((await unary(ch, service.echo.path, 'x')).err?.code).toBe(GrpcStatus.UNAVAILABLE);
+  });
+
+  it('sends deadlines as grpc-timeout of at most 8 digits', () => {
+    const now = Date.now();
+    expect(grpcTimeout(now + 60_000)).toMatch(/^(6000\d|59\d{3})m$/);
+    expect(grpcTimeout(now - 5)).toBe('1m');
+    expect(grpcTimeout(now + 200_000_000)).toMatch(/^\d{1,8}S$/);
+    expect(grpcTimeout(now + 1e13)).toMatch(/^\d{1,8}[MH]$/);
   });
 
   it('refuses a message over 4 MiB with RESOURCE_EXHAUSTED', async () => {

@@ -362,6 +362,20 @@ function httpStatus(s: number | undefined): number {
   }
 }
 
+/** A deadline as gRPC's `grpc-timeout` (at most 8 digits, so a coarser unit for long ones). */
+export function grpcTimeout(deadline: number): string {
+  let n = Math.max(1, Math.ceil(deadline - Date.now()));
+  for (const [unit, next] of [
+    ['m', 1000],
+    ['S', 60],
+    ['M', 60],
+  ] as const) {
+    if (n < 1e8) return `${n}${unit}`;
+    n = Math.ceil(n / next);
+  }
+  return `${Math.min(n, 99_999_999)}H`;
+}
+
 interface Target {
   /** The URL http2.connect is given (its scheme and authority). */
   url: string;
@@ -499,8 +513,7 @@ export class GrpcChannel {
       te: 'trailers',
       'user-agent': 'kiln-client',
     };
-    if (options.deadline !== undefined)
-      headers['grpc-timeout'] = `${Math.max(1, Math.ceil(options.deadline - Date.now()))}m`;
+    if (options.deadline !== undefined) headers['grpc-timeout'] = grpcTimeout(options.deadline);
     let session: ClientHttp2Session;
     let stream: ClientHttp2Stream;
     try {
