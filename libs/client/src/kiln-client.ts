@@ -247,8 +247,8 @@ export class KilnClient {
 
   /**
    * After a call on `used` failed retryably: moves to the next address (once per failure of a
-   * channel, however many calls saw it fail). With one address the channel stays (grpc-js
-   * reconnects it to a restarted scheduler).
+   * channel, however many calls saw it fail). With one address the channel stays (its next
+   * call opens a new connection, to a restarted scheduler).
    */
   #failover(used: GrpcChannel): void {
     if (this.#closed || this.#addrs.length < 2 || used !== this.#client) return;
@@ -538,7 +538,7 @@ export class KilnClient {
     );
   }
 
-  /** A unary call on `client`; a failure is the raw grpc-js error (see `isRetryable`). */
+  /** A unary call on `client`; a failure is the transport's error (see `isRetryable`). */
   #rawUnary<Req, Res>(
     client: GrpcChannel,
     m: Method<Req, Res>,
