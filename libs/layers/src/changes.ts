@@ -2,6 +2,7 @@ import type { BigIntStats } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { lstatBigSync, lstatMaybeSync, readdirSync, readlinkSync, yielder } from './sync-fs.js';
 import { join } from 'node:path';
+import { lxattrs } from '@kiln/sys';
 import type { Xattrs } from './xattr.js';
 import { LayerError, LayerErrorCode } from './errors.js';
 
@@ -233,6 +234,126 @@ function isOpaque(dirs: OverlayDirs, p: string): boolean {
       );
     }
     return lstatMaybeSync(join(dirs.merged, p, n)) === undefined;
+  }
+  return false;
+}
+
+/**
+ * The same changes as {@link overlayChanges}, without any mount: the parent's view is read from
+ * its layers, the overlay lowerdirs of the parent (`lowers`, top first), the way overlayfs looks
+ * a path up in them (the topmost entry wins; a whiteout hides the path; a directory merges with
+ * the directories below it down to the first opaque one or the first entry that is not a
+ * directory), and an opaque upper directory is told by its `opaqueXattr` attribute
+ * (`trusted.overlay.opaque`, or `user.overlay.opaque` under `userxattr`) set to `y`. A diff
+ * that mounted both views costs two overlay mounts and two unmounts (each unmount waits for an
+ * RCU grace period: 10-20 ms right after a container's namespaces went away). The snapshotter
+ * must mount without `redirect_dir` and `metacopy`, as for {@link overlayChanges}.
+ */
+export async function overlayLayerChanges(
+  upper: string,
+  lowers: readonly string[],
+  opaqueXattr: string,
+): Promise<Change[]> {
+  const out: Change[] = [];
+  await layersDir({ upper, opaqueXattr, tick: yielder() }, '', [...lowers], out);
+  return out;
+}
+
+interface LayerDirs {
+  upper: string;
+  opaqueXattr: string;
+  tick: () => Promise<void> | undefined;
+}
+
+/** A path as the lower layers show it: its topmost entry, and the directories merged under it. */
+interface LowerEntry {
+  stat: BigIntStats;
+  /** When `stat` is a directory: the layers' directories it merges, top first; else empty. */
+  dirs: string[];
+}
+
+/**
+ * `name` in the directory that `dirs` (one per layer where it is a visible directory, top first)
+ * merge, as overlayfs resolves it; undefined when the merged view has no such entry.
+ */
+function lookupLower(
+  dirs: readonly string[],
+  name: string,
+  opaqueXattr: string,
+): LowerEntry | undefined {
+  let found: BigIntStats | undefined;
+  const merged: string[] = [];
+  for (const d of dirs) {
+    const p = join(d, name);
+    const st = lstatMaybeSync(p);
+    if (st === undefined) continue;
+    if (found === undefined) {
+      if (isWhiteout(st)) return undefined;
+      found = st;
+      if (!st.isDirectory()) return { stat: st, dirs: [] };
+    } else if (!st.isDirectory()) {
+      break; // a whiteout or a non-directory ends the merge
+    }
+    merged.push(p);
+    if (hasOpaqueXattr(p, opaqueXattr)) break;
+  }
+  return found === undefined ? undefined : { stat: found, dirs: merged };
+}
+
+/** Whether directory `path` carries overlayfs's opaque marker (`<opaqueXattr>` = `y`). */
+function hasOpaqueXattr(path: string, opaqueXattr: string): boolean {
+  let attrs: [string, Buffer][];
+  try {
+    attrs = lxattrs(path);
+  } catch (err) {
+    // A filesystem without extended attributes has no opaque directory.
+    if ((err as NodeJS.ErrnoException).code === 'ENOTSUP') return false;
+    throw err;
+  }
+  return attrs.some(([n, v]) => n === opaqueXattr && v.length === 1 && v[0] === 0x79);
+}
+
+async function layersDir(
+  t: LayerDirs,
+  dir: string,
+  lowers: readonly string[],
+  out: Change[],
+): Promise<void> {
+  for (const name of sortedNames(join(t.upper, dir))) {
+    await t.tick();
+    const p = rel(dir, name);
+    const us = lstatBigSync(join(t.upper, p));
+    const low = lowers.length > 0 ? lookupLower(lowers, name, t.opaqueXattr) : undefined;
+    if (isWhiteout(us)) {
+      if (low !== undefined) out.push({ path: p, kind: 'delete' });
+      continue;
+    }
+    out.push({ path: p, kind: low === undefined ? 'add' : 'modify', stat: us });
+    if (!us.isDirectory()) continue;
+    if (low?.stat.isDirectory()) {
+      const opaque = hidesLower(t, p, low.dirs);
+      if (opaque) out.push({ path: p, kind: 'opaque' });
+      await layersDir(t, p, opaque ? [] : low.dirs, out);
+    } else {
+      await layersDir(t, p, [], out);
+    }
+  }
+}
+
+/**
+ * Whether upper directory `p` hides the lower one (`dirs`), as {@link isOpaque} decides it: some
+ * visible lower child without an upper entry exists, and the directory is opaque.
+ */
+function hidesLower(t: LayerDirs, p: string, dirs: readonly string[]): boolean {
+  const upperNames = new Set(readdirSync(join(t.upper, p)));
+  const seen = new Set<string>();
+  for (const d of dirs) {
+    for (const n of readdirSync(d)) {
+      if (upperNames.has(n) || seen.has(n)) continue;
+      seen.add(n);
+      if (lookupLower(dirs, n, t.opaqueXattr) !== undefined)
+        return hasOpaqueXattr(join(t.upper, p), t.opaqueXattr);
+    }
   }
   return false;
 }

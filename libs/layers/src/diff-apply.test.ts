@@ -370,6 +370,107 @@ describe('diffLayer + applyLayer', () => {
     expect(await snapshotTree(target)).toEqual(expected);
   });
 
+  it('diffs an upper dir against its lower layers unmounted exactly as against the mounted views', async () => {
+    const dir = (n: string): string => join(work, `ml-${n}`);
+    for (const n of ['l1', 'l2', 'w2', 'm2', 'up', 'w3', 'm3', 'low']) await mkdir(dir(n));
+    await makeBase(dir('l1'));
+    await writeFile(join(dir('l1'), 'replaced/old3'), 'old3');
+    await stampTimes(dir('l1'), T0);
+    // Layer 2, over layer 1: a deleted directory, an opaque one, a directory become a file.
+    await mountOverlay(
+      dir('m2'),
+      `lowerdir=${dir('l1')},upperdir=${dir('l2')},workdir=${dir('w2')}`,
+    );
+    try {
+      const m = dir('m2');
+      await rm(join(m, 'deldir'), { recursive: true });
+      await rm(join(m, 'replaced'), { recursive: true });
+      await mkdir(join(m, 'replaced'));
+      await writeFile(join(m, 'replaced/l2'), 'l2');
+      await writeFile(join(m, 'replaced/l2b'), 'l2b');
+      await rm(join(m, 'd2f'), { recursive: true });
+      await writeFile(join(m, 'd2f'), 'a file in layer 2');
+      await mkdir(join(m, 'l2only'));
+      await writeFile(join(m, 'l2only/a'), 'a');
+      await rm(join(m, 'partial/gone'));
+    } finally {
+      await exec('umount', [dir('m2')]);
+    }
+    const lowers = [dir('l2'), dir('l1')];
+    const target = join(work, 'apply-ml');
+    await mkdir(target);
+    // The snapshot diffed: changes through both lower layers.
+    await mountOverlay(
+      dir('m3'),
+      `lowerdir=${lowers.join(':')},upperdir=${dir('up')},workdir=${dir('w3')}`,
+    );
+    await mountOverlay(dir('low'), `lowerdir=${lowers.join(':')}`);
+    let expected: Awaited<ReturnType<typeof snapshotTree>>;
+    let unmounted: Awaited<ReturnType<typeof diffToBuffer>>;
+    let mounted: Awaited<ReturnType<typeof diffToBuffer>>;
+    try {
+      const m = dir('m3');
+      await mkdir(join(m, 'deldir')); // deleted in layer 2: added again, not opaque
+      await writeFile(join(m, 'deldir/again'), 'again');
+      await writeFile(join(m, 'replaced/new'), 'new'); // layer 2's opaque dir, partly changed
+      await rm(join(m, 'replaced/l2'));
+      await rm(join(m, 'l2only'), { recursive: true }); // replaced: opaque over layer 2
+      await mkdir(join(m, 'l2only'));
+      await writeFile(join(m, 'l2only/b'), 'b');
+      await rm(join(m, 'd2f')); // layer 2's file
+      await writeFile(join(m, 'partial/gone'), 'back'); // deleted in layer 2
+      await rm(join(m, 'del.txt')); // from layer 1, through layer 2
+      await rm(join(m, 'etc'), { recursive: true }); // opaque over layer 1 alone
+      await mkdir(join(m, 'etc'));
+      await writeFile(join(m, 'etc/hosts'), 'hosts');
+      expected = await snapshotTree(m);
+      await copyTree(dir('low'), target);
+      expect(() =>
+        diffLayer({
+          kind: 'overlay',
+          upperDir: dir('up'),
+          lowerDir: dir('low'),
+          mergedDir: m,
+          lowerLayers: lowers,
+        }),
+      ).toThrow(LayerError);
+      unmounted = await diffToBuffer({ kind: 'overlay', upperDir: dir('up'), lowerLayers: lowers });
+      mounted = await diffToBuffer({
+        kind: 'overlay',
+        upperDir: dir('up'),
+        lowerDir: dir('low'),
+        mergedDir: m,
+      });
+    } finally {
+      await exec('umount', [dir('m3')]);
+      await exec('umount', [dir('low')]);
+    }
+    expect(unmounted.diffID).toBe(mounted.diffID);
+    expect(unmounted.data.equals(mounted.data)).toBe(true);
+    const names = await tarNames(unmounted.data);
+    expect(names).toEqual(
+      expect.arrayContaining([
+        '.wh.del.txt',
+        '.wh.d2f',
+        'deldir/',
+        'deldir/again',
+        'replaced/.wh.l2',
+        'replaced/new',
+        'l2only/',
+        'l2only/.wh..wh..opq',
+        'l2only/b',
+        'partial/gone',
+        'etc/.wh..wh..opq',
+      ]),
+    );
+    expect(names).not.toContain('deldir/.wh..wh..opq');
+    expect(names).not.toContain('replaced/.wh..wh..opq');
+
+    // Applied on a copy of the parent's view, the layer gives the snapshot's view.
+    await applyLayer(Readable.from([unmounted.data]), target);
+    expect(await snapshotTree(target)).toEqual(expected);
+  });
+
   it('applies an opaque whiteout that comes after the directory content of its own layer', async () => {
     const target = join(work, 'apply-opq-late');
     await mkdir(join(target, 'd/sub'), { recursive: true });

@@ -10,7 +10,7 @@ import type { BlobStore, Digest } from '@kiln/store';
 import type * as tar from 'tar-stream';
 import { readTreeXattrs } from './xattr.js';
 import type { Xattrs } from './xattr.js';
-import { compareChanges, overlayChanges } from './changes.js';
+import { compareChanges, overlayChanges, overlayLayerChanges } from './changes.js';
 import type { Change } from './changes.js';
 import { MediaTypes, coalescer, compressor } from './compression.js';
 import type { Compression } from './compression.js';
@@ -32,6 +32,16 @@ export type DiffSource =
        * it tells an opaque directory from a partly changed one without reading xattrs.
        */
       mergedDir?: string;
+      /**
+       * Instead of `lowerDir` and `mergedDir`, nothing mounted: the parent's overlay lowerdirs,
+       * top first, read as overlayfs reads them (see `overlayLayerChanges`).
+       */
+      lowerLayers?: readonly string[];
+      /**
+       * With `lowerLayers`: the attribute that marks an opaque directory, `trusted.overlay.opaque`
+       * (the default) or `user.overlay.opaque` when the snapshots are mounted with `userxattr`.
+       */
+      opaqueXattr?: string;
     }
   | {
       kind: 'compare';
@@ -108,6 +118,12 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
   ) {
     throw new LayerError(LayerErrorCode.Invalid, 'an overlay diff with a lowerDir needs mergedDir');
   }
+  if (source.kind === 'overlay' && source.lowerDir !== undefined && source.lowerLayers) {
+    throw new LayerError(
+      LayerErrorCode.Invalid,
+      'an overlay diff takes either a lowerDir or lowerLayers, not both',
+    );
+  }
   const out = new TarOut();
   // Throws at once when the codec is not available, before anything starts.
   const { stream, done } = layerOfTar(out.stream, opts);
@@ -122,7 +138,13 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
       if (source.kind === 'overlay') {
         [xattrs, changes] = await Promise.all([
           readTreeXattrs(root),
-          overlayChanges(source.upperDir, source.lowerDir, source.mergedDir),
+          source.lowerLayers
+            ? overlayLayerChanges(
+                source.upperDir,
+                source.lowerLayers,
+                source.opaqueXattr ?? 'trusted.overlay.opaque',
+              )
+            : overlayChanges(source.upperDir, source.lowerDir, source.mergedDir),
         ]);
       } else {
         const [base, next] = await Promise.all([

@@ -161,9 +161,9 @@ export class OverlaySnapshotter extends BaseSnapshotter {
   }
 
   /**
-   * The upper dir with the parent's view as `lowerDir` and the snapshot's own view as `mergedDir`
-   * (both mounted read-only until `release`): the merged view tells the differ an opaque directory
-   * from a partly changed one, which the upper dir alone marks only with an xattr node cannot read.
+   * The upper dir with the parent's overlay lowerdirs (`lowerLayers`, top first), nothing
+   * mounted: the differ reads them as overlayfs does (`@kiln/layers` overlayLayerChanges). The
+   * parent stays leased until `release`.
    */
   async diffSource(key: string): Promise<DiffSourceHandle> {
     const rec = this.record(key);
@@ -177,26 +177,25 @@ export class OverlaySnapshotter extends BaseSnapshotter {
       );
     }
     const leases = [this.acquire(key)];
-    const mounted: Array<() => Promise<void>> = [];
-    const release = async (): Promise<void> => {
-      try {
-        for (const r of mounted.reverse()) await r();
-      } finally {
-        for (const l of leases) l.release();
-      }
+    const release = (): Promise<void> => {
+      for (const l of leases) l.release();
+      return Promise.resolve();
     };
     const upperDir = join(this.dirOf(rec), 'fs');
     try {
       // A base snapshot's upper dir is its whole tree: nothing to compare with.
       if (rec.parent === undefined) return { source: { kind: 'overlay', upperDir }, release };
-      const tmp = join(this.root, 'tmp');
-      const merged = await mountTemp(await this.mountsOf(key, { ...rec, kind: 'committed' }), tmp);
-      mounted.push(merged.release);
       leases.push(this.acquire(rec.parent));
-      const lower = await mountTemp(await this.mounts(rec.parent), tmp);
-      mounted.push(lower.release);
+      const lowerLayers = await this.lowerDirs(rec.parent);
       return {
-        source: { kind: 'overlay', upperDir, lowerDir: lower.path, mergedDir: merged.path },
+        source: {
+          kind: 'overlay',
+          upperDir,
+          lowerLayers,
+          opaqueXattr: this.extraOptions.includes('userxattr')
+            ? 'user.overlay.opaque'
+            : 'trusted.overlay.opaque',
+        },
         release,
       };
     } catch (err) {

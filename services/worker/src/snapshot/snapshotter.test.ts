@@ -120,9 +120,19 @@ describe.each(backends)('snapshotter conformance: $name', (backend) => {
   });
 
   it('diffs a committed snapshot into a layer with a whiteout for the delete', async () => {
+    const mountsUnder = async (): Promise<string[]> =>
+      (await readFile('/proc/self/mounts', 'utf8'))
+        .split('\n')
+        .map((l) => l.split(' ')[1] ?? '')
+        .filter((m) => m.startsWith(`${root}/`));
+    const before = await mountsUnder();
     const h = await s.diffSource('child');
-    // overlay diffs read the upper dir (with both views for opaque dirs); copies compare trees
+    // overlay diffs read the upper dir and the parent's lowerdirs, unmounted; copies compare trees
     expect(h.source.kind).toBe(backend.name === 'overlayfs' ? 'overlay' : 'compare');
+    if (h.source.kind === 'overlay') {
+      expect(h.source.lowerLayers).toHaveLength(1);
+      expect(await mountsUnder()).toEqual(before);
+    }
     try {
       const layer = diffLayer(h.source, { compression: 'gzip' });
       const data = await readAll(layer.stream);
