@@ -1,12 +1,14 @@
 /**
- * FileOp executor: runs `executeFileOp` over snapshots. Inputs are read-only views; each action's
+ * FileOp executor: runs `executeFileOp` over snapshots. Inputs whose files an action reads (copy
+ * sources, user-name lookups) are mounted read-only; the others are only the base of a target and
+ * are not mounted at all (a mount and its unmount cost milliseconds on every step). Each action's
  * mutable target is a snapshot prepared on the input it modifies (an overlay upper, so nothing is
  * copied), or, for a target built on an earlier action's result, a fresh snapshot holding a copy of
  * it. The output target is committed; the others are removed.
  */
 import { join } from 'node:path';
 import { cloneTree } from '../../fs/index.js';
-import { executeFileOp } from '../../ops/file/index.js';
+import { executeFileOp, inputsRead } from '../../ops/file/index.js';
 import { newSnapshotName, readSnapshot } from '../../ops/snapshots.js';
 import type { SnapshotEnv } from '../../ops/snapshots.js';
 import { mountTemp } from '../../snapshot/mount.js';
@@ -25,6 +27,7 @@ export class FileExecutor implements OpExecutor {
     const inputDirs: (string | undefined)[] = [];
     const viewOf = new Map<string, string>(); // mounted input dir -> its committed snapshot
     const targets = new Map<string, Target>(); // mutable dir -> its prepared snapshot
+    const read = inputsRead(ctx.op.file!, ctx.inputs.length);
 
     const withInputs = async (i: number): Promise<(string | undefined)[]> => {
       if (i === ctx.inputs.length) {
@@ -72,6 +75,19 @@ export class FileExecutor implements OpExecutor {
         }
       }
       const snap = ctx.inputs[i];
+      if (snap !== undefined && !read.has(i)) {
+        // Never read: a name that stands for the snapshot (nothing exists at that path, so a
+        // read by mistake fails rather than reading something else).
+        const unread = join(env.tmpDir, 'unmounted', `${i}-${snap}`);
+        inputDirs[i] = unread;
+        viewOf.set(unread, snap);
+        const lease = env.snapshotter.acquire(snap);
+        try {
+          return await withInputs(i + 1);
+        } finally {
+          lease.release();
+        }
+      }
       return readSnapshot(env, snap, async (dir) => {
         inputDirs[i] = snap === undefined ? undefined : dir;
         if (snap !== undefined) viewOf.set(dir, snap);

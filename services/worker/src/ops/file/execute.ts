@@ -105,6 +105,18 @@ function refsOf(a: pb.IFileAction): ActionRefs {
 }
 
 /**
+ * The op inputs (indices below `n`) whose files some action reads: copy sources and the roots of
+ * user and group name lookups. Any other input is only the base of a mutable target (made from
+ * its snapshot by `opts.mutable`), so its directory is never read and need not be mounted.
+ */
+export function inputsRead(op: pb.IFileOp, n: number): Set<number> {
+  const read = new Set<number>();
+  for (const r of (op.actions ?? []).map(refsOf))
+    for (const x of [r.secondary, ...r.userInputs]) if (x >= 0 && x < n) read.add(x);
+  return read;
+}
+
+/**
  * Runs `op` over `inputs` (the root directory of each op input; undefined reads as empty) and
  * returns the output directories. Inputs are never modified (copies are made through
  * `opts.mutable`). Failures are {@link FileOpError}s naming the action index and path.

@@ -1,4 +1,4 @@
-export { executeFileOp } from './execute.js';
+export { executeFileOp, inputsRead } from './execute.js';
 export type { ExecuteFileOpOptions, FileOpResult, MutableFactory } from './execute.js';
 export { FileOpError, FileOpErrorCode } from './errors.js';
 export { copyingMutable } from './mutable.js';
