@@ -196,6 +196,12 @@ export interface ServeRecordsOptions {
   known?: (key: string) => StoredRecord | undefined;
   /** A request was refused (malformed) or not applied (not the holder, stale attempt). */
   onRefused?: (e: { workerId: string; op: string; key: string; reason: string }) => void;
+  /**
+   * A request changed the record: the record as written and its revision, before the worker is
+   * answered. The scheduler that serves the request learns the change here, without waiting for
+   * its own watch of the bucket to bring the same write back.
+   */
+  onApplied?: (key: string, stored: StoredRecord) => void;
   onError?: (err: unknown) => void;
 }
 
@@ -212,7 +218,11 @@ export function serveRecords(bus: Bus, o: ServeRecordsOptions = {}): Subscriptio
       req = parseRecordRequest(data);
       const rule = recordRequestRule(req, workerId);
       const out = await casRecord(bus.tasks, req.key, rule, o.known?.(req.key));
-      if (out.applied || recordRequestApplied(req, workerId, out.record)) return { applied: true };
+      if (out.applied && out.record) {
+        o.onApplied?.(req.key, { record: out.record, revision: out.revision });
+        return { applied: true };
+      }
+      if (recordRequestApplied(req, workerId, out.record)) return { applied: true };
       o.onRefused?.({ workerId, op: req.op, key: req.key, reason: 'not applicable' });
       return { applied: false };
     } catch (err) {

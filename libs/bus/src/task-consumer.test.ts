@@ -31,6 +31,8 @@ let nats: NatsServerHandle;
 let nc: NatsConnection;
 let bus: Bus;
 let records: Subscription;
+/** Every record change the record service made, as it told its owner (`onApplied`). */
+const applied: { key: string; state: string; holder?: string; revision: number }[] = [];
 const consumers: TaskConsumer[] = [];
 const WORKERS = ['cancel-1', 'drain-1', 'drain-2', 'handback-1', 'offer-1', 'reg-1'];
 WORKERS.push('route-amd64', 'route-arm64', 'stale-1', 'dup-1');
@@ -39,7 +41,10 @@ beforeAll(async () => {
   nats = await startNats({ auth: { workers: WORKERS } });
   nc = await connectNats(nats.url, nats.auth?.scheduler);
   bus = await openBus(nc);
-  records = serveRecords(bus);
+  records = serveRecords(bus, {
+    onApplied: (key, s) =>
+      applied.push({ key, state: s.record.state, holder: s.record.holder, revision: s.revision }),
+  });
 });
 
 afterEach(async () => {
@@ -125,6 +130,20 @@ describe('TaskConsumer', () => {
       expect(result.outputs[0]?.resultId).toBe(`res-${t.cacheKey}`);
     }
     await waitFor('the queue to be empty', async () => (await streamMessages()) === 0);
+  });
+
+  it("tells the record service's owner each change a worker's request made, as written", async () => {
+    await worker('route-amd64', ['linux/amd64']);
+    const t = testTask({ platform: 'linux/amd64' });
+    await enqueueRaw(bus, t);
+    await done(t);
+    const key = taskKey(t.cacheKey ?? '');
+    const mine = applied.filter((a) => a.key === key);
+    expect(mine.map((a) => a.state)).toEqual(['running', 'done']);
+    expect(mine.every((a) => a.holder === 'route-amd64')).toBe(true);
+    // The revision given is the one in the bucket: the last change is the record as it is now.
+    expect(mine[1]!.revision).toBe((await bus.tasks.get(key))?.revision);
+    expect(mine[0]!.revision).toBeLessThan(mine[1]!.revision);
   });
 
   it('drops a queue copy whose token is not current, without running it', async () => {

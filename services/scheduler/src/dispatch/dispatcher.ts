@@ -361,6 +361,12 @@ export class Dispatcher {
       // their subject carries (the holder of the claim, under the farm's NATS permissions).
       serveRecords(this.#bus, {
         known: (key) => this.#entries.get(key)?.stored,
+        // A worker's claim or result is acted on as soon as it is written here, not when the
+        // watch brings the same write back (a trip through JetStream per step of a chain).
+        onApplied: (key, stored) => {
+          const entry = this.#entries.get(key);
+          if (entry) this.#observe(entry, stored);
+        },
         onRefused: (r) => this.#o.onEvent({ type: 'record-refused', ...r }),
         onError: onError('records'),
       }),
