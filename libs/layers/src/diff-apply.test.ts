@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { DigestMismatchError, FsBlobStore } from '@kiln/store';
+import { lsetxattr } from '@kiln/sys';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyLayer } from './apply-layer.js';
 import { zstdSupport } from './compression.js';
@@ -469,6 +470,31 @@ describe('diffLayer + applyLayer', () => {
     // Applied on a copy of the parent's view, the layer gives the snapshot's view.
     await applyLayer(Readable.from([unmounted.data]), target);
     expect(await snapshotTree(target)).toEqual(expected);
+  });
+
+  it('reads the opaque marker the snapshots are mounted with (userxattr: user.overlay.opaque)', async () => {
+    // Layers as a rootless worker's overlay leaves them: no mount needed to diff them.
+    const lower = join(work, 'ux-lower');
+    const upper = join(work, 'ux-upper');
+    await mkdir(join(lower, 'd'), { recursive: true });
+    await writeFile(join(lower, 'd/old'), 'old');
+    await mkdir(join(upper, 'd'), { recursive: true });
+    await writeFile(join(upper, 'd/new'), 'new');
+    lsetxattr(join(upper, 'd'), 'user.overlay.opaque', Buffer.from('y'));
+    const names = async (opaqueXattr?: string): Promise<string[]> =>
+      tarNames(
+        (
+          await diffToBuffer({
+            kind: 'overlay',
+            upperDir: upper,
+            lowerLayers: [lower],
+            ...(opaqueXattr ? { opaqueXattr } : {}),
+          })
+        ).data,
+      );
+    expect(await names('user.overlay.opaque')).toEqual(['d/', 'd/.wh..wh..opq', 'd/new']);
+    // Mounted without userxattr, the kernel ignores user.overlay.*: d merges with the lower d.
+    expect(await names()).toEqual(['d/', 'd/new']);
   });
 
   it('applies an opaque whiteout that comes after the directory content of its own layer', async () => {
