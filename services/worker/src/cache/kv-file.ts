@@ -2,7 +2,7 @@
  * A small persistent string map: an append-only JSON-lines file of `[key, value]` (value `null`
  * deletes), loaded whole at open; the last line for a key wins, and iteration order is recency
  * (a set moves its key to the end). Used for what a worker keeps across restarts: the results it
- * holds, their content checksums, its kept local contexts. A torn last line after a crash was never acknowledged and is skipped. One process per file.
+ * holds, their content checksums, its kept local contexts, its layers' diffIDs and blobs. A torn last line after a crash was never acknowledged and is skipped. One process per file.
  */
 import { appendFile, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';

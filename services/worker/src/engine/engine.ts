@@ -2,7 +2,7 @@
  * The worker engine: the resources one machine needs to run LLB ops and export their results
  * (BuildKit's OCI worker). It owns, under one state dir: the content store (`content/`, unless
  * one is handed in), snapshots (`snapshots/`), the OCI runtime's bundles and cache mounts
- * (`exec/`), the layer cache (`layers.json`) and scratch space (`tmp/`); the state dir is 0700.
+ * (`exec/`), the layer cache (`layers.jsonl`) and scratch space (`tmp/`); the state dir is 0700.
  * The task runner (`node/task-runner.ts`) runs ops on it, task by task, with the executors of
  * each op kind.
  */
@@ -160,7 +160,11 @@ export class Engine {
     const client = new RegistryClient(o.registry ?? {});
     const images = new ImageSource({ client, store });
     const env: SnapshotEnv = { snapshotter, tmpDir };
-    const layers = await LayerCache.open(join(o.stateDir, 'layers.json'));
+    const layers = await LayerCache.open(
+      join(o.stateDir, 'layers.jsonl'),
+      undefined,
+      join(o.stateDir, 'layers.json'),
+    );
     return new Engine(
       o.stateDir,
       store,

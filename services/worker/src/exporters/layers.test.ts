@@ -3,13 +3,14 @@
  * the blob, which has the bytes a layer made again from the snapshot has; a kept tar that is not
  * the diffID's bytes is never used.
  */
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LinuxAmd64, marshal, mkdir, scratch } from '@kiln/llb';
 import { FsBlobStore } from '@kiln/store';
 import type { Digest } from '@kiln/store';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { TaskRunner } from '../node/task-runner.js';
 import { runGraph } from '../test-support/graphs.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
@@ -47,7 +48,7 @@ afterAll(async () => {
 describe('LayerCache', () => {
   it('compresses the tar its diffID was hashed from: the blob a new diff makes', async () => {
     const snap = await result(40);
-    const file = join(state, 'a', 'layers.json');
+    const file = join(state, 'a', 'layers.jsonl');
     const layers = await LayerCache.open(file);
     const diffID = await layers.diffIdOf(env, snap);
     expect(layers.keptTars()).toBe(1);
@@ -59,7 +60,7 @@ describe('LayerCache', () => {
     expect(layers.keptTars()).toBe(0);
     expect(await tarsIn(file)).toHaveLength(0);
     // Nothing kept: the layer is diffed again, to the same bytes.
-    const again = await LayerCache.open(join(state, 'b', 'layers.json'), { tar: 0, total: 0 });
+    const again = await LayerCache.open(join(state, 'b', 'layers.jsonl'), { tar: 0, total: 0 });
     expect(await again.diffIdOf(env, snap)).toBe(diffID);
     expect(again.keptTars()).toBe(0);
     expect(await again.layerOf(env, store, snap)).toEqual(rec);
@@ -67,7 +68,7 @@ describe('LayerCache', () => {
 
   it('never uses a kept tar of other bytes, and keeps no tar past its bounds', async () => {
     const snap = await result(10);
-    const file = join(state, 'c', 'layers.json');
+    const file = join(state, 'c', 'layers.jsonl');
     const layers = await LayerCache.open(file);
     const diffID = await layers.diffIdOf(env, snap);
     const [kept] = await tarsIn(file);
@@ -75,33 +76,80 @@ describe('LayerCache', () => {
     await writeFile(join(file, '..', 'layer-tars', kept!), 'not the layer');
     const rec = await layers.layerOf(env, store, snap);
     expect(rec.diffID).toBe(diffID);
-    const fresh = await LayerCache.open(join(state, 'd', 'layers.json'), { tar: 0, total: 0 });
+    const fresh = await LayerCache.open(join(state, 'd', 'layers.jsonl'), { tar: 0, total: 0 });
     await fresh.diffIdOf(env, snap);
     expect(await fresh.layerOf(env, store, snap)).toEqual(rec);
 
     // A tar above the bound is not kept; the total bound drops the oldest.
-    const small = await LayerCache.open(join(state, 'e', 'layers.json'), {
+    const small = await LayerCache.open(join(state, 'e', 'layers.jsonl'), {
       tar: 4096,
       total: 1 << 20,
     });
     expect(await small.diffIdOf(env, await result(30))).toMatch(/^sha256:/);
     expect(small.keptTars()).toBe(0);
-    const two = await LayerCache.open(join(state, 'f', 'layers.json'), {
+    const two = await LayerCache.open(join(state, 'f', 'layers.jsonl'), {
       tar: 1 << 20,
       total: 8 * 1024,
     });
     await two.diffIdOf(env, await result(3));
     await two.diffIdOf(env, await result(4));
     expect(two.keptTars()).toBe(1);
-    expect(await tarsIn(join(state, 'f', 'layers.json'))).toHaveLength(1);
+    expect(await tarsIn(join(state, 'f', 'layers.jsonl'))).toHaveLength(1);
   });
 
   it('removes what a previous process kept when it opens', async () => {
-    const file = join(state, 'g', 'layers.json');
+    const file = join(state, 'g', 'layers.jsonl');
     const first = await LayerCache.open(file);
     await first.diffIdOf(env, await result(2));
     expect(await tarsIn(file)).toHaveLength(1);
     await LayerCache.open(file);
     expect(await tarsIn(file)).toHaveLength(0);
+  });
+});
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'kiln-layer-cache-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const rec = (n: number) => ({
+  digest: `sha256:${String(n).padStart(64, 'b')}`,
+  diffID: `sha256:${String(n).padStart(64, 'a')}`,
+  size: n,
+  mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+});
+const lines = async (f: string): Promise<string[]> =>
+  (await readFile(f, 'utf8')).split('\n').filter(Boolean);
+
+describe('LayerCache persistence', () => {
+  it('takes over the whole-map file of earlier versions once, then removes it', async () => {
+    const legacy = join(dir, 'layers.json');
+    const log = join(dir, 'layers.jsonl');
+    await writeFile(legacy, JSON.stringify({ s1: rec(1), s2: { diffID: rec(2).diffID } }));
+    const c = await LayerCache.open(log, undefined, legacy);
+    expect(c.get('s1')).toEqual(rec(1));
+    expect(c.get('s2')).toBeUndefined(); // a diffID without its blob
+    expect(existsSync(legacy)).toBe(false);
+    const again = await LayerCache.open(log, undefined, legacy);
+    expect(again.get('s1')).toEqual(rec(1));
+  });
+
+  it('appends one line per change instead of rewriting every entry, and keeps them across opens', async () => {
+    const log = join(dir, 'layers.jsonl');
+    const c = await LayerCache.open(log);
+    for (let i = 0; i < 50; i++) await c.set(`s${i}`, rec(i));
+    const before = await lines(log);
+    await c.set('s50', rec(50));
+    const after = await lines(log);
+    expect(after.length).toBe(before.length + 1);
+    expect(after.slice(0, before.length)).toEqual(before);
+    await c.forget(['s3', 's50']);
+    const reopened = await LayerCache.open(log);
+    expect(reopened.get('s3')).toBeUndefined();
+    expect(reopened.get('s50')).toBeUndefined();
+    expect(reopened.get('s49')).toEqual(rec(49));
   });
 });

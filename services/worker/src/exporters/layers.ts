@@ -18,14 +18,14 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { dirname, join } from 'node:path';
 import { KilnError, withCleanup } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
 import { diffLayer, layerOfTar, putLayer, writeLayer } from '@kiln/layers';
 import type { LayerDescriptor } from '@kiln/layers';
-import { coalesced } from '../cache/coalesced-write.js';
+import { KvFile } from '../cache/kv-file.js';
 import { snapshotChain } from '../ops/snapshots.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
 
@@ -89,28 +89,35 @@ export class LayerCache {
   private readonly tarDir: string;
 
   private constructor(
-    private readonly file: string,
+    private readonly kv: KvFile,
+    file: string,
     private readonly keep: { tar: number; total: number },
   ) {
     this.tarDir = join(dirname(file), 'layer-tars');
   }
 
   /**
-   * `file`: where the records persist; kept tars go in `layer-tars` beside it (what a previous
-   * process left there is removed). `keep`: the bounds of the kept tars (0: none kept).
+   * `file`: where the records persist, a log of JSON lines (see KvFile: a diffID or a blob costs
+   * one appended line, never a rewrite of every snapshot's entry); kept tars go in `layer-tars`
+   * beside it (what a previous process left there is removed). `keep`: the bounds of the kept
+   * tars (0: none kept). `legacy`: a whole-map JSON file of earlier versions (rewritten at every
+   * change), taken over once and removed.
    */
   static async open(
     file: string,
     keep = { tar: KEEP_TAR_BYTES, total: KEEP_TOTAL_BYTES },
+    legacy?: string,
   ): Promise<LayerCache> {
-    const c = new LayerCache(file, keep);
+    await mkdir(dirname(file), { recursive: true });
+    if (legacy !== undefined) await migrate(legacy, file);
+    const c = new LayerCache(await KvFile.open(file), file, keep);
     await rm(c.tarDir, { recursive: true, force: true });
-    try {
-      const data = JSON.parse(await readFile(file, 'utf8')) as Record<string, Known>;
-      for (const [k, v] of Object.entries(data)) c.map.set(k, v);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && !(err instanceof SyntaxError))
-        throw err;
+    for (const k of c.kv.keys()) {
+      try {
+        c.map.set(k, JSON.parse(c.kv.get(k)!) as Known);
+      } catch (err) {
+        if (!(err instanceof SyntaxError)) throw err;
+      }
     }
     return c;
   }
@@ -127,28 +134,21 @@ export class LayerCache {
   }
 
   /** Forgets the layers of removed snapshots (garbage collection); resolves once on disk. */
-  forget(snapshots: readonly string[]): Promise<void> {
-    let changed = false;
-    for (const s of snapshots) changed = this.map.delete(s) || changed;
+  async forget(snapshots: readonly string[]): Promise<void> {
+    const deletes: Promise<void>[] = [];
+    for (const s of snapshots) if (this.map.delete(s)) deletes.push(this.kv.delete(s));
     for (const s of snapshots) void this.#dropTar(s);
     const gone = new Set(snapshots);
     for (const k of this.rewritten.keys())
       if (gone.has(k.slice(0, k.lastIndexOf('@')))) this.rewritten.delete(k);
-    return changed ? this.#write() : Promise.resolve();
+    await Promise.all(deletes);
+    await this.kv.compact();
   }
 
   #save(snapshot: string, rec: Known): Promise<void> {
     this.map.set(snapshot, rec);
-    return this.#write();
+    return this.kv.set(snapshot, JSON.stringify(rec));
   }
-
-  /** The whole map to its file, group-committed (concurrent saves share a write). */
-  readonly #write = coalesced(async () => {
-    const body = JSON.stringify(Object.fromEntries(this.map));
-    await mkdir(dirname(this.file), { recursive: true });
-    await writeFile(`${this.file}.tmp`, body);
-    await rename(`${this.file}.tmp`, this.file);
-  });
 
   /** The diffID of one snapshot's layer, computed at most once (no blob is written). */
   diffIdOf(env: SnapshotEnv, snapshot: string): Promise<string> {
@@ -358,4 +358,34 @@ export class LayerCache {
     }
     return p;
   }
+}
+
+/** Moves the entries of a whole-map JSON file into a new log file (once), then removes it. */
+async function migrate(legacy: string, file: string): Promise<void> {
+  let text: string;
+  try {
+    text = await readFile(legacy, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  const exists = await access(file).then(
+    () => true,
+    () => false,
+  );
+  if (!exists) {
+    let data: Record<string, Known> = {};
+    try {
+      data = JSON.parse(text) as Record<string, Known>;
+    } catch (err) {
+      // A torn file of an earlier version: its diffIDs are computed again when needed.
+      if (!(err instanceof SyntaxError)) throw err;
+    }
+    const lines = Object.entries(data).map(
+      ([k, v]) => `${JSON.stringify([k, JSON.stringify(v)])}\n`,
+    );
+    await writeFile(`${file}.tmp`, lines.join(''));
+    await rename(`${file}.tmp`, file);
+  }
+  await rm(legacy, { force: true });
 }
