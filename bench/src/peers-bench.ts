@@ -71,7 +71,8 @@ const twoStage = (base: string): string =>
     'RUN wc -l out.txt > count.txt',
     `FROM ${base}`,
     'COPY --from=build /app/out.txt /app/count.txt /out/',
-    'RUN ls -l /out > /out/list.txt',
+    // Sizes, not `ls -l`: its minute differs between two builds a minute boundary apart.
+    'RUN wc -c /out/* > /out/list.txt',
   ]);
 
 const twoStageFiles = (base: string): Record<string, string> => ({
