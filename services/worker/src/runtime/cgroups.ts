@@ -237,7 +237,9 @@ export class TaskCgroups {
     for (const d of names) {
       if (!d.isDirectory() || !d.name.startsWith('kiln-')) continue;
       const st = await stat(join(dir, d.name)).catch(() => undefined);
-      if (st === undefined || Date.now() - st.ctimeMs < minAgeMs) continue;
+      // ctimeMs has a fraction, Date.now() none: a group made this very millisecond looks made
+      // in the future, so an age of 0 means any group, not one at least 0 ms old.
+      if (st === undefined || (minAgeMs > 0 && Date.now() - st.ctimeMs < minAgeMs)) continue;
       await this.release(join(root, d.name), 0).catch(() => undefined);
     }
   }
