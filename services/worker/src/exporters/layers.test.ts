@@ -105,6 +105,28 @@ describe('LayerCache', () => {
     await LayerCache.open(file);
     expect(await tarsIn(file)).toHaveLength(0);
   });
+
+  it('compresses a small kept tar ahead (the blob a later layerOf returns), not a larger one', async () => {
+    const small = await result(3);
+    const big = await result(60);
+    const file = join(state, 'h', 'layers.jsonl');
+    const layers = await LayerCache.open(file, { tar: 1 << 20, total: 4 << 20, ahead: 8 << 10 });
+    const diffID = await layers.diffIdOf(env, small);
+    await layers.diffIdOf(env, big);
+    expect(layers.keptTars()).toBe(2);
+    // 60 files of a 512-byte header and a 512-byte block each: past 8 KiB, not made ahead.
+    expect(layers.compressAhead(env, store, big)).toBeUndefined();
+    const ahead = layers.compressAhead(env, store, small);
+    expect(ahead).toBeDefined();
+    await ahead;
+    const made = layers.get(small);
+    expect(made?.diffID).toBe(diffID);
+    expect(await store.has(made!.digest as Digest)).toBe(true);
+    expect(layers.keptTars()).toBe(1);
+    // layerOf finds it made: the same record, no new blob.
+    expect(await layers.layerOf(env, store, small)).toEqual(made);
+    expect(layers.get(big)).toBeUndefined();
+  });
 });
 
 let dir: string;

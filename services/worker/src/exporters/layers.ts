@@ -39,6 +39,8 @@ export interface LayerRecord {
 /** The largest uncompressed layer tar kept for its blob, and all of them together. */
 export const KEEP_TAR_BYTES = 64 << 20;
 export const KEEP_TOTAL_BYTES = 256 << 20;
+/** Kept tars up to this size are compressed into their blob as soon as they are kept. */
+export const COMPRESS_AHEAD_BYTES = 4 << 20;
 
 /**
  * Reads `stream` to its end, writing it to `path` as long as it stays within `max` bytes and the
@@ -87,11 +89,13 @@ export class LayerCache {
   private readonly kept = new Map<string, { path: string; size: number }>();
   private keptBytes = 0;
   private readonly tarDir: string;
+  /** The blobs made ahead ({@link LayerCache.compressAhead}), one after the other. */
+  #ahead: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly kv: KvFile,
     file: string,
-    private readonly keep: { tar: number; total: number },
+    private readonly keep: { tar: number; total: number; ahead?: number },
   ) {
     this.tarDir = join(dirname(file), 'layer-tars');
   }
@@ -105,7 +109,10 @@ export class LayerCache {
    */
   static async open(
     file: string,
-    keep = { tar: KEEP_TAR_BYTES, total: KEEP_TOTAL_BYTES },
+    keep: { tar: number; total: number; ahead?: number } = {
+      tar: KEEP_TAR_BYTES,
+      total: KEEP_TOTAL_BYTES,
+    },
     legacy?: string,
   ): Promise<LayerCache> {
     await mkdir(dirname(file), { recursive: true });
@@ -194,6 +201,27 @@ export class LayerCache {
     if (snapshot === undefined) return [];
     const chain = await snapshotChain(env, snapshot);
     return Promise.all(chain.map((s) => this.diffIdOf(env, s)));
+  }
+
+  /**
+   * Makes the blob of `snapshot`'s layer in the background when its tar is kept and at most
+   * `keep.ahead` bytes (default COMPRESS_AHEAD_BYTES): a small layer costs little to compress
+   * while the build's next steps run (zlib works in the thread pool, on another core), and an
+   * export at the build's end then finds it made instead of compressing every new layer then.
+   * One at a time. Returns when it is made, or undefined when it is not made ahead; a failure is
+   * ignored (the layer is made again when asked for).
+   */
+  compressAhead(env: SnapshotEnv, store: BlobStore, snapshot: string): Promise<void> | undefined {
+    const k = this.kept.get(snapshot);
+    const max = this.keep.ahead ?? COMPRESS_AHEAD_BYTES;
+    if (k === undefined || k.size > max || this.inflight.has(snapshot)) return undefined;
+    this.#ahead = this.#ahead.then(() =>
+      this.layerOf(env, store, snapshot).then(
+        () => undefined,
+        () => undefined,
+      ),
+    );
+    return this.#ahead;
   }
 
   /** The layer of one snapshot with its blob in `store`, written at most once. */

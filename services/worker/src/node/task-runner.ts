@@ -808,6 +808,8 @@ export class TaskRunner {
         return { digest: '', diffId: diffIDs[i] ?? '', size: 0, mediaType: '' };
       }),
     );
+    for (const [i, s] of chain.entries())
+      if (!layers[i]!.digest) void this.engine.layers.compressAhead(this.env, this.store, s);
     const resultId = resultIdOf(diffIDs);
     await this.held.set(resultId, snapshot);
     this.usage.touch(snapshot);
