@@ -33,6 +33,29 @@ import { connect as netConnect } from 'node:net';
 import { Duplex } from 'node:stream';
 import { GrpcStatus } from '@kiln/protocol';
 
+/** OpenSSL's and Node's codes for a peer certificate that does not verify. */
+const CERTIFICATE_ERRORS = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_REVOKED',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'HOSTNAME_MISMATCH',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/** Whether `e` is a TLS peer certificate that did not verify (permanent for this server). */
+export function isCertificateError(e: unknown): boolean {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && CERTIFICATE_ERRORS.has(code);
+}
+
 /** The largest message received, as grpc-js's default `grpc.max_receive_message_length`. */
 export const MAX_RECEIVE_MESSAGE = 4 * 1024 * 1024;
 
@@ -473,6 +496,9 @@ export class GrpcChannel {
       const onSettings = (): void => finish();
       const onError = (e: Error): void => {
         last = e;
+        // The server's certificate is not trusted (or not for this name): trying again for the
+        // rest of the deadline cannot change that.
+        if (isCertificateError(e)) finish(e);
       };
       const onClose = (): void => {
         cleanup();

@@ -10,7 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
-import { GrpcChannel, Metadata } from './grpc-h2.js';
+import { GrpcChannel, Metadata, isCertificateError } from './grpc-h2.js';
 import type { CallOptions, ChannelOptions, ChannelTls } from './grpc-h2.js';
 import { KilnError, control, controlService, fromGrpcError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
@@ -235,6 +235,12 @@ export class KilnClient {
         } catch (e) {
           cause = e;
           client.close();
+          if (isCertificateError(e))
+            throw new KilnError(
+              'SCHEDULER_TLS_UNTRUSTED',
+              `the scheduler at ${a} has a certificate this client does not trust: ${(e as Error).message} (give its CA with --tlscacert)`,
+              { cause: e, details: { addr: a } },
+            );
         }
       }
     }

@@ -137,9 +137,11 @@ describe('the kiln command', () => {
     });
     expect(trusted.code).toBe(1);
     expect(trusted.stderr).toMatch(/needs entitlement network\.host.*\[ENTITLEMENT_DENIED\]/);
-    // Without it the farm's certificate is not trusted: the build never reaches the solver.
+    // Without it the farm's certificate is not trusted: the build fails at once, saying so.
     const untrusted = await run(build[0]!, build.slice(1), {});
     expect(untrusted.code).toBe(1);
-    expect(untrusted.stderr).toMatch(/cannot reach the scheduler .*\[SCHEDULER_UNAVAILABLE\]/);
+    expect(untrusted.stderr).toMatch(
+      /has a certificate this client does not trust: .*certificate.*\[SCHEDULER_TLS_UNTRUSTED\]/,
+    );
   }, 120_000);
 });
