@@ -12,13 +12,13 @@ import {
   StatusEvents,
   atomicFileWriter,
   cacheSolveOptions,
+  contextPrefetch,
   dockerfileInput,
   localDirWriter,
   solveAndReceive,
 } from '@kiln/client';
 import { createPrinter } from '@kiln/client/progress';
 import { settled } from '@kiln/common';
-import { readDockerignore } from '@kiln/dockerfile/dockerignore';
 // @kiln/llb is loaded by the client library anyway; the Dockerfile frontend only for an error.
 import { isKnownArchitecture, parsePlatform } from '@kiln/llb';
 import type { CredentialsProvider } from '@kiln/registry';
@@ -271,9 +271,7 @@ async function buildIn(
     // The local farm hands artifacts over by reference: copied from its store, not streamed.
     ...(farm.store ? { localStore: farm.store } : {}),
     // The frontend asks for the context with the ignore file's patterns: walked while it runs.
-    prefetch: [
-      { dir: 'context', excludePatterns: dockerignore ? readDockerignore(dockerignore) : [] },
-    ],
+    prefetch: contextPrefetch(dockerignore),
   });
   const buildId = randomUUID();
   let metadata: Record<string, string> = {};

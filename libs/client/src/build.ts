@@ -15,12 +15,11 @@ import { access, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { settled } from '@kiln/common';
-import { readDockerignore } from '@kiln/dockerfile/dockerignore';
 import { ENTITLEMENTS, formatPlatform, isKnownArchitecture, parsePlatform } from '@kiln/llb';
 import type { Definition, Platform } from '@kiln/llb';
 import { KilnError } from '@kiln/protocol';
 import type { pb } from '@kiln/protocol';
-import { dockerfileInput } from './dockerfile-input.js';
+import { contextPrefetch, dockerfileInput } from './dockerfile-input.js';
 import type { KilnClient, SolveRequest } from './kiln-client.js';
 import { cacheSolveOptions } from './local-cache.js';
 import { atomicFileWriter, localDirWriter } from './outputs.js';
@@ -294,11 +293,8 @@ async function compile(o: BuildOptions): Promise<Plan> {
       inputs: { dockerfile: dockerfileInput(text, dockerignore ? { dockerignore } : {}) },
     },
     localDirs: { context, ...cache.localDirs },
-    // The Dockerfile frontend asks for the context with the ignore file's patterns
-    // (BuildKit's dockerui): walked while it runs.
-    prefetch: [
-      { dir: 'context', excludePatterns: dockerignore ? readDockerignore(dockerignore) : [] },
-    ],
+    // Walked while the frontend runs.
+    prefetch: contextPrefetch(dockerignore),
   };
 }
 

@@ -2,8 +2,10 @@
  * The `dockerfile` frontend input of a Solve: a Definition whose file op writes the Dockerfile
  * (and its ignore file) with mkfile, which the scheduler reads without running anything.
  */
+import { readDockerignore } from '@kiln/dockerfile/dockerignore';
 import { marshal, mkfile, scratch } from '@kiln/llb';
 import type { Definition } from '@kiln/llb';
+import type { ManifestPatterns } from './session.js';
 
 export function dockerfileInput(
   dockerfile: string | Uint8Array,
@@ -36,3 +38,11 @@ export function namedDockerignorePath(local: string): string {
 
 /** The prefix of {@link namedDockerignorePath}. */
 export const NAMED_DOCKERIGNORE_PREFIX = '.kiln-context-';
+
+/**
+ * The listing the Dockerfile frontend asks for first, to walk ahead (`SessionOptions.prefetch`):
+ * the context directory with the ignore file's patterns, as BuildKit's dockerui asks for it.
+ */
+export function contextPrefetch(dockerignore?: string | Uint8Array): ManifestPatterns[] {
+  return [{ dir: 'context', excludePatterns: dockerignore ? readDockerignore(dockerignore) : [] }];
+}

@@ -27,7 +27,7 @@ export type {
   S3Options,
   SecretSource,
 } from './build.js';
-export { dockerfileInput } from './dockerfile-input.js';
+export { contextPrefetch, dockerfileInput } from './dockerfile-input.js';
 export { BuildSession } from './session.js';
 export { solveAndReceive } from './solve-and-receive.js';
 export { INCARNATION_HEADER, isRetryable } from './retry.js';
