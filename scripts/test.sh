@@ -6,6 +6,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+# BuildKit's conformance data and the reference BuildKit live in `shared/` next to the repository
+# (KILN_CONFORMANCE_DIR, KILN_BUILDKIT_DIR override). A clone made elsewhere (a temp dir) finds
+# them next to the local repository it was cloned from.
+if [ ! -d ../shared ]; then
+  origin="$(git config --get remote.origin.url || true)"
+  if [ -n "$origin" ] && [ -d "$origin/../shared" ]; then
+    shared="$(cd "$origin/../shared" && pwd)"
+    export KILN_CONFORMANCE_DIR="${KILN_CONFORMANCE_DIR:-$shared/conformance}"
+    export KILN_BUILDKIT_DIR="${KILN_BUILDKIT_DIR:-$shared/tools/buildkit}"
+  fi
+fi
+
 step "setup"
 bash scripts/setup.sh
 step "build"
