@@ -1,7 +1,7 @@
 // Service entries bundled from source with esbuild (vitest's own dependency), for tests that run a
 // service as a real process: no prior build is needed, and the process runs the code under test.
 
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { REPO_ROOT } from './util.js';
 
@@ -22,8 +22,16 @@ export async function bundleEntries(
     const built = join(REPO_ROOT, 'libs/sys/build/kiln_sys.node');
     addon = join(dir, 'kiln_sys.node');
     await mkdir(dir, { recursive: true });
+    // Copied under a temporary name, then renamed: a process already running from an earlier
+    // bundle in `dir` has the old file mapped, and rewriting it in place would crash it.
     // Not built: the bundles name the tree's path, and @kiln/sys says to build it when used.
-    await copyFile(built, addon).catch(() => (addon = built));
+    const tmp = `${addon}.${process.pid}.${Date.now()}.tmp`;
+    await copyFile(built, tmp)
+      .then(() => rename(tmp, addon!))
+      .catch(async () => {
+        await rm(tmp, { force: true });
+        addon = built;
+      });
   }
   const esbuild = (await import(/* @vite-ignore */ 'esbuild')) as {
     build(o: Record<string, unknown>): Promise<unknown>;
