@@ -1,7 +1,10 @@
 #!/bin/sh
-//bin/true; if [ -n "${NODE_EXTRA_CA_CERTS-}" ]; then KILN_DEFERRED_CA_CERTS=$NODE_EXTRA_CA_CERTS; export KILN_DEFERRED_CA_CERTS; unset NODE_EXTRA_CA_CERTS; fi; exec node "$0" "$@"
+//bin/true; if [ -n "${NODE_EXTRA_CA_CERTS-}" ]; then KILN_DEFERRED_CA_CERTS=$NODE_EXTRA_CA_CERTS; export KILN_DEFERRED_CA_CERTS; unset NODE_EXTRA_CA_CERTS; fi; [ -x "${0%/*}/../dist/kiln-launch" ] && exec "${0%/*}/../dist/kiln-launch" "$0" "$@"; exec node "$0" "$@"
 // The two lines above are both shell and JavaScript: run as a command, /bin/sh executes them and
-// starts Node on this file; for Node they are comments. They keep
+// starts the native launcher (cli/dist/kiln-launch, built by `npm run build`: it hands a
+// `kiln build` to a warm client process when one waits, see cli/src/warm-client.ts, and
+// otherwise starts Node on this file, as the line does without it); for Node they are comments.
+// They keep
 // NODE_EXTRA_CA_CERTS from Node's start: Node 20 reads the file it names, and parses its bundled
 // root certificates, before any code runs (~100 ms per command on these machines, most of a
 // cached build). The variable is put back below for child processes, and the one TLS connection
@@ -24,6 +27,12 @@ if (process.env.KILN_DEFERRED_CA_CERTS !== undefined) {
   process.env.NODE_EXTRA_CA_CERTS = process.env.KILN_DEFERRED_CA_CERTS;
   delete process.env.KILN_DEFERRED_CA_CERTS;
 }
+// Set by the launcher (a `kiln build` it could have handed to a warm client): leave one for the
+// next command. Set by leaveWarmClient: this process is that warm client.
+const launched = process.env.KILN_LAUNCH === '1';
+const warm = process.env.KILN_WARM_SERVE === '1';
+delete process.env.KILN_LAUNCH;
+delete process.env.KILN_WARM_SERVE;
 const fs = require('node:fs');
 const { createRequire } = require('node:module');
 const { homedir } = require('node:os');
@@ -37,7 +46,8 @@ const SUM = 32; // sha256 of the payload, after MAGIC
 const bundle = join(__dirname, '..', 'dist', 'bundle', 'main.cjs');
 // ASCII (scripts/bundle-cli.mjs checks): latin1 makes the string without decoding UTF-8.
 const source = fs.readFileSync(bundle, 'latin1');
-const cache = cacheFile();
+const hashFile = `${bundle}.sha256`;
+const cache = cacheFile(warm ? 'build' : commandName());
 const cached = cache && readCache(cache);
 
 const wrapper = `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
@@ -46,13 +56,35 @@ const mod = { exports: {} };
 script
   .runInThisContext()
   .call(mod.exports, mod.exports, createRequire(bundle), mod, bundle, dirname(bundle));
-void mod.exports.main(process.argv).then((code) => {
+const done = () => {
   if (cache && (!cached || script.cachedDataRejected)) writeCache(cache);
-  process.exitCode = code;
-});
+};
+if (warm) {
+  void mod.exports.serveWarmClient({
+    script: fs.realpathSync(__filename),
+    hashFile,
+    preload: mod.exports.preloadBuild,
+    main: mod.exports.main,
+    done,
+  });
+} else {
+  void mod.exports.main(process.argv).then((code) => {
+    done();
+    process.exitCode = code;
+    if (launched) mod.exports.leaveWarmClient(fs.realpathSync(__filename));
+  });
+}
+
+/** The first word that is not an option: `kiln build` and `kiln --version` compile different code. */
+function commandName() {
+  return (
+    /^[a-z][a-z-]{0,20}$/.exec(process.argv.slice(2).find((a) => !a.startsWith('-')) ?? '')?.[0] ??
+    '-'
+  );
+}
 
 /** This bundle's cache file, or undefined when there is no safe per-user place for it. */
-function cacheFile() {
+function cacheFile(command) {
   try {
     const env = process.env;
     const home =
@@ -69,7 +101,7 @@ function cacheFile() {
     if (!st.isDirectory() || (st.mode & 0o022) !== 0) return undefined;
     if (process.getuid && st.uid !== process.getuid()) return undefined;
     // The bundle's hash (written by the build next to it) and its length: V8 checks the length.
-    const hash = fs.readFileSync(`${bundle}.sha256`, 'utf8').trim();
+    const hash = fs.readFileSync(hashFile, 'utf8').trim();
     if (!/^[0-9a-f]{64}$/.test(hash)) return undefined;
     const key = createHash('sha256')
       .update(
@@ -77,11 +109,6 @@ function cacheFile() {
       )
       .digest('hex')
       .slice(0, 32);
-    // The first word that is not an option: `kiln build` and `kiln --version` compile different code.
-    const command =
-      /^[a-z][a-z-]{0,20}$/.exec(
-        process.argv.slice(2).find((a) => !a.startsWith('-')) ?? '',
-      )?.[0] ?? '-';
     return { dir: home, path: join(home, `cli-${key}-${command}.v8`), key };
   } catch {
     return undefined;

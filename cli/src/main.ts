@@ -80,3 +80,20 @@ function describe(err: unknown): string {
   if (err instanceof Error) return `error: ${err.message}`;
   return `error: ${String(err)}`;
 }
+
+export { leaveWarmClient, serveWarmClient } from './warm-client.js';
+
+/**
+ * Runs what a `kiln build` would load and build first, with no effect outside this process: a
+ * warm client (./warm-client.ts) does it while it waits, so its command starts on code that ran.
+ */
+export async function preloadBuild(): Promise<void> {
+  program();
+  await Promise.all([
+    import('./commands/build-run.js'),
+    import('./commands/farm-client.js'),
+    import('./farm/local.js'),
+    import('./farm/idle.js'),
+    import('./image-ids.js'),
+  ]);
+}

@@ -18,7 +18,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -825,6 +828,180 @@ done:
   return result;
 }
 
+/* ---- unix sockets with descriptor passing (the CLI's pre-warmed client, cli/src/zygote.ts) ---- */
+
+/* unixListen(path, backlog) -> [fd] | errno. A SOCK_STREAM socket bound to `path` and listening;
+ * close-on-exec. The path's directory gives its protection (the socket's mode follows umask). */
+static napi_value js_unix_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  char *path = NULL;
+  int32_t backlog = 1;
+  struct sockaddr_un sa;
+  int fd = -1, err = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || get_string(env, argv[0], &path) || !path ||
+      napi_get_value_int32(env, argv[1], &backlog) != napi_ok) {
+    free(path);
+    napi_throw_type_error(env, NULL, "unixListen: bad arguments");
+    return NULL;
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof sa.sun_path) {
+    free(path);
+    return int_value(env, ENAMETOOLONG);
+  }
+  strcpy(sa.sun_path, path);
+  free(path);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return int_value(env, errno);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, backlog)) {
+    err = errno;
+    close(fd);
+    return int_value(env, err);
+  }
+  CHECK(napi_create_array_with_length(env, 1, &result));
+  CHECK(napi_set_element(env, result, 0, int_value(env, fd)));
+  return result;
+}
+
+/* unixAccept(fd, timeoutMs, ioTimeoutMs) -> [conn, uid, pid] | errno | null (no connection in
+ * timeoutMs). Blocks the calling thread (for a process with nothing else to do). The connection
+ * is close-on-exec, blocking, with SO_RCVTIMEO/SO_SNDTIMEO of ioTimeoutMs: a peer that stops
+ * talking cannot hold the caller; uid and pid are the peer's credentials (SO_PEERCRED). */
+static napi_value js_unix_accept(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], result, nul;
+  int32_t fd = -1, timeout = 0, io = 0;
+  struct pollfd p;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  struct timeval tv;
+  int conn, r, err;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &timeout) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &io) != napi_ok) {
+    napi_throw_type_error(env, NULL, "unixAccept: bad arguments");
+    return NULL;
+  }
+  p.fd = fd;
+  p.events = POLLIN;
+  do r = poll(&p, 1, timeout);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return int_value(env, errno);
+  if (r == 0) {
+    CHECK(napi_get_null(env, &nul));
+    return nul;
+  }
+  conn = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+  if (conn < 0) return int_value(env, errno);
+  tv.tv_sec = io / 1000;
+  tv.tv_usec = (io % 1000) * 1000;
+  if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) ||
+      setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) ||
+      setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv)) {
+    err = errno;
+    close(conn);
+    return int_value(env, err);
+  }
+  CHECK(napi_create_array_with_length(env, 3, &result));
+  CHECK(napi_set_element(env, result, 0, int_value(env, conn)));
+  CHECK(napi_set_element(env, result, 1, int_value(env, (int)cred.uid)));
+  CHECK(napi_set_element(env, result, 2, int_value(env, (int)cred.pid)));
+  return result;
+}
+
+#define MAX_PASSED_FDS 16
+
+/* recvFds(fd, maxBytes, maxFds) -> [Buffer, fds] | errno. One recvmsg(2): up to maxBytes of data
+ * and up to maxFds descriptors (SCM_RIGHTS, close-on-exec). Descriptors beyond maxFds, or sent
+ * with a truncated control message, are closed and the call fails with EMSGSIZE. */
+static napi_value js_recv_fds(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], result, buf, fds;
+  int32_t fd = -1, max_bytes = 0, max_fds = 0;
+  char cbuf[CMSG_SPACE(sizeof(int) * MAX_PASSED_FDS)];
+  struct msghdr msg;
+  struct iovec iov;
+  struct cmsghdr *c;
+  void *data = NULL;
+  ssize_t n;
+  int got[MAX_PASSED_FDS], ngot = 0, bad = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &max_bytes) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &max_fds) != napi_ok || max_bytes <= 0 ||
+      max_bytes > (1 << 20) || max_fds < 0 || max_fds > MAX_PASSED_FDS) {
+    napi_throw_type_error(env, NULL, "recvFds: bad arguments");
+    return NULL;
+  }
+  data = malloc((size_t)max_bytes);
+  if (!data) return int_value(env, ENOMEM);
+  memset(&msg, 0, sizeof msg);
+  iov.iov_base = data;
+  iov.iov_len = (size_t)max_bytes;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    int err = errno;
+    free(data);
+    return int_value(env, err);
+  }
+  for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    int *p = (int *)CMSG_DATA(c);
+    for (int i = 0; i < k; i++) {
+      if (ngot < max_fds) got[ngot++] = p[i];
+      else {
+        close(p[i]);
+        bad = 1;
+      }
+    }
+  }
+  if (bad || (msg.msg_flags & MSG_CTRUNC)) {
+    for (int i = 0; i < ngot; i++) close(got[i]);
+    free(data);
+    return int_value(env, EMSGSIZE);
+  }
+  if (napi_create_buffer_copy(env, (size_t)n, data, NULL, &buf) != napi_ok) {
+    for (int i = 0; i < ngot; i++) close(got[i]);
+    free(data);
+    napi_throw_error(env, NULL, "kiln_sys: cannot allocate a buffer");
+    return NULL;
+  }
+  free(data);
+  CHECK(napi_create_array_with_length(env, (size_t)ngot, &fds));
+  for (int i = 0; i < ngot; i++) CHECK(napi_set_element(env, fds, (uint32_t)i, int_value(env, got[i])));
+  CHECK(napi_create_array_with_length(env, 2, &result));
+  CHECK(napi_set_element(env, result, 0, buf));
+  CHECK(napi_set_element(env, result, 1, fds));
+  return result;
+}
+
+/* dup2(oldfd, newfd) -> errno. newfd is not close-on-exec (as dup2(2)). */
+static napi_value js_dup2(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t a = -1, b = -1;
+  int r;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &a) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &b) != napi_ok) {
+    napi_throw_type_error(env, NULL, "dup2: bad arguments");
+    return NULL;
+  }
+  do r = dup2(a, b);
+  while (r < 0 && errno == EINTR);
+  return int_value(env, r < 0 ? errno : 0);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -835,6 +1012,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"treeXattrs", NULL, js_tree_xattrs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"spawn", NULL, js_spawn, NULL, NULL, NULL, napi_enumerable, NULL},
       {"copyFiles", NULL, js_copy_files, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"unixListen", NULL, js_unix_listen, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"unixAccept", NULL, js_unix_accept, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"recvFds", NULL, js_recv_fds, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"dup2", NULL, js_dup2, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
     return NULL;

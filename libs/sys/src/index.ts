@@ -30,6 +30,14 @@ interface Native {
     envp: string[],
     onExit: (code: number, signal: number) => void,
   ): [number, number, number] | number;
+  unixListen(path: string, backlog: number): [number] | number;
+  unixAccept(
+    fd: number,
+    timeoutMs: number,
+    ioTimeoutMs: number,
+  ): [number, number, number] | number | null;
+  recvFds(fd: number, maxBytes: number, maxFds: number): [Buffer, number[]] | number;
+  dup2(oldFd: number, newFd: number): number;
 }
 
 let native: Native | undefined;
@@ -270,4 +278,59 @@ export function spawnProcess(
       return true;
     },
   };
+}
+
+/**
+ * A unix stream socket bound to `path` and listening (close-on-exec); its descriptor. The socket
+ * file's mode follows the umask: protect it by its directory.
+ */
+export function unixListen(path: string, backlog = 8): number {
+  const r = addon().unixListen(path, backlog);
+  if (typeof r === 'number') throw errnoError(r, 'bind', path);
+  return r[0];
+}
+
+/** A connection accepted by {@link unixAccept}, with its peer's credentials (SO_PEERCRED). */
+export interface UnixConnection {
+  fd: number;
+  uid: number;
+  pid: number;
+}
+
+/**
+ * Waits up to `timeoutMs` for a connection on the listening socket `fd` and accepts it, blocking
+ * the calling thread (for a process with nothing else to do meanwhile); undefined when none came.
+ * The connection is blocking and close-on-exec; reads and writes on it fail with EAGAIN after
+ * `ioTimeoutMs` without progress, so a peer that stops talking cannot hold the caller.
+ */
+export function unixAccept(
+  fd: number,
+  timeoutMs: number,
+  ioTimeoutMs: number,
+): UnixConnection | undefined {
+  const r = addon().unixAccept(fd, Math.max(0, timeoutMs), Math.max(1, ioTimeoutMs));
+  if (r === null) return undefined;
+  if (typeof r === 'number') throw errnoError(r, 'accept');
+  return { fd: r[0], uid: r[1], pid: r[2] };
+}
+
+/**
+ * One recvmsg(2) on a unix socket: up to `maxBytes` of data (an empty buffer at end of stream) and
+ * the descriptors sent with it (SCM_RIGHTS, close-on-exec, at most `maxFds` <= 16: more fail with
+ * EMSGSIZE, every received one closed).
+ */
+export function recvFds(
+  fd: number,
+  maxBytes: number,
+  maxFds: number,
+): { data: Buffer; fds: number[] } {
+  const r = addon().recvFds(fd, maxBytes, maxFds);
+  if (typeof r === 'number') throw errnoError(r, 'recvmsg');
+  return { data: r[0], fds: r[1] };
+}
+
+/** dup2(2): `newFd` becomes a copy of `oldFd` (not close-on-exec). */
+export function dup2(oldFd: number, newFd: number): void {
+  const errno = addon().dup2(oldFd, newFd);
+  if (errno !== 0) throw errnoError(errno, 'dup2');
 }

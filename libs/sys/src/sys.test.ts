@@ -1,4 +1,5 @@
-import { lstatSync } from 'node:fs';
+import { closeSync, lstatSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { connect } from 'node:net';
 import {
   chmod,
   chown,
@@ -21,13 +22,17 @@ import {
   MNT,
   MS,
   copyFiles,
+  dup2,
   lsetxattr,
   lxattrs,
   mknod,
   mount,
+  recvFds,
   spawnProcess,
   treeXattrs,
   umount2,
+  unixAccept,
+  unixListen,
 } from './index.js';
 import type { SpawnedProcess } from './index.js';
 
@@ -311,5 +316,55 @@ describe('copyFiles', () => {
     } finally {
       await umount2(join(d, 'small'), MNT.DETACH);
     }
+  });
+});
+
+describe('unix sockets', () => {
+  it("accepts a connection with its peer's credentials, or answers none after the timeout", async () => {
+    const path = join(dir, 'l.sock');
+    const fd = unixListen(path);
+    try {
+      expect(lstatSync(path).isSocket()).toBe(true);
+      expect(unixAccept(fd, 10, 100)).toBeUndefined();
+      // A unix connect completes in the kernel (the backlog) before the accept.
+      const client = connect(path);
+      const conn = unixAccept(fd, 5_000, 1_000);
+      expect(conn).toMatchObject({ uid: process.geteuid!(), pid: process.pid });
+      await new Promise<void>((r) => client.end('hello', () => r()));
+      const got = recvFds(conn!.fd, 64, 3);
+      expect(got.data.toString()).toBe('hello');
+      expect(got.fds).toEqual([]);
+      // The end of the stream; then the receive timeout bounds a read of a silent peer.
+      expect(recvFds(conn!.fd, 64, 3).data.length).toBe(0);
+      closeSync(conn!.fd);
+      client.destroy();
+    } finally {
+      closeSync(fd);
+    }
+    expect(thrown(() => unixListen(path)).code).toBe('EADDRINUSE');
+    expect(thrown(() => unixListen(join(dir, 'x'.repeat(120)))).code).toBe('ENAMETOOLONG');
+  });
+
+  it('times out a read of a peer that sends nothing', async () => {
+    const path = join(dir, 't.sock');
+    const fd = unixListen(path);
+    const client = connect(path);
+    const conn = unixAccept(fd, 5_000, 50)!;
+    expect(thrown(() => recvFds(conn.fd, 64, 3)).code).toMatch(/^E(AGAIN|WOULDBLOCK)$/);
+    closeSync(conn.fd);
+    closeSync(fd);
+    client.destroy();
+  });
+
+  it('dup2 makes one descriptor a copy of another', () => {
+    const a = join(dir, 'dup-a');
+    const fd = openSync(a, 'w');
+    const target = openSync('/dev/null', 'r');
+    dup2(fd, target);
+    writeSync(target, 'through the copy');
+    closeSync(target);
+    closeSync(fd);
+    expect(readFileSync(a, 'utf8')).toBe('through the copy');
+    expect(thrown(() => dup2(987_654, 3)).code).toBe('EBADF');
   });
 });

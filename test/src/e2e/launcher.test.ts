@@ -11,20 +11,15 @@ import { execFile, execFileSync } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { ControlServer, Dispatcher } from '@kiln/scheduler';
-import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { REPO_ROOT, makeTempDir, startNats } from '../harness/index.js';
-import type { NatsServerHandle } from '../harness/index.js';
+import { REPO_ROOT, makeTempDir } from '../harness/index.js';
+import { ENTITLEMENT_DOCKERFILE, startWorkerlessFarm } from './workerless-farm.js';
+import type { WorkerlessFarm } from './workerless-farm.js';
 
 const BIN = join(REPO_ROOT, 'cli', 'bin', 'kiln.js');
 
 let tmp: { dir: string; remove: () => void };
-let nats: NatsServerHandle;
-let nc: NatsConnection;
-let dispatcher: Dispatcher;
-let server: ControlServer;
+let farm: WorkerlessFarm;
 let addr: string;
 let ctx: string;
 
@@ -89,11 +84,7 @@ beforeAll(async () => {
     '-extfile',
     'san.ext',
   ]);
-  nats = await startNats();
-  nc = await connect({ servers: nats.url });
-  dispatcher = await Dispatcher.start({ nc });
-  server = new ControlServer({ dispatcher });
-  const creds = grpc.ServerCredentials.createSsl(
+  const credentials = grpc.ServerCredentials.createSsl(
     null,
     [
       {
@@ -103,17 +94,15 @@ beforeAll(async () => {
     ],
     false,
   );
-  addr = `127.0.0.1:${await server.listen('127.0.0.1:0', creds)}`;
+  farm = await startWorkerlessFarm({ credentials });
+  addr = farm.addr;
   ctx = join(tmp.dir, 'ctx');
   await mkdir(ctx, { recursive: true });
-  await writeFile(join(ctx, 'Dockerfile'), 'FROM scratch\nRUN --network=host true\n');
+  await writeFile(join(ctx, 'Dockerfile'), ENTITLEMENT_DOCKERFILE);
 }, 60_000);
 
 afterAll(async () => {
-  await server?.close();
-  await dispatcher?.close();
-  await nc?.close();
-  await nats?.stop();
+  await farm?.close();
   tmp?.remove();
 });
 

@@ -8,45 +8,34 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Authenticator, ControlServer, Dispatcher, parseTokens } from '@kiln/scheduler';
-import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { Authenticator, parseTokens } from '@kiln/scheduler';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, startNats } from '../harness/index.js';
-import type { NatsServerHandle } from '../harness/index.js';
+import { makeTempDir } from '../harness/index.js';
 import { runKiln } from './run-kiln.js';
+import { ENTITLEMENT_DOCKERFILE, startWorkerlessFarm } from './workerless-farm.js';
+import type { WorkerlessFarm } from './workerless-farm.js';
 
 const TOKEN = `cli-${randomUUID()}`;
 
 let tmp: { dir: string; remove: () => void };
-let nats: NatsServerHandle;
-let nc: NatsConnection;
-let dispatcher: Dispatcher;
-let server: ControlServer;
+let farm: WorkerlessFarm;
 let addr: string;
 let ctx: string;
 
 beforeAll(async () => {
   tmp = makeTempDir('remote-farm-auth');
-  nats = await startNats();
-  nc = await connect({ servers: nats.url });
-  dispatcher = await Dispatcher.start({ nc });
-  server = new ControlServer({
-    dispatcher,
-    auth: new Authenticator({ tokens: parseTokens(`team-cli:${TOKEN}`, 'test') }),
+  farm = await startWorkerlessFarm({
+    server: { auth: new Authenticator({ tokens: parseTokens(`team-cli:${TOKEN}`, 'test') }) },
   });
-  addr = `127.0.0.1:${await server.listen('127.0.0.1:0')}`;
+  addr = farm.addr;
   ctx = join(tmp.dir, 'ctx');
   await mkdir(ctx, { recursive: true });
-  await writeFile(join(ctx, 'Dockerfile'), 'FROM scratch\nRUN --network=host true\n');
+  await writeFile(join(ctx, 'Dockerfile'), ENTITLEMENT_DOCKERFILE);
   await writeFile(join(tmp.dir, 'token'), `${TOKEN}\n`);
 });
 
 afterAll(async () => {
-  await server?.close();
-  await dispatcher?.close();
-  await nc?.close();
-  await nats?.stop();
+  await farm?.close();
   tmp?.remove();
 });
 
