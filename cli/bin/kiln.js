@@ -1,5 +1,5 @@
 #!/bin/sh
-//bin/true; if [ -n "${NODE_EXTRA_CA_CERTS-}" ]; then KILN_DEFERRED_CA_CERTS=$NODE_EXTRA_CA_CERTS; export KILN_DEFERRED_CA_CERTS; unset NODE_EXTRA_CA_CERTS; fi; [ -x "${0%/*}/../dist/kiln-launch" ] && exec "${0%/*}/../dist/kiln-launch" "$0" "$@"; exec node "$0" "$@"
+//bin/true; if [ -n "${NODE_EXTRA_CA_CERTS-}" ]; then KILN_DEFERRED_CA_CERTS=$NODE_EXTRA_CA_CERTS; export KILN_DEFERRED_CA_CERTS; unset NODE_EXTRA_CA_CERTS; fi; d=${0%/*}; [ -L "$0" ] && d=$(dirname "$(readlink -f "$0")"); [ -x "$d/../dist/kiln-launch" ] && exec "$d/../dist/kiln-launch" "$0" "$@"; exec node "$0" "$@"
 // The two lines above are both shell and JavaScript: run as a command, /bin/sh executes them and
 // starts the native launcher (cli/dist/kiln-launch, built by `npm run build`: it hands a
 // `kiln build` to a warm client process when one waits, see cli/src/warm-client.ts, and
