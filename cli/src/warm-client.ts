@@ -29,6 +29,7 @@ import {
 import { Socket } from 'node:net';
 import { createRequire } from 'node:module';
 import { homedir } from 'node:os';
+import { WriteStream, isatty } from 'node:tty';
 import { dirname, join } from 'node:path';
 import { dup2, recvFds, unixAccept, unixListen, type UnixConnection } from '@kiln/sys';
 import { pidAlive } from '@kiln/common';
@@ -254,6 +255,28 @@ function receive(conn: UnixConnection, script: string): Request | undefined {
   }
 }
 
+/**
+ * Node made `process.stderr` while this process waited (loading node:http2 loads node:assert,
+ * which asks stderr whether it has colours): a stream on /dev/null. It writes to fd 2, now the
+ * command's, synchronously, which suits a file or a pipe; but on a terminal it would not say so
+ * (`isTTY`, `columns`: `--progress auto` would print plain lines). Such a stream is replaced by
+ * the terminal stream Node would have made.
+ */
+function terminalStreams(): void {
+  for (const [fd, name] of [
+    [1, 'stdout'],
+    [2, 'stderr'],
+  ] as const) {
+    if (!isatty(fd) || process[name].isTTY) continue;
+    const stream = new WriteStream(fd);
+    Object.defineProperty(process, name, {
+      configurable: true,
+      enumerable: true,
+      get: () => stream,
+    });
+  }
+}
+
 /** Becomes the launcher's process (stdio, environment, cwd, umask, argv) and runs the command. */
 function run(req: Request, conn: number, o: WarmClientOptions): void {
   req.fds.forEach((fd, i) => {
@@ -270,6 +293,7 @@ function run(req: Request, conn: number, o: WarmClientOptions): void {
     process.env.NODE_EXTRA_CA_CERTS = process.env.KILN_DEFERRED_CA_CERTS;
     delete process.env.KILN_DEFERRED_CA_CERTS;
   }
+  terminalStreams();
   process.umask(req.umask);
   process.argv = [process.execPath, o.script, ...req.args];
   let gone = false;

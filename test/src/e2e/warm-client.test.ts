@@ -35,7 +35,7 @@ interface Result {
 /** Starts the command with the test's cache dir (its own warm clients) and farm. */
 function start(
   args: string[],
-  o: { env?: Record<string, string>; cwd?: string; input?: string } = {},
+  o: { env?: Record<string, string>; cwd?: string; input?: string; argv0?: string[] } = {},
 ): { child: ChildProcess; done: Promise<Result>; stderr: () => string } {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
@@ -46,7 +46,8 @@ function start(
     ...o.env,
   };
   delete env.NODE_OPTIONS;
-  const child = spawn(BIN, args, { env, cwd: o.cwd ?? tmp.dir, stdio: 'pipe' });
+  const [cmd, ...pre] = o.argv0 ?? [BIN];
+  const child = spawn(cmd!, [...pre, ...args], { env, cwd: o.cwd ?? tmp.dir, stdio: 'pipe' });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -79,16 +80,27 @@ const alive = (pid: number): boolean => {
   }
 };
 
-/** A warm client is waiting (the previous command left it): its pid. */
-const warmPid = (): Promise<number> => waitFor('a warm client', () => waiting()[0]);
+/** Warm clients wait (the previous command left one; two may): their pids. */
+const warmPids = (): Promise<number[]> =>
+  waitFor('a warm client', () => {
+    const pids = waiting().filter(alive);
+    return pids.length > 0 && pids;
+  });
 
 /**
- * A waiting warm client's pid, after a build that leaves one when none waits (a command killed
+ * Waiting warm clients' pids, after a build that leaves one when none waits (a command killed
  * by a signal leaves none: the next one starts Node itself).
  */
-async function ensureWarm(): Promise<number> {
+async function ensureWarm(): Promise<number[]> {
   if (!waiting().some(alive)) await run(['build', ctx, '--progress', 'plain']);
-  return warmPid();
+  return warmPids();
+}
+
+/** The waiting process that ran `r` (one of `pids`). */
+function served(r: Result, pids: number[]): number {
+  const pid = servedBy(r);
+  expect(pids).toContain(pid);
+  return pid!;
 }
 
 /** The pid the command says ran it (KILN_DEBUG), else undefined (a process of its own). */
@@ -119,45 +131,58 @@ afterAll(async () => {
 
 describe('the warm client', () => {
   it('runs the next build, which reports as its own process would, and leaves a successor', async () => {
-    const pid = await warmPid();
+    const before = await warmPids();
     const r = await run(['build', ctx, '--progress', 'plain']);
-    expect(servedBy(r)).toBe(pid);
+    const pid = served(r, before);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/needs entitlement network\.host.*\[ENTITLEMENT_DENIED\]/);
     await waitFor('the served process to exit', () => !alive(pid));
-    const next = await warmPid();
-    expect(next).not.toBe(pid);
+    const next = await warmPids();
+    expect(next).not.toContain(pid);
     // The same command in a process of its own says the same.
     const own = await run(['build', ctx, '--progress', 'plain'], {
       env: { KILN_WARM_CLIENT: '0' },
     });
     expect(servedBy(own)).toBeUndefined();
     expect(own.code).toBe(1);
-    expect(own.stderr.replace(/.*warm client.*\n/, '')).toBe(
-      r.stderr.replace(/.*warm client.*\n/, ''),
-    );
-    expect(waiting()).toContain(next);
+    expect(own.stderr).toBe(r.stderr.replace(/.*warm client.*\n/, ''));
+    expect(waiting()).toEqual(expect.arrayContaining(next));
   }, 60_000);
 
   it("uses the command's stdin, stdout, cwd and environment", async () => {
     // stdout and the exit status: help is printed on stdout, exit 0.
-    let pid = await warmPid();
+    const waitingBefore = await warmPids();
     const help = await run(['build', '--help']);
-    expect(servedBy(help)).toBe(pid);
+    served(help, waitingBefore);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/^Usage: kiln build/m);
     // stdin (the Dockerfile), cwd (a relative context), the environment (only KILN_ADDR names
     // the farm: the warm client started without it).
-    pid = await warmPid();
+    const pids = await warmPids();
     const other = join(tmp.dir, 'other');
     await mkdir(other, { recursive: true });
     const r = await run(['build', '-f', '-', '.', '--progress', 'plain'], {
       cwd: other,
       input: 'FROM scratch\nRUN --security=insecure true\n',
     });
-    expect(servedBy(r)).toBe(pid);
+    served(r, pids);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/needs entitlement security\.insecure.*\[ENTITLEMENT_DENIED\]/);
+  }, 60_000);
+
+  it('gives the build the terminal it was started on', async () => {
+    // script(1) runs the command on a new pseudo-terminal and copies what it prints to stdout.
+    const onTty = (args: string[]): Promise<Result> =>
+      run([], { argv0: ['script', '-qec', [BIN, ...args].join(' '), '/dev/null'] });
+    const pids = await ensureWarm();
+    const r = await onTty(['build', ctx]);
+    served({ ...r, stderr: r.stdout }, pids);
+    // --progress auto on a terminal: the terminal display, as without the warm client.
+    expect(r.stdout).toMatch(/\[\+\] Building/);
+    const own = await run([], {
+      argv0: ['script', '-qec', `KILN_WARM_CLIENT=0 ${BIN} build ${ctx}`, '/dev/null'],
+    });
+    expect(own.stdout).toMatch(/\[\+\] Building/);
   }, 60_000);
 
   it('forwards a signal to the build it runs, and ends it when the command is killed', async () => {
@@ -165,31 +190,33 @@ describe('the warm client', () => {
     const wait = join(tmp.dir, 'wait');
     await mkdir(wait, { recursive: true });
     await writeFile(join(wait, 'Dockerfile'), 'FROM scratch\nRUN ["/bin/true"]\n');
-    let pid = await ensureWarm();
+    let pids = await ensureWarm();
     let cmd = start(['build', wait, '--progress', 'plain']);
     await waitFor('the build to start', () => /run by the warm client process/.test(cmd.stderr()));
     cmd.child.kill('SIGINT');
     const interrupted = await cmd.done;
-    expect(servedBy(interrupted)).toBe(pid);
+    const pid = served(interrupted, pids);
     expect(interrupted.code ?? interrupted.signal).not.toBe(0);
     await waitFor('the served process to exit', () => !alive(pid));
     // Killed outright (nothing to forward): the warm client ends the build itself.
-    pid = await ensureWarm();
+    pids = await ensureWarm();
     cmd = start(['build', wait, '--progress', 'plain']);
     await waitFor('the build to start', () => /run by the warm client process/.test(cmd.stderr()));
+    const orphan = Number(/run by the warm client process (\d+)/.exec(cmd.stderr())![1]);
+    expect(pids).toContain(orphan);
     cmd.child.kill('SIGKILL');
     await cmd.done;
-    await waitFor('the orphaned build to end', () => !alive(pid), { timeoutMs: 30_000 });
+    await waitFor('the orphaned build to end', () => !alive(orphan), { timeoutMs: 30_000 });
   }, 90_000);
 
   it('is not used when turned off', async () => {
-    const pid = await ensureWarm();
+    const pids = await ensureWarm();
     const off = await run(['build', ctx, '--progress', 'plain'], {
       env: { KILN_WARM_CLIENT: '0' },
     });
     expect(servedBy(off)).toBeUndefined();
     expect(off.code).toBe(1);
-    expect(waiting()).toContain(pid);
-    expect(alive(pid)).toBe(true);
+    expect(waiting()).toEqual(expect.arrayContaining(pids));
+    expect(pids.every(alive)).toBe(true);
   }, 60_000);
 });
