@@ -8,7 +8,8 @@
  * command (argv, cwd, umask, environment, and its standard input, output and error themselves,
  * as descriptors: SCM_RIGHTS), forwards the signals it receives and exits with the client's exit
  * status. When there is none (first use, another build using it, disabled with KILN_WARM_CLIENT=0,
- * NODE_OPTIONS set, a command other than `build`) it execs `node kiln.js` as before.
+ * NODE_OPTIONS set, a command other than `build`, a command that names a descriptor of its own
+ * process as /dev/fd/N) it execs `node kiln.js` as before.
  *
  * Protocol (one connection, one command; all integers little-endian u32):
  *   launcher -> client: "KZ01", payload length, then (with SCM_RIGHTS: fds 0, 1, 2) nothing more
@@ -241,6 +242,31 @@ static void try_client(const char *path, const struct buf *payload) {
   follow(fd, (pid_t)get_u32(ready + 1));
 }
 
+/* Whether the command names a descriptor of its process (`--secret id=x,src=<(cmd)` is
+ * /dev/fd/63, `-f <(...)`, KILN_TOKEN_FILE=/dev/fd/3): only that process can open it (0, 1 and 2,
+ * /dev/stdin and the like, are the same in a warm client: they are handed over). */
+static int names_fd(const char *s) {
+  static const char *const forms[] = {"/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"};
+  for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+    const char *p = s;
+    while ((p = strstr(p, forms[i]))) {
+      p += strlen(forms[i]);
+      if (!(p[0] >= '0' && p[0] <= '2' && (p[1] < '0' || p[1] > '9'))) return 1;
+    }
+  }
+  return 0;
+}
+
+/* `kiln-launch --serve SCRIPT`: a warm client (cli/src/warm-client.ts leaveWarmClient), started
+ * with no descriptor but 0, 1, 2: it lives on, and must not keep open what its starter had. */
+static void serve(const char *script) {
+  char *args[] = {"node", (char *)script, NULL};
+  for (int fd = 3; fd < 1024; fd++) close(fd);
+  setenv("KILN_WARM_SERVE", "1", 1);
+  execvp("node", args);
+  _exit(127);
+}
+
 /* The user's cache dir for kiln, as cli/bin/kiln.js finds it. */
 static int cache_dir(char *out, size_t n) {
   const char *k = getenv("KILN_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
@@ -267,12 +293,17 @@ int main(int argc, char **argv) {
   g_argc = argc;
   g_argv = argv;
   if (argc < 2) {
-    fprintf(stderr, "usage: kiln-launch SCRIPT [ARGS...]\n");
+    fprintf(stderr, "usage: kiln-launch SCRIPT [ARGS...] | --serve SCRIPT\n");
     return 2;
   }
+  if (argc == 3 && !strcmp(argv[1], "--serve")) serve(argv[2]);
   /* `build` only: other commands are short, or manage the local farm the client belongs near. */
   if (argc < 3 || strcmp(argv[2], "build") != 0 || (opts && *opts) || (off && !strcmp(off, "0")))
     run_node(0);
+  for (int i = 2; i < argc; i++)
+    if (names_fd(argv[i])) run_node(1);
+  for (char **e = environ; *e; e++)
+    if (names_fd(*e)) run_node(1);
   if (!realpath(argv[1], script) || !getcwd(cwd, sizeof cwd)) run_node(1);
   /* SCRIPT is cli/bin/kiln.js; the bundle's hash is in cli/dist/bundle/main.cjs.sha256. */
   snprintf(dir, sizeof dir, "%s", script);

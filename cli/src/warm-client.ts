@@ -151,15 +151,20 @@ export function leaveWarmClient(script: string, env: NodeJS.ProcessEnv = process
     'LANG',
     'TZ',
   ];
-  const childEnv: NodeJS.ProcessEnv = { KILN_WARM_SERVE: '1' };
+  const childEnv: NodeJS.ProcessEnv = {};
   for (const k of keep) if (env[k] !== undefined) childEnv[k] = env[k];
+  // Through the launcher, which closes every descriptor this process may have inherited (the
+  // command's /dev/fd/N): the new process lives on and must not hold them.
+  const launcher = join(dirname(script), '..', 'dist', 'kiln-launch');
   try {
-    spawn(process.execPath, [script], {
+    spawn(launcher, ['--serve', script], {
       detached: true,
       stdio: 'ignore',
       cwd: '/',
       env: childEnv,
-    }).unref();
+    })
+      .on('error', () => undefined)
+      .unref();
   } catch {
     // No process left behind: only the next command's start is slower.
   }

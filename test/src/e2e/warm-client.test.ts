@@ -11,6 +11,7 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT, makeTempDir, waitFor } from '../harness/index.js';
@@ -96,18 +97,18 @@ async function ensureWarm(): Promise<number[]> {
   return warmPids();
 }
 
-/** The waiting process that ran `r` (one of `pids`). */
-function served(r: Result, pids: number[]): number {
-  const pid = servedBy(r);
-  expect(pids).toContain(pid);
-  return pid!;
-}
-
 /** The pid the command says ran it (KILN_DEBUG), else undefined (a process of its own). */
 const servedBy = (r: Result): number | undefined => {
   const m = /run by the warm client process (\d+)/.exec(r.stderr);
   return m ? Number(m[1]) : undefined;
 };
+
+/** The warm client that ran `r` (failing when its own process ran it). */
+function served(r: Result): number {
+  const pid = servedBy(r);
+  expect(pid, r.stderr).toBeDefined();
+  return pid!;
+}
 
 beforeAll(async () => {
   tmp = makeTempDir('warm-client');
@@ -131,9 +132,9 @@ afterAll(async () => {
 
 describe('the warm client', () => {
   it('runs the next build, which reports as its own process would, and leaves a successor', async () => {
-    const before = await warmPids();
+    await warmPids();
     const r = await run(['build', ctx, '--progress', 'plain']);
-    const pid = served(r, before);
+    const pid = served(r);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/needs entitlement network\.host.*\[ENTITLEMENT_DENIED\]/);
     await waitFor('the served process to exit', () => !alive(pid));
@@ -151,21 +152,21 @@ describe('the warm client', () => {
 
   it("uses the command's stdin, stdout, cwd and environment", async () => {
     // stdout and the exit status: help is printed on stdout, exit 0.
-    const waitingBefore = await warmPids();
+    await warmPids();
     const help = await run(['build', '--help']);
-    served(help, waitingBefore);
+    served(help);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/^Usage: kiln build/m);
     // stdin (the Dockerfile), cwd (a relative context), the environment (only KILN_ADDR names
     // the farm: the warm client started without it).
-    const pids = await warmPids();
+    await warmPids();
     const other = join(tmp.dir, 'other');
     await mkdir(other, { recursive: true });
     const r = await run(['build', '-f', '-', '.', '--progress', 'plain'], {
       cwd: other,
       input: 'FROM scratch\nRUN --security=insecure true\n',
     });
-    served(r, pids);
+    served(r);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/needs entitlement security\.insecure.*\[ENTITLEMENT_DENIED\]/);
   }, 60_000);
@@ -174,9 +175,9 @@ describe('the warm client', () => {
     // script(1) runs the command on a new pseudo-terminal and copies what it prints to stdout.
     const onTty = (args: string[]): Promise<Result> =>
       run([], { argv0: ['script', '-qec', [BIN, ...args].join(' '), '/dev/null'] });
-    const pids = await ensureWarm();
+    await ensureWarm();
     const r = await onTty(['build', ctx]);
-    served({ ...r, stderr: r.stdout }, pids);
+    served({ ...r, stderr: r.stdout });
     // --progress auto on a terminal: the terminal display, as without the warm client.
     expect(r.stdout).toMatch(/\[\+\] Building/);
     const own = await run([], {
@@ -190,24 +191,50 @@ describe('the warm client', () => {
     const wait = join(tmp.dir, 'wait');
     await mkdir(wait, { recursive: true });
     await writeFile(join(wait, 'Dockerfile'), 'FROM scratch\nRUN ["/bin/true"]\n');
-    let pids = await ensureWarm();
+    await ensureWarm();
     let cmd = start(['build', wait, '--progress', 'plain']);
     await waitFor('the build to start', () => /run by the warm client process/.test(cmd.stderr()));
     cmd.child.kill('SIGINT');
     const interrupted = await cmd.done;
-    const pid = served(interrupted, pids);
+    const pid = served(interrupted);
     expect(interrupted.code ?? interrupted.signal).not.toBe(0);
     await waitFor('the served process to exit', () => !alive(pid));
     // Killed outright (nothing to forward): the warm client ends the build itself.
-    pids = await ensureWarm();
+    await ensureWarm();
     cmd = start(['build', wait, '--progress', 'plain']);
     await waitFor('the build to start', () => /run by the warm client process/.test(cmd.stderr()));
-    const orphan = Number(/run by the warm client process (\d+)/.exec(cmd.stderr())![1]);
-    expect(pids).toContain(orphan);
+    const orphan = servedBy({ code: null, signal: null, stdout: '', stderr: cmd.stderr() })!;
     cmd.child.kill('SIGKILL');
     await cmd.done;
     await waitFor('the orphaned build to end', () => !alive(orphan), { timeoutMs: 30_000 });
   }, 90_000);
+
+  it('leaves a command that names a descriptor of its own to a process of its own', async () => {
+    // `--secret id=s,src=<(cmd)` names /dev/fd/63: only the command's own process has it.
+    const pids = await ensureWarm();
+    const child = spawn(
+      BIN,
+      ['build', ctx, '--progress', 'plain', '--secret', 'id=s,src=/dev/fd/3'],
+      {
+        env: { ...process.env, KILN_CACHE_DIR: cache, KILN_ADDR: addr, KILN_DEBUG: '1' },
+        stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+      },
+    );
+    const extra = child.stdio[3] as Socket;
+    extra.on('error', () => undefined); // reset when the command ends without reading it
+    extra.end('s3cret');
+    // Nobody else keeps it: it ends once the command is gone (a warm client left by the command
+    // does not hold it).
+    const ended = new Promise((resolve) => extra.on('close', resolve));
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise((resolve) => child.on('close', resolve));
+    expect(servedBy({ code: 0, signal: null, stdout: '', stderr })).toBeUndefined();
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/\[ENTITLEMENT_DENIED\]/);
+    expect(waiting()).toEqual(expect.arrayContaining(pids));
+    await ended;
+  }, 60_000);
 
   it('is not used when turned off', async () => {
     const pids = await ensureWarm();
