@@ -345,7 +345,7 @@ describe('unix sockets', () => {
     expect(thrown(() => unixListen(join(dir, 'x'.repeat(120)))).code).toBe('ENAMETOOLONG');
   });
 
-  it('times out a read of a peer that sends nothing', async () => {
+  it('times out a read of a peer that sends nothing', () => {
     const path = join(dir, 't.sock');
     const fd = unixListen(path);
     const client = connect(path);
