@@ -13,10 +13,15 @@
  * and linux/arm64; (e) `FROM busybox` + `RUN true`, fully cached only. Cases: cold (`--no-cache`
  * on both), fully cached (the same inputs again), one input file changed (a file a COPY reads is
  * edited before each round).
+ *
+ * `kiln build` leaves a warm client process for the next command (docs/local-farm.md, "The warm
+ * client"), in a cache dir of the run's own. After each kiln run the benchmark waits until that
+ * process has finished loading (its CPU time stops growing), so that its start-up never overlaps
+ * the next timed run, BuildKit's or Kiln's.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -248,7 +253,12 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
 
   const work = await mkdtemp(join(tmpdir(), 'kiln-bench-peers-'));
   // The local farm of a state dir of its own; never a farm KILN_ADDR names.
-  const kilnEnv: NodeJS.ProcessEnv = { ...process.env, KILN_STATE_DIR: join(work, 'kiln-state') };
+  const kilnEnv: NodeJS.ProcessEnv = {
+    ...process.env,
+    KILN_STATE_DIR: join(work, 'kiln-state'),
+    KILN_CACHE_DIR: join(work, 'kiln-cache'),
+  };
+  const warmDir = join(work, 'kiln-cache', 'warm');
   delete kilnEnv.KILN_ADDR;
   const bkDir = join(work, 'buildkit');
   let reg: RegistryHandle | undefined;
@@ -261,6 +271,13 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
   const cleanup = (): Promise<void> =>
     (cleaned ??= (async () => {
       for (const c of children) c.kill('SIGKILL');
+      for (const pid of warmPids(warmDir)) {
+        try {
+          process.kill(pid, 'SIGTERM');
+        } catch {
+          // Gone already.
+        }
+      }
       if (hasFarm) {
         const r = runSync(kilnBin, ['farm', 'stop'], kilnEnv);
         if (!r.ok) console.error(`kiln farm stop failed: ${r.stderr.trim()}`);
@@ -348,6 +365,7 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
             if (c === 'changed' && w.changeFile)
               await writeFile(join(ctx, w.changeFile), `changed ${++edits} ${Date.now()}\n`);
             const k = await timedRun(kilnBin, kilnArgs(c), { env: kilnEnv });
+            await warmClientLoaded(warmDir);
             const b = await timedRun(buildctl, bkArgs(c));
             if (r === 0) {
               if (!checked) {
@@ -413,6 +431,45 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
 }
 
 class DifferentOutputError extends Error {}
+
+/** Pids of the warm clients waiting in `dir` (their sockets are named `...-<pid>.sock`). */
+function warmPids(dir: string): number[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .map((n) => Number(/-(\d+)\.sock$/.exec(n)?.[1]))
+    .filter((pid) => pid > 0);
+}
+
+/** user + system CPU ticks of a process, or undefined once it is gone. */
+function cpuTicks(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Waits until a warm client waits in `dir` and every waiting one has stopped using CPU (the same
+ * ticks over 100 ms): loaded. Bounded (5 s): a machine too busy to settle is not waited for.
+ */
+async function warmClientLoaded(dir: string): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  const pause = (): Promise<void> => new Promise((r) => setTimeout(r, 25));
+  while (warmPids(dir).length === 0 && Date.now() < deadline) await pause();
+  let last = '';
+  let still = 0;
+  while (still < 4 && Date.now() < deadline) {
+    const now = warmPids(dir)
+      .map((pid) => `${pid}:${cpuTicks(pid) ?? 'gone'}`)
+      .join(',');
+    still = now === last ? still + 1 : 0;
+    last = now;
+    await pause();
+  }
+}
 
 /** Fails unless both images hold the same files (paths, types, contents, link targets). */
 async function sameRootfs(w: Workload, kilnTar: string, bkTar: string): Promise<void> {
