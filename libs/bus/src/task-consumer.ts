@@ -60,9 +60,13 @@ export interface TaskOutcome {
   error?: TaskErrorInit;
   /** Where the inputs came from (reported in the result for affinity statistics). */
   inputs?: { local: number; fetched: number; bytesFetched: number };
+  /** The fused steps that ran (`Task.chain`), up to the first failed one (`TaskResult.chain`). */
+  chain?: NonNullable<TaskResultInit['chain']>;
 }
 
 export interface ProgressUpdate {
+  /** The fused step (`Task.chain`) the update is about, by vertex digest; absent: the task's op. */
+  vertex?: string;
   stage?: string;
   lines?: string[];
   current?: number;
@@ -695,6 +699,7 @@ export class TaskConsumer {
       startedUnixNano: toLong(BigInt(started) * 1_000_000n),
       completedUnixNano: toLong(BigInt(Date.now()) * 1_000_000n),
       ...(outcome.error ? { error: outcome.error } : {}),
+      ...(outcome.chain?.length ? { chain: outcome.chain } : {}),
     };
     const encoded = toBase64(encodeResult(result));
     const req: RecordRequest = outcome.error
@@ -718,7 +723,12 @@ export class TaskConsumer {
       return;
     }
     if (!outcome.error)
-      this.addHeld((outcome.outputs ?? []).map((o) => o.resultId ?? '').filter(Boolean));
+      this.addHeld(
+        [outcome.outputs ?? [], ...(outcome.chain ?? []).map((s) => s.outputs ?? [])]
+          .flat()
+          .map((o) => o.resultId ?? '')
+          .filter(Boolean),
+      );
     this.#o.onEvent({
       type: 'completed',
       taskId: task.taskId,

@@ -207,6 +207,40 @@ export function replaceRule(
   return { ...r, placement, offeredTo: undefined };
 }
 
+/**
+ * The record of a step fused into another task (`Task.chain`): created `done` by the scheduler
+ * from the step's result, which came with the result of the task it was fused into (accepted
+ * under that task's fencing), as if the step had run as a task of its own on that task's holder.
+ * Only ever created, never written over an existing record (`createRecord`: a key that exists is
+ * used as it is).
+ */
+export function fusedStepRecord(
+  r: Pick<TaskRecord, 'taskId' | 'cacheKey' | 'platform' | 'builds' | 'task' | 'result'> & {
+    holder: string;
+    startedAt: number;
+    finishedAt: number;
+  },
+  now = Date.now(),
+): TaskRecord {
+  return {
+    v: 1,
+    taskId: r.taskId,
+    cacheKey: r.cacheKey,
+    platform: r.platform,
+    attempt: 1,
+    attemptToken: newAttemptToken(),
+    state: 'done',
+    builds: r.builds,
+    holder: r.holder,
+    task: r.task,
+    result: r.result,
+    createdAt: now,
+    dispatchedAt: r.startedAt,
+    claimedAt: r.startedAt,
+    finishedAt: r.finishedAt,
+  };
+}
+
 /** Terminal failure (attempts exhausted, non-retryable error, no worker for the platform). */
 export function failRule(
   r: TaskRecord,

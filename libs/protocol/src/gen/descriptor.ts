@@ -927,6 +927,36 @@ const raw = {
                     "limits": {
                       "type": "TaskLimits",
                       "id": 15
+                    },
+                    "chain": {
+                      "rule": "repeated",
+                      "type": "ChainStep",
+                      "id": 16
+                    }
+                  }
+                },
+                "ChainStep": {
+                  "fields": {
+                    "vertex_digest": {
+                      "type": "string",
+                      "id": 1
+                    },
+                    "op": {
+                      "type": "bytes",
+                      "id": 2
+                    },
+                    "metadata": {
+                      "type": "pb.OpMetadata",
+                      "id": 3
+                    },
+                    "inputs": {
+                      "rule": "repeated",
+                      "type": "ResolvedInput",
+                      "id": 4
+                    },
+                    "chained_input": {
+                      "type": "uint32",
+                      "id": 5
                     }
                   }
                 },
@@ -1093,6 +1123,36 @@ const raw = {
                     "bytes_fetched": {
                       "type": "int64",
                       "id": 11
+                    },
+                    "chain": {
+                      "rule": "repeated",
+                      "type": "ChainStepResult",
+                      "id": 12
+                    }
+                  }
+                },
+                "ChainStepResult": {
+                  "fields": {
+                    "vertex_digest": {
+                      "type": "string",
+                      "id": 1
+                    },
+                    "outputs": {
+                      "rule": "repeated",
+                      "type": "OutputResult",
+                      "id": 2
+                    },
+                    "error": {
+                      "type": "kiln.worker.v1.TaskError",
+                      "id": 3
+                    },
+                    "started_unix_nano": {
+                      "type": "int64",
+                      "id": 4
+                    },
+                    "completed_unix_nano": {
+                      "type": "int64",
+                      "id": 5
                     }
                   }
                 },

@@ -792,6 +792,7 @@ export namespace kiln {
                 "export"?: (kiln.worker.v1.IExportSpec|null);
                 cacheNamespace?: (string|null);
                 limits?: (kiln.worker.v1.ITaskLimits|null);
+                chain?: (kiln.worker.v1.IChainStep[]|null);
             }
 
             class Task implements ITask {
@@ -811,11 +812,35 @@ export namespace kiln {
                 public export?: (kiln.worker.v1.IExportSpec|null);
                 public cacheNamespace: string;
                 public limits?: (kiln.worker.v1.ITaskLimits|null);
+                public chain: kiln.worker.v1.IChainStep[];
                 public static create(properties?: kiln.worker.v1.ITask): kiln.worker.v1.Task;
                 public static encode(message: kiln.worker.v1.ITask, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.Task;
                 public static fromObject(object: { [k: string]: any }): kiln.worker.v1.Task;
                 public static toObject(message: kiln.worker.v1.Task, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
+            interface IChainStep {
+                vertexDigest?: (string|null);
+                op?: (Uint8Array|null);
+                metadata?: (pb.IOpMetadata|null);
+                inputs?: (kiln.worker.v1.IResolvedInput[]|null);
+                chainedInput?: (number|null);
+            }
+
+            class ChainStep implements IChainStep {
+                constructor(properties?: kiln.worker.v1.IChainStep);
+                public vertexDigest: string;
+                public op: Uint8Array;
+                public metadata?: (pb.IOpMetadata|null);
+                public inputs: kiln.worker.v1.IResolvedInput[];
+                public chainedInput: number;
+                public static create(properties?: kiln.worker.v1.IChainStep): kiln.worker.v1.ChainStep;
+                public static encode(message: kiln.worker.v1.IChainStep, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.ChainStep;
+                public static fromObject(object: { [k: string]: any }): kiln.worker.v1.ChainStep;
+                public static toObject(message: kiln.worker.v1.ChainStep, options?: $protobuf.IConversionOptions): { [k: string]: any };
                 public toJSON(): { [k: string]: any };
             }
 
@@ -953,6 +978,7 @@ export namespace kiln {
                 inputsLocal?: (number|null);
                 inputsFetched?: (number|null);
                 bytesFetched?: (number|Long|null);
+                chain?: (kiln.worker.v1.IChainStepResult[]|null);
             }
 
             class TaskResult implements ITaskResult {
@@ -968,11 +994,35 @@ export namespace kiln {
                 public inputsLocal: number;
                 public inputsFetched: number;
                 public bytesFetched: (number|Long);
+                public chain: kiln.worker.v1.IChainStepResult[];
                 public static create(properties?: kiln.worker.v1.ITaskResult): kiln.worker.v1.TaskResult;
                 public static encode(message: kiln.worker.v1.ITaskResult, writer?: $protobuf.Writer): $protobuf.Writer;
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.TaskResult;
                 public static fromObject(object: { [k: string]: any }): kiln.worker.v1.TaskResult;
                 public static toObject(message: kiln.worker.v1.TaskResult, options?: $protobuf.IConversionOptions): { [k: string]: any };
+                public toJSON(): { [k: string]: any };
+            }
+
+            interface IChainStepResult {
+                vertexDigest?: (string|null);
+                outputs?: (kiln.worker.v1.IOutputResult[]|null);
+                error?: (kiln.worker.v1.ITaskError|null);
+                startedUnixNano?: (number|Long|null);
+                completedUnixNano?: (number|Long|null);
+            }
+
+            class ChainStepResult implements IChainStepResult {
+                constructor(properties?: kiln.worker.v1.IChainStepResult);
+                public vertexDigest: string;
+                public outputs: kiln.worker.v1.IOutputResult[];
+                public error?: (kiln.worker.v1.ITaskError|null);
+                public startedUnixNano: (number|Long);
+                public completedUnixNano: (number|Long);
+                public static create(properties?: kiln.worker.v1.IChainStepResult): kiln.worker.v1.ChainStepResult;
+                public static encode(message: kiln.worker.v1.IChainStepResult, writer?: $protobuf.Writer): $protobuf.Writer;
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): kiln.worker.v1.ChainStepResult;
+                public static fromObject(object: { [k: string]: any }): kiln.worker.v1.ChainStepResult;
+                public static toObject(message: kiln.worker.v1.ChainStepResult, options?: $protobuf.IConversionOptions): { [k: string]: any };
                 public toJSON(): { [k: string]: any };
             }
 

@@ -6366,6 +6366,7 @@ export const kiln = $root.kiln = (() => {
 
                 function Task(properties) {
                     this.inputs = [];
+                    this.chain = [];
                     if (properties)
                         for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
                             if (properties[keys[i]] != null && keys[i] !== "__proto__")
@@ -6387,6 +6388,7 @@ export const kiln = $root.kiln = (() => {
                 Task.prototype["export"] = null;
                 Task.prototype.cacheNamespace = "";
                 Task.prototype.limits = null;
+                Task.prototype.chain = $util.emptyArray;
 
                 Task.create = function create(properties) {
                     return new Task(properties);
@@ -6430,6 +6432,9 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(114).string(message.cacheNamespace);
                     if (message.limits != null && Object.hasOwnProperty.call(message, "limits"))
                         $root.kiln.worker.v1.TaskLimits.encode(message.limits, writer.uint32(122).fork(), q + 1).ldelim();
+                    if (message.chain != null && message.chain.length)
+                        for (let i = 0; i < message.chain.length; ++i)
+                            $root.kiln.worker.v1.ChainStep.encode(message.chain[i], writer.uint32(130).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -6518,6 +6523,12 @@ export const kiln = $root.kiln = (() => {
                                 message.limits = $root.kiln.worker.v1.TaskLimits.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
+                        case 16: {
+                                if (!(message.chain && message.chain.length))
+                                    message.chain = [];
+                                message.chain.push($root.kiln.worker.v1.ChainStep.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -6594,6 +6605,16 @@ export const kiln = $root.kiln = (() => {
                             throw TypeError(".kiln.worker.v1.Task.limits: object expected");
                         message.limits = $root.kiln.worker.v1.TaskLimits.fromObject(object.limits, long + 1);
                     }
+                    if (object.chain) {
+                        if (!Array.isArray(object.chain))
+                            throw TypeError(".kiln.worker.v1.Task.chain: array expected");
+                        message.chain = [];
+                        for (let i = 0; i < object.chain.length; ++i) {
+                            if (!$util.isObject(object.chain[i]))
+                                throw TypeError(".kiln.worker.v1.Task.chain: object expected");
+                            message.chain[i] = $root.kiln.worker.v1.ChainStep.fromObject(object.chain[i], long + 1);
+                        }
+                    }
                     return message;
                 };
 
@@ -6605,8 +6626,10 @@ export const kiln = $root.kiln = (() => {
                     if (q > $util.recursionLimit)
                         throw Error("max depth exceeded");
                     let object = {};
-                    if (options.arrays || options.defaults)
+                    if (options.arrays || options.defaults) {
                         object.inputs = [];
+                        object.chain = [];
+                    }
                     if (options.defaults) {
                         object.taskId = "";
                         object.buildId = "";
@@ -6662,6 +6685,11 @@ export const kiln = $root.kiln = (() => {
                         object.cacheNamespace = message.cacheNamespace;
                     if (message.limits != null && Object.hasOwnProperty.call(message, "limits"))
                         object.limits = $root.kiln.worker.v1.TaskLimits.toObject(message.limits, options, q + 1);
+                    if (message.chain && message.chain.length) {
+                        object.chain = [];
+                        for (let j = 0; j < message.chain.length; ++j)
+                            object.chain[j] = $root.kiln.worker.v1.ChainStep.toObject(message.chain[j], options, q + 1);
+                    }
                     return object;
                 };
 
@@ -6670,6 +6698,187 @@ export const kiln = $root.kiln = (() => {
                 };
 
                 return Task;
+            })();
+
+            v1.ChainStep = (function() {
+
+                function ChainStep(properties) {
+                    this.inputs = [];
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                ChainStep.prototype.vertexDigest = "";
+                ChainStep.prototype.op = $util.newBuffer([]);
+                ChainStep.prototype.metadata = null;
+                ChainStep.prototype.inputs = $util.emptyArray;
+                ChainStep.prototype.chainedInput = 0;
+
+                ChainStep.create = function create(properties) {
+                    return new ChainStep(properties);
+                };
+
+                ChainStep.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.vertexDigest != null && Object.hasOwnProperty.call(message, "vertexDigest"))
+                        writer.uint32(10).string(message.vertexDigest);
+                    if (message.op != null && Object.hasOwnProperty.call(message, "op"))
+                        writer.uint32(18).bytes(message.op);
+                    if (message.metadata != null && Object.hasOwnProperty.call(message, "metadata"))
+                        $root.pb.OpMetadata.encode(message.metadata, writer.uint32(26).fork(), q + 1).ldelim();
+                    if (message.inputs != null && message.inputs.length)
+                        for (let i = 0; i < message.inputs.length; ++i)
+                            $root.kiln.worker.v1.ResolvedInput.encode(message.inputs[i], writer.uint32(34).fork(), q + 1).ldelim();
+                    if (message.chainedInput != null && Object.hasOwnProperty.call(message, "chainedInput"))
+                        writer.uint32(40).uint32(message.chainedInput);
+                    return writer;
+                };
+
+                ChainStep.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.worker.v1.ChainStep();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.vertexDigest = reader.string();
+                                break;
+                            }
+                        case 2: {
+                                message.op = reader.bytes();
+                                break;
+                            }
+                        case 3: {
+                                message.metadata = $root.pb.OpMetadata.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 4: {
+                                if (!(message.inputs && message.inputs.length))
+                                    message.inputs = [];
+                                message.inputs.push($root.kiln.worker.v1.ResolvedInput.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
+                        case 5: {
+                                message.chainedInput = reader.uint32();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                ChainStep.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.worker.v1.ChainStep)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.worker.v1.ChainStep: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.worker.v1.ChainStep();
+                    if (object.vertexDigest != null)
+                        message.vertexDigest = String(object.vertexDigest);
+                    if (object.op != null)
+                        if (typeof object.op === "string")
+                            $util.base64.decode(object.op, message.op = $util.newBuffer($util.base64.length(object.op)), 0);
+                        else if (object.op.length >= 0)
+                            message.op = object.op;
+                    if (object.metadata != null) {
+                        if (!$util.isObject(object.metadata))
+                            throw TypeError(".kiln.worker.v1.ChainStep.metadata: object expected");
+                        message.metadata = $root.pb.OpMetadata.fromObject(object.metadata, long + 1);
+                    }
+                    if (object.inputs) {
+                        if (!Array.isArray(object.inputs))
+                            throw TypeError(".kiln.worker.v1.ChainStep.inputs: array expected");
+                        message.inputs = [];
+                        for (let i = 0; i < object.inputs.length; ++i) {
+                            if (!$util.isObject(object.inputs[i]))
+                                throw TypeError(".kiln.worker.v1.ChainStep.inputs: object expected");
+                            message.inputs[i] = $root.kiln.worker.v1.ResolvedInput.fromObject(object.inputs[i], long + 1);
+                        }
+                    }
+                    if (object.chainedInput != null)
+                        message.chainedInput = object.chainedInput >>> 0;
+                    return message;
+                };
+
+                ChainStep.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.arrays || options.defaults)
+                        object.inputs = [];
+                    if (options.defaults) {
+                        object.vertexDigest = "";
+                        if (options.bytes === String)
+                            object.op = "";
+                        else {
+                            object.op = [];
+                            if (options.bytes !== Array)
+                                object.op = $util.newBuffer(object.op);
+                        }
+                        object.metadata = null;
+                        object.chainedInput = 0;
+                    }
+                    if (message.vertexDigest != null && Object.hasOwnProperty.call(message, "vertexDigest"))
+                        object.vertexDigest = message.vertexDigest;
+                    if (message.op != null && Object.hasOwnProperty.call(message, "op"))
+                        object.op = options.bytes === String ? $util.base64.encode(message.op, 0, message.op.length) : options.bytes === Array ? Array.prototype.slice.call(message.op) : message.op;
+                    if (message.metadata != null && Object.hasOwnProperty.call(message, "metadata"))
+                        object.metadata = $root.pb.OpMetadata.toObject(message.metadata, options, q + 1);
+                    if (message.inputs && message.inputs.length) {
+                        object.inputs = [];
+                        for (let j = 0; j < message.inputs.length; ++j)
+                            object.inputs[j] = $root.kiln.worker.v1.ResolvedInput.toObject(message.inputs[j], options, q + 1);
+                    }
+                    if (message.chainedInput != null && Object.hasOwnProperty.call(message, "chainedInput"))
+                        object.chainedInput = message.chainedInput;
+                    return object;
+                };
+
+                ChainStep.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return ChainStep;
             })();
 
             v1.TaskLimits = (function() {
@@ -7664,6 +7873,7 @@ export const kiln = $root.kiln = (() => {
 
                 function TaskResult(properties) {
                     this.outputs = [];
+                    this.chain = [];
                     if (properties)
                         for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
                             if (properties[keys[i]] != null && keys[i] !== "__proto__")
@@ -7681,6 +7891,7 @@ export const kiln = $root.kiln = (() => {
                 TaskResult.prototype.inputsLocal = 0;
                 TaskResult.prototype.inputsFetched = 0;
                 TaskResult.prototype.bytesFetched = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
+                TaskResult.prototype.chain = $util.emptyArray;
 
                 TaskResult.create = function create(properties) {
                     return new TaskResult(properties);
@@ -7716,6 +7927,9 @@ export const kiln = $root.kiln = (() => {
                         writer.uint32(80).uint32(message.inputsFetched);
                     if (message.bytesFetched != null && Object.hasOwnProperty.call(message, "bytesFetched"))
                         writer.uint32(88).int64(message.bytesFetched);
+                    if (message.chain != null && message.chain.length)
+                        for (let i = 0; i < message.chain.length; ++i)
+                            $root.kiln.worker.v1.ChainStepResult.encode(message.chain[i], writer.uint32(98).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -7786,6 +8000,12 @@ export const kiln = $root.kiln = (() => {
                             }
                         case 11: {
                                 message.bytesFetched = reader.int64();
+                                break;
+                            }
+                        case 12: {
+                                if (!(message.chain && message.chain.length))
+                                    message.chain = [];
+                                message.chain.push($root.kiln.worker.v1.ChainStepResult.decode(reader, reader.uint32(), undefined, long + 1));
                                 break;
                             }
                         default:
@@ -7865,6 +8085,16 @@ export const kiln = $root.kiln = (() => {
                             message.bytesFetched = object.bytesFetched;
                         else if (typeof object.bytesFetched === "object")
                             message.bytesFetched = new $util.LongBits(object.bytesFetched.low >>> 0, object.bytesFetched.high >>> 0).toNumber();
+                    if (object.chain) {
+                        if (!Array.isArray(object.chain))
+                            throw TypeError(".kiln.worker.v1.TaskResult.chain: array expected");
+                        message.chain = [];
+                        for (let i = 0; i < object.chain.length; ++i) {
+                            if (!$util.isObject(object.chain[i]))
+                                throw TypeError(".kiln.worker.v1.TaskResult.chain: object expected");
+                            message.chain[i] = $root.kiln.worker.v1.ChainStepResult.fromObject(object.chain[i], long + 1);
+                        }
+                    }
                     return message;
                 };
 
@@ -7876,8 +8106,10 @@ export const kiln = $root.kiln = (() => {
                     if (q > $util.recursionLimit)
                         throw Error("max depth exceeded");
                     let object = {};
-                    if (options.arrays || options.defaults)
+                    if (options.arrays || options.defaults) {
                         object.outputs = [];
+                        object.chain = [];
+                    }
                     if (options.defaults) {
                         object.taskId = "";
                         object.attemptToken = "";
@@ -7942,6 +8174,11 @@ export const kiln = $root.kiln = (() => {
                             object.bytesFetched = options.longs === String ? String(message.bytesFetched) : message.bytesFetched;
                         else
                             object.bytesFetched = options.longs === String ? $util.Long.prototype.toString.call(message.bytesFetched) : options.longs === Number ? new $util.LongBits(message.bytesFetched.low >>> 0, message.bytesFetched.high >>> 0).toNumber() : message.bytesFetched;
+                    if (message.chain && message.chain.length) {
+                        object.chain = [];
+                        for (let j = 0; j < message.chain.length; ++j)
+                            object.chain[j] = $root.kiln.worker.v1.ChainStepResult.toObject(message.chain[j], options, q + 1);
+                    }
                     return object;
                 };
 
@@ -7950,6 +8187,210 @@ export const kiln = $root.kiln = (() => {
                 };
 
                 return TaskResult;
+            })();
+
+            v1.ChainStepResult = (function() {
+
+                function ChainStepResult(properties) {
+                    this.outputs = [];
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                ChainStepResult.prototype.vertexDigest = "";
+                ChainStepResult.prototype.outputs = $util.emptyArray;
+                ChainStepResult.prototype.error = null;
+                ChainStepResult.prototype.startedUnixNano = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
+                ChainStepResult.prototype.completedUnixNano = $util.Long ? $util.Long.fromBits(0,0,false) : 0;
+
+                ChainStepResult.create = function create(properties) {
+                    return new ChainStepResult(properties);
+                };
+
+                ChainStepResult.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.vertexDigest != null && Object.hasOwnProperty.call(message, "vertexDigest"))
+                        writer.uint32(10).string(message.vertexDigest);
+                    if (message.outputs != null && message.outputs.length)
+                        for (let i = 0; i < message.outputs.length; ++i)
+                            $root.kiln.worker.v1.OutputResult.encode(message.outputs[i], writer.uint32(18).fork(), q + 1).ldelim();
+                    if (message.error != null && Object.hasOwnProperty.call(message, "error"))
+                        $root.kiln.worker.v1.TaskError.encode(message.error, writer.uint32(26).fork(), q + 1).ldelim();
+                    if (message.startedUnixNano != null && Object.hasOwnProperty.call(message, "startedUnixNano"))
+                        writer.uint32(32).int64(message.startedUnixNano);
+                    if (message.completedUnixNano != null && Object.hasOwnProperty.call(message, "completedUnixNano"))
+                        writer.uint32(40).int64(message.completedUnixNano);
+                    return writer;
+                };
+
+                ChainStepResult.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.kiln.worker.v1.ChainStepResult();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.vertexDigest = reader.string();
+                                break;
+                            }
+                        case 2: {
+                                if (!(message.outputs && message.outputs.length))
+                                    message.outputs = [];
+                                message.outputs.push($root.kiln.worker.v1.OutputResult.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
+                        case 3: {
+                                message.error = $root.kiln.worker.v1.TaskError.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 4: {
+                                message.startedUnixNano = reader.int64();
+                                break;
+                            }
+                        case 5: {
+                                message.completedUnixNano = reader.int64();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                ChainStepResult.fromObject = function fromObject(object, long) {
+                    if (object instanceof $root.kiln.worker.v1.ChainStepResult)
+                        return object;
+                    if (!$util.isObject(object))
+                        throw TypeError(".kiln.worker.v1.ChainStepResult: object expected");
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $util.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let message = new $root.kiln.worker.v1.ChainStepResult();
+                    if (object.vertexDigest != null)
+                        message.vertexDigest = String(object.vertexDigest);
+                    if (object.outputs) {
+                        if (!Array.isArray(object.outputs))
+                            throw TypeError(".kiln.worker.v1.ChainStepResult.outputs: array expected");
+                        message.outputs = [];
+                        for (let i = 0; i < object.outputs.length; ++i) {
+                            if (!$util.isObject(object.outputs[i]))
+                                throw TypeError(".kiln.worker.v1.ChainStepResult.outputs: object expected");
+                            message.outputs[i] = $root.kiln.worker.v1.OutputResult.fromObject(object.outputs[i], long + 1);
+                        }
+                    }
+                    if (object.error != null) {
+                        if (!$util.isObject(object.error))
+                            throw TypeError(".kiln.worker.v1.ChainStepResult.error: object expected");
+                        message.error = $root.kiln.worker.v1.TaskError.fromObject(object.error, long + 1);
+                    }
+                    if (object.startedUnixNano != null)
+                        if ($util.Long)
+                            message.startedUnixNano = $util.Long.fromValue(object.startedUnixNano, false);
+                        else if (typeof object.startedUnixNano === "string")
+                            message.startedUnixNano = parseInt(object.startedUnixNano, 10);
+                        else if (typeof object.startedUnixNano === "number")
+                            message.startedUnixNano = object.startedUnixNano;
+                        else if (typeof object.startedUnixNano === "object")
+                            message.startedUnixNano = new $util.LongBits(object.startedUnixNano.low >>> 0, object.startedUnixNano.high >>> 0).toNumber();
+                    if (object.completedUnixNano != null)
+                        if ($util.Long)
+                            message.completedUnixNano = $util.Long.fromValue(object.completedUnixNano, false);
+                        else if (typeof object.completedUnixNano === "string")
+                            message.completedUnixNano = parseInt(object.completedUnixNano, 10);
+                        else if (typeof object.completedUnixNano === "number")
+                            message.completedUnixNano = object.completedUnixNano;
+                        else if (typeof object.completedUnixNano === "object")
+                            message.completedUnixNano = new $util.LongBits(object.completedUnixNano.low >>> 0, object.completedUnixNano.high >>> 0).toNumber();
+                    return message;
+                };
+
+                ChainStepResult.toObject = function toObject(message, options, q) {
+                    if (!options)
+                        options = {};
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    let object = {};
+                    if (options.arrays || options.defaults)
+                        object.outputs = [];
+                    if (options.defaults) {
+                        object.vertexDigest = "";
+                        object.error = null;
+                        if ($util.Long) {
+                            let long = new $util.Long(0, 0, false);
+                            object.startedUnixNano = options.longs === String ? long.toString() : options.longs === Number ? long.toNumber() : typeof BigInt !== "undefined" && options.longs === BigInt ? long.toBigInt() : long;
+                        } else
+                            object.startedUnixNano = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
+                        if ($util.Long) {
+                            let long = new $util.Long(0, 0, false);
+                            object.completedUnixNano = options.longs === String ? long.toString() : options.longs === Number ? long.toNumber() : typeof BigInt !== "undefined" && options.longs === BigInt ? long.toBigInt() : long;
+                        } else
+                            object.completedUnixNano = options.longs === String ? "0" : typeof BigInt !== "undefined" && options.longs === BigInt ? BigInt("0") : 0;
+                    }
+                    if (message.vertexDigest != null && Object.hasOwnProperty.call(message, "vertexDigest"))
+                        object.vertexDigest = message.vertexDigest;
+                    if (message.outputs && message.outputs.length) {
+                        object.outputs = [];
+                        for (let j = 0; j < message.outputs.length; ++j)
+                            object.outputs[j] = $root.kiln.worker.v1.OutputResult.toObject(message.outputs[j], options, q + 1);
+                    }
+                    if (message.error != null && Object.hasOwnProperty.call(message, "error"))
+                        object.error = $root.kiln.worker.v1.TaskError.toObject(message.error, options, q + 1);
+                    if (message.startedUnixNano != null && Object.hasOwnProperty.call(message, "startedUnixNano"))
+                        if (typeof BigInt !== "undefined" && options.longs === BigInt)
+                            object.startedUnixNano = typeof message.startedUnixNano === "number" ? BigInt(message.startedUnixNano) : $util.Long.fromBits(message.startedUnixNano.low >>> 0, message.startedUnixNano.high >>> 0, false).toBigInt();
+                        else if (typeof message.startedUnixNano === "number")
+                            object.startedUnixNano = options.longs === String ? String(message.startedUnixNano) : message.startedUnixNano;
+                        else
+                            object.startedUnixNano = options.longs === String ? $util.Long.prototype.toString.call(message.startedUnixNano) : options.longs === Number ? new $util.LongBits(message.startedUnixNano.low >>> 0, message.startedUnixNano.high >>> 0).toNumber() : message.startedUnixNano;
+                    if (message.completedUnixNano != null && Object.hasOwnProperty.call(message, "completedUnixNano"))
+                        if (typeof BigInt !== "undefined" && options.longs === BigInt)
+                            object.completedUnixNano = typeof message.completedUnixNano === "number" ? BigInt(message.completedUnixNano) : $util.Long.fromBits(message.completedUnixNano.low >>> 0, message.completedUnixNano.high >>> 0, false).toBigInt();
+                        else if (typeof message.completedUnixNano === "number")
+                            object.completedUnixNano = options.longs === String ? String(message.completedUnixNano) : message.completedUnixNano;
+                        else
+                            object.completedUnixNano = options.longs === String ? $util.Long.prototype.toString.call(message.completedUnixNano) : options.longs === Number ? new $util.LongBits(message.completedUnixNano.low >>> 0, message.completedUnixNano.high >>> 0).toNumber() : message.completedUnixNano;
+                    return object;
+                };
+
+                ChainStepResult.prototype.toJSON = function toJSON() {
+                    return this.constructor.toObject(this, $protobuf.util.toJSONOptions);
+                };
+
+                return ChainStepResult;
             })();
 
             v1.OutputResult = (function() {

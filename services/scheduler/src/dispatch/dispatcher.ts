@@ -36,9 +36,11 @@ import {
   decodeResult,
   decodeTask,
   encodeAttemptTask,
+  encodeResult,
   encodeTask,
   failRule,
   fromBase64,
+  fusedStepRecord,
   getRecord,
   joinRule,
   leaveRule,
@@ -57,7 +59,7 @@ import {
   watchLoop,
 } from '@kiln/bus';
 import type { OfferReply } from '@kiln/bus';
-import { KilnError, formatPlatform, platformFromPb, reviveError } from '@kiln/protocol';
+import { KilnError, formatPlatform, platformFromPb, reviveError, workerpb } from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import { KvWatchInclude } from '@nats-io/kv';
 import type { KvWatchEntry } from '@nats-io/kv';
@@ -260,11 +262,8 @@ export class Dispatcher {
       }
       const { attemptToken: _t, attempt: _a, ...clean } = task;
       const body = encodeTask(clean);
-      // The record carries the task in base64 beside its other fields: refuse what cannot fit
-      // in one bus message rather than retry a write that can never succeed.
-      const max = this.#bus.nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD;
-      const recordSize = Math.ceil(body.length / 3) * 4 + RECORD_OVERHEAD;
-      if (recordSize > max) return reject(new TaskTooLargeError(body.length, max, cacheKey));
+      const max = this.#tooLarge(body);
+      if (max !== undefined) return reject(new TaskTooLargeError(body.length, max, cacheKey));
       entry = {
         key,
         cacheKey,
@@ -280,6 +279,53 @@ export class Dispatcher {
       const e = entry;
       this.#enqueue(e, () => this.#begin(e, buildId));
     });
+  }
+
+  /**
+   * Records the result of a step a worker ran fused into another task (`Task.chain`) under the
+   * step's own key, as if it had run as `task`: a new `done` record naming the worker that made
+   * it, and resolves with `result`. A key that exists (a cache hit, a task another build runs) or
+   * that this dispatcher waits for is {@link submit}ted instead: its own result wins (equal keys
+   * mean equal work). The caller vouches for `result` (it came with the fused task's accepted
+   * result); its `taskId` is set to the task's.
+   */
+  async adopt(task: TaskInit, result: TaskResult, opts: SubmitOptions = {}): Promise<TaskResult> {
+    if (this.#abort.signal.aborted) throw new DispatcherClosedError();
+    const cacheKey = task.cacheKey ?? '';
+    const key = taskKey(cacheKey);
+    const platform = platformFromPb(task.platform);
+    if (platform === undefined || this.#entries.has(key) || opts.signal?.aborted)
+      return this.submit(task, opts);
+    const { attemptToken: _t, attempt: _a, ...clean } = task;
+    const body = encodeTask(clean);
+    if (this.#tooLarge(body) !== undefined) return this.submit(task, opts);
+    const own = workerpb.TaskResult.create({ ...result, taskId: task.taskId ?? '', cached: false });
+    const nanosToMs = (v: TaskResult['startedUnixNano']): number =>
+      Math.floor(Number(v ?? 0) / 1e6) || Date.now();
+    const record = fusedStepRecord({
+      taskId: task.taskId ?? '',
+      cacheKey,
+      platform: formatPlatform(platform),
+      builds: [opts.buildId ?? task.buildId ?? ''],
+      task: toBase64(body),
+      result: toBase64(encodeResult(own)),
+      holder: result.workerId,
+      startedAt: nanosToMs(result.startedUnixNano),
+      finishedAt: nanosToMs(result.completedUnixNano),
+    });
+    const revision = await this.#retry(() => createRecord(this.#bus.tasks, key, record));
+    if (revision === false) return this.submit(task, opts);
+    this.#o.onEvent({ type: 'adopted', taskId: record.taskId, cacheKey, worker: result.workerId });
+    return own;
+  }
+
+  /** The bound a task's record breaks ({@link TaskTooLargeError}), or undefined when it fits. */
+  #tooLarge(body: Uint8Array): number | undefined {
+    // The record carries the task in base64 beside its other fields: refuse what cannot fit
+    // in one bus message rather than retry a write that can never succeed.
+    const max = this.#bus.nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD;
+    const recordSize = Math.ceil(body.length / 3) * 4 + RECORD_OVERHEAD;
+    return recordSize > max ? max : undefined;
   }
 
   /**

@@ -18,6 +18,8 @@ export type DispatchEvent =
       reason: 'holder-lost' | 'retry' | 'adopted' | 'released';
     }
   | { type: 'completed'; taskId: string; worker: string; attempt: number }
+  /** A step fused into another task got its own done record (`Dispatcher.adopt`). */
+  | { type: 'adopted'; taskId: string; cacheKey: string; worker: string }
   | { type: 'failed'; taskId: string; code: string; attempts: number }
   /** A done task's result was lost with its holder: the next submit of its key reruns it. */
   | { type: 'result-lost'; taskId: string; worker: string }

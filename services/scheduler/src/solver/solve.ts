@@ -27,6 +27,7 @@ import {
   formatPlatform,
   platformFromPb,
   platformToPb,
+  reviveError,
   truncateMiddle,
   workerpb,
 } from '@kiln/protocol';
@@ -36,6 +37,8 @@ import { BuildCanceledError, VertexFailedError } from './errors.js';
 import type { ContentChecksums } from './content-checksums.js';
 import { buildkitNodes, resultNodes } from './buildkit-nodes.js';
 import { contentKeyedOp, fastKey, volatileSource } from './fast-key.js';
+import { chainAfter, consumersOf } from './chain.js';
+import type { ChainLink } from './chain.js';
 import type { ContentDep } from './fast-key.js';
 
 /** What the solver needs of the Dispatcher. */
@@ -46,6 +49,11 @@ export interface TaskSubmitter {
    * task again (Dispatcher.forgetResult). Without it, a lost input fails the build.
    */
   forgetResult?(cacheKey: string, holder: string): Promise<void>;
+  /**
+   * Records `result`, made by a step fused into another task, as the result of `task`
+   * (Dispatcher.adopt). Without it nothing is fused: every vertex is a task of its own.
+   */
+  adopt?(task: TaskInit, result: TaskResult, opts?: SubmitOptions): Promise<TaskResult>;
 }
 
 /**
@@ -140,6 +148,11 @@ export interface SolveOptions {
    * for builds that import or export a cache, whose content links must be BuildKit's.
    */
   buildkitChecksums?: boolean;
+  /**
+   * Fuse linear chains of file ops into one task (chain.ts); default true when the submitter
+   * can `adopt`. Keys, records and results are the same either way.
+   */
+  fuse?: boolean;
   signal?: AbortSignal;
   onVertex?: (v: VertexSnapshot) => void;
   onProgress?: (digest: string, p: TaskProgress) => void;
@@ -172,6 +185,19 @@ interface VertexKeys {
   /** BuildKit's cache nodes, per output. */
   pending: CacheNode[][];
 }
+
+type ChainStepResult = TaskResult['chain'][number];
+
+/** A step a worker ran fused after another vertex's task, waiting for its own attempt. */
+interface FusedStep {
+  /** The result ids of its inputs it ran on, in input order. */
+  inputIds: string[];
+  step: ChainStepResult;
+  workerId: string;
+}
+
+const nanosToMs = (v: ChainStepResult['startedUnixNano']): number =>
+  Math.floor(Number(v ?? 0) / 1e6);
 
 /** A vertex not run because an input failed or the build stopped. */
 class Skipped extends Error {}
@@ -297,6 +323,35 @@ async function localNonce(
   return digest ? `local-content ${digest}` : undefined;
 }
 
+/** A fused step's result as the result of its own task `taskId`. */
+function stepResult(f: FusedStep, taskId: string): TaskResult {
+  return workerpb.TaskResult.create({
+    taskId,
+    workerId: f.workerId,
+    outputs: f.step.outputs,
+    startedUnixNano: f.step.startedUnixNano,
+    completedUnixNano: f.step.completedUnixNano,
+  });
+}
+
+/** A fused step's failure as the error its own task would have failed with. */
+function stepError(step: ChainStepResult, task: TaskInit, digest: string): KilnError {
+  const err = step.error!;
+  return reviveError(
+    err.code || 'TASK_FAILED',
+    err.message || 'task failed',
+    {
+      ...err.details,
+      cacheKey: task.cacheKey ?? '',
+      taskId: task.taskId ?? '',
+      vertexDigest: digest,
+      attempts: 1,
+      ...(err.exitCode ? { exitCode: err.exitCode } : {}),
+    },
+    err.retryable ?? false,
+  );
+}
+
 export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<SolveResult> {
   const ac = new AbortController();
   const onAbort = (): void => ac.abort();
@@ -316,6 +371,19 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
   const keyed = new Map<string, Promise<VertexKeys>>();
   /** Reruns of lost results, by the result lost (one rerun however many found it lost). */
   const reruns = new Map<TaskResult, Promise<TaskResult>>();
+  /** Fusing (chain.ts): consumers of each vertex, the vertices being attempted, fused steps. */
+  const fuse = (o.fuse ?? true) && o.submitter.adopt !== undefined;
+  const consumers = fuse ? consumersOf(g) : new Map<string, Set<string>>();
+  const attempting = new Set<string>();
+  const planned = new Set<string>();
+  const fused = new Map<string, FusedStep>();
+  const chainState = {
+    consumers,
+    done: (d: string) => done.has(d),
+    waiting: (d: string) =>
+      results.has(d) && !done.has(d) && !attempting.has(d) && !planned.has(d) && !fused.has(d),
+    platform: (lo: LoadedOp) => formatPlatform(platformOf(lo.op, o.defaultPlatform)),
+  };
 
   /** Runs vertex `digest` again: its result `lost` is gone with its holder. */
   const rerun = (digest: string, lost: TaskResult): Promise<TaskResult> => {
@@ -520,6 +588,36 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     lo: LoadedOp,
     name: string,
     deps: string[],
+  ): ReturnType<typeof attemptOnce> => {
+    attempting.add(lo.digest);
+    try {
+      return await attemptOnce(lo, name, deps);
+    } finally {
+      attempting.delete(lo.digest);
+    }
+  };
+
+  /** The chain step fused after `links` ran as: the step's result with the ids it ran on. */
+  const keepFused = (links: readonly ChainLink[], r: TaskResult): void => {
+    let prev = r.outputs;
+    for (const [k, link] of links.entries()) {
+      const step = r.chain[k];
+      if (!step || step.vertexDigest !== link.lo.digest) return;
+      const inputIds = (link.lo.op.inputs ?? []).map((inp, i) =>
+        i === link.chainedInput
+          ? (prev[num(inp.index)]?.resultId ?? '')
+          : (done.get(inp.digest ?? '')?.outputs[num(inp.index)]?.resultId ?? ''),
+      );
+      fused.set(link.lo.digest, { inputIds, step, workerId: r.workerId });
+      if (step.error) return;
+      prev = step.outputs ?? [];
+    }
+  };
+
+  const attemptOnce = async (
+    lo: LoadedOp,
+    name: string,
+    deps: string[],
   ): Promise<
     { result: TaskResult } | { lost: { resultId: string; holder: string }; fail: () => Error }
   > => {
@@ -560,7 +658,36 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     } catch (e) {
       throw failVertex(lo, snap, e);
     }
-    snap.startedAt = Date.now();
+    // Run already, fused after the vertex before it, on the inputs it has now: recorded under
+    // its own key. A step that failed retryably (a lost input) runs again alone.
+    const pre = fused.get(lo.digest);
+    fused.delete(lo.digest);
+    const ran =
+      pre &&
+      (!pre.step.error || !pre.step.error.retryable) &&
+      pre.inputIds.length === (task.inputs ?? []).length &&
+      pre.inputIds.every((id, i) => id === task.inputs?.[i]?.resultId)
+        ? pre
+        : undefined;
+    // Otherwise the steps that can run right after it on the same worker go with it.
+    const links = !ran && fuse ? chainAfter(g, lo, chainState) : [];
+    const shown = new Set<string>();
+    if (links.length > 0) {
+      task.chain = links.map((l) => ({
+        vertexDigest: l.lo.digest,
+        op: l.lo.bytes,
+        metadata: taskMetadata(l.lo.metadata),
+        inputs: (l.lo.op.inputs ?? []).map((inp, i) =>
+          i === l.chainedInput ? {} : resolveInput(inp),
+        ),
+        chainedInput: l.chainedInput,
+      }));
+      for (const l of links) {
+        planned.add(l.lo.digest);
+        void keysOf(l.lo); // their content checksums meanwhile
+      }
+    }
+    snap.startedAt = ran ? nanosToMs(ran.step.startedUnixNano) || Date.now() : Date.now();
     o.onVertex?.({ ...snap });
     const span = tracer().startSpan(
       SpanName.vertex,
@@ -576,26 +703,48 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
       parent,
     );
     try {
+      const submitOpts: SubmitOptions = {
+        buildId: o.buildId,
+        signal: ac.signal,
+        preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
+        onProgress: (p) => {
+          const step = p.vertex ? links.find((l) => l.lo.digest === p.vertex) : undefined;
+          if (step && !shown.has(step.lo.digest)) {
+            // A fused step's first output: it runs now (it is recorded once the chain is done).
+            shown.add(step.lo.digest);
+            o.onVertex?.({
+              digest: step.lo.digest,
+              inputs: inputDigests(step.lo),
+              name: vertexName(step.lo),
+              cached: false,
+              startedAt: Date.now(),
+            });
+          }
+          o.onProgress?.(step ? step.lo.digest : lo.digest, p);
+        },
+      };
+      if (ran?.step.error) throw stepError(ran.step, task, lo.digest);
       // Submitted under the vertex span: the dispatcher sends its context to the worker.
       const r = await context.with(trace.setSpan(parent, span), () =>
-        o.submitter.submit(task, {
-          buildId: o.buildId,
-          signal: ac.signal,
-          preferredWorkers: task.preferredWorker ? [task.preferredWorker] : [],
-          onProgress: (p) => o.onProgress?.(lo.digest, p),
-        }),
+        ran && o.submitter.adopt
+          ? o.submitter.adopt(task, stepResult(ran, taskId), submitOpts)
+          : o.submitter.submit(task, submitOpts),
       );
+      for (const l of links) planned.delete(l.lo.digest);
+      if (r.taskId === taskId) keepFused(links, r);
       done.set(lo.digest, r);
       nodes.set(lo.digest, resultNodes(lo.op, pending, r));
       // Answered by a run another build (or an earlier one) made, or by the worker's cache.
       snap.cached = r.cached || r.taskId !== taskId;
-      snap.completedAt = Date.now();
+      snap.completedAt =
+        ran && !snap.cached ? nanosToMs(ran.step.completedUnixNano) || Date.now() : Date.now();
       snap.workerId = r.workerId;
       span.setAttributes({ [Attr.workerId]: r.workerId, [Attr.cacheHit]: snap.cached });
       span.end();
       o.onVertex?.({ ...snap });
       return { result: r };
     } catch (e) {
+      for (const l of links) planned.delete(l.lo.digest);
       snap.completedAt = Date.now();
       if (ac.signal.aborted) {
         span.end();

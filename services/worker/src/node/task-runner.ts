@@ -45,6 +45,7 @@ import {
   manifestAnnotations,
   pb,
   platformFromPb,
+  toLong,
 } from '@kiln/protocol';
 import type { Platform } from '@kiln/protocol';
 import { DigestMismatchError } from '@kiln/store';
@@ -84,6 +85,7 @@ import { EMPTY_RESULT_ID, chainIds, layerSnapshotName, resultIdOf } from './resu
 type ResolvedInput = Task['inputs'][number];
 type LayerRef = NonNullable<ResolvedInput['layers']>[number];
 type OutputResult = NonNullable<TaskOutcome['outputs']>[number];
+type ChainStepResult = NonNullable<TaskOutcome['chain']>[number];
 
 export interface TaskRunnerOptions {
   /** The worker's own state (snapshots, runtime, layer cache, held results). */
@@ -387,9 +389,27 @@ export class TaskRunner {
       signal.throwIfAborted();
       progress({ stage: 'upload', current: 0, total: snapshots.length });
       const t2 = performance.now();
-      const outputs: OutputResult[] = [];
-      // Sparse: an exec's outputs are indexed by mount; a hole is an empty output.
-      for (let i = 0; i < snapshots.length; i++) outputs.push(await this.#output(snapshots[i]));
+      // A fused chain's first step runs while this op's diffIDs are computed (it needs only the
+      // committed snapshot).
+      // Blobs made ahead of need wait for the end of a chain: they would compete with its
+      // steps for the disk and the thread pool.
+      const ahead = task.chain?.length ? [] : undefined;
+      const made = this.#outputs(snapshots, ahead);
+      made.catch(() => undefined); // awaited below
+      const chain = ahead
+        ? await this.#runChain(task, snapshots, {
+            signal,
+            io,
+            leases,
+            session,
+            progress,
+            log,
+            ahead,
+          })
+        : undefined;
+      const outputs = await made;
+      for (const s of new Set(ahead))
+        void this.engine.layers.compressAhead(this.env, this.store, s);
       const ms = (a: number, b: number): number => Math.round(b - a);
       log?.info(
         {
@@ -398,14 +418,16 @@ export class TaskRunner {
           inputsLocal: io.local,
           inputsFetched: io.fetched,
           bytesFetched: io.bytesFetched,
-          // Where the task's time went: inputs made ready, the op, its outputs' diffIDs.
+          // Where the task's time went: inputs made ready, the op, its outputs' diffIDs (and
+          // the fused steps after it).
           inputsMs: ms(t0, t1),
           runMs: ms(t1, t2),
           outputsMs: ms(t2, performance.now()),
+          ...(chain ? { chain: chain.length } : {}),
         },
         'task done',
       );
-      return { outputs, inputs: io };
+      return { outputs, inputs: io, ...(chain ? { chain } : {}) };
     } catch (err) {
       output.flush();
       this.#stats.failed++;
@@ -418,6 +440,129 @@ export class TaskRunner {
       this.#running.delete(running);
       await session?.close();
     }
+  }
+
+  /** The results of an op's output snapshots (sparse: a hole is an empty output). */
+  async #outputs(
+    snapshots: readonly (string | undefined)[],
+    ahead?: string[],
+  ): Promise<OutputResult[]> {
+    const outputs: OutputResult[] = [];
+    for (let i = 0; i < snapshots.length; i++)
+      outputs.push(await this.#output(snapshots[i], ahead));
+    return outputs;
+  }
+
+  /**
+   * The fused steps of a task (`Task.chain`), in order, each on the previous one's output (the
+   * task's op's for the first), after the task's op succeeded. A step that fails ends the chain
+   * with its own error; the steps before it keep their results. Each step's outputs are made as
+   * if it had run as a task of its own (its own snapshot and layer, its result id held here);
+   * their diffIDs are computed while the next step runs. Throws only when `signal` aborted.
+   */
+  async #runChain(
+    task: Task,
+    head: readonly (string | undefined)[],
+    c: {
+      signal: AbortSignal;
+      io: InputStats;
+      leases: SnapshotLease[];
+      session: TaskSession | undefined;
+      progress: (p: ProgressUpdate) => void;
+      log: Logger | undefined;
+      ahead: string[];
+    },
+  ): Promise<ChainStepResult[]> {
+    const results: ChainStepResult[] = [];
+    const made: Promise<void>[] = [];
+    const nanos = (): ReturnType<typeof toLong> => toLong(BigInt(Date.now()) * 1_000_000n);
+    let prev = head;
+    for (const [k, step] of (task.chain ?? []).entries()) {
+      const r: ChainStepResult = {
+        vertexDigest: step.vertexDigest ?? '',
+        startedUnixNano: nanos(),
+      };
+      results.push(r);
+      const t0 = performance.now();
+      // A RUN's output goes to its own vertex.
+      const output = new OutputLines((p) => c.progress({ ...p, vertex: step.vertexDigest ?? '' }));
+      try {
+        const op = decodeOp(step.op);
+        const kind = opKind(op);
+        const executor = kind ? this.#executors[kind] : undefined;
+        if (!kind || !executor || kind === 'source')
+          throw new InvalidTaskError(`no executor for fused ${kind ?? 'unknown'} ops`);
+        const opInputs = op.inputs ?? [];
+        const stepInputs = step.inputs ?? [];
+        const chained = step.chainedInput ?? 0;
+        if (stepInputs.length !== opInputs.length || chained >= opInputs.length)
+          throw new InvalidTaskError(
+            `fused step ${k}: the op has ${opInputs.length} inputs, the step resolves ` +
+              `${stepInputs.length} and chains input ${chained}`,
+          );
+        const from = num(opInputs[chained]?.index);
+        const inputs = await Promise.all(
+          stepInputs.map((inp, i) =>
+            i === chained
+              ? Promise.resolve(prev[from])
+              : this.#materialize(inp, i, c.signal, c.io, c.leases, c.log),
+          ),
+        );
+        c.signal.throwIfAborted();
+        const snapshots = await executor.exec({
+          digest: step.vertexDigest ?? '',
+          op,
+          metadata: step.metadata ?? undefined,
+          inputs,
+          session: c.session?.providers ?? this.#noSession,
+          cacheNamespace: task.cacheNamespace ?? '',
+          ...(task.limits ? { tenantLimits: tenantLimits(task.limits) } : {}),
+          signal: c.signal,
+          log: (stream, data) => output.write(stream, data),
+        });
+        output.flush();
+        c.signal.throwIfAborted();
+        const t1 = performance.now();
+        const outputs = this.#outputs(snapshots, c.ahead).then(
+          (outs) => {
+            r.outputs = outs;
+            r.completedUnixNano = nanos();
+            c.log?.debug(
+              {
+                kind,
+                step: k,
+                stepVertex: step.vertexDigest,
+                outputs: outs.map((o) => o.resultId),
+                runMs: Math.round(t1 - t0),
+                outputsMs: Math.round(performance.now() - t1),
+              },
+              'fused step done',
+            );
+          },
+          (err: unknown) => {
+            r.error = taskErrorOf(err);
+            r.completedUnixNano = nanos();
+          },
+        );
+        made.push(outputs);
+        prev = snapshots;
+      } catch (err) {
+        output.flush();
+        if (c.signal.aborted) throw err;
+        r.error = taskErrorOf(err);
+        r.completedUnixNano = nanos();
+        c.log?.warn(
+          { err, step: k, stepVertex: step.vertexDigest, code: r.error.code },
+          'fused step failed',
+        );
+        break;
+      }
+    }
+    await Promise.all(made);
+    c.signal.throwIfAborted();
+    // A step whose outputs could not be made failed: the steps after it had no valid input.
+    const failed = results.findIndex((r) => r.error);
+    return failed < 0 ? results : results.slice(0, failed + 1);
   }
 
   /** An export task: the artifact of `spec` over the inputs, put in the store. */
@@ -789,7 +934,7 @@ export class TaskRunner {
    * known and in the store (a pulled image's, a fetched input's, one made earlier) carry it, the
    * others are made on request ({@link TaskRunner.materializeResult}).
    */
-  async #output(snapshot: string | undefined): Promise<OutputResult> {
+  async #output(snapshot: string | undefined, ahead?: string[]): Promise<OutputResult> {
     if (snapshot === undefined) return { resultId: EMPTY_RESULT_ID, layers: [] };
     const chain = await snapshotChain(this.env, snapshot);
     const diffIDs = await Promise.all(chain.map((s) => this.engine.layers.diffIdOf(this.env, s)));
@@ -808,8 +953,11 @@ export class TaskRunner {
         return { digest: '', diffId: diffIDs[i] ?? '', size: 0, mediaType: '' };
       }),
     );
-    for (const [i, s] of chain.entries())
-      if (!layers[i]!.digest) void this.engine.layers.compressAhead(this.env, this.store, s);
+    for (const [i, s] of chain.entries()) {
+      if (layers[i]!.digest) continue;
+      if (ahead) ahead.push(s);
+      else void this.engine.layers.compressAhead(this.env, this.store, s);
+    }
     const resultId = resultIdOf(diffIDs);
     await this.held.set(resultId, snapshot);
     this.usage.touch(snapshot);
