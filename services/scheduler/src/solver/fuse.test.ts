@@ -16,7 +16,7 @@ import { Dispatcher } from '../dispatch/index.js';
 import type { DispatchEvent } from '../dispatch/events.js';
 import { bundleWorkerMain, spawnWorkerNode } from '../test-support/workers.js';
 import type { ManagedProcess } from '@kiln/common';
-import { makeTempDir, startNats } from '@kiln/testing';
+import { makeTempDir, startNats, waitFor } from '@kiln/testing';
 import type { NatsServerHandle } from '@kiln/testing';
 import { solveGraph } from './solve.js';
 import type { SolveResult, VertexSnapshot } from './solve.js';
@@ -29,7 +29,16 @@ let nats: NatsServerHandle;
 let nc: NatsConnection;
 let dispatcher: Dispatcher;
 let worker: ManagedProcess;
+let workerMain: string;
 const events: DispatchEvent[] = [];
+
+const startWorker = (): Promise<ManagedProcess> =>
+  spawnWorkerNode(workerMain, nats.url, {
+    id: WORKER,
+    stateDir: join(tmp.dir, WORKER),
+    storeDir: join(tmp.dir, 'store'),
+    registered: (w) => dispatcher.liveWorkers().some((x) => x.id === w),
+  });
 
 beforeAll(async () => {
   if (!fixture) throw new Error('KILN_TEST_FIXTURE_IMAGE is not set: run through vitest');
@@ -43,12 +52,8 @@ beforeAll(async () => {
     monitorIntervalMs: 100,
     onEvent: (e) => events.push(e),
   });
-  worker = await spawnWorkerNode(main, nats.url, {
-    id: WORKER,
-    stateDir: join(tmp.dir, WORKER),
-    storeDir: join(tmp.dir, 'store'),
-    registered: (w) => dispatcher.liveWorkers().some((x) => x.id === w),
-  });
+  workerMain = main;
+  worker = await startWorker();
 });
 
 afterAll(async () => {
@@ -272,5 +277,33 @@ describe('fused chains of file ops', () => {
     expect(second.adopted.has(key(d5))).toBe(true);
     expect(second.dispatched.has(key(d4)) || second.dispatched.has(key(d5))).toBe(false);
     for (const d of [d3, d4, d5]) expect((await recordOf(key(d))).state).toBe('done');
+  });
+
+  it('a fused task whose worker dies mid-chain runs again, chain and all, when it is back', async () => {
+    const tag = salt();
+    const k1 = image(fixture).file(mkfile(`/k-${tag}`, 0o644, 'k\n'));
+    const k2 = sh(k1, `echo started-${tag}; sleep 1; echo ${tag} > /k2`);
+    const k3 = k2.file(mkfile('/k3', 0o644, '3\n'));
+    const end = sh(k3, `test "$(cat /k2)" = ${tag}`);
+    const g = parseDefinition(marshal(end, { platform: LinuxAmd64 }).toProto());
+    const [, d1, d2, d3, d4] = g.order;
+    const solving = solve(end, `k-${tag}`);
+    solving.catch(() => undefined);
+    await waitFor('the fused RUN to start', () =>
+      (lines.get(d2!) ?? []).includes(`started-${tag}`),
+    );
+    // The holder dies mid-chain and comes back on its state dir (a new incarnation): the task
+    // is dispatched again at once and runs whole on it.
+    worker.kill('SIGKILL');
+    await worker.exited;
+    worker = await startWorker();
+    const done = await solving;
+    for (const d of [d1, d2, d3, d4]) {
+      const v = done.vertices.get(d!)!;
+      expect(v.cached).toBe(false);
+      expect(done.adopted.has(v.cacheKey ?? '')).toBe(true);
+      expect((await recordOf(v.cacheKey ?? '')).state).toBe('done');
+    }
+    expect(events.some((e) => e.type === 'redispatched' && e.reason === 'holder-lost')).toBe(true);
   });
 });
