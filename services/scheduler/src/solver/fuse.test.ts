@@ -287,6 +287,7 @@ describe('fused chains of file ops', () => {
     const end = sh(k3, `test "$(cat /k2)" = ${tag}`);
     const g = parseDefinition(marshal(end, { platform: LinuxAmd64 }).toProto());
     const [, d1, d2, d3, d4] = g.order;
+    const from = events.length;
     const solving = solve(end, `k-${tag}`);
     solving.catch(() => undefined);
     await waitFor('the fused RUN to start', () =>
@@ -304,6 +305,7 @@ describe('fused chains of file ops', () => {
       expect(done.adopted.has(v.cacheKey ?? '')).toBe(true);
       expect((await recordOf(v.cacheKey ?? '')).state).toBe('done');
     }
-    expect(events.some((e) => e.type === 'redispatched' && e.reason === 'holder-lost')).toBe(true);
+    const again = events.slice(from).filter((e) => e.type === 'redispatched');
+    expect(again.some((e) => e.type === 'redispatched' && e.reason === 'holder-lost')).toBe(true);
   });
 });
