@@ -17,7 +17,10 @@
  *   result's checksum first);
  * - the previous vertex has no other consumer and is not the build's result (nothing else waits
  *   for it while the chain runs);
- * - every other input is done, and the step is wanted by the build and not run yet.
+ * - every other input is done, and the step is wanted by the build and not run yet;
+ * - the task is not a source's, unless it ignores the cache: a source is resolved again in every
+ *   build even when it has not changed (an image tag, a local context), and the steps after an
+ *   unchanged one are cache hits, which fusing would run again.
  */
 import { inputDigests } from '@kiln/llb';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
@@ -52,11 +55,14 @@ export interface ChainState {
   waiting(d: string): boolean;
   /** The platform a vertex runs on (`os/arch[/variant]`). */
   platform(lo: LoadedOp): string;
+  /** Whether a vertex is never answered from the cache (`--no-cache`). */
+  ignoresCache(lo: LoadedOp): boolean;
 }
 
 /** The steps that can be fused after `head` (possibly none), in order. */
 export function chainAfter(g: LoadedDefinition, head: LoadedOp, s: ChainState): ChainLink[] {
   const out: ChainLink[] = [];
+  if (head.op.source && !s.ignoresCache(head)) return out;
   const platform = s.platform(head);
   let prev = head;
   while (out.length < MAX_CHAIN_STEPS) {

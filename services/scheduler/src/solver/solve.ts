@@ -383,6 +383,7 @@ export async function solveGraph(g: LoadedDefinition, o: SolveOptions): Promise<
     waiting: (d: string) =>
       results.has(d) && !done.has(d) && !attempting.has(d) && !planned.has(d) && !fused.has(d),
     platform: (lo: LoadedOp) => formatPlatform(platformOf(lo.op, o.defaultPlatform)),
+    ignoresCache: (lo: LoadedOp) => Boolean(lo.metadata?.ignoreCache),
   };
 
   /** Runs vertex `digest` again: its result `lost` is gone with its holder. */
