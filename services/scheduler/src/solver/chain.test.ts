@@ -12,7 +12,7 @@ import {
 import type { LoadedDefinition, LoadedOp, State } from '@kiln/llb';
 import { formatPlatform, platformFromPb } from '@kiln/protocol';
 import { describe, expect, it } from 'vitest';
-import { MAX_CHAIN_STEPS, chainAfter, consumersOf } from './chain.js';
+import { MAX_CHAIN_BYTES, MAX_CHAIN_STEPS, chainAfter, consumersOf } from './chain.js';
 import type { ChainState } from './chain.js';
 
 const load = (st: State): LoadedDefinition =>
@@ -82,6 +82,14 @@ describe('chainAfter', () => {
     const src = g.ops.get(g.order[0]!)!;
     expect(chainAfter(g, src, state(g))).toEqual([]);
     expect(digests(chainAfter(g, src, state(g, { ignoreCache: true })))).toEqual([g.result.digest]);
+  });
+
+  it('stops before its ops pass MAX_CHAIN_BYTES', () => {
+    const big = 'x'.repeat(MAX_CHAIN_BYTES / 2 - 1024);
+    let st = base.file(mkdir('/a', 0o755));
+    for (let i = 0; i < 4; i++) st = st.file(mkfile(`/a/${i}`, 0o644, big));
+    const g = load(st);
+    expect(chainAfter(g, fileOps(g)[0]!, state(g))).toHaveLength(2);
   });
 
   it('stops at another platform and after MAX_CHAIN_STEPS steps', () => {

@@ -26,8 +26,12 @@ import { inputDigests } from '@kiln/llb';
 import type { LoadedDefinition, LoadedOp } from '@kiln/llb';
 import { depSpecs } from '@kiln/llb';
 
-/** The most steps fused after one task (bounds the task's size and what one failure reruns). */
-export const MAX_CHAIN_STEPS = 32;
+/**
+ * The most steps fused after one task, and the most bytes of their ops: the task and its result
+ * (each step's outputs name their whole layer chain) travel in one bus message and one record.
+ */
+export const MAX_CHAIN_STEPS = 16;
+export const MAX_CHAIN_BYTES = 128 * 1024;
 
 /** A step of a chain: the vertex, and which of its inputs is the previous vertex's output. */
 export interface ChainLink {
@@ -65,6 +69,7 @@ export function chainAfter(g: LoadedDefinition, head: LoadedOp, s: ChainState): 
   if (head.op.source && !s.ignoresCache(head)) return out;
   const platform = s.platform(head);
   let prev = head;
+  let bytes = 0;
   while (out.length < MAX_CHAIN_STEPS) {
     if (prev.digest === g.result.digest) break;
     const consumers = s.consumers.get(prev.digest);
@@ -79,6 +84,8 @@ export function chainAfter(g: LoadedDefinition, head: LoadedOp, s: ChainState): 
     const chainedInput = chained[0]!;
     if (depSpecs(lo.op)[chainedInput]?.contentBased) break;
     if (!inputs.every((inp, i) => i === chainedInput || s.done(inp.digest ?? ''))) break;
+    bytes += lo.bytes.length;
+    if (bytes > MAX_CHAIN_BYTES) break;
     out.push({ lo, chainedInput });
     prev = lo;
   }
