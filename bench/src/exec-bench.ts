@@ -62,7 +62,7 @@ export async function benchExec(
 
     const bundle = join(dir, 'raw-bundle');
     await mkdir(bundle);
-    await writeFile(join(bundle, 'resolv.conf'), await resolvConf('host'));
+    await writeFile(join(bundle, 'resolv.conf'), resolvConf('host'));
     await writeFile(join(bundle, 'hosts'), hostsFile('buildkitsandbox'));
     const spec = generateSpec({
       id: 'raw',

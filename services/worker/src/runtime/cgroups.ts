@@ -103,12 +103,23 @@ export function sharesToWeight(shares: number): number {
  * the counters and removes the group.
  */
 export class TaskCgroups {
-  private constructor(readonly version: 1 | 2) {}
+  private constructor(
+    readonly version: 1 | 2,
+    /**
+     * v1: fill the task's own cpuset groups (a runtime run as root of a user namespace leaves
+     * them without CPUs); a runtime run as the host's root fills the groups it makes itself.
+     */
+    private readonly fillCpuset: boolean,
+  ) {}
 
-  /** Detects the cgroup version of this machine. */
-  static async detect(): Promise<TaskCgroups> {
-    if (await exists(join(ROOT, 'cgroup.controllers'))) return new TaskCgroups(2);
-    if (await exists(join(ROOT, 'memory', 'memory.limit_in_bytes'))) return new TaskCgroups(1);
+  /**
+   * Detects the cgroup version of this machine. `inUserNamespace`: the runtime runs as root of a
+   * user namespace (see `fillCpuset`).
+   */
+  static async detect(inUserNamespace = false): Promise<TaskCgroups> {
+    if (await exists(join(ROOT, 'cgroup.controllers'))) return new TaskCgroups(2, false);
+    if (await exists(join(ROOT, 'memory', 'memory.limit_in_bytes')))
+      return new TaskCgroups(1, inUserNamespace);
     throw new RuntimeError(
       RuntimeErrorCode.Unavailable,
       `no cgroup v2 or v1 memory controller under ${ROOT}: task limits cannot be applied`,
@@ -156,7 +167,11 @@ export class TaskCgroups {
   }
 
   async #createV1(path: string, l: TaskLimits): Promise<void> {
-    for (const c of V1_CONTROLLERS) await mkdir(join(ROOT, c, path), { recursive: true });
+    // The hierarchies are independent: their groups are made at once.
+    const [cpuset] = await Promise.all([
+      this.fillCpuset && exists(join(ROOT, 'cpuset', path, '..')),
+      ...V1_CONTROLLERS.map((c) => mkdir(join(ROOT, c, path), { recursive: true })),
+    ]);
     const mem = join(ROOT, 'memory', path);
     if (l.memoryBytes) {
       await writeFile(join(mem, 'memory.limit_in_bytes'), String(l.memoryBytes));
@@ -167,8 +182,8 @@ export class TaskCgroups {
     if (l.pids) await writeFile(join(ROOT, 'pids', path, 'pids.max'), String(l.pids));
     if (l.cpuShares) await writeFile(join(ROOT, 'cpu', path, 'cpu.shares'), String(l.cpuShares));
     // A new v1 cpuset group has no CPUs: the runtime fills in the groups it makes, except as root
-    // of a user namespace (a remapped worker), so the task's own two levels are filled here.
-    if (await exists(join(ROOT, 'cpuset', path, '..'))) await initCpuset(join(path, 'ctr'));
+    // of a user namespace (a remapped worker), so the task's own two levels are filled there.
+    if (cpuset) await initCpuset(join(path, 'ctr'));
   }
 
   async #createV2(path: string, l: TaskLimits): Promise<void> {

@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import type { HostEntry, NetworkMode } from './types.js';
 
 /** BuildKit's default hostname inside build containers. */
@@ -19,13 +19,11 @@ export function hostsFile(hostname: string, extra: readonly HostEntry[] = []): s
  * nameservers (unreachable from another network namespace), falling back to public resolvers
  * when none remain, as Docker and BuildKit do.
  */
-export async function resolvConf(
-  network: NetworkMode,
-  hostPath = '/etc/resolv.conf',
-): Promise<string> {
+export function resolvConf(network: NetworkMode, hostPath = '/etc/resolv.conf'): string {
   let text = '';
   try {
-    text = await readFile(hostPath, 'utf8');
+    // A small file the kernel has cached: read in one call (at every RUN, on its critical path).
+    text = readFileSync(hostPath, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }

@@ -157,6 +157,29 @@ describe('OciRuntime', () => {
     await expect(lstat(join(rootfs, 'etc/resolv.conf'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
+  it("shares /etc/hosts and /etc/resolv.conf between sandbox runs, never an insecure run's", async () => {
+    const shared = join(root, 'state', 'shared');
+    const hosts = async (): Promise<string[]> =>
+      (await readdir(shared).catch(() => [])).filter((n) => n.startsWith('hosts-'));
+    const before = await hosts();
+    // One file for the runs with the same hostname, read-only inside.
+    expect(await sh('cat /etc/hosts', { hostname: 'shared1' })).toContain('localhost shared1');
+    expect(await sh('cat /etc/hosts', { hostname: 'shared1' })).toContain('localhost shared1');
+    const after = await hosts();
+    expect(after).toHaveLength(before.length + 1);
+    expect(await sh('echo x >> /etc/hosts 2>&1 || echo refused', { hostname: 'shared1' })).toMatch(
+      /refused/,
+    );
+    // A privileged run could remount its bind writable: its files are its own.
+    expect(
+      await sh('mount -o remount,rw /etc/hosts && echo rw; cat /etc/hosts', {
+        hostname: 'insecure1',
+        security: 'insecure',
+      }),
+    ).toContain('localhost insecure1');
+    expect(await hosts()).toEqual(after);
+  });
+
   it('network none has only lo and cannot reach the host; host network can', async () => {
     const links = await sh('ip -o link', { network: 'none' });
     expect(
