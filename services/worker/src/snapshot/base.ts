@@ -185,8 +185,9 @@ export abstract class BaseSnapshotter implements Snapshotter {
       this.put(key, r);
       return r;
     });
-    await this.save();
-    return this.mountsOf(key, rec);
+    // Both awaited: the record is in the log before the caller gets the mounts.
+    const [, mounts] = await Promise.all([this.save(), this.mountsOf(key, rec)]);
+    return mounts;
   }
 
   mounts(key: string): Promise<MountSpec[]> {

@@ -125,6 +125,9 @@ export async function unmount(target: string): Promise<void> {
   }
 }
 
+/** Temp roots {@link mountTemp} made in this process (each made once, not at every mount). */
+const madeRoots = new Set<string>();
+
 /**
  * A host directory showing `specs`: a single writable bind needs no mount (its source is the tree);
  * anything else (a read-only bind included, so that it really is read-only) is mounted on a fresh
@@ -138,8 +141,19 @@ export async function mountTemp(
   if (only?.type === 'bind' && !only.options.includes('ro')) {
     return { path: only.source, readonly: false, release: () => Promise.resolve() };
   }
-  await mkdir(tmpRoot, { recursive: true });
-  const dir = await mkdtemp(join(tmpRoot, 'm-'));
+  if (!madeRoots.has(tmpRoot)) {
+    await mkdir(tmpRoot, { recursive: true });
+    madeRoots.add(tmpRoot);
+  }
+  let dir: string;
+  try {
+    dir = await mkdtemp(join(tmpRoot, 'm-'));
+  } catch (err) {
+    // Removed since (a sweep of the state dir): made again.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await mkdir(tmpRoot, { recursive: true });
+    dir = await mkdtemp(join(tmpRoot, 'm-'));
+  }
   try {
     await mountAll(specs, dir);
   } catch (err) {

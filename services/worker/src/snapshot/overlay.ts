@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { BaseSnapshotter, settle } from './base.js';
@@ -65,8 +66,10 @@ export class OverlaySnapshotter extends BaseSnapshotter {
 
   protected async create(rec: SnapshotRecord, dir: string): Promise<void> {
     if (rec.kind === 'active') {
-      await mkdir(join(dir, 'fs'), { mode: 0o755 });
-      await mkdir(join(dir, 'work'), { mode: 0o700 });
+      await Promise.all([
+        mkdir(join(dir, 'fs'), { mode: 0o755 }),
+        mkdir(join(dir, 'work'), { mode: 0o700 }),
+      ]);
     }
   }
 
@@ -106,7 +109,7 @@ export class OverlaySnapshotter extends BaseSnapshotter {
     const out: string[] = [];
     for (const { key, rec } of this.chain(name)) {
       const dir = this.dirOf(rec);
-      if (await exists(join(dir, 'flat'))) {
+      if (existsSync(join(dir, 'flat'))) {
         out.push(join(dir, 'flat'));
         return out;
       }
@@ -204,9 +207,13 @@ export class OverlaySnapshotter extends BaseSnapshotter {
   }
 }
 
-async function exists(p: string): Promise<boolean> {
+/**
+ * Whether `p` exists: a synchronous stat (metadata the kernel has cached costs microseconds; one
+ * per snapshot of a chain, at every mount, each a thread-pool round trip otherwise).
+ */
+function existsSync(p: string): boolean {
   try {
-    await stat(p);
+    statSync(p);
     return true;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
