@@ -181,10 +181,18 @@ export function diffLayer(source: DiffSource, opts: DiffOptions = {}): LayerStre
  */
 export function layerOfTar(tar: Readable, opts: DiffOptions = {}): LayerStream {
   const mediaType = layerMediaType(opts);
-  const comp = compressor(opts.compression ?? 'gzip', opts.level);
   const diffHasher = new DigestingStream();
-  const blobHasher = new DigestingStream();
-  const stream = pipeline(tar, diffHasher, coalescer(), comp, blobHasher, () => undefined);
+  let stream: Readable;
+  let blobHasher = diffHasher;
+  if (opts.compression === 'none') {
+    // The blob is the tar: one hash, no stages that pass the bytes on unchanged (each costs
+    // event-loop turns per chunk and at the end, on the critical path of every diffID).
+    stream = pipeline(tar, diffHasher, () => undefined);
+  } else {
+    const comp = compressor(opts.compression ?? 'gzip', opts.level);
+    blobHasher = new DigestingStream();
+    stream = pipeline(tar, diffHasher, coalescer(), comp, blobHasher, () => undefined);
+  }
   const done = (async (): Promise<LayerDescriptor> => {
     await finished(stream);
     return {

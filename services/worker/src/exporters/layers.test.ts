@@ -14,7 +14,9 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { TaskRunner } from '../node/task-runner.js';
 import { runGraph } from '../test-support/graphs.js';
 import type { SnapshotEnv } from '../ops/snapshots.js';
-import { LayerCache } from './layers.js';
+import { KEEP_TAR_BYTES, KEEP_TOTAL_BYTES, LayerCache } from './layers.js';
+
+const KEEP = { tar: KEEP_TAR_BYTES, total: KEEP_TOTAL_BYTES };
 
 let state: string;
 let runner: TaskRunner;
@@ -48,12 +50,23 @@ afterAll(async () => {
 describe('LayerCache', () => {
   it('compresses the tar its diffID was hashed from: the blob a new diff makes', async () => {
     const snap = await result(40);
+    // A small tar is kept in memory: no file.
+    const inMemory = await LayerCache.open(join(state, 'a0', 'layers.jsonl'));
+    const hashed = await inMemory.diffIdOf(env, snap);
+    expect(inMemory.keptInMemoryTars()).toBe(1);
+    expect(await tarsIn(join(state, 'a0', 'layers.jsonl'))).toHaveLength(0);
+    const fromMemory = await inMemory.layerOf(env, store, snap);
+    expect(fromMemory.diffID).toBe(hashed);
+    expect(inMemory.keptTars()).toBe(0);
+    // Without room in memory, in a file.
     const file = join(state, 'a', 'layers.jsonl');
-    const layers = await LayerCache.open(file);
+    const layers = await LayerCache.open(file, { ...KEEP, memory: 0 });
     const diffID = await layers.diffIdOf(env, snap);
     expect(layers.keptTars()).toBe(1);
+    expect(layers.keptInMemoryTars()).toBe(0);
     expect(await tarsIn(file)).toHaveLength(1);
     const rec = await layers.layerOf(env, store, snap);
+    expect(rec).toEqual(fromMemory);
     expect(rec.diffID).toBe(diffID);
     expect(await store.has(rec.digest as Digest)).toBe(true);
     // Used once, then gone.
@@ -69,7 +82,7 @@ describe('LayerCache', () => {
   it('never uses a kept tar of other bytes, and keeps no tar past its bounds', async () => {
     const snap = await result(10);
     const file = join(state, 'c', 'layers.jsonl');
-    const layers = await LayerCache.open(file);
+    const layers = await LayerCache.open(file, { ...KEEP, memory: 0 });
     const diffID = await layers.diffIdOf(env, snap);
     const [kept] = await tarsIn(file);
     // Another tar of the same length would do as well: this one is not even a tar.
@@ -90,6 +103,7 @@ describe('LayerCache', () => {
     const two = await LayerCache.open(join(state, 'f', 'layers.jsonl'), {
       tar: 1 << 20,
       total: 8 * 1024,
+      memory: 0,
     });
     await two.diffIdOf(env, await result(3));
     await two.diffIdOf(env, await result(4));
@@ -99,11 +113,27 @@ describe('LayerCache', () => {
 
   it('removes what a previous process kept when it opens', async () => {
     const file = join(state, 'g', 'layers.jsonl');
-    const first = await LayerCache.open(file);
+    const first = await LayerCache.open(file, { ...KEEP, memory: 0 });
     await first.diffIdOf(env, await result(2));
     expect(await tarsIn(file)).toHaveLength(1);
     await LayerCache.open(file);
     expect(await tarsIn(file)).toHaveLength(0);
+  });
+
+  it('holds no more in memory than its bound', async () => {
+    const layers = await LayerCache.open(join(state, 'i', 'layers.jsonl'), {
+      ...KEEP,
+      memory: 12 * 1024,
+    });
+    // 8 files: 8 headers and 8 blocks of 512 bytes, the directory's header, the end: ~10 KiB.
+    const [a, b] = [await result(8), await result(8)];
+    await Promise.all([layers.diffIdOf(env, a), layers.diffIdOf(env, b)]);
+    expect(layers.keptInMemoryTars()).toBe(1);
+    expect(layers.keptTars()).toBe(1);
+    // Made from the snapshot again: the same bytes.
+    const again = await LayerCache.open(join(state, 'j', 'layers.jsonl'), { tar: 0, total: 0 });
+    for (const snap of [a, b])
+      expect(await layers.layerOf(env, store, snap)).toEqual(await again.layerOf(env, store, snap));
   });
 
   it('compresses a small kept tar ahead (the blob a later layerOf returns), not a larger one', async () => {

@@ -10,16 +10,20 @@
  * Layers of pulled images are registered by the image source with their original blobs, so
  * exporting an image built on them reuses the registry's bytes.
  *
- * The uncompressed tar the diffID was hashed from is kept in a file (a tar of at most
+ * The uncompressed tar the diffID was hashed from is kept (a tar of at most
  * {@link KEEP_TAR_BYTES}, at most {@link KEEP_TOTAL_BYTES} of them, oldest dropped first, in this
  * process only) until the blob is made: the blob then only compresses it, where it would walk,
- * read and encode the snapshot again (issue 9: the export of a 5,000-file COPY's layer). A kept tar
- * that is gone or not the diffID's bytes is never used: the layer is produced again.
+ * read and encode the snapshot again (issue 9: the export of a 5,000-file COPY's layer). A small
+ * tar (at most the compress-ahead size, {@link KEEP_MEMORY_BYTES} of them in all) is kept in
+ * memory: writing it to a file cost a task ~3 ms before its diffID (an open, writes and a close
+ * through the thread pool), and it is compressed right after anyway. A larger one goes to a file.
+ * A kept tar that is gone or not the diffID's bytes is never used: the layer is produced again.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { access, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import type { FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import { dirname, join } from 'node:path';
 import { KilnError, withCleanup } from '@kiln/protocol';
 import type { BlobStore } from '@kiln/store';
@@ -41,15 +45,45 @@ export const KEEP_TAR_BYTES = 64 << 20;
 export const KEEP_TOTAL_BYTES = 256 << 20;
 /** Kept tars up to this size are compressed into their blob as soon as they are kept. */
 export const COMPRESS_AHEAD_BYTES = 4 << 20;
+/** Kept tars held in memory (each at most the compress-ahead size), all together. */
+export const KEEP_MEMORY_BYTES = 16 << 20;
+
+/** The bounds of kept tars (see {@link LayerCache.open}). */
+export interface KeepBounds {
+  /** The largest tar kept. */
+  tar: number;
+  /** All kept tars together. */
+  total: number;
+  /** Kept tars up to this size are compressed ahead; default {@link COMPRESS_AHEAD_BYTES}. */
+  ahead?: number;
+  /**
+   * Kept tars up to the compress-ahead size are held in memory, this many bytes of them in all
+   * (the others in files); default {@link KEEP_MEMORY_BYTES}, 0: every kept tar in a file.
+   */
+  memory?: number;
+}
+
+/** A tar read whole: in memory, or in its file; undefined when it is not kept. */
+type Collected = { size: number; data?: Buffer } | undefined;
 
 /**
- * Reads `stream` to its end, writing it to `path` as long as it stays within `max` bytes and the
- * file can be written; true when the whole stream is in the file (else the file is removed, and
- * the stream is still read: keeping a tar never fails the diff).
+ * Reads `stream` to its end and keeps it whole when it is at most `max` bytes: in memory while it
+ * stays within `memMax` bytes (no file is written: the caller holds the bytes), else in the file
+ * `path`. Undefined when it is not kept (too large, or the file cannot be written: the file is
+ * then removed, and the stream is still read: keeping a tar never fails the diff).
  */
-async function keepTar(stream: Readable, path: string, max: number): Promise<boolean> {
-  let fh = await open(path, 'w', 0o600).catch(() => undefined);
+async function collectTar(
+  stream: Readable,
+  path: string,
+  max: number,
+  memMax: number,
+): Promise<Collected> {
+  let parts: Buffer[] | undefined = [];
+  let fh: FileHandle | undefined;
+  let failed = false;
   const drop = async (): Promise<void> => {
+    failed = true;
+    parts = undefined;
     const f = fh;
     fh = undefined;
     await f?.close().catch(() => undefined);
@@ -60,15 +94,34 @@ async function keepTar(stream: Readable, path: string, max: number): Promise<boo
     for await (const chunk of stream) {
       const b = chunk as Buffer;
       size += b.length;
-      if (fh !== undefined && size > max) await drop();
+      if (failed) continue;
+      if (size > max) {
+        await drop();
+        continue;
+      }
+      if (parts !== undefined && size <= memMax) {
+        parts.push(b);
+        continue;
+      }
+      // Past the memory bound: the file from here on (what was held first).
+      if (fh === undefined) {
+        fh = await open(path, 'w', 0o600).catch(() => undefined);
+        if (fh === undefined) {
+          await drop();
+          continue;
+        }
+        for (const p of parts ?? []) await fh.write(p).catch(drop);
+        parts = undefined;
+      }
       if (fh !== undefined) await fh.write(b).catch(drop);
     }
-    if (fh === undefined) return false;
-    const f = fh;
+    if (failed) return undefined;
+    if (parts !== undefined) return { size, data: Buffer.concat(parts, size) };
+    const f = fh!;
     fh = undefined;
     return await f.close().then(
-      () => true,
-      () => rm(path, { force: true }).then(() => false),
+      () => ({ size }),
+      () => rm(path, { force: true }).then(() => undefined),
     );
   } finally {
     if (fh !== undefined) await drop();
@@ -85,9 +138,10 @@ export class LayerCache {
   /** Layers written with clamped file times, by `snapshot@epoch` (this process only). */
   private readonly rewritten = new Map<string, Promise<LayerRecord>>();
 
-  /** Kept uncompressed tars by snapshot, oldest first, and their total size. */
-  private readonly kept = new Map<string, { path: string; size: number }>();
+  /** Kept uncompressed tars by snapshot (bytes, or a file), oldest first, and their sizes. */
+  private readonly kept = new Map<string, { path: string; size: number; data?: Buffer }>();
   private keptBytes = 0;
+  private keptInMemory = 0;
   private readonly tarDir: string;
   /** The blobs made ahead ({@link LayerCache.compressAhead}), one after the other. */
   #ahead: Promise<void> = Promise.resolve();
@@ -95,7 +149,7 @@ export class LayerCache {
   private constructor(
     private readonly kv: KvFile,
     file: string,
-    private readonly keep: { tar: number; total: number; ahead?: number },
+    private readonly keep: KeepBounds,
   ) {
     this.tarDir = join(dirname(file), 'layer-tars');
   }
@@ -109,10 +163,7 @@ export class LayerCache {
    */
   static async open(
     file: string,
-    keep: { tar: number; total: number; ahead?: number } = {
-      tar: KEEP_TAR_BYTES,
-      total: KEEP_TOTAL_BYTES,
-    },
+    keep: KeepBounds = { tar: KEEP_TAR_BYTES, total: KEEP_TOTAL_BYTES },
     legacy?: string,
   ): Promise<LayerCache> {
     await mkdir(dirname(file), { recursive: true });
@@ -170,20 +221,28 @@ export class LayerCache {
           `${createHash('sha256').update(snapshot).digest('hex')}.tar`,
         );
         const keep = this.keep.tar > 0 && this.keep.total > 0;
-        if (keep) await mkdir(this.tarDir, { recursive: true });
-        const [diffID, size] = await withCleanup(
+        const [diffID, whole] = await withCleanup(
           async () => {
             const layer = diffLayer(handle.source, { compression: 'none' });
-            let kept = Promise.resolve(false);
-            if (keep) kept = keepTar(layer.stream, path, Math.min(this.keep.tar, this.keep.total));
-            else layer.stream.resume();
+            let kept: Promise<Collected> = Promise.resolve(undefined);
+            if (keep) {
+              const max = Math.min(this.keep.tar, this.keep.total);
+              const memMax = Math.min(
+                this.keep.ahead ?? COMPRESS_AHEAD_BYTES,
+                this.#memoryBound - this.keptInMemory,
+              );
+              if (memMax < max) await mkdir(this.tarDir, { recursive: true });
+              kept = collectTar(layer.stream, path, max, memMax);
+            } else {
+              layer.stream.resume();
+            }
             // Both settle: a failed diff fails the stream, and the file is then removed.
-            const [desc, whole] = await Promise.all([layer.done, kept]);
-            return [desc.diffID, whole ? desc.uncompressedSize : -1] as const;
+            const [desc, tar] = await Promise.all([layer.done, kept]);
+            return [desc.diffID, tar?.size === desc.uncompressedSize ? tar : undefined] as const;
           },
           () => handle.release(),
         );
-        if (size >= 0) await this.#keepTar(snapshot, path, size);
+        if (whole !== undefined) await this.#keepTar(snapshot, path, whole);
         // A blob written meanwhile recorded the same diffID. Not awaited: the task's result
         // does not wait for the file (a diffID lost with it is computed again, the diff being
         // deterministic); a failed write is the next save's to retry.
@@ -283,24 +342,30 @@ export class LayerCache {
     if (k === undefined) return undefined;
     this.kept.delete(snapshot);
     this.keptBytes -= k.size;
+    if (k.data !== undefined) this.keptInMemory -= k.size;
     try {
-      const desc = await putLayer(
-        store,
-        layerOfTar(createReadStream(k.path), { compression: 'gzip' }),
-      );
+      const tar = k.data !== undefined ? Readable.from([k.data]) : createReadStream(k.path);
+      const desc = await putLayer(store, layerOfTar(tar, { compression: 'gzip' }));
       return desc.diffID === hashed && desc.uncompressedSize === k.size ? desc : undefined;
     } catch {
       return undefined;
     } finally {
-      await rm(k.path, { force: true });
+      if (k.data === undefined) await rm(k.path, { force: true });
     }
   }
 
   /** Records a kept tar; resolves once the tars it pushed past the total bound are removed. */
-  async #keepTar(snapshot: string, path: string, size: number): Promise<void> {
+  async #keepTar(
+    snapshot: string,
+    path: string,
+    tar: { size: number; data?: Buffer },
+  ): Promise<void> {
     const dropped = [this.#dropTar(snapshot)];
-    this.kept.set(snapshot, { path, size });
-    this.keptBytes += size;
+    // Diffs running at once each found room in memory: the bound holds all the same.
+    if (tar.data !== undefined && this.keptInMemory + tar.size > this.#memoryBound) return;
+    this.kept.set(snapshot, { path, ...tar });
+    this.keptBytes += tar.size;
+    if (tar.data !== undefined) this.keptInMemory += tar.size;
     for (const [s] of this.kept) {
       if (this.keptBytes <= this.keep.total) break;
       dropped.push(this.#dropTar(s));
@@ -314,12 +379,24 @@ export class LayerCache {
     if (k === undefined) return Promise.resolve();
     this.kept.delete(snapshot);
     this.keptBytes -= k.size;
+    if (k.data !== undefined) {
+      this.keptInMemory -= k.size;
+      return Promise.resolve();
+    }
     return rm(k.path, { force: true }).catch(() => undefined);
   }
 
-  /** Kept tars (tests). */
+  get #memoryBound(): number {
+    return this.keep.memory ?? KEEP_MEMORY_BYTES;
+  }
+
+  /** Kept tars (tests), and how many of them are in memory. */
   keptTars(): number {
     return this.kept.size;
+  }
+
+  keptInMemoryTars(): number {
+    return [...this.kept.values()].filter((k) => k.data !== undefined).length;
   }
 
   /** The layers of a result snapshot, base first, with their blobs in `store`. */

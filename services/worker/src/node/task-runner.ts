@@ -7,9 +7,10 @@
  *   dir) is used as is; any other is rebuilt from its layers, fetched from the shared content store
  *   by digest and checked against their diffIDs, each layer a committed snapshot named by its
  *   chain ID (reused when present, built once when several tasks need it at once).
- * - Outputs: each output's layers (its snapshot chain, one layer per snapshot, computed once by the
- *   engine's LayerCache) are in the shared store before the result is returned (blobs first); its
- *   result id is the chain ID of those layers (see `result-id.ts`), and it is held from then on.
+ * - Outputs: each output's layers (its snapshot chain, one layer per snapshot) are named by their
+ *   diffIDs (computed once by the engine's LayerCache); blobs are made only when something needs
+ *   them (`materializeResult`). Its result id is the chain ID of those layers (see
+ *   `result-id.ts`), and it is held from then on (recorded on disk in the background).
  * - Failures are returned as a TaskError (code, retryable, exit code and output tail of a failed
  *   process), never thrown. When `signal` aborts the executors stop and the outcome is discarded by
  *   the consumer.
@@ -959,7 +960,12 @@ export class TaskRunner {
       else void this.engine.layers.compressAhead(this.env, this.store, s);
     }
     const resultId = resultIdOf(diffIDs);
-    await this.held.set(resultId, snapshot);
+    // Held from now on (in memory at once); its line is appended off the task's critical path: a
+    // worker that dies before it is written forgets the result, and whoever needs it then reruns
+    // its producer, as after any lost holder.
+    this.held
+      .set(resultId, snapshot)
+      .catch((err: unknown) => this.log?.warn({ err, resultId }, 'held result not recorded'));
     this.usage.touch(snapshot);
     return { resultId, layers };
   }
