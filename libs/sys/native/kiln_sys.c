@@ -670,42 +670,44 @@ static napi_value js_copy_files(napi_env env, napi_callback_info info) {
  * Why: libuv forks, and a fork of a large process (the worker, ~300 MB) copies its page tables
  * and blocks the event loop until the child has exec'd, ~15-25 ms on these machines per
  * container start. glibc's posix_spawn clones with CLONE_VM|CLONE_VFORK: no copy, and the caller
- * waits only for the exec. The exit is awaited by a thread of its own (waitpid on this one pid,
- * so libuv's SIGCHLD handling, which waits for its own pids only, never reaps it) and reported
- * through a thread-safe function.
+ * waits only for the exec. That wait (1-4 ms, longer on a busy machine: the child must be
+ * scheduled and exec) is a thread's of its own, not the event loop's: the thread spawns, reports
+ * the pid, waits for the exit (waitpid on this one pid, so libuv's SIGCHLD handling, which waits
+ * for its own pids only, never reaps it) and reports it, through a thread-safe function.
  */
 struct child {
-  pid_t pid;
-  int status;
+  char *file, **args, **envp;
+  int out_w, err_w; /* the child's ends of the pipes, closed by the thread once spawned */
   napi_threadsafe_function tsfn;
+};
+
+/* One report to JS: kind 0 started (a = pid), 1 failed to start (a = errno), 2 exited (a = code
+ * or -1, b = signal). */
+struct child_event {
+  int kind, a, b;
 };
 
 static void child_call_js(napi_env env, napi_value cb, void *context, void *data) {
   (void)context;
-  struct child *c = data;
+  struct child_event *e = data;
   if (env != NULL && cb != NULL) {
-    napi_value undefined, argv[2];
-    int code = -1, sig = 0;
-    if (WIFEXITED(c->status)) code = WEXITSTATUS(c->status);
-    else if (WIFSIGNALED(c->status)) sig = WTERMSIG(c->status);
+    napi_value undefined, argv[3];
     napi_get_undefined(env, &undefined);
-    argv[0] = int_value(env, code);
-    argv[1] = int_value(env, sig);
-    napi_call_function(env, undefined, cb, 2, argv, NULL);
+    argv[0] = int_value(env, e->kind);
+    argv[1] = int_value(env, e->a);
+    argv[2] = int_value(env, e->b);
+    napi_call_function(env, undefined, cb, 3, argv, NULL);
   }
-  free(c);
+  free(e);
 }
 
-static void *child_wait(void *arg) {
-  struct child *c = arg;
-  napi_threadsafe_function tsfn = c->tsfn;
-  pid_t r;
-  do r = waitpid(c->pid, &c->status, 0);
-  while (r == -1 && errno == EINTR);
-  if (r == -1) c->status = 0x7f00; /* reported as exit 127 */
-  napi_call_threadsafe_function(tsfn, c, napi_tsfn_blocking);
-  napi_release_threadsafe_function(tsfn, napi_tsfn_release);
-  return NULL;
+static void child_report(struct child *c, int kind, int a, int b) {
+  struct child_event *e = malloc(sizeof *e);
+  if (!e) return; /* out of memory: the report is lost (closed never settles) */
+  e->kind = kind;
+  e->a = a;
+  e->b = b;
+  napi_call_threadsafe_function(c->tsfn, e, napi_tsfn_blocking);
 }
 
 /* A JS array of strings as a NULL-terminated, malloc'd vector (NULL on error). */
@@ -733,99 +735,128 @@ static void free_string_array(char **v) {
   free(v);
 }
 
-/*
- * spawn(file, argv, envp, onExit) -> [pid, stdoutFd, stderrFd] | errno
- * The child: stdin /dev/null, stdout and stderr pipes (the parent gets the read ends, close-on-
- * exec), a session of its own (setsid), default signal dispositions and an empty signal mask (as
- * libuv gives its children). onExit(code, signal) is called once: code -1 when killed by signal.
- */
-static napi_value js_spawn(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4], result, resource_name;
-  char *file = NULL, **args = NULL, **envp = NULL;
-  int out[2] = {-1, -1}, err[2] = {-1, -1}, rc = 0;
-  struct child *c = NULL;
-  bool have_fa = false, have_attr = false;
+static void child_free(struct child *c) {
+  if (c->out_w >= 0) close(c->out_w);
+  if (c->err_w >= 0) close(c->err_w);
+  free(c->file);
+  free_string_array(c->args);
+  free_string_array(c->envp);
+  free(c);
+}
+
+/* posix_spawn of c->file; 0 and *pid, or an errno. */
+static int child_spawn(struct child *c, pid_t *pid) {
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 4 || get_string(env, argv[0], &file) || !file ||
-      !(args = get_string_array(env, argv[1])) || !(envp = get_string_array(env, argv[2]))) {
-    free(file);
-    free_string_array(args);
-    free_string_array(envp);
-    napi_throw_type_error(env, NULL, "spawn: bad arguments");
-    return NULL;
+  int rc;
+  if ((rc = posix_spawn_file_actions_init(&fa))) return rc;
+  if ((rc = posix_spawnattr_init(&attr))) {
+    posix_spawn_file_actions_destroy(&fa);
+    return rc;
   }
-  c = calloc(1, sizeof *c);
-  if (!c) {
-    rc = ENOMEM;
-    goto done;
-  }
-  if (napi_create_string_utf8(env, "kiln_sys.spawn", NAPI_AUTO_LENGTH, &resource_name) !=
-          napi_ok ||
-      napi_create_threadsafe_function(env, argv[3], NULL, resource_name, 0, 1, NULL, NULL, NULL,
-                                      child_call_js, &c->tsfn) != napi_ok) {
-    rc = EINVAL;
-    goto done;
-  }
-  if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
-    rc = errno;
-    goto done;
-  }
-  if ((rc = posix_spawn_file_actions_init(&fa))) goto done;
-  have_fa = true;
-  if ((rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)) ||
-      (rc = posix_spawn_file_actions_adddup2(&fa, out[1], 1)) ||
-      (rc = posix_spawn_file_actions_adddup2(&fa, err[1], 2)))
-    goto done;
-  if ((rc = posix_spawnattr_init(&attr))) goto done;
-  have_attr = true;
   sigset_t all, none;
   /* Every signal, glibc's internal ones (32, 33) included: sigfillset leaves them out, and
    * posix_spawn then sets them to SIG_IGN in the child, which an exec keeps (containers would
    * start with them ignored, unlike libuv's children). */
   memset(&all, 0xff, sizeof all);
   sigemptyset(&none);
-  if ((rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF |
-                                                POSIX_SPAWN_SETSIGMASK)) ||
-      (rc = posix_spawnattr_setsigdefault(&attr, &all)) ||
-      (rc = posix_spawnattr_setsigmask(&attr, &none)))
-    goto done;
-  if ((rc = posix_spawnp(&c->pid, file, &fa, &attr, args, envp))) goto done;
+  if (!(rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)) &&
+      !(rc = posix_spawn_file_actions_adddup2(&fa, c->out_w, 1)) &&
+      !(rc = posix_spawn_file_actions_adddup2(&fa, c->err_w, 2)) &&
+      !(rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF |
+                                                   POSIX_SPAWN_SETSIGMASK)) &&
+      !(rc = posix_spawnattr_setsigdefault(&attr, &all)) &&
+      !(rc = posix_spawnattr_setsigmask(&attr, &none)))
+    rc = posix_spawn(pid, c->file, &fa, &attr, c->args, c->envp);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  return rc;
+}
+
+static void *child_run(void *arg) {
+  struct child *c = arg;
+  napi_threadsafe_function tsfn = c->tsfn;
+  pid_t pid;
+  int rc = child_spawn(c, &pid);
+  if (rc) {
+    child_report(c, 1, rc, 0);
+  } else {
+    int status = 0;
+    pid_t r;
+    child_report(c, 0, pid, 0);
+    /* The parent's copies of the write ends: the reader sees the end once the child's go. */
+    close(c->out_w);
+    close(c->err_w);
+    c->out_w = c->err_w = -1;
+    do r = waitpid(pid, &status, 0);
+    while (r == -1 && errno == EINTR);
+    if (r == -1) status = 0x7f00; /* reported as exit 127 */
+    child_report(c, 2, WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                 WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  }
+  child_free(c);
+  napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+  return NULL;
+}
+
+/*
+ * spawn(path, argv, envp, onEvent) -> [stdoutFd, stderrFd] | errno
+ * `path` is the program's path (no PATH search). The child: stdin /dev/null, stdout and stderr
+ * pipes (the parent gets the read ends, close-on-exec), a session of its own (setsid), default
+ * signal dispositions and an empty signal mask (as libuv gives its children). It is started on a
+ * thread: onEvent(0, pid) once it runs, or onEvent(1, errno) when it cannot start; then
+ * onEvent(2, code, signal) once it exited (code -1 when killed by signal).
+ */
+static napi_value js_spawn(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], result, resource_name;
+  int out[2] = {-1, -1}, err[2] = {-1, -1}, rc = 0;
+  struct child *c = NULL;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  c = calloc(1, sizeof *c);
+  if (!c) return int_value(env, ENOMEM);
+  c->out_w = c->err_w = -1;
+  if (argc < 4 || get_string(env, argv[0], &c->file) || !c->file ||
+      !(c->args = get_string_array(env, argv[1])) || !(c->envp = get_string_array(env, argv[2]))) {
+    child_free(c);
+    napi_throw_type_error(env, NULL, "spawn: bad arguments");
+    return NULL;
+  }
+  if (napi_create_string_utf8(env, "kiln_sys.spawn", NAPI_AUTO_LENGTH, &resource_name) !=
+          napi_ok ||
+      napi_create_threadsafe_function(env, argv[3], NULL, resource_name, 0, 1, NULL, NULL, NULL,
+                                      child_call_js, &c->tsfn) != napi_ok) {
+    child_free(c);
+    return int_value(env, EINVAL);
+  }
+  if (pipe2(out, O_CLOEXEC)) {
+    rc = errno;
+    goto fail;
+  }
+  c->out_w = out[1];
+  if (pipe2(err, O_CLOEXEC)) {
+    rc = errno;
+    goto fail;
+  }
+  c->err_w = err[1];
   pthread_t t;
   pthread_attr_t ta;
   pthread_attr_init(&ta);
   pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&ta, 64 * 1024);
-  if ((rc = pthread_create(&t, &ta, child_wait, c))) {
-    /* No waiter: the child is killed and reaped here, and the call fails. */
-    kill(c->pid, SIGKILL);
-    waitpid(c->pid, NULL, 0);
-  }
+  rc = pthread_create(&t, &ta, child_run, c);
   pthread_attr_destroy(&ta);
-done:
-  if (have_fa) posix_spawn_file_actions_destroy(&fa);
-  if (have_attr) posix_spawnattr_destroy(&attr);
-  if (out[1] >= 0) close(out[1]);
-  if (err[1] >= 0) close(err[1]);
-  free(file);
-  free_string_array(args);
-  free_string_array(envp);
-  if (rc) {
-    if (out[0] >= 0) close(out[0]);
-    if (err[0] >= 0) close(err[0]);
-    if (c) {
-      if (c->tsfn) napi_release_threadsafe_function(c->tsfn, napi_tsfn_abort);
-      free(c);
-    }
-    return int_value(env, rc);
-  }
-  CHECK(napi_create_array_with_length(env, 3, &result));
-  CHECK(napi_set_element(env, result, 0, int_value(env, c->pid)));
-  CHECK(napi_set_element(env, result, 1, int_value(env, out[0])));
-  CHECK(napi_set_element(env, result, 2, int_value(env, err[0])));
+  if (rc) goto fail;
+  CHECK(napi_create_array_with_length(env, 2, &result));
+  CHECK(napi_set_element(env, result, 0, int_value(env, out[0])));
+  CHECK(napi_set_element(env, result, 1, int_value(env, err[0])));
   return result;
+fail:
+  if (out[0] >= 0) close(out[0]);
+  if (err[0] >= 0) close(err[0]);
+  napi_release_threadsafe_function(c->tsfn, napi_tsfn_abort);
+  child_free(c);
+  return int_value(env, rc);
 }
 
 /* ---- unix sockets with descriptor passing (the CLI's pre-warmed client, cli/src/zygote.ts) ---- */

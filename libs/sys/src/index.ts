@@ -5,9 +5,11 @@
  *
  * Errors are Node-style (`code` such as `EPERM`, `errno`, `syscall`, `path`), as `node:fs`'s.
  */
+import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Socket } from 'node:net';
 import { constants } from 'node:os';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 
 interface Native {
@@ -25,11 +27,11 @@ interface Native {
   treeXattrs(root: string): Promise<[string, [string, Buffer][]][] | number>;
   copyFiles(srcs: string[], dsts: string[], opts: number[]): Promise<number[] | number>;
   spawn(
-    file: string,
+    path: string,
     argv: string[],
     envp: string[],
-    onExit: (code: number, signal: number) => void,
-  ): [number, number, number] | number;
+    onEvent: (kind: 0 | 1 | 2, a: number, b: number) => void,
+  ): [number, number] | number;
   unixListen(path: string, backlog: number): [number] | number;
   unixAccept(
     fd: number,
@@ -216,15 +218,20 @@ export async function copyFiles(
 
 /** A process started by {@link spawnProcess}. */
 export interface SpawnedProcess {
-  readonly pid: number;
+  /** Its pid once it runs (undefined until then, or when it could not start). */
+  readonly pid: number | undefined;
   readonly stdout: Readable;
   readonly stderr: Readable;
   /**
    * Resolves once the process has exited and both pipes reached their end: `code` null when a
-   * signal ended it (as `child_process`'s `close` event).
+   * signal ended it (as `child_process`'s `close` event). Rejects with a Node-style error
+   * (`syscall` `posix_spawn`) when it could not start after all (an exec that failed).
    */
   readonly closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** Signals the process while it runs (never a pid it no longer owns); false after its exit. */
+  /**
+   * Signals the process while it runs (never a pid it no longer owns; a signal sent before it
+   * runs is delivered once it does); false after its exit.
+   */
   kill(signal?: NodeJS.Signals): boolean;
 }
 
@@ -233,12 +240,35 @@ const signalNames = new Map<number, NodeJS.Signals>(
 );
 
 /**
+ * `file` as a path to an executable: itself when it has a slash, else the first executable
+ * regular file of that name in `PATH` (as `execvp`); throws `ENOENT` or `EACCES` when none.
+ */
+function executablePath(file: string, path: string | undefined): string {
+  const candidates = file.includes('/')
+    ? [file]
+    : (path ?? '/usr/local/bin:/usr/bin:/bin').split(':').map((d) => join(d || '.', file));
+  let denied = false;
+  for (const c of candidates) {
+    try {
+      if (!statSync(c).isFile()) continue;
+      accessSync(c, fsConstants.X_OK);
+      return c;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EACCES') denied = true;
+    }
+  }
+  throw errnoError(denied ? constants.errno.EACCES : constants.errno.ENOENT, 'posix_spawn', file);
+}
+
+/**
  * Starts `file` (searched in `PATH` when it has no slash) with `args`, with posix_spawn (a vfork:
  * the caller's page tables are not copied), where `child_process.spawn` forks: a fork of a large
- * process blocks its event loop ~15-25 ms until the child has exec'd. The child gets stdin from
- * /dev/null, stdout and stderr as pipes, a session of its own (as `detached: true`), default
- * signal dispositions and no blocked signal. A failed start throws a Node-style error (`ENOENT`,
- * `EACCES`, ...) with `syscall` `posix_spawn`.
+ * process blocks its event loop ~15-25 ms until the child has exec'd. The spawn itself (the wait
+ * for the child's exec) happens on a thread of its own, not on the event loop. The child gets
+ * stdin from /dev/null, stdout and stderr as pipes, a session of its own (as `detached: true`),
+ * default signal dispositions and no blocked signal. A program that is not there, or not
+ * executable, throws a Node-style error (`ENOENT`, `EACCES`, ...) with `syscall` `posix_spawn`;
+ * an exec that fails later rejects `closed` with one.
  */
 export function spawnProcess(
   file: string,
@@ -246,20 +276,33 @@ export function spawnProcess(
   opts: { env?: NodeJS.ProcessEnv } = {},
 ): SpawnedProcess {
   const env = opts.env ?? process.env;
+  const path = executablePath(file, env.PATH);
   const envp = Object.entries(env)
     .filter((e): e is [string, string] => e[1] !== undefined)
     .map(([k, v]) => `${k}=${v}`);
+  let pid: number | undefined;
+  let pending: NodeJS.Signals | undefined;
   let exited = false;
   let onExit!: (r: { code: number | null; signal: NodeJS.Signals | null }) => void;
+  let onFail!: (err: Error) => void;
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>(
-    (resolve) => (onExit = resolve),
+    (resolve, reject) => {
+      onExit = resolve;
+      onFail = reject;
+    },
   );
-  const r = addon().spawn(file, [file, ...args], envp, (code, signal) => {
+  const r = addon().spawn(path, [file, ...args], envp, (kind, a, b) => {
+    if (kind === 0) {
+      pid = a;
+      if (pending !== undefined) process.kill(a, pending);
+      return;
+    }
     exited = true;
-    onExit({ code: signal === 0 ? code : null, signal: signalNames.get(signal) ?? null });
+    if (kind === 1) onFail(errnoError(a, 'posix_spawn', file));
+    else onExit({ code: b === 0 ? a : null, signal: signalNames.get(b) ?? null });
   });
   if (typeof r === 'number') throw errnoError(r, 'posix_spawn', file);
-  const [pid, outFd, errFd] = r;
+  const [outFd, errFd] = r;
   const stdout = new Socket({ fd: outFd, readable: true, writable: false });
   const stderr = new Socket({ fd: errFd, readable: true, writable: false });
   const ended = (s: Socket): Promise<void> =>
@@ -268,13 +311,16 @@ export function spawnProcess(
     });
   const closed = Promise.all([exit, ended(stdout), ended(stderr)]).then(([e]) => e);
   return {
-    pid,
+    get pid() {
+      return pid;
+    },
     stdout,
     stderr,
     closed,
     kill: (signal = 'SIGTERM') => {
       if (exited) return false;
-      process.kill(pid, signal);
+      if (pid === undefined) pending = signal;
+      else process.kill(pid, signal);
       return true;
     },
   };

@@ -223,6 +223,27 @@ describe('spawnProcess', () => {
   it('fails to start a missing program with a Node-style error', () => {
     const err = thrown(() => spawnProcess(join(dir, 'no-such-program'), []));
     expect(err).toMatchObject({ code: 'ENOENT', syscall: 'posix_spawn' });
+    expect(thrown(() => spawnProcess('no-such-program-in-path', []))).toMatchObject({
+      code: 'ENOENT',
+    });
+  });
+
+  it('rejects closed when the exec fails after the start (no format it can run)', async () => {
+    const bad = join(dir, 'not-a-program');
+    await writeFile(bad, Buffer.from([0, 1, 2, 3, 4, 5, 6, 7]));
+    await chmod(bad, 0o755);
+    const p = spawnProcess(bad, []);
+    await expect(p.closed).rejects.toMatchObject({ code: 'ENOEXEC', syscall: 'posix_spawn' });
+    expect(p.pid).toBeUndefined();
+    expect(p.kill('SIGKILL')).toBe(false);
+  });
+
+  it('reports the pid once the process runs', async () => {
+    const p = spawnProcess('sh', ['-c', 'echo $$']);
+    let out = '';
+    p.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    await p.closed;
+    expect(p.pid).toBe(Number(out.trim()));
   });
 });
 

@@ -672,10 +672,17 @@ export class OciRuntime {
     const logFile = join(bundle, 'runtime.log');
     const logArgs =
       this.name === 'crun' ? [`--log=file:${logFile}`] : ['--log', logFile, '--log-format', 'json'];
+    const startFailed = (err: unknown): RuntimeError =>
+      new RuntimeError(
+        RuntimeErrorCode.StartFailed,
+        `spawning ${this.binary}: ${(err as Error).message}`,
+        { cause: err },
+      );
     let child: SpawnedProcess;
     try {
       // posix_spawn, not child_process.spawn: a fork of this large process blocks the event loop
-      // ~15-25 ms per container start (every other task of the worker waits). Its own session:
+      // ~15-25 ms per container start (every other task of the worker waits), and the spawn
+      // waits for the runtime's exec on a thread of its own, not here. Its own session:
       // a signal to the caller's group (Ctrl-C, a drain's SIGTERM to the group) must not reach
       // the container; the runtime stops it itself (abort, timeout).
       child = spawnProcess(this.binary, [
@@ -687,13 +694,7 @@ export class OciRuntime {
         id,
       ]);
     } catch (err) {
-      return Promise.reject(
-        new RuntimeError(
-          RuntimeErrorCode.StartFailed,
-          `spawning ${this.binary}: ${(err as Error).message}`,
-          { cause: err },
-        ),
-      );
+      return Promise.reject(startFailed(err));
     }
     child.stdout.on('data', (c: Buffer) => {
       tail.push(c);
@@ -778,7 +779,15 @@ export class OciRuntime {
             { details: { containerId: id } },
           );
         })().then(resolve, reject);
-      });
+      }, onStartFailure);
+      // The runtime's exec failed after all (spawnProcess checked that it is there).
+      function onStartFailure(err: unknown): void {
+        exited = true;
+        opts.signal?.removeEventListener('abort', onAbort);
+        if (timer !== undefined) clearTimeout(timer);
+        if (limitTimer !== undefined) clearTimeout(limitTimer);
+        reject(startFailed(err));
+      }
     });
   }
 
