@@ -1,4 +1,4 @@
-import { constants } from 'node:fs';
+import { constants, mkdirSync } from 'node:fs';
 import { access, mkdir, readFile, readdir, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RuntimeError, RuntimeErrorCode } from './errors.js';
@@ -167,11 +167,10 @@ export class TaskCgroups {
   }
 
   async #createV1(path: string, l: TaskLimits): Promise<void> {
-    // The hierarchies are independent: their groups are made at once.
-    const [cpuset] = await Promise.all([
-      this.fillCpuset && exists(join(ROOT, 'cpuset', path, '..')),
-      ...V1_CONTROLLERS.map((c) => mkdir(join(ROOT, c, path), { recursive: true })),
-    ]);
+    // Synchronous: a group is made in kernel memory in tens of µs, where three thread-pool round
+    // trips cost the RUN's start milliseconds on a busy machine.
+    for (const c of V1_CONTROLLERS) mkdirSync(join(ROOT, c, path), { recursive: true });
+    const cpuset = this.fillCpuset && (await exists(join(ROOT, 'cpuset', path, '..')));
     const mem = join(ROOT, 'memory', path);
     if (l.memoryBytes) {
       await writeFile(join(mem, 'memory.limit_in_bytes'), String(l.memoryBytes));
