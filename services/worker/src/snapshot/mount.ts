@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -107,7 +108,10 @@ async function clearVolatileMark(options: readonly string[], cwd?: string): Prom
   if (!options.includes('volatile')) return;
   const work = options.find((o) => o.startsWith('workdir='))?.slice('workdir='.length);
   if (work === undefined) return;
-  await rm(join(cwd ?? '', work, 'work', 'incompat'), { recursive: true, force: true });
+  const mark = join(cwd ?? '', work, 'work', 'incompat');
+  // A new snapshot's work dir has none (most mounts): a cached lookup, not a thread-pool trip.
+  if (!existsSync(mark)) return;
+  await rm(mark, { recursive: true, force: true });
 }
 
 /** Unmounts `target` (lazily when busy, so a leaked process cannot pin a snapshot). */

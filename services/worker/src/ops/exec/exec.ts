@@ -88,6 +88,8 @@ function num(v: number | Long | null | undefined, dflt: number): number {
 }
 
 const cacheMountsByDir = new Map<string, CacheMounts>();
+/** The exec dirs {@link runExec} made in this process. */
+const madeRoots = new Set<string>();
 
 /** One CacheMounts per state dir in this process, so that locks hold across runs. */
 function defaultCacheMounts(stateDir: string): CacheMounts {
@@ -139,7 +141,11 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
   if (!meta?.args || meta.args.length === 0) throw new ExecOpError('exec op has no arguments');
   const runId = randomBytes(6).toString('hex');
   const tmpRoot = join(env.stateDir, 'exec');
-  await mkdir(tmpRoot, { recursive: true });
+  // Made once per process (until sweepExecState removes it).
+  if (!madeRoots.has(tmpRoot)) {
+    await mkdir(tmpRoot, { recursive: true });
+    madeRoots.add(tmpRoot);
+  }
   const cleanups: Cleanup[] = [];
   const outputs: Array<{ index: number; key: string }> = [];
   const cacheMounts = env.cacheMounts ?? defaultCacheMounts(env.stateDir);
@@ -369,6 +375,7 @@ export async function runExec(env: ExecEnv, opts: RunExecOptions): Promise<ExecR
  */
 export async function sweepExecState(stateDir: string): Promise<void> {
   const dir = join(stateDir, 'exec');
+  madeRoots.delete(dir);
   await unmountUnder(dir);
   await rm(dir, { recursive: true, force: true });
 }
