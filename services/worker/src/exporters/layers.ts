@@ -270,6 +270,11 @@ export class LayerCache {
    * One at a time. Returns when it is made, or undefined when it is not made ahead; a failure is
    * ignored (the layer is made again when asked for).
    */
+  /** Resolves once the blobs asked for ahead so far are made (or failed). */
+  settled(): Promise<void> {
+    return this.#ahead;
+  }
+
   compressAhead(env: SnapshotEnv, store: BlobStore, snapshot: string): Promise<void> | undefined {
     const k = this.kept.get(snapshot);
     const max = this.keep.ahead ?? COMPRESS_AHEAD_BYTES;

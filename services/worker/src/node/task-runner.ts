@@ -78,6 +78,7 @@ import {
 import { HeldResults } from './held-results.js';
 import { UsageLog } from '../gc/usage-log.js';
 import type { SnapshotLease } from '../snapshot/index.js';
+import { unmountUnder } from '../snapshot/index.js';
 import { LocalContexts } from '../sources/local/local-contexts.js';
 import { SessionRelay } from './session-relay.js';
 import type { TaskSession } from './session-relay.js';
@@ -286,6 +287,23 @@ export class TaskRunner {
       cacheMounts,
       localCaches,
     );
+  }
+
+  /**
+   * Ends the runner's use of the machine, once no task runs: the blobs it makes ahead in the
+   * background are finished, and whatever is still mounted under its exec and temp dirs (a
+   * view some path failed to release: logged) is unmounted, so nothing stays mounted after the
+   * process. Answers how many such mounts there were.
+   */
+  async close(): Promise<number> {
+    await this.engine.layers.settled();
+    let left = 0;
+    for (const dir of [join(this.engine.stateDir, 'exec', 'exec'), this.env.tmpDir]) {
+      const n = await unmountUnder(dir);
+      if (n > 0) this.log?.warn({ dir, mounts: n }, 'mounts left at close: unmounted');
+      left += n;
+    }
+    return left;
   }
 
   /** The {@link RunTask} for a TaskConsumer. */

@@ -305,6 +305,7 @@ export class WorkerNode {
     await this.#gc?.stop();
     // The sandbox network's pooled namespaces and veths would outlive the process otherwise.
     await this.runner.engine.close();
+    await this.runner.close();
     if (!this.nc.isClosed()) await this.nc.close();
   }
 }

@@ -179,8 +179,8 @@ export async function mountTemp(
   };
 }
 
-/** Unmounts (lazily) every mount at or below `dir`, deepest first. */
-export async function unmountUnder(dir: string): Promise<void> {
+/** Unmounts (lazily) every mount at or below `dir`, deepest first; answers how many there were. */
+export async function unmountUnder(dir: string): Promise<number> {
   const info = await readFile('/proc/self/mountinfo', 'utf8');
   const points = info
     .split('\n')
@@ -194,6 +194,7 @@ export async function unmountUnder(dir: string): Promise<void> {
       if (err.code !== 'EINVAL' && err.code !== 'ENOENT') throw ioError(`unmount ${p}`, err);
     });
   }
+  return points.length;
 }
 
 /** Whether the kernel mounts overlayfs here (with the options our differ needs). */

@@ -2,12 +2,14 @@
  * MergeOp and DiffOp run as tasks by the worker's TaskRunner (the path `kiln build` takes): real
  * registry (fixture busybox), real overlay snapshots, real crun.
  */
-import { lstat, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LinuxAmd64, diff, image, marshal, merge, mkfile } from '@kiln/llb';
 import type { State } from '@kiln/llb';
 import { FsBlobStore } from '@kiln/store';
+import { mount } from '@kiln/sys';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaskRunner } from '../../node/task-runner.js';
 import { runGraph } from '../../test-support/graphs.js';
@@ -26,6 +28,7 @@ beforeAll(async () => {
   });
 });
 afterAll(async () => {
+  await runner?.close();
   await rm(state, { recursive: true, force: true });
 });
 
@@ -62,5 +65,17 @@ describe('merge and diff', () => {
       await expect(lstat(join(dir, 'victim'))).rejects.toThrow();
       expect((await lstat(join(dir, 'bin/sh'))).isSymbolicLink()).toBe(true);
     });
+  });
+});
+
+describe('TaskRunner.close', () => {
+  it('unmounts what is still mounted under its exec and temp dirs, and says how many', async () => {
+    const left = join(state, 'tmp', 'mnt', 'm-left');
+    await mkdir(left, { recursive: true });
+    await mount('tmpfs', left, 'tmpfs', 0, 'size=1m');
+    expect(lstatSync(left).dev).not.toBe(lstatSync(join(left, '..')).dev);
+    expect(await runner.close()).toBe(1);
+    expect(lstatSync(left).dev).toBe(lstatSync(join(left, '..')).dev);
+    expect(await runner.close()).toBe(0);
   });
 });
