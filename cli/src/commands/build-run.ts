@@ -266,8 +266,9 @@ async function buildIn(
     registryAuth: registryAuth(env),
     onExport: (index, platform) => exportWriter(outputs[index]!, platform),
     onCacheExport: cacheOpts.onCacheExport,
-    // Context file digests persist between builds: unchanged files are not read again.
-    digestCacheFile: join(defaultStateDir(env), 'client', 'context-digests'),
+    // Context file digests persist between builds: unchanged files are not read again (one file
+    // per context root in this directory; it replaces the one file of older versions).
+    digestCacheDir: join(defaultStateDir(env), 'client', 'context-digests'),
     // The local farm hands artifacts over by reference: copied from its store, not streamed.
     ...(farm.store ? { localStore: farm.store } : {}),
     // The frontend asks for the context with the ignore file's patterns: walked while it runs.

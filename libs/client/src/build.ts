@@ -98,7 +98,7 @@ interface CommonBuildOptions {
   /** Aborting cancels the build (the call rejects with `CANCELED`). */
   signal?: AbortSignal;
   /** Where file digests of local directories persist between processes (see `SessionOptions`). */
-  digestCacheFile?: string;
+  digestCacheDir?: string;
 }
 
 /** A Dockerfile build (the `dockerfile.v0` frontend, run by the farm). */
@@ -166,7 +166,7 @@ export async function runBuild(client: KilnClient, o: BuildOptions): Promise<Bui
     ...(o.registryAuth ? { registryAuth: o.registryAuth } : {}),
     onExport: plan.onExport,
     onCacheExport: plan.onCacheExport,
-    ...(o.digestCacheFile ? { digestCacheFile: o.digestCacheFile } : {}),
+    ...(o.digestCacheDir ? { digestCacheDir: o.digestCacheDir } : {}),
     ...(plan.prefetch ? { prefetch: plan.prefetch } : {}),
   });
   const onProgress = o.onProgress;

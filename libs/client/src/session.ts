@@ -3,7 +3,7 @@
  * that submitted it while it runs. BuildKit's session, over one gRPC stream:
  * - local directories, listed as a content manifest filtered by the op's include/exclude
  *   patterns (as fsutil walks) and streamed in chunks, then only the files the farm's store
- *   lacks, on request; file digests persist between processes in `digestCacheFile`;
+ *   lacks, on request; file digests persist between processes in `digestCacheDir`;
  * - secrets by id (sent only when asked, never stored by the farm);
  * - ssh agent connections, relayed to the local agent socket;
  * - registry credentials by host (`registryAuth`, BuildKit's session/auth): the build pulls and
@@ -28,7 +28,7 @@ import { PatternMatcher } from '@kiln/dockerfile/patterns';
 import { KilnError, control, toLong } from '@kiln/protocol';
 import { FileDigestCache } from './hash-cache.js';
 import { isRetryable } from './retry.js';
-import type { FileStamp } from './hash-cache.js';
+import type { FileStamp, RootDigests } from './hash-cache.js';
 
 type SessionMessage = InstanceType<typeof control.SessionMessage>;
 type SessionMessageInit = NonNullable<Parameters<typeof control.SessionMessage.create>[0]>;
@@ -66,10 +66,11 @@ export interface SessionOptions {
    */
   sharedKey?: string;
   /**
-   * A file where file digests persist between processes (see `hash-cache.ts`), e.g. under the
-   * client's state dir; without it digests are kept for this session only.
+   * A directory where file digests persist between processes, one file per served directory
+   * (see `hash-cache.ts`), e.g. under the client's state dir; without it digests are kept for
+   * this session only.
    */
-  digestCacheFile?: string;
+  digestCacheDir?: string;
   /**
    * A content store directory this client can read: its local farm's (`<state dir>/store`). A
    * farm whose store it is then hands artifacts over by reference: they are copied from the
@@ -121,6 +122,8 @@ const patternsKey = (r: ManifestPatterns): string =>
 interface Listing {
   entries: ContextEntry[];
   files: string[];
+  /** The digests of the directory's files (by path relative to it). */
+  digests: RootDigests;
   toHash: { entry: ContextEntry; abs: string; st: FileStamp }[];
 }
 
@@ -234,7 +237,7 @@ export class BuildSession {
     this.id = o.sessionId ?? randomUUID();
     this.#o = o;
     this.#open = open;
-    this.#cache = new FileDigestCache(o.digestCacheFile);
+    this.#cache = new FileDigestCache(o.digestCacheDir);
     this.#call = this.#connect(undefined);
     for (const r of o.prefetch ?? []) {
       const key = patternsKey(r);
@@ -442,15 +445,15 @@ export class BuildSession {
     let served = this.#served.get(dir);
     if (!served) this.#served.set(dir, (served = new Set<string>()));
     for (const f of listing.files) served.add(f);
-    const { toHash } = listing;
+    const { toHash, digests } = listing;
     await mapLimit(toHash, HASH_CONCURRENCY, async (f) => {
       f.entry.digest = await fileDigest(f.abs, f.st.size);
-      this.#cache.set(f.abs, f.st, f.entry.digest);
+      digests.set(f.entry.path!, f.st, f.entry.digest);
     });
     // A cache that cannot be written costs only a re-read next time.
-    // Not on the listing's path (writing ~100 bytes a file of every context costs tens of ms):
-    // awaited by `cacheSaved()` once the build is over.
-    if (toHash.length > 0) this.#cacheSaved = this.#cache.save().catch(() => undefined);
+    // Not on the listing's path (writing ~100 bytes a file costs ms): awaited by `cacheSaved()`
+    // once the build is over. Unchanged, it only renews the file's mtime (used last, kept).
+    this.#cacheSaved = this.#cache.save().catch(() => undefined);
     return listing.entries;
   }
 
@@ -474,7 +477,9 @@ export class BuildSession {
     const toHash: Listing['toHash'] = [];
     const ahead = maxEntries !== undefined;
     let seen = 0;
-    await this.#cache.load();
+    const top = resolve(root);
+    const digests = this.#cache.root(top);
+    await digests.load();
     // Returns whether anything at or below `rel` was listed; undefined when given up.
     const walk = async (abs: string, rel: string): Promise<boolean | undefined> => {
       if (ahead) {
@@ -518,7 +523,7 @@ export class BuildSession {
         if (st.isFile()) {
           const stamp = { size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino };
           const entry: ContextEntry = { ...base, size: Number(st.size) };
-          const digest = this.#cache.get(a2, stamp);
+          const digest = digests.get(r2, stamp);
           if (digest) entry.digest = digest;
           else toHash.push({ entry, abs: a2, st: stamp });
           entries.push(entry);
@@ -530,8 +535,8 @@ export class BuildSession {
       }
       return any;
     };
-    if ((await walk(resolve(root), '')) === undefined) return undefined;
-    return { entries, files, toHash };
+    if ((await walk(top, '')) === undefined) return undefined;
+    return { entries, files, digests, toHash };
   }
 
   /** Sends one file, or several back to back (`paths`), as one stream of chunks. */

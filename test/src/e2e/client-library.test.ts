@@ -173,19 +173,21 @@ describe('client.build', () => {
       expect(t, d).toEqual(t[0] === 'vertex.cached' ? ['vertex.cached'] : [t[0], t[1]]);
   });
 
-  it('has written the file digests it learnt when it resolves (digestCacheFile)', async () => {
+  it('has written the file digests it learnt when it resolves (digestCacheDir)', async () => {
     const cwd = workdir('digests');
-    const file = join(cwd, 'state', 'context-digests');
+    const dir = join(cwd, 'state', 'context-digests');
     await client.build({
       context: join(cwd, 'app'),
       secrets: { token: { value: 'v' } },
       outputs: [{ type: 'local', dest: join(cwd, 'out') }],
-      digestCacheFile: file,
+      digestCacheDir: dir,
     });
-    // Saved off the listing's path, but before the build resolves.
-    const lines = readFileSync(file, 'utf8').split('\n');
-    expect(lines[0]).toBe('kiln-context-digests v1');
-    expect(lines.some((l) => l.startsWith(`${join(cwd, 'app')}/`))).toBe(true);
+    // Saved off the listing's path, but before the build resolves: one file, the context's.
+    const files = readdirSync(dir);
+    expect(files).toHaveLength(1);
+    const lines = readFileSync(join(dir, files[0]!), 'utf8').split('\n');
+    expect(lines[0]).toBe(`kiln-context-digests v2\t${join(cwd, 'app')}`);
+    expect(lines.some((l) => l.startsWith('hello.txt\t'))).toBe(true);
   });
 
   it('refuses bad options before the farm is asked: BUILD_OPTION_INVALID', async () => {
