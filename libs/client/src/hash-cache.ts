@@ -42,15 +42,14 @@ const ROOT_FILE = /^[0-9a-f]{32}$/;
 const STALE_TMP = /^[0-9a-f]{32}\.\d+\.tmp$/;
 const STALE_TMP_MS = 10 * 60_000;
 
-/** What must be unchanged for a cached digest to hold. */
-export interface FileStamp {
-  size: bigint;
-  mtimeNs: bigint;
-  ctimeNs: bigint;
-  ino: bigint;
-}
+/**
+ * What must be unchanged for a cached digest to hold: `size\tmtime_ns\tctime_ns\tino`, in
+ * decimal (`@kiln/sys` `lstatDir` gives it; `stampOf` makes it from Node's BigIntStats).
+ */
+export type FileStamp = string;
 
-interface Entry extends FileStamp {
+interface Entry {
+  stamp: FileStamp;
   digest: string;
 }
 
@@ -64,14 +63,9 @@ export interface DigestCacheBounds {
 }
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
+const STAMP = /^\d+\t-?\d+\t-?\d+\t\d+$/;
 /** What follows the path in a line a save writes. */
-const LINE_REST = /^\d+\t\d+\t\d+\t\d+\tsha256:[0-9a-f]{64}$/;
-
-/** A stamp as a line holds it. */
-const stampText = (st: FileStamp): string => `${st.size}\t${st.mtimeNs}\t${st.ctimeNs}\t${st.ino}`;
-
-const sameStamp = (a: FileStamp, b: FileStamp): boolean =>
-  a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
+const LINE_REST = /^\d+\t-?\d+\t-?\d+\t\d+\tsha256:[0-9a-f]{64}$/;
 
 /** A path (or root) with a tab or newline cannot be written in this format: it is not cached. */
 const unwritable = (s: string): boolean => /[\t\n]/.test(s);
@@ -212,23 +206,25 @@ export class RootDigests {
   }
 
   /** The cached digest of `path` (relative to the root) if its stamp is unchanged. */
-  get(path: string, st: FileStamp): string | undefined {
+  get(path: string, stamp: FileStamp): string | undefined {
     const used = this.#used.get(path);
-    if (used) return sameStamp(used, st) ? used.digest : undefined;
+    if (used) return used.stamp === stamp ? used.digest : undefined;
     const rest = this.#old.get(path);
     if (rest === undefined) return undefined;
     // The line as a save writes it for this stamp, followed by a digest.
-    const prefix = `${stampText(st)}\t`;
-    const digest = rest.slice(prefix.length);
-    if (!rest.startsWith(prefix) || !DIGEST.test(digest)) return undefined;
+    if (rest.charCodeAt(stamp.length) !== 9 || !rest.startsWith(stamp)) return undefined;
+    const digest = rest.slice(stamp.length + 1);
+    if (!DIGEST.test(digest)) return undefined;
     this.#old.delete(path);
-    this.#used.set(path, { ...st, digest });
+    this.#used.set(path, { stamp, digest });
     return digest;
   }
 
-  set(path: string, st: FileStamp, digest: string): void {
+  /** Records `digest` for `path` with `stamp` (one that is not a stamp is not kept). */
+  set(path: string, stamp: FileStamp, digest: string): void {
     this.#old.delete(path);
-    this.#used.set(path, { ...st, digest });
+    if (!STAMP.test(stamp) || !DIGEST.test(digest)) return;
+    this.#used.set(path, { stamp, digest });
     this.#dirty = true;
   }
 
@@ -255,7 +251,7 @@ export class RootDigests {
       for (const [path, e] of this.#used) {
         if (lines.length > this.#max) break;
         if (unwritable(path)) continue;
-        lines.push(`${path}\t${stampText(e)}\t${e.digest}`);
+        lines.push(`${path}\t${e.stamp}\t${e.digest}`);
       }
       for (const [path, rest] of this.#old) {
         if (lines.length > this.#max) break;

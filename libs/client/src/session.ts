@@ -15,7 +15,7 @@
  * own include patterns (`COPY ${TARGETARCH}/...`), and fetches from any of them afterwards.)
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream, lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import type { Socket } from 'node:net';
@@ -23,17 +23,17 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import type { GrpcCall } from './grpc-h2.js';
-// The pattern matcher alone, not the whole frontend (the client path stays light).
-import { PatternMatcher } from '@kiln/dockerfile/patterns';
-import { KilnError, control, toLong } from '@kiln/protocol';
+import { KilnError, control } from '@kiln/protocol';
+import { Listing } from './context-listing.js';
+import type { ManifestPatterns } from './context-listing.js';
 import { FileDigestCache } from './hash-cache.js';
 import { isRetryable } from './retry.js';
-import type { FileStamp, RootDigests } from './hash-cache.js';
+
+export type { ManifestPatterns } from './context-listing.js';
 
 type SessionMessage = InstanceType<typeof control.SessionMessage>;
 type SessionMessageInit = NonNullable<Parameters<typeof control.SessionMessage.create>[0]>;
 type ManifestRequest = NonNullable<SessionMessage['manifestRequest']>;
-type ContextEntry = NonNullable<Parameters<typeof control.ContextEntry.create>[0]>;
 
 export type SessionStream = GrpcCall<SessionMessage, SessionMessage>;
 
@@ -102,14 +102,6 @@ export interface SessionOptions {
   prefetchMaxEntries?: number;
 }
 
-/** A manifest request's directory and patterns (what a listing depends on). */
-export interface ManifestPatterns {
-  dir?: string | null;
-  includePatterns?: readonly string[] | null;
-  excludePatterns?: readonly string[] | null;
-  followPaths?: readonly string[] | null;
-}
-
 const patternsKey = (r: ManifestPatterns): string =>
   JSON.stringify([
     r.dir ?? '',
@@ -117,15 +109,6 @@ const patternsKey = (r: ManifestPatterns): string =>
     r.excludePatterns ?? [],
     r.followPaths ?? [],
   ]);
-
-/** A directory's walk: the entries, the files among them, those still to hash. */
-interface Listing {
-  entries: ContextEntry[];
-  files: string[];
-  /** The digests of the directory's files (by path relative to it). */
-  digests: RootDigests;
-  toHash: { entry: ContextEntry; abs: string; st: FileStamp }[];
-}
 
 /**
  * Opens the session's stream: `failed` is the error that ended the previous one (undefined for
@@ -146,33 +129,11 @@ const READ_AHEAD = 16;
 /** Files up to this size are read whole and synchronously (one call instead of a stream's several). */
 const SMALL_FILE = 256 * 1024;
 
-async function fileDigest(path: string, size: bigint): Promise<string> {
+async function fileDigest(path: string, size: number): Promise<string> {
   const h = createHash('sha256');
   if (size <= SMALL_FILE) h.update(readFileSync(path));
   else for await (const c of createReadStream(path)) h.update(c as Buffer);
   return `sha256:${h.digest('hex')}`;
-}
-
-/** A 64-bit protobuf value as a key: a Long by its halves, a number as it is. */
-const int64Key = (v: ContextEntry['size']): string =>
-  v == null ? '0' : typeof v === 'number' ? String(v) : `${v.high}:${v.low}`;
-
-/**
- * The digest of a directory listing: every field of every entry, in order (`ifChangedFrom`).
- * Only this client compares it with what it made before, so its form is its own: eight fields
- * an entry, each ended by a NUL (which no path or link target holds).
- */
-export function listingDigest(entries: readonly ContextEntry[]): string {
-  const h = createHash('sha256');
-  let buf = '';
-  for (const e of entries) {
-    buf += `${e.path}\0${e.mode}\0${e.uid}\0${e.gid}\0${int64Key(e.size)}\0${int64Key(e.mtimeUnixNano)}\0${e.digest ?? ''}\0${e.linkname ?? ''}\0`;
-    if (buf.length > 64 * 1024) {
-      h.update(buf);
-      buf = '';
-    }
-  }
-  return `sha256:${h.update(buf).digest('hex')}`;
 }
 
 /** `fn` over `items`, at most `limit` at once; results in input order. */
@@ -408,18 +369,18 @@ export class BuildSession {
    * `ifChangedFrom` (the farm holds the sync of this very listing).
    */
   async #sendManifest(id: SessionMessage['id'], r: ManifestRequest): Promise<void> {
-    const entries = await this.#manifest(r);
-    const digest = listingDigest(entries);
+    const listing = await this.#manifest(r);
+    const digest = listing.digest();
     if (r.ifChangedFrom && r.ifChangedFrom === digest) {
       this.#send({ id, manifest: { digest, unchanged: true } });
       return;
     }
-    for (let i = 0; i === 0 || i < entries.length; i += MANIFEST_CHUNK) {
-      const more = i + MANIFEST_CHUNK < entries.length;
+    for (let i = 0; i === 0 || i < listing.length; i += MANIFEST_CHUNK) {
+      const more = i + MANIFEST_CHUNK < listing.length;
       this.#send({
         id,
         manifest: {
-          entries: entries.slice(i, i + MANIFEST_CHUNK),
+          entries: listing.entries(i, i + MANIFEST_CHUNK),
           more,
           ...(more ? {} : { digest }),
         },
@@ -433,7 +394,7 @@ export class BuildSession {
    * is one (used once: a later request walks again), else a new walk; then the files without a
    * cached digest are hashed, and the files listed may be served.
    */
-  async #manifest(r: ManifestRequest): Promise<ContextEntry[]> {
+  async #manifest(r: ManifestRequest): Promise<Listing> {
     const key = patternsKey(r);
     const ahead = this.#prefetched.get(key);
     this.#prefetched.delete(key);
@@ -445,98 +406,33 @@ export class BuildSession {
     let served = this.#served.get(dir);
     if (!served) this.#served.set(dir, (served = new Set<string>()));
     for (const f of listing.files) served.add(f);
-    const { toHash, digests } = listing;
+    const { toHash, cache } = listing;
     await mapLimit(toHash, HASH_CONCURRENCY, async (f) => {
-      f.entry.digest = await fileDigest(f.abs, f.st.size);
-      digests.set(f.entry.path!, f.st, f.entry.digest);
+      const digest = await fileDigest(f.abs, f.size);
+      listing.digests[f.index] = digest;
+      cache.set(listing.paths[f.index]!, f.stamp, digest);
     });
     // A cache that cannot be written costs only a re-read next time.
     // Not on the listing's path (writing ~100 bytes a file costs ms): awaited by `cacheSaved()`
     // once the build is over. Unchanged, it only renews the file's mtime (used last, kept).
     this.#cacheSaved = this.#cache.save().catch(() => undefined);
-    return listing.entries;
+    return listing;
   }
 
   /**
-   * Walks the directory `r` names with its patterns: entries in order, digests from the cache.
-   * With `maxEntries` (a walk ahead of its request), yields to the event loop after each
-   * directory, and gives up (undefined) past that many entries or once the session ended.
+   * Walks the directory `r` names with its patterns (see `Listing.walk`); with `maxEntries` (a
+   * walk ahead of its request), gives up past that many entries or once the session ended.
    */
-  async #list(r: ManifestPatterns, maxEntries?: number): Promise<Listing | undefined> {
+  #list(r: ManifestPatterns, maxEntries?: number): Promise<Listing | undefined> {
     const dir = r.dir ?? '';
     const root = this.#o.localDirs?.[dir];
     if (root === undefined)
       throw new KilnError('LOCAL_NOT_FOUND', `this session serves no directory named "${dir}"`);
-    const includes = [...(r.includePatterns ?? []), ...(r.followPaths ?? [])];
-    const excludes = r.excludePatterns ?? [];
-    const inc = includes.length ? new PatternMatcher(includes) : undefined;
-    const exc = excludes.length ? new PatternMatcher(excludes) : undefined;
-    const entries: ContextEntry[] = [];
-    const files: string[] = [];
-    /** Regular files whose digest is not cached: hashed after the walk, several at once. */
-    const toHash: Listing['toHash'] = [];
-    const ahead = maxEntries !== undefined;
-    let seen = 0;
     const top = resolve(root);
-    const digests = this.#cache.root(top);
-    await digests.load();
-    // Returns whether anything at or below `rel` was listed; undefined when given up.
-    const walk = async (abs: string, rel: string): Promise<boolean | undefined> => {
-      if (ahead) {
-        await new Promise<void>((res) => setImmediate(res));
-        if (this.#ended) return undefined;
-      }
-      // Synchronous metadata calls: a few µs each, against a thread-pool round trip (the client
-      // has nothing else to do meanwhile but answer the farm, which waits for this list).
-      // `abs` is absolute and clean, names hold no `/`: concatenation is what join would give.
-      const names = readdirSync(abs).sort();
-      seen += names.length;
-      if (ahead && seen > maxEntries) return undefined;
-      const sep = abs.endsWith('/') ? '' : '/';
-      let any = false;
-      for (const name of names) {
-        const r2 = rel ? `${rel}/${name}` : name;
-        const a2 = abs + sep + name;
-        const st = lstatSync(a2, { bigint: true });
-        const excluded = exc?.matchesOrParentMatches(r2) ?? false;
-        const included = !inc || inc.matchesOrParentMatches(r2);
-        const base = {
-          path: r2,
-          mode: Number(st.mode),
-          uid: Number(st.uid),
-          gid: Number(st.gid),
-          mtimeUnixNano: toLong(st.mtimeNs),
-        };
-        if (st.isDirectory()) {
-          // An excluded directory is still walked when a later `!pattern` may re-include below.
-          if (excluded && !exc?.exclusions) continue;
-          const at = entries.length;
-          const below = await walk(a2, r2);
-          if (below === undefined) return undefined;
-          if ((included && !excluded) || below) {
-            entries.splice(at, 0, { ...base, size: 0 });
-            any = true;
-          }
-          continue;
-        }
-        if (excluded || !included) continue;
-        if (st.isFile()) {
-          const stamp = { size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino };
-          const entry: ContextEntry = { ...base, size: Number(st.size) };
-          const digest = digests.get(r2, stamp);
-          if (digest) entry.digest = digest;
-          else toHash.push({ entry, abs: a2, st: stamp });
-          entries.push(entry);
-          files.push(r2);
-        } else if (st.isSymbolicLink()) {
-          entries.push({ ...base, size: 0, linkname: readlinkSync(a2) });
-        } else continue; // sockets, fifos, devices: never part of a context
-        any = true;
-      }
-      return any;
-    };
-    if ((await walk(top, '')) === undefined) return undefined;
-    return { entries, files, digests, toHash };
+    return Listing.walk(top, r, this.#cache.root(top), {
+      ...(maxEntries === undefined ? {} : { maxEntries }),
+      ended: () => this.#ended,
+    });
   }
 
   /** Sends one file, or several back to back (`paths`), as one stream of chunks. */

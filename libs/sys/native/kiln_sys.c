@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
@@ -664,6 +665,173 @@ static napi_value js_copy_files(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* ---- lstatDir: one directory's entries and their lstat, in one call ---- */
+
+/*
+ * Why: the client lists a build context on every build (a new process each time): per entry, a
+ * readdir name, an lstatSync making a BigIntStats (and its Date objects), and the fields read
+ * back. For 5,000 files that was ~100 ms of a fully cached build's ~400. Here one call per
+ * directory does readdir, sorts the names (bytewise, as Go's filepath.Walk and so fsutil) and
+ * fstatat(AT_SYMLINK_NOFOLLOW)s each, reading symlinks' targets, and hands back four values: the
+ * names, each entry's stamp text (`size\tmtime_ns\tctime_ns\tino`, what the client's digest cache
+ * compares), the symlinks' targets (each NUL-terminated, in order), and six numbers per entry
+ * (mode, uid, gid, size, mtime in ns as its low and high 32 bits).
+ */
+struct dir_names {
+  char **v;
+  size_t n, cap;
+};
+
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void dir_names_free(struct dir_names *d) {
+  for (size_t i = 0; i < d->n; i++) free(d->v[i]);
+  free(d->v);
+}
+
+/* Appends `len` bytes of `s` and a NUL to the growing buffer `*buf`. */
+static int buf_put(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+  if (*len + n + 1 > *cap) {
+    size_t c = *cap ? *cap : 4096;
+    while (*len + n + 1 > c) c *= 2;
+    char *b = realloc(*buf, c);
+    if (!b) return ENOMEM;
+    *buf = b;
+    *cap = c;
+  }
+  memcpy(*buf + *len, s, n);
+  (*buf)[*len + n] = '\0';
+  *len += n + 1;
+  return 0;
+}
+
+/*
+ * lstatDir(path) -> [names, stamps, links, Float64Array] | errno | [errno, name]
+ * names, stamps: one NUL-terminated string per entry; links: one per symlink.
+ */
+static napi_value js_lstat_dir(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = NULL;
+  if (argc < 1 || get_string(env, argv[0], &path) || !path) {
+    free(path);
+    napi_throw_type_error(env, NULL, "lstatDir: bad arguments");
+    return NULL;
+  }
+  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  free(path);
+  if (fd < 0) return int_value(env, errno);
+  DIR *d = fdopendir(fd);
+  if (!d) {
+    int e = errno;
+    close(fd);
+    return int_value(env, e);
+  }
+  struct dir_names names = {0};
+  int err = 0;
+  struct dirent *de;
+  errno = 0;
+  while ((de = readdir(d)) != NULL) {
+    if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+    if (names.n == names.cap) {
+      size_t c = names.cap ? names.cap * 2 : 64;
+      char **v = realloc(names.v, c * sizeof *v);
+      if (!v) {
+        err = ENOMEM;
+        break;
+      }
+      names.v = v;
+      names.cap = c;
+    }
+    if (!(names.v[names.n] = strdup(de->d_name))) {
+      err = ENOMEM;
+      break;
+    }
+    names.n++;
+    errno = 0;
+  }
+  if (!err && errno) err = errno;
+  if (err) {
+    closedir(d);
+    dir_names_free(&names);
+    return int_value(env, err);
+  }
+  qsort(names.v, names.n, sizeof *names.v, cmp_names);
+
+  char *nb = NULL, *sb = NULL, *lb = NULL;
+  size_t nl = 0, nc = 0, sl = 0, sc = 0, ll = 0, lc = 0;
+  double *nums = NULL;
+  napi_value arraybuf = NULL;
+  void *data = NULL;
+  size_t failed = (size_t)-1;
+  if (napi_create_arraybuffer(env, (names.n ? names.n : 1) * 6 * sizeof(double), &data,
+                              &arraybuf) != napi_ok)
+    err = ENOMEM;
+  nums = data;
+  char stamp[96], target[4097];
+  for (size_t i = 0; !err && i < names.n; i++) {
+    struct stat st;
+    if (fstatat(dirfd(d), names.v[i], &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      err = errno;
+      failed = i;
+      break;
+    }
+    int64_t mt = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    int64_t ct = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+    int n = snprintf(stamp, sizeof stamp, "%lld\t%lld\t%lld\t%llu", (long long)st.st_size,
+                     (long long)mt, (long long)ct, (unsigned long long)st.st_ino);
+    double *o = nums + i * 6;
+    o[0] = st.st_mode;
+    o[1] = st.st_uid;
+    o[2] = st.st_gid;
+    o[3] = (double)st.st_size;
+    o[4] = (double)(uint32_t)((uint64_t)mt & 0xffffffffu);
+    o[5] = (double)(int32_t)(uint32_t)((uint64_t)mt >> 32);
+    err = buf_put(&nb, &nl, &nc, names.v[i], strlen(names.v[i])) ||
+          buf_put(&sb, &sl, &sc, stamp, (size_t)n);
+    if (!err && S_ISLNK(st.st_mode)) {
+      ssize_t tl = readlinkat(dirfd(d), names.v[i], target, sizeof target - 1);
+      if (tl < 0) {
+        err = errno;
+        failed = i;
+        break;
+      }
+      err = buf_put(&lb, &ll, &lc, target, (size_t)tl);
+    }
+    if (err) err = ENOMEM;
+  }
+  closedir(d);
+  napi_value a, b, c, typed;
+  if (err) {
+    result = int_value(env, err);
+    if (failed != (size_t)-1 && napi_create_array_with_length(env, 2, &result) == napi_ok &&
+        napi_create_string_utf8(env, names.v[failed], NAPI_AUTO_LENGTH, &a) == napi_ok) {
+      napi_set_element(env, result, 0, int_value(env, err));
+      napi_set_element(env, result, 1, a);
+    }
+  } else if (napi_create_string_utf8(env, nb ? nb : "", nl, &a) != napi_ok ||
+             napi_create_string_utf8(env, sb ? sb : "", sl, &b) != napi_ok ||
+             napi_create_string_utf8(env, lb ? lb : "", ll, &c) != napi_ok ||
+             napi_create_typedarray(env, napi_float64_array, names.n * 6, arraybuf, 0, &typed) !=
+                 napi_ok ||
+             napi_create_array_with_length(env, 4, &result) != napi_ok) {
+    result = int_value(env, ENOMEM);
+  } else {
+    napi_set_element(env, result, 0, a);
+    napi_set_element(env, result, 1, b);
+    napi_set_element(env, result, 2, c);
+    napi_set_element(env, result, 3, typed);
+  }
+  free(nb);
+  free(sb);
+  free(lb);
+  dir_names_free(&names);
+  return result;
+}
+
 /* ---- spawn: posix_spawn (vfork) instead of libuv's fork ---- */
 
 /*
@@ -1047,6 +1215,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"unixAccept", NULL, js_unix_accept, NULL, NULL, NULL, napi_enumerable, NULL},
       {"recvFds", NULL, js_recv_fds, NULL, NULL, NULL, napi_enumerable, NULL},
       {"dup2", NULL, js_dup2, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lstatDir", NULL, js_lstat_dir, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
     return NULL;

@@ -26,6 +26,7 @@ interface Native {
   lxattrs(path: string): [string, Buffer][] | number;
   treeXattrs(root: string): Promise<[string, [string, Buffer][]][] | number>;
   copyFiles(srcs: string[], dsts: string[], opts: number[]): Promise<number[] | number>;
+  lstatDir(path: string): [string, string, string, Float64Array] | number | [number, string];
   spawn(
     path: string,
     argv: string[],
@@ -62,6 +63,16 @@ function addon(): Native {
     );
   }
   return native;
+}
+
+/** Whether the addon loads here (a client may do without it: see {@link lstatDir}). */
+export function hasAddon(): boolean {
+  try {
+    addon();
+    return true;
+  } catch {
+    return false; // not built, or not Linux: the caller takes its portable path
+  }
 }
 
 const errnoNames = new Map<number, string>(
@@ -379,4 +390,48 @@ export function recvFds(
 export function dup2(oldFd: number, newFd: number): void {
   const errno = addon().dup2(oldFd, newFd);
   if (errno !== 0) throw errnoError(errno, 'dup2');
+}
+
+/** One directory's entries, as {@link lstatDir} reads them. */
+export interface DirStats {
+  /** The names, sorted bytewise (as Go's filepath.Walk: UTF-8 byte order). */
+  names: string[];
+  /**
+   * Per entry: `size\tmtime_ns\tctime_ns\tino` (decimal), what must be unchanged for a file's
+   * content to be taken as unchanged.
+   */
+  stamps: string[];
+  /** The symlinks' targets, in the order of the symlinks among `names`. */
+  links: string[];
+  /**
+   * Six numbers per entry: st_mode, uid, gid, size, and the mtime in nanoseconds as its low
+   * (unsigned) and high (signed) 32 bits.
+   */
+  nums: Float64Array;
+}
+
+/** NUL-terminated strings, one after the other, as an array. */
+const splitNul = (s: string): string[] => {
+  if (s === '') return [];
+  const v = s.split('\0');
+  v.pop();
+  return v;
+};
+
+/**
+ * Every entry of the directory `path` (not `.` and `..`) with its lstat, symlinks' targets read:
+ * readdir, a sort and an fstatat per entry in one synchronous call, where `readdirSync` and
+ * `lstatSync` cost a call and a Stats object (with its Dates) per entry. Throws a Node-style
+ * error: the directory's (`opendir`), or an entry's (`lstat`, `readlink`, with its path) when it
+ * vanished or cannot be read meanwhile.
+ */
+export function lstatDir(path: string): DirStats {
+  const r = addon().lstatDir(path);
+  if (typeof r === 'number') throw errnoError(r, 'opendir', path);
+  if (typeof r[0] === 'number') {
+    const name = r[1];
+    throw errnoError(r[0], 'lstat', `${path}${path.endsWith('/') ? '' : '/'}${name}`);
+  }
+  const [names, stamps, links, nums] = r as [string, string, string, Float64Array];
+  return { names: splitNul(names), stamps: splitNul(stamps), links: splitNul(links), nums };
 }

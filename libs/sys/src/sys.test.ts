@@ -24,6 +24,7 @@ import {
   copyFiles,
   dup2,
   lsetxattr,
+  lstatDir,
   lxattrs,
   mknod,
   mount,
@@ -387,5 +388,49 @@ describe('unix sockets', () => {
     closeSync(fd);
     expect(readFileSync(a, 'utf8')).toBe('through the copy');
     expect(thrown(() => dup2(987_654, 3)).code).toBe('EBADF');
+  });
+});
+
+describe('lstatDir', () => {
+  it('reads a directory: names in byte order, lstat numbers and stamps, symlink targets', async () => {
+    const d = join(dir, 'fs', 'lstat-dir');
+    await mkdir(join(d, 'sub'), { recursive: true });
+    // Byte order: 'B' < 'a' < 'é' (c3 a9) < '\uff5e' (ef bd 9e) < '\u{1f600}' (f0 9f 98 80),
+    // where UTF-16 order puts the surrogate pair of U+1F600 before U+FF5E.
+    for (const n of ['a', 'B', 'é', '\uff5e', '\u{1f600}']) await writeFile(join(d, n), n);
+    await writeFile(join(d, 'big'), Buffer.alloc(70_000));
+    await symlink('../some/target', join(d, 'ln'));
+    mknod(join(d, 'fifo'), 0o010644);
+    await chown(join(d, 'a'), 1234, 5678);
+    const r = lstatDir(d);
+    expect(r.names).toEqual(['B', 'a', 'big', 'fifo', 'ln', 'sub', 'é', '\uff5e', '\u{1f600}']);
+    expect(r.links).toEqual(['../some/target']);
+    expect(r.stamps).toHaveLength(r.names.length);
+    expect(r.nums).toHaveLength(r.names.length * 6);
+    r.names.forEach((name, i) => {
+      const st = lstatSync(join(d, name), { bigint: true });
+      const n = Array.from(r.nums.subarray(i * 6, i * 6 + 6));
+      expect(n.slice(0, 4), name).toEqual([st.mode, st.uid, st.gid, st.size].map(Number));
+      const mtime = (BigInt(n[5]!) << 32n) | BigInt(n[4]!);
+      expect(mtime, name).toBe(st.mtimeNs);
+      expect(r.stamps[i], name).toBe(`${st.size}\t${st.mtimeNs}\t${st.ctimeNs}\t${st.ino}`);
+    });
+    expect(r.nums[r.names.indexOf('a') * 6 + 1]).toBe(1234);
+    expect(lstatDir(join(d, 'sub'))).toEqual({
+      names: [],
+      stamps: [],
+      links: [],
+      nums: new Float64Array(0),
+    });
+  });
+
+  it('fails with Node-style errors', () => {
+    const missing = thrown(() => lstatDir(join(dir, 'no-such-dir')));
+    expect([missing.code, missing.syscall, missing.path]).toEqual([
+      'ENOENT',
+      'opendir',
+      join(dir, 'no-such-dir'),
+    ]);
+    expect(thrown(() => lstatDir('/proc/self/status')).code).toBe('ENOTDIR');
   });
 });
