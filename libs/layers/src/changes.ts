@@ -21,9 +21,26 @@ export interface Change {
 const S_IFMT = 0o170000n;
 const S_IFCHR = 0o020000n;
 
-/** Byte-wise order, as Go's sort.Strings (BuildKit/containerd walk order), not UTF-16 order. */
+/**
+ * Byte-wise order of the UTF-8 encodings, as Go's sort.Strings (BuildKit/containerd walk order),
+ * not UTF-16 order: code point order, which UTF-8 keeps. UTF-16 code units differ from it only
+ * where a surrogate (U+D800-U+DFFF, half of a code point above U+FFFF) meets a unit of
+ * U+E000-U+FFFF: the first differing units are compared with surrogates moved above those. No
+ * allocation (a sort of a large directory compares each name ~log2(n) times).
+ */
 export function compareNames(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) {
+      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
+      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
+    }
+    return x - y;
+  }
+  return a.length - b.length;
 }
 
 function sortedNames(dir: string): string[] {

@@ -6,7 +6,15 @@
  * never held for more than a few milliseconds.
  */
 import type { BigIntStats } from 'node:fs';
-import { lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import {
+  closeSync,
+  lstatSync,
+  openSync,
+  readFileSync,
+  readSync,
+  readdirSync,
+  readlinkSync,
+} from 'node:fs';
 
 export { readFileSync, readdirSync, readlinkSync };
 
@@ -26,6 +34,30 @@ export function lstatBigSync(path: string): BigIntStats {
 
 /** Files up to this size are read whole and synchronously by tree walks. */
 export const SMALL_FILE = 256 * 1024;
+
+/**
+ * The contents of a file whose size is known to be `size` (an lstat of it): open, one read of up
+ * to `size + 1` bytes, close (readFileSync adds an fstat). Undefined
+ * when the file does not hold exactly `size` bytes (it changed meanwhile).
+ */
+export function readSmallSync(path: string, size: number): Buffer | undefined {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(size + 1);
+    let n = 0;
+    // A regular file answers less than asked only at its end: one read, then no other to find
+    // the end (the byte past `size` is asked for, so a file that grew shows it).
+    for (;;) {
+      const want = size + 1 - n;
+      const r = readSync(fd, buf, n, want, null);
+      n += r;
+      if (r === 0 || r < want || n > size) break;
+    }
+    return n === size ? buf.subarray(0, size) : undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /**
  * A function to await between entries of a walk: it yields to the event loop (setImmediate)
