@@ -120,12 +120,20 @@ export class Listing {
     return out;
   }
 
+  #digest: string | undefined;
+
   /**
    * The digest of the listing: every field of every entry, in order (`ifChangedFrom`). Only this
    * client compares it with what it made before, so its form is its own: eight fields an entry,
-   * each ended by a NUL (which no path or link target holds).
+   * each ended by a NUL (which no path or link target holds). Made once, when every file is
+   * hashed (`toHash` empty: a listing with files still to hash throws).
    */
   digest(): string {
+    if (this.toHash.length > 0) throw new Error('the listing has files not hashed yet');
+    return (this.#digest ??= this.#make());
+  }
+
+  #make(): string {
     const h = createHash('sha256');
     const n = this.nums;
     let buf = '';

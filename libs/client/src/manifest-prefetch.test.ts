@@ -109,6 +109,26 @@ async function manifest(
   });
 }
 
+/** The whole context's manifest entries as plain objects (path, digest, size). */
+async function entries(
+  c: (typeof calls)[0],
+): Promise<{ path?: string | null; digest?: string | null; size: number }[]> {
+  const id = nextId++;
+  c.call.write(control.SessionMessage.create({ id, manifestRequest: { dir: 'context' } }));
+  const out: { path?: string | null; digest?: string | null; size: number }[] = [];
+  let seen = 0;
+  return until(() => {
+    for (; seen < c.inbox.length; seen++) {
+      const m = c.inbox[seen]!;
+      if (Number(m.id) !== id) continue;
+      for (const e of m.manifest?.entries ?? [])
+        out.push({ path: e.path, digest: e.digest, size: Number(e.size) });
+      if (m.manifest && !m.manifest.more) return out;
+    }
+    return undefined;
+  });
+}
+
 /** Asks for one file; resolves with its bytes, or the session error's code. */
 async function file(c: (typeof calls)[0], path: string): Promise<string> {
   const id = nextId++;
@@ -175,6 +195,20 @@ describe('a context walked ahead of its request', () => {
     expect(await manifest(c, { dir: 'context' })).toContain('d0/f0.txt');
     expect(session.prefetchHits).toBe(1);
     expect(await file(c, 'd0/f0.txt')).toBe('0/0\n');
+  });
+
+  it('hashes its files ahead when they are few, with the digests a request-time walk gives', async () => {
+    const fresh = await open({});
+    const want = await entries(fresh.c);
+    expect(want.filter((e) => e.digest)).toHaveLength(101);
+    const ahead = await open({ prefetch: [{ dir: 'context' }] });
+    await until(() => (ahead.session.hashedAhead === 101 ? true : undefined));
+    expect(await entries(ahead.c)).toEqual(want);
+    expect(ahead.session.prefetchHits).toBe(1);
+    // Past prefetchHashBytes the walk is done ahead, the hashing at the request.
+    const later = await open({ prefetch: [{ dir: 'context' }], prefetchHashBytes: 100 });
+    expect(await entries(later.c)).toEqual(want);
+    expect([later.session.prefetchHits, later.session.hashedAhead]).toEqual([1, 0]);
   });
 
   it('gives up past its bound: the request walks afresh', async () => {

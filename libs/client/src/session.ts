@@ -93,13 +93,17 @@ export interface SessionOptions {
    * Listings the farm is expected to ask for (e.g. the build context with its `.dockerignore`
    * patterns): each is walked in the background from the session's start, while the farm runs
    * the frontend, and answers the first manifest request with the same directory and patterns.
-   * Only the walk (names, stats, cached digests) is done ahead; files without a cached digest are
-   * hashed when the request comes. A walk past `prefetchMaxEntries` entries is given up (a
-   * context the build may never read costs at most that).
+   * The walk (names, stats, cached digests) is done ahead, and so are the files without a
+   * cached digest, hashed, and the listing's digest, when those files hold at most
+   * `prefetchHashBytes` (else they are hashed when the request comes). A walk past
+   * `prefetchMaxEntries` entries is given up (a context the build may never read costs at most
+   * that).
    */
   prefetch?: readonly ManifestPatterns[];
   /** Default 50,000. */
   prefetchMaxEntries?: number;
+  /** Default 32 MiB. */
+  prefetchHashBytes?: number;
 }
 
 const patternsKey = (r: ManifestPatterns): string =>
@@ -123,6 +127,8 @@ const MANIFEST_CHUNK = 2_000;
 const HASH_CONCURRENCY = 8;
 /** A prefetched walk stops (and the request walks afresh) past this many entries. */
 const PREFETCH_MAX_ENTRIES = 50_000;
+/** A prefetched walk hashes its new or changed files ahead when they hold at most this much. */
+const PREFETCH_HASH_BYTES = 32 << 20;
 /** Files of one multi-file request read ahead of the one being sent. */
 const READ_AHEAD = 16;
 
@@ -193,6 +199,8 @@ export class BuildSession {
   readonly #prefetched = new Map<string, Promise<Listing | undefined>>();
   /** Manifests answered from a prefetched walk (for tests and logs). */
   prefetchHits = 0;
+  /** Files hashed by prefetched walks ahead of their request (for tests and logs). */
+  hashedAhead = 0;
 
   constructor(open: SessionOpener, o: SessionOptions = {}) {
     this.id = o.sessionId ?? randomUUID();
@@ -204,9 +212,21 @@ export class BuildSession {
       const key = patternsKey(r);
       if (this.#prefetched.has(key) || o.localDirs?.[r.dir ?? ''] === undefined) continue;
       // After the hello and the solve are on their way: the walk yields between directories.
-      const walk = new Promise<void>((res) => setImmediate(res)).then(() =>
-        this.#ended ? undefined : this.#list(r, o.prefetchMaxEntries ?? PREFETCH_MAX_ENTRIES),
-      );
+      const walk = new Promise<void>((res) => setImmediate(res))
+        .then(() =>
+          this.#ended ? undefined : this.#list(r, o.prefetchMaxEntries ?? PREFETCH_MAX_ENTRIES),
+        )
+        .then(async (l) => {
+          // The files to hash too, and the listing's digest, when they cost little: the request
+          // then finds the manifest made (what it waited for was ~100 ms of a changed build).
+          const bytes = l?.toHash.reduce((n, f) => n + f.size, 0) ?? Infinity;
+          if (l && !this.#ended && bytes <= (o.prefetchHashBytes ?? PREFETCH_HASH_BYTES)) {
+            this.hashedAhead += l.toHash.length;
+            await this.#hash(l);
+            l.digest();
+          }
+          return l;
+        });
       // A walk that failed is done again, and fails, when the farm asks.
       this.#prefetched.set(
         key,
@@ -406,17 +426,22 @@ export class BuildSession {
     let served = this.#served.get(dir);
     if (!served) this.#served.set(dir, (served = new Set<string>()));
     for (const f of listing.files) served.add(f);
-    const { toHash, cache } = listing;
-    await mapLimit(toHash, HASH_CONCURRENCY, async (f) => {
-      const digest = await fileDigest(f.abs, f.size);
-      listing.digests[f.index] = digest;
-      cache.set(listing.paths[f.index]!, f.stamp, digest);
-    });
+    await this.#hash(listing);
     // A cache that cannot be written costs only a re-read next time.
     // Not on the listing's path (writing ~100 bytes a file costs ms): awaited by `cacheSaved()`
     // once the build is over. Unchanged, it only renews the file's mtime (used last, kept).
     this.#cacheSaved = this.#cache.save().catch(() => undefined);
     return listing;
+  }
+
+  /** Hashes the listing's files that have no cached digest yet (once: they leave `toHash`). */
+  async #hash(listing: Listing): Promise<void> {
+    const todo = listing.toHash.splice(0);
+    await mapLimit(todo, HASH_CONCURRENCY, async (f) => {
+      const digest = await fileDigest(f.abs, f.size);
+      listing.digests[f.index] = digest;
+      listing.cache.set(listing.paths[f.index]!, f.stamp, digest);
+    });
   }
 
   /**
