@@ -89,6 +89,12 @@ describe('manifest trees', () => {
       [file('../x', 'x')],
       [file('/etc/passwd', 'x')],
       [dir('a'), file('a/./b', 'x')],
+      [file('.', 'x')],
+      [file('a/', 'x')],
+      [dir('a'), file('a//b', 'x')],
+      [dir('a'), file('a/..', 'x')],
+      [file('', 'x')],
+      [file('a\0b', 'x')],
       [file('a', 'x'), file('a', 'y')],
       [link('a', '/etc'), file('a/passwd', 'x')], // a link as a parent: would write outside
       [file('a', 'x'), file('a/b', 'y')],
@@ -101,7 +107,11 @@ describe('manifest trees', () => {
       expect(() => validateManifest({ entries }), JSON.stringify(entries)).toThrow(
         expect.objectContaining({ code: 'SESSION_PROTOCOL' }) as Error,
       );
-    expect(() => validateManifest({ entries: [dir('a'), file('a/b', 'x')] })).not.toThrow();
+    expect(() =>
+      validateManifest({
+        entries: [dir('a'), file('a/b', 'x'), file('.hidden', 'x'), file('..a', 'x'), dir('a/b.')],
+      }),
+    ).not.toThrow();
   });
 
   it('writes a tree (blobs and packs) and rejects a pack slice that is not the file', async () => {

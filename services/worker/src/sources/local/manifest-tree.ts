@@ -21,7 +21,6 @@
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lchown, lutimes, mkdir, open, symlink, chmod } from 'node:fs/promises';
-import { posix } from 'node:path';
 import type { LocalManifest, ManifestEntry } from '@kiln/bus';
 import { forEachLimit } from '@kiln/common';
 import { KilnError } from '@kiln/protocol';
@@ -48,6 +47,33 @@ export class ManifestError extends KilnError {
 
 const typeOf = (e: ManifestEntry): number => e.mode & S_IFMT;
 
+/**
+ * Whether `p` is not a clean relative path: empty, absolute, or with an empty, `.` or `..`
+ * segment, or a NUL. Without splitting it (a manifest of 5,000 files is validated at least twice
+ * a build; `split('/').some(...)` and `posix.dirname` made that ~15-40 ms).
+ */
+function unsafePath(p: string): boolean {
+  if (p === '' || p.includes('\0')) return true;
+  for (let start = 0; start <= p.length;) {
+    let end = p.indexOf('/', start);
+    if (end < 0) end = p.length;
+    const n = end - start;
+    if (
+      n === 0 ||
+      (p.charCodeAt(start) === 0x2e && (n === 1 || (n === 2 && p.charCodeAt(start + 1) === 0x2e)))
+    )
+      return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+/** The parent of a clean relative path, '' for the root. */
+const parentPath = (p: string): string => {
+  const slash = p.lastIndexOf('/');
+  return slash < 0 ? '' : p.slice(0, slash);
+};
+
 /** Throws a {@link ManifestError} unless `m` is safe to write (see the module contract). */
 export function validateManifest(m: LocalManifest): void {
   if (!Array.isArray(m.entries)) throw new ManifestError('has no entry list', '');
@@ -55,17 +81,11 @@ export function validateManifest(m: LocalManifest): void {
   const seen = new Set<string>();
   for (const e of m.entries) {
     const p = e.path;
-    if (
-      typeof p !== 'string' ||
-      p === '' ||
-      p.startsWith('/') ||
-      p.includes('\0') ||
-      p.split('/').some((s) => s === '' || s === '.' || s === '..')
-    )
+    if (typeof p !== 'string' || unsafePath(p))
       throw new ManifestError(`names an unsafe path: ${String(p)}`, String(p));
     if (seen.has(p)) throw new ManifestError(`lists ${p} twice`, p);
     seen.add(p);
-    const parent = posix.dirname(p) === '.' ? '' : posix.dirname(p);
+    const parent = parentPath(p);
     if (!dirs.has(parent))
       throw new ManifestError(`lists ${p} before (or without) its directory`, p);
     const t = typeOf(e);
@@ -216,8 +236,6 @@ const sameContent = (a: ManifestEntry, b: ManifestEntry): boolean =>
 const sameMeta = (a: ManifestEntry, b: ManifestEntry): boolean =>
   a.mode === b.mode && a.uid === b.uid && a.gid === b.gid && a.mtimeMs === b.mtimeMs;
 
-const parentOf = (p: string): string => (posix.dirname(p) === '.' ? '' : posix.dirname(p));
-
 /**
  * Turns `root`, holding the tree of `prev` (validated when it was written), into the tree of
  * `next` (validated here): removes what went away or changed type or content, writes what is new
@@ -239,7 +257,7 @@ export async function applyManifestDiff(
   // Removals, outermost first (what is below a removed directory goes with it).
   const goneSet = new Set<string>();
   const removedBelow = (p: string): boolean => {
-    for (let q = p; q !== ''; q = parentOf(q)) if (goneSet.has(q)) return true;
+    for (let q = p; q !== ''; q = parentPath(q)) if (goneSet.has(q)) return true;
     return false;
   };
   for (const e of prev.entries) {
@@ -247,7 +265,7 @@ export async function applyManifestDiff(
     if ((n && sameContent(e, n)) || removedBelow(e.path)) continue;
     goneSet.add(e.path);
     await removeInRoot(root, e.path, true);
-    touched.add(parentOf(e.path));
+    touched.add(parentPath(e.path));
     stats.removed++;
   }
   const create: ManifestEntry[] = [];
@@ -259,14 +277,14 @@ export async function applyManifestDiff(
   }
   /** The host path of a new entry; its parent must resolve to itself (no symlink on the way). */
   const hostOf = async (p: string): Promise<string> => {
-    const parent = parentOf(p);
+    const parent = parentPath(p);
     const resolved = await resolveInRoot(root, parent === '' ? '/' : parent);
     if (resolved !== join(root, parent)) throw new ManifestError(`leads ${p} through a link`, p);
     return join(root, p);
   };
   const newDirs: ManifestEntry[] = [];
   for (const e of create) {
-    touched.add(parentOf(e.path));
+    touched.add(parentPath(e.path));
     if (typeOf(e) !== S_IFDIR) continue;
     await mkdir(await hostOf(e.path), { mode: 0o700 });
     newDirs.push(e);
