@@ -12,7 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mknod, lstatDir } from '@kiln/sys';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Listing, lstatDirPortable, stampOf } from './context-listing.js';
+import { control } from '@kiln/protocol';
+import { Listing, lstatDirPortable, sessionManifestMessage, stampOf } from './context-listing.js';
 import { FileDigestCache } from './hash-cache.js';
 
 let dir: string;
@@ -136,5 +137,65 @@ describe('Listing.walk', () => {
       await Listing.walk(ctx, {}, cache, { maxEntries: 100, ended: () => true }),
     ).toBeUndefined();
     expect(await Listing.walk(ctx, {}, cache, { maxEntries: 100 })).toBeInstanceOf(Listing);
+  });
+});
+
+describe('Listing.manifestChunks', () => {
+  it('encodes what protobufjs encodes, chunk by chunk, the digest on the last', async () => {
+    const cache = new FileDigestCache().root(ctx);
+    const l = (await Listing.walk(ctx, {}, cache))!;
+    for (const f of l.toHash.splice(0)) l.digests[f.index] = sha(f.abs);
+    // Entries no directory here has: a long non-ASCII path, a size past 2^32, mtimes before
+    // 1970 (a negative int64: ten bytes) and past 2^53 ns, a large uid.
+    const extra: [string, number[], string, string][] = [
+      [`${'ü'.repeat(300)}/x`, [0o100644, 70000, 5, 2 ** 33 + 7, 0xfffffff0, -1], sha('x'), ''],
+      ['z-link', [0o120777, 0, 0, 0, 0x12345678, 0x7fffffff], '', 't'.repeat(200)],
+      ['z-dir', [0o040755, 2 ** 31, 1, 0, 0, 0], '', ''],
+    ];
+    for (const [p, n, d, k] of extra) {
+      l.paths.push(p);
+      l.nums.push(...n);
+      l.digests.push(d);
+      l.links.push(k);
+    }
+    const per = 4;
+    const chunks = l.manifestChunks(per);
+    expect(chunks).toHaveLength(Math.ceil(l.length / per));
+    expect(l.manifestChunks(per)).toBe(chunks); // made once
+    chunks.forEach((c, i) => {
+      const last = i === chunks.length - 1;
+      const want = control.ContextManifest.encode(
+        control.ContextManifest.create({
+          entries: l.entries(i * per, (i + 1) * per),
+          // `more` false is proto3's default: not written (as protobufjs when it is not set).
+          ...(last ? { digest: l.digest() } : { more: true }),
+        }),
+      ).finish();
+      expect(control.ContextManifest.decode(c).toJSON(), `chunk ${i}`).toEqual(
+        control.ContextManifest.decode(want).toJSON(),
+      );
+      expect(Buffer.compare(c, Buffer.from(want)), `chunk ${i} bytes`).toBe(0);
+    });
+    const all = chunks.flatMap((c) => control.ContextManifest.decode(c).entries);
+    expect(all.map((e) => e.path)).toEqual(l.paths);
+    expect(all.find((e) => e.path?.endsWith('/x'))?.mtimeUnixNano?.toString()).toBe('-16');
+  });
+
+  it('makes one empty, final chunk of an empty listing', () => {
+    const l = new Listing(new FileDigestCache().root('/nowhere'));
+    const chunks = l.manifestChunks(10);
+    expect(chunks).toHaveLength(1);
+    const m = control.ContextManifest.decode(chunks[0]!);
+    expect([m.entries.length, m.more, m.digest]).toEqual([0, false, l.digest()]);
+  });
+
+  it('wraps a chunk as a SessionMessage with its id', () => {
+    const l = new Listing(new FileDigestCache().root('/nowhere'));
+    const chunk = l.manifestChunks(10)[0]!;
+    for (const id of [0, 1, 300, 2 ** 40 + 3]) {
+      const m = control.SessionMessage.decode(sessionManifestMessage(id, chunk));
+      expect(Number(m.id), String(id)).toBe(id);
+      expect(m.manifest?.digest).toBe(l.digest());
+    }
   });
 });

@@ -199,6 +199,15 @@ function rstStatus(code: number): number {
  * One call: a Duplex of messages (objectMode). Written messages are sent; received ones are read.
  * Emits `metadata` (the response headers), then ends, or fails with a {@link ServiceError}.
  */
+/**
+ * A request message already encoded (its protobuf bytes): a call writes it as it is, instead of
+ * serializing (a context manifest is encoded by hand, ahead of its request: see the client's
+ * `context-listing.ts`).
+ */
+export class EncodedMessage {
+  constructor(readonly bytes: Uint8Array) {}
+}
+
 export class GrpcCall<Req, Res> extends Duplex {
   #stream: ClientHttp2Stream | undefined;
   #status: StatusObject | undefined;
@@ -322,14 +331,18 @@ export class GrpcCall<Req, Res> extends Duplex {
     this.#stream?.resume();
   }
 
-  override _write(m: Req, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
+  override _write(
+    m: Req | EncodedMessage,
+    _enc: BufferEncoding,
+    cb: (e?: Error | null) => void,
+  ): void {
     const s = this.#stream;
     if (!s || this.#status || s.destroyed) return cb();
-    const body = this.#serialize(m);
+    const body = m instanceof EncodedMessage ? m.bytes : this.#serialize(m);
     const frame = Buffer.allocUnsafe(5 + body.length);
     frame[0] = 0;
     frame.writeUInt32BE(body.length, 1);
-    body.copy(frame, 5);
+    frame.set(body, 5);
     s.write(frame, () => cb());
   }
 

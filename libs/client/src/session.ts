@@ -22,9 +22,10 @@ import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
+import { EncodedMessage } from './grpc-h2.js';
 import type { GrpcCall } from './grpc-h2.js';
 import { KilnError, control } from '@kiln/protocol';
-import { Listing } from './context-listing.js';
+import { Listing, sessionManifestMessage } from './context-listing.js';
 import type { ManifestPatterns } from './context-listing.js';
 import { FileDigestCache } from './hash-cache.js';
 import { isRetryable } from './retry.js';
@@ -223,7 +224,7 @@ export class BuildSession {
           if (l && !this.#ended && bytes <= (o.prefetchHashBytes ?? PREFETCH_HASH_BYTES)) {
             this.hashedAhead += l.toHash.length;
             await this.#hash(l);
-            l.digest();
+            l.manifestChunks(MANIFEST_CHUNK);
           }
           return l;
         });
@@ -395,16 +396,13 @@ export class BuildSession {
       this.#send({ id, manifest: { digest, unchanged: true } });
       return;
     }
-    for (let i = 0; i === 0 || i < listing.length; i += MANIFEST_CHUNK) {
-      const more = i + MANIFEST_CHUNK < listing.length;
-      this.#send({
-        id,
-        manifest: {
-          entries: listing.entries(i, i + MANIFEST_CHUNK),
-          more,
-          ...(more ? {} : { digest }),
-        },
-      });
+    const idValue = id == null ? 0 : typeof id === 'number' ? id : BigInt(id.toString());
+    for (const chunk of listing.manifestChunks(MANIFEST_CHUNK)) {
+      if (this.#ended) return;
+      // Encoded here (see Listing.manifestChunks), written as it is.
+      (this.#call as GrpcCall<SessionMessage | EncodedMessage, SessionMessage>).write(
+        new EncodedMessage(sessionManifestMessage(idValue, chunk)),
+      );
       if (this.#call.writableNeedDrain) await new Promise((r) => this.#call.once('drain', r));
     }
   }
