@@ -365,7 +365,7 @@ export async function runPeersBench(opts: PeersBenchOptions): Promise<void> {
             if (c === 'changed' && w.changeFile)
               await writeFile(join(ctx, w.changeFile), `changed ${++edits} ${Date.now()}\n`);
             const k = await timedRun(kilnBin, kilnArgs(c), { env: kilnEnv });
-            await warmClientLoaded(warmDir);
+            if (kilnEnv.KILN_WARM_CLIENT !== '0') await warmClientLoaded(warmDir);
             const b = await timedRun(buildctl, bkArgs(c));
             if (r === 0) {
               if (!checked) {
