@@ -43,7 +43,7 @@ const digests = (links: { lo: LoadedOp }[]): string[] => links.map((l) => l.lo.d
 describe('chainAfter', () => {
   const base = image('example.com/base:1');
 
-  it('follows a line of file ops and RUNs, each on the one before', () => {
+  it('follows a line of file ops, each on the one before, up to a RUN, which ends it', () => {
     const st = base
       .file(mkdir('/a', 0o755))
       .file(mkfile('/a/x', 0o644, 'x'))
@@ -51,8 +51,11 @@ describe('chainAfter', () => {
       .root()
       .file(mkfile('/y', 0o644, 'y'));
     const g = load(st);
-    const [head, ...rest] = g.order.slice(1).map((d) => g.ops.get(d)!);
-    expect(digests(chainAfter(g, head!, state(g)))).toEqual(rest.map((lo) => lo.digest));
+    const [head, x, run] = g.order.slice(1).map((d) => g.ops.get(d)!);
+    expect(digests(chainAfter(g, head!, state(g)))).toEqual([x!.digest, run!.digest]);
+    // A RUN's task has no chain: what follows it waits for its record.
+    expect(chainAfter(g, run!, state(g))).toEqual([]);
+    expect(digests(chainAfter(g, x!, state(g)))).toEqual([run!.digest]);
   });
 
   it('stops before a step whose other input is not done, and at a vertex with two consumers', () => {

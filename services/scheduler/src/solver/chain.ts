@@ -11,7 +11,10 @@
  * one it would not have run:
  *
  * - the step is a file op or a RUN (not a source, merge or diff), on the platform of the
- *   task (a RUN's output lines are sent as its own vertex's);
+ *   task (a RUN's output lines are sent as its own vertex's); a RUN is the last step of a chain,
+ *   and a RUN's task has none: the steps of a chain are recorded when the task ends, so a RUN
+ *   followed by other steps would run again, finished, if the task were lost after it (a worker
+ *   or a scheduler killed); file ops before it are cheap to run again;
  * - exactly one of its inputs is the previous vertex's output, and that input is not keyed by
  *   its content (a COPY's destination, never its source: a content key needs the previous
  *   result's checksum first);
@@ -66,7 +69,7 @@ export interface ChainState {
 /** The steps that can be fused after `head` (possibly none), in order. */
 export function chainAfter(g: LoadedDefinition, head: LoadedOp, s: ChainState): ChainLink[] {
   const out: ChainLink[] = [];
-  if (head.op.source && !s.ignoresCache(head)) return out;
+  if (head.op.exec || (head.op.source && !s.ignoresCache(head))) return out;
   const platform = s.platform(head);
   let prev = head;
   let bytes = 0;
@@ -87,6 +90,9 @@ export function chainAfter(g: LoadedDefinition, head: LoadedOp, s: ChainState): 
     bytes += lo.bytes.length;
     if (bytes > MAX_CHAIN_BYTES) break;
     out.push({ lo, chainedInput });
+    // A RUN ends a chain: nothing runs after it in the task, so a finished RUN is recorded as
+    // the task ends and never runs again when a later step's worker or scheduler is lost.
+    if (lo.op.exec) break;
     prev = lo;
   }
   return out;

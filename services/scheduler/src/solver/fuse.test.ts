@@ -229,7 +229,7 @@ describe('fused chains of file ops', () => {
     expect(prefix.adopted.size).toBe(0);
   });
 
-  it('a RUN fused after file ops: its output lines are its own, its exit code fails it alone', async () => {
+  it('a RUN fused after file ops ends the chain: its output lines are its own, its exit code fails it alone', async () => {
     const tag = salt();
     const r1 = image(fixture).file(mkfile(`/r-${tag}`, 0o644, `R ${tag}\n`));
     const r2 = sh(r1, `cat /r-${tag}; echo out-${tag} > /o`);
@@ -246,7 +246,9 @@ describe('fused chains of file ops', () => {
     const { vertices, adopted, dispatched } = err!.solved;
     expect(dispatched.has(vertices.get(d1!)?.cacheKey ?? '')).toBe(true);
     expect(adopted.has(vertices.get(d2!)?.cacheKey ?? '')).toBe(true);
-    expect(dispatched.has(vertices.get(d3!)?.cacheKey ?? '')).toBe(false);
+    // The RUN after a RUN is a task of its own (a RUN ends a chain, and a RUN's task has none).
+    expect(dispatched.has(vertices.get(d3!)?.cacheKey ?? '')).toBe(true);
+    expect(adopted.has(vertices.get(d3!)?.cacheKey ?? '')).toBe(false);
     expect(vertices.get(d4!)?.startedAt).toBeUndefined();
     expect(lines.get(d2!)).toEqual([`R ${tag}`]);
     expect(lines.get(d3!)).toEqual([`failing-${tag}`]);
@@ -299,10 +301,14 @@ describe('fused chains of file ops', () => {
     worker = await startWorker();
     const done = await solving;
     expect(done.dispatched.has(done.vertices.get(d1!)?.cacheKey ?? '')).toBe(true);
+    // Two chains: the file op and the RUN after it (the one killed), then the next file op and
+    // the last RUN.
     for (const d of [d1, d2, d3, d4]) {
       const v = done.vertices.get(d!)!;
       expect(v.cached).toBe(false);
-      if (d !== d1) expect(done.adopted.has(v.cacheKey ?? '')).toBe(true);
+      const head = d === d1 || d === d3;
+      expect(done.dispatched.has(v.cacheKey ?? '')).toBe(head);
+      expect(done.adopted.has(v.cacheKey ?? '')).toBe(!head);
       expect((await recordOf(v.cacheKey ?? '')).state).toBe('done');
     }
     const again = events.slice(from).filter((e) => e.type === 'redispatched');
