@@ -2,8 +2,7 @@
  * http(s) and git sources run as tasks by the worker's TaskRunner (the path `kiln build` takes):
  * a real HTTP server and a real `git daemon` on loopback, real snapshots.
  */
-import { execFile, spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile, lstat } from 'node:fs/promises';
 import { createServer } from 'node:http';
@@ -12,6 +11,8 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { spawnManaged } from '@kiln/common';
+import type { ManagedProcess } from '@kiln/common';
 import { LinuxAmd64, git, http, marshal } from '@kiln/llb';
 import type { State } from '@kiln/llb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,7 +25,7 @@ let work: string;
 let runner: TaskRunner;
 let server: Server;
 let httpBase: string;
-let daemon: ChildProcess;
+let daemon: ManagedProcess | undefined;
 let gitBase: string;
 let served = 'payload v1\n';
 let hits = 0;
@@ -84,27 +85,23 @@ beforeAll(async () => {
   const pa = probe.address();
   const port = typeof pa === 'object' && pa ? pa.port : 0;
   await new Promise<void>((r) => probe.close(() => r()));
-  daemon = spawn(
-    'git',
-    [
-      'daemon',
-      '--reuseaddr',
-      '--export-all',
-      `--base-path=${repos}`,
-      '--listen=127.0.0.1',
-      `--port=${port}`,
-      repos,
-    ],
-    {
-      stdio: 'ignore',
-    },
-  );
+  // Managed (its own process group, stopped with it): `git daemon` runs git-daemon as a child,
+  // which a kill of `git` alone left running after every run.
+  daemon = spawnManaged('git', [
+    'daemon',
+    '--reuseaddr',
+    '--export-all',
+    `--base-path=${repos}`,
+    '--listen=127.0.0.1',
+    `--port=${port}`,
+    repos,
+  ]);
   await waitPort(port);
   gitBase = `git://127.0.0.1:${port}`;
 }, 60_000);
 
 afterAll(async () => {
-  daemon?.kill('SIGKILL');
+  await daemon?.stop();
   await new Promise<void>((r) => server.close(() => r()));
   await rm(work, { recursive: true, force: true });
 });
