@@ -69,8 +69,9 @@ export async function putWorkerInfo(kv: KV, w: WorkerInfo): Promise<void> {
 export async function listWorkers(kv: KV): Promise<WorkerInfo[]> {
   const out: WorkerInfo[] = [];
   const keys = await kv.keys();
-  const all: string[] = [];
-  for await (const k of keys) all.push(k);
+  // A set: a key updated while the listing runs (a worker's heartbeat) can be listed twice.
+  const all = new Set<string>();
+  for await (const k of keys) all.add(k);
   for (const k of all) {
     const e = await kv.get(k);
     if (e && e.operation === 'PUT' && e.length > 0) out.push(decodeWorkerInfo(e.value));
