@@ -63,6 +63,7 @@ if (warm) {
   void mod.exports.serveWarmClient({
     script: fs.realpathSync(__filename),
     hashFile,
+    cacheDir: cache && cache.dir,
     preload: mod.exports.preloadBuild,
     main: mod.exports.main,
     done,

@@ -106,22 +106,11 @@ static void put(struct buf *b, const char *s) {
   b->len += n;
 }
 
-static int write_all(int fd, const void *p, size_t n) {
-  const char *c = p;
-  while (n) {
-    ssize_t w = write(fd, c, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return -1;
-    c += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-static int read_all(int fd, void *p, size_t n) {
+/* All n bytes written (out) or read, whatever the partial transfers; -1 on error or end. */
+static int xfer_all(int fd, void *p, size_t n, int out) {
   char *c = p;
   while (n) {
-    ssize_t r = read(fd, c, n);
+    ssize_t r = out ? write(fd, c, n) : read(fd, c, n);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return -1;
     c += r;
@@ -179,7 +168,7 @@ static void follow(int fd, pid_t pid) {
     sigaction(forwarded[i], &sa, NULL);
   signal(SIGTSTP, stop);
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
-  if (read_all(fd, x, sizeof x) == 0 && x[0] == 'X') exit((int)(get_u32(x + 1) & 0xff));
+  if (xfer_all(fd, x, sizeof x, 0) == 0 && x[0] == 'X') exit((int)(get_u32(x + 1) & 0xff));
   if (g_last) {
     int sig = g_last;
     signal(sig, SIG_DFL);
@@ -233,8 +222,8 @@ static void try_client(const char *path, const struct buf *payload) {
   ssize_t n;
   do n = sendmsg(fd, &msg, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
-  if (n != (ssize_t)sizeof head || write_all(fd, payload->p, payload->len) ||
-      read_all(fd, ready, sizeof ready) || ready[0] != 'R' ||
+  if (n != (ssize_t)sizeof head || xfer_all(fd, payload->p, payload->len, 1) ||
+      xfer_all(fd, ready, sizeof ready, 0) || ready[0] != 'R' ||
       send(fd, "G", 1, MSG_NOSIGNAL) != 1) {
     close(fd);
     return;

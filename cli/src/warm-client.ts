@@ -27,8 +27,6 @@ import {
   writeSync,
 } from 'node:fs';
 import { Socket } from 'node:net';
-import { createRequire } from 'node:module';
-import { homedir } from 'node:os';
 import { WriteStream, isatty } from 'node:tty';
 import { dirname, join } from 'node:path';
 import { dup2, recvFds, unixAccept, unixListen, type UnixConnection } from '@kiln/sys';
@@ -44,17 +42,17 @@ const IO_TIMEOUT_MS = 5_000;
 /** How often a waiting process checks that its bundle and socket are still current. */
 const CHECK_MS = 30_000;
 
-/** The directory of the waiting processes' sockets; undefined when it is not safely the user's. */
-export function warmDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const cache = env.KILN_CACHE_DIR || join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'kiln');
-  const dir = join(cache, 'warm');
-  // Not `recursive`: Node 20's recursive mkdir spins forever on some paths (e.g. under /proc).
-  for (const d of [dirname(cache), cache, dir]) {
-    try {
-      mkdirSync(d, { mode: 0o700 });
-    } catch {
-      // It exists, or cannot be made: the check below decides.
-    }
+/**
+ * The directory of the waiting processes' sockets, `warm/` in the user's kiln cache dir (the one
+ * cli/bin/kiln.js found and checked for its code cache); undefined when it is not safely the
+ * user's alone (mode 0700, owned by the user).
+ */
+export function warmDir(cacheDir: string): string | undefined {
+  const dir = join(cacheDir, 'warm');
+  try {
+    mkdirSync(dir, { mode: 0o700 });
+  } catch {
+    // It exists, or cannot be made: the check below decides.
   }
   try {
     const st = lstatSync(dir);
@@ -91,6 +89,8 @@ export interface WarmClientOptions {
   script: string;
   /** The file holding the bundle's sha256 (cli/dist/bundle/main.cjs.sha256). */
   hashFile: string;
+  /** The user's kiln cache dir (kiln.js's, checked there); none: no safe place to wait in. */
+  cacheDir: string | undefined;
   /** Loads what the command will need, before waiting (the bundle's `preloadBuild`). */
   preload?: () => Promise<void>;
   /** Runs the command (the bundle's `main`). */
@@ -108,14 +108,13 @@ export async function serveWarmClient(o: WarmClientOptions): Promise<void> {
   process.chdir('/');
   const idleMs = Number(process.env.KILN_WARM_IDLE_MS) || DEFAULT_IDLE_MS;
   const hash = readHash(o.hashFile);
-  const dir = warmDir();
+  const dir = o.cacheDir === undefined ? undefined : warmDir(o.cacheDir);
   if (!dir || !hash) process.exit(0);
   const prefix = warmPrefix(o.script, hash);
   if (waiting(dir, prefix) >= MAX_WAITING) process.exit(0);
   const path = join(dir, `${prefix}${process.pid}.sock`);
   const listener = unixListen(path, 8);
   const ino = lstatSync(path).ino;
-  warmUp();
   await o.preload?.();
   const deadline = Date.now() + idleMs;
   for (;;) {
@@ -203,13 +202,6 @@ function same(path: string, ino: number): boolean {
   } catch {
     return false;
   }
-}
-
-/** Loads what every build uses and the bundle loads lazily. */
-function warmUp(): void {
-  const load = createRequire(import.meta.url);
-  for (const m of ['node:http2', 'node:crypto', 'node:stream', 'node:fs/promises', 'node:zlib'])
-    load(m);
 }
 
 /** Reads and acknowledges one request; undefined (everything closed) when it is not one. */

@@ -94,8 +94,11 @@ export function sessionManifestMessage(id: number | bigint, manifest: Buffer): B
 }
 
 /** A 64-bit integer from its 32-bit halves, as protobufjs's writer takes it. */
-const longBits = (low: number, high: number): Int64 =>
-  ({ low: low >>> 0, high: high | 0, unsigned: false });
+const longBits = (low: number, high: number): Int64 => ({
+  low: low >>> 0,
+  high: high | 0,
+  unsigned: false,
+});
 type Int64 = Parameters<$protobuf.Writer['int64']>[0];
 
 /** One directory's walk (see the file's comment): entry `i` is `paths[i]`, `nums[6i..6i+5]`, ... */
